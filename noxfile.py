@@ -1,0 +1,178 @@
+"""Build and test every package under packages/ in its own environment.
+
+Sessions (``nox -l``):
+  <package>   build the package's wheel (and the in-tree wheels it depends on), install it with
+              its declared dependencies and ``test`` extra, run its tests; tag ``tests``.
+  repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
+  gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
+  lint        ruff check and ruff format --check.
+  bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
+  demo        the repository's main job.
+
+torch is large (several GB) and identical for every package, so it is installed once into
+``.nox/_torch-<version>`` and made visible to each session through a ``.pth`` file; everything
+else a package needs comes from its own declared dependencies.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES_DIR = ROOT / "packages"
+TORCH_PINS = ("torch==2.14.1",)
+SHARED_TORCH = ROOT / ".nox" / "_torch-2.14.1"
+WHEELHOUSE = ROOT / ".nox" / "_wheels"
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+
+
+def discover_packages() -> dict[str, dict]:
+    """Package directory name -> its [project] table, for every packages/*/pyproject.toml."""
+    found = {}
+    for pyproject in sorted(PACKAGES_DIR.glob("*/pyproject.toml")):
+        with pyproject.open("rb") as f:
+            found[pyproject.parent.name] = tomllib.load(f)["project"]
+    return found
+
+
+PACKAGES = discover_packages()
+
+
+def in_tree_dependencies(package: str) -> list[str]:
+    """Names of the in-tree packages ``package`` depends on, transitively, dependencies first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for requirement in PACKAGES[name].get("dependencies", []):
+            dep = _requirement_name(requirement)
+            if dep in PACKAGES and dep not in order:
+                visit(dep)
+                order.append(dep)
+
+    visit(package)
+    return order
+
+
+def _requirement_name(requirement: str) -> str:
+    for sep in "<>=!~[; ":
+        requirement = requirement.split(sep)[0]
+    return requirement.strip().lower().replace("_", "-")
+
+
+def share_torch(session: nox.Session) -> None:
+    """Install torch once into a shared folder and expose it to this session via a .pth file."""
+    if not (SHARED_TORCH / "torch").is_dir():
+        tmp = SHARED_TORCH.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        session.run("python", "-m", "pip", "install", "--quiet", "--target", str(tmp), *TORCH_PINS)
+        tmp.rename(SHARED_TORCH)
+    purelib = session.run(
+        "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True
+    ).strip()
+    (Path(purelib) / "_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
+
+
+def build_wheels(session: nox.Session, packages: list[str]) -> None:
+    """Build the wheels of ``packages`` into the shared wheelhouse (replacing older builds)."""
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    for name in packages:
+        dist_name = PACKAGES[name]["name"].replace("-", "_")
+        for old in WHEELHOUSE.glob(f"{dist_name}-*.whl"):
+            old.unlink()
+        session.run(
+            "python", "-m", "pip", "wheel", "--quiet", "--no-deps",
+            "--wheel-dir", str(WHEELHOUSE), str(PACKAGES_DIR / name),
+        )  # fmt: skip
+
+
+def install_packages(session: nox.Session, packages: list[str], extra: str) -> None:
+    """Install the built wheels by name; in-tree dependencies resolve from the wheelhouse."""
+    build_wheels(session, [dep for name in packages for dep in in_tree_dependencies(name)])
+    build_wheels(session, packages)
+    requirements = [f"{PACKAGES[name]['name']}[{extra}]" for name in packages]
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "--find-links", str(WHEELHOUSE),
+        *requirements,
+    )  # fmt: skip
+
+
+def cuda_available(session: nox.Session) -> bool:
+    out = session.run(
+        "python", "-c", "import torch; print(torch.cuda.is_available())", silent=True
+    )
+    return out.strip().endswith("True")
+
+
+def test_env(session: nox.Session) -> dict[str, str]:
+    return {} if cuda_available(session) else {"TRITON_INTERPRET": "1"}
+
+
+def make_test_session(package: str) -> None:
+    @nox.session(name=package, tags=["tests"])
+    def run_tests(session: nox.Session) -> None:
+        share_torch(session)
+        install_packages(session, [package], "test")
+        session.run(
+            "python", "-m", "pytest", str(PACKAGES_DIR / package / "tests"),
+            "-m", "not gpu", "-p", "no:cacheprovider", *session.posargs,
+            env=test_env(session),
+        )  # fmt: skip
+
+    run_tests.__doc__ = f"Build, install and test {PACKAGES[package]['name']}."
+
+
+for _package in PACKAGES:
+    make_test_session(_package)
+
+
+@nox.session(tags=["tests"])
+def repo(session: nox.Session) -> None:
+    """Repository invariants: package layout and in-tree dependency ranges."""
+    session.install("pytest>=8", "packaging>=24")
+    session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Every package's gpu-marked tests, compiling the Triton kernels for CUDA."""
+    share_torch(session)
+    if not cuda_available(session):
+        session.skip("no CUDA device on this machine")
+    install_packages(session, list(PACKAGES), "test")
+    tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
+    session.run("python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every package's benchmarks/run.py; pass ``-- --quick`` for a small run."""
+    share_torch(session)
+    with_bench = [name for name in PACKAGES if (PACKAGES_DIR / name / "benchmarks" / "run.py").exists()]
+    install_packages(session, with_bench, "bench")
+    for name in with_bench:
+        session.run("python", str(PACKAGES_DIR / name / "benchmarks" / "run.py"), *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The repository's main job: the common-kernels benchmark at a small size."""
+    share_torch(session)
+    install_packages(session, ["common-kernels"], "bench")
+    session.run(
+        "python", str(PACKAGES_DIR / "common-kernels" / "benchmarks" / "run.py"), "--quick",
+        "--out", str(ROOT / "outputs" / "demo"),
+    )  # fmt: skip

@@ -1,0 +1,59 @@
+"""Input validation shared by every kernel: each error names the argument and the accepted range."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def check_tensor(name: str, t: object) -> torch.Tensor:
+    """Raise ``TypeError`` unless ``t`` is a tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_float(name: str, t: torch.Tensor, *, finite: bool = True) -> torch.Tensor:
+    """Require a floating tensor (fp16/bf16/fp32/fp64) and, by default, finite values."""
+    check_tensor(name, t)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
+        )
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf values; all entries must be finite")
+    return t
+
+
+def check_ndim(name: str, t: torch.Tensor, ndims: Sequence[int], layout: str) -> torch.Tensor:
+    """Require ``t.ndim`` in ``ndims``; ``layout`` describes the expected shape in words."""
+    if t.ndim not in tuple(ndims):
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
+    return t
+
+
+def check_index(name: str, idx: torch.Tensor, upper: int) -> torch.Tensor:
+    """Require an int32/int64 index tensor with every value in ``[0, upper)``."""
+    check_tensor(name, idx)
+    if idx.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be an int32 or int64 tensor, got {idx.dtype}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= upper):
+        raise IndexError(
+            f"{name} values must lie in [0, {upper - 1}] (N={upper}), "
+            f"got min {int(idx.min())} and max {int(idx.max())}"
+        )
+    return idx
+
+
+def check_positive_int(name: str, value: object, *, upper: int | None = None) -> int:
+    """Require an int in ``[1, upper]`` (``upper`` inclusive when given)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1 or (upper is not None and value > upper):
+        accepted = f"[1, {upper}]" if upper is not None else ">= 1"
+        raise ValueError(f"{name} must be in {accepted}, got {value}")
+    return value

@@ -1,0 +1,226 @@
+"""Every knn_attention backend against the fp64 reference, forward and every gradient.
+
+Tolerances: backends run in fp32 and are compared with the reference run in fp64 on the same
+values: outputs within atol=2e-5, rtol=1e-4; gradients within atol=1e-4, rtol=1e-3 (gradients
+sum over up to N terms). The reference itself is checked by torch.autograd.gradcheck in fp64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common_kernels.knn_attention import KNNAttention, can_run, knn_attention, select_backend
+
+FWD_TOL = {"atol": 2e-5, "rtol": 1e-4}
+GRAD_TOL = {"atol": 1e-4, "rtol": 1e-3}
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    heads: int
+    n: int
+    d: int
+    k: int
+    per_head: bool = False
+    duplicates: bool = False
+    bias: str | None = None  # None, "table" (heads, N, N), "batch" (B, 1, N, N)
+
+    def __str__(self) -> str:
+        flags = ["ph" if self.per_head else "", "dup" if self.duplicates else "", self.bias or ""]
+        return f"B{self.batch}H{self.heads}N{self.n}d{self.d}K{self.k}" + "-".join(["", *flags])
+
+
+CASES = [
+    Case(2, 1, 37, 8, 1),  # K=1; N not a multiple of the block size
+    Case(2, 2, 37, 16, 37, bias="table"),  # K=N
+    Case(1, 3, 50, 32, 7, per_head=True, duplicates=True, bias="table"),
+    Case(2, 4, 20, 64, 5, duplicates=True),
+    Case(2, 4, 33, 8, 16, per_head=True, bias="batch"),
+]
+
+
+def make_inputs(case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
+    """fp64 leaves q, k, v (and bias) and an int64 idx for ``case``."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (case.batch, case.heads, case.n, case.d)
+    tensors = {name: torch.randn(shape, generator=g, dtype=torch.float64) for name in "qkv"}
+    lead = (case.batch, case.heads, case.n) if case.per_head else (case.batch, case.n)
+    if case.duplicates:
+        idx = torch.randint(0, case.n, (*lead, case.k), generator=g)
+        idx[..., -1] = idx[..., 0]  # at least one duplicate per query
+    else:
+        idx = torch.rand((*lead, case.n), generator=g).argsort(dim=-1)[..., : case.k]
+    tensors["idx"] = idx
+    if case.bias == "table":
+        tensors["bias"] = torch.randn(case.heads, case.n, case.n, generator=g, dtype=torch.float64)
+    elif case.bias == "batch":
+        tensors["bias"] = torch.randn(case.batch, 1, case.n, case.n, generator=g, dtype=torch.float64)
+    return tensors
+
+
+def forward_backward(inputs: dict[str, torch.Tensor], dtype: torch.dtype, **kwargs):
+    """Run knn_attention on copies of ``inputs`` cast to ``dtype``; return out and grads in fp64."""
+    leaves = {
+        name: t.detach().to(dtype).requires_grad_(True)
+        for name, t in inputs.items()
+        if name != "idx"
+    }
+    out = knn_attention(
+        leaves["q"], leaves["k"], leaves["v"], inputs["idx"], bias=leaves.get("bias"), **kwargs
+    )
+    weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape)
+    (out.double() * weights).sum().backward()
+    return out.double(), {name: t.grad.double() for name, t in leaves.items()}
+
+
+def assert_matches_reference(case: Case, backend: str, **kwargs) -> None:
+    inputs = make_inputs(case)
+    ref_out, ref_grads = forward_backward(inputs, torch.float64, backend="reference")
+    out, grads = forward_backward(inputs, torch.float32, backend=backend, **kwargs)
+    torch.testing.assert_close(out, ref_out, **FWD_TOL)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], **GRAD_TOL, msg=f"d{name} ({backend})")
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("backend", ["mask", "gather"])
+def test_torch_backends_match_reference(case: Case, backend: str) -> None:
+    assert_matches_reference(case, backend)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("deterministic", [True, False], ids=["csr", "atomic"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_triton_backend_matches_reference(case: Case, deterministic: bool) -> None:
+    pytest.importorskip("triton")
+    assert_matches_reference(case, "triton", deterministic=deterministic)
+
+
+def test_reference_gradcheck_fp64() -> None:
+    inputs = make_inputs(Case(1, 2, 9, 4, 4, duplicates=True, bias="table"))
+    idx = inputs.pop("idx")
+    leaves = [inputs[name].clone().requires_grad_(True) for name in ("q", "k", "v", "bias")]
+
+    def fn(q, k, v, bias):
+        return knn_attention(q, k, v, idx, bias=bias, backend="reference")
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7)
+
+
+def test_reference_is_dense_softmax_restricted_to_neighbours() -> None:
+    """Independent formula: softmax over the K slots of the gathered logits, in fp64."""
+    case = Case(1, 1, 12, 4, 5, duplicates=True)
+    inp = make_inputs(case)
+    q, k, v, idx = inp["q"][0, 0], inp["k"][0, 0], inp["v"][0, 0], inp["idx"][0]
+    expected = torch.stack(
+        [torch.softmax(case.d**-0.5 * k[idx[i]] @ q[i], 0) @ v[idx[i]] for i in range(case.n)]
+    )
+    out = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], backend="reference")
+    torch.testing.assert_close(out[0, 0], expected, atol=1e-12, rtol=1e-12)
+
+
+def test_full_neighbourhood_equals_dense_attention() -> None:
+    inp = make_inputs(Case(2, 2, 10, 8, 10))
+    dense = F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"])
+    for backend in ("reference", "mask", "gather"):
+        out = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], backend=backend)
+        torch.testing.assert_close(out, dense, atol=1e-12, rtol=1e-10)
+
+
+def test_shared_idx_equals_per_head_copies() -> None:
+    inp = make_inputs(Case(2, 3, 16, 8, 5, bias="table"))
+    per_head = inp["idx"].unsqueeze(1).expand(-1, 3, -1, -1)
+    for backend in ("reference", "mask", "gather"):
+        shared = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], bias=inp["bias"])
+        copied = knn_attention(inp["q"], inp["k"], inp["v"], per_head, bias=inp["bias"], backend=backend)
+        torch.testing.assert_close(shared, copied, atol=1e-12, rtol=1e-10)
+
+
+def test_int32_idx_and_explicit_scale() -> None:
+    inp = make_inputs(Case(1, 2, 16, 8, 4))
+    out64 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], scale=0.3, backend="gather")
+    out32 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"].int(), scale=0.3, backend="mask")
+    torch.testing.assert_close(out32, out64, atol=1e-12, rtol=1e-10)
+
+
+def test_module_matches_functional_and_dense_mha() -> None:
+    torch.manual_seed(0)
+    module = KNNAttention(16, 4, backend="gather").double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full = torch.arange(9).expand(2, 9, 9)
+    q, k, v = module.qkv(x).view(2, 9, 3, 4, 4).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
+    dense = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 9, 16)
+    torch.testing.assert_close(module(x, full), module.proj(dense), atol=1e-12, rtol=1e-10)
+    assert module(x, full[..., :3]).shape == (2, 9, 16)
+    with pytest.raises(ValueError, match="dim must be a multiple of heads"):
+        KNNAttention(10, 4)
+
+
+def test_can_run_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = make_inputs(Case(1, 1, 8, 8, 2))
+    args = (inp["q"], inp["k"], inp["v"], inp["idx"])
+    assert can_run("reference", *args) == (True, "")
+    assert can_run("gather", *args) == (True, "")
+    ok, reason = can_run("triton", *args)
+    assert not ok and ("float64" in reason or "triton" in reason)
+    ok, reason = can_run("flash", *args)
+    assert not ok and "unknown backend 'flash'" in reason
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    fp32 = tuple(t.float() for t in args[:3])
+    ok, reason = can_run("triton", *fp32, inp["idx"])
+    assert not ok and "TRITON_INTERPRET" in reason
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run here"):
+        knn_attention(*fp32, inp["idx"], backend="triton")
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "expected"),
+    [(256, 16, "mask"), (4096, 16, "gather"), (4096, 2048, "mask"), (16384, 256, "gather")],
+)
+def test_auto_policy_on_cpu(n: int, k: int, expected: str) -> None:
+    q = torch.zeros(1, 1, n, 8)
+    idx = torch.zeros(1, n, k, dtype=torch.long)
+    assert select_backend(q, idx) == expected
+
+
+def bad_input_cases():
+    inp = make_inputs(Case(2, 2, 8, 4, 3))
+    q, k, v, idx = inp["q"], inp["k"], inp["v"], inp["idx"]
+    nan_q = q.clone()
+    nan_q[0, 0, 0, 0] = float("nan")
+    out_of_range = idx.clone()
+    out_of_range[0, 0, 0] = 8
+    return [
+        ("q-int", (q.long(), k, v, idx), {}, TypeError, "q must be a floating tensor"),
+        ("q-nan", (nan_q, k, v, idx), {}, ValueError, "q contains NaN or Inf"),
+        ("q-3d", (q[0], k, v, idx), {}, ValueError, r"q must have shape \(B, heads, N, d\)"),
+        ("kv-shape", (q, k[..., :2], v, idx), {}, ValueError, "q, k and v must have the same"),
+        ("kv-dtype", (q, k.float(), v, idx), {}, TypeError, "q, k and v must share a dtype"),
+        ("idx-float", (q, k, v, idx.double()), {}, TypeError, "idx must be an int32 or int64"),
+        ("idx-range", (q, k, v, out_of_range), {}, IndexError, r"idx values must lie in \[0, 7\]"),
+        ("idx-neg", (q, k, v, -idx - 1), {}, IndexError, r"idx values must lie in \[0, 7\]"),
+        ("idx-shape", (q, k, v, idx[:, :5]), {}, ValueError, "idx must have shape"),
+        ("K>N", (q, k, v, idx.repeat(1, 1, 3)), {}, ValueError, r"K in \[1, N=8\].*K=9"),
+        ("K<1", (q, k, v, idx[..., :0]), {}, ValueError, r"K in \[1, N=8\].*K=0"),
+        ("bias-shape", (q, k, v, idx), {"bias": q[..., :4]}, ValueError, "bias must broadcast"),
+        ("bias-nan", (q, k, v, idx), {"bias": q.new_full((2, 8, 8), float("inf"))}, ValueError,
+         "bias contains NaN or Inf"),  # fmt: skip
+        ("backend", (q, k, v, idx), {"backend": "dense"}, ValueError, "backend must be one of"),
+        ("scale", (q, k, v, idx), {"scale": float("nan")}, ValueError, "scale must be a finite"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [case[1:] for case in bad_input_cases()],
+    ids=[case[0] for case in bad_input_cases()],
+)
+def test_bad_inputs_name_the_argument(args, kwargs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        knn_attention(*args, **kwargs)
