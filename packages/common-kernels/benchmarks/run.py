@@ -59,7 +59,7 @@ def environment(threads: int) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    """Measure ``spec`` in a fresh process; a failure (e.g. out of memory) is recorded, not raised."""
+    """Measure ``spec`` in a fresh process; a failure (e.g. out of memory) is recorded."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
     proc = subprocess.run(
         [sys.executable, str(HERE / "worker.py"), json.dumps(spec)],
@@ -115,7 +115,7 @@ def progress(items: list[dict], label: str):
 
 
 def add_ratios(results: list[dict]) -> None:
-    """Per point (mode, N, K): each backend's time over the fastest KNN backend, and auto's check."""
+    """Per point (mode, N, K): each backend's time over the fastest KNN backend; auto's check."""
     points: dict[tuple, list[dict]] = {}
     for r in results:
         if r["op"] == "attention" and "error" not in r:
@@ -236,7 +236,10 @@ def main() -> int:
     print(tables)
     misses = [r for r in results if r.get("backend") == r.get("auto_pick") and not r["auto_ok"]]
     errors = [r for r in results if "error" in r]
-    print(f"auto within 10% of the fastest at every point: {not misses}; failed configs: {len(errors)}")
+    print(
+        f"auto within 10% of the fastest at every point: {not misses}; "
+        f"failed configs: {len(errors)}"
+    )
     print(f"results: {args.out / stem}.json, .md, .png")
     return 0
 

@@ -22,7 +22,8 @@ def check_float(name: str, t: torch.Tensor, *, finite: bool = True) -> torch.Ten
     check_tensor(name, t)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got {t.dtype}"
         )
     if finite and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf values; all entries must be finite")

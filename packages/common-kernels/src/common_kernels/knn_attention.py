@@ -37,6 +37,8 @@ BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton")
 # kernel wins while the neighbour set is a large share of the sequence.
 _MASK_WINS_BELOW_N = 1024
 _MASK_WINS_ABOVE_K_SHARE = 0.25
+# Registers hold a (BLOCK_M, BLOCK_K, head_dim) tile per program; past this it spills.
+_TRITON_MAX_HEAD_DIM = 256
 
 
 def knn_attention(
@@ -120,7 +122,9 @@ def select_backend(q: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None
     return "gather"
 
 
-def _can_run_validated(backend: str, q: torch.Tensor, bias: torch.Tensor | None) -> tuple[bool, str]:
+def _can_run_validated(
+    backend: str, q: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[bool, str]:
     if backend in ("reference", "gather"):
         return True, ""
     if backend == "mask":
@@ -131,9 +135,12 @@ def _can_run_validated(backend: str, q: torch.Tensor, bias: torch.Tensor | None)
     if not ok:
         return False, reason
     if q.dtype == torch.float64:
-        return False, "the triton kernels take float16/bfloat16/float32; use 'reference' for float64"
-    if q.shape[-1] > _tk.MAX_HEAD_DIM:
-        return False, f"head dim {q.shape[-1]} exceeds the triton kernel's {_tk.MAX_HEAD_DIM}"
+        return (
+            False,
+            "the triton kernels take float16/bfloat16/float32; use 'reference' for float64",
+        )
+    if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
+        return False, f"head dim {q.shape[-1]} exceeds the triton kernel's {_TRITON_MAX_HEAD_DIM}"
     return True, ""
 
 
@@ -161,7 +168,9 @@ def _validate(
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+        raise ValueError(
+            f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}"
+        )
     batch, heads, n, _ = q.shape
     check_ndim("idx", check_tensor("idx", idx), (3, 4), "(B, N, K) or (B, heads, N, K)")
     if idx.device != q.device:
@@ -169,9 +178,13 @@ def _validate(
     expected = (batch, n) if idx.ndim == 3 else (batch, heads, n)
     if tuple(idx.shape[:-1]) != expected:
         layout = "(B, N, K)" if idx.ndim == 3 else "(B, heads, N, K)"
-        raise ValueError(f"idx must have shape {layout} = {(*expected, 'K')}, got {tuple(idx.shape)}")
+        raise ValueError(
+            f"idx must have shape {layout} = {(*expected, 'K')}, got {tuple(idx.shape)}"
+        )
     if not 1 <= idx.shape[-1] <= n:
-        raise ValueError(f"idx must hold K in [1, N={n}] neighbours per query, got K={idx.shape[-1]}")
+        raise ValueError(
+            f"idx must hold K in [1, N={n}] neighbours per query, got K={idx.shape[-1]}"
+        )
     check_index("idx", idx, n)
     if bias is None:
         return None
@@ -180,7 +193,8 @@ def _validate(
     b_ok = bias.shape[0] in (1, batch) and bias.shape[1] in (1, heads)
     if not b_ok or tuple(bias.shape[2:]) != (n, n):
         raise ValueError(
-            f"bias must broadcast to (B, heads, N, N) = {(batch, heads, n, n)}, got {tuple(bias.shape)}"
+            f"bias must broadcast to (B, heads, N, N) = {(batch, heads, n, n)}, "
+            f"got {tuple(bias.shape)}"
         )
     if bias.device != q.device:
         raise ValueError(f"bias must be on q's device {q.device}, got {bias.device}")

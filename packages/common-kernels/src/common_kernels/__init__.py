@@ -1,0 +1,29 @@
+"""common-kernels: KNN graphs, KNN-sparse attention, FFT-guided fusion and tiling.
+
+The public API is this module's names; method packages import nothing else.
+"""
+
+from common_kernels.fft_fusion import fft_phase_fusion
+from common_kernels.knn_attention import KNNAttention, can_run, knn_attention, select_backend
+from common_kernels.knn_graph import knn_graph
+from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
+from common_kernels.windows import window_partition, window_reverse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KNNAttention",
+    "OverlapAccumulator",
+    "Tile",
+    "__version__",
+    "blend_weights",
+    "can_run",
+    "fft_phase_fusion",
+    "knn_attention",
+    "knn_graph",
+    "select_backend",
+    "tile_grid",
+    "tiled_apply",
+    "window_partition",
+    "window_reverse",
+]

@@ -1,0 +1,161 @@
+"""Exact, deterministic k-nearest-neighbour graphs over token features, global or per window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_float, check_ndim, check_positive_int
+from .windows import window_partition
+
+SIMILARITIES = ("dot", "cosine")
+BACKENDS = ("auto", "reference", "chunked")
+AUTO_REFERENCE_MAX_PAIRS = 2048 * 2048  # "auto" uses the full N x N matrix up to this many pairs
+CHUNK_BLOCK_BYTES = 64 * 2**20  # default chunk keeps one similarity block near 64 MB
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _similarity_features(x: Tensor, similarity: str) -> Tensor:
+    """Features whose pairwise dot products are the similarities (fp32 for fp16/bf16 input)."""
+    feats = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return F.normalize(feats, dim=-1) if similarity == "cosine" else feats
+
+
+def _similarity_block(queries: Tensor, keys: Tensor) -> Tensor:
+    """(G, M, C) queries x (G, N, C) keys -> (G, M, N) similarities; every block is made here."""
+    return queries @ keys.transpose(-2, -1)
+
+
+def _exact_topk(sim: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` largest entries of each row, ordered by (value desc, index asc).
+
+    Args:
+        sim: (..., M, N) finite similarities.
+        k: entries to keep per row, ``1 <= k <= N``.
+
+    Returns:
+        (..., M, k) int64 indices.
+    """
+    kth = sim.topk(k, dim=-1).values[..., -1:]  # (..., M, 1)
+    above = sim > kth
+    tied = sim == kth
+    ties_needed = k - above.sum(dim=-1, keepdim=True, dtype=torch.int32)
+    keep = above | (tied & (tied.cumsum(dim=-1, dtype=torch.int32) <= ties_needed))
+    # exactly k entries kept per row; nonzero() lists them row by row in ascending index order
+    chosen = keep.nonzero()[:, -1].view(*sim.shape[:-1], k)  # (..., M, k)
+    order = sim.gather(-1, chosen).sort(dim=-1, descending=True, stable=True).indices
+    return chosen.gather(-1, order)
+
+
+def _block_neighbours(
+    queries: Tensor, keys: Tensor, first_row: int, k: int, force_self: bool
+) -> Tensor:
+    """Neighbours of ``queries`` = ``keys[:, first_row:first_row + M]`` among all ``keys``.
+
+    Args:
+        queries: (G, M, C) query rows.
+        keys: (G, N, C) all tokens of the same G sequences.
+        first_row: token index of the first query row.
+        k: neighbours per query.
+        force_self: put each token first and pick the other k-1 from the remaining tokens.
+
+    Returns:
+        (G, M, k) int64 neighbour indices.
+    """
+    sim = _similarity_block(queries, keys)  # (G, M, N)
+    if not bool(torch.isfinite(sim).all()):
+        raise ValueError(
+            "x gives non-finite similarities (overflow); accepted: values whose pairwise dot "
+            "products are finite, rescale x"
+        )
+    if not force_self:
+        return _exact_topk(sim, k)
+    n_seq, n_rows, _ = sim.shape
+    rows = torch.arange(first_row, first_row + n_rows, device=sim.device)  # (M,)
+    own = rows.expand(n_seq, n_rows).unsqueeze(-1)  # (G, M, 1)
+    if k == 1:
+        return own
+    sim.diagonal(offset=first_row, dim1=-2, dim2=-1).fill_(float("-inf"))
+    return torch.cat([own, _exact_topk(sim, k - 1)], dim=-1)
+
+
+def _row_blocks(batch: int, n: int, chunk: int) -> Iterator[tuple[slice, slice]]:
+    """(batch slice, row slice) blocks covering (batch, n) with at most ``chunk * n`` pairs each."""
+    if chunk >= n:
+        group = chunk // n
+        for start in range(0, batch, group):
+            yield slice(start, start + group), slice(0, n)
+    else:
+        for b in range(batch):
+            for start in range(0, n, chunk):
+                yield slice(b, b + 1), slice(start, start + chunk)
+
+
+def _chunked_neighbours(feats: Tensor, k: int, force_self: bool, chunk: int) -> Tensor:
+    """Exact neighbours of (B, N, C) features, holding at most ``chunk * N`` similarities."""
+    batch, n, _ = feats.shape
+    idx = torch.empty(batch, n, k, dtype=torch.long, device=feats.device)
+    for seqs, rows in _row_blocks(batch, n, chunk):
+        idx[seqs, rows] = _block_neighbours(
+            feats[seqs, rows], feats[seqs], rows.start, k, force_self
+        )
+    return idx
+
+
+def knn_graph(
+    x: Tensor,
+    k: int,
+    *,
+    window: int | None = None,
+    similarity: str = "dot",
+    force_self: bool = False,
+    chunk: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """For every token, its ``k`` most similar tokens, exactly and deterministically.
+
+    Neighbours are sorted by similarity descending; equal similarities put the lower index
+    first, so every backend gives the same graph and ``idx[..., :j] == knn_graph(x, j)``.
+
+    Args:
+        x: (B, N, C) features, or (B, H, W, C) when ``window`` is given. fp16/bf16 similarities
+            are computed in fp32.
+        k: neighbours per token, in ``[1, N]`` (``[1, window**2]`` with ``window``).
+        window: build the graph inside each non-overlapping ``window x window`` window.
+        similarity: ``"dot"`` (x_i . x_j) or ``"cosine"`` (dot of L2-normalised features).
+        force_self: make each token its own first neighbour, followed by the top-(k-1) others.
+        chunk: query rows per block for the chunked backend (int >= 1).
+        backend: ``"reference"`` (full N x N matrix), ``"chunked"`` (at most ``chunk * N``
+            similarities alive at once) or ``"auto"`` (reference up to 2048 x 2048 per batch
+            element, chunked with ~64 MB blocks beyond).
+
+    Returns:
+        (B, N, k) int64 indices, or (B*nW, window*window, k) window-local indices in
+        :func:`~common_kernels.windows.window_partition` order.
+    """
+    _check_choice("similarity", similarity, SIMILARITIES)
+    _check_choice("backend", backend, BACKENDS)
+    if chunk is not None:
+        check_positive_int("chunk", chunk)
+    check_float("x", x)
+    if window is None:
+        check_ndim("x", x, (3,), "(B, N, C)")
+    else:
+        check_ndim("x", x, (4,), "(B, H, W, C) when window is given")
+        x = window_partition(x, window)  # (B*nW, w*w, C)
+    n = x.shape[1]
+    check_positive_int("k", k, upper=n)
+    feats = _similarity_features(x, similarity)
+    if backend == "reference" or (backend == "auto" and n * n <= AUTO_REFERENCE_MAX_PAIRS):
+        return _block_neighbours(feats, feats, 0, k, force_self)
+    if chunk is None:
+        chunk = max(1, CHUNK_BLOCK_BYTES // (n * feats.element_size()))
+    return _chunked_neighbours(feats, k, force_self, chunk)
