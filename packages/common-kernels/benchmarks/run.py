@@ -6,6 +6,9 @@ backend at the same point, and check that ``backend="auto"`` picks one within 10
 
     python benchmarks/run.py            # the full grid (about 15 minutes on 2 cores)
     python benchmarks/run.py --quick    # N in {256, 1024}, K in {16, 64}
+
+Finished configurations are appended to ``<out>/<full|quick>.partial.jsonl`` as they complete,
+and a rerun skips them, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -211,6 +214,27 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_all(specs: list[dict], journal: Path) -> list[dict]:
+    """Measure every spec, reusing (and appending to) the journal of finished ones."""
+    done = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            result = json.loads(line)
+            done[_spec_key(result)] = result
+    with journal.open("a") as f:
+        for spec in progress(specs, "benchmark"):
+            if _spec_key(spec) not in done:
+                done[_spec_key(spec)] = run_worker(spec)
+                f.write(json.dumps(done[_spec_key(spec)]) + "\n")
+                f.flush()
+    return [done[_spec_key(spec)] for spec in specs]
+
+
+def _spec_key(spec: dict) -> str:
+    keys = ("op", "backend", "mode", "n", "k", "batch", "heads", "d", "channels", "threads")
+    return json.dumps([spec.get(key) for key in keys])
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -220,11 +244,11 @@ def write_atomically(path: Path, text: str) -> None:
 def main() -> int:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "full"
     specs = attention_grid(args.quick, args.threads) + knn_graph_grid(args.quick, args.threads)
-    results = [run_worker(spec) for spec in progress(specs, "benchmark")]
+    results = run_all(specs, args.out / f"{stem}.partial.jsonl")
     add_ratios(results)
     report = {"environment": environment(args.threads), "quick": args.quick, "results": results}
-    stem = "quick" if args.quick else "full"
     write_atomically(args.out / f"{stem}.json", json.dumps(report, indent=1))
     tables = (
         f"### knn_attention (B=1, heads=2, d=32, {args.threads} threads)\n\n"

@@ -202,16 +202,21 @@ def _validate(
 
 
 def _neighbour_log_multiplicity(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """Dense (B, heads|1, N, N) additive mask: log(count of j in idx[i]), -inf where absent."""
-    idx4 = idx if idx.ndim == 4 else idx.unsqueeze(1)  # (B, heads|1, N, K)
-    counts = torch.zeros(*idx4.shape[:-1], n, dtype=dtype, device=idx.device)
-    counts.scatter_add_(-1, idx4.long(), torch.ones(idx4.shape, dtype=dtype, device=idx.device))
-    return counts.log()  # (B, heads|1, N, N)
+    """Dense (B, heads|1, N, N) additive mask: log(count of j in idx[i]), -inf where absent.
+
+    log() runs on the N*K neighbour entries only: log(0) over the whole N x N grid is slow.
+    """
+    idx4 = (idx if idx.ndim == 4 else idx.unsqueeze(1)).long()  # (B, heads|1, N, K)
+    grid = (*idx4.shape[:-1], n)
+    ones = torch.ones(idx4.shape, dtype=dtype, device=idx.device)
+    counts = torch.zeros(grid, dtype=dtype, device=idx.device).scatter_add_(-1, idx4, ones)
+    mask = torch.full(grid, float("-inf"), dtype=dtype, device=idx.device)
+    return mask.scatter_(-1, idx4, counts.gather(-1, idx4).log())  # duplicates write one value
 
 
 def _reference(q, k, v, idx, scale, bias) -> torch.Tensor:
     """Dense logits, -inf outside the neighbours, softmax, matmul; in q's dtype."""
-    logits = scale * (q @ k.transpose(-1, -2))  # (B, heads, N, N)
+    logits = (scale * q) @ k.transpose(-1, -2)  # (B, heads, N, N)
     logits = logits + _neighbour_log_multiplicity(idx, q.shape[-2], q.dtype)
     if bias is not None:
         logits = logits + bias.to(q.dtype)
@@ -227,18 +232,22 @@ def _masked_sdpa(q, k, v, idx, scale, bias) -> torch.Tensor:
 
 
 def _gather(q, k, v, idx, scale, bias) -> torch.Tensor:
-    """Gather the K neighbour rows of k and v per query, then a K-wide softmax."""
+    """Gather the K neighbour rows of k and v per query, then a K-wide softmax.
+
+    The row gather is ``F.embedding``: on the CPU it is the fastest torch row gather, and its
+    backward is a dense scatter-add.
+    """
     batch, heads, n, d = q.shape
-    n_neighbours = idx.shape[-1]
     idx4 = (idx if idx.ndim == 4 else idx.unsqueeze(1)).long()  # (B, heads|1, N, K)
-    flat = idx4.expand(batch, heads, n, n_neighbours).reshape(batch, heads, n * n_neighbours, 1)
-    rows = flat.expand(-1, -1, -1, d)  # (B, heads, N*K, d)
-    k_nb = k.gather(2, rows).view(batch, heads, n, n_neighbours, d)  # (B, heads, N, K, d)
-    v_nb = v.gather(2, rows).view(batch, heads, n, n_neighbours, d)  # (B, heads, N, K, d)
-    logits = scale * torch.einsum("bhnd,bhnkd->bhnk", q, k_nb)  # (B, heads, N, K)
+    idx4 = idx4.expand(batch, heads, n, idx4.shape[-1])  # (B, heads, N, K)
+    offsets = torch.arange(batch * heads, device=idx.device).view(batch, heads, 1, 1) * n
+    rows = idx4 + offsets  # (B, heads, N, K) row ids into k.view(B*heads*N, d)
+    k_nb = F.embedding(rows, k.reshape(-1, d))  # (B, heads, N, K, d)
+    v_nb = F.embedding(rows, v.reshape(-1, d))  # (B, heads, N, K, d)
+    logits = torch.einsum("bhnd,bhnkd->bhnk", scale * q, k_nb)  # (B, heads, N, K)
     if bias is not None:
         table = bias.to(q.dtype).expand(batch, heads, n, n)  # (B, heads, N, N)
-        logits = logits + table.gather(-1, flat.view(batch, heads, n, n_neighbours))
+        logits = logits + table.gather(-1, idx4)
     return torch.einsum("bhnk,bhnkd->bhnd", logits.softmax(dim=-1), v_nb)
 
 
