@@ -103,9 +103,7 @@ def install_packages(session: nox.Session, packages: list[str], extra: str) -> N
 
 
 def cuda_available(session: nox.Session) -> bool:
-    out = session.run(
-        "python", "-c", "import torch; print(torch.cuda.is_available())", silent=True
-    )
+    out = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
     return out.strip().endswith("True")
 
 
@@ -161,7 +159,9 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run every package's benchmarks/run.py; pass ``-- --quick`` for a small run."""
     share_torch(session)
-    with_bench = [name for name in PACKAGES if (PACKAGES_DIR / name / "benchmarks" / "run.py").exists()]
+    with_bench = [
+        name for name in PACKAGES if (PACKAGES_DIR / name / "benchmarks" / "run.py").exists()
+    ]
     install_packages(session, with_bench, "bench")
     for name in with_bench:
         session.run("python", str(PACKAGES_DIR / name / "benchmarks" / "run.py"), *session.posargs)

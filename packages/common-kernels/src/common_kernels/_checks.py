@@ -25,9 +25,15 @@ def check_float(name: str, t: torch.Tensor, *, finite: bool = True) -> torch.Ten
             f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
             f"got {t.dtype}"
         )
-    if finite and not bool(torch.isfinite(t).all()):
+    if finite and t.numel() and not all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf values; all entries must be finite")
     return t
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """One reduction pass (NaN propagates through min/max, Inf shows as an extreme)."""
+    low, high = torch.aminmax(t.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def check_ndim(name: str, t: torch.Tensor, ndims: Sequence[int], layout: str) -> torch.Tensor:

@@ -29,9 +29,8 @@ import torch
 try:
     import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 except ImportError as exc:  # triton is optional: the torch backends work without it
-    triton = tl = InterpretedFunction = None
+    triton = tl = None
     TRITON_IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
 else:
     TRITON_IMPORT_ERROR = None
@@ -132,8 +131,8 @@ def _knn_fwd_kernel(
         LSE: (B, H, N) fp32 log-sum-exp output.
         KNB: neighbours per query.
     """
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -186,8 +185,8 @@ def _knn_bwd_query_kernel(
         BIAS: (B, H, N, N) bias view (stride 0 over broadcast dims); unused without bias.
         LSE, DELTA: (B, H, N) fp32 log-sum-exp and dO . out.
     """
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -245,8 +244,8 @@ def _knn_bwd_key_kernel(
         ROW_PTR: (B, H, N + 1) view; key n owns COLS[row_ptr[n]:row_ptr[n + 1]].
         COLS: (B, H, N * KNB) view of flat slot ids.
     """
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -305,7 +304,7 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
             "tensors are on cpu and TRITON_INTERPRET=1 is not set; "
             "triton compiles only for CUDA devices"
         )
-    if not isinstance(_knn_fwd_kernel, InterpretedFunction):
+    if isinstance(_knn_fwd_kernel, triton.runtime.JITFunction):
         return False, (
             "tensors are on cpu but the triton kernels were compiled for CUDA because "
             "TRITON_INTERPRET=1 was set after common_kernels imported triton; "
@@ -381,7 +380,9 @@ def _index_strides(idx: torch.Tensor) -> tuple[int, int]:
     return (idx.stride(0), 0) if idx.ndim == 3 else (idx.stride(0), idx.stride(1))
 
 
-def _bias_view(bias: torch.Tensor | None, shape: tuple[int, int, int, int], fallback: torch.Tensor):
+def _bias_view(
+    bias: torch.Tensor | None, shape: tuple[int, int, int, int], fallback: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Return (tensor, strides) for the kernels: the bias broadcast to ``shape`` by stride 0.
 
     Args:
@@ -398,6 +399,11 @@ def _bias_view(bias: torch.Tensor | None, shape: tuple[int, int, int, int], fall
 def _block_d(d: int) -> int:
     """Feature block: the next power of two >= max(d, 16)."""
     return triton.next_power_of_2(max(d, 16))
+
+
+def _num_warps(block_d: int) -> int:
+    """Warps per program, grown with the (16, 16, BLOCK_D) gathered tile to limit spills."""
+    return 4 if block_d <= 32 else 8 if block_d <= 64 else 16
 
 
 def triton_knn_attention_forward(
@@ -431,12 +437,14 @@ def triton_knn_attention_forward(
     out = torch.empty_like(q)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     bias_arg, bias_strides = _bias_view(bias, (B, H, N, N), q)
-    grid = (triton.cdiv(N, BLOCK_M), B * H)
+    block_d = _block_d(d)
+    grid = (B * H, triton.cdiv(N, BLOCK_M))  # B * H on axis 0: grid axis 1 stops at 65535
     _knn_fwd_kernel[grid](
         q, k, v, idx, bias_arg, out, lse,
         H, N, knb, d, scale,
         *_index_strides(idx), *bias_strides,
-        HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=_block_d(d),
+        HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
+        num_warps=_num_warps(block_d),
     )  # fmt: skip
     return out, lse
 
@@ -471,12 +479,12 @@ def _backward(
     ds = torch.empty(B, H, N, knb, device=q.device, dtype=torch.float32) if need_ds else None
     bias_arg, bias_strides = _bias_view(bias, (B, H, N, N), q)
     block_d = _block_d(d)
-    _knn_bwd_query_kernel[(triton.cdiv(N, BLOCK_M), B * H)](
+    _knn_bwd_query_kernel[(B * H, triton.cdiv(N, BLOCK_M))](
         q, k, v, idx, bias_arg, do, lse, delta, dq, dk_acc, dv_acc, lse if ds is None else ds,
         H, N, knb, d, scale,
         *_index_strides(idx), *bias_strides,
         HAS_BIAS=bias is not None, ATOMIC_KV=not deterministic, STORE_DS=need_ds,
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, num_warps=_num_warps(block_d),
     )  # fmt: skip
     if not deterministic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype), ds
@@ -486,11 +494,12 @@ def _backward(
     row_ptr = row_ptr.expand(B, H, N + 1)  # (B, H, N + 1), stride 0 over heads when shared
     cols = cols.expand(B, H, N * knb)  # (B, H, N * K), stride 0 over heads when shared
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    _knn_bwd_key_kernel[(triton.cdiv(N, BLOCK_N), B * H)](
+    _knn_bwd_key_kernel[(B * H, triton.cdiv(N, BLOCK_N))](
         q, k, v, bias_arg, do, lse, delta, row_ptr, cols, dk, dv,
         H, N, knb, d, scale,
         row_ptr.stride(0), row_ptr.stride(1), cols.stride(0), cols.stride(1), *bias_strides,
         HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, BLOCK_D=block_d,
+        num_warps=_num_warps(block_d),
     )  # fmt: skip
     return dq, dk, dv, ds
 

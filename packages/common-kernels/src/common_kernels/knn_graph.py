@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_float, check_ndim, check_positive_int
+from ._checks import all_finite, check_float, check_ndim, check_positive_int
 from .windows import window_partition
 
 SIMILARITIES = ("dot", "cosine")
@@ -37,6 +37,9 @@ def _similarity_block(queries: Tensor, keys: Tensor) -> Tensor:
 def _exact_topk(sim: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` largest entries of each row, ordered by (value desc, index asc).
 
+    Fast path: in a row whose k+1 largest values are distinct, ``topk`` alone is exact (the set
+    and its order are unique). Only rows with ties there take the tie-breaking path.
+
     Args:
         sim: (..., M, N) finite similarities.
         k: entries to keep per row, ``1 <= k <= N``.
@@ -44,7 +47,19 @@ def _exact_topk(sim: Tensor, k: int) -> Tensor:
     Returns:
         (..., M, k) int64 indices.
     """
-    kth = sim.topk(k, dim=-1).values[..., -1:]  # (..., M, 1)
+    n = sim.shape[-1]
+    values, indices = sim.topk(min(k + 1, n), dim=-1)  # (..., M, k[+1]) descending
+    tied = (values[..., 1:] == values[..., :-1]).any(dim=-1).reshape(-1)  # (rows,)
+    chosen = indices[..., :k].reshape(-1, k)  # (rows, k)
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)  # (tied rows,)
+        kth = values.reshape(-1, values.shape[-1])[rows, k - 1 : k]  # (tied rows, 1)
+        chosen = chosen.index_copy(0, rows, _tie_broken_topk(sim.reshape(-1, n)[rows], kth, k))
+    return chosen.view(*sim.shape[:-1], k)  # (..., M, k)
+
+
+def _tie_broken_topk(sim: Tensor, kth: Tensor, k: int) -> Tensor:
+    """Exact top-k with ties to the lower index; ``kth`` (..., M, 1) is each row's k-th value."""
     above = sim > kth
     tied = sim == kth
     ties_needed = k - above.sum(dim=-1, keepdim=True, dtype=torch.int32)
@@ -71,7 +86,7 @@ def _block_neighbours(
         (G, M, k) int64 neighbour indices.
     """
     sim = _similarity_block(queries, keys)  # (G, M, N)
-    if not bool(torch.isfinite(sim).all()):
+    if not all_finite(sim):
         raise ValueError(
             "x gives non-finite similarities (overflow); accepted: values whose pairwise dot "
             "products are finite, rescale x"
