@@ -1,0 +1,39 @@
+"""SemanIR: image restoration that shares one key-semantic KNN dictionary per stage.
+
+Lightning pieces (``RestorationModule``, ``RestorationDataModule``) live in
+``semanir.lightning_module`` and ``semanir.data`` and are not imported here: inference does not
+pay for importing Lightning.
+"""
+
+from semanir.inference import load_model, restore
+from semanir.io import list_images, read_image, write_image
+from semanir.metrics import psnr, ssim
+from semanir.models import (
+    CONFIGS,
+    DnCNN,
+    DnCNNConfig,
+    SemanIR,
+    SemanIRConfig,
+    build_model,
+    get_config,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONFIGS",
+    "DnCNN",
+    "DnCNNConfig",
+    "SemanIR",
+    "SemanIRConfig",
+    "__version__",
+    "build_model",
+    "get_config",
+    "list_images",
+    "load_model",
+    "psnr",
+    "read_image",
+    "restore",
+    "ssim",
+    "write_image",
+]

@@ -1,0 +1,331 @@
+"""The ``semanir`` command: ``fit``/``validate`` (LightningCLI), ``restore`` and ``eval``.
+
+semanir fit --config configs/denoise_gray_tiny.yaml [--trainer.max_time 00:01:00:00]
+semanir restore IN... -o OUT [--task denoise --sigma 25] [--model PATH|HUB_ID] [--tile 512]
+                [--k K] [--add-noise [SIGMA] --seed S]
+semanir eval --task denoise --sigma 25 --data DIR [--model PATH|HUB_ID] [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser, Namespace
+from torch import nn
+from tqdm import tqdm
+
+from semanir.data.datasets import SyntheticDegradationDataset, index_generator
+from semanir.data.degradations import (
+    add_gaussian_noise,
+    bicubic_resize,
+    check_quality,
+    check_scale,
+    check_sigma,
+)
+from semanir.inference import load_model
+from semanir.inference import restore as restore_batch
+from semanir.io import atomic_write, is_image_file, list_images, read_image, write_image
+from semanir.metrics import psnr, ssim
+
+USAGE = """usage: semanir {fit,validate,restore,eval} ...
+
+commands:
+  fit       train with Lightning:  semanir fit --config configs/denoise_gray_tiny.yaml
+  validate  validate a checkpoint: semanir validate --config CONFIG --ckpt_path CKPT
+  restore   restore image files or folders:  semanir restore IN... -o OUT
+  eval      PSNR/SSIM on a folder of clean images with synthetic degradations:
+            semanir eval --task denoise --sigma 25 --data DIR
+
+run `semanir COMMAND --help` for the options of a command
+"""
+LIGHTNING_COMMANDS = ("fit", "validate")
+USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
+TASKS = ("denoise", "jpeg", "sr")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``semanir`` console script; returns the exit status.
+
+    Args:
+        argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
+    """
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, options = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        run_lightning(None if from_command_line else argv)
+        return 0
+    commands = {"restore": (restore_parser, restore), "eval": (eval_parser, evaluate)}
+    if command not in commands:
+        print(f"semanir: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    make_parser, run = commands[command]
+    args = make_parser().parse_args(options)
+    try:
+        run(args)
+    except (ValueError, OSError) as error:
+        print(f"semanir {command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_lightning(argv: list[str] | None) -> None:
+    """``semanir fit|validate ...``: LightningCLI over RestorationModule + RestorationDataModule.
+
+    Args:
+        argv: the arguments starting with the subcommand (None = read ``sys.argv``).
+    """
+    # Imported here: Lightning takes seconds to import and restore/eval do not need it.
+    from semanir.lightning_module import RestorationCLI
+
+    RestorationCLI(args=argv)
+
+
+def _add_model_options(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="save_pretrained folder or Hugging Face hub id (default: the bundled gray denoiser)",
+    )
+    parser.add_argument("--tile", type=int, default=None, help="tile size for large images")
+    parser.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles")
+    parser.add_argument("--k", type=int, default=None, help="neighbours per token at inference")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+
+
+def restore_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="semanir restore",
+        description="Restore images and write the results (atomically) to OUT.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder; or an image file name when restoring a single image",
+    )
+    parser.add_argument("--task", choices=TASKS, default="denoise", help="restoration task")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="noise level (0-255) of the inputs; the level --add-noise uses when given no value",
+    )
+    _add_model_options(parser)
+    parser.add_argument(
+        "--add-noise",
+        type=float,
+        nargs="?",
+        const=USE_SIGMA,
+        default=None,
+        metavar="SIGMA",
+        help="treat inputs as clean: add Gaussian noise first (demo) and print PSNR before/after",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
+    parser.add_argument(
+        "--save-noisy",
+        action="store_true",
+        help="with --add-noise, also write each noisy input as NAME_noisy.EXT next to its output",
+    )
+    return parser
+
+
+def eval_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="semanir eval",
+        description="Degrade clean images, restore them and print a PSNR/SSIM table.",
+    )
+    parser.add_argument("--task", choices=TASKS, default="denoise", help="restoration task")
+    parser.add_argument("--data", nargs="+", required=True, help="clean image files/folders")
+    parser.add_argument("--sigma", type=float, default=None, help="noise level for denoise")
+    parser.add_argument("--quality", type=int, default=None, help="JPEG quality for jpeg")
+    parser.add_argument("--scale", type=int, default=None, help="factor for sr (default: model's)")
+    _add_model_options(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations")
+    parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    return parser
+
+
+def _load(args: Namespace) -> nn.Module:
+    """The model named by --model on --device, checked against --task."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.model).to(device).eval()
+    upscale = int(model.upscale)
+    if (args.task == "sr") != (upscale > 1):
+        raise ValueError(
+            f"the model {'upscales x' + str(upscale) if upscale > 1 else 'keeps the image size'}, "
+            f"which does not fit --task {args.task}"
+        )
+    return model
+
+
+def _channels(model: nn.Module) -> str:
+    return "gray" if model.in_channels == 1 else "rgb"
+
+
+def _run_model(model: nn.Module, image: torch.Tensor, args: Namespace) -> torch.Tensor:
+    """Restore one (C, H, W) image with the inference options of ``args``."""
+    batch = image[None].to(next(model.parameters()).device)  # (1, C, H, W)
+    output = restore_batch(model, batch, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k)
+    return output[0].cpu()
+
+
+def restore(args: Namespace) -> None:
+    """``semanir restore``: restore every input image and write it to the output location."""
+    if args.sigma is not None:
+        check_sigma(args.sigma)
+    noise_sigma = _noise_sigma(args)
+    paths = list_images(args.inputs)
+    targets = output_paths(paths, Path(args.output))
+    model = _load(args)
+    channels = _channels(model)
+    before, after = [], []
+    jobs = list(zip(paths, targets, strict=True))
+    for index, (path, target) in enumerate(tqdm(jobs, desc="restore", disable=None)):
+        image = read_image(path, channels=channels)
+        if noise_sigma is None:
+            write_image(target, _run_model(model, image, args))
+            continue
+        noisy = add_gaussian_noise(image, noise_sigma, index_generator(args.seed, index))
+        output = _run_model(model, noisy, args)
+        write_image(target, output)
+        if args.save_noisy:
+            write_image(target.with_name(f"{target.stem}_noisy{target.suffix}"), noisy)
+        before.append(float(psnr(noisy, image)))
+        after.append(float(psnr(output, image)))
+        tqdm.write(
+            f"{path.name}: PSNR {before[-1]:.2f} dB (noisy) -> {after[-1]:.2f} dB (restored)"
+        )
+    if before:
+        mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
+        print(f"mean PSNR over {len(before)} image(s): {mean_before:.2f} dB -> {mean_after:.2f} dB")
+    print(f"wrote {len(targets)} image(s) to {args.output}")
+
+
+def _noise_sigma(args: Namespace) -> float | None:
+    """The noise level --add-noise asks for (its value, or --sigma when given without one)."""
+    if args.add_noise is None:
+        return None
+    if args.task != "denoise":
+        raise ValueError("--add-noise applies to --task denoise only")
+    sigma = args.sigma if args.add_noise == USE_SIGMA else args.add_noise
+    if sigma is None:
+        raise ValueError("--add-noise without a value needs --sigma")
+    return check_sigma(sigma)
+
+
+def output_paths(inputs: list[Path], output: Path) -> list[Path]:
+    """Where each restored input goes: ``output`` itself for one input with an image extension,
+    otherwise ``output / input.name`` (names must then be unique)."""
+    if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
+        return [output]
+    targets = [output / path.name for path in inputs]
+    seen: dict[Path, Path] = {}
+    for path, target in zip(inputs, targets, strict=True):
+        if target in seen:
+            raise ValueError(f"{seen[target]} and {path} would both be written to {target}")
+        seen[target] = path
+    return targets
+
+
+def evaluate(args: Namespace) -> None:
+    """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
+    degradation = _eval_degradation(args)
+    list_images(args.data)  # fail on missing or empty inputs before loading a model
+    model = _load(args)
+    if args.task == "sr":
+        degradation["scale"] = _eval_scale(args.scale, int(model.upscale))
+    dataset = SyntheticDegradationDataset(
+        args.data, args.task, channels=_channels(model), train=False, seed=args.seed, **degradation
+    )
+    metric_options = {
+        "y_channel": args.task in ("sr", "jpeg") and model.in_channels == 3,
+        "crop_border": degradation.get("scale", 0),
+    }
+    rows = []
+    for index in tqdm(range(len(dataset)), desc="eval", disable=None):
+        sample = dataset[index]
+        degraded, clean = sample["lq"], sample["gt"]
+        baseline = bicubic_resize(degraded, dataset.scale) if args.task == "sr" else degraded
+        output = _run_model(model, degraded, args)
+        rows.append(
+            {
+                "image": dataset.paths[index].name,
+                "psnr_in": float(psnr(baseline, clean, **metric_options)),
+                "ssim_in": float(ssim(baseline, clean, **metric_options)),
+                "psnr_out": float(psnr(output, clean, **metric_options)),
+                "ssim_out": float(ssim(output, clean, **metric_options)),
+            }
+        )
+    rows.append(mean_row(rows))
+    print(format_table(rows, title=_describe(args, degradation)))
+    if args.csv:
+        write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
+
+
+def _eval_degradation(args: Namespace) -> dict[str, float | int]:
+    """The degradation options --task needs, validated; SR's scale is resolved later."""
+    if args.task == "denoise":
+        if args.sigma is None:
+            raise ValueError("--task denoise needs --sigma (0-255)")
+        return {"sigma": check_sigma(args.sigma)}
+    if args.task == "jpeg":
+        if args.quality is None:
+            raise ValueError("--task jpeg needs --quality (1-95)")
+        return {"quality": check_quality(args.quality)}
+    if args.scale is not None:
+        check_scale(args.scale)
+    return {}
+
+
+def _eval_scale(requested: int | None, model_scale: int) -> int:
+    if requested is not None and requested != model_scale:
+        raise ValueError(f"--scale {requested} does not match the model's x{model_scale}")
+    return check_scale(model_scale)
+
+
+def _describe(args: Namespace, degradation: dict[str, float | int]) -> str:
+    settings = ", ".join(f"{key}={value:g}" for key, value in degradation.items())
+    return f"{args.task} ({settings}), model: {args.model or 'bundled default'}"
+
+
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row named 'mean' holding the column means of ``rows``."""
+    columns = [key for key in rows[0] if key != "image"]
+    return {"image": "mean", **{key: sum(r[key] for r in rows) / len(rows) for key in columns}}
+
+
+def format_table(rows: list[dict[str, Any]], title: str) -> str:
+    """Plain-text table: PSNR (dB, 2 decimals) and SSIM (4 decimals), input and restored."""
+    header = f"{'image':<24} {'PSNR in':>8} {'SSIM in':>8} {'PSNR out':>9} {'SSIM out':>9}"
+    lines = [title, header, "-" * len(header)]
+    for row in rows:
+        if row["image"] == "mean":
+            lines.append("-" * len(header))
+        lines.append(
+            f"{row['image']:<24} {row['psnr_in']:>8.2f} {row['ssim_in']:>8.4f} "
+            f"{row['psnr_out']:>9.2f} {row['ssim_out']:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as CSV atomically (a temporary file renamed onto ``path``)."""
+    with atomic_write(path) as temp_path, temp_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``RestorationDataModule``: training and validation loaders over image folders."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
+from semanir.io import Channels
+
+Task = Literal["denoise", "jpeg", "sr", "demosaic", "paired"]
+
+
+class RestorationDataModule(L.LightningDataModule):
+    """Loaders of (degraded, clean) pairs for one restoration task.
+
+    Synthetic tasks ("denoise", "jpeg", "sr", "demosaic") degrade the clean images in
+    ``train_dirs`` / ``val_dirs`` on the fly; "paired" reads degraded images from
+    ``train_lq_dir`` / ``val_lq_dir`` and their clean partners from ``train_dirs`` / ``val_dirs``.
+    Validation is deterministic (fixed per-image seeds) and uses whole images unless
+    ``val_patch_size`` asks for center crops.
+
+    Args:
+        train_dirs: folders or files of clean training images.
+        val_dirs: folders or files of clean validation images (None = no validation).
+        task: "denoise", "jpeg", "sr", "demosaic" or "paired".
+        channels: "gray" or "rgb".
+        patch_size: side of the clean training crops.
+        val_patch_size: side of the center crops used for validation (None = whole images).
+        batch_size: training batch size per process.
+        val_batch_size: validation batch size (whole images of different sizes need 1).
+        num_workers: loader worker processes.
+        sigma: fixed training noise level (0-255 scale) for "denoise".
+        sigma_range: (low, high) noise levels for blind denoising.
+        val_sigma: validation noise level (None = ``sigma``, or per-image draws from the range).
+        quality: fixed JPEG quality for "jpeg".
+        quality_range: (low, high) JPEG qualities for blind JPEG training.
+        val_quality: validation JPEG quality (None = ``quality``, or draws from the range).
+        scale: super-resolution factor (2, 3 or 4) for "sr" and low-resolution "paired" data.
+        bayer_pattern: colour-filter layout for "demosaic".
+        train_lq_dir: degraded training images for "paired".
+        val_lq_dir: degraded validation images for "paired".
+        repeat: how many times each training image appears per epoch.
+        seed: seed of the validation degradations.
+    """
+
+    def __init__(
+        self,
+        train_dirs: list[str] | None = None,
+        val_dirs: list[str] | None = None,
+        task: Task = "denoise",
+        channels: Channels = "gray",
+        patch_size: int = 64,
+        val_patch_size: int | None = None,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        sigma: float | None = None,
+        sigma_range: tuple[float, float] | None = None,
+        val_sigma: float | None = None,
+        quality: int | None = None,
+        quality_range: tuple[int, int] | None = None,
+        val_quality: int | None = None,
+        scale: int | None = None,
+        bayer_pattern: str = "RGGB",
+        train_lq_dir: str | None = None,
+        val_lq_dir: str | None = None,
+        repeat: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if task == "paired" and train_dirs and not train_lq_dir:
+            raise ValueError("task 'paired' needs train_lq_dir (degraded images) and train_dirs")
+        if task == "paired" and val_dirs and not val_lq_dir:
+            raise ValueError("task 'paired' needs val_lq_dir (degraded images) and val_dirs")
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets the stage needs ("fit" builds both, "validate" only validation)."""
+        hp = self.hparams
+        if stage == "fit":
+            if not hp.train_dirs:
+                raise ValueError("fitting needs data.train_dirs (folders of clean images)")
+            self.train_set = self._dataset(hp.train_dirs, hp.train_lq_dir, train=True)
+        if stage in ("fit", "validate") and hp.val_dirs:
+            self.val_set = self._dataset(hp.val_dirs, hp.val_lq_dir, train=False)
+
+    def _dataset(self, clean: list[str], degraded: str | None, *, train: bool) -> Dataset:
+        hp = self.hparams
+        patch_size = hp.patch_size if train else hp.val_patch_size
+        common = dict(
+            patch_size=patch_size,
+            channels=hp.channels,
+            train=train,
+            repeat=hp.repeat if train else 1,
+            seed=hp.seed,
+        )
+        if hp.task == "paired":
+            return PairedFolderDataset(degraded, clean, scale=hp.scale or 1, **common)
+        sigma, quality = hp.sigma, hp.quality
+        if not train:
+            sigma = hp.val_sigma if hp.val_sigma is not None else sigma
+            quality = hp.val_quality if hp.val_quality is not None else quality
+        return SyntheticDegradationDataset(
+            clean,
+            hp.task,
+            sigma=sigma,
+            sigma_range=None if sigma is not None else hp.sigma_range,
+            quality=quality,
+            quality_range=None if quality is not None else hp.quality_range,
+            scale=hp.scale,
+            bayer_pattern=hp.bayer_pattern,
+            **common,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.hparams.val_batch_size,
+            shuffle=False,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

@@ -1,0 +1,393 @@
+"""Datasets yielding ``{"lq": degraded, "gt": clean, "name": stem}`` pairs of (C, H, W) tensors.
+
+- ``SyntheticDegradationDataset`` degrades clean images on the fly (noise, JPEG, bicubic, Bayer).
+- ``PairedFolderDataset`` reads degraded/clean pairs from two folders (deblurring, demosaicking,
+  adverse weather, real low/high-resolution pairs).
+
+Randomness: in training mode each item draws a fresh seed from torch's global generator, so
+``torch.manual_seed`` / Lightning's ``seed_everything(workers=True)`` make runs reproducible and
+every epoch sees new crops and noise. In validation mode every item uses a generator seeded by
+``(seed, index)``, so the degraded images are identical in every run, worker and process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from semanir.data.degradations import (
+    add_gaussian_noise,
+    bayer_mosaic,
+    bicubic_downscale,
+    check_quality,
+    check_scale,
+    check_sigma,
+    jpeg_compress,
+    sample_quality,
+    sample_sigma,
+)
+from semanir.io import Channels, list_images, read_image
+
+SyntheticTask = Literal["denoise", "jpeg", "sr", "demosaic"]
+SYNTHETIC_TASKS = ("denoise", "jpeg", "sr", "demosaic")
+Sample = dict[str, torch.Tensor | str]
+
+# Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
+# crop padded by this many low-resolution pixels equals cropping the downscaled full image.
+_SR_CROP_MARGIN = 2
+
+
+class Box(NamedTuple):
+    """A crop window in pixels: top-left corner and size."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of the square: rotate k % 4 quarter turns, then
+    mirror left-right when k >= 4.
+
+    Args:
+        x: tensor of shape (..., H, W).
+        k: variant index in 0..7 (0 is the identity).
+    """
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
+def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """The pixels of ``x`` (..., H, W) inside ``box``."""
+    return x[..., box.top : box.top + box.height, box.left : box.left + box.width]
+
+
+def mod_crop(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Crop the bottom/right edges of ``x`` (..., H, W) so H and W are multiples of ``multiple``."""
+    height, width = x.shape[-2] - x.shape[-2] % multiple, x.shape[-1] - x.shape[-1] % multiple
+    return x[..., :height, :width]
+
+
+def index_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, index)``."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header only."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError as error:
+        raise ValueError(f"cannot read {path} as an image: {error}") from error
+
+
+class _PatchDataset(Dataset):
+    """Shared crop / augmentation / seeding logic of the restoration datasets.
+
+    Args:
+        patch_size: side of the clean (ground-truth) crop; None = whole images (validation only).
+        scale: ground-truth / degraded size ratio; crops are aligned to multiples of it.
+        train: random crops and per-item random seeds; otherwise center crops and fixed seeds.
+        augment: apply a random one of the 8 flips/rotations (defaults to ``train``).
+        repeat: how many times each image appears per epoch.
+        seed: seed of the validation-mode generators.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int | None,
+        scale: int,
+        train: bool,
+        augment: bool | None,
+        repeat: int,
+        seed: int,
+    ) -> None:
+        if train and patch_size is None:
+            raise ValueError("patch_size is required for training (train=True)")
+        if patch_size is not None and (patch_size <= 0 or patch_size % scale):
+            raise ValueError(
+                f"patch_size must be a positive multiple of the scale {scale}, got {patch_size}"
+            )
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        self.patch_size = patch_size
+        self.scale = scale
+        self.train = train
+        self.augment = train if augment is None else augment
+        self.repeat = repeat
+        self.seed = seed
+
+    def _generator(self, index: int) -> torch.Generator:
+        """Validation: fixed by (seed, index). Training: a fresh draw from torch's global
+        generator mixed with the index, so processes that share a global seed (DDP ranks
+        loading in the main process) still degrade their different items differently."""
+        if self.train:
+            return index_generator(int(torch.randint(2**62, ()).item()), index)
+        return index_generator(self.seed, index)
+
+    def _choose_box(self, height: int, width: int, generator: torch.Generator) -> Box:
+        """A ``patch_size`` crop (random in training, centered otherwise), aligned to ``scale``."""
+        if self.patch_size is None:
+            return Box(0, 0, height, width)
+        size_h, size_w = min(self.patch_size, height), min(self.patch_size, width)
+        steps_h = (height - size_h) // self.scale
+        steps_w = (width - size_w) // self.scale
+        if self.train:
+            top = int(torch.randint(steps_h + 1, (), generator=generator))
+            left = int(torch.randint(steps_w + 1, (), generator=generator))
+        else:
+            top, left = steps_h // 2, steps_w // 2
+        return Box(top * self.scale, left * self.scale, size_h, size_w)
+
+    def _augment(self, sample: Sample, generator: torch.Generator) -> Sample:
+        if not self.augment:
+            return sample
+        k = int(torch.randint(8, (), generator=generator))
+        return {**sample, "lq": dihedral(sample["lq"], k), "gt": dihedral(sample["gt"], k)}
+
+    def _check_sizes(self, paths: Sequence[Path], factor: int) -> None:
+        """In training, every image (scaled by ``factor``) must hold a full patch."""
+        if not self.train:
+            return
+        too_small = []
+        for path in paths:
+            height, width = image_size(path)
+            if min(height, width) * factor < self.patch_size:
+                too_small.append(f"{path} ({height}x{width})")
+        if too_small:
+            raise ValueError(
+                f"{len(too_small)} image(s) are smaller than patch_size {self.patch_size}: "
+                + ", ".join(too_small[:10])
+            )
+
+
+class SyntheticDegradationDataset(_PatchDataset):
+    """Clean images degraded on the fly for denoising, JPEG, super-resolution or demosaicking.
+
+    Args:
+        roots: image files and/or folders of clean images.
+        task: "denoise" (Gaussian noise), "jpeg" (Pillow JPEG), "sr" (MATLAB bicubic
+            downscaling; ``lq`` is ``scale`` times smaller) or "demosaic" (Bayer mosaic, RGB).
+        patch_size: side of the clean crop; None = whole images (validation only).
+        sigma: fixed noise level (0-255 scale) for "denoise".
+        sigma_range: (low, high) noise levels for blind denoising, drawn per item.
+        quality: fixed JPEG quality for "jpeg".
+        quality_range: (low, high) JPEG qualities, drawn per item.
+        scale: 2, 3 or 4 for "sr".
+        bayer_pattern: colour-filter layout for "demosaic".
+        channels: "gray" or "rgb".
+        train: random crops and randomness from torch's global generator; otherwise center crops
+            (or whole images) and degradations fixed by ``(seed, index)``.
+        augment: random flips/rotations (defaults to ``train``).
+        repeat: how many times each image appears per epoch.
+        seed: seed of the validation-mode degradations.
+    """
+
+    def __init__(
+        self,
+        roots: str | os.PathLike | Sequence[str | os.PathLike],
+        task: SyntheticTask = "denoise",
+        *,
+        patch_size: int | None = None,
+        sigma: float | None = None,
+        sigma_range: tuple[float, float] | None = None,
+        quality: int | None = None,
+        quality_range: tuple[int, int] | None = None,
+        scale: int | None = None,
+        bayer_pattern: str = "RGGB",
+        channels: Channels = "gray",
+        train: bool = True,
+        augment: bool | None = None,
+        repeat: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if task not in SYNTHETIC_TASKS:
+            raise ValueError(f"task must be one of {', '.join(SYNTHETIC_TASKS)}, got {task!r}")
+        _check_one_of(task, "sigma", sigma, "sigma_range", sigma_range, used_by="denoise")
+        _check_one_of(task, "quality", quality, "quality_range", quality_range, used_by="jpeg")
+        if task == "sr":
+            check_scale(scale)
+        elif scale not in (None, 1):
+            raise ValueError(f"scale applies to task 'sr' only, got scale={scale} for {task!r}")
+        if task == "demosaic" and channels != "rgb":
+            raise ValueError("task 'demosaic' needs channels='rgb'")
+        super().__init__(
+            patch_size=patch_size,
+            scale=scale if task == "sr" else 1,
+            train=train,
+            augment=augment,
+            repeat=repeat,
+            seed=seed,
+        )
+        self.paths = list_images(roots)
+        self.task = task
+        self.sigma = None if sigma is None else check_sigma(sigma)
+        self.sigma_range = None if sigma_range is None else _checked_range(sigma_range, check_sigma)
+        self.quality = None if quality is None else check_quality(quality)
+        self.quality_range = (
+            None if quality_range is None else _checked_range(quality_range, check_quality)
+        )
+        self.bayer_pattern = bayer_pattern
+        self.channels = channels
+        self._check_sizes(self.paths, factor=1)
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.repeat
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.paths[index % len(self.paths)]
+        generator = self._generator(index)
+        image = mod_crop(read_image(path, channels=self.channels), self.scale)
+        box = self._choose_box(image.shape[-2], image.shape[-1], generator)
+        gt = crop(image, box)
+        lq = self._degrade(image, box, gt, generator)
+        return self._augment({"lq": lq, "gt": gt, "name": path.stem}, generator)
+
+    def _degrade(
+        self, image: torch.Tensor, box: Box, gt: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        if self.task == "denoise":
+            sigma = (
+                self.sigma if self.sigma is not None else sample_sigma(self.sigma_range, generator)
+            )
+            return add_gaussian_noise(gt, sigma, generator)
+        if self.task == "jpeg":
+            quality = (
+                self.quality
+                if self.quality is not None
+                else sample_quality(self.quality_range, generator)
+            )
+            return jpeg_compress(gt, quality)
+        if self.task == "sr":
+            return downscale_crop(image, box, self.scale)
+        return bayer_mosaic(gt, self.bayer_pattern)
+
+
+def downscale_crop(image: torch.Tensor, box: Box, scale: int) -> torch.Tensor:
+    """``crop(bicubic_downscale(image, scale), box / scale)`` computed on a padded crop only.
+
+    The crop is widened by a margin of low-resolution pixels (clamped at the image border, where
+    symmetric padding then matches the full-image computation), downscaled, and cut back.
+
+    Args:
+        image: (C, H, W) with H and W multiples of ``scale``.
+        box: ground-truth crop window aligned to ``scale``.
+        scale: 2, 3 or 4.
+    """
+    low_h, low_w = image.shape[-2] // scale, image.shape[-1] // scale
+    top, left = box.top // scale, box.left // scale
+    height, width = box.height // scale, box.width // scale
+    top0, left0 = max(top - _SR_CROP_MARGIN, 0), max(left - _SR_CROP_MARGIN, 0)
+    bottom1 = min(top + height + _SR_CROP_MARGIN, low_h)
+    right1 = min(left + width + _SR_CROP_MARGIN, low_w)
+    region = image[..., top0 * scale : bottom1 * scale, left0 * scale : right1 * scale]
+    low = bicubic_downscale(region, scale)
+    return low[..., top - top0 : top - top0 + height, left - left0 : left - left0 + width]
+
+
+class PairedFolderDataset(_PatchDataset):
+    """Degraded/clean pairs matched by file stem across two folders.
+
+    Args:
+        lq_dir: folder (or files) of degraded images.
+        gt_dir: folder (or files) of clean images with the same stems (extensions may differ).
+        patch_size: side of the clean crop; None = whole images (validation only).
+        scale: clean / degraded size ratio (1 for same-size tasks).
+        channels: "gray" or "rgb".
+        train: random crops; otherwise center crops (or whole images).
+        augment: random flips/rotations (defaults to ``train``).
+        repeat: how many times each pair appears per epoch.
+        seed: seed of the validation-mode generators.
+    """
+
+    def __init__(
+        self,
+        lq_dir: str | os.PathLike | Sequence[str | os.PathLike],
+        gt_dir: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        patch_size: int | None = None,
+        scale: int = 1,
+        channels: Channels = "rgb",
+        train: bool = True,
+        augment: bool | None = None,
+        repeat: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size,
+            scale=scale,
+            train=train,
+            augment=augment,
+            repeat=repeat,
+            seed=seed,
+        )
+        self.pairs = match_pairs(list_images(lq_dir), list_images(gt_dir))
+        self.channels = channels
+        self._check_sizes([lq for lq, _ in self.pairs], factor=scale)
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeat
+
+    def __getitem__(self, index: int) -> Sample:
+        lq_path, gt_path = self.pairs[index % len(self.pairs)]
+        generator = self._generator(index)
+        lq = read_image(lq_path, channels=self.channels)
+        gt = read_image(gt_path, channels=self.channels)
+        expected = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        if tuple(gt.shape[-2:]) != expected:
+            raise ValueError(
+                f"size mismatch for {lq_path.stem!r}: {lq_path} is {lq.shape[-2]}x{lq.shape[-1]}, "
+                f"so {gt_path} should be {expected[0]}x{expected[1]} (scale {self.scale}), "
+                f"got {gt.shape[-2]}x{gt.shape[-1]}"
+            )
+        box = self._choose_box(gt.shape[-2], gt.shape[-1], generator)
+        low_box = Box(*(v // self.scale for v in box))
+        sample = {"lq": crop(lq, low_box), "gt": crop(gt, box), "name": gt_path.stem}
+        return self._augment(sample, generator)
+
+
+def match_pairs(lq_paths: Sequence[Path], gt_paths: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Pair degraded and clean files by stem; raise listing every file without a partner."""
+    lq_by_stem = {path.stem: path for path in lq_paths}
+    gt_by_stem = {path.stem: path for path in gt_paths}
+    lq_only = sorted(set(lq_by_stem) - set(gt_by_stem))
+    gt_only = sorted(set(gt_by_stem) - set(lq_by_stem))
+    if lq_only or gt_only:
+        raise ValueError(
+            "degraded and clean images must have matching names; "
+            f"without a clean partner: {lq_only or 'none'}; "
+            f"without a degraded partner: {gt_only or 'none'}"
+        )
+    return [(lq_by_stem[stem], gt_by_stem[stem]) for stem in sorted(gt_by_stem)]
+
+
+def _check_one_of(
+    task: str, name: str, value: object, range_name: str, range_value: object, *, used_by: str
+) -> None:
+    """Task ``used_by`` needs exactly one of a fixed value and a range; other tasks need neither."""
+    given = (value is not None) + (range_value is not None)
+    if task == used_by and given != 1:
+        raise ValueError(f"task {task!r} needs exactly one of {name} and {range_name}")
+    if task != used_by and given:
+        raise ValueError(f"{name}/{range_name} apply to task {used_by!r} only, not {task!r}")
+
+
+def _checked_range(bounds: Sequence[float], check: Callable[[float], float]) -> tuple:
+    """Validate a (low, high) pair with ``check`` on each end and low <= high."""
+    if len(bounds) != 2:
+        raise ValueError(f"expected a (low, high) pair, got {bounds}")
+    low, high = check(bounds[0]), check(bounds[1])
+    if low > high:
+        raise ValueError(f"expected low <= high, got ({low}, {high})")
+    return low, high

@@ -1,0 +1,219 @@
+"""``RestorationModule``: training, validation metrics, schedules and export for any model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LightningCLI
+from torch import nn
+
+from semanir.data.datamodule import RestorationDataModule, Task
+from semanir.metrics import psnr, ssim
+from semanir.models import build_model, model_from_config
+
+Loss = Literal["l1", "charbonnier"]
+Schedule = Literal["cosine", "multistep", "constant"]
+
+
+def charbonnier_loss(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean of sqrt((x - y)^2 + eps^2), a smooth L1."""
+    return torch.sqrt((x - y).square() + eps**2).mean()
+
+
+@dataclass
+class WarmupSchedule:
+    """Learning-rate factor per optimizer step: linear warmup, then cosine, steps or constant.
+
+    A dataclass (not a closure) so that ``LambdaLR`` stores it in checkpoints.
+
+    Args:
+        kind: "cosine" (decay to ``min_factor`` at ``total_steps``), "multistep" (times ``gamma``
+            at each milestone) or "constant".
+        warmup_steps: steps of linear warmup from 1 / warmup_steps to 1.
+        total_steps: length of the cosine decay, warmup included.
+        min_factor: final cosine factor.
+        milestones: steps at which "multistep" multiplies by ``gamma``.
+        gamma: "multistep" decay factor.
+    """
+
+    kind: Schedule
+    warmup_steps: int = 0
+    total_steps: int = 1
+    min_factor: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            return self.min_factor + (1 - self.min_factor) * cosine
+        if self.kind == "multistep":
+            return self.gamma ** sum(step >= milestone for milestone in self.milestones)
+        return 1.0
+
+
+class RestorationModule(L.LightningModule):
+    """Train a restoration model on ``{"lq", "gt"}`` batches.
+
+    Validation logs ``val/psnr`` and ``val/ssim`` on 8-bit-rounded outputs with the field's
+    conventions: the BT.601 Y channel for colour "sr" and "jpeg", a border crop of the scale
+    for "sr", RGB/gray and no crop otherwise.
+
+    Args:
+        arch: a registry name of ``semanir.models.build_model`` (e.g.
+            "semanir_tiny_denoise_gray"), or a config dict (``config.to_dict()``, the content of
+            a saved ``config.json``).
+        arch_overrides: config fields that replace those of ``arch``.
+        task: the data module's task; selects the metric conventions.
+        loss: "l1" or "charbonnier".
+        charbonnier_eps: epsilon of the Charbonnier loss.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        scheduler: "cosine", "multistep" or "constant", after ``warmup_steps`` of linear warmup.
+        warmup_steps: optimizer steps of warmup.
+        total_steps: length of the cosine schedule (None = the trainer's estimate, which needs
+            ``max_steps`` or ``max_epochs``).
+        min_lr: learning rate at the end of the cosine schedule.
+        milestones: optimizer steps at which "multistep" multiplies the rate by ``gamma``.
+        gamma: "multistep" decay factor.
+        export_dir: if set, the trained model is written there with ``save_pretrained`` when
+            ``fit`` ends (by the global-zero process).
+    """
+
+    def __init__(
+        self,
+        arch: str | dict[str, Any] = "semanir_tiny_denoise_gray",
+        arch_overrides: dict[str, Any] | None = None,
+        task: Task = "denoise",
+        loss: Loss = "l1",
+        charbonnier_eps: float = 1e-3,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        scheduler: Schedule = "cosine",
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        min_lr: float = 1e-6,
+        milestones: list[int] | None = None,
+        gamma: float = 0.5,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in ("l1", "charbonnier"):
+            raise ValueError(f"loss must be 'l1' or 'charbonnier', got {loss!r}")
+        if scheduler not in ("cosine", "multistep", "constant"):
+            raise ValueError(f"scheduler must be cosine, multistep or constant, got {scheduler!r}")
+        self.save_hyperparameters()
+        self.model = build_arch(arch, arch_overrides or {})
+
+    @property
+    def upscale(self) -> int:
+        """The model's output / input size ratio."""
+        return int(self.model.upscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def compute_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "charbonnier":
+            return charbonnier_loss(output, target, self.hparams.charbonnier_eps)
+        return F.l1_loss(output, target)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(self.model(batch["lq"]), batch["gt"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lq"].shape[0])
+        return loss
+
+    def metric_options(self, num_channels: int) -> dict[str, Any]:
+        """PSNR/SSIM conventions of the task for images with ``num_channels`` channels."""
+        task = self.hparams.task
+        return {
+            "y_channel": task in ("sr", "jpeg") and num_channels == 3,
+            "crop_border": self.upscale if task == "sr" else 0,
+        }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        output = self.model(batch["lq"]).clamp(0, 1)
+        gt = batch["gt"]
+        options = self.metric_options(gt.shape[1])
+        batch_size = gt.shape[0]
+        self.log("val/loss", self.compute_loss(output, gt), batch_size=batch_size, sync_dist=True)
+        values = {"psnr": psnr(output, gt, **options), "ssim": ssim(output, gt, **options)}
+        for name, value in values.items():
+            mean = value.mean().float()
+            self.log(f"val/{name}", mean, prog_bar=True, batch_size=batch_size, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        )
+        schedule = WarmupSchedule(
+            kind=hp.scheduler,
+            warmup_steps=hp.warmup_steps,
+            total_steps=self._total_steps() if hp.scheduler == "cosine" else 1,
+            min_factor=hp.min_lr / hp.lr,
+            milestones=tuple(hp.milestones or ()),
+            gamma=hp.gamma,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _total_steps(self) -> int:
+        if self.hparams.total_steps is not None:
+            return self.hparams.total_steps
+        estimate = self.trainer.estimated_stepping_batches
+        if not math.isfinite(estimate):
+            raise ValueError(
+                "the cosine schedule needs a length: set model.total_steps, trainer.max_steps or "
+                "trainer.max_epochs (max_time alone does not fix the number of steps)"
+            )
+        return int(estimate)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the model with ``save_pretrained`` (weights + config) to ``directory``."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        return directory
+
+
+def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
+    """A fresh model from a registry name or a config dict, with ``overrides`` applied."""
+    if isinstance(arch, str):
+        return build_model(arch, **overrides)
+    return model_from_config({**arch, **overrides})
+
+
+class RestorationCLI(LightningCLI):
+    """LightningCLI over ``RestorationModule`` + ``RestorationDataModule``.
+
+    ``data.task`` is linked to ``model.task``, so a config names the task once.
+
+    Args:
+        args: command-line arguments starting with the subcommand (None = ``sys.argv[1:]``).
+        **kwargs: further ``LightningCLI`` options (e.g. ``run=False``).
+    """
+
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(RestorationModule, RestorationDataModule, args=args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.task", "model.task")

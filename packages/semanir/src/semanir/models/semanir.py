@@ -1,0 +1,786 @@
+"""SemanIR: image restoration with a key-semantic dictionary shared by the layers of a stage.
+
+Ren et al., "Sharing Key Semantics in Transformer Makes Efficient Image Restoration" (NeurIPS
+2024). The paper publishes no code; this file is written from the method description.
+
+Pipeline: conv 3x3 shallow features -> body of stages -> conv 3x3 reconstruction, with a long
+residual (output = input + reconstruction) for restoration or a pixel-shuffle upsampler for
+super-resolution. A stage partitions its input tokens into ``window x window`` windows, builds
+ONE KNN graph per window over the stage input (the key-semantic dictionary), runs L transformer
+layers whose attention looks only at each query's top-k dictionary entries, then a conv 3x3 and
+a stage residual.
+
+Choices where the paper is silent (all config options):
+
+- The dictionary is built from the stage's input tokens (cosine similarity by default).
+- Random top-k: one k per forward for every stage. ``knn_graph`` guarantees that the top-j list
+  is the prefix ``idx[..., :j]`` of the top-k_max list, so a stage builds exactly the k entries
+  it uses: the same dictionary as slicing the k_max one, without the unused tail.
+- ``norm="post"`` is the residual post-norm of Swin V2 / GRL: ``x + norm(f(x))``.
+- The relative-position bias is a 2-layer MLP on window-relative coordinates scaled to [-1, 1],
+  one MLP per layer, gathered at the neighbours by the attention kernel.
+- The U-shaped body downsamples with a stride-2 conv 2x2, upsamples with a transposed conv 2x2
+  and fuses skips by concatenation + conv 1x1; the columnar body adds a conv 3x3 and a feature
+  residual around its stages (SwinIR-style).
+- The long image residual applies when ``in_channels == out_channels`` and ``upscale == 1``.
+- ``dictionary="dense"`` attends to every window token with ``scaled_dot_product_attention``:
+  the dense window-attention baseline (no shifted windows) on the same skeleton.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from common_kernels import knn_attention, knn_graph, window_partition, window_reverse
+
+ARCHITECTURES = ("columnar", "unet")
+DICTIONARIES = ("stage", "layer", "dense")
+NORMS = ("pre", "post")
+SIMILARITIES = ("cosine", "dot")
+ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton")
+UPSCALES = (1, 2, 3, 4)
+MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamped to <= 100
+INIT_LOGIT_SCALE = math.log(10.0)
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def _choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _positive(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_k(name: str, k: object, upper: int, window: int) -> None:
+    """Raise ``ValueError`` unless ``k`` is an int in ``[1, upper]``."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= upper:
+        raise ValueError(
+            f"{name} must be an int in [1, {upper}] (a {window}x{window} window holds "
+            f"{window * window} tokens), got {k!r}"
+        )
+
+
+@dataclass
+class SemanIRConfig:
+    """Hyper-parameters of a :class:`SemanIR` model; JSON-serialisable via :meth:`to_dict`.
+
+    Args:
+        in_channels: input image channels (1 gray, 3 color).
+        out_channels: output image channels.
+        embed_dim: token width of the first (full-resolution) level.
+        depths: transformer layers per stage, in execution order. Columnar: any number of
+            stages. U-net with L levels: L down stages, the bottleneck, L up stages, the
+            refinement stage (2L + 2 entries).
+        heads: attention heads per stage (same length as ``depths``).
+        dim_mults: U-net only: width of level l is ``embed_dim * dim_mults[l]``; the number of
+            downsamplings is ``len(dim_mults) - 1``. Columnar bodies use ``(1,)``.
+        window_size: side of the square windows the dictionary and attention live in.
+        top_k: k_max: the largest dictionary size used in training, ``<= window_size**2``.
+        train_k_choices: k values sampled (uniformly, one per forward) in training mode.
+        inference_k: k in eval mode; ``None`` means ``top_k``. At most ``window_size**2``.
+        similarity: dictionary similarity, ``"cosine"`` or ``"dot"``.
+        dictionary: ``"stage"`` (one KNN graph per stage, the paper), ``"layer"`` (one per
+            layer, the ablation) or ``"dense"`` (every window token: dense window attention).
+        architecture: ``"columnar"`` (super-resolution) or ``"unet"`` (other restoration).
+        upscale: super-resolution factor, 1 (restoration), 2, 3 or 4; columnar only.
+        mlp_ratio: hidden width of the MLP relative to the token width.
+        norm: ``"pre"`` (``x + f(norm(x))``) or ``"post"`` (``x + norm(f(x))``).
+        cosine_attention: cosine logits times a learnable per-head scale clamped to <= 100.
+        position_bias: add an MLP relative-position bias gathered at the neighbours.
+        position_bias_hidden: hidden width of the relative-position MLP.
+        attention_backend: common_kernels.knn_attention backend for the KNN modes.
+        img_range: inputs are multiplied by this after mean subtraction.
+        img_mean: per-channel mean subtracted from the input (and added back to the output);
+            ``None`` subtracts nothing. Needs ``in_channels == out_channels``.
+        upsampler_dim: width of the pixel-shuffle upsampler (super-resolution only).
+        model_type: always ``"semanir"``; lets loaders pick the model class from config.json.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    embed_dim: int = 32
+    depths: tuple[int, ...] = (2, 2, 2, 2, 2, 2)
+    heads: tuple[int, ...] = (2, 4, 4, 4, 2, 2)
+    dim_mults: tuple[int, ...] = (1, 2, 2)
+    window_size: int = 8
+    top_k: int = 32
+    train_k_choices: tuple[int, ...] = (16, 24, 32)
+    inference_k: int | None = None
+    similarity: str = "cosine"
+    dictionary: str = "stage"
+    architecture: str = "unet"
+    upscale: int = 1
+    mlp_ratio: float = 2.0
+    norm: str = "post"
+    cosine_attention: bool = True
+    position_bias: bool = True
+    position_bias_hidden: int = 64
+    attention_backend: str = "auto"
+    img_range: float = 1.0
+    img_mean: tuple[float, ...] | None = None
+    upsampler_dim: int = 64
+    model_type: str = "semanir"
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "heads", "dim_mults", "train_k_choices", "img_mean"):
+            value = getattr(self, name)
+            if isinstance(value, list):  # JSON round trips turn tuples into lists
+                setattr(self, name, tuple(value))
+        self._validate()
+
+    @property
+    def levels(self) -> int:
+        """Number of 2x downsamplings in the body (0 for columnar)."""
+        return len(self.dim_mults) - 1
+
+    @property
+    def resolved_inference_k(self) -> int:
+        """The k used in eval mode when a call does not override it."""
+        return self.top_k if self.inference_k is None else self.inference_k
+
+    def stage_dims(self) -> tuple[int, ...]:
+        """Token width of every stage, in execution order."""
+        widths = [self.embed_dim * m for m in self.dim_mults]
+        if self.architecture == "columnar":
+            return tuple(widths[0] for _ in self.depths)
+        return (*widths[:-1], widths[-1], *reversed(widths[:-1]), widths[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists when dumped)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SemanIRConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown SemanIRConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def _validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        _choice("model_type", self.model_type, ("semanir",))
+        _choice("architecture", self.architecture, ARCHITECTURES)
+        _choice("dictionary", self.dictionary, DICTIONARIES)
+        _choice("norm", self.norm, NORMS)
+        _choice("similarity", self.similarity, SIMILARITIES)
+        _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _choice("upscale", self.upscale, UPSCALES)
+        for name in ("in_channels", "out_channels", "embed_dim", "window_size"):
+            _positive(name, getattr(self, name))
+        _positive("position_bias_hidden", self.position_bias_hidden)
+        _positive("upsampler_dim", self.upsampler_dim)
+        self._validate_body()
+        tokens = self.window_size**2
+        _check_k("top_k", self.top_k, tokens, self.window_size)
+        if not self.train_k_choices:
+            raise ValueError("train_k_choices must hold at least one k")
+        for k in self.train_k_choices:
+            _check_k("every train_k_choices entry", k, self.top_k, self.window_size)
+        if self.inference_k is not None:
+            _check_k("inference_k", self.inference_k, tokens, self.window_size)
+        if not self.mlp_ratio > 0 or not self.img_range > 0:
+            raise ValueError(
+                f"mlp_ratio and img_range must be > 0, got {self.mlp_ratio}, {self.img_range}"
+            )
+        if self.img_mean is not None and (
+            len(self.img_mean) != self.in_channels or self.in_channels != self.out_channels
+        ):
+            raise ValueError(
+                f"img_mean needs one value per channel and in_channels == out_channels, got "
+                f"{len(self.img_mean)} values for {self.in_channels} -> {self.out_channels}"
+            )
+
+    def _validate_body(self) -> None:
+        """Check depths, heads, dim_mults and upscale against the architecture."""
+        if not self.depths or len(self.heads) != len(self.depths):
+            raise ValueError(
+                f"depths must be non-empty and heads must have one entry per stage, got "
+                f"depths={self.depths}, heads={self.heads}"
+            )
+        for i, depth in enumerate(self.depths):
+            _positive(f"depths[{i}]", depth)
+        for i, mult in enumerate(self.dim_mults):
+            _positive(f"dim_mults[{i}]", mult)
+        if self.architecture == "columnar" and len(self.dim_mults) != 1:
+            raise ValueError(f"columnar bodies take dim_mults=(1,), got {self.dim_mults}")
+        if self.architecture == "unet":
+            if self.levels < 1 or len(self.depths) != 2 * self.levels + 2:
+                raise ValueError(
+                    f"a U-net with len(dim_mults) - 1 = L >= 1 levels needs 2L + 2 depths "
+                    f"(down, bottleneck, up, refinement), got dim_mults={self.dim_mults}, "
+                    f"depths={self.depths}"
+                )
+            if self.upscale != 1:
+                raise ValueError(f"unet bodies restore at scale 1, got upscale={self.upscale}")
+        for i, (dim, heads) in enumerate(zip(self.stage_dims(), self.heads, strict=True)):
+            _positive(f"heads[{i}]", heads)
+            if dim % heads:
+                raise ValueError(f"stage {i} width {dim} must be a multiple of heads={heads}")
+
+
+def start_near_identity(conv: nn.Conv2d, gain: float = 1e-2) -> None:
+    """Shrink the last conv of a residual restoration model so the model starts near the
+    identity (output ~= input) and a short training budget goes to the correction. Not zero:
+    every parameter still gets a gradient on the first step."""
+    with torch.no_grad():
+        conv.weight.mul_(gain)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 3x3 convolution that keeps the spatial size."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+def reflect_indices(size: int, padded: int, device: torch.device | None = None) -> Tensor:
+    """Source index of each of ``padded`` positions when mirroring a length-``size`` axis.
+
+    Positions beyond the end reflect without repeating the edge (``F.pad(mode="reflect")``),
+    repeatedly for pads longer than the axis; a length-1 axis repeats its only value.
+    """
+    positions = torch.arange(padded, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = positions % period
+    return torch.where(folded < size, folded, period - folded)
+
+
+def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad the bottom and right of (B, C, H, W) ``x`` up to multiples of ``multiple``."""
+    height, width = x.shape[-2:]
+    padded_h = math.ceil(height / multiple) * multiple
+    padded_w = math.ceil(width / multiple) * multiple
+    if (padded_h, padded_w) == (height, width):
+        return x
+    rows = reflect_indices(height, padded_h, x.device)
+    cols = reflect_indices(width, padded_w, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)  # (B, C, H', W')
+
+
+def relative_positions(window: int) -> tuple[Tensor, Tensor]:
+    """Relative coordinates inside a window and the index of every token pair into them.
+
+    Returns:
+        coords: ((2w-1)**2, 2) fp32 (dy, dx) offsets scaled to [-1, 1].
+        index: (w*w, w*w) int64; ``coords[index[i, j]]`` is the offset of token i from token j.
+    """
+    offsets = torch.arange(-(window - 1), window, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (2w-1, 2w-1, 2)
+    coords = grid.reshape(-1, 2) / max(window - 1, 1)  # ((2w-1)**2, 2)
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)  # (w*w,)
+    dy = ys[:, None] - ys[None, :] + window - 1  # (w*w, w*w)
+    dx = xs[:, None] - xs[None, :] + window - 1  # (w*w, w*w)
+    return coords, dy * (2 * window - 1) + dx
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """How a layer computes attention logits (see :class:`SemanIRConfig` for each field).
+
+    Args:
+        cosine_attention: cosine logits times a learnable clamped per-head scale.
+        position_bias: add an MLP relative-position bias.
+        position_bias_hidden: hidden width of the position MLP.
+        backend: common_kernels.knn_attention backend.
+    """
+
+    cosine_attention: bool = True
+    position_bias: bool = True
+    position_bias_hidden: int = 64
+    backend: str = "auto"
+
+
+class KeySemanticAttention(nn.Module):
+    """Multi-head attention of each query over its dictionary entries (or the whole window).
+
+    Args:
+        dim: token width (a multiple of ``heads``).
+        heads: attention heads.
+        options: logit options.
+    """
+
+    def __init__(self, dim: int, heads: int, options: AttentionOptions) -> None:
+        super().__init__()
+        self.heads = heads
+        self.backend = options.backend
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.logit_scale = None
+        if options.cosine_attention:
+            self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), INIT_LOGIT_SCALE))
+        self.position_mlp = None
+        if options.position_bias:
+            hidden = options.position_bias_hidden
+            # no output bias: a per-head constant cancels in the softmax
+            self.position_mlp = nn.Sequential(
+                nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False)
+            )
+
+    def _scaled_queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float]:
+        """Queries and keys with the logit scale folded into q where it is learned; in q's
+        dtype (autocast computes the normalisation in fp32)."""
+        if self.logit_scale is None:
+            return q, k, q.shape[-1] ** -0.5
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        q_scaled = (F.normalize(q, dim=-1) * scale).to(q.dtype)
+        return q_scaled, F.normalize(k, dim=-1).to(q.dtype), 1.0
+
+    def _position_bias(self, positions: tuple[Tensor, Tensor] | None) -> Tensor | None:
+        """(heads, N, N) additive bias table, or ``None``."""
+        if self.position_mlp is None or positions is None:
+            return None
+        coords, index = positions
+        table = self.position_mlp(coords)  # ((2w-1)**2, heads)
+        return rearrange(table[index], "n m h -> h n m")  # (heads, N, N)
+
+    def forward(
+        self, x: Tensor, idx: Tensor | None, positions: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        """Args:
+            x: (B', N, C) window tokens.
+            idx: (B', N, k) dictionary entries per token; ``None`` attends to all N tokens.
+            positions: the stage's :func:`relative_positions` (``None`` without position bias).
+
+        Returns:
+            (B', N, C) tokens.
+        """
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q, k, scale = self._scaled_queries_keys(q, k)  # (B', heads, N, d) each
+        bias = self._position_bias(positions)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if idx is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        else:
+            out = knn_attention(q, k, v, idx, scale=scale, bias=bias, backend=self.backend)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B', N, C)
+
+
+class KeySemanticLayer(nn.Module):
+    """Transformer layer: key-semantic attention + MLP, each in a pre- or post-norm residual.
+
+    Args:
+        dim: token width.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width relative to ``dim``.
+        norm: ``"pre"`` or ``"post"``.
+        attention: logit options of :class:`KeySemanticAttention`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 2.0,
+        norm: str = "post",
+        attention: AttentionOptions = AttentionOptions(),
+    ) -> None:
+        super().__init__()
+        self.pre_norm = norm == "pre"
+        self.attn = KeySemanticAttention(dim, heads, attention)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(
+        self, x: Tensor, idx: Tensor | None, positions: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        """(B', N, C) tokens -> (B', N, C) tokens; see :meth:`KeySemanticAttention.forward`."""
+        if self.pre_norm:
+            x = x + self.attn(self.norm1(x), idx, positions)
+            return x + self.mlp(self.norm2(x))
+        x = x + self.norm1(self.attn(x, idx, positions))
+        return x + self.norm2(self.mlp(x))
+
+
+class SemanIRStage(nn.Module):
+    """Windows -> one key-semantic dictionary -> L layers sharing it -> conv 3x3 -> residual.
+
+    Args:
+        dim: token width.
+        depth: number of transformer layers.
+        heads: attention heads.
+        window_size: window side.
+        dictionary: ``"stage"``, ``"layer"`` or ``"dense"`` (see :class:`SemanIRConfig`).
+        similarity: dictionary similarity.
+        mlp_ratio: MLP hidden width relative to ``dim``.
+        norm: ``"pre"`` or ``"post"``.
+        attention: logit options of :class:`KeySemanticAttention`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        *,
+        window_size: int,
+        dictionary: str = "stage",
+        similarity: str = "cosine",
+        mlp_ratio: float = 2.0,
+        norm: str = "post",
+        attention: AttentionOptions = AttentionOptions(),
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.dictionary = dictionary
+        self.similarity = similarity
+        self.layers = nn.ModuleList(
+            KeySemanticLayer(dim, heads, mlp_ratio=mlp_ratio, norm=norm, attention=attention)
+            for _ in range(depth)
+        )
+        self.conv = conv3x3(dim, dim)
+        coords, index = (None, None)
+        if attention.position_bias:
+            coords, index = relative_positions(window_size)
+        self.register_buffer("position_coords", coords, persistent=False)
+        self.register_buffer("position_index", index, persistent=False)
+
+    def build_dictionary(self, windows: Tensor, k: int) -> Tensor:
+        """(B', N, C) window tokens -> (B', N, k) most similar tokens, best first."""
+        return knn_graph(windows.detach(), k, similarity=self.similarity)
+
+    def forward(self, x: Tensor, k: int | None) -> Tensor:
+        """Args:
+            x: (B, C, H, W) features, H and W multiples of the window size.
+            k: dictionary entries per query (``None`` in dense mode).
+
+        Returns:
+            (B, C, H, W) features.
+        """
+        height, width = x.shape[-2:]
+        tokens = rearrange(x, "b c h w -> b h w c")  # (B, H, W, C)
+        windows = window_partition(tokens, self.window_size)  # (B*nW, N, C)
+        positions = None
+        if self.position_index is not None:
+            positions = (self.position_coords, self.position_index)
+        idx = self.build_dictionary(windows, k) if self.dictionary == "stage" else None
+        for layer in self.layers:
+            if self.dictionary == "layer":
+                idx = self.build_dictionary(windows, k)
+            windows = layer(windows, idx, positions)
+        tokens = window_reverse(windows, self.window_size, height, width)  # (B, H, W, C)
+        return x + self.conv(rearrange(tokens, "b h w c -> b c h w"))  # (B, C, H, W)
+
+
+def pixel_shuffle_upsampler(dim: int, out_channels: int, scale: int, width: int) -> nn.Sequential:
+    """conv 3x3 to ``width`` + LeakyReLU, pixel-shuffle steps (x2, x2 for 4), conv 3x3 out."""
+    layers: list[nn.Module] = [conv3x3(dim, width), nn.LeakyReLU(inplace=True)]
+    for factor in (2, 2) if scale == 4 else (scale,):
+        layers += [conv3x3(width, width * factor * factor), nn.PixelShuffle(factor)]
+    layers.append(conv3x3(width, out_channels))
+    return nn.Sequential(*layers)
+
+
+class SemanIR(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="semanir",
+    license="apache-2.0",
+    tags=["image-restoration", "super-resolution", "semanir"],
+):
+    """SemanIR restoration / super-resolution network (columnar or U-shaped body).
+
+    ``save_pretrained(dir)`` writes ``model.safetensors`` + ``config.json``;
+    ``SemanIR.from_pretrained(dir_or_hub_id)`` reads them back.
+
+    Args:
+        config: a :class:`SemanIRConfig` or its dict form.
+    """
+
+    def __init__(self, config: SemanIRConfig | dict[str, Any]) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = SemanIRConfig.from_dict(config)
+        self.config = config
+        self._hub_mixin_config = config  # config.json always holds the full config
+        mean = config.img_mean or (0.0,) * config.in_channels
+        self.register_buffer("img_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.shallow = conv3x3(config.in_channels, config.embed_dim)
+        self.stages = nn.ModuleList(
+            self._make_stage(dim, depth, heads)
+            for dim, depth, heads in zip(
+                config.stage_dims(), config.depths, config.heads, strict=True
+            )
+        )
+        if config.architecture == "unet":
+            self._make_unet_resamplers()
+        else:
+            self.body_conv = conv3x3(config.embed_dim, config.embed_dim)
+        if config.upscale > 1:
+            self.reconstruct = pixel_shuffle_upsampler(
+                config.embed_dim, config.out_channels, config.upscale, config.upsampler_dim
+            )
+        else:
+            self.reconstruct = conv3x3(config.embed_dim, config.out_channels)
+            start_near_identity(self.reconstruct)
+
+    def _make_stage(self, dim: int, depth: int, heads: int) -> SemanIRStage:
+        c = self.config
+        return SemanIRStage(
+            dim,
+            depth,
+            heads,
+            window_size=c.window_size,
+            dictionary=c.dictionary,
+            similarity=c.similarity,
+            mlp_ratio=c.mlp_ratio,
+            norm=c.norm,
+            attention=AttentionOptions(
+                cosine_attention=c.cosine_attention,
+                position_bias=c.position_bias,
+                position_bias_hidden=c.position_bias_hidden,
+                backend=c.attention_backend,
+            ),
+        )
+
+    def _make_unet_resamplers(self) -> None:
+        """Stride-2 downsamplers, transposed-conv upsamplers and skip fusions per level."""
+        widths = [self.config.embed_dim * m for m in self.config.dim_mults]
+        pairs = list(itertools.pairwise(widths))  # (fine, coarse) width per level
+        self.downs = nn.ModuleList(nn.Conv2d(f, c, 2, stride=2) for f, c in pairs)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(c, f, 2, stride=2) for f, c in reversed(pairs))
+        self.fusions = nn.ModuleList(nn.Conv2d(2 * f, f, 1) for f, _ in reversed(pairs))
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.out_channels
+
+    @property
+    def upscale(self) -> int:
+        return self.config.upscale
+
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are reflect-padded to multiples of this (window x 2**levels)."""
+        return self.config.window_size * 2**self.config.levels
+
+    def active_k(self, k: int | None = None) -> int | None:
+        """The dictionary size of one forward: ``k`` if given, else a draw from
+        ``train_k_choices`` in training mode (torch's global RNG), else ``inference_k``.
+        ``None`` in dense mode."""
+        c = self.config
+        if c.dictionary == "dense":
+            if k is not None:
+                raise ValueError(
+                    f"k={k} only applies to dictionary='stage' or 'layer'; this model attends "
+                    "densely to every window token"
+                )
+            return None
+        if k is None and self.training:
+            k = c.train_k_choices[int(torch.randint(len(c.train_k_choices), ()))]
+        elif k is None:
+            k = c.resolved_inference_k
+        _check_k("k", k, c.window_size**2, c.window_size)
+        return k
+
+    def _columnar_body(self, feats: Tensor, k: int | None) -> Tensor:
+        x = feats
+        for stage in self.stages:
+            x = stage(x, k)
+        return feats + self.body_conv(x)
+
+    def _unet_body(self, x: Tensor, k: int | None) -> Tensor:
+        levels = self.config.levels
+        down_stages = self.stages[:levels]
+        bottleneck = self.stages[levels]
+        up_stages = self.stages[levels + 1 : 2 * levels + 1]
+        refinement = self.stages[-1]
+        skips = []
+        for stage, down in zip(down_stages, self.downs, strict=True):
+            x = stage(x, k)
+            skips.append(x)
+            x = down(x)  # (B, C_next, H/2, W/2)
+        x = bottleneck(x, k)
+        for stage, up, fuse in zip(up_stages, self.ups, self.fusions, strict=True):
+            x = stage(fuse(torch.cat([up(x), skips.pop()], dim=1)), k)  # (B, C_l, H_l, W_l)
+        return refinement(x, k)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"x must be a (B, {self.in_channels}, H, W) tensor for in_channels="
+                f"{self.in_channels}, got {shape}"
+            )
+
+    def forward(self, x: Tensor, k: int | None = None) -> Tensor:
+        """Restore (or upscale) a batch of images of any size.
+
+        Args:
+            x: (B, in_channels, H, W) images.
+            k: dictionary entries per query, in ``[1, window_size**2]``; default: a draw from
+                ``train_k_choices`` in training mode, ``inference_k`` in eval mode.
+
+        Returns:
+            (B, out_channels, H * upscale, W * upscale) images.
+        """
+        self._check_input(x)
+        k = self.active_k(k)
+        height, width = x.shape[-2:]
+        padded = reflect_pad_to_multiple(x, self.pad_multiple)  # (B, C_in, H', W')
+        normed = (padded - self.img_mean) * self.config.img_range
+        feats = self.shallow(normed)  # (B, C, H', W')
+        if self.config.architecture == "unet":
+            body = self._unet_body(feats, k)
+        else:
+            body = self._columnar_body(feats, k)
+        recon = self.reconstruct(body) / self.config.img_range  # (B, C_out, H's, W's)
+        if self.upscale == 1 and self.in_channels == self.out_channels:
+            out = padded + recon
+        else:
+            out = recon + self.img_mean
+        scale = self.upscale
+        return out[..., : height * scale, : width * scale]
+
+
+ConfigFactory = Callable[[], SemanIRConfig]
+
+
+def semanir_test_tiny_unet() -> SemanIRConfig:
+    """A few thousand parameters, U-shaped, gray: for tests."""
+    return SemanIRConfig(
+        in_channels=1,
+        out_channels=1,
+        embed_dim=8,
+        depths=(1, 1, 1, 1),
+        heads=(1, 2, 1, 1),
+        dim_mults=(1, 2),
+        window_size=4,
+        top_k=8,
+        train_k_choices=(4, 6, 8),
+        position_bias_hidden=8,
+    )
+
+
+def semanir_test_tiny_columnar() -> SemanIRConfig:
+    """A few thousand parameters, columnar, color x2 super-resolution: for tests."""
+    return SemanIRConfig(
+        in_channels=3,
+        out_channels=3,
+        embed_dim=8,
+        depths=(1, 1),
+        heads=(2, 2),
+        dim_mults=(1,),
+        window_size=4,
+        top_k=8,
+        train_k_choices=(4, 6, 8),
+        architecture="columnar",
+        upscale=2,
+        position_bias_hidden=8,
+        img_mean=DIV2K_RGB_MEAN,
+        upsampler_dim=8,
+    )
+
+
+def semanir_tiny_denoise(channels: int) -> SemanIRConfig:
+    """~0.4M-parameter U-net (2 levels, window 8, k_max 32) that trains on a CPU."""
+    return SemanIRConfig(
+        in_channels=channels,
+        out_channels=channels,
+        embed_dim=32,
+        depths=(2, 2, 2, 2, 2, 2),
+        heads=(2, 4, 4, 4, 2, 2),
+        dim_mults=(1, 2, 2),
+        window_size=8,
+        top_k=32,
+        train_k_choices=(16, 24, 32),
+        position_bias_hidden=32,
+    )
+
+
+def semanir_tiny_sr(scale: int) -> SemanIRConfig:
+    """Small columnar color super-resolution model that trains on a CPU."""
+    return SemanIRConfig(
+        in_channels=3,
+        out_channels=3,
+        embed_dim=48,
+        depths=(2, 2, 2, 2),
+        heads=(3, 3, 3, 3),
+        dim_mults=(1,),
+        window_size=8,
+        top_k=32,
+        train_k_choices=(16, 24, 32),
+        architecture="columnar",
+        upscale=scale,
+        position_bias_hidden=32,
+        img_mean=DIV2K_RGB_MEAN,
+        upsampler_dim=48,
+    )
+
+
+def semanir_small_sr(scale: int) -> SemanIRConfig:
+    """~12M-parameter columnar super-resolution model (window 32, k_max 512)."""
+    return SemanIRConfig(
+        in_channels=3,
+        out_channels=3,
+        embed_dim=180,
+        depths=(6, 6, 6, 6, 6, 6),
+        heads=(6, 6, 6, 6, 6, 6),
+        dim_mults=(1,),
+        window_size=32,
+        top_k=512,
+        train_k_choices=(64, 128, 192, 256, 384, 512),
+        architecture="columnar",
+        upscale=scale,
+        img_mean=DIV2K_RGB_MEAN,
+    )
+
+
+def semanir_base_unet(channels: int) -> SemanIRConfig:
+    """~27M-parameter U-net (3 levels, window 16, k_max 128) for denoising-type tasks."""
+    return SemanIRConfig(
+        in_channels=channels,
+        out_channels=channels,
+        embed_dim=96,
+        depths=(4, 4, 4, 6, 4, 4, 4, 4),
+        heads=(3, 6, 12, 12, 12, 6, 3, 3),
+        dim_mults=(1, 2, 4, 4),
+        window_size=16,
+        top_k=128,
+        train_k_choices=(64, 96, 128),
+    )
+
+
+CONFIGS: dict[str, ConfigFactory] = {
+    "semanir_test_tiny_unet": semanir_test_tiny_unet,
+    "semanir_test_tiny_columnar": semanir_test_tiny_columnar,
+    "semanir_tiny_denoise_gray": partial(semanir_tiny_denoise, 1),
+    "semanir_tiny_denoise_color": partial(semanir_tiny_denoise, 3),
+    **{f"semanir_tiny_sr_x{s}": partial(semanir_tiny_sr, s) for s in (2, 3, 4)},
+    **{f"semanir_small_sr_x{s}": partial(semanir_small_sr, s) for s in (2, 3, 4)},
+    "semanir_base_denoise_gray": partial(semanir_base_unet, 1),
+    "semanir_base_denoise_color": partial(semanir_base_unet, 3),
+    "semanir_base_jpeg_gray": partial(semanir_base_unet, 1),
+    "semanir_base_jpeg_color": partial(semanir_base_unet, 3),
+    "semanir_base_deblur": partial(semanir_base_unet, 3),
+    "semanir_base_demosaic": partial(semanir_base_unet, 3),
+}

@@ -1,0 +1,296 @@
+"""The ``semanir`` command: restore, eval, fit through LightningCLI, config files, errors."""
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semanir.cli import main
+from semanir.data.datasets import index_generator
+from semanir.data.degradations import add_gaussian_noise, bicubic_downscale, bicubic_resize
+from semanir.inference import load_model, restore
+from semanir.io import read_image, write_image
+from semanir.lightning_module import RestorationCLI
+from semanir.metrics import psnr, ssim
+from semanir.models import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int], channels: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(count)
+    for index in range(count):
+        ramp = torch.linspace(0.1, 0.9, size[1]).view(1, 1, -1).expand(channels, *size)
+        texture = 0.1 * torch.rand(channels, *size, generator=generator)
+        write_image(folder / f"im{index}.png", ramp + texture)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gray_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "gray"
+    build_model("semanir_test_tiny_unet").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "sr_x2"
+    build_model("semanir_test_tiny_columnar").save_pretrained(folder)
+    return folder
+
+
+def test_restore_folder_writes_model_outputs(tmp_path: Path, gray_model: Path) -> None:
+    inputs = make_images(tmp_path / "in", count=2, size=(20, 28))
+    assert (
+        main(["restore", str(inputs), "-o", str(tmp_path / "out"), "--model", str(gray_model)]) == 0
+    )
+    model = load_model(str(gray_model))
+    for name in ("im0.png", "im1.png"):
+        written = read_image(tmp_path / "out" / name)
+        expected = restore(model, read_image(inputs / name)[None])[0]
+        assert written.shape == (1, 20, 28)
+        assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.png", "im1.png"]
+
+
+def test_restore_with_added_noise_prints_psnr_before_and_after(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_path = make_images(tmp_path / "in", count=1, size=(24, 24)) / "im0.png"
+    out = tmp_path / "restored.png"
+    argv = ["restore", str(clean_path), "-o", str(out), "--model", str(gray_model)]
+    assert main([*argv, "--sigma", "25", "--add-noise", "--seed", "3", "--save-noisy"]) == 0
+    printed = capsys.readouterr().out
+    before, after = map(
+        float, re.search(r"PSNR ([\d.]+) dB \(noisy\) -> ([\d.]+) dB", printed).groups()
+    )
+    clean = read_image(clean_path)
+    noisy = add_gaussian_noise(clean, 25, index_generator(3, 0))
+    assert before == pytest.approx(psnr(noisy, clean).item(), abs=0.01)
+    restored = read_image(out)
+    assert after == pytest.approx(psnr(restored, clean).item(), abs=0.01)
+    saved_noisy = read_image(tmp_path / "restored_noisy.png")
+    assert (saved_noisy - noisy.clamp(0, 1)).abs().max().item() <= 0.5 / 255 + 1e-6
+    assert "mean PSNR over 1 image(s)" in printed
+    assert main([*argv, "--add-noise", "50", "--seed", "3"]) == 0  # explicit level
+    stronger = float(re.search(r"PSNR ([\d.]+) dB \(noisy\)", capsys.readouterr().out).group(1))
+    assert stronger < before - 4
+
+
+def test_restore_handles_tiny_16bit_and_alpha_images(tmp_path: Path, gray_model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    Image.new("L", (1, 1), 90).save(tmp_path / "in" / "pixel.png")
+    Image.fromarray(np.full((5, 3), 30000, np.uint16)).save(tmp_path / "in" / "deep.png")
+    Image.new("RGBA", (6, 4), (10, 200, 30, 0)).save(tmp_path / "in" / "alpha.png")
+    out = tmp_path / "out"
+    argv = ["restore", str(tmp_path / "in"), "-o", str(out), "--model", str(gray_model)]
+    assert main(argv) == 0
+    assert read_image(out / "pixel.png").shape == (1, 1, 1)
+    assert read_image(out / "deep.png").shape == (1, 5, 3)
+    assert Image.open(out / "deep.png").mode == "L"  # written back as 8-bit
+    assert read_image(out / "alpha.png").shape == (1, 4, 6)
+
+
+def test_eval_prints_table_and_writes_csv(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_images(tmp_path / "clean", count=2, size=(24, 32))
+    table = tmp_path / "results" / "scores.csv"
+    argv = ["eval", "--task", "denoise", "--sigma", "25", "--data", str(data)]
+    assert main([*argv, "--model", str(gray_model), "--csv", str(table), "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "denoise (sigma=25)" in printed and re.search(r"^mean\s", printed, re.MULTILINE)
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == ["im0.png", "im1.png", "mean"]
+    clean = read_image(data / "im1.png")
+    noisy = add_gaussian_noise(clean, 25, index_generator(1, 1))
+    assert float(rows[1]["psnr_in"]) == pytest.approx(psnr(noisy, clean).item(), abs=1e-6)
+    assert float(rows[1]["ssim_in"]) == pytest.approx(ssim(noisy, clean).item(), abs=1e-6)
+    restored = restore(load_model(str(gray_model)), noisy[None])[0]
+    assert float(rows[1]["psnr_out"]) == pytest.approx(psnr(restored, clean).item(), abs=1e-4)
+    mean_in = (float(rows[0]["psnr_in"]) + float(rows[1]["psnr_in"])) / 2
+    assert float(rows[2]["psnr_in"]) == pytest.approx(mean_in)
+
+
+def test_eval_super_resolution_uses_y_channel_and_border_crop(
+    tmp_path: Path, sr_model: Path
+) -> None:
+    data = make_images(tmp_path / "clean", count=1, size=(21, 30), channels=3)
+    table = tmp_path / "sr.csv"
+    argv = ["eval", "--task", "sr", "--data", str(data), "--model", str(sr_model)]
+    assert main([*argv, "--csv", str(table)]) == 0
+    with table.open() as handle:
+        first = next(csv.DictReader(handle))
+    clean = read_image(data / "im0.png")[:, :20, :30]  # cropped to a multiple of the scale
+    upsampled = bicubic_resize(bicubic_downscale(clean, 2), 2)
+    expected = psnr(upsampled, clean, y_channel=True, crop_border=2).item()
+    assert float(first["psnr_in"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_fit_through_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["semanir"])
+    train = make_images(tmp_path / "train", count=4, size=(24, 24))
+    val = make_images(tmp_path / "val", count=1, size=(16, 16))
+    argv = [
+        "fit",
+        "--config",
+        str(CONFIGS / "denoise_gray_tiny.yaml"),
+        "--seed_everything",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_time",
+        "00:00:05:00",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.arch",
+        "semanir_test_tiny_unet",
+        "--model.export_dir",
+        str(tmp_path / "export"),
+        "--data.train_dirs",
+        f"[{train}]",
+        "--data.val_dirs",
+        f"[{val}]",
+        "--data.patch_size",
+        "16",
+        "--data.val_patch_size",
+        "null",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+    ]
+    assert main(argv) == 0
+    exported = load_model(str(tmp_path / "export"))
+    assert exported.config.embed_dim == build_model("semanir_test_tiny_unet").config.embed_dim
+    run_dir = tmp_path / "outputs" / "denoise_gray_tiny" / "lightning_logs" / "version_0"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    checkpoints = list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert any(p.name == "last.ckpt" for p in checkpoints)
+
+
+@pytest.mark.parametrize(
+    ("config", "arch"),
+    [
+        ("denoise_gray_tiny.yaml", "semanir_tiny_denoise_gray"),
+        ("denoise_color_base.yaml", "semanir_base_denoise_color"),
+        ("sr_x4_small.yaml", "semanir_small_sr_x4"),
+        ("jpeg_gray_base.yaml", "semanir_base_jpeg_gray"),
+    ],
+)
+def test_configs_parse_and_instantiate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, arch: str
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["semanir"])  # keep pytest's arguments away from the CLI
+    cli = RestorationCLI(
+        args=["--config", str(CONFIGS / config), "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    assert cli.model.hparams.arch == arch
+    assert cli.model.hparams.task == cli.datamodule.hparams.task
+    assert cli.config.seed_everything == 0
+    if cli.datamodule.hparams.task == "sr":
+        assert cli.model.upscale == cli.datamodule.hparams.scale == 4
+
+
+def run_failing(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_restore_errors(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = make_images(tmp_path / "in", count=1, size=(8, 8))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "broken.png").write_text("not a png")
+    out = str(tmp_path / "out")
+    model = ["--model", str(gray_model)]
+    cases = {
+        "sigma must be in [0, 255]": [str(images), "--sigma", "300"],
+        "sigma must be in [0, 255] (8-bit scale), got -5": [str(images), "--add-noise", "-5"],
+        "--add-noise without a value needs --sigma": [str(images), "--add-noise"],
+        "--add-noise applies to --task denoise only": [
+            str(images),
+            "--task",
+            "jpeg",
+            "--add-noise",
+            "5",
+        ],
+        "no images": [str(tmp_path / "empty")],
+        "notes.txt is not an image file": [str(tmp_path / "notes.txt")],
+        "cannot read": [str(tmp_path / "broken.png")],
+        "does not fit --task sr": [str(images), "--task", "sr"],
+        "tile must be an int >= the model's window size": [str(images), "--tile", "1"],
+    }
+    for message, options in cases.items():
+        err = run_failing(["restore", *options, "-o", out, *model], capsys)
+        assert message in err, (message, err)
+        assert err.startswith("semanir restore: error:")
+    assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_eval_errors(
+    tmp_path: Path, gray_model: Path, sr_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(make_images(tmp_path / "clean", count=1, size=(12, 12), channels=3))
+    cases = {
+        "--task denoise needs --sigma": ["--task", "denoise", "--model", str(gray_model)],
+        "JPEG quality must be an integer in [1, 95], got 0": ["--task", "jpeg", "--quality", "0"],
+        "scale must be one of 2, 3, 4, got 5": ["--task", "sr", "--scale", "5"],
+        "--scale 3 does not match the model's x2": [
+            "--task",
+            "sr",
+            "--scale",
+            "3",
+            "--model",
+            str(sr_model),
+        ],
+    }
+    for message, options in cases.items():
+        err = run_failing(["eval", "--data", data, *options], capsys)
+        assert message in err, (message, err)
+    err = run_failing(["eval", "--data", str(tmp_path / "none"), "--sigma", "5"], capsys)
+    assert "no such file or folder" in err
+
+
+def test_csv_is_not_left_half_written(
+    tmp_path: Path, gray_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_images(tmp_path / "clean", count=1, size=(16, 16))
+    table = tmp_path / "scores.csv"
+
+    def failing_writerows(self: csv.DictWriter, rows: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", failing_writerows)
+    argv = ["eval", "--sigma", "10", "--data", str(data), "--model", str(gray_model)]
+    assert main([*argv, "--csv", str(table)]) == 1
+    assert not table.exists() and [p.name for p in tmp_path.iterdir()] == ["clean"]
+
+
+def test_usage_and_unknown_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "semanir {fit,validate,restore,eval}" in capsys.readouterr().out
+    assert main([]) == 2
+    assert main(["train"]) == 2
+    assert "unknown command 'train'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["restore", "x.png", "-o", "out", "--task", "inpaint"])
+    assert exit_info.value.code == 2

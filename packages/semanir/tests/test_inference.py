@@ -1,0 +1,255 @@
+"""restore() (whole-image and tiled) and load_model()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semanir import inference
+from semanir.inference import default_weights_dir, load_model, restore
+from semanir.models import DnCNN, SemanIR, build_model
+
+
+class Identity(nn.Module):
+    """A parameter-free model that returns its input."""
+
+    in_channels = 1
+    upscale = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Pointwise(nn.Module):
+    """Per-pixel colour transform followed by nearest-neighbour upscaling."""
+
+    in_channels = 3
+
+    def __init__(self, upscale: int) -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.mix = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(torch.sigmoid(self.mix(x)), scale_factor=self.upscale)
+
+
+class Affine(nn.Module):
+    """Maps [0, 1] to [-0.5, 1.5], so only clamping keeps restore's output in range."""
+
+    in_channels = 1
+    upscale = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x - 0.5
+
+
+def tiny(name: str = "semanir_test_tiny_unet", **overrides) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, **overrides)
+
+
+def near_identity(model: SemanIR, factor: float = 10.0) -> SemanIR:
+    """Scale the reconstruction conv (initialised 100x small) up so the model adds a visible
+    correction of a few hundredths to its input, as a trained restoration model does."""
+    with torch.no_grad():
+        model.reconstruct.weight.mul_(factor)
+        model.reconstruct.bias.add_(0.01)
+    return model
+
+
+def images(channels: int, height: int, width: int, batch: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    return torch.rand(batch, channels, height, width, generator=generator)
+
+
+# ---------------------------------------------------------------------------- tiling
+
+
+def test_tiled_identity_reassembles_the_image_exactly():
+    # multiples of 1/256 times blend weights (multiples of 1/64) sum exactly in fp32
+    image = torch.randint(0, 256, (2, 1, 37, 50), generator=torch.Generator().manual_seed(0)) / 256
+    for tile, overlap in [(16, 4), (16, 15), (20, 0), (64, 32)]:
+        assert torch.equal(restore(Identity(), image, tile=tile, tile_overlap=overlap), image)
+
+
+@pytest.mark.parametrize("upscale", [1, 2, 3])
+def test_tiled_equals_untiled_for_a_pointwise_model(upscale):
+    torch.manual_seed(0)
+    model = Pointwise(upscale)
+    image = images(3, 29, 41)
+    whole = restore(model, image)
+    tiled = restore(model, image, tile=12, tile_overlap=5)
+    assert whole.shape == (2, 3, 29 * upscale, 41 * upscale)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["semanir_test_tiny_unet", "semanir_test_tiny_columnar"])
+def test_one_tile_covering_the_image_equals_untiled(name):
+    model = tiny(name)
+    image = images(model.in_channels, 13, 10)
+    # the same forward; only the blend (w * y) / w rounds, by at most an ulp
+    torch.testing.assert_close(
+        restore(model, image, tile=16, tile_overlap=4), restore(model, image), rtol=0, atol=1e-6
+    )
+
+
+def test_tiled_semanir_stays_close_to_untiled():
+    # Tiles see less context than the whole image, so outputs differ; the stated tolerance is
+    # for a near-identity tiny model whose corrections average 0.07 (max 0.12) here: tiles of 32
+    # with overlap 16 on 48x48 stay within 2e-3 on average and 2e-2 everywhere (seams included).
+    model = near_identity(tiny())
+    image = images(1, 48, 48, batch=1) * 0.5 + 0.25
+    whole = restore(model, image)
+    tiled = restore(model, image, tile=32, tile_overlap=16)
+    correction = (whole - image).abs()
+    assert 0.03 < correction.mean() < 0.15
+    deviation = (tiled - whole).abs()
+    assert deviation.mean() < 2e-3
+    assert deviation.max() < 2e-2
+
+
+def test_tiled_super_resolution_has_the_upscaled_shape():
+    model = tiny("semanir_test_tiny_columnar")
+    out = restore(model, images(3, 21, 18), tile=8, tile_overlap=2)
+    assert out.shape == (2, 3, 42, 36)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+# ---------------------------------------------------------------------------- semantics
+
+
+def test_output_is_clamped_to_the_unit_range():
+    image = images(1, 8, 8)
+    out = restore(Affine(), image)
+    assert torch.equal(out, (2 * image - 0.5).clamp(0, 1))
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+def test_restore_runs_in_eval_mode_and_restores_the_mode():
+    model = tiny().train()
+    image = images(1, 12, 12)
+    out = restore(model, image, k=5)
+    assert model.training
+    with torch.no_grad():
+        expected = model.eval()(image, k=5).clamp(0, 1)
+    assert torch.equal(out, expected)
+
+
+def test_restore_uses_inference_k_by_default():
+    model = tiny(inference_k=3)
+    image = images(1, 8, 8)
+    assert torch.equal(restore(model, image), restore(model, image, k=3))
+    assert not torch.equal(restore(model, image), restore(model, image, k=8))
+
+
+def test_output_keeps_the_input_dtype_and_device():
+    model = tiny("dncnn_test_tiny")
+    image = images(1, 9, 9).double()
+    out = restore(model, image)
+    assert out.dtype == torch.float64 and out.device == image.device
+    torch.testing.assert_close(out, restore(model, image.float()).double(), rtol=0, atol=0)
+
+
+def test_bfloat16_autocast_stays_close_to_float32():
+    model = near_identity(tiny())
+    image = images(1, 16, 16)
+    reference = restore(model, image)
+    low = restore(model, image, dtype=torch.bfloat16)
+    assert (low - reference).abs().max() < 0.02  # measured 7e-3
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "message"),
+    [
+        ([[0.5]], TypeError, "image must be a torch.Tensor, got list"),
+        (torch.rand(1, 8, 8), ValueError, r"image must have shape \(B, C, H, W\), got \(1, 8, 8\)"),
+        (
+            torch.rand(1, 3, 8, 8),
+            ValueError,
+            "image has 3 channels but the model takes in_channels=1",
+        ),
+        (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), TypeError, "floating tensor .* torch.uint8"),
+        (torch.full((1, 1, 8, 8), float("nan")), ValueError, "image contains NaN or Inf"),
+    ],
+)
+def test_bad_images_are_rejected(image, error, message):
+    with pytest.raises(error, match=message):
+        restore(tiny(), image)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"tile": 3}, ValueError, "tile must be an int >= the model's window size 4"),
+        ({"tile": 8, "tile_overlap": 8}, ValueError, r"tile_overlap must be in \[0, tile - 1\]"),
+        ({"tile": 8, "tile_overlap": -1}, ValueError, r"= \[0, 7\], got -1"),
+        ({"tile": 8, "tile_overlap": 2.5}, TypeError, "tile_overlap must be an int, got float"),
+        ({"dtype": torch.float64}, ValueError, "dtype must be torch.float32, .* got torch.float64"),
+        ({"k": 17}, ValueError, r"k must be an int in \[1, 16\]"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        restore(tiny(), images(1, 8, 8), **kwargs)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("semanir_test_tiny_columnar", SemanIR), ("dncnn_test_tiny", DnCNN)]
+)
+def test_load_model_reads_a_saved_folder(tmp_path, name, cls):
+    model = tiny(name).eval()
+    model.save_pretrained(tmp_path / "model")
+    loaded = load_model(str(tmp_path / "model"))
+    assert type(loaded) is cls and not loaded.training
+    image = images(model.in_channels, 11, 6)
+    assert torch.equal(restore(loaded, image), restore(model, image))
+
+
+def test_default_weights_live_in_the_package():
+    path = default_weights_dir()
+    assert path.parts[-3:] == ("semanir", "weights", "semanir_tiny_denoise_gray")
+
+
+def test_load_model_without_bundled_weights_names_the_path(tmp_path, monkeypatch):
+    missing = tmp_path / "weights" / "semanir_tiny_denoise_gray"
+    monkeypatch.setattr(inference, "default_weights_dir", lambda: missing)
+    with pytest.raises(FileNotFoundError, match=f"{missing}/model.safetensors"):
+        load_model(None)
+
+
+def test_load_model_none_loads_the_default_folder(tmp_path, monkeypatch):
+    model = tiny("semanir_tiny_denoise_gray", depths=(1,) * 6).eval()
+    model.save_pretrained(tmp_path)
+    monkeypatch.setattr(inference, "default_weights_dir", lambda: tmp_path)
+    loaded = load_model()
+    assert loaded.config == model.config
+    image = images(1, 8, 8)
+    assert torch.equal(restore(loaded, image), restore(model, image))
+
+
+def test_load_model_rejects_a_folder_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no config\.json"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.gpu
+def test_cuda_restore_autocasts_to_float16_and_matches_the_cpu():
+    model = near_identity(tiny())
+    image = images(1, 32, 32)
+    reference = restore(model, image)
+    out = restore(model.cuda(), image)  # the image stays on the CPU: so does the output
+    assert out.device == image.device
+    assert (out - reference).abs().max() < 0.02

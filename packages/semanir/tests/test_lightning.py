@@ -1,0 +1,220 @@
+"""RestorationModule: losses, schedules, metric conventions, a short fit, checkpoint resume,
+export, and a 2-process DDP run on the CPU (gloo)."""
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from semanir.data.datamodule import RestorationDataModule
+from semanir.inference import load_model
+from semanir.io import write_image
+from semanir.lightning_module import RestorationModule, WarmupSchedule, charbonnier_loss
+from semanir.metrics import psnr
+
+TINY = "semanir_test_tiny_unet"
+
+
+def make_images(folder: Path, count: int, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(count * 1000 + size)
+    for index in range(count):
+        smooth = torch.linspace(0, 1, size).view(1, 1, size).expand(1, size, size)
+        texture = 0.3 * torch.rand(1, size, size, generator=generator)
+        write_image(folder / f"{index:02d}.png", 0.6 * smooth + texture)
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> RestorationDataModule:
+    return RestorationDataModule(
+        train_dirs=[str(make_images(tmp_path / "train", count=4, size=40))],
+        val_dirs=[str(make_images(tmp_path / "val", count=1, size=32))],
+        task="denoise",
+        sigma_range=(10, 30),
+        val_sigma=25,
+        patch_size=16,
+        batch_size=2,
+        num_workers=0,
+        repeat=2,
+    )
+
+
+def trainer(root: Path, max_steps: int, **kwargs: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def test_charbonnier_loss_value() -> None:
+    x, y = torch.zeros(4), torch.tensor([0.0, 0.0, 3.0, 4.0])
+    expected = (2 * 1e-3 + math.sqrt(9 + 1e-6) + math.sqrt(16 + 1e-6)) / 4
+    assert charbonnier_loss(x, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_schedules() -> None:
+    cosine = WarmupSchedule("cosine", warmup_steps=4, total_steps=14, min_factor=0.1)
+    assert [cosine(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine(4) == pytest.approx(1.0)
+    assert cosine(9) == pytest.approx(0.55)  # half-way: (1 + 0.1) / 2
+    assert cosine(14) == pytest.approx(0.1) and cosine(100) == pytest.approx(0.1)
+    steps = WarmupSchedule("multistep", milestones=(10, 20), gamma=0.5)
+    assert [steps(s) for s in (0, 9, 10, 19, 20, 50)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert WarmupSchedule("constant", warmup_steps=2)(0) == 0.5
+
+
+def test_metric_conventions_follow_the_task() -> None:
+    gray = RestorationModule(TINY, task="denoise")
+    assert gray.metric_options(1) == {"y_channel": False, "crop_border": 0}
+    jpeg = RestorationModule(TINY, task="jpeg")
+    assert jpeg.metric_options(3) == {"y_channel": True, "crop_border": 0}
+    sr = RestorationModule("semanir_test_tiny_columnar", task="sr")
+    assert sr.upscale == 2 and sr.metric_options(3) == {"y_channel": True, "crop_border": 2}
+
+
+def test_module_argument_errors() -> None:
+    with pytest.raises(ValueError, match="loss must be 'l1' or 'charbonnier'"):
+        RestorationModule(TINY, loss="l2")
+    with pytest.raises(ValueError, match="scheduler must be cosine, multistep or constant"):
+        RestorationModule(TINY, scheduler="linear")
+    with pytest.raises(KeyError, match="unknown model config 'nope'"):
+        RestorationModule("nope")
+
+
+def test_config_dict_and_overrides_build_the_same_architecture() -> None:
+    by_name = RestorationModule(TINY, arch_overrides={"embed_dim": 4})
+    by_config = RestorationModule(by_name.model.config.to_dict())
+    assert by_config.model.config == by_name.model.config
+    assert by_config.model.config.embed_dim == 4
+
+
+class FirstStep(Callback):
+    """Records the global step at the first training batch of a fit."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if self.first is None:
+            self.first = trainer.global_step
+
+
+def test_fit_checkpoint_resume_and_export(tmp_path: Path, data: RestorationDataModule) -> None:
+    L.seed_everything(0)
+    module = RestorationModule(TINY, lr=1e-2, warmup_steps=1, export_dir=str(tmp_path / "export"))
+    initial = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    first = trainer(tmp_path, max_steps=3, callbacks=[checkpoints])
+    first.fit(module, datamodule=data)
+
+    assert first.global_step == 3
+    assert math.isfinite(first.callback_metrics["train/loss"].item())
+    changed = [n for n, p in module.model.named_parameters() if not torch.equal(p, initial[n])]
+    assert len(changed) == len(initial)  # every parameter was updated
+    checkpoint = tmp_path / "ckpt" / "epoch=0-step=3.ckpt"
+    assert checkpoint.is_file()
+
+    reloaded = RestorationModule.load_from_checkpoint(checkpoint)
+    assert reloaded.hparams.lr == 1e-2
+    for name, value in module.model.state_dict().items():
+        assert torch.equal(reloaded.model.state_dict()[name], value), name
+
+    exported = load_model(str(tmp_path / "export"))
+    for name, value in module.model.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value), name
+
+    resumed_module = RestorationModule(TINY, lr=1e-2, warmup_steps=1)
+    first_step = FirstStep()
+    second = trainer(tmp_path, max_steps=5, callbacks=[first_step])
+    second.fit(resumed_module, datamodule=data, ckpt_path=checkpoint)
+    assert first_step.first == 3 and second.global_step == 5
+
+
+def test_validation_logs_psnr_of_the_restored_images(
+    tmp_path: Path, data: RestorationDataModule
+) -> None:
+    module = RestorationModule(TINY)
+    [metrics] = trainer(tmp_path, max_steps=1).validate(module, datamodule=data, verbose=False)
+    sample = data.val_set[0]
+    with torch.no_grad():
+        output = module.model.eval()(sample["lq"][None]).clamp(0, 1)
+    expected = psnr(output, sample["gt"][None]).item()
+    assert metrics["val/psnr"] == pytest.approx(expected, abs=1e-4)
+    assert 0 < metrics["val/ssim"] <= 1
+
+
+def test_cosine_schedule_needs_a_length(tmp_path: Path, data: RestorationDataModule) -> None:
+    module = RestorationModule(TINY)
+    endless = L.Trainer(accelerator="cpu", max_time={"seconds": 30}, logger=False)
+    with pytest.raises(ValueError, match="the cosine schedule needs a length"):
+        endless.fit(module, datamodule=data)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import lightning as L
+    import torch
+
+    from semanir.data.datamodule import RestorationDataModule
+    from semanir.lightning_module import RestorationModule
+
+    root = sys.argv[1]
+    torch.set_num_threads(1)
+    L.seed_everything(0, workers=True)
+    data = RestorationDataModule(
+        train_dirs=[root + "/train"], sigma=25, patch_size=16, batch_size=2, num_workers=0
+    )
+    module = RestorationModule("semanir_test_tiny_unet", lr=1e-2, scheduler="constant")
+    initial = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    rank = trainer.global_rank
+    torch.save(
+        {"initial": initial, "final": module.model.state_dict(), "step": trainer.global_step,
+         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else ""},
+        f"{root}/rank{rank}.pt",
+    )
+    print(f"rank {rank} finished", flush=True)
+    """
+)
+
+
+def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None:
+    make_images(tmp_path / "train", count=8, size=24)
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 finished" in result.stdout and "rank 1 finished" in result.stdout
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [3, 3]
+    assert [r["backend"] for r in ranks] == ["gloo", "gloo"]
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name
+    moved = [n for n, v in ranks[0]["final"].items() if not torch.equal(v, ranks[0]["initial"][n])]
+    assert moved  # the run trained

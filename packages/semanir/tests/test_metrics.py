@@ -1,0 +1,111 @@
+"""PSNR/SSIM cross-checked against scikit-image on the same arrays.
+
+Tolerances: PSNR to 1e-9 dB (same formula, float64); SSIM to 1e-9 (scikit-image filters with
+scipy's separable Gaussian over the whole image and then drops the 5-pixel border, we convolve
+'valid' windows; both in float64).
+"""
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2ycbcr
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from semanir.metrics import psnr, rgb_to_y, ssim
+
+
+def pair(channels: int, batch: int = 2, size: tuple[int, int] = (37, 45), seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.rand(batch, channels, *size, generator=generator)
+    noisy = clean + 0.08 * torch.randn(clean.shape, generator=generator)
+    return noisy, clean
+
+
+def to_8bit(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().double().numpy()
+
+
+def skimage_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """x, y: (C, H, W) on the 0-255 scale."""
+    return structural_similarity(
+        x,
+        y,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+        channel_axis=0,
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_psnr_and_ssim_match_skimage_per_image(channels: int) -> None:
+    noisy, clean = pair(channels)
+    ours_psnr, ours_ssim = psnr(noisy, clean), ssim(noisy, clean)
+    assert ours_psnr.shape == (2,) and ours_ssim.shape == (2,)
+    for b in range(2):
+        x, y = to_8bit(noisy[b]), to_8bit(clean[b])
+        assert ours_psnr[b].item() == pytest.approx(
+            peak_signal_noise_ratio(y, x, data_range=255), abs=1e-9
+        )
+        assert ours_ssim[b].item() == pytest.approx(skimage_ssim(x, y), abs=1e-9)
+    single = psnr(noisy[0], clean[0])
+    assert single.shape == () and single.item() == pytest.approx(ours_psnr[0].item())
+
+
+def test_y_channel_matches_skimage_rgb2ycbcr() -> None:
+    noisy, clean = pair(3, batch=1)
+    x, y = to_8bit(noisy[0]) / 255, to_8bit(clean[0]) / 255  # rounded RGB in [0, 1]
+    y_x = rgb2ycbcr(x.transpose(1, 2, 0))[..., 0]  # MATLAB convention: Y in [16, 235]
+    y_y = rgb2ycbcr(y.transpose(1, 2, 0))[..., 0]
+    expected_psnr = peak_signal_noise_ratio(y_y, y_x, data_range=255)
+    expected_ssim = skimage_ssim(y_x[None], y_y[None])
+    assert psnr(noisy, clean, y_channel=True).item() == pytest.approx(expected_psnr, abs=1e-9)
+    assert ssim(noisy, clean, y_channel=True).item() == pytest.approx(expected_ssim, abs=1e-9)
+    white = rgb_to_y(torch.full((3, 1, 1), 255.0, dtype=torch.float64))
+    assert white.item() == pytest.approx(235.0, abs=1e-3)
+
+
+def test_y_channel_is_ignored_for_gray() -> None:
+    noisy, clean = pair(1)
+    torch.testing.assert_close(psnr(noisy, clean, y_channel=True), psnr(noisy, clean))
+
+
+def test_crop_border_and_data_range() -> None:
+    noisy, clean = pair(3, batch=1)
+    x, y = to_8bit(noisy[0])[:, 4:-4, 4:-4], to_8bit(clean[0])[:, 4:-4, 4:-4]
+    expected = peak_signal_noise_ratio(y, x, data_range=255)
+    assert psnr(noisy, clean, crop_border=4).item() == pytest.approx(expected, abs=1e-9)
+    assert ssim(noisy, clean, crop_border=4).item() == pytest.approx(skimage_ssim(x, y), abs=1e-9)
+    scaled = psnr(noisy * 255, clean * 255, data_range=255, crop_border=4)
+    assert scaled.item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_without_rounding_matches_float_arrays() -> None:
+    clean = torch.rand(1, 30, 30, generator=torch.Generator().manual_seed(5)) * 0.8 + 0.1
+    noisy = clean + 0.01
+    x, y = noisy.double().numpy() * 255, clean.double().numpy() * 255
+    ours = psnr(noisy, clean, round_to_8bit=False).item()
+    assert ours == pytest.approx(peak_signal_noise_ratio(y, x, data_range=255), abs=1e-6)
+    assert ours == pytest.approx(40.0, abs=1e-4)  # error 0.01 of white: exactly 40 dB
+    ours_ssim = ssim(noisy, clean, round_to_8bit=False).item()
+    assert ours_ssim == pytest.approx(skimage_ssim(x, y), abs=1e-6)
+
+
+def test_known_values() -> None:
+    clean = torch.full((1, 16, 16), 100 / 255)
+    assert psnr(clean, clean).item() == float("inf")
+    assert ssim(clean, clean).item() == pytest.approx(1.0)
+    one_level = psnr(clean + 1 / 255, clean).item()
+    assert one_level == pytest.approx(20 * np.log10(255), abs=1e-9)  # 48.13 dB
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(torch.zeros(1, 8, 8), torch.zeros(1, 8, 9))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.zeros(1, 20, 20), torch.zeros(1, 20, 20), crop_border=5)
+    with pytest.raises(ValueError, match="leaves no pixels"):
+        psnr(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), crop_border=4)
+    with pytest.raises(ValueError, match=r"expected \(C, H, W\) or \(B, C, H, W\)"):
+        psnr(torch.zeros(8, 8), torch.zeros(8, 8))
