@@ -1,0 +1,392 @@
+"""Set12 gray Gaussian denoising: noisy input, BM3D and trained models, PSNR/SSIM per image.
+
+    python packages/semanir/benchmarks/eval_set12.py --model semanir=DIR --model dncnn=DIR \
+        --model window_attention=DIR [--sigmas 15 25 50] [--data-root DIR] [--out DIR] \
+        [--seed 0] [--models-only] [--limit N]
+
+Noise convention (the DnCNN / BM3D papers'): white Gaussian noise of standard deviation
+sigma / 255 is added to the clean image in float and NOT clipped; every method receives that
+float image. The noise of image i at level sigma comes from a generator seeded by
+(seed, i, sigma), so every method and every rerun sees the same noisy images. PSNR and SSIM are
+``semanir.metrics`` on outputs clamped to [0, 1] and rounded to 8 bits (the noisy input too).
+
+Writes ``<out>/set12.json`` (per-image rows, averages, environment), ``set12.md`` (tables) and
+``set12_crops.png`` (crops of the first image at sigma 25); ``--limit N`` writes
+``set12_first<N>.*`` instead. BM3D outputs are cached as 8-bit PNGs in ``<out>/bm3d_cache``,
+keyed by image, sigma, seed and a hash of the noisy input, so a rerun does not recompute them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from semanir.data.degradations import add_gaussian_noise, check_sigma
+from semanir.inference import load_model, restore
+from semanir.io import atomic_write, list_images, read_image, to_uint8_array, write_image
+from semanir.metrics import psnr, ssim
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]
+DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
+FIGURE_SIGMA = 25.0
+CROP_SIDE = 128
+NOISE_CONVENTION = (
+    "white Gaussian noise of std sigma/255 added to the clean image in float, not clipped "
+    "(DnCNN/BM3D convention); noise seeded by (seed, image index, sigma)"
+)
+METRIC_CONVENTION = (
+    "semanir.metrics PSNR/SSIM (SSIM: 11x11 Gaussian window, sigma 1.5) on the 0-255 scale, "
+    "outputs clamped and rounded to 8 bits, no border crop"
+)
+
+
+def default_data_root() -> Path:
+    """``$SEMANIR_DATA`` if set, else ``../shared/data`` next to the repository root."""
+    return Path(os.environ.get("SEMANIR_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def set12_paths(data_root: Path, limit: int | None = None) -> list[Path]:
+    """The Set12 images under ``data_root/set12``, sorted by name.
+
+    Args:
+        data_root: folder holding ``set12/``.
+        limit: keep only the first ``limit`` images (None: all).
+    """
+    paths = list_images(Path(data_root) / "set12")
+    return paths if limit is None else paths[:limit]
+
+
+def noise_generator(seed: int, index: int, sigma: float) -> torch.Generator:
+    """A CPU generator whose state depends only on (seed, image index, sigma).
+
+    Args:
+        seed: user seed (>= 0).
+        index: position of the image in the sorted image list.
+        sigma: noise level on the 0-255 scale (resolved to 1/1000).
+    """
+    words = [seed, index, round(sigma * 1000)]
+    state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def noisy_version(clean: Tensor, sigma: float, seed: int, index: int) -> Tensor:
+    """Unclipped noisy copy of a (C, H, W) image (see the module docstring).
+
+    Args:
+        clean: image in [0, 1].
+        sigma: noise level on the 0-255 scale.
+        seed: user seed.
+        index: position of the image in the sorted image list.
+    """
+    return add_gaussian_noise(clean, sigma, noise_generator(seed, index, sigma))
+
+
+def quantize(image: Tensor) -> Tensor:
+    """(1, H, W) image clamped to [0, 1] and rounded to 8-bit levels, as float32."""
+    return torch.from_numpy(to_uint8_array(image)).float().div(255.0).reshape(image.shape)
+
+
+def run_bm3d(noisy: Tensor, sigma: float) -> Tensor:
+    """BM3D (PyPI ``bm3d``) of a (1, H, W) float image with noise std ``sigma / 255``."""
+    import bm3d
+
+    denoised = bm3d.bm3d(noisy[0].double().numpy(), sigma_psd=sigma / 255.0)
+    return torch.from_numpy(np.asarray(denoised, dtype=np.float32)).reshape(noisy.shape)
+
+
+def bm3d_cache_file(cache_dir: Path, image: Path, sigma: float, seed: int, noisy: Tensor) -> Path:
+    """Cache file of one BM3D output; the noisy-input hash guards against changed inputs.
+
+    Args:
+        cache_dir: folder of the cache.
+        image: the clean image file.
+        sigma: noise level on the 0-255 scale.
+        seed: user seed.
+        noisy: the noisy input BM3D receives.
+    """
+    digest = hashlib.sha256(noisy.numpy().tobytes()).hexdigest()[:12]
+    return cache_dir / f"{image.stem}_sigma{sigma:g}_seed{seed}_{digest}.png"
+
+
+def bm3d_output(noisy: Tensor, sigma: float, cache_file: Path) -> Tensor:
+    """BM3D output rounded to 8 bits, read from ``cache_file`` or computed and stored there.
+
+    Args:
+        noisy: (1, H, W) float noisy image.
+        sigma: noise level on the 0-255 scale.
+        cache_file: PNG holding (or receiving) the 8-bit output.
+    """
+    if cache_file.is_file():
+        return read_image(cache_file, channels="gray")
+    output = quantize(run_bm3d(noisy, sigma))
+    write_image(cache_file, output)
+    return output
+
+
+def parse_models(specs: list[str]) -> dict[str, Path]:
+    """``NAME=DIR`` strings -> {name: folder}, names unique and not 'noisy', 'bm3d' or 'clean'."""
+    models: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--model takes NAME=DIR (e.g. semanir=runs/semanir), got {spec!r}")
+        if name in models or name in ("noisy", "bm3d", "clean"):
+            raise ValueError(f"model name {name!r} is repeated or reserved")
+        models[name] = Path(folder)
+    return models
+
+
+def load_gray_models(folders: dict[str, Path]) -> dict[str, nn.Module]:
+    """Load every ``save_pretrained`` folder and check that the model takes gray images."""
+    models = {}
+    for name, folder in folders.items():
+        model = load_model(folder)
+        if model.in_channels != 1 or model.upscale != 1:
+            raise ValueError(f"{name} ({folder}) is not a gray denoiser (1 channel, scale 1)")
+        models[name] = model
+    return models
+
+
+def restore_all(
+    noisy: Tensor, sigma: float, models: dict[str, nn.Module], bm3d_file: Path | None
+) -> dict[str, Tensor]:
+    """Every method's output for one (1, H, W) noisy image, keyed by method name.
+
+    Args:
+        noisy: float noisy image (unclipped).
+        sigma: noise level on the 0-255 scale.
+        models: loaded models by name.
+        bm3d_file: BM3D cache file, or None to skip BM3D.
+    """
+    outputs = {"noisy": noisy}
+    if bm3d_file is not None:
+        outputs["bm3d"] = bm3d_output(noisy, sigma, bm3d_file)
+    for name, model in models.items():
+        outputs[name] = restore(model, noisy[None])[0]
+    return outputs
+
+
+def score(output: Tensor, clean: Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of one output against the clean image."""
+    return {"psnr": float(psnr(output, clean)), "ssim": float(ssim(output, clean))}
+
+
+def averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean PSNR and SSIM per (sigma, method) over the images of ``rows``."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["sigma"], row["method"]), []).append(row)
+    return [
+        {
+            "sigma": sigma,
+            "method": method,
+            "psnr": float(np.mean([r["psnr"] for r in group])),
+            "ssim": float(np.mean([r["ssim"] for r in group])),
+            "images": len(group),
+        }
+        for (sigma, method), group in groups.items()
+    ]
+
+
+def figure_sigma(sigmas: list[float]) -> float:
+    """The sigma of the crop figure: 25 if evaluated, else the middle of ``sigmas``."""
+    return FIGURE_SIGMA if FIGURE_SIGMA in sigmas else sigmas[len(sigmas) // 2]
+
+
+def evaluate(
+    paths: list[Path],
+    sigmas: list[float],
+    seed: int,
+    models: dict[str, nn.Module],
+    bm3d_cache: Path | None,
+) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
+    """Score every method on every (sigma, image).
+
+    Args:
+        paths: clean gray images.
+        sigmas: noise levels on the 0-255 scale.
+        seed: noise seed.
+        models: loaded models by name.
+        bm3d_cache: BM3D cache folder, or None to skip BM3D.
+
+    Returns:
+        Per-image rows (sigma, image, method, psnr, ssim) and the outputs for the figure (the
+        first image at :func:`figure_sigma`), including the clean image.
+    """
+    shown = figure_sigma(sigmas)
+    rows: list[dict[str, Any]] = []
+    figure: dict[str, Tensor] = {}
+    jobs = [(sigma, index, path) for sigma in sigmas for index, path in enumerate(paths)]
+    for sigma, index, path in tqdm(jobs, desc="set12", unit="image", disable=None):
+        clean = read_image(path, channels="gray")
+        noisy = noisy_version(clean, sigma, seed, index)
+        cache = (
+            None if bm3d_cache is None else bm3d_cache_file(bm3d_cache, path, sigma, seed, noisy)
+        )
+        outputs = restore_all(noisy, sigma, models, cache)
+        for method, output in outputs.items():
+            rows.append(
+                {"sigma": sigma, "image": path.name, "method": method, **score(output, clean)}
+            )
+        if sigma == shown and index == 0:
+            figure = {**outputs, "clean": clean}
+    return rows, figure
+
+
+def environment() -> dict[str, Any]:
+    """torch version, CPU model, torch threads, Python and (if installed) bm3d version."""
+    try:
+        bm3d_version = metadata.version("bm3d")
+    except metadata.PackageNotFoundError:
+        bm3d_version = None
+    return {
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "bm3d": bm3d_version,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
+    with atomic_write(path) as temp_path:
+        temp_path.write_text(text, encoding="utf-8")
+
+
+def cell(row: dict[str, Any]) -> str:
+    """'PSNR / SSIM' for a table cell."""
+    return f"{row['psnr']:.2f} / {row['ssim']:.4f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The average table and one per-image table per sigma, from a report dict."""
+    methods = list(dict.fromkeys(r["method"] for r in report["averages"]))
+    sigmas = report["sigmas"]
+    mean = {(r["sigma"], r["method"]): r for r in report["averages"]}
+    lines = [
+        f"### Set12 average over {len(report['images'])} images (PSNR dB / SSIM)",
+        "",
+        f"Noise: {report['noise']}; seed {report['seed']}. Metrics: {report['metrics']}.",
+        "",
+        "| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
+        "|---|" + "---:|" * len(sigmas),
+    ]
+    lines += [f"| {m} | " + " | ".join(cell(mean[s, m]) for s in sigmas) + " |" for m in methods]
+    per_image = {(r["sigma"], r["image"], r["method"]): r for r in report["rows"]}
+    for sigma in sigmas:
+        lines += ["", f"### Set12 per image, sigma {sigma:g} (PSNR dB / SSIM)", ""]
+        lines += ["| image | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+        for image in report["images"]:
+            cells = " | ".join(cell(per_image[sigma, image, m]) for m in methods)
+            lines.append(f"| {image} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
+    """One row of centre crops (noisy, BM3D, models, clean) with PSNRs, saved atomically.
+
+    Args:
+        figure: outputs by method name, plus "clean".
+        sigma: noise level of the outputs (for the title).
+        path: PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = figure["clean"]
+    names = [name for name in figure if name != "clean"] + ["clean"]
+    side = min(CROP_SIDE, *clean.shape[-2:])
+    top, left = (clean.shape[-2] - side) // 2, (clean.shape[-1] - side) // 2
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        image = quantize(figure[name])[0, top : top + side, left : left + side]
+        title = name if name == "clean" else f"{name}\n{float(psnr(figure[name], clean)):.2f} dB"
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{side}x{side} centre crop of the first image, sigma {sigma:g}")
+    fig.tight_layout()
+    with atomic_write(path) as temp_path:
+        fig.savefig(temp_path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (``argv``: None reads sys.argv), validated."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME=DIR", help="save_pretrained folder"
+    )
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS))
+    parser.add_argument("--data-root", type=Path, default=default_data_root(), help="holds set12/")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (>= 0)")
+    parser.add_argument("--models-only", action="store_true", help="skip BM3D")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    args = parser.parse_args(argv)
+    for sigma in args.sigmas:
+        check_sigma(sigma)
+    if args.seed < 0 or (args.limit is not None and args.limit < 1):
+        parser.error("--seed must be >= 0 and --limit >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate, write JSON, markdown and the crop figure, print the tables."""
+    args = parse_args(argv)
+    paths = set12_paths(args.data_root, args.limit)
+    folders = parse_models(args.model)
+    models = load_gray_models(folders)
+    bm3d_cache = None if args.models_only else args.out / "bm3d_cache"
+    rows, figure = evaluate(paths, args.sigmas, args.seed, models, bm3d_cache)
+    report = {
+        "environment": environment(),
+        "noise": NOISE_CONVENTION,
+        "metrics": METRIC_CONVENTION,
+        "seed": args.seed,
+        "sigmas": args.sigmas,
+        "data": str(paths[0].parent),
+        "images": [p.name for p in paths],
+        "models": {name: str(folder) for name, folder in folders.items()},
+        "bm3d": bm3d_cache is not None,
+        "averages": averages(rows),
+        "rows": rows,
+    }
+    stem = "set12" if args.limit is None else f"set12_first{args.limit}"
+    tables = markdown(report)
+    write_text(args.out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
+    write_text(args.out / f"{stem}.md", tables)
+    plot_crops(figure, figure_sigma(args.sigmas), args.out / f"{stem}_crops.png")
+    print(tables)
+    print(f"wrote {args.out / stem}.json, .md, _crops.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

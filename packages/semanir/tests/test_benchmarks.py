@@ -1,0 +1,207 @@
+"""benchmarks/run.py, worker.py and eval_set12.py on tiny models, images and sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from semanir.inference import load_model, restore
+from semanir.io import read_image, write_image
+from semanir.metrics import psnr, ssim
+from semanir.models import build_model
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = "semanir_test_tiny_unet"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py by path."""
+    spec = importlib.util.spec_from_file_location(f"test_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load_script("run")
+worker = load_script("worker")
+eval_set12 = load_script("eval_set12")
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """The worker sets torch's thread count; restore it for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A save_pretrained folder of a random-init tiny gray U-net."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(TINY).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two smooth mid-gray 128x128 PNGs in <root>/set12 (values in [0.3, 0.7]: no clipping)."""
+    root = tmp_path_factory.mktemp("data")
+    ramp = torch.linspace(0.3, 0.7, 128)
+    images = (ramp.view(1, 128, 1), ramp.view(1, 1, 128))  # vertical and horizontal ramps
+    for index, image in enumerate(images):
+        write_image(root / "set12" / f"{index + 1:02d}.png", image.expand(1, 128, 128))
+    return root
+
+
+def tiny_spec(dictionary: str, k: int | None, size: int = 16, group: str = "throughput") -> dict:
+    spec = run.make_spec({}, dictionary, k, size, threads=1, quick=True, group=group, config=TINY)
+    return {**spec, "budget_s": 5.0}
+
+
+def test_worker_returns_positive_timings_and_memory():
+    semanir, dense = worker.measure(tiny_spec("stage", 4)), worker.measure(tiny_spec("dense", None))
+    for result in (semanir, dense):
+        assert {"median_ms", "min_ms", "max_ms", "runs", "mpix_per_s", "peak_rss_mib"} <= set(
+            result
+        )
+        assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+        assert result["runs"] == 3 and result["window"] == 4
+        assert result["mpix_per_s"] == pytest.approx(16**2 / 1e6 / (result["median_ms"] / 1e3))
+        assert result["peak_rss_mib"] > 0 and result["peak_growth_mib"] >= 0
+    assert semanir["params"] == dense["params"]  # equal width and depth
+
+
+def test_grids_cover_the_requested_k_and_sizes():
+    full = run.throughput_specs(quick=False, threads=2)
+    assert {s["size"] for s in full} == {128, 256, 512, 1024}
+    assert {s["k"] for s in full if s["dictionary"] == "stage"} == {16, 32, 64, 128}
+    assert all(s["overrides"] == run.WINDOW16 for s in full if s["k"] == 128)
+    quick = run.throughput_specs(quick=True, threads=2)
+    assert {s["size"] for s in quick} == {128, 256}
+    assert {s["k"] for s in quick} == {None, 16, 32}
+
+
+def test_run_all_measures_each_spec_once_and_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_worker(spec: dict) -> dict:
+        calls.append(spec)
+        return {**spec, "median_ms": 1.0}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    specs = [tiny_spec("stage", 4), tiny_spec("dense", None), tiny_spec("stage", 4)]
+    journal = tmp_path / "quick.partial.jsonl"
+    first = run.run_all(specs, journal)
+    assert len(calls) == 2 and first[0] == first[2]
+    assert run.run_all(specs, journal) == first and len(calls) == 2
+
+
+def test_ablation_models_share_weights(tiny_dir):
+    models = run.ablation_models(tiny_dir)
+    assert [m.config.dictionary for m in models.values()] == ["stage", "layer"]
+    stage, layer = (m.state_dict() for m in models.values())
+    assert all(torch.equal(stage[name], layer[name]) for name in stage)
+
+
+def test_report_round_trips_through_json_markdown_and_png(tmp_path, tiny_dir, data_root):
+    throughput = [worker.measure(tiny_spec(d, k)) for d, k in (("dense", None), ("stage", 4))]
+    run.add_ratios(throughput)
+    ablation_runs = [worker.measure(tiny_spec(d, 4, group="ablation")) for d in ("stage", "layer")]
+    paths = eval_set12.set12_paths(data_root)
+    result = run.dictionary_psnr(run.ablation_models(tiny_dir), paths, 25.0, 0)
+    result.update(sigma=25.0, k=8, trained=True, weights=f"trained weights from {tiny_dir}")
+    report = {
+        "environment": {**eval_set12.environment(), "threads": 1},
+        "quick": True,
+        "model": TINY,
+        "notes": list(run.NOTES),
+        "throughput": throughput,
+        "ablation": {
+            "k": 4,
+            "timing": run.ablation_timing(ablation_runs),
+            "runs": ablation_runs,
+            "psnr": result,
+        },
+    }
+    tables = run.write_report(report, tmp_path, "quick")
+    assert json.loads((tmp_path / "quick.json").read_text()) == report
+    assert (tmp_path / "quick.md").read_text() == tables
+    assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick.json", "quick.md", "quick.png"]
+    assert throughput[0]["speed_vs_dense"] == 1.0
+    assert "| 4 | SemanIR | 4 | 16 |" in tables and "| mean |" in tables
+    timing = report["ablation"]["timing"][0]
+    assert timing["layer_over_stage"] == pytest.approx(
+        timing["layer_median_ms"] / timing["stage_median_ms"]
+    )
+
+
+def test_noise_is_seeded_and_unclipped():
+    clean = torch.full((1, 64, 64), 0.98)
+    noisy = eval_set12.noisy_version(clean, 25.0, 0, 3)
+    assert torch.equal(noisy, eval_set12.noisy_version(clean, 25.0, 0, 3))
+    assert not torch.equal(noisy, eval_set12.noisy_version(clean, 25.0, 0, 4))
+    assert not torch.equal(noisy, eval_set12.noisy_version(clean, 15.0, 0, 3))
+    assert noisy.max() > 1.0  # not clipped
+    assert (noisy - clean).std().item() == pytest.approx(25 / 255, rel=0.05)
+
+
+def test_bm3d_outputs_are_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_bm3d(noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        calls.append(sigma)
+        return noisy * 0.5 + 0.25
+
+    monkeypatch.setattr(eval_set12, "run_bm3d", fake_bm3d)
+    noisy = eval_set12.noisy_version(torch.full((1, 16, 16), 0.5), 25.0, 0, 0)
+    cache = eval_set12.bm3d_cache_file(tmp_path, Path("01.png"), 25.0, 0, noisy)
+    first = eval_set12.bm3d_output(noisy, 25.0, cache)
+    second = eval_set12.bm3d_output(noisy, 25.0, cache)
+    assert calls == [25.0] and torch.equal(first, second)
+    assert torch.equal(first, eval_set12.quantize(fake_bm3d(noisy, 25.0)))
+    assert cache != eval_set12.bm3d_cache_file(tmp_path, Path("01.png"), 25.0, 0, noisy + 0.1)
+
+
+def test_eval_set12_on_synthetic_images(tmp_path, tiny_dir, data_root):
+    argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--models-only"]
+    argv += ["--data-root", str(data_root), "--out", str(tmp_path)]
+    assert eval_set12.main(argv) == 0
+    report = json.loads((tmp_path / "set12.json").read_text())
+    assert report["images"] == ["01.png", "02.png"] and report["bm3d"] is False
+    assert [(r["image"], r["method"]) for r in report["rows"]] == [
+        ("01.png", "noisy"),
+        ("01.png", "tiny"),
+        ("02.png", "noisy"),
+        ("02.png", "tiny"),
+    ]
+    model = load_model(tiny_dir)
+    for index, path in enumerate(sorted((data_root / "set12").iterdir())):
+        clean = read_image(path, channels="gray")
+        noisy = eval_set12.noisy_version(clean, 25.0, 0, index)
+        output = restore(model, noisy[None])[0]
+        noisy_row, model_row = report["rows"][2 * index : 2 * index + 2]
+        assert noisy_row["psnr"] == float(psnr(noisy, clean))
+        assert model_row["psnr"] == float(psnr(output, clean))
+        assert model_row["ssim"] == float(ssim(output, clean))
+    mean = {r["method"]: r for r in report["averages"]}
+    assert mean["noisy"]["psnr"] == pytest.approx(20 * math.log10(255 / 25), abs=0.3)
+    assert "| tiny | " in (tmp_path / "set12.md").read_text()
+    assert (tmp_path / "set12_crops.png").stat().st_size > 0
+
+
+def test_parse_models_rejects_bad_names():
+    assert eval_set12.parse_models(["a=x", "b=y"]) == {"a": Path("x"), "b": Path("y")}
+    for bad in (["a"], ["=x"], ["bm3d=x"], ["a=x", "a=y"]):
+        with pytest.raises(ValueError, match=r"NAME=DIR|reserved"):
+            eval_set12.parse_models(bad)
