@@ -7,7 +7,8 @@ Sessions (``nox -l``):
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
   lint        ruff check and ruff format --check.
   bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
-  demo        the repository's main job.
+  demo        the repository's main job (semanir restores a noisy Set12 image; SHARED_DATA
+              overrides the ../shared/data location).
 
 torch is large (several GB) and identical for every package, so it is installed once into
 ``.nox/_torch-<version>`` and made visible to each session through a ``.pth`` file; everything
@@ -16,6 +17,7 @@ else a package needs comes from its own declared dependencies.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -91,11 +93,12 @@ def build_wheels(session: nox.Session, packages: list[str]) -> None:
         )  # fmt: skip
 
 
-def install_packages(session: nox.Session, packages: list[str], extra: str) -> None:
+def install_packages(session: nox.Session, packages: list[str], extra: str | None = None) -> None:
     """Install the built wheels by name; in-tree dependencies resolve from the wheelhouse."""
     build_wheels(session, [dep for name in packages for dep in in_tree_dependencies(name)])
     build_wheels(session, packages)
-    requirements = [f"{PACKAGES[name]['name']}[{extra}]" for name in packages]
+    suffix = f"[{extra}]" if extra else ""
+    requirements = [f"{PACKAGES[name]['name']}{suffix}" for name in packages]
     session.run(
         "python", "-m", "pip", "install", "--quiet", "--find-links", str(WHEELHOUSE),
         *requirements,
@@ -169,10 +172,13 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The repository's main job: the common-kernels benchmark at a small size."""
+    """The main job: add noise to a Set12 image, restore it with semanir's bundled weights."""
     share_torch(session)
-    install_packages(session, ["common-kernels"], "bench")
+    install_packages(session, ["semanir"])
+    data = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
+    out = ROOT / "outputs" / "demo"
     session.run(
-        "python", str(PACKAGES_DIR / "common-kernels" / "benchmarks" / "run.py"), "--quick",
-        "--out", str(ROOT / "outputs" / "demo"),
+        "semanir", "restore", str(data / "set12" / "05.png"), "--add-noise", "25", "--seed", "0",
+        "--save-noisy", "-o", str(out / "05_restored.png"),
     )  # fmt: skip
+    session.log(f"noisy input and restored image written to {out}")
