@@ -23,14 +23,13 @@ def peak_rss_mib() -> float:
 
 def attention_step(spec: dict):
     """Build inputs for one attention configuration; return a closure running one step."""
-    from common_kernels.knn_attention import knn_attention, select_backend
+    from common_kernels.knn_attention import knn_attention
 
     g = torch.Generator().manual_seed(0)
     shape = (spec["batch"], spec["heads"], spec["n"], spec["d"])
     grad = spec["mode"] == "fwd+bwd"
     q, k, v = (torch.randn(shape, generator=g).requires_grad_(grad) for _ in range(3))
     idx = torch.randint(0, spec["n"], (spec["batch"], spec["n"], spec["k"]), generator=g)
-    spec["auto_pick"] = select_backend(q, idx)
     if spec["backend"] == "sdpa":  # dense attention over all N tokens: the baseline
 
         def forward():

@@ -184,13 +184,23 @@ def test_can_run_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "expected"),
-    [(256, 16, "mask"), (4096, 16, "gather"), (4096, 2048, "mask"), (16384, 256, "gather")],
+    ("n", "k", "grad", "expected"),
+    [
+        (256, 16, False, "mask"),
+        (1024, 16, False, "gather"),
+        (1024, 64, False, "mask"),
+        (4096, 64, False, "gather"),
+        (1024, 16, True, "mask"),
+        (4096, 16, True, "gather"),
+        (4096, 64, True, "mask"),
+    ],
 )
-def test_auto_policy_on_cpu(n: int, k: int, expected: str) -> None:
-    q = torch.zeros(1, 1, n, 8)
+def test_auto_policy_on_cpu(n: int, k: int, grad: bool, expected: str) -> None:
+    q = torch.zeros(1, 1, n, 8, requires_grad=grad)
     idx = torch.zeros(1, n, k, dtype=torch.long)
-    assert select_backend(q, idx) == expected
+    assert select_backend(q, q, q, idx) == expected
+    with torch.no_grad():
+        assert select_backend(q, q, q, idx) == ("gather" if k * 64 <= n else "mask")
 
 
 def bad_input_cases():

@@ -32,11 +32,11 @@ from common_kernels._checks import check_float, check_index, check_ndim, check_t
 Backend = Literal["auto", "reference", "mask", "gather", "triton"]
 BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton")
 
-# CPU crossover between the dense masked SDPA and the gather backend, measured by
-# benchmarks/bench_attention.py on a 2-core x86_64 machine (see the package README): the dense
-# kernel wins while the neighbour set is a large share of the sequence.
-_MASK_WINS_BELOW_N = 1024
-_MASK_WINS_ABOVE_K_SHARE = 0.25
+# CPU policy of "auto", measured by benchmarks/run.py on a 2-core x86_64 machine (tables in the
+# package README): gathering wins once the neighbour sets are a small share of the sequence; the
+# share is smaller with a backward pass, whose scatter-add into dK/dV is memory bound. Otherwise
+# the dense masked SDPA wins.
+_GATHER_MAX_K_SHARE = {False: 1 / 64, True: 1 / 256}  # keyed by "needs a backward"
 # Registers hold a (BLOCK_M, BLOCK_K, head_dim) tile per program; past this it spills.
 _TRITON_MAX_HEAD_DIM = 256
 
@@ -71,7 +71,7 @@ def knn_attention(
     bias = _validate(q, k, v, idx, bias)
     scale = q.shape[-1] ** -0.5 if scale is None else _check_scale(scale)
     if backend == "auto":
-        backend = select_backend(q, idx, bias)
+        backend = select_backend(q, k, v, idx, bias)
     elif backend not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
     ok, reason = _can_run_validated(backend, q, bias)
@@ -106,20 +106,27 @@ def can_run(
     return _can_run_validated(backend, q, bias)
 
 
-def select_backend(q: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None = None) -> str:
+def select_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> str:
     """The backend ``"auto"`` picks for validated inputs.
 
-    CUDA with Triton: ``triton``. Otherwise the CPU policy measured by the benchmark: ``mask``
-    (dense fused SDPA) for short sequences or when the neighbours are a large share of them,
-    ``gather`` for long sequences with few neighbours (the kernel never compiles for the CPU and
-    the interpreter is for tests only).
+    CUDA with Triton: ``triton``. On the CPU (where Triton only interprets, for tests) the policy
+    measured by the benchmark: ``gather`` when K <= N/64 (K <= N/256 when a backward will run),
+    else ``mask``.
     """
     if q.is_cuda and _can_run_validated("triton", q, bias)[0]:
         return "triton"
+    tensors = (q, k, v) if bias is None else (q, k, v, bias)
+    needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     n, n_neighbours = q.shape[-2], idx.shape[-1]
-    if n < _MASK_WINS_BELOW_N or n_neighbours > _MASK_WINS_ABOVE_K_SHARE * n:
-        return "mask"
-    return "gather"
+    if n_neighbours <= _GATHER_MAX_K_SHARE[needs_backward] * n:
+        return "gather"
+    return "mask"
 
 
 def _can_run_validated(
