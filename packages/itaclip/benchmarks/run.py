@@ -1,0 +1,369 @@
+"""itaclip speed and memory benchmark: batched inference vs the official per-crop procedure.
+
+For each sliding-window stride, two methods run on the same random image with the same random
+ViT weights and the same random text features of a COCO-Stuff-sized vocabulary (171 classes,
+183 queries), each in a fresh subprocess (peak memory = ``ru_maxrss`` of that process):
+
+* ``official``: written here after the official procedure: per window, five batch-1 ViT passes
+  (original, gray, blur, vertical flip, horizontal flip), the window's logits padded to the full
+  canvas and added, a count matrix, PAMR on all query channels at once, and the class max
+  through a one-hot (C, Q, H, W) product (chunked over classes here so it fits in memory).
+* ``itaclip``: ``Segmenter.query_logits`` (crops x variants batched, slice-add accumulation,
+  chunked PAMR) and the segment max of ``itaclip.postprocess``.
+
+Reported per configuration: ViT forward calls and images, wall time per image (median, min, max
+over repeats after a warm-up), the part of it spent in the ViT (last repeat), peak RSS, and the
+max abs difference of the logits and class probabilities between the two methods. Results:
+``results/itaclip_bench.{json,md,png}``.
+
+    python benchmarks/run.py            # ViT-B/16-sized random weights, 448x448, strides 28, 112
+    python benchmarks/run.py --quick    # a tiny ViT on a small image (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NUM_CLASSES, NUM_QUERIES = 171, 183
+TINY_CONFIG = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+FULL = {"model": "ViT-B-16-quickgelu", "image": 448, "crop": 224, "strides": (28, 112)}
+QUICK = {"model": "itaclip-bench-tiny", "image": 96, "crop": 64, "strides": (16, 32)}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, else platform's guess."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def build_model(name: str):
+    """Random-weight open_clip model (seed 0); the tiny one from a config registered here."""
+    import open_clip
+    import torch
+
+    if name == QUICK["model"]:
+        config = Path(tempfile.mkdtemp()) / f"{name}.json"
+        config.write_text(json.dumps(TINY_CONFIG))
+        open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    return open_clip.create_model(name, pretrained=None).eval()
+
+
+def count_vit(encoder) -> dict:
+    """Hooks on the ViT wrapper counting its calls, images and seconds into the returned dict."""
+    counter = {"calls": 0, "images": 0, "seconds": 0.0}
+    started = []
+
+    def before(module, inputs):
+        started.append(time.perf_counter())
+
+    def after(module, inputs, output):
+        counter["calls"] += 1
+        counter["images"] += inputs[0].shape[0]
+        counter["seconds"] += time.perf_counter() - started.pop()
+
+    encoder.register_forward_pre_hook(before)
+    encoder.register_forward_hook(after)
+    return counter
+
+
+def official_query_logits(seg, image, text):
+    """The official procedure: per-window, per-variant batch-1 passes, full-canvas padding."""
+    import torch
+    import torch.nn.functional as F
+
+    from itaclip.engineering import gaussian_blur, grayscale, normalize
+
+    cfg = seg.config
+    _, height, width = image.shape
+    total = torch.zeros(1, text.shape[0], height, width)
+    count = torch.zeros(1, 1, height, width)
+
+    def windows(size):
+        n = max(size - cfg.crop + cfg.stride - 1, 0) // cfg.stride + 1
+        return [max(min(i * cfg.stride, size - cfg.crop), 0) for i in range(n)]
+
+    def logits_of(pixels, size):
+        feats = seg.encoder(pixels)[0]  # (h, w, C)
+        lg = (feats @ text.T).permute(2, 0, 1)[None]  # (1, Q, h, w)
+        return feats, F.interpolate(lg, size=size, mode="bilinear", align_corners=False)
+
+    for top in windows(height):
+        for left in windows(width):
+            crop = image[None, :, top : top + cfg.crop, left : left + cfg.crop]
+            size = tuple(crop.shape[-2:])
+            normed = normalize(crop, seg.mean, seg.std)
+            gray = normalize(grayscale(crop), seg.mean, seg.std)
+            blur = normalize(gaussian_blur(crop), seg.mean, seg.std)
+            feats = [logits_of(v, size)[0] for v in (normed, gray, blur)]
+            first = ((feats[0] + feats[1] + feats[2]) / 3 @ text.T).permute(2, 0, 1)[None]
+            first = F.interpolate(first, size=size, mode="bilinear", align_corners=False)
+            vflip = logits_of(normed.flip(-2), size)[1].flip(-2)
+            hflip = logits_of(normed.flip(-1), size)[1].flip(-1)
+            logits = cfg.lam * first + (1 - cfg.lam) * (vflip + hflip) / 2
+            total += F.pad(logits, (left, width - left - size[1], top, height - top - size[0]))
+            count[..., top : top + size[0], left : left + size[1]] += 1
+    return total / count  # (1, Q, H, W)
+
+
+def official_pamr(image, mask, iterations=10, dilations=(8, 16)):
+    """PAMR with all query channels and all 16 neighbours stacked at once."""
+    import torch
+    import torch.nn.functional as F
+
+    from itaclip.pamr import pamr_affinity
+
+    aff = pamr_affinity(image, dilations)[:, None]  # (1, 1, K, H, W)
+    pad = max(dilations)
+    height, width = mask.shape[-2:]
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for _ in range(iterations):
+        padded = F.pad(mask, (pad, pad, pad, pad), mode="replicate")
+        neighbours = torch.stack(
+            [
+                padded[
+                    ..., pad + dy * d : pad + dy * d + height, pad + dx * d : pad + dx * d + width
+                ]
+                for d in dilations
+                for dy, dx in offsets
+            ],
+            dim=2,
+        )  # (1, Q, K, H, W)
+        mask = (neighbours * aff).sum(2)
+    return mask
+
+
+def official_class_probs(logits, query_class, num_classes, logit_scale, budget=2**30):
+    """Class max through a one-hot (C, Q, H, W) product, chunked over classes to fit ``budget``."""
+    import torch
+
+    probs = (logits * logit_scale).softmax(0)  # (Q, H, W)
+    one_hot = torch.nn.functional.one_hot(query_class, num_classes).T.float()  # (C, Q)
+    per_class = probs.numel() * 4
+    step = max(1, budget // per_class)
+    parts = [
+        (one_hot[c : c + step, :, None, None] * probs[None]).amax(1)  # (c, Q, H, W) -> (c, H, W)
+        for c in range(0, num_classes, step)
+    ]
+    return torch.cat(parts)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration in this (fresh) process; writes its JSON and arrays to ``args.out``."""
+    import numpy as np
+    import torch
+
+    from itaclip import Segmenter, SegmenterConfig
+    from itaclip.engineering import normalize
+    from itaclip.postprocess import segment_max
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model)
+    config = SegmenterConfig(
+        short_side=None, crop=args.crop, stride=args.stride, batch_size=args.batch_size
+    )
+    seg = Segmenter(model, tokenizer=None, config=config)
+    gen = torch.Generator().manual_seed(1)
+    image = torch.rand(3, args.image, args.image, generator=gen)
+    text = torch.nn.functional.normalize(
+        torch.randn(NUM_QUERIES, seg.encoder.out_dim, generator=gen), dim=-1
+    )
+    query_class = torch.cat([torch.arange(NUM_CLASSES), torch.arange(NUM_QUERIES - NUM_CLASSES)])
+    query_class = query_class.sort().values
+    segments = [(int(s), int(e)) for s, e in _segments(query_class, NUM_CLASSES)]
+    counter = count_vit(seg.encoder)
+
+    def run():
+        counter.update(calls=0, images=0, seconds=0.0)
+        with torch.no_grad():
+            if args.method == "official":
+                logits = official_query_logits(seg, image, text)
+                logits = official_pamr(normalize(image[None], seg.mean, seg.std), logits)[0]
+                probs = official_class_probs(logits, query_class, NUM_CLASSES, 50.0)
+            else:
+                logits = seg.query_logits(image, text)
+                probs = segment_max((logits * 50.0).softmax(0), segments)
+        return logits, probs
+
+    times = []
+    for index in range(args.warmup + args.repeats):
+        start = time.perf_counter()
+        logits, probs = run()
+        if index >= args.warmup:
+            times.append(time.perf_counter() - start)
+    np.save(args.out.with_suffix(".logits.npy"), logits.numpy())
+    np.save(args.out.with_suffix(".probs.npy"), probs.numpy())
+    result = {
+        "method": args.method,
+        "stride": args.stride,
+        "vit_calls": counter["calls"],
+        "vit_images": counter["images"],
+        "vit_seconds": counter["seconds"],
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    atomic_write_text(args.out, json.dumps(result))
+
+
+def _segments(query_class, num_classes):
+    import torch
+
+    counts = torch.bincount(query_class, minlength=num_classes)
+    ends = counts.cumsum(0)
+    return zip((ends - counts).tolist(), ends.tolist(), strict=True)
+
+
+def run_config(setup: dict, method: str, stride: int, args, tmp: Path) -> dict:
+    out = tmp / f"{method}_{stride}.json"
+    command = [
+        sys.executable, __file__, "--worker", "--method", method, "--stride", str(stride),
+        "--model", setup["model"], "--image", str(setup["image"]), "--crop", str(setup["crop"]),
+        "--threads", str(args.threads), "--repeats", str(args.repeats),
+        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"ITACLIP query logits + PAMR + class max, {report['setup']['model']} random weights, "
+        f"{report['setup']['image']}x{report['setup']['image']} image, crop "
+        f"{report['setup']['crop']}, {NUM_CLASSES} classes / {NUM_QUERIES} queries, "
+        f"{report['threads']} torch threads, {report['cpu']} ({report['physical_cores']} cores, "
+        f"load average {report['load_average'][0]:.1f} at the end), torch {report['torch']}.",
+        "",
+        "| stride | method | ViT calls | ViT images | s/image (median) | min | max | ViT s "
+        "| peak RSS MiB | speedup | max abs logit diff | max abs prob diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        baseline = row["method"] == "official"
+        speedup = "1 (baseline)" if baseline else f"{row['speedup']:.2f}x"
+        logit_diff = "-" if baseline else f"{row['max_abs_logit_diff']:.1e}"
+        prob_diff = "-" if baseline else f"{row['max_abs_prob_diff']:.1e}"
+        lines.append(
+            f"| {row['stride']} | {row['method']} | {row['vit_calls']} | {row['vit_images']} | "
+            f"{row['seconds_median']:.2f} | {row['seconds_min']:.2f} | {row['seconds_max']:.2f} | "
+            f"{row['vit_seconds']:.2f} | "
+            f"{row['peak_rss_mib']:.0f} | {speedup} | {logit_diff} | {prob_diff} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strides = sorted({row["stride"] for row in report["rows"]})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for offset, method in enumerate(("official", "itaclip")):
+        rows = {r["stride"]: r for r in report["rows"] if r["method"] == method}
+        xs = [i + 0.4 * offset for i in range(len(strides))]
+        axes[0].bar(xs, [rows[s]["seconds_median"] for s in strides], 0.4, label=method)
+        axes[1].bar(xs, [rows[s]["peak_rss_mib"] for s in strides], 0.4, label=method)
+    for ax, title in zip(axes, ("seconds per image", "peak RSS (MiB)"), strict=True):
+        ax.set_xticks([i + 0.2 for i in range(len(strides))], [f"stride {s}" for s in strides])
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and image")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=20, help="itaclip ViT batch size")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=("official", "itaclip"), help=argparse.SUPPRESS)
+    parser.add_argument("--stride", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else 1
+    if args.worker:
+        worker(args)
+        return
+    import numpy as np
+    import psutil
+    import torch
+
+    setup = QUICK if args.quick else FULL
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for stride in setup["strides"]:
+            base = run_config(setup, "official", stride, args, tmp)
+            ours = run_config(setup, "itaclip", stride, args, tmp)
+            arrays = {
+                kind: [np.load(tmp / f"{m}_{stride}.{kind}.npy") for m in ("official", "itaclip")]
+                for kind in ("logits", "probs")
+            }
+            ours["speedup"] = base["seconds_median"] / ours["seconds_median"]
+            ours["max_abs_logit_diff"] = float(np.abs(np.subtract(*arrays["logits"])).max())
+            ours["max_abs_prob_diff"] = float(np.abs(np.subtract(*arrays["probs"])).max())
+            rows += [base, ours]
+    report = {
+        "setup": setup,
+        "quick": args.quick,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "cpu": cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    name = "itaclip_bench_quick" if args.quick else "itaclip_bench"
+    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    table = markdown(report)
+    atomic_write_text(args.results / f"{name}.md", table)
+    plot(report, args.results / f"{name}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

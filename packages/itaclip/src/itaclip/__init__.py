@@ -1,0 +1,26 @@
+"""itaclip: training-free open-vocabulary semantic segmentation (ITACLIP) on open_clip."""
+
+from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder, default_mid_layers
+from itaclip.pamr import pamr
+from itaclip.presets import PRESETS, Preset, dataset_classes
+from itaclip.segmenter import Segmentation, Segmenter, SegmenterConfig
+from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ITACLIPEncoderConfig",
+    "ITACLIPVisionEncoder",
+    "Preset",
+    "Segmentation",
+    "Segmenter",
+    "SegmenterConfig",
+    "TextEmbeddingCache",
+    "__version__",
+    "dataset_classes",
+    "default_mid_layers",
+    "imagenet_templates",
+    "pamr",
+    "parse_classes",
+]

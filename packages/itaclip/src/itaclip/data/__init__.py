@@ -1,0 +1,1 @@
+"""Package data: prompt templates and per-dataset class lists with auxiliary texts."""

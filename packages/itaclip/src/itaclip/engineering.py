@@ -1,0 +1,104 @@
+"""Image engineering: the crop variants that ITACLIP encodes and how their logits are combined.
+
+First category (spatial layout kept): original, grayscale, Gaussian blur (kernel 11, sigma 5);
+their features are averaged. Second category (pixels moved): vertical and horizontal flips;
+their logits are flipped back and averaged. ``logits = lam * first + (1 - lam) * flips``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+BLUR_KERNEL = 11
+BLUR_SIGMA = 5.0
+VARIANTS = ("original", "gray", "blur", "vflip", "hflip")
+FIRST_CATEGORY = 3  # the first three variants keep the spatial layout
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> mean/std-normalised."""
+    mean_t = images.new_tensor(mean).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    std_t = images.new_tensor(std).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """0.2989 R + 0.587 G + 0.114 B broadcast to 3 channels; (B, 3, H, W)."""
+    weights = images.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True).expand_as(images)
+
+
+def gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device) -> Tensor:
+    """(size,) normalised Gaussian taps centred on the middle tap."""
+    pos = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    kernel = torch.exp(-0.5 * (pos / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype)
+
+
+def gaussian_blur(images: Tensor, size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
+    """Separable Gaussian blur with reflect padding; (B, C, H, W), H and W > size // 2."""
+    channels = images.shape[1]
+    pad = size // 2
+    if min(images.shape[-2:]) <= pad:
+        raise ValueError(
+            f"gaussian_blur needs H and W > {pad} (reflect padding), got {tuple(images.shape[-2:])}"
+        )
+    taps = gaussian_kernel1d(size, sigma, images.dtype, images.device)
+    x = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    row = taps.view(1, 1, 1, size).expand(channels, 1, 1, size)  # (C, 1, 1, k) depthwise
+    column = taps.view(1, 1, size, 1).expand(channels, 1, size, 1)  # (C, 1, k, 1) depthwise
+    return F.conv2d(F.conv2d(x, row, groups=channels), column, groups=channels)
+
+
+def make_variants(
+    crops: Tensor, mean: Sequence[float], std: Sequence[float], faithful: bool = False
+) -> Tensor:
+    """The five normalised variants of each crop, variant-major within each crop.
+
+    Args:
+        crops: (n, 3, h, w) RGB crops in [0, 1].
+        mean: normalisation mean.
+        std: normalisation std.
+        faithful: apply grayscale and blur to the normalised crop (the official code) instead
+            of to the RGB crop before normalisation.
+
+    Returns:
+        (n * 5, 3, h, w): for each crop, original, gray, blur, vflip, hflip.
+    """
+    normed = normalize(crops, mean, std)
+    if faithful:
+        gray, blur = grayscale(normed), gaussian_blur(normed)
+    else:
+        gray = normalize(grayscale(crops), mean, std)
+        blur = normalize(gaussian_blur(crops), mean, std)
+    variants = (normed, gray, blur, normed.flip(-2), normed.flip(-1))
+    return torch.stack(variants, dim=1).flatten(0, 1)  # (n*5, 3, h, w)
+
+
+def combine_variant_logits(
+    features: Tensor, text: Tensor, size: tuple[int, int], lam: float
+) -> Tensor:
+    """Crop logits from the features of its five variants.
+
+    Args:
+        features: (n, 5, h, w, C) patch features, variants in ``VARIANTS`` order.
+        text: (Q, C) query embeddings.
+        size: (H, W) crop size the logits are upsampled to.
+        lam: weight of the first category.
+
+    Returns:
+        (n, Q, H, W) logits.
+    """
+    first = features[:, :FIRST_CATEGORY].mean(1)  # (n, h, w, C), not renormalised
+    first_logits = torch.einsum("nhwc,qc->nqhw", first, text)
+    first_logits = F.interpolate(first_logits, size=size, mode="bilinear", align_corners=False)
+    vflip = torch.einsum("nhwc,qc->nqhw", features[:, 3], text)
+    hflip = torch.einsum("nhwc,qc->nqhw", features[:, 4], text)
+    vflip = F.interpolate(vflip, size=size, mode="bilinear", align_corners=False).flip(-2)
+    hflip = F.interpolate(hflip, size=size, mode="bilinear", align_corners=False).flip(-1)
+    return lam * first_logits + (1 - lam) * 0.5 * (vflip + hflip)

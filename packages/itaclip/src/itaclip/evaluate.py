@@ -1,0 +1,77 @@
+"""mIoU evaluation: confusion matrices, optionally summed over processes (torch.distributed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from itaclip.datasets import IGNORE_INDEX, SegmentationDataset
+from itaclip.segmenter import Segmenter
+
+
+def confusion_matrix(
+    pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """(num_classes, num_classes) int64 counts, rows = ground truth, cols = prediction."""
+    valid = (label != ignore_index) & (label >= 0) & (label < num_classes)
+    index = label[valid] * num_classes + pred[valid].clamp(0, num_classes - 1)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)  # (gt, pred)
+
+
+@dataclass
+class IoUResult:
+    """Per-class IoU (NaN for classes absent from both prediction and ground truth) and mIoU."""
+
+    iou: list[float]
+    miou: float
+    accuracy: float
+
+
+def iou_from_confusion(conf: Tensor) -> IoUResult:
+    """mIoU over classes with a non-empty union."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = tp / union  # NaN where union == 0
+    accuracy = float(tp.sum() / conf.sum().clamp_min(1))
+    return IoUResult(iou.tolist(), float(iou.nanmean()), accuracy)
+
+
+def evaluate(
+    segmenter: Segmenter,
+    dataset: SegmentationDataset,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Confusion matrix of ``segmenter`` (preset classes) over ``dataset``.
+
+    With an initialised process group, rank r handles samples r, r + world, ... and the matrix
+    is all-reduced, so every rank returns the total.
+
+    Args:
+        segmenter: a segmenter with a dataset preset matching ``dataset``.
+        dataset: the benchmark.
+        limit: evaluate only the first ``limit`` samples.
+        progress: show a tqdm bar on rank 0.
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    conf = torch.zeros(dataset.num_classes, dataset.num_classes, dtype=torch.int64)
+    indices = range(rank, total, world)
+    for index in tqdm(indices, desc=dataset.name, disable=not progress or rank != 0):
+        image, label, _ = dataset[index]
+        result = segmenter(image)
+        if result.probs.shape[0] != dataset.num_classes:
+            raise ValueError(
+                f"the segmenter predicts {result.probs.shape[0]} classes but {dataset.name} "
+                f"has {dataset.num_classes}; use the matching preset"
+            )
+        conf += confusion_matrix(result.labels, label, dataset.num_classes)
+    if world > 1:
+        dist.all_reduce(conf, op=dist.ReduceOp.SUM)
+    return conf

@@ -1,0 +1,79 @@
+"""Image input/output: any common image -> (3, H, W) RGB in [0, 1]; atomic PNG writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from itaclip.text import atomic_write_bytes
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _array_to_unit(array: np.ndarray) -> np.ndarray:
+    """Integer or float array -> float32 in [0, 1] (integers scaled by their dtype's max)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / np.iinfo(array.dtype).max
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(
+                f"float images must lie in [0, 1], got range [{array.min()}, {array.max()}]"
+            )
+        return array.astype(np.float32)
+    raise TypeError(f"unsupported image dtype {array.dtype}")
+
+
+def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+    """An image as a (3, H, W) fp32 RGB tensor in [0, 1].
+
+    Accepts PIL images (L, LA, P, RGB, RGBA, 16-bit I;16 / I), (H, W) / (H, W, 1|3|4) arrays of
+    uint8, uint16 or floats in [0, 1], and (3, H, W) float tensors in [0, 1]. Alpha is dropped;
+    grayscale is repeated over three channels.
+    """
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(
+                "tensor images must be float (3, H, W) RGB in [0, 1], got "
+                f"{image.dtype} {tuple(image.shape)}"
+            )
+        return image.float()
+    if isinstance(image, Image.Image):
+        if image.mode in SIXTEEN_BIT_MODES:
+            array = np.asarray(image).astype(np.uint16 if image.mode != "I" else np.int64)
+            array = np.clip(array, 0, 65535).astype(np.uint16)
+        elif image.mode in ("L", "RGB", "RGBA", "LA"):
+            array = np.asarray(image)
+        else:
+            array = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
+    else:
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"images must be (H, W) or (H, W, 1|2|3|4), got {array.shape}")
+    if array.shape[-1] in (2, 4):
+        array = array[..., :-1]  # drop alpha
+    array = _array_to_unit(array)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # (c, H, W)
+    return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor  # (3, H, W)
+
+
+def load_image(path: str | os.PathLike) -> Tensor:
+    """Read an image file as a (3, H, W) fp32 RGB tensor in [0, 1]."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb_tensor(image)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as PNG atomically (temporary file + rename); returns the path."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path

@@ -1,0 +1,59 @@
+"""``itaclip segment`` writes overlays with a legend and label maps equal to the API's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from itaclip import Segmenter
+from itaclip.cli import main, parse_class_option
+from itaclip.viz import LEGEND_ROW, LEGEND_WIDTH, overlay, palette
+
+
+def test_segment_cli(tmp_path, tiny_dir):
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 56, 4), dtype=np.uint8), "RGBA")
+    gray = Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8), "L")
+    rgba.save(tmp_path / "a.png")
+    gray.save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    status = main([
+        "segment", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+        "--classes", "cat,dog|puppy,sky", "-o", str(out), "--model", f"local-dir:{tiny_dir}",
+        "--pretrained", "", "--stride", "224", "--cache-dir", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png",
+    ]  # fmt: skip
+    seg = Segmenter.from_pretrained(
+        f"local-dir:{tiny_dir}", None, preset=None, stride=224, cache_dir=tmp_path / "cache"
+    )
+    expected = seg(rgba, [["cat"], ["dog", "puppy"], ["sky"]]).labels
+    labels = torch.from_numpy(np.asarray(Image.open(out / "a_labels.png")).astype(np.int64))
+    assert torch.equal(labels, expected)
+    with Image.open(out / "a_overlay.png") as image:
+        legend_height = LEGEND_ROW * (len(expected.unique()) + 1)
+        assert image.size == (56 + LEGEND_WIDTH, max(40, legend_height)) and image.mode == "RGB"
+
+
+def test_overlay_colours_and_legend():
+    image = torch.zeros(3, 4, 6)
+    labels = torch.zeros(4, 6, dtype=torch.long)
+    labels[:, 3:] = 2
+    canvas = overlay(image, labels, ["a", "b", "c"], opacity=1.0)
+    pixels = np.asarray(canvas)
+    colours = palette(3)
+    assert (pixels[0, 0] == colours[0]).all() and (pixels[0, 5] == colours[2]).all()
+    assert len({tuple(c) for c in palette(200)}) == 200
+    legend = pixels[:, 6:]
+    assert (legend != 255).any()  # swatches and names drawn
+
+
+def test_class_option_parsing_and_errors(capsys):
+    assert parse_class_option("person|man, dog") == [["person", "man"], ["dog"]]
+    with pytest.raises(SystemExit):
+        main(["segment", "x.png", "-o", "out"])  # --classes missing
+    assert "--classes" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Templates, class parsing, template-averaged embeddings, auxiliary mixing and the disk cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from itaclip import PRESETS, dataset_classes
+from itaclip.text import (
+    TextEmbeddingCache,
+    embed_texts,
+    imagenet_templates,
+    mix_auxiliary,
+    parse_classes,
+)
+
+
+def test_templates_are_openai_imagenet_in_order():
+    templates = imagenet_templates()
+    assert len(templates) == 80
+    assert [t.format("cat") for t in templates] == [f("cat") for f in OPENAI_IMAGENET_TEMPLATES]
+
+
+def test_parse_classes_synonyms_and_segments():
+    parsed = parse_classes(["cat", "dog, puppy", ["person", "man", "woman"]])
+    assert parsed.names == ("cat", "dog", "person")
+    assert parsed.queries == ("cat", "dog", "puppy", "person", "man", "woman")
+    assert parsed.query_class.tolist() == [0, 1, 1, 2, 2, 2]
+    assert parsed.segments() == [(0, 1), (1, 3), (3, 6)]
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        ([], "at least one class"),
+        (["cat", "dog", "cat"], "duplicate class name 'cat': used by class 0 and class 2"),
+        (["cat", "dog,cat"], "duplicate class name 'cat'"),
+        (["cat", "dog,,puppy"], "class 1 .* has an empty name"),
+        (["cat", " "], "class 1 .* has an empty name"),
+    ],
+)
+def test_parse_classes_rejects_bad_lists(classes, message):
+    with pytest.raises(ValueError, match=message):
+        parse_classes(classes)
+
+
+def test_parse_classes_rejects_one_string():
+    with pytest.raises(TypeError, match="list of class names"):
+        parse_classes("cat,dog")
+
+
+def test_embed_texts_is_normalised_template_mean(tiny_clip, tiny_tokenizer):
+    templates = ("a photo of a {}.", "a drawing of the {}.", "{}")
+    out = embed_texts(tiny_clip.encode_text, tiny_tokenizer, ["cat", "dog"], templates, 2)
+    with torch.no_grad():
+        for row, name in zip(out, ["cat", "dog"], strict=True):
+            feats = tiny_clip.encode_text(tiny_tokenizer([t.format(name) for t in templates]))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            mean = feats.mean(0)
+            torch.testing.assert_close(row, mean / mean.norm(), atol=1e-6, rtol=1e-5)
+
+
+def test_mix_auxiliary_keeps_background():
+    q = torch.randn(4, 3)
+    aux = torch.randn(2, 3)
+    owners = torch.tensor([0, 0, 1, 1])
+    mixed = mix_auxiliary(q, aux, owners, 0.25, keep=(0,))
+    torch.testing.assert_close(mixed[:2], q[:2])
+    torch.testing.assert_close(mixed[2:], 0.75 * q[2:] + 0.25 * aux[1])
+    with pytest.raises(ValueError, match="alpha"):
+        mix_auxiliary(q, aux, owners, 1.5)
+
+
+def test_disk_cache_round_trip_and_keys(tmp_path):
+    cache = TextEmbeddingCache(tmp_path / "cache")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6.0).reshape(2, 3)
+
+    first = cache.get_or_compute("model-a", ["cat", "dog"], ("{}",), compute)
+    second = cache.get_or_compute("model-a", ["cat", "dog"], ("{}",), compute)
+    assert len(calls) == 1
+    torch.testing.assert_close(first, second)
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".safetensors"]  # no temp left
+    keys = {
+        cache.key("model-a", ["cat", "dog"], ("{}",)),
+        cache.key("model-b", ["cat", "dog"], ("{}",)),
+        cache.key("model-a", ["dog", "cat"], ("{}",)),
+        cache.key("model-a", ["cat", "dog"], ("a {}",)),
+    }
+    assert len(keys) == 4
+
+
+def test_segmenter_uses_disk_cache(tiny_clip, tiny_tokenizer, tmp_path, monkeypatch):
+    from itaclip import Segmenter, SegmenterConfig
+
+    seg = Segmenter(tiny_clip, tiny_tokenizer, SegmenterConfig(), cache_dir=tmp_path)
+    first = seg.embed(["cat", "sky"])
+    fresh = Segmenter(tiny_clip, tiny_tokenizer, SegmenterConfig(), cache_dir=tmp_path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("text encoder called despite a cache hit")
+
+    monkeypatch.setattr("itaclip.segmenter.embed_texts", fail)
+    torch.testing.assert_close(fresh.embed(["cat", "sky"]), first)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_shipped_class_lists(name):
+    data = dataset_classes(name)
+    expected = {
+        "voc21": 21,
+        "context60": 60,
+        "coco_object": 81,
+        "coco_stuff": 171,
+        "cityscapes": 19,
+    }
+    assert len(data.queries) == expected[name]
+    assert len(data.definitions) == len(data.synonyms) == expected[name]
+    parse_classes(list(data.queries))  # no duplicate queries
+    assert all(len(d.split()) < 50 for d in data.definitions)
+    assert all(len(s.split()) == 1 for s in data.synonyms)
+    has_background = name in ("voc21", "context60", "coco_object")
+    assert (data.background == 0) if has_background else data.background is None
