@@ -91,10 +91,17 @@ def attention_grid(quick: bool, threads: int) -> list[dict]:
                         {
                             "op": "attention", "backend": backend, "mode": mode, "n": n, "k": k,
                             "batch": 1, "heads": 2, "d": 32, "threads": threads,
-                            "repeats": 3 if quick else 5, "budget_s": 20.0,
+                            "repeats": _repeats(quick, n), "budget_s": 20.0,
                         }
                     )  # fmt: skip
     return specs
+
+
+def _repeats(quick: bool, n: int) -> int:
+    """Short configurations are noisier on a shared machine: repeat them more."""
+    if quick:
+        return 3
+    return 15 if n <= 1024 else 5
 
 
 def knn_graph_grid(quick: bool, threads: int) -> list[dict]:
