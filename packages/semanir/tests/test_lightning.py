@@ -103,14 +103,16 @@ def test_config_dict_and_overrides_build_the_same_architecture() -> None:
 
 
 class FirstStep(Callback):
-    """Records the global step at the first training batch of a fit."""
+    """Records the global step and learning rate at the first training batch of a fit."""
 
     def __init__(self) -> None:
         self.first: int | None = None
+        self.lr: float | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
         if self.first is None:
             self.first = trainer.global_step
+            self.lr = trainer.optimizers[0].param_groups[0]["lr"]
 
 
 def test_fit_checkpoint_resume_and_export(tmp_path: Path, data: RestorationDataModule) -> None:
@@ -142,6 +144,10 @@ def test_fit_checkpoint_resume_and_export(tmp_path: Path, data: RestorationDataM
     second = trainer(tmp_path, max_steps=5, callbacks=[first_step])
     second.fit(resumed_module, datamodule=data, ckpt_path=checkpoint)
     assert first_step.first == 3 and second.global_step == 5
+    # the restored cosine schedule was stretched from 3 to the new max_steps (5)
+    [schedule] = second.lr_scheduler_configs[0].scheduler.lr_lambdas
+    assert schedule.total_steps == 5
+    assert first_step.lr == pytest.approx(1e-2 * schedule(3))
 
 
 def test_validation_logs_psnr_of_the_restored_images(

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from semanir.data.datamodule import RestorationDataModule, Task
@@ -171,6 +172,28 @@ class RestorationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_train_start(self) -> None:
+        self._follow_configured_schedule_length()
+
+    def _follow_configured_schedule_length(self) -> None:
+        """After a resume, stretch the restored cosine schedule to the configured length.
+
+        ``LambdaLR`` restores the checkpoint's ``WarmupSchedule`` (and its ``total_steps``), so
+        resuming with a larger ``max_steps`` would otherwise stay at the old minimum learning
+        rate. The learning rate is set at once to the factor of the current step.
+        """
+        if self.hparams.scheduler != "cosine":
+            return
+        scheduler = self.lr_schedulers()
+        schedule = scheduler.lr_lambdas[0]
+        total = self._total_steps()
+        if schedule.total_steps == total:
+            return
+        rank_zero_info(f"cosine schedule length {schedule.total_steps} -> {total} steps")
+        schedule.total_steps = total
+        for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * schedule(scheduler.last_epoch)
 
     def _total_steps(self) -> int:
         if self.hparams.total_steps is not None:
