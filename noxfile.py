@@ -46,18 +46,26 @@ def discover_packages() -> dict[str, dict]:
 PACKAGES = discover_packages()
 
 
-def in_tree_dependencies(package: str) -> list[str]:
-    """Names of the in-tree packages ``package`` depends on, transitively, dependencies first."""
+def in_tree_dependencies(package: str, extra: str | None = None) -> list[str]:
+    """Names of the in-tree packages ``package`` (with ``extra``) needs, transitively, deps first.
+
+    In-tree packages named only in an extra (vitron's specialists in its ``test`` extra) count
+    too: their wheels must be in the wheelhouse before ``pip install package[extra]``.
+    """
     order: list[str] = []
 
-    def visit(name: str) -> None:
-        for requirement in PACKAGES[name].get("dependencies", []):
+    def visit(name: str, extras: tuple[str, ...] = ()) -> None:
+        project = PACKAGES[name]
+        requirements = list(project.get("dependencies", []))
+        for group in extras:
+            requirements += project.get("optional-dependencies", {}).get(group, [])
+        for requirement in requirements:
             dep = _requirement_name(requirement)
             if dep in PACKAGES and dep not in order:
                 visit(dep)
                 order.append(dep)
 
-    visit(package)
+    visit(package, (extra,) if extra else ())
     return order
 
 
@@ -95,7 +103,8 @@ def build_wheels(session: nox.Session, packages: list[str]) -> None:
 
 def install_packages(session: nox.Session, packages: list[str], extra: str | None = None) -> None:
     """Install the built wheels by name; in-tree dependencies resolve from the wheelhouse."""
-    build_wheels(session, [dep for name in packages for dep in in_tree_dependencies(name)])
+    deps = [dep for name in packages for dep in in_tree_dependencies(name, extra)]
+    build_wheels(session, [dep for dep in dict.fromkeys(deps) if dep not in packages])
     build_wheels(session, packages)
     suffix = f"[{extra}]" if extra else ""
     requirements = [f"{PACKAGES[name]['name']}{suffix}" for name in packages]

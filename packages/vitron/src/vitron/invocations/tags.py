@@ -1,0 +1,206 @@
+"""A parser for the official tag grammar, without its faults.
+
+The official replies look like
+
+    Sure! <module>B</module><instruction>image segmentation: the dog</instruction>
+    <region>[10, 20, 200, 220]</region>
+
+Module letters: A image generation, B image segmentation, C image editing, D video generation,
+E video segmentation, F video editing (two instructions: foreground, background), G
+image-to-video. The official regex parser keeps only the first module, splits an instruction on
+its *last* colon ("add a sign saying Note: closed" -> "closed"), leaves ``</s>`` in the text,
+deletes the text between unrelated tags, and silently falls back to chat on ``<module> B
+</module>``. Here every module becomes a call, an instruction is split only on a first colon
+whose prefix is a known task label, end-of-sequence strings are removed, text outside the three
+known tags is kept verbatim, whitespace and case around letters are ignored, and anything
+malformed raises :class:`~vitron.invocations.schema.InvocationError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vitron.invocations.schema import (
+    TASKS,
+    Call,
+    InputCounts,
+    Invocation,
+    InvocationError,
+    Ref,
+    topological_order,
+)
+
+LETTERS = {spec.letter: spec.name for spec in TASKS.values() if spec.letter}
+TAG_NAMES = ("module", "instruction", "region")
+TAG_PATTERN = re.compile(r"<\s*(/?)\s*(module|instruction|region)\s*>", re.IGNORECASE)
+
+# instruction prefixes ("label: text") recognised as task labels, per module letter
+TASK_LABELS: dict[str, tuple[str, ...]] = {
+    "A": ("image generation", "text-to-image", "text to image", "generation", "generate"),
+    "B": ("image segmentation", "segmentation", "referring segmentation", "segment", "grounding"),
+    "C": ("image editing", "editing", "edit", "inpainting", "inpaint"),
+    "D": ("video generation", "text-to-video", "text to video", "generation", "generate"),
+    "E": ("video segmentation", "video tracking", "tracking", "segmentation", "segment", "track"),
+    "F": ("video editing", "editing", "edit", "foreground", "background"),
+    "G": ("image-to-video", "image to video", "animation", "animate", "video generation"),
+}
+
+
+@dataclass
+class _Module:
+    letter: str
+    start: int
+    instructions: list[tuple[str | None, str]] = field(default_factory=list)
+    regions: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+
+def split_instruction(text: str, letter: str) -> tuple[str | None, str]:
+    """``"image editing: add a sign saying Note: closed"`` -> ``("image editing", "add ...")``.
+
+    Only a first colon whose prefix is a known label of the module splits; otherwise the whole
+    instruction is the text (its colons included).
+    """
+    head, sep, tail = text.partition(":")
+    if sep and head.strip().lower() in TASK_LABELS[letter] and tail.strip():
+        return head.strip().lower(), tail.strip()
+    return None, text.strip()
+
+
+def _parse_region(body: str, where: str) -> tuple[float, float, float, float]:
+    cleaned = body.strip().strip("[]()").replace(",", " ").split()
+    try:
+        values = tuple(float(v) for v in cleaned)
+    except ValueError:
+        raise InvocationError(where, f"region must be four numbers, got {body.strip()!r}") from None
+    if len(values) != 4 or not (values[0] < values[2] and values[1] < values[3]):
+        raise InvocationError(
+            where, f"region must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {body.strip()!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invocation | None]:
+    """Parse a reply written in the tag grammar.
+
+    Args:
+        text: the reply, end-of-sequence strings already removed.
+        counts: the conversation's inputs (``$image0`` / ``$video0`` must exist when used).
+
+    Returns:
+        (free text with the tag blocks removed, the invocation or ``None`` without modules).
+    """
+    counts = counts or InputCounts()
+    kept: list[str] = []
+    modules: list[_Module] = []
+    pos = 0
+    matches = list(TAG_PATTERN.finditer(text))
+    i = 0
+    while i < len(matches):
+        opening = matches[i]
+        name = opening.group(2).lower()
+        where = f"<{name}> at character {opening.start()}"
+        if opening.group(1):
+            raise InvocationError(where, f"closing </{name}> without an opening tag")
+        if i + 1 >= len(matches):
+            raise InvocationError(where, f"<{name}> is never closed")
+        closing = matches[i + 1]
+        if not closing.group(1) or closing.group(2).lower() != name:
+            raise InvocationError(
+                where,
+                f"<{name}> must be closed by </{name}> before "
+                f"<{closing.group(1)}{closing.group(2)}>",
+            )
+        kept.append(text[pos : opening.start()])
+        body = text[opening.end() : closing.start()]
+        pos = closing.end()
+        i += 2
+        if name == "module":
+            letter = body.strip().upper()
+            if letter not in LETTERS:
+                raise InvocationError(
+                    where,
+                    f"unknown module {body.strip()!r} (letters: {', '.join(sorted(LETTERS))})",
+                )
+            modules.append(_Module(letter, opening.start()))
+            continue
+        if not modules:
+            raise InvocationError(where, f"<{name}> comes before any <module>")
+        if name == "instruction":
+            if not body.strip():
+                raise InvocationError(where, "empty instruction")
+            modules[-1].instructions.append(split_instruction(body, modules[-1].letter))
+        else:
+            modules[-1].regions.append(_parse_region(body, where))
+    kept.append(text[pos:])
+    free_text = re.sub(r"[ \t]{2,}", " ", "".join(kept)).strip()
+    if not modules:
+        return free_text, None
+    return free_text, Invocation(tuple(_module_calls(modules, counts)))
+
+
+def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]:
+    calls: list[Call] = []
+    last_segmentation: str | None = None  # its mask feeds a following edit
+    for m in modules:
+        where = f"<module>{m.letter}</module> at character {m.start}"
+        if not m.instructions:
+            raise InvocationError(where, "has no <instruction>")
+        if len(m.regions) > 1:
+            raise InvocationError(where, f"has {len(m.regions)} regions; at most one is allowed")
+        task = LETTERS[m.letter]
+        region = {"box": m.regions[0]} if m.regions else None
+        if m.letter == "F":
+            calls.append(_edit_video_call(m, where, len(calls), counts))
+            continue
+        for _label, instruction in m.instructions:
+            call_id = f"c{len(calls) + 1}"
+            args: dict = {"text": instruction}
+            media = TASKS[task].args[0]
+            if media.name in ("image", "video") and media.required:
+                args[media.name] = _first_input(media.name, where, counts)
+            if region is not None and TASKS[task].arg("region") is not None:
+                args["region"] = region
+            if task == "edit_image" and region is None:
+                if last_segmentation is None:
+                    raise InvocationError(
+                        where,
+                        "image editing needs a mask: give a <region> or segment first "
+                        "(a <module>B</module> before it)",
+                    )
+                args["mask"] = Ref(last_segmentation, "mask")
+            calls.append(Call(call_id, task, args))
+            if task == "segment_image":
+                last_segmentation = call_id
+    topological_order(calls)
+    return calls
+
+
+def _first_input(kind: str, where: str, counts: InputCounts) -> Ref:
+    available = getattr(counts, f"{kind}s")
+    if available == 0:
+        raise InvocationError(where, f"needs an input {kind}, but the conversation has none")
+    return Ref(kind, "0")
+
+
+def _edit_video_call(m: _Module, where: str, index: int, counts: InputCounts) -> Call:
+    if len(m.instructions) != 2:
+        raise InvocationError(
+            where,
+            f"video editing needs two instructions (foreground, background), "
+            f"got {len(m.instructions)}",
+        )
+    by_label = {
+        label: text for label, text in m.instructions if label in ("foreground", "background")
+    }
+    if len(by_label) == 2:
+        foreground, background = by_label["foreground"], by_label["background"]
+    else:
+        (_, foreground), (_, background) = m.instructions
+    args = {
+        "video": _first_input("video", where, counts),
+        "text": foreground,
+        "background": background,
+    }
+    return Call(f"c{index + 1}", "edit_video", args)

@@ -1,0 +1,205 @@
+"""Serialisable configuration of a Vitron model (written to ``config.json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitron.geometry import PREPROCESS_MODES
+
+CONFIG_FORMAT = 1
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+VISION_BACKENDS = ("transformers", "open_clip")
+TEMPLATES = ("vicuna_v1", "plain")
+
+# tasks whose calls carry a signal embedding, and the conditioning width of the default
+# specialist each one feeds (itaclip ViT-B/16 text space, SDXL cross-attention, ModelScope T2V)
+DEFAULT_SIGNAL_DIMS = {
+    "segment_image": 512,
+    "segment_video": 512,
+    "generate_image": 2048,
+    "edit_image": 2048,
+}
+
+
+@dataclass
+class VisionConfig:
+    """The image encoder.
+
+    Args:
+        backend: ``"transformers"`` (``CLIPVisionModel``) or ``"open_clip"`` (a ViT tower).
+        model_config: ``CLIPVisionConfig.to_dict()`` or an open_clip model config
+            (``embed_dim``, ``vision_cfg``, ``text_cfg``, ``quick_gelu``).
+        select_layer: hidden state whose patch tokens are used (``-2`` = output of the
+            second-to-last block, LLaVA's choice; ``k >= 1`` = output of block ``k``).
+        preprocess: ``"pad"`` (LLaVA), ``"center_crop"`` (CLIP) or ``"resize"``.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+    """
+
+    backend: str = "transformers"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    select_layer: int = -2
+    preprocess: str = "pad"
+    mean: tuple[float, ...] = OPENAI_MEAN
+    std: tuple[float, ...] = OPENAI_STD
+
+    def __post_init__(self) -> None:
+        if self.backend not in VISION_BACKENDS:
+            raise ValueError(
+                f"vision backend must be one of {VISION_BACKENDS}, got {self.backend!r}"
+            )
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(
+                f"preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}"
+            )
+        if self.select_layer == 0:
+            raise ValueError("select_layer must be a block index (>= 1) or negative, got 0")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+    @property
+    def _vision_cfg(self) -> dict[str, Any]:
+        return (
+            self.model_config.get("vision_cfg", {})
+            if self.backend == "open_clip"
+            else self.model_config
+        )
+
+    @property
+    def image_size(self) -> int:
+        return int(self._vision_cfg.get("image_size", 224))
+
+    @property
+    def patch_size(self) -> int:
+        return int(self._vision_cfg.get("patch_size", 16))
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class RegionConfig:
+    """The region encoder: mask pooling -> 3-layer MLP, plus a Fourier box encoding.
+
+    Args:
+        hidden: width of the MLP hidden layers.
+        location_frequencies: Fourier frequencies per box coordinate.
+    """
+
+    hidden: int = 1024
+    location_frequencies: int = 8
+
+
+@dataclass
+class SignalConfig:
+    """Signal embeddings and the cross-task synergy module.
+
+    Args:
+        tasks: tasks that get a task-specific head (the discriminator's classes).
+        specific_dim: width of the task-specific features.
+        invariant_dim: width of the task-invariant features.
+        output_dims: task -> width of the specialist conditioning it is projected to.
+        discriminator_hidden: hidden width of the task discriminator.
+        grl_lambda: gradient-reversal scale.
+    """
+
+    tasks: tuple[str, ...] = tuple(DEFAULT_SIGNAL_DIMS)
+    specific_dim: int = 256
+    invariant_dim: int = 256
+    output_dims: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIGNAL_DIMS))
+    discriminator_hidden: int = 256
+    grl_lambda: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        if len(self.tasks) < 2:
+            raise ValueError(f"the synergy module needs at least 2 tasks, got {self.tasks}")
+        missing = [t for t in self.tasks if t not in self.output_dims]
+        if missing:
+            raise ValueError(f"output_dims has no width for tasks {missing}")
+
+
+@dataclass
+class VitronConfig:
+    """Everything needed to rebuild a Vitron model (weights live in ``model.safetensors``).
+
+    Args:
+        vision: the image encoder.
+        llm: a transformers config dict of the causal LM (with ``model_type``).
+        region: the region encoder.
+        signal: signal heads and the synergy module.
+        projector_hidden: hidden width of the 2-layer projector (``None`` = LLM width).
+        video_frames: frames sampled from a video.
+        video_pool: average-pooling factor of each frame's patch grid (1 = all patches).
+        max_length: spliced sequence length limit (text + media embeddings).
+        template: conversation template, ``"vicuna_v1"`` or ``"plain"``.
+        image_token: placeholder of one image.
+        video_token: placeholder of one video.
+        region_token: placeholder of one region.
+        signal_token: the token whose hidden state becomes a call's signal embedding.
+        format: version of this config layout.
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: dict[str, Any] = field(default_factory=dict)
+    region: RegionConfig = field(default_factory=RegionConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    projector_hidden: int | None = None
+    video_frames: int = 8
+    video_pool: int = 1
+    max_length: int = 2048
+    template: str = "vicuna_v1"
+    image_token: str = "<image>"
+    video_token: str = "<video>"
+    region_token: str = "<region>"
+    signal_token: str = "<signal>"
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("vision", VisionConfig),
+            ("region", RegionConfig),
+            ("signal", SignalConfig),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.video_frames < 1:
+            raise ValueError(f"video_frames must be >= 1, got {self.video_frames}")
+        if self.video_pool < 1 or self.vision.grid % self.video_pool:
+            raise ValueError(
+                f"video_pool must divide the patch grid ({self.vision.grid}), got {self.video_pool}"
+            )
+        if self.format != CONFIG_FORMAT:
+            raise ValueError(
+                f"config format {self.format} is not supported (this vitron reads {CONFIG_FORMAT})"
+            )
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        return (self.image_token, self.video_token, self.region_token, self.signal_token)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.vision.grid**2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.vision.grid // self.video_pool) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VitronConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VitronConfig keys {unknown}")
+        return cls(**data)

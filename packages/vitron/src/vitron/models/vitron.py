@@ -1,0 +1,493 @@
+"""Vitron: CLIP vision tower + projector + region encoder + causal LM + signal heads + synergy.
+
+The LLM reads token embeddings with media spliced in at placeholders (images and video frames
+through the frozen vision tower and the projector, regions through the region encoder), answers,
+and may write calls followed by one ``<signal>`` token per call. The last-layer hidden state of
+each signal token goes through the signal heads into a task-specific + task-invariant feature
+and a task-specific embedding of the specialist's conditioning width; the synergy module's
+discriminator tries to recognise the task from the invariant part through gradient reversal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelHubMixin
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from vitron.models.config import VitronConfig
+from vitron.models.modules import (
+    Projector,
+    RegionEncoder,
+    SignalFeatures,
+    SignalHeads,
+    SynergyModule,
+)
+from vitron.models.vision import VisionTower, patch_grid_pool
+from vitron.multimodal import Spliced, splice_batch
+from vitron.processing import IGNORE_INDEX, Sample, VitronProcessor
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TOKENIZER_DIR = "tokenizer"
+ALIGN_LOSSES = ("cosine", "mse")
+
+
+@dataclass
+class VitronOutput:
+    """Losses of a forward pass (``None`` when a part had nothing to score).
+
+    Args:
+        loss: ``lm_loss + align_weight * align_loss + synergy_weight * synergy_loss``.
+        lm_loss: next-token cross-entropy over supervised tokens.
+        align_loss: signal embeddings vs. their specialist-conditioning targets.
+        synergy_loss: task discriminator cross-entropy on the task-invariant features.
+        logits: (B, L, V) next-token logits.
+        signals: per sample, the features of its signals that have a head.
+    """
+
+    loss: Tensor
+    lm_loss: Tensor | None
+    align_loss: Tensor | None
+    synergy_loss: Tensor | None
+    logits: Tensor
+    signals: list[SignalFeatures | None] = field(default_factory=list)
+
+
+def build_llm(llm_config: dict[str, Any]) -> nn.Module:
+    """A randomly initialised causal LM from a transformers config dict (with ``model_type``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if "model_type" not in llm_config:
+        raise ValueError("the llm config needs a 'model_type' (e.g. 'llama')")
+    config = AutoConfig.for_model(**llm_config)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def add_vitron_tokens(tokenizer, llm: nn.Module, config: VitronConfig) -> None:
+    """Add the placeholder and signal tokens; new embedding rows start at the mean row."""
+    old = llm.get_input_embeddings().weight.shape[0]
+    missing = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if len(tokenizer) > old:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
+                if emb is not None:
+                    emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
+
+
+class VitronModel(
+    nn.Module, ModelHubMixin, library_name="vitron", tags=["vitron", "image-text-to-text"]
+):
+    """The unified vision LLM.
+
+    Args:
+        config: architecture of every part.
+        tokenizer: the LLM's tokenizer holding ``config.special_tokens``.
+        llm: a transformers causal LM (built randomly from ``config.llm`` when ``None``).
+        vision: the vision tower (built randomly from ``config.vision`` when ``None``).
+    """
+
+    def __init__(
+        self,
+        config: VitronConfig,
+        tokenizer: Any,
+        llm: nn.Module | None = None,
+        vision: VisionTower | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        missing = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the tokens {missing}; see add_vitron_tokens")
+        self.vision = vision if vision is not None else VisionTower(config.vision)
+        self.vision.requires_grad_(False)
+        self.llm = llm if llm is not None else build_llm(config.llm)
+        width = self.llm.get_input_embeddings().weight.shape[1]
+        if self.llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            raise ValueError(
+                f"the LLM has {self.llm.get_input_embeddings().weight.shape[0]} embedding rows "
+                f"but the tokenizer has {len(tokenizer)} tokens"
+            )
+        self.projector = Projector(self.vision.hidden_size, width, config.projector_hidden)
+        self.region_encoder = RegionEncoder(self.vision.hidden_size, width, config.region)
+        self.signal_heads = SignalHeads(width, config.signal)
+        self.synergy = SynergyModule(config.signal)
+        self.processor = VitronProcessor(tokenizer, config)
+        ids = tokenizer.convert_tokens_to_ids(list(config.special_tokens))
+        self.image_token_id, self.video_token_id, self.region_token_id, self.signal_token_id = ids
+
+    # ----------------------------------------------------------------- construction and I/O
+
+    @classmethod
+    def from_components(
+        cls,
+        llm: str,
+        vision: str = "openai/clip-vit-large-patch14",
+        *,
+        dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ) -> VitronModel:
+        """A new Vitron from a pretrained causal LM and CLIP tower (the start of stage 1).
+
+        Args:
+            llm: transformers causal LM id or folder (e.g. ``"lmsys/vicuna-7b-v1.5"``).
+            vision: CLIP id/folder or ``"open_clip:<name>/<tag>"`` (see ``VisionTower``).
+            dtype: weights dtype of the LLM.
+            **config_overrides: other :class:`VitronConfig` fields (``select_layer`` and
+                ``preprocess`` go to the vision config).
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        vision_kwargs = {
+            k: config_overrides.pop(k)
+            for k in ("select_layer", "preprocess")
+            if k in config_overrides
+        }
+        tower = VisionTower.from_pretrained(vision, **vision_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        config = VitronConfig(vision=tower.config, llm=lm.config.to_dict(), **config_overrides)
+        add_vitron_tokens(tokenizer, lm, config)
+        config.llm = lm.config.to_dict()
+        model = cls(config, tokenizer, llm=lm, vision=tower)
+        return model.to(dtype) if dtype is not None else model
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer folder."""
+        from vitron import __version__
+        from vitron.io import atomic_write, write_json
+
+        self.config.llm = _llm_config_dict(self.llm)
+        write_json(
+            save_directory / CONFIG_NAME, {**self.config.to_dict(), "vitron_version": __version__}
+        )
+        atomic_write(
+            save_directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp), {"format": "pt"})
+        )
+        self.tokenizer.save_pretrained(str(save_directory / TOKENIZER_DIR))
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        **unused: Any,
+    ) -> VitronModel:
+        from transformers import AutoTokenizer
+
+        folder = Path(model_id)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(
+                    repo_id=model_id, revision=revision, cache_dir=cache_dir,
+                    force_download=force_download, local_files_only=local_files_only, token=token,
+                )
+            )  # fmt: skip
+        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
+            if not (folder / name).exists():
+                raise FileNotFoundError(
+                    f"{folder} lacks {name} (written by VitronModel.save_pretrained)"
+                )
+        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        data.pop("vitron_version", None)
+        config = VitronConfig.from_dict(data)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        with _default_dtype(dtype):
+            model = cls(config, tokenizer)
+        load_model(model, str(folder / WEIGHTS_NAME), strict=True, device=str(device))
+        return model.to(device).eval()
+
+    # ----------------------------------------------------------------- encoding and splicing
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.fc1.weight.dtype
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) normalised pixels -> (N, grid^2, C) frozen patch features."""
+        with torch.no_grad():
+            return self.vision(pixels.to(self.device, self.vision_dtype)).to(self.dtype)
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision.parameters()).dtype
+
+    def media_embeddings(self, sample: Sample) -> list[Tensor]:
+        """The sample's media embeddings in placeholder order: (rows, H) each."""
+        kinds = {
+            self.image_token_id: "image",
+            self.video_token_id: "video",
+            self.region_token_id: "region",
+        }
+        order = [kinds[int(t)] for t in sample.input_ids if int(t) in kinds]
+        images, videos, regions = [], [], []
+        features = None
+        if sample.images is not None:
+            features = self.encode_images(sample.images)  # (n, P, C)
+            images = list(self.projector(features))
+        if sample.videos is not None:
+            m = sample.videos.shape[0]
+            flat = self.encode_images(sample.videos.flatten(0, 1))  # (m * T, P, C)
+            pooled = patch_grid_pool(flat, self.config.vision.grid, self.config.video_pool)
+            videos = list(self.projector(pooled).reshape(m, -1, self.llm_width))  # (m, T * P', H)
+        if sample.regions:
+            if features is None:
+                raise ValueError("regions need the image they were drawn on")
+            index = torch.tensor([r.image for r in sample.regions], device=self.device)
+            coverage = torch.stack([r.coverage for r in sample.regions]).to(self.device)  # (R, P)
+            boxes = torch.stack([r.box for r in sample.regions]).to(self.device)  # (R, 4)
+            regions = list(self.region_encoder(features[index], coverage, boxes)[:, None])
+        queues = {"image": iter(images), "video": iter(videos), "region": iter(regions)}
+        return [next(queues[kind]) for kind in order]
+
+    @property
+    def llm_width(self) -> int:
+        return self.llm.get_input_embeddings().weight.shape[1]
+
+    def splice(
+        self, samples: Sequence[Sample], padding_side: str = "right", truncate: bool = True
+    ) -> Spliced:
+        """Embed the samples' tokens and splice their media in (see :mod:`vitron.multimodal`).
+
+        Args:
+            samples: the samples.
+            padding_side: ``"right"`` (training) or ``"left"`` (generation).
+            truncate: cut sequences to ``config.max_length`` (training); otherwise a longer
+                sequence is an error (inference must not lose the end of a conversation).
+        """
+        embed = self.llm.get_input_embeddings()
+        ids = [s.input_ids.to(self.device) for s in samples]
+        placeholders = {
+            self.image_token_id: "image",
+            self.video_token_id: "video",
+            self.region_token_id: "region",
+        }
+        has_labels = all(s.labels is not None for s in samples)
+        spliced = splice_batch(
+            ids,
+            [embed(i) for i in ids],
+            [self.media_embeddings(s) for s in samples],
+            placeholders,
+            labels=[s.labels.to(self.device) for s in samples] if has_labels else None,
+            signal_id=self.signal_token_id,
+            max_length=self.config.max_length if truncate else None,
+            padding_side=padding_side,
+        )
+        longest = max(spliced.lengths)
+        if not truncate and longest > self.config.max_length:
+            raise ValueError(
+                f"the conversation is {longest} positions long (text + media), above the model's "
+                f"max_length {self.config.max_length}; start a new conversation"
+            )
+        return spliced
+
+    # ----------------------------------------------------------------- training forward
+
+    def forward(
+        self,
+        samples: Sequence[Sample],
+        *,
+        align_weight: float = 1.0,
+        synergy_weight: float = 0.1,
+        align_loss: str = "cosine",
+    ) -> VitronOutput:
+        """Losses of a batch of samples with labels.
+
+        Args:
+            samples: from :meth:`VitronProcessor.sample` (labels required for ``lm_loss``).
+            align_weight: weight of the embedding-alignment loss.
+            synergy_weight: weight of the synergy (discriminator) loss.
+            align_loss: ``"cosine"`` (1 - cosine similarity) or ``"mse"``.
+        """
+        if align_loss not in ALIGN_LOSSES:
+            raise ValueError(f"align_loss must be one of {ALIGN_LOSSES}, got {align_loss!r}")
+        spliced = self.splice(samples)
+        out = self.llm(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            output_hidden_states=True,
+        )
+        lm = None if spliced.labels is None else causal_lm_loss(out.logits, spliced.labels)
+        signals = self._signal_features(samples, spliced, out.hidden_states[-1])
+        align = alignment_loss(samples, spliced, signals, align_loss)
+        synergy = self._synergy_loss(signals)
+        total = out.logits.new_zeros((), dtype=torch.float32)
+        for value, weight in ((lm, 1.0), (align, align_weight), (synergy, synergy_weight)):
+            if value is not None:
+                total = total + weight * value
+        return VitronOutput(total, lm, align, synergy, out.logits, signals)
+
+    def _signal_features(
+        self, samples, spliced: Spliced, hidden: Tensor
+    ) -> list[SignalFeatures | None]:
+        """Per sample, the signal features of its signals whose task has a head."""
+        found = []
+        heads = set(self.signal_heads.tasks)
+        for i, sample in enumerate(samples):
+            pairs = [
+                (pos, sample.signal_tasks[k])
+                for pos, k in zip(
+                    spliced.signal_positions[i], spliced.signal_indices[i], strict=True
+                )
+                if k < len(sample.signal_tasks) and sample.signal_tasks[k] in heads
+            ]
+            if not pairs:
+                found.append(None)
+                continue
+            rows = hidden[i, [p for p, _ in pairs]]  # (n, H)
+            found.append(self.signal_heads(rows, [t for _, t in pairs]))
+        return found
+
+    def _synergy_loss(self, signals: Sequence[SignalFeatures | None]) -> Tensor | None:
+        present = [s for s in signals if s is not None]
+        if not present:
+            return None
+        invariant = torch.cat([s.invariant for s in present])
+        tasks = [t for s in present for t in s.tasks]
+        return self.synergy(invariant, tasks)
+
+    # ----------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def generate(
+        self,
+        sample: Sample,
+        *,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Tensor:
+        """New token ids (1-D) continuing the sample's prompt."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        spliced = self.splice([sample], padding_side="left", truncate=False)
+        eos = self.tokenizer.eos_token_id
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.llm.generate(
+                inputs_embeds=spliced.inputs_embeds,
+                attention_mask=spliced.attention_mask,
+                pad_token_id=self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else eos,
+                eos_token_id=eos,
+                **kwargs,
+            )
+        return out[0].cpu()
+
+    @torch.no_grad()
+    def signal_embeddings(self, sample: Sample) -> list[tuple[str, Tensor] | None]:
+        """Per signal of a prompt + reply sample: (task, embedding), ``None`` without a head."""
+        spliced = self.splice([sample], truncate=False)
+        out = self.llm(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            output_hidden_states=True,
+        )
+        features = self._signal_features([sample], spliced, out.hidden_states[-1])[0]
+        heads = set(self.signal_heads.tasks)
+        result: list[tuple[str, Tensor] | None] = []
+        embeddings = iter(features.embeddings if features is not None else [])
+        for k, task in enumerate(sample.signal_tasks):
+            kept = k in spliced.signal_indices[0] and task in heads
+            result.append((task, next(embeddings).float().cpu()) if kept else None)
+        return result
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor | None:
+    """Mean next-token cross-entropy over supervised positions; ``None`` if there are none."""
+    shifted = labels[:, 1:]
+    if not bool((shifted != IGNORE_INDEX).any()):
+        return None
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+def alignment_loss(samples, spliced: Spliced, signals, kind: str) -> Tensor | None:
+    """Mean distance between signal embeddings and their targets (signals with a target only)."""
+    terms = []
+    for i, (sample, features) in enumerate(zip(samples, signals, strict=True)):
+        if features is None:
+            continue
+        heads = set(features.tasks)
+        kept = [
+            k for k in spliced.signal_indices[i]
+            if k < len(sample.signal_tasks) and sample.signal_tasks[k] in heads
+        ]  # fmt: skip
+        for embedding, k in zip(features.embeddings, kept, strict=True):
+            target = sample.signal_targets[k] if k < len(sample.signal_targets) else None
+            if target is None:
+                continue
+            target = target.to(embedding.device, torch.float32)
+            if target.shape != embedding.shape:
+                raise ValueError(
+                    f"signal target {k} of task {sample.signal_tasks[k]} has shape "
+                    f"{tuple(target.shape)}; the head outputs {tuple(embedding.shape)}"
+                )
+            pred = embedding.float()
+            if kind == "cosine":
+                terms.append(1 - F.cosine_similarity(pred, target, dim=0))
+            else:
+                terms.append(F.mse_loss(pred, target))
+    return torch.stack(terms).mean() if terms else None
+
+
+def _llm_config_dict(llm: nn.Module) -> dict[str, Any]:
+    """The transformers config of the LLM (under a peft wrapper too) as a JSON-able dict."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    data = base.config.to_dict()
+    return json.loads(json.dumps(data, default=str))
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    """Build modules directly in ``dtype`` (no fp32 copy of a large model first)."""
+    if dtype is None:
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def model_size(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,284 @@
+"""Conversations to token ids with label masks, and images / videos / regions to model inputs.
+
+A conversation is a list of :class:`Message` (user, assistant, results). Templates:
+
+``vicuna_v1`` (the official Vitron / LLaVA-1.5 template)::
+
+    <s>{system} USER: {user} ASSISTANT: {reply}</s>USER: Results: {results} ASSISTANT: ...
+
+``plain`` (stage-1 alignment: ``{user}\\n{reply}</s>`` with no system prompt).
+
+The full string is tokenized once (so training and inference see the same tokens) and the
+tokens whose characters fall inside an assistant reply (its leading space, text, calls block,
+signal tokens and the closing end-of-sequence token) are the only supervised labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vitron.geometry import Geometry, apply_geometry, plan_geometry
+from vitron.invocations.schema import TASKS, Invocation
+from vitron.io import to_tensor
+from vitron.models.config import VitronConfig
+from vitron.regions import Region, model_box, patch_coverage
+
+IGNORE_INDEX = -100
+ROLES = ("user", "assistant", "results")
+SYSTEM_PROMPT = (
+    "You are Vitron, a vision assistant that understands, generates, segments and edits images "
+    "and videos. When a request needs a tool, answer briefly, then write the calls as "
+    '<invoke>{"version": 1, "calls": [...]}</invoke> followed by one <signal> per call. '
+    "Tools: " + ", ".join(TASKS) + "."
+)
+
+
+@dataclass
+class Message:
+    """One conversation turn.
+
+    Args:
+        role: ``"user"``, ``"assistant"`` or ``"results"`` (specialist results fed back).
+        text: the text, with ``<image>`` / ``<video>`` / ``<region>`` placeholders for users.
+        invocation: an assistant's calls, rendered after its text with one signal per call.
+    """
+
+    role: str
+    text: str
+    invocation: Invocation | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.invocation is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry an invocation")
+
+
+def render_reply(message: Message, signal_token: str) -> str:
+    """An assistant message as the LLM writes it (text, calls block, signal tokens)."""
+    if message.invocation is None:
+        return message.text
+    calls = message.invocation.render() + signal_token * len(message.invocation.calls)
+    return f"{message.text} {calls}" if message.text else calls
+
+
+def render_conversation(
+    messages: Sequence[Message],
+    template: str,
+    eos: str,
+    signal_token: str,
+    add_generation_prompt: bool,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt string and the character ranges of its supervised parts."""
+    if template == "plain":
+        return _render_plain(messages, eos, signal_token, add_generation_prompt)
+    text = SYSTEM_PROMPT + " "
+    supervised = []
+    for message in messages:
+        if message.role == "user":
+            text += f"USER: {message.text} "
+        elif message.role == "results":
+            text += f"USER: Results: {message.text} "
+        else:
+            text += "ASSISTANT:"
+            start = len(text)
+            text += " " + render_reply(message, signal_token) + eos
+            supervised.append((start, len(text)))
+    if add_generation_prompt:
+        text += "ASSISTANT:"
+    return text, supervised
+
+
+def _render_plain(messages, eos, signal_token, add_generation_prompt):
+    text, supervised = "", []
+    for message in messages:
+        if message.role == "assistant":
+            start = len(text)
+            text += render_reply(message, signal_token) + eos
+            supervised.append((start, len(text)))
+        else:
+            text += message.text + "\n"
+    return text, supervised
+
+
+def tokenize_conversation(
+    tokenizer,
+    messages: Sequence[Message],
+    template: str,
+    signal_token: str,
+    add_generation_prompt: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Token ids and labels (``IGNORE_INDEX`` outside assistant replies) of a conversation.
+
+    Args:
+        tokenizer: a fast transformers tokenizer holding the placeholder tokens.
+        messages: the conversation.
+        template: ``"vicuna_v1"`` or ``"plain"``.
+        signal_token: the signal placeholder string.
+        add_generation_prompt: end with the assistant's prompt (inference).
+
+    Returns:
+        (L,) int64 ids (BOS first when the tokenizer has one) and (L,) int64 labels.
+    """
+    eos = tokenizer.eos_token or ""
+    text, supervised = render_conversation(
+        messages, template, eos, signal_token, add_generation_prompt
+    )
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, (start, end) in enumerate(encoded["offset_mapping"]):
+        if end > start and any(start < hi and end > lo for lo, hi in supervised):
+            labels[k] = ids[k]
+    if tokenizer.bos_token_id is not None:
+        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+
+@dataclass
+class RegionInput:
+    """A region ready for the region encoder.
+
+    Args:
+        image: index of its image among the sample's images.
+        coverage: (grid * grid,) fraction of each patch covered.
+        box: (4,) bounding box in the model frame, in [0, 1].
+    """
+
+    image: int
+    coverage: Tensor
+    box: Tensor
+
+
+@dataclass
+class Sample:
+    """One conversation with its media, ready for splicing.
+
+    Args:
+        input_ids: (L,) ids with one placeholder per image, video and region.
+        labels: (L,) supervised ids or ``IGNORE_INDEX``; ``None`` at inference.
+        images: (n, 3, S, S) normalised images, in placeholder order.
+        videos: (m, T, 3, S, S) normalised videos.
+        regions: regions in placeholder order.
+        signal_tasks: task of each signal token, in order.
+        signal_targets: the specialist-conditioning target of each signal (or ``None``).
+        geometries: how each image was mapped into the model frame.
+    """
+
+    input_ids: Tensor
+    labels: Tensor | None = None
+    images: Tensor | None = None
+    videos: Tensor | None = None
+    regions: list[RegionInput] = field(default_factory=list)
+    signal_tasks: tuple[str, ...] = ()
+    signal_targets: list[Tensor | None] = field(default_factory=list)
+    geometries: list[Geometry] = field(default_factory=list)
+
+
+class VitronProcessor:
+    """Turns conversations, images, videos and regions into :class:`Sample` objects.
+
+    Args:
+        tokenizer: the model's tokenizer (with the placeholder tokens added).
+        config: the model config (image size, preprocessing, template, tokens).
+    """
+
+    def __init__(self, tokenizer, config: VitronConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        vision = config.vision
+        self.mean = torch.tensor(vision.mean).view(3, 1, 1)
+        self.std = torch.tensor(vision.std).view(3, 1, 1)
+
+    def image(self, image: Image.Image) -> tuple[Tensor, Geometry]:
+        """PIL image -> ((3, S, S) normalised pixels, its geometry)."""
+        vision = self.config.vision
+        pixels = to_tensor(image)  # (3, H, W)
+        geometry = plan_geometry(
+            pixels.shape[1], pixels.shape[2], vision.image_size, vision.preprocess
+        )
+        framed = apply_geometry(pixels, geometry, fill=vision.mean)  # (3, S, S)
+        return (framed - self.mean) / self.std, geometry
+
+    def video(self, frames: Sequence[Image.Image]) -> Tensor:
+        """Frames -> (T, 3, S, S) with T = ``config.video_frames`` sampled uniformly."""
+        if len(frames) == 0:
+            raise ValueError("a video needs at least one frame")
+        count = self.config.video_frames
+        picks = torch.linspace(0, len(frames) - 1, count).round().long().tolist()
+        return torch.stack([self.image(frames[i])[0] for i in picks])
+
+    def region(self, region: Region, geometries: Sequence[Geometry]) -> RegionInput:
+        """A region drawn on image ``region.image`` -> its patch coverage and box."""
+        if not 0 <= region.image < len(geometries):
+            raise ValueError(
+                f"region refers to image {region.image} but the conversation has "
+                f"{len(geometries)} image(s)"
+            )
+        geometry = geometries[region.image]
+        coverage = patch_coverage(region.shape, geometry, self.config.vision.grid)
+        return RegionInput(
+            region.image, coverage.flatten().float(), model_box(region.shape, geometry).float()
+        )
+
+    def sample(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[Image.Image] = (),
+        videos: Sequence[Sequence[Image.Image]] = (),
+        regions: Sequence[Region] = (),
+        *,
+        add_generation_prompt: bool = False,
+        with_labels: bool = True,
+        signal_targets: Sequence[Tensor | None] | None = None,
+    ) -> Sample:
+        """Tokenize a conversation and preprocess its media.
+
+        Raises:
+            ValueError: when the placeholders do not match the media counts.
+        """
+        cfg = self.config
+        ids, labels = tokenize_conversation(
+            self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt
+        )
+        self.check_placeholders(ids, len(images), len(videos), len(regions))
+        processed = [self.image(im) for im in images]
+        geometries = [g for _, g in processed]
+        tasks = tuple(
+            call.task for m in messages if m.invocation is not None for call in m.invocation.calls
+        )
+        targets = list(signal_targets) if signal_targets is not None else [None] * len(tasks)
+        if len(targets) != len(tasks):
+            raise ValueError(f"{len(targets)} signal targets for {len(tasks)} calls")
+        return Sample(
+            input_ids=ids,
+            labels=labels if with_labels else None,
+            images=torch.stack([p for p, _ in processed]) if processed else None,
+            videos=torch.stack([self.video(v) for v in videos]) if videos else None,
+            regions=[self.region(r, geometries) for r in regions],
+            signal_tasks=tasks,
+            signal_targets=targets,
+            geometries=geometries,
+        )
+
+    def token_id(self, token: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(token)
+
+    def check_placeholders(self, ids: Tensor, images: int, videos: int, regions: int) -> None:
+        cfg = self.config
+        for token, count in (
+            (cfg.image_token, images),
+            (cfg.video_token, videos),
+            (cfg.region_token, regions),
+        ):
+            found = int((ids == self.token_id(token)).sum())
+            if found != count:
+                raise ValueError(
+                    f"the conversation has {found} {token} placeholder(s) but {count} "
+                    f"{token.strip('<>')}(s) were given"
+                )

@@ -1,0 +1,179 @@
+"""What a specialist adapter is: the tasks it serves, what it consumes, lazy loading, options."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from vitron.specialists.registry import SpecialistRegistry
+
+
+class Consumes(enum.Flag):
+    """Inputs an adapter makes use of."""
+
+    TEXT = enum.auto()
+    IMAGE = enum.auto()
+    VIDEO = enum.auto()
+    REGION = enum.auto()
+    MASK = enum.auto()
+    SIGNAL = enum.auto()
+
+    def names(self) -> list[str]:
+        return [m.name.lower() for m in Consumes if m in self]
+
+
+class SpecialistError(RuntimeError):
+    """A specialist that cannot run a call (missing package, bad input, no mask, ...)."""
+
+
+@dataclass
+class Artifact:
+    """One output of a call.
+
+    Args:
+        kind: ``"image"``, ``"mask"``, ``"labels"``, ``"video"`` or ``"features"``.
+        value: PIL image, (H, W) tensor, list of frames, or dict of tensors.
+        path: the file it was written to.
+    """
+
+    kind: str
+    value: Any
+    path: Path | None = None
+
+
+@dataclass
+class SpecialistOutput:
+    """Outputs by name (matching the task's schema) and a one-line summary for the LLM."""
+
+    outputs: dict[str, Artifact]
+    summary: str
+
+
+@dataclass
+class CallInputs:
+    """A call with its references resolved.
+
+    Args:
+        call_id: the call's id (used in file names).
+        task: the task name.
+        args: argument values: text, numbers, PIL images, (H, W) bool masks, lists of frames,
+            region shapes (``Box`` / ``Stroke`` / ``Mask``) in the call image's pixels.
+        signal: the call's signal embedding, when the LLM produced one and the adapter
+            consumes signals.
+        output_dir: where to write files.
+        seed: base random seed of the turn.
+    """
+
+    call_id: str
+    task: str
+    args: dict[str, Any]
+    signal: Tensor | None
+    output_dir: Path
+    seed: int = 0
+
+    def file(self, name: str, suffix: str) -> Path:
+        return self.output_dir / f"{self.call_id}_{name}{suffix}"
+
+
+class Specialist(abc.ABC):
+    """Base class of the adapters; subclasses set the class attributes and ``Options``.
+
+    Nothing is imported or loaded until the first call (``load`` runs once).
+
+    Args:
+        options: an ``Options`` instance (defaults when ``None``).
+        registry: the registry, for adapters that use another specialist (editing segments).
+        device: where models run.
+    """
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    consumes: ClassVar[Consumes]
+    packages: ClassVar[tuple[str, ...]]
+    extra: ClassVar[str]
+    hub_weights: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(
+        self,
+        options: Any = None,
+        registry: SpecialistRegistry | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.options = options if options is not None else self.Options()
+        self.registry = registry
+        self.device = torch.device(device)
+        self.loaded = False
+
+    @classmethod
+    def missing_packages(cls) -> list[str]:
+        """Import names of required packages that are not installed."""
+        return [p for p in cls.packages if importlib.util.find_spec(p) is None]
+
+    @classmethod
+    def options_from(cls, data: Mapping[str, Any] | None) -> Any:
+        """Build ``Options`` from a dict, naming unknown keys."""
+        data = dict(data or {})
+        allowed = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown options {unknown} for specialist {cls.name!r} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        return cls.Options(**data)
+
+    def ensure_loaded(self) -> None:
+        if self.loaded:
+            return
+        missing = self.missing_packages()
+        if missing:
+            raise SpecialistError(
+                f"specialist {self.name!r} needs {', '.join(missing)}: "
+                f"pip install 'vitron[{self.extra}]'"
+            )
+        self.load()
+        self.loaded = True
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Import the package and load the weights (called once, on first use)."""
+
+    def run(self, inputs: CallInputs) -> SpecialistOutput:
+        """Run one call (the weights are loaded first if needed)."""
+        if inputs.task not in self.tasks:
+            raise SpecialistError(f"specialist {self.name!r} does not serve task {inputs.task!r}")
+        self.ensure_loaded()
+        return self.execute(inputs)
+
+    @abc.abstractmethod
+    def execute(self, inputs: CallInputs) -> SpecialistOutput:
+        """Run one call on loaded weights."""
+
+    def conditioning_target(self, task: str, text: str) -> Tensor:
+        """The specialist's own conditioning of ``text``: the stage-3 target of a signal."""
+        raise SpecialistError(f"specialist {self.name!r} takes no signal embeddings")
+
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in table:
+        raise ValueError(f"dtype must be 'auto', 'fp32', 'fp16' or 'bf16', got {name!r}")
+    return table[name]
+
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device.type if device.type != "mps" else "cpu").manual_seed(seed)

@@ -1,0 +1,93 @@
+"""Shared diffusers plumbing: loading pipelines and conditioning them on a signal embedding.
+
+A signal embedding enters a Stable Diffusion / SDXL pipeline as one extra cross-attention token
+appended to the prompt embeddings (the negative branch gets a copy of its last token so both
+branches keep the same length). Its stage-3 target is the text encoder's state at the prompt's
+end-of-text token, which lives in the same space as every other conditioning token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vitron.specialists.base import SpecialistError
+
+
+def load_pipeline(kind: str, model: str, dtype: torch.dtype, device: torch.device):
+    """A diffusers pipeline: ``kind`` is ``"text2image"``, ``"inpaint"`` or ``"any"``."""
+    import diffusers
+
+    loaders = {
+        "text2image": diffusers.AutoPipelineForText2Image,
+        "inpaint": diffusers.AutoPipelineForInpainting,
+        "any": diffusers.DiffusionPipeline,
+    }
+    pipe = loaders[kind].from_pretrained(model, dtype=dtype)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def conditioning_width(pipe) -> int:
+    """Width of the pipeline's cross-attention conditioning."""
+    return int(pipe.unet.config.cross_attention_dim)
+
+
+def encode_with_signal(
+    pipe,
+    prompt: str,
+    negative: str | None,
+    signal: Tensor | None,
+    weight: float,
+    guidance_scale: float,
+) -> dict[str, Any]:
+    """Prompt-embedding keyword arguments for ``pipe(...)`` with the signal token appended.
+
+    Args:
+        pipe: a Stable Diffusion or SDXL (text-to-image or inpainting) pipeline.
+        prompt: the prompt.
+        negative: the negative prompt.
+        signal: (D,) signal embedding (``None`` = plain text conditioning).
+        weight: scale of the signal token.
+        guidance_scale: classifier-free guidance scale (> 1 enables the negative branch).
+    """
+    cfg = guidance_scale > 1.0
+    if signal is None:
+        return {"prompt": prompt, "negative_prompt": negative if cfg else None}
+    width = conditioning_width(pipe)
+    if signal.shape != (width,):
+        raise SpecialistError(
+            f"the signal embedding has shape {tuple(signal.shape)} but this pipeline's text "
+            f"conditioning is {width} wide; set the model's signal output_dims to {width}"
+        )
+    encoded = pipe.encode_prompt(
+        prompt=prompt,
+        device=pipe.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=cfg,
+        negative_prompt=negative,
+    )
+    embeds, negative_embeds = encoded[0], encoded[1]
+    token = (weight * signal).to(embeds.device, embeds.dtype).view(1, 1, -1)
+    kwargs: dict[str, Any] = {"prompt_embeds": torch.cat([embeds, token], dim=1)}  # (1, L + 1, D)
+    if cfg:
+        kwargs["negative_prompt_embeds"] = torch.cat([negative_embeds, negative_embeds[:, -1:]], 1)
+    if len(encoded) == 4:  # SDXL: pooled embeddings as well
+        kwargs["pooled_prompt_embeds"] = encoded[2]
+        if cfg:
+            kwargs["negative_pooled_prompt_embeds"] = encoded[3]
+    return kwargs
+
+
+@torch.no_grad()
+def end_of_text_embedding(pipe, text: str) -> Tensor:
+    """(D,) the prompt embedding at the end-of-text token: a signal's alignment target."""
+    encoded = pipe.encode_prompt(
+        prompt=text, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return encoded[0][0, len(ids) - 1].float().cpu()

@@ -1,0 +1,182 @@
+"""Segmentation of images and video frames with itaclip (training-free, open vocabulary).
+
+A referred object ("the brown dog") becomes class 0 against background classes; its mask is
+``labels == 0``, restricted to the call's region when one is given. A signal embedding (CLIP
+text space) is mixed into the target's query features: ``normalize(q + w * normalize(s))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from vitron.io import mask_to_pil, overlay_mask, save_gif, save_image
+from vitron.regions import region_mask_at
+from vitron.specialists.base import (
+    Artifact,
+    CallInputs,
+    Consumes,
+    Specialist,
+    SpecialistError,
+    SpecialistOutput,
+)
+
+BACKGROUND_CLASSES = (
+    "background", "sky", "wall", "floor", "ground", "grass", "tree", "building", "road", "water",
+)  # fmt: skip
+
+
+@dataclass
+class SegmentationOptions:
+    """Options of the ``itaclip`` adapter.
+
+    Args:
+        model: open_clip model name, ``hf-hub:org/repo`` or ``local-dir:PATH``.
+        pretrained: open_clip weights tag (``None`` with a schema or for random weights).
+        preset: itaclip dataset preset for its settings (``None`` = defaults + ``settings``).
+        settings: ``itaclip.SegmenterConfig`` fields (e.g. ``{"stride": 112}``).
+        background_classes: classes competing with the target when a call gives none.
+        signal_weight: weight of the signal embedding in the target's queries (0 = ignore).
+        cache_dir: itaclip text-embedding cache folder (``None`` = itaclip's default).
+    """
+
+    model: str = "ViT-B-16-quickgelu"
+    pretrained: str | None = "openai"
+    preset: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    background_classes: tuple[str, ...] = BACKGROUND_CLASSES
+    signal_weight: float = 0.3
+    cache_dir: str | None = None
+
+
+def competing_classes(target: str, others: Sequence[str]) -> list[list[str]]:
+    """``[[target], [other], ...]`` without repeats of the target (case-insensitive)."""
+    seen = {target.strip().lower()}
+    classes = [[target.strip()]]
+    for name in others:
+        key = name.strip().lower()
+        if key and key not in seen:
+            seen.add(key)
+            classes.append([name.strip()])
+    return classes
+
+
+class ItaclipSegmenter(Specialist):
+    """Referring segmentation of images (``segment_image``) and of every video frame."""
+
+    name = "itaclip"
+    tasks = ("segment_image", "segment_video")
+    consumes = Consumes.TEXT | Consumes.IMAGE | Consumes.VIDEO | Consumes.REGION | Consumes.SIGNAL
+    packages = ("itaclip",)
+    extra = "specialists"
+    hub_weights = "open_clip ViT-B-16-quickgelu / openai (OpenAI CLIP ViT-B/16)"
+    Options = SegmentationOptions
+
+    def load(self) -> None:
+        from itaclip import Segmenter
+
+        opts = self.options
+        self.segmenter = Segmenter.from_pretrained(
+            opts.model, opts.pretrained, preset=opts.preset, device=self.device,
+            cache_dir=opts.cache_dir, **opts.settings,
+        )  # fmt: skip
+
+    def segment(
+        self, image: Image.Image, text: str, classes: Sequence[str] | None, signal: Tensor | None
+    ):
+        """(H, W) bool mask of ``text``, (H, W) labels, class names."""
+        from itaclip.io import to_rgb_tensor
+        from itaclip.postprocess import query_logits_to_classes
+
+        seg = self.segmenter
+        names = competing_classes(
+            text, classes if classes is not None else self.options.background_classes
+        )
+        parsed, features = seg.text_features(names)
+        if signal is not None and self.options.signal_weight > 0:
+            if signal.shape != features.shape[1:]:
+                raise SpecialistError(
+                    f"the signal embedding has shape {tuple(signal.shape)} but itaclip's text "
+                    f"features are {features.shape[1]} wide; set the model's signal output_dims"
+                )
+            target = parsed.query_class.to(features.device) == 0
+            mixed = features[target] + self.options.signal_weight * F.normalize(
+                signal.to(features), dim=-1
+            )
+            features = features.clone()
+            features[target] = F.normalize(mixed, dim=-1)
+        logits = seg.query_logits(to_rgb_tensor(image), features)
+        cfg = seg.config
+        labels, _ = query_logits_to_classes(
+            logits,
+            parsed.segments(),
+            cfg.logit_scale,
+            cfg.prob_thd,
+            cfg.area_thd,
+            None,
+            closing=cfg.faithful,
+        )
+        return labels == 0, labels, parsed.names
+
+    def execute(self, inputs: CallInputs) -> SpecialistOutput:
+        args = inputs.args
+        classes = args.get("classes")
+        if inputs.task == "segment_video":
+            return self._video(inputs, args["video"], args["text"])
+        image: Image.Image = args["image"]
+        mask, labels, names = self.segment(image, args["text"], classes, inputs.signal)
+        if "region" in args:
+            mask &= region_mask_at(args["region"], image.height, image.width)
+        overlay = overlay_mask(image, mask)
+        mask_path = save_image(mask_to_pil(mask), inputs.file("mask", ".png"))
+        overlay_path = save_image(overlay, inputs.file("overlay", ".png"))
+        share = 100.0 * float(mask.float().mean())
+        where = _bbox_text(mask)
+        return SpecialistOutput(
+            {
+                "mask": Artifact("mask", mask, mask_path),
+                "overlay": Artifact("image", overlay, overlay_path),
+                "labels": Artifact("labels", labels),
+            },
+            f"mask of {args['text']!r} covers {share:.1f}% of the image{where} "
+            f"(classes: {', '.join(names)})",
+        )
+
+    def _video(
+        self, inputs: CallInputs, frames: Sequence[Image.Image], text: str
+    ) -> SpecialistOutput:
+        masks = [self.segment(frame, text, None, inputs.signal)[0] for frame in frames]
+        overlays = [overlay_mask(f, m) for f, m in zip(frames, masks, strict=True)]
+        overlay_path = save_gif(overlays, inputs.file("overlay", ".gif"))
+        masks_path = save_gif(
+            [mask_to_pil(m).convert("RGB") for m in masks], inputs.file("masks", ".gif")
+        )
+        share = 100.0 * float(torch.stack(masks).float().mean())
+        return SpecialistOutput(
+            {
+                "masks": Artifact("video", masks, masks_path),
+                "overlay": Artifact("video", overlays, overlay_path),
+            },
+            f"masks of {text!r} in {len(frames)} frames cover {share:.1f}% "
+            "of the pixels on average",
+        )
+
+    def conditioning_target(self, task: str, text: str) -> Tensor:
+        self.ensure_loaded()
+        return self.segmenter.embed([text])[0].float().cpu()
+
+
+def _bbox_text(mask: Tensor) -> str:
+    if not bool(mask.any()):
+        return " (empty)"
+    rows = torch.nonzero(mask.any(1))[:, 0]
+    cols = torch.nonzero(mask.any(0))[:, 0]
+    x1, x2 = int(cols.min()), int(cols.max()) + 1
+    y1, y2 = int(rows.min()), int(rows.max()) + 1
+    return f", box x {x1}-{x2}, y {y1}-{y2}"

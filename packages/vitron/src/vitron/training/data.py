@@ -1,0 +1,156 @@
+"""The JSONL conversation format and its dataset.
+
+One JSON object per line::
+
+    {"id": "0007",
+     "images": ["img/0007.png"], "videos": ["vid/0007.gif"],
+     "regions": [{"image": 0, "box": [12, 30, 80, 96]}],
+     "conversations": [
+       {"from": "human", "value": "<image>\\nSegment the dog in <region> and make it a cat."},
+       {"from": "gpt", "value": "Segmenting, then repainting.",
+        "calls": {"version": 1, "calls": [...]}},
+       {"from": "results", "value": "[seg] segment_image ok: ..."},
+       {"from": "gpt", "value": "Done: the dog is now a cat."}],
+     "signal_targets": "targets/0007.safetensors"}
+
+``from`` is ``human``/``user``, ``gpt``/``assistant`` or ``results``. Paths are relative to the
+JSONL file's folder (or ``media_root``). ``regions`` take ``box`` (pixels, or [0, 1] when all
+four values are), ``points`` + ``width`` (strokes) or ``mask`` (an image path). ``calls`` follow
+the invocation schema; ``signal_targets`` (stage 3) is a safetensors file holding one tensor per
+call id: the specialist conditioning that call's signal embedding should match.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from vitron.invocations import InputCounts, InvocationError, parse_invocation
+from vitron.io import load_image, load_video, to_tensor
+from vitron.processing import Message, Sample, VitronProcessor
+from vitron.regions import Mask, Region, RegionError, shape_from_json
+
+ROLE_NAMES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "results": "results",
+}
+RECORD_KEYS = ("id", "images", "videos", "regions", "conversations", "signal_targets", "task")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (blank lines skipped), with line numbers in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
+        if not isinstance(record, dict) or "conversations" not in record:
+            raise ValueError(f"{path}:{number}: a record is an object with 'conversations'")
+        unknown = sorted(set(record) - set(RECORD_KEYS))
+        if unknown:
+            raise ValueError(
+                f"{path}:{number}: unknown keys {unknown} (allowed: {', '.join(RECORD_KEYS)})"
+            )
+        record["_line"] = number
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no records")
+    return records
+
+
+def record_messages(record: dict[str, Any], counts: InputCounts, where: str) -> list[Message]:
+    """The record's conversation as messages (calls parsed and checked)."""
+    messages = []
+    for k, turn in enumerate(record["conversations"]):
+        role = ROLE_NAMES.get(turn.get("from"))
+        if role is None:
+            raise ValueError(
+                f"{where}: conversations[{k}].from must be one of {sorted(ROLE_NAMES)}"
+            )
+        invocation = None
+        if "calls" in turn:
+            if role != "assistant":
+                raise ValueError(
+                    f"{where}: conversations[{k}] has calls but is not an assistant turn"
+                )
+            try:
+                invocation = parse_invocation(turn["calls"], counts)
+            except InvocationError as err:
+                raise ValueError(f"{where}: conversations[{k}].calls: {err}") from None
+        messages.append(Message(role, str(turn.get("value", "")), invocation))
+    if not any(m.role == "assistant" for m in messages):
+        raise ValueError(f"{where}: the conversation has no assistant turn to learn from")
+    return messages
+
+
+class ConversationDataset(Dataset):
+    """Samples (with labels) of a JSONL conversation file.
+
+    Args:
+        path: the JSONL file.
+        processor: the model's processor (with the template of the stage).
+        media_root: folder the media paths are relative to (default: the JSONL's folder).
+    """
+
+    def __init__(
+        self, path: str | Path, processor: VitronProcessor, media_root: str | Path | None = None
+    ):
+        self.path = Path(path)
+        self.records = read_records(self.path)
+        self.processor = processor
+        self.root = Path(media_root) if media_root is not None else self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        where = f"{self.path}:{record['_line']}"
+        images = [load_image(self.root / p) for p in record.get("images", [])]
+        videos = [load_video(self.root / p) for p in record.get("videos", [])]
+        regions = [self.region(r, images, where) for r in record.get("regions", [])]
+        counts = InputCounts(len(images), len(videos), len(regions))
+        messages = record_messages(record, counts, where)
+        calls = [c for m in messages if m.invocation is not None for c in m.invocation.calls]
+        targets = None
+        if "signal_targets" in record:
+            stored = load_file(str(self.root / record["signal_targets"]))
+            unknown = sorted(set(stored) - {c.id for c in calls})
+            if unknown:
+                raise ValueError(f"{where}: signal targets for unknown calls {unknown}")
+            targets = [stored.get(c.id) for c in calls]
+        try:
+            return self.processor.sample(messages, images, videos, regions, signal_targets=targets)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def region(self, data: dict[str, Any], images, where: str) -> Region:
+        k = int(data.get("image", 0))
+        if not 0 <= k < len(images):
+            raise ValueError(f"{where}: a region refers to image {k} of {len(images)}")
+        image = images[k]
+        try:
+            if "mask" in data and isinstance(data["mask"], str):
+                values = to_tensor(load_image(self.root / data["mask"])).mean(0)  # (H, W)
+                return Region(Mask((values >= 0.5).double()), k)
+            return Region(shape_from_json(data, image.height, image.width), k)
+        except RegionError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+def collate(samples: list[Sample]) -> list[Sample]:
+    """Batches stay lists of samples: splicing pads them inside the model."""
+    return samples

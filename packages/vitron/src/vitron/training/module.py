@@ -1,0 +1,309 @@
+"""The three training stages as one LightningModule.
+
+========  ===========================================  ==========================================
+stage     trains                                       loss
+========  ===========================================  ==========================================
+1         projector                                    next-token loss on captions (``plain``)
+2         projector, region encoder, LLM (or its       next-token loss on replies with grounding
+          LoRA adapters + token embeddings)            and calls, labels masked outside replies
+3         signal heads, synergy discriminator, LoRA    next-token + align_weight * alignment of
+          adapters if any (LLM frozen otherwise)       signal embeddings + synergy_weight * GRL
+                                                       task-discriminator loss
+========  ===========================================  ==========================================
+
+The vision tower is always frozen. LoRA (peft) wraps the LLM's linear layers; ``export`` merges
+the adapters back and writes a plain ``save_pretrained`` folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from vitron.models.vitron import ALIGN_LOSSES, VitronModel
+from vitron.processing import VitronProcessor
+from vitron.training.data import ConversationDataset, collate
+
+STAGES = {
+    1: "vision-language alignment",
+    2: "grounding + invocation tuning",
+    3: "embedding alignment + synergy",
+}
+LORA_MARKERS = ("lora_A", "lora_B")
+EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
+
+
+def stage_template(model: VitronModel, stage: int) -> str:
+    """``plain`` for stage 1, the model's conversation template otherwise."""
+    return "plain" if stage == 1 else model.config.template
+
+
+def apply_lora(
+    model: VitronModel, rank: int, alpha: float | None = None, dropout: float = 0.05
+) -> None:
+    """Wrap the LLM with LoRA adapters on all its linear layers (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout, target_modules="all-linear"
+    )
+    model.llm = get_peft_model(model.llm, config)
+
+
+def is_trainable(name: str, stage: int, lora: bool) -> bool:
+    """Whether parameter ``name`` of a Vitron model trains in ``stage``."""
+    if name.startswith("vision."):
+        return False
+    is_lora = any(marker in name for marker in LORA_MARKERS)
+    if stage == 1:
+        return name.startswith("projector.")
+    if stage == 2:
+        if name.startswith(("projector.", "region_encoder.")):
+            return True
+        if name.startswith("llm."):
+            return is_lora or not lora or any(f".{e}." in name for e in EMBEDDING_NAMES)
+        return False
+    return name.startswith(("signal_heads.", "synergy.")) or is_lora
+
+
+def configure_stage(model: VitronModel, stage: int, lora_rank: int = 0) -> list[str]:
+    """Set ``requires_grad`` for a stage (LoRA added first when ``lora_rank`` > 0).
+
+    Returns:
+        Names of the trainable parameters.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+    if lora_rank and stage == 1:
+        raise ValueError("stage 1 trains only the projector; LoRA applies to stages 2 and 3")
+    if lora_rank:
+        apply_lora(model, lora_rank)
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_trainable(name, stage, bool(lora_rank)))
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+class VitronLightningModule(L.LightningModule):
+    """One training stage of a Vitron model.
+
+    Args:
+        model: the model (its parameters are frozen / unfrozen for the stage here).
+        stage: 1, 2 or 3 (see the module docstring).
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warmup steps, then cosine decay to 10% at ``max_steps``.
+        max_steps: schedule length.
+        lora_rank: LoRA rank for stages 2-3 (0 = none).
+        align_weight: weight of the signal-alignment loss (stage 3).
+        synergy_weight: weight of the synergy loss (stage 3).
+        align_loss: ``"cosine"`` or ``"mse"``.
+    """
+
+    def __init__(
+        self,
+        model: VitronModel,
+        stage: int,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_steps: int = 1000,
+        lora_rank: int = 0,
+        align_weight: float = 1.0,
+        synergy_weight: float = 0.1,
+        align_loss: str = "cosine",
+    ) -> None:
+        super().__init__()
+        if align_loss not in ALIGN_LOSSES:
+            raise ValueError(f"align_loss must be one of {ALIGN_LOSSES}, got {align_loss!r}")
+        if max_steps < 1 or warmup_steps < 0:
+            raise ValueError(
+                f"max_steps must be >= 1 and warmup_steps >= 0, got {max_steps}, {warmup_steps}"
+            )
+        self.model = model
+        self.stage = stage
+        self.lora = bool(lora_rank)
+        self.trainable = configure_stage(model, stage, lora_rank)
+        self.save_hyperparameters(ignore=["model"])
+        self.losses: list[float] = []
+
+    def weights(self) -> dict[str, float]:
+        stage3 = self.stage == 3
+        return {
+            "align_weight": self.hparams.align_weight if stage3 else 0.0,
+            "synergy_weight": self.hparams.synergy_weight if stage3 else 0.0,
+            "align_loss": self.hparams.align_loss,
+        }
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch, **self.weights())
+        self.losses.append(float(out.loss.detach()))
+        self.log("train/loss", out.loss, batch_size=len(batch), prog_bar=True)
+        for name in ("lm_loss", "align_loss", "synergy_loss"):
+            value = getattr(out, name)
+            if value is not None:
+                self.log(f"train/{name}", value, batch_size=len(batch))
+        return out.loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        out = self.model(batch, **self.weights())
+        self.log("val/loss", out.loss, batch_size=len(batch), prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        warmup, total = self.hparams.warmup_steps, self.hparams.max_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def export(self, directory: str | Path) -> VitronModel:
+        """Merge LoRA adapters (if any) into the LLM and ``save_pretrained`` the model."""
+        model = self.model
+        if self.lora:
+            model.llm = model.llm.merge_and_unload()
+            self.lora = False
+        model.save_pretrained(directory)
+        return model
+
+
+class VitronDataModule(L.LightningDataModule):
+    """Training (and optional validation) JSONL files for one stage.
+
+    Args:
+        processor: the model's processor.
+        train_data: training JSONL.
+        val_data: validation JSONL.
+        batch_size: samples per batch.
+        num_workers: data-loading workers.
+        media_root: folder media paths are relative to (default: each JSONL's folder).
+        seed: shuffling seed.
+    """
+
+    def __init__(
+        self,
+        processor: VitronProcessor,
+        train_data: str | Path,
+        val_data: str | Path | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        media_root: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.train_set = ConversationDataset(train_data, processor, media_root)
+        self.val_set = (
+            None if val_data is None else ConversationDataset(val_data, processor, media_root)
+        )
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+            num_workers=self.num_workers, generator=generator,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+
+def stage_processor(model: VitronModel, stage: int) -> VitronProcessor:
+    """The model's processor with the stage's template."""
+    config = dataclasses.replace(model.config, template=stage_template(model, stage))
+    return VitronProcessor(model.tokenizer, config)
+
+
+def train(
+    model: str | Path | VitronModel,
+    data: str | Path,
+    output: str | Path,
+    *,
+    stage: int,
+    max_steps: int = 1000,
+    batch_size: int = 4,
+    lr: float = 2e-5,
+    lora_rank: int = 0,
+    align_weight: float = 1.0,
+    synergy_weight: float = 0.1,
+    val_data: str | Path | None = None,
+    seed: int = 0,
+    accelerator: str = "auto",
+    checkpoints: bool = True,
+    **trainer_options: Any,
+) -> dict[str, Any]:
+    """Run one stage and save the result with ``save_pretrained``.
+
+    Args:
+        model: a Vitron folder / hub id or a model.
+        data: training JSONL.
+        output: output folder (the model; Lightning logs and checkpoints in ``lightning/``).
+        stage: 1, 2 or 3.
+        max_steps: optimisation steps.
+        batch_size: samples per step.
+        lr: peak learning rate.
+        lora_rank: LoRA rank (0 = none).
+        align_weight: stage-3 alignment weight.
+        synergy_weight: stage-3 synergy weight.
+        val_data: validation JSONL.
+        seed: seed of the weights' randomness and the shuffling.
+        accelerator: Lightning accelerator.
+        checkpoints: keep Lightning checkpoints.
+        **trainer_options: other ``lightning.Trainer`` arguments.
+
+    Returns:
+        ``{"first_loss", "last_loss", "trainable"}``.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    if not isinstance(model, VitronModel):
+        model = VitronModel.from_pretrained(str(model))
+    model.train()
+    module = VitronLightningModule(
+        model, stage, lr=lr, max_steps=max_steps, lora_rank=lora_rank,
+        align_weight=align_weight, synergy_weight=synergy_weight,
+    )  # fmt: skip
+    datamodule = VitronDataModule(
+        stage_processor(model, stage), data, val_data, batch_size, seed=seed
+    )
+    options = {
+        "max_steps": max_steps, "accelerator": accelerator, "devices": 1,
+        "default_root_dir": str(Path(output) / "lightning"), "enable_checkpointing": checkpoints,
+        "logger": checkpoints, "enable_model_summary": False, "log_every_n_steps": 1,
+        "limit_val_batches": None if val_data is not None else 0,
+    }  # fmt: skip
+    options.update(trainer_options)
+    L.Trainer(**options).fit(module, datamodule=datamodule)
+    module.export(output)
+    return {
+        "first_loss": module.losses[0],
+        "last_loss": module.losses[-1],
+        "trainable": module.trainable,
+    }

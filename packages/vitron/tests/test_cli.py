@@ -1,0 +1,173 @@
+"""The ``vitron`` command end to end on tiny components saved to folders."""
+
+# ruff: noqa: E501
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitron.cli import main, parse_settings
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_vitron")
+    assert main(["tiny-model", str(folder / "model"), "--seed", "0"]) == 0
+    return folder / "model"
+
+
+@pytest.fixture
+def image_file(tmp_path, image):
+    path = tmp_path / "dog.png"
+    image.save(path)
+    return path
+
+
+def test_run_with_scripted_reply(
+    tmp_path, capsys, model_dir, specialists_file, image_file, segment_then_edit, reply_with_calls
+):
+    reply = tmp_path / "reply.txt"
+    reply.write_text(
+        reply_with_calls("Segmenting the dog, then painting a cat.", segment_then_edit)
+    )
+    out = tmp_path / "out"
+    status = main([
+        "run", "segment the dog and make it a cat", "--image", str(image_file), "-o", str(out),
+        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+        "--max-new-tokens", "4", "--set", "itaclip.signal_weight=0.0",
+    ])  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "edit_image.png",
+        "fix_image.png",
+        "seg_mask.png",
+        "seg_overlay.png",
+        "turn.json",
+    ]
+    turn = json.loads((out / "turn.json").read_text())
+    assert [o["status"] for o in turn["outcomes"][0]] == ["ok", "ok", "ok"]
+    assert turn["replies"][0]["scripted"] is True and turn["replies"][1]["scripted"] is False
+    printed = capsys.readouterr().out
+    assert "[seg] segment_image: ok - mask of 'dog' covers" in printed
+    assert printed.rstrip("\n").endswith(turn["answer"])
+
+
+def test_run_with_a_region_flag(tmp_path, model_dir, specialists_file, image_file):
+    reply = tmp_path / "reply.txt"
+    reply.write_text("<module>B</module><instruction>the dog</instruction>")
+    out = tmp_path / "out"
+    status = main([
+        "run", "where is the dog in this box?", "--image", str(image_file), "-o", str(out),
+        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+        "--box", "0,0,32,24@0", "--max-new-tokens", "2",
+    ])  # fmt: skip
+    assert status == 0
+    turn = json.loads((out / "turn.json").read_text())
+    assert turn["user"].endswith("where is the dog in this box? (region 0: <region>)")
+    assert turn["invocations"][0]["calls"][0]["args"] == {"text": "the dog", "image": "$image0"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--box", "0,0,10,10@1"], r"--box refers to image 1, but 1 image\(s\) were given"),
+        (["--box", "0,0,10"], r"box must be four numbers"),
+        (["--set", "itaclip=3"], r"--set takes ADAPTER.OPTION=VALUE, got 'itaclip=3'"),
+        (["--set", "itaclip.strid=3"], r"unknown options \['strid'\] for specialist 'itaclip'"),
+        (["--reply-file", "missing.txt"], r"--reply-file missing.txt does not exist"),
+        (["--max-rounds", "0"], r"--max-rounds must be >= 1, got 0"),
+        (["--specialists", "nope.json"], r"--specialists nope.json does not exist"),
+    ],
+)
+def test_run_bad_inputs(tmp_path, model_dir, image_file, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        main(
+            [
+                "run",
+                "x",
+                "--image",
+                str(image_file),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                str(model_dir),
+                *extra,
+            ]
+        )
+
+
+def test_parse_command(capsys):
+    assert (
+        main(
+            [
+                "parse",
+                "Ok.</s><module> C </module><instruction>edit: write Note: closed</instruction><region>1,2,3,4</region>",
+            ]
+        )
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert data["text"] == "Ok." and data["grammar"] == "tags"
+    assert data["invocation"]["calls"][0]["args"] == {
+        "text": "write Note: closed",
+        "image": "$image0",
+        "region": {"box": [1.0, 2.0, 3.0, 4.0]},
+    }
+    assert main(["parse", "<module>Z</module>"]) == 1
+    assert "unknown module 'Z'" in capsys.readouterr().err
+
+
+def test_specialists_command(capsys, specialists_file):
+    assert main(["specialists", "--specialists", str(specialists_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "itaclip            segment_image, segment_video" in printed
+    assert "consumes text, image, region, mask, signal" in printed  # diffusers-inpaint
+
+
+def test_chat_session(tmp_path, capsys, model_dir, specialists_file, image_file):
+    from vitron.cli import build_parser, run_chat
+
+    args = build_parser().parse_args([
+        "chat", "--model", str(model_dir), "--specialists", str(specialists_file), "-o", str(tmp_path / "chat"),
+        "--max-new-tokens", "3",
+    ])  # fmt: skip
+    lines = io.StringIO(
+        f"/image {image_file}\n/box 0,0,10,10\n/box 0,0,10,10@4\nwhat is this?\n/frobnicate\n/reset\n/quit\nnever read\n"
+    )
+    assert run_chat(args, stdin=lines) == 0
+    printed = capsys.readouterr().out
+    assert "(image $image0 added)" in printed and "(region added)" in printed
+    assert "error: /box refers to image 4, but 1 image(s) were given" in printed  # and it went on
+    turn = json.loads((tmp_path / "chat" / "turn_001.json").read_text())
+    assert turn["user"].startswith("<image>\nwhat is this? (region 0: <region>)")
+    assert "unknown command /frobnicate" in printed and "(conversation reset)" in printed
+
+
+def test_tiny_specialists_and_train_commands(tmp_path, capsys, model_dir):
+    assert main(["tiny-specialists", str(tmp_path / "spec"), "--no-video"]) == 0
+    options = json.loads((tmp_path / "spec" / "specialists.json").read_text())
+    assert sorted(options) == ["diffusers-image", "diffusers-inpaint", "itaclip", "semanir"]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    record = {
+        "images": ["a.png"],
+        "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "black"}],
+    }
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    status = main([
+        "train", "--model", str(model_dir), "--data", str(tmp_path / "data.jsonl"), "--stage", "1",
+        "-o", str(tmp_path / "trained"), "--max-steps", "2", "--batch-size", "1", "--lr", "1e-3",
+        "--accelerator", "cpu",
+    ])  # fmt: skip
+    assert status == 0
+    assert (tmp_path / "trained" / "model.safetensors").is_file()
+    assert "stage 1: loss" in capsys.readouterr().out
+
+
+def test_parse_settings():
+    assert parse_settings(["itaclip.signal_weight=0.5", "itaclip.preset=voc21", "semanir.model=null"]) == {
+        "itaclip": {"signal_weight": 0.5, "preset": "voc21"}, "semanir": {"model": None},
+    }  # fmt: skip
