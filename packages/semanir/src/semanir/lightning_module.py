@@ -192,7 +192,9 @@ class RestorationModule(L.LightningModule):
             return
         rank_zero_info(f"cosine schedule length {schedule.total_steps} -> {total} steps")
         schedule.total_steps = total
-        for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        for group, base_lr in zip(
+            scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True
+        ):
             group["lr"] = base_lr * schedule(scheduler.last_epoch)
 
     def _total_steps(self) -> int:
