@@ -1,0 +1,309 @@
+"""The Pixelsmith cascade: plain SDXL at the base size, then guided stages up to the target.
+
+    image = generate_cascade(pipe, "a lighthouse", sizes=[1024, 2048, 4096], sliders=[20, 30])
+
+Stages hand latents to each other: the previous latent is decoded tile by tile (floats, no
+uint8 round trip unless ``handover="uint8"`` or faithful mode), Lanczos-resized region by
+region and encoded tile by tile into the next guidance latent. With an output path the final
+image is streamed to disk (BigTIFF for .tif) and the run is checkpointed after every step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pixelsmith.checkpoint import CheckpointStore
+from pixelsmith.config import PixelsmithConfig, validate_cascade
+from pixelsmith.io import MAX_PIL_PIXELS, check_output_path, collect_uint8, write_image
+from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, TextConditioning
+
+StepCallback = Callable[[int, int, Tensor], None]
+
+
+def pipeline_identity(pipe: PixelsmithPipeline) -> dict:
+    """What identifies the model of a run in its checkpoint (names, configs, a weight checksum)."""
+    checksum = float(next(pipe.unet.parameters()).detach().double().sum())
+    return {
+        "name_or_path": str(getattr(pipe, "name_or_path", "") or ""),
+        "unet": type(pipe.unet).__name__,
+        "vae": dict(pipe.vae.config),
+        "scheduler": [type(pipe.scheduler).__name__, dict(pipe.scheduler.config)],
+        "unet_checksum": checksum,
+    }
+
+
+def intermediate_path(output: Path, size: tuple[int, int]) -> Path:
+    """Where the image of an intermediate stage goes: ``<stem>_<H>x<W><suffix>``."""
+    return output.with_name(f"{output.stem}_{size[0]}x{size[1]}{output.suffix}")
+
+
+@torch.no_grad()
+def generate_cascade(
+    pipe: PixelsmithPipeline,
+    prompt: str,
+    sizes: Sequence[int | tuple[int, int]],
+    sliders: Sequence[int],
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    seed: int | None = 0,
+    output: str | Path | None = None,
+    negative_prompt: str | None = None,
+    prompt_2: str | None = None,
+    negative_prompt_2: str | None = None,
+    config: PixelsmithConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    keep_checkpoint: bool = False,
+    save_intermediate: bool = False,
+    compression: str | None = None,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> Image.Image | Path:
+    """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
+
+    Args:
+        pipe: the pipeline (any SDXL-compatible components).
+        prompt: the prompt.
+        sizes: stage sizes in px (int = square, or (height, width)); ``sizes[0]`` is made by
+            plain SDXL, every later size by a Pixelsmith stage.
+        sliders: one slider per later stage, an int in [1, num_inference_steps].
+        num_inference_steps: denoising steps of every stage.
+        guidance_scale: CFG scale.
+        seed: seed of the CPU generator behind every random draw; ``None`` draws one (and a
+            resumed run reuses the checkpoint's).
+        output: write the final image here (.tif/.tiff: streamed BigTIFF; .png/.jpg/.webp/.bmp:
+            PIL) and return the path; ``None`` returns a PIL image (at most 16384^2 px).
+        negative_prompt: negative prompt (zero embeddings when ``None``, SDXL's default).
+        prompt_2: prompt of the second text encoder (defaults to ``prompt``).
+        negative_prompt_2: negative prompt of the second text encoder.
+        config: sampler, tiling and hand-over settings.
+        checkpoint_dir: checkpoint folder; default ``<output>.pixelsmith`` when ``output`` is
+            given, else no checkpoints. An existing checkpoint of the same run is resumed.
+        checkpoint_every: save the latent state every this many steps.
+        keep_checkpoint: keep the checkpoint folder after success (deleted otherwise).
+        save_intermediate: also write every earlier stage's image next to ``output``
+            (``<stem>_<H>x<W><suffix>``).
+        compression: TIFF compression passed to tifffile (e.g. ``"zlib"``).
+        progress: show progress bars (stages, steps, VAE tiles).
+        callback: called as ``callback(stage, step, latents)`` after every Pixelsmith step.
+
+    Returns:
+        The final PIL image, or the path of the written file when ``output`` is given.
+    """
+    config = config or PixelsmithConfig()
+    stages = validate_cascade(
+        sizes,
+        sliders,
+        num_inference_steps,
+        vae_scale_factor=pipe.vae_scale_factor,
+        patch_size=config.patch_size,
+    )
+    if len(stages) > 1:
+        pipe.check_scheduler()
+        pipe.check_patch_size(config.patch_size)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    final_size = stages[-1]
+    if output is not None:
+        output = check_output_path(output, *final_size)
+        if save_intermediate:
+            for size in stages[:-1]:
+                check_output_path(intermediate_path(output, size), *size)
+        if checkpoint_dir is None:
+            checkpoint_dir = output.with_name(f"{output.name}.pixelsmith")
+    elif final_size[0] * final_size[1] > MAX_PIL_PIXELS:
+        raise ValueError(
+            f"a {final_size[0]}x{final_size[1]} image is too large to return in RAM "
+            f"(at most {MAX_PIL_PIXELS} px); pass output='image.tif' to stream it to disk"
+        )
+    elif save_intermediate:
+        raise ValueError("save_intermediate=True needs an output path")
+    settings = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "prompt_2": prompt_2,
+        "negative_prompt_2": negative_prompt_2,
+        "sizes": stages,
+        "sliders": list(sliders),
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "config": config.to_dict(),
+        "model": pipeline_identity(pipe),
+    }
+    store = (
+        CheckpointStore(checkpoint_dir, settings, seed, device=pipe._execution_device)
+        if checkpoint_dir is not None
+        else None
+    )
+    if store is not None:
+        seed = store.seed
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    text = pipe.encode_text(
+        prompt,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        prompt_2=prompt_2,
+        negative_prompt_2=negative_prompt_2,
+    )
+    run = _CascadeRun(
+        pipe,
+        text,
+        stages,
+        list(sliders),
+        num_inference_steps,
+        config,
+        generator,
+        store,
+        checkpoint_every,
+        progress,
+        callback,
+        output if save_intermediate else None,
+    )
+    latents = run.all_stages()
+    height, width = final_size
+    rows = pipe.decoded_rows(latents, config=config, progress=progress)
+    if output is None:
+        result: Image.Image | Path = Image.fromarray(collect_uint8(rows, height, width))
+    else:
+        result = write_image(rows, output, height, width, compression=compression)
+    if store is not None and not keep_checkpoint:
+        store.remove()
+    return result
+
+
+class _CascadeRun:
+    """The stages of one cascade, with checkpoints (internal helper of generate_cascade)."""
+
+    def __init__(
+        self,
+        pipe: PixelsmithPipeline,
+        text: TextConditioning,
+        stages: list[tuple[int, int]],
+        sliders: list[int],
+        num_steps: int,
+        config: PixelsmithConfig,
+        generator: torch.Generator,
+        store: CheckpointStore | None,
+        checkpoint_every: int,
+        progress: bool,
+        callback: StepCallback | None,
+        intermediate_output: Path | None,
+    ) -> None:
+        self.pipe = pipe
+        self.text = text
+        self.stages = stages
+        self.sliders = sliders
+        self.num_steps = num_steps
+        self.config = config
+        self.generator = generator
+        self.store = store
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.callback = callback
+        self.intermediate_output = intermediate_output
+
+    def all_stages(self) -> Tensor:
+        """Run (or reload) every stage; the final (1, C, h, w) latent."""
+        latents: Tensor | None = None
+        bar = tqdm(self.stages, desc="stages", unit="stage", disable=not self.progress)
+        for stage, size in enumerate(bar):
+            bar.set_postfix(size=f"{size[0]}x{size[1]}")
+            final = self.store.load_final(stage) if self.store is not None else None
+            if final is not None:
+                latents, state = final
+                self.generator.set_state(state)
+                continue
+            if stage == 0:
+                latents = self.pipe.generate_base(
+                    self.text,
+                    *size,
+                    num_inference_steps=self.num_steps,
+                    generator=self.generator,
+                    eta=self.config.eta,
+                    progress=self.progress,
+                )
+            else:
+                latents = self.pixelsmith_stage(stage, latents)
+            if self.store is not None:
+                self.store.save_final(stage, latents, self.generator.get_state())
+        return latents
+
+    def pixelsmith_stage(self, stage: int, previous: Tensor | None) -> Tensor:
+        pipe, config, store = self.pipe, self.config, self.store
+        inputs = store.load_inputs(stage) if store is not None else None
+        progress_state = store.load_progress(stage) if store is not None else None
+        if inputs is not None and progress_state is not None:
+            guidance, noise = inputs
+            latents, start, state = progress_state
+            self.generator.set_state(state)
+        else:
+            guidance = self.guidance_latents(stage, previous)
+            latents, noise = pipe.prepare_stage(
+                guidance,
+                num_inference_steps=self.num_steps,
+                config=config,
+                generator=self.generator,
+            )
+            start = 0
+            if store is not None:
+                store.save_inputs(stage, guidance, noise)
+                store.save_progress(stage, latents, 0, self.generator.get_state())
+
+        def on_step(step: int, current: Tensor) -> None:
+            done = step + 1
+            if store is not None and (done % self.checkpoint_every == 0 or done == self.num_steps):
+                store.save_progress(stage, current, done, self.generator.get_state())
+            if self.callback is not None:
+                self.callback(stage, step, current)
+
+        pipe.sample_stage(
+            self.text,
+            guidance,
+            noise,
+            latents,
+            slider=self.sliders[stage - 1],
+            num_inference_steps=self.num_steps,
+            config=config,
+            generator=self.generator,
+            start_step=start,
+            on_step=on_step,
+            progress=self.progress,
+        )
+        return latents
+
+    def guidance_latents(self, stage: int, previous: Tensor) -> Tensor:
+        """Decode the previous stage, resize it to this stage's size, encode it."""
+        size = self.stages[stage]
+        save_to = None
+        if self.intermediate_output is not None:
+            previous_size = self.stages[stage - 1]
+            path = intermediate_path(self.intermediate_output, previous_size)
+
+            def save_to(blocks: Iterator[tuple[int, Tensor]]) -> None:
+                write_image(blocks, path, *previous_size)
+
+        parent = self.store.directory if self.store is not None else None
+        with tempfile.TemporaryDirectory(prefix="pixelsmith-", dir=parent) as workdir:
+            source = self.pipe.guidance_source(
+                previous,
+                size,
+                config=self.config,
+                workdir=Path(workdir),
+                progress=self.progress,
+                save_to=save_to,
+            )
+            return self.pipe.encode_guidance(
+                source, config=self.config, generator=self.generator, progress=self.progress
+            )

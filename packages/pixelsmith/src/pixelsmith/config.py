@@ -1,0 +1,200 @@
+"""Settings of the Pixelsmith sampler and of the cascade, with validation of user input."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PATCH_SCHEDULERS = ("grid", "random")
+POSTERIORS = ("sample", "mean")
+HANDOVERS = ("float", "uint8")
+BLENDS = ("none", "linear", "gaussian")
+
+
+def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]`` (``high=None``: no upper bound)."""
+    accepted = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {accepted}, got {value}")
+    return value
+
+
+def _require_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PixelsmithConfig:
+    """How a Pixelsmith stage is sampled, encoded and decoded (sizes in latent pixels).
+
+    Args:
+        patch_size: side of the square latent patch the UNet sees (128 = 1024 px for SDXL).
+        band: width in latent px of the seam band averaged around the due region of a patch.
+        patch_scheduler: ``"grid"`` (deterministic overlapping grid, the minimum number of
+            patches per step, disjoint patches batched) or ``"random"`` (the paper's random
+            centres); ``None`` picks ``"random"`` when ``faithful`` else ``"grid"``.
+        patch_batch_size: at most this many disjoint patches per UNet call (x2 with CFG).
+        grid_min_overlap: the grid adds patches per axis until neighbours overlap by at least
+            this many latent px (0 = the minimum number of patches; seams may then be fixed).
+        faithful: reproduce the official sampler (random placement with a permutation per
+            patch, fusion before revert, the start latent aliasing the step-0 guidance, fp16
+            guidance noise, a discarded start draw, crop coordinates (left, left), uint8
+            hand-over, one patch per UNet call).
+        guidance_posterior: ``"sample"`` the VAE posterior for the guidance latent (official)
+            or take its ``"mean"``.
+        handover: how the previous stage reaches the next one: ``"float"`` (decoded floats,
+            Lanczos in float) or ``"uint8"`` (quantised like a saved image, PIL Lanczos);
+            ``None`` = ``"uint8"`` when ``faithful`` else ``"float"``.
+        vae_tile: VAE encode/decode tile side in latent px.
+        vae_overlap: overlap of neighbouring VAE tiles in latent px, in [0, vae_tile).
+        vae_blend: blending of overlapping VAE tiles (``"none"``, ``"linear"``, ``"gaussian"``).
+        max_ram_pixels: decoded intermediate images above this many pixels go to a disk
+            memmap instead of RAM.
+        eta: DDIM eta (0 = deterministic), passed to schedulers that take it.
+    """
+
+    patch_size: int = 128
+    band: int = 10
+    patch_scheduler: str | None = None
+    patch_batch_size: int = 4
+    grid_min_overlap: int = 0
+    faithful: bool = False
+    guidance_posterior: str = "sample"
+    handover: str | None = None
+    vae_tile: int = 128
+    vae_overlap: int = 16
+    vae_blend: str = "linear"
+    max_ram_pixels: int = 2**27
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require_int("patch_size", self.patch_size, 1)
+        _require_int("band", self.band, 0)
+        if self.patch_scheduler is not None:
+            _require_choice("patch_scheduler", self.patch_scheduler, PATCH_SCHEDULERS)
+        if self.faithful and self.patch_scheduler == "grid":
+            raise ValueError(
+                "patch_scheduler='grid' is not available with faithful=True: the official "
+                "sampler places patches at random centres (use patch_scheduler='random' or None)"
+            )
+        _require_int("patch_batch_size", self.patch_batch_size, 1)
+        _require_int("grid_min_overlap", self.grid_min_overlap, 0, self.patch_size - 1)
+        _require_choice("guidance_posterior", self.guidance_posterior, POSTERIORS)
+        if self.handover is not None:
+            _require_choice("handover", self.handover, HANDOVERS)
+        _require_int("vae_tile", self.vae_tile, 1)
+        _require_int("vae_overlap", self.vae_overlap, 0, self.vae_tile - 1)
+        _require_choice("vae_blend", self.vae_blend, BLENDS)
+        _require_int("max_ram_pixels", self.max_ram_pixels, 1)
+        if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be a float in [0, 1], got {self.eta!r}")
+
+    @property
+    def scheduler_name(self) -> str:
+        """The patch scheduler actually used."""
+        if self.patch_scheduler is not None:
+            return self.patch_scheduler
+        return "random" if self.faithful else "grid"
+
+    @property
+    def handover_mode(self) -> str:
+        """The stage hand-over actually used."""
+        if self.handover is not None:
+            return self.handover
+        return "uint8" if self.faithful else "float"
+
+    @property
+    def batch_limit(self) -> int:
+        """Patches per UNet call: one in faithful mode (as the official sampler)."""
+        return 1 if self.faithful else self.patch_batch_size
+
+    def replace(self, **changes: object) -> PixelsmithConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_size(value: int | Sequence[int] | str) -> tuple[int, int]:
+    """A stage size as ``(height, width)`` px: an int (square), an (h, w) pair or "HxW"."""
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"a size must be an int or 'HEIGHTxWIDTH', got {value!r}") from None
+        value = numbers[0] if len(numbers) == 1 else numbers
+    if isinstance(value, bool):
+        raise TypeError(f"a size must be an int or an (height, width) pair, got {value!r}")
+    if isinstance(value, int):
+        return value, value
+    pair = tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+        raise ValueError(f"a size must be an int or an (height, width) pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def validate_cascade(
+    sizes: Sequence[int | Sequence[int] | str],
+    sliders: Sequence[int],
+    num_inference_steps: int,
+    *,
+    vae_scale_factor: int,
+    patch_size: int,
+) -> list[tuple[int, int]]:
+    """Check the stage sizes and sliders of a cascade; return the sizes as (h, w) px.
+
+    Args:
+        sizes: stage sizes in px, the first generated by plain SDXL.
+        sliders: one slider per higher stage, each an int in [1, num_inference_steps].
+        num_inference_steps: denoising steps of every stage.
+        vae_scale_factor: px per latent px (8 for SDXL).
+        patch_size: latent patch side; higher stages must be at least this large.
+    """
+    _require_int("num_inference_steps", num_inference_steps, 1)
+    if isinstance(sizes, (str, int)) or len(sizes) == 0:
+        raise ValueError(f"sizes must be a non-empty list of stage sizes, got {sizes!r}")
+    parsed = [parse_size(s) for s in sizes]
+    for index, (height, width) in enumerate(parsed):
+        if height < vae_scale_factor or width < vae_scale_factor:
+            raise ValueError(
+                f"sizes[{index}] must be >= {vae_scale_factor} px, got {height}x{width}"
+            )
+        if height % vae_scale_factor or width % vae_scale_factor:
+            raise ValueError(
+                f"sizes[{index}] must be multiples of the VAE scale factor {vae_scale_factor}, "
+                f"got {height}x{width}"
+            )
+    for index in range(1, len(parsed)):
+        (ph, pw), (h, w) = parsed[index - 1], parsed[index]
+        if h < ph or w < pw or (h, w) == (ph, pw):
+            raise ValueError(
+                f"sizes must grow stage by stage (no side smaller than the previous stage's and "
+                f"not equal to it), got sizes[{index - 1}] = {ph}x{pw} then "
+                f"sizes[{index}] = {h}x{w}"
+            )
+        if h < patch_size * vae_scale_factor or w < patch_size * vae_scale_factor:
+            raise ValueError(
+                f"sizes[{index}] = {h}x{w} is smaller than one patch "
+                f"({patch_size * vae_scale_factor} px = patch_size {patch_size} latent px); "
+                f"use larger sizes or a smaller patch_size"
+            )
+    if isinstance(sliders, int) or len(sliders) != len(parsed) - 1:
+        raise ValueError(
+            f"sliders must hold one slider per stage after the first "
+            f"({len(parsed) - 1} for {len(parsed)} sizes), got {sliders!r}"
+        )
+    for index, slider in enumerate(sliders):
+        check_slider(slider, num_inference_steps, name=f"sliders[{index}]")
+    return parsed
+
+
+def check_slider(slider: object, num_inference_steps: int, name: str = "slider") -> int:
+    """The slider must be an int in [1, num_inference_steps]."""
+    return _require_int(name, slider, 1, num_inference_steps)

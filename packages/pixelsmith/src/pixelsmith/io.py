@@ -1,0 +1,151 @@
+"""Writing decoded images: BigTIFF streamed tile by tile, or PIL formats for small images.
+
+Writers consume ``(top, rows)`` blocks from :func:`pixelsmith.tiling.decoded_rows` and write to a
+temporary file that replaces the target only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from torch import Tensor
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+MAX_PIL_PIXELS = 2**28  # 16384^2; larger images are written as BigTIFF
+TIFF_TILE = 512
+
+RowBlocks = Iterable[tuple[int, Tensor]]
+
+
+def check_output_path(path: str | Path, height: int, width: int) -> Path:
+    """Validate the output suffix (and the size for PIL formats) before any work is done."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    accepted = ", ".join((*TIFF_SUFFIXES, *PIL_FORMATS))
+    if suffix not in TIFF_SUFFIXES and suffix not in PIL_FORMATS:
+        raise ValueError(f"output must end with one of {accepted}, got {str(path)!r}")
+    if suffix in PIL_FORMATS and height * width > MAX_PIL_PIXELS:
+        raise ValueError(
+            f"output {str(path)!r}: a {height}x{width} image is too large for {suffix} "
+            f"(held in RAM; at most {MAX_PIL_PIXELS} px); use a .tif output (BigTIFF, streamed)"
+        )
+    if not path.parent.exists():
+        raise ValueError(f"output folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def to_uint8(rows: Tensor) -> np.ndarray:
+    """(3, r, W) pixels in [-1, 1] -> (r, W, 3) uint8 (diffusers' rounding)."""
+    scaled = rows.float() / 2  # one temporary, then in place: (x / 2 + 0.5) clamped, * 255
+    scaled.add_(0.5).clamp_(0, 1).mul_(255).round_()
+    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # (r, W, 3)
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` that replaces it when the block succeeds."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tiff_tiles(blocks: RowBlocks, width: int, tile: int) -> Iterator[np.ndarray]:
+    """Regroup row blocks into (tile, tile, 3) tiles, row-major (edge tiles are smaller)."""
+    band = np.empty((tile, width, 3), dtype=np.uint8)
+    filled = 0
+    for _, rows in blocks:
+        array = to_uint8(rows)
+        used = 0
+        while used < array.shape[0]:
+            take = min(tile - filled, array.shape[0] - used)
+            band[filled : filled + take] = array[used : used + take]
+            filled += take
+            used += take
+            if filled == tile:
+                yield from _band_tiles(band, width, tile)
+                filled = 0
+    if filled:
+        yield from _band_tiles(band[:filled], width, tile)
+
+
+def _band_tiles(band: np.ndarray, width: int, tile: int) -> Iterator[np.ndarray]:
+    for left in range(0, width, tile):
+        yield np.ascontiguousarray(band[:, left : left + tile])
+
+
+def write_tiff(
+    blocks: RowBlocks,
+    path: str | Path,
+    height: int,
+    width: int,
+    *,
+    tile: int = TIFF_TILE,
+    compression: str | None = None,
+) -> Path:
+    """Stream row blocks into a tiled RGB BigTIFF (atomic).
+
+    Args:
+        blocks: ``(top, (3, r, width))`` pixel rows in [-1, 1], in order, covering the image.
+        path: output file.
+        height: image height.
+        width: image width.
+        tile: TIFF tile side (a multiple of 16).
+        compression: tifffile compression (e.g. ``"zlib"``) or ``None``.
+    """
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            data=_tiff_tiles(blocks, width, tile),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            photometric="rgb",
+            tile=(tile, tile),
+            bigtiff=True,
+            compression=compression,
+            metadata=None,
+        )
+    return path
+
+
+def collect_uint8(blocks: RowBlocks, height: int, width: int) -> np.ndarray:
+    """Assemble row blocks into an (H, W, 3) uint8 array."""
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    for top, rows in blocks:
+        image[top : top + rows.shape[1]] = to_uint8(rows)
+    return image
+
+
+def write_pil(blocks: RowBlocks, path: str | Path, height: int, width: int) -> Path:
+    """Assemble row blocks in RAM and save with PIL in the format of the suffix (atomic)."""
+    path = Path(path)
+    image = Image.fromarray(collect_uint8(blocks, height, width))
+    with atomic_target(path) as tmp:
+        image.save(tmp, format=PIL_FORMATS[path.suffix.lower()])
+    return path
+
+
+def write_image(
+    blocks: RowBlocks,
+    path: str | Path,
+    height: int,
+    width: int,
+    *,
+    compression: str | None = None,
+) -> Path:
+    """BigTIFF (streamed) for .tif/.tiff, PIL otherwise."""
+    path = check_output_path(path, height, width)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return write_tiff(blocks, path, height, width, compression=compression)
+    return write_pil(blocks, path, height, width)

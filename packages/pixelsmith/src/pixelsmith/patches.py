@@ -1,0 +1,279 @@
+"""Where the patches of a denoising step go: a deterministic grid or the paper's random centres.
+
+A planner turns one step into a list of *batches*; the patches of a batch are pairwise disjoint,
+so denoising them in one UNet call equals denoising them one after the other. Together the
+patches of a step cover every latent pixel. Planning only depends on coverage, never on latent
+values, so a whole step is planned (and its random draws made) before the UNet runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A square latent patch and the checkerboard rolls drawn for its chess mask.
+
+    Args:
+        top: first latent row.
+        left: first latent column.
+        size: side in latent px.
+        roll_left: roll the checkerboard one pixel to the left.
+        roll_down: roll the checkerboard one pixel down.
+    """
+
+    top: int
+    left: int
+    size: int
+    roll_left: bool = False
+    roll_down: bool = False
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, cols) selecting the patch from an (..., h, w) tensor."""
+        return slice(self.top, self.top + self.size), slice(self.left, self.left + self.size)
+
+    def overlaps(self, other: Patch) -> bool:
+        return (
+            self.top < other.top + other.size
+            and other.top < self.top + self.size
+            and self.left < other.left + other.size
+            and other.left < self.left + self.size
+        )
+
+
+def chess_mask(patch: Patch, device: torch.device | str | None = None) -> Tensor:
+    """(size, size) bool checkerboard, True where the guidance replaces the latent.
+
+    The base board is True where ``row + col`` is even; ``roll_left`` rolls it one pixel left
+    (``torch.roll`` by -1 on columns) and ``roll_down`` one pixel down (+1 on rows).
+    """
+    index = torch.arange(patch.size, device=device)
+    board = (index[:, None] + index[None, :]) % 2 == 0  # (size, size)
+    if patch.roll_left:
+        board = board.roll(-1, dims=1)
+    if patch.roll_down:
+        board = board.roll(1, dims=0)
+    return board
+
+
+def minimum_patches(height: int, width: int, patch_size: int) -> int:
+    """ceil(h / p) * ceil(w / p): no placement of p x p patches covers h x w with fewer."""
+    return math.ceil(height / patch_size) * math.ceil(width / patch_size)
+
+
+def grid_offsets(size: int, patch_size: int, min_overlap: int = 0) -> list[int]:
+    """Evenly spread patch offsets along one axis, as few as possible.
+
+    The count starts at ceil(size / patch) and grows until neighbours overlap by at least
+    ``min_overlap`` px (offsets are rounded, so the smallest overlap is checked exactly).
+    """
+    if size < patch_size:
+        raise ValueError(f"an axis of {size} latent px is smaller than the patch ({patch_size})")
+    if size == patch_size:
+        return [0]
+    count = max(2, math.ceil(size / patch_size))
+    while True:
+        span = size - patch_size
+        offsets = [(i * span + (count - 1) // 2) // (count - 1) for i in range(count)]
+        overlap = patch_size - max(b - a for a, b in itertools.pairwise(offsets))
+        if overlap >= min_overlap or count > span:
+            return offsets
+        count += 1
+
+
+def _draw_rolls(generator: torch.Generator) -> tuple[bool, bool]:
+    """Two uniform draws (shift left, then shift down); each rolls the board when below 0.5."""
+    left = float(torch.rand(1, generator=generator)) < 0.5
+    down = float(torch.rand(1, generator=generator)) < 0.5
+    return left, down
+
+
+class PatchPlanner(ABC):
+    """Plans the patches of each step over an ``height x width`` latent.
+
+    Args:
+        height: latent height.
+        width: latent width.
+        patch_size: patch side in latent px (at most height and width).
+        batch_size: at most this many disjoint patches per batch (UNet call).
+        always_draw_rolls: draw the two checkerboard rolls for every patch, even at steps
+            without a chess mask (the official sampler does; it changes the random stream).
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        patch_size: int,
+        batch_size: int = 1,
+        *,
+        always_draw_rolls: bool = False,
+    ) -> None:
+        if patch_size > height or patch_size > width:
+            raise ValueError(
+                f"patch_size ({patch_size}) must not exceed the latent size ({height}x{width})"
+            )
+        self.height = height
+        self.width = width
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.always_draw_rolls = always_draw_rolls
+
+    @abstractmethod
+    def plan(self, step: int, *, chess: bool, generator: torch.Generator) -> list[list[Patch]]:
+        """The batches of step ``step``; ``chess`` says whether rolls are needed."""
+
+    def _with_rolls(self, patch: Patch, chess: bool, generator: torch.Generator) -> Patch:
+        if not (chess or self.always_draw_rolls):
+            return patch
+        left, down = _draw_rolls(generator)
+        return Patch(patch.top, patch.left, patch.size, left, down)
+
+
+class GridPlanner(PatchPlanner):
+    """A fixed overlapping grid with the minimum number of patches per step.
+
+    Batches group pairwise-disjoint patches (greedy first fit in row-major order, at most
+    ``batch_size`` each); odd steps run the batches in reverse order so the seam bands are
+    averaged from alternating sides.
+
+    Args:
+        min_overlap: see :func:`grid_offsets`.
+        (others as :class:`PatchPlanner`.)
+    """
+
+    name = "grid"
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        patch_size: int,
+        batch_size: int = 1,
+        *,
+        min_overlap: int = 0,
+        always_draw_rolls: bool = False,
+    ) -> None:
+        super().__init__(height, width, patch_size, batch_size, always_draw_rolls=always_draw_rolls)
+        rows = grid_offsets(height, patch_size, min_overlap)
+        cols = grid_offsets(width, patch_size, min_overlap)
+        self.layout = _first_fit_batches(
+            [Patch(top, left, patch_size) for top in rows for left in cols], batch_size
+        )
+
+    def plan(self, step: int, *, chess: bool, generator: torch.Generator) -> list[list[Patch]]:
+        order = self.layout if step % 2 == 0 else self.layout[::-1]
+        return [[self._with_rolls(p, chess, generator) for p in batch] for batch in order]
+
+
+def _first_fit_batches(patches: list[Patch], batch_size: int) -> list[list[Patch]]:
+    batches: list[list[Patch]] = []
+    for patch in patches:
+        for batch in batches:
+            if len(batch) < batch_size and not any(patch.overlaps(q) for q in batch):
+                batch.append(patch)
+                break
+        else:
+            batches.append([patch])
+    return batches
+
+
+class RandomPlanner(PatchPlanner):
+    """The paper's placement: the next centre is a random not-yet-denoised pixel.
+
+    The centre is clamped so the patch lies inside the latent. Consecutive patches that are
+    disjoint from the open batch join it (same result as running them one by one).
+
+    Args:
+        permutation_draw: draw the centre as the first element of a random permutation of all
+            pending pixels (row-major), as the official code; O(h w) per patch. Otherwise one
+            ``randint`` picks it (same distribution, O(h + w) per patch).
+        (others as :class:`PatchPlanner`.)
+    """
+
+    name = "random"
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        patch_size: int,
+        batch_size: int = 1,
+        *,
+        permutation_draw: bool = False,
+        always_draw_rolls: bool = False,
+    ) -> None:
+        super().__init__(height, width, patch_size, batch_size, always_draw_rolls=always_draw_rolls)
+        self.permutation_draw = permutation_draw
+
+    def _draw_index(self, count: int, generator: torch.Generator) -> int:
+        if self.permutation_draw:
+            return int(torch.randperm(count, generator=generator)[0])
+        return int(torch.randint(count, (1,), generator=generator))
+
+    def plan(self, step: int, *, chess: bool, generator: torch.Generator) -> list[list[Patch]]:
+        height, width, size = self.height, self.width, self.patch_size
+        half = size // 2
+        pending = torch.ones(height, width, dtype=torch.bool)  # (h, w)
+        row_counts = torch.full((height,), width, dtype=torch.int64)  # pending pixels per row
+        remaining = height * width
+        batches: list[list[Patch]] = []
+        while remaining > 0:
+            index = self._draw_index(remaining, generator)
+            cumulative = row_counts.cumsum(0)
+            row = int(torch.searchsorted(cumulative, index, right=True))
+            before = int(cumulative[row - 1]) if row > 0 else 0
+            col = int(pending[row].nonzero()[index - before, 0])
+            top = min(max(row, half), height - size + half) - half
+            left = min(max(col, half), width - size + half) - half
+            patch = self._with_rolls(Patch(top, left, size), chess, generator)
+            rows, cols = patch.slices
+            cleared = pending[rows, cols].sum(1)  # (size,) pending pixels per patch row
+            pending[rows, cols] = False
+            row_counts[rows] -= cleared
+            remaining -= int(cleared.sum())
+            open_batch = batches[-1] if batches else None
+            if (
+                open_batch is not None
+                and len(open_batch) < self.batch_size
+                and not any(patch.overlaps(q) for q in open_batch)
+            ):
+                open_batch.append(patch)
+            else:
+                batches.append([patch])
+        return batches
+
+
+def make_planner(
+    name: str,
+    height: int,
+    width: int,
+    patch_size: int,
+    *,
+    batch_size: int,
+    faithful: bool,
+    min_overlap: int = 0,
+) -> PatchPlanner:
+    """The planner ``name`` ("grid" or "random") for one stage."""
+    if name == "grid":
+        return GridPlanner(height, width, patch_size, batch_size, min_overlap=min_overlap)
+    if name == "random":
+        return RandomPlanner(
+            height,
+            width,
+            patch_size,
+            batch_size,
+            permutation_draw=faithful,
+            always_draw_rolls=faithful,
+        )
+    raise ValueError(f"patch_scheduler must be one of 'grid', 'random', got {name!r}")

@@ -1,0 +1,653 @@
+"""PixelsmithPipeline: SDXL at higher resolutions by guided patch denoising (a diffusers pipeline).
+
+One stage takes a previous image (or the previous stage's latent), Lanczos-upsamples it to the
+target size, VAE-encodes it tile by tile into the guidance latent z_guid and samples the target
+latent patch by patch (:class:`pixelsmith.sampling.PatchSampler`), each patch one SDXL UNet call
+with classifier-free guidance and per-patch micro-conditioning. The base stage is plain SDXL
+(``StableDiffusionXLPipeline.__call__``); :func:`pixelsmith.generate_cascade` chains stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pixelsmith.config import PixelsmithConfig, check_slider
+from pixelsmith.images import (
+    ImageSource,
+    LanczosImage,
+    MemmapImage,
+    PILLanczosImage,
+    TensorImage,
+    pil_to_pixels,
+)
+from pixelsmith.io import collect_uint8, to_uint8
+from pixelsmith.patches import Patch, make_planner
+from pixelsmith.sampling import GuidanceLatents, PatchSampler
+from pixelsmith.tiling import decoded_rows, encode_tiled
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+# schedulers whose step depends on earlier steps of the whole image (multistep history)
+HISTORY_ATTRIBUTES = ("model_outputs", "ets", "derivatives")
+PATCH_SCHEDULERS_HINT = (
+    "DDIMScheduler (the default), DDPMScheduler, EulerDiscreteScheduler, "
+    "EulerAncestralDiscreteScheduler"
+)
+
+
+def ddim_from_config(config: dict) -> DDIMScheduler:
+    """SDXL's DDIM: the model's scheduler config with ``set_alpha_to_one=True``, no clipping."""
+    return DDIMScheduler.from_config(
+        config, set_alpha_to_one=True, clip_sample=bool(config.get("clip_sample", False))
+    )
+
+
+def set_step_index(scheduler: object, step: int) -> None:
+    """Point index-tracking schedulers (Euler, ...) at ``step``.
+
+    Such schedulers count ``step`` calls; patch denoising calls ``step`` once per patch batch,
+    so the index is set explicitly before every ``scale_model_input`` and ``step``.
+    """
+    if hasattr(scheduler, "_step_index"):
+        scheduler._step_index = step
+
+
+@dataclass
+class TextConditioning:
+    """Prompt embeddings of SDXL's two text encoders (negative ones for CFG)."""
+
+    prompt_embeds: Tensor  # (1, L, D)
+    pooled: Tensor  # (1, P)
+    negative_prompt_embeds: Tensor | None
+    negative_pooled: Tensor | None
+    guidance_scale: float
+
+    @property
+    def cfg(self) -> bool:
+        return self.negative_prompt_embeds is not None
+
+    def batch(self, size: int) -> tuple[Tensor, Tensor]:
+        """(B, L, D) hidden states and (B, P) pooled embeddings for ``size`` patches (x2 CFG)."""
+        embeds = self.prompt_embeds.expand(size, -1, -1)
+        pooled = self.pooled.expand(size, -1)
+        if self.cfg:
+            embeds = torch.cat([self.negative_prompt_embeds.expand(size, -1, -1), embeds])
+            pooled = torch.cat([self.negative_pooled.expand(size, -1), pooled])
+        return embeds, pooled
+
+
+@dataclass
+class StageStats:
+    """Patches and UNet calls per denoising step of a stage."""
+
+    patches_per_step: list[int] = field(default_factory=list)
+    unet_calls_per_step: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PixelsmithOutput:
+    """Result of one stage: ``images`` (PIL list or (1, 3, H, W) tensor in [0, 1]) or latents."""
+
+    images: list[Image.Image] | Tensor | None
+    latents: Tensor
+    stats: StageStats
+
+
+class PixelsmithPipeline(StableDiffusionXLPipeline):
+    """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
+
+    Construct from components (``vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
+    unet, scheduler``; any SDXL-compatible ones) or with :meth:`from_pretrained`. ``__call__``
+    runs one Pixelsmith stage from an image; plain SDXL is :meth:`generate_base`.
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        vae: str | AutoencoderKL | None = "auto",
+        ddim: bool = True,
+        **kwargs,
+    ) -> PixelsmithPipeline:
+        """Load an SDXL repository or folder (diffusers layout).
+
+        Args:
+            pretrained_model_name_or_path: hub id or local folder.
+            vae: a VAE (hub id, folder or model) replacing the repository's; ``"auto"`` uses
+                ``madebyollin/sdxl-vae-fp16-fix`` for the SDXL base repository and the
+                repository's own VAE otherwise; ``None`` keeps the repository's.
+            ddim: replace the repository's scheduler by DDIM from its config with
+                ``set_alpha_to_one=True`` (ignored when ``scheduler=`` is passed).
+            **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``torch_dtype``,
+                ``variant``, components, ...).
+        """
+        if isinstance(vae, str):
+            if vae == "auto":
+                vae = DEFAULT_VAE if str(pretrained_model_name_or_path) == DEFAULT_MODEL else None
+            if vae is not None:
+                dtype = kwargs.get("torch_dtype")
+                dtype = dtype if isinstance(dtype, torch.dtype) else None
+                kwargs["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=dtype)
+        elif vae is not None:
+            kwargs["vae"] = vae
+        explicit_scheduler = "scheduler" in kwargs
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if ddim and not explicit_scheduler:
+            pipe.scheduler = ddim_from_config(pipe.scheduler.config)
+        return pipe
+
+    # ------------------------------------------------------------------ checks
+
+    @property
+    def unet_factor(self) -> int:
+        """Downsampling of the UNet: patch sides must be multiples of it."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_patch_size(self, patch_size: int) -> None:
+        if patch_size % self.unet_factor:
+            raise ValueError(
+                f"patch_size must be a multiple of the UNet downsampling factor "
+                f"{self.unet_factor}, got {patch_size}"
+            )
+
+    def check_scheduler(self) -> None:
+        """Patch denoising needs ``add_noise``/``step`` and no cross-step history."""
+        scheduler = self.scheduler
+        name = type(scheduler).__name__
+        for method in ("add_noise", "step", "set_timesteps", "scale_model_input"):
+            if not callable(getattr(scheduler, method, None)):
+                raise ValueError(f"scheduler {name} has no {method}(); use {PATCH_SCHEDULERS_HINT}")
+        order = getattr(scheduler, "order", 1)
+        history = [a for a in HISTORY_ATTRIBUTES if hasattr(scheduler, a)]
+        if order != 1 or history:
+            raise ValueError(
+                f"scheduler {name} keeps state across steps (order {order}"
+                f"{', history ' + ', '.join(history) if history else ''}); patch denoising steps "
+                f"every patch separately and needs a first-order scheduler without history: "
+                f"{PATCH_SCHEDULERS_HINT}"
+            )
+
+    @staticmethod
+    def check_generator(generator: torch.Generator) -> torch.Generator:
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise ValueError(
+                "generator must be a CPU torch.Generator (patch placement and noise are drawn "
+                f"on the CPU), got {generator!r}"
+            )
+        return generator
+
+    # ------------------------------------------------------------------ text
+
+    def encode_text(
+        self,
+        prompt: str,
+        *,
+        guidance_scale: float,
+        negative_prompt: str | None = None,
+        prompt_2: str | None = None,
+        negative_prompt_2: str | None = None,
+    ) -> TextConditioning:
+        """SDXL prompt embeddings; negative ones when ``guidance_scale > 1`` (CFG)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        cfg = guidance_scale > 1.0
+        embeds, negative, pooled, negative_pooled = self.encode_prompt(
+            prompt,
+            prompt_2=prompt_2,
+            device=self._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+        )
+        return TextConditioning(
+            embeds,
+            pooled,
+            negative if cfg else None,
+            negative_pooled if cfg else None,
+            guidance_scale,
+        )
+
+    # ------------------------------------------------------------------ base stage
+
+    def generate_base(
+        self,
+        text: TextConditioning,
+        height: int,
+        width: int,
+        *,
+        num_inference_steps: int,
+        generator: torch.Generator,
+        eta: float = 0.0,
+        progress: bool = True,
+    ) -> Tensor:
+        """Plain SDXL at ``height x width`` px; returns the (1, C, h, w) float32 latent."""
+        self.set_progress_bar_config(disable=not progress, desc=f"base {height}x{width}")
+        output = StableDiffusionXLPipeline.__call__(
+            self,
+            prompt_embeds=text.prompt_embeds,
+            pooled_prompt_embeds=text.pooled,
+            negative_prompt_embeds=text.negative_prompt_embeds,
+            negative_pooled_prompt_embeds=text.negative_pooled,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=text.guidance_scale,
+            eta=eta,
+            generator=generator,
+            output_type="latent",
+        )
+        return output.images.float()
+
+    # ------------------------------------------------------------------ VAE
+
+    @contextlib.contextmanager
+    def _vae_precision(self) -> Iterator[torch.dtype]:
+        """Run the VAE in float32 when it is float16 and its config asks for upcasting."""
+        dtype = self.vae.dtype
+        upcast = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield self.vae.dtype
+        finally:
+            if upcast:
+                self.vae.to(dtype)
+
+    def _latent_stats(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-channel (mean, std) of the VAE latents ((0, 1) when the config has none)."""
+        config = self.vae.config
+        channels = config.latent_channels
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        mean = torch.tensor(mean) if mean is not None else torch.zeros(channels)
+        std = torch.tensor(std) if std is not None else torch.ones(channels)
+        return mean.view(1, -1, 1, 1).to(device), std.view(1, -1, 1, 1).to(device)
+
+    def _encode_tile(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """(1, 3, H, W) pixels in [-1, 1] -> scaled posterior mean and std (1, C, h, w)."""
+        posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        shift, scale = self._latent_stats(pixels.device)
+        factor = self.vae.config.scaling_factor
+        mean = (posterior.mean.float() - shift) * factor / scale
+        return mean, posterior.std.float() * factor / scale
+
+    def _decode_tile(self, latents: Tensor) -> Tensor:
+        """(1, C, h, w) scaled latents -> (1, 3, 8h, 8w) float32 pixels in about [-1, 1]."""
+        shift, scale = self._latent_stats(latents.device)
+        latents = latents.float() * scale / self.vae.config.scaling_factor + shift
+        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
+
+    def encode_guidance(
+        self,
+        source: ImageSource,
+        *,
+        config: PixelsmithConfig,
+        generator: torch.Generator,
+        progress: bool = True,
+    ) -> Tensor:
+        """z_guid of ``source``: tiled encode, then the posterior sample (or mean).
+
+        The posterior moments of overlapping tiles are blended and one full-size noise is
+        drawn from ``generator``, as a single untiled encode would.
+        """
+        factor = self.vae_scale_factor
+        size = (source.height // factor, source.width // factor)
+        with self._vae_precision():
+            mean, std = encode_tiled(
+                self._encode_tile,
+                source,
+                size,
+                tile=config.vae_tile,
+                overlap=config.vae_overlap,
+                blend=config.vae_blend,
+                scale=factor,
+                device=self._execution_device,
+                progress=progress,
+            )
+        if config.guidance_posterior == "mean":
+            return mean
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device)
+        return torch.addcmul(mean, std, noise)  # mean + std * noise, no temporary
+
+    def decoded_rows(
+        self, latents: Tensor, *, config: PixelsmithConfig, progress: bool = True
+    ) -> Iterator[tuple[int, Tensor]]:
+        """Finished (3, r, W) pixel rows of the tiled decode of ``latents``, top to bottom."""
+        with self._vae_precision():
+            yield from decoded_rows(
+                self._decode_tile,
+                latents,
+                tile=config.vae_tile,
+                overlap=config.vae_overlap,
+                blend=config.vae_blend,
+                scale=self.vae_scale_factor,
+                progress=progress,
+            )
+
+    def guidance_source(
+        self,
+        latents: Tensor,
+        size: tuple[int, int],
+        *,
+        config: PixelsmithConfig,
+        workdir: Path,
+        progress: bool = True,
+        save_to: Callable[[Iterator[tuple[int, Tensor]]], None] | None = None,
+    ) -> ImageSource:
+        """The previous stage decoded and Lanczos-resized to ``size`` (computed per region).
+
+        Args:
+            latents: the previous stage's (1, C, h, w) latent.
+            size: the target (H, W) in px.
+            config: hand-over mode and tiling.
+            workdir: where a disk memmap goes when the decoded image exceeds
+                ``config.max_ram_pixels``.
+            progress: show tqdm bars.
+            save_to: also consume the decoded rows (e.g. to write the intermediate image).
+        """
+        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
+        rows = self.decoded_rows(latents, config=config, progress=progress)
+        uint8 = config.handover_mode == "uint8"
+        if uint8:  # the official hand-over: an 8-bit image in RAM
+            store: np.ndarray | TensorImage | MemmapImage = np.empty((height, width, 3), np.uint8)
+        elif height * width > config.max_ram_pixels:
+            store = MemmapImage(workdir / "previous.f16", height, width)
+        else:
+            store = TensorImage.empty(height, width)
+
+        def stored(blocks: Iterator[tuple[int, Tensor]]) -> Iterator[tuple[int, Tensor]]:
+            for top, block in blocks:
+                if uint8:
+                    store[top : top + block.shape[1]] = to_uint8(block)
+                else:
+                    store.write_rows(top, block.clamp(-1.0, 1.0))
+                yield top, block
+
+        if save_to is not None:
+            save_to(stored(rows))
+        else:
+            for _ in stored(rows):
+                pass
+        if uint8:
+            return PILLanczosImage(Image.fromarray(store), *size)
+        return LanczosImage(store, *size)
+
+    # ------------------------------------------------------------------ Pixelsmith stage
+
+    def prepare_stage(
+        self,
+        guidance_latents: Tensor,
+        *,
+        num_inference_steps: int,
+        config: PixelsmithConfig,
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:
+        """Guidance noise and start latent (the guidance noised to the first timestep).
+
+        Faithful mode first draws (and discards) a full-size start latent, and stores the
+        guidance noise as float16, as the official sampler.
+
+        Returns:
+            ``(latents, noise)``, both (1, C, h, w); latents float32.
+        """
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        shape, device = guidance_latents.shape, guidance_latents.device
+        if config.faithful:
+            randn_tensor(shape, generator=generator, device=device)  # official: drawn, unused
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if config.faithful:
+            noise = noise.half()
+        first = self.scheduler.timesteps[:1]
+        latents = self.scheduler.add_noise(guidance_latents.float(), noise.float(), first)
+        return latents, noise
+
+    def _patch_time_ids(self, patch: Patch, size: tuple[int, int], faithful: bool) -> list[int]:
+        """SDXL micro-conditioning: original size, crop (top, left) in px, target size."""
+        factor = self.vae_scale_factor
+        top = patch.left * factor if faithful else patch.top * factor  # official: column twice
+        return [size[0], size[1], top, patch.left * factor, size[0], size[1]]
+
+    def _patch_denoiser(
+        self,
+        text: TextConditioning,
+        size: tuple[int, int],
+        config: PixelsmithConfig,
+        generator: torch.Generator,
+    ) -> Callable[[Tensor, list[Patch], int], Tensor]:
+        """UNet with CFG and one scheduler step on a batch of patches."""
+        timesteps = self.scheduler.timesteps
+        extra = self.prepare_extra_step_kwargs(generator, config.eta)
+        dtype = self.unet.dtype
+
+        def denoise(x: Tensor, patches: list[Patch], step: int) -> Tensor:
+            count = x.shape[0]
+            t = timesteps[step]
+            time_ids = torch.tensor(
+                [self._patch_time_ids(p, size, config.faithful) for p in patches],
+                device=x.device,
+                dtype=text.prompt_embeds.dtype,
+            )  # (k, 6)
+            model_in = torch.cat([x, x]) if text.cfg else x  # (2k, C, p, p) with CFG
+            set_step_index(self.scheduler, step)
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            embeds, pooled = text.batch(count)
+            noise = self.unet(
+                model_in.to(dtype),
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs={
+                    "text_embeds": pooled,
+                    "time_ids": time_ids.repeat(2, 1) if text.cfg else time_ids,
+                },
+                return_dict=False,
+            )[0].float()
+            if text.cfg:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + text.guidance_scale * (cond - uncond)
+            set_step_index(self.scheduler, step)
+            return self.scheduler.step(noise, t, x, **extra, return_dict=False)[0].float()
+
+        return denoise
+
+    def sample_stage(
+        self,
+        text: TextConditioning,
+        guidance_latents: Tensor,
+        noise: Tensor,
+        latents: Tensor,
+        *,
+        slider: int,
+        num_inference_steps: int,
+        config: PixelsmithConfig,
+        generator: torch.Generator,
+        start_step: int = 0,
+        on_step: Callable[[int, Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> StageStats:
+        """Pixelsmith sampling of ``latents`` (in place) from ``start_step`` to the end.
+
+        Args:
+            text: prompt embeddings.
+            guidance_latents: (1, C, h, w) z_guid.
+            noise: (1, C, h, w) guidance noise from :meth:`prepare_stage`.
+            latents: (1, C, h, w) float32 latent at ``start_step``; denoised in place.
+            slider: fusion for steps < slider, chess mask for steps < slider - 1.
+            num_inference_steps: steps of the stage.
+            config: sampler settings.
+            generator: CPU generator for patch placement and stochastic schedulers.
+            start_step: first step to run (to resume).
+            on_step: called with (step, latents) after every step.
+            progress: show a tqdm bar over steps.
+        """
+        self.check_scheduler()
+        self.check_patch_size(config.patch_size)
+        self.check_generator(generator)
+        check_slider(slider, num_inference_steps)
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        height, width = latents.shape[-2:]
+        size_px = (height * self.vae_scale_factor, width * self.vae_scale_factor)
+        planner = make_planner(
+            config.scheduler_name,
+            height,
+            width,
+            config.patch_size,
+            batch_size=config.batch_limit,
+            faithful=config.faithful,
+            min_overlap=config.grid_min_overlap,
+        )
+        guidance = GuidanceLatents(
+            guidance_latents, noise, self.scheduler.add_noise, self.scheduler.timesteps
+        )
+        sampler = PatchSampler(
+            latents,
+            num_steps=num_inference_steps,
+            guidance=guidance,
+            slider=slider,
+            band=config.band,
+            denoise=self._patch_denoiser(text, size_px, config, generator),
+            faithful=config.faithful,
+            start_step=start_step,
+        )
+        stats = StageStats()
+        steps = tqdm(
+            range(start_step, num_inference_steps),
+            desc=f"{size_px[0]}x{size_px[1]} steps",
+            unit="step",
+            disable=not progress,
+            leave=False,
+        )
+        for step in steps:
+            batches = planner.plan(step, chess=step < slider - 1, generator=generator)
+            sampler.step(step, batches)
+            stats.patches_per_step.append(sum(len(b) for b in batches))
+            stats.unet_calls_per_step.append(len(batches))
+            steps.set_postfix(patches=stats.patches_per_step[-1], calls=len(batches))
+            if on_step is not None:
+                on_step(step, latents)
+        return stats
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        image: Image.Image | Tensor,
+        *,
+        slider: int,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        prompt_2: str | None = None,
+        negative_prompt_2: str | None = None,
+        generator: torch.Generator | None = None,
+        config: PixelsmithConfig | None = None,
+        output_type: str = "pil",
+        progress: bool = True,
+    ) -> PixelsmithOutput:
+        """One Pixelsmith stage: ``image`` guides sampling at ``height x width`` px.
+
+        Args:
+            prompt: the prompt.
+            image: the previous image (PIL, or a (1, 3, H, W) / (3, H, W) tensor in [0, 1]).
+            slider: guidance steps (an int in [1, num_inference_steps]).
+            height: target height in px (default twice the image's).
+            width: target width in px (default twice the image's).
+            num_inference_steps: denoising steps.
+            guidance_scale: CFG scale (CFG off at <= 1).
+            negative_prompt: negative prompt (zeros when ``None``, SDXL's default).
+            prompt_2: prompt of the second text encoder (defaults to ``prompt``).
+            negative_prompt_2: negative prompt of the second text encoder.
+            generator: CPU generator (default: seed 0).
+            config: sampler settings.
+            output_type: ``"pil"``, ``"pt"`` ((1, 3, H, W) in [0, 1]) or ``"latent"``.
+            progress: show progress bars.
+        """
+        config = config or PixelsmithConfig()
+        generator = self.check_generator(generator or torch.Generator().manual_seed(0))
+        if output_type not in ("pil", "pt", "latent"):
+            raise ValueError(
+                f"output_type must be one of 'pil', 'pt', 'latent', got {output_type!r}"
+            )
+        source = self._image_source(image, config.handover_mode)
+        height = height or 2 * source.height
+        width = width or 2 * source.width
+        factor = self.vae_scale_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"height and width must be multiples of {factor}, got {height}x{width}"
+            )
+        if min(height, width) < config.patch_size * factor:
+            raise ValueError(
+                f"height and width must be at least one patch ({config.patch_size * factor} px), "
+                f"got {height}x{width}"
+            )
+        check_slider(slider, num_inference_steps)
+        self.check_scheduler()
+        self.check_patch_size(config.patch_size)
+        text = self.encode_text(
+            prompt,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            prompt_2=prompt_2,
+            negative_prompt_2=negative_prompt_2,
+        )
+        resized = (
+            PILLanczosImage(source, height, width)
+            if isinstance(source, Image.Image)
+            else LanczosImage(source, height, width)
+        )
+        guide = self.encode_guidance(resized, config=config, generator=generator, progress=progress)
+        latents, noise = self.prepare_stage(
+            guide, num_inference_steps=num_inference_steps, config=config, generator=generator
+        )
+        stats = self.sample_stage(
+            text,
+            guide,
+            noise,
+            latents,
+            slider=slider,
+            num_inference_steps=num_inference_steps,
+            config=config,
+            generator=generator,
+            progress=progress,
+        )
+        if output_type == "latent":
+            return PixelsmithOutput(None, latents, stats)
+        array = collect_uint8(
+            self.decoded_rows(latents, config=config, progress=progress), height, width
+        )
+        if output_type == "pil":
+            return PixelsmithOutput([Image.fromarray(array)], latents, stats)
+        pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+        return PixelsmithOutput(pixels, latents, stats)
+
+    @staticmethod
+    def _image_source(image: Image.Image | Tensor, handover: str) -> Image.Image | TensorImage:
+        """A PIL image (uint8 hand-over) or a TensorImage in [-1, 1] (float hand-over)."""
+        if isinstance(image, Image.Image):
+            return (
+                image.convert("RGB") if handover == "uint8" else TensorImage(pil_to_pixels(image))
+            )
+        if not isinstance(image, Tensor) or image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise ValueError(
+                "image must be a PIL image or a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
+                f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
+            )
+        pixels = (image[0] if image.ndim == 4 else image).float().cpu()  # (3, H, W)
+        if handover == "uint8":
+            return Image.fromarray(to_uint8(pixels * 2 - 1))
+        return TensorImage(pixels * 2 - 1)

@@ -1,0 +1,61 @@
+"""Tiny seeded SDXL-shaped components; the tokenizer is built here from a vocab in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import CLIPTokenizer
+
+from pixelsmith import PixelsmithConfig, PixelsmithPipeline
+from pixelsmith.pipelines.pixelsmith import ddim_from_config
+from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# patch 8 latent px (64 px), band 2, VAE tiles of 8 latent px overlapping by 2
+SMALL = PixelsmithConfig(patch_size=8, band=2, vae_tile=8, vae_overlap=2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vocab.json + merges.txt of a tiny CLIP BPE (letters, word-final letters, two merges)."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for letter in LETTERS:
+            vocab[letter + suffix] = len(vocab)
+    vocab["ca"] = len(vocab)
+    vocab["cat</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path) -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
+
+
+@pytest.fixture(scope="session")
+def components(tokenizer: CLIPTokenizer) -> dict:
+    return tiny_components(seed=0, tokenizer=tokenizer)
+
+
+@pytest.fixture
+def make_pipe(components: dict):
+    """A new pipeline over the shared tiny weights with a fresh SDXL DDIM scheduler."""
+
+    def make(scheduler=None) -> PixelsmithPipeline:
+        parts = dict(components)
+        parts["scheduler"] = scheduler or ddim_from_config(dict(SDXL_SCHEDULER_CONFIG))
+        pipe = PixelsmithPipeline(**parts, add_watermarker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
+
+
+@pytest.fixture
+def small_config() -> PixelsmithConfig:
+    return SMALL

@@ -1,0 +1,342 @@
+"""PixelsmithPipeline on tiny components: parity with plain loops, conditioning, errors, I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    StableDiffusionXLPipeline,
+)
+from PIL import Image
+
+from common_kernels import fft_phase_fusion
+from pixelsmith import PixelsmithConfig, PixelsmithPipeline, generate_cascade
+from pixelsmith.images import LanczosImage, TensorImage, pil_to_pixels
+from pixelsmith.io import to_uint8
+from pixelsmith.patches import GridPlanner, Patch
+from pixelsmith.sampling import GuidanceLatents, PatchSampler
+from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, save_tiny_model
+
+PROMPT = "a cat"
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def capture_unet(pipe: PixelsmithPipeline) -> list[dict]:
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append({"sample": args[0].shape, **kwargs["added_cond_kwargs"]})
+
+    pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def test_base_stage_is_plain_sdxl(make_pipe, components, small_config):
+    pipe = make_pipe()
+    image = generate_cascade(
+        pipe, PROMPT, [64], [], num_inference_steps=3, seed=0, config=small_config, progress=False
+    )
+    plain = StableDiffusionXLPipeline(
+        **{**components, "scheduler": pipe.scheduler}, add_watermarker=False
+    )
+    plain.set_progress_bar_config(disable=True)
+    expected = plain(
+        PROMPT,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def chess(patch_size: int, left: bool, down: bool) -> torch.Tensor:
+    index = torch.arange(patch_size)
+    board = (index[:, None] + index[None, :] + int(left) + int(down)) % 2 == 0
+    return board
+
+
+@pytest.mark.parametrize("scheduler_cls", ["ddim", EulerDiscreteScheduler])
+def test_single_patch_stage_equals_plain_loop(make_pipe, small_config, scheduler_cls):
+    """A stage whose latent is one patch is plain guided denoising: compare with a loop."""
+    scheduler = None if scheduler_cls == "ddim" else scheduler_cls(**SDXL_SCHEDULER_CONFIG)
+    pipe = make_pipe(scheduler)
+    steps, slider = 4, 3
+    gen = torch.Generator().manual_seed(0)
+    image = random_image(32, 32)
+    source = LanczosImage(TensorImage(pil_to_pixels(image)), 64, 64)
+    with torch.no_grad():
+        z = pipe.encode_guidance(source, config=small_config, generator=gen)
+        latents, noise = pipe.prepare_stage(
+            z, num_inference_steps=steps, config=small_config, generator=gen
+        )
+        state = gen.get_state()
+        out = pipe(
+            PROMPT,
+            image,
+            slider=slider,
+            height=64,
+            width=64,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            config=small_config,
+            output_type="latent",
+            progress=False,
+        )
+        # the reference loop
+        sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+        sched.set_timesteps(steps)
+        pos, _, pooled, _ = pipe.encode_prompt(
+            PROMPT, device="cpu", do_classifier_free_guidance=False
+        )
+        neg, neg_pooled = torch.zeros_like(pos), torch.zeros_like(pooled)
+        gen.set_state(state)
+        x = latents.clone()
+        ts = sched.timesteps
+        time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+        for n, t in enumerate(ts):
+            if n < slider:
+                x = fft_phase_fusion(x, sched.add_noise(z, noise, t.reshape(1)))
+            left = float(torch.rand(1, generator=gen)) < 0.5 if n < slider - 1 else False
+            down = float(torch.rand(1, generator=gen)) < 0.5 if n < slider - 1 else False
+            model_in = sched.scale_model_input(torch.cat([x, x]), t)
+            eps = pipe.unet(
+                model_in,
+                t,
+                encoder_hidden_states=torch.cat([neg, pos]),
+                added_cond_kwargs={
+                    "text_embeds": torch.cat([neg_pooled, pooled]),
+                    "time_ids": time_ids,
+                },
+            ).sample
+            uncond, cond = eps.chunk(2)
+            x = sched.step(uncond + 7.5 * (cond - uncond), t, x).prev_sample
+            if n < slider - 1:
+                guide = sched.add_noise(z, noise, ts[n + 1].reshape(1))
+                x = torch.where(chess(8, left, down), guide, x)
+    torch.testing.assert_close(out.latents, x, atol=1e-5, rtol=1e-5)
+    assert out.stats.unet_calls_per_step == [1] * steps
+
+
+def test_micro_conditioning_per_patch(make_pipe, small_config):
+    pipe = make_pipe()
+    calls = capture_unet(pipe)
+    text = pipe.encode_text(PROMPT, guidance_scale=7.5)
+    pipe.scheduler.set_timesteps(3)
+    patches = [Patch(0, 8, 8), Patch(16, 0, 8)]
+    x = torch.randn(2, 4, 8, 8)
+    for faithful, expected in [
+        (False, [[192, 160, 0, 64, 192, 160], [192, 160, 128, 0, 192, 160]]),
+        (True, [[192, 160, 64, 64, 192, 160], [192, 160, 0, 0, 192, 160]]),  # column twice
+    ]:
+        config = small_config.replace(faithful=faithful, patch_scheduler="random")
+        denoise = pipe._patch_denoiser(text, (192, 160), config, torch.Generator())
+        with torch.no_grad():
+            denoise(x, patches, 0)
+        time_ids = calls[-1]["time_ids"]
+        assert calls[-1]["sample"] == (4, 4, 8, 8)  # 2 patches x CFG
+        assert time_ids.tolist() == expected * 2  # negative half, positive half
+
+
+def test_cfg_off_uses_one_sample_per_patch(make_pipe, small_config):
+    pipe = make_pipe()
+    calls = capture_unet(pipe)
+    with torch.no_grad():
+        pipe(
+            PROMPT,
+            random_image(16, 16),
+            slider=1,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            config=small_config,
+            output_type="latent",
+            progress=False,
+        )
+    assert [c["sample"][0] for c in calls] == [1, 1]
+
+
+def test_batched_patches_equal_one_by_one(make_pipe, small_config):
+    pipe = make_pipe()
+    text = pipe.encode_text(PROMPT, guidance_scale=7.5)
+    pipe.scheduler.set_timesteps(3)
+    gen = torch.Generator().manual_seed(0)
+    z, noise, start = (torch.randn(1, 4, 20, 20, generator=gen) for _ in range(3))
+    guidance = GuidanceLatents(z, noise, pipe.scheduler.add_noise, pipe.scheduler.timesteps)
+    planner = GridPlanner(20, 20, 8, batch_size=4)
+    plans = [planner.plan(n, chess=n < 1, generator=gen) for n in range(3)]
+    results = []
+    for split in (False, True):
+        denoise = pipe._patch_denoiser(text, (160, 160), small_config, torch.Generator())
+        sampler = PatchSampler(
+            start.clone(), num_steps=3, guidance=guidance, slider=2, band=2, denoise=denoise
+        )
+        with torch.no_grad():
+            for n, batches in enumerate(plans):
+                sampler.step(n, [[p] for b in batches for p in b] if split else batches)
+        results.append(sampler.latents)
+    assert max(len(b) for b in plans[0]) == 4
+    # fp32 convolutions pick batch-size-dependent kernels (~1e-6 relative per call); CFG at
+    # scale 7.5 amplifies the difference ~15x per step, over 3 steps. A wrong patch/batch
+    # association would differ by O(1).
+    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+
+
+def test_stage_outputs_and_grid_counts(make_pipe, small_config):
+    pipe = make_pipe()
+    kwargs = dict(
+        slider=2, height=192, width=160, num_inference_steps=3, config=small_config, progress=False
+    )
+    with torch.no_grad():
+        pt = pipe(PROMPT, random_image(48, 40), output_type="pt", **kwargs)
+        pil = pipe(PROMPT, random_image(48, 40), output_type="pil", **kwargs)
+    assert pt.images.shape == (1, 3, 192, 160) and 0 <= pt.images.min() <= pt.images.max() <= 1
+    assert np.array_equal(
+        np.asarray(pil.images[0]), (pt.images[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    )
+    assert pt.latents.shape == (1, 4, 24, 20)
+    assert pt.stats.patches_per_step == [9, 9, 9]  # ceil(24/8) * ceil(20/8)
+    assert pt.stats.unet_calls_per_step == [3, 3, 3]  # 9 patches in disjoint batches 4, 4, 1
+
+
+def test_faithful_differs_from_default_and_uses_one_patch_per_call(make_pipe, small_config):
+    pipe = make_pipe()
+    kwargs = dict(
+        slider=2, height=128, width=128, num_inference_steps=3, output_type="latent", progress=False
+    )
+    with torch.no_grad():
+        default = pipe(PROMPT, random_image(32, 32), config=small_config, **kwargs)
+        faithful = pipe(
+            PROMPT, random_image(32, 32), config=small_config.replace(faithful=True), **kwargs
+        )
+    assert faithful.stats.unet_calls_per_step == faithful.stats.patches_per_step
+    assert min(faithful.stats.patches_per_step) >= 4 == max(default.stats.patches_per_step)
+    assert not torch.allclose(default.latents, faithful.latents)
+
+
+def test_scheduler_slider_and_size_errors(make_pipe, small_config):
+    image = random_image(16, 16)
+    kwargs = dict(height=64, width=64, num_inference_steps=3, config=small_config, progress=False)
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler keeps state across steps"):
+        make_pipe(DPMSolverMultistepScheduler.from_config(SDXL_SCHEDULER_CONFIG))(
+            PROMPT, image, slider=1, **kwargs
+        )
+    with pytest.raises(
+        ValueError, match=r"HeunDiscreteScheduler keeps state across steps \(order 2"
+    ):
+        make_pipe(HeunDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG))(
+            PROMPT, image, slider=1, **kwargs
+        )
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match=r"slider must be an int in \[1, 3\], got 0"):
+        pipe(PROMPT, image, slider=0, **kwargs)
+    with pytest.raises(ValueError, match=r"slider must be an int in \[1, 3\], got 4"):
+        pipe(PROMPT, image, slider=4, **kwargs)
+    with pytest.raises(TypeError, match=r"slider must be an int in \[1, 3\], got float 1.5"):
+        pipe(PROMPT, image, slider=1.5, **kwargs)
+    with pytest.raises(
+        ValueError, match="patch_size must be a multiple of the UNet downsampling factor 4, got 6"
+    ):
+        pipe(PROMPT, image, slider=1, **{**kwargs, "config": small_config.replace(patch_size=6)})
+    with pytest.raises(
+        ValueError, match=r"height and width must be at least one patch \(64 px\), got 48x64"
+    ):
+        pipe(PROMPT, image, slider=1, **{**kwargs, "height": 48})
+    with pytest.raises(ValueError, match=r"generator must be a CPU torch\.Generator"):
+        pipe(PROMPT, image, slider=1, generator=5, **kwargs)
+    with pytest.raises(ValueError, match="output_type must be one of 'pil', 'pt', 'latent'"):
+        pipe(PROMPT, image, slider=1, output_type="np", **kwargs)
+
+
+def test_config_errors():
+    with pytest.raises(
+        ValueError, match="patch_scheduler='grid' is not available with faithful=True"
+    ):
+        PixelsmithConfig(faithful=True, patch_scheduler="grid")
+    with pytest.raises(
+        ValueError, match="patch_scheduler must be one of 'grid', 'random', got 'zigzag'"
+    ):
+        PixelsmithConfig(patch_scheduler="zigzag")
+    with pytest.raises(ValueError, match=r"vae_overlap must be an int in \[0, 7\], got 8"):
+        PixelsmithConfig(vae_tile=8, vae_overlap=8)
+    with pytest.raises(ValueError, match=r"grid_min_overlap must be an int in \[0, 127\], got 128"):
+        PixelsmithConfig(grid_min_overlap=128)
+    assert PixelsmithConfig().scheduler_name == "grid"
+    assert PixelsmithConfig(faithful=True).scheduler_name == "random"
+    assert PixelsmithConfig(faithful=True).handover_mode == "uint8"
+    assert PixelsmithConfig(faithful=True).batch_limit == 1
+
+
+def test_from_pretrained_round_trip(tmp_path, small_config):
+    folder = save_tiny_model(tmp_path / "tiny", seed=0)
+    pipe = PixelsmithPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.set_alpha_to_one and not pipe.scheduler.config.clip_sample
+    pipe.scheduler.set_timesteps(50)
+    assert pipe.scheduler.timesteps[0] == 981 and pipe.scheduler.timesteps[-1] == 1
+    kept = PixelsmithPipeline.from_pretrained(folder, ddim=False)
+    assert type(kept.scheduler).__name__ == "EulerDiscreteScheduler"
+    first = generate_cascade(
+        pipe, PROMPT, [64, 128], [1], num_inference_steps=2, config=small_config, progress=False
+    )
+    pipe.save_pretrained(tmp_path / "again")
+    again = PixelsmithPipeline.from_pretrained(tmp_path / "again", vae=None)
+    again.set_progress_bar_config(disable=True)
+    second = generate_cascade(
+        again, PROMPT, [64, 128], [1], num_inference_steps=2, config=small_config, progress=False
+    )
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    swapped = PixelsmithPipeline.from_pretrained(folder, vae=str(folder / "vae"))
+    assert swapped.vae.config.scaling_factor == 0.13025
+
+
+def test_hand_over_sources(make_pipe, small_config, tmp_path):
+    """uint8: PIL Lanczos of the 8-bit decoded image; float: Lanczos of the decoded floats."""
+    pipe = make_pipe()
+    latents = torch.randn(1, 4, 8, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        decoded = torch.cat([b for _, b in pipe.decoded_rows(latents, config=small_config)], 1)
+        uint8 = pipe.guidance_source(
+            latents, (128, 96), config=small_config.replace(handover="uint8"), workdir=tmp_path
+        )
+        floats = pipe.guidance_source(latents, (128, 96), config=small_config, workdir=tmp_path)
+    eight_bit = Image.fromarray(to_uint8(decoded)).resize((96, 128), Image.LANCZOS)
+    assert torch.equal(uint8.read(0, 0, 128, 96), pil_to_pixels(eight_bit))
+    expected = LanczosImage(TensorImage(decoded.clamp(-1, 1).half()), 128, 96)
+    assert torch.equal(floats.read(0, 0, 128, 96), expected.read(0, 0, 128, 96))
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_stochastic_schedulers_draw_from_the_generator(make_pipe, small_config, name):
+    import diffusers
+
+    scheduler = getattr(diffusers, name).from_config(SDXL_SCHEDULER_CONFIG)
+    kwargs = dict(
+        slider=1,
+        height=128,
+        width=128,
+        num_inference_steps=2,
+        config=small_config,
+        output_type="latent",
+        progress=False,
+    )
+    with torch.no_grad():
+        a, b, c = (
+            make_pipe(scheduler)(
+                PROMPT, random_image(32, 32), generator=torch.Generator().manual_seed(s), **kwargs
+            ).latents
+            for s in (0, 0, 1)
+        )
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert bool(torch.isfinite(a).all())
