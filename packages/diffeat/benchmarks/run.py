@@ -1,0 +1,393 @@
+"""diffeat speed and memory benchmark: early exit per preset vs the full U-Net pass.
+
+For every model (random weights, built from the published configs or the tiny test configs),
+a random latent of the given resolution with random text conditioning (77 tokens) at t = 50 is
+fed to the U-Net with these selections:
+
+* ``full``: the plain diffusers U-Net forward, no hooks (the baseline of its model);
+* a paper preset (``ours-v1.5``, ``legacy-v1.5``, ``ours-xl``, ``legacy-xl``): the
+  :class:`~diffeat.ActivationRecorder` with early exit after the preset's last activation;
+* ``catalogue``: every activation of the catalogue (q/k/v and attention maps included).
+
+Timing: one subprocess per model builds the U-Net once, warms up, then runs ``repeats`` rounds
+that each time every selection once (in a rotating order), so load changes on a shared machine
+hit all selections alike; the speed-up is the ratio of medians to ``full``. Memory: a fresh
+subprocess per (model, selection) runs one forward and reports its peak RSS (``ru_maxrss``) and
+the peak above the loaded model. Also reported: the size of the returned features and (tiny
+models) the max abs difference between early-exit and full-pass features. Only the U-Net is
+measured: VAE and text encoding cost the same for every selection.
+Results: ``results/diffeat_bench{,_quick}.{json,md,png}``.
+
+    python benchmarks/run.py            # tiny + SD 1.5 @512 + SDXL @1024 (+ SDXL @512 catalogue)
+    python benchmarks/run.py --quick    # tiny models only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TEXT_TOKENS = 77
+SD15_PRESETS = ("ours-v1.5", "legacy-v1.5")
+SDXL_PRESETS = ("ours-xl", "legacy-xl")
+
+# (label, U-Net config name, image size in pixels, selections, warm-up, repeats)
+QUICK = [
+    ("tiny-sd15@256", "tiny-sd15", 256, ("full", *SD15_PRESETS, "catalogue"), 3, 20),
+    ("tiny-sdxl@256", "tiny-sdxl", 256, ("full", *SDXL_PRESETS, "catalogue"), 3, 20),
+]
+FULL = [
+    *QUICK,
+    ("sd15@512", "sd15", 512, ("full", *SD15_PRESETS, "catalogue"), 1, 2),
+    ("sdxl@1024", "sdxl", 1024, ("full", *SDXL_PRESETS), 0, 2),
+    ("sdxl@512", "sdxl", 512, ("full", "catalogue"), 1, 2),
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def current_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def random_unet(config_name: str, seed: int = 0):
+    """A U-Net from a named config with cheap random weights (built on meta, filled in place).
+
+    Weights ~ N(0, 1/fan_in), norm scales 1, biases 0: activations stay bounded at any depth.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from diffeat.configs import unet_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config(config_name))
+    unet = unet.to_empty(device="cpu").eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if param.ndim > 1:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+    return unet
+
+
+def unet_inputs(unet, image: int, seed: int = 1):
+    """Random latent (1, 4, S/8, S/8), timestep 50, text embeddings and SDXL conditioning."""
+    import torch
+
+    config = unet.config
+    generator = torch.Generator().manual_seed(seed)
+    latent = torch.randn(1, config.in_channels, image // 8, image // 8, generator=generator)
+    context = torch.randn(1, TEXT_TOKENS, config.cross_attention_dim, generator=generator)
+    kwargs = {}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, generator=generator),
+            "time_ids": torch.tensor([[image, image, 0, 0, image, image]], dtype=torch.float32),
+        }
+    return latent, torch.tensor(50), context, kwargs
+
+
+def selection_names(unet, selection: str) -> list[str] | None:
+    """Activation names of a selection (None for the plain ``full`` pass)."""
+    from diffeat import PRESETS, build_catalogue
+
+    if selection == "full":
+        return None
+    if selection == "catalogue":
+        return [spec.name for spec in build_catalogue(unet)]
+    return list(PRESETS[selection].layers)
+
+
+def forward(unet, inputs, names: list[str] | None, early_exit: bool = True) -> dict:
+    """One U-Net pass; returns the recorded features ({} for the plain pass)."""
+    import torch
+
+    from diffeat import ActivationRecorder
+
+    latent, timestep, context, kwargs = inputs
+    with torch.no_grad():
+        if names is None:
+            unet(latent, timestep, context, return_dict=False, **kwargs)
+            return {}
+        recorder = ActivationRecorder(unet, names, early_exit=early_exit)
+        with recorder:
+            unet(latent, timestep, context, return_dict=False, **kwargs)
+        recorder.raise_if_missing()
+        return recorder.features
+
+
+def feature_stats(features: dict) -> dict:
+    return {
+        "feature_mib": sum(f.numel() * f.element_size() for f in features.values()) / 2**20,
+        "channels": sum(f.shape[1] for f in features.values()),
+    }
+
+
+def time_selections(config_name: str, image: int, selections: list[str], warmup: int,
+                    repeats: int, check: bool) -> dict[str, dict]:  # fmt: skip
+    """Interleaved timing of every selection on one U-Net in this process."""
+    unet = random_unet(config_name)
+    inputs = unet_inputs(unet, image)
+    names = {s: selection_names(unet, s) for s in selections}
+    times = {s: [] for s in selections}
+    results = {}
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(selections)
+        for selection in selections[shift:] + selections[:shift]:
+            start = time.perf_counter()
+            features = forward(unet, inputs, names[selection])
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                times[selection].append(elapsed)
+            results.setdefault(selection, feature_stats(features))
+    for selection in selections:
+        chosen = names[selection]
+        results[selection].update(
+            selection=selection,
+            activations=0 if chosen is None else len(chosen),
+            last_activation=None if chosen is None else chosen[-1],
+            seconds_median=statistics.median(times[selection]),
+            seconds_min=min(times[selection]),
+            seconds_max=max(times[selection]),
+            repeats=repeats,
+            max_abs_diff_vs_full_pass=None,
+        )
+        if check and chosen is not None:
+            early = forward(unet, inputs, chosen, early_exit=True)
+            full = forward(unet, inputs, chosen, early_exit=False)
+            diff = max(float((early[n] - full[n]).abs().max()) for n in chosen)
+            results[selection]["max_abs_diff_vs_full_pass"] = diff
+    return results
+
+
+def peak_memory(config_name: str, image: int, selection: str) -> dict:
+    """Peak RSS of one forward (meaningful in a fresh process only)."""
+    unet = random_unet(config_name)
+    model_rss = current_rss_mib()
+    forward(unet, unet_inputs(unet, image), selection_names(unet, selection))
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, current_rss_mib())
+    return {"model_rss_mib": model_rss, "peak_rss_mib": peak}
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.task == "time":
+        selections = args.selection.split(",")
+        result = time_selections(
+            args.config, args.image, selections, args.warmup, args.repeats, args.check
+        )
+    else:
+        result = peak_memory(args.config, args.image, args.selection)
+    atomic_write_text(args.out, json.dumps(result))
+
+
+def run_worker(task: str, model: tuple, selection: str, args, tmp: Path) -> dict:
+    label, config, image, _, warmup, repeats = model
+    out = tmp / f"{task}_{label}_{selection.replace(',', '+')}.json"
+    command = [
+        sys.executable, __file__, "--worker", "--task", task, "--config", config,
+        "--image", str(image), "--selection", selection, "--threads", str(args.threads),
+        "--warmup", str(warmup), "--repeats", str(repeats), "--out", str(out),
+    ]  # fmt: skip
+    if config.startswith("tiny"):
+        command.append("--check")
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
+
+
+def flop_counts(config_name: str, image: int, selections: list[str]) -> dict[str, float]:
+    """FLOPs of each selection's (early-exited) pass, counted on the meta device (no weights).
+
+    Load-independent: ``flops(full) / flops(selection)`` is the speed-up early exit can give.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffeat.catalogue import _meta_inputs, _meta_unet
+    from diffeat.configs import unet_config
+
+    config = unet_config(config_name)
+    unet = _meta_unet(config)
+    latent, context, kwargs = _meta_inputs(config, image // 8, image // 8, TEXT_TOKENS)
+    inputs = (latent, torch.zeros(1, device="meta"), context, kwargs)
+    counts = {}
+    for selection in selections:
+        with FlopCounterMode(display=False) as counter:
+            forward(unet, inputs, selection_names(unet, selection))
+        counts[selection] = float(counter.get_total_flops())
+    return counts
+
+
+def run_model(model: tuple, args, tmp: Path) -> list[dict]:
+    """FLOPs (meta), timing (one process) and peak memory (one per selection) of one model."""
+    label, config, image, selections, _, _ = model
+    flops = flop_counts(config, image, list(selections))
+    timed = run_worker("time", model, ",".join(selections), args, tmp)
+    rows = []
+    for selection in selections:
+        row = {"model": label, "config": config, "image": image, **timed[selection]}
+        row.update(run_worker("memory", model, selection, args, tmp))
+        row["speedup"] = timed["full"]["seconds_median"] / row["seconds_median"]
+        row["tflops"] = flops[selection] / 1e12
+        row["flop_speedup"] = flops["full"] / flops[selection]
+        print(
+            f"{label:>14} {selection:>12}: {row['seconds_median']:.3f} s, "
+            f"{row['speedup']:.2f}x, peak {row['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"U-Net forward at t = 50, batch 1, random weights, fp32, {report['threads']} torch "
+        f"thread(s), {report['cpu']} ({report['physical_cores']} cores, load average "
+        f"{report['load_average'][0]:.1f} at the end), torch {report['torch']}, diffusers "
+        f"{report['diffusers']}.",
+        "",
+        "| model | selection | activations | channels | TFLOP | FLOP ratio | s/forward (median) "
+        "| min | max | speed-up vs full | peak RSS MiB | above model MiB | features MiB "
+        "| max abs diff vs full pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        full = row["selection"] == "full"
+        speedup = "1 (baseline)" if full else f"{row['speedup']:.2f}x"
+        diff = row["max_abs_diff_vs_full_pass"]
+        lines.append(
+            f"| {row['model']} | {row['selection']} | {row['activations'] or '-'} | "
+            f"{row['channels'] or '-'} | {row['tflops']:.3g} | {row['flop_speedup']:.3f}x | "
+            f"{row['seconds_median']:.3f} | {row['seconds_min']:.3f} | "
+            f"{row['seconds_max']:.3f} | {speedup} | {row['peak_rss_mib']:.0f} | "
+            f"{row['peak_rss_mib'] - row['model_rss_mib']:.0f} | {row['feature_mib']:.1f} | "
+            f"{'-' if diff is None else f'{diff:.1e}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(row["model"] for row in report["rows"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m_index, model in enumerate(models):
+        rows = [r for r in report["rows"] if r["model"] == model]
+        for r_index, row in enumerate(rows):
+            x = m_index + (r_index - (len(rows) - 1) / 2) * 0.18
+            axes[0].bar(x, row["speedup"], 0.16, color=f"C{r_index}")
+            axes[0].plot(x, row["flop_speedup"], "k_", markersize=10)
+            axes[0].text(
+                x,
+                row["speedup"],
+                row["selection"],
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+            axes[1].bar(x, row["peak_rss_mib"] - row["model_rss_mib"], 0.16, color=f"C{r_index}")
+    for ax, title in zip(
+        axes,
+        ("speed-up vs full pass (bars: measured, -: FLOPs)", "peak RSS above the model (MiB)"),
+        strict=True,
+    ):
+        ax.set_xticks(range(len(models)), models, fontsize=8)
+        ax.set_title(title)
+    axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models only")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--only", default=None, help="comma-separated model labels to run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=("time", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--selection", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    import diffusers
+    import psutil
+    import torch
+
+    models = QUICK if args.quick else FULL
+    if args.only:
+        wanted = set(args.only.split(","))
+        models = [m for m in models if m[0] in wanted]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            rows += run_model(model, args, Path(tmp))
+    report = {
+        "quick": args.quick,
+        "threads": args.threads,
+        "cpu": cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "rows": rows,
+    }
+    name = "diffeat_bench_quick" if args.quick else "diffeat_bench"
+    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    table = markdown(report)
+    atomic_write_text(args.results / f"{name}.md", table)
+    plot(report, args.results / f"{name}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

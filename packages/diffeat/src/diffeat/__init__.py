@@ -1,0 +1,46 @@
+"""diffeat: every diffusion U-Net activation as a discriminative feature.
+
+Hook-based extraction on stock diffusers (SD 1.5/2.1, SDXL, Playground v2) with early exit,
+the paper's presets, property probes, a PCA visualiser and task heads (Meng et al., NeurIPS 2024,
+"Not All Diffusion Model Activations Have Been Evaluated as Discriminative Features").
+"""
+
+from diffeat.aggregate import aggregate
+from diffeat.capture import ActivationRecorder, MissingActivationsError
+from diffeat.catalogue import (
+    LayerInfo,
+    LayerSpec,
+    attention_map_view,
+    build_catalogue,
+    expected_catalogue_size,
+    layer_infos,
+    list_layers,
+)
+from diffeat.ensemble import MultiModelExtractor
+from diffeat.extractor import ExtractorConfig, FeatureExtractor
+from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
+from diffeat.prompts import PromptEmbeddings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENSEMBLES",
+    "PRESETS",
+    "ActivationRecorder",
+    "EnsembleMember",
+    "ExtractorConfig",
+    "FeatureExtractor",
+    "LayerInfo",
+    "LayerSpec",
+    "MissingActivationsError",
+    "MultiModelExtractor",
+    "Preset",
+    "PromptEmbeddings",
+    "__version__",
+    "aggregate",
+    "attention_map_view",
+    "build_catalogue",
+    "expected_catalogue_size",
+    "layer_infos",
+    "list_layers",
+]

@@ -1,0 +1,254 @@
+"""U-Net configurations: the published SD 1.5 / SD 2.1 / SDXL ones and tiny test-sized ones.
+
+The published values are the ``unet/config.json`` of the hub repositories (Playground v2 uses
+the SDXL U-Net architecture). They let the catalogue, its shapes and the benchmarks be built
+without downloading weights (on the ``meta`` device or with random weights). The tiny configs
+keep the *topology* of SD 1.5 and SDXL (so every paper preset name exists) with a few channels.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+SD15_UNET: dict[str, Any] = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ],
+}
+
+SD21_UNET: dict[str, Any] = {
+    **SD15_UNET,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "sample_size": 96,
+    "upcast_attention": True,
+    "use_linear_projection": True,
+}
+
+SDXL_UNET: dict[str, Any] = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+
+TINY_SD15_UNET: dict[str, Any] = {
+    **SD15_UNET,
+    "attention_head_dim": 2,
+    "block_out_channels": [8, 16, 16, 16],
+    "cross_attention_dim": 16,
+    "norm_num_groups": 4,
+    "sample_size": 8,
+}
+
+TINY_SDXL_UNET: dict[str, Any] = {
+    **SDXL_UNET,
+    "addition_embed_type_num_heads": 2,
+    "addition_time_embed_dim": 4,
+    "attention_head_dim": [2, 2, 4],
+    "block_out_channels": [8, 16, 16],
+    "cross_attention_dim": 32,  # two 16-wide text encoders, concatenated
+    "norm_num_groups": 4,
+    "projection_class_embeddings_input_dim": 6 * 4 + 16,  # 6 time ids x 4 + pooled text (16)
+    "sample_size": 16,
+}
+
+UNET_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": SD15_UNET,
+    "sd21": SD21_UNET,
+    "sdxl": SDXL_UNET,
+    "playground-v2": SDXL_UNET,
+    "tiny-sd15": TINY_SD15_UNET,
+    "tiny-sdxl": TINY_SDXL_UNET,
+}
+
+# Default scheduler configurations of the hub repositories (PNDM for SD 1.5, Euler for SDXL).
+SD15_SCHEDULER: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+SDXL_SCHEDULER: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+
+TINY_VAE: dict[str, Any] = {
+    "block_out_channels": [8, 8, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "sample_size": 64,
+}
+
+TINY_TEXT_ENCODER: dict[str, Any] = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 16,
+    "projection_dim": 16,
+    "vocab_size": 514,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
+
+KINDS = ("sd15", "sdxl")
+
+
+def unet_config(name: str) -> dict[str, Any]:
+    """A deep copy of a named U-Net configuration.
+
+    Args:
+        name: one of ``UNET_CONFIGS`` (``sd15``, ``sd21``, ``sdxl``, ``playground-v2``,
+            ``tiny-sd15``, ``tiny-sdxl``).
+    """
+    if name not in UNET_CONFIGS:
+        raise ValueError(f"config: unknown name {name!r}; choose one of {sorted(UNET_CONFIGS)}")
+    return copy.deepcopy(UNET_CONFIGS[name])
+
+
+def tiny_tokenizer(max_length: int = 16):
+    """A byte-level CLIP tokenizer with a 514-token vocabulary (no merges), built offline.
+
+    Args:
+        max_length: ``model_max_length`` (the padded prompt length).
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for suffix in ("", "</w>"):
+        for char in alphabet:
+            vocab[char + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_pipeline(kind: str, seed: int = 0):
+    """A randomly initialised, tiny diffusers pipeline with the topology of SD 1.5 or SDXL.
+
+    Args:
+        kind: ``"sd15"`` (one text encoder, PNDM) or ``"sdxl"`` (two text encoders, Euler,
+            text-time added conditioning).
+        seed: ``torch.manual_seed`` before building the random weights.
+
+    Returns:
+        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (``save_pretrained`` it
+        to get a folder that ``FeatureExtractor.from_pretrained`` and the CLI load).
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {KINDS}; got {kind!r}")
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(**TINY_TEXT_ENCODER)
+    vae = AutoencoderKL(**TINY_VAE)
+    if kind == "sd15":
+        vae.register_to_config(scaling_factor=0.18215)
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(text_config).eval(),
+            tokenizer=tiny_tokenizer(),
+            unet=UNet2DConditionModel(**TINY_SD15_UNET),
+            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    vae.register_to_config(scaling_factor=0.13025)
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config).eval(),
+        tokenizer=tiny_tokenizer(),
+        tokenizer_2=tiny_tokenizer(),
+        unet=UNet2DConditionModel(**TINY_SDXL_UNET),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+    )
+
+
+def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
+    """Write a tiny random diffusers model folder (unet, vae, text encoders, tokenizers, scheduler).
+
+    Args:
+        directory: output folder (created; must not hold a model already).
+        kind: ``"sd15"`` or ``"sdxl"``.
+        seed: seed of the random weights.
+    """
+    from pathlib import Path
+
+    folder = Path(directory)
+    if (folder / "model_index.json").exists():
+        raise FileExistsError(f"directory: {folder} already holds a model (model_index.json)")
+    tiny_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)

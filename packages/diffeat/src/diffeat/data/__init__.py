@@ -1,0 +1,5 @@
+"""Dataset readers."""
+
+from diffeat.data.spair import SPairDataset
+
+__all__ = ["SPairDataset"]

@@ -1,0 +1,147 @@
+"""Images in, features and PNGs out (outputs are written atomically: temp file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image (grey and palette images are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image: {path} does not exist")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def parse_size(text: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``512`` / ``"512"`` / ``"512x768"`` (H x W) / ``(H, W)`` -> ``(H, W)``; None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        size = (text, text)
+    elif isinstance(text, str):
+        parts = text.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"image_size: expected S or HxW in pixels; got {text!r}")
+        size = (int(parts[0]), int(parts[-1]))
+    else:
+        size = tuple(int(v) for v in text)
+        if len(size) != 2:
+            raise ValueError(f"image_size: expected (H, W); got {text!r}")
+    if min(size) < 1:
+        raise ValueError(f"image_size: sizes must be positive; got {size}")
+    return size
+
+
+def _pil_to_tensor(image: Image.Image) -> Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+
+
+def to_pixel_batch(images, size: tuple[int, int] | None = None) -> Tensor:
+    """Images as one (B, 3, H, W) float32 batch in [0, 1], resized to ``size`` when given.
+
+    Args:
+        images: a PIL image, a list of PIL images, or a float tensor (3, H, W) / (B, 3, H, W)
+            with values in [0, 1].
+        size: (H, W) to resize every image to (bicubic, antialiased); None keeps the sizes,
+            which must then agree.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, Tensor):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected a (B, 3, H, W) tensor; got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images: tensors must be float in [0, 1]; got {images.dtype}")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"images: values must lie in [0, 1]; got [{low:.3g}, {high:.3g}]")
+        batch = [images[i].float() for i in range(images.shape[0])]
+    elif (
+        isinstance(images, Sequence) and images and all(isinstance(i, Image.Image) for i in images)
+    ):
+        batch = [_pil_to_tensor(i) for i in images]
+    else:
+        raise TypeError("images: pass a PIL image, a list of PIL images or a (B, 3, H, W) tensor")
+    if size is not None:
+        batch = [_resize(x, size) for x in batch]
+    shapes = sorted({tuple(x.shape[-2:]) for x in batch})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images: sizes differ ({', '.join(f'{h}x{w}' for h, w in shapes)}); pass "
+            "image_size=(H, W) to resize them to one size"
+        )
+    return torch.stack(batch)  # (B, 3, H, W)
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out[0].clamp(0.0, 1.0)  # (3, H, W)
+
+
+def save_features(
+    path: str | Path, features: Mapping[str, Tensor], metadata: Mapping[str, object]
+) -> None:
+    """Write features to a safetensors file (values as JSON strings in its metadata)."""
+    from safetensors.torch import save
+
+    tensors = {name: value.detach().cpu().contiguous() for name, value in features.items()}
+    meta = {key: json.dumps(value) for key, value in metadata.items()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_features(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
+    """Features and metadata written by :func:`save_features`."""
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
+        for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            tensors[name] = f.get_tensor(name)
+    order = meta.get("layers")
+    if isinstance(order, list) and set(order) == set(tensors):
+        tensors = {name: tensors[name] for name in order}
+    return tensors, meta
+
+
+def save_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG."""
+    import io as _io
+
+    buffer = _io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

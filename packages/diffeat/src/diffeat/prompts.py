@@ -1,0 +1,117 @@
+"""Prompt embeddings for SD-style (one CLIP text encoder) and SDXL-style (two) U-Nets.
+
+Matches the diffusers pipelines' ``encode_prompt`` without classifier-free guidance: SD 1.x/2.x
+use the last hidden state of the text encoder; SDXL-style models concatenate the penultimate
+hidden states of both encoders and take the pooled (projected) embedding of the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning of a batch.
+
+    Args:
+        embeds: (B, L, D) token embeddings (``encoder_hidden_states``).
+        pooled: (B, P) pooled embeddings (SDXL-style ``text_embeds``), else None.
+    """
+
+    embeds: Tensor
+    pooled: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def expand(self, batch: int) -> PromptEmbeddings:
+        """Repeat a batch-1 embedding ``batch`` times (other sizes must already match)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"embeddings: batch {len(self)} does not match {batch} images")
+        pooled = None if self.pooled is None else self.pooled.expand(batch, -1)
+        return PromptEmbeddings(self.embeds.expand(batch, -1, -1), pooled)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeddings:
+        pooled = None if self.pooled is None else self.pooled.to(device, dtype)
+        return PromptEmbeddings(self.embeds.to(device, dtype), pooled)
+
+
+class PromptEncoder:
+    """Tokenise and encode prompts; results are cached per prompt string.
+
+    Args:
+        tokenizers: one (SD) or two (SDXL) CLIP tokenizers.
+        text_encoders: the matching CLIP text encoders (for SDXL the second one has a projection).
+        cache_size: prompts kept in the in-memory cache.
+    """
+
+    def __init__(
+        self, tokenizers: Sequence, text_encoders: Sequence[nn.Module], cache_size: int = 256
+    ):
+        if len(tokenizers) != len(text_encoders) or len(tokenizers) not in (1, 2):
+            raise ValueError("tokenizers/text_encoders: give one or two matching pairs")
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = list(text_encoders)
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+    @property
+    def dual(self) -> bool:
+        return len(self.text_encoders) == 2
+
+    @property
+    def length(self) -> int:
+        """Tokens per prompt (the first tokenizer's ``model_max_length``)."""
+        return int(self.tokenizers[0].model_max_length)
+
+    def _ids(self, tokenizer, prompts: list[str], device) -> Tensor:
+        return tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            device = next(encoder.parameters()).device
+            ids = self._ids(tokenizer, prompts, device)
+            if not self.dual:
+                mask = None
+                if getattr(encoder.config, "use_attention_mask", False):
+                    mask = (ids != tokenizer.pad_token_id).long()
+                return encoder(ids, attention_mask=mask)[0], None
+            out = encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:  # CLIPTextModelWithProjection: pooled, projected
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        if pooled is None:
+            raise ValueError("text_encoders: no encoder returned pooled embeddings (SDXL-style)")
+        return torch.cat(hidden, dim=-1), pooled  # (B, L, D1 + D2), (B, P)
+
+    def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embeddings of ``prompts`` (one row per prompt)."""
+        prompts = list(prompts)
+        rows = {p: self._cache[p] for p in prompts if p in self._cache}
+        todo = sorted(set(prompts) - set(rows))
+        if todo:
+            embeds, pooled = self._encode(todo)
+            for i, prompt in enumerate(todo):
+                rows[prompt] = (embeds[i], None if pooled is None else pooled[i])
+                self._cache[prompt] = rows[prompt]
+            while len(self._cache) > self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+        embeds = torch.stack([rows[p][0] for p in prompts])  # (B, L, D)
+        first = rows[prompts[0]][1]
+        pooled = None if first is None else torch.stack([rows[p][1] for p in prompts])  # (B, P)
+        return PromptEmbeddings(embeds, pooled)

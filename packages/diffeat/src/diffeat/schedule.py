@@ -1,0 +1,101 @@
+"""Noising a clean latent at one diffusion timestep: the exact rule and the official quirk.
+
+Exact (default): ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` with the U-Net timestep ``t``
+itself, ``abar`` taken from the model's scheduler (its training noise schedule).
+
+Faithful (official code): the pipeline scheduler is set to as many inference steps as training
+steps and entry ``num_train_timesteps - t`` of its timestep list is used for the noise and the
+U-Net. On SD 1.5 (PNDM, leading spacing, offset 1) the list holds 999 twice, so ``t = 50``
+becomes timestep 51; on SDXL (Euler) it stays 50.0, the latent is noised as ``z + sigma eps``
+and scaled by ``1 / sqrt(sigma^2 + 1)`` (the same point up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """How one extraction noises its latent.
+
+    Args:
+        timestep: the U-Net timestep (int for DDPM-style, float for Euler in faithful mode).
+        signal: coefficient of the clean latent (exact mode), else None.
+        noise: coefficient of the noise (exact mode), else None.
+        faithful: use the scheduler's own ``add_noise``/``scale_model_input``.
+    """
+
+    timestep: int | float
+    signal: float | None
+    noise: float | None
+    faithful: bool
+
+
+def num_train_timesteps(scheduler) -> int:
+    return int(scheduler.config.num_train_timesteps)
+
+
+def plan_noise(scheduler, t: int, faithful: bool) -> NoisePlan:
+    """Resolve timestep ``t`` for a scheduler.
+
+    Args:
+        scheduler: the model's diffusers scheduler (needs ``alphas_cumprod``).
+        t: the requested timestep, in ``[0, num_train_timesteps - 1]``.
+        faithful: reproduce the official timestep selection.
+    """
+    total = num_train_timesteps(scheduler)
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < total:
+        raise ValueError(
+            f"timestep: must be an integer in [0, {total - 1}] (the scheduler's "
+            f"num_train_timesteps is {total}); got {t!r}"
+        )
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise ValueError(
+            f"scheduler: {type(scheduler).__name__} has no alphas_cumprod; diffeat needs a "
+            "DDPM-style noise schedule (PNDM, DDIM, DDPM, Euler, ...)"
+        )
+    if not faithful:
+        abar = float(scheduler.alphas_cumprod[t].double())
+        return NoisePlan(t, math.sqrt(abar), math.sqrt(1.0 - abar), False)
+    timesteps = _official_timesteps(scheduler)
+    index = total - t
+    if not 0 <= index < len(timesteps):
+        raise ValueError(
+            f"timestep: faithful mode picks entry {total} - t of the scheduler's "
+            f"{len(timesteps)}-entry timestep list; t = {t} is outside it"
+        )
+    value = timesteps[index]
+    step = value.item() if value.is_floating_point() else int(value)
+    return NoisePlan(step, None, None, True)
+
+
+def _official_timesteps(scheduler) -> Tensor:
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_train_timesteps(scheduler))
+    return fresh.timesteps
+
+
+def noisy_latents(scheduler, plan: NoisePlan, latents: Tensor, noise: Tensor) -> Tensor:
+    """The U-Net input for clean ``latents`` (B, 4, h, w) and standard-normal ``noise``.
+
+    Computed in fp32 whatever the input dtype.
+
+    Args:
+        scheduler: the model's scheduler (used in faithful mode).
+        plan: from :func:`plan_noise`.
+        latents: scaled VAE latents.
+        noise: the noise, same shape.
+    """
+    latents, noise = latents.float(), noise.float()
+    if not plan.faithful:
+        return plan.signal * latents + plan.noise * noise
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_train_timesteps(scheduler))
+    step = torch.tensor(plan.timestep, dtype=fresh.timesteps.dtype)
+    noisy = fresh.add_noise(latents, noise, step.repeat(latents.shape[0]))
+    return fresh.scale_model_input(noisy, step)

@@ -1,0 +1,88 @@
+"""The benchmark's pieces at toy size (no timing assertions); --quick end to end when slow."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("diffeat_bench_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_unet_and_inputs(bench):
+    unet = bench.random_unet("tiny-sdxl", seed=0)
+    weight = unet.conv_in.weight
+    assert weight.device.type == "cpu" and torch.isfinite(weight).all()
+    assert abs(float(weight.std()) - (4 * 9) ** -0.5) < 0.05  # N(0, 1 / fan_in)
+    assert torch.all(unet.conv_in.bias == 0)
+    assert torch.equal(bench.random_unet("tiny-sdxl", seed=0).conv_in.weight, weight)
+    latent, timestep, context, kwargs = bench.unet_inputs(unet, 64)
+    assert latent.shape == (1, 4, 8, 8) and int(timestep) == 50 and context.shape == (1, 77, 32)
+    assert kwargs["added_cond_kwargs"]["text_embeds"].shape == (1, 16)
+
+
+def test_timed_selections_memory_and_report(bench, tmp_path):
+    timed = bench.time_selections("tiny-sdxl", 64, ["full", "ours-xl", "catalogue"], 0, 2, True)
+    full, ours, catalogue = (timed[s] for s in ("full", "ours-xl", "catalogue"))
+    assert full["activations"] == 0 and full["max_abs_diff_vs_full_pass"] is None
+    assert ours["activations"] == 4 and ours["channels"] == 16 + 16 + 16 + 16
+    assert ours["last_activation"] == "up-level1-repeat0-vit-block0-out"
+    assert ours["max_abs_diff_vs_full_pass"] == 0.0  # early exit: identical features
+    assert catalogue["activations"] == 612 and catalogue["feature_mib"] > ours["feature_mib"]
+    assert all(
+        row["repeats"] == 2 and row["seconds_min"] <= row["seconds_median"]
+        for row in timed.values()
+    )
+    memory = bench.peak_memory("tiny-sdxl", 64, "ours-xl")
+    assert memory["peak_rss_mib"] >= memory["model_rss_mib"] > 0
+    flops = bench.flop_counts("tiny-sdxl", 64, ["full", "ours-xl", "legacy-xl", "catalogue"])
+    assert flops["full"] > flops["ours-xl"] > 0  # early exit skips work
+    assert flops["catalogue"] > flops["full"]  # recorded maps cost an extra QK^T
+    assert flops["legacy-xl"] == pytest.approx(flops["full"], rel=0.01)  # only conv_out skipped
+    rows = [
+        {"model": "tiny-sdxl@64", "speedup": 1.0, "tflops": flops[s] / 1e12,
+         "flop_speedup": flops["full"] / flops[s], **timed[s], **memory}
+        for s in ("full", "ours-xl", "catalogue")
+    ]  # fmt: skip
+    report = {
+        "threads": 1, "cpu": "test", "physical_cores": 1, "load_average": (0.0, 0.0, 0.0),
+        "torch": torch.__version__, "diffusers": "x", "rows": rows,
+    }  # fmt: skip
+    table = bench.markdown(report)
+    assert table.count("\n| tiny-sdxl@64 |") == 3 and "| 1 (baseline) |" in table
+    bench.plot(report, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_results(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--quick",
+            "--only",
+            "tiny-sdxl@256",
+            "--results",
+            str(tmp_path),
+        ],
+        check=True,
+    )
+    report = json.loads((tmp_path / "diffeat_bench_quick.json").read_text())
+    assert [r["selection"] for r in report["rows"]] == ["full", "ours-xl", "legacy-xl", "catalogue"]
+    assert all(r["max_abs_diff_vs_full_pass"] in (None, 0.0) for r in report["rows"])
+    assert (tmp_path / "diffeat_bench_quick.png").stat().st_size > 0
+    assert "| tiny-sdxl@256 | ours-xl |" in (tmp_path / "diffeat_bench_quick.md").read_text()

@@ -1,0 +1,134 @@
+"""The diffeat command, in-process, on the tiny model folders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffeat import PRESETS, FeatureExtractor
+from diffeat.cli import main
+from diffeat.io import load_features, load_image
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    paths = []
+    for i, size in enumerate([(96, 80), (70, 50)]):
+        rng = np.random.default_rng(i)
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_tiny_model_command_writes_a_loadable_folder(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    assert main(["tiny-model", str(folder), "--kind", "sd15"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+    ]  # fmt: skip
+    assert len(FeatureExtractor.from_pretrained(folder).catalogue) == 197
+    assert main(["tiny-model", str(folder), "--kind", "sd15"]) == 1
+    assert "already holds a model" in capsys.readouterr().err
+
+
+def test_layers_command(model_dirs, capsys):
+    assert main(["layers", "--model", str(model_dirs["sdxl"]), "--image-size", "128x192"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "612 of 612 activations"
+    line = next(row for row in out if " up-level0-repeat0-vit-block7-cross-map " in row)
+    assert line.endswith("64 x 4 x 6  (4 heads)")  # 4 heads x 16 prompt tokens
+    assert main(["layers", "--config", "sd15", "--contains", "up-level3-repeat2-vit-out"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[1:] == ["up-level3-repeat2-vit-out", "320", "x", "64", "x", "64"]
+
+
+def test_extract_matches_the_api_and_records_metadata(model_dirs, image_files, tmp_path, capsys):
+    out = tmp_path / "feats.safetensors"
+    argv = ["extract", *map(str, image_files), "--model", str(model_dirs["sd15"]),
+            "--preset", "ours-v1.5", "--image-size", "128", "--prompt", "a photo",
+            "--batch-size", "2", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    features, meta = load_features(out)
+    assert list(features) == list(PRESETS["ours-v1.5"].layers) == meta["layers"]
+    assert meta["images"] == [str(p) for p in image_files] and meta["image_size"] == [128, 128]
+    assert meta["preset"] == "ours-v1.5" and meta["timestep"] == 50 and meta["seed"] == 0
+    extractor = FeatureExtractor.from_pretrained(
+        model_dirs["sd15"], preset="ours-v1.5", image_size=128
+    )
+    reference = extractor([load_image(p) for p in image_files], "a photo", extractor.generator())
+    for name, value in reference.items():
+        assert torch.equal(features[name], value), name
+    assert "wrote 4 features of 2 images" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+    concat = tmp_path / "concat.safetensors"
+    argv = ["extract", str(image_files[0]), "--model", str(model_dirs["sdxl"]), "--layers",
+            "unet-in,up-level1-repeat0-vit-block0-cross-q", "--image-size", "64x96",
+            "--resize", "8", "--concat", "-o", str(concat)]  # fmt: skip
+    assert main(argv) == 0
+    features, meta = load_features(concat)
+    assert list(features) == ["features"] and features["features"].shape == (1, 4 + 16, 8, 8)
+    assert meta["source_layers"] == ["unet-in", "up-level1-repeat0-vit-block0-cross-q"]
+
+
+def test_probe_and_pca_commands(model_dirs, image_files, tmp_path, capsys):
+    report = tmp_path / "probe.json"
+    argv = ["probe", str(image_files[0]), "--model", str(model_dirs["sdxl"]), "--preset", "ours-xl",
+            "--image-size", "64", "-o", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(report.read_text())
+    assert list(results) == list(PRESETS["ours-xl"].layers)
+    assert all(list(v) == ["noise", "granularity", "locality"] for v in results.values())
+    assert "granularity" in capsys.readouterr().out
+
+    feats = tmp_path / "f.safetensors"
+    argv = ["extract", *map(str, image_files), "--model", str(model_dirs["sd15"]),
+            "--layers", "up-level3-repeat0-vit-block0-self-k", "--image-size", "64",
+            "-o", str(feats)]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["pca", "--features", str(feats), "-o", str(tmp_path / "pca")]) == 0
+    pngs = sorted((tmp_path / "pca").iterdir())
+    assert [p.name for p in pngs] == [
+        f"img{i}__up-level3-repeat0-vit-block0-self-k.png" for i in (0, 1)
+    ]
+    assert Image.open(pngs[0]).size == (64, 64)
+    argv = ["pca", str(image_files[1]), "--model", str(model_dirs["sdxl"]), "--preset", "legacy-xl",
+            "--image-size", "64x96", "--size", "32x48", "-o", str(tmp_path / "pca2")]  # fmt: skip
+    assert main(argv) == 0
+    pngs = sorted((tmp_path / "pca2").iterdir())
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (48, 32)
+
+
+def test_cli_errors(model_dirs, image_files, tmp_path, capsys):
+    base = [
+        "extract",
+        str(image_files[0]),
+        "--model",
+        str(model_dirs["sd15"]),
+        "-o",
+        str(tmp_path / "x.safetensors"),
+    ]
+    assert main([*base, "--layers", "up-level3-repeat0-vit-block0-self-kk"]) == 1
+    assert "did you mean up-level3-repeat0-vit-block0-self-k" in capsys.readouterr().err
+    assert main([*base, "--layers", "unet-in"]) == 1  # 80 x 96 is not a multiple of 64
+    assert "multiples of 64 for this model (VAE x8, U-Net x8); got 80x96" in capsys.readouterr().err
+    assert main([*base, "--all", "--timestep", "1000"]) == 1
+    assert "timestep: must be an integer in [0, 999]" in capsys.readouterr().err
+    argv = ["extract", *map(str, image_files), "--model", str(model_dirs["sd15"]), "--layers",
+            "unet-in", "-o", str(tmp_path / "y.safetensors"), "--image-size", "oops"]  # fmt: skip
+    assert main(argv) == 1
+    assert "image_size: expected S or HxW" in capsys.readouterr().err
+    assert main(["pca", "-o", str(tmp_path)]) == 1
+    assert "pass images and --model, or --features FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--preset", "ours-v1.5", "--layers", "unet-in"])
+    assert not (tmp_path / "x.safetensors").exists()
