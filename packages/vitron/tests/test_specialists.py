@@ -327,7 +327,6 @@ def test_router_region_on_another_image(registry, image, tmp_path):
 
 
 def test_highres_generation_through_pixelsmith(specialist_options, tmp_path):
-    pytest.importorskip("pixelsmith")
     from pixelsmith.tiny import save_tiny_model
 
     folder = save_tiny_model(tmp_path / "pixelsmith")
@@ -344,7 +343,6 @@ def test_highres_generation_through_pixelsmith(specialist_options, tmp_path):
 
 
 def test_features_through_diffeat(specialist_options, image, tmp_path):
-    pytest.importorskip("diffeat")
     from safetensors.torch import load_file
 
     from diffeat import list_layers
