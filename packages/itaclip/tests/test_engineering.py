@@ -65,7 +65,10 @@ def test_combine_variant_logits_reference():
     feats = F.normalize(torch.randn(2, 5, 3, 4, 8), dim=-1)
     text = F.normalize(torch.randn(6, 8), dim=-1)
     lam = 0.7
-    out = combine_variant_logits(feats, text, (12, 16), lam)
+    tokens = combine_variant_logits(feats, text, lam)
+    assert tokens.shape == (2, 6, 3, 4)
+    # the caller upsamples once; the official procedure upsamples every variant, then flips back
+    out = F.interpolate(tokens, size=(12, 16), mode="bilinear", align_corners=False)
     for n in range(2):
         mean = (feats[n, 0] + feats[n, 1] + feats[n, 2]) / 3
         first = (mean @ text.T).permute(2, 0, 1)[None]

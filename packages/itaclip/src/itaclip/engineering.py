@@ -80,25 +80,23 @@ def make_variants(
     return torch.stack(variants, dim=1).flatten(0, 1)  # (n*5, 3, h, w)
 
 
-def combine_variant_logits(
-    features: Tensor, text: Tensor, size: tuple[int, int], lam: float
-) -> Tensor:
-    """Crop logits from the features of its five variants.
+def combine_variant_logits(features: Tensor, text: Tensor, lam: float) -> Tensor:
+    """Crop logits on the token grid from the features of its five variants.
+
+    The official procedure upsamples each variant's logits to the crop, flips the flipped ones
+    back and mixes them. Bilinear upsampling (``align_corners=False``) commutes with flips and
+    with linear combinations, so mixing the features on the token grid and upsampling once
+    (the caller does, see ``itaclip.stitching``) gives the same logits up to float rounding.
 
     Args:
         features: (n, 5, h, w, C) patch features, variants in ``VARIANTS`` order.
         text: (Q, C) query embeddings.
-        size: (H, W) crop size the logits are upsampled to.
         lam: weight of the first category.
 
     Returns:
-        (n, Q, H, W) logits.
+        (n, Q, h, w) logits on the token grid.
     """
     first = features[:, :FIRST_CATEGORY].mean(1)  # (n, h, w, C), not renormalised
-    first_logits = torch.einsum("nhwc,qc->nqhw", first, text)
-    first_logits = F.interpolate(first_logits, size=size, mode="bilinear", align_corners=False)
-    vflip = torch.einsum("nhwc,qc->nqhw", features[:, 3], text)
-    hflip = torch.einsum("nhwc,qc->nqhw", features[:, 4], text)
-    vflip = F.interpolate(vflip, size=size, mode="bilinear", align_corners=False).flip(-2)
-    hflip = F.interpolate(hflip, size=size, mode="bilinear", align_corners=False).flip(-1)
-    return lam * first_logits + (1 - lam) * 0.5 * (vflip + hflip)
+    flips = 0.5 * (features[:, 3].flip(1) + features[:, 4].flip(2))  # flipped back: h, then w
+    mixed = lam * first + (1 - lam) * flips  # (n, h, w, C)
+    return torch.einsum("nhwc,qc->nqhw", mixed, text)

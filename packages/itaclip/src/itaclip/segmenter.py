@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common_kernels import OverlapAccumulator, tile_grid
+from common_kernels import tile_grid
 from itaclip.engineering import VARIANTS, combine_variant_logits, make_variants, normalize
 from itaclip.io import to_rgb_tensor
 from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder
 from itaclip.pamr import pamr
 from itaclip.postprocess import query_logits_to_classes
 from itaclip.presets import check_preset, dataset_classes
+from itaclip.stitching import stitch_windows, window_axis_matrix
 from itaclip.text import (
     ClassQueries,
     TextEmbeddingCache,
@@ -75,7 +76,7 @@ class SegmenterConfig:
     pamr: bool = True
     pamr_iterations: int = 10
     pamr_dilations: tuple[int, ...] = (8, 16)
-    pamr_chunk: int = 16
+    pamr_chunk: int = 8
     batch_size: int = 20
     faithful: bool = False
     precision: str = "auto"
@@ -305,16 +306,20 @@ class Segmenter(nn.Module):
         return torch.cat(parts)
 
     def crop_logits(self, crops: Tensor, text: Tensor) -> Tensor:
-        """(n, 3, h, w) RGB crops in [0, 1] -> (n, Q, h, w) combined variant logits."""
-        n, _, height, width = crops.shape
+        """(n, 3, h, w) RGB crops in [0, 1] -> (n, Q, h', w') combined logits on the token grid."""
+        n = crops.shape[0]
         pixels = make_variants(crops, self.mean, self.std, self.config.faithful)  # (n*5, 3, h, w)
         features = self.encode_images(pixels)  # (n*5, h', w', C)
         features = features.reshape(n, len(VARIANTS), *features.shape[1:])  # (n, 5, h', w', C)
-        return combine_variant_logits(features, text, (height, width), self.config.lam)
+        return combine_variant_logits(features, text, self.config.lam)
 
     @torch.no_grad()
     def query_logits(self, image: Tensor, text: Tensor) -> Tensor:
         """Sliding-window logits of every query at the input resolution.
+
+        Windows go through the ViT in batches; their token-grid logits are stitched, averaged
+        and resized to the input in two matrix products (``itaclip.stitching``), which equals
+        the official upsample-per-window, canvas-add, divide and resize up to float rounding.
 
         Args:
             image: (3, H, W) RGB in [0, 1].
@@ -331,15 +336,24 @@ class Segmenter(nn.Module):
             image[None], size=(new_h, new_w), mode="bilinear", align_corners=False
         )[0]  # (3, H', W')
         tiles = tile_grid(new_h, new_w, cfg.crop, cfg.stride)
-        acc = OverlapAccumulator((text.shape[0], new_h, new_w), device=self.device)
+        tops = list(dict.fromkeys(tile.top for tile in tiles))
+        lefts = list(dict.fromkeys(tile.left for tile in tiles))
         per_step = max(1, cfg.batch_size // len(VARIANTS))
+        grid = None
         for start in range(0, len(tiles), per_step):
             group = tiles[start : start + per_step]
             crops = torch.stack([resized[(slice(None), *t.slices)] for t in group])  # (n, 3, h, w)
-            for tile, logits in zip(group, self.crop_logits(crops, text), strict=True):
-                acc.add(tile, logits)
-        logits = acc.result()[None]  # (1, Q, H', W')
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            windows = self.crop_logits(crops, text)  # (n, Q, th, tw)
+            token_h, token_w = windows.shape[-2:]
+            if grid is None:  # (Q, window rows, th, window cols, tw)
+                grid = windows.new_zeros(text.shape[0], len(tops), token_h, len(lefts), token_w)
+            for index, window in enumerate(windows, start=start):
+                row, col = divmod(index, len(lefts))  # tiles are row-major
+                grid[:, row, :, col] = window
+        rows = window_axis_matrix(new_h, tops, tiles[0].height, token_h, height)  # (H, rows * th)
+        cols = window_axis_matrix(new_w, lefts, tiles[0].width, token_w, width)  # (W, cols * tw)
+        grid = grid.flatten(3, 4).flatten(1, 2)  # (Q, rows * th, cols * tw)
+        logits = stitch_windows(grid, rows, cols)[None]  # (1, Q, H, W)
         if cfg.pamr:
             guide = normalize(image[None], self.mean, self.std)  # (1, 3, H, W)
             logits = pamr(guide, logits, cfg.pamr_iterations, cfg.pamr_dilations, cfg.pamr_chunk)

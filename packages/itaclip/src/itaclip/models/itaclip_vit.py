@@ -220,6 +220,22 @@ class ITACLIPVisionEncoder(nn.Module):
             return block(x)
         return block(x.transpose(0, 1)).transpose(0, 1)  # (N, B, D) inside the block
 
+    def run_block_keeping_qk(self, block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The block's unchanged computation, written out so that its q and k (needed for the
+        intermediate self-self maps) come from the same projection as its attention.
+
+        Returns:
+            (B, N, D) block output, and q, k as (B, heads, N, d).
+        """
+        q, k, v = self.qkv(block, x)
+        if self.backend == "reference":
+            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        x = x + block.ls_1(block.attn.out_proj(merge_heads(attn)))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, q, k
+
     def last_block(self, block: nn.Module, x: Tensor, mid_qk: list[tuple[Tensor, Tensor]]):
         """Fused self-self attention with residual and out_proj; no MLP. (B, N, D)."""
         q, k, v = self.qkv(block, x)
@@ -251,9 +267,10 @@ class ITACLIPVisionEncoder(nn.Module):
         mid_qk = []
         for index, block in enumerate(blocks[:-1], start=1):
             if index in self.mid_layers:
-                q, k, _ = self.qkv(block, x)
+                x, q, k = self.run_block_keeping_qk(block, x)
                 mid_qk.append((q, k))
-            x = self.run_block(block, x)
+            else:
+                x = self.run_block(block, x)
         x = self.last_block(blocks[-1], x, mid_qk)
         x = self.visual.ln_post(x) @ self.visual.proj  # (B, 1 + h*w, C)
         x = F.normalize(x[:, 1:], dim=-1)  # (B, h*w, C)
