@@ -4,6 +4,7 @@ vitron run "segment the dog and make it a cat" --image dog.png -o out/ --model D
           [--specialists specialists.json] [--set itaclip.signal_weight=0.5] [--box x1,y1,x2,y2]
           [--reply-file reply.txt]
 vitron chat --model DIR_OR_HUB_ID --image dog.png -o out/
+vitron app --model DIR_OR_HUB_ID -o out/ [--port 7860]   (a local Gradio page; vitron[app])
 vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...'
 vitron specialists [--specialists specialists.json]
 vitron train --model DIR --data train.jsonl --stage 2 -o trained/ [--lora-rank 8]
@@ -272,6 +273,18 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
     return 0
 
 
+def run_app(args: argparse.Namespace) -> int:
+    from vitron.app import ChatSession, build_app
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: vitron app needs gradio: pip install 'vitron[app]'") from None
+    session = ChatSession(build_assistant(args, []), args.output)
+    build_app(session).launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
 def run_parse(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.reply == "-" else args.reply
     try:
@@ -357,6 +370,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="override one specialist option",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-rounds", type=int, default=1, help="rounds of calls per turn")
+    parser.add_argument("--grammar", choices=GRAMMARS, default="auto")
+
+
+def add_media_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", type=Path, help="input image (repeatable)")
     parser.add_argument(
         "--video", action="append", type=Path, help="input video: GIF or frame folder"
@@ -367,13 +390,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stroke", action="append", help="region stroke 'x,y x,y ...'[@K]")
     parser.add_argument("--stroke-width", type=float, default=8.0, help="stroke brush width (px)")
     parser.add_argument("--mask", action="append", help="region mask image PATH[@K]")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-rounds", type=int, default=1, help="rounds of calls per turn")
-    parser.add_argument("--grammar", choices=GRAMMARS, default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,12 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="one request: reply, dispatch calls, answer")
     run.add_argument("prompt")
     add_model_options(run)
+    add_media_options(run)
     run.add_argument(
         "--reply-file", type=Path, default=None,
         help="testing aid: use this file's text as the LLM's first reply instead of decoding",
     )  # fmt: skip
     chat = commands.add_parser("chat", help="interactive conversation in the terminal")
     add_model_options(chat)
+    add_media_options(chat)
+    app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]')")
+    add_model_options(app)
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--share", action="store_true", help="also open a public Gradio link")
     parse = commands.add_parser("parse", help="parse a reply (or - for stdin) into calls")
     parse.add_argument("reply")
     parse.add_argument("--grammar", choices=GRAMMARS, default="auto")
@@ -429,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "run": run_run,
         "chat": run_chat,
+        "app": run_app,
         "parse": run_parse,
         "specialists": run_specialists,
         "train": run_train,

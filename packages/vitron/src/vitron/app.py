@@ -1,0 +1,149 @@
+"""``vitron app``: a local Gradio page over one :class:`~vitron.assistant.Assistant` conversation.
+
+The page has a message box, an optional image with an optional box region drawn on it
+(``x1,y1,x2,y2`` in pixels or in [0, 1]), the conversation (answers list the calls that ran and
+their outcomes), a gallery of the images the specialists wrote and a list of every output file.
+:class:`ChatSession` holds the logic and is tested without a browser; :func:`build_app` lays
+out the page and wires it to the session. One process serves one conversation (a local tool,
+not a multi-user server): Gradio runs the events one at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vitron.assistant import Assistant, Turn
+from vitron.io import write_json
+from vitron.regions import Region, RegionError, parse_box
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+
+
+def format_answer(turn: Turn) -> str:
+    """The assistant's chat message: its answer, then one markdown line per call it ran."""
+    lines = [turn.answer or "(no answer)"]
+    for round_ in turn.outcomes:
+        for outcome in round_:
+            lines.append(f"- `{outcome.call.id}` {outcome.call.task}: {outcome.summary}")
+    if turn.parse_error:
+        lines.append(f"- the reply's calls could not be parsed: {turn.parse_error}")
+    if turn.unexecuted is not None:
+        lines.append("- the final answer asked for more calls than one turn runs; not run")
+    return "\n".join(lines)
+
+
+class ChatSession:
+    """One conversation: the assistant, the chat messages shown and the files written.
+
+    Args:
+        assistant: the assistant that answers; its ``router`` writes into its output folder.
+        output_dir: where every turn's record ``turn_<n>.json`` goes.
+    """
+
+    def __init__(self, assistant: Assistant, output_dir: str | Path) -> None:
+        self.assistant = assistant
+        self.output_dir = Path(output_dir)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new conversation (files already written stay on disk)."""
+        self.assistant.reset()
+        self.messages: list[dict[str, str]] = []
+        self.files: list[Path] = []
+        self.turns = 0
+
+    @property
+    def pictures(self) -> list[str]:
+        """Paths of the image files written so far, oldest first."""
+        return [str(p) for p in self.files if p.suffix.lower() in IMAGE_SUFFIXES]
+
+    def submit(
+        self, text: str, image: Image.Image | None = None, box: str = ""
+    ) -> tuple[list[dict[str, str]], list[str], list[str]]:
+        """Run one turn.
+
+        Args:
+            text: the user's message (not empty).
+            image: an image joining this message, or None.
+            box: a region ``x1,y1,x2,y2`` on that image (or, without one, on the latest image
+                of the conversation); empty for none.
+
+        Returns:
+            (chat messages as ``{"role", "content"}`` dicts, image paths for the gallery,
+            every output file path).
+
+        Raises:
+            ValueError: empty message, a box without any image, or a malformed box.
+        """
+        text = text.strip()
+        if not text:
+            raise ValueError("the message is empty: write what you want first")
+        images = [] if image is None else [image.convert("RGB")]
+        regions = [self._region(box, images)] if box.strip() else []
+        turn = self.assistant.chat(text, images, (), regions)
+        self.turns += 1
+        write_json(self.output_dir / f"turn_{self.turns:03d}.json", turn.to_dict())
+        self.messages += [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": format_answer(turn)},
+        ]
+        self.files += turn.files
+        return list(self.messages), self.pictures, [str(p) for p in self.files]
+
+    def _region(self, box: str, new_images: list[Image.Image]) -> Region:
+        """A box region on the new image, or else on the conversation's latest image."""
+        every = [*self.assistant.inputs.images, *new_images]
+        if not every:
+            raise ValueError("a box region needs an image: add one with the message")
+        target = len(every) - 1
+        try:
+            return Region(parse_box(box, every[target].width, every[target].height), target)
+        except RegionError as err:
+            raise ValueError(str(err)) from None
+
+
+def build_app(session: ChatSession, title: str = "Vitron") -> Any:
+    """The Gradio page of ``session`` (a ``gradio.Blocks``; call ``.launch()`` to serve it)."""
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise ImportError("the app needs gradio: pip install 'vitron[app]'") from err
+
+    def send(text: str, image: Image.Image | None, box: str):
+        try:
+            messages, pictures, paths = session.submit(text, image, box or "")
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        return messages, pictures, paths, "", None, ""  # the inputs are cleared
+
+    def new_conversation():
+        session.reset()
+        return [], [], []
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\nAsk, segment, generate, edit or restore. An image and a box join your "
+            "next message; the specialists' images appear on the right."
+        )
+        with gr.Row():
+            with gr.Column(scale=2):
+                chat = gr.Chatbot(label="conversation", height=480)
+                message = gr.Textbox(
+                    label="message", placeholder="segment the dog and make it a cat"
+                )
+                with gr.Row():
+                    send_button = gr.Button("send", variant="primary")
+                    clear_button = gr.Button("new conversation")
+            with gr.Column(scale=1):
+                image = gr.Image(label="image (joins your next message)", type="pil")
+                box = gr.Textbox(label="region box on that image: x1,y1,x2,y2 (px or 0-1)")
+                gallery = gr.Gallery(label="images written by the specialists")
+                files = gr.File(label="all output files", file_count="multiple")
+        outputs = [chat, gallery, files, message, image, box]
+        send_button.click(send, [message, image, box], outputs)
+        message.submit(send, [message, image, box], outputs)
+        clear_button.click(new_conversation, None, [chat, gallery, files])
+    return demo

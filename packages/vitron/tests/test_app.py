@@ -1,0 +1,111 @@
+"""The Gradio app: the session logic directly, and one request through a served page."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from vitron import Assistant, SpecialistRegistry
+from vitron.app import ChatSession, build_app
+
+
+@pytest.fixture
+def session_for(model, specialist_options, tmp_path):
+    """``make(*scripted_replies)``: a session over the tiny model and specialists."""
+
+    def make(*replies: str) -> ChatSession:
+        registry = SpecialistRegistry(specialist_options)
+        assistant = Assistant(model, registry, tmp_path, scripted_replies=replies, max_new_tokens=4)
+        return ChatSession(assistant, tmp_path)
+
+    return make
+
+
+def test_turn_shows_answer_calls_and_files(
+    session_for, image, tmp_path, segment_then_edit, reply_with_calls
+):
+    session = session_for(reply_with_calls("Segmenting, then painting.", segment_then_edit))
+    messages, pictures, files = session.submit("  segment the dog and make it a cat ", image)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == "segment the dog and make it a cat"
+    lines = messages[1]["content"].splitlines()
+    assert lines[1].startswith("- `seg` segment_image: mask of 'dog' covers")
+    assert [line.split("`")[1] for line in lines[1:]] == ["seg", "edit", "fix"]
+    names = ["seg_mask.png", "seg_overlay.png", "edit_image.png", "fix_image.png"]
+    assert sorted(os.path.basename(p) for p in pictures) == sorted(names)
+    assert sorted(os.path.basename(p) for p in files) == sorted(names)
+    record = json.loads((tmp_path / "turn_001.json").read_text())
+    assert record["answer"] == lines[0] and record["user"].endswith("make it a cat")
+    # a plain second turn adds two messages and no files
+    messages, pictures, _ = session.submit("thanks")
+    assert len(messages) == 4 and len(pictures) == 4 and session.turns == 2
+
+
+def test_box_goes_on_the_latest_image(session_for, image):
+    session = session_for("A dog.", "Still a dog.")
+    session.submit("what is this?", image)
+    session.submit("and here?", None, "0,0,32,24")
+    (region,) = session.assistant.inputs.regions
+    assert region.image == 0
+    assert (region.shape.x1, region.shape.y1, region.shape.x2, region.shape.y2) == (0, 0, 32, 24)
+    assert session.assistant.messages[-2].text.endswith("and here? (region 0: <region>)")
+
+
+@pytest.mark.parametrize(
+    ("text", "with_image", "box", "message"),
+    [
+        ("   ", True, "", "the message is empty: write what you want first"),
+        ("look here", False, "0,0,5,5", "a box region needs an image: add one with the message"),
+        ("look here", True, "0,0,5", "box must be four numbers"),
+    ],
+)
+def test_bad_input(session_for, image, text, with_image, box, message):
+    session = session_for("unused")
+    with pytest.raises(ValueError, match=message):
+        session.submit(text, image if with_image else None, box)
+    assert session.messages == [] and session.turns == 0
+
+
+def test_reset_starts_a_new_conversation(session_for, image):
+    session = session_for("One.", "Two.")
+    session.submit("first", image)
+    session.reset()
+    assert session.messages == [] and session.files == [] and session.assistant.messages == []
+    messages, _, _ = session.submit("second")
+    assert messages[1]["content"] == "Two." and session.assistant.inputs.images == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _text(content) -> str:
+    """A served chat message's text: a string (gradio 5) or typed parts (gradio 6)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content if part["type"] == "text")
+
+
+def test_served_page_answers_through_gradio_client(session_for, monkeypatch):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    from gradio_client import Client
+
+    session = session_for("Hello from the page.")
+    demo = build_app(session, title="Vitron test")
+    demo.launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+    )
+    try:
+        client = Client(demo.local_url, verbose=False)
+        chat, gallery, files, message, image, box = client.predict("hi", None, "", api_name="/send")
+    finally:
+        demo.close()
+    assert [m["role"] for m in chat] == ["user", "assistant"]
+    assert _text(chat[1]["content"]) == "Hello from the page."
+    assert (message, box) == ("", "") and image is None and not gallery and not files
+    assert session.turns == 1
