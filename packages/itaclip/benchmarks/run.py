@@ -230,6 +230,7 @@ def worker(args: argparse.Namespace) -> None:
         "seconds_min": min(times),
         "seconds_max": max(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batch_size": seg.batch_size if args.method == "itaclip" else 1,
     }
     atomic_write_text(args.out, json.dumps(result))
 
@@ -248,8 +249,10 @@ def run_config(setup: dict, method: str, stride: int, args, tmp: Path) -> dict:
         sys.executable, __file__, "--worker", "--method", method, "--stride", str(stride),
         "--model", setup["model"], "--image", str(setup["image"]), "--crop", str(setup["crop"]),
         "--threads", str(args.threads), "--repeats", str(args.repeats),
-        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--out", str(out),
+        "--warmup", str(args.warmup), "--out", str(out),
     ]  # fmt: skip
+    if args.batch_size is not None:
+        command += ["--batch-size", str(args.batch_size)]
     subprocess.run(command, check=True)
     return json.loads(out.read_text())
 
@@ -309,7 +312,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=20, help="itaclip ViT batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="itaclip ViT batch size (default: device's)"
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=("official", "itaclip"), help=argparse.SUPPRESS)
@@ -349,7 +354,6 @@ def main() -> None:
         "setup": setup,
         "quick": args.quick,
         "threads": args.threads,
-        "batch_size": args.batch_size,
         "cpu": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gib": psutil.virtual_memory().total / 2**30,

@@ -94,6 +94,18 @@ def test_batched_equals_unbatched(make_segmenter):
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_default_batch_size_follows_the_device(make_segmenter):
+    seg = make_segmenter(batch_size=None, stride=16)
+    assert seg.batch_size == 5  # CPU: one crop (x 5 variants) per ViT pass
+    sizes = []
+    seg.encoder.register_forward_hook(lambda module, inputs, out: sizes.append(len(inputs[0])))
+    seg.query_logits(torch.rand(3, 80, 96), seg.text_features(CLASSES)[1])
+    assert sizes == [5] * 6  # 2 x 3 windows
+    assert make_segmenter(batch_size=7).batch_size == 7
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        SegmenterConfig(batch_size=0)
+
+
 def test_faithful_differs_only_in_first_category_and_closing(make_segmenter):
     torch.manual_seed(0)
     image = torch.rand(3, 64, 96)
