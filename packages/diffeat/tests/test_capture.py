@@ -268,12 +268,19 @@ def test_names_that_never_fire_raise_naming_them(pipes):
     transformer = unet.up_blocks[3].attentions[0]
     transformer.forward = lambda hidden_states, *args, **kwargs: (hidden_states,)  # bypassed
     names = ["up-level3-repeat0-vit-block0-out", "up-level3-repeat0-vit-out", "unet-out"]
-    recorder, _ = run(unet, names, inputs)
-    assert recorder.missing() == ["up-level3-repeat0-vit-block0-out"]
-    with pytest.raises(
-        MissingActivationsError, match=r"never fired.*\['up-level3-repeat0-vit-block0-out'\]"
+    recorder = ActivationRecorder(unet, names)
+    sample, timestep, context, kwargs = inputs
+    with (
+        pytest.raises(
+            MissingActivationsError, match=r"never fired.*\['up-level3-repeat0-vit-block0-out'\]"
+        ),
+        torch.no_grad(),
+        recorder,
     ):
-        recorder.raise_if_missing()
+        unet(sample, timestep, context, return_dict=False, **kwargs)
+    assert recorder.missing() == ["up-level3-repeat0-vit-block0-out"]
+    assert set(recorder.features) == {"up-level3-repeat0-vit-out", "unet-out"}
+    assert not recorder._handles and not recorder._processors  # the U-Net is restored
 
 
 def test_unsupported_attention_variants_raise(pipes):

@@ -199,10 +199,45 @@ def test_half_precision(pipes, images, dtype):
 
 
 def test_all_layers_and_output_device(make_extractor, images):
-    extractor = make_extractor("sdxl", layers="all", output_device="cpu")
+    extractor = make_extractor("sdxl", layers="all", output_device="meta")
     features = extractor(images[:1])
     assert len(features) == 612 and next(iter(features)) == "unet-in"
     assert features["mid-vit-block9-self-map"].shape == (1, 4 * 4 * 6, 4, 6)
+    assert {f.device.type for f in features.values()} == {"meta"}  # moved off the compute device
+    # "all" for one call of an extractor configured with a preset
+    preset = make_extractor("sdxl", preset="ours-xl")
+    assert list(preset(images[:1], layers="all")) == list(features)
+    with pytest.raises(ValueError, match="layers: pass a list of names or 'all'; got the string"):
+        preset(images[:1], layers="everything")
+
+
+def test_extractor_raises_for_names_that_never_fire(images):
+    from diffeat import MissingActivationsError
+    from diffeat.configs import tiny_pipeline
+
+    pipe = tiny_pipeline("sd15", seed=0)  # its own U-Net: the shared ones stay untouched
+    transformer = pipe.unet.up_blocks[3].attentions[0]
+    transformer.forward = lambda hidden_states, *args, **kwargs: (hidden_states,)  # bypassed
+    names = ["up-level3-repeat0-vit-block0-self-k", "unet-out"]
+    extractor = FeatureExtractor.from_pipeline(pipe, layers=names)
+    with pytest.raises(
+        MissingActivationsError, match=r"never fired.*\['up-level3-repeat0-vit-block0-self-k'\]"
+    ):
+        extractor(images)
+
+
+def test_chunked_feed_forward_is_refused_for_the_geglu_output(images):
+    from diffeat.configs import tiny_pipeline
+
+    pipe = tiny_pipeline("sd15", seed=0)
+    block = pipe.unet.up_blocks[1].attentions[0].transformer_blocks[0]
+    block.set_chunk_feed_forward(1, dim=1)
+    name = "up-level1-repeat0-vit-block0-ffn-inner"
+    extractor = FeatureExtractor.from_pipeline(pipe, layers=[name])
+    with pytest.raises(ValueError, match=f"{name}: cannot record the GEGLU output while"):
+        extractor(images)
+    block.set_chunk_feed_forward(None)
+    assert extractor(images)[name].shape[1] == 4 * pipe.unet.config.block_out_channels[-2]
 
 
 def test_aggregate_resizes_concatenates_and_pools():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from diffeat.heads import (
@@ -104,8 +105,47 @@ def test_pck_thresholds_and_meter_arithmetic():
     assert scores["pck@0.1/image"] == pytest.approx(100 * 3 / 5)
     assert scores["pck@0.1/image/per_pair"] == pytest.approx(100 * (0.5 + 1.0) / 2)
     assert scores["pck@0.1/bbox"] == pytest.approx(100 * 3 / 5)
+    meter.update(pred, gt, (100, 100))  # no box: counts for "image" only
+    scores = meter.compute()
+    assert scores["pck@0.1/image"] == pytest.approx(100 * 5 / 9)
+    assert scores["pck@0.1/bbox"] == pytest.approx(100 * 3 / 5)
+    assert scores["pck@0.1/bbox/per_pair"] == pytest.approx(100 * (0.5 + 1.0) / 2)
     with pytest.raises(ValueError, match=r"pred/gt: expected matching \(N, 2\)"):
         pck(pred, gt[:3], 1.0)
+
+
+def test_symmetric_keypoint_loss_against_a_plain_computation():
+    from diffeat.heads.correspondence import symmetric_keypoint_loss
+
+    torch.manual_seed(0)
+    src, tgt = torch.randn(8, 6, 5), torch.randn(8, 4, 7)
+    src_kps = torch.tensor([[3.0, 2.0], [40.0, 10.0], [60.0, 30.0]])  # (x, y) in 64 x 48 px
+    tgt_kps = torch.tensor([[10.0, 5.0], [50.0, 40.0], [20.0, 20.0]])  # in 112 x 64 px
+    loss = symmetric_keypoint_loss(src, tgt, src_kps, tgt_kps, (48, 64), (64, 112))
+    a = F.normalize(sample_at(src, src_kps, (48, 64)), dim=1).double()
+    b = F.normalize(sample_at(tgt, tgt_kps, (64, 112)), dim=1).double()
+    logits = (a @ b.T) / 0.07
+    forward = -(logits.log_softmax(1).diagonal()).mean()  # source -> target
+    backward = -(logits.log_softmax(0).diagonal()).mean()  # target -> source
+    torch.testing.assert_close(loss.double(), (forward + backward) / 2)
+    # one-directional cross-entropy differs: the symmetry is what is tested
+    assert not torch.isclose(loss.double(), forward, atol=1e-4)
+
+
+def test_paper_defaults_of_the_heads():
+    module = CorrespondenceModule(in_channels=32)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["lr"] == 5e-4 and module.hparams.logit_scale == pytest.approx(
+        1 / 0.07
+    )
+    ensemble = PixelMLPEnsemble(6, 3)
+    assert len(ensemble.members) == 10
+    widths = [m.out_features for m in ensemble.members[0] if isinstance(m, torch.nn.Linear)]
+    assert widths == [128, 32, 3]
+    import inspect
+
+    assert inspect.signature(PixelMLPEnsemble.fit).parameters["lr"].default == 1e-3
 
 
 def test_trained_conv_head_learns_to_ignore_nuisance_channels():
@@ -265,9 +305,10 @@ def test_segmentation_module_runs_the_extractor_on_image_batches(make_extractor)
     }
     loss = module.training_step(batch, 0)
     assert loss.ndim == 0 and loss.requires_grad
-    assert all(
-        not p.requires_grad or p in set(module.head.parameters()) for p in module.parameters()
-    )
+    loss.backward()
+    # features come from the frozen extractor: only the head gets gradients
+    assert all(p.grad is None for p in extractor.unet.parameters())
+    assert all(p.grad is not None for p in module.head.parameters() if p.requires_grad)
 
 
 def test_segmentation_folder(tmp_path):

@@ -59,6 +59,15 @@ def _check_attention(attn: nn.Module, path: str) -> None:
         raise ValueError(f"{path}: cannot record this attention layer: {', '.join(problems)}")
 
 
+def _check_unchunked(block: nn.Module, name: str) -> None:
+    """Raise when ``block`` runs its feed-forward in chunks (the GEGLU then sees token slices)."""
+    if getattr(block, "_chunk_size", None) is not None:
+        raise ValueError(
+            f"{name}: cannot record the GEGLU output while feed-forward chunking is enabled; "
+            "turn it off first (block.set_chunk_feed_forward(None))"
+        )
+
+
 class RecordingAttnProcessor:
     """Attention processor that records q/k/v (right after to_q/to_k/to_v) and the map.
 
@@ -258,7 +267,10 @@ class ActivationRecorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        """Restore the U-Net; after a pass that ended normally, raise for names that never fired."""
         self._remove()
+        if exc_type is None:
+            self.raise_if_missing()
         return exc_type is EarlyExit
 
     def _install(self) -> None:
@@ -277,6 +289,8 @@ class ActivationRecorder:
                 self._handles.append(handle)
             else:
                 module = self._module(spec.module)
+                if spec.kind == "ffn-inner":
+                    _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
                 self._handles.append(module.register_forward_hook(self._output_hook(spec)))
             if spec.block is not None:
                 grids.add(spec.module.split(".transformer_blocks.")[0])

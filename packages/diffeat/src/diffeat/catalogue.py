@@ -358,7 +358,6 @@ def layer_infos(
     recorder = ActivationRecorder(unet, [s.name for s in catalogue], catalogue, early_exit=False)
     with torch.no_grad(), recorder:
         unet(latent, torch.zeros(1, device="meta"), context, return_dict=False, **kwargs)
-    recorder.raise_if_missing()
     heads = recorder.attention_heads()
     return [
         LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))

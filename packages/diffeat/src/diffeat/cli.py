@@ -218,8 +218,15 @@ def command_probe(args: argparse.Namespace) -> None:
         args,
         lambda images: probe_all(extractor, images, args.prompt, generator, probes=probes),
     )
-    results = {
-        name: {p: sum(part[name][p] for part in parts) / len(parts) for p in probes}
+    counts = [
+        len(args.images[i : i + args.batch_size])
+        for i in range(0, len(args.images), args.batch_size)
+    ]
+    results = {  # mean over images: batches weighted by their size
+        name: {
+            p: sum(n * part[name][p] for n, part in zip(counts, parts, strict=True)) / sum(counts)
+            for p in probes
+        }
         for name in parts[0]
     }
     width = max(len(n) for n in results)

@@ -257,7 +257,7 @@ class FeatureExtractor:
             image_size: (H, W) in pixels (SDXL-style size conditioning).
             layers: names to record (default: the configured ones).
         """
-        names = list(layers) if layers is not None else list(self.layers)
+        names = list(self.layers if layers is None else self.resolve_call_layers(layers))
         batch = sample.shape[0]
         embeddings = embeddings.expand(batch).to(self.device, self.dtype)
         kwargs = {}
@@ -288,8 +288,17 @@ class FeatureExtractor:
                 return_dict=False,
                 **kwargs,
             )
-        recorder.raise_if_missing()
         return {name: recorder.features[name] for name in names}
+
+    def resolve_call_layers(self, layers: Sequence[str] | str) -> tuple[str, ...]:
+        """A call's ``layers``: a list of catalogue names, or ``"all"``."""
+        if isinstance(layers, str):
+            if layers != "all":
+                raise ValueError(
+                    f"layers: pass a list of names or 'all'; got the string {layers!r}"
+                )
+            return tuple(s.name for s in self.catalogue)
+        return tuple(layers)
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with ``config.seed`` (used when a call passes none)."""
@@ -302,7 +311,7 @@ class FeatureExtractor:
         generator: torch.Generator | None = None,
         *,
         embeddings: PromptEmbeddings | None = None,
-        layers: Sequence[str] | None = None,
+        layers: Sequence[str] | str | None = None,
     ) -> dict[str, Tensor]:
         """Features of a batch of images.
 
@@ -312,7 +321,8 @@ class FeatureExtractor:
             generator: draws the VAE posterior sample (``latent="sample"``) and then the noise;
                 None uses a fresh generator seeded with ``config.seed``.
             embeddings: precomputed :class:`PromptEmbeddings` (batch 1 or B).
-            layers: record these names instead of the configured ones (this call only).
+            layers: record these names (or ``"all"``) instead of the configured ones (this
+                call only).
 
         Returns:
             ``{name: (B, C, h, w)}`` in the requested order.

@@ -134,7 +134,11 @@ def family_of(config: Mapping[str, Any]) -> str | None:
 
 
 def default_preset(config: Mapping[str, Any]) -> str:
-    """The paper's own selection for a U-Net's family (``ours-xl`` or ``ours-v1.5``)."""
+    """The paper's own selection for a U-Net's family (``ours-xl`` or ``ours-v1.5``).
+
+    SD 2.x U-Nets share SD 1.5's topology, so they get the ``ours-v1.5`` names; the paper
+    evaluated no SD 2.x selection.
+    """
     family = family_of(config)
     if family is None:
         raise ValueError(

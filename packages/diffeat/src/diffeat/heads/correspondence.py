@@ -118,7 +118,7 @@ class PCKMeter:
     def reset(self) -> None:
         self.correct = {(a, kind): 0 for a in self.alphas for kind in ("image", "bbox")}
         self.pair_scores = {(a, kind): [] for a in self.alphas for kind in ("image", "bbox")}
-        self.points = 0
+        self.points = {"image": 0, "bbox": 0}  # pairs without a box count only for "image"
 
     def update(
         self,
@@ -130,7 +130,9 @@ class PCKMeter:
         """Add one pair: predicted and true target keypoints, the target image size and box."""
         if len(gt) == 0:
             return
-        self.points += len(gt)
+        self.points["image"] += len(gt)
+        if bbox is not None:
+            self.points["bbox"] += len(gt)
         for alpha in self.alphas:
             kinds = {"image": pck_threshold(alpha, image_size=image_size)}
             if bbox is not None:
@@ -147,7 +149,7 @@ class PCKMeter:
             scores = self.pair_scores[(alpha, kind)]
             if not scores:
                 continue
-            out[f"pck@{alpha:g}/{kind}"] = 100.0 * correct / self.points
+            out[f"pck@{alpha:g}/{kind}"] = 100.0 * correct / self.points[kind]
             out[f"pck@{alpha:g}/{kind}/per_pair"] = 100.0 * sum(scores) / len(scores)
         return out
 
