@@ -28,8 +28,10 @@ def test_sample_run_counts_calls(bench):
     with torch.no_grad():
         grid = bench.sample_run(pipe, (24, 16), faithful=False, steps=2, slider=2, patch_size=8)
         official = bench.sample_run(pipe, (24, 16), faithful=True, steps=2, slider=2, patch_size=8)
-    assert grid["patches_per_step"] == [6, 6]  # ceil(24/8) * ceil(16/8), no overlap
-    assert grid["unet_calls_per_step"] == [2, 2]  # 4 disjoint per call at most
+    # ceil(24/8) * ceil(16/8) = 6, then the staggered grid: both axes are exact multiples of
+    # the patch (no overlap), so odd steps shift by half a patch with one more per axis: 4 x 3
+    assert grid["patches_per_step"] == [6, 12]
+    assert grid["unet_calls_per_step"] == [2, 4]  # at most 4 disjoint patches per call
     assert official["unet_calls_per_step"] == official["patches_per_step"]
     assert min(official["patches_per_step"]) >= 6
     assert len(official["step_seconds"]) == 2 and official["unet_seconds"] > 0
@@ -70,6 +72,7 @@ def test_toy_benchmark_writes_results(tmp_path):
     )
     report = json.loads((tmp_path / "pixelsmith_bench.json").read_text())
     assert [r["method"] for r in report["sampler"]] == ["official", "grid"]
-    assert report["spec"]["rows"][1]["unet_calls_per_step"] == [2] * 6  # 16x12 latent: 4 patches
+    # 16x12 latent: 4 patches in 2 calls, odd steps 6 staggered patches in 4 calls
+    assert report["spec"]["rows"][1]["unet_calls_per_step"] == [2, 4] * 3
     assert (tmp_path / "pixelsmith_bench.png").stat().st_size > 0
     assert "| size (px) |" in (tmp_path / "pixelsmith_bench.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -154,6 +156,11 @@ def test_checkpoint_settings_mismatch_and_seed_reuse(make_pipe, small_config, tm
         )
     with pytest.raises(ValueError, match=r"\(seed differ\)"):
         run(make_pipe(), small_config, seed=12345, checkpoint_dir=checkpoint)
+    recorded = json.loads((checkpoint / "run.json").read_text())["seed"]
     resumed = run(make_pipe(), small_config, seed=None, checkpoint_dir=checkpoint)
     assert not checkpoint.exists()
-    assert isinstance(resumed, Image.Image)
+    # the interrupted run drew its seed; resuming with seed=None reuses it (a fresh draw would
+    # give another image)
+    fresh = run(make_pipe(), small_config, seed=recorded)
+    assert np.array_equal(np.asarray(resumed), np.asarray(fresh))
+    assert not np.array_equal(np.asarray(fresh), np.asarray(run(make_pipe(), small_config)))

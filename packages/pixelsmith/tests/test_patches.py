@@ -70,12 +70,39 @@ def test_spec_example_grid_vs_minimum():
 
 
 def test_grid_batches_and_step_order():
-    planner = GridPlanner(20, 20, 8, batch_size=4)  # offsets 0, 6, 12 per axis
+    planner = GridPlanner(20, 20, 8, batch_size=4, stagger_below=2)  # 0, 6, 12: overlap 2
     even = planner.plan(0, chess=False, generator=torch.Generator())
     odd = planner.plan(1, chess=False, generator=torch.Generator())
     assert [len(b) for b in even] == [4, 2, 2, 1]  # 3x3 grid: parity classes, first fit
-    assert odd == even[::-1]
+    assert odd == even[::-1]  # enough overlap: no stagger, the batches in reverse order
     assert_batches_disjoint(even)
+
+
+@pytest.mark.parametrize(
+    ("size", "even", "odd"),
+    [
+        (256, [0, 128], [0, 64, 128]),  # 2048 px: seam at 128 -> middle of [64, 192)
+        (512, [0, 128, 256, 384], [0, 64, 192, 320, 384]),
+        (192, [0, 64], [0, 64]),  # overlap 64 >= band: unchanged
+    ],
+)
+def test_staggered_grid_moves_every_seam_into_a_patch_middle(size, even, odd):
+    planner = GridPlanner(size, size, 128, batch_size=4, stagger_below=10)
+    steps = [planner.plan(n, chess=False, generator=torch.Generator()) for n in (0, 1, 2)]
+    offsets = [sorted({p.top for b in batches for p in b}) for batches in steps]
+    assert offsets == [even, odd, even]
+    assert sorted({p.left for b in steps[1] for p in b}) == odd  # both axes
+    for batches in steps:
+        assert bool((coverage(batches, size, size) >= 1).all())
+        assert_batches_disjoint(batches)
+    if odd != even:  # each even-step seam lies half a patch inside an odd-step patch
+        for seam in even[1:]:
+            assert any(top + 64 == seam for top in odd)
+    plain = GridPlanner(size, size, 128, batch_size=4, stagger_below=0)
+    assert (
+        sum(len(b) for b in plain.plan(1, chess=False, generator=torch.Generator()))
+        == len(even) ** 2
+    )
 
 
 def test_grid_rolls_are_drawn_only_with_chess():

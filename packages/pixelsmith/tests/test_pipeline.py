@@ -205,8 +205,112 @@ def test_stage_outputs_and_grid_counts(make_pipe, small_config):
         np.asarray(pil.images[0]), (pt.images[0] * 255).round().byte().permute(1, 2, 0).numpy()
     )
     assert pt.latents.shape == (1, 4, 24, 20)
-    assert pt.stats.patches_per_step == [9, 9, 9]  # ceil(24/8) * ceil(20/8)
-    assert pt.stats.unet_calls_per_step == [3, 3, 3]  # 9 patches in disjoint batches 4, 4, 1
+    # ceil(24/8) * ceil(20/8) = 9; odd steps: the rows (24 = 3 patches, no overlap) are
+    # staggered to 4, the columns (overlap 2 = band) are not: 4 x 3
+    assert pt.stats.patches_per_step == [9, 12, 9]
+    assert pt.stats.unet_calls_per_step[::2] == [3, 3]  # 9 patches in disjoint batches 4, 4, 1
+
+
+def official_order_stage(pipe, image, size, steps, slider, patch, band, seed):
+    """The official sampler written plainly from the spec, for one faithful stage.
+
+    Draws from one generator: the posterior sample (inside ``encode_guidance``), a discarded
+    full-size start draw, the guidance noise cast to float16, then per patch a permutation of
+    the pixels at the current step (row-major; its first element is the centre) and two
+    uniforms (roll left, roll down). The start latent aliases the step-0 guidance. Per patch:
+    fusion of the whole crop (before the slider; an rfft2/irfft2 round trip after it), revert,
+    UNet with CFG and time_ids (column used twice), DDIM step, chess mask before slider - 1,
+    write back with the seam band.
+    """
+    from pixelsmith.images import PILLanczosImage
+    from pixelsmith.pipelines.pixelsmith import ddim_from_config
+
+    height, width = size
+    gen = torch.Generator().manual_seed(seed)
+    config = PixelsmithConfig(patch_size=patch, band=band, vae_tile=8, vae_overlap=2)
+    z = pipe.encode_guidance(
+        PILLanczosImage(image, height, width), config=config, generator=gen, progress=False
+    )
+    torch.randn(z.shape, generator=gen)  # drawn and discarded
+    eps = torch.randn(z.shape, generator=gen).half()
+    scheduler = ddim_from_config(dict(SDXL_SCHEDULER_CONFIG))
+    scheduler.set_timesteps(steps)
+    ts = scheduler.timesteps
+    guidance = [scheduler.add_noise(z.float(), eps.float(), ts[n : n + 1]) for n in range(slider)]
+    latents = guidance[0]  # an alias: in-place updates change the step-0 guidance too
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        PROMPT, device="cpu", do_classifier_free_guidance=False
+    )
+    h, w = z.shape[-2:]
+    done = torch.zeros(h, w, dtype=torch.long)  # steps each pixel has had
+    half = patch // 2
+    offsets = torch.arange(patch)
+    yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
+    for n in range(steps):
+        snapshot = latents.clone()
+        while (done == n).any():
+            pending = (done == n).nonzero()
+            i, j = pending[torch.randperm(len(pending), generator=gen)[0]].tolist()
+            roll_left = torch.rand(1, generator=gen).item() < 0.5
+            roll_down = torch.rand(1, generator=gen).item() < 0.5
+            i, j = min(max(i, half), h - half), min(max(j, half), w - half)
+            rows, cols = slice(i - half, i + half), slice(j - half, j + half)
+            crop = latents[..., rows, cols].clone()
+            if n < slider:
+                x = fft_phase_fusion(crop, guidance[n][..., rows, cols])
+            else:
+                x = torch.fft.irfft2(torch.fft.rfft2(crop), s=crop.shape[-2:])
+            due, advanced = done[rows, cols] == n, done[rows, cols] == n + 1
+            x = torch.where(advanced, snapshot[..., rows, cols], x)
+            ids = torch.tensor([[height, width, 8 * (j - half), 8 * (j - half), height, width]] * 2)
+            noise = pipe.unet(
+                torch.cat([x, x]),
+                ts[n],
+                encoder_hidden_states=torch.cat([torch.zeros_like(embeds), embeds]),
+                added_cond_kwargs={
+                    "text_embeds": torch.cat([torch.zeros_like(pooled), pooled]),
+                    "time_ids": ids.to(embeds.dtype),
+                },
+            ).sample
+            uncond, cond = noise.chunk(2)
+            new = scheduler.step(uncond + 7.5 * (cond - uncond), ts[n], x).prev_sample
+            if n < slider - 1:
+                board = (yy + xx) % 2 == 0
+                board = board.roll(-1, 1) if roll_left else board
+                board = board.roll(1, 0) if roll_down else board
+                new = torch.where(board, guidance[n + 1][..., rows, cols], new)
+            distance = torch.full((patch, patch), 10**6)
+            for a, b in due.nonzero().tolist():  # Chebyshev distance to the due pixels
+                distance = torch.minimum(distance, torch.maximum((yy - a).abs(), (xx - b).abs()))
+            in_band = advanced & (distance <= band)
+            old = latents[..., rows, cols].clone()
+            latents[..., rows, cols] = torch.where(
+                due, new, torch.where(in_band, (new + old) / 2, old)
+            )
+            done[rows, cols] += due.long()
+    return latents
+
+
+def test_faithful_stage_equals_an_official_order_loop(make_pipe):
+    pipe = make_pipe()
+    image = random_image(12, 10)
+    config = PixelsmithConfig(patch_size=8, band=2, vae_tile=8, vae_overlap=2, faithful=True)
+    with torch.no_grad():
+        out = pipe(
+            PROMPT,
+            image,
+            slider=3,
+            height=160,
+            width=136,
+            num_inference_steps=5,
+            generator=torch.Generator().manual_seed(11),
+            config=config,
+            output_type="latent",
+            progress=False,
+        )
+        expected = official_order_stage(pipe, image, (160, 136), 5, 3, 8, 2, seed=11)
+    assert out.latents.shape == (1, 4, 20, 17)
+    assert torch.equal(out.latents, expected)
 
 
 def test_faithful_differs_from_default_and_uses_one_patch_per_call(make_pipe, small_config):
@@ -220,7 +324,8 @@ def test_faithful_differs_from_default_and_uses_one_patch_per_call(make_pipe, sm
             PROMPT, random_image(32, 32), config=small_config.replace(faithful=True), **kwargs
         )
     assert faithful.stats.unet_calls_per_step == faithful.stats.patches_per_step
-    assert min(faithful.stats.patches_per_step) >= 4 == max(default.stats.patches_per_step)
+    assert default.stats.patches_per_step == [4, 9, 4]  # 2 x 2, staggered 3 x 3 on odd steps
+    assert min(faithful.stats.patches_per_step) >= 4
     assert not torch.allclose(default.latents, faithful.latents)
 
 
@@ -297,8 +402,17 @@ def test_from_pretrained_round_trip(tmp_path, small_config):
         again, PROMPT, [64, 128], [1], num_inference_steps=2, config=small_config, progress=False
     )
     assert np.array_equal(np.asarray(first), np.asarray(second))
-    swapped = PixelsmithPipeline.from_pretrained(folder, vae=str(folder / "vae"))
-    assert swapped.vae.config.scaling_factor == 0.13025
+    # a replacement VAE given as a folder is loaded instead of the repository's
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    swapped = PixelsmithPipeline.from_pretrained(folder, vae=str(other / "vae"))
+    expected = PixelsmithPipeline.from_pretrained(other).vae.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in swapped.vae.state_dict().items())
+    assert not torch.equal(
+        swapped.vae.state_dict()["decoder.conv_out.weight"],
+        pipe.vae.state_dict()["decoder.conv_out.weight"],
+    )
+    # "auto" keeps the repository's VAE for anything but the SDXL base id (no download here)
+    assert all(torch.equal(v, pipe.vae.state_dict()[k]) for k, v in kept.vae.state_dict().items())
 
 
 def test_hand_over_sources(make_pipe, small_config, tmp_path):

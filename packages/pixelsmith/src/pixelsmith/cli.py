@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--band", type=int, default=10, help="seam band in latent px")
     gen.add_argument("--patch-batch", type=int, default=4, help="disjoint patches per UNet call")
     gen.add_argument("--grid-min-overlap", type=int, default=0, help="latent px")
+    gen.add_argument(
+        "--no-grid-stagger",
+        action="store_true",
+        help="keep the minimum grid at every step (no half-patch shift on odd steps)",
+    )
     gen.add_argument("--posterior", choices=POSTERIORS, default="sample", help="guidance latent")
     gen.add_argument("--handover", choices=HANDOVERS, default=None, help="stage hand-over")
     gen.add_argument("--vae-tile", type=int, default=128, help="VAE tile in latent px")
@@ -109,6 +114,7 @@ def run_generate(args: argparse.Namespace) -> int:
         patch_scheduler=args.scheduler,
         patch_batch_size=args.patch_batch,
         grid_min_overlap=args.grid_min_overlap,
+        grid_stagger=not args.no_grid_stagger,
         faithful=args.faithful,
         guidance_posterior=args.posterior,
         handover=args.handover,

@@ -40,7 +40,11 @@ class PixelsmithConfig:
             centres); ``None`` picks ``"random"`` when ``faithful`` else ``"grid"``.
         patch_batch_size: at most this many disjoint patches per UNet call (x2 with CFG).
         grid_min_overlap: the grid adds patches per axis until neighbours overlap by at least
-            this many latent px (0 = the minimum number of patches; seams may then be fixed).
+            this many latent px (0 = the minimum number of patches).
+        grid_stagger: on grid axes whose neighbours overlap by less than ``band`` (e.g. 2048 px
+            = 2 patches), odd steps use a half-patch-shifted grid with one more patch, so no
+            seam stays in place; ``False`` keeps the minimum grid at every step (seams fixed
+            on such axes).
         faithful: reproduce the official sampler (random placement with a permutation per
             patch, fusion before revert, the start latent aliasing the step-0 guidance, fp16
             guidance noise, a discarded start draw, crop coordinates (left, left), uint8
@@ -63,6 +67,7 @@ class PixelsmithConfig:
     patch_scheduler: str | None = None
     patch_batch_size: int = 4
     grid_min_overlap: int = 0
+    grid_stagger: bool = True
     faithful: bool = False
     guidance_posterior: str = "sample"
     handover: str | None = None
@@ -84,6 +89,8 @@ class PixelsmithConfig:
             )
         _require_int("patch_batch_size", self.patch_batch_size, 1)
         _require_int("grid_min_overlap", self.grid_min_overlap, 0, self.patch_size - 1)
+        if not isinstance(self.grid_stagger, bool):
+            raise TypeError(f"grid_stagger must be a bool, got {self.grid_stagger!r}")
         _require_choice("guidance_posterior", self.guidance_posterior, POSTERIORS)
         if self.handover is not None:
             _require_choice("handover", self.handover, HANDOVERS)

@@ -130,24 +130,35 @@ class LanczosImage:
 
 
 class PILLanczosImage:
-    """An 8-bit RGB PIL image Lanczos-resized by PIL to ``height x width``, region by region.
+    """An 8-bit RGB PIL image Lanczos-resized by PIL to ``height x width``.
 
-    This is the official hand-over (uint8 image, ``Image.LANCZOS``); each region is PIL's
-    ``resize(..., box=...)`` of the matching source box, which equals the crop of the full
-    resize (exactly for dyadic scales; otherwise up to coefficient rounding).
+    This is the official hand-over (uint8 image, ``Image.LANCZOS``). Up to ``max_pixels``
+    output pixels the whole image is resized once, as the official code does, and regions are
+    crops of it; above that, each region is PIL's ``resize(..., box=...)`` of the matching
+    source box, which equals the crop of the full resize exactly for dyadic scales and up to
+    1/255 on a fraction of the pixels otherwise (PIL's coefficient rounding).
 
     Args:
         image: the RGB image to resize.
         height: resized height.
         width: resized width.
+        max_pixels: largest output resized in one piece.
     """
 
-    def __init__(self, image: Image.Image, height: int, width: int) -> None:
+    def __init__(
+        self, image: Image.Image, height: int, width: int, max_pixels: int = 2**27
+    ) -> None:
         self.image = image.convert("RGB")
         self.height, self.width = height, width
+        self.whole = height * width <= max_pixels
+        self._resized: Image.Image | None = None
 
     def read(self, top: int, left: int, height: int, width: int) -> Tensor:
         _check_region(self, top, left, height, width)
+        if self.whole:
+            if self._resized is None:
+                self._resized = self.image.resize((self.width, self.height), Image.LANCZOS)
+            return pil_to_pixels(self._resized.crop((left, top, left + width, top + height)))
         sy = self.image.height / self.height
         sx = self.image.width / self.width
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)

@@ -141,14 +141,21 @@ class PatchPlanner(ABC):
 
 
 class GridPlanner(PatchPlanner):
-    """A fixed overlapping grid with the minimum number of patches per step.
+    """A deterministic grid with the minimum number of patches per step, staggered when needed.
 
-    Batches group pairwise-disjoint patches (greedy first fit in row-major order, at most
-    ``batch_size`` each); odd steps run the batches in reverse order so the seam bands are
-    averaged from alternating sides.
+    The even-step grid has ``ceil(size / p)`` evenly spread patches per axis. Where an axis is
+    an exact multiple of the patch (2048 px = 2 x 1024 px for SDXL) neighbours do not overlap,
+    so no pixel is ever reverted or band-averaged there and the seams would stay in place for
+    every step. On such axes (overlap below ``stagger_below`` px) odd steps use a grid shifted
+    by half a patch, with one patch more (the edge patches clamped inside): every even-step
+    seam then lies in the middle of an odd-step patch. Batches group pairwise-disjoint patches
+    (greedy first fit in row-major order, at most ``batch_size`` each); odd steps run their
+    batches in reverse order so the seam bands are averaged from alternating sides.
 
     Args:
         min_overlap: see :func:`grid_offsets`.
+        stagger_below: stagger the axes whose grid neighbours overlap by fewer latent px
+            (0 = never stagger).
         (others as :class:`PatchPlanner`.)
     """
 
@@ -162,18 +169,38 @@ class GridPlanner(PatchPlanner):
         batch_size: int = 1,
         *,
         min_overlap: int = 0,
+        stagger_below: int = 0,
         always_draw_rolls: bool = False,
     ) -> None:
         super().__init__(height, width, patch_size, batch_size, always_draw_rolls=always_draw_rolls)
         rows = grid_offsets(height, patch_size, min_overlap)
         cols = grid_offsets(width, patch_size, min_overlap)
-        self.layout = _first_fit_batches(
-            [Patch(top, left, patch_size) for top in rows for left in cols], batch_size
+        odd_rows = staggered_offsets(rows, height, patch_size, stagger_below)
+        odd_cols = staggered_offsets(cols, width, patch_size, stagger_below)
+        self.layouts = tuple(
+            _first_fit_batches(
+                [Patch(top, left, patch_size) for top in r for left in c], batch_size
+            )
+            for r, c in ((rows, cols), (odd_rows, odd_cols))
         )
 
     def plan(self, step: int, *, chess: bool, generator: torch.Generator) -> list[list[Patch]]:
-        order = self.layout if step % 2 == 0 else self.layout[::-1]
+        order = self.layouts[0] if step % 2 == 0 else self.layouts[1][::-1]
         return [[self._with_rolls(p, chess, generator) for p in batch] for batch in order]
+
+
+def staggered_offsets(
+    offsets: list[int], size: int, patch_size: int, stagger_below: int
+) -> list[int]:
+    """Odd-step offsets of one axis: ``offsets`` shifted by half a patch plus both edge patches
+    when neighbours overlap by fewer than ``stagger_below`` px, else ``offsets`` unchanged."""
+    if len(offsets) < 2:
+        return offsets
+    overlap = patch_size - max(b - a for a, b in itertools.pairwise(offsets))
+    if overlap >= stagger_below:
+        return offsets
+    shifted = [offset + patch_size // 2 for offset in offsets[:-1]]
+    return sorted({0, *shifted, size - patch_size})
 
 
 def _first_fit_batches(patches: list[Patch], batch_size: int) -> list[list[Patch]]:
@@ -263,10 +290,18 @@ def make_planner(
     batch_size: int,
     faithful: bool,
     min_overlap: int = 0,
+    stagger_below: int = 0,
 ) -> PatchPlanner:
     """The planner ``name`` ("grid" or "random") for one stage."""
     if name == "grid":
-        return GridPlanner(height, width, patch_size, batch_size, min_overlap=min_overlap)
+        return GridPlanner(
+            height,
+            width,
+            patch_size,
+            batch_size,
+            min_overlap=min_overlap,
+            stagger_below=stagger_below,
+        )
     if name == "random":
         return RandomPlanner(
             height,

@@ -190,6 +190,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
 
     # ------------------------------------------------------------------ text
 
+    @torch.no_grad()
     def encode_text(
         self,
         prompt: str,
@@ -222,6 +223,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
 
     # ------------------------------------------------------------------ base stage
 
+    @torch.no_grad()
     def generate_base(
         self,
         text: TextConditioning,
@@ -290,6 +292,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
         latents = latents.float() * scale / self.vae.config.scaling_factor + shift
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
 
+    @torch.no_grad()
     def encode_guidance(
         self,
         source: ImageSource,
@@ -319,9 +322,12 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             )
         if config.guidance_posterior == "mean":
             return mean
-        noise = randn_tensor(mean.shape, generator=generator, device=mean.device)
+        noise = randn_tensor(
+            mean.shape, generator=generator, device=mean.device, dtype=torch.float32
+        )
         return torch.addcmul(mean, std, noise)  # mean + std * noise, no temporary
 
+    @torch.no_grad()
     def decoded_rows(
         self, latents: Tensor, *, config: PixelsmithConfig, progress: bool = True
     ) -> Iterator[tuple[int, Tensor]]:
@@ -337,6 +343,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
                 progress=progress,
             )
 
+    @torch.no_grad()
     def guidance_source(
         self,
         latents: Tensor,
@@ -382,11 +389,12 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             for _ in stored(rows):
                 pass
         if uint8:
-            return PILLanczosImage(Image.fromarray(store), *size)
+            return PILLanczosImage(Image.fromarray(store), *size, config.max_ram_pixels)
         return LanczosImage(store, *size)
 
     # ------------------------------------------------------------------ Pixelsmith stage
 
+    @torch.no_grad()
     def prepare_stage(
         self,
         guidance_latents: Tensor,
@@ -406,7 +414,8 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         shape, device = guidance_latents.shape, guidance_latents.device
         if config.faithful:
-            randn_tensor(shape, generator=generator, device=device)  # official: drawn, unused
+            # the official sampler draws a start latent here and discards it
+            randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         if config.faithful:
             noise = noise.half()
@@ -462,6 +471,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
 
         return denoise
 
+    @torch.no_grad()
     def sample_stage(
         self,
         text: TextConditioning,
@@ -507,6 +517,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             batch_size=config.batch_limit,
             faithful=config.faithful,
             min_overlap=config.grid_min_overlap,
+            stagger_below=config.band if config.grid_stagger else 0,
         )
         guidance = GuidanceLatents(
             guidance_latents, noise, self.scheduler.add_noise, self.scheduler.timesteps
@@ -606,7 +617,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             negative_prompt_2=negative_prompt_2,
         )
         resized = (
-            PILLanczosImage(source, height, width)
+            PILLanczosImage(source, height, width, config.max_ram_pixels)
             if isinstance(source, Image.Image)
             else LanczosImage(source, height, width)
         )
