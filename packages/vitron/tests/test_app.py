@@ -6,10 +6,12 @@ import json
 import os
 import socket
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vitron import Assistant, SpecialistRegistry
-from vitron.app import ChatSession, build_app
+from vitron.app import ChatSession, launch_app
 
 
 @pytest.fixture
@@ -91,21 +93,45 @@ def _text(content) -> str:
     return "".join(part["text"] for part in content if part["type"] == "text")
 
 
-def test_served_page_answers_through_gradio_client(session_for, monkeypatch):
+def test_served_page_answers_through_gradio_client(session_for, image, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
-    session = session_for("Hello from the page.")
-    demo = build_app(session, title="Vitron test")
-    demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
-    )
+    restore = {"version": 1, "calls": [
+        {"id": "fix", "task": "restore_image", "args": {"image": "$image0"}}]}  # fmt: skip
+    session = session_for("Restoring it. <invoke>" + json.dumps(restore) + "</invoke>")
+    upload = tmp_path / "upload.png"
+    image.save(upload)
+    demo = launch_app(
+        session, server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+        quiet=True,
+    )  # fmt: skip
     try:
         client = Client(demo.local_url, verbose=False)
-        chat, gallery, files, message, image, box = client.predict("hi", None, "", api_name="/send")
+        chat, gallery, files, message, image_out, box = client.predict(
+            "clean this photo", handle_file(str(upload)), "", api_name="/send"
+        )
     finally:
         demo.close()
     assert [m["role"] for m in chat] == ["user", "assistant"]
-    assert _text(chat[1]["content"]) == "Hello from the page."
-    assert (message, box) == ("", "") and image is None and not gallery and not files
-    assert session.turns == 1
+    answer = _text(chat[1]["content"]).splitlines()
+    assert answer[1].startswith("- `fix` restore_image: ")
+    assert (message, box) == ("", "") and image_out is None
+    # the restored image came back through the page (served from the output folder)
+    (picture,) = gallery
+    served = picture["image"] if isinstance(picture, dict) else picture[0]
+    path = served["path"] if isinstance(served, dict) else served
+    with Image.open(path) as got, Image.open(tmp_path / "fix_image.png") as written:
+        assert got.size == written.size == image.size
+        assert np.array_equal(np.asarray(got), np.asarray(written))
+    assert session.turns == 1 and len(files) == 1
+
+
+def test_launch_lets_gradio_serve_the_output_folders(session_for, tmp_path, monkeypatch):
+    import gradio as gr
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    session = session_for("unused")
+    launch_app(session, server_port=1234)
+    assert seen["allowed_paths"] == [str(tmp_path.resolve())] and seen["server_port"] == 1234

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from vitron import Assistant, SpecialistRegistry
-from vitron.regions import Box, Region
+from vitron.invocations import InputCounts
+from vitron.processing import render_reply
+from vitron.regions import Box, Region, RegionError
 
 
 @pytest.fixture
@@ -136,3 +138,44 @@ def test_importing_vitron_loads_no_specialist():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failed_turn_leaves_the_conversation_as_it_was(model, registry, image, tmp_path):
+    assistant = Assistant(model, registry, tmp_path, max_new_tokens=3)
+    outside = Region(Box(100, 100, 120, 120), image=0)  # the image is 64x48
+    with pytest.raises(RegionError, match=r"lies outside the 64x48 image"):
+        assistant.chat("look here", images=[image], regions=[outside])
+    assert assistant.messages == [] and assistant.counts == InputCounts(0, 0, 0)
+    turn = assistant.chat("what is this?", images=[image])  # works: nothing left behind
+    assert [m.role for m in assistant.messages] == ["user", "assistant"]
+    assert turn.user == "<image>\nwhat is this?" and assistant.counts == InputCounts(1, 0, 0)
+
+
+def test_echoed_placeholders_are_dropped_from_replies(
+    model, registry, image, tmp_path, segment_then_edit, reply_with_calls
+):
+    echo = "A dog at <region> beside <image> here.</s>"
+    calls = reply_with_calls("Segmenting the dog in <region> first.", segment_then_edit)
+    assistant = Assistant(model, registry, tmp_path, scripted_replies=[echo, calls])
+    first = assistant.chat("where?", images=[image], regions=[Region(Box(0, 0, 20, 20))])
+    assert first.parse_error is None and "<" not in first.answer
+    assert "<region>" not in assistant.messages[1].text
+    # the next turn's prompt still has exactly one region and one image placeholder, and a
+    # JSON reply whose text mentions <region> is not taken for the official tag grammar
+    second = assistant.chat("segment the dog and make it a cat")
+    assert second.parse_error is None
+    assert [o.status for o in second.outcomes[0]] == ["ok", "ok", "ok"]
+
+
+def test_signals_are_read_from_the_reply_the_model_wrote(model, registry, image, tmp_path):
+    tags = "<module> b </module><instruction>image segmentation: the dog</instruction><signal></s>"
+    assistant = Assistant(model, registry, tmp_path, scripted_replies=[tags], max_new_tokens=2)
+    turn = assistant.chat("segment the dog", images=[image])
+    assert turn.invocations[0].calls[0].task == "segment_image"
+    reply = assistant.messages[1]
+    assert reply.raw == tags.removesuffix("</s>") and reply.invocation is not None
+    assert render_reply(reply, model.config.signal_token) == reply.raw
+    sample = model.processor.sample(assistant.messages[:2], [image], with_labels=False)
+    reply_tokens = model.tokenizer.decode(sample.input_ids).split("ASSISTANT:")[-1]
+    assert reply_tokens.startswith(" <module> b </module>") and "<invoke>" not in reply_tokens
+    assert sample.signal_tasks == ("segment_image",)

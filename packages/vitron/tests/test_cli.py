@@ -136,12 +136,15 @@ def test_chat_session(tmp_path, capsys, model_dir, specialists_file, image_file)
         "--max-new-tokens", "3",
     ])  # fmt: skip
     lines = io.StringIO(
+        f"/image {image_file}\n/box 200,200,220,220\nlook there\n"  # box outside: turn fails
         f"/image {image_file}\n/box 0,0,10,10\n/box 0,0,10,10@4\nwhat is this?\n/frobnicate\n/reset\n/quit\nnever read\n"
     )
     assert run_chat(args, stdin=lines) == 0
     printed = capsys.readouterr().out
     assert "(image $image0 added)" in printed and "(region added)" in printed
     assert "error: /box refers to image 4, but 1 image(s) were given" in printed  # and it went on
+    assert "error: box Box(x1=200.0, y1=200.0, x2=220.0, y2=220.0) lies outside" in printed
+    assert "(image $image0 added)" in printed.split("lies outside")[1]  # numbering restarts
     turn = json.loads((tmp_path / "chat" / "turn_001.json").read_text())
     assert turn["user"].startswith("<image>\nwhat is this? (region 0: <region>)")
     assert "unknown command /frobnicate" in printed and "(conversation reset)" in printed

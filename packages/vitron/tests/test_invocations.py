@@ -87,6 +87,7 @@ def _with(call_changes: dict, index: int = 1) -> dict:
         ({"calls": []}, r"^version: missing \(this parser reads version 1\)"),
         ({"version": 2, "calls": []}, r"^version: unsupported schema version 2 \(this parser reads 1\)"),
         ({"version": True, "calls": []}, r"^version: unsupported schema version True"),
+        ({"version": 1.0, "calls": []}, r"^version: unsupported schema version 1\.0"),
         ({"version": 1, "calls": []}, r"^calls: must be a non-empty list of calls"),
         ({"version": 1, "calls": [], "x": 1}, r"unknown keys \['x'\] \(allowed: version, calls\)"),
         (_with({"task": "segmnt_image"}, 0), r"^calls\[0\]\.task: unknown task 'segmnt_image' .*did you mean 'segment_image'\?"),
@@ -112,6 +113,10 @@ def _with(call_changes: dict, index: int = 1) -> dict:
         (_with({"after": "seg"}), r"^calls\[1\]\.after: must be a list of call ids"),
         (_with({"after": ["fix"]}), r"^calls: the calls form a cycle: edit -> fix -> edit"),
         (_with({"args": {"image": "$image0", "text": "x", "region": {"box": [5, 5, 1, 9]}}}), r"box must satisfy x1 < x2 and y1 < y2, got \[5, 5, 1, 9\]"),
+        (_with({"args": {"image": "$image0", "text": "x", "region": {"points": [["a", "b"]]}}}), r"region: each point must be \[x, y\] numbers, got \['a', 'b'\]"),
+        (_with({"args": {"image": "$image0", "text": "x", "region": {"points": [[None, 1]]}}}), r"region: each point must be \[x, y\] numbers, got \[None, 1\]"),
+        (_with({"args": {"image": "$image0", "text": "x", "region": {"points": [[1, 2]], "width": -3}}}), r"region: width must be a number > 0 \(brush px\), got -3"),
+        (_with({"args": {"image": "$image0", "text": "x", "region": {"points": [[1, 2]], "width": "x"}}}), r"region: width must be a number > 0 \(brush px\), got 'x'"),
     ],
 )  # fmt: skip
 def test_strict_parser_errors(data, message):

@@ -340,6 +340,7 @@ def test_highres_generation_through_pixelsmith(specialist_options, tmp_path):
     out = gen.run(inputs(tmp_path, "generate_image", text="a cat", width=1024, height=1024))
     assert out.outputs["image"].value.size == (1024, 1024)
     assert (tmp_path / "c_image.png").is_file()
+    assert out.used_signal is False  # the pixelsmith path takes no signal embedding
 
 
 def test_features_through_diffeat(specialist_options, image, tmp_path):
@@ -364,3 +365,40 @@ def test_features_through_diffeat(specialist_options, image, tmp_path):
         assert stored[name].ndim == 3 and torch.equal(
             stored[name], out.outputs["features"].value[name]
         )
+
+
+def test_router_survives_a_specialist_crash_and_never_overwrites_files(
+    registry, image, tmp_path, monkeypatch
+):
+    restorer = registry.specialist("restore_image")
+
+    def crash(inputs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    invocation = parse_invocation(
+        {
+            "version": 1,
+            "calls": [
+                {"id": "fix", "task": "restore_image", "args": {"image": "$image0"}},
+                {
+                    "id": "seg",
+                    "task": "segment_image",
+                    "args": {"image": "$fix.image", "text": "d"},
+                },
+                {"id": "other", "task": "segment_image", "args": {"image": "$image0", "text": "d"}},
+            ],
+        },
+        InputCounts(images=1),
+    )
+    router = Router(registry, tmp_path)
+    monkeypatch.setattr(restorer, "run", crash)
+    outcomes = router.run(invocation, TurnInputs([image], [], []))
+    assert [(o.call.id, o.status) for o in outcomes] == [
+        ("fix", "error"), ("seg", "skipped"), ("other", "ok"),
+    ]  # fmt: skip
+    assert outcomes[0].summary == "error: RuntimeError: CUDA out of memory (simulated)"
+    # the same call ids in a later turn write new files next to the earlier ones
+    first = outcomes[2].outputs["mask"].path
+    again = router.run(invocation, TurnInputs([image], [], []))[2].outputs["mask"].path
+    assert (first.name, again.name) == ("other_mask.png", "other_mask_2.png")
+    assert first.is_file() and again.is_file()

@@ -132,6 +132,27 @@ def test_dataset_errors(tmp_path, line, message):
         data[0]
 
 
+def test_stage3_skips_batches_without_signals(dataset_dir, tmp_path):
+    mixed = dataset_dir / "mixed.jsonl"  # the caption has no signal: nothing for stage 3
+    caption = (dataset_dir / "stage1.jsonl").read_text().splitlines()[0]
+    mixed.write_text(caption + "\n" + (dataset_dir / "stage23.jsonl").read_text())
+    model = tiny_model(seed=0)
+    result = train(
+        model, mixed, tmp_path / "out", stage=3, max_steps=3, batch_size=1, lr=1e-2,
+        checkpoints=False, accelerator="cpu", enable_progress_bar=False,
+    )  # fmt: skip
+    assert result["skipped_batches"] >= 1 and result["last_loss"] < result["first_loss"]
+    with pytest.raises(
+        ValueError, match=r"no batch of .*stage1\.jsonl has anything stage 3 trains"
+    ):
+        train(
+            tiny_model(seed=0), dataset_dir / "stage1.jsonl", tmp_path / "none", stage=3,
+            max_steps=2, batch_size=1, checkpoints=False, accelerator="cpu",
+            enable_progress_bar=False,
+        )  # fmt: skip
+    assert not (tmp_path / "none" / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     ("stage", "lora", "data"), [(1, 0, "stage1"), (2, 0, "stage23"), (3, 2, "stage23")]
 )

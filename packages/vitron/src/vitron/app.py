@@ -5,7 +5,9 @@ The page has a message box, an optional image with an optional box region drawn 
 their outcomes), a gallery of the images the specialists wrote and a list of every output file.
 :class:`ChatSession` holds the logic and is tested without a browser; :func:`build_app` lays
 out the page and wires it to the session. One process serves one conversation (a local tool,
-not a multi-user server): Gradio runs the events one at a time.
+not a multi-user server): every event goes through one queue of concurrency 1, so turns and
+resets run one at a time. Serve it with :func:`launch_app` (it lets Gradio serve the output
+folder).
 """
 
 from __future__ import annotations
@@ -143,7 +145,25 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
                 gallery = gr.Gallery(label="images written by the specialists")
                 files = gr.File(label="all output files", file_count="multiple")
         outputs = [chat, gallery, files, message, image, box]
-        send_button.click(send, [message, image, box], outputs)
-        message.submit(send, [message, image, box], outputs)
-        clear_button.click(new_conversation, None, [chat, gallery, files])
+        # one queue for every event: a turn and a reset never touch the session at once
+        one_at_a_time = {"concurrency_id": "session", "concurrency_limit": 1}
+        send_button.click(send, [message, image, box], outputs, **one_at_a_time)
+        message.submit(send, [message, image, box], outputs, **one_at_a_time)
+        clear_button.click(new_conversation, None, [chat, gallery, files], **one_at_a_time)
+    return demo
+
+
+def launch_app(session: ChatSession, **launch_options: Any) -> Any:
+    """Serve the page of ``session`` (Gradio may serve files from its output folders).
+
+    Args:
+        session: the conversation.
+        **launch_options: ``gradio.Blocks.launch`` options (``server_port``, ``share``, ...).
+
+    Returns:
+        The running ``gradio.Blocks`` (``launch`` blocks unless ``prevent_thread_lock``).
+    """
+    demo = build_app(session)
+    folders = {session.output_dir, Path(session.assistant.router.output_dir)}
+    demo.launch(allowed_paths=[str(f.resolve()) for f in folders], **launch_options)
     return demo

@@ -17,6 +17,7 @@ calls. The rest of the pipeline (tokenization, signal embeddings, routing) stays
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,16 @@ class Assistant:
                     f"{len(self.inputs.images) + len(images)} image(s)"
                 )
         content = self.user_message(text, images, videos, regions)
+        before = (list(self.messages), self.inputs)
+        try:
+            return self._turn(content, images, videos, regions, progress)
+        except BaseException:
+            # a failed turn (bad region, too long a conversation, an interrupt) leaves the
+            # conversation as it was, so the next turn does not inherit its inputs
+            self.messages, self.inputs = before
+            raise
+
+    def _turn(self, content: str, images, videos, regions, progress) -> Turn:
         self.inputs = TurnInputs(
             [*self.inputs.images, *images],
             [*self.inputs.videos, *videos],
@@ -190,16 +201,17 @@ class Assistant:
         for round_ in range(self.max_rounds + 1):
             reply = self.next_reply()
             turn.replies.append(reply)
+            raw = clean_reply(reply.text, self.model.config)
             try:
                 parsed = parse_reply(
-                    reply.text,
+                    raw,
                     grammar=self.grammar,
                     counts=self.counts,
                     signal_token=self.model.config.signal_token,
                 )
             except InvocationError as err:
                 turn.parse_error = str(err)
-                turn.answer = _without_special(reply.text, self.model)
+                turn.answer = raw.replace(self.model.config.signal_token, "").strip()
                 self.messages.append(Message("assistant", turn.answer))
                 return turn
             if parsed.invocation is None:
@@ -211,7 +223,7 @@ class Assistant:
                 turn.unexecuted = parsed.invocation
                 self.messages.append(Message("assistant", parsed.text))
                 return turn
-            self.messages.append(Message("assistant", parsed.text, parsed.invocation))
+            self.messages.append(Message("assistant", parsed.text, parsed.invocation, raw=raw))
             signals = self.signals(parsed) if parsed.num_signals else {}
             outcomes = self.router.run(parsed.invocation, self.inputs, signals, progress)
             turn.invocations.append(parsed.invocation)
@@ -244,8 +256,15 @@ class Assistant:
         return {call.id: e[1] for call, e in zip(calls, last, strict=True) if e is not None}
 
 
-def _without_special(text: str, model: VitronModel) -> str:
-    """A reply shown as an answer: end-of-sequence and signal tokens removed."""
+def clean_reply(text: str, config) -> str:
+    """A model reply as the history keeps it: end-of-sequence strings and input placeholders
+    removed (image and video tokens, and region tokens that are not an official
+    ``<region>...</region>`` tag): a model that echoes them would otherwise desynchronise the
+    placeholder count of every later turn."""
     from vitron.invocations import strip_eos
 
-    return strip_eos(text).replace(model.config.signal_token, "").strip()
+    text = strip_eos(text)
+    for token in (config.image_token, config.video_token):
+        text = text.replace(token, "")
+    text = re.sub(re.escape(config.region_token) + r"(?![^<]*</region>)", "", text)
+    return text.strip()

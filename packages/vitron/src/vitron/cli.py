@@ -261,8 +261,9 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
             elif command.startswith("/"):
                 print(f"unknown command {command}; {CHAT_HELP}")
             else:
-                turn = assistant.chat(line, pending_images, pending_videos, pending_regions)
-                pending_images, pending_videos, pending_regions = [], [], []
+                pending = (pending_images, pending_videos, pending_regions)
+                pending_images, pending_videos, pending_regions = [], [], []  # used or dropped
+                turn = assistant.chat(line, *pending)
                 turns += 1
                 write_json(Path(args.output) / f"turn_{turns:03d}.json", turn.to_dict())
                 print_turn(turn)
@@ -274,14 +275,14 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from vitron.app import ChatSession, build_app
+    from vitron.app import ChatSession, launch_app
 
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SystemExit("error: vitron app needs gradio: pip install 'vitron[app]'") from None
     session = ChatSession(build_assistant(args, []), args.output)
-    build_app(session).launch(server_name=args.host, server_port=args.port, share=args.share)
+    launch_app(session, server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

@@ -46,21 +46,27 @@ class Message:
         role: ``"user"``, ``"assistant"`` or ``"results"`` (specialist results fed back).
         text: the text, with ``<image>`` / ``<video>`` / ``<region>`` placeholders for users.
         invocation: an assistant's calls, rendered after its text with one signal per call.
+        raw: an assistant reply exactly as the model wrote it (end-of-sequence removed);
+            rendered instead of ``text`` + canonical calls, so that signal embeddings and later
+            turns see the model's own tokens. ``invocation`` still gives the signals' tasks.
     """
 
     role: str
     text: str
     invocation: Invocation | None = None
+    raw: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
-        if self.invocation is not None and self.role != "assistant":
-            raise ValueError("only assistant messages carry an invocation")
+        if (self.invocation is not None or self.raw is not None) and self.role != "assistant":
+            raise ValueError("only assistant messages carry an invocation or a raw reply")
 
 
 def render_reply(message: Message, signal_token: str) -> str:
     """An assistant message as the LLM writes it (text, calls block, signal tokens)."""
+    if message.raw is not None:
+        return message.raw
     if message.invocation is None:
         return message.text
     calls = message.invocation.render() + signal_token * len(message.invocation.calls)

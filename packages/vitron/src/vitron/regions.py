@@ -161,6 +161,15 @@ def source_mask(shape: Shape, height: int, width: int) -> Tensor:
     return mask
 
 
+def clip_box(box: Box, height: int, width: int) -> Box:
+    """``box`` clipped to its ``width x height`` source image (padding is not image)."""
+    x1, y1 = max(box.x1, 0.0), max(box.y1, 0.0)
+    x2, y2 = min(box.x2, float(width)), min(box.y2, float(height))
+    if not (x1 < x2 and y1 < y2):
+        raise RegionError(f"box {box} lies outside the {width}x{height} image")
+    return Box(x1, y1, x2, y2)
+
+
 def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
     """Fraction of each model-frame patch covered by the region, after resize / crop / pad.
 
@@ -174,8 +183,9 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
     """
     cell = geometry.size / grid
     if isinstance(shape, Box):
-        x1, y1 = geometry.to_model(shape.x1, shape.y1)
-        x2, y2 = geometry.to_model(shape.x2, shape.y2)
+        box = clip_box(shape, geometry.src_height, geometry.src_width)
+        x1, y1 = geometry.to_model(box.x1, box.y1)
+        x2, y2 = geometry.to_model(box.x2, box.y2)
         rows = span_overlap(y1, y2, grid, cell)  # (grid,)
         cols = span_overlap(x1, x2, grid, cell)
         coverage = rows[:, None] * cols[None, :]  # (grid, grid)
@@ -199,8 +209,9 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
 def model_box(shape: Shape, geometry: Geometry) -> Tensor:
     """(4,) bounding box (x1, y1, x2, y2) of the visible region in the model frame, in [0, 1]."""
     if isinstance(shape, Box):
-        x1, y1 = geometry.to_model(shape.x1, shape.y1)
-        x2, y2 = geometry.to_model(shape.x2, shape.y2)
+        box = clip_box(shape, geometry.src_height, geometry.src_width)
+        x1, y1 = geometry.to_model(box.x1, box.y1)
+        x2, y2 = geometry.to_model(box.x2, box.y2)
     else:
         mask = source_mask(shape, geometry.src_height, geometry.src_width)
         rows = torch.nonzero(mask.sum(1) > 0)[:, 0]

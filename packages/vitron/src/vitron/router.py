@@ -140,6 +140,10 @@ class Router:
             result = specialist.run(call_inputs)
         except (SpecialistError, RegionError, ValueError, OSError) as err:
             return CallOutcome(call, "error", f"error: {err}", seconds=time.perf_counter() - start)
+        except Exception as err:  # a specialist's own failure (e.g. out of memory): the call
+            # fails with its reason, its dependents are skipped, the other calls still run
+            message = f"error: {type(err).__name__}: {err}"
+            return CallOutcome(call, "error", message, seconds=time.perf_counter() - start)
         return CallOutcome(
             call,
             "ok",
@@ -147,7 +151,7 @@ class Router:
             result.outputs,
             specialist.name,
             time.perf_counter() - start,
-            use_signal,
+            use_signal and result.used_signal,
         )
 
     def resolve(

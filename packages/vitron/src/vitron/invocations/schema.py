@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +340,7 @@ def parse_invocation(data: str | Mapping[str, Any], counts: InputCounts | None =
     if "version" not in data:
         raise InvocationError("version", f"missing (this parser reads version {SCHEMA_VERSION})")
     version = data["version"]
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:  # 1.0 and true are not 1
         raise InvocationError(
             "version",
             f"unsupported schema version {version!r} (this parser reads {SCHEMA_VERSION})",
@@ -436,11 +437,16 @@ def _parse_value(value: Any, arg: ArgSpec, path: str, counts: InputCounts) -> An
     return tuple(value) if arg.kind == TEXT_LIST else value
 
 
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_region_literal(value: Mapping[str, Any], path: str) -> dict[str, Any]:
     if set(value) == {"box"}:
         box = value["box"]
         ok = isinstance(box, list) and len(box) == 4
-        if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        if not ok or not all(_is_number(v) for v in box):
             raise InvocationError(path, f"box must be [x1, y1, x2, y2] numbers, got {box!r}")
         if not (box[0] < box[2] and box[1] < box[3]):
             raise InvocationError(path, f"box must satisfy x1 < x2 and y1 < y2, got {box!r}")
@@ -450,12 +456,12 @@ def _parse_region_literal(value: Mapping[str, Any], path: str) -> dict[str, Any]
         if not isinstance(points, list) or not points:
             raise InvocationError(path, "points must be a non-empty list of [x, y]")
         for p in points:
-            if not (isinstance(p, list) and len(p) == 2):
-                raise InvocationError(path, f"each point must be [x, y], got {p!r}")
-        return {
-            "points": tuple((float(x), float(y)) for x, y in points),
-            "width": float(value.get("width", 8.0)),
-        }
+            if not (isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)):
+                raise InvocationError(path, f"each point must be [x, y] numbers, got {p!r}")
+        width = value.get("width", 8.0)
+        if not _is_number(width) or width <= 0:
+            raise InvocationError(path, f"width must be a number > 0 (brush px), got {width!r}")
+        return {"points": tuple((float(x), float(y)) for x, y in points), "width": float(width)}
     raise InvocationError(
         path, "a region literal is {'box': [x1, y1, x2, y2]} or {'points': [[x, y], ...]}"
     )

@@ -53,10 +53,12 @@ class Artifact:
 
 @dataclass
 class SpecialistOutput:
-    """Outputs by name (matching the task's schema) and a one-line summary for the LLM."""
+    """Outputs by name (matching the task's schema), a one-line summary for the LLM, and
+    whether the signal embedding it was given was used (a path may ignore it)."""
 
     outputs: dict[str, Artifact]
     summary: str
+    used_signal: bool = True
 
 
 @dataclass
@@ -82,7 +84,14 @@ class CallInputs:
     seed: int = 0
 
     def file(self, name: str, suffix: str) -> Path:
-        return self.output_dir / f"{self.call_id}_{name}{suffix}"
+        """A new path for output ``name``: ``<call id>_<name><suffix>``, or with ``_2``, ``_3``,
+        ... before the suffix when an earlier turn's call of the same id already wrote it."""
+        path = self.output_dir / f"{self.call_id}_{name}{suffix}"
+        count = 1
+        while path.exists():
+            count += 1
+            path = self.output_dir / f"{self.call_id}_{name}_{count}{suffix}"
+        return path
 
 
 class Specialist(abc.ABC):

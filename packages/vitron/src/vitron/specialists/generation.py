@@ -119,6 +119,7 @@ class DiffusersImageGenerator(Specialist):
         return SpecialistOutput(
             {"image": Artifact("image", value, path)},
             f"generated a {size} image of {args['text']!r}",
+            used_signal=max(height, width) <= self.native,  # pixelsmith takes no signal
         )
 
     def _highres(self, inputs, prompt, negative, height, width, seed) -> Image.Image | Path:

@@ -136,6 +136,7 @@ class VitronLightningModule(L.LightningModule):
         self.trainable = configure_stage(model, stage, lora_rank)
         self.save_hyperparameters(ignore=["model"])
         self.losses: list[float] = []
+        self.skipped = 0
 
     def weights(self) -> dict[str, float]:
         stage3 = self.stage == 3
@@ -145,8 +146,15 @@ class VitronLightningModule(L.LightningModule):
             "align_loss": self.hparams.align_loss,
         }
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         out = self.model(batch, **self.weights())
+        if not out.loss.requires_grad:
+            # nothing this stage trains is in the batch (stage 3: no signal with a head; any
+            # stage: every supervised token truncated away): skip it (Lightning then makes no
+            # optimizer step) instead of failing in backward or stepping on a zero gradient
+            self.skipped += 1
+            self.log("train/skipped_batches", float(self.skipped), batch_size=len(batch))
+            return None
         self.losses.append(float(out.loss.detach()))
         self.log("train/loss", out.loss, batch_size=len(batch), prog_bar=True)
         for name in ("lm_loss", "align_loss", "synergy_loss"):
@@ -280,7 +288,7 @@ def train(
         **trainer_options: other ``lightning.Trainer`` arguments.
 
     Returns:
-        ``{"first_loss", "last_loss", "trainable"}``.
+        ``{"first_loss", "last_loss", "skipped_batches", "trainable"}``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     if not isinstance(model, VitronModel):
@@ -301,9 +309,15 @@ def train(
     }  # fmt: skip
     options.update(trainer_options)
     L.Trainer(**options).fit(module, datamodule=datamodule)
+    if not module.losses:
+        raise ValueError(
+            f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies with "
+            f"signals whose task has a head); {module.skipped} batch(es) skipped, nothing saved"
+        )
     module.export(output)
     return {
         "first_loss": module.losses[0],
         "last_loss": module.losses[-1],
+        "skipped_batches": module.skipped,
         "trainable": module.trainable,
     }
