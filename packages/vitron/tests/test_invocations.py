@@ -201,10 +201,32 @@ def test_video_editing_two_instructions():
     }
 
 
+def test_modules_work_on_media_made_earlier_in_the_reply_else_the_newest_input():
+    _, inv = parse_tags(
+        "<module>A</module><instruction>image generation: a cat</instruction>"
+        "<module>G</module><instruction>image-to-video: make it walk</instruction>"
+        "<module>E</module><instruction>video segmentation: the cat</instruction>"
+        "<module>B</module><instruction>the cat</instruction>",
+        InputCounts(images=0),
+    )
+    assert [c.task for c in inv.calls] == [
+        "generate_image", "image_to_video", "segment_video", "segment_image",
+    ]  # fmt: skip
+    assert inv.calls[1].args["image"] == Ref("c1", "image")  # animate the generated image
+    assert inv.calls[2].args["video"] == Ref("c2", "video")
+    assert inv.calls[3].args["image"] == Ref("c1", "image")
+    assert [c.id for c in inv.order()] == ["c1", "c2", "c3", "c4"]
+    _, inv = parse_tags(
+        "<module>B</module><instruction>the dog</instruction>", InputCounts(images=3)
+    )
+    assert inv.calls[0].args["image"] == Ref("image", "2")  # the newest input image
+
+
 @pytest.mark.parametrize(
     ("text", "counts", "message"),
     [
         ("<module>H</module><instruction>x</instruction>", None, r"unknown module 'H' \(letters: A, B, C, D, E, F, G\)"),
+        ("<module>D</module><instruction>a cat</instruction><region>1 2 3 4</region>", None, r"generate_video takes no <region>"),
         ("<module>B</module>", InputCounts(images=1), r"has no <instruction>"),
         ("<instruction>x</instruction>", None, r"<instruction> comes before any <module>"),
         ("<module>A</module><instruction>x", None, r"<instruction> is never closed"),

@@ -141,8 +141,11 @@ def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invoc
 
 
 def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]:
+    """Calls of the modules in order. A module works on the image (video) made by an earlier
+    module of the same reply (generate, edit, animate), else on the newest input one."""
     calls: list[Call] = []
     last_segmentation: str | None = None  # its mask feeds a following edit
+    made: dict[str, Ref] = {}  # media kind -> the newest output of that kind in this reply
     for m in modules:
         where = f"<module>{m.letter}</module> at character {m.start}"
         if not m.instructions:
@@ -151,16 +154,19 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
             raise InvocationError(where, f"has {len(m.regions)} regions; at most one is allowed")
         task = LETTERS[m.letter]
         region = {"box": m.regions[0]} if m.regions else None
+        if region is not None and TASKS[task].arg("region") is None:
+            raise InvocationError(where, f"{task} takes no <region>")
         if m.letter == "F":
-            calls.append(_edit_video_call(m, where, len(calls), counts))
-            continue
-        for _label, instruction in m.instructions:
+            calls.append(
+                _edit_video_call(m, where, len(calls), _media("video", made, where, counts))
+            )
+        for _label, instruction in [] if m.letter == "F" else m.instructions:
             call_id = f"c{len(calls) + 1}"
             args: dict = {"text": instruction}
             media = TASKS[task].args[0]
             if media.name in ("image", "video") and media.required:
-                args[media.name] = _first_input(media.name, where, counts)
-            if region is not None and TASKS[task].arg("region") is not None:
+                args[media.name] = _media(media.name, made, where, counts)
+            if region is not None:
                 args["region"] = region
             if task == "edit_image" and region is None:
                 if last_segmentation is None:
@@ -173,18 +179,24 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
             calls.append(Call(call_id, task, args))
             if task == "segment_image":
                 last_segmentation = call_id
+        for kind in ("image", "video"):
+            if TASKS[task].outputs.get(kind) == kind:
+                made[kind] = Ref(calls[-1].id, kind)
     topological_order(calls)
     return calls
 
 
-def _first_input(kind: str, where: str, counts: InputCounts) -> Ref:
+def _media(kind: str, made: dict[str, Ref], where: str, counts: InputCounts) -> Ref:
+    """The image/video a module works on: made earlier in the reply, else the newest input."""
+    if kind in made:
+        return made[kind]
     available = getattr(counts, f"{kind}s")
     if available == 0:
         raise InvocationError(where, f"needs an input {kind}, but the conversation has none")
-    return Ref(kind, "0")
+    return Ref(kind, str(available - 1))
 
 
-def _edit_video_call(m: _Module, where: str, index: int, counts: InputCounts) -> Call:
+def _edit_video_call(m: _Module, where: str, index: int, video: Ref) -> Call:
     if len(m.instructions) != 2:
         raise InvocationError(
             where,
@@ -199,7 +211,7 @@ def _edit_video_call(m: _Module, where: str, index: int, counts: InputCounts) ->
     else:
         (_, foreground), (_, background) = m.instructions
     args = {
-        "video": _first_input("video", where, counts),
+        "video": video,
         "text": foreground,
         "background": background,
     }
