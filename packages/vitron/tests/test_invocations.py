@@ -220,6 +220,8 @@ def test_modules_work_on_media_made_earlier_in_the_reply_else_the_newest_input()
         "<module>B</module><instruction>the dog</instruction>", InputCounts(images=3)
     )
     assert inv.calls[0].args["image"] == Ref("image", "2")  # the newest input image
+    _, inv = parse_tags("<module>B</module><instruction>the dog</instruction>")
+    assert inv.calls[0].args["image"] == Ref("image", "0")  # unchecked counts: the first
 
 
 @pytest.mark.parametrize(

@@ -187,10 +187,13 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
 
 
 def _media(kind: str, made: dict[str, Ref], where: str, counts: InputCounts) -> Ref:
-    """The image/video a module works on: made earlier in the reply, else the newest input."""
+    """The image/video a module works on: made earlier in the reply, else the newest input
+    (the first one when the counts are unchecked)."""
     if kind in made:
         return made[kind]
     available = getattr(counts, f"{kind}s")
+    if available is None:
+        return Ref(kind, "0")
     if available == 0:
         raise InvocationError(where, f"needs an input {kind}, but the conversation has none")
     return Ref(kind, str(available - 1))
