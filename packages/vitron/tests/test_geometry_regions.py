@@ -82,6 +82,21 @@ def test_geometry_maps_both_ways_and_boxes():
     )
 
 
+def test_model_box_of_a_cropped_mask_is_the_extent_of_what_stays():
+    """Centre crop keeps source x in [20, 60]; an L whose vertical arm (x 0..10, y 0..40) is
+    cropped away and whose horizontal arm (y 5..10, x 0..40) is half kept: the box is x 20..40,
+    y 5..10 in source pixels, i.e. model x 0..16, y 4..8 (scale 0.8, offset -16)."""
+    values = torch.zeros(H, W, dtype=torch.float64)
+    values[:, :10] = 1.0
+    values[5:10, :40] = 1.0
+    g = plan_geometry(H, W, SIZE, "center_crop")
+    expected = torch.tensor([0, 4, 16, 8], dtype=torch.float64) / SIZE
+    torch.testing.assert_close(model_box(Mask(values), g), expected, rtol=0, atol=1e-12)
+    stroke = Stroke(((0.5, 0.5), (0.5, 39.5)), width=2.0)  # the left two columns only
+    with pytest.raises(RegionError, match=r"falls outside what the model sees .*center_crop"):
+        model_box(stroke, g)
+
+
 def test_image_and_region_share_geometry():
     """A white block where the box is lands where the coverage says, in every mode."""
     image = torch.zeros(3, H, W)

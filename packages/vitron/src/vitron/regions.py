@@ -170,6 +170,13 @@ def clip_box(box: Box, height: int, width: int) -> Box:
     return Box(x1, y1, x2, y2)
 
 
+def pixel_edges(geometry: Geometry) -> tuple[Tensor, Tensor]:
+    """Model-frame edges of the source pixels: (H + 1,) row edges and (W + 1,) column edges."""
+    ys = torch.arange(geometry.src_height + 1, dtype=torch.float64)
+    xs = torch.arange(geometry.src_width + 1, dtype=torch.float64)
+    return ys * geometry.scale_y + geometry.offset_y, xs * geometry.scale_x + geometry.offset_x
+
+
 def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
     """Fraction of each model-frame patch covered by the region, after resize / crop / pad.
 
@@ -191,10 +198,7 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
         coverage = rows[:, None] * cols[None, :]  # (grid, grid)
     else:
         mask = source_mask(shape, geometry.src_height, geometry.src_width)  # (H, W)
-        ys = torch.arange(geometry.src_height + 1, dtype=torch.float64)
-        xs = torch.arange(geometry.src_width + 1, dtype=torch.float64)
-        y_edges = ys * geometry.scale_y + geometry.offset_y  # (H + 1,) model-frame row edges
-        x_edges = xs * geometry.scale_x + geometry.offset_x
+        y_edges, x_edges = pixel_edges(geometry)
         rows = cell_overlap(y_edges[:-1], y_edges[1:], grid, cell)  # (grid, H)
         cols = cell_overlap(x_edges[:-1], x_edges[1:], grid, cell)  # (grid, W)
         coverage = rows @ mask @ cols.T  # (grid, grid) area-weighted coverage
@@ -207,17 +211,30 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
 
 
 def model_box(shape: Shape, geometry: Geometry) -> Tensor:
-    """(4,) bounding box (x1, y1, x2, y2) of the visible region in the model frame, in [0, 1]."""
+    """(4,) bounding box (x1, y1, x2, y2) of the visible region in the model frame, in [0, 1].
+
+    For strokes and masks it is the extent of the pixels the crop keeps (an L-shaped mask whose
+    vertical arm is cropped away gets the box of its horizontal arm, not its whole box clipped).
+    """
     if isinstance(shape, Box):
         box = clip_box(shape, geometry.src_height, geometry.src_width)
         x1, y1 = geometry.to_model(box.x1, box.y1)
         x2, y2 = geometry.to_model(box.x2, box.y2)
     else:
-        mask = source_mask(shape, geometry.src_height, geometry.src_width)
-        rows = torch.nonzero(mask.sum(1) > 0)[:, 0]
-        cols = torch.nonzero(mask.sum(0) > 0)[:, 0]
-        x1, y1 = geometry.to_model(float(cols.min()), float(rows.min()))
-        x2, y2 = geometry.to_model(float(cols.max()) + 1, float(rows.max()) + 1)
+        mask = source_mask(shape, geometry.src_height, geometry.src_width)  # (H, W)
+        y_edges, x_edges = pixel_edges(geometry)
+        seen_rows = (y_edges[1:] > 0) & (y_edges[:-1] < geometry.size)  # (H,) inside the frame
+        seen_cols = (x_edges[1:] > 0) & (x_edges[:-1] < geometry.size)  # (W,)
+        seen = (mask > 0) & seen_rows[:, None] & seen_cols[None, :]  # (H, W)
+        rows = torch.nonzero(seen.any(1))[:, 0]
+        cols = torch.nonzero(seen.any(0))[:, 0]
+        if len(rows) == 0:
+            raise RegionError(
+                f"region {shape!r} falls outside what the model sees of the image "
+                f"(preprocess={geometry.mode!r} cuts it away); use preprocess='pad' or move it"
+            )
+        x1, x2 = float(x_edges[cols.min()]), float(x_edges[cols.max() + 1])
+        y1, y2 = float(y_edges[rows.min()]), float(y_edges[rows.max() + 1])
     box = torch.tensor([x1, y1, x2, y2], dtype=torch.float64) / geometry.size
     return box.clamp(0.0, 1.0)
 
