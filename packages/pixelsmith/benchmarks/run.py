@@ -298,6 +298,8 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     pipe = tiny_pipeline()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         if args.worker == "sampler":
             latent = (args.size // 8, args.size // 8)
