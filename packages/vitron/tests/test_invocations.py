@@ -188,6 +188,21 @@ def test_text_between_unrelated_tags_kept():
     assert parsed.grammar == "tags"
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        "<module>A</module><instruction>a cat</instruction>",
+        '<invoke>{"version": 1, "calls": [{"id": "c1", "task": "generate_image", "args": {"text": "a cat"}}]}</invoke>',
+    ],
+)
+def test_free_text_keeps_its_own_whitespace(block):
+    """Only the joins where a block was removed are tidied; indentation and line breaks stay."""
+    reply = f"Here:\n    x  =  1\n\tdone. {block}   Bye.\nEnd."
+    assert parse_reply(reply).text == "Here:\n    x  =  1\n\tdone. Bye.\nEnd."
+    assert parse_reply(f"Made it.\n{block}\nBye.").text == "Made it.\n\nBye."
+    assert parse_reply(f"  {block}  Bye.").text == "Bye."
+
+
 def test_video_editing_two_instructions():
     _, inv = parse_tags(
         "<module>F</module><instruction>background: a beach</instruction>"

@@ -14,7 +14,7 @@ from vitron.invocations.schema import (
     InvocationError,
     parse_invocation,
 )
-from vitron.invocations.tags import TAG_PATTERN, parse_tags
+from vitron.invocations.tags import TAG_PATTERN, join_kept_text, parse_tags
 
 GRAMMARS = ("auto", "json", "tags")
 DEFAULT_EOS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<eos>")
@@ -102,5 +102,4 @@ def _parse_json_block(text: str, counts: InputCounts | None) -> tuple[str, Invoc
     if end < start:
         raise InvocationError("", f"{BLOCK_CLOSE} comes before {BLOCK_OPEN}")
     invocation = parse_invocation(text[start + len(BLOCK_OPEN) : end], counts)
-    free = (text[:start] + " " + text[end + len(BLOCK_CLOSE) :]).strip()
-    return re.sub(r"[ \t]{2,}", " ", free), invocation
+    return join_kept_text([text[:start], text[end + len(BLOCK_CLOSE) :]]), invocation

@@ -56,6 +56,21 @@ class _Module:
     regions: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
+def join_kept_text(pieces: Sequence[str]) -> str:
+    """The text left around removed blocks, joined without touching its own whitespace.
+
+    At each join the spaces/tabs on both sides are replaced by one space (none next to a line
+    break or an empty side), so ``"Ok. <block> Done"`` reads ``"Ok. Done"`` while indentation
+    and line breaks elsewhere in the reply are kept.
+    """
+    out = ""
+    for piece in pieces:
+        left, right = out.rstrip(" \t"), piece.lstrip(" \t")
+        glue = "" if not left or not right or left[-1] == "\n" or right[0] == "\n" else " "
+        out = left + glue + right
+    return out.strip()
+
+
 def split_instruction(text: str, letter: str) -> tuple[str | None, str]:
     """``"image editing: add a sign saying Note: closed"`` -> ``("image editing", "add ...")``.
 
@@ -134,7 +149,7 @@ def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invoc
         else:
             modules[-1].regions.append(_parse_region(body, where))
     kept.append(text[pos:])
-    free_text = re.sub(r"[ \t]{2,}", " ", "".join(kept)).strip()
+    free_text = join_kept_text(kept)
     if not modules:
         return free_text, None
     return free_text, Invocation(tuple(_module_calls(modules, counts)))
