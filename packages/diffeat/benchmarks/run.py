@@ -164,7 +164,7 @@ def time_selections(config_name: str, image: int, selections: list[str], warmup:
     names = {s: selection_names(unet, s) for s in selections}
     times = {s: [] for s in selections}
     results = {}
-    # the catalogue returns GiBs of features and the pass after it runs ~10% slower (measured:
+    # the catalogue returns GiBs of features and the pass after it runs ~6% slower (measured:
     # full after catalogue 13.1 s, after a preset 12.4 s), so it is timed in rounds of its own
     light = [s for s in selections if s != "catalogue"]
     heavy = [s for s in selections if s == "catalogue"]

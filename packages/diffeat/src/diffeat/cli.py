@@ -216,18 +216,15 @@ def command_probe(args: argparse.Namespace) -> None:
         extractor,
         args.images,
         args,
-        lambda images: probe_all(extractor, images, args.prompt, generator, probes=probes),
+        lambda images: (
+            len(images),
+            probe_all(extractor, images, args.prompt, generator, probes=probes),
+        ),
     )
-    counts = [
-        len(args.images[i : i + args.batch_size])
-        for i in range(0, len(args.images), args.batch_size)
-    ]
+    total = sum(n for n, _ in parts)
     results = {  # mean over images: batches weighted by their size
-        name: {
-            p: sum(n * part[name][p] for n, part in zip(counts, parts, strict=True)) / sum(counts)
-            for p in probes
-        }
-        for name in parts[0]
+        name: {p: sum(n * part[name][p] for n, part in parts) / total for p in probes}
+        for name in parts[0][1]
     }
     width = max(len(n) for n in results)
     print(f"{'activation':<{width}}  " + "  ".join(f"{p:>11}" for p in probes))

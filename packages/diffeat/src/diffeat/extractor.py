@@ -55,18 +55,23 @@ class ExtractorConfig:
         self.image_size = parse_size(self.image_size)
 
 
+def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
+    """``layers`` as a tuple of names; the string ``"all"`` becomes ``("all",)``."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers: pass a list of names or 'all'; got the string {layers!r}")
+        return ("all",)
+    return tuple(layers)
+
+
 def resolve_layers(
     config: Mapping, layers: Sequence[str] | str | None, preset: str | None
 ) -> tuple[tuple[str, ...], str | None]:
     """Layer names from ``layers`` (a list, or ``"all"``) or ``preset``; default: the paper's."""
     if layers is not None and preset is not None:
         raise ValueError("pass either layers=[...] or preset=..., not both")
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers: pass a list of names or 'all'; got the string {layers!r}")
-        return ("all",), None
     if layers is not None:
-        return tuple(layers), None
+        return names_or_all(layers), None
     preset = preset or default_preset(config)
     return get_preset(preset).layers, preset
 
@@ -97,8 +102,7 @@ class FeatureExtractor:
         self.scheduler = scheduler
         self.prompt_encoder = PromptEncoder(tokenizers, [e.eval() for e in text_encoders])
         self.catalogue: list[LayerSpec] = build_catalogue(unet)
-        if config.layers == ("all",):
-            config = replace(config, layers=tuple(s.name for s in self.catalogue))
+        config = replace(config, layers=self.expand_all(config.layers))
         check_names(config.layers, self.catalogue)
         self.config = config
         self.plan: NoisePlan = plan_noise(scheduler, config.timestep, config.faithful)
@@ -257,7 +261,7 @@ class FeatureExtractor:
             image_size: (H, W) in pixels (SDXL-style size conditioning).
             layers: names to record (default: the configured ones).
         """
-        names = list(self.layers if layers is None else self.resolve_call_layers(layers))
+        names = list(self.layers if layers is None else self.expand_all(names_or_all(layers)))
         batch = sample.shape[0]
         embeddings = embeddings.expand(batch).to(self.device, self.dtype)
         kwargs = {}
@@ -290,15 +294,9 @@ class FeatureExtractor:
             )
         return {name: recorder.features[name] for name in names}
 
-    def resolve_call_layers(self, layers: Sequence[str] | str) -> tuple[str, ...]:
-        """A call's ``layers``: a list of catalogue names, or ``"all"``."""
-        if isinstance(layers, str):
-            if layers != "all":
-                raise ValueError(
-                    f"layers: pass a list of names or 'all'; got the string {layers!r}"
-                )
-            return tuple(s.name for s in self.catalogue)
-        return tuple(layers)
+    def expand_all(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """``names``, with ``("all",)`` replaced by every catalogue name."""
+        return tuple(s.name for s in self.catalogue) if names == ("all",) else names
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with ``config.seed`` (used when a call passes none)."""
