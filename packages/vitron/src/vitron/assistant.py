@@ -257,10 +257,10 @@ class Assistant:
 
 
 def clean_reply(text: str, config) -> str:
-    """A model reply as the history keeps it: end-of-sequence strings and input placeholders
+    """A model reply as the history keeps it: end-of-sequence strings and echoed input tokens
     removed (image and video tokens, and region tokens that are not an official
-    ``<region>...</region>`` tag): a model that echoes them would otherwise desynchronise the
-    placeholder count of every later turn."""
+    ``<region>...</region>`` tag): each of those tokens stands for one conversation input, so
+    an echo would shift the inputs of every later turn."""
     from vitron.invocations import strip_eos
 
     text = strip_eos(text)

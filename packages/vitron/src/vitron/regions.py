@@ -170,6 +170,22 @@ def clip_box(box: Box, height: int, width: int) -> Box:
     return Box(x1, y1, x2, y2)
 
 
+def box_in_model_frame(box: Box, geometry: Geometry) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) of ``box``, clipped to its image, in model-frame pixels."""
+    box = clip_box(box, geometry.src_height, geometry.src_width)
+    x1, y1 = geometry.to_model(box.x1, box.y1)
+    x2, y2 = geometry.to_model(box.x2, box.y2)
+    return x1, y1, x2, y2
+
+
+def cut_away(shape: Shape, geometry: Geometry) -> RegionError:
+    """The error for a region the preprocessing crops away entirely."""
+    return RegionError(
+        f"region {shape!r} falls outside what the model sees of the image "
+        f"(preprocess={geometry.mode!r} cuts it away); use preprocess='pad' or move the region"
+    )
+
+
 def pixel_edges(geometry: Geometry) -> tuple[Tensor, Tensor]:
     """Model-frame edges of the source pixels: (H + 1,) row edges and (W + 1,) column edges."""
     ys = torch.arange(geometry.src_height + 1, dtype=torch.float64)
@@ -190,9 +206,7 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
     """
     cell = geometry.size / grid
     if isinstance(shape, Box):
-        box = clip_box(shape, geometry.src_height, geometry.src_width)
-        x1, y1 = geometry.to_model(box.x1, box.y1)
-        x2, y2 = geometry.to_model(box.x2, box.y2)
+        x1, y1, x2, y2 = box_in_model_frame(shape, geometry)
         rows = span_overlap(y1, y2, grid, cell)  # (grid,)
         cols = span_overlap(x1, x2, grid, cell)
         coverage = rows[:, None] * cols[None, :]  # (grid, grid)
@@ -203,10 +217,7 @@ def patch_coverage(shape: Shape, geometry: Geometry, grid: int) -> Tensor:
         cols = cell_overlap(x_edges[:-1], x_edges[1:], grid, cell)  # (grid, W)
         coverage = rows @ mask @ cols.T  # (grid, grid) area-weighted coverage
     if not bool((coverage > 0).any()):
-        raise RegionError(
-            f"region {shape!r} falls outside what the model sees of the image "
-            f"(preprocess={geometry.mode!r} cuts it away); use preprocess='pad' or move the region"
-        )
+        raise cut_away(shape, geometry)
     return coverage
 
 
@@ -217,9 +228,7 @@ def model_box(shape: Shape, geometry: Geometry) -> Tensor:
     vertical arm is cropped away gets the box of its horizontal arm, not its whole box clipped).
     """
     if isinstance(shape, Box):
-        box = clip_box(shape, geometry.src_height, geometry.src_width)
-        x1, y1 = geometry.to_model(box.x1, box.y1)
-        x2, y2 = geometry.to_model(box.x2, box.y2)
+        x1, y1, x2, y2 = box_in_model_frame(shape, geometry)
     else:
         mask = source_mask(shape, geometry.src_height, geometry.src_width)  # (H, W)
         y_edges, x_edges = pixel_edges(geometry)
@@ -229,10 +238,7 @@ def model_box(shape: Shape, geometry: Geometry) -> Tensor:
         rows = torch.nonzero(seen.any(1))[:, 0]
         cols = torch.nonzero(seen.any(0))[:, 0]
         if len(rows) == 0:
-            raise RegionError(
-                f"region {shape!r} falls outside what the model sees of the image "
-                f"(preprocess={geometry.mode!r} cuts it away); use preprocess='pad' or move it"
-            )
+            raise cut_away(shape, geometry)
         x1, x2 = float(x_edges[cols.min()]), float(x_edges[cols.max() + 1])
         y1, y2 = float(y_edges[rows.min()]), float(y_edges[rows.max() + 1])
     box = torch.tensor([x1, y1, x2, y2], dtype=torch.float64) / geometry.size

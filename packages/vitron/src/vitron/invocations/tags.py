@@ -172,28 +172,28 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
         if region is not None and TASKS[task].arg("region") is None:
             raise InvocationError(where, f"{task} takes no <region>")
         if m.letter == "F":
-            calls.append(
-                _edit_video_call(m, where, len(calls), _media("video", made, where, counts))
-            )
-        for _label, instruction in [] if m.letter == "F" else m.instructions:
-            call_id = f"c{len(calls) + 1}"
-            args: dict = {"text": instruction}
-            media = TASKS[task].args[0]
-            if media.name in ("image", "video") and media.required:
-                args[media.name] = _media(media.name, made, where, counts)
-            if region is not None:
-                args["region"] = region
-            if task == "edit_image" and region is None:
-                if last_segmentation is None:
-                    raise InvocationError(
-                        where,
-                        "image editing needs a mask: give a <region> or segment first "
-                        "(a <module>B</module> before it)",
-                    )
-                args["mask"] = Ref(last_segmentation, "mask")
-            calls.append(Call(call_id, task, args))
-            if task == "segment_image":
-                last_segmentation = call_id
+            video = _media("video", made, where, counts)
+            calls.append(_edit_video_call(m, where, len(calls), video))
+        else:
+            for _label, instruction in m.instructions:
+                call_id = f"c{len(calls) + 1}"
+                args: dict = {"text": instruction}
+                media = TASKS[task].args[0]
+                if media.name in ("image", "video") and media.required:
+                    args[media.name] = _media(media.name, made, where, counts)
+                if region is not None:
+                    args["region"] = region
+                if task == "edit_image" and region is None:
+                    if last_segmentation is None:
+                        raise InvocationError(
+                            where,
+                            "image editing needs a mask: give a <region> or segment first "
+                            "(a <module>B</module> before it)",
+                        )
+                    args["mask"] = Ref(last_segmentation, "mask")
+                calls.append(Call(call_id, task, args))
+                if task == "segment_image":
+                    last_segmentation = call_id
         for kind in ("image", "video"):
             if TASKS[task].outputs.get(kind) == kind:
                 made[kind] = Ref(calls[-1].id, kind)
