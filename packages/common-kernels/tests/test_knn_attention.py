@@ -7,13 +7,20 @@ sum over up to N terms). The reference itself is checked by torch.autograd.gradc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common_kernels.knn_attention import KNNAttention, can_run, knn_attention, select_backend
+from common_kernels.knn_attention import (
+    KNNAttention,
+    can_run,
+    knn_attention,
+    select_backend,
+    value_checks,
+)
 
 FWD_TOL = {"atol": 2e-5, "rtol": 1e-4}
 GRAD_TOL = {"atol": 1e-4, "rtol": 1e-3}
@@ -164,6 +171,10 @@ def test_module_matches_functional_and_dense_mha() -> None:
     assert module(x, full[..., :3]).shape == (2, 9, 16)
     with pytest.raises(ValueError, match="dim must be a multiple of heads"):
         KNNAttention(10, 4)
+    with pytest.raises(ValueError, match=r"heads must be >= 1, got 0"):
+        KNNAttention(16, 0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        KNNAttention(16, 4, backend="dense")
 
 
 def test_can_run_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,24 +194,43 @@ def test_can_run_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
         knn_attention(*fp32, inp["idx"], backend="triton")
 
 
-@pytest.mark.parametrize(
-    ("n", "k", "grad", "expected"),
-    [
-        (256, 16, False, "mask"),
-        (1024, 16, False, "gather"),
-        (1024, 64, False, "mask"),
-        (4096, 64, False, "gather"),
-        (1024, 16, True, "mask"),
-        (4096, 16, True, "gather"),
-        (4096, 64, True, "mask"),
-    ],
-)
-def test_auto_policy_on_cpu(n: int, k: int, grad: bool, expected: str) -> None:
-    q = torch.zeros(1, 1, n, 8, requires_grad=grad)
-    idx = torch.zeros(1, n, k, dtype=torch.long)
-    assert select_backend(q, q, q, idx) == expected
+def test_auto_never_picks_the_triton_interpreter_on_cpu(monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.zeros(1, 2, 64, 8, requires_grad=True)
+    idx = torch.zeros(1, 64, 4, dtype=torch.long)
+    assert can_run("triton", q.detach(), q.detach(), q.detach(), idx)[0] in (True, False)
+    assert select_backend(q, q, q, idx) != "triton"
     with torch.no_grad():
-        assert select_backend(q, q, q, idx) == ("gather" if k * 64 <= n else "mask")
+        assert select_backend(q, q, q, idx) != "triton"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.duplicates], ids=str)
+def test_flex_forward_matches_reference(case: Case) -> None:
+    """FlexAttention runs forward only on the CPU; its gradients are checked on CUDA."""
+    inputs = make_inputs(case)
+    with torch.no_grad():
+        args = (inputs["q"], inputs["k"], inputs["v"], inputs["idx"])
+        expected = knn_attention(*args, bias=inputs.get("bias"), backend="reference")
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+            cast = [t.to(dtype) for t in args[:3]]
+            bias = inputs.get("bias")
+            bias = None if bias is None else bias.to(dtype)
+            out = knn_attention(*cast, inputs["idx"], bias=bias, backend="flex")
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol * 10)
+
+
+def test_flex_refuses_duplicates_and_cpu_backward() -> None:
+    inputs = make_inputs(Case(1, 2, 20, 8, 5, duplicates=True))
+    args = (inputs["q"].float(), inputs["k"].float(), inputs["v"].float(), inputs["idx"])
+    ok, reason = can_run("flex", *args)
+    assert not ok and re.search(r"repeats a neighbour in one list \(up to \dx\)", reason)
+    unique = make_inputs(Case(1, 2, 20, 8, 5))["idx"]
+    q = args[0].clone().requires_grad_(True)
+    ok, reason = can_run("flex", q, args[1], args[2], unique)
+    assert not ok and "no backward on the CPU" in reason
+    with pytest.raises(RuntimeError, match="backend 'flex' cannot run here: FlexAttention has no"):
+        knn_attention(q, args[1], args[2], unique, backend="flex")
 
 
 def bad_input_cases():
@@ -227,6 +257,8 @@ def bad_input_cases():
         ("bias-nan", (q, k, v, idx), {"bias": inf_bias}, ValueError, "bias contains NaN"),
         ("backend", (q, k, v, idx), {"backend": "dense"}, ValueError, "backend must be one of"),
         ("scale", (q, k, v, idx), {"scale": float("nan")}, ValueError, "scale must be a finite"),
+        ("scale<0", (q, k, v, idx), {"scale": -1.0}, ValueError, r"scale must be > 0.*-1.0"),
+        ("idx-list", (q, k, v, idx.tolist()), {}, TypeError, "idx must be a torch.Tensor"),
     ]
 
 
@@ -238,3 +270,63 @@ def bad_input_cases():
 def test_bad_inputs_name_the_argument(args, kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
         knn_attention(*args, **kwargs)
+
+
+def test_value_checks_default_on_cpu_and_switchable() -> None:
+    inp = make_inputs(Case(1, 2, 8, 4, 3))
+    q = inp["q"].clone()
+    q[0, 1, 2, 3] = float("nan")
+    args = (q, inp["k"], inp["v"], inp["idx"])
+    with pytest.raises(ValueError, match="q contains NaN or Inf"):
+        knn_attention(*args)
+    out = knn_attention(*args, check_values=False, backend="gather")
+    assert out[0, 1, 2].isnan().all() and not out[0, 0].isnan().any()  # NaN stays in its head
+    with value_checks(False):
+        assert knn_attention(*args, backend="gather").isnan().any()
+        with value_checks(True), pytest.raises(ValueError, match="q contains NaN"):
+            knn_attention(*args)
+        with pytest.raises(ValueError, match="q contains NaN"):
+            knn_attention(*args, check_values=True)
+    with pytest.raises(ValueError, match="q contains NaN"):  # the default is back
+        knn_attention(*args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "mask", "gather"])
+@pytest.mark.parametrize("duplicates", [False, True], ids=["unique", "dup"])
+def test_half_precision_autocast_matches_reference(backend: str, duplicates: bool) -> None:
+    """0.1's mask path crashed under autocast (log() autocast to fp32 into a bf16 mask)."""
+    case = Case(2, 2, 24, 16, 6, duplicates=duplicates, bias="table")
+    inputs = make_inputs(case)
+    ref_out, ref_grads = forward_backward(inputs, torch.float64, backend="reference")
+    leaves = {n: t.detach().float().requires_grad_(True) for n, t in inputs.items() if n != "idx"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = (leaves[n].to(torch.bfloat16) for n in "qkv")  # what a Linear would give
+        out = knn_attention(
+            q, k, v, inputs["idx"], bias=leaves["bias"].to(q.dtype), backend=backend
+        )
+    assert out.dtype == torch.bfloat16
+    weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape)
+    (out.double() * weights).sum().backward()
+    torch.testing.assert_close(out.double(), ref_out, atol=3e-2, rtol=3e-2)
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad.double(), ref_grads[name], atol=3e-2, rtol=5e-2)
+
+
+def test_both_row_gathers_agree_forward_and_backward() -> None:
+    """The CUDA row gather (torch.gather, sync-free backward) checked on the CPU."""
+    from common_kernels import KNNDictionary
+    from common_kernels.knn_attention import _gather_neighbour_rows
+
+    inp = make_inputs(Case(2, 3, 19, 8, 5, duplicates=True))
+    dictionary = KNNDictionary(inp["idx"])
+    grads = []
+    for via_embedding in (True, False):
+        x = inp["k"].clone().requires_grad_(True)
+        rows = _gather_neighbour_rows(x, dictionary, via_embedding=via_embedding)
+        expected = torch.stack(
+            [torch.stack([x[b, h, inp["idx"][b]] for h in range(3)]) for b in range(2)]
+        )  # (B, heads, N, K, d)
+        assert torch.equal(rows, expected)
+        rows.backward(torch.arange(rows.numel(), dtype=rows.dtype).view(rows.shape))
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=0)

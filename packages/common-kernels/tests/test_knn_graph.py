@@ -239,7 +239,7 @@ def test_errors() -> None:
         ValueError, match=r"backend must be one of 'auto', 'reference', 'chunked', got 'triton'"
     ):
         knn_graph(x, 2, backend="triton")
-    with pytest.raises(ValueError, match=r"chunk must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"chunk must be >= 1, got 0"):
         knn_graph(x, 2, backend="chunked", chunk=0)
     with pytest.raises(TypeError, match=r"chunk must be an int"):
         knn_graph(x, 2, backend="chunked", chunk=2.5)

@@ -83,9 +83,9 @@ def test_tile_grid_errors() -> None:
         ValueError, match=r"stride\[1\] must be in \[1, tile\[1\]\] = \[1, 3\].*got 4"
     ):
         tile_grid(10, 10, (4, 3), 4)
-    with pytest.raises(ValueError, match=r"stride\[0\] must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"stride\[0\] must be >= 1, got 0"):
         tile_grid(10, 10, 4, 0)
-    with pytest.raises(ValueError, match=r"tile\[1\] must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"tile\[1\] must be >= 1, got 0"):
         tile_grid(10, 10, (4, 0), 1)
     with pytest.raises(ValueError, match=r"tile must be an int >= 1 or an \(h, w\) pair"):
         tile_grid(10, 10, (4, 4, 4), 1)
@@ -93,7 +93,7 @@ def test_tile_grid_errors() -> None:
         tile_grid(10, 10, 4.0, 1)
     with pytest.raises(TypeError, match=r"stride\[1\] must be an int, got float"):
         tile_grid(10, 10, 4, (1, 2.0))
-    with pytest.raises(ValueError, match=r"height must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"height must be >= 1, got 0"):
         tile_grid(0, 10, 4, 2)
 
 
@@ -151,7 +151,7 @@ def test_accumulator_errors() -> None:
         acc.add(Tile(0, 0, 4, 4), torch.ones(2, 4, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"shape must be \(\.\.\., H, W\)"):
         OverlapAccumulator((5,))
-    with pytest.raises(ValueError, match=r"shape\[1\] must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"shape\[1\] must be >= 1, got 0"):
         OverlapAccumulator((5, 0))
     with pytest.raises(ValueError, match=r"kind must be one of 'none', 'linear', 'gaussian'"):
         OverlapAccumulator((5, 5), blend="box")
@@ -266,9 +266,9 @@ def test_tiled_apply_errors() -> None:
         tiled_apply(lambda t: t, x, tile=4, stride=6)
     with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):
         tiled_apply(lambda t: t, x[0], tile=4, stride=2)
-    with pytest.raises(ValueError, match=r"scale must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"scale must be >= 1, got 0"):
         tiled_apply(lambda t: t, x, tile=4, stride=2, scale=0)
-    with pytest.raises(ValueError, match=r"batch_size must be in >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
         tiled_apply(lambda t: t, x, tile=4, stride=2, batch_size=0)
     with pytest.raises(ValueError, match=r"kind must be one of 'none', 'linear', 'gaussian'"):
         tiled_apply(lambda t: t, x, tile=4, stride=2, blend="box")

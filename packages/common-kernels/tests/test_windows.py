@@ -36,7 +36,7 @@ def test_partition_errors() -> None:
         window_partition(torch.zeros(1, 6, 8, 2), 4)
     with pytest.raises(ValueError, match=r"x must have shape \(B, H, W, C\)"):
         window_partition(torch.zeros(6, 8, 2), 2)
-    with pytest.raises(ValueError, match=r"window must be in >= 1"):
+    with pytest.raises(ValueError, match=r"window must be >= 1"):
         window_partition(torch.zeros(1, 6, 8, 2), 0)
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         window_partition([[1.0]], 2)
@@ -50,5 +50,5 @@ def test_reverse_errors() -> None:
         window_reverse(torch.zeros(6, 4, 3), 2, 4, 4)
     with pytest.raises(ValueError, match=r"windows must have shape \(B\*4, 9, C\)"):
         window_reverse(windows, 3, 6, 6)
-    with pytest.raises(ValueError, match=r"height must be in >= 1"):
+    with pytest.raises(ValueError, match=r"height must be >= 1"):
         window_reverse(windows, 2, 0, 4)

@@ -188,6 +188,7 @@ def test_fit_through_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ("config", "arch"),
     [
         ("denoise_gray_tiny.yaml", "semanir_tiny_denoise_gray"),
+        ("denoise_gray_tiny_bundled.yaml", "semanir_tiny_denoise_gray"),
         ("denoise_color_base.yaml", "semanir_base_denoise_color"),
         ("sr_x4_small.yaml", "semanir_small_sr_x4"),
         ("jpeg_gray_base.yaml", "semanir_base_jpeg_gray"),

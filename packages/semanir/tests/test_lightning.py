@@ -224,3 +224,50 @@ def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None
         assert torch.equal(value, ranks[1]["final"][name]), name
     moved = [n for n, v in ranks[0]["final"].items() if not torch.equal(v, ranks[0]["initial"][n])]
     assert moved  # the run trained
+
+
+def test_init_weights_start_from_a_saved_model(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    saved = RestorationModule(arch=TINY).model
+    saved.save_pretrained(tmp_path / "start")
+    torch.manual_seed(4)  # another random initialisation, replaced by the saved weights
+    module = RestorationModule(arch=TINY, init_weights=str(tmp_path / "start"))
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(module.model.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match=r"init_weights='.*start' holds weights of another"):
+        RestorationModule(
+            arch=TINY, arch_overrides={"embed_dim": 12}, init_weights=str(tmp_path / "start")
+        )
+
+
+class RecordWeights(Callback):
+    """The model's weights after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({n: p.detach().clone() for n, p in pl_module.model.named_parameters()})
+
+
+def test_ema_of_weights_is_what_validation_and_export_see(
+    tmp_path: Path, data: RestorationDataModule
+) -> None:
+    """The bundled recipe's EMAWeightAveraging: export holds the average, computed here by the
+    recurrence e_1 = w_1, e_t = decay * e_{t-1} + (1 - decay) * w_t."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    torch.manual_seed(0)
+    module = RestorationModule(
+        arch=TINY, lr=1e-2, scheduler="constant", export_dir=str(tmp_path / "out")
+    )
+    record = RecordWeights()  # runs before the EMA callback's update: sees the raw weights
+    ema = EMAWeightAveraging(decay=0.5)
+    trainer(tmp_path, max_steps=3, callbacks=[record, ema], limit_val_batches=0).fit(module, data)
+    expected = dict(record.steps[0])
+    for weights in record.steps[1:]:
+        expected = {n: 0.5 * expected[n] + 0.5 * w for n, w in weights.items()}
+    exported = load_model(str(tmp_path / "out"))
+    for name, tensor in exported.named_parameters():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-6, msg=name)
+    assert not torch.equal(expected["shallow.weight"], record.steps[-1]["shallow.weight"])

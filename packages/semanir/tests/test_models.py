@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common_kernels import KNNDictionary
+from common_kernels import dictionary as dictionary_module
 from semanir.models import (
     CONFIGS,
     DnCNN,
@@ -286,9 +288,47 @@ def test_dictionary_is_built_once_per_stage_and_shared_by_its_layers(monkeypatch
     assert len(idx) == 9
     per_stage = [idx[0:2], idx[2:5], idx[5:7], idx[7:9]]
     for layers in per_stage:
-        assert all(t is layers[0] for t in layers)  # the very same dictionary tensor
-        assert layers[0].shape[-1] == 6
+        assert all(t is layers[0] for t in layers)  # the very same dictionary object
+        assert isinstance(layers[0], KNNDictionary) and layers[0].k == 6
     assert len({id(layers[0]) for layers in per_stage}) == 4
+
+
+@pytest.mark.parametrize(
+    ("backend", "builder"),
+    [
+        ("mask", "neighbour_log_multiplicity"),
+        ("reference", "neighbour_log_multiplicity"),
+        ("gather", None),
+        ("triton", "transposed_neighbours"),
+    ],
+)
+def test_what_a_backend_derives_from_the_dictionary_is_built_once_per_stage(
+    monkeypatch, backend, builder
+):
+    """Masks and transposed lists follow the dictionary: one per stage, not one per layer."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    model = tiny("semanir_test_tiny_unet", depths=(2, 3, 2, 2), attention_backend=backend)
+    recorder = DictionaryRecorder(monkeypatch)
+    builds = []
+    if builder is not None:
+        original = getattr(dictionary_module, builder)
+
+        def counting(*args, **kwargs):
+            builds.append(builder)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(dictionary_module, builder, counting)
+    model(images(1, 8, 8), k=6).sum().backward()  # training mode: forward and backward
+    assert len(recorder.graph_calls) == 4 and len(recorder.attention_idx) == 9
+    if builder is not None:
+        assert len(builds) == 4  # one per stage (and per dtype), shared by its 2-3 layers
+    if backend == "gather":
+        caches = {id(d): d._cache for d in recorder.attention_idx}
+        assert len(caches) == 4
+        # row ids and the bias index, each built once for the stage's head count
+        assert all({key[0] for key in c} == {"rows", "index"} for c in caches.values())
+        assert all(len(c) == 2 for c in caches.values())
 
 
 def test_layer_mode_builds_one_dictionary_per_layer(monkeypatch):
@@ -312,7 +352,7 @@ def test_dictionary_prefix_of_top_k_is_the_smaller_dictionary():
     windows = torch.randn(5, 16, 8)
     stage = tiny().stages[0]
     assert torch.equal(
-        stage.build_dictionary(windows, 8)[..., :4], stage.build_dictionary(windows, 4)
+        stage.build_dictionary(windows, 8).idx[..., :4], stage.build_dictionary(windows, 4).idx
     )
 
 
@@ -444,3 +484,51 @@ def test_dncnn_round_trip_keeps_batch_norm_statistics(tmp_path):
 def test_constructor_accepts_the_dict_form_of_the_config():
     config = get_config("semanir_test_tiny_unet")
     assert SemanIR(config.to_dict()).config == config
+
+
+# ---------------------------------------------------------------------------- mixed precision
+
+
+def _residual_and_grads(model: SemanIR, x: torch.Tensor, autocast: bool):
+    """The model's correction (output - input) and every parameter's gradient, in fp32."""
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(x, k=6)
+    weights = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    (out.float() * weights).sum().backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()}
+    return (out.float() - x).detach(), grads
+
+
+@pytest.mark.parametrize("backend", ["reference", "mask", "gather", "triton"])
+def test_bf16_autocast_forward_and_backward_for_every_cpu_backend(backend):
+    """0.1's mask path crashed under half-precision autocast; every backend that trains on the
+    CPU runs SemanIR under bf16 autocast and matches its fp32 run to bf16 accuracy."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    model = tiny("semanir_test_tiny_unet", attention_backend=backend)
+    with torch.no_grad():  # a correction large enough to compare
+        model.reconstruct.weight.mul_(100)
+    x = images(1, 12, 12)
+    exact, exact_grads = _residual_and_grads(model, x, autocast=False)
+    half, half_grads = _residual_and_grads(model, x, autocast=True)
+    assert (half - exact).norm() <= 0.03 * exact.norm()  # bf16 keeps 8 significant bits
+    exact_all = torch.cat([g.flatten() for g in exact_grads.values()])
+    half_all = torch.cat([half_grads[n].flatten() for n in exact_grads])
+    assert torch.isfinite(half_all).all()
+    assert (half_all - exact_all).norm() <= 0.1 * exact_all.norm()
+
+
+def test_bf16_autocast_flex_forward_on_cpu():
+    """FlexAttention has no backward on the CPU: its autocast run is forward only."""
+    model = tiny("semanir_test_tiny_unet", attention_backend="flex").eval()
+    reference = tiny("semanir_test_tiny_unet", attention_backend="reference").eval()
+    with torch.no_grad():
+        model.reconstruct.weight.mul_(100)
+        reference.reconstruct.weight.mul_(100)
+    x = images(1, 12, 12)
+    with torch.no_grad():
+        exact = reference(x, k=6) - x
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x, k=6).float() - x
+    assert (half - exact).norm() <= 0.03 * exact.norm()

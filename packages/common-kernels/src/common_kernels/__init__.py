@@ -3,16 +3,24 @@
 The public API is this module's names; method packages import nothing else.
 """
 
+from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion
-from common_kernels.knn_attention import KNNAttention, can_run, knn_attention, select_backend
+from common_kernels.knn_attention import (
+    KNNAttention,
+    can_run,
+    knn_attention,
+    select_backend,
+    value_checks,
+)
 from common_kernels.knn_graph import knn_graph
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "KNNAttention",
+    "KNNDictionary",
     "OverlapAccumulator",
     "Tile",
     "__version__",
@@ -24,6 +32,7 @@ __all__ = [
     "select_backend",
     "tile_grid",
     "tiled_apply",
+    "value_checks",
     "window_partition",
     "window_reverse",
 ]

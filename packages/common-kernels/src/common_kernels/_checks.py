@@ -48,12 +48,19 @@ def check_index(name: str, idx: torch.Tensor, upper: int) -> torch.Tensor:
     check_tensor(name, idx)
     if idx.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be an int32 or int64 tensor, got {idx.dtype}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= upper):
-        raise IndexError(
-            f"{name} values must lie in [0, {upper - 1}] (N={upper}), "
-            f"got min {int(idx.min())} and max {int(idx.max())}"
-        )
+    if not idx.numel():
+        return idx
+    low, high = torch.stack(torch.aminmax(idx)).tolist()  # one host synchronisation
+    check_index_range(name, low, high, upper)
     return idx
+
+
+def check_index_range(name: str, low: int, high: int, upper: int) -> None:
+    """Raise ``IndexError`` unless ``0 <= low`` and ``high < upper`` (an index tensor's range)."""
+    if low < 0 or high >= upper:
+        raise IndexError(
+            f"{name} values must lie in [0, {upper - 1}] (N={upper}), got min {low} and max {high}"
+        )
 
 
 def check_positive_int(name: str, value: object, *, upper: int | None = None) -> int:
@@ -61,6 +68,6 @@ def check_positive_int(name: str, value: object, *, upper: int | None = None) ->
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1 or (upper is not None and value > upper):
-        accepted = f"[1, {upper}]" if upper is not None else ">= 1"
-        raise ValueError(f"{name} must be in {accepted}, got {value}")
+        accepted = f"in [1, {upper}]" if upper is not None else ">= 1"
+        raise ValueError(f"{name} must be {accepted}, got {value}")
     return value

@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from .dictionary import KNNDictionary, as_dictionary
+
 try:
     import triton
     import triton.language as tl
@@ -313,71 +315,37 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-def transposed_neighbours(idx: torch.Tensor, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build the transposed (CSR) neighbour list: for each key, the slots that point at it.
-
-    The slots of key ``n`` are the flat positions ``i * K + j`` with ``idx[..., i, j] == n``,
-    in ascending order (a stable sort), so the backward sums them in a reproducible order.
-
-    Args:
-        idx: (B, Hc, N, K) neighbour ids, Hc = 1 when shared across heads.
-        n_keys: number of keys N.
-
-    Returns:
-        row_ptr: (B, Hc, n_keys + 1) int64; key n owns ``cols[..., row_ptr[n]:row_ptr[n + 1]]``.
-        cols: (B, Hc, N * K) flat slot ids, int32 when they fit.
-    """
-    B, Hc, N, K = idx.shape
-    flat = idx.reshape(B, Hc, N * K)  # (B, Hc, N * K)
-    sorted_keys, cols = torch.sort(flat, dim=-1, stable=True)  # (B, Hc, N * K) each
-    bounds = torch.arange(n_keys + 1, device=idx.device, dtype=idx.dtype)
-    bounds = bounds.expand(B, Hc, n_keys + 1).contiguous()  # (B, Hc, N + 1)
-    row_ptr = torch.searchsorted(sorted_keys, bounds)  # (B, Hc, N + 1)
-    slot_dtype = torch.int32 if N * K < 2**31 else torch.int64
-    return row_ptr, cols.to(slot_dtype)
-
-
-def _duplicate_rank(idx: torch.Tensor) -> torch.Tensor:
-    """For each slot, how many earlier slots of the same query hold the same neighbour.
-
-    Args:
-        idx: (..., K) neighbour ids.
-    """
-    sorted_idx, order = torch.sort(idx, dim=-1, stable=True)
-    pos = torch.arange(idx.shape[-1], device=idx.device).expand_as(idx)
-    run_start = torch.ones_like(idx, dtype=torch.bool)
-    run_start[..., 1:] = sorted_idx[..., 1:] != sorted_idx[..., :-1]
-    first = torch.where(run_start, pos, 0).cummax(dim=-1).values
-    return torch.empty_like(pos).scatter_(-1, order, pos - first)
-
-
-def _bias_grad(ds: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _bias_grad(ds: torch.Tensor, dictionary: KNNDictionary, bias: torch.Tensor) -> torch.Tensor:
     """Scatter per-slot ``ds`` into a dense bias gradient reduced to ``bias``'s shape.
 
-    Duplicate neighbours of one query are added one multiplicity level at a time, so no two
-    non-zero terms meet in one ``scatter_add_`` and the result is reproducible on every device.
+    Duplicate neighbours of one query are added one multiplicity level at a time (the levels
+    are known to the dictionary, so nothing synchronises), so no two non-zero terms meet in one
+    ``scatter_add_`` and the result is reproducible on every device.
 
     Args:
         ds: (B, H, N, K) fp32 ds per slot.
-        idx: (B, N, K) or (B, H, N, K) neighbour ids.
+        dictionary: the neighbour lists.
         bias: the (B or 1, H or 1, N, N) bias.
     """
     B, H, N, K = ds.shape
-    nbr = idx.long() if idx.ndim == 4 else idx.long()[:, None]  # (B, H or 1, N, K)
-    rank = _duplicate_rank(nbr).expand(B, H, N, K)  # (B, H, N, K)
-    nbr = nbr.expand(B, H, N, K)  # (B, H, N, K)
+    nbr = dictionary.idx4.long().expand(B, H, N, K)  # (B, H, N, K)
     dense = ds.new_zeros(B, H, N, N)
-    for level in range(int(rank.max()) + 1):
-        dense.scatter_add_(-1, nbr, torch.where(rank == level, ds, 0.0))
+    if dictionary.max_multiplicity == 1:
+        dense.scatter_add_(-1, nbr, ds)
+    else:
+        rank = dictionary.duplicate_ranks().expand(B, H, N, K)  # (B, H, N, K)
+        for level in range(dictionary.max_multiplicity):
+            dense.scatter_add_(-1, nbr, torch.where(rank == level, ds, 0.0))
     broadcast_dims = [dim for dim in (0, 1) if bias.shape[dim] == 1]
     if broadcast_dims:
         dense = dense.sum(dim=broadcast_dims, keepdim=True)  # bias.shape
     return dense.to(bias.dtype)
 
 
-def _index_strides(idx: torch.Tensor) -> tuple[int, int]:
-    """(batch, head) strides of a contiguous idx; head stride 0 when shared across heads."""
-    return (idx.stride(0), 0) if idx.ndim == 3 else (idx.stride(0), idx.stride(1))
+def _index_strides(dictionary: KNNDictionary) -> tuple[int, int]:
+    """(batch, head) strides of the contiguous idx; head stride 0 when shared across heads."""
+    idx = dictionary.idx
+    return (idx.stride(0), idx.stride(1)) if dictionary.per_head else (idx.stride(0), 0)
 
 
 def _bias_view(
@@ -410,7 +378,7 @@ def triton_knn_attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: torch.Tensor | KNNDictionary,
     scale: float,
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,7 +386,7 @@ def triton_knn_attention_forward(
 
     Args:
         q, k, v: (B, H, N, d) tensors of one dtype (fp16, bf16 or fp32) on one device.
-        idx: (B, N, K) or (B, H, N, K) int32/int64 neighbour ids in [0, N).
+        idx: a KNNDictionary, or (B, N, K) / (B, H, N, K) int32/int64 neighbour ids in [0, N).
         scale: softmax scale.
         bias: None or a (B or 1, H or 1, N, N) additive bias.
 
@@ -431,18 +399,19 @@ def triton_knn_attention_forward(
             f"the triton backend supports float16, bfloat16 and float32, got {q.dtype}; "
             "use the reference backend for float64"
         )
-    q, k, v, idx = q.contiguous(), k.contiguous(), v.contiguous(), idx.contiguous()
+    dictionary = as_dictionary(idx)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, H, N, d = q.shape
-    knb = idx.shape[-1]
+    knb = dictionary.k
     out = torch.empty_like(q)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     bias_arg, bias_strides = _bias_view(bias, (B, H, N, N), q)
     block_d = _block_d(d)
     grid = (B * H, triton.cdiv(N, BLOCK_M))  # B * H on axis 0: grid axis 1 stops at 65535
     _knn_fwd_kernel[grid](
-        q, k, v, idx, bias_arg, out, lse,
+        q, k, v, dictionary.idx, bias_arg, out, lse,
         H, N, knb, d, scale,
-        *_index_strides(idx), *bias_strides,
+        *_index_strides(dictionary), *bias_strides,
         HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
         num_warps=_num_warps(block_d),
     )  # fmt: skip
@@ -451,6 +420,7 @@ def triton_knn_attention_forward(
 
 def _backward(
     saved: tuple[torch.Tensor, ...],
+    dictionary: KNNDictionary,
     grad_out: torch.Tensor,
     scale: float,
     deterministic: bool,
@@ -459,15 +429,16 @@ def _backward(
     """Compute dq, dk, dv and (when ``need_ds``) the fp32 (B, H, N, K) ds per slot.
 
     Args:
-        saved: contiguous q, k, v, idx, the bias (or None), out and lse from the forward.
+        saved: contiguous q, k, v, the bias (or None), out and lse from the forward.
+        dictionary: the neighbour lists (their transposed list is cached there).
         grad_out: (B, H, N, d) gradient of the output.
         scale: softmax scale.
         deterministic: CSR key-major kernel for dk/dv if True, atomics if False.
         need_ds: whether to return ds for the bias gradient.
     """
-    q, k, v, idx, bias, out, lse = saved
+    q, k, v, bias, out, lse = saved
     B, H, N, d = q.shape
-    knb = idx.shape[-1]
+    knb = dictionary.k
     do = grad_out.contiguous()
     delta = (do.float() * out.float()).sum(dim=-1)  # (B, H, N)
     dq = torch.empty_like(q)
@@ -480,17 +451,17 @@ def _backward(
     bias_arg, bias_strides = _bias_view(bias, (B, H, N, N), q)
     block_d = _block_d(d)
     _knn_bwd_query_kernel[(B * H, triton.cdiv(N, BLOCK_M))](
-        q, k, v, idx, bias_arg, do, lse, delta, dq, dk_acc, dv_acc, lse if ds is None else ds,
+        q, k, v, dictionary.idx, bias_arg, do, lse, delta, dq, dk_acc, dv_acc,
+        lse if ds is None else ds,
         H, N, knb, d, scale,
-        *_index_strides(idx), *bias_strides,
+        *_index_strides(dictionary), *bias_strides,
         HAS_BIAS=bias is not None, ATOMIC_KV=not deterministic, STORE_DS=need_ds,
         BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, num_warps=_num_warps(block_d),
     )  # fmt: skip
     if not deterministic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype), ds
 
-    nbr = idx if idx.ndim == 4 else idx[:, None]  # (B, H or 1, N, K)
-    row_ptr, cols = transposed_neighbours(nbr, N)
+    row_ptr, cols = dictionary.transposed()  # (B, H or 1, N + 1), (B, H or 1, N * K)
     row_ptr = row_ptr.expand(B, H, N + 1)  # (B, H, N + 1), stride 0 over heads when shared
     cols = cols.expand(B, H, N * knb)  # (B, H, N * K), stride 0 over heads when shared
     dk, dv = torch.empty_like(k), torch.empty_like(v)
@@ -508,10 +479,11 @@ class _TritonKNNAttention(torch.autograd.Function):
     """Autograd wrapper: triton forward, triton backward (CSR or atomic dk/dv)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, idx, scale, bias, deterministic):
-        q, k, v, idx = q.contiguous(), k.contiguous(), v.contiguous(), idx.contiguous()
-        out, lse = triton_knn_attention_forward(q, k, v, idx, scale, bias)
-        ctx.save_for_backward(q, k, v, idx, bias, out, lse)
+    def forward(ctx, q, k, v, dictionary, scale, bias, deterministic):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = triton_knn_attention_forward(q, k, v, dictionary, scale, bias)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.dictionary = dictionary
         ctx.scale = scale
         ctx.deterministic = deterministic
         return out
@@ -519,10 +491,12 @@ class _TritonKNNAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
-        idx, bias = saved[3], saved[4]
+        bias = saved[3]
         need_dbias = bias is not None and ctx.needs_input_grad[5]
-        dq, dk, dv, ds = _backward(saved, grad_out, ctx.scale, ctx.deterministic, need_dbias)
-        dbias = _bias_grad(ds, idx, bias) if need_dbias else None
+        dq, dk, dv, ds = _backward(
+            saved, ctx.dictionary, grad_out, ctx.scale, ctx.deterministic, need_dbias
+        )
+        dbias = _bias_grad(ds, ctx.dictionary, bias) if need_dbias else None
         return dq, dk, dv, None, None, dbias, None
 
 
@@ -530,7 +504,7 @@ def triton_knn_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: torch.Tensor | KNNDictionary,
     scale: float,
     bias: torch.Tensor | None = None,
     deterministic: bool = True,
@@ -542,7 +516,8 @@ def triton_knn_attention(
 
     Args:
         q, k, v: (B, H, N, d) tensors of one dtype (fp16, bf16 or fp32), d in [1, 256].
-        idx: (B, N, K) shared across heads or (B, H, N, K), int32/int64 values in [0, N);
+        idx: a KNNDictionary (its transposed list and duplicate ranks are reused), or ids
+            (B, N, K) shared across heads or (B, H, N, K), int32/int64 values in [0, N);
             duplicate ids count as separate softmax terms.
         scale: softmax scale.
         bias: None or an additive (B or 1, H or 1, N, N) bias gathered at the neighbours; its
@@ -553,4 +528,5 @@ def triton_knn_attention(
     Returns:
         (B, H, N, d) output in q's dtype.
     """
-    return _TritonKNNAttention.apply(q, k, v, idx, float(scale), bias, deterministic)
+    dictionary = as_dictionary(idx)
+    return _TritonKNNAttention.apply(q, k, v, dictionary, float(scale), bias, deterministic)

@@ -5,20 +5,30 @@ out[b, h, i] = sum_j softmax_j(scale * q_i . k_{idx[i, j]} + bias[i, idx[i, j]])
 Duplicate entries in ``idx`` are separate softmax terms (the sum runs over the K slots), and every
 backend agrees on that: the dense backends add log(multiplicity) to the logits.
 
+The neighbour lists come as a raw ``idx`` tensor (validated on every call, with a host
+synchronisation) or as a :class:`~common_kernels.KNNDictionary`, validated once when it is made
+and holding what each backend derives from the lists (masks, transposed list, BlockMask). With a
+dictionary a call checks only shapes, dtypes and devices: on CUDA it launches kernels and never
+synchronises with the host.
+
 Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
 
 - ``reference``: dense N x N logits with -inf outside the neighbours, plain matmul + softmax.
   Runs in any float dtype, fp64 included; the oracle for tests.
-- ``mask``: dense masked ``scaled_dot_product_attention`` (the paper's Torch-Mask); O(N^2) memory
-  for the additive mask.
+- ``mask``: dense masked ``scaled_dot_product_attention`` (the paper's Torch-Mask) with the
+  dictionary's cached additive mask; O(N^2) memory for the mask.
 - ``gather``: torch gather of the neighbours' K/V rows (Torch-Gather); O(N K d) memory.
 - ``triton``: fused gather + online softmax that never materialises the gathered K/V, saves the
   log-sum-exp, and has a deterministic (transposed neighbour list) or atomic backward.
+- ``flex``: FlexAttention over a neighbour bitmask with a BlockMask built from the lists, the bias
+  as a score_mod: tensor-core tiles for the windowed regime where K is a large share of N.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -26,64 +36,98 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from common_kernels import _flex, _policy
 from common_kernels import _triton_knn_attention as _tk
-from common_kernels._checks import check_float, check_index, check_ndim, check_tensor
+from common_kernels._checks import (
+    all_finite,
+    check_float,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+)
+from common_kernels.dictionary import KNNDictionary, as_dictionary
 
-Backend = Literal["auto", "reference", "mask", "gather", "triton"]
-BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton")
+Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex"]
+BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton", "flex")
+IndexLike = torch.Tensor | KNNDictionary
 
-# CPU policy of "auto", measured by benchmarks/run.py on a 2-core x86_64 machine (tables in the
-# package README): gathering wins once the neighbour sets are a small share of the sequence; the
-# share is smaller with a backward pass, whose scatter-add into dK/dV is memory bound. Otherwise
-# the dense masked SDPA wins.
-_GATHER_MAX_K_SHARE = {False: 1 / 64, True: 1 / 256}  # keyed by "needs a backward"
 # Registers hold a (BLOCK_M, BLOCK_K, head_dim) tile per program; past this it spills.
 _TRITON_MAX_HEAD_DIM = 256
+# Used when a device has no policy table (or none of its points has a runnable backend).
+_FALLBACK_ORDER = ("triton", "mask", "gather", "reference")
+# Never picked by "auto" on the CPU: the Triton interpreter is for tests.
+_NOT_AUTO_ON_CPU = frozenset({"triton"})
+_value_checks_override: bool | None = None
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool = True) -> Iterator[None]:
+    """Check (or not) that q, k, v and bias are finite in every ``knn_attention`` call inside.
+
+    By default the values are checked on the CPU and not on CUDA, where the check would
+    synchronise with the host on every call; switch them on to debug NaNs on a GPU, e.g.
+    ``with value_checks(): model(x)``. Not thread-local.
+
+    Args:
+        enabled: check values (True) or skip the checks (False) inside the block.
+    """
+    global _value_checks_override
+    previous, _value_checks_override = _value_checks_override, bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks_override = previous
 
 
 def knn_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: IndexLike,
     *,
     scale: float | None = None,
     bias: torch.Tensor | None = None,
     backend: Backend = "auto",
     deterministic: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """Attention of every query over its K neighbours.
 
     Args:
         q, k, v: (B, heads, N, d) tensors of one floating dtype on one device.
-        idx: (B, N, K) neighbour indices shared across heads, or (B, heads, N, K) per head;
-            int32/int64 values in [0, N). Duplicates count as separate softmax terms.
+        idx: a :class:`KNNDictionary` (validated once; no host synchronisation here), or raw
+            neighbour ids (B, N, K) shared across heads or (B, heads, N, K) per head, int32/int64
+            values in [0, N) (validated on every call). Duplicates are separate softmax terms.
         scale: logit scale; defaults to d ** -0.5.
         bias: optional additive bias table (heads, N, N) or (B|1, heads|1, N, N), gathered at
             the neighbours (e.g. a relative-position bias). Differentiable.
-        backend: "auto", "reference", "mask", "gather" or "triton".
+        backend: "auto", "reference", "mask", "gather", "triton" or "flex".
         deterministic: triton only: backward through a transposed neighbour list (bitwise
             reproducible) instead of atomics.
+        check_values: require finite q, k, v and bias (one host synchronisation). None: on
+            the CPU yes, on CUDA no, unless :func:`value_checks` says otherwise.
 
     Returns:
         (B, heads, N, d) tensor in q's dtype.
     """
-    bias = _validate(q, k, v, idx, bias)
+    dictionary, bias = _validate(q, k, v, idx, bias, check_values)
     scale = q.shape[-1] ** -0.5 if scale is None else _check_scale(scale)
     if backend == "auto":
-        backend = select_backend(q, k, v, idx, bias)
+        backend = _select(q, k, v, dictionary, bias)
     elif backend not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
-    ok, reason = _can_run_validated(backend, q, bias)
+    ok, reason = _can_run_validated(backend, q, k, v, dictionary, bias)
     if not ok:
         raise RuntimeError(f"backend {backend!r} cannot run here: {reason}")
     if backend == "reference":
-        return _reference(q, k, v, idx, scale, bias)
+        return _reference(q, k, v, dictionary, scale, bias)
     if backend == "mask":
-        return _masked_sdpa(q, k, v, idx, scale, bias)
+        return _masked_sdpa(q, k, v, dictionary, scale, bias)
     if backend == "gather":
-        return _gather(q, k, v, idx, scale, bias)
-    return _tk.triton_knn_attention(q, k, v, idx, scale, bias, deterministic=deterministic)
+        return _gather(q, k, v, dictionary, scale, bias)
+    if backend == "flex":
+        return _flex.flex_knn_attention(q, k, v, dictionary, scale, bias)
+    return _tk.triton_knn_attention(q, k, v, dictionary, scale, bias, deterministic=deterministic)
 
 
 def can_run(
@@ -91,52 +135,96 @@ def can_run(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: IndexLike,
     bias: torch.Tensor | None = None,
 ) -> tuple[bool, str]:
     """Whether ``backend`` can run on these inputs, and if not, why (in words).
 
     Invalid inputs raise the same errors as :func:`knn_attention`.
     """
-    bias = _validate(q, k, v, idx, bias)
+    dictionary, bias = _validate(q, k, v, idx, bias, None)
     if backend == "auto":
         return True, ""
     if backend not in BACKENDS:
         return False, f"unknown backend {backend!r}; choose one of {('auto', *BACKENDS)}"
-    return _can_run_validated(backend, q, bias)
+    return _can_run_validated(backend, q, k, v, dictionary, bias)
 
 
 def select_backend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: IndexLike,
     bias: torch.Tensor | None = None,
 ) -> str:
-    """The backend ``"auto"`` picks for validated inputs.
+    """The backend ``"auto"`` picks for these inputs.
 
-    CUDA with Triton: ``triton``. On the CPU (where Triton only interprets, for tests) the policy
-    measured by the benchmark: ``gather`` when K <= N/64 (K <= N/256 when a backward will run),
-    else ``mask``.
+    The policy table of the device (``common_kernels/policies/<cpu|cuda>.json``, measured by
+    ``benchmarks/run.py``) is looked up at the measured point nearest to the inputs (N, K,
+    B * heads, whether a backward will run, bias, dtype) and its fastest backend that can run
+    here is taken (never the Triton interpreter on the CPU). Without a table: triton, mask,
+    gather, reference, the first that can run.
     """
-    if q.is_cuda and _can_run_validated("triton", q, bias)[0]:
-        return "triton"
+    dictionary, bias = _validate(q, k, v, idx, bias, None)
+    return _select(q, k, v, dictionary, bias)
+
+
+def policy_problem(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_neighbours: int,
+    bias: torch.Tensor | None,
+) -> _policy.Problem:
+    """The point the policy table is looked up at for these inputs."""
+    batch, heads, n, _ = q.shape
+    return _policy.Problem(
+        n=n,
+        k=n_neighbours,
+        batch_heads=max(1, batch * heads),
+        mode="fwd+bwd" if _needs_backward(q, k, v, bias) else "fwd",
+        bias=bias is not None,
+        dtype=str(q.dtype).removeprefix("torch."),
+    )
+
+
+def _select(q, k, v, dictionary: KNNDictionary, bias) -> str:
+    excluded = _NOT_AUTO_ON_CPU if q.device.type == "cpu" else frozenset()
+    runnable = {
+        b
+        for b in BACKENDS
+        if b not in excluded and _can_run_validated(b, q, k, v, dictionary, bias)[0]
+    }
+    table = _policy.load_table(q.device.type)
+    if table is not None:
+        choice = _policy.choose(table, policy_problem(q, k, v, dictionary.k, bias), runnable)
+        if choice is not None:
+            return choice
+    return next(b for b in _FALLBACK_ORDER if b in runnable)
+
+
+def _needs_backward(q, k, v, bias) -> bool:
     tensors = (q, k, v) if bias is None else (q, k, v, bias)
-    needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    n, n_neighbours = q.shape[-2], idx.shape[-1]
-    if n_neighbours <= _GATHER_MAX_K_SHARE[needs_backward] * n:
-        return "gather"
-    return "mask"
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _can_run_validated(
-    backend: str, q: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[bool, str]:
+def _can_run_validated(backend: str, q, k, v, dictionary: KNNDictionary, bias) -> tuple[bool, str]:
+    """Whether ``backend`` runs on validated inputs, and if not, why (in words)."""
     if backend in ("reference", "gather"):
         return True, ""
     if backend == "mask":
         if q.dtype == torch.float64 and q.is_cuda:
             return False, "scaled_dot_product_attention has no float64 kernel on CUDA"
+        return True, ""
+    if backend == "flex":
+        ok, reason = _flex.flex_status(q.device, _needs_backward(q, k, v, bias))
+        if not ok:
+            return False, reason
+        if dictionary.max_multiplicity > 1:
+            return False, (
+                f"idx repeats a neighbour in one list (up to {dictionary.max_multiplicity}x); "
+                "a FlexAttention mask cannot count duplicates, use 'mask' or 'triton'"
+            )
         return True, ""
     ok, reason = _tk.triton_status(q.device)
     if not ok:
@@ -154,19 +242,31 @@ def _can_run_validated(
 def _check_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite float, got {scale!r}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0 (it multiplies the logits), got {scale!r}")
     return float(scale)
+
+
+def _resolve_value_checks(check_values: bool | None, q: torch.Tensor) -> bool:
+    if check_values is not None:
+        return bool(check_values)
+    if _value_checks_override is not None:
+        return _value_checks_override
+    return q.device.type == "cpu"
 
 
 def _validate(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: torch.Tensor,
+    idx: IndexLike,
     bias: torch.Tensor | None,
-) -> torch.Tensor | None:
-    """Check shapes, dtypes, devices and values; return bias as a 4-D table (or None)."""
+    check_values: bool | None,
+) -> tuple[KNNDictionary, torch.Tensor | None]:
+    """Check shapes, dtypes, devices (and values); return the dictionary and a 4-D bias."""
+    finite = _resolve_value_checks(check_values, q)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_ndim(name, check_float(name, t), (4,), "(B, heads, N, d)")
+        check_ndim(name, check_float(name, t, finite=False), (4,), "(B, heads, N, d)")
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k and v must have the same shape (B, heads, N, d), got q {tuple(q.shape)}, "
@@ -178,24 +278,48 @@ def _validate(
         raise ValueError(
             f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}"
         )
+    dictionary = _check_idx(q, idx)
+    if bias is not None:
+        bias = _check_bias(q, bias)
+    if finite:
+        tensors = (("q", q), ("k", k), ("v", v)) + ((("bias", bias),) if bias is not None else ())
+        for name, t in tensors:
+            if t.numel() and not all_finite(t):
+                raise ValueError(f"{name} contains NaN or Inf values; all entries must be finite")
+    return dictionary, bias
+
+
+def _check_idx(q: torch.Tensor, idx: IndexLike) -> KNNDictionary:
+    """The dictionary of ``idx`` (built and validated here for a raw tensor), matched to q."""
     batch, heads, n, _ = q.shape
-    check_ndim("idx", check_tensor("idx", idx), (3, 4), "(B, N, K) or (B, heads, N, K)")
-    if idx.device != q.device:
-        raise ValueError(f"idx must be on q's device {q.device}, got {idx.device}")
-    expected = (batch, n) if idx.ndim == 3 else (batch, heads, n)
-    if tuple(idx.shape[:-1]) != expected:
-        layout = "(B, N, K)" if idx.ndim == 3 else "(B, heads, N, K)"
+    if isinstance(idx, KNNDictionary):
+        shape = (idx.batch, idx.heads, idx.n) if idx.per_head else (idx.batch, idx.n)
+        expected = (batch, heads, n) if idx.per_head else (batch, n)
+        name = "idx (a KNNDictionary)"
+    else:
+        check_ndim("idx", check_tensor("idx", idx), (3, 4), "(B, N, K) or (B, heads, N, K)")
+        shape = tuple(idx.shape[:-1])
+        expected = (batch, n) if idx.ndim == 3 else (batch, heads, n)
+        name = "idx"
+    if shape != expected:
+        layout = "(B, heads, N, K)" if len(expected) == 3 else "(B, N, K)"
         raise ValueError(
-            f"idx must have shape {layout} = {(*expected, 'K')}, got {tuple(idx.shape)}"
+            f"{name} must have shape {layout} = {(*expected, 'K')} for q of shape "
+            f"{tuple(q.shape)}, got {(*shape, 'K')}"
         )
-    if not 1 <= idx.shape[-1] <= n:
-        raise ValueError(
-            f"idx must hold K in [1, N={n}] neighbours per query, got K={idx.shape[-1]}"
-        )
-    check_index("idx", idx, n)
-    if bias is None:
-        return None
-    check_ndim("bias", check_float("bias", bias), (3, 4), "(heads, N, N) or (B|1, heads|1, N, N)")
+    dictionary = as_dictionary(idx)
+    if dictionary.device != q.device:
+        raise ValueError(f"idx must be on q's device {q.device}, got {dictionary.device}")
+    return dictionary
+
+
+def _check_bias(q: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A (B|1, heads|1, N, N) view of ``bias``; errors name the accepted shapes."""
+    batch, heads, n, _ = q.shape
+    check_ndim(
+        "bias", check_float("bias", bias, finite=False), (3, 4),
+        "(heads, N, N) or (B|1, heads|1, N, N)",
+    )  # fmt: skip
     bias = bias.unsqueeze(0) if bias.ndim == 3 else bias  # (B|1, heads|1, N, N)
     b_ok = bias.shape[0] in (1, batch) and bias.shape[1] in (1, heads)
     if not b_ok or tuple(bias.shape[2:]) != (n, n):
@@ -208,54 +332,60 @@ def _validate(
     return bias
 
 
-def _neighbour_log_multiplicity(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """Dense (B, heads|1, N, N) additive mask: log(count of j in idx[i]), -inf where absent.
-
-    log() runs on the N*K neighbour entries only: log(0) over the whole N x N grid is slow.
-    """
-    idx4 = (idx if idx.ndim == 4 else idx.unsqueeze(1)).long()  # (B, heads|1, N, K)
-    grid = (*idx4.shape[:-1], n)
-    ones = torch.ones(idx4.shape, dtype=dtype, device=idx.device)
-    counts = torch.zeros(grid, dtype=dtype, device=idx.device).scatter_add_(-1, idx4, ones)
-    mask = torch.full(grid, float("-inf"), dtype=dtype, device=idx.device)
-    return mask.scatter_(-1, idx4, counts.gather(-1, idx4).log())  # duplicates write one value
-
-
-def _reference(q, k, v, idx, scale, bias) -> torch.Tensor:
+def _reference(q, k, v, dictionary: KNNDictionary, scale, bias) -> torch.Tensor:
     """Dense logits, -inf outside the neighbours, softmax, matmul; in q's dtype."""
-    logits = (scale * q) @ k.transpose(-1, -2)  # (B, heads, N, N)
-    logits = logits + _neighbour_log_multiplicity(idx, q.shape[-2], q.dtype)
+    logits = _scaled(q, scale) @ k.transpose(-1, -2)  # (B, heads, N, N)
+    # in place: the matmul's backward does not need its output
+    logits.add_(dictionary.additive_mask(logits.dtype))
     if bias is not None:
-        logits = logits + bias.to(q.dtype)
-    return logits.softmax(dim=-1) @ v
+        logits.add_(bias.to(logits.dtype))
+    return logits.softmax(dim=-1).to(v.dtype) @ v
 
 
-def _masked_sdpa(q, k, v, idx, scale, bias) -> torch.Tensor:
-    """Dense fused SDPA with an additive mask that encodes the neighbour sets (and the bias)."""
-    mask = _neighbour_log_multiplicity(idx, q.shape[-2], q.dtype)  # (B, heads|1, N, N)
+def _scaled(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * q``, without a copy when the scale is 1 (e.g. folded into q by the caller)."""
+    return q if scale == 1.0 else scale * q
+
+
+def _masked_sdpa(q, k, v, dictionary: KNNDictionary, scale, bias) -> torch.Tensor:
+    """Dense fused SDPA with the dictionary's additive mask (plus the bias, when given)."""
+    mask = dictionary.additive_mask(q.dtype)  # (B, heads|1, N, N)
     if bias is not None:
         mask = mask + bias.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def _gather(q, k, v, idx, scale, bias) -> torch.Tensor:
-    """Gather the K neighbour rows of k and v per query, then a K-wide softmax.
+def _gather_neighbour_rows(
+    x: torch.Tensor, dictionary: KNNDictionary, via_embedding: bool | None = None
+) -> torch.Tensor:
+    """(B, heads, N, d) -> (B, heads, N, K, d): the rows of each query's neighbours.
 
-    The row gather is ``F.embedding``: on the CPU it is the fastest torch row gather, and its
-    backward is a dense scatter-add.
+    On the CPU ``F.embedding`` over a flat (B*heads*N, d) view is the fastest torch row gather.
+    On CUDA its backward may read segment counts back to the host, so ``torch.gather`` is used
+    there: its backward is a scatter-add that only launches kernels. ``via_embedding``
+    overrides the choice (None: by device).
     """
-    batch, heads, n, d = q.shape
-    idx4 = (idx if idx.ndim == 4 else idx.unsqueeze(1)).long()  # (B, heads|1, N, K)
-    idx4 = idx4.expand(batch, heads, n, idx4.shape[-1])  # (B, heads, N, K)
-    offsets = torch.arange(batch * heads, device=idx.device).view(batch, heads, 1, 1) * n
-    rows = idx4 + offsets  # (B, heads, N, K) row ids into k.view(B*heads*N, d)
-    k_nb = F.embedding(rows, k.reshape(-1, d))  # (B, heads, N, K, d)
-    v_nb = F.embedding(rows, v.reshape(-1, d))  # (B, heads, N, K, d)
-    logits = torch.einsum("bhnd,bhnkd->bhnk", scale * q, k_nb)  # (B, heads, N, K)
+    batch, heads, n, d = x.shape
+    if via_embedding if via_embedding is not None else x.device.type == "cpu":
+        rows = dictionary.gather_rows(heads)  # (B, heads, N, K) ids into x.view(B*heads*N, d)
+        return F.embedding(rows, x.reshape(-1, d))  # (B, heads, N, K, d)
+    index = dictionary.gather_index(heads)  # (B, heads, N*K, 1)
+    rows = torch.gather(x, 2, index.expand(batch, heads, n * dictionary.k, d))  # (B, H, NK, d)
+    return rows.view(batch, heads, n, dictionary.k, d)  # (B, heads, N, K, d)
+
+
+def _gather(q, k, v, dictionary: KNNDictionary, scale, bias) -> torch.Tensor:
+    """Gather the K neighbour rows of k and v per query, then a K-wide softmax."""
+    batch, heads, n, _ = q.shape
+    k_nb = _gather_neighbour_rows(k, dictionary)  # (B, heads, N, K, d)
+    v_nb = _gather_neighbour_rows(v, dictionary)  # (B, heads, N, K, d)
+    logits = torch.einsum("bhnd,bhnkd->bhnk", _scaled(q, scale), k_nb)  # (B, heads, N, K)
     if bias is not None:
-        table = bias.to(q.dtype).expand(batch, heads, n, n)  # (B, heads, N, N)
-        logits = logits + table.gather(-1, idx4)
-    return torch.einsum("bhnk,bhnkd->bhnd", logits.softmax(dim=-1), v_nb)
+        table = bias.to(logits.dtype).expand(batch, heads, n, n)  # (B, heads, N, N)
+        index = dictionary.gather_index(heads).view(batch, heads, n, dictionary.k)
+        logits = logits + table.gather(-1, index)  # bias at the neighbours: (B, heads, N, K)
+    weights = logits.softmax(dim=-1).to(v_nb.dtype)
+    return torch.einsum("bhnk,bhnkd->bhnd", weights, v_nb)
 
 
 class KNNAttention(nn.Module):
@@ -281,8 +411,12 @@ class KNNAttention(nn.Module):
         deterministic: bool = True,
     ) -> None:
         super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim must be a multiple of heads, got dim={dim}, heads={heads}")
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
         self.heads = heads
         self.backend = backend
         self.deterministic = deterministic
@@ -290,11 +424,11 @@ class KNNAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(
-        self, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None = None
+        self, x: torch.Tensor, idx: IndexLike, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Args:
             x: (B, N, C) tokens.
-            idx: (B, N, K) or (B, heads, N, K) neighbour indices.
+            idx: a :class:`KNNDictionary`, or (B, N, K) / (B, heads, N, K) neighbour indices.
             bias: optional (heads, N, N) additive bias table.
 
         Returns:

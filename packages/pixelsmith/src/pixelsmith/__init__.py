@@ -9,7 +9,7 @@ from pixelsmith.config import PixelsmithConfig
 from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
 from pixelsmith.pipelines import PixelsmithOutput, PixelsmithPipeline, StageStats
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "GridPlanner",

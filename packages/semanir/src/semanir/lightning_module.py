@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from semanir.data.datamodule import RestorationDataModule, Task
+from semanir.inference import load_model
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
 
@@ -89,6 +90,9 @@ class RestorationModule(L.LightningModule):
         gamma: "multistep" decay factor.
         export_dir: if set, the trained model is written there with ``save_pretrained`` when
             ``fit`` ends (by the global-zero process).
+        init_weights: a ``save_pretrained`` folder or hub id whose weights initialise the model
+            (fine-tuning); its architecture must equal ``arch`` with ``arch_overrides``. Only
+            the starting point: a resumed run (``--ckpt_path``) takes the checkpoint's weights.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class RestorationModule(L.LightningModule):
         milestones: list[int] | None = None,
         gamma: float = 0.5,
         export_dir: str | None = None,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("l1", "charbonnier"):
@@ -116,6 +121,8 @@ class RestorationModule(L.LightningModule):
             raise ValueError(f"scheduler must be cosine, multistep or constant, got {scheduler!r}")
         self.save_hyperparameters()
         self.model = build_arch(arch, arch_overrides or {})
+        if init_weights is not None:
+            load_initial_weights(self.model, init_weights)
 
     @property
     def upscale(self) -> int:
@@ -224,6 +231,18 @@ def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Modu
     if isinstance(arch, str):
         return build_model(arch, **overrides)
     return model_from_config({**arch, **overrides})
+
+
+def load_initial_weights(model: nn.Module, source: str) -> None:
+    """Copy the weights saved in ``source`` (folder or hub id) into ``model``, strictly."""
+    saved = load_model(source)
+    try:
+        model.load_state_dict(saved.state_dict(), strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"init_weights={source!r} holds weights of another architecture than model.arch "
+            f"(with arch_overrides): {error}"
+        ) from error
 
 
 class RestorationCLI(LightningCLI):

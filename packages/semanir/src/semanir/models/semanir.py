@@ -43,13 +43,19 @@ from einops import rearrange
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from common_kernels import knn_attention, knn_graph, window_partition, window_reverse
+from common_kernels import (
+    KNNDictionary,
+    knn_attention,
+    knn_graph,
+    window_partition,
+    window_reverse,
+)
 
 ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")
 NORMS = ("pre", "post")
 SIMILARITIES = ("cosine", "dot")
-ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton")
+ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex")
 UPSCALES = (1, 2, 3, 4)
 MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamped to <= 100
 INIT_LOGIT_SCALE = math.log(10.0)
@@ -356,11 +362,16 @@ class KeySemanticAttention(nn.Module):
         return rearrange(table[index], "n m h -> h n m")  # (heads, N, N)
 
     def forward(
-        self, x: Tensor, idx: Tensor | None, positions: tuple[Tensor, Tensor] | None
+        self,
+        x: Tensor,
+        dictionary: KNNDictionary | None,
+        positions: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
         """Args:
             x: (B', N, C) window tokens.
-            idx: (B', N, k) dictionary entries per token; ``None`` attends to all N tokens.
+            dictionary: the stage's key-semantic dictionary ((B', N, k) entries per token, with
+                the masks and lists the attention backend derives from them, cached there);
+                ``None`` attends to all N tokens.
             positions: the stage's :func:`relative_positions` (``None`` without position bias).
 
         Returns:
@@ -371,10 +382,10 @@ class KeySemanticAttention(nn.Module):
         bias = self._position_bias(positions)
         if bias is not None:
             bias = bias.to(q.dtype)
-        if idx is None:
+        if dictionary is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         else:
-            out = knn_attention(q, k, v, idx, scale=scale, bias=bias, backend=self.backend)
+            out = knn_attention(q, k, v, dictionary, scale=scale, bias=bias, backend=self.backend)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B', N, C)
 
 
@@ -407,13 +418,16 @@ class KeySemanticLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
-        self, x: Tensor, idx: Tensor | None, positions: tuple[Tensor, Tensor] | None
+        self,
+        x: Tensor,
+        dictionary: KNNDictionary | None,
+        positions: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
         """(B', N, C) tokens -> (B', N, C) tokens; see :meth:`KeySemanticAttention.forward`."""
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), idx, positions)
+            x = x + self.attn(self.norm1(x), dictionary, positions)
             return x + self.mlp(self.norm2(x))
-        x = x + self.norm1(self.attn(x, idx, positions))
+        x = x + self.norm1(self.attn(x, dictionary, positions))
         return x + self.norm2(self.mlp(x))
 
 
@@ -460,9 +474,14 @@ class SemanIRStage(nn.Module):
         self.register_buffer("position_coords", coords, persistent=False)
         self.register_buffer("position_index", index, persistent=False)
 
-    def build_dictionary(self, windows: Tensor, k: int) -> Tensor:
-        """(B', N, C) window tokens -> (B', N, k) most similar tokens, best first."""
-        return knn_graph(windows.detach(), k, similarity=self.similarity)
+    def build_dictionary(self, windows: Tensor, k: int) -> KNNDictionary:
+        """(B', N, C) window tokens -> the dictionary of their k most similar tokens.
+
+        ``knn_graph`` lists k distinct in-range tokens per query, so the dictionary skips the
+        checks of raw neighbour lists; every layer that uses it shares the masks and lists its
+        attention backend derives from it (built on first use, once).
+        """
+        return KNNDictionary.from_unique(knn_graph(windows.detach(), k, similarity=self.similarity))
 
     def forward(self, x: Tensor, k: int | None) -> Tensor:
         """Args:
@@ -478,11 +497,11 @@ class SemanIRStage(nn.Module):
         positions = None
         if self.position_index is not None:
             positions = (self.position_coords, self.position_index)
-        idx = self.build_dictionary(windows, k) if self.dictionary == "stage" else None
+        dictionary = self.build_dictionary(windows, k) if self.dictionary == "stage" else None
         for layer in self.layers:
             if self.dictionary == "layer":
-                idx = self.build_dictionary(windows, k)
-            windows = layer(windows, idx, positions)
+                dictionary = self.build_dictionary(windows, k)
+            windows = layer(windows, dictionary, positions)
         tokens = window_reverse(windows, self.window_size, height, width)  # (B, H, W, C)
         return x + self.conv(rearrange(tokens, "b h w c -> b c h w"))  # (B, C, H, W)
 

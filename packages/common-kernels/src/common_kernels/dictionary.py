@@ -1,0 +1,252 @@
+"""``KNNDictionary``: neighbour lists validated once, with what every backend derives from them.
+
+SemanIR builds one key-semantic dictionary per stage and every layer of the stage attends
+through it. Everything a backend derives from the neighbour lists is a function of the lists
+alone, so it is derived once, on first use, and cached on the dictionary:
+
+- ``mask``/``reference``: the additive (B, heads|1, N, N) neighbour mask (0 on a neighbour,
+  log(multiplicity) for duplicates, -inf elsewhere), per dtype;
+- ``triton``: the transposed (CSR) neighbour list of the deterministic backward, and the
+  duplicate ranks of the bias gradient;
+- ``gather``: the neighbour ids in the layout of the row gather, per number of heads;
+- ``flex``: the packed neighbour bitmask and the FlexAttention ``BlockMask``.
+
+Building a dictionary from a raw ``idx`` checks its dtype, shape and range with one host
+synchronisation; calls of :func:`~common_kernels.knn_attention` with a dictionary then check
+only shapes, dtypes and devices, so on CUDA they launch kernels without synchronising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import INDEX_DTYPES, check_index_range, check_ndim, check_tensor
+
+BITS_PER_WORD = 32
+
+
+class KNNDictionary:
+    """A validated neighbour list plus the per-backend structures derived from it (cached).
+
+    Do not modify ``idx`` after building a dictionary from it: the cached structures would no
+    longer match.
+
+    Args:
+        idx: (B, N, K) neighbour ids shared across heads, or (B, heads, N, K) per head;
+            int32/int64 values in [0, N), K in [1, N]. Duplicates count as separate softmax
+            terms. Checked here with one host synchronisation.
+    """
+
+    def __init__(self, idx: Tensor) -> None:
+        check_ndim("idx", check_tensor("idx", idx), (3, 4), "(B, N, K) or (B, heads, N, K)")
+        n, n_neighbours = idx.shape[-2], idx.shape[-1]
+        if not 1 <= n_neighbours <= n:
+            raise ValueError(
+                f"idx must hold K in [1, N={n}] neighbours per query, got K={n_neighbours}"
+            )
+        if idx.dtype not in INDEX_DTYPES:
+            raise TypeError(f"idx must be an int32 or int64 tensor, got {idx.dtype}")
+        self._init(idx, max_multiplicity=None if idx.numel() else 1)
+        if not idx.numel():
+            return
+        ranks = self.duplicate_ranks()
+        # range and multiplicity in one host synchronisation
+        low, high, top = torch.stack([idx.min().long(), idx.max().long(), ranks.max()]).tolist()
+        check_index_range("idx", low, high, n)
+        self._max_multiplicity = top + 1
+
+    @classmethod
+    def from_unique(cls, idx: Tensor) -> KNNDictionary:
+        """A dictionary over lists known to be valid and free of duplicates, without checks.
+
+        For the output of :func:`~common_kernels.knn_graph` (in range by construction, one
+        entry per key): no host synchronisation at all.
+
+        Args:
+            idx: (B, N, K) or (B, heads, N, K) int32/int64 ids in [0, N), no duplicate per row.
+        """
+        dictionary = cls.__new__(cls)
+        dictionary._init(idx, max_multiplicity=1)
+        return dictionary
+
+    def _init(self, idx: Tensor, max_multiplicity: int | None) -> None:
+        """Set the fields; ``max_multiplicity`` None until the constructor's checks find it."""
+        self.idx = idx.to(torch.int32).contiguous()  # (B, [heads,] N, K)
+        self.per_head = idx.ndim == 4
+        self.batch = idx.shape[0]
+        self.heads = idx.shape[1] if self.per_head else None
+        self.n = idx.shape[-2]
+        self.k = idx.shape[-1]
+        self._max_multiplicity = max_multiplicity
+        self._cache: dict[tuple, Any] = {}
+
+    def __repr__(self) -> str:
+        layout = f"heads={self.heads}" if self.per_head else "shared across heads"
+        return (
+            f"KNNDictionary(batch={self.batch}, N={self.n}, K={self.k}, {layout}, "
+            f"device={self.device})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.idx.device
+
+    @property
+    def idx4(self) -> Tensor:
+        """(B, heads|1, N, K) int32 view of the neighbour ids."""
+        return self.idx if self.per_head else self.idx.unsqueeze(1)
+
+    @property
+    def max_multiplicity(self) -> int:
+        """The largest number of times one key appears in one query's list (1: no duplicates).
+
+        Found by the checks of the constructor; known without them for :meth:`from_unique`.
+        """
+        return self._max_multiplicity
+
+    def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` once per ``key``, run without autocast and without autograd."""
+        if key not in self._cache:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                self._cache[key] = build()
+        return self._cache[key]
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor:
+        """(B, heads|1, N, N) mask in ``dtype``: log(multiplicity) at neighbours, else -inf."""
+        return self.cached(("mask", dtype), lambda: neighbour_log_multiplicity(self, dtype))
+
+    def duplicate_ranks(self) -> Tensor:
+        """(B, heads|1, N, K) int64: how many earlier slots of the query hold the same key."""
+        return self.cached(("ranks",), lambda: duplicate_rank(self.idx4.long()))
+
+    def transposed(self) -> tuple[Tensor, Tensor]:
+        """The transposed (CSR) list: ``row_ptr`` (B, heads|1, N + 1), ``cols`` (B, heads|1,
+        N * K); key n is the neighbour of the flat slots ``cols[..., row_ptr[n]:row_ptr[n+1]]``
+        (``i * K + j``), in ascending order."""
+        return self.cached(("csr",), lambda: transposed_neighbours(self.idx4, self.n))
+
+    def gather_rows(self, heads: int) -> Tensor:
+        """(B, heads, N, K) int64 row ids into a (B * heads * N, d) view of keys or values."""
+
+        def build() -> Tensor:
+            rows = self.idx4.long().expand(self.batch, heads, self.n, self.k)  # (B, H, N, K)
+            offsets = torch.arange(self.batch * heads, device=self.device) * self.n
+            return rows + offsets.view(self.batch, heads, 1, 1)  # (B, H, N, K)
+
+        return self.cached(("rows", heads), build)
+
+    def gather_index(self, heads: int) -> Tensor:
+        """(B, heads, N * K, 1) int64 neighbour ids along the token axis, for ``torch.gather``."""
+
+        def build() -> Tensor:
+            ids = self.idx4.long().expand(self.batch, heads, self.n, self.k)  # (B, H, N, K)
+            return ids.reshape(self.batch, heads, self.n * self.k, 1)  # (B, H, N*K, 1)
+
+        return self.cached(("index", heads), build)
+
+    def bitmask(self) -> Tensor:
+        """(B, heads|1, N, ceil(N / 32)) int32: bit j % 32 of word j // 32 set iff j is a
+        neighbour of the query."""
+        return self.cached(("bitmask",), lambda: pack_neighbour_bits(self.idx4, self.n))
+
+    def prepare(self, backend: str, dtype: torch.dtype = torch.float32) -> KNNDictionary:
+        """Derive now what ``backend`` will need (otherwise derived on first use); returns self.
+
+        Args:
+            backend: "reference", "mask", "gather", "triton" or "flex".
+            dtype: compute dtype of the attention (the mask is kept per dtype).
+        """
+        from . import _flex
+
+        if backend in ("reference", "mask"):
+            self.additive_mask(dtype)
+        elif backend == "triton":
+            self.transposed()
+            self.duplicate_ranks()
+        elif backend == "flex":
+            _flex.block_mask(self)
+        elif backend != "gather":
+            raise ValueError(
+                "backend must be one of 'reference', 'mask', 'gather', 'triton', 'flex', "
+                f"got {backend!r}"
+            )
+        return self
+
+
+def as_dictionary(idx: Tensor | KNNDictionary) -> KNNDictionary:
+    """``idx`` itself if it is a dictionary, else a new (validated) dictionary over it."""
+    return idx if isinstance(idx, KNNDictionary) else KNNDictionary(idx)
+
+
+def neighbour_log_multiplicity(dictionary: KNNDictionary, dtype: torch.dtype) -> Tensor:
+    """Dense (B, heads|1, N, N) additive mask: log(count of j in idx[i]), -inf where absent.
+
+    Without duplicates the neighbours get 0 directly; otherwise log() runs on the N*K
+    neighbour entries only (log(0) over the whole N x N grid is slow).
+    """
+    idx4 = dictionary.idx4.long()  # (B, heads|1, N, K)
+    grid = (*idx4.shape[:-1], dictionary.n)
+    mask = torch.full(grid, float("-inf"), dtype=dtype, device=idx4.device)
+    if dictionary.max_multiplicity == 1:
+        return mask.scatter_(-1, idx4, 0.0)
+    exact = torch.promote_types(dtype, torch.float32)  # log(count) at least in fp32
+    ones = torch.ones(idx4.shape, dtype=exact, device=idx4.device)
+    counts = torch.zeros(grid, dtype=exact, device=idx4.device).scatter_add_(-1, idx4, ones)
+    return mask.scatter_(-1, idx4, counts.gather(-1, idx4).log().to(dtype))
+
+
+def duplicate_rank(idx: Tensor) -> Tensor:
+    """For each slot, how many earlier slots of the same query hold the same neighbour.
+
+    Args:
+        idx: (..., K) int64 neighbour ids.
+    """
+    sorted_idx, order = torch.sort(idx, dim=-1, stable=True)
+    pos = torch.arange(idx.shape[-1], device=idx.device).expand_as(idx)
+    run_start = torch.ones_like(idx, dtype=torch.bool)
+    run_start[..., 1:] = sorted_idx[..., 1:] != sorted_idx[..., :-1]
+    first = torch.where(run_start, pos, 0).cummax(dim=-1).values
+    return torch.empty_like(pos).scatter_(-1, order, pos - first)
+
+
+def transposed_neighbours(idx: Tensor, n_keys: int) -> tuple[Tensor, Tensor]:
+    """Build the transposed (CSR) neighbour list: for each key, the slots that point at it.
+
+    The slots of key ``n`` are the flat positions ``i * K + j`` with ``idx[..., i, j] == n``,
+    in ascending order (a stable sort), so a backward sums them in a reproducible order.
+
+    Args:
+        idx: (B, Hc, N, K) neighbour ids, Hc = 1 when shared across heads.
+        n_keys: number of keys N.
+
+    Returns:
+        row_ptr: (B, Hc, n_keys + 1) int32 (int64 when N * K does not fit); key n owns
+            ``cols[..., row_ptr[n]:row_ptr[n + 1]]``.
+        cols: (B, Hc, N * K) flat slot ids, int32 when they fit.
+    """
+    B, Hc, N, K = idx.shape
+    flat = idx.reshape(B, Hc, N * K)  # (B, Hc, N * K)
+    sorted_keys, cols = torch.sort(flat, dim=-1, stable=True)  # (B, Hc, N * K) each
+    bounds = torch.arange(n_keys + 1, device=idx.device, dtype=idx.dtype)
+    bounds = bounds.expand(B, Hc, n_keys + 1).contiguous()  # (B, Hc, N + 1)
+    slot_dtype = torch.int32 if N * K < 2**31 else torch.int64
+    row_ptr = torch.searchsorted(sorted_keys.contiguous(), bounds)  # (B, Hc, N + 1)
+    return row_ptr.to(slot_dtype), cols.to(slot_dtype)
+
+
+def pack_neighbour_bits(idx: Tensor, n_keys: int) -> Tensor:
+    """(B, Hc, N, K) ids -> (B, Hc, N, ceil(n_keys / 32)) int32 words of membership bits."""
+    words = -(-n_keys // BITS_PER_WORD)
+    member = torch.zeros(
+        (*idx.shape[:-1], words * BITS_PER_WORD), dtype=torch.bool, device=idx.device
+    )
+    member.scatter_(-1, idx.long(), True)  # (B, Hc, N, W * 32)
+    member = member.view(*idx.shape[:-1], words, BITS_PER_WORD)  # (B, Hc, N, W, 32)
+    weights = torch.ones(BITS_PER_WORD, dtype=torch.int64, device=idx.device)
+    weights = weights << torch.arange(BITS_PER_WORD, device=idx.device)  # (32,) 2**b
+    packed = (member.long() * weights).sum(-1)  # (B, Hc, N, W) in [0, 2**32)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
