@@ -487,7 +487,8 @@ def plot(results: list[dict], path: Path) -> None:
     axes[3].set_xlabel("N tokens")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

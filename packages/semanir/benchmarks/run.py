@@ -2,6 +2,12 @@
 
     python packages/semanir/benchmarks/run.py [--quick] [--out DIR] [--threads N]
         [--weights DIR] [--data-root DIR]
+    python packages/semanir/benchmarks/run.py --device cuda [--quick] [--out DIR]
+
+``--device cuda`` measures SemanIR on a GPU instead (models_cuda.py): the small SR, base and tiny
+models with every attention backend against their dense-window twins, inference and a training
+step, fp32 and bf16, time and peak memory; it writes ``<out>/<full|quick>-cuda.json`` and
+``.md``. Everything below describes the CPU run.
 
 Throughput and memory: ``semanir_tiny_denoise_gray`` (window 8, so k <= 64 tokens; k = 64 attends
 to the whole window through the KNN path) with k in {16, 32, 64}, against its dense
@@ -90,11 +96,13 @@ def load_sibling(name: str) -> ModuleType:
 
 
 EVAL = load_sibling("eval_set12")
+MODELS_CUDA = load_sibling("models_cuda")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (``argv``: None reads sys.argv)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small grid for a smoke run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -474,9 +482,36 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     return tables
 
 
+def run_cuda(quick: bool, out: Path) -> int:
+    """The GPU model grid (models_cuda.py), measured in this process; writes and prints it."""
+    if not torch.cuda.is_available():
+        print("run.py --device cuda: no CUDA device is available here", file=sys.stderr)
+        return 2
+    specs = MODELS_CUDA.model_specs(quick)
+    rows = [MODELS_CUDA.measure(spec) for spec in tqdm(specs, desc="cuda models", unit="config")]
+    MODELS_CUDA.add_ratios(rows)
+    environment = {**EVAL.environment(), "cuda": torch.cuda.get_device_name()}
+    stem = ("quick" if quick else "full") + "-cuda"
+    report = {"environment": environment, "quick": quick, "models": rows}
+    EVAL.write_text(out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
+    text = (
+        f"### SemanIR on {environment['cuda']}: time (x dense twin) / memory x dense twin\n\n"
+        f"torch {environment['torch']}; median of {MODELS_CUDA.REPEATS} CUDA-event-timed runs "
+        f"after {MODELS_CUDA.WARMUP} warm-ups; peak allocated memory.\n\n"
+        f"{MODELS_CUDA.table(rows)}\n"
+    )
+    EVAL.write_text(out / f"{stem}.md", text)
+    print(text)
+    print(f"wrote {out / stem}.json, .md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the throughput grid and the ablation, write and print the report."""
     args = parse_args(argv)
+    if args.device == "cuda":
+        args.out.mkdir(parents=True, exist_ok=True)
+        return run_cuda(args.quick, args.out)
     torch.set_num_threads(args.threads)
     paths = EVAL.set12_paths(args.data_root, 2 if args.quick else 4)  # fail before measuring
     k = get_config(BASE_CONFIG).resolved_inference_k

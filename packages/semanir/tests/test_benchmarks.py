@@ -205,3 +205,68 @@ def test_parse_models_rejects_bad_names():
     for bad in (["a"], ["=x"], ["bm3d=x"], ["a=x", "a=y"]):
         with pytest.raises(ValueError, match=r"NAME=DIR|reserved"):
             eval_set12.parse_models(bad)
+
+
+models_cuda = load_script("models_cuda")
+
+
+def test_cuda_model_grid_covers_every_variant_mode_and_precision():
+    specs = models_cuda.model_specs(quick=False)
+    assert len(specs) == 3 * 2 * 2 * 6
+    assert {s["variant"] for s in specs} == {
+        "dense",
+        "reference",
+        "mask",
+        "gather",
+        "triton",
+        "flex",
+    }
+    assert {(s["config"], tuple(s["shape"]), s["k"]) for s in specs} == {
+        ("semanir_small_sr_x4", (1, 3, 128, 128), 256),
+        ("semanir_base_denoise_gray", (1, 1, 256, 256), 128),
+        ("semanir_tiny_denoise_gray", (4, 1, 256, 256), 32),
+    }
+    assert {s["precision"] for s in models_cuda.model_specs(quick=True)} == {"bf16"}
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_cuda_model_steps_run_on_the_cpu_too(mode):
+    """The GPU grid's step closures on a CPU tiny model: inference output, a training step."""
+    spec = {"config": TINY, "shape": [1, 1, 16, 16], "k": 6, "variant": "mask", "mode": mode,
+            "precision": "bf16"}  # fmt: skip
+    model, image = models_cuda.build(spec, device="cpu")
+    assert model.config.attention_backend == "mask"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = models_cuda.step_function(spec, model, image)()
+    if mode == "infer":
+        assert out.shape == image.shape and not model.training
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    else:
+        assert out.ndim == 0 and model.training
+        assert not torch.equal(model.shallow.weight, before["shallow.weight"])
+    dense_model, _ = models_cuda.build({**spec, "variant": "dense"}, device="cpu")
+    assert dense_model.config.dictionary == "dense"
+
+
+def test_cuda_model_table_gives_ratios_to_the_dense_twin():
+    rows = [
+        {"config": "m", "shape": [1, 1, 8, 8], "mode": "train", "precision": "bf16",
+         "variant": "dense", "median_ms": 10.0, "peak_mib": 100.0},
+        {"config": "m", "shape": [1, 1, 8, 8], "mode": "train", "precision": "bf16",
+         "variant": "triton", "median_ms": 12.0, "peak_mib": 50.0},
+        {"config": "m", "shape": [1, 1, 8, 8], "mode": "train", "precision": "bf16",
+         "variant": "gather", "error": "OutOfMemoryError: CUDA out of memory"},
+    ]  # fmt: skip
+    models_cuda.add_ratios(rows)
+    assert rows[1]["time_x_dense"] == pytest.approx(1.2)
+    assert rows[1]["memory_x_dense"] == pytest.approx(0.5)
+    text = models_cuda.table(rows)
+    cells = "10.0 ms / 100 MiB | - | - | OOM | 12.0 ms (1.20x) / 0.50x mem | - |"
+    assert f"| m | 1x1x8x8 | train | bf16 | {cells}" in text
+
+
+def test_run_refuses_cuda_without_a_device(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert run.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+"""benchmarks/run.py and worker.py on tiny configurations: grids, measuring, policy, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common_kernels import _policy
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import run  # noqa: E402
+import worker  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def spec(**changes) -> dict:
+    base = {
+        "op": "attention", "grid": "windowed", "backend": "mask", "mode": "fwd+bwd",
+        "dtype": "float32", "batch": 3, "heads": 2, "n": 16, "d": 8, "k": 4, "bias": True,
+        "index": "dictionary", "device": "cpu", "threads": 1, "repeats": 2, "budget_s": 1.0,
+    }  # fmt: skip
+    return {**base, **changes}
+
+
+def test_cpu_grids_skip_triton_and_flex_backward_and_cuda_adds_them() -> None:
+    cpu = run.grid_specs("cpu", quick=False, threads=1) + run.windowed_specs("cpu", False, 1)
+    assert {s["backend"] for s in cpu if s["mode"] == "fwd"} == {
+        "reference",
+        "mask",
+        "gather",
+        "flex",
+        "dense",
+    }
+    assert {s["backend"] for s in cpu if s["mode"] == "fwd+bwd"} == {
+        "reference",
+        "mask",
+        "gather",
+        "dense",
+    }
+    assert {s["dtype"] for s in cpu} == {"float32"}
+    cuda = run.grid_specs("cuda", quick=False, threads=1)
+    assert {s["backend"] for s in cuda} == {*run.KNN_BACKENDS, "dense"}
+    assert {s["dtype"] for s in cuda} == {"float16", "bfloat16"}
+    assert all(s["bias"] for s in run.windowed_specs("cuda", False, 1))
+    assert run.dispatch_specs("cpu", False, 1) == []
+    assert {s["index"] for s in run.dispatch_specs("cuda", False, 1)} == {"dictionary", "tensor"}
+
+
+def test_too_big_skips_n_squared_backends_only() -> None:
+    huge = spec(grid="grid", batch=1, heads=4, n=65536, d=32, k=16, device="cuda",
+                dtype="float16")  # fmt: skip
+    assert run.too_big({**huge, "backend": "mask"}) and run.too_big(
+        {**huge, "backend": "reference"}
+    )
+    assert not run.too_big({**huge, "backend": "triton"})
+    result = run.run_worker({**huge, "backend": "mask"})
+    assert result["error"].startswith("skipped: one N x N tensor per head is 32 GiB")
+
+
+def test_neighbour_generators_give_distinct_in_range_ids() -> None:
+    idx = worker.distinct_neighbours(2, 40, 7, torch.device("cpu"))
+    assert idx.shape == (2, 40, 7)
+    assert all(len(set(row.tolist())) == 7 for row in idx.view(-1, 7))
+    semantic = worker.semantic_neighbours(3, 16, 4, torch.device("cpu"))
+    assert semantic.shape == (3, 16, 4) and int(semantic.max()) < 16
+
+
+@pytest.mark.parametrize("backend", ["mask", "gather", "dense"])
+def test_worker_measures_time_and_memory(backend) -> None:
+    result = worker.measure_cpu(spec(backend=backend))
+    assert result["median_ms"] > 0 and result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+    assert result["runs"] >= 2 and result["peak_mib"] >= 0
+
+
+def fake_results() -> list[dict]:
+    rows = []
+    for backend, ms in (("reference", 3.0), ("mask", 2.0), ("gather", 5.0), ("dense", 1.5)):
+        rows.append({**spec(backend=backend), "median_ms": ms, "min_ms": ms, "max_ms": ms,
+                     "runs": 2, "peak_mib": 1.0})  # fmt: skip
+    rows.append({**spec(backend="flex"), "error": "exit 1: RuntimeError: no backward"})
+    return rows
+
+
+def test_policy_table_and_auto_check_from_results() -> None:
+    results = fake_results()
+    env = run.environment("cpu", 1)
+    table = run.policy_table(results, env, "python benchmarks/run.py")
+    assert table["device"] == "cpu" and len(table["points"]) == 1
+    point = table["points"][0]
+    assert point["ms"] == {"reference": 3.0, "mask": 2.0, "gather": 5.0}  # no dense, no errors
+    assert (point["n"], point["k"], point["batch_heads"], point["bias"]) == (16, 4, 6, True)
+    run.add_ratios(results, table)
+    by_backend = {r["backend"]: r for r in results}
+    assert by_backend["mask"]["auto_pick"] == "mask" and by_backend["mask"]["auto_ok"]
+    assert by_backend["gather"]["vs_fastest"] == pytest.approx(2.5)
+    text = run.report(results, env)
+    assert "| fwd+bwd | float32 | 3 x 2 | 16 | 4 |" in text
+    assert "| mask | 1.33 | mask (1.00) |" in text  # fastest, x dense, auto's pick
+
+
+def test_from_results_rerenders_and_writes_a_policy(tmp_path, monkeypatch) -> None:
+    saved = {"environment": run.environment("cpu", 1), "command": "cmd", "results": fake_results()}
+    path = tmp_path / "full.json"
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(run, "POLICY_DIR", tmp_path / "policies")
+    assert run.main(["--from-results", str(path), "--write-policy", "--out", str(tmp_path)]) == 0
+    table = json.loads((tmp_path / "policies" / "cpu.json").read_text())
+    assert _policy.choose(table, _policy.Problem(16, 4, 6, "fwd+bwd", True, "float32"),
+                          {"mask", "gather"}) == "mask"  # fmt: skip
+    assert (tmp_path / "full.md").is_file() and (tmp_path / "full.png").stat().st_size > 0
+
+
+def test_policy_from_measurements_maps_the_columns(tmp_path, monkeypatch) -> None:
+    import policy_from_measurements as derive
+
+    measurements = {
+        "what": "test",
+        "knn_attention_grid": {"rows": [
+            {"N": 1024, "K": 16, "H": 4, "d": 32, "dtype": "float16", "mode": "fwd",
+             "triton": [0.5, 1.0], "gather": [0.9, 2.0], "mask": [0.7, 3.0],
+             "triton-atomic": [0.4, 1.0], "dense_sdpa": [0.01, 1.0]},
+        ]},
+        "windowed_regime": {"rows": [
+            {"windows": 64, "heads": 6, "N": 1024, "d": 32, "K": 256, "mode": "fwd+bwd",
+             "triton": 28.0, "mask": 6.4, "sdpa_bool": 5.0, "flex": 8.7},
+        ]},
+    }  # fmt: skip
+    source = tmp_path / "h100.json"
+    source.write_text(json.dumps(measurements))
+    monkeypatch.setattr(derive, "POLICY_DIR", tmp_path)
+    assert derive.main([str(source)]) == 0
+    points = json.loads((tmp_path / "cuda.json").read_text())["points"]
+    assert points[0]["ms"] == {"triton": 0.5, "gather": 0.9, "mask": 0.7}
+    assert points[1]["ms"] == {"triton": 28.0, "mask": 5.0}  # sdpa_bool is 0.2's mask; no flex
+    assert points[1]["batch_heads"] == 384 and points[1]["bias"] is True
