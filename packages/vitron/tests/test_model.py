@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vitron
 from vitron.invocations import parse_invocation
 from vitron.models import VitronModel
 from vitron.processing import IGNORE_INDEX, Message
@@ -115,7 +116,7 @@ def test_save_load_round_trip(tmp_path, image, backend):
     sample = model.processor.sample(conversation(with_region=False), [image])
     torch.testing.assert_close(loaded([sample]).logits, model([sample]).logits)
     data = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert data["vitron_version"] == "0.1.0" and data["vision"]["backend"] == backend
+    assert data["vitron_version"] == vitron.__version__ and data["vision"]["backend"] == backend
 
 
 def test_load_errors(tmp_path):
