@@ -468,7 +468,7 @@ def plot(results: list[dict], path: Path) -> None:
     for (grid_name, mode, dtype_, _, _, n, _, k), rows in windowed.items():
         if grid_name != "windowed" or BASELINE not in rows:
             continue
-        labels.append(f"{mode}\n{dtype_[:4]} N{n} K{k}")
+        labels.append(f"{mode} {dtype_.replace('float', 'fp')}\nN{n} K{k}")
         for b in KNN_BACKENDS:
             r = rows.get(b)
             ratios[b].append(r["median_ms"] / rows[BASELINE]["median_ms"] if r else float("nan"))
@@ -477,7 +477,7 @@ def plot(results: list[dict], path: Path) -> None:
         xs = [x + i * width for x in range(len(labels))]
         axes[2].bar(xs, ratios[b], width, label=b)
     axes[2].axhline(1.0, color="k", linestyle="--", label="dense + bias")
-    axes[2].set_xticks([x + 0.4 for x in range(len(labels))], labels, fontsize=6)
+    axes[2].set_xticks([x + 0.4 for x in range(len(labels))], labels, fontsize=6, rotation=60)
     axes[2].set_yscale("log")
     axes[2].set_title("windowed: time / dense attention with the same bias")
     graph = [r for r in ok if r["op"] == "knn_graph"]
