@@ -18,7 +18,6 @@ import torch
 pytest.importorskip("triton")
 
 from common_kernels import _triton_knn_attention as tka
-from common_kernels.dictionary import transposed_neighbours
 
 _RUNNABLE, _REASON = tka.triton_status(torch.device("cpu"))
 if not _RUNNABLE:
@@ -177,21 +176,6 @@ def test_deterministic_gradients_are_bitwise_reproducible():
         assert torch.equal(a, b)
     for a, b in zip(first, grads(False), strict=True):
         assert_close_to(a, b.double())
-
-
-def test_transposed_neighbours_list_every_slot_once_in_order():
-    gen = torch.Generator().manual_seed(7)
-    idx = torch.randint(0, 11, (2, 3, 11, 4), generator=gen)  # (B, Hc, N, K)
-    row_ptr, cols = transposed_neighbours(idx, 11)
-    assert row_ptr.shape == (2, 3, 12) and cols.shape == (2, 3, 44)
-    assert cols.dtype == torch.int32
-    for b in range(2):
-        for h in range(3):
-            flat = idx[b, h].reshape(-1)  # (N * K,)
-            for n in range(11):
-                slots = cols[b, h, row_ptr[b, h, n] : row_ptr[b, h, n + 1]].long()
-                assert torch.equal(slots, (flat == n).nonzero().flatten())
-            assert row_ptr[b, h, -1] == 44
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -270,3 +271,39 @@ def test_run_refuses_cuda_without_a_device(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     assert run.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+plot_training = load_script("plot_training")
+
+
+def write_metrics(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "epoch,lr-AdamW,step,train/loss,val/loss,val/psnr,val/ssim\n"
+    lines = [
+        f"0,,{r['step']},{r.get('loss', '')},,{r.get('psnr', '')},\n" for r in rows
+    ]  # the CSVLogger layout: empty cells where a metric was not logged at that step
+    path.write_text(header + "".join(lines))
+    return path
+
+
+def test_plot_training_joins_resumed_sessions(tmp_path, capsys):
+    first = write_metrics(
+        tmp_path / "logs" / "version_0" / "metrics.csv",
+        [{"step": 24, "loss": 0.05}, {"step": 49, "loss": 0.04}, {"step": 49, "psnr": 27.5}],
+    )
+    second = write_metrics(
+        tmp_path / "logs" / "version_1" / "metrics.csv",
+        [{"step": 49, "psnr": 27.6}, {"step": 74, "loss": 0.03}, {"step": 99, "psnr": 28.0}],
+    )
+    os.utime(first, (1, 1))  # the older session
+    curves = plot_training.read_curves(plot_training.metrics_files([tmp_path / "logs"]))
+    assert curves["train/loss"] == {24: 0.05, 49: 0.04, 74: 0.03}
+    assert curves["val/psnr"] == {49: 27.6, 99: 28.0}  # the later session wins at step 49
+    out = tmp_path / "curve.png"
+    args = [str(tmp_path / "logs"), "--out", str(out), "--json", str(tmp_path / "c.json")]
+    assert plot_training.main(args) == 0
+    assert out.stat().st_size > 0 and second.exists()
+    assert json.loads((tmp_path / "c.json").read_text())["val/psnr"] == {"49": 27.6, "99": 28.0}
+    assert "last at step 99: 28.000 dB" in capsys.readouterr().out
+    assert plot_training.main([str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "neither a metrics.csv file nor a folder" in capsys.readouterr().err
