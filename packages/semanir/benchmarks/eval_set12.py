@@ -2,7 +2,7 @@
 
     python packages/semanir/benchmarks/eval_set12.py --model semanir=DIR --model dncnn=DIR \
         --model window_attention=DIR [--sigmas 15 25 50] [--data-root DIR] [--out DIR] \
-        [--seed 0] [--models-only] [--limit N]
+        [--seed 0] [--models-only] [--limit N] [--ensemble]
 
 Noise convention (the DnCNN / BM3D papers'): white Gaussian noise of standard deviation
 sigma / 255 is added to the clean image in float and NOT clipped; every method receives that
@@ -12,8 +12,10 @@ float image. The noise of image i at level sigma comes from a generator seeded b
 
 Writes ``<out>/set12.json`` (per-image rows, averages, environment), ``set12.md`` (tables) and
 ``set12_crops.png`` (crops of the first image at sigma 25); ``--limit N`` writes
-``set12_first<N>.*`` instead. BM3D outputs are cached as 8-bit PNGs in ``<out>/bm3d_cache``,
-keyed by image, sigma, seed and a hash of the noisy input, so a rerun does not recompute them.
+``set12_first<N>.*`` instead. ``--ensemble`` also scores every model with the x8 self-ensemble
+(``restore(..., ensemble=True)``) as a row "<name> +x8". BM3D outputs are cached as 8-bit PNGs
+in ``<out>/bm3d_cache``, keyed by image, sigma, seed and a hash of the noisy input, so a rerun
+does not recompute them.
 """
 
 from __future__ import annotations
@@ -161,7 +163,11 @@ def load_gray_models(folders: dict[str, Path]) -> dict[str, nn.Module]:
 
 
 def restore_all(
-    noisy: Tensor, sigma: float, models: dict[str, nn.Module], bm3d_file: Path | None
+    noisy: Tensor,
+    sigma: float,
+    models: dict[str, nn.Module],
+    bm3d_file: Path | None,
+    ensemble: bool = False,
 ) -> dict[str, Tensor]:
     """Every method's output for one (1, H, W) noisy image, keyed by method name.
 
@@ -170,12 +176,15 @@ def restore_all(
         sigma: noise level on the 0-255 scale.
         models: loaded models by name.
         bm3d_file: BM3D cache file, or None to skip BM3D.
+        ensemble: also run every model with the x8 self-ensemble ("<name> +x8").
     """
     outputs = {"noisy": noisy}
     if bm3d_file is not None:
         outputs["bm3d"] = bm3d_output(noisy, sigma, bm3d_file)
     for name, model in models.items():
         outputs[name] = restore(model, noisy[None])[0]
+        if ensemble:
+            outputs[f"{name} +x8"] = restore(model, noisy[None], ensemble=True)[0]
     return outputs
 
 
@@ -212,6 +221,7 @@ def evaluate(
     seed: int,
     models: dict[str, nn.Module],
     bm3d_cache: Path | None,
+    ensemble: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Score every method on every (sigma, image).
 
@@ -221,6 +231,7 @@ def evaluate(
         seed: noise seed.
         models: loaded models by name.
         bm3d_cache: BM3D cache folder, or None to skip BM3D.
+        ensemble: also score every model with the x8 self-ensemble.
 
     Returns:
         Per-image rows (sigma, image, method, psnr, ssim) and the outputs for the figure (the
@@ -236,7 +247,7 @@ def evaluate(
         cache = (
             None if bm3d_cache is None else bm3d_cache_file(bm3d_cache, path, sigma, seed, noisy)
         )
-        outputs = restore_all(noisy, sigma, models, cache)
+        outputs = restore_all(noisy, sigma, models, cache, ensemble)
         for method, output in outputs.items():
             rows.append(
                 {"sigma": sigma, "image": path.name, "method": method, **score(output, clean)}
@@ -349,6 +360,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (>= 0)")
     parser.add_argument("--models-only", action="store_true", help="skip BM3D")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also score each model's x8 self-ensemble"
+    )
     args = parser.parse_args(argv)
     for sigma in args.sigmas:
         check_sigma(sigma)
@@ -364,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = parse_models(args.model)
     models = load_gray_models(folders)
     bm3d_cache = None if args.models_only else args.out / "bm3d_cache"
-    rows, figure = evaluate(paths, args.sigmas, args.seed, models, bm3d_cache)
+    rows, figure = evaluate(paths, args.sigmas, args.seed, models, bm3d_cache, args.ensemble)
     report = {
         "environment": environment(),
         "noise": NOISE_CONVENTION,
@@ -375,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": [p.name for p in paths],
         "models": {name: str(folder) for name, folder in folders.items()},
         "bm3d": bm3d_cache is not None,
+        "ensemble": args.ensemble,
         "averages": averages(rows),
         "rows": rows,
     }

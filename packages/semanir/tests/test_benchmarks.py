@@ -201,6 +201,19 @@ def test_eval_set12_on_synthetic_images(tmp_path, tiny_dir, data_root):
     assert (tmp_path / "set12_crops.png").stat().st_size > 0
 
 
+def test_eval_set12_ensemble_adds_an_x8_row_per_model(tmp_path, tiny_dir, data_root):
+    argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--models-only", "--ensemble"]
+    argv += ["--data-root", str(data_root), "--out", str(tmp_path), "--limit", "1"]
+    assert eval_set12.main(argv) == 0
+    report = json.loads((tmp_path / "set12_first1.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["noisy", "tiny", "tiny +x8"]
+    assert report["ensemble"] is True
+    clean = read_image(sorted((data_root / "set12").iterdir())[0], channels="gray")
+    noisy = eval_set12.noisy_version(clean, 25.0, 0, 0)
+    output = restore(load_model(tiny_dir), noisy[None], ensemble=True)[0]
+    assert report["rows"][2]["psnr"] == float(psnr(output, clean))
+
+
 def test_parse_models_rejects_bad_names():
     assert eval_set12.parse_models(["a=x", "b=y"]) == {"a": Path("x"), "b": Path("y")}
     for bad in (["a"], ["=x"], ["bm3d=x"], ["a=x", "a=y"]):

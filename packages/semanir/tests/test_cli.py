@@ -62,6 +62,17 @@ def test_restore_folder_writes_model_outputs(tmp_path: Path, gray_model: Path) -
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.png", "im1.png"]
 
 
+def test_restore_ensemble_flag_runs_the_x8_self_ensemble(tmp_path: Path, gray_model: Path) -> None:
+    inputs = make_images(tmp_path / "in", count=1, size=(20, 28))
+    argv = ["restore", str(inputs), "-o", str(tmp_path / "out"), "--model", str(gray_model)]
+    assert main([*argv, "--ensemble"]) == 0
+    model = load_model(str(gray_model))
+    image = read_image(inputs / "im0.png")[None]
+    expected = restore(model, image, ensemble=True)[0]
+    written = read_image(tmp_path / "out" / "im0.png")
+    assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+
+
 def test_restore_with_added_noise_prints_psnr_before_and_after(
     tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -253,3 +253,52 @@ def test_cuda_restore_autocasts_to_float16_and_matches_the_cpu():
     out = restore(model.cuda(), image)  # the image stays on the CPU: so does the output
     assert out.device == image.device
     assert (out - reference).abs().max() < 0.02
+
+
+# ---------------------------------------------------------------------------- self-ensemble
+
+
+def numpy_dihedral_mean(fn, x: torch.Tensor) -> torch.Tensor:
+    """The x8 self-ensemble restated with numpy's rot90/fliplr on (H, W) planes."""
+    import numpy as np
+
+    outs = []
+    planes = x.numpy()
+    for k in range(8):
+        variant = np.rot90(planes, k % 4, axes=(-2, -1))
+        variant = np.flip(variant, -1) if k >= 4 else variant
+        out = fn(torch.from_numpy(variant.copy())).numpy()
+        out = np.flip(out, -1) if k >= 4 else out
+        outs.append(np.rot90(out, -(k % 4), axes=(-2, -1)))
+    return torch.from_numpy(np.mean(outs, axis=0))
+
+
+def test_dihedral_ensemble_maps_every_variant_back():
+    x = images(1, 5, 7)
+    exact = {"atol": 1e-6, "rtol": 0}  # 8 equal terms summed in fp32, then divided by 8
+    torch.testing.assert_close(inference.dihedral_ensemble(lambda t: t, x), x, **exact)
+    ramp = torch.arange(7.0)  # not rotation-equivariant: the ensemble averages its variants
+
+    def skewed(t: torch.Tensor) -> torch.Tensor:
+        return t + ramp[: t.shape[-1]] * t[..., :1, :1]
+
+    torch.testing.assert_close(
+        inference.dihedral_ensemble(skewed, x), numpy_dihedral_mean(skewed, x), atol=1e-6, rtol=0
+    )
+
+    def upscale(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+    torch.testing.assert_close(inference.dihedral_ensemble(upscale, x), upscale(x), **exact)
+
+
+def test_restore_with_ensemble_averages_the_eight_variants():
+    model = near_identity(tiny()).eval()
+    image = images(1, 12, 20, batch=1)
+    with torch.inference_mode():
+        expected = numpy_dihedral_mean(lambda t: model(t), image).clamp(0, 1)
+    out = restore(model, image, ensemble=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(out, restore(model, image), atol=1e-4)
+    tiled = restore(model, image, ensemble=True, tile=8, tile_overlap=2)
+    assert tiled.shape == image.shape

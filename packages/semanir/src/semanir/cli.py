@@ -98,6 +98,11 @@ def _add_model_options(parser: ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=None, help="tile size for large images")
     parser.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles")
     parser.add_argument("--k", type=int, default=None, help="neighbours per token at inference")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="average over the 8 flips/rotations of the input (x8 self-ensemble, 8x slower)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
 
 
@@ -175,7 +180,10 @@ def _channels(model: nn.Module) -> str:
 def _run_model(model: nn.Module, image: torch.Tensor, args: Namespace) -> torch.Tensor:
     """Restore one (C, H, W) image with the inference options of ``args``."""
     batch = image[None].to(next(model.parameters()).device)  # (1, C, H, W)
-    output = restore_batch(model, batch, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k)
+    output = restore_batch(
+        model, batch, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
+        ensemble=args.ensemble,
+    )  # fmt: skip
     return output[0].cpu()
 
 

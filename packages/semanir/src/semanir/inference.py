@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,28 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
+def dihedral_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The mean of ``fn`` over the 8 flips/rotations of ``x``, each mapped back.
+
+    The x8 geometric self-ensemble of restoration papers ("+" models): variant k rotates
+    k % 4 quarter turns, then mirrors left-right when k >= 4; its output is mirrored back,
+    then rotated back.
+
+    Args:
+        fn: maps (B, C, h, w) to (B, C', h * s, w * s) for a fixed scale s.
+        x: (B, C, H, W) input.
+    """
+    total = None
+    for k in range(8):
+        variant = torch.rot90(x, k % 4, dims=(-2, -1))
+        variant = variant.flip(-1) if k >= 4 else variant
+        out = fn(variant)
+        out = out.flip(-1) if k >= 4 else out
+        out = torch.rot90(out, -(k % 4), dims=(-2, -1))
+        total = out if total is None else total + out
+    return total / 8
+
+
 def restore(
     model: nn.Module,
     image: Tensor,
@@ -90,6 +113,7 @@ def restore(
     k: int | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    ensemble: bool = False,
 ) -> Tensor:
     """Restore (or upscale) images, optionally tile by tile with linear blending.
 
@@ -108,6 +132,8 @@ def restore(
         dtype: compute dtype: ``None`` (fp32 on CPU, fp16 autocast on CUDA), ``torch.float32``,
             ``torch.float16`` or ``torch.bfloat16`` (autocast).
         progress: show a tqdm bar over the tiles.
+        ensemble: average the model over the 8 flips/rotations of each input (tile), mapped
+            back (:func:`dihedral_ensemble`): 8x the compute, usually a little more PSNR.
 
     Returns:
         (B, C_out, H * upscale, W * upscale) images clamped to [0, 1], in ``image``'s dtype and
@@ -119,9 +145,12 @@ def restore(
     autocast = _autocast(device, dtype)
     kwargs: dict[str, Any] = {} if k is None else {"k": k}
 
-    def run(crops: Tensor) -> Tensor:
+    def forward(crops: Tensor) -> Tensor:
         with autocast:
             return model(crops, **kwargs).float()
+
+    def run(crops: Tensor) -> Tensor:
+        return dihedral_ensemble(forward, crops) if ensemble else forward(crops)
 
     was_training = model.training
     model.eval()
