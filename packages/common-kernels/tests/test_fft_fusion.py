@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,51 @@ def test_opposite_phases_keep_phase_of_x() -> None:
     x = torch.full((2, 6, 5), 2.0)
     assert torch.allclose(fft_phase_fusion(x, -x), x, atol=1e-5)
     assert torch.allclose(fft_phase_fusion(x, -x, weight=0.6), -x, atol=1e-5)
+
+
+def official_fusion(x: np.ndarray, guide: np.ndarray) -> np.ndarray:
+    """The official Pixelsmith fusion restated in numpy: angle of the plain sum, no guard."""
+    x_spec = np.fft.rfft2(x, norm="ortho")
+    g_spec = np.fft.rfft2(guide, norm="ortho")
+    phase = np.angle(np.exp(1j * np.angle(x_spec)) + np.exp(1j * np.angle(g_spec)))
+    return np.fft.irfft2(np.abs(x_spec) * np.exp(1j * phase), s=x.shape[-2:], norm="ortho")
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (1, 3, 7, 9), (6, 10)])
+def test_unguarded_fusion_is_the_official_formula(shape: tuple[int, ...]) -> None:
+    x, guide = (t.double() for t in random_pair(*shape, seed=8))
+    y = fft_phase_fusion(x, guide, guard=False)
+    expected = official_fusion(x.numpy(), guide.numpy())
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opposite_dc_signs_guarded_keeps_x_unguarded_drops_the_mean(dtype: torch.dtype) -> None:
+    # patches whose DC terms have opposite signs: the phases 0 and pi cancel in that bin
+    x, guide = random_pair(2, 4, 8, 8, seed=9)
+    x, guide = (x + 3).to(dtype), (guide - 3).to(dtype)
+    assert (x.mean((-2, -1)) > 0).all() and (guide.mean((-2, -1)) < 0).all()
+    guarded = fft_phase_fusion(x, guide)
+    unguarded = fft_phase_fusion(x, guide, guard=False)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    # guarded: amplitude (so the DC term, the mean) of x kept; official: the DC bin turns by
+    # pi/2, its real part vanishes, and irfft2 returns a zero-mean patch
+    torch.testing.assert_close(guarded.mean((-2, -1)), x.mean((-2, -1)), atol=tol, rtol=0)
+    torch.testing.assert_close(
+        unguarded.mean((-2, -1)), torch.zeros(2, 4, dtype=dtype), atol=tol, rtol=0
+    )
+    expected = official_fusion(x.double().numpy(), guide.double().numpy())
+    np.testing.assert_allclose(unguarded.double().numpy(), expected, atol=tol * 10, rtol=0)
+    assert (guarded - unguarded).abs().max() > 1.0
+
+
+def test_unguarded_weight_half_is_bitwise_the_plain_sum() -> None:
+    x, guide = random_pair(3, 8, 8, seed=10)
+    x_spec = torch.fft.rfft2(x, norm="ortho")
+    g_spec = torch.fft.rfft2(guide, norm="ortho")
+    phase = torch.angle(torch.exp(1j * x_spec.angle()) + torch.exp(1j * g_spec.angle()))
+    plain = torch.fft.irfft2(x_spec.abs() * torch.exp(1j * phase), s=(8, 8), norm="ortho")
+    assert torch.equal(fft_phase_fusion(x, guide, guard=False), plain)
 
 
 def test_other_dims_and_batching() -> None:

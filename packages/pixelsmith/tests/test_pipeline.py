@@ -59,6 +59,14 @@ def test_base_stage_is_plain_sdxl(make_pipe, components, small_config):
     assert np.array_equal(np.asarray(image), np.asarray(expected))
 
 
+def official_fusion(x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """The official sampler's FFT fusion, restated: the angle of the plain phasor sum, no guard."""
+    x_spec = torch.fft.rfft2(x, norm="ortho")
+    g_spec = torch.fft.rfft2(guide, norm="ortho")
+    phase = torch.angle(torch.exp(1j * torch.angle(x_spec)) + torch.exp(1j * torch.angle(g_spec)))
+    return torch.fft.irfft2(x_spec.abs() * torch.exp(1j * phase), s=x.shape[-2:], norm="ortho")
+
+
 def chess(patch_size: int, left: bool, down: bool) -> torch.Tensor:
     index = torch.arange(patch_size)
     board = (index[:, None] + index[None, :] + int(left) + int(down)) % 2 == 0
@@ -257,7 +265,7 @@ def official_order_stage(pipe, image, size, steps, slider, patch, band, seed):
             rows, cols = slice(i - half, i + half), slice(j - half, j + half)
             crop = latents[..., rows, cols].clone()
             if n < slider:
-                x = fft_phase_fusion(crop, guidance[n][..., rows, cols])
+                x = official_fusion(crop, guidance[n][..., rows, cols])
             else:
                 x = torch.fft.irfft2(torch.fft.rfft2(crop), s=crop.shape[-2:])
             due, advanced = done[rows, cols] == n, done[rows, cols] == n + 1

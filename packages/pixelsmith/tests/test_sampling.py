@@ -186,9 +186,9 @@ def test_fusion_only_before_slider(monkeypatch, faithful):
     real_fusion, real_round_trip = sampling.fft_phase_fusion, sampling.fft_round_trip
     step_of = {}
 
-    def fusion(x, guide):
-        fused.append(step_of["n"])
-        return real_fusion(x, guide)
+    def fusion(x, guide, **options):
+        fused.append((step_of["n"], options))
+        return real_fusion(x, guide, **options)
 
     def round_trip(x):
         round_trips.append(step_of["n"])
@@ -210,7 +210,9 @@ def test_fusion_only_before_slider(monkeypatch, faithful):
     for n in range(STEPS):
         step_of["n"] = n
         sampler.step(n, planner.plan(n, chess=n < 1, generator=gen))
-    assert sorted(set(fused)) == [0, 1] and len(fused) == 2 * 9
+    assert sorted({n for n, _ in fused}) == [0, 1] and len(fused) == 2 * 9
+    # faithful mode fuses without the cancellation guard, as the official sampler does
+    assert all(options == ({"guard": False} if faithful else {}) for _, options in fused)
     assert sorted(set(round_trips)) == ([2, 3] if faithful else [])
 
 

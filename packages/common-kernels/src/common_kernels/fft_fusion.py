@@ -39,20 +39,33 @@ def _unit_phasor(spectrum: Tensor) -> Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
+def _unguarded_fusion(spectrum: Tensor, guide_spectrum: Tensor, weight: float) -> Tensor:
+    """The official Pixelsmith expression: |X| exp(i angle(exp(i angle X) + exp(i angle G))).
+
+    The weights scale the two phasors; at 0.5 the scaling is exact (a power of two), so the angle
+    is bitwise that of the plain sum the official code takes.
+    """
+    mixed = (1 - weight) * torch.exp(1j * spectrum.angle()) + weight * torch.exp(
+        1j * guide_spectrum.angle()
+    )
+    return spectrum.abs() * torch.exp(1j * mixed.angle())
+
+
 def fft_phase_fusion(
     x: Tensor,
     guide: Tensor,
     *,
     dims: int | Sequence[int] = (-2, -1),
     weight: float = 0.5,
+    guard: bool = True,
 ) -> Tensor:
     """Replace the Fourier phase of ``x`` by its circular mean with the phase of ``guide``.
 
     With X, G the orthonormal real FFTs over ``dims``, the output spectrum is
     ``|X| * exp(i * angle((1 - weight) * exp(i angle X) + weight * exp(i angle G)))``.
     Where the two phases cancel (opposite phases at ``weight=0.5``, e.g. real DC/Nyquist bins
-    of opposite sign) the circular mean is undefined and the phase of ``x`` is kept, so the
-    amplitude spectrum of the output always equals that of ``x``.
+    of opposite sign) the circular mean is undefined; with ``guard`` the phase of ``x`` is kept
+    there, so the amplitude spectrum of the output always equals that of ``x``.
 
     Args:
         x: real tensor; its amplitude spectrum is kept. Any sizes along ``dims`` (odd too).
@@ -60,6 +73,12 @@ def fft_phase_fusion(
         dims: dimensions to transform; all others are batch dimensions.
         weight: phase weight of ``guide`` in [0, 1]; 0 keeps x, 0.5 is the plain circular mean,
             1 takes the guide's phase.
+        guard: keep the phase of ``x`` where the mean is undefined (``|mixed phasor| <
+            sqrt(eps)``). ``False`` is the official Pixelsmith sampler's formula, which takes the
+            angle of the sum as it comes out: a real DC/Nyquist bin whose signs differ turns by
+            about pi/2 and so loses its real part (irfft drops the imaginary part of those
+            bins), and near-opposite complex bins turn by about pi/2. Use it only to reproduce
+            the official sampler.
 
     Returns:
         Real tensor of the shape and dtype of ``x`` (computed in fp32 for fp16/bf16).
@@ -75,9 +94,12 @@ def fft_phase_fusion(
     compute = torch.promote_types(x.dtype, torch.float32)
     spectrum = torch.fft.rfftn(x.to(compute), dim=dims, norm="ortho")
     guide_spectrum = torch.fft.rfftn(guide.to(compute), dim=dims, norm="ortho")
-    phasor = _unit_phasor(spectrum)
-    mixed = (1 - weight) * phasor + weight * _unit_phasor(guide_spectrum)
-    undefined = mixed.abs() < torch.finfo(compute).eps ** 0.5  # opposite phases cancel
-    fused = torch.polar(spectrum.abs(), torch.where(undefined, phasor, mixed).angle())
+    if guard:
+        phasor = _unit_phasor(spectrum)
+        mixed = (1 - weight) * phasor + weight * _unit_phasor(guide_spectrum)
+        undefined = mixed.abs() < torch.finfo(compute).eps ** 0.5  # opposite phases cancel
+        fused = torch.polar(spectrum.abs(), torch.where(undefined, phasor, mixed).angle())
+    else:
+        fused = _unguarded_fusion(spectrum, guide_spectrum, weight)
     sizes = [x.shape[d] for d in dims]
     return torch.fft.irfftn(fused, s=sizes, dim=dims, norm="ortho").to(x.dtype)

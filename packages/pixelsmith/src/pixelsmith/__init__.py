@@ -9,7 +9,7 @@ from pixelsmith.config import PixelsmithConfig
 from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
 from pixelsmith.pipelines import PixelsmithOutput, PixelsmithPipeline, StageStats
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "GridPlanner",

@@ -13,8 +13,10 @@ step start, the per-pixel count of remaining steps) and applies one denoising st
    remaining-step count drops by one.
 
 Faithful mode swaps 1 and 2 (fusion on the crop before the revert), runs the rfft2/irfft2 round
-trip after the slider too, and uses the current crop as the step-0 guidance (the official start
-latent aliases the step-0 guidance tensor).
+trip after the slider too, uses the current crop as the step-0 guidance (the official start
+latent aliases the step-0 guidance tensor) and fuses without the cancellation guard
+(``fft_phase_fusion(..., guard=False)``: the official angle of the phasor sum, which zeroes real
+DC/Nyquist bins whose signs differ).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class PatchSampler:
             return x
         if step < self.slider:
             guide = crop if step == 0 else self.guidance.at(patch, step)
-            x = fft_phase_fusion(crop, guide)
+            x = fft_phase_fusion(crop, guide, guard=False)
         else:
             x = fft_round_trip(crop)
         return torch.where(advanced, snapshot, x)
