@@ -22,34 +22,46 @@ def media(value: float, rows: int) -> torch.Tensor:
     return torch.full((rows, 2), value)
 
 
+def signal_index(ids: torch.Tensor, calls: list[int]) -> torch.Tensor:
+    """(L,) -1 everywhere but at the SIG tokens, which get ``calls`` in order."""
+    index = torch.full_like(ids, -1)
+    index[ids == SIG] = torch.tensor(calls)
+    return index
+
+
 def test_splice_rows_spans_labels_and_signals():
-    ids = torch.tensor([1, 2, IMG, 3, REG, 4, SIG, 5])
-    labels = torch.tensor([-100, -100, -100, -100, -100, 4, SIG, 5])
+    ids = torch.tensor([1, SIG, 2, IMG, 3, REG, 4, SIG, 5])
+    labels = torch.tensor([-100, -100, -100, -100, -100, -100, 4, SIG, 5])
     out = splice_batch(
         [ids], [embed(ids)], [[media(7.0, 3), media(9.0, 1)]], PLACEHOLDERS,
-        labels=[labels], signal_id=SIG,
+        labels=[labels], signal_index=[signal_index(ids, [-1, 2])],
     )  # fmt: skip
     expected_rows = torch.cat([
-        embed(torch.tensor([1, 2])), media(7.0, 3), embed(torch.tensor([3])), media(9.0, 1),
-        embed(torch.tensor([4, SIG, 5])),
+        embed(torch.tensor([1, SIG, 2])), media(7.0, 3), embed(torch.tensor([3])),
+        media(9.0, 1), embed(torch.tensor([4, SIG, 5])),
     ])  # fmt: skip
     assert torch.equal(out.inputs_embeds[0], expected_rows)
-    assert out.spans == [[Span("image", 2, 5), Span("region", 6, 7)]]
-    assert out.labels[0].tolist() == [-100] * 7 + [4, SIG, 5]
-    assert out.signal_positions == [[8]] and out.signal_indices == [[0]]
-    assert out.attention_mask.tolist() == [[1] * 10] and out.lengths == [10]
+    assert out.spans == [[Span("image", 3, 6), Span("region", 7, 8)]]
+    assert out.labels[0].tolist() == [-100] * 8 + [4, SIG, 5]
+    # only the marked signal counts (the unmarked SIG id at row 1 is not a call's signal)
+    assert out.signal_positions == [[9]] and out.signal_indices == [[2]]
+    assert out.attention_mask.tolist() == [[1] * 11] and out.lengths == [11]
+    # without signal_index no token is a signal, whatever its id
+    plain = splice_batch([ids], [embed(ids)], [[media(7.0, 3), media(9.0, 1)]], PLACEHOLDERS)
+    assert plain.signal_positions == [[]] and plain.signal_indices == [[]]
 
 
 def test_truncation_never_splits_a_media_span():
     ids = torch.tensor([1, 2, IMG, 3, SIG, 4])
     rows = [[media(7.0, 3)]]
-    cut_inside = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, signal_id=SIG, max_length=4)
+    sig = {"signal_index": [signal_index(ids, [0])]}
+    cut_inside = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, **sig, max_length=4)
     assert cut_inside.lengths == [2]  # the image (rows 2-4) would be cut: dropped whole
     assert cut_inside.spans == [[]] and cut_inside.signal_positions == [[]]
-    cut_after = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, signal_id=SIG, max_length=6)
+    cut_after = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, **sig, max_length=6)
     assert cut_after.lengths == [6] and cut_after.spans == [[Span("image", 2, 5)]]
     assert cut_after.signal_positions == [[]]  # the signal (row 6) is beyond the cut
-    keep_all = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, signal_id=SIG, max_length=8)
+    keep_all = splice_batch([ids], [embed(ids)], rows, PLACEHOLDERS, **sig, max_length=8)
     assert keep_all.lengths == [8] and keep_all.signal_positions == [[6]]
 
 
@@ -58,7 +70,8 @@ def test_batch_padding(side):
     a, b = torch.tensor([1, IMG, SIG]), torch.tensor([5, 6])
     out = splice_batch(
         [a, b], [embed(a), embed(b)], [[media(7.0, 2)], []], PLACEHOLDERS,
-        labels=[a.clone(), b.clone()], signal_id=SIG, padding_side=side,
+        labels=[a.clone(), b.clone()], signal_index=[signal_index(a, [0]), None],
+        padding_side=side,
     )  # fmt: skip
     assert out.inputs_embeds.shape == (2, 4, 2) and out.lengths == [4, 2]
     if side == "right":
@@ -69,7 +82,8 @@ def test_batch_padding(side):
         assert out.attention_mask[1].tolist() == [0, 0, 1, 1]
         assert torch.equal(out.inputs_embeds[1, 2:], embed(b))
         assert torch.equal(out.inputs_embeds[1, :2], torch.zeros(2, 2))
-    assert out.signal_positions[0] == [3]
+    # the longer sample is not shifted by either padding side; b has no signals
+    assert out.signal_positions == [[3], []] and out.signal_indices == [[0], []]
 
 
 def test_splice_errors():
@@ -82,6 +96,11 @@ def test_splice_errors():
         splice_batch([ids], [embed(ids)], [[torch.zeros(2, 3)]], PLACEHOLDERS)
     with pytest.raises(ValueError, match=r"padding_side must be 'right' or 'left', got 'up'"):
         splice_batch([ids], [embed(ids)], [[media(1.0, 1)]], PLACEHOLDERS, padding_side="up")
+    with pytest.raises(ValueError, match=r"signal_index has shape \(3,\); expected \(2,\)"):
+        splice_batch(
+            [ids], [embed(ids)], [[media(1.0, 1)]], PLACEHOLDERS,
+            signal_index=[torch.full((3,), -1)],
+        )  # fmt: skip
 
 
 def supervised_text(tokenizer, ids, labels) -> str:

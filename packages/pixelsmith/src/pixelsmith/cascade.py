@@ -10,8 +10,9 @@ image is streamed to disk (BigTIFF for .tif) and the run is checkpointed after e
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +26,18 @@ from pixelsmith.io import MAX_PIL_PIXELS, check_output_path, collect_uint8, writ
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, TextConditioning
 
 StepCallback = Callable[[int, int, Tensor], None]
+logger = logging.getLogger("pixelsmith")
+
+
+def public_config(config: Mapping) -> dict:
+    """A diffusers config as a canonical dict: private entries dropped, keys sorted.
+
+    diffusers records bookkeeping such as ``_use_default_values`` (a list whose order follows
+    set iteration, so it changes with PYTHONHASHSEED) and ``_class_name``/``_diffusers_version``;
+    none of them changes what the model computes, and keeping them would make a checkpoint look
+    foreign to the next process.
+    """
+    return {key: config[key] for key in sorted(config) if not str(key).startswith("_")}
 
 
 def pipeline_identity(pipe: PixelsmithPipeline) -> dict:
@@ -33,8 +46,8 @@ def pipeline_identity(pipe: PixelsmithPipeline) -> dict:
     return {
         "name_or_path": str(getattr(pipe, "name_or_path", "") or ""),
         "unet": type(pipe.unet).__name__,
-        "vae": dict(pipe.vae.config),
-        "scheduler": [type(pipe.scheduler).__name__, dict(pipe.scheduler.config)],
+        "vae": public_config(pipe.vae.config),
+        "scheduler": [type(pipe.scheduler).__name__, public_config(pipe.scheduler.config)],
         "unet_checksum": checksum,
     }
 
@@ -62,6 +75,7 @@ def generate_cascade(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
     keep_checkpoint: bool = False,
+    restart: bool = False,
     save_intermediate: bool = False,
     compression: str | None = None,
     progress: bool = True,
@@ -89,6 +103,8 @@ def generate_cascade(
             given, else no checkpoints. An existing checkpoint of the same run is resumed.
         checkpoint_every: save the latent state every this many steps.
         keep_checkpoint: keep the checkpoint folder after success (deleted otherwise).
+        restart: delete an existing checkpoint folder first (a run with other settings, or one
+            to discard) instead of resuming it.
         save_intermediate: also write every earlier stage's image next to ``output``
             (``<stem>_<H>x<W><suffix>``).
         compression: TIFF compression passed to tifffile (e.g. ``"zlib"``).
@@ -138,6 +154,8 @@ def generate_cascade(
         "config": config.to_dict(),
         "model": pipeline_identity(pipe),
     }
+    if restart and checkpoint_dir is not None:
+        CheckpointStore.discard(checkpoint_dir)
     store = (
         CheckpointStore(checkpoint_dir, settings, seed, device=pipe._execution_device)
         if checkpoint_dir is not None
@@ -224,6 +242,9 @@ class _CascadeRun:
             if final is not None:
                 latents, state = final
                 self.generator.set_state(state)
+                logger.info(
+                    "stage %d (%dx%d) already finished: loaded from the checkpoint", stage, *size
+                )
                 continue
             if stage == 0:
                 latents = self.pipe.generate_base(
@@ -248,6 +269,10 @@ class _CascadeRun:
             guidance, noise = inputs
             latents, start, state = progress_state
             self.generator.set_state(state)
+            logger.info(
+                "resuming stage %d from step %d of %d (checkpoint %s)",
+                stage, start, self.num_steps, store.directory,
+            )  # fmt: skip
         else:
             guidance = self.guidance_latents(stage, previous)
             latents, noise = pipe.prepare_stage(

@@ -23,9 +23,13 @@ RUN_FILE = "run.json"
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-    os.replace(tmp, path)
+    """Write ``tensors`` to a unique temporary file, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _normalise(value: object) -> object:
@@ -64,17 +68,34 @@ class CheckpointStore:
                 ) + (["seed"] if seed is not None and saved["seed"] != seed else [])
                 raise ValueError(
                     f"checkpoint {str(self.directory)!r} belongs to a run with other settings "
-                    f"({', '.join(changed)} differ); delete it or choose another checkpoint folder"
+                    f"({', '.join(changed)} differ); discard it with --restart "
+                    "(restart=True) or choose another checkpoint folder"
                 )
             self.seed = int(saved["seed"])
             self.resumed = True
         else:
             self.seed = seed if seed is not None else secrets.randbits(62)
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = run_file.with_name(f".{RUN_FILE}.tmp")
-            tmp.write_text(json.dumps({"settings": settings, "seed": self.seed}, indent=1))
-            os.replace(tmp, run_file)
+            tmp = run_file.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}.tmp")
+            try:
+                tmp.write_text(json.dumps({"settings": settings, "seed": self.seed}, indent=1))
+                os.replace(tmp, run_file)
+            finally:
+                tmp.unlink(missing_ok=True)
             self.resumed = False
+
+    @staticmethod
+    def discard(directory: str | Path) -> None:
+        """Delete the checkpoint folder ``directory`` if it holds one (refuses other folders)."""
+        directory = Path(directory)
+        if not directory.exists():
+            return
+        if not (directory / RUN_FILE).is_file():
+            raise ValueError(
+                f"{str(directory)!r} is not a pixelsmith checkpoint folder (no {RUN_FILE}); "
+                "refusing to delete it"
+            )
+        shutil.rmtree(directory)
 
     def _path(self, stage: int, kind: str) -> Path:
         return self.directory / f"stage{stage}_{kind}.safetensors"

@@ -11,6 +11,8 @@ Sizes are px, an int for a square or HEIGHTxWIDTH. The first size is plain SDXL.
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--checkpoint-every", type=int, default=1, help="steps between checkpoints")
     gen.add_argument("--keep-checkpoint", action="store_true")
+    gen.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an existing checkpoint folder instead of resuming it",
+    )
     gen.add_argument("--save-intermediate", action="store_true", help="write every stage")
     gen.add_argument("--compression", default=None, help="TIFF compression, e.g. zlib")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +146,7 @@ def run_generate(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoint=args.keep_checkpoint,
+        restart=args.restart,
         save_intermediate=args.save_intermediate,
         compression=args.compression,
         progress=not args.quiet,
@@ -147,8 +155,28 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that temporary files are cleaned up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _log_to_stderr() -> None:
+    """Show the package's info lines (resuming, stages loaded from a checkpoint) on stderr."""
+    logger = logging.getLogger("pixelsmith")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("pixelsmith: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "tiny-model":
             print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
@@ -157,6 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"pixelsmith: error: {error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(
+            f"pixelsmith: {what}; run the same command again to resume from the last saved step",
+            file=sys.stderr,
+        )
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

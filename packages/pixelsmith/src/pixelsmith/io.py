@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -51,8 +52,14 @@ def to_uint8(rows: Tensor) -> np.ndarray:
 
 @contextlib.contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    """A temporary path next to ``path`` that replaces it when the block succeeds.
+
+    The name is unique per call (two runs writing the same target do not share it) and the file
+    is created by the writer with the usual umask-governed permissions; it is removed when the
+    block fails or is interrupted (KeyboardInterrupt, or SIGTERM turned into SystemExit by the
+    CLI).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

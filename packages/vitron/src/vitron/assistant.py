@@ -242,7 +242,12 @@ class Assistant:
         return Reply(self.model.tokenizer.decode(ids, skip_special_tokens=False), False)
 
     def signals(self, parsed: ParsedReply):
-        """Call id -> signal embedding, from one forward pass over the conversation so far."""
+        """Call id -> signal embedding, from one forward pass over the conversation so far.
+
+        The i-th signal token of the newest reply gives its i-th call's embedding (signal
+        tokens elsewhere, e.g. in user text, are escaped and never count; see
+        :func:`vitron.processing.encode_conversation`).
+        """
         sample = self.model.processor.sample(
             self.messages,
             self.inputs.images,
@@ -252,7 +257,8 @@ class Assistant:
         )
         embeddings = self.model.signal_embeddings(sample)
         calls = parsed.invocation.calls
-        last = embeddings[len(embeddings) - len(calls) :]  # the newest reply's signals
+        # one entry per call of the conversation, in order: the newest reply's calls are last
+        last = embeddings[len(embeddings) - len(calls) :]
         return {call.id: e[1] for call, e in zip(calls, last, strict=True) if e is not None}
 
 

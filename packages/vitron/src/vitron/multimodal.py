@@ -2,6 +2,8 @@
 
 Each placeholder token (``<image>``, ``<video>``, ``<region>``) is replaced by its media's
 embedding rows (an image: grid^2 rows, a video: frames x pooled grid^2 rows, a region: one row).
+Signal positions are those the sample's ``signal_index`` marks (signal tokens of assistant
+replies, see :func:`vitron.processing.encode_conversation`), never every signal-token id.
 Labels of media rows are ``IGNORE_INDEX``. Sequences longer than ``max_length`` are cut, but
 never inside a media span: a span that would be cut is dropped whole. Batches are padded on the
 right (training) or on the left (generation).
@@ -36,8 +38,9 @@ class Spliced:
         attention_mask: (B, L) 1 on real rows, 0 on padding.
         labels: (B, L) targets or ``IGNORE_INDEX``; ``None`` without labels.
         spans: per sample, its media spans (positions in the padded batch).
-        signal_positions: per sample, positions of its signal tokens that survived truncation.
-        signal_indices: per sample, which of its signals (in order) those positions are.
+        signal_positions: per sample, positions of its call signals that survived truncation.
+        signal_indices: per sample, the call (index in ``Sample.signal_tasks``) of each of
+            those positions.
         lengths: per sample, its unpadded length.
     """
 
@@ -57,7 +60,7 @@ def splice_batch(
     placeholders: dict[int, str],
     *,
     labels: Sequence[Tensor] | None = None,
-    signal_id: int | None = None,
+    signal_index: Sequence[Tensor | None] | None = None,
     max_length: int | None = None,
     padding_side: str = "right",
 ) -> Spliced:
@@ -69,7 +72,8 @@ def splice_batch(
         media: per sample, the embeddings (n_k, H) of its placeholders in order of appearance.
         placeholders: placeholder token id -> media kind.
         labels: per sample, (L_i,) labels.
-        signal_id: id of the signal token, whose positions are reported.
+        signal_index: per sample, (L_i,) the call index of each token that is a call's signal,
+            -1 elsewhere (``Sample.signal_index``); ``None`` (for all or one sample): no signals.
         max_length: cut each spliced sequence to at most this many rows (``None`` = no cut).
         padding_side: ``"right"`` or ``"left"``.
     """
@@ -83,7 +87,7 @@ def splice_batch(
             media[i],
             placeholders,
             None if labels is None else labels[i],
-            signal_id,
+            None if signal_index is None else signal_index[i],
         )
         rows_i, labels_i, spans_i, signals_i = _truncate(*sample, max_length)
         rows.append(rows_i)
@@ -111,8 +115,8 @@ def splice_batch(
     )
 
 
-def _splice_one(ids, embeds, media, placeholders, labels, signal_id):
-    """One sample: (rows (N, H), labels (N,), spans, [(signal position, signal index)])."""
+def _splice_one(ids, embeds, media, placeholders, labels, signal_index):
+    """One sample: (rows (N, H), labels (N,), spans, [(signal position, call index)])."""
     is_placeholder = torch.zeros_like(ids, dtype=torch.bool)
     for token_id in placeholders:
         is_placeholder |= ids == token_id
@@ -123,8 +127,14 @@ def _splice_one(ids, embeds, media, placeholders, labels, signal_id):
         labels = torch.full_like(ids, IGNORE_INDEX)
     pieces, piece_labels, spans, signals = [], [], [], []
     cursor, length = 0, 0
-    is_signal = (ids == signal_id) if signal_id is not None else torch.zeros_like(is_placeholder)
-    signal_before = torch.cumsum(is_signal.long(), 0) - is_signal.long()  # signals before each id
+    if signal_index is None:
+        signal_index = torch.full_like(ids, -1)
+    elif signal_index.shape != ids.shape:
+        raise ValueError(
+            f"signal_index has shape {tuple(signal_index.shape)}; expected {tuple(ids.shape)}"
+        )
+    signal_index = signal_index.to(ids.device)
+    is_signal = (signal_index >= 0) & ~is_placeholder
 
     def add_text(start: int, end: int) -> None:
         nonlocal length
@@ -133,7 +143,7 @@ def _splice_one(ids, embeds, media, placeholders, labels, signal_id):
         pieces.append(embeds[start:end])
         piece_labels.append(labels[start:end])
         for p in torch.nonzero(is_signal[start:end])[:, 0].tolist():
-            signals.append((length + p, int(signal_before[start + p])))
+            signals.append((length + p, int(signal_index[start + p])))
         length += end - start
 
     for k, pos in enumerate(where):

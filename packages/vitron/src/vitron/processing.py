@@ -11,6 +11,14 @@ A conversation is a list of :class:`Message` (user, assistant, results). Templat
 The full string is tokenized once (so training and inference see the same tokens) and the
 tokens whose characters fall inside an assistant reply (its leading space, text, calls block,
 signal tokens and the closing end-of-sequence token) are the only supervised labels.
+
+Signal tokens come only from assistant replies. The system prompt describes the signal token
+without spelling it, and a literal signal-token string in user text, results text or an
+assistant's free text / calls block is escaped (:func:`escape_token`: a zero-width space after
+its first character) so that it tokenises as ordinary text. Only a reply written by the model
+itself (``Message.raw``) keeps its signal tokens as written. The i-th signal token inside an
+assistant reply is the signal of that reply's i-th call; signal tokens anywhere else (or beyond
+the reply's calls) belong to no call.
 """
 
 from __future__ import annotations
@@ -33,9 +41,21 @@ ROLES = ("user", "assistant", "results")
 SYSTEM_PROMPT = (
     "You are Vitron, a vision assistant that understands, generates, segments and edits images "
     "and videos. When a request needs a tool, answer briefly, then write the calls as "
-    '<invoke>{"version": 1, "calls": [...]}</invoke> followed by one <signal> per call. '
+    '<invoke>{"version": 1, "calls": [...]}</invoke> followed by one signal token per call. '
     "Tools: " + ", ".join(TASKS) + "."
-)
+)  # never spell the signal token here: it would tokenise as a signal (see escape_token)
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def escape_token(text: str, token: str) -> str:
+    """``text`` with every literal ``token`` broken by a zero-width space after its first
+    character (``"<signal>"`` -> ``"<\\u200bsignal>"``): it reads the same but tokenises as
+    ordinary text instead of as the special token."""
+    if len(token) < 2:
+        raise ValueError(f"cannot escape a token shorter than 2 characters: {token!r}")
+    while token in text:  # a loop: self-overlapping tokens can reappear after one pass
+        text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
+    return text
 
 
 @dataclass
@@ -64,13 +84,19 @@ class Message:
 
 
 def render_reply(message: Message, signal_token: str) -> str:
-    """An assistant message as the LLM writes it (text, calls block, signal tokens)."""
+    """An assistant message as the LLM writes it (text, calls block, signal tokens).
+
+    A raw reply is kept exactly; otherwise the text and the calls block are escaped
+    (:func:`escape_token`) and exactly one signal token per call follows the block.
+    """
     if message.raw is not None:
         return message.raw
+    text = escape_token(message.text, signal_token)
     if message.invocation is None:
-        return message.text
-    calls = message.invocation.render() + signal_token * len(message.invocation.calls)
-    return f"{message.text} {calls}" if message.text else calls
+        return text
+    block = escape_token(message.invocation.render(), signal_token)
+    calls = block + signal_token * len(message.invocation.calls)
+    return f"{text} {calls}" if text else calls
 
 
 def render_conversation(
@@ -80,16 +106,22 @@ def render_conversation(
     signal_token: str,
     add_generation_prompt: bool,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The prompt string and the character ranges of its supervised parts."""
+    """The prompt string and the character ranges of its supervised parts.
+
+    Returns:
+        the string, and one ``(start, end)`` character range per assistant message, in order.
+        Only inside those ranges can a signal token appear: the system prompt, user and
+        results texts are escaped (:func:`escape_token`).
+    """
     if template == "plain":
         return _render_plain(messages, eos, signal_token, add_generation_prompt)
-    text = SYSTEM_PROMPT + " "
+    text = escape_token(SYSTEM_PROMPT, signal_token) + " "
     supervised = []
     for message in messages:
         if message.role == "user":
-            text += f"USER: {message.text} "
+            text += f"USER: {escape_token(message.text, signal_token)} "
         elif message.role == "results":
-            text += f"USER: Results: {message.text} "
+            text += f"USER: Results: {escape_token(message.text, signal_token)} "
         else:
             text += "ASSISTANT:"
             start = len(text)
@@ -108,7 +140,7 @@ def _render_plain(messages, eos, signal_token, add_generation_prompt):
             text += render_reply(message, signal_token) + eos
             supervised.append((start, len(text)))
         else:
-            text += message.text + "\n"
+            text += escape_token(message.text, signal_token) + "\n"
     return text, supervised
 
 
@@ -131,19 +163,65 @@ def tokenize_conversation(
     Returns:
         (L,) int64 ids (BOS first when the tokenizer has one) and (L,) int64 labels.
     """
+    ids, labels, _ = encode_conversation(
+        tokenizer, messages, template, signal_token, add_generation_prompt
+    )
+    return ids, labels
+
+
+def encode_conversation(
+    tokenizer,
+    messages: Sequence[Message],
+    template: str,
+    signal_token: str,
+    add_generation_prompt: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Token ids, labels and the call each signal token belongs to.
+
+    Calls are numbered over the whole conversation, in order (``Sample.signal_tasks``). The
+    i-th signal token inside the characters of an assistant reply is the signal of that
+    reply's i-th call; a reply written without signals gives its calls none (later replies are
+    not shifted), and signal tokens outside the replies or beyond a reply's calls belong to no
+    call.
+
+    Returns:
+        (L,) int64 ids, (L,) int64 labels (as :func:`tokenize_conversation`) and (L,) int64
+        signal index: the call index of each signal token of a reply, -1 everywhere else.
+    """
     eos = tokenizer.eos_token or ""
     text, supervised = render_conversation(
         messages, template, eos, signal_token, add_generation_prompt
     )
+    replies = [m for m in messages if m.role == "assistant"]
+    if len(replies) != len(supervised):
+        raise AssertionError("one supervised range per assistant message")
+    num_calls = [len(m.invocation.calls) if m.invocation is not None else 0 for m in replies]
+    first_call = [sum(num_calls[:r]) for r in range(len(replies))]
+    signal_id = tokenizer.get_vocab().get(signal_token)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
+    signal_index = [-1] * len(ids)
+    seen = [0] * len(replies)  # signal tokens met so far in each reply
     for k, (start, end) in enumerate(encoded["offset_mapping"]):
-        if end > start and any(start < hi and end > lo for lo, hi in supervised):
+        if end <= start:
+            continue
+        inside = [r for r, (lo, hi) in enumerate(supervised) if start < hi and end > lo]
+        if inside:
             labels[k] = ids[k]
+        if signal_id is not None and ids[k] == signal_id and len(inside) == 1:
+            r = inside[0]
+            if seen[r] < num_calls[r]:
+                signal_index[k] = first_call[r] + seen[r]
+            seen[r] += 1
     if tokenizer.bos_token_id is not None:
         ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+        signal_index = [-1, *signal_index]
+    return (
+        torch.tensor(ids, dtype=torch.long),
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(signal_index, dtype=torch.long),
+    )
 
 
 @dataclass
@@ -171,9 +249,13 @@ class Sample:
         images: (n, 3, S, S) normalised images, in placeholder order.
         videos: (m, T, 3, S, S) normalised videos.
         regions: regions in placeholder order.
-        signal_tasks: task of each signal token, in order.
-        signal_targets: the specialist-conditioning target of each signal (or ``None``).
+        signal_tasks: task of each call of the conversation, in order (a call's signal
+            embedding, when its reply wrote signal tokens, has this task).
+        signal_targets: the specialist-conditioning target of each call's signal (or ``None``).
         geometries: how each image was mapped into the model frame.
+        signal_index: (L,) for each token, the index in ``signal_tasks`` of the call whose
+            signal token it is (signal tokens of assistant replies only), -1 everywhere else;
+            ``None``: the sample has no signals.
     """
 
     input_ids: Tensor
@@ -184,6 +266,7 @@ class Sample:
     signal_tasks: tuple[str, ...] = ()
     signal_targets: list[Tensor | None] = field(default_factory=list)
     geometries: list[Geometry] = field(default_factory=list)
+    signal_index: Tensor | None = None
 
 
 class VitronProcessor:
@@ -249,7 +332,7 @@ class VitronProcessor:
             ValueError: when the placeholders do not match the media counts.
         """
         cfg = self.config
-        ids, labels = tokenize_conversation(
+        ids, labels, signal_index = encode_conversation(
             self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt
         )
         self.check_placeholders(ids, len(images), len(videos), len(regions))
@@ -270,6 +353,7 @@ class VitronProcessor:
             signal_tasks=tasks,
             signal_targets=targets,
             geometries=geometries,
+            signal_index=signal_index,
         )
 
     def token_id(self, token: str) -> int:

@@ -3,9 +3,11 @@
 The LLM reads token embeddings with media spliced in at placeholders (images and video frames
 through the frozen vision tower and the projector, regions through the region encoder), answers,
 and may write calls followed by one ``<signal>`` token per call. The last-layer hidden state of
-each signal token goes through the signal heads into a task-specific + task-invariant feature
-and a task-specific embedding of the specialist's conditioning width; the synergy module's
-discriminator tries to recognise the task from the invariant part through gradient reversal.
+each signal token of a reply (the i-th signal token of a reply is its i-th call's; see
+:func:`vitron.processing.encode_conversation`) goes through the signal heads into a
+task-specific + task-invariant feature and a task-specific embedding of the specialist's
+conditioning width; the synergy module's discriminator tries to recognise the task from the
+invariant part through gradient reversal.
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ class VitronModel(
             [self.media_embeddings(s) for s in samples],
             placeholders,
             labels=[s.labels.to(self.device) for s in samples] if has_labels else None,
-            signal_id=self.signal_token_id,
+            signal_index=[s.signal_index for s in samples],
             max_length=self.config.max_length if truncate else None,
             padding_side=padding_side,
         )
@@ -411,7 +413,8 @@ class VitronModel(
 
     @torch.no_grad()
     def signal_embeddings(self, sample: Sample) -> list[tuple[str, Tensor] | None]:
-        """Per signal of a prompt + reply sample: (task, embedding), ``None`` without a head."""
+        """Per call of a prompt + reply sample: (task, embedding), ``None`` when the call has
+        no signal token in its reply or its task has no head."""
         spliced = self.splice([sample], truncate=False)
         out = self.llm(
             inputs_embeds=spliced.inputs_embeds,
@@ -420,12 +423,15 @@ class VitronModel(
         )
         features = self._signal_features([sample], spliced, out.hidden_states[-1])[0]
         heads = set(self.signal_heads.tasks)
-        result: list[tuple[str, Tensor] | None] = []
-        embeddings = iter(features.embeddings if features is not None else [])
-        for k, task in enumerate(sample.signal_tasks):
-            kept = k in spliced.signal_indices[0] and task in heads
-            result.append((task, next(embeddings).float().cpu()) if kept else None)
-        return result
+        kept = [
+            k for k in spliced.signal_indices[0]
+            if k < len(sample.signal_tasks) and sample.signal_tasks[k] in heads
+        ]  # fmt: skip
+        found = dict(zip(kept, features.embeddings if features is not None else [], strict=True))
+        return [
+            (task, found[k].float().cpu()) if k in found else None
+            for k, task in enumerate(sample.signal_tasks)
+        ]
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor | None:
