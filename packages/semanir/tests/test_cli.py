@@ -14,12 +14,12 @@ from semanir.cli import main
 from semanir.data.datasets import index_generator
 from semanir.data.degradations import add_gaussian_noise, bicubic_downscale, bicubic_resize
 from semanir.inference import load_model, restore
-from semanir.io import read_image, write_image
+from semanir.io import convert_channels, read_image, write_image
 from semanir.lightning_module import RestorationCLI
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "semanir" / "configs"
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int], channels: int = 1) -> Path:
@@ -221,7 +221,7 @@ def test_configs_parse_and_instantiate(
 
 
 def run_failing(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(argv) == 1
+    assert main(argv) == 2
     return capsys.readouterr().err
 
 
@@ -250,12 +250,71 @@ def test_restore_errors(
         "cannot read": [str(tmp_path / "broken.png")],
         "does not fit --task sr": [str(images), "--task", "sr"],
         "tile must be an int >= the model's window size": [str(images), "--tile", "1"],
+        "--sigma sets the level of --add-noise and does nothing without it": [
+            str(images),
+            "--sigma",
+            "25",
+        ],
     }
     for message, options in cases.items():
         err = run_failing(["restore", *options, "-o", out, *model], capsys)
         assert message in err, (message, err)
         assert err.startswith("semanir restore: error:")
     assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_restore_checks_before_loading_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = str(make_images(tmp_path / "in", count=2, size=(8, 8)))
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr("semanir.cli.load_model", lambda name: pytest.fail("model loaded"))
+    cases = {
+        "-o/--output out.xyz: '.xyz' is not an image suffix (.png, .jpg": ["-o", "out.xyz"],
+        "is a file, not a folder": ["-o", str(tmp_path / "a_file" / "out")],
+    }
+    if not torch.cuda.is_available():
+        cases["--device cuda: no CUDA device is available (use --device cpu)"] = [
+            "-o", "out", "--device", "cuda",
+        ]  # fmt: skip
+    cases["--device 'gpu0' is not a torch device"] = ["-o", "out", "--device", "gpu0"]
+    monkeypatch.chdir(tmp_path)
+    for message, options in cases.items():
+        err = run_failing(["restore", images, *options], capsys)
+        assert message in err, (message, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in"]  # nothing created
+
+
+def test_missing_model_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = str(make_images(tmp_path / "in", count=1, size=(8, 8)))
+    missing = str(tmp_path / "no_such_model")
+    err = run_failing(["restore", images, "-o", str(tmp_path / "o"), "--model", missing], capsys)
+    assert f"no model folder {missing} (and it is not a hub id of the form owner/name)" in err
+    (tmp_path / "weights.bin").write_text("x")
+    err = run_failing(
+        ["restore", images, "-o", str(tmp_path / "o"), "--model", str(tmp_path / "weights.bin")],
+        capsys,
+    )
+    assert "weights.bin is a file; expected a save_pretrained folder or a hub id" in err
+
+
+def test_colour_input_to_a_gray_model_warns(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = make_images(tmp_path / "in", count=1, size=(12, 12), channels=3)
+    out = tmp_path / "out.png"
+    assert main(["restore", str(images), "-o", str(out), "--model", str(gray_model)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "semanir restore: warning: im0.png is a colour image and the model is a gray model: "
+        "restoring its BT.601 luma"
+    ) in err
+    colour = read_image(images / "im0.png")
+    expected = restore(load_model(str(gray_model)), convert_channels(colour, "gray")[None])[0]
+    written = read_image(out)
+    assert written.shape == (1, 12, 12)
+    assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6
 
 
 def test_eval_errors(

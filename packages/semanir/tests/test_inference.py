@@ -180,11 +180,25 @@ def test_bfloat16_autocast_stays_close_to_float32():
         ),
         (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), TypeError, "floating tensor .* torch.uint8"),
         (torch.full((1, 1, 8, 8), float("nan")), ValueError, "image contains NaN or Inf"),
+        (torch.full((1, 1, 8, 8), float("-inf")), ValueError, "image contains NaN or Inf"),
+        (
+            torch.full((1, 1, 8, 8), 255.0),
+            ValueError,
+            r"image values must be in \[0, 1\] \(noisy inputs may reach \[-1.0, 2.0\]\), "
+            r"got \[255, 255\]; scale 8-bit values with image / 255",
+        ),
+        (torch.full((1, 1, 8, 8), -1.5), ValueError, r"got \[-1.5, -1.5\]"),
     ],
 )
 def test_bad_images_are_rejected(image, error, message):
     with pytest.raises(error, match=message):
         restore(tiny(), image)
+
+
+def test_unclipped_noisy_images_are_accepted():
+    # the DnCNN/BM3D convention leaves Gaussian noise unclipped: values slightly outside [0, 1]
+    noisy = torch.linspace(-0.9, 1.9, 64).view(1, 1, 8, 8)
+    assert restore(tiny(), noisy).shape == (1, 1, 8, 8)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The ``semanir`` command: ``fit``/``validate`` (LightningCLI), ``restore`` and ``eval``.
 
-semanir fit --config configs/denoise_gray_tiny.yaml [--trainer.max_time 00:01:00:00]
+semanir fit --config denoise_gray_tiny [--trainer.max_time 00:01:00:00]   # a shipped config
 semanir restore IN... -o OUT [--task denoise --sigma 25] [--model PATH|HUB_ID] [--tile 512]
                 [--k K] [--add-noise [SIGMA] --seed S]
 semanir eval --task denoise --sigma 25 --data DIR [--model PATH|HUB_ID] [--csv out.csv]
@@ -9,8 +9,10 @@ semanir eval --task denoise --sigma 25 --data DIR [--model PATH|HUB_ID] [--csv o
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,21 @@ from semanir.data.degradations import (
 )
 from semanir.inference import load_model
 from semanir.inference import restore as restore_batch
-from semanir.io import atomic_write, is_image_file, list_images, read_image, write_image
+from semanir.io import (
+    IMAGE_EXTENSIONS,
+    atomic_write,
+    convert_channels,
+    is_image_file,
+    list_images,
+    read_image,
+    write_image,
+)
 from semanir.metrics import psnr, ssim
 
 USAGE = """usage: semanir {fit,validate,restore,eval} ...
 
 commands:
-  fit       train with Lightning:  semanir fit --config configs/denoise_gray_tiny.yaml
+  fit       train with Lightning:  semanir fit --config denoise_gray_tiny (shipped) or FILE.yaml
   validate  validate a checkpoint: semanir validate --config CONFIG --ckpt_path CKPT
   restore   restore image files or folders:  semanir restore IN... -o OUT
   eval      PSNR/SSIM on a folder of clean images with synthetic degradations:
@@ -54,14 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     command, options = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
-        run_lightning(None if from_command_line else argv)
+        run_lightning(with_bundled_configs(argv))
         return 0
     commands = {"restore": (restore_parser, restore), "eval": (eval_parser, evaluate)}
     if command not in commands:
@@ -71,17 +80,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(options)
     try:
         run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input: named flag, accepted range
+        print(f"semanir {command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # failed while working (disk full, ...)
         print(f"semanir {command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"semanir {command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
-def run_lightning(argv: list[str] | None) -> None:
+def bundled_configs_dir() -> Path:
+    """Folder of the training configs shipped in the package (``semanir/configs``)."""
+    return Path(str(resources.files("semanir") / "configs"))
+
+
+def with_bundled_configs(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config NAME`` that is not a file but names a shipped config
+    (``denoise_gray_tiny_bundled`` or ``denoise_gray_tiny_bundled.yaml``) replaced by its path."""
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        if arg == "--config" and i + 1 < len(resolved):
+            resolved[i + 1] = _config_path(resolved[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + _config_path(arg.removeprefix("--config="))
+    return resolved
+
+
+def _config_path(value: str) -> str:
+    if Path(value).exists() or "/" in value or "\\" in value:
+        return value
+    for name in (value, f"{value}.yaml"):
+        if (bundled_configs_dir() / name).is_file():
+            return str(bundled_configs_dir() / name)
+    return value
+
+
+def run_lightning(argv: list[str]) -> None:
     """``semanir fit|validate ...``: LightningCLI over RestorationModule + RestorationDataModule.
 
     Args:
-        argv: the arguments starting with the subcommand (None = read ``sys.argv``).
+        argv: the arguments starting with the subcommand.
     """
     # Imported here: Lightning takes seconds to import and restore/eval do not need it.
     from semanir.lightning_module import RestorationCLI
@@ -160,10 +201,26 @@ def eval_parser() -> ArgumentParser:
     return parser
 
 
+def _device(args: Namespace) -> torch.device:
+    """--device checked before any model is loaded."""
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) present"
+        )
+    return device
+
+
 def _load(args: Namespace) -> nn.Module:
     """The model named by --model on --device, checked against --task."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args.model).to(device).eval()
+    model = load_model(args.model).to(_device(args)).eval()
     upscale = int(model.upscale)
     if (args.task == "sr") != (upscale > 1):
         raise ValueError(
@@ -181,9 +238,14 @@ def _run_model(model: nn.Module, image: torch.Tensor, args: Namespace) -> torch.
     """Restore one (C, H, W) image with the inference options of ``args``."""
     batch = image[None].to(next(model.parameters()).device)  # (1, C, H, W)
     output = restore_batch(
-        model, batch, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
+        model,
+        batch,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        k=args.k,
         ensemble=args.ensemble,
-    )  # fmt: skip
+        progress=args.tile is not None and sys.stderr.isatty(),
+    )  # fmt: skip  (a tile bar inside the image bar: one large image is one long step)
     return output[0].cpu()
 
 
@@ -192,14 +254,16 @@ def restore(args: Namespace) -> None:
     if args.sigma is not None:
         check_sigma(args.sigma)
     noise_sigma = _noise_sigma(args)
+    _device(args)
     paths = list_images(args.inputs)
     targets = output_paths(paths, Path(args.output))
+    check_writable(targets)
     model = _load(args)
     channels = _channels(model)
     before, after = [], []
     jobs = list(zip(paths, targets, strict=True))
     for index, (path, target) in enumerate(tqdm(jobs, desc="restore", disable=None)):
-        image = read_image(path, channels=channels)
+        image = _read_for_model(path, channels)
         if noise_sigma is None:
             write_image(target, _run_model(model, image, args))
             continue
@@ -219,9 +283,27 @@ def restore(args: Namespace) -> None:
     print(f"wrote {len(targets)} image(s) to {args.output}")
 
 
+def _read_for_model(path: Path, channels: str) -> torch.Tensor:
+    """Read ``path`` with the model's channel count; say so when that converts the image."""
+    image = read_image(path)
+    if (image.shape[0] == 1) != (channels == "gray"):
+        have, want = ("colour", "gray") if channels == "gray" else ("gray", "colour")
+        tqdm.write(
+            f"semanir restore: warning: {path.name} is a {have} image and the model is a "
+            f"{want} model: restoring {'its BT.601 luma' if channels == 'gray' else 'it as RGB'}",
+            file=sys.stderr,
+        )
+    return convert_channels(image, channels)
+
+
 def _noise_sigma(args: Namespace) -> float | None:
     """The noise level --add-noise asks for (its value, or --sigma when given without one)."""
     if args.add_noise is None:
+        if args.sigma is not None:
+            raise ValueError(
+                "--sigma sets the level of --add-noise and does nothing without it (the models "
+                "are blind: they take no noise level)"
+            )
         return None
     if args.task != "denoise":
         raise ValueError("--add-noise applies to --task denoise only")
@@ -236,6 +318,11 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     otherwise ``output / input.name`` (names must then be unique)."""
     if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
         return [output]
+    if output.suffix and not output.is_dir():
+        raise ValueError(
+            f"-o/--output {output}: {output.suffix!r} is not an image suffix "
+            f"({', '.join(IMAGE_EXTENSIONS)}); an output folder name must have no suffix"
+        )
     targets = [output / path.name for path in inputs]
     seen: dict[Path, Path] = {}
     for path, target in zip(inputs, targets, strict=True):
@@ -245,10 +332,31 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     return targets
 
 
+def target_names(targets: list[Path]) -> str:
+    """The first output path, and how many more, for messages."""
+    more = f" (and {len(targets) - 1} more)" if len(targets) > 1 else ""
+    return f"{targets[0]}{more}"
+
+
+def check_writable(targets: list[Path]) -> None:
+    """Fail before any work when the folder of an output cannot be created or written."""
+    for folder in sorted({target.parent for target in targets}):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"output {target_names(targets)}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"output {target_names(targets)}: cannot write to {existing} (permission denied)"
+            )
+
+
 def evaluate(args: Namespace) -> None:
     """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
     degradation = _eval_degradation(args)
     list_images(args.data)  # fail on missing or empty inputs before loading a model
+    _device(args)
+    if args.csv:
+        check_writable([Path(args.csv)])
     model = _load(args)
     if args.task == "sr":
         degradation["scale"] = _eval_scale(args.scale, int(model.upscale))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,10 @@ from .models.registry import MODEL_CLASSES
 
 DEFAULT_WEIGHTS = "semanir_tiny_denoise_gray"
 AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Images are in [0, 1]; unclipped Gaussian noise (the DnCNN/BM3D convention) leaves that range,
+# so inputs are accepted in a wider band that still rejects 0-255 values.
+IMAGE_RANGE = (-1.0, 2.0)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def _check_image(image: object, in_channels: int) -> Tensor:
@@ -36,8 +42,14 @@ def _check_image(image: object, in_channels: int) -> Tensor:
             f"image must be a floating tensor with values in [0, 1], got {image.dtype} "
             "(convert uint8 images with image.float() / 255)"
         )
-    if not bool(torch.isfinite(image).all()):
+    lowest, highest = torch.stack(torch.aminmax(image.detach().float())).tolist()  # one sync
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError("image contains NaN or Inf values; all entries must be finite")
+    if lowest < IMAGE_RANGE[0] or highest > IMAGE_RANGE[1]:
+        raise ValueError(
+            f"image values must be in [0, 1] (noisy inputs may reach {list(IMAGE_RANGE)}), got "
+            f"[{lowest:.4g}, {highest:.4g}]; scale 8-bit values with image / 255"
+        )
     return image
 
 
@@ -185,8 +197,20 @@ def _read_config(source: str) -> dict[str, Any]:
         config_file = Path(source) / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{source} holds no config.json (written by save_pretrained)")
+    elif Path(source).exists():
+        raise ValueError(f"{source} is a file; expected a save_pretrained folder or a hub id")
+    elif not HUB_ID.match(source):
+        raise FileNotFoundError(
+            f"no model folder {source} (and it is not a hub id of the form owner/name)"
+        )
     else:
-        config_file = Path(hf_hub_download(repo_id=source, filename="config.json"))
+        try:
+            config_file = Path(hf_hub_download(repo_id=source, filename="config.json"))
+        except Exception as error:  # network, auth, missing repo: one message for all of them
+            raise FileNotFoundError(
+                f"{source} is not a local folder, and the hub could not provide it "
+                f"({type(error).__name__}: {error})"
+            ) from error
     return json.loads(config_file.read_text(encoding="utf-8"))
 
 

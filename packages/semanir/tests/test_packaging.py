@@ -1,0 +1,43 @@
+"""The wheel carries what the README's commands need: bundled weights and training configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from semanir.cli import bundled_configs_dir, with_bundled_configs
+
+PACKAGE = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.name for p in (PACKAGE / "src" / "semanir" / "configs").glob("*.yaml"))
+
+
+def test_config_names_resolve_to_shipped_files(tmp_path, monkeypatch):
+    assert "denoise_gray_tiny_bundled.yaml" in SHIPPED
+    path = str(bundled_configs_dir() / "denoise_gray_tiny.yaml")
+    for name in ("denoise_gray_tiny", "denoise_gray_tiny.yaml"):
+        assert with_bundled_configs(["fit", "--config", name, "--seed_everything", "0"]) == [
+            "fit", "--config", path, "--seed_everything", "0",
+        ]  # fmt: skip
+        assert with_bundled_configs(["fit", f"--config={name}"]) == ["fit", f"--config={path}"]
+    # a file of that name in the working folder wins; unknown names and paths pass unchanged
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "denoise_gray_tiny.yaml").write_text("seed_everything: 1\n")
+    local = ["fit", "--config", "denoise_gray_tiny.yaml"]
+    assert with_bundled_configs(local) == local
+    for unchanged in (["fit", "--config", "mine"], ["fit", "--config", "a/denoise_gray_tiny"]):
+        assert with_bundled_configs(unchanged) == unchanged
+
+
+def test_wheel_contains_configs_and_bundled_weights(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path),
+         str(PACKAGE)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("semanir-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"semanir/configs/{name}" for name in SHIPPED} <= names
+    weights = "semanir/weights/semanir_tiny_denoise_gray"
+    assert {f"{weights}/model.safetensors", f"{weights}/config.json"} <= names
