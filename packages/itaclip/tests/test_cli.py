@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +59,64 @@ def test_class_option_parsing_and_errors(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "x.png", "-o", "out"])  # --classes missing
     assert "--classes" in capsys.readouterr().err
+
+
+def test_segment_cli_output_size_engineering_aux_file_and_background(tmp_path, tiny_dir):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    aux = tmp_path / "defs.txt"
+    aux.write_text("cat >= a small pet\npuppy >= a young dog\n")
+    out = tmp_path / "out"
+    status = main([
+        "segment", str(tmp_path / "a.png"), "--classes", "sky|wall,cat,dog|puppy",
+        "-o", str(out), "--model", f"local-dir:{tiny_dir}", "--pretrained", "",
+        "--stride", "224", "--short-side", "64", "--cache-dir", str(tmp_path / "cache"),
+        "--output-size", "30x45", "--no-img-engineering", "--aux-file", str(aux),
+        "--alpha", "0.4", "--background", "wall", "--no-pamr",
+    ])  # fmt: skip
+    assert status == 0
+    seg = Segmenter.from_pretrained(
+        f"local-dir:{tiny_dir}", None, preset=None, stride=224, short_side=64, alpha=0.4,
+        img_engineering=False, pamr=False, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    classes = [["sky", "wall"], ["cat"], ["dog", "puppy"]]
+    texts = [None, "a small pet", "a young dog"]
+    expected = seg(pixels, classes, texts, background=0, output_size=(30, 45)).labels
+    labels = torch.from_numpy(np.asarray(Image.open(out / "a_labels.png")).astype(np.int64))
+    assert labels.shape == (30, 45) and torch.equal(labels, expected)
+    with Image.open(out / "a_overlay.png") as image:
+        legend_height = LEGEND_ROW * (len(expected.unique()) + 1)
+        assert image.size == (45 + LEGEND_WIDTH, max(30, legend_height))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--output-size", "30"], "expected HxW with positive integers, got '30'"),
+        (["--output-size", "0x5"], "expected HxW with positive integers, got '0x5'"),
+    ],
+)
+def test_segment_cli_bad_output_size(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(["segment", "x.png", "--classes", "a,b", "-o", str(tmp_path), *extra])
+    assert f"argument --output-size: {message}" in capsys.readouterr().err
+
+
+def test_segment_cli_aux_file_and_background_errors(tmp_path, tiny_dir):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    aux = tmp_path / "defs.txt"
+    aux.write_text("cat >= a small pet\ndog: a pet\n")
+    common = ["segment", str(tmp_path / "a.png"), "--classes", "sky,cat,dog", "-o",
+              str(tmp_path / "out"), "--model", f"local-dir:{tiny_dir}", "--pretrained", "",
+              "--cache-dir", str(tmp_path / "cache"), "--aux-file", str(aux)]  # fmt: skip
+    with pytest.raises(SystemExit, match=re.escape(f"--aux-file: {aux}:2: expected 'name >=")):
+        main([*common, "--background", "0"])
+    aux.write_text("cat >= a small pet\nbird >= a pet\n")
+    with pytest.raises(SystemExit, match=re.escape(f"--aux-file: {aux}:2: expected a text for")):
+        main([*common, "--background", "sky"])
+    with pytest.raises(SystemExit, match=re.escape("--background 'tree' names none of")):
+        main([*common, "--background", "tree"])
+    with pytest.raises(SystemExit, match=re.escape("--background 3 is not a class index")):
+        main([*common, "--background", "3"])
+    assert main([*common, "--background", "0", "--aux-ignore-names", "--stride", "224"]) == 0

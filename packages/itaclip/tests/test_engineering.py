@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +82,19 @@ def test_combine_variant_logits_reference():
         expected = lam * up + (1 - lam) * (flips[0] + flips[1]) / 2
         torch.testing.assert_close(out[n], expected, atol=1e-6, rtol=1e-5)
     assert not math.isclose(float(out.std()), 0.0)
+
+
+def test_image_engineering_off_gives_the_original_crop_and_its_logits():
+    crops = torch.rand(2, 3, 24, 24)
+    for faithful in (False, True):
+        only = make_variants(crops, MEAN, STD, faithful, image_engineering=False)
+        normed = (crops - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        torch.testing.assert_close(only, normed)
+    torch.manual_seed(0)
+    feats = torch.randn(2, 1, 3, 4, 8)
+    text = torch.randn(6, 8)
+    expected = torch.stack([(feats[n, 0] @ text.T).permute(2, 0, 1) for n in range(2)])
+    for lam in (0.0, 0.7):  # lam plays no part
+        torch.testing.assert_close(combine_variant_logits(feats, text, lam), expected)
+    with pytest.raises(ValueError, match=r"1 or 5 variants per crop \(dim 1\), got \(2, 3, 3"):
+        combine_variant_logits(torch.randn(2, 3, 3, 4, 8), text, 0.5)

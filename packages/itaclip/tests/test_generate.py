@@ -116,3 +116,23 @@ def test_aux_cli_writes_texts_that_segment_uses(tiny_lm, tiny_dir, tmp_path):
     assert (written == expected.numpy()).all()
     with pytest.raises(SystemExit, match="holds auxiliary texts for"):
         main([*common, "--classes", "cat,sky"])
+
+
+def test_aux_cli_writes_the_official_format(tiny_lm, tmp_path):
+    import json
+
+    from itaclip import load_aux_texts
+    from itaclip.cli import main
+
+    model, tokenizer = tiny_lm
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    args = ["aux", "--lm", str(tmp_path / "lm"), "--classes", "cat,dog|puppy", "--kind",
+            "definition", "--max-new-tokens", "8"]  # fmt: skip
+    assert main([*args, "-o", str(tmp_path / "aux.json")]) == 0
+    assert main([*args, "-o", str(tmp_path / "aux.txt")]) == 0
+    texts = json.loads((tmp_path / "aux.json").read_text())["texts"]
+    lines = (tmp_path / "aux.txt").read_text().splitlines()
+    flat = [" ".join(text.split()) for text in texts]
+    assert lines == [f"cat >= {flat[0]}", f"dog >= {flat[1]}"]
+    assert load_aux_texts(tmp_path / "aux.txt", ["cat", "dog,puppy"]) == flat

@@ -6,6 +6,7 @@ import torch
 
 from itaclip.postprocess import (
     area_threshold,
+    classify_query_logits,
     morphological_closing,
     query_logits_to_classes,
     segment_max,
@@ -72,3 +73,23 @@ def test_closing_vs_reference():
     hole = torch.ones(5, 5, dtype=torch.long)
     hole[2, 2] = 0
     assert torch.equal(morphological_closing(hole), torch.ones(5, 5, dtype=torch.long))
+
+
+def test_classify_returns_labels_before_the_closing():
+    logits = torch.zeros(3, 5, 5)
+    logits[2] = 1.0  # class 2 everywhere ...
+    logits[1, 2, 2] = 3.0  # ... but a hole of class 1 in the middle
+    logits[:, 0, 0] = 1.0  # a tied corner: 1/3 < prob_thd -> background 0
+    segments = [(0, 1), (1, 2), (2, 3)]
+    out = classify_query_logits(logits, segments, 10.0, prob_thd=0.9, background=0, closing=True)
+    before = torch.full((5, 5), 2)
+    before[2, 2] = 1
+    before[0, 0] = 0
+    assert torch.equal(out.labels_before_closing, before)
+    assert torch.equal(out.labels, morphological_closing(before))
+    assert out.labels[2, 2] == 2 and out.labels[0, 0] == 2  # closing fills both
+    torch.testing.assert_close(out.probs, torch.softmax(10.0 * logits, 0))
+    plain = classify_query_logits(logits, segments, 10.0, prob_thd=0.9, background=0)
+    assert torch.equal(plain.labels, before) and torch.equal(plain.labels_before_closing, before)
+    labels, probs = query_logits_to_classes(logits, segments, 10.0, 0.9, None, 0, closing=True)
+    assert torch.equal(labels, out.labels) and torch.equal(probs, out.probs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from itaclip import Segmenter, SegmenterConfig
+from itaclip.pamr import pamr
 from itaclip.postprocess import morphological_closing
 
 CLASSES = ["cat", "dog,puppy", "sky", "grass"]
@@ -19,8 +22,18 @@ def official_windows(size: int, crop: int, stride: int) -> list[int]:
     return [max(min(i * stride, size - crop), 0) for i in range(count)]
 
 
-def official_logits(seg: Segmenter, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Per window, per variant, batch-1 passes; full-canvas padding and a count matrix."""
+def official_logits(
+    seg: Segmenter,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    img_engineering: bool = True,
+    output_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Per window, per variant, batch-1 passes; full-canvas padding and a count matrix.
+
+    ``img_engineering=False``: the original crop's logits only. ``output_size``: the canvas is
+    resized there instead of to the input size (mmseg's ori_shape).
+    """
     cfg = seg.config
     mean = torch.tensor(seg.mean).view(1, 3, 1, 1)
     std = torch.tensor(seg.std).view(1, 3, 1, 1)
@@ -60,10 +73,15 @@ def official_logits(seg: Segmenter, image: torch.Tensor, text: torch.Tensor) -> 
                     lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
                     flips = flips + lg.flip(dim) / 2
             logits = cfg.lam * first + (1 - cfg.lam) * flips
+            if not img_engineering:
+                with torch.no_grad():
+                    plain = (seg.encoder(normed)[0] @ text.T).permute(2, 0, 1)[None]
+                logits = F.interpolate(plain, size=(h, w), mode="bilinear", align_corners=False)
             total += F.pad(logits, (left, W - left - w, top, H - top - h))
             count[..., top : top + h, left : left + w] += 1
     out = total / count
-    return F.interpolate(out, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    size = (h0, w0) if output_size is None else output_size
+    return F.interpolate(out, size=size, mode="bilinear", align_corners=False)[0]
 
 
 @pytest.mark.parametrize(
@@ -244,3 +262,169 @@ def test_resize_keeps_aspect_and_caps_the_long_side():
     assert resized_size(375, 500, 336, 2048) == (336, 448)
     assert resized_size(100, 1000, 336, 2048) == (205, 2048)  # long side capped
     assert resized_size(70, 90, None, 2048) == (70, 90)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_img_engineering_off_is_the_original_crop_only(make_segmenter, lam):
+    seg = make_segmenter(
+        pamr=False, short_side=72, stride=16, lam=lam, img_engineering=False, batch_size=4
+    )
+    torch.manual_seed(1)
+    image = torch.rand(3, 80, 100)
+    _, text = seg.text_features(CLASSES)
+    passes = []
+    hook = seg.encoder.register_forward_hook(lambda m, i, o: passes.append(len(i[0])))
+    out = seg.query_logits(image, text)
+    hook.remove()
+    expected = official_logits(seg, image, text, img_engineering=False)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    # one image per window (72 x 90: 2 x 3 windows), no variants; batch_size 4 = 4 crops a pass
+    assert passes == [4, 2]
+    on = make_segmenter(pamr=False, short_side=72, stride=16, lam=1.0)
+    assert (on.query_logits(image, text) - out).abs().max() > 1e-3  # lam 1 still averages 3
+
+
+def test_output_size_resizes_logits_then_runs_pamr_there(make_segmenter):
+    seg = make_segmenter(short_side=72, stride=16, pamr_iterations=3, pamr_dilations=(1, 2))
+    torch.manual_seed(2)
+    image = torch.rand(3, 80, 100)
+    _, text = seg.text_features(CLASSES)
+    size = (53, 131)
+    out = seg.query_logits(image, text, output_size=size)
+    # by hand: the official loop on the resized image, canvas resized to size, then PAMR at
+    # size guided by the normalised image resized (bilinear) to size
+    logits = official_logits(seg, image, text, output_size=size)
+    guide = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+    mean = torch.tensor(seg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(seg.std).view(1, 3, 1, 1)
+    expected = pamr((guide - mean) / std, logits[None], 3, (1, 2))[0]
+    assert out.shape == (5, *size)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    result = seg(image, CLASSES, output_size=size, return_query_logits=True)
+    assert result.labels.shape == size and result.probs.shape == (4, *size)
+    torch.testing.assert_close(result.query_logits, out)
+    assert torch.equal(result.labels, result.probs.argmax(0))
+    numpy_size = seg.query_logits(image, text, output_size=(np.int64(53), torch.tensor(131)))
+    assert torch.equal(numpy_size, out)  # any integer type
+    # the default is the input size, exactly as before
+    default = seg(image, CLASSES)
+    same = seg(image, CLASSES, output_size=(80, 100))
+    assert default.labels.shape == (80, 100)
+    assert torch.equal(default.probs, same.probs) and torch.equal(default.labels, same.labels)
+
+
+@pytest.mark.parametrize("size", [(0, 5), (5,), (5.0, 4), "64x64", (True, 3)])
+def test_output_size_errors(make_segmenter, size):
+    seg = make_segmenter()
+    message = f"output_size must be (height, width) with ints >= 1, got {size!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        seg(torch.rand(3, 40, 40), CLASSES, output_size=size)
+
+
+def test_result_exposes_query_logits_and_labels_before_closing(make_segmenter):
+    seg = make_segmenter(faithful=True, logit_scale=30.0, prob_thd=0.3, stride=16)
+    torch.manual_seed(3)
+    image = torch.rand(3, 70, 90)
+    plain = seg(image, CLASSES, background=2)
+    assert plain.query_logits is None  # only on request
+    result = seg(image, CLASSES, background=2, return_query_logits=True)
+    logits = seg.query_logits(image, seg.text_features(CLASSES)[1])
+    torch.testing.assert_close(result.query_logits, logits)
+    assert result.query_names == ("cat", "dog", "puppy", "sky", "grass")
+    assert result.query_class.tolist() == [0, 1, 1, 2, 3]
+    q_probs = torch.softmax(30.0 * logits, 0)
+    probs = torch.stack([q_probs[0], q_probs[1:3].amax(0), q_probs[3], q_probs[4]])
+    torch.testing.assert_close(result.probs, probs)
+    best, before = probs.max(0)
+    before[best < 0.3] = 2  # background
+    assert torch.equal(result.labels_before_closing, before)
+    assert torch.equal(result.labels, morphological_closing(before))
+    assert torch.equal(plain.labels, result.labels)
+    corrected = make_segmenter(logit_scale=30.0, stride=16)(image, CLASSES)
+    assert torch.equal(corrected.labels_before_closing, corrected.labels)
+    assert corrected.labels_before_closing.data_ptr() != corrected.labels.data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"logit_scale": -1}, "logit_scale must be > 0, got -1"),
+        ({"logit_scale": 0.0}, "logit_scale must be > 0, got 0.0"),
+        ({"logit_scale": float("nan")}, "logit_scale must be > 0, got nan"),
+        ({"prob_thd": 5}, "prob_thd must be in [0, 1], got 5"),
+        ({"prob_thd": -0.1}, "prob_thd must be in [0, 1], got -0.1"),
+        ({"area_thd": 1.5}, "area_thd must be in [0, 1] or None, got 1.5"),
+        ({"pamr_iterations": -1}, "pamr_iterations must be an integer >= 0, got -1"),
+        ({"pamr_iterations": 2.5}, "pamr_iterations must be an integer >= 0, got 2.5"),
+        ({"pamr_iterations": True}, "pamr_iterations must be an integer >= 0, got True"),
+    ],
+)
+def test_config_range_errors(settings, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        SegmenterConfig(**settings)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        SegmenterConfig.from_preset("voc21", **settings)
+
+
+def test_zero_pamr_iterations_leave_the_logits_unrefined(make_segmenter):
+    image = torch.rand(3, 50, 60)
+    zero = make_segmenter(pamr_iterations=0)
+    _, text = zero.text_features(CLASSES)
+    off = make_segmenter(pamr=False).query_logits(image, text)
+    torch.testing.assert_close(zero.query_logits(image, text), off)
+    cfg = SegmenterConfig(logit_scale=1e-3, prob_thd=1.0, area_thd=0.0)
+    assert (cfg.logit_scale, cfg.prob_thd, cfg.area_thd) == (1e-3, 1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("image", "low", "high"),
+    [
+        (torch.full((3, 8, 8), 1.5), "1.5", "1.5"),
+        (torch.linspace(-0.25, 1, 3 * 64).reshape(3, 8, 8), "-0.25", "1"),
+        (torch.tensor([0.0, float("nan")]).repeat(96).reshape(3, 8, 8), "nan", "nan"),
+        (np.full((8, 8, 3), 255.0, dtype=np.float32), "255", "255"),
+        (np.array([[0.5, np.nan]] * 4, dtype=np.float64), "nan", "nan"),
+    ],
+)
+def test_float_images_are_range_checked(make_segmenter, image, low, high):
+    message = (
+        f"float images must lie in [0, 1], got range [{low}, {high}] "
+        "(divide 0-255 values by 255, or pass uint8)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make_segmenter()(image, CLASSES)
+
+
+def test_aux_file_equals_aux_texts(make_segmenter, tmp_path):
+    seg = make_segmenter(alpha=0.3, pamr=False)
+    classes = ["background,sky", "cat", "dog,puppy"]
+    path = tmp_path / "defs.txt"
+    path.write_text("cat >= a small furry pet\n\nPuppy >=a young dog\n")
+    image = torch.rand(3, 64, 64)
+    from_file = seg(image, classes, background=0, aux_file=path, return_query_logits=True)
+    texts = ["anything", "a small furry pet", "a young dog"]
+    direct = seg(image, classes, texts, background=0, return_query_logits=True)
+    torch.testing.assert_close(from_file.query_logits, direct.query_logits)
+    assert torch.equal(from_file.labels, direct.labels)
+    plain = seg(image, classes, background=0, return_query_logits=True)
+    assert (plain.query_logits - direct.query_logits).abs().max() > 1e-4  # texts mixed in
+    with pytest.raises(ValueError, match=r"^pass aux_texts or aux_file, not both$"):
+        seg(image, classes, texts, background=0, aux_file=path)
+    with pytest.raises(ValueError, match=r"may be None only for the background class \(0\)"):
+        seg(image, classes, [None, None, "a young dog"], background=0)
+
+
+def test_aux_file_replaces_the_preset_texts(make_segmenter, tmp_path):
+    from itaclip import dataset_classes
+
+    seg = make_segmenter(preset="voc21", alpha=0.05, pamr=False)
+    data = dataset_classes("voc21")
+    lines = [
+        f"{names[0]} >= {text}" for names, text in zip(data.queries, data.synonyms, strict=True)
+    ][1:]
+    path = tmp_path / "voc_synonyms.txt"
+    path.write_text("\n".join(lines) + "\n")
+    image = torch.rand(3, 64, 64)
+    from_file = seg(image, aux_file=path)
+    synonyms = seg.with_config(aux="synonym")(image)
+    torch.testing.assert_close(from_file.probs, synonyms.probs)

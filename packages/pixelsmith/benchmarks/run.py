@@ -122,7 +122,7 @@ def sample_run(
     calls, times = [], []
     marks = [time.perf_counter()]
 
-    def on_step(step, current):
+    def on_step(step, current, plan):
         marks.append(time.perf_counter())
         calls.append(counter["calls"] - sum(calls))
 

@@ -107,7 +107,7 @@ def test_resumed_run_equals_uninterrupted(make_pipe, small_config, tmp_path):
     seen = []
 
     def interrupt_at(stage, step):
-        def callback(s, n, latents):
+        def callback(s, n, latents, plan):
             seen.append((s, n))
             if (s, n) == (stage, step):
                 raise Interrupt
@@ -140,7 +140,7 @@ def test_checkpoint_settings_mismatch_and_seed_reuse(make_pipe, small_config, tm
             small_config,
             seed=None,
             checkpoint_dir=checkpoint,
-            callback=lambda s, n, x: (_ for _ in ()).throw(Interrupt),
+            callback=lambda s, n, x, plan: (_ for _ in ()).throw(Interrupt),
         )
     with pytest.raises(ValueError, match=r"belongs to a run with other settings \(prompt differ\)"):
         generate_cascade(

@@ -115,7 +115,7 @@ import pixelsmith.io as io
 name, stage, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sig = getattr(signal, name)
 
-def stop(s, n, latents):
+def stop(s, n, latents, plan):
     if (s, n) == (stage, step):
         os.kill(os.getpid(), sig)
 

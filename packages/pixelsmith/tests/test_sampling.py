@@ -50,12 +50,16 @@ def run_sampler(latents, step_plans, guidance, slider, band, faithful, denoise=f
     return sampler
 
 
-def fuse_reference(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Amplitude of x, phase = circular mean of the phases of x and g (per channel, fp64)."""
+def fuse_reference(x: np.ndarray, g: np.ndarray, guard: bool) -> np.ndarray:
+    """Amplitude of x, phase = circular mean of the phases of x and g (per channel, fp64).
+
+    ``guard`` keeps x's phase where the mean is undefined; without it, the official formula:
+    the angle of the phasor sum as it comes out.
+    """
     spec_x = np.fft.rfft2(x, norm="ortho")
     spec_g = np.fft.rfft2(g, norm="ortho")
     mix = (np.exp(1j * np.angle(spec_x)) + np.exp(1j * np.angle(spec_g))) / 2
-    phase = np.where(np.abs(mix) < 1e-8, np.angle(spec_x), np.angle(mix))
+    phase = np.where(guard & (np.abs(mix) < 1e-8), np.angle(spec_x), np.angle(mix))
     return np.fft.irfft2(np.abs(spec_x) * np.exp(1j * phase), s=x.shape[-2:], norm="ortho")
 
 
@@ -76,12 +80,12 @@ def reference(latents, step_plans, guidance, slider, band, faithful):
             crop = x[window].copy()
             if faithful:
                 if n < slider:
-                    crop = fuse_reference(crop, crop if n == 0 else guide(patch, n))
+                    crop = fuse_reference(crop, crop if n == 0 else guide(patch, n), guard=False)
                 crop = np.where(advanced, snapshot[window], crop)
             else:
                 crop = np.where(advanced, snapshot[window], crop)
                 if n < slider:
-                    crop = fuse_reference(crop, guide(patch, n))
+                    crop = fuse_reference(crop, guide(patch, n), guard=True)
             new = fake_denoise(torch.from_numpy(crop), [patch], n).numpy()
             if n < slider - 1:
                 nxt = guide(patch, n + 1)

@@ -145,10 +145,12 @@ def test_a_failed_turn_leaves_the_conversation_as_it_was(model, registry, image,
     outside = Region(Box(100, 100, 120, 120), image=0)  # the image is 64x48
     with pytest.raises(RegionError, match=r"lies outside the 64x48 image"):
         assistant.chat("look here", images=[image], regions=[outside])
-    assert assistant.messages == [] and assistant.counts == InputCounts(0, 0, 0)
+    assert assistant.messages == [] and assistant.counts == InputCounts(0, 0, region_images=())
     turn = assistant.chat("what is this?", images=[image])  # works: nothing left behind
     assert [m.role for m in assistant.messages] == ["user", "assistant"]
-    assert turn.user == "<image>\nwhat is this?" and assistant.counts == InputCounts(1, 0, 0)
+    assert turn.user == "<image>\nwhat is this?" and assistant.counts == InputCounts(
+        1, 0, region_images=()
+    )
 
 
 def test_echoed_placeholders_are_dropped_from_replies(

@@ -68,7 +68,12 @@ def test_run_with_a_region_flag(tmp_path, model_dir, specialists_file, image_fil
     assert status == 0
     turn = json.loads((out / "turn.json").read_text())
     assert turn["user"].endswith("where is the dog in this box? (region 0: <region>)")
-    assert turn["invocations"][0]["calls"][0]["args"] == {"text": "the dog", "image": "$image0"}
+    # the user's box reaches the segmentation call (official grammar, no <region> of its own)
+    assert turn["invocations"][0]["calls"][0]["args"] == {
+        "text": "the dog", "image": "$image0", "region": "$region0",
+    }  # fmt: skip
+    mask = np.asarray(Image.open(out / "c1_mask.png")) > 0
+    assert not mask[24:].any() and not mask[:, 32:].any()
 
 
 @pytest.mark.parametrize(

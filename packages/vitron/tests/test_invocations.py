@@ -251,7 +251,6 @@ def test_modules_work_on_media_made_earlier_in_the_reply_else_the_newest_input()
         ("</module>", None, r"closing </module> without an opening tag"),
         ("<module>A</module><instruction> </instruction>", None, r"empty instruction"),
         ("<module>B</module><instruction>dog</instruction>", InputCounts(images=0), r"needs an input image, but the conversation has none"),
-        ("<module>C</module><instruction>a cat</instruction>", InputCounts(images=1), r"image editing needs a mask: give a <region> or segment first"),
         ("<module>F</module><instruction>a robot</instruction>", InputCounts(videos=1), r"video editing needs two instructions \(foreground, background\), got 1"),
         ("<module>B</module><instruction>d</instruction><region>1 2 3</region>", InputCounts(images=1), r"region must be \[x1, y1, x2, y2\]"),
         ("<module>B</module><instruction>d</instruction><region>a b c d</region>", InputCounts(images=1), r"region must be four numbers, got 'a b c d'"),

@@ -3,6 +3,8 @@
 First category (spatial layout kept): original, grayscale, Gaussian blur (kernel 11, sigma 5);
 their features are averaged. Second category (pixels moved): vertical and horizontal flips;
 their logits are flipped back and averaged. ``logits = lam * first + (1 - lam) * flips``.
+With image engineering off (the official ``img_engineering=False``) only the original crop is
+encoded and its logits are the crop's logits (``lam`` plays no part).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 VARIANTS = ("original", "gray", "blur", "vflip", "hflip")
 FIRST_CATEGORY = 3  # the first three variants keep the spatial layout
+
+
+def num_variants(image_engineering: bool = True) -> int:
+    """Images encoded per crop: the five variants, or the original only."""
+    return len(VARIANTS) if image_engineering else 1
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -56,7 +63,11 @@ def gaussian_blur(images: Tensor, size: int = BLUR_KERNEL, sigma: float = BLUR_S
 
 
 def make_variants(
-    crops: Tensor, mean: Sequence[float], std: Sequence[float], faithful: bool = False
+    crops: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    faithful: bool = False,
+    image_engineering: bool = True,
 ) -> Tensor:
     """The five normalised variants of each crop, variant-major within each crop.
 
@@ -66,11 +77,15 @@ def make_variants(
         std: normalisation std.
         faithful: apply grayscale and blur to the normalised crop (the official code) instead
             of to the RGB crop before normalisation.
+        image_engineering: ``False`` gives the normalised original crops only.
 
     Returns:
-        (n * 5, 3, h, w): for each crop, original, gray, blur, vflip, hflip.
+        (n * 5, 3, h, w): for each crop, original, gray, blur, vflip, hflip; (n, 3, h, w)
+        without image engineering.
     """
     normed = normalize(crops, mean, std)
+    if not image_engineering:
+        return normed  # (n, 3, h, w): original only
     if faithful:
         gray, blur = grayscale(normed), gaussian_blur(normed)
     else:
@@ -88,14 +103,24 @@ def combine_variant_logits(features: Tensor, text: Tensor, lam: float) -> Tensor
     with linear combinations, so mixing the features on the token grid and upsampling once
     (the caller does, see ``itaclip.stitching``) gives the same logits up to float rounding.
 
+    With one variant (image engineering off) the logits are those of the original crop.
+
     Args:
-        features: (n, 5, h, w, C) patch features, variants in ``VARIANTS`` order.
+        features: (n, 5, h, w, C) patch features, variants in ``VARIANTS`` order, or
+            (n, 1, h, w, C) of the original crops only.
         text: (Q, C) query embeddings.
-        lam: weight of the first category.
+        lam: weight of the first category (unused with one variant).
 
     Returns:
         (n, Q, h, w) logits on the token grid.
     """
+    if features.shape[1] == 1:
+        return torch.einsum("nhwc,qc->nqhw", features[:, 0], text)
+    if features.shape[1] != len(VARIANTS):
+        raise ValueError(
+            f"features must hold 1 or {len(VARIANTS)} variants per crop (dim 1), "
+            f"got {tuple(features.shape)}"
+        )
     first = features[:, :FIRST_CATEGORY].mean(1)  # (n, h, w, C), not renormalised
     flips = 0.5 * (features[:, 3].flip(1) + features[:, 4].flip(2))  # flipped back: h, then w
     mixed = lam * first + (1 - lam) * flips  # (n, h, w, C)

@@ -15,6 +15,18 @@ from itaclip.text import atomic_write_bytes
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def check_unit_range(image: np.ndarray | Tensor) -> None:
+    """Raise unless every value of a float image lies in [0, 1] (NaN does not)."""
+    size = image.numel() if isinstance(image, Tensor) else image.size
+    if size == 0 or bool(((image >= 0) & (image <= 1)).all()):
+        return
+    low, high = float(image.min()), float(image.max())
+    raise ValueError(
+        f"float images must lie in [0, 1], got range [{low:g}, {high:g}] "
+        "(divide 0-255 values by 255, or pass uint8)"
+    )
+
+
 def _array_to_unit(array: np.ndarray) -> np.ndarray:
     """Integer or float array -> float32 in [0, 1] (integers scaled by their dtype's max)."""
     if array.dtype == np.bool_:
@@ -22,10 +34,7 @@ def _array_to_unit(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float32) / np.iinfo(array.dtype).max
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise ValueError(
-                f"float images must lie in [0, 1], got range [{array.min()}, {array.max()}]"
-            )
+        check_unit_range(array)
         return array.astype(np.float32)
     raise TypeError(f"unsupported image dtype {array.dtype}")
 
@@ -36,6 +45,9 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     Accepts PIL images (L, LA, P, RGB, RGBA, 16-bit I;16 / I), (H, W) / (H, W, 1|3|4) arrays of
     uint8, uint16 or floats in [0, 1], and (3, H, W) float tensors in [0, 1]. Alpha is dropped;
     grayscale is repeated over three channels.
+
+    Raises:
+        ValueError: a float array or tensor with a value outside [0, 1] (or NaN).
     """
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
@@ -43,6 +55,7 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
                 "tensor images must be float (3, H, W) RGB in [0, 1], got "
                 f"{image.dtype} {tuple(image.shape)}"
             )
+        check_unit_range(image)
         return image.float()
     if isinstance(image, Image.Image):
         if image.mode in SIXTEEN_BIT_MODES:

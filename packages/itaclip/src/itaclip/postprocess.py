@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -64,6 +66,49 @@ def morphological_closing(labels: Tensor, size: int = 3) -> Tensor:
     return x[0, 0].to(labels.dtype)
 
 
+class ClassOutputs(NamedTuple):
+    """Labels and probabilities from query logits (``classify_query_logits``).
+
+    Args:
+        labels: (H, W) int64 final labels (after the closing, when it is on).
+        probs: (C, H, W) fp32 class probabilities (after the area threshold).
+        labels_before_closing: (H, W) int64 labels after the thresholds, before the closing
+            (equal to ``labels`` when the closing is off).
+    """
+
+    labels: Tensor
+    probs: Tensor
+    labels_before_closing: Tensor
+
+
+def classify_query_logits(
+    logits: Tensor,
+    segments: list[tuple[int, int]],
+    logit_scale: float,
+    prob_thd: float = 0.0,
+    area_thd: float | None = None,
+    background: int | None = None,
+    closing: bool = False,
+) -> ClassOutputs:
+    """Label map (before and after the closing) and class probabilities from query logits.
+
+    Args:
+        logits: (Q, H, W) cosine logits.
+        segments: (start, end) query range of each class.
+        logit_scale: softmax temperature over the queries.
+        prob_thd: pixels with max class probability below it become ``background``.
+        area_thd: see ``area_threshold``; ``None`` = off.
+        background: background class index; thresholds are skipped without one.
+        closing: 3x3 morphological closing of the label map (official quirk).
+    """
+    probs = segment_max((logits.float() * logit_scale).softmax(0), segments)  # (C, H, W)
+    if area_thd is not None and background is not None:
+        probs = area_threshold(probs, area_thd, background)
+    before = probability_labels(probs, prob_thd, background)
+    labels = morphological_closing(before) if closing else before
+    return ClassOutputs(labels, probs, before)
+
+
 def query_logits_to_classes(
     logits: Tensor,
     segments: list[tuple[int, int]],
@@ -75,22 +120,12 @@ def query_logits_to_classes(
 ) -> tuple[Tensor, Tensor]:
     """Label map and class probabilities from (Q, H, W) query logits.
 
-    Args:
-        logits: (Q, H, W) cosine logits.
-        segments: (start, end) query range of each class.
-        logit_scale: softmax temperature over the queries.
-        prob_thd: pixels with max class probability below it become ``background``.
-        area_thd: see ``area_threshold``; ``None`` = off.
-        background: background class index; thresholds are skipped without one.
-        closing: 3x3 morphological closing of the label map (official quirk).
+    Same arguments as ``classify_query_logits``.
 
     Returns:
         (H, W) int64 labels and (C, H, W) fp32 class probabilities.
     """
-    probs = segment_max((logits.float() * logit_scale).softmax(0), segments)  # (C, H, W)
-    if area_thd is not None and background is not None:
-        probs = area_threshold(probs, area_thd, background)
-    labels = probability_labels(probs, prob_thd, background)
-    if closing:
-        labels = morphological_closing(labels)
+    labels, probs, _ = classify_query_logits(
+        logits, segments, logit_scale, prob_thd, area_thd, background, closing
+    )
     return labels, probs

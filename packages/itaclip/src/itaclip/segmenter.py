@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,11 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common_kernels import tile_grid
-from itaclip.engineering import VARIANTS, combine_variant_logits, make_variants, normalize
+from itaclip.auxfile import load_aux_texts
+from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
 from itaclip.io import to_rgb_tensor
 from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder
 from itaclip.pamr import pamr
-from itaclip.postprocess import query_logits_to_classes
+from itaclip.postprocess import classify_query_logits
 from itaclip.presets import check_preset, dataset_classes
 from itaclip.stitching import stitch_windows, window_axis_matrix
 from itaclip.text import (
@@ -48,13 +50,16 @@ class SegmenterConfig:
         crop: sliding-window size.
         stride: sliding-window step, in ``[1, crop]``.
         lam: weight of the first image-engineering category (original, gray, blur).
+        img_engineering: encode the five crop variants (original, gray, blur and two flips);
+            ``False`` (the official switch off) encodes the original crop only, and ``lam``
+            plays no part.
         alpha: weight of the auxiliary text in the query features.
         aux: auxiliary text kind of the preset's dataset, ``"definition"`` or ``"synonym"``.
-        logit_scale: softmax temperature over the queries.
-        prob_thd: pixels with a lower max class probability become background.
-        area_thd: area threshold (share of the non-background area), ``None`` = off.
+        logit_scale: softmax temperature over the queries, > 0.
+        prob_thd: pixels with a lower max class probability become background; in [0, 1].
+        area_thd: area threshold (share of the non-background area) in [0, 1], ``None`` = off.
         pamr: run PAMR on the query logits.
-        pamr_iterations: PAMR steps.
+        pamr_iterations: PAMR steps, an integer >= 0.
         pamr_dilations: PAMR neighbourhood dilations.
         pamr_chunk: query channels refined at a time.
         batch_size: images per ViT forward pass; ``batch_size // 5`` crops (x 5 variants) go
@@ -71,6 +76,7 @@ class SegmenterConfig:
     crop: int = 224
     stride: int = 28
     lam: float = 0.75
+    img_engineering: bool = True
     alpha: float = 0.15
     aux: str = "definition"
     logit_scale: float = 50.0
@@ -100,6 +106,15 @@ class SegmenterConfig:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.logit_scale > 0:  # also rejects NaN
+            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise ValueError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+        if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
+            raise ValueError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
+        iterations = self.pamr_iterations
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"pamr_iterations must be an integer >= 0, got {iterations!r}")
         if self.precision not in ("auto", *PRECISIONS):
             raise ValueError(
                 f"precision must be 'auto', 'fp32', 'fp16' or 'bf16', got {self.precision!r}"
@@ -123,17 +138,29 @@ class SegmenterConfig:
 
 @dataclass
 class Segmentation:
-    """Result of ``Segmenter.__call__``.
+    """Result of ``Segmenter.__call__``; (H, W) is the input size or the call's ``output_size``.
 
     Args:
-        labels: (H, W) int64 class indices at the input resolution.
+        labels: (H, W) int64 class indices (after the thresholds and, in faithful mode, the
+            3x3 closing).
         probs: (C, H, W) fp32 class probabilities (after the area threshold).
         class_names: display name of each class.
+        labels_before_closing: (H, W) int64 labels after the thresholds, before the closing
+            (equal to ``labels`` unless ``faithful``).
+        query_logits: (Q, H, W) fp32 cosine logits of every query (PAMR-refined when PAMR is
+            on), before the logit scale, softmax and thresholds; only with
+            ``return_query_logits=True``, else ``None``.
+        query_names: the Q queries (every name of every class, class by class).
+        query_class: (Q,) int64 class index of each query.
     """
 
     labels: Tensor
     probs: Tensor
     class_names: tuple[str, ...]
+    labels_before_closing: Tensor | None = None
+    query_logits: Tensor | None = None
+    query_names: tuple[str, ...] = ()
+    query_class: Tensor | None = None
 
 
 def resized_size(height: int, width: int, short_side: int | None, max_long: int):
@@ -142,6 +169,23 @@ def resized_size(height: int, width: int, short_side: int | None, max_long: int)
         return height, width
     scale = min(short_side / min(height, width), max_long / max(height, width))
     return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
+
+
+def check_output_size(
+    output_size: Sequence[int] | None, default: tuple[int, int]
+) -> tuple[int, int]:
+    """``(H, W)`` of the outputs: ``output_size`` checked, or ``default`` when ``None``."""
+    if output_size is None:
+        return default
+    sizes = []
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str):
+        for value in output_size:
+            with contextlib.suppress(TypeError):
+                if not isinstance(value, bool):
+                    sizes.append(operator.index(value))  # ints, numpy and torch integers
+    if len(sizes) != 2 or len(output_size) != 2 or min(sizes) < 1:
+        raise ValueError(f"output_size must be (height, width) with ints >= 1, got {output_size!r}")
+    return sizes[0], sizes[1]
 
 
 class Segmenter(nn.Module):
@@ -269,7 +313,8 @@ class Segmenter(nn.Module):
 
         Args:
             classes: class names; ``"a,b"`` or ``["a", "b"]`` gives a class two queries.
-            aux_texts: one auxiliary text per class, mixed with weight ``config.alpha``.
+            aux_texts: one auxiliary text per class, mixed with weight ``config.alpha``; the
+                background's may be ``None`` (its queries keep their features anyway).
             background: background class index; its queries keep their original features.
         """
         parsed = parse_classes(classes)
@@ -284,8 +329,21 @@ class Segmenter(nn.Module):
                     f"aux_texts needs one text per class ({parsed.num_classes}), "
                     f"got {len(aux_texts)}"
                 )
+            missing = [i for i, text in enumerate(aux_texts) if text is None]
+            if any(i != background for i in missing):
+                raise ValueError(
+                    f"aux_texts may be None only for the background class ({background}), "
+                    f"got None for class(es) {[i for i in missing if i != background]}"
+                )
             keep = () if background is None else (background,)
-            aux = self.embed(list(aux_texts))
+            if missing:  # the background: a zero row, never used (its queries are kept)
+                given = [text for text in aux_texts if text is not None]
+                aux = self.embed(given) if given else features.new_zeros(0, features.shape[1])
+                aux = torch.cat(
+                    [aux[:background], aux.new_zeros(1, aux.shape[1]), aux[background:]]
+                )
+            else:
+                aux = self.embed(list(aux_texts))
             features = mix_auxiliary(
                 features, aux, parsed.query_class.to(self.device), self.config.alpha, keep
             )
@@ -317,29 +375,40 @@ class Segmenter(nn.Module):
 
     def crop_logits(self, crops: Tensor, text: Tensor) -> Tensor:
         """(n, 3, h, w) RGB crops in [0, 1] -> (n, Q, h', w') combined logits on the token grid."""
-        n = crops.shape[0]
-        pixels = make_variants(crops, self.mean, self.std, self.config.faithful)  # (n*5, 3, h, w)
-        features = self.encode_images(pixels)  # (n*5, h', w', C)
-        features = features.reshape(n, len(VARIANTS), *features.shape[1:])  # (n, 5, h', w', C)
-        return combine_variant_logits(features, text, self.config.lam)
+        cfg = self.config
+        n, variants = crops.shape[0], num_variants(cfg.img_engineering)
+        pixels = make_variants(
+            crops, self.mean, self.std, cfg.faithful, cfg.img_engineering
+        )  # (n*V, 3, h, w), V = 5 variants or 1 (original only)
+        features = self.encode_images(pixels)  # (n*V, h', w', C)
+        features = features.reshape(n, variants, *features.shape[1:])  # (n, V, h', w', C)
+        return combine_variant_logits(features, text, cfg.lam)
 
     @torch.no_grad()
-    def query_logits(self, image: Tensor, text: Tensor) -> Tensor:
-        """Sliding-window logits of every query at the input resolution.
+    def query_logits(
+        self, image: Tensor, text: Tensor, output_size: Sequence[int] | None = None
+    ) -> Tensor:
+        """Sliding-window logits of every query at the input (or the requested) resolution.
 
         Windows go through the ViT in batches; their token-grid logits are stitched, averaged
-        and resized to the input in two matrix products (``itaclip.stitching``), which equals
-        the official upsample-per-window, canvas-add, divide and resize up to float rounding.
+        and resized to the output size in two matrix products (``itaclip.stitching``), which
+        equals the official upsample-per-window, canvas-add, divide and bilinear resize up to
+        float rounding.
 
         Args:
             image: (3, H, W) RGB in [0, 1].
             text: (Q, C) query features.
+            output_size: (H_out, W_out) of the logits (mmsegmentation's ``ori_shape``): the
+                windows slide over the resized image as usual, the stitched logits are resized
+                bilinearly to this size and PAMR runs at it, guided by ``image`` resized
+                bilinearly to it. ``None`` = (H, W).
 
         Returns:
-            (Q, H, W) fp32 logits (PAMR-refined when ``config.pamr``).
+            (Q, H_out, W_out) fp32 logits (PAMR-refined when ``config.pamr``).
         """
         cfg = self.config
         height, width = image.shape[-2:]
+        out_h, out_w = check_output_size(output_size, (height, width))
         image = image.to(self.device)
         new_h, new_w = resized_size(height, width, cfg.short_side, cfg.max_long_side)
         resized = F.interpolate(
@@ -348,7 +417,7 @@ class Segmenter(nn.Module):
         tiles = tile_grid(new_h, new_w, cfg.crop, cfg.stride)
         tops = list(dict.fromkeys(tile.top for tile in tiles))
         lefts = list(dict.fromkeys(tile.left for tile in tiles))
-        per_step = max(1, self.batch_size // len(VARIANTS))
+        per_step = max(1, self.batch_size // num_variants(cfg.img_engineering))
         grid = None
         for start in range(0, len(tiles), per_step):
             group = tiles[start : start + per_step]
@@ -360,12 +429,17 @@ class Segmenter(nn.Module):
             for index, window in enumerate(windows, start=start):
                 row, col = divmod(index, len(lefts))  # tiles are row-major
                 grid[:, row, :, col] = window
-        rows = window_axis_matrix(new_h, tops, tiles[0].height, token_h, height)  # (H, rows * th)
-        cols = window_axis_matrix(new_w, lefts, tiles[0].width, token_w, width)  # (W, cols * tw)
+        rows = window_axis_matrix(new_h, tops, tiles[0].height, token_h, out_h)  # (Ho, rows*th)
+        cols = window_axis_matrix(new_w, lefts, tiles[0].width, token_w, out_w)  # (Wo, cols*tw)
         grid = grid.flatten(3, 4).flatten(1, 2)  # (Q, rows * th, cols * tw)
-        logits = stitch_windows(grid, rows, cols)[None]  # (1, Q, H, W)
+        logits = stitch_windows(grid, rows, cols)[None]  # (1, Q, Ho, Wo)
         if cfg.pamr:
-            guide = normalize(image[None], self.mean, self.std)  # (1, 3, H, W)
+            guide = image[None]  # (1, 3, H, W)
+            if (out_h, out_w) != (height, width):
+                guide = F.interpolate(
+                    guide, size=(out_h, out_w), mode="bilinear", align_corners=False
+                )
+            guide = normalize(guide, self.mean, self.std)  # (1, 3, Ho, Wo)
             logits = pamr(guide, logits, cfg.pamr_iterations, cfg.pamr_dilations, cfg.pamr_chunk)
         return logits[0]
 
@@ -382,8 +456,13 @@ class Segmenter(nn.Module):
         self,
         image: Any,
         classes: Sequence[str | Sequence[str]] | None = None,
-        aux_texts: Sequence[str] | None = None,
+        aux_texts: Sequence[str | None] | None = None,
         background: int | None = None,
+        *,
+        aux_file: str | os.PathLike | None = None,
+        check_aux_names: bool = True,
+        output_size: Sequence[int] | None = None,
+        return_query_logits: bool = False,
     ) -> Segmentation:
         """Segment one image.
 
@@ -392,23 +471,45 @@ class Segmenter(nn.Module):
             classes: class names (``"cat"``, ``"person,man"``); ``None`` = the preset's.
             aux_texts: one auxiliary text per class (definition or synonym), optional.
             background: index of the background class (enables the thresholds), optional.
+            aux_file: auxiliary texts from a file in the official format (``name >=text``
+                lines, one per non-background class, in class order; see
+                ``itaclip.auxfile``); replaces ``aux_texts``.
+            check_aux_names: require each ``aux_file`` line's name to be one of its class's
+                names (case-insensitive).
+            output_size: (H_out, W_out) of the labels, probabilities and logits
+                (mmsegmentation's ``ori_shape``; see ``query_logits``); ``None`` = the input's.
+            return_query_logits: also return the (Q, H_out, W_out) query logits.
 
         Returns:
-            ``Segmentation`` with (H, W) labels and (C, H, W) probabilities.
+            ``Segmentation`` with (H, W) labels, labels before the closing and (C, H, W)
+            probabilities (and the query logits when asked).
         """
+        if aux_file is not None and aux_texts is not None:
+            raise ValueError("pass aux_texts or aux_file, not both")
         classes, aux_texts, background = self.resolve_classes(classes, aux_texts, background)
+        if aux_file is not None:
+            aux_texts = load_aux_texts(aux_file, classes, background, check_aux_names)
         parsed, text = self.text_features(classes, aux_texts, background)
-        logits = self.query_logits(to_rgb_tensor(image), text)
-        labels, probs = query_logits_to_classes(
+        logits = self.query_logits(to_rgb_tensor(image), text, output_size)
+        cfg = self.config
+        labels, probs, before = classify_query_logits(
             logits,
             parsed.segments(),
-            self.config.logit_scale,
-            self.config.prob_thd,
-            self.config.area_thd,
+            cfg.logit_scale,
+            cfg.prob_thd,
+            cfg.area_thd,
             background,
-            closing=self.config.faithful,
+            closing=cfg.faithful,
         )
-        return Segmentation(labels.cpu(), probs.cpu(), parsed.names)
+        return Segmentation(
+            labels.cpu(),
+            probs.cpu(),
+            parsed.names,
+            labels_before_closing=before.cpu().clone(),  # never aliases labels
+            query_logits=logits.cpu() if return_query_logits else None,
+            query_names=parsed.queries,
+            query_class=parsed.query_class.clone(),
+        )
 
     def with_config(self, **changes: Any) -> Segmenter:
         """A segmenter sharing this one's model and text caches, with some settings changed."""

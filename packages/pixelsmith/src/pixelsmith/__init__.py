@@ -7,7 +7,13 @@ Public API: :class:`PixelsmithPipeline` (a diffusers SDXL pipeline with Pixelsmi
 from pixelsmith.cascade import generate_cascade
 from pixelsmith.config import PixelsmithConfig
 from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
-from pixelsmith.pipelines import PixelsmithOutput, PixelsmithPipeline, StageStats
+from pixelsmith.pipelines import (
+    PixelsmithOutput,
+    PixelsmithPipeline,
+    StageStats,
+    StepPlan,
+    TextConditioning,
+)
 
 __version__ = "0.2.0"
 
@@ -19,6 +25,8 @@ __all__ = [
     "PixelsmithPipeline",
     "RandomPlanner",
     "StageStats",
+    "StepPlan",
+    "TextConditioning",
     "__version__",
     "generate_cascade",
     "minimum_patches",

@@ -10,6 +10,7 @@ image is streamed to disk (BigTIFF for .tif) and the run is checkpointed after e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,9 +24,9 @@ from tqdm.auto import tqdm
 from pixelsmith.checkpoint import CheckpointStore
 from pixelsmith.config import PixelsmithConfig, validate_cascade
 from pixelsmith.io import MAX_PIL_PIXELS, check_output_path, collect_uint8, write_image
-from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, TextConditioning
+from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextConditioning
 
-StepCallback = Callable[[int, int, Tensor], None]
+CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
 logger = logging.getLogger("pixelsmith")
 
 
@@ -52,6 +53,14 @@ def pipeline_identity(pipe: PixelsmithPipeline) -> dict:
     }
 
 
+def tensor_digest(tensor: Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes: identifies precomputed embeddings in a run."""
+    data = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())  # (bytes,)
+    return digest.hexdigest()
+
+
 def intermediate_path(output: Path, size: tuple[int, int]) -> Path:
     """Where the image of an intermediate stage goes: ``<stem>_<H>x<W><suffix>``."""
     return output.with_name(f"{output.stem}_{size[0]}x{size[1]}{output.suffix}")
@@ -60,7 +69,7 @@ def intermediate_path(output: Path, size: tuple[int, int]) -> Path:
 @torch.no_grad()
 def generate_cascade(
     pipe: PixelsmithPipeline,
-    prompt: str,
+    prompt: str | None,
     sizes: Sequence[int | tuple[int, int]],
     sliders: Sequence[int],
     *,
@@ -79,7 +88,11 @@ def generate_cascade(
     save_intermediate: bool = False,
     compression: str | None = None,
     progress: bool = True,
-    callback: StepCallback | None = None,
+    callback: CascadeCallback | None = None,
+    prompt_embeds: Tensor | None = None,
+    pooled_prompt_embeds: Tensor | None = None,
+    negative_prompt_embeds: Tensor | None = None,
+    negative_pooled_prompt_embeds: Tensor | None = None,
 ) -> Image.Image | Path:
     """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
 
@@ -109,7 +122,13 @@ def generate_cascade(
             (``<stem>_<H>x<W><suffix>``).
         compression: TIFF compression passed to tifffile (e.g. ``"zlib"``).
         progress: show progress bars (stages, steps, VAE tiles).
-        callback: called as ``callback(stage, step, latents)`` after every Pixelsmith step.
+        callback: called as ``callback(stage, step, latents, plan)`` after every Pixelsmith
+            step, ``plan`` the step's :class:`~pixelsmith.StepPlan` (patches, rolls, time_ids).
+        prompt_embeds: precomputed (1, L, D) prompt embeddings instead of ``prompt`` (then
+            ``None``); diffusers' names, as in ``StableDiffusionXLPipeline``.
+        pooled_prompt_embeds: precomputed (1, P) pooled embedding (with ``prompt_embeds``).
+        negative_prompt_embeds: precomputed (1, L, D) negative embeddings.
+        negative_pooled_prompt_embeds: precomputed (1, P) negative pooled embedding.
 
     Returns:
         The final PIL image, or the path of the written file when ``output`` is given.
@@ -142,7 +161,22 @@ def generate_cascade(
         )
     elif save_intermediate:
         raise ValueError("save_intermediate=True needs an output path")
+    embeds = {
+        "prompt_embeds": prompt_embeds,
+        "pooled_prompt_embeds": pooled_prompt_embeds,
+        "negative_prompt_embeds": negative_prompt_embeds,
+        "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
+    }
+    text = pipe.encode_text(
+        prompt,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        prompt_2=prompt_2,
+        negative_prompt_2=negative_prompt_2,
+        **embeds,
+    )
     settings = {
+        "embeddings": {name: tensor_digest(t) for name, t in embeds.items() if t is not None},
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "prompt_2": prompt_2,
@@ -168,13 +202,6 @@ def generate_cascade(
         generator.seed()
     else:
         generator.manual_seed(seed)
-    text = pipe.encode_text(
-        prompt,
-        guidance_scale=guidance_scale,
-        negative_prompt=negative_prompt,
-        prompt_2=prompt_2,
-        negative_prompt_2=negative_prompt_2,
-    )
     run = _CascadeRun(
         pipe,
         text,
@@ -216,7 +243,7 @@ class _CascadeRun:
         store: CheckpointStore | None,
         checkpoint_every: int,
         progress: bool,
-        callback: StepCallback | None,
+        callback: CascadeCallback | None,
         intermediate_output: Path | None,
     ) -> None:
         self.pipe = pipe
@@ -286,12 +313,12 @@ class _CascadeRun:
                 store.save_inputs(stage, guidance, noise)
                 store.save_progress(stage, latents, 0, self.generator.get_state())
 
-        def on_step(step: int, current: Tensor) -> None:
+        def on_step(step: int, current: Tensor, plan: StepPlan) -> None:
             done = step + 1
             if store is not None and (done % self.checkpoint_every == 0 or done == self.num_steps):
                 store.save_progress(stage, current, done, self.generator.get_state())
             if self.callback is not None:
-                self.callback(stage, step, current)
+                self.callback(stage, step, current, plan)
 
         pipe.sample_stage(
             self.text,

@@ -17,7 +17,6 @@ calls. The rest of the pipeline (tokenization, signal embeddings, routing) stays
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,15 @@ from typing import Any
 
 from PIL import Image
 
-from vitron.invocations import InputCounts, Invocation, InvocationError, ParsedReply, parse_reply
+from vitron.invocations import (
+    InputCounts,
+    Invocation,
+    InvocationError,
+    ParsedReply,
+    parse_reply,
+    strip_eos,
+    strip_placeholders,
+)
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message
 from vitron.regions import Region
@@ -132,7 +139,9 @@ class Assistant:
     @property
     def counts(self) -> InputCounts:
         return InputCounts(
-            len(self.inputs.images), len(self.inputs.videos), len(self.inputs.regions)
+            len(self.inputs.images),
+            len(self.inputs.videos),
+            region_images=tuple(r.image for r in self.inputs.regions),
         )
 
     def user_message(self, text: str, images, videos, regions) -> str:
@@ -208,6 +217,7 @@ class Assistant:
                     grammar=self.grammar,
                     counts=self.counts,
                     signal_token=self.model.config.signal_token,
+                    placeholders=input_placeholders(self.model.config),
                 )
             except InvocationError as err:
                 turn.parse_error = str(err)
@@ -262,15 +272,15 @@ class Assistant:
         return {call.id: e[1] for call, e in zip(calls, last, strict=True) if e is not None}
 
 
-def clean_reply(text: str, config) -> str:
-    """A model reply as the history keeps it: end-of-sequence strings and echoed input tokens
-    removed (image and video tokens, and region tokens that are not an official
-    ``<region>...</region>`` tag): each of those tokens stands for one conversation input, so
-    an echo would shift the inputs of every later turn."""
-    from vitron.invocations import strip_eos
+def input_placeholders(config) -> tuple[str, str, str]:
+    return (config.image_token, config.video_token, config.region_token)
 
-    text = strip_eos(text)
-    for token in (config.image_token, config.video_token):
-        text = text.replace(token, "")
-    text = re.sub(re.escape(config.region_token) + r"(?![^<]*</region>)", "", text)
-    return text.strip()
+
+def clean_reply(text: str, config) -> str:
+    """A model reply as the history keeps it: end-of-sequence strings, official end markers
+    (``<SP>None</SP>``) and echoed input placeholders removed (image and video tokens, and region
+    tokens that do not open an official ``<region>...</region>`` tag), exactly as
+    :func:`~vitron.invocations.parse_reply` removes them. A ``<region>`` tag that stays is an
+    ordinary token of the reply, never a conversation input (see
+    :meth:`vitron.processing.VitronProcessor.sample`)."""
+    return strip_placeholders(strip_eos(text), input_placeholders(config)).strip()

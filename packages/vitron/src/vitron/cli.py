@@ -5,7 +5,8 @@ vitron run "segment the dog and make it a cat" --image dog.png -o out/ --model D
           [--reply-file reply.txt]
 vitron chat --model DIR_OR_HUB_ID --image dog.png -o out/
 vitron app --model DIR_OR_HUB_ID -o out/ [--port 7860]   (a local Gradio page; vitron[app])
-vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...'
+vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...' [--images N]
+          [--videos N] [--region K ...]
 vitron specialists [--specialists specialists.json]
 vitron train --model DIR --data train.jsonl --stage 2 -o trained/ [--lora-rank 8]
 vitron tiny-model DIR            (a tiny random Vitron model folder, for trying things out)
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vitron.invocations import GRAMMARS, InvocationError, parse_reply
+from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
 
 REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
 
@@ -288,8 +289,14 @@ def run_app(args: argparse.Namespace) -> int:
 
 def run_parse(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.reply == "-" else args.reply
+    counts = None
+    if args.images is not None or args.videos is not None or args.region:
+        images = args.images if args.images is not None else max(args.region or [-1]) + 1
+        if any(not 0 <= k < images for k in args.region or []):
+            raise SystemExit(f"error: --region needs an image index below --images {images}")
+        counts = InputCounts(images, args.videos, region_images=tuple(args.region or ()))
     try:
-        parsed = parse_reply(text, grammar=args.grammar)
+        parsed = parse_reply(text, grammar=args.grammar, counts=counts)
     except InvocationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -415,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     parse = commands.add_parser("parse", help="parse a reply (or - for stdin) into calls")
     parse.add_argument("reply")
     parse.add_argument("--grammar", choices=GRAMMARS, default="auto")
+    parse.add_argument("--images", type=int, default=None, help="input images the reply sees")
+    parse.add_argument("--videos", type=int, default=None, help="input videos the reply sees")
+    parse.add_argument(
+        "--region", type=int, action="append", metavar="K",
+        help="a user-drawn region on image K (repeatable, in order: $region0, $region1, ...)",
+    )  # fmt: skip
     specialists = commands.add_parser("specialists", help="list the adapters and what they need")
     specialists.add_argument("--specialists", default=None)
     specialists.add_argument("--set", action="append")

@@ -1,7 +1,9 @@
 """Splice media embeddings into token embeddings at their placeholders.
 
 Each placeholder token (``<image>``, ``<video>``, ``<region>``) is replaced by its media's
-embedding rows (an image: grid^2 rows, a video: frames x pooled grid^2 rows, a region: one row).
+embedding rows (an image: grid^2 rows, a video: frames x pooled grid^2 rows, a region: one row);
+with a ``media_mask`` (``Sample.placeholder_mask``) only the marked ones are: a placeholder token
+inside an assistant reply (an official ``<region>...</region>`` tag) keeps its token embedding.
 Signal positions are those the sample's ``signal_index`` marks (signal tokens of assistant
 replies, see :func:`vitron.processing.encode_conversation`), never every signal-token id.
 Labels of media rows are ``IGNORE_INDEX``. Sequences longer than ``max_length`` are cut, but
@@ -61,6 +63,7 @@ def splice_batch(
     *,
     labels: Sequence[Tensor] | None = None,
     signal_index: Sequence[Tensor | None] | None = None,
+    media_mask: Sequence[Tensor | None] | None = None,
     max_length: int | None = None,
     padding_side: str = "right",
 ) -> Spliced:
@@ -74,6 +77,9 @@ def splice_batch(
         labels: per sample, (L_i,) labels.
         signal_index: per sample, (L_i,) the call index of each token that is a call's signal,
             -1 elsewhere (``Sample.signal_index``); ``None`` (for all or one sample): no signals.
+        media_mask: per sample, (L_i,) bool: which placeholder tokens stand for media
+            (``Sample.placeholder_mask``; a placeholder token inside an assistant reply is an
+            ordinary token); ``None`` (for all or one sample): every placeholder token does.
         max_length: cut each spliced sequence to at most this many rows (``None`` = no cut).
         padding_side: ``"right"`` or ``"left"``.
     """
@@ -88,6 +94,7 @@ def splice_batch(
             placeholders,
             None if labels is None else labels[i],
             None if signal_index is None else signal_index[i],
+            None if media_mask is None else media_mask[i],
         )
         rows_i, labels_i, spans_i, signals_i = _truncate(*sample, max_length)
         rows.append(rows_i)
@@ -115,11 +122,17 @@ def splice_batch(
     )
 
 
-def _splice_one(ids, embeds, media, placeholders, labels, signal_index):
+def _splice_one(ids, embeds, media, placeholders, labels, signal_index, media_mask=None):
     """One sample: (rows (N, H), labels (N,), spans, [(signal position, call index)])."""
     is_placeholder = torch.zeros_like(ids, dtype=torch.bool)
     for token_id in placeholders:
         is_placeholder |= ids == token_id
+    if media_mask is not None:
+        if media_mask.shape != ids.shape:
+            raise ValueError(
+                f"media_mask has shape {tuple(media_mask.shape)}; expected {tuple(ids.shape)}"
+            )
+        is_placeholder &= media_mask.to(ids.device)
     where = torch.nonzero(is_placeholder)[:, 0].tolist()
     if len(where) != len(media):
         raise ValueError(f"sample has {len(where)} placeholders but {len(media)} media embeddings")

@@ -256,6 +256,10 @@ class Sample:
         signal_index: (L,) for each token, the index in ``signal_tasks`` of the call whose
             signal token it is (signal tokens of assistant replies only), -1 everywhere else;
             ``None``: the sample has no signals.
+        placeholder_mask: (L,) bool, True at the placeholder tokens that stand for an image,
+            video or region (those outside assistant replies); a placeholder token inside a
+            reply (the ``<region>`` of an official ``<region>...</region>`` tag) is an ordinary
+            token with its own embedding. ``None``: every placeholder token counts.
     """
 
     input_ids: Tensor
@@ -267,6 +271,7 @@ class Sample:
     signal_targets: list[Tensor | None] = field(default_factory=list)
     geometries: list[Geometry] = field(default_factory=list)
     signal_index: Tensor | None = None
+    placeholder_mask: Tensor | None = None
 
 
 class VitronProcessor:
@@ -335,7 +340,8 @@ class VitronProcessor:
         ids, labels, signal_index = encode_conversation(
             self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt
         )
-        self.check_placeholders(ids, len(images), len(videos), len(regions))
+        media = self.placeholder_mask(ids, labels)
+        self.check_placeholders(ids, len(images), len(videos), len(regions), media)
         processed = [self.image(im) for im in images]
         geometries = [g for _, g in processed]
         tasks = tuple(
@@ -354,19 +360,34 @@ class VitronProcessor:
             signal_targets=targets,
             geometries=geometries,
             signal_index=signal_index,
+            placeholder_mask=media,
         )
+
+    def placeholder_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        """(L,) bool: the placeholder tokens outside assistant replies (whose ``labels`` are
+        ``IGNORE_INDEX``; see :func:`encode_conversation`). Only those stand for media: a
+        reply is written by the model, and a placeholder token in it (an official
+        ``<region>...</region>`` tag) is just a token it wrote."""
+        cfg = self.config
+        tokens = (cfg.image_token, cfg.video_token, cfg.region_token)
+        is_placeholder = torch.isin(ids, torch.tensor([self.token_id(t) for t in tokens]))
+        return is_placeholder & (labels == IGNORE_INDEX)
 
     def token_id(self, token: str) -> int:
         return self.tokenizer.convert_tokens_to_ids(token)
 
-    def check_placeholders(self, ids: Tensor, images: int, videos: int, regions: int) -> None:
+    def check_placeholders(
+        self, ids: Tensor, images: int, videos: int, regions: int, mask: Tensor | None = None
+    ) -> None:
+        """Placeholders (those in ``mask``, default all) must match the media counts."""
         cfg = self.config
         for token, count in (
             (cfg.image_token, images),
             (cfg.video_token, videos),
             (cfg.region_token, regions),
         ):
-            found = int((ids == self.token_id(token)).sum())
+            is_token = ids == self.token_id(token)
+            found = int((is_token if mask is None else is_token & mask).sum())
             if found != count:
                 raise ValueError(
                     f"the conversation has {found} {token} placeholder(s) but {count} "

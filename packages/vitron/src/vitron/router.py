@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from vitron.invocations.schema import Call, Invocation, Ref
-from vitron.regions import Box, Region, RegionError, Stroke, parse_box
+from vitron.regions import Mask, Region, RegionError, Shape, Stroke, parse_box, region_mask_at
 from vitron.specialists.base import Artifact, CallInputs, Consumes, SpecialistError
 from vitron.specialists.registry import SpecialistRegistry
 
@@ -173,8 +174,11 @@ class Router:
             return pool[value.index]
         return done[value.source].outputs[value.name].value
 
-    def resolve_region(self, call: Call, value: Any, inputs: TurnInputs, done) -> Box | Stroke:
-        """A region argument as a shape in the pixels of the call's image."""
+    def resolve_region(self, call: Call, value: Any, inputs: TurnInputs, done) -> Shape:
+        """A region argument as a shape in the pixels of the call's image (of the first frame
+        of its video, for a video call)."""
+        if "video" in call.args:
+            return self.resolve_video_region(call, value, inputs, done)
         image_ref = call.args.get("image")
         image = (
             self.resolve(call, "image", image_ref, inputs, done) if image_ref is not None else None
@@ -196,6 +200,30 @@ class Router:
                 raise SpecialistError(f"call {call.id!r}: a box needs the image it is drawn on")
             return parse_box(value["box"], image.width, image.height)
         return Stroke(value["points"], value["width"])
+
+    def resolve_video_region(self, call: Call, value: Any, inputs: TurnInputs, done) -> Shape:
+        """A video call's region on its first frame. A literal is in the frame's pixels; a
+        user region (drawn on an image) is used as drawn when that image has the frame's size,
+        else stretched onto the frame (its mask resized)."""
+        frames = self.resolve(call, "video", call.args["video"], inputs, done)
+        if not frames:
+            raise SpecialistError(f"call {call.id!r}: the video has no frames")
+        width, height = frames[0].size
+        if not isinstance(value, Ref):
+            if "box" in value:
+                return parse_box(value["box"], width, height)
+            return Stroke(value["points"], value["width"])
+        region = self.resolve(call, "", value, inputs, done)
+        if not 0 <= region.image < len(inputs.images):
+            raise SpecialistError(f"{value} was drawn on an image the turn does not have")
+        image = inputs.images[region.image]
+        if image.size == (width, height):
+            return region.shape
+        mask = region_mask_at(region.shape, image.height, image.width).float()[None, None]
+        stretched = F.interpolate(mask, size=(height, width), mode="nearest")[0, 0]  # (H, W)
+        if not bool(stretched.any()):
+            raise SpecialistError(f"{value} vanishes when stretched onto the video's frames")
+        return Mask(stretched.double())
 
 
 def results_message(outcomes: Sequence[CallOutcome]) -> str:

@@ -6,6 +6,7 @@ from pixelsmith.pipelines.pixelsmith import (
     PixelsmithOutput,
     PixelsmithPipeline,
     StageStats,
+    StepPlan,
     TextConditioning,
     ddim_from_config,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "PixelsmithOutput",
     "PixelsmithPipeline",
     "StageStats",
+    "StepPlan",
     "TextConditioning",
     "ddim_from_config",
 ]

@@ -95,6 +95,32 @@ class StageStats:
     unet_calls_per_step: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What one Pixelsmith step did, as a step callback receives it.
+
+    Args:
+        step: the step index in [0, num_inference_steps).
+        timestep: the scheduler timestep of the step.
+        batches: the patches of the step, one list per UNet call (latent positions ``top``,
+            ``left``, ``size`` and the checkerboard rolls ``roll_left``, ``roll_down``).
+        time_ids: SDXL micro-conditioning of each patch, as ``batches``: (original height,
+            original width, crop top, crop left, target height, target width) in px.
+        fusion: whether the FFT phase fusion with the guidance ran (step < slider).
+        chess: whether the chess mask took half the pixels from the guidance (step < slider - 1).
+    """
+
+    step: int
+    timestep: float
+    batches: list[list[Patch]]
+    time_ids: list[list[list[int]]]
+    fusion: bool
+    chess: bool
+
+
+StepCallback = Callable[[int, Tensor, StepPlan], None]
+
+
 @dataclass
 class PixelsmithOutput:
     """Result of one stage: ``images`` (PIL list or (1, 3, H, W) tensor in [0, 1]) or latents."""
@@ -102,6 +128,70 @@ class PixelsmithOutput:
     images: list[Image.Image] | Tensor | None
     latents: Tensor
     stats: StageStats
+
+
+def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if tensor is None else tensor.to(device)
+
+
+def check_text_inputs(
+    prompt: str | None,
+    prompt_embeds: Tensor | None,
+    pooled_prompt_embeds: Tensor | None,
+    negative_prompt: str | None,
+    negative_prompt_embeds: Tensor | None,
+    negative_pooled_prompt_embeds: Tensor | None,
+) -> None:
+    """One source per text input: a prompt or its embeddings (pooled too), with shapes checked."""
+    if (prompt is None) == (prompt_embeds is None):
+        raise ValueError("give exactly one of prompt and prompt_embeds")
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("give at most one of negative_prompt and negative_prompt_embeds")
+    pairs = (
+        ("prompt_embeds", prompt_embeds, "pooled_prompt_embeds", pooled_prompt_embeds),
+        (
+            "negative_prompt_embeds",
+            negative_prompt_embeds,
+            "negative_pooled_prompt_embeds",
+            negative_pooled_prompt_embeds,
+        ),
+    )
+    for name, embeds, pooled_name, pooled in pairs:
+        if (embeds is None) != (pooled is None):
+            raise ValueError(f"{name} and {pooled_name} must be given together")
+        if embeds is None:
+            continue
+        if embeds.ndim != 3 or embeds.shape[0] != 1:
+            raise ValueError(f"{name} must have shape (1, L, D), got {tuple(embeds.shape)}")
+        if pooled.ndim != 2 or pooled.shape[0] != 1:
+            raise ValueError(f"{pooled_name} must have shape (1, P), got {tuple(pooled.shape)}")
+    if (
+        negative_prompt_embeds is not None
+        and prompt_embeds is not None
+        and (
+            negative_prompt_embeds.shape != prompt_embeds.shape
+            or negative_pooled_prompt_embeds.shape != pooled_prompt_embeds.shape
+        )
+    ):
+        raise ValueError(
+            "negative_prompt_embeds / negative_pooled_prompt_embeds must have the shapes of "
+            f"prompt_embeds {tuple(prompt_embeds.shape)} / pooled_prompt_embeds "
+            f"{tuple(pooled_prompt_embeds.shape)}"
+        )
+
+
+def check_guidance_latents(latents: object, channels: int) -> None:
+    """A finite float (1, channels, h, w) tensor."""
+    if not isinstance(latents, Tensor) or not latents.is_floating_point():
+        raise TypeError(f"guidance_latents must be a float tensor, got {type(latents).__name__}")
+    if latents.ndim != 4 or latents.shape[:2] != (1, channels):
+        raise ValueError(
+            f"guidance_latents must have shape (1, {channels}, h, w), got {tuple(latents.shape)}"
+        )
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError("guidance_latents contains NaN or Inf values")
 
 
 class PixelsmithPipeline(StableDiffusionXLPipeline):
@@ -193,25 +283,55 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
     @torch.no_grad()
     def encode_text(
         self,
-        prompt: str,
+        prompt: str | None = None,
         *,
         guidance_scale: float,
         negative_prompt: str | None = None,
         prompt_2: str | None = None,
         negative_prompt_2: str | None = None,
+        prompt_embeds: Tensor | None = None,
+        pooled_prompt_embeds: Tensor | None = None,
+        negative_prompt_embeds: Tensor | None = None,
+        negative_pooled_prompt_embeds: Tensor | None = None,
     ) -> TextConditioning:
-        """SDXL prompt embeddings; negative ones when ``guidance_scale > 1`` (CFG)."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        """SDXL prompt embeddings from text or precomputed (diffusers' argument names).
+
+        Negative embeddings are made when ``guidance_scale > 1`` (CFG): the given
+        ``negative_*`` ones, else from ``negative_prompt``, else zeros (SDXL's default).
+
+        Args:
+            prompt: the prompt; or ``None`` with ``prompt_embeds`` and ``pooled_prompt_embeds``.
+            guidance_scale: CFG scale.
+            negative_prompt: negative prompt.
+            prompt_2: prompt of the second text encoder (defaults to ``prompt``).
+            negative_prompt_2: negative prompt of the second text encoder.
+            prompt_embeds: (1, L, D) hidden states of both text encoders, concatenated.
+            pooled_prompt_embeds: (1, P) pooled embedding of the second text encoder.
+            negative_prompt_embeds: (1, L, D) negative hidden states.
+            negative_pooled_prompt_embeds: (1, P) negative pooled embedding.
+        """
+        check_text_inputs(
+            prompt,
+            prompt_embeds,
+            pooled_prompt_embeds,
+            negative_prompt,
+            negative_prompt_embeds,
+            negative_pooled_prompt_embeds,
+        )
         cfg = guidance_scale > 1.0
+        device = self._execution_device
         embeds, negative, pooled, negative_pooled = self.encode_prompt(
             prompt,
             prompt_2=prompt_2,
-            device=self._execution_device,
+            device=device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=cfg,
             negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2,
+            prompt_embeds=_on(prompt_embeds, device),
+            pooled_prompt_embeds=_on(pooled_prompt_embeds, device),
+            negative_prompt_embeds=_on(negative_prompt_embeds, device),
+            negative_pooled_prompt_embeds=_on(negative_pooled_prompt_embeds, device),
         )
         return TextConditioning(
             embeds,
@@ -484,7 +604,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
         config: PixelsmithConfig,
         generator: torch.Generator,
         start_step: int = 0,
-        on_step: Callable[[int, Tensor], None] | None = None,
+        on_step: StepCallback | None = None,
         progress: bool = True,
     ) -> StageStats:
         """Pixelsmith sampling of ``latents`` (in place) from ``start_step`` to the end.
@@ -499,7 +619,8 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             config: sampler settings.
             generator: CPU generator for patch placement and stochastic schedulers.
             start_step: first step to run (to resume).
-            on_step: called with (step, latents) after every step.
+            on_step: called as ``on_step(step, latents, plan)`` after every step, ``plan`` the
+                step's :class:`StepPlan` (patches, rolls, time_ids, timestep).
             progress: show a tqdm bar over steps.
         """
         self.check_scheduler()
@@ -540,6 +661,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             disable=not progress,
             leave=False,
         )
+        timesteps = self.scheduler.timesteps.tolist()  # once per stage, for the step plans
         for step in steps:
             batches = planner.plan(step, chess=step < slider - 1, generator=generator)
             sampler.step(step, batches)
@@ -547,14 +669,25 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             stats.unet_calls_per_step.append(len(batches))
             steps.set_postfix(patches=stats.patches_per_step[-1], calls=len(batches))
             if on_step is not None:
-                on_step(step, latents)
+                plan = StepPlan(
+                    step=step,
+                    timestep=timesteps[step],
+                    batches=batches,
+                    time_ids=[
+                        [self._patch_time_ids(p, size_px, config.faithful) for p in batch]
+                        for batch in batches
+                    ],
+                    fusion=step < slider,
+                    chess=step < slider - 1,
+                )
+                on_step(step, latents, plan)
         return stats
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
-        image: Image.Image | Tensor,
+        prompt: str | None = None,
+        image: Image.Image | Tensor | None = None,
         *,
         slider: int,
         height: int | None = None,
@@ -568,15 +701,24 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
         config: PixelsmithConfig | None = None,
         output_type: str = "pil",
         progress: bool = True,
+        prompt_embeds: Tensor | None = None,
+        pooled_prompt_embeds: Tensor | None = None,
+        negative_prompt_embeds: Tensor | None = None,
+        negative_pooled_prompt_embeds: Tensor | None = None,
+        guidance_latents: Tensor | None = None,
+        callback: StepCallback | None = None,
     ) -> PixelsmithOutput:
-        """One Pixelsmith stage: ``image`` guides sampling at ``height x width`` px.
+        """One Pixelsmith stage: ``image`` (or ``guidance_latents``) guides sampling at
+        ``height x width`` px.
 
         Args:
-            prompt: the prompt.
-            image: the previous image (PIL, or a (1, 3, H, W) / (3, H, W) tensor in [0, 1]).
+            prompt: the prompt (or ``None`` with ``prompt_embeds``).
+            image: the previous image (PIL, or a (1, 3, H, W) / (3, H, W) tensor in [0, 1]);
+                ``None`` with ``guidance_latents``.
             slider: guidance steps (an int in [1, num_inference_steps]).
-            height: target height in px (default twice the image's).
-            width: target width in px (default twice the image's).
+            height: target height in px (default twice the image's; with
+                ``guidance_latents``, their size times the VAE factor).
+            width: target width in px (default as ``height``).
             num_inference_steps: denoising steps.
             guidance_scale: CFG scale (CFG off at <= 1).
             negative_prompt: negative prompt (zeros when ``None``, SDXL's default).
@@ -586,6 +728,14 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             config: sampler settings.
             output_type: ``"pil"``, ``"pt"`` ((1, 3, H, W) in [0, 1]) or ``"latent"``.
             progress: show progress bars.
+            prompt_embeds: precomputed (1, L, D) prompt embeddings (diffusers' name).
+            pooled_prompt_embeds: precomputed (1, P) pooled embedding.
+            negative_prompt_embeds: precomputed (1, L, D) negative embeddings.
+            negative_pooled_prompt_embeds: precomputed (1, P) negative pooled embedding.
+            guidance_latents: a (1, C, h, w) z_guid (scaled VAE latents of the resized previous
+                image) used instead of encoding ``image``: no VAE encode and no posterior draw.
+            callback: called as ``callback(step, latents, plan)`` after every step with the
+                step's :class:`StepPlan` (patch positions, rolls, time_ids, timestep).
         """
         config = config or PixelsmithConfig()
         generator = self.check_generator(generator or torch.Generator().manual_seed(0))
@@ -593,10 +743,23 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             raise ValueError(
                 f"output_type must be one of 'pil', 'pt', 'latent', got {output_type!r}"
             )
-        source = self._image_source(image, config.handover_mode)
-        height = height or 2 * source.height
-        width = width or 2 * source.width
         factor = self.vae_scale_factor
+        if (image is None) == (guidance_latents is None):
+            raise ValueError("give exactly one of image and guidance_latents")
+        if guidance_latents is not None:
+            check_guidance_latents(guidance_latents, self.vae.config.latent_channels)
+            height = height or guidance_latents.shape[-2] * factor
+            width = width or guidance_latents.shape[-1] * factor
+            if (height, width) != tuple(s * factor for s in guidance_latents.shape[-2:]):
+                raise ValueError(
+                    f"height x width {height}x{width} must be the guidance_latents' size times "
+                    f"{factor}: {guidance_latents.shape[-2] * factor}x"
+                    f"{guidance_latents.shape[-1] * factor}"
+                )
+        else:
+            source = self._image_source(image, config.handover_mode)
+            height = height or 2 * source.height
+            width = width or 2 * source.width
         if height % factor or width % factor:
             raise ValueError(
                 f"height and width must be multiples of {factor}, got {height}x{width}"
@@ -615,13 +778,22 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             negative_prompt=negative_prompt,
             prompt_2=prompt_2,
             negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
-        resized = (
-            PILLanczosImage(source, height, width, config.max_ram_pixels)
-            if isinstance(source, Image.Image)
-            else LanczosImage(source, height, width)
-        )
-        guide = self.encode_guidance(resized, config=config, generator=generator, progress=progress)
+        if guidance_latents is not None:
+            guide = guidance_latents.to(self._execution_device, torch.float32)
+        else:
+            resized = (
+                PILLanczosImage(source, height, width, config.max_ram_pixels)
+                if isinstance(source, Image.Image)
+                else LanczosImage(source, height, width)
+            )
+            guide = self.encode_guidance(
+                resized, config=config, generator=generator, progress=progress
+            )
         latents, noise = self.prepare_stage(
             guide, num_inference_steps=num_inference_steps, config=config, generator=generator
         )
@@ -634,6 +806,7 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             num_inference_steps=num_inference_steps,
             config=config,
             generator=generator,
+            on_step=callback,
             progress=progress,
         )
         if output_type == "latent":

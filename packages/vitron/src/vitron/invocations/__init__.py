@@ -1,6 +1,13 @@
 """Specialist invocations: the typed schema, the reply parser and the official tag grammar."""
 
-from vitron.invocations.reply import DEFAULT_EOS, GRAMMARS, ParsedReply, parse_reply, strip_eos
+from vitron.invocations.reply import (
+    DEFAULT_EOS,
+    GRAMMARS,
+    ParsedReply,
+    parse_reply,
+    strip_eos,
+    strip_placeholders,
+)
 from vitron.invocations.schema import (
     SCHEMA_VERSION,
     TASKS,
@@ -14,7 +21,7 @@ from vitron.invocations.schema import (
     parse_invocation,
     parse_ref,
 )
-from vitron.invocations.tags import LETTERS, parse_tags, split_instruction
+from vitron.invocations.tags import LETTERS, edit_target, parse_tags, split_instruction
 
 __all__ = [
     "DEFAULT_EOS",
@@ -30,10 +37,12 @@ __all__ = [
     "ParsedReply",
     "Ref",
     "TaskSpec",
+    "edit_target",
     "parse_invocation",
     "parse_ref",
     "parse_reply",
     "parse_tags",
     "split_instruction",
     "strip_eos",
+    "strip_placeholders",
 ]

@@ -18,6 +18,9 @@ from vitron.invocations.tags import TAG_PATTERN, join_kept_text, parse_tags
 
 GRAMMARS = ("auto", "json", "tags")
 DEFAULT_EOS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<eos>")
+# end markers of the official model: "<SP>None</SP>" (also empty, any case and whitespace)
+END_MARKER = re.compile(r"<\s*SP\s*>\s*(?:None)?\s*<\s*/\s*SP\s*>", re.IGNORECASE)
+INPUT_PLACEHOLDERS = ("<image>", "<video>", "<region>")
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,26 @@ class ParsedReply:
 
 
 def strip_eos(text: str, eos: Sequence[str] = DEFAULT_EOS) -> str:
-    """Remove every end-of-sequence string (anywhere: generation can emit them mid-reply)."""
+    """Remove every end-of-sequence string and official end marker (``<SP>None</SP>``),
+    anywhere: generation can emit them mid-reply."""
     for token in eos:
         text = text.replace(token, "")
+    pieces = END_MARKER.split(text)
+    return join_kept_text(pieces) if len(pieces) > 1 else text
+
+
+def strip_placeholders(text: str, placeholders: Sequence[str] = INPUT_PLACEHOLDERS) -> str:
+    """Remove input placeholders a reply echoed (``<image>``, ``<video>``, and a ``<region>``
+    that does not open an official ``<region>...</region>`` tag), joining the text around each
+    as :func:`~vitron.invocations.tags.join_kept_text` does. A placeholder stands for a
+    conversation input; in a reply it is an echo, never an input."""
+    for token in placeholders:
+        bare = re.escape(token)
+        if token.lower() == "<region>":  # an opening region tag is kept for the tag parser
+            bare += r"(?![^<]*<\s*/\s*region\s*>)"
+        pieces = re.split(bare, text)
+        if len(pieces) > 1:
+            text = join_kept_text(pieces)
     return text
 
 
@@ -51,6 +71,7 @@ def parse_reply(
     counts: InputCounts | None = None,
     eos: Sequence[str] = DEFAULT_EOS,
     signal_token: str = "<signal>",
+    placeholders: Sequence[str] = INPUT_PLACEHOLDERS,
 ) -> ParsedReply:
     """Parse an LLM reply.
 
@@ -61,13 +82,15 @@ def parse_reply(
         counts: the conversation's inputs, to check ``$image<k>`` references.
         eos: end-of-sequence strings to remove.
         signal_token: the signal placeholder; its count must be 0 or the number of calls.
+        placeholders: input placeholders removed from the reply where the model echoed them
+            (:func:`strip_placeholders`), exactly as :class:`~vitron.Assistant` does.
 
     Raises:
         InvocationError: a malformed block, or signal tokens that do not match the calls.
     """
     if grammar not in GRAMMARS:
         raise ValueError(f"grammar must be one of {GRAMMARS}, got {grammar!r}")
-    text = strip_eos(text, eos)
+    text = strip_placeholders(strip_eos(text, eos), placeholders)
     num_signals = text.count(signal_token)
     text = text.replace(signal_token, "")
     has_json = BLOCK_OPEN in text or BLOCK_CLOSE in text

@@ -143,8 +143,12 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             "segment_video",
-            "segment a referred object in every frame of a video",
-            (ArgSpec("video", VIDEO, True), ArgSpec("text", TEXT, True)),
+            "segment a referred object in every frame of a video (tracked from a region)",
+            (
+                ArgSpec("video", VIDEO, True),
+                ArgSpec("text", TEXT, True),
+                ArgSpec("region", REGION, help="the object on the first frame; then tracked"),
+            ),
             {"masks": VIDEO, "overlay": VIDEO},
             letter="E",
         ),
@@ -235,11 +239,48 @@ class Call:
         return tuple(found)
 
     def to_dict(self) -> dict[str, Any]:
-        args = {k: str(v) if isinstance(v, Ref) else _jsonable(v) for k, v in self.args.items()}
+        args = {
+            k: str(v) if isinstance(v, Ref) else _jsonable(escape_literal(v))
+            for k, v in self.args.items()
+        }
         data: dict[str, Any] = {"id": self.id, "task": self.task, "args": args}
         if self.after:
             data["after"] = list(self.after)
         return data
+
+
+def looks_like_ref(text: str) -> bool:
+    """Whether a string has the form of a reference (``$image0``, ``$seg.mask``)."""
+    return bool(_INPUT_REF.match(text) or _OUTPUT_REF.match(text))
+
+
+def escape_literal(value: Any) -> Any:
+    """A literal text (or list of texts) as written in a calls block: a text that would read as
+    a reference or that starts with ``$$`` gets one more leading ``$`` (see
+    :func:`unescape_literal`); anything else is unchanged."""
+    if isinstance(value, str):
+        return "$" + value if looks_like_ref(value) or value.startswith("$$") else value
+    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+        return tuple(escape_literal(v) for v in value)
+    return value
+
+
+def unescape_literal(text: str, path: str, arg: ArgSpec) -> str:
+    """A literal text argument as written -> its value.
+
+    Text arguments take no references: a leading ``$$`` stands for one literal ``$``
+    (``"$$seg.mask"`` -> ``"$seg.mask"``), a text with the form of a reference (``"$seg.mask"``)
+    is an error that names this escape, and any other ``$`` is literal (``"$5 off"``).
+    """
+    if text.startswith("$$"):
+        return text[1:]
+    if looks_like_ref(text):
+        raise InvocationError(
+            path,
+            f"{arg.name} takes a literal {arg.kind}, not a reference (to write the text "
+            f"{text!r}, write ${text})",
+        )
+    return text
 
 
 def _jsonable(value: Any) -> Any:
@@ -306,11 +347,30 @@ def _find_cycle(pending: Mapping[str, set[str]]) -> str:
 
 @dataclass(frozen=True)
 class InputCounts:
-    """How many images, videos and regions the conversation holds (``None`` = unchecked)."""
+    """How many images, videos and regions the conversation holds (``None`` = unchecked).
+
+    Args:
+        images: number of input images.
+        videos: number of input videos.
+        regions: number of user-drawn regions (``len(region_images)`` when only that is given).
+        region_images: the image each region was drawn on, in order (``None`` = unknown); the
+            tag grammar uses it to give a module the user's region (see ``parse_tags``).
+    """
 
     images: int | None = None
     videos: int | None = None
     regions: int | None = None
+    region_images: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.region_images is not None:
+            object.__setattr__(self, "region_images", tuple(self.region_images))
+            if self.regions is None:
+                object.__setattr__(self, "regions", len(self.region_images))
+            elif self.regions != len(self.region_images):
+                raise ValueError(
+                    f"{self.regions} regions but {len(self.region_images)} region_images"
+                )
 
 
 def parse_invocation(data: str | Mapping[str, Any], counts: InputCounts | None = None):
@@ -416,7 +476,11 @@ def _parse_value(value: Any, arg: ArgSpec, path: str, counts: InputCounts) -> An
         if ref.is_input:
             _check_input_ref(ref, arg, path, counts)
         return ref
-    if isinstance(value, str) and value.startswith("$"):
+    if arg.kind == TEXT and isinstance(value, str):
+        value = unescape_literal(value, path, arg)
+    elif arg.kind == TEXT_LIST and isinstance(value, list):
+        value = [unescape_literal(v, path, arg) if isinstance(v, str) else v for v in value]
+    elif isinstance(value, str) and value.startswith("$"):
         raise InvocationError(path, f"{arg.name} takes a literal {arg.kind}, not a reference")
     checks = {
         TEXT: lambda v: isinstance(v, str) and v.strip() != "",

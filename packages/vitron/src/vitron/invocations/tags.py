@@ -11,9 +11,15 @@ image-to-video. The official regex parser keeps only the first module, splits an
 its *last* colon ("add a sign saying Note: closed" -> "closed"), leaves ``</s>`` in the text,
 deletes the text between unrelated tags, and silently falls back to chat on ``<module> B
 </module>``. Here every module becomes a call, an instruction is split only on a first colon
-whose prefix is a known task label, end-of-sequence strings are removed, text outside the three
+whose prefix is a known task label of its module (or a label the official model writes on any
+module, such as ``generation:``), end-of-sequence strings are removed, text outside the three
 known tags is kept verbatim, whitespace and case around letters are ignored, and anything
 malformed raises :class:`~vitron.invocations.schema.InvocationError`.
+
+Compatibility with the official app: a lone C (edit) without a region or a B before it segments
+its instruction's target with itaclip (``edit_target``: "turn the dog into a cat" repaints
+itaclip's mask of "the dog" as "a cat"); a B, C or E module without a ``<region>`` of its own
+gets the user's region (``InputCounts.region_images``); E tracks the object from its region.
 """
 
 from __future__ import annotations
@@ -36,16 +42,43 @@ LETTERS = {spec.letter: spec.name for spec in TASKS.values() if spec.letter}
 TAG_NAMES = ("module", "instruction", "region")
 TAG_PATTERN = re.compile(r"<\s*(/?)\s*(module|instruction|region)\s*>", re.IGNORECASE)
 
+# labels the official model writes before an instruction on any module ("generation: ...")
+GENERIC_LABELS = ("generation", "instruction", "task")
 # instruction prefixes ("label: text") recognised as task labels, per module letter
 TASK_LABELS: dict[str, tuple[str, ...]] = {
-    "A": ("image generation", "text-to-image", "text to image", "generation", "generate"),
-    "B": ("image segmentation", "segmentation", "referring segmentation", "segment", "grounding"),
-    "C": ("image editing", "editing", "edit", "inpainting", "inpaint"),
-    "D": ("video generation", "text-to-video", "text to video", "generation", "generate"),
-    "E": ("video segmentation", "video tracking", "tracking", "segmentation", "segment", "track"),
-    "F": ("video editing", "editing", "edit", "foreground", "background"),
-    "G": ("image-to-video", "image to video", "animation", "animate", "video generation"),
+    letter: (*labels, *GENERIC_LABELS)
+    for letter, labels in {
+        "A": ("image generation", "text-to-image", "text to image", "generate"),
+        "B": (
+            "image segmentation",
+            "segmentation",
+            "referring segmentation",
+            "segment",
+            "grounding",
+        ),
+        "C": ("image editing", "editing", "edit", "inpainting", "inpaint"),
+        "D": ("video generation", "text-to-video", "text to video", "generate"),
+        "E": (
+            "video segmentation",
+            "video tracking",
+            "tracking",
+            "segmentation",
+            "segment",
+            "track",
+        ),
+        "F": ("video editing", "editing", "edit", "foreground", "background"),
+        "G": ("image-to-video", "image to video", "animation", "animate", "video generation"),
+    }.items()
 }
+# "replace X with Y", "turn X into Y", ...: an edit instruction's target X and its prompt Y
+EDIT_PATTERNS = (
+    re.compile(r"^(?:replace|swap)\s+(?P<target>.+?)\s+(?:with|by|for)\s+(?P<prompt>.+)$", re.I),
+    re.compile(
+        r"^(?:change|turn|make|transform|convert)\s+(?P<target>.+?)\s+(?:into|to)\s+"
+        r"(?P<prompt>.+)$",
+        re.I,
+    ),
+)
 
 
 @dataclass
@@ -81,6 +114,20 @@ def split_instruction(text: str, letter: str) -> tuple[str | None, str]:
     if sep and head.strip().lower() in TASK_LABELS[letter] and tail.strip():
         return head.strip().lower(), tail.strip()
     return None, text.strip()
+
+
+def edit_target(instruction: str) -> tuple[str, str]:
+    """What a lone edit instruction repaints and with what: ``(target, prompt)``.
+
+    ``"turn the dog into a cat"`` / ``"replace the dog with a cat"`` / ``"change the dog to a
+    cat"`` -> ``("the dog", "a cat")``; any other instruction is both the target (itaclip
+    segments it) and the prompt.
+    """
+    text = instruction.strip()
+    for pattern in EDIT_PATTERNS:
+        if m := pattern.match(text):
+            return m.group("target").strip(), m.group("prompt").strip().rstrip(".")
+    return text, text
 
 
 def _parse_region(body: str, where: str) -> tuple[float, float, float, float]:
@@ -157,7 +204,13 @@ def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invoc
 
 def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]:
     """Calls of the modules in order. A module works on the image (video) made by an earlier
-    module of the same reply (generate, edit, animate), else on the newest input one."""
+    module of the same reply (generate, edit, animate), else on the newest input one.
+
+    Regions: a module's own ``<region>`` comes first; without one, a B, C or E module gets the
+    user's newest region drawn on the input image it works on (E: the user's newest region;
+    C only when no B before it gives a mask). Masks of C: its region, else the mask of the last
+    B before it, else itaclip segments its instruction's target (:func:`edit_target`).
+    """
     calls: list[Call] = []
     last_segmentation: str | None = None  # its mask feeds a following edit
     made: dict[str, Ref] = {}  # media kind -> the newest output of that kind in this reply
@@ -181,16 +234,15 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
                 media = TASKS[task].args[0]
                 if media.name in ("image", "video") and media.required:
                     args[media.name] = _media(media.name, made, where, counts)
-                if region is not None:
-                    args["region"] = region
-                if task == "edit_image" and region is None:
-                    if last_segmentation is None:
-                        raise InvocationError(
-                            where,
-                            "image editing needs a mask: give a <region> or segment first "
-                            "(a <module>B</module> before it)",
-                        )
+                given = region
+                if given is None and not (task == "edit_image" and last_segmentation):
+                    given = _user_region(task, args, counts)
+                if given is not None:
+                    args["region"] = given
+                elif task == "edit_image" and last_segmentation is not None:
                     args["mask"] = Ref(last_segmentation, "mask")
+                elif task == "edit_image":
+                    args["target"], args["text"] = edit_target(instruction)
                 calls.append(Call(call_id, task, args))
                 if task == "segment_image":
                     last_segmentation = call_id
@@ -199,6 +251,23 @@ def _module_calls(modules: Sequence[_Module], counts: InputCounts) -> list[Call]
                 made[kind] = Ref(calls[-1].id, kind)
     topological_order(calls)
     return calls
+
+
+def _user_region(task: str, args: dict, counts: InputCounts) -> Ref | None:
+    """The user's region for a B / C / E call without a ``<region>`` of its own: the newest one
+    drawn on the input image the call works on (E: the newest one); ``None`` without any."""
+    if task not in ("segment_image", "edit_image", "segment_video"):
+        return None
+    drawn_on = counts.region_images
+    if not drawn_on:
+        return None
+    if task == "segment_video":
+        return Ref("region", str(len(drawn_on) - 1))
+    image = args["image"]
+    if not image.is_input:  # an image made earlier in the reply: the user drew on none of it
+        return None
+    matching = [k for k, on in enumerate(drawn_on) if on == image.index]
+    return Ref("region", str(matching[-1])) if matching else None
 
 
 def _media(kind: str, made: dict[str, Ref], where: str, counts: InputCounts) -> Ref:

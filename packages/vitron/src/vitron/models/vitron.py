@@ -248,7 +248,10 @@ class VitronModel(
             self.video_token_id: "video",
             self.region_token_id: "region",
         }
-        order = [kinds[int(t)] for t in sample.input_ids if int(t) in kinds]
+        ids = sample.input_ids
+        if sample.placeholder_mask is not None:
+            ids = ids[sample.placeholder_mask.to(ids.device)]  # media placeholders only
+        order = [kinds[int(t)] for t in ids if int(t) in kinds]
         images, videos, regions = [], [], []
         features = None
         if sample.images is not None:
@@ -299,6 +302,7 @@ class VitronModel(
             placeholders,
             labels=[s.labels.to(self.device) for s in samples] if has_labels else None,
             signal_index=[s.signal_index for s in samples],
+            media_mask=[s.placeholder_mask for s in samples],
             max_length=self.config.max_length if truncate else None,
             padding_side=padding_side,
         )

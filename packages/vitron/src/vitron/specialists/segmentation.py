@@ -3,6 +3,8 @@
 A referred object ("the brown dog") becomes class 0 against background classes; its mask is
 ``labels == 0``, restricted to the call's region when one is given. A signal embedding (CLIP
 text space) is mixed into the target's query features: ``normalize(q + w * normalize(s))``.
+Video segmentation with a region tracks the object: the first frame's mask is restricted to the
+region, and each later frame's to the previous mask's bounding box grown by ``track_margin``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class SegmentationOptions:
         background_classes: classes competing with the target when a call gives none.
         signal_weight: weight of the signal embedding in the target's queries (0 = ignore).
         cache_dir: itaclip text-embedding cache folder (``None`` = itaclip's default).
+        track_margin: video tracking from a region: how far (a fraction of the frame's width /
+            height) the object may move between frames.
     """
 
     model: str = "ViT-B-16-quickgelu"
@@ -53,6 +57,27 @@ class SegmentationOptions:
     background_classes: tuple[str, ...] = BACKGROUND_CLASSES
     signal_weight: float = 0.3
     cache_dir: str | None = None
+    track_margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.track_margin <= 1:
+            raise ValueError(f"track_margin must be in [0, 1], got {self.track_margin}")
+
+
+def grown_box(mask: Tensor, margin: float) -> Tensor | None:
+    """(H, W) bool: the bounding box of ``mask`` grown by ``margin`` x (W, H) pixels on every
+    side (clipped to the frame); ``None`` for an empty mask."""
+    if not bool(mask.any()):
+        return None
+    height, width = mask.shape
+    rows = torch.nonzero(mask.any(1))[:, 0]
+    cols = torch.nonzero(mask.any(0))[:, 0]
+    dx, dy = round(margin * width), round(margin * height)
+    box = torch.zeros_like(mask, dtype=torch.bool)
+    y1, y2 = max(0, int(rows.min()) - dy), int(rows.max()) + 1 + dy
+    x1, x2 = max(0, int(cols.min()) - dx), int(cols.max()) + 1 + dx
+    box[y1:y2, x1:x2] = True
+    return box
 
 
 def competing_classes(target: str, others: Sequence[str]) -> list[list[str]]:
@@ -128,7 +153,7 @@ class ItaclipSegmenter(Specialist):
         args = inputs.args
         classes = args.get("classes")
         if inputs.task == "segment_video":
-            return self._video(inputs, args["video"], args["text"])
+            return self._video(inputs, args["video"], args["text"], args.get("region"))
         image: Image.Image = args["image"]
         mask, labels, names = self.segment(image, args["text"], classes, inputs.signal)
         if "region" in args:
@@ -149,9 +174,21 @@ class ItaclipSegmenter(Specialist):
         )
 
     def _video(
-        self, inputs: CallInputs, frames: Sequence[Image.Image], text: str
+        self, inputs: CallInputs, frames: Sequence[Image.Image], text: str, region=None
     ) -> SpecialistOutput:
         masks = [self.segment(frame, text, None, inputs.signal)[0] for frame in frames]
+        if region is not None:  # track: the region on frame 0, then the previous mask's box
+            first = frames[0]
+            allowed = region_mask_at(region, first.height, first.width)
+            for t, mask in enumerate(masks):
+                if tuple(mask.shape) != tuple(allowed.shape):
+                    raise SpecialistError(
+                        f"frame {t} is {mask.shape[1]}x{mask.shape[0]}, but the region's frame "
+                        f"is {allowed.shape[1]}x{allowed.shape[0]}"
+                    )
+                masks[t] = mask & allowed
+                grown = grown_box(masks[t], self.options.track_margin)
+                allowed = allowed if grown is None else grown  # lost: keep the last area
         overlays = [overlay_mask(f, m) for f, m in zip(frames, masks, strict=True)]
         overlay_path = save_gif(overlays, inputs.file("overlay", ".gif"))
         masks_path = save_gif(
@@ -164,7 +201,7 @@ class ItaclipSegmenter(Specialist):
                 "overlay": Artifact("video", overlays, overlay_path),
             },
             f"masks of {text!r} in {len(frames)} frames cover {share:.1f}% "
-            "of the pixels on average",
+            f"of the pixels on average{' (tracked from the region)' if region is not None else ''}",
         )
 
     def conditioning_target(self, task: str, text: str) -> Tensor:

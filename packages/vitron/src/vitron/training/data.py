@@ -122,7 +122,9 @@ class ConversationDataset(Dataset):
         images = [load_image(self.root / p) for p in record.get("images", [])]
         videos = [load_video(self.root / p) for p in record.get("videos", [])]
         regions = [self.region(r, images, where) for r in record.get("regions", [])]
-        counts = InputCounts(len(images), len(videos), len(regions))
+        counts = InputCounts(
+            len(images), len(videos), region_images=tuple(r.image for r in regions)
+        )
         messages = record_messages(record, counts, where)
         calls = [c for m in messages if m.invocation is not None for c in m.invocation.calls]
         targets = None
