@@ -17,19 +17,22 @@ from diffeat.catalogue import (
     list_layers,
 )
 from diffeat.ensemble import MultiModelExtractor
-from diffeat.extractor import ExtractorConfig, FeatureExtractor
+from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
+from diffeat.features import Features
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ENSEMBLES",
     "PRESETS",
+    "VAE_OUT",
     "ActivationRecorder",
     "EnsembleMember",
     "ExtractorConfig",
     "FeatureExtractor",
+    "Features",
     "LayerInfo",
     "LayerSpec",
     "MissingActivationsError",

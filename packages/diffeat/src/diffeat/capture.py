@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffeat.catalogue import ATTENTION_KINDS, LayerSpec, build_catalogue, check_names
+from diffeat.presets import ALL, layer_selection
 
 
 class EarlyExit(Exception):
@@ -154,7 +155,8 @@ class ActivationRecorder:
 
     Args:
         unet: a diffusers ``UNet2DConditionModel``.
-        names: activation names to record (see :mod:`diffeat.catalogue`).
+        names: activation names to record (see :mod:`diffeat.catalogue`), ``"all"`` (the
+            whole U-Net catalogue) or a preset name.
         catalogue: the U-Net's catalogue (built when omitted).
         early_exit: raise :class:`EarlyExit` once the last requested activation is recorded.
         square_tokens: reshape token sequences with ``h = w = sqrt(L)`` like the official code
@@ -167,7 +169,7 @@ class ActivationRecorder:
     def __init__(
         self,
         unet: nn.Module,
-        names: Sequence[str],
+        names: Sequence[str] | str,
         catalogue: Sequence[LayerSpec] | None = None,
         *,
         early_exit: bool = True,
@@ -177,6 +179,10 @@ class ActivationRecorder:
     ):
         self.unet = unet
         self.catalogue = list(catalogue) if catalogue is not None else build_catalogue(unet)
+        if isinstance(names, str):
+            names = layer_selection(names, "names")
+            if names == (ALL,):
+                names = tuple(s.name for s in self.catalogue)
         self.specs = check_names(names, self.catalogue)
         self.early_exit = early_exit
         self.square_tokens = square_tokens

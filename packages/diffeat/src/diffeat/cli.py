@@ -25,7 +25,7 @@ from diffeat.catalogue import list_layers
 from diffeat.configs import KINDS, UNET_CONFIGS, save_tiny_model, unet_config
 from diffeat.extractor import DTYPES, LATENT_MODES, FeatureExtractor
 from diffeat.io import atomic_write_bytes, load_features, load_image, parse_size, save_features
-from diffeat.presets import PRESETS, get_preset
+from diffeat.presets import PRESETS, get_preset, selection_names
 from diffeat.probes import PROBES, probe_all
 from diffeat.viz import save_pca_pngs
 
@@ -38,8 +38,14 @@ def add_model_options(parser: argparse.ArgumentParser, required: bool = True) ->
     )
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--preset", choices=sorted(PRESETS), help="a paper selection")
-    selection.add_argument("--layers", help="comma-separated activation names")
-    selection.add_argument("--all", action="store_true", help="the whole catalogue")
+    selection.add_argument(
+        "--layers",
+        help="comma-separated activation names (vae-out and the U-Net catalogue), or one of "
+        f"{', '.join(selection_names())}",
+    )
+    selection.add_argument(
+        "--all", action="store_true", help="the whole catalogue (same as --layers all)"
+    )
     parser.add_argument("--timestep", type=int, default=50, help="diffusion timestep (default 50)")
     parser.add_argument("--prompt", default="", help="text prompt for every image")
     parser.add_argument(
@@ -105,17 +111,21 @@ def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
         names = [n.strip() for n in args.layers.split(",") if n.strip()]
         if not names:
             raise ValueError("--layers: no names given")
+        if len(names) == 1 and names[0] in selection_names():
+            return names[0]  # "all" or a preset name
         return names
     return None
 
 
 def load_extractor(args: argparse.Namespace) -> FeatureExtractor:
     image_size = parse_size(args.image_size)
-    if image_size is None and args.preset is not None:
-        image_size = (get_preset(args.preset).resolution,) * 2
+    layers = selected_layers(args)
+    preset = args.preset or (layers if isinstance(layers, str) and layers in PRESETS else None)
+    if image_size is None and preset is not None:
+        image_size = (get_preset(preset).resolution,) * 2
     return FeatureExtractor.from_pretrained(
         args.model,
-        layers=selected_layers(args),
+        layers=layers,
         preset=args.preset,
         timestep=args.timestep,
         dtype=args.dtype,
@@ -182,6 +192,7 @@ def command_extract(args: argparse.Namespace) -> None:
     parts = run_batches(
         extractor, args.images, args, lambda images: extractor(images, args.prompt, generator)
     )
+    heads = dict(parts[0].heads)
     features = stack_batches(parts, args.images)
     if args.resize is not None or args.concat:
         features = aggregate(features, parse_size(args.resize), args.resize_mode, concat=False)
@@ -193,6 +204,7 @@ def command_extract(args: argparse.Namespace) -> None:
         "preset": extractor.config.preset,
         "layers": list(features),
         "source_layers": list(extractor.layers),
+        "heads": heads,  # attention head count of each q/k/v/map source layer
         "images": [str(p) for p in args.images],
         "image_size": list(processed_size(extractor, args.images[0])),
         "prompt": args.prompt,

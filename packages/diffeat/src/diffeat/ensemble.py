@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor
 
 from diffeat.extractor import FeatureExtractor
+from diffeat.features import Features
 from diffeat.presets import ENSEMBLES, EnsembleMember, get_preset
 
 
@@ -79,10 +79,15 @@ class MultiModelExtractor:
         images,
         prompts: str | Sequence[str] = "",
         generator: torch.Generator | None = None,
-    ) -> dict[str, Tensor]:
-        """``{key/name: (B, C, h, w)}`` from every member (sizes differ between members)."""
-        out = {}
+    ) -> Features:
+        """``{key/name: (B, C, h, w)}`` from every member (sizes differ between members).
+
+        Returns :class:`~diffeat.Features` (head counts under the prefixed names).
+        """
+        out, heads = {}, {}
         for key, extractor in self.members.items():
-            for name, feature in extractor(images, prompts, generator).items():
+            features = extractor(images, prompts, generator)
+            for name, feature in features.items():
                 out[f"{key}/{name}"] = feature
-        return out
+            heads.update({f"{key}/{name}": h for name, h in features.heads.items()})
+        return Features(out, heads)

@@ -1,4 +1,10 @@
-"""FeatureExtractor: images -> VAE latent -> noise at timestep t -> one U-Net pass -> features."""
+"""FeatureExtractor: images -> VAE latent -> noise at timestep t -> one U-Net pass -> features.
+
+Besides the U-Net catalogue the extractor returns ``vae-out``: the clean latent the image
+encodes to, exactly what is then noised (the posterior sample, or its mean with
+``latent="mean"``, shifted by the VAE's ``shift_factor`` and multiplied by its
+``scaling_factor``). With ``latents=`` given to a call, ``vae-out`` is those latents.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,17 @@ from torch import Tensor, nn
 
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, LayerSpec, build_catalogue, check_names, layer_infos
-from diffeat.io import parse_size, to_pixel_batch
-from diffeat.presets import default_preset, get_preset
+from diffeat.features import Features
+from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
+from diffeat.presets import ALL, PRESETS, default_preset, get_preset, layer_selection
 from diffeat.prompts import PromptEmbeddings, PromptEncoder
 from diffeat.schedule import NoisePlan, noisy_latents, plan_noise
 
 LATENT_MODES = ("sample", "mean")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VAE_OUT = "vae-out"
+VAE_SPEC = LayerSpec(VAE_OUT, "vae-out", "", "vae")  # not a U-Net module: the VAE latent
+TEXT_TOKENS = 77  # CLIP prompt length, used for shapes when the extractor has no tokenizer
 
 
 @dataclass
@@ -25,7 +35,9 @@ class ExtractorConfig:
     """Extraction settings.
 
     Args:
-        layers: activation names to return (see :func:`diffeat.list_layers`).
+        layers: activation names to return (see :func:`diffeat.list_layers`, plus
+            ``vae-out``), ``"all"`` (``vae-out`` and the whole U-Net catalogue) or a preset
+            name (which then also sets ``preset``).
         timestep: diffusion timestep in ``[0, num_train_timesteps - 1]`` (paper: 50).
         latent: ``"sample"`` (the VAE posterior sample, as the official code) or ``"mean"``.
         faithful: reproduce the official code: its timestep selection (SD 1.5: t=50 -> 51),
@@ -38,7 +50,7 @@ class ExtractorConfig:
         preset: the preset the layers came from (informational).
     """
 
-    layers: tuple[str, ...]
+    layers: tuple[str, ...] | str  # a tuple after __post_init__
     timestep: int = 50
     latent: str = "sample"
     faithful: bool = False
@@ -49,29 +61,31 @@ class ExtractorConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        self.layers = tuple(self.layers)
+        if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
+            self.preset = self.layers
+        self.layers = layer_selection(self.layers, "layers")
         if self.latent not in LATENT_MODES:
             raise ValueError(f"latent: must be one of {LATENT_MODES}; got {self.latent!r}")
         self.image_size = parse_size(self.image_size)
 
 
 def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
-    """``layers`` as a tuple of names; the string ``"all"`` becomes ``("all",)``."""
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers: pass a list of names or 'all'; got the string {layers!r}")
-        return ("all",)
-    return tuple(layers)
+    """``layers`` as a tuple of names: ``"all"`` becomes ``("all",)``, a preset its names."""
+    return layer_selection(layers, "layers")
 
 
 def resolve_layers(
     config: Mapping, layers: Sequence[str] | str | None, preset: str | None
 ) -> tuple[tuple[str, ...], str | None]:
-    """Layer names from ``layers`` (a list, or ``"all"``) or ``preset``; default: the paper's."""
+    """Layer names from ``layers`` (a list, ``"all"`` or a preset name) or ``preset``.
+
+    Neither given: the paper's selection for the U-Net's family.
+    """
     if layers is not None and preset is not None:
         raise ValueError("pass either layers=[...] or preset=..., not both")
     if layers is not None:
-        return names_or_all(layers), None
+        named = layers if isinstance(layers, str) and layers in PRESETS else None
+        return names_or_all(layers), named
     preset = preset or default_preset(config)
     return get_preset(preset).layers, preset
 
@@ -83,9 +97,10 @@ class FeatureExtractor:
         unet: a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x, SDXL, Playground v2).
         vae: the ``AutoencoderKL`` that made its latents.
         scheduler: the model's scheduler (its ``alphas_cumprod`` is the noise schedule).
-        tokenizers: one (SD) or two (SDXL) CLIP tokenizers.
-        text_encoders: the matching text encoders.
-        config: :class:`ExtractorConfig` (``layers=("all",)`` selects the whole catalogue).
+        tokenizers: one (SD) or two (SDXL) CLIP tokenizers; None (with
+            ``text_encoders=None``) for an extractor fed precomputed ``embeddings=`` only.
+        text_encoders: the matching text encoders, or None.
+        config: :class:`ExtractorConfig`; None: the paper's preset for the U-Net's family.
     """
 
     def __init__(
@@ -93,21 +108,31 @@ class FeatureExtractor:
         unet: nn.Module,
         vae: nn.Module,
         scheduler,
-        tokenizers: Sequence,
-        text_encoders: Sequence[nn.Module],
-        config: ExtractorConfig,
+        tokenizers: Sequence | None = None,
+        text_encoders: Sequence[nn.Module] | None = None,
+        config: ExtractorConfig | None = None,
     ):
         self.unet = unet.eval()
         self.vae = vae.eval()
         self.scheduler = scheduler
-        self.prompt_encoder = PromptEncoder(tokenizers, [e.eval() for e in text_encoders])
+        if (tokenizers is None) != (text_encoders is None):
+            raise ValueError(
+                "tokenizers/text_encoders: give both (prompts are encoded) or neither "
+                "(calls pass precomputed embeddings=)"
+            )
+        self.prompt_encoder: PromptEncoder | None = None
+        if tokenizers is not None:
+            self.prompt_encoder = PromptEncoder(tokenizers, [e.eval() for e in text_encoders])
         self.catalogue: list[LayerSpec] = build_catalogue(unet)
+        if config is None:
+            preset = default_preset(unet.config)
+            config = ExtractorConfig(layers=get_preset(preset).layers, preset=preset)
         config = replace(config, layers=self.expand_all(config.layers))
-        check_names(config.layers, self.catalogue)
+        check_names(config.layers, self.activations)
         self.config = config
         self.plan: NoisePlan = plan_noise(scheduler, config.timestep, config.faithful)
         self._text_time = unet.config.get("addition_embed_type") == "text_time"
-        if self._text_time != self.prompt_encoder.dual:
+        if self.prompt_encoder is not None and self._text_time != self.prompt_encoder.dual:
             raise ValueError(
                 "text_encoders: SDXL-style U-Nets (text_time conditioning) need two text "
                 "encoders, SD-style U-Nets one"
@@ -123,22 +148,26 @@ class FeatureExtractor:
         timestep: int = 50,
         dtype: torch.dtype | str = torch.float32,
         device: torch.device | str = "cpu",
+        text_stack: bool = True,
         **options,
     ) -> FeatureExtractor:
         """Load a diffusers SD/SDXL repository (hub id or local folder) as an extractor.
 
         The folder needs ``unet/``, ``vae/``, ``scheduler/``, ``text_encoder/`` + ``tokenizer/``
-        and, for SDXL-style models, ``text_encoder_2/`` + ``tokenizer_2/``.
+        and, for SDXL-style models, ``text_encoder_2/`` + ``tokenizer_2/`` (not read with
+        ``text_stack=False``).
 
         Args:
             model_id_or_dir: e.g. ``stabilityai/stable-diffusion-xl-base-1.0`` or a folder.
-            layers: activation names, or ``"all"``; None with no preset: the paper's
-                selection for the model's family (``ours-v1.5`` or ``ours-xl``).
+            layers: activation names, ``"all"`` or a preset name; None with no preset: the
+                paper's selection for the model's family (``ours-v1.5`` or ``ours-xl``).
             preset: a name from :data:`diffeat.PRESETS`.
             timestep: diffusion timestep (paper: 50).
             dtype: ``torch.float32`` / ``float16`` / ``bfloat16``, or ``"fp32"`` / ``"fp16"`` /
                 ``"bf16"``.
             device: where the models run.
+            text_stack: load the tokenizers and text encoders; False gives an extractor that
+                takes precomputed ``embeddings=`` only (saves their memory).
             **options: other :class:`ExtractorConfig` fields (``latent``, ``faithful``,
                 ``early_exit``, ``image_size``, ``seed``, ``output_device``) and loading options
                 passed to every ``from_pretrained`` (``revision``, ``variant``, ``cache_dir``,
@@ -147,7 +176,7 @@ class FeatureExtractor:
         load_keys = ("revision", "variant", "cache_dir", "local_files_only", "token")
         load = {k: options.pop(k) for k in load_keys if k in options}
         dtype = _as_dtype(dtype)
-        components = load_components(str(model_id_or_dir), dtype, **load)
+        components = load_components(str(model_id_or_dir), dtype, text_stack=text_stack, **load)
         names, preset = resolve_layers(components["unet"].config, layers, preset)
         config = ExtractorConfig(layers=names, timestep=timestep, preset=preset, **options)
         extractor = cls(config=config, **components)
@@ -157,16 +186,22 @@ class FeatureExtractor:
     def from_pipeline(
         cls, pipe, layers: Sequence[str] | str | None = None, preset: str | None = None, **options
     ) -> FeatureExtractor:
-        """Wrap the components of a loaded diffusers SD/SDXL pipeline (no copies)."""
+        """Wrap the components of a loaded diffusers SD/SDXL pipeline (no copies).
+
+        A pipeline without tokenizers and text encoders (``None``) gives an extractor that
+        takes precomputed ``embeddings=`` only.
+        """
         tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
         names, preset = resolve_layers(pipe.unet.config, layers, preset)
         config = ExtractorConfig(layers=names, preset=preset, **options)
-        return cls(pipe.unet, pipe.vae, pipe.scheduler, tokenizers, encoders, config)
+        return cls(
+            pipe.unet, pipe.vae, pipe.scheduler, tokenizers or None, encoders or None, config
+        )
 
     def to(self, device: torch.device | str) -> FeatureExtractor:
         """Move every model to ``device`` (in place); returns self."""
-        for module in (self.unet, self.vae, *self.prompt_encoder.text_encoders):
+        for module in (self.unet, self.vae, *self.text_encoders):
             module.to(device)
         return self
 
@@ -174,6 +209,16 @@ class FeatureExtractor:
     @property
     def layers(self) -> tuple[str, ...]:
         return self.config.layers
+
+    @property
+    def activations(self) -> list[LayerSpec]:
+        """Every name this extractor returns: ``vae-out``, then the U-Net catalogue."""
+        return [VAE_SPEC, *self.catalogue]
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The text encoders ([] for an extractor without a text stack)."""
+        return [] if self.prompt_encoder is None else list(self.prompt_encoder.text_encoders)
 
     @property
     def device(self) -> torch.device:
@@ -194,10 +239,24 @@ class FeatureExtractor:
         samplers = sum(getattr(b, "downsamplers", None) is not None for b in self.unet.down_blocks)
         return self.vae_scale * 2**samplers
 
-    def layer_infos(self, image_size: int | tuple[int, int] | None = None) -> list[LayerInfo]:
-        """The catalogue with feature shapes for ``image_size`` (shape-only ``meta`` pass)."""
+    def layer_infos(
+        self, image_size: int | tuple[int, int] | None = None, text_tokens: int | None = None
+    ) -> list[LayerInfo]:
+        """``vae-out`` and the U-Net catalogue with feature shapes (shape-only ``meta`` pass).
+
+        Args:
+            image_size: input size in pixels; default: ``config.image_size``, else the native
+                size (``sample_size * vae_scale``).
+            text_tokens: prompt length; default: the tokenizer's (77 without a text stack).
+        """
+        scale = self.vae_scale
         size = parse_size(image_size) or self.config.image_size
-        return layer_infos(self.unet, size, self.prompt_encoder.length, self.vae_scale)
+        size = size or (self.unet.config.sample_size * scale,) * 2
+        if text_tokens is None:
+            text_tokens = TEXT_TOKENS if self.prompt_encoder is None else self.prompt_encoder.length
+        unet_infos = layer_infos(self.unet, size, text_tokens, scale)
+        latent = (self.vae.config.latent_channels, size[0] // scale, size[1] // scale)
+        return [LayerInfo(VAE_SPEC, latent), *unet_infos]
 
     # -- pipeline steps ----------------------------------------------------------------------
     def preprocess(self, images) -> Tensor:
@@ -221,7 +280,12 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def encode_images(self, pixels: Tensor, generator: torch.Generator) -> Tensor:
-        """(B, 3, H, W) pixels in [0, 1] -> scaled fp32 latents (B, 4, H/8, W/8)."""
+        """(B, 3, H, W) pixels in [0, 1] -> scaled fp32 latents (B, 4, H/8, W/8) (``vae-out``).
+
+        ``(posterior sample or mean - shift_factor) * scaling_factor``; the sample draws from
+        ``generator`` (the mean draws nothing).
+        """
+        check_pixel_tensor(pixels, "pixels")
         vae_dtype = self._vae_dtype()
         if next(self.vae.parameters()).dtype != vae_dtype:
             self.vae.to(vae_dtype)
@@ -230,8 +294,39 @@ class FeatureExtractor:
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latents.float() - shift) * self.vae.config.scaling_factor
 
+    def check_latents(self, latents) -> Tensor:
+        """Clean VAE latents (B, C, h, w) for a call, checked; fp32 on the model device."""
+        if not isinstance(latents, Tensor):
+            raise TypeError(
+                f"latents: expected a (B, C, h, w) tensor; got {type(latents).__name__}"
+            )
+        channels = self.unet.config.in_channels
+        if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] == 0:
+            raise ValueError(
+                f"latents: expected a (B, {channels}, h, w) tensor (the U-Net's in_channels); "
+                f"got {tuple(latents.shape)}"
+            )
+        if not latents.is_floating_point():
+            raise ValueError(f"latents: tensors must be float; got {latents.dtype}")
+        bad = int((~torch.isfinite(latents)).sum())
+        if bad:
+            raise ValueError(f"latents: values must be finite; got {bad} NaN/Inf value(s)")
+        height, width = latents.shape[-2:]
+        multiple = self.size_multiple // self.vae_scale
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"latents: height and width must be multiples of {multiple} for this U-Net "
+                f"(x{multiple} downsampling); got {height}x{width}"
+            )
+        return latents.to(self.device, torch.float32)
+
     def encode_prompts(self, prompts: str | Sequence[str]) -> PromptEmbeddings:
         """Prompt embeddings (computed once per distinct prompt and cached)."""
+        if self.prompt_encoder is None:
+            raise ValueError(
+                "prompts: this extractor has no tokenizers/text encoders (built with None); "
+                "pass precomputed embeddings=PromptEmbeddings(...)"
+            )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self.prompt_encoder(prompts)
 
@@ -251,25 +346,50 @@ class FeatureExtractor:
         sample: Tensor,
         embeddings: PromptEmbeddings,
         image_size: tuple[int, int],
-        layers: Sequence[str] | None = None,
-    ) -> dict[str, Tensor]:
-        """One U-Net pass on ``sample`` (B, 4, h, w) recording ``layers``.
+        layers: Sequence[str] | str | None = None,
+        *,
+        original_size: int | tuple[int, int] | None = None,
+        target_size: int | tuple[int, int] | None = None,
+    ) -> Features:
+        """One U-Net pass on ``sample`` (B, 4, h, w) recording U-Net activations.
 
         Args:
             sample: the (noised) latent.
             embeddings: prompt embeddings (batch 1 or B).
             image_size: (H, W) in pixels (SDXL-style size conditioning).
-            layers: names to record (default: the configured ones).
+            layers: U-Net names to record, ``"all"`` (the U-Net catalogue) or a preset name
+                (default: the configured names, without ``vae-out``).
+            original_size: SDXL-style ``original_size`` (H, W) conditioning (default:
+                ``image_size``); crop coordinates are always (0, 0).
+            target_size: SDXL-style ``target_size`` (H, W) conditioning (default:
+                ``image_size``).
         """
-        names = list(self.layers if layers is None else self.expand_all(names_or_all(layers)))
+        if layers is None:
+            names = [n for n in self.layers if n != VAE_OUT]
+            if not names:
+                raise ValueError(
+                    f"layers: the configured layers hold only {VAE_OUT!r}, which no U-Net pass "
+                    "records; call the extractor or pass layers=[...]"
+                )
+        else:
+            selection = names_or_all(layers)
+            names = [s.name for s in self.catalogue] if selection == (ALL,) else list(selection)
+            if VAE_OUT in names:
+                raise ValueError(
+                    f"layers: {VAE_OUT!r} is the VAE latent, not a U-Net activation; it is "
+                    "returned by extractor(...) (or computed by encode_images)"
+                )
+        original_size, target_size = self._size_conditioning(original_size, target_size)
         batch = sample.shape[0]
+        self._check_embeddings(embeddings)
         embeddings = embeddings.expand(batch).to(self.device, self.dtype)
         kwargs = {}
         if self._text_time:
             if embeddings.pooled is None:
                 raise ValueError("embeddings: SDXL-style U-Nets need pooled embeddings")
-            height, width = image_size
-            time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+            original = original_size or tuple(image_size)
+            target = target_size or tuple(image_size)
+            time_ids = torch.tensor([[*original, 0, 0, *target]], dtype=self.dtype)
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": embeddings.pooled,
                 "time_ids": time_ids.to(self.device).expand(batch, -1),
@@ -292,11 +412,36 @@ class FeatureExtractor:
                 return_dict=False,
                 **kwargs,
             )
-        return {name: recorder.features[name] for name in names}
+        features = {name: recorder.features[name] for name in names}
+        return Features(features, recorder.attention_heads())
+
+    def _size_conditioning(self, original_size, target_size):
+        """Parsed (H, W) sizes; SD-style U-Nets (no size conditioning) refuse them."""
+        original_size, target_size = parse_size(original_size), parse_size(target_size)
+        if not self._text_time:
+            for argument, value in (("original_size", original_size), ("target_size", target_size)):
+                if value is not None:
+                    raise ValueError(
+                        f"{argument}: only SDXL-style U-Nets (text_time conditioning) take size "
+                        "conditioning; this U-Net has none"
+                    )
+        return original_size, target_size
+
+    def _check_embeddings(self, embeddings: PromptEmbeddings) -> None:
+        if not isinstance(embeddings, PromptEmbeddings):
+            raise TypeError(
+                f"embeddings: expected PromptEmbeddings; got {type(embeddings).__name__}"
+            )
+        width = self.unet.config.cross_attention_dim
+        if embeddings.embeds.ndim != 3 or embeddings.embeds.shape[-1] != width:
+            raise ValueError(
+                f"embeddings: embeds must be (B, L, {width}) (the U-Net's cross_attention_dim); "
+                f"got {tuple(embeddings.embeds.shape)}"
+            )
 
     def expand_all(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        """``names``, with ``("all",)`` replaced by every catalogue name."""
-        return tuple(s.name for s in self.catalogue) if names == ("all",) else names
+        """``names``, with ``("all",)`` replaced by ``vae-out`` and every catalogue name."""
+        return tuple(s.name for s in self.activations) if names == (ALL,) else names
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with ``config.seed`` (used when a call passes none)."""
@@ -304,38 +449,83 @@ class FeatureExtractor:
 
     def __call__(
         self,
-        images,
+        images=None,
         prompts: str | Sequence[str] = "",
         generator: torch.Generator | None = None,
         *,
+        latents: Tensor | None = None,
         embeddings: PromptEmbeddings | None = None,
         layers: Sequence[str] | str | None = None,
-    ) -> dict[str, Tensor]:
-        """Features of a batch of images.
+        original_size: int | tuple[int, int] | None = None,
+        target_size: int | tuple[int, int] | None = None,
+    ) -> Features:
+        """Features of a batch of images, or of their clean VAE latents.
 
         Args:
-            images: PIL image, list of PIL images, or float tensor (B, 3, H, W) in [0, 1].
+            images: PIL image, list of PIL images, or float tensor (B, 3, H, W) in [0, 1]
+                (finite); None when ``latents`` are given.
             prompts: one prompt for all images or one per image (ignored with ``embeddings``).
-            generator: draws the VAE posterior sample (``latent="sample"``) and then the noise;
-                None uses a fresh generator seeded with ``config.seed``.
+            generator: draws the VAE posterior sample (``latent="sample"``, images only) and
+                then the noise; None uses a fresh generator seeded with ``config.seed``.
+            latents: clean, scaled VAE latents (B, C, h, w) instead of images (what
+                :meth:`encode_images` returns): the VAE encode is skipped, everything after it
+                is identical (``vae-out`` returns them; ``config.image_size`` does not apply).
+                With ``latent="sample"``, pass the generator in the state the encode left it
+                to reproduce an image call exactly.
             embeddings: precomputed :class:`PromptEmbeddings` (batch 1 or B).
-            layers: record these names (or ``"all"``) instead of the configured ones (this
-                call only).
+            layers: record these names, ``"all"`` or a preset name instead of the configured
+                ones (this call only).
+            original_size: SDXL-style U-Nets only: the ``original_size`` (H, W) conditioning.
+                Default: the image size fed to the VAE, or with ``latents`` the latent size x
+                ``vae_scale`` (e.g. 128 x 128 latents -> 1024 x 1024).
+            target_size: SDXL-style U-Nets only: the ``target_size`` (H, W); same default.
 
         Returns:
-            ``{name: (B, C, h, w)}`` in the requested order.
+            :class:`~diffeat.Features`: ``{name: (B, C, h, w)}`` in the requested order, with
+            the attention head counts in ``.heads``.
         """
-        pixels = self.preprocess(images)
-        batch = pixels.shape[0]
-        if embeddings is None:
+        if layers is None:
+            names = self.layers
+        else:
+            names = self.expand_all(names_or_all(layers))
+            check_names(names, self.activations)
+        if (images is None) == (latents is None):
+            raise ValueError("images/latents: pass images or latents=..., exactly one of them")
+        original_size, target_size = self._size_conditioning(original_size, target_size)
+        unet_names = [n for n in names if n != VAE_OUT]
+        if latents is None:
+            pixels = self.preprocess(images)
+            batch, what = pixels.shape[0], "images"
+            size = tuple(pixels.shape[-2:])
+        else:
+            latents = self.check_latents(latents)
+            batch, what = latents.shape[0], "latents"
+            size = tuple(v * self.vae_scale for v in latents.shape[-2:])
+        if embeddings is None and unet_names:
             prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
             if len(prompts) != batch:
-                raise ValueError(f"prompts: {len(prompts)} prompts for {batch} images")
+                raise ValueError(f"prompts: {len(prompts)} prompts for {batch} {what}")
             embeddings = self.encode_prompts(prompts)
         generator = generator if generator is not None else self.generator()
-        latents = self.encode_images(pixels, generator)
-        sample = self.unet_input(latents, self.sample_noise(latents, generator))
-        return self.forward_unet(sample, embeddings, tuple(pixels.shape[-2:]), layers)
+        if latents is None:
+            latents = self.encode_images(pixels, generator)
+        recorded = Features()
+        if unet_names:
+            sample = self.unet_input(latents, self.sample_noise(latents, generator))
+            recorded = self.forward_unet(
+                sample,
+                embeddings,
+                size,
+                unet_names,
+                original_size=original_size,
+                target_size=target_size,
+            )
+        if VAE_OUT in names:
+            out = latents.to(self.dtype, copy=True)  # (B, C, h, w), never the caller's tensor
+            if self.config.output_device is not None:
+                out = out.to(self.config.output_device)
+            recorded[VAE_OUT] = out
+        return Features({n: recorded[n] for n in names}, recorded.heads)
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -348,12 +538,13 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_components(model: str, dtype: torch.dtype, **load) -> dict:
+def load_components(model: str, dtype: torch.dtype, text_stack: bool = True, **load) -> dict:
     """Load unet, vae, scheduler, tokenizers and text encoders of a diffusers SD/SDXL repo.
 
     Args:
         model: hub id or local folder.
         dtype: weights dtype.
+        text_stack: load tokenizers and text encoders (False: both None).
         **load: passed to every ``from_pretrained`` (revision, variant, cache_dir, ...).
     """
     import diffusers
@@ -370,6 +561,8 @@ def load_components(model: str, dtype: torch.dtype, **load) -> dict:
     scheduler_config = diffusers.DDPMScheduler.load_config(model, subfolder="scheduler", **load)
     scheduler_cls = getattr(diffusers, scheduler_config["_class_name"])
     scheduler = scheduler_cls.from_config(scheduler_config)
+    if not text_stack:
+        return {"unet": unet, "vae": vae, "scheduler": scheduler}
     text_kwargs = dict(load) if variant is None else {**load, "variant": variant}
     tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **load)]
     encoders = [CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **text_kwargs)]

@@ -66,6 +66,32 @@ def _pil_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
 
 
+def check_pixel_tensor(pixels, argument: str = "images") -> Tensor:
+    """Raise unless ``pixels`` is a finite float (B, 3, H, W) tensor with values in [0, 1].
+
+    Args:
+        pixels: the tensor to check (returned unchanged).
+        argument: the argument name used in error messages.
+    """
+    if not isinstance(pixels, Tensor):
+        raise TypeError(f"{argument}: expected a (B, 3, H, W) tensor; got {type(pixels).__name__}")
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"{argument}: expected a (B, 3, H, W) tensor; got {tuple(pixels.shape)}")
+    if not pixels.is_floating_point():
+        raise ValueError(f"{argument}: tensors must be float in [0, 1]; got {pixels.dtype}")
+    if pixels.numel() == 0:
+        raise ValueError(f"{argument}: empty tensor {tuple(pixels.shape)}")
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:
+        raise ValueError(
+            f"{argument}: values must be finite and lie in [0, 1]; got {bad} NaN/Inf value(s)"
+        )
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{argument}: values must lie in [0, 1]; got [{low:.3g}, {high:.3g}]")
+    return pixels
+
+
 def to_pixel_batch(images, size: tuple[int, int] | None = None) -> Tensor:
     """Images as one (B, 3, H, W) float32 batch in [0, 1], resized to ``size`` when given.
 
@@ -80,13 +106,7 @@ def to_pixel_batch(images, size: tuple[int, int] | None = None) -> Tensor:
     if isinstance(images, Tensor):
         if images.ndim == 3:
             images = images[None]
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected a (B, 3, H, W) tensor; got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images: tensors must be float in [0, 1]; got {images.dtype}")
-        low, high = float(images.min()), float(images.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"images: values must lie in [0, 1]; got [{low:.3g}, {high:.3g}]")
+        images = check_pixel_tensor(images, "images")
         batch = [images[i].float() for i in range(images.shape[0])]
     elif (
         isinstance(images, Sequence) and images and all(isinstance(i, Image.Image) for i in images)

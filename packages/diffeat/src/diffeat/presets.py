@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,37 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+ALL = "all"
+
+
+def selection_names() -> list[str]:
+    """The strings accepted wherever layers are given: ``"all"`` and the preset names."""
+    return [ALL, *sorted(PRESETS)]
+
+
+def layer_selection(layers: Sequence[str] | str, argument: str = "layers") -> tuple[str, ...]:
+    """``layers`` as a tuple of names; strings name a selection.
+
+    ``"all"`` becomes ``("all",)`` (expanded against a catalogue by its user); a preset name
+    becomes the preset's names. Any other string raises, naming ``argument`` and the accepted
+    strings.
+
+    Args:
+        layers: a list of activation names, ``"all"`` or a preset name.
+        argument: the argument name used in error messages.
+    """
+    if isinstance(layers, str):
+        if layers == ALL:
+            return (ALL,)
+        if layers in PRESETS:
+            return PRESETS[layers].layers
+        raise ValueError(
+            f"{argument}: a string must be one of {selection_names()}; got {layers!r} (pass "
+            "activation names as a list)"
+        )
+    return tuple(layers)
 
 
 def family_of(config: Mapping[str, Any]) -> str | None:
