@@ -121,6 +121,43 @@ def test_rounds_limit_and_conversation_state(model, registry, image, tmp_path, r
         Assistant(model, registry, tmp_path, max_rounds=0)
 
 
+def test_image_to_video_end_to_end(model, registry, image, tmp_path, reply_with_calls):
+    """Animate the user's image (tiny I2VGen-XL), then segment the dog in the new video."""
+    calls = {
+        "version": 1,
+        "calls": [
+            {
+                "id": "anim",
+                "task": "image_to_video",
+                "args": {"image": "$image0", "text": "make it run"},
+            },
+            {"id": "seg", "task": "segment_video", "args": {"video": "$anim.video", "text": "dog"}},
+        ],
+    }
+    first = reply_with_calls("Animating it, then finding the dog.", calls)
+    assistant = Assistant(model, registry, tmp_path, scripted_replies=[first, "Done."])
+    turn = assistant.chat("make the dog run and show me where it is", images=[image])
+    (outcomes,) = turn.outcomes
+    assert [(o.call.id, o.status, o.specialist) for o in outcomes] == [
+        ("anim", "ok", "diffusers-video"), ("seg", "ok", "itaclip"),
+    ]  # fmt: skip
+    frames = outcomes[0].outputs["video"].value
+    assert [f.size for f in frames] == [(32, 32)] * 3
+    with Image.open(tmp_path / "anim_video.gif") as gif:
+        assert (gif.n_frames, gif.size) == (3, (32, 32))
+    masks = outcomes[1].outputs["masks"].value
+    assert len(masks) == 3 and all(tuple(m.shape) == (32, 32) for m in masks)
+    assert sorted(p.name for p in turn.files) == [
+        "anim_video.gif",
+        "seg_masks.gif",
+        "seg_overlay.gif",
+    ]
+    assert assistant.messages[2].text.startswith(
+        "[anim] image_to_video ok: generated a 3-frame 32x32 video of 'make it run'"
+    )
+    assert turn.answer == "Done."
+
+
 def test_importing_vitron_loads_no_specialist():
     heavy = [
         "itaclip",

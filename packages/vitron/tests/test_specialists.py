@@ -230,6 +230,73 @@ def test_video_generation(registry, tmp_path):
     assert kwargs["image"] is image and kwargs["prompt"] == "" and kwargs["num_frames"] == 3
 
 
+def test_image_to_video_on_tiny_i2vgen_xl(registry, image, tmp_path):
+    video = registry.specialist("image_to_video")
+    out = video.run(inputs(tmp_path, "image_to_video", image=image, text="make it run", seed=3))
+    frames = out.outputs["video"].value
+    assert [f.size for f in frames] == [(32, 32)] * 3  # the options' num_frames, height, width
+    assert out.outputs["video"].path == tmp_path / "c_video.gif"
+    with Image.open(tmp_path / "c_video.gif") as gif:
+        assert (gif.n_frames, gif.size) == (3, (32, 32))
+    assert out.summary == "generated a 3-frame 32x32 video of 'make it run'"
+    again = video.run(
+        inputs(tmp_path / "b", "image_to_video", image=image, text="make it run", seed=3)
+    )
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(frames, again.outputs["video"].value, strict=True)
+    )
+    other = video.run(
+        inputs(tmp_path / "o", "image_to_video", image=image, text="make it run", seed=4)
+    )
+    assert not np.array_equal(np.asarray(frames[0]), np.asarray(other.outputs["video"].value[0]))
+    untitled = video.run(inputs(tmp_path, "image_to_video", call_id="u", image=image))
+    assert untitled.summary == "generated a 3-frame 32x32 video of the image"
+
+
+def test_clip_skip_prompt_states_match_diffusers(registry, tmp_path):
+    """I2VGenXL's default clip_skip=1 reads text_encoder.text_model, absent from transformers 5's
+    CLIPTextModel; the adapter encodes the prompt itself. Oracle: diffusers' own encode_prompt
+    with that attribute given back."""
+    from types import SimpleNamespace
+
+    from vitron.specialists.video import clip_skip_prompt_kwargs
+
+    video = registry.specialist("image_to_video")
+    pipe = video.pipeline("image_to_video")
+    encoder = pipe.text_encoder
+    assert not hasattr(encoder, "text_model")
+    kwargs = {"prompt": "make it run", "guidance_scale": 9.0, "num_frames": 3}
+    ours = clip_skip_prompt_kwargs(pipe, kwargs)
+    assert sorted(ours) == [
+        "guidance_scale",
+        "negative_prompt_embeds",
+        "num_frames",
+        "prompt_embeds",
+    ]
+    assert kwargs["prompt"] == "make it run"  # the caller's dict is not changed
+    assert "negative_prompt_embeds" not in clip_skip_prompt_kwargs(
+        pipe, {**kwargs, "guidance_scale": 1.0}
+    )
+    object.__setattr__(
+        encoder, "text_model", SimpleNamespace(final_layer_norm=encoder.final_layer_norm)
+    )
+    try:
+        pipe._guidance_scale = 9.0
+        with torch.no_grad():
+            embeds, negative = pipe.encode_prompt("make it run", pipe.device, 1, clip_skip=1)
+        assert clip_skip_prompt_kwargs(pipe, kwargs) is kwargs  # nothing to work around
+    finally:
+        object.__delattr__(encoder, "text_model")
+    assert embeds.shape == (1, 16, 16)
+    torch.testing.assert_close(ours["prompt_embeds"], embeds)
+    torch.testing.assert_close(ours["negative_prompt_embeds"], negative)
+    last = pipe.encode_prompt("make it run", pipe.device, 1, clip_skip=None)[0]
+    assert not torch.allclose(embeds, last)  # clip_skip changes the states: it matters
+    t2v = registry.specialist("generate_video").pipeline("generate_video")
+    assert clip_skip_prompt_kwargs(t2v, kwargs) is kwargs  # clip_skip defaults to None there
+
+
 def test_missing_package_is_reported(tmp_path):
     @dataclasses.dataclass
     class NoOptions:

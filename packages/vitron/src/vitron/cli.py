@@ -457,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_spec = commands.add_parser("tiny-specialists", help="write tiny random specialists")
     tiny_spec.add_argument("directory", type=Path)
     tiny_spec.add_argument("--seed", type=int, default=0)
-    tiny_spec.add_argument("--no-video", action="store_true", help="skip the text-to-video model")
+    tiny_spec.add_argument(
+        "--no-video", action="store_true", help="skip the video models (text- and image-to-video)"
+    )
     return parser
 
 

@@ -198,6 +198,46 @@ def tiny_text2video(seed: int = 0):
     )  # fmt: skip
 
 
+def tiny_image2video(seed: int = 0):
+    """A tiny random I2VGen-XL-shaped image-to-video pipeline (the default ``image_model``)."""
+    from diffusers import I2VGenXLPipeline, I2VGenXLUNet
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = I2VGenXLUNet(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
+    )  # fmt: skip
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TINY_CONDITIONING_DIM, intermediate_size=32,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, projection_dim=TINY_CONDITIONING_DIM,
+            num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+        )
+    )  # fmt: skip
+    return I2VGenXLPipeline(
+        vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+        image_encoder=image_encoder, feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        unet=unet, scheduler=_tiny_scheduler(),
+    )  # fmt: skip
+
+
 def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
     """A ``local-dir:`` open_clip folder (config + safetensors) of a tiny random ViT CLIP."""
     import open_clip
@@ -222,8 +262,9 @@ def write_tiny_specialists(folder: str | Path, seed: int = 0, video: bool = True
     """Write tiny specialists and a ``specialists.json`` pointing the adapters at them.
 
     Layout: ``itaclip/`` (open_clip local-dir), ``sd/`` (text-to-image), ``sd-inpaint/``,
-    ``t2v/`` (text-to-video, when ``video``), ``cache/`` (itaclip text cache). semanir uses its
-    bundled tiny denoiser. Returns the path of ``specialists.json``.
+    ``t2v/`` (text-to-video) and ``i2v/`` (image-to-video) when ``video``, ``cache/`` (itaclip
+    text cache). semanir uses its bundled tiny denoiser. Returns the path of
+    ``specialists.json``.
     """
     folder = Path(folder).resolve()
     write_tiny_open_clip(folder / "itaclip", seed)
@@ -258,9 +299,10 @@ def write_tiny_specialists(folder: str | Path, seed: int = 0, video: bool = True
     }
     if video:
         tiny_text2video(seed).save_pretrained(folder / "t2v")
+        tiny_image2video(seed).save_pretrained(folder / "i2v")
         options["diffusers-video"] = {
-            "model": str(folder / "t2v"), "num_inference_steps": 2, "num_frames": 3,
-            "height": 32, "width": 32,
+            "model": str(folder / "t2v"), "image_model": str(folder / "i2v"),
+            "num_inference_steps": 2, "num_frames": 3, "height": 32, "width": 32,
         }  # fmt: skip
     path = folder / "specialists.json"
     path.write_text(json.dumps(options, indent=2) + "\n")

@@ -134,8 +134,12 @@ class VitronConfig:
         signal: signal heads and the synergy module.
         projector_hidden: hidden width of the 2-layer projector (``None`` = LLM width).
         video_frames: frames sampled from a video.
-        video_pool: average-pooling factor of each frame's patch grid (1 = all patches).
+        video_pool: average-pooling factor of each frame's patch grid (1 = all patches;
+            the default 2 turns ViT-L/14's 16 x 16 grid into 8 x 8 = 64 tokens per frame).
         max_length: spliced sequence length limit (text + media embeddings).
+        text_budget: positions kept for text (system prompt, user turns, replies, results)
+            next to one image and one video; construction fails when one video + one image +
+            ``text_budget`` exceed ``max_length`` (see :meth:`check_budget`).
         template: conversation template, ``"vicuna_v1"`` or ``"plain"``.
         image_token: placeholder of one image.
         video_token: placeholder of one video.
@@ -150,8 +154,9 @@ class VitronConfig:
     signal: SignalConfig = field(default_factory=SignalConfig)
     projector_hidden: int | None = None
     video_frames: int = 8
-    video_pool: int = 1
+    video_pool: int = 2
     max_length: int = 2048
+    text_budget: int = 512
     template: str = "vicuna_v1"
     image_token: str = "<image>"
     video_token: str = "<video>"
@@ -180,6 +185,7 @@ class VitronConfig:
             raise ValueError(
                 f"config format {self.format} is not supported (this vitron reads {CONFIG_FORMAT})"
             )
+        self.check_budget()
 
     @property
     def special_tokens(self) -> tuple[str, ...]:
@@ -192,6 +198,31 @@ class VitronConfig:
     @property
     def tokens_per_frame(self) -> int:
         return (self.vision.grid // self.video_pool) ** 2
+
+    @property
+    def tokens_per_video(self) -> int:
+        return self.video_frames * self.tokens_per_frame
+
+    def check_budget(self) -> None:
+        """Raise when one video + one image + ``text_budget`` do not fit in ``max_length``, or
+        ``max_length`` exceeds the LLM's positions (``max_position_embeddings``, when given)."""
+        if self.text_budget < 0:
+            raise ValueError(f"text_budget must be >= 0, got {self.text_budget}")
+        need = self.tokens_per_video + self.tokens_per_image + self.text_budget
+        if need > self.max_length:
+            raise ValueError(
+                f"a video does not fit: {self.video_frames} frames x {self.tokens_per_frame} "
+                f"tokens per frame = {self.tokens_per_video}, + one image "
+                f"{self.tokens_per_image} + text_budget {self.text_budget} = {need} positions "
+                f"> max_length {self.max_length}; raise video_pool (now {self.video_pool}), "
+                "lower video_frames or text_budget, or raise max_length"
+            )
+        positions = self.llm.get("max_position_embeddings")
+        if positions is not None and self.max_length > int(positions):
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the LLM's max_position_embeddings "
+                f"{positions}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

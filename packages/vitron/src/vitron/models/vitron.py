@@ -110,6 +110,7 @@ class VitronModel(
         vision: VisionTower | None = None,
     ) -> None:
         super().__init__()
+        config.check_budget()
         self.config = config
         self.tokenizer = tokenizer
         missing = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
@@ -241,6 +242,14 @@ class VitronModel(
     def vision_dtype(self) -> torch.dtype:
         return next(self.vision.parameters()).dtype
 
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """(m, T, 3, S, S) frames -> (m, T * (grid / video_pool)^2, H) LLM-space rows: each
+        frame's patch grid is average-pooled by ``config.video_pool`` before the projector."""
+        m = videos.shape[0]
+        flat = self.encode_images(videos.flatten(0, 1))  # (m * T, P, C)
+        pooled = patch_grid_pool(flat, self.config.vision.grid, self.config.video_pool)
+        return self.projector(pooled).reshape(m, -1, self.llm_width)  # (m, T * P', H)
+
     def media_embeddings(self, sample: Sample) -> list[Tensor]:
         """The sample's media embeddings in placeholder order: (rows, H) each."""
         kinds = {
@@ -258,10 +267,7 @@ class VitronModel(
             features = self.encode_images(sample.images)  # (n, P, C)
             images = list(self.projector(features))
         if sample.videos is not None:
-            m = sample.videos.shape[0]
-            flat = self.encode_images(sample.videos.flatten(0, 1))  # (m * T, P, C)
-            pooled = patch_grid_pool(flat, self.config.vision.grid, self.config.video_pool)
-            videos = list(self.projector(pooled).reshape(m, -1, self.llm_width))  # (m, T * P', H)
+            videos = list(self.encode_videos(sample.videos))
         if sample.regions:
             if features is None:
                 raise ValueError("regions need the image they were drawn on")

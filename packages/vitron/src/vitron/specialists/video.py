@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 
 from vitron.io import save_gif
 from vitron.specialists.base import (
@@ -57,6 +61,45 @@ def frames_to_pil(frames) -> list[Image.Image]:
     return [Image.fromarray((f * 255).round().astype(np.uint8)) for f in array]
 
 
+def clip_skip_prompt_kwargs(pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the prompt encoded here when the pipeline's default ``clip_skip`` would
+    reach the final layer norm through ``text_encoder.text_model``, which a transformers >= 5
+    ``CLIPTextModel`` no longer has (diffusers' I2VGenXL: ``clip_skip=1`` by default, so it
+    fails on every call). The states are the ones diffusers computes: the output of the block
+    ``clip_skip`` before the last, through the final layer norm; the negative branch (guidance
+    scale > 1) encodes the empty prompt the same way. Other pipelines: ``kwargs`` unchanged."""
+    params = inspect.signature(pipe.__call__).parameters
+    param = params.get("clip_skip")
+    encoder = getattr(pipe, "text_encoder", None)
+    if (
+        param is None
+        or not isinstance(param.default, int)
+        or encoder is None
+        or hasattr(encoder, "text_model")
+        or not hasattr(encoder, "final_layer_norm")
+    ):
+        return kwargs
+    out = dict(kwargs)
+    out["prompt_embeds"] = skipped_states(pipe, out.pop("prompt"), param.default)
+    guidance = params["guidance_scale"].default if "guidance_scale" in params else 1.0
+    if out.get("guidance_scale", guidance) > 1:
+        out["negative_prompt_embeds"] = skipped_states(pipe, "", param.default)
+    return out
+
+
+@torch.no_grad()
+def skipped_states(pipe, text: str, clip_skip: int) -> Tensor:
+    """(1, L, D) CLIP text states ``clip_skip`` blocks before the last, final-normed (padded to
+    the tokenizer's maximum length, as diffusers pads)."""
+    ids = pipe.tokenizer(
+        text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids  # fmt: skip
+    encoder = pipe.text_encoder
+    hidden = encoder(ids.to(encoder.device), output_hidden_states=True).hidden_states
+    return encoder.final_layer_norm(hidden[-(clip_skip + 1)])  # (1, L, D)
+
+
 class DiffusersVideo(Specialist):
     """``generate_video`` from text and ``image_to_video`` from an image (and optional text)."""
 
@@ -100,7 +143,13 @@ class DiffusersVideo(Specialist):
         return kwargs
 
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
-        out = self.pipeline(inputs.task)(**self.call_kwargs(inputs))
+        pipe = self.pipeline(inputs.task)
+        kwargs = clip_skip_prompt_kwargs(pipe, self.call_kwargs(inputs))
+        # I2VGenXL samples the image latents from the global generator: seed it too
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(inputs.args.get("seed", inputs.seed))
+            out = pipe(**kwargs)
         frames = frames_to_pil(out.frames)
         path = save_gif(frames, inputs.file("video", ".gif"), self.options.fps)
         what = repr(inputs.args["text"]) if inputs.args.get("text") else "the image"
