@@ -153,7 +153,7 @@ def test_accumulator_errors() -> None:
         OverlapAccumulator((5,))
     with pytest.raises(ValueError, match=r"shape\[1\] must be >= 1, got 0"):
         OverlapAccumulator((5, 0))
-    with pytest.raises(ValueError, match=r"kind must be one of 'none', 'linear', 'gaussian'"):
+    with pytest.raises(ValueError, match=r"^blend must be one of 'none', 'linear', 'gaussian'"):
         OverlapAccumulator((5, 5), blend="box")
 
 
@@ -270,5 +270,10 @@ def test_tiled_apply_errors() -> None:
         tiled_apply(lambda t: t, x, tile=4, stride=2, scale=0)
     with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
         tiled_apply(lambda t: t, x, tile=4, stride=2, batch_size=0)
-    with pytest.raises(ValueError, match=r"kind must be one of 'none', 'linear', 'gaussian'"):
+    with pytest.raises(ValueError, match=r"^blend must be one of 'none', 'linear', 'gaussian'"):
         tiled_apply(lambda t: t, x, tile=4, stride=2, blend="box")
+    for bad in (float("nan"), float("inf")):
+        poisoned = x.clone()
+        poisoned[0, 0, 1, 1] = bad
+        with pytest.raises(ValueError, match=r"x contains NaN or Inf values"):
+            tiled_apply(lambda t: t, poisoned, tile=4, stride=2)

@@ -94,6 +94,13 @@ def _axis_profile(size: int, kind: str) -> Tensor:
     return (steps / WEIGHT_STEPS).float()
 
 
+def check_blend(name: str, value: object) -> str:
+    """Require one of the blend names; the message names the caller's argument."""
+    if value not in BLENDS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, BLENDS))}, got {value!r}")
+    return value
+
+
 def blend_weights(height: int, width: int, kind: str) -> Tensor:
     """Blending weights of one tile.
 
@@ -111,8 +118,7 @@ def blend_weights(height: int, width: int, kind: str) -> Tensor:
     """
     check_positive_int("height", height)
     check_positive_int("width", width)
-    if kind not in BLENDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, BLENDS))}, got {kind!r}")
+    check_blend("kind", kind)
     return torch.outer(_axis_profile(height, kind), _axis_profile(width, kind))  # (H, W)
 
 
@@ -139,7 +145,7 @@ class OverlapAccumulator:
             raise ValueError(f"shape must be (..., H, W) with at least 2 dims, got {shape}")
         for i, size in enumerate(shape):
             check_positive_int(f"shape[{i}]", size)
-        blend_weights(1, 1, blend)  # validates the blend name
+        check_blend("blend", blend)
         self.shape = shape
         self.blend = blend
         self.canvas = torch.zeros(shape, dtype=dtype, device=device)
@@ -260,9 +266,11 @@ def tiled_apply(
         (B, C_out, H*scale, W*scale) tensor in the dtype of ``fn``'s output.
     """
     check_ndim("x", check_tensor("x", x), (4,), "(B, C, H, W)")
+    if x.is_floating_point():
+        check_float("x", x)  # NaN/Inf would spread over every overlapping tile
     check_positive_int("scale", scale)
     check_positive_int("batch_size", batch_size)
-    blend_weights(1, 1, blend)  # validates the blend name
+    check_blend("blend", blend)
     batch, _, height, width = x.shape
     tiles = tile_grid(height, width, tile, stride)
     bar = _progress_bar(len(tiles), progress)
