@@ -119,6 +119,14 @@ def test_rounds_limit_and_conversation_state(model, registry, image, tmp_path, r
         assistant.chat("x", images=[image], regions=[Region(Box(0, 0, 4, 4), image=3)])
     with pytest.raises(ValueError, match=r"max_rounds must be >= 1, got 0"):
         Assistant(model, registry, tmp_path, max_rounds=0)
+    bad = {
+        "max_new_tokens": (0, r"max_new_tokens must be >= 1, got 0"),
+        "top_p": (5.0, r"top_p must be in \(0, 1\], got 5.0"),
+        "temperature": (-1.0, r"temperature must be > 0, got -1.0"),
+    }
+    for name, (value, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            Assistant(model, registry, tmp_path, **{name: value})
 
 
 def test_image_to_video_end_to_end(model, registry, image, tmp_path, reply_with_calls):

@@ -85,6 +85,8 @@ def test_run_with_a_region_flag(tmp_path, model_dir, specialists_file, image_fil
         (["--set", "itaclip.strid=3"], r"unknown options \['strid'\] for specialist 'itaclip'"),
         (["--reply-file", "missing.txt"], r"--reply-file missing.txt does not exist"),
         (["--max-rounds", "0"], r"--max-rounds must be >= 1, got 0"),
+        (["--top-p", "5"], r"--top-p must be in \(0, 1\], got 5.0"),
+        (["--temperature", "0"], r"--temperature must be > 0, got 0.0"),
         (["--specialists", "nope.json"], r"--specialists nope.json does not exist"),
     ],
 )

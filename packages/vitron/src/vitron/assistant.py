@@ -120,6 +120,12 @@ class Assistant:
     ) -> None:
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.model = model.eval()
         self.router = Router(registry, output_dir, seed)
         self.generation = {

@@ -129,6 +129,10 @@ def build_assistant(args: argparse.Namespace, scripted: list[str]):
         raise SystemExit(f"error: --max-rounds must be >= 1, got {args.max_rounds}")
     if args.max_new_tokens < 1:
         raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise SystemExit(f"error: --top-p must be in (0, 1], got {args.top_p}")
+    if not args.temperature > 0.0:
+        raise SystemExit(f"error: --temperature must be > 0, got {args.temperature}")
     return Assistant(
         load_model(args),
         build_registry(args),
