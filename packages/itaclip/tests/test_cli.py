@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -56,9 +54,9 @@ def test_overlay_colours_and_legend():
 
 def test_class_option_parsing_and_errors(capsys):
     assert parse_class_option("person|man, dog") == [["person", "man"], ["dog"]]
-    with pytest.raises(SystemExit):
-        main(["segment", "x.png", "-o", "out"])  # --classes missing
-    assert "--classes" in capsys.readouterr().err
+    assert main(["segment", "x.png", "-o", "out"]) == 2  # --classes missing
+    error = "itaclip segment: error: the following arguments are required: --classes\n"
+    assert capsys.readouterr().err == error
 
 
 def test_segment_cli_output_size_engineering_aux_file_and_background(tmp_path, tiny_dir):
@@ -98,25 +96,29 @@ def test_segment_cli_output_size_engineering_aux_file_and_background(tmp_path, t
     ],
 )
 def test_segment_cli_bad_output_size(tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit):
-        main(["segment", "x.png", "--classes", "a,b", "-o", str(tmp_path), *extra])
-    assert f"argument --output-size: {message}" in capsys.readouterr().err
+    assert main(["segment", "x.png", "--classes", "a,b", "-o", str(tmp_path), *extra]) == 2
+    error = f"itaclip segment: error: argument --output-size: {message}\n"
+    assert capsys.readouterr().err == error
 
 
-def test_segment_cli_aux_file_and_background_errors(tmp_path, tiny_dir):
+def test_segment_cli_aux_file_and_background_errors(tmp_path, tiny_dir, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     aux = tmp_path / "defs.txt"
     aux.write_text("cat >= a small pet\ndog: a pet\n")
     common = ["segment", str(tmp_path / "a.png"), "--classes", "sky,cat,dog", "-o",
               str(tmp_path / "out"), "--model", f"local-dir:{tiny_dir}", "--pretrained", "",
               "--cache-dir", str(tmp_path / "cache"), "--aux-file", str(aux)]  # fmt: skip
-    with pytest.raises(SystemExit, match=re.escape(f"--aux-file: {aux}:2: expected 'name >=")):
-        main([*common, "--background", "0"])
+
+    def error_of(*extra: str) -> str:
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("itaclip segment: error: ")
+        return err.removeprefix("itaclip segment: error: ")
+
+    assert error_of("--background", "0").startswith(f"--aux-file: {aux}:2: expected 'name >=")
     aux.write_text("cat >= a small pet\nbird >= a pet\n")
-    with pytest.raises(SystemExit, match=re.escape(f"--aux-file: {aux}:2: expected a text for")):
-        main([*common, "--background", "sky"])
-    with pytest.raises(SystemExit, match=re.escape("--background 'tree' names none of")):
-        main([*common, "--background", "tree"])
-    with pytest.raises(SystemExit, match=re.escape("--background 3 is not a class index")):
-        main([*common, "--background", "3"])
+    assert error_of("--background", "sky").startswith(f"--aux-file: {aux}:2: expected a text for")
+    assert error_of("--background", "tree").startswith("--background 'tree' names none of")
+    assert error_of("--background", "3") == "--background 3 is not a class index in [0, 3)\n"
+    assert not (tmp_path / "out").exists()
     assert main([*common, "--background", "0", "--aux-ignore-names", "--stride", "224"]) == 0

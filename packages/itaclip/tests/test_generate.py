@@ -80,7 +80,7 @@ def test_cleaning_rules():
     assert clean_synonym("cat", "...") == "cat"
 
 
-def test_aux_cli_writes_texts_that_segment_uses(tiny_lm, tiny_dir, tmp_path):
+def test_aux_cli_writes_texts_that_segment_uses(tiny_lm, tiny_dir, tmp_path, capsys):
     import json
 
     import numpy as np
@@ -114,8 +114,12 @@ def test_aux_cli_writes_texts_that_segment_uses(tiny_lm, tiny_dir, tmp_path):
     expected = seg(pixels, [["cat"], ["dog", "puppy"]], aux_texts=data["texts"]).labels
     written = np.asarray(Image.open(tmp_path / "out" / "x_labels.png")).astype(np.int64)
     assert (written == expected.numpy()).all()
-    with pytest.raises(SystemExit, match="holds auxiliary texts for"):
-        main([*common, "--classes", "cat,sky"])
+    capsys.readouterr()
+    assert main([*common, "--classes", "cat,sky"]) == 2
+    assert capsys.readouterr().err == (
+        f"itaclip segment: error: --aux-file {aux} holds auxiliary texts for ['cat', 'dog'], "
+        "but --classes names ['cat', 'sky']\n"
+    )
 
 
 def test_aux_cli_writes_the_official_format(tiny_lm, tmp_path):

@@ -4,38 +4,75 @@ itaclip segment IMG... --classes "cat,dog,sky" -o OUT [--model NAME --pretrained
                 [--aux-file AUX.json|AUX.txt --alpha A] [--background NAME] [--output-size HxW]
 itaclip eval --dataset voc21 --root DIR [--nproc N] [--limit N] [--json FILE]
 itaclip aux --lm HF_ID_OR_DIR --classes "cat,dog" --kind definition -o AUX.json|AUX.txt
+itaclip tiny-model DIR [--seed 0]     # a tiny random open_clip model folder (offline runs)
 
 Classes are comma-separated; ``|`` separates the synonyms of one class (``"person|man,dog"``).
+
+Errors: a bad input ends with one line ``itaclip COMMAND: error: ...`` naming the flag and exit
+status 2, found before any model is loaded; a failure while working (disk full, a model that
+cannot be loaded or downloaded) exits 1; Ctrl-C exits 130 with ``itaclip COMMAND: interrupted``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from itaclip.auxfile import load_aux_texts, write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
 from itaclip.evaluate import evaluate, iou_from_confusion
 from itaclip.io import load_image, save_png
 from itaclip.presets import PRESETS
-from itaclip.segmenter import Segmenter
-from itaclip.text import atomic_write_bytes
+from itaclip.segmenter import Segmenter, SegmenterConfig, progress_disabled
+from itaclip.text import atomic_write_bytes, parse_classes
+from itaclip.tiny import CONFIG_FILE, save_tiny_model
 from itaclip.viz import overlay
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+class UsageError(ValueError):
+    """A bad command-line input; ``prog`` is the command it belongs to (exit status 2)."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class WorkError(Exception):
+    """A failure while working, after the inputs were checked (exit status 1)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, self.prog)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="ViT-B-16-quickgelu", help="open_clip model name")
+    parser.add_argument(
+        "--model",
+        default="ViT-B-16-quickgelu",
+        help="open_clip model name, hf-hub:org/repo, or a folder holding open_clip_config.json "
+        "(local-dir:DIR; `itaclip tiny-model DIR` writes one)",
+    )
     parser.add_argument("--pretrained", default="openai", help="open_clip weights tag or file")
     parser.add_argument("--stride", type=int, default=None, help="sliding-window stride")
     parser.add_argument(
@@ -49,12 +86,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="encode the original crops only (no gray, blur or flips; official switch off)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="text-embedding cache folder")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="itaclip", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="itaclip", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", help="segment images, write overlays")
     segment.add_argument("images", nargs="+", type=Path)
@@ -109,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="file to write: .json, or any other suffix for the official 'name >= text' lines",
     )
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random open_clip model folder (offline smoke runs)"
+    )
+    tiny.add_argument("directory", type=Path, help="folder to write (use as segment --model DIR)")
+    tiny.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
     return parser
 
 
-def load_segmenter(args: argparse.Namespace, preset: str | None) -> Segmenter:
-    overrides = {}
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``SegmenterConfig`` fields set by the command-line options."""
+    overrides: dict[str, Any] = {}
     if args.stride is not None:
         overrides["stride"] = args.stride
     if args.short_side is not None:
@@ -128,14 +176,132 @@ def load_segmenter(args: argparse.Namespace, preset: str | None) -> Segmenter:
         overrides["faithful"] = True
     if args.no_img_engineering:
         overrides["img_engineering"] = False
-    return Segmenter.from_pretrained(
-        args.model,
-        args.pretrained or None,
-        preset=preset,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        **overrides,
-    )
+    return overrides
+
+
+def check_settings(args: argparse.Namespace, preset: str | None) -> None:
+    """The inference options, each error naming its flag and the accepted range."""
+    crop = SegmenterConfig().crop
+    if args.stride is not None and not 1 <= args.stride <= crop:
+        raise UsageError(f"--stride must be in [1, {crop}] (the crop size), got {args.stride}")
+    if args.short_side is not None and args.short_side < 1:
+        raise UsageError(f"--short-side must be >= 1, got {args.short_side}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    alpha = getattr(args, "alpha", None)
+    if alpha is not None and not 0.0 <= alpha <= 1.0:  # also rejects NaN
+        raise UsageError(f"--alpha must be in [0, 1], got {alpha}")
+    overrides = config_overrides(args)
+    SegmenterConfig.from_preset(preset, **overrides) if preset else SegmenterConfig(**overrides)
+
+
+def check_device(text: str | None) -> str:
+    """``--device`` checked before any model is loaded; the default is cuda when available."""
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: no CUDA device is available (use --device cpu)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present "
+                f"(indices 0 to {torch.cuda.device_count() - 1})"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {text}: no MPS device is available (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps")
+    return text
+
+
+def check_model(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """``--model``/``--pretrained`` -> the (model name, weights) for open_clip, checked offline.
+
+    A built-in name must be one of ``open_clip.list_models()`` and ``--pretrained`` one of its
+    tags or a file; a folder (plain or ``local-dir:``) must hold ``open_clip_config.json``;
+    ``hf-hub:`` names are passed on (the hub cannot be checked before loading).
+    """
+    if model.startswith(HF_HUB):
+        return model, None
+    if model.startswith(LOCAL_DIR):
+        folder = Path(model[len(LOCAL_DIR) :])
+    elif model in open_clip.list_models():
+        if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(model):
+            if Path(pretrained).is_dir():
+                raise UsageError(f"--pretrained {pretrained} is a folder, not a weights file")
+            if not Path(pretrained).is_file():
+                tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+                raise UsageError(
+                    f"--pretrained {pretrained!r} is neither a weights tag of {model} ({tags}) "
+                    "nor an existing file ('' = random weights)"
+                )
+        return model, pretrained or None
+    elif Path(model).is_dir():
+        folder = Path(model)
+    elif Path(model).exists():
+        raise UsageError(
+            f"--model {model} is a file; expected an open_clip model name, hf-hub:org/repo or "
+            f"a folder holding {CONFIG_FILE}"
+        )
+    else:
+        raise UsageError(
+            f"--model {model!r} is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
+            "see open_clip.list_models()) nor an existing folder"
+        )
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"--model {model}: the folder {folder} {what}")
+    config = folder / CONFIG_FILE
+    try:
+        ok = "model_cfg" in json.loads(config.read_text())
+    except (OSError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise UsageError(
+            f"--model {model}: {config} is missing or is not an open_clip config "
+            '(a JSON object with "model_cfg"; `itaclip tiny-model DIR` writes one)'
+        )
+    return f"{LOCAL_DIR}{folder}", None
+
+
+def check_folder_writable(folder: Path, flag: str) -> None:
+    """Fail unless ``folder`` is a folder or can be created, and is writable."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {folder}: cannot create it, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: cannot write to {existing} (permission denied)")
+
+
+def check_file_writable(path: Path, flag: str) -> None:
+    """Fail unless ``path`` is not a folder and its folder is writable or can be created."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder, not a file")
+    parent = path.parent
+    existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: cannot create its folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write to {existing} (permission denied)")
+
+
+def check_image_file(path: Path) -> None:
+    """Fail unless ``path`` is a readable, complete image file (decoded, then dropped)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not an image file (give the images, e.g. DIR/*.png)")
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    try:
+        load_image(path)
+    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise UsageError(f"{path} is not a readable image ({reason})") from None
 
 
 def parse_size_option(text: str) -> tuple[int, int]:
@@ -156,12 +322,12 @@ def parse_background_option(text: str | None, classes: list[list[str]]) -> int |
     if text.strip().isdigit():
         index = int(text)
         if index >= len(classes):
-            raise SystemExit(f"--background {index} is not a class index in [0, {len(classes)})")
+            raise UsageError(f"--background {index} is not a class index in [0, {len(classes)})")
         return index
     for index, names in enumerate(classes):
         if text.strip() in names:
             return index
-    raise SystemExit(f"--background {text!r} names none of the classes {[n[0] for n in classes]}")
+    raise UsageError(f"--background {text!r} names none of the classes {[n[0] for n in classes]}")
 
 
 def parse_class_option(text: str) -> list[list[str]]:
@@ -169,34 +335,112 @@ def parse_class_option(text: str) -> list[list[str]]:
     return [[name.strip() for name in item.split("|")] for item in text.split(",")]
 
 
+def check_class_option(text: str) -> list[list[str]]:
+    """``--classes`` parsed and checked (no empty or duplicate names)."""
+    classes = parse_class_option(text)
+    try:
+        parse_classes(classes)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--classes {text!r}: {error}") from None
+    return classes
+
+
 def read_aux_option(
     path: Path, classes: list[list[str]], background: int | None, check_names: bool = True
 ) -> list[str | None]:
     """The texts of ``--aux-file``: an ``itaclip aux`` JSON file, or the official format."""
+    if path.is_dir():
+        raise UsageError(f"--aux-file {path} is a folder, not a file")
+    if not path.exists():
+        raise UsageError(f"--aux-file {path} does not exist")
     if path.suffix.lower() != ".json":
         try:
             return load_aux_texts(path, classes, background, check_names)
         except (OSError, ValueError) as error:
-            raise SystemExit(f"--aux-file: {error}") from error
-    data = json.loads(path.read_text())
+            raise UsageError(f"--aux-file: {error}") from None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--aux-file {path}: not readable JSON ({error})") from None
     names = [names[0] for names in classes]
-    if data["classes"] != names:
-        raise SystemExit(
-            f"{path} holds auxiliary texts for {data['classes']}, but --classes names {names}"
+    texts = data.get("texts") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("classes"), list)
+        or not isinstance(texts, list)
+        or not all(isinstance(text, str) and text.strip() for text in texts)
+        or len(texts) != len(data["classes"])
+    ):
+        raise UsageError(
+            f"--aux-file {path}: expected the JSON of `itaclip aux` (an object with lists "
+            '"classes" and "texts" of equal length, non-empty texts)'
         )
-    return data["texts"]
+    if data["classes"] != names:
+        raise UsageError(
+            f"--aux-file {path} holds auxiliary texts for {data['classes']}, "
+            f"but --classes names {names}"
+        )
+    return texts
 
 
-def run_segment(args: argparse.Namespace) -> int:
-    segmenter = load_segmenter(args, args.preset)
-    classes = parse_class_option(args.classes)
+def load_segmenter(args: argparse.Namespace, preset: str | None) -> Segmenter:
+    """The segmenter of the (checked) model options; a failure to load exits 1."""
+    model, pretrained = check_model(args.model, args.pretrained)
+    device = check_device(args.device)
+    try:
+        return Segmenter.from_pretrained(
+            model,
+            pretrained,
+            preset=preset,
+            device=device,
+            cache_dir=args.cache_dir,
+            **config_overrides(args),
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        weights = f" --pretrained {pretrained!r}" if pretrained else ""
+        raise WorkError(f"cannot load --model {args.model}{weights}: {error}") from error
+
+
+def check_common(args: argparse.Namespace, preset: str | None) -> None:
+    """Checks shared by ``segment`` and ``eval``: settings, device, model, cache folder."""
+    check_settings(args, preset)
+    check_device(args.device)
+    check_model(args.model, args.pretrained)
+    if args.cache_dir is not None:
+        check_folder_writable(args.cache_dir, "--cache-dir")
+
+
+def check_segment(args: argparse.Namespace) -> tuple[list[list[str]], int | None, list | None]:
+    """Every ``segment`` input checked before the model is loaded."""
+    check_common(args, args.preset)
+    classes = check_class_option(args.classes)
     background = parse_background_option(args.background, classes)
+    check_folder_writable(args.output, "-o/--output")
+    outputs: dict[str, Path] = {}
+    for path in args.images:
+        check_image_file(path)
+        if path.stem in outputs:
+            raise UsageError(
+                f"{outputs[path.stem]} and {path} would both be written to "
+                f"{args.output / f'{path.stem}_overlay.png'}"
+            )
+        outputs[path.stem] = path
     aux_texts = None
     if args.aux_file is not None:
         aux_texts = read_aux_option(args.aux_file, classes, background, not args.aux_ignore_names)
-    for path in args.images:
+    return classes, background, aux_texts
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    classes, background, aux_texts = check_segment(args)
+    segmenter = load_segmenter(args, args.preset)
+    progress = False if args.quiet else None
+    images = tqdm(args.images, desc="images", unit="image", disable=progress_disabled(progress))
+    for path in images:
         image = load_image(path)
-        result = segmenter(image, classes, aux_texts, background, output_size=args.output_size)
+        result = segmenter(
+            image, classes, aux_texts, background, output_size=args.output_size, progress=progress
+        )
         if args.output_size is not None:  # the overlay is drawn at the labels' size
             image = F.interpolate(
                 image[None], size=args.output_size, mode="bilinear", align_corners=False
@@ -207,7 +451,7 @@ def run_segment(args: argparse.Namespace) -> int:
         )
         labels = Image.fromarray(result.labels.numpy().astype(np.uint8))
         save_png(labels, args.output / f"{path.stem}_labels.png")
-        print(f"{path} -> {args.output / f'{path.stem}_overlay.png'}")
+        tqdm.write(f"{path} -> {args.output / f'{path.stem}_overlay.png'}", file=sys.stdout)
     return 0
 
 
@@ -221,7 +465,7 @@ def eval_worker(rank: int, world: int, args: argparse.Namespace, rendezvous: str
     try:
         segmenter = load_segmenter(args, args.dataset)
         dataset = SegmentationDataset(args.dataset, args.root, args.split)
-        conf = evaluate(segmenter, dataset, args.limit)
+        conf = evaluate(segmenter, dataset, args.limit, progress=False if args.quiet else None)
         if rank == 0:
             result = iou_from_confusion(conf)
             report = {
@@ -234,14 +478,42 @@ def eval_worker(rank: int, world: int, args: argparse.Namespace, rendezvous: str
                 "confusion": conf.tolist(),
             }
             atomic_write_bytes(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    except KeyboardInterrupt:
+        if world == 1:
+            raise
+        raise SystemExit(130) from None  # spawned: the parent reports the interruption
     finally:
-        if world > 1:
+        if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def check_eval(args: argparse.Namespace) -> None:
+    """Every ``eval`` input checked before the model is loaded."""
     if args.nproc < 1:
-        raise SystemExit(f"--nproc must be >= 1, got {args.nproc}")
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1 (or left out for all images), got {args.limit}")
+    check_common(args, args.dataset)
+    if args.json is not None:
+        check_file_writable(args.json, "--json")
+    if not args.root.is_dir():
+        what = "is a file, not a folder" if args.root.exists() else "does not exist"
+        raise UsageError(f"--root {args.root} {what}")
+    try:
+        dataset = SegmentationDataset(args.dataset, args.root, args.split)
+    except FileNotFoundError as error:
+        raise UsageError(f"--root {args.root} is not a {args.dataset} folder: {error}") from None
+    if len(dataset) == 0:
+        raise UsageError(f"--root {args.root}: the {args.dataset} split list names no images")
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    for sample in dataset.samples[:count]:
+        for path, what in ((sample.image, "image"), (sample.label, "label map")):
+            if not path.is_file():
+                raise UsageError(f"--root {args.root}: {what} of {sample.name} not found: {path}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    check_eval(args)
     with tempfile.TemporaryDirectory() as tmp:
         json_path = args.json or Path(tmp) / "result.json"
         args.json = json_path
@@ -249,17 +521,44 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.nproc == 1:
             eval_worker(0, 1, args, rendezvous)
         else:
-            torch.multiprocessing.spawn(eval_worker, (args.nproc, args, rendezvous), args.nproc)
+            try:
+                torch.multiprocessing.spawn(eval_worker, (args.nproc, args, rendezvous), args.nproc)
+            except torch.multiprocessing.ProcessExitedException as error:
+                if error.exit_code == 130:
+                    raise KeyboardInterrupt from None
+                raise WorkError(f"evaluation process {error.error_index} failed: {error}") from None
+            except torch.multiprocessing.ProcessRaisedException as error:
+                last = str(error).strip().splitlines()[-1]
+                raise WorkError(f"an evaluation process failed: {last}") from None
         report = json.loads(Path(json_path).read_text())
     print(f"{report['dataset']}: mIoU {100 * report['miou']:.2f} over {report['samples']} images")
     return 0
 
 
+def check_aux(args: argparse.Namespace) -> list[str]:
+    """Every ``aux`` input checked before the language model is loaded."""
+    if importlib.util.find_spec("transformers") is None:
+        raise UsageError("needs transformers: pip install 'itaclip[generate]'")
+    names = [names[0] for names in check_class_option(args.classes)]
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_file_writable(args.output, "-o/--output")
+    lm = Path(args.lm)
+    if lm.exists() and not lm.is_dir():
+        raise UsageError(f"--lm {args.lm} is a file; expected a hub id or a model folder")
+    if args.lm.startswith((".", "/", "~")) and not lm.expanduser().exists():
+        raise UsageError(f"--lm {args.lm}: the folder does not exist")
+    return names
+
+
 def run_aux(args: argparse.Namespace) -> int:
     from itaclip.generate import AuxTextGenerator, SamplingConfig
 
-    names = [names[0] for names in parse_class_option(args.classes)]
-    generator = AuxTextGenerator.from_pretrained(args.lm)
+    names = check_aux(args)
+    try:
+        generator = AuxTextGenerator.from_pretrained(args.lm)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise WorkError(f"cannot load --lm {args.lm}: {error}") from error
     generator.sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
     texts = generator.generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
@@ -272,10 +571,47 @@ def run_aux(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"segment": run_segment, "eval": run_eval, "aux": run_aux}
+def run_tiny_model(args: argparse.Namespace) -> int:
+    check_folder_writable(args.directory, "DIR")
+    print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
+    return 0
+
+
+COMMANDS = {"segment": run_segment, "eval": run_eval, "aux": run_aux, "tiny-model": run_tiny_model}
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``itaclip`` console script; returns the exit status."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return COMMANDS[args.command](args)
+    """Entry point of the ``itaclip`` console script; returns the exit status.
+
+    Bad inputs print ``itaclip COMMAND: error: ...`` (one line) and return 2, failures while
+    working return 1, Ctrl-C prints ``itaclip COMMAND: interrupted`` and returns 130.
+
+    Args:
+        argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = f"itaclip {argv[0]}" if argv and argv[0] in COMMANDS else "itaclip"
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"{error.prog or prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # a bad input found while working (e.g. an image too small)
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except (OSError, WorkError, torch.OutOfMemoryError) as error:  # disk full, load failed
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset
-from itaclip.segmenter import Segmenter
+from itaclip.segmenter import Segmenter, progress_disabled
 
 
 def confusion_matrix(
@@ -46,7 +46,7 @@ def evaluate(
     segmenter: Segmenter,
     dataset: SegmentationDataset,
     limit: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Tensor:
     """Confusion matrix of ``segmenter`` (preset classes) over ``dataset``.
 
@@ -56,16 +56,28 @@ def evaluate(
     Args:
         segmenter: a segmenter with a dataset preset matching ``dataset``.
         dataset: the benchmark.
-        limit: evaluate only the first ``limit`` samples.
-        progress: show a tqdm bar on rank 0.
+        limit: evaluate only the first ``limit`` samples (>= 1; ``None`` = all).
+        progress: tqdm bars on rank 0, over the images and over each image's sliding windows
+            (``None``: only when stderr is a terminal, tqdm's ``disable=None``).
+
+    Raises:
+        ValueError: ``limit`` < 1, or no samples to evaluate (the mIoU would be NaN).
     """
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 or None, got {limit!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.name}: the dataset has no samples")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     conf = torch.zeros(dataset.num_classes, dataset.num_classes, dtype=torch.int64)
     indices = range(rank, total, world)
-    for index in tqdm(indices, desc=dataset.name, disable=not progress or rank != 0):
+    if rank != 0:
+        progress = False
+    for index in tqdm(
+        indices, desc=dataset.name, unit="image", disable=progress_disabled(progress)
+    ):
         image, label, _ = dataset[index]
-        result = segmenter(image)
+        result = segmenter(image, progress=progress)
         if result.probs.shape[0] != dataset.num_classes:
             raise ValueError(
                 f"the segmenter predicts {result.probs.shape[0]} classes but {dataset.name} "

@@ -14,6 +14,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from common_kernels import tile_grid
 from itaclip.auxfile import load_aux_texts
@@ -38,6 +39,12 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GPU_BATCH, CPU_BATCH = 20, 5  # default images per ViT pass (see SegmenterConfig.batch_size)
+
+
+def progress_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` switch: ``True`` shows a bar, ``False`` hides it,
+    ``None`` shows it only when stderr is a terminal (tqdm's ``disable=None``)."""
+    return None if progress is None else not progress
 
 
 @dataclass
@@ -386,7 +393,11 @@ class Segmenter(nn.Module):
 
     @torch.no_grad()
     def query_logits(
-        self, image: Tensor, text: Tensor, output_size: Sequence[int] | None = None
+        self,
+        image: Tensor,
+        text: Tensor,
+        output_size: Sequence[int] | None = None,
+        progress: bool | None = False,
     ) -> Tensor:
         """Sliding-window logits of every query at the input (or the requested) resolution.
 
@@ -402,6 +413,8 @@ class Segmenter(nn.Module):
                 windows slide over the resized image as usual, the stitched logits are resized
                 bilinearly to this size and PAMR runs at it, guided by ``image`` resized
                 bilinearly to it. ``None`` = (H, W).
+            progress: a tqdm bar over the sliding windows (``None``: only when stderr is a
+                terminal; the bar is removed when the image is done).
 
         Returns:
             (Q, H_out, W_out) fp32 logits (PAMR-refined when ``config.pamr``).
@@ -419,6 +432,10 @@ class Segmenter(nn.Module):
         lefts = list(dict.fromkeys(tile.left for tile in tiles))
         per_step = max(1, self.batch_size // num_variants(cfg.img_engineering))
         grid = None
+        bar = tqdm(
+            total=len(tiles), desc="windows", unit="window", leave=False,
+            disable=progress_disabled(progress),
+        )  # fmt: skip
         for start in range(0, len(tiles), per_step):
             group = tiles[start : start + per_step]
             crops = torch.stack([resized[(slice(None), *t.slices)] for t in group])  # (n, 3, h, w)
@@ -429,6 +446,8 @@ class Segmenter(nn.Module):
             for index, window in enumerate(windows, start=start):
                 row, col = divmod(index, len(lefts))  # tiles are row-major
                 grid[:, row, :, col] = window
+            bar.update(len(group))
+        bar.close()
         rows = window_axis_matrix(new_h, tops, tiles[0].height, token_h, out_h)  # (Ho, rows*th)
         cols = window_axis_matrix(new_w, lefts, tiles[0].width, token_w, out_w)  # (Wo, cols*tw)
         grid = grid.flatten(3, 4).flatten(1, 2)  # (Q, rows * th, cols * tw)
@@ -463,6 +482,7 @@ class Segmenter(nn.Module):
         check_aux_names: bool = True,
         output_size: Sequence[int] | None = None,
         return_query_logits: bool = False,
+        progress: bool | None = False,
     ) -> Segmentation:
         """Segment one image.
 
@@ -479,6 +499,8 @@ class Segmenter(nn.Module):
             output_size: (H_out, W_out) of the labels, probabilities and logits
                 (mmsegmentation's ``ori_shape``; see ``query_logits``); ``None`` = the input's.
             return_query_logits: also return the (Q, H_out, W_out) query logits.
+            progress: a tqdm bar over the sliding windows (``None``: only when stderr is a
+                terminal).
 
         Returns:
             ``Segmentation`` with (H, W) labels, labels before the closing and (C, H, W)
@@ -490,7 +512,7 @@ class Segmenter(nn.Module):
         if aux_file is not None:
             aux_texts = load_aux_texts(aux_file, classes, background, check_aux_names)
         parsed, text = self.text_features(classes, aux_texts, background)
-        logits = self.query_logits(to_rgb_tensor(image), text, output_size)
+        logits = self.query_logits(to_rgb_tensor(image), text, output_size, progress)
         cfg = self.config
         labels, probs, before = classify_query_logits(
             logits,

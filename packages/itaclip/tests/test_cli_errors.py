@@ -1,0 +1,489 @@
+"""The CLI's error contract: one line ``itaclip COMMAND: error: ...`` naming the flag, exit 2,
+found before any model is loaded and before anything is written; failures while working exit
+1; Ctrl-C exits 130 with one line; progress bars; the ``tiny-model`` round trip."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from itaclip import Segmenter
+from itaclip.cli import main
+from itaclip.datasets import SegmentationDataset
+from itaclip.evaluate import evaluate
+from itaclip.tiny import CONFIG_FILE, TINY_CONFIG, WEIGHTS_FILE
+
+PREFIX = {command: f"itaclip {command}: error: " for command in ("segment", "eval", "aux")}
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: the checks must come first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", fail)
+    monkeypatch.setattr(open_clip, "create_model", fail)
+    from itaclip.generate import AuxTextGenerator
+
+    monkeypatch.setattr(AuxTextGenerator, "from_pretrained", fail)
+
+
+@pytest.fixture
+def files(tmp_path) -> Path:
+    """An image, broken images, a folder, aux files and a file in the way of outputs."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (tmp_path / "photos").mkdir()
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / sub / "x.png")
+    (tmp_path / "file.txt").write_text("in the way")
+    (tmp_path / "defs.txt").write_text("cat >= a pet\ndog a pet\n")
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"classes": ["cow"], "texts": ["a cow"]}))
+    (tmp_path / "model_no_config").mkdir()
+    return tmp_path
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def segment_args(tmp: Path, *extra: str, image: str = "img.png") -> list[str]:
+    return ["segment", str(tmp / image), "--classes", "cat,dog", "-o", str(tmp / "out"), *extra]
+
+
+SEGMENT_CASES = {
+    "not_an_image": (
+        segment_args(Path("{t}"), image="notes.png"),
+        "{t}/notes.png is not a readable image (cannot identify image file '{t}/notes.png')",
+    ),
+    "truncated": (
+        segment_args(Path("{t}"), image="cut.png"),
+        "{t}/cut.png is not a readable image (image file is truncated)",
+    ),
+    "missing": (segment_args(Path("{t}"), image="missing.png"), "{t}/missing.png does not exist"),
+    "folder_as_image": (
+        segment_args(Path("{t}"), image="photos"),
+        "{t}/photos is a folder, not an image file (give the images, e.g. DIR/*.png)",
+    ),
+    "same_stem": (
+        ["segment", "{t}/a/x.png", "{t}/b/x.png", "--classes", "cat", "-o", "{t}/out"],
+        "{t}/a/x.png and {t}/b/x.png would both be written to {t}/out/x_overlay.png",
+    ),
+    "stride_0": (
+        segment_args(Path("{t}"), "--stride", "0"),
+        "--stride must be in [1, 224] (the crop size), got 0",
+    ),
+    "stride_above_crop": (
+        segment_args(Path("{t}"), "--stride", "225"),
+        "--stride must be in [1, 224] (the crop size), got 225",
+    ),
+    "stride_not_int": (
+        segment_args(Path("{t}"), "--stride", "x"),
+        "argument --stride: invalid int value: 'x'",
+    ),
+    "short_side_0": (
+        segment_args(Path("{t}"), "--short-side", "0"),
+        "--short-side must be >= 1, got 0",
+    ),
+    "batch_size_0": (
+        segment_args(Path("{t}"), "--batch-size", "0"),
+        "--batch-size must be >= 1, got 0",
+    ),
+    "alpha": (segment_args(Path("{t}"), "--alpha", "1.5"), "--alpha must be in [0, 1], got 1.5"),
+    "output_size": (
+        segment_args(Path("{t}"), "--output-size", "0x5"),
+        "argument --output-size: expected HxW with positive integers, got '0x5'",
+    ),
+    "preset": (
+        segment_args(Path("{t}"), "--preset", "voc"),
+        "argument --preset: invalid choice: 'voc' (choose from 'cityscapes', 'coco_object', "
+        "'coco_stuff', 'context60', 'voc21')",
+    ),
+    "empty_class": (
+        ["segment", "{t}/img.png", "--classes", "cat,,dog", "-o", "{t}/out"],
+        "--classes 'cat,,dog': class 1 (['']) has an empty name",
+    ),
+    "duplicate_class": (
+        ["segment", "{t}/img.png", "--classes", "cat,dog|cat", "-o", "{t}/out"],
+        "--classes 'cat,dog|cat': duplicate class name 'cat': used by class 0 and class 1",
+    ),
+    "background_name": (
+        segment_args(Path("{t}"), "--background", "sky"),
+        "--background 'sky' names none of the classes ['cat', 'dog']",
+    ),
+    "unknown_model": (
+        segment_args(Path("{t}"), "--model", "ViT-Z-99"),
+        "--model 'ViT-Z-99' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
+        "see open_clip.list_models()) nor an existing folder",
+    ),
+    "model_is_a_file": (
+        segment_args(Path("{t}"), "--model", "{t}/file.txt"),
+        "--model {t}/file.txt is a file; expected an open_clip model name, hf-hub:org/repo or "
+        "a folder holding open_clip_config.json",
+    ),
+    "model_folder_missing": (
+        segment_args(Path("{t}"), "--model", "local-dir:{t}/nowhere"),
+        "--model local-dir:{t}/nowhere: the folder {t}/nowhere does not exist",
+    ),
+    "model_folder_without_config": (
+        segment_args(Path("{t}"), "--model", "{t}/model_no_config"),
+        "--model {t}/model_no_config: {t}/model_no_config/open_clip_config.json is missing or "
+        'is not an open_clip config (a JSON object with "model_cfg"; `itaclip tiny-model DIR` '
+        "writes one)",
+    ),
+    "unknown_weights_tag": (
+        segment_args(Path("{t}"), "--pretrained", "laion9b"),
+        "--pretrained 'laion9b' is neither a weights tag of ViT-B-16-quickgelu ({tags}) nor an "
+        "existing file ('' = random weights)",
+    ),
+    "device_cuda_without_gpu": (
+        segment_args(Path("{t}"), "--device", "cuda"),
+        "--device cuda: no CUDA device is available (use --device cpu)",
+    ),
+    "device_not_a_device": (
+        segment_args(Path("{t}"), "--device", "cuda:x"),
+        "--device cuda:x: expected cpu, cuda, cuda:N or mps",
+    ),
+    "device_unknown": (
+        segment_args(Path("{t}"), "--device", "tpu"),
+        "--device tpu: expected cpu, cuda, cuda:N or mps",
+    ),
+    "output_is_a_file": (
+        ["segment", "{t}/img.png", "--classes", "cat", "-o", "{t}/file.txt"],
+        "-o/--output {t}/file.txt is a file, not a folder",
+    ),
+    "output_below_a_file": (
+        ["segment", "{t}/img.png", "--classes", "cat", "-o", "{t}/file.txt/out"],
+        "-o/--output {t}/file.txt/out: cannot create it, {t}/file.txt is a file",
+    ),
+    "cache_dir_is_a_file": (
+        segment_args(Path("{t}"), "--cache-dir", "{t}/file.txt"),
+        "--cache-dir {t}/file.txt is a file, not a folder",
+    ),
+    "aux_missing": (
+        segment_args(Path("{t}"), "--aux-file", "{t}/nowhere.txt"),
+        "--aux-file {t}/nowhere.txt does not exist",
+    ),
+    "aux_folder": (
+        segment_args(Path("{t}"), "--aux-file", "{t}/photos"),
+        "--aux-file {t}/photos is a folder, not a file",
+    ),
+    "aux_malformed_line": (
+        segment_args(Path("{t}"), "--aux-file", "{t}/defs.txt"),
+        "--aux-file: {t}/defs.txt:2: expected 'name >=text' (a class name, '>=', its auxiliary "
+        "text), found no '>=' in 'dog a pet'",
+    ),
+    "aux_bad_json": (
+        segment_args(Path("{t}"), "--aux-file", "{t}/bad.json"),
+        "--aux-file {t}/bad.json: not readable JSON (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1))",
+    ),
+    "aux_json_other_classes": (
+        segment_args(Path("{t}"), "--aux-file", "{t}/other.json"),
+        "--aux-file {t}/other.json holds auxiliary texts for ['cow'], but --classes names "
+        "['cat', 'dog']",
+    ),
+    "classes_missing": (
+        ["segment", "{t}/img.png", "-o", "{t}/out"],
+        "the following arguments are required: --classes",
+    ),
+}
+
+
+def fill(text: str, tmp: Path) -> str:
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model("ViT-B-16-quickgelu"))
+    return text.replace("{t}", str(tmp)).replace("{tags}", tags)
+
+
+@pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
+def test_segment_bad_input_one_line_exit_2_before_model_load(
+    case, files, capsys, monkeypatch, no_model_load
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv, message = SEGMENT_CASES[case]
+    before = sorted(files.rglob("*"))
+    status, out, err = run([fill(arg, files) for arg in argv], capsys)
+    assert status == 2
+    assert err == f"{PREFIX['segment']}{fill(message, files)}\n"
+    assert out == ""
+    assert sorted(files.rglob("*")) == before  # nothing written, no output folder made
+
+
+@pytest.fixture
+def voc_root(tmp_path) -> Path:
+    """A one-image VOC folder."""
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / "voc" / folder).mkdir(parents=True)
+    root = tmp_path / "voc"
+    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "JPEGImages/a.jpg")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "SegmentationClass/a.png")
+    (tmp_path / "file.txt").write_text("in the way")
+    (tmp_path / "empty/ImageSets/Segmentation").mkdir(parents=True)
+    (tmp_path / "empty/ImageSets/Segmentation/val.txt").write_text("\n")
+    (tmp_path / "no_images/ImageSets/Segmentation").mkdir(parents=True)
+    (tmp_path / "no_images/ImageSets/Segmentation/val.txt").write_text("b\n")
+    return root
+
+
+EVAL_CASES = {
+    "limit_negative": (
+        ["--limit", "-1"],
+        "--limit must be >= 1 (or left out for all images), got -1",
+    ),
+    "limit_0": (["--limit", "0"], "--limit must be >= 1 (or left out for all images), got 0"),
+    "nproc_0": (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+    "stride_0": (["--stride", "0"], "--stride must be in [1, 224] (the crop size), got 0"),
+    "json_is_a_folder": (["--json", "{t}"], "--json {t} is a folder, not a file"),
+    "json_below_a_file": (
+        ["--json", "{t}/file.txt/r.json"],
+        "--json {t}/file.txt/r.json: cannot create its folder, {t}/file.txt is a file",
+    ),
+    "root_missing": (["--root", "{t}/nowhere"], "--root {t}/nowhere does not exist"),
+    "root_is_a_file": (["--root", "{t}/file.txt"], "--root {t}/file.txt is a file, not a folder"),
+    "root_not_voc": (
+        ["--root", "{t}"],
+        "--root {t} is not a voc21 folder: split list not found: "
+        "{t}/ImageSets/Segmentation/val.txt",
+    ),
+    "root_empty_split": (
+        ["--root", "{t}/empty"],
+        "--root {t}/empty: the voc21 split list names no images",
+    ),
+    "root_image_missing": (
+        ["--root", "{t}/no_images"],
+        "--root {t}/no_images: image of b not found: {t}/no_images/JPEGImages/b.jpg",
+    ),
+    "device_cuda_without_gpu": (
+        ["--device", "cuda"],
+        "--device cuda: no CUDA device is available (use --device cpu)",
+    ),
+    "unknown_model": (
+        ["--model", "nope"],
+        "--model 'nope' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; see "
+        "open_clip.list_models()) nor an existing folder",
+    ),
+    "dataset": (
+        ["--dataset", "voc"],
+        "argument --dataset: invalid choice: 'voc' (choose from 'cityscapes', 'coco_object', "
+        "'coco_stuff', 'context60', 'voc21')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_CASES))
+def test_eval_bad_input_one_line_exit_2_before_model_load(
+    case, voc_root, capsys, monkeypatch, no_model_load
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    extra, message = EVAL_CASES[case]
+    tmp = voc_root.parent
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--pretrained", ""]
+    before = sorted(tmp.rglob("*"))
+    status, out, err = run([*argv, *(fill(arg, tmp) for arg in extra)], capsys)
+    assert status == 2
+    assert err == f"{PREFIX['eval']}{fill(message, tmp)}\n"
+    assert out == ""
+    assert sorted(tmp.rglob("*")) == before
+
+
+def test_evaluate_api_rejects_limits_below_one(voc_root, make_segmenter):
+    dataset = SegmentationDataset("voc21", voc_root)
+    seg = make_segmenter(preset="voc21")
+    for limit in (-1, 0):
+        with pytest.raises(
+            ValueError, match=rf"^limit must be an integer >= 1 or None, got {limit}$"
+        ):
+            evaluate(seg, dataset, limit=limit, progress=False)
+
+
+AUX_CASES = {
+    "output_is_a_folder": (["-o", "{t}"], "-o/--output {t} is a folder, not a file"),
+    "output_below_a_file": (
+        ["-o", "{t}/file.txt/aux.json"],
+        "-o/--output {t}/file.txt/aux.json: cannot create its folder, {t}/file.txt is a file",
+    ),
+    "max_new_tokens_0": (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    "empty_class": (["--classes", "cat,"], "--classes 'cat,': class 1 (['']) has an empty name"),
+    "lm_is_a_file": (
+        ["--lm", "{t}/file.txt"],
+        "--lm {t}/file.txt is a file; expected a hub id or a model folder",
+    ),
+    "lm_folder_missing": (["--lm", "{t}/nowhere"], "--lm {t}/nowhere: the folder does not exist"),
+    "kind": (
+        ["--kind", "poem"],
+        "argument --kind: invalid choice: 'poem' (choose from 'definition', 'synonym')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AUX_CASES))
+def test_aux_bad_input_one_line_exit_2_before_model_load(case, files, capsys, no_model_load):
+    extra, message = AUX_CASES[case]
+    argv = ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", str(files / "aux.json")]
+    before = sorted(files.rglob("*"))
+    status, out, err = run([*argv, *(fill(arg, files) for arg in extra)], capsys)
+    assert status == 2
+    assert err == f"{PREFIX['aux']}{fill(message, files)}\n"
+    assert out == ""
+    assert sorted(files.rglob("*")) == before
+
+
+def test_tiny_model_into_a_file_is_refused(files, capsys):
+    status, out, err = run(["tiny-model", str(files / "file.txt")], capsys)
+    assert status == 2 and out == ""
+    assert err == f"itaclip tiny-model: error: DIR {files}/file.txt is a file, not a folder\n"
+    assert (files / "file.txt").read_text() == "in the way"
+
+
+def test_unknown_command_one_line(capsys):
+    status, out, err = run(["paint"], capsys)
+    assert status == 2 and out == ""
+    assert err == (
+        "itaclip: error: argument command: invalid choice: 'paint' "
+        "(choose from 'segment', 'eval', 'aux', 'tiny-model')\n"
+    )
+
+
+def test_failure_while_writing_exits_1_with_one_line(files, tiny_dir, capsys, monkeypatch):
+    def disk_full(image, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("itaclip.cli.save_png", disk_full)
+    argv = segment_args(files, "--model", str(tiny_dir), "--stride", "224", "--no-pamr",
+                        "--cache-dir", str(files / "cache"))  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert status == 1 and out == ""
+    path = files / "out" / "img_overlay.png"
+    assert err == f"itaclip segment: error: [Errno 28] No space left on device: '{path}'\n"
+
+
+def test_window_progress_bar_counts_the_windows(make_segmenter, capsys):
+    seg = make_segmenter(stride=16)  # crop 64 on 96x128: 3 x 5 windows
+    image = torch.rand(3, 96, 128)
+    text = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    quiet = seg.query_logits(image, text)
+    assert capsys.readouterr().err == ""
+    shown = seg.query_logits(image, text, progress=True)
+    err = capsys.readouterr().err
+    assert "windows" in err and "0/15" in err  # the total; refreshes are rate-limited
+    torch.testing.assert_close(shown, quiet, rtol=0, atol=0)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_segment_progress_on_a_terminal_unless_quiet(files, tiny_dir, monkeypatch, quiet):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = segment_args(files, "--model", str(tiny_dir), "--stride", "112", "--no-pamr",
+                        "--short-side", "224", "--cache-dir", str(files / "cache"))  # fmt: skip
+    assert main([*argv, *(["--quiet"] if quiet else [])]) == 0
+    shown = terminal.getvalue()
+    if quiet:
+        assert shown == ""
+    else:  # 224x314 resized image, crop 224, stride 112: 1 x 2 windows; one image
+        assert "images" in shown and "1/1" in shown
+        assert "windows" in shown and "0/2" in shown
+
+
+def test_segment_no_progress_when_stderr_is_not_a_terminal(files, tiny_dir, capsys):
+    argv = segment_args(files, "--model", str(tiny_dir), "--stride", "224", "--no-pamr",
+                        "--cache-dir", str(files / "cache"))  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert status == 0 and err == ""
+    assert out == f"{files / 'img.png'} -> {files / 'out' / 'img_overlay.png'}\n"
+
+
+def test_tiny_model_round_trip(tmp_path, files, capsys):
+    model = tmp_path / "models" / "tiny"
+    status, out, err = run(["tiny-model", str(model), "--seed", "3"], capsys)
+    assert status == 0 and err == "" and out == f"wrote {model}\n"
+    assert sorted(p.name for p in model.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert json.loads((model / CONFIG_FILE).read_text()) == {"model_cfg": TINY_CONFIG}
+    weights = load_file(model / WEIGHTS_FILE)
+    assert weights["visual.conv1.weight"].shape == (32, 3, 16, 16)
+    assert sum(w.numel() for k, w in weights.items() if k.startswith("visual.")) < 100_000
+    again = tmp_path / "again"
+    assert run(["tiny-model", str(again), "--seed", "3"], capsys)[0] == 0
+    assert (again / WEIGHTS_FILE).read_bytes() == (model / WEIGHTS_FILE).read_bytes()  # seeded
+    out_dir = tmp_path / "out"
+    argv = ["segment", str(files / "img.png"), "--classes", "cat,dog|puppy,sky", "-o",
+            str(out_dir), "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
+            "--stride", "112"]  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert status == 0 and err == ""
+    assert sorted(p.name for p in out_dir.iterdir()) == ["img_labels.png", "img_overlay.png"]
+    labels = np.asarray(Image.open(out_dir / "img_labels.png"))
+    assert labels.shape == (40, 56) and labels.dtype == np.uint8 and labels.max() <= 2
+    seg = Segmenter.from_pretrained(
+        f"local-dir:{model}", None, preset=None, stride=112, cache_dir=tmp_path / "cache"
+    )
+    image = np.asarray(Image.open(files / "img.png"))
+    expected = seg(image, [["cat"], ["dog", "puppy"], ["sky"]]).labels
+    assert torch.equal(torch.from_numpy(labels.astype(np.int64)), expected)
+
+
+INTERRUPT_SCRIPT = """
+import os, signal, sys, time
+from itaclip.cli import main
+from itaclip.segmenter import Segmenter
+
+def interrupted(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+
+Segmenter.query_logits = interrupted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_exits_130_with_one_line(files, tiny_dir, tmp_path):
+    argv = segment_args(files, "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "cache"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(INTERRUPT_SCRIPT), *argv],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "itaclip segment: interrupted\n"
+    assert done.stdout == ""
+    assert not (files / "out").exists()  # interrupted before anything was written
+
+
+def test_eval_progress_over_images_on_a_terminal(voc_root, tiny_dir, monkeypatch, capsys):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--model", str(tiny_dir),
+            "--stride", "224", "--short-side", "64", "--no-pamr", "--limit", "1",
+            "--cache-dir", str(voc_root.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("voc21: mIoU ")
+    shown = terminal.getvalue()
+    assert "voc21" in shown and "1/1" in shown and "image" in shown
+    assert "windows" in shown and "0/1" in shown  # 64x64 image, one window
