@@ -454,6 +454,10 @@ import os, signal, sys, time
 from itaclip.cli import main
 from itaclip.segmenter import Segmenter
 
+# a background job of a non-interactive shell starts with SIGINT ignored: restore Python's
+# default handler, as a terminal session has it
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def interrupted(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(30)

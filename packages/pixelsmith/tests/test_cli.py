@@ -114,6 +114,9 @@ import pixelsmith.io as io
 
 name, stage, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sig = getattr(signal, name)
+# a background job of a non-interactive shell starts with SIGINT ignored: restore Python's
+# default handler, as a terminal session has it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def stop(s, n, latents, plan):
     if (s, n) == (stage, step):
