@@ -25,6 +25,20 @@ TINY_OPEN_CLIP = {
 }
 
 
+def tiny_clip_text_encoder(tokenizer, layers: int):
+    """A random CLIP text encoder of the tiny conditioning width over ``tokenizer``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TINY_CONDITIONING_DIM, intermediate_size=32,
+            num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+
+
 def byte_level_tokenizer(model_max_length: int = 4096):
     """A fast tokenizer over the 256 byte symbols (no merges): any text round-trips exactly."""
     from tokenizers import Tokenizer, decoders, models
@@ -105,7 +119,6 @@ def clip_tokenizer(max_length: int = 16):
 
 def _sd_components(in_channels: int, seed: int) -> dict[str, Any]:
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
@@ -115,14 +128,7 @@ def _sd_components(in_channels: int, seed: int) -> dict[str, Any]:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TINY_CONDITIONING_DIM, norm_num_groups=4, attention_head_dim=4,
     )  # fmt: skip
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=TINY_CONDITIONING_DIM, intermediate_size=32,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
+    text_encoder = tiny_clip_text_encoder(tokenizer, layers=1)
     return {
         "unet": unet,
         "vae": _tiny_vae(),
@@ -174,7 +180,6 @@ def tiny_inpaint(seed: int = 0):
 def tiny_text2video(seed: int = 0):
     """A tiny random ModelScope-shaped text-to-video pipeline."""
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
@@ -184,14 +189,7 @@ def tiny_text2video(seed: int = 0):
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
         cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
     )  # fmt: skip
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=TINY_CONDITIONING_DIM, intermediate_size=32,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
+    text_encoder = tiny_clip_text_encoder(tokenizer, layers=1)
     return TextToVideoSDPipeline(
         unet=unet, vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler=_tiny_scheduler(),
@@ -203,8 +201,6 @@ def tiny_image2video(seed: int = 0):
     from diffusers import I2VGenXLPipeline, I2VGenXLUNet
     from transformers import (
         CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
         CLIPVisionConfig,
         CLIPVisionModelWithProjection,
     )
@@ -217,14 +213,7 @@ def tiny_image2video(seed: int = 0):
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
         cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
     )  # fmt: skip
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=TINY_CONDITIONING_DIM, intermediate_size=32,
-            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
+    text_encoder = tiny_clip_text_encoder(tokenizer, layers=2)  # CLIP skip reads layer -2
     image_encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(
             hidden_size=16, intermediate_size=32, projection_dim=TINY_CONDITIONING_DIM,
