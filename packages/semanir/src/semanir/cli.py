@@ -218,9 +218,9 @@ def _device(args: Namespace) -> torch.device:
     return device
 
 
-def _load(args: Namespace) -> nn.Module:
+def _load(args: Namespace, device: torch.device) -> nn.Module:
     """The model named by --model on --device, checked against --task."""
-    model = load_model(args.model).to(_device(args)).eval()
+    model = load_model(args.model).to(device).eval()
     upscale = int(model.upscale)
     if (args.task == "sr") != (upscale > 1):
         raise ValueError(
@@ -254,11 +254,11 @@ def restore(args: Namespace) -> None:
     if args.sigma is not None:
         check_sigma(args.sigma)
     noise_sigma = _noise_sigma(args)
-    _device(args)
+    device = _device(args)
     paths = list_images(args.inputs)
     targets = output_paths(paths, Path(args.output))
     check_writable(targets)
-    model = _load(args)
+    model = _load(args, device)
     channels = _channels(model)
     before, after = [], []
     jobs = list(zip(paths, targets, strict=True))
@@ -354,10 +354,10 @@ def evaluate(args: Namespace) -> None:
     """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
     degradation = _eval_degradation(args)
     list_images(args.data)  # fail on missing or empty inputs before loading a model
-    _device(args)
+    device = _device(args)
     if args.csv:
         check_writable([Path(args.csv)])
-    model = _load(args)
+    model = _load(args, device)
     if args.task == "sr":
         degradation["scale"] = _eval_scale(args.scale, int(model.upscale))
     dataset = SyntheticDegradationDataset(
