@@ -9,14 +9,30 @@ vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...' [--
           [--videos N] [--region K ...]
 vitron specialists [--specialists specialists.json]
 vitron train --model DIR --data train.jsonl --stage 2 -o trained/ [--lora-rank 8]
+          [--devices 2 --strategy ddp --precision bf16-mixed --accumulate-grad-batches 4
+          --gradient-checkpointing] [--signal-targets targets/targets.json (stage 3)]
+vitron build-targets --data stage3.jsonl --specialists S.json -o targets/   (stage-3 targets)
 vitron tiny-model DIR            (a tiny random Vitron model folder, for trying things out)
 vitron tiny-specialists DIR      (tiny random specialists + DIR/specialists.json)
+vitron eval refseg --refs 'refs(unc).p' --instances instances.json --images train2014/
+          --split val --model DIR -o out/ [--limit N]        (cIoU, gIoU -> out/results.json)
+vitron eval vqa --questions Q.json --annotations A.json --images val2014/ --model DIR -o out/
+vitron eval qa --data qa.jsonl --model DIR -o out/          (exact match of {image, question,
+          answer} lines)
+
+Errors: a bad input ends with one line ``vitron COMMAND: error: ...`` naming the flag and the
+accepted range, exit status 2, found before any model is loaded and before anything is written;
+a failure while working (a model that cannot be loaded, a full disk) exits 1 with one line;
+Ctrl-C exits 130 with ``vitron COMMAND: interrupted``. A subcommand raises ``UsageError`` for
+a bad input and ``WorkError`` for a failure; ``main`` prints them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,59 +43,259 @@ import torch
 from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
 
 REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 
 
-def _split_image_index(text: str) -> tuple[str, int]:
+class UsageError(ValueError):
+    """A bad command-line input (exit status 2); ``prog`` is the command it belongs to.
+
+    Raise it from any subcommand for an input it rejects, naming the flag and the accepted
+    range; ``main`` prints it as one line ``vitron COMMAND: error: MESSAGE``.
+    """
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class WorkError(Exception):
+    """A failure while working, after the inputs were checked (exit status 1)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, self.prog)
+
+
+def check_at_least(value: int, low: int, flag: str) -> None:
+    """Fail unless the integer ``value`` of ``flag`` is >= ``low``."""
+    if value < low:
+        raise UsageError(f"{flag} must be >= {low}, got {value}")
+
+
+def check_seed(seed: int) -> None:
+    """``--seed`` must be in [0, 2^32 - 1] (numpy's and Lightning's range)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
+
+
+def check_nonnegative(value: float, flag: str) -> None:
+    """Fail unless the float ``value`` of ``flag`` is finite and >= 0."""
+    if not (math.isfinite(value) and value >= 0.0):
+        raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+
+
+def available_devices() -> list[str]:
+    """The torch devices present here: ``cpu``, then ``cuda:N`` and ``mps`` when present."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(text: str | None) -> torch.device:
+    """``--device`` checked against the devices present (None: cuda when available, else cpu).
+
+    Args:
+        text: the flag's value, or None when it was left out.
+    """
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = ", ".join(available_devices())
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(
+            f"--device {text}: expected cpu, cuda, cuda:N or mps (available: {available})"
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: no CUDA device is available (available: {available})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: no such CUDA device (available: {available})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {text}: no MPS device is available (available: {available})")
+    return device
+
+
+def dtype_option(text: str) -> str:
+    """``--dtype`` value; the 0.1 names fp32, bf16 and fp16 still work."""
+    return DTYPE_ALIASES.get(text, text)
+
+
+def cuda_bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA GPU that computes bfloat16 natively (compute >= 8.0)."""
+    if device.type != "cuda":
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def resolve_dtype(name: str, device: torch.device, bf16_supported: bool) -> torch.dtype:
+    """The weights dtype of ``--dtype NAME`` on ``device``.
+
+    ``auto`` is bfloat16 on CUDA (float16 on a GPU without bfloat16) and float32 elsewhere;
+    an explicit bfloat16 on a CUDA GPU without it is refused.
+
+    Args:
+        name: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: the checked ``--device``.
+        bf16_supported: whether that device computes bfloat16 natively (CUDA only).
+    """
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if bf16_supported else torch.float16
+    if name == "bfloat16" and device.type == "cuda" and not bf16_supported:
+        raise UsageError(
+            f"--dtype bfloat16: {device} does not support bfloat16 (use --dtype float16 or auto)"
+        )
+    return DTYPES[name]
+
+
+def check_model_option(model: str, flag: str = "--model") -> None:
+    """A Vitron folder holding what ``save_pretrained`` writes, or a value shaped as a hub id.
+
+    Args:
+        model: the flag's value.
+        flag: the flag, for the messages.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from vitron.models.vitron import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        names = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR)
+        missing = [name for name in names if not (folder / name).exists()]
+        if missing:
+            raise UsageError(
+                f"{flag} {model}: the folder lacks {', '.join(missing)} (a Vitron folder is "
+                "written by VitronModel.save_pretrained or `vitron tiny-model DIR`)"
+            )
+        return
+    if folder.exists():
+        raise UsageError(f"{flag} {model} is a file; expected a Vitron folder or a hub id org/name")
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise UsageError(
+            f"{flag} {model}: the folder does not exist (and it is not a hub id org/name)"
+        ) from None
+
+
+def check_folder_writable(folder: Path, flag: str) -> None:
+    """Fail unless ``folder`` is a folder or can be created, and is writable.
+
+    Args:
+        folder: the output folder.
+        flag: the flag, for the messages.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {folder}: cannot create it, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: cannot write to {existing} (permission denied)")
+
+
+def check_input_file(path: Path, flag: str) -> None:
+    """Fail unless ``path`` is an existing file (not a folder)."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder, not a file")
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} does not exist")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _split_image_index(text: str, flag: str) -> tuple[str, int]:
     body, sep, index = text.rpartition("@")
     if not sep:
         return text, 0
     if not index.isdigit():
-        raise SystemExit(f"error: bad image index in {text!r} ({REGION_HELP})")
+        raise UsageError(f"{flag} {text}: bad image index ({REGION_HELP})")
     return body, int(index)
-
-
-def parse_region_flags(args: argparse.Namespace, images) -> list:
-    """``--box``, ``--stroke`` and ``--mask`` flags -> regions on the given images."""
-    from vitron.regions import Mask, Region, RegionError, Stroke, parse_box
-
-    regions = []
-    try:
-        for text in args.box or []:
-            body, k = _split_image_index(text)
-            image = _region_image(images, k, "--box")
-            regions.append(Region(parse_box(body, image.width, image.height), k))
-        for text in args.stroke or []:
-            body, k = _split_image_index(text)
-            _region_image(images, k, "--stroke")
-            points = tuple(
-                tuple(float(v) for v in p.split(",")) for p in body.replace(";", " ").split()
-            )
-            if any(len(p) != 2 for p in points):
-                raise RegionError(f"--stroke takes 'x,y x,y ...', got {body!r}")
-            regions.append(Region(Stroke(points, args.stroke_width), k))
-        for text in args.mask or []:
-            body, k = _split_image_index(text)
-            from vitron.io import load_image, to_tensor
-
-            image = _region_image(images, k, "--mask")
-            values = to_tensor(load_image(body)).mean(0)  # (H, W) in [0, 1]
-            if tuple(values.shape) != (image.height, image.width):
-                raise RegionError(
-                    f"--mask {body} is {values.shape[1]}x{values.shape[0]} but image {k} is "
-                    f"{image.width}x{image.height}"
-                )
-            regions.append(Region(Mask((values >= 0.5).double()), k))
-    except (RegionError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
-    return regions
 
 
 def _region_image(images, k: int, flag: str):
     if not 0 <= k < len(images):
-        raise SystemExit(
-            f"error: {flag} refers to image {k}, but {len(images)} image(s) were given"
-        )
+        raise UsageError(f"{flag} refers to image {k}, but {len(images)} image(s) were given")
     return images[k]
+
+
+def parse_stroke(body: str, width: float):
+    """``"x,y x,y ..."`` (or ``;``-separated) -> a ``Stroke`` of brush ``width``."""
+    from vitron.regions import RegionError, Stroke
+
+    try:
+        points = tuple(
+            tuple(float(v) for v in p.split(",")) for p in body.replace(";", " ").split()
+        )
+    except ValueError:
+        points = ((),)
+    if any(len(p) != 2 for p in points):
+        raise RegionError(f"expected 'x,y x,y ...' (numbers), got {body!r}")
+    return Stroke(points, width)
+
+
+def parse_mask(body: str, image, k: int):
+    """A ``--mask`` image file -> a ``Mask`` (>= 0.5 gray) of image ``k``'s size."""
+    from vitron.io import load_image, to_tensor
+    from vitron.regions import Mask
+
+    try:
+        values = to_tensor(load_image(body)).mean(0)  # (H, W) in [0, 1]
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--mask {err}") from None
+    if tuple(values.shape) != (image.height, image.width):
+        raise UsageError(
+            f"--mask {body} is {values.shape[1]}x{values.shape[0]} but image {k} is "
+            f"{image.width}x{image.height}"
+        )
+    return Mask((values >= 0.5).double())
+
+
+def parse_region_flags(args: argparse.Namespace, images) -> list:
+    """``--box``, ``--stroke`` and ``--mask`` flags -> regions on the given images.
+
+    Args:
+        args: the parsed command line.
+        images: the loaded ``--image`` images, in order.
+    """
+    from vitron.regions import Region, RegionError, parse_box
+
+    if args.stroke and not (math.isfinite(args.stroke_width) and args.stroke_width > 0):
+        raise UsageError(f"--stroke-width must be a finite number > 0, got {args.stroke_width}")
+    regions = []
+    for flag, texts in (("--box", args.box), ("--stroke", args.stroke), ("--mask", args.mask)):
+        for text in texts or []:
+            body, k = _split_image_index(text, flag)
+            image = _region_image(images, k, flag)
+            try:
+                if flag == "--box":
+                    shape = parse_box(body, image.width, image.height)
+                elif flag == "--stroke":
+                    shape = parse_stroke(body, args.stroke_width)
+                else:
+                    shape = parse_mask(body, image, k)
+                regions.append(Region(shape, k))
+            except RegionError as err:
+                raise UsageError(f"{flag} {text}: {one_line(err)}") from None
+    return regions
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -89,7 +305,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = pair.partition("=")
         adapter, dot, option = key.partition(".")
         if not sep or not dot or not adapter or not option:
-            raise SystemExit(f"error: --set takes ADAPTER.OPTION=VALUE, got {pair!r}")
+            raise UsageError(f"--set takes ADAPTER.OPTION=VALUE, got {pair!r}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -98,44 +314,89 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def build_registry(args: argparse.Namespace):
+def read_specialists_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``--specialists`` JSON file: adapter name -> options object."""
+    check_input_file(path, "--specialists")
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"--specialists {path} is not readable JSON ({one_line(err)})") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise UsageError(
+            f"--specialists {path} must hold a JSON object of adapter name -> options object"
+        )
+    return options
+
+
+def build_registry(args: argparse.Namespace, device: torch.device):
+    """The specialists of ``--specialists`` and ``--set`` on ``device`` (nothing loads yet).
+
+    Args:
+        args: the parsed command line.
+        device: the checked ``--device``.
+    """
     from vitron.specialists import SpecialistRegistry
 
     options: dict[str, dict[str, Any]] = {}
     if args.specialists is not None:
-        path = Path(args.specialists)
-        if not path.is_file():
-            raise SystemExit(f"error: --specialists {path} does not exist")
-        options = json.loads(path.read_text(encoding="utf-8"))
+        options = read_specialists_file(Path(args.specialists))
     for adapter, values in parse_settings(args.set or []).items():
         options.setdefault(adapter, {}).update(values)
     try:
-        return SpecialistRegistry(options, device=args.device)
+        # `vitron specialists` loads nothing and has no --offload
+        offload = getattr(args, "offload", True)
+        return SpecialistRegistry(options, device=device, offload=offload)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(f"--specialists/--set: {one_line(err)}") from None
 
 
-def load_model(args: argparse.Namespace):
+def check_assistant_options(args: argparse.Namespace) -> None:
+    """The options of ``run``, ``chat`` and ``app`` that need no file read, and the outputs."""
+    check_at_least(args.max_rounds, 1, "--max-rounds")
+    check_at_least(args.max_new_tokens, 1, "--max-new-tokens")
+    if not 0.0 < args.top_p <= 1.0:  # also rejects NaN
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0.0):
+        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    check_seed(args.seed)
+    check_model_option(args.model)
+    check_folder_writable(args.output, "-o/--output")
+
+
+def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """The ``--model`` in ``dtype`` on ``device``; a failure to load is a ``WorkError``.
+
+    Args:
+        args: the parsed command line (``--model``).
+        device: the checked ``--device``.
+        dtype: the resolved ``--dtype``.
+    """
+    from safetensors import SafetensorError
+
     from vitron.models import VitronModel
 
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    return VitronModel.from_pretrained(args.model, dtype=dtypes[args.dtype], device=args.device)
+    try:
+        return VitronModel.from_pretrained(args.model, dtype=dtype, device=device)
+    except (OSError, RuntimeError, ValueError, KeyError, ImportError, SafetensorError) as err:
+        raise WorkError(f"cannot load --model {args.model}: {one_line(err)}") from err
 
 
 def build_assistant(args: argparse.Namespace, scripted: list[str]):
+    """Check every option, then load the model: the assistant of ``run``, ``chat``, ``app``.
+
+    Args:
+        args: the parsed command line.
+        scripted: replies used instead of decoding (``--reply-file``).
+    """
     from vitron.assistant import Assistant
 
-    if args.max_rounds < 1:
-        raise SystemExit(f"error: --max-rounds must be >= 1, got {args.max_rounds}")
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise SystemExit(f"error: --top-p must be in (0, 1], got {args.top_p}")
-    if not args.temperature > 0.0:
-        raise SystemExit(f"error: --temperature must be > 0, got {args.temperature}")
+    check_assistant_options(args)
+    device = check_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, cuda_bf16_supported(device))
+    registry = build_registry(args, device)
     return Assistant(
-        load_model(args),
-        build_registry(args),
+        load_model(args, device, dtype),
+        registry,
         args.output,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
@@ -148,14 +409,21 @@ def build_assistant(args: argparse.Namespace, scripted: list[str]):
     )
 
 
-def load_media(args: argparse.Namespace):
+def load_media(args: argparse.Namespace) -> tuple[list, list]:
+    """The ``--image`` and ``--video`` inputs, each checked: it exists and decodes."""
     from vitron.io import load_image, load_video
 
-    try:
-        images = [load_image(p) for p in args.image or []]
-        videos = [load_video(p) for p in args.video or []]
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    images: list = []
+    videos: list = []
+    for flag, paths, load, found in (
+        ("--image", args.image, load_image, images),
+        ("--video", args.video, load_video, videos),
+    ):
+        for path in paths or []:
+            try:
+                found.append(load(path))
+            except (OSError, ValueError) as err:
+                raise UsageError(f"{flag} {one_line(err)}") from None
     return images, videos
 
 
@@ -204,17 +472,17 @@ def run_run(args: argparse.Namespace) -> int:
 
     scripted = []
     if args.reply_file is not None:
-        if not args.reply_file.is_file():
-            raise SystemExit(f"error: --reply-file {args.reply_file} does not exist")
-        scripted = [args.reply_file.read_text(encoding="utf-8")]
+        check_input_file(args.reply_file, "--reply-file")
+        try:
+            scripted = [args.reply_file.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as err:
+            raise UsageError(f"--reply-file {args.reply_file} is not UTF-8 text ({err})") from None
     images, videos = load_media(args)
     regions = parse_region_flags(args, images)
     assistant = build_assistant(args, scripted)
     progress = CallProgress()
     try:
         turn = assistant.chat(args.prompt, images, videos, regions, progress=progress)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
     finally:
         progress.close()
     write_json(Path(args.output) / "turn.json", turn.to_dict())
@@ -228,7 +496,7 @@ CHAT_HELP = """commands: /image PATH, /video PATH, /box x1,y1,x2,y2[@K], /reset,
 
 def run_chat(args: argparse.Namespace, stdin=None) -> int:
     from vitron.io import load_image, load_video, write_json
-    from vitron.regions import Region, RegionError, parse_box
+    from vitron.regions import Region, parse_box
 
     stdin = stdin or sys.stdin
     images, videos = load_media(args)
@@ -258,7 +526,7 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
                 pending_videos.append(load_video(rest.strip()))
                 print("(video added)")
             elif command == "/box":
-                body, k = _split_image_index(rest.strip())
+                body, k = _split_image_index(rest.strip(), "/box")
                 every = [*assistant.inputs.images, *pending_images]
                 image = _region_image(every, k, "/box")
                 pending_regions.append(Region(parse_box(body, image.width, image.height), k))
@@ -272,38 +540,42 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
                 turns += 1
                 write_json(Path(args.output) / f"turn_{turns:03d}.json", turn.to_dict())
                 print_turn(turn)
-        except (FileNotFoundError, RegionError, ValueError) as err:
-            print(f"error: {err}")
-        except SystemExit as err:  # a bad command argument: report it and go on
-            print(err)
+        except (FileNotFoundError, IsADirectoryError, ValueError) as err:  # report, go on
+            print(f"error: {one_line(err)}")
     return 0
 
 
 def run_app(args: argparse.Namespace) -> int:
     from vitron.app import ChatSession, launch_app
 
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [1, 65535], got {args.port}")
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise SystemExit("error: vitron app needs gradio: pip install 'vitron[app]'") from None
+        raise UsageError("needs gradio: pip install 'vitron[app]'") from None
     session = ChatSession(build_assistant(args, []), args.output)
     launch_app(session, server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.reply == "-" else args.reply
+    for flag, count in (("--images", args.images), ("--videos", args.videos)):
+        if count is not None:
+            check_at_least(count, 0, flag)
+    for k in args.region or []:
+        check_at_least(k, 0, "--region")
     counts = None
     if args.images is not None or args.videos is not None or args.region:
         images = args.images if args.images is not None else max(args.region or [-1]) + 1
-        if any(not 0 <= k < images for k in args.region or []):
-            raise SystemExit(f"error: --region needs an image index below --images {images}")
+        if any(k >= images for k in args.region or []):
+            raise UsageError(f"--region needs an image index below --images {images}")
         counts = InputCounts(images, args.videos, region_images=tuple(args.region or ()))
+    text = sys.stdin.read() if args.reply == "-" else args.reply
     try:
         parsed = parse_reply(text, grammar=args.grammar, counts=counts)
     except InvocationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise UsageError(f"REPLY does not parse: {one_line(err)}") from None
     data = {
         "text": parsed.text,
         "grammar": parsed.grammar,
@@ -316,7 +588,7 @@ def run_parse(args: argparse.Namespace) -> int:
 
 
 def run_specialists(args: argparse.Namespace) -> int:
-    registry = build_registry(args)
+    registry = build_registry(args, check_device(args.device))
     for row in registry.describe():
         status = (
             "ready"
@@ -330,9 +602,29 @@ def run_specialists(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_build_targets(args: argparse.Namespace) -> int:
+    """Write the stage-3 signal targets of ``--data`` to ``-o`` (see vitron.training.targets)."""
+    from vitron.training.data import TargetIndex
+    from vitron.training.targets import build_signal_targets
+
+    check_input_file(args.data, "--data")
+    check_folder_writable(args.output, "-o/--output")
+    registry = build_registry(args, check_device(args.device))
+    try:
+        path = build_signal_targets(args.data, registry, args.output)
+    except RuntimeError as err:  # a specialist that cannot load or run (SpecialistError too)
+        raise WorkError(f"cannot build the targets: {one_line(err)}") from err
+    records = TargetIndex(path).records
+    calls = sum(len(entries) for entries in records.values())
+    print(f"signal targets of {calls} call(s) in {len(records)} record(s) written to {path}")
+    return 0
+
+
 def run_tiny_model(args: argparse.Namespace) -> int:
     from vitron.tiny import tiny_model
 
+    check_seed(args.seed)
+    check_folder_writable(args.directory, "DIR")
     model = tiny_model(args.seed, args.vision_backend)
     model.save_pretrained(args.directory)
     count = sum(p.numel() for p in model.parameters())
@@ -346,23 +638,96 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 def run_tiny_specialists(args: argparse.Namespace) -> int:
     from vitron.tiny import write_tiny_specialists
 
+    check_seed(args.seed)
+    check_folder_writable(args.directory, "DIR")
     path = write_tiny_specialists(args.directory, args.seed, video=not args.no_video)
     print(f"tiny random specialists written to {args.directory}; use --specialists {path}")
     return 0
 
 
+def check_train(args: argparse.Namespace) -> None:
+    """Every ``train`` option checked before the model is loaded."""
+    check_at_least(args.max_steps, 1, "--max-steps")
+    check_at_least(args.batch_size, 1, "--batch-size")
+    check_at_least(args.lora_rank, 0, "--lora-rank")
+    if not (math.isfinite(args.lr) and args.lr > 0.0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    check_nonnegative(args.align_weight, "--align-weight")
+    check_nonnegative(args.synergy_weight, "--synergy-weight")
+    check_seed(args.seed)
+    if args.accelerator not in ACCELERATORS:
+        raise UsageError(
+            f"--accelerator {args.accelerator}: expected one of {', '.join(ACCELERATORS)}"
+        )
+    if args.accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--accelerator {args.accelerator}: no CUDA device is available "
+            f"(available: auto, cpu{', mps' if torch.backends.mps.is_available() else ''})"
+        )
+    check_model_option(args.model)
+    check_input_file(args.data, "--data")
+    if args.val_data is not None:
+        check_input_file(args.val_data, "--val-data")
+    check_folder_writable(args.output, "-o/--output")
+    check_train_scale(args)
+
+
+def parse_devices(text: str) -> int | str | list[int]:
+    """``--devices``: ``auto``, a count (``-1``: all), or device indices ``0,1``."""
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            indices = [int(part) for part in text.split(",") if part.strip()]
+            if indices and min(indices) >= 0 and len(set(indices)) == len(indices):
+                return indices
+        elif int(text) >= 1 or int(text) == -1:
+            return int(text)
+    except ValueError:
+        pass
+    raise UsageError(
+        f"--devices must be auto, a count >= 1 (-1: all), or distinct indices 0,1,...; got {text}"
+    )
+
+
+def check_train_scale(args: argparse.Namespace) -> None:
+    """``--devices``, ``--strategy``, ``--precision``, ``--accumulate-grad-batches`` and
+    ``--signal-targets``, before the model is loaded."""
+    from vitron.training.module import PRECISIONS, available_strategies, strategy_problem
+
+    parse_devices(args.devices)
+    strategies = available_strategies()
+    if args.strategy not in strategies:
+        raise UsageError(f"--strategy {args.strategy}: expected one of {', '.join(strategies)}")
+    problem = strategy_problem(args.strategy)
+    if problem is not None:
+        raise UsageError(f"--strategy {args.strategy} {problem}")
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"--precision {args.precision}: expected one of {', '.join(PRECISIONS)}")
+    check_at_least(args.accumulate_grad_batches, 1, "--accumulate-grad-batches")
+    if args.signal_targets is not None:
+        if args.stage != 3:
+            raise UsageError(f"--signal-targets applies to --stage 3, got --stage {args.stage}")
+        check_input_file(args.signal_targets, "--signal-targets")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from vitron.training import train
 
+    check_train(args)
     try:
         result = train(
             args.model, args.data, args.output, stage=args.stage, max_steps=args.max_steps,
             batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
             align_weight=args.align_weight, synergy_weight=args.synergy_weight,
             val_data=args.val_data, seed=args.seed, accelerator=args.accelerator,
+            devices=parse_devices(args.devices), strategy=args.strategy,
+            precision=args.precision, accumulate_grad_batches=args.accumulate_grad_batches,
+            gradient_checkpointing=args.gradient_checkpointing,
+            signal_targets=args.signal_targets,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (FileNotFoundError, ValueError) as err:  # the data, found bad while working
+        raise UsageError(one_line(err)) from None
     print(
         f"stage {args.stage}: loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
         f"model saved to {args.output}"
@@ -370,10 +735,24 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_offload_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offload", action=argparse.BooleanOptionalAction, default=True,
+        help="keep each specialist on the CPU between its calls (default; --no-offload keeps "
+        "all of them on --device: faster calls, more device memory)",
+    )  # fmt: skip
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Vitron folder or hub id (save_pretrained)")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
+        help="weights dtype; auto: bfloat16 on CUDA (float16 on a GPU without bfloat16), "
+        "float32 on the CPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
     parser.add_argument("--specialists", default=None, help="JSON: adapter name -> options")
     parser.add_argument(
         "--set",
@@ -381,13 +760,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="ADAPTER.OPTION=VALUE",
         help="override one specialist option",
     )
+    add_offload_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="per reply (>= 1)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-rounds", type=int, default=1, help="rounds of calls per turn")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling (> 0)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="sampling, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=0, help=f"in [0, {SEED_MAX}]")
+    parser.add_argument("--max-rounds", type=int, default=1, help="rounds of calls per turn (>= 1)")
     parser.add_argument("--grammar", choices=GRAMMARS, default="auto")
 
 
@@ -400,12 +780,14 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
         "--box", action="append", help="region box x1,y1,x2,y2 (pixels or [0, 1])[@K]"
     )
     parser.add_argument("--stroke", action="append", help="region stroke 'x,y x,y ...'[@K]")
-    parser.add_argument("--stroke-width", type=float, default=8.0, help="stroke brush width (px)")
+    parser.add_argument(
+        "--stroke-width", type=float, default=8.0, help="stroke brush width (px, > 0)"
+    )
     parser.add_argument("--mask", action="append", help="region mask image PATH[@K]")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitron", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="vitron", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="one request: reply, dispatch calls, answer")
     run.add_argument("prompt")
@@ -421,10 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]')")
     add_model_options(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--port", type=int, default=7860, help="in [1, 65535]")
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")
     parse = commands.add_parser("parse", help="parse a reply (or - for stdin) into calls")
-    parse.add_argument("reply")
+    parse.add_argument("reply", metavar="REPLY", help="the reply text, or - to read stdin")
     parse.add_argument("--grammar", choices=GRAMMARS, default="auto")
     parse.add_argument("--images", type=int, default=None, help="input images the reply sees")
     parse.add_argument("--videos", type=int, default=None, help="input videos the reply sees")
@@ -435,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     specialists = commands.add_parser("specialists", help="list the adapters and what they need")
     specialists.add_argument("--specialists", default=None)
     specialists.add_argument("--set", action="append")
-    specialists.add_argument("--device", default="cpu")
+    specialists.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     train = commands.add_parser("train", help="one training stage on a JSONL conversation file")
     train.add_argument("--model", required=True, help="Vitron folder or hub id to start from")
     train.add_argument("--data", type=Path, required=True, help="training JSONL")
@@ -452,23 +834,91 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synergy-weight", type=float, default=0.1)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--accelerator", default="auto")
+    train.add_argument(
+        "--devices", default="1", help="auto, a count (-1: all) or indices 0,1 (default 1)"
+    )
+    train.add_argument(
+        "--strategy", default="auto",
+        help="auto, ddp, deepspeed_stage_2 (needs deepspeed), ... (Lightning's names)",
+    )  # fmt: skip
+    train.add_argument(
+        "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed or bf16-true"
+    )
+    train.add_argument(
+        "--accumulate-grad-batches", type=int, default=1,
+        help="batches averaged into one optimizer step (>= 1)",
+    )  # fmt: skip
+    train.add_argument(
+        "--gradient-checkpointing", action="store_true",
+        help="recompute the LLM's block activations in backward (less memory, more compute)",
+    )  # fmt: skip
+    train.add_argument(
+        "--signal-targets", type=Path, default=None,
+        help="stage 3: targets.json written by vitron build-targets for --data",
+    )  # fmt: skip
+    targets = commands.add_parser(
+        "build-targets", help="stage-3 signal targets of a JSONL from the specialists"
+    )
+    targets.add_argument("--data", type=Path, required=True, help="training JSONL (stage 3)")
+    targets.add_argument("--specialists", default=None, help="JSON: adapter name -> options")
+    targets.add_argument("--set", action="append", metavar="ADAPTER.OPTION=VALUE")
+    targets.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
+    add_offload_option(targets)
+    targets.add_argument(
+        "-o", "--output", type=Path, required=True,
+        help="folder for targets.safetensors and targets.json",
+    )  # fmt: skip
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")
-    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument(
         "--vision-backend", choices=("transformers", "open_clip"), default="transformers"
     )
     tiny_spec = commands.add_parser("tiny-specialists", help="write tiny random specialists")
-    tiny_spec.add_argument("directory", type=Path)
+    tiny_spec.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
     tiny_spec.add_argument("--seed", type=int, default=0)
     tiny_spec.add_argument(
         "--no-video", action="store_true", help="skip the video models (text- and image-to-video)"
     )
+    from vitron.evaluation.command import add_eval_parser
+
+    add_eval_parser(commands, add_model_options)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``vitron`` console script; returns the exit status.
+
+    Bad inputs print ``vitron COMMAND: error: ...`` (one line) and return 2, failures while
+    working return 1, Ctrl-C prints ``vitron COMMAND: interrupted`` and returns 130. Every
+    subcommand in ``handlers`` gets this contract by raising ``UsageError`` or ``WorkError``.
+
+    Args:
+        argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
+    """
+    prog = "vitron"
+    try:
+        args = build_parser().parse_args(argv)
+        prog = f"vitron {args.command}"
+        return dispatch(args)
+    except UsageError as error:
+        print(f"{error.prog or prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # a bad input found while working (e.g. a box off the image)
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except (OSError, WorkError, torch.cuda.OutOfMemoryError) as error:  # disk full, load failed
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the handler of ``args.command``."""
     handlers = {
         "run": run_run,
         "chat": run_chat,
@@ -476,10 +926,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parse": run_parse,
         "specialists": run_specialists,
         "train": run_train,
+        "build-targets": run_build_targets,
         "tiny-model": run_tiny_model,
         "tiny-specialists": run_tiny_specialists,
+        "eval": run_eval,
     }
     return handlers[args.command](args)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``vitron eval TASK`` (see :mod:`vitron.evaluation.command`)."""
+    from vitron.evaluation.command import run_eval as evaluate
+
+    return evaluate(args)
 
 
 if __name__ == "__main__":

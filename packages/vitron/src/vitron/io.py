@@ -61,27 +61,59 @@ def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, fps: float 
     return atomic_write(path, write)
 
 
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as RGB (alpha dropped, grayscale expanded)."""
+    """Read an image file as RGB (alpha dropped, grayscale expanded).
+
+    Args:
+        path: the image file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: ``path`` is not a readable image (not an image, truncated, too large).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path} is not a readable image ({_reason(error)})") from None
 
 
 def load_video(path: str | os.PathLike) -> list[Image.Image]:
-    """Frames of an animated GIF/WebP/TIFF or of a folder of images (sorted by name), RGB."""
+    """Frames of an animated GIF/WebP/TIFF or of a folder of images (sorted by name), RGB.
+
+    Args:
+        path: the animation file or the folder of frames.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a readable image, or a folder holding no images.
+    """
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"video folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"{path} is a folder holding no images ({', '.join(IMAGE_SUFFIXES)})")
         return [load_image(p) for p in files]
     if not path.is_file():
-        raise FileNotFoundError(f"video {path} does not exist")
-    with Image.open(path) as image:
-        return [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with Image.open(path) as image:
+            return [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"{path} is not a readable video: an animated GIF/WebP/TIFF or a folder of images "
+            f"({_reason(error)})"
+        ) from None
 
 
 def to_tensor(image: Image.Image) -> Tensor:

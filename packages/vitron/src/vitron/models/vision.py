@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from vitron.models.config import OPENAI_MEAN, OPENAI_STD, VisionConfig
@@ -15,20 +16,24 @@ class VisionTower(nn.Module):
     """Patch features of a CLIP ViT at ``config.select_layer`` (class token dropped).
 
     Args:
-        config: the tower's architecture and feature choice; weights are random until loaded.
+        config: the tower's architecture and feature choice.
+        model: the loaded backend model (a ``CLIPVisionModel`` or an open_clip ``visual``);
+            ``None`` builds one from ``config`` with random weights.
     """
 
-    def __init__(self, config: VisionConfig) -> None:
+    def __init__(self, config: VisionConfig, model: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         if config.backend == "transformers":
             from transformers import CLIPVisionConfig, CLIPVisionModel
 
-            self.model = CLIPVisionModel(CLIPVisionConfig(**config.model_config))
+            self.model = (
+                CLIPVisionModel(CLIPVisionConfig(**config.model_config)) if model is None else model
+            )
             self.hidden_size = self.model.config.hidden_size
             self.num_layers = self.model.config.num_hidden_layers
         else:
-            self.model = _open_clip_visual(config.model_config)
+            self.model = _open_clip_visual(config.model_config) if model is None else model
             self.hidden_size = int(config.model_config["vision_cfg"]["width"])
             self.num_layers = len(self.model.transformer.resblocks)
         if not -self.num_layers <= config.select_layer <= self.num_layers:
@@ -56,9 +61,14 @@ class VisionTower(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name: str, select_layer: int = -2, preprocess: str = "pad", **kwargs: Any
+        cls,
+        name: str,
+        select_layer: int = -2,
+        preprocess: str = "pad",
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> VisionTower:
-        """Load pretrained CLIP vision weights.
+        """Load pretrained CLIP vision weights (the loaded model is wrapped, not copied).
 
         Args:
             name: a transformers CLIP id or folder (``"openai/clip-vit-large-patch14"``), or
@@ -66,20 +76,22 @@ class VisionTower(nn.Module):
                 ``"open_clip:local-dir:/path"``.
             select_layer: see :class:`VisionConfig`.
             preprocess: see :class:`VisionConfig`.
-            **kwargs: passed to ``CLIPVisionModel.from_pretrained`` (e.g. ``torch_dtype``).
+            dtype: weights dtype (default: torch's default, float32). transformers loads
+                straight into it; open_clip builds its model in float32 first.
+            **kwargs: passed to ``CLIPVisionModel.from_pretrained`` (e.g. ``device_map``).
         """
+        dtype = dtype or torch.get_default_dtype()
         if name.startswith("open_clip:"):
-            return cls._from_open_clip(name.removeprefix("open_clip:"), select_layer, preprocess)
+            spec = name.removeprefix("open_clip:")
+            return cls._from_open_clip(spec, select_layer, preprocess).to(dtype)
         from transformers import CLIPVisionModel
 
-        model = CLIPVisionModel.from_pretrained(name, **kwargs)
+        model = CLIPVisionModel.from_pretrained(name, dtype=dtype, **kwargs)
         mean, std = _transformers_norm(name)
         config = VisionConfig(
             "transformers", model.config.to_dict(), select_layer, preprocess, mean, std
         )
-        tower = cls(config)
-        tower.model.load_state_dict(model.state_dict())
-        return tower
+        return cls(config, model)
 
     @classmethod
     def _from_open_clip(cls, spec: str, select_layer: int, preprocess: str) -> VisionTower:

@@ -22,10 +22,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelHubMixin
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from vitron.models.config import VitronConfig
+from vitron.models.loading import (
+    assign_safetensors,
+    default_dtype,
+    empty_weights,
+    meta_parameters,
+)
 from vitron.models.modules import (
     Projector,
     RegionEncoder,
@@ -142,32 +148,49 @@ class VitronModel(
         vision: str = "openai/clip-vit-large-patch14",
         *,
         dtype: torch.dtype | None = None,
+        device_map: str | dict[str, Any] | torch.device | None = None,
         **config_overrides: Any,
     ) -> VitronModel:
         """A new Vitron from a pretrained causal LM and CLIP tower (the start of stage 1).
 
+        The LLM and the tower are loaded by transformers straight into ``dtype`` (no random
+        copy); the new parts (projector, region encoder, signal heads, synergy) are built in
+        ``dtype`` at random, as stage 1 starts them.
+
         Args:
             llm: transformers causal LM id or folder (e.g. ``"lmsys/vicuna-7b-v1.5"``).
             vision: CLIP id/folder or ``"open_clip:<name>/<tag>"`` (see ``VisionTower``).
-            dtype: weights dtype of the LLM.
+            dtype: dtype of every floating-point weight (default: torch's default, float32).
+            device_map: passed to transformers for the LLM: a device (``"cuda:0"``) or a
+                device map (``"auto"``, ``{"model.layers.0": 0, ...}``; needs accelerate). The
+                other parts go to the device of the LLM's input embeddings. ``None``: the CPU.
             **config_overrides: other :class:`VitronConfig` fields (``select_layer`` and
                 ``preprocess`` go to the vision config).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        dtype = dtype or torch.get_default_dtype()
         vision_kwargs = {
             k: config_overrides.pop(k)
             for k in ("select_layer", "preprocess")
             if k in config_overrides
         }
-        tower = VisionTower.from_pretrained(vision, **vision_kwargs)
+        tower = VisionTower.from_pretrained(vision, dtype=dtype, **vision_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(llm)
-        lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype, device_map=device_map)
         config = VitronConfig(vision=tower.config, llm=lm.config.to_dict(), **config_overrides)
         add_vitron_tokens(tokenizer, lm, config)
         config.llm = lm.config.to_dict()
-        model = cls(config, tokenizer, llm=lm, vision=tower)
-        return model.to(dtype) if dtype is not None else model
+        with default_dtype(dtype):
+            model = cls(config, tokenizer, llm=lm, vision=tower)
+        model.place_parts(lm.get_input_embeddings().weight.device)
+        return model
+
+    def place_parts(self, device: str | torch.device) -> None:
+        """Move every part but the LLM (which transformers may spread over devices)."""
+        parts = (self.vision, self.projector, self.region_encoder, self.signal_heads, self.synergy)
+        for part in parts:
+            part.to(device)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer folder."""
@@ -197,6 +220,12 @@ class VitronModel(
         device: str | torch.device = "cpu",
         **unused: Any,
     ) -> VitronModel:
+        """Build the model on the meta device and assign the saved weights (no random copy).
+
+        ``VitronModel.from_pretrained(model_id, dtype=..., device=...)`` passes ``dtype`` (of
+        every floating-point weight; default torch's default, float32) and ``device`` (one
+        device; a transformers ``device_map`` applies only to :meth:`from_components`).
+        """
         from transformers import AutoTokenizer
 
         folder = Path(model_id)
@@ -218,9 +247,16 @@ class VitronModel(
         data.pop("vitron_version", None)
         config = VitronConfig.from_dict(data)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
-        with _default_dtype(dtype):
-            model = cls(config, tokenizer)
-        load_model(model, str(folder / WEIGHTS_NAME), strict=True, device=str(device))
+        dtype = dtype or torch.get_default_dtype()
+        with empty_weights(), default_dtype(dtype):
+            model = cls(config, tokenizer)  # parameters on the meta device: nothing initialised
+        assign_safetensors(model, folder / WEIGHTS_NAME, dtype, device)
+        never_loaded = meta_parameters(model)
+        if never_loaded:
+            raise ValueError(
+                f"{folder / WEIGHTS_NAME} lacks {len(never_loaded)} weight(s), e.g. "
+                f"{never_loaded[:3]}"
+            )
         return model.to(device).eval()
 
     # ----------------------------------------------------------------- encoding and splicing
@@ -345,6 +381,7 @@ class VitronModel(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
             output_hidden_states=True,
+            use_cache=False,  # no cache to fill in training (and block checkpointing recomputes)
         )
         lm = None if spliced.labels is None else causal_lm_loss(out.logits, spliced.labels)
         signals = self._signal_features(samples, spliced, out.hidden_states[-1])
@@ -488,20 +525,6 @@ def _llm_config_dict(llm: nn.Module) -> dict[str, Any]:
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     data = base.config.to_dict()
     return json.loads(json.dumps(data, default=str))
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype | None):
-    """Build modules directly in ``dtype`` (no fp32 copy of a large model first)."""
-    if dtype is None:
-        yield
-        return
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def model_size(model: nn.Module) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import enum
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,8 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from vitron.specialists.registry import SpecialistRegistry
+
+OFFLOAD_DEVICE = torch.device("cpu")
 
 
 class Consumes(enum.Flag):
@@ -97,12 +100,16 @@ class CallInputs:
 class Specialist(abc.ABC):
     """Base class of the adapters; subclasses set the class attributes and ``Options``.
 
-    Nothing is imported or loaded until the first call (``load`` runs once).
+    Nothing is imported or loaded until the first call (``load`` runs once). With ``offload``,
+    the weights stay on the CPU between calls: :meth:`active` moves them to ``device`` for a
+    call (or a batch of ``conditioning_target`` calls) and back after, so the accelerator holds
+    the LLM plus one specialist at a time instead of all of them.
 
     Args:
         options: an ``Options`` instance (defaults when ``None``).
         registry: the registry, for adapters that use another specialist (editing segments).
         device: where models run.
+        offload: keep the weights on the CPU when idle.
     """
 
     name: ClassVar[str]
@@ -118,11 +125,14 @@ class Specialist(abc.ABC):
         options: Any = None,
         registry: SpecialistRegistry | None = None,
         device: str | torch.device = "cpu",
+        offload: bool = True,
     ) -> None:
         self.options = options if options is not None else self.Options()
         self.registry = registry
         self.device = torch.device(device)
+        self.offload = offload
         self.loaded = False
+        self._active_depth = 0
 
     @classmethod
     def missing_packages(cls) -> list[str]:
@@ -156,21 +166,46 @@ class Specialist(abc.ABC):
 
     @abc.abstractmethod
     def load(self) -> None:
-        """Import the package and load the weights (called once, on first use)."""
+        """Import the package and load the weights onto ``device`` (called once, on first use)."""
+
+    def offloadable(self) -> list[Any]:
+        """The loaded objects that hold weights (pipelines, modules: anything with ``.to``)."""
+        return []
+
+    def move(self, device: torch.device) -> None:
+        """Move every :meth:`offloadable` object to ``device``."""
+        for part in self.offloadable():
+            part.to(device)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Specialist]:
+        """The loaded specialist, on ``device`` for the block; with ``offload``, moved back to
+        the CPU when the outermost block ends (blocks nest without moving)."""
+        self._active_depth += 1
+        try:
+            if self._active_depth == 1 and self.offload and self.loaded:
+                self.move(self.device)
+            self.ensure_loaded()
+            yield self
+        finally:
+            self._active_depth -= 1
+            if self._active_depth == 0 and self.offload and self.loaded:
+                self.move(OFFLOAD_DEVICE)
 
     def run(self, inputs: CallInputs) -> SpecialistOutput:
-        """Run one call (the weights are loaded first if needed)."""
+        """Run one call (loaded first if needed; on ``device`` during the call)."""
         if inputs.task not in self.tasks:
             raise SpecialistError(f"specialist {self.name!r} does not serve task {inputs.task!r}")
-        self.ensure_loaded()
-        return self.execute(inputs)
+        with self.active():
+            return self.execute(inputs)
 
     @abc.abstractmethod
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         """Run one call on loaded weights."""
 
     def conditioning_target(self, task: str, text: str) -> Tensor:
-        """The specialist's own conditioning of ``text``: the stage-3 target of a signal."""
+        """The specialist's own conditioning of ``text`` (a float32 CPU vector): the stage-3
+        target of a signal. Adapters that consume signals override it (inside :meth:`active`)."""
         raise SpecialistError(f"specialist {self.name!r} takes no signal embeddings")
 
 

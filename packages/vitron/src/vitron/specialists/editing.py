@@ -9,6 +9,7 @@ a mask or target restricts it. The image is resized so its long side is ``size``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from PIL import Image
@@ -95,6 +96,9 @@ class DiffusersInpainter(Specialist):
         dtype = torch_dtype(self.options.dtype, self.device)
         self.pipe = load_pipeline("inpaint", self.options.model, dtype, self.device)
 
+    def offloadable(self) -> list[Any]:
+        return [self.pipe]
+
     def edit_mask(self, inputs: CallInputs) -> Tensor:
         """(H, W) bool mask of the pixels to repaint."""
         args = inputs.args
@@ -109,9 +113,8 @@ class DiffusersInpainter(Specialist):
         elif "target" in args:
             if self.registry is None:
                 raise SpecialistError("segmenting a target needs the registry's segmenter")
-            segmenter = self.registry.specialist("segment_image")
-            segmenter.ensure_loaded()
-            mask = segmenter.segment(image, args["target"], None, None)[0]
+            with self.registry.specialist("segment_image").active() as segmenter:
+                mask = segmenter.segment(image, args["target"], None, None)[0]
         elif region_mask is not None:
             return region_mask
         else:
@@ -164,5 +167,5 @@ class DiffusersInpainter(Specialist):
         )
 
     def conditioning_target(self, task: str, text: str) -> Tensor:
-        self.ensure_loaded()
-        return end_of_text_embedding(self.pipe, text)
+        with self.active():
+            return end_of_text_embedding(self.pipe, text)

@@ -52,6 +52,9 @@ class DiffeatFeatures(Specialist):
     def load(self) -> None:
         self.extractors: dict[tuple[str, ...] | None, object] = {}
 
+    def offloadable(self) -> list[Any]:
+        return list(self.extractors.values())
+
     def extractor(self, layers: tuple[str, ...] | None):
         """A cached ``diffeat.FeatureExtractor`` for ``layers`` (``None`` = the preset)."""
         if layers not in self.extractors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -85,6 +86,9 @@ class DiffusersImageGenerator(Specialist):
         self.native = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
         self.highres = None
 
+    def offloadable(self) -> list[Any]:
+        return [self.pipe] + ([self.highres] if self.highres is not None else [])
+
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         opts, args = self.options, inputs.args
         height = args.get("height", opts.height) or self.native
@@ -132,7 +136,9 @@ class DiffusersImageGenerator(Specialist):
             ) from err
         if self.highres is None:
             model = self.options.highres_model or self.options.model
-            self.highres = PixelsmithPipeline.from_pretrained(model)
+            dtype = torch_dtype(self.options.dtype, self.device)
+            self.highres = PixelsmithPipeline.from_pretrained(model, torch_dtype=dtype)
+            self.highres.to(self.device)
         stages = cascade_sizes(self.native, height, width, self.options.highres_max_ratio)
         sizes = [h if h == w else (h, w) for h, w in stages]  # ints for squares
         given = self.options.highres_sliders
@@ -151,5 +157,5 @@ class DiffusersImageGenerator(Specialist):
         )
 
     def conditioning_target(self, task: str, text: str):
-        self.ensure_loaded()
-        return end_of_text_embedding(self.pipe, text)
+        with self.active():
+            return end_of_text_embedding(self.pipe, text)

@@ -57,6 +57,9 @@ class SpecialistRegistry:
         device: where the specialists run.
         adapters: adapter classes (default: the built-in ones); a later one serving the same
             task replaces an earlier one.
+        offload: keep each specialist's weights on the CPU between its calls (moved to
+            ``device`` for a call and back after): the accelerator then holds one specialist
+            at a time, at the cost of a host-device copy of its weights per call.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class SpecialistRegistry:
         options: Mapping[str, Mapping[str, Any]] | None = None,
         device: str | torch.device = "cpu",
         adapters: Iterable[type[Specialist]] = BUILTIN_SPECIALISTS,
+        offload: bool = True,
     ) -> None:
         self.device = torch.device(device)
+        self.offload = offload
         self.classes: dict[str, type[Specialist]] = {}
         self.by_task: dict[str, str] = {}
         for cls in adapters:
@@ -82,7 +87,9 @@ class SpecialistRegistry:
         self.instances: dict[str, Specialist] = {}
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu") -> SpecialistRegistry:
+    def from_file(
+        cls, path: str | Path, device: str | torch.device = "cpu", offload: bool = True
+    ) -> SpecialistRegistry:
         """A registry from a JSON file ``{"itaclip": {...}, "diffusers-image": {...}, ...}``."""
         path = Path(path)
         if not path.is_file():
@@ -93,7 +100,7 @@ class SpecialistRegistry:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold an object of adapter name -> options")
-        return cls(data, device)
+        return cls(data, device, offload=offload)
 
     def register(self, cls: type[Specialist]) -> None:
         check_adapter(cls)
@@ -111,7 +118,9 @@ class SpecialistRegistry:
         name = self.by_task[task]
         if name not in self.instances:
             cls = self.classes[name]
-            self.instances[name] = cls(self.options[name], registry=self, device=self.device)
+            self.instances[name] = cls(
+                self.options[name], registry=self, device=self.device, offload=self.offload
+            )
         return self.instances[name]
 
     def describe(self) -> list[dict[str, Any]]:

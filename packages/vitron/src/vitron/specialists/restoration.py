@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -40,6 +41,9 @@ class SemanirRestorer(Specialist):
         import semanir
 
         self.model = semanir.load_model(self.options.model, map_location=str(self.device))
+
+    def offloadable(self) -> list[Any]:
+        return [self.model]
 
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         import semanir

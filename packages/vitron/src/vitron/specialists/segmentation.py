@@ -112,6 +112,9 @@ class ItaclipSegmenter(Specialist):
             cache_dir=opts.cache_dir, **opts.settings,
         )  # fmt: skip
 
+    def offloadable(self) -> list[Any]:
+        return [self.segmenter]
+
     def segment(
         self, image: Image.Image, text: str, classes: Sequence[str] | None, signal: Tensor | None
     ):
@@ -205,8 +208,8 @@ class ItaclipSegmenter(Specialist):
         )
 
     def conditioning_target(self, task: str, text: str) -> Tensor:
-        self.ensure_loaded()
-        return self.segmenter.embed([text])[0].float().cpu()
+        with self.active():
+            return self.segmenter.embed([text])[0].float().cpu()
 
 
 def _bbox_text(mask: Tensor) -> str:

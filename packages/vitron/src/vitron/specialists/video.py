@@ -114,6 +114,9 @@ class DiffusersVideo(Specialist):
     def load(self) -> None:
         self.pipes: dict[str, object] = {}
 
+    def offloadable(self) -> list[Any]:
+        return list(self.pipes.values())
+
     def pipeline(self, task: str):
         """The (cached) pipeline of a task."""
         if task not in self.pipes:

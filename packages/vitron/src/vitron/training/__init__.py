@@ -1,25 +1,34 @@
 """Training: the JSONL conversation format and the three stages (Lightning; LoRA via peft)."""
 
-from vitron.training.data import ConversationDataset, collate, read_records
+from vitron.training.data import ConversationDataset, TargetIndex, collate, read_records
 from vitron.training.module import (
+    PRECISIONS,
     STAGES,
     VitronDataModule,
     VitronLightningModule,
     apply_lora,
+    available_strategies,
     configure_stage,
+    enable_gradient_checkpointing,
     is_trainable,
     stage_processor,
     train,
 )
+from vitron.training.targets import build_signal_targets
 
 __all__ = [
+    "PRECISIONS",
     "STAGES",
     "ConversationDataset",
+    "TargetIndex",
     "VitronDataModule",
     "VitronLightningModule",
     "apply_lora",
+    "available_strategies",
+    "build_signal_targets",
     "collate",
     "configure_stage",
+    "enable_gradient_checkpointing",
     "is_trainable",
     "read_records",
     "stage_processor",

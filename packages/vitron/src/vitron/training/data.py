@@ -17,7 +17,9 @@ One JSON object per line::
 JSONL file's folder (or ``media_root``). ``regions`` take ``box`` (pixels, or [0, 1] when all
 four values are), ``points`` + ``width`` (strokes) or ``mask`` (an image path). ``calls`` follow
 the invocation schema; ``signal_targets`` (stage 3) is a safetensors file holding one tensor per
-call id: the specialist conditioning that call's signal embedding should match.
+call id: the specialist conditioning that call's signal embedding should match. Instead, the
+targets of a whole file can come from a ``targets.json`` index written by ``vitron
+build-targets`` (:mod:`vitron.training.targets`), keyed by each record's ``id`` (or ``line N``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from vitron.invocations import InputCounts, InvocationError, parse_invocation
@@ -42,6 +46,7 @@ ROLE_NAMES = {
     "results": "results",
 }
 RECORD_KEYS = ("id", "images", "videos", "regions", "conversations", "signal_targets", "task")
+TARGETS_FORMAT = 1
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -69,6 +74,56 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """The record's key in a targets index: its ``id``, else ``line N``."""
+    return str(record["id"]) if "id" in record else f"line {record['_line']}"
+
+
+def record_counts(record: dict[str, Any]) -> InputCounts:
+    """The inputs a record's calls may refer to, from its lists (no media is read)."""
+    regions = record.get("regions", [])
+    return InputCounts(
+        len(record.get("images", [])),
+        len(record.get("videos", [])),
+        region_images=tuple(int(r.get("image", 0)) for r in regions),
+    )
+
+
+class TargetIndex:
+    """Reader of a ``targets.json`` index and its tensors (``vitron build-targets``).
+
+    Args:
+        path: the index.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"signal targets index {self.path} does not exist")
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.path} is not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != TARGETS_FORMAT:
+            raise ValueError(
+                f"{self.path} is not a signal targets index of format {TARGETS_FORMAT} "
+                "(written by vitron build-targets)"
+            )
+        self.records: dict[str, dict[str, dict[str, Any]]] = data["records"]
+        self.tensors_path = self.path.parent / data["tensors"]
+        if not self.tensors_path.is_file():
+            raise FileNotFoundError(f"{self.path}: its tensors {self.tensors_path} do not exist")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def targets(self, key: str) -> dict[str, Tensor]:
+        """Call id -> target of the record ``key``."""
+        entries = self.records[key]
+        with safe_open(str(self.tensors_path), framework="pt") as tensors:
+            return {call_id: tensors.get_tensor(e["tensor"]) for call_id, e in entries.items()}
 
 
 def record_messages(record: dict[str, Any], counts: InputCounts, where: str) -> list[Message]:
@@ -103,15 +158,40 @@ class ConversationDataset(Dataset):
         path: the JSONL file.
         processor: the model's processor (with the template of the stage).
         media_root: folder the media paths are relative to (default: the JSONL's folder).
+        signal_targets: a ``targets.json`` index of this file's stage-3 targets.
     """
 
     def __init__(
-        self, path: str | Path, processor: VitronProcessor, media_root: str | Path | None = None
+        self,
+        path: str | Path,
+        processor: VitronProcessor,
+        media_root: str | Path | None = None,
+        signal_targets: str | Path | None = None,
     ):
         self.path = Path(path)
         self.records = read_records(self.path)
         self.processor = processor
         self.root = Path(media_root) if media_root is not None else self.path.parent
+        self.targets = None if signal_targets is None else TargetIndex(signal_targets)
+        if self.targets is not None:
+            self.check_targets(self.targets)
+
+    def check_targets(self, index: TargetIndex) -> None:
+        """The index must be of this file: its records exist here and hold no targets of
+        their own."""
+        keys = {record_key(r): r for r in self.records}
+        unknown = sorted(set(index.records) - set(keys))
+        if unknown:
+            raise ValueError(
+                f"{index.path} has targets of records that {self.path} lacks, e.g. "
+                f"{unknown[:3]} (built from another data file?)"
+            )
+        both = [k for k in index.records if "signal_targets" in keys[k]]
+        if both:
+            raise ValueError(
+                f"{self.path}:{keys[both[0]]['_line']}: the record has signal_targets of its "
+                f"own and in {index.path}; keep one"
+            )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -122,14 +202,11 @@ class ConversationDataset(Dataset):
         images = [load_image(self.root / p) for p in record.get("images", [])]
         videos = [load_video(self.root / p) for p in record.get("videos", [])]
         regions = [self.region(r, images, where) for r in record.get("regions", [])]
-        counts = InputCounts(
-            len(images), len(videos), region_images=tuple(r.image for r in regions)
-        )
-        messages = record_messages(record, counts, where)
+        messages = record_messages(record, record_counts(record), where)
         calls = [c for m in messages if m.invocation is not None for c in m.invocation.calls]
         targets = None
-        if "signal_targets" in record:
-            stored = load_file(str(self.root / record["signal_targets"]))
+        stored = self.stored_targets(record)
+        if stored is not None:
             unknown = sorted(set(stored) - {c.id for c in calls})
             if unknown:
                 raise ValueError(f"{where}: signal targets for unknown calls {unknown}")
@@ -138,6 +215,14 @@ class ConversationDataset(Dataset):
             return self.processor.sample(messages, images, videos, regions, signal_targets=targets)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+    def stored_targets(self, record: dict[str, Any]) -> dict[str, Tensor] | None:
+        """Call id -> target of a record, from its ``signal_targets`` file or the index."""
+        if "signal_targets" in record:
+            return load_file(str(self.root / record["signal_targets"]))
+        if self.targets is not None and record_key(record) in self.targets:
+            return self.targets.targets(record_key(record))
+        return None
 
     def region(self, data: dict[str, Any], images, where: str) -> Region:
         k = int(data.get("image", 0))

@@ -13,17 +13,24 @@ stage     trains                                       loss
 
 The vision tower is always frozen. LoRA (peft) wraps the LLM's linear layers; ``export`` merges
 the adapters back and writes a plain ``save_pretrained`` folder.
+
+Scale: any Lightning ``devices`` / ``strategy`` / ``precision`` / ``accumulate_grad_batches``,
+and gradient checkpointing of the LLM's blocks (:func:`enable_gradient_checkpointing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
@@ -35,6 +42,9 @@ STAGES = {
     2: "grounding + invocation tuning",
     3: "embedding alignment + synergy",
 }
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+STRATEGY_PACKAGES = {"deepspeed": "deepspeed", "xla": "torch_xla", "tpu": "torch_xla"}
+SHARDED_STRATEGIES = ("fsdp", "deepspeed_stage_3")  # the weights themselves are sharded
 LORA_MARKERS = ("lora_A", "lora_B")
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 
@@ -94,6 +104,90 @@ def configure_stage(model: VitronModel, stage: int, lora_rank: int = 0) -> list[
     return trainable
 
 
+def enable_gradient_checkpointing(model: VitronModel) -> str:
+    """Recompute the LLM's block activations in the backward pass instead of keeping them.
+
+    Uses transformers' own checkpointing (non-reentrant) when the LLM supports it, else wraps
+    each block of its largest ``nn.ModuleList`` in ``torch.utils.checkpoint``. Either way it is
+    active in training mode only.
+
+    Returns:
+        ``"transformers"`` or ``"blocks"``: which of the two was used.
+    """
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    if getattr(llm, "supports_gradient_checkpointing", False):
+        # transformers 5 renamed gradient_checkpointing_enable (deprecated) to this
+        enable = getattr(llm, "activation_checkpointing_enable", None)
+        (enable or llm.gradient_checkpointing_enable)({"use_reentrant": False})
+        return "transformers"
+    for block in decoder_blocks(llm):
+        block.forward = functools.partial(_checkpointed, block, block.forward)
+    return "blocks"
+
+
+def decoder_blocks(llm: nn.Module) -> nn.ModuleList:
+    """The LLM's block list: its ``nn.ModuleList`` holding the most parameters."""
+    lists = [m for m in llm.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise ValueError(f"{type(llm).__name__} has no list of blocks to checkpoint")
+    return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))
+
+
+def _checkpointed(block: nn.Module, forward, *args: Any, **kwargs: Any) -> Any:
+    """``forward(*args, **kwargs)``, recomputed in the backward pass when training."""
+    if not (block.training and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def available_strategies() -> tuple[str, ...]:
+    """``"auto"`` and every strategy name Lightning registers (some need a package)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ("auto", *StrategyRegistry.available_strategies())
+
+
+def strategy_problem(strategy: str) -> str | None:
+    """Why a registered strategy cannot train here (``None`` when it can): a package it needs
+    is not installed, or it shards the weights, which ``train`` cannot export as one folder."""
+    for part, package in STRATEGY_PACKAGES.items():
+        if part in strategy and importlib.util.find_spec(package) is None:
+            return f"needs {package}, which is not installed (pip install {package})"
+    if strategy.startswith(SHARDED_STRATEGIES):
+        return (
+            "shards the weights themselves, and a sharded model is not exported as one "
+            "save_pretrained folder yet; use ddp, or deepspeed_stage_1 / deepspeed_stage_2 "
+            "(they shard optimizer states and gradients, not the weights)"
+        )
+    return None
+
+
+def lightning_strategy(strategy: str) -> Any:
+    """The ``Trainer(strategy=...)`` value: ``"ddp"`` is DDP with ``find_unused_parameters``,
+    because a batch leaves parts unused (the region encoder without regions, the signal heads
+    of absent tasks); every other name is passed as it is."""
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True)
+    return strategy
+
+
+def check_scale_options(strategy: str, precision: str, accumulate_grad_batches: int) -> None:
+    """Fail on a strategy that is unknown or needs a missing package, an unknown precision,
+    or fewer than 1 batch per step."""
+    known = available_strategies()
+    if strategy not in known:
+        raise ValueError(f"strategy must be one of {', '.join(known)}; got {strategy!r}")
+    problem = strategy_problem(strategy)
+    if problem is not None:
+        raise ValueError(f"strategy {strategy!r} {problem}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if accumulate_grad_batches < 1:
+        raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+
+
 class VitronLightningModule(L.LightningModule):
     """One training stage of a Vitron model.
 
@@ -108,6 +202,8 @@ class VitronLightningModule(L.LightningModule):
         align_weight: weight of the signal-alignment loss (stage 3).
         synergy_weight: weight of the synergy loss (stage 3).
         align_loss: ``"cosine"`` or ``"mse"``.
+        gradient_checkpointing: recompute the LLM's block activations in the backward pass
+            (less memory, about a third more compute).
     """
 
     def __init__(
@@ -122,6 +218,7 @@ class VitronLightningModule(L.LightningModule):
         align_weight: float = 1.0,
         synergy_weight: float = 0.1,
         align_loss: str = "cosine",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if align_loss not in ALIGN_LOSSES:
@@ -134,6 +231,8 @@ class VitronLightningModule(L.LightningModule):
         self.stage = stage
         self.lora = bool(lora_rank)
         self.trainable = configure_stage(model, stage, lora_rank)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.save_hyperparameters(ignore=["model"])
         self.losses: list[float] = []
         self.skipped = 0
@@ -207,6 +306,7 @@ class VitronDataModule(L.LightningDataModule):
         num_workers: data-loading workers.
         media_root: folder media paths are relative to (default: each JSONL's folder).
         seed: shuffling seed.
+        signal_targets: stage-3 targets index of ``train_data`` (``targets.json``).
     """
 
     def __init__(
@@ -218,11 +318,12 @@ class VitronDataModule(L.LightningDataModule):
         num_workers: int = 0,
         media_root: str | Path | None = None,
         seed: int = 0,
+        signal_targets: str | Path | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.train_set = ConversationDataset(train_data, processor, media_root)
+        self.train_set = ConversationDataset(train_data, processor, media_root, signal_targets)
         self.val_set = (
             None if val_data is None else ConversationDataset(val_data, processor, media_root)
         )
@@ -265,6 +366,12 @@ def train(
     val_data: str | Path | None = None,
     seed: int = 0,
     accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
+    accumulate_grad_batches: int = 1,
+    gradient_checkpointing: bool = False,
+    signal_targets: str | Path | None = None,
     checkpoints: bool = True,
     **trainer_options: Any,
 ) -> dict[str, Any]:
@@ -276,7 +383,7 @@ def train(
         output: output folder (the model; Lightning logs and checkpoints in ``lightning/``).
         stage: 1, 2 or 3.
         max_steps: optimisation steps.
-        batch_size: samples per step.
+        batch_size: samples per batch (a step takes ``accumulate_grad_batches`` batches).
         lr: peak learning rate.
         lora_rank: LoRA rank (0 = none).
         align_weight: stage-3 alignment weight.
@@ -284,12 +391,23 @@ def train(
         val_data: validation JSONL.
         seed: seed of the weights' randomness and the shuffling.
         accelerator: Lightning accelerator.
+        devices: Lightning devices (a count, ``"auto"``, or device indices).
+        strategy: ``"auto"`` or a Lightning strategy name (``"ddp"``: DDP that allows unused
+            parameters; ``"deepspeed_stage_2"`` needs deepspeed; those that shard the weights,
+            ``fsdp*`` and ``deepspeed_stage_3*``, are refused: see :func:`strategy_problem`).
+        precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast over fp32 weights;
+            ``"bf16-true"``: bf16 weights, saved in bf16).
+        accumulate_grad_batches: batches whose gradients are averaged into one step.
+        gradient_checkpointing: see :func:`enable_gradient_checkpointing`.
+        signal_targets: a ``targets.json`` index written by
+            :func:`vitron.training.targets.build_signal_targets` for ``data`` (stage 3).
         checkpoints: keep Lightning checkpoints.
         **trainer_options: other ``lightning.Trainer`` arguments.
 
     Returns:
         ``{"first_loss", "last_loss", "skipped_batches", "trainable"}``.
     """
+    check_scale_options(strategy, precision, accumulate_grad_batches)
     L.seed_everything(seed, workers=True, verbose=False)
     if not isinstance(model, VitronModel):
         model = VitronModel.from_pretrained(str(model))
@@ -297,24 +415,30 @@ def train(
     module = VitronLightningModule(
         model, stage, lr=lr, max_steps=max_steps, lora_rank=lora_rank,
         align_weight=align_weight, synergy_weight=synergy_weight,
+        gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     datamodule = VitronDataModule(
-        stage_processor(model, stage), data, val_data, batch_size, seed=seed
-    )
+        stage_processor(model, stage), data, val_data, batch_size, seed=seed,
+        signal_targets=signal_targets,
+    )  # fmt: skip
     options = {
-        "max_steps": max_steps, "accelerator": accelerator, "devices": 1,
+        "max_steps": max_steps, "accelerator": accelerator, "devices": devices,
+        "strategy": lightning_strategy(strategy), "precision": precision,
+        "accumulate_grad_batches": accumulate_grad_batches,
         "default_root_dir": str(Path(output) / "lightning"), "enable_checkpointing": checkpoints,
         "logger": checkpoints, "enable_model_summary": False, "log_every_n_steps": 1,
         "limit_val_batches": None if val_data is not None else 0,
     }  # fmt: skip
     options.update(trainer_options)
-    L.Trainer(**options).fit(module, datamodule=datamodule)
+    trainer = L.Trainer(**options)
+    trainer.fit(module, datamodule=datamodule)
     if not module.losses:
         raise ValueError(
             f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies with "
             f"signals whose task has a head); {module.skipped} batch(es) skipped, nothing saved"
         )
-    module.export(output)
+    if trainer.is_global_zero:  # the weights are whole on every rank: one of them writes
+        module.export(output)
     return {
         "first_loss": module.losses[0],
         "last_loss": module.losses[-1],
