@@ -87,18 +87,25 @@ def test_generate_errors(tiny_dir, tmp_path, capsys):
         ]
     )
     assert status == 2
-    assert r"sliders[0] must be an int in [1, 2], got 9" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["generate", "a cat", "--sizes", "64"])  # -o missing
-    assert "--output" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "pixelsmith generate: error: --slider[0] must be an int in [1, 2], got 9\n"
+    )
+    assert main(["generate", "a cat", "--sizes", "64"]) == 2  # -o missing
+    assert capsys.readouterr().err == (
+        "pixelsmith generate: error: the following arguments are required: -o/--output\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_parse_size():
     assert parse_size("2048") == (2048, 2048)
     assert parse_size("2048x1536") == (2048, 1536)
     assert parse_size((8, 16)) == (8, 16)
-    with pytest.raises(ValueError, match="a size must be an int or 'HEIGHTxWIDTH', got '2048x'"):
-        parse_size("2048x")
+    for text in ("2048x", "8x8x8", "x"):
+        with pytest.raises(
+            ValueError, match=f"^a size must be an int or 'HEIGHTxWIDTH', got '{text}'$"
+        ):
+            parse_size(text)
 
 
 # ------------------------------------------------- interrupting and resuming across processes
@@ -166,8 +173,9 @@ def test_ctrl_c_then_resume_in_another_process_with_another_hash_seed(tiny_dir, 
     stopped = run_cli(generate_args(tiny_dir, out), hash_seed=1, interrupt=("SIGINT", 1, 1))
     assert stopped.returncode == 130, stopped.stderr
     assert "Traceback" not in stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1] == (
-        "pixelsmith: interrupted; run the same command again to resume from the last saved step"
+    assert stopped.stderr == (
+        "pixelsmith generate: interrupted; run the same command again to resume from the last "
+        "saved step\n"
     )
     assert not out.exists() and (tmp_path / "cat.png.pixelsmith" / "run.json").is_file()
     assert hidden_temporaries(tmp_path) == []
@@ -187,7 +195,10 @@ def test_sigterm_during_the_final_write_leaves_no_temporary_file(tiny_dir, tmp_p
     out = tmp_path / "cat.tif"
     stopped = run_cli(generate_args(tiny_dir, out), hash_seed=3, interrupt=("SIGTERM", -1, -1))
     assert stopped.returncode == 143, stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1].startswith("pixelsmith: terminated; ")
+    assert stopped.stderr == (
+        "pixelsmith generate: terminated; run the same command again to resume from the last "
+        "saved step\n"
+    )
     assert "Traceback" not in stopped.stderr
     assert not out.exists() and hidden_temporaries(tmp_path) == []
     resumed = run_cli(generate_args(tiny_dir, out), hash_seed=4)

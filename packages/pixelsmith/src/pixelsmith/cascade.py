@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 
 from pixelsmith.checkpoint import CheckpointStore
 from pixelsmith.config import PixelsmithConfig, validate_cascade
-from pixelsmith.io import MAX_PIL_PIXELS, check_output_path, collect_uint8, write_image
+from pixelsmith.io import (
+    MAX_PIL_PIXELS,
+    check_compression,
+    check_output_path,
+    collect_uint8,
+    write_image,
+)
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextConditioning
 
 CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
@@ -149,6 +155,7 @@ def generate_cascade(
     final_size = stages[-1]
     if output is not None:
         output = check_output_path(output, *final_size)
+        check_compression(compression)
         if save_intermediate:
             for size in stages[:-1]:
                 check_output_path(intermediate_path(output, size), *size)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")
 HANDOVERS = ("float", "uint8")
 BLENDS = ("none", "linear", "gaussian")
+# how validate_cascade names its arguments in error messages (the CLI passes its flags instead)
+API_NAMES = {
+    "sizes": "sizes",
+    "sliders": "sliders",
+    "num_inference_steps": "num_inference_steps",
+    "patch_size": "patch_size",
+}
+# full-size maps of a Pixelsmith stage per latent px and latent channel: latent, step snapshot,
+# guidance latent and guidance noise (float32 each); plus the int16 step map per latent px
+LATENT_MAP_BYTES_PER_CHANNEL = 4 * 4
+STEP_MAP_BYTES = 2
 
 
 def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -129,13 +140,19 @@ class PixelsmithConfig:
 
 
 def parse_size(value: int | Sequence[int] | str) -> tuple[int, int]:
-    """A stage size as ``(height, width)`` px: an int (square), an (h, w) pair or "HxW"."""
+    """A stage size as ``(height, width)`` px: an int (square), an (h, w) pair or "HxW".
+
+    The string form is HEIGHTxWIDTH, as the pair: ``"1536x2048"`` is 1536 px high and 2048 px
+    wide (a landscape image).
+    """
     if isinstance(value, str):
         parts = value.lower().split("x")
         try:
             numbers = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"a size must be an int or 'HEIGHTxWIDTH', got {value!r}") from None
+            numbers = []
+        if len(numbers) not in (1, 2):
+            raise ValueError(f"a size must be an int or 'HEIGHTxWIDTH', got {value!r}")
         value = numbers[0] if len(numbers) == 1 else numbers
     if isinstance(value, bool):
         raise TypeError(f"a size must be an int or an (height, width) pair, got {value!r}")
@@ -154,6 +171,7 @@ def validate_cascade(
     *,
     vae_scale_factor: int,
     patch_size: int,
+    names: Mapping[str, str] = API_NAMES,
 ) -> list[tuple[int, int]]:
     """Check the stage sizes and sliders of a cascade; return the sizes as (h, w) px.
 
@@ -163,43 +181,71 @@ def validate_cascade(
         num_inference_steps: denoising steps of every stage.
         vae_scale_factor: px per latent px (8 for SDXL).
         patch_size: latent patch side; higher stages must be at least this large.
+        names: how ``sizes``, ``sliders``, ``num_inference_steps`` and ``patch_size`` are named
+            in error messages (:data:`API_NAMES`; the CLI passes its flags).
     """
-    _require_int("num_inference_steps", num_inference_steps, 1)
+    sizes_name, sliders_name = names["sizes"], names["sliders"]
+    _require_int(names["num_inference_steps"], num_inference_steps, 1)
     if isinstance(sizes, (str, int)) or len(sizes) == 0:
-        raise ValueError(f"sizes must be a non-empty list of stage sizes, got {sizes!r}")
-    parsed = [parse_size(s) for s in sizes]
+        raise ValueError(f"{sizes_name} must be a non-empty list of stage sizes, got {sizes!r}")
+    try:
+        parsed = [parse_size(s) for s in sizes]
+    except ValueError as error:
+        raise ValueError(f"{sizes_name}: {error}") from None
     for index, (height, width) in enumerate(parsed):
         if height < vae_scale_factor or width < vae_scale_factor:
             raise ValueError(
-                f"sizes[{index}] must be >= {vae_scale_factor} px, got {height}x{width}"
+                f"{sizes_name}[{index}] must be >= {vae_scale_factor} px, got {height}x{width}"
             )
         if height % vae_scale_factor or width % vae_scale_factor:
             raise ValueError(
-                f"sizes[{index}] must be multiples of the VAE scale factor {vae_scale_factor}, "
-                f"got {height}x{width}"
+                f"{sizes_name}[{index}] must be multiples of the VAE scale factor "
+                f"{vae_scale_factor}, got {height}x{width}"
             )
     for index in range(1, len(parsed)):
         (ph, pw), (h, w) = parsed[index - 1], parsed[index]
         if h < ph or w < pw or (h, w) == (ph, pw):
             raise ValueError(
-                f"sizes must grow stage by stage (no side smaller than the previous stage's and "
-                f"not equal to it), got sizes[{index - 1}] = {ph}x{pw} then "
-                f"sizes[{index}] = {h}x{w}"
+                f"{sizes_name} must grow stage by stage (no side smaller than the previous "
+                f"stage's and not equal to it), got {sizes_name}[{index - 1}] = {ph}x{pw} then "
+                f"{sizes_name}[{index}] = {h}x{w}"
             )
         if h < patch_size * vae_scale_factor or w < patch_size * vae_scale_factor:
             raise ValueError(
-                f"sizes[{index}] = {h}x{w} is smaller than one patch "
-                f"({patch_size * vae_scale_factor} px = patch_size {patch_size} latent px); "
-                f"use larger sizes or a smaller patch_size"
+                f"{sizes_name}[{index}] = {h}x{w} is smaller than one patch "
+                f"({patch_size * vae_scale_factor} px = {names['patch_size']} {patch_size} "
+                f"latent px); use larger sizes or a smaller {names['patch_size']}"
             )
     if isinstance(sliders, int) or len(sliders) != len(parsed) - 1:
         raise ValueError(
-            f"sliders must hold one slider per stage after the first "
+            f"{sliders_name} must hold one slider per stage after the first "
             f"({len(parsed) - 1} for {len(parsed)} sizes), got {sliders!r}"
         )
     for index, slider in enumerate(sliders):
-        check_slider(slider, num_inference_steps, name=f"sliders[{index}]")
+        check_slider(slider, num_inference_steps, name=f"{sliders_name}[{index}]")
     return parsed
+
+
+def latent_maps_bytes(height: int, width: int, vae_scale_factor: int = 8, channels: int = 4) -> int:
+    """Bytes of the full-size latent maps of a Pixelsmith stage at ``height x width`` px.
+
+    The part of a stage's memory that grows with its size (everything else is tiled): latent,
+    step snapshot, guidance latent and guidance noise (``channels`` float32 maps each) and the
+    int16 step map; 66 bytes per latent px for SDXL (4 channels, 1/8 of the px per side).
+
+    Args:
+        height: stage height in px.
+        width: stage width in px.
+        vae_scale_factor: px per latent px.
+        channels: latent channels.
+    """
+    latent_px = (height // vae_scale_factor) * (width // vae_scale_factor)
+    return latent_px * latent_bytes_per_px(channels)
+
+
+def latent_bytes_per_px(channels: int = 4) -> int:
+    """Bytes per latent px of a stage's full-size latent maps (66 for SDXL's 4 channels)."""
+    return channels * LATENT_MAP_BYTES_PER_CHANNEL + STEP_MAP_BYTES
 
 
 def check_slider(slider: object, num_inference_steps: int, name: str = "slider") -> int:

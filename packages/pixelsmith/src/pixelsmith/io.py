@@ -7,6 +7,7 @@ temporary file that replaces the target only when complete.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -22,25 +23,76 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 MAX_PIL_PIXELS = 2**28  # 16384^2; larger images are written as BigTIFF
 TIFF_TILE = 512
+# TIFF compressions offered in error messages when they can be written here (most need imagecodecs)
+COMPRESSIONS = ("zlib", "lzma", "zstd", "lzw", "packbits", "jpeg", "webp", "png", "jpegxl")
 
 RowBlocks = Iterable[tuple[int, Tensor]]
 
 
-def check_output_path(path: str | Path, height: int, width: int) -> Path:
-    """Validate the output suffix (and the size for PIL formats) before any work is done."""
+def check_output_path(path: str | Path, height: int, width: int, name: str = "output") -> Path:
+    """Validate an output file before any work is done: suffix, size, writable folder.
+
+    Args:
+        path: the file to write.
+        height: image height in px.
+        width: image width in px.
+        name: how the argument is named in error messages (the CLI passes its flag).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     accepted = ", ".join((*TIFF_SUFFIXES, *PIL_FORMATS))
     if suffix not in TIFF_SUFFIXES and suffix not in PIL_FORMATS:
-        raise ValueError(f"output must end with one of {accepted}, got {str(path)!r}")
+        raise ValueError(f"{name} must end with one of {accepted}, got {str(path)!r}")
     if suffix in PIL_FORMATS and height * width > MAX_PIL_PIXELS:
         raise ValueError(
-            f"output {str(path)!r}: a {height}x{width} image is too large for {suffix} "
+            f"{name} {str(path)!r}: a {height}x{width} image is too large for {suffix} "
             f"(held in RAM; at most {MAX_PIL_PIXELS} px); use a .tif output (BigTIFF, streamed)"
         )
     if not path.parent.exists():
-        raise ValueError(f"output folder {str(path.parent)!r} does not exist")
+        raise ValueError(f"{name} folder {str(path.parent)!r} does not exist")
+    if not path.parent.is_dir():
+        raise ValueError(f"{name} {str(path)!r}: {str(path.parent)!r} is a file, not a folder")
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a folder, not a file")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(path)!r}: cannot write to {str(path.parent)!r}")
     return path
+
+
+def compression_error(compression: str) -> str | None:
+    """Why tifffile cannot write ``compression`` here (unknown name, codec missing), or None."""
+    try:
+        tifffile.imwrite(
+            io.BytesIO(),
+            np.zeros((16, 16, 3), np.uint8),
+            photometric="rgb",
+            tile=(16, 16),
+            bigtiff=True,
+            compression=compression,
+        )
+    except KeyError as error:  # tifffile: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' ..."
+        return str(error.args[0]) if error.args else "unknown compression"
+    except (ValueError, TypeError, ImportError, RuntimeError) as error:
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
+def check_compression(compression: str | None, name: str = "compression") -> None:
+    """Fail unless tifffile can write TIFF tiles with ``compression`` on this machine.
+
+    Args:
+        compression: a tifffile compression name (e.g. ``"zlib"``) or ``None``.
+        name: how the argument is named in error messages (the CLI passes its flag).
+    """
+    if compression is None:
+        return
+    reason = compression_error(compression)
+    if reason is not None:
+        usable = [c for c in COMPRESSIONS if compression_error(c) is None]
+        raise ValueError(
+            f"{name} {compression!r} cannot be written here ({reason}); usable here: "
+            f"{', '.join(usable)} (more with `pip install imagecodecs`)"
+        )
 
 
 def to_uint8(rows: Tensor) -> np.ndarray:

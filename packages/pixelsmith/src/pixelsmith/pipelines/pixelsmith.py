@@ -183,7 +183,12 @@ def check_text_inputs(
 
 
 def check_guidance_latents(latents: object, channels: int) -> None:
-    """A finite float (1, channels, h, w) tensor."""
+    """A finite float (1, channels, h, w) tensor.
+
+    Args:
+        latents: the ``guidance_latents`` argument of a stage.
+        channels: latent channels of the VAE.
+    """
     if not isinstance(latents, Tensor) or not latents.is_floating_point():
         raise TypeError(f"guidance_latents must be a float tensor, got {type(latents).__name__}")
     if latents.ndim != 4 or latents.shape[:2] != (1, channels):
@@ -191,7 +196,34 @@ def check_guidance_latents(latents: object, channels: int) -> None:
             f"guidance_latents must have shape (1, {channels}, h, w), got {tuple(latents.shape)}"
         )
     if not bool(torch.isfinite(latents).all()):
-        raise ValueError("guidance_latents contains NaN or Inf values")
+        raise ValueError(
+            "guidance_latents contains NaN or Inf values; expected finite scaled VAE latents "
+            "(any real value)"
+        )
+
+
+def check_image_tensor(image: Tensor) -> Tensor:
+    """The (3, H, W) pixels of an ``image`` tensor: float, finite, in [0, 1].
+
+    Args:
+        image: a (1, 3, H, W) or (3, H, W) tensor.
+    """
+    if image.ndim not in (3, 4) or image.shape[-3] != 3 or (image.ndim == 4 and len(image) != 1):
+        raise ValueError(
+            f"image must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got {tuple(image.shape)}"
+        )
+    if not image.is_floating_point():
+        raise ValueError(
+            f"image must be a float tensor in [0, 1], got {image.dtype} (divide 8-bit pixels "
+            "by 255)"
+        )
+    pixels = image[0] if image.ndim == 4 else image  # (3, H, W)
+    if not bool(torch.isfinite(pixels).all()):
+        raise ValueError("image contains NaN or Inf values; expected finite values in [0, 1]")
+    low, high = (float(v) for v in torch.aminmax(pixels))
+    if low < 0 or high > 1:
+        raise ValueError(f"image values must be in [0, 1], got min {low:.4g}, max {high:.4g}")
+    return pixels
 
 
 class PixelsmithPipeline(StableDiffusionXLPipeline):
@@ -713,8 +745,8 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
 
         Args:
             prompt: the prompt (or ``None`` with ``prompt_embeds``).
-            image: the previous image (PIL, or a (1, 3, H, W) / (3, H, W) tensor in [0, 1]);
-                ``None`` with ``guidance_latents``.
+            image: the previous image (PIL, or a (1, 3, H, W) / (3, H, W) float tensor with
+                finite values in [0, 1]); ``None`` with ``guidance_latents``.
             slider: guidance steps (an int in [1, num_inference_steps]).
             height: target height in px (default twice the image's; with
                 ``guidance_latents``, their size times the VAE factor).
@@ -826,12 +858,12 @@ class PixelsmithPipeline(StableDiffusionXLPipeline):
             return (
                 image.convert("RGB") if handover == "uint8" else TensorImage(pil_to_pixels(image))
             )
-        if not isinstance(image, Tensor) or image.ndim not in (3, 4) or image.shape[-3] != 3:
+        if not isinstance(image, Tensor):
             raise ValueError(
                 "image must be a PIL image or a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
-                f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
+                f"{type(image).__name__}"
             )
-        pixels = (image[0] if image.ndim == 4 else image).float().cpu()  # (3, H, W)
+        pixels = check_image_tensor(image).float().cpu()  # (3, H, W)
         if handover == "uint8":
             return Image.fromarray(to_uint8(pixels * 2 - 1))
         return TensorImage(pixels * 2 - 1)
