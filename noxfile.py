@@ -7,6 +7,8 @@ Sessions (``nox -l``):
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
   lint        ruff check and ruff format --check.
   bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
+  build       every package's wheel into ``dist/`` (a wheelhouse: ``pip install --find-links
+              dist semanir`` installs from it without the in-tree packages being on PyPI).
   demo        the repository's main job (semanir restores a noisy Set12 image; SHARED_DATA
               overrides the ../shared/data location).
 
@@ -88,16 +90,16 @@ def share_torch(session: nox.Session) -> None:
     (Path(purelib) / "_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
-def build_wheels(session: nox.Session, packages: list[str]) -> None:
-    """Build the wheels of ``packages`` into the shared wheelhouse (replacing older builds)."""
-    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+def build_wheels(session: nox.Session, packages: list[str], wheelhouse: Path = WHEELHOUSE) -> None:
+    """Build the wheels of ``packages`` into ``wheelhouse`` (replacing older builds)."""
+    wheelhouse.mkdir(parents=True, exist_ok=True)
     for name in packages:
         dist_name = PACKAGES[name]["name"].replace("-", "_")
-        for old in WHEELHOUSE.glob(f"{dist_name}-*.whl"):
+        for old in wheelhouse.glob(f"{dist_name}-*.whl"):
             old.unlink()
         session.run(
             "python", "-m", "pip", "wheel", "--quiet", "--no-deps",
-            "--wheel-dir", str(WHEELHOUSE), str(PACKAGES_DIR / name),
+            "--wheel-dir", str(wheelhouse), str(PACKAGES_DIR / name),
         )  # fmt: skip
 
 
@@ -177,6 +179,14 @@ def bench(session: nox.Session) -> None:
     install_packages(session, with_bench, "bench")
     for name in with_bench:
         session.run("python", str(PACKAGES_DIR / name / "benchmarks" / "run.py"), *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Every package's wheel into ``dist/``: ``pip install --find-links dist PACKAGE`` then
+    installs any package with its in-tree dependencies from there and the rest from PyPI."""
+    build_wheels(session, list(PACKAGES), ROOT / "dist")
+    session.log(f"wheels in {ROOT / 'dist'}: pip install --find-links dist PACKAGE")
 
 
 @nox.session
