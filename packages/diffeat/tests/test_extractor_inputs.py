@@ -271,8 +271,10 @@ def test_cli_layers_accepts_all_and_preset_names(model_dirs, tmp_path, capsys):
         "up-level3-repeat0-vit-block0-self-k": 2,
     }
     capsys.readouterr()
-    assert main([*base, "--layers", "everything", "-o", str(tmp_path / "x.safetensors")]) == 1
-    assert "unknown activation name(s) for this U-Net: 'everything'" in capsys.readouterr().err
+    assert main([*base, "--layers", "everything", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "--layers: unknown activation name(s) for this U-Net: 'everything'" in (
+        capsys.readouterr().err
+    )
 
 
 # -- attention head counts -------------------------------------------------------------------

@@ -35,6 +35,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def load_image(path: str | Path) -> Image.Image:
     """An RGB PIL image (grey and palette images are converted)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image: {path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image: {path} does not exist")
     with Image.open(path) as image:
@@ -149,13 +151,28 @@ def load_features(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object
 
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
-        meta = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
+        meta = _json_metadata(f)
         for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
             tensors[name] = f.get_tensor(name)
     order = meta.get("layers")
     if isinstance(order, list) and set(order) == set(tensors):
         tensors = {name: tensors[name] for name in order}
     return tensors, meta
+
+
+def feature_shapes(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, object]]:
+    """Tensor shapes and metadata of a :func:`save_features` file (no tensor data is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = _json_metadata(f)
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    return shapes, meta
+
+
+def _json_metadata(handle) -> dict[str, object]:
+    """The metadata of an open safetensors file, each value decoded from JSON."""
+    return {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
