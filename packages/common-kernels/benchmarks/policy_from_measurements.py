@@ -25,7 +25,9 @@ import json
 import sys
 from pathlib import Path
 
-from run import POLICY_DIR, write_atomically
+from run import POLICY_DIR
+
+from common_kernels.files import write_text
 
 GRID_BACKENDS = {"triton": "triton", "gather": "gather", "mask": "mask"}
 WINDOWED_BACKENDS = {"triton": "triton", "sdpa_bool": "mask"}
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table = derive(json.loads(args.measurements.read_text()), args.measurements)
     POLICY_DIR.mkdir(parents=True, exist_ok=True)
-    write_atomically(POLICY_DIR / "cuda.json", json.dumps(table, indent=1) + "\n")
+    write_text(POLICY_DIR / "cuda.json", json.dumps(table, indent=1) + "\n")
     print(f"{len(table['points'])} points written to {POLICY_DIR / 'cuda.json'}")
     return 0
 

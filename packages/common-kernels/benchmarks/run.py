@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from common_kernels.files import write_text
+
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE.parent / "src" / "common_kernels" / "policies"
 KNN_BACKENDS = ("reference", "mask", "gather", "triton", "flex")
@@ -497,12 +499,6 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -530,15 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     table = policy_table(results, env, command)
     if args.write_policy:
         POLICY_DIR.mkdir(parents=True, exist_ok=True)
-        write_atomically(POLICY_DIR / f"{env['device']}.json", json.dumps(table, indent=1) + "\n")
+        write_text(POLICY_DIR / f"{env['device']}.json", json.dumps(table, indent=1) + "\n")
         print(f"policy table written: {POLICY_DIR / (env['device'] + '.json')}")
     from common_kernels import _policy
 
     add_ratios(results, table if args.write_policy else _policy.load_table(env["device"]))
     saved = {"environment": env, "command": command, "quick": args.quick, "results": results}
-    write_atomically(args.out / f"{stem}.json", json.dumps(saved, indent=1))
+    write_text(args.out / f"{stem}.json", json.dumps(saved, indent=1))
     text = report(results, env)
-    write_atomically(args.out / f"{stem}.md", text)
+    write_text(args.out / f"{stem}.md", text)
     plot(results, args.out / f"{stem}.png")
     print(text)
     picked = [r for r in results if r.get("auto_pick") == r["backend"]]

@@ -174,3 +174,29 @@ def test_errors() -> None:
         fft_phase_fusion(x, guide, dims=())
     with pytest.raises(ValueError, match=r"dims must be a non-empty sequence"):
         fft_phase_fusion(x, guide, dims=(1.0,))
+
+
+def test_value_checks_on_cpu_by_default_off_on_cuda_and_switchable() -> None:
+    """The finiteness check syncs with the host, so it runs per call on the CPU only (like
+    knn_attention's); value_checks() / check_values switch it for debugging."""
+    from common_kernels import value_checks
+    from common_kernels._checks import values_checked
+
+    assert values_checked(None, torch.device("cpu"))
+    assert not values_checked(None, torch.device("cuda", 0))
+    assert values_checked(True, torch.device("cuda", 0))
+    with value_checks(True):
+        assert values_checked(None, torch.device("cuda", 0))
+        assert not values_checked(False, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    x, guide = torch.randn(2, 8, 8, generator=gen), torch.randn(2, 8, 8, generator=gen)
+    bad = x.clone()
+    bad[0, 0, 0] = float("nan")
+    unchecked = fft_phase_fusion(bad, guide, check_values=False)  # NaN flows through, no error
+    assert unchecked.shape == x.shape and torch.isnan(unchecked[0]).all()
+    assert torch.isfinite(unchecked[1]).all()  # the other batch element is untouched by it
+    torch.testing.assert_close(unchecked[1], fft_phase_fusion(x, guide)[1], rtol=0, atol=0)
+    with value_checks(False):
+        assert torch.isnan(fft_phase_fusion(bad, guide)[0]).all()
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf"):
+        fft_phase_fusion(bad, guide)

@@ -1,6 +1,7 @@
 """common-kernels: KNN graphs, KNN-sparse attention, FFT-guided fusion and tiling.
 
-The public API is this module's names; method packages import nothing else.
+The public API is this module's names and ``common_kernels.files`` (atomic writes, image reading
+and size strings shared by every package); method packages import nothing else.
 """
 
 from common_kernels.dictionary import KNNDictionary
@@ -16,7 +17,7 @@ from common_kernels.knn_graph import knn_graph
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
 
 __all__ = [
     "KNNAttention",

@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+_value_checks_override: bool | None = None
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool = True) -> Iterator[None]:
+    """Check (or not) that the inputs of ``knn_attention`` and ``fft_phase_fusion`` are finite
+    in every call inside.
+
+    By default the values are checked on the CPU and not on CUDA, where the check would
+    synchronise with the host on every call; switch them on to debug NaNs on a GPU, e.g.
+    ``with value_checks(): model(x)``. Not thread-local.
+
+    Args:
+        enabled: check values (True) or skip the checks (False) inside the block.
+    """
+    global _value_checks_override
+    previous, _value_checks_override = _value_checks_override, bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks_override = previous
+
+
+def values_checked(check_values: bool | None, device: torch.device) -> bool:
+    """Whether a call checks its input values: ``check_values`` if given, else the innermost
+    :func:`value_checks` block, else only on the CPU (a check on CUDA syncs with the host)."""
+    if check_values is not None:
+        return bool(check_values)
+    if _value_checks_override is not None:
+        return _value_checks_override
+    return device.type == "cpu"
 
 
 def check_tensor(name: str, t: object) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_float
+from ._checks import check_float, values_checked
 
 
 def _normalize_dims(dims: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -58,6 +58,7 @@ def fft_phase_fusion(
     dims: int | Sequence[int] = (-2, -1),
     weight: float = 0.5,
     guard: bool = True,
+    check_values: bool | None = None,
 ) -> Tensor:
     """Replace the Fourier phase of ``x`` by its circular mean with the phase of ``guide``.
 
@@ -79,12 +80,16 @@ def fft_phase_fusion(
             about pi/2 and so loses its real part (irfft drops the imaginary part of those
             bins), and near-opposite complex bins turn by about pi/2. Use it only to reproduce
             the official sampler.
+        check_values: check that ``x`` and ``guide`` are finite (ValueError otherwise). None
+            (default): on the CPU yes, on CUDA no, where the check would synchronise with the
+            host on every call, unless :func:`common_kernels.value_checks` says otherwise.
 
     Returns:
         Real tensor of the shape and dtype of ``x`` (computed in fp32 for fp16/bf16).
     """
-    check_float("x", x)
-    check_float("guide", guide)
+    finite = values_checked(check_values, x.device)
+    check_float("x", x, finite=finite)
+    check_float("guide", guide, finite=finite)
     if guide.shape != x.shape:
         raise ValueError(
             f"guide must have the shape of x {tuple(x.shape)}, got {tuple(guide.shape)}"

@@ -26,9 +26,7 @@ Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -44,7 +42,9 @@ from common_kernels._checks import (
     check_ndim,
     check_positive_int,
     check_tensor,
+    values_checked,
 )
+from common_kernels._checks import value_checks as value_checks  # public here since 0.1
 from common_kernels.dictionary import KNNDictionary, as_dictionary
 
 Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex"]
@@ -57,26 +57,6 @@ _TRITON_MAX_HEAD_DIM = 256
 _FALLBACK_ORDER = ("triton", "mask", "gather", "reference")
 # Never picked by "auto" on the CPU: the Triton interpreter is for tests.
 _NOT_AUTO_ON_CPU = frozenset({"triton"})
-_value_checks_override: bool | None = None
-
-
-@contextlib.contextmanager
-def value_checks(enabled: bool = True) -> Iterator[None]:
-    """Check (or not) that q, k, v and bias are finite in every ``knn_attention`` call inside.
-
-    By default the values are checked on the CPU and not on CUDA, where the check would
-    synchronise with the host on every call; switch them on to debug NaNs on a GPU, e.g.
-    ``with value_checks(): model(x)``. Not thread-local.
-
-    Args:
-        enabled: check values (True) or skip the checks (False) inside the block.
-    """
-    global _value_checks_override
-    previous, _value_checks_override = _value_checks_override, bool(enabled)
-    try:
-        yield
-    finally:
-        _value_checks_override = previous
 
 
 def knn_attention(
@@ -247,14 +227,6 @@ def _check_scale(scale: float) -> float:
     return float(scale)
 
 
-def _resolve_value_checks(check_values: bool | None, q: torch.Tensor) -> bool:
-    if check_values is not None:
-        return bool(check_values)
-    if _value_checks_override is not None:
-        return _value_checks_override
-    return q.device.type == "cpu"
-
-
 def _validate(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -264,7 +236,7 @@ def _validate(
     check_values: bool | None,
 ) -> tuple[KNNDictionary, torch.Tensor | None]:
     """Check shapes, dtypes, devices (and values); return the dictionary and a 4-D bias."""
-    finite = _resolve_value_checks(check_values, q)
+    finite = values_checked(check_values, q.device)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, check_float(name, t, finite=False), (4,), "(B, heads, N, d)")
     if k.shape != q.shape or v.shape != q.shape:
