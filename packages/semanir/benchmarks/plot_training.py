@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from semanir.io import atomic_write
+from common_kernels.files import atomic_write
 
 SMOOTHING = 20  # logged points in the running mean of the loss
 
@@ -71,7 +71,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str) -> None:
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(path) as temp_path:
+    with atomic_write(path, make_parents=True) as temp_path:
         fig.savefig(temp_path, format="png", dpi=110)
     plt.close(fig)
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     plot(curves, args.out, args.title)
     if args.json is not None:
-        with atomic_write(args.json) as temp_path:
+        with atomic_write(args.json, make_parents=True) as temp_path:
             Path(temp_path).write_text(json.dumps(curves, indent=1) + "\n", encoding="utf-8")
     val = curves["val/psnr"]
     if val:

@@ -271,6 +271,8 @@ def test_restore_checks_before_loading_a_model(
     monkeypatch.setattr("semanir.cli.load_model", lambda name: pytest.fail("model loaded"))
     cases = {
         "-o/--output out.xyz: '.xyz' is not an image suffix (.png, .jpg": ["-o", "out.xyz"],
+        "-o/--output out.png: 2 images cannot go into one image file; give an output folder (a "
+        "name without a suffix)": ["-o", "out.png"],
         "is a file, not a folder": ["-o", str(tmp_path / "a_file" / "out")],
     }
     if not torch.cuda.is_available():
@@ -306,15 +308,61 @@ def test_colour_input_to_a_gray_model_warns(
     out = tmp_path / "out.png"
     assert main(["restore", str(images), "-o", str(out), "--model", str(gray_model)]) == 0
     err = capsys.readouterr().err
-    assert (
+    assert err.splitlines()[0] == (
         "semanir restore: warning: im0.png is a colour image and the model is a gray model: "
-        "restoring its BT.601 luma"
-    ) in err
+        "restoring its BT.601 luma (--per-channel restores R, G and B one by one)"
+    )
     colour = read_image(images / "im0.png")
     expected = restore(load_model(str(gray_model)), convert_channels(colour, "gray")[None])[0]
     written = read_image(out)
     assert written.shape == (1, 12, 12)
     assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6
+
+
+def test_per_channel_restores_colour_with_a_gray_model(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = make_images(tmp_path / "in", count=1, size=(12, 12), channels=3)
+    out = tmp_path / "out.png"
+    argv = ["restore", str(images), "-o", str(out), "--model", str(gray_model)]
+    assert main([*argv, "--per-channel"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    colour = read_image(images / "im0.png")  # (3, H, W)
+    model = load_model(str(gray_model))
+    expected = torch.cat([restore(model, channel[None, None])[0] for channel in colour])
+    written = read_image(out)
+    assert written.shape == (3, 12, 12)
+    assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6
+
+
+def test_per_channel_needs_a_gray_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    colour_model = tmp_path / "colour"
+    build_model("semanir_test_tiny_unet", in_channels=3, out_channels=3).save_pretrained(
+        colour_model
+    )
+    images = make_images(tmp_path / "in", count=1, size=(12, 12), channels=3)
+    argv = ["restore", str(images), "-o", str(tmp_path / "out"), "--model", str(colour_model)]
+    err = run_failing([*argv, "--per-channel"], capsys)
+    assert err == (
+        "semanir restore: error: --per-channel applies to gray models; this model takes 3 "
+        "channels\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_warns_when_a_gray_model_scores_colour_images(
+    tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_images(tmp_path / "clean", count=2, size=(12, 12), channels=3)
+    make_images(tmp_path / "gray", count=1, size=(12, 12))
+    (data / "gray.png").write_bytes((tmp_path / "gray" / "im0.png").read_bytes())
+    argv = ["eval", "--sigma", "25", "--data", str(data), "--model", str(gray_model)]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "semanir eval: warning: 2 of the 3 --data image(s) are colour and the model is a gray "
+        "model: scoring their BT.601 luma"
+    )
 
 
 def test_eval_errors(

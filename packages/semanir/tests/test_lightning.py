@@ -16,7 +16,7 @@ from semanir.data.datamodule import RestorationDataModule
 from semanir.inference import load_model
 from semanir.io import write_image
 from semanir.lightning_module import RestorationModule, WarmupSchedule, charbonnier_loss
-from semanir.metrics import psnr
+from semanir.metrics import psnr, ssim
 
 TINY = "semanir_test_tiny_unet"
 
@@ -161,6 +161,31 @@ def test_validation_logs_psnr_of_the_restored_images(
     expected = psnr(output, sample["gt"][None]).item()
     assert metrics["val/psnr"] == pytest.approx(expected, abs=1e-4)
     assert 0 < metrics["val/ssim"] <= 1
+
+
+def test_validation_metrics_are_means_over_all_images_of_the_epoch(tmp_path: Path) -> None:
+    """Three 32x32 images in batches of 2 and 1: the logged values are the per-image means."""
+    data = RestorationDataModule(
+        train_dirs=[str(make_images(tmp_path / "train", count=2, size=24))],
+        val_dirs=[str(make_images(tmp_path / "val", count=3, size=32))],
+        task="denoise",
+        sigma=25,
+        patch_size=16,
+        val_batch_size=2,
+        num_workers=0,
+    )
+    module = RestorationModule(TINY)
+    [metrics] = trainer(tmp_path, max_steps=1).validate(module, datamodule=data, verbose=False)
+    samples = [data.val_set[i] for i in range(3)]
+    lq = torch.stack([s["lq"] for s in samples])  # (3, 1, 32, 32)
+    gt = torch.stack([s["gt"] for s in samples])
+    with torch.no_grad():
+        output = module.model.eval()(lq).clamp(0, 1)
+    per_image_psnr, per_image_ssim = psnr(output, gt), ssim(output, gt)  # (3,)
+    batch_means = (per_image_psnr[:2].mean() + per_image_psnr[2]) / 2
+    assert abs(batch_means - per_image_psnr.mean()) > 1e-3  # the test tells the two apart
+    assert metrics["val/psnr"] == pytest.approx(per_image_psnr.mean().item(), abs=1e-4)
+    assert metrics["val/ssim"] == pytest.approx(per_image_ssim.mean().item(), abs=1e-6)
 
 
 def test_cosine_schedule_needs_a_length(tmp_path: Path, data: RestorationDataModule) -> None:

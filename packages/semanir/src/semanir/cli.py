@@ -2,7 +2,7 @@
 
 semanir fit --config denoise_gray_tiny [--trainer.max_time 00:01:00:00]   # a shipped config
 semanir restore IN... -o OUT [--task denoise --sigma 25] [--model PATH|HUB_ID] [--tile 512]
-                [--k K] [--add-noise [SIGMA] --seed S]
+                [--k K] [--add-noise [SIGMA] --seed S] [--per-channel]
 semanir eval --task denoise --sigma 25 --data DIR [--model PATH|HUB_ID] [--csv out.csv]
 """
 
@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from common_kernels.files import atomic_write
 from semanir.data.datasets import SyntheticDegradationDataset, index_generator
 from semanir.data.degradations import (
     add_gaussian_noise,
@@ -33,7 +35,6 @@ from semanir.inference import load_model
 from semanir.inference import restore as restore_batch
 from semanir.io import (
     IMAGE_EXTENSIONS,
-    atomic_write,
     convert_channels,
     is_image_file,
     list_images,
@@ -56,6 +57,7 @@ run `semanir COMMAND --help` for the options of a command
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
 TASKS = ("denoise", "jpeg", "sr")
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow modes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,6 +180,12 @@ def restore_parser() -> ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
     parser.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="with a gray model, restore a colour image's R, G and B channels one by one and "
+        "write a colour result (default: restore its BT.601 luma, with a warning)",
+    )
+    parser.add_argument(
         "--save-noisy",
         action="store_true",
         help="with --add-noise, also write each noisy input as NAME_noisy.EXT next to its output",
@@ -235,8 +243,19 @@ def _channels(model: nn.Module) -> str:
 
 
 def _run_model(model: nn.Module, image: torch.Tensor, args: Namespace) -> torch.Tensor:
-    """Restore one (C, H, W) image with the inference options of ``args``."""
-    batch = image[None].to(next(model.parameters()).device)  # (1, C, H, W)
+    """Restore one (C, H, W) image with the inference options of ``args``.
+
+    A colour image given to a gray model (``--per-channel``) is restored as a batch of its three
+    channels, which are put back together.
+    """
+    if image.shape[0] == 3 and model.in_channels == 1:
+        return _run_batch(model, image[:, None], args)[:, 0]  # (3, 1, H, W) -> (3, H', W')
+    return _run_batch(model, image[None], args)[0]  # (1, C, H, W) -> (C, H', W')
+
+
+def _run_batch(model: nn.Module, batch: torch.Tensor, args: Namespace) -> torch.Tensor:
+    """Restore a (B, C, H, W) batch with the inference options of ``args``."""
+    batch = batch.to(next(model.parameters()).device)
     output = restore_batch(
         model,
         batch,
@@ -246,7 +265,7 @@ def _run_model(model: nn.Module, image: torch.Tensor, args: Namespace) -> torch.
         ensemble=args.ensemble,
         progress=args.tile is not None and sys.stderr.isatty(),
     )  # fmt: skip  (a tile bar inside the image bar: one large image is one long step)
-    return output[0].cpu()
+    return output.cpu()
 
 
 def restore(args: Namespace) -> None:
@@ -260,10 +279,14 @@ def restore(args: Namespace) -> None:
     check_writable(targets)
     model = _load(args, device)
     channels = _channels(model)
+    if args.per_channel and channels != "gray":
+        raise ValueError(
+            f"--per-channel applies to gray models; this model takes {model.in_channels} channels"
+        )
     before, after = [], []
     jobs = list(zip(paths, targets, strict=True))
     for index, (path, target) in enumerate(tqdm(jobs, desc="restore", disable=None)):
-        image = _read_for_model(path, channels)
+        image = _read_for_model(path, channels, args.per_channel)
         if noise_sigma is None:
             write_image(target, _run_model(model, image, args))
             continue
@@ -283,17 +306,42 @@ def restore(args: Namespace) -> None:
     print(f"wrote {len(targets)} image(s) to {args.output}")
 
 
-def _read_for_model(path: Path, channels: str) -> torch.Tensor:
-    """Read ``path`` with the model's channel count; say so when that converts the image."""
+def _read_for_model(path: Path, channels: str, per_channel: bool) -> torch.Tensor:
+    """Read ``path`` for a model taking ``channels``; say so when that converts the image.
+
+    Args:
+        path: the image file.
+        channels: ``"gray"`` or ``"rgb"``, what the model takes.
+        per_channel: keep a colour image for a gray model (restored channel by channel).
+    """
     image = read_image(path)
-    if (image.shape[0] == 1) != (channels == "gray"):
-        have, want = ("colour", "gray") if channels == "gray" else ("gray", "colour")
+    if image.shape[0] == 3 and channels == "gray" and per_channel:
+        return image
+    if image.shape[0] == 3 and channels == "gray":
         tqdm.write(
-            f"semanir restore: warning: {path.name} is a {have} image and the model is a "
-            f"{want} model: restoring {'its BT.601 luma' if channels == 'gray' else 'it as RGB'}",
+            f"semanir restore: warning: {path.name} is a colour image and the model is a gray "
+            "model: restoring its BT.601 luma (--per-channel restores R, G and B one by one)",
+            file=sys.stderr,
+        )
+    elif image.shape[0] == 1 and channels == "rgb":
+        tqdm.write(
+            f"semanir restore: warning: {path.name} is a gray image and the model is a colour "
+            "model: restoring it as RGB",
             file=sys.stderr,
         )
     return convert_channels(image, channels)
+
+
+def _is_gray_file(path: Path) -> bool:
+    """Whether an image file holds one channel (its header's pixel mode; nothing decoded).
+
+    A file Pillow cannot open counts as gray here: reading it reports the error.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.mode in GRAY_MODES
+    except (OSError, SyntaxError, ValueError):
+        return True
 
 
 def _noise_sigma(args: Namespace) -> float | None:
@@ -318,6 +366,11 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
     otherwise ``output / input.name`` (names must then be unique)."""
     if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
         return [output]
+    if is_image_file(output) and not output.is_dir():
+        raise ValueError(
+            f"-o/--output {output}: {len(inputs)} images cannot go into one image file; give an "
+            "output folder (a name without a suffix)"
+        )
     if output.suffix and not output.is_dir():
         raise ValueError(
             f"-o/--output {output}: {output.suffix!r} is not an image suffix "
@@ -353,11 +406,18 @@ def check_writable(targets: list[Path]) -> None:
 def evaluate(args: Namespace) -> None:
     """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
     degradation = _eval_degradation(args)
-    list_images(args.data)  # fail on missing or empty inputs before loading a model
+    paths = list_images(args.data)  # fail on missing or empty inputs before loading a model
     device = _device(args)
     if args.csv:
         check_writable([Path(args.csv)])
     model = _load(args, device)
+    colour = sum(not _is_gray_file(path) for path in paths)
+    if colour and model.in_channels == 1:
+        print(
+            f"semanir eval: warning: {colour} of the {len(paths)} --data image(s) are colour and "
+            "the model is a gray model: scoring their BT.601 luma",
+            file=sys.stderr,
+        )
     if args.task == "sr":
         degradation["scale"] = _eval_scale(args.scale, int(model.upscale))
     dataset = SyntheticDegradationDataset(
@@ -437,7 +497,10 @@ def format_table(rows: list[dict[str, Any]], title: str) -> str:
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write ``rows`` as CSV atomically (a temporary file renamed onto ``path``)."""
-    with atomic_write(path) as temp_path, temp_path.open("w", newline="") as handle:
+    with (
+        atomic_write(path, make_parents=True) as temp_path,
+        temp_path.open("w", newline="") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics import MeanMetric
 
 from semanir.data.datamodule import RestorationDataModule, Task
 from semanir.inference import load_model
@@ -68,7 +69,8 @@ class RestorationModule(L.LightningModule):
 
     Validation logs ``val/psnr`` and ``val/ssim`` on 8-bit-rounded outputs with the field's
     conventions: the BT.601 Y channel for colour "sr" and "jpeg", a border crop of the scale
-    for "sr", RGB/gray and no crop otherwise.
+    for "sr", RGB/gray and no crop otherwise. Each is the mean of the per-image values over the
+    whole validation set (torchmetrics ``MeanMetric``, summed over all processes under DDP).
 
     Args:
         arch: a registry name of ``semanir.models.build_model`` (e.g.
@@ -121,6 +123,7 @@ class RestorationModule(L.LightningModule):
             raise ValueError(f"scheduler must be cosine, multistep or constant, got {scheduler!r}")
         self.save_hyperparameters()
         self.model = build_arch(arch, arch_overrides or {})
+        self.val_psnr, self.val_ssim = MeanMetric(), MeanMetric()
         if init_weights is not None:
             load_initial_weights(self.model, init_weights)
 
@@ -154,12 +157,11 @@ class RestorationModule(L.LightningModule):
         output = self.model(batch["lq"]).clamp(0, 1)
         gt = batch["gt"]
         options = self.metric_options(gt.shape[1])
-        batch_size = gt.shape[0]
-        self.log("val/loss", self.compute_loss(output, gt), batch_size=batch_size, sync_dist=True)
-        values = {"psnr": psnr(output, gt, **options), "ssim": ssim(output, gt, **options)}
-        for name, value in values.items():
-            mean = value.mean().float()
-            self.log(f"val/{name}", mean, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("val/loss", self.compute_loss(output, gt), batch_size=gt.shape[0], sync_dist=True)
+        self.val_psnr.update(psnr(output, gt, **options))  # one value per image
+        self.val_ssim.update(ssim(output, gt, **options))
+        self.log("val/psnr", self.val_psnr, prog_bar=True)
+        self.log("val/ssim", self.val_ssim, prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -1,4 +1,4 @@
-"""PSNR and SSIM with the image-restoration field's conventions.
+"""PSNR and SSIM with the image-restoration field's conventions, computed by torchmetrics.
 
 Both metrics work on the 0-255 scale: inputs in [0, data_range] are rescaled to [0, 255],
 optionally clamped and rounded to 8-bit levels (as if saved as PNG), optionally reduced to the
@@ -8,6 +8,13 @@ by ``crop_border`` pixels on each side. ``y_channel`` has no effect on single-ch
 Inputs are (C, H, W) or (B, C, H, W); results have shape () or (B,), one value per image.
 SSIM follows Wang et al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 = 0.01,
 K2 = 0.03, evaluated where the window fits inside the image, averaged over pixels and channels.
+
+torchmetrics computes both on the prepared float64 images. PSNR: its log constants are float32
+scalars, so values differ from an all-float64 computation by up to ~1e-6 dB. SSIM: its scalar
+averages the SSIM map over a reflect-padded border in recent releases (1.9) but over the valid
+windows in older ones (1.4), so its map is taken and the valid windows averaged here, as Wang
+et al.'s MATLAB code and scikit-image do. torchmetrics is imported on first use: it loads all
+its metrics (~3 s), too slow for ``import semanir``.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 YCBCR_Y_WEIGHTS = (65.481, 128.553, 24.966)
-SSIM_WINDOW = 11
+SSIM_WINDOW = 11  # torchmetrics sizes its Gaussian window 2 * int(3.5 sigma + 0.5) + 1 = 11
 SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def rgb_to_y(image: torch.Tensor) -> torch.Tensor:
@@ -109,16 +116,9 @@ def psnr(
         y_channel=y_channel,
         round_to_8bit=round_to_8bit,
     )
-    mse = (x - y).square().mean(dim=(-3, -2, -1))
-    return 10.0 * torch.log10(255.0**2 / mse)
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # slow import: on use
 
-
-def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    """Normalised 2-D Gaussian window of shape (size, size), float64."""
-    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    profile = torch.exp(-(offsets**2) / (2 * sigma**2))
-    profile = profile / profile.sum()
-    return profile[:, None] * profile[None, :]  # (size, size)
+    return peak_signal_noise_ratio(x, y, data_range=255.0, reduction="none", dim=(-3, -2, -1))
 
 
 def ssim(
@@ -159,25 +159,34 @@ def ssim(
     unbatched = x.ndim == 3
     if unbatched:
         x, y = x[None], y[None]  # (1, C, H, W)
-    ssim_map = _ssim_map(x, y)  # (B, C, H - 10, W - 10)
-    values = ssim_map.mean(dim=(-3, -2, -1))
+    half = SSIM_WINDOW // 2
+    inside = ssim_map(x, y)[..., half:-half, half:-half]  # (B, C, H - 10, W - 10)
+    values = inside.mean(dim=(-3, -2, -1))
     return values[0] if unbatched else values
 
 
-def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM of (B, C, H, W) images on the 0-255 scale, 'valid' windows only."""
-    channels = x.shape[1]
-    window = gaussian_window().to(x.device)
-    window = window.expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)  # (C, 1, 11, 11)
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM by torchmetrics, same size as the images (border windows reflect-padded).
 
-    def local_mean(image: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(image, window, groups=channels)
+    Args:
+        x: (B, C, H, W) restored images on the 0-255 scale, H and W at least 11.
+        y: (B, C, H, W) reference images on the same scale.
 
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = local_mean(x * x) - mu_x**2
-    var_y = local_mean(y * y) - mu_y**2
-    cov_xy = local_mean(x * y) - mu_x * mu_y
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
-    return luminance * structure
+    Returns:
+        (B, C, H, W) SSIM map; its 5-pixel border comes from windows that leave the image.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure  # on use
+
+    _, full = structural_similarity_index_measure(
+        x,
+        y,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=255.0,
+        k1=SSIM_K1,
+        k2=SSIM_K2,
+        reduction="none",
+        return_full_image=True,
+    )
+    return full

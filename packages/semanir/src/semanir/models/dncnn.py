@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from common_kernels.files import AtomicSavePretrained
 from semanir.models.semanir import start_near_identity
 
 
@@ -69,6 +70,7 @@ def _middle_layer(features: int, batch_norm: bool) -> list[nn.Module]:
 
 class DnCNN(
     nn.Module,
+    AtomicSavePretrained,
     PyTorchModelHubMixin,
     library_name="semanir",
     license="apache-2.0",

@@ -50,6 +50,7 @@ from common_kernels import (
     window_partition,
     window_reverse,
 )
+from common_kernels.files import AtomicSavePretrained
 
 ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")
@@ -517,6 +518,7 @@ def pixel_shuffle_upsampler(dim: int, out_channels: int, scale: int, width: int)
 
 class SemanIR(
     nn.Module,
+    AtomicSavePretrained,
     PyTorchModelHubMixin,
     library_name="semanir",
     license="apache-2.0",
