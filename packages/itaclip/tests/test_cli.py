@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from itaclip import Segmenter
-from itaclip.cli import main, parse_class_option
+from itaclip.cli import main, parse_class_option, parse_size_option
 from itaclip.viz import LEGEND_ROW, LEGEND_WIDTH, overlay, palette
 
 
@@ -88,17 +88,27 @@ def test_segment_cli_output_size_engineering_aux_file_and_background(tmp_path, t
         assert image.size == (45 + LEGEND_WIDTH, max(30, legend_height))
 
 
+SIZE_ERROR = "expected S or HxW (height x width) in pixels, positive integers, got "
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--output-size", "30"], "expected HxW with positive integers, got '30'"),
-        (["--output-size", "0x5"], "expected HxW with positive integers, got '0x5'"),
+        (["--output-size", "30x"], f"{SIZE_ERROR}'30x'"),
+        (["--output-size", "0x5"], f"{SIZE_ERROR}'0x5'"),
+        (["--output-size", "5x5x5"], f"{SIZE_ERROR}'5x5x5'"),
     ],
 )
 def test_segment_cli_bad_output_size(tmp_path, capsys, extra, message):
     assert main(["segment", "x.png", "--classes", "a,b", "-o", str(tmp_path), *extra]) == 2
     error = f"itaclip segment: error: argument --output-size: {message}\n"
     assert capsys.readouterr().err == error
+
+
+def test_output_size_is_height_by_width_or_one_side_for_a_square():
+    assert parse_size_option("30x45") == (30, 45)  # 30 px high, 45 px wide
+    assert parse_size_option("30X45") == (30, 45)
+    assert parse_size_option("30") == (30, 30)
 
 
 def test_segment_cli_aux_file_and_background_errors(tmp_path, tiny_dir, capsys):

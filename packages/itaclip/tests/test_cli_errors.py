@@ -114,7 +114,13 @@ SEGMENT_CASES = {
     "alpha": (segment_args(Path("{t}"), "--alpha", "1.5"), "--alpha must be in [0, 1], got 1.5"),
     "output_size": (
         segment_args(Path("{t}"), "--output-size", "0x5"),
-        "argument --output-size: expected HxW with positive integers, got '0x5'",
+        "argument --output-size: expected S or HxW (height x width) in pixels, positive "
+        "integers, got '0x5'",
+    ),
+    "output_named_like_a_file": (
+        segment_args(Path("{t}"), "-o", "{t}/labels.png"),
+        "-o/--output {t}/labels.png: the outputs go into a folder, and a new folder's name must "
+        "have no suffix (got '.png')",
     ),
     "preset": (
         segment_args(Path("{t}"), "--preset", "voc"),

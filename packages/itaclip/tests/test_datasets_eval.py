@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchmetrics.functional.classification import multiclass_jaccard_index
 
 from itaclip.cli import main
 from itaclip.datasets import SegmentationDataset
@@ -102,6 +103,66 @@ def test_confusion_and_miou():
     assert result.miou == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
     empty = iou_from_confusion(torch.tensor([[3, 0], [0, 0]]))
     assert empty.miou == 1.0  # a class absent from prediction and ground truth is skipped
+
+
+def test_miou_hand_computed_with_an_absent_class_and_ignored_pixels():
+    """4 classes; class 3 is in no label and only predicted on ignored or stray-label pixels.
+
+    Kept (label, prediction) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0) (0,0); rows (labels)
+    [2,1,0,0] [0,2,0,0] [1,0,1,0] [0,0,0,0]. IoU: 2/(3+3-2), 2/(2+3-2), 1/(2+1-1), class 3
+    NaN (union 0) and left out of the mean, as mmseg does. Pixel accuracy 5/7.
+    """
+    label = torch.tensor([[0, 0, 1, 1, 255, 255], [2, 2, 0, 255, 7, -1]])
+    pred = torch.tensor([[0, 1, 1, 1, 3, 2], [2, 0, 0, 3, 3, 3]])
+    conf = confusion_matrix(pred, label, 4)
+    assert conf.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert conf.dtype == torch.int64
+    result = iou_from_confusion(conf)
+    assert result.iou[:3] == pytest.approx([2 / 4, 2 / 3, 1 / 2]) and np.isnan(result.iou[3])
+    assert result.miou == pytest.approx((2 / 4 + 2 / 3 + 1 / 2) / 3, abs=1e-12)
+    assert result.accuracy == pytest.approx(5 / 7, abs=1e-12)
+    labelled = (label != 7) & (label != -1)  # torchmetrics' metric knows ignore_index only
+    macro = multiclass_jaccard_index(
+        pred[labelled], label[labelled], 4, average="macro", ignore_index=255
+    )
+    assert result.miou == pytest.approx(macro.item(), abs=1e-6)
+    with pytest.raises(
+        ValueError, match=r"pred: class indices must lie in \[0, 3\], got .*\[1, 4\]"
+    ):
+        confusion_matrix(pred + 1, label, 4)
+
+
+def previous_confusion_matrix(pred, label, num_classes, ignore_index=255):
+    """itaclip 0.2.0's hand-written counting."""
+    valid = (label != ignore_index) & (label >= 0) & (label < num_classes)
+    index = label[valid] * num_classes + pred[valid].clamp(0, num_classes - 1)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_confusion_and_miou_equal_the_previous_implementation_on_random_labels(seed):
+    """21 classes drawn from 0..18 (19, 20 absent), 10% ignored pixels, a few stray labels."""
+    generator = torch.Generator().manual_seed(seed)
+    conf = torch.zeros(21, 21, dtype=torch.int64)
+    previous = torch.zeros(21, 21, dtype=torch.int64)
+    preds, labels = [], []
+    for _ in range(4):
+        label = torch.randint(19, (37, 45), generator=generator)
+        pred = torch.where(torch.rand(label.shape, generator=generator) < 0.6, label, 0)
+        pred = torch.where(torch.rand(label.shape, generator=generator) < 0.2, 18 - label, pred)
+        label[torch.rand(label.shape, generator=generator) < 0.1] = 255
+        label[0, :3] = torch.tensor([21, 40, -1])  # stray labels: left out like ignored pixels
+        conf += confusion_matrix(pred, label, 21)
+        previous += previous_confusion_matrix(pred, label, 21)
+        keep = (label >= 0) & (label < 21)
+        preds.append(pred[keep])
+        labels.append(label[keep])
+    assert torch.equal(conf, previous)
+    result = iou_from_confusion(conf)
+    assert np.isnan(result.iou[19]) and np.isnan(result.iou[20])
+    macro = multiclass_jaccard_index(torch.cat(preds), torch.cat(labels), 21, average="macro")
+    assert result.miou == pytest.approx(macro.item(), rel=1e-6)
 
 
 def test_eval_two_processes_equals_one(tmp_path, tiny_dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
@@ -14,6 +16,7 @@ from itaclip.text import (
     mix_auxiliary,
     parse_classes,
 )
+from itaclip.tiny import save_tiny_model
 
 
 def test_templates_are_openai_imagenet_in_order():
@@ -92,6 +95,21 @@ def test_disk_cache_round_trip_and_keys(tmp_path):
         cache.key("model-a", ["cat", "dog"], ("a {}",)),
     }
     assert len(keys) == 4
+
+
+def test_cache_and_tiny_model_files_have_the_usual_permissions(tmp_path):
+    """Written through common_kernels.files: safetensors' own 0600 becomes what open() gives."""
+    previous = os.umask(0o022)
+    try:
+        cache = TextEmbeddingCache(tmp_path / "cache")
+        cache.get_or_compute("m", ["cat"], ("{}",), lambda: torch.zeros(1, 3))
+        save_tiny_model(tmp_path / "tiny", seed=0)
+    finally:
+        os.umask(previous)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 3 and "tiny/open_clip_model.safetensors" in written
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in written} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tiny"]  # no temporary left
 
 
 def test_segmenter_uses_disk_cache(tiny_clip, tiny_tokenizer, tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from itaclip.text import atomic_write_bytes, parse_classes
+from common_kernels.files import write_text
+from itaclip.text import parse_classes
 
 SEPARATOR = ">="
 
@@ -158,5 +159,5 @@ def write_aux_file(path: str | os.PathLike, names: Sequence[str], texts: Sequenc
             )
         lines.append(f"{name} {SEPARATOR} {text}\n")
     path = Path(path)
-    atomic_write_bytes(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
+    write_text(path, "".join(lines), make_parents=True)
     return path

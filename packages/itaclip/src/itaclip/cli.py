@@ -33,13 +33,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from common_kernels.files import (
+    ImageReadError,
+    check_output_folder_name,
+    parse_size,
+    write_json,
+)
 from itaclip.auxfile import load_aux_texts, write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
 from itaclip.evaluate import evaluate, iou_from_confusion
 from itaclip.io import load_image, save_png
 from itaclip.presets import PRESETS
 from itaclip.segmenter import Segmenter, SegmenterConfig, progress_disabled
-from itaclip.text import atomic_write_bytes, parse_classes
+from itaclip.text import parse_classes
 from itaclip.tiny import CONFIG_FILE, save_tiny_model
 from itaclip.viz import overlay
 
@@ -127,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size_option,
         default=None,
         metavar="HxW",
-        help="size of the label maps (mmseg ori_shape: slide on the resized image, then "
-        "resize the logits and run PAMR at this size); default: the image's",
+        help="size of the label maps, height x width (480x640 is 640 px wide; one number is a "
+        "square) (mmseg ori_shape: slide on the resized image, then resize the logits and run "
+        "PAMR at this size); default: the image's",
     )
     add_model_options(segment)
     run_eval = commands.add_parser("eval", help="mIoU on a benchmark")
@@ -299,20 +306,17 @@ def check_image_file(path: Path) -> None:
         raise UsageError(f"{path} does not exist")
     try:
         load_image(path)
-    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise UsageError(f"{path} is not a readable image ({reason})") from None
+    except ImageReadError as error:
+        raise UsageError(f"{path} is not a readable image ({error.reason})") from None
 
 
 def parse_size_option(text: str) -> tuple[int, int]:
-    """``"480x640"`` -> ``(480, 640)`` (height x width)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-        raise argparse.ArgumentTypeError(f"expected HxW with positive integers, got {text!r}")
-    height, width = (int(part) for part in parts)
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"expected HxW with positive integers, got {text!r}")
-    return height, width
+    """``"480x640"`` -> ``(480, 640)`` (height x width), ``"480"`` -> ``(480, 480)``: the rule of
+    ``common_kernels.files.parse_size``, as in every package (an argparse type)."""
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_background_option(text: str | None, classes: list[list[str]]) -> int | None:
@@ -416,6 +420,10 @@ def check_segment(args: argparse.Namespace) -> tuple[list[list[str]], int | None
     classes = check_class_option(args.classes)
     background = parse_background_option(args.background, classes)
     check_folder_writable(args.output, "-o/--output")
+    try:
+        check_output_folder_name(args.output, "-o/--output")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     outputs: dict[str, Path] = {}
     for path in args.images:
         check_image_file(path)
@@ -477,7 +485,7 @@ def eval_worker(rank: int, world: int, args: argparse.Namespace, rendezvous: str
                 "iou": result.iou,
                 "confusion": conf.tolist(),
             }
-            atomic_write_bytes(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+            write_json(args.json, report, indent=1, make_parents=True)
     except KeyboardInterrupt:
         if world == 1:
             raise
@@ -563,7 +571,7 @@ def run_aux(args: argparse.Namespace) -> int:
     texts = generator.generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
         report = {"lm": args.lm, "kind": args.kind, "classes": names, "texts": texts}
-        atomic_write_bytes(args.output, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+        write_json(args.output, report, indent=1, make_parents=True)
     else:  # the official format: one line per class, whitespace runs collapsed
         write_aux_file(args.output, names, [" ".join(text.split()) for text in texts])
     for name, text in zip(names, texts, strict=True):

@@ -1,4 +1,4 @@
-"""mIoU evaluation: confusion matrices, optionally summed over processes (torch.distributed)."""
+"""mIoU evaluation: confusion matrices (torchmetrics), optionally summed over processes."""
 
 from __future__ import annotations
 
@@ -16,11 +16,29 @@ from itaclip.segmenter import Segmenter, progress_disabled
 def confusion_matrix(
     pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
-    """(num_classes, num_classes) int64 counts, rows = ground truth, cols = prediction."""
-    valid = (label != ignore_index) & (label >= 0) & (label < num_classes)
-    index = label[valid] * num_classes + pred[valid].clamp(0, num_classes - 1)
-    counts = torch.bincount(index, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)  # (gt, pred)
+    """(num_classes, num_classes) int64 counts by torchmetrics, rows = ground truth, cols = pred.
+
+    Pixels labelled ``ignore_index`` or with a label outside [0, num_classes) are left out.
+
+    Args:
+        pred: predicted class indices, any shape.
+        label: ground-truth labels of the same shape.
+        num_classes: classes of the benchmark.
+        ignore_index: the label of unlabelled pixels.
+
+    Raises:
+        ValueError: a prediction outside [0, num_classes).
+    """
+    # imported here: torchmetrics loads all its metrics (~1 s), too slow for every CLI command
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(
+            f"pred: class indices must lie in [0, {num_classes - 1}], got values in "
+            f"[{int(pred.min())}, {int(pred.max())}]"
+        )
+    keep = (label != ignore_index) & (label >= 0) & (label < num_classes)
+    return multiclass_confusion_matrix(pred[keep], label[keep], num_classes, validate_args=False)
 
 
 @dataclass
@@ -33,7 +51,16 @@ class IoUResult:
 
 
 def iou_from_confusion(conf: Tensor) -> IoUResult:
-    """mIoU over classes with a non-empty union."""
+    """Per-class IoU, mIoU over the classes with a non-empty union (mmseg), pixel accuracy.
+
+    The mIoU equals torchmetrics' ``MulticlassJaccardIndex(average="macro")`` on the same
+    pixels. It is reduced here from the summed int64 matrix in float64 because the report needs
+    NaN for absent classes (torchmetrics' per-class values give 0) and torchmetrics reduces
+    float32 counts, exact only up to 2**24 pixels per cell (a benchmark has ~1e9 pixels).
+
+    Args:
+        conf: (K, K) counts, rows = ground truth, columns = prediction.
+    """
     conf = conf.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp

@@ -1,4 +1,9 @@
-"""Image input/output: any common image -> (3, H, W) RGB in [0, 1]; atomic PNG writes."""
+"""Image input/output: any common image -> (3, H, W) RGB in [0, 1]; atomic PNG writes.
+
+Files are read and written by common-kernels (``common_kernels.files``), as in every package of
+the repository: 8-bit /255, 16-bit gray /65535, palettes expanded, alpha dropped, EXIF
+orientation applied; writes are atomic with the usual permissions.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from itaclip.text import atomic_write_bytes
+from common_kernels.files import atomic_write, read_image
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -79,14 +84,22 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
 
 
 def load_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file as a (3, H, W) fp32 RGB tensor in [0, 1]."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb_tensor(image)
+    """Read an image file as a (3, H, W) fp32 RGB tensor in [0, 1].
+
+    Args:
+        path: the image file (``common_kernels.files.read_image`` conventions; gray repeated).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
+        ValueError: the file does not decode completely (``common_kernels.files.ImageReadError``).
+    """
+    return read_image(path, channels="rgb")
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write ``image`` as PNG atomically (temporary file + rename); returns the path."""
+    """Write ``image`` as PNG atomically (missing folders are created); returns the path."""
     path = Path(path)
-    atomic_write_bytes(path, lambda tmp: image.save(tmp, format="PNG"))
+    with atomic_write(path, make_parents=True) as temp:
+        image.save(temp, format="PNG")
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from common_kernels.files import atomic_write
 
 
 @cache
@@ -137,17 +138,6 @@ def mix_auxiliary(
     return torch.where(kept[:, None], query_features, mixed)
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a uniquely named temporary file next to ``path``, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class TextEmbeddingCache:
     """On-disk cache of text embeddings keyed by (model identity, templates, texts).
 
@@ -179,7 +169,8 @@ class TextEmbeddingCache:
         if path.exists():
             return load_file(path)["embeddings"]
         embeddings = compute().float().cpu().contiguous()
-        atomic_write_bytes(path, lambda tmp: save_file({"embeddings": embeddings}, tmp))
+        with atomic_write(path, make_parents=True) as temp:
+            save_file({"embeddings": embeddings}, temp)
         return embeddings
 
 

@@ -12,7 +12,6 @@ whole machinery without downloading CLIP weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
+from common_kernels.files import atomic_directory, write_json
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -56,7 +57,8 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     ``Segmenter.from_pretrained("local-dir:DIR")`` and ``itaclip segment --model DIR``.
 
     The folder holds ``open_clip_config.json`` (``{"model_cfg": TINY_CONFIG}``) and
-    ``open_clip_model.safetensors``; both are written to temporary names and renamed.
+    ``open_clip_model.safetensors``, written by ``common_kernels.files.atomic_directory`` (a new
+    folder appears complete or not at all; the files get the usual permissions).
 
     Args:
         directory: the folder to write (created with its parents when missing).
@@ -65,11 +67,9 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     Returns:
         The folder.
     """
-    from itaclip.text import atomic_write_bytes
-
     directory = Path(directory)
     state = {key: value.contiguous() for key, value in tiny_clip(seed).state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-    config = json.dumps({"model_cfg": TINY_CONFIG}, indent=1)
-    atomic_write_bytes(directory / CONFIG_FILE, lambda tmp: tmp.write_text(config))
+    with atomic_directory(directory, make_parents=True) as temp:
+        save_file(state, temp / WEIGHTS_FILE)
+        write_json(temp / CONFIG_FILE, {"model_cfg": TINY_CONFIG}, indent=1)
     return directory
