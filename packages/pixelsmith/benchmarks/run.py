@@ -14,13 +14,23 @@ Every configuration runs in a fresh subprocess (peak memory = its ``ru_maxrss``)
   of the full latent maps (latent, snapshot, guidance, noise, step map).
 * ``--gigapixel``: ``generate_cascade`` 1024 -> 4096 -> 31616 px (or ``--giga-size``) to a
   BigTIFF: time per phase and peak RSS. Takes tens of minutes on one core.
+* ``--device cuda`` (or ``--cascade`` on the CPU): ``generate_cascade`` 1024 -> 2048 -> 4096 px
+  (``--sizes``) with the official placement (``faithful=True``) against the default grid, each
+  in a fresh subprocess: one warm-up cascade over the first two sizes, then ``--repeats`` timed
+  cascades (median, min, max of the total and of every stage, median seconds per step, UNet
+  calls per stage) and the peak ``torch.cuda.max_memory_allocated()`` over them. On CUDA the
+  model has SDXL's UNet and VAE architectures with random weights (built from the configs below,
+  no download) and small text encoders of SDXL's widths, in ``--dtype`` (default fp16); on the
+  CPU the tiny model. Times are taken after ``torch.cuda.synchronize()``.
 
-Results: ``results/pixelsmith_bench{,_quick}.{json,md,png}`` and
-``results/pixelsmith_gigapixel.{json,md}``.
+Results: ``results/pixelsmith_bench{,_quick}.{json,md,png}``,
+``results/pixelsmith_gigapixel.{json,md}`` and
+``results/pixelsmith_cascade{,_quick}{,_cuda}.{json,md}``.
 
     python benchmarks/run.py                # 2048..8192 sampler, stages up to 16384 px
     python benchmarks/run.py --quick        # 2048 and 4096 only
     OMP_NUM_THREADS=1 python benchmarks/run.py --gigapixel --steps 2
+    python benchmarks/run.py --device cuda  # SDXL-sized cascade 1024 -> 2048 -> 4096 on the GPU
 """
 
 from __future__ import annotations
@@ -41,6 +51,74 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROMPT = "a lighthouse on a cliff at sunset"
 LATENT_MAPS = 4 * 16 + 2  # bytes per latent px: latent, snapshot, guidance, noise (4 ch fp32), map
+# SDXL base 1.0's unet/config.json (stabilityai/stable-diffusion-xl-base-1.0): 2.567 B parameters
+SDXL_UNET_CONFIG = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+# SDXL base 1.0's vae/config.json with force_upcast off, as madebyollin/sdxl-vae-fp16-fix (the
+# VAE the official code loads): 83.65 M parameters
+SDXL_VAE_CONFIG = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "force_upcast": False,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+# Text encoders with SDXL's widths (CLIP ViT-L/14: 768; OpenCLIP ViT-bigG/14: 1280, pooled
+# projection 1280) but 2 layers instead of 12 and 32: the prompt is encoded once per cascade.
+TEXT_ENCODER_CONFIGS = (
+    {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+    {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
+     "projection_dim": 1280},
+)  # fmt: skip
+TEXT_ENCODER_COMMON = {
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
+# pipeline methods PhaseTimer wraps -> the phase they are timed as
+TIMED_PHASES = {
+    "encode_text": "text",
+    "generate_base": "base",
+    "guidance_source": "decode previous",
+    "encode_guidance": "lanczos+encode",
+    "prepare_stage": "sample",
+    "sample_stage": "sample",
+}
+DTYPES = ("fp32", "fp16", "bf16")
+CUDA_SIZES, CUDA_QUICK_SIZES = [1024, 2048, 4096], [1024, 2048]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -225,55 +303,19 @@ def stage_run(pipe, size: int, *, patch_size: int, vae_tile: int, workdir: Path)
 
 
 def gigapixel_run(pipe, size: int, steps: int, workdir: Path) -> dict:
-    """generate_cascade 1024 -> 4096 -> size to a BigTIFF, timing each phase."""
+    """generate_cascade 1024 -> 4096 -> size to a BigTIFF, timing each phase (PhaseTimer)."""
     import tifffile
 
-    from pixelsmith import PixelsmithConfig, generate_cascade
+    from pixelsmith import PixelsmithConfig
 
-    phases: dict[str, float] = {}
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            result = function(*args, **kwargs)
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-            return result
-
-        return wrapper
-
-    def timed_rows(function):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            for block in function(*args, **kwargs):
-                phases["decode+write"] = (
-                    phases.get("decode+write", 0.0) + time.perf_counter() - start
-                )
-                yield block
-                start = time.perf_counter()
-            phases["decode+write"] = phases.get("decode+write", 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    pipe.generate_base = timed("base", pipe.generate_base)
-    pipe.guidance_source = timed("decode previous", pipe.guidance_source)
-    pipe.encode_guidance = timed("lanczos+encode", pipe.encode_guidance)
-    pipe.sample_stage = timed("sample", pipe.sample_stage)
-    pipe.decoded_rows = timed_rows(pipe.decoded_rows)
     counter = count_unet(pipe)
+    timer = PhaseTimer(pipe, "cpu", counter)
     sizes = [1024, 4096, size]
-    start = time.perf_counter()
-    path = generate_cascade(
-        pipe,
-        PROMPT,
-        sizes,
-        [steps, steps],
-        num_inference_steps=steps,
-        seed=0,
-        output=workdir / "gigapixel.tif",
-        config=PixelsmithConfig(),
-        progress=True,
-    )
-    total = time.perf_counter() - start
+    run = timed_cascade(
+        pipe, timer, sizes, [steps, steps], steps, PixelsmithConfig(),
+        output=workdir / "gigapixel.tif", progress=True,
+    )  # fmt: skip
+    path = run["output"]
     with tifffile.TiffFile(path) as tif:  # read back the first tile only
         page = tif.pages[0]
         shape, bigtiff = list(page.shape), tif.is_bigtiff
@@ -282,8 +324,8 @@ def gigapixel_run(pipe, size: int, steps: int, workdir: Path) -> dict:
     return {
         "sizes": sizes,
         "steps": steps,
-        "seconds_total": total,
-        "phase_seconds": phases,
+        "seconds_total": run["seconds"],
+        "phase_seconds": run["phases"],
         "unet_calls": counter["calls"],
         "tiff_shape": shape,
         "bigtiff": bigtiff,
@@ -293,10 +335,305 @@ def gigapixel_run(pipe, size: int, steps: int, workdir: Path) -> dict:
     }
 
 
+def torch_dtype(name: str):
+    """The torch dtype of ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def random_module(cls, config: dict, device: str, dtype: str, seed: int):
+    """``cls(**config)`` with random weights, allocated on ``device`` in ``dtype`` directly.
+
+    Built on the meta device, then filled in place: weights ~ N(0, 1/fan_in), norm scales 1,
+    biases 0, so activations stay bounded at any depth (no inf in fp16 on random weights).
+
+    Args:
+        cls: a diffusers model class without buffers (``UNet2DConditionModel``,
+            ``AutoencoderKL``): ``to_empty`` would leave buffers uninitialised.
+        config: its constructor arguments.
+        device: ``"cpu"``, ``"cuda"`` or ``"meta"`` (shapes only: no memory, no weights).
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        seed: seed of the weights (drawn on ``device``).
+    """
+    import torch
+
+    with torch.device("meta"):
+        module = cls(**config)
+    if any(True for _ in module.buffers()):
+        raise ValueError(f"{cls.__name__} has buffers, which to_empty would leave uninitialised")
+    module = torch.nn.Module.to(module, torch_dtype(dtype)).eval()  # ModelMixin.to warns on casts
+    if device == "meta":
+        return module
+    module = module.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim > 1:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+    return module
+
+
+def sdxl_components(device: str = "cpu", dtype: str = "fp16", seed: int = 0) -> dict:
+    """SDXL-sized random components for ``PixelsmithPipeline(**components)`` (no hub access).
+
+    The UNet and the VAE have SDXL's architectures (``SDXL_UNET_CONFIG``, ``SDXL_VAE_CONFIG``);
+    the two text encoders have SDXL's widths with 2 layers each (``TEXT_ENCODER_CONFIGS``) and
+    share ``pixelsmith.tiny``'s byte-level tokenizer; DDIM from SDXL's scheduler config.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"meta"`` (shapes only, for parameter counts).
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        seed: seed of the random weights.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pixelsmith.pipelines.pixelsmith import ddim_from_config
+    from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    configs = [
+        CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_ENCODER_COMMON, **widths)
+        for widths in TEXT_ENCODER_CONFIGS
+    ]
+    with torch.random.fork_rng(devices=[]), torch.device("meta" if device == "meta" else "cpu"):
+        torch.manual_seed(seed)
+        encoders = [CLIPTextModel(configs[0]), CLIPTextModelWithProjection(configs[1])]
+    encoders = [encoder.to(torch_dtype(dtype)) for encoder in encoders]
+    if device != "meta":
+        encoders = [encoder.to(device) for encoder in encoders]
+    return {
+        "unet": random_module(UNet2DConditionModel, SDXL_UNET_CONFIG, device, dtype, seed),
+        "vae": random_module(AutoencoderKL, SDXL_VAE_CONFIG, device, dtype, seed + 1),
+        "text_encoder": encoders[0].eval(),
+        "text_encoder_2": encoders[1].eval(),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": ddim_from_config(dict(SDXL_SCHEDULER_CONFIG)),
+    }
+
+
+def cascade_pipeline(model: str, device: str, dtype: str):
+    """The benchmark's pipeline: SDXL-sized random weights (``"sdxl"``) or the tiny model."""
+    import torch
+
+    from pixelsmith import PixelsmithPipeline
+
+    if model == "sdxl":
+        pipe = PixelsmithPipeline(**sdxl_components(device, dtype), add_watermarker=False)
+    else:
+        pipe = tiny_pipeline()
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            torch.nn.Module.to(module, device, torch_dtype(dtype))  # ModelMixin.to warns on casts
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class PhaseTimer:
+    """Wall time of the phases of ``generate_cascade`` on ``pipe``, stage by stage.
+
+    Wraps the pipeline's stage methods (instance attributes, so ``generate_cascade`` calls the
+    wrappers) and synchronises the device at every boundary, so CUDA times are complete.
+    ``records`` holds ``(phase, stage, seconds)`` in call order; ``step_seconds[stage]`` the
+    time of every Pixelsmith step (via :meth:`on_step`, the cascade's ``callback``).
+
+    Args:
+        pipe: the pipeline.
+        device: ``"cpu"`` or ``"cuda"``.
+        unet_counter: the dict of :func:`count_unet`, read to count UNet calls per stage.
+    """
+
+    def __init__(self, pipe, device: str, unet_counter: dict) -> None:
+        self.device = device
+        self.unet_counter = unet_counter
+        for method, phase in TIMED_PHASES.items():
+            setattr(pipe, method, self._timed(phase, getattr(pipe, method)))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded (before a new cascade)."""
+        self.stage = 0
+        self.records: list[tuple[str, int, float]] = []
+        self.stage_calls: dict[int, int] = {}
+        self.step_seconds: dict[int, list[float]] = {}
+        self._last_mark = 0.0
+
+    def _timed(self, phase: str, function):
+        def wrapper(*args, **kwargs):
+            if phase == "decode previous":  # the first phase of every Pixelsmith stage
+                self.stage += 1
+            calls = self.unet_counter["calls"]
+            synchronize(self.device)
+            start = self._last_mark = time.perf_counter()
+            result = function(*args, **kwargs)
+            synchronize(self.device)
+            self.records.append((phase, self.stage, time.perf_counter() - start))
+            made = self.unet_counter["calls"] - calls
+            self.stage_calls[self.stage] = self.stage_calls.get(self.stage, 0) + made
+            return result
+
+        return wrapper
+
+    def on_step(self, stage: int, step: int, latents, plan) -> None:
+        """The cascade callback: time since the previous step (or the stage's sampling start)."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.step_seconds.setdefault(stage, []).append(now - self._last_mark)
+        self._last_mark = now
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds per phase, summed over the stages."""
+        totals: dict[str, float] = {}
+        for phase, _, seconds in self.records:
+            totals[phase] = totals.get(phase, 0.0) + seconds
+        return totals
+
+    def stage_seconds(self) -> dict[int, float]:
+        """Seconds per stage (base, then decode previous + encode + sample of each stage)."""
+        totals: dict[int, float] = {}
+        for phase, stage, seconds in self.records:
+            if phase != "text":
+                totals[stage] = totals.get(stage, 0.0) + seconds
+        return totals
+
+
+def timed_cascade(pipe, timer: PhaseTimer, sizes: list[int], sliders: list[int], steps: int,
+                  config, output: Path | None = None, progress: bool = False) -> dict:  # fmt: skip
+    """One ``generate_cascade`` run (seed 0) timed by ``timer``: the result (a PIL image, or
+    ``output``), total seconds, seconds per phase and per stage.
+
+    ``"decode+write"`` is what the run spends outside the timed phases: the tiled decode of the
+    final latent and collecting the image (or writing ``output``), and with ``output`` the
+    checkpoint saves between phases (those after every step fall in ``"sample"``).
+    """
+    from pixelsmith import generate_cascade
+
+    timer.reset()
+    synchronize(timer.device)
+    start = time.perf_counter()
+    output = generate_cascade(
+        pipe, PROMPT, sizes, sliders, num_inference_steps=steps, seed=0, config=config,
+        output=output, progress=progress, callback=timer.on_step,
+    )  # fmt: skip
+    synchronize(timer.device)
+    total = time.perf_counter() - start
+    phases = timer.phase_seconds()
+    phases["decode+write"] = total - sum(phases.values())
+    return {"seconds": total, "phases": phases, "stages": timer.stage_seconds(), "output": output}
+
+
+def cascade_run(pipe, sizes: list[int], config, *, steps: int, slider: int, repeats: int,
+                warmup: int, device: str) -> dict:  # fmt: skip
+    """``generate_cascade`` over ``sizes``: time, UNet calls and peak memory, median of repeats.
+
+    Warm-up: ``warmup`` cascades over the first two sizes with 2 steps (the same kernels and
+    shapes: patches, VAE tiles). Then ``repeats`` timed cascades; on CUDA the peak of
+    ``torch.cuda.max_memory_allocated()`` over them (reset after the warm-up) and the memory
+    the weights hold.
+
+    Args:
+        pipe: the pipeline (see :func:`cascade_pipeline`).
+        sizes: stage sizes in px.
+        config: ``PixelsmithConfig`` (``faithful=True``: the official placement).
+        steps: denoising steps of every stage.
+        slider: the slider of every Pixelsmith stage.
+        repeats: timed cascades (>= 1).
+        warmup: untimed cascades first.
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+    import torch
+
+    counter = count_unet(pipe)
+    timer = PhaseTimer(pipe, device, counter)
+    for _ in range(warmup):
+        timed_cascade(pipe, timer, sizes[:2], [min(slider, 2)], min(steps, 2), config)
+    if device == "cuda":
+        model_gpu_mib = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    runs, calls, step_seconds = [], [], {}
+    for _ in range(repeats):
+        runs.append(timed_cascade(pipe, timer, sizes, [slider] * (len(sizes) - 1), steps, config))
+        runs[-1]["image_size"] = list(runs[-1].pop("output").size)  # (W, H); drop the image
+        calls.append(dict(timer.stage_calls))
+        for stage, seconds in timer.step_seconds.items():
+            step_seconds.setdefault(stage, []).extend(seconds)
+    totals = [run["seconds"] for run in runs]
+    stages = []
+    for index, size in enumerate(sizes):
+        stage_times = [run["stages"][index] for run in runs]
+        row = {
+            "size": size,
+            "unet_calls": calls[-1][index],
+            "seconds_median": statistics.median(stage_times),
+            "seconds_min": min(stage_times),
+            "seconds_max": max(stage_times),
+        }
+        if index > 0:
+            row["seconds_per_step_median"] = statistics.median(step_seconds[index])
+        stages.append(row)
+    result = {
+        "method": "official" if config.faithful else "grid",
+        "sizes": sizes,
+        "steps": steps,
+        "slider": slider,
+        "repeats": repeats,
+        "warmup": warmup,
+        "seconds_median": statistics.median(totals),
+        "seconds_min": min(totals),
+        "seconds_max": max(totals),
+        "phase_seconds_median": {
+            phase: statistics.median(run["phases"][phase] for run in runs)
+            for phase in runs[0]["phases"]
+        },
+        "stages": stages,
+        "image_size": runs[-1]["image_size"],
+    }
+    if device == "cuda":
+        result["model_gpu_mib"] = model_gpu_mib
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def cascade_config(args: argparse.Namespace, faithful: bool):
+    """The cascade comparison's ``PixelsmithConfig`` from ``--patch-size`` and ``--vae-tile``."""
+    from pixelsmith import PixelsmithConfig
+
+    return PixelsmithConfig(
+        patch_size=args.patch_size, band=min(10, args.patch_size // 4), vae_tile=args.vae_tile,
+        vae_overlap=args.vae_tile // 8, faithful=faithful,
+    )  # fmt: skip
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.worker == "cascade":
+        pipe = cascade_pipeline(args.model, args.device, args.dtype)
+        with torch.no_grad():
+            result = cascade_run(
+                pipe, args.sizes, cascade_config(args, args.method == "official"),
+                steps=args.steps, slider=args.slider, repeats=args.repeats, warmup=args.warmup,
+                device=args.device,
+            )  # fmt: skip
+        result["peak_rss_mib"] = peak_rss_mib()
+        result["threads"] = args.threads
+        atomic_write_text(args.out, json.dumps(result))
+        return
     pipe = tiny_pipeline()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +673,11 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_worker(kind: str, args: argparse.Namespace, tmp: Path, **options) -> dict:
-    out = tmp / f"{kind}_{'_'.join(str(v) for v in options.values())}.json"
+    """Run ``--worker kind`` with ``options`` (lists become several values) in a subprocess."""
+    stem = "_".join(
+        "-".join(map(str, v)) if isinstance(v, list) else str(v) for v in options.values()
+    )
+    out = tmp / f"{kind}_{stem}.json"
     command = [
         sys.executable,
         __file__,
@@ -354,7 +695,8 @@ def run_worker(kind: str, args: argparse.Namespace, tmp: Path, **options) -> dic
     if args.workdir:
         command += ["--workdir", str(args.workdir)]
     for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        values = value if isinstance(value, list) else [value]
+        command += [f"--{key.replace('_', '-')}", *map(str, values)]
     subprocess.run(command, check=True)
     return json.loads(out.read_text())
 
@@ -365,6 +707,10 @@ def environment(args: argparse.Namespace) -> dict:
     import torch
 
     return {
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
+        "dtype": args.dtype,
+        "cuda": torch.version.cuda,
         "threads": args.threads,
         "cpu": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
@@ -440,6 +786,118 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cascade_markdown(report: dict) -> str:
+    """Tables of the cascade comparison: totals and peak memory, then stage by stage."""
+    env, (official, grid) = report["environment"], report["rows"]
+    cuda = env["device"] == "cuda"
+    where = (
+        f"{env['device_name']} (CUDA {env['cuda']})"
+        if cuda
+        else f"CPU ({env['cpu']}, {env['threads']} torch thread(s))"
+    )
+    model = (
+        "SDXL-sized random weights (UNet 2.57 B and VAE 83.7 M parameters, 2-layer text "
+        "encoders of SDXL's widths)"
+        if report["model"] == "sdxl"
+        else "tiny random SDXL-shaped model (pixelsmith.tiny)"
+    )
+    key, label = ("peak_gpu_mib", "peak GPU MiB") if cuda else ("peak_rss_mib", "peak RSS MiB")
+    lines = [
+        f"Cascade {' -> '.join(map(str, official['sizes']))} px, {official['steps']} steps per "
+        f"stage, slider {official['slider']}, patch {report['patch_size']} latent px, {model} in "
+        f"{env['dtype']}, {where}, torch {env['torch']}, diffusers {env['diffusers']}. "
+        f"{official['repeats']} timed run(s) after {official['warmup']} warm-up(s): seconds are "
+        "median (min-max); speedup = official / grid median.",
+        "",
+        f"| method | total s | speedup | {label} |",
+        "|---|---|---|---|",
+    ]
+    for row in (official, grid):
+        speedup = "1 (baseline)" if row is official else f"{row['speedup']:.2f}x"
+        lines.append(
+            f"| {row['method']} | {row['seconds_median']:.2f} ({row['seconds_min']:.2f}-"
+            f"{row['seconds_max']:.2f}) | {speedup} | {row[key]:.0f} |"
+        )
+    lines += [
+        "",
+        "| stage (px) | method | UNet calls | s | s/step | speedup |",
+        "|---|---|---|---|---|---|",
+    ]
+    for index, size in enumerate(official["sizes"]):
+        for row in (official, grid):
+            stage = row["stages"][index]
+            per_step = stage.get("seconds_per_step_median")
+            speedup = "1 (baseline)" if row is official else f"{stage['speedup']:.2f}x"
+            lines.append(
+                f"| {size} | {row['method']} | {stage['unet_calls']} | "
+                f"{stage['seconds_median']:.2f} ({stage['seconds_min']:.2f}-"
+                f"{stage['seconds_max']:.2f}) | {'-' if per_step is None else f'{per_step:.3f}'} "
+                f"| {speedup} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def cascade_comparison(args: argparse.Namespace, env: dict) -> None:
+    """Official placement vs the default grid over the cascade, one subprocess each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        official, grid = (
+            run_worker(
+                "cascade", args, Path(tmp), method=method, sizes=args.sizes, steps=args.steps,
+                slider=args.slider, repeats=args.repeats, warmup=args.warmup,
+                device=args.device, dtype=args.dtype, model=args.model,
+            )
+            for method in ("official", "grid")
+        )  # fmt: skip
+    grid["speedup"] = official["seconds_median"] / grid["seconds_median"]
+    for ours, base in zip(grid["stages"], official["stages"], strict=True):
+        ours["speedup"] = base["seconds_median"] / ours["seconds_median"]
+    env["load_average"] = os.getloadavg()
+    report = {
+        "environment": env,
+        "quick": args.quick,
+        "model": args.model,
+        "patch_size": args.patch_size,
+        "vae_tile": args.vae_tile,
+        "rows": [official, grid],
+    }
+    name = "pixelsmith_cascade" + ("_quick" if args.quick else "")
+    name += "_cuda" if args.device == "cuda" else ""
+    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    table = cascade_markdown(report)
+    atomic_write_text(args.results / f"{name}.md", table)
+    print(table)
+
+
+def check_cascade_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill the cascade comparison's defaults and refuse bad values, naming the flag."""
+    from pixelsmith.config import validate_cascade
+
+    args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
+    args.model = args.model or ("sdxl" if args.device == "cuda" else "tiny")
+    args.sizes = args.sizes or (CUDA_QUICK_SIZES if args.quick else CUDA_SIZES)
+    args.steps = 10 if args.steps is None else args.steps
+    args.repeats = 3 if args.repeats is None else args.repeats
+    args.warmup = 1 if args.warmup is None else args.warmup
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    args.slider = max(1, round(0.6 * args.steps)) if args.slider is None else args.slider
+    if not 1 <= args.slider <= args.steps:
+        parser.error(f"--slider must be in [1, --steps] = [1, {args.steps}], got {args.slider}")
+    if len(args.sizes) < 2:
+        parser.error(f"--sizes: the cascade needs at least two sizes (px), got {args.sizes}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    try:
+        validate_cascade(
+            args.sizes, [args.slider] * (len(args.sizes) - 1), args.steps,
+            vae_scale_factor=8, patch_size=args.patch_size,
+        )  # fmt: skip
+    except (TypeError, ValueError) as error:
+        parser.error(f"--sizes/--patch-size: {error}")
+
+
 def gigapixel_markdown(result: dict, env: dict) -> str:
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in result["phase_seconds"].items())
     return (
@@ -501,17 +959,43 @@ def main() -> None:
     parser.add_argument("--gigapixel", action="store_true", help="only the gigapixel cascade")
     parser.add_argument("--giga-size", type=int, default=31616, help="gigapixel side in px")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--steps", type=int, default=None, help="steps (default 3; gigapixel 2)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps (default 3; gigapixel 2; cascade 10)"
+    )
     parser.add_argument("--patch-size", type=int, default=128, help="latent px")
     parser.add_argument("--vae-tile", type=int, default=128, help="latent px")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="sampler sizes (px)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=None,
+        help="sampler sizes (px); with --device cuda / --cascade the cascade's sizes (default "
+        "1024 2048 4096; --quick 1024 2048)",
+    )  # fmt: skip
     parser.add_argument("--stage-sizes", type=int, nargs="+", default=None, help="stage sizes (px)")
     parser.add_argument("--spec-size", type=int, default=2048, help="spec example height (px)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--workdir", type=Path, default=None, help="temporary files (BigTIFFs)")
     parser.add_argument(
-        "--worker", choices=("sampler", "spec", "stage", "gigapixel"), help=argparse.SUPPRESS
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cuda: the cascade comparison (official placement vs grid) on the GPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cascade", action="store_true",
+        help="the cascade comparison on --device cpu (default model: the tiny one)",
+    )  # fmt: skip
+    cascade = parser.add_argument_group("cascade comparison (--device cuda or --cascade)")
+    cascade.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="default fp16 on cuda, fp32 on cpu"
     )
+    cascade.add_argument(
+        "--model", choices=("sdxl", "tiny"), default=None,
+        help="sdxl: SDXL-sized random weights (default on cuda); tiny: pixelsmith.tiny",
+    )  # fmt: skip
+    cascade.add_argument("--slider", type=int, default=None, help="default 3/5 of --steps")
+    cascade.add_argument("--repeats", type=int, default=None, help="timed cascades (default 3)")
+    cascade.add_argument("--warmup", type=int, default=None, help="warm-up cascades (default 1)")
+    parser.add_argument(
+        "--worker", choices=("sampler", "spec", "stage", "gigapixel", "cascade"),
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
     parser.add_argument("--method", choices=("official", "grid"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -519,6 +1003,23 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    import torch
+
+    if args.device == "cuda" or args.cascade:
+        if args.gigapixel:
+            parser.error("--gigapixel runs the tiny model on the CPU: not with --device cuda or "
+                         "--cascade")  # fmt: skip
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() "
+                         "is False); use --device cpu")  # fmt: skip
+        check_cascade_args(args, parser)
+        cascade_comparison(args, environment(args))
+        return
+    for flag in ("dtype", "model", "slider", "repeats", "warmup"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} applies to the cascade comparison only (--device cuda or "
+                         "--cascade)")  # fmt: skip
+    args.dtype = "fp32"
     from pixelsmith.patches import minimum_patches
 
     env = environment(args)

@@ -45,7 +45,7 @@ def test_cascade_validation(make_pipe, small_config, tmp_path):
         ),
         ([64, 128], [4], r"sliders\[0\] must be an int in \[1, 3\], got 4"),
         ([], [], "sizes must be a non-empty list"),
-        (["12x"], [], "a size must be an int or 'HEIGHTxWIDTH'"),
+        (["12x"], [], r"sizes: expected S or HxW \(height x width\) in pixels"),
     ]
     for sizes, sliders, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -82,11 +82,11 @@ CASES = {
     # --sizes and --slider
     "sizes_not_a_size": (
         ["--sizes", "64", "2048x"],
-        "--sizes: a size must be an int or 'HEIGHTxWIDTH', got '2048x'",
+        "--sizes: expected S or HxW (height x width) in pixels, positive integers, got '2048x'",
     ),
     "sizes_three_sides": (
         ["--sizes", "64", "8x8x8"],
-        "--sizes: a size must be an int or 'HEIGHTxWIDTH', got '8x8x8'",
+        "--sizes: expected S or HxW (height x width) in pixels, positive integers, got '8x8x8'",
     ),
     "sizes_not_multiple_of_8": (
         ["--sizes", "60", "128"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -388,6 +390,21 @@ def test_config_errors():
     assert PixelsmithConfig(faithful=True).scheduler_name == "random"
     assert PixelsmithConfig(faithful=True).handover_mode == "uint8"
     assert PixelsmithConfig(faithful=True).batch_limit == 1
+
+
+def test_saved_model_folder_has_the_usual_permissions(tmp_path):
+    """save_pretrained goes through common_kernels.files.atomic_directory: safetensors' 0600
+    weights end with what open() gives under the umask, and no temporary folder is left."""
+    previous = os.umask(0o022)
+    try:
+        folder = save_tiny_model(tmp_path / "tiny", seed=0)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in folder.rglob("*")}
+    assert "unet/diffusion_pytorch_model.safetensors" in modes
+    assert {mode for name, mode in modes.items() if (folder / name).is_file()} == {0o644}
+    assert {mode for name, mode in modes.items() if (folder / name).is_dir()} == {0o755}
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
 
 def test_from_pretrained_round_trip(tmp_path, small_config):

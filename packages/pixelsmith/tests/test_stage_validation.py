@@ -46,20 +46,17 @@ def with_value(tensor: torch.Tensor, value: float) -> torch.Tensor:
     return changed
 
 
-NOT_FINITE = "image contains NaN or Inf values; expected finite values in [0, 1]"
+NOT_FINITE = "image: values must be finite and lie in [0, 1]; got 1 NaN/Inf value(s)"
 IMAGE_CASES = {
     "nan": (with_value(pixels(), float("nan")), NOT_FINITE),
     "inf": (with_value(pixels(), float("inf")), NOT_FINITE),
     "minus_inf": (with_value(pixels(), -float("inf")), NOT_FINITE),
-    "above_1": (with_value(pixels(), 1.5), "image values must be in [0, 1], got min 0, max 1.5"),
-    "below_0": (
-        with_value(pixels(), -0.25),
-        "image values must be in [0, 1], got min -0.25, max 1",
-    ),
-    "in_minus_1_1": (pixels() * 2 - 1, "image values must be in [0, 1], got min -1, max 1"),
+    "above_1": (with_value(pixels(), 1.5), "image: values must lie in [0, 1]; got [0, 1.5]"),
+    "below_0": (with_value(pixels(), -0.25), "image: values must lie in [0, 1]; got [-0.25, 1]"),
+    "in_minus_1_1": (pixels() * 2 - 1, "image: values must lie in [0, 1]; got [-1, 1]"),
     "uint8": (
         (pixels() * 255).to(torch.uint8),
-        "image must be a float tensor in [0, 1], got torch.uint8 (divide 8-bit pixels by 255)",
+        "image: tensors must be float in [0, 1]; got torch.uint8 (divide 8-bit pixels by 255)",
     ),
     "batch_of_2": (
         torch.rand(2, 3, 32, 32),
@@ -164,7 +161,7 @@ def test_validate_cascade_names_the_arguments_as_asked():
         validate_cascade([32, 48], [1], 2, names=flags, **kwargs)
     with pytest.raises(ValueError, match=r"^--slider\[0\] must be an int in \[1, 2\], got 3$"):
         validate_cascade([64, 128], [3], 2, names=flags, **kwargs)
-    with pytest.raises(ValueError, match=r"^sizes: a size must be an int or 'HEIGHTxWIDTH', "
-                       r"got '8x8x8'$"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"^sizes: expected S or HxW \(height x width\) in "
+                       r"pixels, positive integers, got '8x8x8'$"):  # fmt: skip
         validate_cascade(["8x8x8"], [], 2, names=API_NAMES, **kwargs)
     assert validate_cascade(["64", "64x128"], [1], 2, **kwargs) == [(64, 64), (64, 128)]

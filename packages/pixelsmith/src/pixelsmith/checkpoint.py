@@ -10,7 +10,6 @@ settings continues from the last saved step and gives the same result as an unin
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from pathlib import Path
@@ -19,17 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from common_kernels.files import atomic_write, write_json
+
 RUN_FILE = "run.json"
 
 
-def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to a unique temporary file, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to ``path`` atomically (``common_kernels.files.atomic_write``)."""
+    with atomic_write(path) as temp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp, metadata)
 
 
 def _normalise(value: object) -> object:
@@ -75,13 +72,9 @@ class CheckpointStore:
             self.resumed = True
         else:
             self.seed = seed if seed is not None else secrets.randbits(62)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = run_file.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}.tmp")
-            try:
-                tmp.write_text(json.dumps({"settings": settings, "seed": self.seed}, indent=1))
-                os.replace(tmp, run_file)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_json(
+                run_file, {"settings": settings, "seed": self.seed}, indent=1, make_parents=True
+            )
             self.resumed = False
 
     @staticmethod
@@ -107,7 +100,7 @@ class CheckpointStore:
         return load_file(path, device="cpu")
 
     def save_final(self, stage: int, latents: Tensor, generator_state: Tensor) -> None:
-        _atomic_save(
+        _save_tensors(
             {"latents": latents, "generator": generator_state}, self._path(stage, "final"), {}
         )
 
@@ -119,7 +112,7 @@ class CheckpointStore:
         return saved["latents"].to(self.device), saved["generator"]
 
     def save_inputs(self, stage: int, guidance: Tensor, noise: Tensor) -> None:
-        _atomic_save({"guidance": guidance, "noise": noise}, self._path(stage, "inputs"), {})
+        _save_tensors({"guidance": guidance, "noise": noise}, self._path(stage, "inputs"), {})
 
     def load_inputs(self, stage: int) -> tuple[Tensor, Tensor] | None:
         """(guidance latent, guidance noise) of a started stage, or ``None``."""
@@ -131,7 +124,7 @@ class CheckpointStore:
     def save_progress(
         self, stage: int, latents: Tensor, step: int, generator_state: Tensor
     ) -> None:
-        _atomic_save(
+        _save_tensors(
             {"latents": latents, "generator": generator_state, "step": torch.tensor(step)},
             self._path(stage, "progress"),
             {"step": str(step)},

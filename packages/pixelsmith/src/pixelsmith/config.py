@@ -6,6 +6,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+# Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
+from common_kernels.files import parse_size
+
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")
 HANDOVERS = ("float", "uint8")
@@ -137,31 +140,6 @@ class PixelsmithConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def parse_size(value: int | Sequence[int] | str) -> tuple[int, int]:
-    """A stage size as ``(height, width)`` px: an int (square), an (h, w) pair or "HxW".
-
-    The string form is HEIGHTxWIDTH, as the pair: ``"1536x2048"`` is 1536 px high and 2048 px
-    wide (a landscape image).
-    """
-    if isinstance(value, str):
-        parts = value.lower().split("x")
-        try:
-            numbers = [int(p) for p in parts]
-        except ValueError:
-            numbers = []
-        if len(numbers) not in (1, 2):
-            raise ValueError(f"a size must be an int or 'HEIGHTxWIDTH', got {value!r}")
-        value = numbers[0] if len(numbers) == 1 else numbers
-    if isinstance(value, bool):
-        raise TypeError(f"a size must be an int or an (height, width) pair, got {value!r}")
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
-        raise ValueError(f"a size must be an int or an (height, width) pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def validate_cascade(

@@ -1,15 +1,16 @@
 """Writing decoded images: BigTIFF streamed tile by tile, or PIL formats for small images.
 
-Writers consume ``(top, rows)`` blocks from :func:`pixelsmith.tiling.decoded_rows` and write to a
-temporary file that replaces the target only when complete.
+Writers consume ``(top, rows)`` blocks from :func:`pixelsmith.tiling.decoded_rows` and write
+through ``common_kernels.files.atomic_write`` (shared by every package of the repository): a
+uniquely named hidden temporary file next to the target, with the usual permissions, that
+replaces the target only when complete and is removed when the write fails or is interrupted
+(KeyboardInterrupt, or SIGTERM turned into SystemExit by the CLI).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import tifffile
 import torch
 from PIL import Image
 from torch import Tensor
+
+from common_kernels.files import atomic_write
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -102,23 +105,6 @@ def to_uint8(rows: Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # (r, W, 3)
 
 
-@contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it when the block succeeds.
-
-    The name is unique per call (two runs writing the same target do not share it) and the file
-    is created by the writer with the usual umask-governed permissions; it is removed when the
-    block fails or is interrupted (KeyboardInterrupt, or SIGTERM turned into SystemExit by the
-    CLI).
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _tiff_tiles(blocks: RowBlocks, width: int, tile: int) -> Iterator[np.ndarray]:
     """Regroup row blocks into (tile, tile, 3) tiles, row-major (edge tiles are smaller)."""
     band = np.empty((tile, width, 3), dtype=np.uint8)
@@ -163,7 +149,7 @@ def write_tiff(
         compression: tifffile compression (e.g. ``"zlib"``) or ``None``.
     """
     path = Path(path)
-    with atomic_target(path) as tmp:
+    with atomic_write(path) as tmp:
         tifffile.imwrite(
             tmp,
             data=_tiff_tiles(blocks, width, tile),
@@ -190,7 +176,7 @@ def write_pil(blocks: RowBlocks, path: str | Path, height: int, width: int) -> P
     """Assemble row blocks in RAM and save with PIL in the format of the suffix (atomic)."""
     path = Path(path)
     image = Image.fromarray(collect_uint8(blocks, height, width))
-    with atomic_target(path) as tmp:
+    with atomic_write(path) as tmp:
         image.save(tmp, format=PIL_FORMATS[path.suffix.lower()])
     return path
 

@@ -22,6 +22,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from common_kernels import files
+from common_kernels.files import AtomicSavePretrained
 from pixelsmith.config import PixelsmithConfig, check_slider
 from pixelsmith.images import (
     ImageSource,
@@ -203,7 +205,8 @@ def check_guidance_latents(latents: object, channels: int) -> None:
 
 
 def check_image_tensor(image: Tensor) -> Tensor:
-    """The (3, H, W) pixels of an ``image`` tensor: float, finite, in [0, 1].
+    """The (3, H, W) pixels of an ``image`` tensor: float, finite, in [0, 1] (the value checks
+    are ``common_kernels.files.check_image_tensor``'s, as in every package).
 
     Args:
         image: a (1, 3, H, W) or (3, H, W) tensor.
@@ -212,21 +215,11 @@ def check_image_tensor(image: Tensor) -> Tensor:
         raise ValueError(
             f"image must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got {tuple(image.shape)}"
         )
-    if not image.is_floating_point():
-        raise ValueError(
-            f"image must be a float tensor in [0, 1], got {image.dtype} (divide 8-bit pixels "
-            "by 255)"
-        )
     pixels = image[0] if image.ndim == 4 else image  # (3, H, W)
-    if not bool(torch.isfinite(pixels).all()):
-        raise ValueError("image contains NaN or Inf values; expected finite values in [0, 1]")
-    low, high = (float(v) for v in torch.aminmax(pixels))
-    if low < 0 or high > 1:
-        raise ValueError(f"image values must be in [0, 1], got min {low:.4g}, max {high:.4g}")
-    return pixels
+    return files.check_image_tensor(pixels, "image")
 
 
-class PixelsmithPipeline(StableDiffusionXLPipeline):
+class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
     """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
 
     Construct from components (``vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
