@@ -17,10 +17,16 @@ Memory: a fresh subprocess per (model, selection) runs one forward and reports i
 (``ru_maxrss``) and the peak above the loaded model. Also reported: the size of the returned
 features and (tiny models) the max abs difference between early-exit and full-pass features.
 Only the U-Net is measured: VAE and text encoding cost the same for every selection.
-Results: ``results/diffeat_bench{,_quick}.{json,md,png}``.
 
-    python benchmarks/run.py            # tiny + SD 1.5 @512 + SDXL @1024 (+ SDXL @512 catalogue)
-    python benchmarks/run.py --quick    # tiny models only
+``--device cuda`` runs the U-Nets on the GPU in ``--dtype`` (default fp16): SD 1.5 @512 and
+SDXL @1024 with every selection, the catalogue included; times are taken after
+``torch.cuda.synchronize()`` and memory is the peak of ``torch.cuda.max_memory_allocated()``
+(reset after the model is built) in a fresh process per (model, selection).
+Results: ``results/diffeat_bench{,_quick}{,_cuda}.{json,md,png}``.
+
+    python benchmarks/run.py                  # tiny + SD 1.5 @512 + SDXL @1024 (+ @512 catalogue)
+    python benchmarks/run.py --quick          # tiny models only
+    python benchmarks/run.py --device cuda    # SD 1.5 @512, SDXL @1024 on the GPU, fp16
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ FULL = [
     ("sdxl@1024", "sdxl", 1024, ("full", *SDXL_PRESETS), 1, 2),
     ("sdxl@512", "sdxl", 512, ("full", "catalogue"), 1, 2),
 ]
+CUDA = [
+    ("sd15@512", "sd15", 512, ("full", *SD15_PRESETS, "catalogue"), 3, 10),
+    ("sdxl@1024", "sdxl", 1024, ("full", *SDXL_PRESETS, "catalogue"), 3, 10),
+]
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,10 +88,38 @@ def current_rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def random_unet(config_name: str, seed: int = 0):
+def torch_dtype(name: str):
+    """The torch dtype of ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name(device: str) -> str:
+    """The GPU's name for ``"cuda"``, else the CPU model."""
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+
+
+def random_unet(config_name: str, seed: int = 0, device: str = "cpu", dtype: str = "fp32"):
     """A U-Net from a named config with cheap random weights (built on meta, filled in place).
 
     Weights ~ N(0, 1/fan_in), norm scales 1, biases 0: activations stay bounded at any depth.
+
+    Args:
+        config_name: a name of ``diffeat.configs.UNET_CONFIGS``.
+        seed: seed of the weights (drawn on ``device``).
+        device: ``"cpu"``, ``"cuda"`` or ``"meta"`` (shapes only: no memory, no weights).
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (allocated in this dtype directly).
     """
     import torch
     from diffusers import UNet2DConditionModel
@@ -89,8 +128,11 @@ def random_unet(config_name: str, seed: int = 0):
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config(config_name))
-    unet = unet.to_empty(device="cpu").eval()
-    generator = torch.Generator().manual_seed(seed)
+    unet = unet.to(torch_dtype(dtype)).eval()
+    if device == "meta":
+        return unet
+    unet = unet.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if param.ndim > 1:
@@ -103,10 +145,15 @@ def random_unet(config_name: str, seed: int = 0):
 
 
 def unet_inputs(unet, image: int, seed: int = 1):
-    """Random latent (1, 4, S/8, S/8), timestep 50, text embeddings and SDXL conditioning."""
+    """Random latent (1, 4, S/8, S/8), timestep 50, text embeddings and SDXL conditioning.
+
+    Drawn on the CPU (the same values on every device), then moved to the U-Net's device and
+    dtype.
+    """
     import torch
 
     config = unet.config
+    device, dtype = unet.device, unet.dtype
     generator = torch.Generator().manual_seed(seed)
     latent = torch.randn(1, config.in_channels, image // 8, image // 8, generator=generator)
     context = torch.randn(1, TEXT_TOKENS, config.cross_attention_dim, generator=generator)
@@ -114,10 +161,15 @@ def unet_inputs(unet, image: int, seed: int = 1):
     if config.get("addition_embed_type") == "text_time":
         pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(1, pooled, generator=generator),
-            "time_ids": torch.tensor([[image, image, 0, 0, image, image]], dtype=torch.float32),
+            "text_embeds": torch.randn(1, pooled, generator=generator).to(device, dtype),
+            "time_ids": torch.tensor([[image, image, 0, 0, image, image]], dtype=dtype).to(device),
         }
-    return latent, torch.tensor(50), context, kwargs
+    return (
+        latent.to(device, dtype),
+        torch.tensor(50, device=device),
+        context.to(device, dtype),
+        kwargs,
+    )
 
 
 def selection_names(unet, selection: str) -> list[str] | None:
@@ -157,9 +209,21 @@ def feature_stats(features: dict) -> dict:
 
 
 def time_selections(config_name: str, image: int, selections: list[str], warmup: int,
-                    repeats: int, check: bool) -> dict[str, dict]:  # fmt: skip
-    """Interleaved timing of every selection on one U-Net in this process."""
-    unet = random_unet(config_name)
+                    repeats: int, check: bool, device: str = "cpu",
+                    dtype: str = "fp32") -> dict[str, dict]:  # fmt: skip
+    """Interleaved timing of every selection on one U-Net in this process.
+
+    Args:
+        config_name: U-Net config name.
+        image: image side in pixels (latent side / 8).
+        selections: ``full``, preset names, ``catalogue``.
+        warmup: untimed rounds first.
+        repeats: timed rounds (each selection once per round).
+        check: also compare early-exit features with full-pass ones (max abs diff).
+        device: ``"cpu"`` or ``"cuda"`` (timed after a synchronize).
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+    """
+    unet = random_unet(config_name, device=device, dtype=dtype)
     inputs = unet_inputs(unet, image)
     names = {s: selection_names(unet, s) for s in selections}
     times = {s: [] for s in selections}
@@ -172,8 +236,10 @@ def time_selections(config_name: str, image: int, selections: list[str], warmup:
         for round_index in range(warmup + repeats):
             shift = round_index % len(group)
             for selection in group[shift:] + group[:shift]:
+                synchronize(device)
                 start = time.perf_counter()
                 features = forward(unet, inputs, names[selection])
+                synchronize(device)
                 elapsed = time.perf_counter() - start
                 if round_index >= warmup:
                     times[selection].append(elapsed)
@@ -198,13 +264,34 @@ def time_selections(config_name: str, image: int, selections: list[str], warmup:
     return results
 
 
-def peak_memory(config_name: str, image: int, selection: str) -> dict:
-    """Peak RSS of one forward (meaningful in a fresh process only)."""
-    unet = random_unet(config_name)
+def peak_memory(config_name: str, image: int, selection: str, device: str = "cpu",
+                dtype: str = "fp32") -> dict:  # fmt: skip
+    """Peak RSS of one forward (meaningful in a fresh process only); on CUDA also the peak
+    ``torch.cuda.max_memory_allocated()`` of the forward and the memory of the model."""
+    import torch
+
+    unet = random_unet(config_name, device=device, dtype=dtype)
+    inputs = unet_inputs(unet, image)
     model_rss = current_rss_mib()
-    forward(unet, unet_inputs(unet, image), selection_names(unet, selection))
+    if device == "cuda":
+        synchronize(device)
+        model_gpu = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    forward(unet, inputs, selection_names(unet, selection))
+    synchronize(device)
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, current_rss_mib())
-    return {"model_rss_mib": model_rss, "peak_rss_mib": peak}
+    result = {"model_rss_mib": model_rss, "peak_rss_mib": peak}
+    if device == "cuda":
+        result["model_gpu_mib"] = model_gpu
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def memory_columns(device: str) -> tuple[str, str, str]:
+    """(peak key, model key, label) of the memory a report shows for ``device``."""
+    if device == "cuda":
+        return "peak_gpu_mib", "model_gpu_mib", "peak GPU MiB"
+    return "peak_rss_mib", "model_rss_mib", "peak RSS MiB"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -214,10 +301,11 @@ def worker(args: argparse.Namespace) -> None:
     if args.task == "time":
         selections = args.selection.split(",")
         result = time_selections(
-            args.config, args.image, selections, args.warmup, args.repeats, args.check
-        )
+            args.config, args.image, selections, args.warmup, args.repeats, args.check,
+            args.device, args.dtype,
+        )  # fmt: skip
     else:
-        result = peak_memory(args.config, args.image, args.selection)
+        result = peak_memory(args.config, args.image, args.selection, args.device, args.dtype)
     atomic_write_text(args.out, json.dumps(result))
 
 
@@ -228,6 +316,7 @@ def run_worker(task: str, model: tuple, selection: str, args, tmp: Path) -> dict
         sys.executable, __file__, "--worker", "--task", task, "--config", config,
         "--image", str(image), "--selection", selection, "--threads", str(args.threads),
         "--warmup", str(warmup), "--repeats", str(repeats), "--out", str(out),
+        "--device", args.device, "--dtype", args.dtype,
     ]  # fmt: skip
     if config.startswith("tiny"):
         command.append("--check")
@@ -270,9 +359,10 @@ def run_model(model: tuple, args, tmp: Path) -> list[dict]:
         row["speedup"] = timed["full"]["seconds_median"] / row["seconds_median"]
         row["tflops"] = flops[selection] / 1e12
         row["flop_speedup"] = flops["full"] / flops[selection]
+        peak_key, _, label_memory = memory_columns(args.device)
         print(
             f"{label:>14} {selection:>12}: {row['seconds_median']:.3f} s, "
-            f"{row['speedup']:.2f}x, peak {row['peak_rss_mib']:.0f} MiB",
+            f"{row['speedup']:.2f}x, {label_memory} {row[peak_key]:.0f}",
             flush=True,
         )
         rows.append(row)
@@ -280,14 +370,17 @@ def run_model(model: tuple, args, tmp: Path) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
+    device = report["device"]
+    peak_key, model_key, label_memory = memory_columns(device)
+    where = f"{report['device_name']} (CUDA {report['cuda']})" if device == "cuda" else "CPU"
     lines = [
-        f"U-Net forward at t = 50, batch 1, random weights, fp32, {report['threads']} torch "
-        f"thread(s), {report['cpu']} ({report['physical_cores']} cores, load average "
-        f"{report['load_average'][0]:.1f} at the end), torch {report['torch']}, diffusers "
-        f"{report['diffusers']}.",
+        f"U-Net forward at t = 50, batch 1, random weights, {report['dtype']}, {where}, "
+        f"{report['threads']} torch thread(s), {report['cpu']} ({report['physical_cores']} "
+        f"cores, load average {report['load_average'][0]:.1f} at the end), torch "
+        f"{report['torch']}, diffusers {report['diffusers']}.",
         "",
         "| model | selection | activations | channels | TFLOP | FLOP ratio | s/forward (median) "
-        "| min | max | speed-up vs full | peak RSS MiB | above model MiB | features MiB "
+        f"| min | max | speed-up vs full | {label_memory} | above model MiB | features MiB "
         "| max abs diff vs full pass |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -299,8 +392,8 @@ def markdown(report: dict) -> str:
             f"| {row['model']} | {row['selection']} | {row['activations'] or '-'} | "
             f"{row['channels'] or '-'} | {row['tflops']:.3g} | {row['flop_speedup']:.3f}x | "
             f"{row['seconds_median']:.3f} | {row['seconds_min']:.3f} | "
-            f"{row['seconds_max']:.3f} | {speedup} | {row['peak_rss_mib']:.0f} | "
-            f"{row['peak_rss_mib'] - row['model_rss_mib']:.0f} | {row['feature_mib']:.1f} | "
+            f"{row['seconds_max']:.3f} | {speedup} | {row[peak_key]:.0f} | "
+            f"{row[peak_key] - row[model_key]:.0f} | {row['feature_mib']:.1f} | "
             f"{'-' if diff is None else f'{diff:.1e}'} |"
         )
     return "\n".join(lines) + "\n"
@@ -312,6 +405,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    peak_key, model_key, label_memory = memory_columns(report["device"])
     models = list(dict.fromkeys(row["model"] for row in report["rows"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m_index, model in enumerate(models):
@@ -329,10 +423,10 @@ def plot(report: dict, path: Path) -> None:
                 va="bottom",
                 fontsize=7,
             )
-            axes[1].bar(x, row["peak_rss_mib"] - row["model_rss_mib"], 0.16, color=f"C{r_index}")
+            axes[1].bar(x, row[peak_key] - row[model_key], 0.16, color=f"C{r_index}")
     for ax, title in zip(
         axes,
-        ("speed-up vs full pass (bars: measured, -: FLOPs)", "peak RSS above the model (MiB)"),
+        ("speed-up vs full pass (bars: measured, -: FLOPs)", f"{label_memory} above the model"),
         strict=True,
     ):
         ax.set_xticks(range(len(models)), models, fontsize=8)
@@ -350,6 +444,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--only", default=None, help="comma-separated model labels to run")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cuda: SD 1.5 @512 and SDXL @1024 on the GPU (--quick: the tiny models)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="weights and inputs (default: fp16 on "
+        "cuda, fp32 on cpu)",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=("time", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -360,14 +462,20 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dtype is None:
+        args.dtype = "fp16" if args.device == "cuda" else "fp32"
     if args.worker:
         worker(args)
         return
-    import diffusers
-    import psutil
     import torch
 
-    models = QUICK if args.quick else FULL
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is "
+                     "False); use --device cpu")  # fmt: skip
+    import diffusers
+    import psutil
+
+    models = QUICK if args.quick else CUDA if args.device == "cuda" else FULL
     if args.only:
         wanted = set(args.only.split(","))
         models = [m for m in models if m[0] in wanted]
@@ -377,6 +485,10 @@ def main() -> None:
             rows += run_model(model, args, Path(tmp))
     report = {
         "quick": args.quick,
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "dtype": args.dtype,
+        "cuda": torch.version.cuda,
         "threads": args.threads,
         "cpu": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
@@ -387,7 +499,11 @@ def main() -> None:
         "python": platform.python_version(),
         "rows": rows,
     }
-    name = "diffeat_bench_quick" if args.quick else "diffeat_bench"
+    name = (
+        "diffeat_bench"
+        + ("_quick" if args.quick else "")
+        + ("_cuda" if args.device == "cuda" else "")
+    )
     atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
     table = markdown(report)
     atomic_write_text(args.results / f"{name}.md", table)

@@ -256,11 +256,13 @@ CASES = {
     ),
     "image_size_not_a_size": (
         extract_args("--image-size", "oops"),
-        "argument --image-size: expected S or HxW in pixels (positive integers), got 'oops'",
+        "argument --image-size: expected S or HxW (height x width) in pixels, positive "
+        "integers, got 'oops'",
     ),
     "image_size_zero": (
         extract_args("--image-size", "0x64"),
-        "argument --image-size: expected S or HxW in pixels (positive integers), got '0x64'",
+        "argument --image-size: expected S or HxW (height x width) in pixels, positive "
+        "integers, got '0x64'",
     ),
     "image_size_option_not_a_multiple": (
         extract_args("--image-size", "100"),
@@ -268,7 +270,8 @@ CASES = {
     ),
     "resize_not_a_size": (
         extract_args("--resize", "8x"),
-        "argument --resize: expected S or HxW in pixels (positive integers), got '8x'",
+        "argument --resize: expected S or HxW (height x width) in pixels, positive "
+        "integers, got '8x'",
     ),
     "latent": (
         extract_args("--latent", "mode"),
@@ -316,6 +319,11 @@ CASES = {
         ["pca", "--features", "{t}/flat.safetensors", "-o", "{t}/pca_out"],
         "--features {t}/flat.safetensors: expected (N, C, h, w) feature tensors; 'x' is (2, 3)",
     ),
+    "pca_output_named_like_a_file": (
+        ["pca", "{t}/img.png", "--model", "{sd15}", "-o", "{t}/pca.png"],
+        "-o/--output {t}/pca.png: the outputs go into a folder, and a new folder's name must have "
+        "no suffix (got '.png')",
+    ),
     "pca_output_is_a_file": (
         ["pca", "{t}/img.png", "--model", "{sd15}", "-o", "{t}/file.txt"],
         "-o/--output {t}/file.txt is a file, not a folder",
@@ -330,7 +338,8 @@ CASES = {
     ),
     "pca_size_not_a_size": (
         ["pca", "{t}/img.png", "--model", "{sd15}", "--size", "-3", "-o", "{t}/pca_out"],
-        "argument --size: expected S or HxW in pixels (positive integers), got '-3'",
+        "argument --size: expected S or HxW (height x width) in pixels, positive "
+        "integers, got '-3'",
     ),
     "layers_text_tokens_0": (
         ["layers", "--config", "sd15", "--text-tokens", "0"],

@@ -22,7 +22,7 @@ from diffeat.heads import (
     pixel_training_set,
     sample_at,
 )
-from diffeat.heads.semseg import SegmentationFolder, confusion_matrix, miou
+from diffeat.heads.semseg import SegmentationFolder
 
 
 def trainer(steps: int) -> L.Trainer:
@@ -248,13 +248,77 @@ def test_pixel_training_set_and_predict_map():
         ensemble.fit(rows, flat + 1)
 
 
-def test_confusion_and_miou():
-    pred = torch.tensor([0, 1, 1, 2, 2])
-    target = torch.tensor([0, 1, 2, 2, 255])
-    confusion = confusion_matrix(pred, target, 3, 255)
-    assert confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
-    iou, accuracy = miou(confusion)
-    assert iou == pytest.approx((1 + 0.5 + 0.5) / 3) and accuracy == pytest.approx(0.75)
+def predicting(module: SegmentationModule, predictions: list[torch.Tensor]) -> None:
+    """Make ``module`` return one-hot logits of ``predictions[i]`` on its i-th forward call."""
+    queue = iter(predictions)
+    num_classes = module.hparams.num_classes
+    module.forward = lambda batch: F.one_hot(next(queue), num_classes).permute(0, 3, 1, 2).float()
+
+
+def test_validation_miou_hand_computed_with_an_absent_class_and_ignored_pixels():
+    """Two batches, 4 classes, class 3 absent from labels and from non-ignored predictions.
+
+    Kept (label, prediction) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0) (0,0); confusion rows
+    (labels) [2,1,0,0] [0,2,0,0] [1,0,1,0] [0,0,0,0]. IoU: class 0 2/(3+3-2), class 1
+    2/(2+3-2), class 2 1/(2+1-1); class 3 has union 0 and is left out (mmseg), although two
+    ignored pixels are predicted as 3. Pixel accuracy 5/7.
+    """
+    labels = [torch.tensor([[[0, 0, 1], [1, 255, 255]]]), torch.tensor([[[2, 2], [0, 255]]])]
+    preds = [torch.tensor([[[0, 1, 1], [1, 3, 2]]]), torch.tensor([[[2, 0], [0, 3]]])]
+    module = SegmentationModule({"a": 2}, num_classes=4, dim=8)
+    predicting(module, preds)
+    batches = [{"features": {}, "labels": label} for label in labels]
+    [metrics] = trainer(1).validate(module, DataLoader(batches, batch_size=None), verbose=False)
+    assert metrics["val/miou"] == pytest.approx((2 / 4 + 2 / 3 + 1 / 2) / 3, abs=1e-6)
+    assert metrics["val/accuracy"] == pytest.approx(5 / 7, abs=1e-6)
+
+
+def previous_miou(preds, labels, num_classes: int, ignore_index: int = 255):
+    """diffeat 0.2.0's hand-written mIoU and pixel accuracy over a whole epoch."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    for pred, label in zip(preds, labels, strict=True):
+        keep = label != ignore_index
+        index = label[keep] * num_classes + pred[keep]
+        counts = torch.bincount(index, minlength=num_classes**2)
+        confusion += counts.reshape(num_classes, num_classes)
+    inter = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    present = union > 0
+    return (inter[present] / union[present]).mean().item(), (inter.sum() / confusion.sum()).item()
+
+
+def test_validation_metrics_equal_the_previous_implementation_on_random_labels():
+    """6 classes, labels and predictions in 0..4 (class 5 absent), ~10% ignored pixels."""
+    generator = torch.Generator().manual_seed(0)
+    module = SegmentationModule({"a": 2}, num_classes=6, dim=8)
+    for _ in range(3):  # three validation epochs: the metrics reset between them
+        preds = [torch.randint(5, (2, 9, 7), generator=generator) for _ in range(4)]
+        labels = [torch.randint(5, (2, 9, 7), generator=generator) for _ in range(4)]
+        for label in labels:
+            label[torch.rand(label.shape, generator=generator) < 0.1] = 255
+        predicting(module, preds)
+        batches = [{"features": {}, "labels": label} for label in labels]
+        loader = DataLoader(batches, batch_size=None)
+        [metrics] = trainer(1).validate(module, loader, verbose=False)
+        expected_miou, expected_accuracy = previous_miou(preds, labels, 6)
+        assert metrics["val/miou"] == pytest.approx(expected_miou, rel=1e-6)
+        assert metrics["val/accuracy"] == pytest.approx(expected_accuracy, rel=1e-6)
+
+
+def test_checkpoints_with_the_old_confusion_buffer_still_load(tmp_path):
+    """diffeat 0.2.0 kept a ``confusion`` buffer in the module's state dict."""
+    module = SegmentationModule({"a": 2}, num_classes=3, dim=8)
+    fit = trainer(1)
+    batch = {"features": {"a": torch.rand(1, 2, 4, 4)}, "labels": torch.zeros(1, 4, 4).long()}
+    fit.validate(module, DataLoader([batch], batch_size=None), verbose=False)
+    fit.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    checkpoint["state_dict"]["confusion"] = torch.zeros(3, 3, dtype=torch.long)
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = SegmentationModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert set(loaded.state_dict()) == set(module.state_dict())
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
 
 
 def segmentation_batches(n=6, seed=0):

@@ -49,7 +49,7 @@ def aggregate(
     """
     if not features:
         raise ValueError("features: empty")
-    target = parse_size(size) or max(
+    target = parse_size(size, "size") or max(
         (tuple(f.shape[-2:]) for f in features.values()), key=lambda hw: hw[0] * hw[1]
     )
     out = {}

@@ -6,6 +6,8 @@ diffeat probe IMG... --model M [--preset P | --layers a,b | --all] [-o probe.jso
 diffeat pca IMG... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat tiny-model DIR --kind sd15|sdxl
 
+Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96 px wide.
+
 Errors: a bad input ends with one line ``diffeat COMMAND: error: ...`` naming the flag and exit
 status 2, found before any weights are loaded (only the model's config files are read); a
 failure while working (disk full, a model that cannot be loaded or downloaded) exits 1; Ctrl-C
@@ -15,7 +17,6 @@ exits 130 with ``diffeat COMMAND: interrupted``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -30,6 +31,12 @@ from PIL import Image
 from safetensors import SafetensorError
 from tqdm import tqdm
 
+from common_kernels.files import (
+    ImageReadError,
+    check_output_folder_name,
+    parse_size,
+    write_json,
+)
 from diffeat import __version__
 from diffeat.aggregate import RESIZE_MODES, aggregate
 from diffeat.capture import MissingActivationsError
@@ -37,11 +44,9 @@ from diffeat.catalogue import LayerInfo, check_names, layer_infos, list_layers
 from diffeat.configs import KINDS, UNET_CONFIGS, save_tiny_model, unet_config
 from diffeat.extractor import DTYPES, LATENT_MODES, TEXT_TOKENS, VAE_SPEC, FeatureExtractor
 from diffeat.io import (
-    atomic_write_bytes,
     feature_shapes,
     load_features,
     load_image,
-    parse_size,
     save_features,
 )
 from diffeat.presets import (
@@ -92,13 +97,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def size_option(text: str) -> tuple[int, int]:
-    """``S`` or ``HxW`` in pixels -> ``(H, W)`` (an argparse type: its errors name the flag)."""
+    """``S`` or ``HxW`` (height x width) in pixels -> ``(H, W)`` (an argparse type: its errors
+    name the flag); the rule of ``common_kernels.files.parse_size``, as in every package."""
     try:
         return parse_size(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected S or HxW in pixels (positive integers), got {text!r}"
-        ) from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -135,8 +139,8 @@ def add_model_options(parser: argparse.ArgumentParser, required: bool = True) ->
         type=size_option,
         default=None,
         metavar="S|HxW",
-        help="resize images to S or HxW (default: the preset's resolution with --preset, "
-        "else the images' own size, which must be a multiple of the model's factor)",
+        help="resize images to S or HxW, height first (default: the preset's resolution with "
+        "--preset, else the images' own size, which must be a multiple of the model's factor)",
     )
     parser.add_argument("--latent", choices=LATENT_MODES, default="sample")
     parser.add_argument("--faithful", action="store_true", help="official-code quirks on")
@@ -170,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=size_option,
         default=None,
         metavar="S|HxW",
-        help="S or HxW, multiples of 8 (default: native size)",
+        help="S or HxW (height x width), multiples of 8 (default: native size)",
     )
     layers.add_argument("--text-tokens", type=int, default=None, help="prompt length (77)")
     layers.add_argument("--contains", default=None, help="show names containing this only")
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=size_option,
         default=None,
         metavar="S|HxW",
-        help="resize every feature to S or HxW",
+        help="resize every feature to S or HxW (height x width)",
     )
     extract.add_argument("--resize-mode", choices=RESIZE_MODES, default="bilinear")
     extract.add_argument("--concat", action="store_true", help="one concatenated 'features' key")
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=size_option,
         default=None,
         metavar="S|HxW",
-        help="PNG size S or HxW (default: the image size)",
+        help="PNG size S or HxW, height first (default: the image size)",
     )
     add_model_options(pca, required=False)
 
@@ -304,8 +308,8 @@ def check_image_file(path: Path) -> tuple[int, int]:
         raise UsageError(f"{path} does not exist")
     try:
         width, height = load_image(path).size
-    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
-        raise UsageError(f"{path} is not a readable image ({one_line(error)})") from None
+    except ImageReadError as error:
+        raise UsageError(f"{path} is not a readable image ({error.reason})") from None
     return height, width
 
 
@@ -1009,7 +1013,7 @@ def command_probe(args: argparse.Namespace) -> None:
     for name, values in results.items():
         print(f"{name:<{width}}  " + "  ".join(f"{values[p]:>11.4f}" for p in probes))
     if args.output is not None:
-        atomic_write_bytes(args.output, json.dumps(results, indent=1).encode())
+        write_json(args.output, results, indent=1, make_parents=True)
         print(f"wrote {args.output}")
 
 
@@ -1046,6 +1050,10 @@ def features_for_pca(
 def command_pca(args: argparse.Namespace) -> None:
     """Write PCA-to-RGB PNGs of every activation, one per image."""
     check_folder_output(args.output, "-o/--output")
+    try:
+        check_output_folder_name(args.output, "-o/--output")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     features, stems, size = features_for_pca(args)
     count = 0
     for name, feature in features.items():

@@ -248,7 +248,10 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     """
     from pathlib import Path
 
+    from common_kernels.files import atomic_directory
+
     folder = Path(directory)
     if (folder / "model_index.json").exists():
         raise FileExistsError(f"directory: {folder} already holds a model (model_index.json)")
-    tiny_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True)
+    with atomic_directory(folder, make_parents=True) as temp:
+        tiny_pipeline(kind, seed).save_pretrained(temp, safe_serialization=True)

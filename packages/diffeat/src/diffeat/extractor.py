@@ -417,7 +417,8 @@ class FeatureExtractor:
 
     def _size_conditioning(self, original_size, target_size):
         """Parsed (H, W) sizes; SD-style U-Nets (no size conditioning) refuse them."""
-        original_size, target_size = parse_size(original_size), parse_size(target_size)
+        original_size = parse_size(original_size, "original_size")
+        target_size = parse_size(target_size, "target_size")
         if not self._text_time:
             for argument, value in (("original_size", original_size), ("target_size", target_size)):
                 if value is not None:

@@ -1,10 +1,13 @@
-"""Images in, features and PNGs out (outputs are written atomically: temp file, then rename)."""
+"""Images in, features and PNGs out.
+
+Reading images, writing files atomically (temporary file, then rename; usual permissions) and
+parsing sizes are common-kernels' (``common_kernels.files``), shared by every package of the
+repository.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,53 +17,39 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from common_kernels import files
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image (grey and palette images are converted)."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"image: {path} is a folder, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"image: {path} does not exist")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """An 8-bit RGB PIL image (gray, palette and 16-bit images converted; alpha dropped; EXIF
+    orientation applied), as ``common_kernels.files.read_pil_image`` reads it.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
+        ValueError: the file does not decode completely (``common_kernels.files.ImageReadError``).
+    """
+    return files.read_pil_image(path)
 
 
-def parse_size(text: str | int | Sequence[int] | None) -> tuple[int, int] | None:
-    """``512`` / ``"512"`` / ``"512x768"`` (H x W) / ``(H, W)`` -> ``(H, W)``; None stays None."""
-    if text is None:
+def parse_size(
+    value: str | int | Sequence[int] | None, argument: str = "image_size"
+) -> tuple[int, int] | None:
+    """``512`` / ``"512"`` / ``"512x768"`` (H x W) / ``(H, W)`` -> ``(H, W)``; None stays None.
+
+    Args:
+        value: the size (``common_kernels.files.parse_size`` rules) or None.
+        argument: the argument named in the error message.
+    """
+    if value is None:
         return None
-    if isinstance(text, int):
-        size = (text, text)
-    elif isinstance(text, str):
-        parts = text.lower().split("x")
-        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"image_size: expected S or HxW in pixels; got {text!r}")
-        size = (int(parts[0]), int(parts[-1]))
-    else:
-        size = tuple(int(v) for v in text)
-        if len(size) != 2:
-            raise ValueError(f"image_size: expected (H, W); got {text!r}")
-    if min(size) < 1:
-        raise ValueError(f"image_size: sizes must be positive; got {size}")
-    return size
+    try:
+        return files.parse_size(value)
+    except ValueError as error:
+        raise ValueError(f"{argument}: {error}") from None
 
 
 def _pil_to_tensor(image: Image.Image) -> Tensor:
@@ -79,19 +68,7 @@ def check_pixel_tensor(pixels, argument: str = "images") -> Tensor:
         raise TypeError(f"{argument}: expected a (B, 3, H, W) tensor; got {type(pixels).__name__}")
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"{argument}: expected a (B, 3, H, W) tensor; got {tuple(pixels.shape)}")
-    if not pixels.is_floating_point():
-        raise ValueError(f"{argument}: tensors must be float in [0, 1]; got {pixels.dtype}")
-    if pixels.numel() == 0:
-        raise ValueError(f"{argument}: empty tensor {tuple(pixels.shape)}")
-    bad = int((~torch.isfinite(pixels)).sum())
-    if bad:
-        raise ValueError(
-            f"{argument}: values must be finite and lie in [0, 1]; got {bad} NaN/Inf value(s)"
-        )
-    low, high = float(pixels.min()), float(pixels.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(f"{argument}: values must lie in [0, 1]; got [{low:.3g}, {high:.3g}]")
-    return pixels
+    return files.check_image_tensor(pixels, argument)
 
 
 def to_pixel_batch(images, size: tuple[int, int] | None = None) -> Tensor:
@@ -142,7 +119,7 @@ def save_features(
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in features.items()}
     meta = {key: json.dumps(value) for key, value in metadata.items()}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    files.write_bytes(path, save(tensors, metadata=meta), make_parents=True)
 
 
 def load_features(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
@@ -176,9 +153,6 @@ def _json_metadata(handle) -> dict[str, object]:
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG."""
-    import io as _io
-
-    buffer = _io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    """Write an (H, W, 3) uint8 array as a PNG (atomically; missing folders are created)."""
+    with files.atomic_write(path, make_parents=True) as temp:
+        Image.fromarray(rgb).save(temp, format="PNG")

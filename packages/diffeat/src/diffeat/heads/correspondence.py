@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from common_kernels.files import AtomicSavePretrained
 from diffeat.aggregate import resize_feature
 
 
@@ -154,7 +155,7 @@ class PCKMeter:
         return out
 
 
-class ConvAggregationHead(nn.Module, PyTorchModelHubMixin):
+class ConvAggregationHead(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
     """A 3x3 convolution that mixes concatenated, resized activations into one descriptor.
 
     Args:

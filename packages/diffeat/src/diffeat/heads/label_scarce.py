@@ -10,6 +10,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common_kernels.files import AtomicSavePretrained
+
 
 def pixel_mlp(in_dim: int, num_classes: int, hidden: Sequence[int] = (128, 32)) -> nn.Sequential:
     """``dim -> 128 -> 32 -> classes`` with ReLU + BatchNorm after each hidden layer."""
@@ -51,7 +53,7 @@ def pixel_training_set(
     return rows, flat
 
 
-class PixelMLPEnsemble(nn.Module, PyTorchModelHubMixin):
+class PixelMLPEnsemble(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
     """``members`` independently initialised and shuffled per-pixel MLPs; prediction = mode.
 
     Args:

@@ -13,6 +13,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from common_kernels.files import AtomicSavePretrained
 
 
 class ResidualAdapter(nn.Module):
@@ -39,7 +42,7 @@ class ResidualAdapter(nn.Module):
         return x + self.block(x)
 
 
-class SegmentationHead(nn.Module, PyTorchModelHubMixin):
+class SegmentationHead(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
     """Per-activation residual adapters, resized to the finest one, concatenated, decoded.
 
     Args:
@@ -84,30 +87,17 @@ class SegmentationHead(nn.Module, PyTorchModelHubMixin):
         return logits
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
-    """(K, K) counts, rows = ground truth, columns = prediction; ``ignore_index`` dropped."""
-    keep = target != ignore_index
-    index = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def miou(confusion: Tensor) -> tuple[float, float]:
-    """Mean IoU over classes present in ground truth or prediction, and pixel accuracy."""
-    confusion = confusion.double()
-    inter = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    present = union > 0
-    iou = (inter[present] / union[present]).mean() if present.any() else torch.tensor(0.0)
-    accuracy = inter.sum() / confusion.sum().clamp_min(1)
-    return float(iou), float(accuracy)
-
-
 class SegmentationModule(L.LightningModule):
     """Train :class:`SegmentationHead` with Lightning on frozen diffusion features.
 
     Batches are dicts with ``labels`` (B, H, W) and either ``features`` (``{name: tensor}``,
     precomputed) or ``images`` (B, 3, H, W in [0, 1]) plus optional ``prompts``, in which case
     the (frozen, never trained) ``extractor`` computes the features on the fly.
+
+    Validation logs ``val/miou`` (torchmetrics ``MulticlassJaccardIndex``, macro average over
+    the classes present in the labels or the predictions of the whole validation set, as
+    mmsegmentation reports it; NaN if every pixel is ignored) and ``val/accuracy`` (pixel
+    accuracy), both without ``ignore_index`` pixels.
 
     Args:
         in_channels: ``{activation name: channels}``.
@@ -133,7 +123,12 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["extractor"])
         self.head = SegmentationHead(dict(in_channels), num_classes, dim)
         self.extractor = extractor
-        self.register_buffer("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long))
+        self.val_miou = MulticlassJaccardIndex(
+            num_classes, average="macro", ignore_index=ignore_index
+        )
+        self.val_accuracy = MulticlassAccuracy(
+            num_classes, average="micro", ignore_index=ignore_index
+        )
 
     def features_of(self, batch: Mapping) -> Mapping[str, Tensor]:
         if "features" in batch:
@@ -154,19 +149,16 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self.confusion.zero_()
-
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
-        pred = self(batch).argmax(1)
-        self.confusion += confusion_matrix(
-            pred, batch["labels"], self.hparams.num_classes, self.hparams.ignore_index
-        )
+        pred = self(batch).argmax(1)  # (B, H, W)
+        self.val_miou.update(pred, batch["labels"])
+        self.val_accuracy.update(pred, batch["labels"])
+        self.log("val/miou", self.val_miou, prog_bar=True)
+        self.log("val/accuracy", self.val_accuracy)
 
-    def on_validation_epoch_end(self) -> None:
-        iou, accuracy = miou(self.confusion)
-        self.log("val/miou", iou, prog_bar=True)
-        self.log("val/accuracy", accuracy)
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Drop the ``confusion`` buffer that checkpoints of diffeat <= 0.2.0 hold."""
+        checkpoint["state_dict"].pop("confusion", None)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(
