@@ -56,6 +56,8 @@ def files(tmp_path) -> Path:
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "img.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small_mask.png")
     (tmp_path / "notes.png").write_text("not an image")
+    full = (tmp_path / "img.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(full[: len(full) // 2])
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "0.png")
     (tmp_path / "empty").mkdir()
@@ -143,6 +145,15 @@ RUN_CASES = {
     "output_below_a_file": (
         ["-o", "{t}/file.txt/out"],
         "-o/--output {t}/file.txt/out: cannot create it, {t}/file.txt is a file",
+    ),
+    "output_named_like_a_file": (
+        ["-o", "{t}/answer.png"],
+        "-o/--output {t}/answer.png: the outputs go into a folder, and a new folder's name must "
+        "have no suffix (got '.png')",
+    ),
+    "image_truncated": (
+        ["--image", "{t}/cut.png"],
+        "--image {t}/cut.png is not a readable image (image file is truncated)",
     ),
     "image_missing": (["--image", "{t}/nope.png"], "--image {t}/nope.png does not exist"),
     "image_is_a_folder": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -117,6 +118,24 @@ def test_save_load_round_trip(tmp_path, image, backend):
     torch.testing.assert_close(loaded([sample]).logits, model([sample]).logits)
     data = json.loads((tmp_path / "m" / "config.json").read_text())
     assert data["vitron_version"] == vitron.__version__ and data["vision"]["backend"] == backend
+
+
+def test_saved_files_have_the_usual_permissions(tmp_path):
+    """save_pretrained's files (written through common_kernels.files.atomic_write) get what
+    open() gives under the umask, not mkstemp's 0600."""
+    previous = os.umask(0o022)
+    try:
+        tiny_model(seed=0).save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(previous)
+    modes = {
+        str(path.relative_to(tmp_path / "m")): path.stat().st_mode & 0o777
+        for path in (tmp_path / "m").rglob("*")
+        if path.is_file()
+    }
+    assert {"config.json", "model.safetensors"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644)
+    assert not [p for p in (tmp_path / "m").rglob(".*") if p.name.endswith(".tmp")]
 
 
 def test_load_errors(tmp_path):

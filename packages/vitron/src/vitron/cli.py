@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from common_kernels.files import ImageReadError, check_output_folder_name
 from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
 
 REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
@@ -218,7 +219,10 @@ def check_input_file(path: Path, flag: str) -> None:
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (newlines and runs of spaces collapsed)."""
+    """An exception's message on one line (newlines and runs of spaces collapsed); an image that
+    does not decode reads ``PATH is not a readable image (REASON)``."""
+    if isinstance(error, ImageReadError):
+        return f"{error.path} is not a readable image ({error.reason})"
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -260,7 +264,7 @@ def parse_mask(body: str, image, k: int):
     try:
         values = to_tensor(load_image(body)).mean(0)  # (H, W) in [0, 1]
     except (OSError, ValueError) as err:
-        raise UsageError(f"--mask {err}") from None
+        raise UsageError(f"--mask {one_line(err)}") from None
     if tuple(values.shape) != (image.height, image.width):
         raise UsageError(
             f"--mask {body} is {values.shape[1]}x{values.shape[0]} but image {k} is "
@@ -361,6 +365,10 @@ def check_assistant_options(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     check_model_option(args.model)
     check_folder_writable(args.output, "-o/--output")
+    try:
+        check_output_folder_name(args.output, "-o/--output")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):

@@ -1,10 +1,13 @@
-"""Image and video input/output; every write is atomic (temporary file, then rename)."""
+"""Image and video input/output; every write is atomic (temporary file, then rename).
+
+Reading images and writing files are common-kernels' (``common_kernels.files``), shared by every
+package of the repository: written files get the usual permissions (``0o666`` less the umask),
+a failed write leaves no temporary file and the target untouched.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,51 +17,40 @@ import torch
 from PIL import Image, ImageSequence
 from torch import Tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from common_kernels import files
 
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Write UTF-8 ``text`` atomically (missing folders are created); returns the path."""
+    return files.write_text(path, text, make_parents=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write ``data`` as indented JSON atomically (missing folders are created)."""
+    return files.write_json(path, data, indent=2, make_parents=True)
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PIL image (format from the suffix)."""
+    """Write a PIL image (format from the suffix) atomically; returns the path."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+    with files.atomic_write(path, make_parents=True) as temp:
+        image.save(temp, format=fmt)
+    return Path(path)
 
 
 def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, fps: float = 8.0) -> Path:
-    """Write frames as a looping GIF."""
+    """Write frames as a looping GIF atomically; returns the path."""
     if not frames:
         raise ValueError("a video needs at least one frame")
     duration = round(1000 / fps)
-
-    def write(tmp: Path) -> None:
+    with files.atomic_write(path, make_parents=True) as temp:
         frames[0].save(
-            tmp, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration,
+            temp, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration,
             loop=0,
         )  # fmt: skip
-
-    return atomic_write(path, write)
+    return Path(path)
 
 
 def _reason(error: BaseException) -> str:
@@ -66,26 +58,19 @@ def _reason(error: BaseException) -> str:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as RGB (alpha dropped, grayscale expanded).
+    """Read an image file as 8-bit RGB (alpha dropped, gray and 16-bit converted, EXIF
+    orientation applied), as ``common_kernels.files.read_pil_image`` reads it.
 
     Args:
         path: the image file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder.
-        ValueError: ``path`` is not a readable image (not an image, truncated, too large).
+        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
+        ValueError: ``path`` is not a readable image (``common_kernels.files.ImageReadError``:
+            not an image, truncated, too large).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path} is not a readable image ({_reason(error)})") from None
+    return files.read_pil_image(path)
 
 
 def load_video(path: str | os.PathLike) -> list[Image.Image]:
@@ -100,10 +85,10 @@ def load_video(path: str | os.PathLike) -> list[Image.Image]:
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not frames:
             raise ValueError(f"{path} is a folder holding no images ({', '.join(IMAGE_SUFFIXES)})")
-        return [load_image(p) for p in files]
+        return [load_image(p) for p in frames]
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:

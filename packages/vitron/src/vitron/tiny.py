@@ -7,12 +7,12 @@ repository's CI). Outputs are meaningless: the weights are random. ``vitron tiny
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common_kernels.files import atomic_directory, write_json
 from vitron.models.config import RegionConfig, SignalConfig, VisionConfig, VitronConfig
 
 TINY_CONDITIONING_DIM = 16  # CLIP embed dim of the tiny itaclip model = tiny SD cross-attention
@@ -233,7 +233,6 @@ def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = open_clip.CLIP(
         embed_dim=TINY_OPEN_CLIP["embed_dim"],
@@ -241,10 +240,18 @@ def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
         text_cfg=TINY_OPEN_CLIP["text_cfg"],
         quick_gelu=TINY_OPEN_CLIP["quick_gelu"],
     )
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, folder / "open_clip_model.safetensors")
+    with atomic_directory(folder, make_parents=True) as temp:
+        write_json(temp / "open_clip_config.json", {"model_cfg": TINY_OPEN_CLIP})
+        save_file(state, temp / "open_clip_model.safetensors")
     return folder
+
+
+def save_pipeline(pipeline, folder: Path) -> None:
+    """``pipeline.save_pretrained(folder)`` through ``common_kernels.files.atomic_directory``
+    (complete or absent; the usual permissions instead of safetensors' 0600)."""
+    with atomic_directory(folder, make_parents=True) as temp:
+        pipeline.save_pretrained(temp)
 
 
 def write_tiny_specialists(folder: str | Path, seed: int = 0, video: bool = True) -> Path:
@@ -257,8 +264,8 @@ def write_tiny_specialists(folder: str | Path, seed: int = 0, video: bool = True
     """
     folder = Path(folder).resolve()
     write_tiny_open_clip(folder / "itaclip", seed)
-    tiny_text2image(seed).save_pretrained(folder / "sd")
-    tiny_inpaint(seed).save_pretrained(folder / "sd-inpaint")
+    save_pipeline(tiny_text2image(seed), folder / "sd")
+    save_pipeline(tiny_inpaint(seed), folder / "sd-inpaint")
     options: dict[str, dict[str, Any]] = {
         "itaclip": {
             "model": f"local-dir:{folder / 'itaclip'}",
@@ -287,12 +294,10 @@ def write_tiny_specialists(folder: str | Path, seed: int = 0, video: bool = True
         "semanir": {"model": None},
     }
     if video:
-        tiny_text2video(seed).save_pretrained(folder / "t2v")
-        tiny_image2video(seed).save_pretrained(folder / "i2v")
+        save_pipeline(tiny_text2video(seed), folder / "t2v")
+        save_pipeline(tiny_image2video(seed), folder / "i2v")
         options["diffusers-video"] = {
             "model": str(folder / "t2v"), "image_model": str(folder / "i2v"),
             "num_inference_steps": 2, "num_frames": 3, "height": 32, "width": 32,
         }  # fmt: skip
-    path = folder / "specialists.json"
-    path.write_text(json.dumps(options, indent=2) + "\n")
-    return path
+    return write_json(folder / "specialists.json", options)

@@ -25,6 +25,7 @@ from huggingface_hub import ModelHubMixin
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
+from common_kernels.files import AtomicSavePretrained
 from vitron.models.config import VitronConfig
 from vitron.models.loading import (
     assign_safetensors,
@@ -97,7 +98,11 @@ def add_vitron_tokens(tokenizer, llm: nn.Module, config: VitronConfig) -> None:
 
 
 class VitronModel(
-    nn.Module, ModelHubMixin, library_name="vitron", tags=["vitron", "image-text-to-text"]
+    nn.Module,
+    AtomicSavePretrained,
+    ModelHubMixin,
+    library_name="vitron",
+    tags=["vitron", "image-text-to-text"],
 ):
     """The unified vision LLM.
 
@@ -194,16 +199,16 @@ class VitronModel(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer folder."""
+        from common_kernels.files import atomic_write
         from vitron import __version__
-        from vitron.io import atomic_write, write_json
+        from vitron.io import write_json
 
         self.config.llm = _llm_config_dict(self.llm)
         write_json(
             save_directory / CONFIG_NAME, {**self.config.to_dict(), "vitron_version": __version__}
         )
-        atomic_write(
-            save_directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp), {"format": "pt"})
-        )
+        with atomic_write(save_directory / WEIGHTS_NAME) as temp:
+            save_model(self, str(temp), {"format": "pt"})
         self.tokenizer.save_pretrained(str(save_directory / TOKENIZER_DIR))
 
     @classmethod

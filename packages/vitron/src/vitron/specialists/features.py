@@ -7,7 +7,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from vitron.io import atomic_write
+from common_kernels.files import atomic_write
 from vitron.specialists.base import (
     Artifact,
     CallInputs,
@@ -84,9 +84,9 @@ class DiffeatFeatures(Specialist):
         tensors = {
             name: value[0].detach().float().cpu().contiguous() for name, value in features.items()
         }
-        path = atomic_write(
-            inputs.file("features", ".safetensors"), lambda tmp: save_file(tensors, str(tmp))
-        )
+        path = inputs.file("features", ".safetensors")
+        with atomic_write(path, make_parents=True) as temp:
+            save_file(tensors, str(temp))
         shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
         return SpecialistOutput(
             {"features": Artifact("features", tensors, path)},

@@ -152,7 +152,8 @@ def build_signal_targets(
     Returns:
         The path of ``targets.json``.
     """
-    from vitron.io import atomic_write, write_json
+    from common_kernels.files import atomic_write
+    from vitron.io import write_json
 
     data, output = Path(data), Path(output)
     jobs = plan_targets(data, registry)
@@ -168,6 +169,7 @@ def build_signal_targets(
             "tensor": job.tensor, "task": job.task, "specialist": job.specialist,
             "text": job.text,
         }  # fmt: skip
-    atomic_write(output / TENSORS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    with atomic_write(output / TENSORS_NAME, make_parents=True) as temp:
+        save_file(tensors, str(temp))
     index = {"format": TARGETS_FORMAT, "data": data.name, "tensors": TENSORS_NAME}
     return write_json(output / INDEX_NAME, {**index, "records": dict(records)})
