@@ -22,7 +22,7 @@ from diffeat.features import Features
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "ENSEMBLES",

@@ -7,7 +7,7 @@ from itaclip.presets import PRESETS, Preset, dataset_classes
 from itaclip.segmenter import Segmentation, Segmenter, SegmenterConfig
 from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "PRESETS",

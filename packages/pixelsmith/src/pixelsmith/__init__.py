@@ -15,7 +15,7 @@ from pixelsmith.pipelines import (
     TextConditioning,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "GridPlanner",

@@ -33,7 +33,7 @@ from vitron.regions import Box, Mask, Region, RegionError, Stroke
 from vitron.router import CallOutcome, Router, TurnInputs
 from vitron.specialists import Consumes, Specialist, SpecialistError, SpecialistRegistry
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SCHEMA_VERSION",
