@@ -4,16 +4,26 @@ Public API: :class:`PixelsmithPipeline` (a diffusers SDXL pipeline with Pixelsmi
 :func:`generate_cascade` (base SDXL image, then guided stages up to the target size).
 """
 
-from pixelsmith.cascade import generate_cascade
-from pixelsmith.config import PixelsmithConfig
-from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
-from pixelsmith.pipelines import (
-    PixelsmithOutput,
-    PixelsmithPipeline,
-    StageStats,
-    StepPlan,
-    TextConditioning,
-)
+from transformers.utils import logging as _transformers_logging
+
+# diffusers' SDXL pipeline module reads transformers' CLIP and SigLIP image processors on import,
+# which log a one-time "requires torchvision" notice where torchvision is absent; pixelsmith never
+# uses an image processor, so the notice is silenced for this import only.
+_verbosity = _transformers_logging.get_verbosity()
+_transformers_logging.set_verbosity_error()
+try:
+    from pixelsmith.cascade import generate_cascade
+    from pixelsmith.config import PixelsmithConfig
+    from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
+    from pixelsmith.pipelines import (
+        PixelsmithOutput,
+        PixelsmithPipeline,
+        StageStats,
+        StepPlan,
+        TextConditioning,
+    )
+finally:
+    _transformers_logging.set_verbosity(_verbosity)
 
 __version__ = "0.2.1"
 
