@@ -167,19 +167,19 @@ CASES = {
     # --device
     "device_cuda": (
         ["--device", "cuda"],
-        "--device cuda: no CUDA device is available; available here: cpu",
+        "--device cuda: no CUDA device is available (available: cpu)",
     ),
     "device_cuda_1": (
         ["--device", "cuda:1"],
-        "--device cuda:1: no CUDA device is available; available here: cpu",
+        "--device cuda:1: no CUDA device is available (available: cpu)",
     ),
     "device_mps": (
         ["--device", "mps"],
-        "--device mps: no MPS device is available; available here: cpu",
+        "--device mps: no MPS device is available (available: cpu)",
     ),
     "device_unknown": (
         ["--device", "tpu"],
-        "--device tpu: expected cpu, cuda, cuda:N or mps; available here: cpu",
+        "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu)",
     ),
     # --model and --vae
     "model_relative_folder_missing": (

@@ -34,6 +34,15 @@ from diffusers.utils import logging as diffusers_logging
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging as transformers_logging
 
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    WorkError,
+    check_device,
+    command_prog,
+    one_line,
+    run_main,
+)
 from pixelsmith.cascade import generate_cascade, intermediate_path
 from pixelsmith.checkpoint import RUN_FILE
 from pixelsmith.config import (
@@ -73,25 +82,6 @@ CONFIG_FLAGS = {
     "vae_overlap": "--vae-overlap",
 }
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
-
-
-class UsageError(ValueError):
-    """A bad command-line input; ``prog`` is the command it belongs to (exit status 2)."""
-
-    def __init__(self, message: str, prog: str | None = None) -> None:
-        super().__init__(message)
-        self.prog = prog
-
-
-class WorkError(Exception):
-    """A failure while working, after the inputs were checked (exit status 1)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, self.prog)
 
 
 @dataclass(frozen=True)
@@ -202,55 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", type=Path, metavar="DIR")
     tiny.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def check_device(text: str | None) -> torch.device:
-    """``--device`` checked before any model is loaded; the default is cuda when available.
-
-    Args:
-        text: the option's value (None: not given).
-    """
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(
-            f"--device {text}: expected cpu, cuda, cuda:N or mps; available here: "
-            f"{available_devices()}"
-        ) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(
-                f"--device {text}: no CUDA device is available; available here: "
-                f"{available_devices()}"
-            )
-        if (device.index or 0) >= count:
-            raise UsageError(
-                f"--device {text}: only {count} CUDA device(s) present; available here: "
-                f"{available_devices()}"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(
-            f"--device {text}: no MPS device is available; available here: {available_devices()}"
-        )
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(
-            f"--device {text}: expected cpu, cuda, cuda:N or mps; available here: "
-            f"{available_devices()}"
-        )
-    return device
-
-
-def available_devices() -> str:
-    """The devices of this machine, as ``--device`` values."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        devices.append("mps")
-    return ", ".join(devices)
 
 
 def check_model_source(value: str, flag: str, marker: str) -> Path | None:
@@ -556,6 +497,7 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
 COMMANDS = {"generate": run_generate, "tiny-model": run_tiny_model}
 RESUME_HINT = "; run the same command again to resume from the last saved step"
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class Terminated(BaseException):
@@ -576,11 +518,6 @@ def _log_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (newlines and runs of spaces collapsed)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelsmith`` console script; returns the exit status.
 
@@ -591,26 +528,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = f"pixelsmith {argv[0]}" if argv and argv[0] in COMMANDS else "pixelsmith"
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
+    prog = command_prog("pixelsmith", argv, COMMANDS)
+    hint = RESUME_HINT if prog == "pixelsmith generate" else ""
+
+    def run() -> int:
         args = build_parser().parse_args(argv)
         _log_to_stderr()
         return COMMANDS[args.command](args)
-    except UsageError as error:
-        print(f"{error.prog or prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # a bad input found while working (e.g. another run's checkpoint)
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (OSError, WorkError, torch.cuda.OutOfMemoryError) as error:  # disk full, load failed
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as stop:
-        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        hint = RESUME_HINT if prog == "pixelsmith generate" else ""
-        print(f"{prog}: {what}{hint}", file=sys.stderr)
-        return 130 if isinstance(stop, KeyboardInterrupt) else 143
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return run_main(prog, run, interrupt_hint=hint)
+    except Terminated:
+        print(f"{prog}: terminated{hint}", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
 
