@@ -225,11 +225,11 @@ CASES = {
     ),
     "device_cuda_without_gpu": (
         extract_args("--device", "cuda"),
-        "--device cuda: no CUDA device is available (use --device cpu)",
+        "--device cuda: no CUDA device is available (available: cpu)",
     ),
     "device_unknown": (
         extract_args("--device", "tpu"),
-        "--device tpu: expected cpu, cuda, cuda:N or mps",
+        "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu)",
     ),
     "timestep_too_large": (
         extract_args("--timestep", "1000"),

@@ -166,15 +166,15 @@ SEGMENT_CASES = {
     ),
     "device_cuda_without_gpu": (
         segment_args(Path("{t}"), "--device", "cuda"),
-        "--device cuda: no CUDA device is available (use --device cpu)",
+        "--device cuda: no CUDA device is available (available: cpu)",
     ),
     "device_not_a_device": (
         segment_args(Path("{t}"), "--device", "cuda:x"),
-        "--device cuda:x: expected cpu, cuda, cuda:N or mps",
+        "--device cuda:x: expected cpu, cuda, cuda:N or mps (available: cpu)",
     ),
     "device_unknown": (
         segment_args(Path("{t}"), "--device", "tpu"),
-        "--device tpu: expected cpu, cuda, cuda:N or mps",
+        "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu)",
     ),
     "output_is_a_file": (
         ["segment", "{t}/img.png", "--classes", "cat", "-o", "{t}/file.txt"],
@@ -284,7 +284,7 @@ EVAL_CASES = {
     ),
     "device_cuda_without_gpu": (
         ["--device", "cuda"],
-        "--device cuda: no CUDA device is available (use --device cpu)",
+        "--device cuda: no CUDA device is available (available: cpu)",
     ),
     "unknown_model": (
         ["--model", "nope"],

@@ -276,10 +276,12 @@ def test_restore_checks_before_loading_a_model(
         "is a file, not a folder": ["-o", str(tmp_path / "a_file" / "out")],
     }
     if not torch.cuda.is_available():
-        cases["--device cuda: no CUDA device is available (use --device cpu)"] = [
+        cases["--device cuda: no CUDA device is available (available: cpu"] = [
             "-o", "out", "--device", "cuda",
         ]  # fmt: skip
-    cases["--device 'gpu0' is not a torch device"] = ["-o", "out", "--device", "gpu0"]
+    cases["--device gpu0: expected cpu, cuda, cuda:N or mps (available: cpu"] = [
+        "-o", "out", "--device", "gpu0",
+    ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     for message, options in cases.items():
         err = run_failing(["restore", images, *options], capsys)

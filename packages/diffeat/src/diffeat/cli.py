@@ -24,13 +24,22 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from PIL import Image
 from safetensors import SafetensorError
 from tqdm import tqdm
 
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    WorkError,
+    check_device,
+    command_prog,
+    one_line,
+    run_main,
+)
 from common_kernels.files import (
     ImageReadError,
     check_output_folder_name,
@@ -79,21 +88,6 @@ VAE_MAPS = 3  # full-resolution fp32 maps of the VAE encoder's first width alive
 PROBE_BYTES = 64  # per feature value: float64 FFTs of the 2x zero-padded maps
 PCA_BYTES = 16  # per feature value: the float64 copies the PCA makes
 PNG_BYTES = 17  # per RGB value: the float64 upsampled image, its scaled copy, the uint8 PNG
-
-
-class UsageError(ValueError):
-    """A bad command-line input (exit status 2)."""
-
-
-class WorkError(Exception):
-    """A failure while working, after the inputs were checked (exit status 1)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def size_option(text: str) -> tuple[int, int]:
@@ -219,11 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (newlines and runs of spaces collapsed)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def check_int_range(value: int, flag: str, low: int, high: int | None = None) -> None:
     """Fail unless ``low <= value`` (and ``value <= high``), naming ``flag`` and the range.
 
@@ -236,29 +225,6 @@ def check_int_range(value: int, flag: str, low: int, high: int | None = None) ->
     if value < low or (high is not None and value > high):
         accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise UsageError(f"{flag} must be {accepted}, got {value}")
-
-
-def check_device(text: str | None) -> torch.device:
-    """``--device`` checked before any model is loaded; the default is cuda when available."""
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: no CUDA device is available (use --device cpu)")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present "
-                f"(indices 0 to {torch.cuda.device_count() - 1})"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: no MPS device is available (use --device cpu)")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps")
-    return device
 
 
 def check_writable(folder: Path, flag: str, target: Path, what: str) -> None:
@@ -1092,20 +1058,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = f"diffeat {argv[0]}" if argv and argv[0] in COMMANDS else "diffeat"
-    try:
+
+    def run() -> None:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except ValueError as error:  # UsageError, or a bad input found while working
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (OSError, WorkError, MissingActivationsError, torch.cuda.OutOfMemoryError) as error:
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)  # disk full, load failed
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    prog = command_prog("diffeat", argv, COMMANDS)
+    return run_main(prog, run, work_errors=(MissingActivationsError,))
 
 
 if __name__ == "__main__":

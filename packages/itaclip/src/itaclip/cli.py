@@ -33,6 +33,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    WorkError,
+    check_device,
+    command_prog,
+    run_main,
+)
 from common_kernels.files import (
     ImageReadError,
     check_output_folder_name,
@@ -51,25 +59,6 @@ from itaclip.viz import overlay
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-
-
-class UsageError(ValueError):
-    """A bad command-line input; ``prog`` is the command it belongs to (exit status 2)."""
-
-    def __init__(self, message: str, prog: str | None = None) -> None:
-        super().__init__(message)
-        self.prog = prog
-
-
-class WorkError(Exception):
-    """A failure while working, after the inputs were checked (exit status 1)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, self.prog)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -200,29 +189,6 @@ def check_settings(args: argparse.Namespace, preset: str | None) -> None:
         raise UsageError(f"--alpha must be in [0, 1], got {alpha}")
     overrides = config_overrides(args)
     SegmenterConfig.from_preset(preset, **overrides) if preset else SegmenterConfig(**overrides)
-
-
-def check_device(text: str | None) -> str:
-    """``--device`` checked before any model is loaded; the default is cuda when available."""
-    if text is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: no CUDA device is available (use --device cpu)")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present "
-                f"(indices 0 to {torch.cuda.device_count() - 1})"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: no MPS device is available (use --device cpu)")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {text}: expected cpu, cuda, cuda:N or mps")
-    return text
 
 
 def check_model(model: str, pretrained: str | None) -> tuple[str, str | None]:
@@ -588,11 +554,6 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 COMMANDS = {"segment": run_segment, "eval": run_eval, "aux": run_aux, "tiny-model": run_tiny_model}
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (newlines and runs of spaces collapsed)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``itaclip`` console script; returns the exit status.
 
@@ -603,22 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = f"itaclip {argv[0]}" if argv and argv[0] in COMMANDS else "itaclip"
-    try:
+
+    def run() -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except UsageError as error:
-        print(f"{error.prog or prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # a bad input found while working (e.g. an image too small)
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (OSError, WorkError, torch.OutOfMemoryError) as error:  # disk full, load failed
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_main(command_prog("itaclip", argv, COMMANDS), run)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from common_kernels.cli import check_device, run_main
 from common_kernels.files import atomic_write
 from semanir.data.datasets import SyntheticDegradationDataset, index_generator
 from semanir.data.degradations import (
@@ -80,18 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     make_parser, run = commands[command]
     args = make_parser().parse_args(options)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: named flag, accepted range
-        print(f"semanir {command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # failed while working (disk full, ...)
-        print(f"semanir {command}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"semanir {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    # a missing input file is a bad input (exit 2), not a failure while working
+    return run_main(f"semanir {command}", lambda: run(args), usage_errors=(FileNotFoundError,))
 
 
 def bundled_configs_dir() -> Path:
@@ -209,23 +200,6 @@ def eval_parser() -> ArgumentParser:
     return parser
 
 
-def _device(args: Namespace) -> torch.device:
-    """--device checked before any model is loaded."""
-    if args.device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {args.device!r} is not a torch device ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available (use --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
-            f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) present"
-        )
-    return device
-
-
 def _load(args: Namespace, device: torch.device) -> nn.Module:
     """The model named by --model on --device, checked against --task."""
     model = load_model(args.model).to(device).eval()
@@ -273,7 +247,7 @@ def restore(args: Namespace) -> None:
     if args.sigma is not None:
         check_sigma(args.sigma)
     noise_sigma = _noise_sigma(args)
-    device = _device(args)
+    device = check_device(args.device)
     paths = list_images(args.inputs)
     targets = output_paths(paths, Path(args.output))
     check_writable(targets)
@@ -407,7 +381,7 @@ def evaluate(args: Namespace) -> None:
     """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
     degradation = _eval_degradation(args)
     paths = list_images(args.data)  # fail on missing or empty inputs before loading a model
-    device = _device(args)
+    device = check_device(args.device)
     if args.csv:
         check_writable([Path(args.csv)])
     model = _load(args, device)

@@ -40,6 +40,15 @@ from typing import Any
 
 import torch
 
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    WorkError,
+    check_device,
+    command_prog,
+    run_main,
+)
+from common_kernels.cli import one_line as shared_one_line
 from common_kernels.files import ImageReadError, check_output_folder_name
 from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
 
@@ -48,29 +57,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-
-
-class UsageError(ValueError):
-    """A bad command-line input (exit status 2); ``prog`` is the command it belongs to.
-
-    Raise it from any subcommand for an input it rejects, naming the flag and the accepted
-    range; ``main`` prints it as one line ``vitron COMMAND: error: MESSAGE``.
-    """
-
-    def __init__(self, message: str, prog: str | None = None) -> None:
-        super().__init__(message)
-        self.prog = prog
-
-
-class WorkError(Exception):
-    """A failure while working, after the inputs were checked (exit status 1)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors raised (one line in ``main``) instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, self.prog)
 
 
 def check_at_least(value: int, low: int, flag: str) -> None:
@@ -89,42 +75,6 @@ def check_nonnegative(value: float, flag: str) -> None:
     """Fail unless the float ``value`` of ``flag`` is finite and >= 0."""
     if not (math.isfinite(value) and value >= 0.0):
         raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
-
-
-def available_devices() -> list[str]:
-    """The torch devices present here: ``cpu``, then ``cuda:N`` and ``mps`` when present."""
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        found.append("mps")
-    return found
-
-
-def check_device(text: str | None) -> torch.device:
-    """``--device`` checked against the devices present (None: cuda when available, else cpu).
-
-    Args:
-        text: the flag's value, or None when it was left out.
-    """
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    available = ", ".join(available_devices())
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(
-            f"--device {text}: expected cpu, cuda, cuda:N or mps (available: {available})"
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: no CUDA device is available (available: {available})")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {text}: no such CUDA device (available: {available})")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: no MPS device is available (available: {available})")
-    return device
 
 
 def dtype_option(text: str) -> str:
@@ -219,11 +169,15 @@ def check_input_file(path: Path, flag: str) -> None:
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (newlines and runs of spaces collapsed); an image that
-    does not decode reads ``PATH is not a readable image (REASON)``."""
+    """An exception's message on one line (``common_kernels.cli.one_line``); an image that does
+    not decode reads ``PATH is not a readable image (REASON)``.
+
+    Args:
+        error: the exception.
+    """
     if isinstance(error, ImageReadError):
         return f"{error.path} is not a readable image ({error.reason})"
-    return " ".join(str(error).split()) or type(error).__name__
+    return shared_one_line(error)
 
 
 def _split_image_index(text: str, flag: str) -> tuple[str, int]:
@@ -901,45 +855,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad inputs print ``vitron COMMAND: error: ...`` (one line) and return 2, failures while
     working return 1, Ctrl-C prints ``vitron COMMAND: interrupted`` and returns 130. Every
-    subcommand in ``handlers`` gets this contract by raising ``UsageError`` or ``WorkError``.
+    subcommand in ``COMMANDS`` gets this contract by raising ``UsageError`` or ``WorkError``.
 
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
-    prog = "vitron"
-    try:
-        args = build_parser().parse_args(argv)
-        prog = f"vitron {args.command}"
-        return dispatch(args)
-    except UsageError as error:
-        print(f"{error.prog or prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # a bad input found while working (e.g. a box off the image)
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (OSError, WorkError, torch.cuda.OutOfMemoryError) as error:  # disk full, load failed
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = command_prog("vitron", argv, COMMANDS)
+    return run_main(prog, lambda: dispatch(build_parser().parse_args(argv)), describe=one_line)
 
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the handler of ``args.command``."""
-    handlers = {
-        "run": run_run,
-        "chat": run_chat,
-        "app": run_app,
-        "parse": run_parse,
-        "specialists": run_specialists,
-        "train": run_train,
-        "build-targets": run_build_targets,
-        "tiny-model": run_tiny_model,
-        "tiny-specialists": run_tiny_specialists,
-        "eval": run_eval,
-    }
-    return handlers[args.command](args)
+    return COMMANDS[args.command](args)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -948,6 +876,19 @@ def run_eval(args: argparse.Namespace) -> int:
 
     return evaluate(args)
 
+
+COMMANDS = {
+    "run": run_run,
+    "chat": run_chat,
+    "app": run_app,
+    "parse": run_parse,
+    "specialists": run_specialists,
+    "train": run_train,
+    "build-targets": run_build_targets,
+    "tiny-model": run_tiny_model,
+    "tiny-specialists": run_tiny_specialists,
+    "eval": run_eval,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,198 @@
+"""common_kernels.cli: the exit statuses and one-line messages of every command (through a tiny
+fake command), argparse errors, one-line messages and the ``--device`` check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    WorkError,
+    available_devices,
+    check_device,
+    command_prog,
+    one_line,
+    run_main,
+)
+
+
+class FakeFailure(Exception):
+    """An error of the fake command's own that counts as a failure while working."""
+
+
+def fake_main(argv: Sequence[str], action: Callable[[], int | None] = lambda: None) -> int:
+    """``fake echo [--count N]`` / ``fake nest deep``: parses, then runs ``action``."""
+    parser = Parser(prog="fake")
+    commands = parser.add_subparsers(dest="command", required=True)
+    echo = commands.add_parser("echo")
+    echo.add_argument("--count", type=int, default=1)
+    nest = commands.add_parser("nest").add_subparsers(dest="sub", required=True)
+    nest.add_parser("deep").add_argument("--size", type=int, required=True)
+
+    def run() -> int | None:
+        parser.parse_args(argv)
+        return action()
+
+    prog = command_prog("fake", argv, ("echo", "nest"))
+    return run_main(prog, run, usage_errors=(FileNotFoundError,), work_errors=(FakeFailure,))
+
+
+def raising(error: BaseException) -> Callable[[], None]:
+    def action() -> None:
+        raise error
+
+    return action
+
+
+def outcome(capsys: pytest.CaptureFixture[str], status: int) -> tuple[int, str, str]:
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_success_returns_the_command_status(capsys):
+    assert outcome(capsys, fake_main(["echo"])) == (0, "", "")
+    assert outcome(capsys, fake_main(["echo"], lambda: 3)) == (3, "", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["echo", "--count", "x"], "fake echo: error: argument --count: invalid int value: 'x'"),
+        (["echo", "--bogus"], "fake echo: error: unrecognized arguments: --bogus"),  # top parser
+        (["nest", "deep"], "fake nest deep: error: the following arguments are required: --size"),
+        ([], "fake: error: the following arguments are required: command"),
+        (
+            ["bogus"],
+            "fake: error: argument command: invalid choice: 'bogus' (choose from echo, nest)",
+        ),
+    ],
+)
+def test_argparse_errors_are_one_line_exit_2(argv, line, capsys):
+    status, out, err = outcome(capsys, fake_main(argv, raising(AssertionError("ran"))))
+    assert (status, out) == (2, "")
+    assert err.replace("'echo', 'nest'", "echo, nest") == f"{line}\n"  # Python < 3.12 quotes
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (UsageError("--count must be >= 1,\n  got 0"), 2, "error: --count must be >= 1, got 0"),
+        (ValueError("a box off the image"), 2, "error: a box off the image"),
+        (FileNotFoundError("in.png does not exist"), 2, "error: in.png does not exist"),
+        (OSError(28, "No space left on device"), 1, "error: [Errno 28] No space left on device"),
+        (WorkError("cannot load m:\nno such\tfile"), 1, "error: cannot load m: no such file"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory."), 1, "error: CUDA out of memory."),
+        (FakeFailure(), 1, "error: FakeFailure"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_errors_map_to_exit_status_and_one_line(error, status, message, capsys):
+    line = f"fake echo: {message}\n"
+    assert outcome(capsys, fake_main(["echo"], raising(error))) == (status, "", line)
+
+
+@pytest.mark.parametrize(
+    ("prog", "named"), [("fake echo sub", "fake echo sub"), ("other", "fake echo")]
+)
+def test_usage_error_names_its_own_prog_when_it_is_a_subcommand(prog, named, capsys):
+    status = fake_main(["echo"], raising(UsageError("bad", prog)))
+    assert outcome(capsys, status) == (2, "", f"{named}: error: bad\n")
+
+
+def test_other_exceptions_propagate(capsys):
+    with pytest.raises(RuntimeError, match="a bug"):
+        fake_main(["echo"], raising(RuntimeError("a bug")))
+    assert capsys.readouterr().err == ""
+
+
+def test_interrupt_hint_and_describe(capsys):
+    hint = "; run it again to resume"
+    status = run_main("fake echo", raising(KeyboardInterrupt()), interrupt_hint=hint)
+    assert outcome(capsys, status) == (130, "", f"fake echo: interrupted{hint}\n")
+    status = run_main("fake echo", raising(ValueError("x")), describe=lambda e: f"<{e}>")
+    assert outcome(capsys, status) == (2, "", "fake echo: error: <x>\n")
+
+
+def test_parser_error_raises_usage_error_with_its_prog():
+    with pytest.raises(UsageError, match=r"^unrecognized arguments: --bogus$") as caught:
+        Parser(prog="fake").parse_args(["--bogus"])
+    assert caught.value.prog == "fake"
+    assert isinstance(caught.value, ValueError)
+    assert UsageError("x").prog is None
+
+
+def test_one_line_collapses_newlines_and_spaces():
+    assert one_line(ValueError("first line\n  second\t\tline \n")) == "first line second line"
+    assert one_line(WorkError()) == "WorkError"
+    assert one_line(KeyError("k")) == "'k'"
+
+
+def test_command_prog():
+    assert command_prog("fake", ["echo", "--count", "2"], ("echo",)) == "fake echo"
+    assert command_prog("fake", ["--help"], ("echo",)) == "fake"
+    assert command_prog("fake", [], ("echo",)) == "fake"
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, bool], None]:
+    """Sets the machine's devices: ``machine(cuda_count, mps)``."""
+
+    def set_devices(cuda_count: int, mps: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_count)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return set_devices
+
+
+@pytest.mark.parametrize(
+    ("cuda_count", "mps", "value", "device"),
+    [
+        (0, False, None, "cpu"),
+        (1, False, None, "cuda"),
+        (0, False, "cpu", "cpu"),
+        (2, False, "cuda", "cuda"),
+        (2, False, "cuda:1", "cuda:1"),
+        (0, True, "mps", "mps"),
+    ],
+)
+def test_check_device_accepts(machine, cuda_count, mps, value, device):
+    machine(cuda_count, mps)
+    assert check_device(value) == torch.device(device)
+
+
+@pytest.mark.parametrize(
+    ("cuda_count", "mps", "value", "message"),
+    [
+        (0, False, "cuda", "--device cuda: no CUDA device is available (available: cpu)"),
+        (0, True, "cuda:1", "--device cuda:1: no CUDA device is available (available: cpu, mps)"),
+        (2, False, "cuda:2", "--device cuda:2: only 2 CUDA device(s) present (available: cpu, "
+                             "cuda:0, cuda:1)"),
+        (1, False, "mps", "--device mps: no MPS device is available (available: cpu, cuda:0)"),
+        (0, False, "tpu", "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu)"),
+        (0, False, "cuda:x", "--device cuda:x: expected cpu, cuda, cuda:N or mps (available: cpu)"),
+        (0, False, "meta", "--device meta: expected cpu, cuda, cuda:N or mps (available: cpu)"),
+    ],
+)  # fmt: skip
+def test_check_device_refuses_with_the_available_devices(machine, cuda_count, mps, value, message):
+    machine(cuda_count, mps)
+    with pytest.raises(UsageError) as caught:
+        check_device(value)
+    assert str(caught.value) == message
+
+
+def test_check_device_names_the_flag(machine):
+    machine(0, False)
+    with pytest.raises(UsageError, match=r"^--text-device cuda: no CUDA device is available"):
+        check_device("cuda", flag="--text-device")
+
+
+def test_available_devices(machine):
+    machine(2, True)
+    assert available_devices() == ["cpu", "cuda:0", "cuda:1", "mps"]
+    machine(0, False)
+    assert available_devices() == ["cpu"]
