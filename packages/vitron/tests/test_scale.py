@@ -22,7 +22,13 @@ from vitron.models.loading import empty_weights
 from vitron.processing import Message
 from vitron.tiny import byte_level_tokenizer, tiny_config, tiny_model
 from vitron.training import configure_stage, enable_gradient_checkpointing, train
-from vitron.training.module import check_scale_options
+from vitron.training.module import (
+    VitronLightningModule,
+    assign_state_dict,
+    check_scale_options,
+    lightning_strategy,
+    save_trained,
+)
 
 RANDOM_FILLS = {"uniform_", "normal_", "bernoulli_", "random_", "exponential_", "cauchy_",
                 "log_normal_", "geometric_", "randn", "rand", "randint", "randperm", "normal"}  # fmt: skip
@@ -372,8 +378,8 @@ def test_ddp_allows_the_parts_a_batch_leaves_unused(captions, tmp_path):
             r"strategy 'deepspeed_stage_2' needs deepspeed, which is not installed \(pip install deepspeed\)",
         ),
         (
-            {"strategy": "fsdp"},
-            r"strategy 'fsdp' shards the weights themselves, and a sharded model is not exported as one save_pretrained folder yet; use ddp",
+            {"strategy": "deepspeed_stage_3_offload"},
+            r"strategy 'deepspeed_stage_3_offload' needs deepspeed, which is not installed \(pip install deepspeed\)",
         ),
         (
             {"precision": "8-true"},
@@ -405,10 +411,6 @@ def test_scale_option_errors(options, message, monkeypatch):
         ),
         (["--strategy", "dpp"], "--strategy dpp: expected one of auto, ddp, "),
         (["--strategy", "deepspeed_stage_3"], "--strategy deepspeed_stage_3 needs deepspeed"),
-        (
-            ["--strategy", "fsdp_cpu_offload"],
-            "--strategy fsdp_cpu_offload shards the weights themselves",
-        ),
         (
             ["--precision", "16"],
             "--precision 16: expected one of 32-true, bf16-mixed, 16-mixed, bf16-true",
@@ -467,3 +469,117 @@ def test_train_command_takes_the_scale_options(captions, saved, tmp_path, capsys
     assert status == 0 and "stage 2: loss" in capsys.readouterr().out
     weights = load_file(tmp_path / "t" / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # bf16-true trains bf16 weights
+
+
+# ----------------------------------------------------------------------------- sharded strategies
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload", "deepspeed_stage_3"])
+def test_sharded_strategies_pass_the_option_checks(strategy, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "deepspeed" else real(name, *a),
+    )
+    assert check_scale_options(strategy, "bf16-mixed", 1) is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "lora_rank"), [("fsdp", 0), ("fsdp_cpu_offload", 0), ("fsdp", 2)]
+)
+def test_fsdp_strategy_wraps_the_decoder_layers_and_saves_full_state_dicts(strategy, lora_rank):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    model = tiny_model(seed=0)
+    configure_stage(model, 2, lora_rank)
+    built = lightning_strategy(strategy, model)
+    assert type(built) is FSDPStrategy
+    assert built._state_dict_type == "full"
+    assert built.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert built.kwargs["use_orig_params"] is True  # frozen and trainable weights share units
+    assert built.cpu_offload.offload_params is (strategy == "fsdp_cpu_offload")
+
+
+def gathering_fsdp(state: dict[str, torch.Tensor], rank: int):
+    """An FSDP strategy whose gathered full state dict is ``state`` (no process group)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class GatheringFSDP(FSDPStrategy):
+        @property
+        def is_global_zero(self) -> bool:
+            return rank == 0
+
+        def lightning_module_state_dict(self) -> dict[str, torch.Tensor]:
+            return state if rank == 0 else {}
+
+    return GatheringFSDP(state_dict_type="full")
+
+
+def trained_module(lora_rank: int) -> VitronLightningModule:
+    """A stage-2 module whose weights (LoRA adapters included) are not the initial ones."""
+    module = VitronLightningModule(tiny_model(seed=0), stage=2, lora_rank=lora_rank)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in module.model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+    return module
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_a_gathered_state_dict_is_saved_as_the_unsharded_folder(lora_rank, tmp_path):
+    module = trained_module(lora_rank)
+    state = {name: t.detach().clone() for name, t in module.state_dict().items()}
+    assert any("lora_B" in name for name in state) is bool(lora_rank)
+    save_trained(gathering_fsdp(state, rank=1), module, tmp_path / "rank1")
+    assert not (tmp_path / "rank1").exists()  # only rank 0 writes
+    save_trained(gathering_fsdp(state, rank=0), module, tmp_path / "sharded")
+    module.export(tmp_path / "whole")  # the unsharded path (merges LoRA in place)
+    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*"))
+    assert (
+        sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*"))
+        == files
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert json.loads((tmp_path / "sharded" / "config.json").read_text()) == config
+    loaded = VitronModel.from_pretrained(str(tmp_path / "sharded")).state_dict()
+    source = module.model.state_dict()
+    assert sorted(loaded) == sorted(source) and not any("lora" in name for name in loaded)
+    for name, tensor in source.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_a_state_dict_missing_a_weight_or_with_an_unknown_one_is_refused():
+    model = tiny_model(seed=0)
+    state = dict(model.state_dict())
+    del state["projector.fc1.weight"]
+    with pytest.raises(ValueError, match=r"^the state dict lacks projector\.fc1\.weight$"):
+        assign_state_dict(model, state)
+    with pytest.raises(
+        ValueError, match=r"^the state dict has 1 unknown tensor\(s\), e\.g\. \['extra'\]$"
+    ):
+        assign_state_dict(model, {**model.state_dict(), "extra": torch.zeros(1)})
+
+
+@pytest.mark.gpu
+def test_fsdp_trains_on_one_gpu_and_saves_one_folder(captions, saved, tmp_path, capsys):
+    initial, folder = saved
+    out = tmp_path / "fsdp"
+    status = main([
+        "train", "--model", str(folder), "--data", str(captions), "--stage", "2", "-o", str(out),
+        "--max-steps", "2", "--batch-size", "1", "--lr", "1e-3", "--strategy", "fsdp",
+        "--accelerator", "gpu", "--devices", "1",
+    ])  # fmt: skip
+    assert status == 0 and "stage 2: loss" in capsys.readouterr().out
+    trained = VitronModel.from_pretrained(str(out)).state_dict()
+    before = initial.state_dict()
+    assert sorted(trained) == sorted(before)
+    changed = [name for name in before if not torch.equal(trained[name], before[name])]
+    assert any(name.startswith("projector.") for name in changed)
+    assert any(name.startswith("llm.model.layers.") for name in changed)  # inside FSDP units
+    assert not any(name.startswith("vision.") for name in changed)  # frozen

@@ -801,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--strategy", default="auto",
-        help="auto, ddp, deepspeed_stage_2 (needs deepspeed), ... (Lightning's names)",
+        help="auto, ddp, fsdp, deepspeed_stage_2 / _3 (need deepspeed), ... (Lightning's names)",
     )  # fmt: skip
     train.add_argument(
         "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed or bf16-true"

@@ -15,7 +15,10 @@ The vision tower is always frozen. LoRA (peft) wraps the LLM's linear layers; ``
 the adapters back and writes a plain ``save_pretrained`` folder.
 
 Scale: any Lightning ``devices`` / ``strategy`` / ``precision`` / ``accumulate_grad_batches``,
-and gradient checkpointing of the LLM's blocks (:func:`enable_gradient_checkpointing`).
+and gradient checkpointing of the LLM's blocks (:func:`enable_gradient_checkpointing`). The
+strategies that shard the weights (``fsdp*``, ``deepspeed_stage_3*``) gather a full state dict
+on rank 0 at the end, which :func:`export_state_dict` writes as the same ``save_pretrained``
+folder as the unsharded strategies.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 import functools
 import importlib.util
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
+from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
 from vitron.training.data import ConversationDataset, collate
@@ -44,7 +49,6 @@ STAGES = {
 }
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGY_PACKAGES = {"deepspeed": "deepspeed", "xla": "torch_xla", "tpu": "torch_xla"}
-SHARDED_STRATEGIES = ("fsdp", "deepspeed_stage_3")  # the weights themselves are sharded
 LORA_MARKERS = ("lora_A", "lora_B")
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 
@@ -149,28 +153,159 @@ def available_strategies() -> tuple[str, ...]:
 
 def strategy_problem(strategy: str) -> str | None:
     """Why a registered strategy cannot train here (``None`` when it can): a package it needs
-    is not installed, or it shards the weights, which ``train`` cannot export as one folder."""
+    is not installed."""
     for part, package in STRATEGY_PACKAGES.items():
         if part in strategy and importlib.util.find_spec(package) is None:
             return f"needs {package}, which is not installed (pip install {package})"
-    if strategy.startswith(SHARDED_STRATEGIES):
-        return (
-            "shards the weights themselves, and a sharded model is not exported as one "
-            "save_pretrained folder yet; use ddp, or deepspeed_stage_1 / deepspeed_stage_2 "
-            "(they shard optimizer states and gradients, not the weights)"
-        )
     return None
 
 
-def lightning_strategy(strategy: str) -> Any:
-    """The ``Trainer(strategy=...)`` value: ``"ddp"`` is DDP with ``find_unused_parameters``,
-    because a batch leaves parts unused (the region encoder without regions, the signal heads
-    of absent tasks); every other name is passed as it is."""
+def lightning_strategy(strategy: str, model: VitronModel) -> Any:
+    """The ``Trainer(strategy=...)`` value for ``model``.
+
+    ``"ddp"`` is DDP with ``find_unused_parameters``, because a batch leaves parts unused (the
+    region encoder without regions, the signal heads of absent tasks); ``"fsdp"`` and
+    ``"fsdp_cpu_offload"`` are :func:`fsdp_strategy`; every other name is passed as it is.
+
+    Args:
+        strategy: a name of :func:`available_strategies`.
+        model: the model to train (FSDP wraps its LLM's decoder layers).
+    """
     if strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(find_unused_parameters=True)
+    if strategy.startswith("fsdp"):
+        return fsdp_strategy(model, cpu_offload=strategy == "fsdp_cpu_offload")
     return strategy
+
+
+def fsdp_strategy(model: VitronModel, cpu_offload: bool = False) -> Any:
+    """Lightning's FSDP sharding each decoder layer of the LLM as one unit (the rest of the
+    model is the root unit), with full (not sharded) state dicts.
+
+    Args:
+        model: the model to train.
+        cpu_offload: keep the sharded parameters on the CPU between uses.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    layer = type(decoder_blocks(model.llm)[0])
+    return FSDPStrategy(auto_wrap_policy={layer}, state_dict_type="full", cpu_offload=cpu_offload)
+
+
+def shards_weights(strategy: Any) -> bool:
+    """Whether a Lightning strategy object shards the weights themselves (FSDP, ZeRO stage 3)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy):
+        return True
+    return isinstance(strategy, DeepSpeedStrategy) and bool(strategy.zero_stage_3)
+
+
+def full_state_dict(strategy: Any) -> dict[str, torch.Tensor]:
+    """The LightningModule's whole state dict, on the CPU on rank 0 (empty on other ranks).
+
+    Every rank must call it (the shards are gathered collectively): FSDP through Lightning's
+    full-state-dict context (rank 0 only, offloaded to the CPU), DeepSpeed ZeRO stage 3 one
+    parameter at a time with ``deepspeed.zero.GatheredParameters``; any other strategy returns
+    its ``lightning_module_state_dict()``.
+
+    Args:
+        strategy: the trainer's strategy after ``fit``.
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if not (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3):
+        return strategy.lightning_module_state_dict()
+    from deepspeed.zero import GatheredParameters
+
+    state = {}
+    for name, tensor in strategy.lightning_module.state_dict(keep_vars=True).items():
+        with GatheredParameters([tensor] if isinstance(tensor, nn.Parameter) else []):
+            if strategy.is_global_zero:
+                state[name] = tensor.detach().to("cpu", copy=True)
+    return state
+
+
+def assign_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Assign ``state``'s tensors to ``model``'s parameters and buffers (which may be on the
+    meta device); names that are one tied parameter in ``model`` stay one parameter.
+
+    Args:
+        model: the model.
+        state: a tensor for every parameter and persistent buffer (one name per tied group
+            suffices).
+    """
+    expected = model.state_dict(keep_vars=True)
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise ValueError(
+            f"the state dict has {len(unexpected)} unknown tensor(s), e.g. {unexpected[:3]}"
+        )
+    groups: dict[int, list[str]] = {}
+    for name, target in expected.items():
+        groups.setdefault(id(target), []).append(name)
+    assigned: dict[str, torch.Tensor] = {}
+    for names in groups.values():
+        present = [name for name in names if name in state]
+        if not present:
+            raise ValueError(f"the state dict lacks {names[0]}")
+        target, tensor = expected[names[0]], state[present[0]]
+        if tensor.shape != target.shape:
+            raise ValueError(
+                f"{present[0]} has shape {tuple(tensor.shape)}, the model's is "
+                f"{tuple(target.shape)}"
+            )
+        if isinstance(target, nn.Parameter):
+            tensor = nn.Parameter(tensor, target.requires_grad)
+        assigned.update(dict.fromkeys(names, tensor))
+    model.load_state_dict(assigned, assign=True)
+
+
+def export_state_dict(
+    module: VitronLightningModule, state: Mapping[str, torch.Tensor], directory: str | Path
+) -> None:
+    """Write a full state dict of ``module`` as the folder :meth:`VitronLightningModule.export`
+    writes: a new model with ``module``'s architecture (built without weights) takes over the
+    tensors, its LoRA adapters (if any) are merged, and it is ``save_pretrained`` atomically.
+
+    Args:
+        module: the trained module (its model may be sharded; only its config, tokenizer and
+            LoRA rank are read).
+        state: the module's full state dict (keys ``model.<name>``; see :func:`full_state_dict`).
+        directory: the folder to write.
+    """
+    template = module.model
+    with empty_weights():
+        model = VitronModel(template.config, template.tokenizer)
+        if module.lora:
+            apply_lora(model, module.hparams.lora_rank)
+    prefix = "model."
+    assign_state_dict(model, {name.removeprefix(prefix): t for name, t in state.items()})
+    if module.lora:
+        model.llm = model.llm.merge_and_unload()
+    model.save_pretrained(directory)
+
+
+def save_trained(strategy: Any, module: VitronLightningModule, directory: str | Path) -> None:
+    """Save the trained model as one ``save_pretrained`` folder, written by rank 0.
+
+    Unsharded weights are whole on every rank and rank 0 exports them; sharded ones are gathered
+    by every rank (:func:`full_state_dict`) and rank 0 writes them (:func:`export_state_dict`).
+
+    Args:
+        strategy: the trainer's strategy after ``fit``.
+        module: the trained module.
+        directory: the folder to write.
+    """
+    if not shards_weights(strategy):
+        if strategy.is_global_zero:
+            module.export(directory)
+        return
+    state = full_state_dict(strategy)
+    if strategy.is_global_zero:
+        export_state_dict(module, state, directory)
 
 
 def check_scale_options(strategy: str, precision: str, accumulate_grad_batches: int) -> None:
@@ -393,8 +528,9 @@ def train(
         accelerator: Lightning accelerator.
         devices: Lightning devices (a count, ``"auto"``, or device indices).
         strategy: ``"auto"`` or a Lightning strategy name (``"ddp"``: DDP that allows unused
-            parameters; ``"deepspeed_stage_2"`` needs deepspeed; those that shard the weights,
-            ``fsdp*`` and ``deepspeed_stage_3*``, are refused: see :func:`strategy_problem`).
+            parameters; ``"fsdp"``: see :func:`fsdp_strategy`; ``"deepspeed*"`` needs
+            deepspeed; the weights of ``fsdp*`` and ``deepspeed_stage_3*`` are gathered into
+            the saved folder: see :func:`save_trained`).
         precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast over fp32 weights;
             ``"bf16-true"``: bf16 weights, saved in bf16).
         accumulate_grad_batches: batches whose gradients are averaged into one step.
@@ -423,7 +559,7 @@ def train(
     )  # fmt: skip
     options = {
         "max_steps": max_steps, "accelerator": accelerator, "devices": devices,
-        "strategy": lightning_strategy(strategy), "precision": precision,
+        "strategy": lightning_strategy(strategy, model), "precision": precision,
         "accumulate_grad_batches": accumulate_grad_batches,
         "default_root_dir": str(Path(output) / "lightning"), "enable_checkpointing": checkpoints,
         "logger": checkpoints, "enable_model_summary": False, "log_every_n_steps": 1,
@@ -437,8 +573,7 @@ def train(
             f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies with "
             f"signals whose task has a head); {module.skipped} batch(es) skipped, nothing saved"
         )
-    if trainer.is_global_zero:  # the weights are whole on every rank: one of them writes
-        module.export(output)
+    save_trained(trainer.strategy, module, output)
     return {
         "first_loss": module.losses[0],
         "last_loss": module.losses[-1],
