@@ -9,7 +9,7 @@ import torch
 import pixelsmith.sampling as sampling
 from pixelsmith.patches import GridPlanner, Patch, RandomPlanner
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
-from pixelsmith.sampling import GuidanceLatents, PatchSampler, dilate
+from pixelsmith.sampling import GuidanceLatents, PatchSampler, dilate, uncovered_pixels
 from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG
 
 STEPS = 4
@@ -319,3 +319,27 @@ def test_sampler_errors():
         PatchSampler(
             torch.zeros(4, 8, 8), num_steps=2, guidance=None, slider=0, band=1, denoise=fake_denoise
         )
+
+
+def test_plan_checks_run_on_the_host_before_any_work():
+    """A step out of order or a plan with holes is refused before the latent changes, without
+    reading anything back from the device (the checks use only the plan)."""
+    latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    sampler = PatchSampler(
+        latents.clone(), num_steps=STEPS, guidance=None, slider=0, band=1, denoise=fake_denoise
+    )
+    height, width = SHAPE[-2:]
+    assert uncovered_pixels([[Patch(0, 0, 8)]], height, width) == height * width - 64
+    assert uncovered_pixels([[Patch(0, 0, 8)], [Patch(0, 0, 8)]], height, width) == (
+        height * width - 64
+    )
+    with pytest.raises(RuntimeError, match="the patch plan of step 0 left"):
+        sampler.step(0, [[Patch(0, 0, 8)]])
+    assert torch.equal(sampler.latents, latents)  # nothing was denoised
+    full = [[Patch(top, left, 8)] for top in (0, 8, height - 8) for left in (0, 8, width - 8)]
+    with pytest.raises(RuntimeError, match="step 1 started while the pixels are at step 0"):
+        sampler.step(1, full)
+    assert torch.equal(sampler.latents, latents)
+    assert uncovered_pixels(full, height, width) == 0
+    sampler.step(0, full)
+    assert sampler.next_step == 1 and bool((sampler.remaining == STEPS - 1).all())

@@ -79,6 +79,15 @@ def fft_round_trip(x: Tensor) -> Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(x), s=x.shape[-2:])
 
 
+def uncovered_pixels(batches: list[list[Patch]], height: int, width: int) -> int:
+    """How many pixels of an ``height x width`` latent no patch of ``batches`` covers (host)."""
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    for batch in batches:
+        for patch in batch:
+            covered[patch.slices] = True
+    return height * width - int(covered.sum())
+
+
 class PatchSampler:
     """Denoises a full latent one step at a time, patch by patch.
 
@@ -117,6 +126,7 @@ class PatchSampler:
             (height, width), num_steps - start_step, dtype=torch.int16, device=latents.device
         )
         self.num_steps = num_steps
+        self.next_step = start_step
         self.guidance = guidance
         self.slider = slider if guidance is not None else 0
         self.band = band
@@ -124,16 +134,20 @@ class PatchSampler:
         self.faithful = faithful
 
     def step(self, step: int, batches: list[list[Patch]]) -> None:
-        """Apply denoising step ``step`` with the planned ``batches`` (covering the latent)."""
-        level = self.num_steps - step
-        if not bool((self.remaining == level).all()):
-            raise RuntimeError(f"step {step} started while some pixels are not at step {step}")
+        """Apply denoising step ``step`` with the planned ``batches`` (covering the latent).
+
+        The plan is checked on the host before any work (no device synchronisation): steps
+        come in order from ``start_step`` and the patches cover every latent pixel.
+        """
+        if step != self.next_step:
+            raise RuntimeError(f"step {step} started while the pixels are at step {self.next_step}")
+        missed = uncovered_pixels(batches, *self.remaining.shape)
+        if missed:
+            raise RuntimeError(f"the patch plan of step {step} left {missed} pixels undenoised")
         self.snapshot.copy_(self.latents)
         for batch in batches:
             self._run_batch(step, batch)
-        if not bool((self.remaining == level - 1).all()):
-            missed = int((self.remaining == level).sum())
-            raise RuntimeError(f"the patch plan of step {step} left {missed} pixels undenoised")
+        self.next_step = step + 1
 
     def _prepare(self, step: int, patch: Patch, advanced: Tensor) -> Tensor:
         """The (1, C, p, p) UNet input of ``patch``: reverted and (before the slider) fused."""
