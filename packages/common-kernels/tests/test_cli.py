@@ -3,6 +3,7 @@ fake command), argparse errors, one-line messages and the ``--device`` check."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -196,3 +197,31 @@ def test_available_devices(machine):
     assert available_devices() == ["cpu", "cuda:0", "cuda:1", "mps"]
     machine(0, False)
     assert available_devices() == ["cpu"]
+
+
+def test_output_path_checks_name_the_flag_and_the_blocking_path(tmp_path, monkeypatch) -> None:
+    from common_kernels.cli import check_file_writable, check_folder_writable
+
+    (tmp_path / "file.txt").write_text("x")
+    check_folder_writable(tmp_path / "new" / "deeper", "-o")  # creatable: fine
+    check_file_writable(tmp_path / "new" / "out.png", "-o")
+    cases = {
+        "-o {t}/file.txt is a file, not a folder": lambda: check_folder_writable(
+            tmp_path / "file.txt", "-o"
+        ),
+        "-o {t}/file.txt/sub: cannot create it, {t}/file.txt is a file": lambda: (
+            check_folder_writable(tmp_path / "file.txt" / "sub", "-o")
+        ),
+        "--json {t} is a folder, not a file": lambda: check_file_writable(tmp_path, "--json"),
+        "--json {t}/file.txt/r.json: cannot create its folder, {t}/file.txt is a file": lambda: (
+            check_file_writable(tmp_path / "file.txt" / "r.json", "--json")
+        ),
+    }
+    for message, check in cases.items():
+        with pytest.raises(UsageError) as caught:
+            check()
+        assert str(caught.value) == message.format(t=tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root
+    with pytest.raises(UsageError) as caught:
+        check_folder_writable(tmp_path / "new", "-o")
+    assert str(caught.value) == f"-o {tmp_path}/new: cannot write to {tmp_path} (permission denied)"

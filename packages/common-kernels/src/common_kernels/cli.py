@@ -12,15 +12,18 @@ Every method package's command (``semanir``, ``itaclip``, ``pixelsmith``, ``diff
 - Ctrl-C prints ``PROG: interrupted`` and exits 130.
 
 :func:`run_main` applies these rules around a command; :func:`check_device` checks a
-``--device`` value against the devices of the machine before any model is loaded. Only the
+``--device`` value against the devices of the machine before any model is loaded;
+:func:`check_folder_writable` / :func:`check_file_writable` check output paths. Only the
 standard library and torch are imported here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -177,3 +180,43 @@ def _device_problem(device: torch.device | None) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         return "no MPS device is available"
     return ""
+
+
+def check_writable(folder: Path, flag: str, target: Path, what: str) -> None:
+    """Fail (UsageError) unless ``folder`` exists or can be created, and can be written to.
+
+    Args:
+        folder: the folder that must be writable.
+        flag: the option named in the message.
+        target: the path the option gave.
+        what: ``"it"`` (``target`` is the folder) or ``"its folder"``.
+    """
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {target}: cannot create {what}, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {target}: cannot write to {existing} (permission denied)")
+
+
+def check_folder_writable(folder: Path, flag: str) -> None:
+    """Fail unless ``folder`` is a folder or can be created, and is writable.
+
+    Args:
+        folder: the output folder.
+        flag: the option named in the messages.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    check_writable(folder, flag, folder, "it")
+
+
+def check_file_writable(path: Path, flag: str) -> None:
+    """Fail unless ``path`` is not a folder and its folder is writable or can be created.
+
+    Args:
+        path: the output file.
+        flag: the option named in the messages.
+    """
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder, not a file")
+    check_writable(path.parent, flag, path, "its folder")

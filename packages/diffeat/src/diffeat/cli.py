@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from common_kernels.cli import (
     UsageError,
     WorkError,
     check_device,
+    check_writable,
     command_prog,
     one_line,
     run_main,
@@ -225,22 +225,6 @@ def check_int_range(value: int, flag: str, low: int, high: int | None = None) ->
     if value < low or (high is not None and value > high):
         accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise UsageError(f"{flag} must be {accepted}, got {value}")
-
-
-def check_writable(folder: Path, flag: str, target: Path, what: str) -> None:
-    """Fail unless ``folder`` exists or can be created, and can be written to.
-
-    Args:
-        folder: the folder that must be writable.
-        flag: the option named in the message.
-        target: the path the option gave.
-        what: ``"it"`` (``target`` is the folder) or ``"its folder"``.
-    """
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {target}: cannot create {what}, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {target}: cannot write to {existing} (permission denied)")
 
 
 def check_file_output(path: Path, flag: str, suffixes: tuple[str, ...]) -> None:

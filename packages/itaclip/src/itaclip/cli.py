@@ -38,6 +38,8 @@ from common_kernels.cli import (
     UsageError,
     WorkError,
     check_device,
+    check_file_writable,
+    check_folder_writable,
     command_prog,
     run_main,
 )
@@ -239,29 +241,6 @@ def check_model(model: str, pretrained: str | None) -> tuple[str, str | None]:
             '(a JSON object with "model_cfg"; `itaclip tiny-model DIR` writes one)'
         )
     return f"{LOCAL_DIR}{folder}", None
-
-
-def check_folder_writable(folder: Path, flag: str) -> None:
-    """Fail unless ``folder`` is a folder or can be created, and is writable."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder")
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {folder}: cannot create it, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {folder}: cannot write to {existing} (permission denied)")
-
-
-def check_file_writable(path: Path, flag: str) -> None:
-    """Fail unless ``path`` is not a folder and its folder is writable or can be created."""
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder, not a file")
-    parent = path.parent
-    existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {path}: cannot create its folder, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot write to {existing} (permission denied)")
 
 
 def check_image_file(path: Path) -> None:

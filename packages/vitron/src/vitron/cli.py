@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from common_kernels.cli import (
     UsageError,
     WorkError,
     check_device,
+    check_folder_writable,
     command_prog,
     run_main,
 )
@@ -142,22 +142,6 @@ def check_model_option(model: str, flag: str = "--model") -> None:
         raise UsageError(
             f"{flag} {model}: the folder does not exist (and it is not a hub id org/name)"
         ) from None
-
-
-def check_folder_writable(folder: Path, flag: str) -> None:
-    """Fail unless ``folder`` is a folder or can be created, and is writable.
-
-    Args:
-        folder: the output folder.
-        flag: the flag, for the messages.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder")
-    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {folder}: cannot create it, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {folder}: cannot write to {existing} (permission denied)")
 
 
 def check_input_file(path: Path, flag: str) -> None:
