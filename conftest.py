@@ -1,8 +1,14 @@
-"""Repository-wide pytest hooks: `slow` tests run only with RUN_SLOW=1, `gpu` tests need CUDA."""
+"""Repository-wide pytest hooks: `slow` tests run only with RUN_SLOW=1, `gpu` tests need CUDA,
+and collecting the tests must leave the environment as it was."""
 
 import os
 
 import pytest
+
+_ENVIRONMENT = pytest.StashKey[dict]()
+# Set by libraries for themselves when imported, not by test modules: torch._dynamo.testing
+# points inductor's cache at its default folder, lightning asks torch for NVML's device count.
+_SET_BY_LIBRARIES = frozenset({"TORCHINDUCTOR_CACHE_DIR", "PYTORCH_NVML_BASED_CUDA_CHECK"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -10,6 +16,30 @@ def pytest_configure(config: pytest.Config) -> None:
     # the switch must be set before test modules import the packages.
     if "TRITON_INTERPRET" not in os.environ and not _cuda_available():
         os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_collection(session: pytest.Session) -> None:
+    session.config.stash[_ENVIRONMENT] = dict(os.environ)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail the run if importing a test module changed os.environ.
+
+    A module that sets a variable at import changes it for every test collected after it, in
+    every package of a combined run (``nox -s gpu`` collects all packages in one process): a
+    ``TRITON_INTERPRET`` set that way once made the GPU lane interpret compiled kernels.
+    """
+    before = session.config.stash[_ENVIRONMENT]
+    changed = sorted(
+        k
+        for k in (before.keys() | os.environ.keys()) - _SET_BY_LIBRARIES
+        if before.get(k) != os.environ.get(k)
+    )
+    if changed:
+        raise pytest.UsageError(
+            f"collecting the tests changed the environment ({', '.join(changed)}): a test "
+            "module must not set os.environ at import; use monkeypatch or a fixture"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

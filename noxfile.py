@@ -4,7 +4,10 @@ Sessions (``nox -l``):
   <package>   build the package's wheel (and the in-tree wheels it depends on), install it with
               its declared dependencies and ``test`` extra, run its tests; tag ``tests``.
   repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
+  slow        every package's ``slow``-marked tests (minutes each), in one environment; tag
+              ``tests``.
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
+  gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder.
   lint        ruff check and ruff format --check.
   bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
   build       every package's wheel into ``dist/`` (a wheelhouse: ``pip install --find-links
@@ -150,6 +153,18 @@ def repo(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
 
+@nox.session(tags=["tests"])
+def slow(session: nox.Session) -> None:
+    """Every package's slow-marked tests (RUN_SLOW=1), all packages installed in one env."""
+    share_torch(session)
+    install_packages(session, list(PACKAGES), "test")
+    tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
+    session.run(
+        "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",
+        env={**test_env(session), "RUN_SLOW": "1"},
+    )  # fmt: skip
+
+
 @nox.session
 def gpu(session: nox.Session) -> None:
     """Every package's gpu-marked tests, compiling the Triton kernels for CUDA."""
@@ -159,6 +174,47 @@ def gpu(session: nox.Session) -> None:
     install_packages(session, list(PACKAGES), "test")
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
     session.run("python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider")
+
+
+GPU_REPORT_PIECES = ("tests", "kernels", "semanir")
+
+
+@nox.session
+def gpu_report(session: nox.Session) -> None:
+    """Every GPU check, each output in one folder: ``nox -s gpu_report -- [DIR] [PIECE ...]``.
+
+    Pieces (each a few minutes on one H100, so that each fits a 10-minute job): ``tests`` (the
+    GPU lane, as ``nox -s gpu``, with a JUnit XML and its log), ``kernels`` (common-kernels'
+    ``--device cuda --quick`` benchmark) and ``semanir`` (SemanIR's ``--device cuda --quick``
+    model benchmark). DIR defaults to ``outputs/gpu-report``; no PIECE runs all three. A
+    finished piece is skipped on a rerun and an interrupted benchmark resumes from its journal,
+    so the same command, repeated, completes the report.
+    """
+    share_torch(session)
+    if not cuda_available(session):
+        session.skip("no CUDA device on this machine")
+    args = list(session.posargs)
+    pieces = [a for a in args if a in GPU_REPORT_PIECES] or list(GPU_REPORT_PIECES)
+    folders = [a for a in args if a not in GPU_REPORT_PIECES]
+    out = Path(folders[0]) if folders else ROOT / "outputs" / "gpu-report"
+    out.mkdir(parents=True, exist_ok=True)
+    install_packages(session, list(PACKAGES), "test")
+    install_packages(session, ["common-kernels", "semanir"], "bench")
+    if "tests" in pieces and not (out / "gpu-lane.xml").exists():
+        tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
+        session.run(
+            "python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider",
+            f"--junitxml={out / 'gpu-lane.partial.xml'}", "-q", success_codes=[0, 1],
+        )  # fmt: skip
+        (out / "gpu-lane.partial.xml").rename(out / "gpu-lane.xml")
+    benchmarks = {"kernels": "common-kernels", "semanir": "semanir"}
+    for piece, package in benchmarks.items():
+        if piece in pieces and not (out / package / "quick-cuda.json").exists():
+            session.run(
+                "python", str(PACKAGES_DIR / package / "benchmarks" / "run.py"),
+                "--device", "cuda", "--quick", "--out", str(out / package),
+            )  # fmt: skip
+    session.log(f"GPU report in {out}")
 
 
 @nox.session

@@ -11,13 +11,19 @@ Grids (``--grids``, all by default):
 - ``graph``: ``knn_graph`` reference vs chunked.
 
 Every attention point is measured forward and forward+backward, in fp32 on the CPU and in
-fp16 and bf16 on CUDA, for every backend that runs there (``triton`` only on CUDA: on the CPU
-it only interprets). Times are medians; each row also gives its ratio to the fastest KNN
-backend at the point and checks that ``backend="auto"`` picks one within 10% of it.
+fp16 and bf16 on CUDA, for every backend that runs there (``triton`` and ``tiles`` only on
+CUDA: on the CPU they only interpret). Times are medians; each row also gives its ratio to the
+fastest KNN backend at the point and checks that ``backend="auto"`` picks one within 10% of it.
+
+On CUDA every configuration is timed two ways: per call (``triton.testing.do_bench``: an event
+pair around each call, so the host's launch work shows whenever it exceeds the GPU's) and
+replayed as a CUDA graph (``do_bench_cudagraph``: the kernels alone, no host work); the tables
+give the per-call times and a second table the graph-replay times over dense attention's.
 
     python benchmarks/run.py --threads 1                 # CPU, about 40 minutes on 1 core
     python benchmarks/run.py --quick                     # a small grid for a smoke run
     python benchmarks/run.py --device cuda --write-policy  # GPU; writes the CUDA policy table
+    python benchmarks/run.py --device cuda --quick         # GPU, under 5 minutes on an H100
 
 ``--write-policy`` writes ``src/common_kernels/policies/<device>.json`` (what ``auto`` reads)
 from this run's fastest backends. On the CPU every configuration runs in a fresh subprocess
@@ -40,11 +46,13 @@ from pathlib import Path
 
 import torch
 
+from common_kernels.cli import check_benchmark_setup
 from common_kernels.files import write_text
 
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE.parent / "src" / "common_kernels" / "policies"
-KNN_BACKENDS = ("reference", "mask", "gather", "triton", "flex")
+KNN_BACKENDS = ("reference", "mask", "gather", "triton", "flex", "tiles")
+INTERPRETED_ON_CPU = ("triton", "tiles")
 BASELINE = "dense"
 AUTO_TOLERANCE = 1.10
 GRIDS = ("grid", "windowed", "dispatch", "graph")
@@ -102,10 +110,12 @@ def environment(device: str, threads: int) -> dict:
 
 
 def backends_for(device: str, mode: str) -> list[str]:
-    """KNN backends measured on ``device``: no interpreted triton, no flex backward on CPU."""
+    """KNN backends measured on ``device``: nothing interpreted, no flex backward on the CPU."""
     if device == "cuda":
         return list(KNN_BACKENDS)
-    return [b for b in KNN_BACKENDS if b != "triton" and (b != "flex" or mode == "fwd")]
+    return [
+        b for b in KNN_BACKENDS if b not in INTERPRETED_ON_CPU and (b != "flex" or mode == "fwd")
+    ]
 
 
 def _attention_specs(device: str, grid: str, points, dtypes, threads, quick) -> list[dict]:
@@ -137,7 +147,7 @@ def grid_specs(device: str, quick: bool, threads: int) -> list[dict]:
             ("float16", "bfloat16"),
         )
         if quick:
-            ns, ks, dtypes = (1024, 4096), (16, 64), ("float16",)
+            ns, ks, dtypes = (4096,), (16, 64), ("float16",)
     else:
         ns, ks, heads, dtypes = (256, 1024, 4096, 16384), (16, 64, 256), 2, ("float32",)
         if quick:
@@ -156,8 +166,8 @@ def windowed_specs(device: str, quick: bool, threads: int) -> list[dict]:
             (64, 6, 1024, 32, 256), (64, 6, 1024, 32, 512),  # small SR, window 32
         ]  # fmt: skip
         dtypes = ("bfloat16", "float16")
-        if quick:
-            points, dtypes = points[2:4], ("bfloat16",)
+        if quick:  # one point per SemanIR model size
+            points, dtypes = points[::2], ("bfloat16",)
     else:
         points = [*tiny, (64, 3, 256, 32, 64), (64, 3, 256, 32, 128), (16, 6, 1024, 32, 256)]
         dtypes = ("float32",)
@@ -382,6 +392,34 @@ def attention_table(results: list[dict], grid: str) -> str:
     return "\n".join(lines)
 
 
+def graph_table(results: list[dict], grid: str) -> str:
+    """CUDA-graph replay time (kernels only) of every backend over dense attention's, per point."""
+    points = {
+        key: rows
+        for key, rows in attention_points(results).items()
+        if key[0] == grid and any("graph_ms" in r for r in rows.values())
+    }
+    if not points:
+        return ""
+    backends = [b for b in KNN_BACKENDS if any(b in rows for rows in points.values())]
+    lines = [
+        f"| mode | dtype | B x heads | N | K | dense ms | {' | '.join(backends)} |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(backends),
+    ]
+    for (_, mode, dtype, batch, heads, n, _, k), rows in points.items():
+        dense = rows.get(BASELINE, {}).get("graph_ms")
+        cells = []
+        for b in backends:
+            ms = rows.get(b, {}).get("graph_ms")
+            cells.append("-" if ms is None or dense is None else f"{ms / dense:.2f}")
+        dense_cell = "-" if dense is None else f"{dense:.4g}"
+        lines.append(
+            f"| {mode} | {dtype} | {batch} x {heads} | {n} | {k} | {dense_cell} "
+            f"| {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
 def dispatch_table(results: list[dict]) -> str:
     rows = [r for r in results if r["op"] == "attention" and r["grid"] == "dispatch"]
     if not rows:
@@ -429,6 +467,14 @@ def report(results: list[dict], env: dict) -> str:
         (
             "knn_attention, windowed (SemanIR: knn_graph neighbours, position bias)",
             attention_table(results, "windowed"),
+        ),
+        (
+            "knn_attention, windowed, replayed as CUDA graphs (kernels only): time / dense + bias",
+            graph_table(results, "windowed"),
+        ),
+        (
+            "knn_attention, one sequence, replayed as CUDA graphs: time / dense",
+            graph_table(results, "grid"),
         ),
         ("Dispatch: prepared KNNDictionary vs raw idx (triton, fp16)", dispatch_table(results)),
         ("knn_graph (C=32, k=32)", knn_graph_table(results)),
@@ -501,6 +547,9 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    policy = POLICY_DIR if args.write_policy else None
+    folders = {"--out": args.out, "--write-policy": policy}
+    check_benchmark_setup("run.py", "common-kernels", modules=("matplotlib",), folders=folders)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = ("quick" if args.quick else "full") + ("-cuda" if args.device == "cuda" else "")
     if args.from_results is not None:

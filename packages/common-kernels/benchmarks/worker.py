@@ -3,8 +3,11 @@
 On the CPU each configuration runs in a fresh process (run.py starts one per configuration):
 peak memory is the growth of the process's peak RSS (ru_maxrss) over the RSS after the inputs
 were built. On CUDA run.py imports this module and measures in-process: peak memory is
-``torch.cuda.max_memory_allocated`` over the allocation after the inputs were built, and time
-is the median of ``triton.testing.do_bench``.
+``torch.cuda.max_memory_allocated`` over the allocation after the inputs were built; time is
+the median of ``triton.testing.do_bench`` (an event pair per call: host launch work included
+where it exceeds the GPU's) and, as ``graph_ms``, of ``triton.testing.do_bench_cudagraph``
+(the call captured once and replayed as a CUDA graph: kernels only). A call that cannot be
+captured (one that synchronises, e.g. raw idx validated per call) has no ``graph_ms``.
 
 Usage: python worker.py '{"op": "attention", "backend": "gather", "n": 1024, "k": 64, ...}'
 """
@@ -154,6 +157,11 @@ def measure_cuda(spec: dict) -> dict:
             torch.cuda.synchronize()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             quantiles = do_bench(step, warmup=25, rep=100, quantiles=[0.5, 0.0, 1.0])
+            graph = (
+                {"graph_error": "not captured: raw idx is checked with a host sync per call"}
+                if spec.get("index") == "tensor"
+                else graph_time(step)
+            )
     except torch.OutOfMemoryError as error:
         return {**spec, "error": f"OutOfMemoryError: {str(error).splitlines()[0]}"}
     except Exception as error:  # recorded as a failed configuration, like on the CPU
@@ -169,7 +177,20 @@ def measure_cuda(spec: dict) -> dict:
         "max_ms": high,
         "runs": None,
         "peak_mib": peak,
+        **graph,
     }
+
+
+def graph_time(step: Callable[[], None]) -> dict:
+    """``{"graph_ms": median}`` of the step replayed as a CUDA graph, or the reason it could
+    not be captured as ``{"graph_error": ...}``."""
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return {"graph_ms": do_bench_cudagraph(step, rep=100, return_mode="median")}
+    except Exception as error:  # e.g. a host synchronisation inside the capture
+        torch.cuda.synchronize()
+        return {"graph_error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
 
 
 if __name__ == "__main__":

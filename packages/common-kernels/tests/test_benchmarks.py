@@ -121,26 +121,63 @@ def test_from_results_rerenders_and_writes_a_policy(tmp_path, monkeypatch) -> No
     assert (tmp_path / "full.md").is_file() and (tmp_path / "full.png").stat().st_size > 0
 
 
-def test_policy_from_measurements_maps_the_columns(tmp_path, monkeypatch) -> None:
-    import policy_from_measurements as derive
+def test_graph_table_gives_replay_time_over_dense() -> None:
+    results = fake_results()
+    graph = {"mask": 1.0, "gather": 3.0, "dense": 0.5}  # reference could not be captured
+    for r in results:
+        if r["backend"] in graph:
+            r["graph_ms"] = graph[r["backend"]]
+    table = run.graph_table(results, "windowed")
+    assert table.splitlines()[0] == (
+        "| mode | dtype | B x heads | N | K | dense ms | reference | mask | gather | flex |"
+    )
+    assert (
+        table.splitlines()[2]
+        == "| fwd+bwd | float32 | 3 x 2 | 16 | 4 | 0.5 | - | 2.00 | 6.00 | - |"
+    )
+    assert run.graph_table(fake_results(), "windowed") == ""  # CPU runs have no graph times
+    assert "replayed as CUDA graphs" in run.report(results, run.environment("cpu", 1))
 
-    measurements = {
-        "what": "test",
-        "knn_attention_grid": {"rows": [
-            {"N": 1024, "K": 16, "H": 4, "d": 32, "dtype": "float16", "mode": "fwd",
-             "triton": [0.5, 1.0], "gather": [0.9, 2.0], "mask": [0.7, 3.0],
-             "triton-atomic": [0.4, 1.0], "dense_sdpa": [0.01, 1.0]},
-        ]},
-        "windowed_regime": {"rows": [
-            {"windows": 64, "heads": 6, "N": 1024, "d": 32, "K": 256, "mode": "fwd+bwd",
-             "triton": 28.0, "mask": 6.4, "sdpa_bool": 5.0, "flex": 8.7},
-        ]},
-    }  # fmt: skip
-    source = tmp_path / "h100.json"
-    source.write_text(json.dumps(measurements))
-    monkeypatch.setattr(derive, "POLICY_DIR", tmp_path)
-    assert derive.main([str(source)]) == 0
-    points = json.loads((tmp_path / "cuda.json").read_text())["points"]
-    assert points[0]["ms"] == {"triton": 0.5, "gather": 0.9, "mask": 0.7}
-    assert points[1]["ms"] == {"triton": 28.0, "mask": 5.0}  # sdpa_bool is 0.2's mask; no flex
-    assert points[1]["batch_heads"] == 384 and points[1]["bias"] is True
+
+def test_cpu_grids_leave_out_the_interpreted_backends() -> None:
+    cpu = run.grid_specs("cpu", quick=True, threads=1) + run.windowed_specs("cpu", True, 1)
+    assert not {s["backend"] for s in cpu} & set(run.INTERPRETED_ON_CPU)
+    quick_cuda = run.windowed_specs("cuda", quick=True, threads=1)
+    assert sorted({s["n"] for s in quick_cuda}) == [64, 256, 1024]  # one point per model size
+    assert "tiles" in {s["backend"] for s in quick_cuda}
+
+
+def test_main_checks_its_setup_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark started working before checking its setup")
+
+    def refusal(arguments: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run.main(arguments)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    monkeypatch.setattr(run, "run_all", no_work)
+    monkeypatch.setattr(run, "environment", no_work)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    monkeypatch.setattr(run, "POLICY_DIR", blocker / "policies")
+    err = refusal(["--quick", "--out", str(blocker)])
+    assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
+    err = refusal(["--quick", "--write-policy", "--out", str(tmp_path / "out")])
+    message = f"--write-policy {blocker}/policies: cannot create it, {blocker} is a file"
+    assert err == f"run.py: error: {message}\n"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, package=None: None if name == "matplotlib" else find_spec(name, package),
+    )  # fmt: skip
+    err = refusal(["--quick", "--out", str(tmp_path / "out")])
+    assert err == (
+        "run.py: error: module matplotlib is not installed; install the [bench] extra: "
+        'pip install "common-kernels[bench]" '
+        '(from a clone: pip install "./packages/common-kernels[bench]")\n'
+    )
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"

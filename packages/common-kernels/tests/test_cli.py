@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,159 @@ def test_output_path_checks_name_the_flag_and_the_blocking_path(tmp_path, monkey
     with pytest.raises(UsageError) as caught:
         check_folder_writable(tmp_path / "new", "-o")
     assert str(caught.value) == f"-o {tmp_path}/new: cannot write to {tmp_path} (permission denied)"
+
+
+MISSING = "common_kernels_test_no_such_module"  # a name no environment has
+
+
+def test_require_modules_names_the_missing_modules_and_the_install_command() -> None:
+    from common_kernels.cli import install_command, require_modules
+
+    require_modules(["json", "torch"], "semanir")  # installed: fine
+    assert install_command("itaclip", "bench") == (
+        'pip install "itaclip[bench]" '
+        '(from a clone: pip install ./packages/common-kernels "./packages/itaclip[bench]")'
+    )
+    assert install_command("common-kernels", "bench") == (
+        'pip install "common-kernels[bench]" '
+        '(from a clone: pip install "./packages/common-kernels[bench]")'
+    )
+    with pytest.raises(UsageError) as caught:
+        require_modules(["json", MISSING], "semanir")
+    assert str(caught.value) == (
+        f"module {MISSING} is not installed; install the [bench] extra: "
+        'pip install "semanir[bench]" '
+        '(from a clone: pip install ./packages/common-kernels "./packages/semanir[bench]")'
+    )
+    with pytest.raises(UsageError) as caught:
+        require_modules([MISSING, "json", f"{MISSING}_2"], "common-kernels", extra="plots")
+    assert str(caught.value) == (
+        f"modules {MISSING}, {MISSING}_2 are not installed; install the [plots] extra: "
+        'pip install "common-kernels[plots]" '
+        '(from a clone: pip install "./packages/common-kernels[plots]")'
+    )
+
+
+def test_require_modules_imports_nothing(tmp_path, monkeypatch) -> None:
+    import importlib.util
+    import sys
+
+    from common_kernels.cli import require_modules
+
+    (tmp_path / "cktest_side_effect.py").write_text("raise AssertionError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    require_modules(["cktest_side_effect"], "semanir")  # found, not run
+    assert "cktest_side_effect" not in sys.modules
+    looked_up = []  # the lookup goes through importlib.util.find_spec (what tests patch)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: looked_up.append(name))
+    with pytest.raises(UsageError, match=r"^modules matplotlib, psutil are not installed"):
+        require_modules(["matplotlib", "psutil"], "itaclip")
+    assert looked_up == ["matplotlib", "psutil"]
+
+
+def benchmark_setup(capsys: pytest.CaptureFixture[str], **options) -> tuple[int, str, str]:
+    """``check_benchmark_setup("run.py", "itaclip", **options)``: (exit status, out, err);
+    status 0 when it returned."""
+    from common_kernels.cli import check_benchmark_setup
+
+    try:
+        check_benchmark_setup("run.py", "itaclip", **options)
+        status = 0
+    except SystemExit as exit_info:
+        status = exit_info.code
+    return outcome(capsys, status)
+
+
+def test_check_benchmark_setup_passes_and_creates_nothing(tmp_path, capsys) -> None:
+    folders = {"--results": tmp_path / "new" / "results", "--workdir": None}
+    files = {"--out": tmp_path / "plots" / "a.png", "--json": None}
+    status = benchmark_setup(capsys, modules=["json"], folders=folders, files=files)
+    assert status == (0, "", "")
+    assert list(tmp_path.iterdir()) == []  # checked, not created
+
+
+def test_check_benchmark_setup_exits_2_with_one_line(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    hint = (
+        'pip install "itaclip[bench]" '
+        '(from a clone: pip install ./packages/common-kernels "./packages/itaclip[bench]")'
+    )
+    cases = [
+        (
+            {"modules": ["json", MISSING], "folders": {"--results": blocker}},  # modules first
+            f"module {MISSING} is not installed; install the [bench] extra: {hint}",
+        ),
+        ({"folders": {"--results": blocker}}, f"--results {blocker} is a file, not a folder"),
+        (
+            {"folders": {"--results": tmp_path, "--workdir": blocker / "tmp"}},
+            f"--workdir {blocker}/tmp: cannot create it, {blocker} is a file",
+        ),
+        ({"files": {"--out": tmp_path}}, f"--out {tmp_path} is a folder, not a file"),
+        (
+            {"files": {"--out": tmp_path / "a.png", "--json": blocker / "a.json"}},
+            f"--json {blocker}/a.json: cannot create its folder, {blocker} is a file",
+        ),
+    ]
+    for options, message in cases:
+        assert benchmark_setup(capsys, **options) == (2, "", f"run.py: error: {message}\n")
+    assert sorted(tmp_path.iterdir()) == [blocker]
+
+
+def assert_permission_refusals(locked: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both kinds of output under ``locked`` are refused, naming the flag and the folder."""
+    message = f"--results {locked}/out: cannot write to {locked} (permission denied)"
+    status = benchmark_setup(capsys, folders={"--results": locked / "out"})
+    assert status == (2, "", f"run.py: error: {message}\n")
+    message = f"--out {locked}/a.png: cannot write to {locked} (permission denied)"
+    status = benchmark_setup(capsys, files={"--out": locked / "a.png"})
+    assert status == (2, "", f"run.py: error: {message}\n")
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="os.access grants root write access to any folder")
+def test_check_benchmark_setup_refuses_a_read_only_folder(tmp_path, capsys) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert_permission_refusals(locked, capsys)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_check_benchmark_setup_refuses_a_folder_os_access_denies(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """The same refusals as root, where a 0o500 folder is writable: os.access says no."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    assert_permission_refusals(locked, capsys)
+
+
+def test_sigterm_while_working_is_one_line_and_exit_143(capsys):
+    """A real SIGTERM to this process while ``run`` works: cleanup runs, one line, status 143,
+    and the handler that was there before is back afterwards."""
+    import os
+    import signal
+
+    cleaned = []
+
+    def work() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler raises at the next bytecode
+                pass
+            raise AssertionError("SIGTERM did not stop the command")
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    status = run_main("fake echo", work, interrupt_hint="; run it again to resume")
+    assert outcome(capsys, status) == (143, "", "fake echo: terminated; run it again to resume\n")
+    assert cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is before

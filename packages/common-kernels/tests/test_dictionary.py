@@ -86,7 +86,8 @@ def test_derived_structures_are_built_once_per_key() -> None:
     assert d.transposed()[0] is d.transposed()[0]
     assert d.gather_rows(3) is d.gather_rows(3)
     assert d.bitmask() is d.bitmask()
-    assert _flex.block_mask(d) is _flex.block_mask(d)
+    assert _flex.flex_blocks(d) is _flex.flex_blocks(d)
+    assert d.tile_map(16, 16) is d.tile_map(16, 16)
 
 
 def test_mask_is_built_outside_autocast_and_autograd() -> None:
@@ -122,8 +123,10 @@ def test_transposed_list_holds_every_slot_once_in_order() -> None:
     assert torch.equal(transposed_neighbours(idx, 11)[1], cols)
 
 
-def test_bitmask_sets_exactly_the_neighbour_bits() -> None:
-    idx = random_lists(2, 70, 9, seed=3)  # 70 keys: 3 words, the last one partial
+@pytest.mark.parametrize("duplicates", [False, True], ids=["unique", "dup"])
+def test_bitmask_sets_exactly_the_neighbour_bits(duplicates: bool) -> None:
+    # 70 keys: 3 words, the last one partial; unique lists add bits, repeated ones take a grid
+    idx = random_lists(2, 70, 9, seed=3, duplicates=duplicates)
     bits = KNNDictionary(idx).bitmask()
     assert bits.shape == (2, 1, 70, 3) and bits.dtype == torch.int32
     for b in range(2):
@@ -136,6 +139,8 @@ def test_bitmask_sets_exactly_the_neighbour_bits() -> None:
             }
             assert members == set(idx[b, i].tolist())
     assert torch.equal(pack_neighbour_bits(idx.unsqueeze(1), 70), bits)
+    if not duplicates:
+        assert torch.equal(pack_neighbour_bits(idx.unsqueeze(1), 70, unique=True), bits)
 
 
 @pytest.mark.parametrize(("n", "k", "block"), [(50, 7, 16), (40, 40, 16), (37, 30, 8)])
@@ -176,7 +181,9 @@ def test_prepare_derives_what_a_backend_needs() -> None:
     d.prepare("triton")
     assert ("csr",) in d._cache and ("ranks",) in d._cache
     d.prepare("flex")
-    assert ("block_mask",) in d._cache and ("bitmask",) in d._cache
+    assert ("flex_blocks",) in d._cache and ("bitmask",) in d._cache
+    d.prepare("tiles")
+    assert ("tiles", 32, 32) in d._cache
     with pytest.raises(ValueError, match=r"backend must be one of.*got 'dense'"):
         d.prepare("dense")
 

@@ -75,6 +75,29 @@ def test_ties_follow_lower_index_rule_on_every_backend(similarity: str, force_se
         assert torch.equal(idx, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("force_self", [False, True])
+def test_cuda_tie_breaking_without_a_branch_gives_the_same_graphs(
+    dtype: torch.dtype, force_self: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA takes the keyed topk (no data-dependent branch, no host sync); forced on the CPU
+    here, it follows the same lower-index rule on ties, negative values and signed zeros."""
+    x = integer_features(3, 40, 3).to(dtype)
+    x[:, :5] = 0.0
+    x[:, 5:8] = -0.0  # signed zeros: equal similarities, different bits
+    expected = brute_tie_broken(
+        brute_similarity(x, "dot")
+        - (torch.diag_embed(torch.full((3, 40), float("inf"), dtype=dtype)) if force_self else 0),
+        8 if force_self else 9,
+    )
+    if force_self:
+        expected = torch.cat([torch.arange(40).expand(3, 40).unsqueeze(-1), expected], dim=-1)
+    monkeypatch.setattr(knn_module, "_exact_topk", knn_module._keyed_topk)
+    for backend, chunk in [("reference", None), ("chunked", 7)]:
+        idx = knn_graph(x, 9, force_self=force_self, backend=backend, chunk=chunk)
+        assert torch.equal(idx, expected)
+
+
 def test_all_equal_features_give_index_order() -> None:
     x = torch.ones(1, 10, 4)
     expected = torch.arange(4).expand(1, 10, 4)
@@ -245,3 +268,10 @@ def test_errors() -> None:
         knn_graph(x, 2, backend="chunked", chunk=2.5)
     with pytest.raises(ValueError, match=r"non-finite similarities"):
         knn_graph(torch.full((1, 4, 2), 1e30), 2)
+
+
+def test_keyed_topk_orders_signed_zeros_and_infinities_by_value_then_index() -> None:
+    sim = torch.tensor([[0.0, -0.0, -0.0, 0.0, 1.0, -1.0, float("-inf"), -2.5]])
+    assert knn_module._keyed_topk(sim, 4).tolist() == [[4, 0, 1, 2]]  # 1, then zeros by index
+    assert knn_module._keyed_topk(sim, 8).tolist() == [[4, 0, 1, 2, 3, 5, 7, 6]]
+    assert knn_module._keyed_topk(sim.double(), 8).tolist() == [[4, 0, 1, 2, 3, 5, 7, 6]]

@@ -1,6 +1,3 @@
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,32 +223,25 @@ def test_batching_stacks_crops_along_dim_0() -> None:
     assert calls == [18]
 
 
-def test_progress_bar_only_when_tqdm_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tile_progress_is_reported_through_common_kernels_progress(monkeypatch) -> None:
+    """Asked for, the tiles' progress goes through ``common_kernels.progress`` (a bar on a
+    terminal, plain lines in a log): one item per tile, with the tile count as total."""
+    from common_kernels import tiling
+
     x = dyadic_image(1, 1, 8, 8)
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails: silently no bar
+    calls = []
+
+    def recording(iterable, **kwargs):
+        calls.append(kwargs)
+        items = list(iterable)
+        calls[-1]["items"] = len(items)
+        return iter(items)
+
+    monkeypatch.setattr(tiling, "show_progress", recording)
     assert torch.equal(tiled_apply(lambda t: t, x, tile=4, stride=4, progress=True), x)
-
-    bars = []
-
-    class FakeBar:
-        def __init__(self, total: int, **kwargs: object) -> None:
-            self.total, self.done, self.closed = total, 0, False
-            bars.append(self)
-
-        def update(self, n: int) -> None:
-            self.done += n
-
-        def close(self) -> None:
-            self.closed = True
-
-    auto = types.ModuleType("tqdm.auto")
-    auto.tqdm = FakeBar
-    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
-    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
-    tiled_apply(lambda t: t, x, tile=4, stride=4, batch_size=3)
-    assert bars == []
-    tiled_apply(lambda t: t, x, tile=4, stride=4, batch_size=3, progress=True)
-    assert [(b.total, b.done, b.closed) for b in bars] == [(4, 4, True)]
+    assert calls == [{"desc": "tiles", "total": 4, "unit": "tiles", "disable": False, "items": 4}]
+    tiled_apply(lambda t: t, x, tile=4, stride=4)
+    assert calls[-1]["disable"] is True
 
 
 def test_tiled_apply_errors() -> None:

@@ -169,7 +169,7 @@ def _knn_fwd_kernel(
 
 @_jit
 def _knn_bwd_query_kernel(
-    Q, K, V, IDX, BIAS, DO, LSE, DELTA, DQ, DK, DV, DS,
+    Q, K, V, IDX, BIAS, OUT, DO, LSE, DELTA, DQ, DK, DV, DS,
     H, N, KNB, D, scale,
     stride_idx_b, stride_idx_h,
     stride_bias_b, stride_bias_h, stride_bias_i, stride_bias_n,
@@ -178,14 +178,15 @@ def _knn_bwd_query_kernel(
 ):  # fmt: skip
     """Query-major backward for BLOCK_M queries of one (batch, head).
 
-    Writes dq; with ATOMIC_KV also adds into the fp32 (B, H, N, D) buffers DK and DV; with
-    STORE_DS also writes ds per slot into the fp32 (B, H, N, KNB) buffer DS (for the bias grad).
+    Writes dq and ``delta = dO . out`` of its queries (which the key-major kernel, launched
+    after it, reads); with ATOMIC_KV also adds into the fp32 (B, H, N, D) buffers DK and DV;
+    with STORE_DS also writes ds per slot into the fp32 (B, H, N, KNB) buffer DS (bias grad).
 
     Args:
-        Q, K, V, DO, DQ: contiguous (B, H, N, D) tensors.
+        Q, K, V, OUT, DO, DQ: contiguous (B, H, N, D) tensors.
         IDX: (B, H or 1, N, KNB) neighbour ids, last two dims contiguous.
         BIAS: (B, H, N, N) bias view (stride 0 over broadcast dims); unused without bias.
-        LSE, DELTA: (B, H, N) fp32 log-sum-exp and dO . out.
+        LSE: (B, H, N) fp32 log-sum-exp; DELTA: (B, H, N) fp32 output.
     """
     bh = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1)
@@ -197,8 +198,10 @@ def _knn_bwd_query_kernel(
     head = bh * N * D
     q = _load_rows(Q + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
     do = _load_rows(DO + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
+    out = _load_rows(OUT + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
+    delta = tl.sum(do * out, axis=1)  # (BLOCK_M,) fp32
+    tl.store(DELTA + bh * N + offs_m, delta, mask=row_ok)
     lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0)
     idx_rows = IDX + b * stride_idx_b + h * stride_idx_h + offs_m[:, None] * KNB
     bias_rows = BIAS + b * stride_bias_b + h * stride_bias_h + offs_m[:, None] * stride_bias_i
 
@@ -440,7 +443,7 @@ def _backward(
     B, H, N, d = q.shape
     knb = dictionary.k
     do = grad_out.contiguous()
-    delta = (do.float() * out.float()).sum(dim=-1)  # (B, H, N)
+    delta = torch.empty_like(lse)  # (B, H, N) fp32 dO . out, written by the query kernel
     dq = torch.empty_like(q)
     if deterministic:
         dk_acc = dv_acc = dq  # never written: the key-major kernel below owns dk and dv
@@ -451,7 +454,7 @@ def _backward(
     bias_arg, bias_strides = _bias_view(bias, (B, H, N, N), q)
     block_d = _block_d(d)
     _knn_bwd_query_kernel[(B * H, triton.cdiv(N, BLOCK_M))](
-        q, k, v, dictionary.idx, bias_arg, do, lse, delta, dq, dk_acc, dv_acc,
+        q, k, v, dictionary.idx, bias_arg, out, do, lse, delta, dq, dk_acc, dv_acc,
         lse if ds is None else ds,
         H, N, knb, d, scale,
         *_index_strides(dictionary), *bias_strides,

@@ -13,24 +13,29 @@ Every method package's command (``semanir``, ``itaclip``, ``pixelsmith``, ``diff
 
 :func:`run_main` applies these rules around a command; :func:`check_device` checks a
 ``--device`` value against the devices of the machine before any model is loaded;
-:func:`check_folder_writable` / :func:`check_file_writable` check output paths. Only the
-standard library and torch are imported here.
+:func:`check_folder_writable` / :func:`check_file_writable` check output paths;
+:func:`check_benchmark_setup` checks a benchmark script's optional modules and output paths
+before it measures anything. Only the standard library and torch are imported here.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import signal
 import sys
-from collections.abc import Callable, Collection, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
 EXIT_WORK = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEVICE_FORMAT = "cpu, cuda, cuda:N or mps"
 
 Describe = Callable[[BaseException], str]
@@ -96,8 +101,10 @@ def run_main(
     """Run a command and turn its errors into one line on stderr and an exit status.
 
     ``UsageError`` and ``ValueError`` (and ``usage_errors``) return 2, ``WorkError``, ``OSError``
-    and ``torch.cuda.OutOfMemoryError`` (and ``work_errors``) return 1, Ctrl-C returns 130; other
-    exceptions propagate.
+    and ``torch.cuda.OutOfMemoryError`` (and ``work_errors``) return 1, Ctrl-C returns 130 and
+    SIGTERM (what a batch scheduler sends) 143, each with one line; other exceptions propagate.
+    SIGTERM is raised in the main thread as :class:`Terminated` while ``run`` works, so that
+    ``finally`` blocks and atomic writers clean up as they do for Ctrl-C.
 
     Args:
         prog: the command named in the messages; a ``UsageError``'s own ``prog`` is named instead
@@ -106,8 +113,9 @@ def run_main(
         usage_errors: more exception classes that are bad inputs (checked before ``OSError``).
         work_errors: more exception classes that are failures while working.
         describe: the one-line text of an exception.
-        interrupt_hint: appended to the ``PROG: interrupted`` line.
+        interrupt_hint: appended to the ``PROG: interrupted`` and ``PROG: terminated`` lines.
     """
+    previous = _raise_on_sigterm()
     try:
         status = run()
     except UsageError as error:
@@ -122,7 +130,29 @@ def run_main(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted{interrupt_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated{interrupt_hint}", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if status is None else status
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (a ``BaseException``, like ``KeyboardInterrupt``)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+def _raise_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated`; returns the previous handler (None when signals
+    cannot be set here: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _narrower(prog: str, own: str | None) -> str:
@@ -220,3 +250,76 @@ def check_file_writable(path: Path, flag: str) -> None:
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder, not a file")
     check_writable(path.parent, flag, path, "its folder")
+
+
+def install_command(package: str, extra: str) -> str:
+    """How to install ``package`` with its ``extra``: by name, and from a clone of the repository
+    (the packages are not on PyPI yet), as the package README writes it.
+
+    Args:
+        package: the distribution, also its folder under ``packages/`` (``"semanir"``).
+        extra: the optional-dependency group (``"bench"``).
+    """
+    clone = f'"./packages/{package}[{extra}]"'
+    if package != "common-kernels":  # a method package names its in-tree dependency too
+        clone = f"./packages/common-kernels {clone}"
+    return f'pip install "{package}[{extra}]" (from a clone: pip install {clone})'
+
+
+def require_modules(modules: Sequence[str], package: str, extra: str = "bench") -> None:
+    """Fail (UsageError) unless every module of ``modules`` is installed; the message names the
+    missing ones and the command that installs them.
+
+    Modules are looked up with :func:`importlib.util.find_spec`: nothing is imported.
+
+    Args:
+        modules: top-level import names (``"matplotlib"``, ``"skimage"``).
+        package: the distribution whose ``extra`` lists them.
+        extra: the optional-dependency group of ``package``.
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        names = ", ".join(missing)
+        what = f"module {names} is" if len(missing) == 1 else f"modules {names} are"
+        hint = install_command(package, extra)
+        raise UsageError(f"{what} not installed; install the [{extra}] extra: {hint}")
+
+
+def check_benchmark_setup(
+    prog: str,
+    package: str,
+    *,
+    modules: Sequence[str] = (),
+    folders: Mapping[str, Path | None] | None = None,
+    files: Mapping[str, Path | None] | None = None,
+    extra: str = "bench",
+) -> None:
+    """Check, before a benchmark script measures anything, that it can finish: its optional
+    modules are installed (:func:`require_modules`) and its output folders and files can be
+    written (:func:`check_folder_writable`, :func:`check_file_writable`). A problem prints one
+    line ``PROG: error: MESSAGE`` on stderr and exits 2, as argparse does for a bad option
+    (without the usage text).
+
+    Args:
+        prog: the script named in the message (``"run.py"``).
+        package: the distribution whose ``extra`` lists ``modules``.
+        modules: top-level import names the script needs beyond ``package``'s dependencies.
+        folders: output folders by flag (``{"--out": path}``); a None path (the flag left out)
+            is skipped.
+        files: output files by flag, likewise.
+        extra: the optional-dependency group of ``package`` that lists ``modules``.
+
+    Raises:
+        SystemExit: status 2, after the message.
+    """
+    try:
+        require_modules(modules, package, extra)
+        for flag, folder in (folders or {}).items():
+            if folder is not None:
+                check_folder_writable(folder, flag)
+        for flag, path in (files or {}).items():
+            if path is not None:
+                check_file_writable(path, flag)
+    except UsageError as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None

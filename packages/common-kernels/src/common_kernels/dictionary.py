@@ -9,7 +9,9 @@ alone, so it is derived once, on first use, and cached on the dictionary:
 - ``triton``: the transposed (CSR) neighbour list of the deterministic backward, and the
   duplicate ranks of the bias gradient;
 - ``gather``: the neighbour ids in the layout of the row gather, per number of heads;
-- ``flex``: the packed neighbour bitmask and the FlexAttention ``BlockMask``.
+- ``flex``: the packed neighbour bitmask and the block lists of the FlexAttention ``BlockMask``;
+- ``tiles``: the packed neighbour bitmask and the tile map (which key tiles hold a neighbour
+  of each query tile, and the transpose).
 
 Building a dictionary from a raw ``idx`` checks its dtype, shape and range with one host
 synchronisation; calls of :func:`~common_kernels.knn_attention` with a dictionary then check
@@ -19,7 +21,7 @@ only shapes, dtypes and devices, so on CUDA they launch kernels without synchron
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +29,21 @@ from torch import Tensor
 from ._checks import INDEX_DTYPES, check_index_range, check_ndim, check_tensor
 
 BITS_PER_WORD = 32
+
+
+class TileMap(NamedTuple):
+    """Which (query tile, key tile) blocks hold at least one neighbour pair.
+
+    Attributes:
+        query_tiles: ``(counts, ids)``: counts (B, heads|1, QB) int32 and ids (B, heads|1,
+            QB, KB) int32: for each query tile, its occupied key tiles first, ascending.
+        key_tiles: the transpose: counts (B, heads|1, KB), ids (B, heads|1, KB, QB).
+        occupied: (B, heads|1, QB, KB) int8, 1 where a tile holds a neighbour pair.
+    """
+
+    query_tiles: tuple[Tensor, Tensor]
+    key_tiles: tuple[Tensor, Tensor]
+    occupied: Tensor
 
 
 class KNNDictionary:
@@ -151,16 +168,37 @@ class KNNDictionary:
     def bitmask(self) -> Tensor:
         """(B, heads|1, N, ceil(N / 32)) int32: bit j % 32 of word j // 32 set iff j is a
         neighbour of the query."""
-        return self.cached(("bitmask",), lambda: pack_neighbour_bits(self.idx4, self.n))
+        unique = self.max_multiplicity == 1
+        return self.cached(("bitmask",), lambda: pack_neighbour_bits(self.idx4, self.n, unique))
+
+    def tile_map(self, block_m: int, block_n: int) -> TileMap:
+        """The :class:`TileMap` of (block_m query x block_n key) tiles."""
+
+        def build() -> TileMap:
+            if self.n <= min(block_m, block_n):  # one tile, never empty: no per-list work
+                lead = (self.batch, self.idx4.shape[1])
+                one = torch.ones((), dtype=torch.int32, device=self.device).expand(*lead, 1)
+                first = torch.zeros((), dtype=torch.int32, device=self.device).expand(*lead, 1, 1)
+                occupied = torch.ones((), dtype=torch.int8, device=self.device)
+                return TileMap((one, first), (one, first), occupied.expand(*lead, 1, 1))
+            pairs = neighbour_pairs_per_tile(self.idx4, self.n, block_m, block_n)
+            occupied = pairs > 0  # (B, heads|1, QB, KB)
+            return TileMap(
+                query_tiles=occupied_first(occupied),
+                key_tiles=occupied_first(occupied.transpose(-1, -2)),
+                occupied=occupied.to(torch.int8),
+            )
+
+        return self.cached(("tiles", block_m, block_n), build)
 
     def prepare(self, backend: str, dtype: torch.dtype = torch.float32) -> KNNDictionary:
         """Derive now what ``backend`` will need (otherwise derived on first use); returns self.
 
         Args:
-            backend: "reference", "mask", "gather", "triton" or "flex".
+            backend: "reference", "mask", "gather", "triton", "flex" or "tiles".
             dtype: compute dtype of the attention (the mask is kept per dtype).
         """
-        from . import _flex
+        from . import _flex, _triton_tiles
 
         if backend in ("reference", "mask"):
             self.additive_mask(dtype)
@@ -168,11 +206,15 @@ class KNNDictionary:
             self.transposed()
             self.duplicate_ranks()
         elif backend == "flex":
-            _flex.block_mask(self)
+            self.bitmask()
+            _flex.flex_blocks(self)
+        elif backend == "tiles":
+            self.bitmask()
+            self.tile_map(*_triton_tiles.tile_sizes(self.n))
         elif backend != "gather":
             raise ValueError(
                 "backend must be one of 'reference', 'mask', 'gather', 'triton', 'flex', "
-                f"got {backend!r}"
+                f"'tiles', got {backend!r}"
             )
         return self
 
@@ -238,15 +280,54 @@ def transposed_neighbours(idx: Tensor, n_keys: int) -> tuple[Tensor, Tensor]:
     return row_ptr.to(slot_dtype), cols.to(slot_dtype)
 
 
-def pack_neighbour_bits(idx: Tensor, n_keys: int) -> Tensor:
-    """(B, Hc, N, K) ids -> (B, Hc, N, ceil(n_keys / 32)) int32 words of membership bits."""
+def pack_neighbour_bits(idx: Tensor, n_keys: int, unique: bool = False) -> Tensor:
+    """(B, Hc, N, K) ids -> (B, Hc, N, ceil(n_keys / 32)) int32 words of membership bits.
+
+    Lists without duplicates add each neighbour's bit into its word (distinct bits of one word
+    add without carries: the sum is the OR), in O(N K). Lists with duplicates go through an
+    N x N membership grid, which sets a repeated bit once.
+    """
     words = -(-n_keys // BITS_PER_WORD)
-    member = torch.zeros(
-        (*idx.shape[:-1], words * BITS_PER_WORD), dtype=torch.bool, device=idx.device
-    )
-    member.scatter_(-1, idx.long(), True)  # (B, Hc, N, W * 32)
-    member = member.view(*idx.shape[:-1], words, BITS_PER_WORD)  # (B, Hc, N, W, 32)
-    weights = torch.ones(BITS_PER_WORD, dtype=torch.int64, device=idx.device)
-    weights = weights << torch.arange(BITS_PER_WORD, device=idx.device)  # (32,) 2**b
-    packed = (member.long() * weights).sum(-1)  # (B, Hc, N, W) in [0, 2**32)
+    idx = idx.long()
+    if unique:
+        packed = torch.zeros(*idx.shape[:-1], words, dtype=torch.int64, device=idx.device)
+        packed.scatter_add_(-1, idx // BITS_PER_WORD, 1 << (idx % BITS_PER_WORD))
+    else:
+        member = torch.zeros(
+            (*idx.shape[:-1], words * BITS_PER_WORD), dtype=torch.bool, device=idx.device
+        )
+        member.scatter_(-1, idx, True)  # (B, Hc, N, W * 32)
+        member = member.view(*idx.shape[:-1], words, BITS_PER_WORD)  # (B, Hc, N, W, 32)
+        weights = torch.ones(BITS_PER_WORD, dtype=torch.int64, device=idx.device)
+        weights = weights << torch.arange(BITS_PER_WORD, device=idx.device)  # (32,) 2**b
+        packed = (member.long() * weights).sum(-1)  # (B, Hc, N, W) in [0, 2**32)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def neighbour_pairs_per_tile(idx: Tensor, n_keys: int, block_m: int, block_n: int) -> Tensor:
+    """How many (query, neighbour) pairs fall in each (query tile, key tile) block, in O(N K).
+
+    Args:
+        idx: (B, Hc, N, K) neighbour ids.
+        n_keys: number of keys N.
+        block_m, block_n: query and key tile sizes.
+
+    Returns:
+        (B, Hc, ceil(N / block_m), ceil(N / block_n)) int64 counts.
+    """
+    batch, heads, n, k = idx.shape
+    q_blocks, k_blocks = -(-n // block_m), -(-n_keys // block_n)
+    rows = torch.arange(n, device=idx.device) // block_m  # (N,) query tile of each row
+    tile = rows.view(1, 1, n, 1) * k_blocks + idx.long() // block_n  # (B, Hc, N, K) tile id
+    pairs = torch.zeros(batch, heads, q_blocks * k_blocks, dtype=torch.int64, device=idx.device)
+    tile = tile.reshape(batch, heads, n * k)  # (B, Hc, N*K)
+    pairs.scatter_add_(-1, tile, torch.ones_like(tile))
+    return pairs.view(batch, heads, q_blocks, k_blocks)  # (B, Hc, QB, KB)
+
+
+def occupied_first(selected: Tensor) -> tuple[Tensor, Tensor]:
+    """(..., R, C) bool -> counts (..., R) int32 and column ids (..., R, C) int32 with the
+    selected columns first, ascending (a stable sort)."""
+    counts = selected.sum(dim=-1, dtype=torch.int32)  # (..., R)
+    order = torch.sort((~selected).to(torch.uint8), dim=-1, stable=True).indices
+    return counts, order.to(torch.int32).contiguous()

@@ -22,6 +22,9 @@ Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
   log-sum-exp, and has a deterministic (transposed neighbour list) or atomic backward.
 - ``flex``: FlexAttention over a neighbour bitmask with a BlockMask built from the lists, the bias
   as a score_mod: tensor-core tiles for the windowed regime where K is a large share of N.
+- ``tiles``: this package's Triton kernel of the same idea in the FlashAttention pattern: dense
+  ``tl.dot`` tiles restricted by the bitmask, empty tiles skipped through a tile map, the bias
+  read in the kernel, a backward without atomics (bitwise reproducible).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import nn
 
 from common_kernels import _flex, _policy
 from common_kernels import _triton_knn_attention as _tk
+from common_kernels import _triton_tiles as _tiles
 from common_kernels._checks import (
     all_finite,
     check_float,
@@ -47,8 +51,8 @@ from common_kernels._checks import (
 from common_kernels._checks import value_checks as value_checks  # public here since 0.1
 from common_kernels.dictionary import KNNDictionary, as_dictionary
 
-Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex"]
-BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton", "flex")
+Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex", "tiles"]
+BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton", "flex", "tiles")
 IndexLike = torch.Tensor | KNNDictionary
 
 # Registers hold a (BLOCK_M, BLOCK_K, head_dim) tile per program; past this it spills.
@@ -56,7 +60,7 @@ _TRITON_MAX_HEAD_DIM = 256
 # Used when a device has no policy table (or none of its points has a runnable backend).
 _FALLBACK_ORDER = ("triton", "mask", "gather", "reference")
 # Never picked by "auto" on the CPU: the Triton interpreter is for tests.
-_NOT_AUTO_ON_CPU = frozenset({"triton"})
+_NOT_AUTO_ON_CPU = frozenset({"triton", "tiles"})
 
 
 def knn_attention(
@@ -81,7 +85,7 @@ def knn_attention(
         scale: logit scale; defaults to d ** -0.5.
         bias: optional additive bias table (heads, N, N) or (B|1, heads|1, N, N), gathered at
             the neighbours (e.g. a relative-position bias). Differentiable.
-        backend: "auto", "reference", "mask", "gather", "triton" or "flex".
+        backend: "auto", "reference", "mask", "gather", "triton", "flex" or "tiles".
         deterministic: triton only: backward through a transposed neighbour list (bitwise
             reproducible) instead of atomics.
         check_values: require finite q, k, v and bias (one host synchronisation). None: on
@@ -107,6 +111,8 @@ def knn_attention(
         return _gather(q, k, v, dictionary, scale, bias)
     if backend == "flex":
         return _flex.flex_knn_attention(q, k, v, dictionary, scale, bias)
+    if backend == "tiles":
+        return _tiles.tiles_knn_attention(q, k, v, dictionary, scale, bias)
     return _tk.triton_knn_attention(q, k, v, dictionary, scale, bias, deterministic=deterministic)
 
 
@@ -200,22 +206,30 @@ def _can_run_validated(backend: str, q, k, v, dictionary: KNNDictionary, bias) -
         ok, reason = _flex.flex_status(q.device, _needs_backward(q, k, v, bias))
         if not ok:
             return False, reason
-        if dictionary.max_multiplicity > 1:
-            return False, (
-                f"idx repeats a neighbour in one list (up to {dictionary.max_multiplicity}x); "
-                "a FlexAttention mask cannot count duplicates, use 'mask' or 'triton'"
-            )
-        return True, ""
+        return _counts_no_duplicates(dictionary, "a FlexAttention mask")
     ok, reason = _tk.triton_status(q.device)
     if not ok:
         return False, reason
     if q.dtype == torch.float64:
         return (
             False,
-            "the triton kernels take float16/bfloat16/float32; use 'reference' for float64",
+            f"the {backend} kernels take float16/bfloat16/float32; use 'reference' for float64",
         )
-    if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
-        return False, f"head dim {q.shape[-1]} exceeds the triton kernel's {_TRITON_MAX_HEAD_DIM}"
+    limit = _tiles.MAX_HEAD_DIM if backend == "tiles" else _TRITON_MAX_HEAD_DIM
+    if q.shape[-1] > limit:
+        return False, f"head dim {q.shape[-1]} exceeds the {backend} kernel's {limit}"
+    if backend == "tiles":
+        return _counts_no_duplicates(dictionary, "the tiles kernel's bitmask")
+    return True, ""
+
+
+def _counts_no_duplicates(dictionary: KNNDictionary, what: str) -> tuple[bool, str]:
+    """Bitmask backends hold each (query, key) pair once: refuse repeated neighbours."""
+    if dictionary.max_multiplicity > 1:
+        return False, (
+            f"idx repeats a neighbour in one list (up to {dictionary.max_multiplicity}x); "
+            f"{what} cannot count duplicates, use 'mask' or 'triton'"
+        )
     return True, ""
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import all_finite, check_float, check_ndim, check_positive_int
+from ._checks import all_finite, check_float, check_ndim, check_positive_int, values_checked
 from .windows import window_partition
 
 SIMILARITIES = ("dot", "cosine")
@@ -37,21 +37,24 @@ def _similarity_block(queries: Tensor, keys: Tensor) -> Tensor:
 def _exact_topk(sim: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` largest entries of each row, ordered by (value desc, index asc).
 
-    Fast path: in a row whose k+1 largest values are distinct, ``topk`` alone is exact (the set
-    and its order are unique). Only rows with ties there take the tie-breaking path.
+    ``topk`` alone does not break ties by index. On the CPU a ``topk`` of k + 1 entries tells
+    which rows have a tie at the boundary and only those take the tie-breaking path; on CUDA
+    that branch would wait for the GPU, so every row takes one ``topk`` over distinct keys.
 
     Args:
-        sim: (..., M, N) finite similarities.
+        sim: (..., M, N) similarities (fp32, or fp64).
         k: entries to keep per row, ``1 <= k <= N``.
 
     Returns:
         (..., M, k) int64 indices.
     """
+    if sim.is_cuda:
+        return _keyed_topk(sim, k)
     n = sim.shape[-1]
     values, indices = sim.topk(min(k + 1, n), dim=-1)  # (..., M, k[+1]) descending
     tied = (values[..., 1:] == values[..., :-1]).any(dim=-1).reshape(-1)  # (rows,)
     chosen = indices[..., :k].reshape(-1, k)  # (rows, k)
-    if bool(tied.any()):
+    if bool(tied.any()):  # a CPU tensor: no synchronisation
         rows = tied.nonzero().squeeze(1)  # (tied rows,)
         kth = values.reshape(-1, values.shape[-1])[rows, k - 1 : k]  # (tied rows, 1)
         chosen = chosen.index_copy(0, rows, _tie_broken_topk(sim.reshape(-1, n)[rows], kth, k))
@@ -70,8 +73,26 @@ def _tie_broken_topk(sim: Tensor, kth: Tensor, k: int) -> Tensor:
     return chosen.gather(-1, order)
 
 
+def _keyed_topk(sim: Tensor, k: int) -> Tensor:
+    """:func:`_exact_topk` without a branch on the data (nothing waits for the GPU).
+
+    Every entry gets a distinct int64 key in (value desc, index asc) order: the similarity's
+    order-preserving integer image in the high 32 bits and ``N - 1 - index`` in the low 32
+    bits, and one ``topk`` over the keys is exact. float64 similarities do not fit in 32 bits
+    and take a stable descending sort instead.
+    """
+    n = sim.shape[-1]
+    if sim.dtype == torch.float64:
+        return sim.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    bits = (sim.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: one key for 0
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()  # monotone in the value
+    lower_first = torch.arange(n - 1, -1, -1, device=sim.device)  # (N,) larger for lower ids
+    keys = (ordered << 32) | lower_first  # (..., M, N) int64, all distinct in a row
+    return keys.topk(k, dim=-1).indices
+
+
 def _block_neighbours(
-    queries: Tensor, keys: Tensor, first_row: int, k: int, force_self: bool
+    queries: Tensor, keys: Tensor, first_row: int, k: int, force_self: bool, check: bool
 ) -> Tensor:
     """Neighbours of ``queries`` = ``keys[:, first_row:first_row + M]`` among all ``keys``.
 
@@ -81,12 +102,13 @@ def _block_neighbours(
         first_row: token index of the first query row.
         k: neighbours per query.
         force_self: put each token first and pick the other k-1 from the remaining tokens.
+        check: require finite similarities (one host synchronisation).
 
     Returns:
         (G, M, k) int64 neighbour indices.
     """
     sim = _similarity_block(queries, keys)  # (G, M, N)
-    if not all_finite(sim):
+    if check and not all_finite(sim):
         raise ValueError(
             "x gives non-finite similarities (overflow); accepted: values whose pairwise dot "
             "products are finite, rescale x"
@@ -114,13 +136,13 @@ def _row_blocks(batch: int, n: int, chunk: int) -> Iterator[tuple[slice, slice]]
                 yield slice(b, b + 1), slice(start, start + chunk)
 
 
-def _chunked_neighbours(feats: Tensor, k: int, force_self: bool, chunk: int) -> Tensor:
+def _chunked_neighbours(feats: Tensor, k: int, force_self: bool, chunk: int, check: bool) -> Tensor:
     """Exact neighbours of (B, N, C) features, holding at most ``chunk * N`` similarities."""
     batch, n, _ = feats.shape
     idx = torch.empty(batch, n, k, dtype=torch.long, device=feats.device)
     for seqs, rows in _row_blocks(batch, n, chunk):
         idx[seqs, rows] = _block_neighbours(
-            feats[seqs, rows], feats[seqs], rows.start, k, force_self
+            feats[seqs, rows], feats[seqs], rows.start, k, force_self, check
         )
     return idx
 
@@ -134,6 +156,7 @@ def knn_graph(
     force_self: bool = False,
     chunk: int | None = None,
     backend: str = "auto",
+    check_values: bool | None = None,
 ) -> Tensor:
     """For every token, its ``k`` most similar tokens, exactly and deterministically.
 
@@ -151,6 +174,9 @@ def knn_graph(
         backend: ``"reference"`` (full N x N matrix), ``"chunked"`` (at most ``chunk * N``
             similarities alive at once) or ``"auto"`` (reference up to 2048 x 2048 per batch
             element, chunked with ~64 MB blocks beyond).
+        check_values: require finite ``x`` and finite similarities (host synchronisations).
+            None: on the CPU yes, on CUDA no, unless :func:`~common_kernels.value_checks`
+            says otherwise; without checks nothing here synchronises with the host.
 
     Returns:
         (B, N, k) int64 indices, or (B*nW, window*window, k) window-local indices in
@@ -160,7 +186,10 @@ def knn_graph(
     _check_choice("backend", backend, BACKENDS)
     if chunk is not None:
         check_positive_int("chunk", chunk)
-    check_float("x", x)
+    check_float("x", x, finite=False)
+    check = values_checked(check_values, x.device)
+    if check and x.numel() and not all_finite(x):
+        raise ValueError("x contains NaN or Inf values; all entries must be finite")
     if window is None:
         check_ndim("x", x, (3,), "(B, N, C)")
     else:
@@ -170,7 +199,7 @@ def knn_graph(
     check_positive_int("k", k, upper=n)
     feats = _similarity_features(x, similarity)
     if backend == "reference" or (backend == "auto" and n * n <= AUTO_REFERENCE_MAX_PAIRS):
-        return _block_neighbours(feats, feats, 0, k, force_self)
+        return _block_neighbours(feats, feats, 0, k, force_self, check)
     if chunk is None:
         chunk = max(1, CHUNK_BLOCK_BYTES // (n * feats.element_size()))
-    return _chunked_neighbours(feats, k, force_self, chunk)
+    return _chunked_neighbours(feats, k, force_self, chunk, check)

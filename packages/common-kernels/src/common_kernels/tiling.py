@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._checks import check_float, check_ndim, check_positive_int, check_tensor
+from .progress import progress as show_progress
 
 BLENDS = ("none", "linear", "gaussian")
 WEIGHT_STEPS = 64  # per-axis weights are multiples of 1/64: weighted sums stay exact
@@ -202,17 +203,6 @@ class OverlapAccumulator:
         return self.canvas / self.weight
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    """A tqdm bar when asked for and tqdm is importable, else ``None``."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="tiles", unit="tile")
-
-
 def _check_tile_output(out: object, batch: int, height: int, width: int) -> Tensor:
     """Require ``fn``'s output to be a floating (batch, C_out, height, width) tensor."""
     check_float("fn output", out, finite=False)
@@ -260,7 +250,7 @@ def tiled_apply(
         scale: integer upscaling factor of ``fn``; output tiles land at coordinates * scale.
         blend: tile weighting, one of ``"none"``, ``"linear"``, ``"gaussian"``.
         batch_size: tiles per ``fn`` call.
-        progress: show a tqdm bar if tqdm is installed.
+        progress: show progress over the tiles (a bar on a terminal, else a line every 10 s).
 
     Returns:
         (B, C_out, H*scale, W*scale) tensor in the dtype of ``fn``'s output.
@@ -273,21 +263,17 @@ def tiled_apply(
     check_blend("blend", blend)
     batch, _, height, width = x.shape
     tiles = tile_grid(height, width, tile, stride)
-    bar = _progress_bar(len(tiles), progress)
-    try:
-        outputs = _tile_outputs(fn, x, tiles, scale, batch_size)
-        first_tile, first_values = next(outputs)
-        acc = OverlapAccumulator(
-            (batch, first_values.shape[1], height * scale, width * scale),
-            blend=blend,
-            dtype=torch.promote_types(first_values.dtype, torch.float32),
-            device=first_values.device,
-        )
-        for out_tile, values in itertools.chain([(first_tile, first_values)], outputs):
-            acc.add(out_tile, values)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    outputs = show_progress(
+        _tile_outputs(fn, x, tiles, scale, batch_size),
+        desc="tiles", total=len(tiles), unit="tiles", disable=not progress,
+    )  # fmt: skip
+    first_tile, first_values = next(outputs)
+    acc = OverlapAccumulator(
+        (batch, first_values.shape[1], height * scale, width * scale),
+        blend=blend,
+        dtype=torch.promote_types(first_values.dtype, torch.float32),
+        device=first_values.device,
+    )
+    for out_tile, values in itertools.chain([(first_tile, first_values)], outputs):
+        acc.add(out_tile, values)
     return acc.result().to(first_values.dtype)

@@ -1,0 +1,94 @@
+"""common_kernels.hub: what a model name means (a local path or a hub id), decided without I/O
+beyond one existence check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common_kernels.hub import local_or_hub, looks_like_path
+
+
+@pytest.mark.parametrize(
+    ("name", "is_path"),
+    [
+        ("./model", True), ("../model", True), ("/abs/model", True), ("~/model", True),
+        (".", True), (".\\model", True), (Path("model"), True),
+        ("owner/model", False), ("model", False), ("org-name/model.v2", False),
+    ],
+)  # fmt: skip
+def test_paths_are_told_from_hub_ids_by_their_form(name, is_path) -> None:
+    assert looks_like_path(name) is is_path
+
+
+def test_an_existing_bare_name_is_local(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert local_or_hub("weights") == "weights"
+    (tmp_path / "weights").mkdir()
+    assert looks_like_path("weights")
+    assert local_or_hub("weights") == Path("weights")
+
+
+def test_a_missing_path_is_named_and_never_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        local_or_hub("./nope_dir")
+    assert str(info.value) == f"no model folder ./nope_dir (nothing at {tmp_path / 'nope_dir'})"
+    with pytest.raises(FileNotFoundError, match=r"^no pipeline folder ~/x_missing_"):
+        local_or_hub("~/x_missing_4921", what="pipeline folder")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "home_model").mkdir()
+    assert local_or_hub("~/home_model") == tmp_path / "home_model"
+    assert local_or_hub("owner/model") == "owner/model"
+
+
+def test_check_hub_fails_at_once_offline_and_passes_for_cached_repos(tmp_path, monkeypatch):
+    from common_kernels.hub import HubUnreachableError, check_hub, is_cached
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    connections = []
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: connections.append(a))
+    with pytest.raises(HubUnreachableError) as info:
+        check_hub("owner/model")
+    assert str(info.value) == (
+        f"owner/model is not in the local hub cache ({tmp_path}) and HF_HUB_OFFLINE is set, so "
+        "the hub is not asked; download it on a machine with network access, or give a local "
+        "folder (./DIR)"
+    )
+    assert isinstance(info.value, OSError) and connections == []
+    (tmp_path / "models--owner--model" / "snapshots" / "abc123").mkdir(parents=True)
+    assert is_cached("owner/model")
+    check_hub("owner/model")  # cached: the libraries load it without the network
+    assert connections == []
+
+
+def test_check_hub_gives_up_after_the_timeout_and_names_the_host(tmp_path, monkeypatch):
+    from common_kernels.hub import HubUnreachableError, check_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
+    asked = []
+
+    def unreachable(address, timeout):
+        asked.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr("socket.create_connection", unreachable)
+    with pytest.raises(
+        HubUnreachableError,
+        match=r"^cannot reach the Hugging Face hub \(hub\."
+        r"example\.org\) for owner/model within 5 s \(TimeoutError: timed out\)",
+    ):
+        check_hub("owner/model")  # fmt: skip
+    assert asked == [(("hub.example.org", 8443), 5.0)]
+
+    class Connection:
+        def close(self) -> None:
+            asked.append("closed")
+
+    monkeypatch.setattr("socket.create_connection", lambda address, timeout: Connection())
+    check_hub("owner/model")
+    assert asked[-1] == "closed"
