@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common_kernels.cli import check_benchmark_setup
 from semanir.data.degradations import add_gaussian_noise, check_sigma
 from semanir.inference import load_model, restore
 from semanir.io import atomic_write, list_images, read_image, to_uint8_array, write_image
@@ -374,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate, write JSON, markdown and the crop figure, print the tables."""
     args = parse_args(argv)
+    modules = ("matplotlib",) if args.models_only else ("bm3d", "matplotlib")
+    check_benchmark_setup("eval_set12", "semanir", modules=modules, folders={"--out": args.out})
     paths = set12_paths(args.data_root, args.limit)
     folders = parse_models(args.model)
     models = load_gray_models(folders)

@@ -8,13 +8,15 @@ the tiny denoiser on 4 x 256 px (window 8, k 32). Variants: the dense-window twi
 bf16 autocast. Time: median of CUDA-event-timed repeats after warm-ups; memory: peak allocated
 over the allocation after building the model, the input and the optimizer.
 
-Used by ``run.py --device cuda``; each configuration runs in this process, one after another.
+Used by ``run.py --device cuda``; each configuration runs in this process, one after another,
+and is journaled as it finishes, so a run cut short (a 10-minute job limit) resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import statistics
 from typing import Any
 
@@ -28,24 +30,34 @@ MODELS = (
     ("semanir_base_denoise_gray", (1, 1, 256, 256), 128),
     ("semanir_tiny_denoise_gray", (4, 1, 256, 256), 32),
 )
-VARIANTS = ("dense", "reference", "mask", "gather", "triton", "flex")
+VARIANTS = ("dense", "reference", "mask", "gather", "triton", "flex", "tiles")
+# --quick: every size in bf16 with the backends that compile in seconds; FlexAttention compiles
+# each (heads, head dim) variant of a model for ~20 s, so it runs on the tiny model only there.
+QUICK_VARIANTS = ("dense", "mask", "triton", "tiles")
 WARMUP, REPEATS = 3, 10
+SPEC_FIELDS = ("config", "shape", "k", "variant", "mode", "precision")
 
 
 def model_specs(quick: bool) -> list[dict[str, Any]]:
-    """Every (model, variant, mode, precision); quick: the tiny model in bf16 only."""
-    models = MODELS[-1:] if quick else MODELS
+    """Every (model, variant, mode, precision); quick: bf16, the fast-compiling variants (and
+    flex on the tiny model), about 3 minutes on an H100."""
     precisions = ("bf16",) if quick else ("fp32", "bf16")
     return [
         {
             "group": "cuda-models", "config": name, "shape": list(shape), "k": k,
             "variant": variant, "mode": mode, "precision": precision,
         }
-        for name, shape, k in models
+        for name, shape, k in MODELS
         for precision in precisions
         for mode in ("infer", "train")
         for variant in VARIANTS
+        if not quick or variant in QUICK_VARIANTS or (variant == "flex" and name == MODELS[-1][0])
     ]  # fmt: skip
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """A canonical string naming a configuration (results carry the spec's keys too)."""
+    return json.dumps([spec[name] for name in SPEC_FIELDS])
 
 
 def build(spec: dict[str, Any], device: str = "cuda") -> tuple[torch.nn.Module, torch.Tensor]:

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from common_kernels.cli import check_benchmark_setup
 from common_kernels.files import atomic_write
 
 SMOOTHING = 20  # logged points in the running mean of the loss
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the curves as JSON")
     parser.add_argument("--title", default="semanir fit", help="figure title")
     args = parser.parse_args(argv)
+    files = {"--out": args.out, "--json": args.json}
+    check_benchmark_setup("plot_training", "semanir", modules=("matplotlib",), files=files)
     try:
         curves = read_curves(metrics_files(args.logs))
     except FileNotFoundError as error:

@@ -7,7 +7,9 @@
 ``--device cuda`` measures SemanIR on a GPU instead (models_cuda.py): the small SR, base and tiny
 models with every attention backend against their dense-window twins, inference and a training
 step, fp32 and bf16, time and peak memory; it writes ``<out>/<full|quick>-cuda.json`` and
-``.md``. Everything below describes the CPU run.
+``.md``, journaling each configuration in ``<out>/<full|quick>-cuda.partial.jsonl`` so that a
+run cut short resumes (``--quick``: bf16 only, about 3 minutes on an H100). Everything below
+describes the CPU run.
 
 Throughput and memory: ``semanir_tiny_denoise_gray`` (window 8, so k <= 64 tokens; k = 64 attends
 to the whole window through the KNN path) with k in {16, 32, 64}, against its dense
@@ -48,6 +50,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common_kernels.cli import check_benchmark_setup
 from semanir.inference import load_model, restore
 from semanir.io import atomic_write, read_image
 from semanir.metrics import psnr
@@ -487,11 +490,23 @@ def run_cuda(quick: bool, out: Path) -> int:
     if not torch.cuda.is_available():
         print("run.py --device cuda: no CUDA device is available here", file=sys.stderr)
         return 2
+    stem = ("quick" if quick else "full") + "-cuda"
+    journal = out / f"{stem}.partial.jsonl"
+    done = {}
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            row = json.loads(line)
+            done[MODELS_CUDA.spec_key(row)] = row
     specs = MODELS_CUDA.model_specs(quick)
-    rows = [MODELS_CUDA.measure(spec) for spec in tqdm(specs, desc="cuda models", unit="config")]
+    todo = [s for s in specs if MODELS_CUDA.spec_key(s) not in done]
+    with journal.open("a") as handle:
+        for spec in tqdm(todo, desc="cuda models", unit="config", disable=None):
+            done[MODELS_CUDA.spec_key(spec)] = MODELS_CUDA.measure(spec)
+            handle.write(json.dumps(done[MODELS_CUDA.spec_key(spec)]) + "\n")
+            handle.flush()
+    rows = [done[MODELS_CUDA.spec_key(spec)] for spec in specs]
     MODELS_CUDA.add_ratios(rows)
     environment = {**EVAL.environment(), "cuda": torch.cuda.get_device_name()}
-    stem = ("quick" if quick else "full") + "-cuda"
     report = {"environment": environment, "quick": quick, "models": rows}
     EVAL.write_text(out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
     text = (
@@ -501,6 +516,7 @@ def run_cuda(quick: bool, out: Path) -> int:
         f"{MODELS_CUDA.table(rows)}\n"
     )
     EVAL.write_text(out / f"{stem}.md", text)
+    journal.unlink(missing_ok=True)
     print(text)
     print(f"wrote {out / stem}.json, .md")
     return 0
@@ -509,6 +525,8 @@ def run_cuda(quick: bool, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the throughput grid and the ablation, write and print the report."""
     args = parse_args(argv)
+    modules = () if args.device == "cuda" else ("matplotlib",)  # the CUDA report draws no plot
+    check_benchmark_setup("run.py", "semanir", modules=modules, folders={"--out": args.out})
     if args.device == "cuda":
         args.out.mkdir(parents=True, exist_ok=True)
         return run_cuda(args.quick, args.out)

@@ -221,12 +221,61 @@ def test_parse_models_rejects_bad_names():
             eval_set12.parse_models(bad)
 
 
+BENCH_HINT = (
+    'install the [bench] extra: pip install "semanir[bench]" '
+    '(from a clone: pip install ./packages/common-kernels "./packages/semanir[bench]")'
+)
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the script started working before checking its setup")
+
+
+FIND_SPEC = importlib.util.find_spec
+
+
+def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
+    )
+
+
+def refusal(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``main(argv)`` printed on stderr when it exited with status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_eval_set12_checks_its_setup_before_any_work(
+    tmp_path, tiny_dir, data_root, monkeypatch, capsys
+):
+    monkeypatch.setattr(eval_set12, "load_gray_models", no_work)
+    monkeypatch.setattr(eval_set12, "evaluate", no_work)
+    argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--data-root", str(data_root)]
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    err = refusal(eval_set12.main, [*argv, "--models-only", "--out", str(blocker / "a")], capsys)
+    assert err == f"eval_set12: error: --out {blocker}/a: cannot create it, {blocker} is a file\n"
+    hide_module(monkeypatch, "bm3d")
+    out = tmp_path / "out"
+    err = refusal(eval_set12.main, [*argv, "--out", str(out)], capsys)
+    assert err == f"eval_set12: error: module bm3d is not installed; {BENCH_HINT}\n"
+    with pytest.raises(AssertionError, match="before checking"):  # --models-only: no BM3D needed
+        eval_set12.main([*argv, "--models-only", "--out", str(out)])
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+
+
 models_cuda = load_script("models_cuda")
 
 
 def test_cuda_model_grid_covers_every_variant_mode_and_precision():
     specs = models_cuda.model_specs(quick=False)
-    assert len(specs) == 3 * 2 * 2 * 6
+    assert len(specs) == 3 * 2 * 2 * 7
     assert {s["variant"] for s in specs} == {
         "dense",
         "reference",
@@ -234,13 +283,44 @@ def test_cuda_model_grid_covers_every_variant_mode_and_precision():
         "gather",
         "triton",
         "flex",
+        "tiles",
     }
     assert {(s["config"], tuple(s["shape"]), s["k"]) for s in specs} == {
         ("semanir_small_sr_x4", (1, 3, 128, 128), 256),
         ("semanir_base_denoise_gray", (1, 1, 256, 256), 128),
         ("semanir_tiny_denoise_gray", (4, 1, 256, 256), 32),
     }
-    assert {s["precision"] for s in models_cuda.model_specs(quick=True)} == {"bf16"}
+    quick = models_cuda.model_specs(quick=True)
+    assert {s["precision"] for s in quick} == {"bf16"}
+    assert {s["config"] for s in quick} == {s["config"] for s in specs}  # every size
+    assert {s["config"] for s in quick if s["variant"] == "flex"} == {"semanir_tiny_denoise_gray"}
+    assert len({models_cuda.spec_key(s) for s in specs}) == len(specs)
+
+
+def test_cuda_run_journals_each_configuration_and_resumes(tmp_path, monkeypatch):
+    """A run cut short keeps what it measured; the rerun measures only the rest."""
+    measured = []
+
+    def fake_measure(spec):
+        if len(measured) == 3 and not (tmp_path / "stop").exists():
+            (tmp_path / "stop").touch()
+            raise KeyboardInterrupt  # the job limit hits after three configurations
+        measured.append(models_cuda.spec_key(spec))
+        return {**spec, "median_ms": 1.0, "peak_mib": 1.0}
+
+    monkeypatch.setattr(run.MODELS_CUDA, "measure", fake_measure)
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run.torch.cuda, "get_device_name", lambda: "fake GPU")
+    with pytest.raises(KeyboardInterrupt):
+        run.run_cuda(True, tmp_path)
+    journal = tmp_path / "quick-cuda.partial.jsonl"
+    assert len(journal.read_text().splitlines()) == 3
+    assert run.run_cuda(True, tmp_path) == 0
+    specs = models_cuda.model_specs(quick=True)
+    assert sorted(measured) == sorted(models_cuda.spec_key(s) for s in specs)  # each once
+    assert not journal.exists()
+    saved = json.loads((tmp_path / "quick-cuda.json").read_text())
+    assert len(saved["models"]) == len(specs)
 
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
@@ -320,3 +400,85 @@ def test_plot_training_joins_resumed_sessions(tmp_path, capsys):
     assert "last at step 99: 28.000 dB" in capsys.readouterr().out
     assert plot_training.main([str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert "neither a metrics.csv file nor a folder" in capsys.readouterr().err
+
+
+def test_plot_training_checks_its_setup_before_reading_the_logs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plot_training, "metrics_files", no_work)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    logs, png = str(tmp_path / "logs"), str(tmp_path / "curve.png")
+    err = refusal(plot_training.main, [logs, "--out", str(blocker / "c.png")], capsys)
+    message = f"--out {blocker}/c.png: cannot create its folder, {blocker} is a file"
+    assert err == f"plot_training: error: {message}\n"
+    err = refusal(plot_training.main, [logs, "--out", png, "--json", str(tmp_path)], capsys)
+    assert err == f"plot_training: error: --json {tmp_path} is a folder, not a file\n"
+    hide_module(monkeypatch, "matplotlib")
+    err = refusal(plot_training.main, [logs, "--out", png], capsys)
+    assert err == f"plot_training: error: module matplotlib is not installed; {BENCH_HINT}\n"
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_run_checks_its_setup_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "run_all", no_work)
+    monkeypatch.setattr(run, "run_cuda", no_work)
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    err = refusal(run.main, ["--quick", "--out", str(blocker)], capsys)
+    assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
+    hide_module(monkeypatch, "matplotlib")
+    out = tmp_path / "out"
+    err = refusal(run.main, ["--quick", "--out", str(out)], capsys)
+    assert err == f"run.py: error: module matplotlib is not installed; {BENCH_HINT}\n"
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+    with pytest.raises(AssertionError, match="before checking"):  # the CUDA report: no plot
+        run.main(["--device", "cuda", "--out", str(out)])
+
+
+tile_occupancy = load_script("tile_occupancy")
+
+
+def test_relabelled_lists_are_the_same_graph_in_the_new_order():
+    g = torch.Generator().manual_seed(0)
+    idx = torch.rand(2, 12, 12, generator=g).argsort(dim=-1)[..., :4]  # (B', N, K)
+    order = torch.rand(2, 12, generator=g).argsort(dim=-1)  # new row r = old token order[r]
+    new = tile_occupancy.relabel(idx, order)
+    for b in range(2):
+        for r in range(12):
+            assert order[b][new[b, r]].tolist() == idx[b, order[b, r]].tolist()
+
+
+def test_occupied_share_counts_blocks_with_a_pair():
+    idx = torch.tensor([[[0], [1], [2], [3]]])  # each token its own neighbour: the diagonal
+    assert tile_occupancy.occupied_share(idx, 4, 2) == 0.5  # 2 of the 4 (2 x 2) blocks
+    assert tile_occupancy.occupied_share(idx, 4, 4) == 1.0
+
+
+def test_tile_occupancy_rows_on_random_features():
+    feats = [torch.randn(1, 8, 32, 32, generator=torch.Generator().manual_seed(1))]
+    rows = tile_occupancy.measure(feats)
+    assert {(r["window"], r["tile"]) for r in rows} == {
+        (8, 16),
+        (8, 32),
+        (16, 16),
+        (16, 32),
+        (16, 64),
+        (32, 16),
+        (32, 32),
+        (32, 64),
+    }
+    assert all(0 < r["occupied_pca"] <= 1 and 0 < r["occupied_raster"] <= 1 for r in rows)
+    assert "| 32 | 1024 | 64 | 1/16 | 64 |" in tile_occupancy.markdown(rows, "random")
+
+
+memory_bench = load_script("memory")
+
+
+def test_memory_benchmark_measures_whole_and_auto_tiled_restores(tmp_path, monkeypatch):
+    """One worker run in this process: the whole image, then under a budget it cannot fit."""
+    whole = memory_bench.measure(96, None, threads=1)
+    assert whole["tile"] is None and whole["seconds"] > 0 and whole["peak_growth_mib"] >= 0
+    tiled = memory_bench.measure(96, budget=2**24, threads=1)  # 16 MiB: tiles
+    assert tiled["tile"] is not None and tiled["tile"] < 96
+    assert tiled["estimate_mib"] < whole["estimate_mib"]
+    text = memory_bench.markdown([whole, tiled], threads=1)
+    assert f"| 96 | 0.01 | auto, 0.015625 GiB | {tiled['tile']} |" in text

@@ -228,3 +228,33 @@ def test_data_module_errors(tmp_path: Path) -> None:
         RestorationDataModule(train_dirs=[str(tmp_path)], task="paired")
     with pytest.raises(ValueError, match=r"fitting needs data\.train_dirs"):
         RestorationDataModule(sigma=25).setup("fit")
+
+
+def test_resumable_sampler_order_and_seeds_are_functions_of_seed_epoch_position() -> None:
+    from semanir.data.sampling import ResumableSampler, epoch_order, item_seed
+
+    sampler = ResumableSampler(10, seed=3)
+    first = list(sampler)
+    assert sorted(index for index, _ in first) == list(range(10))  # a permutation
+    assert first == list(ResumableSampler(10, seed=3))  # reproducible
+    assert [seed for _, seed in first] == [item_seed(3, 0, p) for p in range(10)]
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [i for i, _ in second] == epoch_order(10, 3, 1) != [i for i, _ in first]
+    resumed = ResumableSampler(10, seed=3)
+    resumed.resume_at(1, 4)
+    resumed.set_epoch(1)
+    assert list(resumed) == second[4:]  # the uninterrupted epoch's tail, seeds included
+    resumed.set_epoch(2)
+    first_of_next = next(iter(resumed))
+    assert first_of_next == (epoch_order(10, 3, 2)[0], item_seed(3, 2, 0))  # from its start
+
+
+def test_an_item_key_with_a_seed_fixes_its_crop_and_noise(tmp_path: Path) -> None:
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    write_image(folder / "a.png", torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(0)))
+    dataset = SyntheticDegradationDataset(folder, "denoise", sigma_range=(0, 50), patch_size=16)
+    a, b = dataset[(0, 123)], dataset[(0, 123)]
+    assert torch.equal(a["lq"], b["lq"]) and torch.equal(a["gt"], b["gt"])
+    assert not torch.equal(a["lq"], dataset[(0, 124)]["lq"])

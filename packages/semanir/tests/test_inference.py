@@ -1,6 +1,14 @@
-"""restore() (whole-image and tiled) and load_model()."""
+"""restore() (whole-image and tiled) and load_model().
+
+Low precision: under fp16 / bf16 autocast every Conv2d / Linear of the model must output that
+type, and the restored image must differ from the fp32 one by more than nothing and at most
+``AUTOCAST_ATOL`` = 0.02 in max abs error on [0, 1] images (CPU autocast measured 8.3e-3 bf16,
+8.8e-3 fp16 on the near-identity tiny model).
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -48,6 +56,9 @@ class Affine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * x - 0.5
+
+
+AUTOCAST_ATOL = 0.02
 
 
 def tiny(name: str = "semanir_test_tiny_unet", **overrides) -> nn.Module:
@@ -157,12 +168,63 @@ def test_output_keeps_the_input_dtype_and_device():
     torch.testing.assert_close(out, restore(model, image.float()).double(), rtol=0, atol=0)
 
 
-def test_bfloat16_autocast_stays_close_to_float32():
+def restore_recording_dtypes(
+    model: nn.Module, image: torch.Tensor, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, set[torch.dtype]]:
+    """``restore(model, image, dtype=dtype)`` and the output dtypes of the model's Conv2d and
+    Linear layers during it (recorded by forward hooks)."""
+    seen: list[torch.dtype] = []
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for m in layers]
+    try:
+        out = restore(model, image, dtype=dtype)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) >= len(layers) > 0  # every layer ran
+    return out, set(seen)
+
+
+def check_low_precision(
+    model: nn.Module,
+    image: torch.Tensor,
+    dtype: torch.dtype | None,
+    expected: torch.dtype,
+    device: str = "cpu",
+) -> None:
+    """Restored on ``device`` under ``dtype`` (``None``: the device's default), the model's
+    layers ran in ``expected``; the output is in the (CPU) image's dtype and on its device, and
+    differs from the fp32 CPU restoration by a non-zero amount within ``AUTOCAST_ATOL``."""
+    reference, fp32_types = restore_recording_dtypes(model.cpu(), image, torch.float32)
+    assert fp32_types == {torch.float32}
+    out, types = restore_recording_dtypes(model.to(device), image, dtype)
+    assert types == {expected}, sorted(map(str, types))
+    assert out.dtype == image.dtype and out.device == image.device
+    error = float((out - reference).abs().max())
+    assert 0 < error <= AUTOCAST_ATOL, error
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cpu_autocast_runs_the_model_in_the_dtype_and_stays_close_to_float32(dtype):
+    check_low_precision(near_identity(tiny()), images(1, 16, 16), dtype, dtype)
+
+
+def test_cpu_default_is_float32_without_autocast():
     model = near_identity(tiny())
     image = images(1, 16, 16)
-    reference = restore(model, image)
-    low = restore(model, image, dtype=torch.bfloat16)
-    assert (low - reference).abs().max() < 0.02  # measured 7e-3
+    out, types = restore_recording_dtypes(model, image)
+    assert types == {torch.float32}
+    assert torch.equal(out, restore(model, image, dtype=torch.float32))
+
+
+def test_cuda_default_is_float16_autocast():
+    """The choice the CUDA test below checks on a GPU, made here without one: ``dtype=None``
+    on a CUDA model is fp16 autocast on CUDA (the context is built, never entered)."""
+    with warnings.catch_warnings():  # torch warns that CUDA is absent and disables it
+        warnings.simplefilter("ignore", UserWarning)
+        context = inference._autocast(torch.device("cuda"), None)
+    assert isinstance(context, torch.autocast)
+    assert (context.device, context.fast_dtype) == ("cuda", torch.float16)
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -262,11 +324,8 @@ def test_load_model_rejects_a_folder_without_config(tmp_path):
 @pytest.mark.gpu
 def test_cuda_restore_autocasts_to_float16_and_matches_the_cpu():
     model = near_identity(tiny())
-    image = images(1, 32, 32)
-    reference = restore(model, image)
-    out = restore(model.cuda(), image)  # the image stays on the CPU: so does the output
-    assert out.device == image.device
-    assert (out - reference).abs().max() < 0.02
+    image = images(1, 32, 32)  # stays on the CPU: so does the output
+    check_low_precision(model, image, None, torch.float16, device="cuda")
 
 
 # ---------------------------------------------------------------------------- self-ensemble

@@ -17,6 +17,7 @@ from semanir.inference import load_model
 from semanir.io import write_image
 from semanir.lightning_module import RestorationModule, WarmupSchedule, charbonnier_loss
 from semanir.metrics import psnr, ssim
+from semanir.models import build_model
 
 TINY = "semanir_test_tiny_unet"
 
@@ -296,3 +297,150 @@ def test_ema_of_weights_is_what_validation_and_export_see(
     for name, tensor in exported.named_parameters():
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-6, msg=name)
     assert not torch.equal(expected["shallow.weight"], record.steps[-1]["shallow.weight"])
+
+
+def test_a_gray_model_starts_a_colour_model_that_matches_it_on_gray_images(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    gray = build_model(TINY)
+    with torch.no_grad():
+        gray.reconstruct.weight.mul_(100)  # a visible correction
+    gray.save_pretrained(tmp_path / "gray")
+    module = RestorationModule(
+        arch=TINY, arch_overrides={"in_channels": 3, "out_channels": 3},
+        init_weights=str(tmp_path / "gray"),
+    )  # fmt: skip
+    colour = module.model.eval()
+    assert colour.shallow.weight.shape[1] == 3 and colour.reconstruct.weight.shape[0] == 3
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = gray.eval()(x)  # (2, 1, H, W)
+        out = colour(x.expand(-1, 3, -1, -1))  # (2, 3, H, W)
+    for channel in range(3):
+        torch.testing.assert_close(out[:, channel : channel + 1], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, x.expand(-1, 3, -1, -1), atol=1e-3)  # not the identity
+
+
+INTERRUPT_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from semanir.cli import main
+
+
+    class SignalAtStep(Callback):
+        \"\"\"Sends this process a signal after an optimizer step, as a scheduler would.\"\"\"
+
+        def __init__(self, step: int, name: str) -> None:
+            self.step, self.name = step, name
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == self.step:
+                os.kill(os.getpid(), getattr(signal, self.name))
+
+
+    torch.set_num_threads(1)
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+INTERRUPT_CONFIG = textwrap.dedent(
+    """
+    seed_everything: 0
+    trainer:
+      accelerator: cpu
+      max_steps: 6
+      logger: false
+      enable_progress_bar: false
+      enable_model_summary: false
+      num_sanity_val_steps: 0
+      limit_val_batches: 0
+      default_root_dir: {root}
+      callbacks:
+        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+          init_args:
+            dirpath: {root}/checkpoints
+            save_last: true
+            every_n_train_steps: 2
+        - class_path: lightning.pytorch.callbacks.EMAWeightAveraging
+          init_args:
+            decay: 0.9
+    model:
+      arch: semanir_test_tiny_unet
+      lr: 1.0e-2
+      scheduler: cosine
+      warmup_steps: 2
+      export_dir: {root}/export
+    data:
+      train_dirs: [{data}]
+      task: denoise
+      sigma_range: [0, 50]
+      patch_size: 16
+      batch_size: 2
+      num_workers: 0
+      repeat: 2
+    """
+)
+
+
+def run_fit(folder: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``semanir fit`` of the tiny config in a subprocess, outputs under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder.parent / "fit.py"
+    script.write_text(INTERRUPT_SCRIPT)
+    config = folder / "config.yaml"
+    config.write_text(INTERRUPT_CONFIG.format(root=folder, data=data))
+    return subprocess.run(
+        [sys.executable, str(script), "fit", "--config", str(config), *extra],
+        capture_output=True, text=True, timeout=600, cwd=folder.parent,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The tiny images and the exported weights of a run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("fit")
+    data = make_images(root / "data", count=4, size=24)
+    result = run_fit(root / "straight", data)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return data, load_file(root / "straight" / "export" / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "status"),
+    [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)],
+)
+def test_interrupted_fit_saves_a_checkpoint_and_resumes_to_the_same_weights(
+    tmp_path: Path, uninterrupted: tuple[Path, dict], signal_name: str, status: int
+) -> None:
+    """A run stopped by a signal after step 3 (mid-epoch: 4 steps per epoch) exits with 143 or
+    130 and one line naming its checkpoint; resumed from it, it ends with exactly the weights
+    of a run that was never interrupted (data order, degradations, k draws, optimizer, EMA)."""
+    from safetensors.torch import load_file
+
+    data, expected = uninterrupted
+    signal_callback = (
+        '--trainer.callbacks+={"class_path": "__main__.SignalAtStep", '
+        f'"init_args": {{"step": 3, "name": "{signal_name}"}}}}'
+    )
+    stopped = run_fit(tmp_path / "stopped", data, signal_callback)
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    assert stopped.returncode == status, stopped.stderr[-2000:]
+    last_line = stopped.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"semanir fit: {signal_name} at step 3, saved {checkpoint}; resume with the same "
+        f"command and --ckpt_path {checkpoint}"
+    )
+    assert checkpoint.is_file() and not (tmp_path / "stopped" / "export").exists()
+    resumed = run_fit(tmp_path / "stopped", data, "--ckpt_path", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

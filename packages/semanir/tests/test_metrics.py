@@ -5,14 +5,18 @@ Tolerances: PSNR relative 1e-7 (torchmetrics takes log(255) and 10 / log(10) as 
 scalars: a relative error of ~4.5e-8, 2e-6 dB at 48 dB); SSIM 1e-9 (scikit-image filters with
 scipy's separable Gaussian over the whole image and then drops the 5-pixel border, torchmetrics
 convolves the reflect-padded image and we drop the same border; all in float64).
+
+scikit-image is a test dependency (``semanir[test]``): the tests that compare with it take the
+``sk`` fixture and skip without it; the others run anyway.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from skimage.color import rgb2ycbcr
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from semanir.metrics import prepare_for_metric, psnr, rgb_to_y, ssim
 
@@ -30,41 +34,61 @@ def to_8bit(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().double().numpy()
 
 
-def skimage_ssim(x: np.ndarray, y: np.ndarray) -> float:
-    """x, y: (C, H, W) on the 0-255 scale."""
-    return structural_similarity(
-        x,
-        y,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=255,
-        channel_axis=0,
-    )
+@dataclass(frozen=True)
+class SkImage:
+    """The scikit-image references.
+
+    Args:
+        psnr: ``peak_signal_noise_ratio(reference, test, data_range=...)``.
+        ssim: SSIM of (C, H, W) arrays on the 0-255 scale with the field's conventions.
+        rgb2ycbcr: (H, W, 3) RGB in [0, 1] -> YCbCr, Y in [16, 235].
+    """
+
+    psnr: Callable[..., float]
+    ssim: Callable[[np.ndarray, np.ndarray], float]
+    rgb2ycbcr: Callable[[np.ndarray], np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def sk() -> SkImage:
+    pytest.importorskip("skimage", reason="scikit-image (semanir[test]) is the reference")
+    from skimage.color import rgb2ycbcr
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    def ssim_0_255(x: np.ndarray, y: np.ndarray) -> float:
+        return structural_similarity(
+            x,
+            y,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+            channel_axis=0,
+        )
+
+    return SkImage(peak_signal_noise_ratio, ssim_0_255, rgb2ycbcr)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_psnr_and_ssim_match_skimage_per_image(channels: int) -> None:
+def test_psnr_and_ssim_match_skimage_per_image(channels: int, sk: SkImage) -> None:
     noisy, clean = pair(channels)
     ours_psnr, ours_ssim = psnr(noisy, clean), ssim(noisy, clean)
     assert ours_psnr.shape == (2,) and ours_ssim.shape == (2,)
     for b in range(2):
         x, y = to_8bit(noisy[b]), to_8bit(clean[b])
-        assert ours_psnr[b].item() == pytest.approx(
-            peak_signal_noise_ratio(y, x, data_range=255), rel=PSNR_REL
-        )
-        assert ours_ssim[b].item() == pytest.approx(skimage_ssim(x, y), abs=1e-9)
+        assert ours_psnr[b].item() == pytest.approx(sk.psnr(y, x, data_range=255), rel=PSNR_REL)
+        assert ours_ssim[b].item() == pytest.approx(sk.ssim(x, y), abs=1e-9)
     single = psnr(noisy[0], clean[0])
     assert single.shape == () and single.item() == pytest.approx(ours_psnr[0].item())
 
 
-def test_y_channel_matches_skimage_rgb2ycbcr() -> None:
+def test_y_channel_matches_skimage_rgb2ycbcr(sk: SkImage) -> None:
     noisy, clean = pair(3, batch=1)
     x, y = to_8bit(noisy[0]) / 255, to_8bit(clean[0]) / 255  # rounded RGB in [0, 1]
-    y_x = rgb2ycbcr(x.transpose(1, 2, 0))[..., 0]  # MATLAB convention: Y in [16, 235]
-    y_y = rgb2ycbcr(y.transpose(1, 2, 0))[..., 0]
-    expected_psnr = peak_signal_noise_ratio(y_y, y_x, data_range=255)
-    expected_ssim = skimage_ssim(y_x[None], y_y[None])
+    y_x = sk.rgb2ycbcr(x.transpose(1, 2, 0))[..., 0]  # MATLAB convention: Y in [16, 235]
+    y_y = sk.rgb2ycbcr(y.transpose(1, 2, 0))[..., 0]
+    expected_psnr = sk.psnr(y_y, y_x, data_range=255)
+    expected_ssim = sk.ssim(y_x[None], y_y[None])
     assert psnr(noisy, clean, y_channel=True).item() == pytest.approx(expected_psnr, rel=PSNR_REL)
     assert ssim(noisy, clean, y_channel=True).item() == pytest.approx(expected_ssim, abs=1e-9)
     white = rgb_to_y(torch.full((3, 1, 1), 255.0, dtype=torch.float64))
@@ -76,25 +100,25 @@ def test_y_channel_is_ignored_for_gray() -> None:
     torch.testing.assert_close(psnr(noisy, clean, y_channel=True), psnr(noisy, clean))
 
 
-def test_crop_border_and_data_range() -> None:
+def test_crop_border_and_data_range(sk: SkImage) -> None:
     noisy, clean = pair(3, batch=1)
     x, y = to_8bit(noisy[0])[:, 4:-4, 4:-4], to_8bit(clean[0])[:, 4:-4, 4:-4]
-    expected = peak_signal_noise_ratio(y, x, data_range=255)
+    expected = sk.psnr(y, x, data_range=255)
     assert psnr(noisy, clean, crop_border=4).item() == pytest.approx(expected, rel=PSNR_REL)
-    assert ssim(noisy, clean, crop_border=4).item() == pytest.approx(skimage_ssim(x, y), abs=1e-9)
+    assert ssim(noisy, clean, crop_border=4).item() == pytest.approx(sk.ssim(x, y), abs=1e-9)
     scaled = psnr(noisy * 255, clean * 255, data_range=255, crop_border=4)
     assert scaled.item() == pytest.approx(expected, rel=PSNR_REL)
 
 
-def test_without_rounding_matches_float_arrays() -> None:
+def test_without_rounding_matches_float_arrays(sk: SkImage) -> None:
     clean = torch.rand(1, 30, 30, generator=torch.Generator().manual_seed(5)) * 0.8 + 0.1
     noisy = clean + 0.01
     x, y = noisy.double().numpy() * 255, clean.double().numpy() * 255
     ours = psnr(noisy, clean, round_to_8bit=False).item()
-    assert ours == pytest.approx(peak_signal_noise_ratio(y, x, data_range=255), rel=PSNR_REL)
+    assert ours == pytest.approx(sk.psnr(y, x, data_range=255), rel=PSNR_REL)
     assert ours == pytest.approx(40.0, abs=1e-4)  # error 0.01 of white: exactly 40 dB
     ours_ssim = ssim(noisy, clean, round_to_8bit=False).item()
-    assert ours_ssim == pytest.approx(skimage_ssim(x, y), abs=1e-6)
+    assert ours_ssim == pytest.approx(sk.ssim(x, y), abs=1e-6)
 
 
 def test_known_values() -> None:

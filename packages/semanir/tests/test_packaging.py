@@ -7,6 +7,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from common_kernels.cli import UsageError
 from semanir.cli import bundled_configs_dir, with_bundled_configs
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -21,13 +24,18 @@ def test_config_names_resolve_to_shipped_files(tmp_path, monkeypatch):
             "fit", "--config", path, "--seed_everything", "0",
         ]  # fmt: skip
         assert with_bundled_configs(["fit", f"--config={name}"]) == ["fit", f"--config={path}"]
-    # a file of that name in the working folder wins; unknown names and paths pass unchanged
+    # a file of that name in the working folder wins; an unknown name lists the shipped ones
     monkeypatch.chdir(tmp_path)
     (tmp_path / "denoise_gray_tiny.yaml").write_text("seed_everything: 1\n")
     local = ["fit", "--config", "denoise_gray_tiny.yaml"]
     assert with_bundled_configs(local) == local
-    for unchanged in (["fit", "--config", "mine"], ["fit", "--config", "a/denoise_gray_tiny"]):
-        assert with_bundled_configs(unchanged) == unchanged
+    for unknown in ("mine", "a/denoise_gray_tiny"):
+        with pytest.raises(
+            UsageError,
+            match=rf"^--config {unknown}: no such file and no shipped "
+            "config; shipped: denoise_color_base, ",
+        ):
+            with_bundled_configs(["fit", "--config", unknown])  # fmt: skip
 
 
 def test_wheel_contains_configs_and_bundled_weights(tmp_path):

@@ -29,15 +29,20 @@ __all__ = [
     "BT601_LUMA",
     "IMAGE_EXTENSIONS",
     "Channels",
+    "check_writable",
     "convert_channels",
+    "is_gray_file",
     "is_image_file",
     "list_images",
+    "output_paths",
+    "read_for_model",
     "read_image",
     "to_uint8_array",
     "write_image",
 ]
 
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow modes
 
 _LOSSY_FORMATS = ("JPEG", "WEBP")
 
@@ -118,3 +123,83 @@ def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
 def is_image_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` has one of the supported image extensions."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_gray_file(path: Path) -> bool:
+    """Whether an image file holds one channel (its header's pixel mode; nothing decoded).
+
+    A file Pillow cannot open counts as gray here: reading it reports the error.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.mode in GRAY_MODES
+    except (OSError, SyntaxError, ValueError):
+        return True
+
+
+def output_paths(inputs: list[Path], output: Path) -> list[Path]:
+    """Where each restored input goes: ``output`` itself for one input with an image extension,
+    otherwise ``output / input.name`` (names must then be unique)."""
+    if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
+        return [output]
+    if is_image_file(output) and not output.is_dir():
+        raise ValueError(
+            f"-o/--output {output}: {len(inputs)} images cannot go into one image file; give an "
+            "output folder (a name without a suffix)"
+        )
+    if output.suffix and not output.is_dir():
+        raise ValueError(
+            f"-o/--output {output}: {output.suffix!r} is not an image suffix "
+            f"({', '.join(IMAGE_EXTENSIONS)}); an output folder name must have no suffix"
+        )
+    targets = [output / path.name for path in inputs]
+    seen: dict[Path, Path] = {}
+    for path, target in zip(inputs, targets, strict=True):
+        if target in seen:
+            raise ValueError(f"{seen[target]} and {path} would both be written to {target}")
+        seen[target] = path
+    return targets
+
+
+def target_names(targets: list[Path]) -> str:
+    """The first output path, and how many more, for messages."""
+    more = f" (and {len(targets) - 1} more)" if len(targets) > 1 else ""
+    return f"{targets[0]}{more}"
+
+
+def check_writable(targets: list[Path]) -> None:
+    """Fail before any work when the folder of an output cannot be created or written."""
+    for folder in sorted({target.parent for target in targets}):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"output {target_names(targets)}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"output {target_names(targets)}: cannot write to {existing} (permission denied)"
+            )
+
+
+def read_for_model(
+    path: str | os.PathLike, channels: Channels, *, per_channel: bool = False
+) -> tuple[torch.Tensor, str | None]:
+    """Read an image for a model taking ``channels``, and what the conversion did, if anything.
+
+    A colour image for a gray model becomes its BT.601 luma (kept in colour with
+    ``per_channel``, to be restored channel by channel); a gray image for a colour model is
+    repeated to RGB.
+
+    Returns:
+        The (C, H, W) image and, when it was converted, a note saying so (else None).
+    """
+    image = read_image(path)
+    if image.shape[0] == 3 and channels == "gray" and per_channel:
+        return image, None
+    note = None
+    if image.shape[0] == 3 and channels == "gray":
+        note = (
+            "is a colour image and the model is a gray model: restoring its BT.601 luma "
+            "(--per-channel restores R, G and B one by one)"
+        )
+    elif image.shape[0] == 1 and channels == "rgb":
+        note = "is a gray image and the model is a colour model: restoring it as RGB"
+    return convert_channels(image, channels), note

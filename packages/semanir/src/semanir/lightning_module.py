@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -10,12 +12,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from semanir.data.datamodule import RestorationDataModule, Task
+from common_kernels.files import atomic_write
+from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
+from semanir.data.datasets import index_generator
 from semanir.inference import load_model
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
@@ -141,9 +146,22 @@ class RestorationModule(L.LightningModule):
         return F.l1_loss(output, target)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(self.model(batch["lq"]), batch["gt"])
+        k = self.training_k()
+        output = self.model(batch["lq"]) if k is None else self.model(batch["lq"], k=k)
+        loss = self.compute_loss(output, batch["gt"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lq"].shape[0])
         return loss
+
+    def training_k(self) -> int | None:
+        """This step's dictionary size: a draw from the model's ``train_k_choices`` seeded by
+        (the run's seed, the step), so a resumed run draws what the uninterrupted run drew;
+        None for models without a dictionary."""
+        config = getattr(self.model, "config", None)
+        choices = getattr(config, "train_k_choices", None)
+        if not choices or getattr(config, "dictionary", "dense") == "dense":
+            return None
+        generator = index_generator(torch.initial_seed() % 2**63, self.global_step)
+        return choices[int(torch.randint(len(choices), (), generator=generator))]
 
     def metric_options(self, num_channels: int) -> dict[str, Any]:
         """PSNR/SSIM conventions of the task for images with ``num_channels`` channels."""
@@ -236,15 +254,118 @@ def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Modu
 
 
 def load_initial_weights(model: nn.Module, source: str) -> None:
-    """Copy the weights saved in ``source`` (folder or hub id) into ``model``, strictly."""
+    """Copy the weights saved in ``source`` (folder or hub id) into ``model``, strictly.
+
+    A gray model may start a colour model of the same body: its input convolution is spread
+    evenly over the three input channels and its output convolution repeated for each, so the
+    colour model computes on a gray image (R = G = B) exactly what the gray model computes.
+    """
     saved = load_model(source)
+    state = saved.state_dict()
+    if _is_gray(saved) and _is_colour(model):
+        state = gray_to_colour_state(state, model)
     try:
-        model.load_state_dict(saved.state_dict(), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ValueError(
             f"init_weights={source!r} holds weights of another architecture than model.arch "
             f"(with arch_overrides): {error}"
         ) from error
+
+
+def _is_gray(model: nn.Module) -> bool:
+    return getattr(model, "in_channels", None) == 1 and getattr(model, "out_channels", None) == 1
+
+
+def _is_colour(model: nn.Module) -> bool:
+    return getattr(model, "in_channels", None) == 3 and getattr(model, "out_channels", None) == 3
+
+
+def gray_to_colour_state(state: dict[str, torch.Tensor], colour: nn.Module) -> dict[str, Any]:
+    """A gray model's state dict widened to ``colour``'s 3-channel input and output layers.
+
+    Every tensor whose shape differs from ``colour``'s in a channel dimension of size 1 -> 3 is
+    widened: an input dimension (dim 1 of the first convolution) by splitting the weight into
+    thirds, an output dimension (dim 0 of the last convolution, and its bias) by repeating it.
+    """
+    target = colour.state_dict()
+    widened = {}
+    for name, value in state.items():
+        want = target.get(name)
+        if want is None or want.shape == value.shape:
+            widened[name] = value
+        elif value.ndim > 1 and value.shape[1] == 1 and want.shape[1] == 3:
+            widened[name] = value.expand(-1, 3, *value.shape[2:]) / 3  # (C, 3, k, k)
+        elif value.shape[0] == 1 and want.shape[0] == 3:
+            widened[name] = value.expand(3, *value.shape[1:]).clone()  # (3, ...)
+        else:
+            widened[name] = value  # load_state_dict names the mismatch
+    return widened
+
+
+class TrainingInterrupted(BaseException):
+    """Training stopped on SIGINT or SIGTERM after its resumable checkpoint was written.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that nothing catches it by accident.
+
+    Args:
+        signal_name: "SIGINT" or "SIGTERM".
+        step: the optimizer steps taken.
+        checkpoint: the checkpoint to resume from (``--ckpt_path``).
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        super().__init__(f"{signal_name} at step {step}; checkpoint {checkpoint}")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+class InterruptCheckpoint(Callback):
+    """Stop cleanly on SIGINT (Ctrl-C) or SIGTERM (what a batch scheduler sends).
+
+    The signal only marks the run: the current step finishes, a resumable checkpoint (weights,
+    optimizer, schedule, the data position, EMA) is written atomically as ``interrupted.ckpt``
+    next to the run's other checkpoints, and :class:`TrainingInterrupted` stops training. A
+    second Ctrl-C stops at once, without a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous_sigint: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = "SIGINT"
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        received = self.received or ("SIGTERM" if trainer.received_sigterm else None)
+        if received is None:
+            return
+        path = self.checkpoint_path(trainer)
+        if trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as temp_path:
+                trainer.save_checkpoint(temp_path)
+        raise TrainingInterrupted(received, trainer.global_step, path)
+
+    @staticmethod
+    def checkpoint_path(trainer: L.Trainer) -> Path:
+        """``interrupted.ckpt`` in the folder of the run's checkpoints."""
+        callback = trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            return Path(callback.dirpath) / "interrupted.ckpt"
+        return (
+            Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "interrupted.ckpt"
+        )
 
 
 class RestorationCLI(LightningCLI):
@@ -263,3 +384,16 @@ class RestorationCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.task", "model.task")
+
+    def before_instantiate_classes(self) -> None:
+        """The data folders of ``fit``/``validate`` exist, before the trainer is built."""
+        if self.subcommand not in ("fit", "validate"):
+            return
+        data = self.config[self.subcommand].data
+        if self.subcommand == "fit":
+            check_data_dirs("data.train_dirs", data.train_dirs, data.data_root)
+        check_data_dirs("data.val_dirs", data.val_dirs, data.data_root)
+
+    def before_fit(self) -> None:
+        """Every fit stops cleanly on SIGINT/SIGTERM with a resumable checkpoint."""
+        self.trainer.callbacks.append(InterruptCheckpoint())

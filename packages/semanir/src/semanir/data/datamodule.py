@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
+from semanir.data.sampling import ResumableSampler
 from semanir.io import Channels
 
 Task = Literal["denoise", "jpeg", "sr", "demosaic", "paired"]
+DATA_ROOT_VARIABLE = "SEMANIR_DATA"
+
+
+class DataFolderError(ValueError):
+    """A data folder of a training config does not exist (raised before the trainer is built)."""
+
+
+def resolve_data_dirs(dirs: list[str] | None, data_root: str | None) -> list[str] | None:
+    """``dirs`` with relative entries under ``data_root`` (default: ``$SEMANIR_DATA``; without
+    either, relative to the working folder)."""
+    root = data_root or os.environ.get(DATA_ROOT_VARIABLE)
+    if dirs is None or root is None:
+        return dirs
+    return [d if Path(d).is_absolute() else str(Path(root) / d) for d in dirs]
+
+
+def check_data_dirs(option: str, dirs: list[str] | None, data_root: str | None) -> None:
+    """Fail, naming ``option`` and how to point at the data, when a folder of ``dirs`` is missing.
+
+    Args:
+        option: the config key, e.g. ``"data.train_dirs"``.
+        dirs: the folders as the config gives them.
+        data_root: ``data.data_root``.
+    """
+    resolved = resolve_data_dirs(dirs, data_root) or []
+    missing = [
+        given for given, path in zip(dirs or [], resolved, strict=True) if not Path(path).exists()
+    ]
+    if missing:
+        where = data_root or os.environ.get(DATA_ROOT_VARIABLE)
+        looked = (
+            f"under {where}"
+            if where
+            else f"in {Path.cwd()} (no data.data_root, no ${DATA_ROOT_VARIABLE})"
+        )
+        raise DataFolderError(
+            f"{option}: {', '.join(missing)} not found {looked}; set --data.data_root DIR or "
+            f"${DATA_ROOT_VARIABLE} to the folder that holds them"
+        )
 
 
 class RestorationDataModule(L.LightningDataModule):
@@ -20,7 +62,10 @@ class RestorationDataModule(L.LightningDataModule):
     ``train_dirs`` / ``val_dirs`` on the fly; "paired" reads degraded images from
     ``train_lq_dir`` / ``val_lq_dir`` and their clean partners from ``train_dirs`` / ``val_dirs``.
     Validation is deterministic (fixed per-image seeds) and uses whole images unless
-    ``val_patch_size`` asks for center crops.
+    ``val_patch_size`` asks for center crops. Training visits the images in a per-epoch order
+    and degrades each with its own seed, both functions of (``seed``, epoch, position): a
+    checkpoint holds the position reached, and a resumed run continues with exactly the batches
+    the uninterrupted run would have drawn (:mod:`semanir.data.sampling`).
 
     Args:
         train_dirs: folders or files of clean training images.
@@ -40,10 +85,14 @@ class RestorationDataModule(L.LightningDataModule):
         val_quality: validation JPEG quality (None = ``quality``, or draws from the range).
         scale: super-resolution factor (2, 3 or 4) for "sr" and low-resolution "paired" data.
         bayer_pattern: colour-filter layout for "demosaic".
+        data_root: folder that relative ``train_dirs``/``val_dirs`` are in (default:
+            ``$SEMANIR_DATA``; without either, the working folder). The shipped configs name
+            folders of this repository's shared data (``train400``, ``set12``, ...): point
+            ``data_root`` at it (``../shared/data`` from the repository root).
         train_lq_dir: degraded training images for "paired".
         val_lq_dir: degraded validation images for "paired".
         repeat: how many times each training image appears per epoch.
-        seed: seed of the validation degradations.
+        seed: seed of the validation degradations and of the training order and draws.
     """
 
     def __init__(
@@ -69,6 +118,7 @@ class RestorationDataModule(L.LightningDataModule):
         val_lq_dir: str | None = None,
         repeat: int = 1,
         seed: int = 0,
+        data_root: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +128,7 @@ class RestorationDataModule(L.LightningDataModule):
             raise ValueError("task 'paired' needs val_lq_dir (degraded images) and val_dirs")
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
 
     def setup(self, stage: str) -> None:
         """Build the datasets the stage needs ("fit" builds both, "validate" only validation)."""
@@ -85,9 +136,11 @@ class RestorationDataModule(L.LightningDataModule):
         if stage == "fit":
             if not hp.train_dirs:
                 raise ValueError("fitting needs data.train_dirs (folders of clean images)")
-            self.train_set = self._dataset(hp.train_dirs, hp.train_lq_dir, train=True)
+            train_dirs = resolve_data_dirs(hp.train_dirs, hp.data_root)
+            self.train_set = self._dataset(train_dirs, hp.train_lq_dir, train=True)
         if stage in ("fit", "validate") and hp.val_dirs:
-            self.val_set = self._dataset(hp.val_dirs, hp.val_lq_dir, train=False)
+            val_dirs = resolve_data_dirs(hp.val_dirs, hp.data_root)
+            self.val_set = self._dataset(val_dirs, hp.val_lq_dir, train=False)
 
     def _dataset(self, clean: list[str], degraded: str | None, *, train: bool) -> Dataset:
         hp = self.hparams
@@ -118,14 +171,30 @@ class RestorationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        sampler = ResumableSampler(len(self.train_set), self.hparams.seed)
+        if self._resume is not None:
+            sampler.resume_at(*self._resume)
         return DataLoader(
             self.train_set,
             batch_size=self.hparams.batch_size,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its data, saved in every checkpoint: the epoch and the
+        position (items trained on) inside it."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "position": batches * self.hparams.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self._resume = (state_dict["epoch"], state_dict["position"])
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

@@ -4,10 +4,12 @@
 - ``PairedFolderDataset`` reads degraded/clean pairs from two folders (deblurring, demosaicking,
   adverse weather, real low/high-resolution pairs).
 
-Randomness: in training mode each item draws a fresh seed from torch's global generator, so
-``torch.manual_seed`` / Lightning's ``seed_everything(workers=True)`` make runs reproducible and
-every epoch sees new crops and noise. In validation mode every item uses a generator seeded by
-``(seed, index)``, so the degraded images are identical in every run, worker and process.
+Randomness: the training loader of ``RestorationDataModule`` asks for ``(index, item_seed)``
+keys (``semanir.data.sampling``): each item's crop, degradation and flip follow its seed, a
+function of (seed, epoch, position), so runs are reproducible and resume mid-epoch exactly. An
+int key in training mode draws a fresh seed from torch's global generator instead. In validation
+mode every item uses a generator seeded by ``(seed, index)``, so the degraded images are
+identical in every run, worker and process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from semanir.io import Channels, list_images, read_image
 SyntheticTask = Literal["denoise", "jpeg", "sr", "demosaic"]
 SYNTHETIC_TASKS = ("denoise", "jpeg", "sr", "demosaic")
 Sample = dict[str, torch.Tensor | str]
+Key = int | tuple[int, int]  # an index, or (index, item seed) from a ResumableSampler
 
 # Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
 # crop padded by this many low-resolution pixels equals cropping the downscaled full image.
@@ -128,13 +131,20 @@ class _PatchDataset(Dataset):
         self.repeat = repeat
         self.seed = seed
 
-    def _generator(self, index: int) -> torch.Generator:
-        """Validation: fixed by (seed, index). Training: a fresh draw from torch's global
-        generator mixed with the index, so processes that share a global seed (DDP ranks
-        loading in the main process) still degrade their different items differently."""
+    def _generator(self, key: Key) -> tuple[int, torch.Generator]:
+        """The item's index and its generator.
+
+        ``(index, item_seed)`` keys (a :class:`~semanir.data.sampling.ResumableSampler`'s)
+        fix the randomness by the item seed. An int key: validation fixes it by
+        ``(seed, index)``; training draws from torch's global generator, mixed with the index so
+        that processes sharing a global seed (DDP ranks) degrade their items differently.
+        """
+        if isinstance(key, tuple):
+            index, seed = key
+            return index, index_generator(seed, index)
         if self.train:
-            return index_generator(int(torch.randint(2**62, ()).item()), index)
-        return index_generator(self.seed, index)
+            return key, index_generator(int(torch.randint(2**62, ()).item()), key)
+        return key, index_generator(self.seed, key)
 
     def _choose_box(self, height: int, width: int, generator: torch.Generator) -> Box:
         """A ``patch_size`` crop (random in training, centered otherwise), aligned to ``scale``."""
@@ -245,9 +255,9 @@ class SyntheticDegradationDataset(_PatchDataset):
     def __len__(self) -> int:
         return len(self.paths) * self.repeat
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: Key) -> Sample:
+        index, generator = self._generator(key)
         path = self.paths[index % len(self.paths)]
-        generator = self._generator(index)
         image = mod_crop(read_image(path, channels=self.channels), self.scale)
         box = self._choose_box(image.shape[-2], image.shape[-1], generator)
         gt = crop(image, box)
@@ -339,9 +349,9 @@ class PairedFolderDataset(_PatchDataset):
     def __len__(self) -> int:
         return len(self.pairs) * self.repeat
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: Key) -> Sample:
+        index, generator = self._generator(key)
         lq_path, gt_path = self.pairs[index % len(self.pairs)]
-        generator = self._generator(index)
         lq = read_image(lq_path, channels=self.channels)
         gt = read_image(gt_path, channels=self.channels)
         expected = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)

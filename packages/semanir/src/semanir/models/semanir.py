@@ -56,7 +56,7 @@ ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")
 NORMS = ("pre", "post")
 SIMILARITIES = ("cosine", "dot")
-ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex")
+ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex", "tiles")
 UPSCALES = (1, 2, 3, 4)
 MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamped to <= 100
 INIT_LOGIT_SCALE = math.log(10.0)
@@ -796,6 +796,7 @@ CONFIGS: dict[str, ConfigFactory] = {
     "semanir_test_tiny_columnar": semanir_test_tiny_columnar,
     "semanir_tiny_denoise_gray": partial(semanir_tiny_denoise, 1),
     "semanir_tiny_denoise_color": partial(semanir_tiny_denoise, 3),
+    "semanir_tiny_jpeg_gray": partial(semanir_tiny_denoise, 1),
     **{f"semanir_tiny_sr_x{s}": partial(semanir_tiny_sr, s) for s in (2, 3, 4)},
     **{f"semanir_small_sr_x{s}": partial(semanir_small_sr, s) for s in (2, 3, 4)},
     "semanir_base_denoise_gray": partial(semanir_base_unet, 1),

@@ -1,0 +1,118 @@
+"""The models whose weights ship in the wheel, by name and by task.
+
+``load_model("semanir_tiny_sr_x4")``, ``semanir restore --model semanir_tiny_sr_x4`` and
+``semanir models`` read this table. Each entry's weights are the ``save_pretrained`` folder
+``semanir/weights/<name>``; an entry whose folder is absent from an installation is not offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+TASKS = ("denoise", "jpeg", "sr")
+DEFAULT_MODEL = "semanir_tiny_denoise_gray"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped with semanir.
+
+    Args:
+        name: the name to load it by.
+        task: "denoise", "jpeg" or "sr".
+        channels: "gray" or "rgb", what it takes.
+        scale: output / input size (1, or the super-resolution factor).
+        training: the data it was trained on.
+        measured: its measured quality, as the README's results table gives it.
+    """
+
+    name: str
+    task: str
+    channels: str
+    scale: int
+    training: str
+    measured: str
+
+    @property
+    def folder(self) -> Path:
+        """The ``save_pretrained`` folder of its weights inside the package."""
+        return Path(str(resources.files("semanir") / "weights" / self.name))
+
+    def is_installed(self) -> bool:
+        return (self.folder / "model.safetensors").is_file()
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    model.name: model
+    for model in (
+        BundledModel(
+            "semanir_tiny_denoise_gray", "denoise", "gray", 1,
+            "Train400 (400 gray 180x180), blind sigma 0-55",
+            "Set12 PSNR 32.41 / 30.13 / 26.94 dB at sigma 15 / 25 / 50 (BM3D 32.39 / 29.98 / "
+            "26.75)",
+        ),
+    )
+}  # fmt: skip
+
+
+def installed_models() -> list[BundledModel]:
+    """The bundled models whose weights this installation holds, in table order."""
+    return [model for model in BUNDLED_MODELS.values() if model.is_installed()]
+
+
+def known_names() -> str:
+    """The installed bundled names, for messages."""
+    return ", ".join(model.name for model in installed_models()) or "none"
+
+
+def bundled_model(name: str) -> BundledModel:
+    """The installed bundled model called ``name``.
+
+    Raises:
+        KeyError: no such name, or its weights are not in this installation; the message lists
+            the installed names.
+    """
+    model = BUNDLED_MODELS.get(name)
+    if model is None or not model.is_installed():
+        raise KeyError(f"unknown bundled model {name!r}; bundled models: {known_names()}")
+    return model
+
+
+def model_for_task(task: str, channels: str) -> BundledModel:
+    """The bundled model that ``semanir restore --task TASK`` uses without ``--model``.
+
+    Denoising takes the colour model for colour images and the gray one for gray images; the
+    other tasks have one model each (a gray JPEG model restores a colour image's luma).
+
+    Args:
+        task: "denoise", "jpeg" or "sr".
+        channels: "gray" or "rgb", the image's.
+
+    Raises:
+        ValueError: an unknown task, or none of the installed models does it.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    candidates = [model for model in installed_models() if model.task == task]
+    if not candidates:
+        raise ValueError(
+            f"no bundled model does --task {task}; bundled models: {known_names()} (or pass "
+            "--model FOLDER_OR_HUB_ID)"
+        )
+    same_channels = [model for model in candidates if model.channels == channels]
+    return (same_channels or candidates)[0]
+
+
+def describe_installed() -> str:
+    """The installed bundled models, one block each: name, task, size, data, measured PSNR."""
+    blocks = []
+    for model in installed_models():
+        size = (model.folder / "model.safetensors").stat().st_size / 2**20
+        scale = f", x{model.scale}" if model.scale > 1 else ""
+        blocks.append(
+            f"{model.name}\n  task {model.task} ({model.channels}{scale}), {size:.1f} MB\n"
+            f"  trained on {model.training}\n  {model.measured}"
+        )
+    return "\n".join(blocks)
