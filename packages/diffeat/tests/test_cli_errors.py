@@ -106,7 +106,7 @@ def extract_args(*extra: str, image: str = "img.png") -> list[str]:
     return ["extract", f"{{t}}/{image}", "--model", "{sd15}", "-o", "{t}/out.safetensors", *extra]
 
 
-SELECTIONS = "all, legacy-v1.5, legacy-xl, ours-v1.5, ours-xl"
+SELECTIONS = "all, diffeat-pixart-sigma, legacy-v1.5, legacy-xl, ours-v1.5, ours-xl"
 FACTORS = "64 for this model (VAE x8, U-Net x8)"
 FOLDER_HINT = "expected a diffusers SD/SDXL model folder (`diffeat tiny-model DIR` writes one)"
 
@@ -197,8 +197,8 @@ CASES = {
     "layers_empty": (extract_args("--layers", ","), "--layers ',': no names given"),
     "preset_unknown": (
         extract_args("--preset", "ours"),
-        "argument --preset: invalid choice: 'ours' (choose from 'legacy-v1.5', 'legacy-xl', "
-        "'ours-v1.5', 'ours-xl')",
+        "argument --preset: invalid choice: 'ours' (choose from 'diffeat-pixart-sigma', "
+        "'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl')",
     ),
     "preset_of_another_family": (
         extract_args("--preset", "ours-xl"),
@@ -363,8 +363,8 @@ CASES = {
     ),
     "layers_config_unknown": (
         ["layers", "--config", "sd3"],
-        "argument --config: invalid choice: 'sd3' (choose from 'playground-v2', 'sd15', "
-        "'sd21', 'sdxl', 'tiny-sd15', 'tiny-sdxl')",
+        "argument --config: invalid choice: 'sd3' (choose from 'pixart-sigma', "
+        "'playground-v2', 'sd15', 'sd21', 'sdxl', 'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sdxl')",
     ),
     "tiny_model_into_a_file": (
         ["tiny-model", "{t}/file.txt", "--kind", "sd15"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -122,17 +123,57 @@ def test_bad_inputs_raise_clear_errors(make_extractor, images):
         make_extractor("sd15", preset="ours-v2")
     with pytest.raises(ValueError, match="latent: must be one of"):
         make_extractor("sd15", layers=["unet-out"], latent="mode")
-    with pytest.raises(ValueError, match=r"layers: a string must be one of \['all', 'legacy-v1.5'"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers: a string must be one of \['all', 'diffeat-pixart-sigma', 'legacy-v1.5', "
+        r"'legacy-xl', 'ours-v1.5', 'ours-xl'\]; got 'unet-out' "
+        r"\(pass activation names as a list\)",
+    ):
         make_extractor("sd15", layers="unet-out")
 
 
-def test_image_size_resizes_pil_images_of_any_size(make_extractor):
+def pil_bicubic_reference(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """The documented preprocessing restated with PIL alone: convert to RGB (a gray image
+    repeats its one channel), then resize each channel as 32-bit float with PIL's bicubic
+    filter (antialiased when shrinking), scale to [0, 1] and clip. (3, H, W) float64."""
+    height, width = size
+    channels = [
+        np.asarray(band.convert("F").resize((width, height), Image.BICUBIC), dtype=np.float64)
+        for band in image.convert("RGB").split()
+    ]
+    return (torch.from_numpy(np.stack(channels)) / 255.0).clamp(0.0, 1.0)
+
+
+def test_image_size_resizes_pil_images_of_any_size(make_extractor, monkeypatch):
+    """Odd-sized RGB (enlarged and shrunk) and gray PIL images reach the VAE as the
+    independently resized and converted pixels (textured images: a flat colour would look
+    the same through any filter)."""
+    rng = np.random.default_rng(3)
+    pil = [
+        Image.fromarray(rng.integers(0, 256, (51, 97, 3), dtype=np.uint8), "RGB"),  # enlarged
+        Image.fromarray(rng.integers(0, 256, (60, 40), dtype=np.uint8), "L"),  # gray
+        Image.fromarray(rng.integers(0, 256, (150, 301, 3), dtype=np.uint8), "RGB"),  # shrunk
+    ]
     extractor = make_extractor(
         "sd15", layers=["up-level3-repeat0-vit-block0-self-k"], image_size=(64, 128)
     )
-    pil = [Image.new("RGB", (97, 51), (200, 10, 10)), Image.new("L", (40, 60), 128)]
+    fed = []
+    encode = extractor.encode_images
+
+    def spy(pixels, generator):
+        fed.append(pixels.clone())
+        return encode(pixels, generator)
+
+    monkeypatch.setattr(extractor, "encode_images", spy)
     features = extractor(pil)
-    assert features["up-level3-repeat0-vit-block0-self-k"].shape == (2, 8, 8, 16)
+    assert features["up-level3-repeat0-vit-block0-self-k"].shape == (3, 8, 8, 16)
+    (pixels,) = fed
+    assert pixels.shape == (3, 3, 64, 128) and pixels.dtype == torch.float32
+    for i, image in enumerate(pil):
+        expected = pil_bicubic_reference(image, (64, 128))
+        torch.testing.assert_close(pixels[i].double(), expected, atol=2e-6, rtol=0)
+    gray = pixels[1]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[0], gray[2])
 
 
 def test_per_image_prompts_and_precomputed_embeddings(make_extractor, images):

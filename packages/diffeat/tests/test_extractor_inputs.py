@@ -22,7 +22,7 @@ from diffeat import (
 from diffeat.cli import main
 from diffeat.io import load_features
 
-SELECTIONS = "['all', 'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl']"
+SELECTIONS = "['all', 'diffeat-pixart-sigma', 'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl']"
 
 
 def spy(module):

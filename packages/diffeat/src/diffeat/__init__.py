@@ -1,6 +1,7 @@
 """diffeat: every diffusion U-Net activation as a discriminative feature.
 
-Hook-based extraction on stock diffusers (SD 1.5/2.1, SDXL, Playground v2) with early exit,
+Hook-based extraction on stock diffusers (SD 1.5/2.1, SDXL, Playground v2 U-Nets; PixArt-Sigma
+transformers) with early exit, LoRA and ControlNet,
 the paper's presets, property probes, a PCA visualiser and task heads (Meng et al., NeurIPS 2024,
 "Not All Diffusion Model Activations Have Been Evaluated as Discriminative Features").
 """
@@ -16,6 +17,7 @@ from diffeat.catalogue import (
     layer_infos,
     list_layers,
 )
+from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
 from diffeat.features import Features
@@ -29,6 +31,7 @@ __all__ = [
     "PRESETS",
     "VAE_OUT",
     "ActivationRecorder",
+    "DiTFeatureExtractor",
     "EnsembleMember",
     "ExtractorConfig",
     "FeatureExtractor",

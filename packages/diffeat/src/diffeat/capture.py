@@ -164,6 +164,8 @@ class ActivationRecorder:
         plain_attention: when any attention map is requested, compute every attention layer
             with explicit softmax (diffusers' ``AttnProcessor``), like the official code.
         output_device: move recorded tensors there (e.g. ``"cpu"`` to spare GPU memory).
+        detach: store tensors detached from the autograd graph (False: keep it, for a pass run
+            with gradients enabled, so a loss on the features reaches the model's parameters).
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class ActivationRecorder:
         square_tokens: bool = False,
         plain_attention: bool = False,
         output_device: torch.device | str | None = None,
+        detach: bool = True,
     ):
         self.unet = unet
+        self.detach = detach
         self.catalogue = list(catalogue) if catalogue is not None else build_catalogue(unet)
         if isinstance(names, str):
             names = layer_selection(names, "names")
@@ -194,11 +198,16 @@ class ActivationRecorder:
         self._handles: list = []
         self._processors: dict[nn.Module, object] = {}
         self._heads: dict[str, int] = {}
+        # DiTs (diffusers PixArt-style transformers) tokenise their input in patches
+        is_dit = hasattr(unet, "pos_embed") and hasattr(unet, "transformer_blocks")
+        self._patch = int(unet.config.patch_size) if is_dit else 0
 
     # -- recording ---------------------------------------------------------------------------
     def record(self, name: str, value: Tensor) -> None:
-        """Store one activation (detached); stop the pass when it was the last one missing."""
-        value = value.detach()
+        """Store one activation (detached unless ``detach=False``); stop the pass when it was
+        the last one missing."""
+        if self.detach:
+            value = value.detach()
         if self.output_device is not None:
             value = value.to(self.output_device)
         self.features[name] = value
@@ -242,13 +251,14 @@ class ActivationRecorder:
 
     def _grid_hook(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        self._grid = (hidden.shape[-2], hidden.shape[-1])
+        patch = self._patch if module is self.unet else 1  # a DiT's tokens are patches
+        self._grid = (hidden.shape[-2] // patch, hidden.shape[-1] // patch)
 
     def _output_hook(self, spec: LayerSpec):
         def hook(module, args, output):
-            if spec.kind == "vit-out":
+            if spec.kind in ("vit-out", "dit-out"):
                 output = output[0] if isinstance(output, tuple) else output.sample
-            if spec.kind in ("block-out", "ffn-inner"):
+            if spec.kind in ("block-out", "ffn-inner", "patch-embed"):
                 output = tokens_to_map(output, *self.token_grid(output.shape[1]))
             else:
                 output = output.clone()  # later in-place ops (e.g. FreeU) must not alter it
@@ -258,7 +268,7 @@ class ActivationRecorder:
 
     def _input_hook(self, spec: LayerSpec):
         def hook(module, args, kwargs):
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             self.record(spec.name, sample.clone())
 
         return hook
@@ -298,7 +308,9 @@ class ActivationRecorder:
                 if spec.kind == "ffn-inner":
                     _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
                 self._handles.append(module.register_forward_hook(self._output_hook(spec)))
-            if spec.block is not None:
+            if self._patch:  # a DiT: one token grid, the patches of the model's input
+                grids.add("")
+            elif spec.block is not None:
                 grids.add(spec.module.split(".transformer_blocks.")[0])
         for path in sorted(grids):
             module = self._module(path)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 import torch
@@ -211,6 +211,42 @@ def build_catalogue(unet: nn.Module) -> list[LayerSpec]:
     return specs
 
 
+CONTROL_PREFIX = "control-"
+
+
+def build_control_catalogue(controlnet: nn.Module) -> list[LayerSpec]:
+    """Every activation of a diffusers ``ControlNetModel``, in execution order.
+
+    Names carry the ``control-`` prefix: ``control-after-conv-in``, ``control-cond-embedding-out``
+    (the conditioning image's embedding, added to the former), the down blocks and mid block
+    named as in the U-Net (``control-down-level{i}-...``, ``control-mid-...``), then the
+    zero-initialised output convolutions: ``control-residual{k}`` (one per U-Net skip
+    connection, before ``conditioning_scale``) and ``control-mid-residual``. Module paths are
+    relative to the ControlNet.
+
+    Args:
+        controlnet: the ControlNet (real weights, random weights or on the ``meta`` device).
+    """
+    for attr in ("conv_in", "controlnet_cond_embedding", "down_blocks", "controlnet_down_blocks"):
+        if not hasattr(controlnet, attr):
+            raise ValueError(
+                f"controlnet: {type(controlnet).__name__} has no {attr!r}; diffeat reads diffusers "
+                "ControlNetModel ControlNets"
+            )
+    specs = [
+        LayerSpec("after-conv-in", "unet-after-conv-in", "conv_in", "unet"),
+        LayerSpec("cond-embedding-out", "cond-embedding-out", "controlnet_cond_embedding", "unet"),
+    ]
+    for i, block in enumerate(controlnet.down_blocks):
+        specs += _updown_specs(block, "down", i)
+    if getattr(controlnet, "mid_block", None) is not None:
+        specs += _mid_specs(controlnet.mid_block)
+    for k in range(len(controlnet.controlnet_down_blocks)):
+        specs.append(LayerSpec(f"residual{k}", "residual", f"controlnet_down_blocks.{k}", "down"))
+    specs.append(LayerSpec("mid-residual", "residual", "controlnet_mid_block", "mid"))
+    return [replace(spec, name=CONTROL_PREFIX + spec.name) for spec in specs]
+
+
 def _as_list(value: Any, length: int) -> list:
     return list(value) if isinstance(value, list | tuple) else [value] * length
 
@@ -325,6 +361,47 @@ def _meta_inputs(config: Mapping[str, Any], height: int, width: int, text_tokens
     return latent, context, kwargs
 
 
+def control_layer_infos(
+    controlnet_or_config: nn.Module | Mapping[str, Any],
+    image_size: int | tuple[int, int],
+    text_tokens: int = 77,
+    vae_scale: int = 8,
+) -> list[LayerInfo]:
+    """The ControlNet catalogue (``control-...``) with shapes, from a ``meta`` pass.
+
+    Args:
+        controlnet_or_config: a ``ControlNetModel`` (only its config is used) or its config.
+        image_size: input image size in pixels, ``S`` or ``(H, W)``.
+        text_tokens: prompt length.
+        vae_scale: pixels per latent cell.
+    """
+    from diffusers import ControlNetModel
+
+    from diffeat.capture import ActivationRecorder
+
+    config = dict(getattr(controlnet_or_config, "config", controlnet_or_config))
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    with torch.device("meta"):
+        controlnet = ControlNetModel.from_config(config).eval()
+    catalogue = build_control_catalogue(controlnet)
+    latent, context, kwargs = _meta_inputs(
+        config, height // vae_scale, width // vae_scale, text_tokens
+    )
+    cond = torch.empty(1, config.get("conditioning_channels", 3), height, width, device="meta")
+    recorder = ActivationRecorder(
+        controlnet, [s.name for s in catalogue], catalogue, early_exit=False
+    )
+    with torch.no_grad(), recorder:
+        controlnet(
+            latent, torch.zeros(1, device="meta"), context, cond, return_dict=False, **kwargs
+        )
+    heads = recorder.attention_heads()
+    return [
+        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
+        for spec in catalogue
+    ]
+
+
 def layer_infos(
     unet_or_config: nn.Module | Mapping[str, Any],
     image_size: int | tuple[int, int] | None = None,
@@ -375,13 +452,20 @@ def list_layers(
     """Print the catalogue (index, name, ``C x h x w``) and return it with shapes.
 
     Args:
-        unet_or_config: a ``UNet2DConditionModel`` or its config.
+        unet_or_config: a ``UNet2DConditionModel`` or a PixArt ``PixArtTransformer2DModel``,
+            or its config.
         image_size: input size in pixels (``S`` or ``(H, W)``); default: the native size.
         text_tokens: prompt length (sets the cross-attention map channels).
         file: where to print (default stdout).
         contains: print only names containing this substring.
     """
-    infos = layer_infos(unet_or_config, image_size, text_tokens)
+    config = getattr(unet_or_config, "config", unet_or_config)
+    if "down_block_types" not in config:  # a DiT (PixArt) config
+        from diffeat.dit import dit_layer_infos
+
+        infos = dit_layer_infos(unet_or_config, image_size, text_tokens)
+    else:
+        infos = layer_infos(unet_or_config, image_size, text_tokens)
     out = file or sys.stdout
     shown = [info for info in infos if contains is None or contains in info.name]
     width = max((len(info.name) for info in shown), default=4)

@@ -47,10 +47,12 @@ from common_kernels.files import (
     write_json,
 )
 from diffeat import __version__
+from diffeat.adapters import check_adapters
 from diffeat.aggregate import RESIZE_MODES, aggregate
 from diffeat.capture import MissingActivationsError
-from diffeat.catalogue import LayerInfo, check_names, layer_infos, list_layers
-from diffeat.configs import KINDS, UNET_CONFIGS, save_tiny_model, unet_config
+from diffeat.catalogue import LayerInfo, check_names, control_layer_infos, layer_infos, list_layers
+from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model, unet_config
+from diffeat.dit import DIT_TOKENS
 from diffeat.extractor import DTYPES, LATENT_MODES, TEXT_TOKENS, VAE_SPEC, FeatureExtractor
 from diffeat.io import (
     feature_shapes,
@@ -147,6 +149,13 @@ def add_model_options(parser: argparse.ArgumentParser, required: bool = True) ->
         "--seed", type=int, default=0, help="seed of the latent sample and noise, in [0, 2**64-1]"
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per U-Net pass (>= 1)")
+    add = parser.add_argument
+    add("--lora", action="append", default=[], metavar="PATH", help="LoRA file/folder/hub id")
+    add("--lora-scale", type=float, default=1.0, help="weight of every --lora (default 1)")
+    add("--fuse-lora", action="store_true", help="merge the LoRAs into the weights")
+    add("--controlnet", default=None, metavar="PATH", help="ControlNet folder or hub id")
+    add("--control-image", type=Path, default=None, help="its conditioning image (all images)")
+    add("--control-scale", type=float, default=1.0, help="its conditioning_scale (default 1)")
     parser.add_argument(
         "--allow-large",
         action="store_true",
@@ -162,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     layers = commands.add_parser("layers", help="print the activation catalogue with shapes")
     source = layers.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="hub id or local folder (only its unet config is read)")
-    source.add_argument("--config", choices=sorted(UNET_CONFIGS), help="a bundled U-Net config")
+    source.add_argument(
+        "--config", choices=sorted({**UNET_CONFIGS, **DIT_CONFIGS}), help="a bundled config"
+    )
     layers.add_argument(
         "--image-size",
         type=size_option,
@@ -524,14 +535,55 @@ def check_multiples(
             )
 
 
-def model_infos(configs: ModelConfigs, size: tuple[int, int]) -> list[LayerInfo]:
-    """``vae-out`` and the U-Net catalogue with shapes for ``size`` images, rounded up to the
-    model's size multiple (a shape-only pass on the meta device: no weights, no memory)."""
+def model_infos(
+    configs: ModelConfigs, size: tuple[int, int], faithful: bool = False, control=None
+) -> list[LayerInfo]:
+    """``vae-out`` (with ``faithful``: the decoded image), the U-Net catalogue and that of the
+    ``control`` config's ControlNet with shapes for ``size`` images, rounded up to the model's
+    size multiple (a shape-only pass on the meta device: no weights, no memory)."""
     multiple, scale = configs.size_multiple, configs.vae_scale
     height, width = (-(-side // multiple) * multiple for side in size)
     latent = (configs.vae["latent_channels"], height // scale, width // scale)
+    if faithful:
+        latent = (configs.vae.get("out_channels", 3), height, width)
     unet = layer_infos(configs.unet, (height, width), TEXT_TOKENS, scale)
+    if control is not None:
+        unet += control_layer_infos(control, (height, width), TEXT_TOKENS, scale)
     return [LayerInfo(VAE_SPEC, latent), *unet]
+
+
+def check_adapter_options(args: argparse.Namespace, configs: ModelConfigs) -> dict | None:
+    """``--lora``/``--controlnet``/``--control-image`` checked against the model by the API's
+    :func:`diffeat.adapters.check_adapters` (no weights of the model read); returns the
+    ControlNet's config (None without one)."""
+    for flag, value in (("--lora-scale", args.lora_scale), ("--control-scale", args.control_scale)):
+        if not math.isfinite(value):
+            raise UsageError(f"{flag}: must be a finite number; got {value}")
+    needs = {"--fuse-lora": (args.fuse_lora, args.lora, "--lora PATH")}
+    needs["--control-image"] = (args.control_image, args.controlnet, "--controlnet PATH")
+    needs["--controlnet"] = (args.controlnet, args.control_image, "--control-image PATH")
+    for flag, (given, other, what) in needs.items():
+        if given and not other:
+            raise UsageError(f"{flag}: needs {what}")
+    if args.control_image is not None:
+        check_image_file(args.control_image)
+    sources = [("--lora", path) for path in args.lora] + [("--controlnet", args.controlnet)]
+    for flag, path in sources:
+        if path is not None and not Path(path).exists() and not HUB_ID.fullmatch(path):
+            raise UsageError(f"{flag} {path}: does not exist (and is not a hub id org/name)")
+    try:
+        check_adapters(args.model, configs.unet, args.lora, args.controlnet)
+    except ValueError as error:
+        raise UsageError(f"--{one_line(error)}") from None
+    except OSError as error:
+        local = all(Path(path).exists() for _, path in sources if path is not None)
+        error_type = UsageError if local else WorkError
+        raise error_type(f"--lora/--controlnet: {one_line(error)}") from None
+    if args.controlnet is None:
+        return None
+    import diffusers
+
+    return dict(diffusers.ControlNetModel.load_config(args.controlnet))
 
 
 @dataclass(frozen=True)
@@ -592,7 +644,8 @@ def check_extraction(
     layers, preset = check_selection(args, configs.unet)
     size, source = feed_size(args, preset)
     fed, fed_source = fed_size(args.images, sizes, size, source, group, why)
-    infos = model_infos(configs, fed)
+    control = check_adapter_options(args, configs)
+    infos = model_infos(configs, fed, args.faithful, control)
     names = check_layer_names(args, requested_names(args, layers, configs.unet), infos)
     width = configs.vae["block_out_channels"][0]
     plan = Extraction(device, layers, size, names, infos, fed, fed_source, width)
@@ -835,6 +888,12 @@ def load_extractor(args: argparse.Namespace, plan: Extraction) -> FeatureExtract
             image_size=plan.image_size,
             seed=args.seed,
             output_device="cpu",
+            lora=args.lora or None,
+            lora_scale=args.lora_scale,
+            fuse_lora=args.fuse_lora,
+            controlnet=args.controlnet,
+            control_scale=args.control_scale,
+            control_image=None if args.control_image is None else load_image(args.control_image),
         )
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise WorkError(f"cannot load --model {args.model}: {one_line(error)}") from error
@@ -875,7 +934,17 @@ def command_layers(args: argparse.Namespace) -> None:
             f"{LAYERS_VAE_SCALE} (the SD VAE factor)"
         )
     if args.config is not None:
-        config, tokens = unet_config(args.config), args.text_tokens or TEXT_TOKENS
+        default = DIT_TOKENS if args.config in DIT_CONFIGS else TEXT_TOKENS
+        config, tokens = unet_config(args.config), args.text_tokens or default
+        multiple = LAYERS_VAE_SCALE * config.get("patch_size", 1)  # a DiT: x patch size
+        if args.image_size is not None and (
+            args.image_size[0] % multiple or args.image_size[1] % multiple
+        ):
+            height, width = args.image_size
+            raise UsageError(
+                f"--image-size {height}x{width}: height and width must be multiples of "
+                f"{multiple} for --config {args.config} (VAE x8, patch {multiple // 8})"
+            )
     else:
         from diffusers import UNet2DConditionModel
 
@@ -927,6 +996,8 @@ def command_extract(args: argparse.Namespace) -> None:
         "timestep": args.timestep,
         "latent": args.latent,
         "faithful": args.faithful,
+        "lora": [str(p) for p in args.lora],
+        "controlnet": args.controlnet,
         "dtype": args.dtype,
         "seed": args.seed,
     }

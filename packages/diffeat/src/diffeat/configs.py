@@ -97,6 +97,68 @@ TINY_SDXL_UNET: dict[str, Any] = {
     "sample_size": 16,
 }
 
+# PixArt-Sigma XL-2 1024-MS ``transformer/config.json`` (PixArt-alpha/PixArt-Sigma-XL-2-1024-MS):
+# 28 blocks of width 1152 (16 heads x 72), patch 2, T5-XXL captions (4096 wide).
+PIXART_SIGMA_TRANSFORMER: dict[str, Any] = {
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 72,
+    "attention_type": "default",
+    "caption_channels": 4096,
+    "cross_attention_dim": 1152,
+    "dropout": 0.0,
+    "in_channels": 4,
+    "interpolation_scale": 2,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "norm_type": "ada_norm_single",
+    "num_attention_heads": 16,
+    "num_embeds_ada_norm": 1000,
+    "num_layers": 28,
+    "out_channels": 8,
+    "patch_size": 2,
+    "sample_size": 128,
+    "upcast_attention": False,
+    "use_additional_conditions": False,
+}
+
+TINY_PIXART_TRANSFORMER: dict[str, Any] = {
+    **PIXART_SIGMA_TRANSFORMER,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "caption_channels": 16,
+    "cross_attention_dim": 16,
+    "interpolation_scale": 1,
+    "sample_size": 8,
+}
+
+DIT_CONFIGS: dict[str, dict[str, Any]] = {
+    "pixart-sigma": PIXART_SIGMA_TRANSFORMER,
+    "tiny-pixart-sigma": TINY_PIXART_TRANSFORMER,
+}
+
+# PixArt-Sigma's scheduler (DPM-Solver++ on the linear beta schedule of DiT/PixArt training).
+PIXART_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DPMSolverMultistepScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+}
+
+TINY_T5: dict[str, Any] = {
+    "vocab_size": 514,
+    "d_model": 16,
+    "d_kv": 8,
+    "d_ff": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "pad_token_id": 1,
+    "eos_token_id": 1,
+}
+
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sd15": SD15_UNET,
     "sd21": SD21_UNET,
@@ -162,11 +224,13 @@ def unet_config(name: str) -> dict[str, Any]:
 
     Args:
         name: one of ``UNET_CONFIGS`` (``sd15``, ``sd21``, ``sdxl``, ``playground-v2``,
-            ``tiny-sd15``, ``tiny-sdxl``).
+            ``tiny-sd15``, ``tiny-sdxl``) or of ``DIT_CONFIGS`` (``pixart-sigma``,
+            ``tiny-pixart-sigma``: transformer configs).
     """
-    if name not in UNET_CONFIGS:
-        raise ValueError(f"config: unknown name {name!r}; choose one of {sorted(UNET_CONFIGS)}")
-    return copy.deepcopy(UNET_CONFIGS[name])
+    every = {**UNET_CONFIGS, **DIT_CONFIGS}
+    if name not in every:
+        raise ValueError(f"config: unknown name {name!r}; choose one of {sorted(every)}")
+    return copy.deepcopy(every[name])
 
 
 def tiny_tokenizer(max_length: int = 16):
@@ -235,6 +299,37 @@ def tiny_pipeline(kind: str, seed: int = 0):
         tokenizer_2=tiny_tokenizer(),
         unet=UNet2DConditionModel(**TINY_SDXL_UNET),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+    )
+
+
+def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
+    """A randomly initialised, tiny ``PixArtSigmaPipeline`` with PixArt-Sigma's topology (28
+    blocks, patch 2, AdaLN-single, 8 output channels), a 2-layer T5 encoder and the byte-level
+    tokenizer of :func:`tiny_tokenizer` (padding masked like T5's).
+
+    Args:
+        seed: ``torch.manual_seed`` before building the random weights.
+        max_length: the tokenizer's ``model_max_length``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_VAE)
+    vae.register_to_config(scaling_factor=0.13025)  # PixArt-Sigma uses the SDXL VAE
+    scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
+    return PixArtSigmaPipeline(
+        tokenizer=tiny_tokenizer(max_length),
+        text_encoder=T5EncoderModel(T5Config(**TINY_T5)).eval(),
+        vae=vae,
+        transformer=PixArtTransformer2DModel(**TINY_PIXART_TRANSFORMER),
+        scheduler=scheduler,
     )
 
 

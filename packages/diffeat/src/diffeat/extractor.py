@@ -4,6 +4,9 @@ Besides the U-Net catalogue the extractor returns ``vae-out``: the clean latent 
 encodes to, exactly what is then noised (the posterior sample, or its mean with
 ``latent="mean"``, shifted by the VAE's ``shift_factor`` and multiplied by its
 ``scaling_factor``). With ``latents=`` given to a call, ``vae-out`` is those latents.
+With ``faithful=True`` it is the official code's ``vae-out`` instead: the latents after one
+scheduler step of the extraction pass, divided by ``scaling_factor`` and decoded by the VAE,
+raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 """
 
 from __future__ import annotations
@@ -15,13 +18,30 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffeat.adapters import (
+    check_controlnet_config,
+    check_lora_state_dict,
+    lora_components,
+    lora_loader,
+    lora_source,
+    read_lora,
+)
 from diffeat.capture import ActivationRecorder
-from diffeat.catalogue import LayerInfo, LayerSpec, build_catalogue, check_names, layer_infos
+from diffeat.catalogue import (
+    CONTROL_PREFIX,
+    LayerInfo,
+    LayerSpec,
+    build_catalogue,
+    build_control_catalogue,
+    check_names,
+    control_layer_infos,
+    layer_infos,
+)
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.presets import ALL, PRESETS, default_preset, get_preset, layer_selection
 from diffeat.prompts import PromptEmbeddings, PromptEncoder
-from diffeat.schedule import NoisePlan, noisy_latents, plan_noise
+from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
 
 LATENT_MODES = ("sample", "mean")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,13 +61,18 @@ class ExtractorConfig:
         timestep: diffusion timestep in ``[0, num_train_timesteps - 1]`` (paper: 50).
         latent: ``"sample"`` (the VAE posterior sample, as the official code) or ``"mean"``.
         faithful: reproduce the official code: its timestep selection (SD 1.5: t=50 -> 51),
-            square token reshape, plain attention everywhere when a map is requested.
+            square token reshape, plain attention everywhere when a map is requested, and its
+            ``vae-out`` (the VAE decoding of the latents after one scheduler step, (B, 3, H, W)).
         early_exit: stop the U-Net once the last requested activation is produced.
         image_size: (H, W) to resize images to; None keeps their size (must then be a multiple
             of ``FeatureExtractor.size_multiple``).
         seed: seed of the generator used when a call passes none (calls are reproducible).
         output_device: device for returned features (None: the model's device).
         preset: the preset the layers came from (informational).
+        requires_grad: run the U-Net (and ControlNet, and the decode of a faithful
+            ``vae-out``) with gradients enabled and return features that keep the autograd
+            graph, so a loss on them trains the U-Net, a LoRA or a ControlNet. The VAE encode
+            and the text encoders stay without gradients.
     """
 
     layers: tuple[str, ...] | str  # a tuple after __post_init__
@@ -59,6 +84,7 @@ class ExtractorConfig:
     seed: int = 0
     output_device: str | None = None
     preset: str | None = None
+    requires_grad: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
@@ -101,6 +127,9 @@ class FeatureExtractor:
             ``text_encoders=None``) for an extractor fed precomputed ``embeddings=`` only.
         text_encoders: the matching text encoders, or None.
         config: :class:`ExtractorConfig`; None: the paper's preset for the U-Net's family.
+        controlnet: a diffusers ``ControlNetModel`` for this U-Net (see :meth:`set_controlnet`);
+            calls then take ``control_image=``.
+        control_scale: the ControlNet's ``conditioning_scale``.
     """
 
     def __init__(
@@ -111,8 +140,17 @@ class FeatureExtractor:
         tokenizers: Sequence | None = None,
         text_encoders: Sequence[nn.Module] | None = None,
         config: ExtractorConfig | None = None,
+        *,
+        controlnet: nn.Module | None = None,
+        control_scale: float = 1.0,
     ):
         self.unet = unet.eval()
+        self.controlnet: nn.Module | None = None
+        self.control_scale = 1.0
+        self.control_image = None
+        self.control_catalogue: list[LayerSpec] = []
+        self.loras: dict[str, float] = {}  # unfused adapters and their scales
+        self.fused_loras: list[str] = []
         self.vae = vae.eval()
         self.scheduler = scheduler
         if (tokenizers is None) != (text_encoders is None):
@@ -124,9 +162,12 @@ class FeatureExtractor:
         if tokenizers is not None:
             self.prompt_encoder = PromptEncoder(tokenizers, [e.eval() for e in text_encoders])
         self.catalogue: list[LayerSpec] = build_catalogue(unet)
+        if controlnet is not None:
+            self.set_controlnet(controlnet, control_scale)
         if config is None:
             preset = default_preset(unet.config)
             config = ExtractorConfig(layers=get_preset(preset).layers, preset=preset)
+        self._all_layers = config.layers == (ALL,)
         config = replace(config, layers=self.expand_all(config.layers))
         check_names(config.layers, self.activations)
         self.config = config
@@ -169,17 +210,38 @@ class FeatureExtractor:
             text_stack: load the tokenizers and text encoders; False gives an extractor that
                 takes precomputed ``embeddings=`` only (saves their memory).
             **options: other :class:`ExtractorConfig` fields (``latent``, ``faithful``,
-                ``early_exit``, ``image_size``, ``seed``, ``output_device``) and loading options
+                ``early_exit``, ``image_size``, ``seed``, ``output_device``, ``requires_grad``);
+                ``controlnet`` (a hub id, folder or ``ControlNetModel``), ``control_scale`` and
+                ``control_image`` (the default conditioning image);
+                ``lora`` (a file, folder, hub id or state dict, or a list of them),
+                ``lora_scale`` and ``fuse_lora`` (see :meth:`load_lora`); loading options
                 passed to every ``from_pretrained`` (``revision``, ``variant``, ``cache_dir``,
                 ``local_files_only``, ``token``).
         """
         load_keys = ("revision", "variant", "cache_dir", "local_files_only", "token")
         load = {k: options.pop(k) for k in load_keys if k in options}
+        controlnet = options.pop("controlnet", None)
+        control_scale = options.pop("control_scale", 1.0)
+        control_image = options.pop("control_image", None)
+        if control_image is not None and controlnet is None:
+            raise ValueError("control_image: needs controlnet=... (no ControlNet is given)")
+        loras = options.pop("lora", None)
+        lora_scale = options.pop("lora_scale", 1.0)
+        fuse = options.pop("fuse_lora", False)
         dtype = _as_dtype(dtype)
         components = load_components(str(model_id_or_dir), dtype, text_stack=text_stack, **load)
         names, preset = resolve_layers(components["unet"].config, layers, preset)
         config = ExtractorConfig(layers=names, timestep=timestep, preset=preset, **options)
-        extractor = cls(config=config, **components)
+        if isinstance(controlnet, str | Path):
+            controlnet = load_controlnet(str(controlnet), dtype, components["unet"].config, **load)
+        extractor = cls(
+            config=config, controlnet=controlnet, control_scale=control_scale, **components
+        )
+        if control_image is not None:
+            extractor.control_image = control_image
+        if loras is not None:
+            for lora in loras if isinstance(loras, list | tuple) else [loras]:
+                extractor.load_lora(lora, scale=lora_scale, fuse=fuse)
         return extractor.to(device)
 
     @classmethod
@@ -188,21 +250,141 @@ class FeatureExtractor:
     ) -> FeatureExtractor:
         """Wrap the components of a loaded diffusers SD/SDXL pipeline (no copies).
 
+        A ControlNet pipeline's ``controlnet`` is used (or pass ``controlnet=``, and
+        ``control_scale=``).
+
         A pipeline without tokenizers and text encoders (``None``) gives an extractor that
         takes precomputed ``embeddings=`` only.
         """
         tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
         names, preset = resolve_layers(pipe.unet.config, layers, preset)
+        control_scale = options.pop("control_scale", 1.0)
+        controlnet = options.pop("controlnet", getattr(pipe, "controlnet", None))
         config = ExtractorConfig(layers=names, preset=preset, **options)
         return cls(
-            pipe.unet, pipe.vae, pipe.scheduler, tokenizers or None, encoders or None, config
+            pipe.unet,
+            pipe.vae,
+            pipe.scheduler,
+            tokenizers or None,
+            encoders or None,
+            config,
+            controlnet=controlnet,
+            control_scale=control_scale,
         )
+
+    # -- LoRA and ControlNet -----------------------------------------------------------------
+    def load_lora(
+        self,
+        source,
+        scale: float = 1.0,
+        fuse: bool = False,
+        adapter_name: str | None = None,
+        **load,
+    ) -> str:
+        """Load LoRA weights into the U-Net (and text encoders) with diffusers' loaders.
+
+        The weights are read by diffusers' ``lora_state_dict`` (diffusers, PEFT and the usual
+        Kohya/A1111 formats), checked against this model (:func:`diffeat.adapters.
+        check_lora_state_dict`: one ``ValueError`` naming the first key that fits no module,
+        before anything is loaded), then loaded by diffusers' ``load_lora_weights`` (PEFT).
+        Several LoRAs can be loaded; unfused ones are active together, each at its scale.
+
+        Args:
+            source: a ``.safetensors`` file, a folder or hub id holding one, or a state dict.
+            scale: the LoRA's weight (``set_adapters`` weight, or ``lora_scale`` when fused).
+            fuse: merge the LoRA into the weights (``fuse_lora``) and remove its PEFT layers
+                (the model is plain again; only allowed while no unfused LoRA is loaded).
+            adapter_name: default ``lora{i}``.
+            **load: ``weight_name``, ``subfolder`` and hub options for ``lora_state_dict``.
+
+        Returns:
+            The adapter name.
+        """
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ValueError(f"lora_scale: must be a number; got {scale!r}")
+        if fuse and self.loras:
+            raise ValueError(
+                f"fuse_lora: unfused LoRAs {sorted(self.loras)} are loaded; fuse LoRAs before "
+                "loading unfused ones"
+            )
+        label = source if isinstance(source, str | Path) else "state dict"
+        state_dict, _, _ = read_lora(source, **load)
+        check_lora_state_dict(
+            state_dict, lora_components(self.unet, self.text_encoders), str(label)
+        )
+        taken = set(self.loras) | set(self.fused_loras)
+        name = adapter_name or next(
+            f"lora{i}" for i in range(len(taken) + 1) if f"lora{i}" not in taken
+        )
+        if name in taken:
+            raise ValueError(f"adapter_name: {name!r} is already loaded")
+        loader = lora_loader(self.unet, self.text_encoders, self._text_time)
+        # diffusers reads the source itself (network alphas and metadata included)
+        source, load = lora_source(source, load)
+        loader.load_lora_weights(source, adapter_name=name, **load)
+        if fuse:
+            parts = ["unet", *(["text_encoder", "text_encoder_2"][: len(self.text_encoders)])]
+            loader.fuse_lora(components=parts, lora_scale=float(scale), adapter_names=[name])
+            loader.unload_lora_weights()
+            self.fused_loras.append(name)
+        else:
+            self.loras[name] = float(scale)
+            loader.set_adapters(list(self.loras), list(self.loras.values()))
+        self.catalogue = build_catalogue(self.unet)
+        if self.prompt_encoder is not None:
+            self.prompt_encoder.clear_cache()  # the text encoders may have changed
+        return name
+
+    def set_controlnet(self, controlnet, scale: float = 1.0, image=None) -> None:
+        """Use a ControlNet in every U-Net pass (None removes it).
+
+        Its residuals are added to the U-Net's skip connections and mid block in the extraction
+        pass (``conditioning_scale = scale``); its own activations join the catalogue with the
+        ``control-`` prefix (:func:`diffeat.catalogue.build_control_catalogue`). Calls then
+        need ``control_image=`` unless ``image`` is given. A ControlNet whose config does not
+        fit the U-Net raises here.
+
+        Args:
+            controlnet: a diffusers ``ControlNetModel``, a hub id or folder, or None.
+            scale: ``conditioning_scale``.
+            image: the conditioning image used by calls that pass none (``control_image``
+                of :meth:`control_pixels`: PIL, list or tensor), e.g. for the probes.
+        """
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ValueError(f"control_scale: must be a number; got {scale!r}")
+        if isinstance(controlnet, str | Path):
+            controlnet = load_controlnet(str(controlnet), self.dtype, self.unet.config)
+        self.control_image = image
+        if controlnet is None:
+            self.controlnet, self.control_catalogue = None, []
+            self._refresh_layers()
+            return
+        if not hasattr(controlnet, "config"):
+            raise TypeError(
+                f"controlnet: expected a ControlNetModel; got {type(controlnet).__name__}"
+            )
+        check_controlnet_config(controlnet.config, self.unet.config)
+        self.control_catalogue = build_control_catalogue(controlnet)
+        self.controlnet = controlnet.eval()
+        self.control_scale = float(scale)
+        self._refresh_layers()
+
+    def _refresh_layers(self) -> None:
+        """Re-expand a configured ``"all"`` after the catalogue changed; refuse configured
+        names that no longer exist (ControlNet names after removing it)."""
+        if not hasattr(self, "config"):
+            return  # called from __init__, before the configuration
+        if self._all_layers:
+            self.config = replace(self.config, layers=self.expand_all((ALL,)))
+        check_names(self.config.layers, self.activations)
 
     def to(self, device: torch.device | str) -> FeatureExtractor:
         """Move every model to ``device`` (in place); returns self."""
         for module in (self.unet, self.vae, *self.text_encoders):
             module.to(device)
+        if self.controlnet is not None:
+            self.controlnet.to(device)
         return self
 
     # -- properties --------------------------------------------------------------------------
@@ -212,8 +394,9 @@ class FeatureExtractor:
 
     @property
     def activations(self) -> list[LayerSpec]:
-        """Every name this extractor returns: ``vae-out``, then the U-Net catalogue."""
-        return [VAE_SPEC, *self.catalogue]
+        """Every name this extractor returns: ``vae-out``, the U-Net catalogue, then the
+        ControlNet's (``control-...``, when one is set)."""
+        return [VAE_SPEC, *self.catalogue, *self.control_catalogue]
 
     @property
     def text_encoders(self) -> list[nn.Module]:
@@ -255,8 +438,18 @@ class FeatureExtractor:
         if text_tokens is None:
             text_tokens = TEXT_TOKENS if self.prompt_encoder is None else self.prompt_encoder.length
         unet_infos = layer_infos(self.unet, size, text_tokens, scale)
-        latent = (self.vae.config.latent_channels, size[0] // scale, size[1] // scale)
-        return [LayerInfo(VAE_SPEC, latent), *unet_infos]
+        control = []
+        if self.controlnet is not None:
+            control = control_layer_infos(self.controlnet, size, text_tokens, scale)
+        return [LayerInfo(VAE_SPEC, self.vae_out_shape(size)), *unet_infos, *control]
+
+    def vae_out_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(C, h, w) of ``vae-out`` for (H, W) images: the latent, or with ``faithful=True``
+        the decoded image (``out_channels`` of the VAE, H, W)."""
+        if self.config.faithful:
+            return (self.vae.config.out_channels, *image_size)
+        scale = self.vae_scale
+        return (self.vae.config.latent_channels, image_size[0] // scale, image_size[1] // scale)
 
     # -- pipeline steps ----------------------------------------------------------------------
     def preprocess(self, images) -> Tensor:
@@ -293,6 +486,26 @@ class FeatureExtractor:
         latents = posterior.sample(generator) if self.config.latent == "sample" else posterior.mean
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latents.float() - shift) * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents (B, C, h, w) -> the VAE's raw decoding (B, 3, H, W) (not clipped).
+
+        ``vae.decode(latents / scaling_factor + shift_factor)``, as the diffusers pipelines
+        decode (SD/SDXL VAEs have no shift factor).
+        """
+        vae_dtype = self._vae_dtype()
+        if next(self.vae.parameters()).dtype != vae_dtype:
+            self.vae.to(vae_dtype)
+        shift = self.vae.config.get("shift_factor") or 0.0
+        latents = latents.float() / self.vae.config.scaling_factor + shift
+        with torch.set_grad_enabled(self.config.requires_grad):
+            return self.vae.decode(latents.to(vae_dtype), return_dict=False)[0]
+
+    def official_vae_out(self, latents: Tensor, noise: Tensor, model_output: Tensor) -> Tensor:
+        """The official ``vae-out``: ``latents`` noised as planned (faithful), one scheduler
+        step with the U-Net's ``model_output``, then :meth:`decode_latents` (B, 3, H, W)."""
+        stepped = official_step(self.scheduler, self.plan, latents, noise, model_output)
+        return self.decode_latents(stepped)
 
     def check_latents(self, latents) -> Tensor:
         """Clean VAE latents (B, C, h, w) for a call, checked; fp32 on the model device."""
@@ -340,7 +553,6 @@ class FeatureExtractor:
         """The U-Net input at the configured timestep (fp32)."""
         return noisy_latents(self.scheduler, self.plan, latents, noise)
 
-    @torch.no_grad()
     def forward_unet(
         self,
         sample: Tensor,
@@ -350,8 +562,10 @@ class FeatureExtractor:
         *,
         original_size: int | tuple[int, int] | None = None,
         target_size: int | tuple[int, int] | None = None,
+        control: Tensor | None = None,
     ) -> Features:
-        """One U-Net pass on ``sample`` (B, 4, h, w) recording U-Net activations.
+        """One U-Net pass on ``sample`` (B, 4, h, w) recording U-Net (and ControlNet)
+        activations; gradients only with ``config.requires_grad``.
 
         Args:
             sample: the (noised) latent.
@@ -363,6 +577,8 @@ class FeatureExtractor:
                 ``image_size``); crop coordinates are always (0, 0).
             target_size: SDXL-style ``target_size`` (H, W) conditioning (default:
                 ``image_size``).
+            control: the ControlNet's conditioning image (B or 1, 3, H, W) in [0, 1] (an
+                extractor with a ControlNet needs it; see :meth:`control_pixels`).
         """
         if layers is None:
             names = [n for n in self.layers if n != VAE_OUT]
@@ -379,6 +595,79 @@ class FeatureExtractor:
                     f"layers: {VAE_OUT!r} is the VAE latent, not a U-Net activation; it is "
                     "returned by extractor(...) (or computed by encode_images)"
                 )
+        if control is not None:
+            control = self.control_pixels(control, tuple(image_size), sample.shape[0])
+        features, _ = self._run_unet(
+            sample, embeddings, image_size, names, original_size, target_size, control=control
+        )
+        return features
+
+    def control_pixels(self, control_image, image_size: tuple[int, int], batch: int) -> Tensor:
+        """The ControlNet's conditioning images as (B, 3, H, W) in [0, 1] on the model device.
+
+        Args:
+            control_image: a PIL image, a list of them or a (B, 3, H, W) tensor in [0, 1]; one
+                image for the batch or one per image; resized to ``image_size`` (bicubic,
+                antialiased, as images are) when its size differs.
+            image_size: (H, W) of the images fed to the VAE.
+            batch: the batch size.
+        """
+        if self.controlnet is None:
+            raise ValueError(
+                "control_image: this extractor has no ControlNet (pass controlnet= or call "
+                "set_controlnet first)"
+            )
+        try:
+            pixels = to_pixel_batch(control_image, tuple(image_size))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"control_image: {error}") from None
+        if pixels.shape[0] not in (1, batch):
+            raise ValueError(f"control_image: {pixels.shape[0]} images for a batch of {batch}")
+        return pixels.expand(batch, -1, -1, -1).to(self.device)
+
+    def _run_unet(
+        self,
+        sample: Tensor,
+        embeddings: PromptEmbeddings,
+        image_size: tuple[int, int],
+        names: Sequence[str],
+        original_size=None,
+        target_size=None,
+        full_output: bool = False,
+        control: Tensor | None = None,
+    ) -> tuple[Features, Tensor | None]:
+        """One ControlNet + U-Net pass recording ``names`` (may be empty); with ``full_output``
+        the pass is never cut short and the U-Net output is returned too (else None)."""
+        if self.controlnet is not None and control is None and self.control_image is not None:
+            control = self.control_pixels(self.control_image, tuple(image_size), sample.shape[0])
+        if self.controlnet is not None and control is None:
+            raise ValueError(
+                "control_image: this extractor has a ControlNet; pass control_image=... (the "
+                "conditioning image)"
+            )
+        with torch.set_grad_enabled(self.config.requires_grad):
+            return self._run_models(
+                sample,
+                embeddings,
+                image_size,
+                names,
+                original_size,
+                target_size,
+                full_output,
+                control,
+            )
+
+    def _run_models(
+        self,
+        sample,
+        embeddings,
+        image_size,
+        names,
+        original_size,
+        target_size,
+        full_output,
+        control,
+    ) -> tuple[Features, Tensor | None]:
         original_size, target_size = self._size_conditioning(original_size, target_size)
         batch = sample.shape[0]
         self._check_embeddings(embeddings)
@@ -395,25 +684,69 @@ class FeatureExtractor:
                 "time_ids": time_ids.to(self.device).expand(batch, -1),
             }
         timestep = torch.tensor(self.plan.timestep, device=self.device)
-        recorder = ActivationRecorder(
-            self.unet,
-            names,
-            self.catalogue,
-            early_exit=self.config.early_exit,
-            square_tokens=self.config.faithful,
-            plain_attention=self.config.faithful,
-            output_device=self.config.output_device,
-        )
-        with recorder:
-            self.unet(
+        control_names = [n for n in names if n.startswith(CONTROL_PREFIX)]
+        unet_names = [n for n in names if not n.startswith(CONTROL_PREFIX)]
+        needs_unet = bool(unet_names) or full_output
+        recorded: dict[str, Tensor] = {}
+        heads: dict[str, int] = {}
+
+        def recorder(model, wanted, catalogue, early_exit):
+            return ActivationRecorder(
+                model,
+                wanted,
+                catalogue,
+                early_exit=self.config.early_exit and early_exit,
+                square_tokens=self.config.faithful,
+                plain_attention=self.config.faithful,
+                output_device=self.config.output_device,
+                detach=not self.config.requires_grad,
+            )
+
+        if self.controlnet is not None:
+
+            def run_control():
+                return self.controlnet(
+                    sample.to(self.dtype),
+                    timestep,
+                    encoder_hidden_states=embeddings.embeds,
+                    controlnet_cond=control.to(self.device, self.dtype),
+                    conditioning_scale=self.control_scale,
+                    return_dict=False,
+                    **kwargs,
+                )
+
+            residuals = None
+            if control_names:
+                with recorder(
+                    self.controlnet, control_names, self.control_catalogue, not needs_unet
+                ) as control_recorder:
+                    residuals = run_control()
+                recorded.update(control_recorder.features)
+                heads.update(control_recorder.attention_heads())
+            elif needs_unet:
+                residuals = run_control()
+            if needs_unet:
+                kwargs["down_block_additional_residuals"] = list(residuals[0])
+                kwargs["mid_block_additional_residual"] = residuals[1]
+
+        def run():
+            return self.unet(
                 sample.to(self.dtype),
                 timestep,
                 encoder_hidden_states=embeddings.embeds,
                 return_dict=False,
                 **kwargs,
-            )
-        features = {name: recorder.features[name] for name in names}
-        return Features(features, recorder.attention_heads())
+            )[0]
+
+        output = None
+        if unet_names:
+            with recorder(self.unet, unet_names, self.catalogue, not full_output) as unet_recorder:
+                output = run()
+            recorded.update(unet_recorder.features)
+            heads.update(unet_recorder.attention_heads())
+        elif full_output:
+            output = run()
+        return Features({name: recorded[name] for name in names}, heads), output
 
     def _size_conditioning(self, original_size, target_size):
         """Parsed (H, W) sizes; SD-style U-Nets (no size conditioning) refuse them."""
@@ -459,6 +792,7 @@ class FeatureExtractor:
         layers: Sequence[str] | str | None = None,
         original_size: int | tuple[int, int] | None = None,
         target_size: int | tuple[int, int] | None = None,
+        control_image=None,
     ) -> Features:
         """Features of a batch of images, or of their clean VAE latents.
 
@@ -480,6 +814,8 @@ class FeatureExtractor:
                 Default: the image size fed to the VAE, or with ``latents`` the latent size x
                 ``vae_scale`` (e.g. 128 x 128 latents -> 1024 x 1024).
             target_size: SDXL-style U-Nets only: the ``target_size`` (H, W); same default.
+            control_image: the ControlNet's conditioning image(s) (an extractor with a
+                ControlNet needs them; see :meth:`control_pixels`).
 
         Returns:
             :class:`~diffeat.Features`: ``{name: (B, C, h, w)}`` in the requested order, with
@@ -494,6 +830,7 @@ class FeatureExtractor:
             raise ValueError("images/latents: pass images or latents=..., exactly one of them")
         original_size, target_size = self._size_conditioning(original_size, target_size)
         unet_names = [n for n in names if n != VAE_OUT]
+        official = VAE_OUT in names and self.config.faithful  # needs the U-Net's output
         if latents is None:
             pixels = self.preprocess(images)
             batch, what = pixels.shape[0], "images"
@@ -502,7 +839,17 @@ class FeatureExtractor:
             latents = self.check_latents(latents)
             batch, what = latents.shape[0], "latents"
             size = tuple(v * self.vae_scale for v in latents.shape[-2:])
-        if embeddings is None and unet_names:
+        control = None
+        if control_image is None and self.controlnet is not None:
+            control_image = self.control_image
+        if control_image is not None or (self.controlnet is not None and (unet_names or official)):
+            if control_image is None:
+                raise ValueError(
+                    "control_image: this extractor has a ControlNet; pass control_image=... "
+                    "(the conditioning image)"
+                )
+            control = self.control_pixels(control_image, size, batch)
+        if embeddings is None and (unet_names or official):
             prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
             if len(prompts) != batch:
                 raise ValueError(f"prompts: {len(prompts)} prompts for {batch} {what}")
@@ -511,17 +858,19 @@ class FeatureExtractor:
         if latents is None:
             latents = self.encode_images(pixels, generator)
         recorded = Features()
-        if unet_names:
-            sample = self.unet_input(latents, self.sample_noise(latents, generator))
-            recorded = self.forward_unet(
-                sample,
-                embeddings,
-                size,
-                unet_names,
-                original_size=original_size,
-                target_size=target_size,
+        if unet_names or official:
+            noise = self.sample_noise(latents, generator)
+            sample = self.unet_input(latents, noise)
+            recorded, output = self._run_unet(
+                sample, embeddings, size, unet_names, original_size, target_size, official, control
             )
-        if VAE_OUT in names:
+        if official:
+            with torch.set_grad_enabled(self.config.requires_grad):
+                out = self.official_vae_out(latents, noise, output)  # (B, 3, H, W), raw
+            if self.config.output_device is not None:
+                out = out.to(self.config.output_device)
+            recorded[VAE_OUT] = out
+        elif VAE_OUT in names:
             out = latents.to(self.dtype, copy=True)  # (B, C, h, w), never the caller's tensor
             if self.config.output_device is not None:
                 out = out.to(self.config.output_device)
@@ -537,6 +886,23 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: must be one of {sorted(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
+
+
+def load_controlnet(model: str, dtype: torch.dtype, unet_config, **load) -> nn.Module:
+    """A diffusers ``ControlNetModel`` (hub id or folder), its config checked against the
+    U-Net's before its weights are read.
+
+    Args:
+        model: hub id or folder of the ControlNet.
+        dtype: weights dtype.
+        unet_config: the U-Net's config (:func:`diffeat.adapters.check_controlnet_config`).
+        **load: hub options (``revision``, ``variant``, ``cache_dir``, ...).
+    """
+    from diffusers import ControlNetModel
+
+    config_load = {k: v for k, v in load.items() if k != "variant"}
+    check_controlnet_config(ControlNetModel.load_config(model, **config_load), unet_config)
+    return ControlNetModel.from_pretrained(model, torch_dtype=dtype, **load)
 
 
 def load_components(model: str, dtype: torch.dtype, text_stack: bool = True, **load) -> dict:

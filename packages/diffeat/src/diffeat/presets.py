@@ -9,6 +9,7 @@ from typing import Any
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # mirror of runwayml/...-v1-5
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 PLAYGROUND_V2_HUB_ID = "playgroundai/playground-v2-1024px-aesthetic"
+PIXART_SIGMA_HUB_ID = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Preset:
     Args:
         name: preset name (``ours-v1.5``, ``ours-xl``, ``legacy-v1.5``, ``legacy-xl``).
         layers: activation names, in the paper's order.
-        family: U-Net family the names belong to (``sd15`` or ``sdxl``).
+        family: model family the names belong to (``sd15``, ``sdxl`` or ``pixart``).
         resolution: the input size the paper used (square, pixels).
         channels: total channels of the selection on the real model.
         hub_id: a hub repository whose weights give real features.
@@ -85,6 +86,18 @@ PRESETS: dict[str, Preset] = {
         2240,
         SDXL_HUB_ID,
         "the usual up-block outputs of earlier work, SDXL",
+    ),
+    # diffeat's own choice, not the paper's (the paper evaluates no DiT selection): block
+    # outputs at 1/2, 2/3 and 3/4 of PixArt-Sigma's 28 blocks and the cross-attention queries
+    # of the middle one; not evaluated on any task here (no weights on these machines).
+    "diffeat-pixart-sigma": Preset(
+        "diffeat-pixart-sigma",
+        ("dit-block13-out", "dit-block18-cross-q", "dit-block18-out", "dit-block20-out"),
+        "pixart",
+        1024,
+        4 * 1152,
+        PIXART_SIGMA_HUB_ID,
+        "diffeat's PixArt-Sigma selection (NOT the paper's; unevaluated): mid-depth blocks",
     ),
 }
 
@@ -155,7 +168,11 @@ def layer_selection(layers: Sequence[str] | str, argument: str = "layers") -> tu
 
 
 def family_of(config: Mapping[str, Any]) -> str | None:
-    """``sdxl`` for text-time conditioned 3-level U-Nets, ``sd15`` for 4-level SD U-Nets."""
+    """``sdxl`` for text-time conditioned 3-level U-Nets, ``sd15`` for 4-level SD U-Nets,
+    ``pixart`` for 28-block PixArt transformers (``caption_channels`` and AdaLN-single)."""
+    if "down_block_types" not in config:
+        pixart = config.get("norm_type") == "ada_norm_single" and "caption_channels" in config
+        return "pixart" if pixart and config.get("num_layers") == 28 else None
     levels = len(config["down_block_types"])
     if config.get("addition_embed_type") == "text_time" and levels == 3:
         return "sdxl"
@@ -173,7 +190,7 @@ def default_preset(config: Mapping[str, Any]) -> str:
     family = family_of(config)
     if family is None:
         raise ValueError(
-            "layers: this U-Net is neither SD 1.x/2.x- nor SDXL-shaped, so no paper preset "
-            "applies; pass layers=[...] (see diffeat.list_layers(unet))"
+            "layers: this model is neither SD 1.x/2.x-, SDXL- nor PixArt-Sigma-shaped, so no "
+            "preset applies; pass layers=[...] (see diffeat.list_layers(unet))"
         )
-    return "ours-xl" if family == "sdxl" else "ours-v1.5"
+    return {"sdxl": "ours-xl", "sd15": "ours-v1.5", "pixart": "diffeat-pixart-sigma"}[family]

@@ -21,10 +21,13 @@ class PromptEmbeddings:
     Args:
         embeds: (B, L, D) token embeddings (``encoder_hidden_states``).
         pooled: (B, P) pooled embeddings (SDXL-style ``text_embeds``), else None.
+        mask: (B, L) attention mask of the tokens (1 = a token, 0 = padding), for text
+            encoders whose padding is masked (T5 in PixArt); None: every token is attended.
     """
 
     embeds: Tensor
     pooled: Tensor | None = None
+    mask: Tensor | None = None
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -36,11 +39,13 @@ class PromptEmbeddings:
         if len(self) != 1:
             raise ValueError(f"embeddings: batch {len(self)} does not match {batch} images")
         pooled = None if self.pooled is None else self.pooled.expand(batch, -1)
-        return PromptEmbeddings(self.embeds.expand(batch, -1, -1), pooled)
+        mask = None if self.mask is None else self.mask.expand(batch, -1)
+        return PromptEmbeddings(self.embeds.expand(batch, -1, -1), pooled, mask)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeddings:
         pooled = None if self.pooled is None else self.pooled.to(device, dtype)
-        return PromptEmbeddings(self.embeds.to(device, dtype), pooled)
+        mask = None if self.mask is None else self.mask.to(device)
+        return PromptEmbeddings(self.embeds.to(device, dtype), pooled, mask)
 
 
 class PromptEncoder:
@@ -99,6 +104,10 @@ class PromptEncoder:
             raise ValueError("text_encoders: no encoder returned pooled embeddings (SDXL-style)")
         return torch.cat(hidden, dim=-1), pooled  # (B, L, D1 + D2), (B, P)
 
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (after the text encoders changed, e.g. a LoRA)."""
+        self._cache.clear()
+
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings of ``prompts`` (one row per prompt)."""
         prompts = list(prompts)
@@ -115,3 +124,63 @@ class PromptEncoder:
         first = rows[prompts[0]][1]
         pooled = None if first is None else torch.stack([rows[p][1] for p in prompts])  # (B, P)
         return PromptEmbeddings(embeds, pooled)
+
+
+class T5PromptEncoder:
+    """PixArt-style prompts: one T5 encoder, padded to ``max_length`` tokens with a mask.
+
+    Matches diffusers' ``PixArtSigmaPipeline.encode_prompt`` without classifier-free guidance
+    and with ``clean_caption=False`` (prompts lower-cased and stripped; the pipeline's
+    caption cleaning, which needs bs4 and ftfy, is not applied).
+
+    Args:
+        tokenizer: the T5 tokenizer.
+        text_encoder: the ``T5EncoderModel``.
+        max_length: tokens per prompt (PixArt-Sigma: 300, PixArt-alpha: 120).
+        cache_size: prompts kept in the in-memory cache.
+    """
+
+    dual = False
+
+    def __init__(self, tokenizer, text_encoder: nn.Module, max_length: int = 300, cache_size=256):
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_sequence_length: must be an integer >= 1; got {max_length!r}")
+        self.tokenizers = [tokenizer]
+        self.text_encoders = [text_encoder]
+        self.length = max_length
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding."""
+        self._cache.clear()
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        tokenizer, encoder = self.tokenizers[0], self.text_encoders[0]
+        device = next(encoder.parameters()).device
+        tokens = tokenizer(
+            [p.lower().strip() for p in prompts],
+            padding="max_length",
+            max_length=self.length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(device)
+        return encoder(tokens.input_ids.to(device), attention_mask=mask)[0], mask
+
+    def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embeddings (B, L, D) and masks (B, L) of ``prompts``."""
+        prompts = list(prompts)
+        todo = sorted(set(prompts) - set(self._cache))
+        if todo:
+            embeds, mask = self._encode(todo)
+            for i, prompt in enumerate(todo):
+                self._cache[prompt] = (embeds[i], mask[i])
+        rows = [self._cache[p] for p in prompts]
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return PromptEmbeddings(
+            torch.stack([r[0] for r in rows]), None, torch.stack([r[1] for r in rows])
+        )

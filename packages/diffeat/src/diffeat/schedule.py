@@ -94,8 +94,39 @@ def noisy_latents(scheduler, plan: NoisePlan, latents: Tensor, noise: Tensor) ->
     latents, noise = latents.float(), noise.float()
     if not plan.faithful:
         return plan.signal * latents + plan.noise * noise
+    fresh, step, noisy = _official_noisy(scheduler, plan, latents, noise)
+    return fresh.scale_model_input(noisy, step)
+
+
+def _official_noisy(scheduler, plan: NoisePlan, latents: Tensor, noise: Tensor):
+    """A fresh scheduler set to ``num_train_timesteps`` steps, the timestep as a tensor and
+    the (unscaled) noisy latent as the official pipeline holds it."""
     fresh = type(scheduler).from_config(scheduler.config)
     fresh.set_timesteps(num_train_timesteps(scheduler))
     step = torch.tensor(plan.timestep, dtype=fresh.timesteps.dtype)
     noisy = fresh.add_noise(latents, noise, step.repeat(latents.shape[0]))
-    return fresh.scale_model_input(noisy, step)
+    return fresh, step, noisy
+
+
+def official_step(
+    scheduler, plan: NoisePlan, latents: Tensor, noise: Tensor, model_output: Tensor
+) -> Tensor:
+    """The latents after one scheduler step of the official extraction call (fp32).
+
+    The official code runs its pipeline's denoising loop for one step: the noisy latent of a
+    faithful plan (``add_noise`` on a fresh scheduler set to ``num_train_timesteps`` steps),
+    the U-Net's output at that timestep, then ``scheduler.step`` (PNDM: its first PLMS step,
+    a DDIM step to ``t - 1``; Euler: ``x + (sigma_next - sigma) * eps``).
+
+    Args:
+        scheduler: the model's scheduler (a fresh copy is stepped; this one is untouched).
+        plan: a faithful plan from :func:`plan_noise`.
+        latents: the clean scaled latents.
+        noise: the noise drawn for them.
+        model_output: the U-Net output on :func:`noisy_latents` (same shape).
+    """
+    if not plan.faithful:
+        raise ValueError("official_step: needs a faithful plan (plan_noise(..., faithful=True))")
+    fresh, step, noisy = _official_noisy(scheduler, plan, latents.float(), noise.float())
+    fresh.scale_model_input(noisy, step)  # Euler: marks the input scaled, sets the step index
+    return fresh.step(model_output.float(), step, noisy, return_dict=False)[0].float()
