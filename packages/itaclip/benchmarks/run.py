@@ -439,6 +439,10 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from common_kernels.cli import check_benchmark_setup
+
+    modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
+    check_benchmark_setup(parser.prog, "itaclip", modules=modules, folders=folders)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

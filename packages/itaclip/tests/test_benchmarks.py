@@ -122,6 +122,52 @@ def test_cuda_report_shows_gpu_memory(bench, tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+HINT = (
+    'install the [bench] extra: pip install "itaclip[bench]" '
+    '(from a clone: pip install ./packages/common-kernels "./packages/itaclip[bench]")'
+)
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the benchmark started working before checking its setup")
+
+
+FIND_SPEC = importlib.util.find_spec
+
+
+def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
+    )
+
+
+def refusal(bench, arguments: list[str], monkeypatch, capsys) -> str:
+    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
+    monkeypatch.setattr(sys, "argv", ["run.py", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+    """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
+    before any configuration runs."""
+    monkeypatch.setattr(bench, "run_config", no_work)
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    err = refusal(bench, ["--quick", "--results", str(blocker)], monkeypatch, capsys)
+    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
+    for module in ("matplotlib", "psutil"):
+        hide_module(monkeypatch, module)
+        err = refusal(bench, ["--quick", "--results", str(tmp_path / "out")], monkeypatch, capsys)
+        assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_device_cuda_without_a_gpu_is_refused(bench, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -93,11 +94,13 @@ SEGMENT_CASES = {
     ),
     "stride_0": (
         segment_args(Path("{t}"), "--stride", "0"),
-        "--stride must be in [1, 224] (the crop size), got 0",
+        "--stride must be in [1, crop] = [1, 224] px (a larger stride leaves pixels that no "
+        "window covers), got 0",
     ),
     "stride_above_crop": (
         segment_args(Path("{t}"), "--stride", "225"),
-        "--stride must be in [1, 224] (the crop size), got 225",
+        "--stride must be in [1, crop] = [1, 224] px (a larger stride leaves pixels that no "
+        "window covers), got 225",
     ),
     "stride_not_int": (
         segment_args(Path("{t}"), "--stride", "x"),
@@ -105,7 +108,7 @@ SEGMENT_CASES = {
     ),
     "short_side_0": (
         segment_args(Path("{t}"), "--short-side", "0"),
-        "--short-side must be >= 1, got 0",
+        "--short-side must be >= 1 px or None (no resize), got 0",
     ),
     "batch_size_0": (
         segment_args(Path("{t}"), "--batch-size", "0"),
@@ -124,8 +127,8 @@ SEGMENT_CASES = {
     ),
     "preset": (
         segment_args(Path("{t}"), "--preset", "voc"),
-        "argument --preset: invalid choice: 'voc' (choose from 'cityscapes', 'coco_object', "
-        "'coco_stuff', 'context60', 'voc21')",
+        "argument --preset: invalid choice: 'voc' (choose from 'ade20k', 'cityscapes', "
+        "'coco_object', 'coco_stuff', 'context59', 'context60', 'voc20', 'voc21')",
     ),
     "empty_class": (
         ["segment", "{t}/img.png", "--classes", "cat,,dog", "-o", "{t}/out"],
@@ -142,7 +145,7 @@ SEGMENT_CASES = {
     "unknown_model": (
         segment_args(Path("{t}"), "--model", "ViT-Z-99"),
         "--model 'ViT-Z-99' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
-        "see open_clip.list_models()) nor an existing folder",
+        "see open_clip.list_models()), a hub id (owner/name) nor an existing folder",
     ),
     "model_is_a_file": (
         segment_args(Path("{t}"), "--model", "{t}/file.txt"),
@@ -151,7 +154,7 @@ SEGMENT_CASES = {
     ),
     "model_folder_missing": (
         segment_args(Path("{t}"), "--model", "local-dir:{t}/nowhere"),
-        "--model local-dir:{t}/nowhere: the folder {t}/nowhere does not exist",
+        "--model: no model folder {t}/nowhere (nothing at {t}/nowhere)",
     ),
     "model_folder_without_config": (
         segment_args(Path("{t}"), "--model", "{t}/model_no_config"),
@@ -251,9 +254,18 @@ def voc_root(tmp_path) -> Path:
     (tmp_path / "empty/ImageSets/Segmentation/val.txt").write_text("\n")
     (tmp_path / "no_images/ImageSets/Segmentation").mkdir(parents=True)
     (tmp_path / "no_images/ImageSets/Segmentation/val.txt").write_text("b\n")
+    (tmp_path / "ade_empty/images/validation").mkdir(parents=True)
+    (tmp_path / "ade_no_label/images/validation").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
+        tmp_path / "ade_no_label/images/validation/x.jpg"
+    )
     return root
 
 
+VOC_LAYOUT = (
+    "JPEGImages/ID.jpg, SegmentationClass/ID.png and ImageSets/Segmentation/val.txt listing the IDs"
+)
+ADE20K_LAYOUT = "images/validation/X.jpg and annotations/validation/X.png"
 EVAL_CASES = {
     "limit_negative": (
         ["--limit", "-1"],
@@ -261,7 +273,11 @@ EVAL_CASES = {
     ),
     "limit_0": (["--limit", "0"], "--limit must be >= 1 (or left out for all images), got 0"),
     "nproc_0": (["--nproc", "0"], "--nproc must be >= 1, got 0"),
-    "stride_0": (["--stride", "0"], "--stride must be in [1, 224] (the crop size), got 0"),
+    "stride_0": (
+        ["--stride", "0"],
+        "--stride must be in [1, crop] = [1, 224] px (a larger stride leaves pixels that no "
+        "window covers), got 0",
+    ),
     "json_is_a_folder": (["--json", "{t}"], "--json {t} is a folder, not a file"),
     "json_below_a_file": (
         ["--json", "{t}/file.txt/r.json"],
@@ -271,12 +287,40 @@ EVAL_CASES = {
     "root_is_a_file": (["--root", "{t}/file.txt"], "--root {t}/file.txt is a file, not a folder"),
     "root_not_voc": (
         ["--root", "{t}"],
-        "--root {t} is not a voc21 folder: split list not found: "
-        "{t}/ImageSets/Segmentation/val.txt",
+        "--root {t} is not a folder of voc21: split list not found: "
+        "{t}/ImageSets/Segmentation/val.txt (expected " + VOC_LAYOUT + ")",
     ),
     "root_empty_split": (
         ["--root", "{t}/empty"],
-        "--root {t}/empty: the voc21 split list names no images",
+        "--root {t}/empty: no images found (expected " + VOC_LAYOUT + ")",
+    ),
+    "voc20_unknown_split": (
+        ["--dataset", "voc20", "--split", "test"],
+        "--root {t}/voc is not a folder of voc20: split list not found: "
+        "{t}/voc/ImageSets/Segmentation/test.txt (expected "
+        + VOC_LAYOUT.replace("val.txt", "test.txt")
+        + ")",
+    ),
+    "context59_root_is_voc": (
+        ["--dataset", "context59"],
+        "--root {t}/voc is not a folder of context59: split list not found: "
+        "{t}/voc/ImageSets/SegmentationContext/val.txt (expected JPEGImages/ID.jpg, "
+        "SegmentationClassContext/ID.png and ImageSets/SegmentationContext/val.txt listing the "
+        "IDs)",
+    ),
+    "ade20k_root_is_voc": (
+        ["--dataset", "ade20k"],
+        "--root {t}/voc is not a folder of ade20k: image folder not found: "
+        "{t}/voc/images/validation (expected " + ADE20K_LAYOUT + ")",
+    ),
+    "ade20k_no_images": (
+        ["--dataset", "ade20k", "--root", "{t}/ade_empty"],
+        "--root {t}/ade_empty: no images found (expected " + ADE20K_LAYOUT + ")",
+    ),
+    "ade20k_label_missing": (
+        ["--dataset", "ade20k", "--root", "{t}/ade_no_label"],
+        "--root {t}/ade_no_label: label map of x not found: "
+        "{t}/ade_no_label/annotations/validation/x.png",
     ),
     "root_image_missing": (
         ["--root", "{t}/no_images"],
@@ -289,12 +333,12 @@ EVAL_CASES = {
     "unknown_model": (
         ["--model", "nope"],
         "--model 'nope' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; see "
-        "open_clip.list_models()) nor an existing folder",
+        "open_clip.list_models()), a hub id (owner/name) nor an existing folder",
     ),
     "dataset": (
         ["--dataset", "voc"],
-        "argument --dataset: invalid choice: 'voc' (choose from 'cityscapes', 'coco_object', "
-        "'coco_stuff', 'context60', 'voc21')",
+        "argument --dataset: invalid choice: 'voc' (choose from 'ade20k', 'cityscapes', "
+        "'coco_object', 'coco_stuff', 'context59', 'context60', 'voc20', 'voc21')",
     ),
 }
 
@@ -319,9 +363,8 @@ def test_evaluate_api_rejects_limits_below_one(voc_root, make_segmenter):
     dataset = SegmentationDataset("voc21", voc_root)
     seg = make_segmenter(preset="voc21")
     for limit in (-1, 0):
-        with pytest.raises(
-            ValueError, match=rf"^limit must be an integer >= 1 or None, got {limit}$"
-        ):
+        message = rf"^limit must be >= 1 \(or left out for all images\), got {limit}$"
+        with pytest.raises(ValueError, match=message):
             evaluate(seg, dataset, limit=limit, progress=False)
 
 
@@ -337,7 +380,10 @@ AUX_CASES = {
         ["--lm", "{t}/file.txt"],
         "--lm {t}/file.txt is a file; expected a hub id or a model folder",
     ),
-    "lm_folder_missing": (["--lm", "{t}/nowhere"], "--lm {t}/nowhere: the folder does not exist"),
+    "lm_folder_missing": (
+        ["--lm", "{t}/nowhere"],
+        "--lm: no model folder {t}/nowhere (nothing at {t}/nowhere)",
+    ),
     "kind": (
         ["--kind", "poem"],
         "argument --kind: invalid choice: 'poem' (choose from 'definition', 'synonym')",
@@ -379,28 +425,39 @@ def test_failure_while_writing_exits_1_with_one_line(files, tiny_dir, capsys, mo
 
     monkeypatch.setattr("itaclip.cli.save_png", disk_full)
     argv = segment_args(files, "--model", str(tiny_dir), "--stride", "224", "--no-pamr",
-                        "--cache-dir", str(files / "cache"))  # fmt: skip
+                        "--cache-dir", str(files / "cache"), "--quiet")  # fmt: skip
     status, out, err = run(argv, capsys)
     assert status == 1 and out == ""
     path = files / "out" / "img_overlay.png"
     assert err == f"itaclip segment: error: [Errno 28] No space left on device: '{path}'\n"
 
 
-def test_window_progress_bar_counts_the_windows(make_segmenter, capsys):
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+WINDOWS_LINE = re.compile(r"windows: \d+/15 windows \(\d+%\), \d+ s")
+
+
+def test_window_progress_bar_counts_the_windows(make_segmenter, capsys, monkeypatch):
     seg = make_segmenter(stride=16)  # crop 64 on 96x128: 3 x 5 windows
     image = torch.rand(3, 96, 128)
     text = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
     quiet = seg.query_logits(image, text)
     assert capsys.readouterr().err == ""
-    shown = seg.query_logits(image, text, progress=True)
+    logged = seg.query_logits(image, text, progress=True)  # stderr is no terminal: a log
     err = capsys.readouterr().err
-    assert "windows" in err and "0/15" in err  # the total; refreshes are rate-limited
+    assert "\r" not in err  # plain lines only, and no final line (the bar is nested)
+    assert all(WINDOWS_LINE.fullmatch(line) for line in err.splitlines()), err
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    shown = seg.query_logits(image, text, progress=True)
+    bar = terminal.getvalue()
+    assert "windows" in bar and "0/15" in bar  # the total; refreshes are rate-limited
+    assert bar.endswith("\r")  # removed when the image is done
     torch.testing.assert_close(shown, quiet, rtol=0, atol=0)
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+    torch.testing.assert_close(logged, quiet, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -418,11 +475,18 @@ def test_segment_progress_on_a_terminal_unless_quiet(files, tiny_dir, monkeypatc
         assert "windows" in shown and "0/2" in shown
 
 
-def test_segment_no_progress_when_stderr_is_not_a_terminal(files, tiny_dir, capsys):
+def test_segment_progress_in_a_log_is_plain_lines(files, tiny_dir, capsys):
+    """stderr is no terminal: no bar (no carriage returns), a line for the images at the end,
+    and a windows line only every 10 s while an image takes longer."""
     argv = segment_args(files, "--model", str(tiny_dir), "--stride", "224", "--no-pamr",
                         "--cache-dir", str(files / "cache"))  # fmt: skip
     status, out, err = run(argv, capsys)
-    assert status == 0 and err == ""
+    assert status == 0 and "\r" not in err
+    *windows, last = err.splitlines()
+    assert re.fullmatch(r"itaclip segment: 1/1 images \(100%\), \d+ s", last), err
+    # 40x56 px resized to 336x470, crop 224, stride 224: 2 x 3 windows
+    line = re.compile(r"windows: \d/6 windows \(\d+%\), \d+ s")
+    assert all(line.fullmatch(text) for text in windows), err
     assert out == f"{files / 'img.png'} -> {files / 'out' / 'img_overlay.png'}\n"
 
 
@@ -441,7 +505,7 @@ def test_tiny_model_round_trip(tmp_path, files, capsys):
     out_dir = tmp_path / "out"
     argv = ["segment", str(files / "img.png"), "--classes", "cat,dog|puppy,sky", "-o",
             str(out_dir), "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
-            "--stride", "112"]  # fmt: skip
+            "--stride", "112", "--quiet"]  # fmt: skip
     status, out, err = run(argv, capsys)
     assert status == 0 and err == ""
     assert sorted(p.name for p in out_dir.iterdir()) == ["img_labels.png", "img_overlay.png"]

@@ -1,7 +1,13 @@
-"""End-to-end inference against the official procedure written plainly here; bad inputs."""
+"""End-to-end inference against the official procedure written plainly here; bad inputs.
+
+Tolerances: fp32 paths against the official loop atol 2e-5, rtol 1e-4 (summation order);
+fp16 / bf16 autocast against fp32 ``AUTOCAST_ATOL`` = 3e-2 in max abs logit error (logits are
+cosine similarities in [-1, 1]; CPU autocast measured 3.2e-4 fp16, 2.7e-3 bf16), and non-zero.
+"""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -9,12 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from itaclip import Segmenter, SegmenterConfig
 from itaclip.pamr import pamr
 from itaclip.postprocess import morphological_closing
 
 CLASSES = ["cat", "dog,puppy", "sky", "grass"]
+AUTOCAST_ATOL = 3e-2
+HALF_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def official_windows(size: int, crop: int, stride: int) -> list[int]:
@@ -241,19 +250,48 @@ def test_from_pretrained_local_dir_round_trip(tiny_dir, tiny_clip, tiny_tokenize
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
 
+def autocast_against_fp32(
+    clip: torch.nn.Module, tokenizer, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.dtype]]:
+    """Query logits of one image at ``precision`` and in fp32 (both on ``clip``'s device), and
+    the output dtype of every Linear / Conv2d of the ViT while the ``precision`` pass ran."""
+    settings = {"short_side": None, "crop": 64, "stride": 32, "pamr": False}
+    fp32 = Segmenter(clip, tokenizer, SegmenterConfig(precision="fp32", **settings))
+    half = Segmenter(clip, tokenizer, SegmenterConfig(precision=precision, **settings))
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    _, text = fp32.text_features(CLASSES)
+    reference = fp32.query_logits(image, text)
+    seen: list[torch.dtype] = []
+    layers = [m for m in half.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    hooks = [m.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for m in layers]
+    try:
+        out = half.query_logits(image, text)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, reference, seen
+
+
+def check_autocast(clip: torch.nn.Module, tokenizer, precision: str) -> None:
+    """The ViT's layers ran in the asked half type, the logits came back fp32, and they differ
+    from the fp32 pass by more than nothing and at most ``AUTOCAST_ATOL``."""
+    out, reference, seen = autocast_against_fp32(clip, tokenizer, precision)
+    assert seen and set(seen) == {HALF_TYPES[precision]}, sorted(map(str, set(seen)))
+    assert out.dtype == torch.float32 and out.shape == reference.shape == (5, 64, 96)
+    error = float((out - reference).abs().max())
+    assert 0 < error <= AUTOCAST_ATOL, error
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cpu_autocast_close_to_fp32(tiny_clip, tiny_tokenizer, precision):
+    """The check of the CUDA test below, on CPU autocast (the same ``Segmenter.autocast``)."""
+    check_autocast(tiny_clip, tiny_tokenizer, precision)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_autocast_close_to_fp32(tiny_clip, tiny_tokenizer, precision):
-    import copy
-
-    model = copy.deepcopy(tiny_clip).cuda()
-    settings = {"short_side": None, "crop": 64, "stride": 32, "pamr": False}
-    fp32 = Segmenter(model, tiny_tokenizer, SegmenterConfig(precision="fp32", **settings))
-    half = Segmenter(model, tiny_tokenizer, SegmenterConfig(precision=precision, **settings))
-    image = torch.rand(3, 64, 96)
-    _, text = fp32.text_features(CLASSES)
-    reference = fp32.query_logits(image, text)
-    torch.testing.assert_close(half.query_logits(image, text), reference, atol=3e-2, rtol=0)
+    check_autocast(copy.deepcopy(tiny_clip).cuda(), tiny_tokenizer, precision)
 
 
 def test_resize_keeps_aspect_and_caps_the_long_side():

@@ -132,10 +132,13 @@ def test_shipped_class_lists(name):
     data = dataset_classes(name)
     expected = {
         "voc21": 21,
+        "voc20": 20,
         "context60": 60,
+        "context59": 59,
         "coco_object": 81,
         "coco_stuff": 171,
         "cityscapes": 19,
+        "ade20k": 150,
     }
     assert len(data.queries) == expected[name]
     assert len(data.definitions) == len(data.synonyms) == expected[name]
@@ -144,3 +147,26 @@ def test_shipped_class_lists(name):
     assert all(len(s.split()) == 1 for s in data.synonyms)
     has_background = name in ("voc21", "context60", "coco_object")
     assert (data.background == 0) if has_background else data.background is None
+
+
+@pytest.mark.parametrize(("name", "source"), [("voc20", "voc21"), ("context59", "context60")])
+def test_no_background_lists_are_the_lists_without_their_background(name, source):
+    data, full = dataset_classes(name), dataset_classes(source)
+    assert (data.background, full.background, full.names[0]) == (None, 0, "background")
+    assert data.queries == full.queries[1:]
+    assert data.definitions == full.definitions[1:] and data.synonyms == full.synonyms[1:]
+
+
+def test_voc20_and_ade20k_class_order():
+    """VOC20: the 20 VOC objects in label order 1..20; ADE20K: the dataset's order of its 150
+    classes (label k + 1 in the files is class k), spot-checked along the list."""
+    assert dataset_classes("voc20").names == (
+        "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+        "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
+        "train", "tv monitor",
+    )  # fmt: skip
+    names = dataset_classes("ade20k").names
+    spots = {0: "wall", 2: "sky", 8: "windowpane", 12: "person", 20: "car", 44: "chest of drawers",
+             89: "television receiver", 90: "airplane", 127: "bicycle", 138: "ashcan",
+             141: "crt screen", 149: "flag"}  # fmt: skip
+    assert {k: names[k] for k in spots} == spots and len(names) == 150

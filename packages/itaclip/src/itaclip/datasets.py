@@ -1,15 +1,21 @@
 """Readers for the standard segmentation benchmarks in their usual folder layouts.
 
 * ``voc21``: ``JPEGImages/ID.jpg``, ``SegmentationClass/ID.png`` (palette PNG),
-  ``ImageSets/Segmentation/val.txt``; 21 classes.
+  ``ImageSets/Segmentation/val.txt``; 21 classes (0 = background).
+* ``voc20``: the ``voc21`` folder; 20 classes, the background (0) ignored.
 * ``context60``: ``JPEGImages/ID.jpg``, ``SegmentationClassContext/ID.png``,
   ``ImageSets/SegmentationContext/val.txt``; 60 classes (0 = background).
+* ``context59``: the ``context60`` folder; 59 classes, the background (0) ignored.
 * ``coco_stuff``: ``images/val2017/X.jpg``, ``annotations/val2017/X_labelTrainIds.png``; 171.
 * ``coco_object``: ``images/val2017/X.jpg``, ``annotations/val2017/X_instanceTrainIds.png``; 81.
 * ``cityscapes``: ``leftImg8bit/val/CITY/X_leftImg8bit.png``,
   ``gtFine/val/CITY/X_gtFine_labelTrainIds.png``; 19 classes.
+* ``ade20k``: ``ADEChallengeData2016`` with ``images/validation/X.jpg``,
+  ``annotations/validation/X.png``; 150 classes, 0 (unlabelled) ignored.
 
-Labels are class indices with 255 = ignore (VOC's palette PNGs read as indices).
+Labels are class indices with 255 = ignore (VOC's palette PNGs read as indices). ``voc20``,
+``context59`` and ``ade20k`` hold 0 = ignored and the classes from 1 in their files; they are
+read with mmseg's ``reduce_zero_label`` (0 -> 255, k -> k - 1).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from itaclip.config import Names, named
 from itaclip.io import load_image
 
 IGNORE_INDEX = 255
@@ -67,7 +74,8 @@ def context_samples(root: Path, split: str = "val") -> list[Sample]:
     ]
 
 
-def _coco_samples(root: Path, split: str, suffix: str) -> list[Sample]:
+def _images_annotations_samples(root: Path, split: str, suffix: str) -> list[Sample]:
+    """``images/SPLIT/X.jpg`` with ``annotations/SPLIT/X<suffix>`` (COCO, ADE20K)."""
     images = sorted(_require(root / "images" / split, "image folder").glob("*.jpg"))
     labels = root / "annotations" / split
     return [Sample(p.stem, p, labels / f"{p.stem}{suffix}") for p in images]
@@ -75,12 +83,17 @@ def _coco_samples(root: Path, split: str, suffix: str) -> list[Sample]:
 
 def coco_stuff_samples(root: Path, split: str = "val2017") -> list[Sample]:
     """COCO-Stuff 164k, 171 classes (``*_labelTrainIds.png``)."""
-    return _coco_samples(root, split, "_labelTrainIds.png")
+    return _images_annotations_samples(root, split, "_labelTrainIds.png")
 
 
 def coco_object_samples(root: Path, split: str = "val2017") -> list[Sample]:
     """COCO-Object, background + 80 things (``*_instanceTrainIds.png``)."""
-    return _coco_samples(root, split, "_instanceTrainIds.png")
+    return _images_annotations_samples(root, split, "_instanceTrainIds.png")
+
+
+def ade20k_samples(root: Path, split: str = "validation") -> list[Sample]:
+    """ADE20K (``ADEChallengeData2016``), 150 classes + 0 = unlabelled (``X.png``)."""
+    return _images_annotations_samples(root, split, ".png")
 
 
 def cityscapes_samples(root: Path, split: str = "val") -> list[Sample]:
@@ -94,19 +107,78 @@ def cityscapes_samples(root: Path, split: str = "val") -> list[Sample]:
     return samples
 
 
-DATASETS: dict[str, tuple[Callable[..., list[Sample]], int]] = {
-    "voc21": (voc_samples, 21),
-    "context60": (context_samples, 60),
-    "coco_stuff": (coco_stuff_samples, 171),
-    "coco_object": (coco_object_samples, 81),
-    "cityscapes": (cityscapes_samples, 19),
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one benchmark is read.
+
+    Args:
+        reader: ``(root, split) -> samples``.
+        num_classes: classes of the benchmark (labels after ``reduce_zero_label``).
+        split: the default split.
+        layout: what the root folder holds, ``{split}`` standing for the split (for messages).
+        reduce_zero_label: the files hold 0 = ignored and the classes from 1 (mmseg's
+            ``reduce_zero_label``; see ``reduce_zero_label``).
+    """
+
+    reader: Callable[[Path, str], list[Sample]]
+    num_classes: int
+    split: str
+    layout: str
+    reduce_zero_label: bool = False
+
+
+VOC_LAYOUT = (
+    "JPEGImages/ID.jpg, SegmentationClass/ID.png and ImageSets/Segmentation/{split}.txt "
+    "listing the IDs"
+)
+CONTEXT_LAYOUT = (
+    "JPEGImages/ID.jpg, SegmentationClassContext/ID.png and "
+    "ImageSets/SegmentationContext/{split}.txt listing the IDs"
+)
+COCO_STUFF_LAYOUT = "images/{split}/X.jpg and annotations/{split}/X_labelTrainIds.png"
+COCO_OBJECT_LAYOUT = "images/{split}/X.jpg and annotations/{split}/X_instanceTrainIds.png"
+CITYSCAPES_LAYOUT = (
+    "leftImg8bit/{split}/CITY/X_leftImg8bit.png and gtFine/{split}/CITY/X_gtFine_labelTrainIds.png"
+)
+ADE20K_LAYOUT = "images/{split}/X.jpg and annotations/{split}/X.png"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "voc21": DatasetSpec(voc_samples, 21, "val", VOC_LAYOUT),
+    "voc20": DatasetSpec(voc_samples, 20, "val", VOC_LAYOUT, reduce_zero_label=True),
+    "context60": DatasetSpec(context_samples, 60, "val", CONTEXT_LAYOUT),
+    "context59": DatasetSpec(context_samples, 59, "val", CONTEXT_LAYOUT, reduce_zero_label=True),
+    "coco_stuff": DatasetSpec(coco_stuff_samples, 171, "val2017", COCO_STUFF_LAYOUT),
+    "coco_object": DatasetSpec(coco_object_samples, 81, "val2017", COCO_OBJECT_LAYOUT),
+    "cityscapes": DatasetSpec(cityscapes_samples, 19, "val", CITYSCAPES_LAYOUT),
+    "ade20k": DatasetSpec(ade20k_samples, 150, "validation", ADE20K_LAYOUT, reduce_zero_label=True),
 }
 
 
 def read_label(path: Path) -> Tensor:
-    """(H, W) int64 label map from an index PNG."""
+    """(H, W) int64 label map from a single-channel index PNG (mode L or P: palette indices).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: an image with several channels (an RGB-coloured label map).
+    """
     with Image.open(_require(path, "label map")) as label:
-        return torch.from_numpy(np.asarray(label).astype(np.int64))
+        array = np.asarray(label)
+        if array.ndim != 2:
+            raise ValueError(
+                f"label map {path}: expected class indices in one channel (a mode L or P PNG), "
+                f"got a mode {label.mode} image"
+            )
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def reduce_zero_label(label: Tensor) -> Tensor:
+    """mmseg's ``reduce_zero_label``: 0 (unlabelled) -> 255 (ignored), k -> k - 1, 255 stays.
+
+    Args:
+        label: integer labels as read from a ``voc20``, ``context59`` or ``ade20k`` file.
+    """
+    ignored = (label == 0) | (label == IGNORE_INDEX)
+    return torch.where(ignored, torch.full_like(label, IGNORE_INDEX), label - 1)
 
 
 class SegmentationDataset:
@@ -115,16 +187,24 @@ class SegmentationDataset:
     Args:
         name: one of ``DATASETS``.
         root: dataset folder.
-        split: split name (``val`` / ``val2017``); default the dataset's validation split.
+        split: split name (``val`` / ``val2017`` / ``validation``); default the dataset's
+            validation split.
     """
 
     def __init__(self, name: str, root: str | os.PathLike, split: str | None = None) -> None:
         if name not in DATASETS:
             raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-        reader, self.num_classes = DATASETS[name]
+        spec = DATASETS[name]
         root = _require(Path(root), "dataset root")
         self.name = name
-        self.samples = reader(root) if split is None else reader(root, split)
+        self.split = spec.split if split is None else split
+        self.num_classes = spec.num_classes
+        self.reduce_zero_label = spec.reduce_zero_label
+        self.layout = spec.layout.format(split=self.split)
+        try:
+            self.samples = spec.reader(root, self.split)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error} (expected {self.layout})") from None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -134,9 +214,53 @@ class SegmentationDataset:
         sample = self.samples[index]
         image = load_image(_require(sample.image, "image"))
         label = read_label(sample.label)
+        if self.reduce_zero_label:
+            label = reduce_zero_label(label)
         if tuple(label.shape) != tuple(image.shape[-2:]):
             raise ValueError(
                 f"{sample.name}: label {tuple(label.shape)} and image "
                 f"{tuple(image.shape[-2:])} sizes differ"
             )
         return image, label, sample.name
+
+
+def check_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str | None = None,
+    limit: int | None = None,
+    *,
+    names: Names | None = None,
+) -> SegmentationDataset:
+    """The dataset, checked before any model work: the root holds the layout, and the images
+    and label maps of the first ``limit`` samples exist.
+
+    Args:
+        name: one of ``DATASETS``.
+        root: dataset folder.
+        split: split name (default the dataset's validation split).
+        limit: check only the first ``limit`` samples (``None``: all).
+        names: how the caller spells ``root`` in messages (the CLI: ``--root``).
+
+    Raises:
+        FileNotFoundError: a missing root, split list, image folder, image or label map; the
+            message names the expected layout.
+        NotADirectoryError: ``root`` is a file.
+        ValueError: no samples.
+    """
+    flag, root = named("root", names), Path(root)
+    if not root.is_dir():
+        if root.exists():
+            raise NotADirectoryError(f"{flag} {root} is a file, not a folder")
+        raise FileNotFoundError(f"{flag} {root} does not exist")
+    try:
+        dataset = SegmentationDataset(name, root, split)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{flag} {root} is not a folder of {name}: {error}") from None
+    if len(dataset) == 0:
+        raise ValueError(f"{flag} {root}: no images found (expected {dataset.layout})")
+    for sample in dataset.samples[:limit]:
+        for path, what in ((sample.image, "image"), (sample.label, "label map")):
+            if not path.is_file():
+                raise FileNotFoundError(f"{flag} {root}: {what} of {sample.name} not found: {path}")
+    return dataset

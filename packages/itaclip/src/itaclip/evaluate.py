@@ -1,16 +1,31 @@
-"""mIoU evaluation: confusion matrices (torchmetrics), optionally summed over processes."""
+"""mIoU evaluation: confusion matrices (torchmetrics), optionally summed over processes.
+
+``check_evaluation`` checks a benchmark run before any model work (the processes, the limit, the
+dataset folder); ``run_evaluation`` loads the segmenter of a checked ``LoadPlan`` in one or
+several processes (torch.distributed, gloo on the CPU) and returns an ``EvalReport``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from itaclip.datasets import IGNORE_INDEX, SegmentationDataset
-from itaclip.segmenter import Segmenter, progress_disabled
+from common_kernels.files import write_json
+from common_kernels.progress import progress as show_progress
+from itaclip.config import Names, named
+from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
+from itaclip.segmenter import LoadPlan, Segmenter, progress_hidden
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation process failed (its message is the process's last line)."""
 
 
 def confusion_matrix(
@@ -69,6 +84,154 @@ def iou_from_confusion(conf: Tensor) -> IoUResult:
     return IoUResult(iou.tolist(), float(iou.nanmean()), accuracy)
 
 
+def check_limit(limit: int | None, name: str = "limit") -> None:
+    """``limit`` is ``None`` or an integer >= 1.
+
+    Args:
+        limit: samples to evaluate.
+        name: how the caller spells the argument in messages.
+    """
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"{name} must be >= 1 (or left out for all images), got {limit!r}")
+
+
+def check_processes(processes: int, name: str = "processes") -> None:
+    """``processes`` is an integer >= 1.
+
+    Args:
+        processes: evaluation processes.
+        name: how the caller spells the argument in messages.
+    """
+    if isinstance(processes, bool) or int(processes) != processes or processes < 1:
+        raise ValueError(f"{name} must be >= 1, got {processes!r}")
+
+
+def check_evaluation(
+    dataset: str,
+    root: str | os.PathLike,
+    split: str | None = None,
+    limit: int | None = None,
+    processes: int = 1,
+    *,
+    names: Names | None = None,
+) -> SegmentationDataset:
+    """Every argument of a benchmark run checked before any model work; returns the dataset.
+
+    Args:
+        dataset: one of ``itaclip.datasets.DATASETS``.
+        root: its folder (``itaclip.datasets.check_dataset``).
+        split: split name (default the validation split).
+        limit: evaluate the first ``limit`` samples only (``None``: all).
+        processes: evaluation processes.
+        names: how the caller spells the arguments in messages (the CLI: its flags).
+    """
+    check_processes(processes, named("processes", names))
+    check_limit(limit, named("limit", names))
+    return check_dataset(dataset, root, split, limit, names=names)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """The result of ``run_evaluation`` (``asdict`` is the JSON ``itaclip eval`` writes).
+
+    Args:
+        dataset: the benchmark.
+        samples: images evaluated.
+        processes: evaluation processes.
+        miou: mean IoU over the classes with a non-empty union.
+        accuracy: pixel accuracy.
+        iou: per-class IoU (NaN for classes absent from labels and predictions).
+        confusion: (K, K) counts, rows = ground truth, columns = prediction.
+    """
+
+    dataset: str
+    samples: int
+    processes: int
+    miou: float
+    accuracy: float
+    iou: list[float]
+    confusion: list[list[int]]
+
+
+def run_evaluation(
+    plan: LoadPlan,
+    dataset: SegmentationDataset,
+    limit: int | None = None,
+    processes: int = 1,
+    progress: bool | None = None,
+) -> EvalReport:
+    """Evaluate the segmenter of ``plan`` on ``dataset`` in ``processes`` processes.
+
+    Each process loads the model (``Segmenter.load``), takes every ``processes``-th image and
+    the confusion matrices are all-reduced (gloo), so the report equals a one-process run.
+
+    Args:
+        plan: a checked ``check_from_pretrained`` (its preset should be the dataset's).
+        dataset: from ``check_evaluation``.
+        limit: evaluate the first ``limit`` samples only (``None``: all).
+        processes: evaluation processes (each gets cpu_count / processes threads).
+        progress: progress on rank 0 (``False`` hides it; see ``evaluate``).
+
+    Raises:
+        EvaluationError: a spawned process failed.
+        KeyboardInterrupt: a spawned process was interrupted.
+    """
+    check_processes(processes)
+    check_limit(limit)
+    if processes == 1:
+        return eval_worker(0, 1, plan, dataset, limit, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        job = (processes, plan, dataset, limit, progress, str(Path(tmp) / "rendezvous"), report)
+        try:
+            torch.multiprocessing.spawn(eval_worker, job, processes)
+        except torch.multiprocessing.ProcessExitedException as error:
+            if error.exit_code == 130:
+                raise KeyboardInterrupt from None
+            raise EvaluationError(
+                f"evaluation process {error.error_index} failed: {error}"
+            ) from None
+        except torch.multiprocessing.ProcessRaisedException as error:
+            last = str(error).strip().splitlines()[-1]
+            raise EvaluationError(f"an evaluation process failed: {last}") from None
+        return EvalReport(**json.loads(report.read_text()))
+
+
+def eval_worker(
+    rank: int,
+    world: int,
+    plan: LoadPlan,
+    dataset: SegmentationDataset,
+    limit: int | None,
+    progress: bool | None,
+    rendezvous: str | None = None,
+    report_file: Path | None = None,
+) -> EvalReport:
+    """One evaluation process; with several, rank 0 writes the report to ``report_file``."""
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        dist.init_process_group(
+            "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world
+        )
+    try:
+        conf = evaluate(Segmenter.load(plan), dataset, limit, progress=progress)
+        result = iou_from_confusion(conf)
+        samples = len(dataset) if limit is None else min(limit, len(dataset))
+        report = EvalReport(
+            dataset.name, samples, world, result.miou, result.accuracy, result.iou, conf.tolist()
+        )
+        if rank == 0 and report_file is not None:
+            write_json(report_file, asdict(report), indent=1)
+        return report
+    except KeyboardInterrupt:
+        if world == 1:
+            raise
+        raise SystemExit(130) from None  # spawned: the parent reports the interruption
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def evaluate(
     segmenter: Segmenter,
     dataset: SegmentationDataset,
@@ -84,14 +247,14 @@ def evaluate(
         segmenter: a segmenter with a dataset preset matching ``dataset``.
         dataset: the benchmark.
         limit: evaluate only the first ``limit`` samples (>= 1; ``None`` = all).
-        progress: tqdm bars on rank 0, over the images and over each image's sliding windows
-            (``None``: only when stderr is a terminal, tqdm's ``disable=None``).
+        progress: progress on rank 0 over the images and each image's sliding windows
+            (``common_kernels.progress``): ``True`` or ``None`` show a bar on a terminal and a
+            plain line every 10 s in a log file; ``False`` shows nothing.
 
     Raises:
         ValueError: ``limit`` < 1, or no samples to evaluate (the mIoU would be NaN).
     """
-    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-        raise ValueError(f"limit must be an integer >= 1 or None, got {limit!r}")
+    check_limit(limit)
     if len(dataset) == 0:
         raise ValueError(f"{dataset.name}: the dataset has no samples")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -100,8 +263,8 @@ def evaluate(
     indices = range(rank, total, world)
     if rank != 0:
         progress = False
-    for index in tqdm(
-        indices, desc=dataset.name, unit="image", disable=progress_disabled(progress)
+    for index in show_progress(
+        indices, desc=dataset.name, unit="images", disable=progress_hidden(progress)
     ):
         image, label, _ = dataset[index]
         result = segmenter(image, progress=progress)

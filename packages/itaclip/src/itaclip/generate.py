@@ -1,17 +1,29 @@
 """Auxiliary texts (definitions, synonyms) from any transformers causal language model.
 
 The paper used Llama-3-8B-Instruct with temperature 0.6, top_p 0.9 and up to 256 new tokens;
-any ``AutoModelForCausalLM`` works (chat models get their chat template applied).
+any ``AutoModelForCausalLM`` works (chat models get their chat template applied). The model
+name follows the repository's loader rule (``common_kernels.hub``): a path is a local folder, a
+missing one an error at once; anything else is a hub id, and an unreachable hub is said within
+seconds.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from common_kernels.cli import one_line
+from common_kernels.hub import HubUnreachableError, check_hub, local_or_hub
+from itaclip.config import Names, named
+from itaclip.sources import ModelLoadError
 
 DEFINITION_PROMPT = (
     "Define the word '{name}' briefly, in fewer than 50 words, in the style of this example: "
@@ -23,6 +35,54 @@ SYNONYM_PROMPT = (
 )
 PROMPTS = {"definition": DEFINITION_PROMPT, "synonym": SYNONYM_PROMPT}
 MAX_DEFINITION_WORDS = 50
+INSTALL_HINT = "the LLM generator needs transformers: pip install 'itaclip[generate]'"
+
+
+def require_transformers() -> None:
+    """Fail (``ImportError``, with the install command) unless transformers is installed."""
+    if importlib.util.find_spec("transformers") is None:
+        raise ImportError(INSTALL_HINT)
+
+
+def check_sampling(settings: Mapping[str, Any], names: Names | None = None) -> None:
+    """Sampling settings in their ranges (every ``SamplingConfig`` field given).
+
+    Args:
+        settings: field -> value.
+        names: how the caller spells each field in messages (the CLI: its flags).
+    """
+    temperature, top_p = settings["temperature"], settings["top_p"]
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{named('temperature', names)} must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{named('top_p', names)} must be in (0, 1], got {top_p}")
+    tokens = settings["max_new_tokens"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"{named('max_new_tokens', names)} must be >= 1, got {tokens!r}")
+    seed = settings["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"{named('seed', names)} must be an integer >= 0 or None, got {seed!r}")
+
+
+def check_lm(name: str | os.PathLike, flag: str = "name") -> Path | str:
+    """The language model's folder, or its hub id (nothing is loaded or downloaded).
+
+    Args:
+        name: a model folder (``./lm``, ``/models/lm``, ``~/lm`` or an existing folder) or a
+            hub id (``owner/name``).
+        flag: how the caller spells the argument in messages (the CLI: ``--lm``).
+
+    Raises:
+        FileNotFoundError: a path where nothing is.
+        ValueError: a file instead of a folder.
+    """
+    try:
+        source = local_or_hub(name)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{flag}: {error}") from None
+    if isinstance(source, Path) and not source.is_dir():
+        raise ValueError(f"{flag} {os.fspath(name)} is a file; expected a hub id or a model folder")
+    return source
 
 
 @dataclass
@@ -40,6 +100,20 @@ class SamplingConfig:
     top_p: float = 0.9
     max_new_tokens: int = 256
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        check_sampling(vars(self))
+
+
+def make_sampling(names: Names | None = None, **settings: Any) -> SamplingConfig:
+    """``SamplingConfig`` with ``settings`` replacing the paper's, checked before use.
+
+    Args:
+        names: how the caller spells each setting in messages (the CLI: its flags).
+        **settings: ``SamplingConfig`` fields.
+    """
+    check_sampling({**vars(SamplingConfig()), **settings}, names)
+    return SamplingConfig(**settings)
 
 
 def clean_definition(name: str, text: str) -> str:
@@ -72,18 +146,38 @@ class AuxTextGenerator:
 
     @classmethod
     def from_pretrained(
-        cls, name: str = "meta-llama/Meta-Llama-3-8B-Instruct", **model_kwargs: Any
+        cls,
+        name: str | os.PathLike = "meta-llama/Meta-Llama-3-8B-Instruct",
+        sampling: SamplingConfig | None = None,
+        **model_kwargs: Any,
     ) -> AuxTextGenerator:
-        """Load ``name`` with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (hub id or folder)."""
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as error:
-            raise ImportError(
-                "the LLM generator needs transformers: pip install 'itaclip[generate]'"
-            ) from error
+        """Load ``name`` with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
 
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        return cls(AutoModelForCausalLM.from_pretrained(name, **model_kwargs), tokenizer)
+        Args:
+            name: a model folder or a hub id (``check_lm``); a hub model that is not cached
+                needs the hub, which is checked within seconds first.
+            sampling: sampling settings (default: the paper's).
+            **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+
+        Raises:
+            ImportError: transformers is not installed.
+            common_kernels.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
+            ModelLoadError: transformers could not load the model (an ``OSError``).
+        """
+        require_transformers()
+        source = check_lm(name)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            if isinstance(source, str):
+                check_hub(source)
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(source))
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(source), **model_kwargs)
+        except HubUnreachableError as error:
+            raise HubUnreachableError(f"cannot load {os.fspath(name)}: {error}") from None
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load {os.fspath(name)}: {one_line(error)}") from error
+        return cls(model, tokenizer, sampling)
 
     def prompt(self, kind: str, name: str) -> str:
         """The model input asking for a ``kind`` (``"definition"`` or ``"synonym"``) of ``name``."""

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.files import atomic_write, read_image
+from common_kernels.files import ImageReadError, atomic_write, read_image
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+TENSOR_LAYOUT = "tensor images must be float (3, H, W) or batches (B, 3, H, W), RGB in [0, 1]"
 
 
 def check_unit_range(image: np.ndarray | Tensor) -> None:
@@ -56,10 +57,7 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     """
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-            raise ValueError(
-                "tensor images must be float (3, H, W) RGB in [0, 1], got "
-                f"{image.dtype} {tuple(image.shape)}"
-            )
+            raise ValueError(f"{TENSOR_LAYOUT}, got {image.dtype} {tuple(image.shape)}")
         check_unit_range(image)
         return image.float()
     if isinstance(image, Image.Image):
@@ -83,6 +81,22 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor  # (3, H, W)
 
 
+def to_rgb_images(image: Image.Image | np.ndarray | Tensor) -> tuple[list[Tensor], bool]:
+    """One image, or a (B, 3, H, W) float tensor batch, as (3, H, W) fp32 RGB tensors in [0, 1].
+
+    Args:
+        image: anything ``to_rgb_tensor`` takes, or a batch tensor (B >= 1).
+
+    Returns:
+        The images, and whether ``image`` was a batch.
+    """
+    if not isinstance(image, Tensor) or image.ndim != 4:
+        return [to_rgb_tensor(image)], False
+    if image.shape[0] == 0 or image.shape[1] != 3 or not image.is_floating_point():
+        raise ValueError(f"{TENSOR_LAYOUT} with B >= 1, got {image.dtype} {tuple(image.shape)}")
+    return [to_rgb_tensor(one) for one in image.unbind(0)], True
+
+
 def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image file as a (3, H, W) fp32 RGB tensor in [0, 1].
 
@@ -95,6 +109,26 @@ def load_image(path: str | os.PathLike) -> Tensor:
         ValueError: the file does not decode completely (``common_kernels.files.ImageReadError``).
     """
     return read_image(path, channels="rgb")
+
+
+def check_image_file(path: Path) -> None:
+    """Fail unless ``path`` is a readable, complete image file (decoded, then dropped).
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        FileNotFoundError: nothing is at ``path``.
+        ValueError: the file does not decode completely.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not an image file (give the images, e.g. DIR/*.png)"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        load_image(path)
+    except ImageReadError as error:
+        raise ValueError(f"{path} is not a readable image ({error.reason})") from None
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:

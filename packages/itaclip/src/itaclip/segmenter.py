@@ -1,4 +1,9 @@
-"""``Segmenter``: ITACLIP on one image (resize, sliding window, variants, PAMR, labels)."""
+"""``Segmenter``: ITACLIP on an image or a batch (resize, sliding window, variants, PAMR, labels).
+
+Every argument is checked before any model work: ``check_from_pretrained`` next to
+``Segmenter.from_pretrained`` and ``Segmenter.check_inputs`` next to the call, with the messages
+that ``itaclip`` prints for the same inputs (``names`` spells the arguments as the CLI does).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,20 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from common_kernels import tile_grid
-from itaclip.auxfile import load_aux_texts
+from common_kernels.cli import check_device, check_folder_writable, one_line
+from common_kernels.hub import HubUnreachableError
+from common_kernels.progress import progress as show_progress
+from itaclip.config import PRECISIONS, Names, SegmenterConfig, make_config, named
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
-from itaclip.io import to_rgb_tensor
-from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder
+from itaclip.inputs import ClassInputs, check_classes
+from itaclip.io import to_rgb_images
+from itaclip.models import ITACLIPVisionEncoder
 from itaclip.pamr import pamr
 from itaclip.postprocess import classify_query_logits
 from itaclip.presets import check_preset, dataset_classes
+from itaclip.sources import ModelLoadError, ModelSource, check_model_hub, resolve_model
 from itaclip.stitching import stitch_windows, window_axis_matrix
 from itaclip.text import (
     ClassQueries,
@@ -32,115 +41,17 @@ from itaclip.text import (
     imagenet_templates,
     mix_auxiliary,
     model_fingerprint,
-    parse_classes,
 )
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GPU_BATCH, CPU_BATCH = 20, 5  # default images per ViT pass (see SegmenterConfig.batch_size)
 
 
-def progress_disabled(progress: bool | None) -> bool | None:
-    """tqdm's ``disable`` for a ``progress`` switch: ``True`` shows a bar, ``False`` hides it,
-    ``None`` shows it only when stderr is a terminal (tqdm's ``disable=None``)."""
-    return None if progress is None else not progress
-
-
-@dataclass
-class SegmenterConfig:
-    """Inference settings; ``SegmenterConfig.from_preset("voc21")`` gives the official ones.
-
-    Args:
-        short_side: resize target of the image's short side (``None`` = no resize).
-        max_long_side: upper bound of the resized long side.
-        crop: sliding-window size.
-        stride: sliding-window step, in ``[1, crop]``.
-        lam: weight of the first image-engineering category (original, gray, blur).
-        img_engineering: encode the five crop variants (original, gray, blur and two flips);
-            ``False`` (the official switch off) encodes the original crop only, and ``lam``
-            plays no part.
-        alpha: weight of the auxiliary text in the query features.
-        aux: auxiliary text kind of the preset's dataset, ``"definition"`` or ``"synonym"``.
-        logit_scale: softmax temperature over the queries, > 0.
-        prob_thd: pixels with a lower max class probability become background; in [0, 1].
-        area_thd: area threshold (share of the non-background area) in [0, 1], ``None`` = off.
-        pamr: run PAMR on the query logits.
-        pamr_iterations: PAMR steps, an integer >= 0.
-        pamr_dilations: PAMR neighbourhood dilations.
-        pamr_chunk: query channels refined at a time.
-        batch_size: images per ViT forward pass; ``batch_size // 5`` crops (x 5 variants) go
-            through together, so multiples of 5 fill every pass. ``None``: 20 on a GPU, 5 on
-            the CPU (one crop per pass: larger CPU batches spill the caches and ran 15% slower
-            on ViT-B/16 here).
-        faithful: reproduce the official quirks (gray/blur on normalised crops, 3x3 closing).
-        precision: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
-        encoder: image-encoder settings (intermediate layers, attention backend).
-    """
-
-    short_side: int | None = 336
-    max_long_side: int = 2048
-    crop: int = 224
-    stride: int = 28
-    lam: float = 0.75
-    img_engineering: bool = True
-    alpha: float = 0.15
-    aux: str = "definition"
-    logit_scale: float = 50.0
-    prob_thd: float = 0.0
-    area_thd: float | None = None
-    pamr: bool = True
-    pamr_iterations: int = 10
-    pamr_dilations: tuple[int, ...] = (8, 16)
-    pamr_chunk: int = 8
-    batch_size: int | None = None
-    faithful: bool = False
-    precision: str = "auto"
-    encoder: ITACLIPEncoderConfig | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("crop", "stride", "batch_size", "pamr_chunk", "max_long_side"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stride > self.crop:
-            raise ValueError(
-                f"stride must be in [1, crop] = [1, {self.crop}] (a larger stride leaves pixels "
-                f"that no window covers), got {self.stride}"
-            )
-        if self.short_side is not None and self.short_side < 1:
-            raise ValueError(f"short_side must be >= 1 or None, got {self.short_side}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not self.logit_scale > 0:  # also rejects NaN
-            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
-        if not 0.0 <= self.prob_thd <= 1.0:
-            raise ValueError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
-        if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
-            raise ValueError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
-        iterations = self.pamr_iterations
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ValueError(f"pamr_iterations must be an integer >= 0, got {iterations!r}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(
-                f"precision must be 'auto', 'fp32', 'fp16' or 'bf16', got {self.precision!r}"
-            )
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> SegmenterConfig:
-        """The official settings of dataset ``name`` (see ``itaclip.PRESETS``), then overrides."""
-        preset = check_preset(name)
-        fields = {
-            "short_side": preset.short_side,
-            "lam": preset.lam,
-            "alpha": preset.alpha,
-            "aux": preset.aux,
-            "logit_scale": preset.logit_scale,
-            "prob_thd": preset.prob_thd,
-            "area_thd": preset.area_thd,
-        }
-        return cls(**{**fields, **overrides})
+def progress_hidden(progress: bool | None) -> bool:
+    """``disable`` of ``common_kernels.progress`` for a ``progress`` switch: ``False`` hides it;
+    ``True`` and ``None`` show a bar on a terminal and a plain line every 10 s in a log."""
+    return progress is False
 
 
 @dataclass
@@ -170,6 +81,23 @@ class Segmentation:
     query_class: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class SegmentInputs:
+    """A checked ``Segmenter`` call (``Segmenter.check_inputs``).
+
+    Args:
+        images: the (3, H, W) fp32 RGB images.
+        batched: whether a (B, 3, H, W) batch was given (the call returns a list).
+        classes: the checked classes, auxiliary texts and background.
+        output_size: (H_out, W_out) of the outputs, or ``None`` for each image's size.
+    """
+
+    images: tuple[Tensor, ...]
+    batched: bool
+    classes: ClassInputs
+    output_size: tuple[int, int] | None
+
+
 def resized_size(height: int, width: int, short_side: int | None, max_long: int):
     """(H', W') with short side ``short_side`` and long side <= ``max_long``, aspect kept."""
     if short_side is None:
@@ -193,6 +121,65 @@ def check_output_size(
     if len(sizes) != 2 or len(output_size) != 2 or min(sizes) < 1:
         raise ValueError(f"output_size must be (height, width) with ints >= 1, got {output_size!r}")
     return sizes[0], sizes[1]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/itaclip/text`` (default ``~/.cache/itaclip/text``)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "itaclip" / "text"
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A checked ``Segmenter.from_pretrained`` call (``check_from_pretrained``).
+
+    Args:
+        source: what open_clip loads, and the hub repositories it asks.
+        config: the inference settings.
+        preset: the dataset preset (default classes), or ``None``.
+        device: where the model runs.
+        cache_dir: folder of the text-embedding cache.
+    """
+
+    source: ModelSource
+    config: SegmenterConfig
+    preset: str | None
+    device: torch.device
+    cache_dir: Path
+
+
+def check_from_pretrained(
+    model_name: str | os.PathLike = "ViT-B-16-quickgelu",
+    pretrained: str | os.PathLike | None = "openai",
+    preset: str | None = "voc21",
+    device: str | torch.device | None = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    names: Names | None = None,
+    **overrides: Any,
+) -> LoadPlan:
+    """Every argument of ``Segmenter.from_pretrained`` checked offline, before any model work.
+
+    Args:
+        model_name: see ``Segmenter.from_pretrained`` (and ``itaclip.sources``).
+        pretrained: weights tag or file of a built-in name.
+        preset: dataset preset, or ``None`` for the default settings.
+        device: a torch device this machine has (``None``: cuda when available, else cpu).
+        cache_dir: text-embedding cache folder, writable (default ``default_cache_dir()``).
+        names: how the caller spells each argument in messages (the CLI: its flags).
+        **overrides: ``SegmenterConfig`` fields replacing the preset's.
+
+    Raises:
+        ValueError: a setting out of range, an unknown model or tag, a device this machine
+            does not have, a cache folder that cannot be written.
+        FileNotFoundError: a model folder or weights file that does not exist.
+    """
+    config = make_config(preset, names, **overrides)
+    source = resolve_model(model_name, pretrained, names=names)
+    checked_device = check_device(None if device is None else str(device), named("device", names))
+    folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    check_folder_writable(folder, named("cache_dir", names))
+    return LoadPlan(source, config, preset, checked_device, folder)
 
 
 class Segmenter(nn.Module):
@@ -237,46 +224,64 @@ class Segmenter(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        model_name: str = "ViT-B-16-quickgelu",
-        pretrained: str | None = "openai",
+        model_name: str | os.PathLike = "ViT-B-16-quickgelu",
+        pretrained: str | os.PathLike | None = "openai",
         preset: str | None = "voc21",
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "cpu",
         cache_dir: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> Segmenter:
-        """Load an open_clip model (hub tag, checkpoint file, or ``local-dir:`` folder).
+        """Load an open_clip model: a built-in name with a weights tag or file, a hub
+        repository, or a local folder (``itaclip.sources``); every argument is checked first
+        (``check_from_pretrained``), and the hub within seconds (``Segmenter.load``).
 
         Args:
-            model_name: open_clip architecture name, ``hf-hub:org/repo`` or ``local-dir:PATH``.
-            pretrained: weights tag or file for built-in names (ignored with a schema).
+            model_name: open_clip architecture name, ``hf-hub:owner/name`` (or ``owner/name``),
+                ``local-dir:PATH`` or a folder path (``./tiny-clip``).
+            pretrained: weights tag or file for built-in names (ignored otherwise; ``None`` or
+                ``""``: random weights).
             preset: dataset preset for settings and default classes (``None`` = defaults).
-            device: where to run.
+            device: where to run (``None``: cuda when available, else cpu).
             cache_dir: text-embedding cache folder (default ``~/.cache/itaclip/text``).
             **overrides: ``SegmenterConfig`` fields replacing the preset's.
         """
-        pretrained = pretrained or None
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(model_name)
-        config = (
-            SegmenterConfig.from_preset(preset, **overrides)
-            if preset
-            else SegmenterConfig(**overrides)
+        return cls.load(
+            check_from_pretrained(model_name, pretrained, preset, device, cache_dir, **overrides)
         )
+
+    @classmethod
+    def load(cls, plan: LoadPlan) -> Segmenter:
+        """Load the model of a checked plan; a hub repository that is not cached and cannot be
+        reached fails at once, before open_clip asks for it.
+
+        Args:
+            plan: from ``check_from_pretrained``.
+
+        Raises:
+            common_kernels.hub.HubUnreachableError: ``cannot load MODEL: REPO is not in the
+                local hub cache ... and HF_HUB_OFFLINE is set ...`` (an ``OSError``).
+            ModelLoadError: open_clip could not build or load the model (an ``OSError``).
+        """
+        source = plan.source
+        try:
+            check_model_hub(source)
+        except HubUnreachableError as error:
+            raise HubUnreachableError(f"cannot load {source.describe()}: {error}") from None
+        try:
+            model = open_clip.create_model(
+                source.name, pretrained=source.pretrained, device=plan.device
+            )
+            tokenizer = open_clip.get_tokenizer(source.name)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load {source.describe()}: {one_line(error)}") from error
         visual_cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-        if cache_dir is None:
-            cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-            cache_dir = cache_dir / "itaclip" / "text"
-        hub_weights = model_name.startswith("hf-hub:") or (
-            pretrained is not None and ":" not in model_name and not os.path.isfile(pretrained)
-        )  # weights fixed by their name; otherwise the cache key is a fingerprint of the weights
-        model_id = f"{model_name}|{pretrained}" if hub_weights else None
         return cls(
             model,
             tokenizer,
-            config,
-            preset=preset,
-            model_id=model_id,
-            cache_dir=cache_dir,
+            plan.config,
+            preset=plan.preset,
+            model_id=source.cache_id,
+            cache_dir=plan.cache_dir,
             mean=visual_cfg.get("mean", OPENAI_MEAN),
             std=visual_cfg.get("std", OPENAI_STD),
         )
@@ -313,8 +318,8 @@ class Segmenter(nn.Module):
     def text_features(
         self,
         classes: Sequence[str | Sequence[str]],
-        aux_texts: Sequence[str] | None = None,
-        background: int | None = None,
+        aux_texts: Sequence[str | None] | None = None,
+        background: int | str | None = None,
     ) -> tuple[ClassQueries, Tensor]:
         """Parsed classes and their (Q, C) query features (auxiliary texts mixed in).
 
@@ -322,39 +327,26 @@ class Segmenter(nn.Module):
             classes: class names; ``"a,b"`` or ``["a", "b"]`` gives a class two queries.
             aux_texts: one auxiliary text per class, mixed with weight ``config.alpha``; the
                 background's may be ``None`` (its queries keep their features anyway).
-            background: background class index; its queries keep their original features.
+            background: background class (index or name); its queries keep their features.
         """
-        parsed = parse_classes(classes)
-        if background is not None and not 0 <= background < parsed.num_classes:
-            raise ValueError(
-                f"background must index a class in [0, {parsed.num_classes}), got {background}"
-            )
+        inputs = check_classes(classes, aux_texts, background)
+        return inputs.queries, self.class_features(inputs)
+
+    def class_features(self, inputs: ClassInputs) -> Tensor:
+        """(Q, C) query features of checked classes (``itaclip.inputs.check_classes``)."""
+        parsed, aux_texts, background = inputs.queries, inputs.aux_texts, inputs.background
         features = self.embed(parsed.queries)
-        if aux_texts is not None:
-            if len(aux_texts) != parsed.num_classes:
-                raise ValueError(
-                    f"aux_texts needs one text per class ({parsed.num_classes}), "
-                    f"got {len(aux_texts)}"
-                )
-            missing = [i for i, text in enumerate(aux_texts) if text is None]
-            if any(i != background for i in missing):
-                raise ValueError(
-                    f"aux_texts may be None only for the background class ({background}), "
-                    f"got None for class(es) {[i for i in missing if i != background]}"
-                )
-            keep = () if background is None else (background,)
-            if missing:  # the background: a zero row, never used (its queries are kept)
-                given = [text for text in aux_texts if text is not None]
-                aux = self.embed(given) if given else features.new_zeros(0, features.shape[1])
-                aux = torch.cat(
-                    [aux[:background], aux.new_zeros(1, aux.shape[1]), aux[background:]]
-                )
-            else:
-                aux = self.embed(list(aux_texts))
-            features = mix_auxiliary(
-                features, aux, parsed.query_class.to(self.device), self.config.alpha, keep
-            )
-        return parsed, features
+        if aux_texts is None:
+            return features
+        keep = () if background is None else (background,)
+        if any(text is None for text in aux_texts):  # the background's: a zero row, never used
+            given = [text for text in aux_texts if text is not None]
+            aux = self.embed(given) if given else features.new_zeros(0, features.shape[1])
+            aux = torch.cat([aux[:background], aux.new_zeros(1, aux.shape[1]), aux[background:]])
+        else:
+            aux = self.embed(list(aux_texts))
+        owners = parsed.query_class.to(self.device)
+        return mix_auxiliary(features, aux, owners, self.config.alpha, keep)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """fp16/bf16 autocast on CUDA per ``config.precision``; nothing on the CPU in fp32."""
@@ -413,8 +405,9 @@ class Segmenter(nn.Module):
                 windows slide over the resized image as usual, the stitched logits are resized
                 bilinearly to this size and PAMR runs at it, guided by ``image`` resized
                 bilinearly to it. ``None`` = (H, W).
-            progress: a tqdm bar over the sliding windows (``None``: only when stderr is a
-                terminal; the bar is removed when the image is done).
+            progress: progress over the sliding windows (``common_kernels.progress``; ``True``
+                or ``None``: a bar on a terminal, removed when the image is done, and in a log
+                a plain line every 10 s while the image takes longer).
 
         Returns:
             (Q, H_out, W_out) fp32 logits (PAMR-refined when ``config.pamr``).
@@ -431,23 +424,23 @@ class Segmenter(nn.Module):
         tops = list(dict.fromkeys(tile.top for tile in tiles))
         lefts = list(dict.fromkeys(tile.left for tile in tiles))
         per_step = max(1, self.batch_size // num_variants(cfg.img_engineering))
-        grid = None
-        bar = tqdm(
-            total=len(tiles), desc="windows", unit="window", leave=False,
-            disable=progress_disabled(progress),
-        )  # fmt: skip
-        for start in range(0, len(tiles), per_step):
-            group = tiles[start : start + per_step]
+        grid, group = None, []
+        shown = show_progress(
+            tiles, desc="windows", unit="windows", disable=progress_hidden(progress), leave=False
+        )  # counts a window when it joins its ViT batch: the count moves per_step at a time
+        for index, tile in enumerate(shown):
+            group.append(tile)
+            if len(group) < per_step and index + 1 < len(tiles):
+                continue
             crops = torch.stack([resized[(slice(None), *t.slices)] for t in group])  # (n, 3, h, w)
             windows = self.crop_logits(crops, text)  # (n, Q, th, tw)
             token_h, token_w = windows.shape[-2:]
             if grid is None:  # (Q, window rows, th, window cols, tw)
                 grid = windows.new_zeros(text.shape[0], len(tops), token_h, len(lefts), token_w)
-            for index, window in enumerate(windows, start=start):
-                row, col = divmod(index, len(lefts))  # tiles are row-major
+            for number, window in enumerate(windows, start=index + 1 - len(group)):
+                row, col = divmod(number, len(lefts))  # tiles are row-major
                 grid[:, row, :, col] = window
-            bar.update(len(group))
-        bar.close()
+            group = []
         rows = window_axis_matrix(new_h, tops, tiles[0].height, token_h, out_h)  # (Ho, rows*th)
         cols = window_axis_matrix(new_w, lefts, tiles[0].width, token_w, out_w)  # (Wo, cols*tw)
         grid = grid.flatten(3, 4).flatten(1, 2)  # (Q, rows * th, cols * tw)
@@ -462,75 +455,169 @@ class Segmenter(nn.Module):
             logits = pamr(guide, logits, cfg.pamr_iterations, cfg.pamr_dilations, cfg.pamr_chunk)
         return logits[0]
 
-    def resolve_classes(self, classes, aux_texts, background):
-        """Explicit classes, or the preset dataset's classes, aux texts and background."""
+    def resolve_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | None,
+        aux_texts: Sequence[str | None] | None,
+        background: int | str | None,
+        aux_file: str | os.PathLike | None = None,
+    ) -> tuple[Sequence[str | Sequence[str]], Sequence[str | None] | None, int | str | None]:
+        """Explicit classes, or the preset dataset's classes and background, and its auxiliary
+        texts unless ``aux_texts`` or ``aux_file`` gives them."""
         if classes is not None:
             return classes, aux_texts, background
         if self.preset is None:
             raise ValueError("classes are required (this Segmenter has no dataset preset)")
         data = dataset_classes(self.preset)
-        return list(data.queries), list(data.aux_texts(self.config.aux)), data.background
+        if aux_texts is None and aux_file is None:
+            aux_texts = list(data.aux_texts(self.config.aux))
+        return list(data.queries), aux_texts, data.background
+
+    def check_image_size(self, image: Tensor) -> None:
+        """Fail unless the resized (3, H, W) ``image`` holds at least one ViT patch."""
+        height, width = image.shape[-2:]
+        cfg = self.config
+        new_h, new_w = resized_size(height, width, cfg.short_side, cfg.max_long_side)
+        patch_h, patch_w = self.encoder.patch_size
+        if min(new_h, cfg.crop) < patch_h or min(new_w, cfg.crop) < patch_w:
+            raise ValueError(
+                f"images must be at least one patch ({patch_h}x{patch_w} px) after the resize, "
+                f"got {height}x{width} px resized to {new_h}x{new_w}"
+            )
+
+    def check_inputs(
+        self,
+        image: Any,
+        classes: Sequence[str | Sequence[str]] | None = None,
+        aux_texts: Sequence[str | None] | None = None,
+        background: int | str | None = None,
+        *,
+        aux_file: str | os.PathLike | None = None,
+        check_aux_names: bool = True,
+        output_size: Sequence[int] | None = None,
+        names: Names | None = None,
+    ) -> SegmentInputs:
+        """Every input of a call checked, before any model work (see ``forward``).
+
+        Args:
+            image: one image or a (B, 3, H, W) batch (see ``forward``).
+            classes: class names, or ``None`` for the preset's.
+            aux_texts: one auxiliary text per class.
+            background: background class index or name.
+            aux_file: auxiliary texts from a file (``itaclip.inputs.load_aux_file``).
+            check_aux_names: check the names of an official-format ``aux_file``.
+            output_size: (H_out, W_out) of the outputs, or ``None``.
+            names: how the caller spells the arguments in messages (the CLI: its flags).
+
+        Raises:
+            ValueError: the first bad input; the message names it and what it accepts.
+        """
+        images, batched = to_rgb_images(image)
+        for one in images:
+            self.check_image_size(one)
+        size = None if output_size is None else check_output_size(output_size, (1, 1))
+        classes, aux_texts, background = self.resolve_classes(
+            classes, aux_texts, background, aux_file
+        )
+        checked = check_classes(
+            classes,
+            aux_texts,
+            background,
+            aux_file=aux_file,
+            check_aux_names=check_aux_names,
+            names=names,
+        )
+        return SegmentInputs(tuple(images), batched, checked, size)
 
     def forward(
         self,
         image: Any,
         classes: Sequence[str | Sequence[str]] | None = None,
         aux_texts: Sequence[str | None] | None = None,
-        background: int | None = None,
+        background: int | str | None = None,
         *,
         aux_file: str | os.PathLike | None = None,
         check_aux_names: bool = True,
         output_size: Sequence[int] | None = None,
         return_query_logits: bool = False,
         progress: bool | None = False,
-    ) -> Segmentation:
-        """Segment one image.
+    ) -> Segmentation | list[Segmentation]:
+        """Segment one image, or each image of a (B, 3, H, W) batch.
+
+        A batch's images share the text features and go through the ViT one image after the
+        other, each with the windows batched as for a single call, so each result equals the
+        single-image call bit for bit.
 
         Args:
-            image: PIL image, (H, W[, C]) array (uint8/uint16/float) or (3, H, W) float tensor.
+            image: PIL image, (H, W[, C]) array (uint8/uint16/float), (3, H, W) float tensor,
+                or a (B, 3, H, W) float tensor batch; floats in [0, 1].
             classes: class names (``"cat"``, ``"person,man"``); ``None`` = the preset's.
             aux_texts: one auxiliary text per class (definition or synonym), optional.
-            background: index of the background class (enables the thresholds), optional.
-            aux_file: auxiliary texts from a file in the official format (``name >=text``
-                lines, one per non-background class, in class order; see
-                ``itaclip.auxfile``); replaces ``aux_texts``.
-            check_aux_names: require each ``aux_file`` line's name to be one of its class's
-                names (case-insensitive).
+            background: the background class, a 0-based index or any of its names (enables
+                the thresholds), optional.
+            aux_file: auxiliary texts from a file, replacing ``aux_texts``: the JSON of
+                ``itaclip aux`` (``.json``) or the official format (``name >=text`` lines, one
+                per non-background class, in class order; see ``itaclip.auxfile``).
+            check_aux_names: require each official-format line's name to be one of its
+                class's names (case-insensitive).
             output_size: (H_out, W_out) of the labels, probabilities and logits
                 (mmsegmentation's ``ori_shape``; see ``query_logits``); ``None`` = the input's.
             return_query_logits: also return the (Q, H_out, W_out) query logits.
-            progress: a tqdm bar over the sliding windows (``None``: only when stderr is a
-                terminal).
+            progress: progress over the sliding windows (and over a batch's images): ``True``
+                or ``None`` show a bar on a terminal and plain lines in a log.
 
         Returns:
             ``Segmentation`` with (H, W) labels, labels before the closing and (C, H, W)
-            probabilities (and the query logits when asked).
+            probabilities (and the query logits when asked); a list of them for a batch.
         """
-        if aux_file is not None and aux_texts is not None:
-            raise ValueError("pass aux_texts or aux_file, not both")
-        classes, aux_texts, background = self.resolve_classes(classes, aux_texts, background)
-        if aux_file is not None:
-            aux_texts = load_aux_texts(aux_file, classes, background, check_aux_names)
-        parsed, text = self.text_features(classes, aux_texts, background)
-        logits = self.query_logits(to_rgb_tensor(image), text, output_size, progress)
-        cfg = self.config
+        inputs = self.check_inputs(
+            image,
+            classes,
+            aux_texts,
+            background,
+            aux_file=aux_file,
+            check_aux_names=check_aux_names,
+            output_size=output_size,
+        )
+        text = self.class_features(inputs.classes)
+        images = inputs.images
+        if inputs.batched:
+            images = show_progress(
+                images, desc="images", unit="images", disable=progress_hidden(progress)
+            )
+        results = [
+            self.segment_image(one, inputs, text, return_query_logits, progress) for one in images
+        ]
+        return results if inputs.batched else results[0]
+
+    def segment_image(
+        self,
+        image: Tensor,
+        inputs: SegmentInputs,
+        text: Tensor,
+        return_query_logits: bool,
+        progress: bool | None,
+    ) -> Segmentation:
+        """One checked (3, H, W) image -> its ``Segmentation`` (see ``forward``)."""
+        logits = self.query_logits(image, text, inputs.output_size, progress)
+        cfg, queries = self.config, inputs.classes.queries
         labels, probs, before = classify_query_logits(
             logits,
-            parsed.segments(),
+            queries.segments(),
             cfg.logit_scale,
             cfg.prob_thd,
             cfg.area_thd,
-            background,
+            inputs.classes.background,
             closing=cfg.faithful,
         )
         return Segmentation(
             labels.cpu(),
             probs.cpu(),
-            parsed.names,
+            queries.names,
             labels_before_closing=before.cpu().clone(),  # never aliases labels
             query_logits=logits.cpu() if return_query_logits else None,
-            query_names=parsed.queries,
-            query_class=parsed.query_class.clone(),
+            query_names=queries.queries,
+            query_class=queries.query_class.clone(),
         )
 
     def with_config(self, **changes: Any) -> Segmenter:

@@ -22,6 +22,7 @@ from torch import nn
 
 from common_kernels.files import atomic_directory, write_json
 
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64)
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 TINY_CONFIG: dict[str, Any] = {
@@ -32,6 +33,17 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+def check_seed(seed: int, name: str = "seed") -> None:
+    """``seed`` is an integer in [0, 2**64 - 1] (what ``torch.manual_seed`` takes).
+
+    Args:
+        seed: the seed.
+        name: how the caller spells the argument in messages (the CLI: ``--seed``).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2**64 - 1], got {seed!r}")
+
+
 def tiny_clip(seed: int = 0) -> nn.Module:
     """A seeded random open_clip CLIP built from ``TINY_CONFIG`` (eval mode, on the CPU).
 
@@ -39,8 +51,9 @@ def tiny_clip(seed: int = 0) -> nn.Module:
     exact identity at initialisation.
 
     Args:
-        seed: torch seed of the weights.
+        seed: torch seed of the weights, in [0, 2**64 - 1].
     """
+    check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,0 +1,197 @@
+"""Where a CLIP comes from: open_clip names and the repository's one loader rule.
+
+``resolve_model(model_name, pretrained)`` reads the name offline and says what a load will do:
+
+- ``local-dir:PATH`` or a name that looks like a path (``./``, ``/``, ``~``, or an existing
+  folder; ``common_kernels.hub.local_or_hub``) is a local folder holding
+  ``open_clip_config.json``; a missing one is a ``FileNotFoundError`` naming it, at once.
+- ``hf-hub:owner/name`` or ``owner/name`` is a hub repository of open_clip weights.
+- a built-in open_clip name (``ViT-B-16-quickgelu``) takes ``pretrained``: one of its weights
+  tags (downloaded from the hub), a weights file, or ``None``/``""`` for random weights.
+
+``check_model_hub`` then fails within seconds, saying so, when a repository the load needs is
+not cached and the hub cannot be reached (``common_kernels.hub.check_hub``), instead of
+open_clip's retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+
+from common_kernels.hub import check_hub, local_or_hub, looks_like_path
+from itaclip.config import Names, named
+from itaclip.tiny import CONFIG_FILE
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
+
+
+class ModelLoadError(OSError):
+    """A checked model could not be built or loaded (a failure while working)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``open_clip.create_model`` is given, and the hub repositories it will ask.
+
+    Args:
+        name: the open_clip model name (built-in, ``hf-hub:owner/name`` or ``local-dir:PATH``).
+        pretrained: the weights tag or file of a built-in name (``None``: random weights, or
+            the weights of the hub repository or folder).
+        hub_repos: hub repositories the load downloads from (weights, HF tokenizer); empty for
+            local models.
+    """
+
+    name: str
+    pretrained: str | None = None
+    hub_repos: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """The model in words: ``ViT-B-16-quickgelu (pretrained 'openai')``."""
+        if self.pretrained is None:
+            return self.name
+        return f"{self.name} (pretrained {self.pretrained!r})"
+
+    @property
+    def cache_id(self) -> str | None:
+        """Identity of weights fixed by their name (a hub repository or tag), for the text cache;
+        ``None`` when only a fingerprint of the weights can identify them (files, folders)."""
+        fixed = self.name.startswith(HF_HUB) or (
+            self.pretrained is not None and not os.path.isfile(self.pretrained)
+        )
+        return f"{self.name}|{self.pretrained}" if fixed else None
+
+
+def resolve_model(
+    model_name: str | os.PathLike,
+    pretrained: str | os.PathLike | None,
+    *,
+    names: Names | None = None,
+) -> ModelSource:
+    """Read a model name offline (see the module docstring); nothing is loaded or downloaded.
+
+    Args:
+        model_name: a built-in open_clip name, ``hf-hub:owner/name``, ``owner/name``,
+            ``local-dir:PATH`` or a folder path.
+        pretrained: weights tag or file for a built-in name (ignored otherwise).
+        names: how the caller spells ``model_name`` and ``pretrained`` in messages.
+
+    Raises:
+        FileNotFoundError: a path (of the model or the weights) where nothing is.
+        ValueError: an unknown name or tag, a file given as a model folder, a folder without
+            an open_clip config.
+    """
+    flag = named("model_name", names)
+    text = os.fspath(model_name)
+    if text.startswith(HF_HUB):
+        repo = text[len(HF_HUB) :]
+        if not HUB_ID.match(repo):
+            raise ValueError(f"{flag} {text!r}: expected hf-hub:owner/name")
+        return ModelSource(text, None, (repo,))
+    if text.startswith(LOCAL_DIR):
+        return local_model(Path(text[len(LOCAL_DIR) :]), text, flag)
+    if text in open_clip.list_models():
+        weights = check_weights(text, pretrained, named("pretrained", names))
+        return ModelSource(text, weights, builtin_hub_repos(text, weights))
+    try:
+        source = local_or_hub(text)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{flag}: {error}") from None
+    if isinstance(source, Path):
+        return local_model(source, text, flag)
+    if HUB_ID.match(source):
+        return ModelSource(f"{HF_HUB}{source}", None, (source,))
+    raise ValueError(
+        f"{flag} {text!r} is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
+        "see open_clip.list_models()), a hub id (owner/name) nor an existing folder"
+    )
+
+
+def local_model(folder: Path, text: str, flag: str) -> ModelSource:
+    """A model folder holding an open_clip config, checked.
+
+    Args:
+        folder: the folder.
+        text: the name as given (for messages).
+        flag: how the caller spells the argument.
+    """
+    try:
+        folder = Path(local_or_hub(folder))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{flag}: {error}") from None
+    if not folder.is_dir():
+        raise ValueError(
+            f"{flag} {text} is a file; expected an open_clip model name, hf-hub:org/repo or "
+            f"a folder holding {CONFIG_FILE}"
+        )
+    config = folder / CONFIG_FILE
+    try:
+        ok = "model_cfg" in json.loads(config.read_text())
+    except (OSError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{flag} {text}: {config} is missing or is not an open_clip config "
+            '(a JSON object with "model_cfg"; `itaclip tiny-model DIR` writes one)'
+        )
+    return ModelSource(f"{LOCAL_DIR}{folder}")
+
+
+def check_weights(model: str, pretrained: str | os.PathLike | None, flag: str) -> str | None:
+    """The weights of a built-in model: a tag of it, an existing file, or ``None`` (random).
+
+    Args:
+        model: a built-in open_clip model name.
+        pretrained: the tag or file (``None`` or ``""``: random weights).
+        flag: how the caller spells ``pretrained``.
+    """
+    if pretrained is None or os.fspath(pretrained) == "":
+        return None
+    text = os.fspath(pretrained)
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if text in tags:
+        return text
+    if looks_like_path(text):
+        try:
+            path = Path(local_or_hub(text, what="weights file"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{flag}: {error}") from None
+        if path.is_dir():
+            raise ValueError(f"{flag} {text} is a folder, not a weights file")
+        return str(path)
+    raise ValueError(
+        f"{flag} {text!r} is neither a weights tag of {model} ({', '.join(tags) or 'none'}) "
+        "nor an existing file ('' = random weights)"
+    )
+
+
+def builtin_hub_repos(model: str, weights: str | None) -> tuple[str, ...]:
+    """Hub repositories a built-in model's load asks: its weights tag's, and a HF tokenizer's."""
+    repos = []
+    if weights is not None and not os.path.isfile(weights):
+        # open_clip's hf_hub entry is "owner/name/" or "owner/name/file"
+        hub_file = open_clip.get_pretrained_cfg(model, weights).get("hf_hub", "")
+        if hub_file:
+            repos.append(os.path.split(hub_file)[0])
+    text_cfg = (open_clip.get_model_config(model) or {}).get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name"):
+        repos.append(text_cfg["hf_tokenizer_name"])
+    return tuple(repos)
+
+
+def check_model_hub(source: ModelSource) -> None:
+    """Fail at once, saying why, when a repository of ``source`` is not cached and the hub is
+    out of reach (``HF_HUB_OFFLINE``, or no connection within 5 s).
+
+    Raises:
+        common_kernels.hub.HubUnreachableError: an ``OSError`` naming the repository.
+    """
+    for repo in source.hub_repos:
+        check_hub(repo)

@@ -1,0 +1,106 @@
+"""SIGTERM (what a batch scheduler sends) ends a command with one line and exit 143; ``--help``
+gives units, ranges and defaults for every numeric flag (issue 25, items 4 and 8)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from itaclip.cli import build_parser, parse_size_option
+
+WORKING_SCRIPT = """
+import sys, time
+from itaclip.cli import main
+from itaclip.segmenter import Segmenter
+
+def working(self, *args, **kwargs):  # the model is loaded, the first image in progress
+    print("working", flush=True)
+    time.sleep(120)
+
+Segmenter.query_logits = working
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_segment_exits_143_with_one_line(tmp_path, tiny_dir):
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "img.png")
+    argv = ["segment", str(tmp_path / "img.png"), "--classes", "cat,dog", "-o",
+            str(tmp_path / "out"), "--model", str(tiny_dir),
+            "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WORKING_SCRIPT), *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout.readline() == "working\n"  # blocks until the command works
+        process.send_signal(signal.SIGTERM)  # from outside, as a scheduler sends it
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err == "itaclip segment: terminated\n"
+    assert out == ""
+    assert not (tmp_path / "out").exists()  # terminated before anything was written
+
+
+NUMERIC_HELP = {
+    ("segment", "--stride"): "sliding-window step in px, in [1, 224] (the crop) (default: the "
+    "preset's, 28)",
+    ("segment", "--short-side"): "resize the image's short side to this many px, >= 1, the long "
+    "side kept <= 2048 (default: the preset's, 336; coco_stuff 448, cityscapes 560)",
+    ("segment", "--batch-size"): "images per ViT pass (crops x 5 variants), >= 1 (default: 20 on "
+    "a GPU, 5 on the CPU)",
+    ("segment", "--alpha"): "auxiliary-text weight in [0, 1] (default: the preset's; 0.15 "
+    "without one)",
+    ("segment", "--output-size"): "size of the label maps in px, height x width, each >= 1 "
+    "(480x640 is 640 px wide; one number is a square) (mmseg ori_shape: slide on the resized "
+    "image, then resize the logits and run PAMR at this size) (default: the image's)",
+    ("eval", "--limit"): "first N images only, >= 1 (default: all)",
+    ("eval", "--nproc"): "processes (gloo on the CPU), >= 1 (default: 1)",
+    ("aux", "--max-new-tokens"): "tokens generated per answer, >= 1 (default: 256)",
+    ("tiny-model", "--seed"): "torch seed of the random weights, in [0, 2**64 - 1] (default: 0)",
+}  # fmt: skip
+
+
+def numeric_flags() -> dict[tuple[str, str], str]:
+    """(command, flag) -> its help as printed, for every flag that takes a number."""
+    commands = next(
+        action for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )  # fmt: skip
+    found = {}
+    for command, parser in commands.choices.items():
+        for action in parser._actions:
+            if action.type in (int, float, parse_size_option):
+                printed = action.help % {"default": action.default}  # as argparse fills it in
+                found[(command, action.option_strings[-1])] = printed
+    return found
+
+
+def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
+    found = numeric_flags()
+    shared = {flag for command, flag in NUMERIC_HELP if command == "segment"} - {
+        "--alpha",
+        "--output-size",
+    }  # the model options of segment and eval
+    expected = {
+        **NUMERIC_HELP,
+        **{("eval", flag): NUMERIC_HELP["segment", flag] for flag in shared},
+    }
+    assert found == expected
+    for text in found.values():
+        assert "default: " in text and ("[" in text or ">=" in text)
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["aux", "--help"])
+    assert exit.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert NUMERIC_HELP["aux", "--max-new-tokens"] in printed  # %(default)s filled in
