@@ -1003,6 +1003,12 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from common_kernels.cli import check_benchmark_setup
+
+    plots = not (args.gigapixel or args.cascade or args.device == "cuda")  # the others: JSON, md
+    modules = ("matplotlib", "psutil") if plots else ("psutil",)
+    folders = {"--results": args.results, "--workdir": args.workdir}
+    check_benchmark_setup(parser.prog, "pixelsmith", modules=modules, folders=folders)
     import torch
 
     if args.device == "cuda" or args.cascade:

@@ -166,6 +166,63 @@ def test_bad_cascade_options_are_refused(bench, tmp_path, monkeypatch, capsys, a
     assert not results.exists()
 
 
+HINT = (
+    'install the [bench] extra: pip install "pixelsmith[bench]" '
+    '(from a clone: pip install ./packages/common-kernels "./packages/pixelsmith[bench]")'
+)
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the benchmark started working before checking its setup")
+
+
+FIND_SPEC = importlib.util.find_spec
+
+
+def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
+    )
+
+
+def refusal(bench, arguments: list[str], monkeypatch, capsys) -> str:
+    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
+    monkeypatch.setattr(sys, "argv", ["run.py", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+    """Output folders that cannot be written, a missing [bench] module: one line, exit 2,
+    before any worker starts."""
+    monkeypatch.setattr(bench, "run_worker", no_work)
+    monkeypatch.setattr(bench, "cascade_comparison", no_work)
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    out = str(tmp_path / "out")
+    err = refusal(bench, ["--quick", "--results", str(blocker)], monkeypatch, capsys)
+    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
+    arguments = ["--quick", "--results", out, "--workdir", str(blocker / "tiffs")]
+    err = refusal(bench, arguments, monkeypatch, capsys)
+    message = f"--workdir {blocker}/tiffs: cannot create it, {blocker} is a file"
+    assert err == f"run.py: error: {message}\n"
+    for module in ("matplotlib", "psutil"):
+        hide_module(monkeypatch, module)
+        err = refusal(bench, ["--quick", "--results", out], monkeypatch, capsys)
+        assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
+    hide_module(monkeypatch, "matplotlib")  # the gigapixel and cascade runs draw no plot
+    for arguments in (["--gigapixel"], ["--cascade"]):
+        monkeypatch.setattr(sys, "argv", ["run.py", *arguments, "--results", out])
+        with pytest.raises(AssertionError, match="before checking"):
+            bench.main()
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+
+
 @pytest.mark.slow
 def test_cascade_comparison_writes_results(tmp_path):
     subprocess.run(

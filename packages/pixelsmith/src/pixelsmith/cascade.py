@@ -10,6 +10,7 @@ image is streamed to disk (BigTIFF for .tif) and the run is checkpointed after e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -17,12 +18,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from pixelsmith.checkpoint import CheckpointStore
 from pixelsmith.config import PixelsmithConfig, validate_cascade
+from pixelsmith.control import (
+    ControlCondition,
+    check_aspect,
+    check_control_scale,
+    check_controlnet,
+    open_control_image,
+)
 from pixelsmith.io import (
     MAX_PIL_PIXELS,
     check_compression,
@@ -30,6 +39,8 @@ from pixelsmith.io import (
     collect_uint8,
     write_image,
 )
+from pixelsmith.lora import LORA_COMPONENTS, lora_identity
+from pixelsmith.parallel import RankGroup, check_parallel
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextConditioning
 
 CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
@@ -50,13 +61,18 @@ def public_config(config: Mapping) -> dict:
 def pipeline_identity(pipe: PixelsmithPipeline) -> dict:
     """What identifies the model of a run in its checkpoint (names, configs, a weight checksum)."""
     checksum = float(next(pipe.unet.parameters()).detach().double().sum())
-    return {
+    identity = {
         "name_or_path": str(getattr(pipe, "name_or_path", "") or ""),
         "unet": type(pipe.unet).__name__,
         "vae": public_config(pipe.vae.config),
         "scheduler": [type(pipe.scheduler).__name__, public_config(pipe.scheduler.config)],
         "unet_checksum": checksum,
     }
+    components = {name: getattr(pipe, name, None) for name in LORA_COMPONENTS}
+    loras = lora_identity({name: m for name, m in components.items() if m is not None})
+    if loras["adapters"]:  # absent without LoRAs: checkpoints of earlier versions still match
+        identity["lora"] = loras
+    return identity
 
 
 def tensor_digest(tensor: Tensor) -> str:
@@ -99,7 +115,11 @@ def generate_cascade(
     pooled_prompt_embeds: Tensor | None = None,
     negative_prompt_embeds: Tensor | None = None,
     negative_pooled_prompt_embeds: Tensor | None = None,
-) -> Image.Image | Path:
+    controlnet: ControlNetModel | None = None,
+    control_image: str | Path | Image.Image | Tensor | None = None,
+    controlnet_conditioning_scale: float = 1.0,
+    ranks: RankGroup | None = None,
+) -> Image.Image | Path | None:
     """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
 
     Args:
@@ -135,11 +155,24 @@ def generate_cascade(
         pooled_prompt_embeds: precomputed (1, P) pooled embedding (with ``prompt_embeds``).
         negative_prompt_embeds: precomputed (1, L, D) negative embeddings.
         negative_pooled_prompt_embeds: precomputed (1, P) negative pooled embedding.
+        controlnet: an SDXL ``ControlNetModel`` for the pipeline's UNet; runs in every stage.
+        control_image: its condition image (with ``controlnet``): a file (a TIFF is read
+            region by region from disk), a PIL image or a (3, H, W) tensor in [0, 1], any size
+            with the final image's aspect ratio; resized to every stage, cropped per patch.
+        controlnet_conditioning_scale: the ControlNet residuals are multiplied by it.
+        ranks: the processes of a patch-parallel run (:mod:`pixelsmith.parallel`); default
+            the initialised ``torch.distributed`` group, else this process alone. Every rank
+            calls with the same arguments; rank 0 writes the image and the checkpoints, and
+            progress bars are rank 0's; callbacks run on every rank (with the same latents).
 
     Returns:
-        The final PIL image, or the path of the written file when ``output`` is given.
+        The final PIL image, or the path of the written file when ``output`` is given; on
+        ranks other than 0, ``output`` (``None`` without one), once rank 0 has written it.
     """
     config = config or PixelsmithConfig()
+    ranks = ranks or RankGroup.current()
+    check_parallel(ranks.world_size, faithful=config.faithful)
+    progress = progress and ranks.main
     stages = validate_cascade(
         sizes,
         sliders,
@@ -168,6 +201,9 @@ def generate_cascade(
         )
     elif save_intermediate:
         raise ValueError("save_intermediate=True needs an output path")
+    control = open_control(
+        pipe, controlnet, control_image, controlnet_conditioning_scale, final_size
+    )
     embeds = {
         "prompt_embeds": prompt_embeds,
         "pooled_prompt_embeds": pooled_prompt_embeds,
@@ -195,20 +231,20 @@ def generate_cascade(
         "config": config.to_dict(),
         "model": pipeline_identity(pipe),
     }
-    if restart and checkpoint_dir is not None:
-        CheckpointStore.discard(checkpoint_dir)
-    store = (
-        CheckpointStore(checkpoint_dir, settings, seed, device=pipe._execution_device)
-        if checkpoint_dir is not None
-        else None
-    )
-    if store is not None:
-        seed = store.seed
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    if control is not None:  # absent without one: checkpoints of earlier versions still match
+        settings["controlnet"] = control.identity()
+    store = None
+    generator = torch.Generator()  # on ranks other than 0 its state comes from rank 0
+    if ranks.main:  # the checkpoint is rank 0's
+        if restart and checkpoint_dir is not None:
+            CheckpointStore.discard(checkpoint_dir)
+        if checkpoint_dir is not None:
+            store = CheckpointStore(checkpoint_dir, settings, seed, device=pipe._execution_device)
+            seed = store.seed
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
     run = _CascadeRun(
         pipe,
         text,
@@ -222,17 +258,51 @@ def generate_cascade(
         progress,
         callback,
         output if save_intermediate else None,
+        control,
+        ranks,
     )
     latents = run.all_stages()
-    height, width = final_size
-    rows = pipe.decoded_rows(latents, config=config, progress=progress)
-    if output is None:
-        result: Image.Image | Path = Image.fromarray(collect_uint8(rows, height, width))
-    else:
-        result = write_image(rows, output, height, width, compression=compression)
-    if store is not None and not keep_checkpoint:
-        store.remove()
+    result: Image.Image | Path | None = output
+    if ranks.main:
+        rows = pipe.decoded_rows(latents, config=config, progress=progress)
+        if output is None:
+            result = Image.fromarray(collect_uint8(rows, *final_size))
+        else:
+            result = write_image(rows, output, *final_size, compression=compression)
+        if store is not None and not keep_checkpoint:
+            store.remove()
+    ranks.barrier()  # every rank returns once the image is written
     return result
+
+
+def open_control(
+    pipe: PixelsmithPipeline,
+    controlnet: ControlNetModel | None,
+    control_image: str | Path | Image.Image | Tensor | None,
+    scale: float,
+    final_size: tuple[int, int],
+) -> ControlCondition | None:
+    """The checked ControlNet condition of a cascade (``None`` without a ControlNet).
+
+    Args:
+        pipe: the pipeline (its UNet must fit the ControlNet).
+        controlnet: the ``controlnet`` argument.
+        control_image: the ``control_image`` argument.
+        scale: the ``controlnet_conditioning_scale`` argument.
+        final_size: the final image's (height, width) in px.
+    """
+    if controlnet is None:
+        if control_image is not None:
+            raise ValueError("control_image needs a controlnet")
+        return None
+    if control_image is None:
+        raise ValueError("controlnet needs a control_image (its condition image)")
+    check_controlnet(controlnet, pipe.unet)
+    control = ControlCondition(
+        controlnet, open_control_image(control_image), check_control_scale(scale)
+    )
+    check_aspect(control.image, *final_size)
+    return control
 
 
 class _CascadeRun:
@@ -252,6 +322,8 @@ class _CascadeRun:
         progress: bool,
         callback: CascadeCallback | None,
         intermediate_output: Path | None,
+        control: ControlCondition | None = None,
+        ranks: RankGroup | None = None,
     ) -> None:
         self.pipe = pipe
         self.text = text
@@ -265,6 +337,17 @@ class _CascadeRun:
         self.progress = progress
         self.callback = callback
         self.intermediate_output = intermediate_output
+        self.control = control
+        self.ranks = ranks or RankGroup()
+        if self.ranks.world_size > 1:  # rank 0's embeddings: every rank conditions alike
+            shared = {
+                name: self.ranks.broadcast(getattr(text, name).contiguous())
+                for name in ("prompt_embeds", "pooled", "negative_prompt_embeds", "negative_pooled")
+                if getattr(text, name) is not None
+            }
+            self.text = dataclasses.replace(text, **shared)
+        self.device = pipe._execution_device
+        self.channels = pipe.vae.config.latent_channels
 
     def all_stages(self) -> Tensor:
         """Run (or reload) every stage; the final (1, C, h, w) latent."""
@@ -273,29 +356,83 @@ class _CascadeRun:
         for stage, size in enumerate(bar):
             bar.set_postfix(size=f"{size[0]}x{size[1]}")
             final = self.store.load_final(stage) if self.store is not None else None
-            if final is not None:
-                latents, state = final
-                self.generator.set_state(state)
-                logger.info(
-                    "stage %d (%dx%d) already finished: loaded from the checkpoint", stage, *size
-                )
+            if self.ranks.share(final is not None):
+                if final is not None:
+                    latents, state = final
+                    self.generator.set_state(state)
+                    logger.info(
+                        "stage %d (%dx%d) already finished: loaded from the checkpoint",
+                        stage, *size,
+                    )  # fmt: skip
+                latents = self.shared(latents, stage)
+                self.ranks.share_generator(self.generator)
                 continue
             if stage == 0:
-                latents = self.pipe.generate_base(
-                    self.text,
-                    *size,
-                    num_inference_steps=self.num_steps,
-                    generator=self.generator,
-                    eta=self.config.eta,
-                    progress=self.progress,
-                )
+                if self.ranks.main:  # one plain SDXL image: rank 0's, shared
+                    latents = self.pipe.generate_base(
+                        self.text,
+                        *size,
+                        num_inference_steps=self.num_steps,
+                        generator=self.generator,
+                        eta=self.config.eta,
+                        progress=self.progress,
+                        control=self.control,
+                    )
+                latents = self.shared(latents, stage)
+                self.ranks.share_generator(self.generator)
             else:
                 latents = self.pixelsmith_stage(stage, latents)
             if self.store is not None:
                 self.store.save_final(stage, latents, self.generator.get_state())
         return latents
 
+    def shared(
+        self, tensor: Tensor | None, stage: int, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """Rank 0's (1, C, h, w) latent-sized ``tensor`` of ``stage`` on every rank."""
+        height, width = (side // self.pipe.vae_scale_factor for side in self.stages[stage])
+        shape = (1, self.channels, height, width)
+        return self.ranks.share_tensor(tensor, shape, dtype, self.device)
+
     def pixelsmith_stage(self, stage: int, previous: Tensor | None) -> Tensor:
+        pipe, config, store = self.pipe, self.config, self.store
+        guidance = noise = latents = start = None
+        if self.ranks.main:  # the stage's inputs: rank 0's, shared below
+            guidance, noise, latents, start = self.stage_inputs(stage, previous)
+        start = self.ranks.share(start)
+        guidance = self.shared(guidance, stage)
+        noise = self.shared(noise, stage, torch.float16 if config.faithful else torch.float32)
+        latents = self.shared(latents, stage)
+        self.ranks.share_generator(self.generator)
+
+        def on_step(step: int, current: Tensor, plan: StepPlan) -> None:
+            done = step + 1
+            if store is not None and (done % self.checkpoint_every == 0 or done == self.num_steps):
+                store.save_progress(stage, current, done, self.generator.get_state())
+            if self.callback is not None:
+                self.callback(stage, step, current, plan)
+
+        pipe.sample_stage(
+            self.text,
+            guidance,
+            noise,
+            latents,
+            slider=self.sliders[stage - 1],
+            num_inference_steps=self.num_steps,
+            config=config,
+            generator=self.generator,
+            start_step=start,
+            on_step=on_step,
+            progress=self.progress,
+            control=self.control,
+            ranks=self.ranks,
+        )
+        return latents
+
+    def stage_inputs(
+        self, stage: int, previous: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(guidance, noise, latents, start step) of a stage: from the checkpoint, or made."""
         pipe, config, store = self.pipe, self.config, self.store
         inputs = store.load_inputs(stage) if store is not None else None
         progress_state = store.load_progress(stage) if store is not None else None
@@ -319,28 +456,7 @@ class _CascadeRun:
             if store is not None:
                 store.save_inputs(stage, guidance, noise)
                 store.save_progress(stage, latents, 0, self.generator.get_state())
-
-        def on_step(step: int, current: Tensor, plan: StepPlan) -> None:
-            done = step + 1
-            if store is not None and (done % self.checkpoint_every == 0 or done == self.num_steps):
-                store.save_progress(stage, current, done, self.generator.get_state())
-            if self.callback is not None:
-                self.callback(stage, step, current, plan)
-
-        pipe.sample_stage(
-            self.text,
-            guidance,
-            noise,
-            latents,
-            slider=self.sliders[stage - 1],
-            num_inference_steps=self.num_steps,
-            config=config,
-            generator=self.generator,
-            start_step=start,
-            on_step=on_step,
-            progress=self.progress,
-        )
-        return latents
+        return guidance, noise, latents, start
 
     def guidance_latents(self, stage: int, previous: Tensor) -> Tensor:
         """Decode the previous stage, resize it to this stage's size, encode it."""

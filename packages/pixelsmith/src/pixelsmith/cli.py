@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,16 @@ from pixelsmith.config import (
     latent_maps_bytes,
     validate_cascade,
 )
+from pixelsmith.control import check_control_options, load_controlnet
 from pixelsmith.io import TIFF_SUFFIXES, check_compression, check_output_path
+from pixelsmith.lora import check_lora_options, load_loras
+from pixelsmith.parallel import (
+    RankGroup,
+    check_devices,
+    check_parallel,
+    init_from_env,
+    run_on_ranks,
+)
 from pixelsmith.pipelines.pixelsmith import DEFAULT_MODEL, DEFAULT_VAE, PixelsmithPipeline
 from pixelsmith.tiny import save_tiny_model
 
@@ -81,6 +90,8 @@ CONFIG_FLAGS = {
     "vae_tile": "--vae-tile",
     "vae_overlap": "--vae-overlap",
 }
+LORA_FLAGS = ("--lora", "--lora-scale")
+CONTROL_FLAGS = ("--controlnet", "--control-image", "--control-scale")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
 
 
@@ -141,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-ddim", action="store_true", help="keep the model's own scheduler")
     gen.add_argument(
+        "--lora", action="append", default=[], help="SDXL LoRA file/folder/hub id (repeatable)"
+    )
+    gen.add_argument(
+        "--lora-scale", type=float, nargs="+", default=None, help="one for all LoRAs or one each"
+    )
+    gen.add_argument("--controlnet", default=None, help="SDXL ControlNet hub id or folder")
+    gen.add_argument("--control-image", default=None, help="its condition image (.tif: by tile)")
+    gen.add_argument("--control-scale", type=float, default=1.0, help="ControlNet residual scale")
+    gen.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
     )
     gen.add_argument(
@@ -186,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the check that the full-size latent maps of the largest stage fit in the "
         "memory available on --device",
+    )
+    gen.add_argument(
+        "--devices", type=int, default=1, help="processes (one per GPU) sharing each step's patches"
     )
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     tiny = commands.add_parser("tiny-model", help="write a tiny random SDXL-shaped model folder")
@@ -417,13 +440,32 @@ def check_generate(
     """Every ``generate`` input checked before the model is loaded and anything is written."""
     device = check_device(args.device)
     shape = check_models(args)
+    with usage_errors():
+        check_lora_options(args.lora, args.lora_scale, names=LORA_FLAGS)
     config = check_config(args)
     check_numbers(args, shape)
     sizes = check_sizes(args, shape, config)
-    check_outputs(args, sizes)
+    with usage_errors():
+        launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
+        check_devices(args.devices, device, names=("--devices", "--device"), launched=launched)
+        check_parallel(max(args.devices, launched), faithful=config.faithful, name="--faithful")
+    check_control_options(
+        args.controlnet, args.control_image, args.control_scale, sizes[-1], names=CONTROL_FLAGS
+    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone writes (and checks)
+        check_outputs(args, sizes)
     if not args.allow_large:
         check_memory(sizes[-1], shape, device)
     return device, config, sizes
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """An API check's ``ValueError``/``TypeError`` (whose message names the flag) as exit 2."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
 
 
 @contextlib.contextmanager
@@ -463,13 +505,52 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithP
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    device, config, sizes = check_generate(args)
+    device, config, _ = check_generate(args)
+    if args.devices > 1:
+        status = run_on_ranks(generate_worker, args.devices, device.type, args, device, config)
+        if status == 0:
+            print(f"wrote {args.output}")
+        return status
+    ranks = RankGroup.current()
+    if ranks.world_size == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
+        ranks = init_from_env(device.type)
+    path = generate_on_rank(args, device, config, ranks)
+    if ranks.main:
+        print(f"wrote {path}")
+    return 0
+
+
+def generate_worker(
+    args: argparse.Namespace, device: torch.device, config: PixelsmithConfig
+) -> int:
+    """One rank of ``generate --devices N``: errors and signals as in ``main``."""
+    _log_to_stderr()
+
+    def run() -> int:
+        generate_on_rank(args, device, config, RankGroup.current())
+        return 0
+
+    return with_signals("pixelsmith generate", run)
+
+
+def generate_on_rank(
+    args: argparse.Namespace, device: torch.device, config: PixelsmithConfig, ranks: RankGroup
+) -> Path | None:
+    """Load the model (and LoRAs, ControlNet) and run the cascade as rank ``ranks.rank``."""
+    if ranks.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    quiet = args.quiet or not ranks.main
     pipe = load_pipeline(args, device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    path = generate_cascade(
+    pipe.set_progress_bar_config(disable=quiet)
+    with usage_errors():  # a LoRA that does not fit the model is bad input
+        load_loras(pipe, args.lora, args.lora_scale, names=LORA_FLAGS)
+    controlnet = None
+    if args.controlnet is not None:
+        controlnet = load_controlnet(args.controlnet, torch_dtype=pipe.unet.dtype, device=device)
+    return generate_cascade(
         pipe,
         args.prompt,
-        sizes,
+        args.sizes,
         args.slider,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
@@ -483,10 +564,12 @@ def run_generate(args: argparse.Namespace) -> int:
         restart=args.restart,
         save_intermediate=args.save_intermediate,
         compression=args.compression,
-        progress=not args.quiet,
+        progress=not quiet,
+        controlnet=controlnet,
+        control_image=args.control_image,
+        controlnet_conditioning_scale=args.control_scale,
+        ranks=ranks,
     )
-    print(f"wrote {path}")
-    return 0
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
@@ -529,13 +612,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = command_prog("pixelsmith", argv, COMMANDS)
-    hint = RESUME_HINT if prog == "pixelsmith generate" else ""
 
     def run() -> int:
         args = build_parser().parse_args(argv)
         _log_to_stderr()
         return COMMANDS[args.command](args)
 
+    return with_signals(prog, run)
+
+
+def with_signals(prog: str, run: Callable[[], int]) -> int:
+    """``run_main`` of ``run`` with SIGTERM as one line and exit status 143 (and the hint to
+    resume after an interruption for ``generate``)."""
+    hint = RESUME_HINT if prog == "pixelsmith generate" else ""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return run_main(prog, run, interrupt_hint=hint)

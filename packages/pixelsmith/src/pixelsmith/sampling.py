@@ -29,9 +29,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common_kernels import fft_phase_fusion
+from pixelsmith.parallel import RankGroup, check_parallel
 from pixelsmith.patches import Patch, chess_mask
 
 DenoiseFn = Callable[[Tensor, list[Patch], int], Tensor]
+
+
+@dataclass
+class SplitDenoiser:
+    """A denoise function in two parts: ``predict(x, patches, step)`` (the model) and
+    ``advance(prediction, x, step)`` (the scheduler step); calling it runs both."""
+
+    predict: DenoiseFn
+    advance: Callable[[Tensor, Tensor, int], Tensor]
+
+    def __call__(self, x: Tensor, patches: list[Patch], step: int) -> Tensor:
+        return self.advance(self.predict(x, patches, step), x, step)
 
 
 @dataclass
@@ -97,9 +110,13 @@ class PatchSampler:
         guidance: guidance latents, or ``None`` for plain patch denoising (``slider`` ignored).
         slider: fusion at steps < slider, chess mask at steps < slider - 1.
         band: seam band width in latent px.
-        denoise: maps a (k, C, p, p) batch, its patches and the step index to the stepped batch.
+        denoise: maps a (k, C, p, p) batch, its patches and the step index to the stepped batch;
+            or a :class:`SplitDenoiser` (the model call and the scheduler step apart, so that
+            with several ranks every rank steps every batch in order: a stochastic scheduler
+            then draws the same noise as one process).
         faithful: official order of operations (see module docstring).
         start_step: the step ``latents`` is at (to resume).
+        ranks: the processes sharing the UNet calls of each step (default: this one alone).
     """
 
     def __init__(
@@ -113,7 +130,10 @@ class PatchSampler:
         denoise: DenoiseFn,
         faithful: bool = False,
         start_step: int = 0,
+        ranks: RankGroup | None = None,
     ) -> None:
+        self.ranks = ranks or RankGroup()
+        check_parallel(self.ranks.world_size, faithful=faithful)
         if latents.ndim != 4 or latents.shape[0] != 1:
             raise ValueError(f"latents must have shape (1, C, h, w), got {tuple(latents.shape)}")
         if not 0 <= start_step <= num_steps:
@@ -130,14 +150,17 @@ class PatchSampler:
         self.guidance = guidance
         self.slider = slider if guidance is not None else 0
         self.band = band
-        self.denoise = denoise
+        self.predict = getattr(denoise, "predict", denoise)
+        self.advance = getattr(denoise, "advance", None)
         self.faithful = faithful
 
     def step(self, step: int, batches: list[list[Patch]]) -> None:
         """Apply denoising step ``step`` with the planned ``batches`` (covering the latent).
 
         The plan is checked on the host before any work (no device synchronisation): steps
-        come in order from ``start_step`` and the patches cover every latent pixel.
+        come in order from ``start_step`` and the patches cover every latent pixel. With
+        several ranks the batches run in rounds of ``world_size``, one per rank (see
+        :mod:`pixelsmith.parallel`); the write-back keeps the plan's order.
         """
         if step != self.next_step:
             raise RuntimeError(f"step {step} started while the pixels are at step {self.next_step}")
@@ -145,13 +168,49 @@ class PatchSampler:
         if missed:
             raise RuntimeError(f"the patch plan of step {step} left {missed} pixels undenoised")
         self.snapshot.copy_(self.latents)
-        for batch in batches:
-            self._run_batch(step, batch)
+        world = self.ranks.world_size
+        if world == 1:
+            for batch in batches:
+                self._run_batch(step, batch)
+        else:
+            for first in range(0, len(batches), world):
+                self._run_round(step, batches[first : first + world])
         self.next_step = step + 1
 
-    def _prepare(self, step: int, patch: Patch, advanced: Tensor) -> Tensor:
-        """The (1, C, p, p) UNet input of ``patch``: reverted and (before the slider) fused."""
+    def _run_batch(self, step: int, batch: list[Patch]) -> None:
+        """Denoise one batch and write it back."""
+        x = torch.cat([self._prepare(step, p) for p in batch])  # (k, C, p, p)
+        self._write_back(step, batch, self._stepped(self.predict(x, batch, step), x, step))
+
+    def _run_round(self, step: int, group: list[list[Patch]]) -> None:
+        """One batch per rank: each rank predicts its own, the predictions are broadcast, and
+        every rank steps and writes back all of them in the plan's order.
+
+        The inputs are prepared before the round's first write-back; in default mode that is
+        the same input as one process prepares (see :meth:`_prepare`).
+        """
+        inputs = [torch.cat([self._prepare(step, p) for p in batch]) for batch in group]
+        mine = self.ranks.rank
+        prediction = self.predict(inputs[mine], group[mine], step) if mine < len(group) else None
+        for owner, (batch, x) in enumerate(zip(group, inputs, strict=True)):
+            shared = prediction.to(x.dtype) if owner == mine else torch.empty_like(x)
+            noise = self.ranks.broadcast(shared.contiguous(), owner)
+            self._write_back(step, batch, self._stepped(noise, x, step))
+
+    def _stepped(self, prediction: Tensor, x: Tensor, step: int) -> Tensor:
+        """The scheduler step of a :class:`SplitDenoiser` (a plain denoise function's output
+        is already stepped)."""
+        return prediction if self.advance is None else self.advance(prediction, x, step)
+
+    def _prepare(self, step: int, patch: Patch) -> Tensor:
+        """The (1, C, p, p) UNet input of ``patch``: reverted and (before the slider) fused.
+
+        In default mode the input is the snapshot's crop (the pixels already advanced this
+        step are reverted to it, the others still hold it), so it does not depend on which
+        patches of the step ran before: the base of patch parallelism.
+        """
         rows, cols = patch.slices
+        advanced = self.remaining[rows, cols] == self.num_steps - step - 1  # (p, p)
         crop = self.latents[..., rows, cols]
         snapshot = self.snapshot[..., rows, cols]
         if not self.faithful:
@@ -166,19 +225,14 @@ class PatchSampler:
             x = fft_round_trip(crop)
         return torch.where(advanced, snapshot, x)
 
-    def _run_batch(self, step: int, batch: list[Patch]) -> None:
+    def _write_back(self, step: int, batch: list[Patch], stepped: Tensor) -> None:
+        """Chess mask and write-back of the (k, C, p, p) stepped patches of ``batch``."""
         level = self.num_steps - step
-        masks = []
-        inputs = []
-        for patch in batch:
-            remaining = self.remaining[patch.slices]
+        for patch, new in zip(batch, stepped.split(1), strict=True):
+            rows, cols = patch.slices
+            remaining = self.remaining[rows, cols]
             due = remaining == level  # (p, p)
             advanced = remaining == level - 1
-            masks.append((due, advanced))
-            inputs.append(self._prepare(step, patch, advanced))
-        stepped = self.denoise(torch.cat(inputs), batch, step)  # (k, C, p, p)
-        for patch, (due, advanced), new in zip(batch, masks, stepped.split(1), strict=True):
-            rows, cols = patch.slices
             if step < self.slider - 1:
                 mask = chess_mask(patch, new.device)
                 new = torch.where(mask, self.guidance.at(patch, step + 1), new)

@@ -16,7 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TEXT_WIDTH = 16
@@ -50,6 +55,13 @@ TINY_UNET_CONFIG = {
     "projection_class_embeddings_input_dim": 6 * TIME_EMBED + TEXT_WIDTH,
     "norm_num_groups": 4,
 }
+# an SDXL-shaped ControlNet for the tiny UNet: its encoder half, plus a condition embedding
+# that downsamples by 8 (three stride-2 convolutions), as the VAE
+TINY_CONTROLNET_CONFIG = {
+    **{k: v for k, v in TINY_UNET_CONFIG.items() if k not in ("sample_size", "out_channels")},
+    "conditioning_embedding_out_channels": (4, 4, 8, 8),
+}
+del TINY_CONTROLNET_CONFIG["up_block_types"]
 TINY_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
@@ -116,6 +128,13 @@ def tiny_components(seed: int = 0, tokenizer: CLIPTokenizer | None = None) -> di
         "unet": unet.eval(),
         "scheduler": EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
     }
+
+
+def tiny_controlnet(seed: int = 0) -> ControlNetModel:
+    """A seeded ControlNet for the tiny UNet. Its output layers are zero, as in every new
+    ControlNet (its residuals are zero until trained); tests randomise them to see it act."""
+    torch.manual_seed(seed)
+    return ControlNetModel(**TINY_CONTROLNET_CONFIG).eval()
 
 
 def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:

@@ -10,13 +10,20 @@ with classifier-free guidance and per-patch micro-conditioning. The base stage i
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
@@ -24,7 +31,9 @@ from tqdm.auto import tqdm
 
 from common_kernels import files
 from common_kernels.files import AtomicSavePretrained
+from common_kernels.hub import local_or_hub
 from pixelsmith.config import PixelsmithConfig, check_slider
+from pixelsmith.control import ControlCondition, check_aspect, check_controlnet
 from pixelsmith.images import (
     ImageSource,
     LanczosImage,
@@ -34,12 +43,23 @@ from pixelsmith.images import (
     pil_to_pixels,
 )
 from pixelsmith.io import collect_uint8, to_uint8
+from pixelsmith.lora import LORA_COMPONENTS, check_lora_state_dict, quiet_lora_notices
+from pixelsmith.parallel import RankGroup
 from pixelsmith.patches import Patch, make_planner
-from pixelsmith.sampling import GuidanceLatents, PatchSampler
+from pixelsmith.sampling import GuidanceLatents, PatchSampler, SplitDenoiser
 from pixelsmith.tiling import decoded_rows, encode_tiled
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+CONTROLNET_PIPELINE_COMPONENTS = (
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "unet",
+    "scheduler",
+)
 # schedulers whose step depends on earlier steps of the whole image (multistep history)
 HISTORY_ATTRIBUTES = ("model_outputs", "ets", "derivatives")
 PATCH_SCHEDULERS_HINT = (
@@ -263,6 +283,54 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             pipe.scheduler = ddim_from_config(pipe.scheduler.config)
         return pipe
 
+    # ------------------------------------------------------------------ LoRA
+
+    def check_lora_weights(
+        self, pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor], **kwargs
+    ) -> None:
+        """Raise one ``ValueError`` unless the LoRA fits this model's UNet and text encoders.
+
+        Args:
+            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
+            **kwargs: ``weight_name``, ``subfolder``, ... as for ``load_lora_weights``.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, dict):
+            label, source = "(state dict)", dict(source)
+        else:
+            label = str(source)
+            source = local_or_hub(source, what="LoRA file or folder")
+            source = str(source)
+        options = {k: v for k, v in kwargs.items() if k not in ("low_cpu_mem_usage", "hotswap")}
+        try:
+            state_dict, _ = self.lora_state_dict(source, unet_config=self.unet.config, **options)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"lora {label}: cannot be read: {error}") from None
+        components = {name: getattr(self, name, None) for name in LORA_COMPONENTS}
+        components = {name: module for name, module in components.items() if module is not None}
+        check_lora_state_dict(state_dict, components, label)
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor],
+        adapter_name: str | None = None,
+        **kwargs,
+    ) -> None:
+        """diffusers' SDXL LoRA loading (PEFT), after :meth:`check_lora_weights`: a LoRA of
+        another model is one ``ValueError`` before any weight changes. It acts on every stage.
+
+        Args:
+            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
+            adapter_name: the adapter's name (diffusers picks one when ``None``).
+            **kwargs: passed to ``StableDiffusionXLLoraLoaderMixin.load_lora_weights``.
+        """
+        self.check_lora_weights(pretrained_model_name_or_path_or_dict, **kwargs)
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, Path):
+            source = str(source)
+        with quiet_lora_notices():
+            super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
+
     # ------------------------------------------------------------------ checks
 
     @property
@@ -379,11 +447,22 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         generator: torch.Generator,
         eta: float = 0.0,
         progress: bool = True,
+        control: ControlCondition | None = None,
     ) -> Tensor:
-        """Plain SDXL at ``height x width`` px; returns the (1, C, h, w) float32 latent."""
+        """Plain SDXL at ``height x width`` px; returns the (1, C, h, w) float32 latent.
+
+        With ``control``, diffusers' ``StableDiffusionXLControlNetPipeline`` on the same
+        components, its condition image resized to ``height x width``.
+        """
         self.set_progress_bar_config(disable=not progress, desc=f"base {height}x{width}")
-        output = StableDiffusionXLPipeline.__call__(
-            self,
+        call, extra = functools.partial(StableDiffusionXLPipeline.__call__, self), {}
+        if control is not None:
+            check_controlnet(control.controlnet, self.unet)
+            call = self._controlnet_pipeline(control.controlnet)
+            condition = control.at_size(height, width).read(0, 0, height, width)  # (3, H, W)
+            extra = {"image": condition[None], "controlnet_conditioning_scale": control.scale}
+        output = call(
+            **extra,
             prompt_embeds=text.prompt_embeds,
             pooled_prompt_embeds=text.pooled,
             negative_prompt_embeds=text.negative_prompt_embeds,
@@ -397,6 +476,25 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             output_type="latent",
         )
         return output.images.float()
+
+    def _controlnet_pipeline(
+        self, controlnet: ControlNetModel
+    ) -> StableDiffusionXLControlNetPipeline:
+        """diffusers' SDXL ControlNet pipeline over this pipeline's components (shared)."""
+        pipe = StableDiffusionXLControlNetPipeline(
+            **{name: getattr(self, name) for name in CONTROLNET_PIPELINE_COMPONENTS},
+            controlnet=controlnet,
+            force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
+    def check_control(self, control: ControlCondition, height: int, width: int) -> None:
+        """One ``ValueError`` unless the ControlNet fits the UNet and the condition image has
+        the aspect ratio of ``height x width``."""
+        check_controlnet(control.controlnet, self.unet)
+        check_aspect(control.image, height, width)
 
     # ------------------------------------------------------------------ VAE
 
@@ -580,13 +678,16 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         size: tuple[int, int],
         config: PixelsmithConfig,
         generator: torch.Generator,
-    ) -> Callable[[Tensor, list[Patch], int], Tensor]:
-        """UNet with CFG and one scheduler step on a batch of patches."""
+        control: ControlCondition | None = None,
+    ) -> SplitDenoiser:
+        """UNet with CFG (and the ControlNet of ``control`` on each patch's condition crop)
+        on a batch of patches (``predict``), and one scheduler step (``advance``)."""
         timesteps = self.scheduler.timesteps
         extra = self.prepare_extra_step_kwargs(generator, config.eta)
         dtype = self.unet.dtype
+        condition = control.at_size(*size) if control is not None else None
 
-        def denoise(x: Tensor, patches: list[Patch], step: int) -> Tensor:
+        def predict(x: Tensor, patches: list[Patch], step: int) -> Tensor:
             count = x.shape[0]
             t = timesteps[step]
             time_ids = torch.tensor(
@@ -596,25 +697,48 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             )  # (k, 6)
             model_in = torch.cat([x, x]) if text.cfg else x  # (2k, C, p, p) with CFG
             set_step_index(self.scheduler, step)
-            model_in = self.scheduler.scale_model_input(model_in, t)
+            model_in = self.scheduler.scale_model_input(model_in, t).to(dtype)
             embeds, pooled = text.batch(count)
+            added = {
+                "text_embeds": pooled,
+                "time_ids": time_ids.repeat(2, 1) if text.cfg else time_ids,
+            }
+            residuals = {}
+            if control is not None:
+                crops = control.crops(condition, patches, self.vae_scale_factor)  # (k, 3, P, P)
+                crops = crops.to(x.device, control.controlnet.dtype)
+                down, mid = control.controlnet(
+                    model_in,
+                    t,
+                    encoder_hidden_states=embeds,
+                    controlnet_cond=torch.cat([crops, crops]) if text.cfg else crops,
+                    conditioning_scale=control.scale,
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )
+                residuals = {
+                    "down_block_additional_residuals": down,
+                    "mid_block_additional_residual": mid,
+                }
             noise = self.unet(
-                model_in.to(dtype),
+                model_in,
                 t,
                 encoder_hidden_states=embeds,
-                added_cond_kwargs={
-                    "text_embeds": pooled,
-                    "time_ids": time_ids.repeat(2, 1) if text.cfg else time_ids,
-                },
+                added_cond_kwargs=added,
                 return_dict=False,
+                **residuals,
             )[0].float()
             if text.cfg:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + text.guidance_scale * (cond - uncond)
+            return noise
+
+        def advance(noise: Tensor, x: Tensor, step: int) -> Tensor:
             set_step_index(self.scheduler, step)
+            t = timesteps[step]
             return self.scheduler.step(noise, t, x, **extra, return_dict=False)[0].float()
 
-        return denoise
+        return SplitDenoiser(predict, advance)
 
     @torch.no_grad()
     def sample_stage(
@@ -631,6 +755,8 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         start_step: int = 0,
         on_step: StepCallback | None = None,
         progress: bool = True,
+        control: ControlCondition | None = None,
+        ranks: RankGroup | None = None,
     ) -> StageStats:
         """Pixelsmith sampling of ``latents`` (in place) from ``start_step`` to the end.
 
@@ -647,6 +773,9 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             on_step: called as ``on_step(step, latents, plan)`` after every step, ``plan`` the
                 step's :class:`StepPlan` (patches, rolls, time_ids, timestep).
             progress: show a tqdm bar over steps.
+            control: a ControlNet and its condition image (cropped per patch).
+            ranks: the processes sharing the UNet calls of each step (:mod:`pixelsmith.parallel`;
+                every rank passes the same inputs and generator state).
         """
         self.check_scheduler()
         self.check_patch_size(config.patch_size)
@@ -655,6 +784,8 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         height, width = latents.shape[-2:]
         size_px = (height * self.vae_scale_factor, width * self.vae_scale_factor)
+        if control is not None:  # the aspect ratio is the final image's (checked by the caller)
+            check_controlnet(control.controlnet, self.unet)
         planner = make_planner(
             config.scheduler_name,
             height,
@@ -674,9 +805,10 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             guidance=guidance,
             slider=slider,
             band=config.band,
-            denoise=self._patch_denoiser(text, size_px, config, generator),
+            denoise=self._patch_denoiser(text, size_px, config, generator, control),
             faithful=config.faithful,
             start_step=start_step,
+            ranks=ranks,
         )
         stats = StageStats()
         steps = tqdm(
@@ -732,6 +864,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         negative_pooled_prompt_embeds: Tensor | None = None,
         guidance_latents: Tensor | None = None,
         callback: StepCallback | None = None,
+        control: ControlCondition | None = None,
     ) -> PixelsmithOutput:
         """One Pixelsmith stage: ``image`` (or ``guidance_latents``) guides sampling at
         ``height x width`` px.
@@ -761,6 +894,8 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
                 image) used instead of encoding ``image``: no VAE encode and no posterior draw.
             callback: called as ``callback(step, latents, plan)`` after every step with the
                 step's :class:`StepPlan` (patch positions, rolls, time_ids, timestep).
+            control: a :class:`~pixelsmith.control.ControlCondition` (ControlNet, condition
+                image of the target's aspect ratio, scale); each patch gets its crop.
         """
         config = config or PixelsmithConfig()
         generator = self.check_generator(generator or torch.Generator().manual_seed(0))
@@ -797,6 +932,8 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         check_slider(slider, num_inference_steps)
         self.check_scheduler()
         self.check_patch_size(config.patch_size)
+        if control is not None:
+            self.check_control(control, height, width)
         text = self.encode_text(
             prompt,
             guidance_scale=guidance_scale,
@@ -833,6 +970,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             generator=generator,
             on_step=callback,
             progress=progress,
+            control=control,
         )
         if output_type == "latent":
             return PixelsmithOutput(None, latents, stats)

@@ -1,0 +1,259 @@
+"""SDXL LoRAs on a Pixelsmith pipeline: checked against the model before they are loaded.
+
+``PixelsmithPipeline.load_lora_weights`` is diffusers' ``StableDiffusionXLLoraLoaderMixin``
+method (PEFT backend) with one check in front: every LoRA tensor of the file must name a layer
+of the UNet or of a text encoder, with that layer's input and output widths. diffusers alone
+loads a file of unknown keys without complaint (nothing changes) and reports a LoRA made for
+another model as a many-line ``size mismatch`` list; here both are one ``ValueError`` raised
+before any weight changes, so before any denoising step.
+
+Because the same UNet runs every stage, a loaded LoRA acts on the base image and on every
+Pixelsmith stage of a cascade. :func:`lora_identity` describes the loaded adapters for the
+checkpoint of a run (a run resumes only with the same LoRAs at the same scales).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+from diffusers.utils import logging as diffusers_logging
+from torch import Tensor, nn
+
+from common_kernels.hub import local_or_hub
+
+# the components an SDXL LoRA file may target, by key prefix
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# "<module>.<suffix>": the down (A) and up (B) matrices in the formats diffusers reads
+_LORA_KEY = re.compile(
+    r"^(?P<component>unet|text_encoder|text_encoder_2)\.(?P<module>.+?)\."
+    r"(?P<kind>lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)"
+    r"\.(?P<param>weight|bias)$"
+)
+# entries next to the matrices that name no layer shape: alphas and DoRA magnitudes
+_EXTRA_KEY = re.compile(r"\.(alpha|lora_magnitude_vector(\.weight)?)$")
+
+
+@dataclass(frozen=True)
+class LoraMismatch:
+    """One LoRA tensor that does not fit the model.
+
+    Args:
+        key: the tensor's key in the file.
+        reason: why it does not fit, in words.
+    """
+
+    key: str
+    reason: str
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    """The plain layer under a PEFT wrapper (a layer that already holds another LoRA)."""
+    return getattr(module, "base_layer", module)
+
+
+def _layer_widths(module: nn.Module) -> tuple[int, int] | None:
+    """(input, output) width of a Linear or Conv2d, or None for other layers."""
+    module = _base_layer(module)
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.out_channels
+    return None
+
+
+def _check_key(key: str, tensor: Tensor, components: Mapping[str, nn.Module]) -> str | None:
+    """Why the LoRA tensor ``key`` does not fit ``components``, or None when it fits."""
+    match = _LORA_KEY.match(key)
+    if match is None:
+        return "not a LoRA matrix of the UNet or a text encoder"
+    component = components.get(match["component"])
+    if component is None:
+        return f"the pipeline has no {match['component']}"
+    try:
+        layer = component.get_submodule(match["module"])
+    except AttributeError:
+        return f"{match['component']} has no layer {match['module']}"
+    widths = _layer_widths(layer)
+    if widths is None:
+        return f"{match['module']} is a {type(_base_layer(layer)).__name__}, not a Linear or Conv2d"
+    down = match["kind"] in ("lora_A", "lora.down", "lora_linear_layer.down")
+    if match["param"] == "bias":
+        return None if down or tensor.shape[0] == widths[1] else "bias of the wrong width"
+    expected = widths[0] if down else widths[1]
+    found = tensor.shape[1] if down else tensor.shape[0]
+    if tensor.ndim < 2 or found != expected:
+        side = "input" if down else "output"
+        return (
+            f"{match['component']}.{match['module']} has {expected} {side} features, "
+            f"the file's {'down' if down else 'up'} matrix {tuple(tensor.shape)} expects {found}"
+        )
+    return None
+
+
+def lora_mismatches(
+    state_dict: Mapping[str, Tensor], components: Mapping[str, nn.Module]
+) -> list[LoraMismatch]:
+    """The tensors of a LoRA ``state_dict`` (diffusers' keys) that do not fit ``components``.
+
+    Args:
+        state_dict: what ``StableDiffusionXLPipeline.lora_state_dict`` returns for a file.
+        components: ``{"unet": ..., "text_encoder": ..., "text_encoder_2": ...}``.
+    """
+    mismatches = []
+    for key, tensor in state_dict.items():
+        if _EXTRA_KEY.search(key):
+            continue
+        reason = _check_key(key, tensor, components)
+        if reason is not None:
+            mismatches.append(LoraMismatch(key, reason))
+    return mismatches
+
+
+def check_lora_state_dict(
+    state_dict: Mapping[str, Tensor], components: Mapping[str, nn.Module], source: str
+) -> None:
+    """Raise one ``ValueError`` when a LoRA does not fit the model (or holds no LoRA matrix).
+
+    Args:
+        state_dict: the LoRA in diffusers' keys.
+        components: the pipeline's UNet and text encoders by name.
+        source: how the LoRA is named in the message (its path or hub id).
+    """
+    matrices = [key for key in state_dict if _LORA_KEY.match(key)]
+    if not matrices:
+        shown = ", ".join(repr(key) for key in list(state_dict)[:2]) or "none"
+        raise ValueError(
+            f"lora {source}: holds no LoRA matrix of an SDXL UNet or text encoder (keys such as "
+            f"{shown}); expected an SDXL LoRA in diffusers, PEFT or kohya format"
+        )
+    mismatches = lora_mismatches(state_dict, components)
+    if mismatches:
+        first = mismatches[0]
+        more = f" (and {len(mismatches) - 1} more tensors)" if len(mismatches) > 1 else ""
+        raise ValueError(
+            f"lora {source}: does not match the model: {first.key}: {first.reason}{more}; "
+            "is it a LoRA for another base model than this SDXL one?"
+        )
+
+
+@contextlib.contextmanager
+def quiet_lora_notices() -> Iterator[None]:
+    """diffusers' notices about a component without LoRA keys hidden (a UNet-only LoRA is
+    normal); errors still show."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def lora_identity(components: Mapping[str, nn.Module]) -> dict:
+    """The loaded LoRA adapters, for a run's checkpoint: per adapter a SHA-256 of its weights,
+    and per layer the scaling of each adapter (scales set with ``set_adapters`` included).
+
+    Args:
+        components: the pipeline's UNet and text encoders by name.
+    """
+    digests: dict[str, Any] = {}  # adapter -> running hashlib.sha256
+    scalings: dict[str, float] = {}
+    for name, component in components.items():
+        for module_name, module in component.named_modules():
+            scaling = getattr(module, "scaling", None)
+            if not isinstance(scaling, dict) or not hasattr(module, "lora_A"):
+                continue
+            active = getattr(module, "active_adapters", list(scaling))
+            for adapter in sorted(scaling):
+                scale = float(scaling[adapter]) if adapter in active else 0.0
+                scalings[f"{name}.{module_name}.{adapter}"] = scale
+                digest = digests.setdefault(adapter, hashlib.sha256())
+                for matrices in (module.lora_A, module.lora_B):
+                    weight = matrices[adapter].weight.detach().float().cpu().contiguous()
+                    digest.update(weight.view(torch.uint8).numpy().tobytes())
+    return {
+        "adapters": {adapter: digest.hexdigest() for adapter, digest in sorted(digests.items())},
+        "scaling": hashlib.sha256(repr(sorted(scalings.items())).encode()).hexdigest(),
+    }
+
+
+def check_lora_options(
+    sources: Sequence[str | os.PathLike],
+    scales: Sequence[float] | None,
+    *,
+    names: tuple[str, str] = ("loras", "lora_scales"),
+) -> list[float]:
+    """LoRA sources and scales checked without the model; the scale of each LoRA.
+
+    A source that looks like a path (``./``, ``/``, ``~`` or an existing name) must exist
+    (``common_kernels.hub.local_or_hub``); anything else is a hub id.
+
+    Args:
+        sources: LoRA files, folders or hub ids.
+        scales: one scale per LoRA, one for all, or ``None`` (1.0 each); finite numbers.
+        names: how ``sources`` and ``scales`` are named in messages (the CLI passes its flags).
+    """
+    sources_name, scales_name = names
+    for source in sources:
+        try:
+            local_or_hub(source, what="LoRA file or folder")
+        except FileNotFoundError as error:
+            raise ValueError(f"{sources_name}: {error}") from None
+    if scales is None or len(scales) == 0:
+        return [1.0] * len(sources)
+    if not sources:
+        raise ValueError(f"{scales_name} given without {sources_name}")
+    if len(scales) not in (1, len(sources)):
+        raise ValueError(
+            f"{scales_name} takes one scale for all LoRAs or one per LoRA ({len(sources)}), "
+            f"got {len(scales)}"
+        )
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"{scales_name} must be finite numbers, got {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"{scales_name} must be finite numbers, got {scale}")
+    return [float(s) for s in scales] * (len(sources) if len(scales) == 1 else 1)
+
+
+def load_loras(
+    pipe: StableDiffusionXLLoraLoaderMixin,
+    sources: Sequence[str | os.PathLike],
+    scales: Sequence[float] | None = None,
+    *,
+    names: tuple[str, str] = ("loras", "lora_scales"),
+) -> list[str]:
+    """Load SDXL LoRAs into ``pipe`` and activate them together, each with its scale.
+
+    Every LoRA is checked against the model (:func:`check_lora_state_dict`) before the first
+    one is loaded, so a bad file leaves the pipeline unchanged.
+
+    Args:
+        pipe: a :class:`~pixelsmith.PixelsmithPipeline`.
+        sources: LoRA files, folders (``pytorch_lora_weights.safetensors``) or hub ids.
+        scales: one scale per LoRA, one for all, or ``None`` (1.0 each).
+        names: how ``sources`` and ``scales`` are named in messages.
+
+    Returns:
+        The adapter names (``lora_0``, ``lora_1``, ...).
+    """
+    weights = check_lora_options(sources, scales, names=names)
+    for source in sources:
+        try:
+            pipe.check_lora_weights(source)
+        except ValueError as error:
+            raise ValueError(f"{names[0]}: {error}") from None
+    adapters = [f"lora_{index}" for index in range(len(sources))]
+    for source, adapter in zip(sources, adapters, strict=True):
+        pipe.load_lora_weights(source, adapter_name=adapter)
+    if adapters:
+        pipe.set_adapters(adapters, adapter_weights=weights)
+    return adapters
