@@ -39,3 +39,47 @@ def test_measure_table_and_plot(bench, tmp_path):
     assert text.splitlines()[2].startswith("| official-like | 10 |") and "1.00x" in text
     bench.plot({"rows": rows}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+HINT = (
+    'install the [bench] extra: pip install "vitron[bench]" '
+    '(from a clone: pip install ./packages/common-kernels "./packages/vitron[bench]")'
+)
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the benchmark started working before checking its setup")
+
+
+FIND_SPEC = importlib.util.find_spec
+
+
+def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
+    )
+
+
+def refusal(bench, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(arguments)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+    """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
+    before any parser process starts."""
+    monkeypatch.setattr(bench, "run_in_subprocess", no_work)
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    err = refusal(bench, ["--quick", "--out", str(blocker)], capsys)
+    assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
+    hide_module(monkeypatch, "matplotlib")
+    err = refusal(bench, ["--quick", "--out", str(tmp_path / "out")], capsys)
+    assert err == f"run.py: error: module matplotlib is not installed; {HINT}\n"
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"

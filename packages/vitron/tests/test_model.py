@@ -1,4 +1,8 @@
-"""The full model: what is spliced where, its losses, save/load round trips, bad inputs."""
+"""The full model: what is spliced where, its losses, save/load round trips, bad inputs.
+
+Tolerances: fp32 restatements against the model use ``torch.testing.assert_close``'s fp32
+defaults (rtol 1.3e-6, atol 1e-5).
+"""
 
 from __future__ import annotations
 
@@ -58,32 +62,84 @@ def test_media_and_regions_are_spliced_at_their_placeholders(model, image):
     assert int((spliced.labels[0, image_span.start : region_span.end] != IGNORE_INDEX).sum()) == 0
 
 
-def test_losses_match_plain_computation(model, image):
-    target = torch.randn(16)
+def restated_invariant(model: VitronModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., invariant_dim) task-invariant features of (..., H) signal states, written out."""
+    first, second = model.signal_heads.invariant[0], model.signal_heads.invariant[2]
+    inner = F.gelu(F.linear(hidden, first.weight, first.bias))
+    return F.linear(inner, second.weight, second.bias)
+
+
+def restated_signal_embedding(model: VitronModel, hidden: torch.Tensor, task: str) -> torch.Tensor:
+    """The signal head of one (H,) state: ``output[task](cat(specific[task](h), invariant(h)))``."""
+    heads = model.signal_heads
+    specific = F.linear(hidden, heads.specific[task].weight, heads.specific[task].bias)
+    both = torch.cat([specific, restated_invariant(model, hidden)])
+    return F.linear(both, heads.output[task].weight, heads.output[task].bias)
+
+
+def test_losses_match_plain_computation(image):
+    """Every loss restated from the LLM's own hidden states and the heads' weights: the signal
+    rows are found from the labels, the heads and the discriminator are written with F.linear.
+    The discriminator's last layer starts at zero, which pins the synergy loss at log 4
+    whatever the features; it is then randomised, so the synergy term depends on them."""
+    model = tiny_model(seed=0)
+    region = Region(Box(8, 4, 40, 30))
+    untrained = model([model.processor.sample(conversation(), [image], regions=[region])])
+    assert untrained.synergy_loss.item() == pytest.approx(math.log(4), abs=1e-6)
+    generator = torch.Generator().manual_seed(5)
+    last = model.synergy.discriminator.net[-1]
+    with torch.no_grad():
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator))
+        last.bias.copy_(torch.randn(last.bias.shape, generator=generator))
+    target = torch.randn(16, generator=generator)
     sample = model.processor.sample(
         conversation(),
         [image],
-        regions=[Region(Box(8, 4, 40, 30))],
+        regions=[region],
         signal_targets=[target, None, None],
     )
     assert sample.signal_tasks == ("segment_image", "restore_image", "generate_image")
     out = model([sample], align_weight=0.5, synergy_weight=0.25)
-    spliced = model.splice([sample])
-    logits, labels = out.logits[0, :-1], spliced.labels[0, 1:]
-    keep = labels != IGNORE_INDEX
-    lm = F.cross_entropy(logits[keep], labels[keep])
+    with torch.no_grad():
+        spliced = model.splice([sample])
+        llm = model.llm(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            output_hidden_states=True,
+        )
+        labels = spliced.labels[0]
+        # the reply's three <signal> tokens are supervised: their labels are the token itself
+        positions = torch.nonzero(labels == model.signal_token_id)[:, 0].tolist()
+        assert len(positions) == 3 and spliced.signal_positions == [positions]
+        hidden = llm.hidden_states[-1][0]  # (L, H)
+        logits, shifted = llm.logits[0, :-1], labels[1:]
+        keep = shifted != IGNORE_INDEX
+        lm = F.cross_entropy(logits[keep], shifted[keep])
+        # heads for segment_image (call 0) and generate_image (call 2); restore_image has none
+        seg_state, gen_state = hidden[positions[0]], hidden[positions[2]]
+        seg = restated_signal_embedding(model, seg_state, "segment_image")
+        align = 1 - torch.dot(seg, target) / (seg.norm() * target.norm())
+        invariant = restated_invariant(model, torch.stack([seg_state, gen_state]))
+        net = model.synergy.discriminator.net
+        task_logits = net[2](F.gelu(net[0](invariant)))  # (2, 4)
+        # task ids in TINY_SIGNAL_TASKS: segment_image 0, generate_image 2
+        log_probs = task_logits.log_softmax(-1)
+        synergy = -(log_probs[0, 0] + log_probs[1, 2]) / 2
+    assert out.signals[0].tasks == ("segment_image", "generate_image")
     torch.testing.assert_close(out.lm_loss, lm)
-    # two signals have heads (segment_image, generate_image): restore_image has none
-    features = out.signals[0]
-    assert features.tasks == ("segment_image", "generate_image")
-    torch.testing.assert_close(
-        out.align_loss, 1 - F.cosine_similarity(features.embeddings[0], target, dim=0)
-    )
-    assert out.synergy_loss.item() == pytest.approx(math.log(4), abs=1e-6)
-    torch.testing.assert_close(out.loss, lm + 0.5 * out.align_loss + 0.25 * out.synergy_loss)
+    torch.testing.assert_close(out.align_loss, align)
+    torch.testing.assert_close(out.synergy_loss, synergy)
+    assert abs(synergy.item() - math.log(4)) > 1e-2  # the features matter now
+    torch.testing.assert_close(out.loss, lm + 0.5 * align + 0.25 * synergy)
     embeddings = model.signal_embeddings(sample)
-    assert embeddings[1] is None and embeddings[0][0] == "segment_image"
-    torch.testing.assert_close(embeddings[0][1], features.embeddings[0].detach())
+    assert embeddings[1] is None and [e[0] for e in (embeddings[0], embeddings[2])] == [
+        "segment_image",
+        "generate_image",
+    ]
+    torch.testing.assert_close(embeddings[0][1], seg)
+    torch.testing.assert_close(
+        embeddings[2][1], restated_signal_embedding(model, gen_state, "generate_image")
+    )
 
 
 def test_video_tokens_are_pooled_frames(image):

@@ -72,17 +72,38 @@ def test_adapter_declarations_are_checked():
         SpecialistRegistry(adapters=[Careless])
 
 
-def test_segmentation_matches_itaclip(registry, image, tmp_path):
+def test_segmentation_matches_itaclip(
+    registry, specialist_options, expected_target, image, tmp_path
+):
+    """The adapter's mask against an itaclip ``Segmenter`` loaded here from the options' saved
+    model (a second object; the adapter's is never asked): class 0 is the target, the options'
+    background classes compete with it; the text target against open_clip alone."""
+    from itaclip import Segmenter
+
+    opts = specialist_options["itaclip"]
+    assert opts["background_classes"] == ["background"]
+    own = Segmenter.from_pretrained(
+        opts["model"],
+        opts["pretrained"],
+        preset=None,
+        cache_dir=tmp_path / "cache",
+        **opts["settings"],
+    )
+    reference = own(image, classes=[["dog"], ["background"]])
+    assert reference.class_names == ("dog", "background")
     seg = registry.specialist("segment_image")
     out = seg.run(inputs(tmp_path, "segment_image", image=image, text="dog"))
-    reference = seg.segmenter(image, classes=[["dog"], ["background"]])
+    assert seg.segmenter is not own
     mask = out.outputs["mask"].value
-    assert torch.equal(mask, reference.labels == 0) and mask.shape == (48, 64)
+    assert mask.shape == (48, 64) and torch.equal(mask, reference.labels == 0)
+    assert 0.1 < float(mask.float().mean()) < 0.9  # neither class wins everywhere
+    assert torch.equal(out.outputs["labels"].value, reference.labels)
     saved = np.asarray(Image.open(tmp_path / "c_mask.png")) > 0
     assert (saved == mask.numpy()).all() and (tmp_path / "c_overlay.png").is_file()
     assert out.summary.startswith(
         f"mask of 'dog' covers {100 * float(mask.float().mean()):.1f}% of the image"
     )
+    assert out.summary.endswith("(classes: dog, background)")
     boxed = (
         seg.run(
             inputs(tmp_path, "segment_image", image=image, text="dog", region=Box(0, 0, 20, 10))
@@ -96,7 +117,10 @@ def test_segmentation_matches_itaclip(registry, image, tmp_path):
         and not boxed[:, 20:].any()
     )
     target = seg.conditioning_target("segment_image", "dog")
-    torch.testing.assert_close(target, seg.segmenter.embed(["dog"])[0])
+    assert target.shape == (16,) and target.dtype == torch.float32
+    torch.testing.assert_close(
+        target, expected_target("segment_image", "dog"), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_segmentation_mixes_the_signal_into_the_target_queries(registry, image, tmp_path):
