@@ -48,7 +48,7 @@ def read_curves(files: list[Path]) -> dict[str, dict[int, float]]:
     return {name: dict(sorted(curve.items())) for name, curve in curves.items()}
 
 
-def plot(curves: dict[str, dict[int, float]], path: Path, title: str) -> None:
+def plot(curves: dict[str, dict[int, float]], path: Path, title: str, validation: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,10 +64,12 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str) -> None:
         ]
         loss_ax.plot(steps[SMOOTHING - 1 :], mean, "-", label=f"mean of {SMOOTHING}")
         loss_ax.legend(fontsize=8)
-    loss_ax.set(title="training L1 loss (blind sigma: noisy per batch)", xlabel="step", ylabel="L1")
+    loss_ax.set(
+        title="training L1 loss (blind: degradation drawn per patch)", xlabel="step", ylabel="L1"
+    )
     val = curves["val/psnr"]
     val_ax.plot(list(val), list(val.values()), "o-")
-    val_ax.set(title="validation PSNR (Set12 128 px crops, sigma 25)", xlabel="step", ylabel="dB")
+    val_ax.set(title=f"validation PSNR ({validation})", xlabel="step", ylabel="dB")
     for ax in (loss_ax, val_ax):
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--json", type=Path, default=None, help="also write the curves as JSON")
     parser.add_argument("--title", default="semanir fit", help="figure title")
+    parser.add_argument(
+        "--validation", default="Set12 128 px crops, sigma 25", help="what val/psnr measures"
+    )
     args = parser.parse_args(argv)
     files = {"--out": args.out, "--json": args.json}
     check_benchmark_setup("plot_training", "semanir", modules=("matplotlib",), files=files)
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"plot_training: error: {error}", file=sys.stderr)
         return 1
-    plot(curves, args.out, args.title)
+    plot(curves, args.out, args.title, args.validation)
     if args.json is not None:
         with atomic_write(args.json, make_parents=True) as temp_path:
             Path(temp_path).write_text(json.dumps(curves, indent=1) + "\n", encoding="utf-8")
