@@ -198,20 +198,22 @@ def test_a_failed_turn_leaves_the_conversation_as_it_was(model, registry, image,
     )
 
 
-def test_echoed_placeholders_are_dropped_from_replies(
+def test_placeholders_in_replies_stay_as_written_and_are_no_inputs(
     model, registry, image, tmp_path, segment_then_edit, reply_with_calls
 ):
     echo = "A dog at <region> beside <image> here.</s>"
     calls = reply_with_calls("Segmenting the dog in <region> first.", segment_then_edit)
     assistant = Assistant(model, registry, tmp_path, scripted_replies=[echo, calls])
     first = assistant.chat("where?", images=[image], regions=[Region(Box(0, 0, 20, 20))])
-    assert first.parse_error is None and "<" not in first.answer
-    assert "<region>" not in assistant.messages[1].text
-    # the next turn's prompt still has exactly one region and one image placeholder, and a
-    # JSON reply whose text mentions <region> is not taken for the official tag grammar
+    assert first.parse_error is None and first.answer == "A dog at <region> beside <image> here."
+    assert assistant.messages[1].text == first.answer
+    # the reply's placeholders are ordinary tokens: the next turn still has one image and one
+    # region as inputs, and a JSON reply whose text mentions <region> is not taken for tags
     second = assistant.chat("segment the dog and make it a cat")
     assert second.parse_error is None
+    assert second.invocations[0].calls[0].task == "segment_image"
     assert [o.status for o in second.outcomes[0]] == ["ok", "ok", "ok"]
+    assert assistant.counts == InputCounts(1, 0, region_images=(0,))
 
 
 def test_signals_are_read_from_the_reply_the_model_wrote(model, registry, image, tmp_path):

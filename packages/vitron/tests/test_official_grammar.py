@@ -15,7 +15,7 @@ from PIL import Image
 from vitron import Assistant, SpecialistRegistry
 from vitron.cli import main
 from vitron.invocations import InputCounts, InvocationError, Ref, parse_invocation, parse_reply
-from vitron.invocations.tags import edit_target
+from vitron.invocations.tags import edit_target, split_instruction
 from vitron.regions import Box, Region, region_mask_at
 
 
@@ -335,27 +335,61 @@ def test_end_markers_removed_from_the_answer(model, registry, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("reply", "text"),
+    "reply",
     [
-        ("The dog is in <region> there.", "The dog is in there."),
-        ("<image>\nA dog.", "A dog."),
-        ("A dog <video>.", "A dog ."),
+        "The dog is in <region> there.",
+        "<image>\nA dog.",
+        "A dog <video>.",
+        "See <image> and <region>.",
     ],
 )
-def test_bare_placeholders_are_removed_alike(model, registry, tmp_path, capsys, reply, text):
+def test_placeholders_in_prose_are_shown_as_written(model, registry, tmp_path, capsys, reply):
     parsed = parse_reply(reply)
-    assert (parsed.text, parsed.invocation) == (text, None)
-    assert parse_cli(capsys, reply)["text"] == text
+    assert (parsed.text, parsed.invocation, parsed.grammar) == (reply.strip(), None, "none")
+    assert parse_cli(capsys, reply)["text"] == reply.strip()
     assistant = Assistant(model, registry, tmp_path, scripted_replies=[reply])
     turn = assistant.chat("where is the dog?")
-    assert (turn.answer, turn.parse_error) == (text, None)
-    # a bare placeholder beside a real tag is removed too; the tag is parsed
+    assert (turn.answer, turn.parse_error) == (reply.strip(), None)
+    assert assistant.messages[-1].text == reply.strip()
+
+
+def test_prose_region_beside_a_region_tag_stays_and_the_tag_is_parsed():
     parsed = parse_reply(
         "See <region>. <module>B</module><instruction>d</instruction><region>1 2 3 4</region>"
     )
-    assert parsed.text == "See ." and parsed.invocation.calls[0].args["region"] == {
-        "box": (1.0, 2.0, 3.0, 4.0)
-    }
+    assert parsed.text == "See <region>." and parsed.grammar == "tags"
+    assert parsed.invocation.calls[0].args["region"] == {"box": (1.0, 2.0, 3.0, 4.0)}
+
+
+@pytest.mark.parametrize(
+    ("instruction", "label"),
+    [
+        ("image generation:", "image generation"),
+        (" Image Generation :  ", "Image Generation"),
+        ("generation:", "generation"),
+        ("segmentation:", "segmentation"),  # a label of another module (B) on A
+    ],
+)
+def test_label_only_instruction_is_refused(model, registry, tmp_path, capsys, instruction, label):
+    reply = f"<module>A</module><instruction>{instruction}</instruction>"
+    message = (
+        f"<instruction> at character 18: instruction {instruction.strip()!r} is only the task "
+        f"label {label!r}; write what to do after the colon ('{label}: a red car')"
+    )
+    with pytest.raises(InvocationError) as caught:
+        parse_reply(reply)
+    assert str(caught.value) == message
+    assert main(["parse", reply]) == 2
+    assert capsys.readouterr().err == f"vitron parse: error: REPLY does not parse: {message}\n"
+    assistant = Assistant(model, registry, tmp_path, scripted_replies=[reply])
+    turn = assistant.chat("draw")
+    assert turn.parse_error == message and turn.invocations == []
+    # a label followed by text still splits, a colon without a known label is text
+    assert split_instruction("image generation: a red car", "A") == (
+        "image generation",
+        "a red car",
+    )
+    assert split_instruction("a sign saying: ", "A") == (None, "a sign saying:")
 
 
 # ------------------------------------------------------------- "$" in literal text

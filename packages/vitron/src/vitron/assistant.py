@@ -31,7 +31,6 @@ from vitron.invocations import (
     ParsedReply,
     parse_reply,
     strip_eos,
-    strip_placeholders,
 )
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message
@@ -216,14 +215,13 @@ class Assistant:
         for round_ in range(self.max_rounds + 1):
             reply = self.next_reply()
             turn.replies.append(reply)
-            raw = clean_reply(reply.text, self.model.config)
+            raw = clean_reply(reply.text)
             try:
                 parsed = parse_reply(
                     raw,
                     grammar=self.grammar,
                     counts=self.counts,
                     signal_token=self.model.config.signal_token,
-                    placeholders=input_placeholders(self.model.config),
                 )
             except InvocationError as err:
                 turn.parse_error = str(err)
@@ -278,15 +276,10 @@ class Assistant:
         return {call.id: e[1] for call, e in zip(calls, last, strict=True) if e is not None}
 
 
-def input_placeholders(config) -> tuple[str, str, str]:
-    return (config.image_token, config.video_token, config.region_token)
-
-
-def clean_reply(text: str, config) -> str:
-    """A model reply as the history keeps it: end-of-sequence strings, official end markers
-    (``<SP>None</SP>``) and echoed input placeholders removed (image and video tokens, and region
-    tokens that do not open an official ``<region>...</region>`` tag), exactly as
-    :func:`~vitron.invocations.parse_reply` removes them. A ``<region>`` tag that stays is an
-    ordinary token of the reply, never a conversation input (see
-    :meth:`vitron.processing.VitronProcessor.sample`)."""
-    return strip_placeholders(strip_eos(text), input_placeholders(config)).strip()
+def clean_reply(text: str) -> str:
+    """A model reply as the history keeps it: end-of-sequence strings and official end markers
+    (``<SP>None</SP>``) removed, exactly as :func:`~vitron.invocations.parse_reply` removes
+    them. Input placeholders the model wrote (``<image>``, a ``<region>`` in prose or in a
+    ``<region>...</region>`` tag) stay as written: inside a reply they are ordinary tokens,
+    never conversation inputs (see :meth:`vitron.processing.VitronProcessor.sample`)."""
+    return strip_eos(text).strip()

@@ -6,7 +6,6 @@ from vitron.invocations.reply import (
     ParsedReply,
     parse_reply,
     strip_eos,
-    strip_placeholders,
 )
 from vitron.invocations.schema import (
     SCHEMA_VERSION,
@@ -44,5 +43,4 @@ __all__ = [
     "parse_tags",
     "split_instruction",
     "strip_eos",
-    "strip_placeholders",
 ]

@@ -14,13 +14,12 @@ from vitron.invocations.schema import (
     InvocationError,
     parse_invocation,
 )
-from vitron.invocations.tags import TAG_PATTERN, join_kept_text, parse_tags
+from vitron.invocations.tags import join_kept_text, parse_tags, tag_matches
 
 GRAMMARS = ("auto", "json", "tags")
 DEFAULT_EOS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<eos>")
 # end markers of the official model: "<SP>None</SP>" (also empty, any case and whitespace)
 END_MARKER = re.compile(r"<\s*SP\s*>\s*(?:None)?\s*<\s*/\s*SP\s*>", re.IGNORECASE)
-INPUT_PLACEHOLDERS = ("<image>", "<video>", "<region>")
 
 
 @dataclass(frozen=True)
@@ -49,21 +48,6 @@ def strip_eos(text: str, eos: Sequence[str] = DEFAULT_EOS) -> str:
     return join_kept_text(pieces) if len(pieces) > 1 else text
 
 
-def strip_placeholders(text: str, placeholders: Sequence[str] = INPUT_PLACEHOLDERS) -> str:
-    """Remove input placeholders a reply echoed (``<image>``, ``<video>``, and a ``<region>``
-    that does not open an official ``<region>...</region>`` tag), joining the text around each
-    as :func:`~vitron.invocations.tags.join_kept_text` does. A placeholder stands for a
-    conversation input; in a reply it is an echo, never an input."""
-    for token in placeholders:
-        bare = re.escape(token)
-        if token.lower() == "<region>":  # an opening region tag is kept for the tag parser
-            bare += r"(?![^<]*<\s*/\s*region\s*>)"
-        pieces = re.split(bare, text)
-        if len(pieces) > 1:
-            text = join_kept_text(pieces)
-    return text
-
-
 def parse_reply(
     text: str,
     *,
@@ -71,7 +55,6 @@ def parse_reply(
     counts: InputCounts | None = None,
     eos: Sequence[str] = DEFAULT_EOS,
     signal_token: str = "<signal>",
-    placeholders: Sequence[str] = INPUT_PLACEHOLDERS,
 ) -> ParsedReply:
     """Parse an LLM reply.
 
@@ -82,19 +65,20 @@ def parse_reply(
         counts: the conversation's inputs, to check ``$image<k>`` references.
         eos: end-of-sequence strings to remove.
         signal_token: the signal placeholder; its count must be 0 or the number of calls.
-        placeholders: input placeholders removed from the reply where the model echoed them
-            (:func:`strip_placeholders`), exactly as :class:`~vitron.Assistant` does.
+
+    Input placeholders the model wrote in its prose (``<image>``, ``<video>``, a ``<region>``
+    that opens no ``<region>...</region>`` tag) are text and stay in ``text`` as written.
 
     Raises:
         InvocationError: a malformed block, or signal tokens that do not match the calls.
     """
     if grammar not in GRAMMARS:
         raise ValueError(f"grammar must be one of {GRAMMARS}, got {grammar!r}")
-    text = strip_placeholders(strip_eos(text, eos), placeholders)
+    text = strip_eos(text, eos)
     num_signals = text.count(signal_token)
     text = text.replace(signal_token, "")
     has_json = BLOCK_OPEN in text or BLOCK_CLOSE in text
-    has_tags = TAG_PATTERN.search(text) is not None
+    has_tags = bool(tag_matches(text))
     if grammar == "auto":
         if has_json and has_tags:
             raise InvocationError("", "the reply mixes an <invoke> block and official tags")

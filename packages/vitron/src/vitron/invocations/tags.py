@@ -13,8 +13,10 @@ deletes the text between unrelated tags, and silently falls back to chat on ``<m
 </module>``. Here every module becomes a call, an instruction is split only on a first colon
 whose prefix is a known task label of its module (or a label the official model writes on any
 module, such as ``generation:``), end-of-sequence strings are removed, text outside the three
-known tags is kept verbatim, whitespace and case around letters are ignored, and anything
-malformed raises :class:`~vitron.invocations.schema.InvocationError`.
+known tags is kept verbatim (a ``<region>`` that opens no ``<region>...</region>`` pair, or an
+``<image>`` written in prose, is text and stays as written), whitespace and case around letters
+are ignored, and anything malformed raises :class:`~vitron.invocations.schema.InvocationError`,
+including an instruction that is only a task label (``image generation:`` with nothing after).
 
 Compatibility with the official app: a lone C (edit) without a region or a B before it segments
 its instruction's target with itaclip (``edit_target``: "turn the dog into a cat" repaints
@@ -70,6 +72,7 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {
         "G": ("image-to-video", "image to video", "animation", "animate", "video generation"),
     }.items()
 }
+ALL_LABELS = frozenset(label for labels in TASK_LABELS.values() for label in labels)
 # "replace X with Y", "turn X into Y", ...: an edit instruction's target X and its prompt Y
 EDIT_PATTERNS = (
     re.compile(r"^(?:replace|swap)\s+(?P<target>.+?)\s+(?:with|by|for)\s+(?P<prompt>.+)$", re.I),
@@ -104,13 +107,36 @@ def join_kept_text(pieces: Sequence[str]) -> str:
     return out.strip()
 
 
+def tag_matches(text: str) -> list[re.Match[str]]:
+    """The grammar's own tags in ``text``, in order. A ``<region>`` that is not closed by the
+    next tag is prose (the model wrote the placeholder in a sentence), not a tag."""
+    matches = list(TAG_PATTERN.finditer(text))
+    kept = []
+    for i, match in enumerate(matches):
+        if match.group(2).lower() == "region" and not match.group(1):
+            following = matches[i + 1] if i + 1 < len(matches) else None
+            closes = following is not None and following.group(1) != ""
+            if not (closes and following.group(2).lower() == "region"):
+                continue
+        kept.append(match)
+    return kept
+
+
 def split_instruction(text: str, letter: str) -> tuple[str | None, str]:
     """``"image editing: add a sign saying Note: closed"`` -> ``("image editing", "add ...")``.
 
     Only a first colon whose prefix is a known label of the module splits; otherwise the whole
     instruction is the text (its colons included).
+
+    Raises:
+        ValueError: the instruction is a task label (of any module) with nothing after it.
     """
     head, sep, tail = text.partition(":")
+    if sep and not tail.strip() and head.strip().lower() in ALL_LABELS:
+        raise ValueError(
+            f"instruction {text.strip()!r} is only the task label {head.strip()!r}; "
+            f"write what to do after the colon ('{head.strip()}: a red car')"
+        )
     if sep and head.strip().lower() in TASK_LABELS[letter] and tail.strip():
         return head.strip().lower(), tail.strip()
     return None, text.strip()
@@ -157,7 +183,7 @@ def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invoc
     kept: list[str] = []
     modules: list[_Module] = []
     pos = 0
-    matches = list(TAG_PATTERN.finditer(text))
+    matches = tag_matches(text)
     i = 0
     while i < len(matches):
         opening = matches[i]
@@ -192,7 +218,10 @@ def parse_tags(text: str, counts: InputCounts | None = None) -> tuple[str, Invoc
         if name == "instruction":
             if not body.strip():
                 raise InvocationError(where, "empty instruction")
-            modules[-1].instructions.append(split_instruction(body, modules[-1].letter))
+            try:
+                modules[-1].instructions.append(split_instruction(body, modules[-1].letter))
+            except ValueError as err:
+                raise InvocationError(where, str(err)) from None
         else:
             modules[-1].regions.append(_parse_region(body, where))
     kept.append(text[pos:])
