@@ -332,12 +332,12 @@ def flop_counts(config_name: str, image: int, selections: list[str]) -> dict[str
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diffeat.catalogue import _meta_inputs, _meta_unet
     from diffeat.configs import unet_config
+    from diffeat.shapes import meta_inputs, meta_unet
 
     config = unet_config(config_name)
-    unet = _meta_unet(config)
-    latent, context, kwargs = _meta_inputs(config, image // 8, image // 8, TEXT_TOKENS)
+    unet = meta_unet(config)
+    latent, context, kwargs = meta_inputs(config, image // 8, image // 8, TEXT_TOKENS)
     inputs = (latent, torch.zeros(1, device="meta"), context, kwargs)
     counts = {}
     for selection in selections:

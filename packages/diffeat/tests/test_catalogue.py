@@ -11,8 +11,10 @@ import torch
 
 from diffeat import PRESETS, attention_map_view, build_catalogue, expected_catalogue_size
 from diffeat.capture import probs_to_map
-from diffeat.catalogue import _meta_unet, check_names, layer_infos, list_layers
+from diffeat.catalogue import check_names
 from diffeat.configs import unet_config
+from diffeat.listing import list_layers
+from diffeat.shapes import layer_infos, meta_unet
 
 NAME = re.compile(
     r"^(unet-in|unet-after-conv-in|unet-out"
@@ -30,7 +32,7 @@ def shapes_at(config: str, resolution: int) -> dict:
 
 @pytest.fixture(scope="module")
 def meta_catalogues() -> dict:
-    return {name: build_catalogue(_meta_unet(unet_config(name))) for name in ("sd15", "sdxl")}
+    return {name: build_catalogue(meta_unet(unet_config(name))) for name in ("sd15", "sdxl")}
 
 
 def test_reference_catalogue_sizes_from_real_configs(meta_catalogues):
@@ -38,7 +40,7 @@ def test_reference_catalogue_sizes_from_real_configs(meta_catalogues):
     assert len(meta_catalogues["sdxl"]) == 612
     for name in ("sd15", "sd21", "sdxl", "tiny-sd15", "tiny-sdxl"):
         config = unet_config(name)
-        assert expected_catalogue_size(config) == len(build_catalogue(_meta_unet(config))), name
+        assert expected_catalogue_size(config) == len(build_catalogue(meta_unet(config))), name
     assert expected_catalogue_size(unet_config("sd15")) == 197
     assert expected_catalogue_size(unet_config("sdxl")) == 612
 

@@ -25,9 +25,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffeat import PRESETS, FeatureExtractor
-from diffeat.catalogue import layer_infos
 from diffeat.cli import Extraction, ModelConfigs, main, model_infos, pass_part
 from diffeat.configs import unet_config
+from diffeat.shapes import layer_infos
 
 GIB = 2**30
 

@@ -14,15 +14,15 @@ from diffeat.catalogue import (
     attention_map_view,
     build_catalogue,
     expected_catalogue_size,
-    layer_infos,
-    list_layers,
 )
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
 from diffeat.features import Features
+from diffeat.listing import list_layers
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
+from diffeat.shapes import layer_infos
 
 __version__ = "0.2.1"
 

@@ -227,9 +227,9 @@ def meta_components(model: str, unet_config: Mapping[str, Any], **load) -> dict[
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from diffeat.catalogue import _meta_unet
+    from diffeat.shapes import meta_unet
 
-    unet = _meta_unet(unet_config)
+    unet = meta_unet(unet_config)
     encoders = []
     kinds = [("text_encoder", CLIPTextModel)]
     if unet_config.get("addition_embed_type") == "text_time":

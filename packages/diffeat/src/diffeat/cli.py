@@ -50,7 +50,7 @@ from diffeat import __version__
 from diffeat.adapters import check_adapters
 from diffeat.aggregate import RESIZE_MODES, aggregate
 from diffeat.capture import MissingActivationsError
-from diffeat.catalogue import LayerInfo, check_names, control_layer_infos, layer_infos, list_layers
+from diffeat.catalogue import LayerInfo, check_names
 from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model, unet_config
 from diffeat.dit import DIT_TOKENS
 from diffeat.extractor import DTYPES, LATENT_MODES, TEXT_TOKENS, VAE_SPEC, FeatureExtractor
@@ -60,6 +60,7 @@ from diffeat.io import (
     load_image,
     save_features,
 )
+from diffeat.listing import list_layers
 from diffeat.presets import (
     ALL,
     PRESETS,
@@ -71,6 +72,7 @@ from diffeat.presets import (
 )
 from diffeat.probes import PROBES, probe_all
 from diffeat.schedule import plan_noise
+from diffeat.shapes import control_layer_infos, layer_infos
 from diffeat.viz import save_pca_pngs
 
 SEED_MAX = 2**64 - 1  # the range of torch.Generator.manual_seed: [0, 2**64 - 1]

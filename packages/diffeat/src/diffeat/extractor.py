@@ -34,14 +34,13 @@ from diffeat.catalogue import (
     build_catalogue,
     build_control_catalogue,
     check_names,
-    control_layer_infos,
-    layer_infos,
 )
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.presets import ALL, PRESETS, default_preset, get_preset, layer_selection
 from diffeat.prompts import PromptEmbeddings, PromptEncoder
 from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
+from diffeat.shapes import control_layer_infos, layer_infos
 
 LATENT_MODES = ("sample", "mean")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -1,0 +1,128 @@
+"""Activation shapes from a shape-only forward pass on the ``meta`` device (no weights).
+
+``layer_infos`` (U-Net) and ``control_layer_infos`` (ControlNet) build the model from its
+config on the ``meta`` device, record every catalogue activation with an
+:class:`~diffeat.capture.ActivationRecorder` and keep the shapes: no memory, no weights, so it
+works for SDXL-sized configs anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffeat.capture import ActivationRecorder
+from diffeat.catalogue import LayerInfo, build_catalogue, build_control_catalogue
+
+
+def meta_unet(config: Mapping[str, Any]) -> nn.Module:
+    """A ``UNet2DConditionModel`` of ``config`` on the ``meta`` device (no memory, no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(dict(config)).eval()
+
+
+def meta_inputs(
+    config: Mapping[str, Any], height: int, width: int, text_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``meta`` inputs of one U-Net pass: latent (1, C, h, w), context and SDXL kwargs.
+
+    Args:
+        config: the U-Net config.
+        height: latent height.
+        width: latent width.
+        text_tokens: prompt length.
+    """
+    latent = torch.empty(1, config.get("in_channels", 4), height, width, device="meta")
+    context = torch.empty(1, text_tokens, config["cross_attention_dim"], device="meta")
+    kwargs = {}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = (
+            config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        )
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.empty(1, pooled, device="meta"),
+            "time_ids": torch.empty(1, 6, device="meta"),
+        }
+    return latent, context, kwargs
+
+
+def control_layer_infos(
+    controlnet_or_config: nn.Module | Mapping[str, Any],
+    image_size: int | tuple[int, int],
+    text_tokens: int = 77,
+    vae_scale: int = 8,
+) -> list[LayerInfo]:
+    """The ControlNet catalogue (``control-...``) with shapes, from a ``meta`` pass.
+
+    Args:
+        controlnet_or_config: a ``ControlNetModel`` (only its config is used) or its config.
+        image_size: input image size in pixels, ``S`` or ``(H, W)``.
+        text_tokens: prompt length.
+        vae_scale: pixels per latent cell.
+    """
+    from diffusers import ControlNetModel
+
+    config = dict(getattr(controlnet_or_config, "config", controlnet_or_config))
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    with torch.device("meta"):
+        controlnet = ControlNetModel.from_config(config).eval()
+    catalogue = build_control_catalogue(controlnet)
+    latent, context, kwargs = meta_inputs(
+        config, height // vae_scale, width // vae_scale, text_tokens
+    )
+    cond = torch.empty(1, config.get("conditioning_channels", 3), height, width, device="meta")
+    recorder = ActivationRecorder(
+        controlnet, [s.name for s in catalogue], catalogue, early_exit=False
+    )
+    with torch.no_grad(), recorder:
+        controlnet(
+            latent, torch.zeros(1, device="meta"), context, cond, return_dict=False, **kwargs
+        )
+    heads = recorder.attention_heads()
+    return [
+        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
+        for spec in catalogue
+    ]
+
+
+def layer_infos(
+    unet_or_config: nn.Module | Mapping[str, Any],
+    image_size: int | tuple[int, int] | None = None,
+    text_tokens: int = 77,
+    vae_scale: int = 8,
+) -> list[LayerInfo]:
+    """The catalogue with feature shapes, from a shape-only pass on the ``meta`` device.
+
+    No weights are read or allocated, so this works for SDXL-sized configs anywhere.
+
+    Args:
+        unet_or_config: a ``UNet2DConditionModel`` (only its config is used) or its config.
+        image_size: input image size in pixels, ``S`` or ``(H, W)``; default: the model's native
+            size (``sample_size * vae_scale``: 512 for SD 1.5, 1024 for SDXL).
+        text_tokens: prompt length (77 for CLIP; the tokenizer's ``model_max_length``).
+        vae_scale: pixels per latent cell (8 for the SD VAEs).
+    """
+    config = getattr(unet_or_config, "config", unet_or_config)
+    if image_size is None:
+        image_size = config["sample_size"] * vae_scale
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if height % vae_scale or width % vae_scale:
+        raise ValueError(f"image_size: {height}x{width} is not a multiple of {vae_scale}")
+    unet = meta_unet(config)
+    catalogue = build_catalogue(unet)
+    latent, context, kwargs = meta_inputs(
+        config, height // vae_scale, width // vae_scale, text_tokens
+    )
+    recorder = ActivationRecorder(unet, [s.name for s in catalogue], catalogue, early_exit=False)
+    with torch.no_grad(), recorder:
+        unet(latent, torch.zeros(1, device="meta"), context, return_dict=False, **kwargs)
+    heads = recorder.attention_heads()
+    return [
+        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
+        for spec in catalogue
+    ]
