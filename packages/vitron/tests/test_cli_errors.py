@@ -70,7 +70,7 @@ def files(tmp_path) -> Path:
 
 
 def fill(text: str, tmp: Path, model: Path) -> str:
-    return text.replace("{t}", str(tmp)).replace("{m}", str(model))
+    return text.replace("{t}", str(tmp)).replace("{m}", str(model)).replace("{cwd}", os.getcwd())
 
 
 def check_one_line(command: str, argv: list[str], message: str, tmp: Path, model: Path, capsys):
@@ -98,11 +98,11 @@ IMAGE_SUFFIXES = ".png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff"
 RUN_CASES = {
     "model_folder_missing": (
         ["--model", "./nope/model"],
-        "--model ./nope/model: the folder does not exist (and it is not a hub id org/name)",
+        "--model: no Vitron folder ./nope/model (nothing at {cwd}/nope/model)",
     ),
     "model_path_missing": (
         ["--model", "{t}/nowhere/model"],
-        "--model {t}/nowhere/model: the folder does not exist (and it is not a hub id org/name)",
+        "--model: no Vitron folder {t}/nowhere/model (nothing at {t}/nowhere/model)",
     ),
     "model_is_a_file": (
         ["--model", "{t}/file.txt"],
@@ -263,7 +263,7 @@ def test_run_bad_input_one_line_exit_2_before_model_load(
 CHAT_CASES = {
     "model_folder_missing": (
         ["--model", "./nope/model"],
-        "--model ./nope/model: the folder does not exist (and it is not a hub id org/name)",
+        "--model: no Vitron folder ./nope/model (nothing at {cwd}/nope/model)",
     ),
     "image_is_a_folder": (
         ["--image", "{t}/photos"],
@@ -374,7 +374,7 @@ TRAIN_CASES = {
     ),
     "model_folder_missing": (
         ["--model", "./nope/model"],
-        "--model ./nope/model: the folder does not exist (and it is not a hub id org/name)",
+        "--model: no Vitron folder ./nope/model (nothing at {cwd}/nope/model)",
     ),
     "data_missing": (["--data", "{t}/nope.jsonl"], "--data {t}/nope.jsonl does not exist"),
     "data_is_a_folder": (["--data", "{t}/photos"], "--data {t}/photos is a folder, not a file"),
@@ -482,8 +482,8 @@ def test_bad_input_in_a_subprocess_prints_no_traceback(tmp_path):
     done = run_cli(["run", "x", "--model", "./nope/model", "-o", str(tmp_path / "out")])
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
-        "vitron run: error: --model ./nope/model: the folder does not exist (and it is not a hub "
-        "id org/name)\n"
+        f"vitron run: error: --model: no Vitron folder ./nope/model (nothing at {os.getcwd()}"
+        "/nope/model)\n"
     )
     assert not (tmp_path / "out").exists()
 

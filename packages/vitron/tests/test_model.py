@@ -196,10 +196,12 @@ def test_saved_files_have_the_usual_permissions(tmp_path):
 
 def test_load_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(
-        FileNotFoundError, match=r"lacks config.json \(written by VitronModel.save_pretrained\)"
-    ):
+    with pytest.raises(ValueError) as caught:
         VitronModel.from_pretrained(tmp_path / "empty")
+    assert str(caught.value) == (
+        f"model {tmp_path / 'empty'}: the folder lacks config.json, model.safetensors, tokenizer "
+        "(a Vitron folder is written by VitronModel.save_pretrained or `vitron tiny-model DIR`)"
+    )
     tokenizer = byte_level_tokenizer()
     with pytest.raises(
         ValueError,

@@ -22,10 +22,10 @@ from vitron.models.loading import empty_weights
 from vitron.processing import Message
 from vitron.tiny import byte_level_tokenizer, tiny_config, tiny_model
 from vitron.training import configure_stage, enable_gradient_checkpointing, train
+from vitron.training.config import check_scale_options
 from vitron.training.module import (
     VitronLightningModule,
     assign_state_dict,
-    check_scale_options,
     lightning_strategy,
     save_trained,
 )
@@ -372,18 +372,18 @@ def test_ddp_allows_the_parts_a_batch_leaves_unused(captions, tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"strategy": "dpp"}, r"strategy must be one of auto, ddp, .*; got 'dpp'"),
+        ({"strategy": "dpp"}, r"^strategy dpp: expected one of auto, ddp, .*"),
         (
             {"strategy": "deepspeed_stage_2"},
-            r"strategy 'deepspeed_stage_2' needs deepspeed, which is not installed \(pip install deepspeed\)",
+            r"^strategy deepspeed_stage_2 needs deepspeed, which is not installed \(pip install deepspeed\)",
         ),
         (
             {"strategy": "deepspeed_stage_3_offload"},
-            r"strategy 'deepspeed_stage_3_offload' needs deepspeed, which is not installed \(pip install deepspeed\)",
+            r"^strategy deepspeed_stage_3_offload needs deepspeed, which is not installed \(pip install deepspeed\)",
         ),
         (
             {"precision": "8-true"},
-            r"precision must be one of 32-true, bf16-mixed, 16-mixed, bf16-true; got '8-true'",
+            r"^precision 8-true: expected one of 32-true, bf16-mixed, 16-mixed, bf16-true$",
         ),
         ({"accumulate_grad_batches": 0}, r"accumulate_grad_batches must be >= 1, got 0"),
     ],

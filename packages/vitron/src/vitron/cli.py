@@ -40,6 +40,8 @@ from typing import Any
 import torch
 
 from common_kernels.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     Parser,
     UsageError,
     WorkError,
@@ -56,7 +58,6 @@ REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
-ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 
 
 def check_at_least(value: int, low: int, flag: str) -> None:
@@ -113,35 +114,10 @@ def resolve_dtype(name: str, device: torch.device, bf16_supported: bool) -> torc
 
 
 def check_model_option(model: str, flag: str = "--model") -> None:
-    """A Vitron folder holding what ``save_pretrained`` writes, or a value shaped as a hub id.
+    """The loader rule (:func:`vitron.models.sources.check_model_source`) with ``flag``'s name."""
+    from vitron.models.sources import check_model_source
 
-    Args:
-        model: the flag's value.
-        flag: the flag, for the messages.
-    """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    from vitron.models.vitron import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        names = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR)
-        missing = [name for name in names if not (folder / name).exists()]
-        if missing:
-            raise UsageError(
-                f"{flag} {model}: the folder lacks {', '.join(missing)} (a Vitron folder is "
-                "written by VitronModel.save_pretrained or `vitron tiny-model DIR`)"
-            )
-        return
-    if folder.exists():
-        raise UsageError(f"{flag} {model} is a file; expected a Vitron folder or a hub id org/name")
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        raise UsageError(
-            f"{flag} {model}: the folder does not exist (and it is not a hub id org/name)"
-        ) from None
+    check_model_source(model, {"model": flag})
 
 
 def check_input_file(path: Path, flag: str) -> None:
@@ -591,87 +567,42 @@ def run_tiny_specialists(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_train(args: argparse.Namespace) -> None:
-    """Every ``train`` option checked before the model is loaded."""
-    check_at_least(args.max_steps, 1, "--max-steps")
-    check_at_least(args.batch_size, 1, "--batch-size")
-    check_at_least(args.lora_rank, 0, "--lora-rank")
-    if not (math.isfinite(args.lr) and args.lr > 0.0):
-        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    check_nonnegative(args.align_weight, "--align-weight")
-    check_nonnegative(args.synergy_weight, "--synergy-weight")
-    check_seed(args.seed)
-    if args.accelerator not in ACCELERATORS:
-        raise UsageError(
-            f"--accelerator {args.accelerator}: expected one of {', '.join(ACCELERATORS)}"
-        )
-    if args.accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
-        raise UsageError(
-            f"--accelerator {args.accelerator}: no CUDA device is available "
-            f"(available: auto, cpu{', mps' if torch.backends.mps.is_available() else ''})"
-        )
-    check_model_option(args.model)
-    check_input_file(args.data, "--data")
-    if args.val_data is not None:
-        check_input_file(args.val_data, "--val-data")
-    check_folder_writable(args.output, "-o/--output")
-    check_train_scale(args)
-
-
-def parse_devices(text: str) -> int | str | list[int]:
-    """``--devices``: ``auto``, a count (``-1``: all), or device indices ``0,1``."""
-    if text == "auto":
-        return text
-    try:
-        if "," in text:
-            indices = [int(part) for part in text.split(",") if part.strip()]
-            if indices and min(indices) >= 0 and len(set(indices)) == len(indices):
-                return indices
-        elif int(text) >= 1 or int(text) == -1:
-            return int(text)
-    except ValueError:
-        pass
-    raise UsageError(
-        f"--devices must be auto, a count >= 1 (-1: all), or distinct indices 0,1,...; got {text}"
-    )
-
-
-def check_train_scale(args: argparse.Namespace) -> None:
-    """``--devices``, ``--strategy``, ``--precision``, ``--accumulate-grad-batches`` and
-    ``--signal-targets``, before the model is loaded."""
-    from vitron.training.module import PRECISIONS, available_strategies, strategy_problem
-
-    parse_devices(args.devices)
-    strategies = available_strategies()
-    if args.strategy not in strategies:
-        raise UsageError(f"--strategy {args.strategy}: expected one of {', '.join(strategies)}")
-    problem = strategy_problem(args.strategy)
-    if problem is not None:
-        raise UsageError(f"--strategy {args.strategy} {problem}")
-    if args.precision not in PRECISIONS:
-        raise UsageError(f"--precision {args.precision}: expected one of {', '.join(PRECISIONS)}")
-    check_at_least(args.accumulate_grad_batches, 1, "--accumulate-grad-batches")
-    if args.signal_targets is not None:
-        if args.stage != 3:
-            raise UsageError(f"--signal-targets applies to --stage 3, got --stage {args.stage}")
-        check_input_file(args.signal_targets, "--signal-targets")
+TRAIN_FLAGS = {
+    "model": "--model", "data": "--data", "val_data": "--val-data", "output": "-o/--output",
+    "stage": "--stage", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr",
+    "lora_rank": "--lora-rank", "align_weight": "--align-weight",
+    "synergy_weight": "--synergy-weight", "seed": "--seed", "accelerator": "--accelerator",
+    "devices": "--devices", "strategy": "--strategy", "precision": "--precision",
+    "accumulate_grad_batches": "--accumulate-grad-batches",
+    "signal_targets": "--signal-targets", "resume": "--resume",
+    "checkpoint_every_n_steps": "--checkpoint-every-steps",
+    "checkpoint_every_minutes": "--checkpoint-every-minutes",
+}  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from vitron.training import train
+    """``vitron train``: every check of ``train`` (with the flags' names), then one stage;
+    SIGINT / SIGTERM save ``interrupted.ckpt`` and exit 130 / 143 saying how to resume."""
+    from vitron.training import TrainConfig, TrainingInterrupted, check_train, train
+    from vitron.training.config import check_train_settings, parse_devices
 
-    check_train(args)
+    fields = TrainConfig.__dataclass_fields__
+    settings = {name: getattr(args, name) for name in fields if name != "devices"}
+    settings["devices"] = parse_devices(args.devices, TRAIN_FLAGS)
+    check_train_settings(settings, TRAIN_FLAGS)
+    config = TrainConfig(**settings)
+    files = {"val_data": args.val_data, "signal_targets": args.signal_targets}
+    check_train(args.model, args.data, args.output, config, **files, resume=args.resume,
+                names=TRAIN_FLAGS)  # fmt: skip
     try:
-        result = train(
-            args.model, args.data, args.output, stage=args.stage, max_steps=args.max_steps,
-            batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
-            align_weight=args.align_weight, synergy_weight=args.synergy_weight,
-            val_data=args.val_data, seed=args.seed, accelerator=args.accelerator,
-            devices=parse_devices(args.devices), strategy=args.strategy,
-            precision=args.precision, accumulate_grad_batches=args.accumulate_grad_batches,
-            gradient_checkpointing=args.gradient_checkpointing,
-            signal_targets=args.signal_targets,
-        )  # fmt: skip
+        result = train(args.model, args.data, args.output, **settings, **files, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(
+            f"vitron train: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "
+            f"resume with the same command and --resume {stop.checkpoint}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED if stop.signal_name == "SIGINT" else EXIT_TERMINATED
     except (FileNotFoundError, ValueError) as err:  # the data, found bad while working
         raise UsageError(one_line(err)) from None
     print(
@@ -772,14 +703,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "-o", "--output", type=Path, required=True, help="where the trained model goes"
     )
-    train.add_argument("--max-steps", type=int, default=1000)
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--lr", type=float, default=2e-5)
-    train.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = no LoRA)")
-    train.add_argument("--align-weight", type=float, default=1.0)
-    train.add_argument("--synergy-weight", type=float, default=0.1)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--accelerator", default="auto")
+    train.add_argument(
+        "--max-steps", type=int, default=1000, help="optimizer steps, >= 1 (default: 1000)"
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=4, help="samples per batch, >= 1 (default: 4)"
+    )
+    train.add_argument(
+        "--lr", type=float, default=2e-5,
+        help="peak learning rate (AdamW, cosine decay to 10%%), > 0 (default: 2e-5)",
+    )  # fmt: skip
+    train.add_argument(
+        "--lora-rank", type=int, default=0, help="LoRA rank, >= 0 (default: 0 = no LoRA)"
+    )
+    train.add_argument(
+        "--align-weight", type=float, default=1.0,
+        help="stage-3 weight of 1 - cos(signal, target), >= 0 (default: 1.0)",
+    )  # fmt: skip
+    train.add_argument(
+        "--synergy-weight", type=float, default=0.1,
+        help="stage-3 weight of the task discriminator's loss, >= 0 (default: 0.1)",
+    )  # fmt: skip
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"weights and shuffling, in [0, {SEED_MAX}] (default: 0)",
+    )
+    train.add_argument(
+        "--accelerator", default="auto", help="auto, cpu, cuda, gpu or mps (default: auto)"
+    )
+    train.add_argument(
+        "--resume", type=Path, default=None, metavar="CKPT",
+        help="continue from a checkpoint of this run (interrupted.ckpt or a periodic one in "
+        "OUTPUT/lightning/checkpoints/); give the other options as before",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoint-every-steps", dest="checkpoint_every_n_steps", type=int, default=None,
+        metavar="N", help="also write a resumable checkpoint every N optimizer steps, >= 1 "
+        "(default: none)",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoint-every-minutes", dest="checkpoint_every_minutes", type=float, default=None,
+        metavar="M", help="also write a resumable checkpoint every M minutes, > 0 (default: none)",
+    )  # fmt: skip
+
     train.add_argument(
         "--devices", default="1", help="auto, a count (-1: all) or indices 0,1 (default 1)"
     )
@@ -846,7 +814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = command_prog("vitron", argv, COMMANDS)
-    return run_main(prog, lambda: dispatch(build_parser().parse_args(argv)), describe=one_line)
+    run = lambda: dispatch(build_parser().parse_args(argv))  # noqa: E731
+    return run_main(prog, run, usage_errors=(FileNotFoundError,), describe=one_line)
 
 
 def dispatch(args: argparse.Namespace) -> int:

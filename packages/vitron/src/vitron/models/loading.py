@@ -1,11 +1,11 @@
 """Loading without a random copy: a skeleton with parameters on the meta device, then the
 saved tensors assigned in place, one at a time, in the requested dtype on the target device.
 
-``empty_weights`` is what ``accelerate.init_empty_weights(include_buffers=False)`` does (written
-here so that loading needs no accelerate): every parameter is moved to the meta device as it is
-registered, so the initialisers of ``nn.Linear``, transformers and open_clip run on tensors
-without storage; buffers (rotary frequencies, position ids) stay real, because they are not
-saved and are computed at construction.
+The skeleton comes from accelerate's ``init_empty_weights(include_buffers=False)``
+(:func:`empty_weights`): every parameter is moved to the meta device as it is registered, so the
+initialisers of ``nn.Linear``, transformers and open_clip run on tensors without storage;
+buffers (rotary frequencies, position ids) stay real, because they are not saved and are
+computed at construction.
 """
 
 from __future__ import annotations
@@ -33,23 +33,12 @@ def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-@contextlib.contextmanager
-def empty_weights() -> Iterator[None]:
+def empty_weights() -> contextlib.AbstractContextManager[None]:
     """Modules built in this block get their parameters on the meta device (no memory, no
-    initialisation on real storage); buffers stay real."""
-    register = nn.Module.register_parameter
+    initialisation on real storage); buffers stay real (accelerate's ``init_empty_weights``)."""
+    from accelerate import init_empty_weights
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and not param.is_meta:  # one already on meta keeps its identity
-            kind = type(module._parameters[name])
-            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+    return init_empty_weights(include_buffers=False)
 
 
 def assign_safetensors(

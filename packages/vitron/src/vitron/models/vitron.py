@@ -40,13 +40,17 @@ from vitron.models.modules import (
     SignalHeads,
     SynergyModule,
 )
+from vitron.models.sources import (
+    CONFIG_NAME,
+    SAVED_NAMES,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    check_model_source,
+)
 from vitron.models.vision import VisionTower, patch_grid_pool
 from vitron.multimodal import Spliced, splice_batch
 from vitron.processing import IGNORE_INDEX, Sample, VitronProcessor
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-TOKENIZER_DIR = "tokenizer"
 ALIGN_LOSSES = ("cosine", "mse")
 
 
@@ -212,6 +216,24 @@ class VitronModel(
         self.tokenizer.save_pretrained(str(save_directory / TOKENIZER_DIR))
 
     @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
+    ) -> VitronModel:
+        """Load a ``save_pretrained`` folder or hub id (see :meth:`_from_pretrained`).
+
+        The loader rule comes first (:func:`vitron.models.sources.check_model_source`): a name
+        that looks like a path is a local folder (a missing one is a ``FileNotFoundError``
+        naming it), anything else a hub id, refused within 5 s (``HubUnreachableError``) when
+        the hub is out of reach and the repository is not cached.
+
+        Args:
+            pretrained_model_name_or_path: a Vitron folder or a hub id.
+            **kwargs: ``dtype``, ``device`` and huggingface_hub's download options.
+        """
+        source = check_model_source(pretrained_model_name_or_path)
+        return super().from_pretrained(str(source), **kwargs)
+
+    @classmethod
     def _from_pretrained(
         cls,
         *,
@@ -243,7 +265,7 @@ class VitronModel(
                     force_download=force_download, local_files_only=local_files_only, token=token,
                 )
             )  # fmt: skip
-        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
+        for name in SAVED_NAMES:
             if not (folder / name).exists():
                 raise FileNotFoundError(
                     f"{folder} lacks {name} (written by VitronModel.save_pretrained)"
@@ -255,6 +277,9 @@ class VitronModel(
         dtype = dtype or torch.get_default_dtype()
         with empty_weights(), default_dtype(dtype):
             model = cls(config, tokenizer)  # parameters on the meta device: nothing initialised
+        # accelerate's skeleton registers a fresh meta parameter at each assignment, which
+        # unties tied weights (lm_head = embed_tokens): tie them again, then assign once
+        model.llm.tie_weights()
         assign_safetensors(model, folder / WEIGHTS_NAME, dtype, device)
         never_loaded = meta_parameters(model)
         if never_loaded:

@@ -1,13 +1,19 @@
 """Training: the JSONL conversation format and the three stages (Lightning; LoRA via peft)."""
 
-from vitron.training.data import ConversationDataset, TargetIndex, collate, read_records
-from vitron.training.module import (
+from vitron.training.config import (
     PRECISIONS,
     STAGES,
+    TrainConfig,
+    available_strategies,
+    check_train,
+)
+from vitron.training.data import ConversationDataset, TargetIndex, collate, read_records
+from vitron.training.module import (
+    InterruptCheckpoint,
+    TrainingInterrupted,
     VitronDataModule,
     VitronLightningModule,
     apply_lora,
-    available_strategies,
     configure_stage,
     enable_gradient_checkpointing,
     is_trainable,
@@ -20,12 +26,16 @@ __all__ = [
     "PRECISIONS",
     "STAGES",
     "ConversationDataset",
+    "InterruptCheckpoint",
     "TargetIndex",
+    "TrainConfig",
+    "TrainingInterrupted",
     "VitronDataModule",
     "VitronLightningModule",
     "apply_lora",
     "available_strategies",
     "build_signal_targets",
+    "check_train",
     "collate",
     "configure_stage",
     "enable_gradient_checkpointing",

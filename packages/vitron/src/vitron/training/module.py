@@ -23,11 +23,14 @@ folder as the unsharded strategies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import functools
-import importlib.util
 import math
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +40,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
+from common_kernels.files import atomic_write
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
+from vitron.training.config import (
+    INTERRUPTED_NAME,
+    STAGES,
+    TrainConfig,
+    check_train,
+)
 from vitron.training.data import ConversationDataset, collate
 
-STAGES = {
-    1: "vision-language alignment",
-    2: "grounding + invocation tuning",
-    3: "embedding alignment + synergy",
-}
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
-STRATEGY_PACKAGES = {"deepspeed": "deepspeed", "xla": "torch_xla", "tpu": "torch_xla"}
 LORA_MARKERS = ("lora_A", "lora_B")
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 
@@ -142,22 +145,6 @@ def _checkpointed(block: nn.Module, forward, *args: Any, **kwargs: Any) -> Any:
     if not (block.training and torch.is_grad_enabled()):
         return forward(*args, **kwargs)
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-
-def available_strategies() -> tuple[str, ...]:
-    """``"auto"`` and every strategy name Lightning registers (some need a package)."""
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    return ("auto", *StrategyRegistry.available_strategies())
-
-
-def strategy_problem(strategy: str) -> str | None:
-    """Why a registered strategy cannot train here (``None`` when it can): a package it needs
-    is not installed."""
-    for part, package in STRATEGY_PACKAGES.items():
-        if part in strategy and importlib.util.find_spec(package) is None:
-            return f"needs {package}, which is not installed (pip install {package})"
-    return None
 
 
 def lightning_strategy(strategy: str, model: VitronModel) -> Any:
@@ -281,6 +268,7 @@ def export_state_dict(
         model = VitronModel(template.config, template.tokenizer)
         if module.lora:
             apply_lora(model, module.hparams.lora_rank)
+    model.llm.tie_weights()  # the skeleton unties tied weights (see VitronModel._from_pretrained)
     prefix = "model."
     assign_state_dict(model, {name.removeprefix(prefix): t for name, t in state.items()})
     if module.lora:
@@ -308,19 +296,150 @@ def save_trained(strategy: Any, module: VitronLightningModule, directory: str | 
         export_state_dict(module, state, directory)
 
 
-def check_scale_options(strategy: str, precision: str, accumulate_grad_batches: int) -> None:
-    """Fail on a strategy that is unknown or needs a missing package, an unknown precision,
-    or fewer than 1 batch per step."""
-    known = available_strategies()
-    if strategy not in known:
-        raise ValueError(f"strategy must be one of {', '.join(known)}; got {strategy!r}")
-    problem = strategy_problem(strategy)
-    if problem is not None:
-        raise ValueError(f"strategy {strategy!r} {problem}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if accumulate_grad_batches < 1:
-        raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+class TrainingInterrupted(BaseException):
+    """Training stopped on SIGINT or SIGTERM after its resumable checkpoint was written.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that nothing catches it by accident.
+
+    Args:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        step: the optimizer steps taken.
+        checkpoint: the checkpoint to resume from (``train(..., resume=...)``, ``--resume``).
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        super().__init__(f"{signal_name} at step {step}, saved {checkpoint}")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+class InterruptCheckpoint(L.Callback):
+    """Stop cleanly on SIGINT (Ctrl-C) or SIGTERM (what a batch scheduler sends).
+
+    While :meth:`catching` is active the signals only mark the run: the current optimizer step
+    finishes (all of its accumulated batches), a resumable checkpoint (weights, optimizer,
+    schedule, data position) is written atomically (a temporary file, then a rename) as
+    ``directory/interrupted.ckpt``, and :class:`TrainingInterrupted` stops training. A second
+    Ctrl-C stops at once, without a checkpoint.
+
+    Args:
+        directory: the folder of the checkpoint.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / INTERRUPTED_NAME
+        self.received: str | None = None
+
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[None]:
+        """Mark SIGINT and SIGTERM in this block instead of stopping at once (main thread only;
+        the previous handlers come back after)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._mark) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _mark(self, signum: int, frame: object) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = self.received or signal.Signals(signum).name
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        batch_idx = args[-1]
+        if self.received is None or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # no signal, or in the middle of an optimizer step's batches
+        if trainer.is_global_zero:
+            with atomic_write(self.path, make_parents=True) as temp:
+                trainer.save_checkpoint(temp)
+        else:  # a collective save: the other ranks take part, rank 0 writes
+            trainer.save_checkpoint(self.path)
+        raise TrainingInterrupted(self.received, trainer.global_step, self.path)
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """A shuffled order that depends only on ``(seed, epoch)``, so that a run resumed in the
+    middle of an epoch sees the rest of that epoch's order (Lightning sets the epoch).
+
+    Args:
+        size: the number of samples.
+        batch_size: samples per batch (``skip`` counts batches).
+        seed: the shuffling seed.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch = 0
+        self.skip = 0  # batches of the next iteration already trained on (a resumed epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        start, self.skip = self.skip * self.batch_size, 0
+        yield from order[start:]
+
+
+class DataPosition(L.Callback):
+    """Records how many batches of the current epoch were trained on, in every checkpoint, and
+    makes ``sampler`` skip them when a run resumes from one.
+
+    Args:
+        sampler: the training sampler.
+    """
+
+    def __init__(self, sampler: ResumableSampler) -> None:
+        self.sampler = sampler
+        self.epoch, self.batches = 0, 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch:
+            self.epoch, self.batches = trainer.current_epoch, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
+        self.sampler.skip = self.batches
+
+
+def periodic_checkpoints(
+    directory: Path, every_n_steps: int | None, every_minutes: float | None
+) -> list[L.Callback]:
+    """Lightning ``ModelCheckpoint`` callbacks writing a resumable checkpoint every
+    ``every_n_steps`` optimizer steps and every ``every_minutes`` minutes (each keeps its latest
+    one: ``step-{step}.ckpt``, ``time-{step}.ckpt``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    found: list[L.Callback] = []
+    if every_n_steps is not None:
+        found.append(
+            ModelCheckpoint(
+                dirpath=directory, filename="step-{step}", every_n_train_steps=every_n_steps,
+                save_top_k=1, monitor="step", mode="max", save_on_train_epoch_end=False,
+            )
+        )  # fmt: skip
+    if every_minutes is not None:
+        found.append(
+            ModelCheckpoint(
+                dirpath=directory, filename="time-{step}",
+                train_time_interval=datetime.timedelta(minutes=every_minutes),
+                save_top_k=1, monitor="step", mode="max", save_on_train_epoch_end=False,
+            )
+        )  # fmt: skip
+    return found
 
 
 class VitronLightningModule(L.LightningModule):
@@ -463,12 +582,12 @@ class VitronDataModule(L.LightningDataModule):
             None if val_data is None else ConversationDataset(val_data, processor, media_root)
         )
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.sampler = ResumableSampler(len(self.train_set), batch_size, seed)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
-            num_workers=self.num_workers, generator=generator,
+            self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
+            num_workers=self.num_workers,
         )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
@@ -507,15 +626,25 @@ def train(
     accumulate_grad_batches: int = 1,
     gradient_checkpointing: bool = False,
     signal_targets: str | Path | None = None,
+    checkpoint_every_n_steps: int | None = None,
+    checkpoint_every_minutes: float | None = None,
+    resume: str | Path | None = None,
     checkpoints: bool = True,
     **trainer_options: Any,
 ) -> dict[str, Any]:
     """Run one stage and save the result with ``save_pretrained``.
 
+    Every setting is checked (:class:`~vitron.training.config.TrainConfig`) and every file
+    (:func:`~vitron.training.config.check_train`) before the model is loaded. SIGINT and
+    SIGTERM stop at the end of the current optimizer step with a resumable checkpoint
+    (:class:`InterruptCheckpoint`, raising :class:`TrainingInterrupted`); ``resume`` continues
+    from it to the weights an uninterrupted run ends with.
+
     Args:
         model: a Vitron folder / hub id or a model.
         data: training JSONL.
-        output: output folder (the model; Lightning logs and checkpoints in ``lightning/``).
+        output: output folder (the model; Lightning logs in ``lightning/``, resumable
+            checkpoints in ``lightning/checkpoints/``).
         stage: 1, 2 or 3.
         max_steps: optimisation steps.
         batch_size: samples per batch (a step takes ``accumulate_grad_batches`` batches).
@@ -537,13 +666,33 @@ def train(
         gradient_checkpointing: see :func:`enable_gradient_checkpointing`.
         signal_targets: a ``targets.json`` index written by
             :func:`vitron.training.targets.build_signal_targets` for ``data`` (stage 3).
-        checkpoints: keep Lightning checkpoints.
+        checkpoint_every_n_steps: write a resumable checkpoint every N optimizer steps.
+        checkpoint_every_minutes: write a resumable checkpoint every M minutes.
+        resume: a checkpoint of this run to continue from (``interrupted.ckpt`` or a periodic
+            one); the other arguments must be those of the run that wrote it.
+        checkpoints: keep Lightning's end-of-epoch checkpoints and logs.
         **trainer_options: other ``lightning.Trainer`` arguments.
 
     Returns:
-        ``{"first_loss", "last_loss", "skipped_batches", "trainable"}``.
+        ``{"first_loss", "last_loss", "skipped_batches", "trainable"}`` (losses of this
+        process's steps: a resumed run starts at its checkpoint's step).
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM; the checkpoint to resume from is written.
     """
-    check_scale_options(strategy, precision, accumulate_grad_batches)
+    config = TrainConfig(
+        stage=stage, max_steps=max_steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+        align_weight=align_weight, synergy_weight=synergy_weight, seed=seed,
+        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+        accumulate_grad_batches=accumulate_grad_batches,
+        gradient_checkpointing=gradient_checkpointing,
+        checkpoint_every_n_steps=checkpoint_every_n_steps,
+        checkpoint_every_minutes=checkpoint_every_minutes,
+    )  # fmt: skip
+    check_train(
+        model, data, output, config, val_data=val_data, signal_targets=signal_targets,
+        resume=resume,
+    )  # fmt: skip
     L.seed_everything(seed, workers=True, verbose=False)
     if not isinstance(model, VitronModel):
         model = VitronModel.from_pretrained(str(model))
@@ -557,17 +706,26 @@ def train(
         stage_processor(model, stage), data, val_data, batch_size, seed=seed,
         signal_targets=signal_targets,
     )  # fmt: skip
+    folder = Path(output) / "lightning" / "checkpoints"
+    interrupt = InterruptCheckpoint(folder)
+    periodic = periodic_checkpoints(folder, checkpoint_every_n_steps, checkpoint_every_minutes)
+    position = DataPosition(datamodule.sampler)
+    callbacks = [position, interrupt, *periodic, *trainer_options.pop("callbacks", [])]
     options = {
         "max_steps": max_steps, "accelerator": accelerator, "devices": devices,
         "strategy": lightning_strategy(strategy, model), "precision": precision,
         "accumulate_grad_batches": accumulate_grad_batches,
-        "default_root_dir": str(Path(output) / "lightning"), "enable_checkpointing": checkpoints,
-        "logger": checkpoints, "enable_model_summary": False, "log_every_n_steps": 1,
-        "limit_val_batches": None if val_data is not None else 0,
+        "default_root_dir": str(Path(output) / "lightning"),
+        "enable_checkpointing": checkpoints or bool(periodic), "logger": checkpoints,
+        "enable_model_summary": False, "log_every_n_steps": 1,
+        "limit_val_batches": None if val_data is not None else 0, "callbacks": callbacks,
     }  # fmt: skip
     options.update(trainer_options)
     trainer = L.Trainer(**options)
-    trainer.fit(module, datamodule=datamodule)
+    with interrupt.catching():
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume)
+        )
     if not module.losses:
         raise ValueError(
             f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies with "

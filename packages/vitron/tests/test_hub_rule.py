@@ -1,0 +1,84 @@
+"""The repository's loader rule in vitron (issue 25, item 5): a name that looks like a path is a
+local folder and a missing one is a ``FileNotFoundError`` naming it, at once; anything else is a
+hub id, and a hub that cannot be reached is said within seconds, before huggingface_hub asks."""
+
+from __future__ import annotations
+
+import time
+
+import huggingface_hub
+import pytest
+
+from common_kernels.hub import HubUnreachableError
+from vitron.cli import main
+from vitron.models import VitronModel
+from vitron.training import train
+
+ADVICE = "download it on a machine with network access, or give a local folder (./DIR)"
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> list:
+    """HF_HUB_OFFLINE with an empty hub home; every download is recorded (and fails)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    asked: list = []
+
+    def record(*args, **kwargs):
+        asked.append((args, kwargs))
+        raise RuntimeError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", record)
+    return asked
+
+
+def offline_message(name: str, tmp_path) -> str:
+    return (
+        f"cannot load {name} owner/vitron-7b: owner/vitron-7b is not in the local hub cache "
+        f"({tmp_path / 'hf' / 'hub'}) and HF_HUB_OFFLINE is set, so the hub is not asked; {ADVICE}"
+    )
+
+
+def test_api_missing_folder_and_unreachable_hub(tmp_path, monkeypatch, offline):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        VitronModel.from_pretrained("./nope/model")
+    assert str(missing.value) == (
+        f"model: no Vitron folder ./nope/model (nothing at {tmp_path / 'nope' / 'model'})"
+    )
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError) as unreachable:
+        VitronModel.from_pretrained("owner/vitron-7b")
+    assert time.monotonic() - start < 5.0
+    assert str(unreachable.value) == offline_message("model", tmp_path)
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    with pytest.raises(HubUnreachableError) as training:
+        train("owner/vitron-7b", tmp_path / "data.jsonl", tmp_path / "out", stage=1)
+    assert str(training.value) == offline_message("model", tmp_path)
+    assert offline == []  # the hub was never asked
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_cli_missing_folder_exit_2_unreachable_hub_exit_1(
+    tmp_path, monkeypatch, capsys, offline, command
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    rest = {
+        "run": ["x", "-o", str(tmp_path / "out")],
+        "train": ["--data", str(tmp_path / "data.jsonl"), "--stage", "1", "-o", "out"],
+    }[command]
+    assert main([command, "--model", "./nope/model", *rest]) == 2
+    assert capsys.readouterr().err == (
+        f"vitron {command}: error: --model: no Vitron folder ./nope/model "
+        f"(nothing at {tmp_path / 'nope' / 'model'})\n"
+    )
+    start = time.monotonic()
+    assert main([command, "--model", "owner/vitron-7b", *rest]) == 1
+    assert time.monotonic() - start < 5.0
+    assert capsys.readouterr().err == (
+        f"vitron {command}: error: {offline_message('--model', tmp_path)}\n"
+    )
+    assert offline == [] and not (tmp_path / "out").exists()

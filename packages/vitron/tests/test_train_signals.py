@@ -1,0 +1,164 @@
+"""``vitron train`` survives signals (issue 25, item 1): SIGTERM / SIGINT end the current
+optimizer step, write ``interrupted.ckpt`` atomically and exit 143 / 130 with one line saying
+how to resume; ``--resume`` ends with exactly the weights of an uninterrupted run; periodic
+checkpoints by steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vitron.cli import main
+from vitron.tiny import tiny_model
+from vitron.training import TrainConfig, train
+
+CAPTIONS = ("a noisy square", "red dots on grey", "three green lines")
+
+# the run sends itself the signal during step 4 (global_step 3): mid-epoch, 3 batches per epoch
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import torch
+from vitron.cli import main
+from vitron.training.module import VitronLightningModule
+
+SIGNAL = os.environ.get("SEND_SIGNAL")
+plain_step = VitronLightningModule.training_step
+
+def training_step(self, batch, batch_idx):
+    if SIGNAL and self.trainer.global_step == 3:
+        os.kill(os.getpid(), getattr(signal, SIGNAL))
+    return plain_step(self, batch, batch_idx)
+
+VitronLightningModule.training_step = training_step
+torch.set_num_threads(1)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder and three distinct captions of one image."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "img.png")
+    lines = [
+        {"id": str(k), "images": ["img.png"], "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}]}
+        for k, caption in enumerate(CAPTIONS)
+    ]  # fmt: skip
+    (root / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tiny_model(seed=0).save_pretrained(root / "model")
+    (root / "send_signal.py").write_text(textwrap.dedent(SIGNAL_SCRIPT))
+    return root
+
+
+def run_train(
+    files: Path, output: Path, *extra: str, signal_name: str = ""
+) -> subprocess.CompletedProcess:
+    argv = ["train", "--model", str(files / "model"), "--data", str(files / "data.jsonl"),
+            "--stage", "2", "-o", str(output), "--max-steps", "6", "--batch-size", "1",
+            "--lr", "1e-2", "--accelerator", "cpu", *extra]  # fmt: skip
+    env = {"SEND_SIGNAL": signal_name, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, str(files / "send_signal.py"), *argv], capture_output=True, text=True,
+        timeout=600, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(files: Path) -> dict[str, torch.Tensor]:
+    result = run_train(files, files / "straight")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return load_file(files / "straight" / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "status"),
+    [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)],
+)
+def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
+    files, uninterrupted, signal_name, status
+):
+    output = files / f"stopped-{signal_name}"
+    stopped = run_train(files, output, signal_name=signal_name)
+    checkpoint = output / "lightning" / "checkpoints" / "interrupted.ckpt"
+    assert stopped.returncode == status, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"vitron train: {signal_name} at step 4, saved {checkpoint}; resume with the same "
+        f"command and --resume {checkpoint}"
+    )
+    assert checkpoint.is_file() and not (output / "model.safetensors").exists()
+    assert not [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 4
+    resumed = run_train(files, output, "--resume", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = load_file(output / "model.safetensors")
+    assert got.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_periodic_checkpoints_by_steps(files, tmp_path):
+    result = train(
+        files / "model", files / "data.jsonl", tmp_path / "out", stage=1, max_steps=4,
+        batch_size=1, accelerator="cpu", checkpoints=False, enable_progress_bar=False,
+        checkpoint_every_n_steps=2,
+    )  # fmt: skip
+    assert result["last_loss"] > 0
+    folder = tmp_path / "out" / "lightning" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-step=4.ckpt"]  # the latest kept
+    assert torch.load(folder / "step-step=4.ckpt", weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    ("settings", "flags", "message"),
+    [
+        ({"checkpoint_every_n_steps": 0}, ["--checkpoint-every-steps", "0"],
+         "{checkpoint_every_n_steps} must be >= 1, got 0"),
+        ({"checkpoint_every_minutes": -1.0}, ["--checkpoint-every-minutes", "-1"],
+         "{checkpoint_every_minutes} must be a finite number > 0, got -1.0"),
+        ({"max_steps": 0}, ["--max-steps", "0"], "{max_steps} must be >= 1, got 0"),
+        ({"lr": 0.0}, ["--lr", "0"], "{lr} must be a finite number > 0, got 0.0"),
+    ],
+)  # fmt: skip
+def test_train_settings_same_message_from_api_and_cli(
+    files, tmp_path, capsys, settings, flags, message
+):
+    from vitron.cli import TRAIN_FLAGS
+
+    with pytest.raises(ValueError) as caught:
+        TrainConfig(stage=2, **settings)
+    assert str(caught.value) == message.format_map({k: k for k in TRAIN_FLAGS})
+    argv = ["train", "--model", str(files / "model"), "--data", str(files / "data.jsonl"),
+            "--stage", "2", "-o", str(tmp_path / "o"), *flags]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"vitron train: error: {message.format_map(TRAIN_FLAGS)}\n"
+
+
+def test_resume_file_must_exist(files, tmp_path, capsys):
+    missing = str(tmp_path / "no.ckpt")
+    argv = ["train", "--model", str(files / "model"), "--data", str(files / "data.jsonl"),
+            "--stage", "2", "-o", str(tmp_path / "o"), "--resume", missing]  # fmt: skip
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err
+        == f"vitron train: error: --resume {tmp_path / 'no.ckpt'} does not exist\n"
+    )
+    with pytest.raises(ValueError, match=r"^resume .*no\.ckpt does not exist$"):
+        train(
+            files / "model",
+            files / "data.jsonl",
+            tmp_path / "o",
+            stage=2,
+            resume=tmp_path / "no.ckpt",
+        )
