@@ -88,7 +88,8 @@ CASES = {
     ),
     "lora_missing": (
         ["--lora", "{folder}/nope.safetensors"],
-        "--lora {folder}/nope.safetensors: does not exist (and is not a hub id org/name)",
+        "--lora: no LoRA file or folder {folder}/nope.safetensors (nothing at "
+        "{folder}/nope.safetensors)",
     ),
     "fuse_without_lora": (["--fuse-lora"], "--fuse-lora: needs --lora PATH"),
     "controlnet_without_image": (

@@ -4,7 +4,6 @@ exit 1; Ctrl-C exits 130 with one line; the memory estimate behind huge sizes.""
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -25,8 +24,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffeat import PRESETS, FeatureExtractor
-from diffeat.cli import Extraction, ModelConfigs, main, model_infos, pass_part
+from diffeat.checks import ModelConfigs, model_infos
+from diffeat.cli import main
 from diffeat.configs import unet_config
+from diffeat.memory import pass_bytes
 from diffeat.shapes import layer_infos
 
 GIB = 2**30
@@ -47,7 +48,7 @@ def no_model_load(monkeypatch):
     for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection):
         monkeypatch.setattr(cls, "from_pretrained", fail)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("diffeat.cli.host_available_bytes", lambda: 8 * GIB)
+    monkeypatch.setattr("diffeat.memory.host_available_bytes", lambda: 8 * GIB)
 
 
 def save_image(path: Path, height: int, width: int) -> None:
@@ -157,12 +158,11 @@ CASES = {
     ),
     "model_relative_folder_missing": (
         ["extract", "{t}/img.png", "--model", "./nope/model", "-o", "{t}/out.safetensors"],
-        "--model ./nope/model: the folder does not exist (and it is not a hub id of the form "
-        "org/name)",
+        "--model: no model folder ./nope/model (nothing at {t}/nope/model)",
     ),
     "model_folder_missing": (
         ["extract", "{t}/img.png", "--model", "{t}/nope", "-o", "{t}/out.safetensors"],
-        "--model {t}/nope: the folder does not exist (and it is not a hub id of the form org/name)",
+        "--model: no model folder {t}/nope (nothing at {t}/nope)",
     ),
     "model_is_a_file": (
         ["extract", "{t}/img.png", "--model", "{t}/file.txt", "-o", "{t}/out.safetensors"],
@@ -351,7 +351,7 @@ CASES = {
     ),
     "layers_model_missing": (
         ["layers", "--model", "{t}/nope"],
-        "--model {t}/nope: the folder does not exist (and it is not a hub id of the form org/name)",
+        "--model: no model folder {t}/nope (nothing at {t}/nope)",
     ),
     "layers_model_folder_empty": (
         ["layers", "--model", "{t}/empty_model"],
@@ -521,7 +521,7 @@ def tiny_sd15_pass_bytes(
 
 def test_memory_estimate_of_one_pass(files, model_dirs, capsys, monkeypatch, no_model_load):
     """On the cpu: the pass of one batch plus the features of every image (host memory)."""
-    monkeypatch.setattr("diffeat.cli.host_available_bytes", lambda: 1)
+    monkeypatch.setattr("diffeat.memory.host_available_bytes", lambda: 1)
     name = "up-level3-repeat0-vit-block0-self-map"
     argv = extract_args("--image-size", "96x128", "--batch-size", "2", "--dtype", "fp16",
                         "--layers", name)  # fmt: skip
@@ -548,15 +548,15 @@ def test_pass_estimate_of_the_real_models_at_their_resolution(name, preset, dtyp
     side = PRESETS[preset].resolution
     configs = ModelConfigs(unet_config(name), SD_VAE, scheduler=None)
     infos = model_infos(configs, (side, side))
-    plan = Extraction(torch.device("cpu"), None, (side, side), PRESETS[preset].layers, infos,
-                      (side, side), "--preset", 128)  # fmt: skip
-    args = argparse.Namespace(batch_size=1, images=[Path("a.png")], dtype=dtype)
-    part = pass_part(args, plan)
-    assert part.on_device and part.what == "--preset with --batch-size 1"
-    assert part.nbytes / GIB == pytest.approx(expected_gib, abs=0.005)
+    itemsize = {"fp32": 4, "fp16": 2}[dtype]
+    nbytes = pass_bytes(infos, PRESETS[preset].layers, 1, itemsize, (side, side), 128)
+    assert nbytes / GIB == pytest.approx(expected_gib, abs=0.005)
 
 
 def test_hub_id_that_cannot_be_fetched_exits_1(files, capsys, monkeypatch, no_model_load):
+    monkeypatch.setenv("HF_HUB_CACHE", str(files / "hub"))  # cached: the hub check passes
+    (files / "hub" / "models--org--name" / "snapshots" / "a1").mkdir(parents=True)
+
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
@@ -566,8 +566,8 @@ def test_hub_id_that_cannot_be_fetched_exits_1(files, capsys, monkeypatch, no_mo
     status, out, err = run(argv, capsys)
     assert status == 1 and out == ""
     assert err == (
-        "diffeat extract: error: cannot read unet/ of --model org/name (a hub id; no local "
-        "folder of that name): We couldn't connect to 'https://huggingface.co'\n"
+        "diffeat extract: error: cannot read unet/ of --model org/name (a hub id): We "
+        "couldn't connect to 'https://huggingface.co'\n"
     )
     assert not (files / "out.safetensors").exists()
 

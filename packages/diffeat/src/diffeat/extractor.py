@@ -12,12 +12,14 @@ raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from common_kernels.cli import check_device
 from diffeat.adapters import (
     check_controlnet_config,
     check_lora_state_dict,
@@ -35,6 +37,27 @@ from diffeat.catalogue import (
     build_control_catalogue,
     check_names,
 )
+from diffeat.checks import (
+    DTYPES,
+    MODEL_FILES,
+    SDXL_TEXT_FILES,
+    SEED_MAX,
+    TEXT_FILES,
+    TEXT_TOKENS,
+    VAE_SPEC,
+    ModelConfigs,
+    Names,
+    check_adapter_sources,
+    check_int_range,
+    check_layer_names,
+    check_model_source,
+    check_number,
+    check_selection,
+    check_timestep,
+    model_infos,
+    named,
+    read_model_configs,
+)
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.presets import ALL, PRESETS, default_preset, get_preset, layer_selection
@@ -43,10 +66,31 @@ from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
 from diffeat.shapes import control_layer_infos, layer_infos
 
 LATENT_MODES = ("sample", "mean")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-VAE_OUT = "vae-out"
-VAE_SPEC = LayerSpec(VAE_OUT, "vae-out", "", "vae")  # not a U-Net module: the VAE latent
-TEXT_TOKENS = 77  # CLIP prompt length, used for shapes when the extractor has no tokenizer
+VAE_OUT = VAE_SPEC.name
+LOAD_KEYS = ("revision", "variant", "cache_dir", "local_files_only", "token")
+
+
+def check_config_fields(settings: Mapping[str, Any], names: Names | None = None) -> None:
+    """The :class:`ExtractorConfig` fields that need no model: ``latent``, ``seed``,
+    ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans).
+
+    Args:
+        settings: field -> value (missing fields are not checked).
+        names: how the caller spells each field in messages (the CLI: its flags).
+
+    Raises:
+        ValueError: the first field out of range, named as ``names`` spells it.
+    """
+    if settings.get("latent", "sample") not in LATENT_MODES:
+        raise ValueError(
+            f"{named('latent', names)}: must be one of {LATENT_MODES}; got {settings['latent']!r}"
+        )
+    if "seed" in settings:
+        check_int_range(settings["seed"], named("seed", names), 0, SEED_MAX)
+    for key in ("early_exit", "faithful", "requires_grad"):
+        if not isinstance(settings.get(key, False), bool):
+            raise ValueError(f"{named(key, names)}: must be True or False; got {settings[key]!r}")
+    parse_size(settings.get("image_size"), named("image_size", names))
 
 
 @dataclass
@@ -89,9 +133,98 @@ class ExtractorConfig:
         if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
             self.preset = self.layers
         self.layers = layer_selection(self.layers, "layers")
-        if self.latent not in LATENT_MODES:
-            raise ValueError(f"latent: must be one of {LATENT_MODES}; got {self.latent!r}")
+        check_config_fields(vars(self))
         self.image_size = parse_size(self.image_size)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What :func:`check_from_pretrained` found: the checked model and options, no weights.
+
+    Args:
+        source: the model folder (a ``Path``) or hub id.
+        configs: its U-Net, VAE and scheduler configs.
+        requested: the requested names (``("all",)`` for everything).
+        preset: the preset they come from (None: explicit names).
+        names: the returned activation names, ``all`` expanded.
+        infos: ``vae-out``, the U-Net and ControlNet catalogues with shapes at ``size``.
+        size: the (H, W) of ``infos``: ``image_size``, else the native size.
+        dtype: the weights dtype.
+        device: where the models run.
+        control: the ControlNet's config (None without one).
+        options: the remaining ``from_pretrained`` keywords, as given.
+    """
+
+    source: Path | str
+    configs: ModelConfigs
+    requested: tuple[str, ...]
+    preset: str | None
+    names: tuple[str, ...]
+    infos: list[LayerInfo]
+    size: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    control: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def check_from_pretrained(
+    model_id_or_dir: str | Path,
+    layers: Sequence[str] | str | None = None,
+    preset: str | None = None,
+    timestep: int = 50,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = "cpu",
+    text_stack: bool = True,
+    *,
+    names: Names | None = None,
+    **options,
+) -> LoadPlan:
+    """Every check of :meth:`FeatureExtractor.from_pretrained`, reading only config files.
+
+    Args:
+        model_id_or_dir .. text_stack: as :meth:`FeatureExtractor.from_pretrained`
+            (``device=None``: cuda when available, else cpu).
+        names: how the caller spells each argument in messages (the CLI: its flags).
+        **options: the other keywords of :meth:`FeatureExtractor.from_pretrained`.
+
+    Raises:
+        FileNotFoundError: a model, LoRA or ControlNet path where nothing is.
+        ValueError: a bad value; the message names the argument and the accepted range.
+        common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub is
+            out of reach (within 5 s).
+        OSError: a hub id whose config files cannot be read.
+    """
+    model_flag = named("model_id_or_dir", names)
+    dtype = _as_dtype(dtype, named("dtype", names))
+    device = check_device(None if device is None else str(device), named("device", names))
+    check_config_fields(options, names)
+    for key in ("lora_scale", "control_scale"):
+        check_number(options.get(key, 1.0), named(key, names))
+    needs = MODEL_FILES + (TEXT_FILES if text_stack else ())
+    source = check_model_source(model_id_or_dir, needs, model_flag)
+    configs = read_model_configs(source, model_flag)
+    if text_stack and configs.unet.get("addition_embed_type") == "text_time":
+        check_model_source(model_id_or_dir, SDXL_TEXT_FILES, model_flag)
+    check_timestep(
+        timestep, options.get("faithful", False), configs.scheduler, named("timestep", names)
+    )
+    requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir, names)
+    loras = options.get("lora")
+    loras = [] if loras is None else list(loras) if isinstance(loras, list | tuple) else [loras]
+    control = check_adapter_sources(
+        source, configs.unet, loras, options.get("controlnet"), options.get("control_image"), names
+    )
+    size = (
+        parse_size(options.get("image_size"))
+        or (configs.unet["sample_size"] * configs.vae_scale,) * 2
+    )
+    infos = model_infos(configs, size, options.get("faithful", False), control)
+    flag = named("preset" if layers is None and preset is not None else "layers", names)
+    expanded = check_layer_names(requested, infos, flag)
+    return LoadPlan(
+        source, configs, requested, preset, expanded, infos, size, dtype, device, control, options
+    )
 
 
 def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
@@ -217,20 +350,21 @@ class FeatureExtractor:
                 passed to every ``from_pretrained`` (``revision``, ``variant``, ``cache_dir``,
                 ``local_files_only``, ``token``).
         """
-        load_keys = ("revision", "variant", "cache_dir", "local_files_only", "token")
-        load = {k: options.pop(k) for k in load_keys if k in options}
+        plan = check_from_pretrained(
+            model_id_or_dir, layers, preset, timestep, dtype, device, text_stack, **options
+        )
+        load = {k: options.pop(k) for k in LOAD_KEYS if k in options}
         controlnet = options.pop("controlnet", None)
         control_scale = options.pop("control_scale", 1.0)
         control_image = options.pop("control_image", None)
-        if control_image is not None and controlnet is None:
-            raise ValueError("control_image: needs controlnet=... (no ControlNet is given)")
         loras = options.pop("lora", None)
         lora_scale = options.pop("lora_scale", 1.0)
         fuse = options.pop("fuse_lora", False)
-        dtype = _as_dtype(dtype)
-        components = load_components(str(model_id_or_dir), dtype, text_stack=text_stack, **load)
-        names, preset = resolve_layers(components["unet"].config, layers, preset)
-        config = ExtractorConfig(layers=names, timestep=timestep, preset=preset, **options)
+        dtype = plan.dtype
+        components = load_components(str(plan.source), dtype, text_stack=text_stack, **load)
+        config = ExtractorConfig(
+            layers=plan.requested, timestep=timestep, preset=plan.preset, **options
+        )
         if isinstance(controlnet, str | Path):
             controlnet = load_controlnet(str(controlnet), dtype, components["unet"].config, **load)
         extractor = cls(
@@ -241,7 +375,7 @@ class FeatureExtractor:
         if loras is not None:
             for lora in loras if isinstance(loras, list | tuple) else [loras]:
                 extractor.load_lora(lora, scale=lora_scale, fuse=fuse)
-        return extractor.to(device)
+        return extractor.to(plan.device)
 
     @classmethod
     def from_pipeline(
@@ -877,13 +1011,14 @@ class FeatureExtractor:
         return Features({n: recorded[n] for n in names}, recorded.heads)
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def _as_dtype(dtype: torch.dtype | str, name: str = "dtype") -> torch.dtype:
+    """``torch.float32``/``float16``/``bfloat16`` or ``"fp32"``/``"fp16"``/``"bf16"``."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise ValueError(f"dtype: must be fp32, fp16 or bf16; got {dtype}")
+            raise ValueError(f"{name}: must be fp32, fp16 or bf16; got {dtype}")
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: must be one of {sorted(DTYPES)}; got {dtype!r}")
+        raise ValueError(f"{name}: must be one of {sorted(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
 
 

@@ -1,0 +1,113 @@
+"""Image files and their sizes, checked before any model work (``diffeat extract``, ``probe``,
+``pca``): readable and complete, of one size where one size is needed, and multiples of the
+model's size factor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from common_kernels.files import ImageReadError
+from diffeat.io import feature_shapes, load_image
+
+
+def check_image_file(path: Path) -> tuple[int, int]:
+    """(H, W) of a readable, complete image file (decoded, then dropped).
+
+    Raises:
+        IsADirectoryError: a folder.
+        FileNotFoundError: nothing there.
+        ValueError: not a readable image.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not an image file (give the images, e.g. DIR/*.png)"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        width, height = load_image(path).size
+    except ImageReadError as error:
+        raise ValueError(f"{path} is not a readable image ({error.reason})") from None
+    return height, width
+
+
+def fed_size(
+    paths: Sequence[Path],
+    sizes: Sequence[tuple[int, int]],
+    group: int,
+    why: str,
+    resize: str = "image_size",
+) -> tuple[tuple[int, int], str]:
+    """The largest own (H, W) of images fed unresized, and its description; consecutive
+    images in groups of ``group`` must share their size.
+
+    Args:
+        paths: the image files.
+        sizes: their (H, W).
+        group: consecutive images that must share their size (a batch, or all of them).
+        why: why they must (for the message).
+        resize: how the caller spells the resize argument.
+    """
+    for start in range(0, len(paths), group):
+        first = sizes[start]
+        for index in range(start + 1, min(start + group, len(paths))):
+            if sizes[index] != first:
+                other = sizes[index]
+                raise ValueError(
+                    f"{paths[start]} is {first[0]}x{first[1]} but {paths[index]} is "
+                    f"{other[0]}x{other[1]} (HxW); {why}: pass {resize} S|HxW to resize them"
+                )
+    height, width = max(sizes, key=lambda hw: hw[0] * hw[1])
+    return (height, width), f"images of {height}x{width} (their own size)"
+
+
+def check_multiples(
+    paths: Sequence[Path],
+    sizes: Sequence[tuple[int, int]],
+    multiple: int,
+    factors: str,
+    resize: str = "image_size",
+) -> None:
+    """Fail unless the images' own sizes are multiples of ``multiple``.
+
+    Args:
+        paths: the image files.
+        sizes: their (H, W).
+        multiple: the model's size multiple.
+        factors: how it is made (``"VAE x8, U-Net x8"``).
+        resize: how the caller spells the resize argument.
+    """
+    for path, (height, width) in zip(paths, sizes, strict=True):
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"{path} is {height}x{width} (HxW), not a multiple of {multiple} for this model "
+                f"({factors}); pass {resize} S|HxW to resize"
+            )
+
+
+def check_features_file(path: Path, name: str = "features") -> tuple[dict, dict]:
+    """Shapes and metadata of a ``diffeat extract`` features file (no tensor is read).
+
+    Args:
+        path: the file.
+        name: how the caller spells the argument.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} {path} is a folder, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{name} {path} does not exist")
+    try:
+        shapes, meta = feature_shapes(path)
+    except (OSError, ValueError, SafetensorError) as error:
+        text = " ".join(str(error).split())
+        raise ValueError(
+            f"{name} {path} is not a features file of `diffeat extract` ({text})"
+        ) from None
+    bad = [key for key, shape in shapes.items() if len(shape) != 4 or 0 in shape]
+    if not shapes or bad:
+        found = f"{bad[0]!r} is {shapes[bad[0]]}" if bad else "it holds none"
+        raise ValueError(f"{name} {path}: expected (N, C, h, w) feature tensors; {found}")
+    return shapes, meta

@@ -1,0 +1,47 @@
+"""``--help`` gives units, ranges and defaults for every numeric flag (issue 25, item 4)."""
+
+from __future__ import annotations
+
+import argparse
+
+from diffeat.cli import build_parser, size_option
+
+
+def numeric_flags() -> dict[tuple[str, str], str]:
+    """(command, flag) -> its help as printed, for every flag that takes a number or a size."""
+    commands = next(
+        action for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )  # fmt: skip
+    found = {}
+    for command, parser in commands.choices.items():
+        for action in parser._actions:
+            if action.type in (int, float, size_option):
+                found[(command, action.option_strings[-1])] = action.help % {
+                    "default": action.default
+                }
+    return found
+
+
+def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
+    found = numeric_flags()
+    assert found["extract", "--timestep"] == (
+        "diffusion timestep in steps, in [0, num_train_timesteps - 1] (SD: [0, 999]) (default: 50)"
+    )
+    assert found["extract", "--seed"] == (
+        "seed of the latent sample and noise, in [0, 2**64 - 1] (default: 0)"
+    )
+    assert found["probe", "--batch-size"] == "images per U-Net pass, >= 1 (default: 1)"
+    assert found["tiny-model", "--seed"] == (
+        "seed of the random weights, in [0, 2**64 - 1] (default: 0)"
+    )
+    assert len(found) == 23  # layers 2, extract/probe/pca 6 each, --resize, --size, tiny 1
+    for (command, flag), text in found.items():
+        assert "default: " in text, (command, flag)
+        assert "[" in text or ">=" in text or "finite" in text or "multiples" in text, flag
+        if action_is_size(flag):
+            assert " px" in text, (command, flag)
+
+
+def action_is_size(flag: str) -> bool:
+    return flag in ("--image-size", "--resize", "--size")
