@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import pixelsmith.cli as cli
+import pixelsmith.memory as memory
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.io import COMPRESSIONS, compression_error
@@ -48,7 +49,7 @@ def machine(monkeypatch):
     """No CUDA, no MPS, 16 GiB of available memory: the same messages on every machine."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(cli, "available_memory", lambda device: 16 * GIB)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * GIB)
 
 
 @pytest.fixture
@@ -184,16 +185,19 @@ CASES = {
     # --model and --vae
     "model_relative_folder_missing": (
         ["--model", "./nope/model"],
-        "--model ./nope/model: the folder does not exist",
+        "--model: no model folder ./nope/model (nothing at {cwd}/nope/model)",
     ),
     "model_folder_missing": (
         ["--model", "{t}/nope"],
-        "--model {t}/nope: the folder does not exist",
+        "--model: no model folder {t}/nope (nothing at {t}/nope)",
     ),
-    "model_deep_path_missing": (["--model", "a/b/c"], "--model a/b/c: the folder does not exist"),
+    "model_deep_path_missing": (
+        ["--model", "a/b/c"],
+        "--model 'a/b/c' is neither an existing folder nor a hub id (owner/name)",
+    ),
     "model_is_a_file": (
         ["--model", "{t}/file.txt"],
-        "--model {t}/file.txt is a file; expected a hub id (org/name) or a folder",
+        "--model {t}/file.txt is a file; expected a hub id (owner/name) or a folder",
     ),
     "model_not_diffusers": (
         ["--model", "{t}/photos"],
@@ -201,9 +205,12 @@ CASES = {
     ),
     "model_bad_hub_id": (
         ["--model", "org/bad..name"],
-        "--model 'org/bad..name' is neither an existing folder nor a hub id (org/name)",
+        "--model 'org/bad..name' is neither an existing folder nor a hub id (owner/name)",
     ),
-    "vae_folder_missing": (["--vae", "./nope/vae"], "--vae ./nope/vae: the folder does not exist"),
+    "vae_folder_missing": (
+        ["--vae", "./nope/vae"],
+        "--vae: no VAE folder ./nope/vae (nothing at {cwd}/nope/vae)",
+    ),
     "vae_not_diffusers": (
         ["--vae", "{t}/photos"],
         "--vae {t}/photos: no config.json in the folder (not a diffusers folder)",
@@ -265,7 +272,8 @@ CASES = {
 
 
 def fill(text: str, tmp: Path) -> str:
-    return text.replace("{t}", str(tmp)).replace("{usable}", usable_compressions())
+    text = text.replace("{t}", str(tmp)).replace("{cwd}", str(Path.cwd()))
+    return text.replace("{usable}", usable_compressions())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -300,12 +308,12 @@ def test_allow_large_skips_the_memory_check(tiny_dir, files, capsys, machine, mo
 
 
 def test_memory_check_against_the_available_memory(tiny_dir, files, capsys, monkeypatch, machine):
-    monkeypatch.setattr(cli, "available_memory", lambda device: 128 * 128 * 66 - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 128 * 128 * 66 - 1)
     status, _, err = run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)
     assert status == 2
     assert err.startswith(f"{PREFIX}--sizes 1024x1024: the full-size latent maps of this stage ")
     assert "need 1081344 bytes (0.00 GiB, 66 bytes per latent px), more than the 1081343 " in err
-    monkeypatch.setattr(cli, "available_memory", lambda device: None)  # unknown: no check
+    monkeypatch.setattr(memory, "available_memory", lambda device: None)  # unknown: no check
     monkeypatch.setattr(cli, "generate_cascade", lambda *args, **kwargs: files / "out.tif")
     assert run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)[0] == 0
 

@@ -243,8 +243,8 @@ def test_bad_control_inputs_are_one_error_before_any_step(make_pipe, tmp_path, s
             "image must have the final image's aspect ratio (within 1%); it is resized to every "
             "stage's size",
         ),
-        (dict(control_image=image), "control_image needs a controlnet"),
-        (dict(controlnet=good), "controlnet needs a control_image (its condition image)"),
+        (dict(control_image=image), "control_image needs controlnet"),
+        (dict(controlnet=good), "controlnet needs control_image (its condition image)"),
         (
             dict(controlnet=good, control_image=image, controlnet_conditioning_scale=float("nan")),
             "controlnet_conditioning_scale must be a finite number, got nan",

@@ -153,7 +153,7 @@ def test_lora_of_another_model_is_one_error_before_loading(make_pipe, components
     )
     with pytest.raises(ValueError, match=r"holds no LoRA matrix of an SDXL UNet or text encoder"):
         load_loras(pipe, [tmp_path / "junk.safetensors"])
-    with pytest.raises(ValueError, match=r"^loras: no LoRA file or folder \./nope/lora"):
+    with pytest.raises(FileNotFoundError, match=r"^loras: no LoRA file or folder \./nope/lora"):
         load_loras(pipe, ["./nope/lora"])
     with pytest.raises(ValueError, match=r"lora_scales takes one scale for all LoRAs or one per"):
         load_loras(pipe, [tmp_path / "wide"], [1.0, 2.0])

@@ -13,19 +13,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from pixelsmith.checkpoint import CheckpointStore
-from pixelsmith.config import PixelsmithConfig, validate_cascade
+from common_kernels.progress import progress as show_progress
+from pixelsmith.checkpoint import CheckpointStore, check_checkpoint_dir
+from pixelsmith.config import (
+    API_NAMES,
+    Names,
+    PixelsmithConfig,
+    named,
+    setting,
+    validate_cascade,
+)
 from pixelsmith.control import (
+    ConditionImage,
     ControlCondition,
     check_aspect,
     check_control_scale,
@@ -34,16 +45,20 @@ from pixelsmith.control import (
 )
 from pixelsmith.io import (
     MAX_PIL_PIXELS,
+    TIFF_SUFFIXES,
     check_compression,
     check_output_path,
     collect_uint8,
     write_image,
 )
 from pixelsmith.lora import LORA_COMPONENTS, lora_identity
+from pixelsmith.memory import check_memory
 from pixelsmith.parallel import RankGroup, check_parallel
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextConditioning
+from pixelsmith.sources import CONFIG_MARKER, ModelShape, resolve_source
 
 CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
 logger = logging.getLogger("pixelsmith")
 
 
@@ -88,6 +103,230 @@ def intermediate_path(output: Path, size: tuple[int, int]) -> Path:
     return output.with_name(f"{output.stem}_{size[0]}x{size[1]}{output.suffix}")
 
 
+@dataclass(frozen=True)
+class CascadePlan:
+    """The checked inputs of a cascade.
+
+    Args:
+        sizes: stage sizes as (height, width) px.
+        output: the output file, or ``None`` (a PIL image is returned).
+        checkpoint_dir: the checkpoint folder, or ``None`` (no checkpoints).
+        control_image: the opened ControlNet condition image, or ``None``.
+    """
+
+    sizes: list[tuple[int, int]]
+    output: Path | None = None
+    checkpoint_dir: Path | None = None
+    control_image: ConditionImage | None = None
+
+
+def check_cascade(
+    sizes: Sequence[int | tuple[int, int] | str],
+    sliders: Sequence[int],
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    seed: int | None = 0,
+    output: str | os.PathLike | None = None,
+    config: PixelsmithConfig | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    save_intermediate: bool = False,
+    compression: str | None = None,
+    controlnet: ControlNetModel | str | os.PathLike | None = None,
+    control_image: str | os.PathLike | Image.Image | Tensor | None = None,
+    controlnet_conditioning_scale: float = 1.0,
+    shape: ModelShape | None = None,
+    device: torch.device | None = None,
+    allow_large: bool = False,
+    world_size: int = 1,
+    writes: bool = True,
+    names: Names | None = None,
+) -> CascadePlan:
+    """Every argument of :func:`generate_cascade` checked before any work (nothing is loaded,
+    nothing written); the CLI runs it before it loads the model.
+
+    Args:
+        sizes: see :func:`generate_cascade` (and the other arguments up to
+            ``controlnet_conditioning_scale``); ``controlnet`` may also be a folder or hub id.
+        sliders: one slider per stage after the first.
+        num_inference_steps: in [1, the scheduler's training timesteps].
+        guidance_scale: a finite number.
+        seed: in [0, 2**64 - 1], or ``None``.
+        output: the output file (suffix, size, writable folder).
+        config: the sampler settings (patch size against the UNet).
+        checkpoint_dir: the checkpoint folder (default ``<output>.pixelsmith`` with an output).
+        checkpoint_every: an int >= 1.
+        save_intermediate: needs ``output``; every intermediate file must be writable.
+        compression: TIFF compression of a ``.tif`` output, writable here.
+        controlnet: a ``ControlNetModel``, a folder or hub id, or ``None``.
+        control_image: its condition image (read, and its aspect ratio checked).
+        controlnet_conditioning_scale: a finite number.
+        shape: the model's geometry (default SDXL's).
+        device: where the stages run, for the memory check (``None``: no check).
+        allow_large: skip the memory check.
+        world_size: processes sharing the patches.
+        writes: this process writes the output and the checkpoints (rank 0).
+        names: how the caller spells each argument in messages (the CLI: its flags).
+
+    Raises:
+        ValueError: the first bad input, named as ``names`` spells it, with its accepted range.
+        TypeError: an argument of the wrong type.
+        FileNotFoundError: a ControlNet path where nothing is.
+    """
+    config = config or PixelsmithConfig()
+    shape = shape or ModelShape()
+    steps_name = named("num_inference_steps", names)
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        raise TypeError(f"{steps_name} must be an int, got {num_inference_steps!r}")
+    if not 1 <= num_inference_steps <= shape.train_timesteps:
+        raise ValueError(
+            f"{steps_name} must be an int in [1, {shape.train_timesteps}] (the scheduler's "
+            f"training timesteps), got {num_inference_steps}"
+        )
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise ValueError(
+            f"{named('guidance_scale', names)} must be a finite number, got {guidance_scale}"
+        )
+    if seed is not None and (isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"{named('seed', names)} must be an int in [0, {MAX_SEED}], got {seed}")
+    if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, int)
+        or checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"{named('checkpoint_every', names)} must be an int >= 1, got {checkpoint_every!r}"
+        )
+    stages = validate_cascade(
+        sizes,
+        sliders,
+        num_inference_steps,
+        vae_scale_factor=shape.vae_scale_factor,
+        patch_size=config.patch_size,
+        names={key: named(key, names) for key in API_NAMES},
+    )
+    if len(stages) > 1 and config.patch_size % shape.unet_factor:
+        raise ValueError(
+            f"{named('patch_size', names)} must be a multiple of the UNet downsampling factor "
+            f"{shape.unet_factor}, got {config.patch_size}"
+        )
+    check_parallel(world_size, faithful=config.faithful, name=setting("faithful", True, names))
+    control = check_control(
+        controlnet, control_image, controlnet_conditioning_scale, stages[-1], names
+    )
+    output, checkpoint_dir = check_outputs(
+        stages, output, checkpoint_dir, save_intermediate, compression, writes, names
+    )
+    if device is not None and not allow_large:
+        check_memory(
+            stages[-1],
+            device,
+            vae_scale_factor=shape.vae_scale_factor,
+            latent_channels=shape.latent_channels,
+            names=names,
+        )
+    return CascadePlan(stages, output, checkpoint_dir, control)
+
+
+def check_control(
+    controlnet: ControlNetModel | str | os.PathLike | None,
+    image: str | os.PathLike | Image.Image | Tensor | None,
+    scale: float,
+    final_size: tuple[int, int],
+    names: Names | None = None,
+) -> ConditionImage | None:
+    """A ControlNet (model, folder or hub id), its condition image and scale, checked; the
+    opened condition image (``None`` without a ControlNet).
+
+    Args:
+        controlnet: the ``controlnet`` argument.
+        image: the ``control_image`` argument.
+        scale: the ``controlnet_conditioning_scale`` argument.
+        final_size: the final image's (height, width) in px.
+        names: how the caller spells the three in messages.
+    """
+    controlnet_name, image_name = named("controlnet", names), named("control_image", names)
+    if controlnet is None:
+        if image is not None:
+            raise ValueError(f"{image_name} needs {controlnet_name}")
+        return None
+    if image is None:
+        raise ValueError(f"{controlnet_name} needs {image_name} (its condition image)")
+    if isinstance(controlnet, (str, os.PathLike)):
+        resolve_source(
+            controlnet, name=controlnet_name, what="ControlNet folder", marker=CONFIG_MARKER
+        )
+    elif not isinstance(controlnet, ControlNetModel):
+        raise TypeError(
+            f"{controlnet_name} must be a diffusers ControlNetModel, a folder or a hub id, got "
+            f"{type(controlnet).__name__}"
+        )
+    check_control_scale(scale, named("controlnet_conditioning_scale", names))
+    opened = open_control_image(image, image_name)
+    check_aspect(opened, *final_size, image_name)
+    return opened
+
+
+def check_outputs(
+    stages: list[tuple[int, int]],
+    output: str | os.PathLike | None,
+    checkpoint_dir: str | os.PathLike | None,
+    save_intermediate: bool,
+    compression: str | None,
+    writes: bool,
+    names: Names | None = None,
+) -> tuple[Path | None, Path | None]:
+    """The output file, intermediate files, compression and checkpoint folder of a cascade;
+    ``(output, checkpoint folder)`` as paths.
+
+    Args:
+        stages: the checked stage sizes.
+        output: the ``output`` argument.
+        checkpoint_dir: the ``checkpoint_dir`` argument.
+        save_intermediate: the ``save_intermediate`` argument.
+        compression: the ``compression`` argument.
+        writes: check what this process writes (rank 0); others only resolve the paths.
+        names: how the caller spells the arguments in messages.
+    """
+    final = stages[-1]
+    output_name, checkpoint_name = named("output", names), named("checkpoint_dir", names)
+    if output is None:
+        if final[0] * final[1] > MAX_PIL_PIXELS:
+            raise ValueError(
+                f"a {final[0]}x{final[1]} image is too large to return in RAM (at most "
+                f"{MAX_PIL_PIXELS} px); pass output='image.tif' to stream it to disk"
+            )
+        if save_intermediate:
+            raise ValueError(f"{setting('save_intermediate', True, names)} needs an output path")
+        if compression is not None:
+            raise ValueError(f"{named('compression', names)} needs a .tif/.tiff output")
+        return None, None if checkpoint_dir is None else Path(checkpoint_dir)
+    output = Path(output)
+    if writes:
+        output = check_output_path(output, *final, name=output_name)
+        for size in stages[:-1] if save_intermediate else ():
+            check_output_path(
+                intermediate_path(output, size), *size, name=named("save_intermediate", names)
+            )
+        if compression is not None:
+            if output.suffix.lower() not in TIFF_SUFFIXES:
+                raise ValueError(
+                    f"{named('compression', names)} applies to .tif/.tiff outputs only, got "
+                    f"{output_name} {output}"
+                )
+            check_compression(compression, name=named("compression", names))
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        label = f"{checkpoint_name} {checkpoint_dir}"
+    else:
+        checkpoint_dir = output.with_name(f"{output.name}.pixelsmith")
+        label = f"the checkpoint folder {checkpoint_dir} (set with {checkpoint_name})"
+    if writes:
+        check_checkpoint_dir(checkpoint_dir, label, checkpoint_name)
+    return output, checkpoint_dir
+
+
 @torch.no_grad()
 def generate_cascade(
     pipe: PixelsmithPipeline,
@@ -119,6 +358,7 @@ def generate_cascade(
     control_image: str | Path | Image.Image | Tensor | None = None,
     controlnet_conditioning_scale: float = 1.0,
     ranks: RankGroup | None = None,
+    allow_large: bool = False,
 ) -> Image.Image | Path | None:
     """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
 
@@ -164,6 +404,11 @@ def generate_cascade(
             the initialised ``torch.distributed`` group, else this process alone. Every rank
             calls with the same arguments; rank 0 writes the image and the checkpoints, and
             progress bars are rank 0's; callbacks run on every rank (with the same latents).
+        allow_large: skip the check that the full-size latent maps of the largest stage fit in
+            the memory available on the pipeline's device.
+
+    Every argument is checked before any work (:func:`check_cascade`), with the messages the
+    CLI prints for the same input.
 
     Returns:
         The final PIL image, or the path of the written file when ``output`` is given; on
@@ -171,39 +416,38 @@ def generate_cascade(
     """
     config = config or PixelsmithConfig()
     ranks = ranks or RankGroup.current()
-    check_parallel(ranks.world_size, faithful=config.faithful)
     progress = progress and ranks.main
-    stages = validate_cascade(
+    plan = check_cascade(
         sizes,
         sliders,
-        num_inference_steps,
-        vae_scale_factor=pipe.vae_scale_factor,
-        patch_size=config.patch_size,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        output=output,
+        config=config,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        save_intermediate=save_intermediate,
+        compression=compression,
+        controlnet=controlnet,
+        control_image=control_image,
+        controlnet_conditioning_scale=controlnet_conditioning_scale,
+        shape=ModelShape.from_configs(pipe.vae.config, pipe.unet.config, pipe.scheduler.config),
+        device=pipe._execution_device,
+        allow_large=allow_large,
+        world_size=ranks.world_size,
+        writes=ranks.main,
     )
+    stages, output, checkpoint_dir = plan.sizes, plan.output, plan.checkpoint_dir
+    final_size = stages[-1]
     if len(stages) > 1:
         pipe.check_scheduler()
-        pipe.check_patch_size(config.patch_size)
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
-    final_size = stages[-1]
-    if output is not None:
-        output = check_output_path(output, *final_size)
-        check_compression(compression)
-        if save_intermediate:
-            for size in stages[:-1]:
-                check_output_path(intermediate_path(output, size), *size)
-        if checkpoint_dir is None:
-            checkpoint_dir = output.with_name(f"{output.name}.pixelsmith")
-    elif final_size[0] * final_size[1] > MAX_PIL_PIXELS:
-        raise ValueError(
-            f"a {final_size[0]}x{final_size[1]} image is too large to return in RAM "
-            f"(at most {MAX_PIL_PIXELS} px); pass output='image.tif' to stream it to disk"
+    control = None
+    if controlnet is not None:
+        check_controlnet(controlnet, pipe.unet)
+        control = ControlCondition(
+            controlnet, plan.control_image, float(controlnet_conditioning_scale)
         )
-    elif save_intermediate:
-        raise ValueError("save_intermediate=True needs an output path")
-    control = open_control(
-        pipe, controlnet, control_image, controlnet_conditioning_scale, final_size
-    )
     embeds = {
         "prompt_embeds": prompt_embeds,
         "pooled_prompt_embeds": pooled_prompt_embeds,
@@ -275,36 +519,6 @@ def generate_cascade(
     return result
 
 
-def open_control(
-    pipe: PixelsmithPipeline,
-    controlnet: ControlNetModel | None,
-    control_image: str | Path | Image.Image | Tensor | None,
-    scale: float,
-    final_size: tuple[int, int],
-) -> ControlCondition | None:
-    """The checked ControlNet condition of a cascade (``None`` without a ControlNet).
-
-    Args:
-        pipe: the pipeline (its UNet must fit the ControlNet).
-        controlnet: the ``controlnet`` argument.
-        control_image: the ``control_image`` argument.
-        scale: the ``controlnet_conditioning_scale`` argument.
-        final_size: the final image's (height, width) in px.
-    """
-    if controlnet is None:
-        if control_image is not None:
-            raise ValueError("control_image needs a controlnet")
-        return None
-    if control_image is None:
-        raise ValueError("controlnet needs a control_image (its condition image)")
-    check_controlnet(controlnet, pipe.unet)
-    control = ControlCondition(
-        controlnet, open_control_image(control_image), check_control_scale(scale)
-    )
-    check_aspect(control.image, *final_size)
-    return control
-
-
 class _CascadeRun:
     """The stages of one cascade, with checkpoints (internal helper of generate_cascade)."""
 
@@ -352,9 +566,10 @@ class _CascadeRun:
     def all_stages(self) -> Tensor:
         """Run (or reload) every stage; the final (1, C, h, w) latent."""
         latents: Tensor | None = None
-        bar = tqdm(self.stages, desc="stages", unit="stage", disable=not self.progress)
-        for stage, size in enumerate(bar):
-            bar.set_postfix(size=f"{size[0]}x{size[1]}")
+        stages = show_progress(
+            self.stages, desc="pixelsmith stages", unit="stages", disable=not self.progress
+        )
+        for stage, size in enumerate(stages):
             final = self.store.load_final(stage) if self.store is not None else None
             if self.ranks.share(final is not None):
                 if final is not None:

@@ -10,6 +10,7 @@ settings continues from the last saved step and gives the same result as an unin
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -140,3 +141,30 @@ class CheckpointStore:
     def remove(self) -> None:
         """Delete the checkpoint folder."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def check_checkpoint_dir(folder: Path, label: str, flag: str = "checkpoint_dir") -> None:
+    """A checkpoint folder that is absent, empty or a pixelsmith checkpoint, and can be made.
+
+    A folder holding other files is refused: a finished run deletes its checkpoint folder.
+
+    Args:
+        folder: the checkpoint folder.
+        label: how it is named in messages (``checkpoint_dir DIR``; the CLI: its flag).
+        flag: how the caller spells the argument that sets it.
+
+    Raises:
+        ValueError: a file, a folder below a file, no write permission, a foreign folder.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{label} is a file, not a folder")
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{label}: cannot create it, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{label}: cannot write to {existing} (permission denied)")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / RUN_FILE).is_file():
+        raise ValueError(
+            f"{label} holds files but no {RUN_FILE}: not a pixelsmith checkpoint folder, and a "
+            f"finished run deletes its checkpoint folder; choose another {flag}"
+        )

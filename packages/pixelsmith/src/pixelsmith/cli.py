@@ -8,64 +8,56 @@ pixelsmith tiny-model DIR [--seed 0]     # a tiny random SDXL-shaped model folde
 Sizes are px, an int for a square or HEIGHTxWIDTH (1536x2048 is 2048 px wide). The first size
 is plain SDXL.
 
-Errors: a bad input ends with one line ``pixelsmith COMMAND: error: ...`` naming the flag and
-exit status 2, found before any model is loaded and before anything is written; a failure while
-working (disk full, a model that cannot be loaded) exits 1; Ctrl-C exits 130 and SIGTERM 143
-with one line (running the same command again resumes).
+The checks are the API's (``check_from_pretrained``, ``make_config``, ``check_lora_options``,
+``check_devices``, ``check_cascade``), given the flags' names: a bad input ends with one line
+``pixelsmith COMMAND: error: ...`` naming the flag and exit status 2, found before any model is
+loaded and before anything is written; a failure while working (disk full, a model that cannot
+be loaded, a hub that cannot be reached) exits 1; Ctrl-C exits 130 and SIGTERM 143 with one line
+(``common_kernels.cli.run_main``; running the same command again resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import math
 import os
-import signal
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from diffusers.utils import logging as diffusers_logging
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-from transformers.utils import logging as transformers_logging
 
 from common_kernels.cli import (
     Parser,
     UsageError,
     WorkError,
     check_device,
+    check_folder_writable,
     command_prog,
     one_line,
     run_main,
 )
-from pixelsmith.cascade import generate_cascade, intermediate_path
-from pixelsmith.checkpoint import RUN_FILE
+from common_kernels.hub import HubUnreachableError
+from pixelsmith.cascade import CascadePlan, check_cascade, generate_cascade
 from pixelsmith.config import (
     BLENDS,
     HANDOVERS,
     PATCH_SCHEDULERS,
     POSTERIORS,
     PixelsmithConfig,
-    latent_bytes_per_px,
-    latent_maps_bytes,
-    validate_cascade,
+    make_config,
 )
-from pixelsmith.control import check_control_options, load_controlnet
-from pixelsmith.io import TIFF_SUFFIXES, check_compression, check_output_path
+from pixelsmith.control import load_controlnet
 from pixelsmith.lora import check_lora_options, load_loras
-from pixelsmith.parallel import (
-    RankGroup,
-    check_devices,
-    check_parallel,
-    init_from_env,
-    run_on_ranks,
+from pixelsmith.parallel import RankGroup, check_devices, init_from_env, run_on_ranks
+from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, quiet_loading
+from pixelsmith.sources import (
+    DEFAULT_MODEL,
+    check_from_pretrained,
+    check_source_hub,
+    resolve_source,
 )
-from pixelsmith.pipelines.pixelsmith import DEFAULT_MODEL, DEFAULT_VAE, PixelsmithPipeline
 from pixelsmith.tiny import save_tiny_model
 
 DTYPES = {
@@ -74,42 +66,57 @@ DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# how validate_cascade names its arguments in the CLI's error messages
-CASCADE_FLAGS = {
+# the API's argument -> this command's flag, so that the API's messages name the flags
+FLAGS = {
+    "pretrained_model_name_or_path": "--model",
+    "vae": "--vae",
     "sizes": "--sizes",
     "sliders": "--slider",
     "num_inference_steps": "--steps",
-    "patch_size": "--patch-size",
-}
-# the flags of the PixelsmithConfig fields whose errors can reach the user
-CONFIG_FLAGS = {
+    "guidance_scale": "--guidance",
+    "seed": "--seed",
+    "output": "-o/--output",
+    "checkpoint_dir": "--checkpoint-dir",
+    "checkpoint_every": "--checkpoint-every",
+    "save_intermediate": "--save-intermediate",
+    "compression": "--compression",
+    "controlnet": "--controlnet",
+    "control_image": "--control-image",
+    "controlnet_conditioning_scale": "--control-scale",
+    "allow_large": "--allow-large",
+    "faithful": "--faithful",
     "patch_size": "--patch-size",
     "band": "--band",
+    "patch_scheduler": "--scheduler",
     "patch_batch_size": "--patch-batch",
     "grid_min_overlap": "--grid-min-overlap",
+    "guidance_posterior": "--posterior",
+    "handover": "--handover",
     "vae_tile": "--vae-tile",
     "vae_overlap": "--vae-overlap",
+    "vae_blend": "--vae-blend",
 }
 LORA_FLAGS = ("--lora", "--lora-scale")
-CONTROL_FLAGS = ("--controlnet", "--control-image", "--control-scale")
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the checks need to know of a model before it is loaded (SDXL's values by default).
-
-    Args:
-        vae_scale_factor: px per latent px.
-        latent_channels: channels of the VAE latent.
-        unet_factor: downsampling of the UNet (patch sides are multiples of it).
-        train_timesteps: the scheduler's training timesteps (the most inference steps).
-    """
-
-    vae_scale_factor: int = 8
-    latent_channels: int = 4
-    unet_factor: int = 4
-    train_timesteps: int = 1000
+BAD_INPUT = (ValueError, TypeError, FileNotFoundError)
+# numeric options of generate: flag, type, default, help (units and range; the default is added)
+NUMBERS = (
+    ("--seed", int, 0, "seed of every random draw, in [0, 2**64 - 1]"),
+    ("--steps", int, 50, "denoising steps per stage, in [1, 1000] (the scheduler's training "
+     "timesteps)"),
+    ("--guidance", float, 7.5, "classifier-free guidance scale, a finite number"),
+    ("--control-scale", float, 1.0, "ControlNet residual scale, a finite number"),
+    ("--patch-size", int, 128, "patch side in latent px (128 = 1024 px), >= 1, a multiple of "
+     "the UNet downsampling (4)"),
+    ("--band", int, 10, "seam band in latent px, >= 0"),
+    ("--patch-batch", int, 4, "disjoint patches per UNet call (x2 with CFG), >= 1"),
+    ("--grid-min-overlap", int, 0, "least overlap of grid neighbours in latent px, in "
+     "[0, --patch-size - 1]"),
+    ("--vae-tile", int, 128, "VAE tile side in latent px, >= 1"),
+    ("--vae-overlap", int, 16, "VAE tile overlap in latent px, in [0, --vae-tile - 1]"),
+    ("--checkpoint-every", int, 1, "steps between checkpoints, >= 1"),
+    ("--devices", int, 1, "processes (one per GPU) sharing each step's patches, >= 1"),
+)  # fmt: skip
+RESUME_HINT = "; run the same command again to resume from the last saved step"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,14 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="SIZE",
         help="stage sizes in px: an int (square) or HEIGHTxWIDTH (1536x2048 is 2048 px wide); "
-        "multiples of 8, growing stage by stage",
+        "multiples of 8 (the VAE scale factor), growing stage by stage; the first is plain SDXL "
+        "(required)",
     )
     gen.add_argument(
         "--slider",
         nargs="*",
         type=int,
         default=[],
-        help="one slider per stage after the first, each in [1, --steps]",
+        help="steps guided by the upsampled previous stage: one per stage after the first, each "
+        "an int in [1, --steps] (default: none, for one size)",
     )
     gen.add_argument(
         "-o",
@@ -139,9 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=".tif/.tiff (BigTIFF, streamed) or .png/.jpg/.jpeg/.webp/.bmp (in RAM)",
     )
-    gen.add_argument("--seed", type=int, default=0, help=f"in [0, {MAX_SEED}]")
-    gen.add_argument("--steps", type=int, default=50, help="denoising steps per stage")
-    gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     gen.add_argument("--negative", default=None, help="negative prompt")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="SDXL hub id or diffusers folder")
     gen.add_argument(
@@ -155,11 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora", action="append", default=[], help="SDXL LoRA file/folder/hub id (repeatable)"
     )
     gen.add_argument(
-        "--lora-scale", type=float, nargs="+", default=None, help="one for all LoRAs or one each"
+        "--lora-scale",
+        type=float,
+        nargs="+",
+        default=None,
+        help="LoRA weight, finite numbers: one for all LoRAs or one each (default: 1)",
     )
     gen.add_argument("--controlnet", default=None, help="SDXL ControlNet hub id or folder")
     gen.add_argument("--control-image", default=None, help="its condition image (.tif: by tile)")
-    gen.add_argument("--control-scale", type=float, default=1.0, help="ControlNet residual scale")
     gen.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
     )
@@ -171,10 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--scheduler", choices=PATCH_SCHEDULERS, default=None, help="patch placement")
     gen.add_argument("--faithful", action="store_true", help="reproduce the official sampler")
-    gen.add_argument("--patch-size", type=int, default=128, help="latent px (128 = 1024 px)")
-    gen.add_argument("--band", type=int, default=10, help="seam band in latent px")
-    gen.add_argument("--patch-batch", type=int, default=4, help="disjoint patches per UNet call")
-    gen.add_argument("--grid-min-overlap", type=int, default=0, help="latent px")
     gen.add_argument(
         "--no-grid-stagger",
         action="store_true",
@@ -182,13 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--posterior", choices=POSTERIORS, default="sample", help="guidance latent")
     gen.add_argument("--handover", choices=HANDOVERS, default=None, help="stage hand-over")
-    gen.add_argument("--vae-tile", type=int, default=128, help="VAE tile in latent px")
-    gen.add_argument("--vae-overlap", type=int, default=16, help="VAE tile overlap, latent px")
     gen.add_argument("--vae-blend", choices=BLENDS, default="linear")
     gen.add_argument(
         "--checkpoint-dir", type=Path, default=None, help="default <output>.pixelsmith"
     )
-    gen.add_argument("--checkpoint-every", type=int, default=1, help="steps between checkpoints")
     gen.add_argument("--keep-checkpoint", action="store_true")
     gen.add_argument(
         "--restart",
@@ -207,283 +209,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the check that the full-size latent maps of the largest stage fit in the "
         "memory available on --device",
     )
-    gen.add_argument(
-        "--devices", type=int, default=1, help="processes (one per GPU) sharing each step's patches"
-    )
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    for flag, kind, default, text in NUMBERS:
+        gen.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
     tiny = commands.add_parser("tiny-model", help="write a tiny random SDXL-shaped model folder")
     tiny.add_argument("directory", type=Path, metavar="DIR")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="torch seed of the random weights, in [0, 2**64 - 1] (default: %(default)s)",
+    )
     return parser
-
-
-def check_model_source(value: str, flag: str, marker: str) -> Path | None:
-    """A local diffusers folder holding ``marker`` (returned) or a hub id (None), offline.
-
-    Args:
-        value: the option's value.
-        flag: the option, for messages.
-        marker: the file such a folder holds (``model_index.json``; ``config.json`` for a VAE).
-    """
-    path = Path(value).expanduser()
-    if path.is_dir():
-        if not (path / marker).is_file():
-            raise UsageError(f"{flag} {value}: no {marker} in the folder (not a diffusers folder)")
-        return path
-    if path.exists():
-        raise UsageError(f"{flag} {value} is a file; expected a hub id (org/name) or a folder")
-    if value.startswith((".", "/", "~")) or value.count("/") > 1 or "\\" in value:
-        raise UsageError(f"{flag} {value}: the folder does not exist")
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        raise UsageError(
-            f"{flag} {value!r} is neither an existing folder nor a hub id (org/name)"
-        ) from None
-    return None
-
-
-def read_config(path: Path) -> dict:
-    """A diffusers JSON config, or {} when missing or unreadable (loading then says why)."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def downsampling(config: dict, default: int) -> int:
-    """``2 ** (levels - 1)`` of a diffusers UNet or VAE config, as diffusers computes it."""
-    blocks = config.get("block_out_channels")
-    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else default
-
-
-def check_models(args: argparse.Namespace) -> ModelShape:
-    """``--model`` and ``--vae`` checked offline; the geometry of local folders (else SDXL's)."""
-    model = check_model_source(args.model, "--model", "model_index.json")
-    vae_value = args.vae
-    if vae_value == "auto":
-        vae_value = DEFAULT_VAE if args.model == DEFAULT_MODEL else "none"
-    if vae_value == "none":
-        vae_config = read_config(model / "vae" / "config.json") if model else {}
-    else:
-        vae = check_model_source(vae_value, "--vae", "config.json")
-        vae_config = read_config(vae / "config.json") if vae else {}
-    unet_config = read_config(model / "unet" / "config.json") if model else {}
-    scheduler_config = read_config(model / "scheduler" / "scheduler_config.json") if model else {}
-    sdxl = ModelShape()
-    return ModelShape(
-        vae_scale_factor=downsampling(vae_config, sdxl.vae_scale_factor),
-        latent_channels=int(vae_config.get("latent_channels", sdxl.latent_channels)),
-        unet_factor=downsampling(unet_config, sdxl.unet_factor),
-        train_timesteps=int(scheduler_config.get("num_train_timesteps", sdxl.train_timesteps)),
-    )
-
-
-def check_config(args: argparse.Namespace) -> PixelsmithConfig:
-    """The sampler options as a :class:`PixelsmithConfig`, each error naming its flag."""
-    if args.faithful and args.scheduler == "grid":
-        raise UsageError(
-            "--scheduler grid is not available with --faithful (the official sampler places "
-            "patches at random centres); use --scheduler random or leave it out"
-        )
-    try:
-        return PixelsmithConfig(
-            patch_size=args.patch_size,
-            band=args.band,
-            patch_scheduler=args.scheduler,
-            patch_batch_size=args.patch_batch,
-            grid_min_overlap=args.grid_min_overlap,
-            grid_stagger=not args.no_grid_stagger,
-            faithful=args.faithful,
-            guidance_posterior=args.posterior,
-            handover=args.handover,
-            vae_tile=args.vae_tile,
-            vae_overlap=args.vae_overlap,
-            vae_blend=args.vae_blend,
-        )
-    except (TypeError, ValueError) as error:  # "<field> must be ..."
-        field, _, rest = str(error).partition(" ")
-        raise UsageError(f"{CONFIG_FLAGS.get(field, field)} {rest}") from None
-
-
-def check_numbers(args: argparse.Namespace, shape: ModelShape) -> None:
-    """``--steps``, ``--guidance``, ``--seed`` and ``--checkpoint-every`` in their ranges."""
-    if not 1 <= args.steps <= shape.train_timesteps:
-        raise UsageError(
-            f"--steps must be an int in [1, {shape.train_timesteps}] (the scheduler's training "
-            f"timesteps), got {args.steps}"
-        )
-    if not math.isfinite(args.guidance):
-        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be an int in [0, {MAX_SEED}], got {args.seed}")
-    if args.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be an int >= 1, got {args.checkpoint_every}")
-
-
-def check_sizes(
-    args: argparse.Namespace, shape: ModelShape, config: PixelsmithConfig
-) -> list[tuple[int, int]]:
-    """``--sizes`` and ``--slider`` as the cascade checks them; the sizes as (h, w) px."""
-    try:
-        sizes = validate_cascade(
-            args.sizes,
-            args.slider,
-            args.steps,
-            vae_scale_factor=shape.vae_scale_factor,
-            patch_size=config.patch_size,
-            names=CASCADE_FLAGS,
-        )
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    if len(sizes) > 1 and config.patch_size % shape.unet_factor:
-        raise UsageError(
-            f"--patch-size must be a multiple of the UNet downsampling factor "
-            f"{shape.unet_factor}, got {config.patch_size}"
-        )
-    return sizes
-
-
-def check_outputs(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> None:
-    """``-o/--output`` (and intermediate files), ``--compression``, the checkpoint folder."""
-    output = check_output_path(args.output, *sizes[-1], name="-o/--output")
-    if args.save_intermediate:
-        for size in sizes[:-1]:
-            path = intermediate_path(output, size)
-            check_output_path(path, *size, name="--save-intermediate")
-    if args.compression is not None:
-        if output.suffix.lower() not in TIFF_SUFFIXES:
-            raise UsageError(
-                f"--compression applies to .tif/.tiff outputs only, got -o/--output {output}"
-            )
-        check_compression(args.compression, name="--compression")
-    if args.checkpoint_dir is not None:
-        check_checkpoint_dir(args.checkpoint_dir, f"--checkpoint-dir {args.checkpoint_dir}")
-    else:
-        folder = output.with_name(f"{output.name}.pixelsmith")
-        check_checkpoint_dir(folder, f"the checkpoint folder {folder} (set with --checkpoint-dir)")
-
-
-def check_checkpoint_dir(folder: Path, label: str) -> None:
-    """A checkpoint folder that is absent, empty or a pixelsmith checkpoint, and can be made.
-
-    A folder holding other files is refused: a finished run deletes its checkpoint folder.
-
-    Args:
-        folder: the checkpoint folder.
-        label: how it is named in messages.
-    """
-    check_folder_writable(folder, label)
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / RUN_FILE).is_file():
-        raise UsageError(
-            f"{label} holds files but no {RUN_FILE}: not a pixelsmith checkpoint folder, and a "
-            "finished run deletes its checkpoint folder; choose another --checkpoint-dir"
-        )
-
-
-def check_folder_writable(folder: Path, label: str) -> None:
-    """Fail unless ``folder`` is a folder or can be created, and is writable.
-
-    Args:
-        folder: the folder.
-        label: how it is named in messages (the flag and the value).
-    """
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{label} is a file, not a folder")
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{label}: cannot create it, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{label}: cannot write to {existing} (permission denied)")
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device, else the host's available RAM (MPS shares it), or None."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def gib(count: int) -> str:
-    """Bytes as GiB with two decimals."""
-    return f"{count / 2**30:,.2f} GiB"
-
-
-def check_memory(size: tuple[int, int], shape: ModelShape, device: torch.device) -> None:
-    """The full-size latent maps of the largest stage must fit in the memory of ``device``."""
-    need = latent_maps_bytes(*size, shape.vae_scale_factor, shape.latent_channels)
-    available = available_memory(device)
-    if available is not None and need > available:
-        per_px = latent_bytes_per_px(shape.latent_channels)
-        raise UsageError(
-            f"--sizes {size[0]}x{size[1]}: the full-size latent maps of this stage alone need "
-            f"{need} bytes ({gib(need)}, {per_px} bytes per latent px), more than the "
-            f"{available} bytes ({gib(available)}) available on {device}; use smaller --sizes, "
-            "or --allow-large to try anyway"
-        )
-
-
-def check_generate(
-    args: argparse.Namespace,
-) -> tuple[torch.device, PixelsmithConfig, list[tuple[int, int]]]:
-    """Every ``generate`` input checked before the model is loaded and anything is written."""
-    device = check_device(args.device)
-    shape = check_models(args)
-    with usage_errors():
-        check_lora_options(args.lora, args.lora_scale, names=LORA_FLAGS)
-    config = check_config(args)
-    check_numbers(args, shape)
-    sizes = check_sizes(args, shape, config)
-    with usage_errors():
-        launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
-        check_devices(args.devices, device, names=("--devices", "--device"), launched=launched)
-        check_parallel(max(args.devices, launched), faithful=config.faithful, name="--faithful")
-    check_control_options(
-        args.controlnet, args.control_image, args.control_scale, sizes[-1], names=CONTROL_FLAGS
-    )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone writes (and checks)
-        check_outputs(args, sizes)
-    if not args.allow_large:
-        check_memory(sizes[-1], shape, device)
-    return device, config, sizes
 
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
-    """An API check's ``ValueError``/``TypeError`` (whose message names the flag) as exit 2."""
+    """An API check's error about an input (whose message names the flag) as a ``UsageError``:
+    one line, exit status 2."""
     try:
         yield
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    except BAD_INPUT as error:
+        raise UsageError(one_line(error)) from None
 
 
-@contextlib.contextmanager
-def quiet_loading(hide_bars: bool) -> Iterator[None]:
-    """Model loading without library deprecation warnings, and without its progress bars
-    (diffusers', transformers') when ``hide_bars``; both restored after the block."""
-    modules = (diffusers_logging, transformers_logging) if hide_bars else ()
-    shown = [module.is_progress_bar_enabled() for module in modules]
-    for module in modules:
-        module.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        for module, was_shown in zip(modules, shown, strict=True):
-            if was_shown:
-                module.enable_progress_bar()
+# PixelsmithConfig fields of command-line options (--no-grid-stagger is the negated field)
+CONFIG_OPTIONS = ("patch_size", "band", "patch_scheduler", "patch_batch_size",
+    "grid_min_overlap", "faithful", "guidance_posterior", "handover", "vae_tile", "vae_overlap",
+    "vae_blend")  # fmt: skip
+
+
+def config_fields(args: argparse.Namespace) -> dict:
+    """The ``PixelsmithConfig`` fields set by the command-line options."""
+    fields = {field: getattr(args, FLAGS[field][2:].replace("-", "_")) for field in CONFIG_OPTIONS}
+    return {**fields, "grid_stagger": not args.no_grid_stagger}
+
+
+def check_generate(args: argparse.Namespace) -> tuple[torch.device, PixelsmithConfig, CascadePlan]:
+    """Every ``generate`` input checked by the API's checks before the model is loaded and
+    anything is written."""
+    device = check_device(args.device)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
+    with usage_errors():
+        models = check_from_pretrained(
+            args.model, None if args.vae == "none" else args.vae, names=FLAGS
+        )
+        check_lora_options(args.lora, args.lora_scale, names=LORA_FLAGS)
+        config = make_config(FLAGS, **config_fields(args))
+        check_devices(args.devices, device, names=("--devices", "--device"), launched=launched)
+        plan = check_cascade(
+            args.sizes,
+            args.slider,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            output=args.output,
+            config=config,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            save_intermediate=args.save_intermediate,
+            compression=args.compression,
+            controlnet=args.controlnet,
+            control_image=args.control_image,
+            controlnet_conditioning_scale=args.control_scale,
+            shape=models.shape,
+            device=device,
+            allow_large=args.allow_large,
+            world_size=max(args.devices, launched),
+            writes=os.environ.get("RANK", "0") == "0",  # under torchrun rank 0 alone writes
+            names=FLAGS,
+        )
+    return device, config, plan
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithPipeline:
@@ -498,14 +294,27 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithP
                 args.model, vae=vae, ddim=not args.no_ddim, torch_dtype=dtype
             )
         return pipe.to(device)
+    except HubUnreachableError:
+        raise  # says which model and why, as the API does
     except (OSError, RuntimeError, ValueError, KeyError, ImportError) as error:
         with_vae = "" if args.vae in ("auto", "none") else f" --vae {args.vae}"
         reason = f"missing entry {error}" if isinstance(error, KeyError) else one_line(error)
         raise WorkError(f"cannot load --model {args.model}{with_vae}: {reason}") from error
 
 
+def check_adapter_hubs(args: argparse.Namespace) -> None:
+    """Hub ids of ``--lora`` and ``--controlnet`` reachable (or cached) before the model loads."""
+    for source in args.lora:
+        found = resolve_source(source, name="--lora", what="LoRA file or folder", file_ok=True)
+        check_source_hub(found, "the LoRA")
+    if args.controlnet is not None:
+        found = resolve_source(args.controlnet, name="--controlnet", what="ControlNet folder")
+        check_source_hub(found, "the ControlNet")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     device, config, _ = check_generate(args)
+    check_adapter_hubs(args)
     if args.devices > 1:
         status = run_on_ranks(generate_worker, args.devices, device.type, args, device, config)
         if status == 0:
@@ -524,13 +333,13 @@ def generate_worker(
     args: argparse.Namespace, device: torch.device, config: PixelsmithConfig
 ) -> int:
     """One rank of ``generate --devices N``: errors and signals as in ``main``."""
-    _log_to_stderr()
+    log_to_stderr()
 
     def run() -> int:
         generate_on_rank(args, device, config, RankGroup.current())
         return 0
 
-    return with_signals("pixelsmith generate", run)
+    return run_main("pixelsmith generate", run, interrupt_hint=RESUME_HINT)
 
 
 def generate_on_rank(
@@ -546,52 +355,46 @@ def generate_on_rank(
         load_loras(pipe, args.lora, args.lora_scale, names=LORA_FLAGS)
     controlnet = None
     if args.controlnet is not None:
-        controlnet = load_controlnet(args.controlnet, torch_dtype=pipe.unet.dtype, device=device)
-    return generate_cascade(
-        pipe,
-        args.prompt,
-        args.sizes,
-        args.slider,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        output=args.output,
-        negative_prompt=args.negative,
-        config=config,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoint=args.keep_checkpoint,
-        restart=args.restart,
-        save_intermediate=args.save_intermediate,
-        compression=args.compression,
-        progress=not quiet,
-        controlnet=controlnet,
-        control_image=args.control_image,
-        controlnet_conditioning_scale=args.control_scale,
-        ranks=ranks,
-    )
+        controlnet = load_controlnet(
+            args.controlnet, torch_dtype=pipe.unet.dtype, device=device, name="--controlnet"
+        )
+    with usage_errors():  # a ControlNet that does not fit the UNet is bad input
+        return generate_cascade(
+            pipe,
+            args.prompt,
+            args.sizes,
+            args.slider,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            output=args.output,
+            negative_prompt=args.negative,
+            config=config,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoint=args.keep_checkpoint,
+            restart=args.restart,
+            save_intermediate=args.save_intermediate,
+            compression=args.compression,
+            progress=not quiet,
+            controlnet=controlnet,
+            control_image=args.control_image,
+            controlnet_conditioning_scale=args.control_scale,
+            ranks=ranks,
+            allow_large=args.allow_large,
+        )
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    check_folder_writable(args.directory, f"DIR {args.directory}")
+    check_folder_writable(args.directory, "DIR")
     print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
     return 0
 
 
 COMMANDS = {"generate": run_generate, "tiny-model": run_tiny_model}
-RESUME_HINT = "; run the same command again to resume from the last saved step"
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM, so that temporary files are cleaned up."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """Show the package's info lines (resuming, stages loaded from a checkpoint) on stderr."""
     logger = logging.getLogger("pixelsmith")
     if not logger.handlers:
@@ -605,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelsmith`` console script; returns the exit status.
 
     Bad inputs print ``pixelsmith COMMAND: error: ...`` (one line) and return 2, failures while
-    working return 1, Ctrl-C returns 130 and SIGTERM 143, each with one line.
+    working return 1, Ctrl-C returns 130 and SIGTERM 143, each with one line
+    (``common_kernels.cli.run_main``; ``generate`` adds the hint that running it again resumes).
 
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
@@ -615,24 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         args = build_parser().parse_args(argv)
-        _log_to_stderr()
+        log_to_stderr()
         return COMMANDS[args.command](args)
 
-    return with_signals(prog, run)
-
-
-def with_signals(prog: str, run: Callable[[], int]) -> int:
-    """``run_main`` of ``run`` with SIGTERM as one line and exit status 143 (and the hint to
-    resume after an interruption for ``generate``)."""
     hint = RESUME_HINT if prog == "pixelsmith generate" else ""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return run_main(prog, run, interrupt_hint=hint)
-    except Terminated:
-        print(f"{prog}: terminated{hint}", file=sys.stderr)
-        return EXIT_TERMINATED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(prog, run, interrupt_hint=hint)
 
 
 if __name__ == "__main__":

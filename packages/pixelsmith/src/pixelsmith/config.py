@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
 from common_kernels.files import parse_size
@@ -26,6 +27,27 @@ LATENT_MAP_BYTES_PER_CHANNEL = 4 * 4
 STEP_MAP_BYTES = 2
 
 
+Names = Mapping[str, str]
+
+
+def named(argument: str, names: Names | None) -> str:
+    """How the caller spells ``argument`` in messages (the CLI: its flag).
+
+    Args:
+        argument: the API's name (``"num_inference_steps"``).
+        names: argument -> caller's name; ``None`` or a missing key keeps ``argument``.
+    """
+    return argument if names is None else names.get(argument, argument)
+
+
+def setting(argument: str, value: object, names: Names | None) -> str:
+    """A setting as the caller writes it: ``--scheduler grid`` (CLI) or
+    ``patch_scheduler='grid'`` (API; ``value`` ``True`` for a CLI switch shows the flag alone)."""
+    if names is None or argument not in names:
+        return f"{argument}={value!r}"
+    return names[argument] if value is True else f"{names[argument]} {value}"
+
+
 def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]`` (``high=None``: no upper bound)."""
     accepted = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
@@ -40,6 +62,48 @@ def _require_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_config_fields(settings: Mapping[str, Any], names: Names | None = None) -> None:
+    """Each :class:`PixelsmithConfig` field in its range, all of them given.
+
+    Args:
+        settings: field -> value, every field of ``PixelsmithConfig``.
+        names: how the caller spells each field in messages (the CLI: its flags).
+
+    Raises:
+        TypeError: a field of the wrong type.
+        ValueError: the first field out of range; the message names it and the range.
+    """
+
+    def name(field: str) -> str:
+        return named(field, names)
+
+    patch_size = _require_int(name("patch_size"), settings["patch_size"], 1)
+    _require_int(name("band"), settings["band"], 0)
+    scheduler = settings["patch_scheduler"]
+    if scheduler is not None:
+        _require_choice(name("patch_scheduler"), scheduler, PATCH_SCHEDULERS)
+    if settings["faithful"] and scheduler == "grid":
+        raise ValueError(
+            f"{setting('patch_scheduler', 'grid', names)} is not available with "
+            f"{setting('faithful', True, names)} (the official sampler places patches at random "
+            f"centres); use {setting('patch_scheduler', 'random', names)} or leave it out"
+        )
+    _require_int(name("patch_batch_size"), settings["patch_batch_size"], 1)
+    _require_int(name("grid_min_overlap"), settings["grid_min_overlap"], 0, patch_size - 1)
+    if not isinstance(settings["grid_stagger"], bool):
+        raise TypeError(f"{name('grid_stagger')} must be a bool, got {settings['grid_stagger']!r}")
+    _require_choice(name("guidance_posterior"), settings["guidance_posterior"], POSTERIORS)
+    if settings["handover"] is not None:
+        _require_choice(name("handover"), settings["handover"], HANDOVERS)
+    vae_tile = _require_int(name("vae_tile"), settings["vae_tile"], 1)
+    _require_int(name("vae_overlap"), settings["vae_overlap"], 0, vae_tile - 1)
+    _require_choice(name("vae_blend"), settings["vae_blend"], BLENDS)
+    _require_int(name("max_ram_pixels"), settings["max_ram_pixels"], 1)
+    eta = settings["eta"]
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"{name('eta')} must be a float in [0, 1], got {eta!r}")
 
 
 @dataclass(frozen=True)
@@ -92,28 +156,7 @@ class PixelsmithConfig:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        _require_int("patch_size", self.patch_size, 1)
-        _require_int("band", self.band, 0)
-        if self.patch_scheduler is not None:
-            _require_choice("patch_scheduler", self.patch_scheduler, PATCH_SCHEDULERS)
-        if self.faithful and self.patch_scheduler == "grid":
-            raise ValueError(
-                "patch_scheduler='grid' is not available with faithful=True: the official "
-                "sampler places patches at random centres (use patch_scheduler='random' or None)"
-            )
-        _require_int("patch_batch_size", self.patch_batch_size, 1)
-        _require_int("grid_min_overlap", self.grid_min_overlap, 0, self.patch_size - 1)
-        if not isinstance(self.grid_stagger, bool):
-            raise TypeError(f"grid_stagger must be a bool, got {self.grid_stagger!r}")
-        _require_choice("guidance_posterior", self.guidance_posterior, POSTERIORS)
-        if self.handover is not None:
-            _require_choice("handover", self.handover, HANDOVERS)
-        _require_int("vae_tile", self.vae_tile, 1)
-        _require_int("vae_overlap", self.vae_overlap, 0, self.vae_tile - 1)
-        _require_choice("vae_blend", self.vae_blend, BLENDS)
-        _require_int("max_ram_pixels", self.max_ram_pixels, 1)
-        if not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be a float in [0, 1], got {self.eta!r}")
+        check_config_fields(vars(self))
 
     @property
     def scheduler_name(self) -> str:
@@ -140,6 +183,27 @@ class PixelsmithConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def make_config(names: Names | None = None, **fields: Any) -> PixelsmithConfig:
+    """A :class:`PixelsmithConfig` of ``fields`` (the defaults elsewhere), checked with the
+    caller's names in messages.
+
+    Args:
+        names: how the caller spells each field (the CLI: ``{"patch_size": "--patch-size"}``).
+        **fields: ``PixelsmithConfig`` fields.
+
+    Raises:
+        TypeError: a field of the wrong type, or no ``PixelsmithConfig`` field.
+        ValueError: a field out of range, named as ``names`` spells it.
+    """
+    settings = {field.name: field.default for field in dataclasses.fields(PixelsmithConfig)}
+    unknown = sorted(set(fields) - set(settings))
+    if unknown:
+        raise TypeError(f"unknown PixelsmithConfig fields: {', '.join(unknown)}")
+    settings.update(fields)
+    check_config_fields(settings, names)
+    return PixelsmithConfig(**settings)
 
 
 def validate_cascade(

@@ -29,10 +29,10 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels import files
-from common_kernels.hub import local_or_hub
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch
+from pixelsmith.sources import CONFIG_MARKER, check_source_hub, resolve_source
 
 # ControlNet config entries that must equal the UNet's for its residuals to fit the UNet
 MATCHING_FIELDS = (
@@ -342,12 +342,7 @@ def check_control_options(
         return
     if image is None:
         raise ValueError(f"{controlnet_name} needs {image_name} (its condition image)")
-    try:
-        source = local_or_hub(controlnet, what="ControlNet folder")
-    except FileNotFoundError as error:
-        raise ValueError(f"{controlnet_name}: {error}") from None
-    if isinstance(source, Path) and not (source / "config.json").is_file():
-        raise ValueError(f"{controlnet_name} {controlnet}: no config.json (not a diffusers folder)")
+    resolve_source(controlnet, name=controlnet_name, what="ControlNet folder", marker=CONFIG_MARKER)
     check_control_scale(scale, scale_name)
     check_aspect(open_control_image(image, image_name), *final_size, image_name)
 
@@ -357,22 +352,27 @@ def load_controlnet(
     *,
     torch_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    name: str = "controlnet",
 ) -> ControlNetModel:
-    """``ControlNetModel.from_pretrained`` of a folder or hub id on ``device`` (the local-path
-    rule of ``common_kernels.hub.local_or_hub``: a missing ``./folder`` fails at once).
+    """``ControlNetModel.from_pretrained`` of a folder or hub id on ``device``, after the
+    loader rule (:mod:`pixelsmith.sources`): a missing ``./folder`` fails at once, an uncached
+    hub id within 5 s when the hub cannot be reached.
 
     Args:
         source: a ControlNet folder or hub id.
         torch_dtype: weights dtype.
         device: where the ControlNet runs.
+        name: how ``source`` is named in messages (the CLI passes its flag).
 
     Raises:
+        FileNotFoundError: a local path where nothing is.
+        common_kernels.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
         OSError: it cannot be loaded (named, with the reason on one line).
     """
+    found = resolve_source(source, name=name, what="ControlNet folder", marker=CONFIG_MARKER)
+    check_source_hub(found, "the ControlNet")
     try:
-        model = ControlNetModel.from_pretrained(
-            local_or_hub(source, what="ControlNet folder"), torch_dtype=torch_dtype
-        )
+        model = ControlNetModel.from_pretrained(os.fspath(found), torch_dtype=torch_dtype)
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         reason = " ".join(str(error).split())
         raise OSError(f"cannot load controlnet {source}: {reason}") from None

@@ -4,7 +4,7 @@ Writers consume ``(top, rows)`` blocks from :func:`pixelsmith.tiling.decoded_row
 through ``common_kernels.files.atomic_write`` (shared by every package of the repository): a
 uniquely named hidden temporary file next to the target, with the usual permissions, that
 replaces the target only when complete and is removed when the write fails or is interrupted
-(KeyboardInterrupt, or SIGTERM turned into SystemExit by the CLI).
+(KeyboardInterrupt, or SIGTERM raised as ``common_kernels.cli.Terminated`` by the CLI).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
-from common_kernels.hub import local_or_hub
+from pixelsmith.sources import resolve_source
 
 # the components an SDXL LoRA file may target, by key prefix
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -194,7 +194,7 @@ def check_lora_options(
     """LoRA sources and scales checked without the model; the scale of each LoRA.
 
     A source that looks like a path (``./``, ``/``, ``~`` or an existing name) must exist
-    (``common_kernels.hub.local_or_hub``); anything else is a hub id.
+    (:func:`pixelsmith.sources.resolve_source`); anything else must be a hub id.
 
     Args:
         sources: LoRA files, folders or hub ids.
@@ -203,10 +203,7 @@ def check_lora_options(
     """
     sources_name, scales_name = names
     for source in sources:
-        try:
-            local_or_hub(source, what="LoRA file or folder")
-        except FileNotFoundError as error:
-            raise ValueError(f"{sources_name}: {error}") from None
+        resolve_source(source, name=sources_name, what="LoRA file or folder", file_ok=True)
     if scales is None or len(scales) == 0:
         return [1.0] * len(sources)
     if not sources:

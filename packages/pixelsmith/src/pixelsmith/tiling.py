@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from common_kernels import OverlapAccumulator, Tile, blend_weights, tile_grid
+from common_kernels.progress import progress as show_progress
 from pixelsmith.images import ImageSource
 
 EncodeFn = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -51,7 +51,7 @@ def encode_tiled(
         blend: tile blending (see ``common_kernels.blend_weights``).
         scale: px per latent px.
         device: where the canvas lives.
-        progress: show a tqdm bar.
+        progress: show progress (``common_kernels.progress``: a bar on a terminal, lines in a log).
 
     Returns:
         (1, C, h, w) mean and (1, C, h, w) std, float32.
@@ -64,7 +64,10 @@ def encode_tiled(
         )
     tiles = latent_tiles(height, width, tile, overlap)
     accumulator: OverlapAccumulator | None = None
-    for t in tqdm(tiles, desc="encode tiles", unit="tile", disable=not progress, leave=False):
+    shown = show_progress(
+        tiles, desc="pixelsmith encode", unit="tiles", disable=not progress, leave=False
+    )
+    for t in shown:
         pixels = source.read(t.top * scale, t.left * scale, t.height * scale, t.width * scale)
         mean, std = encode(pixels[None].to(device))  # (1, C, th, tw) each
         if accumulator is None:
@@ -99,7 +102,7 @@ def decoded_rows(
         overlap: tile overlap in latent px.
         blend: tile blending.
         scale: px per latent px.
-        progress: show a tqdm bar.
+        progress: show progress (``common_kernels.progress``: a bar on a terminal, lines in a log).
 
     Yields:
         ``(top, rows)`` with rows a (3, r, w*scale) float32 tensor of pixels in [-1, 1]
@@ -108,8 +111,11 @@ def decoded_rows(
     height, width = latents.shape[-2:]
     tiles = latent_tiles(height, width, tile, overlap)
     row_groups = [list(g) for _, g in itertools.groupby(tiles, key=lambda t: t.top)]
-    bar = tqdm(
-        total=len(tiles), desc="decode tiles", unit="tile", disable=not progress, leave=False
+    # one tick per tile, in the order of row_groups (a bar on a terminal, lines in a log)
+    ticks = iter(
+        show_progress(
+            tiles, desc="pixelsmith decode", unit="tiles", disable=not progress, leave=False
+        )
     )
     band = max(t.height for t in tiles) * scale  # rows one row of tiles can touch
     canvas: Tensor | None = None  # (3, band, W) weighted sums of rows start .. start + band
@@ -132,7 +138,7 @@ def decoded_rows(
                 cols = slice(t.left * scale, (t.left + t.width) * scale)
                 canvas[:, rows, cols] += pixels * w
                 weight[rows, cols] += w
-                bar.update(1)
+                next(ticks)
             last = index + 1 == len(row_groups)
             done = height * scale if last else row_groups[index + 1][0].top * scale
             finished = done - start  # rows no later tile touches
@@ -145,5 +151,6 @@ def decoded_rows(
             canvas[:, carried:] = 0
             weight[carried:] = 0
             start = done
+        next(ticks, None)  # the end of the progress
     finally:
-        bar.close()
+        ticks.close()

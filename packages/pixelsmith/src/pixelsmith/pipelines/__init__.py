@@ -1,8 +1,6 @@
 """Diffusers pipelines of pixelsmith."""
 
 from pixelsmith.pipelines.pixelsmith import (
-    DEFAULT_MODEL,
-    DEFAULT_VAE,
     PixelsmithOutput,
     PixelsmithPipeline,
     StageStats,
@@ -10,6 +8,7 @@ from pixelsmith.pipelines.pixelsmith import (
     TextConditioning,
     ddim_from_config,
 )
+from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE
 
 __all__ = [
     "DEFAULT_MODEL",

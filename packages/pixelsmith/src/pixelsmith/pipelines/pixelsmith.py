@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +26,15 @@ from diffusers import (
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from common_kernels import files
 from common_kernels.files import AtomicSavePretrained
-from common_kernels.hub import local_or_hub
+from common_kernels.progress import progress as show_progress
 from pixelsmith.config import PixelsmithConfig, check_slider
 from pixelsmith.control import ControlCondition, check_aspect, check_controlnet
 from pixelsmith.images import (
@@ -47,10 +50,9 @@ from pixelsmith.lora import LORA_COMPONENTS, check_lora_state_dict, quiet_lora_n
 from pixelsmith.parallel import RankGroup
 from pixelsmith.patches import Patch, make_planner
 from pixelsmith.sampling import GuidanceLatents, PatchSampler, SplitDenoiser
+from pixelsmith.sources import check_from_pretrained, check_source_hub, resolve_source
 from pixelsmith.tiling import decoded_rows, encode_tiled
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
 CONTROLNET_PIPELINE_COMPONENTS = (
     "vae",
     "text_encoder",
@@ -239,6 +241,24 @@ def check_image_tensor(image: Tensor) -> Tensor:
     return files.check_image_tensor(pixels, "image")
 
 
+@contextlib.contextmanager
+def quiet_loading(hide_bars: bool) -> Iterator[None]:
+    """Model loading without library deprecation warnings, and without its progress bars
+    (diffusers', transformers') when ``hide_bars``; both restored after the block."""
+    modules = (diffusers_logging, transformers_logging) if hide_bars else ()
+    shown = [module.is_progress_bar_enabled() for module in modules]
+    for module in modules:
+        module.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for module, was_shown in zip(modules, shown, strict=True):
+            if was_shown:
+                module.enable_progress_bar()
+
+
 class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
     """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
 
@@ -250,13 +270,17 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | Path,
+        pretrained_model_name_or_path: str | os.PathLike,
         *,
-        vae: str | AutoencoderKL | None = "auto",
+        vae: str | os.PathLike | AutoencoderKL | None = "auto",
         ddim: bool = True,
         **kwargs,
     ) -> PixelsmithPipeline:
         """Load an SDXL repository or folder (diffusers layout).
+
+        The names follow the repository's loader rule (:mod:`pixelsmith.sources`): a path is a
+        local folder and a missing one is a ``FileNotFoundError`` naming it; a hub id that is
+        not cached fails within 5 s with ``HubUnreachableError`` when the hub cannot be reached.
 
         Args:
             pretrained_model_name_or_path: hub id or local folder.
@@ -267,18 +291,24 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
                 ``set_alpha_to_one=True`` (ignored when ``scheduler=`` is passed).
             **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``torch_dtype``,
                 ``variant``, components, ...).
+
+        Raises:
+            FileNotFoundError: a local path where nothing is.
+            ValueError: a folder that is not a diffusers folder, a malformed hub id.
+            common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub
+                cannot be reached (an ``OSError``).
         """
-        if isinstance(vae, str):
-            if vae == "auto":
-                vae = DEFAULT_VAE if str(pretrained_model_name_or_path) == DEFAULT_MODEL else None
-            if vae is not None:
-                dtype = kwargs.get("torch_dtype")
-                dtype = dtype if isinstance(dtype, torch.dtype) else None
-                kwargs["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=dtype)
-        elif vae is not None:
+        named_vae = vae if vae is None or isinstance(vae, (str, os.PathLike)) else None
+        plan = check_from_pretrained(pretrained_model_name_or_path, named_vae)
+        plan.check_hub()
+        if plan.vae is not None:
+            dtype = kwargs.get("torch_dtype")
+            dtype = dtype if isinstance(dtype, torch.dtype) else None
+            kwargs["vae"] = AutoencoderKL.from_pretrained(os.fspath(plan.vae), torch_dtype=dtype)
+        elif named_vae is None and vae is not None:
             kwargs["vae"] = vae
         explicit_scheduler = "scheduler" in kwargs
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(os.fspath(plan.model), **kwargs)
         if ddim and not explicit_scheduler:
             pipe.scheduler = ddim_from_config(pipe.scheduler.config)
         return pipe
@@ -299,8 +329,9 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             label, source = "(state dict)", dict(source)
         else:
             label = str(source)
-            source = local_or_hub(source, what="LoRA file or folder")
-            source = str(source)
+            found = resolve_source(source, name="lora", what="LoRA file or folder", file_ok=True)
+            check_source_hub(found, "the LoRA")
+            source = os.fspath(found)
         options = {k: v for k, v in kwargs.items() if k not in ("low_cpu_mem_usage", "hotswap")}
         try:
             state_dict, _ = self.lora_state_dict(source, unet_config=self.unet.config, **options)
@@ -605,7 +636,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             config: hand-over mode and tiling.
             workdir: where a disk memmap goes when the decoded image exceeds
                 ``config.max_ram_pixels``.
-            progress: show tqdm bars.
+            progress: show progress (a bar on a terminal, lines in a log).
             save_to: also consume the decoded rows (e.g. to write the intermediate image).
         """
         height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
@@ -772,7 +803,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             start_step: first step to run (to resume).
             on_step: called as ``on_step(step, latents, plan)`` after every step, ``plan`` the
                 step's :class:`StepPlan` (patches, rolls, time_ids, timestep).
-            progress: show a tqdm bar over steps.
+            progress: show progress over steps (a bar on a terminal, lines in a log).
             control: a ControlNet and its condition image (cropped per patch).
             ranks: the processes sharing the UNet calls of each step (:mod:`pixelsmith.parallel`;
                 every rank passes the same inputs and generator state).
@@ -811,10 +842,10 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             ranks=ranks,
         )
         stats = StageStats()
-        steps = tqdm(
+        steps = show_progress(
             range(start_step, num_inference_steps),
-            desc=f"{size_px[0]}x{size_px[1]} steps",
-            unit="step",
+            desc=f"pixelsmith {size_px[0]}x{size_px[1]}",
+            unit="steps",
             disable=not progress,
             leave=False,
         )
@@ -824,7 +855,6 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             sampler.step(step, batches)
             stats.patches_per_step.append(sum(len(b) for b in batches))
             stats.unet_calls_per_step.append(len(batches))
-            steps.set_postfix(patches=stats.patches_per_step[-1], calls=len(batches))
             if on_step is not None:
                 plan = StepPlan(
                     step=step,

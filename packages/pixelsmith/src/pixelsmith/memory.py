@@ -1,0 +1,74 @@
+"""Memory estimates: will the full-size latent maps of a stage fit on the device?
+
+Everything of a Pixelsmith stage is tiled except a few full-size latent maps
+(:func:`pixelsmith.config.latent_maps_bytes`, 66 bytes per latent px for SDXL);
+:func:`check_memory` compares them with the memory available on the device before any work.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pixelsmith.config import Names, latent_bytes_per_px, latent_maps_bytes, named, setting
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device, else the host's available RAM (MPS shares it), or None.
+
+    Args:
+        device: the device the stage runs on.
+    """
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def gib(count: int) -> str:
+    """Bytes as GiB with two decimals."""
+    return f"{count / 2**30:,.2f} GiB"
+
+
+def check_memory(
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    vae_scale_factor: int = 8,
+    latent_channels: int = 4,
+    names: Names | None = None,
+) -> None:
+    """Fail unless the full-size latent maps of a ``size`` stage fit in the memory available on
+    ``device`` (unknown memory passes).
+
+    Args:
+        size: the stage's (height, width) in px.
+        device: where it runs.
+        vae_scale_factor: px per latent px.
+        latent_channels: channels of the latent.
+        names: how the caller spells ``sizes`` and ``allow_large`` in messages.
+
+    Raises:
+        ValueError: the estimate, the available bytes and what to do.
+    """
+    need = latent_maps_bytes(*size, vae_scale_factor, latent_channels)
+    available = available_memory(device)
+    if available is not None and need > available:
+        per_px = latent_bytes_per_px(latent_channels)
+        sizes = named("sizes", names)
+        raise ValueError(
+            f"{sizes} {size[0]}x{size[1]}: the full-size latent maps of this stage alone need "
+            f"{need} bytes ({gib(need)}, {per_px} bytes per latent px), more than the "
+            f"{available} bytes ({gib(available)}) available on {device}; use smaller {sizes}, "
+            f"or {setting('allow_large', True, names)} to try anyway"
+        )

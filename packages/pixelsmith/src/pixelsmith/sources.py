@@ -1,0 +1,206 @@
+"""Where models come from: the repository's loader rule, and a model's geometry read offline.
+
+Every model pixelsmith loads (the SDXL pipeline, a VAE, LoRAs, a ControlNet) follows
+``common_kernels.hub``: a name that looks like a path (``./``, ``../``, ``/``, ``~`` or an
+existing name) is a local folder (or file, for a LoRA) and a missing one is a
+``FileNotFoundError`` naming it at once; anything else is a hub id (``owner/name``), and
+:func:`check_source_hub` fails within 5 s with ``HubUnreachableError`` when the hub cannot be
+reached and the repository is not cached, before diffusers' retries.
+
+:func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``:
+``names`` spells the arguments as the caller does (the CLI passes its flags), so the API and the
+command line give the same message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from common_kernels.hub import HubUnreachableError, check_hub, local_or_hub
+from pixelsmith.config import Names, named
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+MODEL_MARKER = "model_index.json"  # what a diffusers pipeline folder holds
+CONFIG_MARKER = "config.json"  # what a diffusers model folder (VAE, ControlNet) holds
+
+
+def resolve_source(
+    value: str | os.PathLike,
+    *,
+    name: str,
+    what: str,
+    marker: str | None = None,
+    file_ok: bool = False,
+) -> Path | str:
+    """The local path or hub id ``value`` means, checked offline (nothing is loaded).
+
+    Args:
+        value: what the caller gave.
+        name: how the argument is named in messages.
+        what: the kind of local thing expected (``"model folder"``).
+        marker: a file a local folder must hold (``model_index.json``), or ``None``.
+        file_ok: a local file is accepted too (a LoRA ``.safetensors``).
+
+    Raises:
+        FileNotFoundError: ``value`` looks like a path and nothing is there.
+        ValueError: a file where a folder belongs, a folder without ``marker``, or a name that
+            is neither a path nor a hub id.
+    """
+    try:
+        source = local_or_hub(value, what=what)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{name}: {error}") from None
+    text = os.fspath(value)
+    if isinstance(source, Path):
+        if source.is_file() and not file_ok:
+            raise ValueError(f"{name} {text} is a file; expected a hub id (owner/name) or a folder")
+        if marker is not None and source.is_dir() and not (source / marker).is_file():
+            raise ValueError(f"{name} {text}: no {marker} in the folder (not a diffusers folder)")
+        return source
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(
+            f"{name} {text!r} is neither an existing folder nor a hub id (owner/name)"
+        ) from None
+    return source
+
+
+def check_source_hub(source: Path | str, what: str) -> None:
+    """Fail within 5 s when the hub id ``source`` is not cached and the hub is out of reach
+    (``HF_HUB_OFFLINE``, or no connection); a local path passes.
+
+    Args:
+        source: from :func:`resolve_source`.
+        what: the model in words (``"the VAE"``), first in the message.
+
+    Raises:
+        HubUnreachableError: ``cannot load WHAT ID: ...`` (an ``OSError``).
+    """
+    if isinstance(source, Path):
+        return
+    try:
+        check_hub(source)
+    except HubUnreachableError as error:
+        raise HubUnreachableError(f"cannot load {what} {source}: {error}") from None
+
+
+def read_config(path: Path) -> dict:
+    """A diffusers JSON config, or {} when missing or unreadable (loading then says why)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def downsampling(config: Mapping, default: int) -> int:
+    """``2 ** (levels - 1)`` of a diffusers UNet or VAE config, as diffusers computes it."""
+    blocks = config.get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, (list, tuple)) and blocks else default
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the checks need to know of a model before it is loaded (SDXL's values by default).
+
+    Args:
+        vae_scale_factor: px per latent px.
+        latent_channels: channels of the VAE latent.
+        unet_factor: downsampling of the UNet (patch sides are multiples of it).
+        train_timesteps: the scheduler's training timesteps (the most inference steps).
+    """
+
+    vae_scale_factor: int = 8
+    latent_channels: int = 4
+    unet_factor: int = 4
+    train_timesteps: int = 1000
+
+    @classmethod
+    def from_configs(cls, vae: Mapping, unet: Mapping, scheduler: Mapping) -> ModelShape:
+        """The shape of diffusers configs; what they leave out is SDXL's.
+
+        Args:
+            vae: the VAE config.
+            unet: the UNet config.
+            scheduler: the scheduler config.
+        """
+        sdxl = cls()
+        return cls(
+            vae_scale_factor=downsampling(vae, sdxl.vae_scale_factor),
+            latent_channels=int(vae.get("latent_channels", sdxl.latent_channels)),
+            unet_factor=downsampling(unet, sdxl.unet_factor),
+            train_timesteps=int(scheduler.get("num_train_timesteps", sdxl.train_timesteps)),
+        )
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The checked sources of ``PixelsmithPipeline.from_pretrained``.
+
+    Args:
+        model: the SDXL folder or hub id.
+        vae: the VAE folder or hub id replacing the model's, or ``None`` (the model's own).
+        shape: the model's geometry (read from local folders; SDXL's for hub ids).
+    """
+
+    model: Path | str
+    vae: Path | str | None
+    shape: ModelShape
+
+    def check_hub(self) -> None:
+        """Fail within 5 s, saying why, when a hub id of the plan cannot be fetched."""
+        check_source_hub(self.model, "the model")
+        if self.vae is not None:
+            check_source_hub(self.vae, "the VAE")
+
+
+def check_from_pretrained(
+    pretrained_model_name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    vae: str | os.PathLike | None = "auto",
+    *,
+    names: Names | None = None,
+) -> LoadPlan:
+    """The sources of ``PixelsmithPipeline.from_pretrained`` checked offline, and the model's
+    geometry read from local folders (nothing is loaded or downloaded).
+
+    Args:
+        pretrained_model_name_or_path: an SDXL hub id or diffusers folder.
+        vae: a VAE hub id or folder; ``"auto"``: ``madebyollin/sdxl-vae-fp16-fix`` for the SDXL
+            base id, the model's own otherwise; ``None``: the model's own.
+        names: how the caller spells ``pretrained_model_name_or_path`` and ``vae``.
+
+    Raises:
+        FileNotFoundError: a path where nothing is.
+        ValueError: a file given as a folder, a folder that is not a diffusers folder, a name
+            that is neither a path nor a hub id.
+    """
+    model = resolve_source(
+        pretrained_model_name_or_path,
+        name=named("pretrained_model_name_or_path", names),
+        what="model folder",
+        marker=MODEL_MARKER,
+    )
+    if vae is not None and os.fspath(vae) == "auto":
+        vae = DEFAULT_VAE if os.fspath(pretrained_model_name_or_path) == DEFAULT_MODEL else None
+    local = model if isinstance(model, Path) else None
+    vae_config = read_config(local / "vae" / CONFIG_MARKER) if local else {}
+    vae_source = None
+    if vae is not None:
+        vae_source = resolve_source(
+            vae, name=named("vae", names), what="VAE folder", marker=CONFIG_MARKER
+        )
+        vae_config = read_config(vae_source / CONFIG_MARKER) if isinstance(vae_source, Path) else {}
+    shape = ModelShape.from_configs(
+        vae_config,
+        read_config(local / "unet" / CONFIG_MARKER) if local else {},
+        read_config(local / "scheduler" / "scheduler_config.json") if local else {},
+    )
+    return LoadPlan(model, vae_source, shape)

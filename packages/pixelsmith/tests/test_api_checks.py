@@ -1,0 +1,241 @@
+"""The API owns the checks (issue 25, item 2): ``generate_cascade``, ``PixelsmithConfig`` and
+``PixelsmithPipeline.from_pretrained`` refuse a bad input with the message that ``pixelsmith
+generate`` prints for the same input, each argument spelled as its caller spells it, before any
+model work; ``--help`` gives units, ranges and defaults; the package has no import cycle and
+nothing imports the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import pixelsmith.memory as memory
+from pixelsmith import PixelsmithConfig, PixelsmithPipeline, generate_cascade
+from pixelsmith.cli import FLAGS, NUMBERS, build_parser, main
+from pixelsmith.config import make_config
+
+SOURCE = Path(__file__).parents[1] / "src" / "pixelsmith"
+SMALL = {"patch_size": 8, "band": 2, "vae_tile": 8, "vae_overlap": 2}
+SMALL_FLAGS = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap", "2"]
+API = {name: name for name in FLAGS}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("api_checks") / "tiny"
+    assert main(["tiny-model", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    """Loading a model or encoding a prompt fails the test: the checks must come first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("model work started before the inputs were checked")
+
+    monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
+    monkeypatch.setattr(PixelsmithPipeline, "encode_text", fail)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**20)  # 1 MiB
+
+
+# case: (generate_cascade keyword arguments, CLI arguments, message with {argument} fields)
+CASES = {
+    "steps": (
+        {"num_inference_steps": 0},
+        ["--steps", "0"],
+        "{num_inference_steps} must be an int in [1, 1000] (the scheduler's training "
+        "timesteps), got 0",
+    ),
+    "guidance": (
+        {"guidance_scale": float("nan")},
+        ["--guidance", "nan"],
+        "{guidance_scale} must be a finite number, got nan",
+    ),
+    "seed": (
+        {"seed": -1},
+        ["--seed", "-1"],
+        "{seed} must be an int in [0, 18446744073709551615], got -1",
+    ),
+    "checkpoint_every": (
+        {"checkpoint_every": 0},
+        ["--checkpoint-every", "0"],
+        "{checkpoint_every} must be an int >= 1, got 0",
+    ),
+    "slider": ({"sliders": [3]}, ["--slider", "3"], "{sliders}[0] must be an int in [1, 2], got 3"),
+    "sizes": (
+        {"sizes": [128, 64]},
+        ["--sizes", "128", "64"],
+        "{sizes} must grow stage by stage (no side smaller than the previous stage's and not "
+        "equal to it), got {sizes}[0] = 128x128 then {sizes}[1] = 64x64",
+    ),
+    "compression": (
+        {"compression": "zlib", "output": "{t}/out.png"},
+        ["--compression", "zlib", "-o", "{t}/out.png"],
+        "{compression} applies to .tif/.tiff outputs only, got {output} {t}/out.png",
+    ),
+    "output_folder": (
+        {"output": "{t}/taken.tif"},
+        ["-o", "{t}/taken.tif"],
+        "{output} '{t}/taken.tif' is a folder, not a file",
+    ),
+    "checkpoint_dir": (
+        {"output": "{t}/out.tif", "checkpoint_dir": "{t}/photos"},
+        ["--checkpoint-dir", "{t}/photos"],
+        "{checkpoint_dir} {t}/photos holds files but no run.json: not a pixelsmith checkpoint "
+        "folder, and a finished run deletes its checkpoint folder; choose another "
+        "{checkpoint_dir}",
+    ),
+    "control_image_alone": (
+        {"control_image": "{t}/photos/a.png"},
+        ["--control-image", "{t}/photos/a.png"],
+        "{control_image} needs {controlnet}",
+    ),
+    "memory": (
+        {"sizes": [64, 1024]},
+        ["--sizes", "64", "1024"],
+        "{sizes} 1024x1024: the full-size latent maps of this stage alone need 1081344 bytes "
+        "(0.00 GiB, 66 bytes per latent px), more than the 1048576 bytes (0.00 GiB) available "
+        "on cpu; use smaller {sizes}, or {allow_large} to try anyway",
+    ),
+}
+
+
+def fill(template: str, names: dict[str, str], tmp: Path) -> str:
+    return template.format_map({**names, "t": tmp})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_generate_cascade_and_generate_give_the_same_message(
+    case, tiny_dir, make_pipe, tmp_path, capsys, no_model_work
+):
+    (tmp_path / "taken.tif").mkdir()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    kwargs, extra, template = CASES[case]
+    arguments = {"sizes": [64, 128], "sliders": [1], "num_inference_steps": 2, **kwargs}
+    arguments = {
+        k: fill(v, {}, tmp_path) if isinstance(v, str) else v for k, v in arguments.items()
+    }
+    sizes, sliders = arguments.pop("sizes"), arguments.pop("sliders")
+    with pytest.raises(ValueError) as info:
+        generate_cascade(
+            make_pipe(), "a cat", sizes, sliders, config=PixelsmithConfig(**SMALL), **arguments
+        )
+    api = {**API, "allow_large": "allow_large=True"}
+    assert str(info.value) == fill(template, api, tmp_path)
+    argv = ["generate", "a cat", "--model", str(tiny_dir), "--sizes", "64", "128", "--slider",
+            "1", "--steps", "2", "-o", str(tmp_path / "out.tif"), "--device", "cpu",
+            *SMALL_FLAGS, *(fill(a, {}, tmp_path) for a in extra)]  # fmt: skip
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    expected = fill(template, FLAGS, tmp_path)
+    assert captured.err == f"pixelsmith generate: error: {expected}\n" and captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "taken.tif"]
+
+
+CONFIG_CASES = {
+    "patch_size": ({"patch_size": 0}, "{patch_size} must be an int >= 1, got 0"),
+    "band": ({"band": -1}, "{band} must be an int >= 0, got -1"),
+    "vae_overlap": ({"vae_overlap": 128}, "{vae_overlap} must be an int in [0, 127], got 128"),
+    "faithful_grid": (
+        {"faithful": True, "patch_scheduler": "grid"},
+        "{grid} is not available with {faithful} (the official sampler places patches at "
+        "random centres); use {random} or leave it out",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_dataclass_and_make_config_name_the_argument(case):
+    fields, template = CONFIG_CASES[case]
+    api = {**API, "grid": "patch_scheduler='grid'", "faithful": "faithful=True",
+           "random": "patch_scheduler='random'"}  # fmt: skip
+    cli = {**FLAGS, "grid": "--scheduler grid", "random": "--scheduler random"}
+    with pytest.raises(ValueError) as info:
+        PixelsmithConfig(**fields)
+    assert str(info.value) == template.format_map(api)
+    with pytest.raises(ValueError) as info:
+        make_config(FLAGS, **fields)
+    assert str(info.value) == template.format_map(cli)
+    with pytest.raises(TypeError, match=r"^unknown PixelsmithConfig fields: size$"):
+        make_config(size=3)
+
+
+def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
+    commands = next(
+        action for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )  # fmt: skip
+    found = {}
+    for command, parser in commands.choices.items():
+        for action in parser._actions:
+            if action.type in (int, float):
+                found[(command, action.option_strings[-1] if action.option_strings else "")] = (
+                    action.help % {"default": action.default} if action.help else ""
+                )
+    numbers = {
+        ("generate", flag): f"{text} (default: {default})" for flag, _, default, text in NUMBERS
+    }
+    assert found == {
+        **numbers,
+        ("generate", "--slider"): "steps guided by the upsampled previous stage: one per stage "
+        "after the first, each an int in [1, --steps] (default: none, for one size)",
+        ("generate", "--lora-scale"): "LoRA weight, finite numbers: one for all LoRAs or one "
+        "each (default: 1)",
+        ("tiny-model", "--seed"): "torch seed of the random weights, in [0, 2**64 - 1] "
+        "(default: 0)",
+    }
+    assert found["generate", "--steps"] == (
+        "denoising steps per stage, in [1, 1000] (the scheduler's training timesteps) (default: 50)"
+    )
+    assert all(
+        " px" in found["generate", flag] for flag in ("--patch-size", "--band", "--vae-tile")
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "VAE tile overlap in latent px, in [0, --vae-tile - 1] (default: 16)" in printed
+    assert "stage sizes in px" in printed
+
+
+def module_imports(path: Path) -> set[str]:
+    """The pixelsmith modules that ``path`` imports at module level."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pixelsmith"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("pixelsmith")}
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SOURCE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_package_has_no_import_cycle_and_nothing_imports_the_cli():
+    graph = {module_name(path): module_imports(path) for path in SOURCE.rglob("*.py")}
+    assert {"pixelsmith.cli", "pixelsmith.cascade", "pixelsmith.sources"} <= set(graph)
+    done: set[str] = set()
+
+    def visit(module: str, stack: tuple[str, ...]) -> None:
+        assert module not in stack, f"import cycle: {' -> '.join((*stack, module))}"
+        if module in done:
+            return
+        for imported in graph.get(module, ()):
+            visit(imported, (*stack, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    importers = {name for name, imports in graph.items() if "pixelsmith.cli" in imports}
+    assert importers == {"pixelsmith.__main__"}
+    assert (SOURCE / "cli.py").read_text().count("\n") < 450
