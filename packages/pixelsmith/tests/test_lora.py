@@ -94,8 +94,13 @@ def test_lora_acts_on_every_stage_and_is_part_of_the_run(
     pipe = make_pipe()
     pipe.unet = copy.deepcopy(components["unet"])
     assert load_loras(pipe, [tmp_path / "lora"], [0.0]) == ["lora_0"]
-    off = generate_cascade(pipe, PROMPT, [64, 128], [1], **options)
-    assert np.array_equal(np.asarray(off), np.asarray(plain))  # scale 0 is the plain model
+    off = generate_cascade(pipe, PROMPT, [64, 128], [1], callback=record("off"), **options)
+    # scale 0 is the plain model: the UNet output is equal exactly (test above); through the
+    # cascade PEFT's wrapped layers change float rounding, so latents agree to float precision
+    # and the 8-bit image to one level
+    for got, expected in zip(latents["off"], latents["plain"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(off).astype(int) - np.asarray(plain)).max() <= 1
     pipe.set_adapters(["lora_0"], adapter_weights=[1.0])
     out = tmp_path / "out.png"
     generate_cascade(
