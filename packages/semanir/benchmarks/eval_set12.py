@@ -2,7 +2,7 @@
 
     python packages/semanir/benchmarks/eval_set12.py --model semanir=DIR --model dncnn=DIR \
         --model window_attention=DIR [--sigmas 15 25 50] [--data-root DIR] [--out DIR] \
-        [--seed 0] [--models-only] [--limit N] [--ensemble]
+        [--seed 0] [--models-only] [--limit N] [--ensemble] [--set set12] [--exclude STEM ...]
 
 Noise convention (the DnCNN / BM3D papers'): white Gaussian noise of standard deviation
 sigma / 255 is added to the clean image in float and NOT clipped; every method receives that
@@ -12,8 +12,10 @@ float image. The noise of image i at level sigma comes from a generator seeded b
 
 Writes ``<out>/set12.json`` (per-image rows, averages, environment), ``set12.md`` (tables) and
 ``set12_crops.png`` (crops of the first image at sigma 25); ``--limit N`` writes
-``set12_first<N>.*`` instead. ``--ensemble`` also scores every model with the x8 self-ensemble
-(``restore(..., ensemble=True)``) as a row "<name> +x8". BM3D outputs are cached as 8-bit PNGs
+``set12_first<N>.*`` instead. ``--set NAME [--exclude STEM ...]`` scores another folder under
+``--data-root`` (colour images on their luma) and names the files after it. ``--ensemble``
+also scores every model with the x8 self-ensemble (``restore(..., ensemble=True)``) as a row
+"<name> +x8". BM3D outputs are cached as 8-bit PNGs
 in ``<out>/bm3d_cache``, keyed by image, sigma, seed and a hash of the noisy input, so a rerun
 does not recompute them.
 """
@@ -61,14 +63,20 @@ def default_data_root() -> Path:
     return Path(os.environ.get("SEMANIR_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-def set12_paths(data_root: Path, limit: int | None = None) -> list[Path]:
-    """The Set12 images under ``data_root/set12``, sorted by name.
+def set12_paths(
+    data_root: Path, limit: int | None = None, folder: str = "set12", exclude: tuple[str, ...] = ()
+) -> list[Path]:
+    """The images under ``data_root/folder`` (Set12 by default), sorted by name.
 
     Args:
-        data_root: folder holding ``set12/``.
+        data_root: folder holding ``folder``.
         limit: keep only the first ``limit`` images (None: all).
+        folder: the image folder; colour images are scored on their BT.601 luma.
+        exclude: file stems to leave out (images another set already holds).
     """
-    paths = list_images(Path(data_root) / "set12")
+    paths = [p for p in list_images(Path(data_root) / folder) if p.stem not in exclude]
+    if not paths:
+        raise FileNotFoundError(f"no images left in {Path(data_root) / folder}")
     return paths if limit is None else paths[:limit]
 
 
@@ -242,7 +250,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     figure: dict[str, Tensor] = {}
     jobs = [(sigma, index, path) for sigma in sigmas for index, path in enumerate(paths)]
-    for sigma, index, path in tqdm(jobs, desc="set12", unit="image", disable=None):
+    for sigma, index, path in tqdm(jobs, desc=paths[0].parent.name, unit="image", disable=None):
         clean = read_image(path, channels="gray")
         noisy = noisy_version(clean, sigma, seed, index)
         cache = (
@@ -300,7 +308,7 @@ def markdown(report: dict[str, Any]) -> str:
     sigmas = report["sigmas"]
     mean = {(r["sigma"], r["method"]): r for r in report["averages"]}
     lines = [
-        f"### Set12 average over {len(report['images'])} images (PSNR dB / SSIM)",
+        f"### {report['set']} average over {len(report['images'])} images (PSNR dB / SSIM)",
         "",
         f"Noise: {report['noise']}; seed {report['seed']}. Metrics: {report['metrics']}.",
         "",
@@ -310,7 +318,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {m} | " + " | ".join(cell(mean[s, m]) for s in sigmas) + " |" for m in methods]
     per_image = {(r["sigma"], r["image"], r["method"]): r for r in report["rows"]}
     for sigma in sigmas:
-        lines += ["", f"### Set12 per image, sigma {sigma:g} (PSNR dB / SSIM)", ""]
+        lines += ["", f"### {report['set']} per image, sigma {sigma:g} (PSNR dB / SSIM)", ""]
         lines += ["| image | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
         for image in report["images"]:
             cells = " | ".join(cell(per_image[sigma, image, m]) for m in methods)
@@ -362,6 +370,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models-only", action="store_true", help="skip BM3D")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument(
+        "--set", default="set12", help="image folder under --data-root (colour: scored on luma)"
+    )
+    parser.add_argument(
+        "--exclude", nargs="+", default=[], metavar="STEM", help="image names to leave out"
+    )
+    parser.add_argument(
         "--ensemble", action="store_true", help="also score each model's x8 self-ensemble"
     )
     args = parser.parse_args(argv)
@@ -377,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     modules = ("matplotlib",) if args.models_only else ("bm3d", "matplotlib")
     check_benchmark_setup("eval_set12", "semanir", modules=modules, folders={"--out": args.out})
-    paths = set12_paths(args.data_root, args.limit)
+    paths = set12_paths(args.data_root, args.limit, args.set, tuple(args.exclude))
     folders = parse_models(args.model)
     models = load_gray_models(folders)
     bm3d_cache = None if args.models_only else args.out / "bm3d_cache"
@@ -389,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "sigmas": args.sigmas,
         "data": str(paths[0].parent),
+        "set": "Set12" if args.set == "set12" else args.set,
         "images": [p.name for p in paths],
         "models": {name: str(folder) for name, folder in folders.items()},
         "bm3d": bm3d_cache is not None,
@@ -396,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "averages": averages(rows),
         "rows": rows,
     }
-    stem = "set12" if args.limit is None else f"set12_first{args.limit}"
+    stem = args.set if args.limit is None else f"{args.set}_first{args.limit}"
     tables = markdown(report)
     write_text(args.out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
     write_text(args.out / f"{stem}.md", tables)

@@ -66,7 +66,8 @@ def run_worker(size: int, budget: int | None, threads: int) -> dict:
         [sys.executable, __file__, "--worker", spec], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        return {"size": size, "budget_mib": budget, "error": result.stderr.strip()[-300:]}
+        budget_mib = None if budget is None else budget / 2**20
+        return {"size": size, "budget_mib": budget_mib, "error": result.stderr.strip()[-300:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -477,8 +477,14 @@ def test_memory_benchmark_measures_whole_and_auto_tiled_restores(tmp_path, monke
     """One worker run in this process: the whole image, then under a budget it cannot fit."""
     whole = memory_bench.measure(96, None, threads=1)
     assert whole["tile"] is None and whole["seconds"] > 0 and whole["peak_growth_mib"] >= 0
-    tiled = memory_bench.measure(96, budget=2**24, threads=1)  # 16 MiB: tiles
-    assert tiled["tile"] is not None and tiled["tile"] < 96
+    tiled = memory_bench.measure(96, budget=2**25, threads=1)  # 32 MiB: 64 px tiles
+    assert tiled["tile"] == 64
     assert tiled["estimate_mib"] < whole["estimate_mib"]
     text = memory_bench.markdown([whole, tiled], threads=1)
-    assert f"| 96 | 0.01 | auto, 0.015625 GiB | {tiled['tile']} |" in text
+    assert "| 96 | 0.01 | auto, 0.03125 GiB | 64 |" in text
+
+
+def test_eval_set12_scores_another_folder_without_the_excluded_images(data_root) -> None:
+    assert [p.name for p in eval_set12.set12_paths(data_root, exclude=("01",))] == ["02.png"]
+    with pytest.raises(FileNotFoundError, match=r"no images left in .*set12"):
+        eval_set12.set12_paths(data_root, exclude=("01", "02"))

@@ -282,7 +282,8 @@ def test_restore_checks_before_loading_a_model(
     cases["--device gpu0: expected cpu, cuda, cuda:N or mps (available: cpu"] = [
         "-o", "out", "--device", "gpu0",
     ]  # fmt: skip
-    cases["tile must be an int >= the model's window size 8 (or None for whole-image"] = [
+    cases["tile must be an int >= the model's window size 8 (or None for the whole image at once, "
+          "or 'auto'), got 0"] = [
         "-o", "out", "--tile", "0",
     ]  # fmt: skip
     cases["tile_overlap must be in [0, tile - 1] = [0, 15], got 16"] = [
