@@ -122,7 +122,7 @@ def test_rounds_limit_and_conversation_state(model, registry, image, tmp_path, r
     bad = {
         "max_new_tokens": (0, r"max_new_tokens must be >= 1, got 0"),
         "top_p": (5.0, r"top_p must be in \(0, 1\], got 5.0"),
-        "temperature": (-1.0, r"temperature must be > 0, got -1.0"),
+        "temperature": (-1.0, r"temperature must be a finite number > 0, got -1.0"),
     }
     for name, (value, message) in bad.items():
         with pytest.raises(ValueError, match=message):

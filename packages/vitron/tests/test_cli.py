@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vitron.cli import main, parse_settings
+from vitron.cli import main
+from vitron.options import parse_settings
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_specialists_command(capsys, specialists_file):
     assert "consumes text, image, region, mask, signal" in printed  # diffusers-inpaint
 
 
-def test_chat_session(tmp_path, capsys, model_dir, specialists_file, image_file):
+def test_chat_session(tmp_path, capsys, model_dir, specialists_file, image_file, image):
     from vitron.cli import build_parser, run_chat
 
     args = build_parser().parse_args([
@@ -113,16 +115,19 @@ def test_chat_session(tmp_path, capsys, model_dir, specialists_file, image_file)
         "--max-new-tokens", "3",
     ])  # fmt: skip
     lines = io.StringIO(
-        f"/image {image_file}\n/box 200,200,220,220\nlook there\n"  # box outside: turn fails
+        f"/image {image_file}\n/box 200,200,220,220\nlook there\n"  # box outside: refused
         f"/image {image_file}\n/box 0,0,10,10\n/box 0,0,10,10@4\nwhat is this?\n/frobnicate\n/reset\n/quit\nnever read\n"
-    )
+    )  # fmt: skip
     assert run_chat(args, stdin=lines) == 0
     printed = capsys.readouterr().out
+    size = f"{image.width}x{image.height}"
+    assert f"error: /box 200,200,220,220 lies outside the {size} image\n" in printed
     assert "(image $image0 added)" in printed and "(region added)" in printed
-    assert "error: /box refers to image 4, but 1 image(s) were given" in printed  # and it went on
-    assert "error: box Box(x1=200.0, y1=200.0, x2=220.0, y2=220.0) lies outside" in printed
-    assert "(image $image0 added)" in printed.split("lies outside")[1]  # numbering restarts
-    turn = json.loads((tmp_path / "chat" / "turn_001.json").read_text())
+    assert "(image $image1 added)" in printed  # the first turn kept its image
+    assert "error: /box refers to image 4, but 2 image(s) were given" in printed  # and it went on
+    first = json.loads((tmp_path / "chat" / "turn_001.json").read_text())
+    assert first["user"] == "<image>\nlook there"  # the refused box is not in it
+    turn = json.loads((tmp_path / "chat" / "turn_002.json").read_text())
     assert turn["user"].startswith("<image>\nwhat is this? (region 0: <region>)")
     assert "unknown command /frobnicate" in printed and "(conversation reset)" in printed
 
@@ -151,3 +156,43 @@ def test_parse_settings():
     assert parse_settings(["itaclip.signal_weight=0.5", "itaclip.preset=voc21", "semanir.model=null"]) == {
         "itaclip": {"signal_weight": 0.5, "preset": "voc21"}, "semanir": {"model": None},
     }  # fmt: skip
+
+
+def test_run_exits_1_naming_each_call_that_failed(
+    tmp_path, capsys, monkeypatch, model_dir, specialists_file, image_file, segment_then_edit,
+    reply_with_calls,
+):  # fmt: skip
+    from vitron.specialists import SpecialistError, SpecialistRegistry
+
+    real = SpecialistRegistry.specialist
+
+    def no_editor(self, task):
+        if task == "edit_image":
+            raise SpecialistError("the editor's weights are missing")
+        return real(self, task)
+
+    monkeypatch.setattr(SpecialistRegistry, "specialist", no_editor)
+    reply = tmp_path / "reply.txt"
+    reply.write_text(reply_with_calls("Segmenting, then painting.", segment_then_edit))
+    out = tmp_path / "out"
+    status = main([
+        "run", "segment the dog and make it a cat", "--image", str(image_file), "-o", str(out),
+        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+        "--max-new-tokens", "2",
+    ])  # fmt: skip
+    assert status == 1
+    turn = json.loads((out / "turn.json").read_text())  # still written
+    statuses = {o["id"]: o["status"] for o in turn["outcomes"][0]}
+    failed = [o for o in turn["outcomes"][0] if o["status"] != "ok"]
+    err = capsys.readouterr().err.splitlines()
+    assert statuses == {"seg": "ok", "edit": "error", "fix": "skipped"}
+    assert [o["id"] for o in failed] == ["edit", "fix"]
+    assert err == [
+        "vitron run: error: call edit (edit_image) failed: the editor's weights are missing",
+        "vitron run: error: call fix (restore_image) was skipped: it depends on edit, which did "
+        "not succeed",
+    ]
+    ok = [o for o in turn["outcomes"][0] if o["status"] == "ok"]
+    assert [o["id"] for o in ok] == ["seg"]
+    assert all(Path(f).is_file() for o in ok for f in o["files"].values())  # still written
+    assert sorted(p.name for p in out.iterdir()) == ["seg_mask.png", "seg_overlay.png", "turn.json"]

@@ -17,8 +17,9 @@ from PIL import Image
 
 import vitron.io
 import vitron.training
-from vitron.cli import build_parser, load_model, main, resolve_dtype
+from vitron.cli import build_parser, main
 from vitron.models import VitronModel
+from vitron.options import load_model, resolve_dtype
 from vitron.specialists import SpecialistRegistry
 
 PLAIN_REPLY = "It is a noisy picture.</s>"
@@ -178,6 +179,18 @@ RUN_CASES = {
     "box_on_a_missing_image": (
         ["--box", "0,0,10,10@1"],
         "--box refers to image 1, but 1 image(s) were given",
+    ),
+    "box_outside_the_image": (
+        ["--box", "0,0,100000,100000"],
+        "--box 0,0,100000,100000 lies outside the 64x48 image",
+    ),
+    "box_beyond_the_corner": (
+        ["--box", "200,200,220,220"],
+        "--box 200,200,220,220 lies outside the 64x48 image",
+    ),
+    "stroke_outside_the_image": (
+        ["--stroke", "1,2 70,2"],
+        "--stroke 1,2 70,2 lies outside the 64x48 image",
     ),
     "box_three_numbers": (
         ["--box", "0,0,10"],
@@ -460,15 +473,6 @@ def test_failure_while_writing_exits_1_with_one_line(files, model_dir, capsys, m
     assert captured.err == f"vitron run: error: [Errno 28] No space left on device: '{path}'\n"
 
 
-def test_box_outside_the_image_found_while_working_exits_2(files, model_dir, capsys):
-    argv = [*RUN, "--max-new-tokens", "2", "--box", "200,200,220,220"]  # seen when encoded
-    status = main([fill(arg, files, model_dir) for arg in argv])
-    captured = capsys.readouterr()
-    assert status == 2 and captured.out == ""
-    assert captured.err.startswith("vitron run: error: box Box(x1=200.0, y1=200.0, x2=220.0, ")
-    assert captured.err.count("\n") == 1
-
-
 def run_cli(args: list[str], script: str = "") -> subprocess.CompletedProcess:
     code = textwrap.dedent(script) + "\nimport sys\nfrom vitron.cli import main\n"
     code += "sys.exit(main(sys.argv[1:]))\n"
@@ -533,12 +537,15 @@ def test_dtype_resolution(name, device, bf16, expected):
 
 
 def test_bfloat16_on_a_gpu_without_it_is_refused():
-    from vitron.cli import UsageError
-
-    with pytest.raises(UsageError) as caught:
-        resolve_dtype("bfloat16", torch.device("cuda:0"), False)
+    with pytest.raises(ValueError) as caught:
+        resolve_dtype("bfloat16", torch.device("cuda:0"), False, {"dtype": "--dtype"})
     assert str(caught.value) == (
         "--dtype bfloat16: cuda:0 does not support bfloat16 (use --dtype float16 or auto)"
+    )
+    with pytest.raises(ValueError) as caught:
+        resolve_dtype("bfloat16", torch.device("cuda:0"), False)
+    assert str(caught.value) == (
+        "dtype bfloat16: cuda:0 does not support bfloat16 (use dtype float16 or auto)"
     )
 
 
@@ -581,6 +588,5 @@ def test_cpu_run_loads_the_model_in_float32(files, model_dir, capsys, monkeypatc
 
 
 def test_explicit_dtype_loads_in_that_dtype(model_dir):
-    args = build_parser().parse_args(["run", "x", "--model", str(model_dir), "-o", "out"])
-    model = load_model(args, torch.device("cpu"), torch.bfloat16)
+    model = load_model(str(model_dir), torch.device("cpu"), torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -32,8 +32,7 @@ from vitron.processing import Message, Sample, VitronProcessor
 from vitron.regions import Box, Mask, Region, RegionError, Stroke
 from vitron.router import CallOutcome, Router, TurnInputs
 from vitron.specialists import Consumes, Specialist, SpecialistError, SpecialistRegistry
-
-__version__ = "0.2.0"
+from vitron.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",

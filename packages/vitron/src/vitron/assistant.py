@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from vitron.checks import check_generation
 from vitron.invocations import (
     InputCounts,
     Invocation,
@@ -34,7 +35,7 @@ from vitron.invocations import (
 )
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message
-from vitron.regions import Region
+from vitron.regions import Region, check_inside
 from vitron.router import CallOutcome, Router, TurnInputs, results_message
 from vitron.specialists.registry import SpecialistRegistry
 
@@ -72,6 +73,11 @@ class Turn:
     @property
     def files(self) -> list[Path]:
         return [f for round_ in self.outcomes for o in round_ for f in o.files]
+
+    @property
+    def failed(self) -> list[CallOutcome]:
+        """The calls that did not succeed (``error``, or ``skipped`` after a failed input)."""
+        return [o for round_ in self.outcomes for o in round_ if o.status != "ok"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,14 +123,7 @@ class Assistant:
         grammar: str = "auto",
         scripted_replies: Sequence[str] = (),
     ) -> None:
-        if max_rounds < 1:
-            raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_generation(max_new_tokens, temperature, top_p, seed, max_rounds)
         self.model = model.eval()
         self.router = Router(registry, output_dir, seed)
         self.generation = {
@@ -177,7 +176,7 @@ class Assistant:
         images: Sequence[Image.Image] = (),
         videos: Sequence[Sequence[Image.Image]] = (),
         regions: Sequence[Region] = (),
-        progress=None,
+        progress: bool = False,
     ) -> Turn:
         """One user turn; returns what happened (the answer is ``turn.answer``).
 
@@ -185,15 +184,19 @@ class Assistant:
             text: the user's message.
             images: new images (``$image<k>`` continues the conversation's numbering).
             videos: new videos as lists of frames.
-            regions: new regions; ``region.image`` indexes the conversation's images.
-            progress: optional ``progress(call, index, total)`` callback.
+            regions: new regions; ``region.image`` indexes the conversation's images, and a box
+                or stroke not inside that image is refused (``ValueError``).
+            progress: show the calls' progress on stderr (``common_kernels.progress``).
         """
-        for region in regions:
-            if not 0 <= region.image < len(self.inputs.images) + len(images):
+        every = [*self.inputs.images, *images]
+        for i, region in enumerate(regions):
+            if not 0 <= region.image < len(every):
                 raise ValueError(
                     f"a region refers to image {region.image}, but the conversation has "
-                    f"{len(self.inputs.images) + len(images)} image(s)"
+                    f"{len(every)} image(s)"
                 )
+            image = every[region.image]
+            check_inside(region.shape, image.width, image.height, f"regions[{i}] {region.shape}")
         content = self.user_message(text, images, videos, regions)
         before = (list(self.messages), self.inputs)
         try:

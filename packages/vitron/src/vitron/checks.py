@@ -74,3 +74,22 @@ def check_output_folder(path: str | Path, argument: str, names: Names | None = N
     path = Path(path)
     check_folder_writable(path, named(argument, names))
     return path
+
+
+def check_generation(
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    max_rounds: int,
+    names: Names | None = None,
+) -> None:
+    """The decoding options of :class:`~vitron.assistant.Assistant`: ``max_new_tokens`` and
+    ``max_rounds`` >= 1, ``temperature`` a finite number > 0, ``top_p`` in (0, 1], ``seed`` in
+    [0, 2**32 - 1]."""
+    check_at_least(max_rounds, 1, "max_rounds", names)
+    check_at_least(max_new_tokens, 1, "max_new_tokens", names)
+    if not 0.0 < top_p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{named('top_p', names)} must be in (0, 1], got {top_p}")
+    check_positive(temperature, "temperature", names)
+    check_seed(seed, names)

@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from common_kernels.cli import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    EXIT_WORK,
     Parser,
     UsageError,
     WorkError,
@@ -50,32 +47,30 @@ from common_kernels.cli import (
     command_prog,
     run_main,
 )
-from common_kernels.cli import one_line as shared_one_line
-from common_kernels.files import ImageReadError, check_output_folder_name
+from vitron.checks import SEED_MAX, check_at_least, check_input_file, check_seed
 from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
+from vitron.options import (
+    DTYPES,
+    AssistantOptions,
+    ModelLoadError,
+    RegionTexts,
+    build_registry,
+    check_port,
+    check_request,
+    one_line,
+    parse_region,
+    read_reply_file,
+)
 
-REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
-SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
-
-
-def check_at_least(value: int, low: int, flag: str) -> None:
-    """Fail unless the integer ``value`` of ``flag`` is >= ``low``."""
-    if value < low:
-        raise UsageError(f"{flag} must be >= {low}, got {value}")
-
-
-def check_seed(seed: int) -> None:
-    """``--seed`` must be in [0, 2^32 - 1] (numpy's and Lightning's range)."""
-    if not 0 <= seed <= SEED_MAX:
-        raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
-
-
-def check_nonnegative(value: float, flag: str) -> None:
-    """Fail unless the float ``value`` of ``flag`` is finite and >= 0."""
-    if not (math.isfinite(value) and value >= 0.0):
-        raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+FLAGS = {
+    "model": "--model", "output": "-o/--output", "dtype": "--dtype", "device": "--device",
+    "specialists": "--specialists", "settings": "--set", "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature", "top_p": "--top-p", "seed": "--seed",
+    "max_rounds": "--max-rounds", "grammar": "--grammar", "image": "--image", "video": "--video",
+    "box": "--box", "stroke": "--stroke", "mask": "--mask", "stroke_width": "--stroke-width",
+    "reply_file": "--reply-file", "port": "--port", "limit": "--limit", "data": "--data",
+}  # fmt: skip
 
 
 def dtype_option(text: str) -> str:
@@ -83,292 +78,20 @@ def dtype_option(text: str) -> str:
     return DTYPE_ALIASES.get(text, text)
 
 
-def cuda_bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` is a CUDA GPU that computes bfloat16 natively (compute >= 8.0)."""
-    if device.type != "cuda":
-        return False
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return torch.cuda.get_device_capability(index) >= (8, 0)
+def assistant_options(args: argparse.Namespace) -> AssistantOptions:
+    """The checked :class:`~vitron.options.AssistantOptions` of ``run``, ``chat``, ``app``,
+    ``eval`` (a bad value names its flag)."""
+    return AssistantOptions(
+        args.model, args.output, args.dtype, args.device, args.specialists, args.set or (),
+        args.offload, args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed,
+        args.max_rounds, args.grammar, names=FLAGS,
+    )  # fmt: skip
 
 
-def resolve_dtype(name: str, device: torch.device, bf16_supported: bool) -> torch.dtype:
-    """The weights dtype of ``--dtype NAME`` on ``device``.
-
-    ``auto`` is bfloat16 on CUDA (float16 on a GPU without bfloat16) and float32 elsewhere;
-    an explicit bfloat16 on a CUDA GPU without it is refused.
-
-    Args:
-        name: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
-        device: the checked ``--device``.
-        bf16_supported: whether that device computes bfloat16 natively (CUDA only).
-    """
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if bf16_supported else torch.float16
-    if name == "bfloat16" and device.type == "cuda" and not bf16_supported:
-        raise UsageError(
-            f"--dtype bfloat16: {device} does not support bfloat16 (use --dtype float16 or auto)"
-        )
-    return DTYPES[name]
-
-
-def check_model_option(model: str, flag: str = "--model") -> None:
-    """The loader rule (:func:`vitron.models.sources.check_model_source`) with ``flag``'s name."""
-    from vitron.models.sources import check_model_source
-
-    check_model_source(model, {"model": flag})
-
-
-def check_input_file(path: Path, flag: str) -> None:
-    """Fail unless ``path`` is an existing file (not a folder)."""
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder, not a file")
-    if not path.is_file():
-        raise UsageError(f"{flag} {path} does not exist")
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (``common_kernels.cli.one_line``); an image that does
-    not decode reads ``PATH is not a readable image (REASON)``.
-
-    Args:
-        error: the exception.
-    """
-    if isinstance(error, ImageReadError):
-        return f"{error.path} is not a readable image ({error.reason})"
-    return shared_one_line(error)
-
-
-def _split_image_index(text: str, flag: str) -> tuple[str, int]:
-    body, sep, index = text.rpartition("@")
-    if not sep:
-        return text, 0
-    if not index.isdigit():
-        raise UsageError(f"{flag} {text}: bad image index ({REGION_HELP})")
-    return body, int(index)
-
-
-def _region_image(images, k: int, flag: str):
-    if not 0 <= k < len(images):
-        raise UsageError(f"{flag} refers to image {k}, but {len(images)} image(s) were given")
-    return images[k]
-
-
-def parse_stroke(body: str, width: float):
-    """``"x,y x,y ..."`` (or ``;``-separated) -> a ``Stroke`` of brush ``width``."""
-    from vitron.regions import RegionError, Stroke
-
-    try:
-        points = tuple(
-            tuple(float(v) for v in p.split(",")) for p in body.replace(";", " ").split()
-        )
-    except ValueError:
-        points = ((),)
-    if any(len(p) != 2 for p in points):
-        raise RegionError(f"expected 'x,y x,y ...' (numbers), got {body!r}")
-    return Stroke(points, width)
-
-
-def parse_mask(body: str, image, k: int):
-    """A ``--mask`` image file -> a ``Mask`` (>= 0.5 gray) of image ``k``'s size."""
-    from vitron.io import load_image, to_tensor
-    from vitron.regions import Mask
-
-    try:
-        values = to_tensor(load_image(body)).mean(0)  # (H, W) in [0, 1]
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--mask {one_line(err)}") from None
-    if tuple(values.shape) != (image.height, image.width):
-        raise UsageError(
-            f"--mask {body} is {values.shape[1]}x{values.shape[0]} but image {k} is "
-            f"{image.width}x{image.height}"
-        )
-    return Mask((values >= 0.5).double())
-
-
-def parse_region_flags(args: argparse.Namespace, images) -> list:
-    """``--box``, ``--stroke`` and ``--mask`` flags -> regions on the given images.
-
-    Args:
-        args: the parsed command line.
-        images: the loaded ``--image`` images, in order.
-    """
-    from vitron.regions import Region, RegionError, parse_box
-
-    if args.stroke and not (math.isfinite(args.stroke_width) and args.stroke_width > 0):
-        raise UsageError(f"--stroke-width must be a finite number > 0, got {args.stroke_width}")
-    regions = []
-    for flag, texts in (("--box", args.box), ("--stroke", args.stroke), ("--mask", args.mask)):
-        for text in texts or []:
-            body, k = _split_image_index(text, flag)
-            image = _region_image(images, k, flag)
-            try:
-                if flag == "--box":
-                    shape = parse_box(body, image.width, image.height)
-                elif flag == "--stroke":
-                    shape = parse_stroke(body, args.stroke_width)
-                else:
-                    shape = parse_mask(body, image, k)
-                regions.append(Region(shape, k))
-            except RegionError as err:
-                raise UsageError(f"{flag} {text}: {one_line(err)}") from None
-    return regions
-
-
-def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["itaclip.signal_weight=0.5", ...]`` -> ``{"itaclip": {"signal_weight": 0.5}}``."""
-    found: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        adapter, dot, option = key.partition(".")
-        if not sep or not dot or not adapter or not option:
-            raise UsageError(f"--set takes ADAPTER.OPTION=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # plain strings need no quotes
-        found.setdefault(adapter, {})[option] = value
-    return found
-
-
-def read_specialists_file(path: Path) -> dict[str, dict[str, Any]]:
-    """The ``--specialists`` JSON file: adapter name -> options object."""
-    check_input_file(path, "--specialists")
-    try:
-        options = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"--specialists {path} is not readable JSON ({one_line(err)})") from None
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise UsageError(
-            f"--specialists {path} must hold a JSON object of adapter name -> options object"
-        )
-    return options
-
-
-def build_registry(args: argparse.Namespace, device: torch.device):
-    """The specialists of ``--specialists`` and ``--set`` on ``device`` (nothing loads yet).
-
-    Args:
-        args: the parsed command line.
-        device: the checked ``--device``.
-    """
-    from vitron.specialists import SpecialistRegistry
-
-    options: dict[str, dict[str, Any]] = {}
-    if args.specialists is not None:
-        options = read_specialists_file(Path(args.specialists))
-    for adapter, values in parse_settings(args.set or []).items():
-        options.setdefault(adapter, {}).update(values)
-    try:
-        # `vitron specialists` loads nothing and has no --offload
-        offload = getattr(args, "offload", True)
-        return SpecialistRegistry(options, device=device, offload=offload)
-    except ValueError as err:
-        raise UsageError(f"--specialists/--set: {one_line(err)}") from None
-
-
-def check_assistant_options(args: argparse.Namespace) -> None:
-    """The options of ``run``, ``chat`` and ``app`` that need no file read, and the outputs."""
-    check_at_least(args.max_rounds, 1, "--max-rounds")
-    check_at_least(args.max_new_tokens, 1, "--max-new-tokens")
-    if not 0.0 < args.top_p <= 1.0:  # also rejects NaN
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0.0):
-        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
-    check_seed(args.seed)
-    check_model_option(args.model)
-    check_folder_writable(args.output, "-o/--output")
-    try:
-        check_output_folder_name(args.output, "-o/--output")
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    """The ``--model`` in ``dtype`` on ``device``; a failure to load is a ``WorkError``.
-
-    Args:
-        args: the parsed command line (``--model``).
-        device: the checked ``--device``.
-        dtype: the resolved ``--dtype``.
-    """
-    from safetensors import SafetensorError
-
-    from vitron.models import VitronModel
-
-    try:
-        return VitronModel.from_pretrained(args.model, dtype=dtype, device=device)
-    except (OSError, RuntimeError, ValueError, KeyError, ImportError, SafetensorError) as err:
-        raise WorkError(f"cannot load --model {args.model}: {one_line(err)}") from err
-
-
-def build_assistant(args: argparse.Namespace, scripted: list[str]):
-    """Check every option, then load the model: the assistant of ``run``, ``chat``, ``app``.
-
-    Args:
-        args: the parsed command line.
-        scripted: replies used instead of decoding (``--reply-file``).
-    """
-    from vitron.assistant import Assistant
-
-    check_assistant_options(args)
-    device = check_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, cuda_bf16_supported(device))
-    registry = build_registry(args, device)
-    return Assistant(
-        load_model(args, device, dtype),
-        registry,
-        args.output,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_rounds=args.max_rounds,
-        grammar=args.grammar,
-        scripted_replies=scripted,
-    )
-
-
-def load_media(args: argparse.Namespace) -> tuple[list, list]:
-    """The ``--image`` and ``--video`` inputs, each checked: it exists and decodes."""
-    from vitron.io import load_image, load_video
-
-    images: list = []
-    videos: list = []
-    for flag, paths, load, found in (
-        ("--image", args.image, load_image, images),
-        ("--video", args.video, load_video, videos),
-    ):
-        for path in paths or []:
-            try:
-                found.append(load(path))
-            except (OSError, ValueError) as err:
-                raise UsageError(f"{flag} {one_line(err)}") from None
-    return images, videos
-
-
-class CallProgress:
-    """A tqdm bar over a turn's calls."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, call, index: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None or index == 0:
-            self.close()
-            self.bar = tqdm(total=total, desc="calls", file=sys.stderr, leave=False)
-        if index > 0:
-            self.bar.update(1)
-        self.bar.set_postfix_str(f"{call.id}: {call.task}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+def request(args: argparse.Namespace) -> tuple[list, list, list]:
+    """The checked ``--image``, ``--video`` and region flags of ``run`` and ``chat``."""
+    regions = RegionTexts(args.box or (), args.stroke or (), args.mask or (), args.stroke_width)
+    return check_request(args.image or (), args.video or (), regions, FLAGS)
 
 
 def print_turn(turn) -> None:
@@ -390,26 +113,21 @@ def print_turn(turn) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    """``vitron run``: every check, one turn, ``turn.json``; a call that did not succeed prints
+    ``vitron run: error: call ID (TASK) failed: WHY`` (one line each) and exits 1."""
     from vitron.io import write_json
+    from vitron.options import open_assistant
 
-    scripted = []
-    if args.reply_file is not None:
-        check_input_file(args.reply_file, "--reply-file")
-        try:
-            scripted = [args.reply_file.read_text(encoding="utf-8")]
-        except UnicodeDecodeError as err:
-            raise UsageError(f"--reply-file {args.reply_file} is not UTF-8 text ({err})") from None
-    images, videos = load_media(args)
-    regions = parse_region_flags(args, images)
-    assistant = build_assistant(args, scripted)
-    progress = CallProgress()
-    try:
-        turn = assistant.chat(args.prompt, images, videos, regions, progress=progress)
-    finally:
-        progress.close()
+    options = assistant_options(args)
+    reply = read_reply_file(args.reply_file, FLAGS)
+    images, videos, regions = request(args)
+    assistant = open_assistant(options, [] if reply is None else [reply])
+    turn = assistant.chat(args.prompt, images, videos, regions, progress=True)
     write_json(Path(args.output) / "turn.json", turn.to_dict())
     print_turn(turn)
-    return 0
+    for outcome in turn.failed:
+        print(f"vitron run: error: {outcome.failure()}", file=sys.stderr)
+    return EXIT_WORK if turn.failed else 0
 
 
 CHAT_HELP = """commands: /image PATH, /video PATH, /box x1,y1,x2,y2[@K], /reset, /quit
@@ -418,12 +136,12 @@ CHAT_HELP = """commands: /image PATH, /video PATH, /box x1,y1,x2,y2[@K], /reset,
 
 def run_chat(args: argparse.Namespace, stdin=None) -> int:
     from vitron.io import load_image, load_video, write_json
-    from vitron.regions import Region, parse_box
+    from vitron.options import open_assistant
 
     stdin = stdin or sys.stdin
-    images, videos = load_media(args)
-    regions = parse_region_flags(args, images)
-    assistant = build_assistant(args, [])
+    options = assistant_options(args)
+    images, videos, regions = request(args)
+    assistant = open_assistant(options)
     print(CHAT_HELP)
     turns = 0
     pending_images, pending_videos, pending_regions = list(images), list(videos), list(regions)
@@ -448,20 +166,20 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
                 pending_videos.append(load_video(rest.strip()))
                 print("(video added)")
             elif command == "/box":
-                body, k = _split_image_index(rest.strip(), "/box")
                 every = [*assistant.inputs.images, *pending_images]
-                image = _region_image(every, k, "/box")
-                pending_regions.append(Region(parse_box(body, image.width, image.height), k))
+                pending_regions.append(parse_region("box", rest.strip(), every, 8.0, "/box"))
                 print("(region added)")
             elif command.startswith("/"):
                 print(f"unknown command {command}; {CHAT_HELP}")
             else:
                 pending = (pending_images, pending_videos, pending_regions)
                 pending_images, pending_videos, pending_regions = [], [], []  # used or dropped
-                turn = assistant.chat(line, *pending)
+                turn = assistant.chat(line, *pending, progress=True)
                 turns += 1
                 write_json(Path(args.output) / f"turn_{turns:03d}.json", turn.to_dict())
                 print_turn(turn)
+                for outcome in turn.failed:
+                    print(f"error: {outcome.failure()}")
         except (FileNotFoundError, IsADirectoryError, ValueError) as err:  # report, go on
             print(f"error: {one_line(err)}")
     return 0
@@ -469,14 +187,14 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
 
 def run_app(args: argparse.Namespace) -> int:
     from vitron.app import ChatSession, launch_app
+    from vitron.options import open_assistant
 
-    if not 1 <= args.port <= 65535:
-        raise UsageError(f"--port must be in [1, 65535], got {args.port}")
+    check_port(args.port, FLAGS)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("needs gradio: pip install 'vitron[app]'") from None
-    session = ChatSession(build_assistant(args, []), args.output)
+    session = ChatSession(open_assistant(assistant_options(args)), args.output)
     launch_app(session, server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
@@ -510,7 +228,9 @@ def run_parse(args: argparse.Namespace) -> int:
 
 
 def run_specialists(args: argparse.Namespace) -> int:
-    registry = build_registry(args, check_device(args.device))
+    registry = build_registry(
+        args.specialists, args.set or (), check_device(args.device), names=FLAGS
+    )
     for row in registry.describe():
         status = (
             "ready"
@@ -531,7 +251,8 @@ def run_build_targets(args: argparse.Namespace) -> int:
 
     check_input_file(args.data, "--data")
     check_folder_writable(args.output, "-o/--output")
-    registry = build_registry(args, check_device(args.device))
+    device = check_device(args.device)
+    registry = build_registry(args.specialists, args.set or (), device, args.offload, FLAGS)
     try:
         path = build_signal_targets(args.data, registry, args.output)
     except RuntimeError as err:  # a specialist that cannot load or run (SpecialistError too)
@@ -545,7 +266,7 @@ def run_build_targets(args: argparse.Namespace) -> int:
 def run_tiny_model(args: argparse.Namespace) -> int:
     from vitron.tiny import tiny_model
 
-    check_seed(args.seed)
+    check_seed(args.seed, FLAGS)
     check_folder_writable(args.directory, "DIR")
     model = tiny_model(args.seed, args.vision_backend)
     model.save_pretrained(args.directory)
@@ -560,7 +281,7 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 def run_tiny_specialists(args: argparse.Namespace) -> int:
     from vitron.tiny import write_tiny_specialists
 
-    check_seed(args.seed)
+    check_seed(args.seed, FLAGS)
     check_folder_writable(args.directory, "DIR")
     path = write_tiny_specialists(args.directory, args.seed, video=not args.no_video)
     print(f"tiny random specialists written to {args.directory}; use --specialists {path}")
@@ -815,7 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = command_prog("vitron", argv, COMMANDS)
     run = lambda: dispatch(build_parser().parse_args(argv))  # noqa: E731
-    return run_main(prog, run, usage_errors=(FileNotFoundError,), describe=one_line)
+    return run_main(
+        prog, run, usage_errors=(FileNotFoundError,), work_errors=(ModelLoadError,),
+        describe=one_line,
+    )  # fmt: skip
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -827,7 +551,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``vitron eval TASK`` (see :mod:`vitron.evaluation.command`)."""
     from vitron.evaluation.command import run_eval as evaluate
 
-    return evaluate(args)
+    return evaluate(args, assistant_options(args))
 
 
 COMMANDS = {

@@ -119,6 +119,28 @@ def parse_box(text: str | Sequence[float], width: int | None = None, height: int
     return Box(*values)
 
 
+def check_inside(shape: Shape, width: int, height: int, label: str) -> None:
+    """Refuse a box or stroke that is not inside its ``width x height`` image.
+
+    A box must lie in ``[0, width] x [0, height]`` and so must every stroke point (the brush may
+    spill over the edge); a mask has its image's size, which is checked where it is read.
+
+    Args:
+        shape: the region's shape in source pixels.
+        width: the image's width in pixels.
+        height: the image's height in pixels.
+        label: how the message names the region (``--box 0,0,100000,100000``).
+    """
+    if isinstance(shape, Box):
+        points = [(shape.x1, shape.y1), (shape.x2, shape.y2)]
+    elif isinstance(shape, Stroke):
+        points = list(shape.points)
+    else:
+        return
+    if not all(0.0 <= x <= width and 0.0 <= y <= height for x, y in points):
+        raise RegionError(f"{label} lies outside the {width}x{height} image")
+
+
 def rasterize_stroke(stroke: Stroke, height: int, width: int) -> Tensor:
     """(H, W) float mask of the pixels whose centre lies within ``width / 2`` of the polyline."""
     ys, xs = torch.meshgrid(

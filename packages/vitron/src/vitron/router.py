@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from common_kernels.progress import progress as show_progress
 from vitron.invocations.schema import Call, Invocation, Ref
 from vitron.regions import Mask, Region, RegionError, Shape, Stroke, parse_box, region_mask_at
 from vitron.specialists.base import Artifact, CallInputs, Consumes, SpecialistError
@@ -67,6 +68,15 @@ class CallOutcome:
     def files(self) -> list[Path]:
         return [a.path for a in self.outputs.values() if a.path is not None]
 
+    def failure(self) -> str:
+        """One line saying which call did not succeed and why (``""`` for a call that did)."""
+        head = f"call {self.call.id} ({self.call.task})"
+        if self.status == "error":
+            return f"{head} failed: {self.summary.removeprefix('error: ')}"
+        if self.status == "skipped":
+            return f"{head} was skipped: {self.summary.removeprefix('skipped: ')}"
+        return ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.call.id,
@@ -99,7 +109,7 @@ class Router:
         invocation: Invocation,
         inputs: TurnInputs,
         signals: Mapping[str, Tensor] | None = None,
-        progress=None,
+        progress: bool = False,
     ) -> list[CallOutcome]:
         """Run every call; returns one outcome per call, in execution order.
 
@@ -107,15 +117,16 @@ class Router:
             invocation: the parsed calls.
             inputs: what ``$image0`` etc. refer to.
             signals: call id -> signal embedding.
-            progress: optional callable ``progress(call, index, total)`` before each call.
+            progress: show the calls' progress on stderr (a bar on a terminal, lines in a log).
         """
         self.output_dir.mkdir(parents=True, exist_ok=True)
         signals = signals or {}
         done: dict[str, CallOutcome] = {}
         order = invocation.order()
-        for index, call in enumerate(order):
-            if progress is not None:
-                progress(call, index, len(order))
+        calls = show_progress(
+            order, desc="vitron calls", unit="calls", leave=False, disable=not progress
+        )
+        for call in calls:
             failed = [d for d in call.depends_on if done[d].status != "ok"]
             if failed:
                 reason = f"skipped: it depends on {', '.join(failed)}, which did not succeed"

@@ -13,14 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vitron.cli import (
-    UsageError,
-    build_assistant,
-    check_assistant_options,
-    check_at_least,
-    check_input_file,
-    one_line,
-)
+from common_kernels.cli import UsageError
+from vitron.checks import check_at_least, check_input_file
 from vitron.evaluation.datasets import (
     VQA_IMAGE_NAME,
     DatasetError,
@@ -44,6 +38,7 @@ from vitron.evaluation.runner import (
     evaluate_qa,
     evaluate_referring,
 )
+from vitron.options import AssistantOptions, one_line, open_assistant, read_reply_file
 
 RESULTS_NAME = "results.json"
 
@@ -199,17 +194,6 @@ def qa_task_samples(args: argparse.Namespace) -> tuple[list[QASample], Path]:
     return samples, images
 
 
-def read_reply_file(path: Path | None) -> str | None:
-    """The ``--reply-file`` text (None without the flag)."""
-    if path is None:
-        return None
-    check_input_file(path, "--reply-file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"--reply-file {path} is not UTF-8 text ({err.reason})") from None
-
-
 def check_segmenter_installed() -> None:
     """``refseg`` needs the adapter serving ``segment_image`` to have its packages."""
     from vitron.specialists import SpecialistRegistry
@@ -236,11 +220,15 @@ def summary_line(result: dict[str, Any], path: Path) -> str:
     return f"{result['task']}: {scores} over {m['samples']} samples ({extra}); results in {path}"
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """``vitron eval TASK``: check everything, load the model, run the samples, write JSON."""
+def run_eval(args: argparse.Namespace, options: AssistantOptions) -> int:
+    """``vitron eval TASK``: check everything, load the model, run the samples, write JSON.
+
+    Args:
+        args: the parsed command line.
+        options: the checked Assistant options of the command line (``--model`` etc.).
+    """
     from vitron.io import write_json
 
-    check_assistant_options(args)
     if args.limit is not None:
         check_at_least(args.limit, 1, "--limit")
     if args.task == "refseg":
@@ -250,8 +238,8 @@ def run_eval(args: argparse.Namespace) -> int:
         samples, images = vqa_task_samples(args)
     else:
         samples, images = qa_task_samples(args)
-    reply = read_reply_file(args.reply_file)
-    ask = SampleAsker(build_assistant(args, []), reply, keep_files=args.keep_files)
+    reply = read_reply_file(args.reply_file, {"reply_file": "--reply-file"})
+    ask = SampleAsker(open_assistant(options), reply, keep_files=args.keep_files)
     if args.task == "refseg":
         result = evaluate_referring(samples, ask, images, args.template, args.mask_backend)
         data = {"refs": str(args.refs), "instances": str(args.instances), "split": args.split}

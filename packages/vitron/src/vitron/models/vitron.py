@@ -204,8 +204,8 @@ class VitronModel(
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer folder."""
         from common_kernels.files import atomic_write
-        from vitron import __version__
         from vitron.io import write_json
+        from vitron.version import __version__
 
         self.config.llm = _llm_config_dict(self.llm)
         write_json(
