@@ -36,8 +36,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common_kernels.cli import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     EXIT_WORK,
     Parser,
     UsageError,
@@ -47,8 +45,8 @@ from common_kernels.cli import (
     command_prog,
     run_main,
 )
-from vitron.checks import SEED_MAX, check_at_least, check_input_file, check_seed
-from vitron.invocations import GRAMMARS, InputCounts, InvocationError, parse_reply
+from vitron.checks import SEED_MAX, check_input_file, check_seed
+from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
     DTYPES,
     AssistantOptions,
@@ -57,6 +55,7 @@ from vitron.options import (
     build_registry,
     check_port,
     check_request,
+    input_counts,
     one_line,
     parse_region,
     read_reply_file,
@@ -70,6 +69,7 @@ FLAGS = {
     "max_rounds": "--max-rounds", "grammar": "--grammar", "image": "--image", "video": "--video",
     "box": "--box", "stroke": "--stroke", "mask": "--mask", "stroke_width": "--stroke-width",
     "reply_file": "--reply-file", "port": "--port", "limit": "--limit", "data": "--data",
+    "images": "--images", "videos": "--videos", "region": "--region",
 }  # fmt: skip
 
 
@@ -200,17 +200,7 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    for flag, count in (("--images", args.images), ("--videos", args.videos)):
-        if count is not None:
-            check_at_least(count, 0, flag)
-    for k in args.region or []:
-        check_at_least(k, 0, "--region")
-    counts = None
-    if args.images is not None or args.videos is not None or args.region:
-        images = args.images if args.images is not None else max(args.region or [-1]) + 1
-        if any(k >= images for k in args.region or []):
-            raise UsageError(f"--region needs an image index below --images {images}")
-        counts = InputCounts(images, args.videos, region_images=tuple(args.region or ()))
+    counts = input_counts(args.images, args.videos, args.region or (), FLAGS)
     text = sys.stdin.read() if args.reply == "-" else args.reply
     try:
         parsed = parse_reply(text, grammar=args.grammar, counts=counts)
@@ -288,49 +278,10 @@ def run_tiny_specialists(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FLAGS = {
-    "model": "--model", "data": "--data", "val_data": "--val-data", "output": "-o/--output",
-    "stage": "--stage", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr",
-    "lora_rank": "--lora-rank", "align_weight": "--align-weight",
-    "synergy_weight": "--synergy-weight", "seed": "--seed", "accelerator": "--accelerator",
-    "devices": "--devices", "strategy": "--strategy", "precision": "--precision",
-    "accumulate_grad_batches": "--accumulate-grad-batches",
-    "signal_targets": "--signal-targets", "resume": "--resume",
-    "checkpoint_every_n_steps": "--checkpoint-every-steps",
-    "checkpoint_every_minutes": "--checkpoint-every-minutes",
-}  # fmt: skip
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``vitron train``: every check of ``train`` (with the flags' names), then one stage;
-    SIGINT / SIGTERM save ``interrupted.ckpt`` and exit 130 / 143 saying how to resume."""
-    from vitron.training import TrainConfig, TrainingInterrupted, check_train, train
-    from vitron.training.config import check_train_settings, parse_devices
-
-    fields = TrainConfig.__dataclass_fields__
-    settings = {name: getattr(args, name) for name in fields if name != "devices"}
-    settings["devices"] = parse_devices(args.devices, TRAIN_FLAGS)
-    check_train_settings(settings, TRAIN_FLAGS)
-    config = TrainConfig(**settings)
-    files = {"val_data": args.val_data, "signal_targets": args.signal_targets}
-    check_train(args.model, args.data, args.output, config, **files, resume=args.resume,
-                names=TRAIN_FLAGS)  # fmt: skip
-    try:
-        result = train(args.model, args.data, args.output, **settings, **files, resume=args.resume)
-    except TrainingInterrupted as stop:
-        print(
-            f"vitron train: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "
-            f"resume with the same command and --resume {stop.checkpoint}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED if stop.signal_name == "SIGINT" else EXIT_TERMINATED
-    except (FileNotFoundError, ValueError) as err:  # the data, found bad while working
-        raise UsageError(one_line(err)) from None
-    print(
-        f"stage {args.stage}: loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
-        f"model saved to {args.output}"
-    )
-    return 0
+def number(parser: argparse.ArgumentParser, flag: str, kind: type, default, text: str, **more):
+    """A numeric flag whose help gives its unit and range, then ``(default: DEFAULT)``."""
+    parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)",
+                        **more)  # fmt: skip
 
 
 def add_offload_option(parser: argparse.ArgumentParser) -> None:
@@ -341,6 +292,16 @@ def add_offload_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_specialist_options(parser: argparse.ArgumentParser, device: str | None = None) -> None:
+    where = "cpu" if device else "cuda when available"
+    parser.add_argument(
+        "--device", default=device, help=f"cpu, cuda, cuda:N or mps (default: {where})"
+    )
+    parser.add_argument("--specialists", default=None, help="JSON: adapter name -> options")
+    parser.add_argument("--set", action="append", metavar="ADAPTER.OPTION=VALUE",
+                        help="override one specialist option (repeatable)")  # fmt: skip
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Vitron folder or hub id (save_pretrained)")
     parser.add_argument(
@@ -348,24 +309,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="weights dtype; auto: bfloat16 on CUDA (float16 on a GPU without bfloat16), "
         "float32 on the CPU",
     )  # fmt: skip
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
-    )
-    parser.add_argument("--specialists", default=None, help="JSON: adapter name -> options")
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="ADAPTER.OPTION=VALUE",
-        help="override one specialist option",
-    )
+    add_specialist_options(parser)
     add_offload_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="per reply (>= 1)")
+    number(parser, "--max-new-tokens", int, 256, "tokens per reply, >= 1")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling (> 0)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="sampling, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=0, help=f"in [0, {SEED_MAX}]")
-    parser.add_argument("--max-rounds", type=int, default=1, help="rounds of calls per turn (>= 1)")
+    number(parser, "--temperature", float, 0.7, "sampling temperature, a finite number > 0")
+    number(parser, "--top-p", float, 0.9, "nucleus sampling mass, in (0, 1]")
+    number(parser, "--seed", int, 0, f"sampling and specialists' seed, in [0, {SEED_MAX}]")
+    number(parser, "--max-rounds", int, 1, "rounds of calls per turn, >= 1")
     parser.add_argument("--grammar", choices=GRAMMARS, default="auto")
 
 
@@ -378,13 +330,14 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
         "--box", action="append", help="region box x1,y1,x2,y2 (pixels or [0, 1])[@K]"
     )
     parser.add_argument("--stroke", action="append", help="region stroke 'x,y x,y ...'[@K]")
-    parser.add_argument(
-        "--stroke-width", type=float, default=8.0, help="stroke brush width (px, > 0)"
-    )
+    number(parser, "--stroke-width", float, 8.0, "stroke brush width in pixels, > 0")
     parser.add_argument("--mask", action="append", help="region mask image PATH[@K]")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vitron.evaluation.command import add_eval_parser
+    from vitron.training.command import add_train_parser
+
     parser = Parser(prog="vitron", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="one request: reply, dispatch calls, answer")
@@ -401,105 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]')")
     add_model_options(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    app.add_argument("--port", type=int, default=7860, help="in [1, 65535]")
+    number(app, "--port", int, 7860, "TCP port, in [1, 65535]")
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")
     parse = commands.add_parser("parse", help="parse a reply (or - for stdin) into calls")
     parse.add_argument("reply", metavar="REPLY", help="the reply text, or - to read stdin")
     parse.add_argument("--grammar", choices=GRAMMARS, default="auto")
-    parse.add_argument("--images", type=int, default=None, help="input images the reply sees")
-    parse.add_argument("--videos", type=int, default=None, help="input videos the reply sees")
+    number(parse, "--images", int, None, "input images the reply sees, >= 0 (None: unchecked)")
+    number(parse, "--videos", int, None, "input videos the reply sees, >= 0 (None: unchecked)")
     parse.add_argument(
         "--region", type=int, action="append", metavar="K",
-        help="a user-drawn region on image K (repeatable, in order: $region0, $region1, ...)",
+        help="a user-drawn region on image K, in [0, --images - 1] (repeatable, in order: "
+        "$region0, $region1, ...; default: none)",
     )  # fmt: skip
     specialists = commands.add_parser("specialists", help="list the adapters and what they need")
-    specialists.add_argument("--specialists", default=None)
-    specialists.add_argument("--set", action="append")
-    specialists.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
-    train = commands.add_parser("train", help="one training stage on a JSONL conversation file")
-    train.add_argument("--model", required=True, help="Vitron folder or hub id to start from")
-    train.add_argument("--data", type=Path, required=True, help="training JSONL")
-    train.add_argument("--val-data", type=Path, default=None, help="validation JSONL")
-    train.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
-    train.add_argument(
-        "-o", "--output", type=Path, required=True, help="where the trained model goes"
-    )
-    train.add_argument(
-        "--max-steps", type=int, default=1000, help="optimizer steps, >= 1 (default: 1000)"
-    )
-    train.add_argument(
-        "--batch-size", type=int, default=4, help="samples per batch, >= 1 (default: 4)"
-    )
-    train.add_argument(
-        "--lr", type=float, default=2e-5,
-        help="peak learning rate (AdamW, cosine decay to 10%%), > 0 (default: 2e-5)",
-    )  # fmt: skip
-    train.add_argument(
-        "--lora-rank", type=int, default=0, help="LoRA rank, >= 0 (default: 0 = no LoRA)"
-    )
-    train.add_argument(
-        "--align-weight", type=float, default=1.0,
-        help="stage-3 weight of 1 - cos(signal, target), >= 0 (default: 1.0)",
-    )  # fmt: skip
-    train.add_argument(
-        "--synergy-weight", type=float, default=0.1,
-        help="stage-3 weight of the task discriminator's loss, >= 0 (default: 0.1)",
-    )  # fmt: skip
-    train.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help=f"weights and shuffling, in [0, {SEED_MAX}] (default: 0)",
-    )
-    train.add_argument(
-        "--accelerator", default="auto", help="auto, cpu, cuda, gpu or mps (default: auto)"
-    )
-    train.add_argument(
-        "--resume", type=Path, default=None, metavar="CKPT",
-        help="continue from a checkpoint of this run (interrupted.ckpt or a periodic one in "
-        "OUTPUT/lightning/checkpoints/); give the other options as before",
-    )  # fmt: skip
-    train.add_argument(
-        "--checkpoint-every-steps", dest="checkpoint_every_n_steps", type=int, default=None,
-        metavar="N", help="also write a resumable checkpoint every N optimizer steps, >= 1 "
-        "(default: none)",
-    )  # fmt: skip
-    train.add_argument(
-        "--checkpoint-every-minutes", dest="checkpoint_every_minutes", type=float, default=None,
-        metavar="M", help="also write a resumable checkpoint every M minutes, > 0 (default: none)",
-    )  # fmt: skip
-
-    train.add_argument(
-        "--devices", default="1", help="auto, a count (-1: all) or indices 0,1 (default 1)"
-    )
-    train.add_argument(
-        "--strategy", default="auto",
-        help="auto, ddp, fsdp, deepspeed_stage_2 / _3 (need deepspeed), ... (Lightning's names)",
-    )  # fmt: skip
-    train.add_argument(
-        "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed or bf16-true"
-    )
-    train.add_argument(
-        "--accumulate-grad-batches", type=int, default=1,
-        help="batches averaged into one optimizer step (>= 1)",
-    )  # fmt: skip
-    train.add_argument(
-        "--gradient-checkpointing", action="store_true",
-        help="recompute the LLM's block activations in backward (less memory, more compute)",
-    )  # fmt: skip
-    train.add_argument(
-        "--signal-targets", type=Path, default=None,
-        help="stage 3: targets.json written by vitron build-targets for --data",
-    )  # fmt: skip
+    add_specialist_options(specialists, device="cpu")
+    add_train_parser(commands, number)
     targets = commands.add_parser(
         "build-targets", help="stage-3 signal targets of a JSONL from the specialists"
     )
     targets.add_argument("--data", type=Path, required=True, help="training JSONL (stage 3)")
-    targets.add_argument("--specialists", default=None, help="JSON: adapter name -> options")
-    targets.add_argument("--set", action="append", metavar="ADAPTER.OPTION=VALUE")
-    targets.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
-    )
+    add_specialist_options(targets)
     add_offload_option(targets)
     targets.add_argument(
         "-o", "--output", type=Path, required=True,
@@ -507,19 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")
     tiny.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
-    tiny.add_argument("--seed", type=int, default=0)
+    number(tiny, "--seed", int, 0, f"seed of the random weights, in [0, {SEED_MAX}]")
     tiny.add_argument(
         "--vision-backend", choices=("transformers", "open_clip"), default="transformers"
     )
     tiny_spec = commands.add_parser("tiny-specialists", help="write tiny random specialists")
     tiny_spec.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
-    tiny_spec.add_argument("--seed", type=int, default=0)
+    number(tiny_spec, "--seed", int, 0, f"seed of the random weights, in [0, {SEED_MAX}]")
     tiny_spec.add_argument(
         "--no-video", action="store_true", help="skip the video models (text- and image-to-video)"
     )
-    from vitron.evaluation.command import add_eval_parser
-
-    add_eval_parser(commands, add_model_options)
+    add_eval_parser(commands, add_model_options, number)
     return parser
 
 
@@ -535,16 +407,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = command_prog("vitron", argv, COMMANDS)
-    run = lambda: dispatch(build_parser().parse_args(argv))  # noqa: E731
+
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+
     return run_main(
         prog, run, usage_errors=(FileNotFoundError,), work_errors=(ModelLoadError,),
         describe=one_line,
     )  # fmt: skip
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run the handler of ``args.command``."""
-    return COMMANDS[args.command](args)
+def run_train(args: argparse.Namespace) -> int:
+    """``vitron train`` (see :mod:`vitron.training.command`)."""
+    from vitron.training.command import run_train as train
+
+    return train(args)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -555,17 +433,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": run_run,
-    "chat": run_chat,
-    "app": run_app,
-    "parse": run_parse,
-    "specialists": run_specialists,
-    "train": run_train,
-    "build-targets": run_build_targets,
-    "tiny-model": run_tiny_model,
-    "tiny-specialists": run_tiny_specialists,
-    "eval": run_eval,
-}
+    "run": run_run, "chat": run_chat, "app": run_app, "parse": run_parse,
+    "specialists": run_specialists, "train": run_train, "build-targets": run_build_targets,
+    "tiny-model": run_tiny_model, "tiny-specialists": run_tiny_specialists, "eval": run_eval,
+}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ from common_kernels.cli import one_line as shared_one_line
 from common_kernels.files import ImageReadError, check_output_folder_name
 from vitron.checks import (
     Names,
+    check_at_least,
     check_generation,
     check_input_file,
     check_output_folder,
@@ -389,3 +390,31 @@ def check_port(port: int, names: Names | None = None) -> None:
     """The app's TCP port, in [1, 65535]."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"{named('port', names)} must be in [1, 65535], got {port}")
+
+
+def input_counts(
+    images: int | None, videos: int | None, regions: Sequence[int], names: Names | None = None
+):
+    """The :class:`~vitron.invocations.InputCounts` a reply is checked against (None: unchecked).
+
+    Args:
+        images: input images, >= 0 (None: one more than the highest region image).
+        videos: input videos, >= 0 (None: unchecked).
+        regions: the image index of each user-drawn region, each >= 0 and below ``images``.
+        names: the caller's names of ``images``, ``videos`` and ``region``.
+    """
+    from vitron.invocations import InputCounts
+
+    for argument, count in (("images", images), ("videos", videos)):
+        if count is not None:
+            check_at_least(count, 0, argument, names)
+    for k in regions:
+        check_at_least(k, 0, "region", names)
+    if images is None and videos is None and not regions:
+        return None
+    images = images if images is not None else max(regions, default=-1) + 1
+    if any(k >= images for k in regions):
+        raise ValueError(
+            f"{named('region', names)} needs an image index below {named('images', names)} {images}"
+        )
+    return InputCounts(images, videos, region_images=tuple(regions))

@@ -43,12 +43,17 @@ from vitron.options import AssistantOptions, one_line, open_assistant, read_repl
 RESULTS_NAME = "results.json"
 
 
-def add_eval_parser(commands: Any, add_model_options: Callable[[argparse.ArgumentParser], None]):
+def add_eval_parser(
+    commands: Any,
+    add_model_options: Callable[[argparse.ArgumentParser], None],
+    number: Callable[..., None],
+) -> None:
     """Register ``eval`` and its tasks on the ``vitron`` subcommands.
 
     Args:
         commands: the subparsers action of the ``vitron`` parser.
         add_model_options: adds ``--model``, ``-o/--output`` and the other Assistant options.
+        number: adds a numeric flag whose help ends in its default.
     """
     evaluate = commands.add_parser(
         "eval", help="score the Assistant: refseg (cIoU, gIoU), vqa (VQA accuracy), qa (exact)"
@@ -83,7 +88,7 @@ def add_eval_parser(commands: Any, add_model_options: Callable[[argparse.Argumen
     qa.add_argument("--template", default=QA_TEMPLATE, help="instruction; {question}")
     for task in (refseg, vqa, qa):
         add_model_options(task)
-        task.add_argument("--limit", type=int, default=None, help="only the first N samples")
+        number(task, "--limit", int, None, "only the first N samples, >= 1 (None: all)")
         task.add_argument(
             "--keep-files", action="store_true",
             help="keep the specialists' files (masks, overlays) in the output folder",

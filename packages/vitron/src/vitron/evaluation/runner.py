@@ -9,16 +9,15 @@ model's length) is scored as an empty prediction and counted in ``failed``.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from common_kernels.progress import progress as show_progress
 from vitron.evaluation.datasets import QASample, ReferringSample
 from vitron.evaluation.masks import segmentation_to_mask
 from vitron.evaluation.metrics import (
@@ -130,8 +129,8 @@ def fill_template(template: str, name: str, value: str) -> str:
     return template.replace("{" + name + "}", value)
 
 
-def _bar(samples: Sequence[Any], task: str, progress: bool) -> tqdm:
-    return tqdm(samples, desc=f"eval {task}", unit="sample", file=sys.stderr, disable=not progress)
+def _bar(samples: Sequence[Any], task: str, progress: bool) -> Iterator[Any]:
+    return show_progress(samples, desc=f"eval {task}", unit="samples", disable=not progress)
 
 
 def evaluate_referring(
@@ -165,7 +164,6 @@ def evaluate_referring(
         scored = mask_counts(fit_mask(result.mask, sample.height, sample.width), target)
         counts.append(scored)
         intersection, union = intersection + scored.intersection, union + scored.union
-        bar.set_postfix_str(f"cIoU {intersection / union if union else 1.0:.3f}")
         records.append({
             "ref_id": sample.ref_id, "sent_id": sample.sent_id, "image_id": sample.image_id,
             "ann_id": sample.ann_id, "text": sample.text, "intersection": scored.intersection,
@@ -173,7 +171,6 @@ def evaluate_referring(
             "iou": scored.iou, "mask_call": result.mask_call, "answer": result.answer,
             "error": result.error, "files": result.files,
         })  # fmt: skip
-    bar.close()
     metrics = {
         "ciou": cumulative_iou(counts),
         "giou": mean_iou(counts),
@@ -219,13 +216,11 @@ def evaluate_qa(
             else exact_match(result.answer, sample.answers[0])
         )
         total += score
-        bar.set_postfix_str(f"accuracy {total / (len(records) + 1):.3f}")
         records.append({
             "question_id": sample.question_id, "image": sample.image_file,
             "question": sample.question, "answer": result.answer, "accuracy": score,
             "error": result.error, "files": result.files,
         })  # fmt: skip
-    bar.close()
     if not records:
         raise ValueError("accuracy needs at least one sample")
     metrics = {

@@ -17,7 +17,7 @@ training reads them with ``train(..., signal_targets="OUT/targets.json")`` (``vi
 
 from __future__ import annotations
 
-import sys
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,22 +116,23 @@ def compute_targets(
     Returns:
         Tensor name -> float32 CPU vector.
     """
-    from tqdm import tqdm
+    from common_kernels.progress import progress as show_progress
 
     groups: dict[str, list[TargetJob]] = defaultdict(list)
     for job in jobs:
         groups[job.specialist].append(job)
+    ordered = [job for group in groups.values() for job in group]
+    counted = iter(show_progress(ordered, desc="targets", unit="calls", disable=not progress))
     tensors: dict[str, Tensor] = {}
-    with tqdm(total=len(jobs), desc="targets", file=sys.stderr, disable=not progress) as bar:
-        for group in groups.values():
-            with registry.specialist(group[0].task).active() as specialist:
-                encoded: dict[tuple[str, str], Tensor] = {}
-                for job in group:
-                    if (job.task, job.text) not in encoded:
-                        target = specialist.conditioning_target(job.task, job.text)
-                        encoded[job.task, job.text] = target.float().cpu().contiguous()
-                    tensors[job.tensor] = encoded[job.task, job.text].clone()  # one storage each
-                    bar.update(1)
+    for group in groups.values():
+        with registry.specialist(group[0].task).active() as specialist:
+            encoded: dict[tuple[str, str], Tensor] = {}
+            for job in itertools.islice(counted, len(group)):  # this group's jobs, counted
+                if (job.task, job.text) not in encoded:
+                    target = specialist.conditioning_target(job.task, job.text)
+                    encoded[job.task, job.text] = target.float().cpu().contiguous()
+                tensors[job.tensor] = encoded[job.task, job.text].clone()  # one storage each
+    next(counted, None)  # past the last job: the progress writes its final line
     return tensors
 
 
