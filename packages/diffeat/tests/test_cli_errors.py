@@ -590,7 +590,7 @@ def test_failure_while_writing_exits_1_with_one_line(files, model_dirs, capsys, 
     def disk_full(path, features, metadata):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr("diffeat.cli.save_features", disk_full)
+    monkeypatch.setattr("diffeat.commands.save_features", disk_full)
     out_path = files / "out.safetensors"
     argv = ["extract", str(files / "img.png"), "--model", str(model_dirs["sd15"]), "--layers",
             "unet-in", "-o", str(out_path)]  # fmt: skip

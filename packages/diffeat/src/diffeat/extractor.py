@@ -153,6 +153,11 @@ class LoadPlan:
         device: where the models run.
         control: the ControlNet's config (None without one).
         options: the remaining ``from_pretrained`` keywords, as given.
+        timestep: the checked timestep.
+        text_stack: the tokenizers and text encoders are loaded.
+        size_from: the argument that sets the size images are fed at: ``"image_size"``,
+            ``"preset"`` or ``"layers"`` (a preset name: its resolution), None (the images'
+            own size).
     """
 
     source: Path | str
@@ -166,6 +171,9 @@ class LoadPlan:
     device: torch.device
     control: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    timestep: int = 50
+    text_stack: bool = True
+    size_from: str | None = None
 
 
 def check_from_pretrained(
@@ -209,6 +217,11 @@ def check_from_pretrained(
     check_timestep(
         timestep, options.get("faithful", False), configs.scheduler, named("timestep", names)
     )
+    size_from = "image_size" if options.get("image_size") is not None else None
+    if size_from is None and layers is None and preset is not None:
+        size_from = "preset"
+    if size_from is None and isinstance(layers, str) and layers in PRESETS:
+        size_from = "layers"
     requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir, names)
     loras = options.get("lora")
     loras = [] if loras is None else list(loras) if isinstance(loras, list | tuple) else [loras]
@@ -223,7 +236,20 @@ def check_from_pretrained(
     flag = named("preset" if layers is None and preset is not None else "layers", names)
     expanded = check_layer_names(requested, infos, flag)
     return LoadPlan(
-        source, configs, requested, preset, expanded, infos, size, dtype, device, control, options
+        source,
+        configs,
+        requested,
+        preset,
+        expanded,
+        infos,
+        size,
+        dtype,
+        device,
+        control,
+        options,
+        timestep,
+        text_stack,
+        size_from,
     )
 
 
@@ -353,6 +379,22 @@ class FeatureExtractor:
         plan = check_from_pretrained(
             model_id_or_dir, layers, preset, timestep, dtype, device, text_stack, **options
         )
+        return cls.from_plan(plan)
+
+    @classmethod
+    def from_plan(cls, plan: LoadPlan, control_image=None) -> FeatureExtractor:
+        """Load the extractor of a :func:`check_from_pretrained` plan: its checks are not run
+        again (the config files are not read twice).
+
+        Args:
+            plan: the checked model and options.
+            control_image: the default conditioning image, in place of the plan's (a caller
+                that checked a file reads it now).
+        """
+        options = dict(plan.options)
+        if control_image is not None:
+            options["control_image"] = control_image
+        text_stack, timestep = plan.text_stack, plan.timestep
         load = {k: options.pop(k) for k in LOAD_KEYS if k in options}
         controlnet = options.pop("controlnet", None)
         control_scale = options.pop("control_scale", 1.0)

@@ -1,0 +1,397 @@
+"""The flows of ``diffeat extract``, ``probe`` and ``pca`` as API functions.
+
+:func:`check_inputs` checks the images of an extraction against a
+:class:`~diffeat.extractor.LoadPlan` (their sizes, the model's size multiple and the memory
+estimate) before any weights are loaded; :func:`extract_batches`, :func:`write_features`,
+:func:`mean_probes`, :func:`check_pca_file` and :func:`write_pca` are the work of the commands.
+Errors about inputs are ``ValueError``/``FileNotFoundError``/``IsADirectoryError`` naming the
+argument as ``names`` spells it (the CLI: its flags), so the API and the CLI say the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from common_kernels.files import write_json
+from common_kernels.progress import progress
+from diffeat import __version__
+from diffeat.aggregate import aggregate
+from diffeat.catalogue import LayerInfo
+from diffeat.checks import DTYPES, Names, check_int_range, model_infos, named
+from diffeat.extractor import FeatureExtractor, LoadPlan
+from diffeat.inputs import check_features_file, check_image_file, check_multiples, fed_size
+from diffeat.io import load_image, parse_size, save_features
+from diffeat.memory import MemoryPart, check_memory, pass_bytes, pca_bytes, probe_bytes
+from diffeat.presets import get_preset
+from diffeat.probes import PROBES, probe_all
+from diffeat.viz import save_pca_pngs
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """The checked inputs of an extraction: the plan, the images and the size they are fed at.
+
+    Args:
+        plan: from :func:`diffeat.extractor.check_from_pretrained`.
+        images: the image files.
+        batch_size: images per pass.
+        infos: ``vae-out`` and the catalogues with shapes at ``fed``.
+        fed: the largest (H, W) fed to the model.
+        source: what set ``fed`` (named in memory errors).
+    """
+
+    plan: LoadPlan
+    images: tuple[Path, ...]
+    batch_size: int
+    infos: list[LayerInfo]
+    fed: tuple[int, int]
+    source: str
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """(C, h, w) of every returned activation, in order."""
+        by_name = {info.name: info.shape for info in self.infos}
+        return [by_name[name] for name in self.plan.names]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per value of the plan's dtype."""
+        return self.plan.dtype.itemsize
+
+
+Keep = Callable[[CheckedInputs], list[MemoryPart]]
+
+
+def check_inputs(
+    plan: LoadPlan,
+    images: Sequence[Path | str],
+    batch_size: int = 1,
+    *,
+    group: int | None = None,
+    why: str | None = None,
+    keep: Keep | None = None,
+    allow_large: bool = False,
+    names: Names | None = None,
+) -> CheckedInputs:
+    """The image files of an extraction checked against ``plan`` before any weights are read:
+    readable, of one size per ``group``, multiples of the model's size factor, and a memory
+    estimate that fits (one batch's pass plus what ``keep`` says the caller holds).
+
+    Args:
+        plan: the checked model and options.
+        images: the image files.
+        batch_size: images per pass, >= 1.
+        group: consecutive images that must share their own size (default: a batch).
+        why: why they must (for the message).
+        keep: the memory the caller keeps besides the pass (default: every image's features).
+        allow_large: skip the memory check.
+        names: how the caller spells the arguments (the CLI: its flags).
+
+    Raises:
+        ValueError, FileNotFoundError, IsADirectoryError: naming the image or the argument.
+    """
+    batch_flag, resize_flag = named("batch_size", names), named("image_size", names)
+    check_int_range(batch_size, batch_flag, 1)
+    paths = tuple(Path(p) for p in images)
+    sizes = [check_image_file(path) for path in paths]
+    why = why or f"the images of one batch ({batch_flag} {batch_size}) need one size"
+    size, source = parse_size(plan.options.get("image_size")), ""
+    if size is not None:
+        source = f"{resize_flag} {size[0]}x{size[1]}"
+    elif plan.size_from in ("preset", "layers"):
+        side = get_preset(plan.preset).resolution
+        size, source = (side, side), f"{named(plan.size_from, names)} {plan.preset} ({side}x{side})"
+    fed, fed_source = (
+        (size, source) if size else fed_size(paths, sizes, group or batch_size, why, resize_flag)
+    )
+    infos = plan.infos  # the plan's shapes when the size is the same: no second meta pass
+    if fed != plan.size:
+        infos = model_infos(plan.configs, fed, plan.options.get("faithful", False), plan.control)
+    checked = CheckedInputs(plan, paths, batch_size, infos, fed, fed_source)
+    parts = [pass_part(checked, names), *(keep or features_part)(checked)]
+    check_memory(parts, plan.device, allow_large, names)
+    multiple, scale = plan.configs.size_multiple, plan.configs.vae_scale
+    factors = f"VAE x{scale}, U-Net x{multiple // scale}"
+    if size is not None and (size[0] % multiple or size[1] % multiple):
+        raise ValueError(
+            f"{source}: height and width must be multiples of {multiple} for this model ({factors})"
+        )
+    if size is None:
+        check_multiples(paths, sizes, multiple, factors, resize_flag)
+    return checked
+
+
+def pass_part(checked: CheckedInputs, names: Names | None = None) -> MemoryPart:
+    """One batch through the VAE encoder and the U-Net (on the device)."""
+    plan, batch = checked.plan, min(checked.batch_size, len(checked.images))
+    vae_width = plan.configs.vae["block_out_channels"][0]
+    nbytes = pass_bytes(checked.infos, plan.names, batch, checked.itemsize, checked.fed, vae_width)
+    what = f"{checked.source} with {named('batch_size', names)} {checked.batch_size}"
+    return MemoryPart(what, nbytes, True)
+
+
+def features_part(checked: CheckedInputs) -> list[MemoryPart]:
+    """The features of every image, kept on the host."""
+    count, values = len(checked.images), sum(math.prod(s) for s in checked.shapes())
+    what = f"the features of {count} image(s) ({checked.source})"
+    return [MemoryPart(what, count * values * checked.itemsize, False)]
+
+
+def probe_part(checked: CheckedInputs) -> list[MemoryPart]:
+    """The probes of one batch."""
+    batch = min(checked.batch_size, len(checked.images))
+    nbytes = probe_bytes(checked.shapes(), batch, checked.itemsize)
+    return [MemoryPart(f"the probes of a batch ({checked.source})", nbytes, False)]
+
+
+def resize_parts(resize: tuple[int, int] | None, concat: bool, names: Names | None = None) -> Keep:
+    """The features, plus their resized (and concatenated) copy when asked for."""
+
+    def parts(checked: CheckedInputs) -> list[MemoryPart]:
+        kept = features_part(checked)
+        if resize is None and not concat:
+            return kept
+        shapes = checked.shapes()
+        height, width = resize or max((s[1:] for s in shapes), key=lambda hw: hw[0] * hw[1])
+        channels, count = sum(shape[0] for shape in shapes), len(checked.images)
+        nbytes = count * channels * height * width * checked.itemsize * (2 if concat else 1)
+        flag = named("resize" if resize else "concat", names)
+        what = f"{flag} {height}x{width}" if resize else f"{flag} at {height}x{width}"
+        return [*kept, MemoryPart(what, nbytes, False)]
+
+    return parts
+
+
+def pca_parts(
+    count: int,
+    values: Sequence[int],
+    png: tuple[int, int],
+    size_given: bool = False,
+    names: Names | None = None,
+) -> list[MemoryPart]:
+    """The PCA of the largest activation and the PNGs of one activation (one at a time).
+
+    Args:
+        count: images.
+        values: values per image of every activation.
+        png: the PNG (H, W).
+        size_given: ``png`` is the caller's ``size`` (named in the message).
+        names: how the caller spells ``size``.
+    """
+    pca, pngs = pca_bytes(count, values, png)
+    what = (
+        f"{named('size', names)} {png[0]}x{png[1]}" if size_given else f"PNGs of {png[0]}x{png[1]}"
+    )
+    return [MemoryPart(f"the PCA of {count} image(s)", pca, False), MemoryPart(what, pngs, False)]
+
+
+def pca_keep(size: tuple[int, int] | None, names: Names | None = None) -> Keep:
+    """The features of every image, their PCA and PNGs (at ``size``, else the fed size)."""
+
+    def parts(checked: CheckedInputs) -> list[MemoryPart]:
+        values = [math.prod(shape) for shape in checked.shapes()]
+        png = size or checked.fed
+        pca = pca_parts(len(checked.images), values, png, size is not None, names)
+        return features_part(checked) + pca
+
+    return parts
+
+
+def check_probes(text: str, name: str = "probes") -> list[str]:
+    """A comma-separated, non-empty subset of ``PROBES``."""
+    probes = [p.strip() for p in text.split(",") if p.strip()]
+    if not probes or not set(probes) <= set(PROBES):
+        raise ValueError(f"{name} {text!r}: choose a comma-separated subset of {','.join(PROBES)}")
+    return probes
+
+
+def png_stems(stems: Sequence[str], count: int) -> list[str]:
+    """PNG name stems of ``count`` images: ``stems``, or ``image{i}`` when they do not fit."""
+    return list(stems) if len(stems) == count else [f"image{i}" for i in range(count)]
+
+
+def check_png_paths(
+    folder: Path, stems: Sequence[str], layers: Sequence[str], names: Names | None = None
+) -> None:
+    """Fail when a PNG ``folder/<stem>__<layer>.png`` would land on a folder."""
+    for stem in stems:
+        for layer in layers:
+            path = folder / f"{stem}__{layer}.png"
+            if path.is_dir():
+                raise ValueError(
+                    f"{named('output', names)}: {path} is a folder, in the way of a PNG"
+                )
+
+
+def check_distinct_stems(paths: Sequence[Path], folder: Path) -> None:
+    """Fail when two images share a file stem (their PNGs would overwrite each other)."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(
+                f"{seen[path.stem]} and {path} would both be written to "
+                f"{folder / path.stem}__<activation>.png"
+            )
+        seen[path.stem] = path
+
+
+def run_batches(
+    paths: Sequence[Path], batch_size: int, run: Callable[[list[Image.Image]], Any]
+) -> list:
+    """Call ``run(images)`` on batches of loaded images (a progress bar from 2 batches on).
+
+    Args:
+        paths: the (checked) image files.
+        batch_size: images per call.
+        run: called with each batch of PIL images; its results are returned in order.
+    """
+    results = []
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    for batch in progress(batches, desc="diffeat", unit="batches", disable=len(batches) < 2):
+        results.append(run([load_image(p) for p in batch]))
+    return results
+
+
+def extract_batches(
+    extractor: FeatureExtractor, checked: CheckedInputs, prompt: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The features of every checked image (batches concatenated; the checks gave them one
+    size) and the attention head count of each q/k/v/map layer."""
+    generator = extractor.generator()
+    parts = run_batches(
+        checked.images, checked.batch_size, lambda images: extractor(images, prompt, generator)
+    )
+    features = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    return features, dict(parts[0].heads)
+
+
+def write_features(
+    path: Path,
+    extractor: FeatureExtractor,
+    checked: CheckedInputs,
+    prompt: str = "",
+    resize: tuple[int, int] | None = None,
+    resize_mode: str = "bilinear",
+    concat: bool = False,
+    model: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Extract the checked images and write a safetensors features file with its metadata.
+
+    Args:
+        path: the ``.safetensors`` file.
+        extractor: loaded from ``checked.plan``.
+        checked: from :func:`check_inputs`.
+        prompt: the text prompt of every image.
+        resize: (H, W) to resize every feature to.
+        resize_mode: see :data:`diffeat.aggregate.RESIZE_MODES`.
+        concat: one concatenated ``"features"`` key.
+        model: the model as the caller named it (default: the plan's source).
+
+    Returns:
+        The written features.
+    """
+    features, heads = extract_batches(extractor, checked, prompt)
+    if resize is not None or concat:
+        features = aggregate(features, resize, resize_mode, concat=False)
+        if concat:
+            features = {"features": torch.cat(list(features.values()), dim=1)}
+    plan, config = checked.plan, extractor.config
+    loras = plan.options.get("lora") or []
+    metadata = {
+        "diffeat": __version__,
+        "model": str(plan.source if model is None else model),
+        "preset": config.preset,
+        "layers": list(features),
+        "source_layers": list(extractor.layers),
+        "heads": heads,  # attention head count of each q/k/v/map source layer
+        "images": [str(p) for p in checked.images],
+        "image_size": list(checked.fed),
+        "prompt": prompt,
+        "timestep": config.timestep,
+        "latent": config.latent,
+        "faithful": config.faithful,
+        "lora": [str(p) for p in (loras if isinstance(loras, list | tuple) else [loras])],
+        "controlnet": plan.options.get("controlnet"),
+        "dtype": {dtype: key for key, dtype in DTYPES.items()}[plan.dtype],
+        "seed": config.seed,
+    }
+    save_features(path, features, metadata)
+    return features
+
+
+def mean_probes(
+    extractor: FeatureExtractor,
+    checked: CheckedInputs,
+    probes: Sequence[str] = PROBES,
+    prompt: str = "",
+    output: Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """The probes of every selected activation, averaged over the images (batches weighted by
+    their size); written as JSON to ``output`` when given."""
+    generator = extractor.generator()
+    parts = run_batches(
+        checked.images,
+        checked.batch_size,
+        lambda images: (
+            len(images),
+            probe_all(extractor, images, prompt, generator, probes=probes),
+        ),
+    )
+    total = sum(n for n, _ in parts)
+    results = {
+        name: {p: sum(n * part[name][p] for n, part in parts) / total for p in probes}
+        for name in parts[0][1]
+    }
+    if output is not None:
+        write_json(output, results, indent=1, make_parents=True)
+    return results
+
+
+def check_pca_file(
+    path: Path,
+    folder: Path,
+    size: tuple[int, int] | None = None,
+    allow_large: bool = False,
+    names: Names | None = None,
+) -> tuple[list[str], tuple[int, int] | None]:
+    """(image stems, PNG size) of the PCA of a features file, checked before it is read: the
+    file, the PNG paths in ``folder`` and the memory estimate.
+
+    Args:
+        path: a features file of :func:`write_features`.
+        folder: where the PNGs go.
+        size: the PNG (H, W) (default: the file's image size).
+        allow_large: skip the memory check.
+        names: how the caller spells ``features``, ``size``, ``output``, ``allow_large``.
+    """
+    shapes, meta = check_features_file(path, named("features", names))
+    count = next(iter(shapes.values()))[0]
+    stems = png_stems([Path(p).stem for p in meta.get("images", [])], count)
+    given, size = size is not None, size or tuple(meta.get("image_size") or ()) or None
+    png = size or max((s[2:] for s in shapes.values()), key=lambda hw: hw[0] * hw[1])
+    values = [math.prod(s[1:]) for s in shapes.values()]
+    memory = pca_parts(count, values, png, given, names)
+    check_png_paths(folder, stems, list(shapes), names)
+    check_memory(memory, torch.device("cpu"), allow_large, names)
+    return stems, size
+
+
+def write_pca(
+    features: dict[str, torch.Tensor],
+    folder: Path,
+    stems: Sequence[str],
+    size: tuple[int, int] | None = None,
+) -> int:
+    """PCA-to-RGB PNGs ``folder/<stem>__<layer>.png`` of every activation; returns their count."""
+    count = 0
+    for name, feature in features.items():
+        paths = [folder / f"{stem}__{name}.png" for stem in png_stems(stems, len(feature))]
+        save_pca_pngs(feature, paths, size)
+        count += len(paths)
+    return count
