@@ -22,9 +22,12 @@ vitron eval qa --data qa.jsonl --model DIR -o out/          (exact match of {ima
 
 Errors: a bad input ends with one line ``vitron COMMAND: error: ...`` naming the flag and the
 accepted range, exit status 2, found before any model is loaded and before anything is written;
-a failure while working (a model that cannot be loaded, a full disk) exits 1 with one line;
-Ctrl-C exits 130 with ``vitron COMMAND: interrupted``. A subcommand raises ``UsageError`` for
-a bad input and ``WorkError`` for a failure; ``main`` prints them.
+a failure while working (a model that cannot be loaded, a full disk) exits 1 with one line, and
+``run`` exits 1 after one line per specialist call that did not succeed;
+Ctrl-C exits 130 with ``vitron COMMAND: interrupted``. The checks are the API's
+(:mod:`vitron.options`, :mod:`vitron.training.config`) given the flags' names (``FLAGS``); a
+subcommand raises ``ValueError`` / ``UsageError`` for a bad input and ``WorkError`` for a
+failure; ``main`` prints them.
 """
 
 from __future__ import annotations
