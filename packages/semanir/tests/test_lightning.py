@@ -324,7 +324,9 @@ INTERRUPT_SCRIPT = textwrap.dedent(
     """
     import os
     import signal
+    import subprocess
     import sys
+    import time
 
     import torch
     from lightning.pytorch.callbacks import Callback
@@ -335,12 +337,21 @@ INTERRUPT_SCRIPT = textwrap.dedent(
     class SignalAtStep(Callback):
         \"\"\"Sends this process a signal after an optimizer step, as a scheduler would.\"\"\"
 
-        def __init__(self, step: int, name: str) -> None:
-            self.step, self.name = step, name
+        def __init__(self, step: int, name: str, group: bool = False) -> None:
+            self.step, self.name, self.group = step, name, group
 
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == self.step:
+            if trainer.global_step == self.step and not self.group:
                 os.kill(os.getpid(), getattr(signal, self.name))
+
+        def on_before_backward(self, trainer, *args):
+            # the whole job, loader workers included, as srun or Ctrl-C in a terminal do,
+            # in the middle of the step that ends at ``step``
+            # (sent by another process: a worker told by its parent to stop exits quietly)
+            if trainer.global_step == self.step - 1 and self.group:
+                code = f"import os; os.killpg({os.getpgrp()}, {int(getattr(signal, self.name))})"
+                subprocess.run([sys.executable, "-c", code], start_new_session=True, check=True)
+                time.sleep(0.5)  # the workers are gone (or not) before the backward
 
 
     torch.set_num_threads(1)
@@ -396,7 +407,7 @@ def run_fit(folder: Path, data: Path, *extra: str) -> subprocess.CompletedProces
     config.write_text(INTERRUPT_CONFIG.format(root=folder, data=data))
     return subprocess.run(
         [sys.executable, str(script), "fit", "--config", str(config), *extra],
-        capture_output=True, text=True, timeout=600, cwd=folder.parent,
+        capture_output=True, text=True, timeout=600, cwd=folder.parent, start_new_session=True,
     )  # fmt: skip
 
 
@@ -442,5 +453,31 @@ def test_interrupted_fit_saves_a_checkpoint_and_resumes_to_the_same_weights(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
     assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_a_signal_to_the_whole_job_reaches_loader_workers_and_the_run_still_resumes(
+    tmp_path: Path, uninterrupted: tuple[Path, dict]
+) -> None:
+    """SIGTERM sent to the process group (a scheduler, or Ctrl-C in a terminal) with two loader
+    workers: the workers ignore it, the main process saves its checkpoint and exits 143, and
+    the resumed run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    data, expected = uninterrupted
+    signal_callback = (
+        '--trainer.callbacks+={"class_path": "__main__.SignalAtStep", '
+        '"init_args": {"step": 3, "name": "SIGTERM", "group": true}}'
+    )
+    workers = "--data.num_workers=2"
+    stopped = run_fit(tmp_path / "stopped", data, signal_callback, workers)
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "killed by signal" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith("semanir fit: SIGTERM at step 3")
+    resumed = run_fit(tmp_path / "stopped", data, "--ckpt_path", str(checkpoint), workers)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], got[name]), name

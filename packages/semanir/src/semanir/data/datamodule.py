@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +54,18 @@ def check_data_dirs(option: str, dirs: list[str] | None, data_root: str | None) 
             f"{option}: {', '.join(missing)} not found {looked}; set --data.data_root DIR or "
             f"${DATA_ROOT_VARIABLE} to the folder that holds them"
         )
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """``worker_init_fn`` of the loaders: the worker ignores SIGINT and SIGTERM.
+
+    A terminal's Ctrl-C and a batch scheduler's SIGTERM reach every process of the job, the
+    loader workers too; a worker killed by one ended the run ("DataLoader worker ... is killed
+    by signal: Terminated") before the main process could save ``interrupted.ckpt``. The main
+    process stops its workers when it is done, and a worker exits when the main process dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class RestorationDataModule(L.LightningDataModule):
@@ -181,6 +194,7 @@ class RestorationDataModule(L.LightningDataModule):
             drop_last=True,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
+            worker_init_fn=leave_signals_to_the_main_process,
         )
 
     def state_dict(self) -> dict[str, int]:
@@ -205,4 +219,5 @@ class RestorationDataModule(L.LightningDataModule):
             shuffle=False,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
+            worker_init_fn=leave_signals_to_the_main_process,
         )
