@@ -18,7 +18,7 @@ from semanir.models import (
     get_config,
 )
 
-__version__ = "0.2.2"
+__version__ = "0.3.0"
 
 __all__ = [
     "CONFIGS",
