@@ -27,11 +27,13 @@ from torch import Tensor, nn
 
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
+from diffeat.checks import resolve_source
 from diffeat.extractor import (
     VAE_SPEC,
     ExtractorConfig,
     FeatureExtractor,
     _as_dtype,
+    quiet_loading,
     resolve_layers,
 )
 from diffeat.features import Features
@@ -266,33 +268,36 @@ class DiTFeatureExtractor(FeatureExtractor):
         load = {k: options.pop(k) for k in load_keys if k in options}
         variant = load.pop("variant", None)
         dtype = _as_dtype(dtype)
-        model = str(model_id_or_dir)
-        folder = Path(model)
-        if folder.is_dir() and not (folder / "transformer" / "config.json").is_file():
-            unet = (folder / "unet").is_dir()
+        source = resolve_source(model_id_or_dir, "model_id_or_dir")  # the hub rule
+        model = str(source)
+        if isinstance(source, Path) and not (source / "transformer" / "config.json").is_file():
+            unet = (source / "unet").is_dir()
             raise ValueError(
                 f"model: {model} has no transformer/config.json, so it is no PixArt folder"
                 + ("; it holds a U-Net: use FeatureExtractor.from_pretrained" if unet else "")
             )
-        transformer = PixArtTransformer2DModel.from_pretrained(
-            model, subfolder="transformer", torch_dtype=dtype, variant=variant, **load
-        )
-        vae = AutoencoderKL.from_pretrained(
-            model, subfolder="vae", torch_dtype=dtype, variant=variant, **load
-        )
-        scheduler_config = diffusers.DDPMScheduler.load_config(model, subfolder="scheduler", **load)
-        scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(
-            scheduler_config
-        )
-        tokenizer = encoder = None
-        if text_stack:
-            from transformers import AutoTokenizer, T5EncoderModel
-
-            tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **load)
-            text_kwargs = dict(load) if variant is None else {**load, "variant": variant}
-            encoder = T5EncoderModel.from_pretrained(
-                model, subfolder="text_encoder", torch_dtype=dtype, **text_kwargs
+        with quiet_loading():
+            transformer = PixArtTransformer2DModel.from_pretrained(
+                model, subfolder="transformer", torch_dtype=dtype, variant=variant, **load
             )
+            vae = AutoencoderKL.from_pretrained(
+                model, subfolder="vae", torch_dtype=dtype, variant=variant, **load
+            )
+            scheduler_config = diffusers.DDPMScheduler.load_config(
+                model, subfolder="scheduler", **load
+            )
+            scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(
+                scheduler_config
+            )
+            tokenizer = encoder = None
+            if text_stack:
+                from transformers import AutoTokenizer, T5EncoderModel
+
+                tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **load)
+                text_kwargs = dict(load) if variant is None else {**load, "variant": variant}
+                encoder = T5EncoderModel.from_pretrained(
+                    model, subfolder="text_encoder", torch_dtype=dtype, **text_kwargs
+                )
         names, preset = resolve_layers(transformer.config, layers, preset)
         config = ExtractorConfig(layers=names, timestep=timestep, preset=preset, **options)
         extractor = cls(

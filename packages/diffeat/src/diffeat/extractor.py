@@ -11,7 +11,8 @@ raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -403,12 +404,14 @@ class FeatureExtractor:
         lora_scale = options.pop("lora_scale", 1.0)
         fuse = options.pop("fuse_lora", False)
         dtype = plan.dtype
-        components = load_components(str(plan.source), dtype, text_stack=text_stack, **load)
+        with quiet_loading():
+            components = load_components(str(plan.source), dtype, text_stack=text_stack, **load)
+            if isinstance(controlnet, str | Path):
+                unet_config = components["unet"].config
+                controlnet = load_controlnet(str(controlnet), dtype, unet_config, **load)
         config = ExtractorConfig(
             layers=plan.requested, timestep=timestep, preset=plan.preset, **options
         )
-        if isinstance(controlnet, str | Path):
-            controlnet = load_controlnet(str(controlnet), dtype, components["unet"].config, **load)
         extractor = cls(
             config=config, controlnet=controlnet, control_scale=control_scale, **components
         )
@@ -1079,6 +1082,25 @@ def load_controlnet(model: str, dtype: torch.dtype, unet_config, **load) -> nn.M
     config_load = {k: v for k, v in load.items() if k != "variant"}
     check_controlnet_config(ControlNetModel.load_config(model, **config_load), unet_config)
     return ControlNetModel.from_pretrained(model, torch_dtype=dtype, **load)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' and diffusers' loading progress bars ("Loading weights") off inside, their
+    previous state restored after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    modules = (diffusers_logging, transformers_logging)
+    enabled = [module.is_progress_bar_enabled() for module in modules]
+    for module in modules:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was_enabled in zip(modules, enabled, strict=True):
+            if was_enabled:
+                module.enable_progress_bar()
 
 
 def load_components(model: str, dtype: torch.dtype, text_stack: bool = True, **load) -> dict:
