@@ -293,7 +293,7 @@ def cpu_model() -> str:
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
-    with atomic_write(path) as temp_path:
+    with atomic_write(path, make_parents=True) as temp_path:
         temp_path.write_text(text, encoding="utf-8")
 
 
@@ -352,7 +352,7 @@ def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"{side}x{side} centre crop of the first image, sigma {sigma:g}")
     fig.tight_layout()
-    with atomic_write(path) as temp_path:
+    with atomic_write(path, make_parents=True) as temp_path:
         fig.savefig(temp_path, format="png", dpi=110)
     plt.close(fig)
 

@@ -203,9 +203,10 @@ def test_eval_set12_on_synthetic_images(tmp_path, tiny_dir, data_root):
 
 def test_eval_set12_ensemble_adds_an_x8_row_per_model(tmp_path, tiny_dir, data_root):
     argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--models-only", "--ensemble"]
-    argv += ["--data-root", str(data_root), "--out", str(tmp_path), "--limit", "1"]
+    out = tmp_path / "new" / "folder"  # --models-only makes no BM3D cache: nothing creates it
+    argv += ["--data-root", str(data_root), "--out", str(out), "--limit", "1"]
     assert eval_set12.main(argv) == 0
-    report = json.loads((tmp_path / "set12_first1.json").read_text())
+    report = json.loads((out / "set12_first1.json").read_text())
     assert [r["method"] for r in report["rows"]] == ["noisy", "tiny", "tiny +x8"]
     assert report["ensemble"] is True
     clean = read_image(sorted((data_root / "set12").iterdir())[0], channels="gray")
