@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -260,26 +261,26 @@ def check_generate(args: argparse.Namespace) -> tuple[torch.device, PixelsmithCo
         plan = check_cascade(
             args.sizes,
             args.slider,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            output=args.output,
-            config=config,
-            checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every,
-            save_intermediate=args.save_intermediate,
-            compression=args.compression,
+            **cascade_options(args, config),
             controlnet=args.controlnet,
-            control_image=args.control_image,
-            controlnet_conditioning_scale=args.control_scale,
             shape=models.shape,
             device=device,
-            allow_large=args.allow_large,
             world_size=max(args.devices, launched),
             writes=os.environ.get("RANK", "0") == "0",  # under torchrun rank 0 alone writes
             names=FLAGS,
         )
     return device, config, plan
+
+
+def cascade_options(args: argparse.Namespace, config: PixelsmithConfig) -> dict[str, Any]:
+    """The options that ``check_cascade`` checks and ``generate_cascade`` then runs with."""
+    return dict(
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        output=args.output, config=config, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every, save_intermediate=args.save_intermediate,
+        compression=args.compression, control_image=args.control_image,
+        controlnet_conditioning_scale=args.control_scale, allow_large=args.allow_large,
+    )  # fmt: skip
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithPipeline:
@@ -364,24 +365,13 @@ def generate_on_rank(
             args.prompt,
             args.sizes,
             args.slider,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            output=args.output,
+            **cascade_options(args, config),
             negative_prompt=args.negative,
-            config=config,
-            checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every,
             keep_checkpoint=args.keep_checkpoint,
             restart=args.restart,
-            save_intermediate=args.save_intermediate,
-            compression=args.compression,
             progress=not quiet,
             controlnet=controlnet,
-            control_image=args.control_image,
-            controlnet_conditioning_scale=args.control_scale,
             ranks=ranks,
-            allow_large=args.allow_large,
         )
 
 
