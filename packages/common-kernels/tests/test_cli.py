@@ -382,3 +382,43 @@ def test_sigterm_while_working_is_one_line_and_exit_143(capsys):
     assert outcome(capsys, status) == (143, "", "fake echo: terminated; run it again to resume\n")
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_loader_workers_leave_the_signals_to_the_main_process():
+    """A worker that ran the helper survives the SIGINT and SIGTERM sent to the whole job, and
+    the main process still gets them (as ``KeyboardInterrupt`` and its own handler)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        import torch
+        from torch.utils.data import DataLoader
+        from common_kernels.cli import leave_signals_to_the_main_process
+
+        class Slow(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                if i == 1:  # the job gets both signals while a worker loads
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        os.killpg(os.getpgrp(), sig)
+                    time.sleep(0.3)
+                return torch.tensor([i])
+
+        got = []
+        signal.signal(signal.SIGTERM, lambda *_: got.append("TERM"))
+        signal.signal(signal.SIGINT, lambda *_: got.append("INT"))
+        loader = DataLoader(Slow(), batch_size=1, num_workers=1,
+                            worker_init_fn=leave_signals_to_the_main_process)
+        print([int(b) for b in loader], sorted(got))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        start_new_session=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 1, 2, 3] ['INT', 'TERM']"

@@ -164,3 +164,37 @@ def test_checkpoint_settings_mismatch_and_seed_reuse(make_pipe, small_config, tm
     fresh = run(make_pipe(), small_config, seed=recorded)
     assert np.array_equal(np.asarray(resumed), np.asarray(fresh))
     assert not np.array_equal(np.asarray(fresh), np.asarray(run(make_pipe(), small_config)))
+
+
+def test_progress_in_a_log_is_plain_lines_for_every_stage(make_pipe, small_config, capsys):
+    """stderr is not a terminal here: the base stage (diffusers' loop) and the Pixelsmith stages
+    write plain lines, no tqdm bar with carriage returns."""
+    pipe = make_pipe()
+    pipe.set_progress_bar_config()  # what the CLI does without -q
+    generate_cascade(
+        pipe, PROMPT, [64, 128], [2], num_inference_steps=3, seed=0, config=small_config,
+        progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("base 64x64: 3/3 steps (100%), ") for line in lines), err
+
+
+def test_step_progress_counts_diffusers_updates(make_pipe, capsys):
+    pipe = make_pipe()
+    pipe.set_progress_bar_config(desc="base 64x64")
+    with pipe.progress_bar(total=4) as bar:
+        for _ in range(4):
+            bar.update()
+    with pipe.progress_bar(total=4) as bar:  # stopped early (an exception, Ctrl-C): no end line
+        bar.update(2)
+    assert list(pipe.progress_bar(["a", "b"])) == ["a", "b"]
+    pipe.set_progress_bar_config(disable=True)
+    with pipe.progress_bar(total=2) as bar:
+        bar.update(2)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "base 64x64: 4/4 steps (100%), 0 s",
+        "base 64x64: 2/2 steps (100%), 0 s",
+    ]

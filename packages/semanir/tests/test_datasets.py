@@ -248,6 +248,9 @@ def test_resumable_sampler_order_and_seeds_are_functions_of_seed_epoch_position(
     resumed.set_epoch(2)
     first_of_next = next(iter(resumed))
     assert first_of_next == (epoch_order(10, 3, 2)[0], item_seed(3, 2, 0))  # from its start
+    early = ResumableSampler(10, seed=3)
+    early.resume_at(1, 4)  # iterated before set_epoch, as a loader with workers does
+    assert list(early) == second[4:]
 
 
 def test_an_item_key_with_a_seed_fixes_its_crop_and_noise(tmp_path: Path) -> None:

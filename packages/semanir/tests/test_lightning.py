@@ -462,20 +462,22 @@ def test_a_signal_to_the_whole_job_reaches_loader_workers_and_the_run_still_resu
 ) -> None:
     """SIGTERM sent to the process group (a scheduler, or Ctrl-C in a terminal) with two loader
     workers: the workers ignore it, the main process saves its checkpoint and exits 143, and
-    the resumed run ends with the uninterrupted run's weights."""
+    the resumed run ends with the uninterrupted run's weights. The stop is in the second epoch:
+    with workers the resumed iterator draws its first indices before Lightning's
+    ``set_epoch``, which once replayed the first epoch's order."""
     from safetensors.torch import load_file
 
     data, expected = uninterrupted
     signal_callback = (
         '--trainer.callbacks+={"class_path": "__main__.SignalAtStep", '
-        '"init_args": {"step": 3, "name": "SIGTERM", "group": true}}'
+        '"init_args": {"step": 5, "name": "SIGTERM", "group": true}}'
     )
     workers = "--data.num_workers=2"
     stopped = run_fit(tmp_path / "stopped", data, signal_callback, workers)
     checkpoint = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert "killed by signal" not in stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1].startswith("semanir fit: SIGTERM at step 3")
+    assert stopped.stderr.strip().splitlines()[-1].startswith("semanir fit: SIGTERM at step 5")
     resumed = run_fit(tmp_path / "stopped", data, "--ckpt_path", str(checkpoint), workers)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")

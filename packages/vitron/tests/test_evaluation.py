@@ -617,6 +617,56 @@ def test_eval_bad_inputs_exit_2_naming_the_flag(
 
 
 @pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"split": "testC"}, "split 'testC' is not in refs {d}/refs.json (its splits: testA, val)"),
+        ({"images": "{d}/nowhere"}, "images {d}/nowhere is not a folder"),
+        ({"images": "{d}"}, "images {d} lacks img1.png and 1 more"),
+        ({"refs": "{d}/missing.p"}, "refs {d}/missing.p does not exist"),
+        ({"limit": 0}, "limit must be >= 1, got 0"),
+        ({"template": "segment it"}, "template must contain {{text}}, got 'segment it'"),
+        ({"mask_backend": "gpu"}, "mask_backend 'gpu': expected one of auto, pycocotools, numpy"),
+    ],
+)  # fmt: skip
+def test_referring_task_checks_are_the_api_s(refcoco, change, message):
+    """The API raises what ``vitron eval refseg`` prints, with the Python argument names."""
+    from vitron.evaluation import referring_task
+
+    arguments = {
+        "refs": "{d}/refs.json", "instances": "{d}/instances.json", "images": "{d}/images",
+        "split": "val",
+    }  # fmt: skip
+    arguments.update(change)
+    arguments = {k: v.format(d=refcoco) if isinstance(v, str) else v for k, v in arguments.items()}
+    with pytest.raises(ValueError) as caught:
+        referring_task(**arguments)
+    assert str(caught.value) == message.format(d=refcoco)
+
+
+def test_task_inputs_read_the_samples(refcoco, vqa):
+    from vitron.evaluation import qa_task, referring_task, vqa_task
+
+    samples = referring_task(
+        refcoco / "refs.json", refcoco / "instances.json", refcoco / "images", "testA", limit=1
+    )
+    assert [(s.ref_id, s.text) for s in samples] == [(2, "the stripe")]
+    questions = vqa_task(vqa / "questions.json", vqa / "annotations.json", vqa / "val2014")
+    assert [q.question_id for q in questions] == [101, 102, 103]
+    (vqa / "qa.jsonl").write_text('{"image": "a.png", "question": "q?", "answer": "yes"}\n')
+    with pytest.raises(ValueError, match=r"^images .* lacks a\.png$"):
+        qa_task(vqa / "qa.jsonl")
+
+
+def test_evaluate_refuses_a_template_without_its_placeholder():
+    from vitron.evaluation import evaluate_qa, evaluate_referring
+
+    with pytest.raises(ValueError, match=r"^template must contain \{text\}, got 'x'$"):
+        evaluate_referring([], lambda prompt, image: None, ".", template="x")
+    with pytest.raises(ValueError, match=r"^template must contain \{question\}, got 'y'$"):
+        evaluate_qa([], lambda prompt, image: None, ".", template="y", metric="exact")
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (

@@ -82,3 +82,74 @@ def test_cli_missing_folder_exit_2_unreachable_hub_exit_1(
         f"vitron {command}: error: {offline_message('--model', tmp_path)}\n"
     )
     assert offline == [] and not (tmp_path / "out").exists()
+
+
+def unreachable(label: str, repo: str, tmp_path) -> str:
+    return (
+        f"cannot load {label} {repo}: {repo} is not in the local hub cache "
+        f"({tmp_path / 'hf' / 'hub'}) and HF_HUB_OFFLINE is set, so the hub is not asked; {ADVICE}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "repo"),
+    [
+        ("openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14"),
+        ("open_clip:hf-hub:owner/clip", "owner/clip"),
+        # a built-in tag whose weights open_clip downloads from this hub repository
+        ("open_clip:ViT-B-16/openai", "timm/vit_base_patch16_clip_224.openai"),
+    ],
+)
+def test_vision_tower_follows_the_rule(tmp_path, monkeypatch, offline, name, repo):
+    from vitron.models.vision import VisionTower
+
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError) as caught:
+        VisionTower.from_pretrained(name)
+    assert time.monotonic() - start < 5.0
+    assert str(caught.value) == unreachable("vision", repo, tmp_path)
+    assert offline == []
+
+
+def test_missing_local_parts_are_named(tmp_path, monkeypatch, offline):
+    from vitron.models.vision import VisionTower
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as tower:
+        VisionTower.from_pretrained("./clip")
+    assert (
+        str(tower.value) == f"vision: no CLIP vision folder ./clip (nothing at {tmp_path / 'clip'})"
+    )
+    with pytest.raises(FileNotFoundError) as open_clip_dir:
+        VisionTower.from_pretrained("open_clip:local-dir:clip")
+    assert str(open_clip_dir.value) == (
+        f"vision: no open_clip folder clip (nothing at {tmp_path / 'clip'})"
+    )
+    with pytest.raises(FileNotFoundError) as llm:
+        VitronModel.from_components("./vicuna", vision="open_clip:ViT-B-16/openai")
+    assert str(llm.value) == f"llm: no causal LM folder ./vicuna (nothing at {tmp_path / 'vicuna'})"
+    with pytest.raises(HubUnreachableError) as hub_llm:
+        VitronModel.from_components("lmsys/vicuna-7b-v1.5")
+    assert str(hub_llm.value) == unreachable("llm", "lmsys/vicuna-7b-v1.5", tmp_path)
+    assert offline == []
+
+
+@pytest.mark.parametrize("kind", ["text2image", "inpaint", "any"])
+def test_specialist_pipelines_follow_the_rule(tmp_path, monkeypatch, offline, kind):
+    import torch
+
+    from vitron.specialists.diffusion import load_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        load_pipeline(kind, "./sdxl", torch.float32, torch.device("cpu"))
+    assert str(missing.value) == (
+        f"model: no diffusers pipeline folder ./sdxl (nothing at {tmp_path / 'sdxl'})"
+    )
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError) as caught:
+        load_pipeline(kind, "owner/sdxl", torch.float32, torch.device("cpu"))
+    assert time.monotonic() - start < 5.0
+    assert str(caught.value) == unreachable("model", "owner/sdxl", tmp_path)
+    assert offline == []

@@ -25,17 +25,23 @@ CAPTIONS = ("a noisy square", "red dots on grey", "three green lines")
 
 # the run sends itself the signal during step 4 (global_step 3): mid-epoch, 3 batches per epoch
 SIGNAL_SCRIPT = """
-import os, signal, sys
+import os, signal, subprocess, sys, time
 import torch
 from vitron.cli import main
 from vitron.training.module import VitronLightningModule
 
 SIGNAL = os.environ.get("SEND_SIGNAL")
+TO_GROUP = os.environ.get("TO_GROUP")  # the whole job, loader workers included, as srun does
 plain_step = VitronLightningModule.training_step
 
 def training_step(self, batch, batch_idx):
     if SIGNAL and self.trainer.global_step == 3:
-        os.kill(os.getpid(), getattr(signal, SIGNAL))
+        if TO_GROUP:  # sent by another process, as a scheduler does
+            code = f"import os; os.killpg({os.getpgrp()}, {int(getattr(signal, SIGNAL))})"
+            subprocess.run([sys.executable, "-c", code], start_new_session=True, check=True)
+            time.sleep(0.5)  # the workers are gone (or not) before the step goes on
+        else:
+            os.kill(os.getpid(), getattr(signal, SIGNAL))
     return plain_step(self, batch, batch_idx)
 
 VitronLightningModule.training_step = training_step
@@ -62,15 +68,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(
-    files: Path, output: Path, *extra: str, signal_name: str = ""
+    files: Path, output: Path, *extra: str, signal_name: str = "", to_group: bool = False
 ) -> subprocess.CompletedProcess:
     argv = ["train", "--model", str(files / "model"), "--data", str(files / "data.jsonl"),
             "--stage", "2", "-o", str(output), "--max-steps", "6", "--batch-size", "1",
             "--lr", "1e-2", "--accelerator", "cpu", *extra]  # fmt: skip
-    env = {"SEND_SIGNAL": signal_name, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {"SEND_SIGNAL": signal_name, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+           "TO_GROUP": "1" if to_group else ""}  # fmt: skip
     return subprocess.run(
         [sys.executable, str(files / "send_signal.py"), *argv], capture_output=True, text=True,
-        timeout=600, env=env,
+        timeout=600, env=env, start_new_session=True,
     )  # fmt: skip
 
 
@@ -82,14 +89,20 @@ def uninterrupted(files: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("signal_name", "status"),
-    [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)],
+    ("signal_name", "status", "workers"),
+    [
+        ("SIGTERM", 143, 0),
+        pytest.param("SIGINT", 130, 0, marks=pytest.mark.slow),
+        # sent to the job's process group: the loader worker must leave it to the main process
+        ("SIGTERM", 143, 1),
+    ],
 )
 def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
-    files, uninterrupted, signal_name, status
+    files, uninterrupted, signal_name, status, workers
 ):
-    output = files / f"stopped-{signal_name}"
-    stopped = run_train(files, output, signal_name=signal_name)
+    output = files / f"stopped-{signal_name}-{workers}"
+    flags = ("--num-workers", str(workers))
+    stopped = run_train(files, output, *flags, signal_name=signal_name, to_group=workers > 0)
     checkpoint = output / "lightning" / "checkpoints" / "interrupted.ckpt"
     assert stopped.returncode == status, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
@@ -99,7 +112,7 @@ def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
     assert checkpoint.is_file() and not (output / "model.safetensors").exists()
     assert not [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 4
-    resumed = run_train(files, output, "--resume", str(checkpoint))
+    resumed = run_train(files, output, *flags, "--resume", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = load_file(output / "model.safetensors")
     assert got.keys() == uninterrupted.keys()
@@ -127,6 +140,7 @@ def test_periodic_checkpoints_by_steps(files, tmp_path):
         ({"checkpoint_every_minutes": -1.0}, ["--checkpoint-every-minutes", "-1"],
          "{checkpoint_every_minutes} must be a finite number > 0, got -1.0"),
         ({"max_steps": 0}, ["--max-steps", "0"], "{max_steps} must be >= 1, got 0"),
+        ({"num_workers": -1}, ["--num-workers", "-1"], "{num_workers} must be >= 0, got -1"),
         ({"lr": 0.0}, ["--lr", "0"], "{lr} must be a finite number > 0, got 0.0"),
     ],
 )  # fmt: skip

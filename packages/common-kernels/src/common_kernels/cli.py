@@ -15,7 +15,9 @@ Every method package's command (``semanir``, ``itaclip``, ``pixelsmith``, ``diff
 ``--device`` value against the devices of the machine before any model is loaded;
 :func:`check_folder_writable` / :func:`check_file_writable` check output paths;
 :func:`check_benchmark_setup` checks a benchmark script's optional modules and output paths
-before it measures anything. Only the standard library and torch are imported here.
+before it measures anything; :func:`leave_signals_to_the_main_process` keeps a training's
+data-loading workers alive through the signals that the main process turns into a checkpoint.
+Only the standard library and torch are imported here.
 """
 
 from __future__ import annotations
@@ -141,6 +143,22 @@ def run_main(
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread (a ``BaseException``, like ``KeyboardInterrupt``)."""
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """``worker_init_fn`` of a training ``DataLoader``: the worker ignores SIGINT and SIGTERM.
+
+    A terminal's Ctrl-C and a batch scheduler's SIGTERM reach every process of the job, the
+    loader workers too; a worker killed by one ends the run ("DataLoader worker ... is killed
+    by signal: Terminated") before the main process can save its resumable checkpoint. The
+    main process stops its workers when it is done, and a worker exits when the main process
+    dies.
+
+    Args:
+        worker_id: the worker's index (``DataLoader`` passes it).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:

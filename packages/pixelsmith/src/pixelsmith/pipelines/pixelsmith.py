@@ -259,6 +259,36 @@ def quiet_loading(hide_bars: bool) -> Iterator[None]:
                 module.enable_progress_bar()
 
 
+class StepProgress:
+    """diffusers' ``with pipe.progress_bar(total=n) as bar: ... bar.update()`` on
+    :func:`common_kernels.progress.progress`: a tqdm bar on a terminal, plain lines in a log
+    (diffusers' own tqdm bar writes carriage returns into log files).
+
+    Args:
+        total: the number of steps.
+        desc: the first word(s) of each line.
+        disable: show nothing.
+    """
+
+    def __init__(self, total: int, desc: str, disable: bool) -> None:
+        self.total, self.done = total, 0
+        self.steps = show_progress(iter(range(total)), desc=desc, total=total, unit="steps",
+                                   disable=disable)  # fmt: skip
+
+    def update(self, n: int = 1) -> None:
+        for _ in range(n):
+            next(self.steps, None)
+        self.done += n
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.done >= self.total:
+            next(self.steps, None)  # the generator ends: the final line / the bar closes
+        self.steps.close()
+
+
 class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
     """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
 
@@ -508,6 +538,18 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
         )
         return output.images.float()
 
+    def progress_bar(self, iterable=None, total=None):
+        """The base stage's per-step progress (diffusers calls it): a bar on a terminal, a
+        plain line every 10 s in a log (:class:`StepProgress`); ``set_progress_bar_config``'s
+        ``disable`` and ``desc`` apply."""
+        config = getattr(self, "_progress_bar_config", {})
+        desc, disable = config.get("desc", "sdxl"), bool(config.get("disable", False))
+        if iterable is not None:
+            return show_progress(iterable, desc=desc, total=total, unit="steps", disable=disable)
+        if total is None:
+            raise ValueError("progress_bar needs iterable or total")
+        return StepProgress(total, desc, disable)
+
     def _controlnet_pipeline(
         self, controlnet: ControlNetModel
     ) -> StableDiffusionXLControlNetPipeline:
@@ -519,6 +561,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             add_watermarker=False,
         )
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        pipe.progress_bar = self.progress_bar  # the same plain lines in logs
         return pipe
 
     def check_control(self, control: ControlCondition, height: int, width: int) -> None:

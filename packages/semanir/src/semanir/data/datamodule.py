@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from common_kernels.cli import leave_signals_to_the_main_process
 from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
 from semanir.data.sampling import ResumableSampler
 from semanir.io import Channels
@@ -54,18 +54,6 @@ def check_data_dirs(option: str, dirs: list[str] | None, data_root: str | None) 
             f"{option}: {', '.join(missing)} not found {looked}; set --data.data_root DIR or "
             f"${DATA_ROOT_VARIABLE} to the folder that holds them"
         )
-
-
-def leave_signals_to_the_main_process(worker_id: int) -> None:
-    """``worker_init_fn`` of the loaders: the worker ignores SIGINT and SIGTERM.
-
-    A terminal's Ctrl-C and a batch scheduler's SIGTERM reach every process of the job, the
-    loader workers too; a worker killed by one ended the run ("DataLoader worker ... is killed
-    by signal: Terminated") before the main process could save ``interrupted.ckpt``. The main
-    process stops its workers when it is done, and a worker exits when the main process dies.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class RestorationDataModule(L.LightningDataModule):

@@ -52,8 +52,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
 
     def resume_at(self, epoch: int, position: int) -> None:
-        """Start epoch ``epoch`` at ``position`` (items before it were trained on)."""
+        """Start epoch ``epoch`` at ``position`` (items before it were trained on).
+
+        The sampler is also put in that epoch: with loader workers the first indices are drawn
+        when the iterator is made, which on a resume comes before Lightning's ``set_epoch``.
+        """
         self._resume = (epoch, position)
+        self.epoch = epoch
 
     def start(self) -> int:
         """Where the current epoch starts: the resume position in the resumed epoch, else 0."""

@@ -1,8 +1,10 @@
 """``vitron eval``: referring segmentation (cIoU, gIoU) and image QA (VQA accuracy, exact match).
 
-Readers (:mod:`~vitron.evaluation.datasets`), COCO mask decoding
-(:mod:`~vitron.evaluation.masks`), metrics as pure functions (:mod:`~vitron.evaluation.metrics`)
-and the loop that runs the Assistant over the samples (:mod:`~vitron.evaluation.runner`).
+Readers (:mod:`~vitron.evaluation.datasets`), the checked inputs of each task
+(:mod:`~vitron.evaluation.inputs`: ``referring_task``, ``vqa_task``, ``qa_task``), COCO mask
+decoding (:mod:`~vitron.evaluation.masks`), metrics as pure functions
+(:mod:`~vitron.evaluation.metrics`) and the loop that runs the Assistant over the samples
+(:mod:`~vitron.evaluation.runner`).
 """
 
 from vitron.evaluation.datasets import (
@@ -17,6 +19,7 @@ from vitron.evaluation.datasets import (
     referring_samples,
     vqa_samples,
 )
+from vitron.evaluation.inputs import qa_task, referring_task, vqa_task
 from vitron.evaluation.masks import (
     MASK_BACKENDS,
     SegmentationError,
@@ -58,10 +61,13 @@ __all__ = [
     "mean_iou",
     "normalize_answer",
     "polygon_to_mask",
+    "qa_task",
     "referring_samples",
+    "referring_task",
     "rle_counts_from_string",
     "rle_to_mask",
     "segmentation_to_mask",
     "vqa_accuracy",
     "vqa_samples",
+    "vqa_task",
 ]

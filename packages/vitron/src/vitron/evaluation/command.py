@@ -1,36 +1,23 @@
 """``vitron eval refseg | vqa | qa``: the command-line side of the evaluation.
 
 Every input (data files, split, image files, ground-truth masks, templates and the model
-options) is checked before the model loads; a bad one is a ``UsageError`` naming its flag
-(exit status 2, nothing written). The results go to ``OUT/results.json`` (atomic write).
+options) is checked by the API (:mod:`vitron.evaluation.inputs`) before the model loads; a bad
+one is an error naming its flag (exit status 2, nothing written). The results go to
+``OUT/results.json`` (atomic write).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common_kernels.cli import UsageError
-from vitron.checks import check_at_least, check_input_file
-from vitron.evaluation.datasets import (
-    VQA_IMAGE_NAME,
-    DatasetError,
-    QASample,
-    ReferringSample,
-    image_file_name,
-    load_instances,
-    load_qa_jsonl,
-    load_refs,
-    load_vqa_answers,
-    load_vqa_questions,
-    ref_splits,
-    referring_samples,
-    vqa_samples,
-)
-from vitron.evaluation.masks import MASK_BACKENDS, can_use_pycocotools, segmentation_to_mask
+from vitron.evaluation.datasets import VQA_IMAGE_NAME, QASample, ReferringSample
+from vitron.evaluation.inputs import qa_task, referring_task, vqa_task
+from vitron.evaluation.masks import MASK_BACKENDS
 from vitron.evaluation.runner import (
     QA_TEMPLATE,
     SEGMENT_TEMPLATE,
@@ -38,7 +25,7 @@ from vitron.evaluation.runner import (
     evaluate_qa,
     evaluate_referring,
 )
-from vitron.options import AssistantOptions, one_line, open_assistant, read_reply_file
+from vitron.options import AssistantOptions, open_assistant, read_reply_file
 
 RESULTS_NAME = "results.json"
 
@@ -99,104 +86,30 @@ def add_eval_parser(
         )  # fmt: skip
 
 
-def _read(flag: str, path: Path, reader: Callable[..., Any], *extra: Any) -> Any:
-    """``reader(path, *extra)`` with the file's problems as a ``UsageError`` naming ``flag``."""
-    check_input_file(path, flag)
-    try:
-        return reader(path, *extra)
-    except (DatasetError, OSError) as err:
-        raise UsageError(f"{flag} {path}: {one_line(err)}") from None
+EVAL_FLAGS = {
+    "refs": "--refs", "instances": "--instances", "images": "--images", "split": "--split",
+    "limit": "--limit", "template": "--template", "mask_backend": "--mask-backend",
+    "questions": "--questions", "annotations": "--annotations", "image_name": "--image-name",
+    "data": "--data",
+}  # fmt: skip
 
 
-def _check_template(template: str, field: str) -> None:
-    """``--template`` must hold the ``{field}`` placeholder."""
-    if "{" + field + "}" not in template:
-        raise UsageError(f"--template must contain {{{field}}}, got {template!r}")
-
-
-def _check_images_folder(folder: Path) -> None:
-    """``--images`` must be a folder."""
-    if not folder.is_dir():
-        raise UsageError(f"--images {folder} is not a folder")
-
-
-def _check_image_files(folder: Path, names: Sequence[str]) -> None:
-    """Every sample's image exists (checked before the model loads)."""
-    missing = sorted({name for name in names if not (folder / name).is_file()})
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise UsageError(f"--images {folder} lacks {missing[0]}{more}")
-
-
-def _selected(samples: list, limit: int | None, flag: str, path: Path) -> list:
-    """The first ``limit`` samples; none at all is a bad input of ``flag``."""
-    if not samples:
-        raise UsageError(f"{flag} {path} holds no samples")
-    return samples if limit is None else samples[:limit]
-
-
-def refseg_samples(args: argparse.Namespace) -> tuple[list[ReferringSample], Path]:
-    """The checked samples of ``eval refseg`` (split, images and ground-truth masks) and the
-    image folder."""
-    _check_template(args.template, "text")
-    usable, why = can_use_pycocotools()
-    if args.mask_backend == "pycocotools" and not usable:
-        raise UsageError(f"--mask-backend pycocotools: {why}")
-    refs = _read("--refs", args.refs, load_refs)
-    images, annotations = _read("--instances", args.instances, load_instances)
-    splits = ref_splits(refs)
-    if args.split not in splits:
-        raise UsageError(
-            f"--split {args.split!r} is not in --refs {args.refs} "
-            f"(its splits: {', '.join(splits) or 'none'})"
+def task_samples(args: argparse.Namespace) -> tuple[list[ReferringSample] | list[QASample], Path]:
+    """The checked samples of ``eval TASK`` and their image folder (the API's checks, with the
+    command's flags in the messages)."""
+    common = {"limit": args.limit, "template": args.template, "names": EVAL_FLAGS}
+    if args.task == "refseg":
+        samples = referring_task(
+            args.refs, args.instances, args.images, args.split,
+            mask_backend=args.mask_backend, **common,
+        )  # fmt: skip
+        return samples, args.images
+    if args.task == "vqa":
+        samples = vqa_task(
+            args.questions, args.annotations, args.images, image_name=args.image_name, **common
         )
-    try:
-        samples = referring_samples(refs, images, annotations, args.split)
-    except DatasetError as err:
-        raise UsageError(f"--refs {args.refs} / --instances {args.instances}: {err}") from None
-    samples = _selected(samples, args.limit, "--refs", args.refs)
-    _check_images_folder(args.images)
-    _check_image_files(args.images, [s.image_file for s in samples])
-    for ann_id, sample in {s.ann_id: s for s in samples}.items():
-        try:
-            segmentation_to_mask(
-                sample.segmentation, sample.height, sample.width, args.mask_backend
-            )
-        except ValueError as err:
-            raise UsageError(
-                f"--instances {args.instances}: annotation {ann_id}: {one_line(err)}"
-            ) from None
-    return samples, args.images
-
-
-def vqa_task_samples(args: argparse.Namespace) -> tuple[list[QASample], Path]:
-    """The checked samples of ``eval vqa`` and the image folder."""
-    _check_template(args.template, "question")
-    try:
-        image_file_name(args.image_name, 0, "--image-name")
-    except DatasetError as err:
-        raise UsageError(one_line(err)) from None
-    questions = _read("--questions", args.questions, load_vqa_questions, args.image_name)
-    answers = _read("--annotations", args.annotations, load_vqa_answers)
-    try:
-        samples = vqa_samples(questions, answers)
-    except DatasetError as err:
-        raise UsageError(f"--annotations {args.annotations}: {err}") from None
-    samples = _selected(samples, args.limit, "--questions", args.questions)
-    _check_images_folder(args.images)
-    _check_image_files(args.images, [s.image_file for s in samples])
-    return samples, args.images
-
-
-def qa_task_samples(args: argparse.Namespace) -> tuple[list[QASample], Path]:
-    """The checked samples of ``eval qa`` and the image folder (default: the JSONL's)."""
-    _check_template(args.template, "question")
-    samples = _read("--data", args.data, load_qa_jsonl)
-    samples = _selected(samples, args.limit, "--data", args.data)
-    images = args.data.parent if args.images is None else args.images
-    _check_images_folder(images)
-    _check_image_files(images, [s.image_file for s in samples])
-    return samples, images
+        return samples, args.images
+    return qa_task(args.data, args.images, **common)
 
 
 def check_segmenter_installed() -> None:
@@ -234,15 +147,9 @@ def run_eval(args: argparse.Namespace, options: AssistantOptions) -> int:
     """
     from vitron.io import write_json
 
-    if args.limit is not None:
-        check_at_least(args.limit, 1, "--limit")
+    samples, images = task_samples(args)
     if args.task == "refseg":
-        samples, images = refseg_samples(args)
         check_segmenter_installed()
-    elif args.task == "vqa":
-        samples, images = vqa_task_samples(args)
-    else:
-        samples, images = qa_task_samples(args)
     reply = read_reply_file(args.reply_file, {"reply_file": "--reply-file"})
     ask = SampleAsker(open_assistant(options), reply, keep_files=args.keep_files)
     if args.task == "refseg":

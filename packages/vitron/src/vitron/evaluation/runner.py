@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from common_kernels.progress import progress as show_progress
+from vitron.checks import Names, named
 from vitron.evaluation.datasets import QASample, ReferringSample
 from vitron.evaluation.masks import segmentation_to_mask
 from vitron.evaluation.metrics import (
@@ -118,6 +119,18 @@ def fit_mask(mask: np.ndarray | None, height: int, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 127
 
 
+def check_template(template: str, field: str, names: Names | None = None) -> None:
+    """``template`` must hold the ``{field}`` placeholder.
+
+    Args:
+        template: the instruction template.
+        field: the placeholder's name (``"text"``, ``"question"``).
+        names: see :func:`vitron.checks.named`.
+    """
+    if "{" + field + "}" not in template:
+        raise ValueError(f"{named('template', names)} must contain {{{field}}}, got {template!r}")
+
+
 def fill_template(template: str, name: str, value: str) -> str:
     """``template`` with ``{name}`` replaced by ``value`` (other braces are kept as written).
 
@@ -151,6 +164,7 @@ def evaluate_referring(
         mask_backend: ground-truth decoding: ``"auto"``, ``"pycocotools"`` or ``"numpy"``.
         progress: show a progress bar on stderr.
     """
+    check_template(template, "text")
     counts, records = [], []
     intersection = union = 0
     bar = _bar(samples, "refseg", progress)
@@ -202,6 +216,7 @@ def evaluate_qa(
     """
     if metric not in QA_METRICS:
         raise ValueError(f"metric must be one of {', '.join(QA_METRICS)}, got {metric!r}")
+    check_template(template, "question")
     records = []
     total = 0.0
     bar = _bar(samples, "vqa" if metric == "vqa" else "qa", progress)

@@ -1,10 +1,12 @@
 """What a model name means: the repository's loader rule (``common_kernels.hub``) for Vitron.
 
 A name that looks like a path (``./DIR``, ``/DIR``, ``~/DIR``, or an existing folder) is a
-local Vitron folder; a missing one is a ``FileNotFoundError`` naming it, at once. Anything else
-is a hub id (``owner/name``), and :func:`check_model_source` fails within 5 s with
-``HubUnreachableError`` when the hub cannot be reached and the repository is not cached,
-before huggingface_hub's retries.
+local folder; a missing one is a ``FileNotFoundError`` naming it, at once. Anything else is a
+hub id (``owner/name``), and the check fails within 5 s with ``HubUnreachableError`` when the
+hub cannot be reached and the repository is not cached, before huggingface_hub's retries.
+:func:`check_model_source` applies it to Vitron folders, :func:`pretrained_source` to the parts
+a Vitron is built from and the specialists' pipelines (an LLM, a CLIP tower, a diffusers
+pipeline), and :func:`check_open_clip_source` to open_clip names.
 """
 
 from __future__ import annotations
@@ -33,9 +35,6 @@ def check_model_source(model: str | os.PathLike, names: Names | None = None) -> 
         ValueError: a file, a folder that is not a Vitron folder, or a malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     name = named("model", names)
     try:
         source = local_or_hub(model, what="Vitron folder")
@@ -53,14 +52,78 @@ def check_model_source(model: str | os.PathLike, names: Names | None = None) -> 
                 "written by VitronModel.save_pretrained or `vitron tiny-model DIR`)"
             )
         return source
+    return reachable_hub_id(source, name)
+
+
+def reachable_hub_id(repo_id: str, label: str) -> str:
+    """``repo_id`` when it is a well-formed hub id that is cached or whose hub can be reached.
+
+    Args:
+        repo_id: ``owner/name``.
+        label: the argument, as the caller spells it, named in the messages.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
-        validate_repo_id(source)
+        validate_repo_id(repo_id)
     except HFValidationError:
         raise ValueError(
-            f"{name} {model}: not a hub id owner/name (a local folder is written ./DIR)"
+            f"{label} {repo_id}: not a hub id owner/name (a local folder is written ./DIR)"
         ) from None
     try:
-        check_hub(source)
+        check_hub(repo_id)
     except HubUnreachableError as err:
-        raise HubUnreachableError(f"cannot load {name} {model}: {err}") from None
-    return source
+        raise HubUnreachableError(f"cannot load {label} {repo_id}: {err}") from None
+    return repo_id
+
+
+def pretrained_source(
+    name: str | os.PathLike, argument: str, what: str, names: Names | None = None
+) -> str:
+    """The local folder or the reachable hub id that ``name`` means, as ``from_pretrained``
+    takes it.
+
+    Args:
+        name: a folder or a hub id.
+        argument: the API's argument name (``"llm"``, ``"vision"``, ``"model"``).
+        what: the kind of folder, for the message (``"causal LM folder"``).
+        names: how the caller spells the argument.
+
+    Raises:
+        FileNotFoundError: ``name`` looks like a path and nothing is there.
+        ValueError: a malformed hub id.
+        HubUnreachableError: a hub id that is not cached while the hub is out of reach.
+    """
+    label = named(argument, names)
+    try:
+        source = local_or_hub(name, what=what)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{label}: {err}") from None
+    return str(source) if isinstance(source, Path) else reachable_hub_id(source, label)
+
+
+def check_open_clip_source(spec: str, argument: str = "vision") -> None:
+    """The loader rule for an open_clip name: ``local-dir:PATH`` must exist, ``hf-hub:REPO``
+    and a built-in ``name/tag`` whose weights live on the hub must be reachable.
+
+    Args:
+        spec: ``"hf-hub:org/repo"``, ``"local-dir:/path"`` or ``"<name>/<pretrained tag>"``.
+        argument: the argument named in the messages.
+    """
+    if spec.startswith("local-dir:"):  # always a folder, whatever it looks like
+        folder = Path(spec[10:]).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{argument}: no open_clip folder {spec[10:]} (nothing at {folder.absolute()})"
+            )
+    elif spec.startswith("hf-hub:"):
+        reachable_hub_id(spec[7:], argument)
+    else:
+        import open_clip
+
+        model_name, _, tag = spec.partition("/")
+        # open_clip's hf_hub entry is "owner/name/" or "owner/name/file"
+        hub_file = open_clip.get_pretrained_cfg(model_name, tag).get("hf_hub", "") if tag else ""
+        if hub_file:
+            reachable_hub_id(os.path.split(hub_file)[0], argument)

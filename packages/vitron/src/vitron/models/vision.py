@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from vitron.models.config import OPENAI_MEAN, OPENAI_STD, VisionConfig
+from vitron.models.sources import check_open_clip_source, pretrained_source
 
 
 class VisionTower(nn.Module):
@@ -70,6 +71,10 @@ class VisionTower(nn.Module):
     ) -> VisionTower:
         """Load pretrained CLIP vision weights (the loaded model is wrapped, not copied).
 
+        The repository's loader rule comes first (:mod:`vitron.models.sources`): a missing
+        folder is a ``FileNotFoundError`` naming it, an unreachable hub a ``HubUnreachableError``
+        within 5 s.
+
         Args:
             name: a transformers CLIP id or folder (``"openai/clip-vit-large-patch14"``), or
                 ``"open_clip:<name>/<pretrained tag>"`` / ``"open_clip:hf-hub:org/repo"`` /
@@ -83,9 +88,11 @@ class VisionTower(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         if name.startswith("open_clip:"):
             spec = name.removeprefix("open_clip:")
+            check_open_clip_source(spec)
             return cls._from_open_clip(spec, select_layer, preprocess).to(dtype)
         from transformers import CLIPVisionModel
 
+        name = pretrained_source(name, "vision", "CLIP vision folder")
         model = CLIPVisionModel.from_pretrained(name, dtype=dtype, **kwargs)
         mean, std = _transformers_norm(name)
         config = VisionConfig(

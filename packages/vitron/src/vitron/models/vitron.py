@@ -46,6 +46,7 @@ from vitron.models.sources import (
     TOKENIZER_DIR,
     WEIGHTS_NAME,
     check_model_source,
+    pretrained_source,
 )
 from vitron.models.vision import VisionTower, patch_grid_pool
 from vitron.multimodal import Spliced, splice_batch
@@ -162,6 +163,7 @@ class VitronModel(
     ) -> VitronModel:
         """A new Vitron from a pretrained causal LM and CLIP tower (the start of stage 1).
 
+        Both names follow the loader rule (:mod:`vitron.models.sources`) before anything loads.
         The LLM and the tower are loaded by transformers straight into ``dtype`` (no random
         copy); the new parts (projector, region encoder, signal heads, synergy) are built in
         ``dtype`` at random, as stage 1 starts them.
@@ -184,6 +186,7 @@ class VitronModel(
             for k in ("select_layer", "preprocess")
             if k in config_overrides
         }
+        llm = pretrained_source(llm, "llm", "causal LM folder")
         tower = VisionTower.from_pretrained(vision, dtype=dtype, **vision_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(llm)
         lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype, device_map=device_map)

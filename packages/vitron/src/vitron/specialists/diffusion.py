@@ -13,13 +13,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vitron.models.sources import pretrained_source
 from vitron.specialists.base import SpecialistError
 
 
 def load_pipeline(kind: str, model: str, dtype: torch.dtype, device: torch.device):
-    """A diffusers pipeline: ``kind`` is ``"text2image"``, ``"inpaint"`` or ``"any"``."""
+    """A diffusers pipeline: ``kind`` is ``"text2image"``, ``"inpaint"`` or ``"any"``.
+
+    ``model`` follows the loader rule (:func:`vitron.models.sources.pretrained_source`): a
+    missing folder is a ``FileNotFoundError``, an unreachable hub a ``HubUnreachableError``
+    within 5 s, before diffusers is asked.
+    """
     import diffusers
 
+    model = pretrained_source(model, "model", "diffusers pipeline folder")
     loaders = {
         "text2image": diffusers.AutoPipelineForText2Image,
         "inpaint": diffusers.AutoPipelineForInpainting,

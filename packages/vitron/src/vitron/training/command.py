@@ -27,7 +27,7 @@ TRAIN_FLAGS = {
     "accumulate_grad_batches": "--accumulate-grad-batches",
     "signal_targets": "--signal-targets", "resume": "--resume",
     "checkpoint_every_n_steps": "--checkpoint-every-steps",
-    "checkpoint_every_minutes": "--checkpoint-every-minutes",
+    "checkpoint_every_minutes": "--checkpoint-every-minutes", "num_workers": "--num-workers",
 }  # fmt: skip
 
 
@@ -113,6 +113,8 @@ def add_train_parser(commands: Any, number: Callable[..., None]) -> None:
     train.add_argument(
         "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed or bf16-true"
     )
+    number(train, "--num-workers", int, 0,
+           "data-loading worker processes, >= 0 (0: in the main process)")  # fmt: skip
     number(train, "--accumulate-grad-batches", int, 1,
            "batches averaged into one optimizer step, >= 1")  # fmt: skip
     train.add_argument(

@@ -104,7 +104,7 @@ def check_train_settings(settings: Mapping[str, Any], names: Names | None = None
     """
     if settings["stage"] not in STAGES:
         raise ValueError(f"{named('stage', names)} must be 1, 2 or 3, got {settings['stage']}")
-    for name, low in (("max_steps", 1), ("batch_size", 1), ("lora_rank", 0)):
+    for name, low in (("max_steps", 1), ("batch_size", 1), ("lora_rank", 0), ("num_workers", 0)):
         check_at_least(settings[name], low, name, names)
     check_positive(settings["lr"], "lr", names)
     check_nonnegative(settings["align_weight"], "align_weight", names)
@@ -183,6 +183,7 @@ class TrainConfig:
             None: not by steps).
         checkpoint_every_minutes: also write one every M minutes of training (> 0; None: not
             by time).
+        num_workers: data-loading worker processes, >= 0 (0: load in the main process).
     """
 
     stage: int
@@ -201,6 +202,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every_n_steps: int | None = None
     checkpoint_every_minutes: float | None = None
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         check_train_settings(dataclasses.asdict(self))

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
+from common_kernels.cli import leave_signals_to_the_main_process
 from common_kernels.files import atomic_write
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
@@ -412,7 +413,9 @@ class DataPosition(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
-        self.sampler.skip = self.batches
+        # the epoch too: with loader workers the first indices are drawn when the iterator is
+        # made, which on a resume comes before Lightning's ``set_epoch``
+        self.sampler.skip, self.sampler.epoch = self.batches, self.epoch
 
 
 def periodic_checkpoints(
@@ -577,6 +580,8 @@ class VitronDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.train_set = ConversationDataset(train_data, processor, media_root, signal_targets)
         self.val_set = (
             None if val_data is None else ConversationDataset(val_data, processor, media_root)
@@ -587,7 +592,7 @@ class VitronDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers, worker_init_fn=leave_signals_to_the_main_process,
         )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
@@ -596,6 +601,7 @@ class VitronDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             collate_fn=collate,
             num_workers=self.num_workers,
+            worker_init_fn=leave_signals_to_the_main_process,
         )
 
 
@@ -628,6 +634,7 @@ def train(
     signal_targets: str | Path | None = None,
     checkpoint_every_n_steps: int | None = None,
     checkpoint_every_minutes: float | None = None,
+    num_workers: int = 0,
     resume: str | Path | None = None,
     checkpoints: bool = True,
     **trainer_options: Any,
@@ -668,6 +675,8 @@ def train(
             :func:`vitron.training.targets.build_signal_targets` for ``data`` (stage 3).
         checkpoint_every_n_steps: write a resumable checkpoint every N optimizer steps.
         checkpoint_every_minutes: write a resumable checkpoint every M minutes.
+        num_workers: data-loading worker processes (0: the main process loads); they leave
+            SIGINT and SIGTERM to the main process, which saves the checkpoint.
         resume: a checkpoint of this run to continue from (``interrupted.ckpt`` or a periodic
             one); the other arguments must be those of the run that wrote it.
         checkpoints: keep Lightning's end-of-epoch checkpoints and logs.
@@ -687,7 +696,7 @@ def train(
         accumulate_grad_batches=accumulate_grad_batches,
         gradient_checkpointing=gradient_checkpointing,
         checkpoint_every_n_steps=checkpoint_every_n_steps,
-        checkpoint_every_minutes=checkpoint_every_minutes,
+        checkpoint_every_minutes=checkpoint_every_minutes, num_workers=num_workers,
     )  # fmt: skip
     check_train(
         model, data, output, config, val_data=val_data, signal_targets=signal_targets,
@@ -703,7 +712,7 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     datamodule = VitronDataModule(
-        stage_processor(model, stage), data, val_data, batch_size, seed=seed,
+        stage_processor(model, stage), data, val_data, batch_size, num_workers, seed=seed,
         signal_targets=signal_targets,
     )  # fmt: skip
     folder = Path(output) / "lightning" / "checkpoints"
