@@ -39,15 +39,18 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
         "peak learning rate (AdamW, cosine decay to 10%), > 0 (default: 2e-05)"
     )
     assert found["train", "--stage"] == "training stage, 1, 2 or 3 (required, no default)"
+    assert found["train", "--num-workers"] == (
+        "data-loading worker processes, >= 0 (0: in the main process) (default: 0)"
+    )
     assert (
         found["eval qa", "--limit"] == "only the first N samples, >= 1 (None: all) (default: None)"
     )
     assert found["tiny-model", "--seed"] == (
         "seed of the random weights, in [0, 4294967295] (default: 0)"
     )
-    # run and chat: 5 decoding + --stroke-width; app: 5 + --port; parse 3; train 11; tiny-model
+    # run and chat: 5 decoding + --stroke-width; app: 5 + --port; parse 3; train 12; tiny-model
     # and tiny-specialists: --seed; eval: 3 tasks x (5 decoding + --limit)
-    assert len(found) == 6 + 6 + 6 + 3 + 11 + 2 + 18
+    assert len(found) == 6 + 6 + 6 + 3 + 12 + 2 + 18
     for (command, flag), text in found.items():
         assert "default" in text, (command, flag)
         assert any(mark in text for mark in ("[", ">", "(0, 1]", "1, 2 or 3")), (command, flag)
