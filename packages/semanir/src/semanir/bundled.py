@@ -53,6 +53,13 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             "Set12 PSNR 32.41 / 30.13 / 26.94 dB at sigma 15 / 25 / 50 (BM3D 32.39 / 29.98 / "
             "26.75)",
         ),
+        BundledModel(
+            "semanir_tiny_jpeg_gray", "jpeg", "gray", 1,
+            "Train400 + the luma of BSDS400 (800 images), blind quality 10-90, fine-tuned from "
+            "semanir_tiny_denoise_gray",
+            "Classic5 PSNR 29.23 / 31.52 / 32.80 / 33.65 dB at quality 10 / 20 / 30 / 40 (JPEG "
+            "27.82 / 30.12 / 31.48 / 32.43)",
+        ),
     )
 }  # fmt: skip
 
