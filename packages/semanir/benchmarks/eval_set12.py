@@ -1,8 +1,9 @@
-"""Set12 gray Gaussian denoising: noisy input, BM3D and trained models, PSNR/SSIM per image.
+"""Gaussian denoising (Set12 by default): noisy, BM3D and models, PSNR/SSIM per image.
 
     python packages/semanir/benchmarks/eval_set12.py --model semanir=DIR --model dncnn=DIR \
         --model window_attention=DIR [--sigmas 15 25 50] [--data-root DIR] [--out DIR] \
-        [--seed 0] [--models-only] [--limit N] [--ensemble] [--set set12] [--exclude STEM ...]
+        [--seed 0] [--models-only] [--limit N] [--ensemble] [--set set12] [--exclude STEM ...] \
+        [--color]
 
 Noise convention (the DnCNN / BM3D papers'): white Gaussian noise of standard deviation
 sigma / 255 is added to the clean image in float and NOT clipped; every method receives that
@@ -13,7 +14,9 @@ float image. The noise of image i at level sigma comes from a generator seeded b
 Writes ``<out>/set12.json`` (per-image rows, averages, environment), ``set12.md`` (tables) and
 ``set12_crops.png`` (crops of the first image at sigma 25); ``--limit N`` writes
 ``set12_first<N>.*`` instead. ``--set NAME [--exclude STEM ...]`` scores another folder under
-``--data-root`` (colour images on their luma) and names the files after it. ``--ensemble``
+``--data-root`` (colour images on their luma) and names the files after it. ``--color``
+scores colour denoisers on the RGB images instead, against CBM3D (``bm3d.bm3d_rgb``, opponent
+colour space), and names the files ``<set>_color.*``. ``--ensemble``
 also scores every model with the x8 self-ensemble (``restore(..., ensemble=True)``) as a row
 "<name> +x8". BM3D outputs are cached as 8-bit PNGs
 in ``<out>/bm3d_cache``, keyed by image, sigma, seed and a hash of the noisy input, so a rerun
@@ -106,14 +109,23 @@ def noisy_version(clean: Tensor, sigma: float, seed: int, index: int) -> Tensor:
 
 
 def quantize(image: Tensor) -> Tensor:
-    """(1, H, W) image clamped to [0, 1] and rounded to 8-bit levels, as float32."""
-    return torch.from_numpy(to_uint8_array(image)).float().div(255.0).reshape(image.shape)
+    """(C, H, W) image clamped to [0, 1] and rounded to 8-bit levels, as float32."""
+    levels = torch.from_numpy(to_uint8_array(image)).float().div(255.0)  # (H, W) or (H, W, 3)
+    return levels.permute(2, 0, 1) if levels.ndim == 3 else levels[None]  # (C, H, W)
 
 
 def run_bm3d(noisy: Tensor, sigma: float) -> Tensor:
-    """BM3D (PyPI ``bm3d``) of a (1, H, W) float image with noise std ``sigma / 255``."""
+    """BM3D (PyPI ``bm3d``) of a (C, H, W) float image with noise std ``sigma / 255``.
+
+    Gray images (C = 1) go through ``bm3d.bm3d``, colour ones (C = 3) through CBM3D,
+    ``bm3d.bm3d_rgb`` in the opponent colour space (the package default).
+    """
     import bm3d
 
+    if noisy.shape[0] == 3:
+        hwc = noisy.permute(1, 2, 0).double().numpy()  # (H, W, 3)
+        denoised = bm3d.bm3d_rgb(hwc, sigma_psd=sigma / 255.0)
+        return torch.from_numpy(np.asarray(denoised, dtype=np.float32)).permute(2, 0, 1)
     denoised = bm3d.bm3d(noisy[0].double().numpy(), sigma_psd=sigma / 255.0)
     return torch.from_numpy(np.asarray(denoised, dtype=np.float32)).reshape(noisy.shape)
 
@@ -141,7 +153,7 @@ def bm3d_output(noisy: Tensor, sigma: float, cache_file: Path) -> Tensor:
         cache_file: PNG holding (or receiving) the 8-bit output.
     """
     if cache_file.is_file():
-        return read_image(cache_file, channels="gray")
+        return read_image(cache_file, channels="rgb" if noisy.shape[0] == 3 else "gray")
     output = quantize(run_bm3d(noisy, sigma))
     write_image(cache_file, output)
     return output
@@ -160,13 +172,21 @@ def parse_models(specs: list[str]) -> dict[str, Path]:
     return models
 
 
-def load_gray_models(folders: dict[str, Path]) -> dict[str, nn.Module]:
-    """Load every ``save_pretrained`` folder and check that the model takes gray images."""
+def load_denoisers(folders: dict[str, Path], channels: int = 1) -> dict[str, nn.Module]:
+    """Load every ``save_pretrained`` folder and check that the model denoises ``channels``.
+
+    Args:
+        folders: ``save_pretrained`` folders by name.
+        channels: 1 (gray) or 3 (colour), what the images have.
+    """
+    kind = "gray" if channels == 1 else "colour"
     models = {}
     for name, folder in folders.items():
         model = load_model(folder)
-        if model.in_channels != 1 or model.upscale != 1:
-            raise ValueError(f"{name} ({folder}) is not a gray denoiser (1 channel, scale 1)")
+        if model.in_channels != channels or model.upscale != 1:
+            raise ValueError(
+                f"{name} ({folder}) is not a {kind} denoiser ({channels} channels, scale 1)"
+            )
         models[name] = model
     return models
 
@@ -231,16 +251,18 @@ def evaluate(
     models: dict[str, nn.Module],
     bm3d_cache: Path | None,
     ensemble: bool = False,
+    channels: str = "gray",
 ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Score every method on every (sigma, image).
 
     Args:
-        paths: clean gray images.
+        paths: clean images (read as ``channels``).
         sigmas: noise levels on the 0-255 scale.
         seed: noise seed.
         models: loaded models by name.
         bm3d_cache: BM3D cache folder, or None to skip BM3D.
         ensemble: also score every model with the x8 self-ensemble.
+        channels: "gray" (colour images on their BT.601 luma) or "rgb".
 
     Returns:
         Per-image rows (sigma, image, method, psnr, ssim) and the outputs for the figure (the
@@ -251,7 +273,7 @@ def evaluate(
     figure: dict[str, Tensor] = {}
     jobs = [(sigma, index, path) for sigma in sigmas for index, path in enumerate(paths)]
     for sigma, index, path in tqdm(jobs, desc=paths[0].parent.name, unit="image", disable=None):
-        clean = read_image(path, channels="gray")
+        clean = read_image(path, channels=channels)
         noisy = noisy_version(clean, sigma, seed, index)
         cache = (
             None if bm3d_cache is None else bm3d_cache_file(bm3d_cache, path, sigma, seed, noisy)
@@ -306,11 +328,13 @@ def markdown(report: dict[str, Any]) -> str:
     """The average table and one per-image table per sigma, from a report dict."""
     methods = list(dict.fromkeys(r["method"] for r in report["averages"]))
     sigmas = report["sigmas"]
+    colour = report.get("channels") == "rgb"
     mean = {(r["sigma"], r["method"]): r for r in report["averages"]}
     lines = [
         f"### {report['set']} average over {len(report['images'])} images (PSNR dB / SSIM)",
         "",
-        f"Noise: {report['noise']}; seed {report['seed']}. Metrics: {report['metrics']}.",
+        f"Noise: {report['noise']}; seed {report['seed']}. Metrics: {report['metrics']}."
+        + (" Colour images, RGB; bm3d is CBM3D (bm3d.bm3d_rgb)." if colour else ""),
         "",
         "| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
         "|---|" + "---:|" * len(sigmas),
@@ -345,8 +369,9 @@ def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
     top, left = (clean.shape[-2] - side) // 2, (clean.shape[-1] - side) // 2
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        image = quantize(figure[name])[0, top : top + side, left : left + side]
+        crop = quantize(figure[name])[:, top : top + side, left : left + side]  # (C, h, w)
         title = name if name == "clean" else f"{name}\n{float(psnr(figure[name], clean)):.2f} dB"
+        image = crop.permute(1, 2, 0).squeeze(-1)  # (h, w, 3) or (h, w)
         ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -378,6 +403,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ensemble", action="store_true", help="also score each model's x8 self-ensemble"
     )
+    parser.add_argument(
+        "--color",
+        action="store_true",
+        help="colour denoisers on the RGB images, against CBM3D (files <set>_color.*)",
+    )
     args = parser.parse_args(argv)
     for sigma in args.sigmas:
         check_sigma(sigma)
@@ -393,9 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     check_benchmark_setup("eval_set12", "semanir", modules=modules, folders={"--out": args.out})
     paths = set12_paths(args.data_root, args.limit, args.set, tuple(args.exclude))
     folders = parse_models(args.model)
-    models = load_gray_models(folders)
+    channels = "rgb" if args.color else "gray"
+    models = load_denoisers(folders, 3 if args.color else 1)
     bm3d_cache = None if args.models_only else args.out / "bm3d_cache"
-    rows, figure = evaluate(paths, args.sigmas, args.seed, models, bm3d_cache, args.ensemble)
+    rows, figure = evaluate(
+        paths, args.sigmas, args.seed, models, bm3d_cache, args.ensemble, channels
+    )
     report = {
         "environment": environment(),
         "noise": NOISE_CONVENTION,
@@ -404,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "sigmas": args.sigmas,
         "data": str(paths[0].parent),
         "set": "Set12" if args.set == "set12" else args.set,
+        "channels": channels,
         "images": [p.name for p in paths],
         "models": {name: str(folder) for name, folder in folders.items()},
         "bm3d": bm3d_cache is not None,
@@ -411,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         "averages": averages(rows),
         "rows": rows,
     }
-    stem = args.set if args.limit is None else f"{args.set}_first{args.limit}"
+    stem = args.set + ("_color" if args.color else "")
+    stem = stem if args.limit is None else f"{stem}_first{args.limit}"
     tables = markdown(report)
     write_text(args.out / f"{stem}.json", json.dumps(report, indent=1) + "\n")
     write_text(args.out / f"{stem}.md", tables)

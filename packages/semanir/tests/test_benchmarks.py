@@ -255,7 +255,7 @@ def refusal(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_eval_set12_checks_its_setup_before_any_work(
     tmp_path, tiny_dir, data_root, monkeypatch, capsys
 ):
-    monkeypatch.setattr(eval_set12, "load_gray_models", no_work)
+    monkeypatch.setattr(eval_set12, "load_denoisers", no_work)
     monkeypatch.setattr(eval_set12, "evaluate", no_work)
     argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--data-root", str(data_root)]
     blocker = tmp_path / "results"
@@ -489,3 +489,60 @@ def test_eval_set12_scores_another_folder_without_the_excluded_images(data_root)
     assert [p.name for p in eval_set12.set12_paths(data_root, exclude=("01",))] == ["02.png"]
     with pytest.raises(FileNotFoundError, match=r"no images left in .*set12"):
         eval_set12.set12_paths(data_root, exclude=("01", "02"))
+
+
+@pytest.fixture(scope="module")
+def colour_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A random-init tiny colour U-net's folder and <root>/set5 with two smooth colour PNGs."""
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("tiny_colour") / "model"
+    build_model(TINY, in_channels=3, out_channels=3, img_mean=None).save_pretrained(folder)
+    root = tmp_path_factory.mktemp("colour_data")
+    ramp = torch.linspace(0.3, 0.7, 64)
+    for index in range(2):
+        image = torch.stack([ramp.view(64, 1).expand(64, 64), ramp.view(1, 64).expand(64, 64),
+                             torch.full((64, 64), 0.4 + 0.1 * index)])  # fmt: skip
+        write_image(root / "set5" / f"{index + 1:02d}.png", image)
+    return folder, root
+
+
+def test_quantize_keeps_the_channel_layout():
+    image = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    levels = eval_set12.quantize(image)
+    assert levels.shape == (3, 5, 7)
+    assert torch.equal(levels * 255, (image * 255).round())
+    assert eval_set12.quantize(image[:1]).shape == (1, 5, 7)
+
+
+def test_colour_bm3d_is_cbm3d_on_the_rgb_image():
+    clean = torch.linspace(0.2, 0.8, 48).view(1, 1, 48).expand(3, 48, 48).clone()
+    clean[1] = clean[1].flip(-1)  # channels that differ
+    noisy = eval_set12.noisy_version(clean, 25.0, 0, 0)
+    denoised = eval_set12.run_bm3d(noisy, 25.0)
+    assert denoised.shape == (3, 48, 48)
+    assert float(psnr(denoised, clean)) > float(psnr(noisy, clean)) + 8
+    # each channel is denoised as itself: no channel swap or transpose
+    for channel in range(3):
+        assert float(psnr(denoised[channel : channel + 1], clean[channel : channel + 1])) > 30
+
+
+def test_eval_set12_colour_scores_colour_models_on_rgb(tmp_path, colour_setup, tiny_dir):
+    folder, root = colour_setup
+    argv = ["--model", f"tiny={folder}", "--sigmas", "15", "--models-only", "--color"]
+    argv += ["--set", "set5", "--data-root", str(root), "--out", str(tmp_path)]
+    assert eval_set12.main(argv) == 0
+    report = json.loads((tmp_path / "set5_color.json").read_text())
+    assert report["channels"] == "rgb" and report["images"] == ["01.png", "02.png"]
+    model = load_model(folder)
+    for index, path in enumerate(sorted((root / "set5").iterdir())):
+        clean = read_image(path, channels="rgb")
+        noisy = eval_set12.noisy_version(clean, 15.0, 0, index)
+        assert noisy.shape == (3, 64, 64)
+        output = restore(model, noisy[None])[0]
+        noisy_row, model_row = report["rows"][2 * index : 2 * index + 2]
+        assert noisy_row["psnr"] == float(psnr(noisy, clean))
+        assert model_row["psnr"] == float(psnr(output, clean))
+    assert "bm3d is CBM3D" in (tmp_path / "set5_color.md").read_text()
+    assert (tmp_path / "set5_color_crops.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="is not a colour denoiser"):
+        eval_set12.main([*argv[:1], f"gray={tiny_dir}", *argv[2:]])
