@@ -15,7 +15,7 @@ from semanir.data.datasets import index_generator
 from semanir.data.degradations import add_gaussian_noise, bicubic_downscale, bicubic_resize
 from semanir.inference import load_model, restore
 from semanir.io import convert_channels, read_image, write_image
-from semanir.lightning_module import RestorationCLI
+from semanir.lightning_module import RestorationCLI, WarmupEMAWeightAveraging
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model
 
@@ -203,6 +203,9 @@ def test_fit_through_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("denoise_color_base.yaml", "semanir_base_denoise_color"),
         ("sr_x4_small.yaml", "semanir_small_sr_x4"),
         ("jpeg_gray_base.yaml", "semanir_base_jpeg_gray"),
+        ("jpeg_gray_tiny.yaml", "semanir_tiny_jpeg_gray"),
+        ("denoise_color_tiny.yaml", "semanir_tiny_denoise_color"),
+        ("sr_x4_tiny.yaml", "semanir_tiny_sr_x4"),
     ],
 )
 def test_configs_parse_and_instantiate(
@@ -218,6 +221,8 @@ def test_configs_parse_and_instantiate(
     assert cli.config.seed_everything == 0
     if cli.datamodule.hparams.task == "sr":
         assert cli.model.upscale == cli.datamodule.hparams.scale == 4
+    if config in ("denoise_color_tiny.yaml", "sr_x4_tiny.yaml"):  # trained with the warm-up
+        assert any(isinstance(c, WarmupEMAWeightAveraging) for c in cli.trainer.callbacks)
 
 
 def run_failing(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -15,7 +15,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from semanir.data.datamodule import RestorationDataModule
 from semanir.inference import load_model
 from semanir.io import write_image
-from semanir.lightning_module import RestorationModule, WarmupSchedule, charbonnier_loss
+from semanir.lightning_module import (
+    RestorationModule,
+    WarmupEMAWeightAveraging,
+    WarmupSchedule,
+    charbonnier_loss,
+)
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model
 
@@ -297,6 +302,35 @@ def test_ema_of_weights_is_what_validation_and_export_see(
     for name, tensor in exported.named_parameters():
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-6, msg=name)
     assert not torch.equal(expected["shallow.weight"], record.steps[-1]["shallow.weight"])
+
+
+def test_warmup_ema_follows_the_num_updates_recurrence(
+    tmp_path: Path, data: RestorationDataModule
+) -> None:
+    """e_1 = w_1, then e = d * e + (1 - d) * w with d = min(decay, (1 + t) / (10 + t)) after t
+    averaged updates: TensorFlow's ExponentialMovingAverage num_updates rule, restated here."""
+    torch.manual_seed(0)
+    module = RestorationModule(
+        arch=TINY, lr=1e-2, scheduler="constant", export_dir=str(tmp_path / "out")
+    )
+    record = RecordWeights()
+    ema = WarmupEMAWeightAveraging(decay=0.3)  # warm-up 0.18, 0.25, then the 0.3 cap
+    trainer(tmp_path, max_steps=5, callbacks=[record, ema], limit_val_batches=0).fit(module, data)
+    expected = dict(record.steps[0])
+    decays = []
+    for t, weights in enumerate(record.steps[1:], start=1):  # t = updates already averaged
+        d = min(0.3, (1 + t) / (10 + t))
+        decays.append(d)
+        expected = {n: d * expected[n] + (1 - d) * w for n, w in weights.items()}
+    assert decays == pytest.approx([2 / 11, 3 / 12, 0.3, 0.3])  # warm-up, then the cap
+    exported = load_model(str(tmp_path / "out"))
+    for name, tensor in exported.named_parameters():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_warmup_ema_rejects_a_decay_outside_0_1() -> None:
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\], got 1.5"):
+        WarmupEMAWeightAveraging(decay=1.5)
 
 
 def test_a_gray_model_starts_a_colour_model_that_matches_it_on_gray_images(tmp_path: Path) -> None:
