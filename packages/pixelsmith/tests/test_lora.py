@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -116,12 +116,14 @@ def test_lora_acts_on_every_stage_and_is_part_of_the_run(
 
 
 def test_text_encoder_lora_changes_the_prompt_embeddings(make_pipe, components, tmp_path):
-    """A LoRA on the second text encoder's q_proj (transformers' PEFT integration), saved with
+    """A LoRA on the second text encoder's q_proj (made with PEFT itself: transformers 5.24's
+    `add_adapter` wants peft>=0.22, which pixelsmith's load path does not need), saved with
     diffusers' helper: exactly those layers are wrapped, the embeddings change, scale 0 is the
     plain encoder."""
     encoder = copy.deepcopy(components["text_encoder_2"])
     torch.manual_seed(2)
-    encoder.add_adapter(LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    encoder = inject_adapter_in_model(lora, encoder)
     StableDiffusionXLPipeline.save_lora_weights(
         tmp_path / "te_lora", text_encoder_2_lora_layers=get_peft_model_state_dict(encoder)
     )
