@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common_kernels.cli import UsageError
+from semanir.bundled import BUNDLED_MODELS
 from semanir.cli import bundled_configs_dir, with_bundled_configs
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -29,6 +30,10 @@ def test_config_names_resolve_to_shipped_files(tmp_path, monkeypatch):
     (tmp_path / "denoise_gray_tiny.yaml").write_text("seed_everything: 1\n")
     local = ["fit", "--config", "denoise_gray_tiny.yaml"]
     assert with_bundled_configs(local) == local
+    # a folder of a shipped config's name (a run's outputs) does not hide the config
+    (tmp_path / "sr_x4_tiny").mkdir()
+    shipped_sr = str(bundled_configs_dir() / "sr_x4_tiny.yaml")
+    assert with_bundled_configs(["fit", "--config", "sr_x4_tiny"])[2] == shipped_sr
     for unknown in ("mine", "a/denoise_gray_tiny"):
         with pytest.raises(
             UsageError,
@@ -47,5 +52,10 @@ def test_wheel_contains_configs_and_bundled_weights(tmp_path):
     (wheel,) = tmp_path.glob("semanir-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"semanir/configs/{name}" for name in SHIPPED} <= names
-    weights = "semanir/weights/semanir_tiny_denoise_gray"
-    assert {f"{weights}/model.safetensors", f"{weights}/config.json"} <= names
+    for name in BUNDLED_MODELS:  # every bundled model, all of them under the 10 MB budget
+        weights = f"semanir/weights/{name}"
+        assert {f"{weights}/model.safetensors", f"{weights}/config.json"} <= names
+    with zipfile.ZipFile(wheel) as archive:
+        infos = archive.infolist()
+    bundled_bytes = sum(i.file_size for i in infos if i.filename.startswith("semanir/weights/"))
+    assert bundled_bytes < 10 * 2**20, bundled_bytes

@@ -60,6 +60,18 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             "Classic5 PSNR 29.23 / 31.52 / 32.80 / 33.65 dB at quality 10 / 20 / 30 / 40 (JPEG "
             "27.82 / 30.12 / 31.48 / 32.43)",
         ),
+        BundledModel(
+            "semanir_tiny_denoise_color", "denoise", "rgb", 1,
+            "BSDS400 (400 colour photos), blind sigma 0-55, fine-tuned from "
+            "semanir_tiny_denoise_gray",
+            "Set14 colour (12 images) PSNR 31.74 / 29.88 / 27.17 dB at sigma 15 / 25 / 50, "
+            "below CBM3D (33.14 / 30.92 / 27.95)",
+        ),
+        BundledModel(
+            "semanir_tiny_sr_x4", "sr", "rgb", 4,
+            "BSDS400 (400 colour photos), bicubic x4, from scratch",
+            "Y-channel PSNR Set5 30.60 dB, Set14 27.61 dB (bicubic 28.43, 26.10)",
+        ),
     )
 }  # fmt: skip
 

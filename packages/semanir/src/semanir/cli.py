@@ -116,9 +116,10 @@ def with_bundled_configs(argv: list[str]) -> list[str]:
 
 
 def _config_path(value: str) -> str:
-    """A config file as given, or the path of the shipped config of that name; else a
-    ``UsageError`` that lists the shipped configs."""
-    if Path(value).exists():
+    """A config file as given, or the path of the shipped config of that name (also when a
+    folder of that name is in the way, such as a run's output folder); else a ``UsageError``
+    that lists the shipped configs."""
+    if Path(value).is_file():
         return value
     for name in (value, f"{value}.yaml"):
         if (bundled_configs_dir() / name).is_file():
