@@ -109,6 +109,30 @@ def test_policy_table_and_auto_check_from_results() -> None:
     assert "| mask | 1.33 | mask (1.00) |" in text  # fastest, x dense, auto's pick
 
 
+def test_between_points_stay_out_of_the_policy_and_allow_one_and_a_half_times() -> None:
+    assert run.between_specs("cuda", False, 1) == []
+    specs = run.between_specs("cpu", False, 1)
+    assert {s["grid"] for s in specs} == {"between"} and {s["bias"] for s in specs} == {False, True}
+    assert len(run.between_specs("cpu", True, 1)) < len(specs)
+    table_rows = fake_results()
+    between = [{**r, "grid": "between", "n": 32} for r in fake_results()]
+    for r in between:  # gather 1.4x the fastest: a miss at a table point, fine between them
+        r["median_ms"] = {"reference": 6.0, "mask": 5.0, "gather": 7.0}.get(
+            r["backend"], r.get("median_ms")
+        )
+    env = run.environment("cpu", 1)
+    table = run.policy_table(table_rows + between, env, "cmd")
+    assert [point["n"] for point in table["points"]] == [16]  # the between rows are left out
+    table["points"][0]["ms"] = {"gather": 1.0, "mask": 2.0}  # the table now says gather
+    run.add_ratios(between, table)
+    gather = next(r for r in between if r["backend"] == "gather")
+    assert gather["auto_pick"] == "gather" and gather["auto_ok"]  # 1.4 <= 1.5
+    text = run.report(between, env)
+    assert "between the policy table's points" in text
+    assert "| fwd+bwd + bias | float32 | 3 x 2 | 32 | 4 |" in text
+    assert "gather (1.40) |" in text
+
+
 def test_from_results_rerenders_and_writes_a_policy(tmp_path, monkeypatch) -> None:
     saved = {"environment": run.environment("cpu", 1), "command": "cmd", "results": fake_results()}
     path = tmp_path / "full.json"
