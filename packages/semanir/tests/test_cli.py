@@ -300,6 +300,16 @@ def test_restore_checks_before_loading_a_model(
     cases["sigma must be in [0, 255] (8-bit scale), got nan"] = [
         "-o", "out", "--add-noise", "nan",
     ]  # fmt: skip
+    cases["tile_overlap must be >= 0 (pixels), got -1"] = ["-o", "out", "--tile-overlap", "-1"]
+    cases["the model keeps the image size, which does not fit --task sr"] = [
+        "-o", "out", "--task", "sr", "--model", "semanir_tiny_denoise_gray",
+    ]  # fmt: skip
+    cases["the model upscales x4, which does not fit --task denoise"] = [
+        "-o", "out", "--model", "semanir_tiny_sr_x4",
+    ]  # fmt: skip
+    cases["--per-channel applies to gray models; this model takes 3 channels"] = [
+        "-o", "out", "--per-channel", "--model", "semanir_tiny_denoise_color",
+    ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     for message, options in cases.items():
         err = run_failing(["restore", images, *options], capsys)

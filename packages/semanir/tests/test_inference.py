@@ -270,6 +270,8 @@ def test_unclipped_noisy_images_are_accepted():
         ({"tile": 8, "tile_overlap": 8}, ValueError, r"tile_overlap must be in \[0, tile - 1\]"),
         ({"tile": 8, "tile_overlap": -1}, ValueError, r"= \[0, 7\], got -1"),
         ({"tile": 8, "tile_overlap": 2.5}, TypeError, "tile_overlap must be an int, got float"),
+        ({"tile_overlap": -1}, ValueError, r"tile_overlap must be >= 0 \(pixels\), got -1"),
+        ({"tile": None, "tile_overlap": -3}, ValueError, "tile_overlap must be >= 0"),
         ({"dtype": torch.float64}, ValueError, "dtype must be torch.float32, .* got torch.float64"),
         ({"k": 17}, ValueError, r"k must be an int in \[1, 16\]"),
     ],
@@ -277,6 +279,33 @@ def test_unclipped_noisy_images_are_accepted():
 def test_bad_options_are_rejected(kwargs, error, message):
     with pytest.raises(error, match=message):
         restore(tiny(), images(1, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "per_channel", "message"),
+    [
+        ("semanir_test_tiny_unet", "sr", False, "the model keeps the image size, which does not "
+         "fit --task sr"),
+        ("semanir_test_tiny_columnar", "denoise", False, "the model upscales x2, which does not "
+         "fit --task denoise"),
+        ("dncnn_test_tiny", "jpeg", True, None),  # a gray DnCNN: per-channel is fine
+    ],
+)  # fmt: skip
+def test_check_model_for_task_reads_the_config_only(name, task, per_channel, message):
+    model = tiny(name)
+    config = model.config.to_dict()
+    if message is None:
+        inference.check_model_for_task(config, task, per_channel=per_channel)
+        return
+    with pytest.raises(ValueError, match=message):
+        inference.check_model_for_task(config, task, per_channel=per_channel)
+
+
+def test_per_channel_needs_a_one_channel_model_in_the_config():
+    config = build_model("dncnn_test_tiny", channels=3).config.to_dict()
+    with pytest.raises(ValueError, match="--per-channel applies to gray models; this model "
+                       "takes 3 channels"):  # fmt: skip
+        inference.check_model_for_task(config, "denoise", per_channel=True)
 
 
 # ---------------------------------------------------------------------------- loading

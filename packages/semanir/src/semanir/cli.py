@@ -32,6 +32,7 @@ from semanir.evaluation import degradation_options, evaluate_images, format_tabl
 from semanir.inference import (
     ModelChoice,
     check_inference_options,
+    check_model_for_task,
     plan_tile,
     read_model_config,
     restore_image,
@@ -305,6 +306,14 @@ def _model_choice(args: Namespace, device: torch.device, prog: str) -> ModelChoi
     )  # fmt: skip
 
 
+def _check_model_options(args: Namespace, config: dict[str, Any]) -> None:
+    """The API's checks of the model (its task, --per-channel) and of the inference options
+    against its config: all before the model loads."""
+    check_model_for_task(config, args.task, per_channel=getattr(args, "per_channel", False))
+    options = {"tile": args.tile, "tile_overlap": args.tile_overlap, "k": args.k}
+    check_inference_options(config, **options)
+
+
 def _channels(model: nn.Module) -> str:
     return "gray" if model.in_channels == 1 else "rgb"
 
@@ -343,19 +352,13 @@ def restore(args: Namespace) -> None:
     choice = _model_choice(args, device, "semanir restore")
     names = [choice.name_for(is_gray_file(path)) for path in paths]
     for name in dict.fromkeys(names):  # every option checked before any model loads
-        options = {"tile": args.tile, "tile_overlap": args.tile_overlap, "k": args.k}
-        check_inference_options(read_model_config(name), **options)
+        _check_model_options(args, read_model_config(name))
     before, after = [], []
     jobs = list(zip(paths, targets, names, strict=True))
     bar = progress(jobs, desc="semanir restore", unit="images")
     for index, (path, target, name) in enumerate(bar):
         model = choice.model(name)
         channels = _channels(model)
-        if args.per_channel and channels != "gray":
-            raise ValueError(
-                f"--per-channel applies to gray models; this model takes {model.in_channels} "
-                "channels"
-            )
         image, note = read_for_model(path, channels, per_channel=args.per_channel)
         if note:
             tqdm.write(f"semanir restore: warning: {path.name} {note}", file=sys.stderr)
@@ -408,8 +411,7 @@ def evaluate(args: Namespace) -> None:
     colour = sum(not is_gray_file(path) for path in paths)
     choice = _model_choice(args, device, "semanir eval")
     name = choice.name_for(gray=not colour)
-    options = {"tile": args.tile, "tile_overlap": args.tile_overlap, "k": args.k}
-    check_inference_options(read_model_config(name), **options)  # before the model loads
+    _check_model_options(args, read_model_config(name))  # before the model loads
     model = choice.model(name)
     if colour and model.in_channels == 1:
         print(

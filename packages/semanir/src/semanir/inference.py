@@ -57,16 +57,19 @@ def _check_image(image: object, in_channels: int) -> Tensor:
 
 
 def _check_tiling(tile: int | None, tile_overlap: int, window: int) -> None:
-    """Require ``window <= tile`` and ``0 <= tile_overlap < tile``."""
+    """Require ``window <= tile`` and ``0 <= tile_overlap < tile`` (``tile_overlap >= 0`` when
+    the tile is not known yet: ``None`` or ``"auto"``, given here as ``None``)."""
+    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int):
+        raise TypeError(f"tile_overlap must be an int, got {type(tile_overlap).__name__}")
     if tile is None:
+        if tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0 (pixels), got {tile_overlap}")
         return
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < window:
         raise ValueError(
             f"tile must be an int >= the model's window size {window} (or None for the whole "
             f"image at once, or 'auto'), got {tile!r}"
         )
-    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int):
-        raise TypeError(f"tile_overlap must be an int, got {type(tile_overlap).__name__}")
     if not 0 <= tile_overlap < tile:
         raise ValueError(
             f"tile_overlap must be in [0, tile - 1] = [0, {tile - 1}], got {tile_overlap}"
@@ -215,6 +218,7 @@ def restore(
         on its device.
     """
     _check_image(image, model.in_channels)
+    check_inference_options(_model_config(model), tile=tile, tile_overlap=tile_overlap, k=k)
     if tile == "auto":
         tile = plan_tile(model, tuple(image.shape), tile_overlap=tile_overlap, dtype=dtype,
                          memory_budget=memory_budget)  # fmt: skip
@@ -224,7 +228,6 @@ def restore(
                 f"restoring it in {tile} px tiles (tile={tile})",
                 AutoTileWarning, stacklevel=2,
             )  # fmt: skip
-    check_inference_options(_model_config(model), tile=tile, tile_overlap=tile_overlap, k=k)
     device = _model_device(model)
     autocast = _autocast(device, dtype)
     kwargs: dict[str, Any] = {} if k is None else {"k": k}
@@ -399,15 +402,33 @@ class ModelChoice:
         return ", ".join(self.loaded) if self.loaded else str(self.name)
 
 
-def load_for_task(name: str | Path | None, task: str, device: torch.device) -> nn.Module:
-    """:func:`load_model` on ``device``, refused when its scale does not fit ``task``."""
-    model = load_model(name).to(device).eval()
-    upscale = int(model.upscale)
+def check_model_for_task(config: dict[str, Any], task: str, *, per_channel: bool = False) -> None:
+    """Refuse a model whose config does not fit the task (before it loads): an upscaling model
+    for denoising or JPEG, a same-size model for ``sr``, or ``per_channel`` with a model that
+    does not take one channel.
+
+    Args:
+        config: the model's ``config.json`` content (:func:`read_model_config`).
+        task: "denoise", "jpeg" or "sr".
+        per_channel: colour images are to be restored channel by channel (``--per-channel``).
+    """
+    upscale = int(config.get("upscale", 1))
     if (task == "sr") != (upscale > 1):
         raise ValueError(
             f"the model {'upscales x' + str(upscale) if upscale > 1 else 'keeps the image size'}, "
             f"which does not fit --task {task}"
         )
+    channels = config.get("in_channels", config.get("channels", 1))  # SemanIR / DnCNN
+    if per_channel and channels != 1:
+        raise ValueError(
+            f"--per-channel applies to gray models; this model takes {channels} channels"
+        )
+
+
+def load_for_task(name: str | Path | None, task: str, device: torch.device) -> nn.Module:
+    """:func:`load_model` on ``device``, refused when its scale does not fit ``task``."""
+    model = load_model(name).to(device).eval()
+    check_model_for_task({"upscale": model.upscale, "in_channels": model.in_channels}, task)
     return model
 
 
