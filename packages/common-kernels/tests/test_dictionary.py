@@ -86,7 +86,7 @@ def test_derived_structures_are_built_once_per_key() -> None:
     assert d.transposed()[0] is d.transposed()[0]
     assert d.gather_rows(3) is d.gather_rows(3)
     assert d.bitmask() is d.bitmask()
-    assert _flex.flex_blocks(d) is _flex.flex_blocks(d)
+    assert d.flex_blocks() is d.flex_blocks()
     assert d.tile_map(16, 16) is d.tile_map(16, 16)
 
 
@@ -181,7 +181,7 @@ def test_prepare_derives_what_a_backend_needs() -> None:
     d.prepare("triton")
     assert ("csr",) in d._cache and ("ranks",) in d._cache
     d.prepare("flex")
-    assert ("flex_blocks",) in d._cache and ("bitmask",) in d._cache
+    assert ("flex_blocks", 128) in d._cache and ("bitmask",) in d._cache
     d.prepare("tiles")
     assert ("tiles", 32, 32) in d._cache
     with pytest.raises(ValueError, match=r"backend must be one of.*got 'dense'"):

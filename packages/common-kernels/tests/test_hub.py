@@ -92,3 +92,31 @@ def test_check_hub_gives_up_after_the_timeout_and_names_the_host(tmp_path, monke
     monkeypatch.setattr("socket.create_connection", lambda address, timeout: Connection())
     check_hub("owner/model")
     assert asked[-1] == "closed"
+
+
+def test_check_hub_bounds_a_name_lookup_that_never_answers(tmp_path, monkeypatch):
+    """``socket.create_connection``'s timeout does not cover the name lookup: a resolver that
+    never answers must still end in the error after ``timeout`` seconds."""
+    import threading
+
+    from common_kernels.hub import HubUnreachableError, check_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    release = threading.Event()
+
+    def silent_resolver(*args, **kwargs):
+        release.wait()  # until the test ends: a lookup with no answer
+        raise OSError("released")
+
+    monkeypatch.setattr("socket.getaddrinfo", silent_resolver)
+    try:
+        with pytest.raises(
+            HubUnreachableError,
+            match=r"^cannot reach the Hugging Face hub \(huggingface\.co\) for owner/model within "
+            r"0\.2 s \(TimeoutError: no answer, name lookup included\)",
+        ):
+            check_hub("owner/model", timeout=0.2)
+    finally:
+        release.set()

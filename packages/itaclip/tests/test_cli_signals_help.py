@@ -4,16 +4,12 @@ gives units, ranges and defaults for every numeric flag (issue 25, items 4 and 8
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from common_kernels.testing import signal_while_working
 from itaclip.cli import build_parser, parse_size_option
 
 WORKING_SCRIPT = """
@@ -35,20 +31,10 @@ def test_sigterm_during_segment_exits_143_with_one_line(tmp_path, tiny_dir):
     argv = ["segment", str(tmp_path / "img.png"), "--classes", "cat,dog", "-o",
             str(tmp_path / "out"), "--model", str(tiny_dir),
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WORKING_SCRIPT), *argv],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert process.stdout.readline() == "working\n"  # blocks until the command works
-        process.send_signal(signal.SIGTERM)  # from outside, as a scheduler sends it
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 143, err
-    assert err == "itaclip segment: terminated\n"
-    assert out == ""
+    stopped = signal_while_working(WORKING_SCRIPT, argv)
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr == "itaclip segment: terminated\n"
+    assert stopped.stdout == ""
     assert not (tmp_path / "out").exists()  # terminated before anything was written
 
 

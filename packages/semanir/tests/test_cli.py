@@ -479,3 +479,43 @@ def test_fit_names_the_shipped_configs_and_the_data_folders(
         "--trainer.default_root_dir", str(tmp_path / "run"),
     ])  # fmt: skip
     assert status == 0
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_an_unreachable_hub_is_one_line_before_any_download(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    offline: bool,
+) -> None:
+    """A hub id that is not cached: with HF_HUB_OFFLINE the error comes without asking the
+    network; without it, when the hub's host does not answer (here: refused at once), the
+    error says so instead of the libraries' retries. Exit status 1: a failure while working."""
+    images = str(make_images(tmp_path / "in", count=1, size=(8, 8)))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    asked = []
+
+    def no_route(address, timeout):
+        asked.append(address)
+        raise ConnectionRefusedError("no route")
+
+    monkeypatch.setattr("socket.create_connection", no_route)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    argv = ["restore", images, "-o", str(tmp_path / "out"), "--model", "owner/model"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("semanir restore: error: ")
+    if offline:
+        assert "owner/model is not in the local hub cache" in err[0] and asked == []
+        assert "HF_HUB_OFFLINE is set, so the hub is not asked" in err[0]
+    else:
+        assert (
+            "cannot reach the Hugging Face hub (huggingface.co) for owner/model within 5 s "
+            "(ConnectionRefusedError: no route)"
+        ) in err[0]
+        assert asked == [("huggingface.co", 443)]
+    assert not (tmp_path / "out").exists()

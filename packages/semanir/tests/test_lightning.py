@@ -517,3 +517,41 @@ def test_a_signal_to_the_whole_job_reaches_loader_workers_and_the_run_still_resu
     got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_fit_in_a_log_writes_plain_progress_lines_and_periodic_checkpoints(
+    tmp_path: Path, uninterrupted: tuple[Path, dict]
+) -> None:
+    """stderr is a pipe here, as in a batch job's log: no tqdm bar (no carriage return), plain
+    lines instead; ``--checkpoint_minutes`` keeps the latest time-based checkpoint."""
+    data, _ = uninterrupted
+    result = run_fit(
+        tmp_path / "logged", data, "--trainer.enable_progress_bar=true",
+        "--checkpoint_minutes=0.00001",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "it/s" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert "semanir fit: training from step 0" in lines
+    assert any(line.startswith("semanir fit: step 6/6 (100%), epoch ") for line in lines)
+    assert lines[-1] == "semanir fit: training ended at step 6"
+    periodic = sorted(p.name for p in (tmp_path / "logged" / "checkpoints").glob("periodic*"))
+    assert periodic == ["periodic-step=6.ckpt"]
+
+
+def test_checkpoint_minutes_out_of_range_is_one_line_before_the_trainer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from semanir.cli import main
+
+    data = make_images(tmp_path / "data", count=2, size=24)
+    config = tmp_path / "config.yaml"
+    config.write_text(INTERRUPT_CONFIG.format(root=tmp_path / "run", data=data))
+    for value in ("-1", "2000"):
+        assert main(["fit", "--config", str(config), "--checkpoint_minutes", value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (
+            f"semanir fit: error: --checkpoint_minutes must be in [0, 1440] minutes, got "
+            f"{float(value)!r}"
+        )
+    assert not (tmp_path / "run").exists()

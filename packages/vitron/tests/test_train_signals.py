@@ -110,10 +110,16 @@ def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
         f"command and --resume {checkpoint}"
     )
     assert checkpoint.is_file() and not (output / "model.safetensors").exists()
+    # stderr is a pipe, as a batch job's log: plain progress lines, no tqdm bar
+    assert "\r" not in stopped.stderr and "it/s" not in stopped.stderr
+    assert "vitron train: training from step 0" in stopped.stderr.splitlines()
     assert not [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 4
     resumed = run_train(files, output, *flags, "--resume", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = resumed.stderr.splitlines()
+    assert "vitron train: training from step 4" in lines
+    assert "vitron train: training ended at step 6" in lines
     got = load_file(output / "model.safetensors")
     assert got.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():

@@ -30,17 +30,11 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .dictionary import (
-    BITS_PER_WORD,
-    KNNDictionary,
-    neighbour_pairs_per_tile,
-    occupied_first,
-)
+from .dictionary import BITS_PER_WORD, FLEX_BLOCK_SIZE, FlexBlocks, KNNDictionary
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -50,7 +44,7 @@ except ImportError as exc:  # torch < 2.5
 else:
     FLEX_IMPORT_ERROR = None
 
-BLOCK_SIZE = 128  # FlexAttention's default sparse block
+BLOCK_SIZE = FLEX_BLOCK_SIZE
 # Compiled variants per process (each distinct heads, head dim, N, dtype and bias layout, per
 # grad mode); dynamo's default of 8 is too few for a test suite, and past it: an error.
 RECOMPILE_LIMIT = 64
@@ -69,38 +63,6 @@ def flex_status(device: torch.device, needs_backward: bool) -> tuple[bool, str]:
             "'reference' to train on the CPU"
         )
     return True, ""
-
-
-class FlexBlocks(NamedTuple):
-    """The block lists of a ``BlockMask`` of one dictionary (B, heads|1, QB[, KB] int32):
-    partial tiles (the mask_mod is applied there) and full tiles (all pairs are neighbours)."""
-
-    kv_num: Tensor
-    kv_idx: Tensor
-    full_num: Tensor
-    full_idx: Tensor
-
-
-def build_blocks(dictionary: KNNDictionary, block_size: int = BLOCK_SIZE) -> FlexBlocks:
-    """The dictionary's partial and full tiles, from the ids in O(N K) (no N x N evaluation).
-
-    A (query block, key block) tile is *partial* when some but not all of its pairs are
-    neighbours and *full* when all are.
-    """
-    n = dictionary.n
-    n_blocks = -(-n // block_size)
-    pairs = neighbour_pairs_per_tile(dictionary.idx4, n, block_size, block_size)  # (B,Hc,QB,KB)
-    sizes = torch.full((n_blocks,), block_size, device=pairs.device)
-    sizes[-1] = n - block_size * (n_blocks - 1)
-    area = sizes.view(-1, 1) * sizes.view(1, -1)  # (QB, KB) pairs per tile
-    full = pairs == area
-    partial = (pairs > 0) & ~full
-    return FlexBlocks(*occupied_first(partial), *occupied_first(full))
-
-
-def flex_blocks(dictionary: KNNDictionary) -> FlexBlocks:
-    """The dictionary's cached block lists."""
-    return dictionary.cached(("flex_blocks",), lambda: build_blocks(dictionary))
 
 
 def _neighbour_mask_mod(bits: Tensor):
@@ -143,7 +105,7 @@ def build_block_mask(dictionary: KNNDictionary, block_size: int = BLOCK_SIZE) ->
     bits = dictionary.bitmask()  # (B, heads|1, N, W)
     heads = bits.shape[1]
     return _block_mask(
-        bits.expand(-1, heads, -1, -1), build_blocks(dictionary, block_size), block_size
+        bits.expand(-1, heads, -1, -1), dictionary.flex_blocks(block_size), block_size
     )
 
 
@@ -207,7 +169,7 @@ def flex_knn_attention(
     """
     batch, heads, n, _ = q.shape
     bits = dictionary.bitmask().expand(batch, heads, -1, -1)  # (B, H, N, W)
-    blocks = flex_blocks(dictionary)
+    blocks = dictionary.flex_blocks()
     if bias is not None:
         bias = bias.expand(batch, heads, n, n)  # (B, H, N, N), stride 0 where broadcast
     args = (q, k, v, bits, bias, *blocks)

@@ -32,7 +32,7 @@ import math
 import torch
 
 from ._triton_knn_attention import SUPPORTED_DTYPES, tl, triton
-from .dictionary import KNNDictionary
+from .dictionary import KNNDictionary, tile_sizes
 
 MAX_HEAD_DIM = 128  # q, acc and a (64, d) key tile stay in registers up to here
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2 e)
@@ -302,13 +302,6 @@ def _tiles_bwd_dbias_kernel(
     valid = (offs_m < N)[:, None] & (offs_n < N)[None, :]
     ptrs = PARTIAL + gh * N * N + offs_m[:, None] * N + offs_n[None, :]
     tl.store(ptrs, acc, mask=valid)
-
-
-def tile_sizes(n: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for windows of ``n`` tokens: 64 x 64 tiles, smaller for windows of
-    fewer tokens (at least 16, the smallest ``tl.dot``)."""
-    side = min(64, max(16, 1 << max(0, n - 1).bit_length()))
-    return side, side
 
 
 def _block_d(d: int) -> int:

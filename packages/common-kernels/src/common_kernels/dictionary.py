@@ -29,6 +29,7 @@ from torch import Tensor
 from ._checks import INDEX_DTYPES, check_index_range, check_ndim, check_tensor
 
 BITS_PER_WORD = 32
+FLEX_BLOCK_SIZE = 128  # FlexAttention's default sparse block
 
 
 class TileMap(NamedTuple):
@@ -44,6 +45,24 @@ class TileMap(NamedTuple):
     query_tiles: tuple[Tensor, Tensor]
     key_tiles: tuple[Tensor, Tensor]
     occupied: Tensor
+
+
+class FlexBlocks(NamedTuple):
+    """The block lists of a FlexAttention ``BlockMask`` of one dictionary (B, heads|1, QB[,
+    KB] int32): partial tiles (the mask_mod is applied there) and full tiles (all pairs are
+    neighbours)."""
+
+    kv_num: Tensor
+    kv_idx: Tensor
+    full_num: Tensor
+    full_idx: Tensor
+
+
+def tile_sizes(n: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the ``tiles`` kernel for windows of ``n`` tokens: 64 x 64 tiles,
+    smaller for windows of fewer tokens (at least 16, the smallest ``tl.dot``)."""
+    side = min(64, max(16, 1 << max(0, n - 1).bit_length()))
+    return side, side
 
 
 class KNNDictionary:
@@ -191,6 +210,23 @@ class KNNDictionary:
 
         return self.cached(("tiles", block_m, block_n), build)
 
+    def flex_blocks(self, block_size: int = FLEX_BLOCK_SIZE) -> FlexBlocks:
+        """The partial and full (block_size x block_size) tiles of a FlexAttention
+        ``BlockMask``, from the ids in O(N K) (no N x N evaluation): a tile is *partial* when
+        some but not all of its pairs are neighbours and *full* when all are."""
+
+        def build() -> FlexBlocks:
+            n_blocks = -(-self.n // block_size)
+            pairs = neighbour_pairs_per_tile(self.idx4, self.n, block_size, block_size)
+            sizes = torch.full((n_blocks,), block_size, device=pairs.device)
+            sizes[-1] = self.n - block_size * (n_blocks - 1)
+            area = sizes.view(-1, 1) * sizes.view(1, -1)  # (QB, KB) pairs per tile
+            full = pairs == area  # (B, heads|1, QB, KB)
+            partial = (pairs > 0) & ~full
+            return FlexBlocks(*occupied_first(partial), *occupied_first(full))
+
+        return self.cached(("flex_blocks", block_size), build)
+
     def prepare(self, backend: str, dtype: torch.dtype = torch.float32) -> KNNDictionary:
         """Derive now what ``backend`` will need (otherwise derived on first use); returns self.
 
@@ -198,8 +234,6 @@ class KNNDictionary:
             backend: "reference", "mask", "gather", "triton", "flex" or "tiles".
             dtype: compute dtype of the attention (the mask is kept per dtype).
         """
-        from . import _flex, _triton_tiles
-
         if backend in ("reference", "mask"):
             self.additive_mask(dtype)
         elif backend == "triton":
@@ -207,10 +241,10 @@ class KNNDictionary:
             self.duplicate_ranks()
         elif backend == "flex":
             self.bitmask()
-            _flex.flex_blocks(self)
+            self.flex_blocks()
         elif backend == "tiles":
             self.bitmask()
-            self.tile_map(*_triton_tiles.tile_sizes(self.n))
+            self.tile_map(*tile_sizes(self.n))
         elif backend != "gather":
             raise ValueError(
                 "backend must be one of 'reference', 'mask', 'gather', 'triton', 'flex', "

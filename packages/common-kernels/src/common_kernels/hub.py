@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -99,10 +100,30 @@ def check_hub(repo_id: str, *, timeout: float = HUB_TIMEOUT_S, repo_type: str = 
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as error:
+    error = _connection_error(host, port, timeout)
+    if error is not None:
         raise HubUnreachableError(
             f"cannot reach the Hugging Face hub ({host}) for {repo_id} within {timeout:g} s "
             f"({type(error).__name__}: {error}); {advice}"
-        ) from None
+        )
+
+
+def _connection_error(host: str, port: int, timeout: float) -> OSError | None:
+    """Why a TCP connection to ``(host, port)`` does not open within ``timeout`` seconds, name
+    lookup included (``socket.create_connection``'s timeout leaves the lookup unbounded, and a
+    resolver that does not answer waits far longer), or None when it opens."""
+    outcome: list[OSError | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    attempt = threading.Thread(target=connect, name="check_hub", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    if not outcome:
+        return TimeoutError("no answer, name lookup included")
+    return outcome[0]

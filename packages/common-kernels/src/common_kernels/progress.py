@@ -51,7 +51,7 @@ def progress(
     if disable:
         yield from iterable
         return
-    if _is_terminal(stream):
+    if is_terminal(stream):
         try:
             from tqdm import tqdm
         except ImportError:
@@ -63,7 +63,8 @@ def progress(
     yield from _logged(iterable, desc, total, unit, log_every, stream, clock, leave)
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (where a tqdm bar belongs) rather than a file or pipe."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
 

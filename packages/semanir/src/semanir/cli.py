@@ -10,6 +10,7 @@ semanir models                                 # the bundled models: task, size,
 from __future__ import annotations
 
 import sys
+import warnings
 from argparse import ArgumentTypeError, Namespace
 from collections.abc import Sequence
 from importlib import resources
@@ -142,9 +143,10 @@ def run_lightning(argv: list[str]) -> int:
     from semanir.data.datamodule import DataFolderError
     from semanir.lightning_module import RestorationCLI, TrainingInterrupted
 
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv resolved
     try:
         RestorationCLI(args=argv)
-    except DataFolderError as error:
+    except (DataFolderError, UsageError) as error:
         print(f"semanir {argv[0]}: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
@@ -155,6 +157,10 @@ def run_lightning(argv: list[str]) -> int:
         )
         return 130 if stop.signal_name == "SIGINT" else 143
     return 0
+
+
+def _add_task_option(parser: Parser) -> None:
+    parser.add_argument("--task", choices=TASKS, default="denoise", help="(default: denoise)")
 
 
 def _add_model_options(parser: Parser) -> None:
@@ -183,8 +189,8 @@ def _add_model_options(parser: Parser) -> None:
     )
     parser.add_argument(
         "--k", type=int, default=None,
-        help="dictionary entries per token, in [1, window^2] (64 for the bundled models); "
-        "default: the model's inference k",
+        help="dictionary entries per token, in [1, window^2] (64 for the bundled models) "
+        "(default: the model's inference k)",
     )  # fmt: skip
     parser.add_argument(
         "--ensemble",
@@ -218,13 +224,13 @@ def restore_parser() -> Parser:
         required=True,
         help="output folder; or an image file name when restoring a single image",
     )
-    parser.add_argument("--task", choices=TASKS, default="denoise", help="restoration task")
+    _add_task_option(parser)
     parser.add_argument(
         "--sigma",
         type=float,
         default=None,
         help="noise standard deviation on the 0-255 scale, in [0, 255]: the level --add-noise "
-        "uses when given no value",
+        "uses when given no value (default: none)",
     )
     _add_model_options(parser)
     parser.add_argument(
@@ -234,10 +240,12 @@ def restore_parser() -> Parser:
         const=USE_SIGMA,
         default=None,
         metavar="SIGMA",
-        help="treat inputs as clean: add Gaussian noise of SIGMA (0-255 scale) first (a demo) "
-        "and print PSNR in dB before/after",
+        help="treat inputs as clean: add Gaussian noise of SIGMA (0-255 scale, in [0, 255]; "
+        "no value: --sigma) first (a demo) and print PSNR in dB before/after (default: off)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of --add-noise, any int (default: 0)"
+    )
     parser.add_argument(
         "--per-channel",
         action="store_true",
@@ -258,21 +266,28 @@ def eval_parser() -> Parser:
         prog="semanir eval",
         description="Degrade clean images, restore them and print a PSNR/SSIM table.",
     )
-    parser.add_argument("--task", choices=TASKS, default="denoise", help="restoration task")
+    _add_task_option(parser)
     parser.add_argument("--data", nargs="+", required=True, help="clean image files/folders")
     parser.add_argument(
         "--sigma",
         type=float,
         default=None,
-        help="denoise: noise standard deviation on the 0-255 scale, in [0, 255]",
+        help="denoise: noise standard deviation on the 0-255 scale, in [0, 255] (required "
+        "with --task denoise)",
     )
-    parser.add_argument("--quality", type=int, default=None, help="jpeg: JPEG quality in [1, 95]")
+    parser.add_argument(
+        "--quality", type=int, default=None,
+        help="jpeg: JPEG quality in [1, 95] (required with --task jpeg)",
+    )  # fmt: skip
     parser.add_argument(
         "--scale", type=int, default=None, help="sr: 2, 3 or 4 (default: the model's)"
     )  # fmt: skip
     _add_model_options(parser)
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the synthetic degradations (default: 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic degradations, any int (default: 0)",
     )
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     parser.set_defaults(prog="semanir eval")
@@ -281,9 +296,7 @@ def eval_parser() -> Parser:
 
 def models_parser() -> Parser:
     return Parser(
-        prog="semanir models",
-        description="List the bundled models: name, task, channels, size, training data and "
-        "measured PSNR.",
+        prog="semanir models", description="List the bundled models: task, size, data, PSNR."
     )
 
 
@@ -307,11 +320,9 @@ def _model_choice(args: Namespace, device: torch.device, prog: str) -> ModelChoi
 
 
 def _check_model_options(args: Namespace, config: dict[str, Any]) -> None:
-    """The API's checks of the model (its task, --per-channel) and of the inference options
-    against its config: all before the model loads."""
+    """The API's checks of the model and the options against its config, before it loads."""
     check_model_for_task(config, args.task, per_channel=getattr(args, "per_channel", False))
-    options = {"tile": args.tile, "tile_overlap": args.tile_overlap, "k": args.k}
-    check_inference_options(config, **options)
+    check_inference_options(config, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k)
 
 
 def _channels(model: nn.Module) -> str:

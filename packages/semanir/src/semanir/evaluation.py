@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from common_kernels.files import atomic_write
+from common_kernels.progress import progress as progress_of
 from semanir.data.datasets import SyntheticDegradationDataset
 from semanir.data.degradations import bicubic_resize, check_quality, check_scale, check_sigma
 from semanir.metrics import psnr, ssim
@@ -70,7 +70,7 @@ def evaluate_images(
         task: "denoise", "jpeg" or "sr".
         restorer: restores one (C, H, W) degraded image to a (C, H * s, W * s) one.
         seed: seed of the degradations (image i uses the generator of (seed, i)).
-        progress: show a bar.
+        progress: show a bar on a terminal, plain lines every 10 s in a log.
         **degradation: :func:`degradation_options` of the task.
 
     Returns:
@@ -92,7 +92,10 @@ def evaluate_images(
         "crop_border": options.get("scale", 0),
     }
     rows = []
-    for index in tqdm(range(len(dataset)), desc="eval", disable=not progress or None):
+    images = progress_of(
+        range(len(dataset)), desc="semanir eval", unit="images", disable=not progress
+    )
+    for index in images:
         sample = dataset[index]
         degraded, clean = sample["lq"], sample["gt"]
         baseline = bicubic_resize(degraded, dataset.scale) if task == "sr" else degraded

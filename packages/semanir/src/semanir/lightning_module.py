@@ -6,19 +6,22 @@ import math
 import signal
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from common_kernels.cli import UsageError
 from common_kernels.files import atomic_write
+from common_kernels.lightning import progress_callbacks
 from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
 from semanir.data.datasets import index_generator
 from semanir.inference import load_model
@@ -409,6 +412,25 @@ class InterruptCheckpoint(Callback):
         )
 
 
+def periodic_checkpoints(minutes: float) -> list[ModelCheckpoint]:
+    """A checkpoint every ``minutes`` of training (the latest kept; resumable like
+    ``last.ckpt``), or nothing for 0.
+
+    Args:
+        minutes: in [0, 1440].
+    """
+    if not 0 <= minutes <= 1440:
+        raise ValueError(f"--checkpoint_minutes must be in [0, 1440] minutes, got {minutes!r}")
+    if minutes == 0:
+        return []
+    return [
+        ModelCheckpoint(
+            filename="periodic-{step}", train_time_interval=timedelta(minutes=minutes),
+            save_top_k=1, monitor=None,
+        )
+    ]  # fmt: skip
+
+
 class RestorationCLI(LightningCLI):
     """LightningCLI over ``RestorationModule`` + ``RestorationDataModule``.
 
@@ -425,12 +447,37 @@ class RestorationCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.task", "model.task")
+        parser.add_argument(
+            "--checkpoint_minutes",
+            type=float,
+            default=30.0,
+            help="fit: also save a resumable checkpoint (periodic-step=N.ckpt, the latest kept) "
+            "every this many minutes of training, in [0, 1440]; 0: off (default: 30)",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The configured trainer, with plain progress lines instead of tqdm's bar when stderr
+        is not a terminal, and (``fit``) a checkpoint every ``--checkpoint_minutes``."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer.get("callbacks") or [])
+        callbacks += progress_callbacks(
+            f"semanir {self.subcommand}", existing=callbacks,
+            enabled=trainer.get("enable_progress_bar"),
+        )  # fmt: skip
+        if self.subcommand == "fit":
+            callbacks += periodic_checkpoints(self._get(self.config, "checkpoint_minutes"))
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
     def before_instantiate_classes(self) -> None:
-        """The data folders of ``fit``/``validate`` exist, before the trainer is built."""
+        """The data folders of ``fit``/``validate`` exist and ``--checkpoint_minutes`` is in
+        range, before the trainer is built."""
         if self.subcommand not in ("fit", "validate"):
             return
         data = self.config[self.subcommand].data
+        try:
+            periodic_checkpoints(self.config[self.subcommand].checkpoint_minutes)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         if self.subcommand == "fit":
             check_data_dirs("data.train_dirs", data.train_dirs, data.data_root)
         check_data_dirs("data.val_dirs", data.val_dirs, data.data_root)

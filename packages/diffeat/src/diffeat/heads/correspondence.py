@@ -330,12 +330,14 @@ def evaluate_pairs(
         head: optional trained :class:`ConvAggregationHead`.
         alphas: PCK thresholds.
         upsample: match on target features upsampled to this size.
-        progress: show a tqdm bar.
+        progress: show a bar on a terminal, plain lines every 10 s in a log.
     """
-    from tqdm import tqdm
+    from common_kernels.progress import progress as progress_of
 
     meter = PCKMeter(alphas)
-    for pair in tqdm(pairs, desc="pairs", disable=not progress):
+    for pair in progress_of(
+        pairs, desc="diffeat correspondence", unit="pairs", disable=not progress
+    ):
         text = prompt.format(category=pair.get("category", "object"))
         descriptors = image_descriptors(
             extractor, [pair["src_image"], pair["tgt_image"]], text, size

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from common_kernels.files import AtomicSavePretrained
+from common_kernels.progress import progress as progress_of
 
 
 def pixel_mlp(in_dim: int, num_classes: int, hidden: Sequence[int] = (128, 32)) -> nn.Sequential:
@@ -105,7 +105,10 @@ class PixelMLPEnsemble(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
         device = next(self.parameters()).device
         features, labels = features.float().to(device), labels.long().to(device)
         losses = []
-        for index, member in enumerate(tqdm(self.members, desc="members", disable=not progress)):
+        members = progress_of(
+            self.members, desc="diffeat ensemble", unit="members", disable=not progress
+        )
+        for index, member in enumerate(members):
             generator = torch.Generator().manual_seed(seed + index)
             _reset(member, generator)
             member.train()

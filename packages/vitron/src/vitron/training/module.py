@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from common_kernels.cli import leave_signals_to_the_main_process
 from common_kernels.files import atomic_write
+from common_kernels.lightning import progress_callbacks
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
@@ -730,6 +731,15 @@ def train(
         "limit_val_batches": None if val_data is not None else 0, "callbacks": callbacks,
     }  # fmt: skip
     options.update(trainer_options)
+    # in a log (not a terminal): plain progress lines instead of tqdm's bar
+    options["callbacks"] = [
+        *options["callbacks"],
+        *progress_callbacks(
+            "vitron train",
+            existing=options["callbacks"],
+            enabled=options.get("enable_progress_bar"),
+        ),
+    ]
     trainer = L.Trainer(**options)
     with interrupt.catching():
         trainer.fit(
