@@ -546,3 +546,56 @@ def test_eval_set12_colour_scores_colour_models_on_rgb(tmp_path, colour_setup, t
     assert (tmp_path / "set5_color_crops.png").stat().st_size > 0
     with pytest.raises(ValueError, match="is not a colour denoiser"):
         eval_set12.main([*argv[:1], f"gray={tiny_dir}", *argv[2:]])
+
+
+eval_sr = load_script("eval_sr")
+
+
+def test_eval_sr_scores_each_set_against_bicubic(tmp_path, capsys) -> None:
+    """A tiny x2 columnar model on two colour images per set: the JSON holds
+    ``semanir.evaluation.evaluate_images``'s rows per set, the markdown their means and gains."""
+    from semanir.evaluation import evaluate_images
+    from semanir.inference import restore_image
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "sr_model"
+    build_model("semanir_test_tiny_columnar").save_pretrained(model_dir)
+    for name in ("seta", "setb"):
+        for index in range(2):
+            image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(index))
+            write_image(tmp_path / "data" / name / f"im{index}.png", image)
+    out = tmp_path / "results"
+    argv = ["--model", str(model_dir), "--sets", "seta", "setb", "--data-root",
+            str(tmp_path / "data"), "--out", str(out)]  # fmt: skip
+    assert eval_sr.main(argv) == 0
+    result = json.loads((out / "sr_x2.json").read_text())
+    assert result["scale"] == 2 and result["model"] == "sr_model" and list(result["sets"]) == [
+        "seta", "setb",
+    ]  # fmt: skip
+    model = load_model(str(model_dir))
+    expected = evaluate_images(
+        model, [tmp_path / "data" / "seta"], "sr", restorer=lambda x: restore_image(model, x)
+    )
+    assert result["sets"]["seta"] == expected
+    mean = expected[-1]
+    row = (
+        f"| seta (2 images) | {mean['psnr_in']:.2f} / {mean['ssim_in']:.4f} | "
+        f"{mean['psnr_out']:.2f} / {mean['ssim_out']:.4f} | "
+        f"{mean['psnr_out'] - mean['psnr_in']:+.2f} |"
+    )
+    assert row in (out / "sr_x2.md").read_text().splitlines()
+    assert "results: " in capsys.readouterr().out
+
+
+def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(eval_sr, "load_for_task", no_work)
+    (tmp_path / "data" / "set5").mkdir(parents=True)
+    argv = ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    with pytest.raises(FileNotFoundError, match="no images .* found in .*set5"):
+        eval_sr.main([*argv, "--sets", "set5"])
+    with pytest.raises(FileNotFoundError, match="set14"):
+        eval_sr.main([*argv, "--sets", "set14"])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = refusal(eval_sr.main, [*argv[:2], "--out", str(blocker / "a")], capsys)
+    assert err == f"eval_sr: error: --out {blocker}/a: cannot create it, {blocker} is a file\n"
