@@ -591,7 +591,7 @@ def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch
     monkeypatch.setattr(eval_sr, "load_for_task", no_work)
     (tmp_path / "data" / "set5").mkdir(parents=True)
     argv = ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
-    with pytest.raises(FileNotFoundError, match="no images .* found in .*set5"):
+    with pytest.raises(FileNotFoundError, match=r"no images .* found in .*set5"):
         eval_sr.main([*argv, "--sets", "set5"])
     with pytest.raises(FileNotFoundError, match="set14"):
         eval_sr.main([*argv, "--sets", "set14"])
