@@ -27,10 +27,10 @@ from semanir.evaluation import evaluate_images
 from semanir.inference import load_for_task, restore_image
 from semanir.io import list_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_set12 import default_data_root
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from eval_set12 import default_data_root  # noqa: E402  ($SEMANIR_DATA or ../shared/data)
+
 DEGRADATION = (
     "x{scale} bicubic downscaling (MATLAB-style, antialiased) of the HR image cropped to a "
     "multiple of {scale}; baseline: bicubic upscaling of the same LR image"

@@ -44,7 +44,6 @@ except ImportError as exc:  # torch < 2.5
 else:
     FLEX_IMPORT_ERROR = None
 
-BLOCK_SIZE = FLEX_BLOCK_SIZE
 # Compiled variants per process (each distinct heads, head dim, N, dtype and bias layout, per
 # grad mode); dynamo's default of 8 is too few for a test suite, and past it: an error.
 RECOMPILE_LIMIT = 64
@@ -100,7 +99,7 @@ def _block_mask(bits: Tensor, blocks: FlexBlocks | tuple, block_size: int) -> Bl
     )
 
 
-def build_block_mask(dictionary: KNNDictionary, block_size: int = BLOCK_SIZE) -> BlockMask:
+def build_block_mask(dictionary: KNNDictionary, block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
     """The ``BlockMask`` of the neighbour sets (for inspection; calls build it from tensors)."""
     bits = dictionary.bitmask()  # (B, heads|1, N, W)
     heads = bits.shape[1]
@@ -115,7 +114,7 @@ def _attend(q, k, v, bits, bias, kv_num, kv_idx, full_num, full_idx, scale: floa
     Every input that differs between dictionaries or layers is a tensor, and the mask_mod and
     score_mod are made here, so dynamo sees new data, not new code.
     """
-    mask = _block_mask(bits, (kv_num, kv_idx, full_num, full_idx), BLOCK_SIZE)
+    mask = _block_mask(bits, (kv_num, kv_idx, full_num, full_idx), FLEX_BLOCK_SIZE)
     score_mod = None if bias is None else _bias_score_mod(bias)
     return flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)
 

@@ -62,13 +62,14 @@ class LogProgress(ProgressBar):
         if self.enabled:
             print(f"{self.desc}: {text}", file=self.file or sys.stderr, flush=True)
 
-    def _metrics(self, trainer: Trainer, prefix: str | None) -> str:
-        values = {
-            name: value
+    def _metrics(self, trainer: Trainer, prefix: str) -> str:
+        """The progress-bar metrics whose names start with ``prefix``, sorted by name."""
+        values = sorted(
+            (name, value)
             for name, value in trainer.progress_bar_metrics.items()
-            if prefix is None or name.startswith(prefix)
-        }
-        return ", ".join(f"{name} {_number(value)}" for name, value in sorted(values.items()))
+            if name.startswith(prefix)
+        )
+        return ", ".join(f"{name} {_number(value)}" for name, value in values)
 
     def _step_line(self, trainer: Trainer) -> str:
         step, total = trainer.global_step, trainer.max_steps

@@ -412,6 +412,12 @@ class InterruptCheckpoint(Callback):
         )
 
 
+def check_checkpoint_minutes(minutes: float) -> None:
+    """Refuse a ``--checkpoint_minutes`` outside [0, 1440] (NaN included)."""
+    if not 0 <= minutes <= 1440:
+        raise ValueError(f"--checkpoint_minutes must be in [0, 1440] minutes, got {minutes!r}")
+
+
 def periodic_checkpoints(minutes: float) -> list[ModelCheckpoint]:
     """A checkpoint every ``minutes`` of training (the latest kept; resumable like
     ``last.ckpt``), or nothing for 0.
@@ -419,8 +425,7 @@ def periodic_checkpoints(minutes: float) -> list[ModelCheckpoint]:
     Args:
         minutes: in [0, 1440].
     """
-    if not 0 <= minutes <= 1440:
-        raise ValueError(f"--checkpoint_minutes must be in [0, 1440] minutes, got {minutes!r}")
+    check_checkpoint_minutes(minutes)
     if minutes == 0:
         return []
     return [
@@ -475,7 +480,7 @@ class RestorationCLI(LightningCLI):
             return
         data = self.config[self.subcommand].data
         try:
-            periodic_checkpoints(self.config[self.subcommand].checkpoint_minutes)
+            check_checkpoint_minutes(self.config[self.subcommand].checkpoint_minutes)
         except ValueError as error:
             raise UsageError(str(error)) from None
         if self.subcommand == "fit":
