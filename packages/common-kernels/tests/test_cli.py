@@ -422,3 +422,53 @@ def test_loader_workers_leave_the_signals_to_the_main_process():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[0, 1, 2, 3] ['INT', 'TERM']"
+
+
+def test_invalid_argument_is_printed_with_the_commands_flags(capsys):
+    from common_kernels.errors import InvalidArgument
+
+    def fail() -> None:
+        raise InvalidArgument("output", "x.png is an input; pass {in_place}", mentions={
+            "in_place": "in_place=True"})  # fmt: skip
+
+    with pytest.raises(InvalidArgument) as raised:
+        fail()
+    error = raised.value
+    assert str(error) == "output: x.png is an input; pass in_place=True"
+    flags = {"output": "-o/--output", "in_place": "--in-place"}
+    assert run_main("tool run", fail, flags=flags) == 2
+    assert capsys.readouterr().err == (
+        "tool run: error: -o/--output: x.png is an input; pass --in-place\n"
+    )
+    assert run_main("tool run", fail) == 2  # no table: the Python names
+    assert (
+        capsys.readouterr().err
+        == "tool run: error: output: x.png is an input; pass in_place=True\n"
+    )
+
+
+def test_the_interrupt_hint_is_asked_when_the_signal_comes(capsys):
+    done = []
+
+    def work() -> None:
+        done.append(1)
+        raise KeyboardInterrupt
+
+    assert run_main("tool", work, interrupt_hint=lambda: f" after {len(done)} image(s)") == 130
+    assert capsys.readouterr().err == "tool: interrupted after 1 image(s)\n"
+
+
+def test_version_line_names_the_package_and_what_it_runs_on():
+    import sys
+    from importlib import metadata
+
+    from common_kernels.cli import version_line
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert version_line("common-kernels", "common-kernels") == (
+        f"common-kernels {metadata.version('common-kernels')} (torch {torch.__version__}, "
+        f"Python {python})"
+    )
+    assert version_line("x", "no-such-dist").startswith(
+        f"x not installed (common-kernels {metadata.version('common-kernels')}, torch "
+    )

@@ -120,3 +120,26 @@ def test_check_hub_bounds_a_name_lookup_that_never_answers(tmp_path, monkeypatch
             check_hub("owner/model", timeout=0.2)
     finally:
         release.set()
+
+
+def test_a_name_that_is_neither_a_path_a_known_name_nor_a_hub_id_is_unknown(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from common_kernels.errors import InvalidArgument
+    from common_kernels.hub import resolve_model_name
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_name("owner/name") == "owner/name"
+    assert resolve_model_name("sd15", known=["sd15", "sdxl"]) == "sd15"
+    (tmp_path / "folder").mkdir()
+    assert resolve_model_name("./folder") == Path("./folder")
+    with pytest.raises(InvalidArgument) as error:
+        resolve_model_name("no_such_model", known=["sd15", "sdxl"])
+    assert error.value.argument == "model"
+    assert error.value.message == (
+        "unknown model 'no_such_model': known names: sd15, sdxl; a local folder starts with ./ "
+        "or / (or exists), a hub id is owner/name"
+    )
+    for bad in ("a/b/c", "/owner", "-x/y"):
+        with pytest.raises((InvalidArgument, FileNotFoundError)):
+            resolve_model_name(bad)

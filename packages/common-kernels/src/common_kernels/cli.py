@@ -29,10 +29,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+
+from common_kernels.errors import InvalidArgument
 
 EXIT_WORK = 1
 EXIT_USAGE = 2
@@ -98,7 +101,8 @@ def run_main(
     usage_errors: tuple[type[BaseException], ...] = (),
     work_errors: tuple[type[BaseException], ...] = (),
     describe: Describe = one_line,
-    interrupt_hint: str = "",
+    interrupt_hint: str | Callable[[], str] = "",
+    flags: Mapping[str, str] | None = None,
 ) -> int:
     """Run a command and turn its errors into one line on stderr and an exit status.
 
@@ -115,13 +119,19 @@ def run_main(
         usage_errors: more exception classes that are bad inputs (checked before ``OSError``).
         work_errors: more exception classes that are failures while working.
         describe: the one-line text of an exception.
-        interrupt_hint: appended to the ``PROG: interrupted`` and ``PROG: terminated`` lines.
+        interrupt_hint: appended to the ``PROG: interrupted`` and ``PROG: terminated`` lines (a
+            callable is asked when the signal comes: how far the work got).
+        flags: the command's flag for each API argument name: an
+            :class:`~common_kernels.errors.InvalidArgument` is printed with the flags.
     """
     previous = _raise_on_sigterm()
     try:
         status = run()
     except UsageError as error:
         print(f"{_narrower(prog, error.prog)}: error: {describe(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidArgument as error:
+        print(f"{prog}: error: {' '.join(error.for_flags(flags or {}).split())}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, *usage_errors) as error:  # a bad input found while working
         print(f"{prog}: error: {describe(error)}", file=sys.stderr)
@@ -130,15 +140,41 @@ def run_main(
         print(f"{prog}: error: {describe(error)}", file=sys.stderr)
         return EXIT_WORK
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted{interrupt_hint}", file=sys.stderr)
+        print(f"{prog}: interrupted{_hint(interrupt_hint)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"{prog}: terminated{interrupt_hint}", file=sys.stderr)
+        print(f"{prog}: terminated{_hint(interrupt_hint)}", file=sys.stderr)
         return EXIT_TERMINATED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0 if status is None else status
+
+
+def _hint(hint: str | Callable[[], str]) -> str:
+    return hint() if callable(hint) else hint
+
+
+def version_line(program: str, distribution: str) -> str:
+    """What ``PROGRAM --version`` prints: the package's version, common-kernels', torch's and
+    Python's (one line).
+
+    Args:
+        program: the console script (``"semanir"``).
+        distribution: its distribution's name (``"semanir"``).
+    """
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    parts = [f"torch {torch.__version__}", f"Python {python}"]
+    if distribution != "common-kernels":
+        parts.insert(0, f"common-kernels {installed('common-kernels')}")
+    return f"{program} {installed(distribution)} ({', '.join(parts)})"
 
 
 class Terminated(BaseException):

@@ -18,12 +18,17 @@ Standard library only.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from common_kernels.errors import InvalidArgument
+
 HUB_TIMEOUT_S = 5.0
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
 
 
 class HubUnreachableError(OSError):
@@ -57,6 +62,46 @@ def local_or_hub(name: str | os.PathLike, *, what: str = "model folder") -> Path
     if not path.exists():
         raise FileNotFoundError(f"no {what} {os.fspath(name)} (nothing at {path.absolute()})")
     return path
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub id, ``owner/name``."""
+    return bool(HUB_ID.match(name))
+
+
+def resolve_model_name(
+    name: str | os.PathLike,
+    *,
+    known: Iterable[str] = (),
+    argument: str = "model",
+    what: str = "model folder",
+) -> Path | str:
+    """What a model name means, by the one rule of every package: a local path (which must
+    exist), one of the package's ``known`` names, or a hub id ``owner/name``; anything else is
+    an unknown model, refused at once (never sent to the hub, never reported as a hub failure).
+
+    Args:
+        name: what the user gave.
+        known: the package's own names (bundled models, built-in configs), returned as given.
+        argument: the argument named in the error.
+        what: the kind of local thing expected, for the missing-path error.
+
+    Raises:
+        FileNotFoundError: ``name`` looks like a path and nothing is there.
+        InvalidArgument: neither a path, a known name, nor ``owner/name``.
+    """
+    known = list(known)
+    if not isinstance(name, Path) and os.fspath(name) in known:
+        return os.fspath(name)
+    source = local_or_hub(name, what=what)
+    if isinstance(source, Path) or is_hub_id(source):
+        return source
+    names = f"known names: {', '.join(known)}; " if known else ""
+    raise InvalidArgument(
+        argument,
+        f"unknown model {source!r}: {names}a local folder starts with ./ or / (or exists), a "
+        "hub id is owner/name",
+    )
 
 
 def hub_cache_dir() -> Path:

@@ -4,17 +4,35 @@ Every command must end on SIGTERM (what a batch scheduler sends) with one line a
 having written nothing half-way; :func:`signal_while_working` drives such a test: it runs a
 script that patches the command's work to announce itself and wait, and sends the signal from
 outside once the work has begun.
+
+Every shell example of a README runs in its package's tests as written:
+:func:`shell_examples` gives each fenced ``bash``/``sh``/``shell``/``console`` block with how
+it is tested. A block runs unless the line before it says otherwise, in an HTML comment that
+readers of the rendered page do not see and that gives the reason::
+
+    <!-- example: check (trains for an hour on a GPU) -->
+
+``check`` blocks are verified without being run to the end (each package's tests say how:
+the command's parser, Lightning's ``--print_config``, pip's ``--dry-run``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
+
+SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
+_MARKER = re.compile(r"<!--\s*example:\s*(run|check)\s*(?:\((.*)\))?\s*-->")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 WORKING = "working"
 
@@ -65,3 +83,104 @@ def signal_while_working(
     finally:
         process.kill()
     return Stopped(process.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class ShellExample:
+    """One fenced shell block of a README.
+
+    Args:
+        readme: the file.
+        line: the line number of its opening fence (1-based).
+        code: the block's text.
+        mode: ``"run"`` (run as written) or ``"check"`` (verified without running it through).
+        reason: why a ``check`` block is not run ("" for ``run``).
+    """
+
+    readme: Path
+    line: int
+    code: str
+    mode: str
+    reason: str
+
+    @property
+    def id(self) -> str:
+        """``README.md:42``, a test id."""
+        return f"{self.readme.name}:{self.line}"
+
+    def commands(self) -> list[list[str]]:
+        """The block's commands as argument lists: continuation lines joined, comments and
+        blank lines left out, ``VAR=value`` prefixes kept as leading words."""
+        return shell_commands(self.code)
+
+
+def shell_examples(readme: str | os.PathLike) -> list[ShellExample]:
+    """Every fenced shell block of ``readme``, with the mode its marker line gives (``run``
+    when there is none).
+
+    Args:
+        readme: a Markdown file.
+
+    Raises:
+        ValueError: a marker line that is not followed by a shell block, or a ``check`` without
+            its reason.
+    """
+    readme = Path(readme)
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    found: list[ShellExample] = []
+    marker: tuple[int, str, str] | None = None
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        match = _MARKER.fullmatch(line)
+        if match:
+            if match[1] == "check" and not (match[2] or "").strip():
+                raise ValueError(f"{readme}:{index + 1}: 'example: check' needs (a reason)")
+            marker = (index, match[1], (match[2] or "").strip())
+        elif line.startswith("```"):
+            language = line[3:].strip().split(" ")[0]
+            end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
+            if language in SHELL_LANGUAGES:
+                mode, reason = ("run", "") if marker is None else marker[1:]
+                found.append(ShellExample(readme, index + 1, "\n".join(lines[index + 1 : end]),
+                                          mode, reason))  # fmt: skip
+            elif marker is not None:
+                raise ValueError(f"{readme}:{marker[0] + 1}: a marker before a {language} block")
+            marker = None
+            index = end
+        elif line and marker is not None:
+            raise ValueError(f"{readme}:{marker[0] + 1}: the marker is not followed by a block")
+        index += 1
+    return found
+
+
+def shell_commands(code: str) -> list[list[str]]:
+    """The commands of a shell snippet as argument lists (see :meth:`ShellExample.commands`).
+
+    Args:
+        code: shell text; ``&&`` and ``;`` separate commands too.
+    """
+    joined = re.sub(r"\\\n", " ", code)
+    commands: list[list[str]] = []
+    for line in joined.splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
+        lexer.whitespace_split = True
+        words = list(lexer)
+        current: list[str] = []
+        for word in words:
+            if word in ("&&", ";"):
+                commands.append(current) if current else None
+                current = []
+            else:
+                current.append(word)
+        if current:
+            commands.append(current)
+    return commands
+
+
+def program_words(command: Sequence[str]) -> list[str]:
+    """``command`` without its leading ``VAR=value`` assignments."""
+    words = list(command)
+    while words and _ASSIGNMENT.match(words[0]):
+        words.pop(0)
+    return words
