@@ -10,6 +10,7 @@ import pytest
 
 from common_kernels.batch import (
     BatchRun,
+    MissingImages,
     find_images,
     output_paths,
     resume_command,
@@ -71,8 +72,9 @@ def test_files_are_taken_as_given_and_once(tree: Path) -> None:
 
 
 def test_bad_inputs_name_the_argument(tree: Path) -> None:
-    with pytest.raises(InvalidArgument, match=r"^inputs: no such file or folder: .*nope$"):
+    with pytest.raises(MissingImages, match=r"^inputs: no such file or folder: .*nope$") as gone:
         find_images([tree / "nope"])
+    assert isinstance(gone.value, FileNotFoundError) and isinstance(gone.value, ValueError)
     with pytest.raises(InvalidArgument, match=r"notes.txt is not an image file \(expected "):
         find_images([tree / "notes.txt"])
     touch(tree / "only_subfolders" / "inner" / "x.png")

@@ -30,6 +30,11 @@ T = TypeVar("T")
 PYTHON_MENTIONS = {"in_place": "in_place=True", "recursive": "recursive=True"}
 
 
+class MissingImages(InvalidArgument, FileNotFoundError):
+    """An input path that does not exist, or inputs that hold no image (an
+    :class:`InvalidArgument` and a ``FileNotFoundError``)."""
+
+
 @dataclass(frozen=True)
 class InputImage:
     """One input file and its place under an output folder.
@@ -105,8 +110,8 @@ def find_images(
         argument: the argument named in the errors.
 
     Raises:
-        InvalidArgument: a path that does not exist, a file without an image suffix, or no
-            image at all.
+        MissingImages: a path that does not exist, or no image at all.
+        InvalidArgument: a file without an image suffix.
     """
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not given:
@@ -129,7 +134,7 @@ def find_images(
                 )
             images.append(InputImage(item, Path(item.name)))
         else:
-            raise InvalidArgument(argument, f"no such file or folder: {item}")
+            raise MissingImages(argument, f"no such file or folder: {item}")
     first: dict[Path, InputImage] = {}
     for image in images:
         first.setdefault(_resolved(image.path), image)
@@ -137,7 +142,7 @@ def find_images(
     if not unique:
         where = ", ".join(map(str, given))
         more = f" ({left_out} more in subfolders: {{recursive}} walks them)" if left_out else ""
-        raise InvalidArgument(
+        raise MissingImages(
             argument,
             f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {where}{more}",
             mentions=PYTHON_MENTIONS,
