@@ -327,7 +327,8 @@ def survey(
         except errors as error:
             if not keep_going:
                 raise
-            skipped = Skipped(path, " ".join(str(error).split()) or type(error).__name__)
+            reason = getattr(error, "reason", None) or str(error)  # ImageReadError: its reason
+            skipped = Skipped(path, " ".join(reason.split()) or type(error).__name__)
             found.unreadable.append(skipped)
             if on_unreadable is not None:
                 on_unreadable(skipped)
