@@ -107,8 +107,10 @@ def test_restore_handles_tiny_16bit_and_alpha_images(tmp_path: Path, gray_model:
     assert main(argv) == 0
     assert read_image(out / "pixel.png").shape == (1, 1, 1)
     assert read_image(out / "deep.png").shape == (1, 5, 3)
-    assert Image.open(out / "deep.png").mode == "L"  # written back as 8-bit
-    assert read_image(out / "alpha.png").shape == (1, 4, 6)
+    assert Image.open(out / "deep.png").mode == "I;16"  # 16-bit in, 16-bit out
+    with Image.open(out / "alpha.png") as written:
+        assert written.mode == "RGBA" and written.size == (6, 4)  # colour and alpha kept
+        assert np.asarray(written)[..., 3].max() == 0
 
 
 def test_eval_prints_table_and_writes_csv(
@@ -275,8 +277,8 @@ def test_restore_checks_before_loading_a_model(
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setattr("semanir.inference.load_model", lambda name: pytest.fail("model loaded"))
     cases = {
-        "-o/--output out.xyz: '.xyz' is not an image suffix (.png, .jpg": ["-o", "out.xyz"],
-        "-o/--output out.png: 2 images cannot go into one image file; give an output folder (a "
+        "-o/--output: out.xyz: '.xyz' is not an image suffix (.png, .jpg": ["-o", "out.xyz"],
+        "-o/--output: out.png: 2 images cannot go into one image file; give an output folder (a "
         "name without a suffix)": ["-o", "out.png"],
         "is a file, not a folder": ["-o", str(tmp_path / "a_file" / "out")],
     }
@@ -331,22 +333,24 @@ def test_missing_model_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert "weights.bin is a file; expected a save_pretrained folder or a hub id" in err
 
 
-def test_colour_input_to_a_gray_model_warns(
+def test_colour_input_to_a_gray_model_keeps_its_colour(
     tmp_path: Path, gray_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     images = make_images(tmp_path / "in", count=1, size=(12, 12), channels=3)
     out = tmp_path / "out.png"
     assert main(["restore", str(images), "-o", str(out), "--model", str(gray_model)]) == 0
-    err = capsys.readouterr().err
-    assert err.splitlines()[0] == (
-        "semanir restore: warning: im0.png is a colour image and the model is a gray model: "
-        "restoring its BT.601 luma (--per-channel restores R, G and B one by one)"
-    )
+    assert "warning" not in capsys.readouterr().err
     colour = read_image(images / "im0.png")
-    expected = restore(load_model(str(gray_model)), convert_channels(colour, "gray")[None])[0]
+    luma = convert_channels(colour, "gray")
+    restored_luma = restore(load_model(str(gray_model)), luma[None])[0]
     written = read_image(out)
-    assert written.shape == (1, 12, 12)
+    assert written.shape == (3, 12, 12)
+    expected = (restored_luma + colour - luma).clamp(0, 1)  # the chroma R-Y, G-Y, B-Y kept
     assert (written - expected).abs().max().item() <= 0.5 / 255 + 1e-6
+    gray_out = tmp_path / "gray.png"
+    argv = ["restore", str(images), "-o", str(gray_out), "--model", str(gray_model)]
+    assert main([*argv, "--gray-output"]) == 0
+    assert (read_image(gray_out) - restored_luma).abs().max().item() <= 0.5 / 255 + 1e-6
 
 
 def test_per_channel_restores_colour_with_a_gray_model(

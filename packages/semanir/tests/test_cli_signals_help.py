@@ -12,27 +12,38 @@ from semanir.cli import eval_parser, restore_parser
 
 WORKING_SCRIPT = """
 import sys, time
-import semanir.cli
+import semanir.batch
 from semanir.cli import main
 
-def working(*args, **kwargs):  # the model is loaded, the first image in progress
+restore_photo = semanir.batch.restore_photo
+calls = []
+
+def working(*args, **kwargs):  # the first photo is restored, the second in progress
+    calls.append(1)
+    if len(calls) == 1:
+        return restore_photo(*args, **kwargs)
     print("working", flush=True)
     time.sleep(120)
 
-semanir.cli.restore_image = working
+semanir.batch.restore_photo = working
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_restore_exits_143_with_one_line(tmp_path) -> None:
-    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "img.png")
-    argv = ["restore", str(tmp_path / "img.png"), "-o", str(tmp_path / "out"),
-            "--model", "semanir_tiny_denoise_gray"]  # fmt: skip
+def test_sigterm_during_restore_says_how_far_it_got_and_how_to_resume(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    argv = ["restore", str(tmp_path / "in"), "-o", str(out), "--model", "semanir_tiny_denoise_gray"]
     stopped = signal_while_working(WORKING_SCRIPT, argv)
     assert stopped.returncode == 143, stopped.stderr
-    assert stopped.stderr == "semanir restore: terminated\n"
+    assert stopped.stderr.splitlines()[-1] == (
+        f"semanir restore: terminated after 1 of 2 image(s); resume with: semanir restore "
+        f"{tmp_path / 'in'} -o {out} --model semanir_tiny_denoise_gray --skip-existing"
+    )
     assert stopped.stdout == ""
-    assert not (tmp_path / "out").exists()  # terminated before anything was written
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # nothing half-written
 
 
 @pytest.mark.parametrize("make_parser", [restore_parser, eval_parser])

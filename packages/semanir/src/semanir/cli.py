@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from common_kernels.cli import Parser, UsageError, check_device, run_main
+from common_kernels.batch import BatchRun, Skipped, resume_command
+from common_kernels.cli import Parser, UsageError, check_device, run_main, version_line
 from common_kernels.progress import progress
+from common_kernels.quiet import quiet_libraries
+from semanir.batch import plan_restore, run_restore
 from semanir.bundled import describe_installed
-from semanir.data.datasets import index_generator
 from semanir.data.degradations import (
-    add_gaussian_noise,
     check_sigma,
 )
 from semanir.evaluation import degradation_options, evaluate_images, format_table, write_csv
@@ -34,7 +34,6 @@ from semanir.inference import (
     ModelChoice,
     check_inference_options,
     check_model_for_task,
-    plan_tile,
     read_model_config,
     restore_image,
 )
@@ -42,11 +41,7 @@ from semanir.io import (
     check_writable,
     is_gray_file,
     list_images,
-    output_paths,
-    read_for_model,
-    write_image,
 )
-from semanir.metrics import psnr
 
 USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
 
@@ -58,8 +53,14 @@ commands:
             semanir eval --task denoise --sigma 25 --data DIR
   models    list the bundled models (task, channels, size, training data, measured PSNR)
 
-run `semanir COMMAND --help` for the options of a command
+run `semanir COMMAND --help` for the options of a command; `semanir --version` for versions
 """
+# The flag of each API argument, for the API's errors (common_kernels.errors.InvalidArgument).
+FLAGS = {
+    "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
+    "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
+    "model": "--model", "task": "--task",
+}  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
 TASKS = ("denoise", "jpeg", "sr")
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version_line("semanir", "semanir"))
+        return 0
     command, options = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
         try:
@@ -92,12 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"semanir: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     make_parser, run = commands[command]
+    parsed: list[Namespace] = []
+
+    def parse_and_run() -> int | None:
+        args = make_parser().parse_args(options)
+        args.argv, args.batch = options, None
+        parsed.append(args)
+        with quiet_libraries(verbose=getattr(args, "verbose", False)):
+            return run(args)
+
+    def interrupt_hint() -> str:
+        batch = parsed[0].batch if parsed else None
+        return batch.interrupt_hint() if batch is not None else ""
+
     # a missing input file is a bad input (exit 2), not a failure while working
     return run_main(
-        f"semanir {command}",
-        lambda: run(make_parser().parse_args(options)),
-        usage_errors=(FileNotFoundError,),
-    )
+        f"semanir {command}", parse_and_run, usage_errors=(FileNotFoundError,),
+        interrupt_hint=interrupt_hint, flags=FLAGS,
+    )  # fmt: skip
 
 
 def bundled_configs_dir() -> Path:
@@ -249,16 +265,53 @@ def restore_parser() -> Parser:
     parser.add_argument(
         "--per-channel",
         action="store_true",
-        help="with a gray model, restore a colour image's R, G and B channels one by one and "
-        "write a colour result (default: restore its BT.601 luma, with a warning)",
+        help="with a gray model, restore a colour image's R, G and B channels one by one "
+        "(default: restore its BT.601 luma and keep its chroma: colour in, colour out)",
+    )
+    parser.add_argument(
+        "--gray-output",
+        action="store_true",
+        help="write colour photos as gray: the restored luma (default: colour in, colour out)",
     )
     parser.add_argument(
         "--save-noisy",
         action="store_true",
         help="with --add-noise, also write each noisy input as NAME_noisy.EXT next to its output",
     )
+    _add_batch_options(parser)
     parser.set_defaults(prog="semanir restore")
     return parser
+
+
+def _add_batch_options(parser: Parser) -> None:
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="walk the subfolders of input folders too, mirroring them under the output folder "
+        "(default: only the folders' own images; the images left out are counted)",
+    )
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="allow results to replace their input files (each written atomically); without "
+        "it an output that is an input, or an output folder that is an input folder, is refused",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out inputs whose result exists: resumes an interrupted folder run",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="skip inputs that cannot be read (one line each) and exit 1 at the end with their "
+        "list (default: stop before any model loads, naming the file)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep third-party progress bars, deprecation notices and tips",
+    )
 
 
 def eval_parser() -> Parser:
@@ -325,72 +378,65 @@ def _check_model_options(args: Namespace, config: dict[str, Any]) -> None:
     check_inference_options(config, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k)
 
 
-def _channels(model: nn.Module) -> str:
-    return "gray" if model.in_channels == 1 else "rgb"
-
-
-def _inference_options(
-    args: Namespace, model: nn.Module, image: torch.Tensor, name: str
-) -> dict[str, Any]:
-    """restore_image's options for one (C, H, W) image: ``--tile auto`` resolved (and said in
-    one line when the image is tiled), a tile bar when tiling."""
-    tile = args.tile
-    if tile == "auto":
-        batch = 3 if image.shape[0] == 3 and model.in_channels == 1 else 1
-        shape = (batch, model.in_channels, *image.shape[-2:])
-        tile = plan_tile(model, shape, tile_overlap=args.tile_overlap)
-        if tile is not None:
-            tqdm.write(
-                f"{args.prog}: {name} ({image.shape[-1]}x{image.shape[-2]} px) would not fit in "
-                f"memory whole: restoring it in {tile} px tiles (--tile {tile})",
-                file=sys.stderr,
-            )
-    return dict(
-        tile=tile, tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble,
-        progress=tile is not None,
-    )  # fmt: skip
-
-
-def restore(args: Namespace) -> None:
-    """``semanir restore``: restore every input image and write it to the output location."""
+def restore(args: Namespace) -> int:
+    """``semanir restore``: check the whole batch, then restore every photo and write it."""
     if args.sigma is not None:
         check_sigma(args.sigma)
     noise_sigma = _noise_sigma(args)
-    device = check_device(args.device)
-    paths = list_images(args.inputs)
-    targets = output_paths(paths, Path(args.output))
-    check_writable(targets)
-    choice = _model_choice(args, device, "semanir restore")
-    names = [choice.name_for(is_gray_file(path)) for path in paths]
-    for name in dict.fromkeys(names):  # every option checked before any model loads
-        _check_model_options(args, read_model_config(name))
+    colour = "per-channel" if args.per_channel else "gray" if args.gray_output else "luma"
+    if args.per_channel and args.gray_output:
+        raise UsageError("--per-channel and --gray-output exclude each other")
+    plan = plan_restore(
+        args.inputs, args.output, task=args.task, model=args.model,
+        device=check_device(args.device), colour=colour, recursive=args.recursive,
+        in_place=args.in_place, skip_existing=args.skip_existing, keep_going=args.keep_going,
+        save_noisy=args.save_noisy, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
+        ensemble=args.ensemble, on_unreadable=lambda item: _say_skipped(args.prog, item),
+        on_model=lambda name, channels: _say(
+            args.prog, f"--task {args.task}: the bundled {name} ({channels} images)"
+        ),
+    )  # fmt: skip
+    left_out = plan.listing.left_out_note("--recursive")
+    if left_out:
+        _say(args.prog, left_out)
+    if plan.existing:
+        _say(args.prog, f"{len(plan.existing)} image(s) already restored, left out "
+                        "(--skip-existing)")  # fmt: skip
+    args.batch = batch = BatchRun(len(plan.jobs), resume_command(args.prog, args.argv))
     before, after = [], []
-    jobs = list(zip(paths, targets, names, strict=True))
-    bar = progress(jobs, desc="semanir restore", unit="images")
-    for index, (path, target, name) in enumerate(bar):
-        model = choice.model(name)
-        channels = _channels(model)
-        image, note = read_for_model(path, channels, per_channel=args.per_channel)
-        if note:
-            tqdm.write(f"semanir restore: warning: {path.name} {note}", file=sys.stderr)
-        options = _inference_options(args, model, image, path.name)
-        if noise_sigma is None:
-            write_image(target, restore_image(model, image, **options))
-            continue
-        noisy = add_gaussian_noise(image, noise_sigma, index_generator(args.seed, index))
-        output = restore_image(model, noisy, **options)
-        write_image(target, output)
-        if args.save_noisy:
-            write_image(target.with_name(f"{target.stem}_noisy{target.suffix}"), noisy)
-        before.append(float(psnr(noisy, image)))
-        after.append(float(psnr(output, image)))
-        tqdm.write(
-            f"{path.name}: PSNR {before[-1]:.2f} dB (noisy) -> {after[-1]:.2f} dB (restored)"
-        )
+    bar = progress(run_restore(plan, colour=colour, noise_sigma=noise_sigma, seed=args.seed,
+                               save_noisy=args.save_noisy, progress=True),
+                   total=len(plan.jobs), desc=args.prog, unit="images")  # fmt: skip
+    for result in bar:
+        batch.done()
+        name = result.job.source.name
+        if result.tile is not None and args.tile == "auto":
+            _say(args.prog, f"{name} would not fit in memory whole: restored in {result.tile} px "
+                            f"tiles (--tile {result.tile})")  # fmt: skip
+        for note in result.notes:
+            _say(args.prog, f"warning: {result.job.target.name}: {note}")
+        if result.psnr_noisy is not None:
+            before.append(result.psnr_noisy)
+            after.append(result.psnr_restored)
+            tqdm.write(f"{name}: PSNR {before[-1]:.2f} dB (noisy) -> {after[-1]:.2f} dB (restored)")
     if before:
         mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
         print(f"mean PSNR over {len(before)} image(s): {mean_before:.2f} dB -> {mean_after:.2f} dB")
-    print(f"wrote {len(targets)} image(s) to {args.output}")
+    print(f"wrote {batch.finished} image(s) to {args.output}")
+    for item in plan.unreadable:
+        batch.skip(item.path, item.reason)
+    if batch.skipped:
+        print(f"{args.prog}: {batch.skipped_summary()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _say(prog: str, line: str) -> None:
+    tqdm.write(f"{prog}: {line}", file=sys.stderr)
+
+
+def _say_skipped(prog: str, item: Skipped) -> None:
+    _say(prog, f"skipping {item.path}: {item.reason}")
 
 
 def _noise_sigma(args: Namespace) -> float | None:
@@ -433,7 +479,8 @@ def evaluate(args: Namespace) -> None:
     rows = evaluate_images(
         model, args.data, args.task, seed=args.seed, progress=True,
         restorer=lambda image: restore_image(
-            model, image, **_inference_options(args, model, image, "image")
+            model, image, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
+            ensemble=args.ensemble,
         ),
         **degradation,
     )  # fmt: skip

@@ -45,6 +45,10 @@ def _check_image(image: object, in_channels: int) -> Tensor:
             f"image must be a floating tensor with values in [0, 1], got {image.dtype} "
             "(convert uint8 images with image.float() / 255)"
         )
+    if image.numel() == 0:
+        raise ValueError(
+            f"image is empty: shape {tuple(image.shape)}; B, H and W must be at least 1"
+        )
     lowest, highest = torch.stack(torch.aminmax(image.detach().float())).tolist()  # one sync
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError("image contains NaN or Inf values; all entries must be finite")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common_kernels.batch import find_images
 from common_kernels.files import (
     BT601_LUMA,
     IMAGE_SUFFIXES,
@@ -34,8 +35,6 @@ __all__ = [
     "is_gray_file",
     "is_image_file",
     "list_images",
-    "output_paths",
-    "read_for_model",
     "read_image",
     "to_uint8_array",
     "write_image",
@@ -88,36 +87,24 @@ def to_uint8_array(image: torch.Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).cpu().numpy()
 
 
-def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def list_images(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], *, recursive: bool = False
+) -> list[Path]:
     """Image files named by ``paths``: files are taken as given, folders contribute their images.
 
-    Folders are not searched recursively; files inside them are sorted by name and filtered by
-    extension (case-insensitive). Explicit files must have an image extension.
+    The walk of every package (:func:`common_kernels.batch.find_images`): a folder's images in
+    name order, its subfolders only with ``recursive``; hidden files are skipped; explicit
+    files must have an image extension (case-insensitive).
 
     Args:
         paths: one path or several paths, each a file or a folder.
+        recursive: walk subfolders too.
 
     Raises:
         FileNotFoundError: a path does not exist, or no image was found at all.
         ValueError: an explicitly named file does not have an image extension.
     """
-    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p)))
-        elif path.is_file():
-            if not is_image_file(path):
-                raise ValueError(
-                    f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
-                )
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    if not found:
-        names = ", ".join(str(p) for p in paths)
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {names}")
-    return found
+    return find_images(paths, recursive=recursive, argument="paths").paths
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -137,30 +124,6 @@ def is_gray_file(path: Path) -> bool:
         return True
 
 
-def output_paths(inputs: list[Path], output: Path) -> list[Path]:
-    """Where each restored input goes: ``output`` itself for one input with an image extension,
-    otherwise ``output / input.name`` (names must then be unique)."""
-    if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
-        return [output]
-    if is_image_file(output) and not output.is_dir():
-        raise ValueError(
-            f"-o/--output {output}: {len(inputs)} images cannot go into one image file; give an "
-            "output folder (a name without a suffix)"
-        )
-    if output.suffix and not output.is_dir():
-        raise ValueError(
-            f"-o/--output {output}: {output.suffix!r} is not an image suffix "
-            f"({', '.join(IMAGE_EXTENSIONS)}); an output folder name must have no suffix"
-        )
-    targets = [output / path.name for path in inputs]
-    seen: dict[Path, Path] = {}
-    for path, target in zip(inputs, targets, strict=True):
-        if target in seen:
-            raise ValueError(f"{seen[target]} and {path} would both be written to {target}")
-        seen[target] = path
-    return targets
-
-
 def target_names(targets: list[Path]) -> str:
     """The first output path, and how many more, for messages."""
     more = f" (and {len(targets) - 1} more)" if len(targets) > 1 else ""
@@ -177,29 +140,3 @@ def check_writable(targets: list[Path]) -> None:
             raise ValueError(
                 f"output {target_names(targets)}: cannot write to {existing} (permission denied)"
             )
-
-
-def read_for_model(
-    path: str | os.PathLike, channels: Channels, *, per_channel: bool = False
-) -> tuple[torch.Tensor, str | None]:
-    """Read an image for a model taking ``channels``, and what the conversion did, if anything.
-
-    A colour image for a gray model becomes its BT.601 luma (kept in colour with
-    ``per_channel``, to be restored channel by channel); a gray image for a colour model is
-    repeated to RGB.
-
-    Returns:
-        The (C, H, W) image and, when it was converted, a note saying so (else None).
-    """
-    image = read_image(path)
-    if image.shape[0] == 3 and channels == "gray" and per_channel:
-        return image, None
-    note = None
-    if image.shape[0] == 3 and channels == "gray":
-        note = (
-            "is a colour image and the model is a gray model: restoring its BT.601 luma "
-            "(--per-channel restores R, G and B one by one)"
-        )
-    elif image.shape[0] == 1 and channels == "rgb":
-        note = "is a gray image and the model is a colour model: restoring it as RGB"
-    return convert_channels(image, channels), note

@@ -1,0 +1,315 @@
+"""Restore photo files: the API behind ``semanir restore``.
+
+:func:`plan_restore` makes every check of a batch before any model loads: the folder walk
+(``recursive``), where each result goes, that no result replaces an input (unless
+``in_place``), the model of each photo and the options against its config, which results exist
+already (``skip_existing``), and every input decoded completely (a bad file stops the batch,
+naming it, or with ``keep_going`` is set aside). :func:`run_restore` then restores the photos one
+by one and writes each atomically, as a :func:`restore_photo` of the photo it read.
+
+:func:`restore_photo` keeps what makes the photo: a colour photo through a gray model is
+restored on its BT.601 luma and keeps its chroma (upscaled with the image for SR), unless
+``colour="per-channel"`` (R, G and B restored one by one) or ``colour="gray"`` (the restored
+luma alone); a gray photo through a colour model stays gray; alpha is carried through (resized
+for SR); bit depth, ICC profile and EXIF go to the result (:mod:`common_kernels.photos`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from common_kernels.batch import (
+    ImageListing,
+    Skipped,
+    check_not_inputs,
+    find_images,
+    output_paths,
+    survey,
+)
+from common_kernels.errors import InvalidArgument
+from common_kernels.files import convert_channels
+from common_kernels.photos import Photo, read_photo, write_photo
+from semanir.bundled import TASKS, model_for_task
+from semanir.data.datasets import index_generator
+from semanir.data.degradations import add_gaussian_noise, bicubic_resize
+from semanir.inference import (
+    ModelChoice,
+    check_inference_options,
+    check_model_for_task,
+    plan_tile,
+    read_model_config,
+    restore,
+)
+from semanir.io import check_writable
+from semanir.metrics import psnr
+
+Colour = Literal["luma", "per-channel", "gray"]
+COLOUR_MODES = ("luma", "per-channel", "gray")
+NOISY_SUFFIX = "_noisy"
+
+
+def restore_photo(
+    model: nn.Module,
+    photo: Photo,
+    *,
+    colour: Colour = "luma",
+    tile: int | Literal["auto"] | None = "auto",
+    tile_overlap: int = 32,
+    k: int | None = None,
+    ensemble: bool = False,
+    progress: bool = False,
+) -> Photo:
+    """Restore one photo, keeping its colour, alpha, bit depth and metadata.
+
+    Args:
+        model: a gray (``in_channels=1``) or colour model.
+        photo: what :func:`~common_kernels.photos.read_photo` read.
+        colour: for a colour photo through a gray model: ``"luma"`` restores the BT.601 luma
+            and keeps the chroma, ``"per-channel"`` restores R, G and B one by one, ``"gray"``
+            gives the restored luma alone (for a colour model: its output's luma).
+        tile, tile_overlap, k, ensemble, progress: as in :func:`semanir.restore`.
+
+    Returns:
+        The restored photo: gray in, gray out; colour in, colour out (gray with
+        ``colour="gray"``); alpha resized with the image.
+    """
+    if colour not in COLOUR_MODES:
+        raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
+    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, progress=progress)
+    pixels, scale = photo.pixels, int(getattr(model, "upscale", 1))
+    if model.in_channels == 1 and photo.channels == 3 and colour == "per-channel":
+        out = restore(model, pixels[:, None], **options)[:, 0]  # (3, H', W')
+    elif model.in_channels == 1 and photo.channels == 3:
+        luma = convert_channels(pixels, "gray")  # (1, H, W)
+        restored = restore(model, luma[None], **options)[0]  # (1, H', W')
+        chroma = _resize(pixels - luma, scale)  # (3, H', W'): R-Y, G-Y, B-Y
+        out = restored if colour == "gray" else (restored + chroma).clamp(0, 1)
+    else:
+        image = convert_channels(pixels, "gray" if model.in_channels == 1 else "rgb")
+        out = restore(model, image[None], **options)[0]  # (C_model, H', W')
+        if photo.channels == 1 or colour == "gray":
+            out = convert_channels(out, "gray")
+    alpha = None if photo.alpha is None else _resize(photo.alpha, scale).clamp(0, 1)
+    icc = photo.icc_profile if out.shape[0] == photo.channels else None  # gray asked for
+    return photo.replace(pixels=out.contiguous(), alpha=alpha, icc_profile=icc)
+
+
+def _resize(image: Tensor, scale: int) -> Tensor:
+    """``image`` (C, H, W) upscaled ``scale`` times (bicubic), or as it is for scale 1."""
+    return image if scale == 1 else bicubic_resize(image[None], scale)[0]
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    """One photo of a batch.
+
+    Args:
+        source: the input file.
+        target: where its result goes.
+        model: the model that restores it (a bundled name, a folder or a hub id).
+    """
+
+    source: Path
+    target: Path
+    model: str | Path
+
+
+@dataclass
+class RestorePlan:
+    """A checked batch (:func:`plan_restore`).
+
+    Args:
+        jobs: the photos to restore, in order.
+        listing: what the folder walk found (``left_out`` counts subfolder images left out).
+        existing: inputs whose results exist already (``skip_existing``), not restored again.
+        unreadable: inputs set aside (``keep_going``), with the reason.
+        models: loads each model once, on first use.
+        options: the restore options every photo gets.
+    """
+
+    jobs: list[RestoreJob]
+    listing: ImageListing
+    existing: list[Path]
+    unreadable: list[Skipped]
+    models: ModelChoice
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_restore(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    task: str = "denoise",
+    model: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    colour: Colour = "luma",
+    recursive: bool = False,
+    in_place: bool = False,
+    skip_existing: bool = False,
+    keep_going: bool = False,
+    save_noisy: bool = False,
+    tile: int | Literal["auto"] | None = "auto",
+    tile_overlap: int = 32,
+    k: int | None = None,
+    ensemble: bool = False,
+    on_unreadable: Callable[[Skipped], None] | None = None,
+    on_model: Callable[[str, str], None] | None = None,
+) -> RestorePlan:
+    """Check a batch completely, before any model loads.
+
+    Args:
+        inputs: image files and folders.
+        output: an image file (one input) or a folder (results keep their names, and with
+            ``recursive`` their subfolders).
+        task: "denoise", "jpeg" or "sr".
+        model: a bundled name, a folder or a hub id for every photo; None: the bundled model
+            of ``task`` for each photo (denoise: the colour model for colour photos).
+        device: where the models will run.
+        colour: colour photos through a gray model (see :func:`restore_photo`).
+        recursive: walk subfolders, mirroring them under ``output``.
+        in_place: results may replace their inputs (atomically).
+        skip_existing: leave out inputs whose result exists (resume a batch).
+        keep_going: set unreadable inputs aside instead of stopping.
+        save_noisy: the noisy inputs of a demo are written too (``NAME_noisy.EXT``).
+        tile, tile_overlap, k, ensemble: as in :func:`semanir.restore`.
+        on_unreadable: told about each input set aside.
+        on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
+
+    Raises:
+        InvalidArgument: a bad argument, named; ``ValueError`` for options a model refuses.
+        common_kernels.files.ImageReadError: an input that does not decode (``keep_going`` off).
+    """
+    if task not in TASKS:
+        raise InvalidArgument("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    if colour not in COLOUR_MODES:
+        raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
+    if in_place and skip_existing:
+        raise InvalidArgument(
+            "skip_existing",
+            "cannot resume an {in_place} batch: every result exists already (it is its input)",
+            mentions={"in_place": "in_place=True"},
+        )
+    listing = find_images(inputs, recursive=recursive, exclude=[output])
+    targets = output_paths(listing, output, in_place=in_place)
+    if save_noisy:
+        check_not_inputs([_noisy_path(target) for target in targets], listing)
+    check_writable(targets)
+    models = ModelChoice(
+        model, task, torch.device(device), per_channel=colour != "luma", announce=on_model
+    )
+    for name in _candidate_models(model, task, colour):  # every option checked before decoding
+        config = read_model_config(name)
+        check_model_for_task(config, task, per_channel=colour == "per-channel")
+        check_inference_options(config, tile=tile, tile_overlap=tile_overlap, k=k)
+    pairs = list(zip(listing.paths, targets, strict=True))
+    existing = [source for source, target in pairs if skip_existing and target.is_file()]
+    pending = [(source, target) for source, target in pairs if source not in existing]
+    decoded = survey(
+        [source for source, _ in pending], lambda path: read_photo(path).channels,
+        keep_going=keep_going, on_unreadable=on_unreadable,
+    )  # fmt: skip
+    jobs = [
+        RestoreJob(source, target, models.name_for(gray=decoded.readable[source] == 1))
+        for source, target in pending
+        if source in decoded.readable
+    ]
+    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble)
+    return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options)
+
+
+def _candidate_models(model: str | Path | None, task: str, colour: Colour) -> list[str | Path]:
+    """The models a batch may use: ``model``, or the bundled ones of ``task`` it may pick."""
+    if model is not None:
+        return [model]
+    channels = ("gray",) if colour != "luma" else ("gray", "rgb")
+    return list(dict.fromkeys(model_for_task(task, c).name for c in channels))
+
+
+def _noisy_path(target: Path) -> Path:
+    return target.with_name(f"{target.stem}{NOISY_SUFFIX}{target.suffix}")
+
+
+@dataclass
+class Restored:
+    """What :func:`run_restore` did for one photo.
+
+    Args:
+        job: the photo.
+        tile: the tile size ``tile="auto"`` chose for it (None: restored whole).
+        notes: what the output format could not hold, one line each.
+        psnr_noisy, psnr_restored: with added noise: PSNR in dB of the noisy and the restored
+            photo against the clean input.
+    """
+
+    job: RestoreJob
+    tile: int | None
+    notes: list[str]
+    psnr_noisy: float | None = None
+    psnr_restored: float | None = None
+
+
+def run_restore(
+    plan: RestorePlan,
+    *,
+    colour: Colour = "luma",
+    noise_sigma: float | None = None,
+    seed: int = 0,
+    save_noisy: bool = False,
+    progress: bool = False,
+) -> Iterator[Restored]:
+    """Restore the photos of ``plan`` one by one, writing each result atomically.
+
+    Args:
+        plan: from :func:`plan_restore`.
+        colour: as given to :func:`plan_restore`.
+        noise_sigma: a demo: treat the inputs as clean, add Gaussian noise of this level
+            (0-255 scale; photo ``i`` with the generator of ``(seed, i)``) and measure PSNR.
+        seed: the noise seed.
+        save_noisy: also write each noisy input as ``NAME_noisy.EXT`` beside its result.
+        progress: a bar over the tiles of tiled photos.
+
+    Yields:
+        One :class:`Restored` per photo, after its result is written.
+    """
+    for index, job in enumerate(plan.jobs):
+        model = plan.models.model(job.model)
+        photo = read_photo(job.source)
+        tile = _tile_for(model, photo, colour, plan.options)
+        options = {**plan.options, "tile": tile, "progress": progress and tile is not None}
+        if noise_sigma is None:
+            restored = restore_photo(model, photo, colour=colour, **options)
+            yield Restored(job, tile, write_photo(job.target, restored))
+            continue
+        clean = photo.pixels
+        noisy = photo.replace(
+            pixels=add_gaussian_noise(clean, noise_sigma, index_generator(seed, index))
+        )
+        restored = restore_photo(model, noisy, colour=colour, **options)
+        notes = write_photo(job.target, restored)
+        if save_noisy:
+            write_photo(_noisy_path(job.target), noisy.replace(pixels=noisy.pixels.clamp(0, 1)))
+        before = float(psnr(noisy.pixels, clean))
+        after = float(psnr(restored.pixels, convert_channels(clean, _channels(restored))))
+        yield Restored(job, tile, notes, before, after)
+
+
+def _channels(photo: Photo) -> Literal["gray", "rgb"]:
+    return "gray" if photo.channels == 1 else "rgb"
+
+
+def _tile_for(
+    model: nn.Module, photo: Photo, colour: Colour, options: dict[str, Any]
+) -> int | None:
+    """The tile size of this photo: ``tile="auto"`` resolved (None: restored whole)."""
+    if options["tile"] != "auto":
+        return options["tile"]
+    batch = 3 if photo.channels == 3 and model.in_channels == 1 and colour == "per-channel" else 1
+    shape = (batch, model.in_channels, *photo.size)
+    return plan_tile(model, shape, tile_overlap=options["tile_overlap"])
