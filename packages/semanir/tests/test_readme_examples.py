@@ -1,0 +1,142 @@
+"""Every shell example of the README runs as written, from a folder outside the clone holding the
+files it names, and so do the Python quickstarts (issue 33, item 4). Blocks marked
+``<!-- example: check (reason) -->`` (training for hours, benchmarks, installs) are checked
+without running them through: every ``semanir`` flag they use is one the command offers, every
+script they run exists and takes the flags given."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common_kernels.photos import read_photo
+from common_kernels.testing import ShellExample, program_words, shell_examples
+from semanir.models import build_model
+
+PACKAGE = Path(__file__).resolve().parents[1]
+REPOSITORY = PACKAGE.parents[1]
+README = PACKAGE / "README.md"
+EXAMPLES = shell_examples(README)
+BIN = Path(sys.executable).parent
+
+
+def image(path: Path, size: tuple[int, int], channels: int = 1, seed: int = 0, **save) -> None:
+    """A smooth ramp with noise, (height, width), saved with Pillow."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 210, size[1])[None, :, None] * np.ones((*size, channels))
+    pixels = np.clip(ramp + rng.normal(0, 15, ramp.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path, **save)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """The files the examples name, in a folder outside the clone."""
+    for name, channels in (("noisy.png", 1), ("big.png", 1), ("clean.png", 1), ("small.png", 3)):
+        image(tmp_path / name, (40, 48), channels)
+    image(tmp_path / "photo.jpg", (40, 48), 3, quality=40)
+    for name in ("photos/a.png", "photos/b.png", "photos/sub/c.png", "scans/s1.png",
+                 "set12/01.png", "set12/02.png"):  # fmt: skip
+        image(tmp_path / name, (32, 32), seed=len(name))
+    torch.manual_seed(0)
+    build_model("semanir_test_tiny_unet").save_pretrained(tmp_path / "my_model")
+    return tmp_path
+
+
+def output_targets(commands: list[list[str]]) -> list[str]:
+    """The ``-o`` values of the commands."""
+    return [words[i + 1] for words in commands for i, w in enumerate(words) if w == "-o"]
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
+def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "-e", "-c", example.code], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    for target in output_targets(example.commands()):
+        path = workdir / target
+        assert path.exists(), target
+        if path.is_file():
+            assert min(read_photo(path).size) >= 32, target  # an image, decoded
+    assert read_photo(workdir / "small_x4.png").size == (160, 192)  # x4
+    assert read_photo(workdir / "clean.png").channels == 3  # photo.jpg kept its colour
+    assert "set12.csv" in os.listdir(workdir)
+
+
+@cache
+def offered_flags(command: str) -> str:
+    """The ``--help`` text of ``semanir COMMAND``."""
+    done = subprocess.run([str(BIN / "semanir"), command, "--help"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def check_semanir(words: list[str]) -> None:
+    flags = [w.split("=")[0] for w in words[2:] if w.startswith("--")]
+    text = offered_flags(words[1])
+    missing = [f for f in flags if not re.search(rf"(?<![\w.-]){re.escape(f)}(?![\w-])", text)]
+    assert not missing, f"semanir {words[1]} does not offer {missing}"
+    if "--config" in words:
+        name = words[words.index("--config") + 1]
+        assert (PACKAGE / "src" / "semanir" / "configs" / f"{name}.yaml").is_file(), name
+
+
+def check_script(words: list[str]) -> None:
+    script = REPOSITORY / words[1]
+    assert script.is_file(), words[1]
+    source = script.read_text(encoding="utf-8")
+    for flag in (w for w in words[2:] if w.startswith("--")):
+        assert f'"{flag}"' in source, f"{words[1]} takes no {flag}"
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
+def test_checked_example_uses_what_exists(example: ShellExample) -> None:
+    checked = 0
+    for command in example.commands():
+        words = program_words(command)
+        if words[0] == "semanir":
+            check_semanir(words)
+        elif words[0] == "python" and words[1].endswith(".py"):
+            check_script(words)
+        elif words[0] == "pip":
+            assert "tests/test_install.py" in example.reason or "install" in example.reason
+        else:
+            continue  # a shell command of the recipe (mkdir, git archive)
+        checked += 1
+    assert checked, f"{example.id}: nothing of this package to check"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_python_quickstart_runs_and_saves(index: int, workdir: Path, monkeypatch) -> None:
+    code = python_blocks()[index]
+    monkeypatch.chdir(workdir)
+    saved = re.findall(r"write_(?:image|photo)\(\"([^\"]+)\"", code)
+    assert saved, "the quickstart saves its result"
+    for name in saved:
+        (workdir / name).unlink(missing_ok=True)
+    exec(compile(code, f"README.md python block {index}", "exec"), {})
+    for name in saved:
+        assert read_photo(workdir / name).size == (40, 48)
+
+
+def test_every_example_is_a_run_or_a_check_with_a_reason() -> None:
+    modes = [(e.mode, bool(e.reason)) for e in EXAMPLES]
+    assert ("run", False) in modes and all(mode == "run" or why for mode, why in modes)
+    shutil.which("bash") or pytest.fail("bash is needed to run the examples")
