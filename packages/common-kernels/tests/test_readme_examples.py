@@ -1,0 +1,42 @@
+"""The README's examples (issue 33, item 4): the Python quickstart runs as written; the shell
+blocks (installs and benchmarks of minutes to hours) are checked: each script exists and takes
+the flags given, each nox session exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from common_kernels.testing import ShellExample, program_words, shell_examples
+
+PACKAGE = Path(__file__).resolve().parents[1]
+REPOSITORY = PACKAGE.parents[1]
+README = PACKAGE / "README.md"
+EXAMPLES = shell_examples(README)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
+def test_shell_example_names_what_exists(example: ShellExample) -> None:
+    assert example.mode == "check" and example.reason  # installs and long benchmarks only
+    for words in map(program_words, example.commands()):
+        if words[0] == "python":
+            script = REPOSITORY / words[1]
+            source = script.read_text(encoding="utf-8")
+            for flag in (w for w in words[2:] if w.startswith("--")):
+                assert f'"{flag}"' in source, f"{words[1]} takes no {flag}"
+        elif words[0] == "nox":
+            noxfile = (REPOSITORY / "noxfile.py").read_text(encoding="utf-8")
+            assert f"def {words[words.index('-s') + 1]}(session" in noxfile
+        else:
+            assert words[0] == "pip" and "install" in example.reason
+
+
+def test_python_quickstart_runs_as_written() -> None:
+    code = re.search(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[1]
+    namespace: dict = {}
+    exec(compile(code, "README.md quickstart", "exec"), namespace)
+    out, q = namespace["out"], namespace["q"]
+    assert out.shape == q.shape == (2, 4, 1024, 16) and torch.isfinite(out).all()
