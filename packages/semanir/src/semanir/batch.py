@@ -263,6 +263,7 @@ def run_restore(
     seed: int = 0,
     save_noisy: bool = False,
     progress: bool = False,
+    on_start: Callable[[RestoreJob, Photo, int | None], None] | None = None,
 ) -> Iterator[Restored]:
     """Restore the photos of ``plan`` one by one, writing each result atomically.
 
@@ -274,6 +275,8 @@ def run_restore(
         seed: the noise seed.
         save_noisy: also write each noisy input as ``NAME_noisy.EXT`` beside its result.
         progress: a bar over the tiles of tiled photos.
+        on_start: told ``(job, photo, tile)`` before each photo is restored (``tile``: the
+            tile size it gets, None for the whole photo).
 
     Yields:
         One :class:`Restored` per photo, after its result is written.
@@ -282,6 +285,8 @@ def run_restore(
         model = plan.models.model(job.model)
         photo = read_photo(job.source)
         tile = _tile_for(model, photo, colour, plan.options)
+        if on_start is not None:
+            on_start(job, photo, tile)
         options = {**plan.options, "tile": tile, "progress": progress and tile is not None}
         if noise_sigma is None:
             restored = restore_photo(model, photo, colour=colour, **options)

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from common_kernels.batch import BatchRun, Skipped, resume_command
 from common_kernels.cli import Parser, UsageError, check_device, run_main, version_line
+from common_kernels.photos import Photo
 from common_kernels.progress import progress
 from common_kernels.quiet import quiet_libraries
-from semanir.batch import plan_restore, run_restore
+from semanir.batch import RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.data.degradations import (
     check_sigma,
@@ -404,15 +405,20 @@ def restore(args: Namespace) -> int:
                         "(--skip-existing)")  # fmt: skip
     args.batch = batch = BatchRun(len(plan.jobs), resume_command(args.prog, args.argv))
     before, after = [], []
+
+    def announce_tiles(job: RestoreJob, photo: Photo, tile: int | None) -> None:
+        if tile is not None and args.tile == "auto":
+            height, width = photo.size
+            _say(args.prog, f"{job.source.name} ({width}x{height} px) would not fit in memory "
+                            f"whole: restoring it in {tile} px tiles (--tile {tile})")  # fmt: skip
+
     bar = progress(run_restore(plan, colour=colour, noise_sigma=noise_sigma, seed=args.seed,
-                               save_noisy=args.save_noisy, progress=True),
+                               save_noisy=args.save_noisy, progress=True,
+                               on_start=announce_tiles),
                    total=len(plan.jobs), desc=args.prog, unit="images")  # fmt: skip
     for result in bar:
         batch.done()
         name = result.job.source.name
-        if result.tile is not None and args.tile == "auto":
-            _say(args.prog, f"{name} would not fit in memory whole: restored in {result.tile} px "
-                            f"tiles (--tile {result.tile})")  # fmt: skip
         for note in result.notes:
             _say(args.prog, f"warning: {result.job.target.name}: {note}")
         if result.psnr_noisy is not None:

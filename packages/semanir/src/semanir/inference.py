@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from common_kernels import tiled_apply
-from common_kernels.hub import check_hub, local_or_hub
+from common_kernels.hub import check_hub, is_hub_id, local_or_hub
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, known_names, model_for_task
 from .memory import auto_tile, available_bytes
@@ -27,7 +26,6 @@ AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Images are in [0, 1]; unclipped Gaussian noise (the DnCNN/BM3D convention) leaves that range,
 # so inputs are accepted in a wider band that still rejects 0-255 values.
 IMAGE_RANGE = (-1.0, 2.0)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
 
 
 def _check_image(image: object, in_channels: int) -> Tensor:
@@ -300,7 +298,7 @@ def model_folder(name_or_path: str | Path | None) -> Path | str:
         if source.is_file():
             raise ValueError(f"{source} is a file; expected a save_pretrained folder or a hub id")
         return source
-    if not HUB_ID.match(source):
+    if not is_hub_id(source):
         raise ValueError(
             f"unknown model {source!r}: not a bundled model ({known_names()}), not a local "
             "folder (start a path with ./ or /), not a hub id (owner/name)"
