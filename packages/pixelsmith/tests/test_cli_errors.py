@@ -193,7 +193,8 @@ CASES = {
     ),
     "model_deep_path_missing": (
         ["--model", "a/b/c"],
-        "--model 'a/b/c' is neither an existing folder nor a hub id (owner/name)",
+        "--model: unknown model 'a/b/c': a local folder starts with ./ or / (or exists), a hub "
+        "id is owner/name",
     ),
     "model_is_a_file": (
         ["--model", "{t}/file.txt"],

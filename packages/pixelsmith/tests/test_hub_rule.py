@@ -11,13 +11,17 @@ import pytest
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
+from common_kernels.errors import InvalidArgument
 from common_kernels.hub import HubUnreachableError
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.control import load_controlnet
+from pixelsmith.lora import load_loras
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, check_from_pretrained
 
 ADVICE = "download it on a machine with network access, or give a local folder (./DIR)"
+# common_kernels.hub.resolve_model_name: the one unknown-model rule of every package
+UNKNOWN_ADVICE = "a local folder starts with ./ or / (or exists), a hub id is owner/name"
 PREFIX = "pixelsmith generate: error: "
 
 
@@ -83,8 +87,20 @@ def test_a_missing_local_folder_is_named_at_once(tmp_path, monkeypatch, offline)
             "diffusers folder)",
         ),
         ("a/b/c", "auto"): (
+            InvalidArgument,
+            f"pretrained_model_name_or_path: unknown model 'a/b/c': {UNKNOWN_ADVICE}",
+        ),
+        ("no_such_model", "auto"): (
+            InvalidArgument,
+            f"pretrained_model_name_or_path: unknown model 'no_such_model': {UNKNOWN_ADVICE}",
+        ),
+        ("org/sdxl", "no_such_vae"): (
+            InvalidArgument,
+            f"vae: unknown model 'no_such_vae': {UNKNOWN_ADVICE}",
+        ),
+        ("org/a--b", "auto"): (
             ValueError,
-            "pretrained_model_name_or_path 'a/b/c' is neither an existing folder nor a hub id "
+            "pretrained_model_name_or_path 'org/a--b' is neither an existing folder nor a hub id "
             "(owner/name)",
         ),
         ("org/sdxl", "./no_vae"): (
@@ -212,3 +228,59 @@ def test_generate_with_a_missing_folder_names_it_exit_2(tmp_path, monkeypatch, o
     expected = f"--lora: no LoRA file or folder ./nope.bin (nothing at {tmp_path}/nope.bin)"
     assert capsys.readouterr().err == f"{PREFIX}{expected}\n"
     assert offline == [] and [path.name for path in tmp_path.iterdir() if path.name != "hf"] == []
+
+
+@pytest.fixture
+def no_network(monkeypatch, offline) -> list:
+    """``offline`` without HF_HUB_OFFLINE, and any connection attempt fails the test."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def connect(*args, **kwargs):
+        raise AssertionError(f"the hub was asked: {args}")
+
+    monkeypatch.setattr("socket.create_connection", connect)
+    return offline
+
+
+def test_an_unknown_name_is_refused_at_once_in_the_api(make_pipe, no_network):
+    """Neither a path nor owner/name: an unknown model, said at once (never a hub failure)."""
+    pipe = make_pipe()
+    cases = [
+        (lambda: PixelsmithPipeline.from_pretrained("no_such_model"),
+         "pretrained_model_name_or_path"),
+        (lambda: PixelsmithPipeline.from_pretrained(DEFAULT_MODEL, vae="no_such_model"), "vae"),
+        (lambda: check_from_pretrained("no_such_model"), "pretrained_model_name_or_path"),
+        (lambda: pipe.load_lora_weights("no_such_model"), "lora"),
+        (lambda: load_loras(pipe, ["no_such_model"]), "loras"),
+        (lambda: load_controlnet("no_such_model"), "controlnet"),
+    ]  # fmt: skip
+    for call, argument in cases:
+        with pytest.raises(InvalidArgument) as info:
+            call()
+        assert info.value.argument == argument
+        assert str(info.value) == f"{argument}: unknown model 'no_such_model': {UNKNOWN_ADVICE}"
+    assert no_network == []
+
+
+UNKNOWN_CASES = {
+    "--model": ["--model", "no_such_model"],
+    "--vae": ["--vae", "no_such_model"],
+    "--lora": ["--model", "{tiny}", "--lora", "no_such_model"],
+    "--controlnet": ["--model", "{tiny}", "--controlnet", "no_such_model", "--control-image",
+                     "{t}/cond.png"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", sorted(UNKNOWN_CASES))
+def test_generate_names_an_unknown_model_by_its_flag(flag, tmp_path, tiny_dir, no_network, capsys):
+    Image.new("RGB", (64, 64)).save(tmp_path / "cond.png")
+    extra = [a.replace("{tiny}", str(tiny_dir)).replace("{t}", str(tmp_path))
+             for a in UNKNOWN_CASES[flag]]  # fmt: skip
+    argv = ["generate", "a cat", "--sizes", "1024", "--device", "cpu", "-o",
+            str(tmp_path / "out.tif"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    expected = f"{PREFIX}{flag}: unknown model 'no_such_model': {UNKNOWN_ADVICE}\n"
+    assert captured.err == expected and captured.out == ""
+    assert no_network == []  # nothing loaded, the hub not asked
+    assert [path.name for path in tmp_path.iterdir() if path.name != "hf"] == ["cond.png"]

@@ -25,6 +25,8 @@ from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
 
+from common_kernels.batch import ImageListing, InputImage, check_not_inputs
+from common_kernels.errors import InvalidArgument
 from common_kernels.progress import progress as show_progress
 from pixelsmith.checkpoint import CheckpointStore, check_checkpoint_dir
 from pixelsmith.config import (
@@ -141,6 +143,7 @@ def check_cascade(
     allow_large: bool = False,
     world_size: int = 1,
     writes: bool = True,
+    in_place: bool = False,
     names: Names | None = None,
 ) -> CascadePlan:
     """Every argument of :func:`generate_cascade` checked before any work (nothing is loaded,
@@ -167,10 +170,14 @@ def check_cascade(
         allow_large: skip the memory check.
         world_size: processes sharing the patches.
         writes: this process writes the output and the checkpoints (rank 0).
+        in_place: allow ``output`` to replace the ``control_image`` file (see
+            :func:`check_inputs_kept`).
         names: how the caller spells each argument in messages (the CLI: its flags).
 
     Raises:
-        ValueError: the first bad input, named as ``names`` spells it, with its accepted range.
+        ValueError: the first bad input, named as ``names`` spells it, with its accepted range
+            (an output that would replace an input:
+            :class:`~common_kernels.errors.InvalidArgument`).
         TypeError: an argument of the wrong type.
         FileNotFoundError: a ControlNet path where nothing is.
     """
@@ -218,6 +225,17 @@ def check_cascade(
     output, checkpoint_dir = check_outputs(
         stages, output, checkpoint_dir, save_intermediate, compression, writes, names
     )
+    if writes and output is not None and isinstance(control_image, (str, os.PathLike)):
+        inputs = {named("control_image", names): Path(control_image)}
+        intermediates = [intermediate_path(output, size) for size in stages[:-1]]
+        check_inputs_kept(
+            inputs,
+            output,
+            intermediates if save_intermediate else [],
+            checkpoint_dir,
+            in_place=in_place,
+            names=names,
+        )
     if device is not None and not allow_large:
         check_memory(
             stages[-1],
@@ -327,6 +345,62 @@ def check_outputs(
     return output, checkpoint_dir
 
 
+def check_inputs_kept(
+    inputs: Mapping[str, Path],
+    output: Path,
+    intermediates: Sequence[Path],
+    checkpoint_dir: Path | None,
+    *,
+    in_place: bool = False,
+    names: Names | None = None,
+) -> None:
+    """Refuse, before any work, what a run would write over its input files.
+
+    The final ``output`` may replace an input only with ``in_place`` (it is written atomically
+    after the last read of the input); an intermediate file never may (later stages still read
+    the input), nor may an input lie in the checkpoint folder (deleted when the run ends).
+
+    Args:
+        inputs: the input files by the argument that names them (``control_image``).
+        output: the output file.
+        intermediates: the intermediate files that will be written (``save_intermediate``).
+        checkpoint_dir: the checkpoint folder, or ``None``.
+        in_place: allow ``output`` to replace an input.
+        names: how the caller spells the arguments in messages (the CLI: its flags).
+
+    Raises:
+        InvalidArgument: naming the output and the input, and how to go on.
+    """
+    files = {argument: path for argument, path in inputs.items() if path.is_file()}
+    if files and not in_place:
+        listing = ImageListing(tuple(InputImage(path, Path(path.name)) for path in files.values()))
+        check_not_inputs([output], listing, argument=named("output", names))
+    folder = checkpoint_dir.resolve() if checkpoint_dir is not None else None
+    for argument, path in files.items():
+        for intermediate in intermediates:
+            if intermediate.exists() and intermediate.samefile(path):
+                raise InvalidArgument(
+                    named("save_intermediate", names),
+                    f"the intermediate image {_literal(intermediate)} would replace the input "
+                    f"{_literal(path)} ({argument}), which later stages still read; choose "
+                    "another {output} name",
+                    mentions={"output": named("output", names)},
+                )
+        if folder is not None and folder in path.resolve().parents:
+            raise InvalidArgument(
+                named("checkpoint_dir", names),
+                f"{_literal(checkpoint_dir)} holds the input {_literal(path)} ({argument}), and "
+                "the checkpoint folder is deleted when the run ends; move the input or choose "
+                "another {checkpoint_dir}",
+                mentions={"checkpoint_dir": named("checkpoint_dir", names)},
+            )
+
+
+def _literal(path: Path) -> str:
+    """``path`` in an ``InvalidArgument`` message, whose ``{name}`` fields are placeholders."""
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
 @torch.no_grad()
 def generate_cascade(
     pipe: PixelsmithPipeline,
@@ -359,6 +433,7 @@ def generate_cascade(
     controlnet_conditioning_scale: float = 1.0,
     ranks: RankGroup | None = None,
     allow_large: bool = False,
+    in_place: bool = False,
 ) -> Image.Image | Path | None:
     """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
 
@@ -406,6 +481,8 @@ def generate_cascade(
             progress bars are rank 0's; callbacks run on every rank (with the same latents).
         allow_large: skip the check that the full-size latent maps of the largest stage fit in
             the memory available on the pipeline's device.
+        in_place: allow ``output`` to be the ``control_image`` file (replaced atomically once
+            the image is complete); without it such an output is refused before any work.
 
     Every argument is checked before any work (:func:`check_cascade`), with the messages the
     CLI prints for the same input.
@@ -437,6 +514,7 @@ def generate_cascade(
         allow_large=allow_large,
         world_size=ranks.world_size,
         writes=ranks.main,
+        in_place=in_place,
     )
     stages, output, checkpoint_dir = plan.sizes, plan.output, plan.checkpoint_dir
     final_size = stages[-1]

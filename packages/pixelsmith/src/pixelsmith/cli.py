@@ -4,6 +4,7 @@ pixelsmith generate "prompt" --sizes 1024 2048 4096 --slider 20 30 --seed 0 -o o
            [--model HUB_ID_OR_DIR] [--vae auto|none|HUB_ID_OR_DIR] [--steps 50] [--guidance 7.5]
            [--scheduler grid|random] [--faithful] [--patch-size 128] [--band 10] ...
 pixelsmith tiny-model DIR [--seed 0]     # a tiny random SDXL-shaped model folder (offline runs)
+pixelsmith --version
 
 Sizes are px, an int for a square or HEIGHTxWIDTH (1536x2048 is 2048 px wide). The first size
 is plain SDXL.
@@ -13,7 +14,8 @@ The checks are the API's (``check_from_pretrained``, ``make_config``, ``check_lo
 ``pixelsmith COMMAND: error: ...`` naming the flag and exit status 2, found before any model is
 loaded and before anything is written; a failure while working (disk full, a model that cannot
 be loaded, a hub that cannot be reached) exits 1; Ctrl-C exits 130 and SIGTERM 143 with one line
-(``common_kernels.cli.run_main``; running the same command again resumes).
+(``common_kernels.cli.run_main``; running the same command again resumes). ``-o`` naming the
+``--control-image`` is refused unless ``--in-place``; library chatter is off unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ from common_kernels.cli import (
     command_prog,
     one_line,
     run_main,
+    version_line,
 )
+from common_kernels.errors import InvalidArgument
 from common_kernels.hub import HubUnreachableError
+from common_kernels.quiet import quiet_libraries
 from pixelsmith.cascade import CascadePlan, check_cascade, generate_cascade
 from pixelsmith.config import (
     BLENDS,
@@ -52,7 +57,7 @@ from pixelsmith.config import (
 from pixelsmith.control import load_controlnet
 from pixelsmith.lora import check_lora_options, load_loras
 from pixelsmith.parallel import RankGroup, check_devices, init_from_env, run_on_ranks
-from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, quiet_loading
+from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
 from pixelsmith.sources import (
     DEFAULT_MODEL,
     check_from_pretrained,
@@ -77,6 +82,7 @@ FLAGS = {
     "guidance_scale": "--guidance",
     "seed": "--seed",
     "output": "-o/--output",
+    "in_place": "--in-place",
     "checkpoint_dir": "--checkpoint-dir",
     "checkpoint_every": "--checkpoint-every",
     "save_intermediate": "--save-intermediate",
@@ -122,8 +128,15 @@ RESUME_HINT = "; run the same command again to resume from the last saved step"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="pixelsmith", description=__doc__.split("\n\n")[0])
+    version = version_line("pixelsmith", "pixelsmith")
+    parser.add_argument("--version", action="version", version=version, help="print it, exit")
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate an image through a cascade of sizes")
+    shared = argparse.ArgumentParser(add_help=False)
+    chatter = "the libraries' progress bars, deprecation notices and tips (off by default)"
+    shared.add_argument("--verbose", action="store_true", help=f"keep {chatter}")
+    gen = commands.add_parser(
+        "generate", parents=[shared], help="generate an image through a cascade of sizes"
+    )
     gen.add_argument("prompt")
     gen.add_argument(
         "--sizes",
@@ -147,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help=".tif/.tiff (BigTIFF, streamed) or .png/.jpg/.jpeg/.webp/.bmp (in RAM)",
+        help=".tif/.tiff (BigTIFF, streamed) or .png/.jpg/.jpeg/.webp/.bmp (in RAM); never an "
+        "input file (--control-image) unless --in-place",
     )
+    gen.add_argument("--in-place", action="store_true", help="-o may replace --control-image")
     gen.add_argument("--negative", default=None, help="negative prompt")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="SDXL hub id or diffusers folder")
     gen.add_argument(
@@ -213,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, kind, default, text in NUMBERS:
         gen.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
-    tiny = commands.add_parser("tiny-model", help="write a tiny random SDXL-shaped model folder")
+    tiny = commands.add_parser(
+        "tiny-model", parents=[shared], help="write a tiny random SDXL-shaped model folder"
+    )
     tiny.add_argument("directory", type=Path, metavar="DIR")
     tiny.add_argument(
         "--seed",
@@ -227,9 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
     """An API check's error about an input (whose message names the flag) as a ``UsageError``:
-    one line, exit status 2."""
+    one line, exit status 2; an ``InvalidArgument`` is spelt with this command's flags."""
     try:
         yield
+    except InvalidArgument as error:
+        raise UsageError(" ".join(error.for_flags(FLAGS).split())) from None
     except BAD_INPUT as error:
         raise UsageError(one_line(error)) from None
 
@@ -280,6 +299,7 @@ def cascade_options(args: argparse.Namespace, config: PixelsmithConfig) -> dict[
         checkpoint_every=args.checkpoint_every, save_intermediate=args.save_intermediate,
         compression=args.compression, control_image=args.control_image,
         controlnet_conditioning_scale=args.control_scale, allow_large=args.allow_large,
+        in_place=args.in_place,
     )  # fmt: skip
 
 
@@ -290,10 +310,9 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithP
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     vae = None if args.vae == "none" else args.vae
     try:
-        with quiet_loading(hide_bars=args.quiet):
-            pipe = PixelsmithPipeline.from_pretrained(
-                args.model, vae=vae, ddim=not args.no_ddim, torch_dtype=dtype
-            )
+        pipe = PixelsmithPipeline.from_pretrained(
+            args.model, vae=vae, ddim=not args.no_ddim, torch_dtype=dtype
+        )
         return pipe.to(device)
     except HubUnreachableError:
         raise  # says which model and why, as the API does
@@ -337,7 +356,8 @@ def generate_worker(
     log_to_stderr()
 
     def run() -> int:
-        generate_on_rank(args, device, config, RankGroup.current())
+        with quiet_libraries(verbose=args.verbose):
+            generate_on_rank(args, device, config, RankGroup.current())
         return 0
 
     return run_main("pixelsmith generate", run, interrupt_hint=RESUME_HINT)
@@ -405,12 +425,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(version_line("pixelsmith", "pixelsmith"))
+        return 0
     prog = command_prog("pixelsmith", argv, COMMANDS)
 
     def run() -> int:
         args = build_parser().parse_args(argv)
         log_to_stderr()
-        return COMMANDS[args.command](args)
+        with quiet_libraries(verbose=args.verbose):
+            return COMMANDS[args.command](args)
 
     hint = RESUME_HINT if prog == "pixelsmith generate" else ""
     return run_main(prog, run, interrupt_hint=hint)

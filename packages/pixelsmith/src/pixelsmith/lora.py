@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
-from pixelsmith.sources import resolve_source
+from pixelsmith.sources import check_source_hub, resolve_source
 
 # the components an SDXL LoRA file may target, by key prefix
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -254,3 +255,55 @@ def load_loras(
     if adapters:
         pipe.set_adapters(adapters, adapter_weights=weights)
     return adapters
+
+
+class CheckedLoraLoaderMixin:
+    """``load_lora_weights`` of diffusers' SDXL LoRA mixin with :meth:`check_lora_weights` in
+    front (a base class of ``PixelsmithPipeline``, before ``StableDiffusionXLPipeline``)."""
+
+    def check_lora_weights(
+        self, pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor], **kwargs
+    ) -> None:
+        """Raise one ``ValueError`` unless the LoRA fits this model's UNet and text encoders.
+
+        Args:
+            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
+            **kwargs: ``weight_name``, ``subfolder``, ... as for ``load_lora_weights``.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, dict):
+            label, source = "(state dict)", dict(source)
+        else:
+            label = str(source)
+            found = resolve_source(source, name="lora", what="LoRA file or folder", file_ok=True)
+            check_source_hub(found, "the LoRA")
+            source = os.fspath(found)
+        options = {k: v for k, v in kwargs.items() if k not in ("low_cpu_mem_usage", "hotswap")}
+        try:
+            state_dict, _ = self.lora_state_dict(source, unet_config=self.unet.config, **options)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"lora {label}: cannot be read: {error}") from None
+        components = {name: getattr(self, name, None) for name in LORA_COMPONENTS}
+        components = {name: module for name, module in components.items() if module is not None}
+        check_lora_state_dict(state_dict, components, label)
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor],
+        adapter_name: str | None = None,
+        **kwargs,
+    ) -> None:
+        """diffusers' SDXL LoRA loading (PEFT), after :meth:`check_lora_weights`: a LoRA of
+        another model is one ``ValueError`` before any weight changes. It acts on every stage.
+
+        Args:
+            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
+            adapter_name: the adapter's name (diffusers picks one when ``None``).
+            **kwargs: passed to ``StableDiffusionXLLoraLoaderMixin.load_lora_weights``.
+        """
+        self.check_lora_weights(pretrained_model_name_or_path_or_dict, **kwargs)
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, Path):
+            source = str(source)
+        with quiet_lora_notices():
+            super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)

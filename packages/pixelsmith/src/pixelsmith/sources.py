@@ -3,9 +3,11 @@
 Every model pixelsmith loads (the SDXL pipeline, a VAE, LoRAs, a ControlNet) follows
 ``common_kernels.hub``: a name that looks like a path (``./``, ``../``, ``/``, ``~`` or an
 existing name) is a local folder (or file, for a LoRA) and a missing one is a
-``FileNotFoundError`` naming it at once; anything else is a hub id (``owner/name``), and
+``FileNotFoundError`` naming it at once; a hub id (``owner/name``) goes to the hub, and
 :func:`check_source_hub` fails within 5 s with ``HubUnreachableError`` when the hub cannot be
-reached and the repository is not cached, before diffusers' retries.
+reached and the repository is not cached, before diffusers' retries; anything else is an
+unknown model (``common_kernels.hub.resolve_model_name``, the rule of every package), refused
+at once and never reported as a hub failure. pixelsmith has no names of its own.
 
 :func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``:
 ``names`` spells the arguments as the caller does (the CLI passes its flags), so the API and the
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from common_kernels.hub import HubUnreachableError, check_hub, local_or_hub
+from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
 from pixelsmith.config import Names, named
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -50,11 +52,13 @@ def resolve_source(
 
     Raises:
         FileNotFoundError: ``value`` looks like a path and nothing is there.
-        ValueError: a file where a folder belongs, a folder without ``marker``, or a name that
-            is neither a path nor a hub id.
+        common_kernels.errors.InvalidArgument: an unknown model, neither a path nor a hub id
+            ``owner/name`` (a ``ValueError`` named ``name``).
+        ValueError: a file where a folder belongs, a folder without ``marker``, or an
+            ``owner/name`` that the hub does not accept as an id.
     """
     try:
-        source = local_or_hub(value, what=what)
+        source = resolve_model_name(value, argument=name, what=what)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{name}: {error}") from None
     text = os.fspath(value)
@@ -179,8 +183,8 @@ def check_from_pretrained(
 
     Raises:
         FileNotFoundError: a path where nothing is.
-        ValueError: a file given as a folder, a folder that is not a diffusers folder, a name
-            that is neither a path nor a hub id.
+        common_kernels.errors.InvalidArgument: an unknown model (neither a path nor a hub id).
+        ValueError: a file given as a folder, a folder that is not a diffusers folder.
     """
     model = resolve_source(
         pretrained_model_name_or_path,

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +20,13 @@ import torch
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
-    DDIMScheduler,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
 )
-from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
-from transformers.utils import logging as transformers_logging
 
-from common_kernels import files
 from common_kernels.files import AtomicSavePretrained
 from common_kernels.progress import progress as show_progress
 from pixelsmith.config import PixelsmithConfig, check_slider
@@ -46,11 +40,27 @@ from pixelsmith.images import (
     pil_to_pixels,
 )
 from pixelsmith.io import collect_uint8, to_uint8
-from pixelsmith.lora import LORA_COMPONENTS, check_lora_state_dict, quiet_lora_notices
+from pixelsmith.lora import (
+    CheckedLoraLoaderMixin,
+)
 from pixelsmith.parallel import RankGroup
 from pixelsmith.patches import Patch, make_planner
+from pixelsmith.pipelines.stage import (
+    PixelsmithOutput,
+    StageStats,
+    StepCallback,
+    StepPlan,
+    StepProgress,
+    TextConditioning,
+    check_guidance_latents,
+    check_image_tensor,
+    check_patch_scheduler,
+    check_text_inputs,
+    ddim_from_config,
+    set_step_index,
+)
 from pixelsmith.sampling import GuidanceLatents, PatchSampler, SplitDenoiser
-from pixelsmith.sources import check_from_pretrained, check_source_hub, resolve_source
+from pixelsmith.sources import check_from_pretrained
 from pixelsmith.tiling import decoded_rows, encode_tiled
 
 CONTROLNET_PIPELINE_COMPONENTS = (
@@ -62,234 +72,13 @@ CONTROLNET_PIPELINE_COMPONENTS = (
     "unet",
     "scheduler",
 )
-# schedulers whose step depends on earlier steps of the whole image (multistep history)
-HISTORY_ATTRIBUTES = ("model_outputs", "ets", "derivatives")
-PATCH_SCHEDULERS_HINT = (
-    "DDIMScheduler (the default), DDPMScheduler, EulerDiscreteScheduler, "
-    "EulerAncestralDiscreteScheduler"
-)
-
-
-def ddim_from_config(config: dict) -> DDIMScheduler:
-    """SDXL's DDIM: the model's scheduler config with ``set_alpha_to_one=True``, no clipping."""
-    return DDIMScheduler.from_config(
-        config, set_alpha_to_one=True, clip_sample=bool(config.get("clip_sample", False))
-    )
-
-
-def set_step_index(scheduler: object, step: int) -> None:
-    """Point index-tracking schedulers (Euler, ...) at ``step``.
-
-    Such schedulers count ``step`` calls; patch denoising calls ``step`` once per patch batch,
-    so the index is set explicitly before every ``scale_model_input`` and ``step``.
-    """
-    if hasattr(scheduler, "_step_index"):
-        scheduler._step_index = step
-
-
-@dataclass
-class TextConditioning:
-    """Prompt embeddings of SDXL's two text encoders (negative ones for CFG)."""
-
-    prompt_embeds: Tensor  # (1, L, D)
-    pooled: Tensor  # (1, P)
-    negative_prompt_embeds: Tensor | None
-    negative_pooled: Tensor | None
-    guidance_scale: float
-
-    @property
-    def cfg(self) -> bool:
-        return self.negative_prompt_embeds is not None
-
-    def batch(self, size: int) -> tuple[Tensor, Tensor]:
-        """(B, L, D) hidden states and (B, P) pooled embeddings for ``size`` patches (x2 CFG)."""
-        embeds = self.prompt_embeds.expand(size, -1, -1)
-        pooled = self.pooled.expand(size, -1)
-        if self.cfg:
-            embeds = torch.cat([self.negative_prompt_embeds.expand(size, -1, -1), embeds])
-            pooled = torch.cat([self.negative_pooled.expand(size, -1), pooled])
-        return embeds, pooled
-
-
-@dataclass
-class StageStats:
-    """Patches and UNet calls per denoising step of a stage."""
-
-    patches_per_step: list[int] = field(default_factory=list)
-    unet_calls_per_step: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What one Pixelsmith step did, as a step callback receives it.
-
-    Args:
-        step: the step index in [0, num_inference_steps).
-        timestep: the scheduler timestep of the step.
-        batches: the patches of the step, one list per UNet call (latent positions ``top``,
-            ``left``, ``size`` and the checkerboard rolls ``roll_left``, ``roll_down``).
-        time_ids: SDXL micro-conditioning of each patch, as ``batches``: (original height,
-            original width, crop top, crop left, target height, target width) in px.
-        fusion: whether the FFT phase fusion with the guidance ran (step < slider).
-        chess: whether the chess mask took half the pixels from the guidance (step < slider - 1).
-    """
-
-    step: int
-    timestep: float
-    batches: list[list[Patch]]
-    time_ids: list[list[list[int]]]
-    fusion: bool
-    chess: bool
-
-
-StepCallback = Callable[[int, Tensor, StepPlan], None]
-
-
-@dataclass
-class PixelsmithOutput:
-    """Result of one stage: ``images`` (PIL list or (1, 3, H, W) tensor in [0, 1]) or latents."""
-
-    images: list[Image.Image] | Tensor | None
-    latents: Tensor
-    stats: StageStats
 
 
 def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
     return None if tensor is None else tensor.to(device)
 
 
-def check_text_inputs(
-    prompt: str | None,
-    prompt_embeds: Tensor | None,
-    pooled_prompt_embeds: Tensor | None,
-    negative_prompt: str | None,
-    negative_prompt_embeds: Tensor | None,
-    negative_pooled_prompt_embeds: Tensor | None,
-) -> None:
-    """One source per text input: a prompt or its embeddings (pooled too), with shapes checked."""
-    if (prompt is None) == (prompt_embeds is None):
-        raise ValueError("give exactly one of prompt and prompt_embeds")
-    if prompt is not None and not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if negative_prompt is not None and negative_prompt_embeds is not None:
-        raise ValueError("give at most one of negative_prompt and negative_prompt_embeds")
-    pairs = (
-        ("prompt_embeds", prompt_embeds, "pooled_prompt_embeds", pooled_prompt_embeds),
-        (
-            "negative_prompt_embeds",
-            negative_prompt_embeds,
-            "negative_pooled_prompt_embeds",
-            negative_pooled_prompt_embeds,
-        ),
-    )
-    for name, embeds, pooled_name, pooled in pairs:
-        if (embeds is None) != (pooled is None):
-            raise ValueError(f"{name} and {pooled_name} must be given together")
-        if embeds is None:
-            continue
-        if embeds.ndim != 3 or embeds.shape[0] != 1:
-            raise ValueError(f"{name} must have shape (1, L, D), got {tuple(embeds.shape)}")
-        if pooled.ndim != 2 or pooled.shape[0] != 1:
-            raise ValueError(f"{pooled_name} must have shape (1, P), got {tuple(pooled.shape)}")
-    if (
-        negative_prompt_embeds is not None
-        and prompt_embeds is not None
-        and (
-            negative_prompt_embeds.shape != prompt_embeds.shape
-            or negative_pooled_prompt_embeds.shape != pooled_prompt_embeds.shape
-        )
-    ):
-        raise ValueError(
-            "negative_prompt_embeds / negative_pooled_prompt_embeds must have the shapes of "
-            f"prompt_embeds {tuple(prompt_embeds.shape)} / pooled_prompt_embeds "
-            f"{tuple(pooled_prompt_embeds.shape)}"
-        )
-
-
-def check_guidance_latents(latents: object, channels: int) -> None:
-    """A finite float (1, channels, h, w) tensor.
-
-    Args:
-        latents: the ``guidance_latents`` argument of a stage.
-        channels: latent channels of the VAE.
-    """
-    if not isinstance(latents, Tensor) or not latents.is_floating_point():
-        raise TypeError(f"guidance_latents must be a float tensor, got {type(latents).__name__}")
-    if latents.ndim != 4 or latents.shape[:2] != (1, channels):
-        raise ValueError(
-            f"guidance_latents must have shape (1, {channels}, h, w), got {tuple(latents.shape)}"
-        )
-    if not bool(torch.isfinite(latents).all()):
-        raise ValueError(
-            "guidance_latents contains NaN or Inf values; expected finite scaled VAE latents "
-            "(any real value)"
-        )
-
-
-def check_image_tensor(image: Tensor) -> Tensor:
-    """The (3, H, W) pixels of an ``image`` tensor: float, finite, in [0, 1] (the value checks
-    are ``common_kernels.files.check_image_tensor``'s, as in every package).
-
-    Args:
-        image: a (1, 3, H, W) or (3, H, W) tensor.
-    """
-    if image.ndim not in (3, 4) or image.shape[-3] != 3 or (image.ndim == 4 and len(image) != 1):
-        raise ValueError(
-            f"image must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got {tuple(image.shape)}"
-        )
-    pixels = image[0] if image.ndim == 4 else image  # (3, H, W)
-    return files.check_image_tensor(pixels, "image")
-
-
-@contextlib.contextmanager
-def quiet_loading(hide_bars: bool) -> Iterator[None]:
-    """Model loading without library deprecation warnings, and without its progress bars
-    (diffusers', transformers') when ``hide_bars``; both restored after the block."""
-    modules = (diffusers_logging, transformers_logging) if hide_bars else ()
-    shown = [module.is_progress_bar_enabled() for module in modules]
-    for module in modules:
-        module.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        for module, was_shown in zip(modules, shown, strict=True):
-            if was_shown:
-                module.enable_progress_bar()
-
-
-class StepProgress:
-    """diffusers' ``with pipe.progress_bar(total=n) as bar: ... bar.update()`` on
-    :func:`common_kernels.progress.progress`: a tqdm bar on a terminal, plain lines in a log
-    (diffusers' own tqdm bar writes carriage returns into log files).
-
-    Args:
-        total: the number of steps.
-        desc: the first word(s) of each line.
-        disable: show nothing.
-    """
-
-    def __init__(self, total: int, desc: str, disable: bool) -> None:
-        self.total, self.done = total, 0
-        self.steps = show_progress(iter(range(total)), desc=desc, total=total, unit="steps",
-                                   disable=disable)  # fmt: skip
-
-    def update(self, n: int = 1) -> None:
-        for _ in range(n):
-            next(self.steps, None)
-        self.done += n
-
-    def __enter__(self) -> StepProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.done >= self.total:
-            next(self.steps, None)  # the generator ends: the final line / the bar closes
-        self.steps.close()
-
-
-class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
+class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDiffusionXLPipeline):
     """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
 
     Construct from components (``vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
@@ -343,55 +132,6 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
             pipe.scheduler = ddim_from_config(pipe.scheduler.config)
         return pipe
 
-    # ------------------------------------------------------------------ LoRA
-
-    def check_lora_weights(
-        self, pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor], **kwargs
-    ) -> None:
-        """Raise one ``ValueError`` unless the LoRA fits this model's UNet and text encoders.
-
-        Args:
-            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
-            **kwargs: ``weight_name``, ``subfolder``, ... as for ``load_lora_weights``.
-        """
-        source = pretrained_model_name_or_path_or_dict
-        if isinstance(source, dict):
-            label, source = "(state dict)", dict(source)
-        else:
-            label = str(source)
-            found = resolve_source(source, name="lora", what="LoRA file or folder", file_ok=True)
-            check_source_hub(found, "the LoRA")
-            source = os.fspath(found)
-        options = {k: v for k, v in kwargs.items() if k not in ("low_cpu_mem_usage", "hotswap")}
-        try:
-            state_dict, _ = self.lora_state_dict(source, unet_config=self.unet.config, **options)
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"lora {label}: cannot be read: {error}") from None
-        components = {name: getattr(self, name, None) for name in LORA_COMPONENTS}
-        components = {name: module for name, module in components.items() if module is not None}
-        check_lora_state_dict(state_dict, components, label)
-
-    def load_lora_weights(
-        self,
-        pretrained_model_name_or_path_or_dict: str | Path | dict[str, Tensor],
-        adapter_name: str | None = None,
-        **kwargs,
-    ) -> None:
-        """diffusers' SDXL LoRA loading (PEFT), after :meth:`check_lora_weights`: a LoRA of
-        another model is one ``ValueError`` before any weight changes. It acts on every stage.
-
-        Args:
-            pretrained_model_name_or_path_or_dict: a LoRA file, folder, hub id or state dict.
-            adapter_name: the adapter's name (diffusers picks one when ``None``).
-            **kwargs: passed to ``StableDiffusionXLLoraLoaderMixin.load_lora_weights``.
-        """
-        self.check_lora_weights(pretrained_model_name_or_path_or_dict, **kwargs)
-        source = pretrained_model_name_or_path_or_dict
-        if isinstance(source, Path):
-            source = str(source)
-        with quiet_lora_notices():
-            super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
-
     # ------------------------------------------------------------------ checks
 
     @property
@@ -408,20 +148,7 @@ class PixelsmithPipeline(AtomicSavePretrained, StableDiffusionXLPipeline):
 
     def check_scheduler(self) -> None:
         """Patch denoising needs ``add_noise``/``step`` and no cross-step history."""
-        scheduler = self.scheduler
-        name = type(scheduler).__name__
-        for method in ("add_noise", "step", "set_timesteps", "scale_model_input"):
-            if not callable(getattr(scheduler, method, None)):
-                raise ValueError(f"scheduler {name} has no {method}(); use {PATCH_SCHEDULERS_HINT}")
-        order = getattr(scheduler, "order", 1)
-        history = [a for a in HISTORY_ATTRIBUTES if hasattr(scheduler, a)]
-        if order != 1 or history:
-            raise ValueError(
-                f"scheduler {name} keeps state across steps (order {order}"
-                f"{', history ' + ', '.join(history) if history else ''}); patch denoising steps "
-                f"every patch separately and needs a first-order scheduler without history: "
-                f"{PATCH_SCHEDULERS_HINT}"
-            )
+        check_patch_scheduler(self.scheduler)
 
     @staticmethod
     def check_generator(generator: torch.Generator) -> torch.Generator:
