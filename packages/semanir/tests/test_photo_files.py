@@ -117,6 +117,17 @@ def test_the_noisy_copy_of_a_demo_never_replaces_an_input(tmp_path: Path, capsys
     assert f"{noisy} would replace the input {noisy}" in err
 
 
+def test_eval_never_writes_its_table_over_an_input(tmp_path: Path, capsys) -> None:
+    image = save(tmp_path / "a.png", photo_pixels(16, 16, 1))
+    status, _, err = run(["eval", "--sigma", "25", "--data", str(image), "--csv", str(image)],
+                         capsys)  # fmt: skip
+    assert status == 2
+    assert err == (
+        f"semanir eval: error: --csv: {image} would replace the input {image}; choose another "
+        "output\n"
+    )
+
+
 # -- batches: bad files, resuming, folders ----------------------------------------------------
 
 

@@ -242,6 +242,7 @@ def check_not_inputs(
     output: str | os.PathLike | None = None,
     *,
     argument: str = "output",
+    in_place_allowed: bool = True,
 ) -> None:
     """Refuse outputs that would replace inputs: a target that is an input file (the same
     path, or the same file through a link), or an output folder that is an input folder.
@@ -251,11 +252,14 @@ def check_not_inputs(
         images: the inputs.
         output: the output folder, when there is one.
         argument: the argument named in the error.
+        in_place_allowed: the caller offers ``in_place`` (the message says so).
 
     Raises:
         InvalidArgument: naming the output and the input, and how to allow it.
     """
-    advice = "choose another output, or pass {in_place} to replace the inputs (atomically)"
+    advice = "choose another output"
+    if in_place_allowed:
+        advice += ", or pass {in_place} to replace the inputs (atomically)"
     if output is not None and Path(output).is_dir():
         for folder in images.folders:
             if _resolved(Path(output)) == _resolved(folder):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common_kernels.batch import BatchRun, Skipped, resume_command
+from common_kernels.batch import BatchRun, Skipped, check_not_inputs, find_images, resume_command
 from common_kernels.cli import Parser, UsageError, check_device, run_main, version_line
 from common_kernels.photos import Photo
 from common_kernels.progress import progress
@@ -41,7 +41,6 @@ from semanir.inference import (
 from semanir.io import (
     check_writable,
     is_gray_file,
-    list_images,
 )
 
 USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
@@ -60,7 +59,7 @@ run `semanir COMMAND --help` for the options of a command; `semanir --version` f
 FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
-    "model": "--model", "task": "--task",
+    "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
@@ -467,9 +466,11 @@ def evaluate(args: Namespace) -> None:
     degradation = degradation_options(
         args.task, sigma=args.sigma, quality=args.quality, scale=args.scale
     )
-    paths = list_images(args.data)  # fail on missing or empty inputs before loading a model
+    listing = find_images(args.data, argument="data")  # before loading a model
+    paths = listing.paths
     device = check_device(args.device)
     if args.csv:
+        check_not_inputs([Path(args.csv)], listing, argument="csv", in_place_allowed=False)
         check_writable([Path(args.csv)])
     colour = sum(not is_gray_file(path) for path in paths)
     choice = _model_choice(args, device, "semanir eval")
