@@ -1,7 +1,8 @@
 """The ``itaclip`` command.
 
-itaclip segment IMG... --classes "cat,dog,sky" -o OUT [--model NAME --pretrained TAG]
+itaclip segment IMG|DIR... --classes "cat,dog,sky" -o OUT [--model NAME --pretrained TAG]
                 [--aux-file AUX.json|AUX.txt --alpha A] [--background NAME] [--output-size HxW]
+                [--recursive] [--keep-going] [--skip-existing] [--in-place]
 itaclip eval --dataset voc21 --root DIR [--nproc N] [--limit N] [--json FILE]
 itaclip aux --lm HF_ID_OR_DIR --classes "cat,dog" --kind definition -o AUX.json|AUX.txt
 itaclip tiny-model DIR [--seed 0]     # a tiny random open_clip model folder (offline runs)
@@ -13,51 +14,61 @@ The checks are the API's (``check_from_pretrained``, ``itaclip.inputs.check_clas
 with one line ``itaclip COMMAND: error: ...`` naming the flag and exit status 2, found before any
 model is loaded; a failure while working (disk full, a model that cannot be loaded, a hub that
 cannot be reached) exits 1; Ctrl-C exits 130 with ``itaclip COMMAND: interrupted``, SIGTERM 143
-with ``itaclip COMMAND: terminated``.
+with ``itaclip COMMAND: terminated`` (``segment`` adds how many images were written and the
+command that resumes the run). Inputs are never overwritten unless ``--in-place`` says so
+(``itaclip.folders``, ``itaclip.protect``). ``itaclip --version`` prints the versions;
+third-party progress bars and notices are off unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch.nn.functional as F
-from PIL import Image
+import open_clip
 from tqdm.auto import tqdm
 
+from common_kernels.batch import BatchRun, Skipped, resume_command
 from common_kernels.cli import (
     Parser,
     UsageError,
-    check_file_writable,
     check_folder_writable,
     command_prog,
     one_line,
     run_main,
+    version_line,
 )
-from common_kernels.files import check_output_folder_name, parse_size, write_json
-from common_kernels.progress import progress
+from common_kernels.errors import InvalidArgument
+from common_kernels.files import parse_size, write_json
+from common_kernels.quiet import quiet_libraries
 from itaclip.auxfile import write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
-from itaclip.evaluate import EvaluationError, check_evaluation, run_evaluation
+from itaclip.evaluate import (
+    EvaluationError,
+    check_evaluation,
+    check_report_file,
+    run_evaluation,
+)
+from itaclip.folders import SegmentBatch, SegmentJob, plan_segment_batch, segment_batch
 from itaclip.generate import (
     AuxTextGenerator,
     SamplingConfig,
+    check_aux_output,
     check_lm,
     make_sampling,
     require_transformers,
 )
 from itaclip.inputs import ClassInputs, check_classes, parse_class_option
-from itaclip.io import check_image_file, load_image, save_png
 from itaclip.presets import PRESETS
 from itaclip.segmenter import LoadPlan, Segmenter, check_from_pretrained
 from itaclip.tiny import check_seed, save_tiny_model
-from itaclip.viz import overlay
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
@@ -76,18 +87,82 @@ FLAGS = {
     "limit": "--limit",
     "processes": "--nproc",
     "max_new_tokens": "--max-new-tokens",
+    "images": "IMG",
+    "output": "-o/--output",
+    "report": "--json",
+    "recursive": "--recursive",
+    "in_place": "--in-place",
 }
 BAD_INPUT = (ValueError, TypeError, ImportError, FileNotFoundError, IsADirectoryError)
+PROGRAM = "itaclip"
 
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
     """An API check's error about an input (a value, a missing file or module, a file where a
-    folder belongs or the reverse) as a ``UsageError``: one line, exit status 2."""
+    folder belongs or the reverse) as a ``UsageError``: one line, exit status 2. An
+    ``InvalidArgument`` goes on to ``run_main``, which names its argument by ``FLAGS``."""
     try:
         yield
+    except InvalidArgument:
+        raise
     except (*BAD_INPUT, NotADirectoryError) as error:
         raise UsageError(one_line(error)) from None
+
+
+class Session:
+    """One command line: its arguments, and the batch it runs (what an interrupt line adds).
+
+    Args:
+        argv: the arguments without the program name.
+    """
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.run: BatchRun | None = None
+
+    def interrupt_hint(self) -> str:
+        """`` after N of M image(s); resume with: ...`` once a batch runs, else nothing."""
+        return "" if self.run is None else self.run.interrupt_hint()
+
+
+def say(prog: str, text: str) -> None:
+    """One line ``PROG: text`` on stderr, between progress bars."""
+    tqdm.write(f"{prog}: {text}", file=sys.stderr)
+
+
+class OpenClipNotices(logging.Filter):
+    """Drops open_clip's notices (it logs them on the root logger: "No pretrained weights
+    loaded for model ..." after ``--pretrained ''``); its errors pass."""
+
+    folder = os.path.dirname(open_clip.__file__)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.folder)
+
+
+@contextlib.contextmanager
+def quiet(verbose: bool) -> Iterator[None]:
+    """Third-party progress bars, deprecation notices and tips off while a command works
+    (``common_kernels.quiet.quiet_libraries``), open_clip's notices too, unless ``verbose``."""
+    with quiet_libraries(verbose):
+        if verbose:
+            yield
+            return
+        notices = OpenClipNotices()
+        logging.getLogger().addFilter(notices)
+        try:
+            yield
+        finally:
+            logging.getLogger().removeFilter(notices)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep the libraries' own progress bars, deprecation notices and tips (default: off)",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -145,13 +220,51 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress (default: bars on a terminal, a line every 10 s in a log)",
     )
+    add_verbose(parser)
 
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
     segment = commands.add_parser("segment", help="segment images, write overlays")
-    segment.add_argument("images", nargs="+", type=Path)
+    segment.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMG",
+        help="image files and folders (a folder's images in name order; its subfolders with "
+        "--recursive)",
+    )
     segment.add_argument("--classes", required=True, help='e.g. "cat,dog,person|man"')
-    segment.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    segment.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output folder: NAME_overlay.png and NAME_labels.png per image, in the image's "
+        "subfolder with --recursive",
+    )
+    segment.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also segment the images in the subfolders of input folders, into the same "
+        "subfolders of -o (default: they are left out, and counted)",
+    )
+    segment.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="skip an image that cannot be read, with one line, and exit 1 at the end listing "
+        "the skipped ones (default: stop before any work)",
+    )
+    segment.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out the images whose two outputs exist (resume an interrupted run)",
+    )
+    segment.add_argument(
+        "--in-place",
+        action="store_true",
+        help="allow -o to be an input folder, and outputs to replace input files (written "
+        "atomically) (default: refused)",
+    )
     segment.add_argument("--preset", choices=sorted(PRESETS), default=None)
     segment.add_argument(
         "--aux-file",
@@ -190,7 +303,12 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="itaclip", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print the versions of itaclip, common-kernels, torch and Python, and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     add_segment(commands)
     run_eval = commands.add_parser("eval", help="mIoU on a benchmark")
@@ -222,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="file to write: .json, or any other suffix for the official 'name >= text' lines",
     )
+    add_verbose(aux)
     tiny = commands.add_parser(
         "tiny-model", help="write a tiny random open_clip model folder (offline smoke runs)"
     )
@@ -232,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch seed of the random weights, in [0, 2**64 - 1] (default: %(default)s)",
     )
+    add_verbose(tiny)
     return parser
 
 
@@ -272,22 +392,8 @@ def check_model_options(args: argparse.Namespace, preset: str | None) -> LoadPla
         )
 
 
-def check_images(images: Sequence[Path], output: Path) -> None:
-    """Every image readable, and no two written to the same output name."""
-    outputs: dict[str, Path] = {}
-    for path in images:
-        with usage_errors():
-            check_image_file(path)
-        if path.stem in outputs:
-            raise UsageError(
-                f"{outputs[path.stem]} and {path} would both be written to "
-                f"{output / f'{path.stem}_overlay.png'}"
-            )
-        outputs[path.stem] = path
-
-
-def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, list[list[str]], ClassInputs]:
-    """Every ``segment`` input checked before the model is loaded."""
+def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, SegmentBatch]:
+    """Every ``segment`` input checked, and every image decoded, before the model is loaded."""
     plan = check_model_options(args, args.preset)
     with usage_errors():
         classes = parse_class_option(args.classes, FLAGS["classes"])
@@ -298,37 +404,67 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, list[list[str]], 
             check_aux_names=not args.aux_ignore_names,
             names=FLAGS,
         )
-    check_folder_writable(args.output, "-o/--output")
-    with usage_errors():
-        check_output_folder_name(args.output, "-o/--output")
-    check_images(args.images, args.output)
-    return plan, classes, inputs
+        protect = [] if args.aux_file is None else [(args.aux_file, "the --aux-file")]
+        batch = plan_segment_batch(
+            args.images,
+            args.output,
+            recursive=args.recursive,
+            in_place=args.in_place,
+            skip_existing=args.skip_existing,
+            keep_going=args.keep_going,
+            protect=protect,
+            on_unreadable=lambda skipped: say_skipped("itaclip segment", skipped),
+            names=FLAGS,
+        )
+    return plan, inputs, batch
 
 
-def run_segment(args: argparse.Namespace) -> int:
-    plan, classes, inputs = check_segment(args)
-    segmenter = Segmenter.load(plan)
-    for path in progress(args.images, desc="itaclip segment", unit="images", disable=args.quiet):
-        image = load_image(path)
-        result = segmenter(
-            image,
-            classes,
-            inputs.aux_texts,
-            inputs.background,
+def say_skipped(prog: str, skipped: Skipped) -> None:
+    say(prog, f"skipped {skipped.path}: {skipped.reason}")
+
+
+def say_batch(prog: str, batch: SegmentBatch) -> None:
+    """What was left out of the batch, one line each."""
+    note = batch.left_out_note(FLAGS["recursive"])
+    if note:
+        say(prog, note)
+    own = batch.own_outputs
+    if own:
+        names = ", ".join(map(str, own[:3])) + (", ..." if len(own) > 3 else "")
+        say(prog, f"left out {len(own)} input(s) that are outputs of this run ({names})")
+    if batch.finished:
+        say(prog, f"left out {len(batch.finished)} image(s) whose outputs exist (--skip-existing)")
+
+
+def run_segment(args: argparse.Namespace, session: Session) -> int:
+    prog = f"{PROGRAM} segment"
+    plan, inputs, batch = check_segment(args)
+    say_batch(prog, batch)
+    run = BatchRun(len(batch.jobs), resume_command(prog, session.argv[1:]))
+    run.skipped.extend(batch.unreadable)
+    session.run = run
+
+    def written(job: SegmentJob, notes: list[str]) -> None:
+        tqdm.write(f"{job.image.path} -> {job.overlay}", file=sys.stdout)
+        for note in notes:
+            say(prog, f"{job.overlay}: {note}")
+
+    if batch.jobs:
+        segment_batch(
+            Segmenter.load(plan),
+            batch,
+            inputs,
             output_size=args.output_size,
+            keep_going=args.keep_going,
             progress=not args.quiet,
+            desc=prog,
+            run=run,
+            on_written=written,
+            on_skipped=lambda skipped: say_skipped(prog, skipped),
         )
-        if args.output_size is not None:  # the overlay is drawn at the labels' size
-            image = F.interpolate(
-                image[None], size=args.output_size, mode="bilinear", align_corners=False
-            )[0].clamp(0, 1)
-        save_png(
-            overlay(image, result.labels, result.class_names),
-            args.output / f"{path.stem}_overlay.png",
-        )
-        labels = Image.fromarray(result.labels.numpy().astype(np.uint8))
-        save_png(labels, args.output / f"{path.stem}_labels.png")
-        tqdm.write(f"{path} -> {args.output / f'{path.stem}_overlay.png'}", file=sys.stdout)
+    if run.skipped:
+        say(prog, run.skipped_summary())
+        return 1
     return 0
 
 
@@ -340,11 +476,12 @@ def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]
         )
     plan = check_model_options(args, args.dataset)
     if args.json is not None:
-        check_file_writable(args.json, "--json")
+        with usage_errors():
+            check_report_file(args.json, dataset, plan.source, names=FLAGS)
     return plan, dataset
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace, session: Session) -> int:
     plan, dataset = check_eval(args)
     report = run_evaluation(plan, dataset, args.limit, args.nproc, progress=not args.quiet)
     if args.json is not None:
@@ -359,13 +496,12 @@ def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig]:
         require_transformers()
         names = [names[0] for names in parse_class_option(args.classes, FLAGS["classes"])]
         sampling = make_sampling(FLAGS, max_new_tokens=args.max_new_tokens)
-    check_file_writable(args.output, "-o/--output")
-    with usage_errors():
-        check_lm(args.lm, "--lm")
+        lm = check_lm(args.lm, "--lm")
+        check_aux_output(args.output, lm, names=FLAGS)
     return names, sampling
 
 
-def run_aux(args: argparse.Namespace) -> int:
+def run_aux(args: argparse.Namespace, session: Session) -> int:
     names, sampling = check_aux(args)
     texts = AuxTextGenerator.from_pretrained(args.lm, sampling).generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
@@ -378,7 +514,7 @@ def run_aux(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tiny_model(args: argparse.Namespace) -> int:
+def run_tiny_model(args: argparse.Namespace, session: Session) -> int:
     with usage_errors():
         check_seed(args.seed, "--seed")
     check_folder_writable(args.directory, "DIR")
@@ -394,19 +530,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad inputs print ``itaclip COMMAND: error: ...`` (one line) and return 2, failures while
     working return 1, Ctrl-C prints ``itaclip COMMAND: interrupted`` and returns 130, SIGTERM
-    ``itaclip COMMAND: terminated`` and 143 (``common_kernels.cli.run_main``).
+    ``itaclip COMMAND: terminated`` and 143 (``common_kernels.cli.run_main``); ``segment``'s
+    lines add how many images were written and the command that resumes the run.
+    ``--version`` (first) prints the versions and returns 0.
 
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(version_line(PROGRAM, "itaclip"))
+        return 0
+    session = Session(argv)
 
     def run() -> int:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with quiet(args.verbose):
+            return COMMANDS[args.command](args, session)
 
-    prog = command_prog("itaclip", argv, COMMANDS)
-    return run_main(prog, run, work_errors=(EvaluationError,))
+    prog = command_prog(PROGRAM, argv, COMMANDS)
+    return run_main(
+        prog,
+        run,
+        work_errors=(EvaluationError,),
+        interrupt_hint=session.interrupt_hint,
+        flags=FLAGS,
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ read with mmseg's ``reduce_zero_label`` (0 -> 255, k -> k - 1).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +56,13 @@ def _split_ids(root: Path, split_file: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+VOC_SPLIT_LIST = "ImageSets/Segmentation/{split}.txt"
+CONTEXT_SPLIT_LIST = "ImageSets/SegmentationContext/{split}.txt"
+
+
 def voc_samples(root: Path, split: str = "val") -> list[Sample]:
     """Pascal VOC 2012 (``VOCdevkit/VOC2012``)."""
-    ids = _split_ids(root, f"ImageSets/Segmentation/{split}.txt")
+    ids = _split_ids(root, VOC_SPLIT_LIST.format(split=split))
     return [
         Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
         for i in ids
@@ -67,7 +71,7 @@ def voc_samples(root: Path, split: str = "val") -> list[Sample]:
 
 def context_samples(root: Path, split: str = "val") -> list[Sample]:
     """Pascal Context (``VOCdevkit/VOC2010`` with the 59+background label PNGs)."""
-    ids = _split_ids(root, f"ImageSets/SegmentationContext/{split}.txt")
+    ids = _split_ids(root, CONTEXT_SPLIT_LIST.format(split=split))
     return [
         Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClassContext" / f"{i}.png")
         for i in ids
@@ -118,6 +122,8 @@ class DatasetSpec:
         layout: what the root folder holds, ``{split}`` standing for the split (for messages).
         reduce_zero_label: the files hold 0 = ignored and the classes from 1 (mmseg's
             ``reduce_zero_label``; see ``reduce_zero_label``).
+        split_list: the file listing a split's IDs, ``{split}`` standing for the split (None:
+            the split is a folder).
     """
 
     reader: Callable[[Path, str], list[Sample]]
@@ -125,6 +131,7 @@ class DatasetSpec:
     split: str
     layout: str
     reduce_zero_label: bool = False
+    split_list: str | None = None
 
 
 VOC_LAYOUT = (
@@ -143,10 +150,10 @@ CITYSCAPES_LAYOUT = (
 ADE20K_LAYOUT = "images/{split}/X.jpg and annotations/{split}/X.png"
 
 DATASETS: dict[str, DatasetSpec] = {
-    "voc21": DatasetSpec(voc_samples, 21, "val", VOC_LAYOUT),
-    "voc20": DatasetSpec(voc_samples, 20, "val", VOC_LAYOUT, reduce_zero_label=True),
-    "context60": DatasetSpec(context_samples, 60, "val", CONTEXT_LAYOUT),
-    "context59": DatasetSpec(context_samples, 59, "val", CONTEXT_LAYOUT, reduce_zero_label=True),
+    "voc21": DatasetSpec(voc_samples, 21, "val", VOC_LAYOUT, False, VOC_SPLIT_LIST),
+    "voc20": DatasetSpec(voc_samples, 20, "val", VOC_LAYOUT, True, VOC_SPLIT_LIST),
+    "context60": DatasetSpec(context_samples, 60, "val", CONTEXT_LAYOUT, False, CONTEXT_SPLIT_LIST),
+    "context59": DatasetSpec(context_samples, 59, "val", CONTEXT_LAYOUT, True, CONTEXT_SPLIT_LIST),
     "coco_stuff": DatasetSpec(coco_stuff_samples, 171, "val2017", COCO_STUFF_LAYOUT),
     "coco_object": DatasetSpec(coco_object_samples, 81, "val2017", COCO_OBJECT_LAYOUT),
     "cityscapes": DatasetSpec(cityscapes_samples, 19, "val", CITYSCAPES_LAYOUT),
@@ -201,6 +208,10 @@ class SegmentationDataset:
         self.num_classes = spec.num_classes
         self.reduce_zero_label = spec.reduce_zero_label
         self.layout = spec.layout.format(split=self.split)
+        self.root = root
+        self.split_list = (
+            None if spec.split_list is None else root / spec.split_list.format(split=self.split)
+        )
         try:
             self.samples = spec.reader(root, self.split)
         except FileNotFoundError as error:
@@ -208,6 +219,15 @@ class SegmentationDataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def input_files(self) -> Iterator[tuple[Path, str]]:
+        """Every file the evaluation reads, with what it is: the split list, the images and the
+        label maps (for ``itaclip.protect.check_not_replacing``)."""
+        if self.split_list is not None:
+            yield self.split_list, f"the split list of {self.name}"
+        for sample in self.samples:
+            yield sample.image, f"an image of {self.name}"
+            yield sample.label, f"a label map of {self.name}"
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         """(3, H, W) RGB image in [0, 1], (H, W) int64 labels, sample name."""

@@ -7,6 +7,7 @@ several processes (torch.distributed, gloo on the CPU) and returns an ``EvalRepo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -17,11 +18,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from common_kernels.cli import check_file_writable
 from common_kernels.files import write_json
 from common_kernels.progress import progress as show_progress
 from itaclip.config import Names, named
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
+from itaclip.protect import check_not_replacing, model_files
 from itaclip.segmenter import LoadPlan, Segmenter, progress_hidden
+from itaclip.sources import ModelSource
 
 
 class EvaluationError(RuntimeError):
@@ -128,6 +132,34 @@ def check_evaluation(
     check_processes(processes, named("processes", names))
     check_limit(limit, named("limit", names))
     return check_dataset(dataset, root, split, limit, names=names)
+
+
+def check_report_file(
+    report: str | os.PathLike,
+    dataset: SegmentationDataset,
+    source: ModelSource | None = None,
+    *,
+    names: Names | None = None,
+) -> Path:
+    """Where the report goes (``itaclip eval --json``), checked before any model work: a file
+    whose folder exists or can be created, and none of the files the evaluation reads (the
+    dataset's split list, images and label maps; the model's files).
+
+    Args:
+        report: the JSON file.
+        dataset: from ``check_evaluation``.
+        source: the model (``LoadPlan.source``), whose local files are inputs too.
+        names: how the caller spells ``report`` in messages (the CLI: ``--json``).
+
+    Raises:
+        ValueError: a folder, or a folder that cannot be created or written.
+        InvalidArgument: ``report: PATH would replace the input PATH (an image of voc21); ...``.
+    """
+    flag, report = named("report", names), Path(report)
+    check_file_writable(report, flag)
+    inputs = itertools.chain(dataset.input_files(), () if source is None else model_files(source))
+    check_not_replacing([report], inputs, argument=flag)
+    return report
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from common_kernels.cli import one_line
-from common_kernels.hub import HubUnreachableError, check_hub, local_or_hub
+from common_kernels.cli import check_file_writable, one_line
+from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
 from itaclip.config import Names, named
+from itaclip.protect import check_not_replacing, folder_files
 from itaclip.sources import ModelLoadError
 
 DEFINITION_PROMPT = (
@@ -74,15 +75,41 @@ def check_lm(name: str | os.PathLike, flag: str = "name") -> Path | str:
 
     Raises:
         FileNotFoundError: a path where nothing is.
+        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model:
+            ``common_kernels.hub.resolve_model_name``, never sent to the hub).
         ValueError: a file instead of a folder.
     """
     try:
-        source = local_or_hub(name)
+        source = resolve_model_name(name, argument=flag)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{flag}: {error}") from None
     if isinstance(source, Path) and not source.is_dir():
         raise ValueError(f"{flag} {os.fspath(name)} is a file; expected a hub id or a model folder")
     return source
+
+
+def check_aux_output(
+    output: str | os.PathLike, lm: Path | str, *, names: Names | None = None
+) -> Path:
+    """The file ``itaclip aux`` writes, checked before the model loads: its folder exists or can
+    be created, and it is none of the language model's own files.
+
+    Args:
+        output: the file (``.json``, or the official format).
+        lm: what ``check_lm`` returned (a folder, or a hub id).
+        names: how the caller spells ``output`` in messages (the CLI: ``-o/--output``).
+
+    Raises:
+        ValueError: a folder, or a folder that cannot be created or written.
+        InvalidArgument: ``output: PATH would replace the input PATH (a file of the language
+            model); choose another file``.
+    """
+    flag, output = named("output", names), Path(output)
+    check_file_writable(output, flag)
+    if isinstance(lm, Path):
+        inputs = folder_files(lm, "a file of the language model")
+        check_not_replacing([output], inputs, argument=flag)
+    return output
 
 
 @dataclass

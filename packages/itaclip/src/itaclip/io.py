@@ -1,13 +1,16 @@
 """Image input/output: any common image -> (3, H, W) RGB in [0, 1]; atomic PNG writes.
 
-Files are read and written by common-kernels (``common_kernels.files``), as in every package of
-the repository: 8-bit /255, 16-bit gray /65535, palettes expanded, alpha dropped, EXIF
-orientation applied; writes are atomic with the usual permissions.
+Files are read and written by common-kernels (``common_kernels.files``, and
+``common_kernels.photos`` for a user's photos), as in every package of the repository: 8-bit
+/255, 16-bit /65535, palettes expanded, alpha dropped, EXIF orientation applied once; writes
+are atomic with the usual permissions. An empty image (a dimension of size 0) is refused
+naming the argument (``image: ...``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from common_kernels.errors import InvalidArgument
 from common_kernels.files import ImageReadError, atomic_write, read_image
+from common_kernels.photos import Photo
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 TENSOR_LAYOUT = "tensor images must be float (3, H, W) or batches (B, 3, H, W), RGB in [0, 1]"
@@ -45,19 +50,42 @@ def _array_to_unit(array: np.ndarray) -> np.ndarray:
     raise TypeError(f"unsupported image dtype {array.dtype}")
 
 
-def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+def check_not_empty(shape: Sequence[int], argument: str = "image") -> None:
+    """Refuse an image with no pixels (a height or width of 0), naming the argument.
+
+    Args:
+        shape: the image's shape as given ((H, W[, C]) for arrays, (C, H, W) for tensors).
+        argument: the argument named in the message.
+
+    Raises:
+        InvalidArgument: ``image: an empty image of shape (3, 0, 5): ...``.
+    """
+    if 0 in tuple(shape):
+        raise InvalidArgument(
+            argument,
+            f"an empty image of shape {tuple(shape)}: an image needs at least one pixel "
+            "(height and width >= 1)",
+        )
+
+
+def to_rgb_tensor(image: Photo | Image.Image | np.ndarray | Tensor) -> Tensor:
     """An image as a (3, H, W) fp32 RGB tensor in [0, 1].
 
-    Accepts PIL images (L, LA, P, RGB, RGBA, 16-bit I;16 / I), (H, W) / (H, W, 1|3|4) arrays of
-    uint8, uint16 or floats in [0, 1], and (3, H, W) float tensors in [0, 1]. Alpha is dropped;
+    Accepts photos read by ``common_kernels.photos.read_photo`` (upright, 8 or 16 bits), PIL
+    images (L, LA, P, RGB, RGBA, 16-bit I;16 / I), (H, W) / (H, W, 1|3|4) arrays of uint8,
+    uint16 or floats in [0, 1], and (3, H, W) float tensors in [0, 1]. Alpha is dropped;
     grayscale is repeated over three channels.
 
     Raises:
         ValueError: a float array or tensor with a value outside [0, 1] (or NaN).
+        InvalidArgument: an empty image (``image: an empty image of shape ...``).
     """
+    if isinstance(image, Photo):
+        return image.pixels.float().expand(3, -1, -1).contiguous()  # (3, H, W)
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(f"{TENSOR_LAYOUT}, got {image.dtype} {tuple(image.shape)}")
+        check_not_empty(image.shape)
         check_unit_range(image)
         return image.float()
     if isinstance(image, Image.Image):
@@ -74,6 +102,7 @@ def to_rgb_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"images must be (H, W) or (H, W, 1|2|3|4), got {array.shape}")
+    check_not_empty(array.shape)
     if array.shape[-1] in (2, 4):
         array = array[..., :-1]  # drop alpha
     array = _array_to_unit(array)
@@ -89,11 +118,19 @@ def to_rgb_images(image: Image.Image | np.ndarray | Tensor) -> tuple[list[Tensor
 
     Returns:
         The images, and whether ``image`` was a batch.
+
+    Raises:
+        InvalidArgument: an empty batch or image (``image: ...``).
     """
     if not isinstance(image, Tensor) or image.ndim != 4:
         return [to_rgb_tensor(image)], False
-    if image.shape[0] == 0 or image.shape[1] != 3 or not image.is_floating_point():
+    if image.shape[1] != 3 or not image.is_floating_point():
         raise ValueError(f"{TENSOR_LAYOUT} with B >= 1, got {image.dtype} {tuple(image.shape)}")
+    if image.shape[0] == 0:
+        raise InvalidArgument(
+            "image", f"an empty batch of shape {tuple(image.shape)}: give at least one image"
+        )
+    check_not_empty(image.shape)
     return [to_rgb_tensor(one) for one in image.unbind(0)], True
 
 

@@ -22,13 +22,15 @@ from torch import Tensor, nn
 
 from common_kernels import tile_grid
 from common_kernels.cli import check_device, check_folder_writable, one_line
+from common_kernels.errors import InvalidArgument
 from common_kernels.hub import HubUnreachableError
 from common_kernels.progress import progress as show_progress
 from itaclip.config import PRECISIONS, Names, SegmenterConfig, make_config, named
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
 from itaclip.inputs import ClassInputs, check_classes
-from itaclip.io import to_rgb_images
+from itaclip.io import check_not_empty, to_rgb_images
 from itaclip.models import ITACLIPVisionEncoder
+from itaclip.outputs import save_labels, save_overlay
 from itaclip.pamr import pamr
 from itaclip.postprocess import classify_query_logits
 from itaclip.presets import check_preset, dataset_classes
@@ -79,6 +81,31 @@ class Segmentation:
     query_logits: Tensor | None = None
     query_names: tuple[str, ...] = ()
     query_class: Tensor | None = None
+
+    def save_overlay(self, path: str | os.PathLike, image: Any) -> list[str]:
+        """Write the labels blended over ``image`` (a colour per class, a legend of the classes
+        present), atomically, in the format of ``path``'s suffix (PNG: what ``itaclip segment``
+        writes).
+
+        Args:
+            path: the file to write.
+            image: the segmented image (a ``common_kernels.photos.read_photo`` photo keeps its
+                ICC profile and EXIF; a PIL image, array or tensor too), resized to the labels'
+                size when ``output_size`` changed it.
+
+        Returns:
+            What the format could not hold, one note each (none for PNG).
+        """
+        return save_overlay(path, image, self.labels, self.class_names)
+
+    def save_labels(self, path: str | os.PathLike) -> list[str]:
+        """Write the class indices (8 bits, 16 above 256 classes), atomically, to a ``.png`` or
+        ``.tif`` file.
+
+        Returns:
+            What the format could not hold (nothing for these formats).
+        """
+        return save_labels(path, self.labels, len(self.class_names))
 
 
 @dataclass(frozen=True)
@@ -411,7 +438,17 @@ class Segmenter(nn.Module):
 
         Returns:
             (Q, H_out, W_out) fp32 logits (PAMR-refined when ``config.pamr``).
+
+        Raises:
+            InvalidArgument: an empty ``image`` or ``text`` (``text: ...``).
         """
+        check_not_empty(image.shape)
+        if text.ndim != 2 or 0 in text.shape:
+            raise InvalidArgument(
+                "text",
+                f"query features must be (Q, C) with Q, C >= 1, got shape {tuple(text.shape)} "
+                "(Segmenter.text_features gives them)",
+            )
         cfg = self.config
         height, width = image.shape[-2:]
         out_h, out_w = check_output_size(output_size, (height, width))

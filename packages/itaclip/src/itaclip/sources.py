@@ -6,8 +6,13 @@
   folder; ``common_kernels.hub.local_or_hub``) is a local folder holding
   ``open_clip_config.json``; a missing one is a ``FileNotFoundError`` naming it, at once.
 - ``hf-hub:owner/name`` or ``owner/name`` is a hub repository of open_clip weights.
-- a built-in open_clip name (``ViT-B-16-quickgelu``) takes ``pretrained``: one of its weights
-  tags (downloaded from the hub), a weights file, or ``None``/``""`` for random weights.
+- a built-in open_clip name with a ViT image tower (``ViT-B-16-quickgelu``; ``supported_models``)
+  takes ``pretrained``: one of its weights tags (downloaded from the hub), a weights file, or
+  ``None``/``""`` for random weights. A built-in name without one (``RN50``, the timm towers)
+  is refused at once.
+- anything else is an unknown model, refused at once (``common_kernels.hub.resolve_model_name``,
+  the one rule of every package; itaclip's known names are ``supported_models()``): never sent
+  to the hub, never reported as a hub failure.
 
 ``check_model_hub`` then fails within seconds, saying so, when a repository the load needs is
 not cached and the hub cannot be reached (``common_kernels.hub.check_hub``), instead of
@@ -16,6 +21,7 @@ open_clip's retries.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,7 +30,8 @@ from pathlib import Path
 
 import open_clip
 
-from common_kernels.hub import check_hub, local_or_hub, looks_like_path
+from common_kernels.errors import InvalidArgument
+from common_kernels.hub import check_hub, local_or_hub, looks_like_path, resolve_model_name
 from itaclip.config import Names, named
 from itaclip.tiny import CONFIG_FILE
 
@@ -69,6 +76,18 @@ class ModelSource:
         return f"{self.name}|{self.pretrained}" if fixed else None
 
 
+@functools.cache
+def supported_models() -> tuple[str, ...]:
+    """open_clip's built-in model names whose image tower is open_clip's own ViT (what
+    ``ITACLIPVisionEncoder`` wraps): itaclip's known model names."""
+    found = []
+    for name in open_clip.list_models():
+        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+        if isinstance(vision.get("layers"), int) and not vision.get("timm_model_name"):
+            found.append(name)
+    return tuple(found)
+
+
 def resolve_model(
     model_name: str | os.PathLike,
     pretrained: str | os.PathLike | None,
@@ -85,7 +104,9 @@ def resolve_model(
 
     Raises:
         FileNotFoundError: a path (of the model or the weights) where nothing is.
-        ValueError: an unknown name or tag, a file given as a model folder, a folder without
+        InvalidArgument: an unknown model name (``model_name: unknown model ...``), or a
+            built-in one without a ViT image tower.
+        ValueError: an unknown weights tag, a file given as a model folder, a folder without
             an open_clip config.
     """
     flag = named("model_name", names)
@@ -97,21 +118,22 @@ def resolve_model(
         return ModelSource(text, None, (repo,))
     if text.startswith(LOCAL_DIR):
         return local_model(Path(text[len(LOCAL_DIR) :]), text, flag)
-    if text in open_clip.list_models():
+    if text in supported_models():
         weights = check_weights(text, pretrained, named("pretrained", names))
         return ModelSource(text, weights, builtin_hub_repos(text, weights))
+    if text in open_clip.list_models():
+        raise InvalidArgument(
+            flag,
+            f"{text!r} is an open_clip model without a ViT image tower (itaclip wraps open_clip's "
+            "VisionTransformer); use a ViT, e.g. ViT-B-16-quickgelu",
+        )
     try:
-        source = local_or_hub(text)
+        source = resolve_model_name(text, known=supported_models(), argument=flag)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{flag}: {error}") from None
     if isinstance(source, Path):
         return local_model(source, text, flag)
-    if HUB_ID.match(source):
-        return ModelSource(f"{HF_HUB}{source}", None, (source,))
-    raise ValueError(
-        f"{flag} {text!r} is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
-        "see open_clip.list_models()), a hub id (owner/name) nor an existing folder"
-    )
+    return ModelSource(f"{HF_HUB}{source}", None, (source,))
 
 
 def local_model(folder: Path, text: str, flag: str) -> ModelSource:
