@@ -23,6 +23,7 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
+from common_kernels import files as files_module
 from diffeat import PRESETS, FeatureExtractor
 from diffeat.checks import ModelConfigs, model_infos
 from diffeat.cli import main
@@ -67,6 +68,8 @@ def files(tmp_path, model_dirs) -> Path:
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(buffer, "PNG")
     (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (tmp_path / "photos").mkdir()
+    (tmp_path / "nested" / "deeper").mkdir(parents=True)
+    save_image(tmp_path / "nested" / "deeper" / "y.png", 64, 64)
     (tmp_path / "dir.safetensors").mkdir()
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
@@ -107,15 +110,28 @@ def extract_args(*extra: str, image: str = "img.png") -> list[str]:
     return ["extract", f"{{t}}/{image}", "--model", "{sd15}", "-o", "{t}/out.safetensors", *extra]
 
 
+IMAGE_SUFFIXES = ", ".join(files_module.IMAGE_SUFFIXES)
 SELECTIONS = "all, diffeat-pixart-sigma, legacy-v1.5, legacy-xl, ours-v1.5, ours-xl"
 FACTORS = "64 for this model (VAE x8, U-Net x8)"
 FOLDER_HINT = "expected a diffusers SD/SDXL model folder (`diffeat tiny-model DIR` writes one)"
 
 CASES = {
-    "image_missing": (extract_args(image="missing.png"), "{t}/missing.png does not exist"),
-    "image_is_a_folder": (
+    "image_missing": (
+        extract_args(image="missing.png"),
+        "IMAGE|FOLDER: no such file or folder: {t}/missing.png",
+    ),
+    "image_folder_without_images": (
         extract_args(image="photos"),
-        "{t}/photos is a folder, not an image file (give the images, e.g. DIR/*.png)",
+        f"IMAGE|FOLDER: no images ({IMAGE_SUFFIXES}) found in {{t}}/photos",
+    ),
+    "image_folder_images_in_subfolders_only": (
+        extract_args(image="nested"),
+        f"IMAGE|FOLDER: no images ({IMAGE_SUFFIXES}) found in {{t}}/nested (1 more in "
+        "subfolders: --recursive walks them)",
+    ),
+    "image_suffix_not_an_image": (
+        extract_args(image="file.txt"),
+        f"IMAGE|FOLDER: {{t}}/file.txt is not an image file (expected {IMAGE_SUFFIXES})",
     ),
     "image_not_an_image": (
         extract_args(image="notes.png"),
@@ -525,7 +541,7 @@ def test_memory_estimate_of_one_pass(files, model_dirs, capsys, monkeypatch, no_
     name = "up-level3-repeat0-vit-block0-self-map"
     argv = extract_args("--image-size", "96x128", "--batch-size", "2", "--dtype", "fp16",
                         "--layers", name)  # fmt: skip
-    argv[1:2] = ["{t}/img.png", "{t}/img.png"]
+    argv[1:2] = ["{t}/img.png", "{t}/a/x.png"]  # two 64x64 images
     status, _, err = run([fill(arg, files, model_dirs) for arg in argv], capsys)
     assert status == 2
     match = re.fullmatch(MEMORY_ERROR.pattern.replace("8\\.0 GiB", "1\\.0 B"), err)
@@ -609,7 +625,9 @@ def test_bad_input_in_a_subprocess_prints_one_line_and_no_traceback(files, model
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr == f"diffeat extract: error: {files / 'missing.png'} does not exist\n"
+    assert done.stderr == (
+        f"diffeat extract: error: IMAGE|FOLDER: no such file or folder: {files / 'missing.png'}\n"
+    )
     assert done.stdout == ""
 
 

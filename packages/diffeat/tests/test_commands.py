@@ -25,7 +25,8 @@ def save_image(path: Path, height: int, width: int) -> Path:
 
 
 def test_cli_stays_small():
-    assert (SOURCE / "cli.py").read_text().count("\n") < 450
+    # 450 until issue 33 added the folder walk, --keep-going, --skip-existing, --in-place, --verbose
+    assert (SOURCE / "cli.py").read_text().count("\n") < 500
 
 
 def count_calls(monkeypatch, module, name: str) -> list:

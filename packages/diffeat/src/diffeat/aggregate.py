@@ -23,6 +23,8 @@ def resize_feature(feature: Tensor, size: tuple[int, int], mode: str = "bilinear
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode: must be one of {RESIZE_MODES}; got {mode!r}")
+    if feature.numel() == 0:
+        raise ValueError(f"feature: empty tensor {tuple(feature.shape)}")
     if tuple(feature.shape[-2:]) == tuple(size):
         return feature
     kwargs = {} if mode in ("nearest", "area") else {"align_corners": False}
@@ -58,6 +60,8 @@ def aggregate(
             raise ValueError(
                 f"features[{name!r}]: expected (B, C, h, w); got {tuple(feature.shape)}"
             )
+        if feature.numel() == 0:
+            raise ValueError(f"features[{name!r}]: empty tensor {tuple(feature.shape)}")
         if normalize:
             feature = F.normalize(feature.float(), dim=1).to(feature.dtype)
         out[name] = resize_feature(feature, target, mode)

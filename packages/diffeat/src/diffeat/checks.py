@@ -8,14 +8,16 @@ message, each naming the argument in its own words.
 
 Model names follow the repository's one rule (``common_kernels.hub``): a name that looks like
 a path (``./``, ``/``, ``~`` or an existing folder) is a local folder, and a missing one is a
-``FileNotFoundError`` naming it; anything else is a hub id (``org/name``), and when the hub
-cannot be reached and the repository is not cached, ``HubUnreachableError`` says so within
-5 s instead of the hub client's retries.
+``FileNotFoundError`` naming it; a hub id (``owner/name``) is fetched, and when the hub cannot
+be reached and the repository is not cached, ``HubUnreachableError`` says so within 5 s instead
+of the hub client's retries; anything else is an unknown model, refused at once
+(``InvalidArgument``, never sent to the hub).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +26,11 @@ from typing import Any
 
 import torch
 
-from common_kernels.hub import check_hub, local_or_hub
+from common_kernels.errors import InvalidArgument
+from common_kernels.hub import check_hub, resolve_model_name
 from diffeat.adapters import check_adapters
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
+from diffeat.configs import DIT_CONFIGS, UNET_CONFIGS
 from diffeat.presets import (
     ALL,
     PRESETS,
@@ -40,7 +44,7 @@ from diffeat.schedule import plan_noise
 from diffeat.shapes import control_layer_infos, layer_infos
 
 Names = Mapping[str, str]
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # org/name
+BUNDLED_CONFIGS = (*UNET_CONFIGS, *DIT_CONFIGS)  # configs, not models: `diffeat layers --config`
 SEED_MAX = 2**64 - 1  # the range of torch.Generator.manual_seed: [0, 2**64 - 1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TEXT_TOKENS = 77  # CLIP prompt length, used for shapes when the extractor has no tokenizer
@@ -98,7 +102,12 @@ def check_number(value: Any, name: str) -> float:
 
 
 def resolve_source(model: str | Path, name: str, what: str = "model folder") -> Path | str:
-    """A local folder or file (checked to exist), or a hub id (checked to be reachable).
+    """A local folder or file (checked to exist), or a hub id (checked to be reachable), by the
+    repository's one rule (:func:`common_kernels.hub.resolve_model_name`).
+
+    diffeat bundles configs, not weights, so no bare name is a model here; a bundled config
+    name (``sdxl``) is refused like any other unknown name, pointing at ``diffeat layers
+    --config``.
 
     Args:
         model: a path or hub id.
@@ -107,20 +116,25 @@ def resolve_source(model: str | Path, name: str, what: str = "model folder") -> 
 
     Raises:
         FileNotFoundError: a path where nothing is.
-        ValueError: neither a path nor a hub id of the form ``org/name``.
+        common_kernels.errors.InvalidArgument: an unknown model: neither a path nor a hub id of
+            the form ``owner/name`` (never sent to the hub).
         common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub
             cannot be reached.
     """
     try:
-        source = local_or_hub(model, what=what)
+        source = resolve_model_name(model, argument=name, what=what)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{name}: {error}") from None
+    except InvalidArgument as error:
+        if os.fspath(model) not in BUNDLED_CONFIGS:
+            raise
+        raise InvalidArgument(
+            name,
+            f"{error.message}; {model!r} is a bundled config without weights (`diffeat layers "
+            f"--config {model}` lists its activations)",
+        ) from None
     if isinstance(source, Path):
         return source
-    if not HUB_ID.fullmatch(source):
-        raise ValueError(
-            f"{name} {source}: no such folder (./{source}), and not a hub id of the form org/name"
-        )
     check_hub(source)
     return source
 

@@ -1,12 +1,14 @@
 """The ``diffeat`` command.
 
 diffeat layers (--model PATH_OR_HUB_ID | --config sd15|sd21|sdxl|...) [--image-size S|HxW]
-diffeat extract IMG... --model M [--preset P | --layers a,b | --all] -o feats.safetensors
-diffeat probe IMG... --model M [--preset P | --layers a,b | --all] [-o probe.json]
-diffeat pca IMG... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
+diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feats.safetensors
+diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
+diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat tiny-model DIR --kind sd15|sdxl
 
 Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96 px wide.
+Folders give their images (``--recursive``: their subfolders' too); every image is decoded
+before the model loads (``--keep-going`` skips a bad one and exits 1 at the end).
 
 Errors: a bad input ends with one line ``diffeat COMMAND: error: ...`` naming the flag and exit
 status 2, found before any weights are loaded (only the model's config files are read); a
@@ -19,23 +21,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from argparse import Namespace
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common_kernels.batch import BatchRun, Skipped, resume_command
 from common_kernels.cli import (
     Parser,
     UsageError,
     WorkError,
-    check_device,
     check_file_writable,
     check_folder_writable,
     command_prog,
     one_line,
     run_main,
+    version_line,
 )
+from common_kernels.errors import InvalidArgument
 from common_kernels.files import check_output_folder_name, parse_size
-from diffeat import __version__
+from common_kernels.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import (
@@ -46,24 +51,25 @@ from diffeat.checks import (
 from diffeat.commands import (
     CheckedInputs,
     Keep,
-    check_distinct_stems,
     check_inputs,
     check_pca_file,
-    check_png_paths,
     check_probes,
     extract_batches,
+    left_out_line,
     mean_probes,
     pca_keep,
+    plan_pca_outputs,
     probe_part,
+    probe_table,
     resize_parts,
     write_features,
     write_pca,
 )
 from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model
-from diffeat.extractor import LATENT_MODES, FeatureExtractor, check_from_pretrained
+from diffeat.extractor import LATENT_MODES, FeatureExtractor, LoadPlan, check_from_pretrained
 from diffeat.inputs import check_image_file
 from diffeat.io import load_features, load_image
-from diffeat.listing import check_listing, list_layers
+from diffeat.listing import check_listing, list_layers, tokenizer_length
 from diffeat.presets import ALL, PRESETS, selection_names
 from diffeat.probes import PROBES
 
@@ -109,6 +115,22 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--allow-large": {"action": "store_true",
                       "help": "run even when the memory estimate exceeds the available memory"},
 }  # fmt: skip
+IMAGES = {"nargs": "+", "type": Path, "metavar": "IMAGE|FOLDER",
+          "help": "image files and folders (a folder gives its images in name order)"}  # fmt: skip
+FLAG = {"action": "store_true"}
+BATCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "--recursive": {**FLAG, "help": "walk the subfolders of folders too (default: their "
+                    "images are left out, and counted)"},
+    "--keep-going": {**FLAG, "help": "skip an image that cannot be read (one line) and exit 1 "
+                     "at the end with the list (default: stop before any model loads)"},
+}  # fmt: skip
+PCA_OPTIONS: dict[str, dict[str, Any]] = {
+    "--skip-existing": {**FLAG, "help": "leave out images whose PNGs all exist (resumes an "
+                        "interrupted run; the PCA then covers the images that remain)"},
+    "--in-place": {**FLAG, "help": "allow -o to be an input folder: the PNGs go among its "
+                   "images (default: refused)"},
+}  # fmt: skip
+VERBOSE = {**FLAG, "help": "keep third-party progress bars, deprecation notices and tips"}
 
 
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -133,13 +155,13 @@ def add_model_options(parser: argparse.ArgumentParser, required: bool = True) ->
     selection.add_argument(
         "--all", action="store_true", help="the whole catalogue (= --layers all)"
     )
-    for flag, options in MODEL_OPTIONS.items():
+    for flag, options in {**MODEL_OPTIONS, **BATCH_OPTIONS}.items():
         parser.add_argument(flag, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="diffeat", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"diffeat {__version__}")
+    parser.add_argument("--version", action="version", version=version_line("diffeat", "diffeat"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     layers = commands.add_parser("layers", help="print the activation catalogue with shapes")
@@ -155,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--contains", default=None, help="show names containing this only")
 
     extract = commands.add_parser("extract", help="extract features to a safetensors file")
-    extract.add_argument("images", nargs="+", type=Path)
+    extract.add_argument("images", **IMAGES)
     extract.add_argument("-o", "--output", type=Path, required=True, help=".safetensors file")
     resize = "resize every feature to S or HxW px (height x width), each >= 1 (default: no resize)"
     extract.add_argument("--resize", **SIZE, help=resize)
@@ -164,52 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(extract)
 
     probe = commands.add_parser("probe", help="noise / granularity / locality per activation")
-    probe.add_argument("images", nargs="+", type=Path)
+    probe.add_argument("images", **IMAGES)
     probe.add_argument("--probes", default=",".join(PROBES), help=f"subset of {','.join(PROBES)}")
     probe.add_argument("-o", "--output", type=Path, default=None, help="write results as JSON")
     add_model_options(probe)
 
     pca = commands.add_parser("pca", help="PCA-to-RGB PNGs of activations")
-    pca.add_argument("images", nargs="*", type=Path)
+    pca.add_argument("images", **{**IMAGES, "nargs": "*"})
     pca.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     pca.add_argument("--features", type=Path, default=None, help="a file from `diffeat extract`")
     png = "PNG size S or HxW px, height first, each >= 1 (default: the image size)"
     pca.add_argument("--size", **SIZE, help=png)
     add_model_options(pca, required=False)
+    for flag, options in PCA_OPTIONS.items():
+        pca.add_argument(flag, **options)
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random SD/SDXL model folder")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--kind", choices=KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
     tiny.add_argument("--seed", type=int, default=0, help=seed)
+    for command in commands.choices.values():
+        command.add_argument("--verbose", **VERBOSE)
     return parser
 
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
-    "model_id_or_dir": "--model",
-    "layers": "--layers",
-    "preset": "--preset",
-    "timestep": "--timestep",
-    "dtype": "--dtype",
-    "device": "--device",
-    "seed": "--seed",
-    "latent": "--latent",
-    "image_size": "--image-size",
-    "batch_size": "--batch-size",
-    "allow_large": "--allow-large",
-    "lora": "--lora",
-    "lora_scale": "--lora-scale",
-    "controlnet": "--controlnet",
-    "control_scale": "--control-scale",
-    "control_image": "--control-image",
-    "resize": "--resize",
-    "concat": "--concat",
-    "size": "--size",
-    "output": "-o/--output",
-    "features": "--features",
-    "probes": "--probes",
-}
+    "model_id_or_dir": "--model", "layers": "--layers", "preset": "--preset",
+    "timestep": "--timestep", "dtype": "--dtype", "device": "--device", "seed": "--seed",
+    "latent": "--latent", "image_size": "--image-size", "batch_size": "--batch-size",
+    "allow_large": "--allow-large", "lora": "--lora", "lora_scale": "--lora-scale",
+    "controlnet": "--controlnet", "control_scale": "--control-scale",
+    "control_image": "--control-image", "resize": "--resize", "concat": "--concat",
+    "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
+    "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
+}  # fmt: skip
 BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
@@ -218,6 +230,8 @@ def usage_errors() -> Iterator[None]:
     """An API check's error about an input as a ``UsageError``: one line, exit status 2."""
     try:
         yield
+    except InvalidArgument:
+        raise  # printed by run_main with the flags of FLAGS
     except BAD_INPUT as error:
         raise UsageError(one_line(error)) from None
 
@@ -244,16 +258,12 @@ def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``from_pretrained`` keywords of the options (the control image not yet read)."""
-    keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed")
+    keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed",
+            "lora_scale", "fuse_lora", "controlnet", "control_scale")  # fmt: skip
     return {
-        **{key: getattr(args, key) for key in keys},
-        **{key: getattr(args, key) for key in ("lora_scale", "fuse_lora", "controlnet")},
-        "layers": selected_layers(args),
-        "early_exit": not args.no_early_exit,
-        "output_device": "cpu",
-        "lora": args.lora or None,
-        "control_scale": args.control_scale,
-    }
+        **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
+        "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,
+    }  # fmt: skip
 
 
 def check_adapter_flags(args: argparse.Namespace) -> None:
@@ -269,25 +279,47 @@ def check_adapter_flags(args: argparse.Namespace) -> None:
             check_image_file(args.control_image)
 
 
-def check_extraction(args: argparse.Namespace, keep: Keep, **group) -> CheckedInputs:
-    """Every input of an extraction checked by the API (``check_from_pretrained``, then
-    ``check_inputs``), reading only config files; ``group``: which images share a size."""
-    flags = {**FLAGS, "layers": "--all"} if args.all else FLAGS
-    with usage_errors():
-        check_int_range(args.batch_size, "--batch-size", 1)
-        check_int_range(args.seed, "--seed", 0, SEED_MAX)
-        check_device(args.device)
+def check_plan(args: Namespace) -> LoadPlan:
+    """The model and options of an extraction checked by the API, reading only config files."""
+    with usage_errors():  # --seed, --device there; --batch-size with the images
         check_adapter_flags(args)
-        plan = check_from_pretrained(args.model, names=flags, **load_options(args))
-        return check_inputs(
-            plan,
-            args.images,
-            args.batch_size,
-            keep=keep,
-            allow_large=args.allow_large,
-            names=flags,
-            **group,
-        )
+        return check_from_pretrained(args.model, names=flags(args), **load_options(args))
+
+
+def flags(args: Namespace) -> dict[str, str]:
+    """FLAGS, with ``layers`` named ``--all`` when that is how they were given."""
+    return {**FLAGS, "layers": "--all"} if args.all else FLAGS
+
+
+def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **group):
+    """The images of an extraction checked by the API (``check_inputs``): found, decoded, sized
+    and the memory estimated; says what was left out and each image skipped (``--keep-going``)."""
+    with usage_errors():
+        checked = check_inputs(
+            plan, args.images if images is None else images, args.batch_size,
+            recursive=args.recursive, keep_going=args.keep_going,
+            on_unreadable=lambda item: say(args, f"skipping {item.path}: {item.reason}"),
+            keep=keep, allow_large=args.allow_large, names=flags(args), **group,
+        )  # fmt: skip
+    left_out = left_out_line(checked.listing, "--recursive")
+    if left_out:
+        say(args, left_out)
+    return checked
+
+
+def say(args: Namespace, line: str) -> None:
+    """One line on stderr, after the command's name."""
+    print(f"diffeat {args.command}: {line}", file=sys.stderr)
+
+
+def skipped_status(args: Namespace, skipped: Sequence[Skipped], total: int) -> int:
+    """Exit status 1 with the list of the images skipped (``--keep-going``), else 0."""
+    batch = BatchRun(total)
+    for item in skipped:
+        batch.skip(item.path, item.reason)
+    if skipped:
+        say(args, batch.skipped_summary())
+    return 1 if skipped else 0
 
 
 def load_extractor(args: argparse.Namespace, checked: CheckedInputs) -> FeatureExtractor:
@@ -306,62 +338,45 @@ def command_layers(args: argparse.Namespace) -> None:
         config, tokens, source = check_listing(
             args.config, args.model, args.image_size, args.text_tokens, flags
         )
-    tokens = tokens or prompt_length(str(source))
+    tokens = tokens or tokenizer_length(source, "--model")  # a failure to load it exits 1
     list_layers(config, args.image_size, tokens, contains=args.contains)
 
 
-def prompt_length(model: str) -> int:
-    """The padded prompt length of ``--model``'s tokenizer; a failure to load it exits 1."""
-    from transformers import CLIPTokenizer
-
-    try:
-        return CLIPTokenizer.from_pretrained(model, subfolder="tokenizer").model_max_length
-    except (OSError, ValueError) as error:
-        raise WorkError(
-            f"cannot load the tokenizer of --model {model}: {one_line(error)}"
-        ) from None
-
-
-def command_extract(args: argparse.Namespace) -> None:
+def command_extract(args: Namespace) -> int:
     """Extract features of the images to a safetensors file."""
     check_file_output(args.output, "-o/--output", (".safetensors",))
     why = "the images of one features file need one size"
     keep = resize_parts(args.resize, args.concat, FLAGS)
-    checked = check_extraction(args, keep, group=len(args.images), why=why)
-    extractor = load_extractor(args, checked)
-    features = write_features(
-        args.output,
-        extractor,
-        checked,
-        args.prompt,
-        args.resize,
-        args.resize_mode,
-        args.concat,
-        model=args.model,
-    )
-    for name, value in features.items():
-        print(f"{name}: {tuple(value.shape)}")
-    print(f"wrote {len(features)} features of {len(args.images)} images to {args.output}")
+    checked = check_images(args, check_plan(args), keep, one_size=True, why=why)
+    if checked.images:
+        extractor = load_extractor(args, checked)
+        features = write_features(
+            args.output, extractor, checked, args.prompt, args.resize, args.resize_mode,
+            args.concat, model=args.model,
+        )  # fmt: skip
+        for name, value in features.items():
+            print(f"{name}: {tuple(value.shape)}")
+        print(f"wrote {len(features)} features of {len(checked.images)} images to {args.output}")
+    return skipped_status(args, checked.skipped, len(checked.listing.images))
 
 
-def command_probe(args: argparse.Namespace) -> None:
+def command_probe(args: Namespace) -> int:
     """Print (and write) the property probes of every selected activation."""
     with usage_errors():
         probes = check_probes(args.probes, "--probes")
     if args.output is not None:
         check_file_output(args.output, "-o/--output", (".json",))
-    checked = check_extraction(args, probe_part)
-    extractor = load_extractor(args, checked)
-    results = mean_probes(extractor, checked, probes, args.prompt, args.output)
-    width = max(len(n) for n in results)
-    print(f"{'activation':<{width}}  " + "  ".join(f"{p:>11}" for p in probes))
-    for name, values in results.items():
-        print(f"{name:<{width}}  " + "  ".join(f"{values[p]:>11.4f}" for p in probes))
-    if args.output is not None:
-        print(f"wrote {args.output}")
+    checked = check_images(args, check_plan(args), probe_part)
+    if checked.images:
+        extractor = load_extractor(args, checked)
+        results = mean_probes(extractor, checked, probes, args.prompt, args.output)
+        print(probe_table(results, probes))
+        if args.output is not None:
+            print(f"wrote {args.output}")
+    return skipped_status(args, checked.skipped, len(checked.listing.images))
 
 
-def command_pca(args: argparse.Namespace) -> None:
+def command_pca(args: Namespace) -> int:
     """Write PCA-to-RGB PNGs of every activation, one per image, from a features file or
     extracted; every input is checked before the file or any weights are read."""
     check_folder_writable(args.output, "-o/--output")
@@ -374,22 +389,38 @@ def command_pca(args: argparse.Namespace) -> None:
             stems, size = check_pca_file(
                 args.features, args.output, args.size, args.allow_large, FLAGS
             )
-        features = load_features(args.features)[0]
-    else:
-        if not args.images or not args.model:
-            raise UsageError("pass images and --model, or --features FILE")
-        why = "one PCA covers all images: they need one size"
-        with usage_errors():
-            check_distinct_stems(args.images, args.output)
-        keep = pca_keep(args.size, FLAGS)
-        checked = check_extraction(args, keep, group=len(args.images), why=why)
-        stems = [p.stem for p in args.images]
-        with usage_errors():
-            check_png_paths(args.output, stems, checked.plan.names, FLAGS)
+        return write_pngs(args, load_features(args.features)[0], stems, size)
+    if not args.images or not args.model:
+        raise UsageError("pass images and --model, or --features FILE")
+    plan = check_plan(args)
+    with usage_errors():
+        outputs = plan_pca_outputs(
+            args.images, args.output, plan.names, recursive=args.recursive,
+            in_place=args.in_place, skip_existing=args.skip_existing, names=FLAGS,
+        )  # fmt: skip
+    if outputs.done:
+        say(args, f"left out {len(outputs.done)} image(s) whose PNGs exist (--skip-existing)")
+    if not outputs.pending.images:
+        return write_pngs(args, {}, [], None)
+    why = "one PCA covers all images: they need one size"
+    keep = pca_keep(args.size, FLAGS)
+    checked = check_images(args, plan, keep, outputs.pending, one_size=True, why=why)
+    stems, features = outputs.stems_of(checked.images), {}
+    args.batch = BatchRun(len(stems), resume_command("diffeat pca", args.argv))
+    if checked.images:
         features = extract_batches(load_extractor(args, checked), checked, args.prompt)[0]
-        size = args.size or checked.fed
-    count = write_pca(features, args.output, stems, size)
+    return write_pngs(args, features, stems, args.size or checked.fed, checked.skipped)
+
+
+def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped] = ()) -> int:
+    """The PNGs of ``pca`` (image by image, counted for the interrupt line)."""
+    args.batch = args.batch or BatchRun(len(stems), resume_command("diffeat pca", args.argv))
+    count = 0 if not stems else write_pca(
+        features, args.output, stems, size, skip_existing=args.skip_existing,
+        on_image=lambda index: args.batch.done(),
+    )  # fmt: skip
     print(f"wrote {count} PNGs to {args.output}")
+    return skipped_status(args, skipped, len(stems) + len(skipped))
 
 
 def command_tiny_model(args: argparse.Namespace) -> None:
@@ -416,19 +447,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffeat`` console script; returns the exit status.
 
     Bad inputs print ``diffeat COMMAND: error: ...`` (one line) and return 2, failures while
-    working return 1, Ctrl-C prints ``diffeat COMMAND: interrupted`` and returns 130.
+    working (and unreadable images skipped by ``--keep-going``) return 1, Ctrl-C prints
+    ``diffeat COMMAND: interrupted`` (``pca``: after N of M images, and how to resume) and 130.
 
     Args:
         argv: arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(version_line("diffeat", "diffeat"))
+        return 0
+    parsed: list[Namespace] = []
 
-    def run() -> None:
+    def run() -> int | None:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        args.argv, args.batch = argv[1:], None
+        parsed.append(args)
+        with quiet_libraries(verbose=args.verbose):
+            return COMMANDS[args.command](args)
+
+    def interrupt_hint() -> str:
+        batch = parsed[0].batch if parsed else None
+        return batch.interrupt_hint() if batch is not None else ""
 
     prog = command_prog("diffeat", argv, COMMANDS)
-    return run_main(prog, run, work_errors=(MissingActivationsError,))
+    return run_main(
+        prog, run, work_errors=(MissingActivationsError,), interrupt_hint=interrupt_hint,
+        flags=FLAGS,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

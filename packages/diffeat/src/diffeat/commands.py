@@ -1,16 +1,23 @@
 """The flows of ``diffeat extract``, ``probe`` and ``pca`` as API functions.
 
-:func:`check_inputs` checks the images of an extraction against a
+:func:`check_inputs` walks the image files and folders of an extraction (``recursive``, as in
+every package: :func:`common_kernels.batch.find_images`), decodes every image (a bad one stops
+the batch, or with ``keep_going`` is set aside) and checks them against a
 :class:`~diffeat.extractor.LoadPlan` (their sizes, the model's size multiple and the memory
-estimate) before any weights are loaded; :func:`extract_batches`, :func:`write_features`,
-:func:`mean_probes`, :func:`check_pca_file` and :func:`write_pca` are the work of the commands.
-Errors about inputs are ``ValueError``/``FileNotFoundError``/``IsADirectoryError`` naming the
-argument as ``names`` spells it (the CLI: its flags), so the API and the CLI say the same.
+estimate) before any weights are loaded; :func:`plan_pca_outputs` says where ``pca``'s PNGs go,
+refuses a folder that is an input folder and leaves out finished images (``skip_existing``).
+:func:`extract_batches`, :func:`write_features`, :func:`mean_probes`, :func:`check_pca_file`
+and :func:`write_pca` are the work of the commands. Errors about inputs are
+``ValueError``/``FileNotFoundError``/``IsADirectoryError`` naming the argument as ``names``
+spells it (the CLI: its flags), or ``InvalidArgument`` naming the API's argument, so the API
+and the CLI say the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from common_kernels.batch import ImageListing, Skipped, check_not_inputs, find_images, survey
+from common_kernels.errors import InvalidArgument
 from common_kernels.files import write_json
 from common_kernels.progress import progress
 from diffeat import __version__
@@ -27,11 +36,11 @@ from diffeat.catalogue import LayerInfo
 from diffeat.checks import DTYPES, Names, check_int_range, model_infos, named
 from diffeat.extractor import FeatureExtractor, LoadPlan
 from diffeat.inputs import check_features_file, check_image_file, check_multiples, fed_size
-from diffeat.io import load_image, parse_size, save_features
+from diffeat.io import load_image, parse_size, save_features, save_png
 from diffeat.memory import MemoryPart, check_memory, pass_bytes, pca_bytes, probe_bytes
 from diffeat.presets import get_preset
 from diffeat.probes import PROBES, probe_all
-from diffeat.viz import save_pca_pngs
+from diffeat.viz import fit_pca_colours
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,9 @@ class CheckedInputs:
         infos: ``vae-out`` and the catalogues with shapes at ``fed``.
         fed: the largest (H, W) fed to the model.
         source: what set ``fed`` (named in memory errors).
+        listing: what the walk of the inputs found (``left_out``: images in subfolders that
+            were not walked).
+        skipped: unreadable images set aside (``keep_going``), with the reason.
     """
 
     plan: LoadPlan
@@ -53,6 +65,8 @@ class CheckedInputs:
     infos: list[LayerInfo]
     fed: tuple[int, int]
     source: str
+    listing: ImageListing | None = None
+    skipped: tuple[Skipped, ...] = ()
 
     def shapes(self) -> list[tuple[int, ...]]:
         """(C, h, w) of every returned activation, in order."""
@@ -70,23 +84,36 @@ Keep = Callable[[CheckedInputs], list[MemoryPart]]
 
 def check_inputs(
     plan: LoadPlan,
-    images: Sequence[Path | str],
+    images: str | os.PathLike | Sequence[str | os.PathLike] | ImageListing,
     batch_size: int = 1,
     *,
+    recursive: bool = False,
+    keep_going: bool = False,
+    on_unreadable: Callable[[Skipped], None] | None = None,
+    one_size: bool = False,
     group: int | None = None,
     why: str | None = None,
     keep: Keep | None = None,
     allow_large: bool = False,
     names: Names | None = None,
 ) -> CheckedInputs:
-    """The image files of an extraction checked against ``plan`` before any weights are read:
-    readable, of one size per ``group``, multiples of the model's size factor, and a memory
-    estimate that fits (one batch's pass plus what ``keep`` says the caller holds).
+    """The images of an extraction checked against ``plan`` before any weights are read:
+    found (files as given, folders walked), every one decoded completely, of one size per
+    ``group``, multiples of the model's size factor, and a memory estimate that fits (one
+    batch's pass plus what ``keep`` says the caller holds).
 
     Args:
         plan: the checked model and options.
-        images: the image files.
+        images: image files and folders (a folder gives its images in name order), or what
+            :func:`common_kernels.batch.find_images` found.
         batch_size: images per pass, >= 1.
+        recursive: walk the subfolders of folders too (else their images are only counted:
+            ``CheckedInputs.listing.left_out``).
+        keep_going: set an image that does not decode aside (``CheckedInputs.skipped``, each
+            passed to ``on_unreadable``) instead of raising; with none readable the result
+            holds no image.
+        on_unreadable: told about each image set aside.
+        one_size: all images must share their own size (one features file, one PCA).
         group: consecutive images that must share their own size (default: a batch).
         why: why they must (for the message).
         keep: the memory the caller keeps besides the pass (default: every image's features).
@@ -94,12 +121,21 @@ def check_inputs(
         names: how the caller spells the arguments (the CLI: its flags).
 
     Raises:
+        InvalidArgument: ``images`` names a path where nothing is, or no image.
         ValueError, FileNotFoundError, IsADirectoryError: naming the image or the argument.
     """
     batch_flag, resize_flag = named("batch_size", names), named("image_size", names)
     check_int_range(batch_size, batch_flag, 1)
-    paths = tuple(Path(p) for p in images)
-    sizes = [check_image_file(path) for path in paths]
+    listing = images if isinstance(images, ImageListing) else find_images(
+        images, recursive=recursive, argument="images"
+    )  # fmt: skip
+    decoded = survey(
+        listing.paths, check_image_file, keep_going=keep_going, on_unreadable=on_unreadable
+    )
+    paths, skipped = tuple(decoded.readable), tuple(decoded.unreadable)
+    if not paths:  # keep_going, and nothing readable
+        return CheckedInputs(plan, (), batch_size, plan.infos, plan.size, "", listing, skipped)
+    sizes = list(decoded.readable.values())
     why = why or f"the images of one batch ({batch_flag} {batch_size}) need one size"
     size, source = parse_size(plan.options.get("image_size")), ""
     if size is not None:
@@ -107,13 +143,12 @@ def check_inputs(
     elif plan.size_from in ("preset", "layers"):
         side = get_preset(plan.preset).resolution
         size, source = (side, side), f"{named(plan.size_from, names)} {plan.preset} ({side}x{side})"
-    fed, fed_source = (
-        (size, source) if size else fed_size(paths, sizes, group or batch_size, why, resize_flag)
-    )
+    group = len(paths) if one_size else group or batch_size
+    fed, fed_source = (size, source) if size else fed_size(paths, sizes, group, why, resize_flag)
     infos = plan.infos  # the plan's shapes when the size is the same: no second meta pass
     if fed != plan.size:
         infos = model_infos(plan.configs, fed, plan.options.get("faithful", False), plan.control)
-    checked = CheckedInputs(plan, paths, batch_size, infos, fed, fed_source)
+    checked = CheckedInputs(plan, paths, batch_size, infos, fed, fed_source, listing, skipped)
     parts = [pass_part(checked, names), *(keep or features_part)(checked)]
     check_memory(parts, plan.device, allow_large, names)
     multiple, scale = plan.configs.size_multiple, plan.configs.vae_scale
@@ -125,6 +160,21 @@ def check_inputs(
     if size is None:
         check_multiples(paths, sizes, multiple, factors, resize_flag)
     return checked
+
+
+def left_out_line(listing: ImageListing | None, recursive: str = "recursive=True") -> str | None:
+    """One line on the images in subfolders that were not walked, or None when there are none.
+
+    Args:
+        listing: what the walk found.
+        recursive: how the reader asks for them (the CLI: ``--recursive``).
+    """
+    if listing is None or not listing.left_out:
+        return None
+    return (
+        f"left out {listing.left_out} image(s) in {listing.left_out_folders} subfolder(s) of "
+        f"the input folder(s); {recursive} takes them too"
+    )
 
 
 def pass_part(checked: CheckedInputs, names: Names | None = None) -> MemoryPart:
@@ -211,6 +261,15 @@ def check_probes(text: str, name: str = "probes") -> list[str]:
     return probes
 
 
+def probe_table(results: dict[str, dict[str, float]], probes: Sequence[str]) -> str:
+    """The probes of :func:`mean_probes` as a table: one row per activation."""
+    width = max(len(name) for name in results)
+    rows = [f"{'activation':<{width}}  " + "  ".join(f"{p:>11}" for p in probes)]
+    for name, values in results.items():
+        rows.append(f"{name:<{width}}  " + "  ".join(f"{values[p]:>11.4f}" for p in probes))
+    return "\n".join(rows)
+
+
 def png_stems(stems: Sequence[str], count: int) -> list[str]:
     """PNG name stems of ``count`` images: ``stems``, or ``image{i}`` when they do not fit."""
     return list(stems) if len(stems) == count else [f"image{i}" for i in range(count)]
@@ -221,24 +280,107 @@ def check_png_paths(
 ) -> None:
     """Fail when a PNG ``folder/<stem>__<layer>.png`` would land on a folder."""
     for stem in stems:
-        for layer in layers:
-            path = folder / f"{stem}__{layer}.png"
+        for path in pca_targets(folder, stem, layers):
             if path.is_dir():
                 raise ValueError(
                     f"{named('output', names)}: {path} is a folder, in the way of a PNG"
                 )
 
 
-def check_distinct_stems(paths: Sequence[Path], folder: Path) -> None:
-    """Fail when two images share a file stem (their PNGs would overwrite each other)."""
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
+@dataclass(frozen=True)
+class PcaOutputs:
+    """Where the PNGs of ``pca`` go (:func:`plan_pca_outputs`).
+
+    Args:
+        listing: every image found.
+        stems: each image's PNG stem under the folder (``name``, or ``sub/name`` with
+            ``recursive``): its PNGs are ``folder/<stem>__<activation>.png``.
+        pending: the images to run (those whose PNGs all exist left out with
+            ``skip_existing``), with the walk's counts.
+        done: the images left out because their PNGs all exist.
+    """
+
+    listing: ImageListing
+    stems: dict[Path, str]
+    pending: ImageListing
+    done: tuple[Path, ...] = ()
+
+    def stems_of(self, paths: Sequence[Path]) -> list[str]:
+        """The PNG stems of ``paths`` (images of the listing), in order."""
+        return [self.stems[path] for path in paths]
+
+
+def plan_pca_outputs(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    folder: str | os.PathLike,
+    layers: Sequence[str],
+    *,
+    recursive: bool = False,
+    in_place: bool = False,
+    skip_existing: bool = False,
+    names: Names | None = None,
+) -> PcaOutputs:
+    """Find the images of ``pca`` and check where their PNGs go, before any work: two images
+    for one PNG, a PNG in the way of a folder, a PNG that would replace an input and (unless
+    ``in_place``) a ``folder`` that is an input folder are refused.
+
+    Args:
+        images: image files and folders (``folder`` itself is never walked as an input).
+        folder: the output folder; subfolders of the inputs are mirrored in it (``recursive``).
+        layers: the activation names (one PNG per image and activation).
+        recursive: walk the subfolders of input folders too.
+        in_place: allow ``folder`` to be an input folder (the PNGs are written among its
+            images, and are inputs of a later walk of it).
+        skip_existing: leave out images whose PNGs all exist (resume an interrupted run).
+        names: how the caller spells ``output`` in the message of a PNG in the way of a folder
+            (the CLI: its flags; ``InvalidArgument`` names ``output`` and ``in_place``).
+
+    Raises:
+        InvalidArgument: ``images`` names nothing, ``folder`` is an input folder or a PNG would
+            replace an input (unless ``in_place``).
+        ValueError: two images for one PNG, a PNG that lands on a folder.
+    """
+    folder = Path(folder)
+    listing = find_images(images, recursive=recursive, exclude=[folder], argument="images")
+    stems: dict[Path, str] = {}
+    owners: dict[str, Path] = {}
+    for image in listing.images:
+        stem = image.relative.with_suffix("").as_posix()
+        if stem in owners:
             raise ValueError(
-                f"{seen[path.stem]} and {path} would both be written to "
-                f"{folder / path.stem}__<activation>.png"
+                f"{owners[stem]} and {image.path} would both be written to "
+                f"{folder / stem}__<activation>.png"
             )
-        seen[path.stem] = path
+        owners[stem], stems[image.path] = image.path, stem
+    if not in_place and folder.is_dir():
+        for source in listing.folders:
+            if os.path.samefile(source, folder):
+                raise InvalidArgument(
+                    "output",
+                    f"{folder} is the input folder {source}: the PNGs would be written among its "
+                    "images (and be inputs of its next walk); choose another folder, or pass "
+                    "{in_place} to write them there",
+                    mentions={"in_place": "in_place=True"},
+                )
+    targets = {path: pca_targets(folder, stem, layers) for path, stem in stems.items()}
+    check_png_paths(folder, list(stems.values()), layers, names)
+    if not in_place:
+        check_not_inputs([t for ts in targets.values() for t in ts], listing, argument="output")
+    done = tuple(p for p, paths in targets.items() if skip_existing and existing(paths))
+    pending = dataclasses.replace(
+        listing, images=tuple(image for image in listing.images if image.path not in done)
+    )
+    return PcaOutputs(listing, stems, pending, done)
+
+
+def pca_targets(folder: Path, stem: str, layers: Sequence[str]) -> list[Path]:
+    """The PNGs of one image: ``folder/<stem>__<layer>.png`` for every layer."""
+    return [folder / f"{stem}__{layer}.png" for layer in layers]
+
+
+def existing(paths: Sequence[Path]) -> bool:
+    """Whether every one of ``paths`` is a file (atomic writes leave no partial one)."""
+    return all(path.is_file() for path in paths)
 
 
 def run_batches(
@@ -387,11 +529,31 @@ def write_pca(
     folder: Path,
     stems: Sequence[str],
     size: tuple[int, int] | None = None,
+    *,
+    skip_existing: bool = False,
+    on_image: Callable[[int], None] | None = None,
 ) -> int:
-    """PCA-to-RGB PNGs ``folder/<stem>__<layer>.png`` of every activation; returns their count."""
-    count = 0
-    for name, feature in features.items():
-        paths = [folder / f"{stem}__{name}.png" for stem in png_stems(stems, len(feature))]
-        save_pca_pngs(feature, paths, size)
-        count += len(paths)
-    return count
+    """PCA-to-RGB PNGs ``folder/<stem>__<layer>.png`` of every activation (one PCA per
+    activation, shared by the images), written image by image; returns their count.
+
+    Args:
+        features: ``{name: (N, C, h, w)}``.
+        folder: the output folder.
+        stems: the PNG stem of each image (``image{i}`` when their count does not fit).
+        size: the PNG (H, W) (default: the feature's own size).
+        skip_existing: leave out images whose PNGs all exist (the PCA still covers them).
+        on_image: told the index of each image once its PNGs are written.
+    """
+    colours = {name: fit_pca_colours(feature) for name, feature in features.items()}
+    count = len(next(iter(features.values())))
+    written = 0
+    for index, stem in enumerate(png_stems(stems, count)):
+        targets = pca_targets(folder, stem, list(features))
+        if skip_existing and existing(targets):
+            continue
+        for path, (name, feature) in zip(targets, features.items(), strict=True):
+            save_png(path, colours[name](feature[index : index + 1], size)[0])
+            written += 1
+        if on_image is not None:
+            on_image(index)
+    return written

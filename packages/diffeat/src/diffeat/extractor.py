@@ -149,7 +149,8 @@ class LoadPlan:
         preset: the preset they come from (None: explicit names).
         names: the returned activation names, ``all`` expanded.
         infos: ``vae-out``, the U-Net and ControlNet catalogues with shapes at ``size``.
-        size: the (H, W) of ``infos``: ``image_size``, else the native size.
+        size: the (H, W) of ``infos``: ``image_size``, else the resolution of a preset given
+            by name (``preset=`` or ``layers=PRESET``), else the native size.
         dtype: the weights dtype.
         device: where the models run.
         control: the ControlNet's config (None without one).
@@ -157,7 +158,8 @@ class LoadPlan:
         timestep: the checked timestep.
         text_stack: the tokenizers and text encoders are loaded.
         size_from: the argument that sets the size images are fed at: ``"image_size"``,
-            ``"preset"`` or ``"layers"`` (a preset name: its resolution), None (the images'
+            ``"preset"`` or ``"layers"`` (a preset name: its resolution, which
+            :meth:`FeatureExtractor.from_plan` resizes every image to), None (the images'
             own size).
     """
 
@@ -229,10 +231,10 @@ def check_from_pretrained(
     control = check_adapter_sources(
         source, configs.unet, loras, options.get("controlnet"), options.get("control_image"), names
     )
-    size = (
-        parse_size(options.get("image_size"))
-        or (configs.unet["sample_size"] * configs.vae_scale,) * 2
-    )
+    size = parse_size(options.get("image_size"))
+    if size_from in ("preset", "layers"):  # a preset given by name sets the size: its own
+        size = (get_preset(preset).resolution,) * 2
+    size = size or (configs.unet["sample_size"] * configs.vae_scale,) * 2
     infos = model_infos(configs, size, options.get("faithful", False), control)
     flag = named("preset" if layers is None and preset is not None else "layers", names)
     expanded = check_layer_names(requested, infos, flag)
@@ -369,7 +371,9 @@ class FeatureExtractor:
             text_stack: load the tokenizers and text encoders; False gives an extractor that
                 takes precomputed ``embeddings=`` only (saves their memory).
             **options: other :class:`ExtractorConfig` fields (``latent``, ``faithful``,
-                ``early_exit``, ``image_size``, ``seed``, ``output_device``, ``requires_grad``);
+                ``early_exit``, ``image_size``, ``seed``, ``output_device``, ``requires_grad``;
+                without ``image_size``, a preset given by name, ``preset=`` or
+                ``layers=PRESET``, resizes every image to its resolution, e.g. 1024 x 1024);
                 ``controlnet`` (a hub id, folder or ``ControlNetModel``), ``control_scale`` and
                 ``control_image`` (the default conditioning image);
                 ``lora`` (a file, folder, hub id or state dict, or a list of them),
@@ -409,6 +413,8 @@ class FeatureExtractor:
             if isinstance(controlnet, str | Path):
                 unet_config = components["unet"].config
                 controlnet = load_controlnet(str(controlnet), dtype, unet_config, **load)
+        if plan.size_from in ("preset", "layers"):
+            options["image_size"] = plan.size  # the preset's resolution
         config = ExtractorConfig(
             layers=plan.requested, timestep=timestep, preset=plan.preset, **options
         )
@@ -692,7 +698,9 @@ class FeatureExtractor:
                 f"latents: expected a (B, C, h, w) tensor; got {type(latents).__name__}"
             )
         channels = self.unet.config.in_channels
-        if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] == 0:
+        if latents.numel() == 0:
+            raise ValueError(f"latents: empty tensor {tuple(latents.shape)}")
+        if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(
                 f"latents: expected a (B, {channels}, h, w) tensor (the U-Net's in_channels); "
                 f"got {tuple(latents.shape)}"
@@ -758,6 +766,8 @@ class FeatureExtractor:
             control: the ControlNet's conditioning image (B or 1, 3, H, W) in [0, 1] (an
                 extractor with a ControlNet needs it; see :meth:`control_pixels`).
         """
+        if sample.numel() == 0:
+            raise ValueError(f"sample: empty tensor {tuple(sample.shape)}")
         if layers is None:
             names = [n for n in self.layers if n != VAE_OUT]
             if not names:

@@ -13,13 +13,22 @@ from common_kernels.files import ImageReadError
 from diffeat.io import feature_shapes, load_image
 
 
+class UnreadableImage(ValueError):
+    """An image file that does not decode completely (``reason``: why, without the path)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a readable image ({reason})")
+        self.path = path
+        self.reason = reason
+
+
 def check_image_file(path: Path) -> tuple[int, int]:
     """(H, W) of a readable, complete image file (decoded, then dropped).
 
     Raises:
         IsADirectoryError: a folder.
         FileNotFoundError: nothing there.
-        ValueError: not a readable image.
+        UnreadableImage: not a readable image (a ``ValueError``).
     """
     if path.is_dir():
         raise IsADirectoryError(
@@ -30,7 +39,7 @@ def check_image_file(path: Path) -> tuple[int, int]:
     try:
         width, height = load_image(path).size
     except ImageReadError as error:
-        raise ValueError(f"{path} is not a readable image ({error.reason})") from None
+        raise UnreadableImage(path, error.reason) from None
     return height, width
 
 

@@ -110,3 +110,22 @@ def check_listing(
     source = check_model_source(model, needs, flag)
     settings = read_config(source, UNet2DConditionModel, "unet", flag)
     return settings, text_tokens, source
+
+
+def tokenizer_length(model: str | Path, name: str = "model_id_or_dir") -> int:
+    """The padded prompt length of a model's CLIP tokenizer (``tokenizer/``).
+
+    Args:
+        model: a model folder or hub id checked by :func:`check_listing`.
+        name: how the caller spells the argument (for the message).
+
+    Raises:
+        OSError: the tokenizer cannot be loaded (a failure while working).
+    """
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(str(model), subfolder="tokenizer").model_max_length
+    except (OSError, ValueError) as error:
+        text = " ".join(str(error).split())
+        raise OSError(f"cannot load the tokenizer of {name} {model}: {text}") from None

@@ -23,9 +23,12 @@ from torch import Tensor
 PROBES = ("noise", "granularity", "locality")
 
 
-def _check_map(feature: Tensor) -> Tensor:
+def _check_map(feature: Tensor, argument: str = "feature") -> Tensor:
+    """A non-empty (B, C, h, w) feature map in fp64 (``argument`` is named in the errors)."""
     if feature.ndim != 4:
-        raise ValueError(f"feature: expected (B, C, h, w); got {tuple(feature.shape)}")
+        raise ValueError(f"{argument}: expected (B, C, h, w); got {tuple(feature.shape)}")
+    if feature.numel() == 0:
+        raise ValueError(f"{argument}: empty tensor {tuple(feature.shape)}")
     return feature.double()
 
 
@@ -277,6 +280,8 @@ def _prompt_list(prompts: str | Sequence[str], batch: int) -> list[str]:
 
 def granularity(features: dict[str, Tensor], threshold: float = math.exp(-1)) -> dict[str, float]:
     """Autocorrelation length (feature pixels, batch mean) per activation."""
+    for name, feature in features.items():
+        _check_map(feature, f"features[{name!r}]")
     return {n: float(autocorrelation_length(f, threshold).mean()) for n, f in features.items()}
 
 
@@ -289,6 +294,7 @@ def locality(
     """Locality score (batch mean) per activation; ``labels`` (B, H, W) are resized (nearest)."""
     out = {}
     for name, feature in features.items():
+        _check_map(feature, f"features[{name!r}]")
         resized = None
         if labels is not None:
             resized = F.interpolate(
