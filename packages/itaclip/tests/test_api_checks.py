@@ -19,6 +19,7 @@ from itaclip import Segmenter
 from itaclip.cli import FLAGS, main
 from itaclip.evaluate import check_evaluation
 from itaclip.generate import SamplingConfig, make_sampling
+from itaclip.sources import supported_models
 
 API_NAMES = {name: name for name in FLAGS}
 SOURCE = Path(__file__).parents[1] / "src" / "itaclip"
@@ -49,7 +50,8 @@ def files(tmp_path: Path, monkeypatch) -> Path:
 
 def fill(template: str, names: dict[str, str], tmp: Path) -> str:
     tags = ", ".join(open_clip.list_pretrained_tags_by_model("ViT-B-16-quickgelu"))
-    return template.format_map({**names, "t": tmp, "tags": tags})
+    known = ", ".join(supported_models())
+    return template.format_map({**names, "t": tmp, "tags": tags, "known": known})
 
 
 def cli_error(argv: list[str], capsys) -> str:
@@ -76,9 +78,8 @@ LOAD_CASES = {
     "unknown_model": (
         {"model_name": "ViT-Z-99"},
         ["--model", "ViT-Z-99"],
-        "{model_name} 'ViT-Z-99' is neither a known open_clip model name (e.g. "
-        "ViT-B-16-quickgelu; see open_clip.list_models()), a hub id (owner/name) nor an "
-        "existing folder",
+        "{model_name}: unknown model 'ViT-Z-99': known names: {known}; a local folder starts "
+        "with ./ or / (or exists), a hub id is owner/name",
     ),
     "missing_model_folder": (
         {"model_name": "./nope_dir"},
@@ -248,7 +249,15 @@ def test_a_batch_is_checked_before_any_model_work(make_segmenter, no_model_work)
         "tensor images must be float (3, H, W) or batches (B, 3, H, W), RGB in [0, 1] with B >= 1"
     )
     bad = {
-        "empty": (torch.rand(0, 3, 64, 64), f"{layout}, got torch.float32 (0, 3, 64, 64)"),
+        "empty": (
+            torch.rand(0, 3, 64, 64),
+            "image: an empty batch of shape (0, 3, 64, 64): give at least one image",
+        ),
+        "no_pixels": (
+            torch.rand(2, 3, 0, 64),
+            "image: an empty image of shape (2, 3, 0, 64): an image needs at least one pixel "
+            "(height and width >= 1)",
+        ),
         "gray": (torch.rand(2, 1, 64, 64), f"{layout}, got torch.float32 (2, 1, 64, 64)"),
         "uint8": (
             torch.zeros(2, 3, 64, 64, dtype=torch.uint8),

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.datasets import SegmentationDataset
 from itaclip.evaluate import evaluate
+from itaclip.sources import supported_models
 from itaclip.tiny import CONFIG_FILE, TINY_CONFIG, WEIGHTS_FILE
 
 PREFIX = {command: f"itaclip {command}: error: " for command in ("segment", "eval", "aux")}
@@ -83,14 +85,31 @@ SEGMENT_CASES = {
         segment_args(Path("{t}"), image="cut.png"),
         "{t}/cut.png is not a readable image (image file is truncated)",
     ),
-    "missing": (segment_args(Path("{t}"), image="missing.png"), "{t}/missing.png does not exist"),
-    "folder_as_image": (
+    "missing": (
+        segment_args(Path("{t}"), image="missing.png"),
+        "IMG: no such file or folder: {t}/missing.png",
+    ),
+    "folder_without_images": (
         segment_args(Path("{t}"), image="photos"),
-        "{t}/photos is a folder, not an image file (give the images, e.g. DIR/*.png)",
+        "IMG: no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) found in {t}/photos",
+    ),
+    "not_an_image_suffix": (
+        segment_args(Path("{t}"), image="file.txt"),
+        "IMG: {t}/file.txt is not an image file (expected .png, .jpg, .jpeg, .bmp, .webp, .tif, "
+        ".tiff)",
     ),
     "same_stem": (
         ["segment", "{t}/a/x.png", "{t}/b/x.png", "--classes", "cat", "-o", "{t}/out"],
-        "{t}/a/x.png and {t}/b/x.png would both be written to {t}/out/x_overlay.png",
+        "-o/--output: {t}/a/x.png and {t}/b/x.png would both be written to {t}/out/x_overlay.png",
+    ),
+    "output_is_the_input_folder": (
+        ["segment", "{t}/a", "--classes", "cat", "-o", "{t}/a"],
+        "-o/--output: {t}/a is the input folder {t}/a: its images would be replaced; choose "
+        "another output, or pass --in-place to replace the inputs (atomically)",
+    ),
+    "a_bad_image_after_good_ones": (
+        ["segment", "{t}/img.png", "{t}/a", "{t}/cut.png", "--classes", "cat", "-o", "{t}/out"],
+        "{t}/cut.png is not a readable image (image file is truncated)",
     ),
     "stride_0": (
         segment_args(Path("{t}"), "--stride", "0"),
@@ -144,8 +163,13 @@ SEGMENT_CASES = {
     ),
     "unknown_model": (
         segment_args(Path("{t}"), "--model", "ViT-Z-99"),
-        "--model 'ViT-Z-99' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; "
-        "see open_clip.list_models()), a hub id (owner/name) nor an existing folder",
+        "--model: unknown model 'ViT-Z-99': known names: {known}; a local folder starts with ./ "
+        "or / (or exists), a hub id is owner/name",
+    ),
+    "model_without_a_vit": (
+        segment_args(Path("{t}"), "--model", "RN50"),
+        "--model: 'RN50' is an open_clip model without a ViT image tower (itaclip wraps "
+        "open_clip's VisionTransformer); use a ViT, e.g. ViT-B-16-quickgelu",
     ),
     "model_is_a_file": (
         segment_args(Path("{t}"), "--model", "{t}/file.txt"),
@@ -223,7 +247,8 @@ SEGMENT_CASES = {
 
 def fill(text: str, tmp: Path) -> str:
     tags = ", ".join(open_clip.list_pretrained_tags_by_model("ViT-B-16-quickgelu"))
-    return text.replace("{t}", str(tmp)).replace("{tags}", tags)
+    known = ", ".join(supported_models())
+    return text.replace("{t}", str(tmp)).replace("{tags}", tags).replace("{known}", known)
 
 
 @pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
@@ -332,8 +357,18 @@ EVAL_CASES = {
     ),
     "unknown_model": (
         ["--model", "nope"],
-        "--model 'nope' is neither a known open_clip model name (e.g. ViT-B-16-quickgelu; see "
-        "open_clip.list_models()), a hub id (owner/name) nor an existing folder",
+        "--model: unknown model 'nope': known names: {known}; a local folder starts with ./ or / "
+        "(or exists), a hub id is owner/name",
+    ),
+    "json_is_the_split_list": (
+        ["--json", "{t}/voc/ImageSets/Segmentation/val.txt"],
+        "--json: {t}/voc/ImageSets/Segmentation/val.txt would replace the input "
+        "{t}/voc/ImageSets/Segmentation/val.txt (the split list of voc21); choose another file",
+    ),
+    "json_is_a_label_map": (
+        ["--json", "{t}/voc/SegmentationClass/a.png"],
+        "--json: {t}/voc/SegmentationClass/a.png would replace the input "
+        "{t}/voc/SegmentationClass/a.png (a label map of voc21); choose another file",
     ),
     "dataset": (
         ["--dataset", "voc"],
@@ -420,10 +455,10 @@ def test_unknown_command_one_line(capsys):
 
 
 def test_failure_while_writing_exits_1_with_one_line(files, tiny_dir, capsys, monkeypatch):
-    def disk_full(image, path):
+    def disk_full(path, photo, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr("itaclip.cli.save_png", disk_full)
+    monkeypatch.setattr("itaclip.outputs.write_photo", disk_full)
     argv = segment_args(files, "--model", str(tiny_dir), "--stride", "224", "--no-pamr",
                         "--cache-dir", str(files / "cache"), "--quiet")  # fmt: skip
     status, out, err = run(argv, capsys)
@@ -545,7 +580,11 @@ def test_ctrl_c_exits_130_with_one_line(files, tiny_dir, tmp_path):
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert done.returncode == 130, done.stderr
-    assert done.stderr == "itaclip segment: interrupted\n"
+    resume = shlex.join(["itaclip", "segment", *argv[1:], "--skip-existing"])
+    assert (
+        done.stderr
+        == f"itaclip segment: interrupted after 0 of 1 image(s); resume with: {resume}\n"
+    )
     assert done.stdout == ""
     assert not (files / "out").exists()  # interrupted before anything was written
 

@@ -4,6 +4,7 @@ gives units, ranges and defaults for every numeric flag (issue 25, items 4 and 8
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import numpy as np
 import pytest
@@ -33,7 +34,11 @@ def test_sigterm_during_segment_exits_143_with_one_line(tmp_path, tiny_dir):
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
     stopped = signal_while_working(WORKING_SCRIPT, argv)
     assert stopped.returncode == 143, stopped.stderr
-    assert stopped.stderr == "itaclip segment: terminated\n"
+    resume = shlex.join(["itaclip", "segment", *argv[1:], "--skip-existing"])
+    assert (
+        stopped.stderr
+        == f"itaclip segment: terminated after 0 of 1 image(s); resume with: {resume}\n"
+    )
     assert stopped.stdout == ""
     assert not (tmp_path / "out").exists()  # terminated before anything was written
 

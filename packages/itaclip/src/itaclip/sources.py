@@ -21,7 +21,6 @@ open_clip's retries.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -76,10 +75,10 @@ class ModelSource:
         return f"{self.name}|{self.pretrained}" if fixed else None
 
 
-@functools.cache
 def supported_models() -> tuple[str, ...]:
     """open_clip's built-in model names whose image tower is open_clip's own ViT (what
-    ``ITACLIPVisionEncoder`` wraps): itaclip's known model names."""
+    ``ITACLIPVisionEncoder`` wraps): itaclip's known model names (configs registered with
+    ``open_clip.add_model_config`` included)."""
     found = []
     for name in open_clip.list_models():
         vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
