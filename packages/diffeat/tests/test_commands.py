@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import diffeat
-from diffeat import FeatureExtractor, commands, extractor
+from diffeat import FeatureExtractor, commands, plan
 from diffeat.cli import main
 from diffeat.commands import check_inputs
 from diffeat.extractor import check_from_pretrained
@@ -43,11 +43,11 @@ def count_calls(monkeypatch, module, name: str) -> list:
 
 def test_extract_checks_and_reads_configs_once(model_dirs, tmp_path, monkeypatch, capsys):
     image = save_image(tmp_path / "img.png", 64, 64)
-    plans = count_calls(monkeypatch, extractor, "check_from_pretrained")
-    monkeypatch.setattr("diffeat.cli.check_from_pretrained", extractor.check_from_pretrained)
-    configs = count_calls(monkeypatch, extractor, "read_model_configs")
+    plans = count_calls(monkeypatch, plan, "check_from_pretrained")
+    monkeypatch.setattr("diffeat.cli.check_from_pretrained", plan.check_from_pretrained)
+    configs = count_calls(monkeypatch, plan, "read_model_configs")
     shapes = [
-        count_calls(monkeypatch, extractor, "model_infos"),
+        count_calls(monkeypatch, plan, "model_infos"),
         count_calls(monkeypatch, commands, "model_infos"),
     ]
     output = tmp_path / "out.safetensors"
@@ -60,12 +60,12 @@ def test_extract_checks_and_reads_configs_once(model_dirs, tmp_path, monkeypatch
 
 
 def test_from_plan_loads_the_checked_plan(model_dirs, monkeypatch):
-    plan = check_from_pretrained(model_dirs["sd15"], layers=["unet-in"], timestep=10, seed=3)
-    configs = count_calls(monkeypatch, extractor, "read_model_configs")
-    loaded = FeatureExtractor.from_plan(plan)
+    checked = check_from_pretrained(model_dirs["sd15"], layers=["unet-in"], timestep=10, seed=3)
+    configs = count_calls(monkeypatch, plan, "read_model_configs")
+    loaded = FeatureExtractor.from_plan(checked)
     assert configs == []
     assert loaded.layers == ("unet-in",) and loaded.config.timestep == 10
-    assert loaded.config.seed == 3 and loaded.device == plan.device
+    assert loaded.config.seed == 3 and loaded.device == checked.device
 
 
 def test_check_inputs_gives_the_cli_message(model_dirs, tmp_path, capsys, monkeypatch):

@@ -66,10 +66,11 @@ from diffeat.commands import (
     write_pca,
 )
 from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model
-from diffeat.extractor import LATENT_MODES, FeatureExtractor, LoadPlan, check_from_pretrained
+from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_image_file
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length
+from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
 from diffeat.presets import ALL, PRESETS, selection_names
 from diffeat.probes import PROBES
 

@@ -34,10 +34,11 @@ from diffeat import __version__
 from diffeat.aggregate import aggregate
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import DTYPES, Names, check_int_range, model_infos, named
-from diffeat.extractor import FeatureExtractor, LoadPlan
+from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_features_file, check_image_file, check_multiples, fed_size
 from diffeat.io import load_image, parse_size, save_features, save_png
 from diffeat.memory import MemoryPart, check_memory, pass_bytes, pca_bytes, probe_bytes
+from diffeat.plan import LoadPlan
 from diffeat.presets import get_preset
 from diffeat.probes import PROBES, probe_all
 from diffeat.viz import fit_pca_colours

@@ -27,16 +27,11 @@ from torch import Tensor, nn
 
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
-from diffeat.checks import resolve_source
-from diffeat.extractor import (
-    VAE_SPEC,
-    ExtractorConfig,
-    FeatureExtractor,
-    _as_dtype,
-    quiet_loading,
-    resolve_layers,
-)
+from diffeat.checks import VAE_SPEC, resolve_source
+from diffeat.extractor import FeatureExtractor
 from diffeat.features import Features
+from diffeat.loading import quiet_loading
+from diffeat.plan import ExtractorConfig, as_dtype, resolve_layers
 from diffeat.presets import ALL, default_preset, get_preset
 from diffeat.prompts import PromptEmbeddings, T5PromptEncoder
 from diffeat.schedule import plan_noise
@@ -267,7 +262,7 @@ class DiTFeatureExtractor(FeatureExtractor):
         load_keys = ("revision", "variant", "cache_dir", "local_files_only", "token")
         load = {k: options.pop(k) for k in load_keys if k in options}
         variant = load.pop("variant", None)
-        dtype = _as_dtype(dtype)
+        dtype = as_dtype(dtype)
         source = resolve_source(model_id_or_dir, "model_id_or_dir")  # the hub rule
         model = str(source)
         if isinstance(source, Path) and not (source / "transformer" / "config.json").is_file():

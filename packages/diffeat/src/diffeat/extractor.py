@@ -11,273 +11,41 @@ raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from common_kernels.cli import check_device
-from diffeat.adapters import (
-    check_controlnet_config,
-    check_lora_state_dict,
-    lora_components,
-    lora_loader,
-    lora_source,
-    read_lora,
-)
 from diffeat.capture import ActivationRecorder
-from diffeat.catalogue import (
-    CONTROL_PREFIX,
-    LayerInfo,
-    LayerSpec,
-    build_catalogue,
-    build_control_catalogue,
-    check_names,
-)
-from diffeat.checks import (
-    DTYPES,
-    MODEL_FILES,
-    SDXL_TEXT_FILES,
-    SEED_MAX,
-    TEXT_FILES,
-    TEXT_TOKENS,
-    VAE_SPEC,
-    ModelConfigs,
-    Names,
-    check_adapter_sources,
-    check_int_range,
-    check_layer_names,
-    check_model_source,
-    check_number,
-    check_selection,
-    check_timestep,
-    model_infos,
-    named,
-    read_model_configs,
-)
+from diffeat.catalogue import CONTROL_PREFIX, LayerInfo, LayerSpec, build_catalogue, check_names
+from diffeat.checks import TEXT_TOKENS, VAE_SPEC
+from diffeat.extractor_adapters import AdapterMixin
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
-from diffeat.presets import ALL, PRESETS, default_preset, get_preset, layer_selection
+from diffeat.loading import LOAD_KEYS, load_components, load_controlnet, quiet_loading
+from diffeat.plan import (
+    LATENT_MODES,
+    ExtractorConfig,
+    LoadPlan,
+    check_from_pretrained,
+    names_or_all,
+    resolve_layers,
+)
+from diffeat.presets import ALL, default_preset, get_preset
 from diffeat.prompts import PromptEmbeddings, PromptEncoder
 from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
 from diffeat.shapes import control_layer_infos, layer_infos
 
-LATENT_MODES = ("sample", "mean")
 VAE_OUT = VAE_SPEC.name
-LOAD_KEYS = ("revision", "variant", "cache_dir", "local_files_only", "token")
+__all__ = [  # check_from_pretrained and the plan's types, importable from here as before
+    "LATENT_MODES", "VAE_OUT", "ExtractorConfig", "FeatureExtractor", "LoadPlan",
+    "check_from_pretrained", "load_components", "names_or_all", "quiet_loading",
+]  # fmt: skip
 
 
-def check_config_fields(settings: Mapping[str, Any], names: Names | None = None) -> None:
-    """The :class:`ExtractorConfig` fields that need no model: ``latent``, ``seed``,
-    ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans).
-
-    Args:
-        settings: field -> value (missing fields are not checked).
-        names: how the caller spells each field in messages (the CLI: its flags).
-
-    Raises:
-        ValueError: the first field out of range, named as ``names`` spells it.
-    """
-    if settings.get("latent", "sample") not in LATENT_MODES:
-        raise ValueError(
-            f"{named('latent', names)}: must be one of {LATENT_MODES}; got {settings['latent']!r}"
-        )
-    if "seed" in settings:
-        check_int_range(settings["seed"], named("seed", names), 0, SEED_MAX)
-    for key in ("early_exit", "faithful", "requires_grad"):
-        if not isinstance(settings.get(key, False), bool):
-            raise ValueError(f"{named(key, names)}: must be True or False; got {settings[key]!r}")
-    parse_size(settings.get("image_size"), named("image_size", names))
-
-
-@dataclass
-class ExtractorConfig:
-    """Extraction settings.
-
-    Args:
-        layers: activation names to return (see :func:`diffeat.list_layers`, plus
-            ``vae-out``), ``"all"`` (``vae-out`` and the whole U-Net catalogue) or a preset
-            name (which then also sets ``preset``).
-        timestep: diffusion timestep in ``[0, num_train_timesteps - 1]`` (paper: 50).
-        latent: ``"sample"`` (the VAE posterior sample, as the official code) or ``"mean"``.
-        faithful: reproduce the official code: its timestep selection (SD 1.5: t=50 -> 51),
-            square token reshape, plain attention everywhere when a map is requested, and its
-            ``vae-out`` (the VAE decoding of the latents after one scheduler step, (B, 3, H, W)).
-        early_exit: stop the U-Net once the last requested activation is produced.
-        image_size: (H, W) to resize images to; None keeps their size (must then be a multiple
-            of ``FeatureExtractor.size_multiple``).
-        seed: seed of the generator used when a call passes none (calls are reproducible).
-        output_device: device for returned features (None: the model's device).
-        preset: the preset the layers came from (informational).
-        requires_grad: run the U-Net (and ControlNet, and the decode of a faithful
-            ``vae-out``) with gradients enabled and return features that keep the autograd
-            graph, so a loss on them trains the U-Net, a LoRA or a ControlNet. The VAE encode
-            and the text encoders stay without gradients.
-    """
-
-    layers: tuple[str, ...] | str  # a tuple after __post_init__
-    timestep: int = 50
-    latent: str = "sample"
-    faithful: bool = False
-    early_exit: bool = True
-    image_size: tuple[int, int] | None = None
-    seed: int = 0
-    output_device: str | None = None
-    preset: str | None = None
-    requires_grad: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
-            self.preset = self.layers
-        self.layers = layer_selection(self.layers, "layers")
-        check_config_fields(vars(self))
-        self.image_size = parse_size(self.image_size)
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """What :func:`check_from_pretrained` found: the checked model and options, no weights.
-
-    Args:
-        source: the model folder (a ``Path``) or hub id.
-        configs: its U-Net, VAE and scheduler configs.
-        requested: the requested names (``("all",)`` for everything).
-        preset: the preset they come from (None: explicit names).
-        names: the returned activation names, ``all`` expanded.
-        infos: ``vae-out``, the U-Net and ControlNet catalogues with shapes at ``size``.
-        size: the (H, W) of ``infos``: ``image_size``, else the resolution of a preset given
-            by name (``preset=`` or ``layers=PRESET``), else the native size.
-        dtype: the weights dtype.
-        device: where the models run.
-        control: the ControlNet's config (None without one).
-        options: the remaining ``from_pretrained`` keywords, as given.
-        timestep: the checked timestep.
-        text_stack: the tokenizers and text encoders are loaded.
-        size_from: the argument that sets the size images are fed at: ``"image_size"``,
-            ``"preset"`` or ``"layers"`` (a preset name: its resolution, which
-            :meth:`FeatureExtractor.from_plan` resizes every image to), None (the images'
-            own size).
-    """
-
-    source: Path | str
-    configs: ModelConfigs
-    requested: tuple[str, ...]
-    preset: str | None
-    names: tuple[str, ...]
-    infos: list[LayerInfo]
-    size: tuple[int, int]
-    dtype: torch.dtype
-    device: torch.device
-    control: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    timestep: int = 50
-    text_stack: bool = True
-    size_from: str | None = None
-
-
-def check_from_pretrained(
-    model_id_or_dir: str | Path,
-    layers: Sequence[str] | str | None = None,
-    preset: str | None = None,
-    timestep: int = 50,
-    dtype: torch.dtype | str = torch.float32,
-    device: torch.device | str | None = "cpu",
-    text_stack: bool = True,
-    *,
-    names: Names | None = None,
-    **options,
-) -> LoadPlan:
-    """Every check of :meth:`FeatureExtractor.from_pretrained`, reading only config files.
-
-    Args:
-        model_id_or_dir .. text_stack: as :meth:`FeatureExtractor.from_pretrained`
-            (``device=None``: cuda when available, else cpu).
-        names: how the caller spells each argument in messages (the CLI: its flags).
-        **options: the other keywords of :meth:`FeatureExtractor.from_pretrained`.
-
-    Raises:
-        FileNotFoundError: a model, LoRA or ControlNet path where nothing is.
-        ValueError: a bad value; the message names the argument and the accepted range.
-        common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub is
-            out of reach (within 5 s).
-        OSError: a hub id whose config files cannot be read.
-    """
-    model_flag = named("model_id_or_dir", names)
-    dtype = _as_dtype(dtype, named("dtype", names))
-    device = check_device(None if device is None else str(device), named("device", names))
-    check_config_fields(options, names)
-    for key in ("lora_scale", "control_scale"):
-        check_number(options.get(key, 1.0), named(key, names))
-    needs = MODEL_FILES + (TEXT_FILES if text_stack else ())
-    source = check_model_source(model_id_or_dir, needs, model_flag)
-    configs = read_model_configs(source, model_flag)
-    if text_stack and configs.unet.get("addition_embed_type") == "text_time":
-        check_model_source(model_id_or_dir, SDXL_TEXT_FILES, model_flag)
-    check_timestep(
-        timestep, options.get("faithful", False), configs.scheduler, named("timestep", names)
-    )
-    size_from = "image_size" if options.get("image_size") is not None else None
-    if size_from is None and layers is None and preset is not None:
-        size_from = "preset"
-    if size_from is None and isinstance(layers, str) and layers in PRESETS:
-        size_from = "layers"
-    requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir, names)
-    loras = options.get("lora")
-    loras = [] if loras is None else list(loras) if isinstance(loras, list | tuple) else [loras]
-    control = check_adapter_sources(
-        source, configs.unet, loras, options.get("controlnet"), options.get("control_image"), names
-    )
-    size = parse_size(options.get("image_size"))
-    if size_from in ("preset", "layers"):  # a preset given by name sets the size: its own
-        size = (get_preset(preset).resolution,) * 2
-    size = size or (configs.unet["sample_size"] * configs.vae_scale,) * 2
-    infos = model_infos(configs, size, options.get("faithful", False), control)
-    flag = named("preset" if layers is None and preset is not None else "layers", names)
-    expanded = check_layer_names(requested, infos, flag)
-    return LoadPlan(
-        source,
-        configs,
-        requested,
-        preset,
-        expanded,
-        infos,
-        size,
-        dtype,
-        device,
-        control,
-        options,
-        timestep,
-        text_stack,
-        size_from,
-    )
-
-
-def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
-    """``layers`` as a tuple of names: ``"all"`` becomes ``("all",)``, a preset its names."""
-    return layer_selection(layers, "layers")
-
-
-def resolve_layers(
-    config: Mapping, layers: Sequence[str] | str | None, preset: str | None
-) -> tuple[tuple[str, ...], str | None]:
-    """Layer names from ``layers`` (a list, ``"all"`` or a preset name) or ``preset``.
-
-    Neither given: the paper's selection for the U-Net's family.
-    """
-    if layers is not None and preset is not None:
-        raise ValueError("pass either layers=[...] or preset=..., not both")
-    if layers is not None:
-        named = layers if isinstance(layers, str) and layers in PRESETS else None
-        return names_or_all(layers), named
-    preset = preset or default_preset(config)
-    return get_preset(preset).layers, preset
-
-
-class FeatureExtractor:
+class FeatureExtractor(AdapterMixin):
     """Diffusion U-Net activations of images as (B, C, h, w) features.
 
     Args:
@@ -456,112 +224,6 @@ class FeatureExtractor:
             controlnet=controlnet,
             control_scale=control_scale,
         )
-
-    # -- LoRA and ControlNet -----------------------------------------------------------------
-    def load_lora(
-        self,
-        source,
-        scale: float = 1.0,
-        fuse: bool = False,
-        adapter_name: str | None = None,
-        **load,
-    ) -> str:
-        """Load LoRA weights into the U-Net (and text encoders) with diffusers' loaders.
-
-        The weights are read by diffusers' ``lora_state_dict`` (diffusers, PEFT and the usual
-        Kohya/A1111 formats), checked against this model (:func:`diffeat.adapters.
-        check_lora_state_dict`: one ``ValueError`` naming the first key that fits no module,
-        before anything is loaded), then loaded by diffusers' ``load_lora_weights`` (PEFT).
-        Several LoRAs can be loaded; unfused ones are active together, each at its scale.
-
-        Args:
-            source: a ``.safetensors`` file, a folder or hub id holding one, or a state dict.
-            scale: the LoRA's weight (``set_adapters`` weight, or ``lora_scale`` when fused).
-            fuse: merge the LoRA into the weights (``fuse_lora``) and remove its PEFT layers
-                (the model is plain again; only allowed while no unfused LoRA is loaded).
-            adapter_name: default ``lora{i}``.
-            **load: ``weight_name``, ``subfolder`` and hub options for ``lora_state_dict``.
-
-        Returns:
-            The adapter name.
-        """
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise ValueError(f"lora_scale: must be a number; got {scale!r}")
-        if fuse and self.loras:
-            raise ValueError(
-                f"fuse_lora: unfused LoRAs {sorted(self.loras)} are loaded; fuse LoRAs before "
-                "loading unfused ones"
-            )
-        label = source if isinstance(source, str | Path) else "state dict"
-        state_dict, _, _ = read_lora(source, **load)
-        check_lora_state_dict(
-            state_dict, lora_components(self.unet, self.text_encoders), str(label)
-        )
-        taken = set(self.loras) | set(self.fused_loras)
-        name = adapter_name or next(
-            f"lora{i}" for i in range(len(taken) + 1) if f"lora{i}" not in taken
-        )
-        if name in taken:
-            raise ValueError(f"adapter_name: {name!r} is already loaded")
-        loader = lora_loader(self.unet, self.text_encoders, self._text_time)
-        # diffusers reads the source itself (network alphas and metadata included)
-        source, load = lora_source(source, load)
-        loader.load_lora_weights(source, adapter_name=name, **load)
-        if fuse:
-            parts = ["unet", *(["text_encoder", "text_encoder_2"][: len(self.text_encoders)])]
-            loader.fuse_lora(components=parts, lora_scale=float(scale), adapter_names=[name])
-            loader.unload_lora_weights()
-            self.fused_loras.append(name)
-        else:
-            self.loras[name] = float(scale)
-            loader.set_adapters(list(self.loras), list(self.loras.values()))
-        self.catalogue = build_catalogue(self.unet)
-        if self.prompt_encoder is not None:
-            self.prompt_encoder.clear_cache()  # the text encoders may have changed
-        return name
-
-    def set_controlnet(self, controlnet, scale: float = 1.0, image=None) -> None:
-        """Use a ControlNet in every U-Net pass (None removes it).
-
-        Its residuals are added to the U-Net's skip connections and mid block in the extraction
-        pass (``conditioning_scale = scale``); its own activations join the catalogue with the
-        ``control-`` prefix (:func:`diffeat.catalogue.build_control_catalogue`). Calls then
-        need ``control_image=`` unless ``image`` is given. A ControlNet whose config does not
-        fit the U-Net raises here.
-
-        Args:
-            controlnet: a diffusers ``ControlNetModel``, a hub id or folder, or None.
-            scale: ``conditioning_scale``.
-            image: the conditioning image used by calls that pass none (``control_image``
-                of :meth:`control_pixels`: PIL, list or tensor), e.g. for the probes.
-        """
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise ValueError(f"control_scale: must be a number; got {scale!r}")
-        if isinstance(controlnet, str | Path):
-            controlnet = load_controlnet(str(controlnet), self.dtype, self.unet.config)
-        self.control_image = image
-        if controlnet is None:
-            self.controlnet, self.control_catalogue = None, []
-            self._refresh_layers()
-            return
-        if not hasattr(controlnet, "config"):
-            raise TypeError(
-                f"controlnet: expected a ControlNetModel; got {type(controlnet).__name__}"
-            )
-        check_controlnet_config(controlnet.config, self.unet.config)
-        self.control_catalogue = build_control_catalogue(controlnet)
-        self.controlnet = controlnet.eval()
-        self.control_scale = float(scale)
-        self._refresh_layers()
-
-    def _refresh_layers(self) -> None:
-        """Re-expand a configured ``"all"`` after the catalogue changed; refuse configured
-        names that no longer exist (ControlNet names after removing it)."""
-        if not hasattr(self, "config"):
-            return  # called from __init__, before the configuration
-        if self._all_layers:
-            self.config = replace(self.config, layers=self.expand_all((ALL,)))
-        check_names(self.config.layers, self.activations)
 
     def to(self, device: torch.device | str) -> FeatureExtractor:
         """Move every model to ``device`` (in place); returns self."""
@@ -1064,95 +726,3 @@ class FeatureExtractor:
                 out = out.to(self.config.output_device)
             recorded[VAE_OUT] = out
         return Features({n: recorded[n] for n in names}, recorded.heads)
-
-
-def _as_dtype(dtype: torch.dtype | str, name: str = "dtype") -> torch.dtype:
-    """``torch.float32``/``float16``/``bfloat16`` or ``"fp32"``/``"fp16"``/``"bf16"``."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ValueError(f"{name}: must be fp32, fp16 or bf16; got {dtype}")
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"{name}: must be one of {sorted(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def load_controlnet(model: str, dtype: torch.dtype, unet_config, **load) -> nn.Module:
-    """A diffusers ``ControlNetModel`` (hub id or folder), its config checked against the
-    U-Net's before its weights are read.
-
-    Args:
-        model: hub id or folder of the ControlNet.
-        dtype: weights dtype.
-        unet_config: the U-Net's config (:func:`diffeat.adapters.check_controlnet_config`).
-        **load: hub options (``revision``, ``variant``, ``cache_dir``, ...).
-    """
-    from diffusers import ControlNetModel
-
-    config_load = {k: v for k, v in load.items() if k != "variant"}
-    check_controlnet_config(ControlNetModel.load_config(model, **config_load), unet_config)
-    return ControlNetModel.from_pretrained(model, torch_dtype=dtype, **load)
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """transformers' and diffusers' loading progress bars ("Loading weights") off inside, their
-    previous state restored after."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    modules = (diffusers_logging, transformers_logging)
-    enabled = [module.is_progress_bar_enabled() for module in modules]
-    for module in modules:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module, was_enabled in zip(modules, enabled, strict=True):
-            if was_enabled:
-                module.enable_progress_bar()
-
-
-def load_components(model: str, dtype: torch.dtype, text_stack: bool = True, **load) -> dict:
-    """Load unet, vae, scheduler, tokenizers and text encoders of a diffusers SD/SDXL repo.
-
-    Args:
-        model: hub id or local folder.
-        dtype: weights dtype.
-        text_stack: load tokenizers and text encoders (False: both None).
-        **load: passed to every ``from_pretrained`` (revision, variant, cache_dir, ...).
-    """
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    variant = load.pop("variant", None)
-    unet = UNet2DConditionModel.from_pretrained(
-        model, subfolder="unet", torch_dtype=dtype, variant=variant, **load
-    )
-    vae = AutoencoderKL.from_pretrained(
-        model, subfolder="vae", torch_dtype=dtype, variant=variant, **load
-    )
-    scheduler_config = diffusers.DDPMScheduler.load_config(model, subfolder="scheduler", **load)
-    scheduler_cls = getattr(diffusers, scheduler_config["_class_name"])
-    scheduler = scheduler_cls.from_config(scheduler_config)
-    if not text_stack:
-        return {"unet": unet, "vae": vae, "scheduler": scheduler}
-    text_kwargs = dict(load) if variant is None else {**load, "variant": variant}
-    tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **load)]
-    encoders = [CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **text_kwargs)]
-    if unet.config.get("addition_embed_type") == "text_time":
-        tokenizers.append(CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2", **load))
-        encoders.append(
-            CLIPTextModelWithProjection.from_pretrained(
-                model, subfolder="text_encoder_2", **text_kwargs
-            )
-        )
-    encoders = [encoder.to(dtype) for encoder in encoders]
-    return {
-        "unet": unet,
-        "vae": vae,
-        "scheduler": scheduler,
-        "tokenizers": tokenizers,
-        "text_encoders": encoders,
-    }

@@ -9,6 +9,21 @@ from torch import Tensor
 from diffeat.catalogue import attention_map_view
 
 
+def check_not_empty(tensor: Tensor, argument: str) -> Tensor:
+    """``tensor`` unchanged, unless it holds no value (a zero-size dimension).
+
+    Args:
+        tensor: the tensor.
+        argument: the argument named in the error.
+
+    Raises:
+        ValueError: ``"{argument}: empty tensor (shape)"``, as every check of the repository says.
+    """
+    if tensor.numel() == 0:
+        raise ValueError(f"{argument}: empty tensor {tuple(tensor.shape)}")
+    return tensor
+
+
 class Features(dict):
     """``{activation name: (B, C, h, w) tensor}`` in request order, with head counts attached.
 

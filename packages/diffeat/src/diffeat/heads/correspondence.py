@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from common_kernels.files import AtomicSavePretrained
 from diffeat.aggregate import resize_feature
+from diffeat.features import check_not_empty
 
 
 def points_to_grid(points: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -37,6 +38,7 @@ def sample_at(feature: Tensor, points: Tensor, image_size: tuple[int, int]) -> T
     Returns:
         (N, C).
     """
+    check_not_empty(feature, "feature")
     grid = points_to_grid(points, image_size).to(feature.device)[None, None]  # (1, 1, N, 2)
     values = F.grid_sample(
         feature[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
@@ -66,6 +68,8 @@ def match_keypoints(
     Returns:
         (N, 2) predicted target keypoints ``(x, y)`` (cell centres).
     """
+    check_not_empty(src_feature, "src_feature")
+    check_not_empty(tgt_feature, "tgt_feature")
     queries = F.normalize(sample_at(src_feature, src_points, src_size), dim=1)  # (N, C)
     target = tgt_feature[None].float()
     if upsample is not None:

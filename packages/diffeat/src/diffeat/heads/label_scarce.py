@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from common_kernels.files import AtomicSavePretrained
 from common_kernels.progress import progress as progress_of
+from diffeat.features import check_not_empty
 
 
 def pixel_mlp(in_dim: int, num_classes: int, hidden: Sequence[int] = (128, 32)) -> nn.Sequential:
@@ -42,6 +43,8 @@ def pixel_training_set(
             f"features/labels: expected (B, C, h, w) and (B, H, W); got "
             f"{tuple(features.shape)} and {tuple(labels.shape)}"
         )
+    check_not_empty(features, "features")
+    check_not_empty(labels, "labels")
     up = F.interpolate(
         features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
     )
@@ -96,6 +99,7 @@ class PixelMLPEnsemble(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
                 f"features/labels: expected (N, C) and (N,); got {tuple(features.shape)}, "
                 f"{tuple(labels.shape)}"
             )
+        check_not_empty(features, "features")
         if epochs < 1 or batch_size < 2:
             raise ValueError(
                 f"epochs >= 1 and batch_size >= 2 required; got {epochs}, {batch_size}"
@@ -132,6 +136,7 @@ class PixelMLPEnsemble(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
     @torch.no_grad()
     def member_predictions(self, features: Tensor, chunk: int = 65536) -> Tensor:
         """(N, C) -> (members, N) argmax labels of every member (eval mode)."""
+        check_not_empty(features, "features")
         self.eval()
         device = next(self.parameters()).device
         parts = []
@@ -150,6 +155,7 @@ class PixelMLPEnsemble(nn.Module, AtomicSavePretrained, PyTorchModelHubMixin):
     @torch.no_grad()
     def predict_map(self, features: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """(B, C, h, w) -> (B, H, W) labels; features upsampled (bilinear) to ``size`` first."""
+        check_not_empty(features, "features")
         size = tuple(size) if size is not None else tuple(features.shape[-2:])
         up = F.interpolate(features.float(), size=size, mode="bilinear", align_corners=False)
         rows = up.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B*H*W, C)
