@@ -5,6 +5,7 @@ checkpoints by steps."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from vitron.cli import main
 from vitron.tiny import tiny_model
 from vitron.training import TrainConfig, train
+from vitron.training.resume import LOG_VERSION_KEY
 
 CAPTIONS = ("a noisy square", "red dots on grey", "three green lines")
 
@@ -31,11 +33,12 @@ from vitron.cli import main
 from vitron.training.module import VitronLightningModule
 
 SIGNAL = os.environ.get("SEND_SIGNAL")
+STEP = int(os.environ.get("SIGNAL_STEP") or 3)  # the signal comes during step STEP + 1
 TO_GROUP = os.environ.get("TO_GROUP")  # the whole job, loader workers included, as srun does
 plain_step = VitronLightningModule.training_step
 
 def training_step(self, batch, batch_idx):
-    if SIGNAL and self.trainer.global_step == 3:
+    if SIGNAL and self.trainer.global_step == STEP:
         if TO_GROUP:  # sent by another process, as a scheduler does
             code = f"import os; os.killpg({os.getpgrp()}, {int(getattr(signal, SIGNAL))})"
             subprocess.run([sys.executable, "-c", code], start_new_session=True, check=True)
@@ -68,13 +71,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(
-    files: Path, output: Path, *extra: str, signal_name: str = "", to_group: bool = False
+    files: Path,
+    output: Path,
+    *extra: str,
+    signal_name: str = "",
+    to_group: bool = False,
+    signal_step: int = 3,
 ) -> subprocess.CompletedProcess:
     argv = ["train", "--model", str(files / "model"), "--data", str(files / "data.jsonl"),
             "--stage", "2", "-o", str(output), "--max-steps", "6", "--batch-size", "1",
             "--lr", "1e-2", "--accelerator", "cpu", *extra]  # fmt: skip
     env = {"SEND_SIGNAL": signal_name, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-           "TO_GROUP": "1" if to_group else ""}  # fmt: skip
+           "TO_GROUP": "1" if to_group else "", "SIGNAL_STEP": str(signal_step)}  # fmt: skip
     return subprocess.run(
         [sys.executable, str(files / "send_signal.py"), *argv], capture_output=True, text=True,
         timeout=600, env=env, start_new_session=True,
@@ -89,24 +97,29 @@ def uninterrupted(files: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("signal_name", "status", "workers"),
+    ("signal_name", "status", "workers", "step", "resume_workers"),
     [
-        ("SIGTERM", 143, 0),
-        pytest.param("SIGINT", 130, 0, marks=pytest.mark.slow),
+        ("SIGTERM", 143, 0, 4, 0),  # in the second epoch (3 batches an epoch)
+        pytest.param("SIGINT", 130, 0, 4, 0, marks=pytest.mark.slow),
         # sent to the job's process group: the loader worker must leave it to the main process
-        ("SIGTERM", 143, 1),
+        ("SIGTERM", 143, 1, 4, 1),
+        # at the end of the first epoch (the resumed run starts the second), resumed with
+        # another number of loader workers than the stopped run had
+        ("SIGTERM", 143, 1, 3, 0),
     ],
 )
 def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
-    files, uninterrupted, signal_name, status, workers
+    files, uninterrupted, signal_name, status, workers, step, resume_workers
 ):
-    output = files / f"stopped-{signal_name}-{workers}"
-    flags = ("--num-workers", str(workers))
-    stopped = run_train(files, output, *flags, signal_name=signal_name, to_group=workers > 0)
+    output = files / f"stopped-{signal_name}-{workers}-{step}"
+    stopped = run_train(
+        files, output, "--num-workers", str(workers), signal_name=signal_name,
+        to_group=workers > 0, signal_step=step - 1,
+    )  # fmt: skip
     checkpoint = output / "lightning" / "checkpoints" / "interrupted.ckpt"
     assert stopped.returncode == status, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
-        f"vitron train: {signal_name} at step 4, saved {checkpoint}; resume with the same "
+        f"vitron train: {signal_name} at step {step}, saved {checkpoint}; resume with the same "
         f"command and --resume {checkpoint}"
     )
     assert checkpoint.is_file() and not (output / "model.safetensors").exists()
@@ -114,14 +127,47 @@ def test_signal_saves_a_checkpoint_and_resume_gives_the_same_weights(
     assert "\r" not in stopped.stderr and "it/s" not in stopped.stderr
     assert "vitron train: training from step 0" in stopped.stderr.splitlines()
     assert not [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp
-    assert torch.load(checkpoint, weights_only=False)["global_step"] == 4
-    resumed = run_train(files, output, *flags, "--resume", str(checkpoint))
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == step
+    flags = ("--num-workers", str(resume_workers), "--resume", str(checkpoint))
+    resumed = run_train(files, output, *flags)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lines = resumed.stderr.splitlines()
-    assert "vitron train: training from step 4" in lines
+    assert f"vitron train: training from step {step}" in lines
     assert "vitron train: training ended at step 6" in lines
+    assert "not resumable" not in resumed.stderr  # Lightning's warning: the loader is
     got = load_file(output / "model.safetensors")
     assert got.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(got[name], value), name
+    # the resumed run logged into the stopped run's version folder, each step once
+    logs = output / "lightning" / "lightning_logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["version_0"]
+    with (logs / "version_0" / "metrics.csv").open(newline="") as table:
+        assert [int(row["step"]) for row in csv.DictReader(table)] == [0, 1, 2, 3, 4, 5]
+
+
+def legacy_checkpoint(checkpoint: Path, target: Path) -> Path:
+    """``checkpoint`` as vitron 0.3.0 wrote it: the data position in a ``DataPosition`` callback
+    state (epoch, batches trained on in it), no loader state, no log version."""
+    data = torch.load(checkpoint, weights_only=False)
+    (loader,) = data["loops"]["fit_loop"]["state_dict"].pop("combined_loader")
+    position = loader["_sampler_iter_state"]["sampler_state"]
+    data["callbacks"]["DataPosition"] = {"epoch": position["epoch"], "batches": position["drawn"]}
+    del data[LOG_VERSION_KEY]
+    torch.save(data, target)
+    return target
+
+
+def test_resume_from_a_0_3_0_checkpoint_gives_the_same_weights(files, uninterrupted):
+    output = files / "stopped-legacy"
+    stopped = run_train(files, output, signal_name="SIGTERM")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    checkpoint = output / "lightning" / "checkpoints" / "interrupted.ckpt"
+    old = legacy_checkpoint(checkpoint, output / "old.ckpt")
+    assert old.stat().st_size > 0 and torch.load(old, weights_only=False)["global_step"] == 4
+    resumed = run_train(files, output, "--num-workers", "1", "--resume", str(old))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = load_file(output / "model.safetensors")
     for name, value in uninterrupted.items():
         assert torch.equal(got[name], value), name
 

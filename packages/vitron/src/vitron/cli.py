@@ -47,7 +47,9 @@ from common_kernels.cli import (
     check_folder_writable,
     command_prog,
     run_main,
+    version_line,
 )
+from common_kernels.quiet import quiet_libraries
 from vitron.checks import SEED_MAX, check_input_file, check_seed
 from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
@@ -56,6 +58,7 @@ from vitron.options import (
     ModelLoadError,
     RegionTexts,
     build_registry,
+    check_outputs,
     check_port,
     check_request,
     input_counts,
@@ -64,6 +67,7 @@ from vitron.options import (
     read_reply_file,
 )
 
+TURN_NAME = "turn.json"  # what ``run`` writes besides its calls' files
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
 FLAGS = {
     "model": "--model", "output": "-o/--output", "dtype": "--dtype", "device": "--device",
@@ -72,7 +76,7 @@ FLAGS = {
     "max_rounds": "--max-rounds", "grammar": "--grammar", "image": "--image", "video": "--video",
     "box": "--box", "stroke": "--stroke", "mask": "--mask", "stroke_width": "--stroke-width",
     "reply_file": "--reply-file", "port": "--port", "limit": "--limit", "data": "--data",
-    "images": "--images", "videos": "--videos", "region": "--region",
+    "images": "--images", "videos": "--videos", "region": "--region", "in_place": "--in-place",
 }  # fmt: skip
 
 
@@ -91,10 +95,18 @@ def assistant_options(args: argparse.Namespace) -> AssistantOptions:
     )  # fmt: skip
 
 
-def request(args: argparse.Namespace) -> tuple[list, list, list]:
-    """The checked ``--image``, ``--video`` and region flags of ``run`` and ``chat``."""
+def request(args: argparse.Namespace, written: tuple[str, ...] = ()) -> tuple[list, list, list]:
+    """The checked ``--image``, ``--video`` and region flags of ``run`` and ``chat``, and an
+    output that would change one of them (or ``--reply-file``, ``--specialists``) refused
+    unless ``--in-place``."""
     regions = RegionTexts(args.box or (), args.stroke or (), args.mask or (), args.stroke_width)
-    return check_request(args.image or (), args.video or (), regions, FLAGS)
+    found = check_request(args.image or (), args.video or (), regions, FLAGS)
+    check_outputs(
+        args.output, images=args.image or (), videos=args.video or (), masks=args.mask or (),
+        files=(getattr(args, "reply_file", None), args.specialists), written=written,
+        in_place=args.in_place,
+    )  # fmt: skip
+    return found
 
 
 def print_turn(turn) -> None:
@@ -123,10 +135,10 @@ def run_run(args: argparse.Namespace) -> int:
 
     options = assistant_options(args)
     reply = read_reply_file(args.reply_file, FLAGS)
-    images, videos, regions = request(args)
+    images, videos, regions = request(args, written=(TURN_NAME,))
     assistant = open_assistant(options, [] if reply is None else [reply])
     turn = assistant.chat(args.prompt, images, videos, regions, progress=True)
-    write_json(Path(args.output) / "turn.json", turn.to_dict())
+    write_json(Path(args.output) / TURN_NAME, turn.to_dict())
     print_turn(turn)
     for outcome in turn.failed:
         print(f"vitron run: error: {outcome.failure()}", file=sys.stderr)
@@ -335,6 +347,25 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stroke", action="append", help="region stroke 'x,y x,y ...'[@K]")
     number(parser, "--stroke-width", float, 8.0, "stroke brush width in pixels, > 0")
     parser.add_argument("--mask", action="append", help="region mask image PATH[@K]")
+    parser.add_argument(
+        "--in-place", action="store_true",
+        help="allow -o to be a --video frame folder, and run's turn.json to replace an input "
+        "file (atomically); otherwise refused before any work",
+    )  # fmt: skip
+
+
+def add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` on every (sub)command: third-party progress bars, deprecation notices and
+    tips are shown (off by default, ``common_kernels.quiet``)."""
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not commands:
+        parser.add_argument(
+            "--verbose", action="store_true",
+            help="show third-party progress bars, deprecation notices and tips",
+        )  # fmt: skip
+    for action in commands:
+        for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+            add_verbose_everywhere(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-video", action="store_true", help="skip the video models (text- and image-to-video)"
     )
     add_eval_parser(commands, add_model_options, number)
+    add_verbose_everywhere(parser)
+    parser.add_argument(
+        "--version", action="store_true",
+        help="print the versions of vitron, common-kernels, torch and Python, and exit",
+    )  # fmt: skip
     return parser
 
 
@@ -403,22 +439,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad inputs print ``vitron COMMAND: error: ...`` (one line) and return 2, failures while
     working return 1, Ctrl-C prints ``vitron COMMAND: interrupted`` and returns 130. Every
-    subcommand in ``COMMANDS`` gets this contract by raising ``UsageError`` or ``WorkError``.
+    subcommand in ``COMMANDS`` gets this contract by raising ``UsageError``, ``ValueError``
+    (``InvalidArgument`` printed with the command's flags) or ``WorkError``. ``vitron
+    --version`` prints the versions; third-party progress bars, deprecation notices and tips
+    are off unless ``--verbose``.
 
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(version_line("vitron", "vitron"))
+        return 0
     prog = command_prog("vitron", argv, COMMANDS)
 
     def run() -> int:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with quiet_libraries(verbose=getattr(args, "verbose", False)):
+            return COMMANDS[args.command](args)
 
     return run_main(
         prog, run, usage_errors=(FileNotFoundError,), work_errors=(ModelLoadError,),
-        describe=one_line,
+        describe=one_line, flags=command_flags(argv),
     )  # fmt: skip
+
+
+def command_flags(argv: Sequence[str]) -> dict[str, str]:
+    """The flag of each API argument for the command ``argv`` runs (``InvalidArgument``)."""
+    if argv[:1] == ["train"]:
+        from vitron.training.command import TRAIN_FLAGS
+
+        return TRAIN_FLAGS
+    return FLAGS
 
 
 def run_train(args: argparse.Namespace) -> int:

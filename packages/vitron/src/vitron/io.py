@@ -18,6 +18,8 @@ from PIL import Image, ImageSequence
 from torch import Tensor
 
 from common_kernels import files
+from common_kernels.batch import find_images
+from common_kernels.errors import InvalidArgument
 
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 
@@ -74,7 +76,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def load_video(path: str | os.PathLike) -> list[Image.Image]:
-    """Frames of an animated GIF/WebP/TIFF or of a folder of images (sorted by name), RGB.
+    """Frames of an animated GIF/WebP/TIFF or of a folder of images (by name, see
+    :func:`frame_files`), RGB.
 
     Args:
         path: the animation file or the folder of frames.
@@ -85,10 +88,7 @@ def load_video(path: str | os.PathLike) -> list[Image.Image]:
     """
     path = Path(path)
     if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not frames:
-            raise ValueError(f"{path} is a folder holding no images ({', '.join(IMAGE_SUFFIXES)})")
-        return [load_image(p) for p in frames]
+        return [load_image(p) for p in frame_files(path)]
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
@@ -98,6 +98,22 @@ def load_video(path: str | os.PathLike) -> list[Image.Image]:
         raise ValueError(
             f"{path} is not a readable video: an animated GIF/WebP/TIFF or a folder of images "
             f"({_reason(error)})"
+        ) from None
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The frames of a frame folder: its image files in name order, walked as every package
+    walks folders (``common_kernels.batch.find_images``: hidden files such as an unfinished
+    write skipped, subfolders not walked).
+
+    Raises:
+        ValueError: the folder holds no image.
+    """
+    try:
+        return find_images(folder, argument="video").paths
+    except InvalidArgument:
+        raise ValueError(
+            f"{folder} is a folder holding no images ({', '.join(IMAGE_SUFFIXES)})"
         ) from None
 
 

@@ -11,6 +11,7 @@ given images and refuses one that is not inside its image.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 
 import torch
 
+from common_kernels.batch import PYTHON_MENTIONS, ImageListing, InputImage, check_not_inputs
 from common_kernels.cli import check_device
 from common_kernels.cli import one_line as shared_one_line
+from common_kernels.errors import InvalidArgument
 from common_kernels.files import ImageReadError, check_output_folder_name
 from vitron.checks import (
     Names,
@@ -384,6 +387,52 @@ def check_request(
         loaded_images, regions.boxes, regions.strokes, regions.masks, regions.stroke_width, names
     )
     return loaded_images, loaded_videos, found
+
+
+def check_outputs(
+    output: str | Path,
+    *,
+    images: Sequence[str | Path] = (),
+    videos: Sequence[str | Path] = (),
+    masks: Sequence[str] = (),
+    files: Sequence[str | Path | None] = (),
+    written: Sequence[str] = (),
+    in_place: bool = False,
+) -> None:
+    """Refuse, before any work, an output that would change an input, unless ``in_place``.
+
+    The files of a turn's calls never replace a file (``<call id>_<output>.<ext>`` takes a new
+    name when the path is taken), so two cases remain: ``output`` is the frame folder of a video
+    (the outputs would join its frames), and a file written under a fixed name (``written``,
+    e.g. ``turn.json``) is one of the input files.
+
+    Args:
+        output: the output folder.
+        images: input image files.
+        videos: input videos, GIF files or frame folders.
+        masks: region mask texts, ``PATH[@K]``.
+        files: other input files (a reply file, a specialists file); None entries are skipped.
+        written: the names of the files written into ``output`` under fixed names.
+        in_place: allow both (writes stay atomic).
+
+    Raises:
+        InvalidArgument: (``output``) naming the output and the input.
+    """
+    if in_place:
+        return
+    output = Path(output)
+    for video in map(Path, videos):
+        if video.is_dir() and os.path.realpath(output) == os.path.realpath(video):
+            raise InvalidArgument(
+                "output",
+                f"{output} is the frame folder of {{video}} {video}: the outputs would join its "
+                "frames; choose another output folder, or pass {in_place} to write into it",
+                mentions={**PYTHON_MENTIONS, "video": "video"},
+            )
+    paths = [*images, *videos, *(split_image_index(m, "mask")[0] for m in masks), *files]
+    given = [Path(p) for p in paths if p is not None and Path(p).is_file()]
+    listing = ImageListing(tuple(InputImage(path, Path(path.name)) for path in given))
+    check_not_inputs([output / name for name in written], listing, argument="output")
 
 
 def check_port(port: int, names: Names | None = None) -> None:

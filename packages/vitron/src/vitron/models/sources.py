@@ -1,9 +1,11 @@
 """What a model name means: the repository's loader rule (``common_kernels.hub``) for Vitron.
 
 A name that looks like a path (``./DIR``, ``/DIR``, ``~/DIR``, or an existing folder) is a
-local folder; a missing one is a ``FileNotFoundError`` naming it, at once. Anything else is a
-hub id (``owner/name``), and the check fails within 5 s with ``HubUnreachableError`` when the
-hub cannot be reached and the repository is not cached, before huggingface_hub's retries.
+local folder; a missing one is a ``FileNotFoundError`` naming it, at once. A hub id
+(``owner/name``) is checked within 5 s: ``HubUnreachableError`` when the hub cannot be reached
+and the repository is not cached, before huggingface_hub's retries. Anything else
+(``no_such_model``) is an unknown model, an ``InvalidArgument`` at once, never sent to the hub
+(``common_kernels.hub.resolve_model_name``: the one rule of every package).
 :func:`check_model_source` applies it to Vitron folders, :func:`pretrained_source` to the parts
 a Vitron is built from and the specialists' pipelines (an LLM, a CLIP tower, a diffusers
 pipeline), and :func:`check_open_clip_source` to open_clip names.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common_kernels.hub import HubUnreachableError, check_hub, local_or_hub
+from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
 from vitron.checks import Names, named
 
 CONFIG_NAME = "config.json"
@@ -32,14 +34,12 @@ def check_model_source(model: str | os.PathLike, names: Names | None = None) -> 
 
     Raises:
         FileNotFoundError: ``model`` looks like a path and nothing is there.
+        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model).
         ValueError: a file, a folder that is not a Vitron folder, or a malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
     name = named("model", names)
-    try:
-        source = local_or_hub(model, what="Vitron folder")
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{name}: {err}") from None
+    source = resolve_source(model, "model", "Vitron folder", name)
     if isinstance(source, Path):
         if not source.is_dir():
             raise ValueError(
@@ -53,6 +53,21 @@ def check_model_source(model: str | os.PathLike, names: Names | None = None) -> 
             )
         return source
     return reachable_hub_id(source, name)
+
+
+def resolve_source(name: str | os.PathLike, argument: str, what: str, label: str) -> Path | str:
+    """The local path or the hub id that ``name`` means (``resolve_model_name``).
+
+    Args:
+        name: what the caller gave.
+        argument: the API's argument name, carried by an unknown model's ``InvalidArgument``.
+        what: the kind of local folder, for the missing-path message.
+        label: the argument as the caller spells it, prefixed to the missing-path message.
+    """
+    try:
+        return resolve_model_name(name, argument=argument, what=what)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{label}: {err}") from None
 
 
 def reachable_hub_id(repo_id: str, label: str) -> str:
@@ -92,14 +107,12 @@ def pretrained_source(
 
     Raises:
         FileNotFoundError: ``name`` looks like a path and nothing is there.
+        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model).
         ValueError: a malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
     label = named(argument, names)
-    try:
-        source = local_or_hub(name, what=what)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{label}: {err}") from None
+    source = resolve_source(name, argument, what, label)
     return str(source) if isinstance(source, Path) else reachable_hub_id(source, label)
 
 

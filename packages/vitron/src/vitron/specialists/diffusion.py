@@ -8,6 +8,8 @@ end-of-text token, which lives in the same space as every other conditioning tok
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,6 +17,25 @@ from torch import Tensor
 
 from vitron.models.sources import pretrained_source
 from vitron.specialists.base import SpecialistError
+
+
+@contextlib.contextmanager
+def diffusers_bars_like_the_hub() -> Iterator[None]:
+    """diffusers' own progress bars ("Loading pipeline components") off in the block while
+    huggingface_hub's are (``HF_HUB_DISABLE_PROGRESS_BARS``, set by the commands unless
+    ``--verbose``: ``common_kernels.quiet``); transformers follows that switch, diffusers does
+    not."""
+    from diffusers.utils import logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if not (are_progress_bars_disabled() and logging.is_progress_bar_enabled()):
+        yield
+        return
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
 
 
 def load_pipeline(kind: str, model: str, dtype: torch.dtype, device: torch.device):
@@ -32,7 +53,8 @@ def load_pipeline(kind: str, model: str, dtype: torch.dtype, device: torch.devic
         "inpaint": diffusers.AutoPipelineForInpainting,
         "any": diffusers.DiffusionPipeline,
     }
-    pipe = loaders[kind].from_pretrained(model, dtype=dtype)
+    with diffusers_bars_like_the_hub():
+        pipe = loaders[kind].from_pretrained(model, dtype=dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

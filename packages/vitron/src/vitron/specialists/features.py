@@ -17,6 +17,7 @@ from vitron.specialists.base import (
     generator,
     torch_dtype,
 )
+from vitron.specialists.diffusion import diffusers_bars_like_the_hub
 
 
 @dataclass
@@ -61,15 +62,16 @@ class DiffeatFeatures(Specialist):
             from diffeat import FeatureExtractor
 
             opts = self.options
-            self.extractors[layers] = FeatureExtractor.from_pretrained(
-                opts.model,
-                layers=list(layers) if layers is not None else None,
-                preset=opts.preset if layers is None else None,
-                timestep=opts.timestep,
-                dtype=torch_dtype(opts.dtype, self.device),
-                device=self.device,
-                **opts.settings,
-            )
+            with diffusers_bars_like_the_hub():
+                self.extractors[layers] = FeatureExtractor.from_pretrained(
+                    opts.model,
+                    layers=list(layers) if layers is not None else None,
+                    preset=opts.preset if layers is None else None,
+                    timestep=opts.timestep,
+                    dtype=torch_dtype(opts.dtype, self.device),
+                    device=self.device,
+                    **opts.settings,
+                )
         return self.extractors[layers]
 
     def execute(self, inputs: CallInputs) -> SpecialistOutput:

@@ -19,7 +19,12 @@ from vitron.specialists.base import (
     generator,
     torch_dtype,
 )
-from vitron.specialists.diffusion import encode_with_signal, end_of_text_embedding, load_pipeline
+from vitron.specialists.diffusion import (
+    diffusers_bars_like_the_hub,
+    encode_with_signal,
+    end_of_text_embedding,
+    load_pipeline,
+)
 
 GIANT_SIDE = 8192  # pixelsmith writes larger results to a file instead of returning an image
 
@@ -137,7 +142,8 @@ class DiffusersImageGenerator(Specialist):
         if self.highres is None:
             model = self.options.highres_model or self.options.model
             dtype = torch_dtype(self.options.dtype, self.device)
-            self.highres = PixelsmithPipeline.from_pretrained(model, torch_dtype=dtype)
+            with diffusers_bars_like_the_hub():
+                self.highres = PixelsmithPipeline.from_pretrained(model, torch_dtype=dtype)
             self.highres.to(self.device)
         stages = cascade_sizes(self.native, height, width, self.options.highres_max_ratio)
         sizes = [h if h == w else (h, w) for h, w in stages]  # ints for squares

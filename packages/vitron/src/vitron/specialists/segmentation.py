@@ -5,10 +5,13 @@ A referred object ("the brown dog") becomes class 0 against background classes; 
 text space) is mixed into the target's query features: ``normalize(q + w * normalize(s))``.
 Video segmentation with a region tracks the object: the first frame's mask is restricted to the
 region, and each later frame's to the previous mask's bounding box grown by ``track_margin``.
+An image smaller than itaclip's ViT patch (or its blur kernel) is enlarged bilinearly first, as
+itaclip's own resize enlarges small images, and its mask is computed at its own size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +83,30 @@ def grown_box(mask: Tensor, margin: float) -> Tensor | None:
     return box
 
 
+def minimum_side(segmenter: Any) -> int:
+    """The smallest image side itaclip's windows work on: one ViT patch, and more than half of
+    the Gaussian blur of its image-engineering variants (reflect padding)."""
+    from itaclip.engineering import BLUR_KERNEL
+
+    return max(*segmenter.encoder.patch_size, BLUR_KERNEL // 2 + 1)
+
+
+def enlarged(image: Tensor, minimum: int) -> Tensor:
+    """(3, H, W) ``image`` enlarged bilinearly (aspect kept) so that its short side is at least
+    ``minimum`` pixels; unchanged when it already is.
+
+    Args:
+        image: (3, H, W) RGB in [0, 1].
+        minimum: the smallest side, in pixels.
+    """
+    height, width = image.shape[-2:]
+    if min(height, width) >= minimum:
+        return image
+    scale = minimum / min(height, width)
+    size = (max(minimum, math.ceil(height * scale)), max(minimum, math.ceil(width * scale)))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def competing_classes(target: str, others: Sequence[str]) -> list[list[str]]:
     """``[[target], [other], ...]`` without repeats of the target (case-insensitive)."""
     seen = {target.strip().lower()}
@@ -139,7 +166,11 @@ class ItaclipSegmenter(Specialist):
             )
             features = features.clone()
             features[target] = F.normalize(mixed, dim=-1)
-        logits = seg.query_logits(to_rgb_tensor(image), features)
+        pixels = to_rgb_tensor(image)  # (3, H, W)
+        work = enlarged(pixels, minimum_side(seg))  # a tiny image: bigger, its mask at (H, W)
+        seg.check_image_size(work)
+        size = None if work is pixels else (image.height, image.width)
+        logits = seg.query_logits(work, features, output_size=size)  # (Q, H, W)
         cfg = seg.config
         labels, _ = query_logits_to_classes(
             logits,

@@ -223,12 +223,13 @@ def check_train(
 
     Args:
         model: a Vitron folder / hub id (checked by the loader rule) or a model (not checked).
-        data: the training JSONL (must exist).
+        data: the training JSONL (must exist, parse, and every file it names exist).
         output: the output folder (must be writable).
         config: the checked settings.
         val_data: the validation JSONL (must exist when given).
         signal_targets: the stage-3 targets index (stage 3 only; must exist).
-        resume: a checkpoint to resume from (must exist).
+        resume: a checkpoint to resume from (must exist, be a Lightning checkpoint, and be
+            saved before ``config.max_steps``).
         names: see :func:`vitron.checks.named`.
 
     Raises:
@@ -237,6 +238,7 @@ def check_train(
         common_kernels.hub.HubUnreachableError: ``model`` is a hub id out of reach.
     """
     from vitron.models.sources import check_model_source
+    from vitron.training.data import check_media
 
     check_input_file(data, "data", names)
     if val_data is not None:
@@ -249,7 +251,19 @@ def check_train(
             )
         check_input_file(signal_targets, "signal_targets", names)
     if resume is not None:
+        from vitron.training.resume import checkpoint_facts
+
         check_input_file(resume, "resume", names)
+        step = checkpoint_facts(resume, names).step
+        if step >= config.max_steps:
+            raise ValueError(
+                f"{named('resume', names)} {resume} was saved at step {step}, and "
+                f"{named('max_steps', names)} is {config.max_steps}: nothing is left to train "
+                f"(raise {named('max_steps', names)})"
+            )
     check_output_folder(output, "output", names)
     if isinstance(model, str | Path):
         check_model_source(model, names)
+    check_media(data, "data", names)
+    if val_data is not None:
+        check_media(val_data, "val_data", names)

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vitron.checks import Names, named
 from vitron.invocations import InputCounts, InvocationError, parse_invocation
 from vitron.io import load_image, load_video, to_tensor
 from vitron.processing import Message, Sample, VitronProcessor
@@ -74,6 +75,44 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
+
+
+def record_files(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(field, path)`` of every file a record names: images, videos (GIF or frame folder),
+    region masks and its ``signal_targets``."""
+    regions = record.get("regions", [])
+    found = [(f"images[{k}]", p) for k, p in enumerate(record.get("images", []))]
+    found += [(f"videos[{k}]", p) for k, p in enumerate(record.get("videos", []))]
+    found += [
+        (f"regions[{k}].mask", r["mask"])
+        for k, r in enumerate(regions)
+        if isinstance(r, dict) and isinstance(r.get("mask"), str)
+    ]
+    if "signal_targets" in record:
+        found.append(("signal_targets", record["signal_targets"]))
+    return [(name, str(p)) for name, p in found]
+
+
+def check_media(path: str | Path, argument: str = "data", names: Names | None = None) -> None:
+    """Every file a JSONL's records name exists (:func:`record_files`), checked before
+    training starts instead of at its batch.
+
+    Args:
+        path: the JSONL file (media paths are relative to its folder).
+        argument: the API's argument that gave it (``data``, ``val_data``).
+        names: how the caller spells the arguments (see :func:`vitron.checks.named`).
+
+    Raises:
+        ValueError: a record that does not parse, or a missing file (``FILE:LINE: ...``).
+    """
+    path = Path(path)
+    for record in read_records(path):
+        for field_name, relative in record_files(record):
+            if not (path.parent / relative).exists():
+                raise ValueError(
+                    f"{named(argument, names)} {path}:{record['_line']}: {field_name} "
+                    f"{relative} does not exist (paths are relative to {path.parent})"
+                )
 
 
 def record_key(record: dict[str, Any]) -> str:

@@ -53,6 +53,15 @@ from vitron.training.config import (
     check_train,
 )
 from vitron.training.data import ConversationDataset, collate
+from vitron.training.resume import (
+    LOG_VERSION_KEY,
+    DataPosition,
+    ResumableLoader,
+    ResumableSampler,
+    RunFolders,
+    checkpoint_facts,
+    run_logger,
+)
 
 LORA_MARKERS = ("lora_A", "lora_B")
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
@@ -354,69 +363,17 @@ class InterruptCheckpoint(L.Callback):
         batch_idx = args[-1]
         if self.received is None or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # no signal, or in the middle of an optimizer step's batches
+        # Lightning hands a step's logged values to the loggers after this hook: first, so
+        # that the log (which a resumed run continues) has every step trained
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None and trainer.loggers:
+            connector.update_train_step_metrics()
         if trainer.is_global_zero:
             with atomic_write(self.path, make_parents=True) as temp:
                 trainer.save_checkpoint(temp)
         else:  # a collective save: the other ranks take part, rank 0 writes
             trainer.save_checkpoint(self.path)
         raise TrainingInterrupted(self.received, trainer.global_step, self.path)
-
-
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """A shuffled order that depends only on ``(seed, epoch)``, so that a run resumed in the
-    middle of an epoch sees the rest of that epoch's order (Lightning sets the epoch).
-
-    Args:
-        size: the number of samples.
-        batch_size: samples per batch (``skip`` counts batches).
-        seed: the shuffling seed.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.epoch = 0
-        self.skip = 0  # batches of the next iteration already trained on (a resumed epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        start, self.skip = self.skip * self.batch_size, 0
-        yield from order[start:]
-
-
-class DataPosition(L.Callback):
-    """Records how many batches of the current epoch were trained on, in every checkpoint, and
-    makes ``sampler`` skip them when a run resumes from one.
-
-    Args:
-        sampler: the training sampler.
-    """
-
-    def __init__(self, sampler: ResumableSampler) -> None:
-        self.sampler = sampler
-        self.epoch, self.batches = 0, 0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != self.epoch:
-            self.epoch, self.batches = trainer.current_epoch, 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.batches += 1
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
-        # the epoch too: with loader workers the first indices are drawn when the iterator is
-        # made, which on a resume comes before Lightning's ``set_epoch``
-        self.sampler.skip, self.sampler.epoch = self.batches, self.epoch
 
 
 def periodic_checkpoints(
@@ -543,6 +500,10 @@ class VitronLightningModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The run's log version goes into every checkpoint: a resumed run logs there too."""
+        checkpoint[LOG_VERSION_KEY] = None if self.logger is None else self.logger.version
+
     def export(self, directory: str | Path) -> VitronModel:
         """Merge LoRA adapters (if any) into the LLM and ``save_pretrained`` the model."""
         model = self.model
@@ -588,11 +549,13 @@ class VitronDataModule(L.LightningDataModule):
             None if val_data is None else ConversationDataset(val_data, processor, media_root)
         )
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.sampler = ResumableSampler(len(self.train_set), batch_size, seed)
+        self.sampler = ResumableSampler(len(self.train_set), seed)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
+    def train_dataloader(self) -> Any:
+        """A resumable loader (torchdata's ``StatefulDataLoader``, see
+        :mod:`vitron.training.resume`): Lightning checkpoints where it is in the epoch."""
+        return ResumableLoader(
+            self.train_set, sampler=self.sampler, batch_size=self.batch_size, collate_fn=collate,
             num_workers=self.num_workers, worker_init_fn=leave_signals_to_the_main_process,
         )  # fmt: skip
 
@@ -716,17 +679,20 @@ def train(
         stage_processor(model, stage), data, val_data, batch_size, num_workers, seed=seed,
         signal_targets=signal_targets,
     )  # fmt: skip
-    folder = Path(output) / "lightning" / "checkpoints"
-    interrupt = InterruptCheckpoint(folder)
-    periodic = periodic_checkpoints(folder, checkpoint_every_n_steps, checkpoint_every_minutes)
-    position = DataPosition(datamodule.sampler)
+    root = Path(output) / "lightning"
+    interrupt = InterruptCheckpoint(root / "checkpoints")
+    periodic = periodic_checkpoints(
+        root / "checkpoints", checkpoint_every_n_steps, checkpoint_every_minutes
+    )
+    position = DataPosition(datamodule.sampler, batch_size)  # reads 0.3.0 checkpoints
     callbacks = [position, interrupt, *periodic, *trainer_options.pop("callbacks", [])]
+    resumed = checkpoint_facts(resume)
     options = {
         "max_steps": max_steps, "accelerator": accelerator, "devices": devices,
         "strategy": lightning_strategy(strategy, model), "precision": precision,
-        "accumulate_grad_batches": accumulate_grad_batches,
-        "default_root_dir": str(Path(output) / "lightning"),
-        "enable_checkpointing": checkpoints or bool(periodic), "logger": checkpoints,
+        "accumulate_grad_batches": accumulate_grad_batches, "default_root_dir": str(root),
+        "enable_checkpointing": checkpoints or bool(periodic),
+        "logger": run_logger(root, resumed) if checkpoints else False,
         "enable_model_summary": False, "log_every_n_steps": 1,
         "limit_val_batches": None if val_data is not None else 0, "callbacks": callbacks,
     }  # fmt: skip
@@ -740,16 +706,22 @@ def train(
             enabled=options.get("enable_progress_bar"),
         ),
     ]
-    trainer = L.Trainer(**options)
-    with interrupt.catching():
-        trainer.fit(
-            module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume)
-        )
-    if not module.losses:
-        raise ValueError(
-            f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies with "
-            f"signals whose task has a head); {module.skipped} batch(es) skipped, nothing saved"
-        )
+    folders = RunFolders(output)
+    trainer = None
+    try:
+        trainer = L.Trainer(**options)
+        with interrupt.catching():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if not module.losses:
+            raise ValueError(
+                f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies "
+                f"with signals whose task has a head); {module.skipped} batch(es) skipped, "
+                "nothing saved"
+            )
+    except BaseException:
+        if trainer is None or trainer.global_step <= resumed.step:  # not one step: no trace
+            folders.remove_new()
+        raise
     save_trained(trainer.strategy, module, output)
     return {
         "first_loss": module.losses[0],
