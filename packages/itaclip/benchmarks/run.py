@@ -404,7 +404,8 @@ def plot(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (the README's examples are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and image")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -429,6 +430,11 @@ def main() -> None:
     parser.add_argument("--image", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
