@@ -953,7 +953,8 @@ def plot(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (the README's examples are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2048 and 4096 px only")
     parser.add_argument("--gigapixel", action="store_true", help="only the gigapixel cascade")
@@ -999,7 +1000,12 @@ def main() -> None:
     parser.add_argument("--method", choices=("official", "grid"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return

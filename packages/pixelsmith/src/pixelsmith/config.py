@@ -7,6 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
+from common_kernels.errors import InvalidArgument
+
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
 from common_kernels.files import parse_size
 
@@ -38,6 +42,24 @@ def named(argument: str, names: Names | None) -> str:
         names: argument -> caller's name; ``None`` or a missing key keeps ``argument``.
     """
     return argument if names is None else names.get(argument, argument)
+
+
+def check_not_empty(tensor: object, argument: str) -> Tensor:
+    """``tensor`` itself, when it is a tensor with at least one element.
+
+    Args:
+        tensor: what the caller passed.
+        argument: the API argument named in the messages.
+
+    Raises:
+        TypeError: not a tensor.
+        InvalidArgument: an empty tensor (``prompt_embeds: empty tensor (1, 0, 2048)``).
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{argument} must be a tensor, got {type(tensor).__name__}")
+    if tensor.numel() == 0:
+        raise InvalidArgument(argument, f"empty tensor {tuple(tensor.shape)}")
+    return tensor
 
 
 def setting(argument: str, value: object, names: Names | None) -> str:

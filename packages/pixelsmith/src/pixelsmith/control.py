@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels import files
+from pixelsmith.config import check_not_empty
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch
@@ -187,6 +188,7 @@ def open_control_image(
     if isinstance(image, Image.Image):
         return ArrayCondition(np.asarray(image.convert("RGB")))
     if isinstance(image, Tensor):
+        check_not_empty(image, name)
         if image.ndim == 4 and len(image) == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3:

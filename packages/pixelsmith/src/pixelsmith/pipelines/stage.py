@@ -14,28 +14,9 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels import files
-from common_kernels.errors import InvalidArgument
 from common_kernels.progress import progress as show_progress
+from pixelsmith.config import check_not_empty
 from pixelsmith.patches import Patch
-
-
-def check_not_empty(tensor: object, argument: str) -> Tensor:
-    """``tensor`` itself, when it is a tensor with at least one element.
-
-    Args:
-        tensor: what the caller passed.
-        argument: the API argument named in the messages.
-
-    Raises:
-        TypeError: not a tensor.
-        InvalidArgument: an empty tensor (``prompt_embeds: empty tensor (1, 0, 2048)``).
-    """
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"{argument} must be a tensor, got {type(tensor).__name__}")
-    if tensor.numel() == 0:
-        raise InvalidArgument(argument, f"empty tensor {tuple(tensor.shape)}")
-    return tensor
-
 
 # schedulers whose step depends on earlier steps of the whole image (multistep history)
 HISTORY_ATTRIBUTES = ("model_outputs", "ets", "derivatives")
