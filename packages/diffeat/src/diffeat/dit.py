@@ -362,6 +362,8 @@ class DiTFeatureExtractor(FeatureExtractor):
             )
         width = self.transformer.config.caption_channels
         embeds = embeddings.embeds
+        if embeds.numel() == 0:
+            raise ValueError(f"embeddings: empty tensor {tuple(embeds.shape)}")
         if embeds.ndim != 3 or embeds.shape[-1] != width:
             raise ValueError(
                 f"embeddings: embeds must be (B, L, {width}) (the transformer's "

@@ -617,6 +617,8 @@ class FeatureExtractor(AdapterMixin):
                 f"embeddings: expected PromptEmbeddings; got {type(embeddings).__name__}"
             )
         width = self.unet.config.cross_attention_dim
+        if embeddings.embeds.numel() == 0:
+            raise ValueError(f"embeddings: empty tensor {tuple(embeddings.embeds.shape)}")
         if embeddings.embeds.ndim != 3 or embeddings.embeds.shape[-1] != width:
             raise ValueError(
                 f"embeddings: embeds must be (B, L, {width}) (the U-Net's cross_attention_dim); "
