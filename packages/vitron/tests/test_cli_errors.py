@@ -4,6 +4,7 @@ found before any model is loaded and before anything is written; failures while 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,11 @@ def files(tmp_path) -> Path:
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "reply.txt").write_text(PLAIN_REPLY)
     (tmp_path / "data.jsonl").write_text("{}\n")
+    caption = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat"}]
+    lost = {"images": ["nope.png"], "conversations": caption}
+    (tmp_path / "lost.jsonl").write_text(json.dumps(lost) + "\n")
+    torch.save({"global_step": 5, "state_dict": {}}, tmp_path / "done.ckpt")
+    (tmp_path / "turn.json").write_text(PLAIN_REPLY)
     return tmp_path
 
 
@@ -97,6 +103,21 @@ RUN = ["run", "x", "--image", "{t}/img.png", "-o", "{t}/out", "--model", "{m}"]
 IMAGE_SUFFIXES = ".png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff"
 
 RUN_CASES = {
+    "model_unknown": (
+        ["--model", "no_such_model"],
+        "--model: unknown model 'no_such_model': a local folder starts with ./ or / (or exists), "
+        "a hub id is owner/name",
+    ),
+    "output_is_the_video_frame_folder": (
+        ["--video", "{t}/photos", "-o", "{t}/photos"],
+        "-o/--output: {t}/photos is the frame folder of --video {t}/photos: the outputs would "
+        "join its frames; choose another output folder, or pass --in-place to write into it",
+    ),
+    "turn_json_would_replace_the_reply_file": (
+        ["--reply-file", "{t}/turn.json", "-o", "{t}"],
+        "-o/--output: {t}/turn.json would replace the input {t}/turn.json; choose another "
+        "output, or pass --in-place to replace the inputs (atomically)",
+    ),
     "model_folder_missing": (
         ["--model", "./nope/model"],
         "--model: no Vitron folder ./nope/model (nothing at {cwd}/nope/model)",
@@ -360,6 +381,29 @@ def test_specialists_bad_input_one_line_exit_2(case, files, model_dir, capsys, n
 TRAIN = ["train", "--model", "{m}", "--data", "{t}/data.jsonl", "--stage", "2", "-o", "{t}/out"]
 
 TRAIN_CASES = {
+    "model_unknown": (
+        ["--model", "no_such_model"],
+        "--model: unknown model 'no_such_model': a local folder starts with ./ or / (or exists), "
+        "a hub id is owner/name",
+    ),
+    "resume_not_a_checkpoint": (
+        ["--resume", "{t}/data.jsonl"],
+        "--resume {t}/data.jsonl is not a checkpoint written by vitron train (not a file written "
+        "by torch.save)",
+    ),
+    "resume_at_max_steps": (
+        ["--resume", "{t}/done.ckpt", "--max-steps", "5"],
+        "--resume {t}/done.ckpt was saved at step 5, and --max-steps is 5: nothing is left to "
+        "train (raise --max-steps)",
+    ),
+    "data_not_a_record": (
+        [],
+        "--data {t}/data.jsonl:1: a record is an object with 'conversations'",
+    ),
+    "data_image_missing": (
+        ["--data", "{t}/lost.jsonl"],
+        "--data {t}/lost.jsonl:1: images[0] nope.png does not exist (paths are relative to {t})",
+    ),
     "max_steps_0": (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
     "batch_size_0": (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     "lora_rank_negative": (["--lora-rank", "-1"], "--lora-rank must be >= 0, got -1"),

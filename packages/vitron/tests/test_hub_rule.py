@@ -153,3 +153,41 @@ def test_specialist_pipelines_follow_the_rule(tmp_path, monkeypatch, offline, ki
     assert time.monotonic() - start < 5.0
     assert str(caught.value) == unreachable("model", "owner/sdxl", tmp_path)
     assert offline == []
+
+
+UNKNOWN = "a local folder starts with ./ or / (or exists), a hub id is owner/name"
+
+
+def test_a_name_that_is_neither_a_path_nor_a_hub_id_is_an_unknown_model(
+    tmp_path, monkeypatch, capsys, offline
+):
+    """Issue 33: ``no_such_model`` was sent to the hub and reported as unreachable; it is an
+    unknown model at once (``common_kernels.hub.resolve_model_name``), in the API and the CLI."""
+    import torch
+
+    from common_kernels.errors import InvalidArgument
+    from vitron.specialists.diffusion import load_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    calls = {
+        "model": lambda: VitronModel.from_pretrained("no_such_model"),
+        "llm": lambda: VitronModel.from_components("no_such_model"),
+        "vision": lambda: VitronModel.from_components("./", vision="no_such_model"),
+        "pipeline": lambda: load_pipeline("any", "no_such_model", torch.float32, "cpu"),
+        "train": lambda: train("no_such_model", tmp_path / "data.jsonl", tmp_path / "o", stage=1),
+    }
+    for name, call in calls.items():
+        start = time.monotonic()
+        with pytest.raises(InvalidArgument) as caught:
+            call()
+        assert time.monotonic() - start < 1.0, name
+        argument = {"llm": "llm", "vision": "vision"}.get(name, "model")
+        assert str(caught.value) == f"{argument}: unknown model 'no_such_model': {UNKNOWN}", name
+    train_rest = ["--data", "data.jsonl", "--stage", "1", "-o", "out"]
+    for command, rest in [("run", ["x", "-o", "out"]), ("train", train_rest)]:
+        assert main([command, "--model", "no_such_model", *rest]) == 2
+        assert capsys.readouterr().err == (
+            f"vitron {command}: error: --model: unknown model 'no_such_model': {UNKNOWN}\n"
+        )
+    assert offline == [] and not (tmp_path / "out").exists()

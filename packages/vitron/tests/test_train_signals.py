@@ -228,3 +228,61 @@ def test_resume_file_must_exist(files, tmp_path, capsys):
             stage=2,
             resume=tmp_path / "no.ckpt",
         )
+
+
+def test_a_failed_start_leaves_no_folder_behind(files, tmp_path, capsys):
+    """An image that exists but does not decode fails the first batch: one line, exit 2, and
+    neither the output folder nor a log version is left; an earlier run's log is kept."""
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    record = {"images": ["bad.png"], "conversations": [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat"}]}  # fmt: skip
+    (tmp_path / "bad.jsonl").write_text(json.dumps(record) + "\n")
+    output = tmp_path / "out"
+    argv = ["train", "--model", str(files / "model"), "--data", str(tmp_path / "bad.jsonl"),
+            "--stage", "2", "-o", str(output), "--max-steps", "2", "--batch-size", "1",
+            "--accelerator", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["vitron train: training from step 0", lines[-1]]  # no tips, no notices
+    bad = tmp_path / "bad.png"
+    assert lines[-1] == (
+        f"vitron train: error: {bad} is not a readable image (cannot identify image file '{bad}')"
+    )
+    assert not output.exists()
+    earlier = output / "lightning" / "lightning_logs" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("epoch,step,train/loss\n0,0,5.5\n")
+    assert main(argv) == 2
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == [
+        "lightning", "lightning/lightning_logs", "lightning/lightning_logs/version_0",
+        "lightning/lightning_logs/version_0/metrics.csv",
+    ]  # fmt: skip
+    assert (earlier / "metrics.csv").read_text() == "epoch,step,train/loss\n0,0,5.5\n"
+
+
+def test_missing_media_and_bad_checkpoints_are_named_before_the_model_loads(files, tmp_path):
+    record = {"images": ["img.png", "gone.png"], "conversations": [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat"}]}  # fmt: skip
+    (files / "gone.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError) as caught:
+        train(files / "model", files / "gone.jsonl", tmp_path / "o", stage=2)
+    assert str(caught.value) == (
+        f"data {files / 'gone.jsonl'}:1: images[1] gone.png does not exist (paths are relative "
+        f"to {files})"
+    )
+    torch.save({"global_step": 3, "state_dict": {}}, tmp_path / "at3.ckpt")
+    with pytest.raises(ValueError) as caught:
+        train(files / "model", files / "data.jsonl", tmp_path / "o", stage=2, max_steps=3,
+              resume=tmp_path / "at3.ckpt")  # fmt: skip
+    assert str(caught.value) == (
+        f"resume {tmp_path / 'at3.ckpt'} was saved at step 3, and max_steps is 3: nothing is "
+        "left to train (raise max_steps)"
+    )
+    with pytest.raises(ValueError) as caught:
+        train(files / "model", files / "data.jsonl", tmp_path / "o", stage=2,
+              resume=files / "data.jsonl")  # fmt: skip
+    assert str(caught.value) == (
+        f"resume {files / 'data.jsonl'} is not a checkpoint written by vitron train (not a file "
+        "written by torch.save)"
+    )
+    assert not (tmp_path / "o").exists()

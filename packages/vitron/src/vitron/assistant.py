@@ -186,8 +186,14 @@ class Assistant:
             videos: new videos as lists of frames.
             regions: new regions; ``region.image`` indexes the conversation's images, and a box
                 or stroke not inside that image is refused (``ValueError``).
+
+        Raises:
+            ValueError: an empty image (0 pixels wide or high), a video without frames, or a
+                region outside its image, naming it (``images[0] is empty: 0x0 pixels; ...``);
+                the conversation stays as it was.
             progress: show the calls' progress on stderr (``common_kernels.progress``).
         """
+        check_media(images, videos)
         every = [*self.inputs.images, *images]
         for i, region in enumerate(regions):
             if not 0 <= region.image < len(every):
@@ -277,6 +283,21 @@ class Assistant:
         # one entry per call of the conversation, in order: the newest reply's calls are last
         last = embeddings[len(embeddings) - len(calls) :]
         return {call.id: e[1] for call, e in zip(calls, last, strict=True) if e is not None}
+
+
+def check_media(images: Sequence[Image.Image], videos: Sequence[Sequence[Image.Image]]) -> None:
+    """Refuse an empty image (0 pixels wide or high) or a video without frames, naming it as
+    ``Assistant.chat``'s arguments (``images[0]``, ``videos[1][3]``)."""
+    named = [(f"images[{k}]", image) for k, image in enumerate(images)]
+    for k, frames in enumerate(videos):
+        if len(frames) == 0:
+            raise ValueError(f"videos[{k}] has no frames; a video needs at least one")
+        named += [(f"videos[{k}][{t}]", frame) for t, frame in enumerate(frames)]
+    for name, image in named:
+        if image.width < 1 or image.height < 1:
+            raise ValueError(
+                f"{name} is empty: {image.width}x{image.height} pixels; an image needs at least 1x1"
+            )
 
 
 def clean_reply(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from common_kernels.cli import check_folder_writable
 
@@ -57,6 +58,18 @@ def check_seed(seed: int, names: Names | None = None) -> None:
     """``seed`` must be in [0, 2^32 - 1] (numpy's and Lightning's range)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise ValueError(f"{named('seed', names)} must be in [0, {SEED_MAX}], got {seed}")
+
+
+def check_not_empty(tensor: Any, argument: str, expected: str) -> None:
+    """Fail when ``tensor`` holds no element: ``ARGUMENT is empty: shape (...); EXPECTED``.
+
+    Args:
+        tensor: a ``torch.Tensor`` (anything with ``numel`` and ``shape``).
+        argument: the API's name of the argument.
+        expected: what the argument takes (``"give (N, 3, S, S) with N >= 1"``).
+    """
+    if tensor.numel() == 0:
+        raise ValueError(f"{argument} is empty: shape {tuple(tensor.shape)}; {expected}")
 
 
 def check_input_file(path: str | Path, argument: str, names: Names | None = None) -> Path:

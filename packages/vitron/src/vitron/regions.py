@@ -69,6 +69,11 @@ class Mask:
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
             raise RegionError(f"a mask must be (H, W), got shape {tuple(self.values.shape)}")
+        if self.values.numel() == 0:
+            raise RegionError(
+                f"values is empty: shape {tuple(self.values.shape)}; a mask is (H, W) with H, "
+                "W >= 1"
+            )
         values = self.values.double()
         if bool((values < 0).any() or (values > 1).any()):
             raise RegionError("mask values must lie in [0, 1]")

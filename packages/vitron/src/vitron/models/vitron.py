@@ -26,6 +26,7 @@ from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from common_kernels.files import AtomicSavePretrained
+from vitron.checks import check_not_empty
 from vitron.models.config import VitronConfig
 from vitron.models.loading import (
     assign_safetensors,
@@ -304,6 +305,7 @@ class VitronModel(
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) normalised pixels -> (N, grid^2, C) frozen patch features."""
+        check_not_empty(pixels, "pixels", "give (N, 3, S, S) images with N >= 1")
         with torch.no_grad():
             return self.vision(pixels.to(self.device, self.vision_dtype)).to(self.dtype)
 
@@ -314,6 +316,7 @@ class VitronModel(
     def encode_videos(self, videos: Tensor) -> Tensor:
         """(m, T, 3, S, S) frames -> (m, T * (grid / video_pool)^2, H) LLM-space rows: each
         frame's patch grid is average-pooled by ``config.video_pool`` before the projector."""
+        check_not_empty(videos, "videos", "give (m, T, 3, S, S) frames with m, T >= 1")
         m = videos.shape[0]
         flat = self.encode_images(videos.flatten(0, 1))  # (m * T, P, C)
         pooled = patch_grid_pool(flat, self.config.vision.grid, self.config.video_pool)

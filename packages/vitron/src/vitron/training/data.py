@@ -106,7 +106,11 @@ def check_media(path: str | Path, argument: str = "data", names: Names | None = 
         ValueError: a record that does not parse, or a missing file (``FILE:LINE: ...``).
     """
     path = Path(path)
-    for record in read_records(path):
+    try:
+        records = read_records(path)
+    except ValueError as err:
+        raise ValueError(f"{named(argument, names)} {err}") from None
+    for record in records:
         for field_name, relative in record_files(record):
             if not (path.parent / relative).exists():
                 raise ValueError(
