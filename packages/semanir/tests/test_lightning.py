@@ -12,6 +12,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from common_kernels.errors import InvalidArgument
+
 from semanir.data.datamodule import RestorationDataModule
 from semanir.inference import load_model
 from semanir.io import write_image
@@ -92,13 +94,57 @@ def test_metric_conventions_follow_the_task() -> None:
     assert sr.upscale == 2 and sr.metric_options(3) == {"y_channel": True, "crop_border": 2}
 
 
-def test_module_argument_errors() -> None:
-    with pytest.raises(ValueError, match="loss must be 'l1' or 'charbonnier'"):
-        RestorationModule(TINY, loss="l2")
-    with pytest.raises(ValueError, match="scheduler must be cosine, multistep or constant"):
-        RestorationModule(TINY, scheduler="linear")
-    with pytest.raises(KeyError, match="unknown model config 'nope'"):
-        RestorationModule("nope")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"loss": "l2"}, "loss: must be 'l1' or 'charbonnier', got 'l2'"),
+        ({"scheduler": "linear"}, "scheduler: must be cosine, multistep or constant, got 'linear'"),
+        ({"lr": 0.0}, "lr: must be > 0, got 0.0"),
+        ({"lr": float("nan")}, "lr: must be > 0, got nan"),
+        ({"charbonnier_eps": -1.0}, "charbonnier_eps: must be > 0, got -1.0"),
+        ({"gamma": 0}, "gamma: must be > 0, got 0"),
+        ({"weight_decay": -0.1}, "weight_decay: must be >= 0, got -0.1"),
+        ({"min_lr": -1e-6}, "min_lr: must be >= 0, got -1e-06"),
+        ({"betas": (0.9, 1.0)}, "betas: must be two numbers in [0, 1), got [0.9, 1.0]"),
+        ({"warmup_steps": -1}, "warmup_steps: must be an integer >= 0, got -1"),
+        ({"total_steps": 0}, "total_steps: must be an integer >= 1, got 0"),
+        ({"milestones": [10, -5]}, "milestones: must be steps >= 0, got [10, -5]"),
+        ({"arch": "nope"}, "arch: unknown model config 'nope'; known: dncnn_denoise_color"),
+    ],
+)
+def test_module_argument_errors(options: dict, message: str) -> None:
+    """Each refused before the model is built, naming the argument (InvalidArgument)."""
+    with pytest.raises(InvalidArgument) as caught:
+        RestorationModule(**{"arch": TINY, **options})
+    assert str(caught.value).startswith(message)
+    assert caught.value.argument == message.split(":")[0]
+
+
+def test_init_weights_follows_the_one_model_name_rule(tmp_path: Path) -> None:
+    """A bundled name, a folder that exists or a hub id; a missing folder, a folder without a
+    saved model and a bare unknown name are refused before the model is built."""
+    module = RestorationModule(
+        "semanir_tiny_denoise_gray", init_weights="semanir_tiny_denoise_gray"
+    )
+    bundled = load_model("semanir_tiny_denoise_gray")
+    for name, tensor in bundled.state_dict().items():
+        assert torch.equal(module.model.state_dict()[name], tensor), name
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    cases = {
+        "./nope": f"init_weights: no model folder ./nope (nothing at {Path.cwd() / 'nope'})",
+        "nope": "init_weights: unknown model 'nope': known names: semanir_tiny_denoise_gray, "
+        "semanir_tiny_jpeg_gray, semanir_tiny_denoise_color, semanir_tiny_sr_x4; a local folder "
+        "starts with ./ or / (or exists), a hub id is owner/name",
+        str(tmp_path / "empty"): f"init_weights: {tmp_path / 'empty'} is a folder without "
+        "config.json; expected a save_pretrained folder",
+        str(tmp_path / "file.txt"): f"init_weights: {tmp_path / 'file.txt'} is a file; expected "
+        "a save_pretrained folder",
+    }
+    for init_weights, message in cases.items():
+        with pytest.raises(InvalidArgument) as caught:
+            RestorationModule(TINY, init_weights=init_weights)
+        assert str(caught.value) == message
 
 
 def test_config_dict_and_overrides_build_the_same_architecture() -> None:
@@ -265,10 +311,16 @@ def test_init_weights_start_from_a_saved_model(tmp_path: Path) -> None:
     module = RestorationModule(arch=TINY, init_weights=str(tmp_path / "start"))
     for name, tensor in saved.state_dict().items():
         assert torch.equal(module.model.state_dict()[name], tensor), name
-    with pytest.raises(ValueError, match=r"init_weights='.*start' holds weights of another"):
+    with pytest.raises(InvalidArgument) as caught:
         RestorationModule(
             arch=TINY, arch_overrides={"embed_dim": 12}, init_weights=str(tmp_path / "start")
         )
+    assert str(caught.value).startswith(
+        f"init_weights: {tmp_path / 'start'} holds weights of another architecture than arch "
+        "(with arch_overrides): Error(s) in loading state_dict for SemanIR: size mismatch for "
+        "shallow.weight: copying a param with shape torch.Size([8, 1, 3, 3]) from checkpoint"
+    )
+    assert "\n" not in str(caught.value)
 
 
 class RecordWeights(Callback):

@@ -149,22 +149,41 @@ def _config_path(value: str) -> str:
 def run_lightning(argv: list[str]) -> int:
     """``semanir fit|validate ...``: LightningCLI over RestorationModule + RestorationDataModule.
 
-    Ctrl-C and SIGTERM stop training at the end of the current step with a resumable checkpoint
-    and one line saying how to resume; the status is 130 (SIGINT) or 143 (SIGTERM).
+    A bad option (a missing ``--ckpt_path`` or ``--model.init_weights``, a size, length or rate
+    out of range, a missing data folder) is one line ``semanir fit: error: --FLAG: ...`` and
+    status 2 before the trainer starts; a bad input found while starting (an image folder
+    without images) is one line too (2; 1 for a failure while reading), with the traceback under
+    ``--verbose``. The libraries' notices and tips are off unless ``--verbose``. Ctrl-C and
+    SIGTERM stop training at the end of the current step with a resumable checkpoint and one
+    line saying how to resume; the status is 130 (SIGINT) or 143 (SIGTERM).
 
     Args:
         argv: the arguments starting with the subcommand.
     """
     # Imported here: Lightning takes seconds to import and restore/eval do not need it.
+    from common_kernels.cli import one_line
+    from common_kernels.errors import InvalidArgument
     from semanir.data.datamodule import DataFolderError
-    from semanir.lightning_module import RestorationCLI, TrainingInterrupted
+    from semanir.lightning_module import TRAINING_FLAGS, RestorationCLI, TrainingInterrupted
 
+    prog, verbose = f"semanir {argv[0]}", "--verbose" in argv
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv resolved
     try:
-        RestorationCLI(args=argv)
-    except (DataFolderError, UsageError) as error:
-        print(f"semanir {argv[0]}: error: {error}", file=sys.stderr)
+        with quiet_libraries(verbose=verbose):  # after Lightning's import, which sets its levels
+            RestorationCLI(args=argv)
+    except InvalidArgument as error:
+        message = " ".join(error.for_flags(TRAINING_FLAGS).split())
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    except (DataFolderError, UsageError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as error:  # e.g. a folder without images, a full disk
+        if verbose:
+            raise
+        bad_input = isinstance(error, (ValueError, FileNotFoundError))
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2 if bad_input else 1
     except TrainingInterrupted as stop:
         print(
             f"semanir {argv[0]}: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "

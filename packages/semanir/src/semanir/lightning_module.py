@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
+import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,21 +19,31 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchmetrics import MeanMetric
 
 from common_kernels.cli import UsageError
+from common_kernels.errors import InvalidArgument
 from common_kernels.files import atomic_write
+from common_kernels.hub import resolve_model_name
 from common_kernels.lightning import progress_callbacks
+from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
-from semanir.data.datasets import index_generator
+from semanir.data.datasets import LITERAL, index_generator
 from semanir.inference import load_model
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
+from semanir.runs import (
+    NewFolders,
+    adopt_checkpoint_version,
+    check_checkpoint_path,
+    keep_csv_metrics,
+)
 
 Loss = Literal["l1", "charbonnier"]
 Schedule = Literal["cosine", "multistep", "constant"]
+UNKNOWN_LENGTH = 0  # a cosine schedule's total_steps before training starts
 
 
 def charbonnier_loss(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -125,15 +139,17 @@ class RestorationModule(L.LightningModule):
         init_weights: str | None = None,
     ) -> None:
         super().__init__()
-        if loss not in ("l1", "charbonnier"):
-            raise ValueError(f"loss must be 'l1' or 'charbonnier', got {loss!r}")
-        if scheduler not in ("cosine", "multistep", "constant"):
-            raise ValueError(f"scheduler must be cosine, multistep or constant, got {scheduler!r}")
+        check_optimization(
+            loss=loss, charbonnier_eps=charbonnier_eps, lr=lr, weight_decay=weight_decay,
+            betas=betas, scheduler=scheduler, warmup_steps=warmup_steps, total_steps=total_steps,
+            min_lr=min_lr, milestones=milestones, gamma=gamma,
+        )  # fmt: skip
+        source = None if init_weights is None else check_init_weights(init_weights)
         self.save_hyperparameters()
         self.model = build_arch(arch, arch_overrides or {})
         self.val_psnr, self.val_ssim = MeanMetric(), MeanMetric()
-        if init_weights is not None:
-            load_initial_weights(self.model, init_weights)
+        if source is not None:
+            load_initial_weights(self.model, source, init_weights)
 
     @property
     def upscale(self) -> int:
@@ -192,7 +208,7 @@ class RestorationModule(L.LightningModule):
         schedule = WarmupSchedule(
             kind=hp.scheduler,
             warmup_steps=hp.warmup_steps,
-            total_steps=self._total_steps() if hp.scheduler == "cosine" else 1,
+            total_steps=UNKNOWN_LENGTH,  # the cosine's length is set when training starts
             min_factor=hp.min_lr / hp.lr,
             milestones=tuple(hp.milestones or ()),
             gamma=hp.gamma,
@@ -207,11 +223,14 @@ class RestorationModule(L.LightningModule):
         self._follow_configured_schedule_length()
 
     def _follow_configured_schedule_length(self) -> None:
-        """After a resume, stretch the restored cosine schedule to the configured length.
+        """Give the cosine schedule its length when training starts, after a resume too.
 
-        ``LambdaLR`` restores the checkpoint's ``WarmupSchedule`` (and its ``total_steps``), so
-        resuming with a larger ``max_steps`` would otherwise stay at the old minimum learning
-        rate. The learning rate is set at once to the factor of the current step.
+        Not in ``configure_optimizers``: the trainer's estimate of the length loads the
+        training data, which before a resume's restore keeps the loader from taking the
+        checkpoint's data position (Lightning issue 20550). ``LambdaLR`` restores the
+        checkpoint's ``WarmupSchedule`` (and its ``total_steps``), so a resume with a larger
+        ``max_steps`` is stretched to the new length from the current step on, said in one line.
+        The learning rate is set at once to the factor of the current step.
         """
         if self.hparams.scheduler != "cosine":
             return
@@ -220,7 +239,11 @@ class RestorationModule(L.LightningModule):
         total = self._total_steps()
         if schedule.total_steps == total:
             return
-        rank_zero_info(f"cosine schedule length {schedule.total_steps} -> {total} steps")
+        if schedule.total_steps != UNKNOWN_LENGTH:
+            _say(
+                f"cosine schedule length {schedule.total_steps} -> {total} steps, from step "
+                f"{scheduler.last_epoch}"
+            )
         schedule.total_steps = total
         for group, base_lr in zip(
             scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True
@@ -249,19 +272,104 @@ class RestorationModule(L.LightningModule):
         return directory
 
 
+def check_optimization(
+    *,
+    loss: str,
+    charbonnier_eps: float,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    scheduler: str,
+    warmup_steps: int,
+    total_steps: int | None,
+    min_lr: float,
+    milestones: list[int] | None,
+    gamma: float,
+) -> None:
+    """Refuse a loss, optimizer or schedule setting out of range, naming the argument
+    (:class:`~common_kernels.errors.InvalidArgument`). Arguments as in
+    :class:`RestorationModule`."""
+    if loss not in ("l1", "charbonnier"):
+        raise InvalidArgument("loss", f"must be 'l1' or 'charbonnier', got {loss!r}")
+    if scheduler not in ("cosine", "multistep", "constant"):
+        raise InvalidArgument(
+            "scheduler", f"must be cosine, multistep or constant, got {scheduler!r}"
+        )
+    _positive("charbonnier_eps", charbonnier_eps)
+    _positive("lr", lr)
+    _positive("gamma", gamma)
+    for name, value in (("weight_decay", weight_decay), ("min_lr", min_lr)):
+        if not value >= 0:
+            raise InvalidArgument(name, f"must be >= 0, got {value!r}")
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        raise InvalidArgument("betas", f"must be two numbers in [0, 1), got {list(betas)}")
+    _count("warmup_steps", warmup_steps, low=0)
+    if total_steps is not None:
+        _count("total_steps", total_steps, low=1)
+    if any(int(step) != step or step < 0 for step in milestones or ()):
+        raise InvalidArgument("milestones", f"must be steps >= 0, got {list(milestones)}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:  # NaN included
+        raise InvalidArgument(name, f"must be > 0, got {value!r}")
+
+
+def _count(name: str, value: int, *, low: int) -> None:
+    if int(value) != value or value < low:
+        raise InvalidArgument(name, f"must be an integer >= {low}, got {value!r}")
+
+
+def check_init_weights(init_weights: str) -> Path | str:
+    """What ``init_weights`` names, by the one rule of every package (a bundled model's name,
+    a ``save_pretrained`` folder that exists, or a hub id ``owner/name``), before any model
+    is built.
+
+    Raises:
+        InvalidArgument: ``init_weights`` names nothing of that kind, or a folder without a
+            saved model.
+    """
+    try:
+        source = resolve_model_name(init_weights, known=BUNDLED_MODELS, argument="init_weights")
+    except FileNotFoundError as error:
+        raise InvalidArgument("init_weights", str(error).translate(LITERAL)) from None
+    if isinstance(source, Path) and not (source / "config.json").is_file():
+        what = "a file" if source.is_file() else "a folder without config.json"
+        raise InvalidArgument(
+            "init_weights",
+            f"{init_weights} is {what}; expected a save_pretrained folder".translate(LITERAL),
+        )
+    return source
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    """One line of the module's own on stderr (Lightning's info lines are off in a quiet run)."""
+    print(f"semanir: {text}", file=sys.stderr, flush=True)
+
+
 def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
     """A fresh model from a registry name or a config dict, with ``overrides`` applied."""
-    if isinstance(arch, str):
+    if not isinstance(arch, str):
+        return model_from_config({**arch, **overrides})
+    try:
         return build_model(arch, **overrides)
-    return model_from_config({**arch, **overrides})
+    except KeyError as error:
+        raise InvalidArgument("arch", str(error.args[0]).translate(LITERAL)) from None
 
 
-def load_initial_weights(model: nn.Module, source: str) -> None:
-    """Copy the weights saved in ``source`` (folder or hub id) into ``model``, strictly.
+def load_initial_weights(model: nn.Module, source: Path | str, given: str | None = None) -> None:
+    """Copy the weights saved in ``source`` (a bundled name, folder or hub id) into ``model``,
+    strictly.
 
     A gray model may start a colour model of the same body: its input convolution is spread
     evenly over the three input channels and its output convolution repeated for each, so the
     colour model computes on a gray image (R = G = B) exactly what the gray model computes.
+
+    Args:
+        model: the model to initialise.
+        source: where the weights are (:func:`check_init_weights`).
+        given: ``source`` as the user wrote it, for the messages.
     """
     saved = load_model(source)
     state = saved.state_dict()
@@ -270,9 +378,11 @@ def load_initial_weights(model: nn.Module, source: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(
-            f"init_weights={source!r} holds weights of another architecture than model.arch "
-            f"(with arch_overrides): {error}"
+        raise InvalidArgument(
+            "init_weights",
+            f"{str(given or source).translate(LITERAL)} holds weights of another architecture "
+            f"than {{arch}} (with {{arch_overrides}}): "
+            f"{' '.join(str(error).split()).translate(LITERAL)}",
         ) from error
 
 
@@ -436,10 +546,91 @@ def periodic_checkpoints(minutes: float) -> list[ModelCheckpoint]:
     ]  # fmt: skip
 
 
+def check_trainer_options(
+    *,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    min_steps: int | None = None,
+    min_epochs: int | None = None,
+    val_check_interval: Any = None,
+    check_val_every_n_epoch: int | None = 1,
+    log_every_n_steps: int | None = None,
+    accumulate_grad_batches: int = 1,
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    num_sanity_val_steps: int | None = None,
+    gradient_clip_val: float | None = None,
+    **_: Any,
+) -> None:
+    """Refuse ``Trainer`` lengths, intervals and counts out of range, naming the argument
+    (:class:`~common_kernels.errors.InvalidArgument`), before a trainer is built. Arguments as
+    in ``lightning.Trainer``; the others are ignored."""
+    for name, value, what in (
+        ("max_steps", max_steps, "steps"),
+        ("max_epochs", max_epochs, "epochs"),
+    ):
+        if value is not None and value != -1 and not _is_integer(value, low=1):
+            raise InvalidArgument(
+                name, f"must be a number of {what} >= 1, or -1 for no limit, got {value!r}"
+            )
+    for name, value, low in (
+        ("min_steps", min_steps, 0), ("min_epochs", min_epochs, 0),
+        ("check_val_every_n_epoch", check_val_every_n_epoch, 1),
+        ("log_every_n_steps", log_every_n_steps, 1),
+        ("accumulate_grad_batches", accumulate_grad_batches, 1),
+        ("num_sanity_val_steps", num_sanity_val_steps, -1),
+    ):  # fmt: skip
+        if value is not None and not _is_integer(value, low=low):
+            raise InvalidArgument(name, f"must be an integer >= {low}, got {value!r}")
+    if isinstance(val_check_interval, (int, float)) and not (
+        _is_integer(val_check_interval, low=1) or _is_fraction(val_check_interval, zero=False)
+    ):
+        raise InvalidArgument(
+            "val_check_interval",
+            f"must be a number of training batches >= 1 or a fraction of an epoch in (0, 1], "
+            f"got {val_check_interval!r}",
+        )
+    for name, value in (
+        ("limit_train_batches", limit_train_batches), ("limit_val_batches", limit_val_batches)
+    ):  # fmt: skip
+        if value is not None and not (_is_integer(value, low=0) or _is_fraction(value)):
+            raise InvalidArgument(
+                name, f"must be a number of batches >= 0 or a fraction in [0, 1], got {value!r}"
+            )
+    if gradient_clip_val is not None and not gradient_clip_val >= 0:
+        raise InvalidArgument("gradient_clip_val", f"must be >= 0, got {gradient_clip_val!r}")
+
+
+def _is_integer(value: object, *, low: int) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= low
+
+
+def _is_fraction(value: object, *, zero: bool = True) -> bool:
+    """A float in [0, 1] (``zero=False``: in (0, 1])."""
+    if not isinstance(value, float):
+        return False
+    return (value >= 0 if zero else value > 0) and value <= 1
+
+
+CHECKED_TRAINER_OPTIONS = tuple(inspect.signature(check_trainer_options).parameters)[:-1]
+# Each API argument's flag on the command line (``data.task`` is the one ``model.task`` follows).
+TRAINING_FLAGS = {
+    **{name: f"--model.{name}" for name in inspect.signature(RestorationModule).parameters},
+    **{name: f"--data.{name}" for name in inspect.signature(RestorationDataModule).parameters},
+    **{name: f"--trainer.{name}" for name in CHECKED_TRAINER_OPTIONS},
+    "ckpt_path": "--ckpt_path",
+}
+
+
 class RestorationCLI(LightningCLI):
     """LightningCLI over ``RestorationModule`` + ``RestorationDataModule``.
 
-    ``data.task`` is linked to ``model.task``, so a config names the task once.
+    ``data.task`` is linked to ``model.task``, so a config names the task once. Before the
+    trainer is built, ``--ckpt_path``, the data folders, the trainer's lengths and intervals
+    and (when the classes are made) every model and data option are checked, each refused
+    with an :class:`~common_kernels.errors.InvalidArgument` (:data:`TRAINING_FLAGS` names its
+    flag). A resumed ``fit`` logs into its checkpoint's version folder, and a run that fails
+    before its first step removes the folders it created (:mod:`semanir.runs`).
 
     Args:
         args: command-line arguments starting with the subcommand (None = ``sys.argv[1:]``).
@@ -450,6 +641,16 @@ class RestorationCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(RestorationModule, RestorationDataModule, args=args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's subcommands and the method arguments they do not take from the
+        command line; ``validate``'s and ``test``'s ``verbose`` (print the results, always on
+        here) is left out, so that ``--verbose`` means the same in every subcommand."""
+        commands = LightningCLI.subcommands()
+        for name in ("validate", "test"):
+            commands[name] = {*commands[name], "verbose"}
+        return commands
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.task", "model.task")
         parser.add_argument(
@@ -458,6 +659,11 @@ class RestorationCLI(LightningCLI):
             default=30.0,
             help="fit: also save a resumable checkpoint (periodic-step=N.ckpt, the latest kept) "
             "every this many minutes of training, in [0, 1440]; 0: off (default: 30)",
+        )
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="keep the libraries' notices, tips and deprecation warnings (default: off)",
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -474,18 +680,38 @@ class RestorationCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
     def before_instantiate_classes(self) -> None:
-        """The data folders of ``fit``/``validate`` exist and ``--checkpoint_minutes`` is in
-        range, before the trainer is built."""
+        """The checks of ``fit``/``validate`` that need no class: ``--checkpoint_minutes``,
+        ``--ckpt_path``, the trainer's options and the data folders."""
         if self.subcommand not in ("fit", "validate"):
             return
-        data = self.config[self.subcommand].data
+        config = self.config[self.subcommand]
         try:
-            check_checkpoint_minutes(self.config[self.subcommand].checkpoint_minutes)
+            check_checkpoint_minutes(config.checkpoint_minutes)
         except ValueError as error:
             raise UsageError(str(error)) from None
+        check_checkpoint_path(config.ckpt_path)
+        check_trainer_options(**config.trainer.as_dict())
         if self.subcommand == "fit":
-            check_data_dirs("data.train_dirs", data.train_dirs, data.data_root)
-        check_data_dirs("data.val_dirs", data.val_dirs, data.data_root)
+            check_data_dirs("data.train_dirs", config.data.train_dirs, config.data.data_root)
+        check_data_dirs("data.val_dirs", config.data.val_dirs, config.data.data_root)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run ``fit``/``validate`` (LightningCLI's runner): a resumed fit in its checkpoint's
+        version folder, and a failure before the first training step leaves no new folder."""
+        resumed = subcommand == "fit" and adopt_checkpoint_version(
+            self.trainer, self.config[subcommand].get("ckpt_path")
+        )
+        if resumed:
+            keep_csv_metrics(self.trainer)
+        folders = NewFolders(self.trainer, extra=[self.model.hparams.get("export_dir")])
+        try:
+            with warnings.catch_warnings():
+                if resumed:  # its own folders: their checkpoints are expected
+                    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists")
+                super()._run_subcommand(subcommand)
+        except Exception:
+            folders.remove_unused()
+            raise
 
     def before_fit(self) -> None:
         """Every fit stops cleanly on SIGINT/SIGTERM with a resumable checkpoint."""

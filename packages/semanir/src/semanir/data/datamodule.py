@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from numbers import Integral
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from common_kernels.cli import leave_signals_to_the_main_process
-from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
-from semanir.data.sampling import ResumableSampler
+from common_kernels.errors import InvalidArgument
+from semanir.data.datasets import LITERAL, PairedFolderDataset, SyntheticDegradationDataset
+from semanir.data.degradations import BAYER_PATTERNS, QUALITY_RANGE, SIGMA_RANGE, SR_SCALES
+from semanir.data.sampling import ResumableDataLoader, ResumableSampler
 from semanir.io import Channels
 
 Task = Literal["denoise", "jpeg", "sr", "demosaic", "paired"]
+TASKS = ("denoise", "jpeg", "sr", "demosaic", "paired")
+CHANNELS = ("gray", "rgb")
 DATA_ROOT_VARIABLE = "SEMANIR_DATA"
 
 
@@ -54,6 +61,134 @@ def check_data_dirs(option: str, dirs: list[str] | None, data_root: str | None) 
             f"{option}: {', '.join(missing)} not found {looked}; set --data.data_root DIR or "
             f"${DATA_ROOT_VARIABLE} to the folder that holds them"
         )
+
+
+def check_data_options(
+    *,
+    task: str,
+    channels: str,
+    patch_size: int,
+    val_patch_size: int | None,
+    batch_size: int,
+    val_batch_size: int,
+    num_workers: int,
+    repeat: int,
+    sigma: float | None = None,
+    sigma_range: Sequence[float] | None = None,
+    val_sigma: float | None = None,
+    quality: int | None = None,
+    quality_range: Sequence[int] | None = None,
+    val_quality: int | None = None,
+    scale: int | None = None,
+    bayer_pattern: str = "RGGB",
+    train_dirs: list[str] | None = None,
+    val_dirs: list[str] | None = None,
+    train_lq_dir: str | None = None,
+    val_lq_dir: str | None = None,
+    **_: Any,
+) -> None:
+    """Refuse a :class:`RestorationDataModule` option out of range or that does not fit the
+    task, naming the argument (:class:`~common_kernels.errors.InvalidArgument`), before any
+    image is read. Arguments as in :class:`RestorationDataModule`."""
+    _choice("task", task, TASKS)
+    _choice("channels", channels, CHANNELS)
+    _choice("bayer_pattern", bayer_pattern, BAYER_PATTERNS)
+    for name, value, low in (
+        ("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+        ("num_workers", num_workers, 0), ("repeat", repeat, 1), ("patch_size", patch_size, 1),
+    ):  # fmt: skip
+        _integer(name, value, low)
+    if val_patch_size is not None:
+        _integer("val_patch_size", val_patch_size, 1)
+    _check_scale(task, scale, patch_size, val_patch_size)
+    levels = {"task": task, "training": bool(train_dirs), "validating": bool(val_dirs)}
+    _check_levels("sigma", sigma, "sigma_range", sigma_range, val_sigma, SIGMA_RANGE, **levels)
+    _check_levels(
+        "quality", quality, "quality_range", quality_range, val_quality, QUALITY_RANGE, **levels
+    )
+    if task == "demosaic" and channels != "rgb":
+        raise InvalidArgument("channels", f"task 'demosaic' needs 'rgb', got {channels!r}")
+    if task == "paired" and train_dirs and not train_lq_dir:
+        raise InvalidArgument(
+            "train_lq_dir", "task 'paired' needs train_lq_dir (degraded images) and train_dirs"
+        )
+    if task == "paired" and val_dirs and not val_lq_dir:
+        raise InvalidArgument(
+            "val_lq_dir", "task 'paired' needs val_lq_dir (degraded images) and val_dirs"
+        )
+
+
+def _choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        got = f"must be one of {', '.join(choices)}, got {value!r}"
+        raise InvalidArgument(name, got.translate(LITERAL))
+
+
+def _integer(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise InvalidArgument(name, f"must be an integer >= {low}, got {value!r}")
+
+
+def _check_scale(task: str, scale: int | None, patch: int, val_patch: int | None) -> None:
+    """ "sr" needs a scale of 2, 3 or 4 ("paired": any >= 1) and patches that are multiples
+    of it; the other tasks take none."""
+    if task == "sr" and scale not in SR_SCALES:
+        raise InvalidArgument("scale", f"task 'sr' needs 2, 3 or 4, got {scale!r}")
+    if task == "paired" and scale is not None:
+        _integer("scale", scale, 1)
+    if task not in ("sr", "paired") and scale not in (None, 1):
+        raise InvalidArgument("scale", f"applies to tasks 'sr' and 'paired', not {task!r}")
+    for name, size in (("patch_size", patch), ("val_patch_size", val_patch)):
+        if size is not None and scale and size % scale:
+            raise InvalidArgument(name, f"must be a multiple of the scale {scale}, got {size}")
+
+
+def _check_levels(
+    name: str,
+    value: float | None,
+    range_name: str,
+    bounds: Sequence[float] | None,
+    val_value: float | None,
+    limits: tuple[float, float],
+    *,
+    task: str,
+    training: bool,
+    validating: bool,
+) -> None:
+    """The noise levels of "denoise" (or the qualities of "jpeg"): within ``limits``; training
+    needs a fixed value or a (low, high) range, not both, validation one of these or its own
+    value; other tasks take none."""
+    used_by = "denoise" if name == "sigma" else "jpeg"
+    given = {name: value, range_name: bounds, f"val_{name}": val_value}
+    if task != used_by:
+        for argument, set_value in given.items():
+            if set_value is not None:
+                raise InvalidArgument(argument, f"applies to task {used_by!r} only, not {task!r}")
+        return
+    if value is not None and bounds is not None:
+        raise InvalidArgument(name, f"give {{{name}}} or {{{range_name}}}, not both")
+    if value is None and bounds is None and (training or (validating and val_value is None)):
+        raise InvalidArgument(
+            range_name, f"task {task!r} needs {{{name}}} (fixed) or {{{range_name}}} (drawn)"
+        )
+    low, high = limits
+    integer = name == "quality"
+    span = f"an integer in [{low}, {high}]" if integer else f"in [{low:g}, {high:g}]"
+    for argument, number in ((name, value), (f"val_{name}", val_value)):
+        if number is not None and not _within(number, low, high, integer):
+            raise InvalidArgument(argument, f"must be {span}, got {number!r}")
+    if bounds is not None and (
+        len(bounds) != 2
+        or not all(_within(bound, low, high, integer) for bound in bounds)
+        or bounds[0] > bounds[1]
+    ):
+        raise InvalidArgument(
+            range_name, f"must be [low, high] with low <= high, each {span}, got {list(bounds)}"
+        )
+
+
+def _within(number: float, low: float, high: float, integer: bool) -> bool:
+    return low <= number <= high and (not integer or int(number) == number)
 
 
 class RestorationDataModule(L.LightningDataModule):
@@ -123,10 +258,7 @@ class RestorationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if task == "paired" and train_dirs and not train_lq_dir:
-            raise ValueError("task 'paired' needs train_lq_dir (degraded images) and train_dirs")
-        if task == "paired" and val_dirs and not val_lq_dir:
-            raise ValueError("task 'paired' needs val_lq_dir (degraded images) and val_dirs")
+        check_data_options(**self.hparams)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
@@ -136,12 +268,17 @@ class RestorationDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage == "fit":
             if not hp.train_dirs:
-                raise ValueError("fitting needs data.train_dirs (folders of clean images)")
+                raise InvalidArgument(
+                    "train_dirs", "fitting needs {train_dirs} (folders of clean images)",
+                    mentions={"train_dirs": "data.train_dirs"},
+                )  # fmt: skip
             train_dirs = resolve_data_dirs(hp.train_dirs, hp.data_root)
-            self.train_set = self._dataset(train_dirs, hp.train_lq_dir, train=True)
+            with _folders_named("train_dirs"):
+                self.train_set = self._dataset(train_dirs, hp.train_lq_dir, train=True)
         if stage in ("fit", "validate") and hp.val_dirs:
             val_dirs = resolve_data_dirs(hp.val_dirs, hp.data_root)
-            self.val_set = self._dataset(val_dirs, hp.val_lq_dir, train=False)
+            with _folders_named("val_dirs"):
+                self.val_set = self._dataset(val_dirs, hp.val_lq_dir, train=False)
 
     def _dataset(self, clean: list[str], degraded: str | None, *, train: bool) -> Dataset:
         hp = self.hparams
@@ -171,30 +308,32 @@ class RestorationDataModule(L.LightningDataModule):
             **common,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = ResumableSampler(len(self.train_set), self.hparams.seed)
-        if self._resume is not None:
+    def train_dataloader(self) -> ResumableDataLoader:
+        """The training loader: torchdata's ``StatefulDataLoader`` over a
+        :class:`~semanir.data.sampling.ResumableSampler` (sharded over DDP's processes).
+        Lightning saves its state, the epoch and the items trained on, in every checkpoint and
+        restores it on a resume."""
+        hp, trainer = self.hparams, self.trainer
+        sampler = ResumableSampler(
+            len(self.train_set), hp.seed, batch_size=hp.batch_size,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )  # fmt: skip
+        if self._resume is not None:  # a checkpoint of semanir <= 0.3.0
             sampler.resume_at(*self._resume)
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_set,
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
+            sampler,
+            batch_size=hp.batch_size,
             drop_last=True,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
             worker_init_fn=leave_signals_to_the_main_process,
         )
 
-    def state_dict(self) -> dict[str, int]:
-        """Where training stands in its data, saved in every checkpoint: the epoch and the
-        position (items trained on) inside it."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "position": batches * self.hparams.batch_size}
-
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Read the data position of a checkpoint written by semanir <= 0.3.0 (later ones
+        keep it in the loader's state)."""
         if state_dict:
             self._resume = (state_dict["epoch"], state_dict["position"])
 
@@ -209,3 +348,14 @@ class RestorationDataModule(L.LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
             worker_init_fn=leave_signals_to_the_main_process,
         )
+
+
+@contextmanager
+def _folders_named(argument: str) -> Iterator[None]:
+    """Image listing errors (about ``paths``) said of the data module's ``argument``."""
+    try:
+        yield
+    except InvalidArgument as error:
+        if error.argument != "paths":
+            raise
+        raise InvalidArgument(argument, error.message.translate(LITERAL)) from None

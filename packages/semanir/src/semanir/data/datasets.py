@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common_kernels.errors import InvalidArgument
 from semanir.data.degradations import (
     add_gaussian_noise,
     bayer_mosaic,
@@ -45,6 +46,10 @@ Key = int | tuple[int, int]  # an index, or (index, item seed) from a ResumableS
 # Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
 # crop padded by this many low-resolution pixels equals cropping the downscaled full image.
 _SR_CROP_MARGIN = 2
+
+# InvalidArgument's message is a template ({name} for other arguments): user text goes in
+# with its braces doubled.
+LITERAL = str.maketrans({"{": "{{", "}": "}}"})
 
 
 class Box(NamedTuple):
@@ -176,9 +181,10 @@ class _PatchDataset(Dataset):
             if min(height, width) * factor < self.patch_size:
                 too_small.append(f"{path} ({height}x{width})")
         if too_small:
-            raise ValueError(
-                f"{len(too_small)} image(s) are smaller than patch_size {self.patch_size}: "
-                + ", ".join(too_small[:10])
+            raise InvalidArgument(
+                "patch_size",
+                f"{len(too_small)} image(s) are smaller than {{patch_size}} {self.patch_size}: "
+                + ", ".join(too_small[:10]).translate(LITERAL),
             )
 
 
