@@ -537,6 +537,7 @@ def test_interrupted_fit_saves_a_checkpoint_and_resumes_to_the_same_weights(
     assert checkpoint.is_file() and not (tmp_path / "stopped" / "export").exists()
     resumed = run_fit(tmp_path / "stopped", data, "--ckpt_path", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stderr  # Lightning's warning: the loader is now
     got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
@@ -566,6 +567,7 @@ def test_a_signal_to_the_whole_job_reaches_loader_workers_and_the_run_still_resu
     assert stopped.stderr.strip().splitlines()[-1].startswith("semanir fit: SIGTERM at step 5")
     resumed = run_fit(tmp_path / "stopped", data, "--ckpt_path", str(checkpoint), workers)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stderr
     got = load_file(tmp_path / "stopped" / "export" / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], got[name]), name

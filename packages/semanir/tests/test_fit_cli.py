@@ -1,0 +1,285 @@
+"""``semanir fit`` / ``validate`` (issue 33): ordinary mistakes are one line before Lightning
+starts, a failed start leaves no folder, a resumed run logs into its own version folder, and the
+libraries' tips and notices are off unless ``--verbose``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from semanir.cli import main
+from semanir.io import write_image
+
+CONFIG = textwrap.dedent(
+    """
+    seed_everything: 0
+    trainer:
+      accelerator: cpu
+      max_steps: 4
+      log_every_n_steps: 1
+      enable_model_summary: false
+      default_root_dir: run
+      logger:
+        class_path: lightning.pytorch.loggers.CSVLogger
+        init_args:
+          save_dir: run
+      callbacks:
+        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+          init_args:
+            save_last: true
+            every_n_train_steps: 2
+    model:
+      arch: semanir_test_tiny_unet
+      lr: 1.0e-2
+      export_dir: run/export
+    data:
+      train_dirs: [train]
+      val_dirs: [val]
+      task: denoise
+      sigma_range: [0, 50]
+      patch_size: 16
+      batch_size: 2
+      num_workers: 0
+    """
+)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with the config (outputs under ``run/``), 4 training and 1 validation
+    images of 24x24."""
+    generator = torch.Generator().manual_seed(0)
+    for folder, count in (("train", 4), ("val", 1)):
+        (tmp_path / folder).mkdir()
+        for index in range(count):
+            write_image(
+                tmp_path / folder / f"{index}.png", torch.rand(1, 24, 24, generator=generator)
+            )
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["semanir"])  # keep pytest's arguments away from the CLI
+    return tmp_path
+
+
+def fit(*extra: str, command: str = "fit") -> subprocess.CompletedProcess:
+    """``semanir COMMAND --config config.yaml EXTRA...`` in a subprocess, in the working folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "semanir.cli", command, "--config", "config.yaml", *extra],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+
+
+def known_models() -> str:
+    return (
+        "semanir_tiny_denoise_gray, semanir_tiny_jpeg_gray, semanir_tiny_denoise_color, "
+        "semanir_tiny_sr_x4"
+    )
+
+
+MISTAKES = {
+    "missing checkpoint": (
+        ["--ckpt_path", "nope.ckpt"],
+        "--ckpt_path: no checkpoint nope.ckpt (nothing at {cwd}/nope.ckpt)",
+    ),
+    "checkpoint is a folder": (
+        ["--ckpt_path", "train"],
+        "--ckpt_path: train is a folder; expected a checkpoint file",
+    ),
+    "missing init weights": (
+        ["--model.init_weights", "./nope"],
+        "--model.init_weights: no model folder ./nope (nothing at {cwd}/nope)",
+    ),
+    "unknown init weights": (
+        ["--model.init_weights", "nope"],
+        f"--model.init_weights: unknown model 'nope': known names: {known_models()}; a local "
+        "folder starts with ./ or / (or exists), a hub id is owner/name",
+    ),
+    "init weights without a model": (
+        ["--model.init_weights", "train"],
+        "--model.init_weights: train is a folder without config.json; expected a "
+        "save_pretrained folder",
+    ),
+    "batch size 0": (
+        ["--data.batch_size", "0"],
+        "--data.batch_size: must be an integer >= 1, got 0",
+    ),
+    "patch size 0": (
+        ["--data.patch_size", "0"],
+        "--data.patch_size: must be an integer >= 1, got 0",
+    ),
+    "negative workers": (
+        ["--data.num_workers", "-1"],
+        "--data.num_workers: must be an integer >= 0, got -1",
+    ),
+    "validation batch 0": (
+        ["--data.val_batch_size", "0"],
+        "--data.val_batch_size: must be an integer >= 1, got 0",
+    ),
+    "repeat 0": (["--data.repeat", "0"], "--data.repeat: must be an integer >= 1, got 0"),
+    "noise range": (
+        ["--data.sigma_range", "[0, 300]"],
+        "--data.sigma_range: must be [low, high] with low <= high, each in [0, 255], got [0.0, "
+        "300.0]",
+    ),
+    "noise level and range": (
+        ["--data.sigma", "25"],
+        "--data.sigma: give --data.sigma or --data.sigma_range, not both",
+    ),
+    "noise for jpeg": (
+        ["--data.task", "jpeg"],
+        "--data.sigma_range: applies to task 'denoise' only, not 'jpeg'",
+    ),
+    "negative max steps": (
+        ["--trainer.max_steps", "-5"],
+        "--trainer.max_steps: must be a number of steps >= 1, or -1 for no limit, got -5",
+    ),
+    "zero max steps": (
+        ["--trainer.max_steps", "0"],
+        "--trainer.max_steps: must be a number of steps >= 1, or -1 for no limit, got 0",
+    ),
+    "zero max epochs": (
+        ["--trainer.max_epochs", "0"],
+        "--trainer.max_epochs: must be a number of epochs >= 1, or -1 for no limit, got 0",
+    ),
+    "zero val check interval": (
+        ["--trainer.val_check_interval", "0"],
+        "--trainer.val_check_interval: must be a number of training batches >= 1 or a fraction "
+        "of an epoch in (0, 1], got 0",
+    ),
+    "val check fraction above 1": (
+        ["--trainer.val_check_interval", "1.5"],
+        "--trainer.val_check_interval: must be a number of training batches >= 1 or a fraction "
+        "of an epoch in (0, 1], got 1.5",
+    ),
+    "zero check_val_every_n_epoch": (
+        ["--trainer.check_val_every_n_epoch", "0"],
+        "--trainer.check_val_every_n_epoch: must be an integer >= 1, got 0",
+    ),
+    "zero log interval": (
+        ["--trainer.log_every_n_steps", "0"],
+        "--trainer.log_every_n_steps: must be an integer >= 1, got 0",
+    ),
+    "zero accumulation": (
+        ["--trainer.accumulate_grad_batches", "0"],
+        "--trainer.accumulate_grad_batches: must be an integer >= 1, got 0",
+    ),
+    "zero learning rate": (["--model.lr", "0"], "--model.lr: must be > 0, got 0.0"),
+    "negative warmup": (
+        ["--model.warmup_steps", "-1"],
+        "--model.warmup_steps: must be an integer >= 0, got -1",
+    ),
+    "unknown architecture": (
+        ["--model.arch", "nope"],
+        "--model.arch: unknown model config 'nope'; known: dncnn_denoise_color, ",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_an_ordinary_mistake_is_one_line_before_lightning_starts(
+    workdir: Path, capsys: pytest.CaptureFixture[str], mistake: str
+) -> None:
+    """Exit status 2, one line naming the flag as typed, no traceback, no folder written."""
+    extra, message = MISTAKES[mistake]
+    assert main(["fit", "--config", "config.yaml", *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    expected = f"semanir fit: error: {message.format(cwd=workdir)}"
+    if mistake == "unknown architecture":  # the list of known configs follows
+        assert line.startswith(expected)
+    else:
+        assert line == expected
+    assert not (workdir / "run").exists()
+
+
+def test_validate_names_a_missing_checkpoint(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "--config", "config.yaml", "--ckpt_path", "gone/last.ckpt"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"semanir validate: error: --ckpt_path: no checkpoint gone/last.ckpt (nothing at "
+        f"{workdir}/gone/last.ckpt)"
+    ]
+    assert not (workdir / "run").exists()
+
+
+def test_a_bad_input_found_at_the_start_is_one_line_and_leaves_no_folder(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images smaller than the patch and a folder without images are found when the data is
+    set up, after Lightning made its log folder: one line, and the folders it made are gone
+    (a fresh run's ``run/``; next to an earlier run, only the new ``version_1``)."""
+    assert main(["fit", "--config", "config.yaml", "--data.patch_size", "32"]) == 2
+    small = ", ".join(f"train/{index}.png (24x24)" for index in range(4))
+    assert capsys.readouterr().err.splitlines() == [
+        f"semanir fit: error: --data.patch_size: 4 image(s) are smaller than --data.patch_size "
+        f"32: {small}"
+    ]
+    assert not (workdir / "run").exists()
+
+    assert main(["fit", "--config", "config.yaml", "--trainer.max_steps", "1"]) == 0
+    logs = workdir / "run" / "lightning_logs"
+    before = sorted(path.relative_to(workdir) for path in (workdir / "run").rglob("*"))
+    assert [path.name for path in logs.iterdir()] == ["version_0"]
+    (workdir / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["fit", "--config", "config.yaml", "--data.train_dirs", "[empty]"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("semanir fit: error: --data.train_dirs: no images (.png, ")
+    assert line.endswith(" found in empty")
+    after = sorted(path.relative_to(workdir) for path in (workdir / "run").rglob("*"))
+    assert after == before  # no version_1, nothing else
+
+
+def metrics_steps(version: Path) -> list[int]:
+    with (version / "metrics.csv").open(newline="") as file:
+        return sorted({int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]})
+
+
+def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(workdir: Path) -> None:
+    """``--ckpt_path run/lightning_logs/version_0/checkpoints/last.ckpt``: no version_1; the
+    resumed steps are appended to version_0's metrics.csv, its last.ckpt moves on, and Lightning
+    says nothing about a changed checkpoint folder or a loader that is not resumable."""
+    first = fit()
+    assert first.returncode == 0, first.stderr[-3000:]
+    version = workdir / "run" / "lightning_logs" / "version_0"
+    assert metrics_steps(version) == [0, 1, 2, 3]
+    resumed = fit("--ckpt_path", str(version / "checkpoints" / "last.ckpt"),
+                  "--trainer.max_steps", "8", "--verbose")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [path.name for path in version.parent.iterdir()] == ["version_0"]
+    assert metrics_steps(version) == list(range(8))
+    last = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8
+    for notice in ("not resumable", "dirpath has changed", "exists and is not empty"):
+        assert notice not in resumed.stderr  # --verbose: Lightning's warnings would show
+    assert "Restoring states from the checkpoint" in resumed.stderr
+
+
+def test_library_tips_and_notices_only_with_verbose(workdir: Path) -> None:
+    """Lightning's "💡 Tip" lines, "GPU available" and "Seed set" notices and deprecation
+    warnings are off: every stderr line is semanir's own. ``--verbose`` keeps them."""
+    quiet = fit("--trainer.max_steps", "2")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    lines = quiet.stderr.splitlines()
+    assert lines and all(line.startswith("semanir fit: ") for line in lines), quiet.stderr
+    verbose = fit("--trainer.max_steps", "2", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "💡 Tip" in verbose.stderr and "GPU available" in verbose.stderr
+    assert "Seed set to 0" in verbose.stderr
+
+
+def test_fit_help_lists_verbose(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--help"])
+    assert done.value.code == 0
+    assert "--verbose" in capsys.readouterr().out
