@@ -269,8 +269,9 @@ def test_bad_control_inputs_are_one_error_before_any_step(make_pipe, tmp_path, s
         assert str(error.value) == message
     with pytest.raises(TypeError, match="controlnet must be a diffusers ControlNetModel, got str"):
         generate_cascade(
-            pipe, PROMPT, [64, 128], [1], controlnet="cn", control_image=image, config=small_config
-        )
+            pipe, PROMPT, [64, 128], [1], controlnet="org/cn", control_image=image,
+            config=small_config,
+        )  # fmt: skip
     assert unet_calls == []
 
 

@@ -1,6 +1,6 @@
-"""What a Pixelsmith stage takes and gives: the text conditioning, the plan of each step, the
-output, the checks of the tensors a user passes (before any work, naming the argument) and the
-base stage's step progress.
+"""What a Pixelsmith stage takes and gives: the scheduler (SDXL's DDIM, the first-order check),
+the text conditioning, the plan of each step, the output, the checks of the tensors a user
+passes (before any work, naming the argument) and the base stage's step progress.
 """
 
 from __future__ import annotations
