@@ -267,7 +267,8 @@ def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(workdir: P
 
 def test_library_tips_and_notices_only_with_verbose(workdir: Path) -> None:
     """Lightning's "💡 Tip" lines, "GPU available" and "Seed set" notices and deprecation
-    warnings are off: every stderr line is semanir's own. ``--verbose`` keeps them."""
+    warnings are off: every stderr line is semanir's own, for fit and for a validation from a
+    checkpoint. ``--verbose`` keeps them."""
     quiet = fit("--trainer.max_steps", "2")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     lines = quiet.stderr.splitlines()
@@ -276,6 +277,11 @@ def test_library_tips_and_notices_only_with_verbose(workdir: Path) -> None:
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "💡 Tip" in verbose.stderr and "GPU available" in verbose.stderr
     assert "Seed set to 0" in verbose.stderr
+    checkpoint = workdir / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    validated = fit("--ckpt_path", str(checkpoint), command="validate")
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    lines = validated.stderr.splitlines()  # nothing on the checkpoint's training callbacks
+    assert lines and all(line.startswith("semanir validate: ") for line in lines), lines
 
 
 def test_fit_help_lists_verbose(capsys: pytest.CaptureFixture[str]) -> None:

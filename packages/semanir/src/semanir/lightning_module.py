@@ -622,6 +622,11 @@ TRAINING_FLAGS = {
 }
 
 
+# Lightning's warnings on a validation from a checkpoint about the training's callbacks (which
+# do not run in a validation): shown with --verbose only.
+VALIDATE_NOTICES = ("Be aware that when using `ckpt_path`", "The dirpath has changed from")
+
+
 class RestorationCLI(LightningCLI):
     """LightningCLI over ``RestorationModule`` + ``RestorationDataModule``.
 
@@ -708,6 +713,9 @@ class RestorationCLI(LightningCLI):
             with warnings.catch_warnings():
                 if resumed:  # its own folders: their checkpoints are expected
                     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists")
+                if subcommand == "validate" and not self.config[subcommand].verbose:
+                    for notice in VALIDATE_NOTICES:  # about the checkpoint's training callbacks
+                        warnings.filterwarnings("ignore", message=notice)
                 super()._run_subcommand(subcommand)
         except Exception:
             folders.remove_unused()
