@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml"))
 PYPI_MARKER = "Once a release is published on PyPI"
+EXAMPLE_MARKER = re.compile(r"<!--\s*example:[^\n]*-->$")  # common_kernels.testing's block marker
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -44,7 +45,8 @@ def install_lines(readme: Path) -> list[tuple[str, bool]]:
     text = readme.read_text()
     found = []
     for match in FENCE.finditer(text):
-        before = text[: match.start()].rstrip().rsplit("\n\n", 1)[-1]
+        preceding = EXAMPLE_MARKER.sub("", text[: match.start()].rstrip()).rstrip()
+        before = preceding.rsplit("\n\n", 1)[-1]  # the paragraph above (a test marker aside)
         block = match.group(2).replace("\\\n", " ")
         for line in block.splitlines():
             if line.startswith("pip install "):

@@ -48,9 +48,11 @@ def test_a_folder_gives_its_images_in_name_order_and_counts_the_subfolders_left_
     assert [image.relative for image in listing.images] == [Path("a.JPG"), Path("b.png")]
     assert (listing.left_out, listing.left_out_folders) == (2, 2)
     assert listing.left_out_note("--recursive") == (
-        "left out 2 image(s) in 2 subfolder(s) of the input folder(s); --recursive restores "
+        "left out 2 image(s) in 2 subfolder(s) of the input folder(s); --recursive takes "
         "them too, in the same subfolders"
     )
+    assert listing.left_out_note(verb="segments").endswith("recursive=True segments them too, "
+                                                           "in the same subfolders")  # fmt: skip
 
 
 def test_recursive_walks_subfolders_and_keeps_their_place(tree: Path) -> None:

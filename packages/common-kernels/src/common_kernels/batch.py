@@ -69,17 +69,18 @@ class ImageListing:
     def paths(self) -> list[Path]:
         return [image.path for image in self.images]
 
-    def left_out_note(self, recursive: str = "recursive=True") -> str | None:
+    def left_out_note(self, recursive: str = "recursive=True", verb: str = "takes") -> str | None:
         """One sentence on the images left out in subfolders, or None when there are none.
 
         Args:
             recursive: how the reader asks for them (a CLI gives its flag).
+            verb: what the command does to an image (``"restores"``, ``"segments"``).
         """
         if not self.left_out:
             return None
         return (
             f"left out {self.left_out} image(s) in {self.left_out_folders} subfolder(s) of the "
-            f"input folder(s); {recursive} restores them too, in the same subfolders"
+            f"input folder(s); {recursive} {verb} them too, in the same subfolders"
         )
 
 

@@ -415,7 +415,7 @@ def restore(args: Namespace) -> int:
             args.prog, f"--task {args.task}: the bundled {name} ({channels} images)"
         ),
     )  # fmt: skip
-    left_out = plan.listing.left_out_note("--recursive")
+    left_out = plan.listing.left_out_note("--recursive", verb="restores")
     if left_out:
         _say(args.prog, left_out)
     if plan.existing:
