@@ -318,6 +318,10 @@ CASES = {
         ["pca", "{t}/img.png", "--features", "{t}/flat.safetensors", "-o", "{t}/pca_out"],
         "--features: pass either a features file or images with --model",
     ),
+    "pca_features_recursive": (
+        ["pca", "--features", "{t}/flat.safetensors", "--recursive", "-o", "{t}/pca_out"],
+        "--recursive: applies to images, not to --features",
+    ),
     "pca_features_missing": (
         ["pca", "--features", "{t}/none.safetensors", "-o", "{t}/pca_out"],
         "--features {t}/none.safetensors does not exist",

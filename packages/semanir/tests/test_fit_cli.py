@@ -183,6 +183,84 @@ MISTAKES = {
 }
 
 
+DATA = {"train_dirs": ["train"], "task": "denoise", "sigma_range": (0, 50), "patch_size": 16}
+DATA_MISTAKES = {
+    "batch_size": ({"batch_size": 0}, "batch_size: must be an integer >= 1, got 0"),
+    "val_batch_size": ({"val_batch_size": 0}, "val_batch_size: must be an integer >= 1, got 0"),
+    "num_workers": ({"num_workers": -1}, "num_workers: must be an integer >= 0, got -1"),
+    "repeat": ({"repeat": 0}, "repeat: must be an integer >= 1, got 0"),
+    "patch_size": ({"patch_size": 0}, "patch_size: must be an integer >= 1, got 0"),
+    "val_patch_size": ({"val_patch_size": -8}, "val_patch_size: must be an integer >= 1, got -8"),
+    "task": ({"task": "deblur"}, "task: must be one of denoise, jpeg, sr, demosaic, paired, got "
+             "'deblur'"),
+    "channels": ({"channels": "cmyk"}, "channels: must be one of gray, rgb, got 'cmyk'"),
+    "bayer_pattern": ({"bayer_pattern": "RGBG"}, "bayer_pattern: must be one of RGGB, BGGR, "
+                      "GRBG, GBRG, got 'RGBG'"),
+    "sr scale": ({"task": "sr", "sigma_range": None, "scale": 8},
+                 "scale: task 'sr' needs 2, 3 or 4, got 8"),
+    "sr patch": ({"task": "sr", "sigma_range": None, "scale": 3},
+                 "patch_size: must be a multiple of the scale 3, got 16"),
+    "scale for denoise": ({"scale": 2}, "scale: applies to tasks 'sr' and 'paired', not 'denoise'"),
+    "no noise": ({"sigma_range": None}, "sigma_range: task 'denoise' needs sigma (fixed) or "
+                 "sigma_range (drawn)"),
+    "both noises": ({"sigma": 25}, "sigma: give sigma or sigma_range, not both"),
+    "sigma": ({"sigma_range": None, "sigma": 300}, "sigma: must be in [0, 255], got 300"),
+    "val_sigma": ({"val_sigma": -1}, "val_sigma: must be in [0, 255], got -1"),
+    "reversed range": ({"sigma_range": (50, 0)}, "sigma_range: must be [low, high] with low <= "
+                       "high, each in [0, 255], got [50, 0]"),
+    "quality": ({"task": "jpeg", "sigma_range": None, "quality": 100},
+                "quality: must be an integer in [1, 95], got 100"),
+    "quality for denoise": ({"quality_range": (10, 40)},
+                            "quality_range: applies to task 'jpeg' only, not 'denoise'"),
+    "demosaic gray": ({"task": "demosaic", "sigma_range": None},
+                      "channels: task 'demosaic' needs 'rgb', got 'gray'"),
+    "paired": ({"task": "paired", "sigma_range": None},
+               "train_lq_dir: task 'paired' needs train_lq_dir (degraded images) and train_dirs"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", list(DATA_MISTAKES))
+def test_data_options_are_checked_by_the_data_module(mistake: str) -> None:
+    """The API's end of the checks: each names its own argument, before any image is read."""
+    from common_kernels.errors import InvalidArgument
+    from semanir.data.datamodule import RestorationDataModule
+
+    options, message = DATA_MISTAKES[mistake]
+    with pytest.raises(InvalidArgument) as caught:
+        RestorationDataModule(**{**DATA, **options})
+    assert str(caught.value) == message
+
+
+def test_trainer_options_and_checkpoint_are_checked_by_the_api(tmp_path: Path) -> None:
+    from common_kernels.errors import InvalidArgument
+    from semanir.lightning_module import check_trainer_options
+    from semanir.runs import check_checkpoint_path
+
+    for name, (value, text) in {
+        "max_steps": (0, "must be a number of steps >= 1, or -1 for no limit, got 0"),
+        "max_epochs": (-2, "must be a number of epochs >= 1, or -1 for no limit, got -2"),
+        "min_steps": (-1, "must be an integer >= 0, got -1"),
+        "num_sanity_val_steps": (-2, "must be an integer >= -1, got -2"),
+        "limit_val_batches": (1.5, "must be a number of batches >= 0 or a fraction in [0, 1], "
+                              "got 1.5"),
+        "gradient_clip_val": (-1.0, "must be >= 0, got -1.0"),
+        "val_check_interval": (0.0, "must be a number of training batches >= 1 or a fraction "
+                               "of an epoch in (0, 1], got 0.0"),
+    }.items():  # fmt: skip
+        with pytest.raises(InvalidArgument) as caught:
+            check_trainer_options(**{name: value})
+        assert str(caught.value) == f"{name}: {text}"
+    check_trainer_options(max_steps=-1, max_epochs=-1, val_check_interval="00:00:10:00",
+                          limit_val_batches=0, check_val_every_n_epoch=None)  # fmt: skip
+    for name in ("last", "best", "registry:model"):
+        check_checkpoint_path(name)  # Lightning's own names pass
+    with pytest.raises(InvalidArgument) as caught:
+        check_checkpoint_path(tmp_path / "a{b}.ckpt")
+    assert str(caught.value) == (
+        f"ckpt_path: no checkpoint {tmp_path}/a{{b}}.ckpt (nothing at {tmp_path}/a{{b}}.ckpt)"
+    )
+
+
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_an_ordinary_mistake_is_one_line_before_lightning_starts(
     workdir: Path, capsys: pytest.CaptureFixture[str], mistake: str

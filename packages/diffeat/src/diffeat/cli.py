@@ -386,6 +386,10 @@ def command_pca(args: Namespace) -> int:
     if args.features is not None:
         if args.images or args.model:
             raise UsageError("--features: pass either a features file or images with --model")
+        given = [f"--{k.replace('_', '-')}" for k in ("recursive", "keep_going", "in_place")
+                 if getattr(args, k)]  # fmt: skip
+        if given:
+            raise UsageError(f"{given[0]}: applies to images, not to --features")
         with usage_errors():
             stems, size = check_pca_file(
                 args.features, args.output, args.size, args.allow_large, FLAGS

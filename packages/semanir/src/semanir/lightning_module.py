@@ -306,7 +306,7 @@ def check_optimization(
     _count("warmup_steps", warmup_steps, low=0)
     if total_steps is not None:
         _count("total_steps", total_steps, low=1)
-    if any(int(step) != step or step < 0 for step in milestones or ()):
+    if not all(_is_integer(step, low=0) for step in milestones or ()):
         raise InvalidArgument("milestones", f"must be steps >= 0, got {list(milestones)}")
 
 
@@ -316,7 +316,7 @@ def _positive(name: str, value: float) -> None:
 
 
 def _count(name: str, value: int, *, low: int) -> None:
-    if int(value) != value or value < low:
+    if not _is_integer(value, low=low):
         raise InvalidArgument(name, f"must be an integer >= {low}, got {value!r}")
 
 

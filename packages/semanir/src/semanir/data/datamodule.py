@@ -108,14 +108,15 @@ def check_data_options(
     )
     if task == "demosaic" and channels != "rgb":
         raise InvalidArgument("channels", f"task 'demosaic' needs 'rgb', got {channels!r}")
-    if task == "paired" and train_dirs and not train_lq_dir:
-        raise InvalidArgument(
-            "train_lq_dir", "task 'paired' needs train_lq_dir (degraded images) and train_dirs"
-        )
-    if task == "paired" and val_dirs and not val_lq_dir:
-        raise InvalidArgument(
-            "val_lq_dir", "task 'paired' needs val_lq_dir (degraded images) and val_dirs"
-        )
+    for split, clean, degraded in (
+        ("train", train_dirs, train_lq_dir),
+        ("val", val_dirs, val_lq_dir),
+    ):
+        if task == "paired" and clean and not degraded:
+            raise InvalidArgument(
+                f"{split}_lq_dir",
+                f"task 'paired' needs {{{split}_lq_dir}} (degraded images) and {{{split}_dirs}}",
+            )
 
 
 def _choice(name: str, value: object, choices: Sequence[str]) -> None:
