@@ -54,6 +54,12 @@ def test_shell_examples_with_their_modes(tmp_path) -> None:
     assert second.commands() == [["OMP_NUM_THREADS=2", "tool", "fit", "--steps", "5"],
                                  ["tool", "b"]]  # fmt: skip
     assert shell_commands("a 'b c'; d") == [["a", "b c"], ["d"]]
+    # a quoted argument that spans lines is one word of one command
+    assert shell_commands("x 1\nprintf '%s' 'one\n  two' > f.txt  # c\ny") == [
+        ["x", "1"], ["printf", "%s", "one\n  two", ">", "f.txt"], ["y"]
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="a quote is never closed in: \"a 'b\\\\nc\""):
+        shell_commands("a 'b\nc")
 
 
 def test_shell_example_markers_must_be_complete(tmp_path) -> None:

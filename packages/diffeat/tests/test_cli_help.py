@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffeat.cli import build_parser, size_option
+from common_kernels.cli import size_type
+from diffeat.cli import build_parser
 
 
 def numeric_flags() -> dict[tuple[str, str], str]:
@@ -16,7 +17,7 @@ def numeric_flags() -> dict[tuple[str, str], str]:
     found = {}
     for command, parser in commands.choices.items():
         for action in parser._actions:
-            if action.type in (int, float, size_option):
+            if action.type in (int, float, size_type):
                 found[(command, action.option_strings[-1])] = action.help % {
                     "default": action.default
                 }

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common_kernels.cli import size_type
 from common_kernels.testing import signal_while_working
-from itaclip.cli import build_parser, parse_size_option
+from itaclip.cli import build_parser
 
 WORKING_SCRIPT = """
 import sys, time
@@ -71,7 +72,7 @@ def numeric_flags() -> dict[tuple[str, str], str]:
     found = {}
     for command, parser in commands.choices.items():
         for action in parser._actions:
-            if action.type in (int, float, parse_size_option):
+            if action.type in (int, float, size_type):
                 printed = action.help % {"default": action.default}  # as argparse fills it in
                 found[(command, action.option_strings[-1])] = printed
     return found

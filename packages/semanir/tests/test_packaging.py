@@ -11,7 +11,7 @@ import pytest
 
 from common_kernels.cli import UsageError
 from semanir.bundled import BUNDLED_MODELS
-from semanir.cli import bundled_configs_dir, with_bundled_configs
+from semanir.lightning_cli import bundled_configs_dir, with_bundled_configs
 
 PACKAGE = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (PACKAGE / "src" / "semanir" / "configs").glob("*.yaml"))

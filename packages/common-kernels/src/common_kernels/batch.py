@@ -15,6 +15,7 @@ the rules that keep a user's photos safe. Standard library only.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 from collections.abc import Callable, Iterable, Sequence
@@ -377,10 +378,15 @@ class BatchRun:
 
     def skipped_summary(self) -> str:
         """The inputs set aside, one per line after a header (empty when none)."""
-        if not self.skipped:
-            return ""
-        lines = [f"  {item.path}: {item.reason}" for item in self.skipped]
-        return f"skipped {len(self.skipped)} input(s) that could not be read:\n" + "\n".join(lines)
+        return skipped_summary(self.skipped)
+
+
+def skipped_summary(skipped: Sequence[Skipped]) -> str:
+    """Inputs set aside (``keep_going``), one per line after a header (empty when none)."""
+    if not skipped:
+        return ""
+    lines = [f"  {item.path}: {item.reason}" for item in skipped]
+    return f"skipped {len(skipped)} input(s) that could not be read:\n" + "\n".join(lines)
 
 
 def resume_command(program: str, argv: Sequence[str], flag: str = "--skip-existing") -> str:
@@ -394,3 +400,47 @@ def resume_command(program: str, argv: Sequence[str], flag: str = "--skip-existi
     """
     words = list(argv) if flag in argv else [*argv, flag]
     return " ".join([program, shlex.join(words)])
+
+
+class CommandSession:
+    """One command line and the batch it runs: what an interrupt line adds.
+
+    Args:
+        argv: the arguments without the program name.
+    """
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.run: BatchRun | None = None
+
+    def interrupt_hint(self) -> str:
+        """`` after N of M image(s); resume with: ...`` once a batch runs, else nothing."""
+        return "" if self.run is None else self.run.interrupt_hint()
+
+
+def add_batch_options(
+    parser: argparse.ArgumentParser,
+    *,
+    results: str = "results",
+    flags: Sequence[str] = ("--recursive", "--keep-going", "--skip-existing", "--in-place"),
+) -> None:
+    """The folder-batch flags, worded the same in every command that takes folders.
+
+    Args:
+        parser: the command's parser.
+        results: what the command writes per input (``"outputs"``, ``"PNGs"``).
+        flags: the ones this command takes, of ``--recursive``, ``--keep-going``,
+            ``--skip-existing`` and ``--in-place``.
+    """
+    helps = {
+        "--recursive": "walk the subfolders of input folders too, mirroring them under the "
+        "output folder (default: only the folders' own images; the images left out are counted)",
+        "--keep-going": "skip inputs that cannot be read (one line each) and exit 1 at the end "
+        "with their list (default: stop before any model loads, naming the file)",
+        "--skip-existing": f"leave out inputs whose {results} exist: resumes an interrupted "
+        "folder run",
+        "--in-place": f"allow {results} to replace their input files (each written atomically) "
+        "and the output folder to be an input folder (default: refused)",
+    }
+    for flag in flags:
+        parser.add_argument(flag, action="store_true", help=helps[flag])

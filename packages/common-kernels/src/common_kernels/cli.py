@@ -23,12 +23,13 @@ Only the standard library and torch are imported here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,12 +37,19 @@ from typing import Any, NoReturn
 import torch
 
 from common_kernels.errors import InvalidArgument
+from common_kernels.files import parse_size
 
 EXIT_WORK = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEVICE_FORMAT = "cpu, cuda, cuda:N or mps"
+# What an API check raises about an input (a value, a type, a missing file or module, a file
+# where a folder belongs or the reverse): a bad input inside :func:`usage_errors`.
+BAD_INPUT = (
+    ValueError, TypeError, ImportError, FileNotFoundError, IsADirectoryError, NotADirectoryError
+)  # fmt: skip
+VERBOSE_HELP = "keep third-party progress bars, deprecation notices and tips (default: off)"
 
 Describe = Callable[[BaseException], str]
 
@@ -70,6 +78,46 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.prog)
+
+
+@contextlib.contextmanager
+def usage_errors(bad_input: tuple[type[BaseException], ...] = BAD_INPUT) -> Iterator[None]:
+    """An API check's error about an input as a :class:`UsageError` (one line, exit status 2).
+
+    An :class:`~common_kernels.errors.InvalidArgument` passes on to :func:`run_main`, which names
+    its argument by the command's flags.
+
+    Args:
+        bad_input: the exception classes that are bad inputs.
+    """
+    try:
+        yield
+    except InvalidArgument:
+        raise
+    except bad_input as error:
+        raise UsageError(one_line(error)) from None
+
+
+def size_type(text: str) -> tuple[int, int]:
+    """``S`` or ``HxW`` (height x width) in pixels -> ``(H, W)``: an argparse type with the rule
+    of :func:`common_kernels.files.parse_size`, the same in every package."""
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` (:data:`VERBOSE_HELP`) on ``parser``'s every subcommand, or on ``parser``
+    itself when it has none."""
+    subcommands = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    if not subcommands:
+        parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    for action in subcommands:
+        for sub in dict.fromkeys(action.choices.values()):
+            add_verbose(sub)
 
 
 def one_line(error: BaseException) -> str:
@@ -294,13 +342,18 @@ def check_folder_writable(folder: Path, flag: str) -> None:
     check_writable(folder, flag, folder, "it")
 
 
-def check_file_writable(path: Path, flag: str) -> None:
-    """Fail unless ``path`` is not a folder and its folder is writable or can be created.
+def check_file_writable(path: Path, flag: str, suffixes: Sequence[str] = ()) -> None:
+    """Fail unless ``path`` is not a folder and its folder is writable or can be created (and,
+    given ``suffixes``, ends with one of them, in any case).
 
     Args:
         path: the output file.
         flag: the option named in the messages.
+        suffixes: the accepted suffixes (``(".json",)``); empty: any.
     """
+    if suffixes and path.suffix.lower() not in suffixes:
+        found = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise UsageError(f"{flag} {path}: {found}; accepted: {', '.join(suffixes)}")
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder, not a file")
     check_writable(path.parent, flag, path, "its folder")

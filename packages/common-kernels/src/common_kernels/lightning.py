@@ -13,14 +13,19 @@ every few seconds and one per validation::
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from common_kernels.files import atomic_write
 from common_kernels.progress import is_terminal
 
 
@@ -129,3 +134,40 @@ def progress_callbacks(
     if enabled is False or has_bar or is_terminal(stream):
         return []
     return [LogProgress(desc, log_every=log_every, file=file)]
+
+
+class ContinuedCSVWriter(ExperimentWriter):
+    """The ``CSVLogger`` writer of a resumed run: it continues the ``metrics.csv`` of its
+    version folder where Lightning's own writer deletes it (with a warning).
+
+    The rows logged before ``step`` stay, later ones are dropped (the run trains those steps
+    again), in one atomic rewrite; new rows are appended under the same columns. Give it to a
+    logger before the run starts (``logger._experiment = ContinuedCSVWriter(...)``, or from a
+    ``CSVLogger`` subclass's ``experiment``).
+
+    Args:
+        log_dir: the run's version folder.
+        step: the resumed checkpoint's step; None keeps every row.
+    """
+
+    def __init__(self, log_dir: str, step: int | None = None) -> None:
+        self.step = step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            rows = [row for row in reader if self._kept(row)]
+            self.metrics_keys = sorted(reader.fieldnames or [])
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_write(path) as temp:
+            Path(temp).write_text(text.getvalue(), newline="")
+
+    def _kept(self, row: dict[str, str]) -> bool:
+        return self.step is None or float(row.get("step") or 0) < self.step

@@ -162,10 +162,8 @@ def shell_commands(code: str) -> list[list[str]]:
     """
     joined = re.sub(r"\\\n", " ", code)
     commands: list[list[str]] = []
-    for line in joined.splitlines():
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
-        lexer.whitespace_split = True
-        words = list(lexer)
+    for line in _logical_lines(joined):
+        words = _shell_words(line)
         current: list[str] = []
         for word in words:
             if word in ("&&", ";"):
@@ -176,6 +174,30 @@ def shell_commands(code: str) -> list[list[str]]:
         if current:
             commands.append(current)
     return commands
+
+
+def _shell_words(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """``text``'s lines, a line whose quote is still open joined with the next ones (a quoted
+    argument may span lines, as in ``printf '...multi-line...' > file``)."""
+    lines: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            _shell_words(pending)
+        except ValueError:  # "No closing quotation": the quote goes on
+            continue
+        lines.append(pending)
+        pending = ""
+    if pending:
+        raise ValueError(f"a quote is never closed in: {pending!r}")
+    return lines
 
 
 def program_words(command: Sequence[str]) -> list[str]:

@@ -8,38 +8,35 @@ diffeat tiny-model DIR --kind sd15|sdxl
 
 Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96 px wide.
 Folders give their images (``--recursive``: their subfolders' too); every image is decoded
-before the model loads (``--keep-going`` skips a bad one and exits 1 at the end).
-
-Errors: a bad input ends with one line ``diffeat COMMAND: error: ...`` naming the flag and exit
-status 2, found before any weights are loaded (only the model's config files are read); a
-failure while working (disk full, a model that cannot be loaded or downloaded) exits 1; Ctrl-C
-exits 130 with ``diffeat COMMAND: interrupted``.
+before the model loads (``--keep-going`` skips a bad one and exits 1 at the end). Bad inputs
+are found before any weights load (only the model's config files are read): see :func:`main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from argparse import Namespace
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common_kernels.batch import BatchRun, Skipped, resume_command
+from common_kernels.batch import BatchRun, CommandSession, Skipped, resume_command, skipped_summary
 from common_kernels.cli import (
     Parser,
     UsageError,
     WorkError,
+    add_verbose,
     check_file_writable,
     check_folder_writable,
     command_prog,
     one_line,
     run_main,
+    size_type,
+    usage_errors,
     version_line,
 )
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import check_output_folder_name, parse_size
+from common_kernels.files import check_output_folder_name
 from common_kernels.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
 from diffeat.capture import MissingActivationsError
@@ -74,18 +71,8 @@ from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
 from diffeat.presets import ALL, PRESETS, selection_names
 from diffeat.probes import PROBES
 
-
-def size_option(text: str) -> tuple[int, int]:
-    """``S`` or ``HxW`` (height x width) in pixels -> ``(H, W)`` (an argparse type: its errors
-    name the flag); the rule of ``common_kernels.files.parse_size``, as in every package."""
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 DEFAULT = " (default: %(default)s)"
-SIZE = {"type": size_option, "default": None, "metavar": "S|HxW"}
+SIZE = {"type": size_type, "default": None, "metavar": "S|HxW"}
 # the extraction options of ``extract``, ``probe`` and ``pca`` after --model and the selection
 MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--timestep": {"type": int, "default": 50, "help": "diffusion timestep in steps, in "
@@ -131,7 +118,6 @@ PCA_OPTIONS: dict[str, dict[str, Any]] = {
     "--in-place": {**FLAG, "help": "allow -o to be an input folder: the PNGs go among its "
                    "images (default: refused)"},
 }  # fmt: skip
-VERBOSE = {**FLAG, "help": "keep third-party progress bars, deprecation notices and tips"}
 
 
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -207,8 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--kind", choices=KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
     tiny.add_argument("--seed", type=int, default=0, help=seed)
-    for command in commands.choices.values():
-        command.add_argument("--verbose", **VERBOSE)
+    add_verbose(parser)
     return parser
 
 
@@ -223,26 +208,6 @@ FLAGS = {
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
 }  # fmt: skip
-BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
-
-
-@contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
-    """An API check's error about an input as a ``UsageError``: one line, exit status 2."""
-    try:
-        yield
-    except InvalidArgument:
-        raise  # printed by run_main with the flags of FLAGS
-    except BAD_INPUT as error:
-        raise UsageError(one_line(error)) from None
-
-
-def check_file_output(path: Path, flag: str, suffixes: tuple[str, ...]) -> None:
-    """Fail unless ``path`` ends with one of ``suffixes``, is not a folder and can be written."""
-    if path.suffix.lower() not in suffixes:
-        found = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
-        raise UsageError(f"{flag} {path}: {found}; accepted: {', '.join(suffixes)}")
-    check_file_writable(path, flag)
 
 
 def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
@@ -313,13 +278,10 @@ def say(args: Namespace, line: str) -> None:
     print(f"diffeat {args.command}: {line}", file=sys.stderr)
 
 
-def skipped_status(args: Namespace, skipped: Sequence[Skipped], total: int) -> int:
+def skipped_status(args: Namespace, skipped: Sequence[Skipped]) -> int:
     """Exit status 1 with the list of the images skipped (``--keep-going``), else 0."""
-    batch = BatchRun(total)
-    for item in skipped:
-        batch.skip(item.path, item.reason)
     if skipped:
-        say(args, batch.skipped_summary())
+        say(args, skipped_summary(skipped))
     return 1 if skipped else 0
 
 
@@ -345,7 +307,7 @@ def command_layers(args: argparse.Namespace) -> None:
 
 def command_extract(args: Namespace) -> int:
     """Extract features of the images to a safetensors file."""
-    check_file_output(args.output, "-o/--output", (".safetensors",))
+    check_file_writable(args.output, "-o/--output", (".safetensors",))
     why = "the images of one features file need one size"
     keep = resize_parts(args.resize, args.concat, FLAGS)
     checked = check_images(args, check_plan(args), keep, one_size=True, why=why)
@@ -358,7 +320,7 @@ def command_extract(args: Namespace) -> int:
         for name, value in features.items():
             print(f"{name}: {tuple(value.shape)}")
         print(f"wrote {len(features)} features of {len(checked.images)} images to {args.output}")
-    return skipped_status(args, checked.skipped, len(checked.listing.images))
+    return skipped_status(args, checked.skipped)
 
 
 def command_probe(args: Namespace) -> int:
@@ -366,7 +328,7 @@ def command_probe(args: Namespace) -> int:
     with usage_errors():
         probes = check_probes(args.probes, "--probes")
     if args.output is not None:
-        check_file_output(args.output, "-o/--output", (".json",))
+        check_file_writable(args.output, "-o/--output", (".json",))
     checked = check_images(args, check_plan(args), probe_part)
     if checked.images:
         extractor = load_extractor(args, checked)
@@ -374,7 +336,7 @@ def command_probe(args: Namespace) -> int:
         print(probe_table(results, probes))
         if args.output is not None:
             print(f"wrote {args.output}")
-    return skipped_status(args, checked.skipped, len(checked.listing.images))
+    return skipped_status(args, checked.skipped)
 
 
 def command_pca(args: Namespace) -> int:
@@ -411,7 +373,7 @@ def command_pca(args: Namespace) -> int:
     keep = pca_keep(args.size, FLAGS)
     checked = check_images(args, plan, keep, outputs.pending, one_size=True, why=why)
     stems, features = outputs.stems_of(checked.images), {}
-    args.batch = BatchRun(len(stems), resume_command("diffeat pca", args.argv))
+    args.session.run = BatchRun(len(stems), resume_command("diffeat pca", args.argv))
     if checked.images:
         features = extract_batches(load_extractor(args, checked), checked, args.prompt)[0]
     return write_pngs(args, features, stems, args.size or checked.fed, checked.skipped)
@@ -419,13 +381,14 @@ def command_pca(args: Namespace) -> int:
 
 def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped] = ()) -> int:
     """The PNGs of ``pca`` (image by image, counted for the interrupt line)."""
-    args.batch = args.batch or BatchRun(len(stems), resume_command("diffeat pca", args.argv))
+    run = args.session.run or BatchRun(len(stems), resume_command("diffeat pca", args.argv))
+    args.session.run = run
     count = 0 if not stems else write_pca(
         features, args.output, stems, size, skip_existing=args.skip_existing,
-        on_image=lambda index: args.batch.done(),
+        on_image=lambda index: run.done(),
     )  # fmt: skip
     print(f"wrote {count} PNGs to {args.output}")
-    return skipped_status(args, skipped, len(stems) + len(skipped))
+    return skipped_status(args, skipped)
 
 
 def command_tiny_model(args: argparse.Namespace) -> None:
@@ -462,23 +425,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--version"]:
         print(version_line("diffeat", "diffeat"))
         return 0
-    parsed: list[Namespace] = []
+    session = CommandSession(argv[1:])
 
     def run() -> int | None:
         args = build_parser().parse_args(argv)
-        args.argv, args.batch = argv[1:], None
-        parsed.append(args)
+        args.argv, args.session = argv[1:], session
         with quiet_libraries(verbose=args.verbose):
             return COMMANDS[args.command](args)
 
-    def interrupt_hint() -> str:
-        batch = parsed[0].batch if parsed else None
-        return batch.interrupt_hint() if batch is not None else ""
-
     prog = command_prog("diffeat", argv, COMMANDS)
     return run_main(
-        prog, run, work_errors=(MissingActivationsError,), interrupt_hint=interrupt_hint,
-        flags=FLAGS,
+        prog, run, work_errors=(MissingActivationsError,),
+        interrupt_hint=session.interrupt_hint, flags=FLAGS,
     )  # fmt: skip
 
 

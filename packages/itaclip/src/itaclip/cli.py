@@ -9,45 +9,41 @@ itaclip tiny-model DIR [--seed 0]     # a tiny random open_clip model folder (of
 
 Classes are comma-separated; ``|`` separates the synonyms of one class (``"person|man,dog"``).
 
-The checks are the API's (``check_from_pretrained``, ``itaclip.inputs.check_classes``,
-``check_evaluation``, ``itaclip.generate.check_lm``), given the flags' names: a bad input ends
-with one line ``itaclip COMMAND: error: ...`` naming the flag and exit status 2, found before any
-model is loaded; a failure while working (disk full, a model that cannot be loaded, a hub that
-cannot be reached) exits 1; Ctrl-C exits 130 with ``itaclip COMMAND: interrupted``, SIGTERM 143
-with ``itaclip COMMAND: terminated`` (``segment`` adds how many images were written and the
-command that resumes the run). Inputs are never overwritten unless ``--in-place`` says so
-(``itaclip.folders``, ``itaclip.protect``). ``itaclip --version`` prints the versions;
-third-party progress bars and notices are off unless ``--verbose``.
+The checks are the API's, with the flags' names: a bad input is one line ``itaclip COMMAND:
+error: ...`` and exit status 2 before any model loads; a failure while working exits 1; Ctrl-C
+and SIGTERM exit 130 and 143 (``segment`` says how many images were written and the command
+that resumes). Inputs are never overwritten unless ``--in-place`` says so; ``--version``;
+third-party chatter is off unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import open_clip
 from tqdm.auto import tqdm
 
-from common_kernels.batch import BatchRun, Skipped, resume_command
+from common_kernels.batch import (
+    BatchRun,
+    CommandSession,
+    add_batch_options,
+    resume_command,
+)
 from common_kernels.cli import (
     Parser,
-    UsageError,
+    add_verbose,
     check_folder_writable,
     command_prog,
-    one_line,
     run_main,
+    size_type,
+    usage_errors,
     version_line,
 )
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import parse_size, write_json
-from common_kernels.quiet import quiet_libraries
+from common_kernels.files import write_json
 from itaclip.auxfile import write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
 from itaclip.evaluate import (
@@ -67,6 +63,7 @@ from itaclip.generate import (
 )
 from itaclip.inputs import ClassInputs, check_classes, parse_class_option
 from itaclip.presets import PRESETS
+from itaclip.quiet import quiet
 from itaclip.segmenter import LoadPlan, Segmenter, check_from_pretrained
 from itaclip.tiny import check_seed, save_tiny_model
 
@@ -93,76 +90,12 @@ FLAGS = {
     "recursive": "--recursive",
     "in_place": "--in-place",
 }
-BAD_INPUT = (ValueError, TypeError, ImportError, FileNotFoundError, IsADirectoryError)
 PROGRAM = "itaclip"
-
-
-@contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
-    """An API check's error about an input (a value, a missing file or module, a file where a
-    folder belongs or the reverse) as a ``UsageError``: one line, exit status 2. An
-    ``InvalidArgument`` goes on to ``run_main``, which names its argument by ``FLAGS``."""
-    try:
-        yield
-    except InvalidArgument:
-        raise
-    except (*BAD_INPUT, NotADirectoryError) as error:
-        raise UsageError(one_line(error)) from None
-
-
-class Session:
-    """One command line: its arguments, and the batch it runs (what an interrupt line adds).
-
-    Args:
-        argv: the arguments without the program name.
-    """
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.argv = list(argv)
-        self.run: BatchRun | None = None
-
-    def interrupt_hint(self) -> str:
-        """`` after N of M image(s); resume with: ...`` once a batch runs, else nothing."""
-        return "" if self.run is None else self.run.interrupt_hint()
 
 
 def say(prog: str, text: str) -> None:
     """One line ``PROG: text`` on stderr, between progress bars."""
     tqdm.write(f"{prog}: {text}", file=sys.stderr)
-
-
-class OpenClipNotices(logging.Filter):
-    """Drops open_clip's notices (it logs them on the root logger: "No pretrained weights
-    loaded for model ..." after ``--pretrained ''``); its errors pass."""
-
-    folder = os.path.dirname(open_clip.__file__)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.folder)
-
-
-@contextlib.contextmanager
-def quiet(verbose: bool) -> Iterator[None]:
-    """Third-party progress bars, deprecation notices and tips off while a command works
-    (``common_kernels.quiet.quiet_libraries``), open_clip's notices too, unless ``verbose``."""
-    with quiet_libraries(verbose):
-        if verbose:
-            yield
-            return
-        notices = OpenClipNotices()
-        logging.getLogger().addFilter(notices)
-        try:
-            yield
-        finally:
-            logging.getLogger().removeFilter(notices)
-
-
-def add_verbose(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="keep the libraries' own progress bars, deprecation notices and tips (default: off)",
-    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +153,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress (default: bars on a terminal, a line every 10 s in a log)",
     )
-    add_verbose(parser)
 
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
@@ -242,29 +174,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         help="output folder: NAME_overlay.png and NAME_labels.png per image, in the image's "
         "subfolder with --recursive",
     )
-    segment.add_argument(
-        "--recursive",
-        action="store_true",
-        help="also segment the images in the subfolders of input folders, into the same "
-        "subfolders of -o (default: they are left out, and counted)",
-    )
-    segment.add_argument(
-        "--keep-going",
-        action="store_true",
-        help="skip an image that cannot be read, with one line, and exit 1 at the end listing "
-        "the skipped ones (default: stop before any work)",
-    )
-    segment.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="leave out the images whose two outputs exist (resume an interrupted run)",
-    )
-    segment.add_argument(
-        "--in-place",
-        action="store_true",
-        help="allow -o to be an input folder, and outputs to replace input files (written "
-        "atomically) (default: refused)",
-    )
+    add_batch_options(segment, results="two outputs")
     segment.add_argument("--preset", choices=sorted(PRESETS), default=None)
     segment.add_argument(
         "--aux-file",
@@ -292,7 +202,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
     )
     segment.add_argument(
         "--output-size",
-        type=parse_size_option,
+        type=size_type,
         default=None,
         metavar="HxW",
         help="size of the label maps in px, height x width, each >= 1 (480x640 is 640 px wide; "
@@ -340,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="file to write: .json, or any other suffix for the official 'name >= text' lines",
     )
-    add_verbose(aux)
     tiny = commands.add_parser(
         "tiny-model", help="write a tiny random open_clip model folder (offline smoke runs)"
     )
@@ -351,17 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch seed of the random weights, in [0, 2**64 - 1] (default: %(default)s)",
     )
-    add_verbose(tiny)
+    add_verbose(parser)
     return parser
-
-
-def parse_size_option(text: str) -> tuple[int, int]:
-    """``"480x640"`` -> ``(480, 640)`` (height x width), ``"480"`` -> ``(480, 480)``: the rule of
-    ``common_kernels.files.parse_size``, as in every package (an argparse type)."""
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -413,33 +313,19 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
             skip_existing=args.skip_existing,
             keep_going=args.keep_going,
             protect=protect,
-            on_unreadable=lambda skipped: say_skipped("itaclip segment", skipped),
+            on_unreadable=lambda skipped: say(
+                "itaclip segment", f"skipped {skipped.path}: {skipped.reason}"
+            ),
             names=FLAGS,
         )
     return plan, inputs, batch
 
 
-def say_skipped(prog: str, skipped: Skipped) -> None:
-    say(prog, f"skipped {skipped.path}: {skipped.reason}")
-
-
-def say_batch(prog: str, batch: SegmentBatch) -> None:
-    """What was left out of the batch, one line each."""
-    note = batch.left_out_note(FLAGS["recursive"])
-    if note:
-        say(prog, note)
-    own = batch.own_outputs
-    if own:
-        names = ", ".join(map(str, own[:3])) + (", ..." if len(own) > 3 else "")
-        say(prog, f"left out {len(own)} input(s) that are outputs of this run ({names})")
-    if batch.finished:
-        say(prog, f"left out {len(batch.finished)} image(s) whose outputs exist (--skip-existing)")
-
-
-def run_segment(args: argparse.Namespace, session: Session) -> int:
+def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
     prog = f"{PROGRAM} segment"
     plan, inputs, batch = check_segment(args)
-    say_batch(prog, batch)
+    for note in batch.notes(FLAGS["recursive"]):
+        say(prog, note)
     run = BatchRun(len(batch.jobs), resume_command(prog, session.argv[1:]))
     run.skipped.extend(batch.unreadable)
     session.run = run
@@ -460,7 +346,7 @@ def run_segment(args: argparse.Namespace, session: Session) -> int:
             desc=prog,
             run=run,
             on_written=written,
-            on_skipped=lambda skipped: say_skipped(prog, skipped),
+            on_skipped=lambda skipped: say(prog, f"skipped {skipped.path}: {skipped.reason}"),
         )
     if run.skipped:
         say(prog, run.skipped_summary())
@@ -481,7 +367,7 @@ def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]
     return plan, dataset
 
 
-def run_eval(args: argparse.Namespace, session: Session) -> int:
+def run_eval(args: argparse.Namespace, session: CommandSession) -> int:
     plan, dataset = check_eval(args)
     report = run_evaluation(plan, dataset, args.limit, args.nproc, progress=not args.quiet)
     if args.json is not None:
@@ -501,7 +387,7 @@ def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig]:
     return names, sampling
 
 
-def run_aux(args: argparse.Namespace, session: Session) -> int:
+def run_aux(args: argparse.Namespace, session: CommandSession) -> int:
     names, sampling = check_aux(args)
     texts = AuxTextGenerator.from_pretrained(args.lm, sampling).generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
@@ -514,7 +400,7 @@ def run_aux(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
-def run_tiny_model(args: argparse.Namespace, session: Session) -> int:
+def run_tiny_model(args: argparse.Namespace, session: CommandSession) -> int:
     with usage_errors():
         check_seed(args.seed, "--seed")
     check_folder_writable(args.directory, "DIR")
@@ -541,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--version"]:
         print(version_line(PROGRAM, "itaclip"))
         return 0
-    session = Session(argv)
+    session = CommandSession(argv)
 
     def run() -> int:
         args = build_parser().parse_args(argv)

@@ -114,6 +114,25 @@ class SegmentBatch:
             "output folder"
         )
 
+    def notes(self, recursive: str = "recursive=True") -> list[str]:
+        """What was left out of the batch, one sentence each (empty when nothing was).
+
+        Args:
+            recursive: how the reader asks for the images in subfolders (``--recursive``).
+        """
+        notes = [] if self.left_out_note(recursive) is None else [self.left_out_note(recursive)]
+        if self.own_outputs:
+            names = ", ".join(map(str, self.own_outputs[:3]))
+            more = ", ..." if len(self.own_outputs) > 3 else ""
+            notes.append(
+                f"left out {len(self.own_outputs)} input(s) that are outputs of this run "
+                f"({names}{more})"
+            )
+        if self.finished:
+            notes.append(f"left out {len(self.finished)} image(s) whose outputs exist "
+                         "(--skip-existing)")  # fmt: skip
+        return notes
+
 
 def inspect_image(path: Path) -> tuple[int, int]:
     """Decode ``path`` completely (``read_photo``); its upright (height, width).

@@ -10,18 +10,30 @@ semanir models                                 # the bundled models: task, size,
 from __future__ import annotations
 
 import sys
-import warnings
 from argparse import ArgumentTypeError, Namespace
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from common_kernels.batch import BatchRun, Skipped, check_not_inputs, find_images, resume_command
-from common_kernels.cli import Parser, UsageError, check_device, run_main, version_line
+from common_kernels.batch import (
+    BatchRun,
+    Skipped,
+    add_batch_options,
+    check_not_inputs,
+    find_images,
+    resume_command,
+)
+from common_kernels.cli import (
+    Parser,
+    UsageError,
+    add_verbose,
+    check_device,
+    run_main,
+    version_line,
+)
 from common_kernels.photos import Photo
 from common_kernels.progress import progress
 from common_kernels.quiet import quiet_libraries
@@ -42,6 +54,7 @@ from semanir.io import (
     check_writable,
     is_gray_file,
 )
+from semanir.lightning_cli import run_lightning, with_bundled_configs
 
 USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
 
@@ -114,84 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"semanir {command}", parse_and_run, usage_errors=(FileNotFoundError,),
         interrupt_hint=interrupt_hint, flags=FLAGS,
     )  # fmt: skip
-
-
-def bundled_configs_dir() -> Path:
-    """Folder of the training configs shipped in the package (``semanir/configs``)."""
-    return Path(str(resources.files("semanir") / "configs"))
-
-
-def with_bundled_configs(argv: list[str]) -> list[str]:
-    """``argv`` with every ``--config NAME`` that is not a file but names a shipped config
-    (``denoise_gray_tiny_bundled`` or ``denoise_gray_tiny_bundled.yaml``) replaced by its path."""
-    resolved = list(argv)
-    for i, arg in enumerate(resolved):
-        if arg == "--config" and i + 1 < len(resolved):
-            resolved[i + 1] = _config_path(resolved[i + 1])
-        elif arg.startswith("--config="):
-            resolved[i] = "--config=" + _config_path(arg.removeprefix("--config="))
-    return resolved
-
-
-def _config_path(value: str) -> str:
-    """A config file as given, or the path of the shipped config of that name (also when a
-    folder of that name is in the way, such as a run's output folder); else a ``UsageError``
-    that lists the shipped configs."""
-    if Path(value).is_file():
-        return value
-    for name in (value, f"{value}.yaml"):
-        if (bundled_configs_dir() / name).is_file():
-            return str(bundled_configs_dir() / name)
-    shipped = ", ".join(sorted(p.stem for p in bundled_configs_dir().glob("*.yaml")))
-    raise UsageError(f"--config {value}: no such file and no shipped config; shipped: {shipped}")
-
-
-def run_lightning(argv: list[str]) -> int:
-    """``semanir fit|validate ...``: LightningCLI over RestorationModule + RestorationDataModule.
-
-    A bad option (a missing ``--ckpt_path`` or ``--model.init_weights``, a size, length or rate
-    out of range, a missing data folder) is one line ``semanir fit: error: --FLAG: ...`` and
-    status 2 before the trainer starts; a bad input found while starting (an image folder
-    without images) is one line too (2; 1 for a failure while reading), with the traceback under
-    ``--verbose``. The libraries' notices and tips are off unless ``--verbose``. Ctrl-C and
-    SIGTERM stop training at the end of the current step with a resumable checkpoint and one
-    line saying how to resume; the status is 130 (SIGINT) or 143 (SIGTERM).
-
-    Args:
-        argv: the arguments starting with the subcommand.
-    """
-    # Imported here: Lightning takes seconds to import and restore/eval do not need it.
-    from common_kernels.cli import one_line
-    from common_kernels.errors import InvalidArgument
-    from semanir.data.datamodule import DataFolderError
-    from semanir.lightning_module import TRAINING_FLAGS, RestorationCLI, TrainingInterrupted
-
-    prog, verbose = f"semanir {argv[0]}", "--verbose" in argv
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv resolved
-    try:
-        with quiet_libraries(verbose=verbose):  # after Lightning's import, which sets its levels
-            RestorationCLI(args=argv)
-    except InvalidArgument as error:
-        message = " ".join(error.for_flags(TRAINING_FLAGS).split())
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    except (DataFolderError, UsageError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as error:  # e.g. a folder without images, a full disk
-        if verbose:
-            raise
-        bad_input = isinstance(error, (ValueError, FileNotFoundError))
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return 2 if bad_input else 1
-    except TrainingInterrupted as stop:
-        print(
-            f"semanir {argv[0]}: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "
-            f"resume with the same command and --ckpt_path {stop.checkpoint}",
-            file=sys.stderr,
-        )
-        return 130 if stop.signal_name == "SIGINT" else 143
-    return 0
 
 
 def _add_task_option(parser: Parser) -> None:
@@ -297,40 +232,10 @@ def restore_parser() -> Parser:
         action="store_true",
         help="with --add-noise, also write each noisy input as NAME_noisy.EXT next to its output",
     )
-    _add_batch_options(parser)
+    add_batch_options(parser, results="restored images")
+    add_verbose(parser)
     parser.set_defaults(prog="semanir restore")
     return parser
-
-
-def _add_batch_options(parser: Parser) -> None:
-    parser.add_argument(
-        "--recursive",
-        action="store_true",
-        help="walk the subfolders of input folders too, mirroring them under the output folder "
-        "(default: only the folders' own images; the images left out are counted)",
-    )
-    parser.add_argument(
-        "--in-place",
-        action="store_true",
-        help="allow results to replace their input files (each written atomically); without "
-        "it an output that is an input, or an output folder that is an input folder, is refused",
-    )
-    parser.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="leave out inputs whose result exists: resumes an interrupted folder run",
-    )
-    parser.add_argument(
-        "--keep-going",
-        action="store_true",
-        help="skip inputs that cannot be read (one line each) and exit 1 at the end with their "
-        "list (default: stop before any model loads, naming the file)",
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="keep third-party progress bars, deprecation notices and tips",
-    )
 
 
 def eval_parser() -> Parser:

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from common_kernels.errors import InvalidArgument
+from common_kernels.lightning import ContinuedCSVWriter
 from semanir.data.datasets import LITERAL
 
 # Checkpoint paths that Lightning resolves itself (``trainer.fit(ckpt_path="last")``).
@@ -79,30 +78,14 @@ def adopt_checkpoint_version(trainer: L.Trainer, ckpt_path: str | None) -> bool:
 
 
 def keep_csv_metrics(trainer: L.Trainer) -> None:
-    """Let a resumed run's ``CSVLogger`` append to the ``metrics.csv`` of its version folder.
-
-    Lightning's CSV writer deletes a ``metrics.csv`` it finds in its folder, with a warning; the
-    file is moved aside while the writer is made and the writer continues its columns.
-    """
+    """Let a resumed run's ``CSVLogger`` append to the ``metrics.csv`` of its version folder
+    (Lightning's CSV writer would delete it, with a warning): its writer is
+    :class:`~common_kernels.lightning.ContinuedCSVWriter`, which keeps every row and column."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as file:
-            columns = next(csv.reader(file), [])
-        aside = path.with_name("metrics.csv.resumed")
-        os.replace(path, aside)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Experiment logs directory")
-                writer = logger.experiment
-        finally:
-            os.replace(aside, path)
-        writer.metrics_keys = list(columns)
+        if isinstance(logger, CSVLogger) and logger._experiment is None:
+            logger._experiment = ContinuedCSVWriter(logger.log_dir)
 
 
 class NewFolders:

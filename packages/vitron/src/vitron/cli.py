@@ -20,14 +20,10 @@ vitron eval vqa --questions Q.json --annotations A.json --images val2014/ --mode
 vitron eval qa --data qa.jsonl --model DIR -o out/          (exact match of {image, question,
           answer} lines)
 
-Errors: a bad input ends with one line ``vitron COMMAND: error: ...`` naming the flag and the
-accepted range, exit status 2, found before any model is loaded and before anything is written;
-a failure while working (a model that cannot be loaded, a full disk) exits 1 with one line, and
-``run`` exits 1 after one line per specialist call that did not succeed;
-Ctrl-C exits 130 with ``vitron COMMAND: interrupted``. The checks are the API's
-(:mod:`vitron.options`, :mod:`vitron.training.config`) given the flags' names (``FLAGS``); a
-subcommand raises ``ValueError`` / ``UsageError`` for a bad input and ``WorkError`` for a
-failure; ``main`` prints them.
+Errors: a bad input is one line ``vitron COMMAND: error: ...`` naming the flag, exit status 2,
+before any model loads and anything is written; a failure while working exits 1 (``run``: after
+one line per specialist call that did not succeed); Ctrl-C exits 130. The checks are the API's
+(:mod:`vitron.options`, :mod:`vitron.training.config`), printed with ``FLAGS``.
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ from common_kernels.cli import (
     Parser,
     UsageError,
     WorkError,
+    add_verbose,
     check_device,
     check_folder_writable,
     command_prog,
@@ -63,7 +60,6 @@ from vitron.options import (
     check_request,
     input_counts,
     one_line,
-    parse_region,
     read_reply_file,
 )
 
@@ -109,27 +105,10 @@ def request(args: argparse.Namespace, written: tuple[str, ...] = ()) -> tuple[li
     return found
 
 
-def print_turn(turn) -> None:
-    for round_ in turn.outcomes:
-        for o in round_:
-            print(f"  [{o.call.id}] {o.call.task}: {o.status} - {o.summary}")
-            for path in o.files:
-                print(f"      {path}")
-    if turn.parse_error:
-        print(
-            f"warning: the reply's calls could not be parsed ({turn.parse_error})", file=sys.stderr
-        )
-    if turn.unexecuted is not None:
-        print(
-            "warning: the final answer wrote more calls than --max-rounds allows; not run",
-            file=sys.stderr,
-        )
-    print(turn.answer)
-
-
 def run_run(args: argparse.Namespace) -> int:
     """``vitron run``: every check, one turn, ``turn.json``; a call that did not succeed prints
     ``vitron run: error: call ID (TASK) failed: WHY`` (one line each) and exits 1."""
+    from vitron.chat import print_turn
     from vitron.io import write_json
     from vitron.options import open_assistant
 
@@ -145,59 +124,14 @@ def run_run(args: argparse.Namespace) -> int:
     return EXIT_WORK if turn.failed else 0
 
 
-CHAT_HELP = """commands: /image PATH, /video PATH, /box x1,y1,x2,y2[@K], /reset, /quit
-(images, videos and boxes given this way join your next message)"""
-
-
 def run_chat(args: argparse.Namespace, stdin=None) -> int:
-    from vitron.io import load_image, load_video, write_json
+    """``vitron chat``: every check, then the conversation on ``stdin`` (:mod:`vitron.chat`)."""
+    from vitron.chat import chat_loop
     from vitron.options import open_assistant
 
-    stdin = stdin or sys.stdin
     options = assistant_options(args)
     images, videos, regions = request(args)
-    assistant = open_assistant(options)
-    print(CHAT_HELP)
-    turns = 0
-    pending_images, pending_videos, pending_regions = list(images), list(videos), list(regions)
-    for line in stdin:
-        line = line.strip()
-        if not line:
-            continue
-        command, _, rest = line.partition(" ")
-        try:
-            if command == "/quit":
-                break
-            if command == "/reset":
-                assistant.reset()
-                pending_images, pending_videos, pending_regions = [], [], []
-                print("(conversation reset)")
-            elif command == "/image":
-                pending_images.append(load_image(rest.strip()))
-                print(
-                    f"(image $image{len(assistant.inputs.images) + len(pending_images) - 1} added)"
-                )
-            elif command == "/video":
-                pending_videos.append(load_video(rest.strip()))
-                print("(video added)")
-            elif command == "/box":
-                every = [*assistant.inputs.images, *pending_images]
-                pending_regions.append(parse_region("box", rest.strip(), every, 8.0, "/box"))
-                print("(region added)")
-            elif command.startswith("/"):
-                print(f"unknown command {command}; {CHAT_HELP}")
-            else:
-                pending = (pending_images, pending_videos, pending_regions)
-                pending_images, pending_videos, pending_regions = [], [], []  # used or dropped
-                turn = assistant.chat(line, *pending, progress=True)
-                turns += 1
-                write_json(Path(args.output) / f"turn_{turns:03d}.json", turn.to_dict())
-                print_turn(turn)
-                for outcome in turn.failed:
-                    print(f"error: {outcome.failure()}")
-        except (FileNotFoundError, IsADirectoryError, ValueError) as err:  # report, go on
-            print(f"error: {one_line(err)}")
-    return 0
+    return chat_loop(open_assistant(options), args.output, images, videos, regions, stdin)
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -354,20 +288,6 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
-    """``--verbose`` on every (sub)command: third-party progress bars, deprecation notices and
-    tips are shown (off by default, ``common_kernels.quiet``)."""
-    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not commands:
-        parser.add_argument(
-            "--verbose", action="store_true",
-            help="show third-party progress bars, deprecation notices and tips",
-        )  # fmt: skip
-    for action in commands:
-        for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
-            add_verbose_everywhere(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from vitron.evaluation.command import add_eval_parser
     from vitron.training.command import add_train_parser
@@ -426,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-video", action="store_true", help="skip the video models (text- and image-to-video)"
     )
     add_eval_parser(commands, add_model_options, number)
-    add_verbose_everywhere(parser)
+    add_verbose(parser)
     parser.add_argument(
         "--version", action="store_true",
         help="print the versions of vitron, common-kernels, torch and Python, and exit",

@@ -17,9 +17,7 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import os
 import pickle
 import shutil
@@ -34,11 +32,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from common_kernels.cli import one_line
-from common_kernels.files import atomic_write
+from common_kernels.lightning import ContinuedCSVWriter
 from vitron.checks import Names, named
 
 LOGS_NAME = "lightning_logs"
@@ -212,37 +209,8 @@ class ContinuedCSVLogger(CSVLogger):
     def experiment(self) -> Any:
         if self._experiment is None and self.resume_step is not None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = ContinuedWriter(self.log_dir, self.resume_step)
+            self._experiment = ContinuedCSVWriter(self.log_dir, self.resume_step)
         return super().experiment
-
-
-class ContinuedWriter(ExperimentWriter):
-    """The CSV writer of a resumed run: the rows its run logged before ``step`` stay (those
-    logged after the checkpoint are dropped: they are trained again), new rows are appended.
-
-    Args:
-        log_dir: the run's version folder.
-        step: the resumed checkpoint's step.
-    """
-
-    def __init__(self, log_dir: str, step: int) -> None:
-        self.step = step
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if not path.is_file():
-            return
-        with path.open(newline="") as file:
-            reader = csv.DictReader(file)
-            rows = [row for row in reader if float(row.get("step") or 0) < self.step]
-            self.metrics_keys = sorted(reader.fieldnames or [])
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_write(path) as temp:
-            Path(temp).write_text(text.getvalue(), newline="")
 
 
 class RunFolders:
