@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from common_kernels import KNNDictionary, _flex, knn_attention, knn_graph
+from common_kernels import KNNDictionary, _flex, knn_attention, knn_graph, knn_mask
 from common_kernels.dictionary import as_dictionary, pack_neighbour_bits, transposed_neighbours
 
 
@@ -215,3 +215,29 @@ def test_from_unique_wraps_knn_graph_output_without_checks() -> None:
     assert torch.equal(
         d.additive_mask(torch.float32), KNNDictionary(idx).additive_mask(torch.float32)
     )
+
+
+def test_from_mask_gives_every_backend_the_lists_of_the_same_sets() -> None:
+    """A dictionary made from knn_mask's mask: the dense backends use the mask, the list
+    backends get ascending ids from it; every backend equals the knn_graph dictionary's output
+    (the same sets; the gather backend sums its K terms in another order)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 30, 8, generator=g)
+    q, k, v = (torch.randn(2, 3, 30, 8, generator=g) for _ in range(3))
+    bias = torch.randn(3, 30, 30, generator=g)
+    graph = knn_graph(x, 7, similarity="cosine")
+    masked = KNNDictionary.from_mask(knn_mask(x, 7, similarity="cosine"), 7)
+    listed = KNNDictionary.from_unique(graph)
+    assert (masked.batch, masked.n, masked.k, masked.per_head) == (2, 30, 7, False)
+    assert masked.max_multiplicity == 1 and masked.device == x.device
+    assert torch.equal(masked.idx.long(), graph.sort(dim=-1).values)
+    assert masked.idx.dtype == torch.int32
+    assert torch.equal(masked.membership(), listed.membership())
+    assert torch.equal(masked.additive_mask(torch.float32), listed.additive_mask(torch.float32))
+    assert torch.equal(masked.additive_mask(torch.float64), listed.additive_mask(torch.float64))
+    for backend in ("reference", "mask", "gather"):
+        torch.testing.assert_close(
+            knn_attention(q, k, v, masked, bias=bias, backend=backend),
+            knn_attention(q, k, v, listed, bias=bias, backend=backend),
+            rtol=1e-6, atol=1e-6,
+        )  # fmt: skip

@@ -3,7 +3,7 @@ import importlib
 import pytest
 import torch
 
-from common_kernels.knn_graph import knn_graph
+from common_kernels.knn_graph import knn_graph, knn_mask
 from common_kernels.windows import window_partition
 
 knn_module = importlib.import_module("common_kernels.knn_graph")
@@ -275,3 +275,63 @@ def test_keyed_topk_orders_signed_zeros_and_infinities_by_value_then_index() -> 
     assert knn_module._keyed_topk(sim, 4).tolist() == [[4, 0, 1, 2]]  # 1, then zeros by index
     assert knn_module._keyed_topk(sim, 8).tolist() == [[4, 0, 1, 2, 3, 5, 7, 6]]
     assert knn_module._keyed_topk(sim.double(), 8).tolist() == [[4, 0, 1, 2, 3, 5, 7, 6]]
+
+
+# ---------------------------------------------------------------------------- knn_mask
+
+
+def as_mask(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, N, K) ids -> (B, N, n) bool membership, True at the listed ids."""
+    return torch.zeros(*idx.shape[:-1], n, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+@pytest.mark.parametrize("data", ["integer", "sign", "random", "equal"])
+def test_knn_mask_holds_the_sets_of_the_tie_broken_brute_force(similarity: str, data: str) -> None:
+    """The mask is the set of knn_graph's lists, and of the brute-force (similarity desc, index
+    asc) top-k where fp32 similarities are exact (integer dot products, +-1 cosines, equal
+    features: many ties at the boundary), for every k up to N."""
+    x = {
+        "integer": integer_features(3, 40, 3),
+        "sign": sign_features(3, 40, 4),
+        "random": torch.randn(3, 40, 8, generator=torch.Generator().manual_seed(3)),
+        "equal": torch.ones(3, 40, 4),
+    }[data]
+    sim = brute_similarity(x, similarity)
+    for k in (1, 2, 9, 20, 39, 40):
+        mask = knn_mask(x, k, similarity=similarity)
+        assert mask.shape == (3, 40, 40) and mask.dtype == torch.bool
+        assert torch.equal(mask.sum(-1), torch.full((3, 40), k))
+        assert torch.equal(mask, as_mask(knn_graph(x, k, similarity=similarity), 40)), k
+        if data != "random" and (data, similarity) != ("integer", "cosine"):
+            assert torch.equal(mask, as_mask(brute_tie_broken(sim, k), 40)), k
+
+
+def test_knn_mask_without_a_branch_settles_boundary_ties_the_same_way() -> None:
+    """CUDA settles ties in every row (no host sync); done for all rows here, the masks agree."""
+    x = integer_features(4, 64, 3, seed=5)
+    sim = knn_module._similarity_block(x, x)
+    for k in (5, 32, 63):
+        floor = sim.topk(k + 1, dim=-1).values[..., -1:]
+        branchless = knn_module._with_boundary_ties(sim, sim > floor, floor, k)
+        assert torch.equal(branchless, knn_module._top_k_membership(sim, k))
+        assert torch.equal(branchless, as_mask(brute_tie_broken(sim.double(), k), 64))
+
+
+def test_knn_mask_errors() -> None:
+    x = torch.randn(1, 16, 4)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 16\], got 17"):
+        knn_mask(x, 17)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, N, C\), got \(16, 4\)"):
+        knn_mask(x[0], 2)
+    with pytest.raises(TypeError, match=r"x must be a floating tensor"):
+        knn_mask(torch.ones(1, 16, 4, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match=r"similarity must be one of 'dot', 'cosine', got 'l2'"):
+        knn_mask(x, 2, similarity="l2")
+    bad = x.clone()
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf"):
+        knn_mask(bad, 2)
+    assert knn_mask(bad, 2, check_values=False).shape == (1, 16, 16)  # the caller checked
+    with pytest.raises(ValueError, match=r"non-finite similarities"):
+        knn_mask(torch.full((1, 4, 2), 1e30), 2)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from common_kernels import KNNDictionary, knn_graph
+from semanir.models import semanir as semanir_module
 from semanir.models.semanir import (
     AttentionOptions,
     KeySemanticLayer,
@@ -196,6 +197,25 @@ def test_stage_matches_the_restated_stage(monkeypatch) -> None:
     names = ["x", *(name for name, _ in stage.named_parameters())]
     for name, got, ref in zip(names, grads(out, leaves), grads(expected, leaves), strict=True):
         assert_close(got, ref, f"d{name}")
+
+
+@pytest.mark.parametrize("backend", ["auto", "mask", "reference", "gather"])
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_inference_stage_matches_the_restated_stage(monkeypatch, backend, norm) -> None:
+    """Without autograd a stage runs its inference path (windows in groups, the dictionary of
+    each group built just before its layers, residuals in place): the restated stage's maths,
+    whatever the grouping (here 3 windows per group, the last one short)."""
+    monkeypatch.setattr(semanir_module, "INFERENCE_GROUP_BYTES", 3 * 2 * 16 * 16 * 8)
+    torch.manual_seed(2)
+    options = AttentionOptions(position_bias_hidden=8, backend=backend)
+    stage = SemanIRStage(8, 2, 2, window_size=4, norm=norm, attention=options).double()
+    x = torch.randn(2, 8, 8, 12, dtype=torch.float64)  # 2 x 6 windows: 4 groups of 3
+    before = x.clone()
+    expected = oracle_stage(stage, x, 5)
+    with torch.inference_mode():
+        out = stage(x, 5)
+    assert_close(out, expected, "inference stage output")
+    assert torch.equal(x, before)  # in place inside, never on the input
 
 
 def oracle_pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:

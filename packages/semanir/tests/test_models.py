@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common_kernels import KNNDictionary
+from common_kernels import KNNDictionary, knn_graph
 from common_kernels import dictionary as dictionary_module
 from semanir.models import (
     CONFIGS,
@@ -46,22 +46,27 @@ def images(channels: int, height: int, width: int, batch: int = 2) -> torch.Tens
 
 
 class DictionaryRecorder:
-    """Wraps knn_graph and knn_attention in the model module and records their calls."""
+    """Wraps knn_graph, knn_mask (the two forms a dictionary is built in) and knn_attention in
+    the model module and records their calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.graph_calls: list[tuple[tuple[int, ...], int]] = []
         self.attention_idx: list[torch.Tensor] = []
-        knn_graph, knn_attention = semanir_module.knn_graph, semanir_module.knn_attention
+        knn_attention = semanir_module.knn_attention
 
-        def graph(x, k, **kwargs):
-            self.graph_calls.append((tuple(x.shape), k))
-            return knn_graph(x, k, **kwargs)
+        def recording(build):
+            def graph(x, k, **kwargs):
+                self.graph_calls.append((tuple(x.shape), k))
+                return build(x, k, **kwargs)
+
+            return graph
 
         def attention(q, k, v, idx, **kwargs):
             self.attention_idx.append(idx)
             return knn_attention(q, k, v, idx, **kwargs)
 
-        monkeypatch.setattr(semanir_module, "knn_graph", graph)
+        for name in ("knn_graph", "knn_mask"):
+            monkeypatch.setattr(semanir_module, name, recording(getattr(semanir_module, name)))
         monkeypatch.setattr(semanir_module, "knn_attention", attention)
 
     @property
@@ -348,12 +353,20 @@ def test_dense_mode_builds_no_dictionary(monkeypatch):
     assert recorder.graph_calls == [] and recorder.attention_idx == []
 
 
-def test_dictionary_prefix_of_top_k_is_the_smaller_dictionary():
+@pytest.mark.parametrize("backend", ["mask", "gather"])
+def test_dictionary_prefix_of_top_k_is_the_smaller_dictionary(backend):
+    """Both forms (a mask for the dense backends, lists for the others) hold knn_graph's sets;
+    the lists keep its order, so the top-4 list is the prefix of the top-8 one."""
     windows = torch.randn(5, 16, 8)
-    stage = tiny().stages[0]
-    assert torch.equal(
-        stage.build_dictionary(windows, 8).idx[..., :4], stage.build_dictionary(windows, 4).idx
-    )
+    stage = tiny(attention_backend=backend).stages[0]
+    top8, top4 = stage.build_dictionary(windows, 8), stage.build_dictionary(windows, 4)
+    graph = knn_graph(windows, 8, similarity="cosine")
+    expected8 = torch.zeros(5, 16, 16, dtype=torch.bool).scatter_(-1, graph, True)
+    expected4 = torch.zeros(5, 16, 16, dtype=torch.bool).scatter_(-1, graph[..., :4], True)
+    assert torch.equal(top8.membership()[:, 0], expected8)
+    assert torch.equal(top4.membership()[:, 0], expected4)
+    if backend == "gather":
+        assert torch.equal(top8.idx[..., :4], top4.idx)
 
 
 # ---------------------------------------------------------------------------- random top-k

@@ -4,6 +4,7 @@ The public API is this module's names and ``common_kernels.files`` (atomic write
 and size strings shared by every package); method packages import nothing else.
 """
 
+from common_kernels._checks import values_checked
 from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion
 from common_kernels.knn_attention import (
@@ -13,7 +14,7 @@ from common_kernels.knn_attention import (
     select_backend,
     value_checks,
 )
-from common_kernels.knn_graph import knn_graph
+from common_kernels.knn_graph import knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
@@ -30,10 +31,12 @@ __all__ = [
     "fft_phase_fusion",
     "knn_attention",
     "knn_graph",
+    "knn_mask",
     "select_backend",
     "tile_grid",
     "tiled_apply",
     "value_checks",
+    "values_checked",
     "window_partition",
     "window_reverse",
 ]

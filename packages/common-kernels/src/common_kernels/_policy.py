@@ -16,7 +16,6 @@ on the CPU, 2x slower than `gather`).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
@@ -56,13 +55,23 @@ class Problem:
         )
 
 
-@functools.cache
+def _read_tables() -> dict[str, dict[str, Any]]:
+    """Every shipped policy table by device type, read once at import: a lookup then reads no
+    file (``torch.compile`` traces through it without a graph break)."""
+    folder = resources.files("common_kernels") / "policies"
+    return {
+        entry.name.removesuffix(".json"): json.loads(entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json")
+    }
+
+
+TABLES = _read_tables()
+
+
 def load_table(device_type: str) -> dict[str, Any] | None:
     """The shipped policy table of ``device_type`` ("cpu", "cuda"), or None if there is none."""
-    path = resources.files("common_kernels") / "policies" / f"{device_type}.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return TABLES.get(device_type)
 
 
 def choose(table: dict[str, Any], problem: Problem, runnable: set[str]) -> str | None:

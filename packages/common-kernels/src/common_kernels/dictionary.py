@@ -96,6 +96,31 @@ class KNNDictionary:
         self._max_multiplicity = top + 1
 
     @classmethod
+    def from_mask(cls, member: Tensor, k: int) -> KNNDictionary:
+        """A dictionary over a neighbour mask with ``k`` neighbours in every row, without checks.
+
+        For the output of :func:`~common_kernels.knn_mask` (the set ``knn_graph`` lists, as a
+        mask): the dense backends (``mask``, ``reference``) use it as it is; the list backends
+        (``gather``, ``triton``, ``flex``, ``tiles``) get the neighbour ids from it on first use,
+        in ascending order. No host synchronisation.
+
+        Args:
+            member: (B, N, N) or (B, heads, N, N) bool, True at each query's neighbours.
+            k: the number of True entries in every row.
+        """
+        dictionary = cls.__new__(cls)
+        dictionary._member = member
+        dictionary.per_head = member.ndim == 4
+        dictionary.batch = member.shape[0]
+        dictionary.heads = member.shape[1] if dictionary.per_head else None
+        dictionary.n = member.shape[-1]
+        dictionary.k = k
+        dictionary._idx = None
+        dictionary._max_multiplicity = 1
+        dictionary._cache = {}
+        return dictionary
+
+    @classmethod
     def from_unique(cls, idx: Tensor) -> KNNDictionary:
         """A dictionary over lists known to be valid and free of duplicates, without checks.
 
@@ -111,7 +136,8 @@ class KNNDictionary:
 
     def _init(self, idx: Tensor, max_multiplicity: int | None) -> None:
         """Set the fields; ``max_multiplicity`` None until the constructor's checks find it."""
-        self.idx = idx.to(torch.int32).contiguous()  # (B, [heads,] N, K)
+        self._idx = idx.to(torch.int32).contiguous()  # (B, [heads,] N, K)
+        self._member = None
         self.per_head = idx.ndim == 4
         self.batch = idx.shape[0]
         self.heads = idx.shape[1] if self.per_head else None
@@ -129,7 +155,23 @@ class KNNDictionary:
 
     @property
     def device(self) -> torch.device:
-        return self.idx.device
+        return (self._idx if self._idx is not None else self._member).device
+
+    @property
+    def idx(self) -> Tensor:
+        """(B, [heads,] N, K) int32 neighbour ids (from the mask, ascending, for a dictionary
+        made by :meth:`from_mask`)."""
+        if self._idx is None:
+            with torch.no_grad():
+                ids = self._member.nonzero()[:, -1]  # row by row, ascending ids
+                self._idx = ids.view(*self._member.shape[:-1], self.k).to(torch.int32)
+        return self._idx
+
+    def membership(self) -> Tensor:
+        """(B, heads|1, N, N) bool: True at each query's neighbours."""
+        if self._member is not None:
+            return self._member if self.per_head else self._member.unsqueeze(1)
+        return self.cached(("member",), lambda: membership_from_ids(self.idx4, self.n))
 
     @property
     def idx4(self) -> Tensor:
@@ -258,12 +300,22 @@ def as_dictionary(idx: Tensor | KNNDictionary) -> KNNDictionary:
     return idx if isinstance(idx, KNNDictionary) else KNNDictionary(idx)
 
 
+def membership_from_ids(idx: Tensor, n_keys: int) -> Tensor:
+    """(B, Hc, N, K) ids -> (B, Hc, N, n_keys) bool, True at the listed keys."""
+    member = torch.zeros((*idx.shape[:-1], n_keys), dtype=torch.bool, device=idx.device)
+    return member.scatter_(-1, idx.long(), True)
+
+
 def neighbour_log_multiplicity(dictionary: KNNDictionary, dtype: torch.dtype) -> Tensor:
     """Dense (B, heads|1, N, N) additive mask: log(count of j in idx[i]), -inf where absent.
 
-    Without duplicates the neighbours get 0 directly; otherwise log() runs on the N*K
-    neighbour entries only (log(0) over the whole N x N grid is slow).
+    Without duplicates the neighbours get 0 directly (from the dictionary's mask when it was
+    made from one); otherwise log() runs on the N*K neighbour entries only (log(0) over the
+    whole N x N grid is slow).
     """
+    if dictionary._member is not None:  # 1 / {1, 0} = {1, inf}; 1 - that = {0, -inf}
+        member = dictionary.membership().to(dtype)  # (B, heads|1, N, N)
+        return torch.reciprocal(member).neg_().add_(1.0)  # one pass each, masked_fill is slower
     idx4 = dictionary.idx4.long()  # (B, heads|1, N, K)
     grid = (*idx4.shape[:-1], dictionary.n)
     mask = torch.full(grid, float("-inf"), dtype=dtype, device=idx4.device)

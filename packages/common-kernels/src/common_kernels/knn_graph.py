@@ -73,6 +73,37 @@ def _tie_broken_topk(sim: Tensor, kth: Tensor, k: int) -> Tensor:
     return chosen.gather(-1, order)
 
 
+def _top_k_membership(sim: Tensor, k: int) -> Tensor:
+    """(..., M, N) similarities -> (..., M, N) bool, True at each row's k largest entries with
+    ties broken to the lower index: the set :func:`_exact_topk` lists, without listing it.
+
+    One ``topk`` of k + 1 values (unsorted) gives each row's (k+1)-th largest value v; the
+    entries above v are the row's k largest unless the k-th equals v (a tie at the boundary):
+    those rows add the tied entries of lowest index. On the CPU only such rows (found without
+    a device round trip) take that path; on CUDA, and in a ``torch.compile`` graph (where the
+    branch would break the graph), every row does (no host synchronisation).
+    """
+    n = sim.shape[-1]
+    if k == n:
+        return torch.ones(sim.shape, dtype=torch.bool, device=sim.device)
+    floor = sim.topk(k + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # (..., M, 1)
+    member = sim > floor  # (..., M, N): k per row, fewer where the k-th value equals the floor
+    if sim.is_cuda or torch.compiler.is_compiling():
+        return _with_boundary_ties(sim, member, floor, k)
+    short = member.sum(dim=-1, dtype=torch.int32) < k  # (..., M)
+    if bool(short.any()):  # a CPU tensor: no synchronisation
+        rows = short.nonzero(as_tuple=True)
+        member[rows] = _with_boundary_ties(sim[rows], member[rows], floor[rows], k)
+    return member
+
+
+def _with_boundary_ties(sim: Tensor, member: Tensor, floor: Tensor, k: int) -> Tensor:
+    """``member`` plus, per row, the entries equal to ``floor`` of lowest index up to k in all."""
+    tied = sim == floor
+    needed = k - member.sum(dim=-1, keepdim=True, dtype=torch.int32)
+    return member | (tied & (tied.cumsum(dim=-1, dtype=torch.int32) <= needed))
+
+
 def _keyed_topk(sim: Tensor, k: int) -> Tensor:
     """:func:`_exact_topk` without a branch on the data (nothing waits for the GPU).
 
@@ -203,3 +234,42 @@ def knn_graph(
     if chunk is None:
         chunk = max(1, CHUNK_BLOCK_BYTES // (n * feats.element_size()))
     return _chunked_neighbours(feats, k, force_self, chunk, check)
+
+
+def knn_mask(
+    x: Tensor,
+    k: int,
+    *,
+    similarity: str = "dot",
+    check_values: bool | None = None,
+) -> Tensor:
+    """The neighbour sets of :func:`knn_graph` as a mask: True where token j is among the ``k``
+    most similar tokens of token i (equal similarities: the lower index first, as there).
+
+    The form the dense attention backends consume (:meth:`KNNDictionary.from_mask`): one
+    ``topk`` of values and one comparison per row, with no neighbour list to sort, scatter or
+    convert. The whole (B, N, N) similarity is made at once (windows of SemanIR's size).
+
+    Args:
+        x: (B, N, C) features (fp16/bf16 similarities are computed in fp32).
+        k: neighbours per token, in ``[1, N]``.
+        similarity: ``"dot"`` or ``"cosine"``.
+        check_values: require finite ``x`` and similarities, as in :func:`knn_graph`.
+
+    Returns:
+        (B, N, N) bool with exactly ``k`` True entries per row.
+    """
+    _check_choice("similarity", similarity, SIMILARITIES)
+    check_ndim("x", check_float("x", x, finite=False), (3,), "(B, N, C)")
+    check_positive_int("k", k, upper=x.shape[1])
+    check = values_checked(check_values, x.device)
+    if check and x.numel() and not all_finite(x):
+        raise ValueError("x contains NaN or Inf values; all entries must be finite")
+    feats = _similarity_features(x, similarity)
+    sim = _similarity_block(feats, feats)  # (B, N, N)
+    if check and not all_finite(sim):
+        raise ValueError(
+            "x gives non-finite similarities (overflow); accepted: values whose pairwise dot "
+            "products are finite, rescale x"
+        )
+    return _top_k_membership(sim, k)

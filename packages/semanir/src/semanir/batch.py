@@ -43,6 +43,7 @@ from semanir.inference import (
     ModelChoice,
     check_inference_options,
     check_model_for_task,
+    compile_for_tiles,
     plan_tile,
     read_model_config,
     restore,
@@ -53,6 +54,9 @@ from semanir.metrics import psnr
 Colour = Literal["luma", "per-channel", "gray"]
 COLOUR_MODES = ("luma", "per-channel", "gray")
 NOISY_SUFFIX = "_noisy"
+# compile=True restores every photo in tiles of one size (compiled once); photos smaller than a
+# tile are restored whole (compiled for their size)
+COMPILE_TILE = 256
 
 
 def restore_photo(
@@ -65,6 +69,7 @@ def restore_photo(
     k: int | None = None,
     ensemble: bool = False,
     progress: bool = False,
+    compile: bool = False,
 ) -> Photo:
     """Restore one photo, keeping its colour, alpha, bit depth and metadata.
 
@@ -74,7 +79,7 @@ def restore_photo(
         colour: for a colour photo through a gray model: ``"luma"`` restores the BT.601 luma
             and keeps the chroma, ``"per-channel"`` restores R, G and B one by one, ``"gray"``
             gives the restored luma alone (for a colour model: its output's luma).
-        tile, tile_overlap, k, ensemble, progress: as in :func:`semanir.restore`.
+        tile, tile_overlap, k, ensemble, progress, compile: as in :func:`semanir.restore`.
 
     Returns:
         The restored photo: gray in, gray out; colour in, colour out (gray with
@@ -82,7 +87,8 @@ def restore_photo(
     """
     if colour not in COLOUR_MODES:
         raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
-    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, progress=progress)
+    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, progress=progress,
+                   compile=compile)  # fmt: skip
     pixels, scale = photo.pixels, int(getattr(model, "upscale", 1))
     if model.in_channels == 1 and photo.channels == 3 and colour == "per-channel":
         out = restore(model, pixels[:, None], **options)[:, 0]  # (3, H', W')
@@ -159,6 +165,7 @@ def plan_restore(
     tile_overlap: int = 32,
     k: int | None = None,
     ensemble: bool = False,
+    compile: bool = False,
     on_unreadable: Callable[[Skipped], None] | None = None,
     on_model: Callable[[str, str], None] | None = None,
 ) -> RestorePlan:
@@ -179,6 +186,8 @@ def plan_restore(
         keep_going: set unreadable inputs aside instead of stopping.
         save_noisy: the noisy inputs of a demo are written too (``NAME_noisy.EXT``).
         tile, tile_overlap, k, ensemble: as in :func:`semanir.restore`.
+        compile: run the models through ``torch.compile``, in tiles of one size (``tile``,
+            or :data:`COMPILE_TILE` for ``"auto"``/None) so that each model compiles once.
         on_unreadable: told about each input set aside.
         on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
 
@@ -220,7 +229,9 @@ def plan_restore(
         for source, target in pending
         if source in decoded.readable
     ]
-    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble)
+    if compile and tile in ("auto", None):
+        tile = COMPILE_TILE
+    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, compile=compile)
     return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options)
 
 
@@ -264,6 +275,7 @@ def run_restore(
     save_noisy: bool = False,
     progress: bool = False,
     on_start: Callable[[RestoreJob, Photo, int | None], None] | None = None,
+    on_compiled: Callable[[str, int, float], None] | None = None,
 ) -> Iterator[Restored]:
     """Restore the photos of ``plan`` one by one, writing each result atomically.
 
@@ -277,12 +289,20 @@ def run_restore(
         progress: a bar over the tiles of tiled photos.
         on_start: told ``(job, photo, tile)`` before each photo is restored (``tile``: the
             tile size it gets, None for the whole photo).
+        on_compiled: with ``compile``: told ``(model, tile, seconds)`` when a model was
+            compiled for its tile size, before its first photo (compilation timed apart).
 
     Yields:
         One :class:`Restored` per photo, after its result is written.
     """
+    compiled: set[str] = set()
     for index, job in enumerate(plan.jobs):
         model = plan.models.model(job.model)
+        if plan.options.get("compile") and str(job.model) not in compiled:
+            compiled.add(str(job.model))
+            seconds = compile_for_tiles(model, plan.options["tile"], k=plan.options["k"])
+            if on_compiled is not None:
+                on_compiled(str(job.model), plan.options["tile"], seconds)
         photo = read_photo(job.source)
         tile = _tile_for(model, photo, colour, plan.options)
         if on_start is not None:

@@ -37,7 +37,7 @@ from common_kernels.cli import (
 from common_kernels.photos import Photo
 from common_kernels.progress import progress
 from common_kernels.quiet import quiet_libraries
-from semanir.batch import RestoreJob, plan_restore, run_restore
+from semanir.batch import COMPILE_TILE, RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.data.degradations import (
     check_sigma,
@@ -167,6 +167,11 @@ def _add_model_options(parser: Parser) -> None:
         action="store_true",
         help="average over the 8 flips/rotations of the input (x8 self-ensemble, 8x slower)",
     )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model, once per model and tile size (a minute or more, said "
+        "apart); photos go in tiles of --tile px (auto/none: 256), smaller ones whole",
+    )  # fmt: skip
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if present)"
     )
@@ -315,7 +320,8 @@ def restore(args: Namespace) -> int:
         device=check_device(args.device), colour=colour, recursive=args.recursive,
         in_place=args.in_place, skip_existing=args.skip_existing, keep_going=args.keep_going,
         save_noisy=args.save_noisy, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
-        ensemble=args.ensemble, on_unreadable=lambda item: _say_skipped(args.prog, item),
+        ensemble=args.ensemble, compile=args.compile,
+        on_unreadable=lambda item: _say_skipped(args.prog, item),
         on_model=lambda name, channels: _say(
             args.prog, f"--task {args.task}: the bundled {name} ({channels} images)"
         ),
@@ -335,9 +341,12 @@ def restore(args: Namespace) -> int:
             _say(args.prog, f"{job.source.name} ({width}x{height} px) would not fit in memory "
                             f"whole: restoring it in {tile} px tiles (--tile {tile})")  # fmt: skip
 
+    def compiled(name: str, tile: int, seconds: float) -> None:
+        _say(args.prog, f"compiled {name} for {tile} px tiles in {seconds:.1f} s")
+
     bar = progress(run_restore(plan, colour=colour, noise_sigma=noise_sigma, seed=args.seed,
                                save_noisy=args.save_noisy, progress=True,
-                               on_start=announce_tiles),
+                               on_start=announce_tiles, on_compiled=compiled),
                    total=len(plan.jobs), desc=args.prog, unit="images")  # fmt: skip
     for result in bar:
         batch.done()
@@ -410,8 +419,9 @@ def evaluate(args: Namespace) -> None:
     rows = evaluate_images(
         model, args.data, args.task, seed=args.seed, progress=True,
         restorer=lambda image: restore_image(
-            model, image, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
-            ensemble=args.ensemble,
+            model, image, tile=COMPILE_TILE if args.compile and args.tile in ("auto", None)
+            else args.tile, tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble,
+            compile=args.compile,
         ),
         **degradation,
     )  # fmt: skip

@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
@@ -47,6 +46,8 @@ from common_kernels import (
     KNNDictionary,
     knn_attention,
     knn_graph,
+    knn_mask,
+    values_checked,
     window_partition,
     window_reverse,
 )
@@ -60,6 +61,13 @@ ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex", "
 UPSCALES = (1, 2, 3, 4)
 MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamped to <= 100
 INIT_LOGIT_SCALE = math.log(10.0)
+NORM_EPS = 1e-12  # F.normalize's: a zero query or key stays zero
+# Inference runs a stage's layers on groups of windows whose attention logits (windows x heads x
+# N x N) take about this many bytes: every intermediate of a group stays in the CPU's caches and
+# is reused by the allocator (fresh large buffers cost page faults). Measured on 2 cores of this
+# project's machines (benchmarks/cpu_speed.py's tiny denoiser, 256 and 512 px): 4-8 MiB is
+# fastest; 0.5 MiB is 1.5x slower (per-call overhead), the whole stage at once 1.25x.
+INFERENCE_GROUP_BYTES = 6 * 2**20
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
@@ -345,22 +353,40 @@ class KeySemanticAttention(nn.Module):
                 nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False)
             )
 
-    def _scaled_queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float]:
-        """Queries and keys with the logit scale folded into q where it is learned; in q's
-        dtype (autocast computes the normalisation in fp32)."""
-        if self.logit_scale is None:
-            return q, k, q.shape[-1] ** -0.5
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
-        q_scaled = (F.normalize(q, dim=-1) * scale).to(q.dtype)
-        return q_scaled, F.normalize(k, dim=-1).to(q.dtype), 1.0
+    def _queries_keys_values(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+        """(B', N, 3, heads, d) projections -> q, k, v (B', heads, N, d) and the logit scale.
 
-    def _position_bias(self, positions: tuple[Tensor, Tensor] | None) -> Tensor | None:
-        """(heads, N, N) additive bias table, or ``None``."""
+        Cosine logits fold the scale into the queries: q / |q| * scale and k / |k| (norms in
+        fp32 under autocast), in one multiply by a per-row factor. With autograd q, k and v are
+        made contiguous in one copy and multiplied together (v by exactly 1): the attention's
+        matmuls would copy each, and slices would zero-fill their gradients. Inference keeps
+        views (SDPA reads strides) and leaves v alone.
+        """
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B', heads, N, d)
+        if torch.is_grad_enabled():
+            qkv = qkv.contiguous()
+        if self.logit_scale is None:
+            q, k, v = qkv.unbind(0)
+            return q, k, v, q.shape[-1] ** -0.5
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        exact = torch.promote_types(qkv.dtype, torch.float32)  # fp32 at least
+        norms = torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True, dtype=exact)
+        inverse = norms.clamp_min(NORM_EPS).reciprocal()  # (2, B', heads, N, 1)
+        factors = [inverse[:1] * scale, inverse[1:]]
+        if not torch.is_grad_enabled():
+            q, k = (qkv[:2] * torch.cat(factors).to(qkv.dtype)).unbind(0)
+            return q, k, qkv[2], 1.0
+        factors.append(torch.ones_like(inverse[:1]))  # v's
+        q, k, v = (qkv * torch.cat(factors).to(qkv.dtype)).unbind(0)
+        return q, k, v, 1.0
+
+    def position_bias(self, positions: tuple[Tensor, Tensor] | None) -> Tensor | None:
+        """(heads, N, N) additive bias table of this layer, or ``None``."""
         if self.position_mlp is None or positions is None:
             return None
         coords, index = positions
         table = self.position_mlp(coords)  # ((2w-1)**2, heads)
-        return rearrange(table[index], "n m h -> h n m")  # (heads, N, N)
+        return table.t()[:, index]  # (heads, N, N)
 
     def forward(
         self,
@@ -378,16 +404,27 @@ class KeySemanticAttention(nn.Module):
         Returns:
             (B', N, C) tokens.
         """
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        q, k, scale = self._scaled_queries_keys(q, k)  # (B', heads, N, d) each
-        bias = self._position_bias(positions)
+        return self.attend(x, dictionary, self.position_bias(positions))
+
+    def attend(self, x: Tensor, dictionary: KNNDictionary | None, bias: Tensor | None) -> Tensor:
+        """:meth:`forward` with the layer's position bias table already made (``None``: none).
+
+        The inputs were checked by the model: nothing here reads values back to the host.
+        """
+        batch, n, dim = x.shape
+        qkv = self.qkv(x).view(batch, n, 3, self.heads, dim // self.heads)  # (B', N, 3, h, d)
+        q, k, v, scale = self._queries_keys_values(qkv)  # (B', heads, N, d) each
         if bias is not None:
             bias = bias.to(q.dtype)
         if dictionary is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         else:
-            out = knn_attention(q, k, v, dictionary, scale=scale, bias=bias, backend=self.backend)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B', N, C)
+            out = knn_attention(
+                q, k, v, dictionary, scale=scale, bias=bias, backend=self.backend,
+                check_values=False,
+            )  # fmt: skip
+        out = out.transpose(1, 2).reshape(batch, n, dim)  # (B', N, C)
+        return self.proj(out)
 
 
 class KeySemanticLayer(nn.Module):
@@ -425,11 +462,30 @@ class KeySemanticLayer(nn.Module):
         positions: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
         """(B', N, C) tokens -> (B', N, C) tokens; see :meth:`KeySemanticAttention.forward`."""
+        bias = self.attn.position_bias(positions)
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), dictionary, positions)
+            x = x + self.attn.attend(self.norm1(x), dictionary, bias)
             return x + self.mlp(self.norm2(x))
-        x = x + self.norm1(self.attn(x, dictionary, positions))
+        x = x + self.norm1(self.attn.attend(x, dictionary, bias))
         return x + self.norm2(self.mlp(x))
+
+    def forward_inference(
+        self, x: Tensor, dictionary: KNNDictionary | None, bias: Tensor | None
+    ) -> Tensor:
+        """:meth:`forward` without autograd, the residuals added into ``x`` in place.
+
+        Args:
+            x: (B', N, C) tokens, overwritten with the layer's output.
+            dictionary: as in :meth:`forward`.
+            bias: this layer's :meth:`KeySemanticAttention.position_bias` table, or ``None``.
+        """
+        if self.pre_norm:
+            x += self.attn.attend(self.norm1(x), dictionary, bias)
+            x += self.mlp(self.norm2(x))
+        else:
+            x += self.norm1(self.attn.attend(x, dictionary, bias))
+            x += self.norm2(self.mlp(x))
+        return x
 
 
 class SemanIRStage(nn.Module):
@@ -464,6 +520,7 @@ class SemanIRStage(nn.Module):
         self.window_size = window_size
         self.dictionary = dictionary
         self.similarity = similarity
+        self.attention_backend = attention.backend
         self.layers = nn.ModuleList(
             KeySemanticLayer(dim, heads, mlp_ratio=mlp_ratio, norm=norm, attention=attention)
             for _ in range(depth)
@@ -478,11 +535,28 @@ class SemanIRStage(nn.Module):
     def build_dictionary(self, windows: Tensor, k: int) -> KNNDictionary:
         """(B', N, C) window tokens -> the dictionary of their k most similar tokens.
 
-        ``knn_graph`` lists k distinct in-range tokens per query, so the dictionary skips the
-        checks of raw neighbour lists; every layer that uses it shares the masks and lists its
-        attention backend derives from it (built on first use, once).
+        Built in the form its attention consumes: where that is a dense masked attention (the
+        ``mask`` and ``reference`` backends, and ``auto`` on the CPU) as the neighbour mask of
+        ``knn_mask``, else as the neighbour lists of ``knn_graph`` (the same sets, ties to the
+        lower index in both). Either is valid by construction, so the dictionary skips the
+        checks of raw neighbour lists; every layer that uses it shares what its attention
+        backend derives from it (built on first use, once). The model checked its input, so no
+        value is read back to the host here.
         """
-        return KNNDictionary.from_unique(knn_graph(windows.detach(), k, similarity=self.similarity))
+        windows = windows.detach()
+        if self.attention_backend in ("mask", "reference") or (
+            self.attention_backend == "auto" and windows.device.type == "cpu"
+        ):
+            member = knn_mask(windows, k, similarity=self.similarity, check_values=False)
+            return KNNDictionary.from_mask(member, k)  # (B', N, N) neighbours
+        idx = knn_graph(windows, k, similarity=self.similarity, check_values=False)
+        return KNNDictionary.from_unique(idx)  # (B', N, k) neighbours
+
+    def positions(self) -> tuple[Tensor, Tensor] | None:
+        """The :func:`relative_positions` the layers' position MLPs read, or ``None``."""
+        if self.position_index is None:
+            return None
+        return self.position_coords, self.position_index
 
     def forward(self, x: Tensor, k: int | None) -> Tensor:
         """Args:
@@ -490,21 +564,53 @@ class SemanIRStage(nn.Module):
             k: dictionary entries per query (``None`` in dense mode).
 
         Returns:
-            (B, C, H, W) features.
+            (B, C, H, W) features. Without autograd (``torch.no_grad``/``inference_mode``) the
+            stage runs :meth:`forward_inference`: the same maths, in place, window group by
+            window group.
         """
+        if not torch.is_grad_enabled():
+            return self.forward_inference(x, k)
         height, width = x.shape[-2:]
-        tokens = rearrange(x, "b c h w -> b h w c")  # (B, H, W, C)
-        windows = window_partition(tokens, self.window_size)  # (B*nW, N, C)
-        positions = None
-        if self.position_index is not None:
-            positions = (self.position_coords, self.position_index)
+        windows = window_partition(x.permute(0, 2, 3, 1), self.window_size)  # (B*nW, N, C)
+        positions = self.positions()
         dictionary = self.build_dictionary(windows, k) if self.dictionary == "stage" else None
         for layer in self.layers:
             if self.dictionary == "layer":
                 dictionary = self.build_dictionary(windows, k)
             windows = layer(windows, dictionary, positions)
         tokens = window_reverse(windows, self.window_size, height, width)  # (B, H, W, C)
-        return x + self.conv(rearrange(tokens, "b h w c -> b c h w"))  # (B, C, H, W)
+        return x + self.conv(tokens.permute(0, 3, 1, 2))  # (B, C, H, W)
+
+    def forward_inference(self, x: Tensor, k: int | None) -> Tensor:
+        """:meth:`forward` without autograd, for inference: the windows are copied out once,
+        the position-bias tables made once, and the layers run on groups of windows small
+        enough for their attention logits to stay in cache (:data:`INFERENCE_GROUP_BYTES`),
+        each group's dictionary built just before its layers, residuals added in place.
+
+        Args:
+            x: (B, C, H, W) features, H and W multiples of the window size.
+            k: dictionary entries per query (``None`` in dense mode).
+
+        Returns:
+            (B, C, H, W) features (channels-last in memory).
+        """
+        height, width = x.shape[-2:]
+        windows = window_partition(x.permute(0, 2, 3, 1), self.window_size)  # (B*nW, N, C)
+        positions = self.positions()
+        biases = [layer.attn.position_bias(positions) for layer in self.layers]
+        n = windows.shape[1]
+        heads = max(layer.attn.heads for layer in self.layers)
+        group = max(1, INFERENCE_GROUP_BYTES // (heads * n * n * windows.element_size()))
+        for group_windows in windows.split(group):  # (g, N, C) views, updated in place
+            dictionary = None
+            if self.dictionary == "stage":
+                dictionary = self.build_dictionary(group_windows, k)
+            for layer, bias in zip(self.layers, biases, strict=True):
+                if self.dictionary == "layer":
+                    dictionary = self.build_dictionary(group_windows, k)
+                layer.forward_inference(group_windows, dictionary, bias)
+        tokens = window_reverse(windows, self.window_size, height, width)  # (B, H, W, C)
+        return self.conv(tokens.permute(0, 3, 1, 2)).add_(x)  # (B, C, H, W)
 
 
 def pixel_shuffle_upsampler(dim: int, out_channels: int, scale: int, width: int) -> nn.Sequential:
@@ -646,12 +752,17 @@ class SemanIR(
         return refinement(x, k)
 
     def _check_input(self, x: Tensor) -> None:
+        """The model's one input check: shape, and finite values where
+        :func:`common_kernels.values_checked` says so (on the CPU; never on CUDA by default,
+        where it would wait for the GPU). The layers check nothing."""
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
                 f"x must be a (B, {self.in_channels}, H, W) tensor for in_channels="
                 f"{self.in_channels}, got {shape}"
             )
+        if values_checked(None, x.device) and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or Inf values; all entries must be finite")
 
     def forward(self, x: Tensor, k: int | None = None) -> Tensor:
         """Restore (or upscale) a batch of images of any size.
