@@ -1,0 +1,107 @@
+"""benchmarks/cpu_speed.py: its plan, its worker on a tiny configuration, ratios and tables.
+
+The timed runs themselves are the benchmark's (minutes); here its pieces run on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"test_cpu_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_speed = load_script("cpu_speed")
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_plan_pairs_every_semanir_row_with_its_baseline_row() -> None:
+    plan = cpu_speed.preset(quick=True)
+    plan = cpu_speed.dataclasses.replace(plan, baseline="HEAD~1")
+    specs = cpu_speed.inference_specs(plan)
+    semanir = [s for s in specs if s["variant"] == "semanir"]
+    assert {s["code"] for s in semanir} == {"current", "HEAD~1"}
+    assert len(semanir) == 2 * len({(s["model"], s["width"], s["threads"]) for s in semanir})
+    assert {s["code"] for s in specs if s["variant"] != "semanir"} == {"current"}
+    keys = [cpu_speed.spec_key(s) for s in specs]
+    assert len(keys) == len(set(keys))  # the code is part of a configuration's identity
+    training = cpu_speed.training_specs(plan)
+    assert [s["code"] for s in training if s["config"] == "sr_x4_tiny"] == [
+        "current", "HEAD~1", "current"]  # fmt: skip
+
+
+def test_ratios_and_tables_give_the_baseline_and_the_loss_comparison() -> None:
+    common = {"kind": "train", "config": "c", "channels": 1, "batch": 2, "patch": 8,
+              "lq_patch": 8, "threads": 2, "seed": 0, "peak_rss_mib": 300.0}  # fmt: skip
+    rows = [
+        {**common, "variant": "semanir", "model": "m", "code": "current", "label": "m",
+         "losses": [1.0, 0.5], **cpu_speed.summarize([1.0, 1.2], 1e-4, 10**9)},
+        {**common, "variant": "semanir", "model": "m", "code": "abc", "label": "m (baseline abc)",
+         "losses": [1.0, 0.501], **cpu_speed.summarize([2.0, 2.2], 1e-4, 10**9)},
+        {**common, "variant": "dncnn", "model": "d", "code": "current", "label": "DnCNN",
+         **cpu_speed.summarize([0.5, 0.5], 1e-4, 4 * 10**9)},
+    ]  # fmt: skip
+    cpu_speed.add_ratios(rows)
+    assert rows[0]["x_baseline"] == pytest.approx(1.1 / 2.1)
+    assert rows[0]["x_dncnn"] == pytest.approx(1.1 / 0.5)
+    assert "x_baseline" not in rows[1]
+    table = cpu_speed.training_table(rows)
+    assert "| 1.91 |" in table  # steps/s over the baseline's: 2.1 / 1.1
+    losses = cpu_speed.loss_table(rows)
+    assert "| c | 2 | 1.00000 | 0.50000 | 0.50100 | 1.00e-03 | 2.00e-03 |" in losses
+
+
+def test_baseline_sources_are_extracted_once_from_git(tmp_path, monkeypatch) -> None:
+    if not (REPOSITORY / ".git").exists():
+        pytest.skip("not a git checkout")
+    monkeypatch.setattr(cpu_speed, "HERE", tmp_path)
+    sources = cpu_speed.baseline_sources("HEAD")
+    assert [Path(s).relative_to(tmp_path).parts[2:] for s in sources] == [
+        ("packages", "semanir", "src"), ("packages", "common-kernels", "src")]  # fmt: skip
+    assert (Path(sources[0]) / "semanir" / "models" / "semanir.py").is_file()
+    folder = Path(sources[0]).parents[2]
+    (folder / "marker").write_text("kept")
+    assert cpu_speed.baseline_sources("HEAD") == sources  # extracted once
+    assert (folder / "marker").is_file()
+    with pytest.raises(subprocess.CalledProcessError):
+        cpu_speed.baseline_sources("no-such-revision")
+
+
+def test_the_worker_times_counts_and_trains_a_configuration() -> None:
+    spec = {"kind": "train", "config": "denoise_gray_tiny", "variant": "dncnn",
+            "model": "dncnn_test_tiny", "channels": 1, "batch": 2, "patch": 8, "lq_patch": 8,
+            "threads": 1, "seed": 0, "code": "current"}  # fmt: skip
+    replies = []
+    cpu_speed.worker(spec, iter(["warmup", "run 0", "flops", "losses 3"]), replies.append)
+    built, warm, timed, flops, losses = replies
+    assert built["params"] > 0 and warm["seconds"] > 0 and timed["seconds"] > 0
+    assert flops["flop"] > 0 and any("convolution" in op for op in flops["flop_by_op"])
+    assert len(losses["losses"]) == 3 and all(v > 0 for v in losses["losses"])
+    json.dumps(replies)  # what the parent reads, one line each
+
+
+def test_loss_steps_need_a_baseline(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cpu_speed.parse_args(["--loss-steps", "5"])
+    assert "--loss-steps: must be >= 0 and needs --baseline, got 5" in capsys.readouterr().err
