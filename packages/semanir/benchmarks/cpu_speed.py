@@ -1,7 +1,7 @@
 """SemanIR's speed on the CPU: every bundled model and its dense twin against a DnCNN.
 
     python packages/semanir/benchmarks/cpu_speed.py [--quick] [--out DIR] [--threads N ...]
-        [--rounds N] [--baseline GIT_REF] [--loss-steps N]
+        [--rounds N] [--baseline GIT_REF] [--loss-steps N] [--modes fp32 bf16 compiled]
 
 Inference: every bundled model (``semanir models``; ``semanir.load_model(name)``), its
 dense-window twin (the same config with ``dictionary="dense"``, random weights: time does not
@@ -20,6 +20,11 @@ batch and patch size), on random batches, with the dictionary size that ``Restor
 draws at that step; beside it the same step of a DnCNN (the colour one for RGB configs) on the
 same low-quality batch (for x4 SR: the 1/4-size patches the model takes), whose time makes the
 ratio. The data pipeline and callbacks (EMA) are left out.
+
+``--modes``: how this checkout's SemanIR rows run besides fp32 eager (the default):
+``bf16`` (``restore(..., dtype=torch.bfloat16)``: autocast; AMX/AVX-512-BF16 CPUs run its
+matmuls and convolutions in bf16) and ``compiled`` (``restore(..., compile=True)``: inductor;
+the warm-up call on the whole input compiles, its time is the "compile s" column).
 
 ``--baseline REF``: SemanIR's rows are measured twice in the same rounds, with this checkout's
 code and with the semanir and common-kernels sources of the git revision REF (extracted with
@@ -98,6 +103,7 @@ WARMUP_CROP = 256
 SEED = 0
 COMMAND_TIMEOUT_S = 1800
 CURRENT = "current"  # the code of this checkout
+MODES = ("fp32", "bf16", "compiled")
 REPOSITORY = HERE.parents[2]
 BASELINE_SOURCES = ("packages/semanir/src", "packages/common-kernels/src")
 NOTES = (
@@ -147,6 +153,8 @@ class Preset:
         train_threads: torch threads of the training steps.
         train_rounds: timed optimizer steps per training configuration.
         baseline: the git revision whose code SemanIR's rows also run with (None: none).
+        modes: how SemanIR's rows run with this checkout's code: "fp32" (eager), "bf16",
+            "compiled".
         loss_steps: optimizer steps whose losses are compared between the codes (0: none).
     """
 
@@ -158,6 +166,7 @@ class Preset:
     train_rounds: int
     baseline: str | None = None
     loss_steps: int = 0
+    modes: tuple[str, ...] = ("fp32",)
 
 
 def baseline_sources(ref: str) -> list[str]:
@@ -197,8 +206,11 @@ def preset(quick: bool, threads: list[int] | None = None, rounds: int | None = N
 
 
 def input_name(spec: dict[str, Any]) -> str:
-    """'gray 481x321' or 'rgb 128x128' (width x height)."""
-    return f"{'gray' if spec['channels'] == 1 else 'rgb'} {spec['width']}x{spec['height']}"
+    """'gray 481x321' or 'rgb 128x128' (width x height); a training batch: 'gray 8 x 64x64'."""
+    channels = "gray" if spec["channels"] == 1 else "rgb"
+    if spec["kind"] == "train":
+        return f"{channels} {spec['batch']} x {spec['lq_patch']}x{spec['lq_patch']}"
+    return f"{channels} {spec['width']}x{spec['height']}"
 
 
 def dense_twin_config(name: str) -> dict[str, Any]:
@@ -233,15 +245,19 @@ def inference_specs(plan: Preset) -> list[dict[str, Any]]:
     specs = []
     for channels, width, height in order:
         names = inputs[(channels, width, height)]
-        entries = [("semanir", name, [name], code) for name in names for code in codes(plan)]
-        entries += [("dense", name, twin_of[name], CURRENT) for name in names if name in twin_of]
-        entries.append(("dncnn", DNCNN[channels], names, CURRENT))
+        entries = [("semanir", name, [name], CURRENT, mode) for name in names
+                   for mode in plan.modes]  # fmt: skip
+        entries += [("semanir", name, [name], plan.baseline, "fp32") for name in names
+                    if plan.baseline is not None]  # fmt: skip
+        entries += [("dense", name, twin_of[name], CURRENT, "fp32") for name in names
+                    if name in twin_of]  # fmt: skip
+        entries.append(("dncnn", DNCNN[channels], names, CURRENT, "fp32"))
         for threads in plan.threads:
-            for variant, model, of, code in entries:
+            for variant, model, of, code, mode in entries:
                 specs.append({
                     "kind": "infer", "variant": variant, "model": model, "twin_of": of,
                     "channels": channels, "width": width, "height": height,
-                    "threads": threads, "seed": SEED, "code": code,
+                    "threads": threads, "seed": SEED, "code": code, "mode": mode,
                 })  # fmt: skip
     return specs
 
@@ -286,7 +302,9 @@ def spec_key(spec: dict[str, Any]) -> str:
         fields = ("variant", "model", "channels", "width", "height", "threads", "code")
     else:
         fields = ("config", "variant", "threads", "code")
-    return json.dumps([spec["kind"], *(spec[f] for f in fields)])
+    mode = spec.get("mode", "fp32")  # fp32 keys as before modes existed: journals resume
+    extra = [] if mode == "fp32" else [mode]
+    return json.dumps([spec["kind"], *(spec[f] for f in fields), *extra])
 
 
 def flops_key(spec: dict[str, Any]) -> str:
@@ -366,12 +384,16 @@ def inference_steps(spec: dict[str, Any]) -> tuple[nn.Module, Callable[[], objec
     generator = torch.Generator().manual_seed(spec["seed"])
     shape = (1, spec["channels"], spec["height"], spec["width"])  # (B, C, H, W)
     image = torch.rand(shape, generator=generator)
-    warm = image
-    if spec["width"] * spec["height"] / 1e6 > WARMUP_FULL_MAX_MP:
+    mode = spec.get("mode", "fp32")
+    warm = image  # compiled: the warm-up compiles for the input's own size
+    if spec["width"] * spec["height"] / 1e6 > WARMUP_FULL_MAX_MP and mode != "compiled":
         warm = image[..., :WARMUP_CROP, :WARMUP_CROP]
+    options = {"dtype": torch.bfloat16} if mode == "bf16" else {}
+    if mode == "compiled":
+        options = {"compile": True}
 
     def call(step: int = 0, x: Tensor = image) -> Tensor:
-        return restore(model, x, tile=None)
+        return restore(model, x, tile=None, **options)
 
     return model, lambda: call(x=warm), call
 
@@ -603,7 +625,8 @@ def measure_group(
     if not todo and not counts and not losses:
         return
     if not todo:  # the rounds were journaled, counts or losses were not: a process for each
-        todo = [s for s in specs if flops_key(s) in counts or spec_key(s) in losses]
+        todo = [s for s in specs if spec_key(s) in losses
+                or (flops_key(s) in counts and s.get("mode", "fp32") == "fp32")]  # fmt: skip
     workers = {spec_key(s): Worker(s) for s in todo}
     try:
         live = {}
@@ -633,8 +656,8 @@ def measure_group(
                     bar.update()
         for key, worker in list(live.items()):
             fkey = flops_key(worker.spec)
-            if fkey not in counts:
-                continue
+            if fkey not in counts or worker.spec.get("mode", "fp32") != "fp32":
+                continue  # counted once, eagerly (compiled kernels dispatch no aten op)
             try:
                 journal.add({"record": "flops", "key": fkey, **worker.ask("flops")})
                 counts.discard(fkey)
@@ -710,6 +733,8 @@ def result_rows(specs: list[dict[str, Any]], journal: Journal) -> list[dict[str,
         losses = journal.find("losses", key)
         if losses:
             row["losses"] = losses[-1]["losses"]
+        if starts and spec.get("mode") == "compiled":
+            row["compile_s"] = starts[-1]["warmup"]["seconds"]
         row.update(
             params=starts[-1]["params"] if starts else None,
             seconds=[r["seconds"] for r in rounds],
@@ -729,7 +754,10 @@ def label(spec: dict[str, Any]) -> str:
         return f"dense twin of {name}"
     if spec["variant"] == "dncnn":
         return f"DnCNN ({spec['model']})" if spec["kind"] == "infer" else f"DnCNN for {name}"
-    return name if spec["code"] == CURRENT else f"{name} (baseline {spec['code']})"
+    if spec["code"] != CURRENT:
+        return f"{name} (baseline {spec['code']})"
+    mode = spec.get("mode", "fp32")
+    return name if mode == "fp32" else f"{name}, {mode}"
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -795,6 +823,7 @@ def environment(plan: Preset) -> dict[str, Any]:
         "threads": list(plan.threads),
         "train_threads": plan.train_threads,
         "baseline": plan.baseline,
+        "modes": list(plan.modes),
         "semanir": semanir.__version__,
         "common_kernels": common_kernels.__version__,
         "git": git_state(),
@@ -866,7 +895,8 @@ def inference_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        head = f"| {r['input']} | {r['label']} | {r['threads']} |"
+        name = r["label"] + (f" (compile {r['compile_s']:.0f} s)" if "compile_s" in r else "")
+        head = f"| {r['input']} | {name} | {r['threads']} |"
         if "median_s" not in r:
             lines.append(f"{head} {r.get('error', 'not measured')} | | | | | | |")
             continue
@@ -1057,6 +1087,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also time SemanIR with the code of this git revision")  # fmt: skip
     parser.add_argument("--loss-steps", type=int, default=0, metavar="N",
                         help="with --baseline: compare N training steps' losses")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["fp32"],
+                        help="how SemanIR runs: fp32 eager, bf16 autocast, compiled")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -1102,6 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
             why = error.stderr.strip() if error.stderr else error
             sys.exit(f"cpu_speed.py: error: --baseline {args.baseline}: not a revision ({why})")
         plan = dataclasses.replace(plan, baseline=args.baseline, loss_steps=args.loss_steps)
+    plan = dataclasses.replace(plan, modes=tuple(dict.fromkeys(args.modes)))
     stem = "cpu_speed_quick" if args.quick else "cpu_speed"
     journal = Journal(args.out / f"{stem}.partial.jsonl")
     inference, training = inference_specs(plan), training_specs(plan)

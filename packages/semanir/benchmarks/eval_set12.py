@@ -2,8 +2,8 @@
 
     python packages/semanir/benchmarks/eval_set12.py --model semanir=DIR --model dncnn=DIR \
         --model window_attention=DIR [--sigmas 15 25 50] [--data-root DIR] [--out DIR] \
-        [--seed 0] [--models-only] [--limit N] [--ensemble] [--set set12] [--exclude STEM ...] \
-        [--color]
+        [--seed 0] [--models-only] [--limit N] [--ensemble] [--bf16] [--set set12] \
+        [--exclude STEM ...] [--color]
 
 Noise convention (the DnCNN / BM3D papers'): white Gaussian noise of standard deviation
 sigma / 255 is added to the clean image in float and NOT clipped; every method receives that
@@ -18,9 +18,11 @@ Writes ``<out>/set12.json`` (per-image rows, averages, environment), ``set12.md`
 scores colour denoisers on the RGB images instead, against CBM3D (``bm3d.bm3d_rgb``, opponent
 colour space), and names the files ``<set>_color.*``. ``--ensemble``
 also scores every model with the x8 self-ensemble (``restore(..., ensemble=True)``) as a row
-"<name> +x8". BM3D outputs are cached as 8-bit PNGs
-in ``<out>/bm3d_cache``, keyed by image, sigma, seed and a hash of the noisy input, so a rerun
-does not recompute them.
+"<name> +x8"; ``--bf16`` with bf16 autocast (``restore(..., dtype=torch.bfloat16)``: AMX and
+AVX-512-BF16 CPUs run its matmuls and convolutions in bf16) as a row "<name> bf16". BM3D
+outputs are cached as 8-bit PNGs in ``<out>/bm3d_cache``, keyed by image, sigma, seed and a
+hash of the noisy input, so a rerun does not recompute them; ``--bf16`` names the files
+``<set>_bf16.*``.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ def restore_all(
     models: dict[str, nn.Module],
     bm3d_file: Path | None,
     ensemble: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Tensor]:
     """Every method's output for one (1, H, W) noisy image, keyed by method name.
 
@@ -206,6 +209,7 @@ def restore_all(
         models: loaded models by name.
         bm3d_file: BM3D cache file, or None to skip BM3D.
         ensemble: also run every model with the x8 self-ensemble ("<name> +x8").
+        bf16: also run every model under bf16 autocast ("<name> bf16").
     """
     outputs = {"noisy": noisy}
     if bm3d_file is not None:
@@ -214,6 +218,8 @@ def restore_all(
         outputs[name] = restore(model, noisy[None])[0]
         if ensemble:
             outputs[f"{name} +x8"] = restore(model, noisy[None], ensemble=True)[0]
+        if bf16:
+            outputs[f"{name} bf16"] = restore(model, noisy[None], dtype=torch.bfloat16)[0]
     return outputs
 
 
@@ -252,6 +258,7 @@ def evaluate(
     bm3d_cache: Path | None,
     ensemble: bool = False,
     channels: str = "gray",
+    bf16: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Score every method on every (sigma, image).
 
@@ -263,6 +270,7 @@ def evaluate(
         bm3d_cache: BM3D cache folder, or None to skip BM3D.
         ensemble: also score every model with the x8 self-ensemble.
         channels: "gray" (colour images on their BT.601 luma) or "rgb".
+        bf16: also score every model under bf16 autocast.
 
     Returns:
         Per-image rows (sigma, image, method, psnr, ssim) and the outputs for the figure (the
@@ -278,7 +286,7 @@ def evaluate(
         cache = (
             None if bm3d_cache is None else bm3d_cache_file(bm3d_cache, path, sigma, seed, noisy)
         )
-        outputs = restore_all(noisy, sigma, models, cache, ensemble)
+        outputs = restore_all(noisy, sigma, models, cache, ensemble, bf16)
         for method, output in outputs.items():
             rows.append(
                 {"sigma": sigma, "image": path.name, "method": method, **score(output, clean)}
@@ -404,6 +412,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ensemble", action="store_true", help="also score each model's x8 self-ensemble"
     )
     parser.add_argument(
+        "--bf16", action="store_true", help="also score each model under bf16 autocast"
+    )
+    parser.add_argument(
         "--color",
         action="store_true",
         help="colour denoisers on the RGB images, against CBM3D (files <set>_color.*)",
@@ -427,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     models = load_denoisers(folders, 3 if args.color else 1)
     bm3d_cache = None if args.models_only else args.out / "bm3d_cache"
     rows, figure = evaluate(
-        paths, args.sigmas, args.seed, models, bm3d_cache, args.ensemble, channels
+        paths, args.sigmas, args.seed, models, bm3d_cache, args.ensemble, channels, args.bf16
     )
     report = {
         "environment": environment(),
@@ -442,10 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         "models": {name: str(folder) for name, folder in folders.items()},
         "bm3d": bm3d_cache is not None,
         "ensemble": args.ensemble,
+        "bf16": args.bf16,
         "averages": averages(rows),
         "rows": rows,
     }
-    stem = args.set + ("_color" if args.color else "")
+    stem = args.set + ("_color" if args.color else "") + ("_bf16" if args.bf16 else "")
     stem = stem if args.limit is None else f"{stem}_first{args.limit}"
     tables = markdown(report)
     write_text(args.out / f"{stem}.json", json.dumps(report, indent=1) + "\n")

@@ -105,3 +105,21 @@ def test_loss_steps_need_a_baseline(capsys) -> None:
     with pytest.raises(SystemExit):
         cpu_speed.parse_args(["--loss-steps", "5"])
     assert "--loss-steps: must be >= 0 and needs --baseline, got 5" in capsys.readouterr().err
+
+
+def test_modes_add_bf16_and_compiled_rows_of_this_checkout_only() -> None:
+    plan = cpu_speed.dataclasses.replace(
+        cpu_speed.preset(quick=True), baseline="HEAD~1", modes=("fp32", "bf16", "compiled")
+    )
+    specs = cpu_speed.inference_specs(plan)
+    modes = {(s["variant"], s["code"], s["mode"]) for s in specs}
+    assert modes == {
+        ("semanir", "current", "fp32"), ("semanir", "current", "bf16"),
+        ("semanir", "current", "compiled"), ("semanir", "HEAD~1", "fp32"),
+        ("dense", "current", "fp32"), ("dncnn", "current", "fp32"),
+    }  # fmt: skip
+    fp32 = next(s for s in specs if s["variant"] == "semanir" and s["mode"] == "fp32")
+    assert "fp32" not in cpu_speed.spec_key(fp32)  # keys of older journals still resume
+    compiled = {**fp32, "mode": "compiled"}
+    assert cpu_speed.label(compiled) == f"{fp32['model']}, compiled"
+    assert cpu_speed.flops_key(compiled) == cpu_speed.flops_key(fp32)  # counted once, eagerly
