@@ -58,7 +58,7 @@ def test_shell_examples_with_their_modes(tmp_path) -> None:
     assert shell_commands("x 1\nprintf '%s' 'one\n  two' > f.txt  # c\ny") == [
         ["x", "1"], ["printf", "%s", "one\n  two", ">", "f.txt"], ["y"]
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="a quote is never closed in: \"a 'b\\\\nc\""):
+    with pytest.raises(ValueError, match='a quote is never closed in: "a \'b\\\\nc"'):
         shell_commands("a 'b\nc")
 
 
