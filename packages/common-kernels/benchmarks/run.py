@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from common_kernels.cli import check_benchmark_setup
+from common_kernels.cli import check_benchmark_setup, cpu_model
 from common_kernels.files import write_text
 
 HERE = Path(__file__).resolve().parent
@@ -88,14 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def environment(device: str, threads: int) -> dict:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model()
     try:
         import triton
 

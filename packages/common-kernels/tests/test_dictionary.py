@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from common_kernels import KNNDictionary, _flex, knn_attention, knn_graph, knn_mask
+from common_kernels import KNNDictionary, _flex, knn_attention, knn_dictionary, knn_graph, knn_mask
 from common_kernels.dictionary import as_dictionary, pack_neighbour_bits, transposed_neighbours
 
 
@@ -241,3 +241,18 @@ def test_from_mask_gives_every_backend_the_lists_of_the_same_sets() -> None:
             knn_attention(q, k, v, listed, bias=bias, backend=backend),
             rtol=1e-6, atol=1e-6,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("backend", "as_mask"),
+    [("auto", True), ("mask", True), ("reference", True), ("gather", False), ("flex", False)],
+)
+def test_knn_dictionary_is_built_in_the_form_its_backend_consumes(backend, as_mask) -> None:
+    """A mask for the dense backends (and auto on the CPU), lists otherwise; the same sets."""
+    x = torch.randn(2, 30, 8, generator=torch.Generator().manual_seed(5))
+    d = knn_dictionary(x, 6, similarity="cosine", backend=backend)
+    assert (d._member is not None) == as_mask and (d._idx is None) == as_mask
+    graph = knn_graph(x, 6, similarity="cosine")
+    assert torch.equal(d.membership(), KNNDictionary.from_unique(graph).membership())
+    if not as_mask:
+        assert torch.equal(d.idx.long(), graph)  # knn_graph's order kept

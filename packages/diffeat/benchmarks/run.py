@@ -73,15 +73,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def current_rss_mib() -> float:
     import psutil
 
@@ -106,6 +97,8 @@ def synchronize(device: str) -> None:
 def device_name(device: str) -> str:
     """The GPU's name for ``"cuda"``, else the CPU model."""
     import torch
+
+    from common_kernels.cli import cpu_model
 
     return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
@@ -439,6 +432,8 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
+    from common_kernels.cli import cpu_model
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")

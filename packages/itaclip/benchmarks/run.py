@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -62,16 +61,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, else platform's guess."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def synchronize(device: str) -> None:
     """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
     import torch
@@ -83,6 +72,8 @@ def synchronize(device: str) -> None:
 def device_name(device: str) -> str:
     """The GPU's name for ``"cuda"``, else the CPU model."""
     import torch
+
+    from common_kernels.cli import cpu_model
 
     return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
@@ -434,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    from common_kernels.cli import cpu_model
+
     parser = build_parser()
     args = parser.parse_args()
     if args.repeats is None:

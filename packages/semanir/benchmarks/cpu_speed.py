@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import json
 import os
@@ -74,7 +73,6 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -82,7 +80,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup
+from common_kernels.cli import check_benchmark_setup, cpu_model
+from common_kernels.files import write_text
 from semanir.bundled import installed_models
 
 HERE = Path(__file__).resolve().parent
@@ -122,18 +121,6 @@ NOTES = (
     "tiny config at its batch and patch size on random batches, k as RestorationModule draws "
     "it; x DnCNN: over a DnCNN step on the same input batch; data loading and EMA left out.",
 )
-
-
-def load_sibling(name: str) -> ModuleType:
-    """Import ``<name>.py`` from this folder (works whether run as a script or imported)."""
-    spec = importlib.util.spec_from_file_location(f"semanir_bench_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-EVAL = load_sibling("eval_set12")  # cpu_model, write_text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -816,7 +803,7 @@ def environment(plan: Preset) -> dict[str, Any]:
 
     return {
         "torch": torch.__version__,
-        "cpu": EVAL.cpu_model(),
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
@@ -1066,10 +1053,10 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
         The markdown text.
     """
     json_path = out / f"{stem}.json"
-    EVAL.write_text(json_path, json.dumps(report, indent=1) + "\n")
+    write_text(json_path, json.dumps(report, indent=1) + "\n", make_parents=True)
     saved = json.loads(json_path.read_text(encoding="utf-8"))
     text = markdown(saved)
-    EVAL.write_text(out / f"{stem}.md", text)
+    write_text(out / f"{stem}.md", text, make_parents=True)
     plot(saved, out / f"{stem}.png")
     return text
 

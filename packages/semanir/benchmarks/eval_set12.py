@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup
+from common_kernels.cli import check_benchmark_setup, cpu_model
 from semanir.data.degradations import add_gaussian_noise, check_sigma
 from semanir.inference import load_model, restore
 from semanir.io import atomic_write, list_images, read_image, to_uint8_array, write_image
@@ -309,16 +309,6 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "bm3d": bm3d_version,
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def write_text(path: Path, text: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common_kernels import KNNDictionary
 from semanir.bundled import BUNDLED_MODELS
 from semanir.inference import load_model
 from semanir.models import build_model
@@ -22,21 +23,23 @@ TOLERANCE = 1e-5
 
 
 class Dictionaries:
-    """Records the masks ``knn_mask`` gives in one run and hands them out again in another,
-    joining consecutive groups into the stage-wide mask the autograd path asks for."""
+    """Records the dictionaries ``knn_dictionary`` builds in one run and hands their masks out
+    again in another, joining consecutive groups into the stage-wide dictionary the autograd
+    path asks for."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.monkeypatch = monkeypatch
-        self.build = semanir_module.knn_mask
+        self.build = semanir_module.knn_dictionary
         self.masks: list[torch.Tensor] = []
         self.calls = 0
 
     def record(self) -> None:
         def recording(x, k, **kwargs):
-            self.masks.append(self.build(x, k, **kwargs))
-            return self.masks[-1]
+            dictionary = self.build(x, k, **kwargs)
+            self.masks.append(dictionary.membership()[:, 0])  # (B', N, N)
+            return dictionary
 
-        self.monkeypatch.setattr(semanir_module, "knn_mask", recording)
+        self.monkeypatch.setattr(semanir_module, "knn_dictionary", recording)
 
     def replay(self) -> None:
         queue = list(self.masks)
@@ -48,9 +51,9 @@ class Dictionaries:
                 parts.append(queue.pop(0))
             mask = torch.cat(parts)  # (B', N, N)
             assert mask.shape == (len(x), x.shape[1], x.shape[1])
-            return mask
+            return KNNDictionary.from_mask(mask, k)
 
-        self.monkeypatch.setattr(semanir_module, "knn_mask", replaying)
+        self.monkeypatch.setattr(semanir_module, "knn_dictionary", replaying)
         self.left = queue
 
 

@@ -46,27 +46,22 @@ def images(channels: int, height: int, width: int, batch: int = 2) -> torch.Tens
 
 
 class DictionaryRecorder:
-    """Wraps knn_graph, knn_mask (the two forms a dictionary is built in) and knn_attention in
-    the model module and records their calls."""
+    """Wraps knn_dictionary and knn_attention in the model module and records their calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.graph_calls: list[tuple[tuple[int, ...], int]] = []
         self.attention_idx: list[torch.Tensor] = []
-        knn_attention = semanir_module.knn_attention
+        knn_dictionary, knn_attention = semanir_module.knn_dictionary, semanir_module.knn_attention
 
-        def recording(build):
-            def graph(x, k, **kwargs):
-                self.graph_calls.append((tuple(x.shape), k))
-                return build(x, k, **kwargs)
-
-            return graph
+        def graph(x, k, **kwargs):
+            self.graph_calls.append((tuple(x.shape), k))
+            return knn_dictionary(x, k, **kwargs)
 
         def attention(q, k, v, idx, **kwargs):
             self.attention_idx.append(idx)
             return knn_attention(q, k, v, idx, **kwargs)
 
-        for name in ("knn_graph", "knn_mask"):
-            monkeypatch.setattr(semanir_module, name, recording(getattr(semanir_module, name)))
+        monkeypatch.setattr(semanir_module, "knn_dictionary", graph)
         monkeypatch.setattr(semanir_module, "knn_attention", attention)
 
     @property

@@ -14,7 +14,7 @@ from common_kernels.knn_attention import (
     select_backend,
     value_checks,
 )
-from common_kernels.knn_graph import knn_graph, knn_mask
+from common_kernels.knn_graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
@@ -30,6 +30,7 @@ __all__ = [
     "can_run",
     "fft_phase_fusion",
     "knn_attention",
+    "knn_dictionary",
     "knn_graph",
     "knn_mask",
     "select_backend",

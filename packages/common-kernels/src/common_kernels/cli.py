@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import platform
 import signal
 import sys
 import threading
@@ -390,6 +391,17 @@ def require_modules(modules: Sequence[str], package: str, extra: str = "bench") 
         what = f"module {names} is" if len(missing) == 1 else f"modules {names} are"
         hint = install_command(package, extra)
         raise UsageError(f"{what} not installed; install the [{extra}] extra: {hint}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for a benchmark's report: /proc/cpuinfo's (Linux), else
+    platform's guess."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def check_benchmark_setup(

@@ -43,6 +43,13 @@ class InvalidArgument(ValueError):
         return f"{flags.get(self.argument, self.argument)}: {self.render(flags)}"
 
 
+def literal(text: object) -> str:
+    """``text`` (a path, a library's message) shown as written inside an
+    :class:`InvalidArgument` message: its braces doubled, so that they are not taken for the
+    ``{name}`` of another argument."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
 class _Spelling(dict):
     def __missing__(self, key: str) -> str:
         return key

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import all_finite, check_float, check_ndim, check_positive_int, values_checked
+from .dictionary import KNNDictionary
 from .windows import window_partition
 
 SIMILARITIES = ("dot", "cosine")
@@ -273,3 +274,36 @@ def knn_mask(
             "products are finite, rescale x"
         )
     return _top_k_membership(sim, k)
+
+
+# The knn_attention backends that attend through a dense N x N mask; "auto" picks them on the
+# CPU for windows (its measured policy), and the others derive their lists from a mask on demand.
+DENSE_BACKENDS = ("mask", "reference")
+
+
+def knn_dictionary(
+    x: Tensor,
+    k: int,
+    *,
+    similarity: str = "dot",
+    backend: str = "auto",
+    check_values: bool | None = None,
+) -> KNNDictionary:
+    """The dictionary of each token's ``k`` most similar tokens, built in the form the attention
+    ``backend`` consumes: a mask (:func:`knn_mask`) for the dense backends (``mask``,
+    ``reference``, and ``auto`` on the CPU), else the lists of :func:`knn_graph`. Both hold the
+    same sets (ties to the lower index) and are valid by construction: no checks, and no host
+    synchronisation unless ``check_values`` asks for one.
+
+    Args:
+        x: (B, N, C) features.
+        k: neighbours per token, in ``[1, N]``.
+        similarity: ``"dot"`` or ``"cosine"``.
+        backend: the :func:`~common_kernels.knn_attention` backend the dictionary is for.
+        check_values: as in :func:`knn_graph`.
+    """
+    if backend in DENSE_BACKENDS or (backend == "auto" and x.device.type == "cpu"):
+        member = knn_mask(x, k, similarity=similarity, check_values=check_values)
+        return KNNDictionary.from_mask(member, k)  # (B, N, N) neighbours
+    idx = knn_graph(x, k, similarity=similarity, check_values=check_values)
+    return KNNDictionary.from_unique(idx)  # (B, N, k) neighbours

@@ -25,7 +25,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_verbosity)
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 __all__ = [
     "GridPlanner",

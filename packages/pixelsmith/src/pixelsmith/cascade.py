@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.batch import ImageListing, InputImage, check_not_inputs
-from common_kernels.errors import InvalidArgument
+from common_kernels.errors import InvalidArgument, literal
 from common_kernels.progress import progress as show_progress
 from pixelsmith.checkpoint import CheckpointStore, check_checkpoint_dir
 from pixelsmith.config import (
@@ -381,24 +381,19 @@ def check_inputs_kept(
             if intermediate.exists() and intermediate.samefile(path):
                 raise InvalidArgument(
                     named("save_intermediate", names),
-                    f"the intermediate image {_literal(intermediate)} would replace the input "
-                    f"{_literal(path)} ({argument}), which later stages still read; choose "
+                    f"the intermediate image {literal(intermediate)} would replace the input "
+                    f"{literal(path)} ({argument}), which later stages still read; choose "
                     "another {output} name",
                     mentions={"output": named("output", names)},
                 )
         if folder is not None and folder in path.resolve().parents:
             raise InvalidArgument(
                 named("checkpoint_dir", names),
-                f"{_literal(checkpoint_dir)} holds the input {_literal(path)} ({argument}), and "
+                f"{literal(checkpoint_dir)} holds the input {literal(path)} ({argument}), and "
                 "the checkpoint folder is deleted when the run ends; move the input or choose "
                 "another {checkpoint_dir}",
                 mentions={"checkpoint_dir": named("checkpoint_dir", names)},
             )
-
-
-def _literal(path: Path) -> str:
-    """``path`` in an ``InvalidArgument`` message, whose ``{name}`` fields are placeholders."""
-    return str(path).replace("{", "{{").replace("}", "}}")
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from semanir.inference import (
     compile_for_tiles,
     plan_tile,
     read_model_config,
-    restore,
+    restore_image,
 )
 from semanir.io import check_writable
 from semanir.metrics import psnr
@@ -90,16 +90,17 @@ def restore_photo(
     options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, progress=progress,
                    compile=compile)  # fmt: skip
     pixels, scale = photo.pixels, int(getattr(model, "upscale", 1))
-    if model.in_channels == 1 and photo.channels == 3 and colour == "per-channel":
-        out = restore(model, pixels[:, None], **options)[:, 0]  # (3, H', W')
-    elif model.in_channels == 1 and photo.channels == 3:
+    colour_through_gray = model.in_channels == 1 and photo.channels == 3
+    if colour_through_gray and colour != "per-channel":
         luma = convert_channels(pixels, "gray")  # (1, H, W)
-        restored = restore(model, luma[None], **options)[0]  # (1, H', W')
+        restored = restore_image(model, luma, **options)  # (1, H', W')
         chroma = _resize(pixels - luma, scale)  # (3, H', W'): R-Y, G-Y, B-Y
         out = restored if colour == "gray" else (restored + chroma).clamp(0, 1)
-    else:
-        image = convert_channels(pixels, "gray" if model.in_channels == 1 else "rgb")
-        out = restore(model, image[None], **options)[0]  # (C_model, H', W')
+    else:  # per-channel: restore_image restores R, G and B as a batch of three
+        image = pixels if colour_through_gray else convert_channels(
+            pixels, "gray" if model.in_channels == 1 else "rgb"
+        )  # fmt: skip
+        out = restore_image(model, image, **options)  # (C, H', W')
         if photo.channels == 1 or colour == "gray":
             out = convert_channels(out, "gray")
     alpha = None if photo.alpha is None else _resize(photo.alpha, scale).clamp(0, 1)

@@ -24,13 +24,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from common_kernels.cli import UsageError
-from common_kernels.errors import InvalidArgument
+from common_kernels.errors import InvalidArgument, literal
 from common_kernels.files import atomic_write
 from common_kernels.hub import resolve_model_name
 from common_kernels.lightning import progress_callbacks
 from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
-from semanir.data.datasets import LITERAL, index_generator
+from semanir.data.datasets import index_generator
 from semanir.inference import load_model
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
@@ -332,12 +332,12 @@ def check_init_weights(init_weights: str) -> Path | str:
     try:
         source = resolve_model_name(init_weights, known=BUNDLED_MODELS, argument="init_weights")
     except FileNotFoundError as error:
-        raise InvalidArgument("init_weights", str(error).translate(LITERAL)) from None
+        raise InvalidArgument("init_weights", literal(error)) from None
     if isinstance(source, Path) and not (source / "config.json").is_file():
         what = "a file" if source.is_file() else "a folder without config.json"
         raise InvalidArgument(
             "init_weights",
-            f"{init_weights} is {what}; expected a save_pretrained folder".translate(LITERAL),
+            literal(f"{init_weights} is {what}; expected a save_pretrained folder"),
         )
     return source
 
@@ -355,7 +355,7 @@ def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Modu
     try:
         return build_model(arch, **overrides)
     except KeyError as error:
-        raise InvalidArgument("arch", str(error.args[0]).translate(LITERAL)) from None
+        raise InvalidArgument("arch", literal(error.args[0])) from None
 
 
 def load_initial_weights(model: nn.Module, source: Path | str, given: str | None = None) -> None:
@@ -380,9 +380,9 @@ def load_initial_weights(model: nn.Module, source: Path | str, given: str | None
     except RuntimeError as error:
         raise InvalidArgument(
             "init_weights",
-            f"{str(given or source).translate(LITERAL)} holds weights of another architecture "
+            f"{literal(given or source)} holds weights of another architecture "
             f"than {{arch}} (with {{arch_overrides}}): "
-            f"{' '.join(str(error).split()).translate(LITERAL)}",
+            f"{literal(' '.join(str(error).split()))}",
         ) from error
 
 

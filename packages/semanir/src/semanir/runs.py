@@ -19,9 +19,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.errors import InvalidArgument, literal
 from common_kernels.lightning import ContinuedCSVWriter
-from semanir.data.datasets import LITERAL
 
 # Checkpoint paths that Lightning resolves itself (``trainer.fit(ckpt_path="last")``).
 LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
@@ -45,11 +44,11 @@ def check_checkpoint_path(ckpt_path: str | os.PathLike | None) -> None:
     path = Path(name).expanduser()
     if path.is_dir():
         raise InvalidArgument(
-            "ckpt_path", f"{name} is a folder; expected a checkpoint file".translate(LITERAL)
+            "ckpt_path", literal(f"{name} is a folder; expected a checkpoint file")
         )
     if not path.is_file():
         missing = f"no checkpoint {name} (nothing at {path.absolute()})"
-        raise InvalidArgument("ckpt_path", missing.translate(LITERAL))
+        raise InvalidArgument("ckpt_path", literal(missing))
 
 
 def adopt_checkpoint_version(trainer: L.Trainer, ckpt_path: str | None) -> bool:

@@ -13,8 +13,8 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from common_kernels.cli import leave_signals_to_the_main_process
-from common_kernels.errors import InvalidArgument
-from semanir.data.datasets import LITERAL, PairedFolderDataset, SyntheticDegradationDataset
+from common_kernels.errors import InvalidArgument, literal
+from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
 from semanir.data.degradations import BAYER_PATTERNS, QUALITY_RANGE, SIGMA_RANGE, SR_SCALES
 from semanir.data.sampling import ResumableDataLoader, ResumableSampler
 from semanir.io import Channels
@@ -122,7 +122,7 @@ def check_data_options(
 def _choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         got = f"must be one of {', '.join(choices)}, got {value!r}"
-        raise InvalidArgument(name, got.translate(LITERAL))
+        raise InvalidArgument(name, literal(got))
 
 
 def _integer(name: str, value: object, low: int) -> None:
@@ -359,4 +359,4 @@ def _folders_named(argument: str) -> Iterator[None]:
     except InvalidArgument as error:
         if error.argument != "paths":
             raise
-        raise InvalidArgument(argument, error.message.translate(LITERAL)) from None
+        raise InvalidArgument(argument, literal(error.message)) from None

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.errors import InvalidArgument, literal
 from semanir.data.degradations import (
     add_gaussian_noise,
     bayer_mosaic,
@@ -46,10 +46,6 @@ Key = int | tuple[int, int]  # an index, or (index, item seed) from a ResumableS
 # Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
 # crop padded by this many low-resolution pixels equals cropping the downscaled full image.
 _SR_CROP_MARGIN = 2
-
-# InvalidArgument's message is a template ({name} for other arguments): user text goes in
-# with its braces doubled.
-LITERAL = str.maketrans({"{": "{{", "}": "}}"})
 
 
 class Box(NamedTuple):
@@ -184,7 +180,7 @@ class _PatchDataset(Dataset):
             raise InvalidArgument(
                 "patch_size",
                 f"{len(too_small)} image(s) are smaller than {{patch_size}} {self.patch_size}: "
-                + ", ".join(too_small[:10]).translate(LITERAL),
+                + literal(", ".join(too_small[:10])),
             )
 
 

@@ -45,8 +45,7 @@ from torch import Tensor, nn
 from common_kernels import (
     KNNDictionary,
     knn_attention,
-    knn_graph,
-    knn_mask,
+    knn_dictionary,
     values_checked,
     window_partition,
     window_reverse,
@@ -362,8 +361,9 @@ class KeySemanticAttention(nn.Module):
         matmuls would copy each, and slices would zero-fill their gradients. Inference keeps
         views (SDPA reads strides) and leaves v alone.
         """
+        autograd = torch.is_grad_enabled()
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B', heads, N, d)
-        if torch.is_grad_enabled():
+        if autograd:
             qkv = qkv.contiguous()
         if self.logit_scale is None:
             q, k, v = qkv.unbind(0)
@@ -373,7 +373,7 @@ class KeySemanticAttention(nn.Module):
         norms = torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True, dtype=exact)
         inverse = norms.clamp_min(NORM_EPS).reciprocal()  # (2, B', heads, N, 1)
         factors = [inverse[:1] * scale, inverse[1:]]
-        if not torch.is_grad_enabled():
+        if not autograd:
             q, k = (qkv[:2] * torch.cat(factors).to(qkv.dtype)).unbind(0)
             return q, k, qkv[2], 1.0
         factors.append(torch.ones_like(inverse[:1]))  # v's
@@ -535,22 +535,15 @@ class SemanIRStage(nn.Module):
     def build_dictionary(self, windows: Tensor, k: int) -> KNNDictionary:
         """(B', N, C) window tokens -> the dictionary of their k most similar tokens.
 
-        Built in the form its attention consumes: where that is a dense masked attention (the
-        ``mask`` and ``reference`` backends, and ``auto`` on the CPU) as the neighbour mask of
-        ``knn_mask``, else as the neighbour lists of ``knn_graph`` (the same sets, ties to the
-        lower index in both). Either is valid by construction, so the dictionary skips the
-        checks of raw neighbour lists; every layer that uses it shares what its attention
-        backend derives from it (built on first use, once). The model checked its input, so no
-        value is read back to the host here.
+        Built by ``knn_dictionary`` in the form the layers' attention backend consumes (a
+        neighbour mask for the dense backends, lists otherwise; the same sets); every layer that
+        uses it shares what its backend derives from it (built on first use, once). The model
+        checked its input, so no value is read back to the host here.
         """
-        windows = windows.detach()
-        if self.attention_backend in ("mask", "reference") or (
-            self.attention_backend == "auto" and windows.device.type == "cpu"
-        ):
-            member = knn_mask(windows, k, similarity=self.similarity, check_values=False)
-            return KNNDictionary.from_mask(member, k)  # (B', N, N) neighbours
-        idx = knn_graph(windows, k, similarity=self.similarity, check_values=False)
-        return KNNDictionary.from_unique(idx)  # (B', N, k) neighbours
+        return knn_dictionary(
+            windows.detach(), k, similarity=self.similarity, backend=self.attention_backend,
+            check_values=False,
+        )  # fmt: skip
 
     def positions(self) -> tuple[Tensor, Tensor] | None:
         """The :func:`relative_positions` the layers' position MLPs read, or ``None``."""
