@@ -80,7 +80,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup, cpu_model
+from common_kernels.cli import check_benchmark_setup
 from common_kernels.files import write_text
 from semanir.bundled import installed_models
 
@@ -514,11 +514,11 @@ class Worker:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if ready else ""
         if not line:
+            self.stderr.seek(0)
+            last = (self.stderr.read().strip().splitlines() or ["killed"])[-1]
             self.close()
             if not ready:
                 raise WorkerFailed(f"no answer within {timeout:.0f} s")
-            self.stderr.seek(0)
-            last = (self.stderr.read().strip().splitlines() or ["killed"])[-1]
             raise WorkerFailed(f"exit {self.process.returncode}: {last}")
         return json.loads(line)
 
@@ -800,6 +800,7 @@ def environment(plan: Preset) -> dict[str, Any]:
     """torch, CPU, cores, thread counts, package versions and the checkout."""
     import common_kernels
     import semanir
+    from common_kernels.cli import cpu_model  # 0.3.4: the parent's, not a baseline worker's
 
     return {
         "torch": torch.__version__,

@@ -123,3 +123,12 @@ def test_modes_add_bf16_and_compiled_rows_of_this_checkout_only() -> None:
     compiled = {**fp32, "mode": "compiled"}
     assert cpu_speed.label(compiled) == f"{fp32['model']}, compiled"
     assert cpu_speed.flops_key(compiled) == cpu_speed.flops_key(fp32)  # counted once, eagerly
+
+
+def test_a_worker_that_dies_is_reported_with_its_last_error_line() -> None:
+    spec = {"kind": "infer", "variant": "semanir", "model": "no_such_model", "twin_of": [],
+            "channels": 1, "width": 8, "height": 8, "threads": 1, "seed": 0,
+            "code": "current", "mode": "fp32"}  # fmt: skip
+    worker = cpu_speed.Worker(spec)
+    with pytest.raises(cpu_speed.WorkerFailed, match=r"exit 1: .*unknown model 'no_such_model'"):
+        worker.read(timeout=120)
