@@ -1,8 +1,9 @@
-"""One behaviour for files: only ``common_kernels.files`` writes files atomically and parses sizes.
+"""One behaviour for files: only ``common_kernels.runtime.files`` writes files atomically and
+parses sizes.
 
 A source scan of every method package (no imports, so the ``repo`` session needs nothing but
 pytest): writing through a temporary file, renaming files into place and splitting ``HxW`` size
-strings are left to ``common_kernels.files`` (``atomic_write``, ``atomic_directory``,
+strings are left to ``common_kernels.runtime.files`` (``atomic_write``, ``atomic_directory``,
 ``write_bytes``/``write_text``/``write_json``, ``parse_size``), so permissions, temporary names,
 cleanup and the size rule stay the same in every package.
 """
@@ -21,14 +22,16 @@ METHOD_SOURCES = sorted(
     if path.relative_to(ROOT / "packages").parts[0] != "common-kernels"
 )
 FORBIDDEN = {
-    "a temporary file for an output (use common_kernels.files.atomic_write)": re.compile(
+    "a temporary file for an output (use common_kernels.runtime.files.atomic_write)": re.compile(
         r"\b(mkstemp|NamedTemporaryFile|mktemp)\b"
     ),
-    "a file renamed into place (use common_kernels.files.atomic_write / atomic_directory)": (
+    "a file renamed into place (use runtime.files.atomic_write / atomic_directory)": (
         re.compile(r"\bos\.(replace|rename|renames)\(|\.rename\(|\.replace\(\s*\w*(tmp|temp)")
     ),
-    "an own atomic writer (use common_kernels.files)": re.compile(r"^\s*def \w*atomic\w*\(", re.M),
-    "an own size parser (use common_kernels.files.parse_size)": re.compile(
+    "an own atomic writer (use common_kernels.runtime.files)": re.compile(
+        r"^\s*def \w*atomic\w*\(", re.M
+    ),
+    "an own size parser (use common_kernels.runtime.files.parse_size)": re.compile(
         r"""\.(split|partition)\(\s*["'][xX]["']"""
     ),
 }

@@ -27,7 +27,9 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml"))
 PYPI_MARKER = "Once a release is published on PyPI"
-EXAMPLE_MARKER = re.compile(r"<!--\s*example:[^\n]*-->$")  # common_kernels.testing's block marker
+EXAMPLE_MARKER = re.compile(
+    r"<!--\s*example:[^\n]*-->$"
+)  # common_kernels.runtime.testing's block marker
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 

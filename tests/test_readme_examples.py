@@ -17,9 +17,11 @@ READMES = [ROOT / "README.md", *sorted(ROOT.glob("packages/*/README.md"))]
 
 
 def _testing_module():
-    """common_kernels.testing, loaded from its file (standard library only: this session has
+    """common_kernels.runtime.testing, loaded from its file (standard library only: this session has
     no torch, which the package's ``__init__`` imports)."""
-    path = ROOT / "packages" / "common-kernels" / "src" / "common_kernels" / "testing.py"
+    path = (
+        ROOT / "packages" / "common-kernels" / "src" / "common_kernels" / "runtime" / "testing.py"
+    )
     spec = importlib.util.spec_from_file_location("common_kernels_testing", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import torch
 
-from common_kernels.cli import check_benchmark_setup, cpu_model
-from common_kernels.files import write_text
+from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
+from common_kernels.runtime.files import write_text
 
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE.parent / "src" / "common_kernels" / "policies"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common_kernels.batch import (
+from common_kernels.runtime.batch import (
     BatchRun,
     MissingImages,
     find_images,
@@ -16,8 +16,8 @@ from common_kernels.batch import (
     resume_command,
     survey,
 )
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import ImageReadError, read_image
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import ImageReadError, read_image
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010800000000"

@@ -1,4 +1,5 @@
-"""common_kernels.cli: the exit statuses and one-line messages of every command (through a tiny
+"""common_kernels.runtime.cli: the exit statuses and one-line messages of every command (through a
+tiny
 fake command), argparse errors, one-line messages and the ``--device`` check."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common_kernels.cli import (
+from common_kernels.runtime.cli import (
     Parser,
     UsageError,
     WorkError,
@@ -201,7 +202,7 @@ def test_available_devices(machine):
 
 
 def test_output_path_checks_name_the_flag_and_the_blocking_path(tmp_path, monkeypatch) -> None:
-    from common_kernels.cli import check_file_writable, check_folder_writable
+    from common_kernels.runtime.cli import check_file_writable, check_folder_writable
 
     (tmp_path / "file.txt").write_text("x")
     check_folder_writable(tmp_path / "new" / "deeper", "-o")  # creatable: fine
@@ -232,7 +233,7 @@ MISSING = "common_kernels_test_no_such_module"  # a name no environment has
 
 
 def test_require_modules_names_the_missing_modules_and_the_install_command() -> None:
-    from common_kernels.cli import install_command, require_modules
+    from common_kernels.runtime.cli import install_command, require_modules
 
     require_modules(["json", "torch"], "semanir")  # installed: fine
     assert install_command("itaclip", "bench") == (
@@ -263,7 +264,7 @@ def test_require_modules_imports_nothing(tmp_path, monkeypatch) -> None:
     import importlib.util
     import sys
 
-    from common_kernels.cli import require_modules
+    from common_kernels.runtime.cli import require_modules
 
     (tmp_path / "cktest_side_effect.py").write_text("raise AssertionError('imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -279,7 +280,7 @@ def test_require_modules_imports_nothing(tmp_path, monkeypatch) -> None:
 def benchmark_setup(capsys: pytest.CaptureFixture[str], **options) -> tuple[int, str, str]:
     """``check_benchmark_setup("run.py", "itaclip", **options)``: (exit status, out, err);
     status 0 when it returned."""
-    from common_kernels.cli import check_benchmark_setup
+    from common_kernels.runtime.cli import check_benchmark_setup
 
     try:
         check_benchmark_setup("run.py", "itaclip", **options)
@@ -396,7 +397,7 @@ def test_loader_workers_leave_the_signals_to_the_main_process():
         import os, signal, sys, time
         import torch
         from torch.utils.data import DataLoader
-        from common_kernels.cli import leave_signals_to_the_main_process
+        from common_kernels.runtime.cli import leave_signals_to_the_main_process
 
         class Slow(torch.utils.data.Dataset):
             def __len__(self):
@@ -425,7 +426,7 @@ def test_loader_workers_leave_the_signals_to_the_main_process():
 
 
 def test_invalid_argument_is_printed_with_the_commands_flags(capsys):
-    from common_kernels.errors import InvalidArgument
+    from common_kernels.runtime.errors import InvalidArgument
 
     def fail() -> None:
         raise InvalidArgument("output", "x.png is an input; pass {in_place}", mentions={
@@ -462,7 +463,7 @@ def test_version_line_names_the_package_and_what_it_runs_on():
     import sys
     from importlib import metadata
 
-    from common_kernels.cli import version_line
+    from common_kernels.runtime.cli import version_line
 
     python = ".".join(map(str, sys.version_info[:3]))
     assert version_line("common-kernels", "common-kernels") == (

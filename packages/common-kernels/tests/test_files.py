@@ -1,4 +1,5 @@
-"""common_kernels.files: atomic writes (permissions, unique temporaries, cleanup), image reading
+"""common_kernels.runtime.files: atomic writes (permissions, unique temporaries, cleanup), image
+reading
 conventions and errors, size strings, image-tensor checks."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.files import (
+from common_kernels.runtime.files import (
     AtomicSavePretrained,
     ImageIsAFolderError,
     ImageReadError,
@@ -282,7 +283,7 @@ def test_output_folder_names_have_no_suffix_unless_the_folder_exists(tmp_path: P
 
 
 def test_importing_the_module_does_not_import_pillow() -> None:
-    code = "import sys, common_kernels.files; print('PIL' in sys.modules)"
+    code = "import sys, common_kernels.runtime.files; print('PIL' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

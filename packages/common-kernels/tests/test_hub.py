@@ -1,4 +1,5 @@
-"""common_kernels.hub: what a model name means (a local path or a hub id), decided without I/O
+"""common_kernels.runtime.hub: what a model name means (a local path or a hub id), decided without
+I/O
 beyond one existence check."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common_kernels.hub import local_or_hub, looks_like_path
+from common_kernels.runtime.hub import local_or_hub, looks_like_path
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def test_a_missing_path_is_named_and_never_a_hub_id(tmp_path: Path, monkeypatch)
 
 
 def test_check_hub_fails_at_once_offline_and_passes_for_cached_repos(tmp_path, monkeypatch):
-    from common_kernels.hub import HubUnreachableError, check_hub, is_cached
+    from common_kernels.runtime.hub import HubUnreachableError, check_hub, is_cached
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -65,7 +66,7 @@ def test_check_hub_fails_at_once_offline_and_passes_for_cached_repos(tmp_path, m
 
 
 def test_check_hub_gives_up_after_the_timeout_and_names_the_host(tmp_path, monkeypatch):
-    from common_kernels.hub import HubUnreachableError, check_hub
+    from common_kernels.runtime.hub import HubUnreachableError, check_hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -99,7 +100,7 @@ def test_check_hub_bounds_a_name_lookup_that_never_answers(tmp_path, monkeypatch
     never answers must still end in the error after ``timeout`` seconds."""
     import threading
 
-    from common_kernels.hub import HubUnreachableError, check_hub
+    from common_kernels.runtime.hub import HubUnreachableError, check_hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -125,8 +126,8 @@ def test_check_hub_bounds_a_name_lookup_that_never_answers(tmp_path, monkeypatch
 def test_a_name_that_is_neither_a_path_a_known_name_nor_a_hub_id_is_unknown(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from common_kernels.errors import InvalidArgument
-    from common_kernels.hub import resolve_model_name
+    from common_kernels.runtime.errors import InvalidArgument
+    from common_kernels.runtime.hub import resolve_model_name
 
     monkeypatch.chdir(tmp_path)
     assert resolve_model_name("owner/name") == "owner/name"

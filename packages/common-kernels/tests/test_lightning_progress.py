@@ -1,4 +1,5 @@
-"""common_kernels.lightning: Lightning's progress as plain lines in a log, tqdm on a terminal."""
+"""common_kernels.runtime.lightning: Lightning's progress as plain lines in a log, tqdm on a
+terminal."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 L = pytest.importorskip("lightning")
 
-from common_kernels.lightning import LogProgress, progress_callbacks  # noqa: E402
+from common_kernels.runtime.lightning import LogProgress, progress_callbacks  # noqa: E402
 
 
 class Tiny(L.LightningModule):

@@ -12,8 +12,8 @@ import tifffile
 import torch
 from PIL import Image, ImageCms
 
-from common_kernels.files import ImageReadError, read_image
-from common_kernels.photos import ORIENTATION, Photo, read_photo, write_photo
+from common_kernels.runtime.files import ImageReadError, read_image
+from common_kernels.runtime.photos import ORIENTATION, Photo, read_photo, write_photo
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(0)

@@ -1,11 +1,11 @@
-"""common_kernels.progress: tqdm's bar on a terminal, plain timed lines in a log file."""
+"""common_kernels.runtime.progress: tqdm's bar on a terminal, plain timed lines in a log file."""
 
 from __future__ import annotations
 
 import io
 import sys
 
-from common_kernels.progress import progress
+from common_kernels.runtime.progress import progress
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from common_kernels.quiet import ENVIRONMENT, LOGGERS, quiet_libraries
+from common_kernels.runtime.quiet import ENVIRONMENT, LOGGERS, quiet_libraries
 
 
 def test_notices_and_tips_are_off_inside_and_restored_after(monkeypatch) -> None:

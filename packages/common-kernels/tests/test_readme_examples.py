@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common_kernels.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]

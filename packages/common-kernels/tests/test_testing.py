@@ -1,4 +1,4 @@
-"""common_kernels.testing.signal_while_working: a real SIGTERM from outside once the command
+"""common_kernels.runtime.testing.signal_while_working: a real SIGTERM from outside once the command
 works, and a clear failure when it never does."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import signal
 
 import pytest
 
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.testing import signal_while_working
 
 SCRIPT = """
 import sys, time
-from common_kernels.cli import run_main
+from common_kernels.runtime.cli import run_main
 
 def work():
     print("before", flush=True)
@@ -39,7 +39,7 @@ def test_a_command_that_ends_before_working_fails_with_its_stderr() -> None:
 
 
 def test_shell_examples_with_their_modes(tmp_path) -> None:
-    from common_kernels.testing import shell_commands, shell_examples
+    from common_kernels.runtime.testing import shell_commands, shell_examples
 
     readme = tmp_path / "README.md"
     readme.write_text(
@@ -63,7 +63,7 @@ def test_shell_examples_with_their_modes(tmp_path) -> None:
 
 
 def test_shell_example_markers_must_be_complete(tmp_path) -> None:
-    from common_kernels.testing import program_words, shell_examples
+    from common_kernels.runtime.testing import program_words, shell_examples
 
     readme = tmp_path / "README.md"
     readme.write_text("<!-- example: check -->\n```bash\nx\n```\n")

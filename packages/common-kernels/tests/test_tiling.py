@@ -224,7 +224,7 @@ def test_batching_stacks_crops_along_dim_0() -> None:
 
 
 def test_tile_progress_is_reported_through_common_kernels_progress(monkeypatch) -> None:
-    """Asked for, the tiles' progress goes through ``common_kernels.progress`` (a bar on a
+    """Asked for, the tiles' progress goes through ``common_kernels.runtime.progress`` (a bar on a
     terminal, plain lines in a log): one item per tile, with the tile count as total."""
     from common_kernels import tiling
 

@@ -98,7 +98,7 @@ def device_name(device: str) -> str:
     """The GPU's name for ``"cuda"``, else the CPU model."""
     import torch
 
-    from common_kernels.cli import cpu_model
+    from common_kernels.runtime.cli import cpu_model
 
     return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
@@ -432,7 +432,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    from common_kernels.cli import cpu_model
+    from common_kernels.runtime.cli import cpu_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models only")
@@ -462,7 +462,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from common_kernels.cli import check_benchmark_setup
+    from common_kernels.runtime.cli import check_benchmark_setup
 
     modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
     check_benchmark_setup(parser.prog, "diffeat", modules=modules, folders=folders)

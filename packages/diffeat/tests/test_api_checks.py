@@ -1,6 +1,7 @@
 """The API owns the checks (issue 25, items 1 and 3): ``check_from_pretrained`` (run first by
 ``FeatureExtractor.from_pretrained``) gives the CLI's one-line messages, naming the argument
-instead of the flag, before any weights are loaded; the loader rule of ``common_kernels.hub``."""
+instead of the flag, before any weights are loaded; the loader rule of
+``common_kernels.runtime.hub``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.hub import HubUnreachableError
+from common_kernels.runtime.hub import HubUnreachableError
 from diffeat import FeatureExtractor
 from diffeat.cli import main
 from diffeat.extractor import check_from_pretrained

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import diffeat
-from common_kernels.cli import version_line
-from common_kernels.errors import InvalidArgument
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.cli import version_line
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.testing import signal_while_working
 from diffeat import DiTFeatureExtractor, FeatureExtractor, PromptEmbeddings, aggregate
 from diffeat.aggregate import resize_feature
 from diffeat.cli import main

@@ -23,7 +23,7 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
-from common_kernels import files as files_module
+from common_kernels.runtime import files as files_module
 from diffeat import PRESETS, FeatureExtractor
 from diffeat.checks import ModelConfigs, model_infos
 from diffeat.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from common_kernels.cli import size_type
+from common_kernels.runtime.cli import size_type
 from diffeat.cli import build_parser
 
 

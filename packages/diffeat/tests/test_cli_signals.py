@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.testing import signal_while_working
 
 WORKING_SCRIPT = """
 import sys, time

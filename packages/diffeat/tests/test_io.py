@@ -1,4 +1,5 @@
-"""diffeat.io on common_kernels.files: image reading, sizes, and the permissions of what is written
+"""diffeat.io on common_kernels.runtime.files: image reading, sizes, and the permissions of what is
+written
 (feature files, PNGs, head folders)."""
 
 from __future__ import annotations

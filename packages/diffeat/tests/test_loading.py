@@ -1,5 +1,5 @@
 """Loading: no stray progress lines of transformers/diffusers, and the hub rule of
-``common_kernels.hub`` for the DiT loader as for the U-Net one (issue 25, item 4)."""
+``common_kernels.runtime.hub`` for the DiT loader as for the U-Net one (issue 25, item 4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from common_kernels.hub import HubUnreachableError
+from common_kernels.runtime.hub import HubUnreachableError
 from diffeat import FeatureExtractor
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.extractor import quiet_loading

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model

@@ -73,7 +73,7 @@ def device_name(device: str) -> str:
     """The GPU's name for ``"cuda"``, else the CPU model."""
     import torch
 
-    from common_kernels.cli import cpu_model
+    from common_kernels.runtime.cli import cpu_model
 
     return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    from common_kernels.cli import cpu_model
+    from common_kernels.runtime.cli import cpu_model
 
     parser = build_parser()
     args = parser.parse_args()
@@ -438,7 +438,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from common_kernels.cli import check_benchmark_setup
+    from common_kernels.runtime.cli import check_benchmark_setup
 
     modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
     check_benchmark_setup(parser.prog, "itaclip", modules=modules, folders=folders)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.cli import size_type as parse_size_option
+from common_kernels.runtime.cli import size_type as parse_size_option
 from itaclip import Segmenter
 from itaclip.cli import main, parse_class_option
 from itaclip.viz import LEGEND_ROW, LEGEND_WIDTH, overlay, palette

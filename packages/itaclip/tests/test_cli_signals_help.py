@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.cli import size_type
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.cli import size_type
+from common_kernels.runtime.testing import signal_while_working
 from itaclip.cli import build_parser
 
 WORKING_SCRIPT = """

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.photos import Photo, read_photo, write_photo
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.photos import Photo, read_photo, write_photo
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.folders import plan_segment_batch

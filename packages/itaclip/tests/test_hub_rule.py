@@ -9,7 +9,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from common_kernels.hub import HubUnreachableError
+from common_kernels.runtime.hub import HubUnreachableError
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.sources import ModelLoadError, ModelSource, resolve_model

@@ -1,6 +1,7 @@
 """Every example of the README works as written (issue 33, item 4).
 
-Shell blocks (``common_kernels.testing.shell_examples``): a ``run`` block runs line by line in
+Shell blocks (``common_kernels.runtime.testing.shell_examples``): a ``run`` block runs line by line
+in
 bash, from a folder outside the clone holding the files the examples name (``photo.jpg``,
 ``more/*.png``, ``photos/`` with a subfolder, ``aux.json``, ``defs.txt``; synthesised here), with
 the venv's ``itaclip`` on the PATH; each command must exit 0, and what it wrote is checked
@@ -29,10 +30,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.batch import find_images
-from common_kernels.cli import UsageError
-from common_kernels.photos import read_photo
-from common_kernels.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.batch import find_images
+from common_kernels.runtime.cli import UsageError
+from common_kernels.runtime.photos import read_photo
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH

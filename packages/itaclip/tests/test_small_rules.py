@@ -1,5 +1,5 @@
 """The small rules of issue 33, item 6: ``--version``; third-party notices silenced unless
-``--verbose``; one unknown-model rule (``common_kernels.hub.resolve_model_name``) for
+``--verbose``; one unknown-model rule (``common_kernels.runtime.hub.resolve_model_name``) for
 ``--model`` and ``aux --lm``; empty tensors refused with the API's message naming the argument;
 ``eval --json`` and ``aux -o`` never replace a file they read (item 1)."""
 
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import itaclip
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.datasets import SegmentationDataset
@@ -76,7 +76,7 @@ def test_library_notices_are_off_unless_verbose(tmp_path, tiny_dir, monkeypatch,
 
 def test_unknown_models_are_refused_at_once_by_the_one_rule(tmp_path, monkeypatch, capsys):
     asked = []
-    monkeypatch.setattr("common_kernels.hub.check_hub", lambda *a, **k: asked.append(a))
+    monkeypatch.setattr("common_kernels.runtime.hub.check_hub", lambda *a, **k: asked.append(a))
     monkeypatch.chdir(tmp_path)
     rule = "a local folder starts with ./ or / (or exists), a hub id is owner/name"
     with pytest.raises(InvalidArgument) as info:

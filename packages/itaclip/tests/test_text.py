@@ -98,7 +98,8 @@ def test_disk_cache_round_trip_and_keys(tmp_path):
 
 
 def test_cache_and_tiny_model_files_have_the_usual_permissions(tmp_path):
-    """Written through common_kernels.files: safetensors' own 0600 becomes what open() gives."""
+    """Written through common_kernels.runtime.files: safetensors' own 0600 becomes what open()
+    gives."""
     previous = os.umask(0o022)
     try:
         cache = TextEmbeddingCache(tmp_path / "cache")

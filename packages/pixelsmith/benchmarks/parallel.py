@@ -45,7 +45,7 @@ def bench_worker(options: dict, result: str) -> None:
     ``result`` (JSON)."""
     import torch.distributed as dist
 
-    from common_kernels.files import write_json
+    from common_kernels.runtime.files import write_json
     from pixelsmith import PixelsmithConfig, generate_cascade
     from pixelsmith.parallel import RankGroup
 
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from common_kernels.cli import check_benchmark_setup
-    from common_kernels.files import write_json, write_text
+    from common_kernels.runtime.cli import check_benchmark_setup
+    from common_kernels.runtime.files import write_json, write_text
     from pixelsmith.parallel import check_devices, launch
 
     check_benchmark_setup(

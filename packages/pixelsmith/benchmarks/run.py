@@ -697,7 +697,7 @@ def environment(args: argparse.Namespace) -> dict:
     import psutil
     import torch
 
-    from common_kernels.cli import cpu_model
+    from common_kernels.runtime.cli import cpu_model
 
     return {
         "device": args.device,
@@ -1002,7 +1002,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args)
         return
-    from common_kernels.cli import check_benchmark_setup
+    from common_kernels.runtime.cli import check_benchmark_setup
 
     plots = not (args.gigapixel or args.cascade or args.device == "cuda")  # the others: JSON, md
     modules = ("matplotlib", "psutil") if plots else ("psutil",)

@@ -11,8 +11,8 @@ import pytest
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.hub import HubUnreachableError
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.control import load_controlnet
@@ -20,7 +20,7 @@ from pixelsmith.lora import load_loras
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, check_from_pretrained
 
 ADVICE = "download it on a machine with network access, or give a local folder (./DIR)"
-# common_kernels.hub.resolve_model_name: the one unknown-model rule of every package
+# common_kernels.runtime.hub.resolve_model_name: the one unknown-model rule of every package
 UNKNOWN_ADVICE = "a local folder starts with ./ or / (or exists), a hub id is owner/name"
 PREFIX = "pixelsmith generate: error: "
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import pixelsmith.cli as cli
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import PixelsmithPipeline, generate_cascade
 from pixelsmith.cli import main
 from pixelsmith.tiny import tiny_controlnet

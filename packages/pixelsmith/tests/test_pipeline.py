@@ -393,7 +393,7 @@ def test_config_errors():
 
 
 def test_saved_model_folder_has_the_usual_permissions(tmp_path):
-    """save_pretrained goes through common_kernels.files.atomic_directory: safetensors' 0600
+    """save_pretrained goes through common_kernels.runtime.files.atomic_directory: safetensors' 0600
     weights end with what open() gives under the umask, and no temporary folder is left."""
     previous = os.umask(0o022)
     try:

@@ -24,8 +24,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from common_kernels.files import parse_size
-from common_kernels.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.files import parse_size
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import generate_cascade
 from pixelsmith.cli import build_parser, main
 from pixelsmith.control import open_control_image

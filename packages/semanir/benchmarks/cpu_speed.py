@@ -80,8 +80,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup
-from common_kernels.files import write_text
+from common_kernels.runtime.cli import check_benchmark_setup
+from common_kernels.runtime.files import write_text
 from semanir.bundled import installed_models
 
 HERE = Path(__file__).resolve().parent
@@ -800,7 +800,7 @@ def environment(plan: Preset) -> dict[str, Any]:
     """torch, CPU, cores, thread counts, package versions and the checkout."""
     import common_kernels
     import semanir
-    from common_kernels.cli import cpu_model  # 0.3.4: the parent's, not a baseline worker's
+    from common_kernels.runtime.cli import cpu_model  # 0.3.4: the parent's, not a baseline worker's
 
     return {
         "torch": torch.__version__,

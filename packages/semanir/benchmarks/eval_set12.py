@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup, cpu_model
+from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
 from semanir.data.degradations import add_gaussian_noise, check_sigma
 from semanir.inference import load_model, restore
 from semanir.io import atomic_write, list_images, read_image, to_uint8_array, write_image

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from common_kernels.cli import check_benchmark_setup
-from common_kernels.files import write_text
+from common_kernels.runtime.cli import check_benchmark_setup
+from common_kernels.runtime.files import write_text
 from semanir.evaluation import evaluate_images
 from semanir.inference import load_for_task, restore_image
 from semanir.io import list_images

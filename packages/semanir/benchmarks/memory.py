@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from common_kernels.cli import check_benchmark_setup
-from common_kernels.files import write_text
+from common_kernels.runtime.cli import check_benchmark_setup
+from common_kernels.runtime.files import write_text
 from semanir.inference import load_model, plan_tile, restore
 from semanir.memory import estimate_peak_bytes
 

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from common_kernels.cli import check_benchmark_setup
-from common_kernels.files import atomic_write
+from common_kernels.runtime.cli import check_benchmark_setup
+from common_kernels.runtime.files import atomic_write
 
 SMOOTHING = 20  # logged points in the running mean of the loss
 

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common_kernels.cli import check_benchmark_setup
+from common_kernels.runtime.cli import check_benchmark_setup
 from semanir.inference import load_model, restore
 from semanir.io import atomic_write, read_image
 from semanir.metrics import psnr

@@ -25,9 +25,9 @@ import torch
 from einops import rearrange
 
 from common_kernels import knn_graph, window_partition
-from common_kernels.cli import check_benchmark_setup
 from common_kernels.dictionary import neighbour_pairs_per_tile
-from common_kernels.files import write_text
+from common_kernels.runtime.cli import check_benchmark_setup
+from common_kernels.runtime.files import write_text
 from semanir.inference import load_model
 from semanir.io import read_image
 from semanir.models.semanir import SemanIRStage

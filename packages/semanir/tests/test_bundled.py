@@ -178,7 +178,7 @@ def test_models_lists_the_bundle(fake_bundle, capsys: pytest.CaptureFixture[str]
 def test_an_unreachable_hub_is_said_at_once(monkeypatch, tmp_path) -> None:
     """With HF_HUB_OFFLINE and nothing cached the error comes before any download attempt and
     says that the hub was not asked (before 0.3: 35 s of retries, then a missing config)."""
-    from common_kernels.hub import HubUnreachableError
+    from common_kernels.runtime.hub import HubUnreachableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

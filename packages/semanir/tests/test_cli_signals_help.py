@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.testing import signal_while_working
 from semanir.cli import eval_parser, restore_parser
 
 WORKING_SCRIPT = """

@@ -222,7 +222,7 @@ DATA_MISTAKES = {
 @pytest.mark.parametrize("mistake", list(DATA_MISTAKES))
 def test_data_options_are_checked_by_the_data_module(mistake: str) -> None:
     """The API's end of the checks: each names its own argument, before any image is read."""
-    from common_kernels.errors import InvalidArgument
+    from common_kernels.runtime.errors import InvalidArgument
     from semanir.data.datamodule import RestorationDataModule
 
     options, message = DATA_MISTAKES[mistake]
@@ -232,7 +232,7 @@ def test_data_options_are_checked_by_the_data_module(mistake: str) -> None:
 
 
 def test_trainer_options_and_checkpoint_are_checked_by_the_api(tmp_path: Path) -> None:
-    from common_kernels.errors import InvalidArgument
+    from common_kernels.runtime.errors import InvalidArgument
     from semanir.lightning_module import check_trainer_options
     from semanir.runs import check_checkpoint_path
 

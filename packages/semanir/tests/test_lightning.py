@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 from semanir.data.datamodule import RestorationDataModule
 from semanir.inference import load_model
 from semanir.io import write_image

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common_kernels.cli import UsageError
+from common_kernels.runtime.cli import UsageError
 from semanir.bundled import BUNDLED_MODELS
 from semanir.lightning_cli import bundled_configs_dir, with_bundled_configs
 

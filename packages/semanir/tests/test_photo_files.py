@@ -12,7 +12,7 @@ import tifffile
 import torch
 from PIL import Image, ImageCms
 
-from common_kernels.photos import ORIENTATION, read_photo
+from common_kernels.runtime.photos import ORIENTATION, read_photo
 from semanir.batch import restore_photo
 from semanir.cli import main
 from semanir.data.degradations import bicubic_resize
@@ -252,7 +252,7 @@ def test_super_resolution_of_colour_through_a_gray_model_upscales_the_chroma(
 
 
 def read_photo_from(pixels: torch.Tensor):
-    from common_kernels.photos import Photo
+    from common_kernels.runtime.photos import Photo
 
     return Photo(pixels)
 

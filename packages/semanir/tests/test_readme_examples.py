@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.photos import read_photo
-from common_kernels.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.photos import read_photo
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from semanir.models import build_model
 
 PACKAGE = Path(__file__).resolve().parents[1]

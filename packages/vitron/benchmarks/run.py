@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200 replies, 3 repeats")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from common_kernels.cli import check_benchmark_setup  # here: the parsers' processes stay light
+    from common_kernels.runtime.cli import (
+        check_benchmark_setup,  # here: the parsers' processes stay light
+    )
 
     check_benchmark_setup("run.py", "vitron", modules=("matplotlib",), folders={"--out": args.out})
     size, repeats = (200, 3) if args.quick else (2000, 7)

@@ -3,7 +3,7 @@ nothing written (issue 25, item 4)."""
 
 from __future__ import annotations
 
-from common_kernels.testing import signal_while_working
+from common_kernels.runtime.testing import signal_while_working
 from vitron.cli import main
 
 WORKING_SCRIPT = """

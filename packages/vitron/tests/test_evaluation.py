@@ -492,7 +492,7 @@ def test_eval_refseg_end_to_end(
         "failed": 0,
     }
     captured = capsys.readouterr()
-    assert "eval refseg: 2/2 samples (100%), " in captured.err  # common_kernels.progress
+    assert "eval refseg: 2/2 samples (100%), " in captured.err  # common_kernels.runtime.progress
     assert captured.out.startswith(f"refseg: cIoU {expected.intersection / expected.union:.4f}, ")
     assert "over 2 samples (0 without a mask, 0 failed)" in captured.out
 

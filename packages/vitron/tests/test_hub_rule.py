@@ -9,7 +9,7 @@ import time
 import huggingface_hub
 import pytest
 
-from common_kernels.hub import HubUnreachableError
+from common_kernels.runtime.hub import HubUnreachableError
 from vitron.cli import main
 from vitron.models import VitronModel
 from vitron.training import train
@@ -162,10 +162,11 @@ def test_a_name_that_is_neither_a_path_nor_a_hub_id_is_an_unknown_model(
     tmp_path, monkeypatch, capsys, offline
 ):
     """Issue 33: ``no_such_model`` was sent to the hub and reported as unreachable; it is an
-    unknown model at once (``common_kernels.hub.resolve_model_name``), in the API and the CLI."""
+    unknown model at once (``common_kernels.runtime.hub.resolve_model_name``), in the API and the
+    CLI."""
     import torch
 
-    from common_kernels.errors import InvalidArgument
+    from common_kernels.runtime.errors import InvalidArgument
     from vitron.specialists.diffusion import load_pipeline
 
     monkeypatch.chdir(tmp_path)

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import vitron
-from common_kernels.cli import version_line
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.cli import version_line
+from common_kernels.runtime.errors import InvalidArgument
 from vitron import Assistant, Mask, SpecialistRegistry
 from vitron.cli import build_parser, main
 from vitron.options import check_outputs

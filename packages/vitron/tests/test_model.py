@@ -177,7 +177,7 @@ def test_save_load_round_trip(tmp_path, image, backend):
 
 
 def test_saved_files_have_the_usual_permissions(tmp_path):
-    """save_pretrained's files (written through common_kernels.files.atomic_write) get what
+    """save_pretrained's files (written through common_kernels.runtime.files.atomic_write) get what
     open() gives under the umask, not mkstemp's 0600."""
     previous = os.umask(0o022)
     try:

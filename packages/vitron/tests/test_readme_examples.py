@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.testing import program_words, shell_examples
+from common_kernels.runtime.testing import program_words, shell_examples
 from vitron.cli import build_parser
 from vitron.models import VitronModel
 

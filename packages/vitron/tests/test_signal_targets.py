@@ -102,7 +102,7 @@ def test_built_targets_equal_conditioning_target(
     # the three texts give three different targets (a target of the wrong text would show)
     assert not torch.allclose(tensors["r1/seg"], tensors["line 2/gen"])
     assert not torch.allclose(tensors["r1/edit"], tensors["line 2/gen"])
-    # the progress (common_kernels.progress): in a log, one line when done
+    # the progress (common_kernels.runtime.progress): in a log, one line when done
     assert re.search(r"^targets: 4/4 calls \(100%\), \d+ s$", capsys.readouterr().err, re.M)
 
 

@@ -1,7 +1,7 @@
 """common-kernels: KNN graphs, KNN-sparse attention, FFT-guided fusion and tiling.
 
-The public API is this module's names and ``common_kernels.files`` (atomic writes, image reading
-and size strings shared by every package); method packages import nothing else.
+The kernels' public API is this module's names. ``common_kernels.runtime`` holds the plumbing the
+method packages share (files, errors, CLI, hub, progress, Lightning callbacks, test helpers).
 """
 
 from common_kernels._checks import values_checked
@@ -18,7 +18,7 @@ from common_kernels.knn_graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.3.4"
+__version__ = "0.4.0"
 
 __all__ = [
     "KNNAttention",

@@ -10,8 +10,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from common_kernels.runtime.progress import progress as show_progress
+
 from ._checks import check_float, check_ndim, check_positive_int, check_tensor
-from .progress import progress as show_progress
 
 BLENDS = ("none", "linear", "gaussian")
 WEIGHT_STEPS = 64  # per-axis weights are multiples of 1/64: weighted sums stay exact

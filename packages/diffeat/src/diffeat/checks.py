@@ -6,7 +6,8 @@ ControlNet options. ``names`` maps an argument to the way the caller spells it (
 its flags: ``{"timestep": "--timestep"}``), so the API and the command line give the same
 message, each naming the argument in its own words.
 
-Model names follow the repository's one rule (``common_kernels.hub``): a name that looks like
+Model names follow the repository's one rule (``common_kernels.runtime.hub``): a name that looks
+like
 a path (``./``, ``/``, ``~`` or an existing folder) is a local folder, and a missing one is a
 ``FileNotFoundError`` naming it; a hub id (``owner/name``) is fetched, and when the hub cannot
 be reached and the repository is not cached, ``HubUnreachableError`` says so within 5 s instead
@@ -26,8 +27,8 @@ from typing import Any
 
 import torch
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.hub import check_hub, resolve_model_name
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.hub import check_hub, resolve_model_name
 from diffeat.adapters import check_adapters
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.configs import DIT_CONFIGS, UNET_CONFIGS
@@ -103,7 +104,7 @@ def check_number(value: Any, name: str) -> float:
 
 def resolve_source(model: str | Path, name: str, what: str = "model folder") -> Path | str:
     """A local folder or file (checked to exist), or a hub id (checked to be reachable), by the
-    repository's one rule (:func:`common_kernels.hub.resolve_model_name`).
+    repository's one rule (:func:`common_kernels.runtime.hub.resolve_model_name`).
 
     diffeat bundles configs, not weights, so no bare name is a model here; a bundled config
     name (``sdxl``) is refused like any other unknown name, pointing at ``diffeat layers
@@ -116,9 +117,10 @@ def resolve_source(model: str | Path, name: str, what: str = "model folder") -> 
 
     Raises:
         FileNotFoundError: a path where nothing is.
-        common_kernels.errors.InvalidArgument: an unknown model: neither a path nor a hub id of
+        common_kernels.runtime.errors.InvalidArgument: an unknown model: neither a path nor a hub
+        id of
             the form ``owner/name`` (never sent to the hub).
-        common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub
+        common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the hub
             cannot be reached.
     """
     try:

@@ -21,8 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common_kernels.batch import BatchRun, CommandSession, Skipped, resume_command, skipped_summary
-from common_kernels.cli import (
+from common_kernels.runtime.batch import (
+    BatchRun,
+    CommandSession,
+    Skipped,
+    resume_command,
+    skipped_summary,
+)
+from common_kernels.runtime.cli import (
     Parser,
     UsageError,
     WorkError,
@@ -36,8 +42,8 @@ from common_kernels.cli import (
     usage_errors,
     version_line,
 )
-from common_kernels.files import check_output_folder_name
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.files import check_output_folder_name
+from common_kernels.runtime.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import (
@@ -280,9 +286,7 @@ def say(args: Namespace, line: str) -> None:
 
 def skipped_status(args: Namespace, skipped: Sequence[Skipped]) -> int:
     """Exit status 1 with the list of the images skipped (``--keep-going``), else 0."""
-    if skipped:
-        say(args, skipped_summary(skipped))
-    return 1 if skipped else 0
+    return say(args, skipped_summary(skipped)) or 1 if skipped else 0
 
 
 def load_extractor(args: argparse.Namespace, checked: CheckedInputs) -> FeatureExtractor:

@@ -1,7 +1,8 @@
 """The flows of ``diffeat extract``, ``probe`` and ``pca`` as API functions.
 
 :func:`check_inputs` walks the image files and folders of an extraction (``recursive``, as in
-every package: :func:`common_kernels.batch.find_images`), decodes every image (a bad one stops
+every package: :func:`common_kernels.runtime.batch.find_images`), decodes every image (a bad one
+stops
 the batch, or with ``keep_going`` is set aside) and checks them against a
 :class:`~diffeat.extractor.LoadPlan` (their sizes, the model's size multiple and the memory
 estimate) before any weights are loaded; :func:`plan_pca_outputs` says where ``pca``'s PNGs go,
@@ -26,10 +27,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from common_kernels.batch import ImageListing, Skipped, check_not_inputs, find_images, survey
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import write_json
-from common_kernels.progress import progress
+from common_kernels.runtime.batch import (
+    ImageListing,
+    Skipped,
+    check_not_inputs,
+    find_images,
+    survey,
+)
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import write_json
+from common_kernels.runtime.progress import progress
 from diffeat import __version__
 from diffeat.aggregate import aggregate
 from diffeat.catalogue import LayerInfo
@@ -106,7 +113,7 @@ def check_inputs(
     Args:
         plan: the checked model and options.
         images: image files and folders (a folder gives its images in name order), or what
-            :func:`common_kernels.batch.find_images` found.
+            :func:`common_kernels.runtime.batch.find_images` found.
         batch_size: images per pass, >= 1.
         recursive: walk the subfolders of folders too (else their images are only counted:
             ``CheckedInputs.listing.left_out``).

@@ -343,7 +343,7 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     """
     from pathlib import Path
 
-    from common_kernels.files import atomic_directory
+    from common_kernels.runtime.files import atomic_directory
 
     folder = Path(directory)
     if (folder / "model_index.json").exists():

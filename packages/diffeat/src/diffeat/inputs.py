@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from common_kernels.files import ImageReadError
+from common_kernels.runtime.files import ImageReadError
 from diffeat.io import feature_shapes, load_image
 
 

@@ -1,7 +1,7 @@
 """Images in, features and PNGs out.
 
 Reading images, writing files atomically (temporary file, then rename; usual permissions) and
-parsing sizes are common-kernels' (``common_kernels.files``), shared by every package of the
+parsing sizes are common-kernels' (``common_kernels.runtime.files``), shared by every package of the
 repository.
 """
 
@@ -17,20 +17,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from common_kernels import files
+from common_kernels.runtime import files
 
 
 def load_image(path: str | Path) -> Image.Image:
     """An 8-bit RGB PIL image (gray, palette and 16-bit images converted; alpha dropped; EXIF
-    orientation applied), as ``common_kernels.files.read_pil_image`` reads it.
+    orientation applied), as ``common_kernels.runtime.files.read_pil_image`` reads it.
 
     Args:
         path: the image file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
-        ValueError: the file does not decode completely (``common_kernels.files.ImageReadError``).
+        IsADirectoryError: ``path`` is a folder
+        (``common_kernels.runtime.files.ImageIsAFolderError``).
+        ValueError: the file does not decode completely
+        (``common_kernels.runtime.files.ImageReadError``).
     """
     return files.read_pil_image(path)
 
@@ -41,7 +43,7 @@ def parse_size(
     """``512`` / ``"512"`` / ``"512x768"`` (H x W) / ``(H, W)`` -> ``(H, W)``; None stays None.
 
     Args:
-        value: the size (``common_kernels.files.parse_size`` rules) or None.
+        value: the size (``common_kernels.runtime.files.parse_size`` rules) or None.
         argument: the argument named in the error message.
     """
     if value is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from common_kernels.cli import check_device
+from common_kernels.runtime.cli import check_device
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
     DTYPES,
@@ -169,7 +169,7 @@ def check_from_pretrained(
     Raises:
         FileNotFoundError: a model, LoRA or ControlNet path where nothing is.
         ValueError: a bad value; the message names the argument and the accepted range.
-        common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub is
+        common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the hub is
             out of reach (within 5 s).
         OSError: a hub id whose config files cannot be read.
     """

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_kernels.files import write_text
+from common_kernels.runtime.files import write_text
 from itaclip.text import parse_classes
 
 SEPARATOR = ">="

@@ -27,13 +27,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from common_kernels.batch import (
+from common_kernels.runtime.batch import (
     BatchRun,
     CommandSession,
     add_batch_options,
     resume_command,
 )
-from common_kernels.cli import (
+from common_kernels.runtime.cli import (
     Parser,
     add_verbose,
     check_folder_writable,
@@ -43,7 +43,7 @@ from common_kernels.cli import (
     usage_errors,
     version_line,
 )
-from common_kernels.files import write_json
+from common_kernels.runtime.files import write_json
 from itaclip.auxfile import write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
 from itaclip.evaluate import (
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad inputs print ``itaclip COMMAND: error: ...`` (one line) and return 2, failures while
     working return 1, Ctrl-C prints ``itaclip COMMAND: interrupted`` and returns 130, SIGTERM
-    ``itaclip COMMAND: terminated`` and 143 (``common_kernels.cli.run_main``); ``segment``'s
+    ``itaclip COMMAND: terminated`` and 143 (``common_kernels.runtime.cli.run_main``); ``segment``'s
     lines add how many images were written and the command that resumes the run.
     ``--version`` (first) prints the versions and returns 0.
 

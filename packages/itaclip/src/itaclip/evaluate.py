@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from common_kernels.cli import check_file_writable
-from common_kernels.files import write_json
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.cli import check_file_writable
+from common_kernels.runtime.files import write_json
+from common_kernels.runtime.progress import progress as show_progress
 from itaclip.config import Names, named
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
 from itaclip.protect import check_not_replacing, model_files
@@ -280,7 +280,8 @@ def evaluate(
         dataset: the benchmark.
         limit: evaluate only the first ``limit`` samples (>= 1; ``None`` = all).
         progress: progress on rank 0 over the images and each image's sliding windows
-            (``common_kernels.progress``): ``True`` or ``None`` show a bar on a terminal and a
+            (``common_kernels.runtime.progress``): ``True`` or ``None`` show a bar on a terminal
+            and a
             plain line every 10 s in a log file; ``False`` shows nothing.
 
     Raises:

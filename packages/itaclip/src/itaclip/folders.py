@@ -1,5 +1,5 @@
 """Image files and folders segmented in one run (``itaclip segment``), walked as every package
-of the repository walks them (``common_kernels.batch``).
+of the repository walks them (``common_kernels.runtime.batch``).
 
 ``plan_segment_batch`` finds the images (files as given; a folder's images in name order, its
 subfolders with ``recursive``, their place mirrored under the output folder, else only counted),
@@ -9,7 +9,7 @@ unless ``in_place``, sets aside the images whose outputs all exist (``skip_exist
 run), and decodes every other image completely before any model loads: a bad one stops the run,
 naming it, or with ``keep_going`` is set aside. ``segment_batch`` then segments the planned
 images with a loaded segmenter and writes their outputs (atomically), counting them in a
-``common_kernels.batch.BatchRun`` (how far an interrupted run got, and how to resume it).
+``common_kernels.runtime.batch.BatchRun`` (how far an interrupted run got, and how to resume it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common_kernels.batch import (
+from common_kernels.runtime.batch import (
     BatchRun,
     InputImage,
     Skipped,
@@ -28,11 +28,11 @@ from common_kernels.batch import (
     find_images,
     survey,
 )
-from common_kernels.cli import check_folder_writable, one_line
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import ImageReadError, check_output_folder_name
-from common_kernels.photos import read_photo
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.cli import check_folder_writable, one_line
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import ImageReadError, check_output_folder_name
+from common_kernels.runtime.photos import read_photo
+from common_kernels.runtime.progress import progress as show_progress
 from itaclip.config import Names, named
 from itaclip.inputs import ClassInputs, class_names
 from itaclip.protect import check_not_replacing

@@ -2,7 +2,8 @@
 
 The paper used Llama-3-8B-Instruct with temperature 0.6, top_p 0.9 and up to 256 new tokens;
 any ``AutoModelForCausalLM`` works (chat models get their chat template applied). The model
-name follows the repository's loader rule (``common_kernels.hub``): a path is a local folder, a
+name follows the repository's loader rule (``common_kernels.runtime.hub``): a path is a local
+folder, a
 missing one an error at once; anything else is a hub id, and an unreachable hub is said within
 seconds.
 """
@@ -20,8 +21,8 @@ from typing import Any
 
 import torch
 
-from common_kernels.cli import check_file_writable, one_line
-from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
+from common_kernels.runtime.cli import check_file_writable, one_line
+from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
 from itaclip.config import Names, named
 from itaclip.protect import check_not_replacing, folder_files
 from itaclip.sources import ModelLoadError
@@ -76,7 +77,7 @@ def check_lm(name: str | os.PathLike, flag: str = "name") -> Path | str:
     Raises:
         FileNotFoundError: a path where nothing is.
         InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model:
-            ``common_kernels.hub.resolve_model_name``, never sent to the hub).
+            ``common_kernels.runtime.hub.resolve_model_name``, never sent to the hub).
         ValueError: a file instead of a folder.
     """
     try:
@@ -188,7 +189,8 @@ class AuxTextGenerator:
 
         Raises:
             ImportError: transformers is not installed.
-            common_kernels.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
+            common_kernels.runtime.hub.HubUnreachableError: the hub cannot be reached (an
+            ``OSError``).
             ModelLoadError: transformers could not load the model (an ``OSError``).
         """
         require_transformers()

@@ -1,7 +1,7 @@
 """Image input/output: any common image -> (3, H, W) RGB in [0, 1]; atomic PNG writes.
 
-Files are read and written by common-kernels (``common_kernels.files``, and
-``common_kernels.photos`` for a user's photos), as in every package of the repository: 8-bit
+Files are read and written by common-kernels (``common_kernels.runtime.files``, and
+``common_kernels.runtime.photos`` for a user's photos), as in every package of the repository: 8-bit
 /255, 16-bit /65535, palettes expanded, alpha dropped, EXIF orientation applied once; writes
 are atomic with the usual permissions. An empty image (a dimension of size 0) is refused
 naming the argument (``image: ...``).
@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import ImageReadError, atomic_write, read_image
-from common_kernels.photos import Photo
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import ImageReadError, atomic_write, read_image
+from common_kernels.runtime.photos import Photo
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 TENSOR_LAYOUT = "tensor images must be float (3, H, W) or batches (B, 3, H, W), RGB in [0, 1]"
@@ -71,7 +71,7 @@ def check_not_empty(shape: Sequence[int], argument: str = "image") -> None:
 def to_rgb_tensor(image: Photo | Image.Image | np.ndarray | Tensor) -> Tensor:
     """An image as a (3, H, W) fp32 RGB tensor in [0, 1].
 
-    Accepts photos read by ``common_kernels.photos.read_photo`` (upright, 8 or 16 bits), PIL
+    Accepts photos read by ``common_kernels.runtime.photos.read_photo`` (upright, 8 or 16 bits), PIL
     images (L, LA, P, RGB, RGBA, 16-bit I;16 / I), (H, W) / (H, W, 1|3|4) arrays of uint8,
     uint16 or floats in [0, 1], and (3, H, W) float tensors in [0, 1]. Alpha is dropped;
     grayscale is repeated over three channels.
@@ -138,12 +138,15 @@ def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image file as a (3, H, W) fp32 RGB tensor in [0, 1].
 
     Args:
-        path: the image file (``common_kernels.files.read_image`` conventions; gray repeated).
+        path: the image file (``common_kernels.runtime.files.read_image`` conventions; gray
+        repeated).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
-        ValueError: the file does not decode completely (``common_kernels.files.ImageReadError``).
+        IsADirectoryError: ``path`` is a folder
+        (``common_kernels.runtime.files.ImageIsAFolderError``).
+        ValueError: the file does not decode completely
+        (``common_kernels.runtime.files.ImageReadError``).
     """
     return read_image(path, channels="rgb")
 

@@ -1,9 +1,10 @@
 """What ``itaclip segment`` writes for an image, also from Python (``Segmentation.save_overlay``
 and ``Segmentation.save_labels``): the labels blended over the photo with a legend, and the
-label map. Both are written atomically (``common_kernels.photos.write_photo``).
+label map. Both are written atomically (``common_kernels.runtime.photos.write_photo``).
 
 The overlay is drawn on the photo as the segmenter saw it: upright (a photo read with
-``common_kernels.photos.read_photo`` had its EXIF orientation applied once, and the tag is not
+``common_kernels.runtime.photos.read_photo`` had its EXIF orientation applied once, and the tag is
+not
 written again), at the labels' size; it keeps a colour photo's ICC profile and its EXIF.
 """
 
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.photos import Photo, write_photo
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.photos import Photo, write_photo
 from itaclip.io import to_rgb_tensor
 from itaclip.viz import overlay
 

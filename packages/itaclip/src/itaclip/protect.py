@@ -1,7 +1,7 @@
 """Outputs never replace inputs (issue 33): before any work, each file a command would write is
 compared with the files it reads, by identity (the same file under any name or link).
 
-Batches of images follow ``common_kernels.batch`` (``--in-place`` / ``in_place=True`` allows
+Batches of images follow ``common_kernels.runtime.batch`` (``--in-place`` / ``in_place=True`` allows
 their outputs into the input folders); the files checked here (a report, a text file, an
 output beside an auxiliary-text file) are never meant to replace an input, so nothing allows it.
 """
@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 from itaclip.sources import LOCAL_DIR, ModelSource
 
 

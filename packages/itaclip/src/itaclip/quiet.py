@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import open_clip
 
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.quiet import quiet_libraries
 
 
 class OpenClipNotices(logging.Filter):
@@ -29,7 +29,8 @@ class OpenClipNotices(logging.Filter):
 @contextlib.contextmanager
 def quiet(verbose: bool) -> Iterator[None]:
     """Third-party progress bars, deprecation notices and tips off while a command works
-    (``common_kernels.quiet.quiet_libraries``), open_clip's notices too, unless ``verbose``."""
+    (``common_kernels.runtime.quiet.quiet_libraries``), open_clip's notices too, unless
+    ``verbose``."""
     with quiet_libraries(verbose):
         if verbose:
             yield

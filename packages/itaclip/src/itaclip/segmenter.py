@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common_kernels import tile_grid
-from common_kernels.cli import check_device, check_folder_writable, one_line
-from common_kernels.errors import InvalidArgument
-from common_kernels.hub import HubUnreachableError
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.cli import check_device, check_folder_writable, one_line
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.hub import HubUnreachableError
+from common_kernels.runtime.progress import progress as show_progress
 from itaclip.config import PRECISIONS, Names, SegmenterConfig, make_config, named
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
 from itaclip.inputs import ClassInputs, check_classes
@@ -51,7 +51,8 @@ GPU_BATCH, CPU_BATCH = 20, 5  # default images per ViT pass (see SegmenterConfig
 
 
 def progress_hidden(progress: bool | None) -> bool:
-    """``disable`` of ``common_kernels.progress`` for a ``progress`` switch: ``False`` hides it;
+    """``disable`` of ``common_kernels.runtime.progress`` for a ``progress`` switch: ``False``
+    hides it;
     ``True`` and ``None`` show a bar on a terminal and a plain line every 10 s in a log."""
     return progress is False
 
@@ -89,7 +90,8 @@ class Segmentation:
 
         Args:
             path: the file to write.
-            image: the segmented image (a ``common_kernels.photos.read_photo`` photo keeps its
+            image: the segmented image (a ``common_kernels.runtime.photos.read_photo`` photo keeps
+            its
                 ICC profile and EXIF; a PIL image, array or tensor too), resized to the labels'
                 size when ``output_size`` changed it.
 
@@ -285,7 +287,7 @@ class Segmenter(nn.Module):
             plan: from ``check_from_pretrained``.
 
         Raises:
-            common_kernels.hub.HubUnreachableError: ``cannot load MODEL: REPO is not in the
+            common_kernels.runtime.hub.HubUnreachableError: ``cannot load MODEL: REPO is not in the
                 local hub cache ... and HF_HUB_OFFLINE is set ...`` (an ``OSError``).
             ModelLoadError: open_clip could not build or load the model (an ``OSError``).
         """
@@ -432,7 +434,8 @@ class Segmenter(nn.Module):
                 windows slide over the resized image as usual, the stitched logits are resized
                 bilinearly to this size and PAMR runs at it, guided by ``image`` resized
                 bilinearly to it. ``None`` = (H, W).
-            progress: progress over the sliding windows (``common_kernels.progress``; ``True``
+            progress: progress over the sliding windows (``common_kernels.runtime.progress``;
+            ``True``
                 or ``None``: a bar on a terminal, removed when the image is done, and in a log
                 a plain line every 10 s while the image takes longer).
 

@@ -3,19 +3,20 @@
 ``resolve_model(model_name, pretrained)`` reads the name offline and says what a load will do:
 
 - ``local-dir:PATH`` or a name that looks like a path (``./``, ``/``, ``~``, or an existing
-  folder; ``common_kernels.hub.local_or_hub``) is a local folder holding
+  folder; ``common_kernels.runtime.hub.local_or_hub``) is a local folder holding
   ``open_clip_config.json``; a missing one is a ``FileNotFoundError`` naming it, at once.
 - ``hf-hub:owner/name`` or ``owner/name`` is a hub repository of open_clip weights.
 - a built-in open_clip name with a ViT image tower (``ViT-B-16-quickgelu``; ``supported_models``)
   takes ``pretrained``: one of its weights tags (downloaded from the hub), a weights file, or
   ``None``/``""`` for random weights. A built-in name without one (``RN50``, the timm towers)
   is refused at once.
-- anything else is an unknown model, refused at once (``common_kernels.hub.resolve_model_name``,
+- anything else is an unknown model, refused at once
+(``common_kernels.runtime.hub.resolve_model_name``,
   the one rule of every package; itaclip's known names are ``supported_models()``): never sent
   to the hub, never reported as a hub failure.
 
 ``check_model_hub`` then fails within seconds, saying so, when a repository the load needs is
-not cached and the hub cannot be reached (``common_kernels.hub.check_hub``), instead of
+not cached and the hub cannot be reached (``common_kernels.runtime.hub.check_hub``), instead of
 open_clip's retries.
 """
 
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import open_clip
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.hub import check_hub, local_or_hub, looks_like_path, resolve_model_name
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.hub import check_hub, local_or_hub, looks_like_path, resolve_model_name
 from itaclip.config import Names, named
 from itaclip.tiny import CONFIG_FILE
 
@@ -212,7 +213,7 @@ def check_model_hub(source: ModelSource) -> None:
     out of reach (``HF_HUB_OFFLINE``, or no connection within 5 s).
 
     Raises:
-        common_kernels.hub.HubUnreachableError: an ``OSError`` naming the repository.
+        common_kernels.runtime.hub.HubUnreachableError: an ``OSError`` naming the repository.
     """
     for repo in source.hub_repos:
         check_hub(repo)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from common_kernels.files import atomic_write
+from common_kernels.runtime.files import atomic_write
 
 
 @cache

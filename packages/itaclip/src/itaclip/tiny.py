@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from common_kernels.files import atomic_directory, write_json
+from common_kernels.runtime.files import atomic_directory, write_json
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64)
 CONFIG_FILE = "open_clip_config.json"
@@ -70,7 +70,8 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     ``Segmenter.from_pretrained("local-dir:DIR")`` and ``itaclip segment --model DIR``.
 
     The folder holds ``open_clip_config.json`` (``{"model_cfg": TINY_CONFIG}``) and
-    ``open_clip_model.safetensors``, written by ``common_kernels.files.atomic_directory`` (a new
+    ``open_clip_model.safetensors``, written by ``common_kernels.runtime.files.atomic_directory``
+    (a new
     folder appears complete or not at all; the files get the usual permissions).
 
     Args:

@@ -25,7 +25,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_verbosity)
 
-__version__ = "0.3.2"
+__version__ = "0.4.0"
 
 __all__ = [
     "GridPlanner",

@@ -25,9 +25,9 @@ from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.batch import ImageListing, InputImage, check_not_inputs
-from common_kernels.errors import InvalidArgument, literal
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.batch import ImageListing, InputImage, check_not_inputs
+from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.progress import progress as show_progress
 from pixelsmith.checkpoint import CheckpointStore, check_checkpoint_dir
 from pixelsmith.config import (
     API_NAMES,
@@ -177,7 +177,7 @@ def check_cascade(
     Raises:
         ValueError: the first bad input, named as ``names`` spells it, with its accepted range
             (an output that would replace an input:
-            :class:`~common_kernels.errors.InvalidArgument`).
+            :class:`~common_kernels.runtime.errors.InvalidArgument`).
         TypeError: an argument of the wrong type.
         FileNotFoundError: a ControlNet path where nothing is.
     """

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from common_kernels.files import atomic_write, write_json
+from common_kernels.runtime.files import atomic_write, write_json
 
 RUN_FILE = "run.json"
 
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` atomically (``common_kernels.files.atomic_write``)."""
+    """Write ``tensors`` to ``path`` atomically (``common_kernels.runtime.files.atomic_write``)."""
     with atomic_write(path) as temp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp, metadata)
 

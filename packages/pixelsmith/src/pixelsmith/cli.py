@@ -14,7 +14,7 @@ The checks are the API's (``check_from_pretrained``, ``make_config``, ``check_lo
 ``pixelsmith COMMAND: error: ...`` naming the flag and exit status 2, found before any model is
 loaded and before anything is written; a failure while working (disk full, a model that cannot
 be loaded, a hub that cannot be reached) exits 1; Ctrl-C exits 130 and SIGTERM 143 with one line
-(``common_kernels.cli.run_main``; running the same command again resumes). ``-o`` naming the
+(``common_kernels.runtime.cli.run_main``; running the same command again resumes). ``-o`` naming the
 ``--control-image`` is refused unless ``--in-place``; library chatter is off unless ``--verbose``.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from common_kernels.cli import (
+from common_kernels.runtime.cli import (
     Parser,
     UsageError,
     WorkError,
@@ -42,9 +42,9 @@ from common_kernels.cli import (
     run_main,
     version_line,
 )
-from common_kernels.errors import InvalidArgument
-from common_kernels.hub import HubUnreachableError
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.hub import HubUnreachableError
+from common_kernels.runtime.quiet import quiet_libraries
 from pixelsmith.cascade import CascadePlan, check_cascade, generate_cascade
 from pixelsmith.config import (
     BLENDS,
@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad inputs print ``pixelsmith COMMAND: error: ...`` (one line) and return 2, failures while
     working return 1, Ctrl-C returns 130 and SIGTERM 143, each with one line
-    (``common_kernels.cli.run_main``; ``generate`` adds the hint that running it again resumes).
+    (``common_kernels.runtime.cli.run_main``; ``generate`` adds the hint that running it again
+    resumes).
 
     Args:
         argv: command-line arguments without the program name (None = ``sys.argv[1:]``).

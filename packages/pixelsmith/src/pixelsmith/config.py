@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import Tensor
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
-from common_kernels.files import parse_size
+from common_kernels.runtime.files import parse_size
 
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")

@@ -28,7 +28,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 from torch import Tensor
 
-from common_kernels import files
+from common_kernels.runtime import files
 from pixelsmith.config import check_not_empty
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
@@ -368,7 +368,7 @@ def load_controlnet(
 
     Raises:
         FileNotFoundError: a local path where nothing is.
-        common_kernels.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
+        common_kernels.runtime.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
         OSError: it cannot be loaded (named, with the reason on one line).
     """
     found = resolve_source(source, name=name, what="ControlNet folder", marker=CONFIG_MARKER)

@@ -1,10 +1,10 @@
 """Writing decoded images: BigTIFF streamed tile by tile, or PIL formats for small images.
 
 Writers consume ``(top, rows)`` blocks from :func:`pixelsmith.tiling.decoded_rows` and write
-through ``common_kernels.files.atomic_write`` (shared by every package of the repository): a
+through ``common_kernels.runtime.files.atomic_write`` (shared by every package of the repository): a
 uniquely named hidden temporary file next to the target, with the usual permissions, that
 replaces the target only when complete and is removed when the write fails or is interrupted
-(KeyboardInterrupt, or SIGTERM raised as ``common_kernels.cli.Terminated`` by the CLI).
+(KeyboardInterrupt, or SIGTERM raised as ``common_kernels.runtime.cli.Terminated`` by the CLI).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.files import atomic_write
+from common_kernels.runtime.files import atomic_write
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}

@@ -1,12 +1,13 @@
 """Where models come from: the repository's loader rule, and a model's geometry read offline.
 
 Every model pixelsmith loads (the SDXL pipeline, a VAE, LoRAs, a ControlNet) follows
-``common_kernels.hub``: a name that looks like a path (``./``, ``../``, ``/``, ``~`` or an
+``common_kernels.runtime.hub``: a name that looks like a path (``./``, ``../``, ``/``, ``~`` or an
 existing name) is a local folder (or file, for a LoRA) and a missing one is a
 ``FileNotFoundError`` naming it at once; a hub id (``owner/name``) goes to the hub, and
 :func:`check_source_hub` fails within 5 s with ``HubUnreachableError`` when the hub cannot be
 reached and the repository is not cached, before diffusers' retries; anything else is an
-unknown model (``common_kernels.hub.resolve_model_name``, the rule of every package), refused
+unknown model (``common_kernels.runtime.hub.resolve_model_name``, the rule of every package),
+refused
 at once and never reported as a hub failure. pixelsmith has no names of its own.
 
 :func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``:
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
+from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
 from pixelsmith.config import Names, named
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -52,7 +53,7 @@ def resolve_source(
 
     Raises:
         FileNotFoundError: ``value`` looks like a path and nothing is there.
-        common_kernels.errors.InvalidArgument: an unknown model, neither a path nor a hub id
+        common_kernels.runtime.errors.InvalidArgument: an unknown model, neither a path nor a hub id
             ``owner/name`` (a ``ValueError`` named ``name``).
         ValueError: a file where a folder belongs, a folder without ``marker``, or an
             ``owner/name`` that the hub does not accept as an id.
@@ -183,7 +184,8 @@ def check_from_pretrained(
 
     Raises:
         FileNotFoundError: a path where nothing is.
-        common_kernels.errors.InvalidArgument: an unknown model (neither a path nor a hub id).
+        common_kernels.runtime.errors.InvalidArgument: an unknown model (neither a path nor a hub
+        id).
         ValueError: a file given as a folder, a folder that is not a diffusers folder.
     """
     model = resolve_source(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from common_kernels import OverlapAccumulator, Tile, blend_weights, tile_grid
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.progress import progress as show_progress
 from pixelsmith.images import ImageSource
 
 EncodeFn = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -51,7 +51,8 @@ def encode_tiled(
         blend: tile blending (see ``common_kernels.blend_weights``).
         scale: px per latent px.
         device: where the canvas lives.
-        progress: show progress (``common_kernels.progress``: a bar on a terminal, lines in a log).
+        progress: show progress (``common_kernels.runtime.progress``: a bar on a terminal, lines in
+        a log).
 
     Returns:
         (1, C, h, w) mean and (1, C, h, w) std, float32.
@@ -102,7 +103,8 @@ def decoded_rows(
         overlap: tile overlap in latent px.
         blend: tile blending.
         scale: px per latent px.
-        progress: show progress (``common_kernels.progress``: a bar on a terminal, lines in a log).
+        progress: show progress (``common_kernels.runtime.progress``: a bar on a terminal, lines in
+        a log).
 
     Yields:
         ``(top, rows)`` with rows a (3, r, w*scale) float32 tensor of pixels in [-1, 1]

@@ -11,7 +11,7 @@ by one and writes each atomically, as a :func:`restore_photo` of the photo it re
 restored on its BT.601 luma and keeps its chroma (upscaled with the image for SR), unless
 ``colour="per-channel"`` (R, G and B restored one by one) or ``colour="gray"`` (the restored
 luma alone); a gray photo through a colour model stays gray; alpha is carried through (resized
-for SR); bit depth, ICC profile and EXIF go to the result (:mod:`common_kernels.photos`).
+for SR); bit depth, ICC profile and EXIF go to the result (:mod:`common_kernels.runtime.photos`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from common_kernels.batch import (
+from common_kernels.runtime.batch import (
     ImageListing,
     Skipped,
     check_not_inputs,
@@ -33,9 +33,9 @@ from common_kernels.batch import (
     output_paths,
     survey,
 )
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import convert_channels
-from common_kernels.photos import Photo, read_photo, write_photo
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import convert_channels
+from common_kernels.runtime.photos import Photo, read_photo, write_photo
 from semanir.bundled import TASKS, model_for_task
 from semanir.data.datasets import index_generator
 from semanir.data.degradations import add_gaussian_noise, bicubic_resize
@@ -75,7 +75,7 @@ def restore_photo(
 
     Args:
         model: a gray (``in_channels=1``) or colour model.
-        photo: what :func:`~common_kernels.photos.read_photo` read.
+        photo: what :func:`~common_kernels.runtime.photos.read_photo` read.
         colour: for a colour photo through a gray model: ``"luma"`` restores the BT.601 luma
             and keeps the chroma, ``"per-channel"`` restores R, G and B one by one, ``"gray"``
             gives the restored luma alone (for a colour model: its output's luma).
@@ -194,7 +194,8 @@ def plan_restore(
 
     Raises:
         InvalidArgument: a bad argument, named; ``ValueError`` for options a model refuses.
-        common_kernels.files.ImageReadError: an input that does not decode (``keep_going`` off).
+        common_kernels.runtime.files.ImageReadError: an input that does not decode (``keep_going``
+        off).
     """
     if task not in TASKS:
         raise InvalidArgument("task", f"must be one of {', '.join(TASKS)}, got {task!r}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common_kernels.batch import (
+from common_kernels.runtime.batch import (
     BatchRun,
     Skipped,
     add_batch_options,
@@ -26,7 +26,7 @@ from common_kernels.batch import (
     find_images,
     resume_command,
 )
-from common_kernels.cli import (
+from common_kernels.runtime.cli import (
     Parser,
     UsageError,
     add_verbose,
@@ -34,9 +34,9 @@ from common_kernels.cli import (
     run_main,
     version_line,
 )
-from common_kernels.photos import Photo
-from common_kernels.progress import progress
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.photos import Photo
+from common_kernels.runtime.progress import progress
+from common_kernels.runtime.quiet import quiet_libraries
 from semanir.batch import COMPILE_TILE, RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.data.degradations import (
@@ -68,7 +68,8 @@ commands:
 
 run `semanir COMMAND --help` for the options of a command; `semanir --version` for versions
 """
-# The flag of each API argument, for the API's errors (common_kernels.errors.InvalidArgument).
+# The flag of each API argument, for the API's errors
+# (common_kernels.runtime.errors.InvalidArgument).
 FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",

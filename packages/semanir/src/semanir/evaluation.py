@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from common_kernels.files import atomic_write
-from common_kernels.progress import progress as progress_of
+from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.progress import progress as progress_of
 from semanir.data.datasets import SyntheticDegradationDataset
 from semanir.data.degradations import bicubic_resize, check_quality, check_scale, check_sigma
 from semanir.metrics import psnr, ssim

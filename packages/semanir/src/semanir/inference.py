@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from common_kernels import tiled_apply, value_checks
-from common_kernels.hub import check_hub, is_hub_id, local_or_hub
+from common_kernels.runtime.hub import check_hub, is_hub_id, local_or_hub
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, known_names, model_for_task
 from .memory import auto_tile, available_bytes

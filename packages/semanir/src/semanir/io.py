@@ -1,9 +1,11 @@
 """Image reading and writing: float tensors in [0, 1], atomic writes, image-folder listing.
 
-Reading, channel conversion and atomic writes are common-kernels' (``common_kernels.files``),
+Reading, channel conversion and atomic writes are common-kernels'
+(``common_kernels.runtime.files``),
 shared by every package of the repository: 8-bit images are divided by 255, 16-bit gray by
 65535, palettes expanded, alpha dropped, the EXIF orientation applied; ``channels="gray"`` is
-BT.601 luma, ``channels="rgb"`` repeats a gray channel. See ``common_kernels.files.read_image``.
+BT.601 luma, ``channels="rgb"`` repeats a gray channel. See
+``common_kernels.runtime.files.read_image``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common_kernels.batch import find_images
-from common_kernels.files import (
+from common_kernels.runtime.batch import find_images
+from common_kernels.runtime.files import (
     BT601_LUMA,
     IMAGE_SUFFIXES,
     Channels,
@@ -92,7 +94,8 @@ def list_images(
 ) -> list[Path]:
     """Image files named by ``paths``: files are taken as given, folders contribute their images.
 
-    The walk of every package (:func:`common_kernels.batch.find_images`): a folder's images in
+    The walk of every package (:func:`common_kernels.runtime.batch.find_images`): a folder's images
+    in
     name order, its subfolders only with ``recursive``; hidden files are skipped; explicit
     files must have an image extension (case-insensitive).
 

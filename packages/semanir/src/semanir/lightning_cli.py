@@ -13,8 +13,8 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-from common_kernels.cli import UsageError
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.cli import UsageError
+from common_kernels.runtime.quiet import quiet_libraries
 
 
 def bundled_configs_dir() -> Path:
@@ -62,8 +62,8 @@ def run_lightning(argv: list[str]) -> int:
         argv: the arguments starting with the subcommand.
     """
     # Imported here: Lightning takes seconds to import and restore/eval do not need it.
-    from common_kernels.cli import one_line
-    from common_kernels.errors import InvalidArgument
+    from common_kernels.runtime.cli import one_line
+    from common_kernels.runtime.errors import InvalidArgument
     from semanir.data.datamodule import DataFolderError
     from semanir.lightning_module import TRAINING_FLAGS, RestorationCLI, TrainingInterrupted
 

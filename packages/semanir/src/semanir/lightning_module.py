@@ -23,11 +23,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchmetrics import MeanMetric
 
-from common_kernels.cli import UsageError
-from common_kernels.errors import InvalidArgument, literal
-from common_kernels.files import atomic_write
-from common_kernels.hub import resolve_model_name
-from common_kernels.lightning import progress_callbacks
+from common_kernels.runtime.cli import UsageError
+from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.hub import resolve_model_name
+from common_kernels.runtime.lightning import progress_callbacks
 from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
 from semanir.data.datasets import index_generator
@@ -287,7 +287,7 @@ def check_optimization(
     gamma: float,
 ) -> None:
     """Refuse a loss, optimizer or schedule setting out of range, naming the argument
-    (:class:`~common_kernels.errors.InvalidArgument`). Arguments as in
+    (:class:`~common_kernels.runtime.errors.InvalidArgument`). Arguments as in
     :class:`RestorationModule`."""
     if loss not in ("l1", "charbonnier"):
         raise InvalidArgument("loss", f"must be 'l1' or 'charbonnier', got {loss!r}")
@@ -563,7 +563,8 @@ def check_trainer_options(
     **_: Any,
 ) -> None:
     """Refuse ``Trainer`` lengths, intervals and counts out of range, naming the argument
-    (:class:`~common_kernels.errors.InvalidArgument`), before a trainer is built. Arguments as
+    (:class:`~common_kernels.runtime.errors.InvalidArgument`), before a trainer is built. Arguments
+    as
     in ``lightning.Trainer``; the others are ignored."""
     for name, value, what in (
         ("max_steps", max_steps, "steps"),
@@ -633,7 +634,8 @@ class RestorationCLI(LightningCLI):
     ``data.task`` is linked to ``model.task``, so a config names the task once. Before the
     trainer is built, ``--ckpt_path``, the data folders, the trainer's lengths and intervals
     and (when the classes are made) every model and data option are checked, each refused
-    with an :class:`~common_kernels.errors.InvalidArgument` (:data:`TRAINING_FLAGS` names its
+    with an :class:`~common_kernels.runtime.errors.InvalidArgument` (:data:`TRAINING_FLAGS` names
+    its
     flag). A resumed ``fit`` logs into its checkpoint's version folder, and a run that fails
     before its first step removes the folders it created (:mod:`semanir.runs`).
 

@@ -19,8 +19,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from common_kernels.errors import InvalidArgument, literal
-from common_kernels.lightning import ContinuedCSVWriter
+from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.lightning import ContinuedCSVWriter
 
 # Checkpoint paths that Lightning resolves itself (``trainer.fit(ckpt_path="last")``).
 LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
@@ -79,7 +79,8 @@ def adopt_checkpoint_version(trainer: L.Trainer, ckpt_path: str | None) -> bool:
 def keep_csv_metrics(trainer: L.Trainer) -> None:
     """Let a resumed run's ``CSVLogger`` append to the ``metrics.csv`` of its version folder
     (Lightning's CSV writer would delete it, with a warning): its writer is
-    :class:`~common_kernels.lightning.ContinuedCSVWriter`, which keeps every row and column."""
+    :class:`~common_kernels.runtime.lightning.ContinuedCSVWriter`, which keeps every row and
+    column."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:

@@ -191,7 +191,7 @@ class Assistant:
             ValueError: an empty image (0 pixels wide or high), a video without frames, or a
                 region outside its image, naming it (``images[0] is empty: 0x0 pixels; ...``);
                 the conversation stays as it was.
-            progress: show the calls' progress on stderr (``common_kernels.progress``).
+            progress: show the calls' progress on stderr (``common_kernels.runtime.progress``).
         """
         check_media(images, videos)
         every = [*self.inputs.images, *images]

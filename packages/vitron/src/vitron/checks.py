@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common_kernels.cli import check_folder_writable
+from common_kernels.runtime.cli import check_folder_writable
 
 Names = Mapping[str, str]
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range

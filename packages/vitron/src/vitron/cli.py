@@ -34,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common_kernels.cli import (
+from common_kernels.runtime.cli import (
     EXIT_WORK,
     Parser,
     UsageError,
@@ -46,7 +46,7 @@ from common_kernels.cli import (
     run_main,
     version_line,
 )
-from common_kernels.quiet import quiet_libraries
+from common_kernels.runtime.quiet import quiet_libraries
 from vitron.checks import SEED_MAX, check_input_file, check_seed
 from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (

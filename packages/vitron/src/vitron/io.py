@@ -1,6 +1,7 @@
 """Image and video input/output; every write is atomic (temporary file, then rename).
 
-Reading images and writing files are common-kernels' (``common_kernels.files``), shared by every
+Reading images and writing files are common-kernels' (``common_kernels.runtime.files``), shared by
+every
 package of the repository: written files get the usual permissions (``0o666`` less the umask),
 a failed write leaves no temporary file and the target untouched.
 """
@@ -17,9 +18,9 @@ import torch
 from PIL import Image, ImageSequence
 from torch import Tensor
 
-from common_kernels import files
-from common_kernels.batch import find_images
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime import files
+from common_kernels.runtime.batch import find_images
+from common_kernels.runtime.errors import InvalidArgument
 
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 
@@ -61,15 +62,17 @@ def _reason(error: BaseException) -> str:
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as 8-bit RGB (alpha dropped, gray and 16-bit converted, EXIF
-    orientation applied), as ``common_kernels.files.read_pil_image`` reads it.
+    orientation applied), as ``common_kernels.runtime.files.read_pil_image`` reads it.
 
     Args:
         path: the image file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder (``common_kernels.files.ImageIsAFolderError``).
-        ValueError: ``path`` is not a readable image (``common_kernels.files.ImageReadError``:
+        IsADirectoryError: ``path`` is a folder
+        (``common_kernels.runtime.files.ImageIsAFolderError``).
+        ValueError: ``path`` is not a readable image
+        (``common_kernels.runtime.files.ImageReadError``:
             not an image, truncated, too large).
     """
     return files.read_pil_image(path)
@@ -103,7 +106,7 @@ def load_video(path: str | os.PathLike) -> list[Image.Image]:
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
     """The frames of a frame folder: its image files in name order, walked as every package
-    walks folders (``common_kernels.batch.find_images``: hidden files such as an unfinished
+    walks folders (``common_kernels.runtime.batch.find_images``: hidden files such as an unfinished
     write skipped, subfolders not walked).
 
     Raises:

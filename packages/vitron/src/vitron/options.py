@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from common_kernels.batch import PYTHON_MENTIONS, ImageListing, InputImage, check_not_inputs
-from common_kernels.cli import check_device
-from common_kernels.cli import one_line as shared_one_line
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import ImageReadError, check_output_folder_name
+from common_kernels.runtime.batch import PYTHON_MENTIONS, ImageListing, InputImage, check_not_inputs
+from common_kernels.runtime.cli import check_device
+from common_kernels.runtime.cli import one_line as shared_one_line
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from vitron.checks import (
     Names,
     check_at_least,
@@ -46,7 +46,8 @@ class ModelLoadError(RuntimeError):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (``common_kernels.cli.one_line``); an image that does
+    """An exception's message on one line (``common_kernels.runtime.cli.one_line``); an image that
+    does
     not decode reads ``PATH is not a readable image (REASON)``."""
     if isinstance(error, ImageReadError):
         return f"{error.path} is not a readable image ({error.reason})"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.progress import progress as show_progress
 from vitron.invocations.schema import Call, Invocation, Ref
 from vitron.regions import Mask, Region, RegionError, Shape, Stroke, parse_box, region_mask_at
 from vitron.specialists.base import Artifact, CallInputs, Consumes, SpecialistError

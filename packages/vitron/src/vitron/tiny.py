@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from common_kernels.files import atomic_directory, write_json
+from common_kernels.runtime.files import atomic_directory, write_json
 from vitron.models.config import RegionConfig, SignalConfig, VisionConfig, VitronConfig
 
 TINY_CONDITIONING_DIM = 16  # CLIP embed dim of the tiny itaclip model = tiny SD cross-attention
@@ -248,7 +248,8 @@ def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
 
 
 def save_pipeline(pipeline, folder: Path) -> None:
-    """``pipeline.save_pretrained(folder)`` through ``common_kernels.files.atomic_directory``
+    """``pipeline.save_pretrained(folder)`` through
+    ``common_kernels.runtime.files.atomic_directory``
     (complete or absent; the usual permissions instead of safetensors' 0600)."""
     with atomic_directory(folder, make_parents=True) as temp:
         pipeline.save_pretrained(temp)

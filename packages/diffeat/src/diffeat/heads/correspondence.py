@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from common_kernels.files import AtomicSavePretrained
+from common_kernels.runtime.files import AtomicSavePretrained
 from diffeat.aggregate import resize_feature
 from diffeat.features import check_not_empty
 
@@ -336,7 +336,7 @@ def evaluate_pairs(
         upsample: match on target features upsampled to this size.
         progress: show a bar on a terminal, plain lines every 10 s in a log.
     """
-    from common_kernels.progress import progress as progress_of
+    from common_kernels.runtime.progress import progress as progress_of
 
     meter = PCKMeter(alphas)
     for pair in progress_of(

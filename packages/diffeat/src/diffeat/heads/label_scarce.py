@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from common_kernels.files import AtomicSavePretrained
-from common_kernels.progress import progress as progress_of
+from common_kernels.runtime.files import AtomicSavePretrained
+from common_kernels.runtime.progress import progress as progress_of
 from diffeat.features import check_not_empty
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from common_kernels.files import AtomicSavePretrained
+from common_kernels.runtime.files import AtomicSavePretrained
 
 
 class ResidualAdapter(nn.Module):

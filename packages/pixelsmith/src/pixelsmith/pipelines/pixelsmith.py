@@ -27,8 +27,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.files import AtomicSavePretrained
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.files import AtomicSavePretrained
+from common_kernels.runtime.progress import progress as show_progress
 from pixelsmith.config import PixelsmithConfig, check_slider
 from pixelsmith.control import ControlCondition, check_aspect, check_controlnet
 from pixelsmith.images import (
@@ -114,7 +114,8 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
         Raises:
             FileNotFoundError: a local path where nothing is.
             ValueError: a folder that is not a diffusers folder, a malformed hub id.
-            common_kernels.hub.HubUnreachableError: a hub id that is not cached while the hub
+            common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the
+            hub
                 cannot be reached (an ``OSError``).
         """
         named_vae = vae if vae is None or isinstance(vae, (str, os.PathLike)) else None

@@ -13,8 +13,8 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from torch import Tensor
 
-from common_kernels import files
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime import files
+from common_kernels.runtime.progress import progress as show_progress
 from pixelsmith.config import check_not_empty
 from pixelsmith.patches import Patch
 
@@ -204,7 +204,7 @@ def check_guidance_latents(latents: object, channels: int) -> None:
 
 def check_image_tensor(image: Tensor) -> Tensor:
     """The (3, H, W) pixels of an ``image`` tensor: float, finite, in [0, 1] (the value checks
-    are ``common_kernels.files.check_image_tensor``'s, as in every package).
+    are ``common_kernels.runtime.files.check_image_tensor``'s, as in every package).
 
     Args:
         image: a (1, 3, H, W) or (3, H, W) tensor.
@@ -220,7 +220,7 @@ def check_image_tensor(image: Tensor) -> Tensor:
 
 class StepProgress:
     """diffusers' ``with pipe.progress_bar(total=n) as bar: ... bar.update()`` on
-    :func:`common_kernels.progress.progress`: a tqdm bar on a terminal, plain lines in a log
+    :func:`common_kernels.runtime.progress.progress`: a tqdm bar on a terminal, plain lines in a log
     (diffusers' own tqdm bar writes carriage returns into log files).
 
     Args:

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from common_kernels.cli import leave_signals_to_the_main_process
-from common_kernels.errors import InvalidArgument, literal
+from common_kernels.runtime.cli import leave_signals_to_the_main_process
+from common_kernels.runtime.errors import InvalidArgument, literal
 from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
 from semanir.data.degradations import BAYER_PATTERNS, QUALITY_RANGE, SIGMA_RANGE, SR_SCALES
 from semanir.data.sampling import ResumableDataLoader, ResumableSampler
@@ -88,7 +88,7 @@ def check_data_options(
     **_: Any,
 ) -> None:
     """Refuse a :class:`RestorationDataModule` option out of range or that does not fit the
-    task, naming the argument (:class:`~common_kernels.errors.InvalidArgument`), before any
+    task, naming the argument (:class:`~common_kernels.runtime.errors.InvalidArgument`), before any
     image is read. Arguments as in :class:`RestorationDataModule`."""
     _choice("task", task, TASKS)
     _choice("channels", channels, CHANNELS)

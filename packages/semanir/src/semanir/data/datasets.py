@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common_kernels.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, literal
 from semanir.data.degradations import (
     add_gaussian_noise,
     bayer_mosaic,

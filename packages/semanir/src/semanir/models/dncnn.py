@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from common_kernels.files import AtomicSavePretrained
+from common_kernels.runtime.files import AtomicSavePretrained
 from semanir.models.semanir import start_near_identity
 
 

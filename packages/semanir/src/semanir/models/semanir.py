@@ -50,7 +50,7 @@ from common_kernels import (
     window_partition,
     window_reverse,
 )
-from common_kernels.files import AtomicSavePretrained
+from common_kernels.runtime.files import AtomicSavePretrained
 
 ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")

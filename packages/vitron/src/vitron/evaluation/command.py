@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common_kernels.cli import UsageError
+from common_kernels.runtime.cli import UsageError
 from vitron.evaluation.datasets import VQA_IMAGE_NAME, QASample, ReferringSample
 from vitron.evaluation.inputs import qa_task, referring_task, vqa_task
 from vitron.evaluation.masks import MASK_BACKENDS

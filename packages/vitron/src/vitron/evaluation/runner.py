@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from common_kernels.progress import progress as show_progress
+from common_kernels.runtime.progress import progress as show_progress
 from vitron.checks import Names, named
 from vitron.evaluation.datasets import QASample, ReferringSample
 from vitron.evaluation.masks import segmentation_to_mask

@@ -1,11 +1,12 @@
-"""What a model name means: the repository's loader rule (``common_kernels.hub``) for Vitron.
+"""What a model name means: the repository's loader rule (``common_kernels.runtime.hub``) for
+Vitron.
 
 A name that looks like a path (``./DIR``, ``/DIR``, ``~/DIR``, or an existing folder) is a
 local folder; a missing one is a ``FileNotFoundError`` naming it, at once. A hub id
 (``owner/name``) is checked within 5 s: ``HubUnreachableError`` when the hub cannot be reached
 and the repository is not cached, before huggingface_hub's retries. Anything else
 (``no_such_model``) is an unknown model, an ``InvalidArgument`` at once, never sent to the hub
-(``common_kernels.hub.resolve_model_name``: the one rule of every package).
+(``common_kernels.runtime.hub.resolve_model_name``: the one rule of every package).
 :func:`check_model_source` applies it to Vitron folders, :func:`pretrained_source` to the parts
 a Vitron is built from and the specialists' pipelines (an LLM, a CLIP tower, a diffusers
 pipeline), and :func:`check_open_clip_source` to open_clip names.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common_kernels.hub import HubUnreachableError, check_hub, resolve_model_name
+from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
 from vitron.checks import Names, named
 
 CONFIG_NAME = "config.json"

@@ -25,7 +25,7 @@ from huggingface_hub import ModelHubMixin
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
-from common_kernels.files import AtomicSavePretrained
+from common_kernels.runtime.files import AtomicSavePretrained
 from vitron.checks import check_not_empty
 from vitron.models.config import VitronConfig
 from vitron.models.loading import (
@@ -207,7 +207,7 @@ class VitronModel(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer folder."""
-        from common_kernels.files import atomic_write
+        from common_kernels.runtime.files import atomic_write
         from vitron.io import write_json
         from vitron.version import __version__
 

@@ -23,7 +23,8 @@ from vitron.specialists.base import SpecialistError
 def diffusers_bars_like_the_hub() -> Iterator[None]:
     """diffusers' own progress bars ("Loading pipeline components") off in the block while
     huggingface_hub's are (``HF_HUB_DISABLE_PROGRESS_BARS``, set by the commands unless
-    ``--verbose``: ``common_kernels.quiet``); transformers follows that switch, diffusers does
+    ``--verbose``: ``common_kernels.runtime.quiet``); transformers follows that switch, diffusers
+    does
     not."""
     from diffusers.utils import logging
     from huggingface_hub.utils import are_progress_bars_disabled

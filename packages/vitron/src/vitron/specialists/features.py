@@ -7,7 +7,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from common_kernels.files import atomic_write
+from common_kernels.runtime.files import atomic_write
 from vitron.specialists.base import (
     Artifact,
     CallInputs,

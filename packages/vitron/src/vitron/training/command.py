@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common_kernels.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
+from common_kernels.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from vitron.checks import SEED_MAX
 from vitron.options import one_line
 

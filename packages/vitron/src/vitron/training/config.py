@@ -235,7 +235,7 @@ def check_train(
     Raises:
         ValueError: a bad input, naming it.
         FileNotFoundError: ``model`` is a path and nothing is there.
-        common_kernels.hub.HubUnreachableError: ``model`` is a hub id out of reach.
+        common_kernels.runtime.hub.HubUnreachableError: ``model`` is a hub id out of reach.
     """
     from vitron.models.sources import check_model_source
     from vitron.training.data import check_media

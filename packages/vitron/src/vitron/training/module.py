@@ -40,9 +40,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
-from common_kernels.cli import leave_signals_to_the_main_process
-from common_kernels.files import atomic_write
-from common_kernels.lightning import progress_callbacks
+from common_kernels.runtime.cli import leave_signals_to_the_main_process
+from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.lightning import progress_callbacks
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor

@@ -34,8 +34,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from common_kernels.cli import one_line
-from common_kernels.lightning import ContinuedCSVWriter
+from common_kernels.runtime.cli import one_line
+from common_kernels.runtime.lightning import ContinuedCSVWriter
 from vitron.checks import Names, named
 
 LOGS_NAME = "lightning_logs"

@@ -116,7 +116,7 @@ def compute_targets(
     Returns:
         Tensor name -> float32 CPU vector.
     """
-    from common_kernels.progress import progress as show_progress
+    from common_kernels.runtime.progress import progress as show_progress
 
     groups: dict[str, list[TargetJob]] = defaultdict(list)
     for job in jobs:
@@ -153,7 +153,7 @@ def build_signal_targets(
     Returns:
         The path of ``targets.json``.
     """
-    from common_kernels.files import atomic_write
+    from common_kernels.runtime.files import atomic_write
     from vitron.io import write_json
 
     data, output = Path(data), Path(output)

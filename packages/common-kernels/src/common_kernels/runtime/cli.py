@@ -37,8 +37,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import parse_size
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import parse_size
 
 EXIT_WORK = 1
 EXIT_USAGE = 2
@@ -85,7 +85,8 @@ class Parser(argparse.ArgumentParser):
 def usage_errors(bad_input: tuple[type[BaseException], ...] = BAD_INPUT) -> Iterator[None]:
     """An API check's error about an input as a :class:`UsageError` (one line, exit status 2).
 
-    An :class:`~common_kernels.errors.InvalidArgument` passes on to :func:`run_main`, which names
+    An :class:`~common_kernels.runtime.errors.InvalidArgument` passes on to :func:`run_main`, which
+    names
     its argument by the command's flags.
 
     Args:
@@ -101,7 +102,7 @@ def usage_errors(bad_input: tuple[type[BaseException], ...] = BAD_INPUT) -> Iter
 
 def size_type(text: str) -> tuple[int, int]:
     """``S`` or ``HxW`` (height x width) in pixels -> ``(H, W)``: an argparse type with the rule
-    of :func:`common_kernels.files.parse_size`, the same in every package."""
+    of :func:`common_kernels.runtime.files.parse_size`, the same in every package."""
     try:
         return parse_size(text)
     except ValueError as error:
@@ -171,7 +172,7 @@ def run_main(
         interrupt_hint: appended to the ``PROG: interrupted`` and ``PROG: terminated`` lines (a
             callable is asked when the signal comes: how far the work got).
         flags: the command's flag for each API argument name: an
-            :class:`~common_kernels.errors.InvalidArgument` is printed with the flags.
+            :class:`~common_kernels.runtime.errors.InvalidArgument` is printed with the flags.
     """
     previous = _raise_on_sigterm()
     try:

@@ -1,7 +1,8 @@
 """The one exception type for a bad argument, in the API's own words. Standard library only.
 
 An API names its own argument (``output``, ``inputs``); a command-line interface maps that name
-to its flag when it prints the error (:func:`common_kernels.cli.run_main`'s ``flags``), so that
+to its flag when it prints the error (:func:`common_kernels.runtime.cli.run_main`'s ``flags``), so
+that
 Python users and command-line users read the same message, each in their own terms. A message
 that points at another argument writes it as ``{name}`` and gives its Python spelling in
 ``mentions`` (``{"in_place": "in_place=True"}``); a CLI puts its flag there instead.

@@ -10,7 +10,8 @@ alpha, ICC profile and EXIF, and returns a note for each of these that the forma
 
 Pillow decodes 8-bit images and 16-bit gray; it has no 16-bit colour mode, so 16-bit PNGs are
 decoded and encoded by imagecodecs (libpng) and 16-bit TIFFs by tifffile. :func:`read_image`
-(``common_kernels.files``) stays the reader of datasets and metrics (alpha dropped, 16-bit colour
+(``common_kernels.runtime.files``) stays the reader of datasets and metrics (alpha dropped, 16-bit
+colour
 at 8-bit precision); this module is for a user's photos.
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common_kernels.files import (
+from common_kernels.runtime.files import (
     IMAGE_SUFFIXES,
     ImageReadError,
     _decoded,

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from common_kernels.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument
 
 HUB_TIMEOUT_S = 5.0
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name

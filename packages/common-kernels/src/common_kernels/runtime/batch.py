@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from common_kernels.errors import InvalidArgument
-from common_kernels.files import IMAGE_SUFFIXES
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import IMAGE_SUFFIXES
 
 T = TypeVar("T")
 

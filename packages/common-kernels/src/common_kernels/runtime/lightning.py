@@ -25,8 +25,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from common_kernels.files import atomic_write
-from common_kernels.progress import is_terminal
+from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.progress import is_terminal
 
 
 class LogProgress(ProgressBar):

@@ -1,0 +1,10 @@
+"""The plumbing the method packages share, apart from the kernels.
+
+``files`` (atomic writes, image reading, size strings), ``errors`` (:class:`InvalidArgument`,
+the one exception type for a bad argument), ``cli`` (error printing, shared flags, signals),
+``batch`` (folders of inputs), ``hub`` (the one rule for hub ids and offline loading),
+``progress`` and ``lightning`` (bars and the interrupt checkpoint of a training run), ``photos``
+(metadata-preserving image writes), ``quiet`` (library chatter while loading) and ``testing``
+(helpers for the packages' tests). None of them imports a kernel module; the kernels import
+only ``progress`` from here.
+"""
