@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common_kernels import _policy
+from common_kernels.runtime.testing import hidden_modules, no_work, refusal
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -171,34 +172,19 @@ def test_cpu_grids_leave_out_the_interpreted_backends() -> None:
     assert "tiles" in {s["backend"] for s in quick_cuda}
 
 
-def test_main_checks_its_setup_before_any_work(tmp_path, monkeypatch, capsys) -> None:
-    import importlib.util
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the benchmark started working before checking its setup")
-
-    def refusal(arguments: list[str]) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            run.main(arguments)
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err
-
+def test_main_checks_its_setup_before_any_work(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(run, "run_all", no_work)
     monkeypatch.setattr(run, "environment", no_work)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     monkeypatch.setattr(run, "POLICY_DIR", blocker / "policies")
-    err = refusal(["--quick", "--out", str(blocker)])
+    err = refusal(run.main, ["--quick", "--out", str(blocker)])
     assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
-    err = refusal(["--quick", "--write-policy", "--out", str(tmp_path / "out")])
+    err = refusal(run.main, ["--quick", "--write-policy", "--out", str(tmp_path / "out")])
     message = f"--write-policy {blocker}/policies: cannot create it, {blocker} is a file"
     assert err == f"run.py: error: {message}\n"
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec",
-        lambda name, package=None: None if name == "matplotlib" else find_spec(name, package),
-    )  # fmt: skip
-    err = refusal(["--quick", "--out", str(tmp_path / "out")])
+    with hidden_modules("matplotlib"):
+        err = refusal(run.main, ["--quick", "--out", str(tmp_path / "out")])
     assert err == (
         "run.py: error: module matplotlib is not installed; install the [bench] extra: "
         'pip install "common-kernels[bench]" '

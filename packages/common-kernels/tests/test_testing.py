@@ -73,3 +73,114 @@ def test_shell_example_markers_must_be_complete(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"README.md:1: the marker is not followed by a block"):
         shell_examples(readme)
     assert program_words(["A=1", "B=2", "tool", "x=3"]) == ["tool", "x=3"]
+
+
+SETUP_SCRIPT = """
+import argparse, sys
+from pathlib import Path
+from common_kernels.runtime.cli import check_benchmark_setup
+
+def work():
+    print("measuring")
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="bench.py")
+    parser.add_argument("--out", type=Path, default="out")
+    args = parser.parse_args(argv)
+    check_benchmark_setup("bench.py", "itaclip", modules=("json",), folders={"--out": args.out})
+    work()
+    return 0
+"""
+
+
+@pytest.fixture
+def script(tmp_path):
+    from common_kernels.runtime.testing import load_script
+
+    path = tmp_path / "bench.py"
+    path.write_text(SETUP_SCRIPT)
+    return load_script(path)
+
+
+def test_load_script_imports_a_file_by_its_path(script, tmp_path) -> None:
+    import sys
+
+    from common_kernels.runtime.testing import load_script
+
+    assert script.__name__ == "script_bench" and sys.modules["script_bench"] is script
+    assert load_script(tmp_path / "bench.py", "other").__name__ == "other"
+    assert script.main(["--out", str(tmp_path / "new")]) == 0
+
+
+def test_refusal_returns_the_line_of_a_refused_command(script, tmp_path, monkeypatch) -> None:
+    from common_kernels.runtime.testing import hidden_modules, no_work, refusal
+
+    monkeypatch.setattr(script, "work", no_work)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = refusal(script.main, ["--out", str(blocker)])
+    assert err == f"bench.py: error: --out {blocker} is a file, not a folder\n"
+    err = refusal(script.main, ["--out", str(blocker)], prog="bench.py")  # through sys.argv
+    assert err == f"bench.py: error: --out {blocker} is a file, not a folder\n"
+    with hidden_modules("json", "psutil"):
+        err = refusal(script.main, ["--out", str(tmp_path / "out")])
+    assert err == (
+        "bench.py: error: module json is not installed; install the [bench] extra: pip install "
+        '"itaclip[bench]" (from a clone: pip install ./packages/common-kernels '
+        '"./packages/itaclip[bench]")\n'
+    )
+    with pytest.raises(AssertionError, match="started working before checking its setup"):
+        script.main(["--out", str(tmp_path / "out")])  # json found again: the work starts
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "bench.py", blocker]
+
+
+def test_refusal_fails_on_another_status(script, tmp_path) -> None:
+    from common_kernels.runtime.testing import refusal
+
+    with pytest.raises(AssertionError, match=r"exit status 0, not 2: $"):
+        refusal(script.main, ["--out", str(tmp_path / "out")])
+    with pytest.raises(AssertionError, match=r"(?s)exit status 2, not 1: .*unrecognized arguments"):
+        refusal(script.main, ["--bad"], status=1)
+
+
+def test_hidden_modules_leave_the_others_found() -> None:
+    import importlib.util
+
+    from common_kernels.runtime.testing import hidden_modules
+
+    with hidden_modules("json"):
+        assert importlib.util.find_spec("json") is None
+        assert importlib.util.find_spec("csv") is not None
+    assert importlib.util.find_spec("json") is not None
+
+
+def test_readme_helpers(tmp_path) -> None:
+    from common_kernels.runtime.testing import (
+        check_script_flags,
+        example_environment,
+        nox_sessions,
+        option_values,
+        python_blocks,
+        run_shell_block,
+    )
+
+    readme = tmp_path / "README.md"
+    readme.write_text("```python\nx = 1\n```\n\n```bash\nls\n```\n\n```python\ny = 2\n```\n")
+    assert python_blocks(readme) == ["x = 1\n", "y = 2\n"]
+    commands = [["tool", "a.png", "-o", "out.png"], ["tool", "-o", "dir", "-o"]]
+    assert option_values(commands, "-o") == ["out.png", "dir"]
+    (tmp_path / "noxfile.py").write_text(
+        "def tests(session):\n    pass\n\ndef lint(session): ...\n"
+    )
+    assert nox_sessions(tmp_path) == {"tests", "lint"}
+    (tmp_path / "run.py").write_text('parser.add_argument("--quick")\n')
+    check_script_flags(tmp_path, ["python", "run.py", "--quick", "--quick=1"])
+    with pytest.raises(AssertionError, match=r"run\.py takes no --slow, --fast"):
+        check_script_flags(tmp_path, ["python", "run.py", "--slow", "--quick", "--fast"])
+    with pytest.raises(AssertionError, match=r"no script gone\.py"):
+        check_script_flags(tmp_path, ["python", "gone.py"])
+    env = example_environment(HF_HUB_OFFLINE="1")
+    assert env["OMP_NUM_THREADS"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    done = run_shell_block("echo $OMP_NUM_THREADS > n.txt\nfalse\necho never > m.txt", tmp_path)
+    assert done.returncode == 1 and (tmp_path / "n.txt").read_text() == "1\n"
+    assert not (tmp_path / "m.txt").exists()  # bash -e: the block stops at a failure

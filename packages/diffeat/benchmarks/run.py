@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,43 +63,6 @@ CUDA = [
 DTYPES = ("fp32", "fp16", "bf16")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def current_rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def torch_dtype(name: str):
-    """The torch dtype of ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def device_name(device: str) -> str:
-    """The GPU's name for ``"cuda"``, else the CPU model."""
-    import torch
-
-    from common_kernels.runtime.cli import cpu_model
-
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
-
-
 def random_unet(config_name: str, seed: int = 0, device: str = "cpu", dtype: str = "fp32"):
     """A U-Net from a named config with cheap random weights (built on meta, filled in place).
 
@@ -117,24 +77,13 @@ def random_unet(config_name: str, seed: int = 0, device: str = "cpu", dtype: str
     import torch
     from diffusers import UNet2DConditionModel
 
+    from common_kernels.runtime.bench import random_weights, torch_dtype
     from diffeat.configs import unet_config
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config(config_name))
     unet = unet.to(torch_dtype(dtype)).eval()
-    if device == "meta":
-        return unet
-    unet = unet.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if param.ndim > 1:
-                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
-            elif name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.zero_()
-    return unet
+    return unet if device == "meta" else random_weights(unet, device, seed)
 
 
 def unet_inputs(unet, image: int, seed: int = 1):
@@ -216,6 +165,8 @@ def time_selections(config_name: str, image: int, selections: list[str], warmup:
         device: ``"cpu"`` or ``"cuda"`` (timed after a synchronize).
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
     """
+    from common_kernels.runtime.bench import synchronize
+
     unet = random_unet(config_name, device=device, dtype=dtype)
     inputs = unet_inputs(unet, image)
     names = {s: selection_names(unet, s) for s in selections}
@@ -263,6 +214,8 @@ def peak_memory(config_name: str, image: int, selection: str, device: str = "cpu
     ``torch.cuda.max_memory_allocated()`` of the forward and the memory of the model."""
     import torch
 
+    from common_kernels.runtime.bench import current_rss_mib, peak_rss_mib, synchronize
+
     unet = random_unet(config_name, device=device, dtype=dtype)
     inputs = unet_inputs(unet, image)
     model_rss = current_rss_mib()
@@ -272,7 +225,7 @@ def peak_memory(config_name: str, image: int, selection: str, device: str = "cpu
         torch.cuda.reset_peak_memory_stats()
     forward(unet, inputs, selection_names(unet, selection))
     synchronize(device)
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, current_rss_mib())
+    peak = max(peak_rss_mib(), current_rss_mib())
     result = {"model_rss_mib": model_rss, "peak_rss_mib": peak}
     if device == "cuda":
         result["model_gpu_mib"] = model_gpu
@@ -290,6 +243,8 @@ def memory_columns(device: str) -> tuple[str, str, str]:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    from common_kernels.runtime.files import write_text
+
     torch.set_num_threads(args.threads)
     if args.task == "time":
         selections = args.selection.split(",")
@@ -299,7 +254,7 @@ def worker(args: argparse.Namespace) -> None:
         )  # fmt: skip
     else:
         result = peak_memory(args.config, args.image, args.selection, args.device, args.dtype)
-    atomic_write_text(args.out, json.dumps(result))
+    write_text(args.out, json.dumps(result), make_parents=True)
 
 
 def run_worker(task: str, model: tuple, selection: str, args, tmp: Path) -> dict:
@@ -395,6 +350,8 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
+    from common_kernels.runtime.bench import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -426,14 +383,10 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(title)
     axes[0].axhline(1.0, color="grey", linewidth=0.8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
-    from common_kernels.runtime.cli import cpu_model
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -466,13 +419,10 @@ def main() -> None:
 
     modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
     check_benchmark_setup(parser.prog, "diffeat", modules=modules, folders=folders)
-    import torch
+    from common_kernels.runtime.bench import machine, require_cuda
+    from common_kernels.runtime.files import write_text
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is "
-                     "False); use --device cpu")  # fmt: skip
-    import diffusers
-    import psutil
+    require_cuda(parser, args.device)
 
     models = QUICK if args.quick else CUDA if args.device == "cuda" else FULL
     if args.only:
@@ -482,30 +432,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             rows += run_model(model, args, Path(tmp))
-    report = {
-        "quick": args.quick,
-        "device": args.device,
-        "device_name": device_name(args.device),
-        "dtype": args.dtype,
-        "cuda": torch.version.cuda,
-        "threads": args.threads,
-        "cpu": cpu_model(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "load_average": os.getloadavg(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "rows": rows,
-    }
+    environment = machine(args.device, args.dtype, args.threads, ("diffusers",))
+    report = {"quick": args.quick, **environment, "rows": rows}
     name = (
         "diffeat_bench"
         + ("_quick" if args.quick else "")
         + ("_cuda" if args.device == "cuda" else "")
     )
-    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
     table = markdown(report)
-    atomic_write_text(args.results / f"{name}.md", table)
+    write_text(args.results / f"{name}.md", table, make_parents=True)
     plot(report, args.results / f"{name}.png")
     print(table)
 

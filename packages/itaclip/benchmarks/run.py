@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,30 +50,6 @@ FULL = {"model": "ViT-B-16-quickgelu", "crop": 224, "cases": [(448, 28), (448, 1
 QUICK = {"model": "itaclip-bench-tiny", "crop": 64, "cases": [(96, 16), (96, 32)]}
 CUDA = {"model": "ViT-B-16-quickgelu", "crop": 224, "cases": [(448, 28), (896, 28)]}
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def device_name(device: str) -> str:
-    """The GPU's name for ``"cuda"``, else the CPU model."""
-    import torch
-
-    from common_kernels.runtime.cli import cpu_model
-
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
 
 def build_model(name: str, device: str = "cpu"):
@@ -141,6 +115,8 @@ def reset_counter(counter: dict) -> None:
 
 def vit_seconds(counter: dict) -> float:
     """Seconds spent in the ViT: the wall time sum, or the CUDA events' (after a synchronize)."""
+    from common_kernels.runtime.bench import synchronize
+
     if not counter["events"]:
         return counter["seconds"]
     synchronize("cuda")
@@ -239,6 +215,8 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from common_kernels.runtime.bench import peak_rss_mib, synchronize
+    from common_kernels.runtime.files import write_text
     from itaclip import Segmenter, SegmenterConfig
     from itaclip.engineering import normalize
     from itaclip.postprocess import segment_max
@@ -296,13 +274,13 @@ def worker(args: argparse.Namespace) -> None:
         "seconds_median": statistics.median(times),
         "seconds_min": min(times),
         "seconds_max": max(times),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "batch_size": seg.batch_size if args.method == "itaclip" else 1,
     }
     if args.device == "cuda":
         result["model_gpu_mib"] = model_gpu_mib
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    atomic_write_text(args.out, json.dumps(result))
+    write_text(args.out, json.dumps(result), make_parents=True)
 
 
 def _segments(query_class, num_classes):
@@ -372,6 +350,8 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
+    from common_kernels.runtime.bench import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -390,9 +370,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,8 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    from common_kernels.runtime.cli import cpu_model
-
     parser = build_parser()
     args = parser.parse_args()
     if args.repeats is None:
@@ -442,13 +418,12 @@ def main() -> None:
 
     modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
     check_benchmark_setup(parser.prog, "itaclip", modules=modules, folders=folders)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is "
-                     "False); use --device cpu")  # fmt: skip
     import numpy as np
-    import psutil
+
+    from common_kernels.runtime.bench import machine, require_cuda
+    from common_kernels.runtime.files import write_text
+
+    require_cuda(parser, args.device)
 
     setup = QUICK if args.quick else CUDA if args.device == "cuda" else FULL
     rows = []
@@ -468,26 +443,13 @@ def main() -> None:
             ours["max_abs_logit_diff"] = float(np.abs(np.subtract(*arrays["logits"])).max())
             ours["max_abs_prob_diff"] = float(np.abs(np.subtract(*arrays["probs"])).max())
             rows += [base, ours]
-    report = {
-        "setup": setup,
-        "quick": args.quick,
-        "device": args.device,
-        "device_name": device_name(args.device),
-        "dtype": args.dtype,
-        "cuda": torch.version.cuda,
-        "threads": args.threads,
-        "cpu": cpu_model(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "load_average": os.getloadavg(),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
+    environment = machine(args.device, args.dtype, args.threads)
+    report = {"setup": setup, "quick": args.quick, **environment, "rows": rows}
     name = "itaclip_bench" + ("_quick" if args.quick else "")
     name += "_cuda" if args.device == "cuda" else ""
-    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
     table = markdown(report)
-    atomic_write_text(args.results / f"{name}.md", table)
+    write_text(args.results / f"{name}.md", table, make_parents=True)
     plot(report, args.results / f"{name}.png")
     print(table)
 

@@ -4,7 +4,6 @@ CPU (autocast baseline, worker, report, ViT-B/16 on the meta device); --quick en
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
 from itaclip.pamr import pamr
 from itaclip.postprocess import segment_max
 
@@ -22,10 +22,7 @@ RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("itaclip_bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN, "itaclip_bench_run")
 
 
 def test_official_pamr_and_class_max_match_package(bench):
@@ -128,54 +125,28 @@ HINT = (
 )
 
 
-def no_work(*args, **kwargs):
-    raise AssertionError("the benchmark started working before checking its setup")
-
-
-FIND_SPEC = importlib.util.find_spec
-
-
-def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
-    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
-    )
-
-
-def refusal(bench, arguments: list[str], monkeypatch, capsys) -> str:
-    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
-    monkeypatch.setattr(sys, "argv", ["run.py", *arguments])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
     """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
     before any configuration runs."""
     monkeypatch.setattr(bench, "run_config", no_work)
     blocker = tmp_path / "results"
     blocker.write_text("x")
-    err = refusal(bench, ["--quick", "--results", str(blocker)], monkeypatch, capsys)
+    err = refusal(bench.main, ["--quick", "--results", str(blocker)], prog="run.py")
     assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
     for module in ("matplotlib", "psutil"):
-        hide_module(monkeypatch, module)
-        err = refusal(bench, ["--quick", "--results", str(tmp_path / "out")], monkeypatch, capsys)
+        with hidden_modules(module):
+            err = refusal(
+                bench.main, ["--quick", "--results", str(tmp_path / "out")], prog="run.py"
+            )
         assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
-def test_device_cuda_without_a_gpu_is_refused(bench, tmp_path, monkeypatch, capsys):
+def test_device_cuda_without_a_gpu_is_refused(bench, tmp_path):
     results = tmp_path / "results"
-    monkeypatch.setattr(sys, "argv", ["run.py", "--device", "cuda", "--results", str(results)])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+    err = refusal(bench.main, ["--device", "cuda", "--results", str(results)], prog="run.py")
+    assert "--device cuda: no CUDA device is available" in err
     assert not results.exists()
 
 

@@ -77,18 +77,6 @@ def check_ndim(name: str, t: torch.Tensor, ndims: Sequence[int], layout: str) ->
     return t
 
 
-def check_index(name: str, idx: torch.Tensor, upper: int) -> torch.Tensor:
-    """Require an int32/int64 index tensor with every value in ``[0, upper)``."""
-    check_tensor(name, idx)
-    if idx.dtype not in INDEX_DTYPES:
-        raise TypeError(f"{name} must be an int32 or int64 tensor, got {idx.dtype}")
-    if not idx.numel():
-        return idx
-    low, high = torch.stack(torch.aminmax(idx)).tolist()  # one host synchronisation
-    check_index_range(name, low, high, upper)
-    return idx
-
-
 def check_index_range(name: str, low: int, high: int, upper: int) -> None:
     """Raise ``IndexError`` unless ``0 <= low`` and ``high < upper`` (an index tensor's range)."""
     if low < 0 or high >= upper:

@@ -13,11 +13,21 @@ readers of the rendered page do not see and that gives the reason::
     <!-- example: check (trains for an hour on a GPU) -->
 
 ``check`` blocks are verified without being run to the end (each package's tests say how:
-the command's parser, Lightning's ``--print_config``, pip's ``--dry-run``).
+the command's parser, Lightning's ``--print_config``, pip's ``--dry-run``). :func:`run_shell_block`
+runs a block as the README's reader would, :func:`option_values`, :func:`check_script_flags`,
+:func:`nox_sessions` and :func:`python_blocks` read what the examples name.
+
+Every benchmark script checks its setup (optional modules, output folders) before it works:
+:func:`load_script` imports a script by its path, :func:`hidden_modules` makes modules look
+uninstalled, :func:`no_work` stands in for the work, and :func:`refusal` returns the one line a
+refused command wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 import re
 import shlex
@@ -25,10 +35,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from types import ModuleType
+from typing import NamedTuple, NoReturn
+from unittest import mock
 
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 _MARKER = re.compile(r"<!--\s*example:\s*(run|check)\s*(?:\((.*)\))?\s*-->")
@@ -206,3 +218,155 @@ def program_words(command: Sequence[str]) -> list[str]:
     while words and _ASSIGNMENT.match(words[0]):
         words.pop(0)
     return words
+
+
+def python_blocks(readme: str | os.PathLike) -> list[str]:
+    """The code of every fenced ``python`` block of ``readme``, in order.
+
+    Args:
+        readme: a Markdown file.
+    """
+    return re.findall(r"```python\n(.*?)```", Path(readme).read_text(encoding="utf-8"), re.S)
+
+
+def example_environment(**extra: str) -> dict[str, str]:
+    """The environment a README example runs in: this Python's scripts first on ``PATH`` (the
+    package's commands), one thread per process (``OMP_NUM_THREADS=1``), then ``extra``.
+
+    Args:
+        **extra: more variables (``HF_HUB_OFFLINE="1"``).
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_shell_block(
+    code: str,
+    cwd: str | os.PathLike,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 900.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run a README shell block as written, in ``bash -e`` (the block stops at the first command
+    that fails), its output captured.
+
+    Args:
+        code: the block.
+        cwd: the folder it runs in.
+        env: its environment (default: :func:`example_environment`).
+        timeout: seconds it may take.
+    """
+    return subprocess.run(
+        ["bash", "-e", "-c", code], cwd=cwd, env=example_environment() if env is None else env,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def option_values(commands: Iterable[Sequence[str]], flag: str) -> list[str]:
+    """The word after each ``flag`` in ``commands`` (``"-o"``: what the examples write).
+
+    Args:
+        commands: argument lists (:meth:`ShellExample.commands`).
+        flag: the option.
+    """
+    return [words[i + 1] for words in commands for i, w in enumerate(words[:-1]) if w == flag]
+
+
+def check_script_flags(repository: str | os.PathLike, words: Sequence[str]) -> None:
+    """``python SCRIPT FLAG...`` of a README names a script of ``repository`` whose source adds
+    each flag given (as the quoted string its parser is given).
+
+    Args:
+        repository: the clone's root.
+        words: the command (``["python", "packages/x/benchmarks/run.py", "--quick"]``).
+
+    Raises:
+        AssertionError: no such script, or a flag its source does not name.
+    """
+    script = Path(repository) / words[1]
+    if not script.is_file():
+        raise AssertionError(f"no script {words[1]}")
+    source = script.read_text(encoding="utf-8")
+    missing = [w for w in words[2:] if w.startswith("--") and f'"{w.split("=")[0]}"' not in source]
+    if missing:
+        raise AssertionError(f"{words[1]} takes no {', '.join(missing)}")
+
+
+def nox_sessions(repository: str | os.PathLike) -> set[str]:
+    """The sessions ``noxfile.py`` of ``repository`` defines.
+
+    Args:
+        repository: the clone's root.
+    """
+    noxfile = (Path(repository) / "noxfile.py").read_text(encoding="utf-8")
+    return set(re.findall(r"^def (\w+)\(session", noxfile, re.M))
+
+
+def load_script(path: str | os.PathLike, name: str | None = None) -> ModuleType:
+    """Import a script (``benchmarks/run.py``) by its path, registered in ``sys.modules``.
+
+    Args:
+        path: the file.
+        name: the module's name (default: ``script_<stem>``).
+    """
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def no_work(*args: object, **kwargs: object) -> NoReturn:
+    """Stands in for a script's work in a test of its setup checks: fails when called."""
+    raise AssertionError("the script started working before checking its setup")
+
+
+@contextlib.contextmanager
+def hidden_modules(*names: str) -> Iterator[None]:
+    """Inside, ``importlib.util.find_spec`` reports the top-level modules ``names`` as not
+    installed (how :func:`common_kernels.runtime.cli.require_modules` looks them up).
+
+    Args:
+        *names: top-level import names (``"matplotlib"``).
+    """
+    find_spec = importlib.util.find_spec
+
+    def hiding(name: str, package: str | None = None) -> object:
+        return None if name in names else find_spec(name, package)
+
+    with mock.patch.object(importlib.util, "find_spec", hiding):
+        yield
+
+
+def refusal(
+    main: Callable[..., object],
+    argv: Sequence[str],
+    *,
+    prog: str | None = None,
+    status: int = 2,
+) -> str:
+    """What a command wrote on stderr when it refused ``argv`` with exit status ``status``
+    (raised as ``SystemExit`` or returned).
+
+    Args:
+        main: the command: called as ``main(argv)``, or with ``prog`` as ``main()`` while
+            ``sys.argv`` is ``[prog, *argv]`` (a script that reads ``sys.argv``).
+        argv: the arguments.
+        prog: the program name, for a ``main`` without arguments.
+        status: the exit status expected.
+
+    Raises:
+        AssertionError: another status; what it wrote on stderr is shown.
+    """
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.ExitStack() as stack:
+        if prog is not None:
+            stack.enter_context(mock.patch.object(sys, "argv", [prog, *argv]))
+        try:
+            result = main() if prog is not None else main(list(argv))
+        except SystemExit as exit_:
+            result = exit_.code
+    if result != status:
+        raise AssertionError(f"exit status {result!r}, not {status}: {stderr.getvalue()[-2000:]}")
+    return stderr.getvalue()

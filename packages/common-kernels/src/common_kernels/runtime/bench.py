@@ -1,0 +1,151 @@
+"""What the packages' benchmark scripts share: the device and precision a measurement runs in,
+the machine its report names, random weights of the published sizes, and the report's files.
+
+A script measures on ``--device cpu|cuda`` in ``--dtype fp32|fp16|bf16`` (:data:`DTYPES`,
+:func:`torch_dtype`), refuses ``--device cuda`` on a machine without one before any work
+(:func:`require_cuda`), times after :func:`synchronize`, reports memory as :func:`peak_rss_mib` /
+:func:`current_rss_mib`, and writes its report with :func:`machine` (where it ran) and
+:func:`save_figure`. The setup checks that come before any of this are
+:func:`common_kernels.runtime.cli.check_benchmark_setup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common_kernels.runtime.cli import cpu_model
+from common_kernels.runtime.files import atomic_write
+
+DTYPES = ("fp32", "fp16", "bf16")
+NO_CUDA = (
+    "--device cuda: no CUDA device is available (torch.cuda.is_available() is False); use "
+    "--device cpu"
+)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+
+    Args:
+        name: one of :data:`DTYPES`.
+    """
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def require_cuda(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse ``--device cuda`` on a machine without a CUDA device, as ``parser``'s error (one
+    line, exit status 2), before anything is measured.
+
+    Args:
+        parser: the script's parser.
+        device: the ``--device`` value.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error(NO_CUDA)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name(device: str) -> str:
+    """The GPU's name for ``"cuda"``, else the CPU's model.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """The resident memory of this process now, in MiB (needs psutil, the ``bench`` extras)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def machine(device: str, dtype: str, threads: int, libraries: tuple[str, ...] = ()) -> dict:
+    """Where a benchmark ran, for its report: the device and its name, the precision, CUDA's
+    version, torch's threads, the CPU (model, physical cores, memory, load average now), and the
+    versions of torch, ``libraries`` and Python.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: one of :data:`DTYPES`.
+        threads: ``torch.set_num_threads`` of the measuring processes.
+        libraries: distributions whose versions the report names (``("diffusers",)``).
+    """
+    import psutil
+
+    found: dict[str, Any] = {
+        "device": device,
+        "device_name": device_name(device),
+        "dtype": dtype,
+        "cuda": torch.version.cuda,
+        "threads": threads,
+        "cpu": cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+    }
+    found.update({name: metadata.version(name) for name in libraries})
+    found["python"] = platform.python_version()
+    return found
+
+
+def random_weights(module: nn.Module, device: str | torch.device, seed: int) -> nn.Module:
+    """A module built on the meta device, allocated on ``device`` (in its dtype) with cheap
+    random weights: weights ~ N(0, 1/fan_in), norm scales 1, biases 0, so that activations stay
+    bounded at any depth (no inf in fp16). Buffers are left uninitialised: give it a module
+    without any.
+
+    Args:
+        module: the module, its parameters on the meta device.
+        device: where to allocate it (the weights are drawn there).
+        seed: seed of the weights.
+    """
+    module = module.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim > 1:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+    return module
+
+
+def save_figure(figure: Any, path: str | os.PathLike, **savefig: Any) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (the format by its suffix); returns it.
+
+    Args:
+        figure: the figure.
+        path: the image file.
+        **savefig: ``Figure.savefig`` options (``dpi``).
+    """
+    with atomic_write(path, make_parents=True) as temp:
+        figure.savefig(temp, **savefig)
+    return Path(path)

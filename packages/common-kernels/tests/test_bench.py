@@ -1,0 +1,86 @@
+"""common_kernels.runtime.bench: what the packages' benchmark scripts share."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import pytest
+import torch
+from torch import nn
+
+from common_kernels.runtime import bench
+from common_kernels.runtime.cli import cpu_model
+from common_kernels.runtime.testing import refusal
+
+
+def test_dtypes_by_name() -> None:
+    assert bench.DTYPES == ("fp32", "fp16", "bf16")
+    assert [bench.torch_dtype(name) for name in bench.DTYPES] == [
+        torch.float32, torch.float16, torch.bfloat16
+    ]  # fmt: skip
+    with pytest.raises(KeyError):
+        bench.torch_dtype("fp64")
+
+
+def test_require_cuda_refuses_a_machine_without_one(monkeypatch) -> None:
+    parser = argparse.ArgumentParser(prog="run.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bench.require_cuda(parser, "cpu")  # the CPU is always there
+    err = refusal(lambda argv: bench.require_cuda(parser, "cuda"), [])
+    assert err.endswith(
+        "run.py: error: --device cuda: no CUDA device is available (torch.cuda.is_available() "
+        "is False); use --device cpu\n"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    bench.require_cuda(parser, "cuda")
+
+
+def test_the_machine_a_report_names(monkeypatch) -> None:
+    pytest.importorskip("psutil")
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.5, 0.25, 0.125))
+    found = bench.machine("cpu", "bf16", 3)
+    assert list(found) == [
+        "device", "device_name", "dtype", "cuda", "threads", "cpu", "physical_cores",
+        "memory_gib", "load_average", "torch", "python",
+    ]  # fmt: skip
+    assert found["device_name"] == found["cpu"] == cpu_model() == bench.device_name("cpu")
+    assert (found["device"], found["dtype"], found["threads"]) == ("cpu", "bf16", 3)
+    assert found["load_average"] == (0.5, 0.25, 0.125) and found["memory_gib"] > 0
+    assert (found["torch"], found["python"]) == (torch.__version__, platform.python_version())
+    with_library = bench.machine("cpu", "fp32", 1, ("pytest",))
+    assert with_library["pytest"] == pytest.__version__ and list(with_library)[-1] == "python"
+
+
+def test_memory_in_mib() -> None:
+    pytest.importorskip("psutil")
+    bench.synchronize("cpu")  # nothing to wait for
+    peak, now = bench.peak_rss_mib(), bench.current_rss_mib()
+    assert 10 < now <= peak + 1  # MiB, not KiB or bytes
+
+
+def test_random_weights_are_scaled_by_fan_in() -> None:
+    with torch.device("meta"):
+        module = nn.Sequential(nn.Linear(400, 300), nn.LayerNorm(300), nn.Linear(300, 2))
+    module = bench.random_weights(module.to(torch.float16), "cpu", seed=0)
+    first, norm, last = module
+    assert first.weight.device.type == "cpu" and first.weight.dtype == torch.float16
+    assert float(first.weight.detach().float().std()) == pytest.approx(400**-0.5, rel=0.02)
+    assert torch.all(first.bias == 0) and torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    with torch.device("meta"):
+        again = nn.Sequential(nn.Linear(400, 300), nn.LayerNorm(300), nn.Linear(300, 2))
+    again = bench.random_weights(again.to(torch.float16), "cpu", seed=0)
+    assert torch.equal(again[2].weight, last.weight)  # the seed fixes the weights
+
+
+def test_save_figure_writes_the_format_of_its_suffix(tmp_path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    path = bench.save_figure(figure, tmp_path / "new" / "plot.png", dpi=50)
+    plt.close(figure)
+    assert path == tmp_path / "new" / "plot.png"
+    assert path.read_bytes().startswith(b"\x89PNG") and sorted(path.parent.iterdir()) == [path]
