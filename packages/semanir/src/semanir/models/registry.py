@@ -13,14 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from . import dncnn, semanir, window_attention
+from . import dncnn, semanir_config, window_attention
 from .dncnn import DnCNN, DnCNNConfig
 from .semanir import SemanIR, SemanIRConfig
 
 ModelConfig = SemanIRConfig | DnCNNConfig
 
 CONFIGS: dict[str, Callable[[], ModelConfig]] = {
-    **semanir.CONFIGS,
+    **semanir_config.CONFIGS,
     **window_attention.CONFIGS,
     **dncnn.CONFIGS,
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from .semanir import SemanIRConfig, semanir_test_tiny_unet, semanir_tiny_denoise
+from .semanir_config import SemanIRConfig, semanir_test_tiny_unet, semanir_tiny_denoise
 
 
 def dense_window_attention(config: SemanIRConfig) -> SemanIRConfig:
