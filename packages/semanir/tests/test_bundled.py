@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from semanir import bundled
+from semanir import bundled, tasks
 from semanir.bundled import BundledModel, bundled_model, model_for_task
 from semanir.cli import main
 from semanir.inference import default_weights_dir, load_model, model_folder, restore
@@ -89,6 +90,11 @@ def fake_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Bu
     monkeypatch.setattr(BundledModel, "folder", property(lambda self: tmp_path / self.name))
     monkeypatch.setattr(bundled, "BUNDLED_MODELS", table)
     monkeypatch.setattr("semanir.inference.BUNDLED_MODELS", table)
+    records = {
+        name: replace(task, bundled=tuple(n for n, entry in table.items() if entry.task == name))
+        for name, task in tasks.TASKS.items()
+    }  # each task's bundled models: the tiny ones
+    monkeypatch.setattr(tasks, "TASKS", records)
     return table
 
 
@@ -98,7 +104,7 @@ def test_model_for_task_picks_by_task_and_channels(fake_bundle) -> None:
     assert model_for_task("jpeg", "rgb").name == "tiny_jpeg"  # the gray model: luma
     assert model_for_task("sr", "gray").name == "tiny_sr_x2"
     assert load_model("tiny_sr_x2").upscale == 2
-    with pytest.raises(ValueError, match="task must be one of denoise, jpeg, sr, got 'blur'"):
+    with pytest.raises(ValueError, match="task: must be one of denoise, jpeg, sr, got 'blur'"):
         model_for_task("blur", "gray")
     with pytest.raises(KeyError, match="unknown bundled model 'x'; bundled models: tiny_gray, "):
         bundled_model("x")

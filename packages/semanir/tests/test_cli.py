@@ -32,22 +32,6 @@ def make_images(folder: Path, count: int, size: tuple[int, int], channels: int =
     return folder
 
 
-@pytest.fixture(scope="module")
-def gray_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "gray"
-    build_model("semanir_test_tiny_unet").save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "sr_x2"
-    build_model("semanir_test_tiny_columnar").save_pretrained(folder)
-    return folder
-
-
 def test_restore_folder_writes_model_outputs(tmp_path: Path, gray_model: Path) -> None:
     inputs = make_images(tmp_path / "in", count=2, size=(20, 28))
     assert (
@@ -276,42 +260,37 @@ def test_restore_checks_before_loading_a_model(
     images = str(make_images(tmp_path / "in", count=2, size=(8, 8)))
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setattr("semanir.inference.load_model", lambda name: pytest.fail("model loaded"))
+    out = ["-o", "out"]
     cases = {
         "-o/--output: out.xyz: '.xyz' is not an image suffix (.png, .jpg": ["-o", "out.xyz"],
         "-o/--output: out.png: 2 images cannot go into one image file; give an output folder (a "
         "name without a suffix)": ["-o", "out.png"],
         "is a file, not a folder": ["-o", str(tmp_path / "a_file" / "out")],
-    }
+        "--device gpu0: expected cpu, cuda, cuda:N or mps (available: cpu": [
+            *out, "--device", "gpu0"
+        ],
+        "tile must be an int >= the model's window size 8 (or None for the whole image at once, "
+        "or 'auto'), got 0": [*out, "--tile", "0"],
+        "tile_overlap must be in [0, tile - 1] = [0, 15], got 16": [
+            *out, "--tile", "16", "--tile-overlap", "16"
+        ],
+        "k must be an int in [1, 64] (a 8x8 window holds 64 tokens), got 0": [*out, "--k", "0"],
+        "sigma must be in [0, 255] (8-bit scale), got nan": [*out, "--add-noise", "nan"],
+        "tile_overlap must be >= 0 (pixels), got -1": [*out, "--tile-overlap", "-1"],
+        "the model keeps the image size, which does not fit --task sr": [
+            *out, "--task", "sr", "--model", "semanir_tiny_denoise_gray"
+        ],
+        "the model upscales x4, which does not fit --task denoise": [
+            *out, "--model", "semanir_tiny_sr_x4"
+        ],
+        "--per-channel applies to gray models; this model takes 3 channels": [
+            *out, "--per-channel", "--model", "semanir_tiny_denoise_color"
+        ],
+    }  # fmt: skip
     if not torch.cuda.is_available():
         cases["--device cuda: no CUDA device is available (available: cpu"] = [
-            "-o", "out", "--device", "cuda",
+            *out, "--device", "cuda"
         ]  # fmt: skip
-    cases["--device gpu0: expected cpu, cuda, cuda:N or mps (available: cpu"] = [
-        "-o", "out", "--device", "gpu0",
-    ]  # fmt: skip
-    cases["tile must be an int >= the model's window size 8 (or None for the whole image at once, "
-          "or 'auto'), got 0"] = [
-        "-o", "out", "--tile", "0",
-    ]  # fmt: skip
-    cases["tile_overlap must be in [0, tile - 1] = [0, 15], got 16"] = [
-        "-o", "out", "--tile", "16", "--tile-overlap", "16",
-    ]  # fmt: skip
-    cases["k must be an int in [1, 64] (a 8x8 window holds 64 tokens), got 0"] = [
-        "-o", "out", "--k", "0",
-    ]  # fmt: skip
-    cases["sigma must be in [0, 255] (8-bit scale), got nan"] = [
-        "-o", "out", "--add-noise", "nan",
-    ]  # fmt: skip
-    cases["tile_overlap must be >= 0 (pixels), got -1"] = ["-o", "out", "--tile-overlap", "-1"]
-    cases["the model keeps the image size, which does not fit --task sr"] = [
-        "-o", "out", "--task", "sr", "--model", "semanir_tiny_denoise_gray",
-    ]  # fmt: skip
-    cases["the model upscales x4, which does not fit --task denoise"] = [
-        "-o", "out", "--model", "semanir_tiny_sr_x4",
-    ]  # fmt: skip
-    cases["--per-channel applies to gray models; this model takes 3 channels"] = [
-        "-o", "out", "--per-channel", "--model", "semanir_tiny_denoise_color",
-    ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     for message, options in cases.items():
         err = run_failing(["restore", images, *options], capsys)

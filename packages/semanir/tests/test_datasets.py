@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common_kernels.runtime.errors import InvalidArgument
 from semanir.data import (
     PairedFolderDataset,
     RestorationDataModule,
@@ -138,24 +139,30 @@ def test_gray_images_become_rgb_for_demosaicking(tmp_path: Path) -> None:
 
 def test_dataset_argument_errors(tmp_path: Path) -> None:
     folder = make_images(tmp_path / "clean", size=(20, 20))
-    with pytest.raises(ValueError, match="task must be one of"):
-        SyntheticDegradationDataset(folder, "deblur", patch_size=8)
-    with pytest.raises(ValueError, match="needs exactly one of sigma and sigma_range"):
-        SyntheticDegradationDataset(folder, "denoise", patch_size=8)
-    with pytest.raises(ValueError, match="needs exactly one of sigma and sigma_range"):
-        SyntheticDegradationDataset(folder, "denoise", patch_size=8, sigma=5, sigma_range=(0, 9))
-    with pytest.raises(ValueError, match=r"sigma must be in \[0, 255\]"):
-        SyntheticDegradationDataset(folder, "denoise", patch_size=8, sigma=300)
-    with pytest.raises(ValueError, match="apply to task 'jpeg' only, not 'denoise'"):
-        SyntheticDegradationDataset(folder, "denoise", patch_size=8, sigma=5, quality=10)
-    with pytest.raises(ValueError, match=r"JPEG quality must be an integer in \[1, 95\]"):
-        SyntheticDegradationDataset(folder, "jpeg", patch_size=8, quality_range=(0, 50))
-    with pytest.raises(ValueError, match="scale must be one of 2, 3, 4"):
-        SyntheticDegradationDataset(folder, "sr", patch_size=8, scale=8)
+    cases = {  # the data module's checks (semanir.tasks), each naming its argument
+        "task: must be one of denoise, jpeg, sr, demosaic, got 'deblur'": ("deblur", {}),
+        "sigma_range: task 'denoise' needs sigma (fixed) or sigma_range (drawn)": ("denoise", {}),
+        "sigma: give sigma or sigma_range, not both": (
+            "denoise", {"sigma": 5, "sigma_range": (0, 9)},
+        ),
+        "sigma: must be in [0, 255], got 300": ("denoise", {"sigma": 300}),
+        "quality: applies to task 'jpeg' only, not 'denoise'": (
+            "denoise", {"sigma": 5, "quality": 10},
+        ),
+        "quality_range: must be [low, high] with low <= high, each an integer in [1, 95], got "
+        "[0, 50]": ("jpeg", {"quality_range": (0, 50)}),
+        "scale: task 'sr' needs 2, 3 or 4, got 8": ("sr", {"scale": 8}),
+        "scale: applies to tasks 'sr' and 'paired', not 'jpeg'": (
+            "jpeg", {"quality": 10, "scale": 2},
+        ),
+        "channels: task 'demosaic' needs 'rgb', got 'gray'": ("demosaic", {}),
+    }  # fmt: skip
+    for message, (task, options) in cases.items():
+        with pytest.raises(InvalidArgument) as caught:
+            SyntheticDegradationDataset(folder, task, patch_size=8, **options)
+        assert str(caught.value) == message
     with pytest.raises(ValueError, match="positive multiple of the scale 3"):
         SyntheticDegradationDataset(folder, "sr", patch_size=8, scale=3)
-    with pytest.raises(ValueError, match="needs channels='rgb'"):
-        SyntheticDegradationDataset(folder, "demosaic", patch_size=8)
     with pytest.raises(ValueError, match="patch_size is required for training"):
         SyntheticDegradationDataset(folder, "denoise", sigma=5)
     with pytest.raises(ValueError, match=r"3 image\(s\) are smaller than patch_size 32: .*img0"):

@@ -17,35 +17,9 @@ from semanir.batch import restore_photo
 from semanir.cli import main
 from semanir.data.degradations import bicubic_resize
 from semanir.inference import load_model, restore
-from semanir.models import build_model
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 EIGHT_BIT = 0.5 / 255 + 1e-6  # rounding of an 8-bit file
-
-
-@pytest.fixture(scope="module")
-def gray_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "gray"
-    build_model("semanir_test_tiny_unet").save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def gray_sr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "gray_sr"
-    config = dict(in_channels=1, out_channels=1, img_mean=(0.5,))
-    build_model("semanir_test_tiny_columnar", **config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "colour"
-    build_model("semanir_test_tiny_unet", in_channels=3, out_channels=3).save_pretrained(folder)
-    return folder
 
 
 def photo_pixels(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,11 +36,12 @@ from common_kernels.runtime.batch import (
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.files import convert_channels
 from common_kernels.runtime.photos import Photo, read_photo, write_photo
-from semanir.bundled import TASKS, model_for_task
+from semanir.bundled import model_for_task
 from semanir.data.datasets import index_generator
 from semanir.data.degradations import add_gaussian_noise, bicubic_resize
 from semanir.inference import (
     ModelChoice,
+    RestoreOptions,
     check_inference_options,
     check_model_for_task,
     compile_for_tiles,
@@ -50,6 +51,10 @@ from semanir.inference import (
 )
 from semanir.io import check_writable
 from semanir.metrics import psnr
+from semanir.tasks import COMMAND_LINE_TASKS, get_task
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Colour = Literal["luma", "per-channel", "gray"]
 COLOUR_MODES = ("luma", "per-channel", "gray")
@@ -64,12 +69,7 @@ def restore_photo(
     photo: Photo,
     *,
     colour: Colour = "luma",
-    tile: int | Literal["auto"] | None = "auto",
-    tile_overlap: int = 32,
-    k: int | None = None,
-    ensemble: bool = False,
-    progress: bool = False,
-    compile: bool = False,
+    **options: Unpack[RestoreOptions],
 ) -> Photo:
     """Restore one photo, keeping its colour, alpha, bit depth and metadata.
 
@@ -79,7 +79,8 @@ def restore_photo(
         colour: for a colour photo through a gray model: ``"luma"`` restores the BT.601 luma
             and keeps the chroma, ``"per-channel"`` restores R, G and B one by one, ``"gray"``
             gives the restored luma alone (for a colour model: its output's luma).
-        tile, tile_overlap, k, ensemble, progress, compile: as in :func:`semanir.restore`.
+        **options: :func:`~semanir.inference.restore_image`'s ``tile``, ``tile_overlap``, ``k``,
+            ``ensemble``, ``progress`` and ``compile``, as in :func:`semanir.restore`.
 
     Returns:
         The restored photo: gray in, gray out; colour in, colour out (gray with
@@ -87,8 +88,6 @@ def restore_photo(
     """
     if colour not in COLOUR_MODES:
         raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
-    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, progress=progress,
-                   compile=compile)  # fmt: skip
     pixels, scale = photo.pixels, int(getattr(model, "upscale", 1))
     colour_through_gray = model.in_channels == 1 and photo.channels == 3
     if colour_through_gray and colour != "per-channel":
@@ -197,8 +196,7 @@ def plan_restore(
         common_kernels.runtime.files.ImageReadError: an input that does not decode (``keep_going``
         off).
     """
-    if task not in TASKS:
-        raise InvalidArgument("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    get_task(task, among=COMMAND_LINE_TASKS)
     if colour not in COLOUR_MODES:
         raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
     if in_place and skip_existing:
@@ -231,10 +229,17 @@ def plan_restore(
         for source, target in pending
         if source in decoded.readable
     ]
-    if compile and tile in ("auto", None):
-        tile = COMPILE_TILE
-    options = dict(tile=tile, tile_overlap=tile_overlap, k=k, ensemble=ensemble, compile=compile)
+    options = dict(tile=tile_for_compile(tile, compile), tile_overlap=tile_overlap, k=k,
+                   ensemble=ensemble, compile=compile)  # fmt: skip
     return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options)
+
+
+def tile_for_compile(
+    tile: int | Literal["auto"] | None, compile: bool
+) -> int | Literal["auto"] | None:
+    """The tile option a run uses: with ``compile``, tiles of one size (``tile``, or
+    :data:`COMPILE_TILE` for ``"auto"``/None) so that each model compiles once; else ``tile``."""
+    return COMPILE_TILE if compile and tile in ("auto", None) else tile
 
 
 def _candidate_models(model: str | Path | None, task: str, colour: Colour) -> list[str | Path]:

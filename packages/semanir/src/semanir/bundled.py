@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-TASKS = ("denoise", "jpeg", "sr")
+from semanir.tasks import COMMAND_LINE_TASKS, get_task
+
 DEFAULT_MODEL = "semanir_tiny_denoise_gray"
 
 
@@ -21,7 +22,8 @@ class BundledModel:
 
     Args:
         name: the name to load it by.
-        task: "denoise", "jpeg" or "sr".
+        task: the task it restores (:data:`semanir.tasks.TASKS`, whose record names it among
+            its ``bundled`` models).
         channels: "gray" or "rgb", what it takes.
         scale: output / input size (1, or the super-resolution factor).
         training: the data it was trained on.
@@ -100,21 +102,25 @@ def bundled_model(name: str) -> BundledModel:
 
 
 def model_for_task(task: str, channels: str) -> BundledModel:
-    """The bundled model that ``semanir restore --task TASK`` uses without ``--model``.
-
-    Denoising takes the colour model for colour images and the gray one for gray images; the
-    other tasks have one model each (a gray JPEG model restores a colour image's luma).
+    """The bundled model that ``semanir restore --task TASK`` uses without ``--model``: the
+    first installed one of the task's ``bundled`` models (:data:`semanir.tasks.TASKS`) that takes
+    ``channels``, else its first installed one (denoising: the colour model for colour images,
+    the gray one for gray images; a gray JPEG model restores a colour image's luma).
 
     Args:
-        task: "denoise", "jpeg" or "sr".
+        task: one of :data:`semanir.tasks.COMMAND_LINE_TASKS` ("denoise", "jpeg", "sr").
         channels: "gray" or "rgb", the image's.
 
     Raises:
-        ValueError: an unknown task, or none of the installed models does it.
+        InvalidArgument: an unknown task.
+        ValueError: none of the installed models does it.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    candidates = [model for model in installed_models() if model.task == task]
+    record = get_task(task, among=COMMAND_LINE_TASKS)
+    candidates = [
+        BUNDLED_MODELS[name]
+        for name in record.bundled
+        if name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_installed()
+    ]
     if not candidates:
         raise ValueError(
             f"no bundled model does --task {task}; bundled models: {known_names()} (or pass "

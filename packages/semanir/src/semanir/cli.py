@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import sys
 from argparse import ArgumentTypeError, Namespace
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import torch
 from tqdm import tqdm
 
 from common_kernels.runtime.batch import (
     BatchRun,
     Skipped,
     add_batch_options,
-    check_not_inputs,
-    find_images,
     resume_command,
 )
 from common_kernels.runtime.cli import (
@@ -37,24 +32,12 @@ from common_kernels.runtime.cli import (
 from common_kernels.runtime.photos import Photo
 from common_kernels.runtime.progress import progress
 from common_kernels.runtime.quiet import quiet_libraries
-from semanir.batch import COMPILE_TILE, RestoreJob, plan_restore, run_restore
+from semanir.batch import RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
-from semanir.data.degradations import (
-    check_sigma,
-)
-from semanir.evaluation import degradation_options, evaluate_images, format_table, write_csv
-from semanir.inference import (
-    ModelChoice,
-    check_inference_options,
-    check_model_for_task,
-    read_model_config,
-    restore_image,
-)
-from semanir.io import (
-    check_writable,
-    is_gray_file,
-)
+from semanir.data.degradations import check_sigma
+from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
 from semanir.lightning_cli import run_lightning, with_bundled_configs
+from semanir.tasks import COMMAND_LINE_TASKS
 
 USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
 
@@ -77,7 +60,6 @@ FLAGS = {
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
-TASKS = ("denoise", "jpeg", "sr")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_task_option(parser: Parser) -> None:
-    parser.add_argument("--task", choices=TASKS, default="denoise", help="(default: denoise)")
+    parser.add_argument(
+        "--task", choices=COMMAND_LINE_TASKS, default="denoise", help="(default: denoise)"
+    )
 
 
 def _add_model_options(parser: Parser) -> None:
@@ -288,24 +272,13 @@ def list_models(args: Namespace) -> None:
     print(describe_installed())
 
 
-def _model_choice(args: Namespace, device: torch.device, prog: str) -> ModelChoice:
-    """--model for every image, or the bundled model of --task per image, said on stderr."""
+def _model_announcer(args: Namespace) -> Callable[[str, str], None]:
+    """Says on stderr which bundled model --task picked for which images."""
 
     def announce(name: str, channels: str) -> None:
-        print(
-            f"{prog}: --task {args.task}: the bundled {name} ({channels} images)", file=sys.stderr
-        )
+        _say(args.prog, f"--task {args.task}: the bundled {name} ({channels} images)")
 
-    return ModelChoice(
-        args.model, args.task, device, per_channel=getattr(args, "per_channel", False),
-        announce=announce,
-    )  # fmt: skip
-
-
-def _check_model_options(args: Namespace, config: dict[str, Any]) -> None:
-    """The API's checks of the model and the options against its config, before it loads."""
-    check_model_for_task(config, args.task, per_channel=getattr(args, "per_channel", False))
-    check_inference_options(config, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k)
+    return announce
 
 
 def restore(args: Namespace) -> int:
@@ -322,10 +295,7 @@ def restore(args: Namespace) -> int:
         in_place=args.in_place, skip_existing=args.skip_existing, keep_going=args.keep_going,
         save_noisy=args.save_noisy, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
         ensemble=args.ensemble, compile=args.compile,
-        on_unreadable=lambda item: _say_skipped(args.prog, item),
-        on_model=lambda name, channels: _say(
-            args.prog, f"--task {args.task}: the bundled {name} ({channels} images)"
-        ),
+        on_unreadable=lambda item: _say_skipped(args.prog, item), on_model=_model_announcer(args),
     )  # fmt: skip
     left_out = plan.listing.left_out_note("--recursive", verb="restores")
     if left_out:
@@ -397,37 +367,25 @@ def _noise_sigma(args: Namespace) -> float | None:
 
 def evaluate(args: Namespace) -> None:
     """``semanir eval``: degrade, restore and score every image; print and optionally save CSV."""
-    degradation = degradation_options(
-        args.task, sigma=args.sigma, quality=args.quality, scale=args.scale
-    )
-    listing = find_images(args.data, argument="data")  # before loading a model
-    paths = listing.paths
-    device = check_device(args.device)
-    if args.csv:
-        check_not_inputs([Path(args.csv)], listing, argument="csv", in_place_allowed=False)
-        check_writable([Path(args.csv)])
-    colour = sum(not is_gray_file(path) for path in paths)
-    choice = _model_choice(args, device, "semanir eval")
-    name = choice.name_for(gray=not colour)
-    _check_model_options(args, read_model_config(name))  # before the model loads
-    model = choice.model(name)
-    if colour and model.in_channels == 1:
+    plan = plan_evaluation(
+        args.data, args.task, sigma=args.sigma, quality=args.quality, scale=args.scale,
+        model=args.model, device=check_device(args.device), tile=args.tile,
+        tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble, compile=args.compile,
+        csv=args.csv, on_model=_model_announcer(args),
+    )  # fmt: skip
+    model = plan.models.model(plan.model)
+    if plan.colour and model.in_channels == 1:
         print(
-            f"semanir eval: warning: {colour} of the {len(paths)} --data image(s) are colour and "
-            "the model is a gray model: scoring their BT.601 luma",
+            f"semanir eval: warning: {plan.colour} of the {len(plan.paths)} --data image(s) are "
+            "colour and the model is a gray model: scoring their BT.601 luma",
             file=sys.stderr,
         )
     rows = evaluate_images(
         model, args.data, args.task, seed=args.seed, progress=True,
-        restorer=lambda image: restore_image(
-            model, image, tile=COMPILE_TILE if args.compile and args.tile in ("auto", None)
-            else args.tile, tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble,
-            compile=args.compile,
-        ),
-        **degradation,
+        restorer=plan.restorer(model), **plan.degradation,
     )  # fmt: skip
-    settings = ", ".join(f"{key}={value:g}" for key, value in degradation.items())
-    print(format_table(rows, title=f"{args.task} ({settings}), model: {choice.describe()}"))
+    settings = ", ".join(f"{key}={value:g}" for key, value in plan.degradation.items())
+    print(format_table(rows, title=f"{args.task} ({settings}), model: {plan.models.describe()}"))
     if args.csv:
         write_csv(args.csv, rows)
         print(f"wrote {args.csv}")

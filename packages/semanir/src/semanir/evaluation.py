@@ -1,28 +1,41 @@
 """Score a model on clean images degraded on the fly: PSNR/SSIM per image, input and output.
 
-``semanir eval`` is this module plus printing. Conventions as in restoration papers
-(``semanir.metrics``): 8-bit rounding, the BT.601 Y channel for colour JPEG and SR, a border of
-``scale`` pixels cropped for SR; the SR input row is the bicubic upscaling of the
-low-resolution image.
+``semanir eval`` is :func:`plan_evaluation` (every check, before a model loads),
+:func:`evaluate_images` and printing. Conventions as in restoration papers
+(``semanir.metrics``), as each task's record says (:mod:`semanir.tasks`): 8-bit rounding, the
+BT.601 Y channel for colour JPEG and SR, a border of ``scale`` pixels cropped for SR; the SR
+input row is the bicubic upscaling of the low-resolution image.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from common_kernels.runtime.batch import check_not_inputs, find_images
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.progress import progress as progress_of
+from semanir.batch import tile_for_compile
 from semanir.data.datasets import SyntheticDegradationDataset
-from semanir.data.degradations import bicubic_resize, check_quality, check_scale, check_sigma
+from semanir.data.degradations import bicubic_resize, check_scale
+from semanir.inference import (
+    ModelChoice,
+    check_inference_options,
+    check_model_for_task,
+    read_model_config,
+    restore_image,
+)
+from semanir.io import check_writable, is_gray_file
 from semanir.metrics import psnr, ssim
+from semanir.tasks import COMMAND_LINE_TASKS, get_task
 
-TASKS = ("denoise", "jpeg", "sr")
 Restorer = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -39,17 +52,89 @@ def degradation_options(
         The keyword arguments of :class:`SyntheticDegradationDataset` for the task (SR's
         ``scale`` only when given).
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task == "denoise":
-        if sigma is None:
-            raise ValueError("--task denoise needs --sigma, the noise level (0-255)")
-        return {"sigma": check_sigma(sigma)}
-    if task == "jpeg":
-        if quality is None:
-            raise ValueError("--task jpeg needs --quality, the JPEG quality (1-95)")
-        return {"quality": check_quality(quality)}
-    return {} if scale is None else {"scale": check_scale(scale)}
+    record = get_task(task, among=COMMAND_LINE_TASKS)
+    if record.level is not None:
+        value = {"sigma": sigma, "quality": quality}[record.level.name]
+        if value is None:
+            raise ValueError(f"--task {task} needs --{record.level.name}, {record.level.meaning}")
+        return {record.level.name: record.level.check(value)}
+    return {"scale": check_scale(scale)} if record.upscales and scale is not None else {}
+
+
+@dataclass
+class EvaluationPlan:
+    """A checked evaluation (:func:`plan_evaluation`).
+
+    Args:
+        paths: the clean images.
+        colour: how many of them are colour images.
+        degradation: :func:`degradation_options` of the task.
+        models: loads the model once, on first use.
+        model: the model's name, folder or hub id (the bundled one of the task when none was
+            given: the colour model when any image is colour).
+        options: the :func:`~semanir.inference.restore_image` options every image gets.
+    """
+
+    paths: list[Path]
+    colour: int
+    degradation: dict[str, float | int]
+    models: ModelChoice
+    model: str | Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def restorer(self, model: nn.Module) -> Restorer:
+        """Restores one degraded image with ``model`` and the plan's options."""
+        return lambda image: restore_image(model, image, **self.options)
+
+
+def plan_evaluation(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    task: str,
+    *,
+    sigma: float | None = None,
+    quality: int | None = None,
+    scale: int | None = None,
+    model: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    tile: int | Literal["auto"] | None = "auto",
+    tile_overlap: int = 32,
+    k: int | None = None,
+    ensemble: bool = False,
+    compile: bool = False,
+    csv: str | os.PathLike | None = None,
+    on_model: Callable[[str, str], None] | None = None,
+) -> EvaluationPlan:
+    """Check an evaluation completely, before any model loads.
+
+    Args:
+        data: clean image files and folders.
+        task, sigma, quality, scale: the degradation (:func:`degradation_options`).
+        model: a bundled name, a folder or a hub id; None: the bundled model of ``task`` (the
+            colour one when any image is colour).
+        device: where the model will run.
+        tile, tile_overlap, k, ensemble: as in :func:`semanir.restore`.
+        compile: run the model through ``torch.compile``, in tiles of one size (``tile``, or
+            :data:`~semanir.batch.COMPILE_TILE` for ``"auto"``/None).
+        csv: a CSV file the rows will be written to (not one of the images, writable).
+        on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
+
+    Raises:
+        InvalidArgument: a bad argument, named; ``ValueError`` for options a model refuses.
+    """
+    degradation = degradation_options(task, sigma=sigma, quality=quality, scale=scale)
+    listing = find_images(data, argument="data")
+    if csv:
+        check_not_inputs([Path(csv)], listing, argument="csv", in_place_allowed=False)
+        check_writable([Path(csv)])
+    colour = sum(not is_gray_file(path) for path in listing.paths)
+    models = ModelChoice(model, task, torch.device(device), announce=on_model)
+    name = models.name_for(gray=not colour)
+    config = read_model_config(name)
+    check_model_for_task(config, task)
+    check_inference_options(config, tile=tile, tile_overlap=tile_overlap, k=k)
+    options = dict(tile=tile_for_compile(tile, compile), tile_overlap=tile_overlap, k=k,
+                   ensemble=ensemble, compile=compile)  # fmt: skip
+    return EvaluationPlan(listing.paths, colour, degradation, models, name, options)
 
 
 def evaluate_images(
@@ -77,9 +162,10 @@ def evaluate_images(
         One row per image (``image``, ``psnr_in``, ``ssim_in``, ``psnr_out``, ``ssim_out``)
         and a last row ``mean``.
     """
+    record = get_task(task, among=COMMAND_LINE_TASKS)
     options = dict(degradation)
-    if task == "sr":
-        scale = int(model.upscale)
+    scale = int(getattr(model, "upscale", 1))
+    if record.upscales:
         if options.get("scale", scale) != scale:
             raise ValueError(f"--scale {options['scale']} does not match the model's x{scale}")
         options["scale"] = check_scale(scale)
@@ -87,10 +173,7 @@ def evaluate_images(
     dataset = SyntheticDegradationDataset(
         data, task, channels=channels, train=False, seed=seed, **options
     )
-    metric_options = {
-        "y_channel": task in ("sr", "jpeg") and model.in_channels == 3,
-        "crop_border": options.get("scale", 0),
-    }
+    metric_options = record.metric_options(model.in_channels, scale)
     rows = []
     images = progress_of(
         range(len(dataset)), desc="semanir eval", unit="images", disable=not progress
@@ -98,7 +181,7 @@ def evaluate_images(
     for index in images:
         sample = dataset[index]
         degraded, clean = sample["lq"], sample["gt"]
-        baseline = bicubic_resize(degraded, dataset.scale) if task == "sr" else degraded
+        baseline = bicubic_resize(degraded, dataset.scale) if record.upscales else degraded
         output = restorer(degraded)
         rows.append(
             {

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -23,6 +23,7 @@ from common_kernels.runtime.hub import check_hub, is_hub_id, local_or_hub
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, known_names, model_for_task
 from .memory import auto_tile, available_bytes
 from .models.registry import MODEL_CLASSES
+from .tasks import get_task
 
 AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Images are in [0, 1]; unclipped Gaussian noise (the DnCNN/BM3D convention) leaves that range,
@@ -442,11 +443,11 @@ def check_model_for_task(config: dict[str, Any], task: str, *, per_channel: bool
 
     Args:
         config: the model's ``config.json`` content (:func:`read_model_config`).
-        task: "denoise", "jpeg" or "sr".
+        task: a task of :data:`semanir.tasks.TASKS` ("denoise", "jpeg", "sr").
         per_channel: colour images are to be restored channel by channel (``--per-channel``).
     """
     upscale = int(config.get("upscale", 1))
-    if (task == "sr") != (upscale > 1):
+    if get_task(task).upscales != (upscale > 1):
         raise ValueError(
             f"the model {'upscales x' + str(upscale) if upscale > 1 else 'keeps the image size'}, "
             f"which does not fit --task {task}"
@@ -463,6 +464,17 @@ def load_for_task(name: str | Path | None, task: str, device: torch.device) -> n
     model = load_model(name).to(device).eval()
     check_model_for_task({"upscale": model.upscale, "in_channels": model.in_channels}, task)
     return model
+
+
+class RestoreOptions(TypedDict, total=False):
+    """The options of :func:`restore_image` that callers pass on (as in :func:`restore`)."""
+
+    tile: int | Literal["auto"] | None
+    tile_overlap: int
+    k: int | None
+    ensemble: bool
+    progress: bool
+    compile: bool
 
 
 def restore_image(

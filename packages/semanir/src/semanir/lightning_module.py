@@ -29,7 +29,7 @@ from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.hub import resolve_model_name
 from common_kernels.runtime.lightning import progress_callbacks
 from semanir.bundled import BUNDLED_MODELS
-from semanir.data.datamodule import RestorationDataModule, Task, check_data_dirs
+from semanir.data.datamodule import RestorationDataModule, check_data_dirs
 from semanir.data.datasets import index_generator
 from semanir.inference import load_model
 from semanir.metrics import psnr, ssim
@@ -40,6 +40,7 @@ from semanir.runs import (
     check_checkpoint_path,
     keep_csv_metrics,
 )
+from semanir.tasks import TaskName, get_task
 
 Loss = Literal["l1", "charbonnier"]
 Schedule = Literal["cosine", "multistep", "constant"]
@@ -123,7 +124,7 @@ class RestorationModule(L.LightningModule):
         self,
         arch: str | dict[str, Any] = "semanir_tiny_denoise_gray",
         arch_overrides: dict[str, Any] | None = None,
-        task: Task = "denoise",
+        task: TaskName = "denoise",
         loss: Loss = "l1",
         charbonnier_eps: float = 1e-3,
         lr: float = 2e-4,
@@ -183,12 +184,9 @@ class RestorationModule(L.LightningModule):
         return choices[int(torch.randint(len(choices), (), generator=generator))]
 
     def metric_options(self, num_channels: int) -> dict[str, Any]:
-        """PSNR/SSIM conventions of the task for images with ``num_channels`` channels."""
-        task = self.hparams.task
-        return {
-            "y_channel": task in ("sr", "jpeg") and num_channels == 3,
-            "crop_border": self.upscale if task == "sr" else 0,
-        }
+        """PSNR/SSIM conventions of the task (:meth:`semanir.tasks.Task.metric_options`) for
+        images with ``num_channels`` channels."""
+        return get_task(self.hparams.task).metric_options(num_channels, self.upscale)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         output = self.model(batch["lq"]).clamp(0, 1)

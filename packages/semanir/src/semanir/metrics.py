@@ -108,14 +108,8 @@ def psnr(
     Returns:
         float64 tensor of shape () or (B,).
     """
-    x, y = _prepare_pair(
-        x,
-        y,
-        data_range=data_range,
-        crop_border=crop_border,
-        y_channel=y_channel,
-        round_to_8bit=round_to_8bit,
-    )
+    x, y = _prepare_pair(x, y, data_range=data_range, crop_border=crop_border,
+                         y_channel=y_channel, round_to_8bit=round_to_8bit)  # fmt: skip
     from torchmetrics.functional.image import peak_signal_noise_ratio  # slow import: on use
 
     return peak_signal_noise_ratio(x, y, data_range=255.0, reduction="none", dim=(-3, -2, -1))
@@ -135,22 +129,13 @@ def ssim(
     Args:
         x: restored image(s), (C, H, W) or (B, C, H, W), values in [0, data_range].
         y: reference image(s) of the same shape; at least 11x11 after cropping.
-        data_range: value of white in ``x`` and ``y``.
-        crop_border: pixels removed from each side (the SR scale, by convention).
-        y_channel: measure the BT.601 Y channel of RGB images.
-        round_to_8bit: round both images to 8-bit levels first.
+        data_range, crop_border, y_channel, round_to_8bit: as in :func:`psnr`.
 
     Returns:
         float64 tensor of shape () or (B,), the mean SSIM over valid pixels and channels.
     """
-    x, y = _prepare_pair(
-        x,
-        y,
-        data_range=data_range,
-        crop_border=crop_border,
-        y_channel=y_channel,
-        round_to_8bit=round_to_8bit,
-    )
+    x, y = _prepare_pair(x, y, data_range=data_range, crop_border=crop_border,
+                         y_channel=y_channel, round_to_8bit=round_to_8bit)  # fmt: skip
     if min(x.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(
             f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after cropping, "

@@ -1,50 +1,33 @@
 """Degradations, datasets and the Lightning data module.
 
-``RestorationDataModule`` is imported on first access: importing Lightning takes seconds, and
-inference (``semanir restore``) uses the datasets without it.
+Each name is imported on first access: importing Lightning (``RestorationDataModule``) takes
+seconds, and inference (``semanir restore``) uses the degradations without it; the task records
+(:mod:`semanir.tasks`) import the degradations while the datasets import the task records.
 """
 
+from importlib import import_module
 from typing import Any
 
-from semanir.data.datasets import (
-    PairedFolderDataset,
-    SyntheticDegradationDataset,
-    dihedral,
-    downscale_crop,
-    match_pairs,
-)
-from semanir.data.degradations import (
-    add_gaussian_noise,
-    bayer_mask,
-    bayer_mosaic,
-    bicubic_downscale,
-    bicubic_resize,
-    jpeg_compress,
-    sample_quality,
-    sample_sigma,
-)
-
-__all__ = [
-    "PairedFolderDataset",
-    "RestorationDataModule",
-    "SyntheticDegradationDataset",
-    "add_gaussian_noise",
-    "bayer_mask",
-    "bayer_mosaic",
-    "bicubic_downscale",
-    "bicubic_resize",
-    "dihedral",
-    "downscale_crop",
-    "jpeg_compress",
-    "match_pairs",
-    "sample_quality",
-    "sample_sigma",
-]
+_MODULES = {
+    "PairedFolderDataset": "datasets",
+    "RestorationDataModule": "datamodule",
+    "SyntheticDegradationDataset": "datasets",
+    "add_gaussian_noise": "degradations",
+    "bayer_mask": "degradations",
+    "bayer_mosaic": "degradations",
+    "bicubic_downscale": "degradations",
+    "bicubic_resize": "degradations",
+    "dihedral": "datasets",
+    "downscale_crop": "degradations",
+    "jpeg_compress": "degradations",
+    "match_pairs": "datasets",
+    "sample_quality": "degradations",
+    "sample_sigma": "degradations",
+}
+__all__ = sorted(_MODULES)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RestorationDataModule":
-        from semanir.data.datamodule import RestorationDataModule
-
-        return RestorationDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_MODULES[name]}"), name)

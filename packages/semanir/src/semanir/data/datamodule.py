@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from numbers import Integral
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -15,13 +14,19 @@ from torch.utils.data import DataLoader, Dataset
 from common_kernels.runtime.cli import leave_signals_to_the_main_process
 from common_kernels.runtime.errors import InvalidArgument, literal
 from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
-from semanir.data.degradations import BAYER_PATTERNS, QUALITY_RANGE, SIGMA_RANGE, SR_SCALES
+from semanir.data.degradations import BAYER_PATTERNS
 from semanir.data.sampling import ResumableDataLoader, ResumableSampler
 from semanir.io import Channels
+from semanir.tasks import (
+    TaskName,
+    check_channels,
+    check_choice,
+    check_integer,
+    check_levels,
+    check_scale,
+    get_task,
+)
 
-Task = Literal["denoise", "jpeg", "sr", "demosaic", "paired"]
-TASKS = ("denoise", "jpeg", "sr", "demosaic", "paired")
-CHANNELS = ("gray", "rgb")
 DATA_ROOT_VARIABLE = "SEMANIR_DATA"
 
 
@@ -90,106 +95,34 @@ def check_data_options(
     """Refuse a :class:`RestorationDataModule` option out of range or that does not fit the
     task, naming the argument (:class:`~common_kernels.runtime.errors.InvalidArgument`), before any
     image is read. Arguments as in :class:`RestorationDataModule`."""
-    _choice("task", task, TASKS)
-    _choice("channels", channels, CHANNELS)
-    _choice("bayer_pattern", bayer_pattern, BAYER_PATTERNS)
+    record = get_task(task)
+    check_channels(record, channels)
+    check_choice("bayer_pattern", bayer_pattern, BAYER_PATTERNS)
     for name, value, low in (
         ("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
         ("num_workers", num_workers, 0), ("repeat", repeat, 1), ("patch_size", patch_size, 1),
     ):  # fmt: skip
-        _integer(name, value, low)
+        check_integer(name, value, low)
     if val_patch_size is not None:
-        _integer("val_patch_size", val_patch_size, 1)
-    _check_scale(task, scale, patch_size, val_patch_size)
-    levels = {"task": task, "training": bool(train_dirs), "validating": bool(val_dirs)}
-    _check_levels("sigma", sigma, "sigma_range", sigma_range, val_sigma, SIGMA_RANGE, **levels)
-    _check_levels(
-        "quality", quality, "quality_range", quality_range, val_quality, QUALITY_RANGE, **levels
-    )
-    if task == "demosaic" and channels != "rgb":
-        raise InvalidArgument("channels", f"task 'demosaic' needs 'rgb', got {channels!r}")
+        check_integer("val_patch_size", val_patch_size, 1)
+    check_scale(record, scale)
+    for name, size in (("patch_size", patch_size), ("val_patch_size", val_patch_size)):
+        if size is not None and scale and size % scale:
+            raise InvalidArgument(name, f"must be a multiple of the scale {scale}, got {size}")
+    levels = {
+        "sigma": sigma, "sigma_range": sigma_range, "val_sigma": val_sigma, "quality": quality,
+        "quality_range": quality_range, "val_quality": val_quality,
+    }  # fmt: skip
+    check_levels(record, levels, training=bool(train_dirs), validating=bool(val_dirs))
     for split, clean, degraded in (
         ("train", train_dirs, train_lq_dir),
         ("val", val_dirs, val_lq_dir),
     ):
-        if task == "paired" and clean and not degraded:
+        if record.degrade is None and clean and not degraded:
             raise InvalidArgument(
                 f"{split}_lq_dir",
-                f"task 'paired' needs {{{split}_lq_dir}} (degraded images) and {{{split}_dirs}}",
+                f"task {task!r} needs {{{split}_lq_dir}} (degraded images) and {{{split}_dirs}}",
             )
-
-
-def _choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        got = f"must be one of {', '.join(choices)}, got {value!r}"
-        raise InvalidArgument(name, literal(got))
-
-
-def _integer(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise InvalidArgument(name, f"must be an integer >= {low}, got {value!r}")
-
-
-def _check_scale(task: str, scale: int | None, patch: int, val_patch: int | None) -> None:
-    """ "sr" needs a scale of 2, 3 or 4 ("paired": any >= 1) and patches that are multiples
-    of it; the other tasks take none."""
-    if task == "sr" and scale not in SR_SCALES:
-        raise InvalidArgument("scale", f"task 'sr' needs 2, 3 or 4, got {scale!r}")
-    if task == "paired" and scale is not None:
-        _integer("scale", scale, 1)
-    if task not in ("sr", "paired") and scale not in (None, 1):
-        raise InvalidArgument("scale", f"applies to tasks 'sr' and 'paired', not {task!r}")
-    for name, size in (("patch_size", patch), ("val_patch_size", val_patch)):
-        if size is not None and scale and size % scale:
-            raise InvalidArgument(name, f"must be a multiple of the scale {scale}, got {size}")
-
-
-def _check_levels(
-    name: str,
-    value: float | None,
-    range_name: str,
-    bounds: Sequence[float] | None,
-    val_value: float | None,
-    limits: tuple[float, float],
-    *,
-    task: str,
-    training: bool,
-    validating: bool,
-) -> None:
-    """The noise levels of "denoise" (or the qualities of "jpeg"): within ``limits``; training
-    needs a fixed value or a (low, high) range, not both, validation one of these or its own
-    value; other tasks take none."""
-    used_by = "denoise" if name == "sigma" else "jpeg"
-    given = {name: value, range_name: bounds, f"val_{name}": val_value}
-    if task != used_by:
-        for argument, set_value in given.items():
-            if set_value is not None:
-                raise InvalidArgument(argument, f"applies to task {used_by!r} only, not {task!r}")
-        return
-    if value is not None and bounds is not None:
-        raise InvalidArgument(name, f"give {{{name}}} or {{{range_name}}}, not both")
-    if value is None and bounds is None and (training or (validating and val_value is None)):
-        raise InvalidArgument(
-            range_name, f"task {task!r} needs {{{name}}} (fixed) or {{{range_name}}} (drawn)"
-        )
-    low, high = limits
-    integer = name == "quality"
-    span = f"an integer in [{low}, {high}]" if integer else f"in [{low:g}, {high:g}]"
-    for argument, number in ((name, value), (f"val_{name}", val_value)):
-        if number is not None and not _within(number, low, high, integer):
-            raise InvalidArgument(argument, f"must be {span}, got {number!r}")
-    if bounds is not None and (
-        len(bounds) != 2
-        or not all(_within(bound, low, high, integer) for bound in bounds)
-        or bounds[0] > bounds[1]
-    ):
-        raise InvalidArgument(
-            range_name, f"must be [low, high] with low <= high, each {span}, got {list(bounds)}"
-        )
-
-
-def _within(number: float, low: float, high: float, integer: bool) -> bool:
-    return low <= number <= high and (not integer or int(number) == number)
 
 
 class RestorationDataModule(L.LightningDataModule):
@@ -236,7 +169,7 @@ class RestorationDataModule(L.LightningDataModule):
         self,
         train_dirs: list[str] | None = None,
         val_dirs: list[str] | None = None,
-        task: Task = "denoise",
+        task: TaskName = "denoise",
         channels: Channels = "gray",
         patch_size: int = 64,
         val_patch_size: int | None = None,
@@ -291,7 +224,7 @@ class RestorationDataModule(L.LightningDataModule):
             repeat=hp.repeat if train else 1,
             seed=hp.seed,
         )
-        if hp.task == "paired":
+        if get_task(hp.task).degrade is None:  # degraded images from folders
             return PairedFolderDataset(degraded, clean, scale=hp.scale or 1, **common)
         sigma, quality = hp.sigma, hp.quality
         if not train:

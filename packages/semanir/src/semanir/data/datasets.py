@@ -15,9 +15,8 @@ identical in every run, worker and process.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -25,36 +24,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common_kernels.runtime.errors import InvalidArgument, literal
-from semanir.data.degradations import (
-    add_gaussian_noise,
-    bayer_mosaic,
-    bicubic_downscale,
-    check_quality,
-    check_scale,
-    check_sigma,
-    jpeg_compress,
-    sample_quality,
-    sample_sigma,
-)
+from semanir.data.degradations import Box, crop
 from semanir.io import Channels, list_images, read_image
+from semanir.tasks import (
+    SYNTHETIC_TASKS,
+    TaskName,
+    check_channels,
+    check_levels,
+    check_scale,
+    get_task,
+)
 
-SyntheticTask = Literal["denoise", "jpeg", "sr", "demosaic"]
-SYNTHETIC_TASKS = ("denoise", "jpeg", "sr", "demosaic")
 Sample = dict[str, torch.Tensor | str]
 Key = int | tuple[int, int]  # an index, or (index, item seed) from a ResumableSampler
-
-# Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
-# crop padded by this many low-resolution pixels equals cropping the downscaled full image.
-_SR_CROP_MARGIN = 2
-
-
-class Box(NamedTuple):
-    """A crop window in pixels: top-left corner and size."""
-
-    top: int
-    left: int
-    height: int
-    width: int
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,11 +49,6 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return x.flip(-1) if k >= 4 else x
-
-
-def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
-    """The pixels of ``x`` (..., H, W) inside ``box``."""
-    return x[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
 def mod_crop(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -209,7 +186,7 @@ class SyntheticDegradationDataset(_PatchDataset):
     def __init__(
         self,
         roots: str | os.PathLike | Sequence[str | os.PathLike],
-        task: SyntheticTask = "denoise",
+        task: TaskName = "denoise",
         *,
         patch_size: int | None = None,
         sigma: float | None = None,
@@ -224,32 +201,22 @@ class SyntheticDegradationDataset(_PatchDataset):
         repeat: int = 1,
         seed: int = 0,
     ) -> None:
-        if task not in SYNTHETIC_TASKS:
-            raise ValueError(f"task must be one of {', '.join(SYNTHETIC_TASKS)}, got {task!r}")
-        _check_one_of(task, "sigma", sigma, "sigma_range", sigma_range, used_by="denoise")
-        _check_one_of(task, "quality", quality, "quality_range", quality_range, used_by="jpeg")
-        if task == "sr":
-            check_scale(scale)
-        elif scale not in (None, 1):
-            raise ValueError(f"scale applies to task 'sr' only, got scale={scale} for {task!r}")
-        if task == "demosaic" and channels != "rgb":
-            raise ValueError("task 'demosaic' needs channels='rgb'")
-        super().__init__(
-            patch_size=patch_size,
-            scale=scale if task == "sr" else 1,
-            train=train,
-            augment=augment,
-            repeat=repeat,
-            seed=seed,
-        )
+        record = get_task(task, among=SYNTHETIC_TASKS)
+        check_channels(record, channels)
+        check_levels(
+            record, {"sigma": sigma, "sigma_range": sigma_range, "quality": quality,
+                     "quality_range": quality_range}, training=True, validating=False,
+        )  # fmt: skip
+        check_scale(record, scale)
+        super().__init__(patch_size=patch_size, scale=scale or 1, train=train, augment=augment,
+                         repeat=repeat, seed=seed)  # fmt: skip
         self.paths = list_images(roots)
         self.task = task
-        self.sigma = None if sigma is None else check_sigma(sigma)
-        self.sigma_range = None if sigma_range is None else _checked_range(sigma_range, check_sigma)
-        self.quality = None if quality is None else check_quality(quality)
-        self.quality_range = (
-            None if quality_range is None else _checked_range(quality_range, check_quality)
-        )
+        self.record = record
+        self.sigma = None if sigma is None else float(sigma)
+        self.sigma_range = None if sigma_range is None else tuple(map(float, sigma_range))
+        self.quality = None if quality is None else int(quality)
+        self.quality_range = None if quality_range is None else tuple(map(int, quality_range))
         self.bayer_pattern = bayer_pattern
         self.channels = channels
         self._check_sizes(self.paths, factor=1)
@@ -263,49 +230,18 @@ class SyntheticDegradationDataset(_PatchDataset):
         image = mod_crop(read_image(path, channels=self.channels), self.scale)
         box = self._choose_box(image.shape[-2], image.shape[-1], generator)
         gt = crop(image, box)
-        lq = self._degrade(image, box, gt, generator)
+        lq = self._degrade(image, box, generator)
         return self._augment({"lq": lq, "gt": gt, "name": path.stem}, generator)
 
-    def _degrade(
-        self, image: torch.Tensor, box: Box, gt: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        if self.task == "denoise":
-            sigma = (
-                self.sigma if self.sigma is not None else sample_sigma(self.sigma_range, generator)
-            )
-            return add_gaussian_noise(gt, sigma, generator)
-        if self.task == "jpeg":
-            quality = (
-                self.quality
-                if self.quality is not None
-                else sample_quality(self.quality_range, generator)
-            )
-            return jpeg_compress(gt, quality)
-        if self.task == "sr":
-            return downscale_crop(image, box, self.scale)
-        return bayer_mosaic(gt, self.bayer_pattern)
-
-
-def downscale_crop(image: torch.Tensor, box: Box, scale: int) -> torch.Tensor:
-    """``crop(bicubic_downscale(image, scale), box / scale)`` computed on a padded crop only.
-
-    The crop is widened by a margin of low-resolution pixels (clamped at the image border, where
-    symmetric padding then matches the full-image computation), downscaled, and cut back.
-
-    Args:
-        image: (C, H, W) with H and W multiples of ``scale``.
-        box: ground-truth crop window aligned to ``scale``.
-        scale: 2, 3 or 4.
-    """
-    low_h, low_w = image.shape[-2] // scale, image.shape[-1] // scale
-    top, left = box.top // scale, box.left // scale
-    height, width = box.height // scale, box.width // scale
-    top0, left0 = max(top - _SR_CROP_MARGIN, 0), max(left - _SR_CROP_MARGIN, 0)
-    bottom1 = min(top + height + _SR_CROP_MARGIN, low_h)
-    right1 = min(left + width + _SR_CROP_MARGIN, low_w)
-    region = image[..., top0 * scale : bottom1 * scale, left0 * scale : right1 * scale]
-    low = bicubic_downscale(region, scale)
-    return low[..., top - top0 : top - top0 + height, left - left0 : left - left0 + width]
+    def _degrade(self, image: torch.Tensor, box: Box, generator: torch.Generator) -> torch.Tensor:
+        """The task's degradation of the crop ``box``, at the fixed level or one drawn."""
+        settings = {"scale": self.scale, "bayer_pattern": self.bayer_pattern}
+        level = self.record.level
+        if level is not None:
+            fixed = getattr(self, level.name)
+            drawn = getattr(self, level.range_name)
+            settings[level.name] = fixed if fixed is not None else level.sample(drawn, generator)
+        return self.record.degrade(image, box, settings, generator)
 
 
 class PairedFolderDataset(_PatchDataset):
@@ -317,10 +253,8 @@ class PairedFolderDataset(_PatchDataset):
         patch_size: side of the clean crop; None = whole images (validation only).
         scale: clean / degraded size ratio (1 for same-size tasks).
         channels: "gray" or "rgb".
-        train: random crops; otherwise center crops (or whole images).
-        augment: random flips/rotations (defaults to ``train``).
-        repeat: how many times each pair appears per epoch.
-        seed: seed of the validation-mode generators.
+        train, augment, repeat, seed: as in :class:`SyntheticDegradationDataset` (``train``
+            off: center crops or whole images).
     """
 
     def __init__(
@@ -336,14 +270,8 @@ class PairedFolderDataset(_PatchDataset):
         repeat: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            patch_size=patch_size,
-            scale=scale,
-            train=train,
-            augment=augment,
-            repeat=repeat,
-            seed=seed,
-        )
+        super().__init__(patch_size=patch_size, scale=scale, train=train, augment=augment,
+                         repeat=repeat, seed=seed)  # fmt: skip
         self.pairs = match_pairs(list_images(lq_dir), list_images(gt_dir))
         self.channels = channels
         self._check_sizes([lq for lq, _ in self.pairs], factor=scale)
@@ -382,24 +310,3 @@ def match_pairs(lq_paths: Sequence[Path], gt_paths: Sequence[Path]) -> list[tupl
             f"without a degraded partner: {gt_only or 'none'}"
         )
     return [(lq_by_stem[stem], gt_by_stem[stem]) for stem in sorted(gt_by_stem)]
-
-
-def _check_one_of(
-    task: str, name: str, value: object, range_name: str, range_value: object, *, used_by: str
-) -> None:
-    """Task ``used_by`` needs exactly one of a fixed value and a range; other tasks need neither."""
-    given = (value is not None) + (range_value is not None)
-    if task == used_by and given != 1:
-        raise ValueError(f"task {task!r} needs exactly one of {name} and {range_name}")
-    if task != used_by and given:
-        raise ValueError(f"{name}/{range_name} apply to task {used_by!r} only, not {task!r}")
-
-
-def _checked_range(bounds: Sequence[float], check: Callable[[float], float]) -> tuple:
-    """Validate a (low, high) pair with ``check`` on each end and low <= high."""
-    if len(bounds) != 2:
-        raise ValueError(f"expected a (low, high) pair, got {bounds}")
-    low, high = check(bounds[0]), check(bounds[1])
-    if low > high:
-        raise ValueError(f"expected low <= high, got ({low}, {high})")
-    return low, high

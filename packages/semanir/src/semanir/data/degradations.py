@@ -1,6 +1,7 @@
-"""Synthetic degradations applied to clean images in [0, 1]: noise, JPEG, bicubic, Bayer.
+"""Synthetic degradations applied to clean images in [0, 1]: noise, JPEG, bicubic, Bayer, and
+the crop windows the datasets cut (:class:`Box`, :func:`downscale_crop`).
 
-Every function takes a (C, H, W) or (B, C, H, W) float tensor and checks its parameter range
+Every degradation takes a (C, H, W) or (B, C, H, W) float tensor and checks its parameter range
 with a message that names the parameter and the allowed values.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from io import BytesIO
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +21,23 @@ SIGMA_RANGE = (0.0, 255.0)
 QUALITY_RANGE = (1, 95)
 SR_SCALES = (2, 3, 4)
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+# Bicubic taps reach 2 low-resolution pixels on each side of an output pixel, so downscaling a
+# crop padded by this many low-resolution pixels equals cropping the downscaled full image.
+_SR_CROP_MARGIN = 2
+
+
+class Box(NamedTuple):
+    """A crop window in pixels: top-left corner and size."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """The pixels of ``x`` (..., H, W) inside ``box``."""
+    return x[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
 def check_sigma(sigma: float) -> float:
@@ -206,3 +225,25 @@ def bayer_mosaic(x: torch.Tensor, pattern: str = "RGGB") -> torch.Tensor:
         raise ValueError(f"bayer_mosaic needs RGB input (3 channels), got {x.shape[-3]}")
     mask = bayer_mask(pattern, x.shape[-2], x.shape[-1])
     return x * mask.to(device=x.device, dtype=x.dtype)
+
+
+def downscale_crop(image: torch.Tensor, box: Box, scale: int) -> torch.Tensor:
+    """``crop(bicubic_downscale(image, scale), box / scale)`` computed on a padded crop only.
+
+    The crop is widened by a margin of low-resolution pixels (clamped at the image border, where
+    symmetric padding then matches the full-image computation), downscaled, and cut back.
+
+    Args:
+        image: (C, H, W) with H and W multiples of ``scale``.
+        box: ground-truth crop window aligned to ``scale``.
+        scale: 2, 3 or 4.
+    """
+    low_h, low_w = image.shape[-2] // scale, image.shape[-1] // scale
+    top, left = box.top // scale, box.left // scale
+    height, width = box.height // scale, box.width // scale
+    top0, left0 = max(top - _SR_CROP_MARGIN, 0), max(left - _SR_CROP_MARGIN, 0)
+    bottom1 = min(top + height + _SR_CROP_MARGIN, low_h)
+    right1 = min(left + width + _SR_CROP_MARGIN, low_w)
+    region = image[..., top0 * scale : bottom1 * scale, left0 * scale : right1 * scale]
+    low = bicubic_downscale(region, scale)
+    return low[..., top - top0 : top - top0 + height, left - left0 : left - left0 + width]

@@ -1,0 +1,42 @@
+"""Tiny random models saved with ``save_pretrained``, shared by the command-line and photo tests:
+the fixtures ``gray_model``, ``colour_model``, ``sr_model`` (colour, x2) and ``gray_sr_model``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from semanir.models import build_model
+
+TINY_MODELS = {
+    "gray": ("semanir_test_tiny_unet", {}),
+    "colour": ("semanir_test_tiny_unet", {"in_channels": 3, "out_channels": 3}),
+    "sr": ("semanir_test_tiny_columnar", {}),
+    "gray_sr": (
+        "semanir_test_tiny_columnar", {"in_channels": 1, "out_channels": 1, "img_mean": (0.5,)}
+    ),
+}  # fmt: skip
+
+
+def saved_model(name: str) -> Callable[[pytest.TempPathFactory], Path]:
+    """A fixture: the tiny model ``name`` of :data:`TINY_MODELS`, built with seed 0 and saved to
+    a fresh folder once per test module."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        arch, config = TINY_MODELS[name]
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp("models") / name
+        build_model(arch, **config).save_pretrained(folder)
+        return folder
+
+    return fixture
+
+
+gray_model = saved_model("gray")
+colour_model = saved_model("colour")
+sr_model = saved_model("sr")
+gray_sr_model = saved_model("gray_sr")
