@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from common_kernels.runtime.cli import check_benchmark_setup
+    from common_kernels.runtime.errors import InvalidArgument
     from common_kernels.runtime.files import write_json, write_text
     from pixelsmith.parallel import check_devices, launch
 
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = args.devices or sorted({1, torch.cuda.device_count() if cuda else 2})
     for count in counts:
         try:
-            check_devices(count, torch.device(args.device), names=("--devices", "--device"))
-        except ValueError as error:
-            parser.error(str(error))
+            check_devices(count, torch.device(args.device))
+        except InvalidArgument as error:
+            parser.error(error.for_flags({"devices": "--devices", "device": "--device"}))
     model = args.model or ("sdxl" if cuda else "tiny")
     options = {
         "device": args.device,

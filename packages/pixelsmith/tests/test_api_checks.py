@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import pixelsmith.memory as memory
+from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import PixelsmithConfig, PixelsmithPipeline, generate_cascade
 from pixelsmith.cli import FLAGS, NUMBERS, build_parser, main
-from pixelsmith.config import make_config
 
 SOURCE = Path(__file__).parents[1] / "src" / "pixelsmith"
 SMALL = {"patch_size": 8, "band": 2, "vae_tile": 8, "vae_overlap": 2}
@@ -152,19 +152,25 @@ CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
-def test_config_dataclass_and_make_config_name_the_argument(case):
+def test_config_dataclass_names_the_argument_and_the_cli_its_flag(case):
     fields, template = CONFIG_CASES[case]
     api = {**API, "grid": "patch_scheduler='grid'", "faithful": "faithful=True",
            "random": "patch_scheduler='random'"}  # fmt: skip
     cli = {**FLAGS, "grid": "--scheduler grid", "random": "--scheduler random"}
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InvalidArgument) as info:
         PixelsmithConfig(**fields)
     assert str(info.value) == template.format_map(api)
-    with pytest.raises(ValueError) as info:
-        make_config(FLAGS, **fields)
-    assert str(info.value) == template.format_map(cli)
-    with pytest.raises(TypeError, match=r"^unknown PixelsmithConfig fields: size$"):
-        make_config(size=3)
+    assert info.value.argument in fields
+    assert info.value.for_flags(FLAGS) == template.format_map(cli)
+
+
+def test_no_api_takes_the_callers_names():
+    for path in SOURCE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = [a.arg for a in (*node.args.args, *node.args.kwonlyargs)]
+                assert "names" not in arguments, f"{path.name}: {node.name}(names=...)"
 
 
 def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):

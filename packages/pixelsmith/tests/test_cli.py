@@ -131,7 +131,7 @@ def stop(s, n, latents, plan):
         os.kill(os.getpid(), sig)
 
 if stage >= 0:
-    cli.generate_cascade = partial(cli.generate_cascade, callback=stop)
+    cli.run_cascade = partial(cli.run_cascade, callback=stop)
 else:
     real = io.to_uint8
     def to_uint8(rows):

@@ -41,7 +41,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded before the inputs were checked")
 
     monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(cli, "generate_cascade", fail)
+    monkeypatch.setattr(cli, "run_cascade", fail)
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def test_memory_check_against_the_available_memory(tiny_dir, files, capsys, monk
     assert err.startswith(f"{PREFIX}--sizes 1024x1024: the full-size latent maps of this stage ")
     assert "need 1081344 bytes (0.00 GiB, 66 bytes per latent px), more than the 1081343 " in err
     monkeypatch.setattr(memory, "available_memory", lambda device: None)  # unknown: no check
-    monkeypatch.setattr(cli, "generate_cascade", lambda *args, **kwargs: files / "out.tif")
+    monkeypatch.setattr(cli, "run_cascade", lambda *args, **kwargs: files / "out.tif")
     assert run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)[0] == 0
 
 

@@ -113,7 +113,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded before the inputs were checked")
 
     monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(cli, "generate_cascade", fail)
+    monkeypatch.setattr(cli, "run_cascade", fail)
 
 
 def test_cli_refuses_before_loading_naming_its_flags(cli_model, tmp_path, capsys, no_model_load):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import generate_cascade
-from pixelsmith.config import API_NAMES, latent_bytes_per_px, latent_maps_bytes, validate_cascade
+from pixelsmith.config import latent_bytes_per_px, latent_maps_bytes, validate_cascade
 from pixelsmith.io import COMPRESSIONS, check_compression, compression_error
 
 PROMPT = "a cat"
@@ -139,8 +140,11 @@ def test_check_compression_accepts_zlib_and_none():
     assert compression_error("zlib") is None
     check_compression("zlib")
     check_compression(None)
-    with pytest.raises(ValueError, match=r"^--compression 'lz' cannot be written here"):
-        check_compression("lz", name="--compression")
+    with pytest.raises(InvalidArgument, match=r"^compression 'lz' cannot be written here") as info:
+        check_compression("lz")
+    assert info.value.for_flags({"compression": "--compression"}).startswith(
+        "--compression 'lz' cannot be written here"
+    )
 
 
 def test_latent_maps_bytes_is_66_bytes_per_sdxl_latent_px():
@@ -151,17 +155,24 @@ def test_latent_maps_bytes_is_66_bytes_per_sdxl_latent_px():
     assert latent_maps_bytes(64, 64, vae_scale_factor=8, channels=16) == 8 * 8 * (16 * 16 + 2)
 
 
-def test_validate_cascade_names_the_arguments_as_asked():
+def test_validate_cascade_names_the_arguments_and_a_cli_its_flags():
     flags = {"sizes": "--sizes", "sliders": "--slider", "num_inference_steps": "--steps",
              "patch_size": "--patch-size"}  # fmt: skip
     kwargs = dict(vae_scale_factor=8, patch_size=8)
-    with pytest.raises(ValueError, match=r"^--sizes\[1\] = 48x48 is smaller than one patch "
-                       r"\(64 px = --patch-size 8 latent px\); use larger sizes or a smaller "
-                       r"--patch-size$"):  # fmt: skip
-        validate_cascade([32, 48], [1], 2, names=flags, **kwargs)
-    with pytest.raises(ValueError, match=r"^--slider\[0\] must be an int in \[1, 2\], got 3$"):
-        validate_cascade([64, 128], [3], 2, names=flags, **kwargs)
+    with pytest.raises(InvalidArgument) as info:
+        validate_cascade([32, 48], [1], 2, **kwargs)
+    assert str(info.value) == (
+        "sizes[1] = 48x48 is smaller than one patch (64 px = patch_size 8 latent px); use larger "
+        "sizes or a smaller patch_size"
+    )
+    assert info.value.for_flags(flags) == (
+        "--sizes[1] = 48x48 is smaller than one patch (64 px = --patch-size 8 latent px); use "
+        "larger sizes or a smaller --patch-size"
+    )
+    with pytest.raises(InvalidArgument) as info:
+        validate_cascade([64, 128], [3], 2, **kwargs)
+    assert info.value.for_flags(flags) == "--slider[0] must be an int in [1, 2], got 3"
     with pytest.raises(ValueError, match=r"^sizes: expected S or HxW \(height x width\) in "
                        r"pixels, positive integers, got '8x8x8'$"):  # fmt: skip
-        validate_cascade(["8x8x8"], [], 2, names=API_NAMES, **kwargs)
+        validate_cascade(["8x8x8"], [], 2, **kwargs)
     assert validate_cascade(["64", "64x128"], [1], 2, **kwargs) == [(64, 64), (64, 128)]

@@ -1,7 +1,8 @@
 """pixelsmith: cascaded higher-resolution and gigapixel SDXL generation (Pixelsmith, NeurIPS 2024).
 
 Public API: :class:`PixelsmithPipeline` (a diffusers SDXL pipeline with Pixelsmith stages) and
-:func:`generate_cascade` (base SDXL image, then guided stages up to the target size).
+:func:`generate_cascade` (base SDXL image, then guided stages up to the target size), with the
+settings of a run in :class:`CascadeOptions`.
 """
 
 from transformers.utils import logging as _transformers_logging
@@ -14,6 +15,7 @@ _transformers_logging.set_verbosity_error()
 try:
     from pixelsmith.cascade import generate_cascade
     from pixelsmith.config import PixelsmithConfig
+    from pixelsmith.options import CascadeOptions
     from pixelsmith.patches import GridPlanner, Patch, RandomPlanner, minimum_patches
     from pixelsmith.pipelines import (
         PixelsmithOutput,
@@ -28,6 +30,7 @@ finally:
 __version__ = "0.4.0"
 
 __all__ = [
+    "CascadeOptions",
     "GridPlanner",
     "Patch",
     "PixelsmithConfig",

@@ -2,6 +2,10 @@
 
     image = generate_cascade(pipe, "a lighthouse", sizes=[1024, 2048, 4096], sliders=[20, 30])
 
+The settings of a run are a :class:`~pixelsmith.options.CascadeOptions` and its checks
+:func:`~pixelsmith.options.check_cascade` (:mod:`pixelsmith.options`); :func:`generate_cascade`
+checks, then :func:`run_cascade` runs the checked plan.
+
 Stages hand latents to each other: the previous latent is decoded tile by tile (floats, no
 uint8 round trip unless ``handover="uint8"`` or faithful mode), Lanczos-resized region by
 region and encoded tile by tile into the next guidance latent. With an output path the final
@@ -13,54 +17,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.runtime.batch import ImageListing, InputImage, check_not_inputs
-from common_kernels.runtime.errors import InvalidArgument, literal
 from common_kernels.runtime.progress import progress as show_progress
-from pixelsmith.checkpoint import CheckpointStore, check_checkpoint_dir
-from pixelsmith.config import (
-    API_NAMES,
-    Names,
-    PixelsmithConfig,
-    named,
-    setting,
-    validate_cascade,
-)
-from pixelsmith.control import (
-    ConditionImage,
-    ControlCondition,
-    check_aspect,
-    check_control_scale,
-    check_controlnet,
-    open_control_image,
-)
-from pixelsmith.io import (
-    MAX_PIL_PIXELS,
-    TIFF_SUFFIXES,
-    check_compression,
-    check_output_path,
-    collect_uint8,
-    write_image,
-)
+from pixelsmith.checkpoint import CheckpointStore
+from pixelsmith.control import ControlCondition, check_controlnet
+from pixelsmith.io import collect_uint8, write_image
 from pixelsmith.lora import LORA_COMPONENTS, lora_identity
-from pixelsmith.memory import check_memory
-from pixelsmith.parallel import RankGroup, check_parallel
+from pixelsmith.options import CascadeOptions, CascadePlan, check_cascade, intermediate_path
+from pixelsmith.parallel import RankGroup
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextConditioning
-from pixelsmith.sources import CONFIG_MARKER, ModelShape, resolve_source
+from pixelsmith.sources import ModelShape
 
 CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
 logger = logging.getLogger("pixelsmith")
 
 
@@ -100,368 +78,46 @@ def tensor_digest(tensor: Tensor) -> str:
     return digest.hexdigest()
 
 
-def intermediate_path(output: Path, size: tuple[int, int]) -> Path:
-    """Where the image of an intermediate stage goes: ``<stem>_<H>x<W><suffix>``."""
-    return output.with_name(f"{output.stem}_{size[0]}x{size[1]}{output.suffix}")
-
-
-@dataclass(frozen=True)
-class CascadePlan:
-    """The checked inputs of a cascade.
-
-    Args:
-        sizes: stage sizes as (height, width) px.
-        output: the output file, or ``None`` (a PIL image is returned).
-        checkpoint_dir: the checkpoint folder, or ``None`` (no checkpoints).
-        control_image: the opened ControlNet condition image, or ``None``.
-    """
-
-    sizes: list[tuple[int, int]]
-    output: Path | None = None
-    checkpoint_dir: Path | None = None
-    control_image: ConditionImage | None = None
-
-
-def check_cascade(
-    sizes: Sequence[int | tuple[int, int] | str],
-    sliders: Sequence[int],
-    *,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    seed: int | None = 0,
-    output: str | os.PathLike | None = None,
-    config: PixelsmithConfig | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    save_intermediate: bool = False,
-    compression: str | None = None,
-    controlnet: ControlNetModel | str | os.PathLike | None = None,
-    control_image: str | os.PathLike | Image.Image | Tensor | None = None,
-    controlnet_conditioning_scale: float = 1.0,
-    shape: ModelShape | None = None,
-    device: torch.device | None = None,
-    allow_large: bool = False,
-    world_size: int = 1,
-    writes: bool = True,
-    in_place: bool = False,
-    names: Names | None = None,
-) -> CascadePlan:
-    """Every argument of :func:`generate_cascade` checked before any work (nothing is loaded,
-    nothing written); the CLI runs it before it loads the model.
-
-    Args:
-        sizes: see :func:`generate_cascade` (and the other arguments up to
-            ``controlnet_conditioning_scale``); ``controlnet`` may also be a folder or hub id.
-        sliders: one slider per stage after the first.
-        num_inference_steps: in [1, the scheduler's training timesteps].
-        guidance_scale: a finite number.
-        seed: in [0, 2**64 - 1], or ``None``.
-        output: the output file (suffix, size, writable folder).
-        config: the sampler settings (patch size against the UNet).
-        checkpoint_dir: the checkpoint folder (default ``<output>.pixelsmith`` with an output).
-        checkpoint_every: an int >= 1.
-        save_intermediate: needs ``output``; every intermediate file must be writable.
-        compression: TIFF compression of a ``.tif`` output, writable here.
-        controlnet: a ``ControlNetModel``, a folder or hub id, or ``None``.
-        control_image: its condition image (read, and its aspect ratio checked).
-        controlnet_conditioning_scale: a finite number.
-        shape: the model's geometry (default SDXL's).
-        device: where the stages run, for the memory check (``None``: no check).
-        allow_large: skip the memory check.
-        world_size: processes sharing the patches.
-        writes: this process writes the output and the checkpoints (rank 0).
-        in_place: allow ``output`` to replace the ``control_image`` file (see
-            :func:`check_inputs_kept`).
-        names: how the caller spells each argument in messages (the CLI: its flags).
-
-    Raises:
-        ValueError: the first bad input, named as ``names`` spells it, with its accepted range
-            (an output that would replace an input:
-            :class:`~common_kernels.runtime.errors.InvalidArgument`).
-        TypeError: an argument of the wrong type.
-        FileNotFoundError: a ControlNet path where nothing is.
-    """
-    config = config or PixelsmithConfig()
-    shape = shape or ModelShape()
-    steps_name = named("num_inference_steps", names)
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-        raise TypeError(f"{steps_name} must be an int, got {num_inference_steps!r}")
-    if not 1 <= num_inference_steps <= shape.train_timesteps:
-        raise ValueError(
-            f"{steps_name} must be an int in [1, {shape.train_timesteps}] (the scheduler's "
-            f"training timesteps), got {num_inference_steps}"
-        )
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-        raise ValueError(
-            f"{named('guidance_scale', names)} must be a finite number, got {guidance_scale}"
-        )
-    if seed is not None and (isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
-        raise ValueError(f"{named('seed', names)} must be an int in [0, {MAX_SEED}], got {seed}")
-    if (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, int)
-        or checkpoint_every < 1
-    ):
-        raise ValueError(
-            f"{named('checkpoint_every', names)} must be an int >= 1, got {checkpoint_every!r}"
-        )
-    stages = validate_cascade(
-        sizes,
-        sliders,
-        num_inference_steps,
-        vae_scale_factor=shape.vae_scale_factor,
-        patch_size=config.patch_size,
-        names={key: named(key, names) for key in API_NAMES},
-    )
-    if len(stages) > 1 and config.patch_size % shape.unet_factor:
-        raise ValueError(
-            f"{named('patch_size', names)} must be a multiple of the UNet downsampling factor "
-            f"{shape.unet_factor}, got {config.patch_size}"
-        )
-    check_parallel(world_size, faithful=config.faithful, name=setting("faithful", True, names))
-    control = check_control(
-        controlnet, control_image, controlnet_conditioning_scale, stages[-1], names
-    )
-    output, checkpoint_dir = check_outputs(
-        stages, output, checkpoint_dir, save_intermediate, compression, writes, names
-    )
-    if writes and output is not None and isinstance(control_image, (str, os.PathLike)):
-        inputs = {named("control_image", names): Path(control_image)}
-        intermediates = [intermediate_path(output, size) for size in stages[:-1]]
-        check_inputs_kept(
-            inputs,
-            output,
-            intermediates if save_intermediate else [],
-            checkpoint_dir,
-            in_place=in_place,
-            names=names,
-        )
-    if device is not None and not allow_large:
-        check_memory(
-            stages[-1],
-            device,
-            vae_scale_factor=shape.vae_scale_factor,
-            latent_channels=shape.latent_channels,
-            names=names,
-        )
-    return CascadePlan(stages, output, checkpoint_dir, control)
-
-
-def check_control(
-    controlnet: ControlNetModel | str | os.PathLike | None,
-    image: str | os.PathLike | Image.Image | Tensor | None,
-    scale: float,
-    final_size: tuple[int, int],
-    names: Names | None = None,
-) -> ConditionImage | None:
-    """A ControlNet (model, folder or hub id), its condition image and scale, checked; the
-    opened condition image (``None`` without a ControlNet).
-
-    Args:
-        controlnet: the ``controlnet`` argument.
-        image: the ``control_image`` argument.
-        scale: the ``controlnet_conditioning_scale`` argument.
-        final_size: the final image's (height, width) in px.
-        names: how the caller spells the three in messages.
-    """
-    controlnet_name, image_name = named("controlnet", names), named("control_image", names)
-    if controlnet is None:
-        if image is not None:
-            raise ValueError(f"{image_name} needs {controlnet_name}")
-        return None
-    if image is None:
-        raise ValueError(f"{controlnet_name} needs {image_name} (its condition image)")
-    if isinstance(controlnet, (str, os.PathLike)):
-        resolve_source(
-            controlnet, name=controlnet_name, what="ControlNet folder", marker=CONFIG_MARKER
-        )
-    elif not isinstance(controlnet, ControlNetModel):
-        raise TypeError(
-            f"{controlnet_name} must be a diffusers ControlNetModel, a folder or a hub id, got "
-            f"{type(controlnet).__name__}"
-        )
-    check_control_scale(scale, named("controlnet_conditioning_scale", names))
-    opened = open_control_image(image, image_name)
-    check_aspect(opened, *final_size, image_name)
-    return opened
-
-
-def check_outputs(
-    stages: list[tuple[int, int]],
-    output: str | os.PathLike | None,
-    checkpoint_dir: str | os.PathLike | None,
-    save_intermediate: bool,
-    compression: str | None,
-    writes: bool,
-    names: Names | None = None,
-) -> tuple[Path | None, Path | None]:
-    """The output file, intermediate files, compression and checkpoint folder of a cascade;
-    ``(output, checkpoint folder)`` as paths.
-
-    Args:
-        stages: the checked stage sizes.
-        output: the ``output`` argument.
-        checkpoint_dir: the ``checkpoint_dir`` argument.
-        save_intermediate: the ``save_intermediate`` argument.
-        compression: the ``compression`` argument.
-        writes: check what this process writes (rank 0); others only resolve the paths.
-        names: how the caller spells the arguments in messages.
-    """
-    final = stages[-1]
-    output_name, checkpoint_name = named("output", names), named("checkpoint_dir", names)
-    if output is None:
-        if final[0] * final[1] > MAX_PIL_PIXELS:
-            raise ValueError(
-                f"a {final[0]}x{final[1]} image is too large to return in RAM (at most "
-                f"{MAX_PIL_PIXELS} px); pass output='image.tif' to stream it to disk"
-            )
-        if save_intermediate:
-            raise ValueError(f"{setting('save_intermediate', True, names)} needs an output path")
-        if compression is not None:
-            raise ValueError(f"{named('compression', names)} needs a .tif/.tiff output")
-        return None, None if checkpoint_dir is None else Path(checkpoint_dir)
-    output = Path(output)
-    if writes:
-        output = check_output_path(output, *final, name=output_name)
-        for size in stages[:-1] if save_intermediate else ():
-            check_output_path(
-                intermediate_path(output, size), *size, name=named("save_intermediate", names)
-            )
-        if compression is not None:
-            if output.suffix.lower() not in TIFF_SUFFIXES:
-                raise ValueError(
-                    f"{named('compression', names)} applies to .tif/.tiff outputs only, got "
-                    f"{output_name} {output}"
-                )
-            check_compression(compression, name=named("compression", names))
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        label = f"{checkpoint_name} {checkpoint_dir}"
-    else:
-        checkpoint_dir = output.with_name(f"{output.name}.pixelsmith")
-        label = f"the checkpoint folder {checkpoint_dir} (set with {checkpoint_name})"
-    if writes:
-        check_checkpoint_dir(checkpoint_dir, label, checkpoint_name)
-    return output, checkpoint_dir
-
-
-def check_inputs_kept(
-    inputs: Mapping[str, Path],
-    output: Path,
-    intermediates: Sequence[Path],
-    checkpoint_dir: Path | None,
-    *,
-    in_place: bool = False,
-    names: Names | None = None,
-) -> None:
-    """Refuse, before any work, what a run would write over its input files.
-
-    The final ``output`` may replace an input only with ``in_place`` (it is written atomically
-    after the last read of the input); an intermediate file never may (later stages still read
-    the input), nor may an input lie in the checkpoint folder (deleted when the run ends).
-
-    Args:
-        inputs: the input files by the argument that names them (``control_image``).
-        output: the output file.
-        intermediates: the intermediate files that will be written (``save_intermediate``).
-        checkpoint_dir: the checkpoint folder, or ``None``.
-        in_place: allow ``output`` to replace an input.
-        names: how the caller spells the arguments in messages (the CLI: its flags).
-
-    Raises:
-        InvalidArgument: naming the output and the input, and how to go on.
-    """
-    files = {argument: path for argument, path in inputs.items() if path.is_file()}
-    if files and not in_place:
-        listing = ImageListing(tuple(InputImage(path, Path(path.name)) for path in files.values()))
-        check_not_inputs([output], listing, argument=named("output", names))
-    folder = checkpoint_dir.resolve() if checkpoint_dir is not None else None
-    for argument, path in files.items():
-        for intermediate in intermediates:
-            if intermediate.exists() and intermediate.samefile(path):
-                raise InvalidArgument(
-                    named("save_intermediate", names),
-                    f"the intermediate image {literal(intermediate)} would replace the input "
-                    f"{literal(path)} ({argument}), which later stages still read; choose "
-                    "another {output} name",
-                    mentions={"output": named("output", names)},
-                )
-        if folder is not None and folder in path.resolve().parents:
-            raise InvalidArgument(
-                named("checkpoint_dir", names),
-                f"{literal(checkpoint_dir)} holds the input {literal(path)} ({argument}), and "
-                "the checkpoint folder is deleted when the run ends; move the input or choose "
-                "another {checkpoint_dir}",
-                mentions={"checkpoint_dir": named("checkpoint_dir", names)},
-            )
-
-
 @torch.no_grad()
 def generate_cascade(
     pipe: PixelsmithPipeline,
     prompt: str | None,
     sizes: Sequence[int | tuple[int, int]],
     sliders: Sequence[int],
+    options: CascadeOptions | None = None,
     *,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    seed: int | None = 0,
-    output: str | Path | None = None,
     negative_prompt: str | None = None,
     prompt_2: str | None = None,
     negative_prompt_2: str | None = None,
-    config: PixelsmithConfig | None = None,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 1,
-    keep_checkpoint: bool = False,
-    restart: bool = False,
-    save_intermediate: bool = False,
-    compression: str | None = None,
-    progress: bool = True,
-    callback: CascadeCallback | None = None,
     prompt_embeds: Tensor | None = None,
     pooled_prompt_embeds: Tensor | None = None,
     negative_prompt_embeds: Tensor | None = None,
     negative_pooled_prompt_embeds: Tensor | None = None,
     controlnet: ControlNetModel | None = None,
     control_image: str | Path | Image.Image | Tensor | None = None,
-    controlnet_conditioning_scale: float = 1.0,
+    callback: CascadeCallback | None = None,
     ranks: RankGroup | None = None,
-    allow_large: bool = False,
-    in_place: bool = False,
+    **settings: Any,
 ) -> Image.Image | Path | None:
     """Generate ``prompt`` at ``sizes[-1]`` through the cascade ``sizes``.
 
+    Every input is checked before any work (:func:`pixelsmith.options.check_cascade`), then
+    :func:`run_cascade` runs the plan.
+
     Args:
         pipe: the pipeline (any SDXL-compatible components).
-        prompt: the prompt.
+        prompt: the prompt (``None`` with ``prompt_embeds``).
         sizes: stage sizes in px (int = square, or (height, width)); ``sizes[0]`` is made by
             plain SDXL, every later size by a Pixelsmith stage.
         sliders: one slider per later stage, an int in [1, num_inference_steps].
-        num_inference_steps: denoising steps of every stage.
-        guidance_scale: CFG scale.
-        seed: seed of the CPU generator behind every random draw; ``None`` draws one (and a
-            resumed run reuses the checkpoint's).
-        output: write the final image here (.tif/.tiff: streamed BigTIFF; .png/.jpg/.webp/.bmp:
-            PIL) and return the path; ``None`` returns a PIL image (at most 16384^2 px).
+        options: the run's settings (:class:`~pixelsmith.options.CascadeOptions`: steps,
+            guidance, seed, output, checkpoints, sampler config, ...); or give its fields as
+            keywords (``**settings``), not both.
         negative_prompt: negative prompt (zero embeddings when ``None``, SDXL's default).
         prompt_2: prompt of the second text encoder (defaults to ``prompt``).
         negative_prompt_2: negative prompt of the second text encoder.
-        config: sampler, tiling and hand-over settings.
-        checkpoint_dir: checkpoint folder; default ``<output>.pixelsmith`` when ``output`` is
-            given, else no checkpoints. An existing checkpoint of the same run is resumed.
-        checkpoint_every: save the latent state every this many steps.
-        keep_checkpoint: keep the checkpoint folder after success (deleted otherwise).
-        restart: delete an existing checkpoint folder first (a run with other settings, or one
-            to discard) instead of resuming it.
-        save_intermediate: also write every earlier stage's image next to ``output``
-            (``<stem>_<H>x<W><suffix>``).
-        compression: TIFF compression passed to tifffile (e.g. ``"zlib"``).
-        progress: show progress bars (stages, steps, VAE tiles).
-        callback: called as ``callback(stage, step, latents, plan)`` after every Pixelsmith
-            step, ``plan`` the step's :class:`~pixelsmith.StepPlan` (patches, rolls, time_ids).
-        prompt_embeds: precomputed (1, L, D) prompt embeddings instead of ``prompt`` (then
-            ``None``); diffusers' names, as in ``StableDiffusionXLPipeline``.
+        prompt_embeds: precomputed (1, L, D) prompt embeddings instead of ``prompt``;
+            diffusers' names, as in ``StableDiffusionXLPipeline``.
         pooled_prompt_embeds: precomputed (1, P) pooled embedding (with ``prompt_embeds``).
         negative_prompt_embeds: precomputed (1, L, D) negative embeddings.
         negative_pooled_prompt_embeds: precomputed (1, P) negative pooled embedding.
@@ -469,91 +125,148 @@ def generate_cascade(
         control_image: its condition image (with ``controlnet``): a file (a TIFF is read
             region by region from disk), a PIL image or a (3, H, W) tensor in [0, 1], any size
             with the final image's aspect ratio; resized to every stage, cropped per patch.
-        controlnet_conditioning_scale: the ControlNet residuals are multiplied by it.
+        callback: called as ``callback(stage, step, latents, plan)`` after every Pixelsmith
+            step, ``plan`` the step's :class:`~pixelsmith.StepPlan` (patches, rolls, time_ids).
         ranks: the processes of a patch-parallel run (:mod:`pixelsmith.parallel`); default
             the initialised ``torch.distributed`` group, else this process alone. Every rank
             calls with the same arguments; rank 0 writes the image and the checkpoints, and
             progress bars are rank 0's; callbacks run on every rank (with the same latents).
-        allow_large: skip the check that the full-size latent maps of the largest stage fit in
-            the memory available on the pipeline's device.
-        in_place: allow ``output`` to be the ``control_image`` file (replaced atomically once
-            the image is complete); without it such an output is refused before any work.
-
-    Every argument is checked before any work (:func:`check_cascade`), with the messages the
-    CLI prints for the same input.
+        **settings: ``CascadeOptions`` fields (``num_inference_steps=4``, ``output=...``).
 
     Returns:
         The final PIL image, or the path of the written file when ``output`` is given; on
         ranks other than 0, ``output`` (``None`` without one), once rank 0 has written it.
     """
-    config = config or PixelsmithConfig()
+    if options is not None and settings:
+        raise TypeError(f"give options or its fields, not both (got {', '.join(settings)})")
+    options = options if options is not None else CascadeOptions(**settings)
     ranks = ranks or RankGroup.current()
-    progress = progress and ranks.main
     plan = check_cascade(
         sizes,
         sliders,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        output=output,
-        config=config,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        save_intermediate=save_intermediate,
-        compression=compression,
+        options,
         controlnet=controlnet,
         control_image=control_image,
-        controlnet_conditioning_scale=controlnet_conditioning_scale,
-        shape=ModelShape.from_configs(pipe.vae.config, pipe.unet.config, pipe.scheduler.config),
+        shape=pipeline_shape(pipe),
         device=pipe._execution_device,
-        allow_large=allow_large,
         world_size=ranks.world_size,
         writes=ranks.main,
-        in_place=in_place,
     )
+    prompts = Prompts(
+        prompt,
+        negative_prompt,
+        prompt_2,
+        negative_prompt_2,
+        prompt_embeds,
+        pooled_prompt_embeds,
+        negative_prompt_embeds,
+        negative_pooled_prompt_embeds,
+    )
+    return run_cascade(pipe, prompts, plan, controlnet=controlnet, callback=callback, ranks=ranks)
+
+
+def pipeline_shape(pipe: PixelsmithPipeline) -> ModelShape:
+    """The geometry of a loaded pipeline's model."""
+    return ModelShape.from_configs(pipe.vae.config, pipe.unet.config, pipe.scheduler.config)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts of a cascade, as text or as precomputed embeddings (diffusers' names; see
+    :func:`generate_cascade`)."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
+    prompt_embeds: Tensor | None = None
+    pooled_prompt_embeds: Tensor | None = None
+    negative_prompt_embeds: Tensor | None = None
+    negative_pooled_prompt_embeds: Tensor | None = None
+
+    def embeddings(self) -> dict[str, Tensor | None]:
+        return {
+            "prompt_embeds": self.prompt_embeds,
+            "pooled_prompt_embeds": self.pooled_prompt_embeds,
+            "negative_prompt_embeds": self.negative_prompt_embeds,
+            "negative_pooled_prompt_embeds": self.negative_pooled_prompt_embeds,
+        }
+
+    def texts(self) -> dict[str, str | None]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "prompt_2": self.prompt_2,
+            "negative_prompt_2": self.negative_prompt_2,
+        }
+
+
+@torch.no_grad()
+def run_cascade(
+    pipe: PixelsmithPipeline,
+    prompts: Prompts,
+    plan: CascadePlan,
+    *,
+    controlnet: ControlNetModel | None = None,
+    callback: CascadeCallback | None = None,
+    ranks: RankGroup | None = None,
+) -> Image.Image | Path | None:
+    """Run a cascade checked by :func:`pixelsmith.options.check_cascade` (the command line
+    checks before it loads the model, then runs its plan; the checks that need the loaded
+    model run here: the scheduler, the ControlNet against the UNet, and the plan again when
+    the model's geometry differs from the one it was checked for).
+
+    Args:
+        pipe: the pipeline.
+        prompts: the prompts or their embeddings.
+        plan: the checked cascade.
+        controlnet: the loaded ControlNet of ``plan`` (with a condition image in the plan).
+        callback: see :func:`generate_cascade`.
+        ranks: see :func:`generate_cascade`.
+
+    Returns:
+        As :func:`generate_cascade`.
+    """
+    options, config = plan.options, plan.options.config
+    ranks = ranks or RankGroup.current()
+    progress = options.progress and ranks.main
+    plan.check_model(pipeline_shape(pipe), pipe._execution_device)
     stages, output, checkpoint_dir = plan.sizes, plan.output, plan.checkpoint_dir
     final_size = stages[-1]
     if len(stages) > 1:
         pipe.check_scheduler()
     control = None
-    if controlnet is not None:
+    if plan.control_image is not None:
         check_controlnet(controlnet, pipe.unet)
         control = ControlCondition(
-            controlnet, plan.control_image, float(controlnet_conditioning_scale)
+            controlnet, plan.control_image, float(options.controlnet_conditioning_scale)
         )
-    embeds = {
-        "prompt_embeds": prompt_embeds,
-        "pooled_prompt_embeds": pooled_prompt_embeds,
-        "negative_prompt_embeds": negative_prompt_embeds,
-        "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
-    }
+    embeds = prompts.embeddings()
     text = pipe.encode_text(
-        prompt,
-        guidance_scale=guidance_scale,
-        negative_prompt=negative_prompt,
-        prompt_2=prompt_2,
-        negative_prompt_2=negative_prompt_2,
+        prompts.prompt,
+        guidance_scale=options.guidance_scale,
+        negative_prompt=prompts.negative_prompt,
+        prompt_2=prompts.prompt_2,
+        negative_prompt_2=prompts.negative_prompt_2,
         **embeds,
     )
     settings = {
         "embeddings": {name: tensor_digest(t) for name, t in embeds.items() if t is not None},
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "prompt_2": prompt_2,
-        "negative_prompt_2": negative_prompt_2,
+        **prompts.texts(),
         "sizes": stages,
-        "sliders": list(sliders),
-        "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
+        "sliders": list(plan.sliders),
+        "num_inference_steps": options.num_inference_steps,
+        "guidance_scale": options.guidance_scale,
         "config": config.to_dict(),
         "model": pipeline_identity(pipe),
     }
     if control is not None:  # absent without one: checkpoints of earlier versions still match
         settings["controlnet"] = control.identity()
     store = None
+    seed = options.seed
     generator = torch.Generator()  # on ranks other than 0 its state comes from rank 0
     if ranks.main:  # the checkpoint is rank 0's
-        if restart and checkpoint_dir is not None:
+        if options.restart and checkpoint_dir is not None:
             CheckpointStore.discard(checkpoint_dir)
         if checkpoint_dir is not None:
             store = CheckpointStore(checkpoint_dir, settings, seed, device=pipe._execution_device)
@@ -565,16 +278,11 @@ def generate_cascade(
     run = _CascadeRun(
         pipe,
         text,
-        stages,
-        list(sliders),
-        num_inference_steps,
-        config,
+        plan,
         generator,
         store,
-        checkpoint_every,
         progress,
         callback,
-        output if save_intermediate else None,
         control,
         ranks,
     )
@@ -585,8 +293,8 @@ def generate_cascade(
         if output is None:
             result = Image.fromarray(collect_uint8(rows, *final_size))
         else:
-            result = write_image(rows, output, *final_size, compression=compression)
-        if store is not None and not keep_checkpoint:
+            result = write_image(rows, output, *final_size, compression=options.compression)
+        if store is not None and not options.keep_checkpoint:
             store.remove()
     ranks.barrier()  # every rank returns once the image is written
     return result
@@ -599,31 +307,26 @@ class _CascadeRun:
         self,
         pipe: PixelsmithPipeline,
         text: TextConditioning,
-        stages: list[tuple[int, int]],
-        sliders: list[int],
-        num_steps: int,
-        config: PixelsmithConfig,
+        plan: CascadePlan,
         generator: torch.Generator,
         store: CheckpointStore | None,
-        checkpoint_every: int,
         progress: bool,
         callback: CascadeCallback | None,
-        intermediate_output: Path | None,
         control: ControlCondition | None = None,
         ranks: RankGroup | None = None,
     ) -> None:
         self.pipe = pipe
         self.text = text
-        self.stages = stages
-        self.sliders = sliders
-        self.num_steps = num_steps
-        self.config = config
+        self.stages = plan.sizes
+        self.sliders = plan.sliders
+        self.num_steps = plan.options.num_inference_steps
+        self.config = plan.options.config
         self.generator = generator
         self.store = store
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every = plan.options.checkpoint_every
         self.progress = progress
         self.callback = callback
-        self.intermediate_output = intermediate_output
+        self.intermediate_output = plan.output if plan.options.save_intermediate else None
         self.control = control
         self.ranks = ranks or RankGroup()
         if self.ranks.world_size > 1:  # rank 0's embeddings: every rank conditions alike

@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import atomic_write, write_json
+from pixelsmith.errors import ArgumentError
 
 RUN_FILE = "run.json"
 
@@ -143,28 +145,35 @@ class CheckpointStore:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def check_checkpoint_dir(folder: Path, label: str, flag: str = "checkpoint_dir") -> None:
+def check_checkpoint_dir(folder: Path, *, chosen: bool = True) -> None:
     """A checkpoint folder that is absent, empty or a pixelsmith checkpoint, and can be made.
 
     A folder holding other files is refused: a finished run deletes its checkpoint folder.
 
     Args:
         folder: the checkpoint folder.
-        label: how it is named in messages (``checkpoint_dir DIR``; the CLI: its flag).
-        flag: how the caller spells the argument that sets it.
+        chosen: the caller gave it (``checkpoint_dir``); else it is ``<output>.pixelsmith``.
 
     Raises:
-        ValueError: a file, a folder below a file, no write permission, a foreign folder.
+        ArgumentError: naming ``checkpoint_dir``: a file, a folder below a file, no write
+            permission, a foreign folder.
     """
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{label} is a file, not a folder")
+    shown = literal(folder)
+    label = f"{{checkpoint_dir}} {shown}"
+    if not chosen:
+        label = f"the checkpoint folder {shown} (set with {{checkpoint_dir}})"
+    problem = None
     existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{label}: cannot create it, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{label}: cannot write to {existing} (permission denied)")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / RUN_FILE).is_file():
-        raise ValueError(
-            f"{label} holds files but no {RUN_FILE}: not a pixelsmith checkpoint folder, and a "
-            f"finished run deletes its checkpoint folder; choose another {flag}"
+    if folder.exists() and not folder.is_dir():
+        problem = " is a file, not a folder"
+    elif not existing.is_dir():
+        problem = f": cannot create it, {literal(existing)} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f": cannot write to {literal(existing)} (permission denied)"
+    elif folder.is_dir() and any(folder.iterdir()) and not (folder / RUN_FILE).is_file():
+        problem = (
+            f" holds files but no {RUN_FILE}: not a pixelsmith checkpoint folder, and a finished "
+            "run deletes its checkpoint folder; choose another {checkpoint_dir}"
         )
+    if problem is not None:
+        raise ArgumentError("checkpoint_dir", label + problem)

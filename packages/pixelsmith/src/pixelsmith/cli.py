@@ -9,10 +9,12 @@ pixelsmith --version
 Sizes are px, an int for a square or HEIGHTxWIDTH (1536x2048 is 2048 px wide). The first size
 is plain SDXL.
 
-The checks are the API's (``check_from_pretrained``, ``make_config``, ``check_lora_options``,
-``check_devices``, ``check_cascade``), given the flags' names: a bad input ends with one line
-``pixelsmith COMMAND: error: ...`` naming the flag and exit status 2, found before any model is
-loaded and before anything is written; a failure while working (disk full, a model that cannot
+The checks are the API's (``check_from_pretrained``, ``PixelsmithConfig``, ``CascadeOptions``,
+``check_lora_options``, ``check_devices``, ``check_cascade``), each run once, before any model is
+loaded and before anything is written; what they return (the checked plans) is what the command
+then loads and runs. Their errors name the API's arguments and are printed with this command's
+flags (``FLAGS``): a bad input ends with one line ``pixelsmith COMMAND: error: ...`` naming the
+flag and exit status 2; a failure while working (disk full, a model that cannot
 be loaded, a hub that cannot be reached) exits 1; Ctrl-C exits 130 and SIGTERM 143 with one line
 (``common_kernels.runtime.cli.run_main``; running the same command again resumes). ``-o`` naming the
 ``--control-image`` is refused unless ``--in-place``; library chatter is off unless ``--verbose``.
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +49,14 @@ from common_kernels.runtime.cli import (
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.quiet import quiet_libraries
-from pixelsmith.cascade import CascadePlan, check_cascade, generate_cascade
-from pixelsmith.config import (
-    BLENDS,
-    HANDOVERS,
-    PATCH_SCHEDULERS,
-    POSTERIORS,
-    PixelsmithConfig,
-    make_config,
-)
+from pixelsmith.cascade import Prompts, run_cascade
+from pixelsmith.config import BLENDS, HANDOVERS, PATCH_SCHEDULERS, POSTERIORS, PixelsmithConfig
 from pixelsmith.control import load_controlnet
-from pixelsmith.lora import check_lora_options, load_loras
+from pixelsmith.lora import LoraPlan, check_lora_options
+from pixelsmith.options import CascadeOptions, CascadePlan, check_cascade
 from pixelsmith.parallel import RankGroup, check_devices, init_from_env, run_on_ranks
 from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
-from pixelsmith.sources import (
-    DEFAULT_MODEL,
-    check_from_pretrained,
-    check_source_hub,
-    resolve_source,
-)
+from pixelsmith.sources import DEFAULT_MODEL, LoadPlan, check_from_pretrained, check_source_hub
 from pixelsmith.tiny import save_tiny_model
 
 DTYPES = {
@@ -72,7 +65,7 @@ DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# the API's argument -> this command's flag, so that the API's messages name the flags
+# the API's argument -> this command's flag: run_main prints the API's errors with the flags
 FLAGS = {
     "pretrained_model_name_or_path": "--model",
     "vae": "--vae",
@@ -102,8 +95,11 @@ FLAGS = {
     "vae_tile": "--vae-tile",
     "vae_overlap": "--vae-overlap",
     "vae_blend": "--vae-blend",
+    "loras": "--lora",
+    "lora_scales": "--lora-scale",
+    "devices": "--devices",
+    "device": "--device",
 }
-LORA_FLAGS = ("--lora", "--lora-scale")
 BAD_INPUT = (ValueError, TypeError, FileNotFoundError)
 # numeric options of generate: flag, type, default, help (units and range; the default is added)
 NUMBERS = (
@@ -243,12 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
-    """An API check's error about an input (whose message names the flag) as a ``UsageError``:
-    one line, exit status 2; an ``InvalidArgument`` is spelt with this command's flags."""
+    """A bad input found by an API check as one line and exit status 2: an ``InvalidArgument``
+    goes on to ``run_main``, which prints it with ``FLAGS``; a missing path that is a plain
+    ``FileNotFoundError`` (``ARGUMENT: no ... folder ...``) is named by its flag too."""
     try:
         yield
-    except InvalidArgument as error:
-        raise UsageError(" ".join(error.for_flags(FLAGS).split())) from None
+    except InvalidArgument:
+        raise
+    except FileNotFoundError as error:
+        argument, _, rest = str(error).partition(": ")
+        raise UsageError(one_line(f"{FLAGS.get(argument, argument)}: {rest}")) from None
     except BAD_INPUT as error:
         raise UsageError(one_line(error)) from None
 
@@ -259,60 +259,70 @@ CONFIG_OPTIONS = ("patch_size", "band", "patch_scheduler", "patch_batch_size",
     "vae_blend")  # fmt: skip
 
 
-def config_fields(args: argparse.Namespace) -> dict:
-    """The ``PixelsmithConfig`` fields set by the command-line options."""
-    fields = {field: getattr(args, FLAGS[field][2:].replace("-", "_")) for field in CONFIG_OPTIONS}
-    return {**fields, "grid_stagger": not args.no_grid_stagger}
+@dataclass(frozen=True)
+class GeneratePlan:
+    """Every ``generate`` input, checked by the API's checks before the model is loaded."""
+
+    device: torch.device
+    models: LoadPlan
+    loras: LoraPlan
+    cascade: CascadePlan
 
 
-def check_generate(args: argparse.Namespace) -> tuple[torch.device, PixelsmithConfig, CascadePlan]:
+def option(args: argparse.Namespace, argument: str) -> Any:
+    """The value of the option whose flag ``FLAGS`` gives for the API's ``argument``."""
+    return getattr(args, FLAGS[argument].split("/")[-1][2:].replace("-", "_"))
+
+
+def cascade_options(args: argparse.Namespace) -> CascadeOptions:
+    """The run's ``CascadeOptions`` (validated when made) of the command-line options."""
+    fields = {field: option(args, field) for field in CONFIG_OPTIONS}
+    config = PixelsmithConfig(**fields, grid_stagger=not args.no_grid_stagger)
+    return CascadeOptions(
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        output=args.output, config=config, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
+        restart=args.restart, save_intermediate=args.save_intermediate,
+        compression=args.compression, controlnet_conditioning_scale=args.control_scale,
+        allow_large=args.allow_large, in_place=args.in_place, progress=not args.quiet,
+    )  # fmt: skip
+
+
+def check_generate(args: argparse.Namespace) -> GeneratePlan:
     """Every ``generate`` input checked by the API's checks before the model is loaded and
-    anything is written."""
+    anything is written; the hub ids of the adapters reachable (or cached)."""
     device = check_device(args.device)
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
     with usage_errors():
-        models = check_from_pretrained(
-            args.model, None if args.vae == "none" else args.vae, names=FLAGS
-        )
-        check_lora_options(args.lora, args.lora_scale, names=LORA_FLAGS)
-        config = make_config(FLAGS, **config_fields(args))
-        check_devices(args.devices, device, names=("--devices", "--device"), launched=launched)
+        models = check_from_pretrained(args.model, None if args.vae == "none" else args.vae)
+        loras = check_lora_options(args.lora, args.lora_scale)
+        check_devices(args.devices, device, launched=launched)
         plan = check_cascade(
             args.sizes,
             args.slider,
-            **cascade_options(args, config),
+            cascade_options(args),
             controlnet=args.controlnet,
+            control_image=args.control_image,
             shape=models.shape,
             device=device,
             world_size=max(args.devices, launched),
             writes=os.environ.get("RANK", "0") == "0",  # under torchrun rank 0 alone writes
-            names=FLAGS,
         )
-    return device, config, plan
+    loras.check_hub()
+    if args.controlnet is not None:
+        check_source_hub(plan.controlnet, "the ControlNet")
+    return GeneratePlan(device, models, loras, plan)
 
 
-def cascade_options(args: argparse.Namespace, config: PixelsmithConfig) -> dict[str, Any]:
-    """The options that ``check_cascade`` checks and ``generate_cascade`` then runs with."""
-    return dict(
-        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-        output=args.output, config=config, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every, save_intermediate=args.save_intermediate,
-        compression=args.compression, control_image=args.control_image,
-        controlnet_conditioning_scale=args.control_scale, allow_large=args.allow_large,
-        in_place=args.in_place,
-    )  # fmt: skip
-
-
-def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithPipeline:
-    """The pipeline of the (checked) ``--model``/``--vae`` on ``device``; failing exits 1."""
+def load_pipeline(
+    args: argparse.Namespace, models: LoadPlan, device: torch.device
+) -> PixelsmithPipeline:
+    """The pipeline of the checked ``--model``/``--vae`` on ``device``; failing exits 1."""
     dtype = DTYPES[args.dtype]
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-    vae = None if args.vae == "none" else args.vae
     try:
-        pipe = PixelsmithPipeline.from_pretrained(
-            args.model, vae=vae, ddim=not args.no_ddim, torch_dtype=dtype
-        )
+        pipe = PixelsmithPipeline.from_pretrained(models, ddim=not args.no_ddim, torch_dtype=dtype)
         return pipe.to(device)
     except HubUnreachableError:
         raise  # says which model and why, as the API does
@@ -322,77 +332,53 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> PixelsmithP
         raise WorkError(f"cannot load --model {args.model}{with_vae}: {reason}") from error
 
 
-def check_adapter_hubs(args: argparse.Namespace) -> None:
-    """Hub ids of ``--lora`` and ``--controlnet`` reachable (or cached) before the model loads."""
-    for source in args.lora:
-        found = resolve_source(source, name="--lora", what="LoRA file or folder", file_ok=True)
-        check_source_hub(found, "the LoRA")
-    if args.controlnet is not None:
-        found = resolve_source(args.controlnet, name="--controlnet", what="ControlNet folder")
-        check_source_hub(found, "the ControlNet")
-
-
 def run_generate(args: argparse.Namespace) -> int:
-    device, config, _ = check_generate(args)
-    check_adapter_hubs(args)
+    plan = check_generate(args)
     if args.devices > 1:
-        status = run_on_ranks(generate_worker, args.devices, device.type, args, device, config)
+        status = run_on_ranks(generate_worker, args.devices, plan.device.type, args, plan)
         if status == 0:
             print(f"wrote {args.output}")
         return status
     ranks = RankGroup.current()
     if ranks.world_size == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
-        ranks = init_from_env(device.type)
-    path = generate_on_rank(args, device, config, ranks)
+        ranks = init_from_env(plan.device.type)
+    path = generate_on_rank(args, plan, ranks)
     if ranks.main:
         print(f"wrote {path}")
     return 0
 
 
-def generate_worker(
-    args: argparse.Namespace, device: torch.device, config: PixelsmithConfig
-) -> int:
+def generate_worker(args: argparse.Namespace, plan: GeneratePlan) -> int:
     """One rank of ``generate --devices N``: errors and signals as in ``main``."""
     log_to_stderr()
 
     def run() -> int:
         with quiet_libraries(verbose=args.verbose):
-            generate_on_rank(args, device, config, RankGroup.current())
+            generate_on_rank(args, plan, RankGroup.current())
         return 0
 
-    return run_main("pixelsmith generate", run, interrupt_hint=RESUME_HINT)
+    return run_main("pixelsmith generate", run, interrupt_hint=RESUME_HINT, flags=FLAGS)
 
 
-def generate_on_rank(
-    args: argparse.Namespace, device: torch.device, config: PixelsmithConfig, ranks: RankGroup
-) -> Path | None:
-    """Load the model (and LoRAs, ControlNet) and run the cascade as rank ``ranks.rank``."""
+def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGroup) -> Path | None:
+    """Load the model (and LoRAs, ControlNet) and run the checked cascade as rank
+    ``ranks.rank``."""
+    device = plan.device
     if ranks.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    quiet = args.quiet or not ranks.main
-    pipe = load_pipeline(args, device)
-    pipe.set_progress_bar_config(disable=quiet)
+    cascade = plan.cascade
+    if not ranks.main:
+        cascade = dataclasses.replace(cascade, options=cascade.options.replace(progress=False))
+    pipe = load_pipeline(args, plan.models, device)
+    pipe.set_progress_bar_config(disable=not cascade.options.progress)
     with usage_errors():  # a LoRA that does not fit the model is bad input
-        load_loras(pipe, args.lora, args.lora_scale, names=LORA_FLAGS)
+        plan.loras.load(pipe)
     controlnet = None
-    if args.controlnet is not None:
-        controlnet = load_controlnet(
-            args.controlnet, torch_dtype=pipe.unet.dtype, device=device, name="--controlnet"
-        )
+    if cascade.controlnet is not None:
+        controlnet = load_controlnet(cascade.controlnet, torch_dtype=pipe.unet.dtype, device=device)
+    prompts = Prompts(args.prompt, negative_prompt=args.negative)
     with usage_errors():  # a ControlNet that does not fit the UNet is bad input
-        return generate_cascade(
-            pipe,
-            args.prompt,
-            args.sizes,
-            args.slider,
-            **cascade_options(args, config),
-            negative_prompt=args.negative,
-            keep_checkpoint=args.keep_checkpoint,
-            restart=args.restart,
-            progress=not quiet,
-            controlnet=controlnet,
-            ranks=ranks,
-        )
+        return run_cascade(pipe, prompts, cascade, controlnet=controlnet, ranks=ranks)
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
@@ -438,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
 
     hint = RESUME_HINT if prog == "pixelsmith generate" else ""
-    return run_main(prog, run, interrupt_hint=hint)
+    return run_main(prog, run, interrupt_hint=hint, flags=FLAGS)
 
 
 if __name__ == "__main__":

@@ -9,39 +9,20 @@ from typing import Any
 
 from torch import Tensor
 
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, literal
 
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
 from common_kernels.runtime.files import parse_size
+from pixelsmith.errors import ArgumentError
 
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")
 HANDOVERS = ("float", "uint8")
 BLENDS = ("none", "linear", "gaussian")
-# how validate_cascade names its arguments in error messages (the CLI passes its flags instead)
-API_NAMES = {
-    "sizes": "sizes",
-    "sliders": "sliders",
-    "num_inference_steps": "num_inference_steps",
-    "patch_size": "patch_size",
-}
 # full-size maps of a Pixelsmith stage per latent px and latent channel: latent, step snapshot,
 # guidance latent and guidance noise (float32 each); plus the int16 step map per latent px
 LATENT_MAP_BYTES_PER_CHANNEL = 4 * 4
 STEP_MAP_BYTES = 2
-
-
-Names = Mapping[str, str]
-
-
-def named(argument: str, names: Names | None) -> str:
-    """How the caller spells ``argument`` in messages (the CLI: its flag).
-
-    Args:
-        argument: the API's name (``"num_inference_steps"``).
-        names: argument -> caller's name; ``None`` or a missing key keeps ``argument``.
-    """
-    return argument if names is None else names.get(argument, argument)
 
 
 def check_not_empty(tensor: object, argument: str) -> Tensor:
@@ -62,70 +43,80 @@ def check_not_empty(tensor: object, argument: str) -> Tensor:
     return tensor
 
 
-def setting(argument: str, value: object, names: Names | None) -> str:
-    """A setting as the caller writes it: ``--scheduler grid`` (CLI) or
-    ``patch_scheduler='grid'`` (API; ``value`` ``True`` for a CLI switch shows the flag alone)."""
-    if names is None or argument not in names:
-        return f"{argument}={value!r}"
-    return names[argument] if value is True else f"{names[argument]} {value}"
+def require_int(
+    argument: str, value: object, low: int, high: int | None = None, *, index: int | None = None
+) -> int:
+    """``value`` as an int in ``[low, high]`` (``high=None``: no upper bound).
 
+    Args:
+        argument: the API argument (``"num_inference_steps"``).
+        value: its value (or its element ``index``).
+        low: the least accepted value.
+        high: the largest accepted value, or ``None``.
+        index: the element of a list argument that ``value`` is (``sliders[0]``).
 
-def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]`` (``high=None``: no upper bound)."""
+    Raises:
+        TypeError: not an int.
+        ArgumentError: out of range (``{argument} must be an int in [low, high], got ...``).
+    """
+    where = "" if index is None else f"[{index}]"
     accepted = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{argument}{where} must be {accepted}, got {type(value).__name__} {value!r}"
+        )
     if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {accepted}, got {value}")
+        raise ArgumentError(argument, f"{{{argument}}}{where} must be {accepted}, got {value}")
     return value
 
 
-def _require_choice(name: str, value: object, choices: Sequence[str]) -> str:
+def require_choice(argument: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` when it is one of ``choices``, else an :class:`ArgumentError` naming them."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        accepted = ", ".join(map(repr, choices))
+        raise ArgumentError(
+            argument,
+            f"{{{argument}}} must be one of {literal(accepted)}, got {literal(repr(value))}",
+        )
     return value  # type: ignore[return-value]
 
 
-def check_config_fields(settings: Mapping[str, Any], names: Names | None = None) -> None:
+def check_config_fields(settings: Mapping[str, Any]) -> None:
     """Each :class:`PixelsmithConfig` field in its range, all of them given.
 
     Args:
         settings: field -> value, every field of ``PixelsmithConfig``.
-        names: how the caller spells each field in messages (the CLI: its flags).
 
     Raises:
         TypeError: a field of the wrong type.
-        ValueError: the first field out of range; the message names it and the range.
+        ArgumentError: the first field out of range; the message names it and the range.
     """
-
-    def name(field: str) -> str:
-        return named(field, names)
-
-    patch_size = _require_int(name("patch_size"), settings["patch_size"], 1)
-    _require_int(name("band"), settings["band"], 0)
+    patch_size = require_int("patch_size", settings["patch_size"], 1)
+    require_int("band", settings["band"], 0)
     scheduler = settings["patch_scheduler"]
     if scheduler is not None:
-        _require_choice(name("patch_scheduler"), scheduler, PATCH_SCHEDULERS)
+        require_choice("patch_scheduler", scheduler, PATCH_SCHEDULERS)
     if settings["faithful"] and scheduler == "grid":
-        raise ValueError(
-            f"{setting('patch_scheduler', 'grid', names)} is not available with "
-            f"{setting('faithful', True, names)} (the official sampler places patches at random "
-            f"centres); use {setting('patch_scheduler', 'random', names)} or leave it out"
+        raise ArgumentError(
+            "patch_scheduler",
+            "{patch_scheduler='grid'} is not available with {faithful=True} (the official "
+            "sampler places patches at random centres); use {patch_scheduler='random'} or leave "
+            "it out",
         )
-    _require_int(name("patch_batch_size"), settings["patch_batch_size"], 1)
-    _require_int(name("grid_min_overlap"), settings["grid_min_overlap"], 0, patch_size - 1)
+    require_int("patch_batch_size", settings["patch_batch_size"], 1)
+    require_int("grid_min_overlap", settings["grid_min_overlap"], 0, patch_size - 1)
     if not isinstance(settings["grid_stagger"], bool):
-        raise TypeError(f"{name('grid_stagger')} must be a bool, got {settings['grid_stagger']!r}")
-    _require_choice(name("guidance_posterior"), settings["guidance_posterior"], POSTERIORS)
+        raise TypeError(f"grid_stagger must be a bool, got {settings['grid_stagger']!r}")
+    require_choice("guidance_posterior", settings["guidance_posterior"], POSTERIORS)
     if settings["handover"] is not None:
-        _require_choice(name("handover"), settings["handover"], HANDOVERS)
-    vae_tile = _require_int(name("vae_tile"), settings["vae_tile"], 1)
-    _require_int(name("vae_overlap"), settings["vae_overlap"], 0, vae_tile - 1)
-    _require_choice(name("vae_blend"), settings["vae_blend"], BLENDS)
-    _require_int(name("max_ram_pixels"), settings["max_ram_pixels"], 1)
+        require_choice("handover", settings["handover"], HANDOVERS)
+    vae_tile = require_int("vae_tile", settings["vae_tile"], 1)
+    require_int("vae_overlap", settings["vae_overlap"], 0, vae_tile - 1)
+    require_choice("vae_blend", settings["vae_blend"], BLENDS)
+    require_int("max_ram_pixels", settings["max_ram_pixels"], 1)
     eta = settings["eta"]
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"{name('eta')} must be a float in [0, 1], got {eta!r}")
+        raise ArgumentError("eta", f"{{eta}} must be a float in [0, 1], got {literal(repr(eta))}")
 
 
 @dataclass(frozen=True)
@@ -207,27 +198,6 @@ class PixelsmithConfig:
         return dataclasses.asdict(self)
 
 
-def make_config(names: Names | None = None, **fields: Any) -> PixelsmithConfig:
-    """A :class:`PixelsmithConfig` of ``fields`` (the defaults elsewhere), checked with the
-    caller's names in messages.
-
-    Args:
-        names: how the caller spells each field (the CLI: ``{"patch_size": "--patch-size"}``).
-        **fields: ``PixelsmithConfig`` fields.
-
-    Raises:
-        TypeError: a field of the wrong type, or no ``PixelsmithConfig`` field.
-        ValueError: a field out of range, named as ``names`` spells it.
-    """
-    settings = {field.name: field.default for field in dataclasses.fields(PixelsmithConfig)}
-    unknown = sorted(set(fields) - set(settings))
-    if unknown:
-        raise TypeError(f"unknown PixelsmithConfig fields: {', '.join(unknown)}")
-    settings.update(fields)
-    check_config_fields(settings, names)
-    return PixelsmithConfig(**settings)
-
-
 def validate_cascade(
     sizes: Sequence[int | Sequence[int] | str],
     sliders: Sequence[int],
@@ -235,7 +205,6 @@ def validate_cascade(
     *,
     vae_scale_factor: int,
     patch_size: int,
-    names: Mapping[str, str] = API_NAMES,
 ) -> list[tuple[int, int]]:
     """Check the stage sizes and sliders of a cascade; return the sizes as (h, w) px.
 
@@ -245,48 +214,56 @@ def validate_cascade(
         num_inference_steps: denoising steps of every stage.
         vae_scale_factor: px per latent px (8 for SDXL).
         patch_size: latent patch side; higher stages must be at least this large.
-        names: how ``sizes``, ``sliders``, ``num_inference_steps`` and ``patch_size`` are named
-            in error messages (:data:`API_NAMES`; the CLI passes its flags).
+
+    Raises:
+        ArgumentError: naming ``sizes``, ``sliders`` or ``patch_size`` and what is accepted.
     """
-    sizes_name, sliders_name = names["sizes"], names["sliders"]
-    _require_int(names["num_inference_steps"], num_inference_steps, 1)
+    require_int("num_inference_steps", num_inference_steps, 1)
     if isinstance(sizes, (str, int)) or len(sizes) == 0:
-        raise ValueError(f"{sizes_name} must be a non-empty list of stage sizes, got {sizes!r}")
+        raise ArgumentError(
+            "sizes",
+            f"{{sizes}} must be a non-empty list of stage sizes, got {literal(repr(sizes))}",
+        )
     try:
         parsed = [parse_size(s) for s in sizes]
     except ValueError as error:
-        raise ValueError(f"{sizes_name}: {error}") from None
+        raise ArgumentError("sizes", f"{{sizes}}: {literal(error)}") from None
     for index, (height, width) in enumerate(parsed):
         if height < vae_scale_factor or width < vae_scale_factor:
-            raise ValueError(
-                f"{sizes_name}[{index}] must be >= {vae_scale_factor} px, got {height}x{width}"
+            raise ArgumentError(
+                "sizes",
+                f"{{sizes}}[{index}] must be >= {vae_scale_factor} px, got {height}x{width}",
             )
         if height % vae_scale_factor or width % vae_scale_factor:
-            raise ValueError(
-                f"{sizes_name}[{index}] must be multiples of the VAE scale factor "
-                f"{vae_scale_factor}, got {height}x{width}"
+            raise ArgumentError(
+                "sizes",
+                f"{{sizes}}[{index}] must be multiples of the VAE scale factor "
+                f"{vae_scale_factor}, got {height}x{width}",
             )
     for index in range(1, len(parsed)):
         (ph, pw), (h, w) = parsed[index - 1], parsed[index]
         if h < ph or w < pw or (h, w) == (ph, pw):
-            raise ValueError(
-                f"{sizes_name} must grow stage by stage (no side smaller than the previous "
-                f"stage's and not equal to it), got {sizes_name}[{index - 1}] = {ph}x{pw} then "
-                f"{sizes_name}[{index}] = {h}x{w}"
+            raise ArgumentError(
+                "sizes",
+                "{sizes} must grow stage by stage (no side smaller than the previous stage's and "
+                f"not equal to it), got {{sizes}}[{index - 1}] = {ph}x{pw} then "
+                f"{{sizes}}[{index}] = {h}x{w}",
             )
         if h < patch_size * vae_scale_factor or w < patch_size * vae_scale_factor:
-            raise ValueError(
-                f"{sizes_name}[{index}] = {h}x{w} is smaller than one patch "
-                f"({patch_size * vae_scale_factor} px = {names['patch_size']} {patch_size} "
-                f"latent px); use larger sizes or a smaller {names['patch_size']}"
+            raise ArgumentError(
+                "sizes",
+                f"{{sizes}}[{index}] = {h}x{w} is smaller than one patch "
+                f"({patch_size * vae_scale_factor} px = {{patch_size}} {patch_size} latent px); "
+                "use larger sizes or a smaller {patch_size}",
             )
     if isinstance(sliders, int) or len(sliders) != len(parsed) - 1:
-        raise ValueError(
-            f"{sliders_name} must hold one slider per stage after the first "
-            f"({len(parsed) - 1} for {len(parsed)} sizes), got {sliders!r}"
+        raise ArgumentError(
+            "sliders",
+            "{sliders} must hold one slider per stage after the first "
+            f"({len(parsed) - 1} for {len(parsed)} sizes), got {literal(repr(sliders))}",
         )
     for index, slider in enumerate(sliders):
-        check_slider(slider, num_inference_steps, name=f"{sliders_name}[{index}]")
+        check_slider(slider, num_inference_steps, "sliders", index=index)
     return parsed
 
 
@@ -312,6 +289,8 @@ def latent_bytes_per_px(channels: int = 4) -> int:
     return channels * LATENT_MAP_BYTES_PER_CHANNEL + STEP_MAP_BYTES
 
 
-def check_slider(slider: object, num_inference_steps: int, name: str = "slider") -> int:
-    """The slider must be an int in [1, num_inference_steps]."""
-    return _require_int(name, slider, 1, num_inference_steps)
+def check_slider(
+    slider: object, num_inference_steps: int, argument: str = "slider", *, index: int | None = None
+) -> int:
+    """The slider must be an int in [1, num_inference_steps] (``argument``, element ``index``)."""
+    return require_int(argument, slider, 1, num_inference_steps, index=index)

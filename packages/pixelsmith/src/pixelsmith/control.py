@@ -29,11 +29,13 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.runtime import files
+from common_kernels.runtime.errors import literal
 from pixelsmith.config import check_not_empty
+from pixelsmith.errors import ArgumentError
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch
-from pixelsmith.sources import CONFIG_MARKER, check_source_hub, resolve_source
+from pixelsmith.sources import CONFIG_MARKER, check_source, check_source_hub
 
 # ControlNet config entries that must equal the UNet's for its residuals to fit the UNet
 MATCHING_FIELDS = (
@@ -101,18 +103,19 @@ class TiffCondition:
 
     Args:
         path: the TIFF file (tiled or stripped, any compression tifffile decodes).
-        name: how it is named in messages.
     """
 
-    def __init__(self, path: str | os.PathLike, name: str = "control_image") -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         with tifffile.TiffFile(self.path) as tiff:
             page = tiff.pages.first
             separate, depth, length, width, samples = page.shaped
             if page.dtype != np.uint8 or samples not in (1, 3, 4) or depth != 1 or separate != 1:
-                raise ValueError(
-                    f"{name} {self.path}: expected an 8-bit gray, RGB or RGBA TIFF with "
-                    f"interleaved samples, got {page.dtype} with shape {page.shape}"
+                raise ArgumentError(
+                    "control_image",
+                    f"{{control_image}} {literal(self.path)}: expected an 8-bit gray, RGB or "
+                    f"RGBA TIFF with interleaved samples, got {page.dtype} with shape "
+                    f"{page.shape}",
                 )
             tiled = page.is_tiled
             self._segment = (
@@ -175,46 +178,55 @@ class ResizedCondition:
         return (self.resized.read(top, left, height, width) + 1.0) / 2.0
 
 
-def open_control_image(
-    image: str | os.PathLike | Image.Image | Tensor, name: str = "control_image"
-) -> ConditionImage:
+def open_control_image(image: str | os.PathLike | Image.Image | Tensor) -> ConditionImage:
     """A condition image from a file (TIFF: read by region from disk), a PIL image or a
     (3, H, W) / (1, 3, H, W) float tensor in [0, 1].
 
     Args:
         image: the ``control_image`` argument.
-        name: how it is named in messages (the CLI passes its flag).
+
+    Raises:
+        ArgumentError: naming ``control_image``: no such file, not an image, a bad tensor.
+        TypeError: not a file, PIL image or tensor.
     """
     if isinstance(image, Image.Image):
         return ArrayCondition(np.asarray(image.convert("RGB")))
     if isinstance(image, Tensor):
-        check_not_empty(image, name)
+        check_not_empty(image, "control_image")
         if image.ndim == 4 and len(image) == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(
-                f"{name} must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
-                f"{tuple(image.shape)}"
+            raise ArgumentError(
+                "control_image",
+                "{control_image} must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
+                f"{tuple(image.shape)}",
             )
-        return TensorCondition(files.check_image_tensor(image, name).float().cpu())
+        return TensorCondition(files.check_image_tensor(image, "control_image").float().cpu())
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(
-            f"{name} must be an image file, a PIL image or a tensor in [0, 1], got "
+            "control_image must be an image file, a PIL image or a tensor in [0, 1], got "
             f"{type(image).__name__}"
         )
     path = Path(image).expanduser()
     if not path.is_file():
         what = "a folder" if path.is_dir() else "no such file"
-        raise ValueError(f"{name} {image}: {what}; expected an image file")
+        raise ArgumentError(
+            "control_image", f"{{control_image}} {literal(image)}: {what}; expected an image file"
+        )
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
-            return TiffCondition(path, name)
+            return TiffCondition(path)
         except (tifffile.TiffFileError, OSError) as error:
-            raise ValueError(f"{name} {image}: not a readable TIFF ({error})") from None
+            raise ArgumentError(
+                "control_image",
+                f"{{control_image}} {literal(image)}: not a readable TIFF ({literal(error)})",
+            ) from None
     try:
         return ArrayCondition(np.asarray(files.read_pil_image(path)))
     except (OSError, ValueError) as error:
-        raise ValueError(f"{name} {image}: {error}") from None
+        raise ArgumentError(
+            "control_image", f"{{control_image}} {literal(image)}: {literal(error)}"
+        ) from None
 
 
 def check_controlnet(controlnet: object, unet: UNet2DConditionModel) -> None:
@@ -243,30 +255,21 @@ def _plain(value: object) -> object:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def check_control_scale(scale: object, name: str = "controlnet_conditioning_scale") -> float:
-    """``controlnet_conditioning_scale``: a finite number (``name``: its name in messages)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{name} must be a finite number, got {scale!r}")
-    return float(scale)
-
-
-def check_aspect(
-    image: ConditionImage, height: int, width: int, name: str = "control_image"
-) -> None:
+def check_aspect(image: ConditionImage, height: int, width: int) -> None:
     """The condition image must have the aspect ratio of the ``height x width`` image.
 
     Args:
         image: the condition image.
         height: final image height in px.
         width: final image width in px.
-        name: how the image is named in messages.
     """
     ratio = (image.height / image.width) / (height / width)
     if abs(ratio - 1.0) > ASPECT_TOLERANCE:
-        raise ValueError(
-            f"{name} is {image.height}x{image.width} px (height x width) but the image "
-            f"is {height}x{width}: a condition image must have the final image's aspect ratio "
-            f"(within {ASPECT_TOLERANCE:.0%}); it is resized to every stage's size"
+        raise ArgumentError(
+            "control_image",
+            f"{{control_image}} is {image.height}x{image.width} px (height x width) but the "
+            f"image is {height}x{width}: a condition image must have the final image's aspect "
+            f"ratio (within {ASPECT_TOLERANCE:.0%}); it is resized to every stage's size",
         )
 
 
@@ -320,33 +323,46 @@ def image_identity(image: ConditionImage) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
-def check_control_options(
-    controlnet: str | os.PathLike | None,
-    image: str | os.PathLike | None,
-    scale: float,
+def check_control(
+    controlnet: ControlNetModel | str | os.PathLike | None,
+    image: str | os.PathLike | Image.Image | Tensor | None,
     final_size: tuple[int, int],
-    *,
-    names: tuple[str, str, str] = ("controlnet", "control_image", "controlnet_conditioning_scale"),
-) -> None:
-    """A ControlNet source, its condition image file and scale, checked without loading.
+) -> tuple[ControlNetModel | Path | str | None, ConditionImage | None]:
+    """A ControlNet (model, folder or hub id) and its condition image, checked: the ControlNet
+    (a model, or its local folder or hub id) and the opened condition image (both ``None``
+    without a ControlNet).
 
     Args:
-        controlnet: a ControlNet folder (with ``config.json``) or hub id, or ``None``.
-        image: the condition image file (with ``controlnet``).
-        scale: the conditioning scale.
+        controlnet: the ``controlnet`` argument.
+        image: the ``control_image`` argument.
         final_size: the final image's (height, width) in px.
-        names: how the three are named in messages (the CLI passes its flags).
+
+    Raises:
+        ArgumentError: one without the other, a folder that is not a ControlNet's, a condition
+            image that cannot be read or has another aspect ratio.
+        FileNotFoundError: a ControlNet path where nothing is.
+        TypeError: a ``controlnet`` that is neither a model nor a name.
     """
-    controlnet_name, image_name, scale_name = names
     if controlnet is None:
         if image is not None:
-            raise ValueError(f"{image_name} needs {controlnet_name}")
-        return
+            raise ArgumentError("control_image", "{control_image} needs {controlnet}")
+        return None, None
     if image is None:
-        raise ValueError(f"{controlnet_name} needs {image_name} (its condition image)")
-    resolve_source(controlnet, name=controlnet_name, what="ControlNet folder", marker=CONFIG_MARKER)
-    check_control_scale(scale, scale_name)
-    check_aspect(open_control_image(image, image_name), *final_size, image_name)
+        raise ArgumentError(
+            "controlnet", "{controlnet} needs {control_image} (its condition image)"
+        )
+    if isinstance(controlnet, (str, os.PathLike)):
+        controlnet = check_source(
+            controlnet, "controlnet", what="ControlNet folder", marker=CONFIG_MARKER
+        )
+    elif not isinstance(controlnet, ControlNetModel):
+        raise TypeError(
+            "controlnet must be a diffusers ControlNetModel, a folder or a hub id, got "
+            f"{type(controlnet).__name__}"
+        )
+    opened = open_control_image(image)
+    check_aspect(opened, *final_size)
+    return controlnet, opened
 
 
 def load_controlnet(
@@ -354,7 +370,6 @@ def load_controlnet(
     *,
     torch_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
-    name: str = "controlnet",
 ) -> ControlNetModel:
     """``ControlNetModel.from_pretrained`` of a folder or hub id on ``device``, after the
     loader rule (:mod:`pixelsmith.sources`): a missing ``./folder`` fails at once, an uncached
@@ -364,14 +379,13 @@ def load_controlnet(
         source: a ControlNet folder or hub id.
         torch_dtype: weights dtype.
         device: where the ControlNet runs.
-        name: how ``source`` is named in messages (the CLI passes its flag).
 
     Raises:
         FileNotFoundError: a local path where nothing is.
         common_kernels.runtime.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
         OSError: it cannot be loaded (named, with the reason on one line).
     """
-    found = resolve_source(source, name=name, what="ControlNet folder", marker=CONFIG_MARKER)
+    found = check_source(source, "controlnet", what="ControlNet folder", marker=CONFIG_MARKER)
     check_source_hub(found, "the ControlNet")
     try:
         model = ControlNetModel.from_pretrained(os.fspath(found), torch_dtype=torch_dtype)

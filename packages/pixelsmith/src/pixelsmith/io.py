@@ -20,7 +20,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import atomic_write
+from pixelsmith.errors import ArgumentError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -32,33 +34,40 @@ COMPRESSIONS = ("zlib", "lzma", "zstd", "lzw", "packbits", "jpeg", "webp", "png"
 RowBlocks = Iterable[tuple[int, Tensor]]
 
 
-def check_output_path(path: str | Path, height: int, width: int, name: str = "output") -> Path:
+def check_output_path(path: str | Path, height: int, width: int, argument: str = "output") -> Path:
     """Validate an output file before any work is done: suffix, size, writable folder.
 
     Args:
         path: the file to write.
         height: image height in px.
         width: image width in px.
-        name: how the argument is named in error messages (the CLI passes its flag).
+        argument: the API argument that gives the file (``output``, ``save_intermediate``).
+
+    Raises:
+        ArgumentError: naming ``argument``: an unknown suffix, too large for RAM, no folder.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     accepted = ", ".join((*TIFF_SUFFIXES, *PIL_FORMATS))
+    file, folder = literal(repr(str(path))), literal(repr(str(path.parent)))
+    problem = None
     if suffix not in TIFF_SUFFIXES and suffix not in PIL_FORMATS:
-        raise ValueError(f"{name} must end with one of {accepted}, got {str(path)!r}")
-    if suffix in PIL_FORMATS and height * width > MAX_PIL_PIXELS:
-        raise ValueError(
-            f"{name} {str(path)!r}: a {height}x{width} image is too large for {suffix} "
-            f"(held in RAM; at most {MAX_PIL_PIXELS} px); use a .tif output (BigTIFF, streamed)"
+        problem = f" must end with one of {accepted}, got {file}"
+    elif suffix in PIL_FORMATS and height * width > MAX_PIL_PIXELS:
+        problem = (
+            f" {file}: a {height}x{width} image is too large for {suffix} (held in RAM; at most "
+            f"{MAX_PIL_PIXELS} px); use a .tif output (BigTIFF, streamed)"
         )
-    if not path.parent.exists():
-        raise ValueError(f"{name} folder {str(path.parent)!r} does not exist")
-    if not path.parent.is_dir():
-        raise ValueError(f"{name} {str(path)!r}: {str(path.parent)!r} is a file, not a folder")
-    if path.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a folder, not a file")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {str(path)!r}: cannot write to {str(path.parent)!r}")
+    elif not path.parent.exists():
+        problem = f" folder {folder} does not exist"
+    elif not path.parent.is_dir():
+        problem = f" {file}: {folder} is a file, not a folder"
+    elif path.is_dir():
+        problem = f" {file} is a folder, not a file"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        problem = f" {file}: cannot write to {folder}"
+    if problem is not None:
+        raise ArgumentError(argument, f"{{{argument}}}{problem}")
     return path
 
 
@@ -80,21 +89,25 @@ def compression_error(compression: str) -> str | None:
     return None
 
 
-def check_compression(compression: str | None, name: str = "compression") -> None:
+def check_compression(compression: str | None) -> None:
     """Fail unless tifffile can write TIFF tiles with ``compression`` on this machine.
 
     Args:
         compression: a tifffile compression name (e.g. ``"zlib"``) or ``None``.
-        name: how the argument is named in error messages (the CLI passes its flag).
+
+    Raises:
+        ArgumentError: naming ``compression``, why, and the compressions usable here.
     """
     if compression is None:
         return
     reason = compression_error(compression)
     if reason is not None:
         usable = [c for c in COMPRESSIONS if compression_error(c) is None]
-        raise ValueError(
-            f"{name} {compression!r} cannot be written here ({reason}); usable here: "
-            f"{', '.join(usable)} (more with `pip install imagecodecs`)"
+        raise ArgumentError(
+            "compression",
+            f"{{compression}} {literal(repr(compression))} cannot be written here "
+            f"({literal(reason)}); usable here: {', '.join(usable)} (more with `pip install "
+            "imagecodecs`)",
         )
 
 

@@ -29,7 +29,9 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
-from pixelsmith.sources import check_source_hub, resolve_source
+from common_kernels.runtime.errors import literal
+from pixelsmith.errors import ArgumentError
+from pixelsmith.sources import check_source, check_source_hub
 
 # the components an SDXL LoRA file may target, by key prefix
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -186,48 +188,96 @@ def lora_identity(components: Mapping[str, nn.Module]) -> dict:
     }
 
 
-def check_lora_options(
-    sources: Sequence[str | os.PathLike],
-    scales: Sequence[float] | None,
-    *,
-    names: tuple[str, str] = ("loras", "lora_scales"),
-) -> list[float]:
-    """LoRA sources and scales checked without the model; the scale of each LoRA.
-
-    A source that looks like a path (``./``, ``/``, ``~`` or an existing name) must exist
-    (:func:`pixelsmith.sources.resolve_source`); anything else must be a hub id.
+@dataclass(frozen=True)
+class LoraPlan:
+    """LoRAs checked without the model (:func:`check_lora_options`), ready to load.
 
     Args:
-        sources: LoRA files, folders or hub ids.
-        scales: one scale per LoRA, one for all, or ``None`` (1.0 each); finite numbers.
-        names: how ``sources`` and ``scales`` are named in messages (the CLI passes its flags).
+        sources: the LoRA files, folders or hub ids as given.
+        found: each one's local path or hub id (the loader rule).
+        scales: the scale of each LoRA.
     """
-    sources_name, scales_name = names
-    for source in sources:
-        resolve_source(source, name=sources_name, what="LoRA file or folder", file_ok=True)
-    if scales is None or len(scales) == 0:
-        return [1.0] * len(sources)
-    if not sources:
-        raise ValueError(f"{scales_name} given without {sources_name}")
-    if len(scales) not in (1, len(sources)):
-        raise ValueError(
-            f"{scales_name} takes one scale for all LoRAs or one per LoRA ({len(sources)}), "
-            f"got {len(scales)}"
-        )
-    for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"{scales_name} must be finite numbers, got {scale!r}")
-        if not math.isfinite(scale):
-            raise ValueError(f"{scales_name} must be finite numbers, got {scale}")
-    return [float(s) for s in scales] * (len(sources) if len(scales) == 1 else 1)
+
+    sources: tuple[str | os.PathLike, ...]
+    found: tuple[Path | str, ...]
+    scales: tuple[float, ...]
+
+    def check_hub(self) -> None:
+        """Fail within 5 s, saying why, when a LoRA hub id can be neither fetched nor found in
+        the cache."""
+        for found in self.found:
+            check_source_hub(found, "the LoRA")
+
+    def load(self, pipe: StableDiffusionXLLoraLoaderMixin) -> list[str]:
+        """Load the LoRAs into ``pipe`` and activate them together, each with its scale; every
+        LoRA is checked against the model before the first one is loaded.
+
+        Returns:
+            The adapter names (``lora_0``, ``lora_1``, ...).
+
+        Raises:
+            ArgumentError: naming ``loras``: a LoRA that does not fit the model.
+        """
+        for source in self.sources:
+            try:
+                pipe.check_lora_weights(source)
+            except ValueError as error:
+                raise ArgumentError("loras", f"{{loras}}: {literal(error)}") from None
+        adapters = [f"lora_{index}" for index in range(len(self.sources))]
+        for source, adapter in zip(self.sources, adapters, strict=True):
+            pipe.load_lora_weights(source, adapter_name=adapter)
+        if adapters:
+            pipe.set_adapters(adapters, adapter_weights=list(self.scales))
+        return adapters
+
+
+def check_lora_options(
+    sources: Sequence[str | os.PathLike], scales: Sequence[float] | None = None
+) -> LoraPlan:
+    """LoRA sources and scales checked without the model.
+
+    A source that looks like a path (``./``, ``/``, ``~`` or an existing name) must exist
+    (:func:`pixelsmith.sources.check_source`); anything else must be a hub id.
+
+    Args:
+        sources: LoRA files, folders or hub ids (the ``loras`` argument).
+        scales: one scale per LoRA, one for all, or ``None`` (1.0 each); finite numbers (the
+            ``lora_scales`` argument).
+
+    Raises:
+        FileNotFoundError: ``loras: no LoRA file or folder ...``.
+        ArgumentError: naming ``loras`` or ``lora_scales``.
+        TypeError: a scale that is not a number.
+    """
+    found = tuple(
+        check_source(source, "loras", what="LoRA file or folder", file_ok=True)
+        for source in sources
+    )
+    weights = [1.0] * len(sources)
+    if scales is not None and len(scales) > 0:
+        if not sources:
+            raise ArgumentError("lora_scales", "{lora_scales} given without {loras}")
+        if len(scales) not in (1, len(sources)):
+            raise ArgumentError(
+                "lora_scales",
+                "{lora_scales} takes one scale for all LoRAs or one per LoRA "
+                f"({len(sources)}), got {len(scales)}",
+            )
+        for scale in scales:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+                raise TypeError(f"lora_scales must be finite numbers, got {scale!r}")
+            if not math.isfinite(scale):
+                raise ArgumentError(
+                    "lora_scales", f"{{lora_scales}} must be finite numbers, got {scale}"
+                )
+        weights = [float(s) for s in scales] * (len(sources) if len(scales) == 1 else 1)
+    return LoraPlan(tuple(sources), found, tuple(weights))
 
 
 def load_loras(
     pipe: StableDiffusionXLLoraLoaderMixin,
     sources: Sequence[str | os.PathLike],
     scales: Sequence[float] | None = None,
-    *,
-    names: tuple[str, str] = ("loras", "lora_scales"),
 ) -> list[str]:
     """Load SDXL LoRAs into ``pipe`` and activate them together, each with its scale.
 
@@ -238,23 +288,11 @@ def load_loras(
         pipe: a :class:`~pixelsmith.PixelsmithPipeline`.
         sources: LoRA files, folders (``pytorch_lora_weights.safetensors``) or hub ids.
         scales: one scale per LoRA, one for all, or ``None`` (1.0 each).
-        names: how ``sources`` and ``scales`` are named in messages.
 
     Returns:
         The adapter names (``lora_0``, ``lora_1``, ...).
     """
-    weights = check_lora_options(sources, scales, names=names)
-    for source in sources:
-        try:
-            pipe.check_lora_weights(source)
-        except ValueError as error:
-            raise ValueError(f"{names[0]}: {error}") from None
-    adapters = [f"lora_{index}" for index in range(len(sources))]
-    for source, adapter in zip(sources, adapters, strict=True):
-        pipe.load_lora_weights(source, adapter_name=adapter)
-    if adapters:
-        pipe.set_adapters(adapters, adapter_weights=weights)
-    return adapters
+    return check_lora_options(sources, scales).load(pipe)
 
 
 class CheckedLoraLoaderMixin:
@@ -275,7 +313,7 @@ class CheckedLoraLoaderMixin:
             label, source = "(state dict)", dict(source)
         else:
             label = str(source)
-            found = resolve_source(source, name="lora", what="LoRA file or folder", file_ok=True)
+            found = check_source(source, "lora", what="LoRA file or folder", file_ok=True)
             check_source_hub(found, "the LoRA")
             source = os.fspath(found)
         options = {k: v for k, v in kwargs.items() if k not in ("low_cpu_mem_usage", "hotswap")}

@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from pixelsmith.config import Names, latent_bytes_per_px, latent_maps_bytes, named, setting
+from pixelsmith.config import latent_bytes_per_px, latent_maps_bytes
+from pixelsmith.errors import ArgumentError
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -46,7 +47,6 @@ def check_memory(
     *,
     vae_scale_factor: int = 8,
     latent_channels: int = 4,
-    names: Names | None = None,
 ) -> None:
     """Fail unless the full-size latent maps of a ``size`` stage fit in the memory available on
     ``device`` (unknown memory passes).
@@ -56,19 +56,18 @@ def check_memory(
         device: where it runs.
         vae_scale_factor: px per latent px.
         latent_channels: channels of the latent.
-        names: how the caller spells ``sizes`` and ``allow_large`` in messages.
 
     Raises:
-        ValueError: the estimate, the available bytes and what to do.
+        ArgumentError: naming ``sizes``: the estimate, the available bytes and what to do.
     """
     need = latent_maps_bytes(*size, vae_scale_factor, latent_channels)
     available = available_memory(device)
     if available is not None and need > available:
         per_px = latent_bytes_per_px(latent_channels)
-        sizes = named("sizes", names)
-        raise ValueError(
-            f"{sizes} {size[0]}x{size[1]}: the full-size latent maps of this stage alone need "
+        raise ArgumentError(
+            "sizes",
+            f"{{sizes}} {size[0]}x{size[1]}: the full-size latent maps of this stage alone need "
             f"{need} bytes ({gib(need)}, {per_px} bytes per latent px), more than the "
-            f"{available} bytes ({gib(available)}) available on {device}; use smaller {sizes}, "
-            f"or {setting('allow_large', True, names)} to try anyway"
+            f"{available} bytes ({gib(available)}) available on {device}; use smaller {{sizes}}, "
+            "or {allow_large=True} to try anyway",
         )

@@ -37,6 +37,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
+from pixelsmith.errors import ArgumentError
+
 # rank 0 alone decodes, encodes and writes whole stages while the others wait in a collective:
 # a gigapixel stage takes far longer than torch.distributed's default timeouts
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=24)
@@ -105,19 +107,22 @@ class RankGroup:
             dist.barrier()
 
 
-def check_parallel(world_size: int, *, faithful: bool, name: str = "faithful=True") -> None:
+def check_parallel(world_size: int, *, faithful: bool) -> None:
     """Settings that cannot run on several processes.
 
     Args:
         world_size: number of processes.
         faithful: ``PixelsmithConfig.faithful``.
-        name: how the faithful setting is named in the message (the CLI passes its flag).
+
+    Raises:
+        ArgumentError: ``faithful=True`` on several processes.
     """
     if world_size > 1 and faithful:
-        raise ValueError(
-            f"{name} runs in one process, got {world_size} processes: the official sampler "
-            "fuses each patch before reverting it, so a patch reads pixels that earlier patches "
-            "of the same step changed and the patches of a step cannot run side by side"
+        raise ArgumentError(
+            "faithful",
+            f"{{faithful=True}} runs in one process, got {world_size} processes: the official "
+            "sampler fuses each patch before reverting it, so a patch reads pixels that earlier "
+            "patches of the same step changed and the patches of a step cannot run side by side",
         )
 
 
@@ -130,7 +135,6 @@ def check_devices(
     devices: object,
     device: torch.device,
     *,
-    names: tuple[str, str] = ("devices", "device"),
     launched: int = 1,
 ) -> int:
     """``devices`` (processes to start) checked against ``device``; returned as an int.
@@ -138,30 +142,33 @@ def check_devices(
     Args:
         devices: the number of processes, an int >= 1.
         device: where each process runs: ``cpu`` (all on the CPU) or ``cuda`` (one GPU each).
-        names: how the two are named in messages (the CLI passes its flags).
         launched: processes already started for this run (``torchrun``'s ``WORLD_SIZE``).
     """
-    name, device_name = names
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {devices!r}")
+        raise ArgumentError("devices", f"{{devices}} must be an int >= 1, got {devices!r}")
     if devices == 1:
         return devices
     if launched > 1:
-        raise ValueError(
-            f"{name} {devices} starts processes, but this is already one of {launched} "
-            f"(torchrun): leave {name} out under torchrun"
+        raise ArgumentError(
+            "devices",
+            f"{{devices}} {devices} starts processes, but this is already one of {launched} "
+            "(torchrun): leave {devices} out under torchrun",
         )
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name} {devices} runs on cpu or cuda, got {device_name} {device}")
+        raise ArgumentError(
+            "devices", f"{{devices}} {devices} runs on cpu or cuda, got {{device}} {device}"
+        )
     if device.type == "cuda":
         if device.index is not None:
-            raise ValueError(
-                f"{name} {devices} puts rank r on cuda:r: give {device_name} cuda, not {device}"
+            raise ArgumentError(
+                "devices",
+                f"{{devices}} {devices} puts rank r on cuda:r: give {{device}} cuda, not {device}",
             )
         available = torch.cuda.device_count()
         if devices > available:
-            raise ValueError(
-                f"{name} must be in [1, {available}] (the CUDA devices here), got {devices}"
+            raise ArgumentError(
+                "devices",
+                f"{{devices}} must be in [1, {available}] (the CUDA devices here), got {devices}",
             )
     return devices
 

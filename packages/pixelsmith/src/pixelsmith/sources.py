@@ -10,9 +10,10 @@ unknown model (``common_kernels.runtime.hub.resolve_model_name``, the rule of ev
 refused
 at once and never reported as a hub failure. pixelsmith has no names of its own.
 
-:func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``:
-``names`` spells the arguments as the caller does (the CLI passes its flags), so the API and the
-command line give the same message.
+:func:`check_source` applies the rule to an API argument, its messages naming the argument
+(:class:`pixelsmith.errors.ArgumentError`; a missing path stays a ``FileNotFoundError``
+``ARGUMENT: no ... folder ...``). :func:`check_from_pretrained` is the offline check of
+``PixelsmithPipeline.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from common_kernels.runtime.errors import InvalidArgument, literal
 from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
-from pixelsmith.config import Names, named
+from pixelsmith.errors import ArgumentError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -76,6 +78,31 @@ def resolve_source(
             f"{name} {text!r} is neither an existing folder nor a hub id (owner/name)"
         ) from None
     return source
+
+
+def check_source(
+    value: str | os.PathLike,
+    argument: str,
+    *,
+    what: str,
+    marker: str | None = None,
+    file_ok: bool = False,
+) -> Path | str:
+    """:func:`resolve_source` of the API argument ``argument``, its bad values refused as an
+    :class:`~pixelsmith.errors.ArgumentError` naming it (``{argument} ./lora.bin is a file;
+    ...``).
+
+    Raises:
+        FileNotFoundError: ``argument: no WHAT PATH (nothing at ...)``.
+        InvalidArgument: an unknown model, or a file, folder or hub id that cannot be it.
+    """
+    try:
+        return resolve_source(value, name=argument, what=what, marker=marker, file_ok=file_ok)
+    except InvalidArgument:
+        raise
+    except ValueError as error:  # "ARGUMENT VALUE ...": the argument named in place
+        text = str(error).removeprefix(argument)
+        raise ArgumentError(argument, f"{{{argument}}}{literal(text)}") from None
 
 
 def check_source_hub(source: Path | str, what: str) -> None:
@@ -170,8 +197,6 @@ class LoadPlan:
 def check_from_pretrained(
     pretrained_model_name_or_path: str | os.PathLike = DEFAULT_MODEL,
     vae: str | os.PathLike | None = "auto",
-    *,
-    names: Names | None = None,
 ) -> LoadPlan:
     """The sources of ``PixelsmithPipeline.from_pretrained`` checked offline, and the model's
     geometry read from local folders (nothing is loaded or downloaded).
@@ -180,7 +205,6 @@ def check_from_pretrained(
         pretrained_model_name_or_path: an SDXL hub id or diffusers folder.
         vae: a VAE hub id or folder; ``"auto"``: ``madebyollin/sdxl-vae-fp16-fix`` for the SDXL
             base id, the model's own otherwise; ``None``: the model's own.
-        names: how the caller spells ``pretrained_model_name_or_path`` and ``vae``.
 
     Raises:
         FileNotFoundError: a path where nothing is.
@@ -188,9 +212,9 @@ def check_from_pretrained(
         id).
         ValueError: a file given as a folder, a folder that is not a diffusers folder.
     """
-    model = resolve_source(
+    model = check_source(
         pretrained_model_name_or_path,
-        name=named("pretrained_model_name_or_path", names),
+        "pretrained_model_name_or_path",
         what="model folder",
         marker=MODEL_MARKER,
     )
@@ -200,9 +224,7 @@ def check_from_pretrained(
     vae_config = read_config(local / "vae" / CONFIG_MARKER) if local else {}
     vae_source = None
     if vae is not None:
-        vae_source = resolve_source(
-            vae, name=named("vae", names), what="VAE folder", marker=CONFIG_MARKER
-        )
+        vae_source = check_source(vae, "vae", what="VAE folder", marker=CONFIG_MARKER)
         vae_config = read_config(vae_source / CONFIG_MARKER) if isinstance(vae_source, Path) else {}
     shape = ModelShape.from_configs(
         vae_config,

@@ -5,17 +5,15 @@ target size, VAE-encodes it tile by tile into the guidance latent z_guid and sam
 latent patch by patch (:class:`pixelsmith.sampling.PatchSampler`), each patch one SDXL UNet call
 with classifier-free guidance and per-patch micro-conditioning. The base stage is plain SDXL
 (``StableDiffusionXLPipeline.__call__``); :func:`pixelsmith.generate_cascade` chains stages.
+The tiled VAE is :mod:`pixelsmith.pipelines.vae_tiling` and the guidance latent
+:mod:`pixelsmith.pipelines.guidance` (mixins of the pipeline).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -31,20 +29,12 @@ from common_kernels.runtime.files import AtomicSavePretrained
 from common_kernels.runtime.progress import progress as show_progress
 from pixelsmith.config import PixelsmithConfig, check_slider
 from pixelsmith.control import ControlCondition, check_aspect, check_controlnet
-from pixelsmith.images import (
-    ImageSource,
-    LanczosImage,
-    MemmapImage,
-    PILLanczosImage,
-    TensorImage,
-    pil_to_pixels,
-)
-from pixelsmith.io import collect_uint8, to_uint8
-from pixelsmith.lora import (
-    CheckedLoraLoaderMixin,
-)
+from pixelsmith.images import LanczosImage, PILLanczosImage
+from pixelsmith.io import collect_uint8
+from pixelsmith.lora import CheckedLoraLoaderMixin
 from pixelsmith.parallel import RankGroup
 from pixelsmith.patches import Patch, make_planner
+from pixelsmith.pipelines.guidance import GuidanceMixin
 from pixelsmith.pipelines.stage import (
     PixelsmithOutput,
     StageStats,
@@ -53,15 +43,14 @@ from pixelsmith.pipelines.stage import (
     StepProgress,
     TextConditioning,
     check_guidance_latents,
-    check_image_tensor,
     check_patch_scheduler,
     check_text_inputs,
     ddim_from_config,
     set_step_index,
 )
+from pixelsmith.pipelines.vae_tiling import TiledVAEMixin
 from pixelsmith.sampling import GuidanceLatents, PatchSampler, SplitDenoiser
-from pixelsmith.sources import check_from_pretrained
-from pixelsmith.tiling import decoded_rows, encode_tiled
+from pixelsmith.sources import LoadPlan, check_from_pretrained
 
 CONTROLNET_PIPELINE_COMPONENTS = (
     "vae",
@@ -78,7 +67,13 @@ def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
     return None if tensor is None else tensor.to(device)
 
 
-class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDiffusionXLPipeline):
+class PixelsmithPipeline(
+    AtomicSavePretrained,
+    CheckedLoraLoaderMixin,
+    GuidanceMixin,
+    TiledVAEMixin,
+    StableDiffusionXLPipeline,
+):
     """SDXL with Pixelsmith's guided patch sampling for resolutions beyond the model's.
 
     Construct from components (``vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
@@ -89,7 +84,7 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | LoadPlan,
         *,
         vae: str | os.PathLike | AutoencoderKL | None = "auto",
         ddim: bool = True,
@@ -102,7 +97,9 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
         not cached fails within 5 s with ``HubUnreachableError`` when the hub cannot be reached.
 
         Args:
-            pretrained_model_name_or_path: hub id or local folder.
+            pretrained_model_name_or_path: hub id or local folder, or the
+                :class:`~pixelsmith.sources.LoadPlan` of :func:`~pixelsmith.sources.
+                check_from_pretrained` (checked already: its VAE is used, ``vae`` ignored).
             vae: a VAE (hub id, folder or model) replacing the repository's; ``"auto"`` uses
                 ``madebyollin/sdxl-vae-fp16-fix`` for the SDXL base repository and the
                 repository's own VAE otherwise; ``None`` keeps the repository's.
@@ -119,7 +116,9 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
                 cannot be reached (an ``OSError``).
         """
         named_vae = vae if vae is None or isinstance(vae, (str, os.PathLike)) else None
-        plan = check_from_pretrained(pretrained_model_name_or_path, named_vae)
+        plan = pretrained_model_name_or_path
+        if not isinstance(plan, LoadPlan):
+            plan = check_from_pretrained(plan, named_vae)
         plan.check_hub()
         if plan.vae is not None:
             dtype = kwargs.get("torch_dtype")
@@ -297,145 +296,6 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
         the aspect ratio of ``height x width``."""
         check_controlnet(control.controlnet, self.unet)
         check_aspect(control.image, height, width)
-
-    # ------------------------------------------------------------------ VAE
-
-    @contextlib.contextmanager
-    def _vae_precision(self) -> Iterator[torch.dtype]:
-        """Run the VAE in float32 when it is float16 and its config asks for upcasting."""
-        dtype = self.vae.dtype
-        upcast = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        if upcast:
-            self.vae.to(torch.float32)
-        try:
-            yield self.vae.dtype
-        finally:
-            if upcast:
-                self.vae.to(dtype)
-
-    def _latent_stats(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Per-channel (mean, std) of the VAE latents ((0, 1) when the config has none)."""
-        config = self.vae.config
-        channels = config.latent_channels
-        mean = getattr(config, "latents_mean", None)
-        std = getattr(config, "latents_std", None)
-        mean = torch.tensor(mean) if mean is not None else torch.zeros(channels)
-        std = torch.tensor(std) if std is not None else torch.ones(channels)
-        return mean.view(1, -1, 1, 1).to(device), std.view(1, -1, 1, 1).to(device)
-
-    def _encode_tile(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """(1, 3, H, W) pixels in [-1, 1] -> scaled posterior mean and std (1, C, h, w)."""
-        posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        shift, scale = self._latent_stats(pixels.device)
-        factor = self.vae.config.scaling_factor
-        mean = (posterior.mean.float() - shift) * factor / scale
-        return mean, posterior.std.float() * factor / scale
-
-    def _decode_tile(self, latents: Tensor) -> Tensor:
-        """(1, C, h, w) scaled latents -> (1, 3, 8h, 8w) float32 pixels in about [-1, 1]."""
-        shift, scale = self._latent_stats(latents.device)
-        latents = latents.float() * scale / self.vae.config.scaling_factor + shift
-        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
-
-    @torch.no_grad()
-    def encode_guidance(
-        self,
-        source: ImageSource,
-        *,
-        config: PixelsmithConfig,
-        generator: torch.Generator,
-        progress: bool = True,
-    ) -> Tensor:
-        """z_guid of ``source``: tiled encode, then the posterior sample (or mean).
-
-        The posterior moments of overlapping tiles are blended and one full-size noise is
-        drawn from ``generator``, as a single untiled encode would.
-        """
-        factor = self.vae_scale_factor
-        size = (source.height // factor, source.width // factor)
-        with self._vae_precision():
-            mean, std = encode_tiled(
-                self._encode_tile,
-                source,
-                size,
-                tile=config.vae_tile,
-                overlap=config.vae_overlap,
-                blend=config.vae_blend,
-                scale=factor,
-                device=self._execution_device,
-                progress=progress,
-            )
-        if config.guidance_posterior == "mean":
-            return mean
-        noise = randn_tensor(
-            mean.shape, generator=generator, device=mean.device, dtype=torch.float32
-        )
-        return torch.addcmul(mean, std, noise)  # mean + std * noise, no temporary
-
-    @torch.no_grad()
-    def decoded_rows(
-        self, latents: Tensor, *, config: PixelsmithConfig, progress: bool = True
-    ) -> Iterator[tuple[int, Tensor]]:
-        """Finished (3, r, W) pixel rows of the tiled decode of ``latents``, top to bottom."""
-        with self._vae_precision():
-            yield from decoded_rows(
-                self._decode_tile,
-                latents,
-                tile=config.vae_tile,
-                overlap=config.vae_overlap,
-                blend=config.vae_blend,
-                scale=self.vae_scale_factor,
-                progress=progress,
-            )
-
-    @torch.no_grad()
-    def guidance_source(
-        self,
-        latents: Tensor,
-        size: tuple[int, int],
-        *,
-        config: PixelsmithConfig,
-        workdir: Path,
-        progress: bool = True,
-        save_to: Callable[[Iterator[tuple[int, Tensor]]], None] | None = None,
-    ) -> ImageSource:
-        """The previous stage decoded and Lanczos-resized to ``size`` (computed per region).
-
-        Args:
-            latents: the previous stage's (1, C, h, w) latent.
-            size: the target (H, W) in px.
-            config: hand-over mode and tiling.
-            workdir: where a disk memmap goes when the decoded image exceeds
-                ``config.max_ram_pixels``.
-            progress: show progress (a bar on a terminal, lines in a log).
-            save_to: also consume the decoded rows (e.g. to write the intermediate image).
-        """
-        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
-        rows = self.decoded_rows(latents, config=config, progress=progress)
-        uint8 = config.handover_mode == "uint8"
-        if uint8:  # the official hand-over: an 8-bit image in RAM
-            store: np.ndarray | TensorImage | MemmapImage = np.empty((height, width, 3), np.uint8)
-        elif height * width > config.max_ram_pixels:
-            store = MemmapImage(workdir / "previous.f16", height, width)
-        else:
-            store = TensorImage.empty(height, width)
-
-        def stored(blocks: Iterator[tuple[int, Tensor]]) -> Iterator[tuple[int, Tensor]]:
-            for top, block in blocks:
-                if uint8:
-                    store[top : top + block.shape[1]] = to_uint8(block)
-                else:
-                    store.write_rows(top, block.clamp(-1.0, 1.0))
-                yield top, block
-
-        if save_to is not None:
-            save_to(stored(rows))
-        else:
-            for _ in stored(rows):
-                pass
-        if uint8:
-            return PILLanczosImage(Image.fromarray(store), *size, config.max_ram_pixels)
-        return LanczosImage(store, *size)
 
     # ------------------------------------------------------------------ Pixelsmith stage
 
@@ -782,20 +642,3 @@ class PixelsmithPipeline(AtomicSavePretrained, CheckedLoraLoaderMixin, StableDif
             return PixelsmithOutput([Image.fromarray(array)], latents, stats)
         pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
         return PixelsmithOutput(pixels, latents, stats)
-
-    @staticmethod
-    def _image_source(image: Image.Image | Tensor, handover: str) -> Image.Image | TensorImage:
-        """A PIL image (uint8 hand-over) or a TensorImage in [-1, 1] (float hand-over)."""
-        if isinstance(image, Image.Image):
-            return (
-                image.convert("RGB") if handover == "uint8" else TensorImage(pil_to_pixels(image))
-            )
-        if not isinstance(image, Tensor):
-            raise ValueError(
-                "image must be a PIL image or a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
-                f"{type(image).__name__}"
-            )
-        pixels = check_image_tensor(image).float().cpu()  # (3, H, W)
-        if handover == "uint8":
-            return Image.fromarray(to_uint8(pixels * 2 - 1))
-        return TensorImage(pixels * 2 - 1)
