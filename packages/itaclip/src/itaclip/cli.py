@@ -36,7 +36,6 @@ from common_kernels.runtime.batch import (
 from common_kernels.runtime.cli import (
     Parser,
     add_verbose,
-    check_folder_writable,
     command_prog,
     run_main,
     size_type,
@@ -65,7 +64,7 @@ from itaclip.inputs import ClassInputs, check_classes, parse_class_option
 from itaclip.presets import PRESETS
 from itaclip.quiet import quiet
 from itaclip.segmenter import LoadPlan, Segmenter, check_from_pretrained
-from itaclip.tiny import check_seed, save_tiny_model
+from itaclip.tiny import save_tiny_model
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
@@ -84,6 +83,9 @@ FLAGS = {
     "limit": "--limit",
     "processes": "--nproc",
     "max_new_tokens": "--max-new-tokens",
+    "name": "--lm",
+    "seed": "--seed",
+    "directory": "DIR",
     "images": "IMG",
     "output": "-o/--output",
     "report": "--json",
@@ -287,7 +289,6 @@ def check_model_options(args: argparse.Namespace, preset: str | None) -> LoadPla
             preset,
             args.device,
             args.cache_dir,
-            names=FLAGS,
             **config_overrides(args),
         )
 
@@ -296,13 +297,12 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
     """Every ``segment`` input checked, and every image decoded, before the model is loaded."""
     plan = check_model_options(args, args.preset)
     with usage_errors():
-        classes = parse_class_option(args.classes, FLAGS["classes"])
+        classes = parse_class_option(args.classes)
         inputs = check_classes(
             classes,
             background=args.background,
             aux_file=args.aux_file,
             check_aux_names=not args.aux_ignore_names,
-            names=FLAGS,
         )
         protect = [] if args.aux_file is None else [(args.aux_file, "the --aux-file")]
         batch = plan_segment_batch(
@@ -316,7 +316,6 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
             on_unreadable=lambda skipped: say(
                 "itaclip segment", f"skipped {skipped.path}: {skipped.reason}"
             ),
-            names=FLAGS,
         )
     return plan, inputs, batch
 
@@ -357,13 +356,11 @@ def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
 def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]:
     """Every ``eval`` input checked before the model is loaded."""
     with usage_errors():
-        dataset = check_evaluation(
-            args.dataset, args.root, args.split, args.limit, args.nproc, names=FLAGS
-        )
+        dataset = check_evaluation(args.dataset, args.root, args.split, args.limit, args.nproc)
     plan = check_model_options(args, args.dataset)
     if args.json is not None:
         with usage_errors():
-            check_report_file(args.json, dataset, plan.source, names=FLAGS)
+            check_report_file(args.json, dataset, plan.source)
     return plan, dataset
 
 
@@ -376,20 +373,20 @@ def run_eval(args: argparse.Namespace, session: CommandSession) -> int:
     return 0
 
 
-def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig]:
+def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig, Path | str]:
     """Every ``aux`` input checked before the language model is loaded."""
     with usage_errors():
         require_transformers()
-        names = [names[0] for names in parse_class_option(args.classes, FLAGS["classes"])]
-        sampling = make_sampling(FLAGS, max_new_tokens=args.max_new_tokens)
-        lm = check_lm(args.lm, "--lm")
-        check_aux_output(args.output, lm, names=FLAGS)
-    return names, sampling
+        names = [names[0] for names in parse_class_option(args.classes)]
+        sampling = make_sampling(max_new_tokens=args.max_new_tokens)
+        lm = check_lm(args.lm)
+        check_aux_output(args.output, lm)
+    return names, sampling, lm
 
 
 def run_aux(args: argparse.Namespace, session: CommandSession) -> int:
-    names, sampling = check_aux(args)
-    texts = AuxTextGenerator.from_pretrained(args.lm, sampling).generate(args.kind, names)
+    names, sampling, lm = check_aux(args)
+    texts = AuxTextGenerator.load(lm, sampling).generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
         report = {"lm": args.lm, "kind": args.kind, "classes": names, "texts": texts}
         write_json(args.output, report, indent=1, make_parents=True)
@@ -401,9 +398,6 @@ def run_aux(args: argparse.Namespace, session: CommandSession) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace, session: CommandSession) -> int:
-    with usage_errors():
-        check_seed(args.seed, "--seed")
-    check_folder_writable(args.directory, "DIR")
     print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
     return 0
 

@@ -1,8 +1,7 @@
 """Inference settings (``SegmenterConfig``) and their checks.
 
-Every check names the argument it refuses and the accepted range. ``names`` maps an argument to
-the way the caller spells it (the CLI passes its flags: ``{"stride": "--stride"}``), so the
-API and the command line give the same message, each in its own words for the argument.
+Every check raises ``InvalidArgument`` naming the argument it refuses and the accepted range; the
+command line prints it with its flag (``itaclip.cli.FLAGS``).
 """
 
 from __future__ import annotations
@@ -14,72 +13,66 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime.errors import literal
+from itaclip.errors import InvalidValue
 from itaclip.models import ITACLIPEncoderConfig
 from itaclip.presets import check_preset
 
-Names = Mapping[str, str]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 AUX_KINDS = ("definition", "synonym")
 
 
-def named(argument: str, names: Names | None) -> str:
-    """How the caller spells ``argument`` in messages (the CLI: its flag).
-
-    Args:
-        argument: the API's name (``"stride"``).
-        names: argument -> caller's name; ``None`` or a missing key keeps ``argument``.
-    """
-    return argument if names is None else names.get(argument, argument)
-
-
-def check_settings(settings: Mapping[str, Any], names: Names | None = None) -> None:
+def check_settings(settings: Mapping[str, Any]) -> None:
     """Each inference setting in its range (``SegmenterConfig`` fields, all of them given).
 
     Args:
         settings: field -> value, every field of ``SegmenterConfig``.
-        names: how the caller spells each field in messages (see ``named``).
 
     Raises:
-        ValueError: the first setting out of range; the message names it and the range.
+        InvalidArgument: the first setting out of range, named, and the range.
     """
     for name in ("crop", "batch_size", "pamr_chunk", "max_long_side"):
         value = settings[name]
         if value is not None and int(value) < 1:
-            raise ValueError(f"{named(name, names)} must be >= 1, got {value}")
+            raise InvalidValue(name, f"{{{name}}} must be >= 1, got {value}")
     crop, stride = settings["crop"], settings["stride"]
     if not 1 <= stride <= crop:
-        raise ValueError(
-            f"{named('stride', names)} must be in [1, crop] = [1, {crop}] px (a larger stride "
-            f"leaves pixels that no window covers), got {stride}"
+        raise InvalidValue(
+            "stride",
+            f"{{stride}} must be in [1, crop] = [1, {crop}] px (a larger stride "
+            f"leaves pixels that no window covers), got {stride}",
         )
     short_side = settings["short_side"]
     if short_side is not None and not short_side >= 1:
-        raise ValueError(
-            f"{named('short_side', names)} must be >= 1 px or None (no resize), got {short_side}"
+        raise InvalidValue(
+            "short_side", f"{{short_side}} must be >= 1 px or None (no resize), got {short_side}"
         )
     for name in ("lam", "alpha", "prob_thd"):
         if not 0.0 <= settings[name] <= 1.0:  # also rejects NaN
-            raise ValueError(f"{named(name, names)} must be in [0, 1], got {settings[name]}")
+            raise InvalidValue(name, f"{{{name}}} must be in [0, 1], got {settings[name]}")
     if not settings["logit_scale"] > 0:
-        raise ValueError(
-            f"{named('logit_scale', names)} must be > 0, got {settings['logit_scale']}"
+        raise InvalidValue(
+            "logit_scale", f"{{logit_scale}} must be > 0, got {settings['logit_scale']}"
         )
     area_thd = settings["area_thd"]
     if area_thd is not None and not 0.0 <= area_thd <= 1.0:
-        raise ValueError(f"{named('area_thd', names)} must be in [0, 1] or None, got {area_thd}")
+        raise InvalidValue("area_thd", f"{{area_thd}} must be in [0, 1] or None, got {area_thd}")
     iterations = settings["pamr_iterations"]
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(
-            f"{named('pamr_iterations', names)} must be an integer >= 0, got {iterations!r}"
+        raise InvalidValue(
+            "pamr_iterations",
+            f"{{pamr_iterations}} must be an integer >= 0, got {literal(repr(iterations))}",
         )
     if settings["aux"] not in AUX_KINDS:
-        raise ValueError(
-            f"{named('aux', names)} must be 'definition' or 'synonym', got {settings['aux']!r}"
+        raise InvalidValue(
+            "aux",
+            f"{{aux}} must be 'definition' or 'synonym', got {literal(repr(settings['aux']))}",
         )
     if settings["precision"] not in ("auto", *PRECISIONS):
-        raise ValueError(
-            f"{named('precision', names)} must be 'auto', 'fp32', 'fp16' or 'bf16', "
-            f"got {settings['precision']!r}"
+        raise InvalidValue(
+            "precision",
+            "{precision} must be 'auto', 'fp32', 'fp16' or 'bf16', got "
+            + literal(repr(settings["precision"])),
         )
 
 
@@ -144,20 +137,17 @@ class SegmenterConfig:
         return make_config(name, **overrides)
 
 
-def make_config(
-    preset: str | None = None, names: Names | None = None, **overrides: Any
-) -> SegmenterConfig:
+def make_config(preset: str | None = None, **overrides: Any) -> SegmenterConfig:
     """The settings of ``preset`` (or the defaults) with ``overrides``, checked before use.
 
     Args:
         preset: a dataset preset (``itaclip.PRESETS``), or ``None`` for the defaults.
-        names: how the caller spells each setting in messages (the CLI: its flags).
         **overrides: ``SegmenterConfig`` fields replacing the preset's.
 
     Raises:
         KeyError: an unknown preset.
         TypeError: an override that is no ``SegmenterConfig`` field.
-        ValueError: a setting out of range, named as ``names`` spells it.
+        InvalidArgument: a setting out of range, named.
     """
     settings = {field.name: field.default for field in dataclasses.fields(SegmenterConfig)}
     if preset is not None:
@@ -167,5 +157,5 @@ def make_config(
     if unknown:
         raise TypeError(f"unknown SegmenterConfig settings: {', '.join(unknown)}")
     settings.update(overrides)
-    check_settings(settings, names)
+    check_settings(settings)
     return SegmenterConfig(**settings)

@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from itaclip.config import Names, named
+from common_kernels.runtime.errors import literal
+from itaclip.errors import InvalidValue
 from itaclip.io import load_image
 
 IGNORE_INDEX = 255
@@ -249,8 +250,6 @@ def check_dataset(
     root: str | os.PathLike,
     split: str | None = None,
     limit: int | None = None,
-    *,
-    names: Names | None = None,
 ) -> SegmentationDataset:
     """The dataset, checked before any model work: the root holds the layout, and the images
     and label maps of the first ``limit`` samples exist.
@@ -260,27 +259,29 @@ def check_dataset(
         root: dataset folder.
         split: split name (default the dataset's validation split).
         limit: check only the first ``limit`` samples (``None``: all).
-        names: how the caller spells ``root`` in messages (the CLI: ``--root``).
 
     Raises:
-        FileNotFoundError: a missing root, split list, image folder, image or label map; the
-            message names the expected layout.
-        NotADirectoryError: ``root`` is a file.
-        ValueError: no samples.
+        InvalidArgument: (``root``) a file, a missing root, split list, image folder, image or
+            label map (the message names the expected layout), or no samples.
     """
-    flag, root = named("root", names), Path(root)
+    root = Path(root)
     if not root.is_dir():
         if root.exists():
-            raise NotADirectoryError(f"{flag} {root} is a file, not a folder")
-        raise FileNotFoundError(f"{flag} {root} does not exist")
+            raise InvalidValue("root", "{root} " + literal(f"{root} is a file, not a folder"))
+        raise InvalidValue("root", "{root} " + literal(f"{root} does not exist"))
     try:
         dataset = SegmentationDataset(name, root, split)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{flag} {root} is not a folder of {name}: {error}") from None
+        raise InvalidValue(
+            "root", "{root} " + literal(f"{root} is not a folder of {name}: {error}")
+        ) from None
     if len(dataset) == 0:
-        raise ValueError(f"{flag} {root}: no images found (expected {dataset.layout})")
+        raise InvalidValue(
+            "root", "{root} " + literal(f"{root}: no images found (expected {dataset.layout})")
+        )
     for sample in dataset.samples[:limit]:
         for path, what in ((sample.image, "image"), (sample.label, "label map")):
             if not path.is_file():
-                raise FileNotFoundError(f"{flag} {root}: {what} of {sample.name} not found: {path}")
+                message = f"{root}: {what} of {sample.name} not found: {path}"
+                raise InvalidValue("root", "{root} " + literal(message))
     return dataset

@@ -19,10 +19,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from common_kernels.runtime.cli import check_file_writable
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress as show_progress
-from itaclip.config import Names, named
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
+from itaclip.errors import InvalidValue, argument_errors
 from itaclip.protect import check_not_replacing, model_files
 from itaclip.segmenter import LoadPlan, Segmenter, progress_hidden
 from itaclip.sources import ModelSource
@@ -88,26 +89,33 @@ def iou_from_confusion(conf: Tensor) -> IoUResult:
     return IoUResult(iou.tolist(), float(iou.nanmean()), accuracy)
 
 
-def check_limit(limit: int | None, name: str = "limit") -> None:
+def check_limit(limit: int | None) -> None:
     """``limit`` is ``None`` or an integer >= 1.
 
     Args:
         limit: samples to evaluate.
-        name: how the caller spells the argument in messages.
+
+    Raises:
+        InvalidArgument: (``limit``) another value.
     """
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-        raise ValueError(f"{name} must be >= 1 (or left out for all images), got {limit!r}")
+        message = f"must be >= 1 (or left out for all images), got {limit!r}"
+        raise InvalidValue("limit", "{limit} " + literal(message))
 
 
-def check_processes(processes: int, name: str = "processes") -> None:
+def check_processes(processes: int) -> None:
     """``processes`` is an integer >= 1.
 
     Args:
         processes: evaluation processes.
-        name: how the caller spells the argument in messages.
+
+    Raises:
+        InvalidArgument: (``processes``) another value.
     """
     if isinstance(processes, bool) or int(processes) != processes or processes < 1:
-        raise ValueError(f"{name} must be >= 1, got {processes!r}")
+        raise InvalidValue(
+            "processes", "{processes} " + literal(f"must be >= 1, got {processes!r}")
+        )
 
 
 def check_evaluation(
@@ -116,8 +124,6 @@ def check_evaluation(
     split: str | None = None,
     limit: int | None = None,
     processes: int = 1,
-    *,
-    names: Names | None = None,
 ) -> SegmentationDataset:
     """Every argument of a benchmark run checked before any model work; returns the dataset.
 
@@ -127,19 +133,19 @@ def check_evaluation(
         split: split name (default the validation split).
         limit: evaluate the first ``limit`` samples only (``None``: all).
         processes: evaluation processes.
-        names: how the caller spells the arguments in messages (the CLI: its flags).
+
+    Raises:
+        InvalidArgument: the first bad argument, named.
     """
-    check_processes(processes, named("processes", names))
-    check_limit(limit, named("limit", names))
-    return check_dataset(dataset, root, split, limit, names=names)
+    check_processes(processes)
+    check_limit(limit)
+    return check_dataset(dataset, root, split, limit)
 
 
 def check_report_file(
     report: str | os.PathLike,
     dataset: SegmentationDataset,
     source: ModelSource | None = None,
-    *,
-    names: Names | None = None,
 ) -> Path:
     """Where the report goes (``itaclip eval --json``), checked before any model work: a file
     whose folder exists or can be created, and none of the files the evaluation reads (the
@@ -149,16 +155,16 @@ def check_report_file(
         report: the JSON file.
         dataset: from ``check_evaluation``.
         source: the model (``LoadPlan.source``), whose local files are inputs too.
-        names: how the caller spells ``report`` in messages (the CLI: ``--json``).
 
     Raises:
-        ValueError: a folder, or a folder that cannot be created or written.
-        InvalidArgument: ``report: PATH would replace the input PATH (an image of voc21); ...``.
+        InvalidArgument: (``report``) a folder, a folder that cannot be created or written,
+            or ``PATH would replace the input PATH (an image of voc21); ...``.
     """
-    flag, report = named("report", names), Path(report)
-    check_file_writable(report, flag)
+    report = Path(report)
+    with argument_errors("report"):
+        check_file_writable(report, "report")
     inputs = itertools.chain(dataset.input_files(), () if source is None else model_files(source))
-    check_not_replacing([report], inputs, argument=flag)
+    check_not_replacing([report], inputs, argument="report")
     return report
 
 

@@ -33,7 +33,7 @@ from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from common_kernels.runtime.photos import read_photo
 from common_kernels.runtime.progress import progress as show_progress
-from itaclip.config import Names, named
+from itaclip.errors import argument_errors
 from itaclip.inputs import ClassInputs, class_names
 from itaclip.protect import check_not_replacing
 
@@ -158,7 +158,6 @@ def plan_segment_batch(
     keep_going: bool = False,
     protect: Iterable[tuple[Path, str]] = (),
     on_unreadable: Callable[[Skipped], None] | None = None,
-    names: Names | None = None,
 ) -> SegmentBatch:
     """Every input of a folder run checked and decoded, before any model loads.
 
@@ -173,17 +172,17 @@ def plan_segment_batch(
         protect: other files the run reads, each with what it is (an auxiliary-text file):
             no output may replace them, ``in_place`` or not.
         on_unreadable: told about each image set aside (``keep_going``).
-        names: how the caller spells ``output`` in messages (the CLI: ``-o/--output``).
 
     Raises:
         InvalidArgument: no image, a path that does not exist, two inputs for one output, or an
-            output that would replace an input (``output: ...``; see ``in_place``).
-        ValueError: an output folder that cannot be made (a file in the way, a suffix), or an
-            image that does not decode (``PATH is not a readable image (...)``).
+            output that would replace an input (``output: ...``; see ``in_place``), an output
+            folder that cannot be made (a file in the way, a suffix).
+        ValueError: an image that does not decode (``PATH is not a readable image (...)``).
     """
-    flag, output = named("output", names), Path(output)
-    check_folder_writable(output, flag)
-    check_output_folder_name(output, flag)
+    output = Path(output)
+    with argument_errors("output"):
+        check_folder_writable(output, "output")
+        check_output_folder_name(output, "output")
     listing = find_images(images, recursive=recursive, exclude=[output], argument="images")
     jobs = [job_for(image, output) for image in listing.images]
     check_unique(jobs)

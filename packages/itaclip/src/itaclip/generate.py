@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.cli import check_file_writable, one_line
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
-from itaclip.config import Names, named
+from itaclip.errors import InvalidValue, MissingPath, argument_errors
 from itaclip.protect import check_not_replacing, folder_files
 from itaclip.sources import ModelLoadError
 
@@ -46,70 +47,76 @@ def require_transformers() -> None:
         raise ImportError(INSTALL_HINT)
 
 
-def check_sampling(settings: Mapping[str, Any], names: Names | None = None) -> None:
+def check_sampling(settings: Mapping[str, Any]) -> None:
     """Sampling settings in their ranges (every ``SamplingConfig`` field given).
 
     Args:
         settings: field -> value.
-        names: how the caller spells each field in messages (the CLI: its flags).
+
+    Raises:
+        InvalidArgument: the first setting out of range, named.
     """
     temperature, top_p = settings["temperature"], settings["top_p"]
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"{named('temperature', names)} must be > 0, got {temperature}")
+        raise InvalidValue("temperature", f"{{temperature}} must be > 0, got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"{named('top_p', names)} must be in (0, 1], got {top_p}")
+        raise InvalidValue("top_p", f"{{top_p}} must be in (0, 1], got {top_p}")
     tokens = settings["max_new_tokens"]
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise ValueError(f"{named('max_new_tokens', names)} must be >= 1, got {tokens!r}")
+        raise InvalidValue(
+            "max_new_tokens", f"{{max_new_tokens}} must be >= 1, got {literal(repr(tokens))}"
+        )
     seed = settings["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"{named('seed', names)} must be an integer >= 0 or None, got {seed!r}")
+        raise InvalidValue(
+            "seed", f"{{seed}} must be an integer >= 0 or None, got {literal(repr(seed))}"
+        )
 
 
-def check_lm(name: str | os.PathLike, flag: str = "name") -> Path | str:
+def check_lm(name: str | os.PathLike) -> Path | str:
     """The language model's folder, or its hub id (nothing is loaded or downloaded).
 
     Args:
         name: a model folder (``./lm``, ``/models/lm``, ``~/lm`` or an existing folder) or a
             hub id (``owner/name``).
-        flag: how the caller spells the argument in messages (the CLI: ``--lm``).
 
     Raises:
-        FileNotFoundError: a path where nothing is.
-        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model:
+        InvalidArgument: (``name``) a path where nothing is, a file instead of a folder, or
+            neither a path nor a hub id ``owner/name`` (an unknown model:
             ``common_kernels.runtime.hub.resolve_model_name``, never sent to the hub).
-        ValueError: a file instead of a folder.
     """
     try:
-        source = resolve_model_name(name, argument=flag)
+        source = resolve_model_name(name, argument="name")
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{flag}: {error}") from None
+        raise MissingPath("name", literal(error)) from None
     if isinstance(source, Path) and not source.is_dir():
-        raise ValueError(f"{flag} {os.fspath(name)} is a file; expected a hub id or a model folder")
+        raise InvalidValue(
+            "name",
+            "{name} "
+            + literal(f"{os.fspath(name)} is a file; expected a hub id or a model folder"),
+        )
     return source
 
 
-def check_aux_output(
-    output: str | os.PathLike, lm: Path | str, *, names: Names | None = None
-) -> Path:
+def check_aux_output(output: str | os.PathLike, lm: Path | str) -> Path:
     """The file ``itaclip aux`` writes, checked before the model loads: its folder exists or can
     be created, and it is none of the language model's own files.
 
     Args:
         output: the file (``.json``, or the official format).
         lm: what ``check_lm`` returned (a folder, or a hub id).
-        names: how the caller spells ``output`` in messages (the CLI: ``-o/--output``).
 
     Raises:
-        ValueError: a folder, or a folder that cannot be created or written.
-        InvalidArgument: ``output: PATH would replace the input PATH (a file of the language
+        InvalidArgument: (``output``) a folder, a folder that cannot be created or written,
+            or ``PATH would replace the input PATH (a file of the language
             model); choose another file``.
     """
-    flag, output = named("output", names), Path(output)
-    check_file_writable(output, flag)
+    output = Path(output)
+    with argument_errors("output"):
+        check_file_writable(output, "output")
     if isinstance(lm, Path):
         inputs = folder_files(lm, "a file of the language model")
-        check_not_replacing([output], inputs, argument=flag)
+        check_not_replacing([output], inputs, argument="output")
     return output
 
 
@@ -133,14 +140,13 @@ class SamplingConfig:
         check_sampling(vars(self))
 
 
-def make_sampling(names: Names | None = None, **settings: Any) -> SamplingConfig:
-    """``SamplingConfig`` with ``settings`` replacing the paper's, checked before use.
+def make_sampling(**settings: Any) -> SamplingConfig:
+    """``SamplingConfig`` with ``settings`` replacing the paper's, checked
+    (``SamplingConfig.__post_init__``) before use.
 
     Args:
-        names: how the caller spells each setting in messages (the CLI: its flags).
         **settings: ``SamplingConfig`` fields.
     """
-    check_sampling({**vars(SamplingConfig()), **settings}, names)
     return SamplingConfig(**settings)
 
 
@@ -194,18 +200,32 @@ class AuxTextGenerator:
             ModelLoadError: transformers could not load the model (an ``OSError``).
         """
         require_transformers()
-        source = check_lm(name)
+        return cls.load(check_lm(name), sampling, **model_kwargs)
+
+    @classmethod
+    def load(
+        cls, source: Path | str, sampling: SamplingConfig | None = None, **model_kwargs: Any
+    ) -> AuxTextGenerator:
+        """Load a checked model (what ``check_lm`` returned; transformers installed), as
+        ``from_pretrained`` does after its checks.
+
+        Args:
+            source: the model folder, or its hub id.
+            sampling: sampling settings (default: the paper's).
+            **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        name = os.fspath(source)
         try:
             if isinstance(source, str):
                 check_hub(source)
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(source))
-            model = AutoModelForCausalLM.from_pretrained(os.fspath(source), **model_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, **model_kwargs)
         except HubUnreachableError as error:
-            raise HubUnreachableError(f"cannot load {os.fspath(name)}: {error}") from None
+            raise HubUnreachableError(f"cannot load {name}: {error}") from None
         except (OSError, RuntimeError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load {os.fspath(name)}: {one_line(error)}") from error
+            raise ModelLoadError(f"cannot load {name}: {one_line(error)}") from error
         return cls(model, tokenizer, sampling)
 
     def prompt(self, kind: str, name: str) -> str:

@@ -2,7 +2,8 @@
 
 Every argument is checked before any model work: ``check_from_pretrained`` next to
 ``Segmenter.from_pretrained`` and ``Segmenter.check_inputs`` next to the call, with the messages
-that ``itaclip`` prints for the same inputs (``names`` spells the arguments as the CLI does).
+that ``itaclip`` prints for the same inputs: an ``InvalidArgument`` names the API's argument, and
+the command line prints it with its flag (``itaclip.cli.FLAGS``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from common_kernels.runtime.cli import check_device, check_folder_writable, one_
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.progress import progress as show_progress
-from itaclip.config import PRECISIONS, Names, SegmenterConfig, make_config, named
+from itaclip.config import PRECISIONS, SegmenterConfig, make_config
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
+from itaclip.errors import argument_errors
 from itaclip.inputs import ClassInputs, check_classes
 from itaclip.io import check_not_empty, to_rgb_images
 from itaclip.models import ITACLIPVisionEncoder
@@ -183,8 +185,6 @@ def check_from_pretrained(
     preset: str | None = "voc21",
     device: str | torch.device | None = "cpu",
     cache_dir: str | os.PathLike | None = None,
-    *,
-    names: Names | None = None,
     **overrides: Any,
 ) -> LoadPlan:
     """Every argument of ``Segmenter.from_pretrained`` checked offline, before any model work.
@@ -195,19 +195,20 @@ def check_from_pretrained(
         preset: dataset preset, or ``None`` for the default settings.
         device: a torch device this machine has (``None``: cuda when available, else cpu).
         cache_dir: text-embedding cache folder, writable (default ``default_cache_dir()``).
-        names: how the caller spells each argument in messages (the CLI: its flags).
         **overrides: ``SegmenterConfig`` fields replacing the preset's.
 
     Raises:
-        ValueError: a setting out of range, an unknown model or tag, a device this machine
-            does not have, a cache folder that cannot be written.
-        FileNotFoundError: a model folder or weights file that does not exist.
+        InvalidArgument: a setting out of range, an unknown model or tag, a model folder or
+            weights file that does not exist, a device this machine does not have, a cache
+            folder that cannot be written; each named.
     """
-    config = make_config(preset, names, **overrides)
-    source = resolve_model(model_name, pretrained, names=names)
-    checked_device = check_device(None if device is None else str(device), named("device", names))
+    config = make_config(preset, **overrides)
+    source = resolve_model(model_name, pretrained)
+    with argument_errors("device"):
+        checked_device = check_device(None if device is None else str(device), "device")
     folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    check_folder_writable(folder, named("cache_dir", names))
+    with argument_errors("cache_dir"):
+        check_folder_writable(folder, "cache_dir")
     return LoadPlan(source, config, preset, checked_device, folder)
 
 
@@ -535,7 +536,6 @@ class Segmenter(nn.Module):
         aux_file: str | os.PathLike | None = None,
         check_aux_names: bool = True,
         output_size: Sequence[int] | None = None,
-        names: Names | None = None,
     ) -> SegmentInputs:
         """Every input of a call checked, before any model work (see ``forward``).
 
@@ -547,10 +547,10 @@ class Segmenter(nn.Module):
             aux_file: auxiliary texts from a file (``itaclip.inputs.load_aux_file``).
             check_aux_names: check the names of an official-format ``aux_file``.
             output_size: (H_out, W_out) of the outputs, or ``None``.
-            names: how the caller spells the arguments in messages (the CLI: its flags).
 
         Raises:
-            ValueError: the first bad input; the message names it and what it accepts.
+            ValueError: the first bad input (an ``InvalidArgument`` naming it where it is one
+                argument); the message says what it accepts.
         """
         images, batched = to_rgb_images(image)
         for one in images:
@@ -565,7 +565,6 @@ class Segmenter(nn.Module):
             background,
             aux_file=aux_file,
             check_aux_names=check_aux_names,
-            names=names,
         )
         return SegmentInputs(tuple(images), batched, checked, size)
 

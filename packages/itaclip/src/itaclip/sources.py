@@ -24,20 +24,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 
-from common_kernels.runtime.errors import InvalidArgument
-from common_kernels.runtime.hub import check_hub, local_or_hub, looks_like_path, resolve_model_name
-from itaclip.config import Names, named
+from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.hub import (
+    check_hub,
+    is_hub_id,
+    local_or_hub,
+    looks_like_path,
+    resolve_model_name,
+)
+from itaclip.errors import InvalidValue, MissingPath
 from itaclip.tiny import CONFIG_FILE
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
 
 
 class ModelLoadError(OSError):
@@ -91,8 +95,6 @@ def supported_models() -> tuple[str, ...]:
 def resolve_model(
     model_name: str | os.PathLike,
     pretrained: str | os.PathLike | None,
-    *,
-    names: Names | None = None,
 ) -> ModelSource:
     """Read a model name offline (see the module docstring); nothing is loaded or downloaded.
 
@@ -100,58 +102,61 @@ def resolve_model(
         model_name: a built-in open_clip name, ``hf-hub:owner/name``, ``owner/name``,
             ``local-dir:PATH`` or a folder path.
         pretrained: weights tag or file for a built-in name (ignored otherwise).
-        names: how the caller spells ``model_name`` and ``pretrained`` in messages.
 
     Raises:
-        FileNotFoundError: a path (of the model or the weights) where nothing is.
-        InvalidArgument: an unknown model name (``model_name: unknown model ...``), or a
-            built-in one without a ViT image tower.
-        ValueError: an unknown weights tag, a file given as a model folder, a folder without
-            an open_clip config.
+        InvalidArgument: (``model_name``) an unknown model name (``model_name: unknown model
+            ...``), a built-in one without a ViT image tower, a path where nothing is, a file
+            given as a model folder, a folder without an open_clip config; (``pretrained``) an
+            unknown weights tag, a weights path where nothing is or a folder.
     """
-    flag = named("model_name", names)
     text = os.fspath(model_name)
     if text.startswith(HF_HUB):
         repo = text[len(HF_HUB) :]
-        if not HUB_ID.match(repo):
-            raise ValueError(f"{flag} {text!r}: expected hf-hub:owner/name")
+        if not is_hub_id(repo):
+            raise InvalidValue(
+                "model_name", "{model_name} " + literal(f"{text!r}: expected hf-hub:owner/name")
+            )
         return ModelSource(text, None, (repo,))
     if text.startswith(LOCAL_DIR):
-        return local_model(Path(text[len(LOCAL_DIR) :]), text, flag)
+        return local_model(Path(text[len(LOCAL_DIR) :]), text)
     if text in supported_models():
-        weights = check_weights(text, pretrained, named("pretrained", names))
+        weights = check_weights(text, pretrained)
         return ModelSource(text, weights, builtin_hub_repos(text, weights))
     if text in open_clip.list_models():
         raise InvalidArgument(
-            flag,
-            f"{text!r} is an open_clip model without a ViT image tower (itaclip wraps open_clip's "
+            "model_name",
+            literal(f"{text!r}")
+            + " is an open_clip model without a ViT image tower (itaclip wraps open_clip's "
             "VisionTransformer); use a ViT, e.g. ViT-B-16-quickgelu",
         )
     try:
-        source = resolve_model_name(text, known=supported_models(), argument=flag)
+        source = resolve_model_name(text, known=supported_models(), argument="model_name")
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{flag}: {error}") from None
+        raise MissingPath("model_name", literal(error)) from None
     if isinstance(source, Path):
-        return local_model(source, text, flag)
+        return local_model(source, text)
     return ModelSource(f"{HF_HUB}{source}", None, (source,))
 
 
-def local_model(folder: Path, text: str, flag: str) -> ModelSource:
+def local_model(folder: Path, text: str) -> ModelSource:
     """A model folder holding an open_clip config, checked.
 
     Args:
         folder: the folder.
         text: the name as given (for messages).
-        flag: how the caller spells the argument.
     """
     try:
         folder = Path(local_or_hub(folder))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{flag}: {error}") from None
+        raise MissingPath("model_name", literal(error)) from None
     if not folder.is_dir():
-        raise ValueError(
-            f"{flag} {text} is a file; expected an open_clip model name, hf-hub:org/repo or "
-            f"a folder holding {CONFIG_FILE}"
+        raise InvalidValue(
+            "model_name",
+            "{model_name} "
+            + literal(
+                f"{text} is a file; expected an open_clip model name, hf-hub:org/repo or "
+                f"a folder holding {CONFIG_FILE}"
+            ),
         )
     config = folder / CONFIG_FILE
     try:
@@ -159,20 +164,26 @@ def local_model(folder: Path, text: str, flag: str) -> ModelSource:
     except (OSError, ValueError, TypeError):
         ok = False
     if not ok:
-        raise ValueError(
-            f"{flag} {text}: {config} is missing or is not an open_clip config "
-            '(a JSON object with "model_cfg"; `itaclip tiny-model DIR` writes one)'
+        raise InvalidValue(
+            "model_name",
+            "{model_name} "
+            + literal(
+                f"{text}: {config} is missing or is not an open_clip config "
+                '(a JSON object with "model_cfg"; `itaclip tiny-model DIR` writes one)'
+            ),
         )
     return ModelSource(f"{LOCAL_DIR}{folder}")
 
 
-def check_weights(model: str, pretrained: str | os.PathLike | None, flag: str) -> str | None:
+def check_weights(model: str, pretrained: str | os.PathLike | None) -> str | None:
     """The weights of a built-in model: a tag of it, an existing file, or ``None`` (random).
 
     Args:
         model: a built-in open_clip model name.
         pretrained: the tag or file (``None`` or ``""``: random weights).
-        flag: how the caller spells ``pretrained``.
+
+    Raises:
+        InvalidArgument: (``pretrained``) an unknown tag, a path where nothing is, a folder.
     """
     if pretrained is None or os.fspath(pretrained) == "":
         return None
@@ -184,13 +195,19 @@ def check_weights(model: str, pretrained: str | os.PathLike | None, flag: str) -
         try:
             path = Path(local_or_hub(text, what="weights file"))
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{flag}: {error}") from None
+            raise MissingPath("pretrained", literal(error)) from None
         if path.is_dir():
-            raise ValueError(f"{flag} {text} is a folder, not a weights file")
+            raise InvalidValue(
+                "pretrained", "{pretrained} " + literal(f"{text} is a folder, not a weights file")
+            )
         return str(path)
-    raise ValueError(
-        f"{flag} {text!r} is neither a weights tag of {model} ({', '.join(tags) or 'none'}) "
-        "nor an existing file ('' = random weights)"
+    raise InvalidValue(
+        "pretrained",
+        "{pretrained} "
+        + literal(
+            f"{text!r} is neither a weights tag of {model} ({', '.join(tags) or 'none'}) "
+            "nor an existing file ('' = random weights)"
+        ),
     )
 
 

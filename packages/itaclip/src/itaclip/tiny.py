@@ -20,7 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from common_kernels.runtime.cli import check_folder_writable
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import atomic_directory, write_json
+from itaclip.errors import InvalidValue, argument_errors
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64)
 CONFIG_FILE = "open_clip_config.json"
@@ -33,15 +36,18 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-def check_seed(seed: int, name: str = "seed") -> None:
+def check_seed(seed: int) -> None:
     """``seed`` is an integer in [0, 2**64 - 1] (what ``torch.manual_seed`` takes).
 
     Args:
         seed: the seed.
-        name: how the caller spells the argument in messages (the CLI: ``--seed``).
+
+    Raises:
+        InvalidArgument: (``seed``) another value.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{name} must be an integer in [0, 2**64 - 1], got {seed!r}")
+        message = f"must be an integer in [0, 2**64 - 1], got {seed!r}"
+        raise InvalidValue("seed", "{seed} " + literal(message))
 
 
 def tiny_clip(seed: int = 0) -> nn.Module:
@@ -80,8 +86,15 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
 
     Returns:
         The folder.
+
+    Raises:
+        InvalidArgument: (``seed``) not a seed; (``directory``) a file, or a folder that
+            cannot be created or written.
     """
     directory = Path(directory)
+    check_seed(seed)
+    with argument_errors("directory"):
+        check_folder_writable(directory, "directory")
     state = {key: value.contiguous() for key, value in tiny_clip(seed).state_dict().items()}
     with atomic_directory(directory, make_parents=True) as temp:
         save_file(state, temp / WEIGHTS_FILE)
