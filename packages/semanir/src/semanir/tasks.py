@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, Literal
 
-import torch
 from torch import Generator, Tensor
 
 from common_kernels.runtime.errors import InvalidArgument, literal
@@ -39,7 +38,7 @@ from semanir.data.degradations import (
 CHANNELS = ("gray", "rgb")
 # (image, box, settings, generator) -> the degraded crop ``box`` of the clean (C, H, W) image;
 # settings: the item's level ("sigma"/"quality", fixed or drawn), "scale" and "bayer_pattern"
-Degrade = Callable[[torch.Tensor, Box, Mapping[str, Any], torch.Generator], torch.Tensor]
+Degrade = Callable[[Tensor, Box, Mapping[str, Any], Generator], Tensor]
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Level:
     integer: bool
     meaning: str
     check: Callable[[Any], Any]
-    sample: Callable[[tuple, torch.Generator], Any]
+    sample: Callable[[tuple, Generator], Any]
 
     @property
     def range_name(self) -> str:
@@ -98,9 +97,8 @@ class Task:
 
     Args:
         name: its name (``--task``, ``data.task``).
-        degradation: how a clean image becomes the input, in words.
-        degrade: that degradation (:data:`Degrade`); None: degraded images are read from
-            folders ("paired").
+        degrade: how a clean image becomes the input (:data:`Degrade`); None: degraded images
+            are read from folders ("paired").
         level: the option that sets the degradation's strength (None: it takes none).
         scales: the accepted clean / input size ratios; None: any integer >= 1 (paired data).
         channels: the image channels it takes ("gray", "rgb").
@@ -112,7 +110,6 @@ class Task:
     """
 
     name: str
-    degradation: str
     degrade: Degrade | None
     level: Level | None
     scales: tuple[int, ...] | None
@@ -139,20 +136,24 @@ class Task:
 def _add_noise(
     image: Tensor, box: Box, settings: Mapping[str, Any], generator: Generator
 ) -> Tensor:
+    """White Gaussian noise of standard deviation sigma / 255, unclipped."""
     return add_gaussian_noise(crop(image, box), settings["sigma"], generator)
 
 
 def _compress(image: Tensor, box: Box, settings: Mapping[str, Any], generator: Generator) -> Tensor:
+    """Pillow's JPEG at a quality (4:2:0 chroma subsampling for colour)."""
     return jpeg_compress(crop(image, box), settings["quality"])
 
 
 def _downscale(
     image: Tensor, box: Box, settings: Mapping[str, Any], generator: Generator
 ) -> Tensor:
+    """MATLAB's bicubic downscaling by the scale (antialiased)."""
     return downscale_crop(image, box, settings["scale"])
 
 
 def _mosaic(image: Tensor, box: Box, settings: Mapping[str, Any], generator: Generator) -> Tensor:
+    """A Bayer mosaic: one colour kept per pixel."""
     return bayer_mosaic(crop(image, box), settings["bayer_pattern"])
 
 
@@ -160,29 +161,24 @@ TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         Task(
-            "denoise", "white Gaussian noise of standard deviation sigma / 255, unclipped",
-            _add_noise, SIGMA, (1,), CHANNELS, y_channel=False, crop_border=False,
+            "denoise", _add_noise, SIGMA, (1,), CHANNELS, y_channel=False, crop_border=False,
             bundled=("semanir_tiny_denoise_gray", "semanir_tiny_denoise_color"),
             command_line=True,
         ),
         Task(
-            "jpeg", "Pillow's JPEG at a quality (4:2:0 chroma for colour)",
-            _compress, QUALITY, (1,), CHANNELS, y_channel=True, crop_border=False,
+            "jpeg", _compress, QUALITY, (1,), CHANNELS, y_channel=True, crop_border=False,
             bundled=("semanir_tiny_jpeg_gray",), command_line=True,
         ),
         Task(
-            "sr", "MATLAB's bicubic downscaling by the scale (antialiased)",
-            _downscale, None, SR_SCALES, CHANNELS, y_channel=True, crop_border=True,
+            "sr", _downscale, None, SR_SCALES, CHANNELS, y_channel=True, crop_border=True,
             bundled=("semanir_tiny_sr_x4",), command_line=True,
         ),
         Task(
-            "demosaic", "a Bayer mosaic (one colour kept per pixel)",
-            _mosaic, None, (1,), ("rgb",), y_channel=False, crop_border=False,
+            "demosaic", _mosaic, None, (1,), ("rgb",), y_channel=False, crop_border=False,
             bundled=(), command_line=False,
         ),
         Task(
-            "paired", "none applied: degraded images read from folders, paired by name",
-            None, None, None, CHANNELS, y_channel=False, crop_border=False,
+            "paired", None, None, None, CHANNELS, y_channel=False, crop_border=False,
             bundled=(), command_line=False,
         ),
     )
