@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import pixelsmith.cli as cli
 import pixelsmith.memory as memory
+import pixelsmith.pipelines.pixelsmith as pipeline_module
 from common_kernels.runtime.errors import InvalidArgument
-from pixelsmith import PixelsmithConfig, PixelsmithPipeline, generate_cascade
+from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
 from pixelsmith.cli import FLAGS, NUMBERS, build_parser, main
 
 SOURCE = Path(__file__).parents[1] / "src" / "pixelsmith"
@@ -245,3 +247,65 @@ def test_the_package_has_no_import_cycle_and_nothing_imports_the_cli():
     importers = {name for name, imports in graph.items() if "pixelsmith.cli" in imports}
     assert importers == {"pixelsmith.__main__"}
     assert (SOURCE / "cli.py").read_text().count("\n") < 450
+
+
+def test_cascade_options_are_validated_when_made_naming_the_field():
+    cases = {
+        "seed": ({"seed": -1}, "seed must be an int in [0, 18446744073709551615], got -1"),
+        "guidance_scale": ({"guidance_scale": float("inf")}, "guidance_scale must be a finite "
+                           "number, got inf"),
+        "checkpoint_every": ({"checkpoint_every": 0}, "checkpoint_every must be an int >= 1, "
+                             "got 0"),
+        "controlnet_conditioning_scale": ({"controlnet_conditioning_scale": float("nan")},
+                                          "controlnet_conditioning_scale must be a finite "
+                                          "number, got nan"),
+    }  # fmt: skip
+    for argument, (fields, message) in cases.items():
+        with pytest.raises(InvalidArgument) as info:
+            CascadeOptions(**fields)
+        assert (info.value.argument, str(info.value)) == (argument, message)
+        flag = FLAGS.get(argument, argument)
+        assert info.value.for_flags(FLAGS) == message.replace(argument, flag, 1)
+    with pytest.raises(TypeError, match=r"^restart must be a bool, got 'yes'$"):
+        CascadeOptions(restart="yes")
+    options = CascadeOptions(num_inference_steps=4, config=None)
+    assert options.config == PixelsmithConfig()
+    assert options.replace(seed=1) == CascadeOptions(num_inference_steps=4, seed=1)
+
+
+def test_generate_cascade_takes_options_or_their_fields_not_both(make_pipe):
+    with pytest.raises(TypeError, match=r"^give options or its fields, not both \(got seed\)$"):
+        generate_cascade(make_pipe(), "a cat", [64], [], CascadeOptions(), seed=1)
+
+
+def test_generate_checks_each_input_once_before_loading(tiny_dir, tmp_path, monkeypatch):
+    """The command runs the API's checks once, before the model loads, and hands their plans
+    on: the pipeline loads the checked LoadPlan and run_cascade runs the checked CascadePlan
+    (no second check_cascade, no second check_from_pretrained)."""
+    calls: list[str] = []
+    for name in ("check_cascade", "check_from_pretrained", "check_lora_options"):
+        real = getattr(cli, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cli, name, counted)
+    monkeypatch.setattr(pipeline_module, "check_from_pretrained", lambda *a: calls.append("again"))
+    ran = {}
+
+    def run_cascade(pipe, prompts, plan, **kwargs):
+        ran.update(prompt=prompts.prompt, plan=plan, pipe=type(pipe).__name__)
+        return plan.output
+
+    monkeypatch.setattr(cli, "run_cascade", run_cascade)
+    output = tmp_path / "out.png"
+    argv = ["generate", "a cat", "--model", str(tiny_dir), "--sizes", "64", "128", "--slider",
+            "1", "--steps", "2", "-o", str(output), "--device", "cpu", "--quiet",
+            *SMALL_FLAGS]  # fmt: skip
+    assert main(argv) == 0
+    assert calls == ["check_from_pretrained", "check_lora_options", "check_cascade"]
+    plan = ran["plan"]
+    assert (ran["prompt"], ran["pipe"]) == ("a cat", "PixelsmithPipeline")
+    assert (plan.sizes, plan.sliders, plan.output) == ([(64, 64), (128, 128)], [1], output)
+    assert plan.options.num_inference_steps == 2 and plan.options.config.patch_size == 8
