@@ -144,3 +144,69 @@ def test_a_name_that_is_neither_a_path_a_known_name_nor_a_hub_id_is_unknown(
     for bad in ("a/b/c", "/owner", "-x/y"):
         with pytest.raises((InvalidArgument, FileNotFoundError)):
             resolve_model_name(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("stabilityai/stable-diffusion-xl-base-1.0", True),
+        ("a/b", True),
+        ("Org_1/model.v2_x", True),
+        (f"{'o' * 96}/{'n' * 96}", True),
+        (f"{'o' * 97}/name", False),  # longer than the hub's 96 characters
+        ("org/a--b", False),
+        ("org/bad..name", False),
+        ("org/model.git", False),
+        ("org/name-", False),
+        ("org/name.", False),
+        ("-org/name", False),
+        (".org/name", False),
+        ("org/na me", False),
+        ("name", False),
+        ("a/b/c", False),
+    ],
+)
+def test_one_rule_for_a_hub_id(name: str, accepted: bool) -> None:
+    from common_kernels.runtime.hub import is_hub_id
+
+    assert is_hub_id(name) is accepted
+
+
+def test_a_hub_id_the_hub_would_refuse_is_an_unknown_model() -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from common_kernels.runtime.errors import InvalidArgument
+    from common_kernels.runtime.hub import is_hub_id, resolve_model_name
+
+    for name in ("org/a--b", "org/bad..name", "org/x.git", "org/x-", f"{'o' * 97}/x"):
+        with pytest.raises(HFValidationError):
+            validate_repo_id(name)
+        assert not is_hub_id(name)
+        with pytest.raises(InvalidArgument) as error:
+            resolve_model_name(name, argument="vae")
+        assert str(error.value) == (
+            f"vae: unknown model {name!r}: a local folder starts with ./ or / (or exists), a hub "
+            "id is owner/name"
+        )
+
+
+def test_resolve_source_names_its_argument(tmp_path: Path, monkeypatch) -> None:
+    from common_kernels.runtime.errors import InvalidArgument, MissingPath
+    from common_kernels.runtime.hub import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vae").mkdir()
+    assert resolve_source("./vae", "vae") == Path("./vae")
+    assert resolve_source("owner/vae", "vae") == "owner/vae"
+    assert resolve_source("tiny", "model", known=["tiny"]) == "tiny"
+    with pytest.raises(MissingPath) as missing:
+        resolve_source("./no_{vae}", "vae", what="VAE folder")
+    assert isinstance(missing.value, FileNotFoundError) and missing.value.argument == "vae"
+    assert (
+        str(missing.value) == f"vae: no VAE folder ./no_{{vae}} (nothing at {tmp_path}/no_{{vae}})"
+    )
+    assert missing.value.for_flags({"vae": "--vae"}).startswith("--vae: no VAE folder ./no_{vae}")
+    with pytest.raises(InvalidArgument) as unknown:
+        resolve_source("no_such_model", "model_id")
+    assert unknown.value.argument == "model_id" and not isinstance(unknown.value, MissingPath)

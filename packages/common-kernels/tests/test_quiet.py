@@ -33,3 +33,23 @@ def test_verbose_changes_nothing(monkeypatch) -> None:
     with pytest.warns(FutureWarning), quiet_libraries(verbose=True):
         assert "TRANSFORMERS_VERBOSITY" not in os.environ
         warnings.warn("old API", FutureWarning, stacklevel=1)
+
+
+@pytest.mark.filterwarnings("ignore:Cannot enable progress bars")  # HF_HUB_DISABLE_PROGRESS_BARS
+def test_quiet_loading_turns_the_loading_bars_off_and_back_on() -> None:
+    from common_kernels.runtime.quiet import quiet_loading
+
+    diffusers_logging = pytest.importorskip("diffusers.utils.logging")
+    transformers_logging = pytest.importorskip("transformers.utils.logging")
+    modules = (diffusers_logging, transformers_logging)
+    transformers_logging.disable_progress_bar()  # off before: stays off after
+    try:
+        with quiet_loading():
+            assert not any(module.is_progress_bar_enabled() for module in modules)
+        assert diffusers_logging.is_progress_bar_enabled()
+        assert not transformers_logging.is_progress_bar_enabled()
+        with pytest.raises(RuntimeError, match="boom"), quiet_loading():
+            raise RuntimeError("boom")
+        assert diffusers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.enable_progress_bar()

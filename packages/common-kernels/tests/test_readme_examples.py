@@ -4,13 +4,19 @@ the flags given, each nox session exists."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    check_script_flags,
+    nox_sessions,
+    program_words,
+    python_blocks,
+    shell_examples,
+)
 
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
@@ -23,19 +29,15 @@ def test_shell_example_names_what_exists(example: ShellExample) -> None:
     assert example.mode == "check" and example.reason  # installs and long benchmarks only
     for words in map(program_words, example.commands()):
         if words[0] == "python":
-            script = REPOSITORY / words[1]
-            source = script.read_text(encoding="utf-8")
-            for flag in (w for w in words[2:] if w.startswith("--")):
-                assert f'"{flag}"' in source, f"{words[1]} takes no {flag}"
+            check_script_flags(REPOSITORY, words)
         elif words[0] == "nox":
-            noxfile = (REPOSITORY / "noxfile.py").read_text(encoding="utf-8")
-            assert f"def {words[words.index('-s') + 1]}(session" in noxfile
+            assert words[words.index("-s") + 1] in nox_sessions(REPOSITORY), words
         else:
             assert words[0] == "pip" and "install" in example.reason
 
 
 def test_python_quickstart_runs_as_written() -> None:
-    code = re.search(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[1]
+    code = python_blocks(README)[0]
     namespace: dict = {}
     exec(compile(code, "README.md quickstart", "exec"), namespace)
     out, q = namespace["out"], namespace["q"]

@@ -9,10 +9,8 @@ session exists."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    check_script_flags,
+    nox_sessions,
+    option_values,
+    program_words,
+    run_shell_block,
+    shell_examples,
+)
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model
@@ -69,17 +75,6 @@ def with_models(workdir: Path, tiny_models: Path, commands: list[list[str]] = ()
             shutil.copytree(tiny_models / name, workdir / name)
 
 
-def run_block(code: str, workdir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["bash", "-e", "-c", code], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-
-
-def output_targets(commands: list[list[str]]) -> list[str]:
-    """The ``-o`` values of the commands."""
-    return [words[i + 1] for words in commands for i, w in enumerate(words) if w == "-o"]
-
-
 def check_outputs(workdir: Path) -> None:
     """What the README's run blocks write, where they wrote it."""
     if (workdir / "feats.safetensors").exists():  # the first block: zebra.png at 1024 x 1024
@@ -107,10 +102,10 @@ def test_shell_example_runs_as_written(
     example: ShellExample, workdir: Path, tiny_models: Path
 ) -> None:
     with_models(workdir, tiny_models, example.commands())
-    done = run_block(example.code, workdir)
+    done = run_shell_block(example.code, workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    for target in output_targets(example.commands()):
+    for target in option_values(example.commands(), "-o"):
         path = workdir / target
         assert path.exists(), target
         assert path.is_file() or any(path.rglob("*.png")), target
@@ -126,20 +121,6 @@ def check_diffeat(words: list[str]) -> None:
     assert args.command == words[1]
 
 
-def check_script(words: list[str]) -> None:
-    script = REPOSITORY / words[1]
-    assert script.is_file(), words[1]
-    source = script.read_text(encoding="utf-8")
-    for flag in (w for w in words[2:] if w.startswith("--")):
-        assert f'"{flag}"' in source, f"{words[1]} takes no {flag}"
-
-
-def check_nox(words: list[str]) -> None:
-    noxfile = (REPOSITORY / "noxfile.py").read_text(encoding="utf-8")
-    session = words[words.index("-s") + 1]
-    assert re.search(rf"^def {re.escape(session)}\(session", noxfile, re.M), session
-
-
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     checked = 0
@@ -148,9 +129,9 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
         if words[0] == "diffeat":
             check_diffeat(words)
         elif words[0] == "python" and words[1].endswith(".py"):
-            check_script(words)
+            check_script_flags(REPOSITORY, words)
         elif words[0] == "nox":
-            check_nox(words)
+            assert words[words.index("-s") + 1] in nox_sessions(REPOSITORY), words
         elif words[0] == "pip":
             assert "install" in example.reason
         else:

@@ -15,7 +15,6 @@ model the README names, then the LLM example with a tiny random GPT-2 in the 8B 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import inspect
 import json
 import os
@@ -33,7 +32,13 @@ from PIL import Image
 from common_kernels.runtime.batch import find_images
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    load_script,
+    nox_sessions,
+    program_words,
+    shell_examples,
+)
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
@@ -128,13 +133,6 @@ def check_written(words: list[str], cwd: Path) -> None:
             assert overlay.size[1] >= expected[0] and overlay.mode == "RGB"
 
 
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f"readme_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_command(words: list[str], example: ShellExample) -> None:
     """A command of a check block, given to the parser that would run it."""
     words = program_words(words)
@@ -146,12 +144,13 @@ def check_command(words: list[str], example: ShellExample) -> None:
     elif words[0] == "python":
         script = REPOSITORY / words[1]
         assert script.is_file(), f"{example.id}: no script {words[1]}"
-        load_script(script).build_parser().parse_args(words[2:])  # SystemExit(2) on a bad flag
+        load_script(script, f"readme_{script.stem}").build_parser().parse_args(
+            words[2:]
+        )  # SystemExit(2) on a bad flag
     elif words[0] == "nox":
         session = words[words.index("-s") + 1]
-        noxfile = (REPOSITORY / "noxfile.py").read_text(encoding="utf-8")
         packages = {p.parent.name for p in REPOSITORY.glob("packages/*/pyproject.toml")}
-        assert f"def {session}(session" in noxfile or session in packages, session
+        assert session in nox_sessions(REPOSITORY) | packages, session
     else:
         assert words[:2] == ["pip", "install"], f"{example.id}: cannot check {words}"
         assert "test_install.py" in example.reason  # resolved there with pip --dry-run

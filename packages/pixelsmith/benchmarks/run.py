@@ -39,14 +39,24 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common_kernels.runtime.bench import (
+    DTYPES,
+    machine,
+    peak_rss_mib,
+    random_weights,
+    require_cuda,
+    save_figure,
+    synchronize,
+    torch_dtype,
+)
+from common_kernels.runtime.files import write_text
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "a lighthouse on a cliff at sunset"
@@ -117,19 +127,7 @@ TIMED_PHASES = {
     "prepare_stage": "sample",
     "sample_stage": "sample",
 }
-DTYPES = ("fp32", "fp16", "bf16")
 CUDA_SIZES, CUDA_QUICK_SIZES = [1024, 2048, 4096], [1024, 2048]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def tiny_pipeline():
@@ -326,21 +324,6 @@ def gigapixel_run(pipe, size: int, steps: int, workdir: Path) -> dict:
     }
 
 
-def torch_dtype(name: str):
-    """The torch dtype of ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (CUDA kernels run asynchronously); no-op on the CPU."""
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def random_module(cls, config: dict, device: str, dtype: str, seed: int):
     """``cls(**config)`` with random weights, allocated on ``device`` in ``dtype`` directly.
 
@@ -362,19 +345,7 @@ def random_module(cls, config: dict, device: str, dtype: str, seed: int):
     if any(True for _ in module.buffers()):
         raise ValueError(f"{cls.__name__} has buffers, which to_empty would leave uninitialised")
     module = torch.nn.Module.to(module, torch_dtype(dtype)).eval()  # ModelMixin.to warns on casts
-    if device == "meta":
-        return module
-    module = module.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if param.ndim > 1:
-                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
-            elif name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.zero_()
-    return module
+    return module if device == "meta" else random_weights(module, device, seed)
 
 
 def sdxl_components(device: str = "cpu", dtype: str = "fp16", seed: int = 0) -> dict:
@@ -623,7 +594,7 @@ def worker(args: argparse.Namespace) -> None:
             )  # fmt: skip
         result["peak_rss_mib"] = peak_rss_mib()
         result["threads"] = args.threads
-        atomic_write_text(args.out, json.dumps(result))
+        write_text(args.out, json.dumps(result), make_parents=True)
         return
     pipe = tiny_pipeline()
     if args.workdir is not None:
@@ -660,7 +631,7 @@ def worker(args: argparse.Namespace) -> None:
             result = gigapixel_run(pipe, args.size, args.steps, Path(tmp))
     result["peak_rss_mib"] = peak_rss_mib()
     result["threads"] = args.threads
-    atomic_write_text(args.out, json.dumps(result))
+    write_text(args.out, json.dumps(result), make_parents=True)
 
 
 def run_worker(kind: str, args: argparse.Namespace, tmp: Path, **options) -> dict:
@@ -693,26 +664,9 @@ def run_worker(kind: str, args: argparse.Namespace, tmp: Path, **options) -> dic
 
 
 def environment(args: argparse.Namespace) -> dict:
-    import diffusers
-    import psutil
-    import torch
-
-    from common_kernels.runtime.cli import cpu_model
-
-    return {
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
-        "dtype": args.dtype,
-        "cuda": torch.version.cuda,
-        "threads": args.threads,
-        "cpu": cpu_model(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "load_average": os.getloadavg(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-    }
+    """Where the benchmark runs (``--device``, ``--dtype``, ``--threads``), diffusers' version
+    included."""
+    return machine(args.device, args.dtype, args.threads, ("diffusers",))
 
 
 def markdown(report: dict) -> str:
@@ -855,9 +809,9 @@ def cascade_comparison(args: argparse.Namespace, env: dict) -> None:
     }
     name = "pixelsmith_cascade" + ("_quick" if args.quick else "")
     name += "_cuda" if args.device == "cuda" else ""
-    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
     table = cascade_markdown(report)
-    atomic_write_text(args.results / f"{name}.md", table)
+    write_text(args.results / f"{name}.md", table, make_parents=True)
     print(table)
 
 
@@ -941,9 +895,7 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1008,15 +960,12 @@ def main(argv: list[str] | None = None) -> None:
     modules = ("matplotlib", "psutil") if plots else ("psutil",)
     folders = {"--results": args.results, "--workdir": args.workdir}
     check_benchmark_setup(parser.prog, "pixelsmith", modules=modules, folders=folders)
-    import torch
 
     if args.device == "cuda" or args.cascade:
         if args.gigapixel:
             parser.error("--gigapixel runs the tiny model on the CPU: not with --device cuda or "
                          "--cascade")  # fmt: skip
-        if args.device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() "
-                         "is False); use --device cpu")  # fmt: skip
+        require_cuda(parser, args.device)
         check_cascade_args(args, parser)
         cascade_comparison(args, environment(args))
         return
@@ -1034,11 +983,10 @@ def main(argv: list[str] | None = None) -> None:
             steps = args.steps or 2
             result = run_worker("gigapixel", args, tmp, size=args.giga_size, steps=steps)
             result["environment"] = env
-            atomic_write_text(
-                args.results / "pixelsmith_gigapixel.json", json.dumps(result, indent=1)
-            )
+            gigapixel = args.results / "pixelsmith_gigapixel.json"
+            write_text(gigapixel, json.dumps(result, indent=1), make_parents=True)
             table = gigapixel_markdown(result, env)
-            atomic_write_text(args.results / "pixelsmith_gigapixel.md", table)
+            write_text(args.results / "pixelsmith_gigapixel.md", table, make_parents=True)
             print(table)
             return
         steps = args.steps or 3
@@ -1076,9 +1024,9 @@ def main(argv: list[str] | None = None) -> None:
         "stage": stage,
     }
     name = "pixelsmith_bench_quick" if args.quick else "pixelsmith_bench"
-    atomic_write_text(args.results / f"{name}.json", json.dumps(report, indent=1))
+    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
     table = markdown(report)
-    atomic_write_text(args.results / f"{name}.md", table)
+    write_text(args.results / f"{name}.md", table, make_parents=True)
     plot(report, args.results / f"{name}.png")
     print(table)
 

@@ -4,7 +4,6 @@ the CPU with the tiny model, SDXL's sizes on the meta device, and --quick end to
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,15 +13,14 @@ import pytest
 import tifffile
 import torch
 
+from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
+
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pixelsmith_bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN, "pixelsmith_bench_run")
 
 
 def test_sample_run_counts_calls(bench):
@@ -156,13 +154,9 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("arguments", "message"), REFUSALS)
-def test_bad_cascade_options_are_refused(bench, tmp_path, monkeypatch, capsys, arguments, message):
+def test_bad_cascade_options_are_refused(bench, tmp_path, arguments, message):
     results = tmp_path / "results"
-    monkeypatch.setattr(sys, "argv", ["run.py", *arguments, "--results", str(results)])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in refusal(bench.main, [*arguments, "--results", str(results)], prog="run.py")
     assert not results.exists()
 
 
@@ -172,32 +166,7 @@ HINT = (
 )
 
 
-def no_work(*args, **kwargs):
-    raise AssertionError("the benchmark started working before checking its setup")
-
-
-FIND_SPEC = importlib.util.find_spec
-
-
-def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
-    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
-    )
-
-
-def refusal(bench, arguments: list[str], monkeypatch, capsys) -> str:
-    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
-    monkeypatch.setattr(sys, "argv", ["run.py", *arguments])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
     """Output folders that cannot be written, a missing [bench] module: one line, exit 2,
     before any worker starts."""
     monkeypatch.setattr(bench, "run_worker", no_work)
@@ -205,21 +174,20 @@ def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("x")
     out = str(tmp_path / "out")
-    err = refusal(bench, ["--quick", "--results", str(blocker)], monkeypatch, capsys)
+    err = refusal(bench.main, ["--quick", "--results", str(blocker)], prog="run.py")
     assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
     arguments = ["--quick", "--results", out, "--workdir", str(blocker / "tiffs")]
-    err = refusal(bench, arguments, monkeypatch, capsys)
+    err = refusal(bench.main, arguments, prog="run.py")
     message = f"--workdir {blocker}/tiffs: cannot create it, {blocker} is a file"
     assert err == f"run.py: error: {message}\n"
     for module in ("matplotlib", "psutil"):
-        hide_module(monkeypatch, module)
-        err = refusal(bench, ["--quick", "--results", out], monkeypatch, capsys)
+        with hidden_modules(module):
+            err = refusal(bench.main, ["--quick", "--results", out], prog="run.py")
         assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
-    hide_module(monkeypatch, "matplotlib")  # the gigapixel and cascade runs draw no plot
-    for arguments in (["--gigapixel"], ["--cascade"]):
-        monkeypatch.setattr(sys, "argv", ["run.py", *arguments, "--results", out])
-        with pytest.raises(AssertionError, match="before checking"):
-            bench.main()
+    with hidden_modules("matplotlib"):  # the gigapixel and cascade runs draw no plot
+        for arguments in (["--gigapixel"], ["--cascade"]):
+            with pytest.raises(AssertionError, match="before checking"):
+                bench.main([*arguments, "--results", out])
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 

@@ -206,7 +206,8 @@ CASES = {
     ),
     "model_bad_hub_id": (
         ["--model", "org/bad..name"],
-        "--model 'org/bad..name' is neither an existing folder nor a hub id (owner/name)",
+        "--model: unknown model 'org/bad..name': a local folder starts with ./ or / (or "
+        "exists), a hub id is owner/name",
     ),
     "vae_folder_missing": (
         ["--vae", "./nope/vae"],

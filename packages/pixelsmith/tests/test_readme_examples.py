@@ -9,11 +9,8 @@ resolve."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import os
 import re
 import shutil
-import subprocess
 import sys
 from functools import cache
 from importlib import metadata
@@ -25,7 +22,15 @@ import tifffile
 from PIL import Image
 
 from common_kernels.runtime.files import parse_size
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    load_script,
+    nox_sessions,
+    program_words,
+    python_blocks,
+    run_shell_block,
+    shell_examples,
+)
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 
@@ -86,9 +91,7 @@ def expected_images(words: list[str]) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "-e", "-c", example.code], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = run_shell_block(example.code, workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert not [text for text in LIBRARY_CHATTER if text in done.stderr], done.stderr[-3000:]
@@ -120,15 +123,7 @@ def script_parser(relative: str):
     """The ``build_parser()`` of a benchmark script of this package, loaded from its file."""
     path = REPOSITORY / relative
     assert path.is_file() and PACKAGE / "benchmarks" in path.parents, relative
-    spec = importlib.util.spec_from_file_location(f"readme_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
-
-
-def nox_sessions() -> set[str]:
-    noxfile = (REPOSITORY / "noxfile.py").read_text(encoding="utf-8")
-    return set(re.findall(r"^def (\w+)\(session", noxfile, re.M))
+    return load_script(path, f"readme_{path.stem}").build_parser()
 
 
 def check_command(words: list[str], reason: str) -> None:
@@ -145,7 +140,7 @@ def check_command(words: list[str], reason: str) -> None:
         except SystemExit as error:  # argparse's own parser exits on a bad flag
             pytest.fail(f"{words[1]} refuses {words[2:]} (exit {error.code})")
     elif words[0] == "nox":
-        assert words[1] == "-s" and words[2] in nox_sessions(), words
+        assert words[1] == "-s" and words[2] in nox_sessions(REPOSITORY), words
     elif words[:2] == ["pip", "install"]:
         assert "install" in reason  # resolved by the repository's tests/test_install.py
     else:
@@ -160,14 +155,10 @@ def test_checked_example_parses(example: ShellExample) -> None:
     assert commands, example.id
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-
-
 def examples_in_python() -> list[str]:
     """The Python blocks that are examples (they import something); the others are reference
     listings (the API's signature)."""
-    return [code for code in python_blocks() if re.search(r"^(from|import) ", code, re.M)]
+    return [code for code in python_blocks(README) if re.search(r"^(from|import) ", code, re.M)]
 
 
 QUICKSTARTS = [code for code in examples_in_python() if f"./{TINY}" in code]

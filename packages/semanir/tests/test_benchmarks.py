@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+from common_kernels.runtime.testing import hidden_modules, no_work, refusal
+from common_kernels.runtime.testing import load_script as load_path
 from semanir.inference import load_model, restore
 from semanir.io import read_image, write_image
 from semanir.metrics import psnr, ssim
@@ -24,11 +24,7 @@ TINY = "semanir_test_tiny_unet"
 
 def load_script(name: str) -> ModuleType:
     """Import benchmarks/<name>.py by path."""
-    spec = importlib.util.spec_from_file_location(f"test_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_path(BENCHMARKS / f"{name}.py", f"test_bench_{name}")
 
 
 run = load_script("run")
@@ -228,46 +224,20 @@ BENCH_HINT = (
 )
 
 
-def no_work(*args, **kwargs):
-    raise AssertionError("the script started working before checking its setup")
-
-
-FIND_SPEC = importlib.util.find_spec
-
-
-def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
-    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
-    )
-
-
-def refusal(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``main(argv)`` printed on stderr when it exited with status 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_eval_set12_checks_its_setup_before_any_work(
-    tmp_path, tiny_dir, data_root, monkeypatch, capsys
-):
+def test_eval_set12_checks_its_setup_before_any_work(tmp_path, tiny_dir, data_root, monkeypatch):
     monkeypatch.setattr(eval_set12, "load_denoisers", no_work)
     monkeypatch.setattr(eval_set12, "evaluate", no_work)
     argv = ["--model", f"tiny={tiny_dir}", "--sigmas", "25", "--data-root", str(data_root)]
     blocker = tmp_path / "results"
     blocker.write_text("x")
-    err = refusal(eval_set12.main, [*argv, "--models-only", "--out", str(blocker / "a")], capsys)
+    err = refusal(eval_set12.main, [*argv, "--models-only", "--out", str(blocker / "a")])
     assert err == f"eval_set12: error: --out {blocker}/a: cannot create it, {blocker} is a file\n"
-    hide_module(monkeypatch, "bm3d")
     out = tmp_path / "out"
-    err = refusal(eval_set12.main, [*argv, "--out", str(out)], capsys)
-    assert err == f"eval_set12: error: module bm3d is not installed; {BENCH_HINT}\n"
-    with pytest.raises(AssertionError, match="before checking"):  # --models-only: no BM3D needed
-        eval_set12.main([*argv, "--models-only", "--out", str(out)])
+    with hidden_modules("bm3d"):
+        err = refusal(eval_set12.main, [*argv, "--out", str(out)])
+        assert err == f"eval_set12: error: module bm3d is not installed; {BENCH_HINT}\n"
+        with pytest.raises(AssertionError, match="before checking"):  # --models-only: no BM3D
+            eval_set12.main([*argv, "--models-only", "--out", str(out)])
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 
@@ -403,36 +373,36 @@ def test_plot_training_joins_resumed_sessions(tmp_path, capsys):
     assert "neither a metrics.csv file nor a folder" in capsys.readouterr().err
 
 
-def test_plot_training_checks_its_setup_before_reading_the_logs(tmp_path, monkeypatch, capsys):
+def test_plot_training_checks_its_setup_before_reading_the_logs(tmp_path, monkeypatch):
     monkeypatch.setattr(plot_training, "metrics_files", no_work)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     logs, png = str(tmp_path / "logs"), str(tmp_path / "curve.png")
-    err = refusal(plot_training.main, [logs, "--out", str(blocker / "c.png")], capsys)
+    err = refusal(plot_training.main, [logs, "--out", str(blocker / "c.png")])
     message = f"--out {blocker}/c.png: cannot create its folder, {blocker} is a file"
     assert err == f"plot_training: error: {message}\n"
-    err = refusal(plot_training.main, [logs, "--out", png, "--json", str(tmp_path)], capsys)
+    err = refusal(plot_training.main, [logs, "--out", png, "--json", str(tmp_path)])
     assert err == f"plot_training: error: --json {tmp_path} is a folder, not a file\n"
-    hide_module(monkeypatch, "matplotlib")
-    err = refusal(plot_training.main, [logs, "--out", png], capsys)
+    with hidden_modules("matplotlib"):
+        err = refusal(plot_training.main, [logs, "--out", png])
     assert err == f"plot_training: error: module matplotlib is not installed; {BENCH_HINT}\n"
     assert list(tmp_path.iterdir()) == [blocker]
 
 
-def test_run_checks_its_setup_before_any_work(tmp_path, monkeypatch, capsys):
+def test_run_checks_its_setup_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "run_all", no_work)
     monkeypatch.setattr(run, "run_cuda", no_work)
     blocker = tmp_path / "results"
     blocker.write_text("x")
-    err = refusal(run.main, ["--quick", "--out", str(blocker)], capsys)
+    err = refusal(run.main, ["--quick", "--out", str(blocker)])
     assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
-    hide_module(monkeypatch, "matplotlib")
     out = tmp_path / "out"
-    err = refusal(run.main, ["--quick", "--out", str(out)], capsys)
-    assert err == f"run.py: error: module matplotlib is not installed; {BENCH_HINT}\n"
-    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
-    with pytest.raises(AssertionError, match="before checking"):  # the CUDA report: no plot
-        run.main(["--device", "cuda", "--out", str(out)])
+    with hidden_modules("matplotlib"):
+        err = refusal(run.main, ["--quick", "--out", str(out)])
+        assert err == f"run.py: error: module matplotlib is not installed; {BENCH_HINT}\n"
+        assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+        with pytest.raises(AssertionError, match="before checking"):  # the CUDA report: no plot
+            run.main(["--device", "cuda", "--out", str(out)])
 
 
 tile_occupancy = load_script("tile_occupancy")
@@ -587,7 +557,7 @@ def test_eval_sr_scores_each_set_against_bicubic(tmp_path, capsys) -> None:
     assert "results: " in capsys.readouterr().out
 
 
-def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch, capsys) -> None:
+def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(eval_sr, "load_for_task", no_work)
     (tmp_path / "data" / "set5").mkdir(parents=True)
     argv = ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
@@ -597,5 +567,5 @@ def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch
         eval_sr.main([*argv, "--sets", "set14"])
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    err = refusal(eval_sr.main, [*argv[:2], "--out", str(blocker / "a")], capsys)
+    err = refusal(eval_sr.main, [*argv[:2], "--out", str(blocker / "a")])
     assert err == f"eval_sr: error: --out {blocker}/a: cannot create it, {blocker} is a file\n"

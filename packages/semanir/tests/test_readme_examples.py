@@ -20,7 +20,15 @@ import torch
 from PIL import Image
 
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    check_script_flags,
+    option_values,
+    program_words,
+    python_blocks,
+    run_shell_block,
+    shell_examples,
+)
 from semanir.models import build_model
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -53,19 +61,12 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def output_targets(commands: list[list[str]]) -> list[str]:
-    """The ``-o`` values of the commands."""
-    return [words[i + 1] for words in commands for i, w in enumerate(words) if w == "-o"]
-
-
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "-e", "-c", example.code], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = run_shell_block(example.code, workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    for target in output_targets(example.commands()):
+    for target in option_values(example.commands(), "-o"):
         path = workdir / target
         assert path.exists(), target
         if path.is_file():
@@ -94,14 +95,6 @@ def check_semanir(words: list[str]) -> None:
         assert (PACKAGE / "src" / "semanir" / "configs" / f"{name}.yaml").is_file(), name
 
 
-def check_script(words: list[str]) -> None:
-    script = REPOSITORY / words[1]
-    assert script.is_file(), words[1]
-    source = script.read_text(encoding="utf-8")
-    for flag in (w for w in words[2:] if w.startswith("--")):
-        assert f'"{flag}"' in source, f"{words[1]} takes no {flag}"
-
-
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     checked = 0
@@ -110,7 +103,7 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
         if words[0] == "semanir":
             check_semanir(words)
         elif words[0] == "python" and words[1].endswith(".py"):
-            check_script(words)
+            check_script_flags(REPOSITORY, words)
         elif words[0] == "pip":
             assert "tests/test_install.py" in example.reason or "install" in example.reason
         else:
@@ -119,13 +112,9 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     assert checked, f"{example.id}: nothing of this package to check"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-
-
-@pytest.mark.parametrize("index", range(len(python_blocks())))
+@pytest.mark.parametrize("index", range(len(python_blocks(README))))
 def test_python_quickstart_runs_and_saves(index: int, workdir: Path, monkeypatch) -> None:
-    code = python_blocks()[index]
+    code = python_blocks(README)[index]
     monkeypatch.chdir(workdir)
     saved = re.findall(r"write_(?:image|photo)\(\"([^\"]+)\"", code)
     assert saved, "the quickstart saves its result"

@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("vitron_bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN, "vitron_bench_run")
 
 
 def test_corpus_and_parsers(bench):
@@ -47,39 +45,15 @@ HINT = (
 )
 
 
-def no_work(*args, **kwargs):
-    raise AssertionError("the benchmark started working before checking its setup")
-
-
-FIND_SPEC = importlib.util.find_spec
-
-
-def hide_module(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
-    """``importlib.util.find_spec`` reports ``missing`` (only) as not installed."""
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, package=None: None if name == missing else FIND_SPEC(name, package),
-    )
-
-
-def refusal(bench, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``run.py ARGUMENTS`` printed on stderr when it exited with status 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(arguments)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
-
-
-def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
     """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
     before any parser process starts."""
     monkeypatch.setattr(bench, "run_in_subprocess", no_work)
     blocker = tmp_path / "results"
     blocker.write_text("x")
-    err = refusal(bench, ["--quick", "--out", str(blocker)], capsys)
+    err = refusal(bench.main, ["--quick", "--out", str(blocker)])
     assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
-    hide_module(monkeypatch, "matplotlib")
-    err = refusal(bench, ["--quick", "--out", str(tmp_path / "out")], capsys)
+    with hidden_modules("matplotlib"):
+        err = refusal(bench.main, ["--quick", "--out", str(tmp_path / "out")])
     assert err == f"run.py: error: module matplotlib is not installed; {HINT}\n"
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"

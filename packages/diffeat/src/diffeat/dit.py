@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from common_kernels.runtime.quiet import quiet_loading
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.checks import VAE_SPEC, resolve_source
 from diffeat.extractor import FeatureExtractor
 from diffeat.features import Features
-from diffeat.loading import quiet_loading
 from diffeat.plan import ExtractorConfig, as_dtype, resolve_layers
 from diffeat.presets import ALL, default_preset, get_preset
 from diffeat.prompts import PromptEmbeddings, T5PromptEncoder

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from common_kernels.runtime.quiet import quiet_loading
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import CONTROL_PREFIX, LayerInfo, LayerSpec, build_catalogue, check_names
 from diffeat.checks import TEXT_TOKENS, VAE_SPEC
 from diffeat.extractor_adapters import AdapterMixin
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
-from diffeat.loading import LOAD_KEYS, load_components, load_controlnet, quiet_loading
+from diffeat.loading import LOAD_KEYS, load_components, load_controlnet
 from diffeat.plan import (
     LATENT_MODES,
     ExtractorConfig,

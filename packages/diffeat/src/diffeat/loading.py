@@ -1,10 +1,8 @@
 """Loading the components of a diffusers SD/SDXL repository (after the checks of
-:func:`diffeat.plan.check_from_pretrained`), with the libraries' loading bars off."""
+:func:`diffeat.plan.check_from_pretrained`); the callers load inside
+``common_kernels.runtime.quiet.quiet_loading`` (the libraries' loading bars off)."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -29,25 +27,6 @@ def load_controlnet(model: str, dtype: torch.dtype, unet_config, **load) -> nn.M
     config_load = {k: v for k, v in load.items() if k != "variant"}
     check_controlnet_config(ControlNetModel.load_config(model, **config_load), unet_config)
     return ControlNetModel.from_pretrained(model, torch_dtype=dtype, **load)
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """transformers' and diffusers' loading progress bars ("Loading weights") off inside, their
-    previous state restored after."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    modules = (diffusers_logging, transformers_logging)
-    enabled = [module.is_progress_bar_enabled() for module in modules]
-    for module in modules:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module, was_enabled in zip(modules, enabled, strict=True):
-            if was_enabled:
-                module.enable_progress_bar()
 
 
 def load_components(model: str, dtype: torch.dtype, text_stack: bool = True, **load) -> dict:

@@ -24,10 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from common_kernels.runtime.errors import InvalidArgument, literal
-from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
+from common_kernels.runtime.hub import HubUnreachableError, check_hub
+from common_kernels.runtime.hub import resolve_source as resolve_source_name
 from pixelsmith.errors import ArgumentError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -54,29 +53,19 @@ def resolve_source(
         file_ok: a local file is accepted too (a LoRA ``.safetensors``).
 
     Raises:
-        FileNotFoundError: ``value`` looks like a path and nothing is there.
-        common_kernels.runtime.errors.InvalidArgument: an unknown model, neither a path nor a hub id
-            ``owner/name`` (a ``ValueError`` named ``name``).
-        ValueError: a file where a folder belongs, a folder without ``marker``, or an
-            ``owner/name`` that the hub does not accept as an id.
+        common_kernels.runtime.errors.MissingPath: ``value`` looks like a path and nothing is
+            there (a ``FileNotFoundError`` named ``name``).
+        common_kernels.runtime.errors.InvalidArgument: an unknown model, neither a path nor a hub
+            id (``common_kernels.runtime.hub.is_hub_id``; a ``ValueError`` named ``name``).
+        ValueError: a file where a folder belongs, or a folder without ``marker``.
     """
-    try:
-        source = resolve_model_name(value, argument=name, what=what)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{name}: {error}") from None
+    source = resolve_source_name(value, name, what=what)
     text = os.fspath(value)
     if isinstance(source, Path):
         if source.is_file() and not file_ok:
             raise ValueError(f"{name} {text} is a file; expected a hub id (owner/name) or a folder")
         if marker is not None and source.is_dir() and not (source / marker).is_file():
             raise ValueError(f"{name} {text}: no {marker} in the folder (not a diffusers folder)")
-        return source
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        raise ValueError(
-            f"{name} {text!r} is neither an existing folder nor a hub id (owner/name)"
-        ) from None
     return source
 
 

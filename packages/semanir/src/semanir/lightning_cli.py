@@ -64,8 +64,9 @@ def run_lightning(argv: list[str]) -> int:
     # Imported here: Lightning takes seconds to import and restore/eval do not need it.
     from common_kernels.runtime.cli import one_line
     from common_kernels.runtime.errors import InvalidArgument
+    from common_kernels.runtime.lightning import TrainingInterrupted
     from semanir.data.datamodule import DataFolderError
-    from semanir.lightning_module import TRAINING_FLAGS, RestorationCLI, TrainingInterrupted
+    from semanir.lightning_module import TRAINING_FLAGS, RestorationCLI
 
     prog, verbose = f"semanir {argv[0]}", "--verbose" in argv
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv resolved
@@ -86,10 +87,6 @@ def run_lightning(argv: list[str]) -> int:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return 2 if bad_input else 1
     except TrainingInterrupted as stop:
-        print(
-            f"semanir {argv[0]}: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "
-            f"resume with the same command and --ckpt_path {stop.checkpoint}",
-            file=sys.stderr,
-        )
-        return 130 if stop.signal_name == "SIGINT" else 143
+        print(stop.line(prog, "--ckpt_path"), file=sys.stderr)
+        return stop.exit_status
     return 0

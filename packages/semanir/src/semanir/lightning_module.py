@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import signal
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +15,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
@@ -25,9 +23,8 @@ from torchmetrics import MeanMetric
 
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.errors import InvalidArgument, literal
-from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.hub import resolve_model_name
-from common_kernels.runtime.lightning import progress_callbacks
+from common_kernels.runtime.lightning import InterruptCheckpoint, progress_callbacks
 from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, check_data_dirs
 from semanir.data.datasets import index_generator
@@ -453,71 +450,6 @@ class WarmupEMAWeightAveraging(EMAWeightAveraging):
         average = warmup_ema_avg_fn(decay)  # checks decay first, with its own message
         super().__init__(decay=decay, **kwargs)
         self._kwargs["avg_fn"] = average
-
-
-class TrainingInterrupted(BaseException):
-    """Training stopped on SIGINT or SIGTERM after its resumable checkpoint was written.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``), so that nothing catches it by accident.
-
-    Args:
-        signal_name: "SIGINT" or "SIGTERM".
-        step: the optimizer steps taken.
-        checkpoint: the checkpoint to resume from (``--ckpt_path``).
-    """
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
-        super().__init__(f"{signal_name} at step {step}; checkpoint {checkpoint}")
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-
-
-class InterruptCheckpoint(Callback):
-    """Stop cleanly on SIGINT (Ctrl-C) or SIGTERM (what a batch scheduler sends).
-
-    The signal only marks the run: the current step finishes, a resumable checkpoint (weights,
-    optimizer, schedule, the data position, EMA) is written atomically as ``interrupted.ckpt``
-    next to the run's other checkpoints, and :class:`TrainingInterrupted` stops training. A
-    second Ctrl-C stops at once, without a checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous_sigint: Any = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
-
-    def _on_sigint(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = "SIGINT"
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        received = self.received or ("SIGTERM" if trainer.received_sigterm else None)
-        if received is None:
-            return
-        path = self.checkpoint_path(trainer)
-        if trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as temp_path:
-                trainer.save_checkpoint(temp_path)
-        raise TrainingInterrupted(received, trainer.global_step, path)
-
-    @staticmethod
-    def checkpoint_path(trainer: L.Trainer) -> Path:
-        """``interrupted.ckpt`` in the folder of the run's checkpoints."""
-        callback = trainer.checkpoint_callback
-        if callback is not None and getattr(callback, "dirpath", None):
-            return Path(callback.dirpath) / "interrupted.ckpt"
-        return (
-            Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "interrupted.ckpt"
-        )
 
 
 def check_checkpoint_minutes(minutes: float) -> None:

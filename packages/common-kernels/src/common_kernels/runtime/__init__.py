@@ -4,7 +4,8 @@
 the one exception type for a bad argument), ``cli`` (error printing, shared flags, signals),
 ``batch`` (folders of inputs), ``hub`` (the one rule for hub ids and offline loading),
 ``progress`` and ``lightning`` (bars and the interrupt checkpoint of a training run), ``photos``
-(metadata-preserving image writes), ``quiet`` (library chatter while loading) and ``testing``
-(helpers for the packages' tests). None of them imports a kernel module; the kernels import
+(metadata-preserving image writes), ``quiet`` (library chatter while loading), ``bench`` (the
+benchmark scripts' device, precision and report helpers) and ``testing`` (helpers for the
+packages' tests). None of them imports a kernel module; the kernels import
 only ``progress`` from here.
 """

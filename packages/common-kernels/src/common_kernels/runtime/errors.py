@@ -44,6 +44,11 @@ class InvalidArgument(ValueError):
         return f"{flags.get(self.argument, self.argument)}: {self.render(flags)}"
 
 
+class MissingPath(InvalidArgument, FileNotFoundError):
+    """A path where nothing is, named by its argument: a ``FileNotFoundError`` that is an
+    :class:`InvalidArgument` too (``vae: no VAE folder ./x (nothing at /abs/x)``)."""
+
+
 def literal(text: object) -> str:
     """``text`` (a path, a library's message) shown as written inside an
     :class:`InvalidArgument` message: its braces doubled, so that they are not taken for the

@@ -25,10 +25,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, MissingPath, literal
 
 HUB_TIMEOUT_S = 5.0
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
+# owner/name, each part 1 to 96 characters, starting with a letter or a digit and ending with a
+# word character; with the hub's own limits in is_hub_id (huggingface_hub.validate_repo_id's)
+HUB_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}\w)?"
+HUB_ID = re.compile(rf"^{HUB_PART}/{HUB_PART}$")
 
 
 class HubUnreachableError(OSError):
@@ -65,8 +68,20 @@ def local_or_hub(name: str | os.PathLike, *, what: str = "model folder") -> Path
 
 
 def is_hub_id(name: str) -> bool:
-    """Whether ``name`` has the form of a hub id, ``owner/name``."""
-    return bool(HUB_ID.match(name))
+    """Whether ``name`` is a hub id, ``owner/name``: the one rule of every package, the hub's
+    own included (letters, digits, ``-``, ``_`` and ``.``; each part starts with a letter or a
+    digit, ends with neither ``-`` nor ``.``, and has at most 96 characters; no ``--`` or
+    ``..``; no ``.git`` at the end).
+
+    Args:
+        name: what the user gave.
+    """
+    return (
+        bool(HUB_ID.match(name))
+        and "--" not in name
+        and ".." not in name
+        and not name.endswith(".git")
+    )
 
 
 def resolve_model_name(
@@ -102,6 +117,33 @@ def resolve_model_name(
         f"unknown model {source!r}: {names}a local folder starts with ./ or / (or exists), a "
         "hub id is owner/name",
     )
+
+
+def resolve_source(
+    value: str | os.PathLike,
+    argument: str,
+    *,
+    what: str = "model folder",
+    known: Iterable[str] = (),
+) -> Path | str:
+    """:func:`resolve_model_name` for an API's argument: a missing path is a :class:`MissingPath`
+    naming it (``vae: no VAE folder ./x (nothing at /abs/x)``), an unknown model an
+    ``InvalidArgument`` naming it.
+
+    Args:
+        value: what the caller gave.
+        argument: the API's argument (named in the messages).
+        what: the kind of local thing expected, for the missing-path message.
+        known: the package's own names, returned as given.
+
+    Raises:
+        MissingPath: ``value`` looks like a path and nothing is there (a ``FileNotFoundError``).
+        InvalidArgument: neither a path, a known name, nor a hub id.
+    """
+    try:
+        return resolve_model_name(value, known=known, argument=argument, what=what)
+    except FileNotFoundError as error:
+        raise MissingPath(argument, literal(error)) from None
 
 
 def hub_cache_dir() -> Path:

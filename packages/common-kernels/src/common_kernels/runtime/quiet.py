@@ -3,7 +3,8 @@
 Loading a diffusers pipeline or starting a Lightning run writes the libraries' own progress
 bars ("Loading pipeline components"), deprecation notices and advertising tips into a user's
 terminal and logs, between the command's own lines. :func:`quiet_libraries` turns them off for
-the duration of a command (``--verbose`` keeps them) and restores every setting afterwards.
+the duration of a command (``--verbose`` keeps them) and restores every setting afterwards;
+:func:`quiet_loading` turns off the libraries' loading bars alone while an API loads a model.
 Standard library only; the libraries are touched only when they are installed.
 """
 
@@ -72,19 +73,37 @@ def _restore_environment(saved: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def _bars_off() -> list:
-    """Turn off the progress bars of the installed libraries that have a switch; returns the
-    functions that turn them back on."""
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Inside, the loading bars of transformers and diffusers ("Loading weights", "Loading
+    pipeline components") are off, where they are installed (transformers' switch is
+    huggingface_hub's too); their previous state is restored after."""
+    with contextlib.ExitStack() as stack:
+        for restore in _loading_bars_off(imported_only=False):
+            stack.callback(restore)
+        yield
+
+
+def _loading_bars_off(imported_only: bool) -> list:
+    """Turn off the loading bars of transformers and diffusers (installed; with
+    ``imported_only``, already imported); returns the functions that turn them back on."""
     restores = []
     for module_name in ("transformers.utils.logging", "diffusers.utils.logging"):
         if importlib.util.find_spec(module_name.split(".")[0]) is None:
             continue
-        if module_name.split(".")[0] not in sys.modules:
+        if imported_only and module_name.split(".")[0] not in sys.modules:
             continue  # imported later, inside: the environment above reaches it
         module = importlib.import_module(module_name)
         if module.is_progress_bar_enabled():
             module.disable_progress_bar()
             restores.append(module.enable_progress_bar)
+    return restores
+
+
+def _bars_off() -> list:
+    """Turn off the progress bars of the installed libraries that have a switch; returns the
+    functions that turn them back on."""
+    restores = _loading_bars_off(imported_only=True)
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import (
             are_progress_bars_disabled,

@@ -17,7 +17,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
+from common_kernels.runtime.hub import (
+    HubUnreachableError,
+    check_hub,
+    is_hub_id,
+    resolve_model_name,
+)
 from vitron.checks import Names, named
 
 CONFIG_NAME = "config.json"
@@ -78,15 +83,10 @@ def reachable_hub_id(repo_id: str, label: str) -> str:
         repo_id: ``owner/name``.
         label: the argument, as the caller spells it, named in the messages.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
+    if not is_hub_id(repo_id):
         raise ValueError(
             f"{label} {repo_id}: not a hub id owner/name (a local folder is written ./DIR)"
-        ) from None
+        )
     try:
         check_hub(repo_id)
     except HubUnreachableError as err:

@@ -1,5 +1,6 @@
 """Training: the JSONL conversation format and the three stages (Lightning; LoRA via peft)."""
 
+from common_kernels.runtime.lightning import InterruptCheckpoint, TrainingInterrupted
 from vitron.training.config import (
     PRECISIONS,
     STAGES,
@@ -9,8 +10,6 @@ from vitron.training.config import (
 )
 from vitron.training.data import ConversationDataset, TargetIndex, collate, read_records
 from vitron.training.module import (
-    InterruptCheckpoint,
-    TrainingInterrupted,
     VitronDataModule,
     VitronLightningModule,
     apply_lora,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common_kernels.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
+from common_kernels.runtime.cli import UsageError
 from vitron.checks import SEED_MAX
 from vitron.options import one_line
 
@@ -52,12 +52,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = train(args.model, args.data, args.output, **settings, **files, resume=args.resume)
     except TrainingInterrupted as stop:
-        print(
-            f"vitron train: {stop.signal_name} at step {stop.step}, saved {stop.checkpoint}; "
-            f"resume with the same command and --resume {stop.checkpoint}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED if stop.signal_name == "SIGINT" else EXIT_TERMINATED
+        print(stop.line("vitron train", "--resume"), file=sys.stderr)
+        return stop.exit_status
     except (FileNotFoundError, ValueError) as err:  # the data, found bad while working
         raise UsageError(one_line(err)) from None
     print(

@@ -36,7 +36,6 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 # strategy name part -> the package it needs
 STRATEGY_PACKAGES = {"deepspeed": "deepspeed", "xla": "torch_xla", "tpu": "torch_xla"}
-INTERRUPTED_NAME = "interrupted.ckpt"
 
 
 def available_strategies() -> tuple[str, ...]:

@@ -23,14 +23,11 @@ folder as the unsharded strategies.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
 import math
-import signal
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +38,11 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from common_kernels.runtime.cli import leave_signals_to_the_main_process
-from common_kernels.runtime.files import atomic_write
-from common_kernels.runtime.lightning import progress_callbacks
+from common_kernels.runtime.lightning import InterruptCheckpoint, progress_callbacks
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
 from vitron.training.config import (
-    INTERRUPTED_NAME,
     STAGES,
     TrainConfig,
     check_train,
@@ -305,75 +300,6 @@ def save_trained(strategy: Any, module: VitronLightningModule, directory: str | 
     state = full_state_dict(strategy)
     if strategy.is_global_zero:
         export_state_dict(module, state, directory)
-
-
-class TrainingInterrupted(BaseException):
-    """Training stopped on SIGINT or SIGTERM after its resumable checkpoint was written.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``), so that nothing catches it by accident.
-
-    Args:
-        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
-        step: the optimizer steps taken.
-        checkpoint: the checkpoint to resume from (``train(..., resume=...)``, ``--resume``).
-    """
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
-        super().__init__(f"{signal_name} at step {step}, saved {checkpoint}")
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-
-
-class InterruptCheckpoint(L.Callback):
-    """Stop cleanly on SIGINT (Ctrl-C) or SIGTERM (what a batch scheduler sends).
-
-    While :meth:`catching` is active the signals only mark the run: the current optimizer step
-    finishes (all of its accumulated batches), a resumable checkpoint (weights, optimizer,
-    schedule, data position) is written atomically (a temporary file, then a rename) as
-    ``directory/interrupted.ckpt``, and :class:`TrainingInterrupted` stops training. A second
-    Ctrl-C stops at once, without a checkpoint.
-
-    Args:
-        directory: the folder of the checkpoint.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.path = Path(directory) / INTERRUPTED_NAME
-        self.received: str | None = None
-
-    @contextlib.contextmanager
-    def catching(self) -> Iterator[None]:
-        """Mark SIGINT and SIGTERM in this block instead of stopping at once (main thread only;
-        the previous handlers come back after)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._mark) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _mark(self, signum: int, frame: object) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.received = self.received or signal.Signals(signum).name
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        batch_idx = args[-1]
-        if self.received is None or (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # no signal, or in the middle of an optimizer step's batches
-        # Lightning hands a step's logged values to the loggers after this hook: first, so
-        # that the log (which a resumed run continues) has every step trained
-        connector = getattr(trainer, "_logger_connector", None)
-        if connector is not None and trainer.loggers:
-            connector.update_train_step_metrics()
-        if trainer.is_global_zero:
-            with atomic_write(self.path, make_parents=True) as temp:
-                trainer.save_checkpoint(temp)
-        else:  # a collective save: the other ranks take part, rank 0 writes
-            trainer.save_checkpoint(self.path)
-        raise TrainingInterrupted(self.received, trainer.global_step, self.path)
 
 
 def periodic_checkpoints(
