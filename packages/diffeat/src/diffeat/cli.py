@@ -6,8 +6,9 @@ diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat tiny-model DIR --kind sd15|sdxl
 
-Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96 px wide.
-Folders give their images (``--recursive``: their subfolders' too); every image is decoded
+--model is a diffusers SD/SDXL (U-Net) or PixArt (DiT) repository (its model_index.json says
+which). Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96
+px wide. Folders give their images (``--recursive``: their subfolders' too); every image is decoded
 before the model loads (``--keep-going`` skips a bad one and exits 1 at the end). Bad inputs
 are found before any weights load (only the model's config files are read): see :func:`main`.
 """
@@ -46,11 +47,7 @@ from common_kernels.runtime.files import check_output_folder_name
 from common_kernels.runtime.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
 from diffeat.capture import MissingActivationsError
-from diffeat.checks import (
-    DTYPES,
-    SEED_MAX,
-    check_int_range,
-)
+from diffeat.checks import DTYPES
 from diffeat.commands import (
     CheckedInputs,
     Keep,
@@ -69,6 +66,7 @@ from diffeat.commands import (
     write_pca,
 )
 from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model
+from diffeat.errors import SourceError
 from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_image_file
 from diffeat.io import load_features, load_image
@@ -90,7 +88,7 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
                      "model's factor)"},
     "--latent": {"choices": LATENT_MODES, "default": "sample"},
     "--faithful": {"action": "store_true", "help": "official-code quirks on"},
-    "--no-early-exit": {"action": "store_true", "help": "always run the full U-Net"},
+    "--no-early-exit": {"action": "store_true", "help": "always run the whole network"},
     "--dtype": {"choices": sorted(DTYPES), "default": "fp32"},
     "--device": {"default": None, "help": "torch device (default: cuda when available, else cpu)"},
     "--seed": {"type": int, "default": 0, "help": "seed of the latent sample and noise, in "
@@ -136,13 +134,15 @@ def add_model_options(parser: argparse.ArgumentParser, required: bool = True) ->
     parser.add_argument(
         "--model",
         required=required,
-        help="diffusers SD/SDXL repository: hub id or local folder (see `diffeat tiny-model`)",
+        help="diffusers SD/SDXL or PixArt repository: hub id or local folder (see `diffeat "
+        "tiny-model`)",
     )
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--preset", choices=sorted(PRESETS), help="a paper selection")
     names = ", ".join(selection_names())
     selection.add_argument(
-        "--layers", help=f"comma-separated activation names (vae-out and the U-Net catalogue), "
+        "--layers", help=f"comma-separated activation names (vae-out and the U-Net or DiT "
+        "catalogue), "
         f"or one of {names}"
     )  # fmt: skip
     selection.add_argument(
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = commands.add_parser("layers", help="print the activation catalogue with shapes")
     source = layers.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="hub id or local folder (only its unet config is read)")
+    source.add_argument(
+        "--model", help="hub id or local folder (only its unet or transformer config is read)"
+    )
     source.add_argument(
         "--config", choices=sorted({**UNET_CONFIGS, **DIT_CONFIGS}), help="a bundled config"
     )
@@ -205,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
-    "model_id_or_dir": "--model", "layers": "--layers", "preset": "--preset",
+    "model_id_or_dir": "--model", "model": "--model", "config": "--config",
+    "text_tokens": "--text-tokens", "directory": "DIR", "layers": "--layers", "preset": "--preset",
     "timestep": "--timestep", "dtype": "--dtype", "device": "--device", "seed": "--seed",
     "latent": "--latent", "image_size": "--image-size", "batch_size": "--batch-size",
     "allow_large": "--allow-large", "lora": "--lora", "lora_scale": "--lora-scale",
+    "fuse_lora": "--fuse-lora", "faithful": "--faithful",
     "controlnet": "--controlnet", "control_scale": "--control-scale",
     "control_image": "--control-image", "resize": "--resize", "concat": "--concat",
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
@@ -235,32 +239,25 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
         "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,
+        "control_image": args.control_image,
     }  # fmt: skip
 
 
-def check_adapter_flags(args: argparse.Namespace) -> None:
-    """Flags that need another one (``--fuse-lora`` needs ``--lora``, ...)."""
-    needs = {"--fuse-lora": (args.fuse_lora, args.lora, "--lora PATH")}
-    needs["--control-image"] = (args.control_image, args.controlnet, "--controlnet PATH")
-    needs["--controlnet"] = (args.controlnet, args.control_image, "--control-image PATH")
-    for flag, (given, other, what) in needs.items():
+def check_plan(args: Namespace) -> LoadPlan:
+    """The model and options of an extraction checked by the API, reading only config files;
+    then the control image file is decoded. Flags that only this command pairs (``--fuse-lora``
+    without ``--lora``, ``--controlnet`` without ``--control-image``) are refused first."""
+    for flag, given, other, what in (
+        ("--fuse-lora", args.fuse_lora, args.lora, "--lora PATH"),
+        ("--controlnet", args.controlnet, args.control_image, "--control-image PATH"),
+    ):
         if given and not other:
             raise UsageError(f"{flag}: needs {what}")
-    if args.control_image is not None:
-        with usage_errors():
+    with usage_errors():  # --batch-size is checked with the images
+        plan = check_from_pretrained(args.model, **load_options(args))
+        if args.control_image is not None:
             check_image_file(args.control_image)
-
-
-def check_plan(args: Namespace) -> LoadPlan:
-    """The model and options of an extraction checked by the API, reading only config files."""
-    with usage_errors():  # --seed, --device there; --batch-size with the images
-        check_adapter_flags(args)
-        return check_from_pretrained(args.model, names=flags(args), **load_options(args))
-
-
-def flags(args: Namespace) -> dict[str, str]:
-    """FLAGS, with ``layers`` named ``--all`` when that is how they were given."""
-    return {**FLAGS, "layers": "--all"} if args.all else FLAGS
+    return plan
 
 
 def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **group):
@@ -271,7 +268,7 @@ def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **gro
             plan, args.images if images is None else images, args.batch_size,
             recursive=args.recursive, keep_going=args.keep_going,
             on_unreadable=lambda item: say(args, f"skipping {item.path}: {item.reason}"),
-            keep=keep, allow_large=args.allow_large, names=flags(args), **group,
+            keep=keep, allow_large=args.allow_large, **group,
         )  # fmt: skip
     left_out = left_out_line(checked.listing, "--recursive")
     if left_out:
@@ -286,7 +283,10 @@ def say(args: Namespace, line: str) -> None:
 
 def skipped_status(args: Namespace, skipped: Sequence[Skipped]) -> int:
     """Exit status 1 with the list of the images skipped (``--keep-going``), else 0."""
-    return say(args, skipped_summary(skipped)) or 1 if skipped else 0
+    if not skipped:
+        return 0
+    say(args, skipped_summary(skipped))
+    return 1
 
 
 def load_extractor(args: argparse.Namespace, checked: CheckedInputs) -> FeatureExtractor:
@@ -300,12 +300,11 @@ def load_extractor(args: argparse.Namespace, checked: CheckedInputs) -> FeatureE
 
 def command_layers(args: argparse.Namespace) -> None:
     """Print the catalogue with shapes, from a bundled config or a model's U-Net config."""
-    flags = {**FLAGS, "text_tokens": "--text-tokens", "config": "--config"}
     with usage_errors():
         config, tokens, source = check_listing(
-            args.config, args.model, args.image_size, args.text_tokens, flags
+            args.config, args.model, args.image_size, args.text_tokens
         )
-    tokens = tokens or tokenizer_length(source, "--model")  # a failure to load it exits 1
+    tokens = tokens or tokenizer_length(source)  # a failure to load it exits 1
     list_layers(config, args.image_size, tokens, contains=args.contains)
 
 
@@ -313,7 +312,7 @@ def command_extract(args: Namespace) -> int:
     """Extract features of the images to a safetensors file."""
     check_file_writable(args.output, "-o/--output", (".safetensors",))
     why = "the images of one features file need one size"
-    keep = resize_parts(args.resize, args.concat, FLAGS)
+    keep = resize_parts(args.resize, args.concat)
     checked = check_images(args, check_plan(args), keep, one_size=True, why=why)
     if checked.images:
         extractor = load_extractor(args, checked)
@@ -330,7 +329,7 @@ def command_extract(args: Namespace) -> int:
 def command_probe(args: Namespace) -> int:
     """Print (and write) the property probes of every selected activation."""
     with usage_errors():
-        probes = check_probes(args.probes, "--probes")
+        probes = check_probes(args.probes)
     if args.output is not None:
         check_file_writable(args.output, "-o/--output", (".json",))
     checked = check_images(args, check_plan(args), probe_part)
@@ -357,9 +356,7 @@ def command_pca(args: Namespace) -> int:
         if given:
             raise UsageError(f"{given[0]}: applies to images, not to --features")
         with usage_errors():
-            stems, size = check_pca_file(
-                args.features, args.output, args.size, args.allow_large, FLAGS
-            )
+            stems, size = check_pca_file(args.features, args.output, args.size, args.allow_large)
         return write_pngs(args, load_features(args.features)[0], stems, size)
     if not args.images or not args.model:
         raise UsageError("pass images and --model, or --features FILE")
@@ -367,14 +364,14 @@ def command_pca(args: Namespace) -> int:
     with usage_errors():
         outputs = plan_pca_outputs(
             args.images, args.output, plan.names, recursive=args.recursive,
-            in_place=args.in_place, skip_existing=args.skip_existing, names=FLAGS,
+            in_place=args.in_place, skip_existing=args.skip_existing,
         )  # fmt: skip
     if outputs.done:
         say(args, f"left out {len(outputs.done)} image(s) whose PNGs exist (--skip-existing)")
     if not outputs.pending.images:
         return write_pngs(args, {}, [], None)
     why = "one PCA covers all images: they need one size"
-    keep = pca_keep(args.size, FLAGS)
+    keep = pca_keep(args.size)
     checked = check_images(args, plan, keep, outputs.pending, one_size=True, why=why)
     stems, features = outputs.stems_of(checked.images), {}
     args.session.run = BatchRun(len(stems), resume_command("diffeat pca", args.argv))
@@ -397,11 +394,7 @@ def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped
 
 def command_tiny_model(args: argparse.Namespace) -> None:
     """Write a tiny random SD/SDXL-shaped model folder."""
-    with usage_errors():
-        check_int_range(args.seed, "--seed", 0, SEED_MAX)
     check_folder_writable(args.directory, "DIR")
-    if (args.directory / "model_index.json").exists():
-        raise UsageError(f"DIR {args.directory} already holds a model (model_index.json)")
     save_tiny_model(str(args.directory), args.kind, args.seed)
     print(f"wrote a tiny random {args.kind} model to {args.directory}")
 
@@ -439,9 +432,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prog = command_prog("diffeat", argv, COMMANDS)
     return run_main(
-        prog, run, work_errors=(MissingActivationsError,),
+        prog, run, work_errors=(MissingActivationsError,), describe=describe,
         interrupt_hint=session.interrupt_hint, flags=FLAGS,
     )  # fmt: skip
+
+
+def describe(error: BaseException) -> str:
+    """An error's one line, an API's failure to read a source naming the flag."""
+    return one_line(error.for_flags(FLAGS) if isinstance(error, SourceError) else error)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ the batch, or with ``keep_going`` is set aside) and checks them against a
 estimate) before any weights are loaded; :func:`plan_pca_outputs` says where ``pca``'s PNGs go,
 refuses a folder that is an input folder and leaves out finished images (``skip_existing``).
 :func:`extract_batches`, :func:`write_features`, :func:`mean_probes`, :func:`check_pca_file`
-and :func:`write_pca` are the work of the commands. Errors about inputs are
-``ValueError``/``FileNotFoundError``/``IsADirectoryError`` naming the argument as ``names``
-spells it (the CLI: its flags), or ``InvalidArgument`` naming the API's argument, so the API
-and the CLI say the same.
+and :func:`write_pca` are the work of the commands. Errors about inputs name the API's
+arguments (``InvalidArgument``, :mod:`diffeat.errors`), which the CLI prints with its flags, so
+the API and the CLI say the same.
 """
 
 from __future__ import annotations
@@ -34,13 +33,13 @@ from common_kernels.runtime.batch import (
     find_images,
     survey,
 )
-from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress
 from diffeat import __version__
 from diffeat.aggregate import aggregate
 from diffeat.catalogue import LayerInfo
-from diffeat.checks import DTYPES, Names, check_int_range, model_infos, named
+from diffeat.checks import DTYPES, model_infos
+from diffeat.errors import InvalidArgument, InvalidValue, check_int_range, literal
 from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_features_file, check_image_file, check_multiples, fed_size
 from diffeat.io import load_image, parse_size, save_features, save_png
@@ -103,7 +102,6 @@ def check_inputs(
     why: str | None = None,
     keep: Keep | None = None,
     allow_large: bool = False,
-    names: Names | None = None,
 ) -> CheckedInputs:
     """The images of an extraction checked against ``plan`` before any weights are read:
     found (files as given, folders walked), every one decoded completely, of one size per
@@ -123,17 +121,16 @@ def check_inputs(
         on_unreadable: told about each image set aside.
         one_size: all images must share their own size (one features file, one PCA).
         group: consecutive images that must share their own size (default: a batch).
-        why: why they must (for the message).
+        why: why they must (for the message; arguments written ``{name}``).
         keep: the memory the caller keeps besides the pass (default: every image's features).
         allow_large: skip the memory check.
-        names: how the caller spells the arguments (the CLI: its flags).
 
     Raises:
-        InvalidArgument: ``images`` names a path where nothing is, or no image.
-        ValueError, FileNotFoundError, IsADirectoryError: naming the image or the argument.
+        InvalidArgument: ``images`` names a path where nothing is, or no image; images of
+            other sizes; a memory estimate that does not fit.
+        ValueError, FileNotFoundError, IsADirectoryError: an image that cannot be read.
     """
-    batch_flag, resize_flag = named("batch_size", names), named("image_size", names)
-    check_int_range(batch_size, batch_flag, 1)
+    check_int_range(batch_size, "batch_size", 1)
     listing = images if isinstance(images, ImageListing) else find_images(
         images, recursive=recursive, argument="images"
     )  # fmt: skip
@@ -144,29 +141,32 @@ def check_inputs(
     if not paths:  # keep_going, and nothing readable
         return CheckedInputs(plan, (), batch_size, plan.infos, plan.size, "", listing, skipped)
     sizes = list(decoded.readable.values())
-    why = why or f"the images of one batch ({batch_flag} {batch_size}) need one size"
+    why = why or f"the images of one batch ({{batch_size}} {batch_size}) need one size"
     size, source = parse_size(plan.options.get("image_size")), ""
     if size is not None:
-        source = f"{resize_flag} {size[0]}x{size[1]}"
+        source = f"{{image_size}} {size[0]}x{size[1]}"
     elif plan.size_from in ("preset", "layers"):
         side = get_preset(plan.preset).resolution
-        size, source = (side, side), f"{named(plan.size_from, names)} {plan.preset} ({side}x{side})"
+        size, source = (side, side), f"{{{plan.size_from}}} {plan.preset} ({side}x{side})"
     group = len(paths) if one_size else group or batch_size
-    fed, fed_source = (size, source) if size else fed_size(paths, sizes, group, why, resize_flag)
+    fed, fed_source = (size, source) if size else fed_size(paths, sizes, group, why)
     infos = plan.infos  # the plan's shapes when the size is the same: no second meta pass
     if fed != plan.size:
-        infos = model_infos(plan.configs, fed, plan.options.get("faithful", False), plan.control)
+        options = plan.options
+        faithful, tokens = options.get("faithful", False), options.get("max_sequence_length")
+        infos = model_infos(plan.configs, fed, faithful, plan.control, tokens)
     checked = CheckedInputs(plan, paths, batch_size, infos, fed, fed_source, listing, skipped)
-    parts = [pass_part(checked, names), *(keep or features_part)(checked)]
-    check_memory(parts, plan.device, allow_large, names)
-    multiple, scale = plan.configs.size_multiple, plan.configs.vae_scale
-    factors = f"VAE x{scale}, U-Net x{multiple // scale}"
+    parts = [pass_part(checked), *(keep or features_part)(checked)]
+    check_memory(parts, plan.device, allow_large)
+    multiple, factors = plan.configs.size_multiple, plan.configs.factors
     if size is not None and (size[0] % multiple or size[1] % multiple):
-        raise ValueError(
-            f"{source}: height and width must be multiples of {multiple} for this model ({factors})"
+        raise InvalidValue(
+            plan.size_from,
+            f"{source}: height and width must be multiples of {multiple} for this model "
+            f"({factors})",
         )
     if size is None:
-        check_multiples(paths, sizes, multiple, factors, resize_flag)
+        check_multiples(paths, sizes, multiple, factors)
     return checked
 
 
@@ -185,13 +185,13 @@ def left_out_line(listing: ImageListing | None, recursive: str = "recursive=True
     )
 
 
-def pass_part(checked: CheckedInputs, names: Names | None = None) -> MemoryPart:
+def pass_part(checked: CheckedInputs) -> MemoryPart:
     """One batch through the VAE encoder and the U-Net (on the device)."""
     plan, batch = checked.plan, min(checked.batch_size, len(checked.images))
     vae_width = plan.configs.vae["block_out_channels"][0]
     nbytes = pass_bytes(checked.infos, plan.names, batch, checked.itemsize, checked.fed, vae_width)
-    what = f"{checked.source} with {named('batch_size', names)} {checked.batch_size}"
-    return MemoryPart(what, nbytes, True)
+    what = f"{checked.source} with {{batch_size}} {checked.batch_size}"
+    return MemoryPart(what, nbytes, True, checked.plan.size_from or "images")
 
 
 def features_part(checked: CheckedInputs) -> list[MemoryPart]:
@@ -208,7 +208,7 @@ def probe_part(checked: CheckedInputs) -> list[MemoryPart]:
     return [MemoryPart(f"the probes of a batch ({checked.source})", nbytes, False)]
 
 
-def resize_parts(resize: tuple[int, int] | None, concat: bool, names: Names | None = None) -> Keep:
+def resize_parts(resize: tuple[int, int] | None, concat: bool) -> Keep:
     """The features, plus their resized (and concatenated) copy when asked for."""
 
     def parts(checked: CheckedInputs) -> list[MemoryPart]:
@@ -219,9 +219,9 @@ def resize_parts(resize: tuple[int, int] | None, concat: bool, names: Names | No
         height, width = resize or max((s[1:] for s in shapes), key=lambda hw: hw[0] * hw[1])
         channels, count = sum(shape[0] for shape in shapes), len(checked.images)
         nbytes = count * channels * height * width * checked.itemsize * (2 if concat else 1)
-        flag = named("resize" if resize else "concat", names)
-        what = f"{flag} {height}x{width}" if resize else f"{flag} at {height}x{width}"
-        return [*kept, MemoryPart(what, nbytes, False)]
+        argument = "resize" if resize else "concat"
+        what = f"{{resize}} {height}x{width}" if resize else f"{{concat}} at {height}x{width}"
+        return [*kept, MemoryPart(what, nbytes, False, argument)]
 
     return parts
 
@@ -231,7 +231,6 @@ def pca_parts(
     values: Sequence[int],
     png: tuple[int, int],
     size_given: bool = False,
-    names: Names | None = None,
 ) -> list[MemoryPart]:
     """The PCA of the largest activation and the PNGs of one activation (one at a time).
 
@@ -240,32 +239,40 @@ def pca_parts(
         values: values per image of every activation.
         png: the PNG (H, W).
         size_given: ``png`` is the caller's ``size`` (named in the message).
-        names: how the caller spells ``size``.
     """
     pca, pngs = pca_bytes(count, values, png)
-    what = (
-        f"{named('size', names)} {png[0]}x{png[1]}" if size_given else f"PNGs of {png[0]}x{png[1]}"
-    )
-    return [MemoryPart(f"the PCA of {count} image(s)", pca, False), MemoryPart(what, pngs, False)]
+    what = f"{{size}} {png[0]}x{png[1]}" if size_given else f"PNGs of {png[0]}x{png[1]}"
+    return [
+        MemoryPart(f"the PCA of {count} image(s)", pca, False),
+        MemoryPart(what, pngs, False, "size"),
+    ]
 
 
-def pca_keep(size: tuple[int, int] | None, names: Names | None = None) -> Keep:
+def pca_keep(size: tuple[int, int] | None) -> Keep:
     """The features of every image, their PCA and PNGs (at ``size``, else the fed size)."""
 
     def parts(checked: CheckedInputs) -> list[MemoryPart]:
         values = [math.prod(shape) for shape in checked.shapes()]
         png = size or checked.fed
-        pca = pca_parts(len(checked.images), values, png, size is not None, names)
+        pca = pca_parts(len(checked.images), values, png, size is not None)
         return features_part(checked) + pca
 
     return parts
 
 
-def check_probes(text: str, name: str = "probes") -> list[str]:
-    """A comma-separated, non-empty subset of ``PROBES``."""
+def check_probes(text: str) -> list[str]:
+    """A comma-separated, non-empty subset of ``PROBES``.
+
+    Raises:
+        InvalidValue: anything else (``probes``).
+    """
     probes = [p.strip() for p in text.split(",") if p.strip()]
     if not probes or not set(probes) <= set(PROBES):
-        raise ValueError(f"{name} {text!r}: choose a comma-separated subset of {','.join(PROBES)}")
+        raise InvalidValue(
+            "probes",
+            f"{{probes}} {literal(repr(text))}: choose a comma-separated subset of "
+            f"{','.join(PROBES)}",
+        )
     return probes
 
 
@@ -283,16 +290,13 @@ def png_stems(stems: Sequence[str], count: int) -> list[str]:
     return list(stems) if len(stems) == count else [f"image{i}" for i in range(count)]
 
 
-def check_png_paths(
-    folder: Path, stems: Sequence[str], layers: Sequence[str], names: Names | None = None
-) -> None:
-    """Fail when a PNG ``folder/<stem>__<layer>.png`` would land on a folder."""
+def check_png_paths(folder: Path, stems: Sequence[str], layers: Sequence[str]) -> None:
+    """Fail (``InvalidArgument``, ``output``) when a PNG ``folder/<stem>__<layer>.png`` would
+    land on a folder."""
     for stem in stems:
         for path in pca_targets(folder, stem, layers):
             if path.is_dir():
-                raise ValueError(
-                    f"{named('output', names)}: {path} is a folder, in the way of a PNG"
-                )
+                raise InvalidArgument("output", f"{literal(path)} is a folder, in the way of a PNG")
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,6 @@ def plan_pca_outputs(
     recursive: bool = False,
     in_place: bool = False,
     skip_existing: bool = False,
-    names: Names | None = None,
 ) -> PcaOutputs:
     """Find the images of ``pca`` and check where their PNGs go, before any work: two images
     for one PNG, a PNG in the way of a folder, a PNG that would replace an input and (unless
@@ -340,13 +343,11 @@ def plan_pca_outputs(
         in_place: allow ``folder`` to be an input folder (the PNGs are written among its
             images, and are inputs of a later walk of it).
         skip_existing: leave out images whose PNGs all exist (resume an interrupted run).
-        names: how the caller spells ``output`` in the message of a PNG in the way of a folder
-            (the CLI: its flags; ``InvalidArgument`` names ``output`` and ``in_place``).
 
     Raises:
-        InvalidArgument: ``images`` names nothing, ``folder`` is an input folder or a PNG would
-            replace an input (unless ``in_place``).
-        ValueError: two images for one PNG, a PNG that lands on a folder.
+        InvalidArgument: ``images`` names nothing, two images for one PNG, ``folder`` is an
+            input folder, a PNG would replace an input (unless ``in_place``) or land on a
+            folder.
     """
     folder = Path(folder)
     listing = find_images(images, recursive=recursive, exclude=[folder], argument="images")
@@ -355,9 +356,12 @@ def plan_pca_outputs(
     for image in listing.images:
         stem = image.relative.with_suffix("").as_posix()
         if stem in owners:
-            raise ValueError(
-                f"{owners[stem]} and {image.path} would both be written to "
-                f"{folder / stem}__<activation>.png"
+            raise InvalidValue(
+                "images",
+                literal(
+                    f"{owners[stem]} and {image.path} would both be written to "
+                    f"{folder / stem}__<activation>.png"
+                ),
             )
         owners[stem], stems[image.path] = image.path, stem
     if not in_place and folder.is_dir():
@@ -371,7 +375,7 @@ def plan_pca_outputs(
                     mentions={"in_place": "in_place=True"},
                 )
     targets = {path: pca_targets(folder, stem, layers) for path, stem in stems.items()}
-    check_png_paths(folder, list(stems.values()), layers, names)
+    check_png_paths(folder, list(stems.values()), layers)
     if not in_place:
         check_not_inputs([t for ts in targets.values() for t in ts], listing, argument="output")
     done = tuple(p for p, paths in targets.items() if skip_existing and existing(paths))
@@ -508,7 +512,6 @@ def check_pca_file(
     folder: Path,
     size: tuple[int, int] | None = None,
     allow_large: bool = False,
-    names: Names | None = None,
 ) -> tuple[list[str], tuple[int, int] | None]:
     """(image stems, PNG size) of the PCA of a features file, checked before it is read: the
     file, the PNG paths in ``folder`` and the memory estimate.
@@ -518,17 +521,20 @@ def check_pca_file(
         folder: where the PNGs go.
         size: the PNG (H, W) (default: the file's image size).
         allow_large: skip the memory check.
-        names: how the caller spells ``features``, ``size``, ``output``, ``allow_large``.
+
+    Raises:
+        InvalidArgument: a file that is no features file, a PNG path that is a folder, a
+            memory estimate that does not fit.
     """
-    shapes, meta = check_features_file(path, named("features", names))
+    shapes, meta = check_features_file(path)
     count = next(iter(shapes.values()))[0]
     stems = png_stems([Path(p).stem for p in meta.get("images", [])], count)
     given, size = size is not None, size or tuple(meta.get("image_size") or ()) or None
     png = size or max((s[2:] for s in shapes.values()), key=lambda hw: hw[0] * hw[1])
     values = [math.prod(s[1:]) for s in shapes.values()]
-    memory = pca_parts(count, values, png, given, names)
-    check_png_paths(folder, stems, list(shapes), names)
-    check_memory(memory, torch.device("cpu"), allow_large, names)
+    memory = pca_parts(count, values, png, given)
+    check_png_paths(folder, stems, list(shapes))
+    check_memory(memory, torch.device("cpu"), allow_large)
     return stems, size
 
 

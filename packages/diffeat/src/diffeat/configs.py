@@ -11,6 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from diffeat.errors import InvalidValue, check_int_range, shown
+
+SEED_MAX = 2**64 - 1  # the range of torch.Generator.manual_seed: [0, 2**64 - 1]
+
 SD15_UNET: dict[str, Any] = {
     "act_fn": "silu",
     "attention_head_dim": 8,
@@ -339,14 +343,20 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     Args:
         directory: output folder (created; must not hold a model already).
         kind: ``"sd15"`` or ``"sdxl"``.
-        seed: seed of the random weights.
+        seed: seed of the random weights, in [0, 2**64 - 1].
+
+    Raises:
+        InvalidValue: a folder that holds a model, a seed out of range.
     """
     from pathlib import Path
 
     from common_kernels.runtime.files import atomic_directory
 
+    check_int_range(seed, "seed", 0, SEED_MAX)
     folder = Path(directory)
     if (folder / "model_index.json").exists():
-        raise FileExistsError(f"directory: {folder} already holds a model (model_index.json)")
+        raise InvalidValue(
+            "directory", f"{shown('directory', folder)} already holds a model (model_index.json)"
+        )
     with atomic_directory(folder, make_parents=True) as temp:
         tiny_pipeline(kind, seed).save_pretrained(temp, safe_serialization=True)

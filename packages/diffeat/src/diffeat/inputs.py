@@ -10,6 +10,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from common_kernels.runtime.files import ImageReadError
+from diffeat.errors import InvalidValue, literal, shown
 from diffeat.io import feature_shapes, load_image
 
 
@@ -48,7 +49,6 @@ def fed_size(
     sizes: Sequence[tuple[int, int]],
     group: int,
     why: str,
-    resize: str = "image_size",
 ) -> tuple[tuple[int, int], str]:
     """The largest own (H, W) of images fed unresized, and its description; consecutive
     images in groups of ``group`` must share their size.
@@ -57,17 +57,21 @@ def fed_size(
         paths: the image files.
         sizes: their (H, W).
         group: consecutive images that must share their size (a batch, or all of them).
-        why: why they must (for the message).
-        resize: how the caller spells the resize argument.
+        why: why they must (for the message; arguments written ``{name}``).
+
+    Raises:
+        InvalidValue: two images of a group differ in size (``images``).
     """
     for start in range(0, len(paths), group):
         first = sizes[start]
         for index in range(start + 1, min(start + group, len(paths))):
             if sizes[index] != first:
                 other = sizes[index]
-                raise ValueError(
-                    f"{paths[start]} is {first[0]}x{first[1]} but {paths[index]} is "
-                    f"{other[0]}x{other[1]} (HxW); {why}: pass {resize} S|HxW to resize them"
+                raise InvalidValue(
+                    "images",
+                    f"{literal(paths[start])} is {first[0]}x{first[1]} but "
+                    f"{literal(paths[index])} is {other[0]}x{other[1]} (HxW); {why}: pass "
+                    "{image_size} S|HxW to resize them",
                 )
     height, width = max(sizes, key=lambda hw: hw[0] * hw[1])
     return (height, width), f"images of {height}x{width} (their own size)"
@@ -78,7 +82,6 @@ def check_multiples(
     sizes: Sequence[tuple[int, int]],
     multiple: int,
     factors: str,
-    resize: str = "image_size",
 ) -> None:
     """Fail unless the images' own sizes are multiples of ``multiple``.
 
@@ -87,36 +90,43 @@ def check_multiples(
         sizes: their (H, W).
         multiple: the model's size multiple.
         factors: how it is made (``"VAE x8, U-Net x8"``).
-        resize: how the caller spells the resize argument.
+
+    Raises:
+        InvalidValue: an image of another size (``images``).
     """
     for path, (height, width) in zip(paths, sizes, strict=True):
         if height % multiple or width % multiple:
-            raise ValueError(
-                f"{path} is {height}x{width} (HxW), not a multiple of {multiple} for this model "
-                f"({factors}); pass {resize} S|HxW to resize"
+            raise InvalidValue(
+                "images",
+                f"{literal(path)} is {height}x{width} (HxW), not a multiple of {multiple} for "
+                f"this model ({factors}); pass {{image_size}} S|HxW to resize",
             )
 
 
-def check_features_file(path: Path, name: str = "features") -> tuple[dict, dict]:
+def check_features_file(path: Path, argument: str = "features") -> tuple[dict, dict]:
     """Shapes and metadata of a ``diffeat extract`` features file (no tensor is read).
 
     Args:
         path: the file.
-        name: how the caller spells the argument.
+        argument: the API's argument (named in the messages).
+
+    Raises:
+        InvalidValue: a folder, nothing, not a features file, or tensors that are no features.
     """
+    file = shown(argument, path)
     if path.is_dir():
-        raise IsADirectoryError(f"{name} {path} is a folder, not a file")
+        raise InvalidValue(argument, f"{file} is a folder, not a file")
     if not path.exists():
-        raise FileNotFoundError(f"{name} {path} does not exist")
+        raise InvalidValue(argument, f"{file} does not exist")
     try:
         shapes, meta = feature_shapes(path)
     except (OSError, ValueError, SafetensorError) as error:
-        text = " ".join(str(error).split())
-        raise ValueError(
-            f"{name} {path} is not a features file of `diffeat extract` ({text})"
+        text = literal(" ".join(str(error).split()))
+        raise InvalidValue(
+            argument, f"{file} is not a features file of `diffeat extract` ({text})"
         ) from None
     bad = [key for key, shape in shapes.items() if len(shape) != 4 or 0 in shape]
     if not shapes or bad:
-        found = f"{bad[0]!r} is {shapes[bad[0]]}" if bad else "it holds none"
-        raise ValueError(f"{name} {path}: expected (N, C, h, w) feature tensors; {found}")
+        found = literal(f"{bad[0]!r} is {shapes[bad[0]]}") if bad else "it holds none"
+        raise InvalidValue(argument, f"{file}: expected (N, C, h, w) feature tensors; {found}")
     return shapes, meta

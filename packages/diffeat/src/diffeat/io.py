@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.runtime import files
+from common_kernels.runtime.errors import InvalidArgument, literal
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -51,7 +52,7 @@ def parse_size(
     try:
         return files.parse_size(value)
     except ValueError as error:
-        raise ValueError(f"{argument}: {error}") from None
+        raise InvalidArgument(argument, literal(error)) from None
 
 
 def _pil_to_tensor(image: Image.Image) -> Tensor:

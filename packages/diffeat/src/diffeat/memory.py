@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from diffeat.catalogue import LayerInfo
-from diffeat.checks import Names, named
+from diffeat.errors import InvalidValue
 
 MAP_KINDS = ("self-map", "cross-map")  # materialised only when requested
 VAE_MAPS = 3  # full-resolution fp32 maps of the VAE encoder's first width alive at once
@@ -29,14 +29,17 @@ class MemoryPart:
     """One item of a run's memory estimate.
 
     Args:
-        what: the settings that set it (named in the error).
+        what: the settings that set it (named in the error: arguments written ``{name}``, as
+            in :class:`diffeat.errors.InvalidValue`).
         nbytes: the estimated bytes.
         on_device: held in the device's memory (else in host memory).
+        argument: the argument that sets it most directly (the error's argument).
     """
 
     what: str
     nbytes: int
     on_device: bool
+    argument: str = "images"
 
 
 def pass_bytes(
@@ -118,7 +121,6 @@ def check_memory(
     parts: Sequence[MemoryPart],
     device: torch.device,
     allow_large: bool = False,
-    names: Names | None = None,
 ) -> None:
     """Fail when an estimate exceeds the available memory, unless ``allow_large``.
 
@@ -129,10 +131,9 @@ def check_memory(
         parts: the run's memory estimate.
         device: where the models run.
         allow_large: skip the check.
-        names: how the caller spells ``allow_large`` (the CLI: ``--allow-large``).
 
     Raises:
-        ValueError: naming the largest part, the estimate and the available memory.
+        InvalidValue: naming the largest part, the estimate and the available memory.
     """
     if allow_large:
         return
@@ -145,8 +146,9 @@ def check_memory(
         available = available_bytes(pool)
         if available is not None and total > available:
             largest = max(group, key=lambda part: part.nbytes)
-            raise ValueError(
+            raise InvalidValue(
+                largest.argument,
                 f"{largest.what}: needs an estimated {human_bytes(total)} ({total:,} bytes) of "
                 f"{pool} memory, more than the {human_bytes(available)} available (lower it, "
-                f"or pass {named('allow_large', names)} to run anyway)"
+                "or pass {allow_large} to run anyway)",
             )

@@ -11,54 +11,52 @@ from typing import Any
 
 import torch
 
-from common_kernels.runtime.cli import check_device
+from common_kernels.runtime.cli import UsageError, check_device
+from diffeat.backbones import Backbone, backbone_of_model
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
     DTYPES,
-    MODEL_FILES,
-    SDXL_TEXT_FILES,
-    SEED_MAX,
-    TEXT_FILES,
     ModelConfigs,
-    Names,
     check_adapter_sources,
-    check_int_range,
     check_layer_names,
-    check_model_source,
+    check_model_folder,
     check_number,
     check_selection,
     check_timestep,
     model_infos,
-    named,
     read_model_configs,
+    resolve_source,
 )
+from diffeat.configs import SEED_MAX
+from diffeat.errors import InvalidArgument, InvalidValue, check_int_range, literal
 from diffeat.io import parse_size
 from diffeat.presets import PRESETS, default_preset, get_preset, layer_selection
 
 LATENT_MODES = ("sample", "mean")
+# the LoRA and ControlNet options of from_pretrained (U-Nets only: check_backbone_options)
+ADAPTER_KEYS = ("lora", "lora_scale", "fuse_lora", "controlnet", "control_scale", "control_image")
 
 
-def check_config_fields(settings: Mapping[str, Any], names: Names | None = None) -> None:
+def check_config_fields(settings: Mapping[str, Any]) -> None:
     """The :class:`ExtractorConfig` fields that need no model: ``latent``, ``seed``,
     ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans).
 
     Args:
         settings: field -> value (missing fields are not checked).
-        names: how the caller spells each field in messages (the CLI: its flags).
 
     Raises:
-        ValueError: the first field out of range, named as ``names`` spells it.
+        InvalidArgument: the first field out of range, named.
     """
     if settings.get("latent", "sample") not in LATENT_MODES:
-        raise ValueError(
-            f"{named('latent', names)}: must be one of {LATENT_MODES}; got {settings['latent']!r}"
-        )
+        got = literal(repr(settings["latent"]))
+        raise InvalidArgument("latent", f"must be one of {LATENT_MODES}; got {got}")
     if "seed" in settings:
-        check_int_range(settings["seed"], named("seed", names), 0, SEED_MAX)
+        check_int_range(settings["seed"], "seed", 0, SEED_MAX)
     for key in ("early_exit", "faithful", "requires_grad"):
         if not isinstance(settings.get(key, False), bool):
-            raise ValueError(f"{named(key, names)}: must be True or False; got {settings[key]!r}")
-    parse_size(settings.get("image_size"), named("image_size", names))
+            got = literal(repr(settings[key]))
+            raise InvalidArgument(key, f"must be True or False; got {got}")
+    parse_size(settings.get("image_size"), "image_size")
 
 
 @dataclass
@@ -145,6 +143,11 @@ class LoadPlan:
     text_stack: bool = True
     size_from: str | None = None
 
+    @property
+    def backbone(self) -> Backbone:
+        """The denoising network's kind (U-Net, DiT)."""
+        return self.configs.backbone
+
 
 def check_from_pretrained(
     model_id_or_dir: str | Path,
@@ -154,57 +157,60 @@ def check_from_pretrained(
     dtype: torch.dtype | str = torch.float32,
     device: torch.device | str | None = "cpu",
     text_stack: bool = True,
-    *,
-    names: Names | None = None,
     **options,
 ) -> LoadPlan:
-    """Every check of :meth:`FeatureExtractor.from_pretrained`, reading only config files.
+    """Every check of :meth:`FeatureExtractor.from_pretrained`, reading only config files: the
+    backbone is the network the model's ``model_index.json`` names (a U-Net or a PixArt
+    transformer, :func:`diffeat.backbones.backbone_of_model`).
 
     Args:
         model_id_or_dir .. text_stack: as :meth:`FeatureExtractor.from_pretrained`
             (``device=None``: cuda when available, else cpu).
-        names: how the caller spells each argument in messages (the CLI: its flags).
         **options: the other keywords of :meth:`FeatureExtractor.from_pretrained`.
 
     Raises:
-        FileNotFoundError: a model, LoRA or ControlNet path where nothing is.
-        ValueError: a bad value; the message names the argument and the accepted range.
+        diffeat.errors.MissingPath: a model, LoRA or ControlNet path where nothing is (a
+            ``FileNotFoundError``).
+        InvalidArgument: a bad value; the message names the argument and the accepted range.
         common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the hub is
             out of reach (within 5 s).
-        OSError: a hub id whose config files cannot be read.
+        diffeat.errors.SourceError: a hub id whose config files cannot be read (an
+            ``OSError``).
     """
-    model_flag = named("model_id_or_dir", names)
-    dtype = as_dtype(dtype, named("dtype", names))
-    device = check_device(None if device is None else str(device), named("device", names))
-    check_config_fields(options, names)
+    dtype = as_dtype(dtype)
+    device = checked_device(device)
+    check_config_fields(options)
     for key in ("lora_scale", "control_scale"):
-        check_number(options.get(key, 1.0), named(key, names))
-    needs = MODEL_FILES + (TEXT_FILES if text_stack else ())
-    source = check_model_source(model_id_or_dir, needs, model_flag)
-    configs = read_model_configs(source, model_flag)
-    if text_stack and configs.unet.get("addition_embed_type") == "text_time":
-        check_model_source(model_id_or_dir, SDXL_TEXT_FILES, model_flag)
-    check_timestep(
-        timestep, options.get("faithful", False), configs.scheduler, named("timestep", names)
-    )
+        check_number(options.get(key, 1.0), key)
+    source = resolve_source(model_id_or_dir, "model_id_or_dir")
+    backbone = backbone_of_model(source)
+    needs = backbone.model_files() + (backbone.text_files if text_stack else ())
+    if isinstance(source, Path):
+        check_model_folder(source, model_id_or_dir, needs)
+    configs = read_model_configs(source, backbone=backbone)
+    if text_stack and isinstance(source, Path):
+        check_model_folder(source, model_id_or_dir, backbone.extra_text_files(configs.unet))
+    check_backbone_options(backbone, options)
+    check_timestep(timestep, options.get("faithful", False), configs.scheduler)
     size_from = "image_size" if options.get("image_size") is not None else None
     if size_from is None and layers is None and preset is not None:
         size_from = "preset"
     if size_from is None and isinstance(layers, str) and layers in PRESETS:
         size_from = "layers"
-    requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir, names)
+    requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir)
     loras = options.get("lora")
     loras = [] if loras is None else list(loras) if isinstance(loras, list | tuple) else [loras]
     control = check_adapter_sources(
-        source, configs.unet, loras, options.get("controlnet"), options.get("control_image"), names
+        source, configs.unet, loras, options.get("controlnet"), options.get("control_image")
     )
     size = parse_size(options.get("image_size"))
     if size_from in ("preset", "layers"):  # a preset given by name sets the size: its own
         size = (get_preset(preset).resolution,) * 2
     size = size or (configs.unet["sample_size"] * configs.vae_scale,) * 2
-    infos = model_infos(configs, size, options.get("faithful", False), control)
-    flag = named("preset" if layers is None and preset is not None else "layers", names)
-    expanded = check_layer_names(requested, infos, flag)
+    tokens = options.get("max_sequence_length")
+    infos = model_infos(configs, size, options.get("faithful", False), control, tokens)
+    argument = "preset" if layers is None and preset is not None else "layers"
+    expanded = check_layer_names(requested, infos, argument)
     return LoadPlan(
         source,
         configs,
@@ -221,6 +227,30 @@ def check_from_pretrained(
         text_stack,
         size_from,
     )
+
+
+def check_backbone_options(backbone: Backbone, options: Mapping[str, Any]) -> None:
+    """Options that one backbone takes and another does not: LoRA, ControlNet and
+    ``faithful`` (U-Nets), ``max_sequence_length`` (DiTs: T5 tokens per prompt, >= 1).
+
+    Raises:
+        InvalidArgument: naming the option.
+    """
+    if not backbone.adapters:
+        given = {"lora": options.get("lora"), "controlnet": options.get("controlnet"),
+                 "fuse_lora": options.get("fuse_lora")}  # fmt: skip
+        for key, value in given.items():
+            if value:
+                raise InvalidArgument(key, "LoRA and ControlNet are supported for U-Nets only")
+        if options.get("faithful"):
+            raise InvalidArgument(
+                "faithful", f"the official code's path is restated for U-Nets only, not for "
+                f"{backbone.title} models"
+            )  # fmt: skip
+    if "max_sequence_length" in options:
+        if backbone.name != "dit":
+            raise InvalidArgument("max_sequence_length", "applies to DiTs (T5 prompts) only")
+        check_int_range(options["max_sequence_length"], "max_sequence_length", 1)
 
 
 def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
@@ -244,12 +274,22 @@ def resolve_layers(
     return get_preset(preset).layers, preset
 
 
-def as_dtype(dtype: torch.dtype | str, name: str = "dtype") -> torch.dtype:
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """``torch.float32``/``float16``/``bfloat16`` or ``"fp32"``/``"fp16"``/``"bf16"``."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise ValueError(f"{name}: must be fp32, fp16 or bf16; got {dtype}")
+            raise InvalidArgument("dtype", f"must be fp32, fp16 or bf16; got {dtype}")
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"{name}: must be one of {sorted(DTYPES)}; got {dtype!r}")
+        got = literal(repr(dtype))
+        raise InvalidArgument("dtype", f"must be one of {sorted(DTYPES)}; got {got}")
     return DTYPES[dtype]
+
+
+def checked_device(device: torch.device | str | None) -> torch.device:
+    """``device`` checked against this machine (None: cuda when available, else cpu)."""
+    try:
+        return check_device(None if device is None else str(device), "device")
+    except UsageError as error:
+        problem = literal(str(error).removeprefix("device"))
+        raise InvalidValue("device", "{device}" + problem) from None

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common_kernels.runtime.errors import InvalidArgument, literal
+
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # mirror of runwayml/...-v1-5
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 PLAYGROUND_V2_HUB_ID = "playgroundai/playground-v2-1024px-aesthetic"
@@ -160,9 +162,10 @@ def layer_selection(layers: Sequence[str] | str, argument: str = "layers") -> tu
             return (ALL,)
         if layers in PRESETS:
             return PRESETS[layers].layers
-        raise ValueError(
-            f"{argument}: a string must be one of {selection_names()}; got {layers!r} (pass "
-            "activation names as a list)"
+        raise InvalidArgument(
+            argument,
+            f"a string must be one of {selection_names()}; got {literal(repr(layers))} (pass "
+            "activation names as a list)",
         )
     return tuple(layers)
 

@@ -1,0 +1,126 @@
+"""What diffeat needs to know about a diffusion backbone, apart from extraction.
+
+A :class:`Backbone` says which folder of a diffusers repository holds the denoising network,
+which diffusers classes it is (``_class_name`` of its config), which other files a model
+folder needs, how big images must be, the network's activation catalogue with shapes (a
+shape-only pass on the ``meta`` device) and how its components load. The extraction itself
+(VAE latent, noise at timestep t, one recorded pass) is the extractor's
+(:class:`diffeat.extraction.BaseFeatureExtractor` and its U-Net and DiT subclasses).
+
+A new backbone is one module beside :mod:`diffeat.backbones.unet` and
+:mod:`diffeat.backbones.dit` with one ``Backbone`` subclass, listed in
+:data:`diffeat.backbones.BACKBONES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from diffeat.catalogue import LayerInfo, LayerSpec
+
+
+class Backbone:
+    """A kind of denoising network (U-Net, diffusion transformer).
+
+    Class attributes:
+        name: short name (``"unet"``, ``"dit"``).
+        title: its name in messages (``"U-Net"``, ``"PixArt"``).
+        subfolder: its folder in a diffusers repository (``"unet"``, ``"transformer"``).
+        class_names: the diffusers classes it reads (``_class_name`` of the config).
+        text_files: what a model folder needs for prompts (text encoders, tokenizers).
+        text_tokens: the prompt length shapes are computed for without a tokenizer.
+        adapters: LoRA and ControlNet are supported.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    subfolder: ClassVar[str]
+    class_names: ClassVar[tuple[str, ...]]
+    text_files: ClassVar[tuple[str, ...]]
+    text_tokens: ClassVar[int]
+    adapters: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def model_files(self, config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The config files an extraction reads from a model folder (weights aside)."""
+        return (
+            "model_index.json",
+            f"{self.subfolder}/config.json",
+            "vae/config.json",
+            "scheduler/scheduler_config.json",
+        )
+
+    def extra_text_files(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+        """Text files the network's config asks for besides :attr:`text_files` (SDXL: the
+        second text encoder)."""
+        return ()
+
+    def loader(self) -> Any:
+        """The diffusers class whose ``load_config`` reads the network's config."""
+        import diffusers
+
+        return getattr(diffusers, self.class_names[0])
+
+    def downsampling(self, config: Mapping[str, Any]) -> int:
+        """How many latent cells make one cell of the network's smallest grid, per side."""
+        raise NotImplementedError
+
+    def size_multiple(self, config: Mapping[str, Any], vae_scale: int) -> int:
+        """Image sides must be multiples of this: the VAE factor x :meth:`downsampling`."""
+        return vae_scale * self.downsampling(config)
+
+    def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
+        """How :meth:`size_multiple` is made, for messages (``"VAE x8, U-Net x8"``)."""
+        raise NotImplementedError
+
+    def catalogue(self, network: nn.Module) -> list[LayerSpec]:
+        """Every activation of ``network``, in execution order."""
+        raise NotImplementedError
+
+    def layer_infos(
+        self,
+        config: Mapping[str, Any],
+        size: tuple[int, int],
+        text_tokens: int,
+        vae_scale: int,
+    ) -> list[LayerInfo]:
+        """The catalogue with feature shapes for ``size`` images (a ``meta`` pass)."""
+        raise NotImplementedError
+
+    def load(
+        self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
+    ) -> dict[str, Any]:
+        """The components of a diffusers repository, as the extractor's constructor takes
+        them (the network, ``vae``, ``scheduler`` and the text stack).
+
+        Args:
+            model: hub id or local folder (checked).
+            dtype: weights dtype.
+            text_stack: load the tokenizers and text encoders.
+            **load: passed to every ``from_pretrained`` (``revision``, ``variant``, ...).
+        """
+        raise NotImplementedError
+
+
+def load_vae_and_scheduler(model: str, dtype: torch.dtype, **load: Any) -> dict[str, Any]:
+    """The ``vae`` and ``scheduler`` of a diffusers repository (the scheduler class from its
+    config's ``_class_name``).
+
+    Args:
+        model: hub id or local folder.
+        dtype: weights dtype.
+        **load: passed to ``from_pretrained`` (``variant`` included).
+    """
+    import diffusers
+
+    vae = diffusers.AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **load)
+    config_load = {key: value for key, value in load.items() if key != "variant"}
+    config = diffusers.DDPMScheduler.load_config(model, subfolder="scheduler", **config_load)
+    scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    return {"vae": vae, "scheduler": scheduler}
