@@ -16,6 +16,7 @@ from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.control import load_controlnet
+from pixelsmith.errors import InvalidValue
 from pixelsmith.lora import load_loras
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, check_from_pretrained
 
@@ -77,12 +78,12 @@ def test_a_missing_local_folder_is_named_at_once(tmp_path, monkeypatch, offline)
             f"{Path.home()}/nope_dir)",
         ),
         ("file.txt", "auto"): (
-            ValueError,
+            InvalidValue,
             "pretrained_model_name_or_path file.txt is a file; expected a hub id (owner/name) "
             "or a folder",
         ),
         ("photos", "auto"): (
-            ValueError,
+            InvalidValue,
             "pretrained_model_name_or_path photos: no model_index.json in the folder (not a "
             "diffusers folder)",
         ),

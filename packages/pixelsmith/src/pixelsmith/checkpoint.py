@@ -21,7 +21,7 @@ from torch import Tensor
 
 from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import atomic_write, write_json
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 RUN_FILE = "run.json"
 
@@ -155,7 +155,7 @@ def check_checkpoint_dir(folder: Path, *, chosen: bool = True) -> None:
         chosen: the caller gave it (``checkpoint_dir``); else it is ``<output>.pixelsmith``.
 
     Raises:
-        ArgumentError: naming ``checkpoint_dir``: a file, a folder below a file, no write
+        InvalidValue: naming ``checkpoint_dir``: a file, a folder below a file, no write
             permission, a foreign folder.
     """
     shown = literal(folder)
@@ -176,4 +176,4 @@ def check_checkpoint_dir(folder: Path, *, chosen: bool = True) -> None:
             "run deletes its checkpoint folder; choose another {checkpoint_dir}"
         )
     if problem is not None:
-        raise ArgumentError("checkpoint_dir", label + problem)
+        raise InvalidValue("checkpoint_dir", label + problem)

@@ -23,12 +23,11 @@ be loaded, a hub that cannot be reached) exits 1; Ctrl-C exits 130 and SIGTERM 1
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,15 @@ import torch
 
 from common_kernels.runtime.cli import (
     Parser,
-    UsageError,
     WorkError,
     check_device,
     check_folder_writable,
     command_prog,
     one_line,
     run_main,
+    usage_errors,
     version_line,
 )
-from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.quiet import quiet_libraries
 from pixelsmith.cascade import Prompts, run_cascade
@@ -237,22 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
-    """A bad input found by an API check as one line and exit status 2: an ``InvalidArgument``
-    goes on to ``run_main``, which prints it with ``FLAGS``; a missing path that is a plain
-    ``FileNotFoundError`` (``ARGUMENT: no ... folder ...``) is named by its flag too."""
-    try:
-        yield
-    except InvalidArgument:
-        raise
-    except FileNotFoundError as error:
-        argument, _, rest = str(error).partition(": ")
-        raise UsageError(one_line(f"{FLAGS.get(argument, argument)}: {rest}")) from None
-    except BAD_INPUT as error:
-        raise UsageError(one_line(error)) from None
-
-
 # PixelsmithConfig fields of command-line options (--no-grid-stagger is the negated field)
 CONFIG_OPTIONS = ("patch_size", "band", "patch_scheduler", "patch_batch_size",
     "grid_min_overlap", "faithful", "guidance_posterior", "handover", "vae_tile", "vae_overlap",
@@ -293,7 +275,7 @@ def check_generate(args: argparse.Namespace) -> GeneratePlan:
     anything is written; the hub ids of the adapters reachable (or cached)."""
     device = check_device(args.device)
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
-    with usage_errors():
+    with usage_errors(BAD_INPUT):
         models = check_from_pretrained(args.model, None if args.vae == "none" else args.vae)
         loras = check_lora_options(args.lora, args.lora_scale)
         check_devices(args.devices, device, launched=launched)
@@ -371,13 +353,13 @@ def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGr
         cascade = dataclasses.replace(cascade, options=cascade.options.replace(progress=False))
     pipe = load_pipeline(args, plan.models, device)
     pipe.set_progress_bar_config(disable=not cascade.options.progress)
-    with usage_errors():  # a LoRA that does not fit the model is bad input
+    with usage_errors(BAD_INPUT):  # a LoRA that does not fit the model is bad input
         plan.loras.load(pipe)
     controlnet = None
     if cascade.controlnet is not None:
         controlnet = load_controlnet(cascade.controlnet, torch_dtype=pipe.unet.dtype, device=device)
     prompts = Prompts(args.prompt, negative_prompt=args.negative)
-    with usage_errors():  # a ControlNet that does not fit the UNet is bad input
+    with usage_errors(BAD_INPUT):  # a ControlNet that does not fit the UNet is bad input
         return run_cascade(pipe, prompts, cascade, controlnet=controlnet, ranks=ranks)
 
 

@@ -13,7 +13,7 @@ from common_kernels.runtime.errors import InvalidArgument, literal
 
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
 from common_kernels.runtime.files import parse_size
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")
@@ -57,7 +57,7 @@ def require_int(
 
     Raises:
         TypeError: not an int.
-        ArgumentError: out of range (``{argument} must be an int in [low, high], got ...``).
+        InvalidValue: out of range (``{argument} must be an int in [low, high], got ...``).
     """
     where = "" if index is None else f"[{index}]"
     accepted = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
@@ -66,15 +66,15 @@ def require_int(
             f"{argument}{where} must be {accepted}, got {type(value).__name__} {value!r}"
         )
     if value < low or (high is not None and value > high):
-        raise ArgumentError(argument, f"{{{argument}}}{where} must be {accepted}, got {value}")
+        raise InvalidValue(argument, f"{{{argument}}}{where} must be {accepted}, got {value}")
     return value
 
 
 def require_choice(argument: str, value: object, choices: Sequence[str]) -> str:
-    """``value`` when it is one of ``choices``, else an :class:`ArgumentError` naming them."""
+    """``value`` when it is one of ``choices``, else an :class:`InvalidValue` naming them."""
     if value not in choices:
         accepted = ", ".join(map(repr, choices))
-        raise ArgumentError(
+        raise InvalidValue(
             argument,
             f"{{{argument}}} must be one of {literal(accepted)}, got {literal(repr(value))}",
         )
@@ -89,7 +89,7 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
 
     Raises:
         TypeError: a field of the wrong type.
-        ArgumentError: the first field out of range; the message names it and the range.
+        InvalidValue: the first field out of range; the message names it and the range.
     """
     patch_size = require_int("patch_size", settings["patch_size"], 1)
     require_int("band", settings["band"], 0)
@@ -97,7 +97,7 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
     if scheduler is not None:
         require_choice("patch_scheduler", scheduler, PATCH_SCHEDULERS)
     if settings["faithful"] and scheduler == "grid":
-        raise ArgumentError(
+        raise InvalidValue(
             "patch_scheduler",
             "{patch_scheduler='grid'} is not available with {faithful=True} (the official "
             "sampler places patches at random centres); use {patch_scheduler='random'} or leave "
@@ -116,7 +116,7 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
     require_int("max_ram_pixels", settings["max_ram_pixels"], 1)
     eta = settings["eta"]
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ArgumentError("eta", f"{{eta}} must be a float in [0, 1], got {literal(repr(eta))}")
+        raise InvalidValue("eta", f"{{eta}} must be a float in [0, 1], got {literal(repr(eta))}")
 
 
 @dataclass(frozen=True)
@@ -216,26 +216,26 @@ def validate_cascade(
         patch_size: latent patch side; higher stages must be at least this large.
 
     Raises:
-        ArgumentError: naming ``sizes``, ``sliders`` or ``patch_size`` and what is accepted.
+        InvalidValue: naming ``sizes``, ``sliders`` or ``patch_size`` and what is accepted.
     """
     require_int("num_inference_steps", num_inference_steps, 1)
     if isinstance(sizes, (str, int)) or len(sizes) == 0:
-        raise ArgumentError(
+        raise InvalidValue(
             "sizes",
             f"{{sizes}} must be a non-empty list of stage sizes, got {literal(repr(sizes))}",
         )
     try:
         parsed = [parse_size(s) for s in sizes]
     except ValueError as error:
-        raise ArgumentError("sizes", f"{{sizes}}: {literal(error)}") from None
+        raise InvalidValue("sizes", f"{{sizes}}: {literal(error)}") from None
     for index, (height, width) in enumerate(parsed):
         if height < vae_scale_factor or width < vae_scale_factor:
-            raise ArgumentError(
+            raise InvalidValue(
                 "sizes",
                 f"{{sizes}}[{index}] must be >= {vae_scale_factor} px, got {height}x{width}",
             )
         if height % vae_scale_factor or width % vae_scale_factor:
-            raise ArgumentError(
+            raise InvalidValue(
                 "sizes",
                 f"{{sizes}}[{index}] must be multiples of the VAE scale factor "
                 f"{vae_scale_factor}, got {height}x{width}",
@@ -243,21 +243,21 @@ def validate_cascade(
     for index in range(1, len(parsed)):
         (ph, pw), (h, w) = parsed[index - 1], parsed[index]
         if h < ph or w < pw or (h, w) == (ph, pw):
-            raise ArgumentError(
+            raise InvalidValue(
                 "sizes",
                 "{sizes} must grow stage by stage (no side smaller than the previous stage's and "
                 f"not equal to it), got {{sizes}}[{index - 1}] = {ph}x{pw} then "
                 f"{{sizes}}[{index}] = {h}x{w}",
             )
         if h < patch_size * vae_scale_factor or w < patch_size * vae_scale_factor:
-            raise ArgumentError(
+            raise InvalidValue(
                 "sizes",
                 f"{{sizes}}[{index}] = {h}x{w} is smaller than one patch "
                 f"({patch_size * vae_scale_factor} px = {{patch_size}} {patch_size} latent px); "
                 "use larger sizes or a smaller {patch_size}",
             )
     if isinstance(sliders, int) or len(sliders) != len(parsed) - 1:
-        raise ArgumentError(
+        raise InvalidValue(
             "sliders",
             "{sliders} must hold one slider per stage after the first "
             f"({len(parsed) - 1} for {len(parsed)} sizes), got {literal(repr(sliders))}",

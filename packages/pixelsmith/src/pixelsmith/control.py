@@ -31,7 +31,7 @@ from torch import Tensor
 from common_kernels.runtime import files
 from common_kernels.runtime.errors import literal
 from pixelsmith.config import check_not_empty
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch
@@ -111,7 +111,7 @@ class TiffCondition:
             page = tiff.pages.first
             separate, depth, length, width, samples = page.shaped
             if page.dtype != np.uint8 or samples not in (1, 3, 4) or depth != 1 or separate != 1:
-                raise ArgumentError(
+                raise InvalidValue(
                     "control_image",
                     f"{{control_image}} {literal(self.path)}: expected an 8-bit gray, RGB or "
                     f"RGBA TIFF with interleaved samples, got {page.dtype} with shape "
@@ -186,7 +186,7 @@ def open_control_image(image: str | os.PathLike | Image.Image | Tensor) -> Condi
         image: the ``control_image`` argument.
 
     Raises:
-        ArgumentError: naming ``control_image``: no such file, not an image, a bad tensor.
+        InvalidValue: naming ``control_image``: no such file, not an image, a bad tensor.
         TypeError: not a file, PIL image or tensor.
     """
     if isinstance(image, Image.Image):
@@ -196,7 +196,7 @@ def open_control_image(image: str | os.PathLike | Image.Image | Tensor) -> Condi
         if image.ndim == 4 and len(image) == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ArgumentError(
+            raise InvalidValue(
                 "control_image",
                 "{control_image} must be a (1, 3, H, W) / (3, H, W) tensor in [0, 1], got "
                 f"{tuple(image.shape)}",
@@ -210,21 +210,21 @@ def open_control_image(image: str | os.PathLike | Image.Image | Tensor) -> Condi
     path = Path(image).expanduser()
     if not path.is_file():
         what = "a folder" if path.is_dir() else "no such file"
-        raise ArgumentError(
+        raise InvalidValue(
             "control_image", f"{{control_image}} {literal(image)}: {what}; expected an image file"
         )
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
             return TiffCondition(path)
         except (tifffile.TiffFileError, OSError) as error:
-            raise ArgumentError(
+            raise InvalidValue(
                 "control_image",
                 f"{{control_image}} {literal(image)}: not a readable TIFF ({literal(error)})",
             ) from None
     try:
         return ArrayCondition(np.asarray(files.read_pil_image(path)))
     except (OSError, ValueError) as error:
-        raise ArgumentError(
+        raise InvalidValue(
             "control_image", f"{{control_image}} {literal(image)}: {literal(error)}"
         ) from None
 
@@ -265,7 +265,7 @@ def check_aspect(image: ConditionImage, height: int, width: int) -> None:
     """
     ratio = (image.height / image.width) / (height / width)
     if abs(ratio - 1.0) > ASPECT_TOLERANCE:
-        raise ArgumentError(
+        raise InvalidValue(
             "control_image",
             f"{{control_image}} is {image.height}x{image.width} px (height x width) but the "
             f"image is {height}x{width}: a condition image must have the final image's aspect "
@@ -338,19 +338,17 @@ def check_control(
         final_size: the final image's (height, width) in px.
 
     Raises:
-        ArgumentError: one without the other, a folder that is not a ControlNet's, a condition
+        InvalidValue: one without the other, a folder that is not a ControlNet's, a condition
             image that cannot be read or has another aspect ratio.
-        FileNotFoundError: a ControlNet path where nothing is.
+        MissingPath: a ControlNet path where nothing is (a ``FileNotFoundError``).
         TypeError: a ``controlnet`` that is neither a model nor a name.
     """
     if controlnet is None:
         if image is not None:
-            raise ArgumentError("control_image", "{control_image} needs {controlnet}")
+            raise InvalidValue("control_image", "{control_image} needs {controlnet}")
         return None, None
     if image is None:
-        raise ArgumentError(
-            "controlnet", "{controlnet} needs {control_image} (its condition image)"
-        )
+        raise InvalidValue("controlnet", "{controlnet} needs {control_image} (its condition image)")
     if isinstance(controlnet, (str, os.PathLike)):
         controlnet = check_source(
             controlnet, "controlnet", what="ControlNet folder", marker=CONFIG_MARKER

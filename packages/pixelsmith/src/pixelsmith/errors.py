@@ -1,5 +1,5 @@
-"""pixelsmith's bad-argument errors: an ``InvalidArgument`` whose message names its arguments in
-place.
+"""pixelsmith's bad-argument error: :class:`InvalidValue`, an ``InvalidArgument`` whose message
+names its arguments in place (as itaclip's and diffeat's ``errors.InvalidValue``).
 
 ``common_kernels.runtime.errors.InvalidArgument`` prints ``ARGUMENT: message``; pixelsmith's
 messages name their argument where the sentence puts it (``{num_inference_steps} must be an int
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from common_kernels.runtime.errors import InvalidArgument
 
 
-class ArgumentError(InvalidArgument):
+class InvalidValue(InvalidArgument):
     """A bad value for ``argument``, its message a template naming arguments in place.
 
     Args:
@@ -31,6 +31,10 @@ class ArgumentError(InvalidArgument):
 
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(argument, message)
+        self.args = (self.message,)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.argument, self.template)
 
     def render(self, flags: Mapping[str, str] | None = None) -> str:
         """The message with each argument and setting spelt by ``flags`` (a command line's), or

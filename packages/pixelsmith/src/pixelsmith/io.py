@@ -22,7 +22,7 @@ from torch import Tensor
 
 from common_kernels.runtime.errors import literal
 from common_kernels.runtime.files import atomic_write
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -44,7 +44,7 @@ def check_output_path(path: str | Path, height: int, width: int, argument: str =
         argument: the API argument that gives the file (``output``, ``save_intermediate``).
 
     Raises:
-        ArgumentError: naming ``argument``: an unknown suffix, too large for RAM, no folder.
+        InvalidValue: naming ``argument``: an unknown suffix, too large for RAM, no folder.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -67,7 +67,7 @@ def check_output_path(path: str | Path, height: int, width: int, argument: str =
     elif not os.access(path.parent, os.W_OK | os.X_OK):
         problem = f" {file}: cannot write to {folder}"
     if problem is not None:
-        raise ArgumentError(argument, f"{{{argument}}}{problem}")
+        raise InvalidValue(argument, f"{{{argument}}}{problem}")
     return path
 
 
@@ -96,14 +96,14 @@ def check_compression(compression: str | None) -> None:
         compression: a tifffile compression name (e.g. ``"zlib"``) or ``None``.
 
     Raises:
-        ArgumentError: naming ``compression``, why, and the compressions usable here.
+        InvalidValue: naming ``compression``, why, and the compressions usable here.
     """
     if compression is None:
         return
     reason = compression_error(compression)
     if reason is not None:
         usable = [c for c in COMPRESSIONS if compression_error(c) is None]
-        raise ArgumentError(
+        raise InvalidValue(
             "compression",
             f"{{compression}} {literal(repr(compression))} cannot be written here "
             f"({literal(reason)}); usable here: {', '.join(usable)} (more with `pip install "

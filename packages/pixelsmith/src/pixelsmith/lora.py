@@ -30,7 +30,7 @@ from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
 from common_kernels.runtime.errors import literal
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 from pixelsmith.sources import check_source, check_source_hub
 
 # the components an SDXL LoRA file may target, by key prefix
@@ -216,13 +216,13 @@ class LoraPlan:
             The adapter names (``lora_0``, ``lora_1``, ...).
 
         Raises:
-            ArgumentError: naming ``loras``: a LoRA that does not fit the model.
+            InvalidValue: naming ``loras``: a LoRA that does not fit the model.
         """
         for source in self.sources:
             try:
                 pipe.check_lora_weights(source)
             except ValueError as error:
-                raise ArgumentError("loras", f"{{loras}}: {literal(error)}") from None
+                raise InvalidValue("loras", f"{{loras}}: {literal(error)}") from None
         adapters = [f"lora_{index}" for index in range(len(self.sources))]
         for source, adapter in zip(self.sources, adapters, strict=True):
             pipe.load_lora_weights(source, adapter_name=adapter)
@@ -245,8 +245,8 @@ def check_lora_options(
             ``lora_scales`` argument).
 
     Raises:
-        FileNotFoundError: ``loras: no LoRA file or folder ...``.
-        ArgumentError: naming ``loras`` or ``lora_scales``.
+        MissingPath: ``loras: no LoRA file or folder ...`` (a ``FileNotFoundError``).
+        InvalidValue: naming ``loras`` or ``lora_scales``.
         TypeError: a scale that is not a number.
     """
     found = tuple(
@@ -256,9 +256,9 @@ def check_lora_options(
     weights = [1.0] * len(sources)
     if scales is not None and len(scales) > 0:
         if not sources:
-            raise ArgumentError("lora_scales", "{lora_scales} given without {loras}")
+            raise InvalidValue("lora_scales", "{lora_scales} given without {loras}")
         if len(scales) not in (1, len(sources)):
-            raise ArgumentError(
+            raise InvalidValue(
                 "lora_scales",
                 "{lora_scales} takes one scale for all LoRAs or one per LoRA "
                 f"({len(sources)}), got {len(scales)}",
@@ -267,7 +267,7 @@ def check_lora_options(
             if isinstance(scale, bool) or not isinstance(scale, (int, float)):
                 raise TypeError(f"lora_scales must be finite numbers, got {scale!r}")
             if not math.isfinite(scale):
-                raise ArgumentError(
+                raise InvalidValue(
                     "lora_scales", f"{{lora_scales}} must be finite numbers, got {scale}"
                 )
         weights = [float(s) for s in scales] * (len(sources) if len(scales) == 1 else 1)

@@ -12,7 +12,7 @@ import os
 import torch
 
 from pixelsmith.config import latent_bytes_per_px, latent_maps_bytes
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -58,13 +58,13 @@ def check_memory(
         latent_channels: channels of the latent.
 
     Raises:
-        ArgumentError: naming ``sizes``: the estimate, the available bytes and what to do.
+        InvalidValue: naming ``sizes``: the estimate, the available bytes and what to do.
     """
     need = latent_maps_bytes(*size, vae_scale_factor, latent_channels)
     available = available_memory(device)
     if available is not None and need > available:
         per_px = latent_bytes_per_px(latent_channels)
-        raise ArgumentError(
+        raise InvalidValue(
             "sizes",
             f"{{sizes}} {size[0]}x{size[1]}: the full-size latent maps of this stage alone need "
             f"{need} bytes ({gib(need)}, {per_px} bytes per latent px), more than the "

@@ -2,7 +2,7 @@
 :func:`check_cascade`, which checks them against the stage sizes, the model's geometry, the
 ControlNet inputs and the files a run writes, before any work, into a :class:`CascadePlan`.
 
-Every message names the API's argument (:class:`pixelsmith.errors.ArgumentError`); the command
+Every message names the API's argument (:class:`pixelsmith.errors.InvalidValue`); the command
 line prints the same message with its flags.
 """
 
@@ -25,7 +25,7 @@ from common_kernels.runtime.errors import literal
 from pixelsmith.checkpoint import check_checkpoint_dir
 from pixelsmith.config import PixelsmithConfig, require_int, validate_cascade
 from pixelsmith.control import ConditionImage, check_control
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 from pixelsmith.io import MAX_PIL_PIXELS, TIFF_SUFFIXES, check_compression, check_output_path
 from pixelsmith.memory import check_memory
 from pixelsmith.parallel import check_parallel
@@ -93,7 +93,7 @@ class CascadeOptions:
         check_finite("guidance_scale", self.guidance_scale)
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
-            raise ArgumentError(
+            raise InvalidValue(
                 "seed", f"{{seed}} must be an int in [0, {MAX_SEED}], got {literal(seed)}"
             )
         if self.config is None:  # as generate_cascade(config=None) always took it
@@ -112,9 +112,9 @@ class CascadeOptions:
 
 
 def check_finite(argument: str, value: object) -> float:
-    """``value`` as a float when it is a finite number, else an :class:`ArgumentError`."""
+    """``value`` as a float when it is a finite number, else an :class:`InvalidValue`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ArgumentError(
+        raise InvalidValue(
             argument, f"{{{argument}}} must be a finite number, got {literal(repr(value))}"
         )
     return float(value)
@@ -165,7 +165,7 @@ def check_stages(
     """Steps, stage sizes, sliders and patch size against the model's geometry; the sizes as
     (height, width) px."""
     if not 1 <= options.num_inference_steps <= shape.train_timesteps:
-        raise ArgumentError(
+        raise InvalidValue(
             "num_inference_steps",
             f"{{num_inference_steps}} must be an int in [1, {shape.train_timesteps}] (the "
             f"scheduler's training timesteps), got {options.num_inference_steps}",
@@ -178,7 +178,7 @@ def check_stages(
         patch_size=options.config.patch_size,
     )
     if len(stages) > 1 and options.config.patch_size % shape.unet_factor:
-        raise ArgumentError(
+        raise InvalidValue(
             "patch_size",
             "{patch_size} must be a multiple of the UNet downsampling factor "
             f"{shape.unet_factor}, got {options.config.patch_size}",
@@ -187,6 +187,7 @@ def check_stages(
 
 
 def check_stage_memory(size: tuple[int, int], device: torch.device, shape: ModelShape) -> None:
+    """The memory check of the largest stage ``size`` on ``device`` for a model of ``shape``."""
     check_memory(
         size,
         device,
@@ -221,9 +222,9 @@ def check_cascade(
         writes: this process writes the output and the checkpoints (rank 0).
 
     Raises:
-        ArgumentError: the first bad input, naming its argument, with its accepted range.
+        InvalidValue: the first bad input, naming its argument, with its accepted range.
         TypeError: an argument of the wrong type.
-        FileNotFoundError: a ControlNet path where nothing is.
+        MissingPath: a ControlNet path where nothing is (a ``FileNotFoundError``).
     """
     options = options or CascadeOptions()
     shape = shape or ModelShape()
@@ -267,17 +268,15 @@ def check_outputs(
     output, checkpoint_dir = options.output, options.checkpoint_dir
     if output is None:
         if final[0] * final[1] > MAX_PIL_PIXELS:
-            raise ArgumentError(
+            raise InvalidValue(
                 "output",
                 f"a {final[0]}x{final[1]} image is too large to return in RAM (at most "
                 f"{MAX_PIL_PIXELS} px); pass output='image.tif' to stream it to disk",
             )
         if options.save_intermediate:
-            raise ArgumentError(
-                "save_intermediate", "{save_intermediate=True} needs an output path"
-            )
+            raise InvalidValue("save_intermediate", "{save_intermediate=True} needs an output path")
         if options.compression is not None:
-            raise ArgumentError("compression", "{compression} needs a .tif/.tiff output")
+            raise InvalidValue("compression", "{compression} needs a .tif/.tiff output")
         return None, None if checkpoint_dir is None else Path(checkpoint_dir)
     output = Path(output)
     if writes:
@@ -286,7 +285,7 @@ def check_outputs(
             check_output_path(intermediate_path(output, size), *size, "save_intermediate")
         if options.compression is not None:
             if output.suffix.lower() not in TIFF_SUFFIXES:
-                raise ArgumentError(
+                raise InvalidValue(
                     "compression",
                     "{compression} applies to .tif/.tiff outputs only, got {output} "
                     f"{literal(output)}",
@@ -332,7 +331,7 @@ def check_inputs_kept(
     for argument, path in files.items():
         for intermediate in intermediates:
             if intermediate.exists() and intermediate.samefile(path):
-                raise ArgumentError(
+                raise InvalidValue(
                     "save_intermediate",
                     "{save_intermediate}: "
                     f"the intermediate image {literal(intermediate)} would replace the input "
@@ -340,7 +339,7 @@ def check_inputs_kept(
                     "another {output} name",
                 )
         if folder is not None and folder in path.resolve().parents:
-            raise ArgumentError(
+            raise InvalidValue(
                 "checkpoint_dir",
                 "{checkpoint_dir}: "
                 f"{literal(checkpoint_dir)} holds the input {literal(path)} ({{{argument}}}), "

@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 # rank 0 alone decodes, encodes and writes whole stages while the others wait in a collective:
 # a gigapixel stage takes far longer than torch.distributed's default timeouts
@@ -115,10 +115,10 @@ def check_parallel(world_size: int, *, faithful: bool) -> None:
         faithful: ``PixelsmithConfig.faithful``.
 
     Raises:
-        ArgumentError: ``faithful=True`` on several processes.
+        InvalidValue: ``faithful=True`` on several processes.
     """
     if world_size > 1 and faithful:
-        raise ArgumentError(
+        raise InvalidValue(
             "faithful",
             f"{{faithful=True}} runs in one process, got {world_size} processes: the official "
             "sampler fuses each patch before reverting it, so a patch reads pixels that earlier "
@@ -145,28 +145,28 @@ def check_devices(
         launched: processes already started for this run (``torchrun``'s ``WORLD_SIZE``).
     """
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ArgumentError("devices", f"{{devices}} must be an int >= 1, got {devices!r}")
+        raise InvalidValue("devices", f"{{devices}} must be an int >= 1, got {devices!r}")
     if devices == 1:
         return devices
     if launched > 1:
-        raise ArgumentError(
+        raise InvalidValue(
             "devices",
             f"{{devices}} {devices} starts processes, but this is already one of {launched} "
             "(torchrun): leave {devices} out under torchrun",
         )
     if device.type not in ("cpu", "cuda"):
-        raise ArgumentError(
+        raise InvalidValue(
             "devices", f"{{devices}} {devices} runs on cpu or cuda, got {{device}} {device}"
         )
     if device.type == "cuda":
         if device.index is not None:
-            raise ArgumentError(
+            raise InvalidValue(
                 "devices",
                 f"{{devices}} {devices} puts rank r on cuda:r: give {{device}} cuda, not {device}",
             )
         available = torch.cuda.device_count()
         if devices > available:
-            raise ArgumentError(
+            raise InvalidValue(
                 "devices",
                 f"{{devices}} must be in [1, {available}] (the CUDA devices here), got {devices}",
             )

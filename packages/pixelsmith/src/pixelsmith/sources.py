@@ -11,8 +11,8 @@ refused
 at once and never reported as a hub failure. pixelsmith has no names of its own.
 
 :func:`check_source` applies the rule to an API argument, its messages naming the argument
-(:class:`pixelsmith.errors.ArgumentError`; a missing path stays a ``FileNotFoundError``
-``ARGUMENT: no ... folder ...``). :func:`check_from_pretrained` is the offline check of
+(:class:`pixelsmith.errors.InvalidValue`; a missing path is a
+``common_kernels.runtime.errors.MissingPath``, ``ARGUMENT: no ... folder ...``). :func:`check_from_pretrained` is the offline check of
 ``PixelsmithPipeline.from_pretrained``.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from common_kernels.runtime.errors import InvalidArgument, literal
 from common_kernels.runtime.hub import HubUnreachableError, check_hub
 from common_kernels.runtime.hub import resolve_source as resolve_source_name
-from pixelsmith.errors import ArgumentError
+from pixelsmith.errors import InvalidValue
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -78,11 +78,12 @@ def check_source(
     file_ok: bool = False,
 ) -> Path | str:
     """:func:`resolve_source` of the API argument ``argument``, its bad values refused as an
-    :class:`~pixelsmith.errors.ArgumentError` naming it (``{argument} ./lora.bin is a file;
+    :class:`~pixelsmith.errors.InvalidValue` naming it (``{argument} ./lora.bin is a file;
     ...``).
 
     Raises:
-        FileNotFoundError: ``argument: no WHAT PATH (nothing at ...)``.
+        common_kernels.runtime.errors.MissingPath: ``argument: no WHAT PATH (nothing at ...)``
+            (a ``FileNotFoundError``).
         InvalidArgument: an unknown model, or a file, folder or hub id that cannot be it.
     """
     try:
@@ -91,7 +92,7 @@ def check_source(
         raise
     except ValueError as error:  # "ARGUMENT VALUE ...": the argument named in place
         text = str(error).removeprefix(argument)
-        raise ArgumentError(argument, f"{{{argument}}}{literal(text)}") from None
+        raise InvalidValue(argument, f"{{{argument}}}{literal(text)}") from None
 
 
 def check_source_hub(source: Path | str, what: str) -> None:
