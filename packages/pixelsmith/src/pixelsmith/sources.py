@@ -12,8 +12,8 @@ at once and never reported as a hub failure. pixelsmith has no names of its own.
 
 :func:`check_source` applies the rule to an API argument, its messages naming the argument
 (:class:`pixelsmith.errors.InvalidValue`; a missing path is a
-``common_kernels.runtime.errors.MissingPath``, ``ARGUMENT: no ... folder ...``). :func:`check_from_pretrained` is the offline check of
-``PixelsmithPipeline.from_pretrained``.
+``common_kernels.runtime.errors.MissingPath``, ``ARGUMENT: no ... folder ...``).
+:func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``.
 """
 
 from __future__ import annotations
