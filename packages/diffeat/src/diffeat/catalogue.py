@@ -180,6 +180,33 @@ def _mid_specs(mid: nn.Module) -> list[LayerSpec]:
     return specs
 
 
+def require_attributes(module: nn.Module, attrs: Sequence[str], argument: str, reads: str) -> None:
+    """Raise unless ``module`` has every attribute of ``attrs`` (what diffeat reads).
+
+    Args:
+        module: the network given.
+        attrs: the attributes diffeat walks.
+        argument: the argument that gave it (named in the message).
+        reads: the diffusers classes diffeat reads (for the message).
+    """
+    for attr in attrs:
+        if not hasattr(module, attr):
+            raise ValueError(
+                f"{argument}: {type(module).__name__} has no {attr!r}; diffeat reads diffusers "
+                f"{reads}"
+            )
+
+
+def _encoder_specs(model: nn.Module) -> list[LayerSpec]:
+    """The down blocks and mid block of a U-Net or ControlNet, named as in the U-Net."""
+    specs = []
+    for i, block in enumerate(model.down_blocks):
+        specs += _updown_specs(block, "down", i)
+    if getattr(model, "mid_block", None) is not None:
+        specs += _mid_specs(model.mid_block)
+    return specs
+
+
 def build_catalogue(unet: nn.Module) -> list[LayerSpec]:
     """Every activation of a diffusers ``UNet2DConditionModel``, in execution order.
 
@@ -189,20 +216,13 @@ def build_catalogue(unet: nn.Module) -> list[LayerSpec]:
     Returns:
         The catalogue entries (SD 1.5: 197, SDXL: 612).
     """
-    for attr in ("conv_in", "down_blocks", "up_blocks", "conv_out"):
-        if not hasattr(unet, attr):
-            raise ValueError(
-                f"unet: {type(unet).__name__} has no {attr!r}; diffeat reads diffusers "
-                "UNet2DConditionModel U-Nets"
-            )
+    attrs = ("conv_in", "down_blocks", "up_blocks", "conv_out")
+    require_attributes(unet, attrs, "unet", "UNet2DConditionModel U-Nets")
     specs = [
         LayerSpec("unet-in", "unet-in", "", "unet"),
         LayerSpec("unet-after-conv-in", "unet-after-conv-in", "conv_in", "unet"),
+        *_encoder_specs(unet),
     ]
-    for i, block in enumerate(unet.down_blocks):
-        specs += _updown_specs(block, "down", i)
-    if getattr(unet, "mid_block", None) is not None:
-        specs += _mid_specs(unet.mid_block)
     for i, block in enumerate(unet.up_blocks):
         specs += _updown_specs(block, "up", i)
     specs.append(LayerSpec("unet-out", "unet-out", "conv_out", "unet"))
@@ -225,20 +245,13 @@ def build_control_catalogue(controlnet: nn.Module) -> list[LayerSpec]:
     Args:
         controlnet: the ControlNet (real weights, random weights or on the ``meta`` device).
     """
-    for attr in ("conv_in", "controlnet_cond_embedding", "down_blocks", "controlnet_down_blocks"):
-        if not hasattr(controlnet, attr):
-            raise ValueError(
-                f"controlnet: {type(controlnet).__name__} has no {attr!r}; diffeat reads diffusers "
-                "ControlNetModel ControlNets"
-            )
+    attrs = ("conv_in", "controlnet_cond_embedding", "down_blocks", "controlnet_down_blocks")
+    require_attributes(controlnet, attrs, "controlnet", "ControlNetModel ControlNets")
     specs = [
         LayerSpec("after-conv-in", "unet-after-conv-in", "conv_in", "unet"),
         LayerSpec("cond-embedding-out", "cond-embedding-out", "controlnet_cond_embedding", "unet"),
+        *_encoder_specs(controlnet),
     ]
-    for i, block in enumerate(controlnet.down_blocks):
-        specs += _updown_specs(block, "down", i)
-    if getattr(controlnet, "mid_block", None) is not None:
-        specs += _mid_specs(controlnet.mid_block)
     for k in range(len(controlnet.controlnet_down_blocks)):
         specs.append(LayerSpec(f"residual{k}", "residual", f"controlnet_down_blocks.{k}", "down"))
     specs.append(LayerSpec("mid-residual", "residual", "controlnet_mid_block", "mid"))

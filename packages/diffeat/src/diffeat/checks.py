@@ -109,22 +109,6 @@ def resolve_source(model: str | Path, argument: str, what: str = "model folder")
     return source
 
 
-def check_model_source(
-    model: str | Path, needs: Sequence[str], argument: str = "model_id_or_dir"
-) -> Path | str:
-    """A diffusers model folder holding ``needs``, or a reachable hub id.
-
-    Args:
-        model: the folder or hub id.
-        needs: files and folders the folder must hold (relative paths).
-        argument: the API's argument (named in the messages).
-    """
-    source = resolve_source(model, argument)
-    if isinstance(source, Path):
-        check_model_folder(source, model, needs, argument)
-    return source
-
-
 def check_model_folder(
     source: Path, model: str | Path, needs: Sequence[str], argument: str = "model_id_or_dir"
 ) -> None:
@@ -157,7 +141,7 @@ def read_config(
     ``OSError``).
 
     Args:
-        model: a folder checked by :func:`check_model_source`, or a hub id.
+        model: a folder checked by :func:`check_model_folder`, or a hub id.
         loader: the diffusers class whose ``load_config`` reads it.
         subfolder: ``unet``, ``vae`` or ``scheduler``.
         argument: the API's argument (named in the messages).
@@ -212,7 +196,7 @@ def read_model_configs(
     """The network, VAE and scheduler configs of a checked model (no weights are read).
 
     Args:
-        model: from :func:`check_model_source`.
+        model: a checked folder (:func:`check_model_folder`) or hub id.
         argument: the API's argument (named in the messages).
         backbone: the network's kind (its config is ``{backbone.subfolder}/config.json``).
     """

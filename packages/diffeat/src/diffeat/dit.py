@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from diffeat.backbones.dit import DIT, DIT_TOKENS, build_dit_catalogue, dit_kwargs, dit_layer_infos
 from diffeat.capture import ActivationRecorder
-from diffeat.extraction import BaseFeatureExtractor
+from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
 from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
 from diffeat.prompts import PromptEmbeddings, T5PromptEncoder
@@ -81,11 +81,7 @@ class DiTFeatureExtractor(BaseFeatureExtractor):
         self.unet = self.transformer = transformer.eval()
         self.vae = vae.eval()
         self.scheduler = scheduler
-        if (tokenizer is None) != (text_encoder is None):
-            raise ValueError(
-                "tokenizer/text_encoder: give both (prompts are encoded) or neither (calls "
-                "pass precomputed embeddings=)"
-            )
+        check_text_stack(tokenizer, text_encoder, "tokenizer/text_encoder")
         if tokenizer is not None:
             self.prompt_encoder = T5PromptEncoder(
                 tokenizer, text_encoder.eval(), max_sequence_length

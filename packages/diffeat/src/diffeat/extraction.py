@@ -42,6 +42,21 @@ from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
 VAE_OUT = VAE_SPEC.name
 
 
+def check_text_stack(tokenizers: Any, text_encoders: Any, arguments: str) -> None:
+    """Tokenizers and text encoders come together (prompts are encoded) or not at all.
+
+    Args:
+        tokenizers: the tokenizer(s) given, or None.
+        text_encoders: the text encoder(s) given, or None.
+        arguments: how the constructor names them (``"tokenizer/text_encoder"``).
+    """
+    if (tokenizers is None) != (text_encoders is None):
+        raise ValueError(
+            f"{arguments}: give both (prompts are encoded) or neither (calls pass precomputed "
+            "embeddings=)"
+        )
+
+
 class BaseFeatureExtractor:
     """The steps of an extraction shared by every backbone (see the module).
 
@@ -447,15 +462,9 @@ class BaseFeatureExtractor:
             )
         with torch.set_grad_enabled(self.config.requires_grad):
             return self._run_models(
-                sample,
-                embeddings,
-                image_size,
-                names,
-                original_size,
-                target_size,
-                full_output,
+                sample, embeddings, image_size, names, original_size, target_size, full_output,
                 control,
-            )
+            )  # fmt: skip
 
     def _size_conditioning(self, original_size, target_size):
         """Parsed (H, W) sizes; SD-style U-Nets (no size conditioning) refuse them."""

@@ -19,7 +19,7 @@ from diffeat.backbones.unet import UNET, is_text_time, load_components
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import CONTROL_PREFIX, LayerInfo, LayerSpec, build_catalogue
 from diffeat.checks import TEXT_TOKENS, VAE_SPEC
-from diffeat.extraction import VAE_OUT, BaseFeatureExtractor
+from diffeat.extraction import VAE_OUT, BaseFeatureExtractor, check_text_stack
 from diffeat.extractor_adapters import AdapterMixin
 from diffeat.features import Features
 from diffeat.io import parse_size
@@ -78,11 +78,7 @@ class FeatureExtractor(AdapterMixin, BaseFeatureExtractor):
         self.fused_loras: list[str] = []
         self.vae = vae.eval()
         self.scheduler = scheduler
-        if (tokenizers is None) != (text_encoders is None):
-            raise ValueError(
-                "tokenizers/text_encoders: give both (prompts are encoded) or neither "
-                "(calls pass precomputed embeddings=)"
-            )
+        check_text_stack(tokenizers, text_encoders, "tokenizers/text_encoders")
         self.prompt_encoder: PromptEncoder | None = None
         if tokenizers is not None:
             self.prompt_encoder = PromptEncoder(tokenizers, [e.eval() for e in text_encoders])
@@ -183,16 +179,9 @@ class FeatureExtractor(AdapterMixin, BaseFeatureExtractor):
         return [LayerInfo(VAE_SPEC, self.vae_out_shape(size)), *unet_infos, *control]
 
     def _run_models(
-        self,
-        sample,
-        embeddings,
-        image_size,
-        names,
-        original_size,
-        target_size,
-        full_output,
+        self, sample, embeddings, image_size, names, original_size, target_size, full_output,
         control,
-    ) -> tuple[Features, Tensor | None]:
+    ) -> tuple[Features, Tensor | None]:  # fmt: skip
         original_size, target_size = self._size_conditioning(original_size, target_size)
         batch = sample.shape[0]
         self._check_embeddings(embeddings)

@@ -47,7 +47,7 @@ class Backbone:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def model_files(self, config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    def model_files(self) -> tuple[str, ...]:
         """The config files an extraction reads from a model folder (weights aside)."""
         return (
             "model_index.json",

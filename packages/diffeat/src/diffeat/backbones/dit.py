@@ -26,7 +26,7 @@ from torch import nn
 
 from diffeat.backbones.base import Backbone, load_vae_and_scheduler
 from diffeat.capture import ActivationRecorder
-from diffeat.catalogue import LayerInfo, LayerSpec
+from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
 
 DIT_TOKENS = 300  # PixArt-Sigma's max_sequence_length (T5 tokens), used without a tokenizer
 
@@ -83,12 +83,10 @@ class DiTBackbone(Backbone):
 def _check_dit(transformer: nn.Module) -> None:
     from diffusers.models.attention import BasicTransformerBlock
 
-    for attr in ("pos_embed", "transformer_blocks", "proj_out"):
-        if not hasattr(transformer, attr):
-            raise ValueError(
-                f"transformer: {type(transformer).__name__} has no {attr!r}; diffeat reads "
-                "diffusers PixArtTransformer2DModel transformers (PixArt-Sigma / PixArt-alpha)"
-            )
+    reads = "PixArtTransformer2DModel transformers (PixArt-Sigma / PixArt-alpha)"
+    require_attributes(
+        transformer, ("pos_embed", "transformer_blocks", "proj_out"), "transformer", reads
+    )
     for k, block in enumerate(transformer.transformer_blocks):
         if not isinstance(block, BasicTransformerBlock):
             raise ValueError(
