@@ -74,13 +74,35 @@ def test_random_weights_are_scaled_by_fan_in() -> None:
 
 
 def test_save_figure_writes_the_format_of_its_suffix(tmp_path) -> None:
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    pytest.importorskip("matplotlib")
+    plt = bench.pyplot()
+    assert plt.get_backend().lower() == "agg"
     figure, axes = plt.subplots()
     axes.plot([0, 1], [1, 0])
     path = bench.save_figure(figure, tmp_path / "new" / "plot.png", dpi=50)
     plt.close(figure)
     assert path == tmp_path / "new" / "plot.png"
     assert path.read_bytes().startswith(b"\x89PNG") and sorted(path.parent.iterdir()) == [path]
+
+
+def test_default_dtype_and_the_checks_of_a_run(tmp_path, monkeypatch) -> None:
+    assert (bench.default_dtype("cuda"), bench.default_dtype("cpu")) == ("fp16", "fp32")
+    parser = argparse.ArgumentParser(prog="run.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bench.check_run(parser, "diffeat", "cpu", {"--results": tmp_path / "out"}, modules=("json",))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    folders = {"--results": blocker}
+    err = refusal(lambda argv: bench.check_run(parser, "diffeat", "cpu", folders), [])
+    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
+    folders = {"--results": tmp_path / "out"}
+    err = refusal(lambda argv: bench.check_run(parser, "diffeat", "cuda", folders, ()), [])
+    assert err.endswith("run.py: error: " + bench.NO_CUDA + "\n")
+    assert sorted(tmp_path.iterdir()) == [blocker]  # checks only: nothing made
+
+
+def test_write_report_writes_json_and_markdown(tmp_path, capsys) -> None:
+    bench.write_report(tmp_path / "new" / "x_bench", {"rows": [1.5, "a"]}, "| a |\n")
+    assert (tmp_path / "new" / "x_bench.json").read_text() == '{\n "rows": [\n  1.5,\n  "a"\n ]\n}'
+    assert (tmp_path / "new" / "x_bench.md").read_text() == "| a |\n"
+    assert capsys.readouterr().out == "| a |\n\n"

@@ -19,23 +19,21 @@ from common_kernels.runtime.lightning import (  # noqa: E402
 
 
 class Tiny(L.LightningModule):
-    """y = w x on 8 fixed points, 4 batches an epoch."""
+    """A linear layer fitted to zero on 8 points, 4 batches an epoch; logs its loss."""
 
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(1, 1)
-        self.x = torch.linspace(-1, 1, 8)[:, None]
 
     def training_step(self, batch, index):
-        loss = (self.layer(batch) - 2 * batch).pow(2).mean()
-        self.log("train/loss", loss)
+        self.log("train/loss", loss := self.layer(batch).square().mean())
         return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.x, batch_size=2)
+        return torch.utils.data.DataLoader(torch.linspace(-1, 1, 8)[:, None], batch_size=2)
 
 
 class SignalAtBatch(L.Callback):

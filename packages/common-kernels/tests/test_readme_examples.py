@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common_kernels.runtime.testing import (
-    ShellExample,
-    check_script_flags,
-    nox_sessions,
-    program_words,
-    python_blocks,
-    shell_examples,
-)
+from common_kernels.runtime import testing
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
@@ -29,15 +23,15 @@ def test_shell_example_names_what_exists(example: ShellExample) -> None:
     assert example.mode == "check" and example.reason  # installs and long benchmarks only
     for words in map(program_words, example.commands()):
         if words[0] == "python":
-            check_script_flags(REPOSITORY, words)
+            testing.check_script_flags(REPOSITORY, words)
         elif words[0] == "nox":
-            assert words[words.index("-s") + 1] in nox_sessions(REPOSITORY), words
+            assert words[words.index("-s") + 1] in testing.nox_sessions(REPOSITORY), words
         else:
             assert words[0] == "pip" and "install" in example.reason
 
 
 def test_python_quickstart_runs_as_written() -> None:
-    code = python_blocks(README)[0]
+    code = testing.python_blocks(README)[0]
     namespace: dict = {}
     exec(compile(code, "README.md quickstart", "exec"), namespace)
     out, q = namespace["out"], namespace["q"]

@@ -78,6 +78,7 @@ def test_shell_example_markers_must_be_complete(tmp_path) -> None:
 SETUP_SCRIPT = """
 import argparse, sys
 from pathlib import Path
+from common_kernels.runtime.bench import require_cuda
 from common_kernels.runtime.cli import check_benchmark_setup
 
 def work():
@@ -86,8 +87,10 @@ def work():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench.py")
     parser.add_argument("--out", type=Path, default="out")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     check_benchmark_setup("bench.py", "itaclip", modules=("json",), folders={"--out": args.out})
+    require_cuda(parser, args.device)
     work()
     return 0
 """
@@ -184,3 +187,23 @@ def test_readme_helpers(tmp_path) -> None:
     done = run_shell_block("echo $OMP_NUM_THREADS > n.txt\nfalse\necho never > m.txt", tmp_path)
     assert done.returncode == 1 and (tmp_path / "n.txt").read_text() == "1\n"
     assert not (tmp_path / "m.txt").exists()  # bash -e: the block stops at a failure
+    with pytest.raises(AssertionError, match=r"^exit status 1: $"):
+        run_shell_block("false", tmp_path, check=True)
+    with pytest.raises(AssertionError, match=r"^exit status 0: Traceback"):
+        run_shell_block("echo Traceback >&2", tmp_path, check=True)
+    assert run_shell_block("echo ok", tmp_path, check=True).stdout == "ok\n"
+
+
+def test_assert_setup_checked_first(script, tmp_path, monkeypatch) -> None:
+    from common_kernels.runtime.testing import assert_setup_checked_first, no_work
+
+    monkeypatch.setattr(script, "work", no_work)
+    options = {"flag": "--out", "modules": ("json",), "prog": "bench.py", "sys_argv": False}
+    (tmp_path / "empty").mkdir()
+    assert_setup_checked_first(script.main, [], tmp_path / "empty", "itaclip", **options)
+    (tmp_path / "cuda").mkdir()
+    assert_setup_checked_first(script.main, [], tmp_path / "cuda", "itaclip", cuda=True, **options)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(AssertionError, match="not installed; install the \\[bench\\] extra: pip "
+                       'install "pixelsmith\\[bench\\]"'):  # fmt: skip
+        assert_setup_checked_first(script.main, [], tmp_path / "other", "pixelsmith", **options)

@@ -348,12 +348,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    from common_kernels.runtime.bench import save_figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     peak_key, model_key, label_memory = memory_columns(report["device"])
     models = list(dict.fromkeys(row["model"] for row in report["rows"]))
@@ -410,19 +407,13 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.dtype is None:
-        args.dtype = "fp16" if args.device == "cuda" else "fp32"
+    from common_kernels.runtime.bench import check_run, default_dtype, machine, write_report
+
+    args.dtype = args.dtype or default_dtype(args.device)
     if args.worker:
         worker(args)
         return
-    from common_kernels.runtime.cli import check_benchmark_setup
-
-    modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
-    check_benchmark_setup(parser.prog, "diffeat", modules=modules, folders=folders)
-    from common_kernels.runtime.bench import machine, require_cuda
-    from common_kernels.runtime.files import write_text
-
-    require_cuda(parser, args.device)
+    check_run(parser, "diffeat", args.device, {"--results": args.results})
 
     models = QUICK if args.quick else CUDA if args.device == "cuda" else FULL
     if args.only:
@@ -439,11 +430,8 @@ def main() -> None:
         + ("_quick" if args.quick else "")
         + ("_cuda" if args.device == "cuda" else "")
     )
-    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
-    table = markdown(report)
-    write_text(args.results / f"{name}.md", table, make_parents=True)
+    write_report(args.results / name, report, markdown(report))
     plot(report, args.results / f"{name}.png")
-    print(table)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
+from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
@@ -115,35 +115,11 @@ def test_cuda_report_shows_gpu_memory(bench, tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-HINT = (
-    'install the [bench] extra: pip install "diffeat[bench]" '
-    '(from a clone: pip install ./packages/common-kernels "./packages/diffeat[bench]")'
-)
-
-
 def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
-    """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
-    before any configuration runs."""
+    """--results a file, matplotlib or psutil missing, --device cuda without CUDA: one line,
+    exit 2, before any work."""
     monkeypatch.setattr(bench, "run_model", no_work)
-    blocker = tmp_path / "results"
-    blocker.write_text("x")
-    err = refusal(bench.main, ["--quick", "--results", str(blocker)], prog="run.py")
-    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
-    for module in ("matplotlib", "psutil"):
-        with hidden_modules(module):
-            err = refusal(
-                bench.main, ["--quick", "--results", str(tmp_path / "out")], prog="run.py"
-            )
-        assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
-    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
-def test_device_cuda_without_a_gpu_is_refused(bench, tmp_path):
-    results = tmp_path / "results"
-    err = refusal(bench.main, ["--device", "cuda", "--results", str(results)], prog="run.py")
-    assert "--device cuda: no CUDA device is available" in err
-    assert not results.exists()
+    assert_setup_checked_first(bench.main, ["--quick"], tmp_path, "diffeat", cuda=True)
 
 
 @pytest.mark.slow

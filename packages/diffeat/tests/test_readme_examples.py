@@ -18,15 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.runtime.testing import (
-    ShellExample,
-    check_script_flags,
-    nox_sessions,
-    option_values,
-    program_words,
-    run_shell_block,
-    shell_examples,
-)
+from common_kernels.runtime import testing
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model
@@ -102,10 +95,8 @@ def test_shell_example_runs_as_written(
     example: ShellExample, workdir: Path, tiny_models: Path
 ) -> None:
     with_models(workdir, tiny_models, example.commands())
-    done = run_shell_block(example.code, workdir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    for target in option_values(example.commands(), "-o"):
+    done = testing.run_shell_block(example.code, workdir, check=True)
+    for target in testing.option_values(example.commands(), "-o"):
         path = workdir / target
         assert path.exists(), target
         assert path.is_file() or any(path.rglob("*.png")), target
@@ -129,9 +120,9 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
         if words[0] == "diffeat":
             check_diffeat(words)
         elif words[0] == "python" and words[1].endswith(".py"):
-            check_script_flags(REPOSITORY, words)
+            testing.check_script_flags(REPOSITORY, words)
         elif words[0] == "nox":
-            assert words[words.index("-s") + 1] in nox_sessions(REPOSITORY), words
+            assert words[words.index("-s") + 1] in testing.nox_sessions(REPOSITORY), words
         elif words[0] == "pip":
             assert "install" in example.reason
         else:

@@ -348,12 +348,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    from common_kernels.runtime.bench import save_figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     key, label = memory_column(report["device"])
     cases = list(dict.fromkeys((row["image"], row["stride"]) for row in report["rows"]))
@@ -409,21 +406,14 @@ def main() -> None:
         args.repeats = 1 if args.quick else 3
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
-    if args.dtype is None:
-        args.dtype = "fp16" if args.device == "cuda" else "fp32"
+    from common_kernels.runtime.bench import check_run, default_dtype, machine, write_report
+
+    args.dtype = args.dtype or default_dtype(args.device)
     if args.worker:
         worker(args)
         return
-    from common_kernels.runtime.cli import check_benchmark_setup
-
-    modules, folders = ("matplotlib", "psutil"), {"--results": args.results}
-    check_benchmark_setup(parser.prog, "itaclip", modules=modules, folders=folders)
+    check_run(parser, "itaclip", args.device, {"--results": args.results})
     import numpy as np
-
-    from common_kernels.runtime.bench import machine, require_cuda
-    from common_kernels.runtime.files import write_text
-
-    require_cuda(parser, args.device)
 
     setup = QUICK if args.quick else CUDA if args.device == "cuda" else FULL
     rows = []
@@ -447,11 +437,8 @@ def main() -> None:
     report = {"setup": setup, "quick": args.quick, **environment, "rows": rows}
     name = "itaclip_bench" + ("_quick" if args.quick else "")
     name += "_cuda" if args.device == "cuda" else ""
-    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
-    table = markdown(report)
-    write_text(args.results / f"{name}.md", table, make_parents=True)
+    write_report(args.results / name, report, markdown(report))
     plot(report, args.results / f"{name}.png")
-    print(table)
 
 
 if __name__ == "__main__":

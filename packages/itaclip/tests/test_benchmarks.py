@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
+from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
 from itaclip.pamr import pamr
 from itaclip.postprocess import segment_max
 
@@ -23,6 +23,13 @@ RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 @pytest.fixture(scope="module")
 def bench():
     return load_script(RUN, "itaclip_bench_run")
+
+
+def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
+    """--results a file, matplotlib or psutil missing, --device cuda without CUDA: one line,
+    exit 2, before any work."""
+    monkeypatch.setattr(bench, "run_config", no_work)
+    assert_setup_checked_first(bench.main, ["--quick"], tmp_path, "itaclip", cuda=True)
 
 
 def test_official_pamr_and_class_max_match_package(bench):
@@ -117,37 +124,6 @@ def test_cuda_report_shows_gpu_memory(bench, tmp_path):
     assert "| 896 | 28 | itaclip | 157 |" in table and "| 4.00x |" in table
     bench.plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
-
-
-HINT = (
-    'install the [bench] extra: pip install "itaclip[bench]" '
-    '(from a clone: pip install ./packages/common-kernels "./packages/itaclip[bench]")'
-)
-
-
-def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
-    """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
-    before any configuration runs."""
-    monkeypatch.setattr(bench, "run_config", no_work)
-    blocker = tmp_path / "results"
-    blocker.write_text("x")
-    err = refusal(bench.main, ["--quick", "--results", str(blocker)], prog="run.py")
-    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
-    for module in ("matplotlib", "psutil"):
-        with hidden_modules(module):
-            err = refusal(
-                bench.main, ["--quick", "--results", str(tmp_path / "out")], prog="run.py"
-            )
-        assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
-    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
-def test_device_cuda_without_a_gpu_is_refused(bench, tmp_path):
-    results = tmp_path / "results"
-    err = refusal(bench.main, ["--device", "cuda", "--results", str(results)], prog="run.py")
-    assert "--device cuda: no CUDA device is available" in err
-    assert not results.exists()
 
 
 @pytest.mark.slow

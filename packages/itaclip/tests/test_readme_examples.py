@@ -29,16 +29,11 @@ import pytest
 import torch
 from PIL import Image
 
+from common_kernels.runtime import testing
 from common_kernels.runtime.batch import find_images
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import (
-    ShellExample,
-    load_script,
-    nox_sessions,
-    program_words,
-    shell_examples,
-)
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
@@ -144,13 +139,13 @@ def check_command(words: list[str], example: ShellExample) -> None:
     elif words[0] == "python":
         script = REPOSITORY / words[1]
         assert script.is_file(), f"{example.id}: no script {words[1]}"
-        load_script(script, f"readme_{script.stem}").build_parser().parse_args(
+        testing.load_script(script, f"readme_{script.stem}").build_parser().parse_args(
             words[2:]
         )  # SystemExit(2) on a bad flag
     elif words[0] == "nox":
         session = words[words.index("-s") + 1]
         packages = {p.parent.name for p in REPOSITORY.glob("packages/*/pyproject.toml")}
-        assert session in nox_sessions(REPOSITORY) | packages, session
+        assert session in testing.nox_sessions(REPOSITORY) | packages, session
     else:
         assert words[:2] == ["pip", "install"], f"{example.id}: cannot check {words}"
         assert "test_install.py" in example.reason  # resolved there with pip --dry-run

@@ -48,13 +48,16 @@ from pathlib import Path
 
 from common_kernels.runtime.bench import (
     DTYPES,
+    default_dtype,
     machine,
     peak_rss_mib,
+    pyplot,
     random_weights,
     require_cuda,
     save_figure,
     synchronize,
     torch_dtype,
+    write_report,
 )
 from common_kernels.runtime.files import write_text
 
@@ -809,17 +812,14 @@ def cascade_comparison(args: argparse.Namespace, env: dict) -> None:
     }
     name = "pixelsmith_cascade" + ("_quick" if args.quick else "")
     name += "_cuda" if args.device == "cuda" else ""
-    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
-    table = cascade_markdown(report)
-    write_text(args.results / f"{name}.md", table, make_parents=True)
-    print(table)
+    write_report(args.results / name, report, cascade_markdown(report))
 
 
 def check_cascade_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill the cascade comparison's defaults and refuse bad values, naming the flag."""
     from pixelsmith.config import validate_cascade
 
-    args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
+    args.dtype = args.dtype or default_dtype(args.device)
     args.model = args.model or ("sdxl" if args.device == "cuda" else "tiny")
     args.sizes = args.sizes or (CUDA_QUICK_SIZES if args.quick else CUDA_SIZES)
     args.steps = 10 if args.steps is None else args.steps
@@ -861,10 +861,7 @@ def gigapixel_markdown(result: dict, env: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for method in ("official", "grid"):
@@ -983,11 +980,8 @@ def main(argv: list[str] | None = None) -> None:
             steps = args.steps or 2
             result = run_worker("gigapixel", args, tmp, size=args.giga_size, steps=steps)
             result["environment"] = env
-            gigapixel = args.results / "pixelsmith_gigapixel.json"
-            write_text(gigapixel, json.dumps(result, indent=1), make_parents=True)
-            table = gigapixel_markdown(result, env)
-            write_text(args.results / "pixelsmith_gigapixel.md", table, make_parents=True)
-            print(table)
+            stem = args.results / "pixelsmith_gigapixel"
+            write_report(stem, result, gigapixel_markdown(result, env))
             return
         steps = args.steps or 3
         sizes = args.sizes or ([2048, 4096] if args.quick else [2048, 4096, 8192])
@@ -1024,11 +1018,8 @@ def main(argv: list[str] | None = None) -> None:
         "stage": stage,
     }
     name = "pixelsmith_bench_quick" if args.quick else "pixelsmith_bench"
-    write_text(args.results / f"{name}.json", json.dumps(report, indent=1), make_parents=True)
-    table = markdown(report)
-    write_text(args.results / f"{name}.md", table, make_parents=True)
+    write_report(args.results / name, report, markdown(report))
     plot(report, args.results / f"{name}.png")
-    print(table)
 
 
 if __name__ == "__main__":

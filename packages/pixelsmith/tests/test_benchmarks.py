@@ -13,7 +13,13 @@ import pytest
 import tifffile
 import torch
 
-from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
+from common_kernels.runtime.testing import (
+    assert_setup_checked_first,
+    hidden_modules,
+    load_script,
+    no_work,
+    refusal,
+)
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
@@ -160,30 +166,17 @@ def test_bad_cascade_options_are_refused(bench, tmp_path, arguments, message):
     assert not results.exists()
 
 
-HINT = (
-    'install the [bench] extra: pip install "pixelsmith[bench]" '
-    '(from a clone: pip install ./packages/common-kernels "./packages/pixelsmith[bench]")'
-)
-
-
 def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
     """Output folders that cannot be written, a missing [bench] module: one line, exit 2,
     before any worker starts."""
     monkeypatch.setattr(bench, "run_worker", no_work)
     monkeypatch.setattr(bench, "cascade_comparison", no_work)
-    blocker = tmp_path / "results"
-    blocker.write_text("x")
-    out = str(tmp_path / "out")
-    err = refusal(bench.main, ["--quick", "--results", str(blocker)], prog="run.py")
-    assert err == f"run.py: error: --results {blocker} is a file, not a folder\n"
+    assert_setup_checked_first(bench.main, ["--quick"], tmp_path, "pixelsmith")
+    blocker, out = tmp_path / "results", str(tmp_path / "out")
     arguments = ["--quick", "--results", out, "--workdir", str(blocker / "tiffs")]
     err = refusal(bench.main, arguments, prog="run.py")
     message = f"--workdir {blocker}/tiffs: cannot create it, {blocker} is a file"
     assert err == f"run.py: error: {message}\n"
-    for module in ("matplotlib", "psutil"):
-        with hidden_modules(module):
-            err = refusal(bench.main, ["--quick", "--results", out], prog="run.py")
-        assert err == f"run.py: error: module {module} is not installed; {HINT}\n"
     with hidden_modules("matplotlib"):  # the gigapixel and cascade runs draw no plot
         for arguments in (["--gigapixel"], ["--cascade"]):
             with pytest.raises(AssertionError, match="before checking"):

@@ -21,16 +21,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from common_kernels.runtime import testing
 from common_kernels.runtime.files import parse_size
-from common_kernels.runtime.testing import (
-    ShellExample,
-    load_script,
-    nox_sessions,
-    program_words,
-    python_blocks,
-    run_shell_block,
-    shell_examples,
-)
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 
@@ -91,9 +84,7 @@ def expected_images(words: list[str]) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
-    done = run_shell_block(example.code, workdir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    done = testing.run_shell_block(example.code, workdir, check=True)
     assert not [text for text in LIBRARY_CHATTER if text in done.stderr], done.stderr[-3000:]
     checked = 0
     for command in example.commands():
@@ -123,7 +114,7 @@ def script_parser(relative: str):
     """The ``build_parser()`` of a benchmark script of this package, loaded from its file."""
     path = REPOSITORY / relative
     assert path.is_file() and PACKAGE / "benchmarks" in path.parents, relative
-    return load_script(path, f"readme_{path.stem}").build_parser()
+    return testing.load_script(path, f"readme_{path.stem}").build_parser()
 
 
 def check_command(words: list[str], reason: str) -> None:
@@ -140,7 +131,7 @@ def check_command(words: list[str], reason: str) -> None:
         except SystemExit as error:  # argparse's own parser exits on a bad flag
             pytest.fail(f"{words[1]} refuses {words[2:]} (exit {error.code})")
     elif words[0] == "nox":
-        assert words[1] == "-s" and words[2] in nox_sessions(REPOSITORY), words
+        assert words[1] == "-s" and words[2] in testing.nox_sessions(REPOSITORY), words
     elif words[:2] == ["pip", "install"]:
         assert "install" in reason  # resolved by the repository's tests/test_install.py
     else:
@@ -158,7 +149,9 @@ def test_checked_example_parses(example: ShellExample) -> None:
 def examples_in_python() -> list[str]:
     """The Python blocks that are examples (they import something); the others are reference
     listings (the API's signature)."""
-    return [code for code in python_blocks(README) if re.search(r"^(from|import) ", code, re.M)]
+    return [
+        code for code in testing.python_blocks(README) if re.search(r"^(from|import) ", code, re.M)
+    ]
 
 
 QUICKSTARTS = [code for code in examples_in_python() if f"./{TINY}" in code]

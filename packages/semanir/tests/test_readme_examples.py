@@ -19,16 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+from common_kernels.runtime import testing
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import (
-    ShellExample,
-    check_script_flags,
-    option_values,
-    program_words,
-    python_blocks,
-    run_shell_block,
-    shell_examples,
-)
+from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
 from semanir.models import build_model
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -63,10 +56,8 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
-    done = run_shell_block(example.code, workdir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    for target in option_values(example.commands(), "-o"):
+    testing.run_shell_block(example.code, workdir, check=True)
+    for target in testing.option_values(example.commands(), "-o"):
         path = workdir / target
         assert path.exists(), target
         if path.is_file():
@@ -103,7 +94,7 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
         if words[0] == "semanir":
             check_semanir(words)
         elif words[0] == "python" and words[1].endswith(".py"):
-            check_script_flags(REPOSITORY, words)
+            testing.check_script_flags(REPOSITORY, words)
         elif words[0] == "pip":
             assert "tests/test_install.py" in example.reason or "install" in example.reason
         else:
@@ -112,9 +103,9 @@ def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     assert checked, f"{example.id}: nothing of this package to check"
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks(README))))
+@pytest.mark.parametrize("index", range(len(testing.python_blocks(README))))
 def test_python_quickstart_runs_and_saves(index: int, workdir: Path, monkeypatch) -> None:
-    code = python_blocks(README)[index]
+    code = testing.python_blocks(README)[index]
     monkeypatch.chdir(workdir)
     saved = re.findall(r"write_(?:image|photo)\(\"([^\"]+)\"", code)
     assert saved, "the quickstart saves its result"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common_kernels.runtime.testing import hidden_modules, load_script, no_work, refusal
+from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
@@ -39,21 +39,10 @@ def test_measure_table_and_plot(bench, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-HINT = (
-    'install the [bench] extra: pip install "vitron[bench]" '
-    '(from a clone: pip install ./packages/common-kernels "./packages/vitron[bench]")'
-)
-
-
 def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
-    """An output folder that cannot be written, a missing [bench] module: one line, exit 2,
-    before any parser process starts."""
+    """--out a file, matplotlib missing: one line, exit 2, before any parser process starts."""
     monkeypatch.setattr(bench, "run_in_subprocess", no_work)
-    blocker = tmp_path / "results"
-    blocker.write_text("x")
-    err = refusal(bench.main, ["--quick", "--out", str(blocker)])
-    assert err == f"run.py: error: --out {blocker} is a file, not a folder\n"
-    with hidden_modules("matplotlib"):
-        err = refusal(bench.main, ["--quick", "--out", str(tmp_path / "out")])
-    assert err == f"run.py: error: module matplotlib is not installed; {HINT}\n"
-    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+    assert_setup_checked_first(
+        bench.main, ["--quick"], tmp_path, "vitron", flag="--out", modules=("matplotlib",),
+        sys_argv=False,
+    )  # fmt: skip

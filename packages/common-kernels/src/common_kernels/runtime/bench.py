@@ -3,33 +3,45 @@ the machine its report names, random weights of the published sizes, and the rep
 
 A script measures on ``--device cpu|cuda`` in ``--dtype fp32|fp16|bf16`` (:data:`DTYPES`,
 :func:`torch_dtype`), refuses ``--device cuda`` on a machine without one before any work
-(:func:`require_cuda`), times after :func:`synchronize`, reports memory as :func:`peak_rss_mib` /
-:func:`current_rss_mib`, and writes its report with :func:`machine` (where it ran) and
-:func:`save_figure`. The setup checks that come before any of this are
-:func:`common_kernels.runtime.cli.check_benchmark_setup`.
+(:func:`require_cuda`, with the modules and folders in :func:`check_run`), times after
+:func:`synchronize`, reports memory as :func:`peak_rss_mib` / :func:`current_rss_mib`, and writes
+its report with :func:`machine` (where it ran), :func:`write_report`, :func:`pyplot` and
+:func:`save_figure`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
-from common_kernels.runtime.cli import cpu_model
-from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
+from common_kernels.runtime.files import atomic_write, write_text
 
 DTYPES = ("fp32", "fp16", "bf16")
 NO_CUDA = (
     "--device cuda: no CUDA device is available (torch.cuda.is_available() is False); use "
     "--device cpu"
 )
+
+
+def default_dtype(device: str) -> str:
+    """A benchmark's precision when ``--dtype`` is left out: ``fp16`` on CUDA, ``fp32`` on the CPU.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+    return "fp16" if device == "cuda" else "fp32"
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -51,6 +63,29 @@ def require_cuda(parser: argparse.ArgumentParser, device: str) -> None:
     """
     if device == "cuda" and not torch.cuda.is_available():
         parser.error(NO_CUDA)
+
+
+def check_run(
+    parser: argparse.ArgumentParser,
+    package: str,
+    device: str,
+    folders: Mapping[str, Path | None],
+    modules: Sequence[str] = ("matplotlib", "psutil"),
+) -> None:
+    """What a benchmark run checks before any work, each problem one line and exit status 2: its
+    optional modules and output folders
+    (:func:`common_kernels.runtime.cli.check_benchmark_setup`), then ``--device cuda`` on a
+    machine without CUDA (:func:`require_cuda`).
+
+    Args:
+        parser: the script's parser (its ``prog`` names the script in the lines).
+        package: the distribution whose ``bench`` extra lists ``modules``.
+        device: the ``--device`` value.
+        folders: output folders by flag (``{"--results": path}``; None: left out).
+        modules: the optional modules the run needs.
+    """
+    check_benchmark_setup(parser.prog, package, modules=modules, folders=folders)
+    require_cuda(parser, device)
 
 
 def synchronize(device: str) -> None:
@@ -136,6 +171,31 @@ def random_weights(module: nn.Module, device: str | torch.device, seed: int) -> 
             else:
                 param.zero_()
     return module
+
+
+def write_report(stem: Path, report: Mapping[str, Any], table: str) -> None:
+    """A benchmark's results: ``STEM.json`` (the report) and ``STEM.md`` (its table), each
+    written atomically (folders made as needed); the table is printed too.
+
+    Args:
+        stem: the files' path without suffix (``results/diffeat_bench_quick``).
+        report: what the run measured, JSON-serialisable.
+        table: the report as Markdown.
+    """
+    write_text(stem.with_name(f"{stem.name}.json"), json.dumps(report, indent=1), make_parents=True)
+    write_text(stem.with_name(f"{stem.name}.md"), table, make_parents=True)
+    print(table)
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (files, no display), imported when a report is
+    drawn (matplotlib is in the ``bench`` extras)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def save_figure(figure: Any, path: str | os.PathLike, **savefig: Any) -> Path:

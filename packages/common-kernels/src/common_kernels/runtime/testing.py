@@ -246,6 +246,7 @@ def run_shell_block(
     *,
     env: dict[str, str] | None = None,
     timeout: float = 900.0,
+    check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a README shell block as written, in ``bash -e`` (the block stops at the first command
     that fails), its output captured.
@@ -255,11 +256,18 @@ def run_shell_block(
         cwd: the folder it runs in.
         env: its environment (default: :func:`example_environment`).
         timeout: seconds it may take.
+        check: fail unless the block exits 0 without a traceback on stderr.
+
+    Raises:
+        AssertionError: with ``check``, the block failed (the end of its stderr is shown).
     """
-    return subprocess.run(
+    done = subprocess.run(
         ["bash", "-e", "-c", code], cwd=cwd, env=example_environment() if env is None else env,
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+    if check and (done.returncode != 0 or "Traceback" in done.stderr):
+        raise AssertionError(f"exit status {done.returncode}: {done.stderr[-3000:]}")
+    return done
 
 
 def option_values(commands: Iterable[Sequence[str]], flag: str) -> list[str]:
@@ -370,3 +378,63 @@ def refusal(
     if result != status:
         raise AssertionError(f"exit status {result!r}, not {status}: {stderr.getvalue()[-2000:]}")
     return stderr.getvalue()
+
+
+def assert_setup_checked_first(
+    main: Callable[..., object],
+    argv: Sequence[str],
+    folder: str | os.PathLike,
+    package: str,
+    *,
+    flag: str = "--results",
+    modules: Sequence[str] = ("matplotlib", "psutil"),
+    prog: str = "run.py",
+    sys_argv: bool = True,
+    cuda: bool = False,
+) -> None:
+    """The checks a benchmark script makes before any work (give it :func:`no_work` in place of
+    its work): an output folder ``flag`` that is a file, each of ``modules`` missing, and with
+    ``cuda`` a ``--device cuda`` where CUDA is not available (made so here), is one line
+    ``PROG: error: ...`` and exit status 2, and nothing is written.
+
+    Args:
+        main: the script's ``main``.
+        argv: its other arguments (``["--quick"]``).
+        folder: an empty folder for the output paths.
+        package: the distribution whose ``bench`` extra lists ``modules``.
+        flag: the output-folder option.
+        modules: the optional modules it checks.
+        prog: the script's name in the lines.
+        sys_argv: ``main`` reads ``sys.argv`` (called as ``main()``), else ``main(argv)``.
+        cuda: the script takes ``--device cuda``.
+
+    Raises:
+        AssertionError: another line or status, or something written.
+    """
+    from common_kernels.runtime.cli import install_command  # torch: not for the module itself
+
+    hint = f"install the [bench] extra: {install_command(package, 'bench')}"
+    folder = Path(folder)
+    blocker = folder / "results"
+    blocker.write_text("x")
+    name = prog if sys_argv else None
+    expected = {(): f"{prog}: error: {flag} {blocker} is a file, not a folder\n"}
+    found = {(): refusal(main, [*argv, flag, str(blocker)], prog=name)}
+    for module in modules:
+        expected[(module,)] = f"{prog}: error: module {module} is not installed; {hint}\n"
+        with hidden_modules(module):
+            found[(module,)] = refusal(main, [*argv, flag, str(folder / "out")], prog=name)
+    if cuda:
+        expected[("cuda",)] = (
+            f"{prog}: error: --device cuda: no CUDA device is available "
+            "(torch.cuda.is_available() is False); use --device cpu\n"
+        )
+        with mock.patch("torch.cuda.is_available", return_value=False):
+            stderr = refusal(
+                main, [*argv, "--device", "cuda", flag, str(folder / "out")], prog=name
+            )
+        found[("cuda",)] = stderr.splitlines(keepends=True)[-1]  # after argparse's usage
+    if found != expected:
+        raise AssertionError(f"refusals {found}, expected {expected}")
+    if sorted(folder.iterdir()) != [blocker] or blocker.read_text() != "x":
+        raise AssertionError(f"the refused runs wrote into {folder}")
