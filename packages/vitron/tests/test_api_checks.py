@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common_kernels.runtime.errors import InvalidArgument
 from vitron import Assistant, Box, Region, Stroke
 from vitron.cli import FLAGS, main
 from vitron.options import (
@@ -34,13 +35,10 @@ def image_file(tmp_path, image):
 
 
 def api_and_cli(call) -> tuple[str, str]:
-    """The API's message (names as arguments) and the one with the command's flags."""
-    with pytest.raises(ValueError) as caught:
-        call(None)
-    api = str(caught.value)
-    with pytest.raises(ValueError) as caught:
-        call(FLAGS)
-    return api, str(caught.value)
+    """The API's message (names as arguments) and the one the command prints with its flags."""
+    with pytest.raises(InvalidArgument) as caught:
+        call()
+    return str(caught.value), caught.value.for_flags(FLAGS)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +60,7 @@ def test_regions_outside_the_image_same_message_from_api_and_cli(
     kind, text, api, cli, image, image_file, tmp_path, capsys
 ):
     texts = {"boxes": [text]} if kind == "box" else {"strokes": [text]}
-    assert api_and_cli(lambda names: parse_regions([image], **texts, names=names)) == (api, cli)
+    assert api_and_cli(lambda: parse_regions([image], **texts)) == (api, cli)
     argv = ["run", "x", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "out"),
             "--image", str(image_file), f"--{kind}={text}"]  # fmt: skip
     assert main(argv) == 2
@@ -99,8 +97,8 @@ def test_assistant_refuses_a_region_outside_its_image(image, tmp_path):
     ],
 )  # fmt: skip
 def test_assistant_options_same_message_from_api_and_cli(options, api, cli, tmp_path, capsys):
-    def make(names):
-        return AssistantOptions("m", tmp_path / "out", **options, names=names)
+    def make():
+        return AssistantOptions("m", tmp_path / "out", **options)
 
     assert api_and_cli(make) == (api, cli)
     flag = FLAGS[next(iter(options))]
@@ -111,16 +109,16 @@ def test_assistant_options_same_message_from_api_and_cli(options, api, cli, tmp_
 
 
 def test_settings_specialists_and_port_name_the_argument(tmp_path):
-    assert api_and_cli(lambda names: parse_settings(["itaclip=3"], names)) == (
+    assert api_and_cli(lambda: parse_settings(["itaclip=3"])) == (
         "settings takes ADAPTER.OPTION=VALUE, got 'itaclip=3'",
         "--set takes ADAPTER.OPTION=VALUE, got 'itaclip=3'",
     )
     missing = tmp_path / "nope.json"
-    assert api_and_cli(lambda names: read_specialists_file(missing, names)) == (
+    assert api_and_cli(lambda: read_specialists_file(missing)) == (
         f"specialists {missing} does not exist",
         f"--specialists {missing} does not exist",
     )
-    assert api_and_cli(lambda names: check_port(0, names)) == (
+    assert api_and_cli(lambda: check_port(0)) == (
         "port must be in [1, 65535], got 0",
         "--port must be in [1, 65535], got 0",
     )

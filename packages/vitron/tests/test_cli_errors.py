@@ -46,7 +46,6 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(VitronModel, "from_pretrained", fail)
     monkeypatch.setattr(VitronModel, "from_components", fail)
     monkeypatch.setattr(SpecialistRegistry, "specialist", fail)
-    monkeypatch.setattr(vitron.training, "train", fail)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
 
@@ -582,8 +581,8 @@ def test_dtype_resolution(name, device, bf16, expected):
 
 def test_bfloat16_on_a_gpu_without_it_is_refused():
     with pytest.raises(ValueError) as caught:
-        resolve_dtype("bfloat16", torch.device("cuda:0"), False, {"dtype": "--dtype"})
-    assert str(caught.value) == (
+        resolve_dtype("bfloat16", torch.device("cuda:0"), False)
+    assert caught.value.for_flags({"dtype": "--dtype"}) == (
         "--dtype bfloat16: cuda:0 does not support bfloat16 (use --dtype float16 or auto)"
     )
     with pytest.raises(ValueError) as caught:

@@ -493,3 +493,20 @@ def test_router_survives_a_specialist_crash_and_never_overwrites_files(
     again = router.run(invocation, TurnInputs([image], [], []))[2].outputs["mask"].path
     assert (first.name, again.name) == ("other_mask.png", "other_mask_2.png")
     assert first.is_file() and again.is_file()
+
+
+def test_the_base_imports_no_registry_and_a_registry_is_a_source():
+    """No import circle between the adapters' base and the registry that imports the adapters,
+    not even one for type checking: the base names what it needs as a protocol."""
+    import ast
+    from pathlib import Path
+
+    from vitron.specialists import base
+    from vitron.specialists.base import SpecialistSource
+
+    tree = ast.parse(Path(base.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name and name.startswith("vitron.") for name in imported)
+    registry = SpecialistRegistry()
+    source: SpecialistSource = registry
+    assert type(source.specialist("segment_image")).__name__ == "ItaclipSegmenter"

@@ -199,7 +199,7 @@ def test_periodic_checkpoints_by_steps(files, tmp_path):
 def test_train_settings_same_message_from_api_and_cli(
     files, tmp_path, capsys, settings, flags, message
 ):
-    from vitron.training.command import TRAIN_FLAGS
+    from vitron.cli import FLAGS as TRAIN_FLAGS
 
     with pytest.raises(ValueError) as caught:
         TrainConfig(stage=2, **settings)

@@ -1,63 +1,130 @@
 """Checks of the API's arguments, shared by the Python API and the ``vitron`` command.
 
-Every check raises ``ValueError`` naming the argument and the accepted range. ``names`` maps an
-argument to the way the caller spells it (the command passes its flags: ``{"max_steps":
-"--max-steps"}``), so the API and the command give the same message, each in its own words for
-the argument.
+Every check raises :class:`InvalidValue`, a ``common_kernels.runtime.errors.InvalidArgument``
+(a ``ValueError``) whose message names the API's argument where the sentence puts it
+(``{max_steps} must be >= 1, got 0``): Python users read ``max_steps must be ...`` and the
+command, given its flags (``common_kernels.runtime.cli.run_main(..., flags=FLAGS)``), ``--max-steps
+must be ...``, the same message, each in its own words for the argument.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from common_kernels.runtime.cli import check_folder_writable
+from common_kernels.runtime.errors import InvalidArgument, literal
 
-Names = Mapping[str, str]
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+ARGUMENT_MARK = "\x00"  # a parser's label for its argument, replaced by ``{argument}``
 
 
-def named(argument: str, names: Names | None) -> str:
-    """How the caller spells ``argument`` in messages (the command: its flag).
+class InvalidValue(InvalidArgument):
+    """A bad value for ``argument``, the message naming it where it reads best.
 
     Args:
-        argument: the API's name (``"max_steps"``).
-        names: argument -> caller's name; ``None`` or a missing key keeps ``argument``.
+        argument: the argument's name in the API (``"max_steps"``).
+        message: the whole message with every argument written ``{name}``, its own included
+            (``"{max_steps} must be >= 1, got 0"``); paths and other text shown as written go
+            through :func:`common_kernels.runtime.errors.literal`.
     """
-    return argument if names is None else names.get(argument, argument)
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(argument, message)
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def for_flags(self, flags: Mapping[str, str]) -> str:
+        """The message with each argument named by its flag (``flags``: argument -> flag)."""
+        return self.render(flags)
 
 
-def check_at_least(value: int, low: int, argument: str, names: Names | None = None) -> None:
+class MissingPath(InvalidArgument, FileNotFoundError):
+    """A path where nothing is: a ``FileNotFoundError`` that names its argument
+    (``model: no Vitron folder ./x (nothing at /abs/x)``)."""
+
+
+class NamedFailure:
+    """A failure while working (mixed into an exception class) whose message names an API
+    argument as ``{argument}``: ``str()`` spells it as Python users do, :meth:`render` as a
+    command's flags say (``vitron.cli`` prints it so).
+
+    Args:
+        argument: the API's argument (``"model"``).
+        message: the message, each argument written ``{name}``.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument, self.template, self.mentions = argument, message, {}
+        super().__init__(self.render())
+
+    render = InvalidArgument.render
+
+
+def named_in_place(argument: str, error: BaseException) -> InvalidValue:
+    """``error``, from a parser given :data:`ARGUMENT_MARK` as its label for ``argument``, as an
+    :class:`InvalidValue` naming ``argument`` where the mark stood."""
+    text = literal(" ".join(str(error).split()))
+    return InvalidValue(argument, text.replace(ARGUMENT_MARK, f"{{{argument}}}"))
+
+
+@contextlib.contextmanager
+def argument_errors(argument: str) -> Iterator[None]:
+    """A ``ValueError`` of a ``common_kernels.runtime`` rule given ``argument`` as its name
+    (``check_device``, ``check_folder_writable``, ``check_output_folder_name``: their messages
+    start with it), as an :class:`InvalidValue`.
+
+    Args:
+        argument: the API's argument the rule checks (``"output"``).
+    """
+    try:
+        yield
+    except InvalidArgument:
+        raise
+    except ValueError as error:
+        text = str(error)
+        if not text.startswith(argument):
+            raise
+        raise InvalidValue(argument, f"{{{argument}}}{literal(text[len(argument) :])}") from None
+
+
+def check_at_least(value: int, low: int, argument: str) -> None:
     """Fail unless the integer ``value`` is >= ``low``.
 
     Args:
         value: the value given.
         low: the smallest accepted value.
         argument: the API's name of the argument.
-        names: see :func:`named`.
+
+    Raises:
+        InvalidValue: (``argument``) another value.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{named(argument, names)} must be >= {low}, got {value}")
+        raise InvalidValue(argument, f"{{{argument}}} must be >= {low}, got {literal(value)}")
 
 
-def check_positive(value: float, argument: str, names: Names | None = None) -> None:
-    """Fail unless ``value`` is a finite number > 0."""
+def check_positive(value: float, argument: str) -> None:
+    """Fail (``InvalidArgument`` naming ``argument``) unless ``value`` is a finite number > 0."""
     if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{named(argument, names)} must be a finite number > 0, got {value}")
+        raise InvalidValue(argument, f"{{{argument}}} must be a finite number > 0, got {value}")
 
 
-def check_nonnegative(value: float, argument: str, names: Names | None = None) -> None:
-    """Fail unless ``value`` is a finite number >= 0."""
+def check_nonnegative(value: float, argument: str) -> None:
+    """Fail (``InvalidArgument`` naming ``argument``) unless ``value`` is a finite number >= 0."""
     if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{named(argument, names)} must be a finite number >= 0, got {value}")
+        raise InvalidValue(argument, f"{{{argument}}} must be a finite number >= 0, got {value}")
 
 
-def check_seed(seed: int, names: Names | None = None) -> None:
-    """``seed`` must be in [0, 2^32 - 1] (numpy's and Lightning's range)."""
+def check_seed(seed: int) -> None:
+    """``seed`` must be in [0, 2^32 - 1] (numpy's and Lightning's range); else
+    ``InvalidArgument`` naming ``seed``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ValueError(f"{named('seed', names)} must be in [0, {SEED_MAX}], got {seed}")
+        raise InvalidValue("seed", f"{{seed}} must be in [0, {SEED_MAX}], got {literal(seed)}")
 
 
 def check_not_empty(tensor: Any, argument: str, expected: str) -> None:
@@ -72,20 +139,23 @@ def check_not_empty(tensor: Any, argument: str, expected: str) -> None:
         raise ValueError(f"{argument} is empty: shape {tuple(tensor.shape)}; {expected}")
 
 
-def check_input_file(path: str | Path, argument: str, names: Names | None = None) -> Path:
-    """The existing file ``path`` (not a folder); returns it as a ``Path``."""
+def check_input_file(path: str | Path, argument: str) -> Path:
+    """The existing file ``path`` (not a folder); returns it as a ``Path``; else
+    ``InvalidArgument`` naming ``argument``."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{named(argument, names)} {path} is a folder, not a file")
+        raise InvalidValue(argument, f"{{{argument}}} {literal(path)} is a folder, not a file")
     if not path.is_file():
-        raise ValueError(f"{named(argument, names)} {path} does not exist")
+        raise InvalidValue(argument, f"{{{argument}}} {literal(path)} does not exist")
     return path
 
 
-def check_output_folder(path: str | Path, argument: str, names: Names | None = None) -> Path:
-    """A folder that exists or can be created, and can be written to; returns it."""
+def check_output_folder(path: str | Path, argument: str) -> Path:
+    """A folder that exists or can be created, and can be written to; returns it; else
+    ``InvalidArgument`` naming ``argument``."""
     path = Path(path)
-    check_folder_writable(path, named(argument, names))
+    with argument_errors(argument):
+        check_folder_writable(path, argument)
     return path
 
 
@@ -95,14 +165,13 @@ def check_generation(
     top_p: float,
     seed: int,
     max_rounds: int,
-    names: Names | None = None,
 ) -> None:
     """The decoding options of :class:`~vitron.assistant.Assistant`: ``max_new_tokens`` and
     ``max_rounds`` >= 1, ``temperature`` a finite number > 0, ``top_p`` in (0, 1], ``seed`` in
     [0, 2**32 - 1]."""
-    check_at_least(max_rounds, 1, "max_rounds", names)
-    check_at_least(max_new_tokens, 1, "max_new_tokens", names)
+    check_at_least(max_rounds, 1, "max_rounds")
+    check_at_least(max_new_tokens, 1, "max_new_tokens")
     if not 0.0 < top_p <= 1.0:  # also rejects NaN
-        raise ValueError(f"{named('top_p', names)} must be in (0, 1], got {top_p}")
-    check_positive(temperature, "temperature", names)
-    check_seed(seed, names)
+        raise InvalidValue("top_p", f"{{top_p}} must be in (0, 1], got {top_p}")
+    check_positive(temperature, "temperature")
+    check_seed(seed)

@@ -41,13 +41,18 @@ from common_kernels.runtime.cli import (
     WorkError,
     add_verbose,
     check_device,
-    check_folder_writable,
     command_prog,
     run_main,
     version_line,
 )
 from common_kernels.runtime.quiet import quiet_libraries
-from vitron.checks import SEED_MAX, check_input_file, check_seed
+from vitron.checks import (
+    SEED_MAX,
+    NamedFailure,
+    check_input_file,
+    check_output_folder,
+    check_seed,
+)
 from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
     DTYPES,
@@ -73,6 +78,20 @@ FLAGS = {
     "box": "--box", "stroke": "--stroke", "mask": "--mask", "stroke_width": "--stroke-width",
     "reply_file": "--reply-file", "port": "--port", "limit": "--limit", "data": "--data",
     "images": "--images", "videos": "--videos", "region": "--region", "in_place": "--in-place",
+    "directory": "DIR",
+    # vitron train
+    "val_data": "--val-data", "stage": "--stage", "max_steps": "--max-steps",
+    "batch_size": "--batch-size", "lr": "--lr", "lora_rank": "--lora-rank",
+    "align_weight": "--align-weight", "synergy_weight": "--synergy-weight",
+    "accelerator": "--accelerator", "devices": "--devices", "strategy": "--strategy",
+    "precision": "--precision", "accumulate_grad_batches": "--accumulate-grad-batches",
+    "signal_targets": "--signal-targets", "resume": "--resume",
+    "checkpoint_every_n_steps": "--checkpoint-every-steps",
+    "checkpoint_every_minutes": "--checkpoint-every-minutes", "num_workers": "--num-workers",
+    # vitron eval
+    "refs": "--refs", "instances": "--instances", "split": "--split", "template": "--template",
+    "mask_backend": "--mask-backend", "questions": "--questions", "annotations": "--annotations",
+    "image_name": "--image-name",
 }  # fmt: skip
 
 
@@ -87,7 +106,7 @@ def assistant_options(args: argparse.Namespace) -> AssistantOptions:
     return AssistantOptions(
         args.model, args.output, args.dtype, args.device, args.specialists, args.set or (),
         args.offload, args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed,
-        args.max_rounds, args.grammar, names=FLAGS,
+        args.max_rounds, args.grammar,
     )  # fmt: skip
 
 
@@ -96,7 +115,7 @@ def request(args: argparse.Namespace, written: tuple[str, ...] = ()) -> tuple[li
     output that would change one of them (or ``--reply-file``, ``--specialists``) refused
     unless ``--in-place``."""
     regions = RegionTexts(args.box or (), args.stroke or (), args.mask or (), args.stroke_width)
-    found = check_request(args.image or (), args.video or (), regions, FLAGS)
+    found = check_request(args.image or (), args.video or (), regions)
     check_outputs(
         args.output, images=args.image or (), videos=args.video or (), masks=args.mask or (),
         files=(getattr(args, "reply_file", None), args.specialists), written=written,
@@ -113,7 +132,7 @@ def run_run(args: argparse.Namespace) -> int:
     from vitron.options import open_assistant
 
     options = assistant_options(args)
-    reply = read_reply_file(args.reply_file, FLAGS)
+    reply = read_reply_file(args.reply_file)
     images, videos, regions = request(args, written=(TURN_NAME,))
     assistant = open_assistant(options, [] if reply is None else [reply])
     turn = assistant.chat(args.prompt, images, videos, regions, progress=True)
@@ -138,7 +157,7 @@ def run_app(args: argparse.Namespace) -> int:
     from vitron.app import ChatSession, launch_app
     from vitron.options import open_assistant
 
-    check_port(args.port, FLAGS)
+    check_port(args.port)
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -149,7 +168,7 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    counts = input_counts(args.images, args.videos, args.region or (), FLAGS)
+    counts = input_counts(args.images, args.videos, args.region or ())
     text = sys.stdin.read() if args.reply == "-" else args.reply
     try:
         parsed = parse_reply(text, grammar=args.grammar, counts=counts)
@@ -167,9 +186,7 @@ def run_parse(args: argparse.Namespace) -> int:
 
 
 def run_specialists(args: argparse.Namespace) -> int:
-    registry = build_registry(
-        args.specialists, args.set or (), check_device(args.device), names=FLAGS
-    )
+    registry = build_registry(args.specialists, args.set or (), check_device(args.device))
     for row in registry.describe():
         status = (
             "ready"
@@ -188,10 +205,10 @@ def run_build_targets(args: argparse.Namespace) -> int:
     from vitron.training.data import TargetIndex
     from vitron.training.targets import build_signal_targets
 
-    check_input_file(args.data, "--data")
-    check_folder_writable(args.output, "-o/--output")
+    check_input_file(args.data, "data")
+    check_output_folder(args.output, "output")
     device = check_device(args.device)
-    registry = build_registry(args.specialists, args.set or (), device, args.offload, FLAGS)
+    registry = build_registry(args.specialists, args.set or (), device, args.offload)
     try:
         path = build_signal_targets(args.data, registry, args.output)
     except RuntimeError as err:  # a specialist that cannot load or run (SpecialistError too)
@@ -203,13 +220,14 @@ def run_build_targets(args: argparse.Namespace) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
+    from vitron.models.vitron import model_size
     from vitron.tiny import tiny_model
 
-    check_seed(args.seed, FLAGS)
-    check_folder_writable(args.directory, "DIR")
+    check_seed(args.seed)
+    check_output_folder(args.directory, "directory")
     model = tiny_model(args.seed, args.vision_backend)
     model.save_pretrained(args.directory)
-    count = sum(p.numel() for p in model.parameters())
+    count = model_size(model)
     print(
         f"tiny random Vitron model ({count} parameters, seed {args.seed}) "
         f"written to {args.directory}"
@@ -220,8 +238,8 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 def run_tiny_specialists(args: argparse.Namespace) -> int:
     from vitron.tiny import write_tiny_specialists
 
-    check_seed(args.seed, FLAGS)
-    check_folder_writable(args.directory, "DIR")
+    check_seed(args.seed)
+    check_output_folder(args.directory, "directory")
     path = write_tiny_specialists(args.directory, args.seed, video=not args.no_video)
     print(f"tiny random specialists written to {args.directory}; use --specialists {path}")
     return 0
@@ -380,17 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run_main(
         prog, run, usage_errors=(FileNotFoundError,), work_errors=(ModelLoadError,),
-        describe=one_line, flags=command_flags(argv),
+        describe=describe, flags=FLAGS,
     )  # fmt: skip
 
 
-def command_flags(argv: Sequence[str]) -> dict[str, str]:
-    """The flag of each API argument for the command ``argv`` runs (``InvalidArgument``)."""
-    if argv[:1] == ["train"]:
-        from vitron.training.command import TRAIN_FLAGS
-
-        return TRAIN_FLAGS
-    return FLAGS
+def describe(error: BaseException) -> str:
+    """An error's one line, an argument it names (``NamedFailure``) spelt by its flag."""
+    return one_line(error.render(FLAGS)) if isinstance(error, NamedFailure) else one_line(error)
 
 
 def run_train(args: argparse.Namespace) -> int:

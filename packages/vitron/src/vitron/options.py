@@ -1,11 +1,11 @@
 """The Assistant's options, checked before any model loads: the API of ``run``, ``chat``, ``app``
 and ``eval``, which the ``vitron`` command calls with its flags' names.
 
-Every check raises ``ValueError`` naming the argument and the accepted range (``names`` maps an
-argument to the caller's spelling, see :mod:`vitron.checks`), so the API and the command print
-the same message. :func:`open_assistant` checks everything of :class:`AssistantOptions`, then
-loads the model; :func:`parse_regions` turns box / stroke / mask texts into regions on the
-given images and refuses one that is not inside its image.
+Every check raises :class:`~vitron.checks.InvalidValue` (an ``InvalidArgument``) naming the
+argument and the accepted range; the command prints it with its flags (``vitron.cli.FLAGS``),
+so the API and the command print the same message. :func:`open_assistant` checks everything of
+:class:`AssistantOptions`, then loads the model; :func:`parse_regions` turns box / stroke / mask
+texts into regions on the given images and refuses one that is not inside its image.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,19 @@ import torch
 from common_kernels.runtime.batch import PYTHON_MENTIONS, ImageListing, InputImage, check_not_inputs
 from common_kernels.runtime.cli import check_device
 from common_kernels.runtime.cli import one_line as shared_one_line
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, literal
 from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from vitron.checks import (
-    Names,
+    ARGUMENT_MARK,
+    InvalidValue,
+    NamedFailure,
+    argument_errors,
     check_at_least,
     check_generation,
     check_input_file,
     check_output_folder,
     check_positive,
-    named,
+    named_in_place,
 )
 from vitron.invocations import GRAMMARS
 from vitron.regions import Region, RegionError, Shape, Stroke, check_inside, parse_box
@@ -40,9 +43,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 REGION_HELP = "index of the image a region is drawn on: append @K (default @0)"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(NamedFailure, RuntimeError):
     """The model cannot be loaded (a broken folder, a failed download): a failure while working,
-    not a bad option."""
+    not a bad option; its message names the argument (:class:`~vitron.checks.NamedFailure`)."""
 
 
 def one_line(error: BaseException) -> str:
@@ -90,41 +93,44 @@ class AssistantOptions:
     seed: int = 0
     max_rounds: int = 1
     grammar: str = "auto"
-    names: Names | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         check_generation(
             self.max_new_tokens, self.temperature, self.top_p, self.seed, self.max_rounds,
-            self.names,
         )  # fmt: skip
         if self.dtype not in ("auto", *DTYPES):
-            raise ValueError(
-                f"{named('dtype', self.names)} must be auto, {', '.join(DTYPES)}; got {self.dtype}"
+            raise InvalidValue(
+                "dtype",
+                f"{{dtype}} must be auto, {literal(', '.join(DTYPES))}; got {literal(self.dtype)}",
             )
         if self.grammar not in GRAMMARS:
-            raise ValueError(
-                f"{named('grammar', self.names)} must be {', '.join(GRAMMARS)}; got {self.grammar}"
+            raise InvalidValue(
+                "grammar",
+                f"{{grammar}} must be {literal(', '.join(GRAMMARS))}; got {literal(self.grammar)}",
             )
 
 
-def check_model_and_output(model: str, output: Path, names: Names | None = None) -> None:
+def check_model_and_output(model: str, output: Path) -> None:
     """The model source (loader rule) and a writable output folder whose name has no suffix."""
     from vitron.models.sources import check_model_source
 
-    check_model_source(model, names)
-    check_output_folder(output, "output", names)
-    check_output_folder_name(output, named("output", names))
+    check_model_source(model)
+    check_output_folder(output, "output")
+    with argument_errors("output"):
+        check_output_folder_name(output, "output")
 
 
-def parse_settings(pairs: Sequence[str], names: Names | None = None) -> dict[str, dict[str, Any]]:
+def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["itaclip.signal_weight=0.5", ...]`` -> ``{"itaclip": {"signal_weight": 0.5}}``."""
     found: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         adapter, dot, option = key.partition(".")
         if not sep or not dot or not adapter or not option:
-            raise ValueError(f"{named('settings', names)} takes ADAPTER.OPTION=VALUE, got {pair!r}")
+            raise InvalidValue(
+                "settings", f"{{settings}} takes ADAPTER.OPTION=VALUE, got {literal(repr(pair))}"
+            )
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -133,16 +139,18 @@ def parse_settings(pairs: Sequence[str], names: Names | None = None) -> dict[str
     return found
 
 
-def read_specialists_file(path: str | Path, names: Names | None = None) -> dict[str, dict]:
+def read_specialists_file(path: str | Path) -> dict[str, dict]:
     """The specialists JSON file: adapter name -> options object."""
-    name = named("specialists", names)
-    path = check_input_file(path, "specialists", names)
+    path = check_input_file(path, "specialists")
+    head = f"{{specialists}} {literal(path)}"
     try:
         options = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{name} {path} is not readable JSON ({one_line(err)})") from None
+        message = f"{head} is not readable JSON ({literal(one_line(err))})"
+        raise InvalidValue("specialists", message) from None
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise ValueError(f"{name} {path} must hold a JSON object of adapter name -> options object")
+        message = f"{head} must hold a JSON object of adapter name -> options object"
+        raise InvalidValue("specialists", message)
     return options
 
 
@@ -151,19 +159,18 @@ def build_registry(
     settings: Sequence[str],
     device: torch.device,
     offload: bool = True,
-    names: Names | None = None,
 ):
     """The specialists of a JSON file and ``ADAPTER.OPTION=VALUE`` overrides (nothing loads)."""
     from vitron.specialists import SpecialistRegistry
 
-    options = {} if specialists is None else read_specialists_file(specialists, names)
-    for adapter, values in parse_settings(settings, names).items():
+    options = {} if specialists is None else read_specialists_file(specialists)
+    for adapter, values in parse_settings(settings).items():
         options.setdefault(adapter, {}).update(values)
     try:
         return SpecialistRegistry(options, device=device, offload=offload)
     except ValueError as err:
-        where = f"{named('specialists', names)}/{named('settings', names)}"
-        raise ValueError(f"{where}: {one_line(err)}") from None
+        message = f"{{specialists}}/{{settings}}: {literal(one_line(err))}"
+        raise InvalidValue("settings", message) from None
 
 
 def cuda_bf16_supported(device: torch.device) -> bool:
@@ -174,9 +181,7 @@ def cuda_bf16_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def resolve_dtype(
-    name: str, device: torch.device, bf16_supported: bool, names: Names | None = None
-) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, bf16_supported: bool) -> torch.dtype:
     """The weights dtype of ``name`` on ``device``: ``auto`` is bfloat16 on CUDA (float16 on a
     GPU without bfloat16) and float32 elsewhere; bfloat16 on a CUDA GPU without it is refused."""
     if name == "auto":
@@ -184,14 +189,15 @@ def resolve_dtype(
             return torch.float32
         return torch.bfloat16 if bf16_supported else torch.float16
     if name == "bfloat16" and device.type == "cuda" and not bf16_supported:
-        raise ValueError(
-            f"{named('dtype', names)} bfloat16: {device} does not support bfloat16 "
-            f"(use {named('dtype', names)} float16 or auto)"
+        raise InvalidValue(
+            "dtype",
+            f"{{dtype}} bfloat16: {literal(device)} does not support bfloat16 "
+            f"(use {{dtype}} float16 or auto)",
         )
     return DTYPES[name]
 
 
-def load_model(model: str, device: torch.device, dtype: torch.dtype, names: Names | None = None):
+def load_model(model: str, device: torch.device, dtype: torch.dtype):
     """The Vitron model; a failure to load is a :class:`ModelLoadError` naming the argument."""
     from safetensors import SafetensorError
 
@@ -200,8 +206,8 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype, names: Name
     try:
         return VitronModel.from_pretrained(model, dtype=dtype, device=device)
     except (OSError, RuntimeError, ValueError, KeyError, ImportError, SafetensorError) as err:
-        message = f"cannot load {named('model', names)} {model}: {one_line(err)}"
-        raise ModelLoadError(message) from err
+        message = f"cannot load {{model}} {literal(model)}: {literal(one_line(err))}"
+        raise ModelLoadError("model", message) from err
 
 
 def open_assistant(options: AssistantOptions, scripted_replies: Sequence[str] = ()):
@@ -209,41 +215,41 @@ def open_assistant(options: AssistantOptions, scripted_replies: Sequence[str] = 
     the model: the :class:`~vitron.assistant.Assistant` of ``options``.
 
     Raises:
-        ValueError: a bad option, named as ``options.names`` spells it (before any load).
+        InvalidArgument: a bad option, named (before any load).
         ModelLoadError: the model cannot be loaded.
     """
     from vitron.assistant import Assistant
 
-    names = options.names
-    check_model_and_output(options.model, options.output, names)
-    device = check_device(options.device, named("device", names))
-    dtype = resolve_dtype(options.dtype, device, cuda_bf16_supported(device), names)
-    registry = build_registry(options.specialists, options.settings, device, options.offload, names)
+    check_model_and_output(options.model, options.output)
+    with argument_errors("device"):
+        device = check_device(options.device, "device")
+    dtype = resolve_dtype(options.dtype, device, cuda_bf16_supported(device))
+    registry = build_registry(options.specialists, options.settings, device, options.offload)
     return Assistant(
-        load_model(options.model, device, dtype, names), registry, options.output,
+        load_model(options.model, device, dtype), registry, options.output,
         max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
         temperature=options.temperature, top_p=options.top_p, seed=options.seed,
         max_rounds=options.max_rounds, grammar=options.grammar, scripted_replies=scripted_replies,
     )  # fmt: skip
 
 
-def read_reply_file(path: str | Path | None, names: Names | None = None) -> str | None:
+def read_reply_file(path: str | Path | None) -> str | None:
     """The text of a scripted-reply file (None without one)."""
     if path is None:
         return None
-    path = check_input_file(path, "reply_file", names)
+    path = check_input_file(path, "reply_file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{named('reply_file', names)} {path} is not UTF-8 text ({err.reason})"
+        raise InvalidValue(
+            "reply_file",
+            f"{{reply_file}} {literal(path)} is not UTF-8 text ({literal(err.reason)})",
         ) from None
 
 
 def load_media(
     images: Sequence[str | Path] = (),
     videos: Sequence[str | Path] = (),
-    names: Names | None = None,
 ) -> tuple[list, list]:
     """The images and videos (GIF or frame folder) of these paths, each checked to decode."""
     from vitron.io import load_image, load_video
@@ -257,7 +263,7 @@ def load_media(
             try:
                 into.append(load(path))
             except (OSError, ValueError) as err:
-                raise ValueError(f"{named(argument, names)} {one_line(err)}") from None
+                raise InvalidValue(argument, f"{{{argument}}} {literal(one_line(err))}") from None
     return found
 
 
@@ -340,7 +346,6 @@ def parse_regions(
     strokes: Sequence[str] = (),
     masks: Sequence[str] = (),
     stroke_width: float = 8.0,
-    names: Names | None = None,
 ) -> list[Region]:
     """Boxes, strokes and masks as texts -> regions on ``images``, checked before any load.
 
@@ -355,14 +360,16 @@ def parse_regions(
         strokes: stroke texts.
         masks: mask file texts.
         stroke_width: brush width of the strokes in pixels, a finite number > 0.
-        names: the caller's names of ``box``, ``stroke``, ``mask`` and ``stroke_width``.
     """
     if strokes:
-        check_positive(stroke_width, "stroke_width", names)
+        check_positive(stroke_width, "stroke_width")
     regions = []
     for kind, texts in (("box", boxes), ("stroke", strokes), ("mask", masks)):
         for text in texts:
-            regions.append(parse_region(kind, text, images, stroke_width, named(kind, names)))
+            try:
+                regions.append(parse_region(kind, text, images, stroke_width, ARGUMENT_MARK))
+            except ValueError as err:
+                raise named_in_place(kind, err) from None
     return regions
 
 
@@ -380,12 +387,11 @@ def check_request(
     images: Sequence[str | Path],
     videos: Sequence[str | Path],
     regions: RegionTexts,
-    names: Names | None = None,
 ) -> tuple[list, list, list[Region]]:
     """The images, videos and regions of one request, each checked (nothing loads a model)."""
-    loaded_images, loaded_videos = load_media(images, videos, names)
+    loaded_images, loaded_videos = load_media(images, videos)
     found = parse_regions(
-        loaded_images, regions.boxes, regions.strokes, regions.masks, regions.stroke_width, names
+        loaded_images, regions.boxes, regions.strokes, regions.masks, regions.stroke_width
     )
     return loaded_images, loaded_videos, found
 
@@ -436,35 +442,32 @@ def check_outputs(
     check_not_inputs([output / name for name in written], listing, argument="output")
 
 
-def check_port(port: int, names: Names | None = None) -> None:
+def check_port(port: int) -> None:
     """The app's TCP port, in [1, 65535]."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"{named('port', names)} must be in [1, 65535], got {port}")
+        raise InvalidValue("port", f"{{port}} must be in [1, 65535], got {literal(port)}")
 
 
-def input_counts(
-    images: int | None, videos: int | None, regions: Sequence[int], names: Names | None = None
-):
+def input_counts(images: int | None, videos: int | None, regions: Sequence[int]):
     """The :class:`~vitron.invocations.InputCounts` a reply is checked against (None: unchecked).
 
     Args:
         images: input images, >= 0 (None: one more than the highest region image).
         videos: input videos, >= 0 (None: unchecked).
         regions: the image index of each user-drawn region, each >= 0 and below ``images``.
-        names: the caller's names of ``images``, ``videos`` and ``region``.
     """
     from vitron.invocations import InputCounts
 
     for argument, count in (("images", images), ("videos", videos)):
         if count is not None:
-            check_at_least(count, 0, argument, names)
+            check_at_least(count, 0, argument)
     for k in regions:
-        check_at_least(k, 0, "region", names)
+        check_at_least(k, 0, "region")
     if images is None and videos is None and not regions:
         return None
     images = images if images is not None else max(regions, default=-1) + 1
     if any(k >= images for k in regions):
-        raise ValueError(
-            f"{named('region', names)} needs an image index below {named('images', names)} {images}"
+        raise InvalidValue(
+            "region", f"{{region}} needs an image index below {{images}} {literal(images)}"
         )
     return InputCounts(images, videos, region_images=tuple(regions))

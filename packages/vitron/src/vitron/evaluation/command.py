@@ -86,18 +86,10 @@ def add_eval_parser(
         )  # fmt: skip
 
 
-EVAL_FLAGS = {
-    "refs": "--refs", "instances": "--instances", "images": "--images", "split": "--split",
-    "limit": "--limit", "template": "--template", "mask_backend": "--mask-backend",
-    "questions": "--questions", "annotations": "--annotations", "image_name": "--image-name",
-    "data": "--data",
-}  # fmt: skip
-
-
 def task_samples(args: argparse.Namespace) -> tuple[list[ReferringSample] | list[QASample], Path]:
     """The checked samples of ``eval TASK`` and their image folder (the API's checks, with the
     command's flags in the messages)."""
-    common = {"limit": args.limit, "template": args.template, "names": EVAL_FLAGS}
+    common = {"limit": args.limit, "template": args.template}
     if args.task == "refseg":
         samples = referring_task(
             args.refs, args.instances, args.images, args.split,
@@ -150,7 +142,7 @@ def run_eval(args: argparse.Namespace, options: AssistantOptions) -> int:
     samples, images = task_samples(args)
     if args.task == "refseg":
         check_segmenter_installed()
-    reply = read_reply_file(args.reply_file, {"reply_file": "--reply-file"})
+    reply = read_reply_file(args.reply_file)
     ask = SampleAsker(open_assistant(options), reply, keep_files=args.keep_files)
     if args.task == "refseg":
         result = evaluate_referring(samples, ask, images, args.template, args.mask_backend)

@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vitron.checks import Names, check_at_least, check_input_file, named
+from common_kernels.runtime.errors import literal
+from vitron.checks import (
+    ARGUMENT_MARK,
+    InvalidValue,
+    check_at_least,
+    check_input_file,
+    named_in_place,
+)
 from vitron.evaluation.datasets import (
     VQA_IMAGE_NAME,
     QASample,
@@ -34,9 +41,7 @@ from vitron.options import one_line
 S = TypeVar("S")
 
 
-def check_task_options(
-    template: str, field: str, limit: int | None = None, names: Names | None = None
-) -> None:
+def check_task_options(template: str, field: str, limit: int | None = None) -> None:
     """The options every task has: ``template`` holds the ``{field}`` placeholder, ``limit`` is
     None or >= 1.
 
@@ -44,47 +49,46 @@ def check_task_options(
         template: the instruction template.
         field: the placeholder's name (``"text"``, ``"question"``).
         limit: the number of samples to keep.
-        names: see :func:`vitron.checks.named`.
     """
     if limit is not None:
-        check_at_least(limit, 1, "limit", names)
-    check_template(template, field, names)
+        check_at_least(limit, 1, "limit")
+    check_template(template, field)
 
 
-def read_checked(path: str | Path, argument: str, reader: Callable[..., Any], *extra: Any,
-                 names: Names | None = None) -> Any:  # fmt: skip
+def read_checked(path: str | Path, argument: str, reader: Callable[..., Any], *extra: Any) -> Any:
     """``reader(path, *extra)``; a missing, unreadable or malformed file names ``argument``."""
-    check_input_file(path, argument, names)
+    check_input_file(path, argument)
     try:
         return reader(path, *extra)
     except (ValueError, OSError) as err:
-        raise ValueError(f"{named(argument, names)} {path}: {one_line(err)}") from None
+        raise InvalidValue(
+            argument, f"{{{argument}}} {literal(path)}: {literal(one_line(err))}"
+        ) from None
 
 
-def check_image_files(folder: str | Path, files: Sequence[str], names: Names | None = None) -> Path:
+def check_image_files(folder: str | Path, files: Sequence[str]) -> Path:
     """``folder`` is a folder holding every sample's image; returns it as a ``Path``.
 
     Args:
         folder: the images' folder (argument ``images``).
         files: the samples' image files, relative to ``folder``.
-        names: see :func:`vitron.checks.named`.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{named('images', names)} {folder} is not a folder")
+        raise InvalidValue("images", f"{{images}} {literal(folder)} is not a folder")
     missing = sorted({name for name in files if not (folder / name).is_file()})
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ValueError(f"{named('images', names)} {folder} lacks {missing[0]}{more}")
+        raise InvalidValue(
+            "images", f"{{images}} {literal(folder)} lacks {literal(missing[0])}{more}"
+        )
     return folder
 
 
-def first_samples(
-    samples: list[S], limit: int | None, argument: str, path: str | Path, names: Names | None
-) -> list[S]:
+def first_samples(samples: list[S], limit: int | None, argument: str, path: str | Path) -> list[S]:
     """The first ``limit`` samples; none at all is a bad input of ``argument``."""
     if not samples:
-        raise ValueError(f"{named(argument, names)} {path} holds no samples")
+        raise InvalidValue(argument, f"{{{argument}}} {literal(path)} holds no samples")
     return samples if limit is None else samples[:limit]
 
 
@@ -97,7 +101,6 @@ def referring_task(
     limit: int | None = None,
     template: str = SEGMENT_TEMPLATE,
     mask_backend: str = "auto",
-    names: Names | None = None,
 ) -> list[ReferringSample]:
     """The checked samples of a referring-segmentation evaluation (RefCOCO, RefCOCO+, RefCOCOg).
 
@@ -109,42 +112,45 @@ def referring_task(
         limit: keep the first ``limit`` samples (>= 1; None: all).
         template: the instruction, with ``{text}`` for the expression.
         mask_backend: one of :data:`~vitron.evaluation.masks.MASK_BACKENDS`.
-        names: see :func:`vitron.checks.named`.
 
     Raises:
         ValueError: the first bad input, named; every ground-truth mask is decoded once here.
     """
-    check_task_options(template, "text", limit, names)
+    check_task_options(template, "text", limit)
     if mask_backend not in MASK_BACKENDS:
-        raise ValueError(
-            f"{named('mask_backend', names)} {mask_backend!r}: expected one of "
-            f"{', '.join(MASK_BACKENDS)}"
+        raise InvalidValue(
+            "mask_backend",
+            f"{{mask_backend}} {literal(repr(mask_backend))}: expected one of "
+            f"{literal(', '.join(MASK_BACKENDS))}",
         )
     usable, why = can_use_pycocotools()
     if mask_backend == "pycocotools" and not usable:
-        raise ValueError(f"{named('mask_backend', names)} pycocotools: {why}")
-    ref_list = read_checked(refs, "refs", load_refs, names=names)
-    image_table, annotations = read_checked(instances, "instances", load_instances, names=names)
+        raise InvalidValue("mask_backend", f"{{mask_backend}} pycocotools: {literal(why)}")
+    ref_list = read_checked(refs, "refs", load_refs)
+    image_table, annotations = read_checked(instances, "instances", load_instances)
     splits = ref_splits(ref_list)
     if split not in splits:
-        raise ValueError(
-            f"{named('split', names)} {split!r} is not in {named('refs', names)} {refs} "
-            f"(its splits: {', '.join(splits) or 'none'})"
+        raise InvalidValue(
+            "split",
+            f"{{split}} {literal(repr(split))} is not in {{refs}} {literal(refs)} "
+            f"(its splits: {literal(', '.join(splits) or 'none')})",
         )
     try:
         samples = referring_samples(ref_list, image_table, annotations, split)
     except ValueError as err:
-        raise ValueError(
-            f"{named('refs', names)} {refs} / {named('instances', names)} {instances}: {err}"
+        raise InvalidValue(
+            "refs", f"{{refs}} {literal(refs)} / {{instances}} {literal(instances)}: {literal(err)}"
         ) from None
-    samples = first_samples(samples, limit, "refs", refs, names)
-    check_image_files(images, [s.image_file for s in samples], names)
+    samples = first_samples(samples, limit, "refs", refs)
+    check_image_files(images, [s.image_file for s in samples])
     for ann_id, sample in {s.ann_id: s for s in samples}.items():
         try:
             segmentation_to_mask(sample.segmentation, sample.height, sample.width, mask_backend)
         except ValueError as err:
-            raise ValueError(
-                f"{named('instances', names)} {instances}: annotation {ann_id}: {one_line(err)}"
+            raise InvalidValue(
+                "instances",
+                f"{{instances}} {literal(instances)}: annotation {literal(ann_id)}: "
+                f"{literal(one_line(err))}",
             ) from None
     return samples
 
@@ -157,7 +163,6 @@ def vqa_task(
     image_name: str = VQA_IMAGE_NAME,
     limit: int | None = None,
     template: str = QA_TEMPLATE,
-    names: Names | None = None,
 ) -> list[QASample]:
     """The checked samples of a VQA v2 evaluation.
 
@@ -168,23 +173,22 @@ def vqa_task(
         image_name: the image file name pattern, formatted with ``image_id``.
         limit: keep the first ``limit`` samples (>= 1; None: all).
         template: the instruction, with ``{question}`` for the question.
-        names: see :func:`vitron.checks.named`.
     """
-    check_task_options(template, "question", limit, names)
+    check_task_options(template, "question", limit)
     try:
-        image_file_name(image_name, 0, named("image_name", names))
+        image_file_name(image_name, 0, ARGUMENT_MARK)
     except ValueError as err:
-        raise ValueError(one_line(err)) from None
-    question_list = read_checked(
-        questions, "questions", load_vqa_questions, image_name, names=names
-    )
-    answers = read_checked(annotations, "annotations", load_vqa_answers, names=names)
+        raise named_in_place("image_name", err) from None
+    question_list = read_checked(questions, "questions", load_vqa_questions, image_name)
+    answers = read_checked(annotations, "annotations", load_vqa_answers)
     try:
         samples = vqa_samples(question_list, answers)
     except ValueError as err:
-        raise ValueError(f"{named('annotations', names)} {annotations}: {err}") from None
-    samples = first_samples(samples, limit, "questions", questions, names)
-    check_image_files(images, [s.image_file for s in samples], names)
+        raise InvalidValue(
+            "annotations", f"{{annotations}} {literal(annotations)}: {literal(err)}"
+        ) from None
+    samples = first_samples(samples, limit, "questions", questions)
+    check_image_files(images, [s.image_file for s in samples])
     return samples
 
 
@@ -194,7 +198,6 @@ def qa_task(
     *,
     limit: int | None = None,
     template: str = QA_TEMPLATE,
-    names: Names | None = None,
 ) -> tuple[list[QASample], Path]:
     """The checked samples of a JSONL QA evaluation and their image folder.
 
@@ -203,10 +206,9 @@ def qa_task(
         images: the folder the images are relative to (default: the JSONL's folder).
         limit: keep the first ``limit`` samples (>= 1; None: all).
         template: the instruction, with ``{question}`` for the question.
-        names: see :func:`vitron.checks.named`.
     """
-    check_task_options(template, "question", limit, names)
-    samples = read_checked(data, "data", load_qa_jsonl, names=names)
-    samples = first_samples(samples, limit, "data", data, names)
+    check_task_options(template, "question", limit)
+    samples = read_checked(data, "data", load_qa_jsonl)
+    samples = first_samples(samples, limit, "data", data)
     folder = Path(data).parent if images is None else images
-    return samples, check_image_files(folder, [s.image_file for s in samples], names)
+    return samples, check_image_files(folder, [s.image_file for s in samples])

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.progress import progress as show_progress
-from vitron.checks import Names, named
+from vitron.checks import InvalidValue
 from vitron.evaluation.datasets import QASample, ReferringSample
 from vitron.evaluation.masks import segmentation_to_mask
 from vitron.evaluation.metrics import (
@@ -119,16 +120,17 @@ def fit_mask(mask: np.ndarray | None, height: int, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 127
 
 
-def check_template(template: str, field: str, names: Names | None = None) -> None:
+def check_template(template: str, field: str) -> None:
     """``template`` must hold the ``{field}`` placeholder.
 
     Args:
         template: the instruction template.
         field: the placeholder's name (``"text"``, ``"question"``).
-        names: see :func:`vitron.checks.named`.
     """
     if "{" + field + "}" not in template:
-        raise ValueError(f"{named('template', names)} must contain {{{field}}}, got {template!r}")
+        placeholder = literal("{" + field + "}")
+        message = f"{{template}} must contain {placeholder}, got {literal(repr(template))}"
+        raise InvalidValue("template", message)
 
 
 def fill_template(template: str, name: str, value: str) -> str:

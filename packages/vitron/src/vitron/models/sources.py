@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.hub import (
     HubUnreachableError,
     check_hub,
     is_hub_id,
     resolve_model_name,
 )
-from vitron.checks import Names, named
+from vitron.checks import InvalidValue, MissingPath, NamedFailure
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,72 +32,73 @@ TOKENIZER_DIR = "tokenizer"
 SAVED_NAMES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR)
 
 
-def check_model_source(model: str | os.PathLike, names: Names | None = None) -> Path | str:
+def check_model_source(model: str | os.PathLike) -> Path | str:
     """The local Vitron folder or the reachable hub id that ``model`` names.
 
     Args:
         model: a folder written by ``VitronModel.save_pretrained`` or a hub id.
-        names: how the caller spells the argument (``{"model": "--model"}``).
 
     Raises:
-        FileNotFoundError: ``model`` looks like a path and nothing is there.
-        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model).
-        ValueError: a file, a folder that is not a Vitron folder, or a malformed hub id.
+        MissingPath: ``model`` looks like a path and nothing is there.
+        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model), a file,
+            a folder that is not a Vitron folder, or a malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
-    name = named("model", names)
-    source = resolve_source(model, "model", "Vitron folder", name)
+    source = resolve_source(model, "model", "Vitron folder")
     if isinstance(source, Path):
+        head = f"{{model}} {literal(model)}"
         if not source.is_dir():
-            raise ValueError(
-                f"{name} {model} is a file; expected a Vitron folder or a hub id org/name"
-            )
+            message = f"{head} is a file; expected a Vitron folder or a hub id org/name"
+            raise InvalidValue("model", message)
         missing = [item for item in SAVED_NAMES if not (source / item).exists()]
         if missing:
-            raise ValueError(
-                f"{name} {model}: the folder lacks {', '.join(missing)} (a Vitron folder is "
-                "written by VitronModel.save_pretrained or `vitron tiny-model DIR`)"
+            raise InvalidValue(
+                "model",
+                f"{head}: the folder lacks {', '.join(missing)} (a Vitron folder is "
+                "written by VitronModel.save_pretrained or `vitron tiny-model DIR`)",
             )
         return source
-    return reachable_hub_id(source, name)
+    return reachable_hub_id(source, "model")
 
 
-def resolve_source(name: str | os.PathLike, argument: str, what: str, label: str) -> Path | str:
+class HubUnreachable(NamedFailure, HubUnreachableError):
+    """The hub cannot be reached for an argument's model (an ``OSError``), the argument named
+    (:class:`~vitron.checks.NamedFailure`)."""
+
+
+def resolve_source(name: str | os.PathLike, argument: str, what: str) -> Path | str:
     """The local path or the hub id that ``name`` means (``resolve_model_name``).
 
     Args:
         name: what the caller gave.
-        argument: the API's argument name, carried by an unknown model's ``InvalidArgument``.
+        argument: the API's argument name, carried by the errors.
         what: the kind of local folder, for the missing-path message.
-        label: the argument as the caller spells it, prefixed to the missing-path message.
     """
     try:
         return resolve_model_name(name, argument=argument, what=what)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{label}: {err}") from None
+        raise MissingPath(argument, literal(err)) from None
 
 
-def reachable_hub_id(repo_id: str, label: str) -> str:
+def reachable_hub_id(repo_id: str, argument: str) -> str:
     """``repo_id`` when it is a well-formed hub id that is cached or whose hub can be reached.
 
     Args:
         repo_id: ``owner/name``.
-        label: the argument, as the caller spells it, named in the messages.
+        argument: the API's argument, named in the messages.
     """
+    head = f"{{{argument}}} {literal(repo_id)}"
     if not is_hub_id(repo_id):
-        raise ValueError(
-            f"{label} {repo_id}: not a hub id owner/name (a local folder is written ./DIR)"
-        )
+        message = f"{head}: not a hub id owner/name (a local folder is written ./DIR)"
+        raise InvalidValue(argument, message)
     try:
         check_hub(repo_id)
     except HubUnreachableError as err:
-        raise HubUnreachableError(f"cannot load {label} {repo_id}: {err}") from None
+        raise HubUnreachable(argument, f"cannot load {head}: {literal(err)}") from None
     return repo_id
 
 
-def pretrained_source(
-    name: str | os.PathLike, argument: str, what: str, names: Names | None = None
-) -> str:
+def pretrained_source(name: str | os.PathLike, argument: str, what: str) -> str:
     """The local folder or the reachable hub id that ``name`` means, as ``from_pretrained``
     takes it.
 
@@ -104,17 +106,15 @@ def pretrained_source(
         name: a folder or a hub id.
         argument: the API's argument name (``"llm"``, ``"vision"``, ``"model"``).
         what: the kind of folder, for the message (``"causal LM folder"``).
-        names: how the caller spells the argument.
 
     Raises:
-        FileNotFoundError: ``name`` looks like a path and nothing is there.
-        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model).
-        ValueError: a malformed hub id.
+        MissingPath: ``name`` looks like a path and nothing is there.
+        InvalidArgument: neither a path nor a hub id ``owner/name`` (an unknown model), a
+            malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
-    label = named(argument, names)
-    source = resolve_source(name, argument, what, label)
-    return str(source) if isinstance(source, Path) else reachable_hub_id(source, label)
+    source = resolve_source(name, argument, what)
+    return str(source) if isinstance(source, Path) else reachable_hub_id(source, argument)
 
 
 def check_open_clip_source(spec: str, argument: str = "vision") -> None:
@@ -128,9 +128,8 @@ def check_open_clip_source(spec: str, argument: str = "vision") -> None:
     if spec.startswith("local-dir:"):  # always a folder, whatever it looks like
         folder = Path(spec[10:]).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{argument}: no open_clip folder {spec[10:]} (nothing at {folder.absolute()})"
-            )
+            message = f"no open_clip folder {spec[10:]} (nothing at {folder.absolute()})"
+            raise MissingPath(argument, literal(message))
     elif spec.startswith("hf-hub:"):
         reachable_hub_id(spec[7:], argument)
     else:

@@ -564,5 +564,9 @@ def _llm_config_dict(llm: nn.Module) -> dict[str, Any]:
 
 
 def model_size(model: nn.Module) -> int:
-    """Number of parameters."""
+    """The number of parameters of ``model`` (a whole model, or a part such as a block list).
+
+    Args:
+        model: the module.
+    """
     return sum(p.numel() for p in model.parameters())

@@ -10,13 +10,10 @@ import importlib.util
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from vitron.specialists.registry import SpecialistRegistry
 
 OFFLOAD_DEVICE = torch.device("cpu")
 
@@ -97,6 +94,13 @@ class CallInputs:
         return path
 
 
+class SpecialistSource(Protocol):
+    """Where an adapter finds another specialist (a ``SpecialistRegistry``): this module names
+    what it needs instead of importing the registry, which imports the adapters."""
+
+    def specialist(self, task: str) -> Specialist: ...
+
+
 class Specialist(abc.ABC):
     """Base class of the adapters; subclasses set the class attributes and ``Options``.
 
@@ -123,7 +127,7 @@ class Specialist(abc.ABC):
     def __init__(
         self,
         options: Any = None,
-        registry: SpecialistRegistry | None = None,
+        registry: SpecialistSource | None = None,
         device: str | torch.device = "cpu",
         offload: bool = True,
     ) -> None:

@@ -1,9 +1,9 @@
 """``vitron train``: the command-line side of :func:`vitron.training.train`.
 
-Every check is the API's (:class:`~vitron.training.TrainConfig`, :func:`check_train`) with the
-flags' names, so ``train(...)`` and ``vitron train`` refuse a bad input with the same message,
-before any model loads. SIGINT / SIGTERM save ``interrupted.ckpt`` and exit 130 / 143 saying
-how to resume.
+Every check is the API's: :func:`vitron.training.train` checks its settings
+(:class:`~vitron.training.TrainConfig`) and files (:func:`check_train`) before any model loads,
+and ``vitron train`` prints a bad one with its flag (``vitron.cli.FLAGS``), the same message.
+SIGINT / SIGTERM save ``interrupted.ckpt`` and exit 130 / 143 saying how to resume.
 """
 
 from __future__ import annotations
@@ -15,42 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from common_kernels.runtime.cli import UsageError
+from common_kernels.runtime.errors import InvalidArgument
 from vitron.checks import SEED_MAX
 from vitron.options import one_line
 
-TRAIN_FLAGS = {
-    "model": "--model", "data": "--data", "val_data": "--val-data", "output": "-o/--output",
-    "stage": "--stage", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr",
-    "lora_rank": "--lora-rank", "align_weight": "--align-weight",
-    "synergy_weight": "--synergy-weight", "seed": "--seed", "accelerator": "--accelerator",
-    "devices": "--devices", "strategy": "--strategy", "precision": "--precision",
-    "accumulate_grad_batches": "--accumulate-grad-batches",
-    "signal_targets": "--signal-targets", "resume": "--resume",
-    "checkpoint_every_n_steps": "--checkpoint-every-steps",
-    "checkpoint_every_minutes": "--checkpoint-every-minutes", "num_workers": "--num-workers",
-}  # fmt: skip
-
 
 def run_train(args: argparse.Namespace) -> int:
-    """``vitron train``: every check of ``train`` (with the flags' names), then one stage;
+    """``vitron train``: ``train`` (its checks first, then one stage);
     SIGINT / SIGTERM save ``interrupted.ckpt`` and exit 130 / 143 saying how to resume.
 
     Args:
         args: the parsed command line.
     """
-    from vitron.training import TrainConfig, TrainingInterrupted, check_train, train
-    from vitron.training.config import check_train_settings, parse_devices
+    from vitron.training import TrainConfig, TrainingInterrupted, train
+    from vitron.training.config import parse_devices
 
     fields = TrainConfig.__dataclass_fields__
     settings = {name: getattr(args, name) for name in fields if name != "devices"}
-    settings["devices"] = parse_devices(args.devices, TRAIN_FLAGS)
-    check_train_settings(settings, TRAIN_FLAGS)
-    config = TrainConfig(**settings)
+    settings["devices"] = parse_devices(args.devices)
     files = {"val_data": args.val_data, "signal_targets": args.signal_targets}
-    check_train(args.model, args.data, args.output, config, **files, resume=args.resume,
-                names=TRAIN_FLAGS)  # fmt: skip
     try:
         result = train(args.model, args.data, args.output, **settings, **files, resume=args.resume)
+    except InvalidArgument:  # train's own checks, before the model loads: named by run_main
+        raise
     except TrainingInterrupted as stop:
         print(stop.line("vitron train", "--resume"), file=sys.stderr)
         return stop.exit_status

@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime.errors import literal
 from vitron.checks import (
-    Names,
+    InvalidValue,
     check_at_least,
     check_input_file,
     check_nonnegative,
     check_output_folder,
     check_positive,
     check_seed,
-    named,
 )
 
 STAGES = {
@@ -54,7 +54,7 @@ def strategy_problem(strategy: str) -> str | None:
     return None
 
 
-def check_devices(devices: int | str | list[int], names: Names | None = None) -> None:
+def check_devices(devices: int | str | list[int]) -> None:
     """``devices``: ``"auto"``, a count >= 1 (-1: all), or distinct indices ``[0, 1]``."""
     if devices == "auto":
         return
@@ -68,13 +68,14 @@ def check_devices(devices: int | str | list[int], names: Names | None = None) ->
         and (devices >= 1 or devices == -1)
     ):
         return
-    raise ValueError(
-        f"{named('devices', names)} must be auto, a count >= 1 (-1: all), or distinct indices "
-        f"0,1,...; got {devices}"
+    raise InvalidValue(
+        "devices",
+        f"{{devices}} must be auto, a count >= 1 (-1: all), or distinct indices "
+        f"0,1,...; got {literal(devices)}",
     )
 
 
-def parse_devices(text: str, names: Names | None = None) -> int | str | list[int]:
+def parse_devices(text: str) -> int | str | list[int]:
     """``"auto"``, ``"2"`` or ``"0,1"`` -> the ``devices`` value (checked)."""
     value: Any = text
     try:
@@ -85,56 +86,59 @@ def parse_devices(text: str, names: Names | None = None) -> int | str | list[int
     except ValueError:
         pass
     try:
-        check_devices(value, names)
-    except ValueError as err:
-        raise ValueError(str(err).rsplit("; got ", 1)[0] + f"; got {text}") from None
+        check_devices(value)
+    except InvalidValue as err:  # named as given: "0,0", not [0, 0]
+        raise InvalidValue(
+            "devices", err.template.rsplit("; got ", 1)[0] + "; got " + literal(text)
+        ) from None
     return value
 
 
-def check_train_settings(settings: Mapping[str, Any], names: Names | None = None) -> None:
+def check_train_settings(settings: Mapping[str, Any]) -> None:
     """Each training setting in its range (``TrainConfig`` fields, all of them given).
 
     Args:
         settings: field -> value, every field of :class:`TrainConfig`.
-        names: how the caller spells each field in messages (see :func:`vitron.checks.named`).
 
     Raises:
         ValueError: the first setting out of range; the message names it and the range.
     """
     if settings["stage"] not in STAGES:
-        raise ValueError(f"{named('stage', names)} must be 1, 2 or 3, got {settings['stage']}")
+        raise InvalidValue(
+            "stage", f"{{stage}} must be 1, 2 or 3, got {literal(settings['stage'])}"
+        )
     for name, low in (("max_steps", 1), ("batch_size", 1), ("lora_rank", 0), ("num_workers", 0)):
-        check_at_least(settings[name], low, name, names)
-    check_positive(settings["lr"], "lr", names)
-    check_nonnegative(settings["align_weight"], "align_weight", names)
-    check_nonnegative(settings["synergy_weight"], "synergy_weight", names)
-    check_seed(settings["seed"], names)
+        check_at_least(settings[name], low, name)
+    check_positive(settings["lr"], "lr")
+    check_nonnegative(settings["align_weight"], "align_weight")
+    check_nonnegative(settings["synergy_weight"], "synergy_weight")
+    check_seed(settings["seed"])
     accelerator = settings["accelerator"]
     if accelerator not in ACCELERATORS:
-        raise ValueError(
-            f"{named('accelerator', names)} {accelerator}: expected one of "
-            f"{', '.join(ACCELERATORS)}"
+        raise InvalidValue(
+            "accelerator",
+            f"{{accelerator}} {literal(accelerator)}: expected one of "
+            f"{literal(', '.join(ACCELERATORS))}",
         )
     if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
         mps = ", mps" if torch.backends.mps.is_available() else ""
-        raise ValueError(
-            f"{named('accelerator', names)} {accelerator}: no CUDA device is available "
-            f"(available: auto, cpu{mps})"
+        raise InvalidValue(
+            "accelerator",
+            f"{{accelerator}} {literal(accelerator)}: no CUDA device is available "
+            f"(available: auto, cpu{literal(mps)})",
         )
-    check_devices(settings["devices"], names)
+    check_devices(settings["devices"])
     check_scale_options(
-        settings["strategy"], settings["precision"], settings["accumulate_grad_batches"], names
+        settings["strategy"], settings["precision"], settings["accumulate_grad_batches"]
     )
     steps, minutes = settings["checkpoint_every_n_steps"], settings["checkpoint_every_minutes"]
     if steps is not None:
-        check_at_least(steps, 1, "checkpoint_every_n_steps", names)
+        check_at_least(steps, 1, "checkpoint_every_n_steps")
     if minutes is not None:
-        check_positive(minutes, "checkpoint_every_minutes", names)
+        check_positive(minutes, "checkpoint_every_minutes")
 
 
-def check_scale_options(
-    strategy: str, precision: str, accumulate_grad_batches: int, names: Names | None = None
-) -> None:
+def check_scale_options(strategy: str, precision: str, accumulate_grad_batches: int) -> None:
     """Fail on a strategy that is unknown or needs a missing package, an unknown precision,
     or fewer than 1 batch per step.
 
@@ -142,21 +146,22 @@ def check_scale_options(
         strategy: a Lightning strategy name or ``"auto"``.
         precision: one of :data:`PRECISIONS`.
         accumulate_grad_batches: batches per optimizer step.
-        names: see :func:`vitron.checks.named`.
     """
     known = available_strategies()
     if strategy not in known:
-        raise ValueError(
-            f"{named('strategy', names)} {strategy}: expected one of {', '.join(known)}"
+        raise InvalidValue(
+            "strategy",
+            f"{{strategy}} {literal(strategy)}: expected one of {literal(', '.join(known))}",
         )
     problem = strategy_problem(strategy)
     if problem is not None:
-        raise ValueError(f"{named('strategy', names)} {strategy} {problem}")
+        raise InvalidValue("strategy", f"{{strategy}} {literal(strategy)} {literal(problem)}")
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"{named('precision', names)} {precision}: expected one of {', '.join(PRECISIONS)}"
+        raise InvalidValue(
+            "precision",
+            f"{{precision}} {literal(precision)}: expected one of {literal(', '.join(PRECISIONS))}",
         )
-    check_at_least(accumulate_grad_batches, 1, "accumulate_grad_batches", names)
+    check_at_least(accumulate_grad_batches, 1, "accumulate_grad_batches")
 
 
 @dataclass
@@ -216,7 +221,6 @@ def check_train(
     val_data: str | Path | None = None,
     signal_targets: str | Path | None = None,
     resume: str | Path | None = None,
-    names: Names | None = None,
 ) -> None:
     """Check ``train``'s files before any model is loaded.
 
@@ -229,7 +233,6 @@ def check_train(
         signal_targets: the stage-3 targets index (stage 3 only; must exist).
         resume: a checkpoint to resume from (must exist, be a Lightning checkpoint, and be
             saved before ``config.max_steps``).
-        names: see :func:`vitron.checks.named`.
 
     Raises:
         ValueError: a bad input, naming it.
@@ -239,30 +242,31 @@ def check_train(
     from vitron.models.sources import check_model_source
     from vitron.training.data import check_media
 
-    check_input_file(data, "data", names)
+    check_input_file(data, "data")
     if val_data is not None:
-        check_input_file(val_data, "val_data", names)
+        check_input_file(val_data, "val_data")
     if signal_targets is not None:
         if config.stage != 3:
-            raise ValueError(
-                f"{named('signal_targets', names)} applies to {named('stage', names)} 3, got "
-                f"{named('stage', names)} {config.stage}"
+            raise InvalidValue(
+                "signal_targets",
+                f"{{signal_targets}} applies to {{stage}} 3, got {{stage}} {literal(config.stage)}",
             )
-        check_input_file(signal_targets, "signal_targets", names)
+        check_input_file(signal_targets, "signal_targets")
     if resume is not None:
         from vitron.training.resume import checkpoint_facts
 
-        check_input_file(resume, "resume", names)
-        step = checkpoint_facts(resume, names).step
+        check_input_file(resume, "resume")
+        step = checkpoint_facts(resume).step
         if step >= config.max_steps:
-            raise ValueError(
-                f"{named('resume', names)} {resume} was saved at step {step}, and "
-                f"{named('max_steps', names)} is {config.max_steps}: nothing is left to train "
-                f"(raise {named('max_steps', names)})"
+            raise InvalidValue(
+                "resume",
+                f"{{resume}} {literal(resume)} was saved at step {literal(step)}, and "
+                f"{{max_steps}} is {literal(config.max_steps)}: nothing is left to train "
+                f"(raise {{max_steps}})",
             )
-    check_output_folder(output, "output", names)
+    check_output_folder(output, "output")
     if isinstance(model, str | Path):
-        check_model_source(model, names)
-    check_media(data, "data", names)
+        check_model_source(model)
+    check_media(data, "data")
     if val_data is not None:
-        check_media(val_data, "val_data", names)
+        check_media(val_data, "val_data")

@@ -33,7 +33,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vitron.checks import Names, named
+from common_kernels.runtime.errors import literal
+from vitron.checks import InvalidValue
 from vitron.invocations import InputCounts, InvocationError, parse_invocation
 from vitron.io import load_image, load_video, to_tensor
 from vitron.processing import Message, Sample, VitronProcessor
@@ -93,14 +94,13 @@ def record_files(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, str(p)) for name, p in found]
 
 
-def check_media(path: str | Path, argument: str = "data", names: Names | None = None) -> None:
+def check_media(path: str | Path, argument: str = "data") -> None:
     """Every file a JSONL's records name exists (:func:`record_files`), checked before
     training starts instead of at its batch.
 
     Args:
         path: the JSONL file (media paths are relative to its folder).
         argument: the API's argument that gave it (``data``, ``val_data``).
-        names: how the caller spells the arguments (see :func:`vitron.checks.named`).
 
     Raises:
         ValueError: a record that does not parse, or a missing file (``FILE:LINE: ...``).
@@ -109,13 +109,16 @@ def check_media(path: str | Path, argument: str = "data", names: Names | None = 
     try:
         records = read_records(path)
     except ValueError as err:
-        raise ValueError(f"{named(argument, names)} {err}") from None
+        raise InvalidValue(argument, f"{{{argument}}} {literal(err)}") from None
     for record in records:
         for field_name, relative in record_files(record):
             if not (path.parent / relative).exists():
-                raise ValueError(
-                    f"{named(argument, names)} {path}:{record['_line']}: {field_name} "
-                    f"{relative} does not exist (paths are relative to {path.parent})"
+                raise InvalidValue(
+                    argument,
+                    f"{{{argument}}} {literal(path)}:{literal(record['_line'])}: "
+                    f"{literal(field_name)} "
+                    f"{literal(relative)} does not exist (paths are relative to "
+                    f"{literal(path.parent)})",
                 )
 
 

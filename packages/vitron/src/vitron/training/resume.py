@@ -35,8 +35,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from common_kernels.runtime.cli import one_line
+from common_kernels.runtime.errors import literal
 from common_kernels.runtime.lightning import ContinuedCSVWriter
-from vitron.checks import Names, named
+from vitron.checks import InvalidValue
 
 LOGS_NAME = "lightning_logs"
 LOG_VERSION_KEY = "vitron_log_version"  # in every checkpoint: the run's log folder version_N
@@ -144,13 +145,12 @@ class CheckpointFacts:
     log_version: int | None = None
 
 
-def checkpoint_facts(path: str | os.PathLike | None, names: Names | None = None) -> CheckpointFacts:
+def checkpoint_facts(path: str | os.PathLike | None) -> CheckpointFacts:
     """The step and log version of a checkpoint (memory-mapped: its tensors are not read);
     ``CheckpointFacts()`` without one.
 
     Args:
         path: the checkpoint to resume from (``train``'s ``resume``), or None.
-        names: how the caller spells ``resume`` (see :func:`vitron.checks.named`).
 
     Raises:
         ValueError: the file is not a Lightning checkpoint.
@@ -165,8 +165,10 @@ def checkpoint_facts(path: str | os.PathLike | None, names: Names | None = None)
             data = one_line(err)
     if not isinstance(data, dict) or "global_step" not in data or "state_dict" not in data:
         why = data if isinstance(data, str) else "no global_step or state_dict in it"
-        raise ValueError(
-            f"{named('resume', names)} {path} is not a checkpoint written by vitron train ({why})"
+        raise InvalidValue(
+            "resume",
+            f"{{resume}} {literal(path)} is not a checkpoint written by vitron train "
+            f"({literal(why)})",
         )
     return CheckpointFacts(int(data["global_step"]), data.get(LOG_VERSION_KEY))
 
