@@ -11,12 +11,11 @@ import pytest
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLPipeline
 from PIL import Image
 
-from common_kernels.runtime.errors import InvalidArgument, MissingPath
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, MissingPath
 from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.control import load_controlnet
-from pixelsmith.errors import InvalidValue
 from pixelsmith.lora import load_loras
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, check_from_pretrained
 

@@ -27,19 +27,13 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, MissingPath, literal, shown
 from common_kernels.runtime.hub import check_hub, resolve_model_name
 from diffeat.adapters import check_adapters
 from diffeat.backbones import UNET, Backbone
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.configs import DIT_CONFIGS, UNET_CONFIGS
-from diffeat.errors import (
-    InvalidArgument,
-    InvalidValue,
-    MissingPath,
-    SourceError,
-    literal,
-    shown,
-)
+from diffeat.errors import SourceError
 from diffeat.presets import (
     ALL,
     PRESETS,

@@ -33,13 +33,14 @@ from common_kernels.runtime.batch import (
     find_images,
     survey,
 )
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress
 from diffeat import __version__
 from diffeat.aggregate import aggregate
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import DTYPES, model_infos
-from diffeat.errors import InvalidArgument, InvalidValue, check_int_range, literal
+from diffeat.errors import check_int_range
 from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_features_file, check_image_file, check_multiples, fed_size
 from diffeat.io import load_image, parse_size, save_features, save_png

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from diffeat.errors import InvalidValue, check_int_range, shown
+from common_kernels.runtime.errors import InvalidValue, shown
+from diffeat.errors import check_int_range
 
 SEED_MAX = 2**64 - 1  # the range of torch.Generator.manual_seed: [0, 2**64 - 1]
 

@@ -1,11 +1,6 @@
-"""A bad argument whose message names it inside the sentence, in the caller's words; the
-integer range check that raises one.
-
-:class:`InvalidValue` is the :class:`common_kernels.runtime.errors.InvalidArgument` of messages
-that read ``ARGUMENT VALUE: ...`` or ``ARGUMENT must be ...`` rather than ``ARGUMENT: ...``:
-its message names every argument as ``{name}``, its own included, and is printed as written,
-each ``{name}`` spelt as the caller spells it (Python: the argument's name; the ``diffeat``
-command: its flag, from ``diffeat.cli.FLAGS``).
+"""diffeat's errors beside ``common_kernels.runtime.errors`` (``InvalidArgument``,
+``InvalidValue``, ``MissingPath``: every bad argument): :class:`SourceError`, a failure to read
+what an argument names, and the integer range check.
 """
 
 from __future__ import annotations
@@ -13,32 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from common_kernels.runtime.errors import InvalidArgument, literal
-
-
-class InvalidValue(InvalidArgument):
-    """A bad value for ``argument``, the message naming it where it reads best.
-
-    Args:
-        argument: the argument's name in the API (``"seed"``).
-        message: the whole message with every argument written ``{name}``
-            (``"{seed} must be >= 0, got -1"``); paths and other text shown as written go
-            through :func:`common_kernels.runtime.errors.literal`.
-        mentions: the Python spelling of each ``{name}`` (default: the name).
-    """
-
-    def __init__(
-        self, argument: str, message: str, *, mentions: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(argument, message, mentions=mentions)
-        self.args = (self.message,)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def for_flags(self, flags: Mapping[str, str]) -> str:
-        """The message with each argument named by its flag (``flags``: argument -> flag)."""
-        return self.render(flags)
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 
 
 class SourceError(OSError):
@@ -59,17 +29,6 @@ class SourceError(OSError):
     def for_flags(self, flags: Mapping[str, str]) -> str:
         """The message with each argument named by its flag (``flags``: argument -> flag)."""
         return self.render(flags)
-
-
-def shown(argument: str, value: object) -> str:
-    """``{argument} VALUE``: an argument and its value at the head of a message (the value
-    shown as written)."""
-    return f"{{{argument}}} {literal(value)}"
-
-
-class MissingPath(InvalidArgument, FileNotFoundError):
-    """A path where nothing is: a ``FileNotFoundError`` that names its argument
-    (``model_id_or_dir: no model folder ./x (nothing at /abs/x)``)."""
 
 
 def check_int_range(value: Any, argument: str, low: int, high: int | None = None) -> int:
@@ -94,12 +53,4 @@ def check_int_range(value: Any, argument: str, low: int, high: int | None = None
     return value
 
 
-__all__ = [
-    "InvalidArgument",
-    "InvalidValue",
-    "MissingPath",
-    "SourceError",
-    "check_int_range",
-    "literal",
-    "shown",
-]
+__all__ = ["SourceError", "check_int_range"]

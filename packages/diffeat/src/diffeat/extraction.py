@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from common_kernels.runtime.errors import InvalidValue, shown
 from common_kernels.runtime.quiet import quiet_loading
 from diffeat.backbones import Backbone
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.checks import VAE_SPEC
-from diffeat.errors import InvalidValue, shown
 from diffeat.features import Features
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.loading import LOAD_KEYS

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from common_kernels.runtime.errors import InvalidValue, literal, shown
 from common_kernels.runtime.files import ImageReadError
-from diffeat.errors import InvalidValue, literal, shown
 from diffeat.io import feature_shapes, load_image
 
 

@@ -9,12 +9,13 @@ from typing import Any, TextIO
 
 from torch import nn
 
+from common_kernels.runtime.errors import InvalidValue, literal, shown
 from diffeat.backbones import DIT, backbone_of, backbone_of_model
 from diffeat.backbones.dit import dit_layer_infos
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import check_model_folder, read_config, resolve_source
 from diffeat.configs import unet_config
-from diffeat.errors import InvalidValue, SourceError, check_int_range, literal, shown
+from diffeat.errors import SourceError, check_int_range
 from diffeat.shapes import layer_infos
 
 VAE_SCALE = 8  # catalogue shapes are computed for the SD VAEs (x8)
@@ -74,7 +75,7 @@ def check_listing(
         text_tokens: prompt length in tokens, >= 1.
 
     Raises:
-        InvalidArgument: naming the argument (``diffeat.errors.MissingPath``: a model folder
+        InvalidArgument: naming the argument (``MissingPath``: a model folder
             where nothing is).
     """
     if text_tokens is not None:

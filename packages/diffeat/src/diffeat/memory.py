@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from common_kernels.runtime.errors import InvalidValue
 from diffeat.catalogue import LayerInfo
-from diffeat.errors import InvalidValue
 
 MAP_KINDS = ("self-map", "cross-map")  # materialised only when requested
 VAE_MAPS = 3  # full-resolution fp32 maps of the VAE encoder's first width alive at once
@@ -30,7 +30,7 @@ class MemoryPart:
 
     Args:
         what: the settings that set it (named in the error: arguments written ``{name}``, as
-            in :class:`diffeat.errors.InvalidValue`).
+            in :class:`common_kernels.runtime.errors.InvalidValue`).
         nbytes: the estimated bytes.
         on_device: held in the device's memory (else in host memory).
         argument: the argument that sets it most directly (the error's argument).

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.cli import UsageError, check_device
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from diffeat.backbones import Backbone, backbone_of_model
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
@@ -28,7 +29,7 @@ from diffeat.checks import (
     resolve_source,
 )
 from diffeat.configs import SEED_MAX
-from diffeat.errors import InvalidArgument, InvalidValue, check_int_range, literal
+from diffeat.errors import check_int_range
 from diffeat.io import parse_size
 from diffeat.presets import PRESETS, default_preset, get_preset, layer_selection
 
@@ -169,7 +170,7 @@ def check_from_pretrained(
         **options: the other keywords of :meth:`FeatureExtractor.from_pretrained`.
 
     Raises:
-        diffeat.errors.MissingPath: a model, LoRA or ControlNet path where nothing is (a
+        MissingPath: a model, LoRA or ControlNet path where nothing is (a
             ``FileNotFoundError``).
         InvalidArgument: a bad value; the message names the argument and the accepted range.
         common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the hub is

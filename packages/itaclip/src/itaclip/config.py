@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from common_kernels.runtime.errors import literal
-from itaclip.errors import InvalidValue
+from common_kernels.runtime.errors import InvalidValue, literal
 from itaclip.models import ITACLIPEncoderConfig
 from itaclip.presets import check_preset
 

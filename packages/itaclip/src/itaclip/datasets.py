@@ -30,8 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.runtime.errors import literal
-from itaclip.errors import InvalidValue
+from common_kernels.runtime.errors import InvalidValue, literal
 from itaclip.io import load_image
 
 IGNORE_INDEX = 255

@@ -19,11 +19,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from common_kernels.runtime.cli import check_file_writable
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, argument_errors, literal
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress as show_progress
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
-from itaclip.errors import InvalidValue, argument_errors
 from itaclip.protect import check_not_replacing, model_files
 from itaclip.segmenter import LoadPlan, Segmenter, progress_hidden
 from itaclip.sources import ModelSource

@@ -29,11 +29,10 @@ from common_kernels.runtime.batch import (
     survey,
 )
 from common_kernels.runtime.cli import check_folder_writable, one_line
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, argument_errors
 from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from common_kernels.runtime.photos import read_photo
 from common_kernels.runtime.progress import progress as show_progress
-from itaclip.errors import argument_errors
 from itaclip.inputs import ClassInputs, class_names
 from itaclip.protect import check_not_replacing
 

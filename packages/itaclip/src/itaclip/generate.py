@@ -22,9 +22,8 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.cli import check_file_writable, one_line
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, MissingPath, argument_errors, literal
 from common_kernels.runtime.hub import HubUnreachableError, check_hub, resolve_model_name
-from itaclip.errors import InvalidValue, MissingPath, argument_errors
 from itaclip.protect import check_not_replacing, folder_files
 from itaclip.sources import ModelLoadError
 

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from itaclip.auxfile import load_aux_texts
-from itaclip.errors import InvalidValue
 from itaclip.text import ClassQueries, parse_classes
 
 

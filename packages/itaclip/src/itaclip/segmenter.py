@@ -23,12 +23,11 @@ from torch import Tensor, nn
 
 from common_kernels import tile_grid
 from common_kernels.runtime.cli import check_device, check_folder_writable, one_line
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, argument_errors
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.progress import progress as show_progress
 from itaclip.config import PRECISIONS, SegmenterConfig, make_config
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
-from itaclip.errors import argument_errors
 from itaclip.inputs import ClassInputs, check_classes
 from itaclip.io import check_not_empty, to_rgb_images
 from itaclip.models import ITACLIPVisionEncoder

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import open_clip
 
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, MissingPath, literal
 from common_kernels.runtime.hub import (
     check_hub,
     is_hub_id,
@@ -37,7 +37,6 @@ from common_kernels.runtime.hub import (
     looks_like_path,
     resolve_model_name,
 )
-from itaclip.errors import InvalidValue, MissingPath
 from itaclip.tiny import CONFIG_FILE
 
 LOCAL_DIR = "local-dir:"

@@ -21,9 +21,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common_kernels.runtime.cli import check_folder_writable
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, argument_errors, literal
 from common_kernels.runtime.files import atomic_directory, write_json
-from itaclip.errors import InvalidValue, argument_errors
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64)
 CONFIG_FILE = "open_clip_config.json"

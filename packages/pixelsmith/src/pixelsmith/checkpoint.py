@@ -19,9 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from common_kernels.runtime.files import atomic_write, write_json
-from pixelsmith.errors import InvalidValue
 
 RUN_FILE = "run.json"
 

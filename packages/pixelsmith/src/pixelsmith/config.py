@@ -9,11 +9,10 @@ from typing import Any
 
 from torch import Tensor
 
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 
 # Sizes as in every package: S (a square) or HxW, height first (``"1536x2048"`` is 2048 px wide).
 from common_kernels.runtime.files import parse_size
-from pixelsmith.errors import InvalidValue
 
 PATCH_SCHEDULERS = ("grid", "random")
 POSTERIORS = ("sample", "mean")

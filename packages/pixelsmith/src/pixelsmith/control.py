@@ -29,9 +29,8 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.runtime import files
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from pixelsmith.config import check_not_empty
-from pixelsmith.errors import InvalidValue
 from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch

@@ -20,9 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from common_kernels.runtime.files import atomic_write
-from pixelsmith.errors import InvalidValue
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}

@@ -29,8 +29,7 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
-from common_kernels.runtime.errors import literal
-from pixelsmith.errors import InvalidValue
+from common_kernels.runtime.errors import InvalidValue, literal
 from pixelsmith.sources import check_source, check_source_hub
 
 # the components an SDXL LoRA file may target, by key prefix

@@ -11,8 +11,8 @@ import os
 
 import torch
 
+from common_kernels.runtime.errors import InvalidValue
 from pixelsmith.config import latent_bytes_per_px, latent_maps_bytes
-from pixelsmith.errors import InvalidValue
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -2,7 +2,7 @@
 :func:`check_cascade`, which checks them against the stage sizes, the model's geometry, the
 ControlNet inputs and the files a run writes, before any work, into a :class:`CascadePlan`.
 
-Every message names the API's argument (:class:`pixelsmith.errors.InvalidValue`); the command
+Every message names the API's argument (``runtime.errors.InvalidValue``); the command
 line prints the same message with its flags.
 """
 
@@ -21,11 +21,10 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.runtime.batch import ImageListing, InputImage, check_not_inputs
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from pixelsmith.checkpoint import check_checkpoint_dir
 from pixelsmith.config import PixelsmithConfig, require_int, validate_cascade
 from pixelsmith.control import ConditionImage, check_control
-from pixelsmith.errors import InvalidValue
 from pixelsmith.io import MAX_PIL_PIXELS, TIFF_SUFFIXES, check_compression, check_output_path
 from pixelsmith.memory import check_memory
 from pixelsmith.parallel import check_parallel

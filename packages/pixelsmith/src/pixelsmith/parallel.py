@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from pixelsmith.errors import InvalidValue
+from common_kernels.runtime.errors import InvalidValue
 
 # rank 0 alone decodes, encodes and writes whole stages while the others wait in a collective:
 # a gigapixel stage takes far longer than torch.distributed's default timeouts

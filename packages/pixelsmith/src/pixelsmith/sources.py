@@ -11,7 +11,7 @@ refused
 at once and never reported as a hub failure. pixelsmith has no names of its own.
 
 :func:`check_source` applies the rule to an API argument, its messages naming the argument
-(:class:`pixelsmith.errors.InvalidValue`; a missing path is a
+(:class:`common_kernels.runtime.errors.InvalidValue`; a missing path is a
 ``common_kernels.runtime.errors.MissingPath``, ``ARGUMENT: no ... folder ...``).
 :func:`check_from_pretrained` is the offline check of ``PixelsmithPipeline.from_pretrained``.
 """
@@ -24,10 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from common_kernels.runtime.hub import HubUnreachableError, check_hub
 from common_kernels.runtime.hub import resolve_source as resolve_source_name
-from pixelsmith.errors import InvalidValue
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -78,8 +77,8 @@ def check_source(
     file_ok: bool = False,
 ) -> Path | str:
     """:func:`resolve_source` of the API argument ``argument``, its bad values refused as an
-    :class:`~pixelsmith.errors.InvalidValue` naming it (``{argument} ./lora.bin is a file;
-    ...``).
+    :class:`~common_kernels.runtime.errors.InvalidValue` naming it (``{argument} ./lora.bin
+    is a file; ...``).
 
     Raises:
         common_kernels.runtime.errors.MissingPath: ``argument: no WHAT PATH (nothing at ...)``

@@ -9,44 +9,20 @@ must be ...``, the same message, each in its own words for the argument.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from common_kernels.runtime.cli import check_folder_writable
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import (
+    InvalidArgument,
+    InvalidValue,
+    argument_errors,
+    literal,
+)
 
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
 ARGUMENT_MARK = "\x00"  # a parser's label for its argument, replaced by ``{argument}``
-
-
-class InvalidValue(InvalidArgument):
-    """A bad value for ``argument``, the message naming it where it reads best.
-
-    Args:
-        argument: the argument's name in the API (``"max_steps"``).
-        message: the whole message with every argument written ``{name}``, its own included
-            (``"{max_steps} must be >= 1, got 0"``); paths and other text shown as written go
-            through :func:`common_kernels.runtime.errors.literal`.
-    """
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(argument, message)
-        self.args = (self.message,)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def for_flags(self, flags: Mapping[str, str]) -> str:
-        """The message with each argument named by its flag (``flags``: argument -> flag)."""
-        return self.render(flags)
-
-
-class MissingPath(InvalidArgument, FileNotFoundError):
-    """A path where nothing is: a ``FileNotFoundError`` that names its argument
-    (``model: no Vitron folder ./x (nothing at /abs/x)``)."""
 
 
 class NamedFailure:
@@ -71,26 +47,6 @@ def named_in_place(argument: str, error: BaseException) -> InvalidValue:
     :class:`InvalidValue` naming ``argument`` where the mark stood."""
     text = literal(" ".join(str(error).split()))
     return InvalidValue(argument, text.replace(ARGUMENT_MARK, f"{{{argument}}}"))
-
-
-@contextlib.contextmanager
-def argument_errors(argument: str) -> Iterator[None]:
-    """A ``ValueError`` of a ``common_kernels.runtime`` rule given ``argument`` as its name
-    (``check_device``, ``check_folder_writable``, ``check_output_folder_name``: their messages
-    start with it), as an :class:`InvalidValue`.
-
-    Args:
-        argument: the API's argument the rule checks (``"output"``).
-    """
-    try:
-        yield
-    except InvalidArgument:
-        raise
-    except ValueError as error:
-        text = str(error)
-        if not text.startswith(argument):
-            raise
-        raise InvalidValue(argument, f"{{{argument}}}{literal(text[len(argument) :])}") from None
 
 
 def check_at_least(value: int, low: int, argument: str) -> None:

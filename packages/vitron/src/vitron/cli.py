@@ -46,13 +46,7 @@ from common_kernels.runtime.cli import (
     version_line,
 )
 from common_kernels.runtime.quiet import quiet_libraries
-from vitron.checks import (
-    SEED_MAX,
-    NamedFailure,
-    check_input_file,
-    check_output_folder,
-    check_seed,
-)
+from vitron.checks import SEED_MAX, NamedFailure, check_input_file, check_output_folder, check_seed
 from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
     DTYPES,

@@ -1,7 +1,7 @@
 """The Assistant's options, checked before any model loads: the API of ``run``, ``chat``, ``app``
 and ``eval``, which the ``vitron`` command calls with its flags' names.
 
-Every check raises :class:`~vitron.checks.InvalidValue` (an ``InvalidArgument``) naming the
+Every check raises ``InvalidValue`` (an ``InvalidArgument``) naming the
 argument and the accepted range; the command prints it with its flags (``vitron.cli.FLAGS``),
 so the API and the command print the same message. :func:`open_assistant` checks everything of
 :class:`AssistantOptions`, then loads the model; :func:`parse_regions` turns box / stroke / mask
@@ -22,13 +22,11 @@ import torch
 from common_kernels.runtime.batch import PYTHON_MENTIONS, ImageListing, InputImage, check_not_inputs
 from common_kernels.runtime.cli import check_device
 from common_kernels.runtime.cli import one_line as shared_one_line
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, argument_errors, literal
 from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from vitron.checks import (
     ARGUMENT_MARK,
-    InvalidValue,
     NamedFailure,
-    argument_errors,
     check_at_least,
     check_generation,
     check_input_file,

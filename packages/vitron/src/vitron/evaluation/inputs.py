@@ -12,14 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common_kernels.runtime.errors import literal
-from vitron.checks import (
-    ARGUMENT_MARK,
-    InvalidValue,
-    check_at_least,
-    check_input_file,
-    named_in_place,
-)
+from common_kernels.runtime.errors import InvalidValue, literal
+from vitron.checks import ARGUMENT_MARK, check_at_least, check_input_file, named_in_place
 from vitron.evaluation.datasets import (
     VQA_IMAGE_NAME,
     QASample,

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from common_kernels.runtime.progress import progress as show_progress
-from vitron.checks import InvalidValue
 from vitron.evaluation.datasets import QASample, ReferringSample
 from vitron.evaluation.masks import segmentation_to_mask
 from vitron.evaluation.metrics import (

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, MissingPath, literal
 from common_kernels.runtime.hub import (
     HubUnreachableError,
     check_hub,
     is_hub_id,
     resolve_model_name,
 )
-from vitron.checks import InvalidValue, MissingPath, NamedFailure
+from vitron.checks import NamedFailure
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from vitron.checks import (
-    InvalidValue,
     check_at_least,
     check_input_file,
     check_nonnegative,

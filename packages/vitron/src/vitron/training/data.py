@@ -33,8 +33,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from common_kernels.runtime.errors import literal
-from vitron.checks import InvalidValue
+from common_kernels.runtime.errors import InvalidValue, literal
 from vitron.invocations import InputCounts, InvocationError, parse_invocation
 from vitron.io import load_image, load_video, to_tensor
 from vitron.processing import Message, Sample, VitronProcessor

@@ -35,9 +35,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from common_kernels.runtime.cli import one_line
-from common_kernels.runtime.errors import literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from common_kernels.runtime.lightning import ContinuedCSVWriter
-from vitron.checks import InvalidValue
 
 LOGS_NAME = "lightning_logs"
 LOG_VERSION_KEY = "vitron_log_version"  # in every checkpoint: the run's log folder version_N
