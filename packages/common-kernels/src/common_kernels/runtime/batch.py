@@ -341,11 +341,6 @@ def survey(
     return found
 
 
-def existing_targets(targets: Sequence[Path]) -> set[Path]:
-    """The targets already written (a finished result: atomic writes leave no partial file)."""
-    return {target for target in targets if target.is_file()}
-
-
 class BatchRun:
     """Counts the results of a batch as they are written, for the messages of an interrupted or
     finished run.
