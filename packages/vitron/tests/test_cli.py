@@ -29,19 +29,30 @@ def image_file(tmp_path, image):
     return path
 
 
-def test_run_with_scripted_reply(
-    tmp_path, capsys, model_dir, specialists_file, image_file, segment_then_edit, reply_with_calls
-):
-    reply = tmp_path / "reply.txt"
-    reply.write_text(
-        reply_with_calls("Segmenting the dog, then painting a cat.", segment_then_edit)
-    )
-    out = tmp_path / "out"
-    status = main([
-        "run", "segment the dog and make it a cat", "--image", str(image_file), "-o", str(out),
-        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+@pytest.fixture
+def run_scripted(tmp_path, model_dir, specialists_file, image_file):
+    """``run(prompt, reply, *flags)``: ``vitron run`` on the dog image with ``reply`` as the LLM's
+    first reply; returns the exit status and the output folder."""
+
+    def run(prompt: str, reply: str, *flags: str) -> tuple[int, Path]:
+        reply_file = tmp_path / "reply.txt"
+        reply_file.write_text(reply)
+        out = tmp_path / "out"
+        status = main([
+            "run", prompt, "--image", str(image_file), "-o", str(out), "--model", str(model_dir),
+            "--specialists", str(specialists_file), "--reply-file", str(reply_file), *flags,
+        ])  # fmt: skip
+        return status, out
+
+    return run
+
+
+def test_run_with_scripted_reply(capsys, run_scripted, segment_then_edit, reply_with_calls):
+    status, out = run_scripted(
+        "segment the dog and make it a cat",
+        reply_with_calls("Segmenting the dog, then painting a cat.", segment_then_edit),
         "--max-new-tokens", "4", "--set", "itaclip.signal_weight=0.0",
-    ])  # fmt: skip
+    )  # fmt: skip
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "edit_image.png",
@@ -58,15 +69,12 @@ def test_run_with_scripted_reply(
     assert printed.rstrip("\n").endswith(turn["answer"])
 
 
-def test_run_with_a_region_flag(tmp_path, model_dir, specialists_file, image_file):
-    reply = tmp_path / "reply.txt"
-    reply.write_text("<module>B</module><instruction>the dog</instruction>")
-    out = tmp_path / "out"
-    status = main([
-        "run", "where is the dog in this box?", "--image", str(image_file), "-o", str(out),
-        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+def test_run_with_a_region_flag(run_scripted):
+    status, out = run_scripted(
+        "where is the dog in this box?",
+        "<module>B</module><instruction>the dog</instruction>",
         "--box", "0,0,32,24@0", "--max-new-tokens", "2",
-    ])  # fmt: skip
+    )  # fmt: skip
     assert status == 0
     turn = json.loads((out / "turn.json").read_text())
     assert turn["user"].endswith("where is the dog in this box? (region 0: <region>)")
@@ -159,9 +167,8 @@ def test_parse_settings():
 
 
 def test_run_exits_1_naming_each_call_that_failed(
-    tmp_path, capsys, monkeypatch, model_dir, specialists_file, image_file, segment_then_edit,
-    reply_with_calls,
-):  # fmt: skip
+    capsys, monkeypatch, run_scripted, segment_then_edit, reply_with_calls
+):
     from vitron.specialists import SpecialistError, SpecialistRegistry
 
     real = SpecialistRegistry.specialist
@@ -172,14 +179,11 @@ def test_run_exits_1_naming_each_call_that_failed(
         return real(self, task)
 
     monkeypatch.setattr(SpecialistRegistry, "specialist", no_editor)
-    reply = tmp_path / "reply.txt"
-    reply.write_text(reply_with_calls("Segmenting, then painting.", segment_then_edit))
-    out = tmp_path / "out"
-    status = main([
-        "run", "segment the dog and make it a cat", "--image", str(image_file), "-o", str(out),
-        "--model", str(model_dir), "--specialists", str(specialists_file), "--reply-file", str(reply),
+    status, out = run_scripted(
+        "segment the dog and make it a cat",
+        reply_with_calls("Segmenting, then painting.", segment_then_edit),
         "--max-new-tokens", "2",
-    ])  # fmt: skip
+    )  # fmt: skip
     assert status == 1
     turn = json.loads((out / "turn.json").read_text())  # still written
     statuses = {o["id"]: o["status"] for o in turn["outcomes"][0]}

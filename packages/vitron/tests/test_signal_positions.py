@@ -80,6 +80,16 @@ def find(sequence: torch.Tensor, pattern: torch.Tensor) -> int:
     )
 
 
+@torch.no_grad()
+def last_hidden_states(model, spliced) -> torch.Tensor:
+    """(B, L, D) the LLM's last hidden states over a spliced batch."""
+    return model.llm(
+        inputs_embeds=spliced.inputs_embeds,
+        attention_mask=spliced.attention_mask,
+        output_hidden_states=True,
+    ).hidden_states[-1]
+
+
 def patch_last_hidden(monkeypatch, model, where: tuple[int, int] | None):
     """Make the LLM return ``hidden_states[-1]`` changed at (sample, position) only."""
     original = model.llm.forward
@@ -162,13 +172,8 @@ def test_each_call_reads_its_own_reply_signal(model, image, monkeypatch):
     base = model.signal_embeddings(sample)
     assert base[2] is None  # its reply wrote no signal token
     # the values: the signal heads applied to the LLM's last hidden state at those rows
-    spliced = model.splice([sample], truncate=False)
+    hidden = last_hidden_states(model, model.splice([sample], truncate=False))
     with torch.no_grad():
-        hidden = model.llm(
-            inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
-            output_hidden_states=True,
-        ).hidden_states[-1]
         for row, k in zip(rows, calls, strict=True):
             task = sample.signal_tasks[k]
             expected = model.signal_heads(hidden[0, [row]], [task]).embeddings[0]
@@ -321,13 +326,8 @@ def test_stage3_batch_aligns_the_states_of_each_reply_signal(model, image, monke
         ("segment_image", "generate_image", "generate_image", "edit_image"), ("generate_image",),
     ]  # fmt: skip
     # the values: heads of the LLM's last hidden state at those rows, aligned to their targets
-    spliced = model.splice(batch)
+    hidden = last_hidden_states(model, model.splice(batch))
     with torch.no_grad():
-        hidden = model.llm(
-            inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
-            output_hidden_states=True,
-        ).hidden_states[-1]
         terms = []
         for i, sample in enumerate(batch):
             for n, (k, row) in enumerate(headed[i]):

@@ -177,18 +177,22 @@ def tiny_inpaint(seed: int = 0):
     )
 
 
+# the tiny video U-Nets' config, without their sample size
+_TINY_UNET3D = dict(
+    block_out_channels=(8, 16), layers_per_block=1, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
+)  # fmt: skip
+
+
 def tiny_text2video(seed: int = 0):
     """A tiny random ModelScope-shaped text-to-video pipeline."""
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet3DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-        out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
-    )  # fmt: skip
+    unet = UNet3DConditionModel(sample_size=8, **_TINY_UNET3D)
     text_encoder = tiny_clip_text_encoder(tokenizer, layers=1)
     return TextToVideoSDPipeline(
         unet=unet, vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
@@ -207,12 +211,7 @@ def tiny_image2video(seed: int = 0):
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
-    unet = I2VGenXLUNet(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
-        out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=TINY_CONDITIONING_DIM, attention_head_dim=4, norm_num_groups=4,
-    )  # fmt: skip
+    unet = I2VGenXLUNet(sample_size=16, **_TINY_UNET3D)
     text_encoder = tiny_clip_text_encoder(tokenizer, layers=2)  # CLIP skip reads layer -2
     image_encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import importlib.util
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -211,6 +211,17 @@ class Specialist(abc.ABC):
         """The specialist's own conditioning of ``text`` (a float32 CPU vector): the stage-3
         target of a signal. Adapters that consume signals override it (inside :meth:`active`)."""
         raise SpecialistError(f"specialist {self.name!r} takes no signal embeddings")
+
+
+class CachingSpecialist(Specialist):
+    """An adapter whose models load on demand, one per key (a task, a layer selection):
+    ``models`` starts empty at :meth:`load` and every model in it is offloadable."""
+
+    def load(self) -> None:
+        self.models: dict[Hashable, Any] = {}
+
+    def offloadable(self) -> list[Any]:
+        return list(self.models.values())
 
 
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from vitron.models.sources import pretrained_source
-from vitron.specialists.base import SpecialistError
+from vitron.specialists.base import Specialist, SpecialistError, torch_dtype
 
 
 @contextlib.contextmanager
@@ -59,6 +59,12 @@ def load_pipeline(kind: str, model: str, dtype: torch.dtype, device: torch.devic
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def processing_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the long side ``long_side``, aspect kept, both multiples of 8 (>= 8)."""
+    scale = long_side / max(height, width)
+    return max(8, round(height * scale / 8) * 8), max(8, round(width * scale / 8) * 8)
 
 
 def conditioning_width(pipe) -> int:
@@ -121,3 +127,21 @@ def end_of_text_embedding(pipe, text: str) -> Tensor:
     tokenizer = pipe.tokenizer
     ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
     return encoded[0][0, len(ids) - 1].float().cpu()
+
+
+class PipelineSpecialist(Specialist):
+    """An adapter around one diffusers pipeline (``options.model`` as ``pipeline_kind``, in
+    ``options.dtype``) whose signal target is the prompt's end-of-text embedding."""
+
+    pipeline_kind: ClassVar[str]
+
+    def load(self) -> None:
+        dtype = torch_dtype(self.options.dtype, self.device)
+        self.pipe = load_pipeline(self.pipeline_kind, self.options.model, dtype, self.device)
+
+    def offloadable(self) -> list[Any]:
+        return [self.pipe]
+
+    def conditioning_target(self, task: str, text: str) -> Tensor:
+        with self.active():
+            return end_of_text_embedding(self.pipe, text)

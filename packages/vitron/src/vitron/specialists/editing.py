@@ -9,7 +9,6 @@ a mask or target restricts it. The image is resized so its long side is ``size``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from PIL import Image
@@ -21,13 +20,11 @@ from vitron.specialists.base import (
     Artifact,
     CallInputs,
     Consumes,
-    Specialist,
     SpecialistError,
     SpecialistOutput,
     generator,
-    torch_dtype,
 )
-from vitron.specialists.diffusion import encode_with_signal, end_of_text_embedding, load_pipeline
+from vitron.specialists.diffusion import PipelineSpecialist, encode_with_signal, processing_size
 
 
 @dataclass
@@ -67,12 +64,6 @@ class EditingOptions:
             raise ValueError(f"mask_dilation must be >= 0, got {self.mask_dilation}")
 
 
-def processing_size(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(h, w) with the long side ``long_side``, aspect kept, both multiples of 8 (>= 8)."""
-    scale = long_side / max(height, width)
-    return max(8, round(height * scale / 8) * 8), max(8, round(width * scale / 8) * 8)
-
-
 def dilate(mask: Tensor, pixels: int) -> Tensor:
     """(H, W) bool mask grown by ``pixels`` (square structuring element)."""
     if pixels == 0:
@@ -81,7 +72,7 @@ def dilate(mask: Tensor, pixels: int) -> Tensor:
     return grown[0, 0] > 0
 
 
-class DiffusersInpainter(Specialist):
+class DiffusersInpainter(PipelineSpecialist):
     """Mask-based image editing with a diffusers inpainting pipeline."""
 
     name = "diffusers-inpaint"
@@ -91,13 +82,7 @@ class DiffusersInpainter(Specialist):
     extra = "specialists"
     hub_weights = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (masks: itaclip)"
     Options = EditingOptions
-
-    def load(self) -> None:
-        dtype = torch_dtype(self.options.dtype, self.device)
-        self.pipe = load_pipeline("inpaint", self.options.model, dtype, self.device)
-
-    def offloadable(self) -> list[Any]:
-        return [self.pipe]
+    pipeline_kind = "inpaint"
 
     def edit_mask(self, inputs: CallInputs) -> Tensor:
         """(H, W) bool mask of the pixels to repaint."""
@@ -165,7 +150,3 @@ class DiffusersInpainter(Specialist):
             {"image": Artifact("image", output, path)},
             f"repainted {share:.1f}% of the image as {args['text']!r}",
         )
-
-    def conditioning_target(self, task: str, text: str) -> Tensor:
-        with self.active():
-            return end_of_text_embedding(self.pipe, text)

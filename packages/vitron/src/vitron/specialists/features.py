@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from common_kernels.runtime.files import atomic_write
 from vitron.specialists.base import (
     Artifact,
+    CachingSpecialist,
     CallInputs,
     Consumes,
-    Specialist,
     SpecialistOutput,
     generator,
     torch_dtype,
@@ -39,7 +39,7 @@ class FeatureOptions:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-class DiffeatFeatures(Specialist):
+class DiffeatFeatures(CachingSpecialist):
     """Discriminative features of an image from a diffusion U-Net's activations."""
 
     name = "diffeat"
@@ -50,20 +50,14 @@ class DiffeatFeatures(Specialist):
     hub_weights = "stabilityai/stable-diffusion-xl-base-1.0 (or any SD1.5 / SDXL U-Net)"
     Options = FeatureOptions
 
-    def load(self) -> None:
-        self.extractors: dict[tuple[str, ...] | None, object] = {}
-
-    def offloadable(self) -> list[Any]:
-        return list(self.extractors.values())
-
     def extractor(self, layers: tuple[str, ...] | None):
         """A cached ``diffeat.FeatureExtractor`` for ``layers`` (``None`` = the preset)."""
-        if layers not in self.extractors:
+        if layers not in self.models:
             from diffeat import FeatureExtractor
 
             opts = self.options
             with diffusers_bars_like_the_hub():
-                self.extractors[layers] = FeatureExtractor.from_pretrained(
+                self.models[layers] = FeatureExtractor.from_pretrained(
                     opts.model,
                     layers=list(layers) if layers is not None else None,
                     preset=opts.preset if layers is None else None,
@@ -72,7 +66,7 @@ class DiffeatFeatures(Specialist):
                     device=self.device,
                     **opts.settings,
                 )
-        return self.extractors[layers]
+        return self.models[layers]
 
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         args = inputs.args

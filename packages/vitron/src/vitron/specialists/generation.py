@@ -13,17 +13,16 @@ from vitron.specialists.base import (
     Artifact,
     CallInputs,
     Consumes,
-    Specialist,
     SpecialistError,
     SpecialistOutput,
     generator,
     torch_dtype,
 )
 from vitron.specialists.diffusion import (
+    PipelineSpecialist,
     diffusers_bars_like_the_hub,
     encode_with_signal,
-    end_of_text_embedding,
-    load_pipeline,
+    processing_size,
 )
 
 GIANT_SIDE = 8192  # pixelsmith writes larger results to a file instead of returning an image
@@ -65,8 +64,7 @@ def cascade_sizes(native: int, height: int, width: int, max_ratio: float) -> lis
     ratio, then steps of at most ``max_ratio`` up to the target (multiples of 8)."""
     if max_ratio <= 1:
         raise ValueError(f"highres_max_ratio must be > 1, got {max_ratio}")
-    scale = native / max(height, width)
-    sizes = [(max(8, round(height * scale / 8) * 8), max(8, round(width * scale / 8) * 8))]
+    sizes = [processing_size(height, width, native)]
     while max(height, width) / max(sizes[-1]) > max_ratio:
         factor = max(sizes[-1]) * max_ratio / max(height, width)
         sizes.append((round(height * factor / 8) * 8, round(width * factor / 8) * 8))
@@ -74,7 +72,7 @@ def cascade_sizes(native: int, height: int, width: int, max_ratio: float) -> lis
     return sizes
 
 
-class DiffusersImageGenerator(Specialist):
+class DiffusersImageGenerator(PipelineSpecialist):
     """Text-to-image with diffusers; sizes above the native size go through pixelsmith."""
 
     name = "diffusers-image"
@@ -84,15 +82,15 @@ class DiffusersImageGenerator(Specialist):
     extra = "specialists"
     hub_weights = "stabilityai/stable-diffusion-xl-base-1.0 (pixelsmith: the same SDXL)"
     Options = GenerationOptions
+    pipeline_kind = "text2image"
 
     def load(self) -> None:
-        dtype = torch_dtype(self.options.dtype, self.device)
-        self.pipe = load_pipeline("text2image", self.options.model, dtype, self.device)
+        super().load()
         self.native = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
         self.highres = None
 
     def offloadable(self) -> list[Any]:
-        return [self.pipe] + ([self.highres] if self.highres is not None else [])
+        return super().offloadable() + ([self.highres] if self.highres is not None else [])
 
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         opts, args = self.options, inputs.args
@@ -161,7 +159,3 @@ class DiffusersImageGenerator(Specialist):
             output=output,
             negative_prompt=negative,
         )
-
-    def conditioning_target(self, task: str, text: str):
-        with self.active():
-            return end_of_text_embedding(self.pipe, text)

@@ -14,9 +14,9 @@ from torch import Tensor
 from vitron.io import save_gif
 from vitron.specialists.base import (
     Artifact,
+    CachingSpecialist,
     CallInputs,
     Consumes,
-    Specialist,
     SpecialistOutput,
     generator,
     torch_dtype,
@@ -100,7 +100,7 @@ def skipped_states(pipe, text: str, clip_skip: int) -> Tensor:
     return encoder.final_layer_norm(hidden[-(clip_skip + 1)])  # (1, L, D)
 
 
-class DiffusersVideo(Specialist):
+class DiffusersVideo(CachingSpecialist):
     """``generate_video`` from text and ``image_to_video`` from an image (and optional text)."""
 
     name = "diffusers-video"
@@ -111,20 +111,14 @@ class DiffusersVideo(Specialist):
     hub_weights = "damo-vilab/text-to-video-ms-1.7b; image-to-video: ali-vilab/i2vgen-xl"
     Options = VideoOptions
 
-    def load(self) -> None:
-        self.pipes: dict[str, object] = {}
-
-    def offloadable(self) -> list[Any]:
-        return list(self.pipes.values())
-
     def pipeline(self, task: str):
         """The (cached) pipeline of a task."""
-        if task not in self.pipes:
+        if task not in self.models:
             model = self.options.model if task == "generate_video" else self.options.image_model
-            self.pipes[task] = load_pipeline(
+            self.models[task] = load_pipeline(
                 "any", model, torch_dtype(self.options.dtype, self.device), self.device
             )
-        return self.pipes[task]
+        return self.models[task]
 
     def call_kwargs(self, inputs: CallInputs) -> dict:
         """Keyword arguments of the pipeline call."""
