@@ -67,6 +67,20 @@ def image() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
 
 
+def _write_noise_images(folder: Path, names: list[str], height: int, width: int) -> None:
+    rng = np.random.default_rng(0)
+    for name in names:
+        noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / name)
+
+
+@pytest.fixture
+def write_noise_images():
+    """``write(folder, names, height, width)``: a (height, width) noise PNG per name in
+    ``folder``, drawn one after the other from one generator seeded 0."""
+    return _write_noise_images
+
+
 @torch.no_grad()
 def clip_template_embedding(folder: str, text: str) -> torch.Tensor:
     """itaclip's text target restated on open_clip alone: the 80 ImageNet templates filled with

@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -235,13 +234,9 @@ def caption(text: str, image: str) -> str:
 
 
 @pytest.fixture
-def captions(tmp_path):
+def captions(tmp_path, write_noise_images):
     """Two captions with equal token counts over different images."""
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
-            tmp_path / f"{k}.png"
-        )
+    write_noise_images(tmp_path, ["0.png", "1.png"], 24, 24)
     path = tmp_path / "captions.jsonl"
     path.write_text(
         caption("a noisy square", "0.png") + "\n" + caption("a dusty circle", "1.png") + "\n"

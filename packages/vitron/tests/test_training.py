@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from vitron.models import VitronModel
@@ -68,12 +66,8 @@ def test_stage_errors():
 
 
 @pytest.fixture
-def dataset_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(
-            tmp_path / f"img{k}.png"
-        )
+def dataset_dir(tmp_path, write_noise_images):
+    write_noise_images(tmp_path, ["img0.png", "img1.png"], 40, 56)
     save_file({"seg": torch.randn(16), "gen": torch.randn(16)}, tmp_path / "targets.safetensors")
     caption = {"id": "c", "images": ["img0.png"], "conversations": [
         {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a noisy square"}]}  # fmt: skip
