@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import CLIPTokenizer
 
+import pixelsmith.cli as cli
 from pixelsmith import PixelsmithConfig, PixelsmithPipeline
+from pixelsmith.cli import main
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
 from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
 
@@ -59,3 +61,33 @@ def make_pipe(components: dict):
 @pytest.fixture
 def small_config() -> PixelsmithConfig:
     return SMALL
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL folder written by ``pixelsmith tiny-model`` (read only by the tests)."""
+    folder = tmp_path_factory.mktemp("tiny_model") / "tiny"
+    assert main(["tiny-model", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def generate_help(capsys: pytest.CaptureFixture) -> str:
+    """What ``pixelsmith generate --help`` prints (exit 0), whitespace collapsed."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch):
+    """Any model load or generation fails the test: the checks must come first. Returns the
+    failing stand-in, for fixtures that refuse more."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("model work started before the inputs were checked")
+
+    monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
+    monkeypatch.setattr(cli, "run_cascade", fail)
+    return fail

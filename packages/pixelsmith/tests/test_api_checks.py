@@ -26,22 +26,10 @@ SMALL_FLAGS = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-ove
 API = {name: name for name in FLAGS}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("api_checks") / "tiny"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
 @pytest.fixture
-def no_model_work(monkeypatch):
+def no_model_work(monkeypatch, no_model_load):
     """Loading a model or encoding a prompt fails the test: the checks must come first."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("model work started before the inputs were checked")
-
-    monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(PixelsmithPipeline, "encode_text", fail)
+    monkeypatch.setattr(PixelsmithPipeline, "encode_text", no_model_load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(memory, "available_memory", lambda device: 2**20)  # 1 MiB
 
@@ -175,7 +163,7 @@ def test_no_api_takes_the_callers_names():
                 assert "names" not in arguments, f"{path.name}: {node.name}(names=...)"
 
 
-def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
+def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(generate_help):
     commands = next(
         action for action in build_parser()._actions
         if isinstance(action, argparse._SubParsersAction)
@@ -205,12 +193,8 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
     assert all(
         " px" in found["generate", flag] for flag in ("--patch-size", "--band", "--vae-tile")
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--help"])
-    assert exit_info.value.code == 0
-    printed = " ".join(capsys.readouterr().out.split())
-    assert "VAE tile overlap in latent px, in [0, --vae-tile - 1] (default: 16)" in printed
-    assert "stage sizes in px" in printed
+    assert "VAE tile overlap in latent px, in [0, --vae-tile - 1] (default: 16)" in generate_help
+    assert "stage sizes in px" in generate_help
 
 
 def module_imports(path: Path) -> set[str]:

@@ -21,13 +21,6 @@ from pixelsmith.config import parse_size
 SMALL = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap", "2"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli") / "tiny"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
 def test_generate_png_and_tif_equal_api(tiny_dir, tmp_path, capsys):
     png, tif = tmp_path / "cat.png", tmp_path / "cat.tif"
     common = [

@@ -26,24 +26,6 @@ SMALL = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap",
 GIB = 2**30
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli_errors") / "tiny"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Any model load or generation fails the test: the checks must come first."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(cli, "run_cascade", fail)
-
-
 @pytest.fixture
 def machine(monkeypatch):
     """No CUDA, no MPS, 16 GiB of available memory: the same messages on every machine."""
@@ -382,13 +364,9 @@ def test_sizes_are_height_by_width(tiny_dir, tmp_path, capsys):
     assert np.array_equal(tifffile.imread(tif), np.asarray(Image.open(png)))
 
 
-def test_help_states_the_size_convention(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--help"])
-    assert exit_info.value.code == 0
-    shown = " ".join(capsys.readouterr().out.split())
-    assert "HEIGHTxWIDTH (1536x2048 is 2048 px wide)" in shown
-    assert "--allow-large" in shown
+def test_help_states_the_size_convention(generate_help):
+    assert "HEIGHTxWIDTH (1536x2048 is 2048 px wide)" in generate_help
+    assert "--allow-large" in generate_help
 
 
 def test_missing_arguments_one_line(capsys):

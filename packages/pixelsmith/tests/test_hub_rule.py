@@ -32,13 +32,6 @@ def offline_message(what: str, repo: str, cache: Path) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hub_rule") / "tiny"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
 @pytest.fixture
 def offline(tmp_path, monkeypatch) -> list:
     """HF_HUB_OFFLINE with an empty hub cache under tmp_path; every diffusers load is recorded

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pixelsmith.cli as cli
 from common_kernels.runtime.errors import InvalidArgument
-from pixelsmith import PixelsmithPipeline, generate_cascade
+from pixelsmith import generate_cascade
 from pixelsmith.cli import main
 from pixelsmith.tiny import tiny_controlnet
 
@@ -105,15 +104,6 @@ def test_a_condition_image_in_the_checkpoint_folder_is_refused(make_pipe, tmp_pa
         "folder is deleted when the run ends; move the input or choose another checkpoint_dir"
     )
     assert cond.is_file()
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(cli, "run_cascade", fail)
 
 
 def test_cli_refuses_before_loading_naming_its_flags(cli_model, tmp_path, capsys, no_model_load):

@@ -132,12 +132,7 @@ def test_sampler_matches_pixel_reference(planner, faithful, slider, band):
 def test_each_pixel_denoised_once_per_step():
     planner = RandomPlanner(20, 18, 8, batch_size=2)
     sampler = PatchSampler(
-        torch.zeros(SHAPE),
-        num_steps=STEPS,
-        guidance=None,
-        slider=0,
-        band=2,
-        denoise=fake_denoise,
+        torch.zeros(SHAPE), num_steps=STEPS, guidance=None, slider=0, band=2, denoise=fake_denoise
     )
     run_batch = sampler._run_batch
     visits = torch.zeros(20, 18, dtype=torch.int64)
@@ -306,12 +301,7 @@ def test_dilate_is_chebyshev():
 
 def test_sampler_errors():
     sampler = PatchSampler(
-        torch.zeros(SHAPE),
-        num_steps=STEPS,
-        guidance=None,
-        slider=0,
-        band=1,
-        denoise=fake_denoise,
+        torch.zeros(SHAPE), num_steps=STEPS, guidance=None, slider=0, band=1, denoise=fake_denoise
     )
     with pytest.raises(RuntimeError, match="the patch plan of step 0 left 296 pixels undenoised"):
         sampler.step(0, [[Patch(0, 0, 8)]])

@@ -185,20 +185,12 @@ class Prompts:
     negative_pooled_prompt_embeds: Tensor | None = None
 
     def embeddings(self) -> dict[str, Tensor | None]:
-        return {
-            "prompt_embeds": self.prompt_embeds,
-            "pooled_prompt_embeds": self.pooled_prompt_embeds,
-            "negative_prompt_embeds": self.negative_prompt_embeds,
-            "negative_pooled_prompt_embeds": self.negative_pooled_prompt_embeds,
-        }
+        """The ``*_embeds`` fields by name (``encode_text``'s keywords)."""
+        return {name: value for name, value in vars(self).items() if name.endswith("_embeds")}
 
     def texts(self) -> dict[str, str | None]:
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "prompt_2": self.prompt_2,
-            "negative_prompt_2": self.negative_prompt_2,
-        }
+        """The text fields by name (``encode_text``'s keywords)."""
+        return {name: value for name, value in vars(self).items() if not name.endswith("_embeds")}
 
 
 @torch.no_grad()
@@ -242,14 +234,7 @@ def run_cascade(
             controlnet, plan.control_image, float(options.controlnet_conditioning_scale)
         )
     embeds = prompts.embeddings()
-    text = pipe.encode_text(
-        prompts.prompt,
-        guidance_scale=options.guidance_scale,
-        negative_prompt=prompts.negative_prompt,
-        prompt_2=prompts.prompt_2,
-        negative_prompt_2=prompts.negative_prompt_2,
-        **embeds,
-    )
+    text = pipe.encode_text(guidance_scale=options.guidance_scale, **prompts.texts(), **embeds)
     settings = {
         "embeddings": {name: tensor_digest(t) for name, t in embeds.items() if t is not None},
         **prompts.texts(),
@@ -275,17 +260,7 @@ def run_cascade(
             generator.seed()
         else:
             generator.manual_seed(seed)
-    run = _CascadeRun(
-        pipe,
-        text,
-        plan,
-        generator,
-        store,
-        progress,
-        callback,
-        control,
-        ranks,
-    )
+    run = _CascadeRun(pipe, text, plan, generator, store, progress, callback, control, ranks)
     latents = run.all_stages()
     result: Image.Image | Path | None = output
     if ranks.main:
