@@ -80,8 +80,6 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
-from common_kernels.runtime.cli import check_benchmark_setup
-from common_kernels.runtime.files import write_text
 from semanir.bundled import installed_models
 
 HERE = Path(__file__).resolve().parent
@@ -1053,6 +1051,8 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     Returns:
         The markdown text.
     """
+    from common_kernels.runtime.files import write_text  # the parent's (a worker may be older)
+
     json_path = out / f"{stem}.json"
     write_text(json_path, json.dumps(report, indent=1) + "\n", make_parents=True)
     saved = json.loads(json_path.read_text(encoding="utf-8"))
@@ -1112,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    from common_kernels.runtime.cli import check_benchmark_setup  # the parent's, as above
+
     check_benchmark_setup("cpu_speed.py", "semanir", modules=("matplotlib",),
                           folders={"--out": args.out})  # fmt: skip
     plan = preset(args.quick, args.threads, args.rounds)

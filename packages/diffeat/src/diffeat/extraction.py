@@ -18,6 +18,7 @@ raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +58,7 @@ def check_text_stack(tokenizers: Any, text_encoders: Any, arguments: str) -> Non
         )
 
 
-class BaseFeatureExtractor:
+class BaseFeatureExtractor(abc.ABC):
     """The steps of an extraction shared by every backbone (see the module).
 
     A subclass sets :attr:`backbone`, builds ``unet`` (the denoising network: a U-Net or a
@@ -178,11 +179,11 @@ class BaseFeatureExtractor:
         return target._from_components(plan, components, options).to(plan.device)
 
     @classmethod
+    @abc.abstractmethod
     def _from_components(
         cls, plan: LoadPlan, components: dict[str, Any], options: dict[str, Any]
     ) -> BaseFeatureExtractor:
         """The extractor of loaded ``components`` and the plan's remaining ``options``."""
-        raise NotImplementedError
 
     def layer_infos(
         self, image_size: int | tuple[int, int] | None = None, text_tokens: int | None = None
@@ -202,14 +203,17 @@ class BaseFeatureExtractor:
         infos = self.backbone.layer_infos(self.unet.config, size, tokens, scale)
         return [LayerInfo(VAE_SPEC, self.vae_out_shape(size)), *infos]
 
+    @abc.abstractmethod
     def _check_embeddings(self, embeddings: PromptEmbeddings) -> None:
-        raise NotImplementedError
+        """Refuse ``embeddings`` that are not this network's (type, text width)."""
 
+    @abc.abstractmethod
     def _run_models(
         self, sample, embeddings, image_size, names, original_size, target_size, full_output,
         control,
     ) -> tuple[Features, Tensor | None]:  # fmt: skip
-        raise NotImplementedError
+        """Run the networks on ``sample`` and capture the layers ``names``: the features and,
+        with ``full_output``, the network output."""
 
     # -- properties --------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> BaseFeatureExtractor:

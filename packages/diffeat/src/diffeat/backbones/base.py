@@ -14,6 +14,7 @@ A new backbone is one module beside :mod:`diffeat.backbones.unet` and
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from torch import nn
 from diffeat.catalogue import LayerInfo, LayerSpec
 
 
-class Backbone:
+class Backbone(abc.ABC):
     """A kind of denoising network (U-Net, diffusion transformer).
 
     Class attributes:
@@ -67,22 +68,23 @@ class Backbone:
 
         return getattr(diffusers, self.class_names[0])
 
+    @abc.abstractmethod
     def downsampling(self, config: Mapping[str, Any]) -> int:
         """How many latent cells make one cell of the network's smallest grid, per side."""
-        raise NotImplementedError
 
     def size_multiple(self, config: Mapping[str, Any], vae_scale: int) -> int:
         """Image sides must be multiples of this: the VAE factor x :meth:`downsampling`."""
         return vae_scale * self.downsampling(config)
 
+    @abc.abstractmethod
     def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
         """How :meth:`size_multiple` is made, for messages (``"VAE x8, U-Net x8"``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def catalogue(self, network: nn.Module) -> list[LayerSpec]:
         """Every activation of ``network``, in execution order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def layer_infos(
         self,
         config: Mapping[str, Any],
@@ -91,8 +93,8 @@ class Backbone:
         vae_scale: int,
     ) -> list[LayerInfo]:
         """The catalogue with feature shapes for ``size`` images (a ``meta`` pass)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(
         self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
     ) -> dict[str, Any]:
@@ -105,7 +107,6 @@ class Backbone:
             text_stack: load the tokenizers and text encoders.
             **load: passed to every ``from_pretrained`` (``revision``, ``variant``, ...).
         """
-        raise NotImplementedError
 
 
 def load_vae_and_scheduler(model: str, dtype: torch.dtype, **load: Any) -> dict[str, Any]:
