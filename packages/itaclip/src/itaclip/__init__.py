@@ -13,7 +13,7 @@ from itaclip.segmenter import (
 )
 from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = [
     "PRESETS",

@@ -27,7 +27,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_verbosity)
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = [
     "CascadeOptions",

@@ -18,7 +18,7 @@ from semanir.models import (
     get_config,
 )
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 __all__ = [
     "CONFIGS",
