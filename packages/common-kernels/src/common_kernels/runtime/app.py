@@ -1,0 +1,68 @@
+"""What every package's Gradio page (``<package> app``) shares. Standard library only.
+
+Gradio is imported when a page is built (:func:`import_gradio`), never when this module is: a
+package's command and API work without its ``app`` extra. A bad input shows the API's one-line
+message in the page (:func:`error_text`), never a traceback; :func:`launch_blocks` serves a
+page as every ``app`` command does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+def import_gradio(install_hint: str) -> ModuleType:
+    """The ``gradio`` module, or an ``ImportError`` that says how to install it.
+
+    Args:
+        install_hint: what to install, e.g. ``"semanir[app]"``.
+
+    Raises:
+        ImportError: ``needs gradio: pip install '<install_hint>'`` (a command prints it as a
+            usage error).
+    """
+    try:
+        return importlib.import_module("gradio")
+    except ImportError as error:
+        raise ImportError(f"needs gradio: pip install '{install_hint}'") from error
+
+
+def error_text(exc: BaseException) -> str:
+    """The one line a page shows for a bad input: the first line of the API's message, an
+    :class:`~common_kernels.runtime.errors.InvalidArgument` as a Python user reads it
+    (``image: must be RGB or grayscale, got mode CMYK``), or the error's type when it has none.
+
+    Args:
+        exc: the error the API raised.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def launch_blocks(
+    blocks: Any,
+    *,
+    host: str,
+    port: int,
+    share: bool,
+    allowed_paths: Sequence[str | Path] = (),
+) -> None:
+    """Serve a ``gradio.Blocks`` until interrupted (what ``<package> app`` does).
+
+    Args:
+        blocks: the page.
+        host: the address to serve on (``"127.0.0.1"``: this machine only).
+        port: the TCP port.
+        share: also open a public Gradio link.
+        allowed_paths: folders the page may serve files from (its output folders).
+    """
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
+    )

@@ -1,0 +1,125 @@
+"""The shared app plumbing (``common_kernels.runtime.app``) and the browser test helpers
+(``common_kernels.runtime.browser``), the latter against a tiny Gradio page in real Chromium."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common_kernels.runtime import browser
+from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue
+
+
+def test_importing_the_runtime_app_leaves_gradio_and_playwright_unimported() -> None:
+    code = (
+        "import sys, common_kernels.runtime.app, common_kernels.runtime.browser; "
+        "print(sorted(m for m in ('gradio', 'playwright', 'pytest') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_import_gradio_says_how_to_install_it(monkeypatch) -> None:
+    assert import_gradio("semanir[app]").__name__ == "gradio"
+    monkeypatch.setitem(sys.modules, "gradio", None)  # what an uninstalled module looks like
+    with pytest.raises(ImportError) as caught:
+        import_gradio("semanir[app]")
+    assert str(caught.value) == "needs gradio: pip install 'semanir[app]'"
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (
+            InvalidArgument("image", "must be RGB, got mode CMYK"),
+            "image: must be RGB, got mode CMYK",
+        ),
+        (InvalidValue("seed", "{seed} must be >= 0, got -1"), "seed must be >= 0, got -1"),
+        (ValueError("  first line\n  Traceback (most recent call last):\n"), "first line"),
+        (KeyError(), "KeyError"),
+    ],
+)
+def test_error_text_is_one_line(error: BaseException, text: str) -> None:
+    assert error_text(error) == text
+
+
+def test_launch_blocks_passes_the_page_options(tmp_path) -> None:
+    seen = {}
+
+    class Page:
+        def launch(self, **options):
+            seen.update(options)
+
+    launch_blocks(Page(), host="0.0.0.0", port=7861, share=False, allowed_paths=[tmp_path])
+    assert seen == {
+        "server_name": "0.0.0.0",
+        "server_port": 7861,
+        "share": False,
+        "allowed_paths": [str(tmp_path.resolve())],
+    }
+
+
+def test_chromium_skips_saying_what_is_missing(monkeypatch) -> None:
+    monkeypatch.setenv("CHROMIUM", "/nonexistent/chromium")
+    with pytest.raises(pytest.skip.Exception) as caught, browser.chromium():
+        pass
+    assert str(caught.value) == (
+        "no Chromium at /nonexistent/chromium (install it: apt-get install -y chromium, "
+        "or set CHROMIUM)"
+    )
+
+
+def _tiny_page():
+    """A page that paints the colour typed into its box, or shows an error for a bad one."""
+    gr = import_gradio("common-kernels[app]")
+
+    def paint(text: str) -> np.ndarray:
+        try:
+            colour = [int(v) for v in text.split(",")]
+            if len(colour) != 3:
+                raise InvalidArgument("colour", f"must be three numbers R,G,B, got {text!r}")
+        except ValueError as err:
+            raise gr.Error(error_text(err), print_exception=False) from None
+        return np.broadcast_to(np.array(colour, np.uint8), (6, 10, 3)).copy()
+
+    with gr.Blocks() as page:
+        box = gr.Textbox(label="colour", elem_id="colour")
+        button = gr.Button("paint")
+        picture = gr.Image(label="picture", elem_id="picture", format="png")
+        button.click(paint, box, picture, api_name="paint")
+    return page
+
+
+@pytest.fixture(scope="module")
+def served():
+    """(URL, Chromium browser) of the tiny page, shared by this module's browser tests."""
+    with browser.chromium() as chromium, browser.serve_app(_tiny_page()) as url:
+        yield url, chromium
+
+
+def test_page_image_reads_the_pixels_the_page_shows(served, monkeypatch, tmp_path) -> None:
+    url, chromium = served
+    page = chromium.new_page()
+    page.goto(url)
+    page.locator("#colour textarea").fill("10,200,30")
+    page.get_by_role("button", name="paint", exact=True).click()
+    picture = browser.page_image(page, "#picture")
+    assert picture.size == (10, 6)
+    assert np.array_equal(np.asarray(picture.convert("RGB")), np.full((6, 10, 3), [10, 200, 30]))
+    monkeypatch.setenv("SCREENSHOT_DIR", str(tmp_path / "shots"))
+    shot = browser.keep_screenshot(page, "tiny")
+    assert shot == tmp_path / "shots" / "tiny.png"
+    assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_page_error_shows_the_api_message(served) -> None:
+    url, chromium = served
+    page = chromium.new_page()
+    page.goto(url)
+    page.locator("#colour textarea").fill("1,2")
+    page.get_by_role("button", name="paint", exact=True).click()
+    assert browser.page_error(page) == "colour: must be three numbers R,G,B, got '1,2'"
