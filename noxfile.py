@@ -1,6 +1,9 @@
 """Build and test every package under packages/ in its own environment.
 
 Sessions (``nox -l``):
+  browser     Debian's Chromium for the packages' browser tests of their web pages: installed
+              with ``apt-get install -y chromium`` when missing (as root with apt); otherwise
+              says that those tests will skip. Tag ``tests``, runs first.
   <package>   build the package's wheel (and the in-tree wheels it depends on), install it with
               its declared dependencies and ``test`` extra, run its tests; tag ``tests``.
   repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
@@ -34,6 +37,7 @@ PACKAGES_DIR = ROOT / "packages"
 TORCH_PINS = ("torch==2.14.1",)
 SHARED_TORCH = ROOT / ".nox" / "_torch-2.14.1"
 WHEELHOUSE = ROOT / ".nox" / "_wheels"
+CHROMIUM = "/usr/bin/chromium"  # Debian's; the browser tests drive it through Playwright
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
@@ -126,6 +130,25 @@ def cuda_available(session: nox.Session) -> bool:
 
 def test_env(session: nox.Session) -> dict[str, str]:
     return {} if cuda_available(session) else {"TRITON_INTERPRET": "1"}
+
+
+@nox.session(venv_backend="none", tags=["tests"])
+def browser(session: nox.Session) -> None:
+    """Debian's Chromium for the browser tests (``apt-get install -y chromium`` when missing)."""
+    chromium = os.environ.get("CHROMIUM", CHROMIUM)
+    if shutil.which(chromium):
+        session.log(f"Chromium for the browser tests: {chromium}")
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.skip(
+            f"no Chromium at {chromium} and no way to install it here (needs root and apt-get): "
+            "the packages' browser tests will skip; install it with: apt-get install -y chromium"
+        )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-q", "chromium", external=True, env=env)
+    if not shutil.which(chromium):
+        session.error(f"apt-get installed chromium, but there is still none at {chromium}")
 
 
 def make_test_session(package: str) -> None:
