@@ -67,17 +67,11 @@ def test_check_hub_fails_at_once_offline_and_passes_for_cached_repos(tmp_path, m
 
 def test_check_hub_gives_up_after_the_timeout_and_names_the_host(tmp_path, monkeypatch):
     from common_kernels.runtime.hub import HubUnreachableError, check_hub
+    from common_kernels.runtime.testing import unreachable_hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = unreachable_hub(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
-    asked = []
-
-    def unreachable(address, timeout):
-        asked.append((address, timeout))
-        raise TimeoutError("timed out")
-
-    monkeypatch.setattr("socket.create_connection", unreachable)
     with pytest.raises(
         HubUnreachableError,
         match=r"^cannot reach the Hugging Face hub \(hub\."

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common_kernels.runtime import testing
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import ShellExample, shell_examples
 
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
@@ -21,13 +21,7 @@ EXAMPLES = shell_examples(README)
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_shell_example_names_what_exists(example: ShellExample) -> None:
     assert example.mode == "check" and example.reason  # installs and long benchmarks only
-    for words in map(program_words, example.commands()):
-        if words[0] == "python":
-            testing.check_script_flags(REPOSITORY, words)
-        elif words[0] == "nox":
-            assert words[words.index("-s") + 1] in testing.nox_sessions(REPOSITORY), words
-        else:
-            assert words[0] == "pip" and "install" in example.reason
+    testing.check_example_commands(example, REPOSITORY, {})
 
 
 def test_python_quickstart_runs_as_written() -> None:

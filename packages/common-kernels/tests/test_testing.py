@@ -1,9 +1,14 @@
-"""common_kernels.runtime.testing.signal_while_working: a real SIGTERM from outside once the command
-works, and a clear failure when it never does."""
+"""common_kernels.runtime.testing: signal_while_working (a real SIGTERM from outside once the
+command works, and a clear failure when it never does), the README, benchmark-script,
+command-line, hub, import-graph and GPU-lane helpers."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
 import signal
+import subprocess
 
 import pytest
 
@@ -207,3 +212,148 @@ def test_assert_setup_checked_first(script, tmp_path, monkeypatch) -> None:
     with pytest.raises(AssertionError, match="not installed; install the \\[bench\\] extra: pip "
                        'install "pixelsmith\\[bench\\]"'):  # fmt: skip
         assert_setup_checked_first(script.main, [], tmp_path / "other", "pixelsmith", **options)
+
+
+DEMO_COMMAND = """
+import sys
+from common_kernels.runtime.cli import run_main
+
+class Work:
+    def step(self, n):
+        print(f"step {n}", flush=True)
+
+def main(argv):
+    def work():
+        for n in range(3):
+            Work().step(n)
+
+    return run_main("demo " + argv[0], work)
+"""
+
+
+def test_interrupted_run_sends_ctrl_c_at_the_call_asked(tmp_path, monkeypatch) -> None:
+    from common_kernels.runtime.testing import interrupted_run
+
+    (tmp_path / "demo_command.py").write_text(DEMO_COMMAND)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    done = interrupted_run("demo_command", "demo_command:Work.step", ["run"], at_call=3)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        130, "step 0\nstep 1\n", "demo run: interrupted\n"
+    )  # fmt: skip
+    done = interrupted_run("demo_command", "demo_command:Work.step", ["run"])
+    assert (done.returncode, done.stdout) == (130, "")
+
+
+def test_run_benchmark_reads_the_report_it_wrote(tmp_path) -> None:
+    from common_kernels.runtime.testing import run_benchmark
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys\nfolder = sys.argv[sys.argv.index('--results') + 1]\n"
+        "open(f'{folder}/demo.json', 'w').write(json.dumps({'argv': sys.argv[1:]}))\n"
+        "open(f'{folder}/demo.md', 'w').write('| a |\\n')\n"
+    )
+    results = run_benchmark(script, ["--quick"], tmp_path, "demo")
+    assert results.report == {"argv": ["--quick", "--results", str(tmp_path)]}
+    assert results.table == "| a |\n"
+    with pytest.raises(subprocess.CalledProcessError):
+        run_benchmark(script, ["--quick"], tmp_path / "none", "demo")
+
+
+def test_numeric_flag_help_of_every_command() -> None:
+    from common_kernels.runtime.testing import numeric_flag_help, subcommands
+
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--top", type=int, default=1, help="not a command's")
+    commands = parser.add_subparsers(dest="command")
+    fit = commands.add_parser("fit")
+    fit.add_argument("steps", type=int, help="positional")
+    fit.add_argument("-l", "--lr", type=float, default=0.1, help="rate > 0 (default: %(default)s)")
+    fit.add_argument("--name", default="x", help="a string")
+    fit.add_argument("--size", type=str.lower, default="S", help="size %(default)s")
+    tasks = commands.add_parser("eval").add_subparsers(dest="task")
+    tasks.add_parser("voc").add_argument("--limit", type=int, help="images, >= 1")
+    assert list(subcommands(parser)) == ["fit", "eval voc"]
+    assert list(subcommands(fit)) == [""]
+    assert numeric_flag_help(parser) == {
+        ("fit", "--lr"): "rate > 0 (default: 0.1)",
+        ("eval voc", "--limit"): "images, >= 1",
+    }
+    assert numeric_flag_help(parser, (str.lower,)) == {("fit", "--size"): "size S"}
+
+
+def test_unreachable_hub_times_out_every_connection(monkeypatch) -> None:
+    import socket
+
+    from common_kernels.runtime.testing import unreachable_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    tried = unreachable_hub(monkeypatch)
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_ENDPOINT" not in os.environ
+    with pytest.raises(TimeoutError, match=r"^timed out$"):
+        socket.create_connection(("huggingface.co", 443), 5.0)
+    assert tried == [(("huggingface.co", 443), 5.0)]
+
+
+def test_import_graph_and_find_cycle(tmp_path) -> None:
+    from common_kernels.runtime.testing import find_cycle, import_graph
+
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    assert find_cycle({"p": {"p.x"}, "p.x": {"p"}}) is None  # a package's re-export
+    source = tmp_path / "pkg"
+    source.mkdir()
+    (source / "__init__.py").write_text("from .first import f\n")
+    (source / "first.py").write_text("def f():\n    from . import second\n")
+    (source / "second.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom pkg.first import f\n"
+        "if TYPE_CHECKING:\n    from pkg import third\n"
+    )
+    (source / "third.py").write_text("import pkg.second\nimport os\n")
+    graph = import_graph(source)
+    assert graph == {
+        "pkg": {"pkg.first"}, "pkg.first": {"pkg.second"}, "pkg.second": {"pkg.first"},
+        "pkg.third": {"pkg.second"},
+    }  # fmt: skip
+    assert find_cycle(graph) == ["pkg.first", "pkg.second", "pkg.first"]
+
+
+def test_check_example_commands(tmp_path) -> None:
+    from common_kernels.runtime.testing import ShellExample, check_example_commands
+
+    (tmp_path / "noxfile.py").write_text("def gpu(session):\n    pass\n")
+    (tmp_path / "run.py").write_text('parser.add_argument("--quick")\n')
+    seen = []
+
+    def example(code: str, reason: str = "an install, a GPU") -> ShellExample:
+        return ShellExample(tmp_path / "README.md", 3, code, "check", reason)
+
+    block = "mkdir x\ntool fit --x 1\npython run.py --quick\nnox -s gpu\npip install tool"
+    check_example_commands(example(block), tmp_path, {"tool": seen.append}, unchecked={"mkdir"})
+    assert seen == [["tool", "fit", "--x", "1"]]
+    refused = {
+        "mkdir x": "README.md:3: no check for mkdir",
+        "nox -s lint": "README.md:3: no nox session lint",
+        "python run.py --slow": "run.py takes no --slow",
+        "pip install tool": "README.md:3: the reason names no install: a GPU",
+    }
+    for code, message in refused.items():
+        reason = "a GPU" if "pip" in code else "an install"
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            check_example_commands(example(code, reason), tmp_path, {})
+    with pytest.raises(AssertionError, match=r"^README\.md:3: nothing of this package to check$"):
+        check_example_commands(example("mkdir x"), tmp_path, {}, unchecked={"mkdir"})
+
+
+def test_precision_variants() -> None:
+    from common_kernels.runtime.testing import precision_variants
+
+    variants = precision_variants()
+    assert [(v.id, v.values) for v in variants] == [
+        ("cpu-fp32", ("cpu", "fp32")), ("cpu-bf16", ("cpu", "bf16")),
+        ("cpu-fp16", ("cpu", "fp16")), ("cuda-fp16", ("cuda", "fp16")),
+        ("cuda-bf16", ("cuda", "bf16")),
+    ]  # fmt: skip
+    assert [[m.name for m in v.marks] for v in variants] == [[], [], [], ["gpu"], ["gpu"]]
+    assert precision_variants(str.upper)[0].values == ("cpu", "FP32")

@@ -20,14 +20,23 @@ runs a block as the README's reader would, :func:`option_values`, :func:`check_s
 Every benchmark script checks its setup (optional modules, output folders) before it works:
 :func:`load_script` imports a script by its path, :func:`hidden_modules` makes modules look
 uninstalled, :func:`no_work` stands in for the work, and :func:`refusal` returns the one line a
-refused command wrote.
+refused command wrote; :func:`run_benchmark` runs a script through and reads its report.
+
+The packages' tests share the rest: :func:`interrupted_run` (Ctrl-C while a command works),
+:func:`numeric_flag_help` (what ``--help`` prints for every numeric flag),
+:func:`unreachable_hub` (the network down), :func:`import_graph` and :func:`find_cycle` (a
+package's imports), :func:`check_example_commands` (a README ``check`` block) and
+:func:`precision_variants` (the GPU lane's devices and precisions).
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import re
 import shlex
@@ -35,11 +44,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from unittest import mock
 
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
@@ -95,6 +104,61 @@ def signal_while_working(
     finally:
         process.kill()
     return Stopped(process.returncode, out, err)
+
+
+_INTERRUPTING = """
+import importlib, os, signal, sys, time
+
+# a background job of a non-interactive shell starts with SIGINT ignored: restore Python's
+# default handler, as a terminal session has it
+signal.signal(signal.SIGINT, signal.default_int_handler)
+owner = importlib.import_module({module!r})
+for name in {names!r}[:-1]:
+    owner = getattr(owner, name)
+real = getattr(owner, {names!r}[-1])
+calls = []
+
+def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {at_call!r}:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    return real(*args, **kwargs)
+
+setattr(owner, {names!r}[-1], interrupted)
+sys.exit(importlib.import_module({command!r}).main(sys.argv[1:]))
+"""
+
+
+def interrupted_run(
+    command: str,
+    target: str,
+    argv: Sequence[str],
+    *,
+    at_call: int = 1,
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``main(argv)`` of the module ``command`` in a fresh interpreter (one thread), which
+    interrupts itself as Ctrl-C does (SIGINT) at the ``at_call``-th call of ``target``; the
+    earlier calls run as they are. The output is captured.
+
+    Args:
+        command: the module whose ``main`` runs (``"itaclip.cli"``).
+        target: ``"module:Attribute.path"``, the callable that is interrupted
+            (``"itaclip.segmenter:Segmenter.query_logits"``).
+        argv: the command's arguments.
+        at_call: the call that is interrupted (1: the first).
+        timeout: seconds the command may take.
+    """
+    module, _, path = target.partition(":")
+    script = _INTERRUPTING.format(
+        module=module, names=tuple(path.split(".")), at_call=at_call, command=command
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -438,3 +502,237 @@ def assert_setup_checked_first(
         raise AssertionError(f"refusals {found}, expected {expected}")
     if sorted(folder.iterdir()) != [blocker] or blocker.read_text() != "x":
         raise AssertionError(f"the refused runs wrote into {folder}")
+
+
+class BenchmarkResults(NamedTuple):
+    """What a benchmark run wrote: its report (``STEM.json``) and its table (``STEM.md``)."""
+
+    report: dict[str, Any]
+    table: str
+
+
+def run_benchmark(
+    script: str | os.PathLike, argv: Sequence[str], results: str | os.PathLike, stem: str
+) -> BenchmarkResults:
+    """Run ``python SCRIPT ARGV... --results RESULTS`` to its end and read the report it wrote.
+
+    Args:
+        script: the benchmark script.
+        argv: its arguments but ``--results``.
+        results: the output folder.
+        stem: the name of the report's files (``"diffeat_bench_quick"``).
+
+    Raises:
+        subprocess.CalledProcessError: the script failed.
+    """
+    subprocess.run([sys.executable, str(script), *argv, "--results", str(results)], check=True)
+    folder = Path(results)
+    report = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
+    return BenchmarkResults(report, (folder / f"{stem}.md").read_text(encoding="utf-8"))
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, words: str = ""
+) -> dict[str, argparse.ArgumentParser]:
+    """The parser of every command of ``parser`` by its words (``"eval voc"`` for a subcommand
+    of a subcommand); a parser without subcommands is its own only command, ``words``.
+
+    Args:
+        parser: the command line's parser.
+        words: the words that name ``parser`` ("" for the program itself).
+    """
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        return {words: parser}
+    found = {}
+    for name, sub in actions[0].choices.items():
+        found.update(subcommands(sub, f"{words} {name}".strip()))
+    return found
+
+
+def numeric_flag_help(
+    parser: argparse.ArgumentParser, types: Collection[Callable] = (int, float)
+) -> dict[tuple[str, str], str]:
+    """What ``--help`` prints for every option of every command that takes a number:
+    ``(command, flag) -> help``, ``%(default)s`` filled in as argparse fills it in; the flag is
+    the option's last spelling (``--output`` of ``-o/--output``).
+
+    Args:
+        parser: the command line's parser.
+        types: the ``type=`` of the options that count (add a size parser's).
+    """
+    return {
+        (command, action.option_strings[-1]): action.help % {"default": action.default}
+        for command, sub in subcommands(parser).items()
+        for action in sub._actions
+        if action.type in types and action.option_strings
+    }
+
+
+def unreachable_hub(monkeypatch: Any) -> list[tuple[tuple[str, int], float]]:
+    """Take a test's machine off the network: the Hugging Face hub is asked (no
+    ``HF_HUB_OFFLINE``) at its default address (no ``HF_ENDPOINT``) and every connection times
+    out. Returns the list each attempt is added to, as ``((host, port), timeout)``.
+
+    Args:
+        monkeypatch: the test's ``monkeypatch`` fixture (all is undone after the test).
+    """
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    tried: list[tuple[tuple[str, int], float]] = []
+
+    def unreachable(address: tuple[str, int], timeout: float) -> NoReturn:
+        tried.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr("socket.create_connection", unreachable)
+    return tried
+
+
+def _module_name(path: Path, source: Path) -> str:
+    parts = path.relative_to(source.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module name of ``from X import ...`` (relative imports resolved)."""
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return "TYPE_CHECKING" in (getattr(test, "id", None), getattr(test, "attr", None))
+
+
+def _imported_modules(path: Path, module: str, modules: set[str]) -> set[str]:
+    root = module.split(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                   for n in ast.walk(block)}  # fmt: skip
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports never run
+            continue
+        if isinstance(node, ast.ImportFrom):
+            name = _absolute(node, module, path.name == "__init__.py")
+            if name.split(".")[0] == root:
+                found |= {name} if node.module else set()  # `from . import x`: x only
+                found |= {f"{name}.{alias.name}" for alias in node.names} & modules
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == root}
+    return (found & modules) - {module}
+
+
+def import_graph(source: str | os.PathLike) -> dict[str, set[str]]:
+    """The modules of the package ``source`` and the package's own modules each imports,
+    anywhere in it (module level or in a function, relative imports resolved; ``if
+    TYPE_CHECKING:`` imports left out): ``from pkg import io`` imports the module ``pkg.io``.
+
+    Args:
+        source: the package's folder (``src/pkg``).
+    """
+    source = Path(source)
+    paths = {_module_name(p, source): p for p in source.rglob("*.py")}
+    return {name: _imported_modules(p, name, set(paths)) for name, p in paths.items()}
+
+
+def find_cycle(graph: Mapping[str, Collection[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (:func:`import_graph`) as a path of modules, or None. A
+    package's ``__init__`` re-exporting its submodules is not a cycle of theirs: edges into a
+    package (``pkg`` or ``pkg.sub``) from its own submodules are left out.
+
+    Args:
+        graph: each module's imported modules.
+    """
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> list[str] | None:
+        if module in stack:
+            return [*stack[stack.index(module) :], module]
+        if module in done:
+            return None
+        for imported in sorted(graph.get(module, ())):
+            if module.startswith(imported + "."):  # a submodule importing its package
+                continue
+            cycle = visit(imported, [*stack, module])
+            if cycle:
+                return cycle
+        done.add(module)
+        return None
+
+    return next((c for c in (visit(m, []) for m in sorted(graph)) if c), None)
+
+
+def check_example_commands(
+    example: ShellExample,
+    repository: str | os.PathLike,
+    checks: Mapping[str, Callable[[list[str]], object]],
+    *,
+    unchecked: Collection[str] = (),
+) -> None:
+    """Check the commands of a README ``check`` block without running them, each by its
+    program (:func:`program_words`): the package's own by ``checks`` (its parser, its
+    ``--help``), ``python SCRIPT FLAG...`` by :func:`check_script_flags`, ``nox -s SESSION`` by
+    :func:`nox_sessions`, ``pip install`` by the block's reason (resolved where the reason
+    names an install); the programs ``unchecked`` pass as they are (``mkdir``).
+
+    Args:
+        example: the block.
+        repository: the clone's root.
+        checks: a check by program name (``{"diffeat": check_diffeat}``); it raises on a
+            command the program refuses.
+        unchecked: shell commands of a recipe, not the package's.
+
+    Raises:
+        AssertionError: a command no check takes, a check that fails, or a block with nothing
+            checked.
+    """
+    checked = 0
+    for command in example.commands():
+        words = program_words(command)
+        if words[0] in checks:
+            checks[words[0]](words)
+        elif words[0] == "python" and words[1].endswith(".py"):
+            check_script_flags(repository, words)
+        elif words[0] == "nox":
+            session = words[words.index("-s") + 1]
+            if session not in nox_sessions(repository):
+                raise AssertionError(f"{example.id}: no nox session {session}")
+        elif words[:2] == ["pip", "install"]:
+            if "install" not in example.reason:
+                raise AssertionError(f"{example.id}: the reason names no install: {example.reason}")
+        elif words[0] in unchecked:
+            continue
+        else:
+            raise AssertionError(f"{example.id}: no check for {words[0]}")
+        checked += 1
+    if not checked:
+        raise AssertionError(f"{example.id}: nothing of this package to check")
+
+
+PRECISIONS = (("cpu", "fp32"), ("cpu", "bf16"), ("cpu", "fp16"), ("cuda", "fp16"), ("cuda", "bf16"))
+
+
+def precision_variants(dtype: Callable[[str], object] = str) -> list:
+    """The GPU lane's cases, ``pytest.param(device, dtype(name), id="cpu-fp32")`` for each of
+    :data:`PRECISIONS`: fp32 (the reference), bf16 and fp16 on the CPU, so that the test body
+    runs where there is no GPU, and fp16 and bf16 on CUDA, marked ``gpu`` (``nox -s gpu``).
+
+    Args:
+        dtype: what the test takes for ``"fp32"``, ``"bf16"`` and ``"fp16"``
+            (:func:`common_kernels.runtime.bench.torch_dtype` for torch dtypes; default: the
+            names).
+    """
+    import pytest  # the tests' own dependency, not this module's
+
+    return [
+        pytest.param(device, dtype(name), id=f"{device}-{name}",
+                     marks=pytest.mark.gpu if device == "cuda" else ())
+        for device, name in PRECISIONS
+    ]  # fmt: skip
