@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from common_kernels.runtime.app import error_text, import_gradio
 from vitron.assistant import Assistant, Turn
 from vitron.io import write_json
 from vitron.regions import Region, RegionError, parse_box
@@ -109,16 +110,13 @@ class ChatSession:
 
 def build_app(session: ChatSession, title: str = "Vitron") -> Any:
     """The Gradio page of ``session`` (a ``gradio.Blocks``; call ``.launch()`` to serve it)."""
-    try:
-        import gradio as gr
-    except ImportError as err:
-        raise ImportError("the app needs gradio: pip install 'vitron[app]'") from err
+    gr = import_gradio("vitron[app]")
 
     def send(text: str, image: Image.Image | None, box: str):
         try:
             messages, pictures, paths = session.submit(text, image, box or "")
         except ValueError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(error_text(err), print_exception=False) from None
         return messages, pictures, paths, "", None, ""  # the inputs are cleared
 
     def new_conversation():

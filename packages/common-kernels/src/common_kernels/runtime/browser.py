@@ -25,11 +25,7 @@ from typing import Any
 CHROMIUM = "/usr/bin/chromium"
 INSTALL_CHROMIUM = "apt-get install -y chromium"
 INSTALL_PLAYWRIGHT = "pip install playwright"
-# an <img> that has finished loading a picture: (CSS selector of the images, which one)
-_IMAGE_LOADED = """([selector, index]) => {
-  const img = document.querySelectorAll(selector)[index];
-  return img !== undefined && img.complete && img.naturalWidth > 0 && img.src !== "";
-}"""
+_IMAGE_LOADED = "img => img.complete && img.naturalWidth > 0 && img.src !== ''"
 _ERROR_TOAST = "[data-testid='toast-body'] [data-testid='toast-text']"
 
 
@@ -112,7 +108,8 @@ def page_image(page: Any, selector: str, timeout_s: float = 60, index: int = 0) 
 
     Args:
         page: the Playwright page.
-        selector: a CSS selector of the element holding the image (``"#restored"``).
+        selector: a Playwright selector (CSS works) of the element holding the image
+            (``"#restored"``, ``".block:has-text('restored')"``).
         timeout_s: how long to wait for it.
         index: which ``<img>`` inside ``selector`` (0: the first).
 
@@ -121,9 +118,11 @@ def page_image(page: Any, selector: str, timeout_s: float = 60, index: int = 0) 
     """
     from PIL import Image
 
-    images = f"{selector} img"
-    page.wait_for_function(_IMAGE_LOADED, arg=[images, index], timeout=timeout_s * 1000)
-    source = page.locator(images).nth(index).evaluate("img => img.src")
+    timeout_ms = timeout_s * 1000
+    img = page.locator(selector).locator("img").nth(index)
+    handle = img.element_handle(timeout=timeout_ms)
+    page.wait_for_function(_IMAGE_LOADED, arg=handle, timeout=timeout_ms)
+    source = handle.evaluate("img => img.src")
     if source.startswith("data:"):
         data = base64.b64decode(source.partition(",")[2])
     else:
