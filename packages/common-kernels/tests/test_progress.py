@@ -77,3 +77,18 @@ def test_a_terminal_without_tqdm_gets_the_plain_lines(monkeypatch) -> None:
     terminal = Terminal()
     list(progress(range(3), desc="tiles", unit="tiles", file=terminal, clock=FakeClock(1.0)))
     assert terminal.getvalue() == "tiles: 3/3 tiles (100%), 4 s\n"
+
+
+def test_reporting_to_hears_every_progress_inside_shown_or_not() -> None:
+    from common_kernels.runtime.progress import reporting_to
+
+    heard = []
+    with reporting_to(lambda *report: heard.append(report)):
+        assert list(progress(range(3), desc="tiles", unit="tiles", disable=True)) == [0, 1, 2]
+        list(progress(iter("ab"), desc="images", file=io.StringIO()))
+    list(progress(range(2), desc="after", disable=True))  # outside: nobody hears
+    assert heard == [
+        ("tiles", 0, 3, "tiles"), ("tiles", 1, 3, "tiles"), ("tiles", 2, 3, "tiles"),
+        ("tiles", 3, 3, "tiles"), ("images", 0, None, "it"), ("images", 1, None, "it"),
+        ("images", 2, None, "it"),
+    ]  # fmt: skip

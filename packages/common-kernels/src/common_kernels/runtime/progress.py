@@ -7,16 +7,42 @@ terminal, and otherwise writes a plain line every ``log_every`` seconds and one 
 image inside a loop over images) passes ``leave=False``: its bar is removed when done, and in a
 log it writes no line at the end, so a fast inner loop adds nothing to the log. Standard library
 only; tqdm is used when it is installed (every method package depends on it).
+
+:func:`reporting_to` hands every progress made inside it, shown or not, to a callback as well
+(a web page's progress bar over the tiles of the image it restores).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeVar
 
 T = TypeVar("T")
+# told (desc, done, total, unit) before the first item and after each one
+Listener = Callable[[str, int, "int | None", str], None]
+_LISTENER: contextvars.ContextVar[Listener | None] = contextvars.ContextVar(
+    "progress_listener", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting_to(listener: Listener) -> Iterator[None]:
+    """Inside, every :func:`progress` (in this thread or task) also tells ``listener``
+    ``(desc, done, total, unit)`` before its first item and after each one, even when it shows
+    nothing (``disable=True``).
+
+    Args:
+        listener: the callback (a page's progress bar: ``gr.Progress``).
+    """
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 def progress(
@@ -48,6 +74,9 @@ def progress(
     stream = sys.stderr if file is None else file
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
+    listener = _LISTENER.get()
+    if listener is not None:
+        iterable = _reported(iterable, listener, desc, total, unit)
     if disable:
         yield from iterable
         return
@@ -61,6 +90,15 @@ def progress(
             yield from bar
             return
     yield from _logged(iterable, desc, total, unit, log_every, stream, clock, leave)
+
+
+def _reported(
+    iterable: Iterable[T], listener: Listener, desc: str, total: int | None, unit: str
+) -> Iterator[T]:
+    listener(desc, 0, total, unit)
+    for done, item in enumerate(iterable, 1):
+        yield item
+        listener(desc, done, total, unit)
 
 
 def is_terminal(stream: IO[str]) -> bool:
