@@ -6,7 +6,6 @@ conv; the output is the input minus the predicted residual (residual learning).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -15,12 +14,13 @@ from typing import Any
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from common_kernels.runtime.configs import DictConfig
 from common_kernels.runtime.files import AtomicSavePretrained
 from semanir.models.semanir import start_near_identity
 
 
 @dataclass
-class DnCNNConfig:
+class DnCNNConfig(DictConfig):
     """Hyper-parameters of a :class:`DnCNN`; JSON-serialisable via :meth:`to_dict`.
 
     Args:
@@ -46,19 +46,6 @@ class DnCNNConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 2:
             raise ValueError(f"depth must be an int >= 2 (first and last conv), got {self.depth!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DnCNNConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown DnCNNConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**data)
 
 
 def _middle_layer(features: int, batch_norm: bool) -> list[nn.Module]:

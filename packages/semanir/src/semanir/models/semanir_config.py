@@ -6,11 +6,11 @@ A config is plain data, validated when made: every field's accepted range is che
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+
+from common_kernels.runtime.configs import DictConfig
 
 ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")
@@ -43,7 +43,7 @@ def check_k(name: str, k: object, upper: int, window: int) -> None:
 
 
 @dataclass
-class SemanIRConfig:
+class SemanIRConfig(DictConfig):
     """Hyper-parameters of a :class:`SemanIR` model; JSON-serialisable via :meth:`to_dict`.
 
     Args:
@@ -126,19 +126,6 @@ class SemanIRConfig:
         if self.architecture == "columnar":
             return tuple(widths[0] for _ in self.depths)
         return (*widths[:-1], widths[-1], *reversed(widths[:-1]), widths[0])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (tuples become lists when dumped)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SemanIRConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown SemanIRConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**data)
 
     def _validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""

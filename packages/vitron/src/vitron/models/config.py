@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from common_kernels.runtime.configs import DictConfig
 from vitron.geometry import PREPROCESS_MODES
 
 CONFIG_FORMAT = 1
@@ -124,7 +124,7 @@ class SignalConfig:
 
 
 @dataclass
-class VitronConfig:
+class VitronConfig(DictConfig):
     """Everything needed to rebuild a Vitron model (weights live in ``model.safetensors``).
 
     Args:
@@ -223,14 +223,3 @@ class VitronConfig:
                 f"max_length {self.max_length} exceeds the LLM's max_position_embeddings "
                 f"{positions}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VitronConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VitronConfig keys {unknown}")
-        return cls(**data)
