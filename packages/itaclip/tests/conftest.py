@@ -1,13 +1,16 @@
-"""Tiny random open_clip ViT CLIP registered from a config written by the tests."""
+"""Tiny random open_clip ViT CLIP registered from a config written by the tests; a one-image VOC
+folder; a tiny random GPT-2 language model."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from itaclip import Segmenter, SegmenterConfig
@@ -64,5 +67,42 @@ def make_segmenter(tiny_clip, tiny_tokenizer):
         settings.update(overrides)
         preset = settings.pop("preset", None)
         return Segmenter(tiny_clip, tiny_tokenizer, SegmenterConfig(**settings), preset=preset)
+
+    return make
+
+
+@pytest.fixture
+def voc_root(tmp_path: Path) -> Path:
+    """A one-image VOC folder, ``tmp_path / "voc"``."""
+    root = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "JPEGImages/a.jpg")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "SegmentationClass/a.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_tiny_lm():
+    """Makes a tiny random GPT-2 (torch seed 0) and a word-level tokenizer of the given words
+    (plus ``[UNK]`` and ``[EOS]``, the end and padding token), as ``(model, tokenizer)``."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+
+    def make(words: str):
+        vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(words.split())}}
+        backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+        backend.decoder = tokenizers.decoders.WordPiece()
+        tokenizer = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]"
+        )
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=len(vocab), n_positions=128, n_embd=16, n_layer=1, n_head=2,
+            bos_token_id=1, eos_token_id=1,
+        )  # fmt: skip
+        return transformers.GPT2LMHeadModel(config), tokenizer
 
     return make

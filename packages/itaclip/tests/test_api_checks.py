@@ -5,7 +5,6 @@ model work; the package has no import cycle."""
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common_kernels.runtime.testing import find_cycle, import_graph
 from itaclip import Segmenter
 from itaclip.cli import FLAGS, main
 from itaclip.evaluate import check_evaluation
@@ -169,17 +169,6 @@ def test_the_segmenter_call_and_segment_give_the_same_message(
     assert cli_error([*argv, *extra], capsys) == f"itaclip segment: error: {expected}\n"
 
 
-@pytest.fixture
-def voc_root(files: Path) -> Path:
-    root = files / "voc"
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True)
-    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "JPEGImages/a.jpg")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "SegmentationClass/a.png")
-    return root
-
-
 EVAL_CASES = {
     "limit": (
         {"limit": 0},
@@ -197,7 +186,9 @@ EVAL_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(EVAL_CASES))
-def test_check_evaluation_and_eval_give_the_same_message(case, voc_root, capsys, no_model_work):
+def test_check_evaluation_and_eval_give_the_same_message(
+    case, files, voc_root, capsys, no_model_work
+):
     kwargs, extra, template = EVAL_CASES[case]
     with pytest.raises((ValueError, OSError)) as info:
         check_evaluation(**{"dataset": "voc21", "root": "voc", **kwargs})
@@ -280,35 +271,8 @@ def test_a_batch_is_checked_before_any_model_work(make_segmenter, no_model_work)
         assert str(info.value) == message
 
 
-def module_imports(path: Path) -> set[str]:
-    """The itaclip modules that ``path`` imports at module level."""
-    found = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("itaclip"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("itaclip")}
-    return found
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SOURCE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def test_the_package_has_no_import_cycle():
-    graph = {module_name(path): module_imports(path) for path in SOURCE.rglob("*.py")}
+    graph = import_graph(SOURCE)
     assert {"itaclip.cli", "itaclip.segmenter", "itaclip.config", "itaclip.sources"} <= set(graph)
-    done: set[str] = set()
-
-    def visit(module: str, stack: tuple[str, ...]) -> None:
-        assert module not in stack, f"import cycle: {' -> '.join((*stack, module))}"
-        if module in done:
-            return
-        for imported in graph.get(module, ()):
-            visit(imported, (*stack, module))
-        done.add(module)
-
-    for module in graph:
-        visit(module, ())
+    assert find_cycle(graph) is None
     assert "itaclip.cli" not in set().union(*graph.values())  # nothing imports the CLI

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
+from common_kernels.runtime.testing import (
+    assert_setup_checked_first,
+    load_script,
+    no_work,
+    run_benchmark,
+)
 from itaclip.pamr import pamr
 from itaclip.postprocess import segment_max
 
@@ -128,12 +131,10 @@ def test_cuda_report_shows_gpu_memory(bench, tmp_path):
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_results(tmp_path):
-    subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--threads", "1", "--results", str(tmp_path)],
-        check=True,
+    report, table = run_benchmark(
+        RUN, ["--quick", "--threads", "1"], tmp_path, "itaclip_bench_quick"
     )
-    report = json.loads((tmp_path / "itaclip_bench_quick.json").read_text())
     ours = [row for row in report["rows"] if row["method"] == "itaclip"]
     assert len(ours) == 2 and all(row["max_abs_logit_diff"] < 1e-4 for row in ours)
     assert (tmp_path / "itaclip_bench_quick.png").stat().st_size > 0
-    assert "| stride |" in (tmp_path / "itaclip_bench_quick.md").read_text()
+    assert "| stride |" in table

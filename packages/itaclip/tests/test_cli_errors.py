@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from common_kernels.runtime.testing import interrupted_run
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.datasets import SegmentationDataset
@@ -266,14 +264,9 @@ def test_segment_bad_input_one_line_exit_2_before_model_load(
 
 
 @pytest.fixture
-def voc_root(tmp_path) -> Path:
-    """A one-image VOC folder."""
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (tmp_path / "voc" / folder).mkdir(parents=True)
-    root = tmp_path / "voc"
-    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "JPEGImages/a.jpg")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "SegmentationClass/a.png")
+def voc_root(voc_root: Path, tmp_path: Path) -> Path:
+    """The one-image VOC folder (conftest.py) beside a file and the broken dataset folders the
+    eval cases name."""
     (tmp_path / "file.txt").write_text("in the way")
     (tmp_path / "empty/ImageSets/Segmentation").mkdir(parents=True)
     (tmp_path / "empty/ImageSets/Segmentation/val.txt").write_text("\n")
@@ -284,7 +277,7 @@ def voc_root(tmp_path) -> Path:
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
         tmp_path / "ade_no_label/images/validation/x.jpg"
     )
-    return root
+    return voc_root
 
 
 VOC_LAYOUT = (
@@ -554,31 +547,9 @@ def test_tiny_model_round_trip(tmp_path, files, capsys):
     assert torch.equal(torch.from_numpy(labels.astype(np.int64)), expected)
 
 
-INTERRUPT_SCRIPT = """
-import os, signal, sys, time
-from itaclip.cli import main
-from itaclip.segmenter import Segmenter
-
-# a background job of a non-interactive shell starts with SIGINT ignored: restore Python's
-# default handler, as a terminal session has it
-signal.signal(signal.SIGINT, signal.default_int_handler)
-
-def interrupted(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(30)
-
-Segmenter.query_logits = interrupted
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_ctrl_c_exits_130_with_one_line(files, tiny_dir, tmp_path):
     argv = segment_args(files, "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "cache"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPT_SCRIPT), *argv],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    done = interrupted_run("itaclip.cli", "itaclip.segmenter:Segmenter.query_logits", argv)
     assert done.returncode == 130, done.stderr
     resume = shlex.join(["itaclip", "segment", *argv[1:], "--skip-existing"])
     assert (

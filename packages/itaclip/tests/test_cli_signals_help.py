@@ -3,7 +3,6 @@ gives units, ranges and defaults for every numeric flag (issue 25, items 4 and 8
 
 from __future__ import annotations
 
-import argparse
 import shlex
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.cli import size_type
-from common_kernels.runtime.testing import signal_while_working
+from common_kernels.runtime.testing import numeric_flag_help, signal_while_working
 from itaclip.cli import build_parser
 
 WORKING_SCRIPT = """
@@ -63,23 +62,8 @@ NUMERIC_HELP = {
 }  # fmt: skip
 
 
-def numeric_flags() -> dict[tuple[str, str], str]:
-    """(command, flag) -> its help as printed, for every flag that takes a number."""
-    commands = next(
-        action for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )  # fmt: skip
-    found = {}
-    for command, parser in commands.choices.items():
-        for action in parser._actions:
-            if action.type in (int, float, size_type):
-                printed = action.help % {"default": action.default}  # as argparse fills it in
-                found[(command, action.option_strings[-1])] = printed
-    return found
-
-
 def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
-    found = numeric_flags()
+    found = numeric_flag_help(build_parser(), (int, float, size_type))
     shared = {flag for command, flag in NUMERIC_HELP if command == "segment"} - {
         "--alpha",
         "--output-size",

@@ -9,9 +9,6 @@ from __future__ import annotations
 import io
 import os
 import shlex
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.photos import Photo, read_photo, write_photo
+from common_kernels.runtime.testing import interrupted_run
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.folders import plan_segment_batch
@@ -281,35 +279,11 @@ def test_skip_existing_resumes_a_folder_run(tree, tmp_path, options, capsys, mon
     assert err == "itaclip segment: left out 4 image(s) whose outputs exist (--skip-existing)\n"
 
 
-INTERRUPT_SCRIPT = """
-import os, signal, sys, time
-from itaclip.cli import main
-from itaclip.segmenter import Segmenter
-
-signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal session
-calls = []
-query_logits = Segmenter.query_logits
-
-def second_image_interrupted(self, *args, **kwargs):
-    calls.append(1)
-    if len(calls) == 2:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(30)
-    return query_logits(self, *args, **kwargs)
-
-Segmenter.query_logits = second_image_interrupted
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_the_interrupt_line_says_how_far_and_how_to_resume(tree, tmp_path, options, capsys):
     out = tmp_path / "out dir"  # a space: the resume command is quoted for the shell
     argv = ["segment", str(tree), "-o", str(out), "--recursive", *options]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPT_SCRIPT), *argv],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    target = "itaclip.segmenter:Segmenter.query_logits"
+    done = interrupted_run("itaclip.cli", target, argv, at_call=2)  # on the second image
     assert done.returncode == 130, done.stderr
     resume = shlex.join(["itaclip", *argv, "--skip-existing"])
     assert (

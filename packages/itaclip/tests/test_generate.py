@@ -18,22 +18,8 @@ WORDS = "a an the of for to in is word house building people live cat dog sky pe
 
 
 @pytest.fixture(scope="module")
-def tiny_lm():
-    import torch
-
-    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS.split())}}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    backend.decoder = tokenizers.decoders.WordPiece()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]"
-    )
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(vocab), n_positions=128, n_embd=16, n_layer=1, n_head=2,
-        bos_token_id=1, eos_token_id=1,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config), tokenizer
+def tiny_lm(make_tiny_lm):
+    return make_tiny_lm(WORDS)
 
 
 def test_prompts_follow_the_paper(tiny_lm):

@@ -18,18 +18,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from common_kernels.runtime.testing import precision_variants
 from itaclip import Segmentation, Segmenter, SegmenterConfig
 
 LOGIT_ATOL = {"fp32": 1e-5, "fp16": 2.5e-3, "bf16": 1e-2}
 MIN_AGREEMENT = 0.98
 CLASSES = ["cat", "dog,puppy", "sky", "grass", "road"]
-VARIANTS = [
-    pytest.param("cpu", "fp32", id="cpu-fp32"),
-    pytest.param("cpu", "bf16", id="cpu-bf16"),
-    pytest.param("cpu", "fp16", id="cpu-fp16"),
-    pytest.param("cuda", "fp16", id="cuda-fp16", marks=pytest.mark.gpu),
-    pytest.param("cuda", "bf16", id="cuda-bf16", marks=pytest.mark.gpu),
-]
+VARIANTS = precision_variants()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.hub import HubUnreachableError
+from common_kernels.runtime.testing import unreachable_hub
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.sources import ModelLoadError, ModelSource, resolve_model
@@ -117,15 +118,7 @@ def test_segment_with_a_missing_folder_names_it_exit_2(tmp_path, offline, capsys
 
 
 def test_no_connection_is_said_within_the_timeout(tmp_path, monkeypatch, capsys, offline):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    tried = []
-
-    def unreachable(address, timeout):
-        tried.append((address, timeout))
-        raise TimeoutError("timed out")
-
-    monkeypatch.setattr("socket.create_connection", unreachable)
+    tried = unreachable_hub(monkeypatch)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
     argv = ["segment", str(tmp_path / "img.png"), "--classes", "cat", "-o",
             str(tmp_path / "out"), "--cache-dir", str(tmp_path / "text")]  # fmt: skip

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from common_kernels.runtime import testing
@@ -173,9 +172,7 @@ def test_shell_example(example: ShellExample, workdir: Path, tmp_path: Path):
         check_written(expand(program_words(shlex.split(line, comments=True)), workdir), workdir)
 
 
-def test_python_quickstart_and_llm_example(workdir, tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
+def test_python_quickstart_and_llm_example(workdir, tmp_path, monkeypatch, make_tiny_lm):
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert main(["tiny-model", "tiny-clip/"]) == 0  # as the README says
@@ -202,23 +199,12 @@ def test_python_quickstart_and_llm_example(workdir, tmp_path, monkeypatch):
     from itaclip.generate import AuxTextGenerator, SamplingConfig
 
     words = "a an the of house building people live zebra animal with stripes horse"
-    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(words.split())}}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]"
-    )
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(vocab), n_positions=128, n_embd=16, n_layer=1, n_head=2,
-        bos_token_id=1, eos_token_id=1,
-    )  # fmt: skip
+    model, tokenizer = make_tiny_lm(words)
     real = inspect.signature(AuxTextGenerator.from_pretrained)
     asked = []
 
     def tiny_lm(*args, **kwargs):
         asked.append(real.bind(*args, **kwargs).arguments)  # the README's call fits the API
-        model = transformers.GPT2LMHeadModel(config)
         return AuxTextGenerator(model, tokenizer, SamplingConfig(max_new_tokens=8))
 
     monkeypatch.setattr(AuxTextGenerator, "from_pretrained", tiny_lm)

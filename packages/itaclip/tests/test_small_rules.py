@@ -10,7 +10,6 @@ import logging
 import sys
 import warnings
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -133,19 +132,8 @@ def test_empty_tensors_get_the_apis_message_naming_the_argument(make_segmenter):
     )
 
 
-@pytest.fixture
-def voc(tmp_path) -> Path:
-    root = tmp_path / "voc"
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True)
-    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "JPEGImages/a.jpg")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "SegmentationClass/a.png")
-    return root
-
-
 def test_eval_json_never_replaces_a_file_of_the_dataset_or_the_model(
-    voc, tmp_path, tiny_dir, capsys
+    voc_root, tmp_path, tiny_dir, capsys
 ):
     model = tmp_path / "model"
     model.mkdir()
@@ -153,7 +141,7 @@ def test_eval_json_never_replaces_a_file_of_the_dataset_or_the_model(
         (model / file.name).write_bytes(file.read_bytes())
     config = model / "open_clip_config.json"
     before = config.read_bytes()
-    dataset = SegmentationDataset("voc21", voc)
+    dataset = SegmentationDataset("voc21", voc_root)
     plan_source = resolve_model(str(model), None)
     with pytest.raises(InvalidArgument) as info:
         check_report_file(config, dataset, plan_source)
@@ -161,13 +149,13 @@ def test_eval_json_never_replaces_a_file_of_the_dataset_or_the_model(
         f"report: {config} would replace the input {config} (a file of the model); choose "
         "another file"
     )
-    image = voc / "JPEGImages" / "a.jpg"
+    image = voc_root / "JPEGImages" / "a.jpg"
     with pytest.raises(InvalidArgument, match=r"\(an image of voc21\); choose another file$"):
         check_report_file(image, dataset)
     assert check_report_file(tmp_path / "new" / "r.json", dataset, plan_source) == (
         tmp_path / "new" / "r.json"
     )
-    argv = ["eval", "--dataset", "voc21", "--root", str(voc), "--model", str(model),
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--model", str(model),
             "--json", str(config)]  # fmt: skip
     assert main(argv) == 2
     assert capsys.readouterr().err == (

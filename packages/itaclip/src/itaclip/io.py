@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from common_kernels.runtime.errors import InvalidArgument
-from common_kernels.runtime.files import ImageReadError, atomic_write, read_image
+from common_kernels.runtime.files import atomic_write, read_image
 from common_kernels.runtime.photos import Photo
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -142,33 +142,10 @@ def load_image(path: str | os.PathLike) -> Tensor:
         repeated).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder
-        (``common_kernels.runtime.files.ImageIsAFolderError``).
-        ValueError: the file does not decode completely
-        (``common_kernels.runtime.files.ImageReadError``).
+        what ``common_kernels.runtime.files.read_image`` raises: ``FileNotFoundError``,
+        ``ImageIsAFolderError`` (an ``IsADirectoryError``), ``ImageReadError`` (a ``ValueError``).
     """
     return read_image(path, channels="rgb")
-
-
-def check_image_file(path: Path) -> None:
-    """Fail unless ``path`` is a readable, complete image file (decoded, then dropped).
-
-    Raises:
-        IsADirectoryError: ``path`` is a folder.
-        FileNotFoundError: nothing is at ``path``.
-        ValueError: the file does not decode completely.
-    """
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{path} is a folder, not an image file (give the images, e.g. DIR/*.png)"
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        load_image(path)
-    except ImageReadError as error:
-        raise ValueError(f"{path} is not a readable image ({error.reason})") from None
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
