@@ -29,11 +29,8 @@ def load_image(path: str | Path) -> Image.Image:
         path: the image file.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder
-        (``common_kernels.runtime.files.ImageIsAFolderError``).
-        ValueError: the file does not decode completely
-        (``common_kernels.runtime.files.ImageReadError``).
+        what ``common_kernels.runtime.files.read_pil_image`` raises: ``FileNotFoundError``,
+        ``ImageIsAFolderError`` (an ``IsADirectoryError``), ``ImageReadError`` (a ``ValueError``).
     """
     return files.read_pil_image(path)
 

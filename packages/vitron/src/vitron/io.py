@@ -68,12 +68,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         path: the image file.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a folder
-        (``common_kernels.runtime.files.ImageIsAFolderError``).
-        ValueError: ``path`` is not a readable image
-        (``common_kernels.runtime.files.ImageReadError``:
-            not an image, truncated, too large).
+        what ``common_kernels.runtime.files.read_pil_image`` raises: ``FileNotFoundError``,
+        ``ImageIsAFolderError`` (an ``IsADirectoryError``), ``ImageReadError`` (a ``ValueError``).
     """
     return files.read_pil_image(path)
 
