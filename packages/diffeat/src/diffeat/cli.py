@@ -5,6 +5,7 @@ diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feat
 diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat tiny-model DIR --kind sd15|sdxl
+diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
 
 --model is a diffusers SD/SDXL (U-Net) or PixArt (DiT) repository (its model_index.json says
 which). Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96
@@ -46,6 +47,7 @@ from common_kernels.runtime.cli import (
 from common_kernels.runtime.files import check_output_folder_name
 from common_kernels.runtime.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
+from diffeat.app import launch_page, open_page
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
 from diffeat.commands import (
@@ -72,7 +74,7 @@ from diffeat.inputs import check_image_file
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length
 from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
-from diffeat.presets import ALL, PRESETS, selection_names
+from diffeat.presets import ALL, PRESETS, SD15_HUB_ID, selection_names
 from diffeat.probes import PROBES
 
 DEFAULT = " (default: %(default)s)"
@@ -116,6 +118,15 @@ BATCH_OPTIONS: dict[str, dict[str, Any]] = {
     "--keep-going": {**FLAG, "help": "skip an image that cannot be read (one line) and exit 1 "
                      "at the end with the list (default: stop before any model loads)"},
 }  # fmt: skip
+APP_OPTIONS: dict[str, dict[str, Any]] = {
+    "--model": {"help": f"hub id or folder (default: {SD15_HUB_ID}; offline, the tiny model)"},
+    "--image-size": {**SIZE, "help": "resize images to S or HxW px, height first, multiples of "
+                     "the model's factor (SD: 64) (default: 512)"},
+    "--host": {"default": "127.0.0.1", "help": "address to serve on" + DEFAULT},
+    "--port": {"type": int, "default": 7860, "help": "TCP port, in [1, 65535]" + DEFAULT},
+    "--share": {**FLAG, "help": "also open a public Gradio link"},
+    **{flag: MODEL_OPTIONS[flag] for flag in ("--timestep", "--dtype", "--device")},
+}  # fmt: skip
 PCA_OPTIONS: dict[str, dict[str, Any]] = {
     "--skip-existing": {**FLAG, "help": "leave out images whose PNGs all exist (resumes an "
                         "interrupted run; the PCA then covers the images that remain)"},
@@ -125,29 +136,17 @@ PCA_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """The model, selection and extraction options of ``extract``, ``probe`` and ``pca``.
-
-    Args:
-        parser: the command's parser.
-        required: ``--model`` is required (``pca`` also takes ``--features`` instead).
-    """
-    parser.add_argument(
-        "--model",
-        required=required,
-        help="diffusers SD/SDXL or PixArt repository: hub id or local folder (see `diffeat "
-        "tiny-model`)",
-    )
+    """The model, selection and extraction options of ``extract``, ``probe`` and ``pca`` on
+    ``parser``; ``required``: ``--model`` is (``pca`` also takes ``--features`` instead)."""
+    parser.add_argument("--model", required=required, help="diffusers SD/SDXL or PixArt "
+                        "repository: hub id or local folder (see `diffeat "
+                        "tiny-model`)")  # fmt: skip
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--preset", choices=sorted(PRESETS), help="a paper selection")
     names = ", ".join(selection_names())
-    selection.add_argument(
-        "--layers", help=f"comma-separated activation names (vae-out and the U-Net or DiT "
-        "catalogue), "
-        f"or one of {names}"
-    )  # fmt: skip
-    selection.add_argument(
-        "--all", action="store_true", help="the whole catalogue (= --layers all)"
-    )
+    selection.add_argument("--layers", help="comma-separated activation names (vae-out and the "
+                           f"U-Net or DiT catalogue), or one of {names}")  # fmt: skip
+    selection.add_argument("--all", **FLAG, help="the whole catalogue (= --layers all)")
     for flag, options in {**MODEL_OPTIONS, **BATCH_OPTIONS}.items():
         parser.add_argument(flag, **options)
 
@@ -195,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(pca, required=False)
     for flag, options in PCA_OPTIONS.items():
         pca.add_argument(flag, **options)
-
     tiny = commands.add_parser("tiny-model", help="write a tiny random SD/SDXL model folder")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--kind", choices=KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
     tiny.add_argument("--seed", type=int, default=0, help=seed)
+    app = commands.add_parser("app", help="a local Gradio page: PCA images of activations")
+    for flag, options in APP_OPTIONS.items():
+        app.add_argument(flag, **options)
     add_verbose(parser)
     return parser
 
@@ -392,6 +393,13 @@ def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped
     return skipped_status(args, skipped)
 
 
+def command_app(args: Namespace) -> None:
+    """Check the options, load the model, serve the PCA page (:mod:`diffeat.app`)."""
+    with usage_errors():  # without gradio: needs gradio: pip install 'diffeat[app]'
+        page = open_page(args.model, args.image_size, args.timestep, args.dtype, args.device)
+    launch_page(page, host=args.host, port=args.port, share=args.share)
+
+
 def command_tiny_model(args: argparse.Namespace) -> None:
     """Write a tiny random SD/SDXL-shaped model folder."""
     check_folder_writable(args.directory, "DIR")
@@ -399,13 +407,8 @@ def command_tiny_model(args: argparse.Namespace) -> None:
     print(f"wrote a tiny random {args.kind} model to {args.directory}")
 
 
-COMMANDS = {
-    "layers": command_layers,
-    "extract": command_extract,
-    "probe": command_probe,
-    "pca": command_pca,
-    "tiny-model": command_tiny_model,
-}
+COMMANDS = {"layers": command_layers, "extract": command_extract, "probe": command_probe,
+            "pca": command_pca, "tiny-model": command_tiny_model, "app": command_app}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
