@@ -270,6 +270,21 @@ def test_build_targets_command(data, tmp_path, specialists_file, direct, capsys)
     )
 
 
+def test_build_signal_targets_checks_its_paths_first(data, tmp_path, specialist_options):
+    from common_kernels.runtime.errors import InvalidArgument
+
+    registry = SpecialistRegistry(specialist_options)
+    with pytest.raises(InvalidArgument) as error:
+        build_signal_targets(tmp_path / "missing.jsonl", registry, tmp_path / "out")
+    assert error.value.argument == "data"
+    assert str(error.value) == f"data {tmp_path / 'missing.jsonl'} does not exist"
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(InvalidArgument) as error:
+        build_signal_targets(data, registry, tmp_path / "file.txt" / "out")
+    assert error.value.argument == "output"
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_command_takes_signal_targets(data, tmp_path, specialist_options, capsys):
     index_path = build_signal_targets(
         data, SpecialistRegistry(specialist_options), tmp_path / "t", progress=False

@@ -46,7 +46,7 @@ from common_kernels.runtime.cli import (
     version_line,
 )
 from common_kernels.runtime.quiet import quiet_libraries
-from vitron.checks import SEED_MAX, NamedFailure, check_input_file, check_output_folder, check_seed
+from vitron.checks import SEED_MAX, NamedFailure, check_output_folder, check_seed
 from vitron.invocations import GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
     DTYPES,
@@ -199,8 +199,6 @@ def run_build_targets(args: argparse.Namespace) -> int:
     from vitron.training.data import TargetIndex
     from vitron.training.targets import build_signal_targets
 
-    check_input_file(args.data, "data")
-    check_output_folder(args.output, "output")
     device = check_device(args.device)
     registry = build_registry(args.specialists, args.set or (), device, args.offload)
     try:

@@ -26,6 +26,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
+from vitron.checks import check_input_file, check_output_folder
 from vitron.specialists.base import Consumes
 from vitron.specialists.registry import SpecialistRegistry
 from vitron.training.data import (
@@ -152,11 +153,16 @@ def build_signal_targets(
 
     Returns:
         The path of ``targets.json``.
+
+    Raises:
+        InvalidArgument: (``data``) not an existing file; (``output``) a folder that cannot be
+            created or written. Checked before any specialist loads.
     """
     from common_kernels.runtime.files import atomic_write
     from vitron.io import write_json
 
-    data, output = Path(data), Path(output)
+    data = check_input_file(data, "data")
+    output = check_output_folder(output, "output")
     jobs = plan_targets(data, registry)
     if not jobs:
         raise ValueError(
