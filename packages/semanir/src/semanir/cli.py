@@ -5,6 +5,7 @@ semanir restore IN... -o OUT [--task denoise|jpeg|sr] [--model NAME|PATH|HUB_ID]
                 [--k K] [--add-noise [SIGMA] --seed S] [--per-channel]
 semanir eval --task denoise --sigma 25 --data DIR [--model NAME|PATH|HUB_ID] [--csv out.csv]
 semanir models                                 # the bundled models: task, size, data, PSNR
+semanir app [-o OUT] [--model DIR|HUB_ID] [--port 7860]   # a local web page (semanir[app])
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ commands:
   eval      PSNR/SSIM on a folder of clean images with synthetic degradations:
             semanir eval --task denoise --sigma 25 --data DIR
   models    list the bundled models (task, channels, size, training data, measured PSNR)
+  app       a local web page: restore an image, before and after (pip install 'semanir[app]')
 
 run `semanir COMMAND --help` for the options of a command; `semanir --version` for versions
 """
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "restore": (restore_parser, restore),
         "eval": (eval_parser, evaluate),
         "models": (models_parser, list_models),
+        "app": (app_parser, run_app),
     }
     if command not in commands:
         print(f"semanir: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
@@ -265,6 +268,30 @@ def models_parser() -> Parser:
     return Parser(
         prog="semanir models", description="List the bundled models: task, size, data, PSNR."
     )
+
+
+def app_parser() -> Parser:
+    parser = Parser(prog="semanir app", description="A local web page that restores images.")
+    parser.add_argument("-o", "--output", default="semanir-app", help="folder of the results "
+                        "(default: semanir-app)")  # fmt: skip
+    parser.add_argument("--model", action="append", default=[], help="also offer this model "
+                        "folder or hub id (repeatable; the bundled models always are)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio link")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
+    return parser
+
+
+def run_app(args: Namespace) -> None:
+    """``semanir app``: the page, served until interrupted."""
+    from semanir.app import serve
+
+    try:
+        serve(args.output, models=args.model, device=check_device(args.device),
+              host=args.host, port=args.port, share=args.share)  # fmt: skip
+    except ImportError as error:  # no gradio: the app extra is missing
+        raise UsageError(str(error)) from None
 
 
 def list_models(args: Namespace) -> None:

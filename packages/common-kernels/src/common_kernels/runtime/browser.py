@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def serve_app(blocks: Any, host: str = "127.0.0.1") -> Iterator[str]:
+def serve_app(
+    blocks: Any, host: str = "127.0.0.1", allowed_paths: Sequence[str | Path] = ()
+) -> Iterator[str]:
     """Serve a ``gradio.Blocks`` on a free local port without blocking; yields its URL.
 
     Args:
         blocks: the page (its analytics are turned off: the tests run offline).
         host: the address to serve on.
+        allowed_paths: folders the page may serve files from (its output folders).
     """
     blocks.analytics_enabled = False
     blocks.launch(
-        server_name=host, server_port=free_port(host), prevent_thread_lock=True, quiet=True
-    )
+        server_name=host, server_port=free_port(host), prevent_thread_lock=True, quiet=True,
+        allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
+    )  # fmt: skip
     try:
         yield blocks.local_url
     finally:
