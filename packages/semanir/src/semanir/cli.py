@@ -6,6 +6,7 @@ semanir restore IN... -o OUT [--task denoise|jpeg|sr] [--model NAME|PATH|HUB_ID]
 semanir eval --task denoise --sigma 25 --data DIR [--model NAME|PATH|HUB_ID] [--csv out.csv]
 semanir models                                 # the bundled models: task, size, data, PSNR
 semanir app [-o OUT] [--model DIR|HUB_ID] [--port 7860]   # a local web page (semanir[app])
+semanir export MODEL OUT.onnx [--opset 18] [--k K]   # ONNX, dynamic sizes (semanir[onnx])
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from semanir.batch import RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.data.degradations import check_sigma
 from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
+from semanir.export import DEFAULT_OPSET, export_onnx
 from semanir.lightning_cli import run_lightning, with_bundled_configs
 from semanir.tasks import COMMAND_LINE_TASKS, SIGMA, get_task
 
-USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
+USAGE = """usage: semanir {fit,validate,restore,eval,models,app,export} ...
 
 commands:
   fit       train with Lightning:  semanir fit --config denoise_gray_tiny (shipped) or FILE.yaml
@@ -50,6 +52,7 @@ commands:
             semanir eval --task denoise --sigma 25 --data DIR
   models    list the bundled models (task, channels, size, training data, measured PSNR)
   app       a local web page: restore an image, before and after (pip install 'semanir[app]')
+  export    an ONNX file, any batch and size: semanir export MODEL OUT.onnx ('semanir[onnx]')
 
 run `semanir COMMAND --help` for the options of a command; `semanir --version` for versions
 """
@@ -59,6 +62,7 @@ FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
     "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
+    "path": "OUT.onnx", "opset": "--opset",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
@@ -90,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": (eval_parser, evaluate),
         "models": (models_parser, list_models),
         "app": (app_parser, run_app),
+        "export": (export_parser, export),
     }
     if command not in commands:
         print(f"semanir: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
@@ -291,6 +296,26 @@ def run_app(args: Namespace) -> None:
         serve(args.output, models=args.model, device=check_device(args.device),
               host=args.host, port=args.port, share=args.share)  # fmt: skip
     except ImportError as error:  # no gradio: the app extra is missing
+        raise UsageError(str(error)) from None
+
+
+def export_parser() -> Parser:
+    parser = Parser(prog="semanir export", description="Write a model as one ONNX file, any "
+                    "batch and size (atomically; an existing file is replaced).")  # fmt: skip
+    parser.add_argument("model", metavar="MODEL", help="a bundled model's name, a "
+                        "save_pretrained folder (./DIR) or a hub id (owner/name)")  # fmt: skip
+    parser.add_argument("path", metavar="OUT.onnx", help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="(default: 18)")
+    parser.add_argument("--k", type=int, default=None, help="dictionary entries per token in "
+                        "the graph (default: the model's inference k)")  # fmt: skip
+    return parser
+
+
+def export(args: Namespace) -> None:
+    """``semanir export``: the checked ONNX file (needs the onnx extra)."""
+    try:
+        print(f"wrote {export_onnx(args.model, args.path, opset=args.opset, k=args.k)}")
+    except ImportError as error:  # onnx, onnxscript or onnxruntime missing
         raise UsageError(str(error)) from None
 
 
