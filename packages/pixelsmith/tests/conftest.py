@@ -1,11 +1,14 @@
-"""Tiny seeded SDXL-shaped components; the tokenizer is built here from a vocab in tmp_path."""
+"""Tiny seeded SDXL-shaped components; the tokenizer is built here from a vocab in tmp_path; random
+images."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from transformers import CLIPTokenizer
 
 import pixelsmith.cli as cli
@@ -91,3 +94,14 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
     monkeypatch.setattr(cli, "run_cascade", fail)
     return fail
+
+
+@pytest.fixture(scope="session")
+def random_image():
+    """Makes a random RGB image of (height, width) from a seed (default 0)."""
+
+    def make(height: int, width: int, seed: int = 0) -> Image.Image:
+        rng = np.random.default_rng(seed)
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    return make

@@ -6,7 +6,6 @@ nothing imports the CLI."""
 
 from __future__ import annotations
 
-import argparse
 import ast
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pixelsmith.cli as cli
 import pixelsmith.memory as memory
 import pixelsmith.pipelines.pixelsmith as pipeline_module
 from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.testing import find_cycle, import_graph, numeric_flag_help
 from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
 from pixelsmith.cli import FLAGS, NUMBERS, build_parser, main
 
@@ -164,17 +164,7 @@ def test_no_api_takes_the_callers_names():
 
 
 def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(generate_help):
-    commands = next(
-        action for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )  # fmt: skip
-    found = {}
-    for command, parser in commands.choices.items():
-        for action in parser._actions:
-            if action.type in (int, float):
-                found[(command, action.option_strings[-1] if action.option_strings else "")] = (
-                    action.help % {"default": action.default} if action.help else ""
-                )
+    found = numeric_flag_help(build_parser())
     numbers = {
         ("generate", flag): f"{text} (default: {default})" for flag, _, default, text in NUMBERS
     }
@@ -197,37 +187,10 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(generate_he
     assert "stage sizes in px" in generate_help
 
 
-def module_imports(path: Path) -> set[str]:
-    """The pixelsmith modules that ``path`` imports at module level."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pixelsmith"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("pixelsmith")}
-    return found
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SOURCE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def test_the_package_has_no_import_cycle_and_nothing_imports_the_cli():
-    graph = {module_name(path): module_imports(path) for path in SOURCE.rglob("*.py")}
+    graph = import_graph(SOURCE)
     assert {"pixelsmith.cli", "pixelsmith.cascade", "pixelsmith.sources"} <= set(graph)
-    done: set[str] = set()
-
-    def visit(module: str, stack: tuple[str, ...]) -> None:
-        assert module not in stack, f"import cycle: {' -> '.join((*stack, module))}"
-        if module in done:
-            return
-        for imported in graph.get(module, ()):
-            visit(imported, (*stack, module))
-        done.add(module)
-
-    for module in graph:
-        visit(module, ())
+    assert find_cycle(graph) is None
     importers = {name for name, imports in graph.items() if "pixelsmith.cli" in imports}
     assert importers == {"pixelsmith.__main__"}
     assert (SOURCE / "cli.py").read_text().count("\n") < 450

@@ -4,9 +4,6 @@ the CPU with the tiny model, SDXL's sizes on the meta device, and --quick end to
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from common_kernels.runtime.testing import (
     load_script,
     no_work,
     refusal,
+    run_benchmark,
 )
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -186,49 +184,22 @@ def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cascade_comparison_writes_results(tmp_path):
-    subprocess.run(
-        [
-            sys.executable, str(RUN), "--cascade", "--sizes", "64", "128", "--patch-size", "8",
-            "--vae-tile", "8", "--steps", "2", "--repeats", "1", "--warmup", "0",
-            "--results", str(tmp_path),
-        ],
-        check=True,
-    )  # fmt: skip
-    report = json.loads((tmp_path / "pixelsmith_cascade.json").read_text())
+    argv = ["--cascade", "--sizes", "64", "128", "--patch-size", "8", "--vae-tile", "8",
+            "--steps", "2", "--repeats", "1", "--warmup", "0"]  # fmt: skip
+    report, table = run_benchmark(RUN, argv, tmp_path, "pixelsmith_cascade")
     official, grid = report["rows"]
     assert (official["method"], grid["method"], report["model"]) == ("official", "grid", "tiny")
     assert report["environment"]["dtype"] == "fp32" and grid["speedup"] > 0
-    assert (
-        "| stage (px) | method | UNet calls |" in (tmp_path / "pixelsmith_cascade.md").read_text()
-    )
+    assert "| stage (px) | method | UNet calls |" in table
 
 
 @pytest.mark.slow
 def test_toy_benchmark_writes_results(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            str(RUN),
-            "--patch-size",
-            "8",
-            "--vae-tile",
-            "8",
-            "--sizes",
-            "128",
-            "--stage-sizes",
-            "128",
-            "--spec-size",
-            "128",
-            "--steps",
-            "2",
-            "--results",
-            str(tmp_path),
-        ],
-        check=True,
-    )
-    report = json.loads((tmp_path / "pixelsmith_bench.json").read_text())
+    argv = ["--patch-size", "8", "--vae-tile", "8", "--sizes", "128", "--stage-sizes", "128",
+            "--spec-size", "128", "--steps", "2"]  # fmt: skip
+    report, table = run_benchmark(RUN, argv, tmp_path, "pixelsmith_bench")
     assert [r["method"] for r in report["sampler"]] == ["official", "grid"]
     # 16x12 latent: 4 patches in 2 calls, odd steps 6 staggered patches in 4 calls
     assert report["spec"]["rows"][1]["unet_calls_per_step"] == [2, 4] * 3
     assert (tmp_path / "pixelsmith_bench.png").stat().st_size > 0
-    assert "| size (px) |" in (tmp_path / "pixelsmith_bench.md").read_text()
+    assert "| size (px) |" in table

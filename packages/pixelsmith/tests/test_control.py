@@ -26,11 +26,6 @@ from pixelsmith.tiny import TINY_CONTROLNET_CONFIG, tiny_controlnet
 PROMPT = "a cat"
 
 
-def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 def saved_controlnet(tmp_path, active: bool) -> ControlNetModel:
     """The tiny ControlNet saved and loaded back; ``active`` randomises its zero layers."""
     controlnet = tiny_controlnet(seed=0)
@@ -50,7 +45,9 @@ def cascade_options(small_config) -> dict:
     return dict(num_inference_steps=2, seed=0, config=small_config, progress=False)
 
 
-def test_one_patch_equals_diffusers_controlnet_pipeline(make_pipe, components, tmp_path):
+def test_one_patch_equals_diffusers_controlnet_pipeline(
+    random_image, make_pipe, components, tmp_path
+):
     """Plain patch denoising (no guidance) of a latent that is one patch, with the ControlNet
     on the patch's crop, is diffusers' StableDiffusionXLControlNetPipeline on the image."""
     controlnet = saved_controlnet(tmp_path, active=True)
@@ -91,7 +88,7 @@ def test_one_patch_equals_diffusers_controlnet_pipeline(make_pipe, components, t
 
 
 def test_zero_initialised_controlnet_gives_exactly_the_plain_cascade(
-    make_pipe, tmp_path, cascade_options
+    random_image, make_pipe, tmp_path, cascade_options
 ):
     condition = random_image(96, 96, seed=1)  # another size than any stage: resized per stage
     plain = generate_cascade(make_pipe(), PROMPT, [64, 128], [1], **cascade_options)
@@ -113,7 +110,7 @@ def test_zero_initialised_controlnet_gives_exactly_the_plain_cascade(
 
 @pytest.mark.parametrize("placement", ["grid", "faithful"])
 def test_condition_crops_follow_the_patches_with_their_time_ids(
-    make_pipe, small_config, tmp_path, placement
+    random_image, make_pipe, small_config, tmp_path, placement
 ):
     """Crops at every patch position (the staggered odd-step grid; random centres whose
     chess mask is rolled), the time ids of each patch, at the stage size and resized."""
@@ -198,7 +195,9 @@ def test_tiff_condition_is_read_segment_by_segment(tmp_path):
     )
 
 
-def test_tiff_condition_equals_the_same_image_in_memory(make_pipe, tmp_path, cascade_options):
+def test_tiff_condition_equals_the_same_image_in_memory(
+    random_image, make_pipe, tmp_path, cascade_options
+):
     condition = random_image(96, 96, seed=2)
     tifffile.imwrite(tmp_path / "cond.tif", np.asarray(condition), tile=(32, 32))
     controlnet = saved_controlnet(tmp_path, active=True)
@@ -217,7 +216,9 @@ def test_tiff_condition_equals_the_same_image_in_memory(make_pipe, tmp_path, cas
     assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
 
 
-def test_bad_control_inputs_are_one_error_before_any_step(make_pipe, tmp_path, small_config):
+def test_bad_control_inputs_are_one_error_before_any_step(
+    random_image, make_pipe, tmp_path, small_config
+):
     pipe = make_pipe()
     unet_calls = []
     pipe.unet.register_forward_pre_hook(lambda *args: unet_calls.append(1))
@@ -269,7 +270,9 @@ def test_bad_control_inputs_are_one_error_before_any_step(make_pipe, tmp_path, s
     assert unet_calls == []
 
 
-def test_cli_controlnet_equals_api_and_bad_inputs_exit_2(tmp_path, capsys, monkeypatch):
+def test_cli_controlnet_equals_api_and_bad_inputs_exit_2(
+    random_image, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # ./nope/cn below is relative
     model = tmp_path / "tiny"
     assert main(["tiny-model", str(model)]) == 0

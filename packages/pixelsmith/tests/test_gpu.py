@@ -29,6 +29,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common_kernels.runtime.bench import torch_dtype
+from common_kernels.runtime.testing import precision_variants
 from pixelsmith import PixelsmithConfig, PixelsmithPipeline, generate_cascade
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
 from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
@@ -39,13 +41,7 @@ TOLERANCE = {
     1: {torch.float32: 1e-6, torch.float16: 1.5e-2, torch.bfloat16: 8e-2},
     3: {torch.float32: 1e-6, torch.float16: 0.15, torch.bfloat16: 0.15},
 }
-VARIANTS = [
-    pytest.param("cpu", torch.float32, id="cpu-fp32"),
-    pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
-    pytest.param("cpu", torch.float16, id="cpu-fp16"),
-    pytest.param("cuda", torch.float16, id="cuda-fp16", marks=pytest.mark.gpu),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu),
-]
+VARIANTS = precision_variants(torch_dtype)
 
 
 def relative_l2_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

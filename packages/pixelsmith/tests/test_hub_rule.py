@@ -13,6 +13,7 @@ from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue, MissingPath
 from common_kernels.runtime.hub import HubUnreachableError
+from common_kernels.runtime.testing import unreachable_hub
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.control import load_controlnet
@@ -156,15 +157,7 @@ def test_a_cached_repository_goes_on_to_diffusers(tmp_path, offline):
 
 
 def test_no_connection_is_said_within_the_timeout(tmp_path, monkeypatch, offline, capsys):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    tried = []
-
-    def unreachable(address, timeout):
-        tried.append((address, timeout))
-        raise TimeoutError("timed out")
-
-    monkeypatch.setattr("socket.create_connection", unreachable)
+    tried = unreachable_hub(monkeypatch)
     message = (
         "cannot load the model org/sdxl: cannot reach the Hugging Face hub (huggingface.co) for "
         f"org/sdxl within 5 s (TimeoutError: timed out); {ADVICE}"

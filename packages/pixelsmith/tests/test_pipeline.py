@@ -26,11 +26,6 @@ from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, save_tiny_model
 PROMPT = "a cat"
 
 
-def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 def capture_unet(pipe: PixelsmithPipeline) -> list[dict]:
     calls = []
 
@@ -76,7 +71,7 @@ def chess(patch_size: int, left: bool, down: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scheduler_cls", ["ddim", EulerDiscreteScheduler])
-def test_single_patch_stage_equals_plain_loop(make_pipe, small_config, scheduler_cls):
+def test_single_patch_stage_equals_plain_loop(random_image, make_pipe, small_config, scheduler_cls):
     """A stage whose latent is one patch is plain guided denoising: compare with a loop."""
     scheduler = None if scheduler_cls == "ddim" else scheduler_cls(**SDXL_SCHEDULER_CONFIG)
     pipe = make_pipe(scheduler)
@@ -157,7 +152,7 @@ def test_micro_conditioning_per_patch(make_pipe, small_config):
         assert time_ids.tolist() == expected * 2  # negative half, positive half
 
 
-def test_cfg_off_uses_one_sample_per_patch(make_pipe, small_config):
+def test_cfg_off_uses_one_sample_per_patch(random_image, make_pipe, small_config):
     pipe = make_pipe()
     calls = capture_unet(pipe)
     with torch.no_grad():
@@ -202,7 +197,7 @@ def test_batched_patches_equal_one_by_one(make_pipe, small_config):
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
 
-def test_stage_outputs_and_grid_counts(make_pipe, small_config):
+def test_stage_outputs_and_grid_counts(random_image, make_pipe, small_config):
     pipe = make_pipe()
     kwargs = dict(
         slider=2, height=192, width=160, num_inference_steps=3, config=small_config, progress=False
@@ -301,7 +296,7 @@ def official_order_stage(pipe, image, size, steps, slider, patch, band, seed):
     return latents
 
 
-def test_faithful_stage_equals_an_official_order_loop(make_pipe):
+def test_faithful_stage_equals_an_official_order_loop(random_image, make_pipe):
     pipe = make_pipe()
     image = random_image(12, 10)
     config = PixelsmithConfig(patch_size=8, band=2, vae_tile=8, vae_overlap=2, faithful=True)
@@ -323,7 +318,9 @@ def test_faithful_stage_equals_an_official_order_loop(make_pipe):
     assert torch.equal(out.latents, expected)
 
 
-def test_faithful_differs_from_default_and_uses_one_patch_per_call(make_pipe, small_config):
+def test_faithful_differs_from_default_and_uses_one_patch_per_call(
+    random_image, make_pipe, small_config
+):
     pipe = make_pipe()
     kwargs = dict(
         slider=2, height=128, width=128, num_inference_steps=3, output_type="latent", progress=False
@@ -339,7 +336,7 @@ def test_faithful_differs_from_default_and_uses_one_patch_per_call(make_pipe, sm
     assert not torch.allclose(default.latents, faithful.latents)
 
 
-def test_scheduler_slider_and_size_errors(make_pipe, small_config):
+def test_scheduler_slider_and_size_errors(random_image, make_pipe, small_config):
     image = random_image(16, 16)
     kwargs = dict(height=64, width=64, num_inference_steps=3, config=small_config, progress=False)
     with pytest.raises(ValueError, match="DPMSolverMultistepScheduler keeps state across steps"):
@@ -457,7 +454,7 @@ def test_hand_over_sources(make_pipe, small_config, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["DDPMScheduler", "EulerAncestralDiscreteScheduler"])
-def test_stochastic_schedulers_draw_from_the_generator(make_pipe, small_config, name):
+def test_stochastic_schedulers_draw_from_the_generator(random_image, make_pipe, small_config, name):
     import diffusers
 
     scheduler = getattr(diffusers, name).from_config(SDXL_SCHEDULER_CONFIG)
