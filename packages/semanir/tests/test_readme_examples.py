@@ -21,7 +21,7 @@ from PIL import Image
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import ShellExample, shell_examples
 from semanir.models import build_model
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -88,19 +88,8 @@ def check_semanir(words: list[str]) -> None:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
-    checked = 0
-    for command in example.commands():
-        words = program_words(command)
-        if words[0] == "semanir":
-            check_semanir(words)
-        elif words[0] == "python" and words[1].endswith(".py"):
-            testing.check_script_flags(REPOSITORY, words)
-        elif words[0] == "pip":
-            assert "tests/test_install.py" in example.reason or "install" in example.reason
-        else:
-            continue  # a shell command of the recipe (mkdir, git archive)
-        checked += 1
-    assert checked, f"{example.id}: nothing of this package to check"
+    checks = {"semanir": check_semanir}
+    testing.check_example_commands(example, REPOSITORY, checks, unchecked={"mkdir", "git"})
 
 
 @pytest.mark.parametrize("index", range(len(testing.python_blocks(README))))
