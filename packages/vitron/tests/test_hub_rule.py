@@ -1,6 +1,7 @@
 """The repository's loader rule in vitron (issue 25, item 5): a name that looks like a path is a
 local folder and a missing one is a ``FileNotFoundError`` naming it, at once; anything else is a
-hub id, and a hub that cannot be reached is said within seconds, before huggingface_hub asks."""
+hub id, and a hub that cannot be reached is said at once (no download, no retry wait), before
+huggingface_hub asks."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ ADVICE = "download it on a machine with network access, or give a local folder (
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch) -> list:
-    """HF_HUB_OFFLINE with an empty hub home; every download is recorded (and fails)."""
+    """HF_HUB_OFFLINE with an empty hub home; every download (it fails) and every wait (a
+    retry's back-off: ``time.sleep``) is recorded, so ``offline == []`` says the error came at
+    once, without a timed assertion."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -31,6 +34,7 @@ def offline(tmp_path, monkeypatch) -> list:
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", record)
+    monkeypatch.setattr(time, "sleep", lambda seconds: asked.append(("time.sleep", seconds)))
     return asked
 
 
@@ -48,10 +52,8 @@ def test_api_missing_folder_and_unreachable_hub(tmp_path, monkeypatch, offline):
     assert str(missing.value) == (
         f"model: no Vitron folder ./nope/model (nothing at {tmp_path / 'nope' / 'model'})"
     )
-    start = time.monotonic()
     with pytest.raises(HubUnreachableError) as unreachable:
         VitronModel.from_pretrained("owner/vitron-7b")
-    assert time.monotonic() - start < 5.0
     assert str(unreachable.value) == offline_message("model", tmp_path)
     (tmp_path / "data.jsonl").write_text("{}\n")
     with pytest.raises(HubUnreachableError) as training:
@@ -75,9 +77,7 @@ def test_cli_missing_folder_exit_2_unreachable_hub_exit_1(
         f"vitron {command}: error: --model: no Vitron folder ./nope/model "
         f"(nothing at {tmp_path / 'nope' / 'model'})\n"
     )
-    start = time.monotonic()
     assert main([command, "--model", "owner/vitron-7b", *rest]) == 1
-    assert time.monotonic() - start < 5.0
     assert capsys.readouterr().err == (
         f"vitron {command}: error: {offline_message('--model', tmp_path)}\n"
     )
@@ -104,10 +104,8 @@ def test_vision_tower_follows_the_rule(tmp_path, monkeypatch, offline, name, rep
     from vitron.models.vision import VisionTower
 
     monkeypatch.chdir(tmp_path)
-    start = time.monotonic()
     with pytest.raises(HubUnreachableError) as caught:
         VisionTower.from_pretrained(name)
-    assert time.monotonic() - start < 5.0
     assert str(caught.value) == unreachable("vision", repo, tmp_path)
     assert offline == []
 
@@ -147,10 +145,8 @@ def test_specialist_pipelines_follow_the_rule(tmp_path, monkeypatch, offline, ki
     assert str(missing.value) == (
         f"model: no diffusers pipeline folder ./sdxl (nothing at {tmp_path / 'sdxl'})"
     )
-    start = time.monotonic()
     with pytest.raises(HubUnreachableError) as caught:
         load_pipeline(kind, "owner/sdxl", torch.float32, torch.device("cpu"))
-    assert time.monotonic() - start < 5.0
     assert str(caught.value) == unreachable("model", "owner/sdxl", tmp_path)
     assert offline == []
 
@@ -179,10 +175,8 @@ def test_a_name_that_is_neither_a_path_nor_a_hub_id_is_an_unknown_model(
         "train": lambda: train("no_such_model", tmp_path / "data.jsonl", tmp_path / "o", stage=1),
     }
     for name, call in calls.items():
-        start = time.monotonic()
         with pytest.raises(InvalidArgument) as caught:
             call()
-        assert time.monotonic() - start < 1.0, name
         argument = {"llm": "llm", "vision": "vision"}.get(name, "model")
         assert str(caught.value) == f"{argument}: unknown model 'no_such_model': {UNKNOWN}", name
     train_rest = ["--data", "data.jsonl", "--stage", "1", "-o", "out"]

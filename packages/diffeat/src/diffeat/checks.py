@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime import hub
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue, MissingPath, literal, shown
-from common_kernels.runtime.hub import check_hub, resolve_model_name
 from diffeat.adapters import check_adapters
 from diffeat.backbones import UNET, Backbone
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
@@ -66,7 +66,7 @@ def check_number(value: Any, argument: str) -> float:
 
 def resolve_source(model: str | Path, argument: str, what: str = "model folder") -> Path | str:
     """A local folder or file (checked to exist), or a hub id (checked to be reachable), by the
-    repository's one rule (:func:`common_kernels.runtime.hub.resolve_model_name`).
+    repository's one rule (:func:`common_kernels.runtime.hub.resolve_source`).
 
     diffeat bundles configs, not weights, so no bare name is a model here; a bundled config
     name (``sdxl``) is refused like any other unknown name, pointing at ``diffeat layers
@@ -85,9 +85,9 @@ def resolve_source(model: str | Path, argument: str, what: str = "model folder")
             cannot be reached.
     """
     try:
-        source = resolve_model_name(model, argument=argument, what=what)
-    except FileNotFoundError as error:
-        raise MissingPath(argument, literal(error)) from None
+        source = hub.resolve_source(model, argument, what=what)
+    except MissingPath:
+        raise
     except InvalidArgument as error:
         if os.fspath(model) not in BUNDLED_CONFIGS:
             raise
@@ -99,7 +99,7 @@ def resolve_source(model: str | Path, argument: str, what: str = "model folder")
         ) from None
     if isinstance(source, Path):
         return source
-    check_hub(source)
+    hub.check_hub(source)
     return source
 
 

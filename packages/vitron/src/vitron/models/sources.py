@@ -22,7 +22,7 @@ from common_kernels.runtime.hub import (
     HubUnreachableError,
     check_hub,
     is_hub_id,
-    resolve_model_name,
+    resolve_source,
 )
 from vitron.checks import NamedFailure
 
@@ -44,7 +44,7 @@ def check_model_source(model: str | os.PathLike) -> Path | str:
             a folder that is not a Vitron folder, or a malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
-    source = resolve_source(model, "model", "Vitron folder")
+    source = resolve_source(model, "model", what="Vitron folder")
     if isinstance(source, Path):
         head = f"{{model}} {literal(model)}"
         if not source.is_dir():
@@ -64,20 +64,6 @@ def check_model_source(model: str | os.PathLike) -> Path | str:
 class HubUnreachable(NamedFailure, HubUnreachableError):
     """The hub cannot be reached for an argument's model (an ``OSError``), the argument named
     (:class:`~vitron.checks.NamedFailure`)."""
-
-
-def resolve_source(name: str | os.PathLike, argument: str, what: str) -> Path | str:
-    """The local path or the hub id that ``name`` means (``resolve_model_name``).
-
-    Args:
-        name: what the caller gave.
-        argument: the API's argument name, carried by the errors.
-        what: the kind of local folder, for the missing-path message.
-    """
-    try:
-        return resolve_model_name(name, argument=argument, what=what)
-    except FileNotFoundError as err:
-        raise MissingPath(argument, literal(err)) from None
 
 
 def reachable_hub_id(repo_id: str, argument: str) -> str:
@@ -113,7 +99,7 @@ def pretrained_source(name: str | os.PathLike, argument: str, what: str) -> str:
             malformed hub id.
         HubUnreachableError: a hub id that is not cached while the hub is out of reach.
     """
-    source = resolve_source(name, argument, what)
+    source = resolve_source(name, argument, what=what)
     return str(source) if isinstance(source, Path) else reachable_hub_id(source, argument)
 
 
