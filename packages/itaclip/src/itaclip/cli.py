@@ -6,6 +6,7 @@ itaclip segment IMG|DIR... --classes "cat,dog,sky" -o OUT [--model NAME --pretra
 itaclip eval --dataset voc21 --root DIR [--nproc N] [--limit N] [--json FILE]
 itaclip aux --lm HF_ID_OR_DIR --classes "cat,dog" --kind definition -o AUX.json|AUX.txt
 itaclip tiny-model DIR [--seed 0]     # a tiny random open_clip model folder (offline runs)
+itaclip app [--port 7860]             # a local web page (itaclip[app]; offline: the tiny model)
 
 Classes are comma-separated; ``|`` separates the synonyms of one class (``"person|man,dog"``).
 
@@ -43,6 +44,7 @@ from common_kernels.runtime.cli import (
     version_line,
 )
 from common_kernels.runtime.files import write_json
+from itaclip.app import add_app_command, run_app
 from itaclip.auxfile import write_aux_file
 from itaclip.datasets import DATASETS, SegmentationDataset
 from itaclip.evaluate import (
@@ -262,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch seed of the random weights, in [0, 2**64 - 1] (default: %(default)s)",
     )
+    add_app_command(commands)
     add_verbose(parser)
     return parser
 
@@ -403,6 +406,7 @@ def run_tiny_model(args: argparse.Namespace, session: CommandSession) -> int:
 
 
 COMMANDS = {"segment": run_segment, "eval": run_eval, "aux": run_aux, "tiny-model": run_tiny_model}
+COMMANDS["app"] = run_app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
