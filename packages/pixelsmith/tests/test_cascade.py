@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pixelsmith import generate_cascade
+from pixelsmith.io import collect_uint8
 
 PROMPT = "a cat"
 SIZES = [64, 128, (192, 160)]
@@ -76,6 +77,18 @@ def test_tif_output_equals_returned_image_and_intermediates(make_pipe, small_con
     assert tifffile.imread(tmp_path / "out_128x128.tif").shape == (128, 128, 3)
 
 
+def test_on_stage_gives_every_stage_its_final_latent(make_pipe, small_config):
+    pipe, finished = make_pipe(), []
+    image = generate_cascade(
+        pipe, PROMPT, [64, (96, 128)], [2], num_inference_steps=3, config=small_config,
+        on_stage=lambda stage, x: finished.append((stage, x.clone())), progress=False,
+    )  # fmt: skip
+    shapes = [(stage, tuple(latents.shape)) for stage, latents in finished]
+    assert shapes == [(0, (1, 4, 8, 8)), (1, (1, 4, 12, 16))]
+    rows = pipe.decoded_rows(finished[-1][1], config=small_config, progress=False)
+    assert np.array_equal(collect_uint8(rows, 96, 128), np.asarray(image))
+
+
 def test_memmap_hand_over_equals_in_ram(make_pipe, small_config, tmp_path):
     in_ram = run(make_pipe(), small_config)
     on_disk = run(
@@ -120,7 +133,12 @@ def test_resumed_run_equals_uninterrupted(make_pipe, small_config, tmp_path):
     with pytest.raises(Interrupt):
         run(make_pipe(), small_config, callback=interrupt_at(2, 1), **kwargs)
     assert not (tmp_path / "out.tif").exists()
-    run(make_pipe(), small_config, callback=interrupt_at(-1, -1), **kwargs)
+    finished = {}  # stages 0 and 1 come from the checkpoint, and are told too
+
+    def on_stage(stage, latents):
+        finished.setdefault(stage, latents.clone())
+
+    run(make_pipe(), small_config, callback=interrupt_at(-1, -1), on_stage=on_stage, **kwargs)
     # every step ran exactly once over the three runs
     assert seen == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), tifffile.imread(reference))
@@ -130,6 +148,7 @@ def test_resumed_run_equals_uninterrupted(make_pipe, small_config, tmp_path):
         assert torch.equal(a["latents"], b["latents"]) and torch.equal(
             a["generator"], b["generator"]
         )
+        assert torch.equal(finished[stage], a["latents"])
 
 
 def test_checkpoint_settings_mismatch_and_seed_reuse(make_pipe, small_config, tmp_path):

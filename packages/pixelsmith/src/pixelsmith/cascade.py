@@ -39,6 +39,7 @@ from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, StepPlan, TextCo
 from pixelsmith.sources import ModelShape
 
 CascadeCallback = Callable[[int, int, Tensor, StepPlan], None]
+StageCallback = Callable[[int, Tensor], None]
 logger = logging.getLogger("pixelsmith")
 
 
@@ -96,6 +97,7 @@ def generate_cascade(
     controlnet: ControlNetModel | None = None,
     control_image: str | Path | Image.Image | Tensor | None = None,
     callback: CascadeCallback | None = None,
+    on_stage: StageCallback | None = None,
     ranks: RankGroup | None = None,
     **settings: Any,
 ) -> Image.Image | Path | None:
@@ -127,6 +129,10 @@ def generate_cascade(
             with the final image's aspect ratio; resized to every stage, cropped per patch.
         callback: called as ``callback(stage, step, latents, plan)`` after every Pixelsmith
             step, ``plan`` the step's :class:`~pixelsmith.StepPlan` (patches, rolls, time_ids).
+        on_stage: called as ``on_stage(stage, latents)`` once each stage is finished (stage 0
+            too, and a stage loaded from a checkpoint), ``latents`` its final (1, C, h, w)
+            float32 latent (decode it with ``pipe.decoded_rows``); e.g. to show every stage's
+            image as it comes.
         ranks: the processes of a patch-parallel run (:mod:`pixelsmith.parallel`); default
             the initialised ``torch.distributed`` group, else this process alone. Every rank
             calls with the same arguments; rank 0 writes the image and the checkpoints, and
@@ -162,7 +168,10 @@ def generate_cascade(
         negative_prompt_embeds,
         negative_pooled_prompt_embeds,
     )
-    return run_cascade(pipe, prompts, plan, controlnet=controlnet, callback=callback, ranks=ranks)
+    return run_cascade(
+        pipe, prompts, plan, controlnet=controlnet, callback=callback, on_stage=on_stage,
+        ranks=ranks,
+    )  # fmt: skip
 
 
 def pipeline_shape(pipe: PixelsmithPipeline) -> ModelShape:
@@ -201,6 +210,7 @@ def run_cascade(
     *,
     controlnet: ControlNetModel | None = None,
     callback: CascadeCallback | None = None,
+    on_stage: StageCallback | None = None,
     ranks: RankGroup | None = None,
 ) -> Image.Image | Path | None:
     """Run a cascade checked by :func:`pixelsmith.options.check_cascade` (the command line
@@ -214,6 +224,7 @@ def run_cascade(
         plan: the checked cascade.
         controlnet: the loaded ControlNet of ``plan`` (with a condition image in the plan).
         callback: see :func:`generate_cascade`.
+        on_stage: see :func:`generate_cascade`.
         ranks: see :func:`generate_cascade`.
 
     Returns:
@@ -260,7 +271,9 @@ def run_cascade(
             generator.seed()
         else:
             generator.manual_seed(seed)
-    run = _CascadeRun(pipe, text, plan, generator, store, progress, callback, control, ranks)
+    run = _CascadeRun(
+        pipe, text, plan, generator, store, progress, callback, control, ranks, on_stage
+    )
     latents = run.all_stages()
     result: Image.Image | Path | None = output
     if ranks.main:
@@ -289,6 +302,7 @@ class _CascadeRun:
         callback: CascadeCallback | None,
         control: ControlCondition | None = None,
         ranks: RankGroup | None = None,
+        on_stage: StageCallback | None = None,
     ) -> None:
         self.pipe = pipe
         self.text = text
@@ -301,6 +315,7 @@ class _CascadeRun:
         self.checkpoint_every = plan.options.checkpoint_every
         self.progress = progress
         self.callback = callback
+        self.on_stage = on_stage
         self.intermediate_output = plan.output if plan.options.save_intermediate else None
         self.control = control
         self.ranks = ranks or RankGroup()
@@ -332,6 +347,7 @@ class _CascadeRun:
                     )  # fmt: skip
                 latents = self.shared(latents, stage)
                 self.ranks.share_generator(self.generator)
+                self.finished(stage, latents)
                 continue
             if stage == 0:
                 if self.ranks.main:  # one plain SDXL image: rank 0's, shared
@@ -350,7 +366,13 @@ class _CascadeRun:
                 latents = self.pixelsmith_stage(stage, latents)
             if self.store is not None:
                 self.store.save_final(stage, latents, self.generator.get_state())
+            self.finished(stage, latents)
         return latents
+
+    def finished(self, stage: int, latents: Tensor) -> None:
+        """Tell ``on_stage`` that ``stage`` is finished."""
+        if self.on_stage is not None:
+            self.on_stage(stage, latents)
 
     def shared(
         self, tensor: Tensor | None, stage: int, dtype: torch.dtype = torch.float32

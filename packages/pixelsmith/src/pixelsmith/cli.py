@@ -4,6 +4,7 @@ pixelsmith generate "prompt" --sizes 1024 2048 4096 --slider 20 30 --seed 0 -o o
            [--model HUB_ID_OR_DIR] [--vae auto|none|HUB_ID_OR_DIR] [--steps 50] [--guidance 7.5]
            [--scheduler grid|random] [--faithful] [--patch-size 128] [--band 10] ...
 pixelsmith tiny-model DIR [--seed 0]     # a tiny random SDXL-shaped model folder (offline runs)
+pixelsmith app [--model M] [-o OUT] [--port 7860]   # a local Gradio page (pixelsmith[app])
 pixelsmith --version
 
 Sizes are px, an int for a square or HEIGHTxWIDTH (1536x2048 is 2048 px wide). The first size
@@ -47,6 +48,7 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.quiet import quiet_libraries
+from pixelsmith.app import launch_page, open_page
 from pixelsmith.cascade import Prompts, run_cascade
 from pixelsmith.config import BLENDS, HANDOVERS, PATCH_SCHEDULERS, POSTERIORS, PixelsmithConfig
 from pixelsmith.control import load_controlnet
@@ -117,6 +119,19 @@ NUMBERS = (
     ("--checkpoint-every", int, 1, "steps between checkpoints, >= 1"),
     ("--devices", int, 1, "processes (one per GPU) sharing each step's patches, >= 1"),
 )  # fmt: skip
+# the options of ``app``: flags (``-o/--output``: both), argparse keywords
+APP_OPTIONS: dict[str, dict[str, Any]] = {
+    "--model": {"default": None, "help": "SDXL hub id or diffusers folder (default: "
+                f"{DEFAULT_MODEL} with the fp16-fix VAE; offline, the tiny model)"},
+    "--vae": {"default": "auto", "help": "as generate's --vae"},
+    "-o/--output": {"type": Path, "default": Path("pixelsmith-app"), "help": "folder of the "
+                    "final images, pixelsmith_NNNN.png (default: %(default)s, created)"},
+    "--device": {"default": None, "help": "as generate's --device"},
+    "--dtype": {"choices": sorted(DTYPES), "default": "auto", "help": "as generate's --dtype"},
+    "--host": {"default": "127.0.0.1", "help": "address to serve on (default: %(default)s)"},
+    "--port": {"type": int, "default": 7860, "help": "TCP port, in [1, 65535] (default: 7860)"},
+    "--share": {"action": "store_true", "help": "also open a public Gradio link"},
+}  # fmt: skip
 RESUME_HINT = "; run the same command again to resume from the last saved step"
 
 
@@ -222,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, kind, default, text in NUMBERS:
         gen.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
+    app = commands.add_parser(
+        "app", parents=[shared], help="a local Gradio page: a prompt, each stage as it finishes"
+    )
+    for flags, options in APP_OPTIONS.items():
+        app.add_argument(*flags.split("/"), **options)
     tiny = commands.add_parser(
         "tiny-model", parents=[shared], help="write a tiny random SDXL-shaped model folder"
     )
@@ -363,13 +383,24 @@ def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGr
         return run_cascade(pipe, prompts, cascade, controlnet=controlnet, ranks=ranks)
 
 
+def run_app(args: argparse.Namespace) -> int:
+    """Check the options, load the model, serve the page (:mod:`pixelsmith.app`)."""
+    check_folder_writable(args.output, "-o/--output")
+    device = check_device(args.device)
+    vae = None if args.vae == "none" else args.vae
+    with usage_errors(BAD_INPUT):  # without gradio: needs gradio: pip install 'pixelsmith[app]'
+        page = open_page(args.output, args.model, vae, device, DTYPES[args.dtype])
+    launch_page(page, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def run_tiny_model(args: argparse.Namespace) -> int:
     check_folder_writable(args.directory, "DIR")
     print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
     return 0
 
 
-COMMANDS = {"generate": run_generate, "tiny-model": run_tiny_model}
+COMMANDS = {"generate": run_generate, "tiny-model": run_tiny_model, "app": run_app}
 
 
 def log_to_stderr() -> None:
