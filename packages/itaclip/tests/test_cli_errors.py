@@ -443,7 +443,7 @@ def test_unknown_command_one_line(capsys):
     assert status == 2 and out == ""
     assert err == (
         "itaclip: error: argument command: invalid choice: 'paint' "
-        "(choose from 'segment', 'eval', 'aux', 'tiny-model')\n"
+        "(choose from 'segment', 'eval', 'aux', 'tiny-model', 'app')\n"
     )
 
 
