@@ -49,11 +49,33 @@ def make_extractor(pipes):
     return make
 
 
+@pytest.fixture(scope="session")
+def smooth_images():
+    """Makes two smooth test images (2, 3, height, width) in [0, 1]."""
+
+    def make(height: int, width: int) -> torch.Tensor:
+        ys = torch.linspace(0, 1, height)[:, None]
+        xs = torch.linspace(0, 1, width)[None, :]
+        first = torch.stack([ys * xs, (1 - ys) * xs, 0.5 + 0.4 * torch.sin(8 * xs + 3 * ys)])
+        second = torch.stack([xs.expand(height, width), ys.expand(height, width), 0.5 * (xs + ys)])
+        return torch.stack([first, second]).clamp(0, 1)
+
+    return make
+
+
 @pytest.fixture
-def images() -> torch.Tensor:
+def images(smooth_images) -> torch.Tensor:
     """Two smooth, non-square test images (B, 3, 128, 192) in [0, 1]."""
-    ys = torch.linspace(0, 1, 128)[:, None]
-    xs = torch.linspace(0, 1, 192)[None, :]
-    first = torch.stack([ys * xs, (1 - ys) * xs, 0.5 + 0.4 * torch.sin(8 * xs + 3 * ys)])
-    second = torch.stack([xs.expand(128, 192), ys.expand(128, 192), 0.5 * (xs + ys)])
-    return torch.stack([first, second]).clamp(0, 1)
+    return smooth_images(128, 192)
+
+
+@pytest.fixture(scope="session")
+def vit_block_names():
+    """Makes the activation names of one transformer block, in execution order, under a prefix
+    (``down-level0-repeat0-vit-block0``)."""
+    kinds = ("self-q", "self-k", "self-v", "self-map", "cross-q", "cross-map", "ffn-inner", "out")
+
+    def names(prefix: str) -> list[str]:
+        return [f"{prefix}-{kind}" for kind in kinds]
+
+    return names

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.hub import HubUnreachableError
+from common_kernels.runtime.testing import unreachable_hub
 from diffeat import FeatureExtractor
 from diffeat.cli import main
 from diffeat.extractor import check_from_pretrained
@@ -116,17 +117,9 @@ def test_an_unreachable_hub_is_said_at_once(tmp_path, monkeypatch, capsys, no_we
 
 
 def test_no_connection_is_said_within_5_s(tmp_path, monkeypatch, no_weights):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    tried = []
-
-    def unreachable(address, timeout):
-        tried.append((address, timeout))
-        raise TimeoutError("timed out")
-
-    monkeypatch.setattr("socket.create_connection", unreachable)
+    tried = unreachable_hub(monkeypatch)
     with pytest.raises(HubUnreachableError) as info:
         FeatureExtractor.from_pretrained("org/model")
     assert str(info.value) == (

@@ -3,14 +3,12 @@ the GPU report, SD-sized U-Nets on the meta device); --quick end to end when slo
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from common_kernels.runtime import testing
 from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -124,20 +122,9 @@ def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_results(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            str(RUN),
-            "--quick",
-            "--only",
-            "tiny-sdxl@256",
-            "--results",
-            str(tmp_path),
-        ],
-        check=True,
-    )
-    report = json.loads((tmp_path / "diffeat_bench_quick.json").read_text())
+    argv = ["--quick", "--only", "tiny-sdxl@256"]
+    report, table = testing.run_benchmark(RUN, argv, tmp_path, "diffeat_bench_quick")
     assert [r["selection"] for r in report["rows"]] == ["full", "ours-xl", "legacy-xl", "catalogue"]
     assert all(r["max_abs_diff_vs_full_pass"] in (None, 0.0) for r in report["rows"])
     assert (tmp_path / "diffeat_bench_quick.png").stat().st_size > 0
-    assert "| tiny-sdxl@256 | ours-xl |" in (tmp_path / "diffeat_bench_quick.md").read_text()
+    assert "| tiny-sdxl@256 | ours-xl |" in table

@@ -75,24 +75,12 @@ def tokens(x, height, width):
     return x.flatten(2).transpose(1, 2)
 
 
-def test_transformer_block_activations_equal_manual_recomputation(pipes):
+def test_transformer_block_activations_equal_manual_recomputation(pipes, vit_block_names):
     unet = pipes["sd15"].unet
     inputs = unet_inputs(pipes["sd15"], "sd15")
     prefix = "up-level2-repeat1-vit-block0"
     block = unet.up_blocks[2].attentions[1].transformer_blocks[0]
-    names = [
-        f"{prefix}-{k}"
-        for k in (
-            "self-q",
-            "self-k",
-            "self-v",
-            "self-map",
-            "cross-q",
-            "cross-map",
-            "ffn-inner",
-            "out",
-        )
-    ]
+    names = vit_block_names(prefix)
     seen: dict = {}
     handles = [
         capture_module_io(block.norm1, seen, "norm1"),

@@ -45,7 +45,7 @@ def test_reference_catalogue_sizes_from_real_configs(meta_catalogues):
     assert expected_catalogue_size(unet_config("sdxl")) == 612
 
 
-def test_names_are_unique_well_formed_and_in_execution_order(meta_catalogues):
+def test_names_are_unique_well_formed_and_in_execution_order(meta_catalogues, vit_block_names):
     for catalogue in meta_catalogues.values():
         names = [spec.name for spec in catalogue]
         assert len(set(names)) == len(names)
@@ -53,19 +53,7 @@ def test_names_are_unique_well_formed_and_in_execution_order(meta_catalogues):
         assert names[:2] == ["unet-in", "unet-after-conv-in"] and names[-1] == "unet-out"
     sd15 = [s.name for s in meta_catalogues["sd15"]]
     block = [n for n in sd15 if n.startswith("down-level0-repeat0-vit-block0-")]
-    assert block == [
-        f"down-level0-repeat0-vit-block0-{k}"
-        for k in (
-            "self-q",
-            "self-k",
-            "self-v",
-            "self-map",
-            "cross-q",
-            "cross-map",
-            "ffn-inner",
-            "out",
-        )
-    ]
+    assert block == vit_block_names("down-level0-repeat0-vit-block0")
     assert (
         sd15.index("mid-repeat0-res-out")
         < sd15.index("mid-vit-out")

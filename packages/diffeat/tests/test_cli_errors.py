@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import diffusers
@@ -24,6 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from common_kernels.runtime import files as files_module
+from common_kernels.runtime.testing import interrupted_run
 from diffeat import PRESETS, FeatureExtractor
 from diffeat.checks import ModelConfigs, model_infos
 from diffeat.cli import main
@@ -635,34 +635,12 @@ def test_bad_input_in_a_subprocess_prints_one_line_and_no_traceback(files, model
     assert done.stdout == ""
 
 
-INTERRUPT_SCRIPT = """
-import os, signal, sys, time
-from diffeat.cli import main
-from diffeat.extractor import FeatureExtractor
-
-# a background job of a non-interactive shell starts with SIGINT ignored: restore Python's
-# default handler, as a terminal session has it
-signal.signal(signal.SIGINT, signal.default_int_handler)
-
-def interrupted(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(30)
-
-FeatureExtractor.__call__ = interrupted
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="needs SIGINT")
 def test_ctrl_c_exits_130_with_one_line(files, model_dirs):
     out_path = files / "out.safetensors"
     argv = ["extract", str(files / "img.png"), "--model", str(model_dirs["sd15"]), "--layers",
             "unet-in", "-o", str(out_path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPT_SCRIPT), *argv],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    done = interrupted_run("diffeat.cli", "diffeat.extractor:FeatureExtractor.__call__", argv)
     assert done.returncode == 130, done.stderr
     assert done.stderr.endswith("\ndiffeat extract: interrupted\n") or (
         done.stderr == "diffeat extract: interrupted\n"

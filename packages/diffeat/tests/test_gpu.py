@@ -20,19 +20,15 @@ from collections.abc import Mapping
 import pytest
 import torch
 
+from common_kernels.runtime.bench import torch_dtype
+from common_kernels.runtime.testing import precision_variants
 from diffeat import ExtractorConfig, FeatureExtractor
 
 WORST = {torch.float32: 1e-6, torch.float16: 2e-2, torch.bfloat16: 1.2e-1}
 MEDIAN = {torch.float32: 1e-6, torch.float16: 6e-3, torch.bfloat16: 4.5e-2}
 NAMES = {"sd15": 198, "sdxl": 613}
 PROMPTS = ["a cat on a sofa", "a red car"]
-VARIANTS = [
-    pytest.param("cpu", torch.float32, id="cpu-fp32"),
-    pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
-    pytest.param("cpu", torch.float16, id="cpu-fp16"),
-    pytest.param("cuda", torch.float16, id="cuda-fp16", marks=pytest.mark.gpu),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu),
-]
+VARIANTS = precision_variants(torch_dtype)
 
 
 def activation_errors(
@@ -62,13 +58,10 @@ def activation_errors(
     return errors
 
 
-def sample_images() -> torch.Tensor:
+@pytest.fixture(scope="module")
+def sample_images(smooth_images) -> torch.Tensor:
     """Two smooth (2, 3, 64, 128) images in [0, 1] (multiples of 64, both families' factor)."""
-    ys = torch.linspace(0, 1, 64)[:, None]
-    xs = torch.linspace(0, 1, 128)[None, :]
-    first = torch.stack([ys * xs, (1 - ys) * xs, 0.5 + 0.4 * torch.sin(8 * xs + 3 * ys)])
-    second = torch.stack([xs.expand(64, 128), ys.expand(64, 128), 0.5 * (xs + ys)])
-    return torch.stack([first, second]).clamp(0, 1)
+    return smooth_images(64, 128)
 
 
 def extractor(pipe, device: str, dtype: torch.dtype) -> FeatureExtractor:
@@ -86,15 +79,19 @@ def extractor(pipe, device: str, dtype: torch.dtype) -> FeatureExtractor:
     )  # fmt: skip
 
 
-def features(pipe, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every activation of ``sample_images()`` with ``PROMPTS``."""
-    return dict(extractor(pipe, device, dtype)(sample_images(), PROMPTS))
+def features(
+    pipe, images: torch.Tensor, device: str, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Every activation of ``images`` with ``PROMPTS``."""
+    return dict(extractor(pipe, device, dtype)(images, PROMPTS))
 
 
 @pytest.fixture(scope="module")
-def reference(pipes) -> dict[str, dict[str, torch.Tensor]]:
+def reference(pipes, sample_images) -> dict[str, dict[str, torch.Tensor]]:
     """fp32 CPU activations per family."""
-    return {kind: features(pipe, "cpu", torch.float32) for kind, pipe in pipes.items()}
+    return {
+        kind: features(pipe, sample_images, "cpu", torch.float32) for kind, pipe in pipes.items()
+    }
 
 
 def test_activation_errors_of_known_tensors() -> None:
@@ -115,8 +112,8 @@ def test_activation_errors_refuse_other_names_shapes_and_zero_references() -> No
 
 @pytest.mark.parametrize("kind", sorted(NAMES))
 @pytest.mark.parametrize(("device", "dtype"), VARIANTS)
-def test_activations_match_fp32_cpu(pipes, reference, kind, device, dtype) -> None:
-    result = features(pipes[kind], device, dtype)
+def test_activations_match_fp32_cpu(pipes, reference, sample_images, kind, device, dtype) -> None:
+    result = features(pipes[kind], sample_images, device, dtype)
     assert all(value.dtype == dtype for value in result.values())
     errors = activation_errors(result, reference[kind])
     assert len(errors) == NAMES[kind]

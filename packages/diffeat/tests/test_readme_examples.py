@@ -114,21 +114,7 @@ def check_diffeat(words: list[str]) -> None:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
-    checked = 0
-    for command in example.commands():
-        words = program_words(command)
-        if words[0] == "diffeat":
-            check_diffeat(words)
-        elif words[0] == "python" and words[1].endswith(".py"):
-            testing.check_script_flags(REPOSITORY, words)
-        elif words[0] == "nox":
-            assert words[words.index("-s") + 1] in testing.nox_sessions(REPOSITORY), words
-        elif words[0] == "pip":
-            assert "install" in example.reason
-        else:
-            raise AssertionError(f"{example.id}: no check for {words[0]}")
-        checked += 1
-    assert checked, f"{example.id}: nothing to check"
+    testing.check_example_commands(example, REPOSITORY, {"diffeat": check_diffeat})
 
 
 def python_blocks() -> dict[str, str]:
