@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from common_kernels.runtime.testing import (
-    assert_setup_checked_first,
-    load_script,
-    no_work,
-    run_benchmark,
-)
+from common_kernels.runtime import testing
+from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
 from itaclip.pamr import pamr
 from itaclip.postprocess import segment_max
 
@@ -131,7 +127,7 @@ def test_cuda_report_shows_gpu_memory(bench, tmp_path):
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_results(tmp_path):
-    report, table = run_benchmark(
+    report, table = testing.run_benchmark(
         RUN, ["--quick", "--threads", "1"], tmp_path, "itaclip_bench_quick"
     )
     ours = [row for row in report["rows"] if row["method"] == "itaclip"]

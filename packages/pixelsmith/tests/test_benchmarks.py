@@ -10,13 +10,13 @@ import pytest
 import tifffile
 import torch
 
+from common_kernels.runtime import testing
 from common_kernels.runtime.testing import (
     assert_setup_checked_first,
     hidden_modules,
     load_script,
     no_work,
     refusal,
-    run_benchmark,
 )
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -186,7 +186,7 @@ def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch):
 def test_cascade_comparison_writes_results(tmp_path):
     argv = ["--cascade", "--sizes", "64", "128", "--patch-size", "8", "--vae-tile", "8",
             "--steps", "2", "--repeats", "1", "--warmup", "0"]  # fmt: skip
-    report, table = run_benchmark(RUN, argv, tmp_path, "pixelsmith_cascade")
+    report, table = testing.run_benchmark(RUN, argv, tmp_path, "pixelsmith_cascade")
     official, grid = report["rows"]
     assert (official["method"], grid["method"], report["model"]) == ("official", "grid", "tiny")
     assert report["environment"]["dtype"] == "fp32" and grid["speedup"] > 0
@@ -197,7 +197,7 @@ def test_cascade_comparison_writes_results(tmp_path):
 def test_toy_benchmark_writes_results(tmp_path):
     argv = ["--patch-size", "8", "--vae-tile", "8", "--sizes", "128", "--stage-sizes", "128",
             "--spec-size", "128", "--steps", "2"]  # fmt: skip
-    report, table = run_benchmark(RUN, argv, tmp_path, "pixelsmith_bench")
+    report, table = testing.run_benchmark(RUN, argv, tmp_path, "pixelsmith_bench")
     assert [r["method"] for r in report["sampler"]] == ["official", "grid"]
     # 16x12 latent: 4 patches in 2 calls, odd steps 6 staggered patches in 4 calls
     assert report["spec"]["rows"][1]["unet_calls_per_step"] == [2, 4] * 3
