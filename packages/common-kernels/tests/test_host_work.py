@@ -15,17 +15,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
-from common_kernels import KNNDictionary, can_run, knn_attention, value_checks
+from common_kernels import KNNDictionary, knn_attention, value_checks
 from common_kernels import _triton_knn_attention as gather_kernels
 from common_kernels import _triton_tiles as tile_kernels
 
-_RUNNABLE, _REASON = can_run(
-    "triton", *[torch.zeros(1, 1, 4, 16)] * 3, torch.zeros(1, 4, 1, dtype=torch.long)
-)
-if not _RUNNABLE:
-    pytest.skip(_REASON, allow_module_level=True)
-
-pytestmark = pytest.mark.triton
+BACKEND = "triton"
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("backend_runs")]
 
 ALLOCATIONS_AND_VIEWS = {
     "aten.empty_like.default",

@@ -20,13 +20,8 @@ pytest.importorskip("triton")
 from common_kernels import KNNDictionary, can_run, knn_attention
 from common_kernels import _triton_tiles as tiles
 
-_RUNNABLE, _REASON = can_run(
-    "tiles", *[torch.zeros(1, 1, 4, 16)] * 3, torch.zeros(1, 4, 1, dtype=torch.long)
-)
-if not _RUNNABLE:
-    pytest.skip(_REASON, allow_module_level=True)
-
-pytestmark = pytest.mark.triton
+BACKEND = "tiles"
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("backend_runs")]
 
 
 @dataclass(frozen=True)
