@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common_kernels.runtime import browser
-from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 
 
@@ -61,6 +61,14 @@ def test_launch_blocks_passes_the_page_options(tmp_path) -> None:
         "share": False,
         "allowed_paths": [str(tmp_path.resolve())],
     }
+
+
+@pytest.mark.parametrize("port", [0, 65536, "80", True])
+def test_launch_blocks_refuses_a_port_before_serving(port) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        launch_blocks(None, host="127.0.0.1", port=port, share=False)
+    assert str(caught.value) == f"port: must be in [1, 65535], got {port!r}"
+    assert check_port(65535) == 65535
 
 
 def test_chromium_skips_saying_what_is_missing(monkeypatch) -> None:

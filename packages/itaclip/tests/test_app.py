@@ -103,9 +103,11 @@ def test_offline_the_app_runs_the_tiny_model_and_names_the_hub_model(tmp_path, m
     assert offline.segmenter.encoder.visual.conv1.weight.shape[0] == 32  # the tiny tower
 
 
-def test_the_command_refuses_a_bad_device():
+def test_the_command_refuses_a_bad_device_or_port():
     line = refusal(main, ["app", "--device", "tpu"])
     assert line.startswith("itaclip app: error: --device tpu: expected cpu, cuda, cuda:N or mps")
+    line = refusal(main, ["app", "--port", "0"])
+    assert line.rstrip() == "itaclip app: error: --port: must be in [1, 65535], got 0"
 
 
 @pytest.fixture(scope="module")

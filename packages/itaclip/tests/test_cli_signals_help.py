@@ -59,6 +59,7 @@ NUMERIC_HELP = {
     ("eval", "--nproc"): "processes (gloo on the CPU), >= 1 (default: 1)",
     ("aux", "--max-new-tokens"): "tokens generated per answer, >= 1 (default: 256)",
     ("tiny-model", "--seed"): "torch seed of the random weights, in [0, 2**64 - 1] (default: 0)",
+    ("app", "--port"): "TCP port, in [1, 65535] (default: 7860)",
 }  # fmt: skip
 
 

@@ -120,6 +120,12 @@ def test_offline_the_page_offers_the_bundled_models_and_names_the_hub_model(tmp_
     assert "HF_HUB_OFFLINE is set" in note[1]
 
 
+def test_the_command_refuses_a_bad_port(tmp_path):
+    line = refusal(main, ["app", "-o", str(tmp_path / "out"), "--port", "70000"])
+    assert line.rstrip() == "semanir app: error: --port: must be in [1, 65535], got 70000"
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_command_refuses_an_output_file(tmp_path):
     (tmp_path / "taken").write_text("")
     line = refusal(main, ["app", "-o", str(tmp_path / "taken")])

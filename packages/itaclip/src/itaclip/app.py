@@ -25,7 +25,7 @@ import numpy as np
 import open_clip
 import torch
 
-from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
 from common_kernels.runtime.batch import CommandSession
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.errors import InvalidArgument
@@ -216,7 +216,8 @@ def add_app_command(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--pretrained", default=HUB_MODEL[1], help="(default: %(default)s)")
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     app.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
-    app.add_argument("--port", type=int, default=7860, help="TCP port (default: %(default)s)")
+    app.add_argument("--port", type=int, default=7860, help="TCP port, in [1, 65535] (default: "
+                     "%(default)s)")  # fmt: skip
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")
 
 
@@ -226,6 +227,7 @@ def run_app(args: argparse.Namespace, session: CommandSession) -> int:
         import_gradio("itaclip[app]")
     except ImportError as error:
         raise UsageError(str(error)) from None
+    check_port(args.port)
     app = open_app(args.model, args.pretrained, args.device)
     print(f"itaclip app: {app.note}", file=sys.stderr)
     launch_blocks(build_app(app), host=args.host, port=args.port, share=args.share)

@@ -93,6 +93,7 @@ FLAGS = {
     "report": "--json",
     "recursive": "--recursive",
     "in_place": "--in-place",
+    "port": "--port",
 }
 PROGRAM = "itaclip"
 

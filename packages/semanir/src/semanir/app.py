@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
 from common_kernels.runtime.cli import check_folder_writable
 from common_kernels.runtime.errors import InvalidArgument, argument_errors, literal
 from common_kernels.runtime.files import convert_channels
@@ -292,6 +292,7 @@ def serve(
         device: where the models run.
         host, port, share: where to serve it (:func:`common_kernels.runtime.app.launch_blocks`).
     """
+    check_port(port)
     app = RestoreApp(output, models, device)
     page = build_app(app)
     launch_blocks(page, host=host, port=port, share=share, allowed_paths=[app.output])

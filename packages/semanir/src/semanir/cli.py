@@ -62,7 +62,7 @@ FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
     "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
-    "path": "OUT.onnx", "opset": "--opset",
+    "path": "OUT.onnx", "opset": "--opset", "port": "--port",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
@@ -282,7 +282,8 @@ def app_parser() -> Parser:
     parser.add_argument("--model", action="append", default=[], help="also offer this model "
                         "folder or hub id (repeatable; the bundled models always are)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    parser.add_argument("--port", type=int, default=7860, help="TCP port, in [1, 65535] "
+                        "(default: 7860)")  # fmt: skip
     parser.add_argument("--share", action="store_true", help="also open a public Gradio link")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     return parser

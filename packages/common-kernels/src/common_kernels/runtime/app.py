@@ -3,7 +3,7 @@
 Gradio is imported when a page is built (:func:`import_gradio`), never when this module is: a
 package's command and API work without its ``app`` extra. A bad input shows the API's one-line
 message in the page (:func:`error_text`), never a traceback; :func:`launch_blocks` serves a
-page as every ``app`` command does.
+page as every ``app`` command does (:func:`check_port` first).
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from common_kernels.runtime.errors import InvalidArgument
+
+PORTS = (1, 65535)
 
 
 def import_gradio(install_hint: str) -> ModuleType:
@@ -43,6 +47,18 @@ def error_text(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def check_port(port: int) -> int:
+    """``port`` when it is a TCP port number, in [1, 65535].
+
+    Raises:
+        InvalidArgument: (``port``) another value.
+    """
+    low, high = PORTS
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= high:
+        raise InvalidArgument("port", f"must be in [{low}, {high}], got {port!r}")
+    return port
+
+
 def launch_blocks(
     blocks: Any,
     *,
@@ -59,7 +75,11 @@ def launch_blocks(
         port: the TCP port.
         share: also open a public Gradio link.
         allowed_paths: folders the page may serve files from (its output folders).
+
+    Raises:
+        InvalidArgument: (``port``) not a TCP port number, before anything is served.
     """
+    check_port(port)
     blocks.launch(
         server_name=host,
         server_port=port,
