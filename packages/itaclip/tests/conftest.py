@@ -106,3 +106,18 @@ def make_tiny_lm():
         return transformers.GPT2LMHeadModel(config), tokenizer
 
     return make
+
+
+@pytest.fixture
+def no_model_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any model load (open_clip, ``Segmenter.load``, the LLM), text embedding or ViT pass
+    fails the test: the checks must come first."""
+    from itaclip.generate import AuxTextGenerator
+
+    def fail(*args, **kwargs):
+        raise AssertionError("model work started before the inputs were checked")
+
+    monkeypatch.setattr(open_clip, "create_model", fail)
+    for name in ("load", "embed", "encode_images"):
+        monkeypatch.setattr(Segmenter, name, fail)
+    monkeypatch.setattr(AuxTextGenerator, "from_pretrained", fail)

@@ -30,20 +30,6 @@ PREFIX = {command: f"itaclip {command}: error: " for command in ("segment", "eva
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
-    """Any model load fails the test: the checks must come first."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(Segmenter, "from_pretrained", fail)
-    monkeypatch.setattr(open_clip, "create_model", fail)
-    from itaclip.generate import AuxTextGenerator
-
-    monkeypatch.setattr(AuxTextGenerator, "from_pretrained", fail)
-
-
-@pytest.fixture
 def files(tmp_path) -> Path:
     """An image, broken images, a folder, aux files and a file in the way of outputs."""
     rng = np.random.default_rng(0)
@@ -251,7 +237,7 @@ def fill(text: str, tmp: Path) -> str:
 
 @pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
 def test_segment_bad_input_one_line_exit_2_before_model_load(
-    case, files, capsys, monkeypatch, no_model_load
+    case, files, capsys, monkeypatch, no_model_work
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv, message = SEGMENT_CASES[case]
@@ -373,7 +359,7 @@ EVAL_CASES = {
 
 @pytest.mark.parametrize("case", sorted(EVAL_CASES))
 def test_eval_bad_input_one_line_exit_2_before_model_load(
-    case, voc_root, capsys, monkeypatch, no_model_load
+    case, voc_root, capsys, monkeypatch, no_model_work
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     extra, message = EVAL_CASES[case]
@@ -420,7 +406,7 @@ AUX_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(AUX_CASES))
-def test_aux_bad_input_one_line_exit_2_before_model_load(case, files, capsys, no_model_load):
+def test_aux_bad_input_one_line_exit_2_before_model_load(case, files, capsys, no_model_work):
     extra, message = AUX_CASES[case]
     argv = ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", str(files / "aux.json")]
     before = sorted(files.rglob("*"))

@@ -51,14 +51,6 @@ def options(tmp_path, tiny_dir) -> list[str]:
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(Segmenter, "load", fail)
-
-
-@pytest.fixture
 def tree(tmp_path) -> Path:
     """photos/{a.png, b.jpg, notes.txt, sub/c.png, sub/deeper/d.png}"""
     root = tmp_path / "photos"
@@ -133,7 +125,7 @@ def test_an_output_folder_inside_the_input_folder_is_not_walked(tree, options, c
 
 
 def test_an_output_that_would_replace_an_input_is_refused_naming_both(
-    tree, options, capsys, no_model_load
+    tree, options, capsys, no_model_work
 ):
     old = save(tree / "a_overlay.png", 8, 8)
     before = {path: path.read_bytes() for path in tree.rglob("*") if path.is_file()}
@@ -175,7 +167,7 @@ def test_in_place_writes_beside_the_inputs_and_a_rerun_leaves_its_outputs_out(
     )
 
 
-def test_no_output_replaces_the_aux_file_even_in_place(tmp_path, options, capsys, no_model_load):
+def test_no_output_replaces_the_aux_file_even_in_place(tmp_path, options, capsys, no_model_work):
     image = save(tmp_path / "img.png")
     aux = tmp_path / "out" / "img_labels.png"  # an official-format text file, oddly named
     aux.parent.mkdir()
