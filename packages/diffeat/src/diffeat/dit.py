@@ -19,7 +19,7 @@ from diffeat.capture import ActivationRecorder
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
 from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
-from diffeat.prompts import PromptEmbeddings, T5PromptEncoder
+from diffeat.prompts import T5PromptEncoder
 
 __all__ = [  # the backbone's functions, importable from here as before
     "DIT_TOKENS", "DiTFeatureExtractor", "build_dit_catalogue", "dit_layer_infos",
@@ -148,26 +148,9 @@ class DiTFeatureExtractor(BaseFeatureExtractor):
         return self.max_sequence_length
 
     # -- the pass ----------------------------------------------------------------------------
-    def _check_embeddings(self, embeddings: PromptEmbeddings) -> None:
-        if not isinstance(embeddings, PromptEmbeddings):
-            raise TypeError(
-                f"embeddings: expected PromptEmbeddings; got {type(embeddings).__name__}"
-            )
+    def _text_width(self) -> tuple[int, str]:
         width = self.transformer.config.caption_channels
-        embeds = embeddings.embeds
-        if embeds.numel() == 0:
-            raise ValueError(f"embeddings: empty tensor {tuple(embeds.shape)}")
-        if embeds.ndim != 3 or embeds.shape[-1] != width:
-            raise ValueError(
-                f"embeddings: embeds must be (B, L, {width}) (the transformer's "
-                f"caption_channels, T5's width); got {tuple(embeds.shape)}"
-            )
-        mask = embeddings.mask
-        if mask is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
-            raise ValueError(
-                f"embeddings: mask must be (B, L) = {tuple(embeds.shape[:2])}; got "
-                f"{tuple(mask.shape)}"
-            )
+        return width, "the transformer's caption_channels, T5's width"
 
     def _run_models(
         self, sample, embeddings, image_size, names, original_size, target_size, full_output,

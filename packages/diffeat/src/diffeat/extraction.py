@@ -204,8 +204,31 @@ class BaseFeatureExtractor(abc.ABC):
         return [LayerInfo(VAE_SPEC, self.vae_out_shape(size)), *infos]
 
     @abc.abstractmethod
+    def _text_width(self) -> tuple[int, str]:
+        """The width this network's prompt embeddings have, and where it comes from (for the
+        messages: ``"the U-Net's cross_attention_dim"``)."""
+
     def _check_embeddings(self, embeddings: PromptEmbeddings) -> None:
-        """Refuse ``embeddings`` that are not this network's (type, text width)."""
+        """Refuse ``embeddings`` that are not this network's: the type, an empty tensor, a
+        shape other than (B, L, :meth:`_text_width`), a mask other than (B, L)."""
+        if not isinstance(embeddings, PromptEmbeddings):
+            raise TypeError(
+                f"embeddings: expected PromptEmbeddings; got {type(embeddings).__name__}"
+            )
+        width, source = self._text_width()
+        embeds = embeddings.embeds
+        if embeds.numel() == 0:
+            raise ValueError(f"embeddings: empty tensor {tuple(embeds.shape)}")
+        if embeds.ndim != 3 or embeds.shape[-1] != width:
+            raise ValueError(
+                f"embeddings: embeds must be (B, L, {width}) ({source}); got {tuple(embeds.shape)}"
+            )
+        mask = embeddings.mask
+        if mask is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
+            raise ValueError(
+                f"embeddings: mask must be (B, L) = {tuple(embeds.shape[:2])}; got "
+                f"{tuple(mask.shape)}"
+            )
 
     @abc.abstractmethod
     def _run_models(

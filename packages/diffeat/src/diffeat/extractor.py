@@ -32,7 +32,7 @@ from diffeat.plan import (
     names_or_all,
     resolve_layers,
 )
-from diffeat.prompts import PromptEmbeddings, PromptEncoder
+from diffeat.prompts import PromptEncoder
 from diffeat.shapes import control_layer_infos, layer_infos
 
 __all__ = [  # check_from_pretrained and the plan's types, importable from here as before
@@ -262,16 +262,5 @@ class FeatureExtractor(AdapterMixin, BaseFeatureExtractor):
             output = run()
         return Features({name: recorded[name] for name in names}, heads), output
 
-    def _check_embeddings(self, embeddings: PromptEmbeddings) -> None:
-        if not isinstance(embeddings, PromptEmbeddings):
-            raise TypeError(
-                f"embeddings: expected PromptEmbeddings; got {type(embeddings).__name__}"
-            )
-        width = self.unet.config.cross_attention_dim
-        if embeddings.embeds.numel() == 0:
-            raise ValueError(f"embeddings: empty tensor {tuple(embeddings.embeds.shape)}")
-        if embeddings.embeds.ndim != 3 or embeddings.embeds.shape[-1] != width:
-            raise ValueError(
-                f"embeddings: embeds must be (B, L, {width}) (the U-Net's cross_attention_dim); "
-                f"got {tuple(embeddings.embeds.shape)}"
-            )
+    def _text_width(self) -> tuple[int, str]:
+        return self.unet.config.cross_attention_dim, "the U-Net's cross_attention_dim"
