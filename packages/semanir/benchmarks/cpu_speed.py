@@ -1,7 +1,7 @@
 """SemanIR's speed on the CPU: every bundled model and its dense twin against a DnCNN.
 
     python packages/semanir/benchmarks/cpu_speed.py [--quick] [--out DIR] [--threads N ...]
-        [--rounds N] [--baseline GIT_REF] [--loss-steps N] [--modes fp32 bf16 compiled]
+        [--rounds N] [--baseline GIT_REF] [--loss-steps N] [--modes fp32 bf16 compiled onnx]
 
 Inference: every bundled model (``semanir models``; ``semanir.load_model(name)``), its
 dense-window twin (the same config with ``dictionary="dense"``, random weights: time does not
@@ -23,8 +23,10 @@ ratio. The data pipeline and callbacks (EMA) are left out.
 
 ``--modes``: how this checkout's SemanIR rows run besides fp32 eager (the default):
 ``bf16`` (``restore(..., dtype=torch.bfloat16)``: autocast; AMX/AVX-512-BF16 CPUs run its
-matmuls and convolutions in bf16) and ``compiled`` (``restore(..., compile=True)``: inductor;
-the warm-up call on the whole input compiles, its time is the "compile s" column).
+matmuls and convolutions in bf16), ``compiled`` (``restore(..., compile=True)``: inductor;
+the warm-up call on the whole input compiles, its time is the "compile s" column) and ``onnx``
+(the model exported by ``semanir.export_onnx`` once, outside the timing, and run by ONNX
+Runtime's CPU provider with the row's thread count on the same input).
 
 ``--baseline REF``: SemanIR's rows are measured twice in the same rounds, with this checkout's
 code and with the semanir and common-kernels sources of the git revision REF (extracted with
@@ -100,7 +102,7 @@ WARMUP_CROP = 256
 SEED = 0
 COMMAND_TIMEOUT_S = 1800
 CURRENT = "current"  # the code of this checkout
-MODES = ("fp32", "bf16", "compiled")
+MODES = ("fp32", "bf16", "compiled", "onnx")
 REPOSITORY = HERE.parents[2]
 BASELINE_SOURCES = ("packages/semanir/src", "packages/common-kernels/src")
 NOTES = (
@@ -376,11 +378,22 @@ def inference_steps(spec: dict[str, Any]) -> tuple[nn.Module, Callable[[], objec
     options = {"dtype": torch.bfloat16} if mode == "bf16" else {}
     if mode == "compiled":
         options = {"compile": True}
+    if mode == "onnx":
+        return model, *onnx_steps(model, spec["threads"], image, warm)
 
     def call(step: int = 0, x: Tensor = image) -> Tensor:
         return restore(model, x, tile=None, **options)
 
     return model, lambda: call(x=warm), call
+
+
+def onnx_steps(model: nn.Module, threads: int, image: Tensor, warm: Tensor) -> tuple:
+    """The warm-up and timed calls of ``model`` exported to ONNX and run by ONNX Runtime."""
+    from semanir.export import export_onnx, onnx_session, run_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        session = onnx_session(export_onnx(model, Path(folder) / "model.onnx"), threads)
+    return lambda: run_onnx(session, warm), lambda step=0: run_onnx(session, image)
 
 
 def training_k(model: nn.Module, seed: int, step: int) -> int | None:
@@ -1076,7 +1089,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss-steps", type=int, default=0, metavar="N",
                         help="with --baseline: compare N training steps' losses")  # fmt: skip
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["fp32"],
-                        help="how SemanIR runs: fp32 eager, bf16 autocast, compiled")  # fmt: skip
+                        help="how SemanIR runs: fp32 eager, bf16 autocast, compiled, "
+                        "ONNX Runtime")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:

@@ -125,6 +125,24 @@ def test_modes_add_bf16_and_compiled_rows_of_this_checkout_only() -> None:
     assert cpu_speed.flops_key(compiled) == cpu_speed.flops_key(fp32)  # counted once, eagerly
 
 
+def test_the_onnx_mode_adds_onnx_runtime_rows_on_the_same_inputs() -> None:
+    plan = cpu_speed.dataclasses.replace(cpu_speed.preset(quick=True), modes=("fp32", "onnx"))
+    specs = cpu_speed.inference_specs(plan)
+    semanir = [s for s in specs if s["variant"] == "semanir"]
+    assert {s["mode"] for s in semanir} == {"fp32", "onnx"}
+    inputs = {mode: {cpu_speed.input_name(s) for s in semanir if s["mode"] == mode}
+              for mode in ("fp32", "onnx")}  # fmt: skip
+    assert inputs["onnx"] == inputs["fp32"]
+    assert {s["mode"] for s in specs if s["variant"] != "semanir"} == {"fp32"}
+    spec = {"kind": "infer", "variant": "dncnn", "model": "dncnn_test_tiny", "twin_of": [],
+            "channels": 1, "width": 12, "height": 10, "threads": 1, "seed": 0,
+            "code": "current", "mode": "onnx"}  # fmt: skip
+    replies = []
+    cpu_speed.worker(spec, iter(["warmup", "run 0"]), replies.append)
+    assert replies[0]["params"] > 0 and all(r["seconds"] > 0 for r in replies[1:])
+    assert cpu_speed.label({**semanir[0], "mode": "onnx"}) == f"{semanir[0]['model']}, onnx"
+
+
 def test_a_worker_that_dies_is_reported_with_its_last_error_line() -> None:
     spec = {"kind": "infer", "variant": "semanir", "model": "no_such_model", "twin_of": [],
             "channels": 1, "width": 8, "height": 8, "threads": 1, "seed": 0,

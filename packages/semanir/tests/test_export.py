@@ -24,8 +24,10 @@ TOLERANCE = 1e-4
 NEWEST = onnx.defs.onnx_opset_version()
 
 
-def exported(tmp_path_factory: pytest.TempPathFactory, model: nn.Module, name: str) -> Path:
-    return export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{name}.onnx")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, model: nn.Module, name: str, k: int | None = None
+) -> Path:
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{name}.onnx", k=k)
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +41,23 @@ def unet_file(unet: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path
     return exported(tmp_path_factory, unet, "unet")
 
 
-def assert_runtime_equals_restore(model: nn.Module, path: Path, shapes: list[tuple]) -> None:
-    session = onnx_session(path)
+def runtime_differences(
+    model: nn.Module, path: Path, shapes: list[tuple], k: int | None = None
+) -> list[torch.Tensor]:
+    """|ONNX Runtime - restore| on a random image of each (batch, height, width)."""
+    session, differences = onnx_session(path), []
     for batch, height, width in shapes:
         image = torch.rand(batch, model.in_channels, height, width)
         ours = run_onnx(session, image)
         scale = model.upscale
         assert ours.shape == (batch, model.out_channels, height * scale, width * scale)
-        assert (ours - restore(model, image, tile=None)).abs().max() <= TOLERANCE
+        differences.append((ours - restore(model, image, tile=None, k=k)).abs())
+    return differences
+
+
+def assert_runtime_equals_restore(model: nn.Module, path: Path, shapes: list[tuple]) -> None:
+    for difference in runtime_differences(model, path, shapes):
+        assert difference.max() <= TOLERANCE
 
 
 def test_one_file_serves_any_batch_and_size(unet: nn.Module, unet_file: Path) -> None:
@@ -102,10 +113,16 @@ def test_every_variant(variant: str, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [m.name for m in installed_models()])
 def test_every_bundled_model(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With every window token in the dictionary (k = window**2) the two runtimes agree to
+    1e-4 everywhere; with the model's k a row whose k-th and (k+1)-th similarities tie to
+    float rounding may keep another neighbour in one of them, moving a few pixels further."""
     model = load_model(name)
-    path = exported(tmp_path_factory, model, name)
     sizes = [(1, 23, 37), (2, 30, 41)] if model.upscale > 1 else [(1, 45, 61), (2, 70, 37)]
-    assert_runtime_equals_restore(model, path, sizes)
+    tokens = model.config.window_size**2
+    path = exported(tmp_path_factory, model, f"{name}_all", k=tokens)
+    assert all(d.max() <= TOLERANCE for d in runtime_differences(model, path, sizes, k=tokens))
+    for difference in runtime_differences(model, exported(tmp_path_factory, model, name), sizes):
+        assert (difference > TOLERANCE).float().mean() <= 0.01 and difference.max() <= 2e-3
 
 
 @pytest.fixture(scope="module")
