@@ -40,8 +40,8 @@ from .models.semanir import SemanIRStage
 if TYPE_CHECKING:
     import onnxruntime
 
-DEFAULT_OPSET = 18  # the exporter's own opset (torch.onnx); lower ones are converted, lossily
-MIN_OPSET = 18
+DEFAULT_OPSET = 18  # torch.onnx's own opset
+MIN_OPSET = 18  # below it torch.onnx converts with onnx's C API, which may fail and keep 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "restored"
 EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1: the example is larger
@@ -246,7 +246,11 @@ def export_onnx(
     check_inference_options(config, tile=None, tile_overlap=0, k=k)
     if not isinstance(model, nn.Module):
         model = load_model(model)
-    program = _export_program(exportable(model, k), model.in_channels, opset)
+    was_training = model.training
+    try:
+        program = _export_program(exportable(model, k), model.in_channels, opset)
+    finally:
+        model.train(was_training)
     with atomic_write(target) as temp:
         program.save(temp, external_data=False)
         _check_model(temp)
@@ -254,22 +258,19 @@ def export_onnx(
 
 
 def _export_program(net: nn.Module, channels: int, opset: int):
-    """``torch.onnx.export`` (dynamo) of ``net`` with symbolic batch, height and width."""
+    """``torch.onnx.export`` (dynamo) of ``net``, in eval mode, with symbolic batch, height and
+    width."""
     from torch.export import Dim
 
     onnx_module("onnxscript")  # the exporter's translator
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(EXAMPLE_BATCH, channels, 19, 27, generator=generator)  # (B, C, H, W)
     sizes = {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}
-    was_training = net.training
-    try:
-        with torch.no_grad():
-            return torch.onnx.export(
-                net.eval(), (example,), dynamo=True, opset_version=opset, verbose=False,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=(sizes,),
-            )  # fmt: skip
-    finally:
-        net.train(was_training)
+    with torch.no_grad():
+        return torch.onnx.export(
+            net.eval(), (example,), dynamo=True, opset_version=opset, verbose=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=(sizes,),
+        )  # fmt: skip
 
 
 def _check_model(path: Path) -> None:

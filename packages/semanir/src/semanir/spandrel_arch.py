@@ -101,7 +101,7 @@ def _heads(state: StateDict, stage: int) -> int | None:
     return None
 
 
-def _reconstruction(state: StateDict, embed_dim: int) -> dict[str, int]:
+def _reconstruction(state: StateDict) -> dict[str, int]:
     """out_channels, upscale and upsampler_dim from the reconstruction's convolutions."""
     if "reconstruct.weight" in state:  # one conv 3x3: restoration at scale 1
         return {"out_channels": state["reconstruct.weight"].shape[0], "upscale": 1}
@@ -131,7 +131,7 @@ def semanir_shape_fields(state: StateDict) -> dict[str, Any]:
         "mlp_ratio": hidden / embed_dim,
         "cosine_attention": attention + "logit_scale" in state,
         "position_bias": attention + "position_mlp.0.weight" in state,
-        **_reconstruction(state, embed_dim),
+        **_reconstruction(state),
     }
     if fields["position_bias"]:
         fields["position_bias_hidden"] = state[attention + "position_mlp.0.weight"].shape[0]
@@ -157,7 +157,7 @@ def shipped_settings(fields: dict[str, Any]) -> dict[str, Any] | None:
     return {name: getattr(config, name) for name in SETTINGS}
 
 
-def semanir_config(state: StateDict) -> SemanIRConfig:
+def config_from_state(state: StateDict) -> SemanIRConfig:
     """The config of a SemanIR state dict (its shapes, and its settings or a shipped config's).
 
     Raises:
@@ -199,7 +199,7 @@ class SemanIRArch(Architecture[SemanIR]):
         )
 
     def load(self, state_dict: StateDict) -> ImageModelDescriptor[SemanIR]:
-        config = semanir_config(state_dict)
+        config = config_from_state(state_dict)
         weights = {name: t for name, t in state_dict.items() if name != SETTINGS_KEY}
         return ImageModelDescriptor(
             SemanIR(config),
