@@ -20,19 +20,9 @@ from torch import Tensor
 from common_kernels.runtime import files
 from common_kernels.runtime.errors import InvalidArgument, literal
 
-
-def load_image(path: str | Path) -> Image.Image:
-    """An 8-bit RGB PIL image (gray, palette and 16-bit images converted; alpha dropped; EXIF
-    orientation applied), as ``common_kernels.runtime.files.read_pil_image`` reads it.
-
-    Args:
-        path: the image file.
-
-    Raises:
-        what ``common_kernels.runtime.files.read_pil_image`` raises: ``FileNotFoundError``,
-        ``ImageIsAFolderError`` (an ``IsADirectoryError``), ``ImageReadError`` (a ``ValueError``).
-    """
-    return files.read_pil_image(path)
+# An image file as 8-bit RGB (alpha dropped, gray and 16-bit converted, EXIF orientation
+# applied): the repository's one reader, with its errors.
+load_image = files.read_pil_image
 
 
 def parse_size(

@@ -60,18 +60,9 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as 8-bit RGB (alpha dropped, gray and 16-bit converted, EXIF
-    orientation applied), as ``common_kernels.runtime.files.read_pil_image`` reads it.
-
-    Args:
-        path: the image file.
-
-    Raises:
-        what ``common_kernels.runtime.files.read_pil_image`` raises: ``FileNotFoundError``,
-        ``ImageIsAFolderError`` (an ``IsADirectoryError``), ``ImageReadError`` (a ``ValueError``).
-    """
-    return files.read_pil_image(path)
+# An image file as 8-bit RGB (alpha dropped, gray and 16-bit converted, EXIF orientation
+# applied): the repository's one reader, with its errors.
+load_image = files.read_pil_image
 
 
 def load_video(path: str | os.PathLike) -> list[Image.Image]:
