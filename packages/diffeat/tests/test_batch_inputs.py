@@ -283,7 +283,9 @@ def test_pca_says_how_far_it_got_and_resumes(model_dirs, photos, tmp_path, capsy
 
 
 def test_one_unknown_model_rule_never_asks_the_hub(model_dirs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("common_kernels.runtime.hub.check_hub", lambda *a, **k: pytest.fail("asked the hub"))
+    monkeypatch.setattr(
+        "common_kernels.runtime.hub.check_hub", lambda *a, **k: pytest.fail("asked the hub")
+    )
     with pytest.raises(InvalidArgument) as info:
         FeatureExtractor.from_pretrained("nonsense")
     assert str(info.value) == f"model_id_or_dir: unknown model 'nonsense': {HINT}"
