@@ -50,6 +50,14 @@ def _jit(fn):
 
 
 @_jit
+def _program_ids(H):
+    """This program's (B*H) head ``bh`` (int64: offsets past 2**31 elements), its batch ``b``
+    and head ``h``, and its block along the sequence (grid axis 1)."""
+    bh = tl.program_id(0).to(tl.int64)
+    return bh, bh // H, bh % H, tl.program_id(1)
+
+
+@_jit
 def _load_rows(base, rows, valid, offs_d, D):
     """Load ``base[rows, :D]`` as an fp32 (R, BLOCK_D) tile.
 
@@ -133,10 +141,7 @@ def _knn_fwd_kernel(
         LSE: (B, H, N) fp32 log-sum-exp output.
         KNB: neighbours per query.
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_m = _program_ids(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < N
@@ -188,10 +193,7 @@ def _knn_bwd_query_kernel(
         BIAS: (B, H, N, N) bias view (stride 0 over broadcast dims); unused without bias.
         LSE: (B, H, N) fp32 log-sum-exp; DELTA: (B, H, N) fp32 output.
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_m = _program_ids(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < N
@@ -249,10 +251,7 @@ def _knn_bwd_key_kernel(
         ROW_PTR: (B, H, N + 1) view; key n owns COLS[row_ptr[n]:row_ptr[n + 1]].
         COLS: (B, H, N * KNB) view of flat slot ids.
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_n = _program_ids(H)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     key_ok = offs_n < N

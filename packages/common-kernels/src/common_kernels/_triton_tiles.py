@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from ._triton_knn_attention import SUPPORTED_DTYPES, tl, triton
+from ._triton_knn_attention import SUPPORTED_DTYPES, _jit, _program_ids, tl, triton
 from .dictionary import KNNDictionary, tile_sizes
 
 MAX_HEAD_DIM = 128  # q, acc and a (64, d) key tile stay in registers up to here
@@ -39,11 +39,6 @@ LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2
 # The bias gradient sums windows in groups: as many groups as it takes for about this many
 # programs (enough to fill a GPU), and no more, so that the partial sums stay small.
 DBIAS_TARGET_PROGRAMS = 1024
-
-
-def _jit(fn):
-    """``triton.jit`` when triton is importable, else the plain function (never launched)."""
-    return fn if triton is None else triton.jit(fn)
 
 
 @_jit
@@ -116,10 +111,7 @@ def _tiles_fwd_kernel(
         LSE: (B, H, N) fp32 base-2 log-sum-exp of each query's logits.
         qk_scale: scale * log2(e).
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_m = _program_ids(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     head = bh * N * D
@@ -167,10 +159,7 @@ def _tiles_bwd_dq_kernel(
 
     Args: as :func:`_tiles_fwd_kernel`, plus DO, DQ (B, H, N, D) and DELTA (B, H, N) fp32.
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_m = _program_ids(H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     head = bh * N * D
@@ -216,10 +205,7 @@ def _tiles_bwd_dkdv_kernel(
     Args: as :func:`_tiles_bwd_dq_kernel`; TILE_NUM (B, H|1, KB) and TILE_IDX (B, H|1, KB, QB)
         are the transposed tile map (query tiles per key tile).
     """
-    bh = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h, pid_n = _program_ids(H)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     head = bh * N * D
@@ -416,10 +402,8 @@ def tiles_backward(
     """dq, dk, dv and (when ``need_dbias``) the bias gradient in the bias's own shape.
 
     Args:
-        saved: contiguous q, k, v, the bias (or None), out and lse from the forward.
+        saved, grad_out, scale: as in the gather kernels' ``_backward``.
         dictionary: the neighbour lists (bitmask and tile maps cached there).
-        grad_out: (B, H, N, d) gradient of the output.
-        scale: logit scale.
         need_dbias: whether the bias requires a gradient.
     """
     q, k, v, bias, out, lse = saved
