@@ -79,11 +79,17 @@ def check_image_files(folder: str | Path, files: Sequence[str]) -> Path:
     return folder
 
 
-def first_samples(samples: list[S], limit: int | None, argument: str, path: str | Path) -> list[S]:
-    """The first ``limit`` samples; none at all is a bad input of ``argument``."""
+def first_samples(
+    samples: list[S], limit: int | None, argument: str, path: str | Path, images: str | Path
+) -> list[S]:
+    """The first ``limit`` samples, each one's image checked in the folder ``images``
+    (:func:`check_image_files`); none at all is a bad input of ``argument`` (read from ``path``).
+    """
     if not samples:
         raise InvalidValue(argument, f"{{{argument}}} {literal(path)} holds no samples")
-    return samples if limit is None else samples[:limit]
+    kept = samples if limit is None else samples[:limit]
+    check_image_files(images, [sample.image_file for sample in kept])
+    return kept
 
 
 def referring_task(
@@ -135,8 +141,7 @@ def referring_task(
         raise InvalidValue(
             "refs", f"{{refs}} {literal(refs)} / {{instances}} {literal(instances)}: {literal(err)}"
         ) from None
-    samples = first_samples(samples, limit, "refs", refs)
-    check_image_files(images, [s.image_file for s in samples])
+    samples = first_samples(samples, limit, "refs", refs, images)
     for ann_id, sample in {s.ann_id: s for s in samples}.items():
         try:
             segmentation_to_mask(sample.segmentation, sample.height, sample.width, mask_backend)
@@ -181,9 +186,7 @@ def vqa_task(
         raise InvalidValue(
             "annotations", f"{{annotations}} {literal(annotations)}: {literal(err)}"
         ) from None
-    samples = first_samples(samples, limit, "questions", questions)
-    check_image_files(images, [s.image_file for s in samples])
-    return samples
+    return first_samples(samples, limit, "questions", questions, images)
 
 
 def qa_task(
@@ -203,6 +206,5 @@ def qa_task(
     """
     check_task_options(template, "question", limit)
     samples = read_checked(data, "data", load_qa_jsonl)
-    samples = first_samples(samples, limit, "data", data)
-    folder = Path(data).parent if images is None else images
-    return samples, check_image_files(folder, [s.image_file for s in samples])
+    folder = Path(data).parent if images is None else Path(images)
+    return first_samples(samples, limit, "data", data, folder), folder
