@@ -123,7 +123,7 @@ def test_every_bundled_model(name: str, tmp_path_factory: pytest.TempPathFactory
     path = exported(tmp_path_factory, model, f"{name}_all", k=tokens)
     assert all(d.max() <= TOLERANCE for d in runtime_differences(model, path, sizes, k=tokens))
     for difference in runtime_differences(model, exported(tmp_path_factory, model, name), sizes):
-        assert (difference > TOLERANCE).float().mean() <= 0.01 and difference.max() <= 2e-3
+        assert difference.max() <= 1 / 255  # within an 8-bit level
 
 
 @pytest.fixture(scope="module")
