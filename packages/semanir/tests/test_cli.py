@@ -226,7 +226,12 @@ def test_restore_errors(
     out = str(tmp_path / "out")
     model = ["--model", str(gray_model)]
     cases = {
-        "sigma must be in [0, 255]": [str(images), "--sigma", "300"],
+        "sigma must be in [0, 255] (8-bit scale), got 300": [
+            str(images),
+            "--add-noise",
+            "--sigma",
+            "300",
+        ],
         "sigma must be in [0, 255] (8-bit scale), got -5": [str(images), "--add-noise", "-5"],
         "--add-noise without a value needs --sigma": [str(images), "--add-noise"],
         "--add-noise applies to --task denoise only": [

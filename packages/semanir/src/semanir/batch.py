@@ -38,7 +38,7 @@ from common_kernels.runtime.files import convert_channels
 from common_kernels.runtime.photos import Photo, read_photo, write_photo
 from semanir.bundled import model_for_task
 from semanir.data.datasets import index_generator
-from semanir.data.degradations import add_gaussian_noise, bicubic_resize
+from semanir.data.degradations import add_gaussian_noise, bicubic_resize, check_sigma
 from semanir.inference import (
     ModelChoice,
     RestoreOptions,
@@ -301,7 +301,12 @@ def run_restore(
 
     Yields:
         One :class:`Restored` per photo, after its result is written.
+
+    Raises:
+        ValueError: ``noise_sigma`` outside [0, 255], before any model loads.
     """
+    if noise_sigma is not None:
+        noise_sigma = check_sigma(noise_sigma)
     compiled: set[str] = set()
     for index, job in enumerate(plan.jobs):
         model = plan.models.model(job.model)

@@ -36,7 +36,6 @@ from common_kernels.runtime.progress import progress
 from common_kernels.runtime.quiet import quiet_libraries
 from semanir.batch import RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
-from semanir.data.degradations import check_sigma
 from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
 from semanir.export import DEFAULT_OPSET, export_onnx
 from semanir.lightning_cli import run_lightning, with_bundled_configs
@@ -336,8 +335,6 @@ def _model_announcer(args: Namespace) -> Callable[[str, str], None]:
 
 def restore(args: Namespace) -> int:
     """``semanir restore``: check the whole batch, then restore every photo and write it."""
-    if args.sigma is not None:
-        check_sigma(args.sigma)
     noise_sigma = _noise_sigma(args)
     colour = "per-channel" if args.per_channel else "gray" if args.gray_output else "luma"
     if args.per_channel and args.gray_output:
@@ -415,7 +412,7 @@ def _noise_sigma(args: Namespace) -> float | None:
     sigma = args.sigma if args.add_noise == USE_SIGMA else args.add_noise
     if sigma is None:
         raise ValueError("--add-noise without a value needs --sigma")
-    return check_sigma(sigma)
+    return sigma  # run_restore checks the level
 
 
 def evaluate(args: Namespace) -> None:
