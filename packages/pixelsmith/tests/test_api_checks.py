@@ -176,6 +176,7 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(generate_he
         "each (default: 1)",
         ("tiny-model", "--seed"): "torch seed of the random weights, in [0, 2**64 - 1] "
         "(default: 0)",
+        ("app", "--port"): "TCP port, in [1, 65535] (default: 7860)",
     }
     assert found["generate", "--steps"] == (
         "denoising steps per stage, in [1, 1000] (the scheduler's training timesteps) (default: 50)"

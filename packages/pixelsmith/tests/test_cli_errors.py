@@ -380,7 +380,7 @@ def test_unknown_or_missing_command_one_line(capsys):
     assert status == 2 and out == ""
     assert err == (
         "pixelsmith: error: argument command: invalid choice: 'paint' "
-        "(choose from 'generate', 'tiny-model')\n"
+        "(choose from 'generate', 'app', 'tiny-model')\n"
     )
     status, out, err = run([], capsys)
     assert status == 2 and out == ""
