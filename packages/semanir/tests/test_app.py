@@ -84,7 +84,7 @@ def test_sr_upscales_a_colour_photo_without_a_reference(app, photos):
         ({"reference": "colour.png"},
          "reference: is 40x40 px; a clean reference has the restored image's size, 64x48 px"),
         ({"model": "semanir_tiny_sr_x4"},
-         "the model upscales x4, which does not fit --task denoise"),
+         "the model upscales x4, which does not fit task='denoise'"),
         ({"model": "someone/else"},
          "model: must be one of auto, semanir_tiny_denoise_gray, semanir_tiny_denoise_color, "
          "got 'someone/else'"),

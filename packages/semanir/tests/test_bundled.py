@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common_kernels.runtime.errors import InvalidArgument
 from semanir import bundled, tasks
 from semanir.bundled import BundledModel, bundled_model, model_for_task
 from semanir.cli import main
@@ -112,8 +113,11 @@ def test_model_for_task_picks_by_task_and_channels(fake_bundle) -> None:
 
 def test_a_task_without_a_bundled_model_is_refused_before_loading(fake_bundle, monkeypatch):
     del fake_bundle["tiny_sr_x2"]
-    with pytest.raises(ValueError, match="no bundled model does --task sr; bundled models: tiny_"):
+    with pytest.raises(InvalidArgument) as error:
         model_for_task("sr", "rgb")
+    assert error.value.argument == "task"
+    assert str(error.value).startswith("no bundled model does task='sr'; bundled models: tiny_")
+    assert str(error.value).endswith("(or pass model FOLDER_OR_HUB_ID)")
 
 
 def test_restore_without_model_uses_the_task_model_of_each_image(

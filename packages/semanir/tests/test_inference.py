@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common_kernels.runtime.errors import InvalidArgument
 from semanir import inference
 from semanir.inference import default_weights_dir, load_model, restore
 from semanir.models import DnCNN, SemanIR, build_model
@@ -285,9 +286,9 @@ def test_bad_options_are_rejected(kwargs, error, message):
     ("name", "task", "per_channel", "message"),
     [
         ("semanir_test_tiny_unet", "sr", False, "the model keeps the image size, which does not "
-         "fit --task sr"),
+         "fit task='sr'"),
         ("semanir_test_tiny_columnar", "denoise", False, "the model upscales x2, which does not "
-         "fit --task denoise"),
+         "fit task='denoise'"),
         ("dncnn_test_tiny", "jpeg", True, None),  # a gray DnCNN: per-channel is fine
     ],
 )  # fmt: skip
@@ -297,15 +298,19 @@ def test_check_model_for_task_reads_the_config_only(name, task, per_channel, mes
     if message is None:
         inference.check_model_for_task(config, task, per_channel=per_channel)
         return
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidArgument) as error:
         inference.check_model_for_task(config, task, per_channel=per_channel)
+    assert (error.value.argument, str(error.value)) == ("task", message)
 
 
 def test_per_channel_needs_a_one_channel_model_in_the_config():
     config = build_model("dncnn_test_tiny", channels=3).config.to_dict()
-    with pytest.raises(ValueError, match="--per-channel applies to gray models; this model "
-                       "takes 3 channels"):  # fmt: skip
+    with pytest.raises(InvalidArgument) as error:
         inference.check_model_for_task(config, "denoise", per_channel=True)
+    assert error.value.argument == "per_channel"
+    assert (
+        str(error.value) == "per_channel=True applies to gray models; this model takes 3 channels"
+    )
 
 
 # ---------------------------------------------------------------------------- loading

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from common_kernels.runtime.errors import InvalidValue, literal
 from semanir.tasks import COMMAND_LINE_TASKS, get_task
 
 DEFAULT_MODEL = "semanir_tiny_denoise_gray"
@@ -122,9 +123,10 @@ def model_for_task(task: str, channels: str) -> BundledModel:
         if name in BUNDLED_MODELS and BUNDLED_MODELS[name].is_installed()
     ]
     if not candidates:
-        raise ValueError(
-            f"no bundled model does --task {task}; bundled models: {known_names()} (or pass "
-            "--model FOLDER_OR_HUB_ID)"
+        raise InvalidValue(
+            "task",
+            f"no bundled model does {{task={task!r}}}; bundled models: "
+            f"{literal(known_names())} (or pass {{model}} FOLDER_OR_HUB_ID)",
         )
     same_channels = [model for model in candidates if model.channels == channels]
     return (same_channels or candidates)[0]

@@ -61,7 +61,8 @@ FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
     "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
-    "path": "OUT.onnx", "opset": "--opset", "port": "--port",
+    "path": "OUT.onnx", "opset": "--opset", "port": "--port", "per_channel": "--per-channel",
+    "sigma": "--sigma", "quality": "--quality", "scale": "--scale",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma

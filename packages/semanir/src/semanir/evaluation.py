@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from common_kernels.runtime.batch import check_not_inputs, find_images
+from common_kernels.runtime.errors import InvalidValue, literal
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.progress import progress as progress_of
 from semanir.batch import tile_for_compile
@@ -56,7 +57,9 @@ def degradation_options(
     if record.level is not None:
         value = {"sigma": sigma, "quality": quality}[record.level.name]
         if value is None:
-            raise ValueError(f"--task {task} needs --{record.level.name}, {record.level.meaning}")
+            level = record.level.name
+            message = f"{{task={task!r}}} needs {{{level}}}, {literal(record.level.meaning)}"
+            raise InvalidValue(level, message)
         return {record.level.name: record.level.check(value)}
     return {"scale": check_scale(scale)} if record.upscales and scale is not None else {}
 
@@ -167,7 +170,9 @@ def evaluate_images(
     scale = int(getattr(model, "upscale", 1))
     if record.upscales:
         if options.get("scale", scale) != scale:
-            raise ValueError(f"--scale {options['scale']} does not match the model's x{scale}")
+            given = options["scale"]
+            message = f"{{scale={given!r}}} does not match the model's x{scale}"
+            raise InvalidValue("scale", message)
         options["scale"] = check_scale(scale)
     channels = "gray" if model.in_channels == 1 else "rgb"
     dataset = SyntheticDegradationDataset(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from common_kernels import tiled_apply, value_checks
+from common_kernels.runtime.errors import InvalidValue
 from common_kernels.runtime.hub import check_hub, is_hub_id, local_or_hub
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, known_names, model_for_task
@@ -448,14 +449,13 @@ def check_model_for_task(config: dict[str, Any], task: str, *, per_channel: bool
     """
     upscale = int(config.get("upscale", 1))
     if get_task(task).upscales != (upscale > 1):
-        raise ValueError(
-            f"the model {'upscales x' + str(upscale) if upscale > 1 else 'keeps the image size'}, "
-            f"which does not fit --task {task}"
-        )
+        size = f"upscales x{upscale}" if upscale > 1 else "keeps the image size"
+        raise InvalidValue("task", f"the model {size}, which does not fit {{task={task!r}}}")
     channels = config.get("in_channels", config.get("channels", 1))  # SemanIR / DnCNN
     if per_channel and channels != 1:
-        raise ValueError(
-            f"--per-channel applies to gray models; this model takes {channels} channels"
+        raise InvalidValue(
+            "per_channel",
+            f"{{per_channel=True}} applies to gray models; this model takes {channels} channels",
         )
 
 
