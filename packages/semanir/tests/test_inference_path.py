@@ -116,3 +116,20 @@ def test_the_inference_path_runs_under_no_grad_and_inference_mode_only(monkeypat
     model(x).sum().backward()  # autograd: the general path, gradients reach the weights
     assert len(calls) == 8
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("size", [(50, 29), (8, 8), (9, 64)])
+def test_a_feature_map_one_window_wide_keeps_the_stage_input(monkeypatch, size) -> None:
+    """At one window across, the windows of a channels-last stage input are a view of it: the
+    layers' in-place updates must not reach the input that the stage's residual adds."""
+    model = load_model("semanir_tiny_denoise_gray")
+    x = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(2))
+    dictionaries = Dictionaries(monkeypatch)
+    dictionaries.record()
+    with torch.inference_mode():
+        fast = model(x)
+    dictionaries.replay()
+    with torch.enable_grad():
+        reference = model(x)
+    assert fast.shape == reference.shape == (1, 1, *size)
+    assert (fast - reference.detach()).abs().max() < TOLERANCE

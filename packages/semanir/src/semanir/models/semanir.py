@@ -400,6 +400,8 @@ class SemanIRStage(nn.Module):
         """
         height, width = x.shape[-2:]
         windows = window_partition(x.permute(0, 2, 3, 1), self.window_size)  # (B*nW, N, C)
+        if windows.data_ptr() == x.data_ptr():  # one window across: a view of x, kept intact
+            windows = windows.clone()  # for the residual below
         positions = self.positions()
         biases = [layer.attn.position_bias(positions) for layer in self.layers]
         n = windows.shape[1]
