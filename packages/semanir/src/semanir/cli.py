@@ -41,7 +41,7 @@ from semanir.export import DEFAULT_OPSET, export_onnx
 from semanir.lightning_cli import run_lightning, with_bundled_configs
 from semanir.tasks import COMMAND_LINE_TASKS, SIGMA, get_task
 
-USAGE = """usage: semanir {fit,validate,restore,eval,models} ...
+USAGE = """usage: semanir {fit,validate,restore,eval,models,app,export} ...
 
 commands:
   fit       train with Lightning:  semanir fit --config denoise_gray_tiny (shipped) or FILE.yaml
