@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 
 from common_kernels.runtime import browser
-from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import (
+    check_port,
+    error_text,
+    import_gradio,
+    launch_blocks,
+    page,
+    shows_bad_input,
+)
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 
 
@@ -81,25 +89,50 @@ def test_chromium_skips_saying_what_is_missing(monkeypatch) -> None:
     )
 
 
+def paint(text: str) -> np.ndarray:
+    """The colour ``R,G,B`` as a 6x10 image; anything else is a bad input."""
+    colour = [int(v) for v in text.split(",")]
+    if len(colour) != 3:
+        raise InvalidArgument("colour", f"must be three numbers R,G,B, got {text!r}")
+    return np.broadcast_to(np.array(colour, np.uint8), (6, 10, 3)).copy()
+
+
+def test_shows_bad_input_turns_bad_inputs_into_one_page_line() -> None:
+    gr = import_gradio("common-kernels[app]")
+    handler = shows_bad_input(paint)
+    assert handler.__name__ == "paint" and handler("1,2,3").shape == (6, 10, 3)
+    with pytest.raises(gr.Error) as caught:
+        handler("1,2")
+    assert caught.value.message == "colour: must be three numbers R,G,B, got '1,2'"
+    with pytest.raises(KeyError):  # not a bad input: raised as it is
+        shows_bad_input(lambda: {}["x"])()
+
+
+def test_shows_bad_input_keeps_a_generator_a_generator() -> None:
+    gr = import_gradio("common-kernels[app]")
+
+    def stages(count: int):
+        yield from range(count)
+        raise ValueError("stage budget spent\nTraceback ...")
+
+    handler = shows_bad_input(stages)
+    assert inspect.isgeneratorfunction(handler)
+    steps = handler(2)
+    assert [next(steps), next(steps)] == [0, 1]
+    with pytest.raises(gr.Error) as caught:
+        next(steps)
+    assert caught.value.message == "stage budget spent"
+
+
 def _tiny_page():
     """A page that paints the colour typed into its box, or shows an error for a bad one."""
     gr = import_gradio("common-kernels[app]")
-
-    def paint(text: str) -> np.ndarray:
-        try:
-            colour = [int(v) for v in text.split(",")]
-            if len(colour) != 3:
-                raise InvalidArgument("colour", f"must be three numbers R,G,B, got {text!r}")
-        except ValueError as err:
-            raise gr.Error(error_text(err), print_exception=False) from None
-        return np.broadcast_to(np.array(colour, np.uint8), (6, 10, 3)).copy()
-
-    with gr.Blocks() as page:
+    with page("Painter", "Type a colour.", "No model.") as blocks:
         box = gr.Textbox(label="colour", elem_id="colour")
         button = gr.Button("paint")
         picture = gr.Image(label="picture", elem_id="picture", format="png")
-        button.click(paint, box, picture, api_name="paint")
-    return page
+        button.click(shows_bad_input(paint), box, picture, api_name="paint")
+    return blocks
 
 
 @pytest.fixture(scope="module")
@@ -111,23 +144,30 @@ def served():
 
 def test_page_image_reads_the_pixels_the_page_shows(served, monkeypatch, tmp_path) -> None:
     url, chromium = served
-    page = chromium.new_page()
-    page.goto(url)
-    page.locator("#colour textarea").fill("10,200,30")
-    page.get_by_role("button", name="paint", exact=True).click()
-    picture = browser.page_image(page, "#picture")
+    tab = chromium.new_page()
+    tab.goto(url)
+    from playwright.sync_api import expect
+
+    expect(tab).to_have_title("Painter")  # Gradio sets it once the page has loaded
+    assert tab.get_by_role("heading", name="Painter").is_visible()
+    assert (
+        tab.get_by_text("Type a colour.").is_visible() and tab.get_by_text("No model.").is_visible()
+    )
+    tab.locator("#colour textarea").fill("10,200,30")
+    tab.get_by_role("button", name="paint", exact=True).click()
+    picture = browser.page_image(tab, "#picture")
     assert picture.size == (10, 6)
     assert np.array_equal(np.asarray(picture.convert("RGB")), np.full((6, 10, 3), [10, 200, 30]))
     monkeypatch.setenv("SCREENSHOT_DIR", str(tmp_path / "shots"))
-    shot = browser.keep_screenshot(page, "tiny")
+    shot = browser.keep_screenshot(tab, "tiny")
     assert shot == tmp_path / "shots" / "tiny.png"
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_page_error_shows_the_api_message(served) -> None:
     url, chromium = served
-    page = chromium.new_page()
-    page.goto(url)
-    page.locator("#colour textarea").fill("1,2")
-    page.get_by_role("button", name="paint", exact=True).click()
-    assert browser.page_error(page) == "colour: must be three numbers R,G,B, got '1,2'"
+    tab = chromium.new_page()
+    tab.goto(url)
+    tab.locator("#colour textarea").fill("1,2")
+    tab.get_by_role("button", name="paint", exact=True).click()
+    assert browser.page_error(tab) == "colour: must be three numbers R,G,B, got '1,2'"

@@ -25,7 +25,13 @@ import numpy as np
 import open_clip
 import torch
 
-from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import (
+    check_port,
+    import_gradio,
+    launch_blocks,
+    page,
+    shows_bad_input,
+)
 from common_kernels.runtime.batch import CommandSession
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.errors import InvalidArgument
@@ -182,17 +188,14 @@ def build_app(app: SegmentApp, title: str = "ITACLIP") -> Any:
     gr = import_gradio("itaclip[app]")
 
     def segment(image, classes, preset):
-        try:
-            done = app.segment(image, classes or "", preset)
-        except (ValueError, OSError) as err:
-            raise gr.Error(error_text(err), print_exception=False) from None
+        done = app.segment(image, classes or "", preset)
         return done.overlay, done.table()
 
-    with gr.Blocks(title=title) as page:
-        gr.Markdown(
-            f"# {title}\nOpen-vocabulary segmentation: name the classes (`cat, dog, sky`; `|` "
-            f"between the names of one class) or pick a dataset preset.\n\n{app.note}"
-        )
+    intro = (
+        "Open-vocabulary segmentation: name the classes (`cat, dog, sky`; `|` between the names "
+        "of one class) or pick a dataset preset."
+    )
+    with page(title, intro, app.note) as blocks:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -204,8 +207,11 @@ def build_app(app: SegmentApp, title: str = "ITACLIP") -> Any:
             with gr.Column():
                 painted = gr.Image(label="overlay", format="png", height=320, elem_id="overlay")
                 shares = gr.HTML(elem_id="shares")
-        button.click(segment, [image, classes, preset], [painted, shares], api_name="segment")
-    return page
+        button.click(
+            shows_bad_input(segment), [image, classes, preset], [painted, shares],
+            api_name="segment",
+        )  # fmt: skip
+    return blocks
 
 
 def add_app_command(commands: argparse._SubParsersAction) -> None:

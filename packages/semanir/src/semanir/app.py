@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from common_kernels.runtime.app import check_port, error_text, import_gradio, launch_blocks
+from common_kernels.runtime.app import (
+    check_port,
+    import_gradio,
+    launch_blocks,
+    page,
+    shows_bad_input,
+)
 from common_kernels.runtime.cli import check_folder_writable
 from common_kernels.runtime.errors import InvalidArgument, argument_errors, literal
 from common_kernels.runtime.files import convert_channels
@@ -234,20 +240,17 @@ def build_app(app: RestoreApp, title: str = "SemanIR") -> Any:
         def on_tiles(done: int, total: int | None) -> None:
             progress((done, total), desc="restoring", unit="tiles")
 
-        try:
-            done = app.restore(image, task, model, reference, int(tile or 0), on_tiles)
-        except (ValueError, OSError) as err:
-            raise gr.Error(error_text(err), print_exception=False) from None
+        done = app.restore(image, task, model, reference, int(tile or 0), on_tiles)
         return done.before, done.after, str(done.path), done.summary()
 
     def models_of(task: str):
         return gr.Dropdown(choices=app.model_names(task), value=AUTO)
 
-    with gr.Blocks(title=title) as page:
-        gr.Markdown(
-            f"# {title}\nRestore an image: denoise, remove JPEG artefacts or upscale x4. "
-            f"The result is written losslessly to `{app.output}`.\n\n{app.note()}"
-        )
+    intro = (
+        "Restore an image: denoise, remove JPEG artefacts or upscale x4. The result is written "
+        f"losslessly to `{app.output}`."
+    )
+    with page(title, intro, app.note()) as blocks:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -269,10 +272,10 @@ def build_app(app: RestoreApp, title: str = "SemanIR") -> Any:
                 download = gr.File(label="restored image (PNG, full bit depth)")
         task.change(models_of, task, model)
         button.click(
-            restore, [image, task, model, reference, tile], [before, after, download, summary],
-            api_name="restore",
+            shows_bad_input(restore), [image, task, model, reference, tile],
+            [before, after, download, summary], api_name="restore",
         )  # fmt: skip
-    return page
+    return blocks
 
 
 def serve(

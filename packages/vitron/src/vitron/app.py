@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from common_kernels.runtime.app import error_text, import_gradio
+from common_kernels.runtime.app import import_gradio, page, shows_bad_input
 from vitron.assistant import Assistant, Turn
 from vitron.io import write_json
 from vitron.regions import Region, RegionError, parse_box
@@ -113,21 +113,18 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
     gr = import_gradio("vitron[app]")
 
     def send(text: str, image: Image.Image | None, box: str):
-        try:
-            messages, pictures, paths = session.submit(text, image, box or "")
-        except ValueError as err:
-            raise gr.Error(error_text(err), print_exception=False) from None
+        messages, pictures, paths = session.submit(text, image, box or "")
         return messages, pictures, paths, "", None, ""  # the inputs are cleared
 
     def new_conversation():
         session.reset()
         return [], [], []
 
-    with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\nAsk, segment, generate, edit or restore. An image and a box join your "
-            "next message; the specialists' images appear on the right."
-        )
+    intro = (
+        "Ask, segment, generate, edit or restore. An image and a box join your next message; the "
+        "specialists' images appear on the right."
+    )
+    with page(title, intro) as demo:
         with gr.Row():
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="conversation", height=480)
@@ -145,8 +142,9 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
         outputs = [chat, gallery, files, message, image, box]
         # one queue for every event: a turn and a reset never touch the session at once
         one_at_a_time = {"concurrency_id": "session", "concurrency_limit": 1}
-        send_button.click(send, [message, image, box], outputs, **one_at_a_time)
-        message.submit(send, [message, image, box], outputs, **one_at_a_time)
+        sent = shows_bad_input(send, (ValueError,))
+        send_button.click(sent, [message, image, box], outputs, **one_at_a_time)
+        message.submit(sent, [message, image, box], outputs, **one_at_a_time)
         clear_button.click(new_conversation, None, [chat, gallery, files], **one_at_a_time)
     return demo
 

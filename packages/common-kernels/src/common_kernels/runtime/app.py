@@ -2,14 +2,18 @@
 
 Gradio is imported when a page is built (:func:`import_gradio`), never when this module is: a
 package's command and API work without its ``app`` extra. A bad input shows the API's one-line
-message in the page (:func:`error_text`), never a traceback; :func:`launch_blocks` serves a
-page as every ``app`` command does (:func:`check_port` first).
+message in the page (:func:`error_text`, through :func:`shows_bad_input`), never a traceback;
+:func:`page` opens every page the same way (title, what it does, what model it serves);
+:func:`launch_blocks` serves a page as every ``app`` command does (:func:`check_port` first).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,6 +49,62 @@ def error_text(exc: BaseException) -> str:
     """
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def shows_bad_input(
+    handler: Callable[..., Any],
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+) -> Callable[..., Any]:
+    """``handler`` of a page event whose bad inputs (``errors``) end as a ``gradio.Error`` with
+    their :func:`error_text`: one line in the page, no traceback in the log. A generator
+    handler (a page showing steps as they finish) stays a generator.
+
+    Args:
+        handler: the event's function (its signature, ``gr.Progress`` default included, is
+            what Gradio reads).
+        errors: the exception types that mean a bad input.
+    """
+    gr = importlib.import_module("gradio")
+
+    def shown(error: BaseException) -> Exception:
+        return gr.Error(error_text(error), print_exception=False)
+
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from handler(*args, **kwargs)
+            except errors as error:
+                raise shown(error) from None
+
+        return steps
+
+    @functools.wraps(handler)
+    def handle(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except errors as error:
+            raise shown(error) from None
+
+    return handle
+
+
+@contextlib.contextmanager
+def page(title: str, intro: str, note: str = "") -> Iterator[Any]:
+    """A ``gradio.Blocks`` titled ``title`` that opens with a heading, ``intro`` (what the page
+    does) and ``note`` (the model it serves, and which hub model it would use); lay the page
+    out inside the ``with`` block.
+
+    Args:
+        title: the page's title and heading.
+        intro: one paragraph (Markdown).
+        note: a second paragraph, or ``""``.
+    """
+    gr = importlib.import_module("gradio")
+    with gr.Blocks(title=title) as blocks:
+        gr.Markdown(f"# {title}\n{intro}" + (f"\n\n{note}" if note else ""))
+        yield blocks
 
 
 def check_port(port: int) -> int:
