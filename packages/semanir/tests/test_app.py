@@ -8,13 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.runtime.browser import (
-    chromium,
-    keep_screenshot,
-    page_error,
-    page_image,
-    serve_app,
-)
+from common_kernels.runtime import browser as web
 from common_kernels.runtime.photos import read_photo
 from common_kernels.runtime.testing import refusal
 from semanir import load_model, psnr
@@ -140,7 +134,7 @@ def served(tmp_path_factory):
     """(URL, app) of one page, shared by the API and browser tests."""
     output = tmp_path_factory.mktemp("served") / "out"
     app = RestoreApp(output, device=torch.device("cpu"))
-    with serve_app(build_app(app), allowed_paths=[output.parent]) as url:
+    with web.serve_app(build_app(app), allowed_paths=[output.parent]) as url:
         yield url, app
 
 
@@ -163,7 +157,7 @@ def test_the_api_restores_through_gradio_client(served, photos):
 
 @pytest.fixture(scope="module")
 def browser():
-    with chromium() as launched:
+    with web.chromium() as launched:
         yield launched
 
 
@@ -172,13 +166,13 @@ def test_the_page_restores_an_upload_and_shows_it(served, browser, photos):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(url)
     page.get_by_role("button", name="restore", exact=True).click()
-    assert page_error(page) == "image: none given: upload an image to restore"
+    assert web.page_error(page) == "image: none given: upload an image to restore"
     page.get_by_test_id("toast-close").click()
     for name, upload in (("image", "noisy.png"), ("reference", "clean.png")):
         page.locator(f"#{name} input[type=file]").set_input_files(str(photos / upload))
         page.locator(f"#{name} img").wait_for()
     page.get_by_role("button", name="restore", exact=True).click()
-    shown = page_image(page, "#after")
+    shown = web.page_image(page, "#after")
     summary = page.locator("#summary").get_by_text("written to")
     summary.wait_for()
     written = read_photo(sorted(app.output.glob("*_noisy_denoise.png"))[-1])
@@ -186,5 +180,5 @@ def test_the_page_restores_an_upload_and_shows_it(served, browser, photos):
     difference = np.asarray(shown.convert("L")).astype(int) - to_uint8_array(written.pixels)
     assert np.abs(difference).max() <= 1  # 8-bit on the page, 16-bit in the file
     assert "dB against the reference" in summary.inner_text()
-    assert page_image(page, "#before").size == (64, 48)
-    keep_screenshot(page, "semanir-app")
+    assert web.page_image(page, "#before").size == (64, 48)
+    web.keep_screenshot(page, "semanir-app")
