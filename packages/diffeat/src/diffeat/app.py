@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime import app as runtime_app
+from common_kernels.runtime.app import launch_blocks
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError, check_hub
 from diffeat.configs import tiny_pipeline
@@ -128,7 +129,7 @@ def open_page(
         ImportError: without gradio: ``needs gradio: pip install 'diffeat[app]'``.
         InvalidArgument: a bad option, before any weights load.
     """
-    import_gradio("diffeat[app]")  # before the model loads
+    runtime_app.import_gradio("diffeat[app]")  # before the model loads
     source, note = choose_model(model)
     options = {"image_size": image_size or APP_SIZE, "timestep": timestep, "output_device": "cpu"}
     if source is not None:
@@ -141,19 +142,16 @@ def open_page(
 
 def build_app(page: PcaPage, title: str = "diffeat: PCA of diffusion features") -> Any:
     """The Gradio page of ``page`` (a ``gradio.Blocks``; serve it with ``launch_blocks``)."""
-    gr = import_gradio("diffeat[app]")
+    gr = runtime_app.import_gradio("diffeat[app]")
 
     def show(image: Image.Image | None, layers: list[str], prompt: str):
-        try:
-            return page.run(image, layers or [], prompt or "")
-        except (ValueError, TypeError) as error:
-            raise gr.Error(error_text(error), print_exception=False) from None
+        return page.run(image, layers or [], prompt or "")
 
-    with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\nEach selected activation's features, their first three principal "
-            f"components as red, green and blue.\n\n{page.note}"
-        )
+    intro = (
+        "Each selected activation's features, their first three principal components as red, "
+        "green and blue."
+    )
+    with runtime_app.page(title, intro, page.note) as demo:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="image", type="pil", elem_id="image")
@@ -166,7 +164,8 @@ def build_app(page: PcaPage, title: str = "diffeat: PCA of diffusion features") 
             gallery = gr.Gallery(
                 label="PCA of each activation", format="png", columns=2, elem_id="pca"
             )
-        button.click(show, [image, layers, prompt], gallery, api_name="pca")
+        shown = runtime_app.shows_bad_input(show, (ValueError, TypeError))
+        button.click(shown, [image, layers, prompt], gallery, api_name="pca")
     return demo
 
 

@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common_kernels.runtime.app import error_text, import_gradio, launch_blocks
+from common_kernels.runtime import app as runtime_app
+from common_kernels.runtime.app import launch_blocks
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith.cascade import Prompts, pipeline_shape, run_cascade
@@ -230,7 +231,7 @@ def open_page(
     Raises:
         ImportError: without gradio: ``needs gradio: pip install 'pixelsmith[app]'``.
     """
-    import_gradio("pixelsmith[app]")
+    runtime_app.import_gradio("pixelsmith[app]")
     plan, note = choose_model(model, vae)
     device = torch.device(device)
     if plan is None:
@@ -248,20 +249,17 @@ def open_page(
 
 def build_app(page: CascadePage, title: str = "Pixelsmith: cascaded SDXL") -> Any:
     """The Gradio page of ``page`` (a ``gradio.Blocks``; serve it with :func:`launch_page`)."""
-    gr = import_gradio("pixelsmith[app]")
+    gr = runtime_app.import_gradio("pixelsmith[app]")
     defaults = page.defaults
 
     def generate(prompt, sizes, sliders, steps, guidance, seed, negative):
-        try:
-            yield from page.run(prompt, sizes, sliders, steps, guidance, seed, negative or "")
-        except (ValueError, TypeError) as error:
-            raise gr.Error(error_text(error), print_exception=False) from None
+        yield from page.run(prompt, sizes, sliders, steps, guidance, seed, negative or "")
 
-    with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\nPlain SDXL at the first size, then Pixelsmith stages up to the last; "
-            f"each stage's image appears when it is finished.\n\n{page.note}"
-        )
+    intro = (
+        "Plain SDXL at the first size, then Pixelsmith stages up to the last; each stage's image "
+        "appears when it is finished."
+    )
+    with runtime_app.page(title, intro, page.note) as demo:
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="prompt", elem_id="prompt")
@@ -290,7 +288,8 @@ def build_app(page: CascadePage, title: str = "Pixelsmith: cascaded SDXL") -> An
                 )
                 final = gr.File(label="final image (PNG)", elem_id="final")
         inputs = [prompt, sizes, sliders, steps, guidance, seed, negative]
-        button.click(generate, inputs, [stages, final], api_name="generate")
+        staged = runtime_app.shows_bad_input(generate, (ValueError, TypeError))
+        button.click(staged, inputs, [stages, final], api_name="generate")
     return demo
 
 
