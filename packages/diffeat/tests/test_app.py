@@ -90,6 +90,13 @@ def test_cli_app_refuses_a_bad_option_before_any_model_loads(capsys, monkeypatch
     assert err.startswith(f"diffeat app: error: --model: no model folder {tmp_path / 'none'}")
 
 
+def test_cli_app_checks_the_port_before_any_model_loads(capsys, monkeypatch):
+    monkeypatch.setattr(FeatureExtractor, "from_plan", pytest.fail)
+    monkeypatch.setattr(FeatureExtractor, "from_pipeline", pytest.fail)
+    assert main(["app", "--port", "0"]) == 2
+    assert capsys.readouterr().err == "diffeat app: error: --port: must be in [1, 65535], got 0\n"
+
+
 def test_cli_app_serves_the_page(monkeypatch, model_dirs):
     served = {}
     monkeypatch.setattr(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from common_kernels.runtime import browser
@@ -115,6 +116,35 @@ def test_cli_app_refuses_a_bad_option_before_any_model_loads(capsys, tmp_path, n
     err = capsys.readouterr().err
     assert err.startswith(f"pixelsmith app: error: --model: no model folder {tmp_path / 'none'}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--port", "0"], "--port: must be in [1, 65535], got 0"),
+        (["--device", "tpu"], "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu"),
+    ],
+)
+def test_cli_app_checks_port_and_device_before_any_model_loads(
+    capsys, tmp_path, no_model_load, options, message
+):
+    if options[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("the message lists this machine's CUDA devices")
+    assert main(["app", "-o", str(tmp_path / "out"), *options]) == 2
+    assert capsys.readouterr().err.startswith(f"pixelsmith app: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_open_page_names_its_own_arguments(tmp_path, no_model_load):
+    from common_kernels.runtime.errors import InvalidArgument
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidArgument) as caught:
+        open_page(tmp_path / "file" / "out")
+    assert caught.value.argument == "output_dir"
+    with pytest.raises(InvalidArgument) as caught:
+        open_page(tmp_path / "out", device="tpu")
+    assert caught.value.argument == "device" and str(caught.value).startswith("device tpu:")
 
 
 def test_cli_app_serves_the_page_and_its_folder(monkeypatch, tmp_path, tiny_dir):

@@ -172,3 +172,25 @@ def build_app(page: PcaPage, title: str = "diffeat: PCA of diffusion features") 
 def launch_page(page: PcaPage, *, host: str, port: int, share: bool) -> None:
     """Serve the page of ``page`` until interrupted (what ``diffeat app`` does)."""
     launch_blocks(build_app(page), host=host, port=port, share=share)
+
+
+def serve(
+    model: str | Path | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    timestep: int = 50,
+    dtype: torch.dtype | str = "fp32",
+    device: torch.device | str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+) -> None:
+    """What ``diffeat app`` does: ``port`` checked, then :func:`open_page` (its options checked
+    before any weights load), then the page served until interrupted.
+
+    Raises:
+        InvalidArgument: (``port``) not in [1, 65535], before anything loads.
+    """
+    runtime_app.check_port(port)
+    page = open_page(model, image_size, timestep, dtype, device)
+    launch_page(page, host=host, port=port, share=share)

@@ -47,7 +47,7 @@ from common_kernels.runtime.cli import (
 from common_kernels.runtime.files import check_output_folder_name
 from common_kernels.runtime.quiet import quiet_libraries
 from diffeat.aggregate import RESIZE_MODES
-from diffeat.app import launch_page, open_page
+from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
 from diffeat.commands import (
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
-    "model_id_or_dir": "--model", "model": "--model", "config": "--config",
+    "model_id_or_dir": "--model", "model": "--model", "config": "--config", "port": "--port",
     "text_tokens": "--text-tokens", "directory": "DIR", "layers": "--layers", "preset": "--preset",
     "timestep": "--timestep", "dtype": "--dtype", "device": "--device", "seed": "--seed",
     "latent": "--latent", "image_size": "--image-size", "batch_size": "--batch-size",
@@ -396,8 +396,8 @@ def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped
 def command_app(args: Namespace) -> None:
     """Check the options, load the model, serve the PCA page (:mod:`diffeat.app`)."""
     with usage_errors():  # without gradio: needs gradio: pip install 'diffeat[app]'
-        page = open_page(args.model, args.image_size, args.timestep, args.dtype, args.device)
-    launch_page(page, host=args.host, port=args.port, share=args.share)
+        serve(args.model, args.image_size, args.timestep, args.dtype, args.device,
+              host=args.host, port=args.port, share=args.share)  # fmt: skip
 
 
 def command_tiny_model(args: argparse.Namespace) -> None:

@@ -28,6 +28,8 @@ from torch import Tensor
 
 from common_kernels.runtime import app as runtime_app
 from common_kernels.runtime.app import launch_blocks
+from common_kernels.runtime.cli import check_device, check_folder_writable
+from common_kernels.runtime.errors import argument_errors
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith.cascade import Prompts, pipeline_shape, run_cascade
@@ -216,7 +218,7 @@ def open_page(
     output_dir: str | Path,
     model: str | Path | None = None,
     vae: str | Path | None = "auto",
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> CascadePage:
     """Load the page's model (see :func:`choose_model`); gradio is looked for first.
@@ -225,15 +227,20 @@ def open_page(
         output_dir: where the final images go (created when missing).
         model: an SDXL hub id or folder, or None (see :func:`choose_model`).
         vae: the VAE of a given ``model`` (``"auto"``, ``None`` or a hub id or folder).
-        device: where the model runs.
+        device: where the model runs (None: cuda when available, else cpu).
         dtype: the weights' dtype (None: float16 on CUDA, float32 otherwise).
 
     Raises:
         ImportError: without gradio: ``needs gradio: pip install 'pixelsmith[app]'``.
+        InvalidArgument: (``output_dir``) a folder that cannot be created or written;
+            (``device``) not a device of this machine; before any weights load.
     """
     runtime_app.import_gradio("pixelsmith[app]")
+    with argument_errors("output_dir"):
+        check_folder_writable(Path(output_dir), "output_dir")
+    with argument_errors("device"):
+        device = check_device(None if device is None else str(device), "device")
     plan, note = choose_model(model, vae)
-    device = torch.device(device)
     if plan is None:
         parts = {**tiny_components(), "scheduler": ddim_from_config(dict(SDXL_SCHEDULER_CONFIG))}
         pipe = PixelsmithPipeline(**parts, add_watermarker=False)
@@ -297,3 +304,25 @@ def launch_page(page: CascadePage, *, host: str, port: int, share: bool) -> None
     """Serve the page of ``page`` until interrupted (Gradio serves its output folder)."""
     blocks = build_app(page)
     launch_blocks(blocks, host=host, port=port, share=share, allowed_paths=[page.output_dir])
+
+
+def serve(
+    output_dir: str | Path,
+    model: str | Path | None = None,
+    vae: str | Path | None = "auto",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+) -> None:
+    """What ``pixelsmith app`` does: ``port`` checked, then :func:`open_page` (its options
+    checked before any weights load), then the page served until interrupted.
+
+    Raises:
+        InvalidArgument: (``port``) not in [1, 65535], before anything loads.
+    """
+    runtime_app.check_port(port)
+    page = open_page(output_dir, model, vae, device, dtype)
+    launch_page(page, host=host, port=port, share=share)

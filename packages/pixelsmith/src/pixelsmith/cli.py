@@ -48,7 +48,7 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.quiet import quiet_libraries
-from pixelsmith.app import launch_page, open_page
+from pixelsmith.app import serve
 from pixelsmith.cascade import Prompts, run_cascade
 from pixelsmith.config import BLENDS, HANDOVERS, PATCH_SCHEDULERS, POSTERIORS, PixelsmithConfig
 from pixelsmith.control import load_controlnet
@@ -75,6 +75,8 @@ FLAGS = {
     "guidance_scale": "--guidance",
     "seed": "--seed",
     "output": "-o/--output",
+    "output_dir": "-o/--output",
+    "port": "--port",
     "in_place": "--in-place",
     "checkpoint_dir": "--checkpoint-dir",
     "checkpoint_every": "--checkpoint-every",
@@ -385,12 +387,10 @@ def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGr
 
 def run_app(args: argparse.Namespace) -> int:
     """Check the options, load the model, serve the page (:mod:`pixelsmith.app`)."""
-    check_folder_writable(args.output, "-o/--output")
-    device = check_device(args.device)
     vae = None if args.vae == "none" else args.vae
     with usage_errors(BAD_INPUT):  # without gradio: needs gradio: pip install 'pixelsmith[app]'
-        page = open_page(args.output, args.model, vae, device, DTYPES[args.dtype])
-    launch_page(page, host=args.host, port=args.port, share=args.share)
+        serve(args.output, args.model, vae, args.device, DTYPES[args.dtype],
+              host=args.host, port=args.port, share=args.share)  # fmt: skip
     return 0
 
 
