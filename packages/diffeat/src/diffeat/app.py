@@ -175,22 +175,14 @@ def launch_page(page: PcaPage, *, host: str, port: int, share: bool) -> None:
 
 
 def serve(
-    model: str | Path | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    timestep: int = 50,
-    dtype: torch.dtype | str = "fp32",
-    device: torch.device | str | None = None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 7860,
-    share: bool = False,
+    *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **page_options: Any
 ) -> None:
-    """What ``diffeat app`` does: ``port`` checked, then :func:`open_page` (its options checked
-    before any weights load), then the page served until interrupted.
+    """What ``diffeat app`` does: ``port`` checked, then :func:`open_page` with
+    ``page_options`` (each checked before any weights load), then the page served until
+    interrupted.
 
     Raises:
         InvalidArgument: (``port``) not in [1, 65535], before anything loads.
     """
     runtime_app.check_port(port)
-    page = open_page(model, image_size, timestep, dtype, device)
-    launch_page(page, host=host, port=port, share=share)
+    launch_page(open_page(**page_options), host=host, port=port, share=share)

@@ -396,8 +396,8 @@ def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped
 def command_app(args: Namespace) -> None:
     """Check the options, load the model, serve the PCA page (:mod:`diffeat.app`)."""
     with usage_errors():  # without gradio: needs gradio: pip install 'diffeat[app]'
-        serve(args.model, args.image_size, args.timestep, args.dtype, args.device,
-              host=args.host, port=args.port, share=args.share)  # fmt: skip
+        page = {k: getattr(args, k) for k in ("model", "image_size", "timestep", "dtype", "device")}
+        serve(host=args.host, port=args.port, share=args.share, **page)
 
 
 def command_tiny_model(args: argparse.Namespace) -> None:

@@ -308,21 +308,18 @@ def launch_page(page: CascadePage, *, host: str, port: int, share: bool) -> None
 
 def serve(
     output_dir: str | Path,
-    model: str | Path | None = None,
-    vae: str | Path | None = "auto",
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
     share: bool = False,
+    **page_options: Any,
 ) -> None:
-    """What ``pixelsmith app`` does: ``port`` checked, then :func:`open_page` (its options
-    checked before any weights load), then the page served until interrupted.
+    """What ``pixelsmith app`` does: ``port`` checked, then :func:`open_page` of ``output_dir``
+    with ``page_options`` (each checked before any weights load), then the page served until
+    interrupted.
 
     Raises:
         InvalidArgument: (``port``) not in [1, 65535], before anything loads.
     """
     runtime_app.check_port(port)
-    page = open_page(output_dir, model, vae, device, dtype)
-    launch_page(page, host=host, port=port, share=share)
+    launch_page(open_page(output_dir, **page_options), host=host, port=port, share=share)

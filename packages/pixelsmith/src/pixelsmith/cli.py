@@ -389,8 +389,9 @@ def run_app(args: argparse.Namespace) -> int:
     """Check the options, load the model, serve the page (:mod:`pixelsmith.app`)."""
     vae = None if args.vae == "none" else args.vae
     with usage_errors(BAD_INPUT):  # without gradio: needs gradio: pip install 'pixelsmith[app]'
-        serve(args.output, args.model, vae, args.device, DTYPES[args.dtype],
-              host=args.host, port=args.port, share=args.share)  # fmt: skip
+        serve(args.output, model=args.model, vae=vae, device=args.device,
+              dtype=DTYPES[args.dtype], host=args.host, port=args.port,
+              share=args.share)  # fmt: skip
     return 0
 
 
