@@ -40,6 +40,20 @@ def test_tiny_model_command_writes_a_loadable_folder(tmp_path, capsys):
     )
 
 
+def test_tiny_model_command_writes_a_pixart_folder_served_like_the_unets(tmp_path, capsys):
+    folder = tmp_path / "tiny_pixart"
+    assert main(["tiny-model", str(folder), "--kind", "pixart"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae",
+    ]  # fmt: skip
+    extractor = FeatureExtractor.from_pretrained(folder)
+    assert type(extractor).__name__ == "DiTFeatureExtractor"
+    capsys.readouterr()
+    assert main(["layers", "--model", str(folder), "--image-size", "64"]) == 0
+    listed = capsys.readouterr().out
+    assert all(spec.name in listed for spec in extractor.catalogue)
+
+
 def test_layers_command(model_dirs, capsys):
     assert main(["layers", "--model", str(model_dirs["sdxl"]), "--image-size", "128x192"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -396,7 +396,7 @@ CASES = {
     ),
     "tiny_model_kind": (
         ["tiny-model", "{t}/tiny", "--kind", "sd3"],
-        "argument --kind: invalid choice: 'sd3' (choose from 'sd15', 'sdxl')",
+        "argument --kind: invalid choice: 'sd3' (choose from 'sd15', 'sdxl', 'pixart')",
     ),
     "tiny_model_seed": (
         ["tiny-model", "{t}/tiny", "--kind", "sd15", "--seed", "-2"],

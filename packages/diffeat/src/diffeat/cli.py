@@ -4,7 +4,7 @@ diffeat layers (--model PATH_OR_HUB_ID | --config sd15|sd21|sdxl|...) [--image-s
 diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feats.safetensors
 diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
-diffeat tiny-model DIR --kind sd15|sdxl
+diffeat tiny-model DIR --kind sd15|sdxl|pixart
 diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
 
 --model is a diffusers SD/SDXL (U-Net) or PixArt (DiT) repository (its model_index.json says
@@ -67,7 +67,7 @@ from diffeat.commands import (
     write_features,
     write_pca,
 )
-from diffeat.configs import DIT_CONFIGS, KINDS, UNET_CONFIGS, save_tiny_model
+from diffeat.configs import DIT_CONFIGS, TINY_MODEL_KINDS, UNET_CONFIGS, save_tiny_model
 from diffeat.errors import SourceError
 from diffeat.extractor import FeatureExtractor
 from diffeat.inputs import check_image_file
@@ -194,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(pca, required=False)
     for flag, options in PCA_OPTIONS.items():
         pca.add_argument(flag, **options)
-    tiny = commands.add_parser("tiny-model", help="write a tiny random SD/SDXL model folder")
+    tiny = commands.add_parser("tiny-model", help="write a tiny random SD/SDXL/PixArt folder")
     tiny.add_argument("directory", type=Path)
-    tiny.add_argument("--kind", choices=KINDS, required=True)
+    tiny.add_argument("--kind", choices=TINY_MODEL_KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
     tiny.add_argument("--seed", type=int, default=0, help=seed)
     app = commands.add_parser("app", help="a local Gradio page: PCA images of activations")

@@ -222,6 +222,7 @@ TINY_TEXT_ENCODER: dict[str, Any] = {
 }
 
 KINDS = ("sd15", "sdxl")
+TINY_MODEL_KINDS = (*KINDS, "pixart")  # what save_tiny_model writes: the U-Nets and PixArt-Sigma
 
 
 def unet_config(name: str) -> dict[str, Any]:
@@ -339,11 +340,12 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
 
 
 def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
-    """Write a tiny random diffusers model folder (unet, vae, text encoders, tokenizers, scheduler).
+    """Write a tiny random diffusers model folder (the denoiser, vae, text encoders, tokenizers,
+    scheduler).
 
     Args:
         directory: output folder (created; must not hold a model already).
-        kind: ``"sd15"`` or ``"sdxl"``.
+        kind: ``"sd15"``, ``"sdxl"`` (U-Nets) or ``"pixart"`` (PixArt-Sigma's transformer).
         seed: seed of the random weights, in [0, 2**64 - 1].
 
     Raises:
@@ -360,4 +362,5 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
             "directory", f"{shown('directory', folder)} already holds a model (model_index.json)"
         )
     with atomic_directory(folder, make_parents=True) as temp:
-        tiny_pipeline(kind, seed).save_pretrained(temp, safe_serialization=True)
+        pipe = tiny_pixart_pipeline(seed) if kind == "pixart" else tiny_pipeline(kind, seed)
+        pipe.save_pretrained(temp, safe_serialization=True)
