@@ -149,10 +149,9 @@ def test_page_image_reads_the_pixels_the_page_shows(served, monkeypatch, tmp_pat
     from playwright.sync_api import expect
 
     expect(tab).to_have_title("Painter")  # Gradio sets it once the page has loaded
-    assert tab.get_by_role("heading", name="Painter").is_visible()
-    assert (
-        tab.get_by_text("Type a colour.").is_visible() and tab.get_by_text("No model.").is_visible()
-    )
+    expect(tab.get_by_role("heading", name="Painter")).to_be_visible()
+    expect(tab.get_by_text("Type a colour.")).to_be_visible()
+    expect(tab.get_by_text("No model.")).to_be_visible()
     tab.locator("#colour textarea").fill("10,200,30")
     tab.get_by_role("button", name="paint", exact=True).click()
     picture = browser.page_image(tab, "#picture")
