@@ -171,7 +171,10 @@ for _package in PACKAGES:
 
 @nox.session(tags=["tests"])
 def repo(session: nox.Session) -> None:
-    """Repository invariants: package layout and in-tree dependency ranges."""
+    """Repository invariants: package layout, in-tree dependency ranges, the import graph (with
+    common-kernels' test helpers, ``common_kernels.runtime.testing``)."""
+    share_torch(session)
+    install_packages(session, ["common-kernels"])
     session.install("pytest>=8", "packaging>=24")
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
