@@ -14,7 +14,6 @@ from torch import nn
 
 from common_kernels.runtime.errors import InvalidArgument
 from semanir import export_onnx, restore
-from semanir.bundled import installed_models
 from semanir.cli import main
 from semanir.export import onnx_session, run_onnx
 from semanir.inference import load_model
@@ -111,9 +110,14 @@ def test_every_variant(variant: str, tmp_path_factory: pytest.TempPathFactory) -
     assert_runtime_equals_restore(model, path, [(2, 11, 13), (1, 14, 21)])
 
 
+# The bundled models of each graph: the U-Net (the gray denoiser and JPEG model have the colour
+# model's graph with one channel) and the columnar x4 SR; each export takes about a minute.
+BUNDLED_GRAPHS = ("semanir_tiny_denoise_color", "semanir_tiny_sr_x4")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m.name for m in installed_models()])
-def test_every_bundled_model(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("name", BUNDLED_GRAPHS)
+def test_bundled_models(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """With every window token in the dictionary (k = window**2) the two runtimes agree to
     1e-4 everywhere; with the model's k a row whose k-th and (k+1)-th similarities tie to
     float rounding may keep another neighbour in one of them, moving a few pixels further."""
