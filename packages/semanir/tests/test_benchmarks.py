@@ -10,9 +10,11 @@ from types import ModuleType
 
 import pytest
 import torch
+from PIL import Image
 
 from common_kernels.runtime.testing import hidden_modules, no_work, refusal
 from common_kernels.runtime.testing import load_script as load_path
+from semanir.data.degradations import add_gaussian_noise
 from semanir.inference import load_model, restore
 from semanir.io import read_image, write_image
 from semanir.metrics import psnr, ssim
@@ -30,6 +32,7 @@ def load_script(name: str) -> ModuleType:
 run = load_script("run")
 worker = load_script("worker")
 eval_set12 = load_script("eval_set12")
+runtimes = load_script("runtimes")
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +198,42 @@ def test_eval_set12_on_synthetic_images(tmp_path, tiny_dir, data_root):
     assert mean["noisy"]["psnr"] == pytest.approx(20 * math.log10(255 / 25), abs=0.3)
     assert "| tiny | " in (tmp_path / "set12.md").read_text()
     assert (tmp_path / "set12_crops.png").stat().st_size > 0
+
+
+def test_runtimes_compares_spandrel_and_onnx_runtime_with_restore(tmp_path, tiny_dir, data_root):
+    image = data_root / "set12" / "01.png"
+    argv = ["--model", str(tiny_dir), "--image", str(image), "--threads", "1"]
+    assert runtimes.main([*argv, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "runtimes.json").read_text())
+    clean = read_image(image, channels="gray")[None]
+    noisy = add_gaussian_noise(clean, 25.0, torch.Generator().manual_seed(0))
+    expected = restore(load_model(tiny_dir), noisy, tile=None).clamp(0, 1)
+    assert report["noisy_psnr_db"] == float(psnr(noisy.clamp(0, 1), clean))
+    assert report["restore"]["psnr_db"] == float(psnr(expected, clean))
+    assert report["restore"]["max_abs_difference"] == 0.0
+    assert report["spandrel"]["max_abs_difference"] <= 1e-4  # the same modules and maths
+    # ONNX Runtime sums the similarities in another order: on smooth images near-ties in the
+    # top-k flip (README, "ONNX export"), moving a few pixels by less than one 8-bit level
+    assert report["onnx"]["max_abs_difference"] < 1 / 255
+    for name in ("spandrel", "onnx"):
+        assert report[name]["psnr_db"] == pytest.approx(report["restore"]["psnr_db"], abs=1e-3)
+        assert report[name]["share_above_one_level"] == 0.0
+        assert Image.open(tmp_path / f"{name}.png").size == (1300, 360)
+    assert "| ONNX Runtime (CPU) | " in (tmp_path / "runtimes.md").read_text()
+
+
+def test_runtimes_refuses_a_missing_image_and_a_super_resolution_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runtimes.main(["--image", str(tmp_path / "none.png"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"error: --image: no such file: {tmp_path / 'none.png'}" in capsys.readouterr().err
+    folder = tmp_path / "sr"
+    build_model("semanir_test_tiny_columnar").save_pretrained(folder)  # x2 SR
+    image = tmp_path / "one.png"
+    write_image(image, torch.rand(1, 16, 16))
+    with pytest.raises(SystemExit, match="--model: must be a denoiser, got x2"):
+        runtimes.main(["--model", str(folder), "--image", str(image), "--out", str(tmp_path)])
+    assert not (tmp_path / "runtimes.json").exists()
 
 
 def test_eval_set12_ensemble_adds_an_x8_row_per_model(tmp_path, tiny_dir, data_root):
