@@ -50,30 +50,13 @@ def textured(seed, shift=0):
 def spair(tmp_path):
     kps = [[12, 20], [28, 36], [44, 12]]
     shifted = [[x + 16, y] for x, y in kps]
-    write_spair(
-        tmp_path,
-        [
-            (
-                "000001-a-b",
-                "cat",
-                ("a.png", textured(0)),
-                ("b.png", textured(0, 16)),
-                kps,
-                shifted,
-                "test",
-            ),
-            (
-                "000002-c-d",
-                "dog",
-                ("c.png", textured(1)),
-                ("d.png", textured(1, 16)),
-                kps,
-                shifted,
-                "test",
-            ),
-            ("000003-e-f", "dog", ("e.png", textured(2)), ("f.png", textured(2)), kps, kps, "trn"),
-        ],
-    )
+    shifted_pairs = [  # test pairs: the target is the source texture rolled right by 16 px
+        (f"00000{seed + 1}-{a}-{b}", category, (f"{a}.png", textured(seed)),
+         (f"{b}.png", textured(seed, 16)), kps, shifted, "test")
+        for seed, (a, b, category) in enumerate([("a", "b", "cat"), ("c", "d", "dog")])
+    ]  # fmt: skip
+    same = ("000003-e-f", "dog", ("e.png", textured(2)), ("f.png", textured(2)), kps, kps, "trn")
+    write_spair(tmp_path, [*shifted_pairs, same])
     return tmp_path
 
 
