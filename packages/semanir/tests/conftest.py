@@ -1,5 +1,6 @@
 """Tiny random models saved with ``save_pretrained``, shared by the command-line and photo tests:
-the fixtures ``gray_model``, ``colour_model``, ``sr_model`` (colour, x2) and ``gray_sr_model``."""
+the fixtures ``gray_model``, ``colour_model``, ``sr_model`` (colour, x2) and ``gray_sr_model``;
+and ``keep_threads`` for the benchmark tests."""
 
 from __future__ import annotations
 
@@ -40,3 +41,11 @@ gray_model = saved_model("gray")
 colour_model = saved_model("colour")
 sr_model = saved_model("sr")
 gray_sr_model = saved_model("gray_sr")
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a test whose benchmark worker sets it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

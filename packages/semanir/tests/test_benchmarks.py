@@ -34,13 +34,7 @@ worker = load_script("worker")
 eval_set12 = load_script("eval_set12")
 runtimes = load_script("runtimes")
 
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    """The worker sets torch's thread count; restore it for the other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # the worker sets torch's thread count
 
 
 @pytest.fixture(scope="module")

@@ -5,35 +5,21 @@ The timed runs themselves are the benchmark's (minutes); here its pieces run on 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from common_kernels.runtime.testing import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 REPOSITORY = Path(__file__).resolve().parents[3]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"test_cpu_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("keep_threads")  # the worker sets torch's thread count
 
-
-cpu_speed = load_script("cpu_speed")
-
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+cpu_speed = load_script(BENCHMARKS / "cpu_speed.py", "test_cpu_cpu_speed")
 
 
 def test_the_plan_pairs_every_semanir_row_with_its_baseline_row() -> None:
