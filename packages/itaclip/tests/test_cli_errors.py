@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from common_kernels.runtime.testing import interrupted_run
 from itaclip import Segmenter
 from itaclip.cli import main
 from itaclip.datasets import SegmentationDataset
@@ -531,19 +529,6 @@ def test_tiny_model_round_trip(tmp_path, files, capsys):
     image = np.asarray(Image.open(files / "img.png"))
     expected = seg(image, [["cat"], ["dog", "puppy"], ["sky"]]).labels
     assert torch.equal(torch.from_numpy(labels.astype(np.int64)), expected)
-
-
-def test_ctrl_c_exits_130_with_one_line(files, tiny_dir, tmp_path):
-    argv = segment_args(files, "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "cache"))
-    done = interrupted_run("itaclip.cli", "itaclip.segmenter:Segmenter.query_logits", argv)
-    assert done.returncode == 130, done.stderr
-    resume = shlex.join(["itaclip", "segment", *argv[1:], "--skip-existing"])
-    assert (
-        done.stderr
-        == f"itaclip segment: interrupted after 0 of 1 image(s); resume with: {resume}\n"
-    )
-    assert done.stdout == ""
-    assert not (files / "out").exists()  # interrupted before anything was written
 
 
 def test_eval_progress_over_images_on_a_terminal(voc_root, tiny_dir, monkeypatch, capsys):

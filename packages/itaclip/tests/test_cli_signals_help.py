@@ -1,5 +1,6 @@
-"""SIGTERM (what a batch scheduler sends) ends a command with one line and exit 143; ``--help``
-gives units, ranges and defaults for every numeric flag (issue 25, items 4 and 8)."""
+"""SIGTERM (what a batch scheduler sends) and Ctrl-C (SIGINT) end a command with one line and
+exit 143 and 130; ``--help`` gives units, ranges and defaults for every numeric flag (issue 25,
+items 4 and 8)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.cli import size_type
-from common_kernels.runtime.testing import numeric_flag_help, signal_while_working
+from common_kernels.runtime.testing import (
+    interrupted_run,
+    numeric_flag_help,
+    signal_while_working,
+)
 from itaclip.cli import build_parser
 
 WORKING_SCRIPT = """
@@ -27,20 +32,32 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_segment_exits_143_with_one_line(tmp_path, tiny_dir):
+STOPS = {  # how the first image's work is stopped, the exit status, the verb of the line
+    "sigterm": (lambda argv: signal_while_working(WORKING_SCRIPT, argv), 143, "terminated"),
+    "ctrl_c": (
+        lambda argv: interrupted_run(
+            "itaclip.cli", "itaclip.segmenter:Segmenter.query_logits", argv
+        ),
+        130,
+        "interrupted",
+    ),
+}
+
+
+@pytest.mark.parametrize(("stop", "status", "verb"), STOPS.values(), ids=STOPS.keys())
+def test_a_stopped_segment_exits_with_one_line(tmp_path, tiny_dir, stop, status, verb):
     Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "img.png")
     argv = ["segment", str(tmp_path / "img.png"), "--classes", "cat,dog", "-o",
             str(tmp_path / "out"), "--model", str(tiny_dir),
             "--cache-dir", str(tmp_path / "c")]  # fmt: skip
-    stopped = signal_while_working(WORKING_SCRIPT, argv)
-    assert stopped.returncode == 143, stopped.stderr
+    stopped = stop(argv)
+    assert stopped.returncode == status, stopped.stderr
     resume = shlex.join(["itaclip", "segment", *argv[1:], "--skip-existing"])
-    assert (
-        stopped.stderr
-        == f"itaclip segment: terminated after 0 of 1 image(s); resume with: {resume}\n"
+    assert stopped.stderr == (
+        f"itaclip segment: {verb} after 0 of 1 image(s); resume with: {resume}\n"
     )
     assert stopped.stdout == ""
-    assert not (tmp_path / "out").exists()  # terminated before anything was written
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
 
 
 NUMERIC_HELP = {
