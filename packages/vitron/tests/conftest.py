@@ -14,18 +14,8 @@ from PIL import Image
 
 from vitron.tiny import tiny_model, write_tiny_specialists
 
-SEGMENT_THEN_EDIT = {
-    "version": 1,
-    "calls": [
-        {"id": "seg", "task": "segment_image", "args": {"image": "$image0", "text": "dog"}},
-        {
-            "id": "edit",
-            "task": "edit_image",
-            "args": {"image": "$image0", "mask": "$seg.mask", "text": "a cat"},
-        },
-        {"id": "fix", "task": "restore_image", "args": {"image": "$edit.image"}},
-    ],
-}
+# seg -> edit -> fix: segment the dog, repaint it as a cat, restore the result
+SEGMENT_THEN_EDIT = json.loads((Path(__file__).parent / "segment_then_edit.json").read_text())
 
 
 def _reply_with_calls(text: str, invocation: dict) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,18 +18,8 @@ from vitron.invocations import (
     split_instruction,
 )
 
-SEGMENT_THEN_EDIT = {
-    "version": 1,
-    "calls": [
-        {"id": "seg", "task": "segment_image", "args": {"image": "$image0", "text": "dog"}},
-        {
-            "id": "edit",
-            "task": "edit_image",
-            "args": {"image": "$image0", "mask": "$seg.mask", "text": "a cat"},
-        },
-        {"id": "fix", "task": "restore_image", "args": {"image": "$edit.image"}},
-    ],
-}
+# seg -> edit -> fix: segment the dog, repaint it as a cat, restore the result
+SEGMENT_THEN_EDIT = json.loads((Path(__file__).parent / "segment_then_edit.json").read_text())
 
 
 def test_schema_round_trip_and_dependency_order():
