@@ -8,31 +8,18 @@ the same for gradients. The oracle sees the inputs after rounding to the tested 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 from common_kernels import KNNDictionary, knn_attention, knn_graph
+from common_kernels.runtime.testing import AttentionCase as Case
+from common_kernels.runtime.testing import neighbour_lists
 
 pytestmark = pytest.mark.gpu
 
 BACKENDS = ("reference", "mask", "gather", "triton", "flex", "tiles")
 BITMASK_BACKENDS = ("flex", "tiles")  # refuse duplicate neighbours
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    batch: int
-    heads: int
-    n: int
-    d: int
-    k: int
-    per_head: bool = False
-    duplicates: bool = False
-    bias: str | None = None  # "H" (heads, N, N), "B1" (B, 1, N, N)
 
 
 CASES = [
@@ -48,18 +35,10 @@ CASES = [
 def problem(case: Case, dtype: torch.dtype, seed: int = 0):
     """CUDA leaves q, k, v (, bias) in ``dtype`` and the neighbour lists."""
     g = torch.Generator().manual_seed(seed)
-    shape = (case.batch, case.heads, case.n, case.d)
-    lead = (case.batch, case.heads, case.n) if case.per_head else (case.batch, case.n)
-    if case.duplicates:
-        idx = torch.randint(0, case.n, (*lead, case.k), generator=g)
-        idx[..., -1] = idx[..., 0]
-    else:
-        idx = torch.rand((*lead, case.n), generator=g).argsort(dim=-1)[..., : case.k]
-    tensors = {name: torch.randn(shape, generator=g) for name in "qkv"}
-    if case.bias == "H":
-        tensors["bias"] = torch.randn(case.heads, case.n, case.n, generator=g)
-    elif case.bias == "B1":
-        tensors["bias"] = torch.randn(case.batch, 1, case.n, case.n, generator=g)
+    idx = neighbour_lists(case, g)
+    tensors = {name: torch.randn((case.B, case.H, case.N, case.d), generator=g) for name in "qkv"}
+    if case.bias is not None:
+        tensors["bias"] = torch.randn(case.bias_shape, generator=g)
     leaves = {n: t.to("cuda", dtype).requires_grad_(True) for n, t in tensors.items()}
     return leaves, idx.cuda()
 

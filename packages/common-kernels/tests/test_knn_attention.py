@@ -8,7 +8,6 @@ sum over up to N terms). The reference itself is checked by torch.autograd.gradc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,54 +20,30 @@ from common_kernels.knn_attention import (
     select_backend,
     value_checks,
 )
+from common_kernels.runtime.testing import AttentionCase as Case
+from common_kernels.runtime.testing import neighbour_lists
 
 FWD_TOL = {"atol": 2e-5, "rtol": 1e-4}
 GRAD_TOL = {"atol": 1e-4, "rtol": 1e-3}
 
 
-@dataclass(frozen=True)
-class Case:
-    batch: int
-    heads: int
-    n: int
-    d: int
-    k: int
-    per_head: bool = False
-    duplicates: bool = False
-    bias: str | None = None  # None, "table" (heads, N, N), "batch" (B, 1, N, N)
-
-    def __str__(self) -> str:
-        flags = ["ph" if self.per_head else "", "dup" if self.duplicates else "", self.bias or ""]
-        return f"B{self.batch}H{self.heads}N{self.n}d{self.d}K{self.k}" + "-".join(["", *flags])
-
-
 CASES = [
-    Case(2, 1, 37, 8, 1),  # K=1; N not a multiple of the block size
-    Case(2, 2, 37, 16, 37, bias="table"),  # K=N
-    Case(1, 3, 50, 32, 7, per_head=True, duplicates=True, bias="table"),
-    Case(2, 4, 20, 64, 5, duplicates=True),
-    Case(2, 4, 33, 8, 16, per_head=True, bias="batch"),
+    Case("k1_n37", 2, 1, 37, 8, 1),  # K=1; N not a multiple of the block size
+    Case("k_eq_n_bias", 2, 2, 37, 16, 37, bias="H"),  # K=N
+    Case("per_head_dups_bias", 1, 3, 50, 32, 7, per_head=True, duplicates=True, bias="H"),
+    Case("dups_d64", 2, 4, 20, 64, 5, duplicates=True),
+    Case("per_head_batch_bias", 2, 4, 33, 8, 16, per_head=True, bias="B1"),
 ]
 
 
 def make_inputs(case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
     """fp64 leaves q, k, v (and bias) and an int64 idx for ``case``."""
     g = torch.Generator().manual_seed(seed)
-    shape = (case.batch, case.heads, case.n, case.d)
+    shape = (case.B, case.H, case.N, case.d)
     tensors = {name: torch.randn(shape, generator=g, dtype=torch.float64) for name in "qkv"}
-    lead = (case.batch, case.heads, case.n) if case.per_head else (case.batch, case.n)
-    if case.duplicates:
-        idx = torch.randint(0, case.n, (*lead, case.k), generator=g)
-        idx[..., -1] = idx[..., 0]  # at least one duplicate per query
-    else:
-        idx = torch.rand((*lead, case.n), generator=g).argsort(dim=-1)[..., : case.k]
-    tensors["idx"] = idx
-    if case.bias == "table":
-        tensors["bias"] = torch.randn(case.heads, case.n, case.n, generator=g, dtype=torch.float64)
-    elif case.bias == "batch":
-        tensors["bias"] = torch.randn(
-            case.batch, 1, case.n, case.n, generator=g, dtype=torch.float64
-        )
+    tensors["idx"] = neighbour_lists(case, g)
+    if case.bias is not None:
+        tensors["bias"] = torch.randn(case.bias_shape, generator=g, dtype=torch.float64)
     return tensors
 
 
@@ -97,7 +72,7 @@ def assert_matches_reference(case: Case, backend: str, **kwargs) -> None:
         torch.testing.assert_close(grad, ref_grads[name], **GRAD_TOL, msg=f"d{name} ({backend})")
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("backend", ["mask", "gather"])
 def test_torch_backends_match_reference(case: Case, backend: str) -> None:
     assert_matches_reference(case, backend)
@@ -105,14 +80,14 @@ def test_torch_backends_match_reference(case: Case, backend: str) -> None:
 
 @pytest.mark.triton
 @pytest.mark.parametrize("deterministic", [True, False], ids=["csr", "atomic"])
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_triton_backend_matches_reference(case: Case, deterministic: bool) -> None:
     pytest.importorskip("triton")
     assert_matches_reference(case, "triton", deterministic=deterministic)
 
 
 def test_reference_gradcheck_fp64() -> None:
-    inputs = make_inputs(Case(1, 2, 9, 4, 4, duplicates=True, bias="table"))
+    inputs = make_inputs(Case("gradcheck", 1, 2, 9, 4, 4, duplicates=True, bias="H"))
     idx = inputs.pop("idx")
     leaves = [inputs[name].clone().requires_grad_(True) for name in ("q", "k", "v", "bias")]
 
@@ -124,11 +99,11 @@ def test_reference_gradcheck_fp64() -> None:
 
 def test_reference_is_dense_softmax_restricted_to_neighbours() -> None:
     """Independent formula: softmax over the K slots of the gathered logits, in fp64."""
-    case = Case(1, 1, 12, 4, 5, duplicates=True)
+    case = Case("slots", 1, 1, 12, 4, 5, duplicates=True)
     inp = make_inputs(case)
     q, k, v, idx = inp["q"][0, 0], inp["k"][0, 0], inp["v"][0, 0], inp["idx"][0]
     expected = torch.stack(
-        [torch.softmax(case.d**-0.5 * k[idx[i]] @ q[i], 0) @ v[idx[i]] for i in range(case.n)]
+        [torch.softmax(case.d**-0.5 * k[idx[i]] @ q[i], 0) @ v[idx[i]] for i in range(case.N)]
     )
     out = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], backend="reference")
     torch.testing.assert_close(out[0, 0], expected, atol=1e-12, rtol=1e-12)
@@ -155,7 +130,7 @@ def slot_oracle(q, k, v, idx, scale, bias=None):
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("backend", ["reference", "mask", "gather", "flex"])
 def test_every_cpu_backend_matches_the_slot_oracle_with_bias_and_per_head_lists(
     case: Case, backend: str
@@ -185,7 +160,7 @@ def test_every_cpu_backend_matches_the_slot_oracle_with_bias_and_per_head_lists(
 
 
 def test_full_neighbourhood_equals_dense_attention() -> None:
-    inp = make_inputs(Case(2, 2, 10, 8, 10))
+    inp = make_inputs(Case("full", 2, 2, 10, 8, 10))
     dense = F.scaled_dot_product_attention(inp["q"], inp["k"], inp["v"])
     for backend in ("reference", "mask", "gather"):
         out = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], backend=backend)
@@ -193,7 +168,7 @@ def test_full_neighbourhood_equals_dense_attention() -> None:
 
 
 def test_shared_idx_equals_per_head_copies() -> None:
-    inp = make_inputs(Case(2, 3, 16, 8, 5, bias="table"))
+    inp = make_inputs(Case("shared", 2, 3, 16, 8, 5, bias="H"))
     per_head = inp["idx"].unsqueeze(1).expand(-1, 3, -1, -1)
     for backend in ("reference", "mask", "gather"):
         shared = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], bias=inp["bias"])
@@ -204,7 +179,7 @@ def test_shared_idx_equals_per_head_copies() -> None:
 
 
 def test_int32_idx_and_explicit_scale() -> None:
-    inp = make_inputs(Case(1, 2, 16, 8, 4))
+    inp = make_inputs(Case("int32", 1, 2, 16, 8, 4))
     out64 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], scale=0.3, backend="gather")
     out32 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"].int(), scale=0.3, backend="mask")
     torch.testing.assert_close(out32, out64, atol=1e-12, rtol=1e-10)
@@ -228,7 +203,7 @@ def test_module_matches_functional_and_dense_mha() -> None:
 
 
 def test_can_run_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
-    inp = make_inputs(Case(1, 1, 8, 8, 2))
+    inp = make_inputs(Case("reasons", 1, 1, 8, 8, 2))
     args = (inp["q"], inp["k"], inp["v"], inp["idx"])
     assert can_run("reference", *args) == (True, "")
     assert can_run("gather", *args) == (True, "")
@@ -254,7 +229,7 @@ def test_auto_never_picks_the_triton_interpreter_on_cpu(monkeypatch) -> None:
         assert select_backend(q, q, q, idx) != "triton"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not c.duplicates], ids=str)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.duplicates], ids=lambda c: c.name)
 def test_flex_forward_matches_reference(case: Case) -> None:
     """FlexAttention runs forward only on the CPU; its gradients are checked on CUDA."""
     inputs = make_inputs(case)
@@ -271,11 +246,11 @@ def test_flex_forward_matches_reference(case: Case) -> None:
 
 
 def test_flex_refuses_duplicates_and_cpu_backward() -> None:
-    inputs = make_inputs(Case(1, 2, 20, 8, 5, duplicates=True))
+    inputs = make_inputs(Case("flex_dups", 1, 2, 20, 8, 5, duplicates=True))
     args = (inputs["q"].float(), inputs["k"].float(), inputs["v"].float(), inputs["idx"])
     ok, reason = can_run("flex", *args)
     assert not ok and re.search(r"repeats a neighbour in one list \(up to \dx\)", reason)
-    unique = make_inputs(Case(1, 2, 20, 8, 5))["idx"]
+    unique = make_inputs(Case("flex_unique", 1, 2, 20, 8, 5))["idx"]
     q = args[0].clone().requires_grad_(True)
     ok, reason = can_run("flex", q, args[1], args[2], unique)
     assert not ok and "no backward on the CPU" in reason
@@ -284,7 +259,7 @@ def test_flex_refuses_duplicates_and_cpu_backward() -> None:
 
 
 def bad_input_cases():
-    inp = make_inputs(Case(2, 2, 8, 4, 3))
+    inp = make_inputs(Case("bad_inputs", 2, 2, 8, 4, 3))
     q, k, v, idx = inp["q"], inp["k"], inp["v"], inp["idx"]
     nan_q = q.clone()
     nan_q[0, 0, 0, 0] = float("nan")
@@ -323,7 +298,7 @@ def test_bad_inputs_name_the_argument(args, kwargs, error, message) -> None:
 
 
 def test_value_checks_default_on_cpu_and_switchable() -> None:
-    inp = make_inputs(Case(1, 2, 8, 4, 3))
+    inp = make_inputs(Case("value_checks", 1, 2, 8, 4, 3))
     q = inp["q"].clone()
     q[0, 1, 2, 3] = float("nan")
     args = (q, inp["k"], inp["v"], inp["idx"])
@@ -345,7 +320,7 @@ def test_value_checks_default_on_cpu_and_switchable() -> None:
 @pytest.mark.parametrize("duplicates", [False, True], ids=["unique", "dup"])
 def test_half_precision_autocast_matches_reference(backend: str, duplicates: bool) -> None:
     """0.1's mask path crashed under autocast (log() autocast to fp32 into a bf16 mask)."""
-    case = Case(2, 2, 24, 16, 6, duplicates=duplicates, bias="table")
+    case = Case("autocast", 2, 2, 24, 16, 6, duplicates=duplicates, bias="H")
     inputs = make_inputs(case)
     ref_out, ref_grads = forward_backward(inputs, torch.float64, backend="reference")
     leaves = {n: t.detach().float().requires_grad_(True) for n, t in inputs.items() if n != "idx"}
@@ -367,7 +342,7 @@ def test_both_row_gathers_agree_forward_and_backward() -> None:
     from common_kernels import KNNDictionary
     from common_kernels.knn_attention import _gather_neighbour_rows
 
-    inp = make_inputs(Case(2, 3, 19, 8, 5, duplicates=True))
+    inp = make_inputs(Case("row_gathers", 2, 3, 19, 8, 5, duplicates=True))
     dictionary = KNNDictionary(inp["idx"])
     grads = []
     for via_embedding in (True, False):

@@ -19,24 +19,16 @@ pytest.importorskip("triton")
 
 from common_kernels import KNNDictionary, can_run, knn_attention
 from common_kernels import _triton_tiles as tiles
+from common_kernels.runtime.testing import AttentionCase, neighbour_lists
 
 BACKEND = "tiles"
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("backend_runs")]
 
 
 @dataclass(frozen=True)
-class Case:
-    """One problem; ``bias`` names the table's layout ("H" = (H, N, N), "1H" = (1, H, N, N),
-    "B1" = (B, 1, N, N), "BH" = (B, H, N, N), "11" = (1, 1, N, N))."""
+class Case(AttentionCase):
+    """One problem (duplicate-free: the tiles backend refuses duplicates)."""
 
-    name: str
-    B: int
-    H: int
-    N: int
-    d: int
-    K: int
-    per_head: bool = False
-    bias: str | None = None
     local: bool = False  # neighbours within blocks of 10 tokens: most tiles empty
 
 
@@ -54,20 +46,17 @@ CASES = [
 def make_problem(case: Case, dtype=torch.float32, seed: int = 0):
     """q, k, v (and bias) leaves in ``dtype`` and duplicate-free int64 neighbour lists."""
     g = torch.Generator().manual_seed(seed)
-    lead = (case.B, case.H, case.N) if case.per_head else (case.B, case.N)
     if case.local:  # each query's neighbours lie in its own block of 10 tokens
         block_start = (torch.arange(case.N) // 10 * 10).clamp(max=case.N - 10)  # (N,)
-        offsets = torch.rand((*lead, 10), generator=g).argsort(dim=-1)[..., : case.K]
+        offsets = torch.rand((*case.lead, 10), generator=g).argsort(dim=-1)[..., : case.K]
         idx = block_start[:, None] + offsets  # (B, [H,] N, K)
     else:
-        idx = torch.rand((*lead, case.N), generator=g).argsort(dim=-1)[..., : case.K]
+        idx = neighbour_lists(case, g)
     shape = (case.B, case.H, case.N, case.d)
     q, k, v = (torch.randn(shape, generator=g).to(dtype).requires_grad_() for _ in range(3))
     bias = None
     if case.bias is not None:
-        layout = {"H": (case.H,), "1H": (1, case.H), "B1": (case.B, 1), "BH": (case.B, case.H),
-                  "11": (1, 1)}[case.bias]  # fmt: skip
-        bias = torch.randn(*layout, case.N, case.N, generator=g).to(dtype).requires_grad_()
+        bias = torch.randn(case.bias_shape, generator=g).to(dtype).requires_grad_()
     return q, k, v, idx, bias
 
 

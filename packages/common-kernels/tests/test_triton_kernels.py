@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 from common_kernels import _triton_knn_attention as tka
+from common_kernels.runtime.testing import AttentionCase
 
 _RUNNABLE, _REASON = tka.triton_status(torch.device("cpu"))
 if not _RUNNABLE:
@@ -66,18 +67,9 @@ def assert_close_to(actual, expected, rel=1e-4):
 
 
 @dataclass(frozen=True)
-class Case:
-    """One attention problem; ``bias`` names the broadcast layout ("1H" = (1, H, N, N))."""
+class Case(AttentionCase):
+    """One attention problem, with the kernels' own variations of its inputs."""
 
-    name: str
-    B: int
-    H: int
-    N: int
-    d: int
-    K: int
-    per_head: bool = False
-    duplicates: bool = False
-    bias: str | None = None
     bias_grad: bool = True
     idx_dtype: torch.dtype = torch.int64
     noncontiguous: bool = False
@@ -105,18 +97,16 @@ def make_problem(case: Case, seed: int = 0, dtype: torch.dtype = torch.float32):
     # (B, H, N, d); the non-contiguous q is a transposed view of a (B, N, H, d) tensor
     q = randn(B, N, H, d).transpose(1, 2) if case.noncontiguous else randn(B, H, N, d)
     k, v = randn(B, H, N, d), randn(B, H, N, d)
-    lead = (B, H, N) if case.per_head else (B, N)
     if K == N:  # every key exactly once, in a random order per query
-        idx = torch.rand(*lead, N, generator=gen).argsort(dim=-1)
+        idx = torch.rand(*case.lead, N, generator=gen).argsort(dim=-1)
     else:
-        idx = torch.randint(0, N, (*lead, K), generator=gen)
+        idx = torch.randint(0, N, (*case.lead, K), generator=gen)
     if case.duplicates:
         idx[..., 1] = idx[..., 0]  # (B, (H,) N, K) with a repeated neighbour per query
     idx = idx.to(case.idx_dtype)
     bias = None
     if case.bias is not None:
-        shape = (1 if case.bias[0] == "1" else B, 1 if case.bias[1] == "1" else H, N, N)
-        bias = randn(*shape).requires_grad_(case.bias_grad)
+        bias = randn(*case.bias_shape).requires_grad_(case.bias_grad)
     for t in (q, k, v):
         t.requires_grad_(True)
     return q, k, v, idx, bias

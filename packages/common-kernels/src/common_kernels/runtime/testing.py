@@ -26,7 +26,8 @@ The packages' tests share the rest: :func:`interrupted_run` (Ctrl-C while a comm
 :func:`numeric_flag_help` (what ``--help`` prints for every numeric flag),
 :func:`unreachable_hub` (the network down), :func:`import_graph` and :func:`find_cycle` (a
 package's imports), :func:`check_example_commands` (a README ``check`` block) and
-:func:`precision_variants` (the GPU lane's devices and precisions).
+:func:`precision_variants` (the GPU lane's devices and precisions); the kernels' tests share
+:class:`AttentionCase` and :func:`neighbour_lists` (one k-NN attention problem).
 """
 
 from __future__ import annotations
@@ -736,3 +737,54 @@ def precision_variants(dtype: Callable[[str], object] = str) -> list:
                      marks=pytest.mark.gpu if device == "cuda" else ())
         for device, name in PRECISIONS
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """One k-NN attention problem of the kernels' tests.
+
+    Args:
+        name: the test id.
+        B, H, N, d, K: batch size, heads, tokens, head width, neighbours per query.
+        per_head: one neighbour list per head, (B, H, N, K), instead of (B, N, K).
+        duplicates: each query lists a neighbour twice.
+        bias: the bias table's layout, one letter per leading dim: "H" = (H, N, N),
+            "1H" = (1, H, N, N), "B1" = (B, 1, N, N), "BH" = (B, H, N, N), "11" = (1, 1, N, N);
+            ``None``: no bias.
+    """
+
+    name: str
+    B: int
+    H: int
+    N: int
+    d: int
+    K: int
+    per_head: bool = False
+    duplicates: bool = False
+    bias: str | None = None
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        """The neighbour lists' leading dims: (B, H, N) per head, else (B, N)."""
+        return (self.B, self.H, self.N) if self.per_head else (self.B, self.N)
+
+    @property
+    def bias_shape(self) -> tuple[int, ...] | None:
+        """The bias table's shape (``None`` without a bias)."""
+        if self.bias is None:
+            return None
+        sizes = {"1": 1, "B": self.B, "H": self.H}
+        return (*(sizes[letter] for letter in self.bias), self.N, self.N)
+
+
+def neighbour_lists(case: AttentionCase, generator: Any) -> Any:
+    """Random int64 neighbour lists (``*case.lead``, K) drawn from the torch ``generator``: K
+    distinct tokens per query, or with ``case.duplicates`` K random ones, the last a repeat of
+    the first."""
+    import torch  # the kernels' tests have it; this module stays standard library only
+
+    if case.duplicates:
+        idx = torch.randint(0, case.N, (*case.lead, case.K), generator=generator)
+        idx[..., -1] = idx[..., 0]
+        return idx
+    return torch.rand((*case.lead, case.N), generator=generator).argsort(dim=-1)[..., : case.K]
