@@ -26,6 +26,13 @@ from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, save_tiny_model
 PROMPT = "a cat"
 
 
+def stage_latents(pipe, image, height: int, width: int, steps: int, **settings):
+    """One Pixelsmith stage of ``PROMPT`` from ``image`` to ``height`` x ``width`` px, without
+    progress bars, returned as latents (``settings``: the pipeline's other arguments)."""
+    return pipe(PROMPT, image, height=height, width=width, num_inference_steps=steps,
+                output_type="latent", progress=False, **settings)  # fmt: skip
+
+
 def capture_unet(pipe: PixelsmithPipeline) -> list[dict]:
     calls = []
 
@@ -85,18 +92,8 @@ def test_single_patch_stage_equals_plain_loop(random_image, make_pipe, small_con
             z, num_inference_steps=steps, config=small_config, generator=gen
         )
         state = gen.get_state()
-        out = pipe(
-            PROMPT,
-            image,
-            slider=slider,
-            height=64,
-            width=64,
-            num_inference_steps=steps,
-            generator=torch.Generator().manual_seed(0),
-            config=small_config,
-            output_type="latent",
-            progress=False,
-        )
+        out = stage_latents(pipe, image, 64, 64, steps, slider=slider, config=small_config,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
         # the reference loop
         sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
         sched.set_timesteps(steps)
@@ -156,17 +153,8 @@ def test_cfg_off_uses_one_sample_per_patch(random_image, make_pipe, small_config
     pipe = make_pipe()
     calls = capture_unet(pipe)
     with torch.no_grad():
-        pipe(
-            PROMPT,
-            random_image(16, 16),
-            slider=1,
-            height=64,
-            width=64,
-            num_inference_steps=2,
-            guidance_scale=1.0,
-            config=small_config,
-            output_type="latent",
-            progress=False,
+        stage_latents(
+            pipe, random_image(16, 16), 64, 64, 2, slider=1, guidance_scale=1.0, config=small_config
         )
     assert [c["sample"][0] for c in calls] == [1, 1]
 
@@ -301,18 +289,8 @@ def test_faithful_stage_equals_an_official_order_loop(random_image, make_pipe):
     image = random_image(12, 10)
     config = PixelsmithConfig(patch_size=8, band=2, vae_tile=8, vae_overlap=2, faithful=True)
     with torch.no_grad():
-        out = pipe(
-            PROMPT,
-            image,
-            slider=3,
-            height=160,
-            width=136,
-            num_inference_steps=5,
-            generator=torch.Generator().manual_seed(11),
-            config=config,
-            output_type="latent",
-            progress=False,
-        )
+        out = stage_latents(pipe, image, 160, 136, 5, slider=3, config=config,
+                            generator=torch.Generator().manual_seed(11))  # fmt: skip
         expected = official_order_stage(pipe, image, (160, 136), 5, 3, 8, 2, seed=11)
     assert out.latents.shape == (1, 4, 20, 17)
     assert torch.equal(out.latents, expected)
@@ -322,13 +300,10 @@ def test_faithful_differs_from_default_and_uses_one_patch_per_call(
     random_image, make_pipe, small_config
 ):
     pipe = make_pipe()
-    kwargs = dict(
-        slider=2, height=128, width=128, num_inference_steps=3, output_type="latent", progress=False
-    )
     with torch.no_grad():
-        default = pipe(PROMPT, random_image(32, 32), config=small_config, **kwargs)
-        faithful = pipe(
-            PROMPT, random_image(32, 32), config=small_config.replace(faithful=True), **kwargs
+        default, faithful = (
+            stage_latents(pipe, random_image(32, 32), 128, 128, 3, slider=2, config=config)
+            for config in (small_config, small_config.replace(faithful=True))
         )
     assert faithful.stats.unet_calls_per_step == faithful.stats.patches_per_step
     assert default.stats.patches_per_step == [4, 9, 4]  # 2 x 2, staggered 3 x 3 on odd steps
@@ -458,21 +433,11 @@ def test_stochastic_schedulers_draw_from_the_generator(random_image, make_pipe, 
     import diffusers
 
     scheduler = getattr(diffusers, name).from_config(SDXL_SCHEDULER_CONFIG)
-    kwargs = dict(
-        slider=1,
-        height=128,
-        width=128,
-        num_inference_steps=2,
-        config=small_config,
-        output_type="latent",
-        progress=False,
-    )
     with torch.no_grad():
         a, b, c = (
-            make_pipe(scheduler)(
-                PROMPT, random_image(32, 32), generator=torch.Generator().manual_seed(s), **kwargs
-            ).latents
+            stage_latents(make_pipe(scheduler), random_image(32, 32), 128, 128, 2, slider=1,
+                          config=small_config, generator=torch.Generator().manual_seed(s)).latents
             for s in (0, 0, 1)
-        )
+        )  # fmt: skip
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert bool(torch.isfinite(a).all())
