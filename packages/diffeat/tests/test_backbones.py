@@ -78,7 +78,9 @@ def test_feature_extractor_from_pretrained_loads_a_pixart_folder(pixart_dir):
     )
     ours, theirs = loaded(images, "a cat"), wrapped(images, "a cat")
     for name in ("dit-block3-out", "dit-out"):
-        assert torch.equal(ours[name], theirs[name])
+        # same weights, config and prompt embeddings; the loaded copy's weights sit elsewhere in
+        # memory, which can move a float32 matmul's rounding (measured up to 4.8e-7)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)
 
 
 def test_a_backbone_refuses_the_other_kind_and_u_net_options(pixart_dir, model_dirs):
