@@ -101,6 +101,7 @@ WARMUP_FULL_MAX_MP = 0.25  # larger inputs warm up on a crop of this side
 WARMUP_CROP = 256
 SEED = 0
 COMMAND_TIMEOUT_S = 1800
+LOSS_STEP_TIMEOUT_S = 30  # and per training step of a loss comparison (0.3.1: 2-10 s a step here)
 CURRENT = "current"  # the code of this checkout
 MODES = ("fp32", "bf16", "compiled", "onnx")
 REPOSITORY = HERE.parents[2]
@@ -499,6 +500,12 @@ def worker_main(spec_json: str) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def losses_timeout(steps: int) -> float:
+    """Seconds a worker may take to train ``steps`` steps and answer: a loss comparison of 200
+    steps of 0.3.1's code took more than 1800 s on a busy 2-core machine."""
+    return COMMAND_TIMEOUT_S + steps * LOSS_STEP_TIMEOUT_S
+
+
 class WorkerFailed(RuntimeError):
     """A configuration's process died or did not answer in time."""
 
@@ -533,14 +540,14 @@ class Worker:
             raise WorkerFailed(f"exit {self.process.returncode}: {last}")
         return json.loads(line)
 
-    def ask(self, command: str) -> dict[str, Any]:
-        """Send ``command``, return its reply."""
+    def ask(self, command: str, timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
+        """Send ``command``, return its reply (WorkerFailed after ``timeout`` s of silence)."""
         try:
             self.process.stdin.write(command + "\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             pass  # the process is gone: read() says why
-        return self.read()
+        return self.read(timeout)
 
     def close(self) -> None:
         """End the process (stdin closed; killed if it does not exit within 30 s)."""
@@ -665,7 +672,13 @@ def measure_group(
             if key not in losses:
                 continue
             try:
-                journal.add({"record": "losses", "key": key, **worker.ask(f"losses {loss_steps}")})
+                journal.add(
+                    {
+                        "record": "losses",
+                        "key": key,
+                        **worker.ask(f"losses {loss_steps}", losses_timeout(loss_steps)),
+                    }
+                )
             except WorkerFailed as error:
                 journal.add({"record": "error", "key": key, "error": f"losses: {error}"})
     finally:

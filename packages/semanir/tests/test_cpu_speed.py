@@ -136,3 +136,15 @@ def test_a_worker_that_dies_is_reported_with_its_last_error_line() -> None:
     worker = cpu_speed.Worker(spec)
     with pytest.raises(cpu_speed.WorkerFailed, match=r"exit 1: .*unknown model 'no_such_model'"):
         worker.read(timeout=120)
+
+
+def test_a_loss_comparison_waits_in_proportion_to_its_steps(tmp_path) -> None:
+    assert cpu_speed.losses_timeout(200) == cpu_speed.COMMAND_TIMEOUT_S + 200 * 30
+    worker = cpu_speed.Worker.__new__(cpu_speed.Worker)  # a silent process in a worker's place
+    worker.spec, worker.stderr = {}, open(tmp_path / "stderr", "w+")  # noqa: SIM115
+    worker.process = subprocess.Popen(
+        ["sh", "-c", "cat > /dev/null"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    with pytest.raises(cpu_speed.WorkerFailed, match=r"^no answer within 1 s$"):
+        worker.ask("losses 3", timeout=1)
+    assert worker.process.poll() == 0 and worker.stderr.closed  # closed after its silence
