@@ -40,7 +40,7 @@ DATA = HERE.parents[2].parent / "shared" / "data"
 LEVEL = 1 / 255  # one 8-bit level
 # the optional-dependency groups of semanir that this script needs, with their modules
 EXTRAS = {
-    "bench": ("matplotlib",),
+    "bench": ("matplotlib", "psutil"),
     "spandrel": ("spandrel",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
 }
