@@ -6,12 +6,13 @@ sections.
     python packages/semanir/benchmarks/runtimes.py [--model semanir_tiny_denoise_gray] \
         [--image ../shared/data/set12/05.png] [--sigma 25] [--seed 0] [--threads 2] [--out DIR]
 
-The clean image gets white Gaussian noise of std sigma/255 (seeded, not clipped; the Set12
-convention of ``eval_set12.py``). Writes ``<out>/runtimes.json`` (per runtime: PSNR against the
-clean image, the largest and mean |difference| from ``restore``'s output, the share of pixels
-more than 1e-4 and more than one 8-bit level apart), ``runtimes.md`` (the
-table), ``spandrel.png`` and ``onnx.png`` (noisy input, ``restore``'s output, the runtime's
-output, their |difference| in 8-bit levels). The ONNX file is exported into a temporary folder
+The clean image gets white Gaussian noise of std sigma/255, not clipped (the convention of
+``eval_set12.py``), drawn from a generator seeded with ``--seed``. Writes
+``<out>/runtimes.json`` (per runtime: PSNR against the clean image, the largest and mean
+|difference| from ``restore``'s output, the share of pixels more than 1e-4 and more than one
+8-bit level apart), ``runtimes.md`` (the table), ``spandrel.png`` and ``onnx.png`` (noisy
+input, ``restore``'s output, the runtime's output, their |difference| in 8-bit levels). The
+ONNX file is exported into a temporary folder
 (a bundled model: about a minute on 2 cores).
 """
 
@@ -52,8 +53,7 @@ def spandrel_runner(folder: Path) -> Callable[[Tensor], Tensor]:
     import spandrel
 
     semanir.register_spandrel()
-    descriptor = spandrel.ModelLoader().load_from_file(folder / "model.safetensors")
-    return descriptor
+    return spandrel.ModelLoader().load_from_file(folder / "model.safetensors")
 
 
 def onnx_runner(model: torch.nn.Module, folder: Path, threads: int) -> Callable[[Tensor], Tensor]:

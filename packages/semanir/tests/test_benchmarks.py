@@ -206,7 +206,7 @@ def test_runtimes_compares_spandrel_and_onnx_runtime_with_restore(tmp_path, tiny
     assert report["restore"]["psnr_db"] == float(psnr(expected, clean))
     assert report["restore"]["max_abs_difference"] == 0.0
     assert report["spandrel"]["max_abs_difference"] <= 1e-4  # the same modules and maths
-    # ONNX Runtime sums the similarities in another order: on smooth images near-ties in the
+    # ONNX Runtime's convolutions and norms round otherwise: on smooth images near-ties in the
     # top-k flip (README, "ONNX export"), moving a few pixels by less than one 8-bit level
     assert report["onnx"]["max_abs_difference"] < 1 / 255
     for name in ("spandrel", "onnx"):
