@@ -54,8 +54,10 @@ from common_kernels.runtime.files import write_text
 
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE.parent / "src" / "common_kernels" / "policies"
-KNN_BACKENDS = ("reference", "mask", "gather", "triton", "flex", "tiles")
+KNN_BACKENDS = ("reference", "mask", "gather", "triton", "flex", "tiles", "cpp")
 INTERPRETED_ON_CPU = ("triton", "tiles")
+CPU_ONLY = ("cpp",)
+FORWARD_ONLY_ON_CPU = ("flex", "cpp")
 BASELINE = "dense"
 AUTO_TOLERANCE = 1.10
 BETWEEN_TOLERANCE = 1.5  # auto's pick / the fastest where the table holds no point
@@ -108,11 +110,14 @@ def environment(device: str, threads: int) -> dict:
 
 
 def backends_for(device: str, mode: str) -> list[str]:
-    """KNN backends measured on ``device``: nothing interpreted, no flex backward on the CPU."""
+    """KNN backends measured on ``device``: nothing interpreted, the C++ kernel on the CPU only,
+    and there forward only, as FlexAttention."""
     if device == "cuda":
-        return list(KNN_BACKENDS)
+        return [b for b in KNN_BACKENDS if b not in CPU_ONLY]
     return [
-        b for b in KNN_BACKENDS if b not in INTERPRETED_ON_CPU and (b != "flex" or mode == "fwd")
+        b
+        for b in KNN_BACKENDS
+        if b not in INTERPRETED_ON_CPU and (b not in FORWARD_ONLY_ON_CPU or mode == "fwd")
     ]
 
 

@@ -34,13 +34,14 @@ def spec(**changes) -> dict:
     return {**base, **changes}
 
 
-def test_cpu_grids_skip_triton_and_flex_backward_and_cuda_adds_them() -> None:
+def test_cpu_grids_skip_triton_and_forward_only_backwards_and_cuda_adds_triton() -> None:
     cpu = run.grid_specs("cpu", quick=False, threads=1) + run.windowed_specs("cpu", False, 1)
     assert {s["backend"] for s in cpu if s["mode"] == "fwd"} == {
         "reference",
         "mask",
         "gather",
         "flex",
+        "cpp",
         "dense",
     }
     assert {s["backend"] for s in cpu if s["mode"] == "fwd+bwd"} == {
@@ -51,7 +52,7 @@ def test_cpu_grids_skip_triton_and_flex_backward_and_cuda_adds_them() -> None:
     }
     assert {s["dtype"] for s in cpu} == {"float32"}
     cuda = run.grid_specs("cuda", quick=False, threads=1)
-    assert {s["backend"] for s in cuda} == {*run.KNN_BACKENDS, "dense"}
+    assert {s["backend"] for s in cuda} == {*run.KNN_BACKENDS, "dense"} - {"cpp"}
     assert {s["dtype"] for s in cuda} == {"float16", "bfloat16"}
     assert all(s["bias"] for s in run.windowed_specs("cuda", False, 1))
     assert run.dispatch_specs("cpu", False, 1) == []

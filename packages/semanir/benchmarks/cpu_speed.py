@@ -1,17 +1,18 @@
 """SemanIR's speed on the CPU: every bundled model and its dense twin against a DnCNN.
 
     python packages/semanir/benchmarks/cpu_speed.py [--quick] [--out DIR] [--threads N ...]
-        [--rounds N] [--baseline GIT_REF] [--loss-steps N] [--modes fp32 bf16 compiled onnx]
+        [--rounds N] [--sizes WxH ...] [--baseline GIT_REF] [--loss-steps N]
+        [--modes fp32 bf16 compiled onnx]
 
 Inference: every bundled model (``semanir models``; ``semanir.load_model(name)``), its
 dense-window twin (the same config with ``dictionary="dense"``, random weights: time does not
 depend on weight values; one twin serves every bundled model of the same config) and a DnCNN of
 the published size (``semanir.build_model("dncnn_denoise_gray")``: 17 layers, 64 features; the
 colour DnCNN for RGB inputs; random weights) restore the same random input through the public
-API, ``semanir.restore(model, x, tile=None)`` (fp32, batch 1): gray 256x256, 481x321 and
-1024x1024 for the gray models, the same sizes in RGB for the colour denoiser, a 128x128 RGB
-input for the x4 super-resolution model (DnCNN restores that same input). Sizes are width x
-height.
+API, ``semanir.restore(model, x, tile=None)`` (fp32, batch 1): gray 256x256, 384x384, 481x321
+and 1024x1024 for the gray models (``--sizes`` replaces them), the same sizes in RGB for the
+colour denoiser, a 128x128 RGB input for the x4 super-resolution model (DnCNN restores that
+same input). Sizes are width x height.
 
 Training: one optimizer step of each shipped tiny training config
 (``src/semanir/configs/*_tiny*.yaml``) built as ``semanir fit`` builds it (the config's model
@@ -85,7 +86,8 @@ from tqdm import tqdm
 from semanir.bundled import installed_models
 
 HERE = Path(__file__).resolve().parent
-SIZES = ((256, 256), (481, 321), (1024, 1024))  # (width, height)
+SIZES = ((256, 256), (384, 384), (481, 321), (1024, 1024))  # (width, height)
+MIN_SIZE = 64  # --sizes: the smallest side (a U-Net input is padded to multiples of 32)
 QUICK_SIZES = ((256, 256),)
 SR_SIZE = (128, 128)
 DNCNN = {1: "dncnn_denoise_gray", 3: "dncnn_denoise_color"}
@@ -179,8 +181,14 @@ def baseline_sources(ref: str) -> list[str]:
     return [str(folder / source) for source in BASELINE_SOURCES]
 
 
-def preset(quick: bool, threads: list[int] | None = None, rounds: int | None = None) -> Preset:
-    """The full or quick preset, with ``threads`` and ``rounds`` replaced when given."""
+def preset(
+    quick: bool,
+    threads: list[int] | None = None,
+    rounds: int | None = None,
+    sizes: list[tuple[int, int]] | None = None,
+) -> Preset:
+    """The full or quick preset, with ``threads``, ``rounds`` and the denoisers' input
+    ``sizes`` (width, height) replaced when given."""
     base = (
         Preset((2,), QUICK_SIZES, 2, QUICK_TRAIN_CONFIGS, 2, 2)
         if quick
@@ -190,7 +198,19 @@ def preset(quick: bool, threads: list[int] | None = None, rounds: int | None = N
         base = dataclasses.replace(base, threads=tuple(threads), train_threads=max(threads))
     if rounds:
         base = dataclasses.replace(base, rounds=rounds, train_rounds=rounds)
+    if sizes:
+        base = dataclasses.replace(base, sizes=tuple(sizes))
     return base
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'384x384' -> (384, 384), (width, height); argparse's type for --sizes."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or min(int(width), int(height)) < MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT with both sides >= {MIN_SIZE}, got {text!r}"
+        )
+    return int(width), int(height)
 
 
 def input_name(spec: dict[str, Any]) -> str:
@@ -1097,6 +1117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch thread counts (default: 1 2; --quick: 2)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds per configuration (default: 3; --quick: 2)")  # fmt: skip
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="WxH",
+                        help="the denoisers' inputs (default: 256x256 384x384 481x321 "
+                        "1024x1024; --quick: 256x256)")  # fmt: skip
     parser.add_argument("--baseline", default=None, metavar="GIT_REF",
                         help="also time SemanIR with the code of this git revision")  # fmt: skip
     parser.add_argument("--loss-steps", type=int, default=0, metavar="N",
@@ -1143,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_benchmark_setup("cpu_speed.py", "semanir", modules=("matplotlib",),
                           folders={"--out": args.out})  # fmt: skip
-    plan = preset(args.quick, args.threads, args.rounds)
+    plan = preset(args.quick, args.threads, args.rounds, args.sizes)
     if args.baseline is not None:
         try:
             baseline_sources(args.baseline)  # before any measurement: a bad revision fails now

@@ -87,6 +87,20 @@ def test_the_worker_times_counts_and_trains_a_configuration() -> None:
     json.dumps(replies)  # what the parent reads, one line each
 
 
+def test_sizes_replace_the_denoisers_inputs_and_bad_ones_are_refused(capsys) -> None:
+    args = cpu_speed.parse_args(["--quick", "--sizes", "384x384", "1024X768"])
+    plan = cpu_speed.preset(args.quick, args.threads, args.rounds, args.sizes)
+    assert plan.sizes == ((384, 384), (1024, 768))
+    specs = cpu_speed.inference_specs(plan)
+    gray = {(s["width"], s["height"]) for s in specs if s["channels"] == 1}
+    assert gray == {(384, 384), (1024, 768)}
+    for bad in ("384", "32x32", "axb"):
+        with pytest.raises(SystemExit):
+            cpu_speed.parse_args(["--sizes", bad])
+        error = capsys.readouterr().err
+        assert f"expected WIDTHxHEIGHT with both sides >= 64, got '{bad}'" in error
+
+
 def test_loss_steps_need_a_baseline(capsys) -> None:
     with pytest.raises(SystemExit):
         cpu_speed.parse_args(["--loss-steps", "5"])

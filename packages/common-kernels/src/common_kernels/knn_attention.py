@@ -25,6 +25,10 @@ Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
 - ``tiles``: this package's Triton kernel of the same idea in the FlashAttention pattern: dense
   ``tl.dot`` tiles restricted by the bitmask, empty tiles skipped through a tile map, the bias
   read in the kernel, a backward without atomics (bitwise reproducible).
+- ``cpp``: this package's C++ CPU kernel (``_cpu_kernels.cpp``, compiled on first use): per
+  (window, head), tiles of 8 queries' logits in registers and a small scratch, the dictionary's
+  additive mask and the bias added there, softmax and the value sum in the same pass; float32,
+  forward only (inference). The fast CPU path for windows (see ``_cpu_kernels``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from common_kernels import _flex, _policy
+from common_kernels import _cpu_kernels, _flex, _policy
 from common_kernels import _triton_knn_attention as _tk
 from common_kernels import _triton_tiles as _tiles
 from common_kernels._checks import (
@@ -51,10 +55,11 @@ from common_kernels._checks import (
 from common_kernels._checks import value_checks as value_checks  # public here since 0.1
 from common_kernels.dictionary import KNNDictionary, as_dictionary
 
-Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex", "tiles"]
-BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton", "flex", "tiles")
+Backend = Literal["auto", "reference", "mask", "gather", "triton", "flex", "tiles", "cpp"]
+BACKENDS: tuple[str, ...] = ("reference", "mask", "gather", "triton", "flex", "tiles", "cpp")
 IndexLike = torch.Tensor | KNNDictionary
 
+NORM_EPS = 1e-12  # cosine attention: F.normalize's eps (a zero query or key stays zero)
 # Registers hold a (BLOCK_M, BLOCK_K, head_dim) tile per program; past this it spills.
 _TRITON_MAX_HEAD_DIM = 256
 # Used when a device has no policy table (or none of its points has a runnable backend).
@@ -71,6 +76,7 @@ def knn_attention(
     *,
     scale: float | None = None,
     bias: torch.Tensor | None = None,
+    cosine_scale: torch.Tensor | None = None,
     backend: Backend = "auto",
     deterministic: bool = True,
     check_values: bool | None = None,
@@ -85,7 +91,11 @@ def knn_attention(
         scale: logit scale; defaults to d ** -0.5.
         bias: optional additive bias table (heads, N, N) or (B|1, heads|1, N, N), gathered at
             the neighbours (e.g. a relative-position bias). Differentiable.
-        backend: "auto", "reference", "mask", "gather", "triton", "flex" or "tiles".
+        cosine_scale: cosine attention (Swin V2): (heads,) logit multipliers; q and k are
+            L2-normalised (eps 1e-12, as ``F.normalize``) and head h's logits multiplied by
+            ``cosine_scale[h]``; ``scale`` must be left unset. The ``cpp`` kernel normalises in
+            its own pass, the other backends first (differentiable).
+        backend: "auto", "reference", "mask", "gather", "triton", "flex", "tiles" or "cpp".
         deterministic: triton only: backward through a transposed neighbour list (bitwise
             reproducible) instead of atomics.
         check_values: require finite q, k, v and bias (one host synchronisation). None: on
@@ -95,6 +105,12 @@ def knn_attention(
         (B, heads, N, d) tensor in q's dtype.
     """
     dictionary, bias = _validate(q, k, v, idx, bias, check_values)
+    if cosine_scale is not None:
+        cosine_scale = _check_cosine_scale(q, cosine_scale, scale)
+        scale = 1.0
+        if torch.is_grad_enabled() and cosine_scale.requires_grad:  # its gradient: in PyTorch
+            q, k = _cosine_normalised(q, k, cosine_scale)
+            cosine_scale = None
     scale = q.shape[-1] ** -0.5 if scale is None else _check_scale(scale)
     if backend == "auto":
         backend = _select(q, k, v, dictionary, bias)
@@ -103,6 +119,10 @@ def knn_attention(
     ok, reason = _can_run_validated(backend, q, k, v, dictionary, bias)
     if not ok:
         raise RuntimeError(f"backend {backend!r} cannot run here: {reason}")
+    if backend == "cpp":  # normalises q and k in its own pass
+        return _cpp(q, k, v, dictionary, scale, bias, cosine_scale)
+    if cosine_scale is not None:
+        q, k = _cosine_normalised(q, k, cosine_scale)
     if backend == "reference":
         return _reference(q, k, v, dictionary, scale, bias)
     if backend == "mask":
@@ -207,6 +227,8 @@ def _can_run_validated(backend: str, q, k, v, dictionary: KNNDictionary, bias) -
         if not ok:
             return False, reason
         return _counts_no_duplicates(dictionary, "a FlexAttention mask")
+    if backend == "cpp":
+        return _cpp_status(q, k, v, bias)
     ok, reason = _tk.triton_status(q.device)
     if not ok:
         return False, reason
@@ -331,6 +353,67 @@ def _reference(q, k, v, dictionary: KNNDictionary, scale, bias) -> torch.Tensor:
 def _scaled(q: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * q``, without a copy when the scale is 1 (e.g. folded into q by the caller)."""
     return q if scale == 1.0 else scale * q
+
+
+def _cpp_status(q, k, v, bias) -> tuple[bool, str]:
+    """Whether the C++ CPU kernel runs on these inputs (the cheap refusals before a build)."""
+    if torch.compiler.is_compiling():
+        return False, "inside torch.compile the compiled graph fuses the attention itself"
+    if q.device.type != "cpu":
+        return False, f"the C++ kernel runs on the CPU, tensors are on {q.device.type}"
+    if q.dtype != torch.float32:
+        return False, f"the C++ kernel takes float32, got {q.dtype}; use 'reference' or 'mask'"
+    if _needs_backward(q, k, v, bias):
+        return False, (
+            "the C++ kernel has no backward (forward only, for inference); use 'reference' or "
+            "'mask' to train on the CPU"
+        )
+    return _cpu_kernels.status()  # duplicates count: the mask holds log(multiplicity)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with unit-stride rows (the C++ kernel's one layout demand; any other strides go)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _cpp(q, k, v, dictionary: KNNDictionary, scale, bias, cosine_scale) -> torch.Tensor:
+    """The C++ CPU kernel with the dictionary's cached additive mask (and the bias); the output
+    is laid out as (B, N, heads, d), so ``out.transpose(1, 2)`` is contiguous."""
+    mask = dictionary.additive_mask(torch.float32)  # (B, heads|1, N, N), made once per dictionary
+    bias = None if bias is None else _unit_rows(bias)
+    q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
+    return _cpu_kernels.ops().masked_attention(q, k, v, mask, bias, scale, cosine_scale)
+
+
+def _check_cosine_scale(q: torch.Tensor, cosine_scale: torch.Tensor, scale) -> torch.Tensor:
+    """(heads,) view of ``cosine_scale``; errors name the accepted forms."""
+    heads = q.shape[1]
+    check_float("cosine_scale", cosine_scale, finite=False)
+    if cosine_scale.numel() != heads or cosine_scale.ndim not in (1, 3, 4):
+        raise ValueError(
+            f"cosine_scale must hold one multiplier per head: (heads,), (heads, 1, 1) or "
+            f"(1, heads, 1, 1) with heads={heads}, got {tuple(cosine_scale.shape)}"
+        )
+    if cosine_scale.device != q.device:
+        raise ValueError(
+            f"cosine_scale must be on q's device {q.device}, got {cosine_scale.device}"
+        )
+    if scale is not None:
+        raise ValueError(
+            f"scale={scale!r} and cosine_scale exclude each other: cosine logits are scaled by "
+            "cosine_scale alone"
+        )
+    return cosine_scale.reshape(heads)
+
+
+def _cosine_normalised(q, k, cosine_scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """q / |q| * cosine_scale[h] and k / |k| (norms at least in fp32, as ``F.normalize``)."""
+    exact = torch.promote_types(q.dtype, torch.float32)
+    norm_q = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=exact)  # (B, heads, N, 1)
+    norm_k = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=exact)
+    factor_q = norm_q.clamp_min(NORM_EPS).reciprocal() * cosine_scale.view(1, -1, 1, 1)
+    factor_k = norm_k.clamp_min(NORM_EPS).reciprocal()
+    return q * factor_q.to(q.dtype), k * factor_k.to(k.dtype)
 
 
 def _masked_sdpa(q, k, v, dictionary: KNNDictionary, scale, bias) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _cpu_kernels
 from ._checks import all_finite, check_float, check_ndim, check_positive_int, values_checked
 from .dictionary import KNNDictionary
 from .windows import window_partition
@@ -87,6 +88,9 @@ def _top_k_membership(sim: Tensor, k: int) -> Tensor:
     n = sim.shape[-1]
     if k == n:
         return torch.ones(sim.shape, dtype=torch.bool, device=sim.device)
+    if _cpp_membership_runs(sim):
+        rows = sim.detach().reshape(-1, n)  # (rows, N), contiguous
+        return _cpu_kernels.ops().topk_membership(rows, k).view(sim.shape)
     floor = sim.topk(k + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # (..., M, 1)
     member = sim > floor  # (..., M, N): k per row, fewer where the k-th value equals the floor
     if sim.is_cuda or torch.compiler.is_compiling():
@@ -96,6 +100,19 @@ def _top_k_membership(sim: Tensor, k: int) -> Tensor:
         rows = short.nonzero(as_tuple=True)
         member[rows] = _with_boundary_ties(sim[rows], member[rows], floor[rows], k)
     return member
+
+
+# The C++ membership counts, for each entry, the entries ordered before it: N^2 comparisons a
+# row where topk selects in about N. Measured against the topk path on this project's 2-core
+# Xeon (fp32, 2 threads, 400k similarities): 1.7x faster at N=64, 1.2x at N=128, 0.6x at 256.
+CPP_MEMBERSHIP_MAX_N = 128
+
+
+def _cpp_membership_runs(sim: Tensor) -> bool:
+    """Whether the C++ membership kernel takes these similarities (CPU, fp32, small rows)."""
+    if sim.device.type != "cpu" or sim.dtype != torch.float32 or torch.compiler.is_compiling():
+        return False
+    return sim.shape[-1] <= CPP_MEMBERSHIP_MAX_N and _cpu_kernels.status()[0]
 
 
 def _with_boundary_ties(sim: Tensor, member: Tensor, floor: Tensor, k: int) -> Tensor:
@@ -278,7 +295,7 @@ def knn_mask(
 
 # The knn_attention backends that attend through a dense N x N mask; "auto" picks them on the
 # CPU for windows (its measured policy), and the others derive their lists from a mask on demand.
-DENSE_BACKENDS = ("mask", "reference")
+DENSE_BACKENDS = ("mask", "reference", "cpp")
 
 
 def knn_dictionary(

@@ -179,7 +179,7 @@ class KeySemanticAttention(nn.Module):
         if self.logit_scale is None:
             q, k, v = qkv.unbind(0)
             return q, k, v, q.shape[-1] ** -0.5
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        scale = self.cosine_scale().view(-1, 1, 1)  # (heads, 1, 1)
         exact = torch.promote_types(qkv.dtype, torch.float32)  # fp32 at least
         norms = torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True, dtype=exact)
         inverse = norms.clamp_min(NORM_EPS).reciprocal()  # (2, B', heads, N, 1)
@@ -190,6 +190,10 @@ class KeySemanticAttention(nn.Module):
         factors.append(torch.ones_like(inverse[:1]))  # v's
         q, k, v = (qkv * torch.cat(factors).to(qkv.dtype)).unbind(0)
         return q, k, v, 1.0
+
+    def cosine_scale(self) -> Tensor:
+        """(heads,) multipliers of the cosine logits: exp(logit scale), at most 100."""
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().view(-1)
 
     def position_bias(self, positions: tuple[Tensor, Tensor] | None) -> Tensor | None:
         """(heads, N, N) additive bias table of this layer, or ``None``."""
@@ -224,9 +228,17 @@ class KeySemanticAttention(nn.Module):
         """
         batch, n, dim = x.shape
         qkv = self.qkv(x).view(batch, n, 3, self.heads, dim // self.heads)  # (B', N, 3, h, d)
-        q, k, v, scale = self._queries_keys_values(qkv)  # (B', heads, N, d) each
         if bias is not None:
-            bias = bias.to(q.dtype)
+            bias = bias.to(qkv.dtype)
+        if dictionary is not None and self.logit_scale is not None and not torch.is_grad_enabled():
+            # inference: knn_attention normalises q and k (the C++ CPU kernel in its own pass)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, N, d) views
+            out = knn_attention(
+                q, k, v, dictionary, bias=bias, cosine_scale=self.cosine_scale(),
+                backend=self.backend, check_values=False,
+            )  # fmt: skip
+            return self.proj(out.transpose(1, 2).reshape(batch, n, dim))  # (B', N, C)
+        q, k, v, scale = self._queries_keys_values(qkv)  # (B', heads, N, d) each
         if dictionary is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         else:

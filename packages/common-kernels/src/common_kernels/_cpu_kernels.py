@@ -1,0 +1,109 @@
+"""The C++ CPU kernels (``_cpu_kernels.cpp``), compiled on first use for the machine they run on.
+
+Eager PyTorch spends most of a windowed KNN attention's time on the CPU outside arithmetic: a
+``topk`` that sorts every row of 64 similarities, and a fused SDPA whose 16-wide heads and
+(B, heads, N, N) mask keep it far from the matmul rate. ``_cpu_kernels.cpp`` does both in one
+pass per (window, head) with torch's own vector type (``at::vec``), parallel over torch's threads.
+
+Why compiled here and not shipped in the wheel: the packages are pure Python, and ``-march=native``
+needs the user's CPU. ``torch.utils.cpp_extension`` builds it once (about 10 s) into its cache
+(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), keyed by the source, this
+torch, the CPU and its vector width; later processes load it in milliseconds. That needs a C++
+compiler and ninja, as ``torch.compile`` on the CPU does. Without them (or with
+``COMMON_KERNELS_CPU_KERNELS=0``) :func:`status` says why and the callers keep their PyTorch paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
+DISABLE_ENV = "COMMON_KERNELS_CPU_KERNELS"
+# at::vec's width follows torch's own CPU capability (what its kernels were dispatched to).
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+
+_log = logging.getLogger("common_kernels")
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ops" once loaded, "reason" once refused
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``-march=native`` code is only valid on the CPU it was built on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_name(capability: str) -> str:
+    """The cache entry's name: a digest of the source, torch, the CPU and the vector width."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _cpu_name().encode(),
+                 capability.encode()):  # fmt: skip
+        digest.update(part)
+    return f"common_kernels_cpu_{digest.hexdigest()[:16]}"
+
+
+def _why_not_buildable() -> str | None:
+    if os.environ.get(DISABLE_ENV) == "0":
+        return f"{DISABLE_ENV}=0 turns them off"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler!r} is not on PATH; install g++ or clang, or set CXX)"
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def _load() -> None:
+    reason = _why_not_buildable()
+    if reason is not None:
+        _state["reason"] = reason
+        return
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-march=native", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])]
+    name = _build_name(capability)
+    _log.info("compiling common-kernels' C++ CPU kernels %s (once per machine)", name)
+    try:
+        cpp_extension.load(
+            name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+            is_python_module=False, verbose=False,
+        )  # fmt: skip
+    except (RuntimeError, OSError, ImportError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _state["reason"] = f"their build failed: {first}"
+        return
+    _state["ops"] = torch.ops.common_kernels_cpu
+
+
+def status() -> tuple[bool, str]:
+    """Whether the C++ CPU kernels can run (building them on the first call), and if not, why."""
+    with _lock:
+        if not _state:
+            _load()
+    if "ops" in _state:
+        return True, ""
+    return False, f"the C++ CPU kernels are unavailable: {_state['reason']}"
+
+
+def ops():
+    """``torch.ops.common_kernels_cpu`` (call :func:`status` first: this assumes it said yes)."""
+    return _state["ops"]

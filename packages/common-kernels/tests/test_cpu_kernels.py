@@ -1,0 +1,203 @@
+"""The ``cpp`` backend (the C++ CPU kernels, compiled on first use) against fp64 oracles written
+independently of the package: dense logits (cosine: F.normalize of q and k), -inf off the
+neighbour sets, log(multiplicity) on repeated neighbours, softmax, matmul; and the top-k
+membership against a stable sort of (value desc, index asc).
+
+Tolerances: float32 outputs within rtol 1e-4 and atol 1e-4 x max(1, max |expected|) of the
+oracle (a few units in the last place: the kernel sums in another order and its exp is Sleef's);
+memberships exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common_kernels import (
+    KNNDictionary,
+    _cpu_kernels,
+    can_run,
+    knn_attention,
+    knn_mask,
+    select_backend,
+)
+from common_kernels.runtime.testing import AttentionCase, neighbour_lists
+
+BACKEND = "cpp"
+pytestmark = pytest.mark.usefixtures("backend_runs")
+
+
+@dataclass(frozen=True)
+class Case(AttentionCase):
+    """One problem; ``cosine``: the kernel normalises q and k and scales each head."""
+
+    cosine: bool = False
+
+
+CASES = [
+    Case("semanir_window", 3, 2, 64, 16, 32, bias="H", cosine=True),  # SemanIR's shapes
+    Case("tails_n37_d12", 2, 2, 37, 12, 5),  # N and d not multiples of the vector or tile
+    Case("k1_d8_bias_1H", 2, 1, 20, 8, 1, bias="1H"),
+    Case("k_eq_n_d32_bias_BH", 2, 3, 24, 32, 24, bias="BH"),
+    Case("per_head_bias_B1", 2, 3, 30, 16, 9, per_head=True, bias="B1", cosine=True),
+    Case("duplicates_bias_11", 2, 2, 40, 16, 7, duplicates=True, bias="11"),
+    Case("d40_n70", 1, 2, 70, 40, 20, bias="H"),
+]
+
+
+def make_problem(case: Case, seed: int = 0):
+    """float32 q, k, v (as strided views of one qkv tensor, like SemanIR's), lists, bias."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(case.B, case.N, 3, case.H, case.d, generator=g)  # (B, N, 3, H, d)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views, rows unit-stride
+    idx = neighbour_lists(case, g)
+    bias = None if case.bias is None else torch.randn(case.bias_shape, generator=g)
+    head_scale = torch.rand(case.H, generator=g) * 20 + 1 if case.cosine else None
+    return q, k, v, idx, bias, head_scale
+
+
+def oracle(q, k, v, idx, bias, head_scale):
+    """fp64 attention over the listed neighbours, each repeat a separate softmax term."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, N, d = q.shape
+    ids = idx if idx.ndim == 4 else idx[:, None].expand(B, H, N, idx.shape[-1])  # (B, H, N, K)
+    counts = torch.zeros(B, H, N, N, dtype=torch.float64)
+    counts.scatter_add_(-1, ids, torch.ones(ids.shape, dtype=torch.float64))
+    if head_scale is None:
+        logits = q @ k.transpose(-1, -2) * d**-0.5  # (B, H, N, N)
+    else:
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        logits = qn @ kn.transpose(-1, -2) * head_scale.double().view(1, H, 1, 1)
+    if bias is not None:
+        logits = logits + bias.double()
+    logits = logits + counts.log()  # -inf off the lists, log(repeats) on them
+    return logits.softmax(dim=-1) @ v
+
+
+def assert_close_to(actual, expected, rel=1e-4):
+    atol = rel * max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual.double(), expected, rtol=rel, atol=atol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_attention_matches_the_fp64_oracle(case: Case) -> None:
+    q, k, v, idx, bias, head_scale = make_problem(case)
+    dictionary = KNNDictionary(idx)
+    out = knn_attention(q, k, v, dictionary, bias=bias, cosine_scale=head_scale, backend="cpp")
+    assert out.shape == q.shape and out.dtype == torch.float32
+    assert out.transpose(1, 2).is_contiguous()  # laid out as (B, N, H, d) for the projection
+    assert_close_to(out, oracle(q, k, v, idx, bias, head_scale))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=lambda c: c.name)
+def test_cosine_scale_on_the_pytorch_backends_matches_the_oracle_forward_and_backward(
+    case: Case,
+) -> None:
+    """The other backends normalise in PyTorch, differentiably: values and every gradient."""
+    q, k, v, idx, bias, head_scale = make_problem(case)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, head_scale)]
+    out = knn_attention(*leaves[:3], KNNDictionary(idx), bias=bias, cosine_scale=leaves[3],
+                        backend="reference")  # fmt: skip
+    expected_leaves = [t.detach().double().requires_grad_() for t in (q, k, v, head_scale)]
+    expected = oracle(*expected_leaves[:3], idx, bias, expected_leaves[3])
+    assert_close_to(out, expected.detach())
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad)
+    expected.backward(grad.double())
+    for leaf, reference in zip(leaves, expected_leaves, strict=True):
+        assert_close_to(leaf.grad, reference.grad)
+
+
+def test_a_zero_query_or_key_stays_zero_as_with_f_normalize() -> None:
+    case = CASES[0]
+    q, k, v, idx, bias, head_scale = make_problem(case)
+    q, k = q.clone(), k.clone()
+    q[0, 0, 3] = 0.0
+    k[1, 1, 5] = 0.0
+    out = knn_attention(q, k, v, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                        backend="cpp")  # fmt: skip
+    assert torch.isfinite(out).all()
+    assert_close_to(out, oracle(q, k, v, idx, bias, head_scale))
+
+
+def sorted_membership(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """The oracle: the first k of a stable descending sort (equal values: lower index first)."""
+    order = torch.sort(sim.double(), dim=-1, descending=True, stable=True).indices
+    member = torch.zeros(sim.shape, dtype=torch.bool)
+    return member.scatter_(-1, order[..., :k], True)
+
+
+@pytest.mark.parametrize("n", [64, 48, 100])  # 64: the AVX-512 path; the others: the general one
+@pytest.mark.parametrize("k", [1, 16, 32, 47])
+def test_topk_membership_equals_a_stable_sort_ties_and_signed_zeros_included(
+    n: int, k: int
+) -> None:
+    g = torch.Generator().manual_seed(n + k)
+    sim = torch.randn(5, n, n, generator=g).round(decimals=1)  # many equal values
+    sim[0, 0] = 0.25  # a whole row tied
+    sim[1, 2, ::2] = -0.0  # signed zeros tie with zeros
+    sim[1, 2, 1::2] = 0.0
+    sim[2, 3, :10] = torch.finfo(torch.float32).max
+    sim[2, 4, :10] = -torch.finfo(torch.float32).max
+    rows = sim.reshape(-1, n)  # (rows, N)
+    member = _cpu_kernels.ops().topk_membership(rows, k).view(sim.shape)
+    assert torch.equal(member, sorted_membership(sim, k))
+    assert (member.sum(dim=-1) == k).all()
+
+
+def test_knn_mask_takes_the_kernel_and_keeps_its_sets() -> None:
+    """knn_mask on the CPU (fp32, N <= 128) goes through the kernel: the same sets as a sort."""
+    x = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(0))
+    x[0, :8] = x[0, 8]  # identical tokens: tied similarities
+    member = knn_mask(x, 24, similarity="cosine")
+    feats = F.normalize(x, dim=-1)
+    assert torch.equal(member, sorted_membership(feats @ feats.transpose(-1, -2), 24))
+
+
+def test_refusals_name_the_reason() -> None:
+    q = torch.randn(1, 2, 8, 4)
+    idx = torch.zeros(1, 8, 2, dtype=torch.long)
+    idx[..., 1] = 1
+    assert can_run("cpp", q.double(), q.double(), q.double(), idx) == (
+        False, "the C++ kernel takes float32, got torch.float64; use 'reference' or 'mask'",
+    )  # fmt: skip
+    leaf = q.clone().requires_grad_()
+    runs, reason = can_run("cpp", leaf, q, q, idx)
+    assert not runs and reason.startswith("the C++ kernel has no backward")
+    with pytest.raises(RuntimeError, match="backend 'cpp' cannot run here: the C"):
+        knn_attention(leaf, q, q, idx, backend="cpp")
+
+
+def test_cosine_scale_errors_name_the_argument() -> None:
+    q = torch.randn(1, 2, 8, 4)
+    idx = torch.zeros(1, 8, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"cosine_scale must hold one multiplier per head"):
+        knn_attention(q, q, q, idx, cosine_scale=torch.ones(3))
+    with pytest.raises(ValueError, match=r"scale=0.5 and cosine_scale exclude each other"):
+        knn_attention(q, q, q, idx, scale=0.5, cosine_scale=torch.ones(2))
+
+
+def test_auto_picks_the_kernel_at_semanir_inference_shapes_and_not_for_training() -> None:
+    """The CPU policy table measured it fastest there (benchmarks/run.py --write-policy)."""
+    q, k, v, idx, bias, _ = make_problem(Case("group", 96, 2, 64, 16, 32, bias="H"))
+    assert select_backend(q, k, v, KNNDictionary(idx), bias) == "cpp"
+    leaf = q.clone().requires_grad_()
+    assert select_backend(leaf, k, v, KNNDictionary(idx), bias) != "cpp"
+
+
+def test_turned_off_by_the_environment_with_the_reason() -> None:
+    code = (
+        "import torch; from common_kernels import can_run; q = torch.zeros(1, 1, 4, 8); "
+        "print(can_run('cpp', q, q, q, torch.zeros(1, 4, 1, dtype=torch.long)))"
+    )
+    env = {**os.environ, _cpu_kernels.DISABLE_ENV: "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expected = "the C++ CPU kernels are unavailable: COMMON_KERNELS_CPU_KERNELS=0 turns them off"
+    assert done.stdout.strip() == str((False, expected))
