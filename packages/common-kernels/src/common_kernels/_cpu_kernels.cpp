@@ -114,12 +114,31 @@ at::Tensor topk_membership(const at::Tensor& sim, int64_t k) {
 
 constexpr int kRows = 8;  // queries per tile: 8 independent accumulators hide FMA latency
 
-// Queries i0 .. i0+R-1 of one (window, head): q and v (N x D) and the mask and bias rows (N x N;
-// the mask 0 or -inf) with unit-stride rows, kt (D x N) and out (N x D) contiguous, logits an
-// R x N scratch. R is a compile-time constant so that the R accumulators stay in registers.
-template <int R>
+// The mask's entries j0 .. j0+w-1 as additive terms: a float mask as it is, a bool membership
+// as 0 (kept) or -inf.
+inline Vec mask_at(const float* row, int64_t j0, int64_t w) { return Vec::loadu(row + j0, w); }
+
+inline Vec mask_at(const bool* row, int64_t j0, int64_t w) {
+  constexpr int64_t W = Vec::size();
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+#if defined(CPU_CAPABILITY_AVX512)
+  if (w == W) {  // 16 bytes -> a lane mask -> 0 or -inf
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j0));
+    return _mm512_mask_blend_ps(_mm_test_epi8_mask(bytes, bytes), _mm512_set1_ps(minus_inf),
+                                _mm512_setzero_ps());
+  }
+#endif
+  float lanes[W];
+  for (int64_t l = 0; l < W; ++l) lanes[l] = l < w && row[j0 + l] ? 0.0f : minus_inf;
+  return Vec::loadu(lanes);
+}
+
+// Queries i0 .. i0+R-1 of one (window, head): q and v (N x D) and the mask and bias rows (N x N)
+// with unit-stride rows, kt (D x N) and out (N x D) contiguous, logits an R x N scratch. R is a
+// compile-time constant so that the R accumulators stay in registers.
+template <int R, typename Mask>
 void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale,
-                 const float* kt, const float* v, int64_t v_row, const float* mask,
+                 const float* kt, const float* v, int64_t v_row, const Mask* mask,
                  int64_t mask_row, const float* bias, int64_t bias_row, float* out,
                  int64_t out_row, float* logits, int64_t n, int64_t d) {
   constexpr int64_t W = Vec::size();
@@ -137,12 +156,12 @@ void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale
   }
   for (int r = 0; r < R; ++r) {  // softmax over the row's dictionary entries, in place
     float* lr = logits + r * n;
-    const float* mr = mask + (i0 + r) * mask_row;
+    const Mask* mr = mask + (i0 + r) * mask_row;
     const float* br = bias == nullptr ? nullptr : bias + (i0 + r) * bias_row;
     Vec peak = minus_inf;
     for (int64_t j0 = 0; j0 < n; j0 += W) {
       const int64_t w = std::min(W, n - j0);
-      Vec x = Vec::loadu(lr + j0, w) + Vec::loadu(mr + j0, w);
+      Vec x = Vec::loadu(lr + j0, w) + mask_at(mr, j0, w);
       if (br != nullptr) x = x + Vec::loadu(br + j0, w);
       if (w < W) x = Vec::set(minus_inf, x, w);
       x.store(lr + j0, w);
@@ -188,47 +207,24 @@ inline float inverse_norm(const float* x, int64_t d) {
   return 1.0f / std::max(std::sqrt(sum), 1e-12f);
 }
 
-// softmax(scale q k^T + mask + bias) v for (B, H, N, D) float32 q, k, v, the dictionary's
-// additive mask (B|1, H|1, N, N): log(multiplicity) at a query's keys, -inf elsewhere, and the
-// bias (B|1, H|1, N, N) or none; all with unit-stride rows. With head_scale (H,) the attention is
-// cosine: q and k are L2-normalised here and the logits of head h multiplied by head_scale[h]
-// (scale is then 1). The output is (B, H, N, D) laid out as (B, N, H, D): out.transpose(1, 2) is
-// contiguous. Parallel over (window, head).
-at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
-                            double scale, const c10::optional<at::Tensor>& head_scale) {
-  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && k.sizes() == q.sizes() &&
-                  v.sizes() == q.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat,
-              "q, k and v must be float32 tensors of one (B, H, N, D) shape");
+template <typename Mask>
+void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& member, const at::Tensor& bias, double scale,
+                const at::Tensor& heads_scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  const at::Tensor member = (mask.dim() == 3 ? mask.unsqueeze(1) : mask).expand({B, H, N, N});
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor bias_ = has_bias ? bias->expand({B, H, N, N}) : at::Tensor();
-  TORCH_CHECK(member.scalar_type() == at::kFloat && (!has_bias || bias_.scalar_type() == at::kFloat),
-              "mask and bias must be float32");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && member.stride(3) == 1 &&
-                  (!has_bias || bias_.stride(3) == 1),
-              "q, k, v, mask and bias need unit-stride rows");
-  const bool cosine = head_scale.has_value() && head_scale->defined();
-  at::Tensor heads_scale;
-  if (cosine) {
-    heads_scale = head_scale->to(at::kFloat).contiguous();
-    TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
-  }
-  auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
+  const bool has_bias = bias.defined(), cosine = heads_scale.defined();
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
-  const float* mp = member.data_ptr<float>();
-  const float* bp = has_bias ? bias_.data_ptr<float>() : nullptr;
+  const Mask* mp = member.data_ptr<Mask>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   const float* hp = cosine ? heads_scale.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const auto strides = [](const at::Tensor& t) {
     return std::vector<int64_t>(t.strides().begin(), t.strides().end());
   };
   const auto qs = strides(q), ks = strides(k), vs = strides(v), ms = strides(member),
-             os = strides(out), bs = has_bias ? strides(bias_) : ms;
+             os = strides(out), bs = has_bias ? strides(bias) : ms;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> kt(D * N), q_scale(N, static_cast<float>(scale)), logits(kRows * N);
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -244,7 +240,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
         for (int64_t i = 0; i < N; ++i) q_scale[i] = inverse_norm(qh + i * qs[2], D) * hp[h];
       }
       const float* vh = vp + b * vs[0] + h * vs[1];
-      const float* mh = mp + b * ms[0] + h * ms[1];
+      const Mask* mh = mp + b * ms[0] + h * ms[1];
       const float* bh_bias = has_bias ? bp + b * bs[0] + h * bs[1] : nullptr;
       float* oh = op + b * os[0] + h * os[1];
       int64_t i0 = 0;
@@ -256,6 +252,42 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
                        bs[2], oh, os[2], logits.data(), N, D);
     }
   });
+}
+
+// softmax(scale q k^T + mask + bias) v for (B, H, N, D) float32 q, k, v, the dictionary as a
+// (B|1, H|1, N, N) bool membership or float32 additive mask (log(multiplicity) at a query's
+// keys, -inf elsewhere), and the bias (B|1, H|1, N, N) or none; all with unit-stride rows. With
+// head_scale (H,) the attention is cosine: q and k are L2-normalised here and the logits of head
+// h multiplied by head_scale[h] (scale is then 1). The output is (B, H, N, D) laid out as
+// (B, N, H, D): out.transpose(1, 2) is contiguous. Parallel over (window, head).
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
+                            double scale, const c10::optional<at::Tensor>& head_scale) {
+  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && k.sizes() == q.sizes() &&
+                  v.sizes() == q.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat,
+              "q, k and v must be float32 tensors of one (B, H, N, D) shape");
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
+  const at::Tensor member = (mask.dim() == 3 ? mask.unsqueeze(1) : mask).expand({B, H, N, N});
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor bias_ = has_bias ? bias->expand({B, H, N, N}) : at::Tensor();
+  TORCH_CHECK(member.scalar_type() == at::kFloat || member.scalar_type() == at::kBool,
+              "mask must be bool (membership) or float32 (additive)");
+  TORCH_CHECK(!has_bias || bias_.scalar_type() == at::kFloat, "bias must be float32");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && member.stride(3) == 1 &&
+                  (!has_bias || bias_.stride(3) == 1),
+              "q, k, v, mask and bias need unit-stride rows");
+  at::Tensor heads_scale;
+  if (head_scale.has_value() && head_scale->defined()) {
+    heads_scale = head_scale->to(at::kFloat).contiguous();
+    TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
+  }
+  auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
+  if (member.scalar_type() == at::kBool) {
+    attend_all<bool>(q, k, v, member, bias_, scale, heads_scale, out);
+  } else {
+    attend_all<float>(q, k, v, member, bias_, scale, heads_scale, out);
+  }
   return out;
 }
 

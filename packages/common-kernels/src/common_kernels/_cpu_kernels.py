@@ -58,15 +58,25 @@ def _build_name(capability: str) -> str:
     return f"common_kernels_cpu_{digest.hexdigest()[:16]}"
 
 
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its CUDA_HOME warning (a CPU build)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its import warns "No CUDA runtime is found" on CPU machines
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
 def _why_not_buildable() -> str | None:
     if os.environ.get(DISABLE_ENV) == "0":
         return f"{DISABLE_ENV}=0 turns them off"
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return f"no C++ compiler ({compiler!r} is not on PATH; install g++ or clang, or set CXX)"
-    from torch.utils import cpp_extension
-
-    if not cpp_extension.is_ninja_available():
+    if not _cpp_extension().is_ninja_available():
         return "ninja is not installed (pip install ninja)"
     return None
 
@@ -76,14 +86,12 @@ def _load() -> None:
     if reason is not None:
         _state["reason"] = reason
         return
-    from torch.utils import cpp_extension
-
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-march=native", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])]
     name = _build_name(capability)
     _log.info("compiling common-kernels' C++ CPU kernels %s (once per machine)", name)
     try:
-        cpp_extension.load(
+        _cpp_extension().load(
             name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
             is_python_module=False, verbose=False,
         )  # fmt: skip

@@ -167,6 +167,12 @@ class KNNDictionary:
                 self._idx = ids.view(*self._member.shape[:-1], self.k).to(torch.int32)
         return self._idx
 
+    @property
+    def made_from_mask(self) -> bool:
+        """Whether the dictionary was made from a neighbour mask (:meth:`from_mask`): that mask
+        is its membership, and it holds no duplicates."""
+        return self._member is not None
+
     def membership(self) -> Tensor:
         """(B, heads|1, N, N) bool: True at each query's neighbours."""
         if self._member is not None:

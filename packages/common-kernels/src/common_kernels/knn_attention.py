@@ -377,9 +377,14 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cpp(q, k, v, dictionary: KNNDictionary, scale, bias, cosine_scale) -> torch.Tensor:
-    """The C++ CPU kernel with the dictionary's cached additive mask (and the bias); the output
-    is laid out as (B, N, heads, d), so ``out.transpose(1, 2)`` is contiguous."""
-    mask = dictionary.additive_mask(torch.float32)  # (B, heads|1, N, N), made once per dictionary
+    """The C++ CPU kernel with the dictionary as its neighbour mask (a dictionary made from a
+    mask: that bool mask itself; else the cached additive mask, which counts duplicates) and
+    the bias; the output is laid out as (B, N, heads, d): ``out.transpose(1, 2)`` is
+    contiguous."""
+    if dictionary.made_from_mask:
+        mask = dictionary.membership()  # (B, heads|1, N, N) bool, as knn_mask made it
+    else:
+        mask = dictionary.additive_mask(torch.float32)  # (B, heads|1, N, N), cached
     bias = None if bias is None else _unit_rows(bias)
     q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
     return _cpu_kernels.ops().masked_attention(q, k, v, mask, bias, scale, cosine_scale)
