@@ -1,7 +1,8 @@
-"""The ``cpp`` backend (the C++ CPU kernels, compiled on first use) against fp64 oracles written
-independently of the package: dense logits (cosine: F.normalize of q and k), -inf off the
-neighbour sets, log(multiplicity) on repeated neighbours, softmax, matmul; and the top-k
-membership against a stable sort of (value desc, index asc).
+"""The C++ CPU kernels (compiled on first use) against fp64 oracles written independently of
+the package: the ``cpp`` backend against dense logits (cosine: F.normalize of q and k), -inf off
+the neighbour sets, log(multiplicity) on repeated neighbours, softmax, matmul; the top-k
+membership against a stable sort of (value desc, index asc); the fused residual against
+x + F.layer_norm(y).
 
 Tolerances: float32 outputs within rtol 1e-4 and atol 1e-4 x max(1, max |expected|) of the
 oracle (a few units in the last place: the kernel sums in another order and its exp is Sleef's);
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from common_kernels import (
     KNNDictionary,
     _cpu_kernels,
+    add_layer_norm_,
     can_run,
     knn_attention,
     knn_mask,
@@ -201,3 +203,30 @@ def test_turned_off_by_the_environment_with_the_reason() -> None:
     assert done.returncode == 0, done.stderr
     expected = "the C++ CPU kernels are unavailable: COMMON_KERNELS_CPU_KERNELS=0 turns them off"
     assert done.stdout.strip() == str((False, expected))
+
+
+@pytest.mark.parametrize("channels", [32, 20, 64])  # 20: a vector tail
+def test_add_layer_norm_matches_the_fp64_residual_and_updates_x_in_place(channels: int) -> None:
+    g = torch.Generator().manual_seed(channels)
+    x, y = torch.randn(6, 64, channels, generator=g), torch.randn(6, 64, channels, generator=g)
+    norm = torch.nn.LayerNorm(channels)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    expected = x.double() + F.layer_norm(
+        y.double() * 3 + 1, (channels,), norm.weight.double(), norm.bias.double(), norm.eps
+    )
+    target = x.clone()
+    with torch.inference_mode():
+        out = add_layer_norm_(target, y * 3 + 1, norm)
+    assert out.data_ptr() == target.data_ptr()
+    assert_close_to(target, expected)
+
+
+def test_add_layer_norm_keeps_autograd_on_the_pytorch_path() -> None:
+    x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 8, requires_grad=True)
+    norm = torch.nn.LayerNorm(8)
+    out = add_layer_norm_(x.clone(), y, norm)
+    out.sum().backward()
+    torch.testing.assert_close(out, x + norm(y))
+    assert y.grad is not None and norm.weight.grad is not None

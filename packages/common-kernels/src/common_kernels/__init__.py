@@ -7,6 +7,7 @@ method packages share (files, errors, CLI, hub, progress, Lightning callbacks, t
 from common_kernels._checks import values_checked
 from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion
+from common_kernels.fused import add_layer_norm_
 from common_kernels.knn_attention import (
     KNNAttention,
     can_run,
@@ -26,6 +27,7 @@ __all__ = [
     "OverlapAccumulator",
     "Tile",
     "__version__",
+    "add_layer_norm_",
     "blend_weights",
     "can_run",
     "fft_phase_fusion",

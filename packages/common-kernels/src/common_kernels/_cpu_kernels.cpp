@@ -4,11 +4,13 @@
 //
 // - topk_membership: the k-largest mask of each row of similarities (ties to the lower index),
 //   what torch.topk + a comparison give, with no per-row sort.
+// - add_layer_norm_: x += layer_norm(y), a post-norm residual in one pass per row.
 // - masked_attention: softmax(scale q k^T + mask + bias) v per (window, head), optionally cosine
 //   (q and k normalised in the same pass), the logits of a tile of 8 queries kept in registers
 //   and a small scratch, never as a (B, H, N, N) tensor.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 #if defined(CPU_CAPABILITY_AVX512)
@@ -133,12 +135,12 @@ inline Vec mask_at(const bool* row, int64_t j0, int64_t w) {
   return Vec::loadu(lanes);
 }
 
-// Queries i0 .. i0+R-1 of one (window, head): q and v (N x D) and the mask and bias rows (N x N)
-// with unit-stride rows, kt (D x N) and out (N x D) contiguous, logits an R x N scratch. R is a
-// compile-time constant so that the R accumulators stay in registers.
+// Queries i0 .. i0+R-1 of one (window, head): q (N x D, scaled) and kt (D x N) contiguous, v and
+// out (N x D) and the mask and bias rows (N x N) with unit-stride rows, logits an R x N scratch.
+// R is a compile-time constant so that the R accumulators stay in registers.
 template <int R, typename Mask>
-void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale,
-                 const float* kt, const float* v, int64_t v_row, const Mask* mask,
+void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, int64_t v_row,
+                 const Mask* mask,
                  int64_t mask_row, const float* bias, int64_t bias_row, float* out,
                  int64_t out_row, float* logits, int64_t n, int64_t d) {
   constexpr int64_t W = Vec::size();
@@ -149,12 +151,12 @@ void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale
     for (int r = 0; r < R; ++r) acc[r] = zero;
     for (int64_t c = 0; c < d; ++c) {
       const Vec kc = Vec::loadu(kt + c * n + j0, w);
-      for (int r = 0; r < R; ++r)
-        acc[r] = at::vec::fmadd(Vec(q[(i0 + r) * q_row + c] * q_scale[i0 + r]), kc, acc[r]);
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(q[(i0 + r) * d + c]), kc, acc[r]);
     }
     for (int r = 0; r < R; ++r) acc[r].store(logits + r * n + j0, w);
   }
-  for (int r = 0; r < R; ++r) {  // softmax over the row's dictionary entries, in place
+  float inverse[R];  // 1 / the softmax denominators, applied to the output
+  for (int r = 0; r < R; ++r) {  // exp(logit - max) over the row's dictionary entries, in place
     float* lr = logits + r * n;
     const Mask* mr = mask + (i0 + r) * mask_row;
     const float* br = bias == nullptr ? nullptr : bias + (i0 + r) * bias_row;
@@ -167,9 +169,8 @@ void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale
       x.store(lr + j0, w);
       peak = at::vec::maximum(peak, x);
     }
-    float lanes[W];
-    peak.store(lanes);
-    const Vec top(*std::max_element(lanes, lanes + W));
+    const Vec top(at::vec::vec_reduce_all<float>(
+        [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, peak));
     Vec total = zero;
     for (int64_t j0 = 0; j0 < n; j0 += W) {
       const int64_t w = std::min(W, n - j0);
@@ -179,14 +180,7 @@ void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale
       e.store(lr + j0, w);
       total = total + e;
     }
-    total.store(lanes);
-    float sum = 0.0f;
-    for (int64_t l = 0; l < W; ++l) sum += lanes[l];
-    const Vec inv(1.0f / sum);
-    for (int64_t j0 = 0; j0 < n; j0 += W) {
-      const int64_t w = std::min(W, n - j0);
-      (Vec::loadu(lr + j0, w) * inv).store(lr + j0, w);
-    }
+    inverse[r] = 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, total);
   }
   for (int64_t c0 = 0; c0 < d; c0 += W) {  // out[i0+r, c0:c0+W] = sum_j p[r, j] v[j, c0:c0+W]
     const int64_t w = std::min(W, d - c0);
@@ -196,14 +190,19 @@ void attend_rows(int64_t i0, const float* q, int64_t q_row, const float* q_scale
       const Vec vj = Vec::loadu(v + j * v_row + c0, w);
       for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(logits[r * n + j]), vj, acc[r]);
     }
-    for (int r = 0; r < R; ++r) acc[r].store(out + (i0 + r) * out_row + c0, w);
+    for (int r = 0; r < R; ++r) (acc[r] * Vec(inverse[r])).store(out + (i0 + r) * out_row + c0, w);
   }
 }
 
 // 1 / max(|x|, eps) of a D-vector (F.normalize's eps).
 inline float inverse_norm(const float* x, int64_t d) {
-  float sum = 0.0f;
-  for (int64_t c = 0; c < d; ++c) sum += x[c] * x[c];
+  constexpr int64_t W = Vec::size();
+  Vec squares(0.0f);
+  for (int64_t c0 = 0; c0 < d; c0 += W) {
+    const Vec xc = Vec::loadu(x + c0, std::min(W, d - c0));  // the tail's lanes load as 0
+    squares = at::vec::fmadd(xc, xc, squares);
+  }
+  const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, squares);
   return 1.0f / std::max(std::sqrt(sum), 1e-12f);
 }
 
@@ -226,7 +225,7 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto qs = strides(q), ks = strides(k), vs = strides(v), ms = strides(member),
              os = strides(out), bs = has_bias ? strides(bias) : ms;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kt(D * N), q_scale(N, static_cast<float>(scale)), logits(kRows * N);
+    std::vector<float> q_scaled(N * D), kt(D * N), logits(kRows * N);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* qh = qp + b * qs[0] + h * qs[1];
@@ -236,8 +235,13 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         const float inv = cosine ? inverse_norm(kj, D) : 1.0f;
         for (int64_t c = 0; c < D; ++c) kt[c * N + j] = cosine ? kj[c] * inv : kj[c];
       }
-      if (cosine) {
-        for (int64_t i = 0; i < N; ++i) q_scale[i] = inverse_norm(qh + i * qs[2], D) * hp[h];
+      for (int64_t i = 0; i < N; ++i) {  // q scaled (cosine: normalised, times the head's scale)
+        const float* qi = qh + i * qs[2];
+        const Vec factor(cosine ? inverse_norm(qi, D) * hp[h] : static_cast<float>(scale));
+        for (int64_t c0 = 0; c0 < D; c0 += Vec::size()) {
+          const int64_t w = std::min<int64_t>(Vec::size(), D - c0);
+          (Vec::loadu(qi + c0, w) * factor).store(q_scaled.data() + i * D + c0, w);
+        }
       }
       const float* vh = vp + b * vs[0] + h * vs[1];
       const Mask* mh = mp + b * ms[0] + h * ms[1];
@@ -245,11 +249,11 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       float* oh = op + b * os[0] + h * os[1];
       int64_t i0 = 0;
       for (; i0 + kRows <= N; i0 += kRows)
-        attend_rows<kRows>(i0, qh, qs[2], q_scale.data(), kt.data(), vh, vs[2], mh, ms[2],
-                           bh_bias, bs[2], oh, os[2], logits.data(), N, D);
+        attend_rows<kRows>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh,
+                           os[2], logits.data(), N, D);
       for (; i0 < N; ++i0)
-        attend_rows<1>(i0, qh, qs[2], q_scale.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias,
-                       bs[2], oh, os[2], logits.data(), N, D);
+        attend_rows<1>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh, os[2],
+                       logits.data(), N, D);
     }
   });
 }
@@ -291,6 +295,49 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+// x += layer_norm(y) * weight + bias over the last dim of contiguous float32 (..., C) x and y, in
+// place (a post-norm residual): one pass over each row, held in cache.
+at::Tensor add_layer_norm_(at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                           const at::Tensor& bias, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && y.scalar_type() == at::kFloat &&
+                  x.sizes() == y.sizes() && x.is_contiguous() && y.is_contiguous(),
+              "x and y must be contiguous float32 tensors of one shape");
+  const int64_t C = x.size(-1), rows = C == 0 ? 0 : x.numel() / C;
+  const at::Tensor w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
+  TORCH_CHECK(w.numel() == C && b.numel() == C, "weight and bias must hold C values");
+  float* xp = x.data_ptr<float>();
+  const float* yp = y.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  constexpr int64_t W = Vec::size();
+  const auto add = [](Vec& a, Vec& c) { return a + c; };
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* yr = yp + r * C;
+      float* xr = xp + r * C;
+      Vec total(0.0f);
+      for (int64_t c0 = 0; c0 < C; c0 += W) total = total + Vec::loadu(yr + c0, std::min(W, C - c0));
+      const Vec mean(at::vec::vec_reduce_all<float>(add, total) / C);
+      Vec squares(0.0f);
+      for (int64_t c0 = 0; c0 < C; c0 += W) {
+        const int64_t w = std::min(W, C - c0);
+        const Vec centred = Vec::set(Vec(0.0f), Vec::loadu(yr + c0, w) - mean, w);
+        squares = at::vec::fmadd(centred, centred, squares);
+      }
+      const float variance = at::vec::vec_reduce_all<float>(add, squares) / C;
+      const Vec inverse_std(1.0f / std::sqrt(variance + static_cast<float>(eps)));
+      for (int64_t c0 = 0; c0 < C; c0 += W) {
+        const int64_t w = std::min(W, C - c0);
+        const Vec normed = (Vec::loadu(yr + c0, w) - mean) * inverse_std;
+        const Vec out = Vec::loadu(xr + c0, w) +
+                        at::vec::fmadd(normed, Vec::loadu(wp + c0, w), Vec::loadu(bp + c0, w));
+        out.store(xr + c0, w);
+      }
+    }
+  });
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(common_kernels_cpu, m) {
@@ -300,4 +347,6 @@ TORCH_LIBRARY(common_kernels_cpu, m) {
       "Tensor? head_scale) -> Tensor");
   m.impl("topk_membership", c10::DispatchKey::CPU, &topk_membership);
   m.impl("masked_attention", c10::DispatchKey::CPU, &masked_attention);
+  m.def("add_layer_norm_(Tensor(a!) x, Tensor y, Tensor weight, Tensor bias, float eps) -> Tensor(a!)");
+  m.impl("add_layer_norm_", c10::DispatchKey::CPU, &add_layer_norm_);
 }

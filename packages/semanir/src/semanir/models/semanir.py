@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from common_kernels import (
     KNNDictionary,
+    add_layer_norm_,
     knn_attention,
     knn_dictionary,
     values_checked,
@@ -55,10 +56,11 @@ MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamp
 INIT_LOGIT_SCALE = math.log(10.0)
 NORM_EPS = 1e-12  # F.normalize's: a zero query or key stays zero
 # Inference runs a stage's layers on groups of windows whose attention logits (windows x heads x
-# N x N) take about this many bytes: every intermediate of a group stays in the CPU's caches and
-# is reused by the allocator (fresh large buffers cost page faults). Measured on 2 cores of this
-# project's machines (benchmarks/cpu_speed.py's tiny denoiser, 256 and 512 px): 4-8 MiB is
-# fastest; 0.5 MiB is 1.5x slower (per-call overhead), the whole stage at once 1.25x.
+# N x N) would take about this many bytes: every intermediate of a group stays in the CPU's
+# caches and is reused by the allocator (fresh large buffers cost page faults). Measured on 2
+# cores of this project's machines (benchmarks/cpu_speed.py's tiny denoiser, 256 and 512 px,
+# SDPA attention): 4-8 MiB is fastest; 0.5 MiB is 1.5x slower (per-call overhead), the whole
+# stage at once 1.25x. With the C++ kernel (no logits tensor) 1.5-12 MiB are alike at 384 px.
 INFERENCE_GROUP_BYTES = 6 * 2**20
 
 
@@ -305,9 +307,9 @@ class KeySemanticLayer(nn.Module):
         if self.pre_norm:
             x += self.attn.attend(self.norm1(x), dictionary, bias)
             x += self.mlp(self.norm2(x))
-        else:
-            x += self.norm1(self.attn.attend(x, dictionary, bias))
-            x += self.norm2(self.mlp(x))
+        else:  # x += norm(f(x)), fused on the CPU
+            add_layer_norm_(x, self.attn.attend(x, dictionary, bias), self.norm1)
+            add_layer_norm_(x, self.mlp(x), self.norm2)
         return x
 
 
