@@ -41,10 +41,10 @@ together and are warmed up (one call; for inputs above 0.25 MP on a 256x256 crop
 measured in interleaved rounds: each round times one call of every configuration in turn (the
 order rotates each round), so machine noise hits all alike; tables give the median and min-max
 of the rounds. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one count per model
-and input, after the rounds; the CPU flash-attention op that torch's table lacks is counted with
-its SDPA formula), giving GFLOP per megapixel of the input and achieved GFLOP/s (GFLOP/MP
-divided by seconds per MP). "x DnCNN" is the time per megapixel over that of the DnCNN measured
-in the same rounds (same input and threads).
+and input, after the rounds; the CPU flash-attention op that torch's table lacks, and
+common-kernels' C++ attention, are counted with the SDPA formula), giving GFLOP per megapixel
+of the input and achieved GFLOP/s (GFLOP/MP divided by seconds per MP). "x DnCNN" is the time
+per megapixel over that of the DnCNN measured in the same rounds (same input and threads).
 
 Full run: threads 1 and 2, 3 rounds (training: 2 threads, 3 rounds). ``--quick``: 2 threads,
 the 256x256 inputs and the SR input, 2 rounds, the training steps of the three distinct
@@ -114,7 +114,8 @@ NOTES = (
     "Interleaved rounds: one process per configuration, warmed up once, then each round times "
     "one call of every configuration of the input in turn; median (min-max) of the rounds.",
     "s/MP: seconds per megapixel of the input; GFLOP/MP: torch.utils.flop_counter "
-    "(CPU flash attention counted with the SDPA formula); GFLOP/s = GFLOP/MP / (s/MP).",
+    "(CPU flash attention and the C++ attention counted with the SDPA formula); "
+    "GFLOP/s = GFLOP/MP / (s/MP).",
     "x DnCNN: s/MP over the s/MP of the DnCNN (gray or colour) in the same rounds, same input "
     "and threads; x dense: over the dense-window twin's; < 1 is faster.",
     "Peak RSS: ru_maxrss of the configuration's own process (torch and the model included).",
@@ -362,9 +363,20 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
+def attention_flop_table() -> dict[Any, Callable[..., int]]:
+    """:data:`CPU_ATTENTION_FLOPS`, plus common-kernels' C++ attention (its op exists once the
+    kernels are built) counted with the SDPA formula: the dense N x N logits it computes."""
+    from common_kernels import _cpu_kernels
+
+    table = dict(CPU_ATTENTION_FLOPS)
+    if _cpu_kernels.status()[0]:
+        table[_cpu_kernels.ops().masked_attention] = _cpu_flash_flop
+    return table
+
+
 def count_flops(step: Callable[[], object]) -> dict[str, Any]:
-    """FLOPs of one call of ``step``: the total and per aten op."""
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    """FLOPs of one call of ``step``: the total and per op."""
+    counter = FlopCounterMode(display=False, custom_mapping=attention_flop_table())
     with counter:
         step()
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
