@@ -27,8 +27,9 @@ Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
   read in the kernel, a backward without atomics (bitwise reproducible).
 - ``cpp``: this package's C++ CPU kernel (``_cpu_kernels.cpp``, compiled on first use): per
   (window, head), tiles of 8 queries' logits in registers and a small scratch, the dictionary's
-  additive mask and the bias added there, softmax and the value sum in the same pass; float32,
-  forward only (inference). The fast CPU path for windows (see ``_cpu_kernels``).
+  mask (its bool mask, or the additive one that counts duplicates) and the bias added there,
+  softmax and the value sum in the same pass; float32, forward only (inference). The fast CPU
+  path for windows (see ``_cpu_kernels``).
 """
 
 from __future__ import annotations
