@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,33 @@ def test_add_layer_norm_keeps_autograd_on_the_pytorch_path() -> None:
     out.sum().backward()
     torch.testing.assert_close(out, x + norm(y))
     assert y.grad is not None and norm.weight.grad is not None
+
+
+STATUS = "from common_kernels import _cpu_kernels; print(_cpu_kernels.status())"
+
+
+def run_status(cache: Path, **env: str) -> str:
+    """``_cpu_kernels.status()`` in a fresh process whose extensions cache is ``cache``."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(cache), **env}
+    done = subprocess.run([sys.executable, "-c", STATUS], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout.strip()
+
+
+def test_a_build_lands_whole_in_the_cache_and_later_processes_need_no_compiler(
+    tmp_path: Path,
+) -> None:
+    """Built in a private folder, then one rename: the cache holds the library and nothing
+    else (no lock a killed build could leave behind); the next process only loads it."""
+    assert run_status(tmp_path) == str((True, ""))
+    (built,) = (tmp_path / "common_kernels").iterdir()  # one file, nothing else
+    assert built.name.startswith("common_kernels_cpu_") and built.suffix == ".so"
+    assert run_status(tmp_path, CXX="/nonexistent/c++") == str((True, ""))
+
+
+def test_without_a_compiler_the_reason_is_given(tmp_path: Path) -> None:
+    expected = (
+        "the C++ CPU kernels are unavailable: no C++ compiler ('/nonexistent/c++' is not on "
+        "PATH; install g++ or clang, or set CXX)"
+    )
+    assert run_status(tmp_path, CXX="/nonexistent/c++") == str((False, expected))

@@ -6,11 +6,15 @@ Eager PyTorch spends most of a windowed KNN attention's time on the CPU outside 
 pass per (window, head) with torch's own vector type (``at::vec``), parallel over torch's threads.
 
 Why compiled here and not shipped in the wheel: the packages are pure Python, and ``-march=native``
-needs the user's CPU. ``torch.utils.cpp_extension`` builds it once (about 10 s) into its cache
-(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), keyed by the source, this
-torch, the CPU and its vector width; later processes load it in milliseconds. That needs a C++
-compiler and ninja, as ``torch.compile`` on the CPU does. Without them (or with
-``COMMON_KERNELS_CPU_KERNELS=0``) :func:`status` says why and the callers keep their PyTorch paths.
+needs the user's CPU. ``torch.utils.cpp_extension`` builds it once (about 10 s), in a private
+temporary folder, and the library is then moved atomically into the cache
+(``$TORCH_EXTENSIONS_DIR/common_kernels/``, default ``~/.cache/torch_extensions``) under a name
+that digests the source, this torch, the CPU and its vector width; later processes load that
+file in milliseconds, with no compiler. No lock is shared between processes, so one killed in
+the middle of a build leaves nothing that makes the next wait (two concurrent builds each write
+a complete library; the last rename wins). A build needs a C++ compiler and ninja, as
+``torch.compile`` on the CPU does. Without them (or with ``COMMON_KERNELS_CPU_KERNELS=0``)
+:func:`status` says why and the callers keep their PyTorch paths.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import platform
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -70,9 +75,14 @@ def _cpp_extension():
     return cpp_extension
 
 
+def cache_folder() -> Path:
+    """Where built libraries are kept: ``$TORCH_EXTENSIONS_DIR/common_kernels`` (default
+    ``~/.cache/torch_extensions/common_kernels``)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / "common_kernels"
+
+
 def _why_not_buildable() -> str | None:
-    if os.environ.get(DISABLE_ENV) == "0":
-        return f"{DISABLE_ENV}=0 turns them off"
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return f"no C++ compiler ({compiler!r} is not on PATH; install g++ or clang, or set CXX)"
@@ -82,24 +92,50 @@ def _why_not_buildable() -> str | None:
 
 
 def _load() -> None:
-    reason = _why_not_buildable()
-    if reason is not None:
-        _state["reason"] = reason
+    if os.environ.get(DISABLE_ENV) == "0":
+        _state["reason"] = f"{DISABLE_ENV}=0 turns them off"
         return
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", "-march=native", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])]
     name = _build_name(capability)
+    library = cache_folder() / f"{name}.so"
+    if library.is_file():
+        try:
+            torch.ops.load_library(str(library))
+        except (RuntimeError, OSError) as error:
+            _state["reason"] = f"{library} does not load: {_first_line(error)}"
+            return
+    else:  # the build loads what it built
+        reason = _why_not_buildable() or _build(name, capability, library)
+        if reason is not None:
+            _state["reason"] = reason
+            return
+    _state["ops"] = torch.ops.common_kernels_cpu
+
+
+def _build(name: str, capability: str, library: Path) -> str | None:
+    """Compile the library in a private folder, load it, and move it to ``library`` for later
+    processes; None, or why not."""
+    flags = ["-O3", "-march=native", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])]
     _log.info("compiling common-kernels' C++ CPU kernels %s (once per machine)", name)
     try:
-        _cpp_extension().load(
-            name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-            is_python_module=False, verbose=False,
-        )  # fmt: skip
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=library.parent) as folder:
+            _cpp_extension().load(
+                name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                extra_ldflags=["-fopenmp"], build_directory=folder, is_python_module=False,
+                verbose=False,
+            )  # fmt: skip
+            partial = library.with_name(f"{library.name}.{os.getpid()}.partial")
+            shutil.copyfile(Path(folder) / f"{name}.so", partial)
+            os.replace(partial, library)  # complete or absent, never half-written
     except (RuntimeError, OSError, ImportError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _state["reason"] = f"their build failed: {first}"
-        return
-    _state["ops"] = torch.ops.common_kernels_cpu
+        return f"their build failed: {_first_line(error)}"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def status() -> tuple[bool, str]:
