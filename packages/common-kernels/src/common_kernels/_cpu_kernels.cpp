@@ -38,18 +38,13 @@ inline __m512i order_key(__m512 x) {
   return _mm512_xor_si512(bits, flip);  // negative: all bits flipped; positive: the sign bit
 }
 
-inline uint64_t at_least(const __m512i key[4], __m512i t) {
-  return static_cast<uint64_t>(_mm512_cmpge_epu32_mask(key[0], t)) |
-         static_cast<uint64_t>(_mm512_cmpge_epu32_mask(key[1], t)) << 16 |
-         static_cast<uint64_t>(_mm512_cmpge_epu32_mask(key[2], t)) << 32 |
-         static_cast<uint64_t>(_mm512_cmpge_epu32_mask(key[3], t)) << 48;
-}
-
-inline uint64_t equal_to(const __m512i key[4], __m512i t) {
-  return static_cast<uint64_t>(_mm512_cmpeq_epu32_mask(key[0], t)) |
-         static_cast<uint64_t>(_mm512_cmpeq_epu32_mask(key[1], t)) << 16 |
-         static_cast<uint64_t>(_mm512_cmpeq_epu32_mask(key[2], t)) << 32 |
-         static_cast<uint64_t>(_mm512_cmpeq_epu32_mask(key[3], t)) << 48;
+// The 64 keys' lanes where (key Op t), as one 64-bit mask (Op: an _MM_CMPINT_* predicate).
+template <int Op>
+inline uint64_t lanes_where(const __m512i key[4], __m512i t) {
+  uint64_t lanes = 0;
+  for (int b = 0; b < 4; ++b)
+    lanes |= static_cast<uint64_t>(_mm512_cmp_epu32_mask(key[b], t, Op)) << (16 * b);
+  return lanes;
 }
 
 void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int64_t k) {
@@ -61,12 +56,13 @@ void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int
     uint32_t floor = 0;  // the largest t with at least k+1 keys >= t: the (k+1)-th largest key
     for (int bit = 31; bit >= 0; --bit) {
       const uint32_t candidate = floor | (1u << bit);
-      const auto count = _mm_popcnt_u64(at_least(key, _mm512_set1_epi32(static_cast<int32_t>(candidate))));
+      const auto count = _mm_popcnt_u64(lanes_where<_MM_CMPINT_NLT>(
+          key, _mm512_set1_epi32(static_cast<int32_t>(candidate))));
       floor = count >= k + 1 ? candidate : floor;
     }
     const __m512i at_floor = _mm512_set1_epi32(static_cast<int32_t>(floor));
-    const uint64_t equal = equal_to(key, at_floor);
-    uint64_t keep = at_least(key, at_floor) & ~equal;  // strictly above the floor: fewer than k+1
+    const uint64_t equal = lanes_where<_MM_CMPINT_EQ>(key, at_floor);
+    uint64_t keep = lanes_where<_MM_CMPINT_NLT>(key, at_floor) & ~equal;  // strictly above the floor: fewer than k+1
     for (int64_t need = k - _mm_popcnt_u64(keep), ties = equal; need > 0; --need) {
       const uint64_t lowest = ties & (~ties + 1);  // the tied entry of lowest index
       keep |= lowest;
