@@ -256,3 +256,32 @@ def test_knn_dictionary_is_built_in_the_form_its_backend_consumes(backend, as_ma
     assert torch.equal(d.membership(), KNNDictionary.from_unique(graph).membership())
     if not as_mask:
         assert torch.equal(d.idx.long(), graph)  # knn_graph's order kept
+
+
+@pytest.mark.parametrize(("n", "k"), [(37, 5), (37, 37), (32, 20)])
+def test_flex_blocks_are_the_partial_and_full_tiles_of_the_membership(n: int, k: int) -> None:
+    """Tiles of 16 over N=37 leave a short last block (5 tokens): its area is 16 x 5."""
+    d = KNNDictionary(random_lists(2, n, k))
+    member = d.membership()  # (B, 1, N, N)
+    starts = range(0, n, 16)
+    pairs = torch.stack(
+        [
+            torch.stack([member[..., i : i + 16, j : j + 16].sum(dim=(-2, -1)) for j in starts], -1)
+            for i in starts
+        ],
+        -2,
+    )  # (B, 1, QB, KB)
+    sizes = torch.tensor([min(16, n - i) for i in starts])
+    full = pairs == sizes.view(-1, 1) * sizes.view(1, -1)
+    partial = (pairs > 0) & ~full
+    partial_num, partial_idx, full_num, full_idx = d.flex_blocks(16)
+    for num, idx, expected in ((partial_num, partial_idx, partial), (full_num, full_idx, full)):
+        assert torch.equal(num, expected.sum(-1).int())
+        for row, count in zip(idx.flatten(0, -2), num.flatten(), strict=True):
+            assert torch.equal(row[:count].sort().values, row[:count].long())  # ascending
+        listed = torch.zeros_like(expected).scatter_(
+            -1, idx.long(), torch.arange(idx.shape[-1]).expand_as(idx) < num.unsqueeze(-1)
+        )
+        assert torch.equal(listed, expected)
+    if k == n:
+        assert full.all() and not partial.any()

@@ -266,8 +266,10 @@ class KNNDictionary:
         def build() -> FlexBlocks:
             n_blocks = -(-self.n // block_size)
             pairs = neighbour_pairs_per_tile(self.idx4, self.n, block_size, block_size)
-            sizes = torch.full((n_blocks,), block_size, device=pairs.device)
-            sizes[-1] = self.n - block_size * (n_blocks - 1)
+            # from device arithmetic: writing a Python int into one element is a host-to-device
+            # copy, which waits for the GPU (the sync-debug GPU test caught it on an H200)
+            starts = torch.arange(n_blocks, device=pairs.device) * block_size  # (QB,)
+            sizes = (self.n - starts).clamp_(max=block_size)  # (QB,) the last may be short
             area = sizes.view(-1, 1) * sizes.view(1, -1)  # (QB, KB) pairs per tile
             full = pairs == area  # (B, heads|1, QB, KB)
             partial = (pairs > 0) & ~full

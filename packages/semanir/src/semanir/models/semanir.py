@@ -61,7 +61,23 @@ NORM_EPS = 1e-12  # F.normalize's: a zero query or key stays zero
 # cores of this project's machines (benchmarks/cpu_speed.py's tiny denoiser, 256 and 512 px,
 # SDPA attention): 4-8 MiB is fastest; 0.5 MiB is 1.5x slower (per-call overhead), the whole
 # stage at once 1.25x. With the C++ kernel (no logits tensor) 1.5-12 MiB are alike at 384 px.
+# A GPU takes the whole stage in one group: there each group is a row of kernel launches, and
+# cache-sized groups made bf16 inference 3-6x slower on an H200 (benchmarks/results/).
 INFERENCE_GROUP_BYTES = 6 * 2**20
+
+
+def inference_group_size(windows: Tensor, heads: int) -> int:
+    """Windows per group in :meth:`SemanIRStage.forward_inference`: logits of about
+    :data:`INFERENCE_GROUP_BYTES` on the CPU, every window at once on other devices.
+
+    Args:
+        windows: (B', N, C) window tokens.
+        heads: the most attention heads of the stage's layers.
+    """
+    count, n = windows.shape[:2]
+    if windows.device.type != "cpu":
+        return max(1, count)
+    return max(1, INFERENCE_GROUP_BYTES // (heads * n * n * windows.element_size()))
 
 
 def start_near_identity(conv: nn.Conv2d, gain: float = 1e-2) -> None:
@@ -402,7 +418,8 @@ class SemanIRStage(nn.Module):
     def forward_inference(self, x: Tensor, k: int | None) -> Tensor:
         """:meth:`forward` without autograd, for inference: the windows are copied out once,
         the position-bias tables made once, and the layers run on groups of windows small
-        enough for their attention logits to stay in cache (:data:`INFERENCE_GROUP_BYTES`),
+        enough for their attention logits to stay in cache on the CPU (one group on a GPU:
+        :func:`inference_group_size`),
         each group's dictionary built just before its layers, residuals added in place.
 
         Args:
@@ -418,9 +435,8 @@ class SemanIRStage(nn.Module):
             windows = windows.clone()  # for the residual below
         positions = self.positions()
         biases = [layer.attn.position_bias(positions) for layer in self.layers]
-        n = windows.shape[1]
         heads = max(layer.attn.heads for layer in self.layers)
-        group = max(1, INFERENCE_GROUP_BYTES // (heads * n * n * windows.element_size()))
+        group = inference_group_size(windows, heads)
         for group_windows in windows.split(group):  # (g, N, C) views, updated in place
             dictionary = None
             if self.dictionary == "stage":
