@@ -7,8 +7,17 @@ import pytest
 
 _ENVIRONMENT = pytest.StashKey[dict]()
 # Set by libraries for themselves when imported, not by test modules: torch._dynamo.testing
-# points inductor's cache at its default folder, lightning asks torch for NVML's device count.
-_SET_BY_LIBRARIES = frozenset({"TORCHINDUCTOR_CACHE_DIR", "PYTORCH_NVML_BASED_CUDA_CHECK"})
+# points inductor's cache at its default folder, lightning asks torch for NVML's device count,
+# scikit-learn (imported by libraries where it is installed, as on the GPU machines) sets its
+# OpenMP switches; this list once stopped the whole GPU lane at collection on an H200.
+_SET_BY_LIBRARIES = frozenset(
+    {
+        "TORCHINDUCTOR_CACHE_DIR",
+        "PYTORCH_NVML_BASED_CUDA_CHECK",
+        "KMP_DUPLICATE_LIB_OK",
+        "KMP_INIT_AT_FORK",
+    }
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
