@@ -109,6 +109,24 @@ def test_windows_are_grouped_for_the_cache_on_the_cpu_only() -> None:
     assert inference_group_size(torch.empty(shape, device="meta"), heads) == 4096
 
 
+def test_the_upsampler_runs_channels_last_on_the_cpu_with_the_same_output() -> None:
+    """x4 SR: the upsampler's input is made channels-last (oneDNN's faster convolutions); the
+    output equals the NCHW upsampler's within float rounding, with and without autograd."""
+    model = load_model("semanir_tiny_sr_x4")
+    x = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+    seen = []
+    model.reconstruct.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = model(x)
+            body = seen[-1]
+            assert body.is_contiguous(memory_format=torch.channels_last)
+            nchw = model.reconstruct(body.contiguous()) / model.config.img_range
+        expected = (nchw + model.img_mean)[..., :80, :112]  # the input was padded to 8s
+        assert out.shape == (1, 3, 80, 112)
+        assert (out - expected).abs().max() < 1e-5
+
+
 def test_the_inference_path_runs_under_no_grad_and_inference_mode_only(monkeypatch) -> None:
     torch.manual_seed(0)
     model = build_model("semanir_test_tiny_unet").eval()

