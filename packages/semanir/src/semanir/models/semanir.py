@@ -61,8 +61,8 @@ NORM_EPS = 1e-12  # F.normalize's: a zero query or key stays zero
 # cores of this project's machines (benchmarks/cpu_speed.py's tiny denoiser, 256 and 512 px,
 # SDPA attention): 4-8 MiB is fastest; 0.5 MiB is 1.5x slower (per-call overhead), the whole
 # stage at once 1.25x. With the C++ kernel (no logits tensor) 1.5-12 MiB are alike at 384 px.
-# A GPU takes the whole stage in one group: there each group is a row of kernel launches, and
-# cache-sized groups made bf16 inference 3-6x slower on an H200 (benchmarks/results/).
+# A GPU takes the whole stage in one group: there each group is a row of kernel launches (the
+# likely cause of 0.4.3's bf16 inference at 3-6x 0.2.2's time, benchmarks/results/quick-cuda*).
 INFERENCE_GROUP_BYTES = 6 * 2**20
 
 
@@ -417,10 +417,9 @@ class SemanIRStage(nn.Module):
 
     def forward_inference(self, x: Tensor, k: int | None) -> Tensor:
         """:meth:`forward` without autograd, for inference: the windows are copied out once,
-        the position-bias tables made once, and the layers run on groups of windows small
-        enough for their attention logits to stay in cache on the CPU (one group on a GPU:
-        :func:`inference_group_size`),
-        each group's dictionary built just before its layers, residuals added in place.
+        the position-bias tables made once, and the layers run on groups of windows
+        (:func:`inference_group_size`: logits that stay in cache on the CPU, one group on a
+        GPU), each group's dictionary built just before its layers, residuals added in place.
 
         Args:
             x: (B, C, H, W) features, H and W multiples of the window size.
