@@ -27,6 +27,7 @@ from common_kernels import (
     add_layer_norm_,
     can_run,
     knn_attention,
+    knn_attention_packed,
     knn_mask,
     select_backend,
 )
@@ -117,6 +118,98 @@ def test_cosine_scale_on_the_pytorch_backends_matches_the_oracle_forward_and_bac
         assert_close_to(leaf.grad, reference.grad)
 
 
+def trainable(case: Case, seed: int = 0):
+    """A problem whose qkv, bias and head scales are leaves, and its fp64 twin: q, k, v views
+    of one (B, N, 3, H, d) qkv leaf (the packed projection's layout)."""
+    q, k, v, idx, bias, head_scale = make_problem(case, seed)
+    qkv = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4)  # (B, N, 3, H, d)
+    leaves = [None if t is None else t.detach().clone().requires_grad_()
+              for t in (qkv.contiguous(), bias, head_scale)]  # fmt: skip
+    doubles = [None if t is None else t.detach().double().requires_grad_() for t in leaves]
+    return leaves, doubles, idx
+
+
+def oracle_backward(doubles, idx, grad: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The fp64 oracle's output and the gradients of its leaves (None where absent)."""
+    qkv, bias, head_scale = doubles
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
+    expected = oracle(q, k, v, idx, bias, head_scale)
+    expected.backward(grad.double())
+    return expected.detach(), [None if t is None else t.grad for t in doubles]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_backward_matches_the_fp64_oracle_for_q_k_v_bias_and_cosine_scale(case: Case) -> None:
+    """The training pair (forward with the log-sum-exp, backward recomputing the
+    probabilities) through ``knn_attention``: every bias layout is summed over the dims it
+    broadcasts, cosine attention is differentiated through the normalisation and the scale."""
+    (qkv, bias, head_scale), doubles, idx = trainable(case)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) strided views
+    out = knn_attention(q, k, v, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                        backend="cpp")  # fmt: skip
+    assert type(out.grad_fn).__name__ == "_CppAttentionBackward"
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad)
+    expected, grads = oracle_backward(doubles, idx, grad)
+    assert_close_to(out, expected)
+    for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
+        if leaf is not None:
+            assert leaf.grad.shape == leaf.shape
+            assert_close_to(leaf.grad, reference)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.name)
+def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: Case) -> None:
+    """knn_attention_packed: the output as (B, N, H * d) and qkv's gradient written by the
+    kernel in qkv's own layout, both matching the fp64 oracle."""
+    (qkv, bias, head_scale), doubles, idx = trainable(case)
+    scale = None if head_scale is not None else case.d**-0.5
+    out = knn_attention_packed(qkv, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                               scale=scale, backend="cpp")  # fmt: skip
+    assert out.shape == (case.B, case.N, case.H * case.d) and out.is_contiguous()
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad)
+    heads_grad = grad.view(case.B, case.N, case.H, case.d).transpose(1, 2)  # (B, H, N, d)
+    expected, grads = oracle_backward(doubles, idx, heads_grad)
+    assert_close_to(out.view(case.B, case.N, case.H, case.d).transpose(1, 2), expected)
+    assert qkv.grad.is_contiguous() and qkv.grad.shape == qkv.shape
+    for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
+        if leaf is not None:
+            assert_close_to(leaf.grad, reference)
+
+
+def test_backward_is_bitwise_reproducible() -> None:
+    """Fixed window groups sum the shared bias's gradient in one order: two runs agree."""
+    case = CASES[0]
+    results = []
+    for _ in range(2):
+        (qkv, bias, head_scale), _, idx = trainable(case)
+        out = knn_attention_packed(qkv, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                                   backend="cpp")  # fmt: skip
+        out.square().sum().backward()
+        results.append((qkv.grad, bias.grad, head_scale.grad))
+    for first, second in zip(*results, strict=True):
+        assert torch.equal(first, second)
+
+
+def test_a_zero_query_or_key_gets_the_gradient_of_f_normalize() -> None:
+    """Where the norm is clamped to eps, F.normalize's gradient is the output's over eps."""
+    case = CASES[0]
+    (qkv, bias, head_scale), doubles, idx = trainable(case)
+    with torch.no_grad():
+        for t in (qkv, doubles[0]):
+            t[0, 3, 0, 0] = 0.0  # a query
+            t[1, 5, 1, 1] = 0.0  # a key
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    out = knn_attention(q, k, v, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                        backend="cpp")  # fmt: skip
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    out.backward(grad)
+    expected, grads = oracle_backward(doubles, idx, grad)
+    assert_close_to(out, expected)
+    assert_close_to(qkv.grad, grads[0], rel=1e-3)  # entries of order 1e12 there
+
+
 def test_a_zero_query_or_key_stays_zero_as_with_f_normalize() -> None:
     case = CASES[0]
     q, k, v, idx, bias, head_scale = make_problem(case)
@@ -170,11 +263,16 @@ def test_refusals_name_the_reason() -> None:
     assert can_run("cpp", q.double(), q.double(), q.double(), idx) == (
         False, "the C++ kernel takes float32, got torch.float64; use 'reference' or 'mask'",
     )  # fmt: skip
-    leaf = q.clone().requires_grad_()
-    runs, reason = can_run("cpp", leaf, q, q, idx)
-    assert not runs and reason.startswith("the C++ kernel has no backward")
-    with pytest.raises(RuntimeError, match="backend 'cpp' cannot run here: the C"):
-        knn_attention(leaf, q, q, idx, backend="cpp")
+    long = torch.randn(1, 1, 1025, 4, requires_grad=True)
+    ids = torch.zeros(1, 1025, 1, dtype=torch.long)
+    assert can_run("cpp", long, long, long, ids) == (False, (
+        "the C++ backward keeps a (window, head)'s N x N probabilities in a scratch, up to "
+        "N=1024; N=1025: use 'mask' or 'gather' to train"
+    ))  # fmt: skip
+    with pytest.raises(RuntimeError, match="backend 'cpp' cannot run here: the C\\+\\+ back"):
+        knn_attention(long, long, long, ids, backend="cpp")
+    with torch.no_grad():  # forward only: any N
+        assert can_run("cpp", long, long, long, ids) == (True, "")
 
 
 def test_cosine_scale_errors_name_the_argument() -> None:

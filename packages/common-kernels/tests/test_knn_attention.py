@@ -17,6 +17,7 @@ from common_kernels.knn_attention import (
     KNNAttention,
     can_run,
     knn_attention,
+    knn_attention_packed,
     select_backend,
     value_checks,
 )
@@ -183,6 +184,74 @@ def test_int32_idx_and_explicit_scale() -> None:
     out64 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"], scale=0.3, backend="gather")
     out32 = knn_attention(inp["q"], inp["k"], inp["v"], inp["idx"].int(), scale=0.3, backend="mask")
     torch.testing.assert_close(out32, out64, atol=1e-12, rtol=1e-10)
+
+
+def packed_problem(case: Case, cosine: bool):
+    """fp64 leaves: a (B, N, 3, H, d) qkv, the bias and (cosine) per-head scales."""
+    inp = make_inputs(case)
+    qkv = torch.stack([inp["q"], inp["k"], inp["v"]]).permute(1, 3, 0, 2, 4).contiguous()
+    leaves = {"qkv": qkv.requires_grad_()}
+    if "bias" in inp:
+        leaves["bias"] = inp["bias"].requires_grad_()
+    if cosine:
+        leaves["cosine_scale"] = torch.linspace(2.0, 9.0, case.H, dtype=torch.float64)
+        leaves["cosine_scale"].requires_grad_()
+    return leaves, inp["idx"]
+
+
+def gradients(out: torch.Tensor, leaves: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+    return list(torch.autograd.grad((out * weights).sum(), list(leaves.values())))
+
+
+@pytest.mark.parametrize("cosine", [False, True], ids=["scaled", "cosine"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[4]], ids=lambda c: c.name)
+@pytest.mark.parametrize("backend", ["reference", "mask", "gather"])
+def test_packed_equals_knn_attention_on_the_views(backend: str, case: Case, cosine: bool) -> None:
+    """knn_attention_packed(qkv) is knn_attention(q, k, v) with q, k, v = qkv's slices, as
+    (B, N, H * d), forward and every gradient (fp64)."""
+    leaves, idx = packed_problem(case, cosine)
+    extra = {name: t for name, t in leaves.items() if name != "qkv"}
+    out = knn_attention_packed(leaves["qkv"], idx, backend=backend, **extra)
+    q, k, v = leaves["qkv"].permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
+    expected = knn_attention(q, k, v, idx, backend="reference", **extra)
+    expected = expected.transpose(1, 2).reshape(out.shape)  # (B, N, H * d)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    for got, want in zip(gradients(out, leaves), gradients(expected, leaves), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cosine", [False, True], ids=["scaled", "cosine"])
+def test_packed_without_idx_is_dense_attention_with_the_bias(cosine: bool) -> None:
+    """idx=None: every query attends to the whole window (the dense-window baseline): the
+    softmax of q k^T (cosine: normalised, times the head's scale) plus the bias, forward and
+    backward, against a re-statement in plain torch ops."""
+    leaves, _ = packed_problem(Case("dense", 2, 3, 12, 8, 12, bias="H"), cosine)
+    out = knn_attention_packed(leaves["qkv"], None, **{n: t for n, t in leaves.items()
+                                                       if n != "qkv"})  # fmt: skip
+    q, k, v = leaves["qkv"].permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
+    if cosine:
+        scale = leaves["cosine_scale"].view(1, -1, 1, 1)
+        logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * scale
+    else:
+        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    expected = (logits + leaves["bias"]).softmax(-1) @ v  # (B, H, N, d)
+    expected = expected.transpose(1, 2).reshape(out.shape)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    for got, want in zip(gradients(out, leaves), gradients(expected, leaves), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_packed_bad_inputs_name_the_argument() -> None:
+    shape = r"qkv must have shape \(B, N, 3, heads, d\)"
+    with pytest.raises(ValueError, match=shape + r", got \(2, 9, 12\)"):
+        knn_attention_packed(torch.randn(2, 9, 12), None)
+    with pytest.raises(ValueError, match=shape + r" \(queries, keys, values\), got \(2, 9, 2, 4"):
+        knn_attention_packed(torch.randn(2, 9, 2, 4, 4), None)
+    with pytest.raises(TypeError, match="qkv must be a floating"):
+        knn_attention_packed(torch.zeros(2, 9, 3, 4, 4, dtype=torch.long), None)
+    with pytest.raises(ValueError, match=r"bias must broadcast to \(B, heads, N, N\)"):
+        knn_attention_packed(torch.randn(2, 9, 3, 4, 4), None, bias=torch.randn(3, 9, 9))
 
 
 def test_module_matches_functional_and_dense_mha() -> None:

@@ -12,6 +12,7 @@ from common_kernels.knn_attention import (
     KNNAttention,
     can_run,
     knn_attention,
+    knn_attention_packed,
     select_backend,
     value_checks,
 )
@@ -19,7 +20,7 @@ from common_kernels.knn_graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.4.4"
+__version__ = "0.4.5"
 
 __all__ = [
     "KNNAttention",
@@ -32,6 +33,7 @@ __all__ = [
     "can_run",
     "fft_phase_fusion",
     "knn_attention",
+    "knn_attention_packed",
     "knn_dictionary",
     "knn_graph",
     "knn_mask",

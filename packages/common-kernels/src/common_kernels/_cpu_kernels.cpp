@@ -1,6 +1,6 @@
-// common-kernels' CPU kernels: forward only, float32. common_kernels/_cpu_kernels.py compiles this
-// file on first use for the machine it runs on (torch.utils.cpp_extension, -O3 -march=native, the
-// at::vec width of torch's own CPU capability) and the ops appear as torch.ops.common_kernels_cpu.
+// common-kernels' CPU kernels, float32. common_kernels/_cpu_kernels.py compiles this file on first
+// use for the machine it runs on (torch.utils.cpp_extension, -O3 -march=native, the at::vec width
+// of torch's own CPU capability) and the ops appear as torch.ops.common_kernels_cpu.
 //
 // - topk_membership: the k-largest mask of each row of similarities (ties to the lower index),
 //   what torch.topk + a comparison give, with no per-row sort.
@@ -8,6 +8,9 @@
 // - masked_attention: softmax(scale q k^T + mask + bias) v per (window, head), optionally cosine
 //   (q and k normalised in the same pass), the logits of a tile of 8 queries kept in registers
 //   and a small scratch, never as a (B, H, N, N) tensor.
+// - masked_attention_lse / masked_attention_backward: the same attention for training (the
+//   forward also gives each query's log-sum-exp; the backward recomputes the probabilities from
+//   it and returns the gradients of q, k, v and the bias), one (window, head) at a time in cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -22,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -138,7 +142,7 @@ template <int R, typename Mask>
 void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, int64_t v_row,
                  const Mask* mask,
                  int64_t mask_row, const float* bias, int64_t bias_row, float* out,
-                 int64_t out_row, float* logits, int64_t n, int64_t d) {
+                 int64_t out_row, float* logits, float* lse, int64_t n, int64_t d) {
   constexpr int64_t W = Vec::size();
   const Vec zero(0.0f), minus_inf(-std::numeric_limits<float>::infinity());
   for (int64_t j0 = 0; j0 < n; j0 += W) {  // logits[r, j0:j0+W] = scale q[i0+r] . k[j0:j0+W]
@@ -165,8 +169,9 @@ void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, in
       x.store(lr + j0, w);
       peak = at::vec::maximum(peak, x);
     }
-    const Vec top(at::vec::vec_reduce_all<float>(
-        [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, peak));
+    const float top_value = at::vec::vec_reduce_all<float>(
+        [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, peak);
+    const Vec top(top_value);
     Vec total = zero;
     for (int64_t j0 = 0; j0 < n; j0 += W) {
       const int64_t w = std::min(W, n - j0);
@@ -176,7 +181,9 @@ void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, in
       e.store(lr + j0, w);
       total = total + e;
     }
-    inverse[r] = 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, total);
+    const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, total);
+    inverse[r] = 1.0f / sum;
+    if (lse != nullptr) lse[i0 + r] = top_value + std::log(sum);
   }
   for (int64_t c0 = 0; c0 < d; c0 += W) {  // out[i0+r, c0:c0+W] = sum_j p[r, j] v[j, c0:c0+W]
     const int64_t w = std::min(W, d - c0);
@@ -205,7 +212,7 @@ inline float inverse_norm(const float* x, int64_t d) {
 template <typename Mask>
 void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& member, const at::Tensor& bias, double scale,
-                const at::Tensor& heads_scale, at::Tensor& out) {
+                const at::Tensor& heads_scale, at::Tensor& out, float* lse) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
   const bool has_bias = bias.defined(), cosine = heads_scale.defined();
   const float* qp = q.data_ptr<float>();
@@ -243,15 +250,67 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const Mask* mh = mp + b * ms[0] + h * ms[1];
       const float* bh_bias = has_bias ? bp + b * bs[0] + h * bs[1] : nullptr;
       float* oh = op + b * os[0] + h * os[1];
+      float* lh = lse == nullptr ? nullptr : lse + bh * N;
       int64_t i0 = 0;
       for (; i0 + kRows <= N; i0 += kRows)
         attend_rows<kRows>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh,
-                           os[2], logits.data(), N, D);
+                           os[2], logits.data(), lh, N, D);
       for (; i0 < N; ++i0)
         attend_rows<1>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh, os[2],
-                       logits.data(), N, D);
+                       logits.data(), lh, N, D);
     }
   });
+}
+
+// The mask and the bias of (B, H, N, N) attention, expanded and checked (shared by the passes).
+struct MaskAndBias {
+  at::Tensor member, bias;
+};
+
+MaskAndBias expanded_mask_and_bias(const at::Tensor& q, const at::Tensor& mask,
+                                   const c10::optional<at::Tensor>& bias) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
+  MaskAndBias out;
+  out.member = (mask.dim() == 3 ? mask.unsqueeze(1) : mask).expand({B, H, N, N});
+  if (bias.has_value() && bias->defined()) out.bias = bias->expand({B, H, N, N});
+  TORCH_CHECK(out.member.scalar_type() == at::kFloat || out.member.scalar_type() == at::kBool,
+              "mask must be bool (membership) or float32 (additive)");
+  TORCH_CHECK(!out.bias.defined() || out.bias.scalar_type() == at::kFloat, "bias must be float32");
+  TORCH_CHECK(out.member.stride(3) == 1 && (!out.bias.defined() || out.bias.stride(3) == 1),
+              "mask and bias need unit-stride rows");
+  return out;
+}
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && k.sizes() == q.sizes() &&
+                  v.sizes() == q.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat,
+              "q, k and v must be float32 tensors of one (B, H, N, D) shape");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "q, k and v need unit-stride rows");
+}
+
+// The forward of masked_attention and masked_attention_lse; lse: (B, H, N) or undefined.
+at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
+                             double scale, const c10::optional<at::Tensor>& head_scale,
+                             at::Tensor lse) {
+  check_qkv(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
+  const MaskAndBias mb = expanded_mask_and_bias(q, mask, bias);
+  at::Tensor heads_scale;
+  if (head_scale.has_value() && head_scale->defined()) {
+    heads_scale = head_scale->to(at::kFloat).contiguous();
+    TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
+  }
+  auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
+  float* lp = lse.defined() ? lse.data_ptr<float>() : nullptr;
+  if (mb.member.scalar_type() == at::kBool) {
+    attend_all<bool>(q, k, v, mb.member, mb.bias, scale, heads_scale, out, lp);
+  } else {
+    attend_all<float>(q, k, v, mb.member, mb.bias, scale, heads_scale, out, lp);
+  }
+  return out;
 }
 
 // softmax(scale q k^T + mask + bias) v for (B, H, N, D) float32 q, k, v, the dictionary as a
@@ -263,32 +322,323 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
                             double scale, const c10::optional<at::Tensor>& head_scale) {
-  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && k.sizes() == q.sizes() &&
-                  v.sizes() == q.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat,
-              "q, k and v must be float32 tensors of one (B, H, N, D) shape");
+  return attention_forward(q, k, v, mask, bias, scale, head_scale, at::Tensor());
+}
+
+// masked_attention for training: also the (B, H, N) float32 log-sum-exp of each query's
+// logits, which masked_attention_backward recomputes the probabilities from.
+std::tuple<at::Tensor, at::Tensor> masked_attention_lse(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v, const at::Tensor& mask,
+                                                        const c10::optional<at::Tensor>& bias,
+                                                        double scale,
+                                                        const c10::optional<at::Tensor>& head_scale) {
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  at::Tensor out = attention_forward(q, k, v, mask, bias, scale, head_scale, lse);
+  return {out, lse};
+}
+
+// Backward rows i0 .. i0+R-1 of one (window, head): the probabilities p = exp(scale q k^T + mask
+// + bias - lse) and the logits' gradients ds = p * (g v^T - delta), both R x N rows of the
+// (N x N) scratches; returns sum ds * (q k^T), the gradient of the scale. q and k are the rows
+// the logits were made of (cosine: normalised), kt and vt are k and v transposed (D x N); q and g
+// (the output's gradient) rows of stride q_row and g_row; delta[i] = g_i . out_i.
+template <int R, typename Mask>
+float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, const float* g,
+                                    int64_t g_row, const float* kt, const float* vt,
+                                    const Mask* mask, int64_t mask_row, const float* bias,
+                                    int64_t bias_row, const float* lse, const float* delta,
+                                    float scale, float* p, float* ds, int64_t n, int64_t d) {
+  constexpr int64_t W = Vec::size();
+  const Vec zero(0.0f), minus_inf(-std::numeric_limits<float>::infinity());
+  Vec scale_grad = zero;
+  for (int64_t j0 = 0; j0 < n; j0 += W) {
+    const int64_t w = std::min(W, n - j0);
+    Vec logit[R], grad[R];
+    for (int r = 0; r < R; ++r) logit[r] = grad[r] = zero;
+    for (int64_t c = 0; c < d; ++c) {
+      const Vec kc = Vec::loadu(kt + c * n + j0, w), vc = Vec::loadu(vt + c * n + j0, w);
+      for (int r = 0; r < R; ++r) {
+        logit[r] = at::vec::fmadd(Vec(q[(i0 + r) * q_row + c]), kc, logit[r]);
+        grad[r] = at::vec::fmadd(Vec(g[(i0 + r) * g_row + c]), vc, grad[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = i0 + r;
+      Vec x = at::vec::fmadd(logit[r], Vec(scale), mask_at(mask + i * mask_row, j0, w));
+      if (bias != nullptr) x = x + Vec::loadu(bias + i * bias_row + j0, w);
+      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp(), x != minus_inf);  // 0 outside
+      const Vec dsr = Vec::set(zero, pr * (grad[r] - Vec(delta[i])), w);  // the tail: 0
+      pr.store(p + i * n + j0, w);
+      dsr.store(ds + i * n + j0, w);
+      scale_grad = at::vec::fmadd(dsr, logit[r], scale_grad);
+    }
+  }
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, scale_grad);
+}
+
+// out[i0 + r] = factor * sum_j a[i0 + r, j] b[j] for R rows: a (N x N) row-major, b's rows
+// (D-vectors) of stride b_row.
+template <int R>
+void rows_times(int64_t i0, const float* a, const float* b, int64_t b_row, float factor,
+                float* out, int64_t out_row, int64_t n, int64_t d) {
+  constexpr int64_t W = Vec::size();
+  for (int64_t c0 = 0; c0 < d; c0 += W) {
+    const int64_t w = std::min(W, d - c0);
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Vec(0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      const Vec bj = Vec::loadu(b + j * b_row + c0, w);
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[(i0 + r) * n + j]), bj, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) (acc[r] * Vec(factor)).store(out + (i0 + r) * out_row + c0, w);
+  }
+}
+
+// out[j0 + r] = factor * sum_i a[i, j0 + r] b[i] for R columns of a (N x N) row-major.
+template <int R>
+void columns_times(int64_t j0, const float* a, const float* b, int64_t b_row, float factor,
+                   float* out, int64_t out_row, int64_t n, int64_t d) {
+  constexpr int64_t W = Vec::size();
+  for (int64_t c0 = 0; c0 < d; c0 += W) {
+    const int64_t w = std::min(W, d - c0);
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Vec(0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      const Vec bi = Vec::loadu(b + i * b_row + c0, w);
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[i * n + j0 + r]), bi, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) (acc[r] * Vec(factor)).store(out + (j0 + r) * out_row + c0, w);
+  }
+}
+
+// Rows (or columns) 0 .. n-1 in tiles of kRows, then one at a time.
+template <typename Tile, typename One>
+void over_tiles(int64_t n, Tile tile, One one) {
+  int64_t i0 = 0;
+  for (; i0 + kRows <= n; i0 += kRows) tile(i0);
+  for (; i0 < n; ++i0) one(i0);
+}
+
+// Rows x_i / max(|x_i|, eps) of an N x D matrix (rows of stride x_row) into a contiguous N x D
+// scratch, with each row's 1 / max(|x_i|, eps) (negative where the norm was clamped to eps).
+void normalise_rows(const float* x, int64_t x_row, float* normed, float* inverse, int64_t n,
+                    int64_t d) {
+  constexpr int64_t W = Vec::size();
+  for (int64_t i = 0; i < n; ++i) {
+    const float inv = inverse_norm(x + i * x_row, d);
+    inverse[i] = inv < 1e12f ? inv : -inv;  // 1e12 = 1 / eps: the clamp's gradient is 0
+    for (int64_t c0 = 0; c0 < d; c0 += W) {
+      const int64_t w = std::min(W, d - c0);
+      (Vec::loadu(x + i * x_row + c0, w) * Vec(inv)).store(normed + i * d + c0, w);
+    }
+  }
+}
+
+// Through x_hat = x / max(|x|, eps): dx = (dx_hat - x_hat (x_hat . dx_hat)) / |x|, or
+// dx_hat / eps where the norm was clamped. In place on rows of stride grad_row.
+void normalise_rows_backward(const float* normed, const float* inverse, float* grad,
+                             int64_t grad_row, int64_t n, int64_t d) {
+  constexpr int64_t W = Vec::size();
+  for (int64_t i = 0; i < n; ++i) {
+    float* gi = grad + i * grad_row;
+    const float* xi = normed + i * d;
+    const bool clamped = inverse[i] < 0.0f;
+    float along = 0.0f;
+    if (!clamped) {
+      Vec acc(0.0f);
+      for (int64_t c0 = 0; c0 < d; c0 += W) {
+        const int64_t w = std::min(W, d - c0);
+        acc = at::vec::fmadd(Vec::loadu(xi + c0, w), Vec::loadu(gi + c0, w), acc);
+      }
+      along = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+    }
+    const Vec inv(std::abs(inverse[i])), dot(along);
+    for (int64_t c0 = 0; c0 < d; c0 += W) {
+      const int64_t w = std::min(W, d - c0);
+      const Vec gc = Vec::loadu(gi + c0, w);
+      ((gc - Vec::loadu(xi + c0, w) * dot) * inv).store(gi + c0, w);
+    }
+  }
+}
+
+// Gradients of masked_attention_lse's output with respect to q, k, v, the bias and the cosine
+// head scales, recomputing the probabilities from the log-sum-exp (FlashAttention-2's backward,
+// one (window, head) at a time with its N x N probabilities in a scratch):
+//   p = exp(s q k^T + mask + bias - lse), dv = p^T g, ds = p * (g v^T - rowsum(g * out)),
+//   dq = s ds k, dk = s ds^T q, dbias = ds summed over the dims the bias broadcasts, and with
+//   cosine attention (q, k normalised, s the head's scale) ds_scale = sum ds * (q k^T) and the
+//   normalisation's backward on dq and dk.
+// dq, dk and dv are written into dqkv (B, N, 3, H, D): the layout of a packed qkv projection.
+// Windows are split into fixed groups (at most 4 per thread), each summing the gradients of a
+// shared bias and of the head scales into its own slice, added in group order: reproducible at
+// a given thread count.
+template <typename Mask>
+void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& v, const at::Tensor& member, const at::Tensor& bias,
+                        const at::Tensor& out, const at::Tensor& lse, double scale,
+                        const at::Tensor& heads_scale, at::Tensor& dqkv, at::Tensor& bias_partial,
+                        at::Tensor& scale_partial, int64_t bias_batch, int64_t bias_heads,
+                        int64_t groups) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  const at::Tensor member = (mask.dim() == 3 ? mask.unsqueeze(1) : mask).expand({B, H, N, N});
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor bias_ = has_bias ? bias->expand({B, H, N, N}) : at::Tensor();
-  TORCH_CHECK(member.scalar_type() == at::kFloat || member.scalar_type() == at::kBool,
-              "mask must be bool (membership) or float32 (additive)");
-  TORCH_CHECK(!has_bias || bias_.scalar_type() == at::kFloat, "bias must be float32");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && member.stride(3) == 1 &&
-                  (!has_bias || bias_.stride(3) == 1),
-              "q, k, v, mask and bias need unit-stride rows");
+  const bool cosine = heads_scale.defined();
+  const auto strides = [](const at::Tensor& t) {
+    return std::vector<int64_t>(t.strides().begin(), t.strides().end());
+  };
+  const auto gs = strides(g), qs = strides(q), ks = strides(k), vs = strides(v), os = strides(out),
+             ms = strides(member), bs = bias.defined() ? strides(bias) : ms;
+  const float *gp = g.data_ptr<float>(), *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  const float* hp = cosine ? heads_scale.data_ptr<float>() : nullptr;
+  const Mask* mp = member.data_ptr<Mask>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* dp = dqkv.data_ptr<float>();
+  float* pp = bias_partial.defined() ? bias_partial.data_ptr<float>() : nullptr;
+  float* sp = scale_partial.defined() ? scale_partial.data_ptr<float>() : nullptr;
+  const int64_t per_group = (B + groups - 1) / groups, d_row = 3 * H * D;  // dqkv's row stride
+  constexpr int64_t W = Vec::size();
+  at::parallel_for(0, groups, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> kt(D * N), vt(D * N), p(N * N), ds(N * N), delta(N);
+    std::vector<float> qn(cosine ? N * D : 0), kn(cosine ? N * D : 0), q_inv(N), k_inv(N);
+    for (int64_t group = first; group < last; ++group) {
+      for (int64_t b = group * per_group; b < std::min(B, (group + 1) * per_group); ++b) {
+        for (int64_t h = 0; h < H; ++h) {
+          const float* gh = gp + b * gs[0] + h * gs[1];
+          const float* oh = op + b * os[0] + h * os[1];
+          const float* vh = vp + b * vs[0] + h * vs[1];
+          // the rows the logits were made of: normalised (cosine) or as given
+          const float* qh = qp + b * qs[0] + h * qs[1];
+          const float* kh = kp + b * ks[0] + h * ks[1];
+          int64_t q_row = qs[2], k_row = ks[2];
+          float s = static_cast<float>(scale);
+          if (cosine) {
+            normalise_rows(qh, q_row, qn.data(), q_inv.data(), N, D);
+            normalise_rows(kh, k_row, kn.data(), k_inv.data(), N, D);
+            qh = qn.data(), kh = kn.data(), q_row = k_row = D, s = hp[h];
+          }
+          for (int64_t j = 0; j < N; ++j) {
+            for (int64_t c = 0; c < D; ++c) {
+              kt[c * N + j] = kh[j * k_row + c];
+              vt[c * N + j] = vh[j * vs[2] + c];
+            }
+          }
+          for (int64_t i = 0; i < N; ++i) {  // delta_i = g_i . out_i
+            Vec acc(0.0f);
+            for (int64_t c0 = 0; c0 < D; c0 += W) {
+              const int64_t w = std::min(W, D - c0);
+              acc = at::vec::fmadd(Vec::loadu(gh + i * gs[2] + c0, w),
+                                   Vec::loadu(oh + i * os[2] + c0, w), acc);
+            }
+            delta[i] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
+          }
+          const Mask* mh = mp + b * ms[0] + h * ms[1];
+          const float* bh_bias = bp == nullptr ? nullptr : bp + b * bs[0] + h * bs[1];
+          const float* lh = lp + (b * H + h) * N;
+          float scale_grad = 0.0f;
+          over_tiles(
+              N,
+              [&](int64_t i0) {
+                scale_grad += probabilities_and_logit_grads<kRows>(
+                    i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
+                    delta.data(), s, p.data(), ds.data(), N, D);
+              },
+              [&](int64_t i0) {
+                scale_grad += probabilities_and_logit_grads<1>(
+                    i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
+                    delta.data(), s, p.data(), ds.data(), N, D);
+              });
+          float* dqh = dp + b * N * d_row + h * D;  // row i of dq: dqh + i * d_row
+          float* dkh = dqh + H * D;
+          float* dvh = dkh + H * D;
+          over_tiles(
+              N,
+              [&](int64_t i0) { rows_times<kRows>(i0, ds.data(), kh, k_row, s, dqh, d_row, N, D); },
+              [&](int64_t i0) { rows_times<1>(i0, ds.data(), kh, k_row, s, dqh, d_row, N, D); });
+          over_tiles(
+              N,
+              [&](int64_t j0) {
+                columns_times<kRows>(j0, ds.data(), qh, q_row, s, dkh, d_row, N, D);
+                columns_times<kRows>(j0, p.data(), gh, gs[2], 1.0f, dvh, d_row, N, D);
+              },
+              [&](int64_t j0) {
+                columns_times<1>(j0, ds.data(), qh, q_row, s, dkh, d_row, N, D);
+                columns_times<1>(j0, p.data(), gh, gs[2], 1.0f, dvh, d_row, N, D);
+              });
+          if (cosine) {  // through the normalisation, to the given q and k
+            normalise_rows_backward(qn.data(), q_inv.data(), dqh, d_row, N, D);
+            normalise_rows_backward(kn.data(), k_inv.data(), dkh, d_row, N, D);
+          }
+          if (sp != nullptr) sp[group * H + h] += scale_grad;
+          if (pp != nullptr) {  // the bias gradient: this group's (or window's) slice += ds
+            const int64_t slot =
+                (bias_batch == 1 ? group : b) * bias_heads + (bias_heads == 1 ? 0 : h);
+            float* target = pp + slot * N * N;
+            for (int64_t e0 = 0; e0 < N * N; e0 += W) {
+              const int64_t w = std::min(W, N * N - e0);
+              (Vec::loadu(target + e0, w) + Vec::loadu(ds.data() + e0, w)).store(target + e0, w);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Returns dqkv (B, N, 3, H, D) (dq, dk, dv; the layout of a packed qkv projection), the bias's
+// gradient in its own (B|1, H|1, N, N) or (H, N, N) shape and the head scales' (H,) (empty
+// tensors where not asked for).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& mask, const c10::optional<at::Tensor>& bias, const at::Tensor& out,
+    const at::Tensor& lse, double scale, const c10::optional<at::Tensor>& head_scale,
+    bool bias_grad, bool head_scale_grad) {
+  check_qkv(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes() &&
+                  grad_out.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+                  grad_out.stride(3) == 1 && out.stride(3) == 1,
+              "grad_out and out must be float32 (B, H, N, D) tensors with unit-stride rows");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({B, H, N}) && lse.scalar_type() == at::kFloat &&
+                  lse.is_contiguous(),
+              "lse must be a contiguous float32 (B, H, N) tensor");
+  const MaskAndBias mb = expanded_mask_and_bias(q, mask, bias);
+  TORCH_CHECK(!bias_grad || mb.bias.defined(), "bias_grad needs a bias");
   at::Tensor heads_scale;
   if (head_scale.has_value() && head_scale->defined()) {
     heads_scale = head_scale->to(at::kFloat).contiguous();
     TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
   }
-  auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
-  if (member.scalar_type() == at::kBool) {
-    attend_all<bool>(q, k, v, member, bias_, scale, heads_scale, out);
-  } else {
-    attend_all<float>(q, k, v, member, bias_, scale, heads_scale, out);
+  TORCH_CHECK(!head_scale_grad || heads_scale.defined(), "head_scale_grad needs a head_scale");
+  auto dqkv = at::empty({B, N, 3, H, D}, q.options());
+  int64_t bias_batch = 1, bias_heads = 1;
+  if (bias_grad) {
+    bias_heads = bias->dim() == 4 ? bias->size(1) : bias->size(0);
+    bias_batch = bias->dim() == 4 ? bias->size(0) : 1;
   }
-  return out;
+  // Up to 4 groups per thread (load balance), fewer where a shared bias's per-group gradient
+  // slices would pass 64 MiB (large N), never fewer than the threads.
+  const int64_t threads = at::get_num_threads();
+  const int64_t slices = (int64_t{64} << 20) / (bias_heads * N * N * 4);
+  const int64_t groups = std::max<int64_t>(
+      1, std::min<int64_t>(B, std::max<int64_t>(threads, std::min<int64_t>(4 * threads, slices))));
+  at::Tensor bias_partial, scale_partial, dbias = at::empty({0}, q.options()),
+                                          dscale = at::empty({0}, q.options());
+  if (bias_grad) {  // a shared bias sums into one slice per group; a per-window one into its own
+    bias_partial = at::zeros({bias_batch == 1 ? groups : B, bias_heads, N, N}, q.options());
+  }
+  if (head_scale_grad) scale_partial = at::zeros({groups, H}, q.options());
+  if (mb.member.scalar_type() == at::kBool) {
+    attention_backward<bool>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, heads_scale,
+                             dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
+  } else {
+    attention_backward<float>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, heads_scale,
+                              dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
+  }
+  if (bias_grad) {
+    dbias = bias_batch == 1 ? bias_partial.sum(0, /*keepdim=*/true) : bias_partial;
+    if (bias->dim() == 3) dbias = dbias.squeeze(0);
+  }
+  if (head_scale_grad) dscale = scale_partial.sum(0).view(head_scale->sizes());
+  return {dqkv, dbias, dscale};
 }
 
 // x += layer_norm(y) * weight + bias over the last dim of contiguous float32 (..., C) x and y, in
@@ -343,6 +693,15 @@ TORCH_LIBRARY(common_kernels_cpu, m) {
       "Tensor? head_scale) -> Tensor");
   m.impl("topk_membership", c10::DispatchKey::CPU, &topk_membership);
   m.impl("masked_attention", c10::DispatchKey::CPU, &masked_attention);
+  m.def(
+      "masked_attention_lse(Tensor q, Tensor k, Tensor v, Tensor mask, Tensor? bias, float scale, "
+      "Tensor? head_scale) -> (Tensor, Tensor)");
+  m.impl("masked_attention_lse", c10::DispatchKey::CPU, &masked_attention_lse);
+  m.def(
+      "masked_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor mask, "
+      "Tensor? bias, Tensor out, Tensor lse, float scale, Tensor? head_scale, bool bias_grad, "
+      "bool head_scale_grad) -> (Tensor, Tensor, Tensor)");
+  m.impl("masked_attention_backward", c10::DispatchKey::CPU, &masked_attention_backward);
   m.def("add_layer_norm_(Tensor(a!) x, Tensor y, Tensor weight, Tensor bias, float eps) -> Tensor(a!)");
   m.impl("add_layer_norm_", c10::DispatchKey::CPU, &add_layer_norm_);
 }

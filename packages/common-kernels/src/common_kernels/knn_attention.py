@@ -28,8 +28,9 @@ Backends (NATTEN-style, chosen explicitly or by ``"auto"``):
 - ``cpp``: this package's C++ CPU kernel (``_cpu_kernels.cpp``, compiled on first use): per
   (window, head), tiles of 8 queries' logits in registers and a small scratch, the dictionary's
   mask (its bool mask, or the additive one that counts duplicates) and the bias added there,
-  softmax and the value sum in the same pass; float32, forward only (inference). The fast CPU
-  path for windows (see ``_cpu_kernels``).
+  softmax and the value sum in the same pass; float32. Its backward (FlashAttention-2's, from
+  the saved log-sum-exp) recomputes each (window, head)'s probabilities in cache and returns
+  the bias gradient too. The fast CPU path for windows (see ``_cpu_kernels``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from common_kernels import _cpu_kernels, _flex, _policy
@@ -65,6 +65,9 @@ NORM_EPS = 1e-12  # cosine attention: F.normalize's eps (a zero query or key sta
 _TRITON_MAX_HEAD_DIM = 256
 # Used when a device has no policy table (or none of its points has a runnable backend).
 _FALLBACK_ORDER = ("triton", "mask", "gather", "reference")
+# The C++ backward's per-thread scratch holds two N x N float32 matrices (8 MiB at N=1024, the
+# largest SemanIR window: 32 x 32).
+CPP_MAX_BACKWARD_N = 1024
 # Never picked by "auto" on the CPU: the Triton interpreter is for tests.
 _NOT_AUTO_ON_CPU = frozenset({"triton", "tiles"})
 
@@ -95,7 +98,7 @@ def knn_attention(
         cosine_scale: cosine attention (Swin V2): (heads,) logit multipliers; q and k are
             L2-normalised (eps 1e-12, as ``F.normalize``) and head h's logits multiplied by
             ``cosine_scale[h]``; ``scale`` must be left unset. The ``cpp`` kernel normalises in
-            its own pass, the other backends first (differentiable).
+            its own pass (and differentiates it in its backward), the other backends first.
         backend: "auto", "reference", "mask", "gather", "triton", "flex", "tiles" or "cpp".
         deterministic: triton only: backward through a transposed neighbour list (bitwise
             reproducible) instead of atomics.
@@ -106,23 +109,82 @@ def knn_attention(
         (B, heads, N, d) tensor in q's dtype.
     """
     dictionary, bias = _validate(q, k, v, idx, bias, check_values)
+    return _attend(q, k, v, dictionary, scale, bias, cosine_scale, backend, deterministic, None)
+
+
+def knn_attention_packed(
+    qkv: torch.Tensor,
+    idx: IndexLike | None,
+    *,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+    cosine_scale: torch.Tensor | None = None,
+    backend: Backend = "auto",
+    deterministic: bool = True,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """:func:`knn_attention` on the output of a packed qkv projection, as transformer layers
+    make it: ``qkv = linear(x).view(B, N, 3, heads, d)``; returns ``(B, N, heads * d)``, the
+    output projection's input.
+
+    The same maths as ``knn_attention(q, k, v, ...)`` with ``q, k, v = qkv.unbind(2)`` moved
+    to (B, heads, N, d). What the layout buys: the ``cpp`` kernel reads q, k and v where the
+    projection wrote them and, in training, writes their gradients into one tensor of qkv's
+    layout (no permutes and no copies on either pass; with cosine attention the normalisation
+    and the ``cosine_scale`` gradient run inside the kernel too). The other backends get q, k
+    and v made contiguous in one copy (with autograd) and cosine-normalised in one multiply.
+
+    Args:
+        qkv: (B, N, 3, heads, d): queries, keys and values of every token.
+        idx: a :class:`KNNDictionary` or raw neighbour ids, as for :func:`knn_attention`; or
+            ``None``: every query attends to all N tokens (the dense-window baseline) through
+            ``scaled_dot_product_attention``, whatever ``backend`` says.
+        scale, bias, cosine_scale, backend, deterministic, check_values: as for
+            :func:`knn_attention`.
+
+    Returns:
+        (B, N, heads * d) tensor in qkv's dtype.
+    """
+    check_ndim("qkv", check_float("qkv", qkv, finite=False), (5,), "(B, N, 3, heads, d)")
+    batch, n, three, heads, d = qkv.shape
+    if three != 3:
+        raise ValueError(
+            f"qkv must have shape (B, N, 3, heads, d) (queries, keys, values), got "
+            f"{tuple(qkv.shape)}"
+        )
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d) views
+    if idx is None:
+        _, bias = _validate(q, k, v, None, bias, check_values)
+        if cosine_scale is not None:
+            cosine_scale = _check_cosine_scale(q, cosine_scale, scale)
+        q, k, v, scale = _packed_queries_keys_values(qkv, scale, cosine_scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    else:
+        dictionary, bias = _validate(q, k, v, idx, bias, check_values)
+        out = _attend(q, k, v, dictionary, scale, bias, cosine_scale, backend, deterministic, qkv)
+    return out.transpose(1, 2).reshape(batch, n, heads * d)  # (B, N, heads * d)
+
+
+def _attend(q, k, v, dictionary, scale, bias, cosine_scale, backend, deterministic, packed):
+    """:func:`knn_attention` after validation; ``packed``: the (B, N, 3, heads, d) tensor q,
+    k and v are views of, or None."""
     if cosine_scale is not None:
         cosine_scale = _check_cosine_scale(q, cosine_scale, scale)
         scale = 1.0
-        if torch.is_grad_enabled() and cosine_scale.requires_grad:  # its gradient: in PyTorch
-            q, k = _cosine_normalised(q, k, cosine_scale)
-            cosine_scale = None
     scale = q.shape[-1] ** -0.5 if scale is None else _check_scale(scale)
+    backward = _needs_backward(q, k, v, bias, cosine_scale)
     if backend == "auto":
-        backend = _select(q, k, v, dictionary, bias)
+        backend = _select(q, k, v, dictionary, bias, backward)
     elif backend not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
-    ok, reason = _can_run_validated(backend, q, k, v, dictionary, bias)
+    ok, reason = _can_run_validated(backend, q, k, v, dictionary, bias, backward)
     if not ok:
         raise RuntimeError(f"backend {backend!r} cannot run here: {reason}")
-    if backend == "cpp":  # normalises q and k in its own pass
-        return _cpp(q, k, v, dictionary, scale, bias, cosine_scale)
-    if cosine_scale is not None:
+    if backend == "cpp":  # normalises q and k itself
+        return _cpp(q, k, v, dictionary, scale, bias, cosine_scale, backward, packed)
+    if packed is not None and cosine_scale is not None:
+        q, k, v, scale = _packed_queries_keys_values(packed, None, cosine_scale)
+    elif cosine_scale is not None:
         q, k = _cosine_normalised(q, k, cosine_scale)
     if backend == "reference":
         return _reference(q, k, v, dictionary, scale, bias)
@@ -135,6 +197,36 @@ def knn_attention(
     if backend == "tiles":
         return _tiles.tiles_knn_attention(q, k, v, dictionary, scale, bias)
     return _tk.triton_knn_attention(q, k, v, dictionary, scale, bias, deterministic=deterministic)
+
+
+def _packed_queries_keys_values(
+    qkv: torch.Tensor, scale: float | None, cosine_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(B, N, 3, heads, d) -> q, k, v (B, heads, N, d) and the logit scale left to apply.
+
+    Cosine attention folds its scale into the queries: q / |q| * scale and k / |k| (norms at
+    least in fp32), in one multiply by a per-row factor. With autograd q, k and v are made
+    contiguous in one copy and multiplied together (v by exactly 1): the attention's matmuls
+    would copy each, and slices would zero-fill their gradients. Without, q, k and v stay
+    views (the attention reads strides) and v is left alone.
+    """
+    autograd = torch.is_grad_enabled()
+    qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
+    if autograd:
+        qkv = qkv.contiguous()
+    if cosine_scale is None:
+        q, k, v = qkv.unbind(0)
+        return q, k, v, q.shape[-1] ** -0.5 if scale is None else _check_scale(scale)
+    exact = torch.promote_types(qkv.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True, dtype=exact)
+    inverse = norms.clamp_min(NORM_EPS).reciprocal()  # (2, B, heads, N, 1)
+    factors = [inverse[:1] * cosine_scale.view(-1, 1, 1), inverse[1:]]
+    if not autograd:
+        q, k = (qkv[:2] * torch.cat(factors).to(qkv.dtype)).unbind(0)
+        return q, k, qkv[2], 1.0
+    factors.append(torch.ones_like(inverse[:1]))  # v's
+    q, k, v = (qkv * torch.cat(factors).to(qkv.dtype)).unbind(0)
+    return q, k, v, 1.0
 
 
 def can_run(
@@ -154,7 +246,7 @@ def can_run(
         return True, ""
     if backend not in BACKENDS:
         return False, f"unknown backend {backend!r}; choose one of {('auto', *BACKENDS)}"
-    return _can_run_validated(backend, q, k, v, dictionary, bias)
+    return _can_run_validated(backend, q, k, v, dictionary, bias, _needs_backward(q, k, v, bias))
 
 
 def select_backend(
@@ -173,7 +265,7 @@ def select_backend(
     gather, reference, the first that can run.
     """
     dictionary, bias = _validate(q, k, v, idx, bias, None)
-    return _select(q, k, v, dictionary, bias)
+    return _select(q, k, v, dictionary, bias, _needs_backward(q, k, v, bias))
 
 
 def policy_problem(
@@ -182,41 +274,49 @@ def policy_problem(
     v: torch.Tensor,
     n_neighbours: int,
     bias: torch.Tensor | None,
+    backward: bool | None = None,
 ) -> _policy.Problem:
-    """The point the policy table is looked up at for these inputs."""
+    """The point the policy table is looked up at for these inputs (``backward``: whether a
+    backward will run; None: whether q, k, v or the bias require grad under grad mode)."""
     batch, heads, n, _ = q.shape
     return _policy.Problem(
         n=n,
         k=n_neighbours,
         batch_heads=max(1, batch * heads),
-        mode="fwd+bwd" if _needs_backward(q, k, v, bias) else "fwd",
+        mode="fwd+bwd"
+        if (_needs_backward(q, k, v, bias) if backward is None else backward)
+        else "fwd",
         bias=bias is not None,
         dtype=str(q.dtype).removeprefix("torch."),
     )
 
 
-def _select(q, k, v, dictionary: KNNDictionary, bias) -> str:
+def _select(q, k, v, dictionary: KNNDictionary, bias, backward: bool) -> str:
     excluded = _NOT_AUTO_ON_CPU if q.device.type == "cpu" else frozenset()
     runnable = {
         b
         for b in BACKENDS
-        if b not in excluded and _can_run_validated(b, q, k, v, dictionary, bias)[0]
+        if b not in excluded and _can_run_validated(b, q, k, v, dictionary, bias, backward)[0]
     }
     table = _policy.load_table(q.device.type)
     if table is not None:
-        choice = _policy.choose(table, policy_problem(q, k, v, dictionary.k, bias), runnable)
+        problem = policy_problem(q, k, v, dictionary.k, bias, backward)
+        choice = _policy.choose(table, problem, runnable)
         if choice is not None:
             return choice
     return next(b for b in _FALLBACK_ORDER if b in runnable)
 
 
-def _needs_backward(q, k, v, bias) -> bool:
-    tensors = (q, k, v) if bias is None else (q, k, v, bias)
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _needs_backward(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will differentiate through any of ``tensors`` (None: absent)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _can_run_validated(backend: str, q, k, v, dictionary: KNNDictionary, bias) -> tuple[bool, str]:
-    """Whether ``backend`` runs on validated inputs, and if not, why (in words)."""
+def _can_run_validated(
+    backend: str, q, k, v, dictionary: KNNDictionary, bias, backward: bool
+) -> tuple[bool, str]:
+    """Whether ``backend`` runs on validated inputs (and their backward, when ``backward``),
+    and if not, why (in words)."""
     if backend in ("reference", "gather"):
         return True, ""
     if backend == "mask":
@@ -224,12 +324,12 @@ def _can_run_validated(backend: str, q, k, v, dictionary: KNNDictionary, bias) -
             return False, "scaled_dot_product_attention has no float64 kernel on CUDA"
         return True, ""
     if backend == "flex":
-        ok, reason = _flex.flex_status(q.device, _needs_backward(q, k, v, bias))
+        ok, reason = _flex.flex_status(q.device, backward)
         if not ok:
             return False, reason
         return _counts_no_duplicates(dictionary, "a FlexAttention mask")
     if backend == "cpp":
-        return _cpp_status(q, k, v, bias)
+        return _cpp_status(q, backward)
     ok, reason = _tk.triton_status(q.device)
     if not ok:
         return False, reason
@@ -268,11 +368,12 @@ def _validate(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    idx: IndexLike,
+    idx: IndexLike | None,
     bias: torch.Tensor | None,
     check_values: bool | None,
-) -> tuple[KNNDictionary, torch.Tensor | None]:
-    """Check shapes, dtypes, devices (and values); return the dictionary and a 4-D bias."""
+) -> tuple[KNNDictionary | None, torch.Tensor | None]:
+    """Check shapes, dtypes, devices (and values); return the dictionary (None for dense
+    attention, ``idx=None``) and a 4-D bias."""
     finite = values_checked(check_values, q.device)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, check_float(name, t, finite=False), (4,), "(B, heads, N, d)")
@@ -287,7 +388,7 @@ def _validate(
         raise ValueError(
             f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}"
         )
-    dictionary = _check_idx(q, idx)
+    dictionary = None if idx is None else _check_idx(q, idx)
     if bias is not None:
         bias = _check_bias(q, bias)
     if finite:
@@ -356,7 +457,7 @@ def _scaled(q: torch.Tensor, scale: float) -> torch.Tensor:
     return q if scale == 1.0 else scale * q
 
 
-def _cpp_status(q, k, v, bias) -> tuple[bool, str]:
+def _cpp_status(q, backward: bool) -> tuple[bool, str]:
     """Whether the C++ CPU kernel runs on these inputs (the cheap refusals before a build)."""
     if torch.compiler.is_compiling():
         return False, "inside torch.compile the compiled graph fuses the attention itself"
@@ -364,10 +465,10 @@ def _cpp_status(q, k, v, bias) -> tuple[bool, str]:
         return False, f"the C++ kernel runs on the CPU, tensors are on {q.device.type}"
     if q.dtype != torch.float32:
         return False, f"the C++ kernel takes float32, got {q.dtype}; use 'reference' or 'mask'"
-    if _needs_backward(q, k, v, bias):
+    if backward and q.shape[2] > CPP_MAX_BACKWARD_N:
         return False, (
-            "the C++ kernel has no backward (forward only, for inference); use 'reference' or "
-            "'mask' to train on the CPU"
+            f"the C++ backward keeps a (window, head)'s N x N probabilities in a scratch, up to "
+            f"N={CPP_MAX_BACKWARD_N}; N={q.shape[2]}: use 'mask' or 'gather' to train"
         )
     return _cpu_kernels.status()  # duplicates count: the mask holds log(multiplicity)
 
@@ -377,18 +478,81 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _cpp(q, k, v, dictionary: KNNDictionary, scale, bias, cosine_scale) -> torch.Tensor:
+def _cpp(q, k, v, dictionary: KNNDictionary, scale, bias, cosine_scale, backward, packed):
     """The C++ CPU kernel with the dictionary as its neighbour mask (a dictionary made from a
     mask: that bool mask itself; else the cached additive mask, which counts duplicates) and
     the bias; the output is laid out as (B, N, heads, d): ``out.transpose(1, 2)`` is
-    contiguous."""
+    contiguous. With ``backward`` it runs the kernel's training pair (:class:`_CppAttention`,
+    or :class:`_CppPackedAttention` whose gradient is ``packed``'s)."""
     if dictionary.made_from_mask:
         mask = dictionary.membership()  # (B, heads|1, N, N) bool, as knn_mask made it
     else:
         mask = dictionary.additive_mask(torch.float32)  # (B, heads|1, N, N), cached
     bias = None if bias is None else _unit_rows(bias)
+    if not backward:
+        q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
+        return _cpu_kernels.ops().masked_attention(q, k, v, mask, bias, scale, cosine_scale)
+    if packed is not None and packed.stride(-1) == 1:
+        return _CppPackedAttention.apply(packed, mask, bias, cosine_scale, scale)
     q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
-    return _cpu_kernels.ops().masked_attention(q, k, v, mask, bias, scale, cosine_scale)
+    return _CppAttention.apply(q, k, v, mask, bias, cosine_scale, scale)
+
+
+def _cpp_forward(ctx, q, k, v, mask, bias, cosine_scale, scale: float) -> torch.Tensor:
+    """The training forward of both C++ autograd functions: the output and each query's
+    log-sum-exp (B, heads, N), saved with the inputs for the backward."""
+    out, lse = _cpu_kernels.ops().masked_attention_lse(q, k, v, mask, bias, scale, cosine_scale)
+    ctx.save_for_backward(q, k, v, mask, bias, cosine_scale, out, lse)
+    ctx.scale = scale
+    return out
+
+
+def _cpp_backward(ctx, grad_out, bias_grad: bool, scale_grad: bool):
+    """dqkv (B, N, 3, heads, d) and the gradients of the bias and of the cosine scales."""
+    q, k, v, mask, bias, cosine_scale, out, lse = ctx.saved_tensors
+    dqkv, dbias, dscale = _cpu_kernels.ops().masked_attention_backward(
+        _unit_rows(grad_out), q, k, v, mask, bias, out, lse, ctx.scale, cosine_scale, bias_grad,
+        scale_grad,
+    )  # fmt: skip
+    return dqkv, dbias if bias_grad else None, dscale if scale_grad else None
+
+
+class _CppAttention(torch.autograd.Function):
+    """The C++ kernel for training: its forward keeps each query's log-sum-exp and the
+    backward recomputes the probabilities from it, one (window, head) at a time in cache,
+    and returns the gradients of q, k, v, the bias (summed over the dims it broadcasts) and
+    the cosine scales (cosine attention is normalised inside the kernel, both ways)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, bias, cosine_scale, scale: float) -> torch.Tensor:
+        return _cpp_forward(ctx, q, k, v, mask, bias, cosine_scale, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        dqkv, dbias, dscale = _cpp_backward(
+            ctx, grad_out, ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+        )
+        dq, dk, dv = dqkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d) views
+        return dq, dk, dv, None, dbias, dscale, None
+
+
+class _CppPackedAttention(torch.autograd.Function):
+    """:class:`_CppAttention` on a (B, N, 3, heads, d) qkv tensor: q, k and v are read where
+    the projection wrote them and the gradient comes back in that layout (no copies)."""
+
+    @staticmethod
+    def forward(ctx, qkv, mask, bias, cosine_scale, scale: float) -> torch.Tensor:
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d) views
+        return _cpp_forward(ctx, q, k, v, mask, bias, cosine_scale, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        dqkv, dbias, dscale = _cpp_backward(
+            ctx, grad_out, ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        )
+        return dqkv, None, dbias, dscale, None
 
 
 def _check_cosine_scale(q: torch.Tensor, cosine_scale: torch.Tensor, scale) -> torch.Tensor:
@@ -509,14 +673,9 @@ class KNNAttention(nn.Module):
         Returns:
             (B, N, C) tokens.
         """
-        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = knn_attention(
-            qkv[0],
-            qkv[1],
-            qkv[2],
-            idx,
-            bias=bias,
-            backend=self.backend,
-            deterministic=self.deterministic,
-        )  # (B, heads, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        batch, n, dim = x.shape
+        qkv = self.qkv(x).view(batch, n, 3, self.heads, dim // self.heads)  # (B, N, 3, h, d)
+        out = knn_attention_packed(
+            qkv, idx, bias=bias, backend=self.backend, deterministic=self.deterministic
+        )  # (B, N, C)
+        return self.proj(out)

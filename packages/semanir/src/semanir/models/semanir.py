@@ -35,14 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from common_kernels import (
     KNNDictionary,
     add_layer_norm_,
-    knn_attention,
+    knn_attention_packed,
     knn_dictionary,
     values_checked,
     window_partition,
@@ -54,7 +53,6 @@ from .semanir_config import SemanIRConfig, check_k
 
 MAX_LOGIT_SCALE = math.log(100.0)  # cosine attention: exp(logit scale) is clamped to <= 100
 INIT_LOGIT_SCALE = math.log(10.0)
-NORM_EPS = 1e-12  # F.normalize's: a zero query or key stays zero
 # Inference runs a stage's layers on groups of windows whose attention logits (windows x heads x
 # N x N) would take about this many bytes: every intermediate of a group stays in the CPU's
 # caches and is reused by the allocator (fresh large buffers cost page faults). Measured on 2
@@ -181,34 +179,6 @@ class KeySemanticAttention(nn.Module):
                 nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False)
             )
 
-    def _queries_keys_values(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
-        """(B', N, 3, heads, d) projections -> q, k, v (B', heads, N, d) and the logit scale.
-
-        Cosine logits fold the scale into the queries: q / |q| * scale and k / |k| (norms in
-        fp32 under autocast), in one multiply by a per-row factor. With autograd q, k and v are
-        made contiguous in one copy and multiplied together (v by exactly 1): the attention's
-        matmuls would copy each, and slices would zero-fill their gradients. Inference keeps
-        views (SDPA reads strides) and leaves v alone.
-        """
-        autograd = torch.is_grad_enabled()
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B', heads, N, d)
-        if autograd:
-            qkv = qkv.contiguous()
-        if self.logit_scale is None:
-            q, k, v = qkv.unbind(0)
-            return q, k, v, q.shape[-1] ** -0.5
-        scale = self.cosine_scale().view(-1, 1, 1)  # (heads, 1, 1)
-        exact = torch.promote_types(qkv.dtype, torch.float32)  # fp32 at least
-        norms = torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True, dtype=exact)
-        inverse = norms.clamp_min(NORM_EPS).reciprocal()  # (2, B', heads, N, 1)
-        factors = [inverse[:1] * scale, inverse[1:]]
-        if not autograd:
-            q, k = (qkv[:2] * torch.cat(factors).to(qkv.dtype)).unbind(0)
-            return q, k, qkv[2], 1.0
-        factors.append(torch.ones_like(inverse[:1]))  # v's
-        q, k, v = (qkv * torch.cat(factors).to(qkv.dtype)).unbind(0)
-        return q, k, v, 1.0
-
     def cosine_scale(self) -> Tensor:
         """(heads,) multipliers of the cosine logits: exp(logit scale), at most 100."""
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().view(-1)
@@ -248,23 +218,11 @@ class KeySemanticAttention(nn.Module):
         qkv = self.qkv(x).view(batch, n, 3, self.heads, dim // self.heads)  # (B', N, 3, h, d)
         if bias is not None:
             bias = bias.to(qkv.dtype)
-        if dictionary is not None and self.logit_scale is not None and not torch.is_grad_enabled():
-            # inference: knn_attention normalises q and k (the C++ CPU kernel in its own pass)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, N, d) views
-            out = knn_attention(
-                q, k, v, dictionary, bias=bias, cosine_scale=self.cosine_scale(),
-                backend=self.backend, check_values=False,
-            )  # fmt: skip
-            return self.proj(out.transpose(1, 2).reshape(batch, n, dim))  # (B', N, C)
-        q, k, v, scale = self._queries_keys_values(qkv)  # (B', heads, N, d) each
-        if dictionary is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-        else:
-            out = knn_attention(
-                q, k, v, dictionary, scale=scale, bias=bias, backend=self.backend,
-                check_values=False,
-            )  # fmt: skip
-        out = out.transpose(1, 2).reshape(batch, n, dim)  # (B', N, C)
+        cosine = None if self.logit_scale is None else self.cosine_scale()
+        out = knn_attention_packed(
+            qkv, dictionary, bias=bias, cosine_scale=cosine, backend=self.backend,
+            check_values=False,
+        )  # (B', N, C); dictionary None: dense over the window  # fmt: skip
         return self.proj(out)
 
 

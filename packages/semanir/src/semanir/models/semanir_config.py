@@ -16,7 +16,7 @@ ARCHITECTURES = ("columnar", "unet")
 DICTIONARIES = ("stage", "layer", "dense")
 NORMS = ("pre", "post")
 SIMILARITIES = ("cosine", "dot")
-ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex", "tiles")
+ATTENTION_BACKENDS = ("auto", "reference", "mask", "gather", "triton", "flex", "tiles", "cpp")
 UPSCALES = (1, 2, 3, 4)
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
