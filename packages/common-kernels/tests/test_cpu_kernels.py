@@ -284,12 +284,16 @@ def test_cosine_scale_errors_name_the_argument() -> None:
         knn_attention(q, q, q, idx, scale=0.5, cosine_scale=torch.ones(2))
 
 
-def test_auto_picks_the_kernel_at_semanir_inference_shapes_and_not_for_training() -> None:
-    """The CPU policy table measured it fastest there (benchmarks/run.py --write-policy)."""
+def test_auto_picks_the_kernel_at_semanir_shapes_for_inference_and_training() -> None:
+    """The CPU policy table measured it fastest there, forward and forward+backward
+    (benchmarks/run.py --write-policy); single long sequences train with another backend."""
     q, k, v, idx, bias, _ = make_problem(Case("group", 96, 2, 64, 16, 32, bias="H"))
     assert select_backend(q, k, v, KNNDictionary(idx), bias) == "cpp"
     leaf = q.clone().requires_grad_()
-    assert select_backend(leaf, k, v, KNNDictionary(idx), bias) != "cpp"
+    assert select_backend(leaf, k, v, KNNDictionary(idx), bias) == "cpp"
+    long = torch.randn(1, 2, 4096, 32, requires_grad=True)
+    ids = torch.randint(0, 4096, (1, 4096, 16), generator=torch.Generator().manual_seed(0))
+    assert select_backend(long, long, long, ids) != "cpp"
 
 
 def test_turned_off_by_the_environment_with_the_reason() -> None:

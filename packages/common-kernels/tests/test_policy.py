@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common_kernels import KNNDictionary, _cpu_kernels, _policy, select_backend
-from common_kernels.knn_attention import BACKENDS, policy_problem
+from common_kernels.knn_attention import BACKENDS, CPP_MAX_BACKWARD_N, policy_problem
 
 TOLERANCE = 1.10
 BETWEEN_POINTS_TOLERANCE = 1.5  # auto's pick / the fastest between table points
@@ -87,7 +87,7 @@ def test_distance_is_zero_at_the_point_and_grows_with_every_feature() -> None:
 def test_select_backend_on_cpu_follows_the_shipped_table() -> None:
     table = _policy.load_table("cpu")
     runnable = {"reference", "mask", "gather", "flex"}
-    forward_only = {"flex", "cpp"}
+    forward_only = {"flex"}
     if _cpu_kernels.status()[0]:  # a machine with a C++ compiler: the kernel is a candidate
         runnable.add("cpp")
     for point in table["points"]:
@@ -100,7 +100,10 @@ def test_select_backend_on_cpu_follows_the_shipped_table() -> None:
         dictionary = KNNDictionary.from_unique(idx)
         problem = policy_problem(q, q, q, point["k"], bias)
         assert problem == point_problem({**point, "batch_heads": batch * heads})
-        expected = _policy.choose(table, problem, runnable - (forward_only if grad else set()))
+        refused = forward_only if grad else set()
+        if grad and point["n"] > CPP_MAX_BACKWARD_N:  # the C++ backward's scratch limit
+            refused = refused | {"cpp"}
+        expected = _policy.choose(table, problem, runnable - refused)
         assert select_backend(q, q, q, dictionary, bias) == expected
 
 
