@@ -364,13 +364,17 @@ CPU_ATTENTION_FLOPS = {
 
 
 def attention_flop_table() -> dict[Any, Callable[..., int]]:
-    """:data:`CPU_ATTENTION_FLOPS`, plus common-kernels' C++ attention (its op exists once the
-    kernels are built) counted with the SDPA formula: the dense N x N logits it computes."""
+    """:data:`CPU_ATTENTION_FLOPS`, plus common-kernels' C++ attention, forward and backward
+    (its ops exist once the kernels are built), counted with the SDPA formulas: the dense
+    N x N logits it computes."""
     from common_kernels import _cpu_kernels
 
     table = dict(CPU_ATTENTION_FLOPS)
     if _cpu_kernels.status()[0]:
-        table[_cpu_kernels.ops().masked_attention] = _cpu_flash_flop
+        ops = _cpu_kernels.ops()
+        table[ops.masked_attention] = _cpu_flash_flop
+        table[ops.masked_attention_lse] = _cpu_flash_flop  # its training forward
+        table[ops.masked_attention_backward] = _cpu_flash_backward_flop
     return table
 
 
