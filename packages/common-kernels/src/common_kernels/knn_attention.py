@@ -182,8 +182,8 @@ def _attend(q, k, v, dictionary, scale, bias, cosine_scale, backend, determinist
         raise RuntimeError(f"backend {backend!r} cannot run here: {reason}")
     if backend == "cpp":  # normalises q and k itself
         return _cpp(q, k, v, dictionary, scale, bias, cosine_scale, backward, packed)
-    if packed is not None and cosine_scale is not None:
-        q, k, v, scale = _packed_queries_keys_values(packed, None, cosine_scale)
+    if packed is not None:
+        q, k, v, scale = _packed_queries_keys_values(packed, scale, cosine_scale)
     elif cosine_scale is not None:
         q, k = _cosine_normalised(q, k, cosine_scale)
     if backend == "reference":
