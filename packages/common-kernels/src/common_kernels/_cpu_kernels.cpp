@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -197,6 +198,15 @@ void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, in
   }
 }
 
+// body(rows, i0) over rows 0 .. n-1 in tiles of kRows, then one at a time; rows is a
+// std::integral_constant (the tile height, a compile-time constant in the body).
+template <typename Body>
+void over_tiles(int64_t n, Body body) {
+  int64_t i0 = 0;
+  for (; i0 + kRows <= n; i0 += kRows) body(std::integral_constant<int, kRows>{}, i0);
+  for (; i0 < n; ++i0) body(std::integral_constant<int, 1>{}, i0);
+}
+
 // 1 / max(|x|, eps) of a D-vector (F.normalize's eps).
 inline float inverse_norm(const float* x, int64_t d) {
   constexpr int64_t W = Vec::size();
@@ -251,13 +261,10 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const float* bh_bias = has_bias ? bp + b * bs[0] + h * bs[1] : nullptr;
       float* oh = op + b * os[0] + h * os[1];
       float* lh = lse == nullptr ? nullptr : lse + bh * N;
-      int64_t i0 = 0;
-      for (; i0 + kRows <= N; i0 += kRows)
-        attend_rows<kRows>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh,
-                           os[2], logits.data(), lh, N, D);
-      for (; i0 < N; ++i0)
-        attend_rows<1>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2], bh_bias, bs[2], oh, os[2],
-                       logits.data(), lh, N, D);
+      over_tiles(N, [&](auto rows, int64_t i0) {
+        attend_rows<decltype(rows)::value>(i0, q_scaled.data(), kt.data(), vh, vs[2], mh, ms[2],
+                                           bh_bias, bs[2], oh, os[2], logits.data(), lh, N, D);
+      });
     }
   });
 }
@@ -376,48 +383,27 @@ float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, c
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, scale_grad);
 }
 
-// out[i0 + r] = factor * sum_j a[i0 + r, j] b[j] for R rows: a (N x N) row-major, b's rows
-// (D-vectors) of stride b_row.
+// out[i0 + r] = factor * sum_t a(i0 + r, t) b[t] for R rows, with an N x N operand read through
+// strides, a(r, t) = a[r * a_row + t * a_inner] (a row-major matrix: n, 1; its transpose: 1, n),
+// and b's rows (D-vectors) of stride b_row.
 template <int R>
-void rows_times(int64_t i0, const float* a, const float* b, int64_t b_row, float factor,
-                float* out, int64_t out_row, int64_t n, int64_t d) {
+void weighted_rows(int64_t i0, const float* a, int64_t a_row, int64_t a_inner, const float* b,
+                   int64_t b_row, float factor, float* out, int64_t out_row, int64_t n,
+                   int64_t d) {
   constexpr int64_t W = Vec::size();
   for (int64_t c0 = 0; c0 < d; c0 += W) {
     const int64_t w = std::min(W, d - c0);
     Vec acc[R];
     for (int r = 0; r < R; ++r) acc[r] = Vec(0.0f);
-    for (int64_t j = 0; j < n; ++j) {
-      const Vec bj = Vec::loadu(b + j * b_row + c0, w);
-      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[(i0 + r) * n + j]), bj, acc[r]);
+    for (int64_t t = 0; t < n; ++t) {
+      const Vec bt = Vec::loadu(b + t * b_row + c0, w);
+      const float* at = a + t * a_inner;
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(at[(i0 + r) * a_row]), bt, acc[r]);
     }
     for (int r = 0; r < R; ++r) (acc[r] * Vec(factor)).store(out + (i0 + r) * out_row + c0, w);
   }
 }
 
-// out[j0 + r] = factor * sum_i a[i, j0 + r] b[i] for R columns of a (N x N) row-major.
-template <int R>
-void columns_times(int64_t j0, const float* a, const float* b, int64_t b_row, float factor,
-                   float* out, int64_t out_row, int64_t n, int64_t d) {
-  constexpr int64_t W = Vec::size();
-  for (int64_t c0 = 0; c0 < d; c0 += W) {
-    const int64_t w = std::min(W, d - c0);
-    Vec acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = Vec(0.0f);
-    for (int64_t i = 0; i < n; ++i) {
-      const Vec bi = Vec::loadu(b + i * b_row + c0, w);
-      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(a[i * n + j0 + r]), bi, acc[r]);
-    }
-    for (int r = 0; r < R; ++r) (acc[r] * Vec(factor)).store(out + (j0 + r) * out_row + c0, w);
-  }
-}
-
-// Rows (or columns) 0 .. n-1 in tiles of kRows, then one at a time.
-template <typename Tile, typename One>
-void over_tiles(int64_t n, Tile tile, One one) {
-  int64_t i0 = 0;
-  for (; i0 + kRows <= n; i0 += kRows) tile(i0);
-  for (; i0 < n; ++i0) one(i0);
-}
 
 // Rows x_i / max(|x_i|, eps) of an N x D matrix (rows of stride x_row) into a contiguous N x D
 // scratch, with each row's 1 / max(|x_i|, eps) (negative where the norm was clamped to eps).
@@ -534,35 +520,20 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
           const float* bh_bias = bp == nullptr ? nullptr : bp + b * bs[0] + h * bs[1];
           const float* lh = lp + (b * H + h) * N;
           float scale_grad = 0.0f;
-          over_tiles(
-              N,
-              [&](int64_t i0) {
-                scale_grad += probabilities_and_logit_grads<kRows>(
-                    i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
-                    delta.data(), s, p.data(), ds.data(), N, D);
-              },
-              [&](int64_t i0) {
-                scale_grad += probabilities_and_logit_grads<1>(
-                    i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
-                    delta.data(), s, p.data(), ds.data(), N, D);
-              });
+          over_tiles(N, [&](auto rows, int64_t i0) {
+            scale_grad += probabilities_and_logit_grads<decltype(rows)::value>(
+                i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
+                delta.data(), s, p.data(), ds.data(), N, D);
+          });
           float* dqh = dp + b * N * d_row + h * D;  // row i of dq: dqh + i * d_row
           float* dkh = dqh + H * D;
           float* dvh = dkh + H * D;
-          over_tiles(
-              N,
-              [&](int64_t i0) { rows_times<kRows>(i0, ds.data(), kh, k_row, s, dqh, d_row, N, D); },
-              [&](int64_t i0) { rows_times<1>(i0, ds.data(), kh, k_row, s, dqh, d_row, N, D); });
-          over_tiles(
-              N,
-              [&](int64_t j0) {
-                columns_times<kRows>(j0, ds.data(), qh, q_row, s, dkh, d_row, N, D);
-                columns_times<kRows>(j0, p.data(), gh, gs[2], 1.0f, dvh, d_row, N, D);
-              },
-              [&](int64_t j0) {
-                columns_times<1>(j0, ds.data(), qh, q_row, s, dkh, d_row, N, D);
-                columns_times<1>(j0, p.data(), gh, gs[2], 1.0f, dvh, d_row, N, D);
-              });
+          over_tiles(N, [&](auto rows, int64_t i0) {  // dq = s ds k, dk = s ds^T q, dv = p^T g
+            constexpr int R = decltype(rows)::value;
+            weighted_rows<R>(i0, ds.data(), N, 1, kh, k_row, s, dqh, d_row, N, D);
+            weighted_rows<R>(i0, ds.data(), 1, N, qh, q_row, s, dkh, d_row, N, D);
+            weighted_rows<R>(i0, p.data(), 1, N, gh, gs[2], 1.0f, dvh, d_row, N, D);
+          });
           if (cosine) {  // through the normalisation, to the given q and k
             normalise_rows_backward(qn.data(), q_inv.data(), dqh, d_row, N, D);
             normalise_rows_backward(kn.data(), k_inv.data(), dkh, d_row, N, D);
