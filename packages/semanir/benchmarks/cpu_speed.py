@@ -367,14 +367,22 @@ def attention_flop_table() -> dict[Any, Callable[..., int]]:
     """:data:`CPU_ATTENTION_FLOPS`, plus common-kernels' C++ attention, forward and backward
     (its ops exist once the kernels are built), counted with the SDPA formulas: the dense
     N x N logits it computes."""
-    from common_kernels import _cpu_kernels
-
     table = dict(CPU_ATTENTION_FLOPS)
-    if _cpu_kernels.status()[0]:
-        ops = _cpu_kernels.ops()
-        table[ops.masked_attention] = _cpu_flash_flop
-        table[ops.masked_attention_lse] = _cpu_flash_flop  # its training forward
-        table[ops.masked_attention_backward] = _cpu_flash_backward_flop
+    try:
+        from common_kernels import _cpu_kernels
+    except ImportError:  # a --baseline revision from before the C++ kernels
+        return table
+    if not _cpu_kernels.status()[0]:
+        return table
+    ops = _cpu_kernels.ops()
+    formulas = {
+        "masked_attention": _cpu_flash_flop,
+        "masked_attention_lse": _cpu_flash_flop,  # its training forward
+        "masked_attention_backward": _cpu_flash_backward_flop,
+    }
+    for name, formula in formulas.items():
+        if hasattr(ops, name):  # a --baseline revision may predate the training pair
+            table[getattr(ops, name)] = formula
     return table
 
 
