@@ -48,6 +48,7 @@ def test_cpu_grids_skip_triton_and_forward_only_backwards_and_cuda_adds_triton()
         "reference",
         "mask",
         "gather",
+        "cpp",  # 0.4.5: the C++ kernel trains (FlexAttention still has no CPU backward)
         "dense",
     }
     assert {s["dtype"] for s in cpu} == {"float32"}
@@ -57,6 +58,12 @@ def test_cpu_grids_skip_triton_and_forward_only_backwards_and_cuda_adds_triton()
     assert all(s["bias"] for s in run.windowed_specs("cuda", False, 1))
     assert run.dispatch_specs("cpu", False, 1) == []
     assert {s["index"] for s in run.dispatch_specs("cuda", False, 1)} == {"dictionary", "tensor"}
+
+
+def test_the_cpp_backward_is_skipped_past_its_scratch_limit_with_the_reason() -> None:
+    point = spec(grid="grid", batch=1, heads=2, n=4096, d=32, k=16, device="cpu",
+                 dtype="float32", backend="cpp", mode="fwd+bwd")  # fmt: skip
+    assert run.run_worker(point)["error"] == "skipped: the C++ backward takes N <= 1024"
 
 
 def test_too_big_skips_n_squared_backends_only() -> None:
