@@ -87,6 +87,27 @@ def test_the_worker_times_counts_and_trains_a_configuration() -> None:
     json.dumps(replies)  # what the parent reads, one line each
 
 
+def test_the_flop_table_counts_the_cpp_attention_and_tolerates_an_older_baseline(
+    monkeypatch,
+) -> None:
+    """With the C++ kernels: their forward, training forward and backward are counted as
+    SDPA; a --baseline revision whose common_kernels predates them gets torch's table."""
+    import sys
+
+    import common_kernels
+    from common_kernels import _cpu_kernels
+
+    table = cpu_speed.attention_flop_table()
+    if _cpu_kernels.status()[0]:
+        ops = _cpu_kernels.ops()
+        assert table[ops.masked_attention] is cpu_speed._cpu_flash_flop
+        assert table[ops.masked_attention_lse] is cpu_speed._cpu_flash_flop
+        assert table[ops.masked_attention_backward] is cpu_speed._cpu_flash_backward_flop
+    monkeypatch.delattr(common_kernels, "_cpu_kernels")
+    monkeypatch.setitem(sys.modules, "common_kernels._cpu_kernels", None)  # not importable
+    assert cpu_speed.attention_flop_table() == cpu_speed.CPU_ATTENTION_FLOPS
+
+
 def test_sizes_replace_the_denoisers_inputs_and_bad_ones_are_refused(capsys) -> None:
     args = cpu_speed.parse_args(["--quick", "--sizes", "384x384", "1024X768"])
     plan = cpu_speed.preset(args.quick, args.threads, args.rounds, args.sizes)
