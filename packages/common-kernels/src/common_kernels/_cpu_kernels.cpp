@@ -207,6 +207,11 @@ void over_tiles(int64_t n, Body body) {
   for (; i0 < n; ++i0) body(std::integral_constant<int, 1>{}, i0);
 }
 
+// A tensor's strides, copied out (read in the kernels' inner loops).
+std::vector<int64_t> strides(const at::Tensor& t) {
+  return std::vector<int64_t>(t.strides().begin(), t.strides().end());
+}
+
 // 1 / max(|x|, eps) of a D-vector (F.normalize's eps).
 inline float inverse_norm(const float* x, int64_t d) {
   constexpr int64_t W = Vec::size();
@@ -232,9 +237,6 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   const float* hp = cosine ? heads_scale.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  const auto strides = [](const at::Tensor& t) {
-    return std::vector<int64_t>(t.strides().begin(), t.strides().end());
-  };
   const auto qs = strides(q), ks = strides(k), vs = strides(v), ms = strides(member),
              os = strides(out), bs = has_bias ? strides(bias) : ms;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -269,15 +271,21 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
-// The mask and the bias of (B, H, N, N) attention, expanded and checked (shared by the passes).
-struct MaskAndBias {
-  at::Tensor member, bias;
+// The mask and the bias of (B, H, N, N) attention, expanded and checked, and the cosine head
+// scales as a contiguous float32 (H,) tensor (undefined without): shared by the passes.
+struct AttentionTerms {
+  at::Tensor member, bias, heads_scale;
 };
 
-MaskAndBias expanded_mask_and_bias(const at::Tensor& q, const at::Tensor& mask,
-                                   const c10::optional<at::Tensor>& bias) {
+AttentionTerms expanded_terms(const at::Tensor& q, const at::Tensor& mask,
+                                   const c10::optional<at::Tensor>& bias,
+                                   const c10::optional<at::Tensor>& head_scale) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
-  MaskAndBias out;
+  AttentionTerms out;
+  if (head_scale.has_value() && head_scale->defined()) {
+    out.heads_scale = head_scale->to(at::kFloat).contiguous();
+    TORCH_CHECK(out.heads_scale.numel() == H, "head_scale must hold one value per head");
+  }
   out.member = (mask.dim() == 3 ? mask.unsqueeze(1) : mask).expand({B, H, N, N});
   if (bias.has_value() && bias->defined()) out.bias = bias->expand({B, H, N, N});
   TORCH_CHECK(out.member.scalar_type() == at::kFloat || out.member.scalar_type() == at::kBool,
@@ -304,18 +312,13 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
                              at::Tensor lse) {
   check_qkv(q, k, v);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  const MaskAndBias mb = expanded_mask_and_bias(q, mask, bias);
-  at::Tensor heads_scale;
-  if (head_scale.has_value() && head_scale->defined()) {
-    heads_scale = head_scale->to(at::kFloat).contiguous();
-    TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
-  }
+  const AttentionTerms mb = expanded_terms(q, mask, bias, head_scale);
   auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
   float* lp = lse.defined() ? lse.data_ptr<float>() : nullptr;
   if (mb.member.scalar_type() == at::kBool) {
-    attend_all<bool>(q, k, v, mb.member, mb.bias, scale, heads_scale, out, lp);
+    attend_all<bool>(q, k, v, mb.member, mb.bias, scale, mb.heads_scale, out, lp);
   } else {
-    attend_all<float>(q, k, v, mb.member, mb.bias, scale, heads_scale, out, lp);
+    attend_all<float>(q, k, v, mb.member, mb.bias, scale, mb.heads_scale, out, lp);
   }
   return out;
 }
@@ -467,9 +470,6 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
                         int64_t groups) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
   const bool cosine = heads_scale.defined();
-  const auto strides = [](const at::Tensor& t) {
-    return std::vector<int64_t>(t.strides().begin(), t.strides().end());
-  };
   const auto gs = strides(g), qs = strides(q), ks = strides(k), vs = strides(v), os = strides(out),
              ms = strides(member), bs = bias.defined() ? strides(bias) : ms;
   const float *gp = g.data_ptr<float>(), *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(),
@@ -571,14 +571,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({B, H, N}) && lse.scalar_type() == at::kFloat &&
                   lse.is_contiguous(),
               "lse must be a contiguous float32 (B, H, N) tensor");
-  const MaskAndBias mb = expanded_mask_and_bias(q, mask, bias);
+  const AttentionTerms mb = expanded_terms(q, mask, bias, head_scale);
   TORCH_CHECK(!bias_grad || mb.bias.defined(), "bias_grad needs a bias");
-  at::Tensor heads_scale;
-  if (head_scale.has_value() && head_scale->defined()) {
-    heads_scale = head_scale->to(at::kFloat).contiguous();
-    TORCH_CHECK(heads_scale.numel() == H, "head_scale must hold one value per head");
-  }
-  TORCH_CHECK(!head_scale_grad || heads_scale.defined(), "head_scale_grad needs a head_scale");
+  TORCH_CHECK(!head_scale_grad || mb.heads_scale.defined(), "head_scale_grad needs a head_scale");
   auto dqkv = at::empty({B, N, 3, H, D}, q.options());
   int64_t bias_batch = 1, bias_heads = 1;
   if (bias_grad) {
@@ -598,10 +593,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
   }
   if (head_scale_grad) scale_partial = at::zeros({groups, H}, q.options());
   if (mb.member.scalar_type() == at::kBool) {
-    attention_backward<bool>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, heads_scale,
+    attention_backward<bool>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, mb.heads_scale,
                              dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
   } else {
-    attention_backward<float>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, heads_scale,
+    attention_backward<float>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, mb.heads_scale,
                               dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
   }
   if (bias_grad) {
