@@ -230,21 +230,23 @@ def oracle_pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_upsampler_is_convs_and_pixel_shuffles_as_documented(scale: int) -> None:
+@pytest.mark.parametrize("size", [(5, 7), (9, 11)])
+def test_upsampler_is_convs_and_pixel_shuffles_as_documented(scale: int, size) -> None:
     """conv 3x3 to the width + LeakyReLU(0.01), then conv 3x3 + pixel shuffle per factor (x4 as
-    two x2 steps), then conv 3x3 to the output channels."""
-    from semanir.models.semanir import pixel_shuffle_upsampler
+    two x2 steps), then conv 3x3 to the output channels (5x7: below the composed tail's minimum
+    side, the chain runs; 9x11: the composed conv 5x5 and the border strips)."""
+    from semanir.models.semanir import PixelShuffleUpsampler
 
     torch.manual_seed(scale)
-    upsampler = pixel_shuffle_upsampler(6, 3, scale, 4).double()
+    upsampler = PixelShuffleUpsampler(6, 3, scale, 4).double()
     convs = [m for m in upsampler if isinstance(m, torch.nn.Conv2d)]
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
     y = F.leaky_relu(F.conv2d(x, convs[0].weight, convs[0].bias, padding=1), 0.01)
     for conv, factor in zip(convs[1:-1], (2, 2) if scale == 4 else (scale,), strict=True):
         y = oracle_pixel_shuffle(F.conv2d(y, conv.weight, conv.bias, padding=1), factor)
     expected = F.conv2d(y, convs[-1].weight, convs[-1].bias, padding=1)
     out = upsampler(x)
-    assert out.shape == (2, 3, 5 * scale, 7 * scale)
+    assert out.shape == (2, 3, size[0] * scale, size[1] * scale)
     assert_close(out, expected, f"x{scale} upsampler")
 
 

@@ -1,0 +1,136 @@
+"""The pixel-shuffle upsampler's composed tail: the same output and gradients as the chain of
+convs and pixel shuffles it replaces (SwinIR's upsampler, layer by layer), fewer operations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semanir import load_model
+from semanir.models.semanir import PixelShuffleUpsampler, compose_linear_tail
+
+# sizes of the feature map: square, odd, one side at the strips' minimum (6), below it (chain)
+SIZES = [(6, 6), (7, 9), (16, 11), (12, 6), (5, 20), (1, 3)]
+
+
+def upsampler(scale: int, dtype: torch.dtype = torch.float64) -> PixelShuffleUpsampler:
+    """Width 12 from 16 features to RGB, random weights and biases of unit-ish scale."""
+    torch.manual_seed(scale)
+    module = PixelShuffleUpsampler(16, 3, scale, 12).to(dtype)
+    for parameter in module.parameters():
+        nn.init.normal_(parameter, std=0.2)
+    return module
+
+
+def chain(module: PixelShuffleUpsampler, x: torch.Tensor) -> torch.Tensor:
+    """The upsampler as its layers compute it one after the other (the definition)."""
+    for layer in module:
+        x = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", SIZES)
+def test_the_composed_tail_equals_the_chain_forward_and_backward(scale, size) -> None:
+    """fp64: output, input gradient and every weight's and bias's gradient within 1e-10."""
+    module = upsampler(scale)
+    x = torch.randn(2, 16, *size, dtype=torch.float64, requires_grad=True)
+    expected, out = chain(module, x), module(x)
+    assert out.shape == (2, 3, size[0] * scale, size[1] * scale)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(out)
+    inputs = [x, *module.parameters()]
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, grad),
+        torch.autograd.grad(expected, inputs, grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_composed_conv_is_5x5_with_a_bias_per_sub_pixel(scale) -> None:
+    """One conv 5x5 to out_channels * scale**2: 2*25*12*3*s^2 multiply-adds per input pixel,
+    against the chain's 2*9*12*12*s^2 (x2: + 4*2*9*12*3; x4: + 4x that and 16*2*9*12*3)."""
+    module = upsampler(scale)
+    weight, bias, radius = module.composed_tail()
+    assert radius == 2
+    assert weight.shape == (3 * scale**2, 12, 5, 5)
+    assert bias.shape == (3 * scale**2,)
+
+
+def test_the_composed_bias_is_the_chain_on_zeros_away_from_the_border() -> None:
+    """Zero features: the chain's output in the interior is the composed bias, per sub-pixel."""
+    module = upsampler(4)
+    _, bias, _ = module.composed_tail()
+    zeros = torch.zeros(1, 12, 7, 7, dtype=torch.float64)
+    interior = chain(nn.Sequential(*list(module)[2:]), zeros)[..., 12:16, 12:16]  # pixel (3, 3)
+    torch.testing.assert_close(F.pixel_unshuffle(interior, 4).flatten(), bias)
+
+
+def test_compose_linear_tail_matches_a_direct_sum_over_the_taps() -> None:
+    """An independent statement of one composed weight: x2, a conv 3x3 to 4 phases then a conv
+    3x3, written as explicit sums over the chain's taps for one output sub-pixel."""
+    torch.manual_seed(0)
+    first, last = nn.Conv2d(2, 8, 3, padding=1).double(), nn.Conv2d(2, 1, 3, padding=1).double()
+    weight, _, radius = compose_linear_tail(
+        [(first, 2), (last, 1)], torch.zeros(1, 2, 3, 3).double()
+    )
+    a, b = 1, 0  # the output sub-pixel (row phase, column phase)
+    expected = torch.zeros(2, 2 * radius + 1, 2 * radius + 1, dtype=torch.float64)
+    for u in range(3):  # the last conv's taps, at the x2 grid
+        for v in range(3):
+            row, col = 2 * 10 + a + u - 1, 2 * 10 + b + v - 1  # near input pixel (10, 10)
+            for c in range(2):  # the last conv's input channel = the shuffled channel
+                channel = 4 * c + 2 * (row % 2) + col % 2
+                for p in range(3):  # the first conv's taps, at the input grid
+                    for q in range(3):
+                        dy, dx = row // 2 + p - 1 - 10, col // 2 + q - 1 - 10
+                        expected[:, dy + radius, dx + radius] += (
+                            last.weight[0, c, u, v] * first.weight[channel, :, p, q]
+                        ).detach()
+    torch.testing.assert_close(weight[2 * a + b], expected, rtol=0, atol=1e-12)
+
+
+def test_the_composition_is_kept_under_no_grad_until_a_weight_changes() -> None:
+    module = upsampler(4)
+    x = torch.randn(1, 16, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        first = module.composed_tail()
+        assert module.composed_tail()[0] is first[0]
+        module[4].weight.mul_(2)  # in place: the cache key sees the version counter
+        assert module.composed_tail()[0] is not first[0]
+        torch.testing.assert_close(module(x), chain(module, x), rtol=0, atol=1e-10)
+    assert module.composed_tail()[0].requires_grad  # with autograd: composed afresh, in the graph
+
+
+def test_autocast_composes_in_the_weights_dtype() -> None:
+    """bf16 autocast rounds the convolution's operands, never the composition of the weights."""
+    module = upsampler(4, torch.float32)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        weight, bias, _ = module.composed_tail()
+        out = module(x)
+        expected = chain(module, x)
+    assert weight.dtype == bias.dtype == torch.float32
+    assert out.dtype == torch.bfloat16
+    scale = expected.float().abs().max()
+    assert (out.float() - expected.float()).abs().max() < 0.05 * scale
+
+
+def test_the_bundled_x4_model_gives_the_chain_output_within_fp32_rounding() -> None:
+    """The shipped weights: the composed upsampler's image equals the layer-by-layer one within
+    1e-5 (values in [0, 1]) on a feature map of the model's own body."""
+    model = load_model("semanir_tiny_sr_x4")
+    x = torch.rand(1, 3, 40, 32, generator=torch.Generator().manual_seed(0))
+    captured = []
+    model.reconstruct.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    with torch.inference_mode():
+        model(x)
+        body = captured[0]
+        out = model.reconstruct(body)
+        expected = chain(model.reconstruct, body)
+    assert out.shape == (1, 3, 160, 128)
+    assert (out - expected).abs().max() < 1e-5
