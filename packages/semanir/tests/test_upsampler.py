@@ -134,3 +134,9 @@ def test_the_bundled_x4_model_gives_the_chain_output_within_fp32_rounding() -> N
         expected = chain(model.reconstruct, body)
     assert out.shape == (1, 3, 160, 128)
     assert (out - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1, 8])
+def test_scales_other_than_2_3_4_are_refused(scale) -> None:
+    with pytest.raises(ValueError, match=f"scale must be 2, 3 or 4, got {scale}"):
+        PixelShuffleUpsampler(16, 3, scale, 12)

@@ -456,13 +456,14 @@ def compose_linear_tail(
     scale, length = stride, kernel.shape[-1]
     # output pixel scale * t + a reads input t + d through kernel tap a + padding - scale * d
     radius = max((length - 1 - padding) // scale, (scale - 1 + padding) // scale)
-    offsets = torch.arange(-radius, radius + 1, device=kernel.device)
-    taps = (
-        torch.arange(scale, device=kernel.device)[:, None] + padding - scale * offsets
-    )  # (s, 2R+1)
-    low, high = max(0, -int(taps.min())), max(0, int(taps.max()) - length + 1)
-    kernel = F.pad(kernel, (low, high, low, high))  # taps out of range read zeros
-    taps = taps + low
+    # taps run from padding - scale * radius to scale - 1 + padding + scale * radius; the pad
+    # makes those outside the kernel read zeros (bounds in Python: no GPU sync)
+    low = max(0, scale * radius - padding)
+    high = max(0, scale - 1 + padding + scale * radius - length + 1)
+    kernel = F.pad(kernel, (low, high, low, high))
+    offsets = torch.arange(-radius, radius + 1)
+    taps = torch.arange(scale)[:, None] + padding + low - scale * offsets  # (s, 2R+1)
+    taps = taps.to(kernel.device)
     weight = kernel[:, :, taps[:, :, None, None], taps[None, None]]  # (c0, c, a, d, b, e)
     weight = weight.permute(1, 2, 4, 0, 3, 5)  # (c, a, b, c0, d, e)
     weight = weight.reshape(-1, kernel.shape[0], 2 * radius + 1, 2 * radius + 1)
@@ -494,6 +495,8 @@ class PixelShuffleUpsampler(nn.Sequential):
     """
 
     def __init__(self, dim: int, out_channels: int, scale: int, width: int) -> None:
+        if scale not in (2, 3, 4):  # the composition's one-pixel ring is shown for these
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
         factors = (2, 2) if scale == 4 else (scale,)
         layers: list[nn.Module] = [conv3x3(dim, width), nn.LeakyReLU(inplace=True)]
         for factor in factors:
