@@ -20,7 +20,10 @@ section gives ``RestorationModule`` its model, loss, AdamW and schedule; the dat
 batch and patch size), on random batches, with the dictionary size that ``RestorationModule``
 draws at that step; beside it the same step of a DnCNN (the colour one for RGB configs) on the
 same low-quality batch (for x4 SR: the 1/4-size patches the model takes), whose time makes the
-ratio. The data pipeline and callbacks (EMA) are left out.
+ratio. The data pipeline and callbacks (EMA) are left out. A training worker sets its process
+up as that code's ``semanir fit`` does: from 0.4.6 on, :func:`semanir.allocator.keep_freed_memory`
+(glibc keeps freed blocks: no page faults for each step's activations); a baseline revision
+without that module runs glibc's defaults, as its ``semanir fit`` did.
 
 ``--modes``: how this checkout's SemanIR rows run besides fp32 eager (the default):
 ``bf16`` (``restore(..., dtype=torch.bfloat16)``: autocast; AMX/AVX-512-BF16 CPUs run its
@@ -123,7 +126,9 @@ NOTES = (
     "revision (its semanir and common-kernels sources), measured in the same rounds.",
     "Training: one optimizer step (forward, loss, backward, AdamW, schedule) of each shipped "
     "tiny config at its batch and patch size on random batches, k as RestorationModule draws "
-    "it; x DnCNN: over a DnCNN step on the same input batch; data loading and EMA left out.",
+    "it; x DnCNN: over a DnCNN step on the same input batch; data loading and EMA left out. "
+    "The process is set up as `semanir fit` sets it up (0.4.6+: semanir.allocator keeps freed "
+    "blocks; a baseline revision without it runs glibc's defaults).",
 )
 
 
@@ -474,7 +479,14 @@ def training_module(spec: dict[str, Any]) -> tuple[nn.Module, Any, Any]:
 
 
 def training_steps(spec: dict[str, Any]) -> tuple[nn.Module, Callable[[], object], Callable]:
-    """The model, its warm-up step (step 0) and its timed step (step = round + 1)."""
+    """The model, its warm-up step (step 0) and its timed step (step = round + 1), in a process
+    set up as the code's ``semanir fit`` sets it up."""
+    try:
+        from semanir.allocator import keep_freed_memory
+    except ImportError:  # a baseline revision from before 0.4.6: glibc's defaults
+        pass
+    else:
+        keep_freed_memory()
     module, optimizer, scheduler = training_module(spec)
     module.train()
     generator = torch.Generator().manual_seed(spec["seed"])

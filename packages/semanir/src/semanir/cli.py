@@ -34,6 +34,7 @@ from common_kernels.runtime.cli import (
 from common_kernels.runtime.photos import Photo
 from common_kernels.runtime.progress import progress
 from common_kernels.runtime.quiet import quiet_libraries
+from semanir.allocator import keep_freed_memory
 from semanir.batch import RestoreJob, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_line("semanir", "semanir"))
         return 0
     command, options = argv[0], argv[1:]
+    keep_freed_memory()  # long CPU jobs: no page faults for the blocks each step frees
     if command in LIGHTNING_COMMANDS:
         try:
             resolved = with_bundled_configs(argv)
