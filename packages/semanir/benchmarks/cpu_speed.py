@@ -192,9 +192,10 @@ def preset(
     threads: list[int] | None = None,
     rounds: int | None = None,
     sizes: list[tuple[int, int]] | None = None,
+    train_configs: list[str] | None = None,
 ) -> Preset:
-    """The full or quick preset, with ``threads``, ``rounds`` and the denoisers' input
-    ``sizes`` (width, height) replaced when given."""
+    """The full or quick preset, with ``threads``, ``rounds``, the denoisers' input ``sizes``
+    (width, height) and the ``train_configs`` replaced when given."""
     base = (
         Preset((2,), QUICK_SIZES, 2, QUICK_TRAIN_CONFIGS, 2, 2)
         if quick
@@ -206,6 +207,8 @@ def preset(
         base = dataclasses.replace(base, rounds=rounds, train_rounds=rounds)
     if sizes:
         base = dataclasses.replace(base, sizes=tuple(sizes))
+    if train_configs:
+        base = dataclasses.replace(base, train_configs=tuple(train_configs))
     return base
 
 
@@ -1156,6 +1159,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="WxH",
                         help="the denoisers' inputs (default: 256x256 384x384 481x321 "
                         "1024x1024; --quick: 256x256)")  # fmt: skip
+    parser.add_argument("--train-configs", nargs="+", choices=TRAIN_CONFIGS, default=None,
+                        metavar="CONFIG", help="the training configs to step (default: all; "
+                        f"--quick: {', '.join(QUICK_TRAIN_CONFIGS)})")  # fmt: skip
     parser.add_argument("--baseline", default=None, metavar="GIT_REF",
                         help="also time SemanIR with the code of this git revision")  # fmt: skip
     parser.add_argument("--loss-steps", type=int, default=0, metavar="N",
@@ -1202,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_benchmark_setup("cpu_speed.py", "semanir", modules=("matplotlib",),
                           folders={"--out": args.out})  # fmt: skip
-    plan = preset(args.quick, args.threads, args.rounds, args.sizes)
+    plan = preset(args.quick, args.threads, args.rounds, args.sizes, args.train_configs)
     if args.baseline is not None:
         try:
             baseline_sources(args.baseline)  # before any measurement: a bad revision fails now

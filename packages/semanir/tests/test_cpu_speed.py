@@ -122,6 +122,16 @@ def test_sizes_replace_the_denoisers_inputs_and_bad_ones_are_refused(capsys) -> 
         assert f"expected WIDTHxHEIGHT with both sides >= 64, got '{bad}'" in error
 
 
+def test_train_configs_replace_the_presets_and_unknown_ones_are_refused(capsys) -> None:
+    args = cpu_speed.parse_args(["--quick", "--train-configs", "sr_x4_tiny"])
+    plan = cpu_speed.preset(args.quick, train_configs=args.train_configs)
+    assert plan.train_configs == ("sr_x4_tiny",)
+    assert {s["config"] for s in cpu_speed.training_specs(plan)} == {"sr_x4_tiny"}
+    with pytest.raises(SystemExit):
+        cpu_speed.parse_args(["--train-configs", "sr_x9"])
+    assert "argument --train-configs: invalid choice: 'sr_x9'" in capsys.readouterr().err
+
+
 def test_loss_steps_need_a_baseline(capsys) -> None:
     with pytest.raises(SystemExit):
         cpu_speed.parse_args(["--loss-steps", "5"])
