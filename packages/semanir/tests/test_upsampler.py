@@ -104,6 +104,11 @@ def test_the_composition_is_kept_under_no_grad_until_a_weight_changes() -> None:
         assert module.composed_tail()[0] is not first[0]
         torch.testing.assert_close(module(x), chain(module, x), rtol=0, atol=1e-10)
     assert module.composed_tail()[0].requires_grad  # with autograd: composed afresh, in the graph
+    with torch.no_grad():
+        cached = module.composed_tail()[0]
+        module.float()  # converted weights: composed afresh, in their dtype
+        assert module.composed_tail()[0].dtype == torch.float32
+        torch.testing.assert_close(module.composed_tail()[0], cached.float())
 
 
 def test_autocast_composes_in_the_weights_dtype() -> None:
