@@ -278,8 +278,8 @@ struct AttentionTerms {
 };
 
 AttentionTerms expanded_terms(const at::Tensor& q, const at::Tensor& mask,
-                                   const c10::optional<at::Tensor>& bias,
-                                   const c10::optional<at::Tensor>& head_scale) {
+                              const c10::optional<at::Tensor>& bias,
+                              const c10::optional<at::Tensor>& head_scale) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
   AttentionTerms out;
   if (head_scale.has_value() && head_scale->defined()) {
@@ -312,13 +312,13 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
                              at::Tensor lse) {
   check_qkv(q, k, v);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  const AttentionTerms mb = expanded_terms(q, mask, bias, head_scale);
+  const AttentionTerms terms = expanded_terms(q, mask, bias, head_scale);
   auto out = at::empty({B, N, H, D}, q.options()).permute({0, 2, 1, 3});  // (B, H, N, D)
   float* lp = lse.defined() ? lse.data_ptr<float>() : nullptr;
-  if (mb.member.scalar_type() == at::kBool) {
-    attend_all<bool>(q, k, v, mb.member, mb.bias, scale, mb.heads_scale, out, lp);
+  if (terms.member.scalar_type() == at::kBool) {
+    attend_all<bool>(q, k, v, terms.member, terms.bias, scale, terms.heads_scale, out, lp);
   } else {
-    attend_all<float>(q, k, v, mb.member, mb.bias, scale, mb.heads_scale, out, lp);
+    attend_all<float>(q, k, v, terms.member, terms.bias, scale, terms.heads_scale, out, lp);
   }
   return out;
 }
@@ -571,9 +571,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({B, H, N}) && lse.scalar_type() == at::kFloat &&
                   lse.is_contiguous(),
               "lse must be a contiguous float32 (B, H, N) tensor");
-  const AttentionTerms mb = expanded_terms(q, mask, bias, head_scale);
-  TORCH_CHECK(!bias_grad || mb.bias.defined(), "bias_grad needs a bias");
-  TORCH_CHECK(!head_scale_grad || mb.heads_scale.defined(), "head_scale_grad needs a head_scale");
+  const AttentionTerms terms = expanded_terms(q, mask, bias, head_scale);
+  TORCH_CHECK(!bias_grad || terms.bias.defined(), "bias_grad needs a bias");
+  TORCH_CHECK(!head_scale_grad || terms.heads_scale.defined(),
+              "head_scale_grad needs a head_scale");
   auto dqkv = at::empty({B, N, 3, H, D}, q.options());
   int64_t bias_batch = 1, bias_heads = 1;
   if (bias_grad) {
@@ -592,12 +593,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
     bias_partial = at::zeros({bias_batch == 1 ? groups : B, bias_heads, N, N}, q.options());
   }
   if (head_scale_grad) scale_partial = at::zeros({groups, H}, q.options());
-  if (mb.member.scalar_type() == at::kBool) {
-    attention_backward<bool>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, mb.heads_scale,
-                             dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
+  if (terms.member.scalar_type() == at::kBool) {
+    attention_backward<bool>(grad_out, q, k, v, terms.member, terms.bias, out, lse, scale,
+                             terms.heads_scale, dqkv, bias_partial, scale_partial, bias_batch,
+                             bias_heads, groups);
   } else {
-    attention_backward<float>(grad_out, q, k, v, mb.member, mb.bias, out, lse, scale, mb.heads_scale,
-                              dqkv, bias_partial, scale_partial, bias_batch, bias_heads, groups);
+    attention_backward<float>(grad_out, q, k, v, terms.member, terms.bias, out, lse, scale,
+                              terms.heads_scale, dqkv, bias_partial, scale_partial, bias_batch,
+                              bias_heads, groups);
   }
   if (bias_grad) {
     dbias = bias_batch == 1 ? bias_partial.sum(0, /*keepdim=*/true) : bias_partial;

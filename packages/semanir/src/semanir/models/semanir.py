@@ -425,9 +425,7 @@ def subpixel_as_transposed(conv: nn.Conv2d, factor: int) -> Tensor:
     return kernel.reshape(c_in, c_out, 3 * factor, 3 * factor)  # (c0, c, 3f, 3f)
 
 
-def compose_linear_tail(
-    steps: list[tuple[nn.Conv2d, int]], zeros: Tensor
-) -> tuple[Tensor, Tensor, int]:
+def compose_linear_tail(steps: list[tuple[nn.Conv2d, int]]) -> tuple[Tensor, Tensor, int]:
     """One conv + PixelShuffle(scale) equal to a chain of (conv 3x3, PixelShuffle(f)) steps
     away from the image border.
 
@@ -440,7 +438,6 @@ def compose_linear_tail(
 
     Args:
         steps: (conv, factor) pairs in order; the last has factor 1.
-        zeros: a (1, C_in, 3, 3) zero tensor on the chain's device and dtype.
 
     Returns:
         weight (C_out * scale**2, C_in, 2R+1, 2R+1), bias (C_out * scale**2,) and R, for
@@ -468,12 +465,18 @@ def compose_linear_tail(
     weight = kernel[:, :, taps[:, :, None, None], taps[None, None]]  # (c0, c, a, d, b, e)
     weight = weight.permute(1, 2, 4, 0, 3, 5)  # (c, a, b, c0, d, e)
     weight = weight.reshape(-1, kernel.shape[0], 2 * radius + 1, 2 * radius + 1)
-    out = zeros
+    first = steps[0][0].weight
+    out = first.new_zeros(1, first.shape[1], 3, 3)  # zero features, 3x3 input pixels
     for conv, factor in steps:
         out = F.pixel_shuffle(conv(out), factor) if factor > 1 else conv(out)
     center = out[..., scale : 2 * scale, scale : 2 * scale]  # the outputs of input pixel (1, 1)
     bias = F.pixel_unshuffle(center, scale).flatten()  # (C_out s^2,)
     return weight, bias, radius
+
+
+# Rows (columns) of input the border strips take: the one-pixel ring plus the composed conv's
+# radius of 2 (at scales 2, 3 and 4, tested); below twice this side the chain runs as it is.
+TAIL_STRIP = 3
 
 
 class PixelShuffleUpsampler(nn.Sequential):
@@ -533,24 +536,22 @@ class PixelShuffleUpsampler(nn.Sequential):
         no_grad it is kept until a weight changes (in place, moved or replaced)."""
         convs = [layer for layer in list(self)[2:] if isinstance(layer, nn.Conv2d)]
         steps = list(zip(convs, self.factors, strict=True))
-        weight = convs[0].weight
-        zeros = weight.new_zeros(1, convs[0].in_channels, 3, 3)
-        with torch.autocast(weight.device.type, enabled=False):
+        with torch.autocast(convs[0].weight.device.type, enabled=False):
             if torch.is_grad_enabled() or torch.compiler.is_compiling():
-                return compose_linear_tail(steps, zeros)
+                return compose_linear_tail(steps)
             params = [p for conv in convs for p in (conv.weight, conv.bias)]
             key = (*(p._version for p in params), *(p.data_ptr() for p in params))
             if self._composed is None or self._composed[0] != key:
-                self._composed = (key, *compose_linear_tail(steps, zeros))
+                self._composed = (key, *compose_linear_tail(steps))
         return self._composed[1:]
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim, H, W) -> (B, out_channels, H * scale, W * scale)."""
         x = self[1](self[0](x))
-        weight, bias, radius = self.composed_tail()
-        strip = radius + 1  # the ring and what its outputs read
-        if min(x.shape[-2:]) < 2 * strip:
+        if min(x.shape[-2:]) < 2 * TAIL_STRIP:
             return self.tail(x)
+        weight, bias, radius = self.composed_tail()
+        strip = radius + 1  # the ring and the inputs its outputs read: TAIL_STRIP
         s = self.scale
         out = F.pixel_shuffle(F.conv2d(x, weight, bias, padding=radius), s)  # (B, C, Hs, Ws)
         out[..., :s, :] = self.tail(x[..., :strip, :], (1, 1, 1, 0))[..., :s, :]
