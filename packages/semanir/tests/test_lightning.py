@@ -21,6 +21,7 @@ from semanir.lightning_module import (
     WarmupEMAWeightAveraging,
     WarmupSchedule,
     charbonnier_loss,
+    fused_adamw_supported,
 )
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model
@@ -164,6 +165,37 @@ class FirstStep(Callback):
         if self.first is None:
             self.first = trainer.global_step
             self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_the_cpu_optimizer_is_fused_adamw_and_steps_as_the_default_one() -> None:
+    module = RestorationModule(TINY, lr=1e-2, weight_decay=0.05, warmup_steps=1)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["fused"] is True
+    params = list(module.model.parameters())
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    default = torch.optim.AdamW(reference, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05)
+    assert default.param_groups[0]["fused"] is None  # foreach on the CPU
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # same gradients, three steps: the moments too
+        for p, q in zip(params, reference, strict=True):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        default.step()
+    for p, q in zip(params, reference, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_adamw_is_asked_for_one_floating_cpu_or_cuda_device_only() -> None:
+    assert fused_adamw_supported([torch.nn.Parameter(torch.zeros(2))])
+    assert not fused_adamw_supported([torch.nn.Parameter(torch.zeros(2, device="meta"))])
+    assert not fused_adamw_supported(
+        [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    )
+    assert not fused_adamw_supported(
+        [torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)]
+    )
 
 
 def test_fit_checkpoint_resume_and_export(tmp_path: Path, data: RestorationDataModule) -> None:
