@@ -85,7 +85,8 @@ class WarmupSchedule:
 
 
 # Devices where torch's fused AdamW runs (one kernel over every parameter): on 2 CPU threads it
-# takes the x4 SR tiny config's optimizer step from about 9 to 6 ms (benchmarks/cpu_speed.py).
+# takes the tiny x4 SR model's optimizer step from 5.4 to 1.5 ms, the tiny gray denoiser's from
+# 7.9 to 2.1 ms.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 

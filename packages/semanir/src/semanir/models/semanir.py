@@ -505,8 +505,8 @@ def subpixel_line(
     c_out = weight.shape[0] // factor**2
     weight = weight.view(c_out, factor, factor, *weight.shape[1:])  # (C, i, j, C_in, 3, 3)
     bias = bias.view(c_out, factor, factor)
-    weight, bias = (weight[:, :, index], bias[:, :, index]) if transposed else (
-        weight[:, index], bias[:, index])  # fmt: skip
+    line = (slice(None), slice(None), index) if transposed else (slice(None), index)
+    weight, bias = weight[line], bias[line]  # (C, f, C_in, 3, 3), (C, f)
     return weight.reshape(c_out * factor, *weight.shape[2:]), bias.reshape(-1)
 
 
@@ -539,8 +539,8 @@ def ring_correction(
 
     Returns:
         (B, C_out, R, W * scale) rows (transposed: (B, C_out, H * scale, R) columns) to
-        subtract from the composed conv's outermost R = 1 (one pixel-shuffle step) or 3 output
-        rows (columns) there, in order from the border inward reversed for ``last``.
+        subtract from the composed conv's R = 1 (one pixel-shuffle step) or 3 output rows
+        (columns) nearest that border, in the image's order.
     """
     shuffle = F.pixel_shuffle
     if transposed:  # columns as the rows of the transposed map
@@ -587,8 +587,7 @@ class PixelShuffleUpsampler(nn.Sequential):
     composition differs from the chain only in the outermost input pixel ring, where the
     chain's convs read their zero padding: along each side the difference is subtracted
     (:func:`ring_correction`), and the four corner pixels are recomputed by the chain on 3x3
-    patches. The output equals the chain's within float
-    rounding, forward and backward.
+    patches. The output equals the chain's within float rounding, forward and backward.
 
     Args:
         dim: input channels.
@@ -659,12 +658,13 @@ class PixelShuffleUpsampler(nn.Sequential):
         s, p = self.scale, TAIL_STRIP
         out = F.conv2d(x, weight, bias, padding=radius)  # (B, C s^2, H, W), shuffled at the end
         steps = self.tail_steps()
-        # the border rows and columns, taken out at once (one gradient buffer each)
-        rows = x.index_select(-2, border_indices(height, 3, x.device))  # (B, C, 6, W)
+        # the border rows and columns, taken out at once (one gradient buffer each): the
+        # corner patches' 3 and the corrections' 2 at each end
+        rows = x.index_select(-2, border_indices(height, p, x.device))  # (B, C, 6, W)
         columns = x.index_select(-1, border_indices(width, 2, x.device))  # (B, C, H, 4)
         n = 1 if len(steps) == 2 else 3  # output rows (columns) the correction reaches
-        top = F.pad(ring_correction(rows[..., :3, :], steps, False, False), (0, 0, 0, s - n))
-        bottom = F.pad(ring_correction(rows[..., 3:, :], steps, False, True), (0, 0, s - n, 0))
+        top = F.pad(ring_correction(rows[..., :p, :], steps, False, False), (0, 0, 0, s - n))
+        bottom = F.pad(ring_correction(rows[..., p:, :], steps, False, True), (0, 0, s - n, 0))
         sides = F.pixel_unshuffle(torch.cat([top, bottom], dim=-2), s)  # (B, C s^2, 2, W)
         out[..., :: height - 1, 1:-1] -= sides[..., 1:-1]
         left = F.pad(ring_correction(columns[..., :2], steps, True, False), (0, s - n))
