@@ -235,7 +235,7 @@ def test_upsampler_is_convs_and_pixel_shuffles_as_documented(scale: int, size) -
     """conv 3x3 to the width + LeakyReLU(0.01), then conv 3x3 + pixel shuffle per factor (x4 as
     two x2 steps), then conv 3x3 to the output channels (5x7: below the composed tail's minimum
     side, the chain runs; 9x11: the composed conv 5x5 and the border strips)."""
-    from semanir.models.semanir import PixelShuffleUpsampler
+    from semanir.models.upsampler import PixelShuffleUpsampler
 
     torch.manual_seed(scale)
     upsampler = PixelShuffleUpsampler(6, 3, scale, 4).double()

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from semanir import load_model
-from semanir.models.semanir import PixelShuffleUpsampler, compose_linear_tail
+from semanir.models.upsampler import PixelShuffleUpsampler, compose_linear_tail
 
 # sizes of the feature map: square, odd, one side at the strips' minimum (6), below it (chain)
 SIZES = [(6, 6), (7, 9), (16, 11), (12, 6), (5, 20), (1, 3)]
