@@ -561,14 +561,15 @@ class SemanIR(
         padded = reflect_pad_to_multiple(x, self.pad_multiple)  # (B, C_in, H', W')
         normed = (padded - self.img_mean) * self.config.img_range
         feats = self.shallow(normed)  # (B, C, H', W')
+        if feats.device.type == "cpu":
+            # a channels-last body: the stages' (B, H, W, C) tokens are views of it, oneDNN's
+            # convs keep the layout, and no conv or residual add converts between layouts
+            # (forward or backward); the upsampler's convs are 1.2x faster so on these CPUs
+            feats = feats.contiguous(memory_format=torch.channels_last)
         if self.config.architecture == "unet":
             body = self._unet_body(feats, k)
         else:
             body = self._columnar_body(feats, k)
-        if self.upscale > 1 and body.device.type == "cpu":
-            # oneDNN's channels-last convolutions run the upsampler (27% of the x4 model's
-            # FLOPs) 1.2x faster than NCHW on these CPUs; the output stays channels-last
-            body = body.contiguous(memory_format=torch.channels_last)  # (B, C, H', W')
         recon = self.reconstruct(body) / self.config.img_range  # (B, C_out, H's, W's)
         if self.upscale == 1 and self.in_channels == self.out_channels:
             out = padded + recon

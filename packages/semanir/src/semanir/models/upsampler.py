@@ -9,6 +9,7 @@ difference is a few one- and two-row convs along each side (:func:`ring_correcti
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,7 @@ def compose_linear_tail(steps: list[tuple[nn.Conv2d, int]]) -> tuple[Tensor, Ten
     return weight, bias, radius
 
 
-# Input pixels per side of the corner patches the chain recomputes: the one-pixel ring plus the
+# Input pixels per side of the corner patches: the one-pixel ring plus the
 # composed conv's radius of 2 (at scales 2, 3 and 4, tested); below twice this side the chain
 # runs as it is.
 TAIL_STRIP = 3
@@ -189,6 +190,36 @@ def ring_correction(
     return correction.transpose(-1, -2) if transposed else correction
 
 
+def subtract_border_(out: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """``out`` minus the corrections on its outermost ring, in place.
+
+    Args:
+        out: (B, C, H, W) maps.
+        rows: (B, C, 2, W) for the first and the last row.
+        columns: (B, C, H - 2, 2) for the first and the last column, corners excluded.
+    """
+    height, width = out.shape[-2:]
+    out[..., :: height - 1, :] -= rows
+    out[..., 1:-1, :: width - 1] -= columns
+    return out
+
+
+class SubtractBorder(torch.autograd.Function):
+    """:func:`subtract_border_` with a backward that passes the gradient of ``out`` through as
+    it is and slices it for the corrections: autograd's own backward of an in-place update of
+    a slice copies the whole gradient, once per update."""
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+        ctx.mark_dirty(out)
+        return subtract_border_(out, rows, columns)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        height, width = grad.shape[-2:]
+        return grad, -grad[..., :: height - 1, :], -grad[..., 1:-1, :: width - 1]
+
+
 class PixelShuffleUpsampler(nn.Sequential):
     """conv 3x3 to ``width`` + LeakyReLU, pixel-shuffle steps (x2, x2 for 4; x2 or x3), conv 3x3
     out (SwinIR's upsampler; the parameters keep their ``Sequential`` names).
@@ -198,8 +229,10 @@ class PixelShuffleUpsampler(nn.Sequential):
     width 48 that conv takes 7.5x fewer multiply-adds per input pixel than the chain. The
     composition differs from the chain only in the outermost input pixel ring, where the
     chain's convs read their zero padding: along each side the difference is subtracted
-    (:func:`ring_correction`), and the four corner pixels are recomputed by the chain on 3x3
-    patches. The output equals the chain's within float rounding, forward and backward.
+    (:func:`ring_correction`), at the four corner pixels the difference of the two on 3x3
+    patches (:meth:`corner_corrections`), all in one in-place update whose backward copies
+    nothing (:class:`SubtractBorder`). The output equals the chain's within float rounding,
+    forward and backward.
 
     Args:
         dim: input channels.
@@ -260,6 +293,34 @@ class PixelShuffleUpsampler(nn.Sequential):
                 self._composed = (key, *compose_linear_tail(steps))
         return self._composed[1:]
 
+    def corner_corrections(self, rows: Tensor, weight: Tensor, bias: Tensor, radius: int) -> Tensor:
+        """The composed conv minus the chain at the four corner pixels, both on each corner's
+        3x3 input patch (the chain with one-sided padding, the composed conv on the patch
+        zero-padded by its radius outside the image: one output pixel, as TAIL_STRIP is the
+        radius plus one).
+
+        Args:
+            rows: (B, C, 6, W) features: the first and the last TAIL_STRIP rows.
+            weight, bias, radius: :meth:`composed_tail`.
+
+        Returns:
+            (B, C_out s^2, 2, 2) corrections, (top, bottom) x (left, right), before the shuffle.
+        """
+        s, p, r = self.scale, TAIL_STRIP, radius
+        patches = [rows[..., :p, :p], rows[..., :p, -p:], rows[..., p:, :p], rows[..., p:, -p:]]
+        chain = [  # one-sided padding: (left, right, top, bottom)
+            self.tail(patches[0], (1, 0, 1, 0))[..., :s, :s],
+            self.tail(patches[1], (0, 1, 1, 0))[..., :s, -s:],
+            self.tail(patches[2], (1, 0, 0, 1))[..., -s:, :s],
+            self.tail(patches[3], (0, 1, 0, 1))[..., -s:, -s:],
+        ]
+        chain = F.pixel_unshuffle(torch.cat(chain, dim=-1), s)  # (B, C s^2, 1, 4)
+        outside = [(r, 0, r, 0), (0, r, r, 0), (r, 0, 0, r), (0, r, 0, r)]
+        padded = [F.pad(patch, pad) for patch, pad in zip(patches, outside, strict=True)]
+        composed = F.conv2d(torch.cat(padded), weight, bias)  # (4B, C s^2, 1, 1)
+        composed = composed.view(4, -1, composed.shape[1]).permute(1, 2, 0)  # (B, C s^2, 4)
+        return (composed - chain.flatten(2)).view(*chain.shape[:2], 2, 2)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim, H, W) -> (B, out_channels, H * scale, W * scale)."""
         x = self[1](self[0](x))
@@ -277,18 +338,14 @@ class PixelShuffleUpsampler(nn.Sequential):
         n = 1 if len(steps) == 2 else 3  # output rows (columns) the correction reaches
         top = F.pad(ring_correction(rows[..., :p, :], steps, False, False), (0, 0, 0, s - n))
         bottom = F.pad(ring_correction(rows[..., p:, :], steps, False, True), (0, 0, s - n, 0))
-        sides = F.pixel_unshuffle(torch.cat([top, bottom], dim=-2), s)  # (B, C s^2, 2, W)
-        out[..., :: height - 1, 1:-1] -= sides[..., 1:-1]
+        row_sides = F.pixel_unshuffle(torch.cat([top, bottom], dim=-2), s)  # (B, C s^2, 2, W)
         left = F.pad(ring_correction(columns[..., :2], steps, True, False), (0, s - n))
         right = F.pad(ring_correction(columns[..., 2:], steps, True, True), (s - n, 0))
-        sides = F.pixel_unshuffle(torch.cat([left, right], dim=-1), s)  # (B, C s^2, H, 2)
-        out[..., 1:-1, :: width - 1] -= sides[..., 1:-1, :]
-        corners = [  # the chain on the 3x3 input patch of each corner, one-sided padding
-            self.tail(rows[..., :p, :p], (1, 0, 1, 0))[..., :s, :s],
-            self.tail(rows[..., :p, -p:], (0, 1, 1, 0))[..., :s, -s:],
-            self.tail(rows[..., p:, :p], (1, 0, 0, 1))[..., -s:, :s],
-            self.tail(rows[..., p:, -p:], (0, 1, 0, 1))[..., -s:, -s:],
-        ]
-        corners = F.pixel_unshuffle(torch.cat(corners, dim=-1), s)  # (B, C s^2, 1, 4)
-        out[..., :: height - 1, :: width - 1] = corners.view(*corners.shape[:2], 2, 2)
+        column_sides = F.pixel_unshuffle(torch.cat([left, right], dim=-1), s)  # (B, C s^2, H, 2)
+        corners = self.corner_corrections(rows, weight, bias, radius)  # (B, C s^2, 2, 2)
+        row_sides = torch.cat([corners[..., :1], row_sides[..., 1:-1], corners[..., 1:]], dim=-1)
+        if torch.is_grad_enabled():
+            out = SubtractBorder.apply(out, row_sides, column_sides[..., 1:-1, :])
+        else:
+            subtract_border_(out, row_sides, column_sides[..., 1:-1, :])
         return F.pixel_shuffle(out, s)
