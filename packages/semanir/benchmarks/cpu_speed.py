@@ -43,8 +43,12 @@ its peak RSS (``ru_maxrss``) is its own. The processes of one input (both thread
 together and are warmed up (one call; for inputs above 0.25 MP on a 256x256 crop of the input), then
 measured in interleaved rounds: each round times one call of every configuration in turn (the
 order rotates each round), so machine noise hits all alike; tables give the median and min-max
-of the rounds. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one count per model
-and input, after the rounds; the CPU flash-attention op that torch's table lacks, and
+of the rounds. A training round runs three optimizer steps back to back and times the last
+two (their mean), as a training loop runs them: the first step of a round finds the process's
+memory out of cache after the other configurations' rounds (0.4.7 and earlier timed that one
+step alone).
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one count per model and input,
+after the rounds; the CPU flash-attention op that torch's table lacks, and
 common-kernels' C++ attention, are counted with the SDPA formula), giving GFLOP per megapixel
 of the input and achieved GFLOP/s (GFLOP/MP divided by seconds per MP). "x DnCNN" is the time
 per megapixel over that of the DnCNN measured in the same rounds (same input and threads).
@@ -103,6 +107,7 @@ TRAIN_CONFIGS = (
 )
 QUICK_TRAIN_CONFIGS = ("denoise_gray_tiny_bundled", "denoise_color_tiny", "sr_x4_tiny")
 WARMUP_FULL_MAX_MP = 0.25  # larger inputs warm up on a crop of this side
+TRAIN_STEPS_PER_ROUND = 3  # a training round: one step back into cache, two timed back to back
 WARMUP_CROP = 256
 SEED = 0
 COMMAND_TIMEOUT_S = 1800
@@ -115,7 +120,9 @@ NOTES = (
     "Inference: semanir.restore(model, x, tile=None), fp32, batch 1, a torch.rand input; "
     "random weights for the dense twins and DnCNN (time does not depend on weight values).",
     "Interleaved rounds: one process per configuration, warmed up once, then each round times "
-    "one call of every configuration of the input in turn; median (min-max) of the rounds.",
+    "one call of every configuration of the input in turn; median (min-max) of the rounds. "
+    "A training round runs three optimizer steps back to back and times the last two "
+    "(s/step: their mean), as a training loop runs them.",
     "s/MP: seconds per megapixel of the input; GFLOP/MP: torch.utils.flop_counter "
     "(CPU flash attention and the C++ attention counted with the SDPA formula); "
     "GFLOP/s = GFLOP/MP / (s/MP).",
@@ -511,6 +518,19 @@ def training_steps(spec: dict[str, Any]) -> tuple[nn.Module, Callable[[], object
     return module.model, lambda: step(0), step
 
 
+def steps_back_to_back(step: Callable[[int], object], round_index: int) -> float:
+    """Seconds per optimizer step in round ``round_index``, as a training loop runs them: one
+    step untimed (the other configurations' rounds ran since this process's last one, so its
+    memory is out of cache), then the mean of the next ``TRAIN_STEPS_PER_ROUND - 1`` steps run
+    back to back. Steps are numbered from the round, so every code draws the same k."""
+    first = round_index * TRAIN_STEPS_PER_ROUND + 1
+    step(first)
+    start = time.perf_counter()
+    for index in range(first + 1, first + TRAIN_STEPS_PER_ROUND):
+        step(index)
+    return (time.perf_counter() - start) / (TRAIN_STEPS_PER_ROUND - 1)
+
+
 def worker(spec: dict[str, Any], commands: Iterator[str], reply: Callable[[dict], None]) -> None:
     """Serve one configuration: build it, then answer ``warmup``, ``run ROUND`` and ``flops``.
 
@@ -532,9 +552,13 @@ def worker(spec: dict[str, Any], commands: Iterator[str], reply: Callable[[dict]
             warm_up()
             reply({"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()})
         elif command == "run":
-            start = time.perf_counter()
-            timed(int(args[0]) + 1)
-            reply({"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()})
+            if spec["kind"] == "train":
+                seconds = steps_back_to_back(timed, int(args[0]))
+            else:
+                start = time.perf_counter()
+                timed(int(args[0]) + 1)
+                seconds = time.perf_counter() - start
+            reply({"seconds": seconds, "peak_rss_mib": peak_rss_mib()})
         elif command == "flops":
             reply(count_flops(lambda: timed(0)))
         elif command == "losses":  # a fresh model and optimizer: steps 1..N from the seed

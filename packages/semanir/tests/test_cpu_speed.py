@@ -87,6 +87,16 @@ def test_the_worker_times_counts_and_trains_a_configuration() -> None:
     json.dumps(replies)  # what the parent reads, one line each
 
 
+def test_a_training_round_times_steps_back_to_back_after_one_untimed(monkeypatch) -> None:
+    """Round r runs steps 3r+1 .. 3r+3 (the same k draws for every code) and returns the mean
+    time of the last two; the first, out of cache after other processes ran, is untimed."""
+    clock = iter([10.0, 16.0])  # perf_counter around the two timed steps
+    monkeypatch.setattr(cpu_speed.time, "perf_counter", lambda: next(clock))
+    ran = []
+    assert cpu_speed.steps_back_to_back(ran.append, 2) == 3.0
+    assert ran == [7, 8, 9] and cpu_speed.TRAIN_STEPS_PER_ROUND == 3
+
+
 def test_the_flop_table_counts_the_cpp_attention_and_tolerates_an_older_baseline(
     monkeypatch,
 ) -> None:
