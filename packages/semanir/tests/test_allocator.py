@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -51,8 +52,11 @@ def minor_faults(mode: str, env: dict[str, str] | None = None) -> tuple[str, int
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_freed_blocks_are_reused_without_page_faults() -> None:
     """By default freed blocks go back to the kernel and come back as fresh pages (here about
-    37,000 faults a step, 150 MB); kept, almost none."""
-    _, default = minor_faults("default")
+    37,000 faults a step, 150 MB); kept, almost none. The default run holds glibc's initial
+    mmap threshold (128 KiB) fixed: its dynamic rise after a large free otherwise keeps the
+    blocks in about one run in six on these machines, and the comparison means nothing then."""
+    fixed_default = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 2**10)}
+    _, default = minor_faults("default", fixed_default)
     kept, faults = minor_faults("keep")
     assert kept == "True"
     assert default > 10 * 10_000
