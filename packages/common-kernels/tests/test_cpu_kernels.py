@@ -178,6 +178,31 @@ def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: C
             assert_close_to(leaf.grad, reference)
 
 
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if not c.duplicates], ids=lambda c: c.name
+)
+def test_a_mask_dictionary_matches_the_fp64_oracle_forward_and_backward(case: Case) -> None:
+    """A dictionary made from a mask (as SemanIR builds it with knn_mask) reaches the kernel
+    as bool membership, expanded to 0 / -inf lanes a vector at a time (and a lane at a time
+    in the tail where N is not a multiple of the vector): values and every gradient."""
+    (qkv, bias, head_scale), doubles, idx = trainable(case)
+    member = KNNDictionary(idx).membership()  # (B, H|1, N, N)
+    member = member if case.per_head else member.squeeze(1)  # knn_mask's (B, N, N) when shared
+    assert member.dtype == torch.bool
+    dictionary = KNNDictionary.from_mask(member, idx.shape[-1])
+    scale = None if head_scale is not None else case.d**-0.5
+    out = knn_attention_packed(qkv, dictionary, bias=bias, cosine_scale=head_scale,
+                               scale=scale, backend="cpp")  # fmt: skip
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    out.backward(grad)
+    heads_grad = grad.view(case.B, case.N, case.H, case.d).transpose(1, 2)  # (B, H, N, d)
+    expected, grads = oracle_backward(doubles, idx, heads_grad)
+    assert_close_to(out.view(case.B, case.N, case.H, case.d).transpose(1, 2), expected)
+    for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
+        if leaf is not None:
+            assert_close_to(leaf.grad, reference)
+
+
 def test_backward_is_bitwise_reproducible() -> None:
     """Fixed window groups sum the shared bias's gradient in one order: two runs agree."""
     case = CASES[0]

@@ -16,7 +16,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -129,6 +129,12 @@ inline Vec mask_at(const bool* row, int64_t j0, int64_t w) {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j0));
     return _mm512_mask_blend_ps(_mm_test_epi8_mask(bytes, bytes), _mm512_set1_ps(minus_inf),
                                 _mm512_setzero_ps());
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (w == W) {  // 8 bytes -> 8 lanes, all ones where the byte is 0 -> -inf there, else 0
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j0));
+    const __m256i outside = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_setzero_si256());
+    return _mm256_and_ps(_mm256_castsi256_ps(outside), _mm256_set1_ps(minus_inf));
   }
 #endif
   float lanes[W];
