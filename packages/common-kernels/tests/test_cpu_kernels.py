@@ -254,7 +254,7 @@ def sorted_membership(sim: torch.Tensor, k: int) -> torch.Tensor:
     return member.scatter_(-1, order[..., :k], True)
 
 
-@pytest.mark.parametrize("n", [64, 48, 100])  # 64: the AVX-512 path; the others: the general one
+@pytest.mark.parametrize("n", [64, 48, 100])  # 64: the AVX-512 / AVX2 search; others: general
 @pytest.mark.parametrize("k", [1, 16, 32, 47])
 def test_topk_membership_equals_a_stable_sort_ties_and_signed_zeros_included(
     n: int, k: int
@@ -266,6 +266,8 @@ def test_topk_membership_equals_a_stable_sort_ties_and_signed_zeros_included(
     sim[1, 2, 1::2] = 0.0
     sim[2, 3, :10] = torch.finfo(torch.float32).max
     sim[2, 4, :10] = -torch.finfo(torch.float32).max
+    sim[3, 5, 1::3] = float("inf")
+    sim[3, 6, 2::3] = float("-inf")
     rows = sim.reshape(-1, n)  # (rows, N)
     member = _cpu_kernels.ops().topk_membership(rows, k).view(sim.shape)
     assert torch.equal(member, sorted_membership(sim, k))

@@ -3,7 +3,11 @@
 // of torch's own CPU capability) and the ops appear as torch.ops.common_kernels_cpu.
 //
 // - topk_membership: the k-largest mask of each row of similarities (ties to the lower index),
-//   what torch.topk + a comparison give, with no per-row sort.
+//   what torch.topk + a comparison give, with no per-row sort (rows of 64 on AVX-512 and AVX2:
+//   a bitwise search for the threshold, AVX2 interleaving four rows' searches).
+// The softmax exponentials use at::vec's exp_u20 (the polynomial torch's own CPU flash
+// attention uses, within a few float ulps), the same in the forward and in the backward that
+// recomputes the probabilities.
 // - add_layer_norm_: x += layer_norm(y), a post-norm residual in one pass per row.
 // - masked_attention: softmax(scale q k^T + mask + bias) v per (window, head), optionally cosine
 //   (q and k normalised in the same pass), the logits of a tile of 8 queries kept in registers
@@ -76,6 +80,78 @@ void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int
     _mm512_storeu_si512(m + r * 64, _mm512_maskz_mov_epi8(keep, ones));
   }
 }
+#elif defined(CPU_CAPABILITY_AVX2)
+// The same search on AVX2, over signed order keys in 8 registers (AVX2 compares signed only):
+// the count of keys below a threshold packs the 64 compare masks into two bytes masks (lane
+// order lost, which a count ignores); the final masks are read in lane order.
+inline __m256i order_key(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(_mm256_add_ps(x, _mm256_setzero_ps()));  // -0 -> +0
+  const __m256i magnitude = _mm256_and_si256(_mm256_srai_epi32(bits, 31),
+                                             _mm256_set1_epi32(INT32_MAX));
+  return _mm256_xor_si256(bits, magnitude);  // negative: all but the sign bit flipped
+}
+
+inline int64_t count_below(const __m256i key[8], __m256i t) {
+  __m256i bytes[2];
+  for (int half = 0; half < 2; ++half) {
+    const __m256i* k = key + 4 * half;
+    bytes[half] = _mm256_packs_epi16(
+        _mm256_packs_epi32(_mm256_cmpgt_epi32(t, k[0]), _mm256_cmpgt_epi32(t, k[1])),
+        _mm256_packs_epi32(_mm256_cmpgt_epi32(t, k[2]), _mm256_cmpgt_epi32(t, k[3])));
+  }
+  return _mm_popcnt_u32(static_cast<uint32_t>(_mm256_movemask_epi8(bytes[0]))) +
+         _mm_popcnt_u32(static_cast<uint32_t>(_mm256_movemask_epi8(bytes[1])));
+}
+
+// The 64 keys' lanes where compare(key) holds, in lane order.
+template <typename Compare>
+inline uint64_t lanes_where(const __m256i key[8], Compare compare) {
+  uint64_t lanes = 0;
+  for (int b = 0; b < 8; ++b) {
+    const auto bits = _mm256_movemask_ps(_mm256_castsi256_ps(compare(key[b])));
+    lanes |= static_cast<uint64_t>(static_cast<uint32_t>(bits)) << (8 * b);
+  }
+  return lanes;
+}
+
+// Rows r .. r+R-1: R independent searches interleaved (one search is a chain of dependent
+// steps; R of them keep the core busy).
+template <int R>
+void membership_rows_64_tile(const float* s, bool* m, int64_t r, int64_t k) {
+  __m256i key[R][8];
+  uint32_t floor[R];  // over the keys as unsigned (sign bit flipped): the (k+1)-th largest
+  for (int i = 0; i < R; ++i) {
+    for (int b = 0; b < 8; ++b) key[i][b] = order_key(_mm256_loadu_ps(s + (r + i) * 64 + 8 * b));
+    floor[i] = 0;
+  }
+  for (int bit = 31; bit >= 0; --bit) {
+    for (int i = 0; i < R; ++i) {
+      const uint32_t candidate = floor[i] | (1u << bit);
+      const __m256i t = _mm256_set1_epi32(static_cast<int32_t>(candidate ^ 0x80000000u));
+      floor[i] = 64 - count_below(key[i], t) >= k + 1 ? candidate : floor[i];
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    const __m256i at_floor = _mm256_set1_epi32(static_cast<int32_t>(floor[i] ^ 0x80000000u));
+    const uint64_t equal =
+        lanes_where(key[i], [&](__m256i x) { return _mm256_cmpeq_epi32(x, at_floor); });
+    uint64_t keep =  // strictly above the floor: fewer than k+1
+        lanes_where(key[i], [&](__m256i x) { return _mm256_cmpgt_epi32(x, at_floor); });
+    for (int64_t need = k - _mm_popcnt_u64(keep), ties = equal; need > 0; --need) {
+      const uint64_t lowest = ties & (~ties + 1);  // the tied entry of lowest index
+      keep |= lowest;
+      ties ^= lowest;
+    }
+    for (int j = 0; j < 64; ++j) m[(r + i) * 64 + j] = (keep >> j) & 1;
+  }
+}
+
+void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int64_t k) {
+  constexpr int kTile = 4;
+  int64_t r = begin;
+  for (; r + kTile <= end; r += kTile) membership_rows_64_tile<kTile>(s, m, r, k);
+  for (; r < end; ++r) membership_rows_64_tile<1>(s, m, r, k);
+}
 #endif
 
 // Row r of the (rows, n) similarities -> True at its k largest entries, equal values to the
@@ -87,7 +163,7 @@ at::Tensor topk_membership(const at::Tensor& sim, int64_t k) {
   auto out = at::empty({rows, n}, sim.options().dtype(at::kBool));
   const float* s = sim.data_ptr<float>();
   bool* m = out.data_ptr<bool>();
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (n == 64) {
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       membership_rows_64(s, m, begin, end, k);
@@ -183,7 +259,7 @@ void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, in
     for (int64_t j0 = 0; j0 < n; j0 += W) {
       const int64_t w = std::min(W, n - j0);
       const Vec x = Vec::loadu(lr + j0, w);
-      Vec e = Vec::blendv(zero, (x - top).exp(), x != minus_inf);  // exactly 0 outside
+      Vec e = Vec::blendv(zero, (x - top).exp_u20(), x != minus_inf);  // exactly 0 outside
       if (w < W) e = Vec::set(zero, e, w);
       e.store(lr + j0, w);
       total = total + e;
@@ -230,6 +306,15 @@ inline float inverse_norm(const float* x, int64_t d) {
   return 1.0f / std::max(std::sqrt(sum), 1e-12f);
 }
 
+// Asks for the cache lines of n rows of d floats (rows of stride row) ahead of their use: the
+// next (window, head)'s q, k and v rows, strided views of the projection's output, would
+// otherwise come from memory one row at a time on first touch.
+inline void prefetch_rows(const float* x, int64_t row, int64_t n, int64_t d) {
+  constexpr int64_t kLine = 64 / sizeof(float);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; c += kLine) __builtin_prefetch(x + i * row + c, 0, 3);
+}
+
 template <typename Mask>
 void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& member, const at::Tensor& bias, double scale,
@@ -249,6 +334,12 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     std::vector<float> q_scaled(N * D), kt(D * N), logits(kRows * N);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
+      if (bh + 1 < end) {  // the next (window, head)'s rows, while this one computes
+        const int64_t nb = (bh + 1) / H, nh = (bh + 1) % H;
+        prefetch_rows(qp + nb * qs[0] + nh * qs[1], qs[2], N, D);
+        prefetch_rows(kp + nb * ks[0] + nh * ks[1], ks[2], N, D);
+        prefetch_rows(vp + nb * vs[0] + nh * vs[1], vs[2], N, D);
+      }
       const float* qh = qp + b * qs[0] + h * qs[1];
       const float* kh = kp + b * ks[0] + h * ks[1];
       for (int64_t j = 0; j < N; ++j) {  // k transposed (and normalised)
@@ -382,7 +473,7 @@ float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, c
       const int64_t i = i0 + r;
       Vec x = at::vec::fmadd(logit[r], Vec(scale), mask_at(mask + i * mask_row, j0, w));
       if (bias != nullptr) x = x + Vec::loadu(bias + i * bias_row + j0, w);
-      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp(), x != minus_inf);  // 0 outside
+      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp_u20(), x != minus_inf);  // 0 outside
       const Vec dsr = Vec::set(zero, pr * (grad[r] - Vec(delta[i])), w);  // the tail: 0
       pr.store(p + i * n + j0, w);
       dsr.store(ds + i * n + j0, w);
@@ -494,6 +585,14 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
     for (int64_t group = first; group < last; ++group) {
       for (int64_t b = group * per_group; b < std::min(B, (group + 1) * per_group); ++b) {
         for (int64_t h = 0; h < H; ++h) {
+          if (h + 1 < H || b + 1 < std::min(B, (group + 1) * per_group)) {  // the next rows
+            const int64_t nb = h + 1 < H ? b : b + 1, nh = h + 1 < H ? h + 1 : 0;
+            prefetch_rows(qp + nb * qs[0] + nh * qs[1], qs[2], N, D);
+            prefetch_rows(kp + nb * ks[0] + nh * ks[1], ks[2], N, D);
+            prefetch_rows(vp + nb * vs[0] + nh * vs[1], vs[2], N, D);
+            prefetch_rows(gp + nb * gs[0] + nh * gs[1], gs[2], N, D);
+            prefetch_rows(op + nb * os[0] + nh * os[1], os[2], N, D);
+          }
           const float* gh = gp + b * gs[0] + h * gs[1];
           const float* oh = op + b * os[0] + h * os[1];
           const float* vh = vp + b * vs[0] + h * vs[1];
