@@ -178,9 +178,7 @@ def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: C
             assert_close_to(leaf.grad, reference)
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in CASES if not c.duplicates], ids=lambda c: c.name
-)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.duplicates], ids=lambda c: c.name)
 def test_a_mask_dictionary_matches_the_fp64_oracle_forward_and_backward(case: Case) -> None:
     """A dictionary made from a mask (as SemanIR builds it with knn_mask) reaches the kernel
     as bool membership, expanded to 0 / -inf lanes a vector at a time (and a lane at a time
