@@ -158,16 +158,15 @@ def test_backward_matches_the_fp64_oracle_for_q_k_v_bias_and_cosine_scale(case: 
             assert_close_to(leaf.grad, reference)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.name)
-def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: Case) -> None:
-    """knn_attention_packed: the output as (B, N, H * d) and qkv's gradient written by the
-    kernel in qkv's own layout, both matching the fp64 oracle."""
+def packed_against_the_oracle(case: Case, dictionary_of, seed: int) -> torch.Tensor:
+    """Runs ``knn_attention_packed`` (cpp) forward and backward with the dictionary
+    ``dictionary_of(idx)`` and checks its output and every gradient against the fp64 oracle;
+    returns the output, (B, N, H * d)."""
     (qkv, bias, head_scale), doubles, idx = trainable(case)
     scale = None if head_scale is not None else case.d**-0.5
-    out = knn_attention_packed(qkv, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+    out = knn_attention_packed(qkv, dictionary_of(idx), bias=bias, cosine_scale=head_scale,
                                scale=scale, backend="cpp")  # fmt: skip
-    assert out.shape == (case.B, case.N, case.H * case.d) and out.is_contiguous()
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
     out.backward(grad)
     heads_grad = grad.view(case.B, case.N, case.H, case.d).transpose(1, 2)  # (B, H, N, d)
     expected, grads = oracle_backward(doubles, idx, heads_grad)
@@ -176,6 +175,15 @@ def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: C
     for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
         if leaf is not None:
             assert_close_to(leaf.grad, reference)
+    return out
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.name)
+def test_packed_attention_returns_the_gradient_in_the_projections_layout(case: Case) -> None:
+    """knn_attention_packed: the output as (B, N, H * d) and qkv's gradient written by the
+    kernel in qkv's own layout, both matching the fp64 oracle."""
+    out = packed_against_the_oracle(case, KNNDictionary, seed=2)
+    assert out.shape == (case.B, case.N, case.H * case.d) and out.is_contiguous()
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if not c.duplicates], ids=lambda c: c.name)
@@ -183,22 +191,14 @@ def test_a_mask_dictionary_matches_the_fp64_oracle_forward_and_backward(case: Ca
     """A dictionary made from a mask (as SemanIR builds it with knn_mask) reaches the kernel
     as bool membership, expanded to 0 / -inf lanes a vector at a time (and a lane at a time
     in the tail where N is not a multiple of the vector): values and every gradient."""
-    (qkv, bias, head_scale), doubles, idx = trainable(case)
-    member = KNNDictionary(idx).membership()  # (B, H|1, N, N)
-    member = member if case.per_head else member.squeeze(1)  # knn_mask's (B, N, N) when shared
-    assert member.dtype == torch.bool
-    dictionary = KNNDictionary.from_mask(member, idx.shape[-1])
-    scale = None if head_scale is not None else case.d**-0.5
-    out = knn_attention_packed(qkv, dictionary, bias=bias, cosine_scale=head_scale,
-                               scale=scale, backend="cpp")  # fmt: skip
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
-    out.backward(grad)
-    heads_grad = grad.view(case.B, case.N, case.H, case.d).transpose(1, 2)  # (B, H, N, d)
-    expected, grads = oracle_backward(doubles, idx, heads_grad)
-    assert_close_to(out.view(case.B, case.N, case.H, case.d).transpose(1, 2), expected)
-    for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
-        if leaf is not None:
-            assert_close_to(leaf.grad, reference)
+
+    def mask_dictionary(idx: torch.Tensor) -> KNNDictionary:
+        member = KNNDictionary(idx).membership()  # (B, H|1, N, N)
+        member = member if case.per_head else member.squeeze(1)  # knn_mask's (B, N, N) if shared
+        assert member.dtype == torch.bool
+        return KNNDictionary.from_mask(member, idx.shape[-1])
+
+    packed_against_the_oracle(case, mask_dictionary, seed=4)
 
 
 def test_backward_is_bitwise_reproducible() -> None:

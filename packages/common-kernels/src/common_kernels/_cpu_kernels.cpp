@@ -5,9 +5,6 @@
 // - topk_membership: the k-largest mask of each row of similarities (ties to the lower index),
 //   what torch.topk + a comparison give, with no per-row sort (rows of 64 on AVX-512 and AVX2:
 //   a bitwise search for the threshold, AVX2 interleaving four rows' searches).
-// The softmax exponentials use at::vec's exp_u20 (the polynomial torch's own CPU flash
-// attention uses, within a few float ulps), the same in the forward and in the backward that
-// recomputes the probabilities.
 // - add_layer_norm_: x += layer_norm(y), a post-norm residual in one pass per row.
 // - masked_attention: softmax(scale q k^T + mask + bias) v per (window, head), optionally cosine
 //   (q and k normalised in the same pass), the logits of a tile of 8 queries kept in registers
@@ -15,6 +12,9 @@
 // - masked_attention_lse / masked_attention_backward: the same attention for training (the
 //   forward also gives each query's log-sum-exp; the backward recomputes the probabilities from
 //   it and returns the gradients of q, k, v and the bias), one (window, head) at a time in cache.
+// The softmax exponentials use at::vec's exp_u20 (the polynomial torch's own CPU flash
+// attention uses, within a few float ulps), the same in the forward and in the backward that
+// recomputes the probabilities.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -36,6 +36,19 @@
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// A row of 64's kept lanes: those strictly above the threshold (fewer than k), plus the lanes
+// equal to it of lowest index until there are k.
+inline uint64_t with_lowest_ties(uint64_t above, uint64_t equal, int64_t k) {
+  for (int64_t need = k - _mm_popcnt_u64(above); need > 0; --need) {
+    const uint64_t lowest = equal & (~equal + 1);  // the tied entry of lowest index
+    above |= lowest;
+    equal ^= lowest;
+  }
+  return above;
+}
+#endif
 
 #if defined(CPU_CAPABILITY_AVX512)
 // Rows of 64 similarities on AVX-512: the (k+1)-th largest value by a bitwise search over the
@@ -71,12 +84,8 @@ void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int
     }
     const __m512i at_floor = _mm512_set1_epi32(static_cast<int32_t>(floor));
     const uint64_t equal = lanes_where<_MM_CMPINT_EQ>(key, at_floor);
-    uint64_t keep = lanes_where<_MM_CMPINT_NLT>(key, at_floor) & ~equal;  // strictly above the floor: fewer than k+1
-    for (int64_t need = k - _mm_popcnt_u64(keep), ties = equal; need > 0; --need) {
-      const uint64_t lowest = ties & (~ties + 1);  // the tied entry of lowest index
-      keep |= lowest;
-      ties ^= lowest;
-    }
+    const uint64_t above = lanes_where<_MM_CMPINT_NLT>(key, at_floor) & ~equal;
+    const uint64_t keep = with_lowest_ties(above, equal, k);
     _mm512_storeu_si512(m + r * 64, _mm512_maskz_mov_epi8(keep, ones));
   }
 }
@@ -135,13 +144,9 @@ void membership_rows_64_tile(const float* s, bool* m, int64_t r, int64_t k) {
     const __m256i at_floor = _mm256_set1_epi32(static_cast<int32_t>(floor[i] ^ 0x80000000u));
     const uint64_t equal =
         lanes_where(key[i], [&](__m256i x) { return _mm256_cmpeq_epi32(x, at_floor); });
-    uint64_t keep =  // strictly above the floor: fewer than k+1
+    const uint64_t above =
         lanes_where(key[i], [&](__m256i x) { return _mm256_cmpgt_epi32(x, at_floor); });
-    for (int64_t need = k - _mm_popcnt_u64(keep), ties = equal; need > 0; --need) {
-      const uint64_t lowest = ties & (~ties + 1);  // the tied entry of lowest index
-      keep |= lowest;
-      ties ^= lowest;
-    }
+    const uint64_t keep = with_lowest_ties(above, equal, k);
     for (int j = 0; j < 64; ++j) m[(r + i) * 64 + j] = (keep >> j) & 1;
   }
 }
@@ -209,7 +214,8 @@ inline Vec mask_at(const bool* row, int64_t j0, int64_t w) {
 #elif defined(CPU_CAPABILITY_AVX2)
   if (w == W) {  // 8 bytes -> 8 lanes, all ones where the byte is 0 -> -inf there, else 0
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j0));
-    const __m256i outside = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_setzero_si256());
+    const __m256i outside =
+        _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_setzero_si256());
     return _mm256_and_ps(_mm256_castsi256_ps(outside), _mm256_set1_ps(minus_inf));
   }
 #endif
@@ -306,13 +312,15 @@ inline float inverse_norm(const float* x, int64_t d) {
   return 1.0f / std::max(std::sqrt(sum), 1e-12f);
 }
 
-// Asks for the cache lines of n rows of d floats (rows of stride row) ahead of their use: the
-// next (window, head)'s q, k and v rows, strided views of the projection's output, would
-// otherwise come from memory one row at a time on first touch.
-inline void prefetch_rows(const float* x, int64_t row, int64_t n, int64_t d) {
+// Asks for the cache lines of (window b, head h)'s n rows of d floats in a (B, H, N, D) tensor
+// (strides st) ahead of their use: the next (window, head)'s rows, strided views of the
+// projection's output, would otherwise come from memory one row at a time on first touch.
+inline void prefetch_head(const float* x, const std::vector<int64_t>& st, int64_t b, int64_t h,
+                          int64_t n, int64_t d) {
   constexpr int64_t kLine = 64 / sizeof(float);
+  const float* rows = x + b * st[0] + h * st[1];
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < d; c += kLine) __builtin_prefetch(x + i * row + c, 0, 3);
+    for (int64_t c = 0; c < d; c += kLine) __builtin_prefetch(rows + i * st[2] + c, 0, 3);
 }
 
 template <typename Mask>
@@ -336,9 +344,9 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t b = bh / H, h = bh % H;
       if (bh + 1 < end) {  // the next (window, head)'s rows, while this one computes
         const int64_t nb = (bh + 1) / H, nh = (bh + 1) % H;
-        prefetch_rows(qp + nb * qs[0] + nh * qs[1], qs[2], N, D);
-        prefetch_rows(kp + nb * ks[0] + nh * ks[1], ks[2], N, D);
-        prefetch_rows(vp + nb * vs[0] + nh * vs[1], vs[2], N, D);
+        prefetch_head(qp, qs, nb, nh, N, D);
+        prefetch_head(kp, ks, nb, nh, N, D);
+        prefetch_head(vp, vs, nb, nh, N, D);
       }
       const float* qh = qp + b * qs[0] + h * qs[1];
       const float* kh = kp + b * ks[0] + h * ks[1];
@@ -473,7 +481,7 @@ float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, c
       const int64_t i = i0 + r;
       Vec x = at::vec::fmadd(logit[r], Vec(scale), mask_at(mask + i * mask_row, j0, w));
       if (bias != nullptr) x = x + Vec::loadu(bias + i * bias_row + j0, w);
-      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp_u20(), x != minus_inf);  // 0 outside
+      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp_u20(), x != minus_inf);  // 0 off
       const Vec dsr = Vec::set(zero, pr * (grad[r] - Vec(delta[i])), w);  // the tail: 0
       pr.store(p + i * n + j0, w);
       dsr.store(ds + i * n + j0, w);
@@ -583,15 +591,16 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
     std::vector<float> kt(D * N), vt(D * N), p(N * N), ds(N * N), delta(N);
     std::vector<float> qn(cosine ? N * D : 0), kn(cosine ? N * D : 0), q_inv(N), k_inv(N);
     for (int64_t group = first; group < last; ++group) {
-      for (int64_t b = group * per_group; b < std::min(B, (group + 1) * per_group); ++b) {
+      const int64_t group_end = std::min(B, (group + 1) * per_group);
+      for (int64_t b = group * per_group; b < group_end; ++b) {
         for (int64_t h = 0; h < H; ++h) {
-          if (h + 1 < H || b + 1 < std::min(B, (group + 1) * per_group)) {  // the next rows
-            const int64_t nb = h + 1 < H ? b : b + 1, nh = h + 1 < H ? h + 1 : 0;
-            prefetch_rows(qp + nb * qs[0] + nh * qs[1], qs[2], N, D);
-            prefetch_rows(kp + nb * ks[0] + nh * ks[1], ks[2], N, D);
-            prefetch_rows(vp + nb * vs[0] + nh * vs[1], vs[2], N, D);
-            prefetch_rows(gp + nb * gs[0] + nh * gs[1], gs[2], N, D);
-            prefetch_rows(op + nb * os[0] + nh * os[1], os[2], N, D);
+          const int64_t nb = h + 1 < H ? b : b + 1, nh = h + 1 < H ? h + 1 : 0;
+          if (nb < group_end) {  // the next (window, head)'s rows, while this one computes
+            prefetch_head(qp, qs, nb, nh, N, D);
+            prefetch_head(kp, ks, nb, nh, N, D);
+            prefetch_head(vp, vs, nb, nh, N, D);
+            prefetch_head(gp, gs, nb, nh, N, D);
+            prefetch_head(op, os, nb, nh, N, D);
           }
           const float* gh = gp + b * gs[0] + h * gs[1];
           const float* oh = op + b * os[0] + h * os[1];
