@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.library import opcheck
 
 from common_kernels import (
     KNNDictionary,
@@ -279,6 +281,55 @@ def test_knn_mask_takes_the_kernel_and_keeps_its_sets() -> None:
     member = knn_mask(x, 24, similarity="cosine")
     feats = F.normalize(x, dim=-1)
     assert torch.equal(member, sorted_membership(feats @ feats.transpose(-1, -2), 24))
+
+
+def test_the_ops_fake_implementations_pass_torch_library_opcheck() -> None:
+    """What torch.compile traces the ops with (their fake implementations) agrees with what
+    they return (shapes, strides, dtypes), and their schemas with what they do."""
+    q, k, v, idx, bias, head_scale = make_problem(CASES[0])
+    mask = KNNDictionary(idx).additive_mask(torch.float32)
+    ops = _cpu_kernels.ops()
+    opcheck(ops.topk_membership.default, (torch.randn(8, 64), 16))
+    attention = (q, k, v, mask, bias, 1.0, head_scale)
+    opcheck(ops.masked_attention.default, attention)
+    opcheck(ops.masked_attention_lse.default, attention)
+    out, lse = ops.masked_attention_lse(*attention)
+    grad = torch.randn(out.shape).transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d)
+    for wanted in ((True, True), (False, False)):
+        backward = (grad, q, k, v, mask, bias, out, lse, 1.0, head_scale, *wanted)
+        opcheck(ops.masked_attention_backward.default, backward)
+
+
+def test_inside_torch_compile_one_graph_calls_the_kernels_forward_and_backward() -> None:
+    """A dictionary built by knn_mask and the attention over it, traced by torch.compile into
+    one graph (fullgraph: no break) that calls the C++ top-k and attention: the mask, the
+    output and every gradient as in eager."""
+    case = CASES[0]
+
+    def layer(qkv, bias, head_scale):
+        keys = qkv[:, :, 1].flatten(2)  # (B, N, H * d)
+        # values checked by the caller, as SemanIR does (a check is a host synchronisation)
+        member = knn_mask(keys, case.K, similarity="cosine", check_values=False)  # (B, N, N)
+        dictionary = KNNDictionary.from_mask(member, case.K)
+        out = knn_attention_packed(qkv, dictionary, bias=bias, cosine_scale=head_scale,
+                                   backend="cpp", check_values=False)  # fmt: skip
+        return out, member
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    results = []
+    for run in (layer, compiled):
+        leaves = trainable(case)[0]
+        out, member = run(*leaves)
+        out.square().sum().backward()
+        results.append((out, member, *(t.grad for t in leaves)))
+    for eager, traced in zip(*results, strict=True):
+        torch.testing.assert_close(traced, eager, rtol=1e-6, atol=1e-6)
+    assert counter.frame_count == 1
+    graphs = [m.graph for m in counter.graphs[0].modules() if hasattr(m, "graph")]
+    called = {str(node.target) for graph in graphs for node in graph.nodes}  # and subgraphs'
+    assert {"common_kernels_cpu.topk_membership", "common_kernels_cpu.masked_attention_lse",
+            "common_kernels_cpu.masked_attention_backward"} <= called  # fmt: skip
 
 
 def test_refusals_name_the_reason() -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
+from common_kernels import cpu_kernels_status, value_checks
 from semanir import inference
 from semanir.batch import COMPILE_TILE
 from semanir.cli import main
@@ -86,6 +88,27 @@ def test_the_cli_compiles_each_model_once_for_its_tiles_and_says_so(
                  "--tile", str(COMPILE_TILE)]) == 0  # fmt: skip
     for name in ("im0.png", "im1.png", "im2.png"):
         assert torch.equal(read_image(tmp_path / "out" / name), read_image(eager / name))
+
+
+@pytest.mark.parametrize("name", ["semanir_test_tiny_unet", "semanir_test_tiny_columnar"])
+def test_a_model_traces_into_one_graph_that_calls_the_cpp_kernels(name: str) -> None:
+    """What restore(compile=True) hands to torch.compile traces whole (fullgraph: a graph break
+    would split every stage) and calls common-kernels' C++ top-k and attention where they
+    run; the output is eager's within 1e-4 (a near-tie of a dictionary can flip). 32 px: the
+    U-Net's deepest stage is one window across (its windows a view of its input)."""
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    x = torch.rand(1, model.in_channels, 32, 32, generator=torch.Generator().manual_seed(3))
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
+    with torch.inference_mode(), value_checks(False):  # as restore() runs it, input checked
+        eager, traced = model(x), compiled(x)
+    assert (traced - eager).abs().max() < 1e-4
+    assert counter.frame_count == 1
+    called = {str(node.target) for node in counter.graphs[0].graph.nodes}
+    if cpu_kernels_status()[0]:
+        assert {"common_kernels_cpu.topk_membership",
+                "common_kernels_cpu.masked_attention"} <= called  # fmt: skip
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ method packages share (files, errors, CLI, hub, progress, Lightning callbacks, t
 """
 
 from common_kernels._checks import values_checked
+from common_kernels._cpu_kernels import status as cpu_kernels_status
 from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion
 from common_kernels.fused import add_layer_norm_
@@ -20,7 +21,7 @@ from common_kernels.knn_graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.4.6"
+__version__ = "0.4.7"
 
 __all__ = [
     "KNNAttention",
@@ -31,6 +32,7 @@ __all__ = [
     "add_layer_norm_",
     "blend_weights",
     "can_run",
+    "cpu_kernels_status",
     "fft_phase_fusion",
     "knn_attention",
     "knn_attention_packed",

@@ -15,6 +15,11 @@ the middle of a build leaves nothing that makes the next wait (two concurrent bu
 a complete library; the last rename wins). A build needs a C++ compiler and ninja, as
 ``torch.compile`` on the CPU does. Without them (or with ``COMMON_KERNELS_CPU_KERNELS=0``)
 :func:`status` says why and the callers keep their PyTorch paths.
+
+Inside ``torch.compile`` the top-k and attention ops are extern calls of the compiled graph:
+each has a fake (shape-only) implementation, registered when the library loads, and inductor
+fuses the elementwise work around them (``add_layer_norm_``, in place, is left to inductor,
+which fuses the add and the norm itself).
 """
 
 from __future__ import annotations
@@ -109,7 +114,40 @@ def _load() -> None:
         if reason is not None:
             _state["reason"] = reason
             return
+    _register_fakes()
     _state["ops"] = torch.ops.common_kernels_cpu
+
+
+def _register_fakes() -> None:
+    """The ops' output shapes, strides and dtypes without running them: what ``torch.compile``
+    traces the ops with (once per process: the library loads once)."""
+    lib = "common_kernels_cpu"
+
+    @torch.library.register_fake(f"{lib}::topk_membership")
+    def _(sim, k):
+        return torch.empty_like(sim, dtype=torch.bool)
+
+    @torch.library.register_fake(f"{lib}::masked_attention")
+    def _(q, k, v, mask, bias, scale, head_scale):
+        return _attention_output(q)
+
+    @torch.library.register_fake(f"{lib}::masked_attention_lse")
+    def _(q, k, v, mask, bias, scale, head_scale):
+        return _attention_output(q), q.new_empty(q.shape[:3])  # lse: (B, H, N)
+
+    @torch.library.register_fake(f"{lib}::masked_attention_backward")
+    def _(grad_out, q, k, v, mask, bias, out, lse, scale, head_scale, bias_grad, scale_grad):
+        batch, heads, n, d = q.shape
+        dqkv = q.new_empty(batch, n, 3, heads, d)
+        dbias = bias.new_empty(bias.shape) if bias_grad else q.new_empty(0)
+        dscale = head_scale.new_empty(head_scale.shape) if scale_grad else q.new_empty(0)
+        return dqkv, dbias, dscale
+
+
+def _attention_output(q: torch.Tensor) -> torch.Tensor:
+    """The C++ attention's output: (B, H, N, D) laid out as (B, N, H, D)."""
+    batch, heads, n, d = q.shape
+    return q.new_empty(batch, n, heads, d).permute(0, 2, 1, 3)  # (B, H, N, D)
 
 
 def _build(name: str, capability: str, library: Path) -> str | None:
@@ -139,7 +177,19 @@ def _first_line(error: BaseException) -> str:
 
 
 def status() -> tuple[bool, str]:
-    """Whether the C++ CPU kernels can run (building them on the first call), and if not, why."""
+    """Whether the C++ CPU kernels can run (building them on the first call), and if not, why.
+
+    Public as ``common_kernels.cpu_kernels_status``. Call it before ``torch.compile`` traces a
+    model that runs on the CPU: the compiled graph then calls the loaded kernels (a first load
+    inside the trace is a graph break).
+    """
+    if "ops" in _state:  # no lock once loaded: torch.compile traces this read
+        return True, ""
+    return _load_once()
+
+
+@torch.compiler.disable  # a graph break, not a trace of the build (call status() before compiling)
+def _load_once() -> tuple[bool, str]:
     with _lock:
         if not _state:
             _load()

@@ -27,6 +27,7 @@ def add_layer_norm_(x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
 
 
 def _fused_runs(x: Tensor, y: Tensor, norm: nn.LayerNorm) -> bool:
+    # inside torch.compile, inductor fuses the add and the norm itself
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu":
         return False
     plain = x.dtype == y.dtype == torch.float32 and x.shape == y.shape and x.is_contiguous()

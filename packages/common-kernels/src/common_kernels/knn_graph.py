@@ -111,7 +111,7 @@ CPP_MEMBERSHIP_MAX_N = 128
 
 def _cpp_membership_runs(sim: Tensor) -> bool:
     """Whether the C++ membership kernel takes these similarities (CPU, fp32, small rows)."""
-    if sim.device.type != "cpu" or sim.dtype != torch.float32 or torch.compiler.is_compiling():
+    if sim.device.type != "cpu" or sim.dtype != torch.float32:
         return False
     return sim.shape[-1] <= CPP_MEMBERSHIP_MAX_N and _cpu_kernels.status()[0]
 

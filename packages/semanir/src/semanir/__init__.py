@@ -24,7 +24,7 @@ from semanir.models import (
     get_config,
 )
 
-__version__ = "0.4.9"
+__version__ = "0.4.10"
 
 __all__ = [
     "CONFIGS",

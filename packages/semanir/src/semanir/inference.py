@@ -17,7 +17,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from common_kernels import tiled_apply, value_checks
+from common_kernels import cpu_kernels_status, tiled_apply, value_checks
 from common_kernels.runtime.errors import InvalidValue
 from common_kernels.runtime.hub import check_hub, is_hub_id, local_or_hub
 
@@ -155,9 +155,12 @@ def dihedral_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=4)
 def compiled_model(model: nn.Module) -> Callable[..., Tensor]:
-    """``torch.compile(model)`` (inductor; C++ kernels on the CPU), made once per model (the
-    last four used are kept). Each input shape compiles once (``dynamic=False``): a folder of
-    photos restored in tiles of one size compiles once, at its first tile."""
+    """``torch.compile(model)`` (inductor), made once per model (the last four used are kept).
+    Each input shape compiles once (``dynamic=False``): a folder of photos restored in tiles of
+    one size compiles once, at its first tile. On the CPU, common-kernels' C++ top-k and
+    attention are loaded first, and the compiled graph calls them."""
+    if _model_device(model).type == "cpu":
+        cpu_kernels_status()
     return torch.compile(model, dynamic=False)
 
 

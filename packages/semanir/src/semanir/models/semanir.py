@@ -67,14 +67,15 @@ INFERENCE_GROUP_BYTES = 6 * 2**20
 
 def inference_group_size(windows: Tensor, heads: int) -> int:
     """Windows per group in :meth:`SemanIRStage.forward_inference`: logits of about
-    :data:`INFERENCE_GROUP_BYTES` on the CPU, every window at once on other devices.
+    :data:`INFERENCE_GROUP_BYTES` on the CPU, every window at once on other devices and inside
+    ``torch.compile`` (which would trace every group's layers apart: minutes of compilation).
 
     Args:
         windows: (B', N, C) window tokens.
         heads: the most attention heads of the stage's layers.
     """
     count, n = windows.shape[:2]
-    if windows.device.type != "cpu":
+    if windows.device.type != "cpu" or torch.compiler.is_compiling():
         return max(1, count)
     return max(1, INFERENCE_GROUP_BYTES // (heads * n * n * windows.element_size()))
 
@@ -384,8 +385,8 @@ class SemanIRStage(nn.Module):
         """
         height, width = x.shape[-2:]
         windows = window_partition(x.permute(0, 2, 3, 1), self.window_size)  # (B*nW, N, C)
-        if windows.data_ptr() == x.data_ptr():  # one window across: a view of x, kept intact
-            windows = windows.clone()  # for the residual below
+        if width == self.window_size:  # one window across: a view of x, kept intact for the
+            windows = windows.clone()  # residual below (a shape test: torch.compile traces it)
         positions = self.positions()
         biases = [layer.attn.position_bias(positions) for layer in self.layers]
         heads = max(layer.attn.heads for layer in self.layers)
