@@ -25,7 +25,8 @@ up as that code's ``semanir fit`` does: from 0.4.6 on, :func:`semanir.allocator.
 (glibc keeps freed blocks: no page faults for each step's activations); a baseline revision
 without that module runs glibc's defaults, as its ``semanir fit`` did.
 
-``--modes``: how this checkout's SemanIR rows run besides fp32 eager (the default):
+``--modes``: how SemanIR's rows run besides fp32 eager (the default; with ``--baseline`` the
+baseline code's rows run in each mode too, and "x baseline" compares a mode with itself):
 ``bf16`` (``restore(..., dtype=torch.bfloat16)``: autocast; AMX/AVX-512-BF16 CPUs run its
 matmuls and convolutions in bf16), ``compiled`` (``restore(..., compile=True)``: inductor;
 the warm-up call on the whole input compiles, its time is the "compile s" column) and ``onnx``
@@ -156,8 +157,8 @@ class Preset:
         train_threads: torch threads of the training steps.
         train_rounds: timed optimizer steps per training configuration.
         baseline: the git revision whose code SemanIR's rows also run with (None: none).
-        modes: how SemanIR's rows run with this checkout's code: "fp32" (eager), "bf16",
-            "compiled".
+        modes: how SemanIR's rows run (both codes' with a baseline): "fp32" (eager),
+            "bf16", "compiled", "onnx".
         loss_steps: optimizer steps whose losses are compared between the codes (0: none).
     """
 
@@ -271,8 +272,8 @@ def inference_specs(plan: Preset) -> list[dict[str, Any]]:
         names = inputs[(channels, width, height)]
         entries = [("semanir", name, [name], CURRENT, mode) for name in names
                    for mode in plan.modes]  # fmt: skip
-        entries += [("semanir", name, [name], plan.baseline, "fp32") for name in names
-                    if plan.baseline is not None]  # fmt: skip
+        entries += [("semanir", name, [name], plan.baseline, mode) for name in names
+                    for mode in plan.modes if plan.baseline is not None]  # fmt: skip
         entries += [("dense", name, twin_of[name], CURRENT, "fp32") for name in names
                     if name in twin_of]  # fmt: skip
         entries.append(("dncnn", DNCNN[channels], names, CURRENT, "fp32"))
@@ -848,10 +849,9 @@ def label(spec: dict[str, Any]) -> str:
         return f"dense twin of {name}"
     if spec["variant"] == "dncnn":
         return f"DnCNN ({spec['model']})" if spec["kind"] == "infer" else f"DnCNN for {name}"
-    if spec["code"] != CURRENT:
-        return f"{name} (baseline {spec['code']})"
     mode = spec.get("mode", "fp32")
-    return name if mode == "fp32" else f"{name}, {mode}"
+    name = name if mode == "fp32" else f"{name}, {mode}"
+    return name if spec["code"] == CURRENT else f"{name} (baseline {spec['code']})"
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -860,8 +860,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
     ``x_dncnn``: time over the DnCNN row's of the same group and threads (time per MP for
     inference; per step for training); ``x_dense``: over the dense twin's (a SemanIR row whose
-    model the twin row lists in ``twin_of``); ``x_baseline``: over the same SemanIR row's with
-    the baseline revision's code.
+    model the twin row lists in ``twin_of``); ``x_baseline``: over the same SemanIR row's (same
+    mode) with the baseline revision's code.
     """
     ok = [r for r in rows if "median_s" in r]
     for row in ok:
@@ -874,7 +874,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         if row["variant"] != "semanir" or row["code"] != CURRENT:
             continue
         baseline = next((r for r in peers if r["variant"] == "semanir" and r["code"] != CURRENT
-                         and r["model"] == row["model"]), None)  # fmt: skip
+                         and r["model"] == row["model"]
+                         and r.get("mode", "fp32") == row.get("mode", "fp32")), None)  # fmt: skip
         if baseline is not None:
             row["x_baseline"] = row["s_per_mp"] / baseline["s_per_mp"]
         twin = next(

@@ -148,7 +148,7 @@ def test_loss_steps_need_a_baseline(capsys) -> None:
     assert "--loss-steps: must be >= 0 and needs --baseline, got 5" in capsys.readouterr().err
 
 
-def test_modes_add_bf16_and_compiled_rows_of_this_checkout_only() -> None:
+def test_modes_add_bf16_and_compiled_rows_of_both_codes_compared_mode_to_mode() -> None:
     plan = cpu_speed.dataclasses.replace(
         cpu_speed.preset(quick=True), baseline="HEAD~1", modes=("fp32", "bf16", "compiled")
     )
@@ -157,13 +157,21 @@ def test_modes_add_bf16_and_compiled_rows_of_this_checkout_only() -> None:
     assert modes == {
         ("semanir", "current", "fp32"), ("semanir", "current", "bf16"),
         ("semanir", "current", "compiled"), ("semanir", "HEAD~1", "fp32"),
+        ("semanir", "HEAD~1", "bf16"), ("semanir", "HEAD~1", "compiled"),
         ("dense", "current", "fp32"), ("dncnn", "current", "fp32"),
     }  # fmt: skip
     fp32 = next(s for s in specs if s["variant"] == "semanir" and s["mode"] == "fp32")
     assert "fp32" not in cpu_speed.spec_key(fp32)  # keys of older journals still resume
     compiled = {**fp32, "mode": "compiled"}
     assert cpu_speed.label(compiled) == f"{fp32['model']}, compiled"
+    old = {**compiled, "code": "HEAD~1"}
+    assert cpu_speed.label(old) == f"{fp32['model']}, compiled (baseline HEAD~1)"
     assert cpu_speed.flops_key(compiled) == cpu_speed.flops_key(fp32)  # counted once, eagerly
+    rows = [{**spec, "label": cpu_speed.label(spec), **cpu_speed.summarize([t], 1e-4, 10**9)}
+            for spec, t in ((fp32, 1.0), ({**fp32, "code": "HEAD~1"}, 2.0), (compiled, 3.0),
+                            (old, 4.0))]  # fmt: skip
+    cpu_speed.add_ratios(rows)
+    assert [r.get("x_baseline") for r in rows] == [0.5, None, 0.75, None]
 
 
 def test_the_onnx_mode_adds_onnx_runtime_rows_on_the_same_inputs() -> None:
