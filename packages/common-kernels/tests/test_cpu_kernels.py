@@ -332,6 +332,30 @@ def test_inside_torch_compile_one_graph_calls_the_kernels_forward_and_backward()
             "common_kernels_cpu.masked_attention_backward"} <= called  # fmt: skip
 
 
+def test_importing_the_package_leaves_torch_dynamo_unimported() -> None:
+    """torch.compile's machinery (about 1.5 s to import) loads only where something compiles:
+    a module-level torch.compiler.disable decorator here had put it on every CLI's start."""
+    code = "import sys, common_kernels; print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"
+
+
+def test_a_first_load_inside_torch_compile_runs_outside_the_trace() -> None:
+    """Compiling before the library is loaded: the load breaks the graph (dynamo does not
+    trace the build) and the kernel runs; the mask is eager's."""
+    code = """
+import torch
+from common_kernels import _cpu_kernels, knn_mask
+x = torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(0))
+mask = torch.compile(lambda t: knn_mask(t, 8, check_values=False), backend="eager")(x)
+print("ops" in _cpu_kernels._state, torch.equal(mask, knn_mask(x, 8)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)  # fmt: skip
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_refusals_name_the_reason() -> None:
     q = torch.randn(1, 2, 8, 4)
     idx = torch.zeros(1, 8, 2, dtype=torch.long)

@@ -185,10 +185,11 @@ def status() -> tuple[bool, str]:
     """
     if "ops" in _state:  # no lock once loaded: torch.compile traces this read
         return True, ""
+    if torch.compiler.is_compiling():  # a graph break, not a trace of the build (wrapped here:
+        return torch.compiler.disable(_load_once)()  # the decorator would import dynamo)
     return _load_once()
 
 
-@torch.compiler.disable  # a graph break, not a trace of the build (call status() before compiling)
 def _load_once() -> tuple[bool, str]:
     with _lock:
         if not _state:
