@@ -332,13 +332,34 @@ def test_inside_torch_compile_one_graph_calls_the_kernels_forward_and_backward()
             "common_kernels_cpu.masked_attention_backward"} <= called  # fmt: skip
 
 
-def test_importing_the_package_leaves_torch_dynamo_unimported() -> None:
-    """torch.compile's machinery (about 1.5 s to import) loads only where something compiles:
-    a module-level torch.compiler.disable decorator here had put it on every CLI's start."""
-    code = "import sys, common_kernels; print('torch._dynamo' in sys.modules)"
+LAZY_MODULES = ("torch._dynamo", "sympy", "triton", "torch.nn.attention.flex_attention")
+
+
+def test_importing_the_package_and_attending_on_the_cpu_leave_heavy_modules_unimported() -> None:
+    """What only some backends need loads where they run: torch.compile's machinery (1.5 s to
+    import; a module-level torch.compiler.disable decorator had put it on every CLI's start),
+    FlexAttention (it imports sympy: 0.5 s) and triton (0.15 s). Neither the import nor an
+    ``auto`` attention on the CPU (which asks every backend whether it can run) loads them; the
+    flex backend loads FlexAttention at its first call and matches the reference."""
+    code = f"""
+import sys, torch, common_kernels
+lazy = {LAZY_MODULES!r}
+print(*(m in sys.modules for m in lazy))
+q, k, v = torch.randn(3, 2, 2, 64, 16, generator=torch.Generator().manual_seed(0)).unbind(0)
+d = common_kernels.knn_dictionary(q.mean(1), 8)
+ref = common_kernels.knn_attention(q, k, v, d, backend="reference")
+out = common_kernels.knn_attention(q, k, v, d)
+print(*(m in sys.modules for m in lazy), torch.allclose(out, ref, atol=1e-5))
+with torch.no_grad():
+    out = common_kernels.knn_attention(q, k, v, d, backend="flex")
+print("torch.nn.attention.flex_attention" in sys.modules, torch.allclose(out, ref, atol=1e-5))
+"""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)  # fmt: skip
-    assert done.stdout.strip() == "False"
+    imported, attended, flexed = done.stdout.splitlines()
+    assert imported.split() == ["False"] * 4
+    assert attended.split() == ["False"] * 4 + ["True"]
+    assert flexed.split() == ["True", "True"]
 
 
 def test_a_first_load_inside_torch_compile_runs_outside_the_trace() -> None:

@@ -29,6 +29,7 @@ eagerly, unfused (tests), and has no backward.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import warnings
 
 import torch
@@ -36,13 +37,12 @@ from torch import Tensor
 
 from .dictionary import BITS_PER_WORD, FLEX_BLOCK_SIZE, FlexBlocks, KNNDictionary
 
-try:
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-except ImportError as exc:  # torch < 2.5
-    BlockMask = flex_attention = None
-    FLEX_IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
-else:
-    FLEX_IMPORT_ERROR = None
+# torch's FlexAttention is imported on first use (``_import_flex``): its import brings sympy,
+# half a second that every ``import common_kernels`` (every command of every package) paid.
+BlockMask = flex_attention = None
+FLEX_IMPORT_ERROR: str | None = None
+if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:  # torch < 2.5
+    FLEX_IMPORT_ERROR = "No module named 'torch.nn.attention.flex_attention'"
 
 # Compiled variants per process (each distinct heads, head dim, N, dtype and bias layout, per
 # grad mode); dynamo's default of 8 is too few for a test suite, and past it: an error.
@@ -91,6 +91,13 @@ def _bias_score_mod(bias: Tensor):
     return score_mod
 
 
+def _import_flex() -> None:
+    """Import torch's FlexAttention into this module (once; before any trace that calls it)."""
+    global BlockMask, flex_attention
+    if flex_attention is None:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+
 def _block_mask(bits: Tensor, blocks: FlexBlocks | tuple, block_size: int) -> BlockMask:
     """A ``BlockMask`` over ``blocks`` whose mask_mod reads the (B, H, N, W) ``bits``."""
     n = bits.shape[-2]
@@ -101,6 +108,7 @@ def _block_mask(bits: Tensor, blocks: FlexBlocks | tuple, block_size: int) -> Bl
 
 def build_block_mask(dictionary: KNNDictionary, block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
     """The ``BlockMask`` of the neighbour sets (for inspection; calls build it from tensors)."""
+    _import_flex()
     bits = dictionary.bitmask()  # (B, heads|1, N, W)
     heads = bits.shape[1]
     return _block_mask(
@@ -166,6 +174,7 @@ def flex_knn_attention(
     Returns:
         (B, heads, N, d) tensor in q's dtype.
     """
+    _import_flex()
     batch, heads, n, _ = q.shape
     bits = dictionary.bitmask().expand(batch, heads, -1, -1)  # (B, H, N, W)
     blocks = dictionary.flex_blocks()

@@ -43,8 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from common_kernels import _cpu_kernels, _flex, _policy
-from common_kernels import _triton_knn_attention as _tk
-from common_kernels import _triton_tiles as _tiles
 from common_kernels._checks import (
     all_finite,
     check_float,
@@ -195,8 +193,25 @@ def _attend(q, k, v, dictionary, scale, bias, cosine_scale, backend, determinist
     if backend == "flex":
         return _flex.flex_knn_attention(q, k, v, dictionary, scale, bias)
     if backend == "tiles":
-        return _tiles.tiles_knn_attention(q, k, v, dictionary, scale, bias)
-    return _tk.triton_knn_attention(q, k, v, dictionary, scale, bias, deterministic=deterministic)
+        return _triton_tiles().tiles_knn_attention(q, k, v, dictionary, scale, bias)
+    return _triton_kernels().triton_knn_attention(
+        q, k, v, dictionary, scale, bias, deterministic=deterministic
+    )
+
+
+def _triton_kernels():
+    """The ``triton`` backend's module, imported on first use: importing triton and defining
+    the kernels takes 0.15 s that a CPU user, who never runs them, would pay at every start."""
+    from common_kernels import _triton_knn_attention
+
+    return _triton_knn_attention
+
+
+def _triton_tiles():
+    """The ``tiles`` backend's module, imported on first use (see :func:`_triton_kernels`)."""
+    from common_kernels import _triton_tiles
+
+    return _triton_tiles
 
 
 def _packed_queries_keys_values(
@@ -330,7 +345,7 @@ def _can_run_validated(
         return _counts_no_duplicates(dictionary, "a FlexAttention mask")
     if backend == "cpp":
         return _cpp_status(q, backward)
-    ok, reason = _tk.triton_status(q.device)
+    ok, reason = _triton_kernels().triton_status(q.device)
     if not ok:
         return False, reason
     if q.dtype == torch.float64:
@@ -338,7 +353,7 @@ def _can_run_validated(
             False,
             f"the {backend} kernels take float16/bfloat16/float32; use 'reference' for float64",
         )
-    limit = _tiles.MAX_HEAD_DIM if backend == "tiles" else _TRITON_MAX_HEAD_DIM
+    limit = _triton_tiles().MAX_HEAD_DIM if backend == "tiles" else _TRITON_MAX_HEAD_DIM
     if q.shape[-1] > limit:
         return False, f"head dim {q.shape[-1]} exceeds the {backend} kernel's {limit}"
     if backend == "tiles":
