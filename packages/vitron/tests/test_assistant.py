@@ -166,7 +166,9 @@ def test_image_to_video_end_to_end(model, registry, image, tmp_path, reply_with_
     assert turn.answer == "Done."
 
 
-def test_importing_vitron_loads_no_specialist():
+def test_importing_vitron_and_building_its_commands_load_no_specialist():
+    """Nor Lightning: ``vitron --help`` builds every command's parser (``train``'s too, whose
+    package once imported Lightning on import: 4.5 s of every command's start)."""
     heavy = [
         "itaclip",
         "semanir",
@@ -179,6 +181,7 @@ def test_importing_vitron_loads_no_specialist():
     ]
     code = (
         "import sys, vitron, vitron.specialists, vitron.cli, vitron.tiny; "
+        "vitron.cli.build_parser().format_help(); "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
