@@ -51,11 +51,12 @@ def test_the_composed_tail_equals_the_chain_forward_and_backward(scale, size) ->
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize(("scale", "share"), [(2, 0.07), (3, 0.07), (4, 0.19)])
+@pytest.mark.parametrize(("scale", "share"), [(2, 0.04), (3, 0.05), (4, 0.07)])
 def test_the_border_costs_a_fraction_of_the_composed_conv(scale, share) -> None:
-    """FLOPs at 32x32: the border (side corrections and corner patches) adds 6% / 6.5% / 18.5%
-    to the first conv and the composed conv; 0.4.6's 3-pixel strips of the chain added 31% /
-    38% / 41%."""
+    """FLOPs at 32x32, the composition kept (no_grad): the border (one composed conv per side,
+    the chain on the corner patches) adds 3.7% / 4.6% / 6.6% to the first conv and the composed
+    conv; 0.4.10's sides as rows of the chain's convs added 4.5% / 4.6% / 14.6%, 0.4.6's 3-pixel
+    strips of the chain 31% / 38% / 41%."""
     module = upsampler(scale, torch.float32)
     x = torch.randn(2, 16, 32, 32)
 
@@ -64,13 +65,15 @@ def test_the_border_costs_a_fraction_of_the_composed_conv(scale, share) -> None:
             function()
         return counter.get_total_flops()
 
-    features = module[1](module[0](x))
-    weight, bias, radius = module.composed_tail()
-    composed = flops(lambda: module[0](x)) + flops(
-        lambda: F.conv2d(features, weight, bias, padding=2)
-    )
+    with torch.no_grad():
+        features = module[1](module[0](x))
+        weight, bias, radius = module.composed_tail()
+        composed = flops(lambda: module[0](x)) + flops(
+            lambda: F.conv2d(features, weight, bias, padding=2)
+        )
+        total = flops(lambda: module(x))
     assert radius == 2
-    assert composed < flops(lambda: module(x)) <= (1 + share) * composed
+    assert composed < total <= (1 + share) * composed
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -3,13 +3,15 @@
 After the first conv and LeakyReLU the upsampler is linear (convs and pixel shuffles), so its
 tail composes into a single conv followed by one pixel shuffle (:func:`compose_linear_tail`).
 The composition reads phantom rows beyond the image where the chain reads zero padding; the
-difference is a few one- and two-row convs along each side (:func:`ring_correction`).
+difference is one more composed conv along each side (:func:`side_corrections`) and the chain
+on a 3x3 patch at each corner.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -92,35 +94,264 @@ def compose_linear_tail(steps: list[tuple[nn.Conv2d, int]]) -> tuple[Tensor, Ten
 # runs as it is.
 TAIL_STRIP = 3
 
-
-def shuffle_columns(x: Tensor, factor: int) -> Tensor:
-    """(B, C * f, R, W) -> (B, C, R, W * f): channel (c, j) to column w * f + j, the column
-    half of a pixel shuffle (for a conv's outputs of one sub-pixel row)."""
-    batch, channels, rows, width = x.shape
-    x = x.view(batch, channels // factor, factor, rows, width)  # (B, C, f, R, W)
-    return x.permute(0, 1, 3, 4, 2).reshape(batch, channels // factor, rows, width * factor)
+Steps = list[tuple[Tensor, Tensor, int]]  # a tail's (weight, bias, factor), factor 1 last
 
 
-def pixel_shuffle_transposed(x: Tensor, factor: int) -> Tensor:
-    """``PixelShuffle(factor)`` seen on transposed images: channel (c, i, j) to row offset j
-    and column offset i, so that this of a transposed map is the pixel shuffle transposed."""
-    batch, channels, height, width = x.shape
-    x = x.view(batch, channels // factor**2, factor, factor, height, width)  # (B, C, i, j, H, W)
-    x = x.permute(0, 1, 4, 3, 5, 2)  # (B, C, H, j, W, i)
-    return x.reshape(batch, channels // factor**2, height * factor, width * factor)
+def flip_steps(steps: Steps, dim: int) -> Steps:
+    """The tail that computes the chain on images flipped along ``dim`` (2: rows, 3: columns):
+    each kernel flipped, and each pixel shuffle's sub-pixel row (column) i sent to f - 1 - i."""
+    flipped = []
+    for weight, bias, factor in steps:
+        weight = weight.flip(dim)
+        if factor > 1:
+            c_out, axis = weight.shape[0] // factor**2, dim - 1
+            weight = weight.view(c_out, factor, factor, *weight.shape[1:]).flip(axis)
+            weight = weight.flatten(0, 2)  # (c, i, j) -> (C f^2,)
+            bias = bias.view(c_out, factor, factor).flip(axis).flatten()
+        flipped.append((weight, bias, factor))
+    return flipped
 
 
-def subpixel_line(
-    weight: Tensor, bias: Tensor, factor: int, index: int, transposed: bool
-) -> tuple[Tensor, Tensor]:
-    """The output channels of a conv followed by PixelShuffle(factor) that land on sub-pixel
-    row ``index`` (transposed: column), ordered (c, the other sub-pixel index)."""
-    c_out = weight.shape[0] // factor**2
-    weight = weight.view(c_out, factor, factor, *weight.shape[1:])  # (C, i, j, C_in, 3, 3)
-    bias = bias.view(c_out, factor, factor)
-    line = (slice(None), slice(None), index) if transposed else (slice(None), index)
-    weight, bias = weight[line], bias[line]  # (C, f, C_in, 3, 3), (C, f)
-    return weight.reshape(c_out * factor, *weight.shape[2:]), bias.reshape(-1)
+def transpose_steps(steps: Steps) -> Steps:
+    """The tail that computes the chain on transposed images: each kernel transposed, and each
+    pixel shuffle's sub-pixel indices (i, j) swapped."""
+    transposed = []
+    for weight, bias, factor in steps:
+        weight = weight.transpose(2, 3)
+        if factor > 1:
+            c_out = weight.shape[0] // factor**2
+            weight = weight.reshape(c_out, factor, factor, *weight.shape[1:]).transpose(1, 2)
+            weight = weight.flatten(0, 2)  # (c, j, i) -> (C f^2,)
+            bias = bias.view(c_out, factor, factor).transpose(1, 2).flatten()
+        transposed.append((weight, bias, factor))
+    return transposed
+
+
+def stack_steps(frames: list[Steps]) -> Steps:
+    """Frames' steps stacked along a new leading dimension, one (weight, bias, factor) per step."""
+    return [
+        (torch.stack([f[n][0] for f in frames]), torch.stack([f[n][1] for f in frames]), factor)
+        for n, (_, _, factor) in enumerate(frames[0])
+    ]
+
+
+def row_placement(f1: int, t1: int, t2: int) -> Tensor:
+    """Where :func:`compose_row_convs`'s products land: A[jj, tap, d2, j1, d1] = 1 where the
+    second conv's tap d2 at its input's sub-pixel jj reads the first's sub-pixel j1, and the
+    first's tap d1 is then the composed kernel's tap (centred, odd length)."""
+    lo = -((t2 - 1) // 2)  # the second's first tap, on the first's output grid
+    # the second's output at f1 t + jj reads the first's output f1 (t + q) + j1
+    q_low, q_high = lo // f1, (f1 - 1 + lo + t2 - 1) // f1
+    radius = max(-q_low, q_high) + (t1 - 1) // 2
+    placement = torch.zeros(f1, 2 * radius + 1, t2, f1, t1)
+    for jj in range(f1):
+        for d2 in range(t2):
+            q, j1 = divmod(jj + lo + d2, f1)
+            for d1 in range(t1):
+                placement[jj, radius + q + d1 - (t1 - 1) // 2, d2, j1, d1] = 1
+    return placement
+
+
+def row_placements(factors: tuple[int, ...]) -> list[Tensor]:
+    """:func:`row_placement` of each composition in :func:`side_corrections`, in its order
+    (from the last piece; every piece has 3 taps, one per tail conv)."""
+    placements, taps = [], 3
+    for factor in reversed(factors[:-1]):
+        placements.append(row_placement(factor, 3, taps))
+        taps = placements[-1].shape[1]
+    return placements
+
+
+def compose_row_convs(first: Tensor, second: Tensor, placement: Tensor) -> Tensor:
+    """Two 1-D sub-pixel convs along a row, one after the other, as one.
+
+    A kernel K (S, C_out, f, C_in, taps) with an odd number of taps maps a row x to the row
+    ``out[o, f t + j] = sum_{c, d} K[o, j, c, d] x[c, t + d - (taps - 1) // 2]`` (f outputs per
+    input pixel, a pixel shuffle along the row), for S frames at once.
+
+    Args:
+        first: (S, M, f1, C, t1), applied first.
+        second: (S, O, f2, M, t2), applied to the first's (shuffled) output.
+        placement: :func:`row_placement` (f1, taps, t2, f1, t1).
+
+    Returns:
+        (S, O, f1 * f2, C, taps), sub-pixel index f2 * j1 + j2.
+    """
+    products = torch.einsum("sojmd,smkce->sojdkce", second, first)  # (S, O, f2, t2, f1, C, t1)
+    out = torch.einsum("sojdkce,ptdke->sopjct", products, placement)  # (S, O, f1, f2, C, taps)
+    return out.flatten(2, 3)
+
+
+def top_row_pieces(steps: Steps, zero: Any, one: Any) -> list[Tensor]:
+    """The composed tail minus the chain on the outputs of the top input row, away from its two
+    ends, as 1-D sub-pixel convs along the row (:func:`compose_row_convs`), for S frames of the
+    tail at once.
+
+    The composed conv equals the chain run without its intermediate zero padding: above the
+    image it reads the values the convs would have computed there (phantom rows), and the
+    difference is the rest of the chain applied to those phantom rows, which only the top one
+    (x2, x3) or two (x4) input rows reach. Every piece is a conv along the row on a few rows,
+    so the rows become channel blocks and a constant channel (the last) carries the biases.
+
+    Args:
+        steps: the tail's (weight, bias, factor) stacked over S frames (:func:`stack_steps`):
+            weights (S, C_out, C_in, 3, 3), factors (f, 1) or (2, 2, 1); tensors of any dtype
+            (:func:`border_layout` passes the weights' flat indices).
+        zero, one: the values of the kernels' empty entries and of the constant.
+
+    Returns:
+        the pieces (S, C_out', f, C_in', 3) in order; the first reads the top (x2, x3) or the
+        top two (x4) input rows as channel blocks, then the constant; the last makes the
+        outputs' sub-pixel rows as channel blocks (1 or 3 of them).
+    """
+    w1, b1, f = steps[0]
+    frames, _, c = w1.shape[:3]
+    w1 = w1.view(frames, -1, f, f, c, 3, 3)  # (S, C, i, j, C_in, 3, 3)
+    b1 = b1.view(frames, -1, f, f)
+
+    def kernel(rows_out: int, rows_in: int, factor: int) -> Tensor:  # + the constant channel
+        k = w1.new_full((frames, rows_out * c + 1, factor, rows_in * c + 1, 3), zero)
+        k[:, -1, :, -1, 1] = one  # the constant carries through
+        return k
+
+    if len(steps) == 2:
+        (w2, _, _) = steps[1]
+        # the first conv's phantom row above the image: its sub-pixel row f - 1 of input row -1
+        phantom = kernel(1, 1, f)
+        phantom[:, :c, :, :c] = w1[:, :, f - 1, :, :, 2]  # (S, C, j, C_in, 3) from input row 0
+        phantom[:, :c, :, -1, 1] = b1[:, :, f - 1]
+        # the last conv's output row 0 reads it through its kernel row 0
+        last = w2.new_full((frames, w2.shape[1], 1, c + 1, 3), zero)
+        last[:, :, 0, :c] = w2[:, :, :, 0]
+        return [phantom, last]
+    (w2, b2, _), (w3, _, _) = steps[1], steps[2]
+    w2 = w2.view(frames, -1, 2, 2, c, 3, 3)
+    b2 = b2.view(frames, -1, 2, 2)
+    # middle rows -2, -1 (the first conv's phantom row) and 0 (its real row, whose kernel row 0
+    # reads the zero padding), from input rows 0 and 1
+    middle = kernel(3, 2, 2)
+    for i in range(2):
+        middle[:, i * c : (i + 1) * c, :, :c] = w1[:, :, i, :, :, 2]
+        middle[:, i * c : (i + 1) * c, :, -1, 1] = b1[:, :, i]
+    middle[:, 2 * c : 3 * c, :, :c] = w1[:, :, 0, :, :, 1]
+    middle[:, 2 * c : 3 * c, :, c : 2 * c] = w1[:, :, 0, :, :, 2]
+    middle[:, 2 * c : 3 * c, :, -1, 1] = b1[:, :, 0]
+    # rows -1 (the second conv's phantom row, from all three) and 0, 1 (what middle row -1 adds
+    # to the second conv's real row 0 through its kernel row 0; the bias is the chain's)
+    second = kernel(3, 3, 2)
+    for u in range(3):
+        second[:, :c, :, u * c : (u + 1) * c] = w2[:, :, 1, :, :, u]
+    second[:, :c, :, -1, 1] = b2[:, :, 1]
+    for i in range(2):
+        second[:, (1 + i) * c : (2 + i) * c, :, c : 2 * c] = w2[:, :, i, :, :, 0]
+    # the last conv's output rows a = 0, 1, 2 read rows a - 1 + v of the three
+    c_out = w3.shape[1]
+    last = w3.new_full((frames, 3 * c_out, 1, 3 * c + 1, 3), zero)
+    for a in range(3):
+        for v in range(3 - a):
+            last[:, a * c_out : (a + 1) * c_out, 0, (a + v) * c : (a + v + 1) * c] = w3[..., v, :]
+    return [middle, second, last]
+
+
+def side_corrections(
+    pieces: list[Tensor], placements: list[Tensor], channels: int
+) -> list[tuple[Tensor, Tensor]]:
+    """The four sides' corrections from :func:`top_row_pieces` of the frames where each side
+    is the top row: the image as it is (top), upside down (bottom), transposed (left), both
+    (right); the tail computes the chain there with its kernels flipped or transposed
+    (:func:`flip_steps`, :func:`transpose_steps`).
+
+    The pieces compose from the last, which keeps few output channels throughout: at x4 and
+    width 48 the one conv per side takes ~9x fewer multiply-adds than the pieces would.
+
+    Args:
+        pieces: :func:`top_row_pieces` of the four frames' tails, in the order above.
+        placements: :func:`row_placements` of the tail.
+        channels: the tail's input channels C.
+
+    Returns:
+        (weight, bias) for the top and the bottom rows and the left and the right columns, each
+        (C_out s^2, C, r, taps) and (C_out s^2,) in :meth:`PixelShuffleUpsampler.forward`'s
+        pre-shuffle layout, for :func:`side_correction` on the outer r rows (columns) in the
+        image's order.
+    """
+    composed = pieces[-1]
+    for piece, placement in zip(reversed(pieces[:-1]), placements, strict=True):
+        composed = compose_row_convs(piece, composed, placement)  # (4, a C_out, J, r C + 1, taps)
+    scale, taps = composed.shape[2], composed.shape[-1]
+    rows_out = 1 if len(pieces) == 2 else 3  # the sub-pixel rows reached: x2 and x3, x4
+    blocks = composed.shape[3] // channels
+    composed = composed.view(4, rows_out, -1, scale, blocks * channels + 1, taps)
+    weight = composed[..., :-1, :].unflatten(-2, (blocks, channels))  # (4, a, o, J, r, C, taps)
+    weight = weight.permute(0, 2, 1, 3, 5, 4, 6)  # (4, C_out, a, J, C, r, taps)
+    bias = composed[..., -1, :].sum(-1).transpose(1, 2)  # (4, C_out, a, J)
+    # sub-pixel rows a >= rows_out are exact: zero corrections
+    weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, 0, 0, scale - rows_out))
+    bias = F.pad(bias, (0, 0, 0, scale - rows_out))
+    top = (weight[0], bias[0])
+    bottom = (weight[1].flip(1, 4), bias[1].flip(1))  # rows in the image's order
+    left = (weight[2].transpose(1, 2), bias[2].transpose(1, 2))  # sub-pixel (J, a) -> (i, j)
+    right = (weight[3].flip(1, 4).transpose(1, 2), bias[3].flip(1).transpose(1, 2))
+    return [(w.flatten(0, 2), b.flatten()) for w, b in (top, bottom, left, right)]
+
+
+def side_correction(strip: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """One side's correction (:func:`side_corrections`) along its strip, as one matmul: oneDNN's
+    convs on a map one or two pixels thick run at a tenth of its rate.
+
+    Args:
+        strip: (B, C, r, L) the side's outer r rows (columns, transposed), in the image's order.
+        weight, bias: (C_out s^2, C, r, taps) and (C_out s^2,).
+
+    Returns:
+        (B, C_out s^2, L).
+    """
+    taps = weight.shape[-1]
+    windows = F.pad(strip, (taps // 2, taps // 2)).unfold(-1, taps, 1)  # (B, C, r, L, taps)
+    return torch.einsum("bcrlt,ocrt->bol", windows, weight) + bias[:, None]
+
+
+def corner_steps(steps: Steps) -> Steps:
+    """The tail for the four corners at once, each the top-left corner of a frame (the image
+    as it is, flipped left-right, upside down, both): per step, the frames' kernels as the
+    groups of one grouped conv."""
+    mirrored = flip_steps(steps, 3)
+    frames = [steps, mirrored, flip_steps(steps, 2), flip_steps(mirrored, 2)]
+    return [(w.flatten(0, 1), b.flatten(), f) for w, b, f in stack_steps(frames)]
+
+
+def border_layout(
+    shapes: list[tuple[int, ...]], factors: tuple[int, ...]
+) -> tuple[Tensor, list[torch.Size]]:
+    """Where the side pieces' and the corner steps' entries sit in :func:`tail_sources`: the
+    frames' flips and transposes and the pieces' blocks, worked out once on indices, so that
+    one ``index_select`` builds them all (its backward: one ``index_add``).
+
+    Args:
+        shapes: the tail's weight shapes, in order.
+        factors: the tail's factors.
+
+    Returns:
+        the flat index and the shape of each piece, then of each corner step's weight and bias.
+    """
+    steps, start = [], 0
+    for shape, factor in zip(shapes, factors, strict=True):
+        weight = torch.arange(start, start + math.prod(shape), dtype=torch.int32).view(shape)
+        start += weight.numel()
+        steps.append((weight, torch.arange(start, start + shape[0], dtype=torch.int32), factor))
+        start += shape[0]
+    transposed = transpose_steps(steps)
+    frames = [steps, flip_steps(steps, 2), transposed, flip_steps(transposed, 2)]
+    tensors = top_row_pieces(stack_steps(frames), zero=start, one=start + 1)
+    tensors += [t for weight, bias, _ in corner_steps(steps) for t in (weight, bias)]
+    return torch.cat([t.flatten() for t in tensors]), [t.shape for t in tensors]
+
+
+def tail_sources(steps: Steps) -> Tensor:
+    """The tail's weights and biases flat, in order, then a 0 and a 1."""
+    weight = steps[0][0]
+    flat = [t.flatten() for w, b, _ in steps for t in (w, b)]
+    return torch.cat([*flat, weight.new_zeros(1), weight.new_ones(1)])
 
 
 def border_indices(size: int, count: int, device: torch.device) -> Tensor:
@@ -128,66 +359,6 @@ def border_indices(size: int, count: int, device: torch.device) -> Tensor:
     (no copy from the host)."""
     index = torch.arange(2 * count, device=device)
     return torch.where(index < count, index, index + size - 2 * count)
-
-
-def ring_correction(
-    x: Tensor, steps: list[tuple[Tensor, Tensor, int]], transposed: bool, last: bool
-) -> Tensor:
-    """The composed tail minus the chain on the outputs of the first (``last``: the last) input
-    row of ``x``, or column (``transposed``), away from the two sides it meets.
-
-    The composed conv equals the chain run without its intermediate zero padding: beyond the
-    image it reads the values the convs would have computed there (phantom rows). The
-    difference is the rest of the chain applied to those phantom rows, which only the two
-    outermost input rows reach, so every conv here makes one or two rows. Columns are worked
-    as rows of the transposed map (the kernels transposed, the pixel shuffle's sub-pixel
-    indices swapped). The zero padding along the row leaves all but the outputs of its first
-    and last input pixels exact.
-
-    Args:
-        x: (B, C, H, W) features after the LeakyReLU, at least 2 x 3.
-        steps: the tail's (weight, bias, factor), factors (f, 1) or (2, 2, 1).
-        transposed: a column (left or right) instead of a row.
-        last: the last row (column) instead of the first.
-
-    Returns:
-        (B, C_out, R, W * scale) rows (transposed: (B, C_out, H * scale, R) columns) to
-        subtract from the composed conv's R = 1 (one pixel-shuffle step) or 3 output rows
-        (columns) nearest that border, in the image's order.
-    """
-    shuffle = F.pixel_shuffle
-    if transposed:  # columns as the rows of the transposed map
-        x = x.transpose(-1, -2)
-        steps = [(weight.transpose(2, 3), bias, factor) for weight, bias, factor in steps]
-        shuffle = pixel_shuffle_transposed
-    edge, pair = (x[..., -1:, :], x[..., -2:, :]) if last else (x[..., :1, :], x[..., :2, :])
-    outer, inner = (slice(0, 1), slice(2, 3)) if last else (slice(2, 3), slice(0, 1))
-    if len(steps) == 2:  # conv, PS(f), conv: the middle features' phantom row
-        (w1, b1, f), (w2, _, _) = steps
-        w1, b1 = subpixel_line(w1, b1, f, 0 if last else f - 1, transposed)
-        phantom = shuffle_columns(F.conv2d(edge, w1[..., outer, :], b1, padding=(0, 1)), f)
-        correction = F.conv2d(phantom, w2[..., inner, :], padding=(0, 1))  # (B, C, 1, W f)
-    else:  # factors 2, 2
-        (w1, b1, _), (w2, b2, _), (w3, _, _) = steps
-        # the middle features' two phantom rows (one input row out: the conv reads the edge)
-        phantom1 = shuffle(F.conv2d(edge, w1[..., outer, :], b1, padding=(0, 1)), 2)
-        # the middle features' outermost real row (the conv's outer kernel row reads zeros)
-        first, first_bias = subpixel_line(w1, b1, 2, 1 if last else 0, transposed)
-        taps = slice(0, 2) if last else slice(1, 3)
-        real = shuffle_columns(F.conv2d(pair, first[..., taps, :], first_bias, padding=(0, 1)), 2)
-        middle = torch.cat([real, phantom1] if last else [phantom1, real], dim=-2)  # 3 rows
-        # the second level's phantom row, from those three middle rows
-        second, second_bias = subpixel_line(w2, b2, 2, 0 if last else 1, transposed)
-        phantom2 = shuffle_columns(F.conv2d(middle, second, second_bias, padding=(0, 1)), 2)
-        # what the middle phantom row next to the image adds to the second level's two rows
-        near = phantom1[..., :1, :] if last else phantom1[..., 1:, :]
-        added = shuffle(F.conv2d(near, w2[..., inner, :], padding=(0, 1)), 2)
-        difference = torch.cat([added, phantom2] if last else [phantom2, added], dim=-2)
-        difference = F.pad(difference, (1, 1, 2, 0) if last else (1, 1, 0, 2))
-        # channels-last: oneDNN's conv to a few channels is 2.5x faster so (forward+backward)
-        difference = difference.contiguous(memory_format=torch.channels_last)
-        correction = F.conv2d(difference, w3)  # 3 output rows
-    return correction.transpose(-1, -2) if transposed else correction
 
 
 def subtract_border_(out: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
@@ -220,6 +391,16 @@ class SubtractBorder(torch.autograd.Function):
         return grad, -grad[..., :: height - 1, :], -grad[..., 1:-1, :: width - 1]
 
 
+class TailComposition(NamedTuple):
+    """What :meth:`PixelShuffleUpsampler.forward` derives from the tail's weights."""
+
+    weight: Tensor  # the composed conv (C s^2, C_in, 2R+1, 2R+1)
+    bias: Tensor  # (C s^2,)
+    radius: int  # R
+    sides: list[tuple[Tensor, Tensor]]  # top, bottom, left, right (:func:`side_corrections`)
+    corners: Steps  # the corner frames' grouped tail (:func:`corner_steps`)
+
+
 class PixelShuffleUpsampler(nn.Sequential):
     """conv 3x3 to ``width`` + LeakyReLU, pixel-shuffle steps (x2, x2 for 4; x2 or x3), conv 3x3
     out (SwinIR's upsampler; the parameters keep their ``Sequential`` names).
@@ -228,11 +409,11 @@ class PixelShuffleUpsampler(nn.Sequential):
     ``out_channels * scale**2`` and one PixelShuffle (:func:`compose_linear_tail`): at x4 and
     width 48 that conv takes 7.5x fewer multiply-adds per input pixel than the chain. The
     composition differs from the chain only in the outermost input pixel ring, where the
-    chain's convs read their zero padding: along each side the difference is subtracted
-    (:func:`ring_correction`), at the four corner pixels the difference of the two on 3x3
-    patches (:meth:`corner_corrections`), all in one in-place update whose backward copies
-    nothing (:class:`SubtractBorder`). The output equals the chain's within float rounding,
-    forward and backward.
+    chain's convs read their zero padding: along each side the difference is one more composed
+    conv on the side's outer rows (:func:`side_corrections`), at the four corner pixels the
+    difference of the two on 3x3 patches (:meth:`corner_corrections`), all subtracted in one
+    in-place update whose backward copies nothing (:class:`SubtractBorder`). The output equals
+    the chain's within float rounding, forward and backward.
 
     Args:
         dim: input channels.
@@ -252,7 +433,14 @@ class PixelShuffleUpsampler(nn.Sequential):
         super().__init__(*layers)
         self.scale = scale
         self.factors = (*factors, 1)  # of the tail's convs; 1: the last, plain conv
-        self._composed: tuple[tuple[int, ...], Tensor, Tensor, int] | None = None
+        self._composed: tuple[tuple[int, ...], TailComposition] | None = None
+        # how the border's corrections are built from the weights (derived, not saved)
+        shapes = [tuple(conv.weight.shape) for conv in self.tail_convs()]
+        index, self.border_shapes = border_layout(shapes, self.factors)
+        self.register_buffer("border_index", index, persistent=False)
+        self.placement_names = [f"placement{n}" for n in range(len(factors))]
+        for name, placement in zip(self.placement_names, row_placements(self.factors), strict=True):
+            self.register_buffer(name, placement, persistent=False)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         self._composed = None  # .to(), .half(), .cuda(): compose the converted weights afresh
@@ -274,52 +462,69 @@ class PixelShuffleUpsampler(nn.Sequential):
                 x = layer(x)
         return x
 
-    def tail_steps(self) -> list[tuple[Tensor, Tensor, int]]:
-        """(weight, bias, factor) of the tail's convs, in order."""
-        convs = [layer for layer in list(self)[2:] if isinstance(layer, nn.Conv2d)]
-        return [(c.weight, c.bias, f) for c, f in zip(convs, self.factors, strict=True)]
+    def tail_convs(self) -> list[nn.Conv2d]:
+        """The tail's convs, in order."""
+        return [layer for layer in list(self)[2:] if isinstance(layer, nn.Conv2d)]
 
-    def composed_tail(self) -> tuple[Tensor, Tensor, int]:
-        """:func:`compose_linear_tail` of this tail, in the weights' dtype (autocast off); under
-        no_grad it is kept until a weight changes (in place, moved or replaced)."""
-        convs = [layer for layer in list(self)[2:] if isinstance(layer, nn.Conv2d)]
-        steps = list(zip(convs, self.factors, strict=True))
+    def _compose(self) -> TailComposition:
+        convs = self.tail_convs()
+        weight, bias, radius = compose_linear_tail(list(zip(convs, self.factors, strict=True)))
+        steps = [(c.weight, c.bias, f) for c, f in zip(convs, self.factors, strict=True)]
+        sizes = [math.prod(shape) for shape in self.border_shapes]
+        parts = tail_sources(steps).index_select(0, self.border_index).split(sizes)
+        parts = [part.view(shape) for part, shape in zip(parts, self.border_shapes, strict=True)]
+        pieces, corners = parts[: len(convs)], parts[len(convs) :]  # a piece per conv
+        corner = [(corners[2 * n], corners[2 * n + 1], f) for n, f in enumerate(self.factors)]
+        placements = [getattr(self, name) for name in self.placement_names]
+        sides = side_corrections(pieces, placements, convs[0].in_channels)
+        return TailComposition(weight, bias, radius, sides, corner)
+
+    def composition(self) -> TailComposition:
+        """Everything the forward derives from the tail's weights, in their dtype (autocast
+        off); under no_grad it is kept until a weight changes (in place, moved or replaced)."""
+        convs = self.tail_convs()
         with torch.autocast(convs[0].weight.device.type, enabled=False):
             if torch.is_grad_enabled() or torch.compiler.is_compiling():
-                return compose_linear_tail(steps)
+                return self._compose()
             params = [p for conv in convs for p in (conv.weight, conv.bias)]
             key = (*(p._version for p in params), *(p.data_ptr() for p in params))
             if self._composed is None or self._composed[0] != key:
-                self._composed = (key, *compose_linear_tail(steps))
-        return self._composed[1:]
+                self._composed = (key, self._compose())
+        return self._composed[1]
 
-    def corner_corrections(self, rows: Tensor, weight: Tensor, bias: Tensor, radius: int) -> Tensor:
+    def composed_tail(self) -> tuple[Tensor, Tensor, int]:
+        """:func:`compose_linear_tail` of this tail (see :meth:`composition`)."""
+        return self.composition()[:3]
+
+    def corner_corrections(self, rows: Tensor, composed: TailComposition) -> Tensor:
         """The composed conv minus the chain at the four corner pixels, both on each corner's
         3x3 input patch (the chain with one-sided padding, the composed conv on the patch
         zero-padded by its radius outside the image: one output pixel, as TAIL_STRIP is the
-        radius plus one).
+        radius plus one). The chain runs once for the four, each patch as the top-left corner
+        of its frame (:func:`corner_steps`).
 
         Args:
             rows: (B, C, 6, W) features: the first and the last TAIL_STRIP rows.
-            weight, bias, radius: :meth:`composed_tail`.
+            composed: :meth:`composition`.
 
         Returns:
             (B, C_out s^2, 2, 2) corrections, (top, bottom) x (left, right), before the shuffle.
         """
-        s, p, r = self.scale, TAIL_STRIP, radius
+        s, p, r = self.scale, TAIL_STRIP, composed.radius
         patches = [rows[..., :p, :p], rows[..., :p, -p:], rows[..., p:, :p], rows[..., p:, -p:]]
-        chain = [  # one-sided padding: (left, right, top, bottom)
-            self.tail(patches[0], (1, 0, 1, 0))[..., :s, :s],
-            self.tail(patches[1], (0, 1, 1, 0))[..., :s, -s:],
-            self.tail(patches[2], (1, 0, 0, 1))[..., -s:, :s],
-            self.tail(patches[3], (0, 1, 0, 1))[..., -s:, -s:],
-        ]
-        chain = F.pixel_unshuffle(torch.cat(chain, dim=-1), s)  # (B, C s^2, 1, 4)
+        frames = [patches[0], patches[1].flip(-1), patches[2].flip(-2), patches[3].flip(-2, -1)]
+        chain = torch.cat(frames, dim=1)  # (B, 4 C, 3, 3): the frames as channel groups
+        for weight, bias, factor in composed.corners:
+            chain = F.conv2d(F.pad(chain, (1, 0, 1, 0)), weight, bias, groups=4)
+            chain = F.pixel_shuffle(chain, factor) if factor > 1 else chain
+        chain = chain[..., :s, :s].unflatten(1, (4, -1))  # (B, 4, C_out, s, s)
+        blocks = [chain[:, 0], chain[:, 1].flip(-1), chain[:, 2].flip(-2), chain[:, 3].flip(-2, -1)]
+        chain = F.pixel_unshuffle(torch.cat(blocks, dim=-1), s)  # (B, C s^2, 1, 4)
         outside = [(r, 0, r, 0), (0, r, r, 0), (r, 0, 0, r), (0, r, 0, r)]
         padded = [F.pad(patch, pad) for patch, pad in zip(patches, outside, strict=True)]
-        composed = F.conv2d(torch.cat(padded), weight, bias)  # (4B, C s^2, 1, 1)
-        composed = composed.view(4, -1, composed.shape[1]).permute(1, 2, 0)  # (B, C s^2, 4)
-        return (composed - chain.flatten(2)).view(*chain.shape[:2], 2, 2)
+        out = F.conv2d(torch.cat(padded), composed.weight, composed.bias)  # (4B, C s^2, 1, 1)
+        out = out.view(4, -1, out.shape[1]).permute(1, 2, 0)  # (B, C s^2, 4)
+        return (out - chain.flatten(2)).view(*chain.shape[:2], 2, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim, H, W) -> (B, out_channels, H * scale, W * scale)."""
@@ -327,22 +532,26 @@ class PixelShuffleUpsampler(nn.Sequential):
         height, width = x.shape[-2:]
         if min(height, width) < 2 * TAIL_STRIP:
             return self.tail(x)
-        weight, bias, radius = self.composed_tail()
+        composed = self.composition()
         s, p = self.scale, TAIL_STRIP
-        out = F.conv2d(x, weight, bias, padding=radius)  # (B, C s^2, H, W), shuffled at the end
-        steps = self.tail_steps()
+        out = F.conv2d(x, composed.weight, composed.bias, padding=composed.radius)
+        # (B, C s^2, H, W), shuffled at the end
+        top, bottom, left, right = composed.sides
+        r = top[0].shape[-2]  # the input rows (columns) a side's correction reads: 1 or 2
         # the border rows and columns, taken out at once (one gradient buffer each): the
-        # corner patches' 3 and the corrections' 2 at each end
+        # corner patches' 3 rows at each end, the sides' r columns
         rows = x.index_select(-2, border_indices(height, p, x.device))  # (B, C, 6, W)
-        columns = x.index_select(-1, border_indices(width, 2, x.device))  # (B, C, H, 4)
-        n = 1 if len(steps) == 2 else 3  # output rows (columns) the correction reaches
-        top = F.pad(ring_correction(rows[..., :p, :], steps, False, False), (0, 0, 0, s - n))
-        bottom = F.pad(ring_correction(rows[..., p:, :], steps, False, True), (0, 0, s - n, 0))
-        row_sides = F.pixel_unshuffle(torch.cat([top, bottom], dim=-2), s)  # (B, C s^2, 2, W)
-        left = F.pad(ring_correction(columns[..., :2], steps, True, False), (0, s - n))
-        right = F.pad(ring_correction(columns[..., 2:], steps, True, True), (s - n, 0))
-        column_sides = F.pixel_unshuffle(torch.cat([left, right], dim=-1), s)  # (B, C s^2, H, 2)
-        corners = self.corner_corrections(rows, weight, bias, radius)  # (B, C s^2, 2, 2)
+        columns = x.index_select(-1, border_indices(width, r, x.device)).transpose(-1, -2)
+        # (B, C, 2r, H): the columns as rows, outermost first on the left
+        row_sides = torch.stack(
+            [side_correction(rows[:, :, :r], *top), side_correction(rows[:, :, -r:], *bottom)],
+            dim=-2,
+        )  # (B, C s^2, 2, W)
+        column_sides = torch.stack(
+            [side_correction(columns[:, :, :r], *left), side_correction(columns[:, :, r:], *right)],
+            dim=-1,
+        )  # (B, C s^2, H, 2)
+        corners = self.corner_corrections(rows, composed)  # (B, C s^2, 2, 2)
         row_sides = torch.cat([corners[..., :1], row_sides[..., 1:-1], corners[..., 1:]], dim=-1)
         if torch.is_grad_enabled():
             out = SubtractBorder.apply(out, row_sides, column_sides[..., 1:-1, :])
