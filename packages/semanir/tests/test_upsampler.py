@@ -10,7 +10,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from semanir import load_model
-from semanir.models.upsampler import PixelShuffleUpsampler, compose_linear_tail
+from semanir.models.upsampler import (
+    PixelShuffleUpsampler,
+    compose_linear_tail,
+    compose_row_convs,
+    flip_steps,
+    row_placement,
+    side_correction,
+    transpose_steps,
+)
 
 # sizes of the feature map: square, odd, one side at the strips' minimum (6), below it (chain)
 SIZES = [(6, 6), (7, 9), (16, 11), (12, 6), (5, 20), (1, 3)]
@@ -163,6 +171,101 @@ def test_the_bundled_x4_model_gives_the_chain_output_within_fp32_rounding() -> N
         expected = chain(model.reconstruct, body)
     assert out.shape == (1, 3, 160, 128)
     assert (out - expected).abs().max() < 1e-5
+
+
+def apply_row_conv(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A 1-D sub-pixel conv by its definition, one output at a time:
+    out[o, f t + j] = sum_{c, d} K[o, j, c, d] x[c, t + d - (taps - 1) // 2], zeros outside."""
+    c_out, factor, _, taps = kernel.shape
+    length = x.shape[-1]
+    out = torch.zeros(c_out, factor * length, dtype=x.dtype)
+    for t in range(length):
+        for j in range(factor):
+            for d in range(taps):
+                source = t + d - (taps - 1) // 2
+                if 0 <= source < length:
+                    out[:, factor * t + j] += kernel[:, j, :, d] @ x[:, source]
+    return out
+
+
+@pytest.mark.parametrize(("f1", "f2"), [(2, 2), (3, 1), (2, 1)])
+def test_compose_row_convs_equals_the_two_convs_in_turn(f1, f2) -> None:
+    """Away from the row's ends (where the first conv's outputs beyond the row would be read
+    as zeros), the composed kernel gives what the two sub-pixel convs give one after the
+    other."""
+    torch.manual_seed(0)
+    first = torch.randn(1, 4, f1, 3, 3, dtype=torch.float64)  # 3 -> 4 channels, x f1
+    second = torch.randn(1, 2, f2, 4, 3, dtype=torch.float64)  # 4 -> 2 channels, x f2
+    x = torch.randn(3, 12, dtype=torch.float64)
+    composed = compose_row_convs(first, second, row_placement(f1, 3, 3).double())
+    middle = apply_row_conv(first[0], x)  # (4, 12 f1)
+    expected = apply_row_conv(second[0], middle)  # (2, 12 f1 f2)
+    got = apply_row_conv(composed[0], x)
+    inner = slice(2 * f1 * f2, -2 * f1 * f2)
+    torch.testing.assert_close(got[:, inner], expected[:, inner], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_each_side_correction_is_the_composed_conv_minus_the_chain_there(scale) -> None:
+    """Along each side, corners excluded, the side's correction equals the composed conv's
+    output minus the chain's (both before the pixel shuffle), computed whole."""
+    module = upsampler(scale)
+    x = torch.randn(2, 12, 9, 11, dtype=torch.float64)
+    composed = module.composition()
+    full = F.conv2d(x, composed.weight, composed.bias, padding=composed.radius)
+    difference = full - F.pixel_unshuffle(module.tail(x), scale)  # (2, 3 s^2, 9, 11)
+    (top, bottom, left, right), r = composed.sides, composed.sides[0][0].shape[-2]
+    columns = x.transpose(-1, -2)  # the columns as rows
+    got = {
+        "top": side_correction(x[:, :, :r], *top),
+        "bottom": side_correction(x[:, :, -r:], *bottom),
+        "left": side_correction(columns[:, :, :r], *left),
+        "right": side_correction(columns[:, :, -r:], *right),
+    }
+    expected = {
+        "top": difference[..., 0, :],
+        "bottom": difference[..., -1, :],
+        "left": difference[..., :, 0],
+        "right": difference[..., :, -1],
+    }
+    for side, value in got.items():
+        torch.testing.assert_close(value[..., 1:-1], expected[side][..., 1:-1], atol=1e-12, rtol=0)
+    assert difference[..., 1:-1, 1:-1].abs().max() < 1e-12  # only the outermost ring differs
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_flipped_and_transposed_tails_compute_the_chain_of_flipped_and_transposed_images(
+    scale,
+) -> None:
+    module = upsampler(scale)
+    steps = module.tail_steps()
+    x = torch.randn(1, 12, 5, 7, dtype=torch.float64)
+
+    def run(steps, x):
+        for weight, bias, factor in steps:
+            x = F.conv2d(x, weight, bias, padding=1)
+            x = F.pixel_shuffle(x, factor) if factor > 1 else x
+        return x
+
+    expected = run(steps, x)
+    torch.testing.assert_close(run(flip_steps(steps, 2), x.flip(-2)), expected.flip(-2))
+    torch.testing.assert_close(run(flip_steps(steps, 3), x.flip(-1)), expected.flip(-1))
+    transposed = run(transpose_steps(steps), x.transpose(-1, -2))
+    torch.testing.assert_close(transposed, expected.transpose(-1, -2))
+
+
+def test_the_border_plan_is_derived_from_the_shapes_and_never_saved() -> None:
+    """The index and the placements are non-persistent buffers: the state dict holds the
+    convs' weights and biases only, and a conversion keeps the index's integers."""
+    module = upsampler(4)
+    assert all(key.endswith(("weight", "bias")) for key in module.state_dict())
+    fresh = PixelShuffleUpsampler(16, 3, 4, 12).double()
+    fresh.load_state_dict(module.state_dict())
+    x = torch.randn(1, 16, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(fresh(x), chain(module, x), rtol=0, atol=1e-10)
+    module.float()
+    assert module.border_index.dtype == torch.int32
+    assert module.placement0.dtype == torch.float32
 
 
 @pytest.mark.parametrize("scale", [1, 8])

@@ -466,10 +466,15 @@ class PixelShuffleUpsampler(nn.Sequential):
         """The tail's convs, in order."""
         return [layer for layer in list(self)[2:] if isinstance(layer, nn.Conv2d)]
 
+    def tail_steps(self) -> Steps:
+        """The tail's (weight, bias, factor), in order."""
+        convs = self.tail_convs()
+        return [(c.weight, c.bias, f) for c, f in zip(convs, self.factors, strict=True)]
+
     def _compose(self) -> TailComposition:
         convs = self.tail_convs()
         weight, bias, radius = compose_linear_tail(list(zip(convs, self.factors, strict=True)))
-        steps = [(c.weight, c.bias, f) for c, f in zip(convs, self.factors, strict=True)]
+        steps = self.tail_steps()
         sizes = [math.prod(shape) for shape in self.border_shapes]
         parts = tail_sources(steps).index_select(0, self.border_index).split(sizes)
         parts = [part.view(shape) for part, shape in zip(parts, self.border_shapes, strict=True)]
