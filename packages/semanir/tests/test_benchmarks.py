@@ -602,3 +602,48 @@ def test_eval_sr_checks_its_folders_before_the_model_loads(tmp_path, monkeypatch
     blocker.write_text("x")
     err = refusal(eval_sr.main, [*argv[:2], "--out", str(blocker / "a")])
     assert err == f"eval_sr: error: --out {blocker}/a: cannot create it, {blocker} is a file\n"
+
+
+upsampler_speed = load_script("upsampler_speed")
+UPSAMPLER_TINY = ["--width", "8", "--batch", "1", "--size", "6", "--image", "8"]
+
+
+def test_upsampler_speed_times_both_codes_in_the_same_rounds(tmp_path) -> None:
+    """The module beside HEAD's: a row per (case, code), both codes' FLOPs counted, the ratio
+    given on this code's rows only, and the three files written."""
+    argv = [*UPSAMPLER_TINY, "--rounds", "2", "--repeat", "1", "--baseline", "HEAD"]
+    report = upsampler_speed.main([*argv, "--out", str(tmp_path)])
+    commit = report["rows"][-1]["code"].removeprefix("baseline ")
+    assert [(r["case"], r["code"]) for r in report["rows"]] == [
+        ("train", "current"), ("infer", "current"),
+        ("train", f"baseline {commit}"), ("infer", f"baseline {commit}"),
+    ]  # fmt: skip
+    for row in report["rows"]:
+        assert row["gflop"] > 0 and row["ms_min"] <= row["ms"] <= row["ms_max"]
+        assert row["gflop_per_s"] == pytest.approx(row["gflop"] / (row["ms"] / 1e3))
+        assert ("x_baseline" in row) == (row["code"] == "current")
+    train = {r["code"]: r for r in report["rows"] if r["case"] == "train"}
+    assert train["current"]["x_baseline"] == pytest.approx(
+        train["current"]["ms"] / train[f"baseline {commit}"]["ms"]
+    )
+    saved = json.loads((tmp_path / "upsampler_speed.json").read_text())
+    assert saved["rows"] == report["rows"] and saved["setup"]["scale"] == 4  # JSON floats: exact
+    table = (tmp_path / "upsampler_speed.md").read_text()
+    assert f"| train | baseline {commit} |" in table and "infer: 1 x 8x8 (no_grad" in table
+    assert (tmp_path / "upsampler_speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--size", "5"], "argument --size: expected an integer >= 6, got '5'"),
+        (["--scale", "8"], "argument --scale: invalid choice: 8"),
+        (["--baseline", "no-such-revision"], "--baseline: unknown revision 'no-such-revision'"),
+        (["--baseline", "1e97070~1"], "has no packages/semanir/src/semanir/models/upsampler.py"),
+    ],
+)
+def test_upsampler_speed_refuses_bad_arguments_before_timing(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        upsampler_speed.main([*UPSAMPLER_TINY, *argv, "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err + str(exit_info.value.code)
+    assert not (tmp_path / "upsampler_speed.json").exists()
