@@ -639,10 +639,15 @@ def test_upsampler_speed_times_both_codes_in_the_same_rounds(tmp_path) -> None:
         (["--size", "5"], "argument --size: expected an integer >= 6, got '5'"),
         (["--scale", "8"], "argument --scale: invalid choice: 8"),
         (["--baseline", "no-such-revision"], "--baseline: unknown revision 'no-such-revision'"),
-        (["--baseline", "1e97070~1"], "has no packages/semanir/src/semanir/models/upsampler.py"),
+        (["--baseline", "HEAD"], "'HEAD' has no packages/semanir/src/semanir/no_such.py"),
     ],
 )
-def test_upsampler_speed_refuses_bad_arguments_before_timing(argv, message, tmp_path, capsys):
+def test_upsampler_speed_refuses_bad_arguments_before_timing(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    """The last case stands for a revision older than the module (0.4.7): one without the file
+    (no old history needed, as in a shallow clone)."""
+    monkeypatch.setattr(upsampler_speed, "MODULE_PATH", "packages/semanir/src/semanir/no_such.py")
     with pytest.raises(SystemExit) as exit_info:
         upsampler_speed.main([*UPSAMPLER_TINY, *argv, "--out", str(tmp_path)])
     assert message in capsys.readouterr().err + str(exit_info.value.code)
