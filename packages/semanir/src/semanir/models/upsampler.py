@@ -97,34 +97,33 @@ TAIL_STRIP = 3
 Steps = list[tuple[Tensor, Tensor, int]]  # a tail's (weight, bias, factor), factor 1 last
 
 
+def reorder_subpixels(
+    weight: Tensor, bias: Tensor, factor: int, reorder: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``reorder`` applied to the (C, i, j) view of a shuffle conv's output channels (its
+    sub-pixel rows i and columns j), in the weight and the bias; a plain conv as it is."""
+    if factor == 1:
+        return weight, bias
+    c_out = weight.shape[0] // factor**2
+    weight = reorder(weight.reshape(c_out, factor, factor, *weight.shape[1:])).flatten(0, 2)
+    return weight, reorder(bias.view(c_out, factor, factor)).flatten()
+
+
 def flip_steps(steps: Steps, dim: int) -> Steps:
     """The tail that computes the chain on images flipped along ``dim`` (2: rows, 3: columns):
     each kernel flipped, and each pixel shuffle's sub-pixel row (column) i sent to f - 1 - i."""
-    flipped = []
-    for weight, bias, factor in steps:
-        weight = weight.flip(dim)
-        if factor > 1:
-            c_out, axis = weight.shape[0] // factor**2, dim - 1
-            weight = weight.view(c_out, factor, factor, *weight.shape[1:]).flip(axis)
-            weight = weight.flatten(0, 2)  # (c, i, j) -> (C f^2,)
-            bias = bias.view(c_out, factor, factor).flip(axis).flatten()
-        flipped.append((weight, bias, factor))
-    return flipped
+    return [
+        (*reorder_subpixels(w.flip(dim), b, f, lambda t: t.flip(dim - 1)), f) for w, b, f in steps
+    ]
 
 
 def transpose_steps(steps: Steps) -> Steps:
     """The tail that computes the chain on transposed images: each kernel transposed, and each
     pixel shuffle's sub-pixel indices (i, j) swapped."""
-    transposed = []
-    for weight, bias, factor in steps:
-        weight = weight.transpose(2, 3)
-        if factor > 1:
-            c_out = weight.shape[0] // factor**2
-            weight = weight.reshape(c_out, factor, factor, *weight.shape[1:]).transpose(1, 2)
-            weight = weight.flatten(0, 2)  # (c, j, i) -> (C f^2,)
-            bias = bias.view(c_out, factor, factor).transpose(1, 2).flatten()
-        transposed.append((weight, bias, factor))
-    return transposed
+    return [
+        (*reorder_subpixels(w.transpose(2, 3), b, f, lambda t: t.transpose(1, 2)), f)
+        for w, b, f in steps
+    ]
 
 
 def stack_steps(frames: list[Steps]) -> Steps:
