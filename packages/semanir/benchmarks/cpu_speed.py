@@ -132,6 +132,9 @@ NOTES = (
     "Peak RSS: ru_maxrss of the configuration's own process (torch and the model included).",
     "x baseline: SemanIR's time over the same configuration's with the code of the baseline "
     "revision (its semanir and common-kernels sources), measured in the same rounds.",
+    "Per round: the ratio of the two times of each round (timed seconds apart), median "
+    "(min-max) over the rounds; the machine's drift between rounds cancels in it, not in the "
+    "ratio of the two medians.",
     "Training: one optimizer step (forward, loss, backward, AdamW, schedule) of each shipped "
     "tiny config at its batch and patch size on random batches, k as RestorationModule draws "
     "it; x DnCNN: over a DnCNN step on the same input batch; data loading and EMA left out. "
@@ -833,6 +836,7 @@ def result_rows(specs: list[dict[str, Any]], journal: Journal) -> list[dict[str,
         row.update(
             params=starts[-1]["params"] if starts else None,
             seconds=[r["seconds"] for r in rounds],
+            round_index=[r["round"] for r in rounds],
             load=[r["load"] for r in rounds],
             peak_rss_mib=max(r["peak_rss_mib"] for r in [*rounds, *(s["warmup"] for s in starts)]),
             flop_by_op=flops[-1]["flop_by_op"] if flops else None,
@@ -854,9 +858,20 @@ def label(spec: dict[str, Any]) -> str:
     return name if spec["code"] == CURRENT else f"{name} (baseline {spec['code']})"
 
 
+def per_round(row: dict[str, Any], other: dict[str, Any]) -> dict[str, float] | None:
+    """Median, min and max over the rounds both rows ran of the ratio of their two times in
+    that round (None without rounds in common)."""
+    theirs = dict(zip(other.get("round_index", ()), other.get("seconds", ()), strict=True))
+    mine = zip(row.get("round_index", ()), row.get("seconds", ()), strict=True)
+    ratios = [seconds / theirs[r] for r, seconds in mine if r in theirs]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Add ``x_dncnn`` (and ``x_dense``, ``x_baseline``, ``flop_x_dncnn``) to every measured
-    row, in place.
+    row, in place, and ``x_dncnn_rounds`` / ``x_baseline_rounds`` (:func:`per_round`).
 
     ``x_dncnn``: time over the DnCNN row's of the same group and threads (time per MP for
     inference; per step for training); ``x_dense``: over the dense twin's (a SemanIR row whose
@@ -869,6 +884,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         dncnn = next((r for r in peers if r["variant"] == "dncnn"), None)
         if dncnn is not None:
             row["x_dncnn"] = row["s_per_mp"] / dncnn["s_per_mp"]
+            if row is not dncnn and (rounds := per_round(row, dncnn)) is not None:
+                row["x_dncnn_rounds"] = rounds
             if "gflop_per_mp" in row and "gflop_per_mp" in dncnn:
                 row["flop_x_dncnn"] = row["gflop_per_mp"] / dncnn["gflop_per_mp"]
         if row["variant"] != "semanir" or row["code"] != CURRENT:
@@ -878,6 +895,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                          and r.get("mode", "fp32") == row.get("mode", "fp32")), None)  # fmt: skip
         if baseline is not None:
             row["x_baseline"] = row["s_per_mp"] / baseline["s_per_mp"]
+            if (rounds := per_round(row, baseline)) is not None:
+                row["x_baseline_rounds"] = rounds
         twin = next(
             (r for r in peers if r["variant"] == "dense" and row["model"] in r["twin_of"]), None
         )
@@ -945,6 +964,17 @@ def spread(row: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     return f"{values[0]:.{digits}f} ({values[1]:.{digits}f}-{values[2]:.{digits}f})"
 
 
+def round_spread(ratios: dict[str, float] | None, inverse: bool = False) -> str:
+    """'median (min-max)' of :func:`per_round`'s ratios (``inverse``: of their reciprocals, a
+    speed-up), or an empty cell."""
+    if ratios is None:
+        return ""
+    values = [ratios["median"], ratios["min"], ratios["max"]]
+    if inverse:
+        values = [1 / values[0], 1 / values[2], 1 / values[1]]
+    return f"{values[0]:.2f} ({values[1]:.2f}-{values[2]:.2f})"
+
+
 def size_name(row: dict[str, Any]) -> str:
     return f"{row['width']}x{row['height']}"
 
@@ -987,19 +1017,20 @@ def inference_table(rows: list[dict[str, Any]]) -> str:
     """Every inference row: s/MP, GFLOP/MP, GFLOP/s, peak RSS, x DnCNN, x dense twin."""
     lines = [
         "| input | model | threads | s/MP median (min-max) | GFLOP/MP | GFLOP/s | peak RSS MiB "
-        "| x DnCNN | x dense | x baseline |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| x DnCNN | per round | x dense | x baseline | per round |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         name = r["label"] + (f" (compile {r['compile_s']:.0f} s)" if "compile_s" in r else "")
         head = f"| {r['input']} | {name} | {r['threads']} |"
         if "median_s" not in r:
-            lines.append(f"{head} {r.get('error', 'not measured')} | | | | | | |")
+            lines.append(f"{head} {r.get('error', 'not measured')} | | | | | | | | |")
             continue
         lines.append(
             f"{head} {spread(r)} | {fmt(r.get('gflop_per_mp'), 0)} | {fmt(r.get('gflop_per_s'), 1)}"
-            f" | {r['peak_rss_mib']:.0f} | {fmt(r.get('x_dncnn'))} | {fmt(r.get('x_dense'))} "
-            f"| {fmt(r.get('x_baseline'))} |"
+            f" | {r['peak_rss_mib']:.0f} | {fmt(r.get('x_dncnn'))} "
+            f"| {round_spread(r.get('x_dncnn_rounds'))} | {fmt(r.get('x_dense'))} "
+            f"| {fmt(r.get('x_baseline'))} | {round_spread(r.get('x_baseline_rounds'))} |"
         )
     return "\n".join(lines)
 
@@ -1009,21 +1040,22 @@ def training_table(rows: list[dict[str, Any]]) -> str:
     steps/s over the baseline code's (speed-up)."""
     lines = [
         "| config | model | batch x input | threads | s/step median (min-max) | steps/s "
-        "| GFLOP/step | GFLOP/s | peak RSS MiB | x DnCNN | steps/s x baseline |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| GFLOP/step | GFLOP/s | peak RSS MiB | x DnCNN | steps/s x baseline | per round |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         model = r["label"] if r["variant"] == "semanir" else f"DnCNN ({r['model']})"
         shape = f"{r['batch']} x {r['lq_patch']}x{r['lq_patch']}"
         head = f"| {r['config']} | {model} | {shape} | {r['threads']} |"
         if "median_s" not in r:
-            lines.append(f"{head} {r.get('error', 'not measured')} | | | | | | |")
+            lines.append(f"{head} {r.get('error', 'not measured')} | | | | | | | |")
             continue
         speedup = 1 / r["x_baseline"] if "x_baseline" in r else None
         lines.append(
             f"{head} {spread(r, r['megapixels'])} | {r['per_s']:.3f} | {fmt(r.get('gflop'), 1)} "
             f"| {fmt(r.get('gflop_per_s'), 1)} | {r['peak_rss_mib']:.0f} "
-            f"| {fmt(r.get('x_dncnn'))} | {fmt(speedup)} |"
+            f"| {fmt(r.get('x_dncnn'))} | {fmt(speedup)} "
+            f"| {round_spread(r.get('x_baseline_rounds'), inverse=True)} |"
         )
     return "\n".join(lines)
 

@@ -52,10 +52,45 @@ def test_ratios_and_tables_give_the_baseline_and_the_loss_comparison() -> None:
     assert rows[0]["x_baseline"] == pytest.approx(1.1 / 2.1)
     assert rows[0]["x_dncnn"] == pytest.approx(1.1 / 0.5)
     assert "x_baseline" not in rows[1]
+    assert "x_baseline_rounds" not in rows[0]  # rows without their rounds: no per-round ratios
     table = cpu_speed.training_table(rows)
-    assert "| 1.91 |" in table  # steps/s over the baseline's: 2.1 / 1.1
+    assert "| 1.91 |  |" in table  # steps/s over the baseline's: 2.1 / 1.1
     losses = cpu_speed.loss_table(rows)
     assert "| c | 2 | 1.00000 | 0.50000 | 0.50100 | 1.00e-03 | 2.00e-03 |" in losses
+
+
+def test_per_round_ratios_pair_the_rounds_both_rows_ran() -> None:
+    """The machine slows down between rounds: the ratio of medians mixes rounds, the per-round
+    ratios do not; a round one row lacks (its worker failed) is left out."""
+    common = {"kind": "infer", "model": "m", "channels": 1, "width": 100, "height": 100,
+              "threads": 2, "seed": 0, "input": "gray 100x100", "peak_rss_mib": 300.0,
+              "twin_of": []}  # fmt: skip
+
+    def row(variant: str, code: str, seconds: list[float], rounds: list[int]) -> dict:
+        summary = cpu_speed.summarize(seconds, 0.01, None)
+        return {**common, "variant": variant, "code": code, "label": f"{variant} {code}",
+                "seconds": seconds, "round_index": rounds, **summary}  # fmt: skip
+
+    rows = [
+        row("semanir", "current", [1.0, 2.0, 2.2, 3.0], [0, 1, 2, 3]),
+        row("semanir", "abc", [4.0, 8.0, 8.0, 12.0], [0, 1, 2, 3]),
+        row("dncnn", "current", [2.0, 4.0, 4.0], [0, 1, 3]),
+    ]
+    cpu_speed.add_ratios(rows)
+    current = rows[0]
+    assert current["x_baseline"] == pytest.approx(2.1 / 8.0)  # the medians' ratio
+    assert current["x_baseline_rounds"] == pytest.approx(
+        {"median": 0.25, "min": 0.25, "max": 0.275})  # 1/4, 2/8, 2.2/8, 3/12  # fmt: skip
+    assert current["x_dncnn_rounds"] == pytest.approx(
+        {"median": 0.5, "min": 0.5, "max": 0.75})  # 1/2, 2/4, 3/4: round 2 left out  # fmt: skip
+    assert "x_dncnn_rounds" not in rows[2]  # not against itself
+    table = cpu_speed.inference_table(rows).splitlines()
+    line = next(x for x in table if "| semanir current |" in x)
+    assert line.endswith("| 0.50 (0.50-0.75) |  | 0.26 | 0.25 (0.25-0.28) |")
+    train = [{**r, "kind": "train", "config": "c", "batch": 1, "lq_patch": 8} for r in rows]
+    cpu_speed.add_ratios(train)
+    line = cpu_speed.training_table(train).splitlines()[2]
+    assert line.endswith("| 3.81 | 4.00 (3.64-4.00) |")  # speed-ups: 8 / 2.1, 1 / the ratios
 
 
 def test_baseline_sources_are_extracted_once_from_git(tmp_path, monkeypatch) -> None:
