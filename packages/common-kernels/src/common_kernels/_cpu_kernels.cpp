@@ -1,11 +1,8 @@
-// common-kernels' CPU kernels, float32. common_kernels/_cpu_kernels.py compiles this file on first
-// use for the machine it runs on (torch.utils.cpp_extension, -O3 -march=native, the at::vec width
-// of torch's own CPU capability) and the ops appear as torch.ops.common_kernels_cpu.
+// common-kernels' CPU attention kernels, float32. common_kernels/_cpu_kernels.py compiles this file
+// with _cpu_rows.cpp (the top-k membership and add_layer_norm_) on first use for the machine it
+// runs on (torch.utils.cpp_extension, -O3 -march=native, the at::vec width of torch's own CPU
+// capability) and the ops appear as torch.ops.common_kernels_cpu.
 //
-// - topk_membership: the k-largest mask of each row of similarities (ties to the lower index),
-//   what torch.topk + a comparison give, with no per-row sort (rows of 64 on AVX-512 and AVX2:
-//   a bitwise search for the threshold, AVX2 interleaving four rows' searches).
-// - add_layer_norm_: x += layer_norm(y), a post-norm residual in one pass per row.
 // - masked_attention: softmax(scale q k^T + mask + bias) v per (window, head), optionally cosine
 //   (q and k normalised in the same pass), the logits of a tile of 8 queries kept in registers
 //   and a small scratch, never as a (B, H, N, N) tensor.
@@ -25,7 +22,6 @@
 #endif
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -37,166 +33,8 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// A row of 64's kept lanes: those strictly above the threshold (fewer than k), plus the lanes
-// equal to it of lowest index until there are k.
-inline uint64_t with_lowest_ties(uint64_t above, uint64_t equal, int64_t k) {
-  for (int64_t need = k - _mm_popcnt_u64(above); need > 0; --need) {
-    const uint64_t lowest = equal & (~equal + 1);  // the tied entry of lowest index
-    above |= lowest;
-    equal ^= lowest;
-  }
-  return above;
-}
-#endif
-
-#if defined(CPU_CAPABILITY_AVX512)
-// Rows of 64 similarities on AVX-512: the (k+1)-th largest value by a bitwise search over the
-// values' order-preserving unsigned integers (32 steps of 4 compares and a popcount), then the
-// entries above it, plus the entries equal to it of lowest index up to k in all.
-inline __m512i order_key(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(_mm512_add_ps(x, _mm512_setzero_ps()));  // -0 -> +0
-  const __m512i flip = _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(INT32_MIN));
-  return _mm512_xor_si512(bits, flip);  // negative: all bits flipped; positive: the sign bit
-}
-
-// The 64 keys' lanes where (key Op t), as one 64-bit mask (Op: an _MM_CMPINT_* predicate).
-template <int Op>
-inline uint64_t lanes_where(const __m512i key[4], __m512i t) {
-  uint64_t lanes = 0;
-  for (int b = 0; b < 4; ++b)
-    lanes |= static_cast<uint64_t>(_mm512_cmp_epu32_mask(key[b], t, Op)) << (16 * b);
-  return lanes;
-}
-
-void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int64_t k) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t r = begin; r < end; ++r) {
-    const float* row = s + r * 64;
-    __m512i key[4];
-    for (int b = 0; b < 4; ++b) key[b] = order_key(_mm512_loadu_ps(row + 16 * b));
-    uint32_t floor = 0;  // the largest t with at least k+1 keys >= t: the (k+1)-th largest key
-    for (int bit = 31; bit >= 0; --bit) {
-      const uint32_t candidate = floor | (1u << bit);
-      const auto count = _mm_popcnt_u64(lanes_where<_MM_CMPINT_NLT>(
-          key, _mm512_set1_epi32(static_cast<int32_t>(candidate))));
-      floor = count >= k + 1 ? candidate : floor;
-    }
-    const __m512i at_floor = _mm512_set1_epi32(static_cast<int32_t>(floor));
-    const uint64_t equal = lanes_where<_MM_CMPINT_EQ>(key, at_floor);
-    const uint64_t above = lanes_where<_MM_CMPINT_NLT>(key, at_floor) & ~equal;
-    const uint64_t keep = with_lowest_ties(above, equal, k);
-    _mm512_storeu_si512(m + r * 64, _mm512_maskz_mov_epi8(keep, ones));
-  }
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-// The same search on AVX2, over signed order keys in 8 registers (AVX2 compares signed only):
-// the count of keys below a threshold packs the 64 compare masks into two bytes masks (lane
-// order lost, which a count ignores); the final masks are read in lane order.
-inline __m256i order_key(__m256 x) {
-  const __m256i bits = _mm256_castps_si256(_mm256_add_ps(x, _mm256_setzero_ps()));  // -0 -> +0
-  const __m256i magnitude = _mm256_and_si256(_mm256_srai_epi32(bits, 31),
-                                             _mm256_set1_epi32(INT32_MAX));
-  return _mm256_xor_si256(bits, magnitude);  // negative: all but the sign bit flipped
-}
-
-inline int64_t count_below(const __m256i key[8], __m256i t) {
-  __m256i bytes[2];
-  for (int half = 0; half < 2; ++half) {
-    const __m256i* k = key + 4 * half;
-    bytes[half] = _mm256_packs_epi16(
-        _mm256_packs_epi32(_mm256_cmpgt_epi32(t, k[0]), _mm256_cmpgt_epi32(t, k[1])),
-        _mm256_packs_epi32(_mm256_cmpgt_epi32(t, k[2]), _mm256_cmpgt_epi32(t, k[3])));
-  }
-  return _mm_popcnt_u32(static_cast<uint32_t>(_mm256_movemask_epi8(bytes[0]))) +
-         _mm_popcnt_u32(static_cast<uint32_t>(_mm256_movemask_epi8(bytes[1])));
-}
-
-// The 64 keys' lanes where compare(key) holds, in lane order.
-template <typename Compare>
-inline uint64_t lanes_where(const __m256i key[8], Compare compare) {
-  uint64_t lanes = 0;
-  for (int b = 0; b < 8; ++b) {
-    const auto bits = _mm256_movemask_ps(_mm256_castsi256_ps(compare(key[b])));
-    lanes |= static_cast<uint64_t>(static_cast<uint32_t>(bits)) << (8 * b);
-  }
-  return lanes;
-}
-
-// Rows r .. r+R-1: R independent searches interleaved (one search is a chain of dependent
-// steps; R of them keep the core busy).
-template <int R>
-void membership_rows_64_tile(const float* s, bool* m, int64_t r, int64_t k) {
-  __m256i key[R][8];
-  uint32_t floor[R];  // over the keys as unsigned (sign bit flipped): the (k+1)-th largest
-  for (int i = 0; i < R; ++i) {
-    for (int b = 0; b < 8; ++b) key[i][b] = order_key(_mm256_loadu_ps(s + (r + i) * 64 + 8 * b));
-    floor[i] = 0;
-  }
-  for (int bit = 31; bit >= 0; --bit) {
-    for (int i = 0; i < R; ++i) {
-      const uint32_t candidate = floor[i] | (1u << bit);
-      const __m256i t = _mm256_set1_epi32(static_cast<int32_t>(candidate ^ 0x80000000u));
-      floor[i] = 64 - count_below(key[i], t) >= k + 1 ? candidate : floor[i];
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    const __m256i at_floor = _mm256_set1_epi32(static_cast<int32_t>(floor[i] ^ 0x80000000u));
-    const uint64_t equal =
-        lanes_where(key[i], [&](__m256i x) { return _mm256_cmpeq_epi32(x, at_floor); });
-    const uint64_t above =
-        lanes_where(key[i], [&](__m256i x) { return _mm256_cmpgt_epi32(x, at_floor); });
-    const uint64_t keep = with_lowest_ties(above, equal, k);
-    for (int j = 0; j < 64; ++j) m[(r + i) * 64 + j] = (keep >> j) & 1;
-  }
-}
-
-void membership_rows_64(const float* s, bool* m, int64_t begin, int64_t end, int64_t k) {
-  constexpr int kTile = 4;
-  int64_t r = begin;
-  for (; r + kTile <= end; r += kTile) membership_rows_64_tile<kTile>(s, m, r, k);
-  for (; r < end; ++r) membership_rows_64_tile<1>(s, m, r, k);
-}
-#endif
-
-// Row r of the (rows, n) similarities -> True at its k largest entries, equal values to the
-// lower index first: entry j is kept when fewer than k entries come before it in that order.
-at::Tensor topk_membership(const at::Tensor& sim, int64_t k) {
-  TORCH_CHECK(sim.dim() == 2 && sim.scalar_type() == at::kFloat && sim.is_contiguous(),
-              "sim must be a contiguous (rows, N) float32 tensor");
-  const int64_t rows = sim.size(0), n = sim.size(1);
-  auto out = at::empty({rows, n}, sim.options().dtype(at::kBool));
-  const float* s = sim.data_ptr<float>();
-  bool* m = out.data_ptr<bool>();
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if (n == 64) {
-    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-      membership_rows_64(s, m, begin, end, k);
-    });
-    return out;
-  }
-#endif
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> before(n);  // per entry j: the entries that come before it
-    int32_t* __restrict rank = before.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const float* __restrict row = s + r * n;
-      std::fill(rank, rank + n, 0);
-      for (int64_t i = 0; i < n; ++i) {  // i comes before j: s_i > s_j, or s_i == s_j and i < j
-        const float si = row[i];
-#pragma omp simd
-        for (int64_t j = 0; j <= i; ++j) rank[j] += si > row[j];
-#pragma omp simd
-        for (int64_t j = i + 1; j < n; ++j) rank[j] += si >= row[j];
-      }
-      bool* __restrict mr = m + r * n;
-      for (int64_t j = 0; j < n; ++j) mr[j] = rank[j] < k;
-    }
-  });
-  return out;
-}
-
 constexpr int kRows = 8;  // queries per tile: 8 independent accumulators hide FMA latency
+constexpr int kGradRows = 4;  // the backward's: 4 x 2 vectors of logits, as many of gradients
 
 // The mask's entries j0 .. j0+w-1 as additive terms: a float mask as it is, a bool membership
 // as 0 (kept) or -inf.
@@ -286,13 +124,27 @@ void attend_rows(int64_t i0, const float* q, const float* kt, const float* v, in
   }
 }
 
-// body(rows, i0) over rows 0 .. n-1 in tiles of kRows, then one at a time; rows is a
+// body(rows, i0) over rows 0 .. n-1 in tiles of Tile, then one at a time; rows is a
 // std::integral_constant (the tile height, a compile-time constant in the body).
-template <typename Body>
+template <int Tile = kRows, typename Body>
 void over_tiles(int64_t n, Body body) {
   int64_t i0 = 0;
-  for (; i0 + kRows <= n; i0 += kRows) body(std::integral_constant<int, kRows>{}, i0);
+  for (; i0 + Tile <= n; i0 += Tile) body(std::integral_constant<int, Tile>{}, i0);
   for (; i0 < n; ++i0) body(std::integral_constant<int, 1>{}, i0);
+}
+
+// dst (d x n, rows of n) = src (n x d, rows of stride src_row) transposed: 8x8 register blocks
+// (AVX2) where the sizes allow, ATen's transpose otherwise (vectorised on AVX-512, scalar else).
+void transpose_rows(const float* src, int64_t src_row, float* dst, int64_t n, int64_t d) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if (n % 8 == 0 && d % 8 == 0) {
+    for (int64_t j = 0; j < n; j += 8)
+      for (int64_t c = 0; c < d; c += 8)
+        at::vec::transpose_mxn<float, 8, 8>(src + j * src_row + c, src_row, dst + c * n + j, n);
+    return;
+  }
+#endif
+  at::vec::transpose_mxn<float>(src, src_row, dst, n, n, d);
 }
 
 // A tensor's strides, copied out (read in the kernels' inner loops).
@@ -339,7 +191,7 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto qs = strides(q), ks = strides(k), vs = strides(v), ms = strides(member),
              os = strides(out), bs = has_bias ? strides(bias) : ms;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q_scaled(N * D), kt(D * N), logits(kRows * N);
+    std::vector<float> q_scaled(N * D), kt(D * N), logits(kRows * N), k_inverse(N);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       if (bh + 1 < end) {  // the next (window, head)'s rows, while this one computes
@@ -350,10 +202,16 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
       const float* qh = qp + b * qs[0] + h * qs[1];
       const float* kh = kp + b * ks[0] + h * ks[1];
-      for (int64_t j = 0; j < N; ++j) {  // k transposed (and normalised)
-        const float* kj = kh + j * ks[2];
-        const float inv = cosine ? inverse_norm(kj, D) : 1.0f;
-        for (int64_t c = 0; c < D; ++c) kt[c * N + j] = cosine ? kj[c] * inv : kj[c];
+      transpose_rows(kh, ks[2], kt.data(), N, D);  // k transposed (cosine: then normalised)
+      if (cosine) {
+        for (int64_t j = 0; j < N; ++j) k_inverse[j] = inverse_norm(kh + j * ks[2], D);
+        for (int64_t c = 0; c < D; ++c) {
+          for (int64_t j0 = 0; j0 < N; j0 += Vec::size()) {
+            const int64_t w = std::min<int64_t>(Vec::size(), N - j0);
+            (Vec::loadu(kt.data() + c * N + j0, w) * Vec::loadu(k_inverse.data() + j0, w))
+                .store(kt.data() + c * N + j0, w);
+          }
+        }
       }
       for (int64_t i = 0; i < N; ++i) {  // q scaled (cosine: normalised, times the head's scale)
         const float* qi = qh + i * qs[2];
@@ -452,11 +310,31 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_lse(const at::Tensor& q, con
   return {out, lse};
 }
 
+// acc[r][u] = sum_c a[(i0 + r) * a_row + c] bt[c * n + j0 + u W ...]: an R x U block of vectors
+// of a product with a transposed operand bt (D x N, rows of n), each a entry broadcast once for
+// its U vectors (w: the lanes of a lone vector, U = 1).
+template <int R, int U>
+void product_block(int64_t i0, const float* a, int64_t a_row, const float* bt, int64_t n,
+                   int64_t j0, int64_t w, int64_t d, Vec (&acc)[R][U]) {
+  constexpr int64_t W = Vec::size();
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = Vec(0.0f);
+  for (int64_t c = 0; c < d; ++c) {
+    Vec b[U];
+    for (int u = 0; u < U; ++u) b[u] = Vec::loadu(bt + c * n + j0 + u * W, U == 1 ? w : W);
+    for (int r = 0; r < R; ++r) {
+      const Vec x(a[(i0 + r) * a_row + c]);
+      for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(x, b[u], acc[r][u]);
+    }
+  }
+}
+
 // Backward rows i0 .. i0+R-1 of one (window, head): the probabilities p = exp(scale q k^T + mask
 // + bias - lse) and the logits' gradients ds = p * (g v^T - delta), both R x N rows of the
 // (N x N) scratches; returns sum ds * (q k^T), the gradient of the scale. q and k are the rows
 // the logits were made of (cosine: normalised), kt and vt are k and v transposed (D x N); q and g
-// (the output's gradient) rows of stride q_row and g_row; delta[i] = g_i . out_i.
+// (the output's gradient) rows of stride q_row and g_row; delta[i] = g_i . out_i. Columns go
+// two vectors at a time (R x 2 accumulators per product: each broadcast feeds two FMAs).
 template <int R, typename Mask>
 float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, const float* g,
                                     int64_t g_row, const float* kt, const float* vt,
@@ -466,27 +344,29 @@ float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, c
   constexpr int64_t W = Vec::size();
   const Vec zero(0.0f), minus_inf(-std::numeric_limits<float>::infinity());
   Vec scale_grad = zero;
-  for (int64_t j0 = 0; j0 < n; j0 += W) {
+  const auto finish = [&](int64_t i, int64_t j0, int64_t w, const Vec& logit, const Vec& grad) {
+    Vec x = at::vec::fmadd(logit, Vec(scale), mask_at(mask + i * mask_row, j0, w));
+    if (bias != nullptr) x = x + Vec::loadu(bias + i * bias_row + j0, w);
+    const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp_u20(), x != minus_inf);  // 0 off
+    const Vec dsr = Vec::set(zero, pr * (grad - Vec(delta[i])), w);  // the tail: 0
+    pr.store(p + i * n + j0, w);
+    dsr.store(ds + i * n + j0, w);
+    scale_grad = at::vec::fmadd(dsr, logit, scale_grad);
+  };
+  int64_t j0 = 0;
+  for (; j0 + 2 * W <= n; j0 += 2 * W) {
+    Vec logit[R][2], grad[R][2];
+    product_block<R, 2>(i0, q, q_row, kt, n, j0, W, d, logit);
+    product_block<R, 2>(i0, g, g_row, vt, n, j0, W, d, grad);
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 2; ++u) finish(i0 + r, j0 + u * W, W, logit[r][u], grad[r][u]);
+  }
+  for (; j0 < n; j0 += W) {
     const int64_t w = std::min(W, n - j0);
-    Vec logit[R], grad[R];
-    for (int r = 0; r < R; ++r) logit[r] = grad[r] = zero;
-    for (int64_t c = 0; c < d; ++c) {
-      const Vec kc = Vec::loadu(kt + c * n + j0, w), vc = Vec::loadu(vt + c * n + j0, w);
-      for (int r = 0; r < R; ++r) {
-        logit[r] = at::vec::fmadd(Vec(q[(i0 + r) * q_row + c]), kc, logit[r]);
-        grad[r] = at::vec::fmadd(Vec(g[(i0 + r) * g_row + c]), vc, grad[r]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = i0 + r;
-      Vec x = at::vec::fmadd(logit[r], Vec(scale), mask_at(mask + i * mask_row, j0, w));
-      if (bias != nullptr) x = x + Vec::loadu(bias + i * bias_row + j0, w);
-      const Vec pr = Vec::blendv(zero, (x - Vec(lse[i])).exp_u20(), x != minus_inf);  // 0 off
-      const Vec dsr = Vec::set(zero, pr * (grad[r] - Vec(delta[i])), w);  // the tail: 0
-      pr.store(p + i * n + j0, w);
-      dsr.store(ds + i * n + j0, w);
-      scale_grad = at::vec::fmadd(dsr, logit[r], scale_grad);
-    }
+    Vec logit[R][1], grad[R][1];
+    product_block<R, 1>(i0, q, q_row, kt, n, j0, w, d, logit);
+    product_block<R, 1>(i0, g, g_row, vt, n, j0, w, d, grad);
+    for (int r = 0; r < R; ++r) finish(i0 + r, j0, w, logit[r][0], grad[r][0]);
   }
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, scale_grad);
 }
@@ -615,12 +495,8 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
             normalise_rows(kh, k_row, kn.data(), k_inv.data(), N, D);
             qh = qn.data(), kh = kn.data(), q_row = k_row = D, s = hp[h];
           }
-          for (int64_t j = 0; j < N; ++j) {
-            for (int64_t c = 0; c < D; ++c) {
-              kt[c * N + j] = kh[j * k_row + c];
-              vt[c * N + j] = vh[j * vs[2] + c];
-            }
-          }
+          transpose_rows(kh, k_row, kt.data(), N, D);
+          transpose_rows(vh, vs[2], vt.data(), N, D);
           for (int64_t i = 0; i < N; ++i) {  // delta_i = g_i . out_i
             Vec acc(0.0f);
             for (int64_t c0 = 0; c0 < D; c0 += W) {
@@ -634,7 +510,7 @@ void attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tens
           const float* bh_bias = bp == nullptr ? nullptr : bp + b * bs[0] + h * bs[1];
           const float* lh = lp + (b * H + h) * N;
           float scale_grad = 0.0f;
-          over_tiles(N, [&](auto rows, int64_t i0) {
+          over_tiles<kGradRows>(N, [&](auto rows, int64_t i0) {
             scale_grad += probabilities_and_logit_grads<decltype(rows)::value>(
                 i0, qh, q_row, gh, gs[2], kt.data(), vt.data(), mh, ms[2], bh_bias, bs[2], lh,
                 delta.data(), s, p.data(), ds.data(), N, D);
@@ -724,57 +600,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward(
   return {dqkv, dbias, dscale};
 }
 
-// x += layer_norm(y) * weight + bias over the last dim of contiguous float32 (..., C) x and y, in
-// place (a post-norm residual): one pass over each row, held in cache.
-at::Tensor add_layer_norm_(at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
-                           const at::Tensor& bias, double eps) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && y.scalar_type() == at::kFloat &&
-                  x.sizes() == y.sizes() && x.is_contiguous() && y.is_contiguous(),
-              "x and y must be contiguous float32 tensors of one shape");
-  const int64_t C = x.size(-1), rows = C == 0 ? 0 : x.numel() / C;
-  const at::Tensor w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
-  TORCH_CHECK(w.numel() == C && b.numel() == C, "weight and bias must hold C values");
-  float* xp = x.data_ptr<float>();
-  const float* yp = y.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* bp = b.data_ptr<float>();
-  constexpr int64_t W = Vec::size();
-  const auto add = [](Vec& a, Vec& c) { return a + c; };
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* yr = yp + r * C;
-      float* xr = xp + r * C;
-      Vec total(0.0f);
-      for (int64_t c0 = 0; c0 < C; c0 += W) total = total + Vec::loadu(yr + c0, std::min(W, C - c0));
-      const Vec mean(at::vec::vec_reduce_all<float>(add, total) / C);
-      Vec squares(0.0f);
-      for (int64_t c0 = 0; c0 < C; c0 += W) {
-        const int64_t w = std::min(W, C - c0);
-        const Vec centred = Vec::set(Vec(0.0f), Vec::loadu(yr + c0, w) - mean, w);
-        squares = at::vec::fmadd(centred, centred, squares);
-      }
-      const float variance = at::vec::vec_reduce_all<float>(add, squares) / C;
-      const Vec inverse_std(1.0f / std::sqrt(variance + static_cast<float>(eps)));
-      for (int64_t c0 = 0; c0 < C; c0 += W) {
-        const int64_t w = std::min(W, C - c0);
-        const Vec normed = (Vec::loadu(yr + c0, w) - mean) * inverse_std;
-        const Vec out = Vec::loadu(xr + c0, w) +
-                        at::vec::fmadd(normed, Vec::loadu(wp + c0, w), Vec::loadu(bp + c0, w));
-        out.store(xr + c0, w);
-      }
-    }
-  });
-  return x;
-}
-
 }  // namespace
 
 TORCH_LIBRARY(common_kernels_cpu, m) {
-  m.def("topk_membership(Tensor sim, int k) -> Tensor");
   m.def(
       "masked_attention(Tensor q, Tensor k, Tensor v, Tensor mask, Tensor? bias, float scale, "
       "Tensor? head_scale) -> Tensor");
-  m.impl("topk_membership", c10::DispatchKey::CPU, &topk_membership);
   m.impl("masked_attention", c10::DispatchKey::CPU, &masked_attention);
   m.def(
       "masked_attention_lse(Tensor q, Tensor k, Tensor v, Tensor mask, Tensor? bias, float scale, "
@@ -785,6 +616,4 @@ TORCH_LIBRARY(common_kernels_cpu, m) {
       "Tensor? bias, Tensor out, Tensor lse, float scale, Tensor? head_scale, bool bias_grad, "
       "bool head_scale_grad) -> (Tensor, Tensor, Tensor)");
   m.impl("masked_attention_backward", c10::DispatchKey::CPU, &masked_attention_backward);
-  m.def("add_layer_norm_(Tensor(a!) x, Tensor y, Tensor weight, Tensor bias, float eps) -> Tensor(a!)");
-  m.impl("add_layer_norm_", c10::DispatchKey::CPU, &add_layer_norm_);
 }

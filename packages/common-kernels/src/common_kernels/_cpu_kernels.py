@@ -1,15 +1,17 @@
-"""The C++ CPU kernels (``_cpu_kernels.cpp``), compiled on first use for the machine they run on.
+"""The C++ CPU kernels (``_cpu_kernels.cpp``: the attention; ``_cpu_rows.cpp``: the top-k
+membership and ``add_layer_norm_``), compiled on first use for the machine they run on.
 
 Eager PyTorch spends most of a windowed KNN attention's time on the CPU outside arithmetic: a
 ``topk`` that sorts every row of 64 similarities, and a fused SDPA whose 16-wide heads and
-(B, heads, N, N) mask keep it far from the matmul rate. ``_cpu_kernels.cpp`` does both in one
-pass per (window, head) with torch's own vector type (``at::vec``), parallel over torch's threads.
+(B, heads, N, N) mask keep it far from the matmul rate. The kernels do the first with no sort and
+the second in one pass per (window, head), with torch's own vector type (``at::vec``), parallel
+over torch's threads.
 
 Why compiled here and not shipped in the wheel: the packages are pure Python, and ``-march=native``
 needs the user's CPU. ``torch.utils.cpp_extension`` builds it once (about 10 s), in a private
 temporary folder, and the library is then moved atomically into the cache
 (``$TORCH_EXTENSIONS_DIR/common_kernels/``, default ``~/.cache/torch_extensions``) under a name
-that digests the source, this torch, the CPU and its vector width; later processes load that
+that digests the sources, this torch, the CPU and its vector width; later processes load that
 file in milliseconds, with no compiler. No lock is shared between processes, so one killed in
 the middle of a build leaves nothing that makes the next wait (two concurrent builds each write
 a complete library; the last rename wins). A build needs a C++ compiler and ninja, as
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cpp", "_cpu_rows.cpp"))
 DISABLE_ENV = "COMMON_KERNELS_CPU_KERNELS"
 # at::vec's width follows torch's own CPU capability (what its kernels were dispatched to).
 _CAPABILITY_FLAGS = {
@@ -60,10 +62,10 @@ def _cpu_name() -> str:
 
 
 def _build_name(capability: str) -> str:
-    """The cache entry's name: a digest of the source, torch, the CPU and the vector width."""
+    """The cache entry's name: a digest of the sources, torch, the CPU and the vector width."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _cpu_name().encode(),
-                 capability.encode()):  # fmt: skip
+    for part in (*(source.read_bytes() for source in SOURCES), torch.__version__.encode(),
+                 _cpu_name().encode(), capability.encode()):  # fmt: skip
         digest.update(part)
     return f"common_kernels_cpu_{digest.hexdigest()[:16]}"
 
@@ -159,7 +161,7 @@ def _build(name: str, capability: str, library: Path) -> str | None:
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=library.parent) as folder:
             _cpp_extension().load(
-                name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], build_directory=folder, is_python_module=False,
                 verbose=False,
             )  # fmt: skip
