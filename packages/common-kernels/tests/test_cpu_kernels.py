@@ -5,12 +5,13 @@ membership against a stable sort of (value desc, index asc); the fused residual 
 x + F.layer_norm(y).
 
 Tolerances: float32 outputs within rtol 1e-4 and atol 1e-4 x max(1, max |expected|) of the
-oracle (a few units in the last place: the kernel sums in another order and its exp is Sleef's);
-memberships exactly.
+oracle (a few units in the last place: the kernel sums in another order and its exponential is
+a degree-5 polynomial of 2^f); memberships exactly.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from common_kernels import (
     KNNDictionary,
     _cpu_kernels,
     add_layer_norm_,
+    bias_gelu_,
     can_run,
     knn_attention,
     knn_attention_packed,
@@ -201,6 +203,32 @@ def test_a_mask_dictionary_matches_the_fp64_oracle_forward_and_backward(case: Ca
         return KNNDictionary.from_mask(member, idx.shape[-1])
 
     packed_against_the_oracle(case, mask_dictionary, seed=4)
+
+
+def test_logits_beyond_floats_exponent_range_underflow_to_zero_and_off_the_dictionary_too() -> None:
+    """Logits spread over hundreds (the largest cosine scale, 100, and a bias of +-80): the
+    probabilities below 2^-126 of a row's maximum underflow to 0 in the kernel's exponential,
+    as in fp64 they are below float's range, so values and gradients still match the oracle;
+    off the dictionary the probabilities and the per-window bias's gradient are exactly 0."""
+    case = Case("wide_logits", 2, 2, 24, 16, 9, bias="BH", cosine=True)
+    (qkv, bias, head_scale), doubles, idx = trainable(case, seed=5)
+    with torch.no_grad():
+        for leaf in (bias, doubles[1]):
+            leaf.mul_(80.0 / leaf.abs().max())
+        for leaf in (head_scale, doubles[2]):
+            leaf.fill_(100.0)
+    out = knn_attention_packed(qkv, KNNDictionary(idx), bias=bias, cosine_scale=head_scale,
+                               backend="cpp")  # fmt: skip
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+    out.backward(grad)
+    heads_grad = grad.view(case.B, case.N, case.H, case.d).transpose(1, 2)  # (B, H, N, d)
+    expected, grads = oracle_backward(doubles, idx, heads_grad)
+    assert_close_to(out.view(case.B, case.N, case.H, case.d).transpose(1, 2), expected)
+    for leaf, reference in zip((qkv, bias, head_scale), grads, strict=True):
+        assert_close_to(leaf.grad, reference)
+    member = KNNDictionary(idx).membership().expand(case.B, case.H, case.N, case.N)
+    assert bias.grad[~member].abs().max().item() == 0.0
+    assert (bias.grad[member] == 0).any()  # some listed entries underflowed to exactly 0 too
 
 
 def test_backward_is_bitwise_reproducible() -> None:
@@ -454,6 +482,52 @@ def test_add_layer_norm_keeps_autograd_on_the_pytorch_path() -> None:
     out.sum().backward()
     torch.testing.assert_close(out, x + norm(y))
     assert y.grad is not None and norm.weight.grad is not None
+
+
+def erf_gelu_fp64(x: torch.Tensor) -> torch.Tensor:
+    """x (1 + erf(x / sqrt 2)) / 2 in fp64, written out (not F.gelu)."""
+    x = x.double()
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("channels", [64, 20])  # 20: a vector tail
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_bias_gelu_matches_the_fp64_gelu_in_place(channels: int, with_bias: bool) -> None:
+    """The kernel's GELU (torch's erf formula, its exp(-z^2) by the attention's polynomial) over
+    values from -12 to 12: within 5e-7 x max(1, |x|) of fp64, as close as F.gelu is, in x's
+    memory; exact 0 at 0, the identity far right, -0 far left."""
+    g = torch.Generator().manual_seed(channels)
+    x = torch.linspace(-12, 12, 96 * channels).view(96, channels)
+    x = x[torch.randperm(96, generator=g)].contiguous()
+    bias = torch.randn(channels, generator=g) if with_bias else None
+    expected = erf_gelu_fp64(x if bias is None else x.double() + bias.double())
+    target = x.clone()
+    with torch.inference_mode():
+        out = bias_gelu_(target, bias)
+    assert out.data_ptr() == target.data_ptr()
+    scale = expected.abs().clamp_min(1.0)
+    assert ((out.double() - expected).abs() / scale).max().item() <= 5e-7
+    reference = F.gelu(x if bias is None else x + bias).double()
+    assert ((reference - expected).abs() / scale).max().item() <= 5e-7  # F.gelu's own bound
+    with torch.inference_mode():
+        ends = bias_gelu_(torch.tensor([0.0, 30.0, -30.0, -9.0]), None)
+    assert ends.tolist()[:2] == [0.0, 30.0] and ends[2].item() == 0.0
+    assert abs(ends[3].item()) <= 1e-17
+
+
+def test_bias_gelu_keeps_autograd_and_odd_layouts_on_the_pytorch_path() -> None:
+    """With autograd, or for a non-contiguous x, ``F.gelu(x + bias)`` in a new tensor."""
+    x = torch.randn(4, 6, 8)
+    bias = torch.randn(8, requires_grad=True)
+    out = bias_gelu_(x, bias)
+    out.sum().backward()
+    torch.testing.assert_close(out, F.gelu(x + bias))
+    assert bias.grad is not None and out.data_ptr() != x.data_ptr()
+    strided = torch.randn(8, 6).t()  # (6, 8), not contiguous
+    with torch.inference_mode():
+        kept = strided.clone()
+        torch.testing.assert_close(bias_gelu_(strided, None), F.gelu(kept))
+    assert torch.equal(strided, kept)
 
 
 STATUS = "from common_kernels import _cpu_kernels; print(_cpu_kernels.status())"

@@ -8,7 +8,7 @@ from common_kernels._checks import values_checked
 from common_kernels._cpu_kernels import status as cpu_kernels_status
 from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion
-from common_kernels.fused import add_layer_norm_
+from common_kernels.fused import add_layer_norm_, bias_gelu_
 from common_kernels.knn_attention import (
     KNNAttention,
     can_run,
@@ -30,6 +30,7 @@ __all__ = [
     "Tile",
     "__version__",
     "add_layer_norm_",
+    "bias_gelu_",
     "blend_weights",
     "can_run",
     "cpu_kernels_status",

@@ -1,5 +1,6 @@
 """The C++ CPU kernels (``_cpu_kernels.cpp``: the attention; ``_cpu_rows.cpp``: the top-k
-membership and ``add_layer_norm_``), compiled on first use for the machine they run on.
+membership, ``add_layer_norm_`` and ``bias_gelu_``; ``_cpu_vec.h``: the vector maths both use),
+compiled on first use for the machine they run on.
 
 Eager PyTorch spends most of a windowed KNN attention's time on the CPU outside arithmetic: a
 ``topk`` that sorts every row of 64 similarities, and a fused SDPA whose 16-wide heads and
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("_cpu_kernels.cpp", "_cpu_rows.cpp"))
+HEADERS = (Path(__file__).with_name("_cpu_vec.h"),)  # included by both: digested too
 DISABLE_ENV = "COMMON_KERNELS_CPU_KERNELS"
 # at::vec's width follows torch's own CPU capability (what its kernels were dispatched to).
 _CAPABILITY_FLAGS = {
@@ -64,8 +66,8 @@ def _cpu_name() -> str:
 def _build_name(capability: str) -> str:
     """The cache entry's name: a digest of the sources, torch, the CPU and the vector width."""
     digest = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in SOURCES), torch.__version__.encode(),
-                 _cpu_name().encode(), capability.encode()):  # fmt: skip
+    sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
+    for part in (*sources, torch.__version__.encode(), _cpu_name().encode(), capability.encode()):
         digest.update(part)
     return f"common_kernels_cpu_{digest.hexdigest()[:16]}"
 

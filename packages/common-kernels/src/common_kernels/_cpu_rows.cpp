@@ -5,11 +5,14 @@
 //   what torch.topk + a comparison give, with no per-row sort (rows of 64 on AVX-512 and AVX2:
 //   a bitwise search for the threshold, AVX2 interleaving four rows' searches).
 // - add_layer_norm_: x += layer_norm(y), a post-norm residual in one pass per row.
+// - bias_gelu_: x = gelu(x + bias), an MLP's first bias and activation in one pass.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#include "_cpu_vec.h"
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
@@ -226,6 +229,36 @@ at::Tensor add_layer_norm_(at::Tensor& x, const at::Tensor& y, const at::Tensor&
   return x;
 }
 
+// x = gelu(x + bias) in place (torch's erf GELU, _cpu_vec.h) over a contiguous float32 (..., C)
+// x, with bias (C,) or none: an MLP's first linear layer, its product made without the bias,
+// finished in one pass.
+at::Tensor bias_gelu_(at::Tensor& x, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
+              "x must be a contiguous float32 tensor of at least one dim");
+  const int64_t C = x.size(-1), rows = C == 0 ? 0 : x.numel() / C;
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = bias->to(at::kFloat).contiguous();
+    TORCH_CHECK(b.numel() == C, "bias must hold C = x.size(-1) values");
+  }
+  float* xp = x.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  constexpr int64_t W = Vec::size();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* xr = xp + r * C;
+      for (int64_t c0 = 0; c0 < C; c0 += W) {
+        const int64_t w = std::min(W, C - c0);
+        Vec v = Vec::loadu(xr + c0, w);
+        if (bp != nullptr) v = v + Vec::loadu(bp + c0, w);
+        common_kernels_vec::gelu(v).store(xr + c0, w);
+      }
+    }
+  });
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(common_kernels_cpu, m) {
@@ -233,4 +266,6 @@ TORCH_LIBRARY_FRAGMENT(common_kernels_cpu, m) {
   m.impl("topk_membership", c10::DispatchKey::CPU, &topk_membership);
   m.def("add_layer_norm_(Tensor(a!) x, Tensor y, Tensor weight, Tensor bias, float eps) -> Tensor(a!)");
   m.impl("add_layer_norm_", c10::DispatchKey::CPU, &add_layer_norm_);
+  m.def("bias_gelu_(Tensor(a!) x, Tensor? bias) -> Tensor(a!)");
+  m.impl("bias_gelu_", c10::DispatchKey::CPU, &bias_gelu_);
 }

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from common_kernels import (
     KNNDictionary,
     add_layer_norm_,
+    bias_gelu_,
     knn_attention_packed,
     knn_dictionary,
     values_checked,
@@ -277,11 +278,18 @@ class KeySemanticLayer(nn.Module):
         """
         if self.pre_norm:
             x += self.attn.attend(self.norm1(x), dictionary, bias)
-            x += self.mlp(self.norm2(x))
+            x += self.mlp_inference(self.norm2(x))
         else:  # x += norm(f(x)), fused on the CPU
             add_layer_norm_(x, self.attn.attend(x, dictionary, bias), self.norm1)
-            add_layer_norm_(x, self.mlp(x), self.norm2)
+            add_layer_norm_(x, self.mlp_inference(x), self.norm2)
         return x
+
+    def mlp_inference(self, x: Tensor) -> Tensor:
+        """``self.mlp(x)`` without autograd: the hidden layer's bias and GELU in one pass over
+        the product (in place, on the CPU)."""
+        fc1, _, fc2 = self.mlp
+        hidden = torch.matmul(x, fc1.weight.t())  # (..., hidden), no bias yet
+        return fc2(bias_gelu_(hidden, fc1.bias))
 
 
 class SemanIRStage(nn.Module):
