@@ -24,7 +24,7 @@ from semanir.models import (
     get_config,
 )
 
-__version__ = "0.4.11"
+__version__ = "0.4.12"
 
 __all__ = [
     "CONFIGS",

@@ -285,11 +285,10 @@ class KeySemanticLayer(nn.Module):
         return x
 
     def mlp_inference(self, x: Tensor) -> Tensor:
-        """``self.mlp(x)`` without autograd: the hidden layer's bias and GELU in one pass over
-        the product (in place, on the CPU)."""
+        """``self.mlp(x)`` without autograd, the GELU in place over the hidden layer on the CPU
+        (the modules still run as modules: their hooks and autocast apply)."""
         fc1, _, fc2 = self.mlp
-        hidden = torch.matmul(x, fc1.weight.t())  # (..., hidden), no bias yet
-        return fc2(bias_gelu_(hidden, fc1.bias))
+        return fc2(bias_gelu_(fc1(x), None))
 
 
 class SemanIRStage(nn.Module):
