@@ -10,7 +10,8 @@
 //   forward also gives each query's log-sum-exp; the backward recomputes the probabilities from
 //   it and returns the gradients of q, k, v and the bias), one (window, head) at a time in cache.
 // The softmax exponentials are _cpu_vec.h's exp_nonpositive (within 2.4e-7 relative, 0 exactly
-// off the dictionary), the same in the forward and in the backward that recomputes the probabilities.
+// off the dictionary), the same in the forward and in the backward that recomputes the
+// probabilities.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -344,7 +345,7 @@ float probabilities_and_logit_grads(int64_t i0, const float* q, int64_t q_row, c
                                     int64_t bias_row, const float* lse, const float* delta,
                                     float scale, float* p, float* ds, int64_t n, int64_t d) {
   constexpr int64_t W = Vec::size();
-  const Vec zero(0.0f), minus_inf(-std::numeric_limits<float>::infinity());
+  const Vec zero(0.0f);
   Vec scale_grad = zero;
   const auto finish = [&](int64_t i, int64_t j0, int64_t w, const Vec& logit, const Vec& grad) {
     Vec x = at::vec::fmadd(logit, Vec(scale), mask_at(mask + i * mask_row, j0, w));
