@@ -230,8 +230,8 @@ at::Tensor add_layer_norm_(at::Tensor& x, const at::Tensor& y, const at::Tensor&
 }
 
 // x = gelu(x + bias) in place (torch's erf GELU, _cpu_vec.h) over a contiguous float32 (..., C)
-// x, with bias (C,) or none: an MLP's first linear layer, its product made without the bias,
-// finished in one pass.
+// x, with bias (C,) or none: an MLP's activation, over its first linear layer's output or over
+// a product made without the bias, in one pass.
 at::Tensor bias_gelu_(at::Tensor& x, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
               "x must be a contiguous float32 tensor of at least one dim");

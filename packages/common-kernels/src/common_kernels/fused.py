@@ -29,8 +29,8 @@ def add_layer_norm_(x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
 
 def bias_gelu_(x: Tensor, bias: Tensor | None) -> Tensor:
     """``gelu(x + bias)`` (erf GELU, as ``F.gelu``), in ``x``'s memory where the kernel runs: an
-    MLP's first linear layer finished after its product was made without the bias
-    (``torch.matmul(h, fc1.weight.t())``). Returns the result; do not use ``x`` after.
+    MLP's activation over its first linear layer's output (``bias=None``), or over a product
+    made without the bias. Returns the result; do not use ``x`` after.
 
     On the CPU without autograd (float32, contiguous) one C++ pass adds the bias and applies
     the GELU in place (torch's erf formula, its exponential by the attention's polynomial:
