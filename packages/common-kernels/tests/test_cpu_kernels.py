@@ -494,8 +494,9 @@ def erf_gelu_fp64(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 def test_bias_gelu_matches_the_fp64_gelu_in_place(channels: int, with_bias: bool) -> None:
     """The kernel's GELU (torch's erf formula, its exp(-z^2) by the attention's polynomial) over
-    values from -12 to 12: within 5e-7 x max(1, |x|) of fp64, as close as F.gelu is, in x's
-    memory; exact 0 at 0, the identity far right, -0 far left."""
+    values from -12 to 12: within 5e-7 x max(1, |x|) of fp64, in x's memory; exact 0 at 0, the
+    identity far right, -0 far left. F.gelu is not compared: its error is torch's and differs
+    between machines (below 5e-7 on this grid on an AVX2 EPYC, 8-9e-7 on an AVX-512 one)."""
     g = torch.Generator().manual_seed(channels)
     x = torch.linspace(-12, 12, 96 * channels).view(96, channels)
     x = x[torch.randperm(96, generator=g)].contiguous()
@@ -507,8 +508,6 @@ def test_bias_gelu_matches_the_fp64_gelu_in_place(channels: int, with_bias: bool
     assert out.data_ptr() == target.data_ptr()
     scale = expected.abs().clamp_min(1.0)
     assert ((out.double() - expected).abs() / scale).max().item() <= 5e-7
-    reference = F.gelu(x if bias is None else x + bias).double()
-    assert ((reference - expected).abs() / scale).max().item() <= 5e-7  # F.gelu's own bound
     with torch.inference_mode():
         ends = bias_gelu_(torch.tensor([0.0, 30.0, -30.0, -9.0]), None)
     assert ends.tolist()[:2] == [0.0, 30.0] and ends[2].item() == 0.0
@@ -558,3 +557,49 @@ def test_without_a_compiler_the_reason_is_given(tmp_path: Path) -> None:
         "PATH; install g++ or clang, or set CXX)"
     )
     assert run_status(tmp_path, CXX="/nonexistent/c++") == str((False, expected))
+
+
+# torch runs its AVX-512 kernels where the CPU has these (its own test of the capability)
+AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+PARITY_TESTS = (
+    "test_attention_matches_the_fp64_oracle or test_backward_matches_the_fp64_oracle or "
+    "test_topk_membership or test_add_layer_norm_matches or test_bias_gelu_matches or "
+    "underflow_to_zero"
+)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def test_the_kernels_use_the_widest_vectors_this_cpu_has() -> None:
+    """On a CPU with AVX-512 the library is built for AVX-512 (the tests above check that
+    path); on one with AVX2 only, for AVX2."""
+    flags = cpu_flags()
+    if not {"avx2", "fma"} <= flags:
+        pytest.skip("the CPU has no AVX2 (no /proc/cpuinfo, or another architecture)")
+    expected = "AVX512" if AVX512_FLAGS <= flags else "AVX2"
+    assert torch.backends.cpu.get_cpu_capability() == expected
+    assert _cpu_kernels._build_name(expected) in {
+        path.stem for path in _cpu_kernels.cache_folder().glob("*.so")
+    }
+
+
+def test_the_avx2_build_passes_the_parity_tests_on_an_avx512_cpu() -> None:
+    """An AVX-512 machine also builds and checks the AVX2 code (``ATEN_CPU_CAPABILITY=avx2``:
+    torch's kernels and ``at::vec`` at 256 bits), so that both vector widths are tested
+    wherever the wider one runs."""
+    if not AVX512_FLAGS <= cpu_flags():
+        pytest.skip("the CPU has no AVX-512: the tests above check its AVX2 build")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+               "-k", PARITY_TESTS]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    summary = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in summary and "skipped" not in summary, summary

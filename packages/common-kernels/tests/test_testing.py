@@ -32,8 +32,15 @@ def test_the_signal_comes_once_the_command_works() -> None:
     assert stopped == (143, "", "demo run: terminated\n")
 
 
-def test_sigint_is_sent_when_asked() -> None:
-    stopped = signal_while_working(SCRIPT, ["run"], signal_number=signal.SIGINT)
+@pytest.mark.parametrize("parent", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "background"])
+def test_sigint_is_sent_when_asked(parent: signal.Handlers) -> None:
+    """Ctrl-C reaches the command whether the test runs from a terminal or as a background
+    job, which starts its children with SIGINT ignored (the disposition is inherited)."""
+    previous = signal.signal(signal.SIGINT, parent)
+    try:
+        stopped = signal_while_working(SCRIPT, ["run"], signal_number=signal.SIGINT, timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stopped.returncode == 130 and stopped.stderr == "demo run: interrupted\n"
 
 

@@ -33,7 +33,7 @@ inline Vec exp_nonpositive(const Vec& x) {
 
 // GELU, x (1 + erf(x / sqrt 2)) / 2, with erf as torch's at::vec computes it for F.gelu
 // (Abramowitz & Stegun 7.1.26: sign(z) (1 - t P(t) exp(-z^2)), t = 1 / (1 + p |z|), absolute
-// error <= 1.5e-7) and exp(-z^2) by exp_nonpositive: within 3e-7 of F.gelu's values (times |x|).
+// error <= 1.5e-7) and exp(-z^2) by exp_nonpositive: within 3e-7 of the fp64 GELU (times |x|).
 inline Vec gelu(const Vec& x) {
   const Vec z = x * Vec(0.70710678118654752f);
   const Vec sign = z & Vec(-0.0f);

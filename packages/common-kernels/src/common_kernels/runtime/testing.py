@@ -92,6 +92,7 @@ def signal_while_working(
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *argv],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: _default_disposition(signal_number),
     )  # fmt: skip
     try:
         for line in iter(process.stdout.readline, ""):  # blocks until the command works
@@ -105,6 +106,16 @@ def signal_while_working(
     finally:
         process.kill()
     return Stopped(process.returncode, out, err)
+
+
+def _default_disposition(signal_number: int) -> None:
+    """In the child before exec: ``signal_number`` handled by default, as in a terminal.
+
+    A job started in the background by a non-interactive shell (``cmd &``, ``nohup``, CI
+    runners) starts its children with SIGINT ignored, and Python then installs no
+    ``KeyboardInterrupt`` handler: the command would never see the signal the test sends.
+    """
+    signal.signal(signal_number, signal.SIG_DFL)
 
 
 _INTERRUPTING = """
