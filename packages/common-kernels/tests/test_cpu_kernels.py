@@ -583,7 +583,7 @@ def test_the_kernels_use_the_widest_vectors_this_cpu_has() -> None:
     flags = cpu_flags()
     if not {"avx2", "fma"} <= flags:
         pytest.skip("the CPU has no AVX2 (no /proc/cpuinfo, or another architecture)")
-    expected = "AVX512" if AVX512_FLAGS <= flags else "AVX2"
+    expected = "AVX512" if flags >= AVX512_FLAGS else "AVX2"
     assert torch.backends.cpu.get_cpu_capability() == expected
     assert _cpu_kernels._build_name(expected) in {
         path.stem for path in _cpu_kernels.cache_folder().glob("*.so")
@@ -594,7 +594,7 @@ def test_the_avx2_build_passes_the_parity_tests_on_an_avx512_cpu() -> None:
     """An AVX-512 machine also builds and checks the AVX2 code (``ATEN_CPU_CAPABILITY=avx2``:
     torch's kernels and ``at::vec`` at 256 bits), so that both vector widths are tested
     wherever the wider one runs."""
-    if not AVX512_FLAGS <= cpu_flags():
+    if not cpu_flags() >= AVX512_FLAGS:
         pytest.skip("the CPU has no AVX-512: the tests above check its AVX2 build")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
