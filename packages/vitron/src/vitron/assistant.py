@@ -34,7 +34,7 @@ from vitron.invocations import (
     strip_eos,
 )
 from vitron.models.vitron import VitronModel
-from vitron.processing import Message
+from vitron.processing import Message, check_reply_budget, reply_budget
 from vitron.regions import Region, check_inside
 from vitron.router import CallOutcome, Router, TurnInputs, results_message
 from vitron.specialists.registry import SpecialistRegistry
@@ -98,12 +98,15 @@ class Assistant:
         model: the Vitron model.
         registry: the specialists.
         output_dir: where specialists write files.
-        max_new_tokens: tokens per reply.
+        max_new_tokens: tokens per reply; more than the model's ``max_length`` leaves after the
+            shortest prompt is refused (``InvalidArgument``), and a reply also stops where the
+            conversation fills ``max_length``.
         do_sample: sample instead of greedy decoding.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
         seed: seed of the sampling and of the specialists.
-        max_rounds: rounds of calls per turn (>= 1).
+        max_rounds: rounds of calls per turn (>= 1; more than ``max_length`` can hold is
+            refused).
         grammar: reply grammar, ``"auto"``, ``"json"`` or ``"tags"``.
         scripted_replies: replies used instead of decoding, in order (testing aid).
     """
@@ -124,6 +127,8 @@ class Assistant:
         scripted_replies: Sequence[str] = (),
     ) -> None:
         check_generation(max_new_tokens, temperature, top_p, seed, max_rounds)
+        budget = reply_budget(model.tokenizer, model.config)
+        check_reply_budget(max_new_tokens, max_rounds, budget)
         self.model = model.eval()
         self.router = Router(registry, output_dir, seed)
         self.generation = {
@@ -191,7 +196,8 @@ class Assistant:
             ValueError: an empty image (0 pixels wide or high), a video without frames, or a
                 region outside its image, naming it (``images[0] is empty: 0x0 pixels; ...``);
                 the conversation stays as it was.
-            progress: show the calls' progress on stderr (``common_kernels.runtime.progress``).
+            progress: show the replies' tokens and the calls' progress on stderr
+                (``common_kernels.runtime.progress``).
         """
         check_media(images, videos)
         every = [*self.inputs.images, *images]
@@ -222,7 +228,7 @@ class Assistant:
         self.messages.append(Message("user", content))
         turn = Turn(user=content)
         for round_ in range(self.max_rounds + 1):
-            reply = self.next_reply()
+            reply = self.next_reply(progress)
             turn.replies.append(reply)
             raw = clean_reply(reply.text)
             try:
@@ -254,14 +260,16 @@ class Assistant:
             self.messages.append(Message("results", results_message(outcomes)))
         raise AssertionError("unreachable: every round returns")
 
-    def next_reply(self) -> Reply:
+    def next_reply(self, progress: bool = False) -> Reply:
+        """The next reply: a scripted one, else the model's (its tokens' progress on stderr
+        when ``progress``)."""
         if self.scripted:
             return Reply(self.scripted.pop(0), True)
         sample = self.model.processor.sample(
             self.messages, self.inputs.images, self.inputs.videos, self.inputs.regions,
             add_generation_prompt=True, with_labels=False,
         )  # fmt: skip
-        ids = self.model.generate(sample, **self.generation)
+        ids = self.model.generate(sample, **self.generation, progress=progress)
         return Reply(self.model.tokenizer.decode(ids, skip_special_tokens=False), False)
 
     def signals(self, parsed: ParsedReply):

@@ -68,12 +68,14 @@ class AssistantOptions:
         specialists: a JSON file of adapter name -> options object.
         settings: ``ADAPTER.OPTION=VALUE`` overrides of single specialist options.
         offload: keep each specialist on the CPU between its calls.
-        max_new_tokens: tokens per reply, >= 1.
+        max_new_tokens: tokens per reply, >= 1; :func:`open_assistant` refuses more than the
+            model's ``max_length`` leaves after the shortest prompt (a reply stops there too).
         do_sample: sample instead of greedy decoding.
         temperature: sampling temperature, a finite number > 0.
         top_p: nucleus sampling mass, in (0, 1].
         seed: seed of the sampling and of the specialists, in [0, 2**32 - 1].
-        max_rounds: rounds of calls per turn, >= 1.
+        max_rounds: rounds of calls per turn, >= 1; :func:`open_assistant` refuses more rounds
+            than the model's ``max_length`` can hold.
         grammar: reply grammar, ``auto``, ``json`` or ``tags``.
     """
 
@@ -109,14 +111,51 @@ class AssistantOptions:
             )
 
 
-def check_model_and_output(model: str, output: Path) -> None:
-    """The model source (loader rule) and a writable output folder whose name has no suffix."""
+def check_model_and_output(model: str, output: Path) -> Path | str:
+    """The model source (loader rule) and a writable output folder whose name has no suffix;
+    returns the source (a folder or a hub id)."""
     from vitron.models.sources import check_model_source
 
-    check_model_source(model)
+    source = check_model_source(model)
     check_output_folder(output, "output")
     with argument_errors("output"):
         check_output_folder_name(output, "output")
+    return source
+
+
+def read_reply_budget(model: str, source: Path | str):
+    """The :class:`~vitron.processing.ReplyBudget` of a Vitron folder or hub id, from its
+    config and tokenizer alone (no weights load; a hub id downloads those two only).
+
+    Args:
+        model: the model as given (named in messages).
+        source: its folder or hub id (:func:`~vitron.models.sources.check_model_source`).
+
+    Raises:
+        ModelLoadError: the config or the tokenizer cannot be read.
+    """
+    from vitron.models.config import VitronConfig
+    from vitron.models.sources import CONFIG_NAME, TOKENIZER_DIR
+    from vitron.processing import reply_budget
+
+    try:
+        if isinstance(source, Path):
+            folder = source
+        else:
+            from huggingface_hub import snapshot_download
+
+            patterns = [CONFIG_NAME, f"{TOKENIZER_DIR}/*"]
+            folder = Path(snapshot_download(repo_id=source, allow_patterns=patterns))
+        from transformers import AutoTokenizer
+
+        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        data.pop("vitron_version", None)
+        config = VitronConfig.from_dict(data)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        message = f"cannot load {{model}} {literal(model)}: {literal(one_line(err))}"
+        raise ModelLoadError("model", message) from err
+    return reply_budget(tokenizer, config)
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -209,20 +248,24 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype):
 
 
 def open_assistant(options: AssistantOptions, scripted_replies: Sequence[str] = ()):
-    """Check every option (model source, output folder, device, dtype, specialists), then load
-    the model: the :class:`~vitron.assistant.Assistant` of ``options``.
+    """Check every option (model source, output folder, device, dtype, specialists, and
+    ``max_new_tokens`` and ``max_rounds`` against the positions the model holds, from its config
+    and tokenizer), then load the model: the :class:`~vitron.assistant.Assistant` of ``options``.
 
     Raises:
         InvalidArgument: a bad option, named (before any load).
         ModelLoadError: the model cannot be loaded.
     """
     from vitron.assistant import Assistant
+    from vitron.processing import check_reply_budget
 
-    check_model_and_output(options.model, options.output)
+    source = check_model_and_output(options.model, options.output)
     with argument_errors("device"):
         device = check_device(options.device, "device")
     dtype = resolve_dtype(options.dtype, device, cuda_bf16_supported(device))
     registry = build_registry(options.specialists, options.settings, device, options.offload)
+    budget = read_reply_budget(options.model, source)
+    check_reply_budget(options.max_new_tokens, options.max_rounds, budget, options.model)
     return Assistant(
         load_model(options.model, device, dtype), registry, options.output,
         max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,

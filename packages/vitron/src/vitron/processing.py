@@ -393,3 +393,84 @@ class VitronProcessor:
                     f"the conversation has {found} {token} placeholder(s) but {count} "
                     f"{token.strip('<>')}(s) were given"
                 )
+
+
+@dataclass(frozen=True)
+class ReplyBudget:
+    """What a model's positions leave for replies (:func:`reply_budget`).
+
+    Args:
+        max_length: positions the model holds (``VitronConfig.max_length``).
+        prompt: positions of the shortest prompt (system prompt, an empty user message, the
+            assistant's prompt).
+        round: positions one more round of calls adds at least (an empty reply and an empty
+            results message).
+    """
+
+    max_length: int
+    prompt: int
+    round: int
+
+    @property
+    def reply(self) -> int:
+        """The most new tokens a reply can have: the positions the shortest prompt leaves."""
+        return self.max_length - self.prompt
+
+
+def reply_budget(tokenizer, config: VitronConfig) -> ReplyBudget:
+    """The positions of ``config``'s model that replies can use (nothing but the tokenizer runs).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        config: the model's config (template, tokens, ``max_length``).
+    """
+
+    def positions(messages: Sequence[Message]) -> int:
+        ids, _, _ = encode_conversation(
+            tokenizer, messages, config.template, config.signal_token, add_generation_prompt=True
+        )
+        return int(ids.numel())
+
+    first = [Message("user", "")]
+    prompt = positions(first)
+    then = positions([*first, Message("assistant", ""), Message("results", "")])
+    return ReplyBudget(config.max_length, prompt, max(then - prompt, 1))
+
+
+def check_reply_budget(
+    max_new_tokens: int, max_rounds: int, budget: ReplyBudget, model: str = "the model"
+) -> None:
+    """Refuse a ``max_new_tokens`` or ``max_rounds`` the model's positions cannot hold, before
+    any weights load or any token is generated: a reply of ``max_new_tokens`` after the
+    shortest prompt, and ``max_rounds`` rounds of calls each adding at least ``budget.round``
+    positions, must fit in ``max_length``.
+
+    Args:
+        max_new_tokens: tokens per reply.
+        max_rounds: rounds of calls per turn.
+        budget: the model's :class:`ReplyBudget`.
+        model: how the message names the model.
+
+    Raises:
+        InvalidValue: (``max_new_tokens`` or ``max_rounds``) the estimate and the limit.
+    """
+    from common_kernels.runtime.errors import InvalidValue, literal
+
+    holds = f"the {budget.max_length} positions {literal(model)} holds (its max_length)"
+    need = budget.prompt + max_new_tokens
+    if need > budget.max_length:
+        raise InvalidValue(
+            "max_new_tokens",
+            f"{{max_new_tokens}} {max_new_tokens}: a reply of {max_new_tokens} tokens after the "
+            f"shortest prompt ({budget.prompt} positions) needs {need} positions, more than "
+            f"{holds}; at most {budget.reply}",
+        )
+    most = budget.reply // budget.round
+    if max_rounds > most:
+        need = budget.prompt + max_rounds * budget.round
+        raise InvalidValue(
+            "max_rounds",
+            f"{{max_rounds}} {max_rounds}: {max_rounds} rounds of calls after the shortest "
+            f"prompt ({budget.prompt} positions) need at least {need} positions "
+            f"({budget.round} per round), more than {holds}; at most {most}",
+        )

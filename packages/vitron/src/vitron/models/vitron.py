@@ -470,28 +470,72 @@ class VitronModel(
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        progress: bool = False,
     ) -> Tensor:
-        """New token ids (1-D) continuing the sample's prompt."""
+        """New token ids (1-D) continuing the sample's prompt.
+
+        Args:
+            sample: the prompt (:meth:`VitronProcessor.sample` with ``add_generation_prompt``).
+            max_new_tokens: tokens to generate at most, >= 1; fewer when the prompt leaves
+                fewer of ``config.max_length``'s positions (the model holds no more).
+            do_sample: sample instead of greedy decoding.
+            temperature: sampling temperature.
+            top_p: nucleus sampling mass.
+            seed: seed of the sampling (None: torch's current state).
+            progress: show the tokens generated on stderr (``common_kernels.runtime.progress``:
+                a bar on a terminal, a line every 10 s in a log).
+
+        Raises:
+            ValueError: ``max_new_tokens`` < 1, or a prompt that fills ``config.max_length``.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from common_kernels.runtime.progress import progress as show_progress
+
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         spliced = self.splice([sample], padding_side="left", truncate=False)
+        left = self.config.max_length - max(spliced.lengths)
+        if left < 1:
+            raise ValueError(
+                f"the conversation is {max(spliced.lengths)} positions long (text + media), the "
+                f"model's max_length {self.config.max_length}: no position is left for a reply; "
+                "start a new conversation"
+            )
+        limit = min(max_new_tokens, left)
+        ticks = show_progress(
+            range(limit), desc="vitron reply", unit="tokens", leave=False, disable=not progress
+        )
+        next(ticks)  # started: each step below counts one token
+
+        class Ticks(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                next(ticks, None)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         eos = self.tokenizer.eos_token_id
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": limit, "do_sample": do_sample,
+            "stopping_criteria": StoppingCriteriaList([Ticks()]),
+        }  # fmt: skip
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-        with rng:
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.llm.generate(
-                inputs_embeds=spliced.inputs_embeds,
-                attention_mask=spliced.attention_mask,
-                pad_token_id=self.tokenizer.pad_token_id
-                if self.tokenizer.pad_token_id is not None
-                else eos,
-                eos_token_id=eos,
-                **kwargs,
-            )
+        try:
+            with rng:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.llm.generate(
+                    inputs_embeds=spliced.inputs_embeds,
+                    attention_mask=spliced.attention_mask,
+                    pad_token_id=self.tokenizer.pad_token_id
+                    if self.tokenizer.pad_token_id is not None
+                    else eos,
+                    eos_token_id=eos,
+                    **kwargs,
+                )
+        finally:
+            ticks.close()  # a reply that ends early: the bar goes
         return out[0].cpu()
 
     @torch.no_grad()
