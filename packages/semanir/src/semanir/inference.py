@@ -376,7 +376,9 @@ def load_model(name_or_path: str | Path | None = None, *, map_location: str = "c
         map_location: device the weights are loaded to.
 
     Returns:
-        The model, in eval mode, every weight loaded (strict).
+        The model, in eval mode, every weight loaded (strict). Its weights are normal tensors
+        even when loaded under ``torch.inference_mode``, so it runs in any mode afterwards
+        (inference tensors could never take part in autograd: no fine-tuning, no gradients).
     """
     source = model_folder(name_or_path)
     config = json.loads(model_file(source, "config.json").read_text(encoding="utf-8"))
@@ -385,9 +387,10 @@ def load_model(name_or_path: str | Path | None = None, *, map_location: str = "c
         raise ValueError(
             f"{source}: model_type must be one of {sorted(MODEL_CLASSES)}, got {model_type!r}"
         )
-    model = MODEL_CLASSES[model_type](config)
-    state = load_file(model_file(source, "model.safetensors"), device=str(map_location))
-    model.load_state_dict(state, strict=True)
+    with torch.inference_mode(False):
+        model = MODEL_CLASSES[model_type](config)
+        state = load_file(model_file(source, "model.safetensors"), device=str(map_location))
+        model.load_state_dict(state, strict=True)
     return model.eval()
 
 

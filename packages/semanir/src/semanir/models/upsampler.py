@@ -390,6 +390,45 @@ class SubtractBorder(torch.autograd.Function):
         return grad, -grad[..., :: height - 1, :], -grad[..., 1:-1, :: width - 1]
 
 
+# per weight: its address, and its version counter or, for an inference tensor, its values
+WeightsStamp = tuple[tuple[int, int | Tensor], ...]
+
+
+def weights_stamp(weights: list[Tensor]) -> WeightsStamp:
+    """What :func:`same_weights` compares to tell whether ``weights`` changed since.
+
+    A tensor made under ``torch.inference_mode`` has no version counter, and changes in place
+    there unseen, so its values are kept (a copy: the tail's weights are a small part of the
+    model) where a normal tensor's version counter suffices, which avoids a comparison (and a
+    device sync) per call.
+
+    Args:
+        weights: the tail's weights and biases.
+    """
+    return tuple(
+        (w.data_ptr(), w.detach().clone() if w.is_inference() else w._version) for w in weights
+    )
+
+
+def same_weights(weights: list[Tensor], stamp: WeightsStamp) -> bool:
+    """Whether ``weights`` are those :func:`weights_stamp` saw, unchanged: same tensors (address),
+    not modified in place since (version counter, or values for inference tensors).
+
+    Args:
+        weights: the tail's weights and biases, in the order of the stamp.
+        stamp: :func:`weights_stamp` of them when the composition was made.
+    """
+    for weight, (address, mark) in zip(weights, stamp, strict=True):
+        if weight.data_ptr() != address or weight.is_inference() != isinstance(mark, Tensor):
+            return False
+        if isinstance(mark, Tensor):
+            if weight.dtype != mark.dtype or not torch.equal(weight, mark):
+                return False
+        elif weight._version != mark:
+            return False
+    return True
+
+
 class TailComposition(NamedTuple):
     """What :meth:`PixelShuffleUpsampler.forward` derives from the tail's weights."""
 
@@ -432,7 +471,7 @@ class PixelShuffleUpsampler(nn.Sequential):
         super().__init__(*layers)
         self.scale = scale
         self.factors = (*factors, 1)  # of the tail's convs; 1: the last, plain conv
-        self._composed: tuple[tuple[int, ...], TailComposition] | None = None
+        self._composed: tuple[WeightsStamp, TailComposition] | None = None
         # how the border's corrections are built from the weights (derived, not saved)
         shapes = [tuple(conv.weight.shape) for conv in self.tail_convs()]
         index, self.border_shapes = border_layout(shapes, self.factors)
@@ -485,15 +524,15 @@ class PixelShuffleUpsampler(nn.Sequential):
 
     def composition(self) -> TailComposition:
         """Everything the forward derives from the tail's weights, in their dtype (autocast
-        off); under no_grad it is kept until a weight changes (in place, moved or replaced)."""
+        off); under no_grad and inference_mode it is kept until a weight changes (in place,
+        moved or replaced; :func:`same_weights`)."""
         convs = self.tail_convs()
         with torch.autocast(convs[0].weight.device.type, enabled=False):
             if torch.is_grad_enabled() or torch.compiler.is_compiling():
                 return self._compose()
             params = [p for conv in convs for p in (conv.weight, conv.bias)]
-            key = (*(p._version for p in params), *(p.data_ptr() for p in params))
-            if self._composed is None or self._composed[0] != key:
-                self._composed = (key, self._compose())
+            if self._composed is None or not same_weights(params, self._composed[0]):
+                self._composed = (weights_stamp(params), self._compose())
         return self._composed[1]
 
     def composed_tail(self) -> tuple[Tensor, Tensor, int]:
