@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +24,7 @@ from common_kernels.runtime.app import (
     page,
     shows_bad_input,
 )
+from common_kernels.runtime.cli import Terminated
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 
 
@@ -55,20 +61,84 @@ def test_error_text_is_one_line(error: BaseException, text: str) -> None:
     assert error_text(error) == text
 
 
-def test_launch_blocks_passes_the_page_options(tmp_path) -> None:
-    seen = {}
+class FakePage:
+    """Records what ``launch_blocks`` does with a page; ``launch`` raises ``stop`` if given."""
 
-    class Page:
-        def launch(self, **options):
-            seen.update(options)
+    def __init__(self, calls: list, stop: BaseException | None = None) -> None:
+        self.calls, self.stop = calls, stop
 
-    launch_blocks(Page(), host="0.0.0.0", port=7861, share=False, allowed_paths=[tmp_path])
-    assert seen == {
-        "server_name": "0.0.0.0",
-        "server_port": 7861,
-        "share": False,
-        "allowed_paths": [str(tmp_path.resolve())],
-    }
+    def launch(self, **options) -> None:
+        self.calls.append(("launch", options))
+        if self.stop is not None:
+            raise self.stop
+
+    def close(self) -> None:
+        self.calls.append(("close", {}))
+
+
+@pytest.mark.parametrize("stop", [None, KeyboardInterrupt(), Terminated()], ids=repr)
+def test_launch_blocks_serves_then_closes_and_freezes_the_heap(tmp_path, monkeypatch, stop):
+    """The page's options reach ``launch``; however serving ends (returned, Ctrl-C, SIGTERM),
+    the server is closed and the heap frozen out of the exit's garbage collection, and the
+    signal's exception goes on to ``run_main``."""
+    calls: list = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(("freeze", {})))
+    page = FakePage(calls, stop)
+    with pytest.raises(type(stop)) if stop is not None else contextlib.nullcontext():
+        launch_blocks(page, host="0.0.0.0", port=7861, share=False, allowed_paths=[tmp_path])
+    options = {"server_name": "0.0.0.0", "server_port": 7861, "share": False,
+               "allowed_paths": [str(tmp_path.resolve())]}  # fmt: skip
+    assert calls == [("launch", options), ("close", {}), ("freeze", {})]
+
+
+SERVED_PAGE = """
+import atexit, gc, socket, sys
+from common_kernels.runtime.app import launch_blocks, page
+from common_kernels.runtime.cli import run_main
+
+port = int(sys.argv[1])
+
+def report():  # after run_main: is the port still served, how many objects are frozen
+    with socket.socket() as sock:
+        served = sock.connect_ex(("127.0.0.1", port)) == 0
+    print(f"served={served} frozen={gc.get_freeze_count() > 1000}", flush=True)
+
+def serve():
+    import gradio as gr
+
+    with page("demo", "a page") as blocks:
+        gr.Textbox("x")
+    blocks.analytics_enabled = False
+    atexit.register(report)
+    launch_blocks(blocks, host="127.0.0.1", port=port, share=False)
+
+sys.exit(run_main("demo app", serve))
+"""
+
+
+def test_a_served_page_ends_on_sigterm_with_one_line_and_its_port_closed() -> None:
+    """A real page under ``run_main``: SIGTERM ends it with exit 143 and one line, the port
+    closed and the heap frozen before the interpreter exits (the exit's time is measured in
+    the CHANGELOG: 5.2 s before the freeze, 0.7 s after, on a 2-core machine)."""
+    port = browser.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVED_PAGE, str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while True:  # until the page answers (or the command ended: then it failed)
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err[-2000:]
+    assert err.splitlines()[-1] == "demo app: terminated"
+    assert out.splitlines()[-1] == "served=False frozen=True"
 
 
 @pytest.mark.parametrize("port", [0, 65536, "80", True])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
@@ -127,7 +128,12 @@ def launch_blocks(
     share: bool,
     allowed_paths: Sequence[str | Path] = (),
 ) -> None:
-    """Serve a ``gradio.Blocks`` until interrupted (what ``<package> app`` does).
+    """Serve a ``gradio.Blocks`` until interrupted (what ``<package> app`` does), then stop
+    the server and leave the process ready to exit at once.
+
+    The process's objects are frozen out of the garbage collector once the page is done: the
+    interpreter's last collection otherwise walks every object of torch, Gradio and their
+    imports, which took 2-5 s of a page's exit after Ctrl-C or SIGTERM on a 2-core machine.
 
     Args:
         blocks: the page.
@@ -140,9 +146,13 @@ def launch_blocks(
         InvalidArgument: (``port``) not a TCP port number, before anything is served.
     """
     check_port(port)
-    blocks.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
-    )
+    try:
+        blocks.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
+        )
+    finally:
+        blocks.close()
+        gc.freeze()
