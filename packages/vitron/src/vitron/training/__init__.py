@@ -29,10 +29,10 @@ _MODULE_OF = {
             "enable_gradient_checkpointing",
             "is_trainable",
             "stage_processor",
-            "train",
         ),
         "vitron.training.module",
     ),
+    "train": "vitron.training.stage",
     "build_signal_targets": "vitron.training.targets",
 }
 

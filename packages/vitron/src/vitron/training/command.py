@@ -27,8 +27,8 @@ def run_train(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from vitron.training import TrainConfig, TrainingInterrupted, train
-    from vitron.training.config import parse_devices
+    from vitron.training.config import TrainConfig, parse_devices
+    from vitron.training.stage import train
 
     fields = TrainConfig.__dataclass_fields__
     settings = {name: getattr(args, name) for name in fields if name != "devices"}
@@ -38,11 +38,16 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(args.model, args.data, args.output, **settings, **files, resume=args.resume)
     except InvalidArgument:  # train's own checks, before the model loads: named by run_main
         raise
-    except TrainingInterrupted as stop:
-        print(stop.line("vitron train", "--resume"), file=sys.stderr)
-        return stop.exit_status
     except (FileNotFoundError, ValueError) as err:  # the data, found bad while working
         raise UsageError(one_line(err)) from None
+    except BaseException as stop:
+        # Lightning is imported by now (train imports it after its checks), and with it this
+        from common_kernels.runtime.lightning import TrainingInterrupted
+
+        if not isinstance(stop, TrainingInterrupted):
+            raise
+        print(stop.line("vitron train", "--resume"), file=sys.stderr)
+        return stop.exit_status
     print(
         f"stage {args.stage}: loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
         f"model saved to {args.output}"

@@ -146,12 +146,13 @@ def check_scale_options(strategy: str, precision: str, accumulate_grad_batches: 
         precision: one of :data:`PRECISIONS`.
         accumulate_grad_batches: batches per optimizer step.
     """
-    known = available_strategies()
-    if strategy not in known:
-        raise InvalidValue(
-            "strategy",
-            f"{{strategy}} {literal(strategy)}: expected one of {literal(', '.join(known))}",
-        )
+    if strategy != "auto":  # Lightning's registry (a 4 s import) only for a strategy named
+        known = available_strategies()
+        if strategy not in known:
+            raise InvalidValue(
+                "strategy",
+                f"{{strategy}} {literal(strategy)}: expected one of {literal(', '.join(known))}",
+            )
     problem = strategy_problem(strategy)
     if problem is not None:
         raise InvalidValue("strategy", f"{{strategy}} {literal(strategy)} {literal(problem)}")

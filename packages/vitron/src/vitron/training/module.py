@@ -42,11 +42,7 @@ from common_kernels.runtime.lightning import InterruptCheckpoint, progress_callb
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
-from vitron.training.config import (
-    STAGES,
-    TrainConfig,
-    check_train,
-)
+from vitron.training.config import STAGES, TrainConfig
 from vitron.training.data import ConversationDataset, collate
 from vitron.training.resume import (
     LOG_VERSION_KEY,
@@ -501,122 +497,57 @@ def stage_processor(model: VitronModel, stage: int) -> VitronProcessor:
     return VitronProcessor(model.tokenizer, config)
 
 
-def train(
+def fit(
     model: str | Path | VitronModel,
     data: str | Path,
     output: str | Path,
+    config: TrainConfig,
     *,
-    stage: int,
-    max_steps: int = 1000,
-    batch_size: int = 4,
-    lr: float = 2e-5,
-    lora_rank: int = 0,
-    align_weight: float = 1.0,
-    synergy_weight: float = 0.1,
     val_data: str | Path | None = None,
-    seed: int = 0,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = 1,
-    strategy: str = "auto",
-    precision: str = "32-true",
-    accumulate_grad_batches: int = 1,
-    gradient_checkpointing: bool = False,
     signal_targets: str | Path | None = None,
-    checkpoint_every_n_steps: int | None = None,
-    checkpoint_every_minutes: float | None = None,
-    num_workers: int = 0,
     resume: str | Path | None = None,
     checkpoints: bool = True,
     **trainer_options: Any,
 ) -> dict[str, Any]:
-    """Run one stage and save the result with ``save_pretrained``.
-
-    Every setting is checked (:class:`~vitron.training.config.TrainConfig`) and every file
-    (:func:`~vitron.training.config.check_train`) before the model is loaded. SIGINT and
-    SIGTERM stop at the end of the current optimizer step with a resumable checkpoint
-    (:class:`InterruptCheckpoint`, raising :class:`TrainingInterrupted`); ``resume`` continues
-    from it to the weights an uninterrupted run ends with.
+    """One stage of :func:`vitron.training.train` after its checks: load, fit, save.
 
     Args:
-        model: a Vitron folder / hub id or a model.
-        data: training JSONL.
-        output: output folder (the model; Lightning logs in ``lightning/``, resumable
-            checkpoints in ``lightning/checkpoints/``).
-        stage: 1, 2 or 3.
-        max_steps: optimisation steps.
-        batch_size: samples per batch (a step takes ``accumulate_grad_batches`` batches).
-        lr: peak learning rate.
-        lora_rank: LoRA rank (0 = none).
-        align_weight: stage-3 alignment weight.
-        synergy_weight: stage-3 synergy weight.
-        val_data: validation JSONL.
-        seed: seed of the weights' randomness and the shuffling.
-        accelerator: Lightning accelerator.
-        devices: Lightning devices (a count, ``"auto"``, or device indices).
-        strategy: ``"auto"`` or a Lightning strategy name (``"ddp"``: DDP that allows unused
-            parameters; ``"fsdp"``: see :func:`fsdp_strategy`; ``"deepspeed*"`` needs
-            deepspeed; the weights of ``fsdp*`` and ``deepspeed_stage_3*`` are gathered into
-            the saved folder: see :func:`save_trained`).
-        precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast over fp32 weights;
-            ``"bf16-true"``: bf16 weights, saved in bf16).
-        accumulate_grad_batches: batches whose gradients are averaged into one step.
-        gradient_checkpointing: see :func:`enable_gradient_checkpointing`.
-        signal_targets: a ``targets.json`` index written by
-            :func:`vitron.training.targets.build_signal_targets` for ``data`` (stage 3).
-        checkpoint_every_n_steps: write a resumable checkpoint every N optimizer steps.
-        checkpoint_every_minutes: write a resumable checkpoint every M minutes.
-        num_workers: data-loading worker processes (0: the main process loads); they leave
-            SIGINT and SIGTERM to the main process, which saves the checkpoint.
-        resume: a checkpoint of this run to continue from (``interrupted.ckpt`` or a periodic
-            one); the other arguments must be those of the run that wrote it.
+        model: a checked Vitron folder / hub id, or a model.
+        data: the checked training JSONL.
+        output: the output folder.
+        config: the checked settings.
+        val_data: the checked validation JSONL.
+        signal_targets: the checked stage-3 targets index.
+        resume: the checked checkpoint to continue from.
         checkpoints: keep Lightning's end-of-epoch checkpoints and logs.
         **trainer_options: other ``lightning.Trainer`` arguments.
-
-    Returns:
-        ``{"first_loss", "last_loss", "skipped_batches", "trainable"}`` (losses of this
-        process's steps: a resumed run starts at its checkpoint's step).
-
-    Raises:
-        TrainingInterrupted: SIGINT or SIGTERM; the checkpoint to resume from is written.
     """
-    config = TrainConfig(
-        stage=stage, max_steps=max_steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
-        align_weight=align_weight, synergy_weight=synergy_weight, seed=seed,
-        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-        accumulate_grad_batches=accumulate_grad_batches,
-        gradient_checkpointing=gradient_checkpointing,
-        checkpoint_every_n_steps=checkpoint_every_n_steps,
-        checkpoint_every_minutes=checkpoint_every_minutes, num_workers=num_workers,
-    )  # fmt: skip
-    check_train(
-        model, data, output, config, val_data=val_data, signal_targets=signal_targets,
-        resume=resume,
-    )  # fmt: skip
-    L.seed_everything(seed, workers=True, verbose=False)
+    c = config
+    L.seed_everything(c.seed, workers=True, verbose=False)
     if not isinstance(model, VitronModel):
         model = VitronModel.from_pretrained(str(model))
     model.train()
     module = VitronLightningModule(
-        model, stage, lr=lr, max_steps=max_steps, lora_rank=lora_rank,
-        align_weight=align_weight, synergy_weight=synergy_weight,
-        gradient_checkpointing=gradient_checkpointing,
+        model, c.stage, lr=c.lr, max_steps=c.max_steps, lora_rank=c.lora_rank,
+        align_weight=c.align_weight, synergy_weight=c.synergy_weight,
+        gradient_checkpointing=c.gradient_checkpointing,
     )  # fmt: skip
     datamodule = VitronDataModule(
-        stage_processor(model, stage), data, val_data, batch_size, num_workers, seed=seed,
+        stage_processor(model, c.stage), data, val_data, c.batch_size, c.num_workers, seed=c.seed,
         signal_targets=signal_targets,
     )  # fmt: skip
     root = Path(output) / "lightning"
     interrupt = InterruptCheckpoint(root / "checkpoints")
     periodic = periodic_checkpoints(
-        root / "checkpoints", checkpoint_every_n_steps, checkpoint_every_minutes
+        root / "checkpoints", c.checkpoint_every_n_steps, c.checkpoint_every_minutes
     )
-    position = DataPosition(datamodule.sampler, batch_size)  # reads 0.3.0 checkpoints
+    position = DataPosition(datamodule.sampler, c.batch_size)  # reads 0.3.0 checkpoints
     callbacks = [position, interrupt, *periodic, *trainer_options.pop("callbacks", [])]
     resumed = checkpoint_facts(resume)
     options = {
-        "max_steps": max_steps, "accelerator": accelerator, "devices": devices,
-        "strategy": lightning_strategy(strategy, model), "precision": precision,
-        "accumulate_grad_batches": accumulate_grad_batches, "default_root_dir": str(root),
+        "max_steps": c.max_steps, "accelerator": c.accelerator, "devices": c.devices,
+        "strategy": lightning_strategy(c.strategy, model), "precision": c.precision,
+        "accumulate_grad_batches": c.accumulate_grad_batches, "default_root_dir": str(root),
         "enable_checkpointing": checkpoints or bool(periodic),
         "logger": run_logger(root, resumed) if checkpoints else False,
         "enable_model_summary": False, "log_every_n_steps": 1,
@@ -640,7 +571,7 @@ def train(
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         if not module.losses:
             raise ValueError(
-                f"no batch of {data} has anything stage {stage} trains (stage 3 needs replies "
+                f"no batch of {data} has anything stage {c.stage} trains (stage 3 needs replies "
                 f"with signals whose task has a head); {module.skipped} batch(es) skipped, "
                 "nothing saved"
             )
