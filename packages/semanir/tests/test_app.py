@@ -83,8 +83,7 @@ def test_sr_upscales_a_colour_photo_without_a_reference(app, photos):
          "model: must be one of auto, semanir_tiny_denoise_gray, semanir_tiny_denoise_color, "
          "got 'someone/else'"),
         ({"tile": 4},
-         "tile must be an int >= the model's window size 8 (or None for the whole image at "
-         "once, or 'auto'), got 4"),
+         "tile: must be an int >= the model's window size 8 (pixels), got 4"),
     ],
 )  # fmt: skip
 def test_a_bad_input_says_so_in_one_line_and_writes_nothing(app, photos, inputs, message):

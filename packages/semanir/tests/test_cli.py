@@ -226,14 +226,18 @@ def test_restore_errors(
     out = str(tmp_path / "out")
     model = ["--model", str(gray_model)]
     cases = {
-        "sigma must be in [0, 255] (8-bit scale), got 300": [
+        "--sigma: must be in [0, 255] (8-bit scale), got 300": [
             str(images),
             "--add-noise",
             "--sigma",
             "300",
         ],
-        "sigma must be in [0, 255] (8-bit scale), got -5": [str(images), "--add-noise", "-5"],
-        "--add-noise without a value needs --sigma": [str(images), "--add-noise"],
+        "--add-noise: must be in [0, 255] (8-bit scale), got -5": [
+            str(images),
+            "--add-noise",
+            "-5",
+        ],
+        "--add-noise without a level needs --sigma": [str(images), "--add-noise"],
         "--add-noise applies to --task denoise only": [
             str(images),
             "--task",
@@ -245,7 +249,7 @@ def test_restore_errors(
         "notes.txt is not an image file": [str(tmp_path / "notes.txt")],
         "cannot read": [str(tmp_path / "broken.png")],
         "does not fit --task sr": [str(images), "--task", "sr"],
-        "tile must be an int >= the model's window size": [str(images), "--tile", "1"],
+        "--tile: must be an int >= the model's window size": [str(images), "--tile", "1"],
         "--sigma sets the level of --add-noise and does nothing without it": [
             str(images),
             "--sigma",
@@ -274,14 +278,15 @@ def test_restore_checks_before_loading_a_model(
         "--device gpu0: expected cpu, cuda, cuda:N or mps (available: cpu": [
             *out, "--device", "gpu0"
         ],
-        "tile must be an int >= the model's window size 8 (or None for the whole image at once, "
-        "or 'auto'), got 0": [*out, "--tile", "0"],
-        "tile_overlap must be in [0, tile - 1] = [0, 15], got 16": [
+        "--tile: must be an int >= the model's window size 8 (pixels), got 0": [
+            *out, "--tile", "0"
+        ],
+        "--tile-overlap: must be in [0, --tile - 1] = [0, 15] (pixels), got 16": [
             *out, "--tile", "16", "--tile-overlap", "16"
         ],
-        "k must be an int in [1, 64] (a 8x8 window holds 64 tokens), got 0": [*out, "--k", "0"],
-        "sigma must be in [0, 255] (8-bit scale), got nan": [*out, "--add-noise", "nan"],
-        "tile_overlap must be >= 0 (pixels), got -1": [*out, "--tile-overlap", "-1"],
+        "--k: must be an int in [1, 64] (a 8x8 window holds 64 tokens), got 0": [*out, "--k", "0"],
+        "--add-noise: must be in [0, 255] (8-bit scale), got nan": [*out, "--add-noise", "nan"],
+        "--tile-overlap: must be >= 0 (pixels), got -1": [*out, "--tile-overlap", "-1"],
         "the model keeps the image size, which does not fit --task sr": [
             *out, "--task", "sr", "--model", "semanir_tiny_denoise_gray"
         ],
@@ -389,8 +394,8 @@ def test_eval_errors(
     data = str(make_images(tmp_path / "clean", count=1, size=(12, 12), channels=3))
     cases = {
         "--task denoise needs --sigma": ["--task", "denoise", "--model", str(gray_model)],
-        "JPEG quality must be an integer in [1, 95], got 0": ["--task", "jpeg", "--quality", "0"],
-        "scale must be one of 2, 3, 4, got 5": ["--task", "sr", "--scale", "5"],
+        "--quality: must be an integer in [1, 95], got 0": ["--task", "jpeg", "--quality", "0"],
+        "--scale: must be one of 2, 3, 4, got 5": ["--task", "sr", "--scale", "5"],
         "--scale 3 does not match the model's x2": [
             "--task",
             "sr",

@@ -81,14 +81,14 @@ def test_blind_sigma_and_quality_sampling() -> None:
 
 @pytest.mark.parametrize("sigma", [-1, 255.5, float("nan")])
 def test_sigma_out_of_range(sigma: float) -> None:
-    with pytest.raises(ValueError, match=r"sigma must be in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"^sigma: must be in \[0, 255\] \(8-bit scale\), got "):
         add_gaussian_noise(torch.zeros(1, 2, 2), sigma)
 
 
 def test_bad_ranges() -> None:
     with pytest.raises(ValueError, match="low <= high"):
         sample_sigma((30, 10))
-    with pytest.raises(ValueError, match=r"sigma must be in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"^sigma: must be in \[0, 255\] \(8-bit scale\), got "):
         sample_sigma((0, 300))
     with pytest.raises(ValueError, match="low <= high"):
         sample_quality((40, 10))
@@ -116,7 +116,7 @@ def test_jpeg_gray_and_colour() -> None:
 
 @pytest.mark.parametrize("quality", [0, 96, 10.5])
 def test_jpeg_quality_out_of_range(quality: float) -> None:
-    with pytest.raises(ValueError, match=r"JPEG quality must be an integer in \[1, 95\]"):
+    with pytest.raises(ValueError, match=r"^quality: must be an integer in \[1, 95\], got "):
         jpeg_compress(torch.zeros(1, 8, 8), quality)
 
 
@@ -163,7 +163,7 @@ def test_bicubic_properties() -> None:
 
 @pytest.mark.parametrize("scale", [1, 5, 2.5])
 def test_bicubic_scale_out_of_range(scale: float) -> None:
-    with pytest.raises(ValueError, match="scale must be one of 2, 3, 4"):
+    with pytest.raises(ValueError, match=r"^scale: must be one of 2, 3, 4, got "):
         bicubic_downscale(torch.zeros(1, 8, 8), scale)
 
 

@@ -160,9 +160,9 @@ def test_bad_arguments_get_one_line_each(unet: nn.Module, tmp_path: Path) -> Non
          f"path: must name a .onnx file, got {tmp_path / 'out.txt'}"),
         ({"path": tmp_path / "no" / "o.onnx"}, InvalidArgument,
          f"path: the folder {tmp_path / 'no'} does not exist"),
-        ({"k": 17}, ValueError,
-         "k must be an int in [1, 16] (a 4x4 window holds 16 tokens), got 17"),
-        ({"model": build_model("dncnn_test_tiny"), "k": 4}, ValueError,
+        ({"k": 17}, InvalidArgument,
+         "k: must be an int in [1, 16] (a 4x4 window holds 16 tokens), got 17"),
+        ({"model": build_model("dncnn_test_tiny"), "k": 4}, InvalidArgument,
          "k applies to SemanIR models with a key-semantic dictionary only"),
         ({"model": nn.Conv2d(1, 1, 3)}, InvalidArgument,
          "model: must be a SemanIR or DnCNN model, got Conv2d"),
@@ -187,7 +187,7 @@ def test_the_command_names_its_arguments(
         f"--opset: must be an int in [18, {NEWEST}], got 99": [model, out, "--opset", "99"],
         f"OUT.onnx: must name a .onnx file, got {tmp_path / 'out.txt'}": [
             model, str(tmp_path / "out.txt")],
-        "k applies to SemanIR models with a key-semantic dictionary only": [
+        "--k applies to SemanIR models with a key-semantic dictionary only": [
             model, out, "--k", "3"],
         "unknown model 'nope': not a bundled model (": ["nope", out],
     }  # fmt: skip

@@ -267,14 +267,23 @@ def test_unclipped_noisy_images_are_accepted():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"tile": 3}, ValueError, "tile must be an int >= the model's window size 4"),
-        ({"tile": 8, "tile_overlap": 8}, ValueError, r"tile_overlap must be in \[0, tile - 1\]"),
-        ({"tile": 8, "tile_overlap": -1}, ValueError, r"= \[0, 7\], got -1"),
+        (
+            {"tile": 3},
+            InvalidArgument,
+            r"^tile: must be an int >= the model's window size 4 "
+            r"\(pixels\), got 3$",
+        ),
+        (
+            {"tile": 8, "tile_overlap": 8},
+            InvalidArgument,
+            r"^tile_overlap: must be in \[0, tile - 1\] = \[0, 7\] \(pixels\), got 8$",
+        ),
+        ({"tile": 8, "tile_overlap": -1}, InvalidArgument, r"= \[0, 7\] \(pixels\), got -1"),
         ({"tile": 8, "tile_overlap": 2.5}, TypeError, "tile_overlap must be an int, got float"),
-        ({"tile_overlap": -1}, ValueError, r"tile_overlap must be >= 0 \(pixels\), got -1"),
-        ({"tile": None, "tile_overlap": -3}, ValueError, "tile_overlap must be >= 0"),
+        ({"tile_overlap": -1}, InvalidArgument, r"^tile_overlap: must be >= 0 \(pixels\), got -1$"),
+        ({"tile": None, "tile_overlap": -3}, InvalidArgument, "^tile_overlap: must be >= 0"),
         ({"dtype": torch.float64}, ValueError, "dtype must be torch.float32, .* got torch.float64"),
-        ({"k": 17}, ValueError, r"k must be an int in \[1, 16\]"),
+        ({"k": 17}, InvalidArgument, r"^k: must be an int in \[1, 16\]"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, error, message):

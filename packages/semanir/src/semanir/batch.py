@@ -33,7 +33,7 @@ from common_kernels.runtime.batch import (
     output_paths,
     survey,
 )
-from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 from common_kernels.runtime.files import convert_channels
 from common_kernels.runtime.photos import Photo, read_photo, write_photo
 from semanir.bundled import model_for_task
@@ -51,7 +51,7 @@ from semanir.inference import (
 )
 from semanir.io import check_writable
 from semanir.metrics import psnr
-from semanir.tasks import COMMAND_LINE_TASKS, get_task
+from semanir.tasks import COMMAND_LINE_TASKS, SIGMA, Task, get_task
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -138,6 +138,7 @@ class RestorePlan:
         unreadable: inputs set aside (``keep_going``), with the reason.
         models: loads each model once, on first use.
         options: the restore options every photo gets.
+        noise_sigma: the level of the demo's added noise (None: no noise added).
     """
 
     jobs: list[RestoreJob]
@@ -146,6 +147,7 @@ class RestorePlan:
     unreadable: list[Skipped]
     models: ModelChoice
     options: dict[str, Any] = field(default_factory=dict)
+    noise_sigma: float | None = None
 
 
 def plan_restore(
@@ -160,6 +162,8 @@ def plan_restore(
     in_place: bool = False,
     skip_existing: bool = False,
     keep_going: bool = False,
+    add_noise: float | bool | None = None,
+    sigma: float | None = None,
     save_noisy: bool = False,
     tile: int | Literal["auto"] | None = "auto",
     tile_overlap: int = 32,
@@ -184,6 +188,10 @@ def plan_restore(
         in_place: results may replace their inputs (atomically).
         skip_existing: leave out inputs whose result exists (resume a batch).
         keep_going: set unreadable inputs aside instead of stopping.
+        add_noise: a demo (``task="denoise"``): treat the inputs as clean and add Gaussian
+            noise of this level (0-255 scale) before restoring, to measure PSNR; True: of
+            the level ``sigma``; None or False: no noise.
+        sigma: the level ``add_noise=True`` adds, in [0, 255].
         save_noisy: the noisy inputs of a demo are written too (``NAME_noisy.EXT``).
         tile, tile_overlap, k, ensemble: as in :func:`semanir.restore`.
         compile: run the models through ``torch.compile``, in tiles of one size (``tile``,
@@ -196,7 +204,8 @@ def plan_restore(
         common_kernels.runtime.files.ImageReadError: an input that does not decode (``keep_going``
         off).
     """
-    get_task(task, among=COMMAND_LINE_TASKS)
+    record = get_task(task, among=COMMAND_LINE_TASKS)
+    noise_sigma = _noise_level(record, add_noise, sigma)
     if colour not in COLOUR_MODES:
         raise InvalidArgument("colour", f"must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
     if in_place and skip_existing:
@@ -231,7 +240,26 @@ def plan_restore(
     ]
     options = dict(tile=tile_for_compile(tile, compile), tile_overlap=tile_overlap, k=k,
                    ensemble=ensemble, compile=compile)  # fmt: skip
-    return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options)
+    return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options, noise_sigma)
+
+
+def _noise_level(task: Task, add_noise: float | bool | None, sigma: float | None) -> float | None:
+    """The level of the demo's added noise (:func:`plan_restore`'s ``add_noise`` and
+    ``sigma``), checked; None when no noise is added."""
+    if add_noise is None or add_noise is False:
+        if sigma is not None:
+            raise InvalidValue(
+                "sigma", "{sigma} sets the level of {add_noise=True} and does nothing without it "
+                "(the models are blind: they take no noise level)",
+            )  # fmt: skip
+        return None
+    if task.level is not SIGMA:  # the demo adds Gaussian noise
+        raise InvalidValue("add_noise", "{add_noise} applies to {task='denoise'} only")
+    if add_noise is not True:
+        return check_sigma(add_noise, "add_noise")
+    if sigma is None:
+        raise InvalidValue("add_noise", "{add_noise=True} without a level needs {sigma}")
+    return check_sigma(sigma, "sigma")
 
 
 def tile_for_compile(
@@ -277,7 +305,6 @@ def run_restore(
     plan: RestorePlan,
     *,
     colour: Colour = "luma",
-    noise_sigma: float | None = None,
     seed: int = 0,
     save_noisy: bool = False,
     progress: bool = False,
@@ -289,9 +316,8 @@ def run_restore(
     Args:
         plan: from :func:`plan_restore`.
         colour: as given to :func:`plan_restore`.
-        noise_sigma: a demo: treat the inputs as clean, add Gaussian noise of this level
-            (0-255 scale; photo ``i`` with the generator of ``(seed, i)``) and measure PSNR.
-        seed: the noise seed.
+        seed: the seed of the demo's noise (``plan.noise_sigma``): photo ``i`` gets the
+            generator of ``(seed, i)``.
         save_noisy: also write each noisy input as ``NAME_noisy.EXT`` beside its result.
         progress: a bar over the tiles of tiled photos.
         on_start: told ``(job, photo, tile)`` before each photo is restored (``tile``: the
@@ -301,12 +327,8 @@ def run_restore(
 
     Yields:
         One :class:`Restored` per photo, after its result is written.
-
-    Raises:
-        ValueError: ``noise_sigma`` outside [0, 255], before any model loads.
     """
-    if noise_sigma is not None:
-        noise_sigma = check_sigma(noise_sigma)
+    noise_sigma = plan.noise_sigma
     compiled: set[str] = set()
     for index, job in enumerate(plan.jobs):
         model = plan.models.model(job.model)

@@ -40,7 +40,7 @@ from semanir.bundled import describe_installed
 from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
 from semanir.export import DEFAULT_OPSET, export_onnx
 from semanir.lightning_cli import run_lightning, with_bundled_configs
-from semanir.tasks import COMMAND_LINE_TASKS, SIGMA, get_task
+from semanir.tasks import COMMAND_LINE_TASKS
 
 USAGE = """usage: semanir {fit,validate,restore,eval,models,app,export} ...
 
@@ -63,10 +63,10 @@ FLAGS = {
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
     "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
     "path": "OUT.onnx", "opset": "--opset", "port": "--port", "per_channel": "--per-channel",
-    "sigma": "--sigma", "quality": "--quality", "scale": "--scale",
+    "sigma": "--sigma", "quality": "--quality", "scale": "--scale", "add_noise": "--add-noise",
+    "tile": "--tile", "tile_overlap": "--tile-overlap", "k": "--k",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
-USE_SIGMA = -1.0  # the value of a bare --add-noise: take the level from --sigma
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +207,7 @@ def restore_parser() -> Parser:
         "--add-noise",
         type=float,
         nargs="?",
-        const=USE_SIGMA,
+        const=True,  # no value: the level of --sigma
         default=None,
         metavar="SIGMA",
         help="treat inputs as clean: add Gaussian noise of SIGMA (0-255 scale, in [0, 255]; "
@@ -338,7 +338,6 @@ def _model_announcer(args: Namespace) -> Callable[[str, str], None]:
 
 def restore(args: Namespace) -> int:
     """``semanir restore``: check the whole batch, then restore every photo and write it."""
-    noise_sigma = _noise_sigma(args)
     colour = "per-channel" if args.per_channel else "gray" if args.gray_output else "luma"
     if args.per_channel and args.gray_output:
         raise UsageError("--per-channel and --gray-output exclude each other")
@@ -346,8 +345,8 @@ def restore(args: Namespace) -> int:
         args.inputs, args.output, task=args.task, model=args.model,
         device=check_device(args.device), colour=colour, recursive=args.recursive,
         in_place=args.in_place, skip_existing=args.skip_existing, keep_going=args.keep_going,
-        save_noisy=args.save_noisy, tile=args.tile, tile_overlap=args.tile_overlap, k=args.k,
-        ensemble=args.ensemble, compile=args.compile,
+        add_noise=args.add_noise, sigma=args.sigma, save_noisy=args.save_noisy, tile=args.tile,
+        tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble, compile=args.compile,
         on_unreadable=lambda item: _say_skipped(args.prog, item), on_model=_model_announcer(args),
     )  # fmt: skip
     left_out = plan.listing.left_out_note("--recursive", verb="restores")
@@ -368,7 +367,7 @@ def restore(args: Namespace) -> int:
     def compiled(name: str, tile: int, seconds: float) -> None:
         _say(args.prog, f"compiled {name} for {tile} px tiles in {seconds:.1f} s")
 
-    bar = progress(run_restore(plan, colour=colour, noise_sigma=noise_sigma, seed=args.seed,
+    bar = progress(run_restore(plan, colour=colour, seed=args.seed,
                                save_noisy=args.save_noisy, progress=True,
                                on_start=announce_tiles, on_compiled=compiled),
                    total=len(plan.jobs), desc=args.prog, unit="images")  # fmt: skip
@@ -399,23 +398,6 @@ def _say(prog: str, line: str) -> None:
 
 def _say_skipped(prog: str, item: Skipped) -> None:
     _say(prog, f"skipping {item.path}: {item.reason}")
-
-
-def _noise_sigma(args: Namespace) -> float | None:
-    """The noise level --add-noise asks for (its value, or --sigma when given without one)."""
-    if args.add_noise is None:
-        if args.sigma is not None:
-            raise ValueError(
-                "--sigma sets the level of --add-noise and does nothing without it (the models "
-                "are blind: they take no noise level)"
-            )
-        return None
-    if get_task(args.task).level is not SIGMA:  # the demo adds Gaussian noise
-        raise ValueError("--add-noise applies to --task denoise only")
-    sigma = args.sigma if args.add_noise == USE_SIGMA else args.add_noise
-    if sigma is None:
-        raise ValueError("--add-noise without a value needs --sigma")
-    return sigma  # run_restore checks the level
 
 
 def evaluate(args: Namespace) -> None:

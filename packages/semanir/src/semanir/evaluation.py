@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from common_kernels.runtime.batch import check_not_inputs, find_images
-from common_kernels.runtime.errors import InvalidValue, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.progress import progress as progress_of
 from semanir.batch import tile_for_compile
@@ -35,7 +35,7 @@ from semanir.inference import (
 )
 from semanir.io import check_writable, is_gray_file
 from semanir.metrics import psnr, ssim
-from semanir.tasks import COMMAND_LINE_TASKS, get_task
+from semanir.tasks import COMMAND_LINE_TASKS, Task, get_task
 
 Restorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,6 +54,10 @@ def degradation_options(
         ``scale`` only when given).
     """
     record = get_task(task, among=COMMAND_LINE_TASKS)
+    for name, given in (("sigma", sigma), ("quality", quality), ("scale", scale)):
+        user = next(other for other in COMMAND_LINE_TASKS if _takes(get_task(other), name))
+        if given is not None and user != task:
+            raise InvalidArgument(name, f"applies to {{task={user!r}}} only, not {task!r}")
     if record.level is not None:
         value = {"sigma": sigma, "quality": quality}[record.level.name]
         if value is None:
@@ -62,6 +66,13 @@ def degradation_options(
             raise InvalidValue(level, message)
         return {record.level.name: record.level.check(value)}
     return {"scale": check_scale(scale)} if record.upscales and scale is not None else {}
+
+
+def _takes(task: Task, option: str) -> bool:
+    """Whether ``task`` takes the degradation option ``option`` (sigma, quality or scale)."""
+    if option == "scale":
+        return task.upscales
+    return task.level is not None and task.level.name == option
 
 
 @dataclass

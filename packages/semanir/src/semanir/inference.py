@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from common_kernels import cpu_kernels_status, tiled_apply, value_checks
-from common_kernels.runtime.errors import InvalidValue
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 from common_kernels.runtime.hub import check_hub, is_hub_id, local_or_hub
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, known_names, model_for_task
@@ -69,16 +69,16 @@ def _check_tiling(tile: int | None, tile_overlap: int, window: int) -> None:
         raise TypeError(f"tile_overlap must be an int, got {type(tile_overlap).__name__}")
     if tile is None:
         if tile_overlap < 0:
-            raise ValueError(f"tile_overlap must be >= 0 (pixels), got {tile_overlap}")
+            raise InvalidArgument("tile_overlap", f"must be >= 0 (pixels), got {tile_overlap}")
         return
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < window:
-        raise ValueError(
-            f"tile must be an int >= the model's window size {window} (or None for the whole "
-            f"image at once, or 'auto'), got {tile!r}"
+        raise InvalidArgument(
+            "tile", f"must be an int >= the model's window size {window} (pixels), got {tile!r}"
         )
     if not 0 <= tile_overlap < tile:
-        raise ValueError(
-            f"tile_overlap must be in [0, tile - 1] = [0, {tile - 1}], got {tile_overlap}"
+        raise InvalidArgument(
+            "tile_overlap",
+            f"must be in [0, {{tile}} - 1] = [0, {tile - 1}] (pixels), got {tile_overlap}",
         )
 
 
@@ -97,13 +97,13 @@ def check_inference_options(
     if k is None:
         return
     if config.get("model_type", "semanir") != "semanir" or config.get("dictionary") == "dense":
-        raise ValueError("k applies to SemanIR models with a key-semantic dictionary only")
+        raise InvalidValue("k", "{k} applies to SemanIR models with a key-semantic dictionary only")
     tokens = window * window
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= tokens:
-        raise ValueError(
-            f"k must be an int in [1, {tokens}] (a {window}x{window} window holds {tokens} "
-            f"tokens), got {k!r}"
-        )
+        raise InvalidArgument(
+            "k", f"must be an int in [1, {tokens}] (a {window}x{window} window holds {tokens} "
+            f"tokens), got {k!r}",
+        )  # fmt: skip
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common_kernels.runtime.errors import InvalidArgument
 from semanir.io import to_uint8_array
 
 SIGMA_RANGE = (0.0, 255.0)
@@ -40,24 +41,48 @@ def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
     return x[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
-def check_sigma(sigma: float) -> float:
-    """Return ``sigma`` as a float if it lies in [0, 255] (the 8-bit noise scale), else raise."""
+def check_sigma(sigma: float, argument: str = "sigma") -> float:
+    """Return ``sigma`` as a float if it lies in [0, 255] (the 8-bit noise scale).
+
+    Args:
+        sigma: the noise level.
+        argument: the caller's name for it, in the error (``"add_noise"``).
+
+    Raises:
+        InvalidArgument: (``argument``) outside [0, 255], or NaN.
+    """
     if not SIGMA_RANGE[0] <= sigma <= SIGMA_RANGE[1]:
-        raise ValueError(f"sigma must be in [0, 255] (8-bit scale), got {sigma}")
+        raise InvalidArgument(argument, f"must be in [0, 255] (8-bit scale), got {sigma}")
     return float(sigma)
 
 
-def check_quality(quality: int) -> int:
-    """Return ``quality`` if it is an integer JPEG quality in [1, 95], else raise."""
+def check_quality(quality: int, argument: str = "quality") -> int:
+    """Return ``quality`` if it is an integer JPEG quality in [1, 95].
+
+    Args:
+        quality: the JPEG quality.
+        argument: the caller's name for it, in the error.
+
+    Raises:
+        InvalidArgument: (``argument``) not an integer in [1, 95].
+    """
     if int(quality) != quality or not QUALITY_RANGE[0] <= quality <= QUALITY_RANGE[1]:
-        raise ValueError(f"JPEG quality must be an integer in [1, 95], got {quality}")
+        raise InvalidArgument(argument, f"must be an integer in [1, 95], got {quality}")
     return int(quality)
 
 
-def check_scale(scale: int) -> int:
-    """Return ``scale`` if it is a supported super-resolution factor (2, 3 or 4), else raise."""
+def check_scale(scale: int, argument: str = "scale") -> int:
+    """Return ``scale`` if it is a supported super-resolution factor (2, 3 or 4).
+
+    Args:
+        scale: the factor.
+        argument: the caller's name for it, in the error.
+
+    Raises:
+        InvalidArgument: (``argument``) not 2, 3 or 4.
+    """
     if scale not in SR_SCALES:
-        raise ValueError(f"scale must be one of 2, 3, 4, got {scale}")
+        raise InvalidArgument(argument, f"must be one of 2, 3, 4, got {scale}")
     return int(scale)
 
 
