@@ -31,9 +31,15 @@ def test_turn_shows_answer_calls_and_files(
 ):
     session = session_for(reply_with_calls("Segmenting, then painting.", segment_then_edit))
     messages, pictures, files = session.submit("  segment the dog and make it a cat ", image)
-    assert [m["role"] for m in messages] == ["user", "assistant"]
-    assert messages[0]["content"] == "segment the dog and make it a cat"
-    lines = messages[1]["content"].splitlines()
+    # the attached image is shown first, as the page wrote it
+    assert [m["role"] for m in messages] == ["user", "user", "assistant"]
+    shown = messages[0]["content"]
+    assert shown["alt_text"] == "your image, 64x48"
+    assert shown["path"] == str(session.output_dir / "turn_001_image.png")
+    with Image.open(shown["path"]) as written:
+        assert np.array_equal(np.asarray(written), np.asarray(image.convert("RGB")))
+    assert messages[1]["content"] == "segment the dog and make it a cat"
+    lines = messages[2]["content"].splitlines()
     assert lines[1].startswith("- `seg` segment_image: mask of 'dog' covers")
     assert [line.split("`")[1] for line in lines[1:]] == ["seg", "edit", "fix"]
     names = ["seg_mask.png", "seg_overlay.png", "edit_image.png", "fix_image.png"]
@@ -43,7 +49,7 @@ def test_turn_shows_answer_calls_and_files(
     assert record["answer"] == lines[0] and record["user"].endswith("make it a cat")
     # a plain second turn adds two messages and no files
     messages, pictures, _ = session.submit("thanks")
-    assert len(messages) == 4 and len(pictures) == 4 and session.turns == 2
+    assert len(messages) == 5 and len(pictures) == 4 and session.turns == 2
 
 
 def test_box_goes_on_the_latest_image(session_for, image):
@@ -113,8 +119,9 @@ def test_served_page_answers_through_gradio_client(session_for, image, tmp_path,
         )
     finally:
         demo.close()
-    assert [m["role"] for m in chat] == ["user", "assistant"]
-    answer = _text(chat[1]["content"]).splitlines()
+    assert [m["role"] for m in chat] == ["user", "user", "assistant"]  # the image, the text
+    assert _text(chat[1]["content"]) == "clean this photo"
+    answer = _text(chat[2]["content"]).splitlines()
     assert answer[1].startswith("- `fix` restore_image: ")
     assert (message, box) == ("", "") and image_out is None
     # the restored image came back through the page (served from the output folder)

@@ -1,5 +1,6 @@
-"""The Gradio app in Debian's Chromium: a message and an image typed in and sent, the answer and
-the restored image checked as the page shows them (skipped, saying why, without Chromium)."""
+"""The Gradio app in Debian's Chromium: a message and an image typed in and sent, the answer,
+the user's image in the conversation and the restored image checked as the page shows them, and
+the page's notice that its model is random (skipped, saying why, without Chromium)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from common_kernels.runtime.browser import chromium, keep_screenshot, page_image, serve_app
 from vitron import Assistant, SpecialistRegistry
-from vitron.app import ChatSession, build_app
+from vitron.app import RANDOM_NOTE, ChatSession, build_app
 
 RESTORE = {"version": 1, "calls": [
     {"id": "fix", "task": "restore_image", "args": {"image": "$image0"}}]}  # fmt: skip
@@ -44,6 +45,11 @@ def test_a_sent_message_shows_the_answer_and_the_restored_image(served, image, t
     page.locator(".block:has-text('joins your next message') img").wait_for()
     page.get_by_role("button", name="send", exact=True).click()
     shown = page_image(page, GALLERY)
+    # the conversation shows the image the user attached, pixel for pixel, before the message
+    attached = page_image(page, "[data-testid='user']")
+    assert attached.size == image.size
+    assert np.array_equal(np.asarray(attached.convert("RGB")), np.asarray(image.convert("RGB")))
+    assert page.locator("[data-testid='user']").nth(1).inner_text().strip() == "clean this photo"
     answer = page.locator("[data-testid='bot']").first
     assert (
         answer.inner_text()
@@ -54,4 +60,7 @@ def test_a_sent_message_shows_the_answer_and_the_restored_image(served, image, t
         assert shown.size == written.size == image.size
         assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(written))
     assert page.get_by_role("textbox", name="message").input_value() == ""  # the inputs are cleared
+    # the tiny model's weights are random, and the page says so
+    notice = RANDOM_NOTE.replace("**", "").replace("`", "")
+    assert notice in " ".join(page.locator("body").inner_text().split())
     keep_screenshot(page, "vitron-app")

@@ -1,13 +1,15 @@
 """``vitron app``: a local Gradio page over one :class:`~vitron.assistant.Assistant` conversation.
 
 The page has a message box, an optional image with an optional box region drawn on it
-(``x1,y1,x2,y2`` in pixels or in [0, 1]), the conversation (answers list the calls that ran and
-their outcomes), a gallery of the images the specialists wrote and a list of every output file.
+(``x1,y1,x2,y2`` in pixels or in [0, 1]), the conversation (the images the user attached, and
+answers that list the calls that ran and their outcomes), a gallery of the images the
+specialists wrote and a list of every output file.
 :class:`ChatSession` holds the logic and is tested without a browser; :func:`build_app` lays
 out the page and wires it to the session. One process serves one conversation (a local tool,
 not a multi-user server): every event goes through one queue of concurrency 1, so turns and
 resets run one at a time. Serve it with :func:`launch_app` (it lets Gradio serve the output
-folder).
+folder). A model with random weights (``vitron tiny-model``) is named so at the top of the
+page.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from PIL import Image
 
 from common_kernels.runtime.app import import_gradio, page, shows_bad_input
 from vitron.assistant import Assistant, Turn
-from vitron.io import write_json
+from vitron.io import save_image, write_json
 from vitron.regions import Region, RegionError, parse_box
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+RANDOM_NOTE = (
+    "**This model's weights are random** (a tiny model from `vitron tiny-model`, for trying the "
+    "page): its replies are noise, not answers."
+)
 
 
 def format_answer(turn: Turn) -> str:
@@ -54,7 +60,7 @@ class ChatSession:
     def reset(self) -> None:
         """Start a new conversation (files already written stay on disk)."""
         self.assistant.reset()
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
         self.files: list[Path] = []
         self.turns = 0
 
@@ -65,8 +71,9 @@ class ChatSession:
 
     def submit(
         self, text: str, image: Image.Image | None = None, box: str = ""
-    ) -> tuple[list[dict[str, str]], list[str], list[str]]:
-        """Run one turn.
+    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """Run one turn; an attached image is written to ``turn_<n>_image.png`` in the output
+        folder and shown in the conversation before the message.
 
         Args:
             text: the user's message (not empty).
@@ -75,8 +82,9 @@ class ChatSession:
                 of the conversation); empty for none.
 
         Returns:
-            (chat messages as ``{"role", "content"}`` dicts, image paths for the gallery,
-            every output file path).
+            (chat messages as ``{"role", "content"}`` dicts, the content a text or, for an
+            attached image, ``{"path", "alt_text"}``; image paths for the gallery; every
+            output file path).
 
         Raises:
             ValueError: empty message, a box without any image, or a malformed box.
@@ -89,6 +97,10 @@ class ChatSession:
         turn = self.assistant.chat(text, images, (), regions)
         self.turns += 1
         write_json(self.output_dir / f"turn_{self.turns:03d}.json", turn.to_dict())
+        for picture in images:
+            path = save_image(picture, self.output_dir / f"turn_{self.turns:03d}_image.png")
+            alt = f"your image, {picture.width}x{picture.height}"
+            self.messages.append({"role": "user", "content": {"path": str(path), "alt_text": alt}})
         self.messages += [
             {"role": "user", "content": text},
             {"role": "assistant", "content": format_answer(turn)},
@@ -124,7 +136,8 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
         "Ask, segment, generate, edit or restore. An image and a box join your next message; the "
         "specialists' images appear on the right."
     )
-    with page(title, intro) as demo:
+    random = session.assistant.model.config.random_weights
+    with page(title, intro, RANDOM_NOTE if random else "") as demo:
         with gr.Row():
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="conversation", height=480)

@@ -86,7 +86,7 @@ def tiny_config(vision_backend: str = "transformers", vocab_size: int = 264) -> 
     )
     return VitronConfig(
         vision=vision, llm=llm, region=RegionConfig(hidden=32, location_frequencies=4),
-        signal=signal, video_frames=2, max_length=4096,
+        signal=signal, video_frames=2, max_length=4096, random_weights=True,
     )  # fmt: skip
 
 

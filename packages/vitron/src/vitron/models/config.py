@@ -145,6 +145,8 @@ class VitronConfig(DictConfig):
         video_token: placeholder of one video.
         region_token: placeholder of one region.
         signal_token: the token whose hidden state becomes a call's signal embedding.
+        random_weights: the weights are random, never trained (``vitron tiny-model``): the
+            page says so.
         format: version of this config layout.
     """
 
@@ -162,6 +164,7 @@ class VitronConfig(DictConfig):
     video_token: str = "<video>"
     region_token: str = "<region>"
     signal_token: str = "<signal>"
+    random_weights: bool = False
     format: int = CONFIG_FORMAT
 
     def __post_init__(self) -> None:
