@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.testing import signal_while_working
-from semanir.cli import eval_parser, restore_parser
+from semanir.commands import eval_parser, restore_parser
 
 WORKING_SCRIPT = """
 import sys, time

@@ -7,7 +7,7 @@ import torch
 
 from common_kernels.runtime.errors import InvalidArgument
 from semanir import bundled
-from semanir.cli import eval_parser, restore_parser
+from semanir.commands import eval_parser, restore_parser
 from semanir.data.datasets import index_generator
 from semanir.data.degradations import (
     Box,

@@ -1,30 +1,51 @@
 """SemanIR: image restoration that shares one key-semantic KNN dictionary per stage.
 
-Lightning pieces (``RestorationModule``, ``RestorationDataModule``) live in
-``semanir.lightning_module`` and ``semanir.data`` and are not imported here: inference does not
-pay for importing Lightning. ``register_spandrel`` (``semanir.spandrel_arch``, the ``spandrel``
-extra) is imported on first access, and left out of ``__all__``: importing semanir imports nothing
-of spandrel.
+The names below are imported on first access (PEP 562), so that ``import semanir`` and the
+``semanir`` command's ``--help`` do not pay for importing torch and the models. Lightning pieces
+(``RestorationModule``, ``RestorationDataModule``) live in ``semanir.lightning_module`` and
+``semanir.data`` and are not offered here: inference does not pay for importing Lightning.
+``register_spandrel`` (``semanir.spandrel_arch``, the ``spandrel`` extra) is left out of
+``__all__``: a star import imports nothing of spandrel.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from semanir.export import export_onnx
-from semanir.inference import load_model, restore
-from semanir.io import list_images, read_image, write_image
-from semanir.metrics import psnr, ssim
-from semanir.models import (
-    CONFIGS,
-    DnCNN,
-    DnCNNConfig,
-    SemanIR,
-    SemanIRConfig,
-    build_model,
-    get_config,
-)
+if TYPE_CHECKING:
+    from semanir.export import export_onnx
+    from semanir.inference import load_model, restore
+    from semanir.io import list_images, read_image, write_image
+    from semanir.metrics import psnr, ssim
+    from semanir.models import (
+        CONFIGS,
+        DnCNN,
+        DnCNNConfig,
+        SemanIR,
+        SemanIRConfig,
+        build_model,
+        get_config,
+    )
+    from semanir.spandrel_arch import register_spandrel as register_spandrel
 
 __version__ = "0.4.12"
+
+# each public name -> the module that defines it
+_HOMES = {
+    "export_onnx": "semanir.export",
+    "load_model": "semanir.inference",
+    "restore": "semanir.inference",
+    "list_images": "semanir.io",
+    "read_image": "semanir.io",
+    "write_image": "semanir.io",
+    "psnr": "semanir.metrics",
+    "ssim": "semanir.metrics",
+    **dict.fromkeys(
+        ("CONFIGS", "DnCNN", "DnCNNConfig", "SemanIR", "SemanIRConfig", "build_model",
+         "get_config"),
+        "semanir.models",
+    ),
+    "register_spandrel": "semanir.spandrel_arch",
+}  # fmt: skip
 
 __all__ = [
     "CONFIGS",
@@ -47,6 +68,18 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name != "register_spandrel":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return import_module("semanir.spandrel_arch").register_spandrel
+    """A public name, imported from its module on first access, or a submodule."""
+    if name in _HOMES:
+        value = getattr(import_module(_HOMES[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
+    try:
+        return import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise  # a dependency of an existing submodule is missing: say which
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
