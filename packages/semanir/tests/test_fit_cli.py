@@ -367,3 +367,29 @@ def test_fit_help_lists_verbose(capsys: pytest.CaptureFixture[str]) -> None:
         main(["fit", "--help"])
     assert done.value.code == 0
     assert "--verbose" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data.batch_size", "0"], "--data.batch_size: must be an integer >= 1, got 0"),
+        (["--data.patch_size", "0"], "--data.patch_size: must be an integer >= 1, got 0"),
+        ([], "data.train_dirs: train400 not found in {cwd} (no data.data_root, no "
+         "$SEMANIR_DATA); set --data.data_root DIR or $SEMANIR_DATA to the folder that holds "
+         "them"),
+    ],
+)  # fmt: skip
+def test_arguments_are_checked_before_the_data_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:  # fmt: skip
+    """In a folder without the shipped config's data, a bad data argument is what is reported
+    (it was the missing folder); with good arguments, the missing folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEMANIR_DATA", raising=False)
+    monkeypatch.setattr(sys, "argv", ["semanir"])
+    assert main(["fit", "--config", "denoise_gray_tiny", *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"semanir fit: error: {message.format(cwd=tmp_path)}"
+    ]
+    assert list(tmp_path.iterdir()) == []

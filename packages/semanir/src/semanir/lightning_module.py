@@ -627,7 +627,17 @@ class RestorationCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with plain progress lines instead of tqdm's bar when stderr
-        is not a terminal, and (``fit``) a checkpoint every ``--checkpoint_minutes``."""
+        is not a terminal, and (``fit``) a checkpoint every ``--checkpoint_minutes``.
+
+        The data folders are checked here, first: after the model and the data module, whose
+        construction checks their arguments, so that a bad argument is reported before a
+        missing folder (``--data.batch_size 0`` in a folder without the data names the batch
+        size), and before the trainer makes its log folders."""
+        if self.subcommand in ("fit", "validate"):
+            data = self.config[self.subcommand].data
+            if self.subcommand == "fit":
+                check_data_dirs("data.train_dirs", data.train_dirs, data.data_root)
+            check_data_dirs("data.val_dirs", data.val_dirs, data.data_root)
         trainer = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer.get("callbacks") or [])
         callbacks += progress_callbacks(
@@ -640,7 +650,8 @@ class RestorationCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """The checks of ``fit``/``validate`` that need no class: ``--checkpoint_minutes``,
-        ``--ckpt_path``, the trainer's options and the data folders."""
+        ``--ckpt_path`` and the trainer's options (the data folders come later:
+        :meth:`instantiate_trainer`)."""
         if self.subcommand not in ("fit", "validate"):
             return
         config = self.config[self.subcommand]
@@ -650,9 +661,6 @@ class RestorationCLI(LightningCLI):
             raise UsageError(str(error)) from None
         check_checkpoint_path(config.ckpt_path)
         check_trainer_options(**config.trainer.as_dict())
-        if self.subcommand == "fit":
-            check_data_dirs("data.train_dirs", config.data.train_dirs, config.data.data_root)
-        check_data_dirs("data.val_dirs", config.data.val_dirs, config.data.data_root)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run ``fit``/``validate`` (LightningCLI's runner): a resumed fit in its checkpoint's
