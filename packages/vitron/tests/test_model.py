@@ -6,6 +6,7 @@ defaults (rtol 1.3e-6, atol 1e-5).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 import vitron
 from vitron.invocations import parse_invocation
-from vitron.models import VitronModel
+from vitron.models import VitronConfig, VitronModel
 from vitron.processing import IGNORE_INDEX, Message
 from vitron.regions import Box, Region
 from vitron.tiny import byte_level_tokenizer, tiny_config, tiny_model
@@ -174,6 +175,24 @@ def test_save_load_round_trip(tmp_path, image, backend):
     torch.testing.assert_close(loaded([sample]).logits, model([sample]).logits)
     data = json.loads((tmp_path / "m" / "config.json").read_text())
     assert data["vitron_version"] == vitron.__version__ and data["vision"]["backend"] == backend
+
+
+def test_random_weights_is_saved_only_when_true(tmp_path):
+    """A tiny model's config says its weights are random and keeps saying so after a round
+    trip; any other model's config.json has no random_weights key, so vitron 0.4.2 (which
+    refuses a field it does not know) still reads it, and a config without it reads False."""
+    tiny = tiny_model(seed=0)
+    assert tiny.config.random_weights is True
+    tiny.save_pretrained(tmp_path / "tiny")
+    assert json.loads((tmp_path / "tiny" / "config.json").read_text())["random_weights"] is True
+    assert VitronModel.from_pretrained(tmp_path / "tiny").config.random_weights is True
+    tiny.config.random_weights = False  # a trained or a real model
+    tiny.save_pretrained(tmp_path / "real")
+    data = json.loads((tmp_path / "real" / "config.json").read_text())
+    assert "random_weights" not in data
+    fields_0_4_2 = {field.name for field in dataclasses.fields(VitronConfig)} - {"random_weights"}
+    assert set(data) - {"vitron_version"} == fields_0_4_2
+    assert VitronModel.from_pretrained(tmp_path / "real").config.random_weights is False
 
 
 def test_saved_files_have_the_usual_permissions(tmp_path):

@@ -542,6 +542,7 @@ def test_a_gathered_state_dict_is_saved_as_the_unsharded_folder(lora_rank, tmp_p
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
     assert json.loads((tmp_path / "sharded" / "config.json").read_text()) == config
+    assert "random_weights" not in config  # trained from a tiny (random) model: not random now
     loaded = VitronModel.from_pretrained(str(tmp_path / "sharded")).state_dict()
     source = module.model.state_dict()
     assert sorted(loaded) == sorted(source) and not any("lora" in name for name in loaded)

@@ -168,3 +168,16 @@ def test_training_runs_and_lowers_the_loss(dataset_dir, tmp_path, stage, lora, d
     if stage == 3:
         assert {n.split(".")[0] for n in changed} == {"signal_heads", "synergy", "llm"}
         assert not any(n.startswith(("projector.", "region_encoder.")) for n in changed)
+
+
+def test_a_model_trained_from_a_tiny_model_is_saved_as_trained(dataset_dir, tmp_path):
+    """The tiny model's weights are random; once trained, its saved config no longer says so
+    (and, False, is left out of config.json: see test_model)."""
+    model = tiny_model(seed=0)
+    assert model.config.random_weights is True
+    train(
+        model, dataset_dir / "stage1.jsonl", tmp_path / "out", stage=1, max_steps=1, batch_size=1,
+        checkpoints=False, accelerator="cpu", enable_progress_bar=False,
+    )  # fmt: skip
+    assert "random_weights" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    assert VitronModel.from_pretrained(tmp_path / "out").config.random_weights is False

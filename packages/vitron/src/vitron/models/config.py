@@ -146,7 +146,8 @@ class VitronConfig(DictConfig):
         region_token: placeholder of one region.
         signal_token: the token whose hidden state becomes a call's signal embedding.
         random_weights: the weights are random, never trained (``vitron tiny-model``): the
-            page says so.
+            page says so. Written to ``config.json`` only when True (vitron 0.4.2 and older
+            refuse a config with a field they do not know); a config without it reads False.
         format: version of this config layout.
     """
 
@@ -189,6 +190,14 @@ class VitronConfig(DictConfig):
                 f"config format {self.format} is not supported (this vitron reads {CONFIG_FORMAT})"
             )
         self.check_budget()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict; ``random_weights`` only when True, so that
+        the configs of trained models stay readable by vitron 0.4.2, which lacks the field."""
+        data = super().to_dict()
+        if not data["random_weights"]:
+            del data["random_weights"]
+        return data
 
     @property
     def special_tokens(self) -> tuple[str, ...]:

@@ -257,7 +257,8 @@ def export_state_dict(
 ) -> None:
     """Write a full state dict of ``module`` as the folder :meth:`VitronLightningModule.export`
     writes: a new model with ``module``'s architecture (built without weights) takes over the
-    tensors, its LoRA adapters (if any) are merged, and it is ``save_pretrained`` atomically.
+    tensors, its LoRA adapters (if any) are merged, and it is ``save_pretrained`` atomically;
+    its config says the weights are trained (``random_weights`` False).
 
     Args:
         module: the trained module (its model may be sharded; only its config, tokenizer and
@@ -266,8 +267,9 @@ def export_state_dict(
         directory: the folder to write.
     """
     template = module.model
+    config = dataclasses.replace(template.config, random_weights=False)  # trained now
     with empty_weights():
-        model = VitronModel(template.config, template.tokenizer)
+        model = VitronModel(config, template.tokenizer)
         if module.lora:
             apply_lora(model, module.hparams.lora_rank)
     model.llm.tie_weights()  # the skeleton unties tied weights (see VitronModel._from_pretrained)
@@ -427,11 +429,14 @@ class VitronLightningModule(L.LightningModule):
         checkpoint[LOG_VERSION_KEY] = None if self.logger is None else self.logger.version
 
     def export(self, directory: str | Path) -> VitronModel:
-        """Merge LoRA adapters (if any) into the LLM and ``save_pretrained`` the model."""
+        """Merge LoRA adapters (if any) into the LLM and ``save_pretrained`` the model, whose
+        config now says its weights are trained (``random_weights`` False, though it may have
+        started from ``vitron tiny-model``)."""
         model = self.model
         if self.lora:
             model.llm = model.llm.merge_and_unload()
             self.lora = False
+        model.config.random_weights = False
         model.save_pretrained(directory)
         return model
 
