@@ -1,19 +1,57 @@
-"""itaclip: training-free open-vocabulary semantic segmentation (ITACLIP) on open_clip."""
+"""itaclip: training-free open-vocabulary semantic segmentation (ITACLIP) on open_clip.
 
-from itaclip.auxfile import AuxEntry, load_aux_texts, read_aux_file, write_aux_file
-from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder, default_mid_layers
-from itaclip.pamr import pamr
-from itaclip.presets import PRESETS, Preset, dataset_classes
-from itaclip.segmenter import (
-    LoadPlan,
-    Segmentation,
-    Segmenter,
-    SegmenterConfig,
-    check_from_pretrained,
-)
-from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
+The names load on first use (PEP 562): ``import itaclip`` (and the ``itaclip`` command's
+parsing) do not import open_clip, which imports torchvision and transformers and takes seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from itaclip.auxfile import AuxEntry, load_aux_texts, read_aux_file, write_aux_file
+    from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder, default_mid_layers
+    from itaclip.pamr import pamr
+    from itaclip.presets import PRESETS, Preset, dataset_classes
+    from itaclip.segmenter import (
+        LoadPlan,
+        Segmentation,
+        Segmenter,
+        SegmenterConfig,
+        check_from_pretrained,
+    )
+    from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
 __version__ = "0.4.1"
+
+# each public name -> the module that defines it
+_MODULES = {
+    **dict.fromkeys(("AuxEntry", "load_aux_texts", "read_aux_file", "write_aux_file"),
+                    "itaclip.auxfile"),
+    **dict.fromkeys(("ITACLIPEncoderConfig", "ITACLIPVisionEncoder", "default_mid_layers"),
+                    "itaclip.models"),
+    "pamr": "itaclip.pamr",
+    **dict.fromkeys(("PRESETS", "Preset", "dataset_classes"), "itaclip.presets"),
+    **dict.fromkeys(("LoadPlan", "Segmentation", "Segmenter", "SegmenterConfig",
+                     "check_from_pretrained"), "itaclip.segmenter"),
+    **dict.fromkeys(("TextEmbeddingCache", "imagenet_templates", "parse_classes"),
+                    "itaclip.text"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use."""
+    if name not in _MODULES:
+        raise AttributeError(f"module 'itaclip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES})
+
 
 __all__ = [
     "PRESETS",

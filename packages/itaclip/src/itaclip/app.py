@@ -19,10 +19,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import open_clip
 import torch
 
 from common_kernels.runtime.app import (
@@ -40,9 +39,10 @@ from common_kernels.runtime.photos import read_photo
 from itaclip.inputs import parse_class_option
 from itaclip.io import to_rgb_tensor
 from itaclip.presets import PRESETS, dataset_classes
-from itaclip.segmenter import Segmenter, check_from_pretrained
-from itaclip.tiny import TINY_CONFIG, tiny_clip
 from itaclip.viz import overlay, palette
+
+if TYPE_CHECKING:
+    from itaclip.segmenter import Segmenter
 
 HUB_MODEL = ("ViT-B-16-quickgelu", "openai")  # open_clip ViT-B/16 with OpenAI's weights
 CUSTOM = "(your classes)"
@@ -102,6 +102,12 @@ def open_app(
     Args:
         model_name, pretrained, device: as in :meth:`Segmenter.from_pretrained`.
     """
+    # open_clip takes seconds to import: ``itaclip app --help`` and its parsing go without it
+    import open_clip
+
+    from itaclip.segmenter import Segmenter, check_from_pretrained
+    from itaclip.tiny import TINY_CONFIG, tiny_clip
+
     plan = check_from_pretrained(model_name, pretrained, None, device)
     try:
         return SegmentApp(Segmenter.load(plan), f"Model: open_clip {plan.source.describe()}.")

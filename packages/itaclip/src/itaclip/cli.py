@@ -24,16 +24,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from common_kernels.runtime.batch import (
-    BatchRun,
-    CommandSession,
-    add_batch_options,
-    resume_command,
-)
+from common_kernels.runtime.batch import CommandSession, add_batch_options, resume_command
 from common_kernels.runtime.cli import (
     Parser,
     add_verbose,
@@ -43,30 +38,20 @@ from common_kernels.runtime.cli import (
     usage_errors,
     version_line,
 )
-from common_kernels.runtime.files import write_json
 from itaclip.app import add_app_command, run_app
-from itaclip.auxfile import write_aux_file
-from itaclip.datasets import DATASETS, SegmentationDataset
-from itaclip.evaluate import (
-    EvaluationError,
-    check_evaluation,
-    check_report_file,
-    run_evaluation,
-)
-from itaclip.folders import SegmentBatch, SegmentJob, plan_segment_batch, segment_batch
-from itaclip.generate import (
-    AuxTextGenerator,
-    SamplingConfig,
-    check_aux_output,
-    check_lm,
-    make_sampling,
-    require_transformers,
-)
-from itaclip.inputs import ClassInputs, check_classes, parse_class_option
+from itaclip.datasets import DATASETS
+from itaclip.inputs import parse_class_option
 from itaclip.presets import PRESETS
-from itaclip.quiet import quiet
-from itaclip.segmenter import LoadPlan, Segmenter, check_from_pretrained
-from itaclip.tiny import save_tiny_model
+
+# open_clip (and through it torchvision and transformers) takes seconds to import: the modules
+# that need it are imported by each command after parsing, so that --help and a bad flag answer
+# at once (tests/test_cli_signals_help.py checks that parsing leaves them out)
+if TYPE_CHECKING:
+    from itaclip.datasets import SegmentationDataset
+    from itaclip.folders import SegmentBatch, SegmentJob
+    from itaclip.generate import SamplingConfig
+    from itaclip.inputs import ClassInputs
+    from itaclip.segmenter import LoadPlan
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
@@ -94,6 +79,8 @@ FLAGS = {
     "recursive": "--recursive",
     "in_place": "--in-place",
     "port": "--port",
+    "output_size": "--output-size",
+    "allow_large": "--allow-large",
 }
 PROGRAM = "itaclip"
 
@@ -127,14 +114,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--short-side",
         type=int,
         default=None,
-        help="resize the image's short side to this many px, >= 1, the long side kept <= 2048 "
-        "(default: the preset's, 336; coco_stuff 448, cityscapes 560)",
+        help="resize the image's short side to this many px, in [1, 2048], the long side kept "
+        "<= 2048 (default: the preset's, 336; coco_stuff 448, cityscapes 560)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
         help="images per ViT pass (crops x 5 variants), >= 1 (default: 20 on a GPU, 5 on the CPU)",
+    )
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run even when an image's memory estimate (ViT pass, windows, output maps) exceeds "
+        "the memory available",
     )
     parser.add_argument("--no-pamr", action="store_true", help="skip PAMR refinement")
     parser.add_argument("--faithful", action="store_true", help="official quirks on")
@@ -280,12 +273,15 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "pamr": False if args.no_pamr else None,
         "faithful": True if args.faithful else None,
         "img_engineering": False if args.no_img_engineering else None,
+        "allow_large": True if args.allow_large else None,
     }
     return {name: value for name, value in options.items() if value is not None}
 
 
 def check_model_options(args: argparse.Namespace, preset: str | None) -> LoadPlan:
     """Settings, model, device and cache folder of ``segment`` and ``eval``, checked offline."""
+    from itaclip.segmenter import check_from_pretrained
+
     with usage_errors():
         return check_from_pretrained(
             args.model,
@@ -298,7 +294,12 @@ def check_model_options(args: argparse.Namespace, preset: str | None) -> LoadPla
 
 
 def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, SegmentBatch]:
-    """Every ``segment`` input checked, and every image decoded, before the model is loaded."""
+    """Every ``segment`` input checked, and every image decoded, before the model is loaded;
+    each image's memory estimate too."""
+    from itaclip.folders import plan_segment_batch
+    from itaclip.inputs import check_classes
+    from itaclip.segmenter import check_plan_memory
+
     plan = check_model_options(args, args.preset)
     with usage_errors():
         classes = parse_class_option(args.classes)
@@ -321,10 +322,16 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
                 "itaclip segment", f"skipped {skipped.path}: {skipped.reason}"
             ),
         )
+        sizes = {str(job.image.path): job.size for job in batch.jobs}
+        check_plan_memory(plan, sizes, inputs, args.output_size)
     return plan, inputs, batch
 
 
 def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
+    from common_kernels.runtime.batch import BatchRun
+    from itaclip.folders import segment_batch
+    from itaclip.segmenter import Segmenter
+
     prog = f"{PROGRAM} segment"
     plan, inputs, batch = check_segment(args)
     for note in batch.notes(FLAGS["recursive"]):
@@ -359,9 +366,13 @@ def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
 
 def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]:
     """Every ``eval`` input checked before the model is loaded."""
+    from itaclip.evaluate import check_eval_memory, check_evaluation, check_report_file
+
     with usage_errors():
         dataset = check_evaluation(args.dataset, args.root, args.split, args.limit, args.nproc)
     plan = check_model_options(args, args.dataset)
+    with usage_errors():
+        check_eval_memory(plan, dataset)
     if args.json is not None:
         with usage_errors():
             check_report_file(args.json, dataset, plan.source)
@@ -369,6 +380,9 @@ def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]
 
 
 def run_eval(args: argparse.Namespace, session: CommandSession) -> int:
+    from common_kernels.runtime.files import write_json
+    from itaclip.evaluate import run_evaluation
+
     plan, dataset = check_eval(args)
     report = run_evaluation(plan, dataset, args.limit, args.nproc, progress=not args.quiet)
     if args.json is not None:
@@ -379,6 +393,8 @@ def run_eval(args: argparse.Namespace, session: CommandSession) -> int:
 
 def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig, Path | str]:
     """Every ``aux`` input checked before the language model is loaded."""
+    from itaclip.generate import check_aux_output, check_lm, make_sampling, require_transformers
+
     with usage_errors():
         require_transformers()
         names = [names[0] for names in parse_class_option(args.classes)]
@@ -389,6 +405,10 @@ def check_aux(args: argparse.Namespace) -> tuple[list[str], SamplingConfig, Path
 
 
 def run_aux(args: argparse.Namespace, session: CommandSession) -> int:
+    from common_kernels.runtime.files import write_json
+    from itaclip.auxfile import write_aux_file
+    from itaclip.generate import AuxTextGenerator
+
     names, sampling, lm = check_aux(args)
     texts = AuxTextGenerator.load(lm, sampling).generate(args.kind, names)
     if args.output.suffix.lower() == ".json":
@@ -402,6 +422,8 @@ def run_aux(args: argparse.Namespace, session: CommandSession) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace, session: CommandSession) -> int:
+    from itaclip.tiny import save_tiny_model
+
     print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
     return 0
 
@@ -430,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         args = build_parser().parse_args(argv)
+        from itaclip.quiet import quiet
+
         with quiet(args.verbose):
             return COMMANDS[args.command](args, session)
 
@@ -437,7 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(
         prog,
         run,
-        work_errors=(EvaluationError,),
         interrupt_hint=session.interrupt_hint,
         flags=FLAGS,
     )

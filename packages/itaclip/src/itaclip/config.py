@@ -41,10 +41,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             f"{{stride}} must be in [1, crop] = [1, {crop}] px (a larger stride "
             f"leaves pixels that no window covers), got {stride}",
         )
-    short_side = settings["short_side"]
+    short_side, max_long = settings["short_side"], settings["max_long_side"]
     if short_side is not None and not short_side >= 1:
         raise InvalidValue(
             "short_side", f"{{short_side}} must be >= 1 px or None (no resize), got {short_side}"
+        )
+    if short_side is not None and short_side > max_long:
+        # the long side is capped first: a larger short side resizes no image further
+        raise InvalidValue(
+            "short_side",
+            f"{{short_side}} must be <= max_long_side = {max_long} px (the resized long side is "
+            f"capped there, so a larger short side changes nothing), got {short_side}",
         )
     for name in ("lam", "alpha", "prob_thd"):
         if not 0.0 <= settings[name] <= 1.0:  # also rejects NaN
@@ -80,7 +87,8 @@ class SegmenterConfig:
     """Inference settings; ``SegmenterConfig.from_preset("voc21")`` gives the official ones.
 
     Args:
-        short_side: resize target of the image's short side in px (``None`` = no resize).
+        short_side: resize target of the image's short side in px, in [1, max_long_side]
+            (``None`` = no resize).
         max_long_side: upper bound of the resized long side in px.
         crop: sliding-window size in px.
         stride: sliding-window step in px, in ``[1, crop]``.
@@ -104,6 +112,8 @@ class SegmenterConfig:
         faithful: reproduce the official quirks (gray/blur on normalised crops, 3x3 closing).
         precision: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
         encoder: image-encoder settings (intermediate layers, attention backend).
+        allow_large: segment even when an image's memory estimate (``itaclip.memory``: the
+            ViT pass, the windows, the output maps) exceeds the memory available.
     """
 
     short_side: int | None = 336
@@ -125,6 +135,7 @@ class SegmenterConfig:
     faithful: bool = False
     precision: str = "auto"
     encoder: ITACLIPEncoderConfig | None = None
+    allow_large: bool = False
 
     def __post_init__(self) -> None:
         check_settings(vars(self))

@@ -18,18 +18,28 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from common_kernels.runtime.cli import check_file_writable
+from common_kernels.runtime.cli import WorkError, check_file_writable
 from common_kernels.runtime.errors import InvalidValue, argument_errors, literal
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress as show_progress
 from itaclip.datasets import IGNORE_INDEX, SegmentationDataset, check_dataset
+from itaclip.memory import check_parts, check_windows, image_parts
+from itaclip.presets import dataset_classes
 from itaclip.protect import check_not_replacing, model_files
-from itaclip.segmenter import LoadPlan, Segmenter, progress_hidden
+from itaclip.segmenter import (
+    CPU_BATCH,
+    GPU_BATCH,
+    LoadPlan,
+    Segmenter,
+    plan_vision,
+    progress_hidden,
+)
 from itaclip.sources import ModelSource
 
 
-class EvaluationError(RuntimeError):
-    """An evaluation process failed (its message is the process's last line)."""
+class EvaluationError(WorkError, RuntimeError):
+    """An evaluation process failed (its message is the process's last line); a ``WorkError``:
+    the command line prints it and exits 1."""
 
 
 def confusion_matrix(
@@ -141,6 +151,37 @@ def check_evaluation(
     return check_dataset(dataset, root, split, limit)
 
 
+def check_eval_memory(plan: LoadPlan, dataset: SegmentationDataset) -> None:
+    """The windows (``check_windows``), the ViT pass and the window grid of the largest image
+    that the resize makes (short side ``short_side``, long side ``max_long_side``) against the
+    time bound and the memory available, before the model loads (``itaclip.memory``; a
+    dataset's own images are checked as they come, by ``Segmenter.check_inputs``). Nothing is
+    checked without a resize or with ``allow_large``; the memory not for a hub repository (its
+    tower's shape comes with its weights).
+
+    Args:
+        plan: a checked ``check_from_pretrained``.
+        dataset: from ``check_evaluation``.
+
+    Raises:
+        InvalidValue: naming ``short_side`` and ``stride`` or ``batch_size``, the estimate and
+            the limit.
+    """
+    config = plan.config
+    if config.allow_large or config.short_side is None:
+        return
+    resized = (config.short_side, config.max_long_side)
+    image = f"an image resized to {resized[0]}x{resized[1]} px"
+    check_windows(resized, config, image)
+    vision = plan_vision(plan)
+    if vision is None:
+        return
+    batch = config.batch_size or (GPU_BATCH if plan.device.type == "cuda" else CPU_BATCH)
+    queries = sum(len(names) for names in dataset_classes(dataset.name).queries)
+    parts = image_parts(resized, None, config, batch, vision, queries, dataset.num_classes, "")
+    check_parts(parts, plan.device, image)
+
+
 def check_report_file(
     report: str | os.PathLike,
     dataset: SegmentationDataset,
@@ -210,11 +251,14 @@ def run_evaluation(
         progress: progress on rank 0 (``False`` hides it; see ``evaluate``).
 
     Raises:
+        InvalidValue: a bad ``processes`` or ``limit``, or settings whose memory estimate does
+            not fit (``check_eval_memory``).
         EvaluationError: a spawned process failed.
         KeyboardInterrupt: a spawned process was interrupted.
     """
     check_processes(processes)
     check_limit(limit)
+    check_eval_memory(plan, dataset)
     if processes == 1:
         return eval_worker(0, 1, plan, dataset, limit, progress)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,11 +59,13 @@ class SegmentJob:
         image: the input and its place under the output folder.
         overlay: the labels over the photo, with a legend (``NAME_overlay.png``).
         labels: the class indices (``NAME_labels.png``).
+        size: the image's upright (height, width), once decoded (``plan_segment_batch``).
     """
 
     image: InputImage
     overlay: Path
     labels: Path
+    size: tuple[int, int] | None = None
 
     @property
     def outputs(self) -> tuple[Path, Path]:
@@ -204,7 +206,11 @@ def plan_segment_batch(
     except UnreadableImage as error:
         raise ValueError(f"{error.path} is {error}") from None
     return SegmentBatch(
-        tuple(job for job in todo if job.image.path in found.readable),
+        tuple(
+            replace(job, size=found.readable[job.image.path])
+            for job in todo
+            if job.image.path in found.readable
+        ),
         tuple(finished),
         tuple(found.unreadable),
         own,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,19 @@ from itaclip.config import PRECISIONS, SegmenterConfig, make_config
 from itaclip.engineering import combine_variant_logits, make_variants, normalize, num_variants
 from itaclip.inputs import ClassInputs, check_classes
 from itaclip.io import check_not_empty, to_rgb_images
+from itaclip.memory import VisionShape, check_parts, check_windows, image_parts
 from itaclip.models import ITACLIPVisionEncoder
 from itaclip.outputs import save_labels, save_overlay
 from itaclip.pamr import pamr
 from itaclip.postprocess import classify_query_logits
 from itaclip.presets import check_preset, dataset_classes
-from itaclip.sources import ModelLoadError, ModelSource, check_model_hub, resolve_model
+from itaclip.sources import (
+    ModelLoadError,
+    ModelSource,
+    check_model_hub,
+    resolve_model,
+    vision_config,
+)
 from itaclip.stitching import stitch_windows, window_axis_matrix
 from itaclip.text import (
     ClassQueries,
@@ -209,6 +216,96 @@ def check_from_pretrained(
     with argument_errors("cache_dir"):
         check_folder_writable(folder, "cache_dir")
     return LoadPlan(source, config, preset, checked_device, folder)
+
+
+def check_memory(
+    config: SegmenterConfig,
+    device: torch.device,
+    vision: VisionShape,
+    sizes: Mapping[str, tuple[int, int]],
+    queries: int,
+    classes: int,
+    output_size: Sequence[int] | None = None,
+    image_argument: str = "image",
+) -> None:
+    """Each image's windows and memory estimate (``itaclip.memory``) against the time bound and
+    the memory of ``device``, unless ``config.allow_large``.
+
+    Args:
+        config: the settings.
+        device: where the segmentation runs.
+        vision: the tower's shape.
+        sizes: each image in words (a path, ``image``) -> its (height, width).
+        queries: queries (every name of every class).
+        classes: classes.
+        output_size: (H_out, W_out) of the outputs, or None for each image's size.
+        image_argument: the argument that gives the images (named when an image's own size
+            is what does not fit).
+
+    Raises:
+        InvalidValue: the first image that makes too many windows (``check_windows``) or does
+            not fit, naming the settings of its largest part (``output_size``, ``short_side``
+            and ``stride``, ``batch_size``), the estimate and the limit.
+    """
+    if config.allow_large:
+        return
+    batch = config.batch_size or (GPU_BATCH if device.type == "cuda" else CPU_BATCH)
+    for name, (height, width) in sizes.items():
+        resized = resized_size(height, width, config.short_side, config.max_long_side)
+        output = (height, width) if output_size is None else check_output_size(output_size, (1, 1))
+        what = (
+            f"{{{image_argument}}} {name}" if output_size is None
+            else f"{{output_size}} {output[0]}x{output[1]}"
+        )  # fmt: skip
+        image = f"{name} ({height}x{width} px)"
+        check_windows(resized, config, image)
+        parts = image_parts(resized, output, config, batch, vision, queries, classes, what)
+        check_parts(parts, device, image)
+
+
+def plan_vision(plan: LoadPlan) -> VisionShape | None:
+    """The tower's shape of a checked plan, from its open_clip config (None: a hub repository,
+    whose config comes with its weights)."""
+    found = vision_config(plan.source)
+    if found is None:
+        return None
+    mid_layers = None if plan.config.encoder is None else plan.config.encoder.mid_layers
+    return VisionShape.from_config(found, mid_layers)
+
+
+def check_plan_memory(
+    plan: LoadPlan,
+    sizes: Mapping[str, tuple[int, int]],
+    classes: ClassInputs,
+    output_size: Sequence[int] | None = None,
+) -> None:
+    """``check_memory`` for the images of a run before its model loads, with the tower's shape
+    read from the model's open_clip config (a hub repository's is read after the load, by
+    ``Segmenter.check_inputs``).
+
+    Args:
+        plan: from ``check_from_pretrained``.
+        sizes: each image's path -> its (height, width) (``itaclip.folders.SegmentJob.size``).
+        classes: the checked classes.
+        output_size: (H_out, W_out) of the outputs, or None.
+
+    Raises:
+        InvalidValue: see ``check_memory`` (the images named as ``images``).
+    """
+    vision = plan_vision(plan)
+    if vision is None:
+        return
+    queries = classes.queries
+    check_memory(
+        plan.config,
+        plan.device,
+        vision,
+        sizes,
+        len(queries.queries),
+        queries.num_classes,
+        output_size,
+        "images",
+    )
 
 
 class Segmenter(nn.Module):
@@ -549,7 +646,8 @@ class Segmenter(nn.Module):
 
         Raises:
             ValueError: the first bad input (an ``InvalidArgument`` naming it where it is one
-                argument); the message says what it accepts.
+                argument); the message says what it accepts. An image whose memory estimate
+                exceeds the memory available (``check_memory``) names the settings.
         """
         images, batched = to_rgb_images(image)
         for one in images:
@@ -564,6 +662,21 @@ class Segmenter(nn.Module):
             background,
             aux_file=aux_file,
             check_aux_names=check_aux_names,
+        )
+        sizes = {
+            f"image {index}" if batched else "image": tuple(one.shape[-2:])
+            for index, one in enumerate(images)
+        }
+        vision = VisionShape.from_encoder(self.encoder)
+        queries = checked.queries
+        check_memory(
+            self.config,
+            self.device,
+            vision,
+            sizes,
+            len(queries.queries),
+            queries.num_classes,
+            size,
         )
         return SegmentInputs(tuple(images), batched, checked, size)
 

@@ -224,6 +224,17 @@ def builtin_hub_repos(model: str, weights: str | None) -> tuple[str, ...]:
     return tuple(repos)
 
 
+def vision_config(source: ModelSource) -> dict | None:
+    """The open_clip ``vision_cfg`` of a built-in model or a model folder, read without loading
+    it; None for a hub repository (its config comes with its weights)."""
+    if source.name.startswith(LOCAL_DIR):
+        config = json.loads((Path(source.name[len(LOCAL_DIR) :]) / CONFIG_FILE).read_text())
+        return config["model_cfg"].get("vision_cfg", {})
+    if source.name.startswith(HF_HUB):
+        return None
+    return (open_clip.get_model_config(source.name) or {}).get("vision_cfg", {})
+
+
 def check_model_hub(source: ModelSource) -> None:
     """Fail at once, saying why, when a repository of ``source`` is not cached and the hub is
     out of reach (``HF_HUB_OFFLINE``, or no connection within 5 s).
