@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from transformers import CLIPTokenizer
 
-import pixelsmith.cli as cli
+import pixelsmith.cascade as cascade_module
 from pixelsmith import PixelsmithConfig, PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
@@ -92,7 +92,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch):
         raise AssertionError("model work started before the inputs were checked")
 
     monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
-    monkeypatch.setattr(cli, "run_cascade", fail)
+    monkeypatch.setattr(cascade_module, "run_cascade", fail)
     return fail
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pixelsmith.cascade as cascade_module
 import pixelsmith.cli as cli
 import pixelsmith.memory as memory
 import pixelsmith.pipelines.pixelsmith as pipeline_module
@@ -246,7 +247,7 @@ def test_generate_checks_each_input_once_before_loading(tiny_dir, tmp_path, monk
         ran.update(prompt=prompts.prompt, plan=plan, pipe=type(pipe).__name__)
         return plan.output
 
-    monkeypatch.setattr(cli, "run_cascade", run_cascade)
+    monkeypatch.setattr(cascade_module, "run_cascade", run_cascade)
     output = tmp_path / "out.png"
     argv = ["generate", "a cat", "--model", str(tiny_dir), "--sizes", "64", "128", "--slider",
             "1", "--steps", "2", "-o", str(output), "--device", "cpu", "--quiet",

@@ -15,7 +15,7 @@ import tifffile
 import torch
 from PIL import Image
 
-import pixelsmith.cli as cli
+import pixelsmith.cascade as cascade_module
 import pixelsmith.memory as memory
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
@@ -298,7 +298,7 @@ def test_memory_check_against_the_available_memory(tiny_dir, files, capsys, monk
     assert err.startswith(f"{PREFIX}--sizes 1024x1024: the full-size latent maps of this stage ")
     assert "need 1081344 bytes (0.00 GiB, 66 bytes per latent px), more than the 1081343 " in err
     monkeypatch.setattr(memory, "available_memory", lambda device: None)  # unknown: no check
-    monkeypatch.setattr(cli, "run_cascade", lambda *args, **kwargs: files / "out.tif")
+    monkeypatch.setattr(cascade_module, "run_cascade", lambda *args, **kwargs: files / "out.tif")
     assert run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)[0] == 0
 
 

@@ -34,6 +34,7 @@ from diffeat.backbones import UNET, Backbone
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.configs import DIT_CONFIGS, UNET_CONFIGS
 from diffeat.errors import SourceError
+from diffeat.inputs import check_image_file
 from diffeat.presets import (
     ALL,
     PRESETS,
@@ -301,12 +302,28 @@ def check_layer_names(
     return requested
 
 
+def check_control_image(control_image: Any, controlnet: Any) -> None:
+    """The conditioning image: given with a ControlNet only, and a file decoded completely (a
+    check of the inputs alone, made before any model file is read).
+
+    Args:
+        control_image: an image, a file, or None.
+        controlnet: the ControlNet (a model, folder or hub id), or None.
+    """
+    if control_image is not None and controlnet is None:
+        raise InvalidArgument("control_image", "needs {controlnet} PATH (no ControlNet is given)")
+    if isinstance(control_image, str | Path):
+        try:
+            check_image_file(Path(control_image))
+        except (OSError, ValueError) as error:
+            raise InvalidValue("control_image", "{control_image} " + literal(error)) from None
+
+
 def check_adapter_sources(
     model: str | Path,
     unet: Mapping[str, Any],
     loras: Sequence[Any],
     controlnet: Any,
-    control_image: Any,
 ) -> dict[str, Any] | None:
     """LoRA files and a ControlNet given by path or hub id, checked against the model before
     any of its weights are read; returns the ControlNet's config (None without one).
@@ -317,10 +334,7 @@ def check_adapter_sources(
         loras: LoRA sources (paths and hub ids are checked; state dicts are checked on load).
         controlnet: a ControlNet folder or hub id (a loaded ``ControlNetModel`` is checked when
             it is set).
-        control_image: the default conditioning image.
     """
-    if control_image is not None and controlnet is None:
-        raise InvalidArgument("control_image", "needs {controlnet} PATH (no ControlNet is given)")
     paths = [source for source in loras if isinstance(source, str | Path)]
     for source in paths:
         resolve_source(source, "lora", "LoRA file or folder")

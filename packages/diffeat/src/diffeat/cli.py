@@ -70,7 +70,6 @@ from diffeat.commands import (
 from diffeat.configs import DIT_CONFIGS, TINY_MODEL_KINDS, UNET_CONFIGS, save_tiny_model
 from diffeat.errors import SourceError
 from diffeat.extractor import FeatureExtractor
-from diffeat.inputs import check_image_file
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length
 from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
@@ -246,7 +245,7 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_plan(args: Namespace) -> LoadPlan:
     """The model and options of an extraction checked by the API, reading only config files;
-    then the control image file is decoded. Flags that only this command pairs (``--fuse-lora``
+    the control image file included. Flags that only this command pairs (``--fuse-lora``
     without ``--lora``, ``--controlnet`` without ``--control-image``) are refused first."""
     for flag, given, other, what in (
         ("--fuse-lora", args.fuse_lora, args.lora, "--lora PATH"),
@@ -255,10 +254,7 @@ def check_plan(args: Namespace) -> LoadPlan:
         if given and not other:
             raise UsageError(f"{flag}: needs {what}")
     with usage_errors():  # --batch-size is checked with the images
-        plan = check_from_pretrained(args.model, **load_options(args))
-        if args.control_image is not None:
-            check_image_file(args.control_image)
-    return plan
+        return check_from_pretrained(args.model, **load_options(args))
 
 
 def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **group):

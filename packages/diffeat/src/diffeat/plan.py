@@ -19,6 +19,7 @@ from diffeat.checks import (
     DTYPES,
     ModelConfigs,
     check_adapter_sources,
+    check_control_image,
     check_layer_names,
     check_model_folder,
     check_number,
@@ -183,6 +184,7 @@ def check_from_pretrained(
     check_config_fields(options)
     for key in ("lora_scale", "control_scale"):
         check_number(options.get(key, 1.0), key)
+    check_control_image(options.get("control_image"), options.get("controlnet"))
     source = resolve_source(model_id_or_dir, "model_id_or_dir")
     backbone = backbone_of_model(source)
     needs = backbone.model_files() + (backbone.text_files if text_stack else ())
@@ -201,9 +203,7 @@ def check_from_pretrained(
     requested, preset = check_selection(layers, preset, configs.unet, model_id_or_dir)
     loras = options.get("lora")
     loras = [] if loras is None else list(loras) if isinstance(loras, list | tuple) else [loras]
-    control = check_adapter_sources(
-        source, configs.unet, loras, options.get("controlnet"), options.get("control_image")
-    )
+    control = check_adapter_sources(source, configs.unet, loras, options.get("controlnet"))
     size = parse_size(options.get("image_size"))
     if size_from in ("preset", "layers"):  # a preset given by name sets the size: its own
         size = (get_preset(preset).resolution,) * 2

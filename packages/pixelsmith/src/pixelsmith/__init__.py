@@ -3,16 +3,17 @@
 Public API: :class:`PixelsmithPipeline` (a diffusers SDXL pipeline with Pixelsmith stages) and
 :func:`generate_cascade` (base SDXL image, then guided stages up to the target size), with the
 settings of a run in :class:`CascadeOptions`.
+
+The names load on first use (PEP 562): ``import pixelsmith`` (and the ``pixelsmith`` command's
+parsing and checks) do not import diffusers or transformers, which take seconds.
 """
 
-from transformers.utils import logging as _transformers_logging
+from __future__ import annotations
 
-# diffusers' SDXL pipeline module reads transformers' CLIP and SigLIP image processors on import,
-# which log a one-time "requires torchvision" notice where torchvision is absent; pixelsmith never
-# uses an image processor, so the notice is silenced for this import only.
-_verbosity = _transformers_logging.get_verbosity()
-_transformers_logging.set_verbosity_error()
-try:
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
     from pixelsmith.cascade import generate_cascade
     from pixelsmith.config import PixelsmithConfig
     from pixelsmith.options import CascadeOptions
@@ -24,10 +25,33 @@ try:
         StepPlan,
         TextConditioning,
     )
-finally:
-    _transformers_logging.set_verbosity(_verbosity)
 
 __version__ = "0.4.1"
+
+# each public name -> the module that defines it
+_MODULES = {
+    "generate_cascade": "pixelsmith.cascade",
+    "PixelsmithConfig": "pixelsmith.config",
+    "CascadeOptions": "pixelsmith.options",
+    **dict.fromkeys(("GridPlanner", "Patch", "RandomPlanner", "minimum_patches"),
+                    "pixelsmith.patches"),
+    **dict.fromkeys(("PixelsmithOutput", "PixelsmithPipeline", "StageStats", "StepPlan",
+                     "TextConditioning"), "pixelsmith.pipelines"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use."""
+    if name not in _MODULES:
+        raise AttributeError(f"module 'pixelsmith' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES})
+
 
 __all__ = [
     "CascadeOptions",

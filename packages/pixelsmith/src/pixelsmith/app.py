@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -32,13 +32,15 @@ from common_kernels.runtime.cli import check_device, check_folder_writable
 from common_kernels.runtime.errors import argument_errors
 from common_kernels.runtime.files import atomic_write
 from common_kernels.runtime.hub import HubUnreachableError
-from pixelsmith.cascade import Prompts, pipeline_shape, run_cascade
 from pixelsmith.config import PixelsmithConfig
 from pixelsmith.io import collect_uint8
 from pixelsmith.options import MAX_SEED, CascadeOptions, CascadePlan, check_cascade
-from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, ddim_from_config
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, LoadPlan, check_from_pretrained
-from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
+
+# diffusers (pixelsmith.cascade, .pipelines, .tiny) is imported where a model is built or run,
+# so that serve's checks answer a bad option without it
+if TYPE_CHECKING:
+    from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
 
 Shown = list[tuple[Image.Image, str]]
 
@@ -100,11 +102,15 @@ class CascadePage:
     @property
     def max_steps(self) -> int:
         """The most steps a stage takes: the scheduler's training timesteps."""
+        from pixelsmith.cascade import pipeline_shape
+
         return pipeline_shape(self.pipe).train_timesteps
 
     def plan(self, sizes: str, sliders: str, steps: int, guidance: float, seed: int) -> CascadePlan:
         """The run checked by the API (:func:`~pixelsmith.options.check_cascade`): nothing is
         loaded or written; a bad input raises its ``InvalidValue`` (or ``TypeError``)."""
+        from pixelsmith.cascade import pipeline_shape
+
         options = CascadeOptions(
             num_inference_steps=steps, guidance_scale=guidance, seed=seed, config=self.config,
             progress=False,
@@ -141,6 +147,8 @@ class CascadePage:
         Raises:
             InvalidValue: a bad input (before anything runs or is written).
         """
+        from pixelsmith.cascade import Prompts, run_cascade
+
         plan = self.plan(sizes, sliders, steps, guidance, seed)
         last = len(plan.sizes) - 1
         updates: queue.Queue = queue.Queue()
@@ -201,7 +209,7 @@ def choose_model(model: str | Path | None, vae: str | Path | None = "auto") -> t
     if model is not None:
         plan = check_from_pretrained(model, vae)
         with_vae = "" if plan.vae is None else f" with the VAE `{plan.vae}`"
-        return plan, f"Model: `{plan.model}`{with_vae}."
+        return plan, " ".join(filter(None, (f"Model: `{plan.model}`{with_vae}.", plan.random_note)))
     plan = check_from_pretrained(DEFAULT_MODEL, "auto")
     try:
         plan.check_hub()
@@ -235,6 +243,9 @@ def open_page(
         InvalidArgument: (``output_dir``) a folder that cannot be created or written;
             (``device``) not a device of this machine; before any weights load.
     """
+    from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline, ddim_from_config
+    from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
+
     runtime_app.import_gradio("pixelsmith[app]")
     with argument_errors("output_dir"):
         check_folder_writable(Path(output_dir), "output_dir")

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -48,23 +48,17 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.hub import HubUnreachableError
 from common_kernels.runtime.quiet import quiet_libraries
-from pixelsmith.app import serve
-from pixelsmith.cascade import Prompts, run_cascade
 from pixelsmith.config import BLENDS, HANDOVERS, PATCH_SCHEDULERS, POSTERIORS, PixelsmithConfig
 from pixelsmith.control import load_controlnet
 from pixelsmith.lora import LoraPlan, check_lora_options
 from pixelsmith.options import CascadeOptions, CascadePlan, check_cascade
 from pixelsmith.parallel import RankGroup, check_devices, init_from_env, run_on_ranks
-from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
 from pixelsmith.sources import DEFAULT_MODEL, LoadPlan, check_from_pretrained, check_source_hub
-from pixelsmith.tiny import save_tiny_model
 
-DTYPES = {
-    "auto": None,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+if TYPE_CHECKING:  # diffusers (seconds to import) loads after the parsing and the checks
+    from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}  # fmt: skip
 # the API's argument -> this command's flag: run_main prints the API's errors with the flags
 FLAGS = {
     "pretrained_model_name_or_path": "--model",
@@ -322,6 +316,8 @@ def load_pipeline(
     args: argparse.Namespace, models: LoadPlan, device: torch.device
 ) -> PixelsmithPipeline:
     """The pipeline of the checked ``--model``/``--vae`` on ``device``; failing exits 1."""
+    from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
+
     dtype = DTYPES[args.dtype]
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -367,6 +363,8 @@ def generate_worker(args: argparse.Namespace, plan: GeneratePlan) -> int:
 def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGroup) -> Path | None:
     """Load the model (and LoRAs, ControlNet) and run the checked cascade as rank
     ``ranks.rank``."""
+    from pixelsmith.cascade import Prompts, run_cascade
+
     device = plan.device
     if ranks.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -387,15 +385,18 @@ def generate_on_rank(args: argparse.Namespace, plan: GeneratePlan, ranks: RankGr
 
 def run_app(args: argparse.Namespace) -> int:
     """Check the options, load the model, serve the page (:mod:`pixelsmith.app`)."""
+    from pixelsmith.app import serve
+
     vae = None if args.vae == "none" else args.vae
     with usage_errors(BAD_INPUT):  # without gradio: needs gradio: pip install 'pixelsmith[app]'
-        serve(args.output, model=args.model, vae=vae, device=args.device,
-              dtype=DTYPES[args.dtype], host=args.host, port=args.port,
-              share=args.share)  # fmt: skip
+        serve(args.output, model=args.model, vae=vae, device=args.device, share=args.share,
+              dtype=DTYPES[args.dtype], host=args.host, port=args.port)  # fmt: skip
     return 0
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
+    from pixelsmith.tiny import save_tiny_model
+
     check_folder_writable(args.directory, "DIR")
     print(f"wrote {save_tiny_model(args.directory, seed=args.seed)}")
     return 0

@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tifffile
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 from torch import Tensor
 
@@ -35,6 +35,9 @@ from pixelsmith.images import LanczosImage, _check_region
 from pixelsmith.io import TIFF_SUFFIXES
 from pixelsmith.patches import Patch
 from pixelsmith.sources import CONFIG_MARKER, check_source, check_source_hub
+
+if TYPE_CHECKING:  # diffusers loads in the functions that need it: the checks run without it
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
 # ControlNet config entries that must equal the UNet's for its residuals to fit the UNet
 MATCHING_FIELDS = (
@@ -235,6 +238,8 @@ def check_controlnet(controlnet: object, unet: UNet2DConditionModel) -> None:
         controlnet: the ``controlnet`` argument.
         unet: the pipeline's UNet.
     """
+    from diffusers import ControlNetModel
+
     if not isinstance(controlnet, ControlNetModel):
         raise TypeError(
             f"controlnet must be a diffusers ControlNetModel, got {type(controlnet).__name__}"
@@ -322,6 +327,13 @@ def image_identity(image: ConditionImage) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
+def is_controlnet(value: object) -> bool:
+    """Whether ``value`` is a diffusers ``ControlNetModel`` (one exists only once diffusers is
+    imported, so diffusers is not imported to tell)."""
+    diffusers = sys.modules.get("diffusers")
+    return diffusers is not None and isinstance(value, diffusers.ControlNetModel)
+
+
 def check_control(
     controlnet: ControlNetModel | str | os.PathLike | None,
     image: str | os.PathLike | Image.Image | Tensor | None,
@@ -352,7 +364,7 @@ def check_control(
         controlnet = check_source(
             controlnet, "controlnet", what="ControlNet folder", marker=CONFIG_MARKER
         )
-    elif not isinstance(controlnet, ControlNetModel):
+    elif not is_controlnet(controlnet):
         raise TypeError(
             "controlnet must be a diffusers ControlNetModel, a folder or a hub id, got "
             f"{type(controlnet).__name__}"
@@ -382,6 +394,8 @@ def load_controlnet(
         common_kernels.runtime.hub.HubUnreachableError: the hub cannot be reached (an ``OSError``).
         OSError: it cannot be loaded (named, with the reason on one line).
     """
+    from diffusers import ControlNetModel
+
     found = check_source(source, "controlnet", what="ControlNet folder", marker=CONFIG_MARKER)
     check_source_hub(found, "the ControlNet")
     try:

@@ -22,15 +22,16 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
-from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
 from common_kernels.runtime.errors import InvalidValue, literal
 from pixelsmith.sources import check_source, check_source_hub
+
+if TYPE_CHECKING:  # diffusers is imported where LoRAs load, not to check the options
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
 # the components an SDXL LoRA file may target, by key prefix
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -151,6 +152,8 @@ def check_lora_state_dict(
 def quiet_lora_notices() -> Iterator[None]:
     """diffusers' notices about a component without LoRA keys hidden (a UNet-only LoRA is
     normal); errors still show."""
+    from diffusers.utils import logging as diffusers_logging
+
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:

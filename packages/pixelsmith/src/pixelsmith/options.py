@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import ControlNetModel
 from PIL import Image
 from torch import Tensor
 
@@ -29,6 +29,9 @@ from pixelsmith.io import MAX_PIL_PIXELS, TIFF_SUFFIXES, check_compression, chec
 from pixelsmith.memory import check_memory
 from pixelsmith.parallel import check_parallel
 from pixelsmith.sources import ModelShape
+
+if TYPE_CHECKING:  # diffusers is not imported to check options
+    from diffusers import ControlNetModel
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
 SWITCHES = (

@@ -32,6 +32,9 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
 MODEL_MARKER = "model_index.json"  # what a diffusers pipeline folder holds
 CONFIG_MARKER = "config.json"  # what a diffusers model folder (VAE, ControlNet) holds
+# the model_index.json entry of a folder of random weights (``pixelsmith tiny-model``,
+# ``diffeat tiny-model``): {"writer": the command, "seed": its seed}
+RANDOM_WEIGHTS = "_random_weights"
 
 
 def resolve_source(
@@ -170,11 +173,23 @@ class LoadPlan:
         model: the SDXL folder or hub id.
         vae: the VAE folder or hub id replacing the model's, or ``None`` (the model's own).
         shape: the model's geometry (read from local folders; SDXL's for hub ids).
+        random_weights: a local folder's :data:`RANDOM_WEIGHTS` entry (what wrote its random
+            weights), or ``None``.
     """
 
     model: Path | str
     vae: Path | str | None
     shape: ModelShape
+    random_weights: Mapping | None = None
+
+    @property
+    def random_note(self) -> str:
+        """How a page says that the model's weights are random ("" when they are not)."""
+        if not self.random_weights:
+            return ""
+        writer, seed = self.random_weights.get("writer"), self.random_weights.get("seed")
+        by = f" (written by `{writer} --seed {seed}`)" if writer and seed is not None else ""
+        return f"Its weights are random{by}, so its images are noise."
 
     def check_hub(self) -> None:
         """Fail within 5 s, saying why, when a hub id of the plan cannot be fetched."""
@@ -220,4 +235,5 @@ def check_from_pretrained(
         read_config(local / "unet" / CONFIG_MARKER) if local else {},
         read_config(local / "scheduler" / "scheduler_config.json") if local else {},
     )
-    return LoadPlan(model, vae_source, shape)
+    random = read_config(local / MODEL_MARKER).get(RANDOM_WEIGHTS) if local else None
+    return LoadPlan(model, vae_source, shape, random if isinstance(random, Mapping) else None)

@@ -14,15 +14,18 @@ it exists to run the whole machinery without downloading SDXL.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    ControlNetModel,
-    EulerDiscreteScheduler,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from pixelsmith.config import require_int
+from pixelsmith.options import MAX_SEED
+from pixelsmith.sources import RANDOM_WEIGHTS
+
+# diffusers and transformers load when a model is built: the seed is checked without them
+if TYPE_CHECKING:
+    from diffusers import ControlNetModel
+    from transformers import CLIPTokenizer
 
 TEXT_WIDTH = 16
 TIME_EMBED = 8
@@ -101,6 +104,8 @@ def byte_vocab() -> dict[str, int]:
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP tokenizer without merges (514 tokens, 77 positions)."""
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
 
 
@@ -108,10 +113,17 @@ def tiny_components(seed: int = 0, tokenizer: CLIPTokenizer | None = None) -> di
     """Seeded random components for ``PixelsmithPipeline(**components)``.
 
     Args:
-        seed: torch seed of the weights.
+        seed: torch seed of the weights, in [0, 2**64 - 1].
         tokenizer: CLIP tokenizer for both text encoders (default :func:`tiny_tokenizer`);
             its vocabulary size sets the encoders'. Its end-of-text token must have id 1.
+
+    Raises:
+        InvalidValue: (``seed``) out of range, before diffusers is imported.
     """
+    require_int("seed", seed, 0, MAX_SEED)
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
     tokenizer = tokenizer or tiny_tokenizer()
     text_config = CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT_CONFIG)
     torch.manual_seed(seed)
@@ -133,16 +145,31 @@ def tiny_components(seed: int = 0, tokenizer: CLIPTokenizer | None = None) -> di
 def tiny_controlnet(seed: int = 0) -> ControlNetModel:
     """A seeded ControlNet for the tiny UNet. Its output layers are zero, as in every new
     ControlNet (its residuals are zero until trained); tests randomise them to see it act."""
+    from diffusers import ControlNetModel
+
     torch.manual_seed(seed)
     return ControlNetModel(**TINY_CONTROLNET_CONFIG).eval()
 
 
 def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     """Write a tiny random SDXL-shaped model folder (diffusers layout) loadable by
-    ``PixelsmithPipeline.from_pretrained(directory)``."""
+    ``PixelsmithPipeline.from_pretrained(directory)``; its ``model_index.json`` says that its
+    weights are random (:data:`~pixelsmith.sources.RANDOM_WEIGHTS`), which pages show.
+
+    Args:
+        directory: the folder to write.
+        seed: torch seed of the weights, in [0, 2**64 - 1].
+
+    Raises:
+        InvalidValue: (``seed``) out of range, before anything is built or written.
+    """
+    components = tiny_components(seed)
     from pixelsmith.pipelines.pixelsmith import PixelsmithPipeline
 
     directory = Path(directory)
-    pipe = PixelsmithPipeline(**tiny_components(seed), add_watermarker=False)
+    pipe = PixelsmithPipeline(**components, add_watermarker=False)
+    # a private ("_") entry of model_index.json: diffusers keeps it out of the pipeline's
+    # arguments when loading
+    pipe.register_to_config(**{RANDOM_WEIGHTS: {"writer": "pixelsmith tiny-model", "seed": seed}})
     pipe.save_pretrained(directory)
     return directory
