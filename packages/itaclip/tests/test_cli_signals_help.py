@@ -5,6 +5,8 @@ items 4 and 8)."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,8 +65,8 @@ def test_a_stopped_segment_exits_with_one_line(tmp_path, tiny_dir, stop, status,
 NUMERIC_HELP = {
     ("segment", "--stride"): "sliding-window step in px, in [1, 224] (the crop) (default: the "
     "preset's, 28)",
-    ("segment", "--short-side"): "resize the image's short side to this many px, >= 1, the long "
-    "side kept <= 2048 (default: the preset's, 336; coco_stuff 448, cityscapes 560)",
+    ("segment", "--short-side"): "resize the image's short side to this many px, in [1, 2048], "
+    "the long side kept <= 2048 (default: the preset's, 336; coco_stuff 448, cityscapes 560)",
     ("segment", "--batch-size"): "images per ViT pass (crops x 5 variants), >= 1 (default: 20 on "
     "a GPU, 5 on the CPU)",
     ("segment", "--alpha"): "auxiliary-text weight in [0, 1] (default: the preset's; 0.15 "
@@ -98,3 +100,25 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
     assert exit.value.code == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert NUMERIC_HELP["aux", "--max-new-tokens"] in printed  # %(default)s filled in
+
+
+PARSING_ONLY = """
+import contextlib, io, sys
+from itaclip.cli import main
+for argv in (["--help"], ["segment", "--help"], ["eval", "--help"], ["aux", "--help"],
+             ["tiny-model", "--help"], ["app", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(argv)
+print(main(["segment", "img.png", "--classes", "cat", "-o", "out", "--stride", "x"]))
+print(" ".join(sorted({"diffusers", "open_clip", "transformers"} & set(sys.modules))) or "none")
+"""
+
+
+def test_help_and_a_bad_flag_leave_the_heavy_libraries_unloaded(tmp_path):
+    """Issue 49, item 4: open_clip (with torchvision and transformers) took seconds to import
+    before ``--help`` answered; parsing imports none of them (the commands import them)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PARSING_ONLY], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.stdout.splitlines() == ["2", "none"], done.stderr
+    assert done.stderr == "itaclip segment: error: argument --stride: invalid int value: 'x'\n"
