@@ -3,6 +3,8 @@ Chromium (skipped, saying why, where Chromium or Playwright is absent)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +13,7 @@ from common_kernels.runtime import browser
 from diffeat import FeatureExtractor
 from diffeat.app import HUB_MODEL, PcaPage, build_app, choose_model, open_page
 from diffeat.cli import main
+from diffeat.configs import RANDOM_WEIGHTS
 from diffeat.viz import pca_rgb
 
 SIZE = 128  # the tiny SD 1.5 model's features are 8x8 at 128 px (16x16 latents)
@@ -81,6 +84,38 @@ def test_offline_it_runs_the_tiny_model_and_names_the_hub_model(monkeypatch, tmp
     assert [label for _, label in opened.run(Image.new("RGB", (64, 64)), ["unet-in"])] == [
         "unet-in: 4 channels at 8x8"
     ]
+
+
+RANDOM_NOTE = (
+    "Its weights are random (written by `diffeat tiny-model --kind sd15 --seed 0`), so its "
+    "features are noise."
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A folder written by ``diffeat tiny-model`` (marked random in its model_index.json)."""
+    folder = tmp_path_factory.mktemp("tiny") / "sd15"
+    assert main(["tiny-model", str(folder), "--kind", "sd15"]) == 0
+    return folder
+
+
+def test_only_a_folder_marked_random_is_called_random(tiny_dir, model_dirs):
+    """The note comes from the entry ``diffeat tiny-model`` writes in model_index.json (the
+    weights alone cannot tell): a folder saved without it is named plainly."""
+    index = json.loads((tiny_dir / "model_index.json").read_text())
+    assert index[RANDOM_WEIGHTS] == {"writer": "diffeat tiny-model --kind sd15", "seed": 0}
+    assert choose_model(tiny_dir) == (tiny_dir, f"Model: `{tiny_dir}`. {RANDOM_NOTE}")
+    assert choose_model(model_dirs["sd15"])[1] == f"Model: `{model_dirs['sd15']}`."
+
+
+def test_page_in_chromium_says_its_model_is_random(tiny_dir):
+    page = open_page(tiny_dir, image_size=64, device="cpu")
+    with browser.serve_app(build_app(page)) as address, browser.chromium() as chromium:
+        tab = chromium.new_page(viewport={"width": 1100, "height": 640})
+        tab.goto(address)
+        shown = tab.locator("p", has_text="Its weights are random").first
+        assert shown.inner_text() == f"Model: {tiny_dir}. {RANDOM_NOTE.replace('`', '')}"
 
 
 def test_cli_app_refuses_a_bad_option_before_any_model_loads(capsys, monkeypatch, tmp_path):

@@ -3,6 +3,8 @@ Chromium (skipped, saying why, where Chromium or Playwright is absent)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,15 @@ from pixelsmith.app import (
 )
 from pixelsmith.cli import main
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
+from pixelsmith.sources import RANDOM_WEIGHTS
 from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG
 
 SMALL = PixelsmithConfig(patch_size=8, band=2, vae_tile=8, vae_overlap=2)  # conftest's
 DEFAULTS = PageDefaults(sizes="64 128", sliders="2", steps=3)
 PROMPT = "a cat"
+RANDOM_NOTE = (
+    "Its weights are random (written by `pixelsmith tiny-model --seed 0`), so its images are noise."
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +105,7 @@ def test_offline_it_runs_the_tiny_model_and_names_the_hub_models(monkeypatch, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))  # SDXL is not cached
     plan, note = choose_model(tiny_dir)
-    assert plan.model == tiny_dir and note == f"Model: `{tiny_dir}`."
+    assert plan.model == tiny_dir and note == f"Model: `{tiny_dir}`. {RANDOM_NOTE}"
     page = open_page(tmp_path / "out")
     assert page.note.startswith("Offline (cannot load the model stabilityai/stable-diffusion-xl")
     assert page.note.endswith(
@@ -109,6 +115,30 @@ def test_offline_it_runs_the_tiny_model_and_names_the_hub_models(monkeypatch, tm
     assert (page.defaults, page.config) == (TINY_DEFAULTS, TINY_CONFIG)
     plan = page.plan(TINY_DEFAULTS.sizes, TINY_DEFAULTS.sliders, TINY_DEFAULTS.steps, 7.5, 0)
     assert plan.sizes == [(128, 128), (256, 256)] and (tmp_path / "out").is_dir()
+
+
+def test_only_a_folder_marked_random_is_called_random(tmp_path, tiny_dir):
+    """The note comes from the entry ``pixelsmith tiny-model`` writes in model_index.json (the
+    weights alone cannot tell): the same folder without it is named plainly."""
+    index = json.loads((tiny_dir / "model_index.json").read_text())
+    assert index[RANDOM_WEIGHTS] == {"writer": "pixelsmith tiny-model", "seed": 0}
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    del index[RANDOM_WEIGHTS]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    assert choose_model(copy)[1] == f"Model: `{copy}`."
+    assert choose_model(tiny_dir, vae=copy / "vae")[1] == (
+        f"Model: `{tiny_dir}` with the VAE `{copy / 'vae'}`. {RANDOM_NOTE}"
+    )
+
+
+def test_page_in_chromium_says_its_model_is_random(tmp_path, tiny_dir):
+    page = open_page(tmp_path / "out", model=tiny_dir, device="cpu")
+    with browser.serve_app(build_app(page)) as url, browser.chromium() as chromium:
+        tab = chromium.new_page(viewport={"width": 1100, "height": 700})
+        tab.goto(url)
+        shown = tab.locator("p", has_text="Its weights are random").first
+        assert shown.inner_text() == f"Model: {tiny_dir}. {RANDOM_NOTE.replace('`', '')}"
 
 
 def test_cli_app_refuses_a_bad_option_before_any_model_loads(capsys, tmp_path, no_model_load):
@@ -123,6 +153,7 @@ def test_cli_app_refuses_a_bad_option_before_any_model_loads(capsys, tmp_path, n
     [
         (["--port", "0"], "--port: must be in [1, 65535], got 0"),
         (["--device", "tpu"], "--device tpu: expected cpu, cuda, cuda:N or mps (available: cpu"),
+        (["--vae", "./nope"], "--vae: no VAE folder ./nope (nothing at "),  # without --model
     ],
 )
 def test_cli_app_checks_port_and_device_before_any_model_loads(

@@ -7,11 +7,13 @@ clipped to their 1 % quantiles). :class:`PcaPage` holds the logic and is tested 
 browser; :func:`build_app` lays out the page. :func:`open_page` loads the model: the one given,
 else the hub's SD 1.5 (:data:`HUB_MODEL`), else, with the hub out of reach and SD 1.5 not
 cached, the tiny random SD 1.5-shaped model of the tests and ``diffeat tiny-model`` (the page
-says which). The page writes nothing; a bad input shows the API's one-line message.
+says which, and says when a model folder holds random weights: :func:`random_note`). The page
+writes nothing; a bad input shows the API's one-line message.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from common_kernels.runtime import app as runtime_app
 from common_kernels.runtime.app import launch_blocks
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError, check_hub
-from diffeat.configs import tiny_pipeline
+from diffeat.configs import RANDOM_WEIGHTS, tiny_pipeline
 from diffeat.extraction import BaseFeatureExtractor
 from diffeat.extractor import FeatureExtractor
 from diffeat.plan import checked_device
@@ -88,6 +90,25 @@ class PcaPage:
         return shown
 
 
+def random_note(model: str | Path) -> str:
+    """The page's line saying that a local model folder holds random weights (its
+    ``model_index.json`` has the :data:`~diffeat.configs.RANDOM_WEIGHTS` entry that ``diffeat
+    tiny-model`` and ``pixelsmith tiny-model`` write); "" otherwise (hub ids included).
+
+    Args:
+        model: a hub id or folder.
+    """
+    try:
+        entry = json.loads((Path(model) / "model_index.json").read_text()).get(RANDOM_WEIGHTS)
+    except (OSError, ValueError, AttributeError):  # no folder, no JSON object: not marked
+        return ""
+    if not isinstance(entry, dict):
+        return ""
+    writer, seed = entry.get("writer"), entry.get("seed")
+    by = f" (written by `{writer} --seed {seed}`)" if writer and seed is not None else ""
+    return f"Its weights are random{by}, so its features are noise."
+
+
 def choose_model(model: str | Path | None) -> tuple[str | Path | None, str]:
     """The model to load (None: the tiny random one) and the page's line about it.
 
@@ -96,7 +117,7 @@ def choose_model(model: str | Path | None) -> tuple[str | Path | None, str]:
             cached, else the tiny model.
     """
     if model is not None:
-        return model, f"Model: `{model}`."
+        return model, " ".join(filter(None, (f"Model: `{model}`.", random_note(model))))
     try:
         check_hub(HUB_MODEL)
     except HubUnreachableError as error:

@@ -15,6 +15,9 @@ from common_kernels.runtime.errors import InvalidValue, shown
 from diffeat.errors import check_int_range
 
 SEED_MAX = 2**64 - 1  # the range of torch.Generator.manual_seed: [0, 2**64 - 1]
+# the model_index.json entry of a folder of random weights (``diffeat tiny-model``, ``pixelsmith
+# tiny-model``): {"writer": the command, "seed": its seed}; pages say that such a model is random
+RANDOM_WEIGHTS = "_random_weights"
 
 SD15_UNET: dict[str, Any] = {
     "act_fn": "silu",
@@ -332,7 +335,8 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
 
 def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     """Write a tiny random diffusers model folder (the denoiser, vae, text encoders, tokenizers,
-    scheduler).
+    scheduler); its ``model_index.json`` says that its weights are random
+    (:data:`RANDOM_WEIGHTS`), which ``diffeat app`` shows.
 
     Args:
         directory: output folder (created; must not hold a model already).
@@ -354,4 +358,7 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
         )
     with atomic_directory(folder, make_parents=True) as temp:
         pipe = tiny_pixart_pipeline(seed) if kind == "pixart" else tiny_pipeline(kind, seed)
+        # a private ("_") entry: diffusers keeps it out of the pipeline's arguments on loading
+        writer = {"writer": f"diffeat tiny-model --kind {kind}", "seed": seed}
+        pipe.register_to_config(**{RANDOM_WEIGHTS: writer})
         pipe.save_pretrained(temp, safe_serialization=True)

@@ -35,7 +35,7 @@ from common_kernels.runtime.hub import HubUnreachableError
 from pixelsmith.config import PixelsmithConfig
 from pixelsmith.io import collect_uint8
 from pixelsmith.options import MAX_SEED, CascadeOptions, CascadePlan, check_cascade
-from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE, LoadPlan, check_from_pretrained
+from pixelsmith.sources import DEFAULT_MODEL, LoadPlan, check_from_pretrained
 
 # diffusers (pixelsmith.cascade, .pipelines, .tiny) is imported where a model is built or run,
 # so that serve's checks answer a bad option without it
@@ -202,24 +202,24 @@ def choose_model(model: str | Path | None, vae: str | Path | None = "auto") -> t
     """The checked sources to load (None: the tiny random model) and the page's line.
 
     Args:
-        model: an SDXL hub id or folder; None: SDXL base 1.0 with the fp16-fix VAE when the
-            hub is in reach or both are cached, else the tiny model.
-        vae: as :func:`~pixelsmith.sources.check_from_pretrained` (with a given ``model``).
+        model: an SDXL hub id or folder; None: SDXL base 1.0 (with ``vae``) when the hub is
+            in reach or the models are cached, else the tiny model.
+        vae: as :func:`~pixelsmith.sources.check_from_pretrained`, of the given ``model`` or of
+            SDXL base 1.0 (``"auto"``: its fp16-fix VAE); checked either way.
     """
+    plan = check_from_pretrained(DEFAULT_MODEL if model is None else model, vae)
+    with_vae = "" if plan.vae is None else f" with the VAE `{plan.vae}`"
     if model is not None:
-        plan = check_from_pretrained(model, vae)
-        with_vae = "" if plan.vae is None else f" with the VAE `{plan.vae}`"
         return plan, " ".join(filter(None, (f"Model: `{plan.model}`{with_vae}.", plan.random_note)))
-    plan = check_from_pretrained(DEFAULT_MODEL, "auto")
     try:
         plan.check_hub()
     except HubUnreachableError as error:
         return None, (
             f"Offline ({error}). This page runs the tiny random SDXL-shaped model of "
             f"`pixelsmith tiny-model` (its images are noise); with the hub in reach it runs "
-            f"`{DEFAULT_MODEL}` with the VAE `{DEFAULT_VAE}`."
+            f"`{DEFAULT_MODEL}`{with_vae}."
         )
-    return plan, f"Model: `{DEFAULT_MODEL}` with the VAE `{DEFAULT_VAE}`."
+    return plan, f"Model: `{DEFAULT_MODEL}`{with_vae}."
 
 
 def open_page(
@@ -234,7 +234,8 @@ def open_page(
     Args:
         output_dir: where the final images go (created when missing).
         model: an SDXL hub id or folder, or None (see :func:`choose_model`).
-        vae: the VAE of a given ``model`` (``"auto"``, ``None`` or a hub id or folder).
+        vae: the VAE of ``model`` or of SDXL base 1.0 (``"auto"``, ``None`` or a hub id or
+            folder; see :func:`choose_model`).
         device: where the model runs (None: cuda when available, else cpu).
         dtype: the weights' dtype (None: float16 on CUDA, float32 otherwise).
 
