@@ -40,7 +40,7 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
     )
     assert found["train", "--stage"] == "training stage, 1, 2 or 3 (required, no default)"
     assert found["train", "--num-workers"] == (
-        "data-loading worker processes, >= 0 (0: in the main process) (default: 0)"
+        "data-loading worker processes, in [0, CPU cores] (0: in the main process) (default: 0)"
     )
     assert (
         found["eval qa", "--limit"] == "only the first N samples, >= 1 (None: all) (default: None)"

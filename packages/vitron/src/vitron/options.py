@@ -123,6 +123,42 @@ def check_model_and_output(model: str, output: Path) -> Path | str:
     return source
 
 
+def saved_folder(source: Path | str, patterns: Sequence[str]) -> Path:
+    """The folder holding the files ``patterns`` of a Vitron folder or hub id (a hub id
+    downloads those only).
+
+    Args:
+        source: a folder or hub id (:func:`~vitron.models.sources.check_model_source`).
+        patterns: file patterns inside it (``config.json``, ``tokenizer/*``).
+    """
+    if isinstance(source, Path):
+        return source
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=source, allow_patterns=list(patterns)))
+
+
+def read_model_config(model: str | Path, source: Path | str):
+    """The :class:`~vitron.models.config.VitronConfig` of a Vitron folder or hub id, from its
+    ``config.json`` alone (no weights, no tokenizer).
+
+    Args:
+        model: the model as given (named in messages).
+        source: its folder or hub id (:func:`~vitron.models.sources.check_model_source`).
+
+    Raises:
+        ModelLoadError: the config cannot be read.
+    """
+    from vitron.models.config import read_config
+    from vitron.models.sources import CONFIG_NAME
+
+    try:
+        return read_config(saved_folder(source, [CONFIG_NAME]) / CONFIG_NAME)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        message = f"cannot load {{model}} {literal(model)}: {literal(one_line(err))}"
+        raise ModelLoadError("model", message) from err
+
+
 def read_reply_budget(model: str, source: Path | str):
     """The :class:`~vitron.processing.ReplyBudget` of a Vitron folder or hub id, from its
     config and tokenizer alone (no weights load; a hub id downloads those two only).
@@ -134,23 +170,15 @@ def read_reply_budget(model: str, source: Path | str):
     Raises:
         ModelLoadError: the config or the tokenizer cannot be read.
     """
-    from vitron.models.config import VitronConfig
+    from vitron.models.config import read_config
     from vitron.models.sources import CONFIG_NAME, TOKENIZER_DIR
     from vitron.processing import reply_budget
 
     try:
-        if isinstance(source, Path):
-            folder = source
-        else:
-            from huggingface_hub import snapshot_download
-
-            patterns = [CONFIG_NAME, f"{TOKENIZER_DIR}/*"]
-            folder = Path(snapshot_download(repo_id=source, allow_patterns=patterns))
+        folder = saved_folder(source, [CONFIG_NAME, f"{TOKENIZER_DIR}/*"])
         from transformers import AutoTokenizer
 
-        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        data.pop("vitron_version", None)
-        config = VitronConfig.from_dict(data)
+        config = read_config(folder / CONFIG_NAME)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
     except (OSError, ValueError, KeyError, TypeError) as err:
         message = f"cannot load {{model}} {literal(model)}: {literal(one_line(err))}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common_kernels.runtime.configs import DictConfig
@@ -235,3 +237,19 @@ class VitronConfig(DictConfig):
                 f"max_length {self.max_length} exceeds the LLM's max_position_embeddings "
                 f"{positions}"
             )
+
+
+def read_config(path: str | Path) -> VitronConfig:
+    """The :class:`VitronConfig` of a ``config.json`` written by ``save_pretrained`` (the
+    ``vitron_version`` it records is dropped).
+
+    Args:
+        path: the file.
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it is not JSON, or not a valid config.
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data.pop("vitron_version", None)
+    return VitronConfig.from_dict(data)

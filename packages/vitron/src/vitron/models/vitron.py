@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from common_kernels.runtime.files import AtomicSavePretrained
 from vitron.checks import check_not_empty
-from vitron.models.config import VitronConfig
+from vitron.models.config import VitronConfig, read_config
 from vitron.models.loading import (
     assign_safetensors,
     default_dtype,
@@ -274,9 +274,7 @@ class VitronModel(
                 raise FileNotFoundError(
                     f"{folder} lacks {name} (written by VitronModel.save_pretrained)"
                 )
-        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        data.pop("vitron_version", None)
-        config = VitronConfig.from_dict(data)
+        config = read_config(folder / CONFIG_NAME)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         dtype = dtype or torch.get_default_dtype()
         with empty_weights(), default_dtype(dtype):

@@ -69,10 +69,13 @@ def add_train_parser(commands: Any, number: Callable[..., None]) -> None:
     train.add_argument("--stage", type=int, choices=(1, 2, 3), required=True,
                        help="training stage, 1, 2 or 3 (required, no default)")  # fmt: skip
     train.add_argument("-o", "--output", type=Path, required=True, help="where the model goes")
-    number(train, "--max-steps", int, 1000, "optimizer steps, >= 1")
-    number(train, "--batch-size", int, 4, "samples per batch, >= 1")
+    number(train, "--max-steps", int, 1000,
+           "optimizer steps, >= 1, at most 1000 passes over --data")  # fmt: skip
+    number(train, "--batch-size", int, 4,
+           "samples per batch, >= 1, at most --data's records and what memory holds")  # fmt: skip
     number(train, "--lr", float, 2e-5, "peak learning rate (AdamW, cosine decay to 10%%), > 0")
-    number(train, "--lora-rank", int, 0, "LoRA rank, >= 0 (0 = no LoRA)")
+    number(train, "--lora-rank", int, 0,
+           "LoRA rank, in [0, the LLM's hidden size] (0 = no LoRA; stages 2 and 3)")  # fmt: skip
     number(train, "--align-weight", float, 1.0, "stage-3 weight of 1 - cos(signal, target), >= 0")
     number(train, "--synergy-weight", float, 0.1,
            "stage-3 weight of the task discriminator's loss, >= 0")  # fmt: skip
@@ -102,9 +105,9 @@ def add_train_parser(commands: Any, number: Callable[..., None]) -> None:
         "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed or bf16-true"
     )
     number(train, "--num-workers", int, 0,
-           "data-loading worker processes, >= 0 (0: in the main process)")  # fmt: skip
+           "data-loading worker processes, in [0, CPU cores] (0: in the main process)")  # fmt: skip
     number(train, "--accumulate-grad-batches", int, 1,
-           "batches averaged into one optimizer step, >= 1")  # fmt: skip
+           "batches averaged into one optimizer step, >= 1, at most one epoch's")  # fmt: skip
     train.add_argument(
         "--gradient-checkpointing", action="store_true",
         help="recompute the LLM's block activations in backward (less memory, more compute)",

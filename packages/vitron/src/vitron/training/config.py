@@ -25,6 +25,7 @@ from vitron.checks import (
     check_positive,
     check_seed,
 )
+from vitron.training.sizes import check_num_workers
 
 STAGES = {
     1: "vision-language alignment",
@@ -108,6 +109,13 @@ def check_train_settings(settings: Mapping[str, Any]) -> None:
         )
     for name, low in (("max_steps", 1), ("batch_size", 1), ("lora_rank", 0), ("num_workers", 0)):
         check_at_least(settings[name], low, name)
+    if settings["lora_rank"] and settings["stage"] == 1:
+        raise InvalidValue(
+            "lora_rank",
+            "{lora_rank} applies to {stage} 2 and 3 (stage 1 trains only the projector), got "
+            "{stage} 1",
+        )
+    check_num_workers(settings["num_workers"])
     check_positive(settings["lr"], "lr")
     check_nonnegative(settings["align_weight"], "align_weight")
     check_nonnegative(settings["synergy_weight"], "synergy_weight")
@@ -170,10 +178,14 @@ class TrainConfig:
 
     Args:
         stage: 1 (alignment), 2 (grounding + invocation tuning) or 3 (signals + synergy).
-        max_steps: optimizer steps, >= 1.
-        batch_size: samples per batch, >= 1 (a step takes ``accumulate_grad_batches`` batches).
+        max_steps: optimizer steps, >= 1 (at most ``MAX_EPOCHS`` passes over the data:
+            :func:`~vitron.training.sizes.check_train_sizes`, as the bounds below that need the
+            model's config or the data).
+        batch_size: samples per batch, >= 1 (a step takes ``accumulate_grad_batches`` batches;
+            at most the data's records, and what one device's memory holds).
         lr: peak learning rate, > 0 (AdamW; cosine decay to 10%).
-        lora_rank: LoRA rank, >= 0 (0 = no LoRA; stages 2 and 3).
+        lora_rank: LoRA rank, >= 0 (0 = no LoRA; stages 2 and 3; at most the LLM's hidden
+            size).
         align_weight: stage-3 signal-alignment weight, >= 0.
         synergy_weight: stage-3 synergy weight, >= 0.
         seed: in [0, 2^32 - 1]; the weights' randomness and the shuffling.
@@ -181,13 +193,14 @@ class TrainConfig:
         devices: ``"auto"``, a count >= 1 (-1: all) or device indices.
         strategy: ``"auto"`` or a Lightning strategy name.
         precision: one of :data:`PRECISIONS`.
-        accumulate_grad_batches: batches averaged into one step, >= 1.
+        accumulate_grad_batches: batches averaged into one step, >= 1 (at most one epoch's).
         gradient_checkpointing: recompute the LLM's block activations in backward.
         checkpoint_every_n_steps: also write a resumable checkpoint every N steps (>= 1;
             None: not by steps).
         checkpoint_every_minutes: also write one every M minutes of training (> 0; None: not
             by time).
-        num_workers: data-loading worker processes, >= 0 (0: load in the main process).
+        num_workers: data-loading worker processes, in [0, the CPU cores this process may
+            use] (0: load in the main process).
     """
 
     stage: int
@@ -222,7 +235,9 @@ def check_train(
     signal_targets: str | Path | None = None,
     resume: str | Path | None = None,
 ) -> None:
-    """Check ``train``'s files before any model is loaded.
+    """Check ``train``'s files, and its size-like settings against them, before any weights
+    load (:func:`vitron.training.sizes.check_train_sizes`: the model's ``config.json``, the
+    records of ``data`` and the machine's memory).
 
     Args:
         model: a Vitron folder / hub id (checked by the loader rule) or a model (not checked).
@@ -238,9 +253,12 @@ def check_train(
         ValueError: a bad input, naming it.
         FileNotFoundError: ``model`` is a path and nothing is there.
         common_kernels.runtime.hub.HubUnreachableError: ``model`` is a hub id out of reach.
+        vitron.options.ModelLoadError: the model's ``config.json`` cannot be read.
     """
     from vitron.models.sources import check_model_source
+    from vitron.options import read_model_config
     from vitron.training.data import check_media
+    from vitron.training.sizes import check_train_sizes
 
     check_input_file(data, "data")
     if val_data is not None:
@@ -266,7 +284,11 @@ def check_train(
             )
     check_output_folder(output, "output")
     if isinstance(model, str | Path):
-        check_model_source(model)
-    check_media(data, "data")
+        model_config = read_model_config(model, check_model_source(model))
+        name = str(model)
+    else:
+        model_config, name = model.config, "the model"
+    records = check_media(data, "data")
     if val_data is not None:
         check_media(val_data, "val_data")
+    check_train_sizes(config, model_config, len(records), data, name)

@@ -93,13 +93,16 @@ def record_files(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, str(p)) for name, p in found]
 
 
-def check_media(path: str | Path, argument: str = "data") -> None:
+def check_media(path: str | Path, argument: str = "data") -> list[dict[str, Any]]:
     """Every file a JSONL's records name exists (:func:`record_files`), checked before
     training starts instead of at its batch.
 
     Args:
         path: the JSONL file (media paths are relative to its folder).
         argument: the API's argument that gave it (``data``, ``val_data``).
+
+    Returns:
+        The records (:func:`read_records`).
 
     Raises:
         ValueError: a record that does not parse, or a missing file (``FILE:LINE: ...``).
@@ -119,6 +122,7 @@ def check_media(path: str | Path, argument: str = "data") -> None:
                     f"{literal(relative)} does not exist (paths are relative to "
                     f"{literal(path.parent)})",
                 )
+    return records
 
 
 def record_key(record: dict[str, Any]) -> str:
