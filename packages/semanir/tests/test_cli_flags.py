@@ -196,3 +196,55 @@ def test_export_onnx_names_its_arguments(tmp_path: Path) -> None:
             export_onnx(**{"model": "semanir_tiny_denoise_gray", "path": tmp_path / "o.onnx",
                            **arguments})  # fmt: skip
         assert caught.value.argument == argument
+
+
+def estimate_text(tile, *, config: str = "semanir_tiny_denoise_gray", budget: int) -> str:
+    """The estimate part of the refusal of a 16x16 photo (see check_restore_memory)."""
+    from semanir.inference import read_model_config
+    from semanir.memory import human_bytes as gib
+    from semanir.memory import restore_estimate
+
+    one_pass, images = restore_estimate(read_model_config(config), 16, 16, tile=tile)
+    return (
+        f"needs an estimated {gib(one_pass + images)} (a pass {gib(one_pass)}, the full-size "
+        f"images {gib(images)}), more than the {gib(budget)} available"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "tile", "head", "advice"),
+    [
+        (["--tile", "100000"], 100000, "--tile 100000: restoring photo.png (16x16 px) in 100000 "
+         "px tiles", "; use a smaller --tile or --tile auto"),
+        (["--tile", "none"], None, "--tile: restoring photo.png (16x16 px) whole",
+         "; use a smaller --tile or --tile auto"),
+        ([], "auto", "IN photo.png (16x16 px)", "; restore a smaller image"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["restore", "eval"])
+def test_a_restore_over_the_memory_estimate_is_refused_naming_the_option(
+    command, options, tile, head, advice, photo: Path, capsys, monkeypatch
+) -> None:
+    """Sizes are bounded by the estimate before any work (the limit made small here)."""
+    budget = 1000
+    monkeypatch.setattr(f"semanir.{'batch' if command == 'restore' else 'evaluation'}"
+                        ".available_bytes", lambda device: budget)  # fmt: skip
+    if command == "restore":
+        argv = ["restore", str(photo), "-o", str(photo.with_name("out.png")), *options]
+    else:
+        argv = ["eval", "--data", str(photo), "--sigma", "5", *options]
+        head = head.replace("IN", "--data")
+    expected = f"{head} {estimate_text(tile, budget=budget)}{advice}"
+    assert error_line(argv, capsys) == f"semanir {command}: error: {expected}"
+
+
+def test_plan_restore_refuses_a_pass_over_its_memory_budget(photo: Path) -> None:
+    from common_kernels.runtime.errors import InvalidValue
+
+    for tile, argument in ((None, "tile"), (64, "tile"), ("auto", "inputs")):
+        with pytest.raises(InvalidValue) as caught:
+            plan_restore(photo, photo.with_name("o.png"), tile=tile, memory_budget=1000)
+        assert caught.value.argument == argument
+        assert estimate_text(tile, budget=1000) in caught.value.message
+    plan = plan_restore(photo, photo.with_name("o.png"), tile=None, memory_budget=2**30)
+    assert len(plan.jobs) == 1  # within the budget: planned

@@ -175,3 +175,17 @@ def test_list_images_files_and_folders(tmp_path: Path) -> None:
         list_images(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"no images .* found in .*sub"):
         list_images(folder / "sub")
+
+
+def test_16bit_colour_png_is_read_at_16_bits_by_the_photo_reader(tmp_path: Path) -> None:
+    """What ``semanir restore`` and the app read with (README, "Known limits"): every 16-bit
+    level of a colour PNG, where ``read_image`` keeps 8 bits of it."""
+    from common_kernels.runtime.photos import read_photo
+
+    samples = (np.arange(2 * 3 * 3, dtype=np.uint16) * 3001 + 7).reshape(2, 3, 3)
+    write_png16(tmp_path / "rgb16.png", samples)
+    photo = read_photo(tmp_path / "rgb16.png")
+    exact = torch.from_numpy(samples.astype(np.float32)).permute(2, 0, 1)
+    assert photo.channels == 3
+    assert (photo.pixels * 65535 - exact).abs().max() < 0.01
+    assert (read_image(tmp_path / "rgb16.png") * 65535 - exact).abs().max() > 100

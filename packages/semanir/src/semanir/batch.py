@@ -50,6 +50,7 @@ from semanir.inference import (
     restore_image,
 )
 from semanir.io import check_writable
+from semanir.memory import available_bytes, check_restore_memory
 from semanir.metrics import psnr
 from semanir.tasks import COMMAND_LINE_TASKS, SIGMA, Task, get_task
 
@@ -170,6 +171,7 @@ def plan_restore(
     k: int | None = None,
     ensemble: bool = False,
     compile: bool = False,
+    memory_budget: int | None = None,
     on_unreadable: Callable[[Skipped], None] | None = None,
     on_model: Callable[[str, str], None] | None = None,
 ) -> RestorePlan:
@@ -196,6 +198,9 @@ def plan_restore(
         tile, tile_overlap, k, ensemble: as in :func:`semanir.restore`.
         compile: run the models through ``torch.compile``, in tiles of one size (``tile``,
             or :data:`COMPILE_TILE` for ``"auto"``/None) so that each model compiles once.
+        memory_budget: bytes a photo's restore may take (None: what ``device`` has
+            available); each photo's estimate (:func:`~semanir.memory.check_restore_memory`)
+            must fit, before any model loads.
         on_unreadable: told about each input set aside.
         on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
 
@@ -222,24 +227,37 @@ def plan_restore(
     models = ModelChoice(
         model, task, torch.device(device), per_channel=colour != "luma", announce=on_model
     )
+    configs = {}
     for name in _candidate_models(model, task, colour):  # every option checked before decoding
-        config = read_model_config(name)
+        configs[str(name)] = config = read_model_config(name)
         check_model_for_task(config, task, per_channel=colour == "per-channel")
         check_inference_options(config, tile=tile, tile_overlap=tile_overlap, k=k)
     pairs = list(zip(listing.paths, targets, strict=True))
     existing = [source for source, target in pairs if skip_existing and target.is_file()]
     pending = [(source, target) for source, target in pairs if source not in existing]
     decoded = survey(
-        [source for source, _ in pending], lambda path: read_photo(path).channels,
+        [source for source, _ in pending], lambda path: _channels_and_size(read_photo(path)),
         keep_going=keep_going, on_unreadable=on_unreadable,
     )  # fmt: skip
     jobs = [
-        RestoreJob(source, target, models.name_for(gray=decoded.readable[source] == 1))
+        RestoreJob(source, target, models.name_for(gray=decoded.readable[source][0] == 1))
         for source, target in pending
         if source in decoded.readable
     ]
     options = dict(tile=tile_for_compile(tile, compile), tile_overlap=tile_overlap, k=k,
                    ensemble=ensemble, compile=compile)  # fmt: skip
+    device = torch.device(device)
+    budget = available_bytes(device) if memory_budget is None else memory_budget
+    for job in jobs:
+        config = configs[str(job.model)]
+        channels, (height, width) = decoded.readable[job.source]
+        gray_model = config.get("in_channels", config.get("channels", 1)) == 1  # SemanIR / DnCNN
+        per_channel = channels == 3 and gray_model and colour == "per-channel"
+        check_restore_memory(
+            config, job.source.name, height, width, tile=options["tile"],
+            tile_overlap=tile_overlap, budget=budget, batch=3 if per_channel else 1,
+            dtype_bytes=2 if device.type == "cuda" else 4,
+        )  # fmt: skip
     return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options, noise_sigma)
 
 
@@ -276,6 +294,11 @@ def _candidate_models(model: str | Path | None, task: str, colour: Colour) -> li
         return [model]
     channels = ("gray",) if colour != "luma" else ("gray", "rgb")
     return list(dict.fromkeys(model_for_task(task, c).name for c in channels))
+
+
+def _channels_and_size(photo: Photo) -> tuple[int, tuple[int, int]]:
+    """A decoded photo's channels and (height, width)."""
+    return photo.channels, photo.size
 
 
 def _noisy_path(target: Path) -> Path:

@@ -33,7 +33,8 @@ from semanir.inference import (
     read_model_config,
     restore_image,
 )
-from semanir.io import check_writable, is_gray_file
+from semanir.io import check_writable, image_size, is_gray_file
+from semanir.memory import available_bytes, check_restore_memory
 from semanir.metrics import psnr, ssim
 from semanir.tasks import COMMAND_LINE_TASKS, Task, get_task
 
@@ -116,6 +117,7 @@ def plan_evaluation(
     ensemble: bool = False,
     compile: bool = False,
     csv: str | os.PathLike | None = None,
+    memory_budget: int | None = None,
     on_model: Callable[[str, str], None] | None = None,
 ) -> EvaluationPlan:
     """Check an evaluation completely, before any model loads.
@@ -130,6 +132,9 @@ def plan_evaluation(
         compile: run the model through ``torch.compile``, in tiles of one size (``tile``, or
             :data:`~semanir.batch.COMPILE_TILE` for ``"auto"``/None).
         csv: a CSV file the rows will be written to (not one of the images, writable).
+        memory_budget: bytes restoring an image may take (None: what ``device`` has
+            available); each image's estimate (:func:`~semanir.memory.check_restore_memory`)
+            must fit, before the model loads.
         on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
 
     Raises:
@@ -148,6 +153,17 @@ def plan_evaluation(
     check_inference_options(config, tile=tile, tile_overlap=tile_overlap, k=k)
     options = dict(tile=tile_for_compile(tile, compile), tile_overlap=tile_overlap, k=k,
                    ensemble=ensemble, compile=compile)  # fmt: skip
+    device = torch.device(device)
+    budget = available_bytes(device) if memory_budget is None else memory_budget
+    scale = config.get("upscale", 1)
+    for path in listing.paths:
+        size = image_size(path)
+        if size is not None:  # the model's input: the clean image downscaled for SR
+            check_restore_memory(
+                config, path.name, size[0] // scale, size[1] // scale, tile=options["tile"],
+                tile_overlap=tile_overlap, budget=budget,
+                dtype_bytes=2 if device.type == "cuda" else 4, images_argument="data",
+            )  # fmt: skip
     return EvaluationPlan(listing.paths, colour, degradation, models, name, options)
 
 

@@ -127,6 +127,16 @@ def is_gray_file(path: Path) -> bool:
         return True
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """An image file's (height, width) from its header (nothing decoded); None when Pillow
+    cannot open it (reading it reports the error)."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def target_names(targets: list[Path]) -> str:
     """The first output path, and how many more, for messages."""
     more = f" (and {len(targets) - 1} more)" if len(targets) > 1 else ""

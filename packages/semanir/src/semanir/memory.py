@@ -21,11 +21,16 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime.errors import InvalidValue, literal
+
 FEATURE_COPIES = 10.7  # fp32 copies of the first level's features alive at the peak
 ATTENTION_COPIES = 2.55  # copies of (heads x window tokens) per pixel: logits, mask, weights
 DNCNN_COPIES = 4.0  # DnCNN: copies of its feature maps alive at once
 SAFETY = 1.25  # the estimate is multiplied by this
 FIT_SHARE = 0.8  # a pass may use this share of the available memory
+# full-size output copies alive while restoring: the blended sum, its weights (tiles; the
+# whole-image output otherwise), the clamped result
+IMAGE_COPIES = 3
 
 
 def bytes_per_pixel(config: dict[str, Any], dtype_bytes: int = 4) -> float:
@@ -103,3 +108,100 @@ def auto_tile(
             f"and even {smallest} px tiles need about {need / 2**30:.2f} GiB"
         )
     return tile
+
+
+def human_bytes(count: float) -> str:
+    """Bytes in the largest binary unit that keeps one or more of it, two decimals
+    (``12.34 GiB``, ``976.56 KiB``)."""
+    for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if count >= 1024**power:
+            return f"{count / 1024**power:,.2f} {unit}"
+    return f"{count:,.0f} bytes"
+
+
+def restore_estimate(
+    config: dict[str, Any],
+    height: int,
+    width: int,
+    *,
+    tile: int | str | None,
+    tile_overlap: int = 32,
+    batch: int = 1,
+    dtype_bytes: int = 4,
+) -> tuple[int, int]:
+    """Estimated bytes of restoring a (batch, C, height, width) image: one pass of the model
+    (a tile, or the whole image) and the full-size images held meanwhile (the input, the
+    output and its blending weights, the clamped result: :data:`IMAGE_COPIES`).
+
+    Args:
+        config: the model's config (``config.json`` content).
+        height, width: the image's size in input pixels.
+        tile: a tile side (px), None for the whole image, ``"auto"`` for the smallest tile
+            ``tile="auto"`` may choose (what must fit at least).
+        tile_overlap: of the tiles.
+        batch: images restored together (3: a colour image's channels through a gray model).
+        dtype_bytes: bytes per activation element of the pass (2 under fp16/bf16 autocast).
+
+    Returns:
+        (pass bytes, full-size image bytes).
+    """
+    if tile == "auto":
+        multiple = pad_multiple(config)
+        tile = (tile_overlap // multiple + 1) * multiple
+    side_h, side_w = (height, width) if tile is None else (min(tile, height), min(tile, width))
+    one_pass = estimate_peak_bytes(config, side_h, side_w, batch, dtype_bytes)
+    scale = config.get("upscale", 1)
+    channels_in = config.get("in_channels", config.get("channels", 1))
+    channels_out = config.get("out_channels", channels_in)
+    images = 4 * batch * height * width * (channels_in + IMAGE_COPIES * channels_out * scale**2)
+    return one_pass, images
+
+
+def check_restore_memory(
+    config: dict[str, Any],
+    name: str,
+    height: int,
+    width: int,
+    *,
+    tile: int | str | None,
+    tile_overlap: int,
+    budget: int,
+    batch: int = 1,
+    dtype_bytes: int = 4,
+    images_argument: str = "inputs",
+) -> None:
+    """Refuse, before any work, a restore whose :func:`restore_estimate` exceeds ``budget``.
+
+    Args:
+        config: the model's config.
+        name: the image, for the message.
+        height, width, tile, tile_overlap, batch, dtype_bytes: as in :func:`restore_estimate`.
+        budget: the bytes available (:func:`available_bytes`).
+        images_argument: the caller's argument that gave the image (``inputs``, ``data``).
+
+    Raises:
+        InvalidValue: naming ``tile`` (an explicit tile or None: the pass does not fit) or
+            ``images_argument`` (even the smallest automatic tile, or the full-size images, do
+            not fit): the estimate and the limit.
+    """
+    one_pass, images = restore_estimate(
+        config, height, width, tile=tile, tile_overlap=tile_overlap, batch=batch,
+        dtype_bytes=dtype_bytes,
+    )  # fmt: skip
+    if one_pass + images <= budget:
+        return
+    scale = config.get("upscale", 1)
+    what = f"{literal(name)} ({width}x{height} px{f', x{scale}' if scale > 1 else ''})"
+    estimate = (
+        f"needs an estimated {human_bytes(one_pass + images)} (a pass {human_bytes(one_pass)}, "
+        f"the full-size images {human_bytes(images)}), more than the {human_bytes(budget)} "
+        "available"
+    )
+    if tile == "auto" or one_pass <= images:
+        raise InvalidValue(
+            images_argument, f"{{{images_argument}}} {what} {estimate}; restore a smaller image"
+        )
+    head = "{tile}: restoring " + what + " whole" if tile is None else (
+        f"{{tile={tile!r}}}: restoring {what} in {tile} px tiles"
+    )  # fmt: skip
+    raise InvalidValue("tile", f"{head} {estimate}; use a smaller {{tile}} or {{tile='auto'}}")
