@@ -63,7 +63,7 @@ BOUNDS = {  # settings (API), flags (CLI), the line with {argument}s
         {"short_side": 2048, "stride": 1},
         ["--short-side", "2048", "--stride", "1"],
         WINDOWS,
-    ),  # fmt: skip
+    ),
     "batch_size": (
         {"short_side": 2048, "batch_size": 100000},
         ["--short-side", "2048", "--batch-size", "100000"],

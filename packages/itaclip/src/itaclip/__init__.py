@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     )
     from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 # each public name -> the module that defines it
 _MODULES = {
