@@ -108,7 +108,7 @@ CASES = {
     "lora_scale_nan": (["--lora-scale", "nan"], "--lora-scale: must be a finite number; got nan"),
     "control_image_unreadable": (
         ["--controlnet", "{control}", "--control-image", "{lora}"],
-        "{lora} is not a readable image",
+        "--control-image {lora} is not a readable image",
     ),
 }
 

@@ -16,10 +16,12 @@ import torch
 from PIL import Image
 
 import pixelsmith.cascade as cascade_module
+import pixelsmith.cli as cli
 import pixelsmith.memory as memory
 from pixelsmith import PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.io import COMPRESSIONS, compression_error
+from pixelsmith.sources import check_from_pretrained
 
 PREFIX = "pixelsmith generate: error: "
 SMALL = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap", "2"]
@@ -300,6 +302,36 @@ def test_memory_check_against_the_available_memory(tiny_dir, files, capsys, monk
     monkeypatch.setattr(memory, "available_memory", lambda device: None)  # unknown: no check
     monkeypatch.setattr(cascade_module, "run_cascade", lambda *args, **kwargs: files / "out.tif")
     assert run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)[0] == 0
+
+
+def test_devices_on_cpu_are_bounded_by_the_memory_of_their_copies(
+    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
+):
+    """--devices N on cpu starts N processes, each with the interpreter and its own copy of the
+    model: refused before any work when they cannot fit; --allow-large skips the check."""
+    weights = sum(
+        path.stat().st_size
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        for path in (tiny_dir / name).glob("*.safetensors")
+    )
+    assert check_from_pretrained(tiny_dir).weight_bytes == weights
+    monkeypatch.setenv("HF_HUB_CACHE", str(files / "cache"))  # an uncached hub id: unknown
+    assert check_from_pretrained("org/sdxl", None).weight_bytes is None
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 2**30)
+    each = 2**30 + weights
+    argv = generate_args(tiny_dir, files, "--device", "cpu", "--devices", "17")
+    status, out, err = run(argv, capsys)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"{PREFIX}--devices 17 on cpu: each process holds the interpreter with torch and its own "
+        f"copy of the model ({each} bytes, {weights} of them weight files), 17 processes need at "
+        f"least {17 * each} bytes ({17 * each / 2**30:,.2f} GiB), more than the 17179869184 "
+        "bytes (16.00 GiB) available; use a smaller --devices, or --allow-large to try anyway\n"
+    )
+    started = []
+    monkeypatch.setattr(cli, "run_on_ranks", lambda *args: started.append(args[1]) or 0)
+    assert run([*argv, "--allow-large"], capsys)[0] == 0 and started == [17]
+    assert run([*argv[:-1], "15"], capsys)[0] == 0 and started == [17, 15]  # 15 GiB and a bit
 
 
 def test_checks_read_the_geometry_of_a_local_model(tiny_dir, tmp_path, capsys, no_model_load):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         TextConditioning,
     )
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 # each public name -> the module that defines it
 _MODULES = {

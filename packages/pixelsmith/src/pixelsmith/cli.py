@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--allow-large",
         action="store_true",
-        help="skip the check that the full-size latent maps of the largest stage fit in the "
-        "memory available on --device",
+        help="skip the memory checks: the full-size latent maps of the largest stage on "
+        "--device, the model copies of --devices on cpu",
     )
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, kind, default, text in NUMBERS:
@@ -294,7 +294,8 @@ def check_generate(args: argparse.Namespace) -> GeneratePlan:
     with usage_errors(BAD_INPUT):
         models = check_from_pretrained(args.model, None if args.vae == "none" else args.vae)
         loras = check_lora_options(args.lora, args.lora_scale)
-        check_devices(args.devices, device, launched=launched)
+        check_devices(args.devices, device, launched=launched, weight_bytes=models.weight_bytes,
+                      allow_large=args.allow_large)  # fmt: skip
         plan = check_cascade(
             args.sizes,
             args.slider,

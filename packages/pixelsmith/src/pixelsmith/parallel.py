@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from common_kernels.runtime.errors import InvalidValue
+from pixelsmith.memory import check_copies_memory
 
 # rank 0 alone decodes, encodes and writes whole stages while the others wait in a collective:
 # a gigapixel stage takes far longer than torch.distributed's default timeouts
@@ -136,6 +137,8 @@ def check_devices(
     device: torch.device,
     *,
     launched: int = 1,
+    weight_bytes: int | None = None,
+    allow_large: bool = False,
 ) -> int:
     """``devices`` (processes to start) checked against ``device``; returned as an int.
 
@@ -143,6 +146,10 @@ def check_devices(
         devices: the number of processes, an int >= 1.
         device: where each process runs: ``cpu`` (all on the CPU) or ``cuda`` (one GPU each).
         launched: processes already started for this run (``torchrun``'s ``WORLD_SIZE``).
+        weight_bytes: the bytes of the model's weight files (``LoadPlan.weight_bytes``): on
+            the CPU, every process holds a copy, checked against the available memory (None:
+            unknown, not checked).
+        allow_large: skip that memory check.
     """
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise InvalidValue("devices", f"{{devices}} must be an int >= 1, got {devices!r}")
@@ -170,6 +177,8 @@ def check_devices(
                 "devices",
                 f"{{devices}} must be in [1, {available}] (the CUDA devices here), got {devices}",
             )
+    if weight_bytes is not None:
+        check_copies_memory(devices, weight_bytes, device, allow_large=allow_large)
     return devices
 
 

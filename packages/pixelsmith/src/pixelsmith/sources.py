@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
-from common_kernels.runtime.hub import HubUnreachableError, check_hub
+from common_kernels.runtime.hub import HubUnreachableError, check_hub, hub_cache_dir
 from common_kernels.runtime.hub import resolve_source as resolve_source_name
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -35,6 +35,8 @@ CONFIG_MARKER = "config.json"  # what a diffusers model folder (VAE, ControlNet)
 # the model_index.json entry of a folder of random weights (``pixelsmith tiny-model``,
 # ``diffeat tiny-model``): {"writer": the command, "seed": its seed}
 RANDOM_WEIGHTS = "_random_weights"
+# the components whose weights every process of a run holds
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def resolve_source(
@@ -175,12 +177,15 @@ class LoadPlan:
         shape: the model's geometry (read from local folders; SDXL's for hub ids).
         random_weights: a local folder's :data:`RANDOM_WEIGHTS` entry (what wrote its random
             weights), or ``None``.
+        weight_bytes: the bytes of the weight files that loading reads (:func:`weight_bytes`),
+            or ``None`` for a hub id that is not cached.
     """
 
     model: Path | str
     vae: Path | str | None
     shape: ModelShape
     random_weights: Mapping | None = None
+    weight_bytes: int | None = None
 
     @property
     def random_note(self) -> str:
@@ -236,4 +241,33 @@ def check_from_pretrained(
         read_config(local / "scheduler" / "scheduler_config.json") if local else {},
     )
     random = read_config(local / MODEL_MARKER).get(RANDOM_WEIGHTS) if local else None
-    return LoadPlan(model, vae_source, shape, random if isinstance(random, Mapping) else None)
+    folders = {name: folder / name for name in WEIGHT_COMPONENTS
+               if (folder := local or cached_snapshot(model)) is not None}  # fmt: skip
+    if vae_source is not None:
+        vae_folder = vae_source if isinstance(vae_source, Path) else cached_snapshot(vae_source)
+        folders["vae"] = vae_folder  # None: not cached, the size is unknown
+    size = None if not folders or None in folders.values() else weight_bytes(folders.values())
+    random = random if isinstance(random, Mapping) else None
+    return LoadPlan(model, vae_source, shape, random, size)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The newest snapshot folder of a hub id in the local cache, or None."""
+    snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    found = list(snapshots.iterdir()) if snapshots.is_dir() else []
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def weight_bytes(folders: Iterable[Path]) -> int:
+    """The bytes of the weight files diffusers loads from component folders by default: the
+    ones without a variant (``model.safetensors``, shards ``model-00001-of-00002.safetensors``,
+    not ``model.fp16.safetensors``), safetensors before ``.bin``."""
+    total = 0
+    for folder in folders:
+        files = [p for p in folder.iterdir() if p.name.count(".") == 1] if folder.is_dir() else []
+        for suffix in (".safetensors", ".bin"):
+            chosen = [p for p in files if p.suffix == suffix]
+            if chosen:
+                total += sum(p.stat().st_size for p in chosen)  # follows the cache's links
+                break
+    return total
