@@ -364,3 +364,37 @@ def test_precision_variants() -> None:
     ]  # fmt: skip
     assert [[m.name for m in v.marks] for v in variants] == [[], [], [], ["gpu"], ["gpu"]]
     assert precision_variants(str.upper)[0].values == ("cpu", "FP32")
+
+
+def test_runs_in_fresh_interpreter_reports_each_steps_status_stderr_and_imports(tmp_path):
+    """A command module that parses with argparse and imports ``wave`` only when it works:
+    the import loads neither, ``--help`` and a refusal (its line and status) argparse alone,
+    the work both."""
+    from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+
+    (tmp_path / "democli.py").write_text(
+        "import sys\n"
+        "def main(argv):\n"
+        "    import argparse\n"
+        "    parser = argparse.ArgumentParser(prog='demo')\n"
+        "    parser.add_argument('--n', type=int, default=1)\n"
+        "    args = parser.parse_args(argv)\n"
+        "    if args.n < 1:\n"
+        "        print(f'demo: error: --n must be >= 1, got {args.n}', file=sys.stderr)\n"
+        "        return 2\n"
+        "    import wave\n"
+        "    return 0\n"
+    )
+    steps = runs_in_fresh_interpreter(
+        "democli", [["--help"], ["--n", "0"], ["--n", "3"]], ["wave", "argparse"], cwd=tmp_path
+    )
+    assert steps == {
+        "import": CommandRun(None, "", []),
+        "--help": CommandRun(0, "", ["argparse"]),
+        "--n 0": CommandRun(2, "demo: error: --n must be >= 1, got 0\n", ["argparse"]),
+        "--n 3": CommandRun(0, "", ["argparse", "wave"]),
+    }
+    with pytest.raises(
+        AssertionError, match=r"(?s)nocli failed in a fresh interpreter: .*No module named 'nocli'"
+    ):
+        runs_in_fresh_interpreter("nocli", [], [], cwd=tmp_path)

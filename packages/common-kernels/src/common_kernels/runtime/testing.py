@@ -24,6 +24,7 @@ refused command wrote; :func:`run_benchmark` runs a script through and reads its
 
 The packages' tests share the rest: :func:`interrupted_run` (Ctrl-C while a command works),
 :func:`numeric_flag_help` (what ``--help`` prints for every numeric flag),
+:func:`runs_in_fresh_interpreter` (what a command's ``--help`` and refusals import),
 :func:`unreachable_hub` (the network down), :func:`import_graph` and :func:`find_cycle` (a
 package's imports), :func:`check_example_commands` (a README ``check`` block) and
 :func:`precision_variants` (the GPU lane's devices and precisions); the kernels' tests share
@@ -116,6 +117,69 @@ def _default_disposition(signal_number: int) -> None:
     ``KeyboardInterrupt`` handler: the command would never see the signal the test sends.
     """
     signal.signal(signal_number, signal.SIG_DFL)
+
+
+class CommandRun(NamedTuple):
+    """One step of :func:`runs_in_fresh_interpreter`: the exit status (None for the import),
+    what was written to stderr, and which watched modules were loaded by then."""
+
+    status: int | None
+    stderr: str
+    loaded: list[str]
+
+
+_FRESH_RUNS = """
+import contextlib, importlib, io, json, sys
+module, argvs, watched = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+
+def loaded():
+    return sorted({name.split(".")[0] for name in sys.modules} & watched)
+
+cli = importlib.import_module(module)
+steps = {"import": [None, "", loaded()]}
+for argv in argvs:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(argv)
+        except SystemExit as stop:  # argparse's --help
+            status = stop.code
+    steps[" ".join(argv)] = [status, err.getvalue(), loaded()]
+print(json.dumps(steps))
+"""
+
+
+def runs_in_fresh_interpreter(
+    module: str,
+    argvs: Sequence[Sequence[str]],
+    watched: Sequence[str],
+    cwd: str | os.PathLike | None = None,
+) -> dict[str, CommandRun]:
+    """Import a command's module in a fresh interpreter, then call its ``main(argv)`` for each
+    of ``argvs`` in turn: what each step returned, wrote to stderr and had imported.
+
+    A command's ``--help`` and its refusals of bad input should come before its heavy imports
+    (diffusers, transformers, open_clip take seconds): a test asserts on the modules loaded,
+    never on seconds.
+
+    Args:
+        module: the command's module (``"pixelsmith.cli"``), with a ``main(argv)``.
+        argvs: the argument lists, run in order in the same interpreter.
+        watched: top-level module names to report (``["diffusers", "transformers"]``).
+        cwd: the folder to run in.
+
+    Returns:
+        ``"import"`` and each ``" ".join(argv)`` -> its :class:`CommandRun`.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_RUNS, module, json.dumps([list(a) for a in argvs]),
+         json.dumps(list(watched))],
+        capture_output=True, text=True, cwd=cwd,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(f"{module} failed in a fresh interpreter: {done.stderr[-2000:]}")
+    steps = json.loads(done.stdout.splitlines()[-1])
+    return {step: CommandRun(*values) for step, values in steps.items()}
 
 
 _INTERRUPTING = """
