@@ -293,14 +293,14 @@ def test_validate_names_a_missing_checkpoint(
 def test_a_bad_input_found_at_the_start_is_one_line_and_leaves_no_folder(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Images smaller than the patch and a folder without images are found when the data is
-    set up, after Lightning made its log folder: one line, and the folders it made are gone
-    (a fresh run's ``run/``; next to an earlier run, only the new ``version_1``)."""
+    """Images smaller than the patch and a folder without images are found from the images'
+    headers before the trainer is made: one line, no folder (a fresh run's ``run/``; next to
+    an earlier run, no new ``version_1``)."""
     assert main(["fit", "--config", "config.yaml", "--data.patch_size", "32"]) == 2
     small = ", ".join(f"train/{index}.png (24x24)" for index in range(4))
     assert capsys.readouterr().err.splitlines() == [
-        f"semanir fit: error: --data.patch_size: 4 image(s) are smaller than --data.patch_size "
-        f"32: {small}"
+        "semanir fit: error: --data.patch_size 32 is larger than the smallest training image "
+        f"(24 px a side): 4 image(s) smaller, {small}; use a --data.patch_size of at most 24"
     ]
     assert not (workdir / "run").exists()
 
@@ -393,3 +393,134 @@ def test_arguments_are_checked_before_the_data_folders(
         f"semanir fit: error: {message.format(cwd=tmp_path)}"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def no_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make building the Lightning trainer fail the test (a check must come before it)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a trainer was built")
+
+    monkeypatch.setattr(LightningCLI, "instantiate_trainer", refuse)
+
+
+def test_a_patch_larger_than_a_training_image_is_refused_before_the_trainer(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The limit is the smallest training image's side (a random crop cannot be larger; the
+    loader used to find it only when the trainer set the data up), rounded down to the scale."""
+    from common_kernels.runtime.errors import InvalidValue
+    from semanir.data.datamodule import RestorationDataModule
+
+    write_image(workdir / "train" / "small.png", torch.rand(1, 20, 30))
+    data = RestorationDataModule(**{**DATA, "patch_size": 24})
+    with pytest.raises(InvalidValue) as caught:
+        data.prepare_datasets("fit")
+    assert str(caught.value) == (
+        "patch_size 24 is larger than the smallest training image (20 px a side): 1 image(s) "
+        "smaller, train/small.png (20x30); use a patch_size of at most 20"
+    )
+    sr = RestorationDataModule(**{**DATA, "sigma_range": None, "task": "sr", "scale": 3,
+                                  "patch_size": 21})  # fmt: skip
+    with pytest.raises(InvalidValue) as caught:
+        sr.prepare_datasets("fit")
+    assert str(caught.value).endswith("use a patch_size of at most 18")
+
+    no_trainer(monkeypatch)
+    assert main(["fit", "--config", "config.yaml", "--data.patch_size", "24"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "semanir fit: error: --data.patch_size 24 is larger than the smallest training image "
+        "(20 px a side): 1 image(s) smaller, train/small.png (20x30); use a --data.patch_size "
+        "of at most 20"
+    ]
+    assert not (workdir / "run").exists()
+
+
+def test_more_workers_than_cpus_are_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common_kernels.runtime.errors import InvalidArgument
+    from semanir.data.datamodule import RestorationDataModule
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    RestorationDataModule(**{**DATA, "num_workers": 3})
+    with pytest.raises(InvalidArgument) as caught:
+        RestorationDataModule(**{**DATA, "num_workers": 4})
+    assert str(caught.value) == (
+        "num_workers: must be an integer in [0, 3] (this machine's CPUs, os.cpu_count()), got 4"
+    )
+    no_trainer(monkeypatch)
+    assert main(["fit", "--config", "config.yaml", "--data.num_workers", "4"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "semanir fit: error: --data.num_workers: must be an integer in [0, 3] (this machine's "
+        "CPUs, os.cpu_count()), got 4"
+    ]
+    assert not (workdir / "run").exists()
+
+
+MEMORY_REFUSALS = {
+    "batch size": (
+        ["--data.batch_size", "4096"], 2**30,
+        "--data.batch_size 4096: a training step needs an estimated 3.64 GiB (4096 x 932.50 KiB "
+        "per 16 px patch + 186.99 KiB of weights, gradients and AdamW state), more than the "
+        "1.00 GiB available on cpu; use a --data.batch_size of at most 1124",
+    ),
+    "patch size": (
+        [], 2**20,
+        "--data.patch_size 16: a training step on a single patch needs an estimated 1.09 MiB "
+        "(932.50 KiB per 16 px patch + 186.99 KiB of weights, gradients and AdamW state), more "
+        "than the 1.00 MiB available on cpu; use a --data.patch_size of at most 15",
+    ),
+    "model": (
+        ["--model.arch_overrides", "{embed_dim: 64}"], 2**20,
+        "--model.arch_overrides: training a model of 566,606 parameters needs an estimated "
+        "10.81 MiB for its weights, gradients and AdamW state alone, more than the 1.00 MiB "
+        "available on cpu; use a smaller model",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MEMORY_REFUSALS))
+def test_a_training_step_larger_than_the_memory_is_refused_before_it_runs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """The estimate of one step (the tiny test model: 2,984 bytes per pixel of a patch, 9,574
+    parameters), against the device's available memory (here set), names the flag to lower."""
+    from semanir import lightning_module
+
+    extra, budget, message = MEMORY_REFUSALS[case]
+    monkeypatch.setattr(lightning_module, "available_bytes", lambda device: budget)
+    # the model's own check (its fp32 weights on the host, 2.16 MiB in "model") comes first:
+    # the next test's
+    monkeypatch.setattr(lightning_module, "check_model_memory", lambda arch, overrides: None)
+    assert main(["fit", "--config", "config.yaml", *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"semanir fit: error: {message}"]
+    assert not (workdir / "run").exists()
+
+
+def test_a_model_whose_weights_exceed_the_memory_is_refused_before_it_is_built(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counted on the meta device: no weight is allocated."""
+    from common_kernels.runtime.errors import InvalidValue
+    from semanir import lightning_module
+
+    monkeypatch.setattr(lightning_module, "available_bytes", lambda device: 2**20)
+    with pytest.raises(InvalidValue) as caught:
+        lightning_module.RestorationModule(
+            arch="semanir_test_tiny_unet", arch_overrides={"embed_dim": 256}
+        )
+    assert str(caught.value) == (
+        "arch_overrides: a model of 8,999,822 parameters needs 34.33 MiB for its fp32 weights "
+        "alone, more than the 1.00 MiB available on the host; use a smaller model"
+    )
+    no_trainer(monkeypatch)
+    extra = ["--model.arch_overrides", "{embed_dim: 256}"]
+    assert main(["fit", "--config", "config.yaml", *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "semanir fit: error: --model.arch_overrides: a model of 8,999,822 parameters needs "
+        "34.33 MiB for its fp32 weights alone, more than the 1.00 MiB available on the host; "
+        "use a smaller model"
+    ]
+    assert not (workdir / "run").exists()

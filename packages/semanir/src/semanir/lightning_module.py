@@ -22,13 +22,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from common_kernels.runtime.cli import UsageError
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from common_kernels.runtime.hub import resolve_model_name
 from common_kernels.runtime.lightning import InterruptCheckpoint, progress_callbacks
 from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, check_data_dirs
 from semanir.data.datasets import index_generator
 from semanir.inference import load_model
+from semanir.memory import available_bytes, check_training_memory, human_bytes
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
 from semanir.runs import (
@@ -161,6 +162,7 @@ class RestorationModule(L.LightningModule):
         )  # fmt: skip
         source = None if init_weights is None else check_init_weights(init_weights)
         self.save_hyperparameters()
+        check_model_memory(arch, arch_overrides or {})
         self.model = build_arch(arch, arch_overrides or {})
         self.val_psnr, self.val_ssim = MeanMetric(), MeanMetric()
         if source is not None:
@@ -375,6 +377,29 @@ def build_arch(arch: str | dict[str, Any], overrides: dict[str, Any]) -> nn.Modu
         raise InvalidArgument("arch", literal(error.args[0])) from None
 
 
+def check_model_memory(arch: str | dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Refuse a model whose fp32 weights alone exceed the host's available memory, counted
+    on the meta device before any weight is allocated (a width or depth of ``arch_overrides``
+    too large for the machine).
+
+    Raises:
+        InvalidValue: naming ``arch_overrides`` (or ``arch`` without overrides): the
+            parameter count, the estimate and the limit.
+    """
+    with torch.device("meta"):
+        probe = build_arch(arch, overrides)
+    parameters = sum(p.numel() for p in probe.parameters())
+    need, budget = 4 * parameters, available_bytes(torch.device("cpu"))
+    if need > budget:
+        name = "arch_overrides" if overrides else "arch"
+        raise InvalidValue(
+            name,
+            f"{{{name}}}: a model of {parameters:,} parameters needs {human_bytes(need)} for "
+            f"its fp32 weights alone, more than the {human_bytes(budget)} available on the "
+            "host; use a smaller model",
+        )
+
+
 def load_initial_weights(model: nn.Module, source: Path | str, given: str | None = None) -> None:
     """Copy the weights saved in ``source`` (a bundled name, folder or hub id) into ``model``,
     strictly.
@@ -575,6 +600,41 @@ TRAINING_FLAGS = {
 }
 
 
+def training_device(trainer: L.Trainer) -> tuple[torch.device, int] | None:
+    """The device one training process runs on and the number of processes sharing its
+    memory (a CPU run's processes share the host's); None where its free memory cannot be
+    asked without harm (CUDA before a forking launcher: the children could not use CUDA)."""
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        return device, trainer.num_devices if device.type == "cpu" else 1
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if getattr(launcher, "_start_method", None) == "fork":
+        return None
+    return device, 1
+
+
+def check_fit_memory(
+    module: RestorationModule, data: RestorationDataModule, trainer: L.Trainer
+) -> None:
+    """Refuse a training step that would not fit in the memory of the trainer's device, before
+    it runs (:func:`semanir.memory.check_training_memory`, naming ``batch_size``,
+    ``patch_size`` or the model's ``arch``/``arch_overrides``)."""
+    placement = training_device(trainer)
+    if placement is None:
+        return
+    device, processes = placement
+    check_training_memory(
+        module.model.config.to_dict(),
+        parameters=sum(p.numel() for p in module.model.parameters()),
+        patch_size=data.hparams.patch_size,
+        batch_size=data.hparams.batch_size,
+        budget=available_bytes(device),
+        where=str(device),
+        processes=processes,
+        model_argument="arch_overrides" if module.hparams.arch_overrides else "arch",
+    )
+
+
 # Lightning's warnings on a validation from a checkpoint about the training's callbacks (which
 # do not run in a validation): shown with --verbose only.
 VALIDATE_NOTICES = ("Be aware that when using `ckpt_path`", "The dirpath has changed from")
@@ -629,15 +689,19 @@ class RestorationCLI(LightningCLI):
         """The configured trainer, with plain progress lines instead of tqdm's bar when stderr
         is not a terminal, and (``fit``) a checkpoint every ``--checkpoint_minutes``.
 
-        The data folders are checked here, first: after the model and the data module, whose
+        The data folders and the images' headers (``patch_size`` against the smallest training
+        image) are checked here, first: after the model and the data module, whose
         construction checks their arguments, so that a bad argument is reported before a
         missing folder (``--data.batch_size 0`` in a folder without the data names the batch
-        size), and before the trainer makes its log folders."""
+        size), and before the trainer makes its log folders. The memory a training step
+        needs on the trainer's device is checked once the trainer is made, before it runs
+        (:func:`check_fit_memory`)."""
         if self.subcommand in ("fit", "validate"):
             data = self.config[self.subcommand].data
             if self.subcommand == "fit":
                 check_data_dirs("data.train_dirs", data.train_dirs, data.data_root)
             check_data_dirs("data.val_dirs", data.val_dirs, data.data_root)
+            self.datamodule.prepare_datasets(self.subcommand)
         trainer = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer.get("callbacks") or [])
         callbacks += progress_callbacks(
@@ -646,7 +710,10 @@ class RestorationCLI(LightningCLI):
         )  # fmt: skip
         if self.subcommand == "fit":
             callbacks += periodic_checkpoints(self._get(self.config, "checkpoint_minutes"))
-        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        built = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        if self.subcommand == "fit":
+            check_fit_memory(self.model, self.datamodule, built)
+        return built
 
     def before_instantiate_classes(self) -> None:
         """The checks of ``fit``/``validate`` that need no class: ``--checkpoint_minutes``,

@@ -205,3 +205,140 @@ def check_restore_memory(
         f"{{tile={tile!r}}}: restoring {what} in {tile} px tiles"
     )  # fmt: skip
     raise InvalidValue("tile", f"{head} {estimate}; use a smaller {{tile}} or {{tile='auto'}}")
+
+
+# One training step (forward, backward, AdamW step) holds the activations autograd keeps for
+# the backward and their gradients. Fitted (least squares) to the peak-RSS growth per patch of
+# one step between batch sizes 2 and 6 in fresh processes (fp32, one CPU thread, the largest
+# train_k; semanir 0.4.13, 13 configs: the tiny denoiser at 64 and 128 px and with twice its
+# width, its depth or a window of 16, the tiny x2/x4 SR models, the test models, DnCNN at 8, 32
+# and 57 features): floats per input pixel =
+#   TRAIN_FEATURE_COPIES * sum over stages of depth * width / 4^level
+#   + TRAIN_ATTENTION_COPIES * sum over stages of depth * heads * top_k / 4^level
+#   + TRAIN_UPSAMPLER_COPIES * upsampler_dim * upscale^2 + TRAIN_BASE_FLOATS,
+# within 0.92-1.30x of the measured growth (17.2 KB per pixel for the tiny denoiser, 29.6 KB per
+# low-resolution pixel for the tiny x4 SR model); DnCNN: 2.67 * depth * features + 70
+# (10.5 KB per pixel for its tiny config).
+TRAIN_FEATURE_COPIES = 14.3
+TRAIN_ATTENTION_COPIES = 0.2
+TRAIN_UPSAMPLER_COPIES = 1.8
+TRAIN_BASE_FLOATS = 340.0
+DNCNN_TRAIN_COPIES = 2.67
+DNCNN_TRAIN_BASE_FLOATS = 70.0
+OPTIMIZER_COPIES = 4  # fp32 weights, their gradients, AdamW's two moments
+
+
+def _stage_levels_and_widths(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(level, width) of every stage of a SemanIR config, in execution order (as
+    ``SemanIRConfig.stage_dims``: the down stages, the bottleneck, the up stages, the
+    refinement stage of a U-net; every stage at level 0 in a columnar body)."""
+    embed = config.get("embed_dim", 32)
+    depths = config.get("depths", (2,) * 6)
+    if config.get("architecture", "unet") == "columnar":
+        return [(0, embed)] * len(depths)
+    widths = [embed * mult for mult in config.get("dim_mults", (1, 2, 2))]
+    levels = len(widths) - 1
+    down = list(enumerate(widths[:-1]))
+    return [*down, (levels, widths[-1]), *reversed(down), (0, widths[0])]
+
+
+def training_bytes_per_pixel(config: dict[str, Any]) -> float:
+    """Estimated bytes one training step holds per input pixel of one patch (fp32).
+
+    Args:
+        config: the model's config (``config.json`` content).
+    """
+    if config.get("model_type") == "dncnn":
+        work = config.get("depth", 17) * config.get("features", 64)
+        return 4 * (DNCNN_TRAIN_COPIES * work + DNCNN_TRAIN_BASE_FLOATS)
+    stages = _stage_levels_and_widths(config)
+    depths, heads = config.get("depths", (2,) * 6), config.get("heads", (2,) * 6)
+    top_k = config.get("top_k", 32)
+    features = sum(d * width / 4**level for d, (level, width) in zip(depths, stages, strict=True))
+    attention = sum(
+        d * h * top_k / 4**level for d, h, (level, _) in zip(depths, heads, stages, strict=True)
+    )
+    upscale = config.get("upscale", 1)
+    upsampler = config.get("upsampler_dim", 64) * upscale**2 if upscale > 1 else 0
+    return 4 * (
+        TRAIN_FEATURE_COPIES * features + TRAIN_ATTENTION_COPIES * attention
+        + TRAIN_UPSAMPLER_COPIES * upsampler + TRAIN_BASE_FLOATS
+    )  # fmt: skip
+
+
+def training_estimate(config: dict[str, Any], parameters: int, patch_size: int) -> tuple[int, int]:
+    """Estimated bytes of one training step: per patch of ``patch_size`` clean px a side
+    (its input is ``patch_size / upscale`` px a side), and for the weights, gradients and
+    AdamW state (:data:`OPTIMIZER_COPIES` fp32 copies of the ``parameters``), with margin.
+
+    Returns:
+        (bytes per patch, fixed bytes).
+    """
+    side = patch_size / config.get("upscale", 1)
+    per_patch = SAFETY * side * side * training_bytes_per_pixel(config)
+    return int(per_patch), int(SAFETY * 4 * OPTIMIZER_COPIES * parameters)
+
+
+def check_training_memory(
+    config: dict[str, Any],
+    *,
+    parameters: int,
+    patch_size: int,
+    batch_size: int,
+    budget: int,
+    where: str,
+    processes: int = 1,
+    model_argument: str = "arch",
+) -> None:
+    """Refuse, before any work, a training step whose :func:`training_estimate` at
+    ``batch_size`` patches exceeds ``budget``.
+
+    Args:
+        config: the model's config.
+        parameters: the model's parameter count.
+        patch_size: side of the clean training patches (px).
+        batch_size: patches per step and process.
+        budget: the bytes available (:func:`available_bytes`).
+        where: the device, for the message (``cpu``, ``cuda:0``).
+        processes: training processes sharing ``budget`` (the processes of a CPU run).
+        model_argument: the argument that sizes the model (``arch`` or ``arch_overrides``).
+
+    Raises:
+        InvalidValue: naming ``batch_size`` (one patch fits: the largest batch that does),
+            ``patch_size`` (not even one patch fits: the largest patch that does) or
+            ``model_argument`` (not even the weights and optimizer state fit), with the
+            estimate and the limit.
+    """
+    per_patch, fixed = training_estimate(config, parameters, patch_size)
+    need = processes * (batch_size * per_patch + fixed)
+    if need <= budget:
+        return
+    share = budget // processes  # each process's part
+    on = f"more than the {human_bytes(budget)} available on {where}"
+    copies = f" in each of {processes} processes" if processes > 1 else ""
+    if fixed > share:
+        raise InvalidValue(
+            model_argument,
+            f"{{{model_argument}}}: training a model of {parameters:,} parameters needs an "
+            f"estimated {human_bytes(processes * fixed)} for its weights, gradients and AdamW "
+            f"state alone{copies}, {on}; use a smaller model",
+        )
+    weights = f"{human_bytes(fixed)} of weights, gradients and AdamW state{copies}"
+    most = (share - fixed) // per_patch
+    if most >= 1:
+        raise InvalidValue(
+            "batch_size",
+            f"{{batch_size}} {batch_size}: a training step needs an estimated "
+            f"{human_bytes(need)} ({batch_size} x {human_bytes(per_patch)} per {patch_size} px "
+            f"patch + {weights}), {on}; use a {{batch_size}} of at most {most}",
+        )
+    scale = config.get("upscale", 1)
+    pixels = (share - fixed) / (per_patch / (patch_size / scale) ** 2)
+    largest = int(math.sqrt(pixels)) * scale
+    advice = f"at most {largest}" if largest >= scale else "a smaller model"
+    raise InvalidValue(
+        "patch_size",
+        f"{{patch_size}} {patch_size}: a training step on a single patch needs an estimated "
+        f"{human_bytes(processes * (per_patch + fixed))} ({human_bytes(per_patch)} per "
+        f"{patch_size} px patch + {weights}), {on}; use a {{patch_size}} of {advice}",
+    )

@@ -103,6 +103,13 @@ def check_data_options(
         ("num_workers", num_workers, 0), ("repeat", repeat, 1), ("patch_size", patch_size, 1),
     ):  # fmt: skip
         check_integer(name, value, low)
+    cpus = os.cpu_count() or 1
+    if num_workers > cpus:  # more loader processes than CPUs only compete with the training
+        raise InvalidArgument(
+            "num_workers",
+            f"must be an integer in [0, {cpus}] (this machine's CPUs, os.cpu_count()), "
+            f"got {num_workers}",
+        )
     if val_patch_size is not None:
         check_integer("val_patch_size", val_patch_size, 1)
     check_scale(record, scale)
@@ -198,9 +205,17 @@ class RestorationDataModule(L.LightningDataModule):
         self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
 
     def setup(self, stage: str) -> None:
-        """Build the datasets the stage needs ("fit" builds both, "validate" only validation)."""
+        """Build the datasets the stage needs ("fit" builds both, "validate" only validation),
+        unless :meth:`prepare_datasets` built them already."""
+        self.prepare_datasets(stage)
+
+    def prepare_datasets(self, stage: str) -> None:
+        """Build the datasets of ``stage`` that are not built yet: list the images and read
+        their headers (no image is decoded), refusing a folder without images or a
+        ``patch_size`` larger than a training image. ``semanir fit``/``validate`` call it
+        before the trainer is made, so these are refused before any work."""
         hp = self.hparams
-        if stage == "fit":
+        if stage == "fit" and self.train_set is None:
             if not hp.train_dirs:
                 raise InvalidArgument(
                     "train_dirs", "fitting needs {train_dirs} (folders of clean images)",
@@ -209,7 +224,7 @@ class RestorationDataModule(L.LightningDataModule):
             train_dirs = resolve_data_dirs(hp.train_dirs, hp.data_root)
             with _folders_named("train_dirs"):
                 self.train_set = self._dataset(train_dirs, hp.train_lq_dir, train=True)
-        if stage in ("fit", "validate") and hp.val_dirs:
+        if stage in ("fit", "validate") and hp.val_dirs and self.val_set is None:
             val_dirs = resolve_data_dirs(hp.val_dirs, hp.data_root)
             with _folders_named("val_dirs"):
                 self.val_set = self._dataset(val_dirs, hp.val_lq_dir, train=False)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common_kernels.runtime.errors import InvalidArgument, literal
+from common_kernels.runtime.errors import InvalidValue, literal
 from semanir.data.degradations import Box, crop
 from semanir.io import Channels, list_images, read_image
 from semanir.tasks import (
@@ -145,19 +145,27 @@ class _PatchDataset(Dataset):
         return {**sample, "lq": dihedral(sample["lq"], k), "gt": dihedral(sample["gt"], k)}
 
     def _check_sizes(self, paths: Sequence[Path], factor: int) -> None:
-        """In training, every image (scaled by ``factor``) must hold a full patch."""
+        """In training, every image (scaled by ``factor``) must hold a full patch: from the
+        images' headers, before any is decoded, a ``patch_size`` above the smallest side is
+        refused with that side as the limit (a random crop cannot be larger than its image)."""
         if not self.train:
             return
-        too_small = []
-        for path in paths:
-            height, width = image_size(path)
-            if min(height, width) * factor < self.patch_size:
-                too_small.append(f"{path} ({height}x{width})")
+        sizes = {path: image_size(path) for path in paths}
+        too_small = [
+            f"{path} ({height}x{width})"
+            for path, (height, width) in sizes.items()
+            if min(height, width) * factor < self.patch_size
+        ]
         if too_small:
-            raise InvalidArgument(
+            side = min(min(size) for size in sizes.values()) * factor
+            limit = side // self.scale * self.scale
+            raise InvalidValue(
                 "patch_size",
-                f"{len(too_small)} image(s) are smaller than {{patch_size}} {self.patch_size}: "
-                + literal(", ".join(too_small[:10])),
+                f"{{patch_size}} {self.patch_size} is larger than the smallest training image "
+                f"({side} px a side): "
+                f"{len(too_small)} image(s) smaller, "
+                + literal(", ".join(too_small[:10]))
+                + f"; use a {{patch_size}} of at most {limit}",
             )
 
 
