@@ -142,3 +142,29 @@ def test_launch_lets_gradio_serve_the_output_folders(session_for, tmp_path, monk
     session = session_for("unused")
     launch_app(session, server_port=1234)
     assert seen["allowed_paths"] == [str(tmp_path.resolve())] and seen["server_port"] == 1234
+
+
+def test_the_app_command_serves_through_launch_blocks(
+    model, specialists_file, tmp_path, monkeypatch
+):
+    """``vitron app`` serves its page as every package's does (common-kernels' launch_blocks:
+    the server closed and the process ready to exit at once after Ctrl-C or SIGTERM), with
+    the conversation's and the specialists' output folders served."""
+    import gradio as gr
+
+    from common_kernels.runtime import app as runtime_app
+    from vitron.cli import main
+
+    model.save_pretrained(tmp_path / "model")
+    served = {}
+    monkeypatch.setattr(
+        runtime_app,
+        "launch_blocks",
+        lambda blocks, **options: served.update(options, blocks=blocks),
+    )
+    argv = ["app", "--model", str(tmp_path / "model"), "--specialists", str(specialists_file),
+            "-o", str(tmp_path / "out"), "--port", "7777", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert isinstance(served.pop("blocks"), gr.Blocks)
+    assert served["host"] == "127.0.0.1" and served["port"] == 7777 and served["share"] is False
+    assert served["allowed_paths"] == [tmp_path / "out"]  # the specialists write there too

@@ -173,6 +173,10 @@ def launch_app(session: ChatSession, **launch_options: Any) -> Any:
         The running ``gradio.Blocks`` (``launch`` blocks unless ``prevent_thread_lock``).
     """
     demo = build_app(session)
-    folders = {session.output_dir, Path(session.assistant.router.output_dir)}
-    demo.launch(allowed_paths=[str(f.resolve()) for f in folders], **launch_options)
+    demo.launch(allowed_paths=[str(f.resolve()) for f in served_folders(session)], **launch_options)
     return demo
+
+
+def served_folders(session: ChatSession) -> list[Path]:
+    """The folders the page shows files from: the conversation's and the specialists' outputs."""
+    return sorted({session.output_dir, Path(session.assistant.router.output_dir)})

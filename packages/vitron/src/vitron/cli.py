@@ -148,7 +148,8 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from vitron.app import ChatSession, launch_app
+    from common_kernels.runtime.app import launch_blocks
+    from vitron.app import ChatSession, build_app, served_folders
     from vitron.options import open_assistant
 
     check_port(args.port)
@@ -157,7 +158,11 @@ def run_app(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("needs gradio: pip install 'vitron[app]'") from None
     session = ChatSession(open_assistant(assistant_options(args)), args.output)
-    launch_app(session, server_name=args.host, server_port=args.port, share=args.share)
+    # launch_blocks: as every package's page, it exits promptly on Ctrl-C and SIGTERM
+    launch_blocks(
+        build_app(session), host=args.host, port=args.port, share=args.share,
+        allowed_paths=served_folders(session),
+    )  # fmt: skip
     return 0
 
 
