@@ -165,7 +165,11 @@ def test_dataset_argument_errors(tmp_path: Path) -> None:
         SyntheticDegradationDataset(folder, "sr", patch_size=8, scale=3)
     with pytest.raises(ValueError, match="patch_size is required for training"):
         SyntheticDegradationDataset(folder, "denoise", sigma=5)
-    with pytest.raises(ValueError, match=r"3 image\(s\) are smaller than patch_size 32: .*img0"):
+    with pytest.raises(
+        ValueError,
+        match=r"patch_size 32 is larger than the smallest training image \(20 px a side\): 3 "
+        r"image\(s\) smaller, .*img0.*; use a patch_size of at most 20",
+    ):
         SyntheticDegradationDataset(folder, "denoise", patch_size=32, sigma=5)
     with pytest.raises(FileNotFoundError, match="no images"):
         SyntheticDegradationDataset(tmp_path / "clean" / "..", "denoise", patch_size=8, sigma=5)
