@@ -50,6 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The module's names, the public ones not yet loaded included."""
     return sorted({*globals(), *_MODULES})
 
 

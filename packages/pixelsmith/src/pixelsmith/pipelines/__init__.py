@@ -1,5 +1,7 @@
 """Diffusers pipelines of pixelsmith."""
 
+from diffusers.utils import logging as _diffusers_logging
+from huggingface_hub.utils import are_progress_bars_disabled as _progress_bars_disabled
 from transformers.utils import logging as _transformers_logging
 
 from pixelsmith.sources import DEFAULT_MODEL, DEFAULT_VAE
@@ -21,6 +23,12 @@ try:
     )
 finally:
     _transformers_logging.set_verbosity(_verbosity)
+
+# diffusers' own bars ("Loading pipeline components...") have no environment switch and start
+# on: they follow huggingface_hub's switch (HF_HUB_DISABLE_PROGRESS_BARS), which a command's
+# quiet_libraries turns off before the command imports diffusers here, after its checks
+if _progress_bars_disabled():
+    _diffusers_logging.disable_progress_bar()
 
 __all__ = [
     "DEFAULT_MODEL",
