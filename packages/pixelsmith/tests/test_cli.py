@@ -110,6 +110,7 @@ def test_parse_size():
 INTERRUPTING_CLI = """
 import os, signal, sys
 from functools import partial
+import pixelsmith.cascade as cascade
 import pixelsmith.cli as cli
 import pixelsmith.io as io
 
@@ -124,7 +125,7 @@ def stop(s, n, latents, plan):
         os.kill(os.getpid(), sig)
 
 if stage >= 0:
-    cli.run_cascade = partial(cli.run_cascade, callback=stop)
+    cascade.run_cascade = partial(cascade.run_cascade, callback=stop)
 else:
     real = io.to_uint8
     def to_uint8(rows):
