@@ -49,3 +49,17 @@ def test_in_tree_dependencies_by_name_with_admitting_range(pyproject: Path) -> N
             assert IN_TREE[requirement.name] in requirement.specifier, (
                 f"{text!r} does not admit the in-tree version {IN_TREE[requirement.name]}"
             )
+
+
+def test_the_readme_table_gives_each_packages_version() -> None:
+    """The top-level README's package table names the version each pyproject declares (it once
+    lagged three releases behind)."""
+    rows = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| [")
+    ]
+    shown = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        name = cells[0].split("]")[0].lstrip("[")
+        shown[name] = cells[3]
+    assert shown == {name: str(version) for name, version in IN_TREE.items()}
