@@ -5,57 +5,33 @@ interpreter, never on seconds)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
 
-import pytest
+HEAVY = ["diffusers", "open_clip", "transformers", "lightning", "pytorch_lightning", "gradio",
+         "onnx", "onnxscript", "onnxruntime", "jsonargparse", "torchmetrics"]  # fmt: skip
 
-HEAVY = ("diffusers", "open_clip", "transformers", "lightning", "pytorch_lightning", "gradio",
-         "onnx", "onnxscript", "onnxruntime", "jsonargparse", "torchmetrics")  # fmt: skip
-
-SCRIPT = """
-import contextlib, io, json, sys
-import semanir.cli
-loaded = {{"import": sorted(m for m in sys.modules if m.split(".")[0] in {names})}}
-with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    try:
-        status = semanir.cli.main({argv})
-    except SystemExit as stop:  # argparse's --help
-        status = stop.code
-loaded["status"] = status
-loaded["after"] = sorted(m for m in sys.modules if m.split(".")[0] in {names})
-print(json.dumps(loaded))
-"""
+# a subcommand's --help or argument error -> its status and stderr
+SUBCOMMANDS = {
+    ("restore", "--help"): (0, ""),
+    ("eval", "--help"): (0, ""),
+    ("export", "--help"): (0, ""),
+    ("restore", "x.png", "-o", "y.png", "--tile", "3"): (
+        2,
+        "semanir restore: error: IN: no such file or folder: x.png\n",
+    ),
+}
 
 
-def modules_loaded(argv: list[str]) -> dict:
-    """What a fresh interpreter has imported after ``import semanir.cli`` and after
-    ``main(argv)``."""
-    names = {name.split(".")[0] for name in (*HEAVY, "torch")}
-    code = SCRIPT.format(names=sorted(names), argv=argv)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.splitlines()[-1])
-
-
-def test_importing_the_command_imports_no_torch_and_no_other_package_libraries() -> None:
-    loaded = modules_loaded(["--help"])
-    assert loaded["import"] == []
-    assert loaded["status"] == 0
-    assert loaded["after"] == []  # the usage is printed before anything is imported
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["restore", "--help"],
-        ["eval", "--help"],
-        ["export", "--help"],
-        ["restore", "x.png", "-o", "y.png", "--tile", "3"],
-    ],
-)
-def test_a_subcommand_help_or_argument_error_loads_no_heavy_library(argv) -> None:
-    loaded = modules_loaded(argv)
-    assert loaded["status"] in (0, 2)
-    heavy = [m for m in loaded["after"] if m.split(".")[0] != "torch"]
-    assert heavy == []
+def test_help_and_argument_errors_load_no_heavy_library(tmp_path) -> None:
+    steps = runs_in_fresh_interpreter(
+        "semanir.cli", [["--help"], *SUBCOMMANDS], [*HEAVY, "torch"], cwd=tmp_path
+    )
+    # importing the command and its --help load neither torch nor another package's library:
+    # the usage is printed before anything is imported
+    assert steps["import"] == CommandRun(None, "", [])
+    assert steps["--help"] == CommandRun(0, "", [])
+    for argv, expected in SUBCOMMANDS.items():
+        run = steps[" ".join(argv)]
+        assert (run.status, run.stderr) == expected
+        assert [name for name in run.loaded if name != "torch"] == []  # torch may load here
+    assert list(tmp_path.iterdir()) == []

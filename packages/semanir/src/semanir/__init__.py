@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 
+# not common_kernels.runtime.lazy.lazy_names: importing common_kernels imports torch (its
+# kernels), which ``import semanir`` and ``semanir --help`` must not; and a submodule is an
+# attribute here too
 def __getattr__(name: str) -> Any:
     """A public name, imported from its module on first access, or a submodule."""
     if name in _HOMES:

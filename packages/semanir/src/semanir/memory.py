@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from common_kernels.runtime import memory as shared_memory
 from common_kernels.runtime.errors import InvalidValue, literal
 
 FEATURE_COPIES = 10.7  # fp32 copies of the first level's features alive at the peak
@@ -66,16 +67,10 @@ def estimate_peak_bytes(
 
 def available_bytes(device: torch.device) -> int:
     """Memory a pass can use on ``device``: free CUDA memory, or the system's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = shared_memory.available_bytes(device)
+    if available is None:  # no MemAvailable and no psutil: the free pages, never unknown
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available
 
 
 def auto_tile(

@@ -5,29 +5,24 @@ seconds, and inference (``semanir restore``) uses the degradations without it; t
 (:mod:`semanir.tasks`) import the degradations while the datasets import the task records.
 """
 
-from importlib import import_module
-from typing import Any
+from common_kernels.runtime.lazy import lazy_names
 
-_MODULES = {
-    "PairedFolderDataset": "datasets",
-    "RestorationDataModule": "datamodule",
-    "SyntheticDegradationDataset": "datasets",
-    "add_gaussian_noise": "degradations",
-    "bayer_mask": "degradations",
-    "bayer_mosaic": "degradations",
-    "bicubic_downscale": "degradations",
-    "bicubic_resize": "degradations",
-    "dihedral": "datasets",
-    "downscale_crop": "degradations",
-    "jpeg_compress": "degradations",
-    "match_pairs": "datasets",
-    "sample_quality": "degradations",
-    "sample_sigma": "degradations",
+_MODULES = {  # each name -> the module that defines it
+    "PairedFolderDataset": "semanir.data.datasets",
+    "RestorationDataModule": "semanir.data.datamodule",
+    "SyntheticDegradationDataset": "semanir.data.datasets",
+    "add_gaussian_noise": "semanir.data.degradations",
+    "bayer_mask": "semanir.data.degradations",
+    "bayer_mosaic": "semanir.data.degradations",
+    "bicubic_downscale": "semanir.data.degradations",
+    "bicubic_resize": "semanir.data.degradations",
+    "dihedral": "semanir.data.datasets",
+    "downscale_crop": "semanir.data.degradations",
+    "jpeg_compress": "semanir.data.degradations",
+    "match_pairs": "semanir.data.datasets",
+    "sample_quality": "semanir.data.degradations",
+    "sample_sigma": "semanir.data.degradations",
 }
 __all__ = sorted(_MODULES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_MODULES[name]}"), name)
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
