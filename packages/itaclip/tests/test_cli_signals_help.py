@@ -5,8 +5,6 @@ items 4 and 8)."""
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,10 @@ from PIL import Image
 
 from common_kernels.runtime.cli import size_type
 from common_kernels.runtime.testing import (
+    CommandRun,
     interrupted_run,
     numeric_flag_help,
+    runs_in_fresh_interpreter,
     signal_while_working,
 )
 from itaclip.cli import build_parser
@@ -102,23 +102,21 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
     assert NUMERIC_HELP["aux", "--max-new-tokens"] in printed  # %(default)s filled in
 
 
-PARSING_ONLY = """
-import contextlib, io, sys
-from itaclip.cli import main
-for argv in (["--help"], ["segment", "--help"], ["eval", "--help"], ["aux", "--help"],
-             ["tiny-model", "--help"], ["app", "--help"]):
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-        main(argv)
-print(main(["segment", "img.png", "--classes", "cat", "-o", "out", "--stride", "x"]))
-print(" ".join(sorted({"diffusers", "open_clip", "transformers"} & set(sys.modules))) or "none")
-"""
+HELPS = [["--help"], ["segment", "--help"], ["eval", "--help"], ["aux", "--help"],
+         ["tiny-model", "--help"], ["app", "--help"]]  # fmt: skip
+BAD_STRIDE = ["segment", "img.png", "--classes", "cat", "-o", "out", "--stride", "x"]
 
 
 def test_help_and_a_bad_flag_leave_the_heavy_libraries_unloaded(tmp_path):
     """Issue 49, item 4: open_clip (with torchvision and transformers) took seconds to import
     before ``--help`` answered; parsing imports none of them (the commands import them)."""
-    done = subprocess.run(
-        [sys.executable, "-c", PARSING_ONLY], capture_output=True, text=True, cwd=tmp_path
+    steps = runs_in_fresh_interpreter(
+        "itaclip.cli", [*HELPS, BAD_STRIDE], ["diffusers", "open_clip", "transformers"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert {" ".join(argv): steps[" ".join(argv)] for argv in HELPS} == {
+        " ".join(argv): CommandRun(0, "", []) for argv in HELPS
+    }
+    assert steps[" ".join(BAD_STRIDE)] == CommandRun(
+        2, "itaclip segment: error: argument --stride: invalid int value: 'x'\n", []
     )
-    assert done.stdout.splitlines() == ["2", "none"], done.stderr
-    assert done.stderr == "itaclip segment: error: argument --stride: invalid int value: 'x'\n"

@@ -6,8 +6,9 @@ parsing) do not import open_clip, which imports torchvision and transformers and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from common_kernels.runtime.lazy import lazy_names
 
 if TYPE_CHECKING:
     from itaclip.auxfile import AuxEntry, load_aux_texts, read_aux_file, write_aux_file
@@ -40,18 +41,7 @@ _MODULES = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use."""
-    if name not in _MODULES:
-        raise AttributeError(f"module 'itaclip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULES})
-
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
 
 __all__ = [
     "PRESETS",

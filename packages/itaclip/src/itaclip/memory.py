@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.errors import InvalidValue, literal
+from common_kernels.runtime.memory import available_bytes
 from itaclip.models import default_mid_layers
 
 FLOAT = 4  # bytes of an fp32 value
@@ -202,21 +203,6 @@ def check_windows(resized: tuple[int, int], config: Any, image: str) -> None:
 def gib(count: int) -> str:
     """Bytes as GiB with two decimals."""
     return f"{count / 2**30:,.2f} GiB"
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device, else the host's available memory (MemAvailable; MPS shares
-    it), or None when unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return None
 
 
 def check_parts(
