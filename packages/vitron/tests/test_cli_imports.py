@@ -5,9 +5,10 @@ with a clock."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import pytest
+
+from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+from vitron.cli import main
 
 HEAVY = ["diffusers", "open_clip", "transformers", "lightning", "peft", "gradio"]
 
@@ -26,33 +27,22 @@ BAD = [
     ["eval", "qa", "--data", "{t}/d.jsonl", "--model", "./nope/m", "-o", "{t}/out", "--limit", "0"],
 ]  # fmt: skip
 
-SCRIPT = """
-import contextlib, io, json, sys
-import vitron.cli
-out = io.StringIO()
-with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-    try:
-        vitron.cli.main(["--help"])
-    except SystemExit as done:
-        helped = done.code
-    statuses = [vitron.cli.main(argv) for argv in json.loads(sys.argv[1])]
-print(json.dumps({"help": helped, "statuses": statuses, "usage": out.getvalue().splitlines()[0],
-                  "errors": [line for line in out.getvalue().splitlines() if ": error: " in line],
-                  "loaded": [m for m in json.loads(sys.argv[2]) if m in sys.modules]}))
-"""
 
-
-def test_help_and_argument_errors_load_no_heavy_module(tmp_path):
+def test_help_and_argument_errors_load_no_heavy_module(tmp_path, capsys):
     argvs = [[arg.replace("{t}", str(tmp_path)) for arg in argv] for argv in BAD]
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(argvs), json.dumps(HEAVY)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    found = json.loads(done.stdout)
-    assert found["help"] == 0 and found["usage"].startswith("usage: vitron ")
-    assert found["statuses"] == [2] * len(BAD)
-    assert [line.split(": error: ")[0] for line in found["errors"]] == [
-        f"vitron {argv[0]}" for argv in BAD
-    ]
-    assert found["loaded"] == []
+    steps = runs_in_fresh_interpreter("vitron.cli", [["--help"], *argvs], HEAVY)
+    assert steps["import"] == CommandRun(None, "", [])
+    assert steps["--help"] == CommandRun(0, "", [])
+    for argv in argvs:
+        run = steps[" ".join(argv)]
+        assert run.status == 2
+        # one line, naming the command
+        assert [line.split(": error: ")[0] for line in run.stderr.splitlines()] == [
+            f"vitron {argv[0]}"
+        ]
+        assert run.loaded == []
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    assert helped.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: vitron ")

@@ -7,8 +7,7 @@ had made every ``vitron`` command start that much later.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from common_kernels.runtime.lazy import lazy_names
 
 _MODULE_OF = {
     "InterruptCheckpoint": "common_kernels.runtime.lightning",
@@ -38,15 +37,4 @@ _MODULE_OF = {
 
 __all__ = sorted(_MODULE_OF)
 
-
-def __getattr__(name: str) -> Any:
-    """``vitron.training.NAME``: imported from its module on first use, then cached here."""
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'vitron.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF)

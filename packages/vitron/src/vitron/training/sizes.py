@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.errors import InvalidValue, literal
+from common_kernels.runtime.memory import host_available_bytes, human_bytes
 
 MAX_EPOCHS = 1000  # passes over the data one run may make (see the module docstring)
 # bytes per value of the residual stream (each block's input): float32 weights keep it float32
@@ -61,29 +62,6 @@ def check_num_workers(num_workers: int) -> None:
             "cores this process may use only add processes (each with a copy of the dataset), "
             f"not speed; at most {cores}",
         )
-
-
-def human_bytes(count: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024:
-            return f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} EiB"
-
-
-def host_available_bytes() -> int | None:
-    """The host's available memory: /proc/meminfo's MemAvailable, else psutil's, else None."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
 
 
 def training_memory(
