@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.testing import runs_in_fresh_interpreter
 from vitron.cli import FLAGS, main
 from vitron.models import VitronModel
 from vitron.tiny import tiny_model
@@ -199,23 +198,12 @@ def test_the_memory_is_a_cuda_devices_total_on_cuda(monkeypatch):
     assert sizes.training_memory("cpu", 1, "auto") == ("host memory available", 5)
 
 
-SCRIPT = """
-import json, sys
-import vitron.cli
-status = vitron.cli.main(json.loads(sys.argv[1]))
-heavy = ["transformers", "lightning", "peft"]
-print(json.dumps({"status": status, "loaded": [m for m in heavy if m in sys.modules]}))
-"""
-
-
 def test_a_size_refusal_imports_no_model_library(model_dir, data, tmp_path):
     """The bounds read config.json and the data, never the weights: in a fresh interpreter,
     transformers, Lightning and peft stay unimported."""
     argv = ["train", "--model", str(model_dir), "--data", str(data), "--stage", "2",
             "-o", str(tmp_path / "out"), "--lora-rank", "33"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(argv)], capture_output=True, text=True,
-        check=True,
-    )  # fmt: skip
-    assert json.loads(done.stdout) == {"status": 2, "loaded": []}
-    assert done.stderr.startswith("vitron train: error: --lora-rank 33: a LoRA rank above")
+    steps = runs_in_fresh_interpreter("vitron.cli", [argv], ["transformers", "lightning", "peft"])
+    run = steps[" ".join(argv)]
+    assert (run.status, run.loaded) == (2, [])
+    assert run.stderr.startswith("vitron train: error: --lora-rank 33: a LoRA rank above")
