@@ -32,7 +32,7 @@ def no_model_work(monkeypatch, no_model_load):
     """Loading a model or encoding a prompt fails the test: the checks must come first."""
     monkeypatch.setattr(PixelsmithPipeline, "encode_text", no_model_load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(memory, "available_memory", lambda device: 2**20)  # 1 MiB
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)  # 1 MiB
 
 
 # case: (generate_cascade keyword arguments, CLI arguments, message with {argument} fields)
@@ -258,3 +258,32 @@ def test_generate_checks_each_input_once_before_loading(tiny_dir, tmp_path, monk
     assert (ran["prompt"], ran["pipe"]) == ("a cat", "PixelsmithPipeline")
     assert (plan.sizes, plan.sliders, plan.output) == ([(64, 64), (128, 128)], [1], output)
     assert plan.options.num_inference_steps == 2 and plan.options.config.patch_size == 8
+
+
+def test_patch_batch_and_vae_tile_memory_checks_name_their_arguments(tiny_dir, monkeypatch):
+    """check_cascade bounds ``patch_batch_size`` by one UNet call's activations and
+    ``vae_tile`` by one tile's decoder activations, with the widths of the model's configs."""
+    from pixelsmith.options import check_cascade
+    from pixelsmith.sources import check_from_pretrained
+
+    shape = check_from_pretrained(tiny_dir).shape
+    assert (shape.unet_widths, shape.vae_widths) == ((4, 8, 16), (4, 4, 4, 4))
+    config = PixelsmithConfig(**SMALL, patch_batch_size=3)
+    options = CascadeOptions(num_inference_steps=2, config=config)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 6 * 64 * 252 - 1)
+    with pytest.raises(InvalidArgument) as refused:
+        check_cascade([64, 128], [2], options, shape=shape, device=torch.device("cpu"))
+    assert refused.value.argument == "patch_batch_size"
+    assert str(refused.value).startswith(
+        "patch_batch_size 3: one UNet call on 3 patches of 8x8 latent px (6 samples with "
+        "guidance) needs an estimated 96768 bytes (0.00 GiB, 252 bytes per latent px of a "
+        "sample) of activations, more than the 96767 bytes (0.00 GiB) available on cpu"
+    )
+    options = CascadeOptions(num_inference_steps=2, config=config, guidance_scale=1.0)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 64 * 8500 - 1)
+    with pytest.raises(InvalidArgument) as refused:  # no guidance: 3 samples pass
+        check_cascade([64, 128], [2], options, shape=shape, device=torch.device("cpu"))
+    assert refused.value.argument == "vae_tile"
+    assert "vae_tile 8: decoding one 8x8 latent px tile needs an estimated 544000 " in str(
+        refused.value
+    )

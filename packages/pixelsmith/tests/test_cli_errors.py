@@ -26,6 +26,7 @@ from pixelsmith.sources import check_from_pretrained
 PREFIX = "pixelsmith generate: error: "
 SMALL = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap", "2"]
 GIB = 2**30
+FILES = ["busy.tif.pixelsmith", "file.txt", "photos", "taken.tif"]  # what `files` holds
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def machine(monkeypatch):
     """No CUDA, no MPS, 16 GiB of available memory: the same messages on every machine."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * GIB)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * GIB)
 
 
 @pytest.fixture
@@ -294,14 +295,78 @@ def test_allow_large_skips_the_memory_check(tiny_dir, files, capsys, machine, mo
 
 
 def test_memory_check_against_the_available_memory(tiny_dir, files, capsys, monkeypatch, machine):
-    monkeypatch.setattr(memory, "available_memory", lambda device: 128 * 128 * 66 - 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 128 * 128 * 66 - 1)
     status, _, err = run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)
     assert status == 2
     assert err.startswith(f"{PREFIX}--sizes 1024x1024: the full-size latent maps of this stage ")
     assert "need 1081344 bytes (0.00 GiB, 66 bytes per latent px), more than the 1081343 " in err
-    monkeypatch.setattr(memory, "available_memory", lambda device: None)  # unknown: no check
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: no check
     monkeypatch.setattr(cascade_module, "run_cascade", lambda *args, **kwargs: files / "out.tif")
     assert run(generate_args(tiny_dir, files, "--sizes", "512", "1024"), capsys)[0] == 0
+
+
+# the tiny model of generate_args: a 128 px stage is 16x16 latent px, 4 disjoint 8x8 patches;
+# its UNet (widths 4, 8, 16) has 7 values per latent px -> 252 bytes per px of a sample, its
+# VAE (widths 4 x 4) 340 values per latent px -> 8500 bytes per px of a tile
+UNET_CALL = 6 * 8 * 8 * 252  # --patch-batch 3 with guidance: 6 samples of 8x8 px
+VAE_TILE = 8 * 8 * 8500  # --vae-tile 8
+
+
+def test_patch_batch_is_bounded_by_its_unet_activations(
+    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
+):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: UNET_CALL - 1)
+    status, out, err = run(generate_args(tiny_dir, files, "--patch-batch", "3"), capsys)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"{PREFIX}--patch-batch 3: one UNet call on 3 patches of 8x8 latent px (6 samples with "
+        f"guidance) needs an estimated {UNET_CALL} bytes (0.00 GiB, 252 bytes per latent px of "
+        f"a sample) of activations, more than the {UNET_CALL - 1} bytes (0.00 GiB) available "
+        "on cpu; use a smaller --patch-batch, or --allow-large to try anyway\n"
+    )
+    assert sorted(path.name for path in files.iterdir()) == sorted(FILES)
+
+
+def test_vae_tile_is_bounded_by_its_decoder_activations(
+    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
+):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: VAE_TILE - 1)
+    status, out, err = run(generate_args(tiny_dir, files, "--patch-batch", "1"), capsys)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"{PREFIX}--vae-tile 8: decoding one 8x8 latent px tile needs an estimated {VAE_TILE} "
+        f"bytes (0.00 GiB, 8500 bytes per latent px) of activations, more than the "
+        f"{VAE_TILE - 1} bytes (0.00 GiB) available on cpu; use a smaller --vae-tile, or "
+        "--allow-large to try anyway\n"
+    )
+    assert sorted(path.name for path in files.iterdir()) == sorted(FILES)
+
+
+def test_batches_and_tiles_larger_than_the_image_are_clamped(
+    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
+):
+    """A --patch-batch above the disjoint patches of the largest stage is clamped to them and a
+    --vae-tile above the latent is clipped to it: the estimates count what runs."""
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 16 * 8500 - 1)
+    argv = generate_args(tiny_dir, files, "--patch-batch", "1000", "--vae-tile", "64")
+    status, _, err = run(argv, capsys)
+    assert status == 2  # the patch batch passed: 4 patches, 8 samples of 8x8 px
+    assert err.startswith(f"{PREFIX}--vae-tile 64: decoding one 16x16 latent px tile needs an ")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 8 * 8 * 252 - 1)
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert err.startswith(f"{PREFIX}--patch-batch 1000: one UNet call on 4 patches of 8x8 ")
+    assert f"needs an estimated {8 * 8 * 8 * 252} bytes " in err
+
+
+def test_allow_large_skips_the_activation_checks(tiny_dir, files, capsys, monkeypatch, machine):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 16 * 66)  # latent maps
+    monkeypatch.setattr(cascade_module, "run_cascade", lambda *args, **kwargs: files / "out.tif")
+    argv = generate_args(tiny_dir, files, "--patch-batch", "3")
+    status, _, err = run(argv, capsys)
+    assert status == 2 and err.startswith(f"{PREFIX}--patch-batch 3: one UNet call on 3 ")
+    status, _, err = run([*argv, "--allow-large"], capsys)
+    assert (status, err) == (0, "")  # checks passed, the (stubbed) cascade ran
 
 
 def test_devices_on_cpu_are_bounded_by_the_memory_of_their_copies(

@@ -157,7 +157,7 @@ def inputs(tmp_path, monkeypatch) -> Path:
     CUDA or MPS and 16 GiB available (the same messages on every machine)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * 2**30)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
     (tmp_path / "file.txt").write_text("not an image")
     Image.new("RGB", (128, 128)).save(tmp_path / "cond.png")
     Image.new("RGB", (64, 64)).save(tmp_path / "out_64x64.png")

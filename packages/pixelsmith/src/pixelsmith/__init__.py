@@ -10,8 +10,9 @@ parsing and checks) do not import diffusers or transformers, which take seconds.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from common_kernels.runtime.lazy import lazy_names
 
 if TYPE_CHECKING:
     from pixelsmith.cascade import generate_cascade
@@ -40,19 +41,7 @@ _MODULES = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use."""
-    if name not in _MODULES:
-        raise AttributeError(f"module 'pixelsmith' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the public ones not yet loaded included."""
-    return sorted({*globals(), *_MODULES})
-
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
 
 __all__ = [
     "CascadeOptions",

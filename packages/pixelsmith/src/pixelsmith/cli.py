@@ -107,10 +107,12 @@ NUMBERS = (
     ("--patch-size", int, 128, "patch side in latent px (128 = 1024 px), >= 1, a multiple of "
      "the UNet downsampling (4)"),
     ("--band", int, 10, "seam band in latent px, >= 0"),
-    ("--patch-batch", int, 4, "disjoint patches per UNet call (x2 with CFG), >= 1"),
+    ("--patch-batch", int, 4, "disjoint patches per UNet call (x2 with CFG), >= 1; more than "
+     "the disjoint patches of the largest stage are clamped to them"),
     ("--grid-min-overlap", int, 0, "least overlap of grid neighbours in latent px, in "
      "[0, --patch-size - 1]"),
-    ("--vae-tile", int, 128, "VAE tile side in latent px, >= 1"),
+    ("--vae-tile", int, 128, "VAE tile side in latent px, >= 1; tiles are clipped to the "
+     "latent"),
     ("--vae-overlap", int, 16, "VAE tile overlap in latent px, in [0, --vae-tile - 1]"),
     ("--checkpoint-every", int, 1, "steps between checkpoints, >= 1"),
     ("--devices", int, 1, "processes (one per GPU) sharing each step's patches, >= 1"),
@@ -227,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--allow-large",
         action="store_true",
-        help="skip the memory checks: the full-size latent maps of the largest stage on "
-        "--device, the model copies of --devices on cpu",
+        help="skip the memory checks: --sizes' latent maps, a --patch-batch UNet call and a "
+        "--vae-tile decoding on --device, the model copies of --devices on cpu",
     )
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, kind, default, text in NUMBERS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,20 @@ BLENDS = ("none", "linear", "gaussian")
 # guidance latent and guidance noise (float32 each); plus the int16 step map per latent px
 LATENT_MAP_BYTES_PER_CHANNEL = 4 * 4
 STEP_MAP_BYTES = 2
+# Activations of one UNet call and of one VAE tile's decoding, in bytes per value of
+# unet_values_per_px / vae_decoder_values_per_px (float32). No config says which tensors
+# diffusers keeps alive at once, so the factors are fitted: the peak RSS growth of one pass of
+# the tiny model (pixelsmith.tiny; CPU, float32, OMP_NUM_THREADS=1, a fresh interpreter per
+# run), least squares with a free intercept (the weights and the allocator's own). UNet: 2
+# samples of 256^2 and 512^2 latent px, 3 runs each: 252 bytes per latent px of a sample, its
+# 7 values per px (widths 4, 8, 16) -> 36. VAE decoder: 64^2, 128^2 and 192^2 latent px, 2 runs
+# each: 8336 bytes per latent px, its 340 values per px (widths 4 x 4) -> 24.5, rounded up.
+# Memory-efficient attention is assumed (torch's SDPA on CPU and CUDA): no term grows with the
+# square of the tokens. A float16 UNet needs about half (SDXL's VAE decodes in float32: its
+# config forces the upcast). SDXL: 560 x 36 = 20160 bytes per latent px of a UNet sample,
+# 14848 x 25 = 371200 per latent px of a VAE tile.
+UNET_BYTES_PER_VALUE = 36
+VAE_DECODER_BYTES_PER_VALUE = 25
 
 
 def check_not_empty(tensor: object, argument: str) -> Tensor:
@@ -128,7 +143,8 @@ class PixelsmithConfig:
         patch_scheduler: ``"grid"`` (deterministic overlapping grid, the minimum number of
             patches per step, disjoint patches batched) or ``"random"`` (the paper's random
             centres); ``None`` picks ``"random"`` when ``faithful`` else ``"grid"``.
-        patch_batch_size: at most this many disjoint patches per UNet call (x2 with CFG).
+        patch_batch_size: at most this many disjoint patches per UNet call (x2 with CFG);
+            more than a stage's latent holds are clamped to those.
         grid_min_overlap: the grid adds patches per axis until neighbours overlap by at least
             this many latent px (0 = the minimum number of patches).
         grid_stagger: on grid axes whose neighbours overlap by less than ``band`` (e.g. 2048 px
@@ -144,7 +160,7 @@ class PixelsmithConfig:
         handover: how the previous stage reaches the next one: ``"float"`` (decoded floats,
             Lanczos in float) or ``"uint8"`` (quantised like a saved image, PIL Lanczos);
             ``None`` = ``"uint8"`` when ``faithful`` else ``"float"``.
-        vae_tile: VAE encode/decode tile side in latent px.
+        vae_tile: VAE encode/decode tile side in latent px (clipped to the latent).
         vae_overlap: overlap of neighbouring VAE tiles in latent px, in [0, vae_tile).
         vae_blend: blending of overlapping VAE tiles (``"none"``, ``"linear"``, ``"gaussian"``).
         max_ram_pixels: decoded intermediate images above this many pixels go to a disk
@@ -286,6 +302,52 @@ def latent_maps_bytes(height: int, width: int, vae_scale_factor: int = 8, channe
 def latent_bytes_per_px(channels: int = 4) -> int:
     """Bytes per latent px of a stage's full-size latent maps (66 for SDXL's 4 channels)."""
     return channels * LATENT_MAP_BYTES_PER_CHANNEL + STEP_MAP_BYTES
+
+
+def unet_values_per_px(widths: Sequence[int]) -> float:
+    """Channels per latent px of a UNet's resolution levels, each level with a quarter of the
+    px of the one above (``320 + 640/4 + 1280/16 = 560`` for SDXL).
+
+    Args:
+        widths: the UNet's ``block_out_channels``.
+    """
+    return sum(width / 4**level for level, width in enumerate(widths))
+
+
+def unet_call_bytes(samples: int, patch_size: int, widths: Sequence[int]) -> int:
+    """Estimated activation bytes of one UNet call on ``samples`` square patches.
+
+    Args:
+        samples: patches in the call (twice the patches with classifier-free guidance).
+        patch_size: patch side in latent px.
+        widths: the UNet's ``block_out_channels``.
+    """
+    per_px = unet_values_per_px(widths) * UNET_BYTES_PER_VALUE
+    return math.ceil(samples * patch_size**2 * per_px)
+
+
+def vae_decoder_values_per_px(widths: Sequence[int]) -> int:
+    """Channels per latent px of a VAE decoder's levels, which take the widths in reverse and
+    each have four times the px of the one before (``512 + 512*4 + 256*16 + 128*64 = 14848``
+    for SDXL).
+
+    Args:
+        widths: the VAE's ``block_out_channels``.
+    """
+    return sum(width * 4**level for level, width in enumerate(reversed(widths)))
+
+
+def vae_tile_bytes(height: int, width: int, widths: Sequence[int]) -> int:
+    """Estimated activation bytes of decoding one ``height x width`` latent px tile.
+
+    Args:
+        height: tile height in latent px.
+        width: tile width in latent px.
+        widths: the VAE's ``block_out_channels``.
+    """
+    return math.ceil(
+        height * width * vae_decoder_values_per_px(widths) * VAE_DECODER_BYTES_PER_VALUE
+    )
 
 
 def check_slider(

@@ -1,9 +1,12 @@
-"""Memory estimates: will the full-size latent maps of a stage fit on the device, and the
-model copies of the processes of ``devices`` on the CPU?
+"""Memory estimates: will the full-size latent maps of a stage, one UNet call on a batch of
+patches and one VAE tile's decoding fit on the device, and the model copies of the processes of
+``devices`` on the CPU?
 
 Everything of a Pixelsmith stage is tiled except a few full-size latent maps
 (:func:`pixelsmith.config.latent_maps_bytes`, 66 bytes per latent px for SDXL);
-:func:`check_memory` compares them with the memory available on the device before any work.
+:func:`check_memory` compares them with the memory available on the device before any work,
+:func:`check_patch_batch_memory` and :func:`check_vae_tile_memory` the activations of the tiled
+work. Memory that ``available_bytes`` cannot tell (None) passes every check.
 """
 
 from __future__ import annotations
@@ -13,28 +16,17 @@ import os
 import torch
 
 from common_kernels.runtime.errors import InvalidValue
-from pixelsmith.config import latent_bytes_per_px, latent_maps_bytes
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device, else the host's available RAM (MPS shares it), or None.
-
-    Args:
-        device: the device the stage runs on.
-    """
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
+from common_kernels.runtime.memory import available_bytes
+from pixelsmith.config import (
+    UNET_BYTES_PER_VALUE,
+    VAE_DECODER_BYTES_PER_VALUE,
+    latent_bytes_per_px,
+    latent_maps_bytes,
+    unet_call_bytes,
+    unet_values_per_px,
+    vae_decoder_values_per_px,
+    vae_tile_bytes,
+)
 
 
 def resident_bytes() -> int:
@@ -67,7 +59,7 @@ def check_copies_memory(
         return
     each = resident_bytes() + weight_bytes
     need = devices * each
-    available = available_memory(device)
+    available = available_bytes(device)  # None: unknown, no check
     if available is not None and need > available:
         raise InvalidValue(
             "devices",
@@ -104,7 +96,7 @@ def check_memory(
         InvalidValue: naming ``sizes``: the estimate, the available bytes and what to do.
     """
     need = latent_maps_bytes(*size, vae_scale_factor, latent_channels)
-    available = available_memory(device)
+    available = available_bytes(device)  # None: unknown, no check
     if available is not None and need > available:
         per_px = latent_bytes_per_px(latent_channels)
         raise InvalidValue(
@@ -113,4 +105,78 @@ def check_memory(
             f"{need} bytes ({gib(need)}, {per_px} bytes per latent px), more than the "
             f"{available} bytes ({gib(available)}) available on {device}; use smaller {{sizes}}, "
             "or {allow_large=True} to try anyway",
+        )
+
+
+def check_patch_batch_memory(
+    latent: tuple[int, int],
+    patch_size: int,
+    batch: int,
+    guided: bool,
+    device: torch.device,
+    widths: tuple[int, ...],
+) -> None:
+    """Fail unless one UNet call on a full patch batch fits in the memory available on
+    ``device`` (unknown memory passes).
+
+    A batch larger than the disjoint patches the latent holds is clamped to them (the planner
+    batches only disjoint patches), and the estimate counts the clamped batch.
+
+    Args:
+        latent: (height, width) of the largest stage in latent px.
+        patch_size: patch side in latent px.
+        batch: patches per UNet call (``PixelsmithConfig.batch_limit``).
+        guided: classifier-free guidance doubles the samples of a call.
+        device: where it runs.
+        widths: the UNet's ``block_out_channels``.
+
+    Raises:
+        InvalidValue: naming ``patch_batch_size``: the estimate, the available bytes and what to
+            do.
+    """
+    used = min(batch, max(1, (latent[0] // patch_size) * (latent[1] // patch_size)))
+    samples = used * (2 if guided else 1)
+    need = unet_call_bytes(samples, patch_size, widths)
+    available = available_bytes(device)  # None: unknown, no check
+    if available is not None and need > available:
+        per_px = round(unet_values_per_px(widths) * UNET_BYTES_PER_VALUE)
+        raise InvalidValue(
+            "patch_batch_size",
+            f"{{patch_batch_size}} {batch}: one UNet call on {used} patches of {patch_size}x"
+            f"{patch_size} latent px ({samples} samples with guidance) needs an estimated "
+            f"{need} bytes ({gib(need)}, {per_px} bytes per latent px of a sample) of "
+            f"activations, more than the {available} bytes ({gib(available)}) available on "
+            f"{device}; use a smaller {{patch_batch_size}}, or {{allow_large=True}} to try anyway",
+        )
+
+
+def check_vae_tile_memory(
+    latent: tuple[int, int], tile: int, device: torch.device, widths: tuple[int, ...]
+) -> None:
+    """Fail unless decoding one VAE tile fits in the memory available on ``device`` (unknown
+    memory passes).
+
+    A tile larger than the latent is clipped to it (``pixelsmith.tiling.latent_tiles``), and
+    the estimate counts the clipped tile.
+
+    Args:
+        latent: (height, width) of the largest stage in latent px.
+        tile: the tile side in latent px.
+        device: where it runs.
+        widths: the VAE's ``block_out_channels``.
+
+    Raises:
+        InvalidValue: naming ``vae_tile``: the estimate, the available bytes and what to do.
+    """
+    height, width = min(tile, latent[0]), min(tile, latent[1])
+    need = vae_tile_bytes(height, width, widths)
+    available = available_bytes(device)  # None: unknown, no check
+    if available is not None and need > available:
+        per_px = round(vae_decoder_values_per_px(widths) * VAE_DECODER_BYTES_PER_VALUE)
+        raise InvalidValue(
+            "vae_tile",
+            f"{{vae_tile}} {tile}: decoding one {height}x{width} latent px tile needs an "
+            f"estimated {need} bytes ({gib(need)}, {per_px} bytes per latent px) of "
+            f"activations, more than the {available} bytes ({gib(available)}) available on "
+            f"{device}; use a smaller {{vae_tile}}, or {{allow_large=True}} to try anyway",
         )

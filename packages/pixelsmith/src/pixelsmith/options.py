@@ -26,7 +26,7 @@ from pixelsmith.checkpoint import check_checkpoint_dir
 from pixelsmith.config import PixelsmithConfig, require_int, validate_cascade
 from pixelsmith.control import ConditionImage, check_control
 from pixelsmith.io import MAX_PIL_PIXELS, TIFF_SUFFIXES, check_compression, check_output_path
-from pixelsmith.memory import check_memory
+from pixelsmith.memory import check_memory, check_patch_batch_memory, check_vae_tile_memory
 from pixelsmith.parallel import check_parallel
 from pixelsmith.sources import ModelShape
 
@@ -64,8 +64,9 @@ class CascadeOptions:
             (``<stem>_<H>x<W><suffix>``).
         compression: TIFF compression of a ``.tif`` output passed to tifffile (``"zlib"``).
         controlnet_conditioning_scale: the ControlNet residuals are multiplied by it.
-        allow_large: skip the check that the full-size latent maps of the largest stage fit in
-            the memory available on the device.
+        allow_large: skip the checks that the full-size latent maps of the largest stage, one
+            UNet call on a patch batch and one VAE tile's decoding fit in the memory available
+            on the device.
         in_place: allow ``output`` to be the ``control_image`` file (replaced atomically once
             the image is complete); without it such an output is refused before any work.
         progress: show progress bars (stages, steps, VAE tiles).
@@ -155,7 +156,7 @@ class CascadePlan:
         if shape != self.shape:
             check_stages(self.sizes, self.sliders, self.options, shape)
             if self.device is not None and not self.options.allow_large:
-                check_stage_memory(self.sizes[-1], device, shape)
+                check_stage_memory(self.sizes[-1], device, shape, self.options)
 
 
 def check_stages(
@@ -188,14 +189,24 @@ def check_stages(
     return stages
 
 
-def check_stage_memory(size: tuple[int, int], device: torch.device, shape: ModelShape) -> None:
-    """The memory check of the largest stage ``size`` on ``device`` for a model of ``shape``."""
+def check_stage_memory(
+    size: tuple[int, int], device: torch.device, shape: ModelShape, options: CascadeOptions
+) -> None:
+    """The memory checks of the largest stage ``size`` on ``device`` for a model of ``shape``:
+    its full-size latent maps, one UNet call on a patch batch, one VAE tile's decoding."""
     check_memory(
         size,
         device,
         vae_scale_factor=shape.vae_scale_factor,
         latent_channels=shape.latent_channels,
     )
+    latent = (size[0] // shape.vae_scale_factor, size[1] // shape.vae_scale_factor)
+    config = options.config
+    guided = options.guidance_scale > 1  # the pipeline batches negative prompts then (CFG)
+    check_patch_batch_memory(
+        latent, config.patch_size, config.batch_limit, guided, device, shape.unet_widths
+    )
+    check_vae_tile_memory(latent, config.vae_tile, device, shape.vae_widths)
 
 
 def check_cascade(
@@ -244,7 +255,7 @@ def check_cascade(
             in_place=options.in_place,
         )
     if device is not None and not options.allow_large:
-        check_stage_memory(stages[-1], device, shape)
+        check_stage_memory(stages[-1], device, shape, options)
     return CascadePlan(
         stages, list(sliders), options, shape, output, checkpoint_dir, control, controlnet, device
     )

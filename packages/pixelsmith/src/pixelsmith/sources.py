@@ -133,6 +133,14 @@ def downsampling(config: Mapping, default: int) -> int:
     return 2 ** (len(blocks) - 1) if isinstance(blocks, (list, tuple)) and blocks else default
 
 
+def block_widths(config: Mapping, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The ``block_out_channels`` of a diffusers UNet or VAE config, else ``default``."""
+    blocks = config.get("block_out_channels")
+    if isinstance(blocks, (list, tuple)) and blocks and all(isinstance(b, int) for b in blocks):
+        return tuple(blocks)
+    return default
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """What the checks need to know of a model before it is loaded (SDXL's values by default).
@@ -142,12 +150,16 @@ class ModelShape:
         latent_channels: channels of the VAE latent.
         unet_factor: downsampling of the UNet (patch sides are multiples of it).
         train_timesteps: the scheduler's training timesteps (the most inference steps).
+        unet_widths: the UNet's ``block_out_channels`` (its activation estimate).
+        vae_widths: the VAE's ``block_out_channels`` (its decoder's activation estimate).
     """
 
     vae_scale_factor: int = 8
     latent_channels: int = 4
     unet_factor: int = 4
     train_timesteps: int = 1000
+    unet_widths: tuple[int, ...] = (320, 640, 1280)
+    vae_widths: tuple[int, ...] = (128, 256, 512, 512)
 
     @classmethod
     def from_configs(cls, vae: Mapping, unet: Mapping, scheduler: Mapping) -> ModelShape:
@@ -164,6 +176,8 @@ class ModelShape:
             latent_channels=int(vae.get("latent_channels", sdxl.latent_channels)),
             unet_factor=downsampling(unet, sdxl.unet_factor),
             train_timesteps=int(scheduler.get("num_train_timesteps", sdxl.train_timesteps)),
+            unet_widths=block_widths(unet, sdxl.unet_widths),
+            vae_widths=block_widths(vae, sdxl.vae_widths),
         )
 
 
