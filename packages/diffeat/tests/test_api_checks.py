@@ -127,3 +127,33 @@ def test_no_connection_is_said_within_5_s(tmp_path, monkeypatch, no_weights):
         f"(TimeoutError: timed out); {ADVICE}"
     )
     assert tried == [(("huggingface.co", 443), 5.0)]
+
+
+@pytest.mark.parametrize(
+    ("config", "heads", "most"),
+    [("sd15", 8, 2**29 * 64 - 64), ("sdxl", 20, 21731006592)],
+)
+def test_image_size_is_bounded_by_the_shape_pass(config, heads, most):
+    """A size whose attention scores torch cannot describe is refused in one line naming
+    ``image_size``, by the listing's check and by the shape pass itself (it overflowed in
+    torch); the largest accepted size passes the check."""
+    from common_kernels.runtime.errors import InvalidValue
+    from diffeat.configs import unet_config
+    from diffeat.listing import check_listing, list_layers
+    from diffeat.shapes import check_pass_size
+
+    message = (
+        f"image_size 8000000x8000000: at most {most} px (H x W) for this model: its attention "
+        f"scores ({heads} heads x (H x W / 64)^2 float32 values) would exceed torch's largest "
+        "tensor (2^63 bytes)"
+    )
+    for refuse in (
+        lambda: check_listing(config, image_size=(8000000, 8000000)),
+        lambda: list_layers(unet_config(config), (8000000, 8000000)),
+    ):
+        with pytest.raises(InvalidValue) as refused:
+            refuse()
+        assert (refused.value.argument, str(refused.value)) == ("image_size", message)
+    check_pass_size(unet_config(config), 8, most // 8)
+    with pytest.raises(InvalidValue):
+        check_pass_size(unet_config(config), 8, most // 8 + 8)

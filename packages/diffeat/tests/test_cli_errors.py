@@ -49,7 +49,7 @@ def no_model_load(monkeypatch):
     for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection):
         monkeypatch.setattr(cls, "from_pretrained", fail)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("diffeat.memory.host_available_bytes", lambda: 8 * GIB)
+    monkeypatch.setattr("common_kernels.runtime.memory.host_available_bytes", lambda: 8 * GIB)
 
 
 def save_image(path: Path, height: int, width: int) -> None:
@@ -541,7 +541,7 @@ def tiny_sd15_pass_bytes(
 
 def test_memory_estimate_of_one_pass(files, model_dirs, capsys, monkeypatch, no_model_load):
     """On the cpu: the pass of one batch plus the features of every image (host memory)."""
-    monkeypatch.setattr("diffeat.memory.host_available_bytes", lambda: 1)
+    monkeypatch.setattr("common_kernels.runtime.memory.host_available_bytes", lambda: 1)
     name = "up-level3-repeat0-vit-block0-self-map"
     argv = extract_args("--image-size", "96x128", "--batch-size", "2", "--dtype", "fp16",
                         "--layers", name)  # fmt: skip

@@ -153,7 +153,7 @@ def inputs(tmp_path, monkeypatch) -> Path:
     messages on every machine)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(memory, "available_bytes", lambda pool: 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("not an image")
     return tmp_path

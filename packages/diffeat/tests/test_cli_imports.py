@@ -4,30 +4,13 @@ transformers unimported, in a fresh interpreter (they take seconds to import).""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 from PIL import Image
 
+from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+
 HEAVY = ("diffusers", "open_clip", "transformers")
-# runs in a fresh interpreter: each step's (exit status, stderr, heavy modules loaded so far)
-SCRIPT = """
-import contextlib, io, json, sys
-HEAVY = {heavy!r}
-steps = {{"import": [None, "", None]}}
-import diffeat.cli as cli
-steps["import"][2] = [name for name in HEAVY if name in sys.modules]
-for argv in {argvs!r}:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            status = cli.main(argv)
-        except SystemExit as exit:
-            status = exit.code
-    steps[" ".join(argv)] = [status, err.getvalue(), [n for n in HEAVY if n in sys.modules]]
-print(json.dumps(steps))
-"""
+# sd15's attention scores: 8 heads x (H x W / 64)^2 float32 values below 2^63 bytes
+SD15_MOST_PX = 2**29 * 64 - 64
 
 
 def test_help_and_bad_flags_load_no_model_library(model_dirs, tmp_path):
@@ -41,31 +24,39 @@ def test_help_and_bad_flags_load_no_model_library(model_dirs, tmp_path):
         ["extract", "--help"],
         ["app", "--port", "0"],
         ["layers", "--config", "sd15", "--text-tokens", "0"],
+        ["layers", "--config", "sd15", "--image-size", "8000000"],
         extract,
         ["tiny-model", str(tmp_path / "tiny"), "--kind", "sd15", "--seed", "-1"],
     ]
-    script = SCRIPT.format(heavy=HEAVY, argvs=argvs)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    steps = json.loads(done.stdout)
+    steps = runs_in_fresh_interpreter("diffeat.cli", argvs, HEAVY)
     prefix = "diffeat {}: error: "
     unreadable = f"cannot identify image file '{tmp_path / 'notes.txt'}'"
     assert steps == {
-        "import": [None, "", []],
-        "--help": [0, "", []],
-        "extract --help": [0, "", []],
-        "app --port 0": [2, prefix.format("app") + "--port: must be in [1, 65535], got 0\n", []],
-        "layers --config sd15 --text-tokens 0": [
+        "import": CommandRun(None, "", []),
+        "--help": CommandRun(0, "", []),
+        "extract --help": CommandRun(0, "", []),
+        "app --port 0": CommandRun(
+            2, prefix.format("app") + "--port: must be in [1, 65535], got 0\n", [],
+        ),
+        "layers --config sd15 --text-tokens 0": CommandRun(
             2, prefix.format("layers") + "--text-tokens must be >= 1, got 0\n", [],
-        ],
-        " ".join(extract): [
+        ),
+        "layers --config sd15 --image-size 8000000": CommandRun(
+            2,
+            prefix.format("layers")
+            + f"--image-size 8000000x8000000: at most {SD15_MOST_PX} px (H x W) for this model: "
+            "its attention scores (8 heads x (H x W / 64)^2 float32 values) would exceed "
+            "torch's largest tensor (2^63 bytes)\n",
+            [],
+        ),
+        " ".join(extract): CommandRun(
             2,
             prefix.format("extract")
             + f"--control-image {tmp_path / 'notes.txt'} is not a readable image ({unreadable})\n",
             [],
-        ],
-        " ".join(argvs[-1]): [
+        ),
+        " ".join(argvs[-1]): CommandRun(
             2, prefix.format("tiny-model") + f"--seed must be in [0, {2**64 - 1}], got -1\n", [],
-        ],
+        ),
     }  # fmt: skip
     assert not (tmp_path / "tiny").exists()

@@ -101,7 +101,7 @@ def test_check_inputs_gives_the_cli_message(model_dirs, tmp_path, capsys, monkey
 
 def test_check_inputs_owns_the_memory_check(model_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    monkeypatch.setattr("diffeat.memory.host_available_bytes", lambda: 1000)
+    monkeypatch.setattr("common_kernels.runtime.memory.host_available_bytes", lambda: 1000)
     image = save_image(tmp_path / "img.png", 64, 64)
     plan = check_from_pretrained(model_dirs["sd15"], layers=["unet-in"], image_size=64)
     with pytest.raises(ValueError) as info:

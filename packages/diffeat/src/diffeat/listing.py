@@ -16,7 +16,7 @@ from diffeat.catalogue import LayerInfo
 from diffeat.checks import check_model_folder, read_config, resolve_source
 from diffeat.configs import unet_config
 from diffeat.errors import SourceError, check_int_range
-from diffeat.shapes import layer_infos
+from diffeat.shapes import check_pass_size, layer_infos
 
 VAE_SCALE = 8  # catalogue shapes are computed for the SD VAEs (x8)
 
@@ -71,7 +71,8 @@ def check_listing(
     Args:
         config: a bundled config name (:data:`diffeat.configs.UNET_CONFIGS`, ``DIT_CONFIGS``).
         model: a model folder or hub id (instead of ``config``).
-        image_size: (H, W) in px, multiples of 8 (a DiT: 8 x its patch size).
+        image_size: (H, W) in px, multiples of 8 (a DiT: 8 x its patch size), at most as
+            many px as the shape pass can describe (:func:`diffeat.shapes.check_pass_size`).
         text_tokens: prompt length in tokens, >= 1.
 
     Raises:
@@ -97,6 +98,8 @@ def check_listing(
                 f"{{image_size}} {height}x{width}: height and width must be multiples of "
                 f"{multiple} for {shown('config', config)} (VAE x8, patch {multiple // 8})",
             )
+        if image_size is not None:
+            check_pass_size(settings, height, width, VAE_SCALE)
         return settings, text_tokens or default, None
     source = resolve_source(model, "model")
     backbone = backbone_of_model(source)
@@ -105,6 +108,8 @@ def check_listing(
     if isinstance(source, Path):
         check_model_folder(source, model, needs, "model")
     settings = read_config(source, backbone.loader(), backbone.subfolder, "model")
+    if image_size is not None:
+        check_pass_size(settings, height, width, VAE_SCALE)
     return settings, tokens, source
 
 

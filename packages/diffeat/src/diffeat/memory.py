@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from common_kernels.runtime.errors import InvalidValue
+from common_kernels.runtime.memory import available_bytes, human_bytes
 from diffeat.catalogue import LayerInfo
 
 MAP_KINDS = ("self-map", "cross-map")  # materialised only when requested
@@ -87,36 +87,6 @@ def pca_bytes(count: int, values: Sequence[int], png: tuple[int, int]) -> tuple[
     return count * max(values) * PCA_BYTES, count * png[0] * png[1] * 3 * PNG_BYTES
 
 
-def human_bytes(count: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024:
-            return f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} EiB"
-
-
-def host_available_bytes() -> int | None:
-    """The host's available memory: /proc/meminfo's MemAvailable, else psutil's, else None."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
-def available_bytes(pool: str) -> int | None:
-    """Free memory of ``"host"`` or of a CUDA device such as ``"cuda:0"`` (None: unknown)."""
-    if pool == "host":
-        return host_available_bytes()
-    return torch.cuda.mem_get_info(torch.device(pool))[0]
-
-
 def check_memory(
     parts: Sequence[MemoryPart],
     device: torch.device,
@@ -143,7 +113,8 @@ def check_memory(
         pools.setdefault(pool, []).append(part)
     for pool, group in pools.items():
         total = sum(part.nbytes for part in group)
-        available = available_bytes(pool)
+        # None: unknown (no /proc/meminfo and no psutil), no check
+        available = available_bytes("cpu" if pool == "host" else pool)
         if available is not None and total > available:
             largest = max(group, key=lambda part: part.nbytes)
             raise InvalidValue(

@@ -8,14 +8,49 @@ works for SDXL-sized configs anywhere.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from common_kernels.runtime.errors import InvalidValue
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, build_catalogue, build_control_catalogue
+
+# torch refuses a tensor of 2**63 bytes or more ("Storage size calculation overflowed"), even on
+# the meta device; diffusers' attention builds (heads, tokens, tokens) float32 scores
+TORCH_MAX_BYTES = 2**63 - 1
+SCORE_BYTES = 4
+
+
+def check_pass_size(config: Mapping[str, Any], height: int, width: int, vae_scale: int = 8) -> None:
+    """Fail unless the shape pass of ``config`` can describe ``height x width`` px images:
+    each attention's scores, heads x tokens^2 float32 values, must stay below torch's largest
+    tensor. Counted with every head of the config at the finest attention level and the
+    latent's every cell a token (divided by a DiT's patch), an upper bound.
+
+    Args:
+        config: the U-Net, ControlNet or DiT config.
+        height: image height in px.
+        width: image width in px.
+        vae_scale: pixels per latent cell.
+
+    Raises:
+        InvalidValue: naming ``image_size``, with the largest px count (H x W) accepted.
+    """
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim") or 8
+    heads = max(heads) if isinstance(heads, (list, tuple)) else heads
+    cell = (vae_scale * config.get("patch_size", 1)) ** 2  # px per token
+    tokens = math.isqrt(TORCH_MAX_BYTES // (SCORE_BYTES * heads))
+    if height * width > tokens * cell:
+        raise InvalidValue(
+            "image_size",
+            f"{{image_size}} {height}x{width}: at most {tokens * cell} px (H x W) for this "
+            f"model: its attention scores ({heads} heads x (H x W / {cell})^2 float32 values) "
+            "would exceed torch's largest tensor (2^63 bytes)",
+        )
 
 
 def meta_unet(config: Mapping[str, Any]) -> nn.Module:
@@ -69,6 +104,7 @@ def control_layer_infos(
 
     config = dict(getattr(controlnet_or_config, "config", controlnet_or_config))
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    check_pass_size(config, height, width, vae_scale)
     with torch.device("meta"):
         controlnet = ControlNetModel.from_config(config).eval()
     catalogue = build_control_catalogue(controlnet)
@@ -113,6 +149,7 @@ def layer_infos(
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if height % vae_scale or width % vae_scale:
         raise ValueError(f"image_size: {height}x{width} is not a multiple of {vae_scale}")
+    check_pass_size(config, height, width, vae_scale)
     unet = meta_unet(config)
     catalogue = build_catalogue(unet)
     latent, context, kwargs = meta_inputs(

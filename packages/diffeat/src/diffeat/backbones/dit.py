@@ -27,6 +27,7 @@ from torch import nn
 from diffeat.backbones.base import Backbone, load_vae_and_scheduler
 from diffeat.capture import ActivationRecorder
 from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
+from diffeat.shapes import check_pass_size
 
 DIT_TOKENS = 300  # PixArt-Sigma's max_sequence_length (T5 tokens), used without a tokenizer
 
@@ -163,6 +164,7 @@ def dit_layer_infos(
     multiple = vae_scale * config.get("patch_size", 1)
     if height % multiple or width % multiple:
         raise ValueError(f"image_size: {height}x{width} is not a multiple of {multiple}")
+    check_pass_size(config, height, width, vae_scale)
     model = _meta_dit(config)
     catalogue = build_dit_catalogue(model)
     latent = torch.empty(
