@@ -312,32 +312,35 @@ UNET_CALL = 6 * 8 * 8 * 252  # --patch-batch 3 with guidance: 6 samples of 8x8 p
 VAE_TILE = 8 * 8 * 8500  # --vae-tile 8
 
 
-def test_patch_batch_is_bounded_by_its_unet_activations(
-    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
-):
-    monkeypatch.setattr(memory, "available_bytes", lambda device: UNET_CALL - 1)
-    status, out, err = run(generate_args(tiny_dir, files, "--patch-batch", "3"), capsys)
-    assert (status, out) == (2, "")
-    assert err == (
-        f"{PREFIX}--patch-batch 3: one UNet call on 3 patches of 8x8 latent px (6 samples with "
-        f"guidance) needs an estimated {UNET_CALL} bytes (0.00 GiB, 252 bytes per latent px of "
-        f"a sample) of activations, more than the {UNET_CALL - 1} bytes (0.00 GiB) available "
-        "on cpu; use a smaller --patch-batch, or --allow-large to try anyway\n"
-    )
-    assert sorted(path.name for path in files.iterdir()) == sorted(FILES)
+ACTIVATION_CASES = {  # --patch-batch 1 leaves the UNet call under the VAE tile's estimate
+    "patch_batch": (
+        ["--patch-batch", "3"],
+        UNET_CALL,
+        "--patch-batch 3: one UNet call on 3 patches of 8x8 latent px (6 samples with guidance) "
+        f"needs an estimated {UNET_CALL} bytes (0.00 GiB, 252 bytes per latent px of a sample)",
+        "--patch-batch",
+    ),
+    "vae_tile": (
+        ["--patch-batch", "1"],
+        VAE_TILE,
+        f"--vae-tile 8: decoding one 8x8 latent px tile needs an estimated {VAE_TILE} bytes "
+        "(0.00 GiB, 8500 bytes per latent px)",
+        "--vae-tile",
+    ),
+}
 
 
-def test_vae_tile_is_bounded_by_its_decoder_activations(
-    tiny_dir, files, capsys, monkeypatch, machine, no_model_load
+@pytest.mark.parametrize("case", ACTIVATION_CASES)
+def test_patch_batch_and_vae_tile_are_bounded_by_their_activations(
+    case, tiny_dir, files, capsys, monkeypatch, machine, no_model_load
 ):
-    monkeypatch.setattr(memory, "available_bytes", lambda device: VAE_TILE - 1)
-    status, out, err = run(generate_args(tiny_dir, files, "--patch-batch", "1"), capsys)
+    extra, need, estimate, flag = ACTIVATION_CASES[case]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    status, out, err = run(generate_args(tiny_dir, files, *extra), capsys)
     assert (status, out) == (2, "")
     assert err == (
-        f"{PREFIX}--vae-tile 8: decoding one 8x8 latent px tile needs an estimated {VAE_TILE} "
-        f"bytes (0.00 GiB, 8500 bytes per latent px) of activations, more than the "
-        f"{VAE_TILE - 1} bytes (0.00 GiB) available on cpu; use a smaller --vae-tile, or "
-        "--allow-large to try anyway\n"
+        f"{PREFIX}{estimate} of activations, more than the {need - 1} bytes (0.00 GiB) "
+        f"available on cpu; use a smaller {flag}, or --allow-large to try anyway\n"
     )
     assert sorted(path.name for path in files.iterdir()) == sorted(FILES)
 

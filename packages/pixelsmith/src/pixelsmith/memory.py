@@ -137,17 +137,13 @@ def check_patch_batch_memory(
     used = min(batch, max(1, (latent[0] // patch_size) * (latent[1] // patch_size)))
     samples = used * (2 if guided else 1)
     need = unet_call_bytes(samples, patch_size, widths)
-    available = available_bytes(device)  # None: unknown, no check
-    if available is not None and need > available:
-        per_px = round(unet_values_per_px(widths) * UNET_BYTES_PER_VALUE)
-        raise InvalidValue(
-            "patch_batch_size",
-            f"{{patch_batch_size}} {batch}: one UNet call on {used} patches of {patch_size}x"
-            f"{patch_size} latent px ({samples} samples with guidance) needs an estimated "
-            f"{need} bytes ({gib(need)}, {per_px} bytes per latent px of a sample) of "
-            f"activations, more than the {available} bytes ({gib(available)}) available on "
-            f"{device}; use a smaller {{patch_batch_size}}, or {{allow_large=True}} to try anyway",
-        )
+    per_px = round(unet_values_per_px(widths) * UNET_BYTES_PER_VALUE)
+    what = (
+        f"one UNet call on {used} patches of {patch_size}x{patch_size} latent px ({samples} "
+        f"samples with guidance) needs an estimated {need} bytes ({gib(need)}, {per_px} bytes "
+        "per latent px of a sample)"
+    )
+    check_activations("patch_batch_size", batch, what, need, device)
 
 
 def check_vae_tile_memory(
@@ -170,13 +166,35 @@ def check_vae_tile_memory(
     """
     height, width = min(tile, latent[0]), min(tile, latent[1])
     need = vae_tile_bytes(height, width, widths)
+    per_px = round(vae_decoder_values_per_px(widths) * VAE_DECODER_BYTES_PER_VALUE)
+    what = (
+        f"decoding one {height}x{width} latent px tile needs an estimated {need} bytes "
+        f"({gib(need)}, {per_px} bytes per latent px)"
+    )
+    check_activations("vae_tile", tile, what, need, device)
+
+
+def check_activations(
+    argument: str, value: int, what: str, need: int, device: torch.device
+) -> None:
+    """Fail when the activations ``need`` exceed the memory available on ``device`` (unknown
+    memory passes).
+
+    Args:
+        argument: the option that sets them.
+        value: its value.
+        what: the estimate in words, with its bytes.
+        need: the estimated bytes.
+        device: where they are held.
+
+    Raises:
+        InvalidValue: naming ``argument``: the estimate, the available bytes and what to do.
+    """
     available = available_bytes(device)  # None: unknown, no check
     if available is not None and need > available:
-        per_px = round(vae_decoder_values_per_px(widths) * VAE_DECODER_BYTES_PER_VALUE)
         raise InvalidValue(
-            "vae_tile",
-            f"{{vae_tile}} {tile}: decoding one {height}x{width} latent px tile needs an "
-            f"estimated {need} bytes ({gib(need)}, {per_px} bytes per latent px) of "
-            f"activations, more than the {available} bytes ({gib(available)}) available on "
-            f"{device}; use a smaller {{vae_tile}}, or {{allow_large=True}} to try anyway",
+            argument,
+            f"{{{argument}}} {value}: {what} of activations, more than the {available} bytes "
+            f"({gib(available)}) available on {device}; use a smaller {{{argument}}}, or "
+            "{allow_large=True} to try anyway",
         )
