@@ -266,10 +266,10 @@ def export_state_dict(
         state: the module's full state dict (keys ``model.<name>``; see :func:`full_state_dict`).
         directory: the folder to write.
     """
-    template = module.model
-    config = dataclasses.replace(template.config, random_weights=False)  # trained now
+    trained = module.model
+    config = dataclasses.replace(trained.config, random_weights=False)  # trained now
     with empty_weights():
-        model = VitronModel(config, template.tokenizer)
+        model = VitronModel(config, trained.tokenizer)
         if module.lora:
             apply_lora(model, module.hparams.lora_rank)
     model.llm.tie_weights()  # the skeleton unties tied weights (see VitronModel._from_pretrained)
