@@ -2,7 +2,7 @@
 functions too (common-kernels' ``dictionary`` once imported ``_flex`` and ``_triton_tiles``
 inside ``prepare`` while both imported ``dictionary``), no module imports the command line,
 and every ``cli.py`` stays a thin skin of fewer than 450 lines. The graph is
-``common_kernels.runtime.testing.import_graph`` (tested in common-kernels' test_testing.py)."""
+``common_kernels.runtime.imports.import_graph`` (tested in common-kernels' test_imports.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common_kernels.runtime.testing import find_cycle, import_graph
+from common_kernels.runtime.imports import find_cycle, import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for p in (ROOT / "packages").glob("*/src/*") if (p / "__init__.py").is_file())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+from common_kernels.runtime.imports import CommandRun, runs_in_fresh_interpreter
 
 HEAVY = ("diffusers", "open_clip", "transformers")
 # sd15's attention scores: 8 heads x (H x W / 64)^2 float32 values below 2^63 bytes

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common_kernels.runtime.testing import find_cycle, import_graph
+from common_kernels.runtime.imports import find_cycle, import_graph
 from itaclip import Segmenter
 from itaclip.cli import FLAGS, main
 from itaclip.evaluate import check_evaluation

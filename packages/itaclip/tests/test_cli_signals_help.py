@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime.cli import size_type
+from common_kernels.runtime.imports import CommandRun, runs_in_fresh_interpreter
 from common_kernels.runtime.testing import (
-    CommandRun,
     interrupted_run,
     numeric_flag_help,
-    runs_in_fresh_interpreter,
     signal_while_working,
 )
 from itaclip.cli import build_parser

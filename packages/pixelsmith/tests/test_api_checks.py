@@ -17,7 +17,8 @@ import pixelsmith.cli as cli
 import pixelsmith.memory as memory
 import pixelsmith.pipelines.pixelsmith as pipeline_module
 from common_kernels.runtime.errors import InvalidArgument
-from common_kernels.runtime.testing import find_cycle, import_graph, numeric_flag_help
+from common_kernels.runtime.imports import find_cycle, import_graph
+from common_kernels.runtime.testing import numeric_flag_help
 from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
 from pixelsmith.cli import FLAGS, NUMBERS, build_parser, main
 

@@ -4,7 +4,7 @@ transformers unimported, in a fresh interpreter (they take seconds to import).""
 
 from __future__ import annotations
 
-from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+from common_kernels.runtime.imports import CommandRun, runs_in_fresh_interpreter
 
 HEAVY = ("diffusers", "open_clip", "transformers")
 

@@ -5,7 +5,7 @@ interpreter, never on seconds)."""
 
 from __future__ import annotations
 
-from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+from common_kernels.runtime.imports import CommandRun, runs_in_fresh_interpreter
 
 HEAVY = ["diffusers", "open_clip", "transformers", "lightning", "pytorch_lightning", "gradio",
          "onnx", "onnxscript", "onnxruntime", "jsonargparse", "torchmetrics"]  # fmt: skip

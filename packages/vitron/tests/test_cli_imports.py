@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from common_kernels.runtime.testing import CommandRun, runs_in_fresh_interpreter
+from common_kernels.runtime.imports import CommandRun, runs_in_fresh_interpreter
 from vitron.cli import main
 
 HEAVY = ["diffusers", "open_clip", "transformers", "lightning", "peft", "gradio"]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument
-from common_kernels.runtime.testing import runs_in_fresh_interpreter
+from common_kernels.runtime.imports import runs_in_fresh_interpreter
 from vitron.cli import FLAGS, main
 from vitron.models import VitronModel
 from vitron.tiny import tiny_model

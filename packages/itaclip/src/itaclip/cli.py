@@ -41,6 +41,7 @@ from common_kernels.runtime.cli import (
 from itaclip.app import add_app_command, run_app
 from itaclip.datasets import DATASETS
 from itaclip.inputs import parse_class_option
+from itaclip.model_options import add_model_options
 from itaclip.presets import PRESETS
 
 # open_clip (and through it torchvision and transformers) takes seconds to import: the modules
@@ -88,69 +89,6 @@ PROGRAM = "itaclip"
 def say(prog: str, text: str) -> None:
     """One line ``PROG: text`` on stderr, between progress bars."""
     tqdm.write(f"{prog}: {text}", file=sys.stderr)
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default="ViT-B-16-quickgelu",
-        help="open_clip model name, a hub id (owner/name or hf-hub:owner/name), or a folder "
-        "holding open_clip_config.json (./DIR or local-dir:DIR; `itaclip tiny-model DIR` "
-        "writes one) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        default="openai",
-        help="weights tag of a built-in --model, or a weights file ('' = random weights) "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=int,
-        default=None,
-        help="sliding-window step in px, in [1, 224] (the crop) (default: the preset's, 28)",
-    )
-    parser.add_argument(
-        "--short-side",
-        type=int,
-        default=None,
-        help="resize the image's short side to this many px, in [1, 2048], the long side kept "
-        "<= 2048 (default: the preset's, 336; coco_stuff 448, cityscapes 560)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per ViT pass (crops x 5 variants), >= 1 (default: 20 on a GPU, 5 on the CPU)",
-    )
-    parser.add_argument(
-        "--allow-large",
-        action="store_true",
-        help="run even when an image's memory estimate (ViT pass, windows, output maps) exceeds "
-        "the memory available",
-    )
-    parser.add_argument("--no-pamr", action="store_true", help="skip PAMR refinement")
-    parser.add_argument("--faithful", action="store_true", help="official quirks on")
-    parser.add_argument(
-        "--no-img-engineering",
-        action="store_true",
-        help="encode the original crops only (no gray, blur or flips; official switch off)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="text-embedding cache folder (default: ~/.cache/itaclip/text)",
-    )
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="no progress (default: bars on a terminal, a line every 10 s in a log)",
-    )
 
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
