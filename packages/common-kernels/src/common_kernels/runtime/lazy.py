@@ -1,5 +1,7 @@
 """Public names of a package imported on first use (PEP 562), so that ``import package`` and a
-command's ``--help`` do not pay for torch, diffusers or transformers. Standard library only.
+command's ``--help`` do not pay for diffusers, transformers or open_clip. This module imports
+only the standard library, but importing it runs ``common_kernels/__init__``, which loads torch:
+a package that must answer before torch (``semanir --help``) keeps its own ``__getattr__``.
 
 In the package's ``__init__.py``::
 
