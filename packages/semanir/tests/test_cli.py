@@ -1,6 +1,7 @@
 """The ``semanir`` command: restore, eval, fit through LightningCLI, config files, errors."""
 
 import csv
+import os
 import re
 import sys
 from pathlib import Path
@@ -198,6 +199,9 @@ def test_configs_parse_and_instantiate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, arch: str
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["semanir"])  # keep pytest's arguments away from the CLI
+    # the base and small configs are for GPU machines, whose 8 loader workers need 8 CPUs (a
+    # machine with fewer refuses them: test_more_workers_than_cpus_are_refused)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     cli = RestorationCLI(
         args=["--config", str(CONFIGS / config), "--trainer.default_root_dir", str(tmp_path)],
         run=False,
