@@ -9,14 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common_kernels.runtime.cli import leave_signals_to_the_main_process
 from common_kernels.runtime.errors import InvalidArgument, literal
 from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
 from semanir.data.degradations import BAYER_PATTERNS
+from semanir.data.device_cache import (
+    DeviceDraw,
+    DeviceImageStore,
+    DrawTickets,
+    check_device_cache_options,
+    check_store_fits,
+    draw_seed,
+    read_uint8_images,
+)
 from semanir.data.sampling import ResumableDataLoader, ResumableSampler
 from semanir.io import Channels
+from semanir.memory import available_bytes
 from semanir.tasks import (
     TaskName,
     check_channels,
@@ -90,6 +101,7 @@ def check_data_options(
     val_dirs: list[str] | None = None,
     train_lq_dir: str | None = None,
     val_lq_dir: str | None = None,
+    device_cache: bool = False,
     **_: Any,
 ) -> None:
     """Refuse a :class:`RestorationDataModule` option out of range or that does not fit the
@@ -121,6 +133,10 @@ def check_data_options(
         "quality_range": quality_range, "val_quality": val_quality,
     }  # fmt: skip
     check_levels(record, levels, training=bool(train_dirs), validating=bool(val_dirs))
+    check_device_cache_options(
+        device_cache=device_cache, task=task, train_lq_dir=train_lq_dir, sigma=sigma,
+        sigma_range=sigma_range,
+    )  # fmt: skip
     for split, clean, degraded in (
         ("train", train_dirs, train_lq_dir),
         ("val", val_dirs, val_lq_dir),
@@ -170,6 +186,11 @@ class RestorationDataModule(L.LightningDataModule):
         val_lq_dir: degraded validation images for "paired".
         repeat: how many times each training image appears per epoch.
         seed: seed of the validation degradations and of the training order and draws.
+        device_cache: "denoise" only: decode the training images once into a uint8 store on
+            the training device and draw every training batch there (crop, flip/rotation,
+            sigma, noise) from a generator seeded by (``seed``, rank, global step), without
+            loader workers or host synchronisation (:mod:`semanir.data.device_cache`; images
+            drawn with replacement). Validation is unchanged.
     """
 
     def __init__(
@@ -196,18 +217,35 @@ class RestorationDataModule(L.LightningDataModule):
         repeat: int = 1,
         seed: int = 0,
         data_root: str | None = None,
+        device_cache: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         check_data_options(**self.hparams)
         self.train_set: Dataset | None = None
+        self.store: DeviceImageStore | None = None  # device_cache: the images on the device
+        self._draws = (-1, 0)  # (global step, micro-batches drawn at it)
         self.val_set: Dataset | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
 
     def setup(self, stage: str) -> None:
         """Build the datasets the stage needs ("fit" builds both, "validate" only validation),
-        unless :meth:`prepare_datasets` built them already."""
+        unless :meth:`prepare_datasets` built them already; with ``device_cache``, decode the
+        training images into the store on the trainer's device."""
         self.prepare_datasets(stage)
+        if stage == "fit" and self.hparams.device_cache and self.store is None:
+            self.store = self._build_store()
+
+    def _build_store(self) -> DeviceImageStore:
+        """The training images in a uint8 store on the trainer's device (refused, naming
+        ``device_cache``, when it would take more than its share of that device's memory)."""
+        hp = self.hparams
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        images = read_uint8_images(self.train_set.paths, hp.channels)
+        check_store_fits(images, device, available_bytes(device))
+        return DeviceImageStore(
+            images, hp.patch_size, sigma=hp.sigma, sigma_range=hp.sigma_range, device=device
+        )
 
     def prepare_datasets(self, stage: str) -> None:
         """Build the datasets of ``stage`` that are not built yet: list the images and read
@@ -257,12 +295,17 @@ class RestorationDataModule(L.LightningDataModule):
             **common,
         )
 
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> ResumableDataLoader | DrawTickets:
         """The training loader: torchdata's ``StatefulDataLoader`` over a
         :class:`~semanir.data.sampling.ResumableSampler` (sharded over DDP's processes).
         Lightning saves its state, the epoch and the items trained on, in every checkpoint and
-        restores it on a resume."""
+        restores it on a resume. With ``device_cache``: tickets of the batches that
+        :meth:`on_after_batch_transfer` draws on the device, as many per epoch as the loader
+        would hand out (at least one)."""
         hp, trainer = self.hparams, self.trainer
+        if hp.device_cache:
+            per_step = hp.batch_size * (trainer.world_size if trainer else 1)
+            return DrawTickets(max(1, len(self.train_set) // per_step))
         sampler = ResumableSampler(
             len(self.train_set), hp.seed, batch_size=hp.batch_size,
             num_replicas=trainer.world_size if trainer else 1,
@@ -279,6 +322,20 @@ class RestorationDataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
             worker_init_fn=leave_signals_to_the_main_process,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A :class:`~semanir.data.device_cache.DeviceDraw` ticket becomes its batch, drawn on
+        the device from the seed of (``seed``, rank, global step, micro-batch of the step);
+        other batches pass unchanged."""
+        if not isinstance(batch, DeviceDraw):
+            return batch
+        trainer = self.trainer
+        step = trainer.global_step if trainer else self._draws[0] + 1
+        micro = self._draws[1] + 1 if step == self._draws[0] else 0  # accumulated batches
+        self._draws = (step, micro)
+        seed = draw_seed(self.hparams.seed, trainer.global_rank if trainer else 0, step, micro)
+        batch, _ = self.store.draw(self.hparams.batch_size, seed)
+        return batch
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Read the data position of a checkpoint written by semanir <= 0.3.0 (later ones
