@@ -10,7 +10,9 @@ Sessions (``nox -l``):
   slow        every package's ``slow``-marked tests (minutes each), in one environment; tag
               ``tests``.
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
-  gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder.
+  gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder
+              (``tools/gpu_report.py``; offline GPU machines run that script directly).
+  gpu_wheelhouse  the wheels an offline GPU machine lacks, into ``gpu-wheelhouse/``.
   lint        ruff check and ruff format --check.
   bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
   build       every package's wheel into ``dist/`` (a wheelhouse: ``pip install --find-links
@@ -181,10 +183,11 @@ def repo(session: nox.Session) -> None:
 
 @nox.session(tags=["tests"])
 def slow(session: nox.Session) -> None:
-    """Every package's slow-marked tests (RUN_SLOW=1), all packages installed in one env."""
+    """Every package's and the repository's slow-marked tests (RUN_SLOW=1), all packages
+    installed in one env."""
     share_torch(session)
     install_packages(session, list(PACKAGES), "test")
-    tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
+    tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",
         env={**test_env(session), "RUN_SLOW": "1"},
@@ -202,45 +205,29 @@ def gpu(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider")
 
 
-GPU_REPORT_PIECES = ("tests", "kernels", "semanir")
-
-
 @nox.session
 def gpu_report(session: nox.Session) -> None:
-    """Every GPU check, each output in one folder: ``nox -s gpu_report -- [DIR] [PIECE ...]``.
+    """The GPU checks on a machine with network: ``nox -s gpu_report -- [--out DIR] [PIECE ...]``.
 
-    Pieces (each a few minutes on one H100, so that each fits a 10-minute job): ``tests`` (the
-    GPU lane, as ``nox -s gpu``, with a JUnit XML and its log), ``kernels`` (common-kernels'
-    ``--device cuda --quick`` benchmark) and ``semanir`` (SemanIR's ``--device cuda --quick``
-    model benchmark). DIR defaults to ``outputs/gpu-report``; no PIECE runs all three. A
-    finished piece is skipped on a rerun and an interrupted benchmark resumes from its journal,
-    so the same command, repeated, completes the report.
+    Installs every package with its ``test`` extra from the index, then runs
+    ``tools/gpu_report.py run --installed`` (pieces ``tests``, ``kernels``, ``semanir``, each
+    under its own time limit, resumable; every output in ``outputs/gpu-report`` by default). On
+    a GPU machine without network, run ``python3 tools/gpu_report.py run`` there instead, with
+    the wheelhouse of ``nox -s gpu_wheelhouse`` beside the tree (README, "GPU").
     """
     share_torch(session)
     if not cuda_available(session):
         session.skip("no CUDA device on this machine")
-    args = list(session.posargs)
-    pieces = [a for a in args if a in GPU_REPORT_PIECES] or list(GPU_REPORT_PIECES)
-    folders = [a for a in args if a not in GPU_REPORT_PIECES]
-    out = Path(folders[0]) if folders else ROOT / "outputs" / "gpu-report"
-    out.mkdir(parents=True, exist_ok=True)
     install_packages(session, list(PACKAGES), "test")
-    install_packages(session, ["common-kernels", "semanir"], "bench")
-    if "tests" in pieces and not (out / "gpu-lane.xml").exists():
-        tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
-        session.run(
-            "python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider",
-            f"--junitxml={out / 'gpu-lane.partial.xml'}", "-q", success_codes=[0, 1],
-        )  # fmt: skip
-        (out / "gpu-lane.partial.xml").rename(out / "gpu-lane.xml")
-    benchmarks = {"kernels": "common-kernels", "semanir": "semanir"}
-    for piece, package in benchmarks.items():
-        if piece in pieces and not (out / package / "quick-cuda.json").exists():
-            session.run(
-                "python", str(PACKAGES_DIR / package / "benchmarks" / "run.py"),
-                "--device", "cuda", "--quick", "--out", str(out / package),
-            )  # fmt: skip
-    session.log(f"GPU report in {out}")
+    session.run("python", str(ROOT / "tools" / "gpu_report.py"), "run", "--installed",
+                *session.posargs)  # fmt: skip
+
+
+@nox.session(venv_backend="none")
+def gpu_wheelhouse(session: nox.Session) -> None:
+    """The wheels an offline GPU machine lacks, for its Python 3.12 on x86-64 Linux, into
+    ``gpu-wheelhouse/`` (``pip download``; nothing of torch's stack; at most 40 MiB)."""
+    session.run("python3", str(ROOT / "tools" / "gpu_report.py"), "wheelhouse", *session.posargs)
 
 
 @nox.session

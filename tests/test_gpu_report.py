@@ -1,0 +1,240 @@
+"""tools/gpu_report.py: the offline GPU checks' pieces, resumption, summary and wheelhouse."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = importlib.util.spec_from_file_location("gpu_report", ROOT / "tools" / "gpu_report.py")
+gpu_report = importlib.util.module_from_spec(SPEC)
+sys.modules["gpu_report"] = gpu_report  # dataclasses look their module up there
+SPEC.loader.exec_module(gpu_report)
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1"
+failures="1" skipped="2" tests="7"><testcase classname="a.test_x" name="test_ok"/>
+<testcase classname="a.test_x" name="test_bad"><failure message="no"/></testcase>
+<testcase classname="b.test_y" name="test_err"><error message="boom"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_junit_counts_lists_the_failing_tests():
+    xml_dir = ROOT / "outputs"
+    xml_dir.mkdir(exist_ok=True)
+    path = xml_dir / "test_junit_counts.xml"
+    path.write_text(JUNIT)
+    try:
+        assert gpu_report.junit_counts(path) == (
+            "7 tests: 3 passed, 1 failed, 1 errors, 2 skipped\n"
+            "- FAILED a.test_x::test_bad\n- FAILED b.test_y::test_err"
+        )
+    finally:
+        path.unlink()
+
+
+def test_the_gpu_lane_collects_exactly_the_modules_with_gpu_marks():
+    marked = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "packages").glob("*/tests/test_*.py")
+        if "pytest.mark.gpu" in path.read_text()
+    }
+    found = {path.relative_to(ROOT).as_posix() for path in gpu_report.gpu_test_files()}
+    assert found == marked
+    assert {
+        "packages/common-kernels/tests/test_gpu.py",
+        "packages/semanir/tests/test_gpu.py",
+    } <= found
+
+
+def test_the_wheelhouse_pins_exact_versions_and_nothing_of_torchs_stack():
+    names = [req.split("==")[0] for req in gpu_report.MISSING_ON_GPU_MACHINE]
+    assert all(req.count("==") == 1 for req in gpu_report.MISSING_ON_GPU_MACHINE)
+    assert len(set(names)) == len(names)
+    torch_stack = {"torch", "torchvision", "triton", "numpy", "transformers", "lightning"}
+    assert not torch_stack & set(names)
+    assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
+
+
+def test_an_unknown_piece_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_report.main(["run", "tests", "benchmarks", "--installed"])
+    assert exit_info.value.code == 2
+    assert "PIECE: benchmarks is not one of tests, kernels, semanir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["tests", "tests=0", "tests=1.5", "bench=10"])
+def test_a_bad_time_limit_is_refused_before_any_work(limit, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_report.main(["run", "--installed", "--limit", limit])
+    assert exit_info.value.code == 2
+    assert (
+        f"--limit: {limit!r} is not PIECE=SECONDS with PIECE one of tests, kernels, semanir and "
+        "SECONDS a positive integer"
+    ) in capsys.readouterr().err
+
+
+def test_without_cuda_the_report_says_so_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    machine = {"device": "", "torch": "2.14.1", "cuda": "None", "triton": "3.7.0"}
+    monkeypatch.setattr(gpu_report, "probe_machine", lambda python: machine)
+    assert gpu_report.main(["run", "--installed", "--out", str(tmp_path / "r")]) == 1
+    assert "there is no CUDA device on this machine" in capsys.readouterr().out
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "- device: none: torch sees no CUDA device, so no piece ran" in summary
+    assert not (tmp_path / "r" / "outcomes.json").exists()
+
+
+def fake_pieces(out: Path, seconds: dict[str, float]):
+    """Commands standing in for the pieces: tests writes a JUnit XML with one failure and exits
+    1 (as pytest does), kernels sleeps, semanir writes its JSON and table."""
+    scripts = {
+        "tests": f"import pathlib; pathlib.Path({str(out / 'gpu-lane.partial.xml')!r})"
+        f".write_text({JUNIT!r}); raise SystemExit(1)",
+        "kernels": f"import time; time.sleep({seconds['kernels']})",
+        "semanir": textwrap.dedent(f"""
+            import pathlib
+            folder = pathlib.Path({str(out / "semanir")!r}); folder.mkdir(exist_ok=True)
+            (folder / 'quick-cuda.md').write_text('| model | ms |\\n| --- | --- |\\n| x | 1 |')
+            (folder / 'quick-cuda.json').write_text('[]')
+        """),
+    }
+    return lambda piece, python, out_: [sys.executable, "-c", scripts[piece.name]]
+
+
+def test_pieces_run_in_turn_survive_failures_and_timeouts_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    machine = {"device": "Fake GPU", "torch": "2.11.0", "cuda": "13.0", "triton": "3.6.0"}
+    monkeypatch.setattr(gpu_report, "probe_machine", lambda python: machine)
+    monkeypatch.setattr(gpu_report, "piece_command", fake_pieces(out, {"kernels": 30}))
+    limits = {"kernels": 1}
+    monkeypatch.setattr(
+        gpu_report,
+        "PIECES",
+        tuple(
+            gpu_report.Piece(p.name, limits.get(p.name, 60), p.done_file) for p in gpu_report.PIECES
+        ),
+    )
+    assert (
+        gpu_report.run_report(
+            out, tmp_path / "wh", tmp_path / "env", ["tests", "kernels", "semanir"], install=False
+        )
+        == 1
+    )
+    summary = (out / "summary.md").read_text()
+    assert "- device: Fake GPU\n- torch 2.11.0 (CUDA 13.0), triton 3.6.0, python" in summary
+    assert "| tests | failed  |" in summary  # a failing test fails the piece; its XML is kept
+    assert "| kernels | timed out stopped after its 1 s |" in summary
+    assert "| semanir | passed  |" in summary
+    assert "7 tests: 3 passed, 1 failed, 1 errors, 2 skipped" in summary
+    assert "| x | 1 |" in summary
+    assert (out / "gpu-lane.xml").exists() and not (out / "gpu-lane.partial.xml").exists()
+    with tarfile.open(tmp_path / "report.tar.gz") as tar:
+        assert "report/summary.md" in tar.getnames()
+
+    # Again: finished pieces are not rerun, the one that timed out is.
+    monkeypatch.setattr(gpu_report, "piece_command", fake_pieces(out, {"kernels": 0}))
+    gpu_report.run_report(
+        out, tmp_path / "wh", tmp_path / "env", ["tests", "kernels", "semanir"], install=False
+    )
+    summary = (out / "summary.md").read_text()
+    assert "| tests | done earlier  |" in summary
+    assert "| semanir | done earlier  |" in summary
+    assert "| kernels | failed  |" in summary  # it exited 0 but wrote no quick-cuda.json
+
+
+def test_a_timed_out_piece_leaves_no_process_behind(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time, pathlib; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"pathlib.Path({str(marker)!r}).write_text(str(child.pid)); time.sleep(60)"
+    )
+    piece = gpu_report.Piece("kernels", 8, "none.json")  # time to start both
+    outcome = gpu_report.run_piece(
+        piece, [sys.executable, "-c", script], tmp_path, tmp_path / "log"
+    )
+    assert outcome.status == "timed out" and outcome.returncode is None
+    status = Path(f"/proc/{int(marker.read_text())}/status")
+
+    def dead() -> bool:  # gone, or a zombie where no init process reaps orphans (containers)
+        return not status.exists() or "State:\tZ" in status.read_text()
+
+    deadline = time.monotonic() + 10  # SIGKILL is delivered at once, the exit takes a moment
+    while not dead() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dead()
+
+
+@pytest.mark.slow
+def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_cuda(tmp_path):
+    """A virtual environment with torch and the lent machines' libraries stands in for one:
+    with ``PIP_NO_INDEX=1`` and the wheelhouse only, the report installs every package."""
+    wheelhouse = tmp_path / "wheelhouse"
+    gpu_report.build_wheelhouse(wheelhouse, this_machine=True)
+    assert sum(w.stat().st_size for w in wheelhouse.glob("*.whl")) <= 40 * 2**20
+    host = tmp_path / "host"
+    venv.EnvBuilder(with_pip=True).create(host)
+    python = host / "bin" / "python"
+    # The lent machines' libraries that this tree uses (KINDS.md's list), from the index.
+    shared_torch = ROOT / ".nox" / "_torch-2.14.1"  # the nox sessions' torch, if installed
+    torch = ["torch==2.14.1"]
+    if (shared_torch / "torch").is_dir():
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        (Path(site) / "_shared_torch.pth").write_text(f"{shared_torch}\n")
+        torch = []
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *torch, "torchvision==0.29.1",
+         *gpu_report.PRESENT_ON_GPU_MACHINE],
+        check=True,
+    )  # fmt: skip
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [str(python), str(ROOT / "tools" / "gpu_report.py"), "run", "--wheelhouse",
+         str(wheelhouse), "--env", str(tmp_path / "gpu-env"), "--out", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "everything installed, but there is no CUDA device on this machine" in result.stdout
+    probe = (
+        "import importlib.metadata as m, common_kernels, semanir, itaclip, pixelsmith, diffeat, "
+        "vitron, diffusers, open_clip, jsonargparse, torchdata, imagecodecs; "
+        "print(' '.join(m.version(d) for d in ('semanir', 'vitron')))"
+    )
+    versions = subprocess.run(
+        [str(tmp_path / "gpu-env" / "bin" / "python"), "-c", probe],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert versions == [gpu_report.tree_version("semanir"), gpu_report.tree_version("vitron")]
+
+
+def test_the_readmes_gpu_commands_are_commands_of_the_script(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "ck_testing",
+        ROOT / "packages/common-kernels/src/common_kernels/runtime/testing.py",
+    )
+    testing = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = testing
+    spec.loader.exec_module(testing)
+    commands = [
+        testing.program_words(command)
+        for example in testing.shell_examples(ROOT / "README.md")
+        for command in example.commands()
+        if "tools/gpu_report.py" in command
+    ]
+    assert [words[:3] for words in commands] == [["python3", "tools/gpu_report.py", "run"]]
+    for words in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_report.main([*words[2:], "--help"])
+        assert exit_info.value.code == 0
+        assert "--wheelhouse WHEELHOUSE" in capsys.readouterr().out
