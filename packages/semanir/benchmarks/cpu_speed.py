@@ -163,6 +163,9 @@ class Preset:
         modes: how SemanIR's rows run (both codes' with a baseline): "fp32" (eager),
             "bf16", "compiled", "onnx".
         loss_steps: optimizer steps whose losses are compared between the codes (0: none).
+        archs: registry architectures (``semanir.build_model`` names, random weights) whose
+            restores are timed instead of the bundled models' and their dense twins' (a
+            targeted run for choosing a model size against DnCNN); empty: the bundled models.
     """
 
     threads: tuple[int, ...]
@@ -174,6 +177,7 @@ class Preset:
     baseline: str | None = None
     loss_steps: int = 0
     modes: tuple[str, ...] = ("fp32",)
+    archs: tuple[str, ...] = ()
 
 
 def baseline_sources(ref: str) -> list[str]:
@@ -256,6 +260,8 @@ def inference_specs(plan: Preset) -> list[dict[str, Any]]:
     A dense twin is measured once for all bundled models whose configs are equal; its spec names
     the first of them (``model``) and lists all (``twin_of``).
     """
+    if plan.archs:
+        return arch_specs(plan)
     models = installed_models()
     inputs: dict[tuple[int, int, int], list[str]] = {}
     for bundled in models:
@@ -286,6 +292,33 @@ def inference_specs(plan: Preset) -> list[dict[str, Any]]:
                     "kind": "infer", "variant": variant, "model": model, "twin_of": of,
                     "channels": channels, "width": width, "height": height,
                     "threads": threads, "seed": SEED, "code": code, "mode": mode,
+                })  # fmt: skip
+    return specs
+
+
+def arch_specs(plan: Preset) -> list[dict[str, Any]]:
+    """One spec per (input, registry architecture of ``plan.archs``, threads), and the DnCNN of
+    each input's channels: restore-model sizes weighed against DnCNN (``--archs``)."""
+    from semanir.models import build_model
+
+    inputs: dict[tuple[int, int, int], list[str]] = {}
+    for name in plan.archs:
+        with torch.device("meta"):
+            model = build_model(name)
+        sizes = (SR_SIZE,) if int(model.upscale) > 1 else plan.sizes
+        for width, height in sizes:
+            inputs.setdefault((int(model.in_channels), width, height), []).append(name)
+    specs = []
+    for channels, width, height in sorted(inputs, key=lambda key: (key[1] * key[2], key[0])):
+        names = inputs[(channels, width, height)]
+        entries = [("arch", name, [name]) for name in names]
+        entries.append(("dncnn", DNCNN[channels], names))
+        for threads in plan.threads:
+            for variant, model, of in entries:
+                specs.append({
+                    "kind": "infer", "variant": variant, "model": model, "twin_of": of,
+                    "channels": channels, "width": width, "height": height,
+                    "threads": threads, "seed": SEED, "code": CURRENT, "mode": "fp32",
                 })  # fmt: skip
     return specs
 
@@ -424,7 +457,7 @@ def inference_model(spec: dict[str, Any]) -> nn.Module:
         return load_model(spec["model"])
     if spec["variant"] == "dense":
         return model_from_config(dense_twin_config(spec["model"])).eval()
-    return build_model(spec["model"]).eval()
+    return build_model(spec["model"]).eval()  # DnCNN, or a registry architecture (--archs)
 
 
 def inference_steps(spec: dict[str, Any]) -> tuple[nn.Module, Callable[[], object], Callable]:
@@ -851,6 +884,8 @@ def label(spec: dict[str, Any]) -> str:
     name = spec["model"] if spec["kind"] == "infer" else spec["config"]
     if spec["variant"] == "dense":
         return f"dense twin of {name}"
+    if spec["variant"] == "arch":
+        return f"{name} (random weights)"
     if spec["variant"] == "dncnn":
         return f"DnCNN ({spec['model']})" if spec["kind"] == "infer" else f"DnCNN for {name}"
     mode = spec.get("mode", "fp32")
@@ -1226,12 +1261,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["fp32"],
                         help="how SemanIR runs: fp32 eager, bf16 autocast, compiled, "
                         "ONNX Runtime")  # fmt: skip
+    parser.add_argument("--archs", nargs="+", default=None, metavar="ARCH",
+                        help="time these registry architectures (random weights) against "
+                        "DnCNN instead of the bundled models (no training steps unless "
+                        "--train-configs)")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds: must be >= 1, got {args.rounds}")
     if args.threads is not None and min(args.threads) < 1:
         parser.error(f"--threads: must be >= 1, got {min(args.threads)}")
+    if args.archs:
+        from semanir.models import CONFIGS
+
+        unknown = sorted(set(args.archs) - set(CONFIGS))
+        if unknown:
+            parser.error(f"--archs: unknown architectures {unknown}; known: {sorted(CONFIGS)}")
     if args.loss_steps < 0 or (args.loss_steps and args.baseline is None):
         parser.error(f"--loss-steps: must be >= 0 and needs --baseline, got {args.loss_steps}")
     return args
@@ -1273,7 +1318,10 @@ def main(argv: list[str] | None = None) -> int:
             why = error.stderr.strip() if error.stderr else error
             sys.exit(f"cpu_speed.py: error: --baseline {args.baseline}: not a revision ({why})")
         plan = dataclasses.replace(plan, baseline=args.baseline, loss_steps=args.loss_steps)
-    plan = dataclasses.replace(plan, modes=tuple(dict.fromkeys(args.modes)))
+    plan = dataclasses.replace(plan, modes=tuple(dict.fromkeys(args.modes)),
+                               archs=tuple(dict.fromkeys(args.archs or ())))  # fmt: skip
+    if args.archs and not args.train_configs:  # a restore-size run: training steps on request
+        plan = dataclasses.replace(plan, train_configs=())
     stem = "cpu_speed_quick" if args.quick else "cpu_speed"
     journal = Journal(args.out / f"{stem}.partial.jsonl")
     inference, training = inference_specs(plan), training_specs(plan)

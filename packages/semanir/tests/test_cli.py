@@ -456,7 +456,7 @@ def test_fit_names_the_shipped_configs_and_the_data_folders(
     assert main(["fit", "--config", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("semanir fit: error: --config nope: no such file")
-    assert "shipped: denoise_color_base, denoise_color_tiny, denoise_gray_tiny," in err[0]
+    assert "shipped: denoise_color_base, denoise_color_tiny, denoise_gray_small_gpu," in err[0]
     assert main(["fit", "--config", "denoise_gray_tiny"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"semanir fit: error: data.train_dirs: train400 not found in {tmp_path} (no "

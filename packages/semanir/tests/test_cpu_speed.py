@@ -177,6 +177,26 @@ def test_train_configs_replace_the_presets_and_unknown_ones_are_refused(capsys) 
     assert "argument --train-configs: invalid choice: 'sr_x9'" in capsys.readouterr().err
 
 
+def test_archs_time_registry_architectures_against_dncnn_instead_of_the_bundled(capsys) -> None:
+    small, tiny = "semanir_small_denoise_gray", "semanir_tiny_denoise_gray"
+    args = cpu_speed.parse_args(
+        ["--archs", small, tiny, "--sizes", "384x384", "1024x1024", "--threads", "1"]
+    )
+    plan = cpu_speed.preset(False, args.threads, args.rounds, args.sizes)
+    plan = cpu_speed.dataclasses.replace(plan, archs=tuple(args.archs))
+    specs = cpu_speed.inference_specs(plan)
+    assert [(s["variant"], s["model"], s["width"]) for s in specs] == [
+        (variant, model, size) for size in (384, 1024)
+        for variant, model in (("arch", small), ("arch", tiny), ("dncnn", "dncnn_denoise_gray"))
+    ]  # fmt: skip
+    assert cpu_speed.label(specs[0]) == "semanir_small_denoise_gray (random weights)"
+    model = cpu_speed.inference_model(specs[0])
+    assert model.config.embed_dim == 48 and not model.training
+    with pytest.raises(SystemExit):
+        cpu_speed.parse_args(["--archs", "semanir_huge"])
+    assert "--archs: unknown architectures ['semanir_huge']" in capsys.readouterr().err
+
+
 def test_loss_steps_need_a_baseline(capsys) -> None:
     with pytest.raises(SystemExit):
         cpu_speed.parse_args(["--loss-steps", "5"])

@@ -154,6 +154,21 @@ def test_tiny_models_and_baselines_have_comparable_sizes():
         assert 1e5 <= meta_parameter_count(f"semanir_tiny_sr_x{scale}") <= 1e6
 
 
+def test_the_small_denoiser_is_the_tiny_one_half_as_wide_again():
+    small, tiny = get_config("semanir_small_denoise_gray"), get_config("semanir_tiny_denoise_gray")
+    assert small.embed_dim == 48 == tiny.embed_dim * 3 // 2
+    assert [d // h for d, h in zip(small.stage_dims(), small.heads, strict=True)] == [16] * 6
+    assert (small.depths, small.dim_mults, small.window_size) == (
+        tiny.depths,
+        tiny.dim_mults,
+        tiny.window_size,
+    )
+    assert 0.9e6 <= meta_parameter_count("semanir_small_denoise_gray") <= 1.1e6  # 1,011,895
+    model = build_model("semanir_small_denoise_gray").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 40, 56)).shape == (1, 1, 40, 56)
+
+
 def test_published_dncnn_has_its_published_size():
     # 17 layers, 64 features, gray: 1*64*9 + 64 + 15 * (64*64*9 + 2*64) + 64*9 = 556,096
     assert meta_parameter_count("dncnn_denoise_gray") == 556_096

@@ -164,7 +164,6 @@ class DeviceImageStore:
         low, high = (sigma, sigma) if sigma is not None else tuple(map(float, sigma_range))
         self.sigma_low, self.sigma_span = float(low), float(high) - float(low)
         self.source = dihedral_source(patch_size, device)
-        self.offsets = torch.arange(patch_size, device=device)
         self.generator = torch.Generator(device=device)
 
     @property

@@ -244,6 +244,25 @@ def semanir_tiny_denoise(channels: int) -> SemanIRConfig:
     )
 
 
+def semanir_small_denoise(channels: int) -> SemanIRConfig:
+    """~1M-parameter U-net: the tiny denoiser 1.5 times as wide (embed_dim 48, 16-channel heads),
+    whose CPU restore still takes at most a published-size DnCNN's time per megapixel
+    (``benchmarks/results/cpu_speed_small_denoise_gray.md``); trained on a GPU
+    (``denoise_gray_small_gpu.yaml``)."""
+    return SemanIRConfig(
+        in_channels=channels,
+        out_channels=channels,
+        embed_dim=48,
+        depths=(2, 2, 2, 2, 2, 2),
+        heads=(3, 6, 6, 6, 3, 3),
+        dim_mults=(1, 2, 2),
+        window_size=8,
+        top_k=32,
+        train_k_choices=(16, 24, 32),
+        position_bias_hidden=32,
+    )
+
+
 def semanir_tiny_sr(scale: int) -> SemanIRConfig:
     """Small columnar color super-resolution model that trains on a CPU."""
     return SemanIRConfig(
@@ -303,6 +322,7 @@ CONFIGS: dict[str, ConfigFactory] = {
     "semanir_tiny_denoise_gray": partial(semanir_tiny_denoise, 1),
     "semanir_tiny_denoise_color": partial(semanir_tiny_denoise, 3),
     "semanir_tiny_jpeg_gray": partial(semanir_tiny_denoise, 1),
+    "semanir_small_denoise_gray": partial(semanir_small_denoise, 1),
     **{f"semanir_tiny_sr_x{s}": partial(semanir_tiny_sr, s) for s in (2, 3, 4)},
     **{f"semanir_small_sr_x{s}": partial(semanir_small_sr, s) for s in (2, 3, 4)},
     "semanir_base_denoise_gray": partial(semanir_base_unet, 1),
