@@ -149,6 +149,11 @@ def test_pieces_run_in_turn_survive_failures_and_timeouts_and_resume(tmp_path, m
     assert "| semanir | done earlier  |" in summary
     assert "| kernels | failed  |" in summary  # it exited 0 but wrote no quick-cuda.json
 
+    # A command naming one piece keeps the others' earlier outcomes in the summary.
+    gpu_report.run_report(out, tmp_path / "wh", tmp_path / "env", ["kernels"], install=False)
+    summary = (out / "summary.md").read_text()
+    assert "| tests | failed  |" in summary and "| semanir | passed  |" in summary
+
 
 def test_a_timed_out_piece_leaves_no_process_behind(tmp_path):
     marker = tmp_path / "child.pid"

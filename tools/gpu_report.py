@@ -426,6 +426,8 @@ def run_report(
     outcomes = []
     for piece in PIECES:
         if piece.name not in names:
+            if piece.name in earlier:  # run by an earlier command: the summary keeps it
+                outcomes.append(Outcome(**earlier[piece.name]))
             continue
         piece = dataclasses.replace(piece, limit_s=(limits or {}).get(piece.name, piece.limit_s))
         if (out / piece.done_file).exists() and piece.name in earlier:
