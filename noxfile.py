@@ -177,7 +177,7 @@ def repo(session: nox.Session) -> None:
     common-kernels' test helpers, ``common_kernels.runtime.testing``)."""
     share_torch(session)
     install_packages(session, ["common-kernels"])
-    session.install("pytest>=8", "packaging>=24")
+    session.install("pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10")
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
 

@@ -243,3 +243,30 @@ def test_the_readmes_gpu_commands_are_commands_of_the_script(capsys):
             gpu_report.main([*words[2:], "--help"])
         assert exit_info.value.code == 0
         assert "--wheelhouse WHEELHOUSE" in capsys.readouterr().out
+
+
+def test_training_data_copies_are_lossless_webp_and_16_bit_images_are_refused(tmp_path):
+    np = pytest.importorskip("numpy")
+    image_module = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    source = tmp_path / "train"
+    source.mkdir()
+    gray = rng.integers(0, 256, (23, 17), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    image_module.fromarray(gray).save(source / "a.png")
+    image_module.fromarray(rgb).save(source / "b.bmp")
+    (source / "notes.txt").write_text("not an image")
+    before, after = gpu_report.webp_copy([source], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["a.webp", "b.webp"]
+    with image_module.open(tmp_path / "out" / "train" / "a.webp") as back:
+        assert np.array_equal(np.asarray(back.convert("L")), gray)
+    with image_module.open(tmp_path / "out" / "train" / "b.webp") as back:
+        assert np.array_equal(np.asarray(back), rgb)
+    assert before == (source / "a.png").stat().st_size + (source / "b.bmp").stat().st_size
+    assert after == sum(p.stat().st_size for p in (tmp_path / "out" / "train").iterdir())
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    image_module.fromarray(gray.astype(np.uint16) * 257).save(deep / "c.png")
+    with pytest.raises(SystemExit, match=r"c.png is I;16; only 8-bit gray \(L\) or RGB"):
+        gpu_report.webp_copy([deep], tmp_path / "out")
+    assert not (tmp_path / "out" / "deep" / "c.webp").exists()

@@ -9,6 +9,9 @@ Copy the tree with ``gpu-wheelhouse/`` beside its packages to the GPU machine, t
     python3 tools/gpu_report.py run                   # -> outputs/gpu-report/ and its .tar.gz
     python3 tools/gpu_report.py install               # only the environment (.gpu-env/bin/...)
 
+``training-data FOLDER...`` copies image folders as lossless WebP into ``.gpu-data/`` (for
+``tools/gpu_lease.sh``, which also trains SemanIR's GPU recipe in the same call).
+
 ``run`` makes a virtual environment (``.gpu-env``) that sees the machine's own packages (torch
 and the rest of its stack through a ``.pth`` file), installs every package of this tree into it
 without build isolation and without an index (the missing dependencies from the wheelhouse),
@@ -182,6 +185,49 @@ def build_wheelhouse(folder: Path, *, this_machine: bool = False) -> list[Path]:
             f"{WHEELHOUSE_LIMIT_BYTES / 2**20:.0f} MiB limit (it travels with the tree)"
         )
     return wheels
+
+
+def webp_copy(sources: Sequence[Path], to: Path) -> tuple[int, int]:
+    """Each 8-bit image of each source folder as a lossless WebP in ``to/<folder name>/``.
+
+    Args:
+        sources: image folders (PNG, BMP, JPEG, ... as Pillow reads them).
+        to: the folder the copies go to (``.gpu-data``, which travels to a lent machine).
+
+    Returns the bytes of the sources and of the copies. Every copy is decoded again and
+    compared with its source, pixel for pixel, before it is kept (renamed from a temporary
+    name); a 16-bit image is refused, since WebP holds 8 bits.
+    """
+    import numpy as np
+    from PIL import Image
+
+    before = after = 0
+    for source in sources:
+        if not source.is_dir():
+            raise SystemExit(f"gpu_report: training-data: {source} is not a folder")
+        target = to / source.name
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            if path.suffix.lower() not in (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"):
+                continue
+            with Image.open(path) as image:
+                if image.mode not in ("L", "RGB"):
+                    raise SystemExit(
+                        f"gpu_report: training-data: {path} is {image.mode}; only 8-bit gray (L) "
+                        "or RGB images convert to WebP without loss"
+                    )
+                pixels = np.asarray(image)
+                copy = target / f"{path.stem}.webp"
+                partial = copy.with_name(copy.name + ".partial")
+                image.save(partial, format="WEBP", lossless=True, method=6, quality=100)
+            with Image.open(partial) as back:
+                if not np.array_equal(np.asarray(back.convert(image.mode)), pixels):
+                    partial.unlink()
+                    raise SystemExit(f"gpu_report: training-data: {path} did not survive WebP")
+            partial.replace(copy)
+            before += path.stat().st_size
+            after += copy.stat().st_size
+    return before, after
 
 
 def env_python(env: Path) -> Path:
@@ -457,6 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="for this interpreter and platform (a stand-in GPU machine)",
     )
+    data = commands.add_parser(
+        "training-data", help="image folders as lossless WebP copies, to carry to a GPU machine"
+    )
+    data.add_argument("folders", nargs="+", type=Path, metavar="FOLDER")
+    data.add_argument("--to", type=Path, default=ROOT / ".gpu-data", help="default: .gpu-data")
     install = commands.add_parser("install", help="only install the tree offline into --env")
     install.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
     install.add_argument("--env", type=Path, default=DEFAULT_ENV, help="virtual environment folder")
@@ -484,6 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         wheels_got = build_wheelhouse(args.folder, this_machine=args.this_machine)
         size = sum(w.stat().st_size for w in wheels_got) / 2**20
         print(f"gpu_report: {len(wheels_got)} wheels, {size:.1f} MiB, in {args.folder}")
+        return 0
+    if args.command == "training-data":
+        before, after = webp_copy(args.folders, args.to)
+        print(
+            f"gpu_report: {before / 1e6:.1f} MB of images as {after / 1e6:.1f} MB of lossless "
+            f"WebP in {args.to}"
+        )
         return 0
     if args.command == "install":
         python = install_tree(args.env, args.wheelhouse)
