@@ -524,3 +524,54 @@ def test_a_model_whose_weights_exceed_the_memory_is_refused_before_it_is_built(
         "use a smaller model"
     ]
     assert not (workdir / "run").exists()
+
+
+def test_a_validation_batch_of_whole_images_of_different_sizes_is_refused_before_any_work(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 49: a batch stacks its images, so ``val_batch_size`` > 1 over whole images of
+    several sizes failed in the first validation; now it is one line from the headers."""
+    write_image(workdir / "val" / "1.png", torch.rand(1, 32, 40))
+    write_image(workdir / "val" / "2.png", torch.rand(1, 24, 24))
+    no_trainer(monkeypatch)
+    assert main(["fit", "--config", "config.yaml", "--data.val_batch_size", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "semanir fit: error: --data.val_batch_size 2 stacks whole validation images, which come "
+        "in 2 sizes (24x24, 32x40); use a --data.val_batch_size of 1 or set --data.val_patch_size "
+        "(center crops of one size)"
+    ]
+    assert not (workdir / "run").exists()
+    # Center crops are of one size, and one image a batch needs none.
+    from semanir.data.datamodule import RestorationDataModule
+
+    data = RestorationDataModule(
+        **{**DATA, "val_dirs": ["val"], "val_batch_size": 2, "val_patch_size": 16}
+    )
+    data.prepare_datasets("fit")
+    assert data.val_input_size == (16, 16)
+    data = RestorationDataModule(**{**DATA, "val_dirs": ["val"], "val_batch_size": 1})
+    data.prepare_datasets("fit")
+    assert data.val_input_size == (32, 40)  # the largest input, for the memory check
+
+
+def test_a_validation_batch_larger_than_the_memory_is_refused_before_it_runs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The training step fits the budget; 64 whole 24x24 validation images at once do not
+    (:func:`semanir.memory.check_validation_memory`, checked against its formula in
+    test_memory.py)."""
+    from semanir import lightning_module
+
+    monkeypatch.setattr(lightning_module, "available_bytes", lambda device: 16 * 2**20)
+    monkeypatch.setattr(lightning_module, "check_model_memory", lambda arch, overrides: None)
+    for index in range(1, 64):
+        write_image(workdir / "val" / f"{index}.png", torch.rand(1, 24, 24))
+    assert main(["fit", "--config", "config.yaml", "--data.val_batch_size", "64"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "semanir fit: error: --data.val_batch_size 64: validating 64 24x24 px inputs at once "
+        "needs an estimated "
+    )
+    assert line.endswith("more than the 16.00 MiB available on cpu; use a --data.val_batch_size "
+                         "of at most 44")  # fmt: skip
+    assert not (workdir / "run").exists()

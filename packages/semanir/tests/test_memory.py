@@ -128,3 +128,28 @@ def test_training_memory_is_shared_by_the_processes_of_a_cpu_run() -> None:
         "patch + 186.99 KiB of weights, gradients and AdamW state in each of 2 processes), more "
         "than the 7.65 MiB available on cpu; use a batch_size of at most 4"
     )
+
+
+def test_a_validation_batch_is_its_whole_input_pass_plus_the_training_state() -> None:
+    """check_validation_memory's need: processes x (restore_estimate of the whole batch +
+    16 bytes a parameter with the 1.25 margin); the largest batch that fits is named."""
+    from semanir.memory import check_validation_memory, restore_estimate
+
+    config = get_config("semanir_test_tiny_unet").to_dict()
+
+    def need(batch: int) -> int:
+        one_pass, images = restore_estimate(config, 24, 40, tile=None, batch=batch)
+        return 2 * (one_pass + images + int(1.25 * 16 * 9574))
+
+    common = dict(parameters=9574, height=24, width=40, where="cpu", processes=2)
+    check_validation_memory(config, batch_size=7, budget=need(7), **common)
+    with pytest.raises(InvalidValue) as caught:
+        check_validation_memory(config, batch_size=7, budget=need(5), **common)
+    assert str(caught.value).endswith("use a val_batch_size of at most 5")
+    assert str(caught.value).startswith("val_batch_size 7: validating 7 24x40 px inputs at once")
+    with pytest.raises(InvalidValue) as caught:
+        check_validation_memory(config, batch_size=1, budget=need(1) - 1, **common)
+    assert str(caught.value).startswith(
+        "val_patch_size: validating a whole 24x40 px input needs an estimated"
+    )
+    assert str(caught.value).endswith("set a val_patch_size (center crops) small enough")

@@ -29,7 +29,12 @@ from semanir.bundled import BUNDLED_MODELS
 from semanir.data.datamodule import RestorationDataModule, check_data_dirs
 from semanir.data.datasets import index_generator
 from semanir.inference import load_model
-from semanir.memory import available_bytes, check_training_memory, human_bytes
+from semanir.memory import (
+    available_bytes,
+    check_training_memory,
+    check_validation_memory,
+    human_bytes,
+)
 from semanir.metrics import psnr, ssim
 from semanir.models import build_model, model_from_config
 from semanir.runs import (
@@ -618,7 +623,9 @@ def check_fit_memory(
 ) -> None:
     """Refuse a training step that would not fit in the memory of the trainer's device, before
     it runs (:func:`semanir.memory.check_training_memory`, naming ``batch_size``,
-    ``patch_size`` or the model's ``arch``/``arch_overrides``)."""
+    ``patch_size`` or the model's ``arch``/``arch_overrides``), and a validation batch that
+    would not (:func:`semanir.memory.check_validation_memory`, naming ``val_batch_size`` or
+    ``val_patch_size``)."""
     placement = training_device(trainer)
     if placement is None:
         return
@@ -633,6 +640,18 @@ def check_fit_memory(
         processes=processes,
         model_argument="arch_overrides" if module.hparams.arch_overrides else "arch",
     )
+    if data.val_set is not None:
+        height, width = data.val_input_size
+        check_validation_memory(
+            module.model.config.to_dict(),
+            parameters=sum(p.numel() for p in module.model.parameters()),
+            height=height,
+            width=width,
+            batch_size=data.hparams.val_batch_size,
+            budget=available_bytes(device),
+            where=str(device),
+            processes=processes,
+        )
 
 
 # Lightning's warnings on a validation from a checkpoint about the training's callbacks (which

@@ -337,3 +337,57 @@ def check_training_memory(
         f"{human_bytes(processes * (per_patch + fixed))} ({human_bytes(per_patch)} per "
         f"{patch_size} px patch + {weights}), {on}; use a {{patch_size}} of {advice}",
     )
+
+
+def check_validation_memory(
+    config: dict[str, Any],
+    *,
+    parameters: int,
+    height: int,
+    width: int,
+    batch_size: int,
+    budget: int,
+    where: str,
+    processes: int = 1,
+) -> None:
+    """Refuse, before any work, a validation batch of ``batch_size`` (height x width) inputs
+    whose :func:`restore_estimate` (a whole-input pass, no autograd) plus the weights,
+    gradients and AdamW state that stay meanwhile exceed ``budget``.
+
+    Args:
+        config: the model's config.
+        parameters: the model's parameter count.
+        height, width: the largest validation input (input pixels: an SR model's low
+            resolution).
+        batch_size: validation inputs per step (``val_batch_size``).
+        budget: the bytes available (:func:`available_bytes`).
+        where: the device, for the message.
+        processes: processes sharing ``budget``.
+
+    Raises:
+        InvalidValue: naming ``val_batch_size`` (a smaller batch fits: the largest) or
+            ``val_patch_size`` (not even one input fits whole), with the estimate and limit.
+    """
+    fixed = int(SAFETY * 4 * OPTIMIZER_COPIES * parameters)
+
+    def need(batch: int) -> int:
+        one_pass, images = restore_estimate(config, height, width, tile=None, batch=batch)
+        return processes * (one_pass + images + fixed)
+
+    if need(batch_size) <= budget:
+        return
+    on = f"more than the {human_bytes(budget)} available on {where}"
+    what = f"{height}x{width} px input{'s' if batch_size > 1 else ''}"
+    fitting = [b for b in range(batch_size - 1, 0, -1) if need(b) <= budget]
+    if fitting:
+        raise InvalidValue(
+            "val_batch_size",
+            f"{{val_batch_size}} {batch_size}: validating {batch_size} {what} at once needs an "
+            f"estimated {human_bytes(need(batch_size))} (with the training's weights, gradients "
+            f"and AdamW state), {on}; use a {{val_batch_size}} of at most {fitting[0]}",
+        )
+    raise InvalidValue(
+        "val_patch_size",
+        f"{{val_patch_size}}: validating a whole {height}x{width} px input needs an estimated "
+        f"{human_bytes(need(1))}, {on}; set a {{val_patch_size}} (center crops) small enough",
+    )

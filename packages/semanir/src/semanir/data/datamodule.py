@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common_kernels.runtime.cli import leave_signals_to_the_main_process
-from common_kernels.runtime.errors import InvalidArgument, literal
-from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
+from semanir.data.datasets import PairedFolderDataset, SyntheticDegradationDataset, image_size
 from semanir.data.degradations import BAYER_PATTERNS
 from semanir.data.device_cache import (
     DeviceDraw,
@@ -226,6 +226,7 @@ class RestorationDataModule(L.LightningDataModule):
         self.store: DeviceImageStore | None = None  # device_cache: the images on the device
         self._draws = (-1, 0)  # (global step, micro-batches drawn at it)
         self.val_set: Dataset | None = None
+        self.val_input_size: tuple[int, int] | None = None  # (height, width), model input px
         self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
 
     def setup(self, stage: str) -> None:
@@ -266,6 +267,37 @@ class RestorationDataModule(L.LightningDataModule):
             val_dirs = resolve_data_dirs(hp.val_dirs, hp.data_root)
             with _folders_named("val_dirs"):
                 self.val_set = self._dataset(val_dirs, hp.val_lq_dir, train=False)
+            self.val_input_size = self._check_val_batches()
+
+    def _check_val_batches(self) -> tuple[int, int]:
+        """The largest validation input (height, width) in model-input pixels, read from the
+        images' headers; a ``val_batch_size`` above 1 over whole images of different sizes is
+        refused (a batch stacks its images), naming the sizes found."""
+        hp = self.hparams
+        if isinstance(self.val_set, PairedFolderDataset):
+            factor = 1
+            sizes = {path: image_size(path) for path, _ in self.val_set.pairs}
+        else:
+            factor = self.val_set.scale
+            sizes = {
+                path: (h // factor * factor, w // factor * factor)
+                for path, (h, w) in ((p, image_size(p)) for p in self.val_set.paths)
+            }
+        if hp.val_patch_size is not None:
+            side = hp.val_patch_size // factor
+            return side, side
+        distinct = sorted(set(sizes.values()))
+        if hp.val_batch_size > 1 and len(distinct) > 1:
+            shown = ", ".join(f"{h}x{w}" for h, w in distinct[:6])
+            raise InvalidValue(
+                "val_batch_size",
+                f"{{val_batch_size}} {hp.val_batch_size} stacks whole validation images, which "
+                f"come in {len(distinct)} sizes ({literal(shown)}"
+                f"{', ...' if len(distinct) > 6 else ''}); use a {{val_batch_size}} of 1 or set "
+                "{val_patch_size} (center crops of one size)",
+            )
+        height, width = max(distinct, key=lambda size: size[0] * size[1])
+        return height // factor, width // factor
 
     def _dataset(self, clean: list[str], degraded: str | None, *, train: bool) -> Dataset:
         hp = self.hparams
