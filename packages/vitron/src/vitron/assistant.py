@@ -200,6 +200,10 @@ class Assistant:
                 (``common_kernels.runtime.progress``).
         """
         check_media(images, videos)
+        if videos and self.model.config.video_support is not None:
+            raise ValueError(
+                f"videos: this model takes no videos: {self.model.config.video_support}"
+            )
         every = [*self.inputs.images, *images]
         for i, region in enumerate(regions):
             if not 0 <= region.image < len(every):

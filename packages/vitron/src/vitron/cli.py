@@ -12,6 +12,7 @@ vitron train --model DIR --data train.jsonl --stage 2 -o trained/ [--lora-rank 8
           [--devices 2 --strategy ddp --precision bf16-mixed --accumulate-grad-batches 4
           --gradient-checkpointing] [--signal-targets targets/targets.json (stage 3)]
 vitron build-targets --data stage3.jsonl --specialists S.json -o targets/   (stage-3 targets)
+vitron convert-official BASE [--lora LORA] [--vision-tower TOWER] -o FOLDER   (the release)
 vitron tiny-model DIR            (a tiny random Vitron model folder, for trying things out)
 vitron tiny-specialists DIR      (tiny random specialists + DIR/specialists.json)
 vitron eval refseg --refs 'refs(unc).p' --instances instances.json --images train2014/
@@ -85,7 +86,8 @@ FLAGS = {
     # vitron eval
     "refs": "--refs", "instances": "--instances", "split": "--split", "template": "--template",
     "mask_backend": "--mask-backend", "questions": "--questions", "annotations": "--annotations",
-    "image_name": "--image-name",
+    "image_name": "--image-name", "base": "BASE", "lora": "--lora",
+    "vision_tower": "--vision-tower",
 }  # fmt: skip
 
 
@@ -232,6 +234,19 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_official(args: argparse.Namespace) -> int:
+    """``vitron convert-official``: every file checked, then the release -> a Vitron folder."""
+    from vitron.models.official import check_official
+    from vitron.models.vitron import VitronModel
+    check_output_folder(args.output, "output")
+    check_official(args.base, args.lora, args.vision_tower)  # one line each, before any weight
+    model = VitronModel.from_official(args.base, args.lora, args.vision_tower,
+                                      dtype=DTYPES.get(args.dtype))  # fmt: skip
+    model.save_pretrained(args.output)
+    print(f"official Vitron checkpoint converted to {args.output}; run it with --model")
+    return 0
+
+
 def run_tiny_specialists(args: argparse.Namespace) -> int:
     from vitron.tiny import write_tiny_specialists
 
@@ -348,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True,
         help="folder for targets.safetensors and targets.json",
     )  # fmt: skip
+    convert = commands.add_parser("convert-official", help="convert the released checkpoint")
+    convert.add_argument("base", type=Path, metavar="BASE", help="vitron-base folder")
+    convert.add_argument("--lora", type=Path, help="vitron-lora folder (default: none)")
+    convert.add_argument("--vision-tower", type=Path, help="LanguageBind_Image folder")
+    convert.add_argument("-o", "--output", type=Path, required=True, help="Vitron folder")
+    convert.add_argument("--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto")
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")
     tiny.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
     number(tiny, "--seed", int, 0, f"seed of the random weights, in [0, {SEED_MAX}]")
@@ -421,6 +442,7 @@ def run_eval(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": run_run, "chat": run_chat, "app": run_app, "parse": run_parse,
     "specialists": run_specialists, "train": run_train, "build-targets": run_build_targets,
+    "convert-official": run_convert_official,
     "tiny-model": run_tiny_model, "tiny-specialists": run_tiny_specialists, "eval": run_eval,
 }  # fmt: skip
 

@@ -105,8 +105,12 @@ def render_conversation(
     eos: str,
     signal_token: str,
     add_generation_prompt: bool,
+    system_prompt: str | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """The prompt string and the character ranges of its supervised parts.
+
+    ``system_prompt`` replaces :data:`SYSTEM_PROMPT` (``VitronConfig.system_prompt``: an
+    imported official model keeps the system prompt it was trained with).
 
     Returns:
         the string, and one ``(start, end)`` character range per assistant message, in order.
@@ -115,7 +119,8 @@ def render_conversation(
     """
     if template == "plain":
         return _render_plain(messages, eos, signal_token, add_generation_prompt)
-    text = escape_token(SYSTEM_PROMPT, signal_token) + " "
+    system = SYSTEM_PROMPT if system_prompt is None else system_prompt
+    text = escape_token(system, signal_token) + " "
     supervised = []
     for message in messages:
         if message.role == "user":
@@ -150,6 +155,7 @@ def tokenize_conversation(
     template: str,
     signal_token: str,
     add_generation_prompt: bool = False,
+    system_prompt: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token ids and labels (``IGNORE_INDEX`` outside assistant replies) of a conversation.
 
@@ -159,12 +165,13 @@ def tokenize_conversation(
         template: ``"vicuna_v1"`` or ``"plain"``.
         signal_token: the signal placeholder string.
         add_generation_prompt: end with the assistant's prompt (inference).
+        system_prompt: the ``vicuna_v1`` system prompt (``None``: :data:`SYSTEM_PROMPT`).
 
     Returns:
         (L,) int64 ids (BOS first when the tokenizer has one) and (L,) int64 labels.
     """
     ids, labels, _ = encode_conversation(
-        tokenizer, messages, template, signal_token, add_generation_prompt
+        tokenizer, messages, template, signal_token, add_generation_prompt, system_prompt
     )
     return ids, labels
 
@@ -175,6 +182,7 @@ def encode_conversation(
     template: str,
     signal_token: str,
     add_generation_prompt: bool = False,
+    system_prompt: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Token ids, labels and the call each signal token belongs to.
 
@@ -190,7 +198,7 @@ def encode_conversation(
     """
     eos = tokenizer.eos_token or ""
     text, supervised = render_conversation(
-        messages, template, eos, signal_token, add_generation_prompt
+        messages, template, eos, signal_token, add_generation_prompt, system_prompt
     )
     replies = [m for m in messages if m.role == "assistant"]
     if len(replies) != len(supervised):
@@ -337,9 +345,12 @@ class VitronProcessor:
             ValueError: when the placeholders do not match the media counts.
         """
         cfg = self.config
+        if videos and cfg.video_support is not None:
+            raise ValueError(f"this model takes no videos: {cfg.video_support}")
         ids, labels, signal_index = encode_conversation(
-            self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt
-        )
+            self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt,
+            cfg.system_prompt,
+        )  # fmt: skip
         media = self.placeholder_mask(ids, labels)
         self.check_placeholders(ids, len(images), len(videos), len(regions), media)
         processed = [self.image(im) for im in images]
@@ -427,7 +438,7 @@ def reply_budget(tokenizer, config: VitronConfig) -> ReplyBudget:
 
     def positions(messages: Sequence[Message]) -> int:
         ids, _, _ = encode_conversation(
-            tokenizer, messages, config.template, config.signal_token, add_generation_prompt=True
+            tokenizer, messages, config.template, config.signal_token, True, config.system_prompt
         )
         return int(ids.numel())
 

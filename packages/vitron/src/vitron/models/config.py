@@ -15,6 +15,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_BACKENDS = ("transformers", "open_clip")
 TEMPLATES = ("vicuna_v1", "plain")
+REGION_STYLES = ("vitron", "official")
 
 # tasks whose calls carry a signal embedding, and the conditioning width of the default
 # specialist each one feeds (itaclip ViT-B/16 text space, SDXL cross-attention, ModelScope T2V)
@@ -85,15 +86,24 @@ class VisionConfig:
 
 @dataclass
 class RegionConfig:
-    """The region encoder: mask pooling -> 3-layer MLP, plus a Fourier box encoding.
+    """The region encoder: mask pooling -> 3-layer MLP, plus a box encoding.
 
     Args:
         hidden: width of the MLP hidden layers.
-        location_frequencies: Fourier frequencies per box coordinate.
+        location_frequencies: Fourier frequencies per box coordinate (``"vitron"`` style).
+        style: ``"vitron"`` (coverage-weighted pooling, GELU MLPs, Fourier box features) or
+            ``"official"`` (the released checkpoint's extractor: mean over the patches the
+            region touches, ReLU MLPs, a 2-layer MLP on the box's pixel coordinates in the
+            model's square input; see ``docs/official-checkpoint.md``).
     """
 
     hidden: int = 1024
     location_frequencies: int = 8
+    style: str = "vitron"
+
+    def __post_init__(self) -> None:
+        if self.style not in REGION_STYLES:
+            raise ValueError(f"region style must be one of {REGION_STYLES}, got {self.style!r}")
 
 
 @dataclass
@@ -150,6 +160,12 @@ class VitronConfig(DictConfig):
         random_weights: the weights are random, never trained (``vitron tiny-model``): the
             page says so. Written to ``config.json`` only when True (vitron 0.4.2 and older
             refuse a config with a field they do not know); a config without it reads False.
+        system_prompt: the ``vicuna_v1`` system prompt (``None``: vitron's own, which
+            describes the ``<invoke>`` calls); an imported official model keeps its own.
+            Written only when set, as ``video_support`` and a non-default region style.
+        video_support: ``None`` when the model takes videos, else why it does not (an
+            imported official model: its video tower is not mapped); a video is refused
+            with this text before any work.
         format: version of this config layout.
     """
 
@@ -168,6 +184,8 @@ class VitronConfig(DictConfig):
     region_token: str = "<region>"
     signal_token: str = "<signal>"
     random_weights: bool = False
+    system_prompt: str | None = None
+    video_support: str | None = None
     format: int = CONFIG_FORMAT
 
     def __post_init__(self) -> None:
@@ -199,6 +217,11 @@ class VitronConfig(DictConfig):
         data = super().to_dict()
         if not data["random_weights"]:
             del data["random_weights"]
+        for name in ("system_prompt", "video_support"):  # new fields: only when set
+            if data[name] is None:
+                del data[name]
+        if data["region"]["style"] == "vitron":
+            del data["region"]["style"]
         return data
 
     @property

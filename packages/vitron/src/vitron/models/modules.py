@@ -43,15 +43,37 @@ def fourier_box(boxes: Tensor, frequencies: int) -> Tensor:
 class RegionEncoder(nn.Module):
     """Mask-average-pool pre-projection patch features, 3-layer MLP, plus a box encoding.
 
+    ``config.style == "official"`` is the released checkpoint's extractor (same parameter
+    names as the vitron style where the layers match): ReLU instead of GELU, an unweighted mean
+    over every patch the region touches, and ``location`` = Linear(4, llm_dim / 2) - ReLU -
+    Linear(llm_dim / 2, llm_dim) on the box in pixels of the ``image_size`` square input.
+
     Args:
         vision_dim: width of the patch features.
         llm_dim: LLM hidden size.
-        config: hidden width and Fourier frequencies.
+        config: hidden width, Fourier frequencies and style.
+        image_size: side of the square model input (the official style's box unit).
     """
 
-    def __init__(self, vision_dim: int, llm_dim: int, config: RegionConfig) -> None:
+    def __init__(
+        self, vision_dim: int, llm_dim: int, config: RegionConfig, image_size: int = 224
+    ) -> None:
         super().__init__()
         self.frequencies = config.location_frequencies
+        self.style = config.style
+        self.image_size = image_size
+        if config.style == "official":
+            self.mlp = nn.Sequential(
+                nn.Linear(vision_dim, config.hidden),
+                nn.ReLU(),
+                nn.Linear(config.hidden, config.hidden),
+                nn.ReLU(),
+                nn.Linear(config.hidden, llm_dim),
+            )
+            self.location = nn.Sequential(
+                nn.Linear(4, llm_dim // 2), nn.ReLU(), nn.Linear(llm_dim // 2, llm_dim)
+            )
+            return
         self.mlp = nn.Sequential(
             nn.Linear(vision_dim, config.hidden),
             nn.GELU(),
@@ -82,6 +104,11 @@ class RegionEncoder(nn.Module):
 
     def forward(self, features: Tensor, coverage: Tensor, boxes: Tensor) -> Tensor:
         """(N, P, C) features, (N, P) coverage, (N, 4) boxes -> (N, llm_dim) region embeddings."""
+        if self.style == "official":
+            # the official extractor binarises its (resized) mask: every touched patch counts once
+            pooled = self.pool(features, (coverage > 0).to(features.dtype))
+            pixels = boxes.to(features.dtype) * self.image_size
+            return self.mlp(pooled) + self.location(pixels)
         pooled = self.pool(features, coverage)
         location = fourier_box(boxes.to(features.dtype), self.frequencies)
         return self.mlp(pooled) + self.location(location)

@@ -143,7 +143,9 @@ class VitronModel(
                 f"but the tokenizer has {len(tokenizer)} tokens"
             )
         self.projector = Projector(self.vision.hidden_size, width, config.projector_hidden)
-        self.region_encoder = RegionEncoder(self.vision.hidden_size, width, config.region)
+        self.region_encoder = RegionEncoder(
+            self.vision.hidden_size, width, config.region, config.vision.image_size
+        )
         self.signal_heads = SignalHeads(width, config.signal)
         self.synergy = SynergyModule(config.signal)
         self.processor = VitronProcessor(tokenizer, config)
@@ -198,6 +200,43 @@ class VitronModel(
             model = cls(config, tokenizer, llm=lm, vision=tower)
         model.place_parts(lm.get_input_embeddings().weight.device)
         return model
+
+    @classmethod
+    def from_official(
+        cls,
+        base: str | Path,
+        lora: str | Path | None = None,
+        vision_tower: str | Path | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        system_prompt: str | None = None,
+        seed: int = 0,
+    ) -> VitronModel:
+        """The released Vitron checkpoint (LLaVA format) as a Vitron model (on the CPU).
+
+        Every file is checked first (:func:`vitron.models.official.check_official`: one line
+        naming the file and what was expected); then the base's weights are read, the LoRA
+        merged (``W + (alpha / r) B A``), ``non_lora_trainables.bin`` gives the projector and
+        the region extractor (the ``"official"`` region style), and the image tower's CLIP
+        weights are mapped. The parts the release lacks (signal heads, synergy module) start
+        at random values seeded by ``seed``; videos are refused. See
+        ``docs/official-checkpoint.md``.
+
+        Args:
+            base: the base folder (``Vitron/vitron-base``: config.json, shards + index or one
+                weight file, tokenizer).
+            lora: the LoRA folder (``Vitron/vitron-lora``), or ``None``.
+            vision_tower: the LanguageBind_Image folder (``None``: the config's
+                ``mm_image_tower`` when it is an existing folder).
+            dtype: dtype of every floating-point weight (default: torch's default).
+            system_prompt: the conversation's system prompt (default: vicuna_v1's sentence).
+            seed: seed of the parts the release lacks.
+        """
+        from vitron.models.official import load_official
+
+        return load_official(
+            base, lora, vision_tower, dtype=dtype, system_prompt=system_prompt, seed=seed
+        )
 
     def place_parts(self, device: str | torch.device) -> None:
         """Move every part but the LLM (which transformers may spread over devices)."""

@@ -1,0 +1,299 @@
+"""Import of the released checkpoint's format (issue 51, item 1), on tiny checkpoints written
+here in the release's file set and key layout, against an independent re-statement of the
+LLaVA forward: the tower's select-layer patch features without the class token, the
+Linear-GELU-Linear projector, the image rows spliced at the image placeholder, the LLaMA's
+logits with the LoRA update W + (alpha / r) B A merged by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vitron.cli import main
+from vitron.models.official import check_official
+from vitron.models.vitron import VitronModel
+from vitron.processing import Message
+from vitron.tiny import byte_level_tokenizer
+
+TOWER = {
+    "image_size": 32, "patch_size": 8, "hidden_size": 24, "intermediate_size": 48,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "hidden_act": "quick_gelu",
+}  # fmt: skip
+RANK, ALPHA = 4, 8
+
+
+def _llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def write_release(root: Path, shards: str = "bin") -> dict:
+    """Tiny base, LoRA and LanguageBind_Image folders; returns their tensors for the oracle."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    base, lora, tower = root / "vitron-base", root / "vitron-lora", root / "LanguageBind_Image"
+    for folder in (base, lora, tower):
+        folder.mkdir(parents=True)
+    tokenizer = byte_level_tokenizer(1024)
+    tokenizer.save_pretrained(str(base))
+    llm = _llama(len(tokenizer))
+    config = {**llm.config.to_dict(), "model_type": "llava_llama",
+              "architectures": ["LlavaLlamaForCausalLM"], "mm_hidden_size": 24,
+              "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
+              "mm_vision_select_feature": "patch", "mm_use_im_start_end": False,
+              "mm_use_im_patch_token": False, "image_aspect_ratio": "pad",
+              "mm_image_tower": "LanguageBind/LanguageBind_Image",
+              "mm_video_tower": "LanguageBind/LanguageBind_Video_merge"}  # fmt: skip
+    (base / "config.json").write_text(json.dumps(config))
+    (lora / "config.json").write_text(json.dumps(config))
+    extra = {}
+    for prefix, shapes in (
+        ("model.mm_projector.", {"0": (32, 24), "2": (32, 32)}),
+        ("model.region_extractor.region_linear.layers.", {"0": (32, 24), "1": (32, 32),
+                                                          "2": (32, 32)}),
+        ("model.region_extractor.loc_encoder.loc_encoder.", {"0": (16, 4), "2": (32, 16)}),
+    ):  # fmt: skip
+        for index, shape in shapes.items():
+            extra[f"{prefix}{index}.weight"] = torch.randn(shape) * 0.2
+            extra[f"{prefix}{index}.bias"] = torch.randn(shape[0]) * 0.2
+    state = {k: v.clone() for k, v in llm.state_dict().items()}
+    base_state = {**state, **{k: torch.zeros_like(v) for k, v in extra.items()}}  # stale
+    names = sorted(base_state)
+    halves = (names[: len(names) // 2], names[len(names) // 2 :])
+    ext = "bin" if shards == "bin" else "safetensors"
+    weight_map = {}
+    for i, part in enumerate(halves):
+        shard = f"{'pytorch_model' if ext == 'bin' else 'model'}-0000{i + 1}-of-00002.{ext}"
+        tensors = {k: base_state[k].contiguous() for k in part}
+        if ext == "bin":
+            torch.save(tensors, base / shard)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(base / shard))
+        weight_map.update(dict.fromkeys(part, shard))
+    index = "pytorch_model.bin.index.json" if ext == "bin" else "model.safetensors.index.json"
+    (base / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    adapter = {}
+    for layer in range(2):
+        for proj, out in (("q_proj", 32), ("v_proj", 16)):
+            stem = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            adapter[f"{stem}.lora_A.weight"] = torch.randn(RANK, 32) * 0.3
+            adapter[f"{stem}.lora_B.weight"] = torch.randn(out, RANK) * 0.3
+    torch.save(adapter, lora / "adapter_model.bin")
+    (lora / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA,
+         "target_modules": ["q_proj", "v_proj"]}))  # fmt: skip
+    torch.save({f"base_model.model.{k}": v for k, v in extra.items()},
+               lora / "non_lora_trainables.bin")  # fmt: skip
+    clip = CLIPVisionModel(CLIPVisionConfig(**TOWER)).eval()
+    tower_state = {k: v.clone() for k, v in clip.state_dict().items()}
+    # LanguageBind_Image keeps the CLIP vision tensors under vision_model.
+    released = {
+        "vision_model." + k.removeprefix("vision_model."): v for k, v in tower_state.items()
+    }
+    junk = {
+        "text_model.embeddings.token_embedding.weight": torch.randn(8, 4),
+        "logit_scale": torch.tensor(1.0),
+        "visual_projection.weight": torch.randn(4, 24),
+    }
+    torch.save({**released, **junk}, tower / "pytorch_model.bin")  # fmt: skip
+    (tower / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "LanguageBindImage",
+                "text_config": {"hidden_size": 4},
+                "vision_config": {**TOWER, "lora_r": 0, "add_time_attn": False, "num_frames": 1},
+            }
+        )
+    )
+    return {"llm": state, "extra": extra, "adapter": adapter, "tower": tower_state,
+            "base": base, "lora": lora, "tower_dir": tower}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return write_release(tmp_path_factory.mktemp("release"))
+
+
+def oracle_logits(release: dict, ids: torch.Tensor, pixels: torch.Tensor, image_id: int):
+    """The LLaVA forward re-stated with transformers parts and hand-merged weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    vocab = release["llm"]["model.embed_tokens.weight"].shape[0]
+    llm = _llama(vocab)
+    merged = {k: v.clone() for k, v in release["llm"].items()}
+    for key, a in release["adapter"].items():
+        if ".lora_A." in key:
+            b = release["adapter"][key.replace("lora_A", "lora_B")]
+            target = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            merged[target] = merged[target] + (ALPHA / RANK) * b @ a
+    llm.load_state_dict(merged)
+    clip = CLIPVisionModel(CLIPVisionConfig(**TOWER)).eval()
+    clip.load_state_dict(release["tower"])
+    with torch.no_grad():
+        hidden = clip(pixel_values=pixels[None], output_hidden_states=True).hidden_states
+        patches = hidden[-2][0, 1:]  # select layer -2, class token dropped: (P, 24)
+        e = release["extra"]
+        rows = F.linear(patches, e["model.mm_projector.0.weight"], e["model.mm_projector.0.bias"])
+        rows = F.linear(F.gelu(rows), e["model.mm_projector.2.weight"],
+                        e["model.mm_projector.2.bias"])  # fmt: skip
+        at = int((ids == image_id).nonzero()[0, 0])
+        embed = llm.get_input_embeddings()
+        before, after = embed(ids[:at]), embed(ids[at + 1 :])
+        embeds = torch.cat([before, rows, after])[None]  # (1, L - 1 + P, 32)
+        return llm(inputs_embeds=embeds).logits[0]
+
+
+def test_import_matches_the_llava_forward(release):
+    model = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+    image = Image.new("RGB", (40, 24), (200, 30, 90))
+    sample = model.processor.sample(
+        [Message("user", "<image>\nwhat is this?")], images=[image], add_generation_prompt=True
+    )
+    with torch.no_grad():
+        spliced = model.splice([sample], truncate=False)
+        logits = model.llm(inputs_embeds=spliced.inputs_embeds).logits[0]
+    vocab = release["llm"]["model.embed_tokens.weight"].shape[0]
+    expected = oracle_logits(release, sample.input_ids, sample.images[0], model.image_token_id)
+    assert logits.shape[0] == expected.shape[0]
+    torch.testing.assert_close(logits[:, :vocab], expected, atol=1e-5, rtol=0)
+    text = model.tokenizer.decode(sample.input_ids)
+    assert text.startswith("<s>A chat between a curious user and an artificial intelligence")
+    assert text.endswith("USER: <image>\nwhat is this? ASSISTANT:")
+    assert model.config.vision.preprocess == "pad" and model.config.vision.select_layer == -2
+
+
+def test_projector_and_region_extractor_parity(release):
+    model = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+    e = release["extra"]
+    features = torch.randn(2, 16, 24)
+    with torch.no_grad():
+        rows = model.projector(features)
+        fc1 = F.linear(features, e["model.mm_projector.0.weight"], e["model.mm_projector.0.bias"])
+        hand = F.linear(F.gelu(fc1), e["model.mm_projector.2.weight"],
+                        e["model.mm_projector.2.bias"])  # fmt: skip
+        torch.testing.assert_close(rows, hand, atol=1e-6, rtol=0)
+        # a box on the patch grid: the patches it touches, averaged; its pixels -> the MLP
+        coverage = torch.zeros(2, 16)
+        coverage[0, [0, 1, 4, 5]] = torch.tensor([1.0, 0.5, 0.25, 1.0])
+        coverage[1, 15] = 0.1
+        boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.75, 0.75, 1.0, 1.0]])
+        got = model.region_encoder(features, coverage, boxes)
+
+        def lin(x, name):
+            return F.linear(x, e[name + ".weight"], e[name + ".bias"])
+
+        pooled = torch.stack([features[0, [0, 1, 4, 5]].mean(0), features[1, 15]])
+        r = "model.region_extractor.region_linear.layers."
+        mlp = lin(F.relu(lin(F.relu(lin(pooled, r + "0")), r + "1")), r + "2")
+        loc = "model.region_extractor.loc_encoder.loc_encoder."
+        location = lin(F.relu(lin(boxes * 32, loc + "0")), loc + "2")  # pixels of the 32 px input
+        torch.testing.assert_close(got, mlp + location, atol=1e-6, rtol=0)
+
+
+def test_safetensors_shards_import(tmp_path):
+    release = write_release(tmp_path, shards="safetensors")
+    model = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+    got = model.llm.state_dict()["model.layers.1.mlp.down_proj.weight"]
+    assert torch.equal(got, release["llm"]["model.layers.1.mlp.down_proj.weight"])
+
+
+def test_convert_official_command_writes_a_runnable_folder(release, tmp_path, capsys):
+    out = tmp_path / "converted"
+    code = main(["convert-official", str(release["base"]), "--lora", str(release["lora"]),
+                 "--vision-tower", str(release["tower_dir"]), "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    loaded = VitronModel.from_pretrained(str(out))
+    direct = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert loaded.config.region.style == "official"
+    with pytest.raises(ValueError, match="this model takes no videos: an imported official"):
+        frames = [Image.new("RGB", (32, 32))] * 2
+        loaded.processor.sample([Message("user", "<video>\nhi")], videos=[frames])
+
+
+def _copy(release: dict, tmp_path: Path) -> dict:
+    shutil.copytree(release["base"].parent, tmp_path / "r")
+    root = tmp_path / "r"
+    return {"base": root / "vitron-base", "lora": root / "vitron-lora",
+            "tower": root / "LanguageBind_Image"}  # fmt: skip
+
+
+def _error(capsys, base, lora, tower, tmp_path) -> str:
+    argv = ["convert-official", str(base), "--lora", str(lora), "--vision-tower", str(tower),
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_missing_shard(release, tmp_path, capsys):
+    paths = _copy(release, tmp_path)
+    (paths["base"] / "pytorch_model-00002-of-00002.bin").unlink()
+    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    shard = paths["base"] / "pytorch_model-00002-of-00002.bin"
+    assert err == (
+        f"vitron convert-official: error: BASE {shard}: missing shard (listed in "
+        "pytorch_model.bin.index.json)"
+    )
+
+
+def test_missing_index(release, tmp_path, capsys):
+    paths = _copy(release, tmp_path)
+    (paths["base"] / "pytorch_model.bin.index.json").unlink()
+    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    index = paths["base"] / "pytorch_model.bin.index.json"
+    assert err == (
+        f"vitron convert-official: error: BASE {index}: missing index; the shards "
+        "pytorch_model-00001-of-00002.bin, pytorch_model-00002-of-00002.bin need it "
+        "(tensor name -> shard file)"
+    )
+
+
+def test_adapter_that_does_not_fit(release, tmp_path, capsys):
+    paths = _copy(release, tmp_path)
+    adapter = torch.load(paths["lora"] / "adapter_model.bin")
+    key = "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"
+    adapter[key] = torch.zeros(32, RANK)  # v_proj is (16, 32): 2 KV heads of 8
+    torch.save(adapter, paths["lora"] / "adapter_model.bin")
+    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    assert err == (
+        f"vitron convert-official: error: --lora {paths['lora'] / 'adapter_model.bin'}: "
+        "model.layers.0.self_attn.v_proj.weight: A (4, 32), B (32, 4) do not fit the LLM's "
+        "(16, 32) weight with r=4; expected A (4, 32), B (16, 4)"
+    )
+
+
+def test_missing_adapter_and_tower_mismatch(release, tmp_path, capsys):
+    paths = _copy(release, tmp_path)
+    (paths["lora"] / "adapter_model.bin").unlink()
+    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    assert err == (
+        f"vitron convert-official: error: --lora {paths['lora'] / 'adapter_model.bin'}: "
+        "missing (the LoRA's A and B matrices)"
+    )
+    with pytest.raises(ValueError, match=r"hidden_size 24 does not fit the projector's "
+                       r"mm_hidden_size 64"):  # fmt: skip
+        config = json.loads((release["base"] / "config.json").read_text())
+        (paths["base"] / "config.json").write_text(json.dumps({**config, "mm_hidden_size": 64}))
+        (paths["lora"] / "config.json").unlink()
+        check_official(paths["base"], None, paths["tower"])
+    with pytest.raises(ValueError, match="no such folder; expected the LanguageBind_Image"):
+        check_official(release["base"], None, None)  # mm_image_tower is a hub name
