@@ -254,7 +254,10 @@ def make_env(env: Path) -> Path:
         text=True,
     ).stdout.strip()
     host = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    (Path(purelib) / "_gpu_machine_site.pth").write_text("".join(f"{p}\n" for p in host))
+    # addsitedir, not a plain path line: the machine's own .pth files (a torch installed
+    # elsewhere and linked in by one, editable installs) must be read too.
+    lines = "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in host)
+    (Path(purelib) / "_gpu_machine_site.pth").write_text(lines)
     return python
 
 
