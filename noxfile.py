@@ -9,7 +9,8 @@ Sessions (``nox -l``):
   repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
   slow        every package's ``slow``-marked tests (minutes each), in one environment; tag
               ``tests``.
-  gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners).
+  gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners);
+              ``nox -s gpu -- packages/PKG/tests`` runs one package's.
   gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder
               (``tools/gpu_report.py``; offline GPU machines run that script directly).
   gpu_wheelhouse  the wheels an offline GPU machine lacks, into ``gpu-wheelhouse/``.
@@ -177,7 +178,9 @@ def repo(session: nox.Session) -> None:
     common-kernels' test helpers, ``common_kernels.runtime.testing``)."""
     share_torch(session)
     install_packages(session, ["common-kernels"])
-    session.install("pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10")
+    # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
+    session.install("pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
+                    "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
 
@@ -187,6 +190,8 @@ def slow(session: nox.Session) -> None:
     installed in one env."""
     share_torch(session)
     install_packages(session, list(PACKAGES), "test")
+    # tests/test_release.py: build the sdists and wheels, check them as PyPI would.
+    session.install("build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6")
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",
@@ -196,12 +201,16 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """Every package's gpu-marked tests, compiling the Triton kernels for CUDA."""
+    """Every package's gpu-marked tests, compiling the Triton kernels for CUDA.
+
+    ``nox -s gpu -- packages/semanir/tests`` runs only the tests named after ``--`` (paths and
+    pytest options; a package's GPU job in .github/workflows runs its own tests this way).
+    """
     share_torch(session)
     if not cuda_available(session):
         session.skip("no CUDA device on this machine")
     install_packages(session, list(PACKAGES), "test")
-    tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
+    tests = session.posargs or [str(PACKAGES_DIR / name / "tests") for name in PACKAGES]
     session.run("python", "-m", "pytest", *tests, "-m", "gpu", "-p", "no:cacheprovider")
 
 
