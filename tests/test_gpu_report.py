@@ -264,6 +264,10 @@ def test_training_data_copies_are_lossless_webp_and_16_bit_images_are_refused(tm
         assert np.array_equal(np.asarray(back), rgb)
     assert before == (source / "a.png").stat().st_size + (source / "b.bmp").stat().st_size
     assert after == sum(p.stat().st_size for p in (tmp_path / "out" / "train").iterdir())
+    gpu_report.webp_copy([source / "a.png"], tmp_path / "one")  # a single image
+    assert [p.name for p in (tmp_path / "one" / "train").iterdir()] == ["a.webp"]
+    with pytest.raises(SystemExit, match="missing.png does not exist"):
+        gpu_report.webp_copy([source / "missing.png"], tmp_path / "one")
     deep = tmp_path / "deep"
     deep.mkdir()
     image_module.fromarray(gray.astype(np.uint16) * 257).save(deep / "c.png")

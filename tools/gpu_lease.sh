@@ -6,10 +6,11 @@
 # (results.tgz, summary.md, last.ckpt: at most 3 files), so a call cut short still brings back
 # what it did. Prepare here, at the repository root:
 #   python3 tools/gpu_report.py wheelhouse                  # gpu-wheelhouse/, 34 MiB
-#   python3 tools/gpu_report.py training-data ../shared/data/train400 ../shared/data/set12
-# (.gpu-data/: the images as lossless WebP, 7.7 MB instead of 9.5, so that the tree, the
-# wheelhouse and the data fit the 64 MiB a call carries), then run, carrying gpu-wheelhouse and
-# .gpu-data:
+#   python3 tools/gpu_report.py training-data ../shared/data/train400 \
+#     ../shared/data/set12/{01,02,05}.png
+# (.gpu-data/: the images as lossless WebP, 7.7 MB; with the whole of Set12, the tree, the
+# wheelhouse and the data would pass the 64 MiB a call carries: validation there uses three
+# Set12 images, the evaluation is done here), then run, carrying gpu-wheelhouse and .gpu-data:
 #   mkdir -p outputs && bash tools/gpu_lease.sh 2>&1 | tee outputs/device.log
 # Variables: OUT (required), MAX_TIME (training, default 00:00:05:15), TESTS_S (GPU lane limit,
 # 170), BENCH_S (each benchmark's limit, 70), WHEELHOUSE, TRAIN_EXTRA (more fit flags).

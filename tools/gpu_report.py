@@ -188,10 +188,11 @@ def build_wheelhouse(folder: Path, *, this_machine: bool = False) -> list[Path]:
 
 
 def webp_copy(sources: Sequence[Path], to: Path) -> tuple[int, int]:
-    """Each 8-bit image of each source folder as a lossless WebP in ``to/<folder name>/``.
+    """Each 8-bit image of each source as a lossless WebP in ``to/<folder name>/``.
 
     Args:
-        sources: image folders (PNG, BMP, JPEG, ... as Pillow reads them).
+        sources: image folders, or single images (copied into ``to/<their folder's name>/``),
+            as Pillow reads them (PNG, BMP, JPEG, TIFF).
         to: the folder the copies go to (``.gpu-data``, which travels to a lent machine).
 
     Returns the bytes of the sources and of the copies. Every copy is decoded again and
@@ -203,11 +204,12 @@ def webp_copy(sources: Sequence[Path], to: Path) -> tuple[int, int]:
 
     before = after = 0
     for source in sources:
-        if not source.is_dir():
-            raise SystemExit(f"gpu_report: training-data: {source} is not a folder")
-        target = to / source.name
+        if not source.exists():
+            raise SystemExit(f"gpu_report: training-data: {source} does not exist")
+        files = sorted(source.iterdir()) if source.is_dir() else [source]
+        target = to / (source.name if source.is_dir() else source.parent.name)
         target.mkdir(parents=True, exist_ok=True)
-        for path in sorted(source.iterdir()):
+        for path in files:
             if path.suffix.lower() not in (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"):
                 continue
             with Image.open(path) as image:
@@ -509,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = commands.add_parser(
         "training-data", help="image folders as lossless WebP copies, to carry to a GPU machine"
     )
-    data.add_argument("folders", nargs="+", type=Path, metavar="FOLDER")
+    data.add_argument("folders", nargs="+", type=Path, metavar="FOLDER_OR_IMAGE")
     data.add_argument("--to", type=Path, default=ROOT / ".gpu-data", help="default: .gpu-data")
     install = commands.add_parser("install", help="only install the tree offline into --env")
     install.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
