@@ -117,6 +117,15 @@ CASES = {
     "image_name": ([*VQA, "--image-name", "img_{id}.jpg"],
                    "--image-name: the image name pattern 'img_{id}.jpg' does not format image_id 0 "
                    "(KeyError: 'id')"),
+    "base": (["convert-official", "{t}/nope", "-o", "{t}/out"],
+             "BASE {t}/nope: no such folder; expected the LLaVA-format base folder (config.json, "
+             "weights)"),
+    "lora": (["convert-official", "{t}", "--lora", "{t}/nope", "-o", "{t}/out"],
+             "--lora {t}/nope: no such folder; expected the LoRA folder "
+             "(adapter_config.json, ...)"),
+    "vision_tower": (["convert-official", "{t}", "--vision-tower", "{t}/nope", "-o", "{t}/out"],
+                     "--vision-tower {t}/nope: no such folder; expected the LanguageBind_Image (or "
+                     "CLIP) tower folder"),
 }  # fmt: skip
 
 

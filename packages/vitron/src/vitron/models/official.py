@@ -335,6 +335,10 @@ def check_official(
         InvalidValue: one line naming the argument, the file and what was expected.
     """
     folder = _folder(base, "base", "the LLaVA-format base folder (config.json, weights)")
+    if lora is not None:  # every folder given exists, before any file is read
+        _folder(lora, "lora", "the LoRA folder (adapter_config.json, ...)")
+    if vision_tower is not None:
+        _folder(vision_tower, "vision_tower", "the LanguageBind_Image (or CLIP) tower folder")
     if not (folder / "config.json").is_file():
         raise _fail("base", folder / "config.json", "missing (the LLaVA config with mm_* keys)")
     config = _read_json(folder / "config.json", "base")
