@@ -266,7 +266,7 @@ def test_training_data_copies_are_lossless_webp_and_16_bit_images_are_refused(tm
     assert after == sum(p.stat().st_size for p in (tmp_path / "out" / "train").iterdir())
     gpu_report.webp_copy([source / "a.png"], tmp_path / "one")  # a single image
     assert [p.name for p in (tmp_path / "one" / "train").iterdir()] == ["a.webp"]
-    with pytest.raises(SystemExit, match="missing.png does not exist"):
+    with pytest.raises(SystemExit, match=r"missing\.png does not exist"):
         gpu_report.webp_copy([source / "missing.png"], tmp_path / "one")
     deep = tmp_path / "deep"
     deep.mkdir()
