@@ -190,8 +190,10 @@ def slow(session: nox.Session) -> None:
     installed in one env."""
     share_torch(session)
     install_packages(session, list(PACKAGES), "test")
-    # tests/test_release.py: build the sdists and wheels, check them as PyPI would.
-    session.install("build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6")
+    # tests/test_release.py: build the sdists and wheels, check them as PyPI would;
+    # check-jsonschema, pyyaml: tests/test_workflows.py is collected here too.
+    session.install("build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6",
+                    "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",
