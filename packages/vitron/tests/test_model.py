@@ -190,8 +190,12 @@ def test_random_weights_is_saved_only_when_true(tmp_path):
     tiny.save_pretrained(tmp_path / "real")
     data = json.loads((tmp_path / "real" / "config.json").read_text())
     assert "random_weights" not in data
-    fields_0_4_2 = {field.name for field in dataclasses.fields(VitronConfig)} - {"random_weights"}
+    # the fields after 0.4.2 are written only when set (system_prompt, video_support: an
+    # imported official model; region.style "official")
+    later = {"random_weights", "system_prompt", "video_support"}
+    fields_0_4_2 = {field.name for field in dataclasses.fields(VitronConfig)} - later
     assert set(data) - {"vitron_version"} == fields_0_4_2
+    assert "style" not in data["region"]
     assert VitronModel.from_pretrained(tmp_path / "real").config.random_weights is False
 
 
