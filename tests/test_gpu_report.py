@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import textwrap
 import time
@@ -178,32 +179,81 @@ def test_a_timed_out_piece_leaves_no_process_behind(tmp_path):
     assert dead()
 
 
+def lent_machine_site(folder: Path) -> Path:
+    """A site folder standing in for a lent GPU machine's: links to what this interpreter has
+    installed of torch, torchvision, pip and :data:`PRESENT_ON_GPU_MACHINE`, with everything
+    they require (their base requirements, transitively), and nothing else: not the wheelhouse's
+    packages, not this tree's. Loose ``.pth`` files (a torch linked in by one) come along; names
+    of that list not installed here are installed into the folder from the index."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def key(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    dists = {key(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site)])}
+    roots = ["torch", "torchvision", "pip", *gpu_report.PRESENT_ON_GPU_MACHINE]
+    wanted, seen, todo = set(), set(), [(name, "") for name in roots]
+    while todo:  # (distribution, one of the extras asked of it): lightning needs fsspec[http]
+        name, extra = todo.pop()
+        name = key(name)
+        if (name, extra) in seen or name not in dists:
+            continue
+        seen.add((name, extra))
+        wanted.add(name)
+        for line in dists[name].requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(requirement.name, e) for e in ("", *requirement.extras)]
+    assert {"torch", "lightning", "transformers"} <= wanted
+    assert not wanted & {key(r.split("==")[0]) for r in gpu_report.MISSING_ON_GPU_MACHINE}
+    recorded, linked = set(), set()
+    for name, dist in dists.items():
+        tops = {Path(f).parts[0] for f in dist.files or [] if Path(f).parts[0] != ".."}
+        recorded |= tops
+        if name in wanted:
+            linked |= tops
+    linked |= {p.name for p in site.glob("*.pth") if p.name not in recorded}
+    folder.mkdir()
+    for top in sorted(linked):
+        if (site / top).exists():
+            (folder / top).symlink_to(site / top)
+    absent = [n for n in gpu_report.PRESENT_ON_GPU_MACHINE if key(n) not in dists]
+    if absent:  # on the machines, not here (pathspec, sentencepiece): from the index
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+             str(folder), *absent],
+            check=True,
+        )  # fmt: skip
+    return folder
+
+
 @pytest.mark.slow
 def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_cuda(tmp_path):
-    """A virtual environment with torch and the lent machines' libraries stands in for one:
-    with ``PIP_NO_INDEX=1`` and the wheelhouse only, the report installs every package."""
+    """A virtual environment that sees torch and the lent machines' libraries (linked from this
+    environment) stands in for one: with ``PIP_NO_INDEX=1`` and the wheelhouse only, the
+    report installs every package and says that there is no CUDA device."""
     wheelhouse = tmp_path / "wheelhouse"
     gpu_report.build_wheelhouse(wheelhouse, this_machine=True)
     assert sum(w.stat().st_size for w in wheelhouse.glob("*.whl")) <= 40 * 2**20
     host = tmp_path / "host"
-    venv.EnvBuilder(with_pip=True).create(host)
+    venv.EnvBuilder(with_pip=False).create(host)
     python = host / "bin" / "python"
-    # The lent machines' libraries that this tree uses (KINDS.md's list), from the index.
-    shared_torch = ROOT / ".nox" / "_torch-2.14.1"  # the nox sessions' torch, if installed
-    torch = ["torch==2.14.1"]
-    if (shared_torch / "torch").is_dir():
-        site = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
-        (Path(site) / "_shared_torch.pth").write_text(f"{shared_torch}\n")
-        torch = []
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *torch, "torchvision==0.29.1",
-         *gpu_report.PRESENT_ON_GPU_MACHINE],
-        check=True,
-    )  # fmt: skip
+    host_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    farm = lent_machine_site(tmp_path / "machine-site")
+    (Path(host_site) / "machine.pth").write_text(f"import site; site.addsitedir({str(farm)!r})\n")
     env = {**os.environ, "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
+    lacking = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print([m for m in ('diffusers', "
+         "'open_clip', 'jsonargparse', 'semanir') if u.find_spec(m)])"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert lacking == "[]"  # the stand-in lacks what the wheelhouse and the tree provide
     result = subprocess.run(
         [str(python), str(ROOT / "tools" / "gpu_report.py"), "run", "--wheelhouse",
          str(wheelhouse), "--env", str(tmp_path / "gpu-env"), "--out", str(tmp_path / "out")],
@@ -214,13 +264,14 @@ def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_c
     probe = (
         "import importlib.metadata as m, common_kernels, semanir, itaclip, pixelsmith, diffeat, "
         "vitron, diffusers, open_clip, jsonargparse, torchdata, imagecodecs; "
-        "print(' '.join(m.version(d) for d in ('semanir', 'vitron')))"
+        "print(' '.join(m.version(d) for d in ('semanir', 'vitron')), semanir.__file__)"
     )
     versions = subprocess.run(
         [str(tmp_path / "gpu-env" / "bin" / "python"), "-c", probe],
         env=env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert versions == [gpu_report.tree_version("semanir"), gpu_report.tree_version("vitron")]
+    assert versions[:2] == [gpu_report.tree_version("semanir"), gpu_report.tree_version("vitron")]
+    assert versions[2].startswith(str(tmp_path / "gpu-env"))  # installed there, from the tree
 
 
 def test_the_readmes_gpu_commands_are_commands_of_the_script(capsys):
