@@ -15,13 +15,15 @@ PACKAGES = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml")
 SOURCES = sorted((ROOT / "packages").glob("*/src/**/*.py"))
 MAX_LINES = 800
 # Where a module-level function may be used from: the sources, tests, benchmarks and examples
-# of every package, the repository's own tests and sessions, and the READMEs (public API).
+# of every package, the repository's own tests and sessions, and the READMEs and docs pages
+# (public API).
 USES = [
     *sorted((ROOT / "packages").glob("*/src/**/*.py")),
     *sorted((ROOT / "packages").glob("*/tests/**/*.py")),
     *sorted((ROOT / "packages").glob("*/benchmarks/**/*.py")),
     *sorted((ROOT / "packages").glob("*/examples/**/*.py")),
     *sorted((ROOT / "packages").glob("*/README.md")),
+    *sorted((ROOT / "packages").glob("*/docs/*.md")),
     *sorted((ROOT / "tests").glob("*.py")),
     ROOT / "noxfile.py",
 ]

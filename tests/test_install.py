@@ -57,16 +57,32 @@ def install_lines(readme: Path) -> list[tuple[str, bool]]:
     return found
 
 
-README_LINES = [
-    pytest.param(command, id=f"{d.name}:{i}")
-    for d in PACKAGE_DIRS
-    for i, (command, pypi_only) in enumerate(install_lines(d / "README.md"))
-    if not pypi_only
-] + [
-    pytest.param(command, id=f"root:{i}")
-    for i, (command, pypi_only) in enumerate(install_lines(ROOT / "README.md"))
-    if not pypi_only
-]
+def docs_pages(package_dir: Path) -> list[Path]:
+    """The package's docs pages, where the README's long sections moved (issue 52): their
+    install lines are held to the README's rules."""
+    return sorted((package_dir / "docs").glob("*.md"))
+
+
+README_LINES = (
+    [
+        pytest.param(command, id=f"{d.name}:{i}")
+        for d in PACKAGE_DIRS
+        for i, (command, pypi_only) in enumerate(install_lines(d / "README.md"))
+        if not pypi_only
+    ]
+    + [
+        pytest.param(command, id=f"{d.name}/docs/{page.name}:{i}")
+        for d in PACKAGE_DIRS
+        for page in docs_pages(d)
+        for i, (command, pypi_only) in enumerate(install_lines(page))
+        if not pypi_only
+    ]
+    + [
+        pytest.param(command, id=f"root:{i}")
+        for i, (command, pypi_only) in enumerate(install_lines(ROOT / "README.md"))
+        if not pypi_only
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +172,8 @@ def _dir_of(name: str) -> Path:
 def test_every_install_line_works_today_or_is_marked() -> None:
     """A README line either installs from the clone / the wheelhouse or sits under the
     'not on PyPI yet' marker; every package README has a clone line for itself."""
-    for readme in [ROOT / "README.md", *(d / "README.md" for d in PACKAGE_DIRS)]:
+    pages = [page for d in PACKAGE_DIRS for page in (d / "README.md", *docs_pages(d))]
+    for readme in [ROOT / "README.md", *pages]:
         for command, pypi_only in install_lines(readme):
             args = shlex.split(command)[2:]
             local = args[0].startswith("./packages/") or args[:2] == ["--find-links", "dist"]

@@ -207,7 +207,7 @@ def test_runtimes_compares_spandrel_and_onnx_runtime_with_restore(tmp_path, tiny
     assert report["restore"]["max_abs_difference"] == 0.0
     assert report["spandrel"]["max_abs_difference"] <= 1e-4  # the same modules and maths
     # ONNX Runtime's convolutions and norms round otherwise: on smooth images near-ties in the
-    # top-k flip (README, "ONNX export"), moving a few pixels by less than one 8-bit level
+    # top-k flip (docs/guide.md, "ONNX export"), moving a few pixels by less than one 8-bit level
     assert report["onnx"]["max_abs_difference"] < 1 / 255
     for name in ("spandrel", "onnx"):
         assert report[name]["psnr_db"] == pytest.approx(report["restore"]["psnr_db"], abs=1e-3)
