@@ -236,11 +236,11 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
 def run_convert_official(args: argparse.Namespace) -> int:
     """``vitron convert-official``: every file checked, then the release -> a Vitron folder."""
-    from vitron.models.official import check_official, load_official
+    from vitron.models.vitron import VitronModel
 
     check_output_folder(args.output, "output")
-    check_official(args.base, args.lora, args.vision_tower)  # one line each, before any weight
-    model = load_official(args.base, args.lora, args.vision_tower, dtype=DTYPES.get(args.dtype))
+    dtype = DTYPES.get(args.dtype)  # from_official checks every file before any weight
+    model = VitronModel.from_official(args.base, args.lora, args.vision_tower, dtype=dtype)
     model.save_pretrained(args.output)
     print(f"official Vitron checkpoint converted to {args.output}; run it with --model")
     return 0

@@ -435,6 +435,7 @@ def official_state(files: OfficialFiles) -> dict[str, Tensor]:
 
 
 def load_official(
+    model_class: type,
     base: str | Path,
     lora: str | Path | None = None,
     vision_tower: str | Path | None = None,
@@ -443,14 +444,15 @@ def load_official(
     system_prompt: str | None = None,
     seed: int = 0,
 ):
-    """A :class:`~vitron.models.vitron.VitronModel` from the release's folders (see
-    :meth:`VitronModel.from_official`)."""
+    """A ``model_class`` (:class:`~vitron.models.vitron.VitronModel`, passed in by
+    :meth:`VitronModel.from_official`, which this module does not import) from the release's
+    folders."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vitron.models.config import VitronConfig
     from vitron.models.loading import default_dtype, empty_weights
+    from vitron.models.tokens import add_vitron_tokens
     from vitron.models.vision import VisionTower
-    from vitron.models.vitron import VitronModel, add_vitron_tokens
 
     files = check_official(base, lora, vision_tower)
     try:
@@ -498,7 +500,7 @@ def load_official(
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]), default_dtype(dtype):
         torch.manual_seed(seed)  # the parts the release lacks: signal heads, synergy module
-        model = VitronModel(config, tokenizer, llm=llm, vision=tower)
+        model = model_class(config, tokenizer, llm=llm, vision=tower)
     model.projector.load_state_dict({k: v.to(dtype) for k, v in parts["projector"].items()})
     model.region_encoder.load_state_dict(
         {k: v.to(dtype) for k, v in parts["region_encoder"].items()}

@@ -49,6 +49,7 @@ from vitron.models.sources import (
     check_model_source,
     pretrained_source,
 )
+from vitron.models.tokens import add_vitron_tokens
 from vitron.models.vision import VisionTower, patch_grid_pool
 from vitron.multimodal import Spliced, splice_batch
 from vitron.processing import IGNORE_INDEX, Sample, VitronProcessor
@@ -85,22 +86,6 @@ def build_llm(llm_config: dict[str, Any]) -> nn.Module:
         raise ValueError("the llm config needs a 'model_type' (e.g. 'llama')")
     config = AutoConfig.for_model(**llm_config)
     return AutoModelForCausalLM.from_config(config)
-
-
-def add_vitron_tokens(tokenizer, llm: nn.Module, config: VitronConfig) -> None:
-    """Add the placeholder and signal tokens; new embedding rows start at the mean row."""
-    old = llm.get_input_embeddings().weight.shape[0]
-    missing = [t for t in config.special_tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    if len(tokenizer) > old:
-        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
-                if emb is not None:
-                    emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
 
 
 class VitronModel(
@@ -235,7 +220,7 @@ class VitronModel(
         from vitron.models.official import load_official
 
         return load_official(
-            base, lora, vision_tower, dtype=dtype, system_prompt=system_prompt, seed=seed
+            cls, base, lora, vision_tower, dtype=dtype, system_prompt=system_prompt, seed=seed
         )
 
     def place_parts(self, device: str | torch.device) -> None:
