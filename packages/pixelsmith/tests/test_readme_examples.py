@@ -30,7 +30,11 @@ from pixelsmith.tiny import save_tiny_model
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
 README = PACKAGE / "README.md"
-EXAMPLES = shell_examples(README)
+# The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
+DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
+DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
+PAGES = [README, *DOCS]
+EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
 BIN = Path(sys.executable).parent
 TINY = "tiny-sdxl"  # the folder the examples name: ./tiny-sdxl
 LIBRARY_CHATTER = ("Loading pipeline components", "Writing model shards", "FutureWarning")
@@ -147,10 +151,13 @@ def test_checked_example_parses(example: ShellExample) -> None:
 
 
 def examples_in_python() -> list[str]:
-    """The Python blocks that are examples (they import something); the others are reference
-    listings (the API's signature)."""
+    """The Python blocks of the README and its docs pages that are examples (they import
+    something); the others are reference listings (the API's signature)."""
     return [
-        code for code in testing.python_blocks(README) if re.search(r"^(from|import) ", code, re.M)
+        code
+        for page in PAGES
+        for code in testing.python_blocks(page)
+        if re.search(r"^(from|import) ", code, re.M)
     ]
 
 

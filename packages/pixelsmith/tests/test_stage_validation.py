@@ -151,7 +151,7 @@ def test_latent_maps_bytes_is_66_bytes_per_sdxl_latent_px():
     assert latent_bytes_per_px() == 4 * 4 * 4 + 2  # 4 float32 maps of 4 channels + int16 map
     assert latent_maps_bytes(1024, 1024) == 128 * 128 * 66
     assert latent_maps_bytes(2048, 1536) == 256 * 192 * 66
-    assert latent_maps_bytes(31616, 31616) == 3952 * 3952 * 66  # the README's 0.96 GiB
+    assert latent_maps_bytes(31616, 31616) == 3952 * 3952 * 66  # docs/guide.md's 0.96 GiB
     assert latent_maps_bytes(64, 64, vae_scale_factor=8, channels=16) == 8 * 8 * (16 * 16 + 2)
 
 
