@@ -49,3 +49,48 @@ def keep_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+class RecordBatches:
+    """A Lightning callback: (epoch, global step, a fingerprint) of every training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, float]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.seen.append(
+            (trainer.current_epoch, trainer.global_step, round(batch["lq"].sum().item(), 4))
+        )
+
+
+@pytest.fixture
+def fit_recording_batches() -> Callable[..., list[tuple[int, int, float]]]:
+    """``fit(root, data, ckpt=None, **trainer_limits)``: fit the tiny test model on the CPU with
+    the data module ``data``, a checkpoint after every step under ``root``, and return what
+    :class:`RecordBatches` saw; a warning that the loader is not resumable fails it."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from semanir.lightning_module import RestorationModule
+
+    class Recorder(RecordBatches, Callback):
+        pass
+
+    def fit(root: Path, data, ckpt: Path | None = None, **limits) -> list[tuple[int, int, float]]:
+        record = Recorder()
+        every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1)
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=root, callbacks=[record, every_step],
+            **limits,
+        )  # fmt: skip
+        module = RestorationModule("semanir_test_tiny_unet", lr=1e-2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        assert not [w for w in caught if "not resumable" in str(w.message)]
+        return record.seen
+
+    return fit

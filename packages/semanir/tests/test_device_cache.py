@@ -6,13 +6,10 @@ exactly on a resume, and the option is refused where it does not apply."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 from semanir.data import RestorationDataModule, SyntheticDegradationDataset, dihedral
@@ -25,7 +22,6 @@ from semanir.data.device_cache import (
     read_uint8_images,
 )
 from semanir.io import list_images, write_image
-from semanir.lightning_module import RestorationModule
 
 SIZES = ((20, 24), (24, 20), (18, 18))  # (height, width): unequal sizes share a padded store
 
@@ -153,45 +149,23 @@ def test_the_data_module_draws_by_global_step_and_micro_batch(tmp_path: Path) ->
     assert data.on_after_batch_transfer(val, 0) is val  # validation batches pass unchanged
 
 
-class RecordBatches(Callback):
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, int, float]] = []
-
-    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx) -> None:
-        self.seen.append(
-            (trainer.current_epoch, trainer.global_step, round(batch["lq"].sum().item(), 4))
-        )
-
-
-def train(root: Path, images: Path, ckpt: Path | None = None, **limits) -> list:
-    """The batches of a device-cached fit (8 images, batch 2: 4 steps an epoch)."""
-    data = RestorationDataModule(
+def cached_data(images: Path) -> RestorationDataModule:
+    """A device-cached data module over ``images`` (8 images, batch 2: 4 steps an epoch)."""
+    return RestorationDataModule(
         train_dirs=[str(images)], task="denoise", sigma_range=(0, 50), patch_size=16,
         batch_size=2, num_workers=0, device_cache=True,
     )  # fmt: skip
-    record = RecordBatches()
-    every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=root, callbacks=[record, every_step], **limits,
-    )  # fmt: skip
-    module = RestorationModule("semanir_test_tiny_unet", lr=1e-2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
-    assert not [w for w in caught if "not resumable" in str(w.message)]
-    return record.seen
 
 
 @pytest.mark.parametrize("stop", [2, 4])  # mid-epoch, the end of an epoch
 def test_a_resumed_device_cached_fit_draws_the_batches_of_the_uninterrupted_one(
-    tmp_path: Path, stop: int
+    tmp_path: Path, stop: int, fit_recording_batches
 ) -> None:
     images = write_images(tmp_path / "images", [
         torch.randint(256, (1, 24, 24), generator=torch.Generator().manual_seed(i),
                       dtype=torch.uint8) for i in range(8)
     ])  # fmt: skip
-    straight = train(tmp_path / "straight", images, max_steps=6)
+    straight = fit_recording_batches(tmp_path / "straight", cached_data(images), max_steps=6)
     assert [(epoch, step) for epoch, step, _ in straight] == [
         (0, 0),
         (0, 1),
@@ -202,7 +176,9 @@ def test_a_resumed_device_cached_fit_draws_the_batches_of_the_uninterrupted_one(
     ]
     assert len({total for *_, total in straight}) == 6  # a new batch every step
     [checkpoint] = (tmp_path / "straight").glob(f"*-step={stop}.ckpt")
-    resumed = train(tmp_path / "resumed", images, checkpoint, max_steps=6)
+    resumed = fit_recording_batches(
+        tmp_path / "resumed", cached_data(images), checkpoint, max_steps=6
+    )
     assert resumed == straight[stop:]
 
 

@@ -4,19 +4,15 @@ an epoch's end, with another number of loader workers and with ``max_epochs``.""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.types import _Stateful
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from semanir.data.datamodule import RestorationDataModule
 from semanir.data.sampling import ResumableDataLoader, ResumableSampler, epoch_order, item_seed
 from semanir.io import write_image
-from semanir.lightning_module import RestorationModule
 
 
 def test_sampler_state_round_trip_and_the_end_of_an_epoch() -> None:
@@ -97,34 +93,12 @@ def make_images(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-class RecordBatches(Callback):
-    """The epoch and a fingerprint of every training batch."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, float]] = []
-
-    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx) -> None:
-        self.seen.append((trainer.current_epoch, round(batch["lq"].sum().item(), 4)))
-
-
-def train(root: Path, images: Path, workers: int, ckpt: Path | None = None, **limits) -> list:
-    """The batches of a fit (8 items, 4 steps an epoch), a checkpoint after every step."""
-    data = RestorationDataModule(
+def data_module(images: Path, workers: int) -> RestorationDataModule:
+    """8 items of 16 px from 4 images (4 steps an epoch)."""
+    return RestorationDataModule(
         train_dirs=[str(images)], task="denoise", sigma_range=(0, 50), patch_size=16,
         batch_size=2, num_workers=workers, repeat=2,
     )  # fmt: skip
-    record = RecordBatches()
-    every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=root, callbacks=[record, every_step], **limits,
-    )  # fmt: skip
-    module = RestorationModule("semanir_test_tiny_unet", lr=1e-2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
-    assert not [w for w in caught if "not resumable" in str(w.message)]
-    return record.seen
 
 
 @pytest.mark.parametrize(
@@ -137,13 +111,20 @@ def train(root: Path, images: Path, workers: int, ckpt: Path | None = None, **li
     ],
 )
 def test_a_resumed_fit_trains_on_the_batches_of_the_uninterrupted_one(
-    tmp_path: Path, stop: int, workers: int, resumed_workers: int, limits: dict
+    tmp_path: Path,
+    stop: int,
+    workers: int,
+    resumed_workers: int,
+    limits: dict,
+    fit_recording_batches,
 ) -> None:
+    fit = fit_recording_batches
     images = make_images(tmp_path / "images", count=4, size=24)
-    straight = train(tmp_path / "straight", images, workers, **limits)
+    straight = fit(tmp_path / "straight", data_module(images, workers), **limits)
     assert len(straight) == (7 if "max_steps" in limits else 8)
-    stopped = train(tmp_path / "stopped", images, workers, **{**limits, "max_steps": stop})
+    stop_early = {**limits, "max_steps": stop}
+    stopped = fit(tmp_path / "stopped", data_module(images, workers), **stop_early)
     assert stopped == straight[:stop]
     [checkpoint] = (tmp_path / "stopped").glob(f"*-step={stop}.ckpt")
-    resumed = train(tmp_path / "resumed", images, resumed_workers, checkpoint, **limits)
+    resumed = fit(tmp_path / "resumed", data_module(images, resumed_workers), checkpoint, **limits)
     assert resumed == straight[stop:]
