@@ -40,21 +40,34 @@ from itaclip.viz import LEGEND_WIDTH
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
 README = PACKAGE / "README.md"
-EXAMPLES = shell_examples(README)
+# The README's guides, API reference, command details and speed moved to docs pages (issue 52).
+DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
+DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
+PAGES = [README, *DOCS]
+EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
 PYTHON_MARKER = re.compile(r"<!--\s*python example:\s*check\s*\((.+)\)\s*-->")
 
 
-def python_blocks() -> list[tuple[int, str, str]]:
-    """(line of the fence, code, reason to check it: "" to run it) of every python block."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+def python_blocks() -> list[tuple[str, str, str]]:
+    """("page:line" of the fence, code, reason to check it: "" to run it) of every python block
+    of the README and its docs pages, in that order."""
+    found = []
+    for page in PAGES:
+        found += page_python_blocks(page)
+    return found
+
+
+def page_python_blocks(page: Path) -> list[tuple[str, str, str]]:
+    lines = page.read_text(encoding="utf-8").splitlines()
     found = []
     for index, line in enumerate(lines):
         if line.strip() == "```python":
             end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
             marker = PYTHON_MARKER.fullmatch(lines[index - 1].strip()) if index else None
             found.append(
-                (index + 1, "\n".join(lines[index + 1 : end]), marker[1] if marker else "")
-            )
+                (f"{page.name}:{index + 1}", "\n".join(lines[index + 1 : end]),
+                 marker[1] if marker else "")
+            )  # fmt: skip
     return found
 
 
@@ -178,7 +191,7 @@ def test_python_quickstart_and_llm_example(workdir, tmp_path, monkeypatch, make_
     assert main(["tiny-model", "tiny-clip/"]) == 0  # as the README says
     (line, quickstart, _), (llm_line, llm, reason) = python_blocks()
     namespace: dict = {}
-    exec(compile(quickstart, f"README.md:{line}", "exec"), namespace)
+    exec(compile(quickstart, line, "exec"), namespace)
     result, image = namespace["result"], namespace["image"]
     assert image.size == (72, 96)
     with Image.open("street_labels.png") as labels:
@@ -208,7 +221,7 @@ def test_python_quickstart_and_llm_example(workdir, tmp_path, monkeypatch, make_
         return AuxTextGenerator(model, tokenizer, SamplingConfig(max_new_tokens=8))
 
     monkeypatch.setattr(AuxTextGenerator, "from_pretrained", tiny_lm)
-    exec(compile(llm, f"README.md:{llm_line}", "exec"), namespace)
+    exec(compile(llm, llm_line, "exec"), namespace)
     assert asked == [{"name": "meta-llama/Meta-Llama-3-8B-Instruct",
                       "model_kwargs": {"torch_dtype": "auto"}}]  # fmt: skip
     assert len(namespace["definitions"]) == len(namespace["synonyms"]) == 2
