@@ -28,9 +28,8 @@ from semanir.models import build_model
 PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]
 README = PACKAGE / "README.md"
-# The README's guides, API reference, results and benchmarks (issue 52). docs/training.md, written
-# apart for the GPU recipe, is not among them: its blocks are unmarked and need a GPU or data.
-DOC_NAMES = ("cli", "guide", "api", "results", "benchmarks")
+# The README's guides, API reference, results and benchmarks (issue 52), and the GPU recipe.
+DOC_NAMES = ("cli", "guide", "api", "results", "benchmarks", "training")
 DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
 PAGES = [README, *DOCS]
 EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
