@@ -123,6 +123,9 @@ CASES = {
     "lora": (["convert-official", "{t}", "--lora", "{t}/nope", "-o", "{t}/out"],
              "--lora {t}/nope: no such folder; expected the LoRA folder "
              "(adapter_config.json, ...)"),
+    "planner": (["run", "x", "--planner", "no_such_model", "-o", "{t}/out"],
+                "--planner: unknown model 'no_such_model': a local folder starts with ./ or / (or "
+                "exists), a hub id is owner/name"),
     "vision_tower": (["convert-official", "{t}", "--vision-tower", "{t}/nope", "-o", "{t}/out"],
                      "--vision-tower {t}/nope: no such folder; expected the LanguageBind_Image (or "
                      "CLIP) tower folder"),

@@ -17,6 +17,8 @@ BAD = [
     ["run", "x", "--model", "./nope/m", "-o", "{t}/out", "--top-p", "5"],
     ["chat", "--model", "./nope/m", "-o", "{t}/out", "--max-new-tokens", "0"],
     ["app", "--model", "./nope/m", "-o", "{t}/out", "--port", "0"],
+    ["run", "x", "--planner", "./nope/p", "-o", "{t}/out", "--top-p", "5"],
+    ["run", "x", "--planner", "no_such_model", "-o", "{t}/out"],
     ["parse", "x", "--images", "-1"],
     ["specialists", "--set", "x"],
     ["train", "--model", "./nope/m", "--data", "{t}/d.jsonl", "--stage", "2", "-o", "{t}/out",

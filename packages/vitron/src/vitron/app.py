@@ -136,7 +136,8 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
         "Ask, segment, generate, edit or restore. An image and a box join your next message; the "
         "specialists' images appear on the right."
     )
-    random = session.assistant.model.config.random_weights
+    model = getattr(session.assistant, "model", None)  # a PlannerAssistant has a planner instead
+    random = model is not None and model.config.random_weights
     with page(title, intro, RANDOM_NOTE if random else "") as demo:
         with gr.Row():
             with gr.Column(scale=2):

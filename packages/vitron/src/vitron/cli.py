@@ -2,7 +2,7 @@
 
 vitron run "segment the dog and make it a cat" --image dog.png -o out/ --model DIR_OR_HUB_ID
           [--specialists specialists.json] [--set itaclip.signal_weight=0.5] [--box x1,y1,x2,y2]
-          [--reply-file reply.txt]
+          [--reply-file reply.txt]   (--planner ID instead of --model: any chat model)
 vitron chat --model DIR_OR_HUB_ID --image dog.png -o out/
 vitron app --model DIR_OR_HUB_ID -o out/ [--port 7860]   (a local Gradio page; vitron[app])
 vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...' [--images N]
@@ -13,13 +13,11 @@ vitron train --model DIR --data train.jsonl --stage 2 -o trained/ [--lora-rank 8
           --gradient-checkpointing] [--signal-targets targets/targets.json (stage 3)]
 vitron build-targets --data stage3.jsonl --specialists S.json -o targets/   (stage-3 targets)
 vitron convert-official BASE [--lora LORA] [--vision-tower TOWER] -o FOLDER   (the release)
-vitron tiny-model DIR            (a tiny random Vitron model folder, for trying things out)
-vitron tiny-specialists DIR      (tiny random specialists + DIR/specialists.json)
+vitron tiny-model DIR; vitron tiny-specialists DIR   (tiny random model, specialists: to try)
 vitron eval refseg --refs 'refs(unc).p' --instances instances.json --images train2014/
           --split val --model DIR -o out/ [--limit N]        (cIoU, gIoU -> out/results.json)
 vitron eval vqa --questions Q.json --annotations A.json --images val2014/ --model DIR -o out/
-vitron eval qa --data qa.jsonl --model DIR -o out/          (exact match of {image, question,
-          answer} lines)
+vitron eval qa --data qa.jsonl --model DIR -o out/   (exact match of image, question, answer)
 
 Errors: a bad input is one line ``vitron COMMAND: error: ...`` naming the flag, exit status 2,
 before any model loads and anything is written; a failure while working exits 1 (``run``: after
@@ -62,6 +60,7 @@ from vitron.options import (
     one_line,
     read_reply_file,
 )
+from vitron.planner_cli import add_model_source_options, check_model_source
 
 TURN_NAME = "turn.json"  # what ``run`` writes besides its calls' files
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
@@ -86,7 +85,7 @@ FLAGS = {
     # vitron eval
     "refs": "--refs", "instances": "--instances", "split": "--split", "template": "--template",
     "mask_backend": "--mask-backend", "questions": "--questions", "annotations": "--annotations",
-    "image_name": "--image-name", "base": "BASE", "lora": "--lora",
+    "image_name": "--image-name", "base": "BASE", "lora": "--lora", "planner": "--planner",
     "vision_tower": "--vision-tower",
 }  # fmt: skip
 
@@ -99,6 +98,7 @@ def dtype_option(text: str) -> str:
 def assistant_options(args: argparse.Namespace) -> AssistantOptions:
     """The checked :class:`~vitron.options.AssistantOptions` of ``run``, ``chat``, ``app``,
     ``eval`` (a bad value names its flag)."""
+    check_model_source(args)
     return AssistantOptions(
         args.model, args.output, args.dtype, args.device, args.specialists, args.set or (),
         args.offload, args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed,
@@ -125,12 +125,12 @@ def run_run(args: argparse.Namespace) -> int:
     ``vitron run: error: call ID (TASK) failed: WHY`` (one line each) and exits 1."""
     from vitron.chat import print_turn
     from vitron.io import write_json
-    from vitron.options import open_assistant
+    from vitron.planner_cli import open_assistant
 
     options = assistant_options(args)
     reply = read_reply_file(args.reply_file)
     images, videos, regions = request(args, written=(TURN_NAME,))
-    assistant = open_assistant(options, [] if reply is None else [reply])
+    assistant = open_assistant(options, [] if reply is None else [reply], args)
     turn = assistant.chat(args.prompt, images, videos, regions, progress=True)
     write_json(Path(args.output) / TURN_NAME, turn.to_dict())
     print_turn(turn)
@@ -142,24 +142,24 @@ def run_run(args: argparse.Namespace) -> int:
 def run_chat(args: argparse.Namespace, stdin=None) -> int:
     """``vitron chat``: every check, then the conversation on ``stdin`` (:mod:`vitron.chat`)."""
     from vitron.chat import chat_loop
-    from vitron.options import open_assistant
+    from vitron.planner_cli import open_assistant
 
     options = assistant_options(args)
     images, videos, regions = request(args)
-    return chat_loop(open_assistant(options), args.output, images, videos, regions, stdin)
+    return chat_loop(open_assistant(options, (), args), args.output, images, videos, regions, stdin)
 
 
 def run_app(args: argparse.Namespace) -> int:
     from common_kernels.runtime.app import launch_blocks
     from vitron.app import ChatSession, build_app, served_folders
-    from vitron.options import open_assistant
+    from vitron.planner_cli import open_assistant
 
     check_port(args.port)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("needs gradio: pip install 'vitron[app]'") from None
-    session = ChatSession(open_assistant(assistant_options(args)), args.output)
+    session = ChatSession(open_assistant(assistant_options(args), (), args), args.output)
     # launch_blocks: as every package's page, it exits promptly on Ctrl-C and SIGTERM
     launch_blocks(
         build_app(session), host=args.host, port=args.port, share=args.share,
@@ -281,7 +281,7 @@ def add_specialist_options(parser: argparse.ArgumentParser, device: str | None =
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Vitron folder or hub id (save_pretrained)")
+    add_model_source_options(parser)
     parser.add_argument(
         "--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
         help="weights dtype; auto: bfloat16 on CUDA (float16 on a GPU without bfloat16), "

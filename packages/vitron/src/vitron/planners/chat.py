@@ -1,0 +1,475 @@
+"""Any chat model from the hub as Vitron's planner, zero-shot, its replies held to the invocation
+grammar (:mod:`vitron.planners.grammar`) by xgrammar.
+
+:class:`ChatPlanner` wraps a transformers model: an image-text-to-text model
+(``AutoModelForImageTextToText`` + ``AutoProcessor``, its own chat template; it sees the images)
+or a text-only chat LLM (``AutoModelForCausalLM`` + ``AutoTokenizer``; it is told what each
+image is by name and size). :class:`PlannerAssistant` holds the conversation: the system prompt
+lists the tasks from the schema's ``TaskSpec``s; each reply is one JSON object, a final answer or
+calls; calls run through the :class:`~vitron.router.Router`, their results go back (the images
+they made attached for a model that takes images, described otherwise) and the model answers.
+Its ``chat`` returns the :class:`~vitron.assistant.Turn` of the trained model's Assistant, so
+``vitron run``, ``chat`` and ``app`` take either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from common_kernels.runtime.errors import InvalidValue, literal
+from vitron.assistant import Reply, Turn, check_media
+from vitron.checks import check_generation
+from vitron.invocations.schema import IMAGE, InputCounts, InvocationError, parse_invocation
+from vitron.planners.grammar import GrammarLimits, PlannerGrammar, describe_tasks
+from vitron.planners.regions import convention_of, describe_region
+from vitron.regions import Region, check_inside
+from vitron.router import CallOutcome, Router, TurnInputs, results_message
+from vitron.specialists.registry import SpecialistRegistry
+
+GRAMMAR_INSTALL = "pip install 'vitron[planner]' (or: pip install xgrammar)"
+SYSTEM_PROMPT = """You are the planner of a vision assistant. You answer the user's request, \
+calling vision specialists when the request needs them.
+Reply with exactly one JSON object and nothing else:
+- {{"answer": "..."}} when no specialist is needed, and to answer after the results came back;
+- {{"version": 1, "calls": [{{"id": "c0", "task": "TASK", "args": {{...}}}}, ...]}} to call \
+specialists. Call ids are c0, c1, ... in order.
+Argument values are literals, or references: {inputs}$c0.mask names the output "mask" of call c0 \
+(a later call may use an earlier call's output).
+Tasks:
+{tasks}
+After your calls run you get their results; then answer with {{"answer": "..."}}."""
+
+
+def require_grammar_engine():
+    """Refuse a missing xgrammar with its install line (``InvalidValue`` on ``planner``), without
+    importing it (it imports transformers)."""
+    import importlib.util
+    import sys
+
+    if sys.modules.get("xgrammar", 0) is None or importlib.util.find_spec("xgrammar") is None:
+        raise InvalidValue(
+            "planner", f"{{planner}} needs the grammar engine xgrammar: {GRAMMAR_INSTALL}"
+        )
+
+
+class GrammarLogits:
+    """A transformers logits processor that masks every token the grammar does not allow next
+    and the ``banned`` ones (one use per ``generate`` call, batch 1)."""
+
+    def __init__(self, compiled, banned: Sequence[int] = ()) -> None:
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.banned = list(banned)
+        self.matcher = xgr.GrammarMatcher(compiled)
+        self.vocab = compiled.tokenizer_info.vocab_size
+        self.mask = xgr.allocate_token_bitmask(1, self.vocab)
+        self.started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
+        if self.started and not self.matcher.is_terminated():
+            token = int(input_ids[0, -1])
+            if not self.matcher.accept_token(token):
+                raise RuntimeError(f"the grammar refused token {token} it had allowed")
+        self.started = True
+        self.matcher.fill_next_token_bitmask(self.mask, 0)
+        # scores: (1, V'), V' >= the tokenizer's vocabulary (padded embeddings are masked too)
+        masked = scores.float().cpu()
+        if masked.shape[-1] > self.vocab:
+            masked[:, self.vocab :] = float("-inf")
+        self.xgr.apply_token_bitmask_inplace(masked[:, : self.vocab], self.mask)
+        masked[:, self.banned] = float("-inf")
+        return masked.to(scores.device, scores.dtype)
+
+
+@dataclass
+class PlannerMessage:
+    """One message: its role and its parts (texts and images, in order)."""
+
+    role: str
+    parts: list[str | Image.Image] = field(default_factory=list)
+
+
+class ChatPlanner:
+    """A chat model that writes Vitron's replies under the invocation grammar.
+
+    Args:
+        model: a transformers model with ``generate``.
+        processor: its ``AutoProcessor`` (image-text-to-text) or ``AutoTokenizer`` (text-only);
+            it must carry a chat template.
+        vision: whether the model takes images.
+        name: the model's name (messages, ``Turn`` records).
+        do_sample: sample instead of greedy decoding.
+        temperature: sampling temperature, > 0.
+        top_p: nucleus sampling mass, in (0, 1].
+        seed: the sampling seed.
+    """
+
+    def __init__(
+        self, model, processor, *, vision: bool, name: str = "planner", do_sample: bool = False,
+        temperature: float = 0.7, top_p: float = 0.9, seed: int = 0,
+    ) -> None:  # fmt: skip
+        require_grammar_engine()
+        import xgrammar as xgr
+
+        check_generation(1, temperature, top_p, seed, 1)
+        if not getattr(processor, "chat_template", None):
+            raise InvalidValue(
+                "planner",
+                f"{{planner}} {literal(name)} has no chat template (a chat or instruction-tuned "
+                "model carries one in its tokenizer or processor config)",
+            )
+        self.model, self.processor, self.vision, self.name = model.eval(), processor, vision, name
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.convention = convention_of(model.config, vision)
+        self.generation = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+        self.seed = seed
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.stop_ids = stop_token_ids(self.tokenizer, model)
+        info = xgr.TokenizerInfo.from_huggingface(
+            self.tokenizer, vocab_size=vocab, stop_token_ids=self.stop_ids
+        )
+        self.compiler = xgr.GrammarCompiler(info)
+        # special tokens (image placeholders, row markers) never appear inside the JSON: as
+        # text they would read as inputs when the history is rendered again
+        special = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        special |= set(self.tokenizer.all_special_ids)
+        self.banned = sorted(i for i in special - set(self.stop_ids) if i < vocab)
+        self.compiled: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | Path, *, device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None, **options: Any,
+    ) -> ChatPlanner:  # fmt: skip
+        """A planner from a hub id or folder: the grammar engine, the source (the loader rule:
+        an unknown name or an unreachable hub says so at once), the config, the processor and
+        its chat template are checked before any weight loads.
+
+        Args:
+            name: a transformers model id or folder.
+            device: where the model runs.
+            dtype: the weights' dtype (default float32).
+            options: :class:`ChatPlanner`'s decoding options.
+        """
+        from vitron.models.sources import pretrained_source
+
+        require_grammar_engine()
+        source = pretrained_source(name, "planner", "chat model folder")
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        )
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            message = f"{{planner}} {literal(name)}: no transformers config ({literal(err)})"
+            raise InvalidValue("planner", message) from None
+        kind = config.model_type
+        vision = kind in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        if not vision and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise InvalidValue(
+                "planner",
+                f"{{planner}} {literal(name)} is a {literal(kind)} model, neither an "
+                "image-text-to-text model nor a causal LM",
+            )
+        processor = (AutoProcessor if vision else AutoTokenizer).from_pretrained(source)
+        if not getattr(processor, "chat_template", None):
+            raise InvalidValue(
+                "planner",
+                f"{{planner}} {literal(name)} has no chat template (a chat or instruction-tuned "
+                "model carries one in its tokenizer or processor config)",
+            )
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=dtype or torch.float32).to(device)
+        return cls(model, processor, vision=vision, name=str(name), **options)
+
+    def compile(self, grammar: PlannerGrammar):
+        """The grammar compiled for this tokenizer (cached by its text)."""
+        if grammar.ebnf not in self.compiled:
+            import xgrammar as xgr
+
+            self.compiled[grammar.ebnf] = self.compiler.compile_grammar(
+                xgr.Grammar.from_ebnf(grammar.ebnf)
+            )
+        return self.compiled[grammar.ebnf]
+
+    def render(self, messages: Sequence[PlannerMessage]) -> str:
+        """The prompt text of the conversation (images as the template's placeholders), with a
+        system message, or with the system text at the head of the first user message for a
+        template that takes no system role."""
+        rows = [self.row(m) for m in messages]
+        try:
+            return self.processor.apply_chat_template(
+                rows, add_generation_prompt=True, tokenize=False
+            )
+        except Exception:  # a template that refuses a system role (jinja's TemplateError)
+            if rows[0]["role"] != "system":
+                raise
+            merged = [self.row(m) for m in merge_system(messages)]
+            return self.processor.apply_chat_template(
+                merged, add_generation_prompt=True, tokenize=False
+            )
+
+    def row(self, message: PlannerMessage) -> dict[str, Any]:
+        if not self.vision:
+            return {"role": message.role, "content": "".join(str(p) for p in message.parts)}
+        content = [
+            {"type": "image"} if isinstance(p, Image.Image) else {"type": "text", "text": p}
+            for p in message.parts
+        ]
+        return {"role": message.role, "content": content}
+
+    def reply(self, messages: Sequence[PlannerMessage], grammar: PlannerGrammar) -> str:
+        """The model's next reply under ``grammar`` (the JSON text, stop tokens removed)."""
+        text = self.render(messages)
+        images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]
+        if self.vision:
+            batch = self.processor(text=text, images=images or None, return_tensors="pt")
+        else:
+            batch = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        from transformers import LogitsProcessorList
+
+        torch.manual_seed(self.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch, max_new_tokens=grammar.max_bytes + 1,
+                logits_processor=LogitsProcessorList([self.logits(grammar)]),
+                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
+                **self.sampling(),
+            )  # fmt: skip
+        new = [int(t) for t in out[0, batch["input_ids"].shape[1] :] if int(t) not in self.stop_ids]
+        return self.tokenizer.decode(new, skip_special_tokens=False)
+
+    def logits(self, grammar: PlannerGrammar) -> GrammarLogits:
+        """A fresh logits processor of ``grammar`` (one per ``generate`` call)."""
+        return GrammarLogits(self.compile(grammar), self.banned)
+
+    def sampling(self) -> dict[str, Any]:
+        if self.generation["do_sample"]:
+            return dict(self.generation)
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """The ids that end a reply: the tokenizer's and the generation config's end-of-sequence."""
+    found = []
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in found:
+                found.append(int(token))
+    if not found:
+        raise InvalidValue("planner", "{planner} has no end-of-sequence token")
+    return found
+
+
+def merge_system(messages: Sequence[PlannerMessage]) -> list[PlannerMessage]:
+    """The system text moved to the head of the first user message."""
+    system, first, *rest = messages
+    return [PlannerMessage(first.role, [*system.parts, "\n\n", *first.parts]), *rest]
+
+
+class PlannerAssistant:
+    """A conversation with a :class:`ChatPlanner` and the specialists (the interface of
+    :class:`~vitron.assistant.Assistant`: ``chat``, ``reset``, ``inputs``, ``router``).
+
+    Args:
+        planner: the chat model.
+        registry: the specialists; their tasks are the ones offered.
+        output_dir: where specialists write files.
+        max_rounds: rounds of calls per turn, >= 1 (the reply after the last round is held to
+            an answer).
+        limits: the reply grammar's bounds.
+        seed: the specialists' seed.
+        require_calls: the first reply of a turn must call specialists (no direct answer).
+        scripted_replies: replies used instead of decoding, in order (testing aid).
+    """
+
+    def __init__(
+        self, planner: ChatPlanner, registry: SpecialistRegistry, output_dir: str | Path, *,
+        max_rounds: int = 1, limits: GrammarLimits | None = None, seed: int = 0,
+        require_calls: bool = False, scripted_replies: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        check_generation(1, 1.0, 1.0, seed, max_rounds)
+        self.planner = planner
+        self.router = Router(registry, output_dir, seed)
+        self.tasks = [t for t in registry.by_task]
+        self.max_rounds = max_rounds
+        self.limits = limits or GrammarLimits()
+        self.require_calls = require_calls
+        self.scripted = list(scripted_replies)
+        self.image_names: list[str] = []  # descriptions of the next images given without names
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self.messages: list[PlannerMessage] = []
+        self.inputs = TurnInputs([], [], [])
+        self.names: list[str] = []
+
+    @property
+    def counts(self) -> InputCounts:
+        return InputCounts(
+            len(self.inputs.images), len(self.inputs.videos),
+            region_images=tuple(r.image for r in self.inputs.regions),
+        )  # fmt: skip
+
+    def system(self) -> PlannerMessage:
+        from vitron.invocations.schema import TASKS
+
+        inputs = (
+            "$image0, $image1, ... name the user's images, $region0, ... the regions they drew; "
+        )
+        tasks = describe_tasks({t: TASKS[t] for t in self.tasks})
+        return PlannerMessage("system", [SYSTEM_PROMPT.format(inputs=inputs, tasks=tasks)])
+
+    def chat(
+        self, text: str, images: Sequence[Image.Image] = (),
+        videos: Sequence[Sequence[Image.Image]] = (), regions: Sequence[Region] = (),
+        progress: bool = False, names: Sequence[str] | None = None,
+    ) -> Turn:  # fmt: skip
+        """One user turn (see :meth:`vitron.assistant.Assistant.chat`).
+
+        Args:
+            text: the user's message.
+            images: new images (``$image<k>`` continues the numbering).
+            videos: not taken by a planner (refused).
+            regions: new regions on the conversation's images; each reaches the model as its
+                bounding box in the model's coordinate convention (:mod:`vitron.planners.regions`).
+            progress: show the calls' progress on stderr.
+            names: a description of each new image; a text-only planner needs one per image
+                (default: the image's file name, ``Image.filename``).
+
+        Raises:
+            ValueError: an empty image, a video, a region outside its image, or an image without
+                a description for a text-only planner, named; the conversation stays as it was.
+        """
+        check_media(images, videos)
+        if videos:
+            raise ValueError("videos: a chat-model planner takes images, not videos")
+        if names is None:  # the command's file names first, then the images' own
+            given, self.image_names = (
+                self.image_names[: len(images)],
+                self.image_names[len(images) :],
+            )
+            names = [*given, *(getattr(i, "filename", "") for i in images[len(given) :])]
+        names = list(names)
+        if len(names) != len(images):
+            raise ValueError(f"names: {len(names)} names for {len(images)} images")
+        if not self.planner.vision:
+            for k, name in enumerate(names):
+                if not str(name).strip():
+                    raise ValueError(
+                        f"images[{k}] has no description: a text-only planner sees an image only "
+                        "as its name and size; give names=[...] (the command uses file names)"
+                    )
+        every = [*self.inputs.images, *images]
+        for i, region in enumerate(regions):
+            if not 0 <= region.image < len(every):
+                raise ValueError(
+                    f"a region refers to image {region.image}, but the conversation has "
+                    f"{len(every)} image(s)"
+                )
+            image = every[region.image]
+            check_inside(region.shape, image.width, image.height, f"regions[{i}] {region.shape}")
+        before = (list(self.messages), self.inputs, list(self.names))
+        try:
+            return self._turn(text, list(images), list(regions), names, progress)
+        except BaseException:
+            self.messages, self.inputs, self.names = before
+            raise
+
+    def user_message(self, text: str, images, regions, names) -> PlannerMessage:
+        parts: list[str | Image.Image] = []
+        first = len(self.inputs.images)
+        for k, (image, name) in enumerate(zip(images, names, strict=True)):
+            label = f"$image{first + k}"
+            size = f"{image.width}x{image.height} pixels"
+            if self.planner.vision:
+                parts += [image, f"(this image is {label}, {size})\n"]
+            else:
+                parts.append(f"[{label}: the image {Path(str(name)).name}, {size}]\n")
+        every = [*self.inputs.images, *images]
+        for k, region in enumerate(regions):
+            label = f"$region{len(self.inputs.regions) + k}"
+            where = describe_region(
+                region.shape, every[region.image], self.planner.convention, self.planner.processor
+            )
+            parts.append(f"[{label}: a region on $image{region.image}, {where}]\n")
+        parts.append(text)
+        return PlannerMessage("user", parts)
+
+    def _turn(self, text, images, regions, names, progress) -> Turn:
+        message = self.user_message(text, images, regions, names)
+        self.inputs = TurnInputs(
+            [*self.inputs.images, *images], [], [*self.inputs.regions, *regions]
+        )
+        self.names += [str(n) for n in names]
+        if not self.messages:
+            self.messages.append(self.system())
+        self.messages.append(message)
+        turn = Turn(user=text)
+        for round_ in range(self.max_rounds + 1):
+            mode = "answer" if round_ == self.max_rounds else "any"
+            mode = "calls" if round_ == 0 and self.require_calls else mode
+            grammar = PlannerGrammar(self.counts, self.tasks, self.limits, mode)
+            if self.scripted:
+                reply = Reply(self.scripted.pop(0), True)
+            else:
+                reply = Reply(self.planner.reply(self.messages, grammar), False)
+            turn.replies.append(reply)
+            self.messages.append(PlannerMessage("assistant", [reply.text]))
+            try:
+                data = json.loads(reply.text)
+                if isinstance(data, dict) and set(data) == {"answer"}:
+                    turn.answer = str(data["answer"])
+                    return turn
+                invocation = parse_invocation(data, self.counts)
+            except (json.JSONDecodeError, InvocationError) as err:
+                turn.parse_error = str(err)
+                turn.answer = reply.text
+                return turn
+            if round_ == self.max_rounds:  # a scripted reply may still hold calls here
+                turn.unexecuted = invocation
+                return turn
+            outcomes = self.router.run(invocation, self.inputs, None, progress)
+            turn.invocations.append(invocation)
+            turn.outcomes.append(outcomes)
+            self.messages.append(self.results(outcomes))
+        raise AssertionError("unreachable: every round returns")
+
+    def results(self, outcomes: Sequence[CallOutcome]) -> PlannerMessage:
+        """The results message: one line per call, then each image a call made (attached for a
+        model that takes images, its size otherwise)."""
+        parts: list[str | Image.Image] = ["Results of your calls:\n" + results_message(outcomes)]
+        for o in outcomes:
+            for name, artifact in o.outputs.items():
+                if artifact.kind != IMAGE or not isinstance(artifact.value, Image.Image):
+                    continue
+                image = artifact.value
+                label = f"${o.call.id}.{name}"
+                size = f"{image.width}x{image.height} pixels"
+                if self.planner.vision:
+                    parts += [f"\n{label} ({size}):", image]
+                else:
+                    parts.append(f"\n{label}: an image of {size}")
+        parts.append('\nNow answer the user with {"answer": "..."} (or call more specialists).')
+        return PlannerMessage("user", parts)
