@@ -28,9 +28,13 @@ else a package needs comes from its own declared dependencies.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import nox
@@ -42,8 +46,31 @@ SHARED_TORCH = ROOT / ".nox" / "_torch-2.14.1"
 WHEELHOUSE = ROOT / ".nox" / "_wheels"
 CHROMIUM = "/usr/bin/chromium"  # Debian's; the browser tests drive it through Playwright
 
+TIMINGS = ROOT / ".nox" / "timings.jsonl"  # one line per session run: .ci/run prints them
+
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
+
+
+def timed(run: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:
+    """Append the session's name, wall time and outcome to :data:`TIMINGS` when it ends."""
+
+    @functools.wraps(run)
+    def wrapper(session: nox.Session) -> None:
+        start, outcome = time.monotonic(), "failed"
+        try:
+            run(session)
+            outcome = "passed"
+        except BaseException as error:  # session.skip() ends a session by an exception too
+            outcome = "skipped" if type(error).__name__ == "_SessionSkip" else "failed"
+            raise
+        finally:
+            TIMINGS.parent.mkdir(exist_ok=True)
+            with TIMINGS.open("a") as f:
+                record = {"session": session.name, "seconds": time.monotonic() - start}
+                f.write(json.dumps({**record, "outcome": outcome}) + "\n")
+
+    return wrapper
 
 
 def discover_packages() -> dict[str, dict]:
@@ -136,6 +163,7 @@ def test_env(session: nox.Session) -> dict[str, str]:
 
 
 @nox.session(venv_backend="none", tags=["tests"])
+@timed
 def browser(session: nox.Session) -> None:
     """Debian's Chromium for the browser tests (``apt-get install -y chromium`` when missing)."""
     chromium = os.environ.get("CHROMIUM", CHROMIUM)
@@ -156,6 +184,7 @@ def browser(session: nox.Session) -> None:
 
 def make_test_session(package: str) -> None:
     @nox.session(name=package, tags=["tests"])
+    @timed
     def run_tests(session: nox.Session) -> None:
         share_torch(session)
         install_packages(session, [package], "test")
@@ -173,6 +202,7 @@ for _package in PACKAGES:
 
 
 @nox.session(tags=["tests"])
+@timed
 def repo(session: nox.Session) -> None:
     """Repository invariants: package layout, in-tree dependency ranges, the import graph (with
     common-kernels' test helpers, ``common_kernels.runtime.testing``)."""
@@ -185,6 +215,7 @@ def repo(session: nox.Session) -> None:
 
 
 @nox.session(tags=["tests"])
+@timed
 def slow(session: nox.Session) -> None:
     """Every package's and the repository's slow-marked tests (RUN_SLOW=1), all packages
     installed in one env."""
@@ -202,6 +233,7 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def gpu(session: nox.Session) -> None:
     """Every package's gpu-marked tests, compiling the Triton kernels for CUDA.
 
@@ -217,6 +249,7 @@ def gpu(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def gpu_report(session: nox.Session) -> None:
     """The GPU checks on a machine with network: ``nox -s gpu_report -- [--out DIR] [PIECE ...]``.
 
@@ -235,6 +268,7 @@ def gpu_report(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+@timed
 def gpu_wheelhouse(session: nox.Session) -> None:
     """The wheels an offline GPU machine lacks, for its Python 3.12 on x86-64 Linux, into
     ``gpu-wheelhouse/`` (``pip download``; nothing of torch's stack; at most 40 MiB)."""
@@ -242,6 +276,7 @@ def gpu_wheelhouse(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
     session.install("ruff==0.17.6")
@@ -250,6 +285,7 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def bench(session: nox.Session) -> None:
     """Run every package's benchmarks/run.py; pass ``-- --quick`` for a small run."""
     share_torch(session)
@@ -262,6 +298,7 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def build(session: nox.Session) -> None:
     """Every package's wheel into ``dist/``: ``pip install --find-links dist PACKAGE`` then
     installs any package with its in-tree dependencies from there and the rest from PyPI."""
@@ -270,6 +307,7 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session
+@timed
 def demo(session: nox.Session) -> None:
     """The main job: add noise to a Set12 image, restore it with semanir's bundled weights."""
     share_torch(session)
