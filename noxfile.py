@@ -20,6 +20,11 @@ Sessions (``nox -l``):
               dist semanir`` installs from it without the in-tree packages being on PyPI).
   demo        the repository's main job (semanir restores a noisy Set12 image; SHARED_DATA
               overrides the ../shared/data location).
+  release_check  a release rehearsal (``tools/release_check.py``): every package's sdist and
+              wheel uploaded to a local pypiserver, ``pip install semanir`` (and the others)
+              from it into a fresh environment, ``semanir restore`` of a Set12 image, every
+              ``--version``. Not tagged ``tests`` (minutes of installs): the ``repo.yml``
+              workflow runs it.
 
 torch is large (several GB) and identical for every package, so it is installed once into
 ``.nox/_torch-<version>`` and made visible to each session through a ``.pth`` file; everything
@@ -319,3 +324,19 @@ def demo(session: nox.Session) -> None:
         "--save-noisy", "-o", str(out / "05_restored.png"),
     )  # fmt: skip
     session.log(f"noisy input and restored image written to {out}")
+
+
+@nox.session
+@timed
+def release_check(session: nox.Session) -> None:
+    """A release rehearsal: build, upload to a local index, ``pip install semanir`` from it into
+    a fresh environment, restore a real image, check every package's ``--version``."""
+    share_torch(session)  # the fresh environment sees this torch too, through a .pth
+    session.install("build>=1.2", "twine>=6.1", "pypiserver>=2.3")
+    data = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
+    session.run(
+        "python", str(ROOT / "tools" / "release_check.py"),
+        "--work", str(ROOT / ".nox" / "_release_check"), "--torch-dir", str(SHARED_TORCH),
+        "--image", str(data / "set12" / "01.png"),
+        "--output", str(ROOT / "outputs" / "release_check" / "01_restored.png"),
+    )  # fmt: skip
