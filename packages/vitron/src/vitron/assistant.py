@@ -35,7 +35,7 @@ from vitron.invocations import (
 )
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message, check_reply_budget, reply_budget
-from vitron.regions import Region, check_inside
+from vitron.regions import Region, check_regions
 from vitron.router import CallOutcome, Router, TurnInputs, results_message
 from vitron.specialists.registry import SpecialistRegistry
 
@@ -204,15 +204,7 @@ class Assistant:
             raise ValueError(
                 f"videos: this model takes no videos: {self.model.config.video_support}"
             )
-        every = [*self.inputs.images, *images]
-        for i, region in enumerate(regions):
-            if not 0 <= region.image < len(every):
-                raise ValueError(
-                    f"a region refers to image {region.image}, but the conversation has "
-                    f"{len(every)} image(s)"
-                )
-            image = every[region.image]
-            check_inside(region.shape, image.width, image.height, f"regions[{i}] {region.shape}")
+        check_regions(regions, [*self.inputs.images, *images])
         content = self.user_message(text, images, videos, regions)
         before = (list(self.messages), self.inputs)
         try:

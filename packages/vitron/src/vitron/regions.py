@@ -146,6 +146,19 @@ def check_inside(shape: Shape, width: int, height: int, label: str) -> None:
         raise RegionError(f"{label} lies outside the {width}x{height} image")
 
 
+def check_regions(regions: Sequence[Region], images: Sequence) -> None:
+    """Refuse a region that names no image of the conversation (``images``: every image so far,
+    with ``.width`` and ``.height``) or that lies outside its image."""
+    for i, region in enumerate(regions):
+        if not 0 <= region.image < len(images):
+            raise ValueError(
+                f"a region refers to image {region.image}, but the conversation has "
+                f"{len(images)} image(s)"
+            )
+        image = images[region.image]
+        check_inside(region.shape, image.width, image.height, f"regions[{i}] {region.shape}")
+
+
 def rasterize_stroke(stroke: Stroke, height: int, width: int) -> Tensor:
     """(H, W) float mask of the pixels whose centre lies within ``width / 2`` of the polyline."""
     ys, xs = torch.meshgrid(

@@ -29,7 +29,7 @@ from vitron.checks import check_generation
 from vitron.invocations.schema import IMAGE, InputCounts, InvocationError, parse_invocation
 from vitron.planners.grammar import GrammarLimits, PlannerGrammar, describe_tasks
 from vitron.planners.regions import convention_of, describe_region
-from vitron.regions import Region, check_inside
+from vitron.regions import Region, check_regions
 from vitron.router import CallOutcome, Router, TurnInputs, results_message
 from vitron.specialists.registry import SpecialistRegistry
 
@@ -381,15 +381,7 @@ class PlannerAssistant:
                         f"images[{k}] has no description: a text-only planner sees an image only "
                         "as its name and size; give names=[...] (the command uses file names)"
                     )
-        every = [*self.inputs.images, *images]
-        for i, region in enumerate(regions):
-            if not 0 <= region.image < len(every):
-                raise ValueError(
-                    f"a region refers to image {region.image}, but the conversation has "
-                    f"{len(every)} image(s)"
-                )
-            image = every[region.image]
-            check_inside(region.shape, image.width, image.height, f"regions[{i}] {region.shape}")
+        check_regions(regions, [*self.inputs.images, *images])
         before = (list(self.messages), self.inputs, list(self.names))
         try:
             return self._turn(text, list(images), list(regions), names, progress)
