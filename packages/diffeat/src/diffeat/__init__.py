@@ -24,7 +24,7 @@ from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.shapes import layer_infos
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"
 
 __all__ = [
     "ENSEMBLES",

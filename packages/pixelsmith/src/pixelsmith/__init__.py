@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         TextConditioning,
     )
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"
 
 # each public name -> the module that defines it
 _MODULES = {
