@@ -75,6 +75,19 @@ def _list(items: list[str], indent: int) -> str:
     return "".join(f"{' ' * indent}- {item}\n" for item in items)
 
 
+def nox_steps(session: str) -> str:
+    """The steps of a job that runs one nox session under the lint Python (YAML, indented)."""
+    return f"""\
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "{LINT_PYTHON}"
+      - run: python -m pip install "{NOX}"
+      - run: python -m nox -s {session}
+"""
+
+
 def package_workflow(package: str, projects: dict[str, dict]) -> str:
     """The CI workflow of ``package``."""
     paths = [
@@ -139,14 +152,7 @@ jobs:
   lint:
     runs-on: ubuntu-latest
     timeout-minutes: 15
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "{LINT_PYTHON}"
-      - run: python -m pip install "{NOX}"
-      - run: python -m nox -s lint
-"""
+{nox_steps("lint")}"""
 
 
 def release_workflow(package: str, projects: dict[str, dict]) -> str:
@@ -236,42 +242,21 @@ jobs:
   repo:
     runs-on: ubuntu-latest
     timeout-minutes: 30
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "{LINT_PYTHON}"
-      - run: python -m pip install "{NOX}"
-      - run: python -m nox -s repo
-
+{nox_steps("repo")}
   release_check:
     # The release rehearsal: every package through a local index into a fresh environment.
     # Minutes of installs, so not in `nox -t tests`; here on every change. It restores
     # ../shared/data/set12/01.png (or $SHARED_DATA's): the runner must have that data folder.
     runs-on: ubuntu-latest
     timeout-minutes: 30
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "{LINT_PYTHON}"
-      - run: python -m pip install "{NOX}"
-      - run: python -m nox -s release_check
-
+{nox_steps("release_check")}
   slow:
     if: github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'
     runs-on: ubuntu-latest
     timeout-minutes: 120
     env:
       CHROMIUM: /usr/bin/google-chrome
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "{LINT_PYTHON}"
-      - run: python -m pip install "{NOX}"
-      - run: python -m nox -s slow
-"""
+{nox_steps("slow")}"""
 
 
 def expected() -> dict[Path, str]:
