@@ -213,7 +213,7 @@ def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 def test_every_command_takes_verbose():
     leaves = leaf_parsers(build_parser())
-    assert len(leaves) == 12  # run chat app parse specialists train build-targets tiny-model
-    # tiny-specialists and eval refseg / vqa / qa
+    assert len(leaves) == 13  # run chat app parse specialists train build-targets tiny-model
+    # tiny-specialists convert-official and eval refseg / vqa / qa
     for leaf in leaves:
         assert "--verbose" in leaf._option_string_actions, leaf.prog
