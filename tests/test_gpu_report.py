@@ -193,7 +193,15 @@ def lent_machine_site(folder: Path) -> Path:
         return name.lower().replace("_", "-").replace(".", "-")
 
     site = Path(sysconfig.get_paths()["purelib"])
-    dists = {key(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site)])}
+    # A folder a loose .pth adds (nox's shared torch, with fsspec beside it) comes along whole,
+    # but what its distributions require must be followed: lightning's fsspec[http] -> aiohttp.
+    added = [
+        line.strip()
+        for pth in site.glob("*.pth")
+        for line in pth.read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "import")) and Path(line.strip()).is_dir()
+    ]
+    dists = {key(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site), *added])}
     roots = ["torch", "torchvision", "pip", *gpu_report.PRESENT_ON_GPU_MACHINE]
     wanted, seen, todo = set(), set(), [(name, "") for name in roots]
     while todo:  # (distribution, one of the extras asked of it): lightning needs fsspec[http]
@@ -260,7 +268,8 @@ def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_c
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "everything installed, but there is no CUDA device on this machine" in result.stdout
+    said = result.stdout + result.stderr
+    assert "everything installed, but there is no CUDA device on this machine" in said, said
     probe = (
         "import importlib.metadata as m, common_kernels, semanir, itaclip, pixelsmith, diffeat, "
         "vitron, diffusers, open_clip, jsonargparse, torchdata, imagecodecs; "
