@@ -86,7 +86,9 @@ def knn_attention(
     """Attention of every query over its K neighbours.
 
     Args:
-        q, k, v: (B, heads, N, d) tensors of one floating dtype on one device.
+        q: queries, (B, heads, N, d), of a floating dtype.
+        k: keys, the shape, dtype and device of ``q``.
+        v: values, the shape, dtype and device of ``q``.
         idx: a :class:`KNNDictionary` (validated once; no host synchronisation here), or raw
             neighbour ids (B, N, K) shared across heads or (B, heads, N, K) per head, int32/int64
             values in [0, N) (validated on every call). Duplicates are separate softmax terms.
@@ -137,8 +139,12 @@ def knn_attention_packed(
         idx: a :class:`KNNDictionary` or raw neighbour ids, as for :func:`knn_attention`; or
             ``None``: every query attends to all N tokens (the dense-window baseline) through
             ``scaled_dot_product_attention``, whatever ``backend`` says.
-        scale, bias, cosine_scale, backend, deterministic, check_values: as for
-            :func:`knn_attention`.
+        scale: as for :func:`knn_attention`.
+        bias: as for :func:`knn_attention`.
+        cosine_scale: as for :func:`knn_attention`.
+        backend: as for :func:`knn_attention`.
+        deterministic: as for :func:`knn_attention`.
+        check_values: as for :func:`knn_attention`.
 
     Returns:
         (B, N, heads * d) tensor in qkv's dtype.

@@ -98,10 +98,9 @@ class Segmentation:
 
         Args:
             path: the file to write.
-            image: the segmented image (a ``common_kernels.runtime.photos.read_photo`` photo keeps
-            its
-                ICC profile and EXIF; a PIL image, array or tensor too), resized to the labels'
-                size when ``output_size`` changed it.
+            image: the segmented image (a ``common_kernels.runtime.photos.read_photo`` photo
+                keeps its ICC profile and EXIF; a PIL image, array or tensor too), resized to the
+                labels' size when ``output_size`` changed it.
 
         Returns:
             What the format could not hold, one note each (none for PNG).
@@ -532,9 +531,8 @@ class Segmenter(nn.Module):
                 bilinearly to this size and PAMR runs at it, guided by ``image`` resized
                 bilinearly to it. ``None`` = (H, W).
             progress: progress over the sliding windows (``common_kernels.runtime.progress``;
-            ``True``
-                or ``None``: a bar on a terminal, removed when the image is done, and in a log
-                a plain line every 10 s while the image takes longer).
+                ``True`` or ``None``: a bar on a terminal, removed when the image is done, and in
+                a log a plain line every 10 s while the image takes longer).
 
         Returns:
             (Q, H_out, W_out) fp32 logits (PAMR-refined when ``config.pamr``).

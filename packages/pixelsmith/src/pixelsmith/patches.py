@@ -150,13 +150,13 @@ class GridPlanner(PatchPlanner):
     by half a patch, with one patch more (the edge patches clamped inside): every even-step
     seam then lies in the middle of an odd-step patch. Batches group pairwise-disjoint patches
     (greedy first fit in row-major order, at most ``batch_size`` each); odd steps run their
-    batches in reverse order so the seam bands are averaged from alternating sides.
+    batches in reverse order so the seam bands are averaged from alternating sides. The
+    arguments not listed below are :class:`PatchPlanner`'s.
 
     Args:
         min_overlap: see :func:`grid_offsets`.
         stagger_below: stagger the axes whose grid neighbours overlap by fewer latent px
             (0 = never stagger).
-        (others as :class:`PatchPlanner`.)
     """
 
     name = "grid"
@@ -219,13 +219,13 @@ class RandomPlanner(PatchPlanner):
     """The paper's placement: the next centre is a random not-yet-denoised pixel.
 
     The centre is clamped so the patch lies inside the latent. Consecutive patches that are
-    disjoint from the open batch join it (same result as running them one by one).
+    disjoint from the open batch join it (same result as running them one by one). The
+    arguments not listed below are :class:`PatchPlanner`'s.
 
     Args:
         permutation_draw: draw the centre as the first element of a random permutation of all
             pending pixels (row-major), as the official code; O(h w) per patch. Otherwise one
             ``randint`` picks it (same distribution, O(h + w) per patch).
-        (others as :class:`PatchPlanner`.)
     """
 
     name = "random"

@@ -129,7 +129,10 @@ def ssim(
     Args:
         x: restored image(s), (C, H, W) or (B, C, H, W), values in [0, data_range].
         y: reference image(s) of the same shape; at least 11x11 after cropping.
-        data_range, crop_border, y_channel, round_to_8bit: as in :func:`psnr`.
+        data_range: as in :func:`psnr`.
+        crop_border: as in :func:`psnr`.
+        y_channel: as in :func:`psnr`.
+        round_to_8bit: as in :func:`psnr`.
 
     Returns:
         float64 tensor of shape () or (B,), the mean SSIM over valid pixels and channels.

@@ -112,8 +112,7 @@ class PixelsmithPipeline(
             FileNotFoundError: a local path where nothing is.
             ValueError: a folder that is not a diffusers folder, a malformed hub id.
             common_kernels.runtime.hub.HubUnreachableError: a hub id that is not cached while the
-            hub
-                cannot be reached (an ``OSError``).
+                hub cannot be reached (an ``OSError``).
         """
         named_vae = vae if vae is None or isinstance(vae, (str, os.PathLike)) else None
         plan = pretrained_model_name_or_path

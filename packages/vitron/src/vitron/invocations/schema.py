@@ -381,7 +381,7 @@ def parse_invocation(data: str | Mapping[str, Any], counts: InputCounts | None =
         counts: numbers of inputs to check ``$image<k>`` etc. against.
 
     Returns:
-        The :class:`Invocation`.
+        The checked invocation (an ``Invocation``).
 
     Raises:
         InvocationError: on the first violation, naming where it is.
