@@ -154,14 +154,20 @@ class ChatPlanner:
         its chat template are checked before any weight loads.
 
         Args:
-            name: a transformers model id or folder.
+            name: a transformers model id or folder, or a ``.gguf`` file (a text-only chat LLM
+                read through transformers' GGUF support, :mod:`vitron.planners.gguf`).
             device: where the model runs.
             dtype: the weights' dtype (default float32).
             options: :class:`ChatPlanner`'s decoding options.
         """
         from vitron.models.sources import pretrained_source
+        from vitron.planners.gguf import is_gguf_name, load_gguf
 
         require_grammar_engine()
+        if is_gguf_name(name):
+            # the file, the gguf package, its tokenizer and chat template checked first
+            model, tokenizer = load_gguf(name, dtype)
+            return cls(model.to(device), tokenizer, vision=False, name=str(name), **options)
         source = pretrained_source(name, "planner", "chat model folder")
         from transformers import (
             AutoConfig,
