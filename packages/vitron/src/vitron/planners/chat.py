@@ -14,8 +14,9 @@ Its ``chat`` returns the :class:`~vitron.assistant.Turn` of the trained model's 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,8 +242,18 @@ class ChatPlanner:
         ]
         return {"role": message.role, "content": content}
 
-    def reply(self, messages: Sequence[PlannerMessage], grammar: PlannerGrammar) -> str:
-        """The model's next reply under ``grammar`` (the JSON text, stop tokens removed)."""
+    def reply(
+        self, messages: Sequence[PlannerMessage], grammar: PlannerGrammar,
+        on_text: Callable[[str], None] | None = None,
+    ) -> str:  # fmt: skip
+        """The model's next reply under ``grammar`` (the JSON text, stop tokens removed).
+
+        Args:
+            messages: the conversation, system message first.
+            grammar: the grammar the reply is held to.
+            on_text: told each new piece of the reply's text as it is generated (the pieces
+                joined are the reply); None for none.
+        """
         text = self.render(messages)
         images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]
         if self.vision:
@@ -260,6 +271,7 @@ class ChatPlanner:
                 logits_processor=LogitsProcessorList([self.logits(grammar)]),
                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id
                 if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
+                streamer=None if on_text is None else TextPieces(self, on_text),
                 **self.sampling(),
             )  # fmt: skip
         new = [int(t) for t in out[0, batch["input_ids"].shape[1] :] if int(t) not in self.stop_ids]
@@ -273,6 +285,35 @@ class ChatPlanner:
         if self.generation["do_sample"]:
             return dict(self.generation)
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+class TextPieces:
+    """A transformers streamer (``generate(streamer=...)``) that tells ``on_text`` each new piece
+    of a :class:`ChatPlanner`'s reply: the prompt and stop tokens left out, decoded as
+    :meth:`ChatPlanner.reply` decodes the whole reply, so the pieces joined are that reply."""
+
+    def __init__(self, planner: ChatPlanner, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.stop_ids, self.on_text = planner.tokenizer, planner.stop_ids, on_text
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.prompt = True  # generate's first put is the prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        self.tokens += [int(t) for t in value.reshape(-1) if int(t) not in self.stop_ids]
+        self.flush(final=False)
+
+    def end(self) -> None:
+        self.flush(final=True)
+
+    def flush(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+        # a byte-level token may end inside a character: wait for the rest of its bytes
+        if (final or not text.endswith("\ufffd")) and len(text) > self.shown:
+            self.on_text(text[self.shown :])
+            self.shown = len(text)
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
@@ -351,6 +392,7 @@ class PlannerAssistant:
         self, text: str, images: Sequence[Image.Image] = (),
         videos: Sequence[Sequence[Image.Image]] = (), regions: Sequence[Region] = (),
         progress: bool = False, names: Sequence[str] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
     ) -> Turn:  # fmt: skip
         """One user turn (see :meth:`vitron.assistant.Assistant.chat`).
 
@@ -363,6 +405,8 @@ class PlannerAssistant:
             progress: show the calls' progress on stderr.
             names: a description of each new image; a text-only planner needs one per image
                 (default: the image's file name, ``Image.filename``).
+            on_text: told ``(k, piece)`` for each new piece of the turn's k-th reply as it is
+                generated (a scripted reply in one piece); None for none.
 
         Raises:
             ValueError: an empty image, a video, a region outside its image, or an image without
@@ -390,7 +434,7 @@ class PlannerAssistant:
         check_regions(regions, [*self.inputs.images, *images])
         before = (list(self.messages), self.inputs, list(self.names))
         try:
-            return self._turn(text, list(images), list(regions), names, progress)
+            return self._turn(text, list(images), list(regions), names, progress, on_text)
         except BaseException:
             self.messages, self.inputs, self.names = before
             raise
@@ -415,7 +459,7 @@ class PlannerAssistant:
         parts.append(text)
         return PlannerMessage("user", parts)
 
-    def _turn(self, text, images, regions, names, progress) -> Turn:
+    def _turn(self, text, images, regions, names, progress, on_text=None) -> Turn:
         message = self.user_message(text, images, regions, names)
         self.inputs = TurnInputs(
             [*self.inputs.images, *images], [], [*self.inputs.regions, *regions]
@@ -429,10 +473,13 @@ class PlannerAssistant:
             mode = "answer" if round_ == self.max_rounds else "any"
             mode = "calls" if round_ == 0 and self.require_calls else mode
             grammar = PlannerGrammar(self.counts, self.tasks, self.limits, mode)
+            told = None if on_text is None else functools.partial(on_text, round_)
             if self.scripted:
                 reply = Reply(self.scripted.pop(0), True)
+                if told is not None:
+                    told(reply.text)
             else:
-                reply = Reply(self.planner.reply(self.messages, grammar), False)
+                reply = Reply(self.planner.reply(self.messages, grammar, told), False)
             turn.replies.append(reply)
             self.messages.append(PlannerMessage("assistant", [reply.text]))
             try:
