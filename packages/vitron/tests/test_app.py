@@ -31,8 +31,8 @@ def test_turn_shows_answer_calls_and_files(
 ):
     session = session_for(reply_with_calls("Segmenting, then painting.", segment_then_edit))
     messages, pictures, files = session.submit("  segment the dog and make it a cat ", image)
-    # the attached image is shown first, as the page wrote it
-    assert [m["role"] for m in messages] == ["user", "user", "assistant"]
+    # the attached image is shown first, as the page wrote it; the images the calls wrote last
+    assert [m["role"] for m in messages] == ["user", "user"] + ["assistant"] * 5
     shown = messages[0]["content"]
     assert shown["alt_text"] == "your image, 64x48"
     assert shown["path"] == str(session.output_dir / "turn_001_image.png")
@@ -45,11 +45,14 @@ def test_turn_shows_answer_calls_and_files(
     names = ["seg_mask.png", "seg_overlay.png", "edit_image.png", "fix_image.png"]
     assert sorted(os.path.basename(p) for p in pictures) == sorted(names)
     assert sorted(os.path.basename(p) for p in files) == sorted(names)
+    shown = [m["content"] for m in messages[3:]]
+    assert [c["path"] for c in shown] == pictures  # in the order the calls wrote them
+    assert [c["alt_text"] for c in shown] == [os.path.basename(p)[:-4] for p in pictures]
     record = json.loads((tmp_path / "turn_001.json").read_text())
     assert record["answer"] == lines[0] and record["user"].endswith("make it a cat")
     # a plain second turn adds two messages and no files
     messages, pictures, _ = session.submit("thanks")
-    assert len(messages) == 5 and len(pictures) == 4 and session.turns == 2
+    assert len(messages) == 9 and len(pictures) == 4 and session.turns == 2
 
 
 def test_box_goes_on_the_latest_image(session_for, image):
@@ -68,13 +71,29 @@ def test_box_goes_on_the_latest_image(session_for, image):
         ("   ", True, "", "the message is empty: write what you want first"),
         ("look here", False, "0,0,5,5", "a box region needs an image: add one with the message"),
         ("look here", True, "0,0,5", "box must be four numbers"),
+        ("look here", True, "0,0,65,10", r"regions\[0\] Box\(.*\) lies outside the 64x48 image"),
     ],
 )
-def test_bad_input(session_for, image, text, with_image, box, message):
+def test_bad_input(session_for, image, text, with_image, box, message, tmp_path):
     session = session_for("unused")
-    with pytest.raises(ValueError, match=message):
-        session.submit(text, image if with_image else None, box)
+    with pytest.raises(ValueError, match=message):  # before anything is shown or written
+        next(session.stream(text, image if with_image else None, box))
+    assert session.messages == [] and session.turns == 0 and not list(tmp_path.iterdir())
+
+
+def test_a_turn_refused_while_it_runs_leaves_the_conversation_as_it_was(session_for, image):
+    """The assistant refuses the message after the page showed it: the page shows the
+    conversation as it was, then the one-line error; the next turn runs."""
+    session = session_for("Fine.")
+    turn = session.stream("what is <image>?")  # one <image> written, none attached
+    shown, _, _ = next(turn)
+    assert [m["content"] for m in shown] == ["what is <image>?", "*working...*"]
+    assert next(turn) == ([], [], [])
+    with pytest.raises(ValueError, match="the text has 1 <image> but 0 were given"):
+        next(turn)
     assert session.messages == [] and session.turns == 0
+    messages, _, _ = session.submit("and now?", image)  # the turn's lock was released
+    assert messages[-1] == {"role": "assistant", "content": "Fine."} and session.turns == 1
 
 
 def test_reset_starts_a_new_conversation(session_for, image):
@@ -119,7 +138,8 @@ def test_served_page_answers_through_gradio_client(session_for, image, tmp_path,
         )
     finally:
         demo.close()
-    assert [m["role"] for m in chat] == ["user", "user", "assistant"]  # the image, the text
+    # the user's image, their text, the answer, the restored image
+    assert [m["role"] for m in chat] == ["user", "user", "assistant", "assistant"]
     assert _text(chat[1]["content"]) == "clean this photo"
     answer = _text(chat[2]["content"]).splitlines()
     assert answer[1].startswith("- `fix` restore_image: ")

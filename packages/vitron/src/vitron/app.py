@@ -1,28 +1,33 @@
 """``vitron app``: a local Gradio page over one :class:`~vitron.assistant.Assistant` conversation.
 
 The page has a message box, an optional image with an optional box region drawn on it
-(``x1,y1,x2,y2`` in pixels or in [0, 1]), the conversation (the images the user attached, and
-answers that list the calls that ran and their outcomes), a gallery of the images the
-specialists wrote and a list of every output file.
-:class:`ChatSession` holds the logic and is tested without a browser; :func:`build_app` lays
-out the page and wires it to the session. One process serves one conversation (a local tool,
-not a multi-user server): every event goes through one queue of concurrency 1, so turns and
-resets run one at a time. Serve it with :func:`launch_app` (it lets Gradio serve the output
-folder). A model with random weights (``vitron tiny-model``) is named so at the top of the
-page.
+(``x1,y1,x2,y2`` in pixels or in [0, 1]), the conversation (the images the user attached, a
+chat-model planner's replies as they are generated, then answers that list the calls that ran
+and their outcomes, and the images the calls wrote), a gallery of the images the specialists
+wrote and a list of every output file. :class:`ChatSession` holds the logic and is tested
+without a browser; :func:`build_app` lays out the page and wires it to the session. One process
+serves one conversation (a local tool, not a multi-user server): every event goes through one
+queue of concurrency 1, so turns and resets run one at a time. Serve it with
+:func:`launch_app` (it lets Gradio serve the output folder). The page names its model: a
+Vitron with random weights (``vitron tiny-model``) is named so, and ``vitron app`` without
+``--model`` or ``--planner`` says which planner it runs (:mod:`vitron.planners.default`).
 """
 
 from __future__ import annotations
 
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from common_kernels.runtime.app import import_gradio, page, shows_bad_input
-from vitron.assistant import Assistant, Turn
+from vitron.assistant import Assistant, Turn, check_media
 from vitron.io import save_image, write_json
-from vitron.regions import Region, RegionError, parse_box
+from vitron.regions import Region, RegionError, check_regions, parse_box
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
 RANDOM_NOTE = (
@@ -44,25 +49,52 @@ def format_answer(turn: Turn) -> str:
     return "\n".join(lines)
 
 
+def format_progress(replies: Sequence[str]) -> str:
+    """The assistant's chat message while its turn runs: each reply of a chat-model planner as
+    far as it is written, then whether its calls run; a note that it works otherwise."""
+    if not replies:
+        return "*working...*"
+    shown = "\n\n".join(f"```json\n{text}\n```" for text in replies)
+    try:  # the grammar ends a reply at its closing brace: a whole object is a finished reply
+        data = json.loads(replies[-1])
+    except json.JSONDecodeError:
+        return shown
+    return shown + ("\n\n*running the calls...*" if "calls" in data else "")
+
+
 class ChatSession:
     """One conversation: the assistant, the chat messages shown and the files written.
 
     Args:
-        assistant: the assistant that answers; its ``router`` writes into its output folder.
+        assistant: the assistant that answers (an :class:`~vitron.assistant.Assistant`, or a
+            :class:`~vitron.planners.PlannerAssistant`, whose replies stream into the page);
+            its ``router`` writes into its output folder.
         output_dir: where every turn's record ``turn_<n>.json`` goes.
+        note: what the page says about the model (Markdown), or ``""``.
     """
 
-    def __init__(self, assistant: Assistant, output_dir: str | Path) -> None:
+    def __init__(self, assistant: Assistant, output_dir: str | Path, note: str = "") -> None:
         self.assistant = assistant
         self.output_dir = Path(output_dir)
+        self.note = note
+        # held for a whole turn, by its worker thread: a turn whose page went away still ends
+        # before the next one (or a reset) starts
+        self.lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         """Start a new conversation (files already written stay on disk)."""
-        self.assistant.reset()
-        self.messages: list[dict[str, Any]] = []
-        self.files: list[Path] = []
-        self.turns = 0
+        with self.lock:
+            self.assistant.reset()
+            self.messages: list[dict[str, Any]] = []
+            self.files: list[Path] = []
+            self.turns = 0
+
+    @property
+    def streams(self) -> bool:
+        """Whether the assistant tells its replies' text as it writes them (a chat-model
+        planner's ``chat`` takes ``on_text``)."""
+        return hasattr(self.assistant, "planner")
 
     @property
     def pictures(self) -> list[str]:
@@ -72,8 +104,17 @@ class ChatSession:
     def submit(
         self, text: str, image: Image.Image | None = None, box: str = ""
     ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-        """Run one turn; an attached image is written to ``turn_<n>_image.png`` in the output
-        folder and shown in the conversation before the message.
+        """Run one turn to its end: :meth:`stream`'s last state."""
+        *_, last = self.stream(text, image, box)
+        return last
+
+    def stream(
+        self, text: str, image: Image.Image | None = None, box: str = ""
+    ) -> Iterator[tuple[list[dict[str, Any]], list[str], list[str]]]:
+        """Run one turn, yielding the page's state as it goes: the user's message (an attached
+        image, written to ``turn_<n>_image.png``, shown before it) with the answer pending, then
+        each time a chat-model planner's reply grows (:func:`format_progress`), and last the
+        answer with one line per call (:func:`format_answer`) and the images the calls wrote.
 
         Args:
             text: the user's message (not empty).
@@ -81,32 +122,87 @@ class ChatSession:
             box: a region ``x1,y1,x2,y2`` on that image (or, without one, on the latest image
                 of the conversation); empty for none.
 
-        Returns:
+        Yields:
             (chat messages as ``{"role", "content"}`` dicts, the content a text or, for an
-            attached image, ``{"path", "alt_text"}``; image paths for the gallery; every
-            output file path).
+            image, ``{"path", "alt_text"}``; image paths for the gallery; every output file
+            path).
 
         Raises:
-            ValueError: empty message, a box without any image, or a malformed box.
+            ValueError: empty message, an empty image, a box without any image, or a malformed
+                box or one outside its image, before anything is yielded; a bad input the
+                assistant finds later after the conversation as it was is yielded.
         """
         text = text.strip()
         if not text:
             raise ValueError("the message is empty: write what you want first")
         images = [] if image is None else [image.convert("RGB")]
+        check_media(images, ())
         regions = [self._region(box, images)] if box.strip() else []
-        turn = self.assistant.chat(text, images, (), regions)
-        self.turns += 1
-        write_json(self.output_dir / f"turn_{self.turns:03d}.json", turn.to_dict())
-        for picture in images:
-            path = save_image(picture, self.output_dir / f"turn_{self.turns:03d}_image.png")
-            alt = f"your image, {picture.width}x{picture.height}"
-            self.messages.append({"role": "user", "content": {"path": str(path), "alt_text": alt}})
-        self.messages += [
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": format_answer(turn)},
-        ]
-        self.files += turn.files
-        return list(self.messages), self.pictures, [str(p) for p in self.files]
+        check_regions(regions, [*self.assistant.inputs.images, *images])
+        self.lock.acquire()  # released by the turn's worker thread when the turn has ended
+        events: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        try:
+            asked: list[dict[str, Any]] = []
+            for picture in images:
+                name = f"turn_{self.turns + 1:03d}_image.png"
+                path = save_image(picture, self.output_dir / name)
+                alt = f"your image, {picture.width}x{picture.height}"
+                asked.append({"role": "user", "content": {"path": str(path), "alt_text": alt}})
+            asked.append({"role": "user", "content": text})
+            names = [Path(m["content"]["path"]).name for m in asked[:-1]]
+            threading.Thread(
+                target=self._work, args=(text, images, regions, names, asked, events),
+                name="vitron-turn", daemon=True,  # a page stopped mid-turn exits at once
+            ).start()  # fmt: skip
+        except BaseException:
+            self.lock.release()
+            raise
+        replies: list[str] = []
+        while True:
+            yield self._state([*asked, assistant_text(format_progress(replies))])
+            kind, value = events.get()
+            while kind not in ("done", "error"):
+                while len(replies) <= kind:
+                    replies.append("")
+                replies[kind] += value
+                if events.empty():
+                    break
+                kind, value = events.get()
+            if kind == "error":
+                yield self._state([])  # the conversation as it was
+                raise value
+            if kind == "done":
+                yield self._state([])
+                return
+
+    def _work(self, text, images, regions, names, asked, events: queue.Queue) -> None:
+        """The turn, in its own thread: the assistant's chat, then the session's record of it;
+        tells ``events`` each reply's pieces ``(k, piece)``, then ``("done", None)`` or
+        ``("error", exception)``."""
+        try:
+            streaming = {"names": names, "on_text": lambda k, p: events.put((k, p))}
+            turn = self.assistant.chat(
+                text, images, (), regions, **(streaming if self.streams else {})
+            )
+            self.turns += 1
+            write_json(self.output_dir / f"turn_{self.turns:03d}.json", turn.to_dict())
+            pictures = [p for p in turn.files if p.suffix.lower() in IMAGE_SUFFIXES]
+            self.messages += [*asked, assistant_text(format_answer(turn))]
+            self.messages += [
+                {"role": "assistant", "content": {"path": str(p), "alt_text": p.stem}}
+                for p in pictures
+            ]
+            self.files += turn.files
+            events.put(("done", None))
+        except BaseException as error:  # shown in the page (a ValueError as a bad input)
+            events.put(("error", error))
+        finally:
+            self.lock.release()
+
+    def _state(
+        self, pending: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        return [*self.messages, *pending], self.pictures, [str(p) for p in self.files]
 
     def _region(self, box: str, new_images: list[Image.Image]) -> Region:
         """A box region on the new image, or else on the conversation's latest image."""
@@ -120,13 +216,17 @@ class ChatSession:
             raise ValueError(str(err)) from None
 
 
+def assistant_text(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
 def build_app(session: ChatSession, title: str = "Vitron") -> Any:
     """The Gradio page of ``session`` (a ``gradio.Blocks``; call ``.launch()`` to serve it)."""
     gr = import_gradio("vitron[app]")
 
     def send(text: str, image: Image.Image | None, box: str):
-        messages, pictures, paths = session.submit(text, image, box or "")
-        return messages, pictures, paths, "", None, ""  # the inputs are cleared
+        for messages, pictures, paths in session.stream(text, image, box or ""):
+            yield messages, pictures, paths, "", None, ""  # the inputs are cleared
 
     def new_conversation():
         session.reset()
@@ -138,7 +238,8 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
     )
     model = getattr(session.assistant, "model", None)  # a PlannerAssistant has a planner instead
     random = model is not None and model.config.random_weights
-    with page(title, intro, RANDOM_NOTE if random else "") as demo:
+    note = "\n\n".join(n for n in (RANDOM_NOTE if random else "", session.note) if n)
+    with page(title, intro, note) as demo:
         with gr.Row():
             with gr.Column(scale=2):
                 chat = gr.Chatbot(label="conversation", height=480)

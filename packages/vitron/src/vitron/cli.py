@@ -4,7 +4,7 @@ vitron run "segment the dog and make it a cat" --image dog.png -o out/ --model D
           [--specialists specialists.json] [--set itaclip.signal_weight=0.5] [--box x1,y1,x2,y2]
           [--reply-file reply.txt]   (--planner ID instead of --model: any chat model)
 vitron chat --model DIR_OR_HUB_ID --image dog.png -o out/
-vitron app --model DIR_OR_HUB_ID -o out/ [--port 7860]   (a local Gradio page; vitron[app])
+vitron app -o out/ [--planner ID | --model DIR] [--port 7860]   (a local Gradio page; vitron[app])
 vitron parse 'reply text with <invoke>...</invoke> or <module>B</module>...' [--images N]
           [--videos N] [--region K ...]
 vitron specialists [--specialists specialists.json]
@@ -152,14 +152,14 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
 def run_app(args: argparse.Namespace) -> int:
     from common_kernels.runtime.app import launch_blocks
     from vitron.app import ChatSession, build_app, served_folders
-    from vitron.planner_cli import open_assistant
+    from vitron.planner_cli import open_page_assistant
 
     check_port(args.port)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("needs gradio: pip install 'vitron[app]'") from None
-    session = ChatSession(open_assistant(assistant_options(args), (), args), args.output)
+    session = ChatSession(*open_page_assistant(assistant_options(args), args))
     # launch_blocks: as every package's page, it exits promptly on Ctrl-C and SIGTERM
     launch_blocks(
         build_app(session), host=args.host, port=args.port, share=args.share,
@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="interactive conversation in the terminal")
     add_model_options(chat)
     add_media_options(chat)
-    app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]')")
+    app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]'); "
+                              "no --model/--planner: the default planner")  # fmt: skip
     add_model_options(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on")
     number(app, "--port", int, 7860, "TCP port, in [1, 65535]")

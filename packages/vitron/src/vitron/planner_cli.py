@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from common_kernels.runtime.errors import InvalidValue
 
@@ -21,10 +23,13 @@ def add_model_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_model_source(args: argparse.Namespace) -> None:
-    """One of ``--model`` and ``--planner`` (``eval``: ``--model``), refused before any work."""
+    """One of ``--model`` and ``--planner`` (``eval``: ``--model``; ``app``: at most one, none
+    for the default planner), refused before any work."""
     planner = getattr(args, "planner", None)
     if args.command == "eval" and planner is not None:
         raise InvalidValue("planner", "{planner}: vitron eval runs a Vitron model (--model)")
+    if args.command == "app" and args.model is None and planner is None:
+        return  # vitron.planners.default
     if (args.model is None) == (planner is None):
         which = "both" if planner is not None else "neither"
         raise InvalidValue("model", f"give one of {{model}} and --planner ({which} given)")
@@ -39,19 +44,55 @@ def open_assistant(options, scripted: Sequence[str] = (), args: argparse.Namespa
     planner = getattr(args, "planner", None)
     if planner is None:
         return open_vitron(options, scripted)
+    from vitron.planners import ChatPlanner
+
+    load = lambda **decoding: ChatPlanner.from_pretrained(planner, **decoding)  # noqa: E731
+    return planner_assistant(options, load, scripted, args)
+
+
+def open_page_assistant(options, args: argparse.Namespace) -> tuple[Any, Path, str]:
+    """``vitron app``'s ``(assistant, output folder, note)``, the arguments of its
+    :class:`~vitron.app.ChatSession` (the note: what the page says about the model):
+    ``--model``'s Vitron, ``--planner``'s chat model, or with neither the default planner
+    (:mod:`vitron.planners.default`: a cached hub model, else a tiny random one and the command
+    that gets the hub model)."""
+    if args.model is not None:
+        return open_assistant(options, (), args), options.output, ""
+    if args.planner is not None:
+        note = f"Planner: `{args.planner}`, its replies held to the calls' grammar."
+        return open_assistant(options, (), args), options.output, note
+    from common_kernels.runtime.cli import UsageError
+    from vitron.planners.chat import GRAMMAR_INSTALL, require_grammar_engine
+    from vitron.planners.default import choose_default_planner, open_default_planner
+
+    try:
+        require_grammar_engine()
+    except InvalidValue:  # its message names --planner, which was not given
+        raise UsageError(
+            f"the page's default planner needs the grammar engine xgrammar: {GRAMMAR_INSTALL}; "
+            "or give --model"
+        ) from None
+    choice = choose_default_planner()
+    load = lambda **decoding: open_default_planner(choice, **decoding)  # noqa: E731
+    return planner_assistant(options, load, (), args), options.output, choice.note
+
+
+def planner_assistant(options, load, scripted: Sequence[str], args):
+    """A :class:`~vitron.planners.PlannerAssistant` of ``options`` over ``load(device=, dtype=,
+    **decoding)``'s planner, every option checked before it loads."""
     from common_kernels.runtime.cli import check_device
     from common_kernels.runtime.errors import argument_errors
     from vitron.checks import check_output_folder
     from vitron.options import build_registry, cuda_bf16_supported, resolve_dtype
-    from vitron.planners import ChatPlanner, GrammarLimits, PlannerAssistant
+    from vitron.planners import GrammarLimits, PlannerAssistant
 
     check_output_folder(options.output, "output")
     with argument_errors("device"):
         device = check_device(options.device, "device")
     dtype = resolve_dtype(options.dtype, device, cuda_bf16_supported(device))
     registry = build_registry(options.specialists, options.settings, device, options.offload)
-    model = ChatPlanner.from_pretrained(
-        planner, device=device, dtype=dtype, do_sample=options.do_sample,
+    model = load(
+        device=device, dtype=dtype, do_sample=options.do_sample,
         temperature=options.temperature, top_p=options.top_p, seed=options.seed,
     )  # fmt: skip
     assistant = PlannerAssistant(
