@@ -28,15 +28,18 @@ Sessions (``nox -l``):
 
 torch is large (several GB) and identical for every package, so it is installed once into
 ``.nox/_torch-<version>`` and made visible to each session through a ``.pth`` file; everything
-else a package needs comes from its own declared dependencies.
+else a package needs comes from its own declared dependencies. Installs go through uv when it
+is installed beside nox (``.ci/run`` and the workflows install it), otherwise through pip.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -47,6 +50,8 @@ import nox
 ROOT = Path(__file__).parent
 PACKAGES_DIR = ROOT / "packages"
 TORCH_PINS = ("torch==2.14.1",)
+# torchvision's build for that torch: a newer one would fail to load its operators.
+TORCH_COMPANIONS = ("torchvision==0.29.1",)
 SHARED_TORCH = ROOT / ".nox" / "_torch-2.14.1"
 WHEELHOUSE = ROOT / ".nox" / "_wheels"
 CHROMIUM = "/usr/bin/chromium"  # Debian's; the browser tests drive it through Playwright
@@ -54,6 +59,9 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's; the browser tests drive it through P
 TIMINGS = ROOT / ".nox" / "timings.jsonl"  # one line per session run: .ci/run prints them
 
 nox.options.default_venv_backend = "venv"
+# uv installs a session's dependencies in seconds where pip takes minutes (most of a package
+# session's setup); without uv beside nox the sessions install with pip, as before.
+UV = importlib.util.find_spec("uv") is not None
 nox.options.reuse_existing_virtualenvs = False
 
 
@@ -132,6 +140,31 @@ def share_torch(session: nox.Session) -> None:
     (Path(purelib) / "_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
+def uv(session: nox.Session, *args: str) -> None:
+    """Run uv from nox's own interpreter (it need not be on PATH)."""
+    session.run(sys.executable, "-m", "uv", *args, external=True)
+
+
+def pip_install(session: nox.Session, *args: str) -> None:
+    """Install requirements into the session's environment, with uv when nox has it.
+
+    torch is already visible through the shared folder's .pth; pip sees it there, uv does not,
+    so uv is told to leave torch out (an override whose marker never holds) and to take the
+    torchvision built for it.
+    """
+    if not UV:
+        session.run("python", "-m", "pip", "install", "--quiet", *args)
+        return
+    pins = ROOT / ".nox" / "_uv"
+    pins.mkdir(parents=True, exist_ok=True)
+    (pins / "overrides.txt").write_text("torch; sys_platform == 'never'\n")
+    (pins / "constraints.txt").write_text("\n".join(TORCH_COMPANIONS) + "\n")
+    python = str(Path(session.bin) / "python")
+    uv(session, "pip", "install", "--quiet", "--python", python,
+       "--overrides", str(pins / "overrides.txt"), "--constraints", str(pins / "constraints.txt"),
+       *args)  # fmt: skip
+
+
 def build_wheels(session: nox.Session, packages: list[str], wheelhouse: Path = WHEELHOUSE) -> None:
     """Build the wheels of ``packages`` into ``wheelhouse`` (replacing older builds)."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
@@ -139,10 +172,12 @@ def build_wheels(session: nox.Session, packages: list[str], wheelhouse: Path = W
         dist_name = PACKAGES[name]["name"].replace("-", "_")
         for old in wheelhouse.glob(f"{dist_name}-*.whl"):
             old.unlink()
-        session.run(
-            "python", "-m", "pip", "wheel", "--quiet", "--no-deps",
-            "--wheel-dir", str(wheelhouse), str(PACKAGES_DIR / name),
-        )  # fmt: skip
+        source = str(PACKAGES_DIR / name)
+        if UV:
+            uv(session, "build", "--quiet", "--wheel", "--out-dir", str(wheelhouse), source)
+        else:
+            session.run("python", "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--wheel-dir", str(wheelhouse), source)  # fmt: skip
 
 
 def install_packages(session: nox.Session, packages: list[str], extra: str | None = None) -> None:
@@ -152,10 +187,7 @@ def install_packages(session: nox.Session, packages: list[str], extra: str | Non
     build_wheels(session, packages)
     suffix = f"[{extra}]" if extra else ""
     requirements = [f"{PACKAGES[name]['name']}{suffix}" for name in packages]
-    session.run(
-        "python", "-m", "pip", "install", "--quiet", "--find-links", str(WHEELHOUSE),
-        *requirements,
-    )  # fmt: skip
+    pip_install(session, "--find-links", str(WHEELHOUSE), *requirements)
 
 
 def cuda_available(session: nox.Session) -> bool:
@@ -214,8 +246,8 @@ def repo(session: nox.Session) -> None:
     share_torch(session)
     install_packages(session, ["common-kernels"])
     # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
-    session.install("pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
-                    "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
+    pip_install(session, "pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
+                "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
 
@@ -228,8 +260,8 @@ def slow(session: nox.Session) -> None:
     install_packages(session, list(PACKAGES), "test")
     # tests/test_release.py: build the sdists and wheels, check them as PyPI would;
     # check-jsonschema, pyyaml: tests/test_workflows.py is collected here too.
-    session.install("build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6",
-                    "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
+    pip_install(session, "build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6",
+                "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",
@@ -284,7 +316,7 @@ def gpu_wheelhouse(session: nox.Session) -> None:
 @timed
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
-    session.install("ruff==0.17.6")
+    pip_install(session, "ruff==0.17.6")
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
 
@@ -332,7 +364,7 @@ def release_check(session: nox.Session) -> None:
     """A release rehearsal: build, upload to a local index, ``pip install semanir`` from it into
     a fresh environment, restore a real image, check every package's ``--version``."""
     share_torch(session)  # the fresh environment sees this torch too, through a .pth
-    session.install("build>=1.2", "twine>=6.1", "pypiserver>=2.3")
+    pip_install(session, "build>=1.2", "twine>=6.1", "pypiserver>=2.3")
     data = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
     session.run(
         "python", str(ROOT / "tools" / "release_check.py"),

@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
-NOX = "nox==2026.10.20"  # the version .ci/run installs
+# What .ci/run installs: nox, and uv, which the noxfile installs with when it is there.
+NOX = '"nox==2026.10.20" "uv==0.13.9"'
 GPU_RUNNER = "[self-hosted, linux, x64, gpu]"
 LINT_PYTHON = "3.12"
 # Files every package's tests read besides its own folder: the sessions, the pytest hooks and
@@ -83,7 +84,7 @@ def nox_steps(session: str) -> str:
       - uses: actions/setup-python@v5
         with:
           python-version: "{LINT_PYTHON}"
-      - run: python -m pip install "{NOX}"
+      - run: python -m pip install {NOX}
       - run: python -m nox -s {session}
 """
 
@@ -134,7 +135,7 @@ jobs:
           python-version: ${{{{ matrix.python-version }}}}
           cache: pip
           cache-dependency-path: packages/*/pyproject.toml
-      - run: python -m pip install "{NOX}"
+      - run: python -m pip install {NOX}
       # nox runs the session with the interpreter it runs under: the matrix's Python.
       - run: python -m nox -s {package}
 
@@ -146,7 +147,7 @@ jobs:
       - uses: actions/checkout@v4
       # The gpu session skips where there is no CUDA device; on this runner that is a failure.
       - run: nvidia-smi
-      - run: python3 -m pip install "{NOX}"
+      - run: python3 -m pip install {NOX}
       - run: python3 -m nox -s gpu -- packages/{package}/tests
 
   lint:
