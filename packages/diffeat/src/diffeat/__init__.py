@@ -1,7 +1,7 @@
 """diffeat: every diffusion U-Net activation as a discriminative feature.
 
-Hook-based extraction on stock diffusers (SD 1.5/2.1, SDXL, Playground v2 U-Nets; PixArt-Sigma
-transformers) with early exit, LoRA and ControlNet,
+Hook-based extraction on stock diffusers (SD 1.5/2.1, SDXL, Playground v2 U-Nets; PixArt-Sigma,
+FLUX.1 and SD3/SD3.5 transformers) with early exit, LoRA and ControlNet,
 the paper's presets, property probes, a PCA visualiser and task heads (Meng et al., NeurIPS 2024,
 "Not All Diffusion Model Activations Have Been Evaluated as Discriminative Features").
 """
@@ -20,6 +20,7 @@ from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
 from diffeat.features import Features
 from diffeat.listing import list_layers
+from diffeat.mmdit import FluxFeatureExtractor, SD3FeatureExtractor
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.shapes import layer_infos
@@ -36,12 +37,14 @@ __all__ = [
     "ExtractorConfig",
     "FeatureExtractor",
     "Features",
+    "FluxFeatureExtractor",
     "LayerInfo",
     "LayerSpec",
     "MissingActivationsError",
     "MultiModelExtractor",
     "Preset",
     "PromptEmbeddings",
+    "SD3FeatureExtractor",
     "__version__",
     "aggregate",
     "attention_map_view",

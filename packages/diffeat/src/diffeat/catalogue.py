@@ -325,12 +325,20 @@ def check_names(names: Iterable[str], catalogue: Sequence[LayerSpec]) -> list[La
     by_name = {spec.name: spec for spec in catalogue}
     unknown = [n for n in names if n not in by_name]
     if unknown:
+        from diffeat.backbones import BACKBONES
+
+        owners = [b for b in BACKBONES if any(b.owns(spec.name) for spec in catalogue)]
+        title = owners[0].title if owners else "U-Net"
         hints = []
         for name in unknown:
             close = difflib.get_close_matches(name, list(by_name), n=2, cutoff=0.8)
+            other = [b.title for b in BACKBONES if b.owns(name) and b not in owners]
+            if other:  # a name of another kind of network
+                hints.append(f"{name!r} (a {other[0]} name; this model is a {title})")
+                continue
             hints.append(f"{name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
         raise ValueError(
-            f"unknown activation name(s) for this U-Net: {', '.join(hints)}; the catalogue has "
+            f"unknown activation name(s) for this {title}: {', '.join(hints)}; the catalogue has "
             f"{len(by_name)} names (diffeat.list_layers(unet) or `diffeat layers --model ...`)"
         )
     return [by_name[n] for n in names]

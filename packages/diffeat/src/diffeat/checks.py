@@ -211,13 +211,14 @@ def read_model_configs(
     return ModelConfigs(unet, vae, scheduler_cls.from_config(scheduler), backbone)
 
 
-def check_timestep(timestep: int, faithful: bool, scheduler: Any) -> None:
-    """``timestep`` against the model's scheduler (``faithful``: its timestep list)."""
+def check_timestep(timestep: int, faithful: bool, scheduler: Any, sigma: Any = None) -> None:
+    """``timestep`` (and a flow-matching ``sigma``) against the model's scheduler
+    (``faithful``: its timestep list)."""
     try:
-        plan_noise(scheduler, timestep, faithful)
+        plan_noise(scheduler, timestep, faithful, sigma)
     except ValueError as error:
-        message = literal(str(error).removeprefix("timestep: "))
-        raise InvalidArgument("timestep", message) from None
+        argument, message = str(error).split(": ", 1)
+        raise InvalidArgument(argument, literal(message)) from None
 
 
 def check_selection(
@@ -271,13 +272,13 @@ def model_infos(
     """``vae-out`` (with ``faithful``: the decoded image), the network's catalogue and that of
     the ``control`` config's ControlNet with shapes for ``size`` images, rounded up to the
     model's size multiple (a shape-only pass on the meta device: no weights, no memory);
-    ``text_tokens`` prompt tokens (default: the backbone's)."""
+    ``text_tokens`` prompt tokens (T5's ``max_sequence_length``; default: the backbone's)."""
     multiple, scale = configs.size_multiple, configs.vae_scale
     height, width = (-(-side // multiple) * multiple for side in size)
     latent = (configs.vae["latent_channels"], height // scale, width // scale)
     if faithful:
         latent = (configs.vae.get("out_channels", 3), height, width)
-    tokens = text_tokens or configs.backbone.text_tokens
+    tokens = configs.backbone.prompt_tokens(text_tokens)
     unet = configs.backbone.layer_infos(configs.unet, (height, width), tokens, scale)
     if control is not None:
         unet += control_layer_infos(control, (height, width), TEXT_TOKENS, scale)

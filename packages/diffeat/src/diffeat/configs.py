@@ -132,9 +132,93 @@ TINY_PIXART_TRANSFORMER: dict[str, Any] = {
     "sample_size": 8,
 }
 
+# FLUX.1-dev ``transformer/config.json`` (black-forest-labs/FLUX.1-dev): 19 double-stream and 38
+# single-stream blocks of width 3072 (24 heads x 128), 2x2-packed 16-channel latents (64 in),
+# T5-XXL tokens (4096 wide), CLIP-L pooled text (768), the guidance embedding of -dev.
+FLUX_DEV_TRANSFORMER: dict[str, Any] = {
+    "_class_name": "FluxTransformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+
+# Stable Diffusion 3.5 Medium ``transformer/config.json`` (stabilityai/stable-diffusion-3.5-medium):
+# 24 joint blocks of width 1536 (24 heads x 64), the first 13 with a second (image-only)
+# attention, RMS qk-norm, patch 2 on 16-channel latents, CLIP-L + CLIP-G + T5-XXL text.
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    "_class_name": "SD3Transformer2DModel",
+    "attention_head_dim": 64,
+    "caption_projection_dim": 1536,
+    "dual_attention_layers": list(range(13)),
+    "in_channels": 16,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 24,
+    "out_channels": 16,
+    "patch_size": 2,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "qk_norm": "rms_norm",
+    "sample_size": 128,
+}
+
+# the tiny ones keep the topology (block counts, dual attention, qk-norm, packing, patch) with a
+# few channels: width 16 (2 heads x 8); FLUX's rotary axes must add up to the head width
+TINY_FLUX_TRANSFORMER: dict[str, Any] = {
+    **FLUX_DEV_TRANSFORMER,
+    "attention_head_dim": 8,
+    "axes_dims_rope": [2, 2, 4],
+    "in_channels": 16,  # the tiny VAE's 4 latent channels, packed 2x2
+    "joint_attention_dim": 16,  # TINY_T5's width
+    "num_attention_heads": 2,
+    "pooled_projection_dim": 16,  # the tiny CLIP's width
+}
+
+TINY_SD3_TRANSFORMER: dict[str, Any] = {
+    **SD35_MEDIUM_TRANSFORMER,
+    "attention_head_dim": 8,
+    "caption_projection_dim": 16,
+    "in_channels": 4,
+    "joint_attention_dim": 32,  # T5 width: at least the two CLIPs' 16 + 16 (padded to it)
+    "num_attention_heads": 2,
+    "out_channels": 4,
+    "pooled_projection_dim": 32,  # the two CLIPs' pooled 16 + 16
+    "pos_embed_max_size": 32,
+    "sample_size": 8,
+}
+
 DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "pixart-sigma": PIXART_SIGMA_TRANSFORMER,
     "tiny-pixart-sigma": TINY_PIXART_TRANSFORMER,
+    "flux-dev": FLUX_DEV_TRANSFORMER,
+    "tiny-flux": TINY_FLUX_TRANSFORMER,
+    "sd3.5-medium": SD35_MEDIUM_TRANSFORMER,
+    "tiny-sd3": TINY_SD3_TRANSFORMER,
+}
+
+# The flow-matching schedulers of FLUX.1-dev and SD3.5 (diffeat noises at an exact sigma and
+# uses neither shift; they are kept so a saved model reads like the hub's).
+FLUX_SCHEDULER: dict[str, Any] = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+SD3_SCHEDULER: dict[str, Any] = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
 }
 
 # PixArt-Sigma's scheduler (DPM-Solver++ on the linear beta schedule of DiT/PixArt training).
@@ -216,7 +300,8 @@ TINY_TEXT_ENCODER: dict[str, Any] = {
 }
 
 KINDS = ("sd15", "sdxl")
-TINY_MODEL_KINDS = (*KINDS, "pixart")  # what save_tiny_model writes: the U-Nets and PixArt-Sigma
+# what save_tiny_model writes: the U-Nets, PixArt-Sigma, FLUX.1-dev and SD3.5-Medium shapes
+TINY_MODEL_KINDS = (*KINDS, "pixart", "flux", "sd3")
 
 
 def unet_config(name: str) -> dict[str, Any]:
@@ -333,6 +418,77 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
     )
 
 
+def tiny_flux_pipeline(seed: int = 0, max_length: int = 24):
+    """A randomly initialised, tiny ``FluxPipeline`` with FLUX.1-dev's topology (19 double- and
+    38 single-stream blocks, 2x2 packing, the guidance embedding), CLIP + T5 text encoders and
+    the byte-level tokenizer of :func:`tiny_tokenizer` for both.
+
+    Args:
+        seed: ``torch.manual_seed`` before building the random weights.
+        max_length: the T5 tokenizer's ``model_max_length``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_VAE)
+    vae.register_to_config(scaling_factor=0.3611, shift_factor=0.1159)  # FLUX's VAE values
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER),
+        vae=vae,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**TINY_TEXT_ENCODER)).eval(),
+        tokenizer=tiny_tokenizer(),
+        text_encoder_2=T5EncoderModel(T5Config(**TINY_T5)).eval(),
+        tokenizer_2=tiny_tokenizer(max_length),
+        transformer=FluxTransformer2DModel.from_config(TINY_FLUX_TRANSFORMER),
+    )
+
+
+def tiny_sd3_pipeline(seed: int = 0, max_length: int = 24):
+    """A randomly initialised, tiny ``StableDiffusion3Pipeline`` with SD3.5-Medium's topology (24
+    joint blocks, the first 13 with dual attention, RMS qk-norm, patch 2), two CLIP text
+    encoders with projections and a T5 (32 wide, the two CLIPs' width).
+
+    Args:
+        seed: ``torch.manual_seed`` before building the random weights.
+        max_length: the T5 tokenizer's ``model_max_length``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_VAE)
+    vae.register_to_config(scaling_factor=1.5305, shift_factor=0.0609)  # SD3.5's VAE values
+    text_config = CLIPTextConfig(**TINY_TEXT_ENCODER)
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel.from_config(TINY_SD3_TRANSFORMER),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(text_config).eval(),
+        tokenizer=tiny_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config).eval(),
+        tokenizer_2=tiny_tokenizer(),
+        text_encoder_3=T5EncoderModel(T5Config(**{**TINY_T5, "d_model": 32})).eval(),
+        tokenizer_3=tiny_tokenizer(max_length),
+    )
+
+
+TINY_PIPELINES = {"pixart": tiny_pixart_pipeline, "flux": tiny_flux_pipeline,
+                  "sd3": tiny_sd3_pipeline}  # fmt: skip
+
+
 def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     """Write a tiny random diffusers model folder (the denoiser, vae, text encoders, tokenizers,
     scheduler); its ``model_index.json`` says that its weights are random
@@ -340,7 +496,8 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
 
     Args:
         directory: output folder (created; must not hold a model already).
-        kind: ``"sd15"``, ``"sdxl"`` (U-Nets) or ``"pixart"`` (PixArt-Sigma's transformer).
+        kind: ``"sd15"``, ``"sdxl"`` (U-Nets), ``"pixart"`` (PixArt-Sigma's transformer),
+            ``"flux"`` (FLUX.1-dev's) or ``"sd3"`` (SD3.5-Medium's).
         seed: seed of the random weights, in [0, 2**64 - 1].
 
     Raises:
@@ -357,7 +514,8 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
             "directory", f"{shown('directory', folder)} already holds a model (model_index.json)"
         )
     with atomic_directory(folder, make_parents=True) as temp:
-        pipe = tiny_pixart_pipeline(seed) if kind == "pixart" else tiny_pipeline(kind, seed)
+        build = TINY_PIPELINES.get(kind)
+        pipe = build(seed) if build is not None else tiny_pipeline(kind, seed)
         # a private ("_") entry: diffusers keeps it out of the pipeline's arguments on loading
         writer = {"writer": f"diffeat tiny-model --kind {kind}", "seed": seed}
         pipe.register_to_config(**{RANDOM_WEIGHTS: writer})

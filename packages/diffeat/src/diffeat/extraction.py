@@ -81,7 +81,9 @@ class BaseFeatureExtractor(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        BaseFeatureExtractor.extractors.setdefault(cls.backbone.name, cls)
+        backbone = getattr(cls, "backbone", None)  # None: a shared base of extractors
+        if backbone is not None:
+            BaseFeatureExtractor.extractors.setdefault(backbone.name, cls)
 
     def _configure(self, config: ExtractorConfig | None) -> None:
         """Set ``config`` (None: the paper's preset for the network's family), its layers
@@ -93,7 +95,9 @@ class BaseFeatureExtractor(abc.ABC):
         config = replace(config, layers=self.expand_all(config.layers))
         check_names(config.layers, self.activations)
         self.config = config
-        self.plan: NoisePlan = plan_noise(self.scheduler, config.timestep, config.faithful)
+        self.plan: NoisePlan = plan_noise(
+            self.scheduler, config.timestep, config.faithful, config.sigma
+        )
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -198,7 +202,7 @@ class BaseFeatureExtractor(abc.ABC):
         """
         scale = self.vae_scale
         size = parse_size(image_size) or self.config.image_size
-        size = size or (self.unet.config.sample_size * scale,) * 2
+        size = size or self.backbone.native_size(self.unet.config, scale)
         tokens = text_tokens or self.text_tokens
         infos = self.backbone.layer_infos(self.unet.config, size, tokens, scale)
         return [LayerInfo(VAE_SPEC, self.vae_out_shape(size)), *infos]
@@ -269,6 +273,11 @@ class BaseFeatureExtractor(abc.ABC):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the clean latents the network is fed (its ``in_channels``)."""
+        return int(self.unet.config.in_channels)
 
     @property
     def vae_scale(self) -> int:
@@ -351,12 +360,13 @@ class BaseFeatureExtractor(abc.ABC):
             raise TypeError(
                 f"latents: expected a (B, C, h, w) tensor; got {type(latents).__name__}"
             )
-        channels = self.unet.config.in_channels
+        channels = self.latent_channels
         if latents.numel() == 0:
             raise ValueError(f"latents: empty tensor {tuple(latents.shape)}")
         if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(
-                f"latents: expected a (B, {channels}, h, w) tensor (the U-Net's in_channels); "
+                f"latents: expected a (B, {channels}, h, w) tensor (the {self.backbone.title}'s "
+                f"{'in_channels' if self.backbone.name != 'flux' else 'latent channels'}); "
                 f"got {tuple(latents.shape)}"
             )
         if not latents.is_floating_point():
@@ -368,8 +378,8 @@ class BaseFeatureExtractor(abc.ABC):
         multiple = self.size_multiple // self.vae_scale
         if height % multiple or width % multiple:
             raise ValueError(
-                f"latents: height and width must be multiples of {multiple} for this U-Net "
-                f"(x{multiple} downsampling); got {height}x{width}"
+                f"latents: height and width must be multiples of {multiple} for this "
+                f"{self.backbone.title} (x{multiple} downsampling); got {height}x{width}"
             )
         return latents.to(self.device, torch.float32)
 

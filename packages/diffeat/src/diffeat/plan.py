@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from common_kernels.runtime.cli import UsageError, check_device
-from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
+from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal, shown
 from diffeat.backbones import Backbone, backbone_of_model
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
@@ -33,6 +33,7 @@ from diffeat.configs import SEED_MAX
 from diffeat.errors import check_int_range
 from diffeat.io import parse_size
 from diffeat.presets import PRESETS, default_preset, get_preset, layer_selection
+from diffeat.schedule import check_sigma, is_flow_matching
 
 LATENT_MODES = ("sample", "mean")
 # the LoRA and ControlNet options of from_pretrained (U-Nets only: check_backbone_options)
@@ -41,7 +42,8 @@ ADAPTER_KEYS = ("lora", "lora_scale", "fuse_lora", "controlnet", "control_scale"
 
 def check_config_fields(settings: Mapping[str, Any]) -> None:
     """The :class:`ExtractorConfig` fields that need no model: ``latent``, ``seed``,
-    ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans).
+    ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans),
+    ``sigma`` (in [0, 1]) and ``guidance_scale`` (finite).
 
     Args:
         settings: field -> value (missing fields are not checked).
@@ -59,6 +61,13 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
             got = literal(repr(settings[key]))
             raise InvalidArgument(key, f"must be True or False; got {got}")
     parse_size(settings.get("image_size"), "image_size")
+    if settings.get("sigma") is not None:
+        try:
+            check_sigma(settings["sigma"])
+        except ValueError as error:
+            raise InvalidArgument("sigma", literal(str(error).removeprefix("sigma: "))) from None
+    if settings.get("guidance_scale") is not None:
+        check_number(settings["guidance_scale"], "guidance_scale")
 
 
 @dataclass
@@ -84,6 +93,10 @@ class ExtractorConfig:
             ``vae-out``) with gradients enabled and return features that keep the autograd
             graph, so a loss on them trains the U-Net, a LoRA or a ControlNet. The VAE encode
             and the text encoders stay without gradients.
+        sigma: flow-matching models (FLUX, SD3) only: the noise level in [0, 1],
+            ``x_t = (1 - sigma) z + sigma eps`` (None: ``timestep / 1000``, 0.05 at t = 50).
+        guidance_scale: FLUX models with a guidance embedding (FLUX.1-dev) only: its value
+            (None: 1.0, as the official code passes it).
     """
 
     layers: tuple[str, ...] | str  # a tuple after __post_init__
@@ -96,6 +109,8 @@ class ExtractorConfig:
     output_device: str | None = None
     preset: str | None = None
     requires_grad: bool = False
+    sigma: float | None = None
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
@@ -193,8 +208,10 @@ def check_from_pretrained(
     configs = read_model_configs(source, backbone=backbone)
     if text_stack and isinstance(source, Path):
         check_model_folder(source, model_id_or_dir, backbone.extra_text_files(configs.unet))
-    check_backbone_options(backbone, options)
-    check_timestep(timestep, options.get("faithful", False), configs.scheduler)
+    check_backbone_options(backbone, options, configs.unet)
+    check_flow(backbone, configs, source, model_id_or_dir)
+    faithful, sigma = options.get("faithful", False), options.get("sigma")
+    check_timestep(timestep, faithful, configs.scheduler, sigma)
     size_from = "image_size" if options.get("image_size") is not None else None
     if size_from is None and layers is None and preset is not None:
         size_from = "preset"
@@ -207,7 +224,7 @@ def check_from_pretrained(
     size = parse_size(options.get("image_size"))
     if size_from in ("preset", "layers"):  # a preset given by name sets the size: its own
         size = (get_preset(preset).resolution,) * 2
-    size = size or (configs.unet["sample_size"] * configs.vae_scale,) * 2
+    size = size or backbone.native_size(configs.unet, configs.vae_scale)
     tokens = options.get("max_sequence_length")
     infos = model_infos(configs, size, options.get("faithful", False), control, tokens)
     argument = "preset" if layers is None and preset is not None else "layers"
@@ -230,9 +247,12 @@ def check_from_pretrained(
     )
 
 
-def check_backbone_options(backbone: Backbone, options: Mapping[str, Any]) -> None:
+def check_backbone_options(
+    backbone: Backbone, options: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> None:
     """Options that one backbone takes and another does not: LoRA, ControlNet and
-    ``faithful`` (U-Nets), ``max_sequence_length`` (DiTs: T5 tokens per prompt, >= 1).
+    ``faithful`` (U-Nets), ``max_sequence_length`` (T5 prompts: PixArt, FLUX, SD3; >= 1),
+    ``guidance_scale`` (FLUX with a guidance embedding, as ``config`` says).
 
     Raises:
         InvalidArgument: naming the option.
@@ -248,10 +268,44 @@ def check_backbone_options(backbone: Backbone, options: Mapping[str, Any]) -> No
                 "faithful", f"the official code's path is restated for U-Nets only, not for "
                 f"{backbone.title} models"
             )  # fmt: skip
-    if "max_sequence_length" in options:
-        if backbone.name != "dit":
-            raise InvalidArgument("max_sequence_length", "applies to DiTs (T5 prompts) only")
+    if options.get("max_sequence_length") is not None:
+        if backbone.name == "unet":
+            raise InvalidArgument(
+                "max_sequence_length", "applies to DiTs (T5 prompts: PixArt, FLUX, SD3) only"
+            )
         check_int_range(options["max_sequence_length"], "max_sequence_length", 1)
+    guided = backbone.name == "flux" and (config or {}).get("guidance_embeds", False)
+    if options.get("guidance_scale") is not None and not guided:
+        raise InvalidArgument(
+            "guidance_scale", f"applies to FLUX transformers with a guidance embedding "
+            f"(FLUX.1-dev) only; this model is a {backbone.title} without one"
+        )  # fmt: skip
+
+
+def check_flow(backbone: Backbone, configs: ModelConfigs, source: Path | str, model: Any) -> None:
+    """A FLUX/SD3 model: a flow-matching scheduler, a VAE whose latents the transformer takes,
+    and (a local folder) transformer weights that fit its config (their headers only).
+
+    Raises:
+        InvalidValue: naming ``model_id_or_dir``.
+    """
+    if not backbone.flow:
+        return
+    argument, shown_model = "model_id_or_dir", shown("model_id_or_dir", model)
+    kind = type(configs.scheduler).__name__
+    if not is_flow_matching(configs.scheduler):
+        raise InvalidValue(argument, f"{shown_model}: its scheduler {kind} is not a "
+                           f"flow-matching one; {backbone.title} models need one")  # fmt: skip
+    latent = configs.vae.get("latent_channels")
+    wanted = backbone.latent_channels(configs.unet)[0]
+    if latent != wanted:
+        raise InvalidValue(argument, f"{shown_model}: its VAE has {latent} latent channels; the "
+                           f"transformer takes {wanted}")  # fmt: skip
+    if isinstance(source, Path):
+        try:
+            backbone.check_weights(source, configs.unet)
+        except ValueError as error:
+            raise InvalidValue(argument, f"{shown_model}: {literal(error)}") from None
 
 
 def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:

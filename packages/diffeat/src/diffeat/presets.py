@@ -12,6 +12,8 @@ SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # mirror of runwaym
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 PLAYGROUND_V2_HUB_ID = "playgroundai/playground-v2-1024px-aesthetic"
 PIXART_SIGMA_HUB_ID = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
+SD35_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3.5-medium"
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,8 @@ class Preset:
     Args:
         name: preset name (``ours-v1.5``, ``ours-xl``, ``legacy-v1.5``, ``legacy-xl``).
         layers: activation names, in the paper's order.
-        family: model family the names belong to (``sd15``, ``sdxl`` or ``pixart``).
+        family: model family the names belong to (``sd15``, ``sdxl``, ``pixart``, ``flux``,
+            ``sd3``).
         resolution: the input size the paper used (square, pixels).
         channels: total channels of the selection on the real model.
         hub_id: a hub repository whose weights give real features.
@@ -101,6 +104,29 @@ PRESETS: dict[str, Preset] = {
         PIXART_SIGMA_HUB_ID,
         "diffeat's PixArt-Sigma selection (NOT the paper's; unevaluated): mid-depth blocks",
     ),
+    # diffeat's own choices for the joint transformers, by the same rule (NOT the paper's, not the
+    # official code's, which names no FLUX selection; unevaluated: no weights here): block
+    # outputs at about 1/2, 2/3 and 3/4 of the depth and the queries of the middle one. FLUX.1
+    # has 19 double + 38 single blocks (57), so these are single-stream blocks 9, 19 and 24;
+    # early exit then skips the last 13 single blocks.
+    "diffeat-flux": Preset(
+        "diffeat-flux",
+        ("flux-single9-out", "flux-single19-q", "flux-single19-out", "flux-single24-out"),
+        "flux",
+        1024,
+        4 * 3072,
+        FLUX_DEV_HUB_ID,
+        "diffeat's FLUX.1 selection (NOT the paper's; unevaluated): mid-depth single blocks",
+    ),
+    "diffeat-sd3": Preset(
+        "diffeat-sd3",
+        ("sd3-block12-out", "sd3-block16-q", "sd3-block16-out", "sd3-block18-out"),
+        "sd3",
+        1024,
+        4 * 1536,
+        SD35_MEDIUM_HUB_ID,
+        "diffeat's SD3(.5)-Medium selection (NOT the paper's; unevaluated): mid-depth blocks",
+    ),
 }
 
 
@@ -172,7 +198,14 @@ def layer_selection(layers: Sequence[str] | str, argument: str = "layers") -> tu
 
 def family_of(config: Mapping[str, Any]) -> str | None:
     """``sdxl`` for text-time conditioned 3-level U-Nets, ``sd15`` for 4-level SD U-Nets,
-    ``pixart`` for 28-block PixArt transformers (``caption_channels`` and AdaLN-single)."""
+    ``pixart`` for 28-block PixArt transformers (``caption_channels`` and AdaLN-single),
+    ``flux`` for FLUX.1 transformers (19 + 38 blocks), ``sd3`` for 24-block SD3 transformers
+    (SD3-Medium, SD3.5-Medium)."""
+    if "num_single_layers" in config:  # FLUX.1 (dev, schnell): 19 double + 38 single blocks
+        shape = (config.get("num_layers"), config.get("num_single_layers"))
+        return "flux" if shape == (19, 38) else None
+    if "pos_embed_max_size" in config and "joint_attention_dim" in config:
+        return "sd3" if config.get("num_layers") == 24 else None  # SD3 / SD3.5 Medium
     if "down_block_types" not in config:
         pixart = config.get("norm_type") == "ada_norm_single" and "caption_channels" in config
         return "pixart" if pixart and config.get("num_layers") == 28 else None
@@ -193,7 +226,9 @@ def default_preset(config: Mapping[str, Any]) -> str:
     family = family_of(config)
     if family is None:
         raise ValueError(
-            "layers: this model is neither SD 1.x/2.x-, SDXL- nor PixArt-Sigma-shaped, so no "
-            "preset applies; pass layers=[...] (see diffeat.list_layers(unet))"
+            "layers: this model is neither SD 1.x/2.x-, SDXL-, PixArt-Sigma-, FLUX.1- nor "
+            "SD3-Medium-shaped, so no preset applies; pass layers=[...] (see "
+            "diffeat.list_layers(unet))"
         )
-    return {"sdxl": "ours-xl", "sd15": "ours-v1.5", "pixart": "diffeat-pixart-sigma"}[family]
+    return {"sdxl": "ours-xl", "sd15": "ours-v1.5", "pixart": "diffeat-pixart-sigma",
+            "flux": "diffeat-flux", "sd3": "diffeat-sd3"}[family]  # fmt: skip

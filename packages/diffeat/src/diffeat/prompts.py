@@ -1,4 +1,5 @@
-"""Prompt embeddings for SD-style (one CLIP text encoder) and SDXL-style (two) U-Nets.
+"""Prompt embeddings for SD-style (one CLIP text encoder) and SDXL-style (two) U-Nets, PixArt
+(T5), FLUX (CLIP + T5) and SD3 (two CLIPs + T5).
 
 Matches the diffusers pipelines' ``encode_prompt`` without classifier-free guidance: SD 1.x/2.x
 use the last hidden state of the text encoder; SDXL-style models concatenate the penultimate
@@ -184,3 +185,117 @@ class T5PromptEncoder:
         return PromptEmbeddings(
             torch.stack([r[0] for r in rows]), None, torch.stack([r[1] for r in rows])
         )
+
+
+class _CachedEncoder:
+    """Per-prompt caching of ``(embeds (L, D), pooled (P,))`` rows around ``_encode``."""
+
+    dual = False
+
+    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, max_length: int, cache_size):
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_sequence_length: must be an integer >= 1; got {max_length!r}")
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = [e for e in text_encoders if e is not None]
+        self.length = max_length
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding."""
+        self._cache.clear()
+
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embeddings (B, L, D) and pooled embeddings (B, P) of ``prompts``."""
+        prompts = list(prompts)
+        todo = sorted(set(prompts) - set(self._cache))
+        if todo:
+            embeds, pooled = self._encode(todo)
+            for i, prompt in enumerate(todo):
+                self._cache[prompt] = (embeds[i], pooled[i])
+        rows = [self._cache[p] for p in prompts]
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return PromptEmbeddings(
+            torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        )  # (B, L, D), (B, P)
+
+
+def _ids(tokenizer, prompts: list[str], length: int, device) -> Tensor:
+    """Token ids (B, length): padded to ``length``, truncated, as the diffusers pipelines do."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+
+
+class FluxPromptEncoder(_CachedEncoder):
+    """FLUX prompts: the pooled output of CLIP and the last hidden state of T5 (padded to
+    ``max_length`` tokens, not masked), as diffusers' ``FluxPipeline.encode_prompt``.
+
+    Args:
+        tokenizers: the CLIP and the T5 tokenizer.
+        text_encoders: the ``CLIPTextModel`` and the ``T5EncoderModel``.
+        max_length: T5 tokens per prompt (FLUX.1-dev 512, schnell 256).
+        cache_size: prompts kept in the in-memory cache.
+    """
+
+    def __init__(self, tokenizers, text_encoders, max_length: int = 512, cache_size: int = 256):
+        if len(tokenizers) != 2 or len(text_encoders) != 2:
+            raise ValueError("tokenizers/text_encoders: FLUX takes two pairs (CLIP, T5)")
+        super().__init__(tokenizers, text_encoders, max_length, cache_size)
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        (clip_tok, t5_tok), (clip, t5) = self.tokenizers, self.text_encoders
+        device = next(clip.parameters()).device
+        ids = _ids(clip_tok, prompts, clip_tok.model_max_length, device)
+        pooled = clip(ids, output_hidden_states=False).pooler_output  # (B, P)
+        device = next(t5.parameters()).device
+        embeds = t5(_ids(t5_tok, prompts, self.length, device), output_hidden_states=False)[0]
+        return embeds, pooled.to(embeds.device)  # (B, L, D), (B, P)
+
+
+class SD3PromptEncoder(_CachedEncoder):
+    """SD3 prompts, as diffusers' ``StableDiffusion3Pipeline.encode_prompt`` (no guidance,
+    no clip skip): the penultimate hidden states of CLIP-L and CLIP-G concatenated (77 tokens),
+    zero-padded to T5's width, then T5's last hidden state (``max_length`` tokens; zeros
+    without T5); pooled: the two CLIPs' projected embeddings concatenated.
+
+    Args:
+        tokenizers: CLIP-L's, CLIP-G's and T5's tokenizers (T5's may be None).
+        text_encoders: two ``CLIPTextModelWithProjection`` and a ``T5EncoderModel`` (or None).
+        max_length: T5 tokens per prompt (256).
+        t5_width: the width of the joint text tokens (the transformer's
+            ``joint_attention_dim``; T5-XXL: 4096), used without T5.
+        cache_size: prompts kept in the in-memory cache.
+    """
+
+    def __init__(self, tokenizers, text_encoders, max_length: int = 256, t5_width: int = 4096,
+                 cache_size: int = 256):  # fmt: skip
+        if len(tokenizers) != 3 or len(text_encoders) != 3:
+            raise ValueError("tokenizers/text_encoders: SD3 takes three (CLIP-L, CLIP-G, T5)")
+        super().__init__(tokenizers, text_encoders, max_length, cache_size)
+        self.t5 = text_encoders[2]
+        self.t5_width = t5_width
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        hidden, pooled = [], []
+        for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2], strict=True):
+            device = next(encoder.parameters()).device
+            out = encoder(_ids(tokenizer, prompts, tokenizer.model_max_length, device),
+                          output_hidden_states=True)  # fmt: skip
+            pooled.append(out[0])  # (B, P_i): the projected embedding
+            hidden.append(out.hidden_states[-2])  # (B, 77, D_i)
+        clip = torch.cat(hidden, dim=-1)  # (B, 77, D_l + D_g)
+        if self.t5 is None:
+            t5 = clip.new_zeros(len(prompts), self.length, self.t5_width)
+        else:
+            device = next(self.t5.parameters()).device
+            t5 = self.t5(_ids(self.tokenizers[2], prompts, self.length, device))[0]
+        clip = torch.nn.functional.pad(clip.to(t5.device), (0, t5.shape[-1] - clip.shape[-1]))
+        embeds = torch.cat([clip.to(t5.dtype), t5], dim=-2)  # (B, 77 + L, D_t5)
+        return embeds, torch.cat(pooled, dim=-1).to(t5.device)  # (B, P_l + P_g)

@@ -3,6 +3,8 @@
 Exact (default): ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` with the U-Net timestep ``t``
 itself, ``abar`` taken from the model's scheduler (its training noise schedule).
 
+Flow matching (FLUX, SD3): ``x_t = (1 - sigma) z + sigma eps`` at an exact ``sigma``.
+
 Faithful (official code): the pipeline scheduler is set to as many inference steps as training
 steps and entry ``num_train_timesteps - t`` of its timestep list is used for the noise and the
 U-Net. On SD 1.5 (PNDM, leading spacing, offset 1) the list holds 999 twice, so ``t = 50``
@@ -40,19 +42,51 @@ def num_train_timesteps(scheduler) -> int:
     return int(scheduler.config.num_train_timesteps)
 
 
-def plan_noise(scheduler, t: int, faithful: bool) -> NoisePlan:
-    """Resolve timestep ``t`` for a scheduler.
+def is_flow_matching(scheduler) -> bool:
+    """Whether ``scheduler`` is a flow-matching one (FLUX, SD3: ``FlowMatch...Scheduler``)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def check_sigma(sigma) -> float:
+    """``sigma`` as a float in [0, 1] (0: the clean latent, 1: pure noise).
+
+    Raises:
+        ValueError: ``sigma: ...`` naming the range.
+    """
+    number = isinstance(sigma, int | float) and not isinstance(sigma, bool)
+    if not number or not math.isfinite(sigma) or not 0 <= sigma <= 1:
+        raise ValueError(f"sigma: must be a number in [0, 1]; got {sigma!r}")
+    return float(sigma)
+
+
+def plan_noise(scheduler, t: int, faithful: bool, sigma: float | None = None) -> NoisePlan:
+    """Resolve timestep ``t`` (or, for flow matching, ``sigma``) for a scheduler.
+
+    Flow matching (FLUX, SD3): ``x_t = (1 - sigma) z + sigma eps`` at ``sigma`` (default
+    ``t / num_train_timesteps``, e.g. 0.05 for t = 50; no shift of the sampling schedule is
+    applied), the transformer's timestep ``sigma * num_train_timesteps``.
 
     Args:
-        scheduler: the model's diffusers scheduler (needs ``alphas_cumprod``).
+        scheduler: the model's diffusers scheduler (``alphas_cumprod``, or flow matching).
         t: the requested timestep, in ``[0, num_train_timesteps - 1]``.
-        faithful: reproduce the official timestep selection.
+        faithful: reproduce the official timestep selection (DDPM-style schedulers only).
+        sigma: the flow-matching noise level in [0, 1] (flow-matching schedulers only).
     """
     total = num_train_timesteps(scheduler)
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < total:
         raise ValueError(
             f"timestep: must be an integer in [0, {total - 1}] (the scheduler's "
             f"num_train_timesteps is {total}); got {t!r}"
+        )
+    if is_flow_matching(scheduler):
+        if faithful:
+            raise ValueError("faithful: the official code's path is restated for U-Nets only")
+        level = t / total if sigma is None else check_sigma(sigma)
+        return NoisePlan(level * total, 1.0 - level, level, False)
+    if sigma is not None:
+        raise ValueError(
+            f"sigma: applies to flow-matching models (FLUX, SD3); this model's "
+            f"{type(scheduler).__name__} noises at a timestep (pass timestep)"
         )
     if not hasattr(scheduler, "alphas_cumprod"):
         raise ValueError(

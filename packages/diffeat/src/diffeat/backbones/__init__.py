@@ -1,7 +1,8 @@
 """The diffusion backbones diffeat reads, and which one a model is.
 
 :data:`BACKBONES` lists them (:class:`~diffeat.backbones.unet.UNetBackbone`,
-:class:`~diffeat.backbones.dit.DiTBackbone`); :func:`backbone_of` picks one from a network's
+:class:`~diffeat.backbones.dit.DiTBackbone`, and the joint text-image transformers of
+:mod:`~diffeat.backbones.mmdit`: FLUX and SD3); :func:`backbone_of` picks one from a network's
 config (its diffusers ``_class_name``, else its shape) and :func:`backbone_of_model` from a
 model folder or hub id (the classes its ``model_index.json`` names). A new backbone is one
 module here with a :class:`~diffeat.backbones.base.Backbone` subclass, added to
@@ -17,14 +18,16 @@ from typing import Any
 
 from diffeat.backbones.base import Backbone
 from diffeat.backbones.dit import DIT, DiTBackbone
+from diffeat.backbones.mmdit import FLUX, SD3, FluxBackbone, SD3Backbone
 from diffeat.backbones.unet import UNET, UNetBackbone
 
-BACKBONES: tuple[Backbone, ...] = (UNET, DIT)
+BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3)
 
 
 def backbone_of(config: Mapping[str, Any]) -> Backbone:
     """The backbone of a network's config: by its ``_class_name``, else by its keys (a U-Net
-    has ``down_block_types``; anything else is read as a DiT).
+    has ``down_block_types``, FLUX ``num_single_layers``, SD3 ``pos_embed_max_size`` and
+    ``joint_attention_dim``; anything else is read as a PixArt DiT).
 
     Args:
         config: a network's config (``unet/config.json``, ``transformer/config.json``) or a
@@ -34,7 +37,11 @@ def backbone_of(config: Mapping[str, Any]) -> Backbone:
     for backbone in BACKBONES:
         if name in backbone.class_names:
             return backbone
-    return UNET if "down_block_types" in config else DIT
+    if "down_block_types" in config:
+        return UNET
+    if "num_single_layers" in config:
+        return FLUX
+    return SD3 if "pos_embed_max_size" in config and "joint_attention_dim" in config else DIT
 
 
 def backbone_of_model(source: Path | str) -> Backbone:
@@ -66,5 +73,5 @@ def _model_index(source: Path | str) -> dict[str, Any]:
         return {}
 
 
-__all__ = ["BACKBONES", "DIT", "UNET", "Backbone", "DiTBackbone", "UNetBackbone", "backbone_of",
-           "backbone_of_model"]  # fmt: skip
+__all__ = ["BACKBONES", "DIT", "FLUX", "SD3", "UNET", "Backbone", "DiTBackbone", "FluxBackbone",
+           "SD3Backbone", "UNetBackbone", "backbone_of", "backbone_of_model"]  # fmt: skip

@@ -35,6 +35,8 @@ class Backbone(abc.ABC):
         text_files: what a model folder needs for prompts (text encoders, tokenizers).
         text_tokens: the prompt length shapes are computed for without a tokenizer.
         adapters: LoRA and ControlNet are supported.
+        flow: noised by flow matching at a ``sigma`` (else at a DDPM timestep).
+        prefix: the start of every name of its catalogue (None: U-Net names).
     """
 
     name: ClassVar[str]
@@ -44,6 +46,21 @@ class Backbone(abc.ABC):
     text_files: ClassVar[tuple[str, ...]]
     text_tokens: ClassVar[int]
     adapters: ClassVar[bool] = False
+    flow: ClassVar[bool] = False  # flow-matching noise at a sigma (FLUX, SD3), not DDPM's
+    prefix: ClassVar[str | None] = None  # what every name of its catalogue starts with
+
+    def native_size(self, config: Mapping[str, Any], vae_scale: int) -> tuple[int, int]:
+        """The (H, W) shapes are listed at by default (``sample_size * vae_scale``)."""
+        side = int(config["sample_size"]) * vae_scale
+        return side, side
+
+    def prompt_tokens(self, max_sequence_length: int | None) -> int:
+        """Text tokens of the network's attention for a prompt length (default: its own)."""
+        return max_sequence_length or self.text_tokens
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is of this backbone's naming (its :attr:`prefix`)."""
+        return self.prefix is not None and name.startswith(self.prefix)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -42,6 +42,7 @@ class DiTBackbone(Backbone):
     class_names = ("PixArtTransformer2DModel", "Transformer2DModel")
     text_files = ("text_encoder/config.json", "tokenizer")
     text_tokens = DIT_TOKENS
+    prefix = "dit-"
 
     def downsampling(self, config: Mapping[str, Any]) -> int:
         """The patch size."""

@@ -34,6 +34,10 @@ class UNetBackbone(Backbone):
     text_tokens = 77  # CLIP prompt length
     adapters = True
 
+    def owns(self, name: str) -> bool:
+        """U-Net (and ControlNet) names: ``unet-``, ``down-``, ``mid-``, ``up-``, ``control-``."""
+        return name.startswith(("unet-", "down-level", "mid-", "up-level", "control-"))
+
     def extra_text_files(self, config: Mapping[str, Any]) -> tuple[str, ...]:
         return SDXL_TEXT_FILES if is_text_time(config) else ()
 
