@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from common_kernels.runtime.hub import hub_cache_dir, is_cached
+from common_kernels.runtime.hub import is_cached
 
 # the first cached one is used; the first is the one the page asks for when none is cached
 DEFAULT_PLANNERS = ("Qwen/Qwen2.5-VL-3B-Instruct", "HuggingFaceTB/SmolVLM-256M-Instruct")
@@ -51,9 +51,7 @@ def choose_default_planner(candidates: tuple[str, ...] = DEFAULT_PLANNERS) -> Pl
         raise ValueError("candidates: give at least one hub id")
     for repo_id in candidates:
         if is_cached(repo_id):
-            return PlannerChoice(
-                repo_id, f"Planner: `{repo_id}` (installed in the local hub cache)."
-            )
+            return PlannerChoice(repo_id, f"Planner: `{repo_id}` (in the local hub cache).")
     wanted, *smaller = candidates
     size = f" ({SIZES[wanted]})" if wanted in SIZES else ""
     others = "".join(
@@ -62,7 +60,7 @@ def choose_default_planner(candidates: tuple[str, ...] = DEFAULT_PLANNERS) -> Pl
     )
     note = (
         f"**No real planner is installed** (none of {', '.join(f'`{c}`' for c in candidates)} is "
-        f"in the hub cache {hub_cache_dir()}). The page would use `{wanted}`{size}: get it with "
+        f"in the local hub cache). The page would use `{wanted}`{size}: get it with "
         f"`{download_command(wanted)}` and start the page again.{others} Any chat model: "
         "`vitron app --planner ID -o OUT`. Until then a tiny random planner answers: its replies "
         "parse and its calls run, but they are noise."
