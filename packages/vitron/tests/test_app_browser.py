@@ -6,7 +6,8 @@ against the file written), and the page's note on its model.
 
 The photo is a BSDS500 image from the repository's shared data folder (``$VITRON_DATA`` or
 ``../shared/data``; its README), made small at test time so that the bundled restorer takes a
-second; without the folder those tests are skipped, saying so."""
+second; without the folder, a generated landscape (the docs' screenshot is made so:
+``VITRON_DATA=/none SCREENSHOT_DIR=packages/vitron/docs RUN_SLOW=1``)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ RECORD_BOT_TEXTS = """() => {
 }"""
 
 
+WRITING = """() => [...document.querySelectorAll("[data-testid='bot']")]
+  .some(el => el.innerText.includes('{"version": 1, "calls": [{"id": "c0", "task": "'))"""
+
+
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as opened:
@@ -50,14 +55,32 @@ def browser():
 
 @pytest.fixture
 def photo(tmp_path) -> Path:
-    """A real photo, copied small into the test's folder (the data never enters the repo)."""
+    """A real photo, copied small into the test's folder (the data never enters the repo); a
+    generated landscape of the same size where the data folder is absent."""
     source = DATA / PHOTO
     if not source.is_file():
-        pytest.skip(f"{source} is not here (set VITRON_DATA to the shared data folder)")
+        generated_landscape(PHOTO_SIZE).save(tmp_path / "landscape.png")
+        return tmp_path / "landscape.png"
     with Image.open(source) as image:
         small = image.convert("RGB").resize(PHOTO_SIZE, Image.Resampling.LANCZOS)
     small.save(tmp_path / "bears.png")
     return tmp_path / "bears.png"
+
+
+def generated_landscape(size: tuple[int, int]) -> Image.Image:
+    """A photo-like RGB image (sky, sun, two hills, grain), seeded: smooth regions and edges,
+    as a photo has, where noise has none."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width] / max(size)  # (H, W) each
+    sky = np.stack([0.45 + 0.3 * y, 0.65 + 0.2 * y, 0.95 - 0.1 * y], -1)  # (H, W, 3)
+    sun = (x - 0.75) ** 2 + (y - 0.15) ** 2 < 0.01
+    sky[sun] = (1.0, 0.9, 0.55)
+    far = y > 0.35 + 0.06 * np.sin(9 * x)
+    near = y > 0.48 + 0.05 * np.cos(6 * x + 1)
+    sky[far] = (0.35, 0.5, 0.35)
+    sky[near] = np.stack([0.25 + 0.2 * y, 0.45 + 0.1 * y, 0.15 + 0.0 * y], -1)[near]
+    grain = np.random.default_rng(0).normal(0, 0.02, sky.shape)
+    return Image.fromarray(np.uint8(np.clip(sky + grain, 0, 1) * 255 + 0.5))
 
 
 def send(page, text: str, upload: Path) -> None:
@@ -157,6 +180,8 @@ def test_a_planner_folder_streams_its_reply_and_its_call_runs(browser, photo, tm
         page.goto(url)
         page.evaluate(RECORD_BOT_TEXTS)
         send(page, "clean this photo", photo)
+        page.wait_for_function(WRITING, timeout=60_000)  # the reply shows as it is written
+        keep_screenshot(page, "vitron-app-streaming")
         answer = check_the_conversation(page, photo, output / "c0_image.png")
         seen = page.evaluate("window.botTexts")
         body = " ".join(page.locator("body").inner_text().split())
