@@ -111,7 +111,10 @@ def extract_args(*extra: str, image: str = "img.png") -> list[str]:
 
 
 IMAGE_SUFFIXES = ", ".join(files_module.IMAGE_SUFFIXES)
-SELECTIONS = "all, diffeat-pixart-sigma, legacy-v1.5, legacy-xl, ours-v1.5, ours-xl"
+SELECTIONS = (
+    "all, diffeat-flux, diffeat-pixart-sigma, diffeat-sd3, legacy-v1.5, legacy-xl, ours-v1.5, "
+    "ours-xl"
+)
 FACTORS = "64 for this model (VAE x8, U-Net x8)"
 FOLDER_HINT = "expected a diffusers SD/SDXL model folder (`diffeat tiny-model DIR` writes one)"
 
@@ -383,8 +386,9 @@ CASES = {
     ),
     "layers_config_unknown": (
         ["layers", "--config", "sd3"],
-        "argument --config: invalid choice: 'sd3' (choose from 'pixart-sigma', "
-        "'playground-v2', 'sd15', 'sd21', 'sdxl', 'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sdxl')",
+        "argument --config: invalid choice: 'sd3' (choose from 'flux-dev', 'pixart-sigma', "
+        "'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', 'sdxl', 'tiny-flux', "
+        "'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
     ),
     "tiny_model_into_a_file": (
         ["tiny-model", "{t}/file.txt", "--kind", "sd15"],
@@ -395,8 +399,9 @@ CASES = {
         "DIR {sd15} already holds a model (model_index.json)",
     ),
     "tiny_model_kind": (
-        ["tiny-model", "{t}/tiny", "--kind", "sd3"],
-        "argument --kind: invalid choice: 'sd3' (choose from 'sd15', 'sdxl', 'pixart')",
+        ["tiny-model", "{t}/tiny", "--kind", "sd4"],
+        "argument --kind: invalid choice: 'sd4' (choose from 'sd15', 'sdxl', 'pixart', 'flux', "
+        "'sd3')",
     ),
     "tiny_model_seed": (
         ["tiny-model", "{t}/tiny", "--kind", "sd15", "--seed", "-2"],

@@ -31,8 +31,9 @@ CASES = {
     ),
     "config": (
         ["layers", "--config", "sd3"],
-        "argument --config: invalid choice: 'sd3' (choose from 'pixart-sigma', 'playground-v2', "
-        "'sd15', 'sd21', 'sdxl', 'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sdxl')",
+        "argument --config: invalid choice: 'sd3' (choose from 'flux-dev', 'pixart-sigma', "
+        "'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', 'sdxl', 'tiny-flux', "
+        "'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
     ),
     "text_tokens": (
         ["layers", "--config", "sd15", "--text-tokens", "0"],
@@ -47,7 +48,14 @@ CASES = {
         [*EXTRACT, "--layers", "unet-in,nope"],
         "--layers: unknown activation name(s) for this U-Net: 'nope'; the catalogue has 198 names "
         "(diffeat.list_layers(unet) or `diffeat layers --model ...`); whole selections: all, "
-        "diffeat-pixart-sigma, legacy-v1.5, legacy-xl, ours-v1.5, ours-xl",
+        "diffeat-flux, diffeat-pixart-sigma, diffeat-sd3, legacy-v1.5, legacy-xl, ours-v1.5, "
+        "ours-xl",
+    ),
+    "sigma": ([*EXTRACT, "--sigma", "1.5"], "--sigma: must be a number in [0, 1]; got 1.5"),
+    "guidance_scale": (
+        [*EXTRACT, "--guidance-scale", "3.5"],
+        "--guidance-scale: applies to FLUX transformers with a guidance embedding (FLUX.1-dev) "
+        "only; this model is a U-Net without one",
     ),
     "preset": (
         [*EXTRACT, "--preset", "ours-xl"],

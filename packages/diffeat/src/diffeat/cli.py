@@ -4,11 +4,11 @@ diffeat layers (--model PATH_OR_HUB_ID | --config sd15|sd21|sdxl|...) [--image-s
 diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feats.safetensors
 diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
-diffeat tiny-model DIR --kind sd15|sdxl|pixart
+diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3
 diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
 
---model is a diffusers SD/SDXL (U-Net) or PixArt (DiT) repository (its model_index.json says
-which). Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96
+--model is a diffusers SD/SDXL (U-Net), PixArt, FLUX.1 or SD3 repository (its model_index.json
+says which). Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96
 px wide. Folders give their images (``--recursive``: their subfolders' too); every image is decoded
 before the model loads (``--keep-going`` skips a bad one and exits 1 at the end). Bad inputs
 are found before any weights load (only the model's config files are read): see :func:`main`.
@@ -87,6 +87,10 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
                      "the model's factor (SD: 64) (default: the preset's resolution with "
                      "--preset, else the images' own size, which must be a multiple of the "
                      "model's factor)"},
+    "--sigma": {"type": float, "default": None, "help": "FLUX/SD3: noise level in [0, 1], "
+                "x_t = (1 - sigma) x_0 + sigma eps (default: timestep / 1000)"},
+    "--guidance-scale": {"type": float, "default": None, "help": "FLUX.1-dev: its guidance "
+                         "embedding's value (default: 1.0, as the official code)"},
     "--latent": {"choices": LATENT_MODES, "default": "sample"},
     "--faithful": {"action": "store_true", "help": "official-code quirks on"},
     "--no-early-exit": {"action": "store_true", "help": "always run the whole network"},
@@ -137,9 +141,8 @@ PCA_OPTIONS: dict[str, dict[str, Any]] = {
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """The model, selection and extraction options of ``extract``, ``probe`` and ``pca`` on
     ``parser``; ``required``: ``--model`` is (``pca`` also takes ``--features`` instead)."""
-    parser.add_argument("--model", required=required, help="diffusers SD/SDXL or PixArt "
-                        "repository: hub id or local folder (see `diffeat "
-                        "tiny-model`)")  # fmt: skip
+    parser.add_argument("--model", required=required, help="diffusers SD/SDXL, PixArt, FLUX or "
+                        "SD3 repository: hub id or folder (see `diffeat tiny-model`)")  # fmt: skip
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--preset", choices=sorted(PRESETS), help="a paper selection")
     names = ", ".join(selection_names())
@@ -193,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(pca, required=False)
     for flag, options in PCA_OPTIONS.items():
         pca.add_argument(flag, **options)
-    tiny = commands.add_parser("tiny-model", help="write a tiny random SD/SDXL/PixArt folder")
+    tiny = commands.add_parser("tiny-model", help="write a tiny random model folder (any kind)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--kind", choices=TINY_MODEL_KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
@@ -217,6 +220,7 @@ FLAGS = {
     "control_image": "--control-image", "resize": "--resize", "concat": "--concat",
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
+    "sigma": "--sigma", "guidance_scale": "--guidance-scale",
 }  # fmt: skip
 
 
@@ -235,7 +239,8 @@ def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``from_pretrained`` keywords of the options (the control image not yet read)."""
     keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed",
-            "lora_scale", "fuse_lora", "controlnet", "control_scale")  # fmt: skip
+            "lora_scale", "fuse_lora", "controlnet", "control_scale", "sigma",
+            "guidance_scale")  # fmt: skip
     return {
         **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
         "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,

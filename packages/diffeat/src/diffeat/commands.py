@@ -469,6 +469,7 @@ def write_features(
         "image_size": list(checked.fed),
         "prompt": prompt,
         "timestep": config.timestep,
+        "sigma": extractor.plan.noise if extractor.backbone.flow else None,
         "latent": config.latent,
         "faithful": config.faithful,
         "lora": [str(p) for p in (loras if isinstance(loras, list | tuple) else [loras])],

@@ -1,4 +1,5 @@
-"""Printing the activation catalogue of a U-Net or a PixArt DiT with shapes."""
+"""Printing the activation catalogue of a U-Net, a PixArt DiT or a FLUX/SD3 transformer with
+shapes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any, TextIO
 from torch import nn
 
 from common_kernels.runtime.errors import InvalidValue, literal, shown
-from diffeat.backbones import DIT, backbone_of, backbone_of_model
+from diffeat.backbones import DIT, UNET, backbone_of, backbone_of_model
 from diffeat.backbones.dit import dit_layer_infos
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import check_model_folder, read_config, resolve_source
 from diffeat.configs import unet_config
 from diffeat.errors import SourceError, check_int_range
+from diffeat.io import parse_size
 from diffeat.shapes import check_pass_size, layer_infos
 
 VAE_SCALE = 8  # catalogue shapes are computed for the SD VAEs (x8)
@@ -39,8 +41,13 @@ def list_layers(
         contains: print only names containing this substring.
     """
     config = getattr(unet_or_config, "config", unet_or_config)
-    dit = backbone_of(config) is DIT
-    infos = (dit_layer_infos if dit else layer_infos)(unet_or_config, image_size, text_tokens)
+    backbone = backbone_of(config)
+    if backbone.flow:  # FLUX, SD3: shapes from the config
+        size = parse_size(image_size) or backbone.native_size(config, VAE_SCALE)
+        infos = backbone.layer_infos(config, size, text_tokens, VAE_SCALE)
+    else:
+        dit = backbone is DIT
+        infos = (dit_layer_infos if dit else layer_infos)(unet_or_config, image_size, text_tokens)
     out = file or sys.stdout
     listed = [info for info in infos if contains is None or contains in info.name]
     width = max((len(info.name) for info in listed), default=4)
@@ -90,20 +97,24 @@ def check_listing(
         )
     if config is not None:
         settings = unet_config(config)
-        default = backbone_of(settings).text_tokens
-        multiple = VAE_SCALE * settings.get("patch_size", 1)  # a DiT: x patch size
+        backbone = backbone_of(settings)
+        default = backbone.text_tokens
+        multiple = VAE_SCALE  # a DiT: x its patch size (FLUX: its 2x2 packing)
+        if backbone is not UNET:
+            multiple *= backbone.downsampling(settings)
         if height % multiple or width % multiple:
             raise InvalidValue(
                 "image_size",
                 f"{{image_size}} {height}x{width}: height and width must be multiples of "
-                f"{multiple} for {shown('config', config)} (VAE x8, patch {multiple // 8})",
+                f"{multiple} for {shown('config', config)} "
+                f"({backbone.factors(settings, VAE_SCALE)})",
             )
         if image_size is not None:
             check_pass_size(settings, height, width, VAE_SCALE)
         return settings, text_tokens or default, None
     source = resolve_source(model, "model")
     backbone = backbone_of_model(source)
-    tokens = text_tokens or (DIT.text_tokens if backbone is DIT else None)
+    tokens = text_tokens or (None if backbone is UNET else backbone.text_tokens)
     needs = (f"{backbone.subfolder}/config.json",) + (() if tokens else ("tokenizer",))
     if isinstance(source, Path):
         check_model_folder(source, model, needs, "model")

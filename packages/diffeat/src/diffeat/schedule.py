@@ -86,7 +86,7 @@ def plan_noise(scheduler, t: int, faithful: bool, sigma: float | None = None) ->
     if sigma is not None:
         raise ValueError(
             f"sigma: applies to flow-matching models (FLUX, SD3); this model's "
-            f"{type(scheduler).__name__} noises at a timestep (pass timestep)"
+            f"{type(scheduler).__name__} noises at a DDPM timestep, not at a sigma"
         )
     if not hasattr(scheduler, "alphas_cumprod"):
         raise ValueError(
