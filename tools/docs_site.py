@@ -220,10 +220,36 @@ def assemble(folder: Path) -> None:
         shutil.copy2(source, folder / page)
 
 
+class _PythonTag:
+    """A ``!!python/...`` node of mkdocs.yml (toc's slugify), kept as it is: MkDocs' own loader
+    builds the object when it reads the written config."""
+
+    def __init__(self, tag: str, node: yaml.Node, loader: yaml.SafeLoader) -> None:
+        self.tag = tag
+        self.value = loader.construct_mapping(node, deep=True)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Loader.add_multi_constructor(
+    "tag:yaml.org,2002:python/", lambda loader, suffix, node: _PythonTag(suffix, node, loader)
+)
+_Dumper.add_representer(
+    _PythonTag, lambda dumper, tag: dumper.represent_mapping(f"tag:yaml.org,2002:python/{tag.tag}",
+                                                            tag.value)
+)  # fmt: skip
+
+
 def site_config() -> dict:
     """The root mkdocs.yml with the assembled source, the output folder and the nav; paths
     made absolute, since the written config lives in build/docs-site/."""
-    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
     config.update(docs_dir=str(SOURCE), site_dir=str(OUTPUT), nav=nav())
     for plugin in config["plugins"]:
         if isinstance(plugin, dict) and "mkdocstrings" in plugin:
@@ -246,7 +272,7 @@ def build(quiet: bool = False) -> float:
     shutil.rmtree(SOURCE, ignore_errors=True)
     partial.rename(SOURCE)  # mkdocs never reads a half-written source folder
     tmp = CONFIG.with_suffix(".yml.partial")
-    tmp.write_text(yaml.safe_dump(site_config(), sort_keys=False), encoding="utf-8")
+    tmp.write_text(yaml.dump(site_config(), Dumper=_Dumper, sort_keys=False), encoding="utf-8")
     os.replace(tmp, CONFIG)
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(CONFIG)],
@@ -331,7 +357,9 @@ def check(site: Path = OUTPUT, screenshots: Path = SCREENSHOTS) -> CheckReport:
     ids: dict[str, set[str]] = {}
     links: dict[tuple[str, str], str] = {}  # (target path, fragment) -> the page linking it
     pages = site_pages(site)
-    site_name = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["site_name"]
+    site_name = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)[
+        "site_name"
+    ]
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium_path())
