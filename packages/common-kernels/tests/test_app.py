@@ -65,7 +65,7 @@ class FakePage:
     """Records what ``launch_blocks`` does with a page; ``launch`` raises ``stop`` if given."""
 
     def __init__(self, calls: list, stop: BaseException | None = None) -> None:
-        self.calls, self.stop = calls, stop
+        self.calls, self.stop, self.server = calls, stop, FakeServer()
 
     def launch(self, **options) -> None:
         self.calls.append(("launch", options))
@@ -73,14 +73,21 @@ class FakePage:
             raise self.stop
 
     def close(self) -> None:
-        self.calls.append(("close", {}))
+        self.calls.append(("close", {"force_exit": self.server.force_exit}))
+
+
+class FakeServer:
+    """uvicorn's ``Server`` as far as ``launch_blocks`` touches it."""
+
+    force_exit = False
 
 
 @pytest.mark.parametrize("stop", [None, KeyboardInterrupt(), Terminated()], ids=repr)
 def test_launch_blocks_serves_then_closes_and_freezes_the_heap(tmp_path, monkeypatch, stop):
     """The page's options reach ``launch``; however serving ends (returned, Ctrl-C, SIGTERM),
-    the server is closed and the heap frozen out of the exit's garbage collection, and the
-    signal's exception goes on to ``run_main``."""
+    the server is closed without waiting for open connections (``force_exit``) and the heap
+    frozen out of the exit's garbage collection, and the signal's exception goes on to
+    ``run_main``."""
     calls: list = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append(("freeze", {})))
     page = FakePage(calls, stop)
@@ -88,7 +95,7 @@ def test_launch_blocks_serves_then_closes_and_freezes_the_heap(tmp_path, monkeyp
         launch_blocks(page, host="0.0.0.0", port=7861, share=False, allowed_paths=[tmp_path])
     options = {"server_name": "0.0.0.0", "server_port": 7861, "share": False,
                "allowed_paths": [str(tmp_path.resolve())]}  # fmt: skip
-    assert calls == [("launch", options), ("close", {}), ("freeze", {})]
+    assert calls == [("launch", options), ("close", {"force_exit": True}), ("freeze", {})]
 
 
 SERVED_PAGE = """

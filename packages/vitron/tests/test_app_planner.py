@@ -143,3 +143,37 @@ def test_the_default_planner_without_the_grammar_engine_is_one_line(tmp_path, mo
         "pip install 'vitron[planner]' (or: pip install xgrammar); or give --model\n"
     )
     assert not Path(tmp_path / "out").exists()
+
+
+def test_closing_the_page_stops_a_turn_at_the_planners_next_token(llama, tmp_path):
+    from vitron.app import TurnStopped
+
+    registry = SpecialistRegistry(adapters=(SemanirRestorer,))
+    session = ChatSession(PlannerAssistant(llama, registry, tmp_path, limits=LIMITS), tmp_path)
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (24, 32, 3), np.uint8))
+    turn = session.stream("clean this photo", photo)
+    for messages, _, _ in turn:
+        if messages[-1]["content"].startswith("```json\n{"):  # the planner is writing
+            session.close()
+            break
+    assert next(turn) == ([], [], [])  # the conversation as it was
+    with pytest.raises(TurnStopped, match="the page stopped while the planner wrote its reply"):
+        next(turn)
+    assert session.turns == 0 and session.assistant.messages == []
+    assert session.lock.acquire(blocking=False)  # the turn ended
+
+
+def test_serving_ends_by_stopping_the_turn(llama, tmp_path, monkeypatch):
+    """However the page stops (here Ctrl-C), a turn in progress is told to stop."""
+    from common_kernels.runtime import app as runtime_app
+    from vitron.app import serve
+
+    def interrupted(blocks, **options):
+        assert options["port"] == 7000 and options["allowed_paths"] == [tmp_path]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime_app, "launch_blocks", interrupted)
+    session = ChatSession(PlannerAssistant(llama, SpecialistRegistry(), tmp_path), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        serve(session, host="127.0.0.1", port=7000, share=False)
+    assert session.closing.is_set()

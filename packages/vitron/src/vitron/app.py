@@ -15,6 +15,7 @@ Vitron with random weights (``vitron tiny-model``) is named so, and ``vitron app
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
@@ -62,6 +63,10 @@ def format_progress(replies: Sequence[str]) -> str:
     return shown + ("\n\n*running the calls...*" if "calls" in data else "")
 
 
+class TurnStopped(Exception):
+    """The page stopped (:meth:`ChatSession.close`) while a planner wrote a reply."""
+
+
 class ChatSession:
     """One conversation: the assistant, the chat messages shown and the files written.
 
@@ -80,7 +85,19 @@ class ChatSession:
         # held for a whole turn, by its worker thread: a turn whose page went away still ends
         # before the next one (or a reset) starts
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         self.reset()
+
+    def close(self, wait_s: float = 2.0) -> None:
+        """Stop a turn in progress, for a prompt exit: a chat-model planner stops at its next
+        token (a specialist's call runs to its end); waits up to ``wait_s`` seconds for it.
+
+        Args:
+            wait_s: seconds to wait for the turn to end, >= 0.
+        """
+        self.closing.set()
+        if self.lock.acquire(timeout=wait_s):
+            self.lock.release()
 
     def reset(self) -> None:
         """Start a new conversation (files already written stay on disk)."""
@@ -180,7 +197,7 @@ class ChatSession:
         tells ``events`` each reply's pieces ``(k, piece)``, then ``("done", None)`` or
         ``("error", exception)``."""
         try:
-            streaming = {"names": names, "on_text": lambda k, p: events.put((k, p))}
+            streaming = {"names": names, "on_text": functools.partial(self._told, events)}
             turn = self.assistant.chat(
                 text, images, (), regions, **(streaming if self.streams else {})
             )
@@ -198,6 +215,12 @@ class ChatSession:
             events.put(("error", error))
         finally:
             self.lock.release()
+
+    def _told(self, events: queue.Queue, k: int, piece: str) -> None:
+        """A piece of the turn's k-th reply; raising here stops the planner's ``generate``."""
+        if self.closing.is_set():
+            raise TurnStopped("the page stopped while the planner wrote its reply")
+        events.put((k, piece))
 
     def _state(
         self, pending: list[dict[str, Any]]
@@ -262,6 +285,28 @@ def build_app(session: ChatSession, title: str = "Vitron") -> Any:
         message.submit(sent, [message, image, box], outputs, **one_at_a_time)
         clear_button.click(new_conversation, None, [chat, gallery, files], **one_at_a_time)
     return demo
+
+
+def serve(session: ChatSession, *, host: str, port: int, share: bool) -> None:
+    """Serve the page of ``session`` until Ctrl-C or SIGTERM, as every package's ``app`` command
+    does (``common_kernels.runtime.app.launch_blocks``), then stop a turn in progress
+    (:meth:`ChatSession.close`), so that the process exits at once.
+
+    Args:
+        session: the conversation.
+        host: the address to serve on.
+        port: the TCP port, in [1, 65535].
+        share: also open a public Gradio link.
+    """
+    from common_kernels.runtime import app as runtime_app
+
+    try:
+        runtime_app.launch_blocks(
+            build_app(session), host=host, port=port, share=share,
+            allowed_paths=served_folders(session),
+        )  # fmt: skip
+    finally:
+        session.close()
 
 
 def launch_app(session: ChatSession, **launch_options: Any) -> Any:

@@ -150,8 +150,7 @@ def run_chat(args: argparse.Namespace, stdin=None) -> int:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from common_kernels.runtime.app import launch_blocks
-    from vitron.app import ChatSession, build_app, served_folders
+    from vitron.app import ChatSession, serve
     from vitron.planner_cli import open_page_assistant
 
     check_port(args.port)
@@ -160,11 +159,8 @@ def run_app(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("needs gradio: pip install 'vitron[app]'") from None
     session = ChatSession(*open_page_assistant(assistant_options(args), args))
-    # launch_blocks: as every package's page, it exits promptly on Ctrl-C and SIGTERM
-    launch_blocks(
-        build_app(session), host=args.host, port=args.port, share=args.share,
-        allowed_paths=served_folders(session),
-    )  # fmt: skip
+    # serve: as every package's page, it exits promptly on Ctrl-C and SIGTERM, a turn included
+    serve(session, host=args.host, port=args.port, share=args.share)
     return 0
 
 

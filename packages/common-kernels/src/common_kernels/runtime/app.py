@@ -133,7 +133,9 @@ def launch_blocks(
 
     The process's objects are frozen out of the garbage collector once the page is done: the
     interpreter's last collection otherwise walks every object of torch, Gradio and their
-    imports, which took 2-5 s of a page's exit after Ctrl-C or SIGTERM on a 2-core machine.
+    imports, which took 2-5 s of a page's exit after Ctrl-C or SIGTERM on a 2-core machine. The
+    server stops without waiting for open connections: a browser's event stream, open while
+    a page streams an answer, otherwise held the exit 5 s.
 
     Args:
         blocks: the page.
@@ -154,5 +156,10 @@ def launch_blocks(
             allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
         )
     finally:
+        # no graceful wait for open connections: a browser's event stream (a page streaming
+        # its answer) held uvicorn's shutdown, and the exit, until Gradio's 5 s join timeout
+        server = getattr(blocks, "server", None)
+        if server is not None:
+            server.force_exit = True
         blocks.close()
         gc.freeze()
