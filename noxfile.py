@@ -14,6 +14,7 @@ Sessions (``nox -l``):
   gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder
               (``tools/gpu_report.py``; offline GPU machines run that script directly).
   gpu_wheelhouse  the wheels an offline GPU machine lacks, into ``gpu-wheelhouse/``.
+  docs        the documentation site: strict build, every page checked in Chromium.
   lint        ruff check and ruff format --check.
   bench       every package's benchmarks (``nox -s bench -- --quick`` for a small run).
   build       every package's wheel into ``dist/`` (a wheelhouse: ``pip install --find-links
@@ -319,6 +320,21 @@ def lint(session: nox.Session) -> None:
     pip_install(session, "ruff==0.17.6")
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
+
+
+@nox.session
+@timed
+def docs(session: nox.Session) -> None:
+    """The documentation site (``tools/docs_site.py``): the strict build (a broken link, anchor
+    or reference fails), every page checked in Chromium, the site's tests. Not tagged ``tests``
+    (minutes of building and browsing): the ``docs.yml`` workflow runs it."""
+    share_torch(session)
+    install_packages(session, list(PACKAGES))
+    pip_install(session, "-r", str(ROOT / "tools" / "docs-requirements.txt"), "pytest>=8")
+    session.run("python", str(ROOT / "tools" / "docs_site.py"), "build")
+    session.run("python", str(ROOT / "tools" / "docs_site.py"), "check")
+    session.run("python", "-m", "pytest", str(ROOT / "tests" / "test_docs_site.py"),
+                "-p", "no:cacheprovider", env={"RUN_SLOW": "1"})  # fmt: skip
 
 
 @nox.session
