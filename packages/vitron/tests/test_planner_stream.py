@@ -19,7 +19,7 @@ from vitron.specialists import SpecialistRegistry
 from vitron.specialists.restoration import SemanirRestorer
 
 pytest.importorskip("xgrammar")
-LIMITS = GrammarLimits(max_calls=1, max_text=10, max_list=2, max_answer=24, optional_args=False)
+LIMITS = GrammarLimits(max_calls=1, max_text=10, max_list=2, max_answer=8, optional_args=False)
 
 
 @pytest.fixture(scope="module")
