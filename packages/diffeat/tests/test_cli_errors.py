@@ -216,8 +216,9 @@ CASES = {
     "layers_empty": (extract_args("--layers", ","), "--layers ',': no names given"),
     "preset_unknown": (
         extract_args("--preset", "ours"),
-        "argument --preset: invalid choice: 'ours' (choose from 'diffeat-pixart-sigma', "
-        "'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl')",
+        "argument --preset: invalid choice: 'ours' (choose from 'diffeat-flux', "
+        "'diffeat-pixart-sigma', 'diffeat-sd3', 'legacy-v1.5', 'legacy-xl', 'ours-v1.5', "
+        "'ours-xl')",
     ),
     "preset_of_another_family": (
         extract_args("--preset", "ours-xl"),

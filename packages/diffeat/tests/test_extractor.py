@@ -125,8 +125,8 @@ def test_bad_inputs_raise_clear_errors(make_extractor, images):
         make_extractor("sd15", layers=["unet-out"], latent="mode")
     with pytest.raises(
         ValueError,
-        match=r"layers: a string must be one of \['all', 'diffeat-pixart-sigma', 'legacy-v1.5', "
-        r"'legacy-xl', 'ours-v1.5', 'ours-xl'\]; got 'unet-out' "
+        match=r"layers: a string must be one of \['all', 'diffeat-flux', 'diffeat-pixart-sigma', "
+        r"'diffeat-sd3', 'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl'\]; got 'unet-out' "
         r"\(pass activation names as a list\)",
     ):
         make_extractor("sd15", layers="unet-out")

@@ -22,7 +22,10 @@ from diffeat import (
 from diffeat.cli import main
 from diffeat.io import load_features
 
-SELECTIONS = "['all', 'diffeat-pixart-sigma', 'legacy-v1.5', 'legacy-xl', 'ours-v1.5', 'ours-xl']"
+SELECTIONS = (
+    "['all', 'diffeat-flux', 'diffeat-pixart-sigma', 'diffeat-sd3', 'legacy-v1.5', 'legacy-xl', "
+    "'ours-v1.5', 'ours-xl']"
+)
 
 
 def spy(module):

@@ -33,6 +33,7 @@ from diffeat.backbones import Backbone
 from diffeat.catalogue import LayerInfo, LayerSpec, check_names
 from diffeat.checks import VAE_SPEC
 from diffeat.features import Features
+from diffeat.inversion import check_inversion, ddim_invert
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.loading import LOAD_KEYS
 from diffeat.plan import ExtractorConfig, LoadPlan, check_from_pretrained, names_or_all
@@ -98,6 +99,10 @@ class BaseFeatureExtractor(abc.ABC):
         self.plan: NoisePlan = plan_noise(
             self.scheduler, config.timestep, config.faithful, config.sigma
         )
+        if config.noising == "ddim-inversion":
+            check_inversion(
+                self.scheduler, config.timestep, config.inversion_steps, config.faithful
+            )
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -603,7 +608,12 @@ class BaseFeatureExtractor(abc.ABC):
         recorded = Features()
         if unet_names or official:
             noise = self.sample_noise(latents, generator)
-            sample = self.unet_input(latents, noise)
+            if self.config.noising == "ddim-inversion":  # deterministic: the noise is unused
+                sample = ddim_invert(
+                    self, latents, embeddings, size, original_size, target_size, control
+                )
+            else:
+                sample = self.unet_input(latents, noise)
             recorded, output = self._run_unet(
                 sample, embeddings, size, unet_names, original_size, target_size, official, control
             )

@@ -31,6 +31,7 @@ from diffeat.checks import (
 )
 from diffeat.configs import SEED_MAX
 from diffeat.errors import check_int_range
+from diffeat.inversion import NOISINGS, check_inversion
 from diffeat.io import parse_size
 from diffeat.presets import PRESETS, default_preset, get_preset, layer_selection
 from diffeat.schedule import check_sigma, is_flow_matching
@@ -68,6 +69,11 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
             raise InvalidArgument("sigma", literal(str(error).removeprefix("sigma: "))) from None
     if settings.get("guidance_scale") is not None:
         check_number(settings["guidance_scale"], "guidance_scale")
+    if settings.get("noising", "random") not in NOISINGS:
+        got = literal(repr(settings["noising"]))
+        raise InvalidArgument("noising", f"must be one of {NOISINGS}; got {got}")
+    if settings.get("inversion_steps") is not None:
+        check_int_range(settings["inversion_steps"], "inversion_steps", 1)
 
 
 @dataclass
@@ -97,6 +103,11 @@ class ExtractorConfig:
             ``x_t = (1 - sigma) z + sigma eps`` (None: ``timestep / 1000``, 0.05 at t = 50).
         guidance_scale: FLUX models with a guidance embedding (FLUX.1-dev) only: its value
             (None: 1.0, as the official code passes it).
+        noising: ``"random"`` (noise from the generator at the timestep) or
+            ``"ddim-inversion"`` (deterministic DDIM inversion of the clean latent up to the
+            timestep, :mod:`diffeat.inversion`; U-Nets and PixArt).
+        inversion_steps: DDIM steps of the inversion, in [1, timestep] (None: one per
+            timestep, at most 50).
     """
 
     layers: tuple[str, ...] | str  # a tuple after __post_init__
@@ -111,6 +122,8 @@ class ExtractorConfig:
     requires_grad: bool = False
     sigma: float | None = None
     guidance_scale: float | None = None
+    noising: str = "random"
+    inversion_steps: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
@@ -212,6 +225,12 @@ def check_from_pretrained(
     check_flow(backbone, configs, source, model_id_or_dir)
     faithful, sigma = options.get("faithful", False), options.get("sigma")
     check_timestep(timestep, faithful, configs.scheduler, sigma)
+    if options.get("noising") == "ddim-inversion":
+        try:
+            check_inversion(configs.scheduler, timestep, options.get("inversion_steps"), faithful)
+        except ValueError as error:
+            argument, message = str(error).split(": ", 1)
+            raise InvalidArgument(argument, literal(message)) from None
     size_from = "image_size" if options.get("image_size") is not None else None
     if size_from is None and layers is None and preset is not None:
         size_from = "preset"
