@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,15 @@ def test_a_planner_folder_streams_its_reply_and_its_call_runs(browser, photo, tm
     assert note == f"Planner: `{folder}`, its replies held to the calls' grammar."
     assistant = planner_assistant(assistant.planner, output, require_calls=True)
     session = ChatSession(assistant, output, note)
+    told = session._told
+
+    def at_a_models_pace(events, k: int, piece: str) -> None:
+        # the tiny model writes a token in milliseconds, faster than the page redraws (it then
+        # shows the pieces together); a real model on a CPU writes tens of tokens a second
+        time.sleep(0.025)
+        told(events, k, piece)
+
+    session._told = at_a_models_pace
     with serve_app(build_app(session), allowed_paths=served_folders(session)) as url:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(url)
