@@ -7,8 +7,8 @@ Sessions (``nox -l``):
   <package>   build the package's wheel (and the in-tree wheels it depends on), install it with
               its declared dependencies and ``test`` extra, run its tests; tag ``tests``.
   repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
-  slow        every package's ``slow``-marked tests (minutes each), in one environment; tag
-              ``tests``.
+  slow        every package's ``slow``-marked tests (minutes each), in one environment; not
+              tagged ``tests``: the nightly job of ``repo.yml`` runs it.
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners);
               ``nox -s gpu -- packages/PKG/tests`` runs one package's.
   gpu_report  the GPU checks in resumable pieces of a few minutes, every output in one folder
@@ -252,11 +252,12 @@ def repo(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
 
 
-@nox.session(tags=["tests"])
+@nox.session
 @timed
 def slow(session: nox.Session) -> None:
     """Every package's and the repository's slow-marked tests (RUN_SLOW=1), all packages
-    installed in one env."""
+    installed in one env. Not tagged ``tests`` (about 15 minutes on a 2-core machine, half the
+    default lane's budget): ``repo.yml`` runs it nightly, ``nox -s slow`` here."""
     share_torch(session)
     install_packages(session, list(PACKAGES), "test")
     # tests/test_release.py: build the sdists and wheels, check them as PyPI would;
