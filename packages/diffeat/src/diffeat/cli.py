@@ -90,7 +90,7 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--sigma": {"type": float, "default": None, "help": "FLUX/SD3: noise level in [0, 1], "
                 "x_t = (1 - sigma) x_0 + sigma eps (default: timestep / 1000)"},
     "--guidance-scale": {"type": float, "default": None, "help": "FLUX.1-dev: its guidance "
-                         "embedding's value (default: 1.0, as the official code)"},
+                         "embedding's value, finite (default: 1.0, as the official code)"},
     "--latent": {"choices": LATENT_MODES, "default": "sample"},
     "--faithful": {"action": "store_true", "help": "official-code quirks on"},
     "--no-early-exit": {"action": "store_true", "help": "always run the whole network"},
