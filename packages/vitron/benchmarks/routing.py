@@ -320,7 +320,7 @@ def timing(timer: StepTimer, start: float, end: float, text: str, decode) -> dic
     return out
 
 
-def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str):
+def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str, device: str = "cpu"):
     """``(ChatPlanner, constrained)`` for a benchmark name or any ``--planner`` id."""
     import torch
 
@@ -333,7 +333,8 @@ def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str):
         source = str(gguf)
     else:
         source = name
-    return ChatPlanner.from_pretrained(source, dtype=getattr(torch, dtype)), name != "smollm2-free"
+    planner = ChatPlanner.from_pretrained(source, device=device, dtype=getattr(torch, dtype))
+    return planner, name != "smollm2-free"
 
 
 def free_reply(planner, messages, timer: StepTimer) -> str:
@@ -343,7 +344,7 @@ def free_reply(planner, messages, timer: StepTimer) -> str:
 
     batch = planner.tokenizer(
         planner.render(messages), return_tensors="pt", add_special_tokens=False
-    )
+    ).to(planner.model.device)
     with torch.inference_mode():
         out = planner.model.generate(
             **batch, max_new_tokens=FREE_TOKENS, logits_processor=LogitsProcessorList([timer]),
@@ -354,7 +355,7 @@ def free_reply(planner, messages, timer: StepTimer) -> str:
 
 
 def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | None, threads: int,
-            dtype: str = "float32") -> dict:  # fmt: skip
+            dtype: str = "float32", device: str = "cpu") -> dict:  # fmt: skip
     """Replies, scores and cost of one planner, in this process."""
     import torch
     from PIL import Image
@@ -368,7 +369,7 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
     limits = GrammarLimits(**LIMITS_ARGS)
     with tempfile.TemporaryDirectory() as temp:
         start = time.perf_counter()
-        planner, constrained = load_planner(name, Path(temp), gguf, dtype)
+        planner, constrained = load_planner(name, Path(temp), gguf, dtype, device)
         load_s = time.perf_counter() - start
         assistant = PlannerAssistant(
             planner, SpecialistRegistry(), Path(temp) / "unused", limits=limits
@@ -421,7 +422,7 @@ def _wrap(timer: StepTimer, inner) -> StepTimer:
 def run_in_subprocess(name: str, args: argparse.Namespace, gguf: Path | None) -> dict:
     """:func:`measure` in a fresh interpreter (its own peak RSS)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--data", str(args.data),
-               "--threads", str(args.threads), "--dtype", args.dtype, "--requests", str(args.requests)]  # fmt: skip
+               "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device, "--requests", str(args.requests)]  # fmt: skip
     for flag, value in (("--limit", args.limit), ("--per-kind", args.per_kind)):
         if value is not None:
             command += [flag, str(value)]
@@ -509,6 +510,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--device", default="cpu", help="where the planner runs (cpu, cuda, cuda:N)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -518,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     requests = select(load_requests(args.requests), args.limit, args.per_kind)
     if args.worker is not None:
-        row = measure(args.worker, requests, args.data, args.gguf, args.threads, args.dtype)
+        row = measure(
+            args.worker, requests, args.data, args.gguf, args.threads, args.dtype, args.device
+        )
         print(json.dumps(row))
         return 0
     from common_kernels.runtime.cli import check_benchmark_setup

@@ -18,14 +18,7 @@ import torch
 from vitron.invocations import InputCounts, parse_invocation
 from vitron.planners import ChatPlanner, GrammarLimits, PlannerGrammar
 from vitron.planners.chat import PlannerMessage
-from vitron.planners.gguf import (
-    SMOLLM2,
-    check_gguf,
-    fetch_gguf,
-    fetch_smollm2,
-    load_gguf,
-    write_tiny_gguf,
-)
+from vitron.planners.gguf import SMOLLM2, check_gguf, fetch_gguf, fetch_smollm2, write_tiny_gguf
 from vitron.planners.tiny import tiny_planner
 
 pytest.importorskip("xgrammar")
@@ -38,16 +31,21 @@ def tiny_gguf(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", seed=0)
 
 
-def test_a_tiny_gguf_loads_back_to_the_same_model(tiny_gguf):
+@pytest.fixture(scope="module")
+def gguf_planner(tiny_gguf):
+    return ChatPlanner.from_pretrained(str(tiny_gguf))
+
+
+def test_a_tiny_gguf_loads_back_to_the_same_model(tiny_gguf, gguf_planner):
     """transformers' GGUF reader undoes the rotary interleaving of q/k and rebuilds the
     byte-level tokenizer: logits equal the original model's, tokens and template too."""
-    model, tokenizer = load_gguf(tiny_gguf)
+    model, tokenizer = gguf_planner.model, gguf_planner.tokenizer
     original, original_tokenizer = tiny_planner("llama", seed=0)
     text = 'héllo {"answer": "ok"}</s><|user|> $image0'
     ids = original_tokenizer(text).input_ids
     assert tokenizer(text).input_ids == ids
     assert tokenizer.chat_template == original_tokenizer.chat_template
-    assert tokenizer.eos_token_id == original_tokenizer.eos_token_id
+    assert gguf_planner.stop_ids == [original_tokenizer.eos_token_id]
     with torch.no_grad():
         got = model(torch.tensor([ids])).logits
         expected = original(torch.tensor([ids])).logits
@@ -56,18 +54,22 @@ def test_a_tiny_gguf_loads_back_to_the_same_model(tiny_gguf):
     assert (info.architecture, info.name) == ("llama", "vitron tiny llama")
 
 
-def test_a_gguf_planner_replies_under_the_grammar(tiny_gguf):
-    planner = ChatPlanner.from_pretrained(str(tiny_gguf))
-    assert planner.vision is False and planner.convention == "pixels"
+def test_a_gguf_planner_replies_under_the_grammar(gguf_planner):
+    """A text-only planner in pixels; held to a grammar with one sentence, the random model
+    writes exactly that sentence (the GGUF tokenizer and the grammar agree byte for byte)."""
+    assert gguf_planner.vision is False and gguf_planner.convention == "pixels"
     messages = [PlannerMessage("user", ["[$image0: the image a.png, 40x30 pixels]\nfix it"])]
     counts = InputCounts(1, 0, 0)
-    for seed, mode in ((0, "calls"), (1, "any")):
-        planner.seed = seed
-        data = json.loads(planner.reply(messages, PlannerGrammar(counts, limits=LIMITS, mode=mode)))
-        if "answer" not in data:
-            parse_invocation(data, counts)
-        else:
-            assert mode == "any"
+    only = GrammarLimits(max_calls=1, optional_args=False)
+    grammar = PlannerGrammar(counts, ["restore_image"], only, mode="calls")
+    text = gguf_planner.reply(messages, grammar)
+    assert text == (
+        '{"version": 1, "calls": [{"id": "c0", "task": "restore_image", "args": '
+        '{"image": "$image0"}}]}'
+    )
+    parse_invocation(json.loads(text), counts)
+    answer = gguf_planner.reply(messages, PlannerGrammar(counts, limits=LIMITS, mode="answer"))
+    assert set(json.loads(answer)) == {"answer"} and len(json.loads(answer)["answer"]) <= 8
 
 
 def test_bad_gguf_files_are_one_line_before_any_weight(tiny_gguf, tmp_path, monkeypatch):
