@@ -52,6 +52,15 @@ CASES = {
         "ours-xl",
     ),
     "sigma": ([*EXTRACT, "--sigma", "1.5"], "--sigma: must be a number in [0, 1]; got 1.5"),
+    "noising": (
+        [*EXTRACT, "--noising", "ddim"],
+        "argument --noising: invalid choice: 'ddim' (choose from 'random', 'ddim-inversion')",
+    ),
+    "inversion_steps": (
+        [*EXTRACT, "--noising", "ddim-inversion", "--inversion-steps", "51"],
+        "--inversion-steps: must be in [1, timestep] = [1, 50] (distinct integer timesteps from "
+        "0 to t; t >= 1); got 51",
+    ),
     "guidance_scale": (
         [*EXTRACT, "--guidance-scale", "3.5"],
         "--guidance-scale: applies to FLUX transformers with a guidance embedding (FLUX.1-dev) "

@@ -88,6 +88,8 @@ def test_pixart_inverts_with_its_noise_half():
 def test_what_cannot_invert_is_refused(pipes, model_dirs):
     with pytest.raises(InvalidArgument, match=r"^noising: must be one of \('random', 'ddim-inve"):
         ExtractorConfig(layers=["unet-in"], noising="ddim")
+    with pytest.raises(InvalidArgument, match=r"^inversion_steps: applies to the ddim-inversion"):
+        ExtractorConfig(layers=["unet-in"], inversion_steps=5)
     with pytest.raises(InvalidArgument, match=r"^inversion_steps must be >= 1, got 0"):
         ExtractorConfig(layers=["unet-in"], noising="ddim-inversion", inversion_steps=0)
     with pytest.raises(
@@ -112,3 +114,26 @@ def test_what_cannot_invert_is_refused(pipes, model_dirs):
         check_inversion(scheduler, 50, None)
     with pytest.raises(ValueError, match=r"^noising: the official code's DDIM inversion"):
         check_inversion(pipes["sd15"].scheduler, 50, None, faithful=True)
+
+
+@pytest.mark.slow  # 5.9 s at a load of 11 on this machine (one model load by the command)
+def test_the_command_line_inverts_as_the_api(pipes, model_dirs, tmp_path):
+    from PIL import Image
+
+    from diffeat.cli import main
+    from diffeat.io import load_features
+
+    Image.fromarray((torch.rand(64, 128, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    out = tmp_path / "f.safetensors"
+    options = ["--noising", "ddim-inversion", "--inversion-steps", "2", "--timestep", "4"]
+    argv = ["extract", str(tmp_path / "a.png"), "--model", str(model_dirs["sd15"]), "--layers",
+            "unet-in,up-level1-repeat0-res-out", *options, "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    features, _ = load_features(out)
+    extractor = FeatureExtractor.from_pipeline(  # the pipeline the folder was saved from
+        pipes["sd15"], layers=["unet-in", "up-level1-repeat0-res-out"], timestep=4,
+        noising="ddim-inversion", inversion_steps=2,
+    )  # fmt: skip
+    want = extractor(Image.open(tmp_path / "a.png"), "")
+    for name in want:
+        torch.testing.assert_close(features[name], want[name], atol=1e-6, rtol=1e-6)

@@ -7,11 +7,10 @@ diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --f
 diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3
 diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
 
---model is a diffusers SD/SDXL (U-Net), PixArt, FLUX.1 or SD3 repository (its model_index.json
-says which). Sizes are S (a square) or HxW, height first: ``--image-size 64x96`` is 64 px high, 96
-px wide. Folders give their images (``--recursive``: their subfolders' too); every image is decoded
-before the model loads (``--keep-going`` skips a bad one and exits 1 at the end). Bad inputs
-are found before any weights load (only the model's config files are read): see :func:`main`.
+--model: a diffusers SD/SDXL, PixArt, FLUX.1 or SD3 repository (its model_index.json says which).
+Sizes are S or HxW, height first (``64x96``: 64 px high). Folders give their images
+(``--recursive``: subfolders' too), all decoded before the model loads (``--keep-going`` skips a
+bad one, exit 1). Bad inputs are refused before any weights load (config files only): see main.
 """
 
 from __future__ import annotations
@@ -70,6 +69,7 @@ from diffeat.commands import (
 from diffeat.configs import DIT_CONFIGS, TINY_MODEL_KINDS, UNET_CONFIGS, save_tiny_model
 from diffeat.errors import SourceError
 from diffeat.extractor import FeatureExtractor
+from diffeat.inversion import NOISINGS
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length
 from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
@@ -91,6 +91,10 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
                 "x_t = (1 - sigma) x_0 + sigma eps (default: timestep / 1000)"},
     "--guidance-scale": {"type": float, "default": None, "help": "FLUX.1-dev: its guidance "
                          "embedding's value, finite (default: 1.0, as the official code)"},
+    "--noising": {"choices": NOISINGS, "default": "random", "help": "random noise at the timestep, "
+                  "or DDIM inversion of the latent (U-Nets, PixArt)" + DEFAULT},
+    "--inversion-steps": {"type": int, "default": None, "help": "DDIM steps of --noising "
+                          "ddim-inversion, in [1, --timestep] (default: min(timestep, 50))"},
     "--latent": {"choices": LATENT_MODES, "default": "sample"},
     "--faithful": {"action": "store_true", "help": "official-code quirks on"},
     "--no-early-exit": {"action": "store_true", "help": "always run the whole network"},
@@ -99,18 +103,13 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--seed": {"type": int, "default": 0, "help": "seed of the latent sample and noise, in "
                "[0, 2**64 - 1]" + DEFAULT},
     "--batch-size": {"type": int, "default": 1, "help": "images per U-Net pass, >= 1" + DEFAULT},
-    "--lora": {"action": "append", "default": [], "metavar": "PATH",
-               "help": "LoRA file/folder/hub id"},
-    "--lora-scale": {"type": float, "default": 1.0,
-                     "help": "weight of every --lora, finite" + DEFAULT},
+    "--lora": {"action": "append", "default": [], "metavar": "PATH", "help": "LoRA file/dir/hub"},
+    "--lora-scale": {"type": float, "default": 1.0, "help": "--lora's weight, finite" + DEFAULT},
     "--fuse-lora": {"action": "store_true", "help": "merge the LoRAs into the weights"},
     "--controlnet": {"default": None, "metavar": "PATH", "help": "ControlNet folder or hub id"},
-    "--control-image": {"type": Path, "default": None,
-                        "help": "its conditioning image (all images)"},
-    "--control-scale": {"type": float, "default": 1.0,
-                        "help": "its conditioning_scale, finite" + DEFAULT},
-    "--allow-large": {"action": "store_true",
-                      "help": "run even when the memory estimate exceeds the available memory"},
+    "--control-image": {"type": Path, "default": None, "help": "its conditioning image (all)"},
+    "--control-scale": {"type": float, "default": 1.0, "help": "its scale, finite" + DEFAULT},
+    "--allow-large": {"action": "store_true", "help": "run even if the memory estimate is high"},
 }  # fmt: skip
 IMAGES = {"nargs": "+", "type": Path, "metavar": "IMAGE|FOLDER",
           "help": "image files and folders (a folder gives its images in name order)"}  # fmt: skip
@@ -220,7 +219,8 @@ FLAGS = {
     "control_image": "--control-image", "resize": "--resize", "concat": "--concat",
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
-    "sigma": "--sigma", "guidance_scale": "--guidance-scale",
+    "sigma": "--sigma", "guidance_scale": "--guidance-scale", "noising": "--noising",
+    "inversion_steps": "--inversion-steps",
 }  # fmt: skip
 
 
@@ -239,8 +239,8 @@ def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``from_pretrained`` keywords of the options (the control image not yet read)."""
     keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed",
-            "lora_scale", "fuse_lora", "controlnet", "control_scale", "sigma",
-            "guidance_scale")  # fmt: skip
+            "lora_scale", "fuse_lora", "controlnet", "control_scale", "sigma", "guidance_scale",
+            "noising", "inversion_steps")  # fmt: skip
     return {
         **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
         "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,

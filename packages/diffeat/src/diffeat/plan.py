@@ -74,6 +74,8 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
         raise InvalidArgument("noising", f"must be one of {NOISINGS}; got {got}")
     if settings.get("inversion_steps") is not None:
         check_int_range(settings["inversion_steps"], "inversion_steps", 1)
+        if settings.get("noising", "random") != "ddim-inversion":
+            raise InvalidArgument("inversion_steps", "applies to the ddim-inversion noising only")
 
 
 @dataclass
