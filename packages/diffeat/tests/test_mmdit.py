@@ -23,7 +23,13 @@ from diffeat import (
     attention_map_view,
 )
 from diffeat.backbones import FLUX, SD3, backbone_of
-from diffeat.backbones.mmdit import flux_image_ids, pack_latents, unpack_latents
+from diffeat.backbones.mmdit import (
+    flux_image_ids,
+    flux_name_of_official,
+    official_flux_name,
+    pack_latents,
+    unpack_latents,
+)
 from diffeat.configs import (
     FLUX_DEV_TRANSFORMER,
     SD35_MEDIUM_TRANSFORMER,
@@ -518,3 +524,32 @@ def test_names_that_never_fire_raise(flux):
     finally:
         attn.processor = processor
     assert set(extractor(images()[:1], "a horse")) == {"flux-single36-out", "flux-single37-q"}
+
+
+# -- the official code's FLUX names ---------------------------------------------------------
+def test_official_flux_names_both_ways():
+    names = [i.name for i in FLUX.layer_infos(FLUX_DEV_TRANSFORMER, (512, 512), 512, 8)]
+    mapped = {}
+    for name in names:
+        try:
+            mapped[name] = official_flux_name(name)
+        except ValueError:
+            continue
+    # q/k/v/maps of all 57 blocks, ffn-inner of the 19 double, out of the 38 single blocks
+    assert len(mapped) == len(set(mapped.values())) == 5 * 57 + 19 + 38
+    assert all(flux_name_of_official(official) == name for name, official in mapped.items())
+    assert mapped["flux-double0-q"] == "vit-block0-q"
+    assert mapped["flux-single0-cross-map"] == "vit-block19-cross-map"
+    assert mapped["flux-double18-ffn-inner"] == "vit-block18-ffn-inner"
+    assert mapped["flux-single37-out"] == "vit-block56-out"
+    unmapped = {"flux-in", "flux-after-embed", "flux-out"}
+    unmapped |= {f"flux-double{k}-out" for k in range(19)}
+    unmapped |= {f"flux-single{j}-ffn-inner" for j in range(38)}
+    assert set(names) - set(mapped) == unmapped
+    with pytest.raises(ValueError, match=r"^official: 'vit-block3-out' has no diffeat FLUX name"):
+        flux_name_of_official("vit-block3-out")  # a double block's: its normalised FFN input
+    for official in ("vit-block57-q", "vit-block30-attn-out", "vit-block2-norm-out"):
+        with pytest.raises(ValueError, match=rf"^official: '{official}'"):
+            flux_name_of_official(official)
+    with pytest.raises(ValueError, match=r"^name: 'flux-double3-out' has no official FLUX name"):
+        official_flux_name("flux-double3-out")

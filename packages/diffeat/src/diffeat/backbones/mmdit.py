@@ -120,6 +120,71 @@ def joint_probs(attn: nn.Module, hidden: Tensor, context: Tensor | None, rope, t
     return scores.softmax(dim=-1).to(hidden.dtype)
 
 
+# -- the official code's FLUX names -----------------------------------------------------------
+# The official code names FLUX's blocks ``vit-block{i}`` with the single-stream blocks numbered
+# after the double-stream ones (i = 19 + j on FLUX.1) and records, per block, the image part of
+# the joint attention's q/k/v and its two maps, double blocks' FFN inner activation
+# (``-ffn-inner``) and single blocks' output. Its double-block ``-out`` (and ``-norm-out``)
+# hold the normalised FFN input, not the block output, and ``-attn-out`` the attention output;
+# diffeat records none of those three.
+OFFICIAL_KINDS = ("q", "k", "v", "self-map", "cross-map")
+
+
+def official_flux_name(name: str, double_blocks: int = 19, single_blocks: int = 38) -> str:
+    """The official code's name of a diffeat FLUX activation (``flux-single2-q`` ->
+    ``vit-block21-q`` on FLUX.1's 19 double blocks).
+
+    Args:
+        name: a diffeat FLUX name.
+        double_blocks: the transformer's double-stream blocks (``num_layers``, 19).
+        single_blocks: its single-stream blocks (``num_single_layers``, 38).
+
+    Raises:
+        ValueError: a name the official code does not record (or no block of FLUX.1 has),
+            saying why.
+    """
+    parts = name.split("-", 2)
+    if len(parts) == 3 and parts[0] == "flux" and parts[1][:6] in ("double", "single"):
+        stage, index, kind = parts[1][:6], parts[1][6:], parts[2]
+        count = double_blocks if stage == "double" else single_blocks
+        if index.isdigit() and int(index) < count:
+            block = int(index) + (double_blocks if stage == "single" else 0)
+            if kind in OFFICIAL_KINDS or (stage, kind) in (("double", "ffn-inner"),
+                                                          ("single", "out")):  # fmt: skip
+                return f"vit-block{block}-{kind}"
+    raise ValueError(
+        f"name: {name!r} has no official FLUX name (the official code records q/k/v and the "
+        "maps of every block, double blocks' ffn-inner and single blocks' out; its double-block "
+        "'out' is the normalised FFN input)"
+    )
+
+
+def flux_name_of_official(official: str, double_blocks: int = 19, single_blocks: int = 38) -> str:
+    """The diffeat name of an official FLUX activation name (``vit-block21-q`` ->
+    ``flux-single2-q``); the inverse of :func:`official_flux_name`.
+
+    Raises:
+        ValueError: an official name diffeat does not record (``-norm-out``, ``-attn-out``, a
+            double block's ``-out``: the normalised FFN input), saying why.
+    """
+    head, _, kind = official.partition("-block")[2].partition("-")
+    if official.startswith("vit-block") and head.isdigit():
+        block = int(head)
+        stage, index = ("double", block) if block < double_blocks else (
+            "single", block - double_blocks)  # fmt: skip
+        name = f"flux-{stage}{index}-{kind}"
+        try:
+            if official_flux_name(name, double_blocks, single_blocks) == official:
+                return name
+        except ValueError:
+            pass
+    raise ValueError(
+        f"official: {official!r} has no diffeat FLUX name (diffeat records no '-norm-out' or "
+        "'-attn-out', and an official double block's '-out' is its normalised FFN input, not "
+        "its output)"
+    )
+
+
 # -- the catalogue ----------------------------------------------------------------------------
 def _block_specs(prefix: str, path: str, stage: str, k: int, dual: bool) -> list[LayerSpec]:
     ffn = f"{path}.act_mlp" if stage == "single" else f"{path}.ff.net.0"
