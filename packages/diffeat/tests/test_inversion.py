@@ -129,7 +129,8 @@ def test_the_command_line_inverts_as_the_api(pipes, model_dirs, tmp_path):
     argv = ["extract", str(tmp_path / "a.png"), "--model", str(model_dirs["sd15"]), "--layers",
             "unet-in,up-level1-repeat0-res-out", *options, "-o", str(out)]  # fmt: skip
     assert main(argv) == 0
-    features, _ = load_features(out)
+    features, meta = load_features(out)
+    assert meta["noising"] == "ddim-inversion" and meta["inversion_steps"] == 2
     extractor = FeatureExtractor.from_pipeline(  # the pipeline the folder was saved from
         pipes["sd15"], layers=["unet-in", "up-level1-repeat0-res-out"], timestep=4,
         noising="ddim-inversion", inversion_steps=2,

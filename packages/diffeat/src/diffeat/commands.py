@@ -470,6 +470,8 @@ def write_features(
         "prompt": prompt,
         "timestep": config.timestep,
         "sigma": extractor.plan.noise if extractor.backbone.flow else None,
+        "noising": config.noising,
+        "inversion_steps": config.inversion_steps,
         "latent": config.latent,
         "faithful": config.faithful,
         "lora": [str(p) for p in (loras if isinstance(loras, list | tuple) else [loras])],
