@@ -292,3 +292,56 @@ def test_parts_and_folders_that_do_not_fit_raise_before_any_pass(pixart, model_d
         ValueError, match="no PixArt folder; it holds a U-Net: use FeatureExtractor"
     ):
         DiTFeatureExtractor.from_pretrained(model_dirs["sd15"])
+
+
+def test_pixart_alpha_gets_the_micro_conditions_of_its_pipeline():
+    """PixArt-alpha 1024-MS (sample_size 128): resolution and aspect ratio reach the transformer
+    as PixArtAlphaPipeline passes them; its prompts default to 120 T5 tokens."""
+    pipe = tiny_pixart_pipeline(seed=0, alpha=True)
+    assert pipe.transformer.use_additional_conditions
+    extractor = DiTFeatureExtractor.from_pipeline(pipe, layers=["dit-in", "dit-block3-out"])
+    assert extractor.max_sequence_length == 120
+    images = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
+    try:
+        features = extractor(images, "a horse")
+    finally:
+        handle.remove()
+    conditions = seen["added_cond_kwargs"]
+    assert conditions["resolution"].tolist() == [[32.0, 48.0]]  # (H, W) in px, as the pipeline
+    assert conditions["aspect_ratio"].tolist() == [[pytest.approx(32 / 48)]]  # fp32
+    # without the micro-conditions the block output differs: they are used
+    embeddings = extractor.encode_prompts(["a horse"])
+    block = pipe.transformer.transformer_blocks[3]
+    outputs = []
+    handle = block.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        with torch.no_grad():
+            for cond in (conditions, {"resolution": conditions["resolution"] * 2,
+                                      "aspect_ratio": conditions["aspect_ratio"]}):  # fmt: skip
+                pipe.transformer(
+                    features["dit-in"], encoder_hidden_states=embeddings.embeds,
+                    encoder_attention_mask=embeddings.mask, timestep=torch.tensor([50]),
+                    added_cond_kwargs=cond, return_dict=False,
+                )  # fmt: skip
+    finally:
+        handle.remove()
+    recorded = features["dit-block3-out"]  # (1, C, 2, 3)
+    same = outputs[0].transpose(1, 2).reshape(recorded.shape)  # (B, L, C) -> (B, C, h, w)
+    torch.testing.assert_close(recorded, same, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(outputs[0], outputs[1])
+
+
+@pytest.mark.slow  # 10-20 s on this machine: a pipeline saved and loaded
+def test_a_saved_pixart_alpha_model_prompts_with_120_tokens(tmp_path):
+    from diffeat import FeatureExtractor
+    from diffeat.configs import PIXART_ALPHA_TRANSFORMER
+
+    folder = tmp_path / "alpha"
+    tiny_pixart_pipeline(seed=0, alpha=True).save_pretrained(folder)
+    loaded = FeatureExtractor.from_pretrained(folder, layers=["dit-block3-out"])
+    assert loaded.max_sequence_length == 120  # PixArtAlphaPipeline's model_index
+    assert "use_additional_conditions" not in PIXART_ALPHA_TRANSFORMER

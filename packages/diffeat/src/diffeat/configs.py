@@ -194,9 +194,26 @@ TINY_SD3_TRANSFORMER: dict[str, Any] = {
     "sample_size": 8,
 }
 
+# PixArt-alpha XL-2 1024-MS (PixArt-alpha/PixArt-XL-2-1024-MS): PixArt-Sigma's blocks; its config
+# leaves use_additional_conditions unset, so diffusers turns the micro-conditions (resolution,
+# aspect ratio) on for its sample_size 128, as PixArtAlphaPipeline passes them. Its T5 prompts
+# are 120 tokens (ALPHA_TOKENS).
+PIXART_ALPHA_TRANSFORMER: dict[str, Any] = {
+    k: v for k, v in PIXART_SIGMA_TRANSFORMER.items() if k != "use_additional_conditions"
+}
+TINY_PIXART_ALPHA_TRANSFORMER: dict[str, Any] = {
+    **{k: v for k, v in TINY_PIXART_TRANSFORMER.items() if k != "use_additional_conditions"},
+    "sample_size": 128,  # micro-conditions on, as for the 1024-MS model
+    "attention_head_dim": 12,  # width 24: the size embedding splits it in thirds (1152 = 3 x 384)
+    "cross_attention_dim": 24,
+}
+ALPHA_TOKENS = 120  # PixArtAlphaPipeline's max_sequence_length
+
 DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "pixart-sigma": PIXART_SIGMA_TRANSFORMER,
     "tiny-pixart-sigma": TINY_PIXART_TRANSFORMER,
+    "pixart-alpha-1024": PIXART_ALPHA_TRANSFORMER,
+    "tiny-pixart-alpha": TINY_PIXART_ALPHA_TRANSFORMER,
     "flux-dev": FLUX_DEV_TRANSFORMER,
     "tiny-flux": TINY_FLUX_TRANSFORMER,
     "sd3.5-medium": SD35_MEDIUM_TRANSFORMER,
@@ -387,7 +404,7 @@ def tiny_pipeline(kind: str, seed: int = 0):
     )
 
 
-def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
+def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24, alpha: bool = False):
     """A randomly initialised, tiny ``PixArtSigmaPipeline`` with PixArt-Sigma's topology (28
     blocks, patch 2, AdaLN-single, 8 output channels), a 2-layer T5 encoder and the byte-level
     tokenizer of :func:`tiny_tokenizer` (padding masked like T5's).
@@ -395,11 +412,13 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
     Args:
         seed: ``torch.manual_seed`` before building the random weights.
         max_length: the tokenizer's ``model_max_length``.
+        alpha: a ``PixArtAlphaPipeline`` with PixArt-alpha 1024-MS's micro-conditions instead.
     """
     import torch
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
         PixArtSigmaPipeline,
         PixArtTransformer2DModel,
     )
@@ -409,11 +428,12 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24):
     vae = AutoencoderKL(**TINY_VAE)
     vae.register_to_config(scaling_factor=0.13025)  # PixArt-Sigma uses the SDXL VAE
     scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
-    return PixArtSigmaPipeline(
+    config = TINY_PIXART_ALPHA_TRANSFORMER if alpha else TINY_PIXART_TRANSFORMER
+    return (PixArtAlphaPipeline if alpha else PixArtSigmaPipeline)(
         tokenizer=tiny_tokenizer(max_length),
         text_encoder=T5EncoderModel(T5Config(**TINY_T5)).eval(),
         vae=vae,
-        transformer=PixArtTransformer2DModel(**TINY_PIXART_TRANSFORMER),
+        transformer=PixArtTransformer2DModel(**config),
         scheduler=scheduler,
     )
 

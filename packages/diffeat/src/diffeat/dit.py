@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from diffeat.backbones.dit import DIT, DIT_TOKENS, build_dit_catalogue, dit_kwargs, dit_layer_infos
 from diffeat.capture import ActivationRecorder
+from diffeat.configs import ALPHA_TOKENS
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
 from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
@@ -116,9 +117,11 @@ class DiTFeatureExtractor(BaseFeatureExtractor):
     def from_pipeline(
         cls, pipe, layers: Sequence[str] | str | None = None, preset: str | None = None, **options
     ) -> DiTFeatureExtractor:
-        """Wrap a loaded diffusers ``PixArtSigmaPipeline`` / ``PixArtAlphaPipeline``."""
+        """Wrap a loaded diffusers ``PixArtSigmaPipeline`` / ``PixArtAlphaPipeline`` (default
+        ``max_sequence_length``: 300 / 120 T5 tokens, as the pipelines)."""
         names, preset = resolve_layers(pipe.transformer.config, layers, preset)
-        length = options.pop("max_sequence_length", DIT_TOKENS)
+        alpha = type(pipe).__name__.startswith("PixArtAlpha")  # its prompts are 120 tokens
+        length = options.pop("max_sequence_length", ALPHA_TOKENS if alpha else DIT_TOKENS)
         config = ExtractorConfig(layers=names, preset=preset, **options)
         return cls(
             pipe.transformer,

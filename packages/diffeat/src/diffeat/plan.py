@@ -13,7 +13,7 @@ import torch
 
 from common_kernels.runtime.cli import UsageError, check_device
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal, shown
-from diffeat.backbones import Backbone, backbone_of_model
+from diffeat.backbones import Backbone, _model_index, backbone_of_model
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
     DTYPES,
@@ -29,7 +29,7 @@ from diffeat.checks import (
     read_model_configs,
     resolve_source,
 )
-from diffeat.configs import SEED_MAX
+from diffeat.configs import ALPHA_TOKENS, SEED_MAX
 from diffeat.errors import check_int_range
 from diffeat.inversion import NOISINGS, check_inversion
 from diffeat.io import parse_size
@@ -224,6 +224,9 @@ def check_from_pretrained(
     if text_stack and isinstance(source, Path):
         check_model_folder(source, model_id_or_dir, backbone.extra_text_files(configs.unet))
     check_backbone_options(backbone, options, configs.unet)
+    pipeline = str(_model_index(source).get("_class_name", "")) if backbone.name == "dit" else ""
+    if pipeline.startswith("PixArtAlpha") and options.get("max_sequence_length") is None:
+        options = {**options, "max_sequence_length": ALPHA_TOKENS}  # its pipeline's 120
     check_flow(backbone, configs, source, model_id_or_dir)
     faithful, sigma = options.get("faithful", False), options.get("sigma")
     check_timestep(timestep, faithful, configs.scheduler, sigma)
