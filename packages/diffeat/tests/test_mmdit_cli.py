@@ -100,6 +100,7 @@ def test_probe_command(folders, image, capsys):
     assert table[1].split()[0] == "sd3-block3-q" and len(table[1].split()) == 3
 
 
+@pytest.mark.slow  # 5.3-7.6 s here at a load of 6-11 (the SD3 folder loaded, a full pass)
 def test_pca_command(folders, image, tmp_path):
     pca = ["pca", str(image), "--model", str(folders["sd3"]), "--layers", "sd3-block5-out,sd3-out",
            "-o", str(tmp_path / "pca")]  # fmt: skip
