@@ -115,3 +115,102 @@ def expected_target(specialist_options: dict) -> Callable[[str, str], torch.Tens
         return end_of_text_state(folders[task], text)
 
     return expected
+
+
+# ------------------------------------------------- a real LLaMA-style sentencepiece tokenizer
+
+LLAMA_TEXT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: what is in this picture? ASSISTANT: a dog on the grass.",
+    "USER: segment the dog and make it a cat ASSISTANT: Sure. <module>B</module>",
+    "<instruction>segmentation: the dog</instruction><region>[0, 0, 32, 24]</region>",
+    "hello world, the quick brown fox jumps over the lazy dog. what about this region?",
+)
+
+
+@pytest.fixture(scope="session")
+def llama_sentencepiece(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tokenizer.model``: a sentencepiece BPE model with LLaMA's settings (byte fallback,
+    no normalisation, the word-start dummy prefix, unk 0 / bos 1 / eos 2), trained here on a
+    small text (400 pieces, 256 of them bytes)."""
+    import io
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(LLAMA_TEXT * 20), model_writer=model, vocab_size=400,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("llama_sp") / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_llama_tokenizer(llama_sentencepiece: Path) -> Callable[..., Path]:
+    """``write(folder, legacy=None)``: the release's tokenizer files in ``folder``
+    (``tokenizer.model``, ``tokenizer_config.json`` of a ``LlamaTokenizer`` adding BOS,
+    ``special_tokens_map.json``); ``legacy`` None writes no ``legacy`` key."""
+
+    def write(folder: Path, legacy: bool | None = None) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tokenizer.model").write_bytes(llama_sentencepiece.read_bytes())
+        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True,
+                  "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+                  "unk_token": "<unk>", "pad_token": None, "model_max_length": 2048}  # fmt: skip
+        if legacy is not None:
+            config["legacy"] = legacy
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special))
+        return folder
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def official_rule(llama_sentencepiece: Path) -> Callable[..., list[int]]:
+    """``rule(prompt, legacy, image_id, region_id)``: the release's prompt ids re-stated from
+    its behaviour with sentencepiece itself (no transformers): cut at ``<objs>``, then at
+    ``<image>``; each chunk is ``tokenizer(chunk).input_ids`` of a LLaMA tokenizer (BOS, then
+    each text segment between ``</s>`` separators encoded by sentencepiece with its dummy
+    prefix; ``legacy=False``: only the chunk's first segment gets it); the first piece keeps
+    only its first chunk's BOS; later pieces keep every chunk's BOS."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = llama_sentencepiece.read_bytes()
+    with_prefix = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    plain_proto = sentencepiece_model_pb2.ModelProto()
+    plain_proto.ParseFromString(proto)
+    plain_proto.normalizer_spec.add_dummy_prefix = False
+    plain = sentencepiece.SentencePieceProcessor(model_proto=plain_proto.SerializeToString())
+    bos, eos = with_prefix.bos_id(), with_prefix.eos_id()
+
+    def chunk_ids(text: str, legacy: bool) -> list[int]:
+        out = [bos]
+        for k, segment in enumerate(text.split("</s>")):
+            if k:
+                out.append(eos)
+            if segment:
+                out += (with_prefix if legacy or k == 0 else plain).encode(segment)
+        return out
+
+    def rule(prompt: str, legacy: bool, image_id: int, region_id: int) -> list[int]:
+        ids: list[int] = []
+        for p, piece in enumerate(prompt.split("<objs>")):
+            chunks = [chunk_ids(chunk, legacy) for chunk in piece.split("<image>")]
+            if p:
+                ids.append(region_id)
+                for c, chunk in enumerate(chunks):
+                    ids += ([image_id] if c else []) + chunk
+            else:
+                ids += chunks[0]
+                for chunk in chunks[1:]:
+                    ids += [image_id, *chunk[1:]]
+        return ids
+
+    return rule

@@ -191,8 +191,10 @@ def test_random_weights_is_saved_only_when_true(tmp_path):
     data = json.loads((tmp_path / "real" / "config.json").read_text())
     assert "random_weights" not in data
     # the fields after 0.4.2 are written only when set (system_prompt, video_support: an
-    # imported official model; region.style "official")
-    later = {"random_weights", "system_prompt", "video_support"}
+    # imported official model, with prompt_layout and tokenizer_options; region.style
+    # "official")
+    later = {"random_weights", "system_prompt", "video_support", "prompt_layout",
+             "tokenizer_options"}  # fmt: skip
     fields_0_4_2 = {field.name for field in dataclasses.fields(VitronConfig)} - later
     assert set(data) - {"vitron_version"} == fields_0_4_2
     assert "style" not in data["region"]

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitron.cli import main
-from vitron.models.official import check_official
+from vitron.models.official import VICUNA_SYSTEM, check_official
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message
-from vitron.tiny import byte_level_tokenizer
 
 TOWER = {
     "image_size": 32, "patch_size": 8, "hidden_size": 24, "intermediate_size": 48,
@@ -39,17 +38,18 @@ def _llama(vocab: int):
     return LlamaForCausalLM(config).eval()
 
 
-def write_release(root: Path, shards: str = "bin") -> dict:
-    """Tiny base, LoRA and LanguageBind_Image folders; returns their tensors for the oracle."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def write_release(root: Path, write_tokenizer, shards: str = "bin") -> dict:
+    """Tiny base, LoRA and LanguageBind_Image folders; returns their tensors for the oracle.
+    ``write_tokenizer(folder)`` writes the base's tokenizer files (conftest's real
+    sentencepiece LLaMA tokenizer: ``tokenizer.model``, its config without ``legacy``)."""
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
     base, lora, tower = root / "vitron-base", root / "vitron-lora", root / "LanguageBind_Image"
     for folder in (base, lora, tower):
         folder.mkdir(parents=True)
-    tokenizer = byte_level_tokenizer(1024)
-    tokenizer.save_pretrained(str(base))
-    llm = _llama(len(tokenizer))
+    write_tokenizer(base)
+    llm = _llama(len(AutoTokenizer.from_pretrained(str(base))))
     config = {**llm.config.to_dict(), "model_type": "llava_llama",
               "architectures": ["LlavaLlamaForCausalLM"], "mm_hidden_size": 24,
               "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
@@ -125,8 +125,8 @@ def write_release(root: Path, shards: str = "bin") -> dict:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release(tmp_path_factory.mktemp("release"))
+def release(tmp_path_factory, write_llama_tokenizer):
+    return write_release(tmp_path_factory.mktemp("release"), write_llama_tokenizer)
 
 
 def oracle_logits(release: dict, ids: torch.Tensor, pixels: torch.Tensor, image_id: int):
@@ -158,7 +158,7 @@ def oracle_logits(release: dict, ids: torch.Tensor, pixels: torch.Tensor, image_
         return llm(inputs_embeds=embeds).logits[0]
 
 
-def test_import_matches_the_llava_forward(release):
+def test_import_matches_the_llava_forward(release, official_rule):
     model = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
     image = Image.new("RGB", (40, 24), (200, 30, 90))
     sample = model.processor.sample(
@@ -171,9 +171,13 @@ def test_import_matches_the_llava_forward(release):
     expected = oracle_logits(release, sample.input_ids, sample.images[0], model.image_token_id)
     assert logits.shape[0] == expected.shape[0]
     torch.testing.assert_close(logits[:, :vocab], expected, atol=1e-5, rtol=0)
-    text = model.tokenizer.decode(sample.input_ids)
-    assert text.startswith("<s>A chat between a curious user and an artificial intelligence")
-    assert text.endswith("USER: <image>\nwhat is this? ASSISTANT:")
+    # the release's chunked tokenisation, its tokenizer's legacy as transformers 4.31 read a
+    # config without the key (True), kept in the config for the saved folder
+    prompt = f"{VICUNA_SYSTEM} USER: <image>\nwhat is this? ASSISTANT:"
+    expected_ids = official_rule(prompt, True, model.image_token_id, model.region_token_id)
+    assert sample.input_ids.tolist() == expected_ids
+    assert model.config.prompt_layout == "official" and model.config.region_token == "<objs>"
+    assert model.config.tokenizer_options == {"legacy": True}
     assert model.config.vision.preprocess == "pad" and model.config.vision.select_layer == -2
 
 
@@ -205,8 +209,8 @@ def test_projector_and_region_extractor_parity(release):
         torch.testing.assert_close(got, mlp + location, atol=1e-6, rtol=0)
 
 
-def test_safetensors_shards_import(tmp_path):
-    release = write_release(tmp_path, shards="safetensors")
+def test_safetensors_shards_import(tmp_path, write_llama_tokenizer):
+    release = write_release(tmp_path, write_llama_tokenizer, shards="safetensors")
     model = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
     got = model.llm.state_dict()["model.layers.1.mlp.down_proj.weight"]
     assert torch.equal(got, release["llm"]["model.layers.1.mlp.down_proj.weight"])
@@ -295,5 +299,93 @@ def test_missing_adapter_and_tower_mismatch(release, tmp_path, capsys):
         (paths["base"] / "config.json").write_text(json.dumps({**config, "mm_hidden_size": 64}))
         (paths["lora"] / "config.json").unlink()
         check_official(paths["base"], None, paths["tower"])
+    (paths["base"] / "config.json").write_text((release["base"] / "config.json").read_text())
     with pytest.raises(ValueError, match="no such folder; expected the LanguageBind_Image"):
-        check_official(release["base"], None, None)  # mm_image_tower is a hub name
+        check_official(paths["base"], None, tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------- hub ids (issue 51, item 1)
+
+HUB = {"base": "Vitron/vitron-base", "lora": "Vitron/vitron-lora",
+       "vision_tower": "LanguageBind/LanguageBind_Image"}  # fmt: skip
+ADVICE = "download it on a machine with network access, or give a local folder (./DIR)"
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> list:
+    """HF_HUB_OFFLINE with an empty hub home; every snapshot_download call is recorded (and
+    goes to the real one, which reads only the local cache)."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    calls: list = []
+    real = huggingface_hub.snapshot_download
+
+    def record(repo_id, **kwargs):
+        calls.append((repo_id, kwargs["allow_patterns"], kwargs["local_files_only"]))
+        return real(repo_id, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    return calls
+
+
+def cache(tmp_path: Path, repo_id: str, folder: Path) -> None:
+    """``folder`` as huggingface_hub caches ``repo_id``: refs/main names a snapshot holding
+    its files."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+
+
+def test_hub_ids_offline_without_a_cache_fail_at_once(release, tmp_path, capsys, offline_hub):
+    """Offline and not cached: one line naming the id and what to do, before anything is
+    fetched; a cached base with an uncached LoRA names the LoRA, still before any fetch."""
+    hub = tmp_path / "hf" / "hub"
+    argv = ["convert-official", HUB["base"], "--lora", HUB["lora"], "--vision-tower",
+            HUB["vision_tower"], "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"vitron convert-official: error: cannot load BASE {HUB['base']}: {HUB['base']} is not in "
+        f"the local hub cache ({hub}) and HF_HUB_OFFLINE is set, so the hub is not asked; "
+        f"{ADVICE}\n"
+    )
+    cache(tmp_path, HUB["base"], release["base"])
+    with pytest.raises(OSError) as error:
+        VitronModel.from_official(HUB["base"], lora=HUB["lora"], vision_tower=HUB["vision_tower"])
+    assert str(error.value) == (
+        f"cannot load lora {HUB['lora']}: {HUB['lora']} is not in the local hub cache ({hub}) "
+        f"and HF_HUB_OFFLINE is set, so the hub is not asked; {ADVICE}"
+    )
+    assert offline_hub == [] and not (tmp_path / "out").exists()
+
+
+def test_hub_ids_from_the_local_cache(release, tmp_path, offline_hub):
+    """The three hub ids resolve through huggingface_hub's cache (HF_HUB_OFFLINE: nothing is
+    asked of the network): the small files first, then exactly the index's shards, the adapter,
+    non_lora_trainables.bin and one tower weight file; the weights equal a local import's. The
+    tower defaults to the config's mm_image_tower, a hub id too."""
+    from vitron.models.official_sources import BASE_FILES, LORA_FILES, TOWER_FILES
+
+    for argument, folder in (("base", "base"), ("lora", "lora"), ("vision_tower", "tower_dir")):
+        cache(tmp_path, HUB[argument], release[folder])
+    model = VitronModel.from_official(HUB["base"], HUB["lora"], HUB["vision_tower"])
+    shards = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    assert offline_hub == [
+        (HUB["base"], list(BASE_FILES), True), (HUB["lora"], list(LORA_FILES), True),
+        (HUB["vision_tower"], list(TOWER_FILES), True), (HUB["base"], shards, True),
+        (HUB["lora"], ["adapter_model.safetensors"], True),
+        (HUB["lora"], ["adapter_model.bin"], True),
+        (HUB["lora"], ["non_lora_trainables.bin"], True),
+        (HUB["vision_tower"], ["model.safetensors"], True),
+        (HUB["vision_tower"], ["pytorch_model.bin"], True),
+    ]  # fmt: skip
+    local = VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+    for name, tensor in local.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    default_tower = VitronModel.from_official(HUB["base"], HUB["lora"])  # mm_image_tower
+    for name, tensor in local.vision.state_dict().items():
+        assert torch.equal(default_tower.vision.state_dict()[name], tensor), name

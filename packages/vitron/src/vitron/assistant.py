@@ -154,7 +154,9 @@ class Assistant:
         )
 
     def user_message(self, text: str, images, videos, regions) -> str:
-        """The user's text with a placeholder for every new medium it does not mention."""
+        """The user's text with a placeholder for every new medium it does not mention: images
+        and videos in front, regions after the text (an imported official model,
+        ``prompt_layout="official"``: regions after the images, before the text)."""
         cfg = self.model.config
         prefix = ""
         for token, new in ((cfg.image_token, images), (cfg.video_token, videos)):
@@ -170,6 +172,10 @@ class Assistant:
                 f"the text has {text.count(cfg.region_token)} {cfg.region_token} but "
                 f"{len(regions)} regions were given"
             )
+        if cfg.prompt_layout == "official" and missing:
+            # the release's page: each region's placeholder right after the image line and
+            # before the text, "<image>\n<objs> {text}" (vitron.official_prompt)
+            return prefix + f"{cfg.region_token} " * missing + text
         suffix = "".join(
             f" (region {len(self.inputs.regions) + i}: {cfg.region_token})" for i in range(missing)
         )

@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for targets.safetensors and targets.json",
     )  # fmt: skip
     convert = commands.add_parser("convert-official", help="convert the released checkpoint")
-    convert.add_argument("base", type=Path, metavar="BASE", help="vitron-base folder")
-    convert.add_argument("--lora", type=Path, help="vitron-lora folder (default: none)")
-    convert.add_argument("--vision-tower", type=Path, help="LanguageBind_Image folder")
+    convert.add_argument("base", metavar="BASE", help="vitron-base folder or hub id")
+    convert.add_argument("--lora", help="vitron-lora folder or hub id (default: none)")
+    convert.add_argument("--vision-tower", help="LanguageBind_Image folder or hub id")
     convert.add_argument("-o", "--output", type=Path, required=True, help="Vitron folder")
     convert.add_argument("--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto")
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")

@@ -179,7 +179,9 @@ def read_reply_budget(model: str, source: Path | str):
         from transformers import AutoTokenizer
 
         config = read_config(folder / CONFIG_NAME)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(folder / TOKENIZER_DIR), **config.tokenizer_options
+        )
     except (OSError, ValueError, KeyError, TypeError) as err:
         message = f"cannot load {{model}} {literal(model)}: {literal(one_line(err))}"
         raise ModelLoadError("model", message) from err

@@ -8,9 +8,11 @@ A conversation is a list of :class:`Message` (user, assistant, results). Templat
 
 ``plain`` (stage-1 alignment: ``{user}\\n{reply}</s>`` with no system prompt).
 
-The full string is tokenized once (so training and inference see the same tokens) and the
-tokens whose characters fall inside an assistant reply (its leading space, text, calls block,
-signal tokens and the closing end-of-sequence token) are the only supervised labels.
+The full string is tokenized once (so training and inference see the same tokens; an imported
+official model tokenises it chunk by chunk around its placeholders, as the release does:
+:mod:`vitron.official_prompt`) and the tokens whose characters fall inside an assistant reply
+(its leading space, text, calls block, signal tokens and the closing end-of-sequence token) are
+the only supervised labels.
 
 Signal tokens come only from assistant replies. The system prompt describes the signal token
 without spelling it, and a literal signal-token string in user text, results text or an
@@ -156,6 +158,7 @@ def tokenize_conversation(
     signal_token: str,
     add_generation_prompt: bool = False,
     system_prompt: str | None = None,
+    placeholders: tuple[str, str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token ids and labels (``IGNORE_INDEX`` outside assistant replies) of a conversation.
 
@@ -166,13 +169,16 @@ def tokenize_conversation(
         signal_token: the signal placeholder string.
         add_generation_prompt: end with the assistant's prompt (inference).
         system_prompt: the ``vicuna_v1`` system prompt (``None``: :data:`SYSTEM_PROMPT`).
+        placeholders: ``(image_token, region_token)`` of the official layout
+            (``VitronConfig.official_placeholders``), or ``None``: one pass.
 
     Returns:
         (L,) int64 ids (BOS first when the tokenizer has one) and (L,) int64 labels.
     """
     ids, labels, _ = encode_conversation(
-        tokenizer, messages, template, signal_token, add_generation_prompt, system_prompt
-    )
+        tokenizer, messages, template, signal_token, add_generation_prompt, system_prompt,
+        placeholders,
+    )  # fmt: skip
     return ids, labels
 
 
@@ -183,8 +189,14 @@ def encode_conversation(
     signal_token: str,
     add_generation_prompt: bool = False,
     system_prompt: str | None = None,
+    placeholders: tuple[str, str] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Token ids, labels and the call each signal token belongs to.
+
+    ``placeholders`` (``VitronConfig.official_placeholders``: image and region placeholder of
+    an imported official model) tokenises the prompt as the release does
+    (:func:`vitron.official_prompt.official_tokens`: chunk by chunk, the tokenizer's own BOS
+    and word-start rule per chunk); ``None``: in one pass, BOS in front.
 
     Calls are numbered over the whole conversation, in order (``Sample.signal_tasks``). The
     i-th signal token inside the characters of an assistant reply is the signal of that
@@ -206,12 +218,18 @@ def encode_conversation(
     num_calls = [len(m.invocation.calls) if m.invocation is not None else 0 for m in replies]
     first_call = [sum(num_calls[:r]) for r in range(len(replies))]
     signal_id = tokenizer.get_vocab().get(signal_token)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
+    if placeholders is None:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+    else:
+        from vitron.official_prompt import official_tokens
+
+        image_id, region_id = tokenizer.convert_tokens_to_ids(list(placeholders))
+        ids, spans = official_tokens(text, tokenizer, *placeholders, image_id, region_id)
     labels = [IGNORE_INDEX] * len(ids)
     signal_index = [-1] * len(ids)
     seen = [0] * len(replies)  # signal tokens met so far in each reply
-    for k, (start, end) in enumerate(encoded["offset_mapping"]):
+    for k, (start, end) in enumerate(spans):
         if end <= start:
             continue
         inside = [r for r, (lo, hi) in enumerate(supervised) if start < hi and end > lo]
@@ -222,7 +240,7 @@ def encode_conversation(
             if seen[r] < num_calls[r]:
                 signal_index[k] = first_call[r] + seen[r]
             seen[r] += 1
-    if tokenizer.bos_token_id is not None:
+    if placeholders is None and tokenizer.bos_token_id is not None:
         ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
         signal_index = [-1, *signal_index]
     return (
@@ -349,7 +367,7 @@ class VitronProcessor:
             raise ValueError(f"this model takes no videos: {cfg.video_support}")
         ids, labels, signal_index = encode_conversation(
             self.tokenizer, messages, cfg.template, cfg.signal_token, add_generation_prompt,
-            cfg.system_prompt,
+            cfg.system_prompt, cfg.official_placeholders,
         )  # fmt: skip
         media = self.placeholder_mask(ids, labels)
         self.check_placeholders(ids, len(images), len(videos), len(regions), media)
@@ -438,8 +456,9 @@ def reply_budget(tokenizer, config: VitronConfig) -> ReplyBudget:
 
     def positions(messages: Sequence[Message]) -> int:
         ids, _, _ = encode_conversation(
-            tokenizer, messages, config.template, config.signal_token, True, config.system_prompt
-        )
+            tokenizer, messages, config.template, config.signal_token, True,
+            config.system_prompt, config.official_placeholders,
+        )  # fmt: skip
         return int(ids.numel())
 
     first = [Message("user", "")]

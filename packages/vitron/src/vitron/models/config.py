@@ -16,6 +16,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_BACKENDS = ("transformers", "open_clip")
 TEMPLATES = ("vicuna_v1", "plain")
 REGION_STYLES = ("vitron", "official")
+PROMPT_LAYOUTS = ("vitron", "official")
 
 # tasks whose calls carry a signal embedding, and the conditioning width of the default
 # specialist each one feeds (itaclip ViT-B/16 text space, SDXL cross-attention, ModelScope T2V)
@@ -166,6 +167,13 @@ class VitronConfig(DictConfig):
         video_support: ``None`` when the model takes videos, else why it does not (an
             imported official model: its video tower is not mapped); a video is refused
             with this text before any work.
+        prompt_layout: ``"vitron"`` (the prompt tokenised in one pass) or ``"official"`` (an
+            imported official model: the release's chunked tokenisation around the image and
+            region placeholders, :mod:`vitron.official_prompt`, and user regions marked
+            right after the images, as the release's page marks them).
+        tokenizer_options: keyword arguments the saved tokenizer is loaded with (an imported
+            LLaMA tokenizer's ``legacy``, which decides the word-start ``▁`` after ``</s>`` and
+            which transformers does not save). Both written only when set.
         format: version of this config layout.
     """
 
@@ -186,6 +194,8 @@ class VitronConfig(DictConfig):
     random_weights: bool = False
     system_prompt: str | None = None
     video_support: str | None = None
+    prompt_layout: str = "vitron"
+    tokenizer_options: dict[str, Any] = field(default_factory=dict)
     format: int = CONFIG_FORMAT
 
     def __post_init__(self) -> None:
@@ -199,6 +209,10 @@ class VitronConfig(DictConfig):
                 setattr(self, name, cls(**value))
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(
+                f"prompt_layout must be one of {PROMPT_LAYOUTS}, got {self.prompt_layout!r}"
+            )
         if self.video_frames < 1:
             raise ValueError(f"video_frames must be >= 1, got {self.video_frames}")
         if self.video_pool < 1 or self.vision.grid % self.video_pool:
@@ -222,7 +236,17 @@ class VitronConfig(DictConfig):
                 del data[name]
         if data["region"]["style"] == "vitron":
             del data["region"]["style"]
+        if data["prompt_layout"] == "vitron":
+            del data["prompt_layout"]
+        if not data["tokenizer_options"]:
+            del data["tokenizer_options"]
         return data
+
+    @property
+    def official_placeholders(self) -> tuple[str, str] | None:
+        """(image, region) placeholders the official layout cuts the prompt at, or ``None``
+        (the prompt is tokenised in one pass)."""
+        return (self.image_token, self.region_token) if self.prompt_layout == "official" else None
 
     @property
     def special_tokens(self) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+OFFICIAL_REGION_TOKEN = "<objs>"  # the release's region placeholder
 NO_VIDEO = (
     "an imported official checkpoint has no mapped video tower (the release encodes videos "
     "with LanguageBind_Video_merge, whose temporal attention this package does not implement); "
@@ -70,13 +71,6 @@ def _read_json(path: Path, argument: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _fail(argument, path, "is not a JSON object")
     return data
-
-
-def _folder(path: str | Path | None, argument: str, what: str) -> Path:
-    folder = Path(path).expanduser() if path is not None else None
-    if folder is None or not folder.is_dir():
-        raise _fail(argument, path, f"no such folder; expected {what}")
-    return folder
 
 
 def _weight_files(folder: Path, argument: str) -> list[Path]:
@@ -212,13 +206,11 @@ class TowerFiles:
     std: tuple[float, ...] = OPENAI_STD
 
 
-def _check_tower(path: str | Path | None, named: str | None) -> TowerFiles:
-    """The image tower: LanguageBind_Image (``vision_config`` + ``vision_model.*``) or a
-    transformers CLIP folder."""
+def _check_tower(folder: Path) -> TowerFiles:
+    """The image tower's config: LanguageBind_Image (``vision_config`` + ``vision_model.*``) or
+    a transformers CLIP folder (its weights are checked by :func:`_tower_weights`)."""
     from transformers import CLIPVisionConfig
 
-    where = path if path is not None else named
-    folder = _folder(where, "vision_tower", "the LanguageBind_Image (or CLIP) tower folder")
     config = (
         _read_json(folder / "config.json", "vision_tower")
         if (folder / "config.json").is_file()
@@ -238,16 +230,24 @@ def _check_tower(path: str | Path | None, named: str | None) -> TowerFiles:
         )
     known = set(CLIPVisionConfig().to_dict())
     kept = {k: v for k, v in vision.items() if k in known and k not in ("model_type",)}
-    weights = next((folder / n for n in SINGLE_NAMES if (folder / n).is_file()), None)
-    if weights is None:
-        raise _fail("vision_tower", folder, f"no weights; expected {' or '.join(SINGLE_NAMES)}")
     mean, std = OPENAI_MEAN, OPENAI_STD
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
         data = _read_json(pre, "vision_tower")
         mean = tuple(data.get("image_mean", mean))
         std = tuple(data.get("image_std", std))
-    return TowerFiles(folder, kept, weights, mean, std)
+    return TowerFiles(folder, kept, folder / SINGLE_NAMES[0], mean, std)
+
+
+def _tower_weights(tower: TowerFiles) -> None:
+    """Point ``tower.weights`` at its one weight file (``pytorch_model.bin`` or
+    ``model.safetensors``)."""
+    weights = next((tower.folder / n for n in SINGLE_NAMES if (tower.folder / n).is_file()), None)
+    if weights is None:
+        raise _fail(
+            "vision_tower", tower.folder, f"no weights; expected {' or '.join(SINGLE_NAMES)}"
+        )
+    tower.weights = weights
 
 
 def tower_state(files: TowerFiles) -> dict[str, Tensor]:
@@ -325,28 +325,46 @@ def check_official(
 ) -> OfficialFiles:
     """Check the release's files before any weight loads (the adapter is read: it is small).
 
+    Each part is a local folder or a hub id (:mod:`vitron.models.official_sources`): every hub
+    id given is checked to be reachable or cached first, then the small files are fetched and
+    checked, and the weights are fetched only after (the index's shards, one format).
+
     Args:
-        base: the base folder (``Vitron/vitron-base``).
-        lora: the LoRA folder (``Vitron/vitron-lora``), or ``None``.
-        vision_tower: the LanguageBind_Image folder; ``None``: the config's ``mm_image_tower``
-            when it names an existing folder.
+        base: the base folder or hub id (``Vitron/vitron-base``).
+        lora: the LoRA folder or hub id (``Vitron/vitron-lora``), or ``None``.
+        vision_tower: the LanguageBind_Image folder or hub id; ``None``: the config's
+            ``mm_image_tower`` (``LanguageBind/LanguageBind_Image`` in the release).
 
     Raises:
         InvalidValue: one line naming the argument, the file and what was expected.
+        HubUnreachable: a hub id neither cached nor reachable (an ``OSError``), named.
     """
-    folder = _folder(base, "base", "the LLaVA-format base folder (config.json, weights)")
-    if lora is not None:  # every folder given exists, before any file is read
-        _folder(lora, "lora", "the LoRA folder (adapter_config.json, ...)")
-    if vision_tower is not None:
-        _folder(vision_tower, "vision_tower", "the LanguageBind_Image (or CLIP) tower folder")
+    from vitron.models.official_sources import (
+        BASE_FILES,
+        LORA_FILES,
+        TOWER_FILES,
+        official_source,
+    )
+
+    # every part given is resolved (a hub id: reachable or cached) before anything is fetched
+    base_what = "the LLaVA-format base folder (config.json, weights)"
+    base_source = official_source(base, "base", base_what)
+    lora_source = (
+        None if lora is None
+        else official_source(lora, "lora", "the LoRA folder (adapter_config.json, ...)")
+    )  # fmt: skip
+    tower_what = "the LanguageBind_Image (or CLIP) tower folder"
+    tower_source = (
+        None if vision_tower is None
+        else official_source(vision_tower, "vision_tower", tower_what)
+    )  # fmt: skip
+    folder = base_source.fetch(BASE_FILES)
     if not (folder / "config.json").is_file():
         raise _fail("base", folder / "config.json", "missing (the LLaVA config with mm_* keys)")
     config = _read_json(folder / "config.json", "base")
-    lora_folder = None
-    if lora is not None:
-        lora_folder = _folder(lora, "lora", "the LoRA folder (adapter_config.json, ...)")
-        if (lora_folder / "config.json").is_file():  # the release reads its config from here
-            config = {**config, **_read_json(lora_folder / "config.json", "lora")}
+    lora_folder = None if lora_source is None else lora_source.fetch(LORA_FILES)
+    if lora_folder is not None and (lora_folder / "config.json").is_file():
+        config = {**config, **_read_json(lora_folder / "config.json", "lora")}  # as the release
     source = (
         lora_folder / "config.json"
         if lora_folder and (lora_folder / "config.json").is_file()
@@ -367,17 +385,14 @@ def check_official(
         if config.get(key, default) not in accepted:
             raise _fail("base", source, f"{key} {config.get(key)!r} is not supported; "
                         f"expected {' or '.join(map(repr, accepted))}")  # fmt: skip
-    weights = _weight_files(folder, "base")
     if not any((folder / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
         raise _fail("base", folder / "tokenizer.model", "missing (the LLaMA tokenizer)")
-    update = non_lora = None
-    if lora_folder is not None:
-        update = _check_adapter(lora_folder, config)
-        non_lora = lora_folder / NON_LORA_NAME
-        if not non_lora.is_file():
-            raise _fail("lora", non_lora, "missing (the projector and region extractor weights)")
-    named = config.get("mm_image_tower") or config.get("mm_vision_tower")
-    tower = _check_tower(vision_tower, named)
+    if tower_source is None:
+        named = config.get("mm_image_tower") or config.get("mm_vision_tower")
+        if not named:
+            raise _fail("vision_tower", source, "names no mm_image_tower; give the tower")
+        tower_source = official_source(named, "vision_tower", tower_what)
+    tower = _check_tower(tower_source.fetch(TOWER_FILES))
     if int(tower.vision_config["hidden_size"]) != int(config["mm_hidden_size"]):
         raise _fail(
             "vision_tower", tower.folder / "config.json",
@@ -388,7 +403,47 @@ def check_official(
     if not -layers <= int(config["mm_vision_select_layer"]) <= layers:
         raise _fail("base", source, f"mm_vision_select_layer {config['mm_vision_select_layer']}"
                     f" is outside the {layers}-block tower")  # fmt: skip
+    # the weights: only now, and only the files the format needs
+    weights = _weight_files(_fetch_weights(base_source, folder), "base")
+    update = non_lora = None
+    if lora_source is not None:
+        lora_folder = lora_source.fetch_first(ADAPTER_NAMES[::-1])  # safetensors first
+        lora_folder = lora_source.fetch([NON_LORA_NAME])
+        update = _check_adapter(lora_folder, config)
+        non_lora = lora_folder / NON_LORA_NAME
+        if not non_lora.is_file():
+            raise _fail("lora", non_lora, "missing (the projector and region extractor weights)")
+    tower.folder = tower_source.fetch_first(SINGLE_NAMES[::-1])  # safetensors first
+    _tower_weights(tower)
     return OfficialFiles(folder, config, weights, update, non_lora, tower)
+
+
+def _fetch_weights(source, folder: Path) -> Path:
+    """The base's weights from the hub (a local folder: nothing to fetch): the shards its
+    index lists, else one single file (safetensors first)."""
+    if source.repo_id is None:
+        return folder
+    for index_name in INDEX_NAMES:
+        if (folder / index_name).is_file():
+            weight_map = _read_json(folder / index_name, "base").get("weight_map")
+            if isinstance(weight_map, dict) and weight_map:
+                return source.fetch(sorted(set(map(str, weight_map.values()))))
+    return source.fetch_first(SINGLE_NAMES[::-1])
+
+
+def tokenizer_options(folder: Path) -> dict[str, Any]:
+    """What the release's tokenizer is loaded with: a LLaMA tokenizer's ``legacy`` as its
+    ``tokenizer_config.json`` says, True when it says nothing (transformers 4.31, which the
+    release pins, took a missing ``legacy`` for True: a word-start ``▁`` after every special
+    token such as ``</s>``; transformers 5 takes it for False)."""
+    path = folder / "tokenizer_config.json"
+    config = _read_json(path, "base") if path.is_file() else {}
+    llama = "llama" in str(config.get("tokenizer_class", "")).lower() or (
+        (folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").is_file()
+    )
+    if not llama:
+        return {}
+    return {"legacy": True if config.get("legacy") is None else bool(config["legacy"])}
 
 
 def split_state(state: dict[str, Tensor], files: OfficialFiles) -> dict[str, dict[str, Tensor]]:
@@ -455,8 +510,9 @@ def load_official(
     from vitron.models.vision import VisionTower
 
     files = check_official(base, lora, vision_tower)
+    options = tokenizer_options(files.base)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(files.base))
+        tokenizer = AutoTokenizer.from_pretrained(str(files.base), **options)
     except (OSError, ValueError, ImportError) as err:
         raise _fail("base", files.base, f"the tokenizer does not load (tokenizer.model needs "
                     f"`pip install sentencepiece`): {err}") from None  # fmt: skip
@@ -490,13 +546,17 @@ def load_official(
     )
     positions = int(files.config.get("max_position_embeddings", 2048))
     sizes = {"max_length": positions, "video_frames": 1, "video_pool": 1}  # videos: refused
-    probe = VitronConfig(vision=vision, llm={}, region=files.region_config(), **sizes)
+    # the release's placeholders: <image>, and <objs> for a region (so that the <region> of
+    # its replies' tags stays the text it wrote); its chunked tokenisation (official_prompt)
+    layout = {"region_token": OFFICIAL_REGION_TOKEN, "prompt_layout": "official",
+              "tokenizer_options": options}  # fmt: skip
+    probe = VitronConfig(vision=vision, llm={}, region=files.region_config(), **sizes, **layout)
     add_vitron_tokens(tokenizer, llm, probe)  # the placeholders and the signal token
     config = VitronConfig(
         vision=vision, llm=json.loads(json.dumps(llm.config.to_dict(), default=str)),
         region=files.region_config(), projector_hidden=None, template="vicuna_v1", **sizes,
         system_prompt=VICUNA_SYSTEM if system_prompt is None else system_prompt,
-        video_support=NO_VIDEO,
+        video_support=NO_VIDEO, **layout,
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]), default_dtype(dtype):
         torch.manual_seed(seed)  # the parts the release lacks: signal heads, synergy module

@@ -299,7 +299,10 @@ class VitronModel(
                     f"{folder} lacks {name} (written by VitronModel.save_pretrained)"
                 )
         config = read_config(folder / CONFIG_NAME)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        # tokenizer_options: what transformers does not save (an imported LLaMA's legacy)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(folder / TOKENIZER_DIR), **config.tokenizer_options
+        )
         dtype = dtype or torch.get_default_dtype()
         with empty_weights(), default_dtype(dtype):
             model = cls(config, tokenizer)  # parameters on the meta device: nothing initialised
