@@ -19,6 +19,7 @@ from vitron.cli import main
 from vitron.models.official import VICUNA_SYSTEM, check_official
 from vitron.models.vitron import VitronModel
 from vitron.processing import Message
+from vitron.regions import Box, Region
 
 TOWER = {
     "image_size": 32, "patch_size": 8, "hidden_size": 24, "intermediate_size": 48,
@@ -226,6 +227,13 @@ def test_convert_official_command_writes_a_runnable_folder(release, tmp_path, ca
     for name, tensor in direct.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     assert loaded.config.region.style == "official"
+    # the saved folder tokenises as the import does: the release's chunks, its legacy kept
+    messages = [Message("user", "<image>\nwhat?"), Message("assistant", "a dog."),
+                Message("user", "<objs> and here?")]  # fmt: skip
+    image, box = Image.new("RGB", (32, 32)), Region(Box(0, 0, 8, 8))
+    ids = [model.processor.sample(messages, [image], regions=[box]).input_ids.tolist()
+           for model in (loaded, direct)]  # fmt: skip
+    assert ids[0] == ids[1] and loaded.config.tokenizer_options == {"legacy": True}
     with pytest.raises(ValueError, match="this model takes no videos: an imported official"):
         frames = [Image.new("RGB", (32, 32))] * 2
         loaded.processor.sample([Message("user", "<video>\nhi")], videos=[frames])
@@ -389,3 +397,72 @@ def test_hub_ids_from_the_local_cache(release, tmp_path, offline_hub):
     default_tower = VitronModel.from_official(HUB["base"], HUB["lora"])  # mm_image_tower
     for name, tensor in local.vision.state_dict().items():
         assert torch.equal(default_tower.vision.state_dict()[name], tensor), name
+
+
+# ------------------------------------------- regions and videos of an imported model (items 3, 4)
+
+
+@pytest.fixture(scope="module")
+def imported(release):
+    return VitronModel.from_official(release["base"], release["lora"], release["tower_dir"])
+
+
+def test_region_layout_and_splice(imported, tmp_path):
+    """A box on the image: the user turn is the release page's ``<image>\\n<objs> {text}``, its
+    tokens are the hand-written layout below (the release's chunks: a word start after
+    ``<image>``, a BOS after ``<objs>``, sentencepiece's word start before the text's leading
+    space), and the splice puts the image rows at ``<image>``, the region extractor's one row
+    at ``<objs>``, then the BOS's embedding."""
+    from vitron import Assistant, SpecialistRegistry
+
+    model = imported
+    image = Image.new("RGB", (40, 24), (200, 30, 90))
+    assistant = Assistant(model, SpecialistRegistry({}), tmp_path, scripted_replies=["a dog."])
+    turn = assistant.chat("what is this?", images=[image], regions=[Region(Box(0, 0, 20, 12))])
+    assert turn.user == "<image>\n<objs> what is this?" and turn.answer == "a dog."
+    sample = model.processor.sample(
+        assistant.messages[:1], [image], regions=assistant.inputs.regions,
+        add_generation_prompt=True,
+    )  # fmt: skip
+    ids = sample.input_ids.tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(ids)
+    user = len(tokens) - tokens[::-1].index("▁USER") - 1
+    assert tokens[user:] == [
+        "▁USER", ":", "▁", "<image>", "▁", "<0x0A>", "<objs>", "<s>", "▁", "▁what", "▁", "is",
+        "▁this", "?", "▁ASSISTANT", ":",
+    ]  # fmt: skip
+    with torch.no_grad():
+        spliced = model.splice([sample], truncate=False)
+        features = model.encode_images(sample.images)  # (1, 16, 24)
+        region = sample.regions[0]
+        row = model.region_encoder(features, region.coverage[None], region.box[None])[0]
+        bos = model.llm.get_input_embeddings()(torch.tensor(model.tokenizer.bos_token_id))
+    rows = features.shape[1]
+    at_image = ids.index(model.image_token_id)
+    at_region = ids.index(model.region_token_id) + rows - 1  # after the image's rows
+    embeds = spliced.inputs_embeds[0]
+    torch.testing.assert_close(
+        embeds[at_image : at_image + rows], model.projector(features)[0], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(embeds[at_region], row, atol=1e-6, rtol=0)
+    torch.testing.assert_close(embeds[at_region + 1], bos, atol=0, rtol=0)
+
+
+def test_video_is_refused_in_one_line_naming_the_missing_tower(imported, tmp_path):
+    """The issue accepts refusing videos: the message is one line, says why (the
+    LanguageBind_Video_merge tower is not mapped) and comes before any work, from the
+    processor and from the assistant."""
+    from vitron import Assistant, SpecialistRegistry
+    from vitron.models.official import NO_VIDEO
+
+    assert "\n" not in NO_VIDEO and "LanguageBind_Video_merge" in NO_VIDEO
+    assert imported.config.video_support == NO_VIDEO
+    frames = [Image.new("RGB", (32, 32))] * 2
+    with pytest.raises(ValueError) as refused:
+        imported.processor.sample([Message("user", "<video>\nhi")], videos=[frames])
+    assert str(refused.value) == f"this model takes no videos: {NO_VIDEO}"
+    assistant = Assistant(imported, SpecialistRegistry({}), tmp_path, scripted_replies=["x"])
+    with pytest.raises(ValueError) as refused:
+        assistant.chat("what happens?", videos=[frames])
+    assert str(refused.value) == f"videos: this model takes no videos: {NO_VIDEO}"
+    assert assistant.messages == [] and assistant.scripted == ["x"]  # nothing ran
