@@ -480,7 +480,7 @@ def plot(data: dict, path: Path) -> None:
     from common_kernels.runtime.files import atomic_write
 
     rows = data["rows"]
-    names = [r["planner"] for r in rows]
+    names = [f"{r['planner']}\n({r['requests']} requests)" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.2))
     width = 0.27
     for k, (key, label) in enumerate((("valid_rate", "valid replies"), ("task_accuracy", "task accuracy"),
@@ -495,7 +495,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(f"routing, {rows[0]['requests']} requests (first reply)")
+    ax.set_title("routing: the first reply to each request")
     fig.tight_layout()
     with atomic_write(path) as part:
         fig.savefig(part, dpi=100, format="png")
