@@ -371,6 +371,17 @@ def test_hub_ids_offline_without_a_cache_fail_at_once(release, tmp_path, capsys,
     assert offline_hub == [] and not (tmp_path / "out").exists()
 
 
+def test_name_neither_folder_nor_hub_id(tmp_path, monkeypatch, offline_hub):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as error:
+        check_official("vitron-bas")
+    assert str(error.value) == (
+        "base vitron-bas: neither a folder nor a hub id owner/name (a local folder is written "
+        "./DIR); expected the LLaVA-format base folder (config.json, weights)"
+    )
+    assert offline_hub == []
+
+
 def test_hub_ids_from_the_local_cache(release, tmp_path, offline_hub):
     """The three hub ids resolve through huggingface_hub's cache (HF_HUB_OFFLINE: nothing is
     asked of the network): the small files first, then exactly the index's shards, the adapter,
