@@ -19,6 +19,7 @@ from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
 from diffeat.features import Features
+from diffeat.generation import GeneratedFeatures, generate_with_features
 from diffeat.listing import list_layers
 from diffeat.mmdit import FluxFeatureExtractor, SD3FeatureExtractor
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
@@ -38,6 +39,7 @@ __all__ = [
     "FeatureExtractor",
     "Features",
     "FluxFeatureExtractor",
+    "GeneratedFeatures",
     "LayerInfo",
     "LayerSpec",
     "MissingActivationsError",
@@ -50,6 +52,7 @@ __all__ = [
     "attention_map_view",
     "build_catalogue",
     "expected_catalogue_size",
+    "generate_with_features",
     "layer_infos",
     "list_layers",
 ]
