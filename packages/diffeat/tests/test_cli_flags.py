@@ -17,6 +17,7 @@ from diffeat.cli import FLAGS, main
 # the extract command the cases change ({m}: the tiny SD 1.5 folder, {t}: a folder of inputs)
 EXTRACT = ["extract", "{t}/a.png", "--model", "{m}", "-o", "{t}/f.safetensors"]
 PCA = ["pca", "{t}/a.png", "--model", "{m}", "-o", "{t}/pca"]
+GENERATE = ["generate-features", "--model", "{m}", "-o", "{t}/g.safetensors"]
 CONTROL = ["--controlnet", "{m}/unet", "--control-image"]  # a folder with a config.json
 AVAILABLE = "more than the 1.0 MiB available (lower it, or pass --allow-large to run anyway)"
 # API argument -> (command line, the error line after "diffeat COMMAND: error: ")
@@ -158,6 +159,22 @@ CASES = {
         "-o/--output: {t} is the input folder {t}: the PNGs would be written among its images "
         "(and be inputs of its next walk); choose another folder, or pass --in-place to write "
         "them there",
+    ),
+    "steps": (
+        [*GENERATE, "--steps", "4", "--num-inference-steps", "3"],
+        "--steps must be loop indices in [0, 3] (this run calls the network 4 times), got 4",
+    ),
+    "branch": (
+        [*GENERATE, "--steps", "0", "--branch", "neg"],
+        "argument --branch: invalid choice: 'neg' (choose from 'cond', 'uncond', 'both')",
+    ),
+    "num_inference_steps": (
+        [*GENERATE, "--steps", "0", "--num-inference-steps", "0"],
+        "--num-inference-steps must be >= 1, got 0",
+    ),
+    "image": (
+        [*GENERATE, "--steps", "0", "--image", "{t}/g.jpg"],
+        "--image {t}/g.jpg: suffix '.jpg'; accepted: .png",
     ),
 }
 # switches the API takes as given: no value of theirs is refused

@@ -4,14 +4,18 @@ equals the pipeline's own without recording; bad input refused before the pipeli
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument
-from diffeat import FeatureExtractor, PromptEmbeddings
+from diffeat import FeatureExtractor, PromptEmbeddings, commands
+from diffeat.cli import main
 from diffeat.configs import tiny_pixart_pipeline
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.generation import check_steps, generate_with_features, loop_length
+from diffeat.io import load_features
 
 SD_NAMES = [
     "unet-in",
@@ -73,7 +77,8 @@ def test_sd15_step_features_equal_an_extraction_and_the_image_is_unchanged(sd15)
     )  # fmt: skip
     plain = sd15(latents=start.clone(), **call).images
     assert torch.equal(result.output.images, plain)  # recording changes nothing
-    assert len(after) == loop_length(sd15, call) == 4  # PNDM's PLMS loop: one step more
+    # PNDM's PLMS loop runs one step more than num_inference_steps
+    assert len(after) == loop_length(sd15.scheduler, type(sd15), call) == 4
     assert result.timesteps == {0: 667.0, 2: 334.0}
     cond, uncond = sd15.encode_prompt(PROMPT, "cpu", 1, True)
     both = PromptEmbeddings(torch.cat([uncond, cond]))  # the pipeline's guidance batch
@@ -223,3 +228,53 @@ def test_flux_and_sd3_step_features_equal_an_extraction():
     )
     expected = extractor.forward_unet(after[0].expand(2, -1, -1, -1), both, (64, 32))
     _close(result.features[1], expected, names)
+
+
+CLI_NAMES = ["unet-in", "up-level1-repeat1-res-out"]
+
+
+def test_the_command_writes_the_apis_features_and_the_image(model_dirs, pipes, tmp_path):
+    out, png = tmp_path / "gen.safetensors", tmp_path / "gen.png"
+    status = main([
+        "generate-features", "--model", str(model_dirs["sd15"]), "--prompt", PROMPT,
+        "--steps", "3,1", "--layers", ",".join(CLI_NAMES), "--num-inference-steps", "3",
+        "--image-size", "64x128", "--seed", "4", "-o", str(out), "--image", str(png),
+    ])  # fmt: skip
+    assert status == 0
+    tensors, meta = load_features(out)
+    expected = generate_with_features(
+        pipes["sd15"], CLI_NAMES, [1, 3], prompt=PROMPT, num_inference_steps=3, height=64,
+        width=128, generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    assert sorted(tensors) == sorted(f"step{k}/{n}" for k in (1, 3) for n in CLI_NAMES)
+    for step in (1, 3):
+        for name in CLI_NAMES:
+            assert torch.equal(tensors[f"step{step}/{name}"], expected.features[step][name])
+    assert meta["steps"] == [1, 3] and meta["layers"] == CLI_NAMES and meta["branch"] == "cond"
+    assert meta["timesteps"] == [expected.timesteps[1], expected.timesteps[3]] == [334.0, 1.0]
+    assert meta["image_size"] == [64, 128] and meta["seed"] == 4
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(expected.output.images[0]))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "4"], "--steps must be loop indices in [0, 3] (this run calls the network"),
+        (["--steps", "a,1"], "--steps must be comma-separated integers, got 'a,1'"),
+        (["--steps", "0", "--layers", "vae-out"], "--layers: 'vae-out' is the VAE latent"),
+        (["--steps", "0", "--seed", "-1"], "--seed must be in [0, 18446744073709551615], got -1"),
+        (["--steps", "0", "--image-size", "60"], "--image-size 60x60 is not a multiple of 64"),
+        (["--steps", "0", "--num-inference-steps", "0"], "--num-inference-steps must be >= 1"),
+        (["--steps", "0", "--guidance-scale", "nan"], "--guidance-scale must be finite, got nan"),
+        (["--steps", "0", "--branch", "neg"], "--branch: invalid choice: 'neg'"),
+    ],
+)
+def test_the_command_refuses_bad_input_before_loading(model_dirs, tmp_path, monkeypatch, capsys,
+                                                      flags, message):  # fmt: skip
+    monkeypatch.setattr(commands, "load_pipeline", lambda run: pytest.fail("weights loaded"))
+    model = ["--model", str(model_dirs["sd15"]), "--num-inference-steps", "3"]
+    status = main(["generate-features", *model, *flags, "-o", str(tmp_path / "g.safetensors")])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("diffeat generate-features: error: ") and message in error, error
+    assert "\n" not in error and not (tmp_path / "g.safetensors").exists()

@@ -4,6 +4,7 @@ diffeat layers (--model PATH_OR_HUB_ID | --config sd15|sd21|sdxl|...) [--image-s
 diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feats.safetensors
 diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
+diffeat generate-features --model M --prompt P --steps 0,10 [--layers a,b] -o feats.safetensors
 diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3
 diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
 
@@ -50,11 +51,14 @@ from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
 from diffeat.commands import (
+    GENERATE_FLAGS,
     CheckedInputs,
     Keep,
+    add_generate_parser,
     check_inputs,
     check_pca_file,
     check_probes,
+    command_generate,
     extract_batches,
     left_out_line,
     mean_probes,
@@ -159,12 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = commands.add_parser("layers", help="print the activation catalogue with shapes")
     source = layers.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--model", help="hub id or local folder (only its unet or transformer config is read)"
-    )
-    source.add_argument(
-        "--config", choices=sorted({**UNET_CONFIGS, **DIT_CONFIGS}), help="a bundled config"
-    )
+    source.add_argument("--model", help="hub id or folder (only its network's config is read)")
+    configs = sorted({**UNET_CONFIGS, **DIT_CONFIGS})
+    source.add_argument("--config", choices=configs, help="a bundled config")
     native = "multiples of 8 (default: the native size, e.g. 512)"
     layers.add_argument("--image-size", **SIZE, help=f"S or HxW px (height x width), {native}")
     tokens = "prompt length in tokens, >= 1 (default: the tokenizer's, 77)"
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--kind", choices=TINY_MODEL_KINDS, required=True)
     seed = "seed of the random weights, in [0, 2**64 - 1]" + DEFAULT
     tiny.add_argument("--seed", type=int, default=0, help=seed)
+    add_generate_parser(commands)
     app = commands.add_parser("app", help="a local Gradio page: PCA images of activations")
     for flag, options in APP_OPTIONS.items():
         app.add_argument(flag, **options)
@@ -220,7 +222,7 @@ FLAGS = {
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
     "sigma": "--sigma", "guidance_scale": "--guidance-scale", "noising": "--noising",
-    "inversion_steps": "--inversion-steps",
+    "inversion_steps": "--inversion-steps", **GENERATE_FLAGS,
 }  # fmt: skip
 
 
@@ -249,9 +251,8 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_plan(args: Namespace) -> LoadPlan:
-    """The model and options of an extraction checked by the API, reading only config files;
-    the control image file included. Flags that only this command pairs (``--fuse-lora``
-    without ``--lora``, ``--controlnet`` without ``--control-image``) are refused first."""
+    """An extraction's model and options checked by the API (config files and the control image
+    only), after the flags only this command pairs (``--fuse-lora`` needs ``--lora``, ...)."""
     for flag, given, other, what in (
         ("--fuse-lora", args.fuse_lora, args.lora, "--lora PATH"),
         ("--controlnet", args.controlnet, args.control_image, "--control-image PATH"),
@@ -263,8 +264,7 @@ def check_plan(args: Namespace) -> LoadPlan:
 
 
 def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **group):
-    """The images of an extraction checked by the API (``check_inputs``): found, decoded, sized
-    and the memory estimated; says what was left out and each image skipped (``--keep-going``)."""
+    """An extraction's images checked by ``check_inputs``; says what was left out or skipped."""
     with usage_errors():
         checked = check_inputs(
             plan, args.images if images is None else images, args.batch_size,
@@ -345,8 +345,7 @@ def command_probe(args: Namespace) -> int:
 
 
 def command_pca(args: Namespace) -> int:
-    """Write PCA-to-RGB PNGs of every activation, one per image, from a features file or
-    extracted; every input is checked before the file or any weights are read."""
+    """PCA-to-RGB PNGs per activation and image (a features file or extracted), checked first."""
     check_folder_writable(args.output, "-o/--output")
     with usage_errors():
         check_output_folder_name(args.output, "-o/--output")
@@ -409,7 +408,8 @@ def command_tiny_model(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"layers": command_layers, "extract": command_extract, "probe": command_probe,
-            "pca": command_pca, "tiny-model": command_tiny_model, "app": command_app}  # fmt: skip
+            "pca": command_pca, "tiny-model": command_tiny_model, "app": command_app,
+            "generate-features": command_generate}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,13 +85,14 @@ def _network(pipe) -> nn.Module:
     )
 
 
-def loop_length(pipe, call: dict[str, Any]) -> int:
-    """How many times the pipeline's loop calls the network for these call arguments: the
+def loop_length(scheduler, pipeline: type, call: dict[str, Any]) -> int:
+    """How many times a pipeline's loop calls the network for these call arguments: the
     length of the scheduler's timesteps for ``num_inference_steps`` (PNDM's PLMS loop is one
     longer; ``timesteps=`` or ``sigmas=`` given: their length).
 
     Args:
-        pipe: the pipeline.
+        scheduler: the pipeline's scheduler (a copy is set; it is not changed).
+        pipeline: the pipeline's class (its ``num_inference_steps`` default).
         call: the keyword arguments of the pipeline call.
     """
     for key in ("timesteps", "sigmas"):
@@ -99,13 +100,13 @@ def loop_length(pipe, call: dict[str, Any]) -> int:
             return len(call[key])
     steps = call.get("num_inference_steps")
     if steps is None:
-        steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+        steps = inspect.signature(pipeline.__call__).parameters["num_inference_steps"].default
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidValue(
             "num_inference_steps",
             f"{{num_inference_steps}} must be an integer >= 1, got {literal(repr(steps))}",
         )
-    scheduler = copy.deepcopy(pipe.scheduler)  # setting timesteps must not touch the pipe's
+    scheduler = copy.deepcopy(scheduler)  # setting timesteps must not touch the pipeline's
     options = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting", False) else {}
     scheduler.set_timesteps(steps, **options)  # the count does not depend on the shift mu
     return len(scheduler.timesteps)
@@ -188,7 +189,8 @@ def generate_with_features(
         raise InvalidValue(
             "layers", f"{{layers}}: {VAE_OUT!r} is the VAE latent, not recorded while generating"
         )
-    wanted = check_steps(steps, loop_length(pipe, call))
+    length = loop_length(pipe.scheduler, type(pipe), call)
+    wanted = check_steps(steps, length)
     recorder = _make_recorder(backbone.name, network, names, extractor.catalogue, output_device)
     result = GeneratedFeatures(output=None)
     raw: dict[int, dict[str, Tensor]] = {}
@@ -228,10 +230,10 @@ def generate_with_features(
         first.remove()
         if last is not None:
             last.remove()
-    if calls[0] != loop_length(pipe, call):
+    if calls[0] != length:
         raise RuntimeError(
-            f"the pipeline called the network {calls[0]} times for {loop_length(pipe, call)} "
-            "steps; recording by step needs one call per step"
+            f"the pipeline called the network {calls[0]} times for {length} steps; recording "
+            "by step needs one call per step"
         )
     images = result.output.images
     count = len(images)
