@@ -102,6 +102,35 @@ def test_sd15_step_features_equal_an_extraction_and_the_image_is_unchanged(sd15)
     assert torch.equal(cond_only.output.images, plain)
 
 
+def test_sdxl_step_features_equal_an_extraction_on_eulers_scaled_input(pipes):
+    sdxl = pipes["sdxl"]
+    names = ["unet-in", "up-level0-repeat0-vit-block0-cross-q", "unet-out"]
+    call = dict(prompt=PROMPT, num_inference_steps=3, guidance_scale=5.0, height=64, width=128,
+                output_type="pt")  # fmt: skip
+    after: dict[int, torch.Tensor] = {}
+
+    def keep(pipe, step, timestep, kwargs):
+        after[step] = kwargs["latents"].clone()
+        return kwargs
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(3)
+
+    result = generate_with_features(
+        sdxl, names, [1], branch="both", callback_on_step_end=keep, generator=seeded(), **call
+    )
+    assert torch.equal(result.output.images, sdxl(generator=seeded(), **call).images)
+    assert result.timesteps == {1: 334.0}
+    cond, uncond, pooled, uncond_pooled = sdxl.encode_prompt(PROMPT, device="cpu")
+    both = PromptEmbeddings(torch.cat([uncond, cond]), pooled=torch.cat([uncond_pooled, pooled]))
+    sigma = float(sdxl.scheduler.sigmas[1])
+    sample = torch.cat([after[0]] * 2) / (sigma**2 + 1) ** 0.5  # Euler's scale_model_input
+    extractor = FeatureExtractor.from_pipeline(sdxl, layers=names, timestep=334)
+    expected = extractor.forward_unet(sample, both, (64, 128))
+    for name in names:  # the size conditioning (64 x 128) too: equal bit for bit
+        assert torch.equal(result.features[1][name], expected[name]), name
+
+
 def test_pixart_step_features_equal_an_extraction(pixart):
     call = dict(prompt=PROMPT, num_inference_steps=2, guidance_scale=4.5, height=64, width=32,
                 output_type="pt", max_sequence_length=24, use_resolution_binning=False)  # fmt: skip
