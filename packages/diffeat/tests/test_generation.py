@@ -173,6 +173,8 @@ def test_pixart_step_features_equal_an_extraction(pixart):
         ({"layers": ["vae-out"]}, "layers", "'vae-out' is the VAE latent"),
         ({"num_inference_steps": 0}, "num_inference_steps", "must be an integer >= 1, got 0"),
         ({"return_dict": False}, "return_dict", "must stay True"),
+        ({"strength": 0.5}, "strength", "strength: text-to-image loops only"),
+        ({"denoising_end": 0.8}, "denoising_end", "text-to-image loops only"),
     ],
 )
 def test_bad_input_is_refused_before_the_pipeline_runs(sd15, monkeypatch, options, argument,

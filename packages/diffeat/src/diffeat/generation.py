@@ -180,6 +180,11 @@ def generate_with_features(
             raise InvalidValue(
                 key, f"{{{key}}} calls the network twice per step; recording needs one call"
             )
+    for key in ("image", "strength", "denoising_start", "denoising_end"):
+        if call.get(key) is not None:  # these shorten or start the loop part-way
+            raise InvalidValue(
+                key, f"{{{key}}}: text-to-image loops only (img2img and split loops not read)"
+            )
     if call.get("return_dict") is False:
         raise InvalidValue("return_dict", "{return_dict} must stay True (the images are read)")
     extractor_class = BaseFeatureExtractor.extractors[backbone.name]
