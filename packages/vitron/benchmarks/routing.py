@@ -493,8 +493,8 @@ def plot(data: dict, path: Path) -> None:
         )
     ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
     ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, 125)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.set_title("routing: the first reply to each request")
     fig.tight_layout()
     with atomic_write(path) as part:
