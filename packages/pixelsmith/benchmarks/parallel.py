@@ -3,8 +3,9 @@
 For every count in ``--devices`` the cascade runs in that many processes joined by
 ``torch.distributed`` (``nccl``, rank r on ``cuda:r``; ``gloo`` with ``--device cpu``), started
 by ``pixelsmith.parallel.launch``: one warm-up cascade, then ``--repeats`` timed ones. Each rank
-builds the benchmark model of ``run.py`` (``--model sdxl``: SDXL's UNet and VAE architectures
-with random weights, no download; ``tiny``: ``pixelsmith.tiny``) and takes rank 0's weights.
+builds the benchmark model of ``run.py`` (its ``models.py``; ``--model sdxl``: SDXL's UNet and
+VAE architectures with random weights, no download; ``tiny``: ``pixelsmith.tiny``) and takes
+rank 0's weights.
 Reported per count: total seconds and seconds per Pixelsmith step (median, min, max; steps
 timed after a device synchronisation), the speedup over 1 device measured in the same run, and
 a SHA-256 of the final latent, which must be the same for every count (patch parallelism is
@@ -45,6 +46,7 @@ def bench_worker(options: dict, result: str) -> None:
     ``result`` (JSON)."""
     import torch.distributed as dist
 
+    from common_kernels.runtime.bench import synchronize
     from common_kernels.runtime.files import write_json
     from pixelsmith import PixelsmithConfig, generate_cascade
     from pixelsmith.parallel import RankGroup
@@ -52,7 +54,7 @@ def bench_worker(options: dict, result: str) -> None:
     run = load_run_module()
     ranks = RankGroup.current()
     device = options["device"]
-    pipe = run.cascade_pipeline(options["model"], device, options["dtype"])
+    pipe = run.MODELS.cascade_pipeline(options["model"], device, options["dtype"])
     pipe.set_progress_bar_config(disable=True)
     if ranks.world_size > 1:  # one model: rank 0's random weights on every rank
         for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -73,18 +75,18 @@ def bench_worker(options: dict, result: str) -> None:
         final: list = []
 
         def on_step(stage: int, step: int, latents, plan, marks=marks, final=final) -> None:
-            run.synchronize(device)
+            synchronize(device)
             marks.append((stage, time.perf_counter()))
             if (stage, step) == last:
                 final.append(latents.detach().float().cpu().contiguous())
 
-        run.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         generate_cascade(
             pipe, PROMPT, sizes, sliders, num_inference_steps=steps, seed=0, config=config,
             progress=False, ranks=ranks, callback=on_step,
         )  # fmt: skip
-        run.synchronize(device)
+        synchronize(device)
         total = time.perf_counter() - start
         step_seconds = [
             b - a for (sa, a), (sb, b) in itertools.pairwise(marks) if sa == sb

@@ -28,10 +28,14 @@ def bench():
 
 
 def test_sample_run_counts_calls(bench):
-    pipe = bench.tiny_pipeline()
+    pipe = bench.MODELS.tiny_pipeline()
     with torch.no_grad():
-        grid = bench.sample_run(pipe, (24, 16), faithful=False, steps=2, slider=2, patch_size=8)
-        official = bench.sample_run(pipe, (24, 16), faithful=True, steps=2, slider=2, patch_size=8)
+        grid = bench.MEASURES.sample_run(
+            pipe, (24, 16), faithful=False, steps=2, slider=2, patch_size=8
+        )
+        official = bench.MEASURES.sample_run(
+            pipe, (24, 16), faithful=True, steps=2, slider=2, patch_size=8
+        )
     # ceil(24/8) * ceil(16/8) = 6, then the staggered grid: both axes are exact multiples of
     # the patch (no overlap), so odd steps shift by half a patch with one more per axis: 4 x 3
     assert grid["patches_per_step"] == [6, 12]
@@ -39,20 +43,20 @@ def test_sample_run_counts_calls(bench):
     assert official["unet_calls_per_step"] == official["patches_per_step"]
     assert min(official["patches_per_step"]) >= 6
     assert len(official["step_seconds"]) == 2 and official["unet_seconds"] > 0
-    totals = bench.official_totals((24, 16), 2, 8, range(3))
+    totals = bench.MEASURES.official_totals((24, 16), 2, 8, range(3))
     assert len(totals) == 3 and min(totals) >= 12
 
 
 def test_stage_run_writes_bigtiff(bench, tmp_path):
-    pipe = bench.tiny_pipeline()
+    pipe = bench.MODELS.tiny_pipeline()
     with torch.no_grad():
-        result = bench.stage_run(pipe, 128, patch_size=8, vae_tile=8, workdir=tmp_path)
+        result = bench.MEASURES.stage_run(pipe, 128, patch_size=8, vae_tile=8, workdir=tmp_path)
     assert tifffile.imread(tmp_path / "stage.tif").shape == (128, 128, 3)
-    assert result["latent_maps_mib"] == pytest.approx(16 * 16 * bench.LATENT_MAPS / 2**20)
+    assert result["latent_maps_mib"] == pytest.approx(16 * 16 * bench.MEASURES.LATENT_MAPS / 2**20)
 
 
 def test_sdxl_sized_components_on_the_meta_device(bench):
-    components = bench.sdxl_components("meta", "fp16")
+    components = bench.MODELS.sdxl_components("meta", "fp16")
     counts = {}
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         params = list(components[name].parameters())
@@ -69,10 +73,10 @@ def test_sdxl_sized_components_on_the_meta_device(bench):
 
 def cascade_result(bench, faithful: bool) -> dict:
     """The cascade comparison's measurement at toy size: 64 -> 128 px, patch 8, 3 steps."""
-    config = bench.cascade_config(argparse.Namespace(patch_size=8, vae_tile=8), faithful)
-    pipe = bench.cascade_pipeline("tiny", "cpu", "fp32")
+    config = bench.MEASURES.cascade_config(argparse.Namespace(patch_size=8, vae_tile=8), faithful)
+    pipe = bench.MODELS.cascade_pipeline("tiny", "cpu", "fp32")
     with torch.no_grad():
-        return bench.cascade_run(
+        return bench.MEASURES.cascade_run(
             pipe, [64, 128], config, steps=3, slider=2, repeats=2, warmup=1, device="cpu"
         )
 
@@ -99,11 +103,11 @@ def test_cascade_run_measures_both_placements(bench):
 
 
 def test_timed_cascade_writes_a_bigtiff(bench, tmp_path):
-    pipe = bench.cascade_pipeline("tiny", "cpu", "fp32")
-    timer = bench.PhaseTimer(pipe, "cpu", bench.count_unet(pipe))
-    config = bench.cascade_config(argparse.Namespace(patch_size=8, vae_tile=8), False)
+    pipe = bench.MODELS.cascade_pipeline("tiny", "cpu", "fp32")
+    timer = bench.MEASURES.PhaseTimer(pipe, "cpu", bench.MEASURES.count_unet(pipe))
+    config = bench.MEASURES.cascade_config(argparse.Namespace(patch_size=8, vae_tile=8), False)
     with torch.no_grad():
-        run = bench.timed_cascade(
+        run = bench.MEASURES.timed_cascade(
             pipe, timer, [64, 128], [2], 2, config, output=tmp_path / "cascade.tif"
         )
     assert run["output"] == tmp_path / "cascade.tif"
@@ -125,7 +129,7 @@ def test_cascade_report_on_cuda_shows_gpu_memory(bench):
         "cuda": "13.0", "torch": torch.__version__, "diffusers": "x",
     }  # fmt: skip
     report = {"environment": env, "model": "sdxl", "patch_size": 128, "rows": [official, grid]}
-    table = bench.cascade_markdown(report)
+    table = bench.REPORT.cascade_markdown(report)
     assert "Cascade 64 -> 128 px, 3 steps per stage, slider 2, patch 128 latent px" in table
     assert "SDXL-sized random weights" in table and "in fp16, NVIDIA H100 80GB HBM3" in table
     assert "| method | total s | speedup | peak GPU MiB |" in table
