@@ -436,7 +436,8 @@ def test_unknown_command_one_line(capsys):
     assert status == 2 and out == ""
     assert err == (
         "diffeat: error: argument command: invalid choice: 'paint' "
-        "(choose from 'layers', 'extract', 'probe', 'pca', 'tiny-model', 'app')\n"
+        "(choose from 'layers', 'extract', 'probe', 'pca', 'tiny-model', 'generate-features', "
+        "'app')\n"
     )
 
 
