@@ -582,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    from common_kernels.runtime.cli import cpu_model
     from vitron.io import write_json
 
     command = " ".join(
@@ -601,17 +602,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(data, args.out / "routing.png")
     print(table(rows))
     return 0
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
