@@ -26,7 +26,7 @@ from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.shapes import layer_infos
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 __all__ = [
     "ENSEMBLES",
