@@ -34,6 +34,7 @@ Writes ``benchmarks/results/grammar_engines.json`` and ``grammar_engines.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -232,6 +233,7 @@ def tally(judged: list[dict]) -> dict:
 # -- the engines ------------------------------------------------------------------------------
 
 
+@functools.cache  # loaded once for the three engines (SmolLM2's GGUF: ~30 s)
 def load_tokenizer(name: str):
     """The tokenizer ``tiny`` or ``smollm2`` (``None``, reason: not available here)."""
     if name == "tiny":
