@@ -309,6 +309,12 @@ def _depth_of(value: int | Sequence[int]) -> int:
     return int(value)
 
 
+# Every backbone (diffeat.backbones registers them when imported, as the package's import does),
+# to say which kind of network an unknown name belongs to: the backbones build on this module, so
+# it cannot import them.
+NAME_OWNERS: list[Any] = []
+
+
 def check_names(names: Iterable[str], catalogue: Sequence[LayerSpec]) -> list[LayerSpec]:
     """Catalogue entries for ``names`` (in the given order); unknown names raise ``ValueError``.
 
@@ -325,14 +331,12 @@ def check_names(names: Iterable[str], catalogue: Sequence[LayerSpec]) -> list[La
     by_name = {spec.name: spec for spec in catalogue}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        from diffeat.backbones import BACKBONES
-
-        owners = [b for b in BACKBONES if any(b.owns(spec.name) for spec in catalogue)]
+        owners = [b for b in NAME_OWNERS if any(b.owns(spec.name) for spec in catalogue)]
         title = owners[0].title if owners else "U-Net"
         hints = []
         for name in unknown:
             close = difflib.get_close_matches(name, list(by_name), n=2, cutoff=0.8)
-            other = [b.title for b in BACKBONES if b.owns(name) and b not in owners]
+            other = [b.title for b in NAME_OWNERS if b.owns(name) and b not in owners]
             if other:  # a name of another kind of network
                 hints.append(f"{name!r} (a {other[0]} name; this model is a {title})")
                 continue

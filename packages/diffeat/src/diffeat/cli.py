@@ -10,9 +10,8 @@ diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio pag
 
 --model: a diffusers SD/SDXL, PixArt, FLUX.1 or SD3 repository (its model_index.json says which).
 Sizes are S or HxW, height first (``64x96``: 64 px high). Folders give their images
-(``--recursive``: subfolders' too), all decoded before the model loads (``--keep-going`` skips a
-bad one, exit 1). Bad inputs are refused before any weights load (config files only): see main.
-"""
+(``--recursive``: subfolders' too), decoded before the model loads (``--keep-going`` skips a bad
+one, exit 1); bad inputs are refused before any weights load (config files only): see main."""
 
 from __future__ import annotations
 

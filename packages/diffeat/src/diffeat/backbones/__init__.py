@@ -20,8 +20,10 @@ from diffeat.backbones.base import Backbone
 from diffeat.backbones.dit import DIT, DiTBackbone
 from diffeat.backbones.mmdit import FLUX, SD3, FluxBackbone, SD3Backbone
 from diffeat.backbones.unet import UNET, UNetBackbone
+from diffeat.catalogue import NAME_OWNERS
 
 BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3)
+NAME_OWNERS[:] = BACKBONES  # catalogue.check_names names the backbone an unknown name is of
 
 
 def backbone_of(config: Mapping[str, Any]) -> Backbone:
