@@ -12,6 +12,7 @@ which it multiplies by 1000 itself).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -95,8 +96,9 @@ class _JointFeatureExtractor(BaseFeatureExtractor):
             )
         self._configure(config)
 
+    @abc.abstractmethod
     def _prompt_encoder(self, tokenizers: list, encoders: list):
-        raise NotImplementedError
+        """The family's prompt encoder over its tokenizers and text encoders."""
 
     def _check_parts(self, text_encoders: Sequence[nn.Module | None]) -> None:
         """Raise when the VAE or a text encoder does not fit the transformer."""
@@ -130,8 +132,9 @@ class _JointFeatureExtractor(BaseFeatureExtractor):
         return cls(config=config, max_sequence_length=length, **components)
 
     @classmethod
+    @abc.abstractmethod
     def _pipeline_text(cls, pipe) -> tuple[list, list]:
-        raise NotImplementedError
+        """The tokenizers and text encoders of a pipeline of the family, in encoder order."""
 
     @classmethod
     def from_pipeline(
@@ -189,9 +192,9 @@ class _JointFeatureExtractor(BaseFeatureExtractor):
             )
 
     # -- the pass ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def _call(self, sample: Tensor, embeddings: PromptEmbeddings, batch: int) -> Tensor:
         """The transformer on ``sample`` (B, C, h, w); its output as (B, C, h, w)."""
-        raise NotImplementedError
 
     def _run_models(
         self, sample, embeddings, image_size, names, original_size, target_size, full_output,

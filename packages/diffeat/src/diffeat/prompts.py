@@ -8,6 +8,7 @@ hidden states of both encoders and take the pooled (projected) embedding of the 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -187,7 +188,7 @@ class T5PromptEncoder:
         )
 
 
-class _CachedEncoder:
+class _CachedEncoder(abc.ABC):
     """Per-prompt caching of ``(embeds (L, D), pooled (P,))`` rows around ``_encode``."""
 
     dual = False
@@ -205,8 +206,9 @@ class _CachedEncoder:
         """Forget every cached embedding."""
         self._cache.clear()
 
+    @abc.abstractmethod
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """Embeddings (B, L, D) and pooled embeddings (B, P) by the family's text encoders."""
 
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings (B, L, D) and pooled embeddings (B, P) of ``prompts``."""

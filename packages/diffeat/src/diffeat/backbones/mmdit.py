@@ -23,6 +23,7 @@ names; SD3.5-Medium: ``3 + 7 * 24 + 4 * 13 = 223``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -368,12 +369,13 @@ class JointBackbone(Backbone):
     def catalogue(self, network: nn.Module) -> list[LayerSpec]:
         return self.build(network)
 
+    @abc.abstractmethod
     def build(self, network: nn.Module) -> list[LayerSpec]:
-        raise NotImplementedError
+        """The catalogue of ``network`` (each joint family names its own blocks)."""
 
+    @abc.abstractmethod
     def latent_channels(self, config: Mapping[str, Any]) -> tuple[int, int]:
         """Channels of the transformer's input and output on the latent grid."""
-        raise NotImplementedError
 
     def layer_infos(
         self, config: Mapping[str, Any], size: tuple[int, int], text_tokens: int, vae_scale: int
