@@ -228,7 +228,8 @@ def make_test_session(package: str) -> None:
         install_packages(session, [package], "test")
         session.run(
             "python", "-m", "pytest", str(PACKAGES_DIR / package / "tests"),
-            "-m", "not gpu", "-p", "no:cacheprovider", *session.posargs,
+            # --durations: the slowest tests in every CI log, against the 30-minute budget
+            "-m", "not gpu", "-p", "no:cacheprovider", "--durations=15", *session.posargs,
             env=test_env(session),
         )  # fmt: skip
 
@@ -249,7 +250,8 @@ def repo(session: nox.Session) -> None:
     # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
     pip_install(session, "pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
                 "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
-    session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider")
+    session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider",
+                "--durations=15")
 
 
 @nox.session
