@@ -250,8 +250,9 @@ def repo(session: nox.Session) -> None:
     # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
     pip_install(session, "pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
                 "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
-    session.run("python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider",
-                "--durations=15")
+    session.run(
+        "python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "--durations=15"
+    )
 
 
 @nox.session

@@ -514,8 +514,8 @@ def load_official(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(files.base), **options)
     except (OSError, ValueError, ImportError) as err:
-        raise _fail("base", files.base, f"the tokenizer does not load (tokenizer.model needs "
-                    f"`pip install 'vitron[official]'`: sentencepiece and protobuf): {err}") from None  # fmt: skip
+        need = "tokenizer.model needs `pip install 'vitron[official]'`: sentencepiece, protobuf"
+        raise _fail("base", files.base, f"the tokenizer does not load ({need}): {err}") from None
     dtype = dtype or torch.get_default_dtype()
     parts = split_state(official_state(files), files)
     llm_config = AutoConfig.for_model(**files.llm_config)
