@@ -15,11 +15,13 @@ from diffeat.catalogue import (
     build_catalogue,
     expected_catalogue_size,
 )
+from diffeat.deepfloyd import IFFeatureExtractor
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
 from diffeat.features import Features
 from diffeat.generation import GeneratedFeatures, generate_with_features
+from diffeat.hunyuan import HunyuanDiTFeatureExtractor, HunyuanPromptEmbeddings
 from diffeat.listing import list_layers
 from diffeat.mmdit import FluxFeatureExtractor, SD3FeatureExtractor
 from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
@@ -40,6 +42,9 @@ __all__ = [
     "Features",
     "FluxFeatureExtractor",
     "GeneratedFeatures",
+    "HunyuanDiTFeatureExtractor",
+    "IFFeatureExtractor",
+    "HunyuanPromptEmbeddings",
     "LayerInfo",
     "LayerSpec",
     "MissingActivationsError",

@@ -42,7 +42,7 @@ def list_layers(
     """
     config = getattr(unet_or_config, "config", unet_or_config)
     backbone = backbone_of(config)
-    if backbone.flow:  # FLUX, SD3: shapes from the config
+    if backbone not in (UNET, DIT):  # FLUX, SD3, HunyuanDiT: the backbone's own listing
         size = parse_size(image_size) or backbone.native_size(config, VAE_SCALE)
         infos = backbone.layer_infos(config, size, text_tokens, VAE_SCALE)
     else:

@@ -293,7 +293,7 @@ def check_backbone_options(
                 f"{backbone.title} models"
             )  # fmt: skip
     if options.get("max_sequence_length") is not None:
-        if backbone.name == "unet":
+        if backbone.name in ("unet", "hunyuan"):  # HunyuanDiT's lengths are in its weights
             raise InvalidArgument(
                 "max_sequence_length", "applies to DiTs (T5 prompts: PixArt, FLUX, SD3) only"
             )

@@ -18,18 +18,19 @@ from typing import Any
 
 from diffeat.backbones.base import Backbone
 from diffeat.backbones.dit import DIT, DiTBackbone
+from diffeat.backbones.hunyuan import HUNYUAN, HunyuanDiTBackbone
 from diffeat.backbones.mmdit import FLUX, SD3, FluxBackbone, SD3Backbone
 from diffeat.backbones.unet import UNET, UNetBackbone
 from diffeat.catalogue import NAME_OWNERS
 
-BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3)
+BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3, HUNYUAN)
 NAME_OWNERS[:] = BACKBONES  # catalogue.check_names names the backbone an unknown name is of
 
 
 def backbone_of(config: Mapping[str, Any]) -> Backbone:
     """The backbone of a network's config: by its ``_class_name``, else by its keys (a U-Net
-    has ``down_block_types``, FLUX ``num_single_layers``, SD3 ``pos_embed_max_size`` and
-    ``joint_attention_dim``; anything else is read as a PixArt DiT).
+    has ``down_block_types``, FLUX ``num_single_layers``, HunyuanDiT ``text_len_t5``, SD3
+    ``pos_embed_max_size`` and ``joint_attention_dim``; anything else is read as a PixArt DiT).
 
     Args:
         config: a network's config (``unet/config.json``, ``transformer/config.json``) or a
@@ -43,6 +44,8 @@ def backbone_of(config: Mapping[str, Any]) -> Backbone:
         return UNET
     if "num_single_layers" in config:
         return FLUX
+    if "text_len_t5" in config:  # HunyuanDiT's second (mT5) prompt length
+        return HUNYUAN
     return SD3 if "pos_embed_max_size" in config and "joint_attention_dim" in config else DIT
 
 
@@ -75,5 +78,6 @@ def _model_index(source: Path | str) -> dict[str, Any]:
         return {}
 
 
-__all__ = ["BACKBONES", "DIT", "FLUX", "SD3", "UNET", "Backbone", "DiTBackbone", "FluxBackbone",
-           "SD3Backbone", "UNetBackbone", "backbone_of", "backbone_of_model"]  # fmt: skip
+__all__ = ["BACKBONES", "DIT", "FLUX", "HUNYUAN", "SD3", "UNET", "Backbone", "DiTBackbone",
+           "FluxBackbone", "HunyuanDiTBackbone", "SD3Backbone", "UNetBackbone", "backbone_of",
+           "backbone_of_model"]  # fmt: skip
