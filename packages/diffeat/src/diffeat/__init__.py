@@ -15,7 +15,6 @@ from diffeat.catalogue import (
     build_catalogue,
     expected_catalogue_size,
 )
-from diffeat.deepfloyd import IFFeatureExtractor
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
@@ -43,7 +42,6 @@ __all__ = [
     "FluxFeatureExtractor",
     "GeneratedFeatures",
     "HunyuanDiTFeatureExtractor",
-    "IFFeatureExtractor",
     "HunyuanPromptEmbeddings",
     "LayerInfo",
     "LayerSpec",
