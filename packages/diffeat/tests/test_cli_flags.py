@@ -57,6 +57,10 @@ CASES = {
         [*EXTRACT, "--noising", "ddim"],
         "argument --noising: invalid choice: 'ddim' (choose from 'random', 'ddim-inversion')",
     ),
+    "offload": (
+        [*EXTRACT, "--offload", "sequential"],
+        "argument --offload: invalid choice: 'sequential' (choose from 'model')",
+    ),
     "inversion_steps": (
         [*EXTRACT, "--noising", "ddim-inversion", "--inversion-steps", "51"],
         "--inversion-steps: must be in [1, timestep] = [1, 50] (distinct integer timesteps from "

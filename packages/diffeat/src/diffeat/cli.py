@@ -6,7 +6,7 @@ diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat generate-features --model M --prompt P --steps 0,10 [--layers a,b] -o feats.safetensors
 diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3
-diffeat app [--model M] [--image-size S|HxW] [--port 7860]   (a local Gradio page; diffeat[app])
+diffeat app [--model M] [--image-size S|HxW] [--sigma S] [--port 7860]  (Gradio page; diffeat[app])
 
 --model: a diffusers SD/SDXL, PixArt, FLUX.1 or SD3 repository (its model_index.json says which).
 Sizes are S or HxW, height first (``64x96``: 64 px high). Folders give their images
@@ -75,6 +75,7 @@ from diffeat.extractor import FeatureExtractor
 from diffeat.inversion import NOISINGS
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length
+from diffeat.offload import OFFLOADS
 from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
 from diffeat.presets import ALL, PRESETS, SD15_HUB_ID, selection_names
 from diffeat.probes import PROBES
@@ -113,6 +114,8 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--control-image": {"type": Path, "default": None, "help": "its conditioning image (all)"},
     "--control-scale": {"type": float, "default": 1.0, "help": "its scale, finite" + DEFAULT},
     "--allow-large": {"action": "store_true", "help": "run even if the memory estimate is high"},
+    "--offload": {"choices": OFFLOADS, "default": None, "help": "model: every component waits "
+                  "on the CPU and runs on --device only for its stage (model CPU offload)"},
 }  # fmt: skip
 IMAGES = {"nargs": "+", "type": Path, "metavar": "IMAGE|FOLDER",
           "help": "image files and folders (a folder gives its images in name order)"}  # fmt: skip
@@ -124,13 +127,15 @@ BATCH_OPTIONS: dict[str, dict[str, Any]] = {
                      "at the end with the list (default: stop before any model loads)"},
 }  # fmt: skip
 APP_OPTIONS: dict[str, dict[str, Any]] = {
-    "--model": {"help": f"hub id or folder (default: {SD15_HUB_ID}; offline, the tiny model)"},
+    "--model": {"help": "SD/SDXL, PixArt, FLUX or SD3: hub id or folder (default: "
+                f"{SD15_HUB_ID}; offline, the tiny model)"},
     "--image-size": {**SIZE, "help": "resize images to S or HxW px, height first, multiples of "
                      "the model's factor (SD: 64) (default: 512)"},
     "--host": {"default": "127.0.0.1", "help": "address to serve on" + DEFAULT},
     "--port": {"type": int, "default": 7860, "help": "TCP port, in [1, 65535]" + DEFAULT},
     "--share": {**FLAG, "help": "also open a public Gradio link"},
-    **{flag: MODEL_OPTIONS[flag] for flag in ("--timestep", "--dtype", "--device")},
+    **{flag: MODEL_OPTIONS[flag] for flag in ("--timestep", "--sigma", "--dtype", "--device",
+                                              "--offload")},
 }  # fmt: skip
 PCA_OPTIONS: dict[str, dict[str, Any]] = {
     "--skip-existing": {**FLAG, "help": "leave out images whose PNGs all exist (resumes an "
@@ -221,7 +226,7 @@ FLAGS = {
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
     "sigma": "--sigma", "guidance_scale": "--guidance-scale", "noising": "--noising",
-    "inversion_steps": "--inversion-steps", **GENERATE_FLAGS,
+    "inversion_steps": "--inversion-steps", "offload": "--offload", **GENERATE_FLAGS,
 }  # fmt: skip
 
 
@@ -241,7 +246,7 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``from_pretrained`` keywords of the options (the control image not yet read)."""
     keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed",
             "lora_scale", "fuse_lora", "controlnet", "control_scale", "sigma", "guidance_scale",
-            "noising", "inversion_steps")  # fmt: skip
+            "noising", "inversion_steps", "offload")  # fmt: skip
     return {
         **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
         "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,
@@ -395,7 +400,8 @@ def write_pngs(args: Namespace, features, stems, size, skipped: Sequence[Skipped
 def command_app(args: Namespace) -> None:
     """Check the options, load the model, serve the PCA page (:mod:`diffeat.app`)."""
     with usage_errors():  # without gradio: needs gradio: pip install 'diffeat[app]'
-        page = {k: getattr(args, k) for k in ("model", "image_size", "timestep", "dtype", "device")}
+        keys = ("model", "image_size", "timestep", "sigma", "dtype", "device", "offload")
+        page = {k: getattr(args, k) for k in keys}
         serve(host=args.host, port=args.port, share=args.share, **page)
 
 

@@ -19,6 +19,7 @@ raw (a (B, 3, H, W) image, roughly in [-1, 1], not clipped).
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from diffeat.features import Features
 from diffeat.inversion import check_inversion, ddim_invert
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.loading import LOAD_KEYS
+from diffeat.offload import ModelOffload
 from diffeat.plan import ExtractorConfig, LoadPlan, check_from_pretrained, names_or_all
 from diffeat.presets import ALL, default_preset, get_preset
 from diffeat.prompts import PromptEmbeddings
@@ -79,6 +81,7 @@ class BaseFeatureExtractor(abc.ABC):
     control_image: Any = None
     prompt_encoder: Any = None
     _text_time: bool = False
+    _offload: ModelOffload | None = None  # set with config.offload="model" (see to())
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,6 +106,8 @@ class BaseFeatureExtractor(abc.ABC):
             check_inversion(
                 self.scheduler, config.timestep, config.inversion_steps, config.faithful
             )
+        if config.offload is not None:  # execution device: where the network is now
+            self.to(next(self.unet.parameters()).device)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -249,12 +254,25 @@ class BaseFeatureExtractor(abc.ABC):
 
     # -- properties --------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> BaseFeatureExtractor:
-        """Move every model to ``device`` (in place); returns self."""
-        for module in (self.unet, self.vae, *self.text_encoders):
-            module.to(device)
+        """Move every model to ``device`` (in place); returns self. With
+        ``config.offload="model"``, ``device`` becomes the execution device and every model
+        moves to the CPU instead (each goes to ``device`` only for its stage)."""
+        modules = [self.unet, self.vae, *self.text_encoders]
         if self.controlnet is not None:
-            self.controlnet.to(device)
+            modules.append(self.controlnet)
+        if self.config.offload is not None:
+            self._offload = ModelOffload(torch.device(device))
+            self._offload.park(modules)
+            return self
+        for module in modules:
+            module.to(device)
         return self
+
+    def _stage(self, *modules: nn.Module | None) -> contextlib.AbstractContextManager:
+        """With offload, ``modules`` on the execution device for the block; else nothing."""
+        if self._offload is None:
+            return contextlib.nullcontext()
+        return self._offload.stage(*modules)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -273,6 +291,9 @@ class BaseFeatureExtractor(abc.ABC):
 
     @property
     def device(self) -> torch.device:
+        """Where the models run (with offload: the execution device, not the weights')."""
+        if self._offload is not None:
+            return self._offload.execution_device
         return next(self.unet.parameters()).device
 
     @property
@@ -334,7 +355,8 @@ class BaseFeatureExtractor(abc.ABC):
         vae_dtype = self._vae_dtype()
         if next(self.vae.parameters()).dtype != vae_dtype:
             self.vae.to(vae_dtype)
-        posterior = self.vae.encode((pixels * 2 - 1).to(vae_dtype)).latent_dist
+        with self._stage(self.vae):
+            posterior = self.vae.encode((pixels * 2 - 1).to(vae_dtype)).latent_dist
         latents = posterior.sample(generator) if self.config.latent == "sample" else posterior.mean
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latents.float() - shift) * self.vae.config.scaling_factor
@@ -350,7 +372,7 @@ class BaseFeatureExtractor(abc.ABC):
             self.vae.to(vae_dtype)
         shift = self.vae.config.get("shift_factor") or 0.0
         latents = latents.float() / self.vae.config.scaling_factor + shift
-        with torch.set_grad_enabled(self.config.requires_grad):
+        with torch.set_grad_enabled(self.config.requires_grad), self._stage(self.vae):
             return self.vae.decode(latents.to(vae_dtype), return_dict=False)[0]
 
     def official_vae_out(self, latents: Tensor, noise: Tensor, model_output: Tensor) -> Tensor:
@@ -396,7 +418,10 @@ class BaseFeatureExtractor(abc.ABC):
                 "pass precomputed embeddings=PromptEmbeddings(...)"
             )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return self.prompt_encoder(prompts)
+        if self.prompt_encoder.cached(prompts):  # no encoder runs: none moves (offload)
+            return self.prompt_encoder(prompts)
+        with self._stage(*self.text_encoders):
+            return self.prompt_encoder(prompts)
 
     def sample_noise(self, latents: Tensor, generator: torch.Generator) -> Tensor:
         """Standard-normal fp32 noise shaped like ``latents``, drawn from ``generator``."""
@@ -502,11 +527,15 @@ class BaseFeatureExtractor(abc.ABC):
                 "control_image: this extractor has a ControlNet; pass control_image=... (the "
                 "conditioning image)"
             )
-        with torch.set_grad_enabled(self.config.requires_grad):
+        with torch.set_grad_enabled(self.config.requires_grad), self._network_stage():
             return self._run_models(
                 sample, embeddings, image_size, names, original_size, target_size, full_output,
                 control,
             )  # fmt: skip
+
+    def _network_stage(self) -> contextlib.AbstractContextManager:
+        """The network's (and ControlNet's) offload stage."""
+        return self._stage(self.unet, self.controlnet)
 
     def _size_conditioning(self, original_size, target_size):
         """Parsed (H, W) sizes; SD-style U-Nets (no size conditioning) refuse them."""
@@ -608,15 +637,17 @@ class BaseFeatureExtractor(abc.ABC):
         recorded = Features()
         if unet_names or official:
             noise = self.sample_noise(latents, generator)
-            if self.config.noising == "ddim-inversion":  # deterministic: the noise is unused
-                sample = ddim_invert(
-                    self, latents, embeddings, size, original_size, target_size, control
-                )
-            else:
-                sample = self.unet_input(latents, noise)
-            recorded, output = self._run_unet(
-                sample, embeddings, size, unet_names, original_size, target_size, official, control
-            )
+            with self._network_stage():  # one offload stage for the inversion and the pass
+                if self.config.noising == "ddim-inversion":  # deterministic: noise unused
+                    sample = ddim_invert(
+                        self, latents, embeddings, size, original_size, target_size, control
+                    )
+                else:
+                    sample = self.unet_input(latents, noise)
+                recorded, output = self._run_unet(
+                    sample, embeddings, size, unet_names, original_size, target_size, official,
+                    control,
+                )  # fmt: skip
         if official:
             with torch.set_grad_enabled(self.config.requires_grad):
                 out = self.official_vae_out(latents, noise, output)  # (B, 3, H, W), raw

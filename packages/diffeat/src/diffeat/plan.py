@@ -14,6 +14,7 @@ import torch
 from common_kernels.runtime.cli import UsageError, check_device
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal, shown
 from diffeat.backbones import Backbone, _model_index, backbone_of_model
+from diffeat.backbones.deepfloyd import check_pixel_options
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import (
     DTYPES,
@@ -33,6 +34,7 @@ from diffeat.configs import ALPHA_TOKENS, SEED_MAX
 from diffeat.errors import check_int_range
 from diffeat.inversion import NOISINGS, check_inversion
 from diffeat.io import parse_size
+from diffeat.offload import OFFLOADS
 from diffeat.presets import PRESETS, default_preset, get_preset, layer_selection
 from diffeat.schedule import check_sigma, is_flow_matching
 
@@ -44,7 +46,8 @@ ADAPTER_KEYS = ("lora", "lora_scale", "fuse_lora", "controlnet", "control_scale"
 def check_config_fields(settings: Mapping[str, Any]) -> None:
     """The :class:`ExtractorConfig` fields that need no model: ``latent``, ``seed``,
     ``image_size`` (a size), ``early_exit``/``faithful``/``requires_grad`` (booleans),
-    ``sigma`` (in [0, 1]) and ``guidance_scale`` (finite).
+    ``sigma`` (in [0, 1]), ``guidance_scale`` (finite) and ``offload`` (None or ``"model"``,
+    without ``requires_grad``).
 
     Args:
         settings: field -> value (missing fields are not checked).
@@ -76,6 +79,16 @@ def check_config_fields(settings: Mapping[str, Any]) -> None:
         check_int_range(settings["inversion_steps"], "inversion_steps", 1)
         if settings.get("noising", "random") != "ddim-inversion":
             raise InvalidArgument("inversion_steps", "applies to the ddim-inversion noising only")
+    offload = settings.get("offload")
+    if offload is not None and offload not in OFFLOADS:
+        got = literal(repr(offload))
+        raise InvalidArgument("offload", f"must be None or one of {OFFLOADS}; got {got}")
+    if offload is not None and settings.get("requires_grad", False):
+        raise InvalidArgument(
+            "offload", "does not combine with {requires_grad} (the weights leave the device "
+            "after each stage, before any backward pass)",
+            mentions={"requires_grad": "requires_grad=True"},
+        )  # fmt: skip
 
 
 @dataclass
@@ -110,6 +123,10 @@ class ExtractorConfig:
             timestep, :mod:`diffeat.inversion`; U-Nets and PixArt).
         inversion_steps: DDIM steps of the inversion, in [1, timestep] (None: one per
             timestep, at most 50).
+        offload: ``"model"``: model CPU offload (:mod:`diffeat.offload`): every component
+            waits on the CPU and goes to the execution device (``device=``, ``.to(...)``)
+            only for its own stage; features are equal to those without it. None: every
+            component stays on the device.
     """
 
     layers: tuple[str, ...] | str  # a tuple after __post_init__
@@ -126,6 +143,7 @@ class ExtractorConfig:
     guidance_scale: float | None = None
     noising: str = "random"
     inversion_steps: int | None = None
+    offload: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers in PRESETS and self.preset is None:
@@ -292,6 +310,18 @@ def check_backbone_options(
                 "faithful", f"the official code's path is restated for U-Nets only, not for "
                 f"{backbone.title} models"
             )  # fmt: skip
+    if backbone.name == "if":  # pixel space: no VAE latent mode, no DDIM inversion
+        if options.get("offload") is not None:
+            raise InvalidArgument("offload", "not supported for DeepFloyd IF (its U-Net stays "
+                                  "on the device)")  # fmt: skip
+        if options.get("max_sequence_length") is not None:
+            raise InvalidArgument("max_sequence_length", "DeepFloyd IF's T5 prompts are 77 "
+                                  "tokens (IFPipeline.encode_prompt), not settable")  # fmt: skip
+        try:
+            check_pixel_options(options.get("latent", "sample"), options.get("noising", "random"))
+        except ValueError as error:
+            argument, message = str(error).split(": ", 1)
+            raise InvalidArgument(argument, literal(message)) from None
     if options.get("max_sequence_length") is not None:
         if backbone.name in ("unet", "hunyuan"):  # HunyuanDiT's lengths are in its weights
             raise InvalidArgument(

@@ -110,6 +110,10 @@ class PromptEncoder:
         """Forget every cached embedding (after the text encoders changed, e.g. a LoRA)."""
         self._cache.clear()
 
+    def cached(self, prompts: Sequence[str]) -> bool:
+        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
+        return all(p in self._cache for p in prompts)
+
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings of ``prompts`` (one row per prompt)."""
         prompts = list(prompts)
@@ -156,6 +160,10 @@ class T5PromptEncoder:
     def clear_cache(self) -> None:
         """Forget every cached embedding."""
         self._cache.clear()
+
+    def cached(self, prompts: Sequence[str]) -> bool:
+        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
+        return all(p in self._cache for p in prompts)
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -205,6 +213,10 @@ class _CachedEncoder(abc.ABC):
     def clear_cache(self) -> None:
         """Forget every cached embedding."""
         self._cache.clear()
+
+    def cached(self, prompts: Sequence[str]) -> bool:
+        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
+        return all(p in self._cache for p in prompts)
 
     @abc.abstractmethod
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
