@@ -15,6 +15,7 @@ from diffeat.catalogue import (
     build_catalogue,
     expected_catalogue_size,
 )
+from diffeat.deepfloyd import IFFeatureExtractor
 from diffeat.dit import DiTFeatureExtractor
 from diffeat.ensemble import MultiModelExtractor
 from diffeat.extractor import VAE_OUT, ExtractorConfig, FeatureExtractor
@@ -43,6 +44,7 @@ __all__ = [
     "GeneratedFeatures",
     "HunyuanDiTFeatureExtractor",
     "HunyuanPromptEmbeddings",
+    "IFFeatureExtractor",
     "LayerInfo",
     "LayerSpec",
     "MissingActivationsError",

@@ -8,7 +8,9 @@ Names (execution order):
 * per transformer (ViT) module: ``{down|up}-level{i}-repeat{j}-vit-out`` (after ``proj_out``
   and the residual), and per transformer block ``k``:
   ``...-vit-block{k}-{self-q|self-k|self-v|self-map|cross-q|cross-map|ffn-inner|out}``;
-* samplers: ``down-level{i}-downsampler-out``, ``up-level{i}-upsampler-out``;
+* samplers: ``down-level{i}-downsampler-out``, ``up-level{i}-upsampler-out`` (resnet samplers,
+  as in DeepFloyd IF, also ``...-increment``);
+* DeepFloyd IF's added-KV attention modules (no transformer blocks): ``...-attn-out``;
 * mid block: ``mid-repeat{j}-res-*``, ``mid-vit-out``, ``mid-vit-block{k}-*``.
 
 Attention maps are stored as features with ``heads * keys`` channels (channel
@@ -46,7 +48,8 @@ class LayerSpec:
     Args:
         name: the activation name.
         kind: ``unet-in``, ``unet-after-conv-in``, ``unet-out``, ``res-increment``, ``res-out``,
-            ``vit-out``, ``downsampler-out``, ``upsampler-out`` or one of ``BLOCK_KINDS``.
+            ``vit-out``, ``attn-out`` (IF), ``downsampler-out``, ``upsampler-out`` or one of
+            ``BLOCK_KINDS``.
         module: dotted path of the module that produces it inside the U-Net (``""`` = the U-Net).
         stage: ``unet``, ``down``, ``mid`` or ``up``.
         level: block index inside the stage (None for ``unet``/``mid``).
@@ -129,6 +132,31 @@ def _transformer_specs(
     return specs
 
 
+def _attention_specs(
+    attention: nn.Module, path: str, prefix: str, stage: str, level: int | None, repeat: int
+) -> list[LayerSpec]:
+    """A transformer module's names, or ``{prefix}-attn-out`` for a bare ``Attention`` (the
+    added-KV attention of DeepFloyd IF's ``SimpleCrossAttn`` blocks: pixels attend to the text
+    tokens and to themselves in one softmax; its output includes the residual)."""
+    from diffusers.models.attention_processor import Attention
+
+    if isinstance(attention, Attention):
+        return [LayerSpec(f"{prefix}-attn-out", "attn-out", path, stage, level, repeat)]
+    return _transformer_specs(attention, path, prefix, stage, level, repeat)
+
+
+def _sampler_specs(sampler: nn.Module, path: str, stage: str, level: int) -> list[LayerSpec]:
+    """A sampler's output; a resnet sampler (IF's ``Resnet*sample`` blocks) also has an
+    ``-increment`` (its ``conv2`` branch), as the U-Net's resnets."""
+    kind = "downsampler" if stage == "down" else "upsampler"
+    prefix = f"{stage}-level{level}-{kind}"
+    specs = []
+    if hasattr(sampler, "conv2") and hasattr(sampler, "time_emb_proj"):  # a ResnetBlock2D
+        specs.append(LayerSpec(f"{prefix}-increment", "res-increment", f"{path}.conv2", stage,
+                               level))  # fmt: skip
+    return [*specs, LayerSpec(f"{prefix}-out", f"{kind}-out", path, stage, level)]
+
+
 def _resnet_specs(path: str, prefix: str, stage: str, level: int | None, repeat: int):
     return [
         LayerSpec(
@@ -149,16 +177,15 @@ def _updown_specs(block: nn.Module, stage: str, level: int) -> list[LayerSpec]:
         prefix = f"{stage}-level{level}-repeat{j}"
         specs += _resnet_specs(f"{path}.resnets.{j}", prefix, stage, level, j)
         if attentions:
-            specs += _transformer_specs(
+            specs += _attention_specs(
                 attentions[j], f"{path}.attentions.{j}", prefix, stage, level, j
             )
     samplers = getattr(block, "downsamplers" if stage == "down" else "upsamplers", None)
     if samplers is not None:
         if len(samplers) != 1:
             raise ValueError(f"{path}: {len(samplers)} samplers; diffeat expects one")
-        kind = "downsampler-out" if stage == "down" else "upsampler-out"
         sampler_path = f"{path}.{'downsamplers' if stage == 'down' else 'upsamplers'}.0"
-        specs.append(LayerSpec(f"{stage}-level{level}-{kind}", kind, sampler_path, stage, level))
+        specs += _sampler_specs(samplers[0], sampler_path, stage, level)
     return specs
 
 
@@ -170,7 +197,7 @@ def _mid_specs(mid: nn.Module) -> list[LayerSpec]:
     specs = _resnet_specs("mid_block.resnets.0", "mid-repeat0", "mid", None, 0)
     for j, attention in enumerate(attentions):
         prefix = "mid" if len(attentions) == 1 else f"mid-repeat{j}"
-        specs += _transformer_specs(attention, f"mid_block.attentions.{j}", prefix, "mid", None, j)
+        specs += _attention_specs(attention, f"mid_block.attentions.{j}", prefix, "mid", None, j)
         specs += _resnet_specs(
             f"mid_block.resnets.{j + 1}", f"mid-repeat{j + 1}", "mid", None, j + 1
         )

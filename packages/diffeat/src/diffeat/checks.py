@@ -198,7 +198,9 @@ def read_model_configs(
     import diffusers
 
     unet = read_config(model, backbone.loader(), backbone.subfolder, argument)
-    vae = read_config(model, diffusers.AutoencoderKL, "vae", argument)
+    vae = getattr(backbone, "pixels", None)  # DeepFloyd IF: no VAE, its pixels stand in
+    if vae is None:
+        vae = read_config(model, diffusers.AutoencoderKL, "vae", argument)
     scheduler = read_config(model, diffusers.DDPMScheduler, "scheduler", argument)
     kind = str(scheduler.get("_class_name"))
     scheduler_cls = getattr(diffusers, kind, None)

@@ -175,6 +175,9 @@ def generate_with_features(
     backbone = backbone_of(network.config)
     if backbone.name == "hunyuan":  # no per-step recorder for its hooks (extract instead)
         raise InvalidValue("pipe", "{pipe}: recording while HunyuanDiT generates is not supported")
+    if backbone.name == "if":  # not restated for IF's pipelines (pixel loop, stages)
+        raise InvalidValue("pipe", "{pipe}: recording while DeepFloyd IF generates is not "
+                           "supported")  # fmt: skip
     if branch not in BRANCHES:
         raise InvalidValue("branch", f"{{branch}} must be one of {BRANCHES}, got {branch!r}")
     for key, doubles in (("true_cfg_scale", lambda v: v > 1), ("skip_guidance_layers", bool)):

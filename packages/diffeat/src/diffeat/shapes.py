@@ -73,7 +73,8 @@ def meta_inputs(
         text_tokens: prompt length.
     """
     latent = torch.empty(1, config.get("in_channels", 4), height, width, device="meta")
-    context = torch.empty(1, text_tokens, config["cross_attention_dim"], device="meta")
+    width = config.get("encoder_hid_dim") or config["cross_attention_dim"]  # IF: T5's width
+    context = torch.empty(1, text_tokens, width, device="meta")
     kwargs = {}
     if config.get("addition_embed_type") == "text_time":
         pooled = (

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from diffeat.backbones.base import Backbone
+from diffeat.backbones.deepfloyd import IF, IFBackbone, is_if_index, is_if_unet
 from diffeat.backbones.dit import DIT, DiTBackbone
 from diffeat.backbones.hunyuan import HUNYUAN, HunyuanDiTBackbone
 from diffeat.backbones.mmdit import FLUX, SD3, FluxBackbone, SD3Backbone
 from diffeat.backbones.unet import UNET, UNetBackbone
 from diffeat.catalogue import NAME_OWNERS
 
-BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3, HUNYUAN)
+BACKBONES: tuple[Backbone, ...] = (UNET, DIT, FLUX, SD3, HUNYUAN, IF)
 NAME_OWNERS[:] = BACKBONES  # catalogue.check_names names the backbone an unknown name is of
 
 
@@ -36,6 +37,8 @@ def backbone_of(config: Mapping[str, Any]) -> Backbone:
         config: a network's config (``unet/config.json``, ``transformer/config.json``) or a
             network's ``.config``.
     """
+    if is_if_unet(config):  # DeepFloyd IF: a UNet2DConditionModel on pixels, T5 text
+        return IF
     name = config.get("_class_name")
     for backbone in BACKBONES:
         if name in backbone.class_names:
@@ -59,6 +62,8 @@ def backbone_of_model(source: Path | str) -> Backbone:
         source: a model folder (a ``Path``) or hub id.
     """
     index = _model_index(source)
+    if is_if_index(index):  # an IF pipeline's U-Net is a UNet2DConditionModel too
+        return IF
     for backbone in BACKBONES:
         entry = index.get(backbone.subfolder)
         if isinstance(entry, list | tuple) and entry and entry[-1] in backbone.class_names:
@@ -78,6 +83,6 @@ def _model_index(source: Path | str) -> dict[str, Any]:
         return {}
 
 
-__all__ = ["BACKBONES", "DIT", "FLUX", "HUNYUAN", "SD3", "UNET", "Backbone", "DiTBackbone",
-           "FluxBackbone", "HunyuanDiTBackbone", "SD3Backbone", "UNetBackbone", "backbone_of",
-           "backbone_of_model"]  # fmt: skip
+__all__ = ["BACKBONES", "DIT", "FLUX", "HUNYUAN", "IF", "SD3", "UNET", "Backbone", "DiTBackbone",
+           "FluxBackbone", "HunyuanDiTBackbone", "IFBackbone", "SD3Backbone", "UNetBackbone",
+           "backbone_of", "backbone_of_model"]  # fmt: skip
