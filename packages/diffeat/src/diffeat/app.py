@@ -3,8 +3,11 @@
 An image and activation names from the model's catalogue go in; the PCA of each activation's
 features comes out as an RGB image, one per activation, labelled with its name and shape (the
 ``diffeat pca`` colouring: :func:`diffeat.viz.pca_rgb`, the first three principal components
-clipped to their 1 % quantiles). :class:`PcaPage` holds the logic and is tested without a
-browser; :func:`build_app` lays out the page. :func:`open_page` loads the model: the one given,
+clipped to their 1 % quantiles). Any backbone loads, FLUX.1 and SD3 included: the choices
+are its catalogue, the first two names of its default selection are selected, and the page
+states the noise level (a flow-matching model's sigma, else the timestep).
+:class:`PcaPage` holds the logic and is tested without a browser; :func:`build_app` lays out
+the page. :func:`open_page` loads the model: the one given,
 else the hub's SD 1.5 (:data:`HUB_MODEL`), else, with the hub out of reach and SD 1.5 not
 cached, the tiny random SD 1.5-shaped model of the tests and ``diffeat tiny-model`` (the page
 says which, and says when a model folder holds random weights: :func:`random_note`). The page
@@ -30,6 +33,7 @@ from diffeat.extraction import BaseFeatureExtractor
 from diffeat.extractor import FeatureExtractor
 from diffeat.plan import checked_device
 from diffeat.presets import PRESETS, SD15_HUB_ID
+from diffeat.schedule import is_flow_matching
 from diffeat.viz import pca_rgb
 
 HUB_MODEL = SD15_HUB_ID
@@ -60,6 +64,18 @@ class PcaPage:
         """The names selected when the page opens (the first of the configured selection)."""
         return list(self.extractor.layers[:SHOWN_BY_DEFAULT])
 
+    @property
+    def noise(self) -> str:
+        """The page's line on the noise: a flow-matching model's (FLUX, SD3) sigma, else the
+        diffusion timestep."""
+        plan = self.extractor.plan
+        if is_flow_matching(self.extractor.scheduler):
+            return (
+                f"Noise level: sigma {plan.noise:g} (flow matching: x_t = (1 - sigma) x_0 + "
+                "sigma eps)."
+            )
+        return f"Noise level: timestep {plan.timestep:g}."
+
     def run(
         self, image: Image.Image | None, layers: Sequence[str], prompt: str = ""
     ) -> list[tuple[Image.Image, str]]:
@@ -68,7 +84,7 @@ class PcaPage:
         Args:
             image: the input image (any mode; converted to RGB).
             layers: activation names from :attr:`choices`, in the order shown.
-            prompt: the text prompt the U-Net is conditioned on.
+            prompt: the text prompt the network is conditioned on.
 
         Returns:
             ``(image, "NAME: C channels at hxw")`` per layer.
@@ -135,6 +151,8 @@ def open_page(
     timestep: int = 50,
     dtype: torch.dtype | str = "fp32",
     device: torch.device | str | None = None,
+    sigma: float | None = None,
+    offload: str | None = None,
 ) -> PcaPage:
     """Load the page's model (see :func:`choose_model`); gradio is looked for and every
     option checked first.
@@ -145,6 +163,8 @@ def open_page(
         timestep: the diffusion timestep of the features.
         dtype: the weights' dtype (``fp32``, ``fp16``, ``bf16``).
         device: where the model runs (default: cuda when available, else cpu).
+        sigma: FLUX/SD3: the noise level in [0, 1] (default: ``timestep / 1000``).
+        offload: ``"model"``: model CPU offload (see :class:`~diffeat.ExtractorConfig`).
 
     Raises:
         ImportError: without gradio: ``needs gradio: pip install 'diffeat[app]'``.
@@ -153,6 +173,7 @@ def open_page(
     runtime_app.import_gradio("diffeat[app]")  # before the model loads
     source, note = choose_model(model)
     options = {"image_size": image_size or APP_SIZE, "timestep": timestep, "output_device": "cpu"}
+    options.update({k: v for k, v in (("sigma", sigma), ("offload", offload)) if v is not None})
     if source is not None:
         extractor = FeatureExtractor.from_pretrained(source, dtype=dtype, device=device, **options)
     else:
@@ -170,7 +191,7 @@ def build_app(page: PcaPage, title: str = "diffeat: PCA of diffusion features") 
 
     intro = (
         "Each selected activation's features, their first three principal components as red, "
-        "green and blue."
+        f"green and blue. {page.noise}"
     )
     with runtime_app.page(title, intro, page.note) as demo:
         with gr.Row():
