@@ -241,6 +241,18 @@ def test_ddpm_noise_prompts_early_exit_and_grad(pipe):
     pipe.transformer.zero_grad(set_to_none=True)
 
 
+def test_one_step_ddim_inversion_uses_the_v_prediction(pipe):
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
+    inverted = make(pipe, ["hunyuan-in"], timestep=100, noising="ddim-inversion",
+                    inversion_steps=1)(latents=latents, prompts="a cat")["hunyuan-in"]  # fmt: skip
+    at_zero = make(pipe, ["hunyuan-out"], timestep=0)
+    emb = at_zero.encode_prompts("a cat")
+    v = at_zero.forward_unet(latents, emb, (32, 32))["hunyuan-out"][:, :4].double()
+    abar = pipe.scheduler.alphas_cumprod[100].double()
+    want = abar.sqrt() * latents.double() + (1 - abar).sqrt() * v  # abar_0 = 1: eps = v
+    torch.testing.assert_close(inverted, want.float(), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_matches_fp32(pipe, dtype):
     latents = torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(4))
