@@ -186,6 +186,15 @@ def test_gradients_reach_the_unet(parts):
     parts["unet"].zero_grad(set_to_none=True)
 
 
+def test_offload_equals_no_offload(parts):
+    want = make(parts, layers=(ATTN,))(pixels(16, 16), "x")[ATTN]
+    extractor = make(parts, layers=(ATTN,), offload="model").to("cpu:0")
+    got = extractor(pixels(16, 16), "x")[ATTN]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert extractor.device == torch.device("cpu:0")  # the execution device
+    assert next(parts["unet"].parameters()).device == torch.device("cpu")  # parked after
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(parts, dtype):
     reference = make(parts, layers=(ATTN,))(pixels(16, 16), "x")[ATTN]

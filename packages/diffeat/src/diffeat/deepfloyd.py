@@ -9,8 +9,7 @@ its optional caption cleaning). The catalogue is the U-Net's naming (:mod:`diffe
 ``vae-out`` is the clean sample x0 (B, 3, H, W) in [-1, 1], what is then noised.
 
 Not supported here (each raises): ``latent="mean"`` (no VAE posterior), ``faithful=True``,
-``noising="ddim-inversion"`` (IF's U-Net also predicts a variance), ``offload``, LoRA,
-ControlNet.
+``noising="ddim-inversion"`` (IF's U-Net also predicts a variance), LoRA, ControlNet.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from diffeat.catalogue import LayerSpec, build_catalogue
 from diffeat.extraction import check_text_stack
 from diffeat.extractor import FeatureExtractor
 from diffeat.io import check_pixel_tensor
+from diffeat.offload import ModelOffload
 from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
 from diffeat.presets import ALL
 from diffeat.prompts import T5PromptEncoder
@@ -85,10 +85,6 @@ class IFFeatureExtractor(FeatureExtractor):
         self.catalogue = build_catalogue(unet)
         self._text_time = False
         config = config or ExtractorConfig(layers=(ALL,))
-        if getattr(config, "offload", None) is not None:
-            raise ValueError(
-                "offload: not supported for DeepFloyd IF (its U-Net stays on the device)"
-            )
         check_pixel_options(config.latent, config.noising)
         if config.faithful:
             raise ValueError(
@@ -120,8 +116,15 @@ class IFFeatureExtractor(FeatureExtractor):
 
     # -- pixel space -------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> IFFeatureExtractor:
-        """Move the U-Net and the text encoder to ``device`` (in place; no VAE); returns self."""
-        for module in (self.unet, *self.text_encoders):
+        """Move the U-Net and the text encoder to ``device`` (in place; no VAE); returns self.
+        With ``config.offload="model"`` they wait on the CPU, each on ``device`` only for its
+        stage (:mod:`diffeat.offload`)."""
+        modules = [self.unet, *self.text_encoders]
+        if self.config.offload is not None:
+            self._offload = ModelOffload(torch.device(device))
+            self._offload.park(modules)
+            return self
+        for module in modules:
             module.to(device)
         return self
 

@@ -311,9 +311,6 @@ def check_backbone_options(
                 f"{backbone.title} models"
             )  # fmt: skip
     if backbone.name == "if":  # pixel space: no VAE latent mode, no DDIM inversion
-        if options.get("offload") is not None:
-            raise InvalidArgument("offload", "not supported for DeepFloyd IF (its U-Net stays "
-                                  "on the device)")  # fmt: skip
         if options.get("max_sequence_length") is not None:
             raise InvalidArgument("max_sequence_length", "DeepFloyd IF's T5 prompts are 77 "
                                   "tokens (IFPipeline.encode_prompt), not settable")  # fmt: skip
