@@ -14,11 +14,14 @@ built model. One torch thread.
 
 Estimated (no weights here): parameters of every component counted on the ``meta`` device
 (transformer, VAE, the CLIP and T5 text encoders built from their published configs), their
-bytes in bf16, and the device memory of a pass at 1024 px without offload, with diffusers'
-model CPU offload (one component on the device at a time: the transformer) and with
-sequential offload (one block's weights at a time), plus the activations of one block and the
-recorded features; FLOPs of ``full`` and ``preset`` counted on ``meta`` (their ratio is what
-early exit saves). Results: ``results/diffeat_mmdit.{json,md}``.
+bytes in bf16, and the device memory of a pass at 1024 px without offload, with diffeat's
+``offload="model"`` (one stage's components on the device at a time: the text encoders
+together, the VAE with its encoder's activations, or the transformer with the pass's) and
+with diffusers' sequential offload (one block's weights at a time; not a diffeat option),
+plus the activations of one block and the recorded features; FLOPs of ``full`` and
+``preset`` counted on ``meta`` (their ratio is what early exit saves). Results:
+``results/diffeat_mmdit.{json,md}``; ``--estimates-only`` recomputes the estimates and FLOPs
+into the saved results, leaving the measurements as they are.
 
     OMP_NUM_THREADS=1 python benchmarks/mmdit.py
 """
@@ -207,6 +210,7 @@ def estimate(kind: str, image: int = 1024) -> dict:
     )
 
     from diffeat import PRESETS
+    from diffeat.memory import VAE_MAPS
 
     _, real, preset, tokens = KINDS[kind]
     backbone, config, model = build(real, "meta")
@@ -231,12 +235,20 @@ def estimate(kind: str, image: int = 1024) -> dict:
     features = sum(BF16 * c * h * w for n in PRESETS[preset].layers for c, h, w in [infos[n]])
     weights = {name: n * BF16 for name, n in parts.items()}
     working = block_bytes + features
+    # offload="model": the stages of an extraction, each with its components' weights on the
+    # device (the text encoders run together; the VAE's fp32 maps as diffeat.memory counts them)
+    stages = {
+        "text encoders": sum(v for k, v in weights.items() if k not in ("transformer", "vae")),
+        "vae": weights["vae"] + VAE_MAPS * VAE_16["block_out_channels"][0] * image * image * 4,
+        "transformer": weights["transformer"] + working,
+    }
     return {
         "parameters": parts, "bf16_bytes": weights, "largest_block_parameters": largest_block,
         "block_activation_bytes": block_bytes, "preset_feature_bytes": features,
+        "offload_stage_bytes": stages,
         "device_bytes": {
             "no offload": sum(weights.values()) + working,
-            "model cpu offload": max(weights.values()) + working,
+            "diffeat offload=model": max(stages.values()),
             "sequential cpu offload": largest_block * BF16 + working,
         },
     }  # fmt: skip
@@ -260,8 +272,9 @@ def markdown(report: dict) -> str:
                 f"{m['peak_rss_mib'] - m['model_rss_mib']:.0f} | {m['features_mib']:.1f} |"
             )
     lines += ["", "Estimated at 1024 px, bf16 (parameters counted on `meta`):", "",
-              "| model | parameters (B) | weights GiB | no offload GiB | model CPU offload GiB "
-              "| sequential offload GiB | TFLOP full | TFLOP preset | early-exit FLOP ratio |",
+              "| model | parameters (B) | weights GiB | no offload GiB | diffeat offload=\"model\" "
+              "GiB | sequential offload GiB (diffusers) | TFLOP full | TFLOP preset | early-exit "
+              "FLOP ratio |",
               "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for kind, est in report["estimated"].items():
         flop = report["flops"][kind]
@@ -271,7 +284,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {KINDS[kind][1]} ({parts}) "
             f"| {total / 1e9:.2f} | {sum(est['bf16_bytes'].values()) / gib:.1f} | "
-            f"{device['no offload'] / gib:.1f} | {device['model cpu offload'] / gib:.1f} | "
+            f"{device['no offload'] / gib:.1f} | {device['diffeat offload=model'] / gib:.1f} | "
             f"{device['sequential cpu offload'] / gib:.2f} | {flop['full'] / 1e12:.1f} | "
             f"{flop['preset'] / 1e12:.1f} | {flop['full'] / flop['preset']:.2f}x |"
         )
@@ -283,6 +296,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    estimates = "recompute the estimates and FLOPs into the saved results (no measurement)"
+    parser.add_argument("--estimates-only", action="store_true", help=estimates)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=sorted(KINDS), help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=("time", "memory"), help=argparse.SUPPRESS)
@@ -301,11 +316,15 @@ def main() -> None:
     torch.set_num_threads(1)
     report = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
               "measured": {}, "estimated": {}, "flops": {}}  # fmt: skip
+    if args.estimates_only:  # the measurements of the saved run, new estimates
+        saved = json.loads((args.results / "diffeat_mmdit.json").read_text())
+        report = {**saved, "estimated": {}, "flops": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
-            timed = run_worker(kind, "time", "full", Path(tmp), args.warmup, args.repeats)
-            memory = {s: run_worker(kind, "memory", s, Path(tmp), 0, 0) for s in SELECTIONS}
-            report["measured"][kind] = {**timed, "memory": memory}
+            if not args.estimates_only:
+                timed = run_worker(kind, "time", "full", Path(tmp), args.warmup, args.repeats)
+                memory = {s: run_worker(kind, "memory", s, Path(tmp), 0, 0) for s in SELECTIONS}
+                report["measured"][kind] = {**timed, "memory": memory}
             report["estimated"][kind] = estimate(kind)
             report["flops"][kind] = flops(kind)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 """Model CPU offload (``offload="model"``, :mod:`diffeat.offload`): features equal to those
 without it (exactly), every component on the execution device only during its own stage (a
 spy on the moves; the execution device is ``cpu:0``, a device distinct from the offload
-device ``cpu`` though both are this machine's memory), early exit, and bad values."""
+device ``cpu`` though both are this machine's memory), early exit, and bad values; with CUDA
+(the GPU lane) the real moves."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -158,3 +161,31 @@ def test_cli_offload_flag_reaches_from_pretrained():
     for command in ("extract", "probe", "pca"):
         argv = [command, "a.png", "--model", "m", "-o", "f", "--offload", "model"]
         assert load_options(parser.parse_args(argv))["offload"] == "model"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU lane)")
+def test_on_cuda_each_stage_holds_its_weights_on_the_gpu_only_while_it_runs(sd3):
+    """The real moves: each component's parameters on CUDA inside its stage, on the CPU
+    after; the features those of the model kept on CUDA (the same kernels: 1e-5)."""
+    cuda = torch.device("cuda")
+    extractor = make(sd3, offload="model").to(cuda)
+    parts = {"text": extractor.text_encoders[0], "vae": extractor.vae.encoder,
+             "transformer": extractor.transformer}  # fmt: skip
+    seen = []
+    handles = [
+        module.register_forward_pre_hook(
+            lambda m, a, name=name: seen.append((name, next(m.parameters()).device.type))
+        )
+        for name, module in parts.items()
+    ]
+    try:
+        got = extractor(pixels(), "a dog")
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [("text", "cuda"), ("vae", "cuda"), ("transformer", "cuda")]
+    modules = [extractor.transformer, extractor.vae, *extractor.text_encoders]
+    assert all(next(m.parameters()).device.type == "cpu" for m in modules)
+    expected = make(copy.deepcopy(sd3)).to(cuda)(pixels(), "a dog")
+    for name in LAYERS:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5)
