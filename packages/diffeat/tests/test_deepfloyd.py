@@ -228,7 +228,12 @@ def test_from_pretrained_equals_the_components(parts, folder):
     layers = ["unet-in", ATTN]
     loaded = FeatureExtractor.from_pretrained(folder, layers=layers, timestep=200)
     assert type(loaded) is IFFeatureExtractor and loaded.vae is None
-    direct = make(parts, layers=layers, timestep=200)
+    from diffusers import IFPipeline
+
+    pipe = IFPipeline(**parts, safety_checker=None, feature_extractor=None, watermarker=None,
+                      requires_safety_checker=False)  # fmt: skip
+    direct = IFFeatureExtractor.from_pipeline(pipe, layers=layers, timestep=200)
+    assert direct.unet is parts["unet"]  # wrapped, no copy
     want, got = direct(pixels(), "a horse"), loaded(pixels(), "a horse")
     for name in layers:
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-6)

@@ -110,7 +110,9 @@ class IFFeatureExtractor(FeatureExtractor):
     ) -> IFFeatureExtractor:
         """Wrap the components of a loaded diffusers ``IFPipeline`` (no copies); a pipeline
         without ``tokenizer``/``text_encoder`` gives an extractor fed ``embeddings=`` only."""
-        names, preset = resolve_layers(pipe.unet.config, layers or ALL, preset)
+        if layers is None and preset is None:  # no IF preset: every activation
+            layers = ALL
+        names, preset = resolve_layers(pipe.unet.config, layers, preset)
         config = ExtractorConfig(layers=names, preset=preset, **options)
         return cls(pipe.unet, pipe.scheduler, pipe.tokenizer, pipe.text_encoder, config)
 
