@@ -540,6 +540,9 @@ def run_status(cache: Path, **env: str) -> str:
     return done.stdout.strip()
 
 
+# Slow lane (nightly, nox -s slow): a second full build in fresh processes (40 s); every default
+# run still builds and loads the kernels.
+@pytest.mark.slow
 def test_a_build_lands_whole_in_the_cache_and_later_processes_need_no_compiler(
     tmp_path: Path,
 ) -> None:

@@ -58,8 +58,11 @@ def test_shell_examples_with_their_modes(tmp_path) -> None:
         "# x\n\n```bash\ntool a --x 1   # comment\n```\n\n"
         "<!-- example: check (trains for an hour on a GPU) -->\n```bash\n"
         "OMP_NUM_THREADS=2 tool fit \\\n  --steps 5 && tool b\n```\n\n```python\nprint(1)\n```\n"
+        "<!-- example: slow (six commands: a minute) -->\n```bash\ntool c\n```\n"
     )
-    first, second = shell_examples(readme)
+    first, second, third = shell_examples(readme)
+    assert (third.mode, third.reason, third.commands()) == ("slow", "six commands: a minute",
+                                                           [["tool", "c"]])  # fmt: skip
     assert (first.id, first.mode, first.reason) == ("README.md:3", "run", "")
     assert first.commands() == [["tool", "a", "--x", "1"]]
     assert (second.mode, second.reason) == ("check", "trains for an hour on a GPU")
@@ -74,12 +77,33 @@ def test_shell_examples_with_their_modes(tmp_path) -> None:
         shell_commands("a 'b\nc")
 
 
+def test_example_params_run_slow_blocks_in_the_slow_lane(tmp_path) -> None:
+    from common_kernels.runtime.testing import example_params, shell_examples
+
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "```bash\na\n```\n<!-- example: slow (a minute) -->\n```bash\nb\n```\n"
+        "<!-- example: check (a GPU) -->\n```bash\nc\n```\n"
+    )
+    examples = shell_examples(readme)
+    run = example_params(examples, "run")
+    assert [(p.id, [m.name for m in p.marks]) for p in run] == [
+        ("README.md:1", []), ("README.md:5", ["slow"])
+    ]  # fmt: skip
+    assert [p.values[0].code for p in example_params(examples, "check")] == ["c"]
+    with pytest.raises(ValueError, match="mode must be 'run' or 'check', got 'slow'"):
+        example_params(examples, "slow")
+
+
 def test_shell_example_markers_must_be_complete(tmp_path) -> None:
     from common_kernels.runtime.testing import program_words, shell_examples
 
     readme = tmp_path / "README.md"
     readme.write_text("<!-- example: check -->\n```bash\nx\n```\n")
     with pytest.raises(ValueError, match=r"README.md:1: 'example: check' needs \(a reason\)"):
+        shell_examples(readme)
+    readme.write_text("<!-- example: slow -->\n```bash\nx\n```\n")
+    with pytest.raises(ValueError, match=r"README.md:1: 'example: slow' needs \(a reason\)"):
         shell_examples(readme)
     readme.write_text("<!-- example: run -->\ntext\n```bash\nx\n```\n")
     with pytest.raises(ValueError, match=r"README.md:1: the marker is not followed by a block"):

@@ -642,6 +642,9 @@ def test_bad_input_in_a_subprocess_prints_one_line_and_no_traceback(files, model
     assert done.stdout == ""
 
 
+# Slow lane (nightly, nox -s slow): 30 s; the default lane keeps SIGTERM during extract
+# (test_cli_signals).
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="needs SIGINT")
 def test_ctrl_c_exits_130_with_one_line(files, model_dirs):
     out_path = files / "out.safetensors"

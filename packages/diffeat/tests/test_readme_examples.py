@@ -19,7 +19,12 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime import testing
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    example_params,
+    program_words,
+    shell_examples,
+)
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model
@@ -94,7 +99,7 @@ def check_outputs(workdir: Path) -> None:
         assert Image.open(workdir / "pca-photos" / "sub" / "c__unet-in.png").size == (64, 64)
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "run"))
 def test_shell_example_runs_as_written(
     example: ShellExample, workdir: Path, tiny_models: Path
 ) -> None:
@@ -116,7 +121,7 @@ def check_diffeat(words: list[str]) -> None:
     assert args.command == words[1]
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "check"))
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     testing.check_example_commands(example, REPOSITORY, {"diffeat": check_diffeat})
 

@@ -32,7 +32,12 @@ from common_kernels.runtime import testing
 from common_kernels.runtime.batch import find_images
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    example_params,
+    program_words,
+    shell_examples,
+)
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
@@ -165,11 +170,13 @@ def check_command(words: list[str], example: ShellExample) -> None:
 
 def test_the_readme_has_its_examples():
     modes = [example.mode for example in EXAMPLES]
-    assert modes.count("run") == 2 and modes.count("check") == 7
+    assert modes.count("run") == modes.count("slow") == 1 and modes.count("check") == 7
     assert [reason != "" for _, _, reason in python_blocks()] == [False, True]
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda example: example.id)
+@pytest.mark.parametrize(
+    "example", example_params(EXAMPLES, "run") + example_params(EXAMPLES, "check")
+)
 def test_shell_example(example: ShellExample, workdir: Path, tmp_path: Path):
     if example.mode == "check":
         assert example.reason

@@ -163,6 +163,9 @@ def hidden_temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*tmp*"))
 
 
+# Slow lane (nightly, nox -s slow): 45 s; the default lane keeps SIGTERM, resume and restart in
+# other processes.
+@pytest.mark.slow
 def test_ctrl_c_then_resume_in_another_process_with_another_hash_seed(tiny_dir, tmp_path):
     out = tmp_path / "cat.png"
     stopped = run_cli(generate_args(tiny_dir, out), hash_seed=1, interrupt=("SIGINT", 1, 1))

@@ -23,7 +23,12 @@ from PIL import Image
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.files import parse_size
-from common_kernels.runtime.testing import ShellExample, program_words, shell_examples
+from common_kernels.runtime.testing import (
+    ShellExample,
+    example_params,
+    program_words,
+    shell_examples,
+)
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 
@@ -86,7 +91,7 @@ def expected_images(words: list[str]) -> dict[str, tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "run"))
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
     done = testing.run_shell_block(example.code, workdir, check=True)
     assert not [text for text in LIBRARY_CHATTER if text in done.stderr], done.stderr[-3000:]
@@ -142,7 +147,7 @@ def check_command(words: list[str], reason: str) -> None:
         pytest.fail(f"no check for {words}")
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "check"))
 def test_checked_example_parses(example: ShellExample) -> None:
     commands = [program_words(command) for command in example.commands()]
     for words in commands:

@@ -34,6 +34,9 @@ def tiny_model(folder, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
+# Slow lane (nightly, nox -s slow): two full generations (45 s); the default lane keeps the quiet-
+# by-default checks of the CLI.
+@pytest.mark.slow
 def test_library_bars_are_off_unless_verbose(tmp_path):
     """transformers writes a "Writing model shards" bar when it saves the text encoders."""
     quiet = tiny_model(tmp_path / "a")

@@ -323,6 +323,9 @@ def metrics_steps(version: Path) -> list[int]:
         return sorted({int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]})
 
 
+# Slow lane (nightly, nox -s slow): two fits (50 s); the default lane keeps resuming from a
+# checkpoint (test_lightning).
+@pytest.mark.slow
 def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(workdir: Path) -> None:
     """``--ckpt_path run/lightning_logs/version_0/checkpoints/last.ckpt``: no version_1; the
     resumed steps are appended to version_0's metrics.csv, its last.ckpt moves on, and Lightning
@@ -343,6 +346,9 @@ def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(workdir: P
     assert "Restoring states from the checkpoint" in resumed.stderr
 
 
+# Slow lane (nightly, nox -s slow): two fits (90 s); the default lane keeps the resumed fit's
+# quiet log.
+@pytest.mark.slow
 def test_library_tips_and_notices_only_with_verbose(workdir: Path) -> None:
     """Lightning's "💡 Tip" lines, "GPU available" and "Seed set" notices and deprecation
     warnings are off: every stderr line is semanir's own, for fit and for a validation from a

@@ -312,6 +312,8 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+# Slow lane (nightly, nox -s slow): two gloo processes (50 s).
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None:
     make_images(tmp_path / "train", count=8, size=24)
     script = tmp_path / "ddp_fit.py"
@@ -575,6 +577,9 @@ def test_interrupted_fit_saves_a_checkpoint_and_resumes_to_the_same_weights(
         assert torch.equal(expected[name], got[name]), name
 
 
+# Slow lane (nightly, nox -s slow): 55 s; the default lane keeps SIGTERM to the fit and its resume
+# to the same weights.
+@pytest.mark.slow
 def test_a_signal_to_the_whole_job_reaches_loader_workers_and_the_run_still_resumes(
     tmp_path: Path, uninterrupted: tuple[Path, dict]
 ) -> None:

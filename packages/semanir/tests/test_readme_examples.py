@@ -22,7 +22,7 @@ from PIL import Image
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, shell_examples
+from common_kernels.runtime.testing import ShellExample, example_params, shell_examples
 from semanir.models import build_model
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "run"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "run"))
 def test_shell_example_runs_as_written(example: ShellExample, workdir: Path) -> None:
     testing.run_shell_block(example.code, workdir, check=True)
     for target in testing.option_values(example.commands(), "-o"):
@@ -92,7 +92,7 @@ def check_semanir(words: list[str]) -> None:
         assert (PACKAGE / "src" / "semanir" / "configs" / f"{name}.yaml").is_file(), name
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.mode == "check"], ids=lambda e: e.id)
+@pytest.mark.parametrize("example", example_params(EXAMPLES, "check"))
 def test_checked_example_uses_what_exists(example: ShellExample) -> None:
     checks = {"semanir": check_semanir}
     testing.check_example_commands(example, REPOSITORY, checks, unchecked={"mkdir", "git"})
@@ -113,7 +113,9 @@ def test_python_quickstart_runs_and_saves(index: int, workdir: Path, monkeypatch
 
 
 def test_every_example_is_a_run_or_a_check_with_a_reason() -> None:
+    """The CLI block runs as written (in the slow lane: a minute of restores); every block that
+    is not a plain run says why."""
     assert all(page.is_file() for page in DOCS), DOCS
     modes = [(e.mode, bool(e.reason)) for e in EXAMPLES]
-    assert ("run", False) in modes and all(mode == "run" or why for mode, why in modes)
+    assert ("slow", True) in modes and all(mode == "run" or why for mode, why in modes)
     shutil.which("bash") or pytest.fail("bash is needed to run the examples")

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_kernels.runtime.testing import program_words, shell_examples
+from common_kernels.runtime.testing import example_params, program_words, shell_examples
 from vitron.cli import build_parser
 from vitron.models import VitronModel
 
@@ -185,7 +185,9 @@ def check_without_running(block) -> None:
         parser.parse_args(words[1:])  # a bad flag or value raises UsageError
 
 
-@pytest.mark.parametrize("block", EXAMPLES, ids=[block.id for block in EXAMPLES])
+@pytest.mark.parametrize(
+    "block", example_params(EXAMPLES, "run") + example_params(EXAMPLES, "check")
+)
 def test_shell_example(block, tmp_path, request):
     if block.mode == "check":
         assert block.reason

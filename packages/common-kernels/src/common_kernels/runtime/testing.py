@@ -7,14 +7,18 @@ outside once the work has begun.
 
 Every shell example of a README runs in its package's tests as written:
 :func:`shell_examples` gives each fenced ``bash``/``sh``/``shell``/``console`` block with how
-it is tested. A block runs unless the line before it says otherwise, in an HTML comment that
-readers of the rendered page do not see and that gives the reason::
+it is tested, :func:`example_params` gives them as pytest parameters. A block runs unless the
+line before it says otherwise, in an HTML comment that readers of the rendered page do not see
+and that gives the reason::
 
     <!-- example: check (trains for an hour on a GPU) -->
 
 ``check`` blocks are verified without being run to the end (each package's tests say how:
-the command's parser, Lightning's ``--print_config``, pip's ``--dry-run``). :func:`run_shell_block`
-runs a block as the README's reader would, :func:`option_values`, :func:`check_script_flags`,
+the command's parser, Lightning's ``--print_config``, pip's ``--dry-run``); ``slow`` blocks
+(``<!-- example: slow (six commands at 1024 px: a minute and a half) -->``) run as written in
+the slow lane only (``RUN_SLOW=1``, ``nox -s slow``), which keeps the default lane inside its
+time budget. :func:`run_shell_block` runs a block as the README's reader would,
+:func:`option_values`, :func:`check_script_flags`,
 :func:`nox_sessions` and :func:`python_blocks` read what the examples name.
 
 Every benchmark script checks its setup (optional modules, output folders) before it works:
@@ -52,7 +56,7 @@ from typing import Any, NamedTuple, NoReturn
 from unittest import mock
 
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
-_MARKER = re.compile(r"<!--\s*example:\s*(run|check)\s*(?:\((.*)\))?\s*-->")
+_MARKER = re.compile(r"<!--\s*example:\s*(run|check|slow)\s*(?:\((.*)\))?\s*-->")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 WORKING = "working"
@@ -180,8 +184,9 @@ class ShellExample:
         readme: the file.
         line: the line number of its opening fence (1-based).
         code: the block's text.
-        mode: ``"run"`` (run as written) or ``"check"`` (verified without running it through).
-        reason: why a ``check`` block is not run ("" for ``run``).
+        mode: ``"run"`` (run as written), ``"slow"`` (run as written, in the slow lane only) or
+            ``"check"`` (verified without running it through).
+        reason: why a ``check`` block is not run, or why a ``slow`` one is slow ("" for ``run``).
     """
 
     readme: Path
@@ -199,6 +204,26 @@ class ShellExample:
         """The block's commands as argument lists: continuation lines joined, comments and
         blank lines left out, ``VAR=value`` prefixes kept as leading words."""
         return shell_commands(self.code)
+
+
+def example_params(examples: Iterable[ShellExample], mode: str) -> list[Any]:
+    """pytest parameters for the ``examples`` of one kind, with their ids: ``"run"`` gives the
+    ``run`` blocks and the ``slow`` ones (marked ``slow``), ``"check"`` the ``check`` blocks.
+
+    Args:
+        examples: blocks from :func:`shell_examples`.
+        mode: ``"run"`` or ``"check"``.
+    """
+    import pytest  # only the tests call this; the module itself needs nothing but the stdlib
+
+    if mode not in ("run", "check"):
+        raise ValueError(f"mode must be 'run' or 'check', got {mode!r}")
+    kinds = ("run", "slow") if mode == "run" else ("check",)
+    return [
+        pytest.param(e, id=e.id, marks=[pytest.mark.slow] if e.mode == "slow" else [])
+        for e in examples
+        if e.mode in kinds
+    ]
 
 
 def shell_examples(readme: str | os.PathLike) -> list[ShellExample]:
@@ -221,8 +246,8 @@ def shell_examples(readme: str | os.PathLike) -> list[ShellExample]:
         line = lines[index].strip()
         match = _MARKER.fullmatch(line)
         if match:
-            if match[1] == "check" and not (match[2] or "").strip():
-                raise ValueError(f"{readme}:{index + 1}: 'example: check' needs (a reason)")
+            if match[1] != "run" and not (match[2] or "").strip():
+                raise ValueError(f"{readme}:{index + 1}: 'example: {match[1]}' needs (a reason)")
             marker = (index, match[1], (match[2] or "").strip())
         elif line.startswith("```"):
             language = line[3:].strip().split(" ")[0]
