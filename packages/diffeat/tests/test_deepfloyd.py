@@ -313,3 +313,23 @@ def test_bad_cli_input_is_one_line_before_any_work(folder, image, tmp_path, caps
         assert err.startswith(f"diffeat extract: error: {line}"), err
         assert err.count("\n") == 1
     assert not (tmp_path / "g.safetensors").exists()
+
+
+def test_the_page_offers_the_catalogue_and_shows_its_pca(folder):
+    import numpy as np
+
+    from diffeat.app import open_page
+    from diffeat.viz import pca_rgb
+
+    page = open_page(folder, image_size=(32, 48), device="cpu")
+    assert page.choices == ["vae-out", *NAMES]
+    assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
+    assert page.noise == "Noise level: timestep 50."
+    photo = Image.new("RGB", (56, 40), (200, 30, 90))
+    shown = page.run(photo, [ATTN], "a cat")
+    feature = page.extractor(photo, "a cat", layers=[ATTN])[ATTN]
+    height, width = feature.shape[2:]
+    assert [label for _, label in shown] == [
+        f"{ATTN}: {feature.shape[1]} channels at {height}x{width}"
+    ]
+    assert np.array_equal(np.asarray(shown[0][0]), pca_rgb(feature, (32, 48))[0])

@@ -361,3 +361,22 @@ def test_config_none_generation_and_meta_size(pipe):
     with pytest.raises(ValueError, match=r"^config: HunyuanDiT has no preset"):
         HunyuanDiTFeatureExtractor(pipe.transformer, pipe.vae, pipe.scheduler)
     assert ExtractorConfig(layers=LAYERS).layers == tuple(LAYERS)
+
+
+def test_the_page_offers_the_catalogue_and_shows_its_pca(folder):
+    import numpy as np
+    from PIL import Image
+
+    from diffeat.app import open_page
+    from diffeat.viz import pca_rgb
+
+    page = open_page(folder, image_size=(32, 48), device="cpu")
+    catalogue = [spec.name for spec in HUNYUAN.catalogue(page.extractor.transformer)]
+    assert page.choices == ["vae-out", *catalogue] and len(catalogue) == 36
+    assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
+    assert page.noise == "Noise level: timestep 50."
+    photo = Image.new("RGB", (56, 40), (200, 30, 90))
+    shown = page.run(photo, ["hunyuan-block1-out"], "a cat")
+    feature = page.extractor(photo, "a cat", layers=["hunyuan-block1-out"])["hunyuan-block1-out"]
+    assert [label for _, label in shown] == ["hunyuan-block1-out: 16 channels at 2x3"]
+    assert np.array_equal(np.asarray(shown[0][0]), pca_rgb(feature, (32, 48))[0])

@@ -4,7 +4,8 @@ An image and activation names from the model's catalogue go in; the PCA of each 
 features comes out as an RGB image, one per activation, labelled with its name and shape (the
 ``diffeat pca`` colouring: :func:`diffeat.viz.pca_rgb`, the first three principal components
 clipped to their 1 % quantiles). Any backbone loads, FLUX.1 and SD3 included: the choices
-are its catalogue, the first two names of its default selection are selected, and the page
+are its catalogue, the first two names of its default selection (of the catalogue, for a
+model no preset fits: HunyuanDiT, DeepFloyd IF) are selected, and the page
 states the noise level (a flow-matching model's sigma, else the timestep).
 :class:`PcaPage` holds the logic and is tested without a browser; :func:`build_app` lays out
 the page. :func:`open_page` loads the model: the one given,
@@ -28,11 +29,13 @@ from common_kernels.runtime import app as runtime_app
 from common_kernels.runtime.app import launch_blocks
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.hub import HubUnreachableError, check_hub
+from diffeat.backbones import backbone_of_model
+from diffeat.checks import read_model_configs, resolve_source
 from diffeat.configs import RANDOM_WEIGHTS, tiny_pipeline
 from diffeat.extraction import BaseFeatureExtractor
 from diffeat.extractor import FeatureExtractor
 from diffeat.plan import checked_device
-from diffeat.presets import PRESETS, SD15_HUB_ID
+from diffeat.presets import PRESETS, SD15_HUB_ID, family_of
 from diffeat.schedule import is_flow_matching
 from diffeat.viz import pca_rgb
 
@@ -145,6 +148,22 @@ def choose_model(model: str | Path | None) -> tuple[str | Path | None, str]:
     return HUB_MODEL, f"Model: `{HUB_MODEL}`."
 
 
+def page_selection(model: str | Path) -> dict[str, str]:
+    """``{"layers": "all"}`` for a model no paper preset fits (HunyuanDiT, DeepFloyd IF, other
+    shapes): the page offers its catalogue all the same and selects the first two names; {}
+    for the others, whose preset's first names are selected.
+
+    Args:
+        model: a hub id or folder (a fault in it is left to ``from_pretrained`` to name).
+    """
+    try:
+        source = resolve_source(model, "model_id_or_dir")
+        configs = read_model_configs(source, backbone=backbone_of_model(source))
+    except (OSError, ValueError):
+        return {}
+    return {} if family_of(configs.unet) else {"layers": "all"}
+
+
 def open_page(
     model: str | Path | None = None,
     image_size: int | tuple[int, int] | None = None,
@@ -175,6 +194,7 @@ def open_page(
     options = {"image_size": image_size or APP_SIZE, "timestep": timestep, "output_device": "cpu"}
     options.update({k: v for k, v in (("sigma", sigma), ("offload", offload)) if v is not None})
     if source is not None:
+        options.update(page_selection(source))
         extractor = FeatureExtractor.from_pretrained(source, dtype=dtype, device=device, **options)
     else:
         extractor = FeatureExtractor.from_pipeline(tiny_pipeline("sd15"), **options)

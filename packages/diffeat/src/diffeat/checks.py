@@ -253,10 +253,11 @@ def check_selection(
             f"U-Nets, but {model_shown} is {family}-shaped (its presets: {fitting})",
         )
     if layers is None and preset is None and family is None:
+        what = ("this U-Net is neither SD 1.x/2.x- nor SDXL-shaped" if "down_block_types" in unet
+                else "no preset fits this transformer's shape")  # fmt: skip
         raise InvalidValue(
             "model_id_or_dir",
-            f"{model_shown}: this U-Net is neither SD 1.x/2.x- nor SDXL-shaped, so no paper "
-            "preset applies; pass {layers} NAMES or 'all'",
+            f"{model_shown}: {what}, so no paper preset applies; pass {{layers}} NAMES or 'all'",
         )
     if layers is not None:
         return layer_selection(layers, argument), preset
