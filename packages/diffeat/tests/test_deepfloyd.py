@@ -19,20 +19,10 @@ from diffeat import FeatureExtractor, IFFeatureExtractor, generate_with_features
 from diffeat.backbones import IF, UNET, backbone_of, backbone_of_model
 from diffeat.backbones.deepfloyd import if_name_of_official, official_if_name
 from diffeat.cli import main
-from diffeat.configs import TINY_SD15_UNET, TINY_T5, tiny_tokenizer
+from diffeat.configs import TINY_IF_UNET, TINY_SD15_UNET, TINY_T5, tiny_tokenizer
 from diffeat.io import load_features
 from diffeat.plan import check_from_pretrained
 
-TINY_IF_UNET = {
-    "sample_size": 32, "in_channels": 3, "out_channels": 6, "layers_per_block": 1,
-    "block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 8,
-    "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
-    "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
-    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "cross_attention_dim": 16,
-    "encoder_hid_dim": 16, "addition_embed_type": "text", "addition_embed_type_num_heads": 2,
-    "resnet_time_scale_shift": "scale_shift", "resnet_skip_time_act": True,
-    "time_embedding_act_fn": "gelu",
-}  # fmt: skip
 NAMES = [
     "unet-in", "unet-after-conv-in",
     "down-level0-repeat0-res-increment", "down-level0-repeat0-res-out",
@@ -315,13 +305,21 @@ def test_bad_cli_input_is_one_line_before_any_work(folder, image, tmp_path, caps
     assert not (tmp_path / "g.safetensors").exists()
 
 
-def test_the_page_offers_the_catalogue_and_shows_its_pca(folder):
+def test_the_tiny_model_on_the_page(tmp_path):
+    """``diffeat tiny-model --kind if``'s folder on the page: the catalogue offered, its
+    first two names selected (no preset), the PCA of a layer, the random-weights line."""
     import numpy as np
 
     from diffeat.app import open_page
     from diffeat.viz import pca_rgb
 
+    folder = tmp_path / "tiny"
+    assert main(["tiny-model", str(folder), "--kind", "if"]) == 0
     page = open_page(folder, image_size=(32, 48), device="cpu")
+    assert page.note == (
+        f"Model: `{folder}`. Its weights are random (written by `diffeat tiny-model --kind "
+        "if --seed 0`), so its features are noise."
+    )
     assert page.choices == ["vae-out", *NAMES]
     assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
     assert page.noise == "Noise level: timestep 50."

@@ -20,7 +20,7 @@ from diffeat.backbones.hunyuan import (
     hunyuan_layer_infos,
 )
 from diffeat.cli import main
-from diffeat.configs import TINY_T5, TINY_VAE, tiny_tokenizer
+from diffeat.configs import TINY_HUNYUAN_TRANSFORMER, tiny_hunyuan_pipeline
 from diffeat.io import load_features
 
 # Tencent-Hunyuan/HunyuanDiT-Diffusers transformer/config.json (v1.x)
@@ -31,12 +31,7 @@ HUNYUAN_DIT = {
     "cross_attention_dim_t5": 2048, "pooled_projection_dim": 1024, "text_len": 77,
     "text_len_t5": 256, "activation_fn": "gelu-approximate",
 }  # fmt: skip
-# 4 blocks: the fewest with a long skip (block 3 takes block 0's output)
-TINY = {
-    "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "patch_size": 2,
-    "sample_size": 8, "hidden_size": 16, "num_layers": 4, "cross_attention_dim": 16,
-    "cross_attention_dim_t5": 16, "pooled_projection_dim": 16, "text_len": 8, "text_len_t5": 12,
-}  # fmt: skip
+TINY = TINY_HUNYUAN_TRANSFORMER
 LAYERS = ["hunyuan-in", "hunyuan-block1-out"]
 
 
@@ -49,25 +44,12 @@ def one_thread():
 
 
 def tiny_pipeline():
-    from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
-    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    transformer = HunyuanDiT2DModel(**TINY)
+    pipe = tiny_hunyuan_pipeline()
     with torch.no_grad():  # non-zero biases and norms (zeros hide bugs)
-        for name, param in transformer.named_parameters():
+        for name, param in pipe.transformer.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 param.add_(0.1 * torch.randn(param.shape))
-    bert = BertConfig(vocab_size=514, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=16)  # fmt: skip
-    return HunyuanDiTPipeline(
-        vae=AutoencoderKL(**TINY_VAE), text_encoder=BertModel(bert).eval(),
-        tokenizer=tiny_tokenizer(8), transformer=transformer,
-        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
-                                prediction_type="v_prediction"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        text_encoder_2=T5EncoderModel(T5Config(**TINY_T5)).eval(), tokenizer_2=tiny_tokenizer(12),
-    )  # fmt: skip
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -363,14 +345,22 @@ def test_config_none_generation_and_meta_size(pipe):
     assert ExtractorConfig(layers=LAYERS).layers == tuple(LAYERS)
 
 
-def test_the_page_offers_the_catalogue_and_shows_its_pca(folder):
+def test_the_tiny_model_on_the_page(tmp_path):
+    """``diffeat tiny-model --kind hunyuan``'s folder on the page: the catalogue offered, its
+    first two names selected (no preset), the PCA of a layer, the random-weights line."""
     import numpy as np
     from PIL import Image
 
     from diffeat.app import open_page
     from diffeat.viz import pca_rgb
 
+    folder = tmp_path / "tiny"
+    assert main(["tiny-model", str(folder), "--kind", "hunyuan"]) == 0
     page = open_page(folder, image_size=(32, 48), device="cpu")
+    assert page.note == (
+        f"Model: `{folder}`. Its weights are random (written by `diffeat tiny-model --kind "
+        "hunyuan --seed 0`), so its features are noise."
+    )
     catalogue = [spec.name for spec in HUNYUAN.catalogue(page.extractor.transformer)]
     assert page.choices == ["vae-out", *catalogue] and len(catalogue) == 36
     assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two

@@ -317,8 +317,28 @@ TINY_TEXT_ENCODER: dict[str, Any] = {
 }
 
 KINDS = ("sd15", "sdxl")
-# what save_tiny_model writes: the U-Nets, PixArt-Sigma, FLUX.1-dev and SD3.5-Medium shapes
-TINY_MODEL_KINDS = (*KINDS, "pixart", "flux", "sd3")
+# what save_tiny_model writes: the U-Nets, PixArt-Sigma, FLUX.1-dev, SD3.5-Medium shapes, and
+# small HunyuanDiT and DeepFloyd IF stage I models (their topology, fewer blocks and levels)
+TINY_MODEL_KINDS = (*KINDS, "pixart", "flux", "sd3", "hunyuan", "if")
+
+# 4 blocks: the fewest with a long skip (block 3 takes block 0's output); 8 + 12 text tokens
+TINY_HUNYUAN_TRANSFORMER: dict[str, Any] = {
+    "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "patch_size": 2,
+    "sample_size": 8, "hidden_size": 16, "num_layers": 4, "cross_attention_dim": 16,
+    "cross_attention_dim_t5": 16, "pooled_projection_dim": 16, "text_len": 8, "text_len_t5": 12,
+}  # fmt: skip
+# IF-I's blocks (resnet samplers, attention over text and pixels in one softmax, T5 through
+# encoder_hid_dim, noise + learned variance out) on two levels at 32 px
+TINY_IF_UNET: dict[str, Any] = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 6, "layers_per_block": 1,
+    "block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 8,
+    "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+    "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "cross_attention_dim": 16,
+    "encoder_hid_dim": 16, "addition_embed_type": "text", "addition_embed_type_num_heads": 2,
+    "resnet_time_scale_shift": "scale_shift", "resnet_skip_time_act": True,
+    "time_embedding_act_fn": "gelu",
+}  # fmt: skip
 
 
 def unet_config(name: str) -> dict[str, Any]:
@@ -505,8 +525,58 @@ def tiny_sd3_pipeline(seed: int = 0, max_length: int = 24):
     )
 
 
+def tiny_hunyuan_pipeline(seed: int = 0):
+    """A randomly initialised, small ``HunyuanDiTPipeline``: HunyuanDiT's blocks on 4 of them
+    (:data:`TINY_HUNYUAN_TRANSFORMER`), a 1-layer BERT (8 tokens) and a T5 (12 tokens) with the
+    byte-level tokenizer of :func:`tiny_tokenizer`, and the release's v-prediction DDPM.
+
+    Args:
+        seed: ``torch.manual_seed`` before building the random weights.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    bert = BertConfig(vocab_size=514, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=16)  # fmt: skip
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                              prediction_type="v_prediction")  # fmt: skip
+    return HunyuanDiTPipeline(
+        vae=AutoencoderKL(**TINY_VAE), text_encoder=BertModel(bert).eval(),
+        tokenizer=tiny_tokenizer(8), transformer=HunyuanDiT2DModel(**TINY_HUNYUAN_TRANSFORMER),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, text_encoder_2=T5EncoderModel(T5Config(**TINY_T5)).eval(),
+        tokenizer_2=tiny_tokenizer(12),
+    )  # fmt: skip
+
+
+def tiny_if_pipeline(seed: int = 0):
+    """A randomly initialised, small DeepFloyd IF stage I ``IFPipeline`` (no VAE: pixels): IF's
+    U-Net blocks on two levels (:data:`TINY_IF_UNET`, 32 px), a T5 with the byte-level
+    tokenizer of :func:`tiny_tokenizer` (77 tokens, as IF's), IF's cosine DDPM with learned
+    variance.
+
+    Args:
+        seed: ``torch.manual_seed`` before building the random weights.
+    """
+    import torch
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return IFPipeline(
+        unet=UNet2DConditionModel(**TINY_IF_UNET).eval(),
+        scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range"),
+        tokenizer=tiny_tokenizer(77), text_encoder=T5EncoderModel(T5Config(**TINY_T5)).eval(),
+        safety_checker=None, feature_extractor=None, watermarker=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
 TINY_PIPELINES = {"pixart": tiny_pixart_pipeline, "flux": tiny_flux_pipeline,
-                  "sd3": tiny_sd3_pipeline}  # fmt: skip
+                  "sd3": tiny_sd3_pipeline, "hunyuan": tiny_hunyuan_pipeline,
+                  "if": tiny_if_pipeline}  # fmt: skip
 
 
 def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
@@ -517,7 +587,8 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     Args:
         directory: output folder (created; must not hold a model already).
         kind: ``"sd15"``, ``"sdxl"`` (U-Nets), ``"pixart"`` (PixArt-Sigma's transformer),
-            ``"flux"`` (FLUX.1-dev's) or ``"sd3"`` (SD3.5-Medium's).
+            ``"flux"`` (FLUX.1-dev's), ``"sd3"`` (SD3.5-Medium's), ``"hunyuan"`` (HunyuanDiT's
+            blocks, 4 of them) or ``"if"`` (DeepFloyd IF stage I's, two levels).
         seed: seed of the random weights, in [0, 2**64 - 1].
 
     Raises:
