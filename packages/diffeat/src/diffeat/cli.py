@@ -8,7 +8,7 @@ diffeat generate-features --model M --prompt P --steps 0,10 [--layers a,b] -o fe
 diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3|hunyuan|if
 diffeat app [--model M] [--image-size S|HxW] [--sigma S] [--port 7860]  (Gradio page; diffeat[app])
 
---model: a diffusers SD/SDXL, PixArt, FLUX.1 or SD3 repository (its model_index.json says which).
+--model: a diffusers SD/SDXL, PixArt, FLUX.1, SD3, HunyuanDiT or IF repository (model_index.json).
 Sizes are S or HxW, height first (``64x96``: 64 px high). Folders give their images
 (``--recursive``: subfolders' too), decoded before the model loads (``--keep-going`` skips a bad
 one, exit 1); bad inputs are refused before any weights load (config files only): see main."""
@@ -114,42 +114,36 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "--control-image": {"type": Path, "default": None, "help": "its conditioning image (all)"},
     "--control-scale": {"type": float, "default": 1.0, "help": "its scale, finite" + DEFAULT},
     "--allow-large": {"action": "store_true", "help": "run even if the memory estimate is high"},
-    "--offload": {"choices": OFFLOADS, "default": None, "help": "model: every component waits "
-                  "on the CPU and runs on --device only for its stage (model CPU offload)"},
+    "--offload": {"choices": OFFLOADS, "default": None, "help": "model: model CPU offload"},
 }  # fmt: skip
 IMAGES = {"nargs": "+", "type": Path, "metavar": "IMAGE|FOLDER",
           "help": "image files and folders (a folder gives its images in name order)"}  # fmt: skip
 FLAG = {"action": "store_true"}
 BATCH_OPTIONS: dict[str, dict[str, Any]] = {
-    "--recursive": {**FLAG, "help": "walk the subfolders of folders too (default: their "
-                    "images are left out, and counted)"},
+    "--recursive": {**FLAG, "help": "walk subfolders too (default: left out, counted)"},
     "--keep-going": {**FLAG, "help": "skip an image that cannot be read (one line) and exit 1 "
                      "at the end with the list (default: stop before any model loads)"},
 }  # fmt: skip
 APP_OPTIONS: dict[str, dict[str, Any]] = {
-    "--model": {"help": "SD/SDXL, PixArt, FLUX or SD3: hub id or folder (default: "
-                f"{SD15_HUB_ID}; offline, the tiny model)"},
+    "--model": {"help": f"hub id or folder (default: {SD15_HUB_ID}; offline, the tiny model)"},
     "--image-size": {**SIZE, "help": "resize images to S or HxW px, height first, multiples of "
                      "the model's factor (SD: 64) (default: 512)"},
     "--host": {"default": "127.0.0.1", "help": "address to serve on" + DEFAULT},
     "--port": {"type": int, "default": 7860, "help": "TCP port, in [1, 65535]" + DEFAULT},
     "--share": {**FLAG, "help": "also open a public Gradio link"},
-    **{flag: MODEL_OPTIONS[flag] for flag in ("--timestep", "--sigma", "--dtype", "--device",
-                                              "--offload")},
+    **{f: MODEL_OPTIONS[f] for f in ("--timestep", "--sigma", "--dtype", "--device", "--offload")},
 }  # fmt: skip
 PCA_OPTIONS: dict[str, dict[str, Any]] = {
     "--skip-existing": {**FLAG, "help": "leave out images whose PNGs all exist (resumes an "
                         "interrupted run; the PCA then covers the images that remain)"},
-    "--in-place": {**FLAG, "help": "allow -o to be an input folder: the PNGs go among its "
-                   "images (default: refused)"},
+    "--in-place": {**FLAG, "help": "allow -o to be an input folder (PNGs among its images)"},
 }  # fmt: skip
 
 
 def add_model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """The model, selection and extraction options of ``extract``, ``probe`` and ``pca`` on
     ``parser``; ``required``: ``--model`` is (``pca`` also takes ``--features`` instead)."""
-    parser.add_argument("--model", required=required, help="diffusers SD/SDXL, PixArt, FLUX or "
-                        "SD3 repository: hub id or folder (see `diffeat tiny-model`)")  # fmt: skip
+    parser.add_argument("--model", required=required, help="a diffusers model: hub id or folder")
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--preset", choices=sorted(PRESETS), help="a paper selection")
     names = ", ".join(selection_names())
