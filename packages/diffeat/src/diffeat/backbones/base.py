@@ -142,3 +142,50 @@ def load_vae_and_scheduler(model: str, dtype: torch.dtype, **load: Any) -> dict[
     config = diffusers.DDPMScheduler.load_config(model, subfolder="scheduler", **config_load)
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
     return {"vae": vae, "scheduler": scheduler}
+
+
+def load_transformer_repository(
+    model: str,
+    network: str,
+    encoders: tuple[str, ...],
+    dtype: torch.dtype,
+    text_stack: bool = True,
+    **load: Any,
+) -> dict[str, Any]:
+    """The ``transformer``, ``vae`` and ``scheduler`` of a diffusers repository and (with
+    ``text_stack``) its tokenizers and text encoders, ``tokenizer``/``text_encoder`` first,
+    then ``_2``, ``_3``: one per class of ``encoders``.
+
+    Args:
+        model: hub id or local folder.
+        network: the diffusers class of ``transformer/`` (``"FluxTransformer2DModel"``).
+        encoders: the transformers class of each text encoder, in folder order.
+        dtype: weights dtype.
+        text_stack: load the tokenizers and text encoders.
+        **load: passed to every ``from_pretrained`` (``variant`` only to the weights).
+    """
+    import diffusers
+
+    transformer = getattr(diffusers, network).from_pretrained(
+        model, subfolder="transformer", torch_dtype=dtype, **load
+    )
+    parts = {"transformer": transformer, **load_vae_and_scheduler(model, dtype, **load)}
+    if not text_stack:
+        return parts
+    import transformers
+
+    plain = {key: value for key, value in load.items() if key != "variant"}
+    suffixes = ["", *(f"_{index}" for index in range(2, len(encoders) + 1))]
+    return {
+        **parts,
+        "tokenizers": [
+            transformers.AutoTokenizer.from_pretrained(model, subfolder=f"tokenizer{s}", **plain)
+            for s in suffixes
+        ],
+        "text_encoders": [
+            getattr(transformers, name).from_pretrained(
+                model, subfolder=f"text_encoder{s}", torch_dtype=dtype, **load
+            )
+            for name, s in zip(encoders, suffixes, strict=True)
+        ],
+    }

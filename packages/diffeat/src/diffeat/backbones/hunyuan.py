@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffeat.backbones.base import Backbone, load_vae_and_scheduler
+from diffeat.backbones.base import Backbone, load_transformer_repository
 from diffeat.capture import ActivationRecorder, _check_unchunked, probs_to_map, tokens_to_map
 from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
 from diffeat.shapes import check_pass_size
@@ -280,32 +280,9 @@ class HunyuanDiTBackbone(Backbone):
     ) -> dict[str, Any]:
         """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the tokenizers and text
         encoders: the BERT (``tokenizer``, ``text_encoder``) and mT5 (``_2``) ones."""
-        from diffusers import HunyuanDiT2DModel
-
-        transformer = HunyuanDiT2DModel.from_pretrained(
-            model, subfolder="transformer", torch_dtype=dtype, **load
+        return load_transformer_repository(
+            model, "HunyuanDiT2DModel", ("BertModel", "T5EncoderModel"), dtype, text_stack, **load
         )
-        parts = {"transformer": transformer, **load_vae_and_scheduler(model, dtype, **load)}
-        if not text_stack:
-            return parts
-        from transformers import AutoTokenizer, BertModel, T5EncoderModel
-
-        plain = {key: value for key, value in load.items() if key != "variant"}
-        return {
-            **parts,
-            "tokenizers": [
-                AutoTokenizer.from_pretrained(model, subfolder=f, **plain)
-                for f in ("tokenizer", "tokenizer_2")
-            ],
-            "text_encoders": [
-                BertModel.from_pretrained(
-                    model, subfolder="text_encoder", torch_dtype=dtype, **load
-                ),
-                T5EncoderModel.from_pretrained(
-                    model, subfolder="text_encoder_2", torch_dtype=dtype, **load
-                ),
-            ],
-        }
 
 
 def hunyuan_layer_infos(

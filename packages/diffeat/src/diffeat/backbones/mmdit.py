@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from common_kernels.runtime.errors import InvalidValue
-from diffeat.backbones.base import Backbone, load_vae_and_scheduler
+from diffeat.backbones.base import Backbone, load_transformer_repository
 from diffeat.capture import ActivationRecorder, _check_unchunked, probs_to_map, tokens_to_map
 from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
 from diffeat.shapes import check_pass_size
@@ -348,12 +348,6 @@ class JointRecorder(ActivationRecorder):
 
 
 # -- the backbones ----------------------------------------------------------------------------
-def _t5_loader(model: str, folder: str, dtype: torch.dtype, **load: Any):
-    from transformers import T5EncoderModel
-
-    return T5EncoderModel.from_pretrained(model, subfolder=folder, torch_dtype=dtype, **load)
-
-
 class JointBackbone(Backbone):
     """What FLUX and SD3 share: a ``transformer/`` folder, flow-matching noise (``sigma``),
     CLIP and T5 text, no LoRA/ControlNet here."""
@@ -496,30 +490,14 @@ class FluxBackbone(JointBackbone):
     ) -> dict[str, Any]:
         """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the CLIP tokenizer and
         text encoder (``tokenizer``, ``text_encoder``) and the T5 ones (``_2``)."""
-        from diffusers import FluxTransformer2DModel
-
-        transformer = FluxTransformer2DModel.from_pretrained(
-            model, subfolder="transformer", torch_dtype=dtype, **load
+        return load_transformer_repository(
+            model,
+            "FluxTransformer2DModel",
+            ("CLIPTextModel", "T5EncoderModel"),
+            dtype,
+            text_stack,
+            **load,
         )
-        parts = {"transformer": transformer, **load_vae_and_scheduler(model, dtype, **load)}
-        if not text_stack:
-            return parts
-        from transformers import AutoTokenizer, CLIPTextModel
-
-        plain = {key: value for key, value in load.items() if key != "variant"}
-        return {
-            **parts,
-            "tokenizers": [
-                AutoTokenizer.from_pretrained(model, subfolder=f, **plain)
-                for f in ("tokenizer", "tokenizer_2")
-            ],
-            "text_encoders": [
-                CLIPTextModel.from_pretrained(
-                    model, subfolder="text_encoder", torch_dtype=dtype, **load
-                ),
-                _t5_loader(model, "text_encoder_2", dtype, **load),
-            ],
-        }
 
 
 class SD3Backbone(JointBackbone):
@@ -566,31 +544,14 @@ class SD3Backbone(JointBackbone):
     ) -> dict[str, Any]:
         """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the two CLIP tokenizers
         and text encoders (with projections) and the T5 ones (``_3``)."""
-        from diffusers import SD3Transformer2DModel
-
-        transformer = SD3Transformer2DModel.from_pretrained(
-            model, subfolder="transformer", torch_dtype=dtype, **load
+        return load_transformer_repository(
+            model,
+            "SD3Transformer2DModel",
+            ("CLIPTextModelWithProjection",) * 2 + ("T5EncoderModel",),
+            dtype,
+            text_stack,
+            **load,
         )
-        parts = {"transformer": transformer, **load_vae_and_scheduler(model, dtype, **load)}
-        if not text_stack:
-            return parts
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
-        plain = {key: value for key, value in load.items() if key != "variant"}
-        clips = [
-            CLIPTextModelWithProjection.from_pretrained(
-                model, subfolder=f, torch_dtype=dtype, **load
-            )
-            for f in ("text_encoder", "text_encoder_2")
-        ]
-        return {
-            **parts,
-            "tokenizers": [
-                AutoTokenizer.from_pretrained(model, subfolder=f, **plain)
-                for f in ("tokenizer", "tokenizer_2", "tokenizer_3")
-            ],
-            "text_encoders": [*clips, _t5_loader(model, "text_encoder_3", dtype, **load)],
-        }
 
 
 FLUX = FluxBackbone()
