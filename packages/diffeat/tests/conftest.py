@@ -20,6 +20,17 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): they are per-op overhead, which extra threads
+    only add to on a shared machine (40x slower at a load of 8 on 2 cores); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def pipes() -> dict:
     out = {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diffeat import PRESETS, FeatureExtractor, FluxFeatureExtractor, SD3FeatureExtractor
@@ -22,13 +21,7 @@ KINDS = {  # kind: (extractor class, preset, catalogue length, a name of it)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for these tiny models (see tests/test_mmdit.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

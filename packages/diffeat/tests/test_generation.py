@@ -29,14 +29,7 @@ DIT_NAMES = ["dit-in", "dit-block0-self-q", "dit-block3-cross-map", "dit-block27
 PROMPT = "a photo of a horse"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny models are per-op overhead, which extra threads only add
-    to on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ TINY = TINY_HUNYUAN_TRANSFORMER
 LAYERS = ["hunyuan-in", "hunyuan-block1-out"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_pipeline():

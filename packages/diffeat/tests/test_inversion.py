@@ -17,14 +17,7 @@ from diffeat.configs import SD15_SCHEDULER, tiny_flux_pipeline, tiny_pixart_pipe
 from diffeat.inversion import check_inversion, inversion_timesteps
 from diffeat.plan import check_from_pretrained
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for these tiny models (see tests/test_mmdit.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def manual_inversion(network, latents, embeds, alphas, steps, channels, **kwargs):
