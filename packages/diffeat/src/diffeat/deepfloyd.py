@@ -26,7 +26,7 @@ from diffeat.extraction import check_text_stack
 from diffeat.extractor import FeatureExtractor
 from diffeat.io import check_pixel_tensor
 from diffeat.offload import ModelOffload
-from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
+from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
 from diffeat.presets import ALL
 from diffeat.prompts import T5PromptEncoder
 
@@ -97,11 +97,7 @@ class IFFeatureExtractor(FeatureExtractor):
     def _from_components(
         cls, plan: LoadPlan, components: dict[str, Any], options: dict[str, Any]
     ) -> IFFeatureExtractor:
-        for key in ADAPTER_KEYS:  # U-Net-only options, refused by the plan when set
-            options.pop(key, None)
-        config = ExtractorConfig(
-            layers=plan.requested, timestep=plan.timestep, preset=plan.preset, **options
-        )
+        config = adapterless_config(plan, options)
         return cls(config=config, **components)
 
     @classmethod

@@ -19,7 +19,7 @@ from diffeat.capture import ActivationRecorder
 from diffeat.configs import ALPHA_TOKENS
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
-from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
+from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
 from diffeat.prompts import T5PromptEncoder
 
 __all__ = [  # the backbone's functions, importable from here as before
@@ -106,11 +106,7 @@ class DiTFeatureExtractor(BaseFeatureExtractor):
         """The DiT extractor of loaded components (``max_sequence_length`` from the options;
         the adapter options, checked to be unset or at their defaults, left out)."""
         length = options.pop("max_sequence_length", DIT_TOKENS)
-        for key in ADAPTER_KEYS:
-            options.pop(key, None)
-        config = ExtractorConfig(
-            layers=plan.requested, timestep=plan.timestep, preset=plan.preset, **options
-        )
+        config = adapterless_config(plan, options)
         return cls(config=config, max_sequence_length=length, **components)
 
     @classmethod

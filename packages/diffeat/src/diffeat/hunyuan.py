@@ -28,7 +28,7 @@ from diffeat.backbones.hunyuan import (
 )
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
-from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
+from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
 from diffeat.prompts import PromptEmbeddings
 
 
@@ -197,11 +197,7 @@ class HunyuanDiTFeatureExtractor(BaseFeatureExtractor):
     ) -> HunyuanDiTFeatureExtractor:
         """The extractor of loaded components (the adapter options, checked to be unset,
         left out)."""
-        for key in ADAPTER_KEYS:
-            options.pop(key, None)
-        config = ExtractorConfig(
-            layers=plan.requested, timestep=plan.timestep, preset=plan.preset, **options
-        )
+        config = adapterless_config(plan, options)
         return cls(config=config, **components)
 
     @classmethod

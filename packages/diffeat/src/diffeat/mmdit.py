@@ -33,7 +33,7 @@ from diffeat.backbones.mmdit import (
 )
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
-from diffeat.plan import ADAPTER_KEYS, ExtractorConfig, LoadPlan, resolve_layers
+from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
 from diffeat.prompts import FluxPromptEncoder, PromptEmbeddings, SD3PromptEncoder
 from diffeat.schedule import is_flow_matching
 
@@ -124,11 +124,7 @@ class _JointFeatureExtractor(BaseFeatureExtractor):
         """The extractor of loaded components (``max_sequence_length`` from the options; the
         adapter options, checked to be unset, left out)."""
         length = options.pop("max_sequence_length", None)
-        for key in ADAPTER_KEYS:
-            options.pop(key, None)
-        config = ExtractorConfig(
-            layers=plan.requested, timestep=plan.timestep, preset=plan.preset, **options
-        )
+        config = adapterless_config(plan, options)
         return cls(config=config, max_sequence_length=length, **components)
 
     @classmethod

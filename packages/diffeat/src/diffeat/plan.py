@@ -359,6 +359,21 @@ def check_flow(backbone: Backbone, configs: ModelConfigs, source: Path | str, mo
             raise InvalidValue(argument, f"{shown_model}: {literal(error)}") from None
 
 
+def adapterless_config(plan: LoadPlan, options: dict[str, Any]) -> ExtractorConfig:
+    """The :class:`ExtractorConfig` of a network without LoRA/ControlNet support: the plan's
+    selection and timestep, ``options`` less the adapter options (the plan checked them unset).
+
+    Args:
+        plan: the checked load plan.
+        options: the plan's remaining options (changed: the adapter keys are taken out).
+    """
+    for key in ADAPTER_KEYS:
+        options.pop(key, None)
+    return ExtractorConfig(
+        layers=plan.requested, timestep=plan.timestep, preset=plan.preset, **options
+    )
+
+
 def names_or_all(layers: Sequence[str] | str) -> tuple[str, ...]:
     """``layers`` as a tuple of names: ``"all"`` becomes ``("all",)``, a preset its names."""
     return layer_selection(layers, "layers")
