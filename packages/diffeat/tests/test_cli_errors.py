@@ -402,7 +402,7 @@ CASES = {
     "tiny_model_kind": (
         ["tiny-model", "{t}/tiny", "--kind", "sd4"],
         "argument --kind: invalid choice: 'sd4' (choose from 'sd15', 'sdxl', 'pixart', 'flux', "
-        "'sd3')",
+        "'sd3', 'hunyuan', 'if')",
     ),
     "tiny_model_seed": (
         ["tiny-model", "{t}/tiny", "--kind", "sd15", "--seed", "-2"],
