@@ -259,8 +259,9 @@ def repo(session: nox.Session) -> None:
 @timed
 def slow(session: nox.Session) -> None:
     """Every package's and the repository's slow-marked tests (RUN_SLOW=1), all packages
-    installed in one env. Not tagged ``tests`` (about 25 minutes on a 2-core machine: it holds
-    the minute-long tests and README blocks kept out of the default lane's 30 minutes):
+    installed in one env. Not tagged ``tests`` (about 35 minutes on a 2-core machine: it holds
+    the minute-long tests, README blocks and per-line install resolutions kept out of the
+    default lane's 30 minutes):
     ``repo.yml`` runs it nightly, ``nox -s slow`` here."""
     share_torch(session)
     install_packages(session, list(PACKAGES), "test")

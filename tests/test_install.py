@@ -3,9 +3,13 @@ install line either names the in-tree packages it needs (run from a clone) or in
 wheelhouse that ``nox -s build`` writes; index-only lines are marked as not working yet.
 
 Resolution is checked with ``pip install --dry-run --report`` in a fresh virtual environment
-(the index is reachable, nothing heavy is installed); each wheel is really installed, without
-its dependencies, from a wheelhouse of the in-tree wheels only, and must carry every file of
-its source tree (package data: configs, bundled weights, policies).
+(the index is reachable, nothing heavy is installed). The default lane resolves two merged
+commands, every clone line together and every wheelhouse line together (a set of requirements
+that resolves together resolves in any part), and checks statically that each clone line names
+every in-tree package it needs at a version its requirements accept; the slow lane resolves
+each line as written (25 resolutions, about 9 minutes on 2 cores). Each wheel is really
+installed, without its dependencies, from a wheelhouse of the in-tree wheels only, and must
+carry every file of its source tree (package data: configs, bundled weights, policies).
 """
 
 from __future__ import annotations
@@ -102,6 +106,39 @@ def wheelhouse(tmp_path_factory, venv) -> Path:
     return path
 
 
+def merged_commands() -> dict[str, str]:
+    """Every clone line merged into one command and every wheelhouse line into another: each
+    package once, with the union of the extras its lines ask for."""
+    merged: dict[str, str] = {}
+    for kind, prefix in (("clone", []), ("wheelhouse", ["--find-links", "dist"])):
+        extras: dict[str, set[str]] = {}
+        for param in README_LINES:
+            args = shlex.split(param.values[0])[2:]
+            if (args[:2] == ["--find-links", "dist"]) != bool(prefix):
+                continue
+            for arg in args[len(prefix) :]:
+                name, _, wanted = arg.partition("[")
+                extras.setdefault(name, set()).update(e for e in wanted.rstrip("]").split(",") if e)
+        words = [f"{n}[{','.join(sorted(e))}]" if e else n for n, e in sorted(extras.items())]
+        merged[kind] = shlex.join(["pip", "install", *prefix, *words])
+    return merged
+
+
+MERGED = merged_commands()
+
+
+@pytest.fixture(scope="module")
+def merged_resolutions(venv: Path, wheelhouse: Path, tmp_path_factory) -> dict[str, dict]:
+    """The two merged commands' dry-run resolutions, side by side."""
+    folder = tmp_path_factory.mktemp("merged")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = {
+            kind: pool.submit(resolve, venv, _args(command, wheelhouse), folder / f"{kind}.json")
+            for kind, command in MERGED.items()
+        }
+    return {kind: job.result() for kind, job in jobs.items()}
+
+
 @pytest.fixture(scope="module")
 def resolutions(venv: Path, wheelhouse: Path, tmp_path_factory) -> dict[str, dict]:
     """Every README line's dry-run resolution, run four at a time (each waits on the index);
@@ -146,12 +183,17 @@ def resolve(python: Path, args: list[str], report: Path) -> dict[str, tuple[str,
     }
 
 
-def in_tree_requirements(package_dir: Path, extras: list[str]) -> set[str]:
-    """In-tree package names that ``package_dir`` with ``extras`` needs, transitively."""
-    needed: set[str] = set()
-    pending = [(package_dir, extras)]
+def in_tree_requirements(package_dir: Path, extras: list[str]) -> list[tuple[str, Requirement]]:
+    """``(who requires it, requirement)`` for every in-tree package that ``package_dir`` with
+    ``extras`` needs, transitively (each package and extras set visited once)."""
+    edges: list[tuple[str, Requirement]] = []
+    seen: set[tuple[Path, tuple[str, ...]]] = set()
+    pending = [(package_dir, tuple(sorted(extras)))]
     while pending:
         current, groups = pending.pop()
+        if (current, groups) in seen:
+            continue
+        seen.add((current, groups))
         project = _project(current)
         requirements = list(project.get("dependencies", []))
         for group in groups:
@@ -159,10 +201,10 @@ def in_tree_requirements(package_dir: Path, extras: list[str]) -> set[str]:
         for text in requirements:
             requirement = Requirement(text)
             name = canonicalize_name(requirement.name)
-            if name in IN_TREE and name not in needed:
-                needed.add(name)
-                pending.append((_dir_of(name), list(requirement.extras)))
-    return needed
+            if name in IN_TREE:
+                edges.append((project["name"], requirement))
+                pending.append((_dir_of(name), tuple(sorted(requirement.extras))))
+    return edges
 
 
 def _dir_of(name: str) -> Path:
@@ -184,19 +226,67 @@ def test_every_install_line_works_today_or_is_marked() -> None:
         assert any(f"./packages/{package_dir.name}" in c for c in commands), package_dir.name
 
 
+def test_the_merged_commands_cover_every_line() -> None:
+    """Each README line's packages and extras are in its merged command."""
+    for param in README_LINES:
+        args = shlex.split(param.values[0])[2:]
+        merged = shlex.split(MERGED["wheelhouse" if args[0] == "--find-links" else "clone"])[2:]
+        for arg in args:
+            if arg.startswith("-") or arg == "dist":
+                continue
+            name, _, extras = arg.partition("[")
+            match = next(m for m in merged if m.partition("[")[0] == name)
+            assert set(extras.rstrip("]").split(",")) - {""} <= set(
+                match.partition("[")[2].rstrip("]").split(",")
+            ), (param.values[0], match)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [p for p in README_LINES if not p.values[0].startswith("pip install --find-links")],
+)
+def test_each_clone_line_names_the_in_tree_packages_it_needs(command: str) -> None:
+    """Without an index holding them, pip can only take an in-tree dependency from the clone if
+    the line names its folder; its version must satisfy every requirement on it."""
+    args = shlex.split(command)[2:]
+    named = {canonicalize_name(_project(_requested(arg)[0])["name"]) for arg in args}
+    for arg in args:
+        for owner, requirement in in_tree_requirements(*_requested(arg)):
+            name = canonicalize_name(requirement.name)
+            assert name in named, (
+                f"{command!r}: {owner} needs {name}, whose folder it does not name"
+            )
+            assert requirement.specifier.contains(IN_TREE[name], prereleases=True), (
+                f"{owner} requires {str(requirement)!r}; in-tree {name} is {IN_TREE[name]}"
+            )
+
+
+@pytest.mark.parametrize("kind", sorted(MERGED))
+def test_the_merged_install_lines_resolve(
+    kind: str, merged_resolutions: dict, wheelhouse: Path
+) -> None:
+    """Every clone line together (and every wheelhouse line together) resolves from the
+    repository root, every in-tree package from the clone or the wheelhouse at its version."""
+    _check_resolution(MERGED[kind], merged_resolutions[kind], wheelhouse)
+
+
+@pytest.mark.slow  # 25 pip resolutions, ~9 minutes; the merged commands above cover the lines
 @pytest.mark.parametrize("command", README_LINES)
 def test_readme_install_line_resolves(command: str, resolutions: dict, wheelhouse: Path) -> None:
     """The line resolves as written from the repository root, and every in-tree package comes
     from the clone (or the wheelhouse), at the in-tree version, never from an index."""
+    _check_resolution(command, resolutions[command], wheelhouse)
+
+
+def _check_resolution(command: str, chosen: dict, wheelhouse: Path) -> None:
     args = _args(command, wheelhouse)
-    chosen = resolutions[command]
     wanted: set[str] = set()
     for arg in args:
         if arg.startswith("-") or arg == str(wheelhouse):
             continue
         package_dir, extras = _requested(arg)
         wanted |= {canonicalize_name(_project(package_dir)["name"])}
-        wanted |= in_tree_requirements(package_dir, extras)
+        wanted |= {canonicalize_name(r.name) for _, r in in_tree_requirements(package_dir, extras)}
     for name in wanted:
         assert name in chosen, f"{command!r} does not install {name}"
         version, url = chosen[name]
