@@ -388,8 +388,9 @@ CASES = {
     "layers_config_unknown": (
         ["layers", "--config", "sd3"],
         "argument --config: invalid choice: 'sd3' (choose from 'flux-dev', 'pixart-alpha-1024', "
-        "'pixart-sigma', 'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', 'sdxl', 'tiny-flux', "
-        "'tiny-pixart-alpha', 'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
+        "'pixart-alpha-512', 'pixart-sigma', 'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', "
+        "'sdxl', 'tiny-flux', 'tiny-pixart-alpha', 'tiny-pixart-alpha-512', 'tiny-pixart-sigma', "
+        "'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
     ),
     "tiny_model_into_a_file": (
         ["tiny-model", "{t}/file.txt", "--kind", "sd15"],

@@ -33,8 +33,9 @@ CASES = {
     "config": (
         ["layers", "--config", "sd3"],
         "argument --config: invalid choice: 'sd3' (choose from 'flux-dev', 'pixart-alpha-1024', "
-        "'pixart-sigma', 'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', 'sdxl', 'tiny-flux', "
-        "'tiny-pixart-alpha', 'tiny-pixart-sigma', 'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
+        "'pixart-alpha-512', 'pixart-sigma', 'playground-v2', 'sd15', 'sd21', 'sd3.5-medium', "
+        "'sdxl', 'tiny-flux', 'tiny-pixart-alpha', 'tiny-pixart-alpha-512', 'tiny-pixart-sigma', "
+        "'tiny-sd15', 'tiny-sd3', 'tiny-sdxl')",
     ),
     "text_tokens": (
         ["layers", "--config", "sd15", "--text-tokens", "0"],

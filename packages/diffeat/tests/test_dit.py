@@ -335,6 +335,69 @@ def test_pixart_alpha_gets_the_micro_conditions_of_its_pipeline():
     assert not torch.allclose(outputs[0], outputs[1])
 
 
+def _sincos_position_embedding(width: int, grid: tuple[int, int], base: int, scale: float):
+    """PixArt's 2-D sin-cos position embedding restated: cell (i, j) of an h x w grid sits at
+    (i, j) * base / (h, w) / scale; the first half of the width encodes the column, the second
+    the row, each as [sin, cos] of the position times 10000^(-k / (width / 4))."""
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float64) * base / h / scale
+    cols = torch.arange(w, dtype=torch.float64) * base / w / scale
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def encode(position):  # (h, w) -> (h, w, width / 2)
+        angles = position[..., None] * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    row, col = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.cat([encode(col), encode(row)], dim=-1)  # (h, w, width)
+
+
+def test_pixart_alpha_512_has_no_micro_conditions_and_its_own_position_scale():
+    """PixArt-alpha 512x512 (sample_size 64): diffusers leaves the micro-conditions off and the
+    position embedding at interpolation scale 1; the extractor passes no conditions, prompts
+    with 120 T5 tokens, and its patch embedding equals a restatement (conv + sin-cos at scale 1)."""
+    from diffeat.configs import PIXART_ALPHA_512_TRANSFORMER
+
+    shapes = {i.name: i.shape for i in dit_layer_infos(PIXART_ALPHA_512_TRANSFORMER)}
+    assert shapes["dit-in"] == (4, 64, 64)  # default size 512 px
+    assert shapes["dit-block27-out"] == (1152, 32, 32)
+
+    with pytest.raises(ValueError, match="alpha_size must be 512 or 1024, got 768"):
+        tiny_pixart_pipeline(alpha=True, alpha_size=768)
+    pipe = tiny_pixart_pipeline(seed=0, alpha=True, alpha_size=512)
+    transformer = pipe.transformer
+    assert not transformer.use_additional_conditions
+    extractor = DiTFeatureExtractor.from_pipeline(
+        pipe, layers=["dit-in", "dit-after-patch-embed", "dit-block3-out"]
+    )
+    assert extractor.max_sequence_length == 120
+    images = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    handle = transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
+    try:
+        features = extractor(images, "a horse")
+    finally:
+        handle.remove()
+    assert seen["added_cond_kwargs"] == {"resolution": None, "aspect_ratio": None}
+
+    latent = features["dit-in"].double()  # (1, 4, 4, 6)
+    proj = transformer.pos_embed.proj
+    patches = F.conv2d(latent, proj.weight.double(), proj.bias.double(), stride=2)  # (1, C, 2, 3)
+    width = patches.shape[1]
+    base = PIXART_ALPHA_512_TRANSFORMER["sample_size"] // 2  # latent cells / patch
+    position = _sincos_position_embedding(width, (2, 3), base, scale=1.0)  # (2, 3, C)
+    expected = patches + position.permute(2, 0, 1)[None]  # (h, w, C) -> (1, C, h, w)
+    recorded = features["dit-after-patch-embed"].double()
+    torch.testing.assert_close(recorded, expected, atol=1e-5, rtol=1e-5)
+    at_scale_2 = (
+        patches + _sincos_position_embedding(width, (2, 3), base, 2.0).permute(2, 0, 1)[None]
+    )
+    assert (recorded - at_scale_2).abs().max() > 1e-2  # the 1024 models' scale would differ
+
+
 @pytest.mark.slow  # 10-20 s on this machine: a pipeline saved and loaded
 def test_a_saved_pixart_alpha_model_prompts_with_120_tokens(tmp_path):
     from diffeat import FeatureExtractor

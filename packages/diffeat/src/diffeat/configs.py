@@ -207,6 +207,17 @@ TINY_PIXART_ALPHA_TRANSFORMER: dict[str, Any] = {
     "attention_head_dim": 12,  # width 24: the size embedding splits it in thirds (1152 = 3 x 384)
     "cross_attention_dim": 24,
 }
+# PixArt-alpha XL-2 512x512 (PixArt-alpha/PixArt-XL-2-512x512): the same blocks at sample_size 64,
+# where diffusers leaves the micro-conditions off and the position embedding's interpolation
+# scale at 1 (sample_size // 64; both unset in its config).
+PIXART_ALPHA_512_TRANSFORMER: dict[str, Any] = {
+    **{k: v for k, v in PIXART_ALPHA_TRANSFORMER.items() if k != "interpolation_scale"},
+    "sample_size": 64,
+}
+TINY_PIXART_ALPHA_512_TRANSFORMER: dict[str, Any] = {
+    **{k: v for k, v in TINY_PIXART_ALPHA_TRANSFORMER.items() if k != "interpolation_scale"},
+    "sample_size": 64,
+}
 ALPHA_TOKENS = 120  # PixArtAlphaPipeline's max_sequence_length
 
 DIT_CONFIGS: dict[str, dict[str, Any]] = {
@@ -214,6 +225,8 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny-pixart-sigma": TINY_PIXART_TRANSFORMER,
     "pixart-alpha-1024": PIXART_ALPHA_TRANSFORMER,
     "tiny-pixart-alpha": TINY_PIXART_ALPHA_TRANSFORMER,
+    "pixart-alpha-512": PIXART_ALPHA_512_TRANSFORMER,
+    "tiny-pixart-alpha-512": TINY_PIXART_ALPHA_512_TRANSFORMER,
     "flux-dev": FLUX_DEV_TRANSFORMER,
     "tiny-flux": TINY_FLUX_TRANSFORMER,
     "sd3.5-medium": SD35_MEDIUM_TRANSFORMER,
@@ -424,7 +437,9 @@ def tiny_pipeline(kind: str, seed: int = 0):
     )
 
 
-def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24, alpha: bool = False):
+def tiny_pixart_pipeline(
+    seed: int = 0, max_length: int = 24, alpha: bool = False, alpha_size: int = 1024
+):
     """A randomly initialised, tiny ``PixArtSigmaPipeline`` with PixArt-Sigma's topology (28
     blocks, patch 2, AdaLN-single, 8 output channels), a 2-layer T5 encoder and the byte-level
     tokenizer of :func:`tiny_tokenizer` (padding masked like T5's).
@@ -432,8 +447,12 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24, alpha: bool = Fals
     Args:
         seed: ``torch.manual_seed`` before building the random weights.
         max_length: the tokenizer's ``model_max_length``.
-        alpha: a ``PixArtAlphaPipeline`` with PixArt-alpha 1024-MS's micro-conditions instead.
+        alpha: a ``PixArtAlphaPipeline`` (PixArt-alpha's configuration) instead.
+        alpha_size: the PixArt-alpha model's resolution: 1024 (the 1024-MS model, micro-conditions
+            on) or 512 (the 512x512 model: off, position embedding at interpolation scale 1).
     """
+    if alpha_size not in (512, 1024):
+        raise ValueError(f"alpha_size must be 512 or 1024, got {alpha_size!r}")
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -448,7 +467,8 @@ def tiny_pixart_pipeline(seed: int = 0, max_length: int = 24, alpha: bool = Fals
     vae = AutoencoderKL(**TINY_VAE)
     vae.register_to_config(scaling_factor=0.13025)  # PixArt-Sigma uses the SDXL VAE
     scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
-    config = TINY_PIXART_ALPHA_TRANSFORMER if alpha else TINY_PIXART_TRANSFORMER
+    alpha_configs = {1024: TINY_PIXART_ALPHA_TRANSFORMER, 512: TINY_PIXART_ALPHA_512_TRANSFORMER}
+    config = alpha_configs[alpha_size] if alpha else TINY_PIXART_TRANSFORMER
     return (PixArtAlphaPipeline if alpha else PixArtSigmaPipeline)(
         tokenizer=tiny_tokenizer(max_length),
         text_encoder=T5EncoderModel(T5Config(**TINY_T5)).eval(),
