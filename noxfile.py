@@ -220,6 +220,18 @@ def browser(session: nox.Session) -> None:
         session.error(f"apt-get installed chromium, but there is still none at {chromium}")
 
 
+# Two workers, each test file on one (module fixtures built once, a file's tests in order), each
+# worker and the CLIs it starts on one torch thread: two workers of two OpenMP threads each on
+# the 2-core CI machine spin against each other (pixelsmith's suite: 258 s serial, 820 s so).
+# common-kernels keeps the machine's threads: its kernels' parallel loops are under test.
+# `-n 0` in posargs runs serially.
+XDIST = ("-n", "2", "--dist", "loadfile")
+
+
+def one_thread_per_worker(package: str) -> dict[str, str]:
+    return {} if package == "common-kernels" else {"OMP_NUM_THREADS": "1"}
+
+
 def make_test_session(package: str) -> None:
     @nox.session(name=package, tags=["tests"])
     @timed
@@ -229,8 +241,8 @@ def make_test_session(package: str) -> None:
         session.run(
             "python", "-m", "pytest", str(PACKAGES_DIR / package / "tests"),
             # --durations: the slowest tests in every CI log, against the 30-minute budget
-            "-m", "not gpu", "-p", "no:cacheprovider", "--durations=15", *session.posargs,
-            env=test_env(session),
+            "-m", "not gpu", "-p", "no:cacheprovider", "--durations=15", *XDIST, *session.posargs,
+            env={**test_env(session), **one_thread_per_worker(package)},
         )  # fmt: skip
 
     run_tests.__doc__ = f"Build, install and test {PACKAGES[package]['name']}."
@@ -248,11 +260,12 @@ def repo(session: nox.Session) -> None:
     share_torch(session)
     install_packages(session, ["common-kernels"])
     # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
-    pip_install(session, "pytest>=8", "packaging>=24", "numpy>=1.24", "pillow>=10",
-                "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
+    pip_install(session, "pytest>=8", "pytest-xdist>=3.5", "packaging>=24", "numpy>=1.24",
+                "pillow>=10", "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
     session.run(
-        "python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "--durations=15"
-    )
+        "python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "--durations=15",
+        *XDIST, *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session
