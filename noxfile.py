@@ -55,6 +55,8 @@ TORCH_PINS = ("torch==2.14.1",)
 TORCH_COMPANIONS = ("torchvision==0.29.1",)
 SHARED_TORCH = ROOT / ".nox" / "_torch-2.14.1"
 WHEELHOUSE = ROOT / ".nox" / "_wheels"
+# What .ci/run installs beside the system Python to run the sessions (kept equal by a test).
+CI_PINS = ("nox==2026.10.20", "uv==0.13.9")
 CHROMIUM = "/usr/bin/chromium"  # Debian's; the browser tests drive it through Playwright
 
 TIMINGS = ROOT / ".nox" / "timings.jsonl"  # one line per session run: .ci/run prints them
@@ -188,7 +190,17 @@ def install_packages(session: nox.Session, packages: list[str], extra: str | Non
     build_wheels(session, packages)
     suffix = f"[{extra}]" if extra else ""
     requirements = [f"{PACKAGES[name]['name']}{suffix}" for name in packages]
-    pip_install(session, "--find-links", str(WHEELHOUSE), *requirements)
+    pip_install(session, *refresh_in_tree(list(dict.fromkeys(deps + packages))),
+                "--find-links", str(WHEELHOUSE), *requirements)  # fmt: skip
+
+
+def refresh_in_tree(packages: list[str]) -> list[str]:
+    """uv's ``--refresh-package`` for each in-tree package: uv's cache keys a find-links wheel
+    by its file name, so a rebuilt wheel of an unchanged version would install the cached,
+    older build (pip reads the file each time, so it needs nothing)."""
+    if not UV:
+        return []
+    return [arg for name in packages for arg in ("--refresh-package", PACKAGES[name]["name"])]
 
 
 def cuda_available(session: nox.Session) -> bool:
@@ -259,9 +271,10 @@ def repo(session: nox.Session) -> None:
     common-kernels' test helpers, ``common_kernels.runtime.testing``)."""
     share_torch(session)
     install_packages(session, ["common-kernels"])
-    # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows.
+    # check-jsonschema: its vendored GitHub workflow schema; pyyaml: reading the workflows;
+    # nox and uv at .ci/run's pins: tests/test_noxfile.py runs this file's installs.
     pip_install(session, "pytest>=8", "pytest-xdist>=3.5", "packaging>=24", "numpy>=1.24",
-                "pillow>=10", "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
+                "pillow>=10", "check-jsonschema>=0.29", "pyyaml>=6", *CI_PINS)  # fmt: skip
     session.run(
         "python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "--durations=15",
         *XDIST, *session.posargs,
