@@ -22,7 +22,7 @@ from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.testing import signal_while_working
 from diffeat import DiTFeatureExtractor, FeatureExtractor, PromptEmbeddings, aggregate
 from diffeat.aggregate import resize_feature
-from diffeat.cli import main
+from diffeat.cli import build_parser, main, selected_layers
 from diffeat.commands import check_inputs, left_out_line, plan_pca_outputs
 from diffeat.extractor import check_from_pretrained
 from diffeat.heads import PixelMLPEnsemble, match_keypoints, pixel_training_set
@@ -76,15 +76,19 @@ def test_a_preset_sets_the_image_size_in_the_api_and_the_cli(model_dirs, tmp_pat
     assert {name: tuple(f.shape[1:]) for name, f in reference.items()} == {
         name: shapes[name] for name in reference
     }
-    for selection in (["--preset", "ours-xl"], ["--layers", "ours-xl"]):
-        out = tmp_path / f"{selection[0][2:]}.safetensors"
-        argv = ["extract", zebra, "--model", sdxl, *selection, "--prompt", "a photo of a zebra",
-                "-o", out]  # fmt: skip
-        status, _, err = run(argv, capsys)
-        assert status == 0, err
-        features, meta = load_features(out)
-        assert meta["image_size"] == [1024, 1024]
-        assert all(torch.equal(features[name], reference[name]) for name in reference)
+    # one CLI run (each is a 1024 px extraction); --layers ours-xl reaches the same plan above
+    out = tmp_path / "preset.safetensors"
+    for flag, expected in (("--preset", ("ours-xl", None)), ("--layers", (None, "ours-xl"))):
+        parsed = build_parser().parse_args(["extract", str(zebra), "--model", str(sdxl), flag,
+                                            "ours-xl", "-o", str(out)])  # fmt: skip
+        assert (parsed.preset, selected_layers(parsed)) == expected
+    argv = ["extract", zebra, "--model", sdxl, "--preset", "ours-xl", "--prompt",
+            "a photo of a zebra", "-o", out]  # fmt: skip
+    status, _, err = run(argv, capsys)
+    assert status == 0, err
+    features, meta = load_features(out)
+    assert meta["image_size"] == [1024, 1024]
+    assert all(torch.equal(features[name], reference[name]) for name in reference)
     given = FeatureExtractor.from_pretrained(
         sdxl, preset="ours-xl", image_size=64, text_stack=False
     )
@@ -248,7 +252,7 @@ def test_pca_mirrors_subfolders_and_never_walks_its_output(model_dirs, photos, c
 INTERRUPTED_PCA = """
 import signal, sys, time
 import diffeat.commands
-from diffeat.cli import main
+from diffeat.cli import build_parser, main, selected_layers
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 save_png, written = diffeat.commands.save_png, []
