@@ -186,12 +186,13 @@ def build_wheels(session: nox.Session, packages: list[str], wheelhouse: Path = W
 def install_packages(session: nox.Session, packages: list[str], extra: str | None = None) -> None:
     """Install the built wheels by name; in-tree dependencies resolve from the wheelhouse."""
     deps = [dep for name in packages for dep in in_tree_dependencies(name, extra)]
-    build_wheels(session, [dep for dep in dict.fromkeys(deps) if dep not in packages])
+    deps = [dep for dep in dict.fromkeys(deps) if dep not in packages]
+    build_wheels(session, deps)
     build_wheels(session, packages)
     suffix = f"[{extra}]" if extra else ""
     requirements = [f"{PACKAGES[name]['name']}{suffix}" for name in packages]
-    pip_install(session, *refresh_in_tree(list(dict.fromkeys(deps + packages))),
-                "--find-links", str(WHEELHOUSE), *requirements)  # fmt: skip
+    pip_install(session, *refresh_in_tree(deps + packages), "--find-links", str(WHEELHOUSE),
+                *requirements)  # fmt: skip
 
 
 def refresh_in_tree(packages: list[str]) -> list[str]:

@@ -25,14 +25,12 @@ PROBE = "nox-refresh-probe"  # not on any index: the test's uv runs with UV_NO_I
 
 
 class RecordingSession:
-    """The part of ``nox.Session`` the install helpers use, running commands for real."""
+    """The part of ``nox.Session`` that ``pip_install`` uses, running commands for real."""
 
     def __init__(self, venv: Path) -> None:
         self.bin = str(venv / "bin")
-        self.commands: list[tuple[str, ...]] = []
 
-    def run(self, *args: str, external: bool = False, silent: bool = False, env=None) -> str:
-        self.commands.append(args)
+    def run(self, *args: str, external: bool = False) -> str:
         done = subprocess.run(args, check=True, capture_output=True, text=True)
         return done.stdout
 

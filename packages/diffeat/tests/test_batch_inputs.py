@@ -252,7 +252,7 @@ def test_pca_mirrors_subfolders_and_never_walks_its_output(model_dirs, photos, c
 INTERRUPTED_PCA = """
 import signal, sys, time
 import diffeat.commands
-from diffeat.cli import build_parser, main, selected_layers
+from diffeat.cli import main
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 save_png, written = diffeat.commands.save_png, []
