@@ -15,6 +15,7 @@ from vitron.invocations import InputCounts, parse_invocation
 from vitron.io import to_pil, to_tensor
 from vitron.planners import ChatPlanner, GrammarLimits, PlannerAssistant, PlannerGrammar
 from vitron.planners.regions import describe_region
+from vitron.planners.rules import AnswerRules, AnswerVocab
 from vitron.planners.tiny import ARCHITECTURES, write_tiny_planner
 from vitron.regions import Box, Stroke
 from vitron.specialists import SpecialistRegistry
@@ -36,8 +37,9 @@ def photo() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
 
 
-def walk(grammar: PlannerGrammar, rng: random.Random) -> str:
-    """A random sentence of the grammar, drawn with xgrammar's matcher over single bytes."""
+def walk(grammar: PlannerGrammar, rng: random.Random) -> list[int]:
+    """A random reply of the grammar and its answer rules: tokens drawn at random among those
+    xgrammar's matcher and :class:`AnswerRules` allow, over single bytes (stop token left out)."""
     import xgrammar as xgr
 
     from vitron.tiny import byte_level_tokenizer
@@ -47,24 +49,31 @@ def walk(grammar: PlannerGrammar, rng: random.Random) -> str:
         tok, vocab_size=len(tok), stop_token_ids=[tok.eos_token_id]
     )
     matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_grammar(grammar.ebnf))
+    rules = AnswerRules(AnswerVocab(info.decoded_vocab), grammar.limits.max_answer)
     mask = xgr.allocate_token_bitmask(1, len(tok))
     out = []
     while True:
         matcher.fill_next_token_bitmask(mask, 0)
-        allowed = [i for i in range(len(tok)) if (int(mask[0, i // 32]) >> (i % 32)) & 1]
-        token = rng.choice(allowed)
+        allowed = {i for i in range(len(tok)) if (int(mask[0, i // 32]) >> (i % 32)) & 1}
+        if (only := rules.must_close()) is not None:
+            allowed &= only
+        token = rng.choice(sorted(allowed - set(rules.banned())))
         if token == tok.eos_token_id:
-            return tok.decode(out)
+            return out
         assert matcher.accept_token(token)
+        rules.accept(token)
         out.append(token)
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_sentence_of_the_grammar_is_a_valid_invocation_within_its_bound(seed):
+    from vitron.tiny import byte_level_tokenizer
+
     counts = InputCounts(2, 0, region_images=(1,))
     grammar = PlannerGrammar(counts, limits=LIMITS, mode="calls" if seed % 2 else "any")
-    text = walk(grammar, random.Random(seed))
-    assert len(text.encode()) <= grammar.max_bytes
+    tokens = walk(grammar, random.Random(seed))
+    assert len(tokens) <= grammar.max_tokens
+    text = byte_level_tokenizer().decode(tokens)
     data = json.loads(text)
     if "answer" in data:
         assert seed % 2 == 0 and set(data) == {"answer"}

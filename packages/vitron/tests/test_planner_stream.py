@@ -51,7 +51,7 @@ def test_pieces_joined_are_the_reply(planner, photo, mode):
 def test_a_piece_waits_for_the_rest_of_a_character(planner):
     """Byte-level tokens may split a character: nothing is told until it is whole."""
     told: list[str] = []
-    pieces = TextPieces(planner, told.append)
+    pieces = TextPieces(planner.decode, planner.stop_ids, told.append)
     pieces.put(torch.tensor([[1, 2, 3]]))  # the prompt: never told
     tokens = planner.tokenizer.encode("é!", add_special_tokens=False)
     assert len(tokens) == 3  # the two bytes of 'é', then '!'

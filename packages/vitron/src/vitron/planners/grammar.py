@@ -14,13 +14,22 @@ only after a ``segment_image`` call ``c0``), so there are no dangling references
 Texts are non-empty, bounded, without escapes, and never start with ``$`` (so none reads as a
 reference); integers are JSON integers of at most ``int_digits`` digits; arguments come in the
 spec's order, required ones first. Region arguments take the user's regions only (no box
-literals, whose ``x1 < x2`` a context-free grammar cannot hold). Everything is bounded, so a
-reply has a maximal length in bytes (:attr:`PlannerGrammar.max_bytes`): a decoding budget of
-that many tokens always reaches the end of the JSON.
+literals, whose ``x1 < x2`` a context-free grammar cannot hold).
+
+The final answer's text is the one part the grammar leaves unbounded (``char*``): a bounded
+repetition of an alternation (``(char | escape){0,512}``) makes xgrammar's matcher carry one
+state per possible count, and its mask then costs about a second a token on a 49k vocabulary
+(``benchmarks/planner_speed.py``), where ``char*`` costs microseconds. The answer's length is
+held instead by the decoder's rule (:class:`vitron.planners.rules.AnswerRules`: at most
+``max_answer`` tokens of text, then only a token that closes it), so a reply still has a maximal
+length in tokens (:attr:`PlannerGrammar.max_tokens`): a decoding budget of that many tokens
+always reaches the end of the JSON. Rule names use letters, digits and ``-`` only, so the same
+text is a GBNF grammar for llama.cpp (:attr:`PlannerGrammar.gbnf`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -40,6 +49,8 @@ from vitron.invocations.schema import (
     TaskSpec,
 )
 
+# how every final answer starts: the decoder's answer rules find the answer's text after it
+ANSWER_HEAD = '{"answer": "'
 # a text's first character: printable ASCII except space, '"', '$' and '\' (non-empty after
 # strip(), never a reference, no escapes); its other characters: anything but '"', '\' and
 # control characters
@@ -57,7 +68,8 @@ class GrammarLimits:
             calls made: 5 output signatures ** (max_calls - 1) states).
         max_text: characters of a text argument, >= 1.
         max_list: items of a text-list argument, >= 1.
-        max_answer: characters of a final answer, >= 1 (an escape such as ``\\n`` counts once).
+        max_answer: tokens of a final answer's text, >= 1 (held while decoding by
+            :class:`~vitron.planners.rules.AnswerRules`, not by the grammar).
         int_digits: digits of an integer argument, in [1, 9].
         optional_args: offer the tasks' optional arguments (False: required ones only; shorter
             replies, and no defaults for a small model to get wrong).
@@ -66,7 +78,7 @@ class GrammarLimits:
     max_calls: int = 3
     max_text: int = 96
     max_list: int = 4
-    max_answer: int = 512
+    max_answer: int = 256
     int_digits: int = 5
     optional_args: bool = True
 
@@ -156,27 +168,34 @@ class PlannerGrammar:
                     "invocation", f"{head} {calls[0]} {tail}", head_len + calls[1] + tail_len
                 )
                 options = ["invocation"] if mode == "calls" else [*options, "invocation"]
-        self.max_bytes = max(self._r.lengths[o] for o in options)
+        # every token is at least one byte, so an invocation's length in bytes bounds its tokens
+        self.max_tokens = max(self._r.lengths[o] for o in options)
         self._r.rules = {"root": " | ".join(options), **self._r.rules}
         self.ebnf = self._r.text()
+
+    @property
+    def gbnf(self) -> str:
+        """The grammar as llama.cpp's GBNF: the same text (both engines read this syntax), checked
+        by :func:`check_gbnf` first."""
+        check_gbnf(self.ebnf)
+        return self.ebnf
 
     def _base(self) -> None:
         r, lim = self._r, self.limits
         r.add("text", f'"\\"" {_FIRST} {_REST}{{0,{lim.max_text - 1}}} "\\""', lim.max_text * 4 + 2)
         more = f'(", " text){{0,{lim.max_list - 1}}}' if lim.max_list > 1 else '""'
-        r.add("text_list", f'"[" text {more} "]"', lim.max_list * (r.lengths["text"] + 2))
+        r.add("text-list", f'"[" text {more} "]"', lim.max_list * (r.lengths["text"] + 2))
         digits = lim.int_digits
         tail = f" [0-9]{{0,{digits - 1}}}" if digits > 1 else ""
         r.add("int", f'"0" | [1-9]{tail}', digits)
         r.add("float", 'int ("." [0-9]{1,4})?', digits + 5)
         r.add("bool", '"true" | "false"', 5)
+        # the answer's text is unbounded here and held to max_answer tokens by AnswerRules (see
+        # the module's docstring): the head's bytes, the text's tokens and at most three that
+        # finish an escape or a character, then '"' and '}'
         char = r'[^"\\\x00-\x1f] | "\\" ["\\/nt]'
-        r.add("answer_text", f'"\\"" ({char}){{0,{lim.max_answer}}} "\\""', lim.max_answer * 4 + 2)
-        head, head_len = _lit('{"answer": ')
-        close, close_len = _lit("}")
-        r.add(
-            "answer", f"{head} answer_text {close}", head_len + r.lengths["answer_text"] + close_len
-        )
+        head, head_len = _lit(ANSWER_HEAD[:-1])
+        r.add("answer", f'{head} "\\"" ({char})* "\\"}}"', head_len + 1 + lim.max_answer + 5)
 
     def _refs(self, kind: str, state: tuple[str, ...]) -> list[str]:
         """The references an argument of ``kind`` may take after the calls ``state``."""
@@ -187,7 +206,7 @@ class PlannerGrammar:
 
     def _value(self, arg: ArgSpec, state: tuple[str, ...]) -> tuple[str, int] | None:
         """The EBNF of an argument's value (``None``: no value possible here)."""
-        plain = {TEXT: "text", INT: "int", FLOAT: "float", BOOL: "bool", TEXT_LIST: "text_list"}
+        plain = {TEXT: "text", INT: "int", FLOAT: "float", BOOL: "bool", TEXT_LIST: "text-list"}
         if arg.kind in plain:
             name = plain[arg.kind]
             return name, self._r.lengths[name]
@@ -234,8 +253,9 @@ class PlannerGrammar:
     def _calls(self, state: tuple[str, ...]) -> tuple[str, int] | None:
         """The rule of one more call after ``state`` and everything after it (``None``: none
         of the tasks can be called here)."""
-        key = "_".join(str(_SIGNATURES.index(_signature(TASKS[task]))) for task in state)
-        name = f"calls_{key}" if key else "calls"
+        key = "-".join(str(_SIGNATURES.index(_signature(TASKS[task]))) for task in state)
+        name = f"calls-{key}" if key else "calls"
+
         if name in self._r.rules:
             return name, self._r.lengths[name]
         position = len(state)
@@ -271,3 +291,49 @@ def describe_tasks(tasks: Mapping[str, TaskSpec]) -> str:
         outputs = ", ".join(f"{n} ({k})" for n, k in spec.outputs.items())
         lines.append(f"- {name}: {spec.help}. Arguments: {args}. Outputs: {outputs}.")
     return "\n".join(lines)
+
+
+# GBNF's lexical rules, as llama.cpp's parser (llama-grammar.cpp) reads them
+_GBNF_NAME = r"[A-Za-z0-9-]+"
+_GBNF_ESCAPE = r'\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[nrt\\"\[\]])'
+_GBNF_TOKEN = re.compile(
+    rf'\s+|"(?:[^"\\]|{_GBNF_ESCAPE})*"|\[\^?(?:[^\]\\]|{_GBNF_ESCAPE})*\]'
+    rf"|(?P<name>{_GBNF_NAME})|[|()?*+]|\{{\d+(?:,\d*)?\}}"
+)
+
+
+def check_gbnf(text: str) -> None:
+    """Refuse a grammar text that llama.cpp's GBNF parser would not read (its binding aborts the
+    process on a parse error instead of raising): every rule ``NAME ::= BODY`` on one line,
+    names of letters, digits and ``-``, literal and class escapes GBNF knows, every referenced
+    rule defined, a ``root`` rule.
+
+    Raises:
+        ValueError: the first fault, with its line.
+    """
+    defined, used = set(), {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, body = line.partition(" ::= ")
+        if not sep or not re.fullmatch(_GBNF_NAME, name):
+            raise ValueError(
+                f"GBNF line {number}: not NAME ::= BODY with a name of letters, digits and "
+                f"'-': {line[:80]!r}"
+            )
+        defined.add(name)
+        position = 0
+        while position < len(body):
+            found = _GBNF_TOKEN.match(body, position)
+            if found is None:
+                raise ValueError(
+                    f"GBNF line {number} ({name}): cannot read {body[position : position + 40]!r}"
+                )
+            if found.group("name"):
+                used.setdefault(found.group("name"), number)
+            position = found.end()
+    missing = sorted(set(used) - defined)
+    if missing:
+        raise ValueError(f"GBNF: rule {missing[0]!r} (line {used[missing[0]]}) is not defined")
+    if "root" not in defined:
+        raise ValueError("GBNF: no root rule")
