@@ -126,6 +126,11 @@ CASES = {
     "planner": (["run", "x", "--planner", "no_such_model", "-o", "{t}/out"],
                 "--planner: unknown model 'no_such_model': a local folder starts with ./ or / (or "
                 "exists), a hub id is owner/name"),
+    "engine": (["run", "x", "--planner", "tiny-llama", "--engine", "llama.cpp", "-o", "{t}/out"],
+               "--engine llama.cpp runs a GGUF file (--planner FILE.gguf or smollm2); tiny-llama "
+               "is a transformers model"),
+    "no_repeat": (["run", "x", "--planner", "tiny-llama", "--no-repeat", "1", "-o", "{t}/out"],
+                  "--no-repeat must be 0 (off) or an integer >= 2, got 1"),
     "vision_tower": (["convert-official", "{t}", "--vision-tower", "{t}/nope", "-o", "{t}/out"],
                      "--vision-tower {t}/nope: no such folder; expected the LanguageBind_Image (or "
                      "CLIP) tower folder"),

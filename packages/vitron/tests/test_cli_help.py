@@ -48,9 +48,12 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
     assert found["tiny-model", "--seed"] == (
         "seed of the random weights, in [0, 4294967295] (default: 0)"
     )
-    # run and chat: 5 decoding + --stroke-width; app: 5 + --port; parse 3; train 12; tiny-model
-    # and tiny-specialists: --seed; eval: 3 tasks x (5 decoding + --limit)
-    assert len(found) == 6 + 6 + 6 + 3 + 12 + 2 + 18
+    assert found["run", "--no-repeat"] == (
+        "a --planner's final answer never repeats a run of N tokens, 0 (off) or >= 2 (default: 4)"
+    )
+    # run and chat: 5 decoding + --stroke-width + --no-repeat; app: 5 + --port + --no-repeat;
+    # parse 3; train 12; tiny-model and tiny-specialists: --seed; eval: 3 x (5 decoding + --limit)
+    assert len(found) == 7 + 7 + 7 + 3 + 12 + 2 + 18
     for (command, flag), text in found.items():
         assert "default" in text, (command, flag)
         assert any(mark in text for mark in ("[", ">", "(0, 1]", "1, 2 or 3")), (command, flag)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from vitron.io import load_image, load_video, write_json
+from vitron.io import load_image, load_video, printable, write_json
 from vitron.options import one_line, parse_region
 
 CHAT_HELP = """commands: /image PATH, /video PATH, /box x1,y1,x2,y2[@K], /reset, /quit
@@ -33,7 +33,7 @@ def print_turn(turn) -> None:
             "warning: the final answer wrote more calls than --max-rounds allows; not run",
             file=sys.stderr,
         )
-    print(turn.answer)
+    print(printable(turn.answer))
 
 
 def chat_loop(

@@ -60,7 +60,11 @@ from vitron.options import (
     one_line,
     read_reply_file,
 )
-from vitron.planner_cli import add_model_source_options, check_model_source
+from vitron.planner_cli import (
+    add_model_source_options,
+    add_planner_decoding_options,
+    check_model_source,
+)
 
 TURN_NAME = "turn.json"  # what ``run`` writes besides its calls' files
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
@@ -86,6 +90,7 @@ FLAGS = {
     "refs": "--refs", "instances": "--instances", "split": "--split", "template": "--template",
     "mask_backend": "--mask-backend", "questions": "--questions", "annotations": "--annotations",
     "image_name": "--image-name", "base": "BASE", "lora": "--lora", "planner": "--planner",
+    "engine": "--engine", "no_repeat": "--no-repeat",
     "vision_tower": "--vision-tower",
 }  # fmt: skip
 
@@ -322,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="one request: reply, dispatch calls, answer")
     run.add_argument("prompt")
     add_model_options(run)
+    add_planner_decoding_options(run)
     add_media_options(run)
     run.add_argument(
         "--reply-file", type=Path, default=None,
@@ -329,10 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     chat = commands.add_parser("chat", help="interactive conversation in the terminal")
     add_model_options(chat)
+    add_planner_decoding_options(chat)
     add_media_options(chat)
     app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]'); "
                               "no --model/--planner: the default planner")  # fmt: skip
     add_model_options(app)
+    add_planner_decoding_options(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on")
     number(app, "--port", int, 7860, "TCP port, in [1, 65535]")
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")

@@ -9,6 +9,7 @@ a failed write leaves no temporary file and the target untouched.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,13 @@ def overlay_mask(image: Image.Image, mask: Tensor, color=(255, 40, 40), opacity:
     tint = torch.tensor(color, dtype=torch.float32).view(3, 1, 1) / 255.0
     m = mask.to(torch.float32)[None] * opacity  # (1, H, W)
     return to_pil(base * (1 - m) + tint * m)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control characters other than newline and tab (escape sequences,
+    carriage returns, C1 controls) written as ``\\xNN``, so that a model's text cannot move the
+    cursor, clear the screen or hide what came before."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)

@@ -5,6 +5,7 @@ planner (:mod:`vitron.planners`), beside ``--model`` (a Vitron folder). Kept out
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,49 @@ def add_model_source_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_planner_decoding_options(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--no-repeat``: how a ``--planner`` decodes."""
+    from vitron.planners.catalog import ENGINES
+
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="auto",
+        help="what runs --planner: auto: llama.cpp for a .gguf file when llama-cpp-python is "
+        "installed (pip install 'vitron[gguf]'), else transformers (default: auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-repeat", type=int, default=4, metavar="N",
+        help="a --planner's final answer never repeats a run of N tokens, 0 (off) or >= 2 "
+        "(default: %(default)s)",
+    )  # fmt: skip
+
+
 def check_model_source(args: argparse.Namespace) -> None:
     """One of ``--model`` and ``--planner`` (``eval``: ``--model``; ``app``: at most one, none
-    for the default planner), refused before any work."""
+    for the default planner), and the planner's ``--engine`` and ``--no-repeat`` (only with a
+    planner), refused before any work."""
     planner = getattr(args, "planner", None)
     if args.command == "eval" and planner is not None:
         raise InvalidValue("planner", "{planner}: vitron eval runs a Vitron model (--model)")
+    check_planner_options(args)
     if args.command == "app" and args.model is None and planner is None:
         return  # vitron.planners.default
     if (args.model is None) == (planner is None):
         which = "both" if planner is not None else "neither"
         raise InvalidValue("model", f"give one of {{model}} and --planner ({which} given)")
+
+
+def check_planner_options(args: argparse.Namespace) -> None:
+    from vitron.planners.catalog import check_engine
+    from vitron.planners.rules import check_no_repeat
+
+    engine = getattr(args, "engine", "auto")
+    if args.model is not None and engine != "auto":
+        raise InvalidValue("engine", "{engine} chooses what runs a --planner, not a {model}")
+    check_no_repeat(getattr(args, "no_repeat", 4))
+    if args.planner is not None:
+        check_engine(args.planner, engine)
+    elif engine == "llama.cpp":  # the page's default planner is a transformers model
+        raise InvalidValue("engine", "{engine} llama.cpp runs a --planner FILE.gguf; give one")
 
 
 def open_assistant(options, scripted: Sequence[str] = (), args: argparse.Namespace | None = None):
@@ -44,10 +77,17 @@ def open_assistant(options, scripted: Sequence[str] = (), args: argparse.Namespa
     planner = getattr(args, "planner", None)
     if planner is None:
         return open_vitron(options, scripted)
-    from vitron.planners import ChatPlanner
+    from vitron.planners.catalog import open_planner
 
-    load = lambda **decoding: ChatPlanner.from_pretrained(planner, **decoding)  # noqa: E731
+    def load(**decoding):
+        return open_planner(planner, engine=args.engine, say=say, **decoding)
+
     return planner_assistant(options, load, scripted, args)
+
+
+def say(line: str) -> None:
+    """A note of the command's on stderr (which engine runs a GGUF planner)."""
+    print(f"vitron: {line}", file=sys.stderr)
 
 
 def open_page_assistant(options, args: argparse.Namespace) -> tuple[Any, Path, str]:
@@ -94,6 +134,7 @@ def planner_assistant(options, load, scripted: Sequence[str], args):
     model = load(
         device=device, dtype=dtype, do_sample=options.do_sample,
         temperature=options.temperature, top_p=options.top_p, seed=options.seed,
+        no_repeat=getattr(args, "no_repeat", 4),
     )  # fmt: skip
     assistant = PlannerAssistant(
         model, registry, options.output, max_rounds=options.max_rounds, seed=options.seed,

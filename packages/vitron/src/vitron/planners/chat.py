@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from common_kernels.runtime.errors import InvalidValue, literal
 from vitron.assistant import Reply, Turn, check_media
 from vitron.checks import check_generation
 from vitron.invocations.schema import IMAGE, InputCounts, InvocationError, parse_invocation
+from vitron.io import printable
 from vitron.planners.grammar import GrammarLimits, PlannerGrammar, describe_tasks
 from vitron.planners.regions import convention_of, describe_region
 from vitron.planners.rules import AnswerRules, AnswerVocab, check_no_repeat
@@ -150,13 +152,14 @@ class ReplyStats:
         first_token_s: seconds from the call until the first token's scores (the prompt's
             prefill).
         seconds: seconds of the whole reply.
-        grammar_s: seconds of it in the grammar's mask and the answer rules.
+        grammar_s: seconds of it in the grammar's mask and the answer rules (None: not
+            measured apart, as on llama.cpp).
     """
 
     tokens: int
     first_token_s: float
     seconds: float
-    grammar_s: float
+    grammar_s: float | None
 
     @property
     def tokens_per_s(self) -> float:
@@ -166,10 +169,12 @@ class ReplyStats:
 
     def line(self) -> str:
         """``57 tokens in 4.3 s (13.2 tokens/s; prompt 0.8 s, grammar 1%)``."""
-        share = self.grammar_s / self.seconds if self.seconds > 0 else 0.0
+        share = ""
+        if self.grammar_s is not None and self.seconds > 0:
+            share = f", grammar {self.grammar_s / self.seconds:.0%}"
         return (
             f"{self.tokens} tokens in {self.seconds:.1f} s ({self.tokens_per_s:.1f} tokens/s; "
-            f"prompt {self.first_token_s:.1f} s, grammar {share:.0%})"
+            f"prompt {self.first_token_s:.1f} s{share})"
         )
 
 
@@ -467,6 +472,42 @@ def merge_system(messages: Sequence[PlannerMessage]) -> list[PlannerMessage]:
     return [PlannerMessage(first.role, [*system.parts, "\n\n", *first.parts]), *rest]
 
 
+class ReplyEcho:
+    """Writes a planner's replies to stderr as they are written (``chat(progress=True)``): each
+    after ``planner:`` on its own line, control characters escaped, then what it cost
+    (:meth:`ReplyStats.line`), so a long reply is never a silence.
+
+    Args:
+        planner: the planner (its ``last`` is read after each reply).
+        on_text: also told ``(k, piece)``, as ``chat``'s ``on_text`` (None: only written).
+        stream: where to write (default: ``sys.stderr`` at each write).
+    """
+
+    def __init__(self, planner, on_text=None, stream=None) -> None:
+        self.planner, self.on_text, self.stream = planner, on_text, stream
+        self.started = False
+
+    def write(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(text)
+        stream.flush()
+
+    def __call__(self, k: int, piece: str) -> None:
+        if not self.started:
+            self.write("planner: ")
+            self.started = True
+        self.write(printable(piece))
+        if self.on_text is not None:
+            self.on_text(k, piece)
+
+    def end(self, scripted: bool) -> None:
+        """The reply is complete: its line ends, then its cost (none for a scripted reply)."""
+        cost = self.planner.last
+        tail = "" if scripted or cost is None else f"planner: {cost.line()}\n"
+        self.write(("\n" if self.started else "") + tail)
+        self.started = False
+
+
 class PlannerAssistant:
     """A conversation with a :class:`ChatPlanner` and the specialists (the interface of
     :class:`~vitron.assistant.Assistant`: ``chat``, ``reset``, ``inputs``, ``router``).
@@ -535,7 +576,8 @@ class PlannerAssistant:
             videos: not taken by a planner (refused).
             regions: new regions on the conversation's images; each reaches the model as its
                 bounding box in the model's coordinate convention (:mod:`vitron.planners.regions`).
-            progress: show the calls' progress on stderr.
+            progress: show on stderr each reply as it is written and what it cost
+                (:class:`ReplyEcho`), and the calls' progress.
             names: a description of each new image; a text-only planner needs one per image
                 (default: the image's file name, ``Image.filename``).
             on_text: told ``(k, piece)`` for each new piece of the turn's k-th reply as it is
@@ -602,17 +644,21 @@ class PlannerAssistant:
             self.messages.append(self.system())
         self.messages.append(message)
         turn = Turn(user=text)
+        echo = ReplyEcho(self.planner, on_text) if progress else None
         for round_ in range(self.max_rounds + 1):
             mode = "answer" if round_ == self.max_rounds else "any"
             mode = "calls" if round_ == 0 and self.require_calls else mode
             grammar = PlannerGrammar(self.counts, self.tasks, self.limits, mode)
-            told = None if on_text is None else functools.partial(on_text, round_)
+            tell = echo or on_text
+            told = None if tell is None else functools.partial(tell, round_)
             if self.scripted:
                 reply = Reply(self.scripted.pop(0), True)
                 if told is not None:
                     told(reply.text)
             else:
                 reply = Reply(self.planner.reply(self.messages, grammar, told), False)
+            if echo is not None:
+                echo.end(reply.scripted)
             turn.replies.append(reply)
             self.messages.append(PlannerMessage("assistant", [reply.text]))
             try:

