@@ -67,10 +67,12 @@ class FakePage:
     def __init__(self, calls: list, stop: BaseException | None = None) -> None:
         self.calls, self.stop, self.server = calls, stop, FakeServer()
 
-    def launch(self, **options) -> None:
+    def launch(self, **options) -> tuple:
         self.calls.append(("launch", options))
         if self.stop is not None:
             raise self.stop
+        public = "https://x.gradio.live" if options["share"] else None
+        return None, f"http://{options['server_name']}:{options['server_port']}/", public
 
     def close(self) -> None:
         self.calls.append(("close", {"force_exit": self.server.force_exit}))
@@ -94,8 +96,21 @@ def test_launch_blocks_serves_then_closes_and_freezes_the_heap(tmp_path, monkeyp
     with pytest.raises(type(stop)) if stop is not None else contextlib.nullcontext():
         launch_blocks(page, host="0.0.0.0", port=7861, share=False, allowed_paths=[tmp_path])
     options = {"server_name": "0.0.0.0", "server_port": 7861, "share": False,
-               "allowed_paths": [str(tmp_path.resolve())]}  # fmt: skip
+               "allowed_paths": [str(tmp_path.resolve())], "quiet": True,
+               "prevent_thread_lock": True}  # fmt: skip
     assert calls == [("launch", options), ("close", {"force_exit": True}), ("freeze", {})]
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_launch_blocks_speaks_of_the_command_flag_not_of_gradio_python(share, capsys):
+    """Gradio's own lines are off (they say ``set share=True in launch()``): the address, then
+    the public one or the command's flag for it."""
+    launch_blocks(FakePage([]), host="127.0.0.1", port=7862, share=share, share_flag="--public")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Running on local URL:  http://127.0.0.1:7862/"
+    assert out[1] == (
+        "Running on public URL: https://x.gradio.live" if share else "For a public link: --public"
+    )
 
 
 SERVED_PAGE = """

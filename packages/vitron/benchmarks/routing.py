@@ -57,9 +57,20 @@ RESULTS = HERE / "results"
 REQUESTS = HERE / "routing_requests.jsonl"
 REPO_ROOT = HERE.parents[2]
 TINY = ("tiny-qwen2_vl", "tiny-llava", "tiny-idefics3", "tiny-llama")
-BUILTIN = (*TINY, "smollm2", "smollm2-calls", "smollm2-free")
+BUILTIN = (
+    *TINY,
+    "smollm2",
+    "smollm2-transformers",
+    "smollm2-no-repeat",
+    "smollm2-calls",
+    "smollm2-free",
+)
 # how each planner decodes: the grammar with an answer or calls, calls only, or no grammar
 MODES = {"smollm2-calls": "calls", "smollm2-free": "free"}
+# SmolLM2 variants: the engine (auto: llama.cpp when installed) and the no-repeat rule's n
+SMOLLM2 = {"smollm2": ("auto", 4), "smollm2-transformers": ("transformers", 4),
+           "smollm2-no-repeat": ("auto", 0), "smollm2-calls": ("auto", 4),
+           "smollm2-free": ("transformers", 4)}  # fmt: skip
 # the benchmark's reply bounds: texts of 48 characters, answers of 48 (only the choice of an answer
 # is scored; a shorter one costs less time)
 LIMITS_ARGS = {"max_text": 48, "max_answer": 48}
@@ -278,19 +289,14 @@ def summarize(requests: list[Request], scores: list[dict]) -> dict:
 
 
 class StepTimer:
-    """A logits processor that records when each decoding step starts and the token the step
-    before chose (wrapping the grammar's processor, or alone for free decoding)."""
+    """A logits processor that records when each decoding step starts (free decoding)."""
 
-    def __init__(self, inner=None) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.times: list[float] = []
-        self.tokens: list[int] = []
 
     def __call__(self, input_ids, scores):
-        if self.times:
-            self.tokens.append(int(input_ids[0, -1]))
         self.times.append(time.perf_counter())
-        return scores if self.inner is None else self.inner(input_ids, scores)
+        return scores
 
 
 def first_call_end(text: str) -> int | None:
@@ -309,55 +315,70 @@ def first_call_end(text: str) -> int | None:
     return len(text[:end].encode("utf-8")) if isinstance(call, dict) else None
 
 
-def timing(timer: StepTimer, start: float, end: float, text: str, decode) -> dict:
-    """Prefill seconds, seconds to the first complete call, decode tokens/s of one reply."""
-    steps = timer.times
-    out = {"first_token_s": steps[0] - start if steps else None, "first_call_s": None,
-           "tokens": len(steps), "tokens_per_s": None}  # fmt: skip
-    if len(steps) > 1 and steps[-1] > steps[0]:
-        out["tokens_per_s"] = (len(steps) - 1) / (steps[-1] - steps[0])
+def timing(pieces: list[tuple[float, str]], start: float, stats, text: str) -> dict:
+    """Prefill seconds, seconds to the first complete call, decode tokens/s of one reply, from
+    the times its pieces were told (``on_text``) and its :class:`ReplyStats`."""
+    out = {"first_token_s": stats.first_token_s, "first_call_s": None, "tokens": stats.tokens,
+           "tokens_per_s": stats.tokens_per_s or None}  # fmt: skip
     end_byte = first_call_end(text)
-    if end_byte is not None:
-        for k in range(len(timer.tokens)):
-            if len(decode(timer.tokens[: k + 1]).encode("utf-8")) >= end_byte:
-                out["first_call_s"] = (steps[k + 1] if k + 1 < len(steps) else end) - start
-                break
+    told = 0
+    for when, piece in pieces if end_byte is not None else ():
+        told += len(piece.encode("utf-8"))
+        if told >= end_byte:
+            out["first_call_s"] = when - start
+            break
     return out
 
 
-def load_planner(name: str, folder: Path, gguf: Path | None, dtype: str, device: str = "cpu"):
-    """``(ChatPlanner, mode)`` for a benchmark name or any ``--planner`` id (``mode``: ``"any"``,
+def loops(text: str) -> bool:
+    """Whether an answer repeats itself: some run of four words comes twice."""
+    try:
+        answer = json.loads(text).get("answer")
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    found = re.findall(r"\w+", str(answer or "").lower())
+    grams = [tuple(found[i : i + 4]) for i in range(len(found) - 3)]
+    return len(grams) != len(set(grams))
+
+
+def load_planner(name: str, gguf: Path | None, dtype: str, device: str = "cpu"):
+    """``(planner, mode)`` for a benchmark name or any ``--planner`` id (``mode``: ``"any"``,
     ``"calls"`` or ``"free"``)."""
     import torch
 
-    from vitron.planners import ChatPlanner
-    from vitron.planners.tiny import write_tiny_planner
+    from vitron.planners.catalog import open_planner
 
-    if name in TINY:
-        source = str(write_tiny_planner(folder / name, name.removeprefix("tiny-"), seed=0))
-    elif name.startswith("smollm2"):
-        source = str(gguf)
-    else:
-        source = name
-    planner = ChatPlanner.from_pretrained(source, device=device, dtype=getattr(torch, dtype))
+    engine, no_repeat = SMOLLM2.get(name, ("auto", 4))
+    source = str(gguf) if name in SMOLLM2 else name
+    planner = open_planner(
+        source, engine=engine, device=device, dtype=getattr(torch, dtype), no_repeat=no_repeat
+    )
     return planner, MODES.get(name, "any")
 
 
-def free_reply(planner, messages, timer: StepTimer) -> str:
-    """The planner's reply without the grammar (``FREE_TOKENS`` at most, greedy)."""
+def free_reply(planner, messages, on_text) -> tuple[str, object]:
+    """The planner's reply without the grammar (``FREE_TOKENS`` at most, greedy) and what it
+    cost, its pieces told to ``on_text`` as they come."""
     import torch
     from transformers import LogitsProcessorList
+
+    from vitron.planners.chat import ReplyStats, TextPieces
 
     batch = planner.tokenizer(
         planner.render(messages), return_tensors="pt", add_special_tokens=False
     ).to(planner.model.device)
+    timer, start = StepTimer(), time.perf_counter()
     with torch.inference_mode():
         out = planner.model.generate(
             **batch, max_new_tokens=FREE_TOKENS, logits_processor=LogitsProcessorList([timer]),
             eos_token_id=planner.stop_ids, pad_token_id=planner.stop_ids[0], **planner.sampling(),
+            streamer=TextPieces(planner.decode, planner.stop_ids, on_text),
         )  # fmt: skip
-    new = [int(t) for t in out[0, batch["input_ids"].shape[1] :] if int(t) not in planner.stop_ids]
-    return planner.tokenizer.decode(new, skip_special_tokens=True)
+    end = time.perf_counter()
+    tokens = out[0, batch["input_ids"].shape[1] :].tolist()
+    first = (timer.times[0] if timer.times else end) - start
+    stats = ReplyStats(len(tokens), first, end - start, None)
+    return planner.decode([t for t in tokens if t not in planner.stop_ids]), stats
 
 
 def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | None, threads: int,
@@ -375,7 +396,7 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
     limits = GrammarLimits(**LIMITS_ARGS)
     with tempfile.TemporaryDirectory() as temp:
         start = time.perf_counter()
-        planner, mode = load_planner(name, Path(temp), gguf, dtype, device)
+        planner, mode = load_planner(name, gguf, dtype, device)
         load_s = time.perf_counter() - start
         assistant = PlannerAssistant(
             planner, SpecialistRegistry(), Path(temp) / "unused", limits=limits
@@ -391,35 +412,35 @@ def measure(name: str, requests: list[Request], data_root: Path, gguf: Path | No
                 assistant.user_message(request.text, images, regions, names),
             ]
             assistant.inputs = TurnInputs(images, [], regions)
-            timer = StepTimer()
+            pieces: list[tuple[float, str]] = []
+
+            def told(piece: str, pieces=pieces) -> None:
+                pieces.append((time.perf_counter(), piece))
+
             start = time.perf_counter()
             if mode != "free":
                 grammar = PlannerGrammar(assistant.counts, assistant.tasks, limits, mode)
-                # the reply's grammar processor, wrapped: the timer sees every step
-                planner.logits = lambda g, t=timer: _wrap(t, type(planner).logits(planner, g))
-                text = planner.reply(messages, grammar)
+                text, stats = planner.reply(messages, grammar, told), planner.last
             else:
-                text = free_reply(planner, messages, timer)
-            end = time.perf_counter()
-            cost = timing(timer, start, end, text, planner.tokenizer.decode)
-            rows.append({"id": request.id, "reply": text, **score_reply(request, text), **cost})
+                text, stats = free_reply(planner, messages, told)
+            cost = timing(pieces, start, stats, text)
+            rows.append({"id": request.id, "reply": text, **score_reply(request, text), **cost,
+                         "loops": loops(text)})  # fmt: skip
     scores = summarize(requests, rows)
+    answers = [r for r in rows if r["reply_kind"] == "answer"]
 
     def median(key):
         values = [r[key] for r in rows if r[key] is not None]
         return statistics.median(values) if values else None
 
     return {
-        "planner": name, "decoding": mode, **scores, "load_s": load_s,
-        "first_token_s": median("first_token_s"), "first_call_s": median("first_call_s"),
-        "tokens_per_s": median("tokens_per_s"), "reply_tokens": median("tokens"),
+        "planner": name, "engine": getattr(planner, "engine", "transformers"), "decoding": mode,
+        **scores, "looping_answers": sum(r["loops"] for r in answers) / len(answers) if answers else None,
+        "load_s": load_s, "first_token_s": median("first_token_s"),
+        "first_call_s": median("first_call_s"), "tokens_per_s": median("tokens_per_s"),
+        "reply_tokens": median("tokens"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "replies": rows,
     }  # fmt: skip
-
-
-def _wrap(timer: StepTimer, inner) -> StepTimer:
-    timer.inner = inner
-    return timer
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -456,15 +477,15 @@ def seconds(value) -> str:
 def table(rows: list[dict]) -> str:
     """The Markdown table of accuracy and cost per planner."""
     lines = [
-        "| planner | grammar | requests | valid replies | task acc. | arg. acc. | one call | region | two steps | no image | no call | load s | first token s | first call s | tokens/s | peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| planner | engine | grammar | requests | valid replies | task acc. | arg. acc. | one call | region | two steps | no image | no call | looping answers | load s | first token s | first call s | tokens/s | peak RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         kinds = " | ".join(percent(r["task_accuracy_by_kind"].get(k)) for k in KINDS)
         speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
         lines.append(
-            f"| {r['planner']} | {DECODING[r['decoding']]} | {r['requests']} | {percent(r['valid_rate'])} "
-            f"| {percent(r['task_accuracy'])} | {percent(r['arg_accuracy'])} | {kinds} | {r['load_s']:.1f} "
+            f"| {r['planner']} | {r['engine']} | {DECODING[r['decoding']]} | {r['requests']} | {percent(r['valid_rate'])} "
+            f"| {percent(r['task_accuracy'])} | {percent(r['arg_accuracy'])} | {kinds} | {percent(r['looping_answers'])} | {r['load_s']:.1f} "
             f"| {seconds(r['first_token_s'])} | {seconds(r['first_call_s'])} | {speed} | {r['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines)

@@ -132,6 +132,7 @@ def test_without_a_real_planner_the_page_says_what_to_get_and_runs_a_fixed_reply
     from vitron.planners.default import choose_default_planner, open_default_planner
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setenv("VITRON_CACHE", str(tmp_path / "empty-vitron-cache"))  # no GGUF fetched
     choice = choose_default_planner()
     output = tmp_path / "out"
     assistant = planner_assistant(

@@ -14,8 +14,14 @@ import pytest
 from PIL import Image
 
 from vitron.app import ChatSession, format_progress
-from vitron.planners import ChatPlanner, GrammarLimits, PlannerAssistant
-from vitron.planners.default import DEFAULT_PLANNERS, choose_default_planner
+from vitron.invocations import InputCounts
+from vitron.planners import ChatPlanner, GrammarLimits, PlannerAssistant, PlannerGrammar
+from vitron.planners.chat import PlannerMessage
+from vitron.planners.default import (
+    DEFAULT_PLANNERS,
+    choose_default_planner,
+    open_default_planner,
+)
 from vitron.planners.tiny import tiny_planner, write_tiny_planner
 from vitron.specialists import SpecialistRegistry
 from vitron.specialists.restoration import SemanirRestorer
@@ -73,6 +79,7 @@ def test_progress_says_what_runs():
 
 def test_the_default_planner_is_the_first_installed_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("VITRON_CACHE", str(tmp_path / "empty-vitron-cache"))  # no GGUF fetched
     choice = choose_default_planner()
     assert choice.repo_id is None
     assert choice.note.startswith(
@@ -92,6 +99,31 @@ def test_the_default_planner_is_the_first_installed_one(tmp_path, monkeypatch):
     assert choice.note == "Planner: `HuggingFaceTB/SmolVLM-256M-Instruct` (in the local hub cache)."
     with pytest.raises(ValueError, match="candidates: give at least one hub id"):
         choose_default_planner(())
+
+
+def test_a_fetched_gguf_is_the_default_planner_when_no_hub_model_is_cached(tmp_path, monkeypatch):
+    """``--planner smollm2`` fetched SmolLM2 before: the page runs it and says so (a tiny GGUF
+    under its name stands in for it here)."""
+    from vitron.planners.gguf import SMOLLM2, write_tiny_gguf
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("VITRON_CACHE", str(tmp_path / "cache"))
+    assert "--planner smollm2" in choose_default_planner().note  # not fetched: the note says how
+    (tmp_path / "cache" / "gguf").mkdir(parents=True)
+    fetched = write_tiny_gguf(tmp_path / "cache" / "gguf" / SMOLLM2.filename)
+    choice = choose_default_planner()
+    assert (choice.repo_id, choice.gguf) == (None, fetched)
+    assert choice.note.startswith(
+        f"Planner: `{SMOLLM2.filename}` (fetched before, in `{fetched.parent}`): SmolLM2-135M"
+    )
+    # as where llama-cpp-python is not installed (the tiny GGUF has no BPE merges, which
+    # llama.cpp needs; llama.cpp runs the real SmolLM2 in the slow lane)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    planner = open_default_planner(choice)
+    assert planner.engine == "transformers" and planner.name == str(fetched)
+    grammar = PlannerGrammar(InputCounts(), limits=GrammarLimits(max_answer=5), mode="answer")
+    messages = [PlannerMessage("system", ["plan"]), PlannerMessage("user", ["hi"])]
+    assert set(json.loads(planner.reply(messages, grammar))) == {"answer"}
 
 
 def served_session(argv: list[str], monkeypatch) -> ChatSession:
@@ -119,6 +151,7 @@ def _recording(served: dict):
 
 def test_vitron_app_without_a_model_starts_the_default_planner(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("VITRON_CACHE", str(tmp_path / "empty-vitron-cache"))  # no GGUF fetched
     session = served_session(["app", "-o", str(tmp_path / "out")], monkeypatch)
     assert session.assistant.planner.name == "tiny random qwen2_vl" and session.streams
     assert "get it with `hf download Qwen/Qwen2.5-VL-3B-Instruct`" in session.note

@@ -57,3 +57,14 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
     for (command, flag), text in found.items():
         assert "default" in text, (command, flag)
         assert any(mark in text for mark in ("[", ">", "(0, 1]", "1, 2 or 3")), (command, flag)
+
+
+def test_every_flag_says_what_it_does():
+    """``--help`` has a line for every flag (convert-official's --dtype had none)."""
+    silent = [
+        (command, action.option_strings[-1])
+        for command, parser in subcommands(build_parser())
+        for action in parser._actions
+        if action.option_strings and not action.help
+    ]
+    assert silent == []

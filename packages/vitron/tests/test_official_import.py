@@ -267,15 +267,44 @@ def test_missing_shard(release, tmp_path, capsys):
     )
 
 
-def test_missing_index(release, tmp_path, capsys):
+def test_shards_without_their_index_import_the_same(release, tmp_path, capsys):
+    """No index: every shard present is read, and the folder equals the one made with it."""
     paths = _copy(release, tmp_path)
     (paths["base"] / "pytorch_model.bin.index.json").unlink()
+    argv = ["convert-official", str(paths["base"]), "--lora", str(paths["lora"]),
+            "--vision-tower", str(paths["tower"]), "-o"]  # fmt: skip
+    assert main([*argv, str(tmp_path / "without")]) == 0
+    assert main([*argv[:1], str(release["base"]), *argv[2:], str(tmp_path / "with")]) == 0
+    from safetensors.torch import load_file
+
+    written = sorted(p.relative_to(tmp_path / "with") for p in (tmp_path / "with").rglob("*"))
+    assert written == sorted(
+        p.relative_to(tmp_path / "without") for p in (tmp_path / "without").rglob("*")
+    )
+    weights = [p for p in written if p.suffix == ".safetensors"]
+    assert weights
+    for name in weights:
+        a, b = load_file(str(tmp_path / "without" / name)), load_file(str(tmp_path / "with" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_missing_shard_without_the_index(release, tmp_path, capsys):
+    """A gap in the numbering names the shard; a tensor no shard has is named too."""
+    paths = _copy(release, tmp_path)
+    (paths["base"] / "pytorch_model.bin.index.json").unlink()
+    (paths["base"] / "pytorch_model-00002-of-00002.bin").unlink()
     err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
-    index = paths["base"] / "pytorch_model.bin.index.json"
+    shard = paths["base"] / "pytorch_model-00002-of-00002.bin"
     assert err == (
-        f"vitron convert-official: error: BASE {index}: missing index; the shards "
-        "pytorch_model-00001-of-00002.bin, pytorch_model-00002-of-00002.bin need it "
-        "(tensor name -> shard file)"
+        f"vitron convert-official: error: BASE {shard}: missing shard (its numbering says it "
+        "exists)"
+    )
+    first = paths["base"] / "pytorch_model-00001-of-00002.bin"
+    first.rename(paths["base"] / "pytorch_model-00001-of-00001.bin")
+    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    assert err == (  # the first tensor of the lost shard that a check reads
+        f"vitron convert-official: error: BASE {paths['base']}: lacks "
+        "model.layers.1.self_attn.q_proj.weight, a weight the LoRA targets"
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -141,28 +140,35 @@ def test_selection_of_requests(bench, requests):
     ]
 
 
-# steps start at these times; each token decodes to a quarter of the reply
-FAKE_TIMER = SimpleNamespace(times=[1.0, 1.5, 2.0, 2.5, 3.0], tokens=[0, 1, 2, 3])
-
-
 def test_timing_of_one_reply(bench):
+    from vitron.planners.chat import ReplyStats
+
     text = reply([call(0, "restore_image", image="$image0")])
     end = bench.first_call_end(text)
     assert text[:end].endswith('"$image0"}}') and end == text.index("]")
-    pieces = [text[:10], text[10:end], text[end : end + 2], text[end + 2 :]]
-
-    def decode(ids):
-        return "".join(pieces[i] for i in ids)
-
-    cost = bench.timing(FAKE_TIMER, 0.5, 3.2, text, decode)
-    # token 1 completes the call; it exists when step 2 starts (2.0 s), 1.5 s after the request
+    # the pieces as on_text told them: the one that completes the call comes at 2.0 s
+    pieces = [(1.0, text[:10]), (1.5, text[10 : end - 1]), (2.0, text[end - 1 : end + 2]),
+              (2.5, text[end + 2 :])]  # fmt: skip
+    stats = ReplyStats(tokens=5, first_token_s=0.5, seconds=2.5, grammar_s=0.01)
+    cost = bench.timing(pieces, 0.5, stats, text)
     assert cost == {"first_token_s": 0.5, "first_call_s": 1.5, "tokens": 5, "tokens_per_s": 2.0}
-    assert bench.first_call_end(json.dumps({"answer": "calls"})) is None
+    assert bench.timing(pieces, 0.5, stats, json.dumps({"answer": "calls"}))["first_call_s"] is None
+
+
+def test_a_looping_answer_is_found():
+    assert bench_loops('{"answer": "The bird was red. The bird was red."}')
+    assert not bench_loops('{"answer": "The bird is red, the sky is blue."}')
+    assert not bench_loops('{"version": 1, "calls": []}') and not bench_loops("{")
+
+
+def bench_loops(text: str) -> bool:
+    return load_script(ROUTING, "vitron_bench_routing").loops(text)
 
 
 def row(name: str, decoding: str = "any") -> dict:
     return {
-        "planner": name, "decoding": decoding, "requests": 67, "valid_rate": 1.0,
+        "planner": name, "engine": "transformers", "decoding": decoding, "requests": 67,
+        "valid_rate": 1.0, "looping_answers": 0.5,
         "task_accuracy": 0.25, "arg_accuracy": None, "task_accuracy_by_kind": {"one call": 0.5},
         "load_s": 3.0, "first_token_s": 0.2, "first_call_s": None, "tokens_per_s": 12.34,
         "peak_rss_mib": 900.4,
@@ -173,9 +179,9 @@ def test_table(bench):
     text = bench.table([row("tiny-llama"), row("smollm2-free", "free")])
     lines = text.splitlines()
     assert lines[2] == (
-        "| tiny-llama | yes | 67 | 100.0% | 25.0% | - | 50.0% | - | - | - | - | 3.0 | 0.20 | - | 12.3 | 900 |"
+        "| tiny-llama | transformers | yes | 67 | 100.0% | 25.0% | - | 50.0% | - | - | - | - | 50.0% | 3.0 | 0.20 | - | 12.3 | 900 |"
     )
-    assert lines[3].startswith("| smollm2-free | no |")
+    assert lines[3].startswith("| smollm2-free | transformers | no |")
 
 
 def test_plot(bench, tmp_path):

@@ -66,6 +66,10 @@ from vitron.planner_cli import (
     check_model_source,
 )
 
+GRAMMAR_HELP = (
+    "the calls' format in a Vitron model's reply: json (vitron's schema), tags (the official "
+    "release's) or auto (either) (default: auto)"
+)
 TURN_NAME = "turn.json"  # what ``run`` writes besides its calls' files
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
 FLAGS = {
@@ -297,7 +301,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     number(parser, "--top-p", float, 0.9, "nucleus sampling mass, in (0, 1]")
     number(parser, "--seed", int, 0, f"sampling and specialists' seed, in [0, {SEED_MAX}]")
     number(parser, "--max-rounds", int, 1, "rounds of calls per turn, >= 1")
-    parser.add_argument("--grammar", choices=GRAMMARS, default="auto")
+    parser.add_argument("--grammar", choices=GRAMMARS, default="auto", help=GRAMMAR_HELP)
 
 
 def add_media_options(parser: argparse.ArgumentParser) -> None:
@@ -346,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")
     parse = commands.add_parser("parse", help="parse a reply (or - for stdin) into calls")
     parse.add_argument("reply", metavar="REPLY", help="the reply text, or - to read stdin")
-    parse.add_argument("--grammar", choices=GRAMMARS, default="auto")
+    parse.add_argument("--grammar", choices=GRAMMARS, default="auto", help=GRAMMAR_HELP)
     number(parse, "--images", int, None, "input images the reply sees, >= 0 (None: unchecked)")
     number(parse, "--videos", int, None, "input videos the reply sees, >= 0 (None: unchecked)")
     parse.add_argument(
@@ -372,12 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--lora", help="vitron-lora folder or hub id (default: none)")
     convert.add_argument("--vision-tower", help="LanguageBind_Image folder or hub id")
     convert.add_argument("-o", "--output", type=Path, required=True, help="Vitron folder")
-    convert.add_argument("--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto")
+    convert.add_argument(
+        "--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
+        help="dtype of the written weights; auto: torch's default (float32) (default: auto)",
+    )  # fmt: skip
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")
     tiny.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
     number(tiny, "--seed", int, 0, f"seed of the random weights, in [0, {SEED_MAX}]")
     tiny.add_argument(
-        "--vision-backend", choices=("transformers", "open_clip"), default="transformers"
+        "--vision-backend",
+        choices=("transformers", "open_clip"),
+        default="transformers",
+        help="the vision tower's library (open_clip: pip install 'vitron[open-clip]') "
+        "(default: transformers)",
     )
     tiny_spec = commands.add_parser("tiny-specialists", help="write tiny random specialists")
     tiny_spec.add_argument("directory", type=Path, metavar="DIR", help="folder to write")

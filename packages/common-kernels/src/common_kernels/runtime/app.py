@@ -14,6 +14,7 @@ import functools
 import gc
 import importlib
 import inspect
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -127,6 +128,7 @@ def launch_blocks(
     port: int,
     share: bool,
     allowed_paths: Sequence[str | Path] = (),
+    share_flag: str = "--share",
 ) -> None:
     """Serve a ``gradio.Blocks`` until interrupted (what ``<package> app`` does), then stop
     the server and leave the process ready to exit at once.
@@ -143,18 +145,27 @@ def launch_blocks(
         port: the TCP port.
         share: also open a public Gradio link.
         allowed_paths: folders the page may serve files from (its output folders).
+        share_flag: how the command asks for a public link (printed under the page's address).
 
     Raises:
         InvalidArgument: (``port``) not a TCP port number, before anything is served.
     """
     check_port(port)
     try:
-        blocks.launch(
+        # quiet: Gradio's own lines speak of Python (``set share=True in launch()``); the
+        # command's users read its flag instead
+        _, local, public = blocks.launch(
             server_name=host,
             server_port=port,
             share=share,
             allowed_paths=[str(Path(p).resolve()) for p in allowed_paths],
+            quiet=True,
+            prevent_thread_lock=True,
         )
+        print(f"Running on local URL:  {local}", flush=True)
+        print(f"Running on public URL: {public}" if public else f"For a public link: {share_flag}")
+        while getattr(blocks, "is_running", False):  # until Ctrl-C or SIGTERM
+            time.sleep(0.2)
     finally:
         # no graceful wait for open connections: a browser's event stream (a page streaming
         # its answer) held uvicorn's shutdown, and the exit, until Gradio's 5 s join timeout

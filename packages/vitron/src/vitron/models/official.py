@@ -47,6 +47,7 @@ NO_VIDEO = (
     "give its frames as images instead"
 )
 _SHARD = re.compile(r".*-\d{5}-of-\d{5}\.(bin|safetensors)$")
+_SHARD_PARTS = re.compile(r"(.*)-(\d{5})-of-(\d{5})\.(bin|safetensors)")
 _PROJECTOR = {"model.mm_projector.0.": "fc1.", "model.mm_projector.2.": "fc2."}
 _REGION = {
     "model.region_extractor.region_linear.layers.0.": "mlp.0.",
@@ -74,7 +75,9 @@ def _read_json(path: Path, argument: str) -> dict[str, Any]:
 
 
 def _weight_files(folder: Path, argument: str) -> list[Path]:
-    """The weight files of an LLaVA-format folder: an index's shards, else one file."""
+    """The weight files of an LLaVA-format folder: an index's shards, else one file, else
+    every shard present (``NAME-0000K-of-0000N``; a gap in the numbering is a missing shard)."""
+
     for index_name in INDEX_NAMES:
         index = folder / index_name
         if index.exists():
@@ -90,17 +93,29 @@ def _weight_files(folder: Path, argument: str) -> list[Path]:
         if (folder / name).is_file():
             return [folder / name]
     shards = sorted(p.name for p in folder.iterdir() if _SHARD.match(p.name))
-    if shards:
-        index_name = INDEX_NAMES[shards[0].endswith(".safetensors")]
-        raise _fail(
-            argument, folder / index_name,
-            f"missing index; the shards {', '.join(shards)} need it (tensor name -> shard file)",
-        )  # fmt: skip
+    if shards:  # no index: every shard there is read (a missing tensor is found after)
+        for name in _numbered_gaps(shards):
+            raise _fail(argument, folder / name, "missing shard (its numbering says it exists)")
+        return [folder / shard for shard in shards]
     raise _fail(
         argument, folder,
         f"no weights; expected {' or '.join(INDEX_NAMES)} with its shards, or "
         f"{' or '.join(SINGLE_NAMES)}",
     )  # fmt: skip
+
+
+def _numbered_gaps(shards: list[str]) -> list[str]:
+    """The names ``PREFIX-0000K-of-0000N.EXT`` missing from ``shards`` for each prefix and N."""
+    found = {}
+    for name in shards:
+        head, number, total, ext = _SHARD_PARTS.fullmatch(name).groups()
+        found.setdefault((head, total, ext), set()).add(int(number))
+    return [
+        f"{head}-{k:05d}-of-{total}.{ext}"
+        for (head, total, ext), numbers in sorted(found.items())
+        for k in range(1, int(total) + 1)
+        if k not in numbers
+    ]
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:

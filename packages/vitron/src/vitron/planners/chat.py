@@ -153,13 +153,15 @@ class ReplyStats:
             prefill).
         seconds: seconds of the whole reply.
         grammar_s: seconds of it in the grammar's mask and the answer rules (None: not
-            measured apart, as on llama.cpp).
+            measured apart, as by llama.cpp's GBNF sampler).
+        stop: the stop token that ended the reply (None: its budget ran out).
     """
 
     tokens: int
     first_token_s: float
     seconds: float
     grammar_s: float | None
+    stop: int | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -205,6 +207,8 @@ class ChatPlanner:
     Attributes:
         last: what the last reply cost (:class:`ReplyStats`; None before the first).
     """
+
+    engine = "transformers"
 
     def __init__(
         self, model, processor, *, vision: bool, name: str = "planner", do_sample: bool = False,
@@ -371,7 +375,8 @@ class ChatPlanner:
         end = time.perf_counter()
         tokens = out[0, batch["input_ids"].shape[1] :].tolist()
         first = (processor.first_call or end) - start
-        self.last = ReplyStats(len(tokens), first, end - start, sum(processor.timings))
+        stop = tokens[-1] if tokens and tokens[-1] in self.stop_ids else None
+        self.last = ReplyStats(len(tokens), first, end - start, sum(processor.timings), stop)
         return self.decode([t for t in tokens if t not in self.stop_ids])
 
     def decode(self, tokens: list[int]) -> str:

