@@ -296,6 +296,10 @@ def slow(session: nox.Session) -> None:
     # check-jsonschema, pyyaml: tests/test_workflows.py is collected here too.
     pip_install(session, "build>=1.2", "twine>=6.1", "check-wheel-contents>=0.6",
                 "check-jsonschema>=0.29", "pyyaml>=6")  # fmt: skip
+    # vitron's GGUF planner on llama.cpp (tests/test_planner_llamacpp.py): llama-cpp-python has
+    # no wheel for this platform, and its source build (about 6 minutes) stays out of the
+    # default lane, which keeps the transformers path
+    pip_install(session, "llama-cpp-python>=0.3.36")
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",

@@ -236,3 +236,32 @@ def test_planner_flag_errors_are_one_line(planners, tmp_path, capsys, monkeypatc
         "pip install 'vitron[planner]' (or: pip install xgrammar)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_built_in_planner_names(tmp_path, capsys):
+    """``--planner tiny-*`` builds the tests' random models in memory (what docs/benchmarks.md
+    names); a bad engine for a name is refused before any model is built."""
+    from vitron.cli import main
+    from vitron.planners import BUILTIN_PLANNERS, open_planner
+
+    assert BUILTIN_PLANNERS == (
+        "tiny-qwen2_vl",
+        "tiny-llava",
+        "tiny-idefics3",
+        "tiny-llama",
+        "smollm2",
+    )
+    for name in BUILTIN_PLANNERS[:-1]:
+        planner = open_planner(name)
+        assert (planner.name, planner.vision) == (name, name != "tiny-llama")
+    with pytest.raises(ValueError, match=r"^engine must be one of auto, llama.cpp, transformers"):
+        open_planner("tiny-llama", engine="vllm")
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30), "gray").save(photo)
+    (tmp_path / "reply.txt").write_text('{"answer": "a gray photo"}')
+    argv = ["run", "what is it?", "--planner", "tiny-llama", "--image", str(photo), "-o",
+            str(tmp_path / "out"), "--reply-file", str(tmp_path / "reply.txt")]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "a gray photo\n"
+    turn = json.loads((tmp_path / "out" / "turn.json").read_text())
+    assert turn["replies"] == [{"text": '{"answer": "a gray photo"}', "scripted": True}]

@@ -4,14 +4,20 @@ conversation tells each reply's pieces with the reply's index."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from vitron.assistant import Turn
+from vitron.chat import print_turn
 from vitron.invocations import InputCounts
+from vitron.io import printable
 from vitron.planners import ChatPlanner, GrammarLimits, PlannerAssistant, PlannerGrammar
 from vitron.planners.chat import TextPieces
 from vitron.planners.tiny import tiny_planner
@@ -79,3 +85,39 @@ def test_a_turn_tells_each_reply_with_its_index(planner, photo, tmp_path):
     assert first == [json.dumps(call)]  # a scripted reply, in one piece
     assert "".join(second) == turn.replies[1].text and len(second) > 1
     assert [k for k, _ in told] == sorted(k for k, _ in told)  # reply 0 before reply 1
+
+
+def test_progress_writes_each_reply_as_it_comes_then_its_cost(planner, photo, tmp_path, capsys):
+    """``chat(progress=True)`` (what ``vitron run`` and ``chat`` ask): each reply on stderr after
+    ``planner:`` as it is written, then what it cost; a scripted reply has no cost line; the
+    caller's ``on_text`` is still told every piece."""
+    registry = SpecialistRegistry(adapters=(SemanirRestorer,))
+    call = {"version": 1, "calls": [{"id": "c0", "task": "restore_image",
+                                     "args": {"image": "$image0"}}]}  # fmt: skip
+    assistant = PlannerAssistant(
+        planner, registry, tmp_path, limits=LIMITS, scripted_replies=[json.dumps(call)]
+    )
+    told: list[tuple[int, str]] = []
+    turn = assistant.chat("clean it", [photo], names=["a.png"], progress=True,
+                          on_text=lambda k, piece: told.append((k, piece)))  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("planner")]
+    assert lines[0] == f"planner: {turn.replies[0].text}"
+    assert lines[1] == f"planner: {printable(turn.replies[1].text)}"
+    cost = planner.last
+    assert lines[2] == f"planner: {cost.line()}" and len(lines) == 3
+    assert re.fullmatch(r"planner: \d+ tokens in \d+\.\d s \(\d+\.\d tokens/s; prompt \d+\.\d s, "
+                        r"grammar \d+%\)", lines[2])  # fmt: skip
+    assert "".join(p for k, p in told if k == 1) == turn.replies[1].text
+
+
+def test_printed_text_carries_no_control_characters():
+    """A model's text cannot drive the terminal: escapes, carriage returns and C1 controls are
+    written as \\xNN; newlines and tabs stay."""
+
+    assert printable("a\x1b[2Jb\r\n\tc\x9b\x7f") == "a\\x1b[2Jb\\x0d\n\tc\\x9b\\x7f"
+    turn = Turn(user="x")
+    turn.answer = "red\x1b]0;pwned\x07 bird"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_turn(turn)
+    assert out.getvalue() == "red\\x1b]0;pwned\\x07 bird\n"
