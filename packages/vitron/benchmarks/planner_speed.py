@@ -54,17 +54,6 @@ def old_grammar(ebnf: str) -> str:
     return ebnf.replace(new, OLD_ANSWER.format(char=char))
 
 
-class Steps:
-    """A transformers logits processor that records when each decoding step starts."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
 class HoldOpen:
     """After the grammar's processor: the answer's closing tokens are refused until its text has
     ``tokens`` tokens (benchmark-only: a long answer of the real model)."""
@@ -89,7 +78,7 @@ def plain_transformers(planner, prompt_ids, tokens: int) -> float | None:
     import torch
     from transformers import LogitsProcessorList
 
-    steps = Steps()
+    steps = routing.StepTimer()
     with torch.inference_mode():
         planner.model.generate(
             prompt_ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
@@ -170,7 +159,7 @@ def long_answer(planner, request, data_root: Path, length: int, old_tokens: int)
     grammar = PlannerGrammar(assistant.counts, assistant.tasks, limits, "answer")
     ids = planner.tokenizer(planner.render(messages), return_tensors="pt", add_special_tokens=False)
     logits = planner.logits(grammar)
-    steps = Steps()
+    steps = routing.StepTimer()
     with torch.inference_mode():
         out = planner.model.generate(
             **ids, max_new_tokens=grammar.max_tokens + 1, do_sample=False, temperature=None,

@@ -68,7 +68,11 @@ def test_a_piece_waits_for_the_rest_of_a_character(planner):
     assert told == ["é", "!"]
 
 
-def test_a_turn_tells_each_reply_with_its_index(planner, photo, tmp_path):
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_turn_tells_each_reply_with_its_index(planner, photo, tmp_path, capsys, progress):
+    """``on_text`` is told each piece of the turn's k-th reply. With ``progress`` (what ``vitron
+    run`` and ``chat`` ask), each reply is also written on stderr after ``planner:`` as it comes,
+    then what it cost (no cost line for a scripted reply); without it, nothing is written."""
     registry = SpecialistRegistry(adapters=(SemanirRestorer,))
     call = {"version": 1, "calls": [{"id": "c0", "task": "restore_image",
                                      "args": {"image": "$image0"}}]}  # fmt: skip
@@ -76,38 +80,23 @@ def test_a_turn_tells_each_reply_with_its_index(planner, photo, tmp_path):
         planner, registry, tmp_path, limits=LIMITS, scripted_replies=[json.dumps(call)]
     )
     told: list[tuple[int, str]] = []
-    turn = assistant.chat(
-        "clean it", [photo], names=["a.png"], on_text=lambda k, piece: told.append((k, piece))
-    )
+    turn = assistant.chat("clean it", [photo], names=["a.png"], progress=progress,
+                          on_text=lambda k, piece: told.append((k, piece)))  # fmt: skip
     assert turn.outcomes[0][0].status == "ok" and len(turn.replies) == 2
     first = [p for k, p in told if k == 0]
     second = [p for k, p in told if k == 1]
     assert first == [json.dumps(call)]  # a scripted reply, in one piece
     assert "".join(second) == turn.replies[1].text and len(second) > 1
     assert [k for k, _ in told] == sorted(k for k, _ in told)  # reply 0 before reply 1
-
-
-def test_progress_writes_each_reply_as_it_comes_then_its_cost(planner, photo, tmp_path, capsys):
-    """``chat(progress=True)`` (what ``vitron run`` and ``chat`` ask): each reply on stderr after
-    ``planner:`` as it is written, then what it cost; a scripted reply has no cost line; the
-    caller's ``on_text`` is still told every piece."""
-    registry = SpecialistRegistry(adapters=(SemanirRestorer,))
-    call = {"version": 1, "calls": [{"id": "c0", "task": "restore_image",
-                                     "args": {"image": "$image0"}}]}  # fmt: skip
-    assistant = PlannerAssistant(
-        planner, registry, tmp_path, limits=LIMITS, scripted_replies=[json.dumps(call)]
-    )
-    told: list[tuple[int, str]] = []
-    turn = assistant.chat("clean it", [photo], names=["a.png"], progress=True,
-                          on_text=lambda k, piece: told.append((k, piece)))  # fmt: skip
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("planner")]
+    if not progress:
+        assert lines == []
+        return
     assert lines[0] == f"planner: {turn.replies[0].text}"
     assert lines[1] == f"planner: {printable(turn.replies[1].text)}"
-    cost = planner.last
-    assert lines[2] == f"planner: {cost.line()}" and len(lines) == 3
+    assert lines[2] == f"planner: {planner.last.line()}" and len(lines) == 3
     assert re.fullmatch(r"planner: \d+ tokens in \d+\.\d s \(\d+\.\d tokens/s; prompt \d+\.\d s, "
                         r"grammar \d+%\)", lines[2])  # fmt: skip
-    assert "".join(p for k, p in told if k == 1) == turn.replies[1].text
 
 
 def test_printed_text_carries_no_control_characters():
