@@ -92,3 +92,33 @@ def test_every_module_level_function_is_used_somewhere() -> None:
 def test_readme_says_where_new_code_goes(package: Path) -> None:
     readme = (package / "README.md").read_text(encoding="utf-8")
     assert re.search(r"^#+ Layout\s*$", readme, re.M), f"{package.name}/README.md: no Layout"
+
+
+INITS = sorted((ROOT / "packages").glob("*/src/**/__init__.py"))
+
+
+def public_names(init: Path) -> list[str]:
+    """A package's ``__all__`` without importing it: its module-level assignments of data
+    (literals, ``dict.fromkeys``, ``sorted`` of a lazy package's name table) evaluated in order
+    with nothing else in scope."""
+    scope: dict = {"__builtins__": {}, "dict": dict, "sorted": sorted}
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            try:
+                value = eval(compile(ast.Expression(node.value), str(init), "eval"), scope)
+            except (NameError, TypeError, AttributeError):
+                continue  # not data (a call of the package's own helpers)
+            scope.update(dict.fromkeys((t.id for t in node.targets), value))
+    return list(scope.get("__all__", []))
+
+
+@pytest.mark.parametrize("init", INITS, ids=lambda p: relative(p.parent))
+def test_no_public_name_is_also_a_submodule(init: Path) -> None:
+    """``from itaclip import Segmenter, pamr`` gave the submodule ``itaclip.pamr``, not the
+    function: importing the submodule (Segmenter's module does) binds its name on the package,
+    over the lazy name. So no name of a package's ``__all__`` may be one of its modules."""
+    folder = init.parent
+    modules = {p.stem for p in folder.glob("*.py")} | {
+        p.parent.name for p in folder.glob("*/__init__.py")
+    }
+    assert sorted(set(public_names(init)) & modules) == []

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from common_kernels.knn_attention import CPP_MAX_BACKWARD_N
+from common_kernels.attention import CPP_MAX_BACKWARD_N
 from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
 from common_kernels.runtime.files import write_text
 

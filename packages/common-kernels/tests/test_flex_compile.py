@@ -16,7 +16,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from common_kernels import KNNDictionary, _flex, knn_graph
-from common_kernels.knn_attention import _reference
+from common_kernels.attention import _reference
 
 if _flex.FLEX_IMPORT_ERROR is not None:
     pytest.skip(_flex.FLEX_IMPORT_ERROR, allow_module_level=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common_kernels.knn_attention import (
+from common_kernels.attention import (
     KNNAttention,
     can_run,
     knn_attention,
@@ -409,7 +409,7 @@ def test_half_precision_autocast_matches_reference(backend: str, duplicates: boo
 def test_both_row_gathers_agree_forward_and_backward() -> None:
     """The CUDA row gather (torch.gather, sync-free backward) checked on the CPU."""
     from common_kernels import KNNDictionary
-    from common_kernels.knn_attention import _gather_neighbour_rows
+    from common_kernels.attention import _gather_neighbour_rows
 
     inp = make_inputs(Case("row_gathers", 2, 3, 19, 8, 5, duplicates=True))
     dictionary = KNNDictionary(inp["idx"])

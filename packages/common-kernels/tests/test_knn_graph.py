@@ -3,10 +3,10 @@ import importlib
 import pytest
 import torch
 
-from common_kernels.knn_graph import knn_graph, knn_mask
+from common_kernels.graph import knn_graph, knn_mask
 from common_kernels.windows import window_partition
 
-knn_module = importlib.import_module("common_kernels.knn_graph")
+knn_module = importlib.import_module("common_kernels.graph")
 
 
 def brute_similarity(x: torch.Tensor, similarity: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common_kernels import KNNDictionary, _cpu_kernels, _policy, select_backend
-from common_kernels.knn_attention import BACKENDS, CPP_MAX_BACKWARD_N, policy_problem
+from common_kernels.attention import BACKENDS, CPP_MAX_BACKWARD_N, policy_problem
 
 TOLERANCE = 1.10
 BETWEEN_POINTS_TOLERANCE = 1.5  # auto's pick / the fastest between table points

@@ -21,7 +21,7 @@ from common_kernels.runtime.cli import version_line
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.testing import signal_while_working
 from diffeat import DiTFeatureExtractor, FeatureExtractor, PromptEmbeddings, aggregate
-from diffeat.aggregate import resize_feature
+from diffeat.aggregation import resize_feature
 from diffeat.cli import build_parser, main, selected_layers
 from diffeat.commands import check_inputs, left_out_line, plan_pca_outputs
 from diffeat.extractor import check_from_pretrained

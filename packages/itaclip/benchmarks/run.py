@@ -172,7 +172,7 @@ def official_pamr(image, mask, iterations=10, dilations=(8, 16)):
     import torch
     import torch.nn.functional as F
 
-    from itaclip.pamr import pamr_affinity
+    from itaclip.refinement import pamr_affinity
 
     aff = pamr_affinity(image, dilations)[:, None]  # (1, 1, K, H, W)
     pad = max(dilations)

@@ -6,6 +6,8 @@ model work; the package has no import cycle."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +271,14 @@ def test_the_package_has_no_import_cycle():
     assert {"itaclip.cli", "itaclip.segmenter", "itaclip.config", "itaclip.sources"} <= set(graph)
     assert find_cycle(graph) is None
     assert "itaclip.cli" not in set().union(*graph.values())  # nothing imports the CLI
+
+
+@pytest.mark.parametrize(
+    "imports", ["from itaclip import Segmenter, pamr", "from itaclip import pamr"]
+)
+def test_pamr_is_the_function_whatever_was_imported_first(imports):
+    """``from itaclip import Segmenter, pamr`` gave the module itaclip.pamr: importing the
+    segmenter imported the module of that name, which shadowed the lazy name (issue 59)."""
+    script = f"{imports}\nimport inspect\nprint(inspect.isfunction(pamr), pamr.__module__)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "itaclip.refinement"], done.stderr

@@ -13,8 +13,8 @@ import torch
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.testing import assert_setup_checked_first, load_script, no_work
-from itaclip.pamr import pamr
 from itaclip.postprocess import segment_max
+from itaclip.refinement import pamr
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from itaclip import Segmenter, SegmenterConfig
-from itaclip.pamr import pamr
 from itaclip.postprocess import morphological_closing
+from itaclip.refinement import pamr
 
 CLASSES = ["cat", "dog,puppy", "sky", "grass"]
 AUTOCAST_ATOL = 3e-2

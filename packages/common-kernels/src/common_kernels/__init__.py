@@ -6,10 +6,7 @@ method packages share (files, errors, CLI, hub, progress, Lightning callbacks, t
 
 from common_kernels._checks import values_checked
 from common_kernels._cpu_kernels import status as cpu_kernels_status
-from common_kernels.dictionary import KNNDictionary
-from common_kernels.fft_fusion import fft_phase_fusion
-from common_kernels.fused import add_layer_norm_, bias_gelu_
-from common_kernels.knn_attention import (
+from common_kernels.attention import (
     KNNAttention,
     can_run,
     knn_attention,
@@ -17,11 +14,14 @@ from common_kernels.knn_attention import (
     select_backend,
     value_checks,
 )
-from common_kernels.knn_graph import knn_dictionary, knn_graph, knn_mask
+from common_kernels.dictionary import KNNDictionary
+from common_kernels.fft_fusion import fft_phase_fusion
+from common_kernels.fused import add_layer_norm_, bias_gelu_
+from common_kernels.graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.4.14"
+__version__ = "0.4.15"
 
 __all__ = [
     "KNNAttention",

@@ -6,7 +6,7 @@ the paper's presets, property probes, a PCA visualiser and task heads (Meng et a
 "Not All Diffusion Model Activations Have Been Evaluated as Discriminative Features").
 """
 
-from diffeat.aggregate import aggregate
+from diffeat.aggregation import aggregate
 from diffeat.capture import ActivationRecorder, MissingActivationsError
 from diffeat.catalogue import (
     LayerInfo,
@@ -28,7 +28,7 @@ from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.shapes import layer_infos
 
-__version__ = "0.4.5"
+__version__ = "0.4.6"
 
 __all__ = [
     "ENSEMBLES",

@@ -45,7 +45,7 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.files import check_output_folder_name
 from common_kernels.runtime.quiet import quiet_libraries
-from diffeat.aggregate import RESIZE_MODES
+from diffeat.aggregation import RESIZE_MODES
 from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES

@@ -39,7 +39,7 @@ from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
 from common_kernels.runtime.files import write_json
 from common_kernels.runtime.progress import progress
 from diffeat import __version__
-from diffeat.aggregate import aggregate
+from diffeat.aggregation import aggregate
 from diffeat.catalogue import LayerInfo
 from diffeat.checks import DTYPES, model_infos
 from diffeat.errors import check_int_range
@@ -446,7 +446,7 @@ def write_features(
         checked: from :func:`check_inputs`.
         prompt: the text prompt of every image.
         resize: (H, W) to resize every feature to.
-        resize_mode: see :data:`diffeat.aggregate.RESIZE_MODES`.
+        resize_mode: see :data:`diffeat.aggregation.RESIZE_MODES`.
         concat: one concatenated ``"features"`` key.
         model: the model as the caller named it (default: the plan's source).
 

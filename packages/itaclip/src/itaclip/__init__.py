@@ -13,8 +13,8 @@ from common_kernels.runtime.lazy import lazy_names
 if TYPE_CHECKING:
     from itaclip.auxfile import AuxEntry, load_aux_texts, read_aux_file, write_aux_file
     from itaclip.models import ITACLIPEncoderConfig, ITACLIPVisionEncoder, default_mid_layers
-    from itaclip.pamr import pamr
     from itaclip.presets import PRESETS, Preset, dataset_classes
+    from itaclip.refinement import pamr
     from itaclip.segmenter import (
         LoadPlan,
         Segmentation,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
     from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 # each public name -> the module that defines it
 _MODULES = {
@@ -32,7 +32,7 @@ _MODULES = {
                     "itaclip.auxfile"),
     **dict.fromkeys(("ITACLIPEncoderConfig", "ITACLIPVisionEncoder", "default_mid_layers"),
                     "itaclip.models"),
-    "pamr": "itaclip.pamr",
+    "pamr": "itaclip.refinement",
     **dict.fromkeys(("PRESETS", "Preset", "dataset_classes"), "itaclip.presets"),
     **dict.fromkeys(("LoadPlan", "Segmentation", "Segmenter", "SegmenterConfig",
                      "check_from_pretrained"), "itaclip.segmenter"),

@@ -33,9 +33,9 @@ from itaclip.io import check_not_empty, to_rgb_images
 from itaclip.memory import VisionShape, check_parts, check_windows, image_parts
 from itaclip.models import ITACLIPVisionEncoder
 from itaclip.outputs import save_labels, save_overlay
-from itaclip.pamr import pamr
 from itaclip.postprocess import classify_query_logits
 from itaclip.presets import check_preset, dataset_classes
+from itaclip.refinement import pamr
 from itaclip.sources import (
     ModelLoadError,
     ModelSource,

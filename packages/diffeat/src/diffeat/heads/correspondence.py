@@ -16,7 +16,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from common_kernels.runtime.files import AtomicSavePretrained
-from diffeat.aggregate import resize_feature
+from diffeat.aggregation import resize_feature
 from diffeat.features import check_not_empty
 
 
@@ -307,7 +307,7 @@ def image_descriptors(
         size: descriptor grid size (paper: 128).
         normalize: L2-normalise every activation over channels before concatenating.
     """
-    from diffeat.aggregate import aggregate
+    from diffeat.aggregation import aggregate
 
     return aggregate(extractor(images, prompts), size=size, normalize=normalize).float()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from itaclip.pamr import pamr
+from itaclip.refinement import pamr
 
 
 def reference_pamr(image: np.ndarray, mask: np.ndarray, iterations: int, dilations) -> np.ndarray:
