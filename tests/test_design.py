@@ -122,3 +122,24 @@ def test_no_public_name_is_also_a_submodule(init: Path) -> None:
         p.parent.name for p in folder.glob("*/__init__.py")
     }
     assert sorted(set(public_names(init)) & modules) == []
+
+
+PROJECT_TEXTS = [
+    ROOT / "README.md", ROOT / "noxfile.py", *sorted((ROOT / "tools").glob("*.*")),
+    *sorted((ROOT / "docs").glob("**/*.md")), *sorted((ROOT / "packages").glob("*/README.md")),
+    *sorted((ROOT / "packages").glob("*/docs/*.md")),
+]  # fmt: skip
+WHO_LENDS = re.compile(r"\b(lent|lends?|leases?|loans?|workplace)\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", PROJECT_TEXTS, ids=relative)
+def test_the_project_speaks_of_machines_not_of_who_lends_them(path: Path) -> None:
+    """READMEs, docs and tools speak of the project's and its users' machines (a GPU machine
+    without network, the folder whose files come back), keeping the facts (limits, what was
+    measured when), not of who lends which machine to whom (issue 59)."""
+    found = [
+        f"{number}: {line.strip()}"
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if WHO_LENDS.search(line)
+    ]
+    assert found == []

@@ -179,8 +179,8 @@ def test_a_timed_out_piece_leaves_no_process_behind(tmp_path):
     assert dead()
 
 
-def lent_machine_site(folder: Path) -> Path:
-    """A site folder standing in for a lent GPU machine's: links to what this interpreter has
+def gpu_machine_site(folder: Path) -> Path:
+    """A site folder standing in for an offline GPU machine's: links to what this interpreter has
     installed of torch, torchvision, pip and :data:`PRESENT_ON_GPU_MACHINE`, with everything
     they require (their base requirements, transitively), and nothing else: not the wheelhouse's
     packages, not this tree's. Loose ``.pth`` files (a torch linked in by one) come along; names
@@ -240,7 +240,7 @@ def lent_machine_site(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_cuda(tmp_path):
-    """A virtual environment that sees torch and the lent machines' libraries (linked from this
+    """A virtual environment that sees torch and the GPU machines' libraries (linked from this
     environment) stands in for one: with ``PIP_NO_INDEX=1`` and the wheelhouse only, the
     report installs every package and says that there is no CUDA device."""
     wheelhouse = tmp_path / "wheelhouse"
@@ -253,7 +253,7 @@ def test_a_stand_in_gpu_machine_installs_everything_offline_and_says_it_has_no_c
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    farm = lent_machine_site(tmp_path / "machine-site")
+    farm = gpu_machine_site(tmp_path / "machine-site")
     (Path(host_site) / "machine.pth").write_text(f"import site; site.addsitedir({str(farm)!r})\n")
     env = {**os.environ, "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
     lacking = subprocess.run(

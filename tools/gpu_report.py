@@ -10,7 +10,7 @@ Copy the tree with ``gpu-wheelhouse/`` beside its packages to the GPU machine, t
     python3 tools/gpu_report.py install               # only the environment (.gpu-env/bin/...)
 
 ``training-data FOLDER...`` copies image folders as lossless WebP into ``.gpu-data/`` (for
-``tools/gpu_lease.sh``, which also trains SemanIR's GPU recipe in the same call).
+``tools/gpu_one_call.sh``, which also trains SemanIR's GPU recipe in the same call).
 
 ``run`` makes a virtual environment (``.gpu-env``) that sees the machine's own packages (torch
 and the rest of its stack through a ``.pth`` file), installs every package of this tree into it
@@ -54,7 +54,7 @@ DEFAULT_OUT = ROOT / "outputs" / "gpu-report"
 DEFAULT_ENV = ROOT / ".gpu-env"
 WHEELHOUSE_LIMIT_BYTES = 40 * 2**20
 
-# What the lent GPU machines lack among this tree's dependencies (their image, read on
+# What the offline GPU machines lack among this tree's dependencies (their image, read on
 # 2026-11-17, has torch 2.11, triton, transformers 5, lightning, peft, accelerate, timm,
 # safetensors and the scientific stack). Pinned so that the wheelhouse is the same wherever it
 # is built; nothing of torch's stack.
@@ -73,7 +73,7 @@ MISSING_ON_GPU_MACHINE = (
     "tomlkit==0.13.3",  # isolation there
     "trove-classifiers==2026.9.21.13",
 )
-# What this tree uses of the lent machines' image besides torch and torchvision (names as that
+# What this tree uses of the GPU machines' image besides torch and torchvision (names as that
 # list gives them): a stand-in machine installs these (tests/test_gpu_report.py).
 PRESENT_ON_GPU_MACHINE = (
     "accelerate", "einops", "filelock", "huggingface-hub", "lightning", "matplotlib", "ninja",
@@ -82,7 +82,7 @@ PRESENT_ON_GPU_MACHINE = (
     "timm", "tokenizers", "torchmetrics", "tqdm", "transformers", "typing-extensions", "urllib3",
     "zipp",
 )  # fmt: skip
-# The lent machines' python and platform (Python 3.12 on x86-64 Linux, glibc 2.35 or later).
+# The GPU machines' python and platform (Python 3.12 on x86-64 Linux, glibc 2.35 or later).
 GPU_MACHINE_PYTHON = "3.12"
 GPU_MACHINE_PLATFORMS = (
     "manylinux_2_35_x86_64",
@@ -193,7 +193,7 @@ def webp_copy(sources: Sequence[Path], to: Path) -> tuple[int, int]:
     Args:
         sources: image folders, or single images (copied into ``to/<their folder's name>/``),
             as Pillow reads them (PNG, BMP, JPEG, TIFF).
-        to: the folder the copies go to (``.gpu-data``, which travels to a lent machine).
+        to: the folder the copies go to (``.gpu-data``, which travels to the GPU machine).
 
     Returns the bytes of the sources and of the copies. Every copy is decoded again and
     compared with its source, pixel for pixel, before it is kept (renamed from a temporary

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One 10-minute call on a lent, offline GPU machine: the GPU report and SemanIR's GPU training
+# One command of at most 10 minutes on an offline GPU machine: the GPU report and SemanIR's GPU training
 # recipe (packages/semanir/docs/training.md) together. The tree installs offline into .gpu-env;
 # the training (denoise_gray_small_gpu, max_time MAX_TIME) runs beside the GPU lane, then the
 # quick benchmarks run on a quiet GPU. Everything is packed into $OUT after each phase
@@ -9,9 +9,9 @@
 #   python3 tools/gpu_report.py training-data ../shared/data/train400 \
 #     ../shared/data/set12/{01,02,05}.png
 # (.gpu-data/: the images as lossless WebP, 7.7 MB; with the whole of Set12, the tree, the
-# wheelhouse and the data would pass the 64 MiB a call carries: validation there uses three
+# wheelhouse and the data would pass the 64 MiB copied there: validation there uses three
 # Set12 images, the evaluation is done here), then run, carrying gpu-wheelhouse and .gpu-data:
-#   mkdir -p outputs && bash tools/gpu_lease.sh 2>&1 | tee outputs/device.log
+#   mkdir -p outputs && bash tools/gpu_one_call.sh 2>&1 | tee outputs/device.log
 # Variables: OUT (required), MAX_TIME (training, default 00:00:05:15), TESTS_S (GPU lane limit,
 # 170), BENCH_S (each benchmark's limit, 70), WHEELHOUSE, TRAIN_EXTRA (more fit flags).
 set -u
