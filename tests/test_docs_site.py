@@ -207,7 +207,7 @@ def test_links_to_github_become_links_between_site_pages(tmp_path: Path) -> None
 
 def test_the_strict_configuration_fails_on_a_broken_link_and_anchor(tmp_path: Path) -> None:
     """The root mkdocs.yml's validation settings under --strict, on a two-page site."""
-    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=site._Loader)
+    config = site.read_mkdocs_yml()
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# Home\n\n[there](other.md#no-such-anchor)\n")

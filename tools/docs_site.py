@@ -42,7 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
-import yaml
+try:
+    import yaml
+except ModuleNotFoundError:  # build and check say so in one line (missing_for_build)
+    yaml = None
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -224,32 +227,42 @@ class _PythonTag:
     """A ``!!python/...`` node of mkdocs.yml (toc's slugify), kept as it is: MkDocs' own loader
     builds the object when it reads the written config."""
 
-    def __init__(self, tag: str, node: yaml.Node, loader: yaml.SafeLoader) -> None:
+    def __init__(self, tag: str, node, loader) -> None:
         self.tag = tag
         self.value = loader.construct_mapping(node, deep=True)
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+@functools.cache
+def _yaml_io() -> tuple[type, type]:
+    """(Loader, Dumper) of mkdocs.yml: PyYAML's safe ones, keeping ``!!python/...`` nodes."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Loader.add_multi_constructor(
+        "tag:yaml.org,2002:python/", lambda loader, suffix, node: _PythonTag(suffix, node, loader)
+    )
+    Dumper.add_representer(
+        _PythonTag,
+        lambda dumper, tag: dumper.represent_mapping(
+            f"tag:yaml.org,2002:python/{tag.tag}", tag.value
+        ),
+    )
+    return Loader, Dumper
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_Loader.add_multi_constructor(
-    "tag:yaml.org,2002:python/", lambda loader, suffix, node: _PythonTag(suffix, node, loader)
-)
-_Dumper.add_representer(
-    _PythonTag, lambda dumper, tag: dumper.represent_mapping(f"tag:yaml.org,2002:python/{tag.tag}",
-                                                            tag.value)
-)  # fmt: skip
+def read_mkdocs_yml() -> dict:
+    """The root mkdocs.yml as data (its ``!!python/...`` nodes kept as they are)."""
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_yaml_io()[0])
 
 
 def site_config() -> dict:
     """The root mkdocs.yml with the assembled source, the output folder and the nav; paths
     made absolute, since the written config lives in build/docs-site/."""
-    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
+    config = read_mkdocs_yml()
     config.update(docs_dir=str(SOURCE), site_dir=str(OUTPUT), nav=nav())
     for plugin in config["plugins"]:
         if isinstance(plugin, dict) and "mkdocstrings" in plugin:
@@ -258,21 +271,57 @@ def site_config() -> dict:
     return config
 
 
+# what the build imports: the docs tools, and every package (the CLI reference reads its parsers)
+NOX_LINE = "python3 -m pip install 'nox==2026.10.20' 'uv==0.13.9' && python3 -m nox -s docs"
+
+
+def missing_for_build() -> list[str]:
+    """The distributions the build needs that this interpreter cannot import."""
+    import importlib.util
+
+    needed = {"mkdocs": "mkdocs", "material": "mkdocs-material", "mkdocstrings": "mkdocstrings",
+              "mkdocstrings_handlers.python": "mkdocstrings-python", "yaml": "PyYAML"}  # fmt: skip
+    needed |= {docs_reference.IMPORT_NAMES[p]: p for p in package_names()}
+    missing = []
+    for module, distribution in needed.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent is missing
+            found = False
+        if not found:
+            missing.append(distribution)
+    return missing
+
+
 def build(quiet: bool = False) -> float:
     """Assemble the source and run ``mkdocs build --strict``; returns the seconds it took.
+    Nothing is left half-written: the source is assembled aside and renamed into place.
 
     Raises:
-        SystemExit: mkdocs failed (a warning in strict mode), with its output printed.
+        SystemExit: a package or docs tool is not installed (one line naming them and the
+            command that installs and builds everything), or mkdocs failed (a warning in strict
+            mode), with its output printed.
     """
+    missing = missing_for_build()
+    if missing:
+        raise SystemExit(
+            f"docs_site build: needs {', '.join(missing)} installed (the packages and "
+            f"tools/docs-requirements.txt); {NOX_LINE} installs them and builds the site"
+        )
     start = time.perf_counter()
     SITE.mkdir(parents=True, exist_ok=True)
     partial = SITE / "src.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    assemble(partial)
+    try:
+        assemble(partial)
+    finally:
+        if sys.exc_info()[0] is not None:
+            shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(SOURCE, ignore_errors=True)
     partial.rename(SOURCE)  # mkdocs never reads a half-written source folder
     tmp = CONFIG.with_suffix(".yml.partial")
-    tmp.write_text(yaml.dump(site_config(), Dumper=_Dumper, sort_keys=False), encoding="utf-8")
+    text = yaml.dump(site_config(), Dumper=_yaml_io()[1], sort_keys=False)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, CONFIG)
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(CONFIG)],
@@ -344,6 +393,13 @@ def _target_exists(site: Path, path: str) -> Path | None:
 
 def check(site: Path = OUTPUT, screenshots: Path = SCREENSHOTS) -> CheckReport:
     """Open every page of the built ``site`` in Chromium; see the module's docstring."""
+    import importlib.util
+
+    if yaml is None or importlib.util.find_spec("playwright") is None:
+        raise SystemExit(
+            "docs_site check: needs PyYAML and playwright installed (tools/docs-requirements.txt);"
+            f" {NOX_LINE} installs them, builds the site and checks it"
+        )
     from playwright.sync_api import sync_playwright
 
     if not (site / "index.html").is_file():
@@ -357,9 +413,7 @@ def check(site: Path = OUTPUT, screenshots: Path = SCREENSHOTS) -> CheckReport:
     ids: dict[str, set[str]] = {}
     links: dict[tuple[str, str], str] = {}  # (target path, fragment) -> the page linking it
     pages = site_pages(site)
-    site_name = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)[
-        "site_name"
-    ]
+    site_name = read_mkdocs_yml()["site_name"]
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium_path())
