@@ -223,6 +223,15 @@ def test_output_path_checks_name_the_flag_and_the_blocking_path(tmp_path, monkey
         with pytest.raises(UsageError) as caught:
             check()
         assert str(caught.value) == message.format(t=tmp_path)
+    before = tmp_path.stat().st_mtime_ns
+    check_file_writable(tmp_path / "out.png", "-o")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]  # the write probe left nothing
+    assert tmp_path.stat().st_mtime_ns == before  # not even the folder's time
+    # a folder whose permission bits allow writing, but which takes no file (root on /proc):
+    # refused before any work, not after the model ran (diffeat extract -o /proc/x.safetensors)
+    with pytest.raises(UsageError) as caught:
+        check_file_writable(Path("/proc/x.safetensors"), "-o", (".safetensors",))
+    assert str(caught.value).startswith("-o /proc/x.safetensors: cannot write to /proc (")
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root
     with pytest.raises(UsageError) as caught:
         check_folder_writable(tmp_path / "new", "-o")

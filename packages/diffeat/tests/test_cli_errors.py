@@ -402,8 +402,8 @@ CASES = {
     ),
     "tiny_model_kind": (
         ["tiny-model", "{t}/tiny", "--kind", "sd4"],
-        "argument --kind: invalid choice: 'sd4' (choose from 'sd15', 'sdxl', 'pixart', 'flux', "
-        "'sd3', 'hunyuan', 'if')",
+        "argument --kind: invalid choice: 'sd4' (choose from 'sd15', 'sdxl', 'pixart', "
+        "'pixart-alpha', 'pixart-alpha-512', 'flux', 'sd3', 'hunyuan', 'if')",
     ),
     "tiny_model_seed": (
         ["tiny-model", "{t}/tiny", "--kind", "sd15", "--seed", "-2"],
@@ -660,3 +660,46 @@ def test_ctrl_c_exits_130_with_one_line(files, model_dirs):
     assert done.stdout == ""
     assert not out_path.exists()
     assert not [p for p in files.iterdir() if p.name.startswith(".out")]  # no temp file left
+
+
+def test_tiny_model_writes_pixart_alpha_at_both_sizes(tmp_path):
+    """``--kind pixart-alpha`` was an invalid choice (the model existed from Python only)."""
+    import json
+
+    for kind, size in (("pixart-alpha", 128), ("pixart-alpha-512", 64)):
+        assert main(["tiny-model", str(tmp_path / kind), "--kind", kind]) == 0
+        index = json.loads((tmp_path / kind / "model_index.json").read_text())
+        transformer = json.loads((tmp_path / kind / "transformer" / "config.json").read_text())
+        assert index["_class_name"] == "PixArtAlphaPipeline"
+        assert transformer["sample_size"] == size
+
+
+def test_an_image_too_large_for_the_model_is_named_not_a_flag_never_typed(tmp_path, capsys):
+    """``extract zebra.bmp --model tiny-sd3`` blamed ``--image-size 400x592``, a flag the user
+    never typed: the images' own size is named, and the flag that resizes them."""
+    assert main(["tiny-model", str(tmp_path / "sd3"), "--kind", "sd3"]) == 0
+    capsys.readouterr()
+    Image.new("RGB", (586, 391), "white").save(tmp_path / "zebra.png")
+    argv = ["extract", str(tmp_path / "zebra.png"), "--model", str(tmp_path / "sd3"), "-o",
+            str(tmp_path / "f.safetensors")]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "diffeat extract: error: IMAGE|FOLDER: images of 391x586 (their own size) cannot be fed "
+        "as they are, 400x592: this SD3 transformer's positional embedding covers at most 512 px "
+        "a side (pos_embed_max_size 32); pass --image-size S|HxW to resize them\n"
+    )
+    assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_an_output_folder_that_takes_no_file_is_refused_before_any_work(
+    files, model_dirs, capsys, no_model_load
+):
+    """``-o /proc/x.safetensors`` passed the checks (permission bits say writable to root),
+    the model ran, then the write failed naming a hidden temporary file."""
+    argv = ["extract", str(files / "img.png"), "--model", str(model_dirs["sd15"]), "-o",
+            "/proc/x.safetensors"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "diffeat extract: error: -o/--output /proc/x.safetensors: cannot write to /proc (no such "
+        "file or directory)\n"
+    )

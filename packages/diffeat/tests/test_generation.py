@@ -302,3 +302,25 @@ def test_the_command_refuses_bad_input_before_loading(model_dirs, tmp_path, monk
     error = capsys.readouterr().err.strip()
     assert error.startswith("diffeat generate-features: error: ") and message in error, error
     assert "\n" not in error and not (tmp_path / "g.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["pixart", "pixart-alpha"])
+def test_generate_features_on_pixart_at_the_size_asked(kind, tmp_path, capsys):
+    """As tried (issue 59): generate-features on tiny PixArt-Sigma failed with diffusers'
+    "Invalid sample size" (the resolution binning has no bin for a tiny sample size), and on
+    PixArt-alpha ``--image-size 128`` recorded 1024 px features (the bin's) under an image_size
+    of [128, 128]. The binning is off: features of the size asked, as the metadata says."""
+    folder = tmp_path / kind
+    assert main(["tiny-model", str(folder), "--kind", kind]) == 0
+    out = tmp_path / "g.safetensors"
+    argv = ["generate-features", "--model", str(folder), "--prompt", PROMPT, "--steps", "0",
+            "--num-inference-steps", "2", "--image-size", "128x64", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    tensors, metadata = load_features(out)
+    assert metadata["image_size"] == [128, 64]
+    patch = 2  # VAE x8, patch 2: a 128x64 image is 8x4 tokens
+    assert {tuple(t.shape[-2:]) for t in tensors.values()} == {
+        (128 // 8 // patch, 64 // 8 // patch)
+    }
+    run = commands.check_generation(str(folder), None, [0], num_inference_steps=2)
+    assert run.call["use_resolution_binning"] is False

@@ -5,7 +5,7 @@ diffeat extract IMG|DIR... --model M [--preset P | --layers a,b | --all] -o feat
 diffeat probe IMG|DIR... --model M [--preset P | --layers a,b | --all] [-o probe.json]
 diffeat pca IMG|DIR... --model M [--preset P | --layers a,b] -o OUTDIR   (or --features FILE)
 diffeat generate-features --model M --prompt P --steps 0,10 [--layers a,b] -o feats.safetensors
-diffeat tiny-model DIR --kind sd15|sdxl|pixart|flux|sd3|hunyuan|if
+diffeat tiny-model DIR --kind sd15|sdxl|pixart|pixart-alpha[-512]|flux|sd3|hunyuan|if
 diffeat app [--model M] [--image-size S|HxW] [--sigma S] [--port 7860]  (Gradio page; diffeat[app])
 
 --model: a diffusers SD/SDXL, PixArt, FLUX.1, SD3, HunyuanDiT or IF repository (model_index.json).

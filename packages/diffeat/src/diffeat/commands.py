@@ -16,6 +16,7 @@ the API and the CLI say the same.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -157,7 +158,18 @@ def check_inputs(
     if fed != plan.size:
         options = plan.options
         faithful, tokens = options.get("faithful", False), options.get("max_sequence_length")
-        infos = model_infos(plan.configs, fed, faithful, plan.control, tokens)
+        try:
+            infos = model_infos(plan.configs, fed, faithful, plan.control, tokens)
+        except InvalidArgument as error:
+            if size is not None or error.argument != "image_size":
+                raise
+            # the size is the images' own: say so, not the flag the user did not give
+            detail = error.template.removeprefix("{image_size} ")
+            raise InvalidValue(
+                "images",
+                f"{{images}}: {fed_source} cannot be fed as they are, {detail}; pass "
+                "{image_size} S|HxW to resize them",
+            ) from None
     checked = CheckedInputs(plan, paths, batch_size, infos, fed, fed_source, listing, skipped)
     parts = [pass_part(checked), *(keep or features_part)(checked)]
     check_memory(parts, plan.device, allow_large)
@@ -660,6 +672,11 @@ def check_generation(model: str, layers, steps: Sequence[int], *, prompt: str = 
             "model", f"{{model}}'s model_index.json names no diffusers pipeline: {literal(name)}"
         )
     call: dict[str, Any] = {"prompt": prompt, "output_type": "pil"}
+    if "use_resolution_binning" in inspect.signature(pipeline.__call__).parameters:
+        # PixArt's pipelines snap the size to an aspect-ratio bin of its sample size and resize
+        # the image back: the features were of the bin's size, not the image's (128 px asked,
+        # 1024 px recorded), and a sample size without bins (the tiny models) was refused
+        call["use_resolution_binning"] = False
     if num_inference_steps is not None:
         call["num_inference_steps"] = check_int_range(num_inference_steps, "num_inference_steps", 1)
     if guidance_scale is not None:

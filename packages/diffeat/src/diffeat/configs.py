@@ -9,6 +9,7 @@ keep the *topology* of SD 1.5 and SDXL (so every paper preset name exists) with 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from common_kernels.runtime.errors import InvalidValue, shown
@@ -332,7 +333,8 @@ TINY_TEXT_ENCODER: dict[str, Any] = {
 KINDS = ("sd15", "sdxl")
 # what save_tiny_model writes: the U-Nets, PixArt-Sigma, FLUX.1-dev, SD3.5-Medium shapes, and
 # small HunyuanDiT and DeepFloyd IF stage I models (their topology, fewer blocks and levels)
-TINY_MODEL_KINDS = (*KINDS, "pixart", "flux", "sd3", "hunyuan", "if")
+TINY_MODEL_KINDS = (*KINDS, "pixart", "pixart-alpha", "pixart-alpha-512", "flux", "sd3", "hunyuan",
+                    "if")  # fmt: skip
 
 # 4 blocks: the fewest with a long skip (block 3 takes block 0's output); 8 + 12 text tokens
 TINY_HUNYUAN_TRANSFORMER: dict[str, Any] = {
@@ -594,9 +596,13 @@ def tiny_if_pipeline(seed: int = 0):
     )  # fmt: skip
 
 
-TINY_PIPELINES = {"pixart": tiny_pixart_pipeline, "flux": tiny_flux_pipeline,
-                  "sd3": tiny_sd3_pipeline, "hunyuan": tiny_hunyuan_pipeline,
-                  "if": tiny_if_pipeline}  # fmt: skip
+TINY_PIPELINES = {
+    "pixart": tiny_pixart_pipeline,
+    "pixart-alpha": functools.partial(tiny_pixart_pipeline, alpha=True),
+    "pixart-alpha-512": functools.partial(tiny_pixart_pipeline, alpha=True, alpha_size=512),
+    "flux": tiny_flux_pipeline, "sd3": tiny_sd3_pipeline, "hunyuan": tiny_hunyuan_pipeline,
+    "if": tiny_if_pipeline,
+}  # fmt: skip
 
 
 def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
@@ -607,6 +613,7 @@ def save_tiny_model(directory: str, kind: str, seed: int = 0) -> None:
     Args:
         directory: output folder (created; must not hold a model already).
         kind: ``"sd15"``, ``"sdxl"`` (U-Nets), ``"pixart"`` (PixArt-Sigma's transformer),
+            ``"pixart-alpha"`` / ``"pixart-alpha-512"`` (PixArt-alpha's, 1024-MS or 512),
             ``"flux"`` (FLUX.1-dev's), ``"sd3"`` (SD3.5-Medium's), ``"hunyuan"`` (HunyuanDiT's
             blocks, 4 of them) or ``"if"`` (DeepFloyd IF stage I's, two levels).
         seed: seed of the random weights, in [0, 2**64 - 1].

@@ -29,6 +29,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from importlib import metadata
@@ -330,6 +331,17 @@ def check_writable(folder: Path, flag: str, target: Path, what: str) -> None:
         raise UsageError(f"{flag} {target}: cannot create {what}, {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {target}: cannot write to {existing} (permission denied)")
+    # the permission bits do not tell everything (root on /proc, a read-only mount): a file
+    # made and removed there does, before any work; the folder's times are put back
+    times = existing.stat()
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise UsageError(f"{flag} {target}: cannot write to {existing} ({reason})") from None
+    os.close(descriptor)
+    os.unlink(probe)
+    os.utime(existing, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def check_folder_writable(folder: Path, flag: str) -> None:
