@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument
-from diffeat import FeatureExtractor, PromptEmbeddings, commands
+from diffeat import FeatureExtractor, PromptEmbeddings
+from diffeat import generate_features as commands
 from diffeat.cli import main
 from diffeat.configs import tiny_pixart_pipeline
 from diffeat.dit import DiTFeatureExtractor

@@ -320,8 +320,9 @@ def main(argv=None) -> int:
     import transformers
 
     from vitron.io import write_json, write_text
+    from vitron.planners.catalog import open_gguf_planner
     from vitron.planners.gguf import fetch_smollm2
-    from vitron.planners.llamacpp import llama_cpp_installed, open_gguf_planner
+    from vitron.planners.llamacpp import llama_cpp_installed
 
     torch.set_num_threads(args.threads)
     gguf = args.gguf or fetch_smollm2()

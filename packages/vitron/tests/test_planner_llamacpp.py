@@ -42,8 +42,9 @@ def test_the_grammar_is_gbnf_that_llama_cpp_reads():
 
 
 def test_without_llama_cpp_a_gguf_runs_on_transformers_and_says_so(tmp_path, monkeypatch):
+    from vitron.planners.catalog import open_gguf_planner
     from vitron.planners.gguf import write_tiny_gguf
-    from vitron.planners.llamacpp import LLAMA_CPP_INSTALL, open_gguf_planner
+    from vitron.planners.llamacpp import LLAMA_CPP_INSTALL
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
@@ -118,7 +119,7 @@ def smollm2():
 def test_llama_cpp_and_transformers_read_the_same_prompt(smollm2):
     """The same chat template and tokens on both engines; greedy replies under the grammar that
     parse on both, and both of llama.cpp's grammar engines give the same reply."""
-    from vitron.planners.llamacpp import open_gguf_planner
+    from vitron.planners.catalog import open_gguf_planner
 
     said: list[str] = []
     on_llama = open_gguf_planner(smollm2, say=said.append, threads=2)

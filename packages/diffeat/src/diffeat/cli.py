@@ -50,14 +50,11 @@ from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
 from diffeat.commands import (
-    GENERATE_FLAGS,
     CheckedInputs,
     Keep,
-    add_generate_parser,
     check_inputs,
     check_pca_file,
     check_probes,
-    command_generate,
     extract_batches,
     left_out_line,
     mean_probes,
@@ -72,6 +69,7 @@ from diffeat.commands import (
 from diffeat.configs import DIT_CONFIGS, TINY_MODEL_KINDS, UNET_CONFIGS, save_tiny_model
 from diffeat.errors import SourceError
 from diffeat.extractor import FeatureExtractor
+from diffeat.generate_features import GENERATE_FLAGS, add_generate_parser, command_generate
 from diffeat.inversion import NOISINGS
 from diffeat.io import load_features, load_image
 from diffeat.listing import check_listing, list_layers, tokenizer_length

@@ -46,7 +46,7 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.quiet import quiet_libraries
 from vitron.checks import SEED_MAX, NamedFailure, check_output_folder, check_seed
-from vitron.invocations import GRAMMARS, InvocationError, parse_reply
+from vitron.invocations import GRAMMAR_HELP, GRAMMARS, InvocationError, parse_reply
 from vitron.options import (
     DTYPES,
     AssistantOptions,
@@ -60,16 +60,8 @@ from vitron.options import (
     one_line,
     read_reply_file,
 )
-from vitron.planner_cli import (
-    add_model_source_options,
-    add_planner_decoding_options,
-    check_model_source,
-)
+from vitron.planner_cli import add_model_source_options, check_model_source
 
-GRAMMAR_HELP = (
-    "the calls' format in a Vitron model's reply: json (vitron's schema), tags (the official "
-    "release's) or auto (either) (default: auto)"
-)
 TURN_NAME = "turn.json"  # what ``run`` writes besides its calls' files
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the 0.1 names
 FLAGS = {
@@ -80,8 +72,7 @@ FLAGS = {
     "box": "--box", "stroke": "--stroke", "mask": "--mask", "stroke_width": "--stroke-width",
     "reply_file": "--reply-file", "port": "--port", "limit": "--limit", "data": "--data",
     "images": "--images", "videos": "--videos", "region": "--region", "in_place": "--in-place",
-    "directory": "DIR",
-    # vitron train
+    "directory": "DIR",  # vitron train, then vitron eval and the rest:
     "val_data": "--val-data", "stage": "--stage", "max_steps": "--max-steps",
     "batch_size": "--batch-size", "lr": "--lr", "lora_rank": "--lora-rank",
     "align_weight": "--align-weight", "synergy_weight": "--synergy-weight",
@@ -90,12 +81,10 @@ FLAGS = {
     "signal_targets": "--signal-targets", "resume": "--resume",
     "checkpoint_every_n_steps": "--checkpoint-every-steps",
     "checkpoint_every_minutes": "--checkpoint-every-minutes", "num_workers": "--num-workers",
-    # vitron eval
     "refs": "--refs", "instances": "--instances", "split": "--split", "template": "--template",
     "mask_backend": "--mask-backend", "questions": "--questions", "annotations": "--annotations",
     "image_name": "--image-name", "base": "BASE", "lora": "--lora", "planner": "--planner",
-    "engine": "--engine", "no_repeat": "--no-repeat",
-    "vision_tower": "--vision-tower",
+    "engine": "--engine", "no_repeat": "--no-repeat", "vision_tower": "--vision-tower",
 }  # fmt: skip
 
 
@@ -285,8 +274,8 @@ def add_specialist_options(parser: argparse.ArgumentParser, device: str | None =
                         help="override one specialist option (repeatable)")  # fmt: skip
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    add_model_source_options(parser)
+def add_model_options(parser: argparse.ArgumentParser, planner: bool = True) -> None:
+    add_model_source_options(parser, planner)
     parser.add_argument(
         "--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
         help="weights dtype; auto: bfloat16 on CUDA (float16 on a GPU without bfloat16), "
@@ -331,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="one request: reply, dispatch calls, answer")
     run.add_argument("prompt")
     add_model_options(run)
-    add_planner_decoding_options(run)
     add_media_options(run)
     run.add_argument(
         "--reply-file", type=Path, default=None,
@@ -339,12 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     chat = commands.add_parser("chat", help="interactive conversation in the terminal")
     add_model_options(chat)
-    add_planner_decoding_options(chat)
     add_media_options(chat)
     app = commands.add_parser("app", help="a local Gradio page (pip install 'vitron[app]'); "
                               "no --model/--planner: the default planner")  # fmt: skip
     add_model_options(app)
-    add_planner_decoding_options(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on")
     number(app, "--port", int, 7860, "TCP port, in [1, 65535]")
     app.add_argument("--share", action="store_true", help="also open a public Gradio link")
@@ -376,10 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--lora", help="vitron-lora folder or hub id (default: none)")
     convert.add_argument("--vision-tower", help="LanguageBind_Image folder or hub id")
     convert.add_argument("-o", "--output", type=Path, required=True, help="Vitron folder")
-    convert.add_argument(
-        "--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
-        help="dtype of the written weights; auto: torch's default (float32) (default: auto)",
-    )  # fmt: skip
+    convert.add_argument("--dtype", type=dtype_option, choices=("auto", *DTYPES), default="auto",
+                         help="the written weights' dtype (default: auto: float32)")  # fmt: skip
     tiny = commands.add_parser("tiny-model", help="write a tiny random Vitron model folder")
     tiny.add_argument("directory", type=Path, metavar="DIR", help="folder to write")
     number(tiny, "--seed", int, 0, f"seed of the random weights, in [0, {SEED_MAX}]")
@@ -387,8 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vision-backend",
         choices=("transformers", "open_clip"),
         default="transformers",
-        help="the vision tower's library (open_clip: pip install 'vitron[open-clip]') "
-        "(default: transformers)",
+        help="the vision tower's library (default: transformers; open_clip: vitron[open-clip])",
     )
     tiny_spec = commands.add_parser("tiny-specialists", help="write tiny random specialists")
     tiny_spec.add_argument("directory", type=Path, metavar="DIR", help="folder to write")

@@ -13,14 +13,17 @@ from typing import Any
 from common_kernels.runtime.errors import InvalidValue
 
 
-def add_model_source_options(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--planner``: exactly one of them."""
+def add_model_source_options(parser: argparse.ArgumentParser, planner: bool = True) -> None:
+    """``--model`` and ``--planner`` (exactly one of them), and with ``planner`` the planner's
+    ``--engine`` and ``--no-repeat``."""
     parser.add_argument("--model", help="Vitron folder or hub id (save_pretrained)")
     parser.add_argument(
         "--planner", metavar="ID",
         help="a transformers chat model (hub id or folder) as the planner, zero-shot, its replies "
         "held to the calls' grammar (pip install 'vitron[planner]'; see docs/planner.md)",
     )  # fmt: skip
+    if planner:
+        add_planner_decoding_options(parser)
 
 
 def add_planner_decoding_options(parser: argparse.ArgumentParser) -> None:

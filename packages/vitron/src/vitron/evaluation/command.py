@@ -32,7 +32,7 @@ RESULTS_NAME = "results.json"
 
 def add_eval_parser(
     commands: Any,
-    add_model_options: Callable[[argparse.ArgumentParser], None],
+    add_model_options: Callable[..., None],
     number: Callable[..., None],
 ) -> None:
     """Register ``eval`` and its tasks on the ``vitron`` subcommands.
@@ -74,7 +74,7 @@ def add_eval_parser(
     )
     qa.add_argument("--template", default=QA_TEMPLATE, help="instruction; {question}")
     for task in (refseg, vqa, qa):
-        add_model_options(task)
+        add_model_options(task, planner=False)
         number(task, "--limit", int, None, "only the first N samples, >= 1 (None: all)")
         task.add_argument(
             "--keep-files", action="store_true",

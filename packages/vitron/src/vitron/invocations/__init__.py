@@ -2,6 +2,7 @@
 
 from vitron.invocations.reply import (
     DEFAULT_EOS,
+    GRAMMAR_HELP,
     GRAMMARS,
     ParsedReply,
     parse_reply,
@@ -25,6 +26,7 @@ from vitron.invocations.tags import LETTERS, edit_target, parse_tags, split_inst
 __all__ = [
     "DEFAULT_EOS",
     "GRAMMARS",
+    "GRAMMAR_HELP",
     "LETTERS",
     "SCHEMA_VERSION",
     "TASKS",

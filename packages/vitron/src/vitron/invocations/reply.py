@@ -17,6 +17,10 @@ from vitron.invocations.schema import (
 from vitron.invocations.tags import join_kept_text, parse_tags, tag_matches
 
 GRAMMARS = ("auto", "json", "tags")
+GRAMMAR_HELP = (
+    "the calls' format in a Vitron model's reply: json (vitron's schema), tags (the official "
+    "release's) or auto (either) (default: auto)"
+)
 DEFAULT_EOS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<eos>")
 # end markers of the official model: "<SP>None</SP>" (also empty, any case and whitespace)
 END_MARKER = re.compile(r"<\s*SP\s*>\s*(?:None)?\s*<\s*/\s*SP\s*>", re.IGNORECASE)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from common_kernels.runtime.errors import InvalidValue, literal
 from vitron.planners.gguf import fetch_smollm2, is_gguf_name
+from vitron.planners.llamacpp import LLAMA_CPP_INSTALL, LlamaCppPlanner, llama_cpp_installed
 from vitron.planners.tiny import ARCHITECTURES
 
 TINY_PLANNERS = {f"tiny-{a}": a for a in ARCHITECTURES}
@@ -67,11 +69,44 @@ def open_planner(
     if str(name) == SMOLLM2_NAME:
         name = fetch_smollm2()  # offline: OSError, one line saying so
     if is_gguf_name(name):
-        from vitron.planners.llamacpp import open_gguf_planner
-
         return open_gguf_planner(
             name, engine=engine, device=device, dtype=dtype, say=say, **options
         )
     from vitron.planners.chat import ChatPlanner
 
     return ChatPlanner.from_pretrained(name, device=device, dtype=dtype, **options)
+
+
+def open_gguf_planner(
+    path: str | os.PathLike, *, engine: str = "auto", device: str = "cpu", dtype=None,
+    say: Callable[[str], None] | None = None, **options: Any,
+):  # fmt: skip
+    """A GGUF planner on llama.cpp when llama-cpp-python is installed, else through transformers
+    (dequantised to ``dtype``); ``say`` is told the choice in one line.
+
+    Args:
+        path: the ``.gguf`` file.
+        engine: ``auto``, ``llama.cpp`` or ``transformers``.
+        device: where it runs.
+        dtype: the weights' dtype on the transformers path (llama.cpp runs the file's types).
+        say: told one line naming the engine (None: silent).
+        options: the decoding options (:class:`LlamaCppPlanner` / ``ChatPlanner``).
+    """
+    check_engine(path, engine)
+    use_llama = engine == "llama.cpp" or (engine == "auto" and llama_cpp_installed())
+    name = Path(path).name
+    if use_llama:
+        planner = LlamaCppPlanner.from_gguf(path, device=str(device), **options)
+        if say is not None:
+            say(f"planner {name}: llama.cpp (llama-cpp-python), the file's own weights")
+        return planner
+    from vitron.planners.chat import ChatPlanner
+
+    planner = ChatPlanner.from_pretrained(path, device=device, dtype=dtype, **options)
+    if say is not None:
+        dtype_name = str(planner.model.dtype).removeprefix("torch.")
+        say(
+            f"planner {name}: transformers, dequantised to {dtype_name} (llama.cpp runs it "
+            f"faster: {LLAMA_CPP_INSTALL})"
+        )
+    return planner

@@ -104,7 +104,7 @@ def open_default_planner(
     if choice.repo_id is not None:
         return ChatPlanner.from_pretrained(choice.repo_id, device=device, dtype=dtype, **options)
     if choice.gguf is not None:
-        from vitron.planners.llamacpp import open_gguf_planner
+        from vitron.planners.catalog import open_gguf_planner
 
         return open_gguf_planner(choice.gguf, device=device, dtype=dtype, **options)
     model, processor = tiny_planner("qwen2_vl", seed=0)

@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -333,40 +332,3 @@ def _text(llm, token: int) -> str:
     if token < 0:
         return ""
     return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-
-def open_gguf_planner(
-    path: str | os.PathLike, *, engine: str = "auto", device: str = "cpu", dtype=None,
-    say: Callable[[str], None] | None = None, **options: Any,
-):  # fmt: skip
-    """A GGUF planner on llama.cpp when llama-cpp-python is installed, else through transformers
-    (dequantised to ``dtype``); ``say`` is told the choice in one line.
-
-    Args:
-        path: the ``.gguf`` file.
-        engine: ``auto``, ``llama.cpp`` or ``transformers``.
-        device: where it runs.
-        dtype: the weights' dtype on the transformers path (llama.cpp runs the file's types).
-        say: told one line naming the engine (None: silent).
-        options: the decoding options (:class:`LlamaCppPlanner` / ``ChatPlanner``).
-    """
-    from vitron.planners.catalog import check_engine
-
-    check_engine(path, engine)
-    use_llama = engine == "llama.cpp" or (engine == "auto" and llama_cpp_installed())
-    name = Path(path).name
-    if use_llama:
-        planner = LlamaCppPlanner.from_gguf(path, device=str(device), **options)
-        if say is not None:
-            say(f"planner {name}: llama.cpp (llama-cpp-python), the file's own weights")
-        return planner
-    from vitron.planners.chat import ChatPlanner
-
-    planner = ChatPlanner.from_pretrained(path, device=device, dtype=dtype, **options)
-    if say is not None:
-        dtype_name = str(planner.model.dtype).removeprefix("torch.")
-        say(
-            f"planner {name}: transformers, dequantised to {dtype_name} (llama.cpp runs it "
-            f"faster: {LLAMA_CPP_INSTALL})"
-        )
-    return planner
