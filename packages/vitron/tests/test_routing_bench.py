@@ -206,3 +206,28 @@ def test_setup_is_checked_before_any_work(bench, tmp_path, monkeypatch, capsys):
         err.startswith("routing.py: error: --data: no set14/zebra.bmp under ")
         and err.count("\n") == 1
     )
+
+
+def test_the_readme_table_is_the_saved_run(bench):
+    """The README's planner rows are the saved run's (benchmarks/results/routing.json): a
+    figure there changes only with a new run."""
+    import re
+
+    saved = {
+        r["planner"]: r
+        for r in json.loads((ROUTING.parent / "results" / "routing.json").read_text())["rows"]
+    }
+    readme = (ROUTING.parents[1] / "README.md").read_text()
+    rows = re.findall(
+        r"^\| ([\w.-]+)(?: \([^)]*\))? \| (llama\.cpp|transformers) \| .*$", readme, re.M
+    )
+    assert len(rows) == 6
+    for line in (m for m in readme.splitlines() if re.match(r"^\| (smollm2|tiny-)", m)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = saved[cells[0].split(" ")[0]]
+        first_call = "-" if row["first_call_s"] is None else f"{row['first_call_s']:.2f}"
+        assert cells[1:] == [
+            row["engine"], bench.DECODING[row["decoding"]], bench.percent(row["valid_rate"]),
+            bench.percent(row["task_accuracy"]), bench.percent(row["looping_answers"]),
+            f"{row['load_s']:.1f}", first_call, f"{row['tokens_per_s']:.1f}",
+        ], cells[0]  # fmt: skip
