@@ -22,22 +22,17 @@ from common_kernels.runtime import testing
 from common_kernels.runtime.testing import (
     ShellExample,
     example_params,
+    package_pages,
     program_words,
-    shell_examples,
 )
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model
 from diffeat.io import load_features
 
-PACKAGE = Path(__file__).resolve().parents[1]
-REPOSITORY = PACKAGE.parents[1]
-README = PACKAGE / "README.md"
 # The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
-PAGES = [README, *DOCS]
-EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
 BIN = Path(sys.executable).parent
 OURS_XL = list(PRESETS["ours-xl"].layers)
 

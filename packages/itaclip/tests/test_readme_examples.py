@@ -35,21 +35,16 @@ from common_kernels.runtime.photos import read_photo
 from common_kernels.runtime.testing import (
     ShellExample,
     example_params,
+    package_pages,
     program_words,
-    shell_examples,
 )
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
 
-PACKAGE = Path(__file__).resolve().parents[1]
-REPOSITORY = PACKAGE.parents[1]
-README = PACKAGE / "README.md"
 # The README's guides, API reference, command details and speed moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
-PAGES = [README, *DOCS]
-EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
 PYTHON_MARKER = re.compile(r"<!--\s*python example:\s*check\s*\((.+)\)\s*-->")
 
 

@@ -26,20 +26,15 @@ from common_kernels.runtime.files import parse_size
 from common_kernels.runtime.testing import (
     ShellExample,
     example_params,
+    package_pages,
     program_words,
-    shell_examples,
 )
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 
-PACKAGE = Path(__file__).resolve().parents[1]
-REPOSITORY = PACKAGE.parents[1]
-README = PACKAGE / "README.md"
 # The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
-PAGES = [README, *DOCS]
-EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
 BIN = Path(sys.executable).parent
 TINY = "tiny-sdxl"  # the folder the examples name: ./tiny-sdxl
 LIBRARY_CHATTER = ("Loading pipeline components", "Writing model shards", "FutureWarning")

@@ -17,10 +17,15 @@ calls, the case's time the median of ``--runs`` runs (SemanIR and DnCNN interlea
 run). Reported per size and case: seconds per megapixel, SemanIR's time over DnCNN's, and the
 spread of the calls after the first (the slowest over their median) under each case.
 
-    python packages/semanir/benchmarks/shared_machine.py [--sizes 384 1024] [--threads 2]
-        [--runs 3] [--calls 4] [--quick] [--data DIR] [--out DIR]
+``--policy command`` (default) runs every process with OpenMP's idle threads sleeping, as the
+``semanir`` command runs (``OMP_WAIT_POLICY=PASSIVE``, :mod:`semanir.openmp`); ``--policy
+default`` with GNU OpenMP's own (idle threads spin a while), as a Python program that sets
+nothing runs. Nothing else of the command's setup is applied: the restores are the public API's.
 
-Writes ``shared_machine.{json,md,png}`` to ``--out`` (default ``benchmarks/results``).
+    python packages/semanir/benchmarks/shared_machine.py [--sizes 384 1024] [--threads 2]
+        [--runs 3] [--calls 4] [--policy command|default] [--quick] [--data DIR] [--out DIR]
+
+Writes ``shared_machine_<policy>.{json,md,png}`` to ``--out`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ CASES = ("quiet", "loaded", "two processes")
 IMAGE = "set12/05.png"  # 512x512 gray: resized to each size
 TARGETS = {"quiet": 0.5, "loaded": 0.6, "two processes": None}  # SemanIR / DnCNN, at most
 SPREAD_TARGET = 1.5  # loaded: the slowest call after the first over their median
+POLICIES = {"command": {"OMP_WAIT_POLICY": "PASSIVE"}, "default": {}}
 
 
 # -- the worker: one model, one size, in this process ------------------------------------------
@@ -79,7 +85,12 @@ def worker(model_name: str, size: int, calls: int, threads: int, data: Path) -> 
 def spawn(model: str, size: int, args) -> subprocess.Popen:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", model, str(size),
                "--calls", str(args.calls), "--threads", str(args.threads), "--data", str(args.data)]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the environment the process starts with: OpenMP reads its wait policy when it loads
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(POLICIES[args.policy])
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def answer(process: subprocess.Popen) -> dict:
@@ -135,8 +146,13 @@ def run(args) -> dict:
 
 def report(data: dict) -> str:
     """The Markdown table of a run (from its JSON)."""
+    policy = (
+        "OMP_WAIT_POLICY=PASSIVE, as the semanir command runs"
+        if data["policy"] == "command"
+        else "GNU OpenMP's default wait policy"
+    )
     lines = [
-        f"{data['cpu']}, {data['threads']} threads a process, torch {data['torch']}; "
+        f"{data['cpu']}, {data['threads']} threads a process, torch {data['torch']}, {policy}; "
         f"{data['runs']} runs of {data['calls']} calls (median of medians).",
         "",
         "| size | case | SemanIR s/MP | DnCNN s/MP | SemanIR / DnCNN | target | SemanIR calls: slowest / median | DnCNN calls: slowest / median |",
@@ -182,7 +198,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_xticks(range(len(sizes)), [f"{s}x{s}" for s in sizes])
     ax.set_ylabel("SemanIR time / DnCNN time")
     ax.legend(fontsize=8)
-    ax.set_title("semanir_tiny_denoise_gray vs DnCNN on a shared 2-core CPU")
+    ax.set_title(f"semanir_tiny_denoise_gray vs DnCNN, shared 2-core CPU ({data['policy']} policy)")
     fig.tight_layout()
     with atomic_write(path) as part:
         fig.savefig(part, dpi=100, format="png")
@@ -205,6 +221,12 @@ def parse_args(argv):
         "--runs", type=int, default=3, help="runs of each case and model (default 3)"
     )
     parser.add_argument("--calls", type=int, default=4, help="timed calls of each run (default 4)")
+    parser.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default="command",
+        help="OpenMP's wait policy of the processes (default: command, as semanir runs)",
+    )
     parser.add_argument("--quick", action="store_true", help="384 px only, 1 run of 3 calls")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SHARED_DATA", REPO_ROOT.parent / "shared" / "data")),
                         help="the shared data folder (default: $SHARED_DATA or ../shared/data)")  # fmt: skip
@@ -245,14 +267,15 @@ def main(argv=None) -> int:
     from common_kernels.runtime.files import write_json, write_text
 
     data = run(args)
-    data.update(threads=args.threads, runs=args.runs, calls=args.calls, cpu=cpu_model(),
+    data.update(threads=args.threads, runs=args.runs, calls=args.calls, cpu=cpu_model(), policy=args.policy,
                 torch=torch.__version__, python=platform.python_version(),
                 command=" ".join(["python packages/semanir/benchmarks/shared_machine.py", *(argv if argv is not None else sys.argv[1:])]).strip())  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "shared_machine.json", data)
+    name = f"shared_machine_{args.policy}"
+    write_json(args.out / f"{name}.json", data)
     text = report(data)
-    write_text(args.out / "shared_machine.md", text)
-    plot(data, args.out / "shared_machine.png")
+    write_text(args.out / f"{name}.md", text)
+    plot(data, args.out / f"{name}.png")
     print(text)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -652,3 +653,36 @@ def test_upsampler_speed_refuses_bad_arguments_before_timing(
         upsampler_speed.main([*UPSAMPLER_TINY, *argv, "--out", str(tmp_path)])
     assert message in capsys.readouterr().err + str(exit_info.value.code)
     assert not (tmp_path / "upsampler_speed.json").exists()
+
+
+shared_machine = load_script("shared_machine")
+
+
+def test_shared_machine_worker_and_report(tmp_path, tiny_dir, data_root, monkeypatch):
+    """The worker restores the shared image at a size (a tiny model here); the report's rows
+    are each case's ratio against its target, from a run's JSON; the setup is checked first."""
+    image = data_root / "set12" / "01.png"
+    (tmp_path / "set12").mkdir()
+    shutil.copy(image, tmp_path / "set12" / "05.png")
+    times = shared_machine.worker(str(tiny_dir), 64, 2, 1, tmp_path)["times"]
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+    def row(case, semanir_s, dncnn_s):
+        cell = lambda s: {"s": s, "s_per_mp": s / 0.147456, "spread": 1.1}  # noqa: E731
+        return {"size": 384, "case": case, "SemanIR": cell(semanir_s), "DnCNN": cell(dncnn_s),
+                "ratio": semanir_s / dncnn_s}  # fmt: skip
+
+    rows = [row("quiet", 0.6, 1.6), row("loaded", 2.0, 3.0), row("two processes", 1.2, 2.9)]
+    data = {"rows": rows, "cpu": "CPU", "threads": 2, "torch": "2", "runs": 3, "calls": 4,
+            "policy": "command"}  # fmt: skip
+    lines = shared_machine.report(data).splitlines()
+    assert lines[4] == "| 384 | quiet | 4.07 | 10.85 | 0.37 | <= 0.5 ok | 1.10 | 1.10 |"
+    assert lines[5] == "| 384 | loaded | 13.56 | 20.35 | 0.67 | <= 0.6 MISSED | 1.10 | 1.10 |"
+    assert lines[6].startswith("| 384 | two processes | 8.14 | 19.67 | 0.41 | - |")
+    shared_machine.plot(data, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(shared_machine, "run", no_work)
+    err = refusal(shared_machine.main, ["--data", str(data_root), "--out", str(tmp_path / "o")])
+    assert err == f"shared_machine.py: error: --data: no set12/05.png under {data_root}\n"
+    err = refusal(shared_machine.main, ["--runs", "0", "--out", str(tmp_path / "o")])
+    assert err == "shared_machine.py: error: --runs must be >= 1, got 0\n"

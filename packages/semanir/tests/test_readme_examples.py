@@ -22,17 +22,12 @@ from PIL import Image
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import ShellExample, example_params, shell_examples
+from common_kernels.runtime.testing import ShellExample, example_params, package_pages
 from semanir.models import build_model
 
-PACKAGE = Path(__file__).resolve().parents[1]
-REPOSITORY = PACKAGE.parents[1]
-README = PACKAGE / "README.md"
 # The README's guides, API reference, results and benchmarks (issue 52), and the GPU recipe.
 DOC_NAMES = ("cli", "guide", "api", "results", "benchmarks", "training")
-DOCS = [PACKAGE / "docs" / f"{name}.md" for name in DOC_NAMES]
-PAGES = [README, *DOCS]
-EXAMPLES = [example for page in PAGES for example in shell_examples(page)]
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
 PYTHON_BLOCKS = [(page, code) for page in PAGES for code in testing.python_blocks(page)]
 BIN = Path(sys.executable).parent
 

@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in (*COMMANDS, *LIGHTNING_COMMANDS, "--version"):
         print(f"semanir: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    from semanir.openmp import sleep_when_idle
+
+    sleep_when_idle()  # before torch loads OpenMP: idle threads sleep on a shared machine
     from common_kernels.runtime.cli import UsageError, run_main, version_line
     from common_kernels.runtime.quiet import quiet_libraries
     from semanir.allocator import keep_freed_memory

@@ -266,6 +266,33 @@ def shell_examples(readme: str | os.PathLike) -> list[ShellExample]:
     return found
 
 
+class PackagePages(NamedTuple):
+    """A package's documentation pages and their shell examples (:func:`package_pages`)."""
+
+    package: Path  # packages/<name>
+    repository: Path  # the repository's root
+    readme: Path
+    docs: list[Path]  # docs/<name>.md, in the order asked for
+    pages: list[Path]  # the README, then the docs pages
+    examples: list[ShellExample]  # every page's shell blocks, in order
+
+
+def package_pages(test_file: str | os.PathLike, doc_names: Sequence[str]) -> PackagePages:
+    """The README and ``docs/<name>.md`` pages of the package whose ``tests/`` hold
+    ``test_file``, and their shell examples (what each package's README test reads).
+
+    Args:
+        test_file: a test module of the package (``__file__``).
+        doc_names: the docs pages' names without ``.md``.
+    """
+    package = Path(test_file).resolve().parents[1]
+    readme = package / "README.md"
+    docs = [package / "docs" / f"{name}.md" for name in doc_names]
+    pages = [readme, *docs]
+    examples = [example for page in pages for example in shell_examples(page)]
+    return PackagePages(package, package.parents[1], readme, docs, pages, examples)
+
+
 def shell_commands(code: str) -> list[list[str]]:
     """The commands of a shell snippet as argument lists (see :meth:`ShellExample.commands`).
 
