@@ -19,12 +19,7 @@ import pytest
 from PIL import Image
 
 from common_kernels.runtime import testing
-from common_kernels.runtime.testing import (
-    ShellExample,
-    example_params,
-    package_pages,
-    program_words,
-)
+from common_kernels.runtime.testing import ShellExample, example_params, program_words
 from diffeat import PRESETS
 from diffeat.cli import build_parser
 from diffeat.configs import save_tiny_model
@@ -32,7 +27,7 @@ from diffeat.io import load_features
 
 # The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = testing.package_pages(__file__, DOC_NAMES)
 BIN = Path(sys.executable).parent
 OURS_XL = list(PRESETS["ours-xl"].layers)
 

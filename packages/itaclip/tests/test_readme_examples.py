@@ -32,19 +32,14 @@ from common_kernels.runtime import testing
 from common_kernels.runtime.batch import find_images
 from common_kernels.runtime.cli import UsageError
 from common_kernels.runtime.photos import read_photo
-from common_kernels.runtime.testing import (
-    ShellExample,
-    example_params,
-    package_pages,
-    program_words,
-)
+from common_kernels.runtime.testing import ShellExample, example_params, program_words
 from itaclip.cli import build_parser, main
 from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
 
 # The README's guides, API reference, command details and speed moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = testing.package_pages(__file__, DOC_NAMES)
 PYTHON_MARKER = re.compile(r"<!--\s*python example:\s*check\s*\((.+)\)\s*-->")
 
 

@@ -23,18 +23,13 @@ from PIL import Image
 
 from common_kernels.runtime import testing
 from common_kernels.runtime.files import parse_size
-from common_kernels.runtime.testing import (
-    ShellExample,
-    example_params,
-    package_pages,
-    program_words,
-)
+from common_kernels.runtime.testing import ShellExample, example_params, program_words
 from pixelsmith.cli import build_parser
 from pixelsmith.tiny import save_tiny_model
 
 # The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
 DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
-PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = package_pages(__file__, DOC_NAMES)
+PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = testing.package_pages(__file__, DOC_NAMES)
 BIN = Path(sys.executable).parent
 TINY = "tiny-sdxl"  # the folder the examples name: ./tiny-sdxl
 LIBRARY_CHATTER = ("Loading pipeline components", "Writing model shards", "FutureWarning")

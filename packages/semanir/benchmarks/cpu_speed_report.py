@@ -425,12 +425,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """x DnCNN and GFLOP/s per model and input, and the training steps, saved atomically."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from semanir.io import atomic_write
+    plt = pyplot()
 
     rows = [r for r in report["inference"] if "median_s" in r]
     threads = report["environment"]["threads"]
@@ -460,8 +457,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"SemanIR on the CPU: {env['cpu']}, torch {env['torch']}"
                  f"{' (quick run)' if report['quick'] else ''}")  # fmt: skip
     fig.tight_layout()
-    with atomic_write(path) as temp_path:
-        fig.savefig(temp_path, format="png", dpi=100)
+    save_figure(fig, path, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -356,10 +356,9 @@ def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
         sigma: noise level of the outputs (for the title).
         path: PNG file to write.
     """
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     clean = figure["clean"]
     names = [name for name in figure if name != "clean"] + ["clean"]
@@ -375,8 +374,7 @@ def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"{side}x{side} centre crop of the first image, sigma {sigma:g}")
     fig.tight_layout()
-    with atomic_write(path, make_parents=True) as temp_path:
-        fig.savefig(temp_path, format="png", dpi=110)
+    save_figure(fig, path, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -49,10 +49,9 @@ def read_curves(files: list[Path]) -> dict[str, dict[int, float]]:
 
 
 def plot(curves: dict[str, dict[int, float]], path: Path, title: str, validation: str) -> None:
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     loss = curves["train/loss"]
@@ -74,8 +73,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str, validation
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(path, make_parents=True) as temp_path:
-        fig.savefig(temp_path, format="png", dpi=110)
+    save_figure(fig, path, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from common_kernels.runtime.cli import check_benchmark_setup
 from semanir.inference import load_model, restore
-from semanir.io import atomic_write, read_image
+from semanir.io import read_image
 from semanir.metrics import psnr
 from semanir.models import SemanIR, build_model, get_config
 
@@ -408,18 +408,16 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Throughput and memory vs size per model/k, and the ablation bars, saved atomically."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     plot_throughput(axes[0], [r for r in report["throughput"] if "error" not in r])
     plot_ablation(axes[1], report["ablation"])
     fig.suptitle(f"{report['model']}, {report['environment']['threads']} threads")
     fig.tight_layout()
-    with atomic_write(path) as temp_path:
-        fig.savefig(temp_path, format="png", dpi=110)
+    save_figure(fig, path, format="png", dpi=110)
     plt.close(fig)
 
 

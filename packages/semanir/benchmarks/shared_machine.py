@@ -175,12 +175,9 @@ def report(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """SemanIR / DnCNN per case and size (from the JSON), with the targets."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common_kernels.runtime.files import atomic_write
+    plt = pyplot()
 
     sizes = sorted({r["size"] for r in data["rows"]})
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -200,8 +197,7 @@ def plot(data: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"semanir_tiny_denoise_gray vs DnCNN, shared 2-core CPU ({data['policy']} policy)")
     fig.tight_layout()
-    with atomic_write(path) as part:
-        fig.savefig(part, dpi=100, format="png")
+    save_figure(fig, path, dpi=100, format="png")
     plt.close(fig)
 
 

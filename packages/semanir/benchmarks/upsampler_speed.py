@@ -155,12 +155,9 @@ def table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Each case's median time per code with its min-max, saved atomically."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common_kernels.runtime.files import atomic_write
+    plt = pyplot()
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -171,8 +168,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("ms per call (median, min-max)")
     ax.set_title("pixel-shuffle upsampler alone")
     fig.tight_layout()
-    with atomic_write(path) as temp_path:
-        fig.savefig(temp_path, format="png", dpi=100)
+    save_figure(fig, path, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -231,12 +231,9 @@ def report(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """Mask time per token of both grammars, and tokens/s per engine (from the JSON)."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common_kernels.runtime.files import atomic_write
+    plt = pyplot()
 
     long = data["long"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -263,8 +260,7 @@ def plot(data: dict, path: Path) -> None:
         "SmolLM2-135M planner on this CPU" + (" (busy process beside)" if data["busy"] else "")
     )
     fig.tight_layout()
-    with atomic_write(path) as part:
-        fig.savefig(part, dpi=100, format="png")
+    save_figure(fig, path, dpi=100, format="png")
     plt.close(fig)
 
 

@@ -493,12 +493,9 @@ def table(rows: list[dict]) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """Bars of valid-reply rate, task and argument accuracy per planner (from the JSON)."""
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common_kernels.runtime.files import atomic_write
+    plt = pyplot()
 
     rows = data["rows"]
     names = [f"{r['planner']}\n({r['requests']} requests)" for r in rows]
@@ -518,8 +515,7 @@ def plot(data: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.set_title("routing: the first reply to each request")
     fig.tight_layout()
-    with atomic_write(path) as part:
-        fig.savefig(part, dpi=100, format="png")
+    save_figure(fig, path, dpi=100, format="png")
     plt.close(fig)
 
 

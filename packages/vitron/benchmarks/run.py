@@ -143,10 +143,9 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
+    from common_kernels.runtime.bench import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = data["rows"]
     names = [r["parser"] for r in rows]
@@ -157,7 +156,7 @@ def plot(data: dict, path: Path) -> None:
     axes[1].set_ylabel("us per reply (median)")
     fig.suptitle(f"tag-grammar parsing, {rows[0]['replies']} replies")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
