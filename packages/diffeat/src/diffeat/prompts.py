@@ -9,7 +9,7 @@ hidden states of both encoders and take the pooled (projected) embedding of the 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -182,18 +182,25 @@ class T5PromptEncoder:
 
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings (B, L, D) and masks (B, L) of ``prompts``."""
-        prompts = list(prompts)
-        todo = sorted(set(prompts) - set(self._cache))
-        if todo:
-            embeds, mask = self._encode(todo)
-            for i, prompt in enumerate(todo):
-                self._cache[prompt] = (embeds[i], mask[i])
-        rows = [self._cache[p] for p in prompts]
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
-        return PromptEmbeddings(
-            torch.stack([r[0] for r in rows]), None, torch.stack([r[1] for r in rows])
-        )
+        embeds, mask = cached_rows(self._cache, list(prompts), self._encode, self.cache_size)
+        return PromptEmbeddings(embeds, None, mask)
+
+
+def cached_rows(
+    cache: dict[str, tuple[Tensor, Tensor]], prompts: list[str],
+    encode: Callable[[list[str]], tuple[Tensor, Tensor]], size: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Each prompt's two cached rows stacked, ``(B, ...)`` and ``(B, ...)``: the prompts not in
+    ``cache`` encoded first in one batch, then the oldest entries dropped beyond ``size``."""
+    todo = sorted(set(prompts) - set(cache))
+    if todo:
+        first, second = encode(todo)
+        for i, prompt in enumerate(todo):
+            cache[prompt] = (first[i], second[i])
+    rows = [cache[p] for p in prompts]
+    while len(cache) > size:
+        cache.pop(next(iter(cache)))
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
 class _CachedEncoder(abc.ABC):
@@ -224,18 +231,8 @@ class _CachedEncoder(abc.ABC):
 
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings (B, L, D) and pooled embeddings (B, P) of ``prompts``."""
-        prompts = list(prompts)
-        todo = sorted(set(prompts) - set(self._cache))
-        if todo:
-            embeds, pooled = self._encode(todo)
-            for i, prompt in enumerate(todo):
-                self._cache[prompt] = (embeds[i], pooled[i])
-        rows = [self._cache[p] for p in prompts]
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
-        return PromptEmbeddings(
-            torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
-        )  # (B, L, D), (B, P)
+        embeds, pooled = cached_rows(self._cache, list(prompts), self._encode, self.cache_size)
+        return PromptEmbeddings(embeds, pooled)  # (B, L, D), (B, P)
 
 
 def _ids(tokenizer, prompts: list[str], length: int, device) -> Tensor:

@@ -7,7 +7,7 @@ A config is plain data, validated when made: every field's accepted range is che
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from common_kernels.runtime.configs import DictConfig
@@ -249,18 +249,7 @@ def semanir_small_denoise(channels: int) -> SemanIRConfig:
     whose CPU restore still takes at most a published-size DnCNN's time per megapixel
     (``benchmarks/results/cpu_speed_small_denoise_gray.md``); trained on a GPU
     (``denoise_gray_small_gpu.yaml``)."""
-    return SemanIRConfig(
-        in_channels=channels,
-        out_channels=channels,
-        embed_dim=48,
-        depths=(2, 2, 2, 2, 2, 2),
-        heads=(3, 6, 6, 6, 3, 3),
-        dim_mults=(1, 2, 2),
-        window_size=8,
-        top_k=32,
-        train_k_choices=(16, 24, 32),
-        position_bias_hidden=32,
-    )
+    return replace(semanir_tiny_denoise(channels), embed_dim=48, heads=(3, 6, 6, 6, 3, 3))
 
 
 def semanir_tiny_sr(scale: int) -> SemanIRConfig:
