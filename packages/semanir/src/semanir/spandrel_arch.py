@@ -9,6 +9,11 @@ input mean and range) comes from the ``semanir_settings`` tensor of a file writt
 shapes (``semanir.CONFIGS``; the key-semantic one before its dense twin): the bundled weights
 and every ``save_pretrained`` file of a shipped config load as they are.
 
+Hosts such as ComfyUI feed every model RGB images. A gray model written with
+``luma_input=True`` loads as a :class:`LumaInput` model: RGB in, its BT.601 luma restored and
+its chroma kept, RGB out, as ``semanir restore`` treats a colour photo (:func:`write_bundled`
+writes the bundled models so).
+
 Needs ``spandrel`` (the ``spandrel`` extra); importing semanir does not import this module.
 """
 
@@ -32,12 +37,18 @@ from spandrel import (
     StateDict,
 )
 from spandrel.util import KeyCondition, get_seq_len
+from torch import Tensor, nn
 
-from common_kernels.runtime.files import atomic_write
+from common_kernels.runtime.errors import InvalidArgument
+from common_kernels.runtime.files import atomic_write, convert_channels
 
+from .bundled import BUNDLED_MODELS
+from .data.degradations import bicubic_resize
 from .models import CONFIGS, DnCNN, DnCNNConfig, SemanIR, SemanIRConfig
 
 SETTINGS_KEY = "semanir_settings"
+# present (any value) in a gray model's file: it loads as LumaInput, taking RGB images
+LUMA_INPUT_KEY = "semanir_luma_input"
 # SemanIRConfig fields the weights' shapes do not determine (heads: when neither cosine
 # attention nor the position bias holds a per-head tensor; the widths of a position MLP or an
 # upsampler the model does not have)
@@ -64,28 +75,105 @@ def decode_settings(tensor: torch.Tensor) -> dict[str, Any]:
     return json.loads(bytes(tensor.tolist()).decode())
 
 
-def spandrel_state_dict(model: SemanIR | DnCNN) -> dict[str, torch.Tensor]:
-    """``model``'s state dict with its settings (:func:`encode_settings`) for SemanIR."""
+class LumaInput(nn.Module):
+    """A gray model for RGB images: it restores their BT.601 luma and adds back their chroma
+    (upscaled bicubically with the image), clamped to [0, 1]: what ``semanir restore`` (and
+    :func:`semanir.batch.restore_photo`'s ``colour="luma"``) does with a colour photo.
+
+    Args:
+        model: a model with ``in_channels == 1`` and an ``upscale`` attribute.
+    """
+
+    in_channels = 3
+    out_channels = 3
+
+    def __init__(self, model: SemanIR | DnCNN) -> None:
+        super().__init__()
+        if model.in_channels != 1:
+            raise InvalidArgument(
+                "model", f"LumaInput wraps gray models (in_channels=1), got {model.in_channels}"
+            )
+        self.model = model
+        self.upscale = int(getattr(model, "upscale", 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, H * upscale, W * upscale) in [0, 1]."""
+        luma = convert_channels(x, "gray")  # (B, 1, H, W)
+        restored = self.model(luma).clamp(0.0, 1.0)  # (B, 1, H', W')
+        chroma = x - luma  # (B, 3, H, W): R-Y, G-Y, B-Y
+        if self.upscale > 1:
+            chroma = bicubic_resize(chroma, self.upscale)  # (B, 3, H', W')
+        return (restored + chroma).clamp(0.0, 1.0)
+
+
+def spandrel_state_dict(model: SemanIR | DnCNN, luma_input: bool = False) -> dict[str, Tensor]:
+    """``model``'s state dict with its settings (:func:`encode_settings`) for SemanIR, and the
+    :data:`LUMA_INPUT_KEY` mark when ``luma_input`` (see :func:`save_for_spandrel`)."""
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     if isinstance(model, SemanIR):
         state[SETTINGS_KEY] = encode_settings(model.config)
+    if luma_input:
+        if model.in_channels != 1:
+            raise InvalidArgument(
+                "luma_input", f"applies to gray models; this model takes {model.in_channels} "
+                "channels"
+            )  # fmt: skip
+        state[LUMA_INPUT_KEY] = torch.ones(1, dtype=torch.uint8)
     return state
 
 
-def save_for_spandrel(model: SemanIR | DnCNN, path: str | os.PathLike) -> Path:
+def save_for_spandrel(
+    model: SemanIR | DnCNN, path: str | os.PathLike, *, luma_input: bool = False
+) -> Path:
     """Write ``model`` as one ``.safetensors`` file spandrel loads with every setting (also
     those of configs that ship with no name), atomically.
 
     Args:
         model: a SemanIR or DnCNN model.
         path: the file to write (its folder must exist).
+        luma_input: a gray model loads as :class:`LumaInput` (RGB in and out), for hosts that
+            give every model RGB images (ComfyUI's "Upscale Image (using Model)").
 
     Returns:
         The path written.
     """
+    state = spandrel_state_dict(model, luma_input)
     with atomic_write(path) as temp:
-        save_file(spandrel_state_dict(model), os.fspath(temp))
+        save_file(state, os.fspath(temp))
     return Path(path)
+
+
+def write_bundled(folder: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
+    """Write bundled models as ``<name>.safetensors`` files spandrel loads, the gray ones
+    with ``luma_input`` (RGB in and out): the files ComfyUI's "Load Upscale Model" reads from
+    ``models/upscale_models`` (each written atomically; an existing one is replaced).
+
+    Args:
+        folder: an existing folder.
+        names: bundled model names (``semanir models``); None: every installed one.
+
+    Returns:
+        The files written, in ``names``' order.
+    """
+    from .inference import load_model
+
+    installed = [name for name, model in BUNDLED_MODELS.items() if model.is_installed()]
+    names = installed if names is None else list(names)
+    unknown = [name for name in names if name not in installed]
+    if unknown:
+        raise InvalidArgument(
+            "names", f"not bundled models of this installation: {', '.join(unknown)} (these "
+            f"are: {', '.join(installed)})"
+        )  # fmt: skip
+    target = Path(folder)
+    if not target.is_dir():
+        raise InvalidArgument("folder", f"must be an existing folder, got {os.fspath(folder)!r}")
+    written = []
+    for name in names:
+        model = load_model(name)
+        luma = BUNDLED_MODELS[name].channels == "gray"
+        written.append(save_for_spandrel(model, target / f"{name}.safetensors", luma_input=luma))
+    return written
 
 
 # -- SemanIR ------------------------------------------------------------------------------------
@@ -198,22 +286,37 @@ class SemanIRArch(Architecture[SemanIR]):
             ),
         )
 
-    def load(self, state_dict: StateDict) -> ImageModelDescriptor[SemanIR]:
+    def load(self, state_dict: StateDict) -> ImageModelDescriptor[SemanIR | LumaInput]:
         config = config_from_state(state_dict)
-        weights = {name: t for name, t in state_dict.items() if name != SETTINGS_KEY}
+        marks = (SETTINGS_KEY, LUMA_INPUT_KEY)
+        model, weights = with_luma_input(
+            SemanIR(config), {name: t for name, t in state_dict.items() if name not in marks},
+            LUMA_INPUT_KEY in state_dict,
+        )  # fmt: skip
+        tags = _semanir_tags(config) + (["luma-input"] if isinstance(model, LumaInput) else [])
         return ImageModelDescriptor(
-            SemanIR(config),
+            model,
             weights,
             architecture=self,
             purpose="SR" if config.upscale > 1 else "Restoration",
-            tags=_semanir_tags(config),
+            tags=tags,
             supports_half=SEMANIR_HALF,
             supports_bfloat16=SEMANIR_BFLOAT16,
             scale=config.upscale,
-            input_channels=config.in_channels,
-            output_channels=config.out_channels,
+            input_channels=model.in_channels,
+            output_channels=3 if isinstance(model, LumaInput) else config.out_channels,
             size_requirements=SizeRequirements(),  # the model reflect-pads to its windows
         )
+
+
+def with_luma_input(
+    model: nn.Module, weights: dict[str, Tensor], luma_input: bool
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """``model`` and its ``weights``, or, with ``luma_input``, the :class:`LumaInput` around it
+    and the weights under its ``model.`` prefix (what spandrel loads into the returned one)."""
+    if not luma_input:
+        return model, weights
+    return LumaInput(model), {f"model.{name}": tensor for name, tensor in weights.items()}
 
 
 # -- DnCNN --------------------------------------------------------------------------------------
@@ -232,7 +335,7 @@ def is_dncnn(state: StateDict) -> bool:
     a ReLU (no parameters) after the first conv."""
     if not KeyCondition.has_all("body.0.weight", "body.0.bias")(state) or "body.1.weight" in state:
         return False
-    if any(not name.startswith("body.") for name in state):
+    if any(not name.startswith("body.") for name in state if name != LUMA_INPUT_KEY):
         return False
     convs = _convolutions(state)
     return len(convs) >= 2 and f"body.{convs[-1]}.bias" not in state
@@ -255,19 +358,21 @@ class SemanIRDnCNNArch(Architecture[DnCNN]):
     def __init__(self) -> None:
         super().__init__(id="SemanIR-DnCNN", name="DnCNN (semanir)", detect=is_dncnn)
 
-    def load(self, state_dict: StateDict) -> ImageModelDescriptor[DnCNN]:
+    def load(self, state_dict: StateDict) -> ImageModelDescriptor[DnCNN | LumaInput]:
         config = dncnn_config(state_dict)
+        weights = {name: t for name, t in state_dict.items() if name != LUMA_INPUT_KEY}
+        model, weights = with_luma_input(DnCNN(config), weights, LUMA_INPUT_KEY in state_dict)
         return ImageModelDescriptor(
-            DnCNN(config),
-            state_dict,
+            model,
+            weights,
             architecture=self,
             purpose="Restoration",
             tags=[f"{config.features}nf", f"{config.depth}nb"],
             supports_half=DNCNN_HALF,
             supports_bfloat16=DNCNN_BFLOAT16,
             scale=1,
-            input_channels=config.channels,
-            output_channels=config.channels,
+            input_channels=model.in_channels,
+            output_channels=model.in_channels,
             size_requirements=SizeRequirements(),
         )
 
@@ -291,9 +396,11 @@ def register_spandrel(registry: ArchRegistry | None = None) -> list[ArchSupport]
 
 __all__ = [
     "ARCHITECTURES",
+    "LumaInput",
     "SemanIRArch",
     "SemanIRDnCNNArch",
     "register_spandrel",
     "save_for_spandrel",
     "spandrel_state_dict",
+    "write_bundled",
 ]
