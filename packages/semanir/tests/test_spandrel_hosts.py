@@ -103,3 +103,22 @@ def test_write_bundled_refuses_unknown_names_and_a_missing_folder(tmp_path: Path
     assert list(tmp_path.iterdir()) == []  # checked before anything is written
     with pytest.raises(InvalidArgument, match=r"folder.*must be an existing folder"):
         write_bundled(tmp_path / "absent", ["semanir_tiny_sr_x4"])
+
+
+def test_the_upscale_models_command_writes_files_and_names_its_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from semanir.cli import main
+
+    assert main(["upscale-models", str(tmp_path), "--model", "semanir_tiny_jpeg_gray"]) == 0
+    written = tmp_path / "semanir_tiny_jpeg_gray.safetensors"
+    assert capsys.readouterr().out == f"wrote {written}\n"
+    assert isinstance(load(written).model, LumaInput)
+    assert main(["upscale-models", str(tmp_path / "absent")]) == 2
+    assert (
+        "semanir upscale-models: error: DIR: must be an existing folder" in capsys.readouterr().err
+    )
+    assert main(["upscale-models", str(tmp_path), "--model", "nope"]) == 2
+    assert (
+        "error: --model: not bundled models of this installation: nope" in capsys.readouterr().err
+    )

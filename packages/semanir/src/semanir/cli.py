@@ -7,6 +7,7 @@ semanir eval --task denoise --sigma 25 --data DIR [--model NAME|PATH|HUB_ID] [--
 semanir models                                 # the bundled models: task, size, data, PSNR
 semanir app [-o OUT] [--model DIR|HUB_ID] [--port 7860]   # a local web page (semanir[app])
 semanir export MODEL OUT.onnx [--opset 18] [--k K]   # ONNX, dynamic sizes (semanir[onnx])
+semanir upscale-models DIR [--model NAME ...]   # spandrel files for ComfyUI (semanir[spandrel])
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from argparse import Namespace
 from collections.abc import Sequence
 
-USAGE = """usage: semanir {fit,validate,restore,eval,models,app,export} ...
+USAGE = """usage: semanir {fit,validate,restore,eval,models,app,export,upscale-models} ...
 
 commands:
   fit       train with Lightning:  semanir fit --config denoise_gray_tiny (shipped) or FILE.yaml
@@ -26,6 +27,8 @@ commands:
   models    list the bundled models (task, channels, size, training data, measured PSNR)
   app       a local web page: restore an image, before and after (pip install 'semanir[app]')
   export    an ONNX file, any batch and size: semanir export MODEL OUT.onnx ('semanir[onnx]')
+  upscale-models  the bundled models as spandrel files, for ComfyUI's models/upscale_models:
+            semanir upscale-models DIR ('semanir[spandrel]')
 
 run `semanir COMMAND --help` for the options of a command; `semanir --version` for versions
 """
@@ -37,12 +40,20 @@ FLAGS = {
     "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
     "path": "OUT.onnx", "opset": "--opset", "port": "--port", "per_channel": "--per-channel",
     "sigma": "--sigma", "quality": "--quality", "scale": "--scale", "add_noise": "--add-noise",
-    "tile": "--tile", "tile_overlap": "--tile-overlap", "k": "--k",
+    "tile": "--tile", "tile_overlap": "--tile-overlap", "k": "--k", "folder": "DIR",
+    "names": "--model",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 
 
-COMMANDS = ("restore", "eval", "models", "app", "export")  # semanir.commands.SUBCOMMANDS
+COMMANDS = (
+    "restore",
+    "eval",
+    "models",
+    "app",
+    "export",
+    "upscale-models",
+)  # semanir.commands.SUBCOMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

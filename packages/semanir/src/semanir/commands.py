@@ -230,6 +230,30 @@ def export(args: Namespace) -> None:
         raise UsageError(str(error)) from None
 
 
+def upscale_models_parser() -> Parser:
+    parser = Parser(prog="semanir upscale-models", description="Write the bundled models as "
+                    "spandrel files (NAME.safetensors, atomically) for ComfyUI's models/"
+                    "upscale_models or chaiNNer; gray models take RGB images there (their luma "
+                    "restored, their chroma kept).")  # fmt: skip
+    parser.add_argument("folder", metavar="DIR", help="an existing folder, e.g. "
+                        "ComfyUI/models/upscale_models")  # fmt: skip
+    parser.add_argument(
+        "--model", dest="names", action="append", default=None, metavar="NAME",
+        help="a bundled model (semanir models); repeat for more (default: all)",
+    )  # fmt: skip
+    return parser
+
+
+def upscale_models(args: Namespace) -> None:
+    """``semanir upscale-models``: the files written, one line each."""
+    try:
+        from semanir.spandrel_arch import write_bundled
+    except ImportError as error:  # spandrel missing
+        raise UsageError(f"{error.name} is missing: pip install 'semanir[spandrel]'") from None
+    for path in write_bundled(args.folder, args.names):
+        print(f"wrote {path}")
+
+
 def list_models(args: Namespace) -> None:
     """``semanir models``: the bundled models of this installation, one block each."""
     print(describe_installed())
@@ -341,4 +365,5 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], Parser], Callable[[Namespace], int | N
     "models": (models_parser, list_models),
     "app": (app_parser, run_app),
     "export": (export_parser, export),
+    "upscale-models": (upscale_models_parser, upscale_models),
 }
