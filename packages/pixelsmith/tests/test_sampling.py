@@ -35,10 +35,16 @@ def plans(planner, slider: int, seed: int = 0) -> list[list[list[Patch]]]:
     return [planner.plan(n, chess=n < slider - 1, generator=gen) for n in range(STEPS)]
 
 
+def new_sampler(latents: torch.Tensor, **settings) -> PatchSampler:
+    """A PatchSampler over ``latents``: ``STEPS`` steps of ``fake_denoise`` without guidance,
+    unless ``settings`` (its keywords, ``band`` among them) say otherwise."""
+    defaults = {"num_steps": STEPS, "guidance": None, "slider": 0, "denoise": fake_denoise}
+    return PatchSampler(latents, **(defaults | settings))
+
+
 def run_sampler(latents, step_plans, guidance, slider, band, faithful, denoise=fake_denoise):
-    sampler = PatchSampler(
+    sampler = new_sampler(
         latents.clone(),
-        num_steps=STEPS,
         guidance=guidance,
         slider=slider,
         band=band,
@@ -131,9 +137,7 @@ def test_sampler_matches_pixel_reference(planner, faithful, slider, band):
 
 def test_each_pixel_denoised_once_per_step():
     planner = RandomPlanner(20, 18, 8, batch_size=2)
-    sampler = PatchSampler(
-        torch.zeros(SHAPE), num_steps=STEPS, guidance=None, slider=0, band=2, denoise=fake_denoise
-    )
+    sampler = new_sampler(torch.zeros(SHAPE), band=2)
     run_batch = sampler._run_batch
     visits = torch.zeros(20, 18, dtype=torch.int64)
 
@@ -170,9 +174,7 @@ def test_revert_restores_snapshot_before_denoising():
         return fake_denoise(x, patches, step)
 
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    sampler = PatchSampler(
-        latents, num_steps=STEPS, guidance=None, slider=0, band=2, denoise=recording
-    )
+    sampler = new_sampler(latents, band=2, denoise=recording)
     gen = torch.Generator().manual_seed(0)
     for n in range(STEPS):
         sampler.step(n, planner.plan(n, chess=False, generator=gen))
@@ -195,14 +197,8 @@ def test_fusion_only_before_slider(monkeypatch, faithful):
 
     monkeypatch.setattr(sampling, "fft_phase_fusion", fusion)
     monkeypatch.setattr(sampling, "fft_round_trip", round_trip)
-    sampler = PatchSampler(
-        torch.zeros(SHAPE),
-        num_steps=STEPS,
-        guidance=make_guidance(),
-        slider=2,
-        band=1,
-        denoise=fake_denoise,
-        faithful=faithful,
+    sampler = new_sampler(
+        torch.zeros(SHAPE), guidance=make_guidance(), slider=2, band=1, faithful=faithful
     )
     planner = GridPlanner(20, 18, 8, batch_size=4)
     gen = torch.Generator()
@@ -219,9 +215,8 @@ def test_chess_mask_only_before_slider_minus_one():
     guidance = make_guidance()
     constant = lambda x, patches, step: torch.full_like(x, 100.0)  # noqa: E731
     slider = 3
-    sampler = PatchSampler(
+    sampler = new_sampler(
         torch.zeros(SHAPE, dtype=torch.float64),
-        num_steps=STEPS,
         guidance=guidance,
         slider=slider,
         band=0,
@@ -266,25 +261,10 @@ def test_resumed_sampler_equals_uninterrupted():
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     step_plans = plans(planner, 3)
     full = run_sampler(latents, step_plans, guidance, 3, 2, False).latents
-    first = PatchSampler(
-        latents.clone(),
-        num_steps=STEPS,
-        guidance=guidance,
-        slider=3,
-        band=2,
-        denoise=fake_denoise,
-    )
+    first = new_sampler(latents.clone(), guidance=guidance, slider=3, band=2)
     for n in range(2):
         first.step(n, step_plans[n])
-    second = PatchSampler(
-        first.latents.clone(),
-        num_steps=STEPS,
-        guidance=guidance,
-        slider=3,
-        band=2,
-        denoise=fake_denoise,
-        start_step=2,
-    )
+    second = new_sampler(first.latents.clone(), guidance=guidance, slider=3, band=2, start_step=2)
     for n in range(2, STEPS):
         second.step(n, step_plans[n])
     assert torch.equal(second.latents, full)
@@ -300,9 +280,7 @@ def test_dilate_is_chebyshev():
 
 
 def test_sampler_errors():
-    sampler = PatchSampler(
-        torch.zeros(SHAPE), num_steps=STEPS, guidance=None, slider=0, band=1, denoise=fake_denoise
-    )
+    sampler = new_sampler(torch.zeros(SHAPE), band=1)
     with pytest.raises(RuntimeError, match="the patch plan of step 0 left 296 pixels undenoised"):
         sampler.step(0, [[Patch(0, 0, 8)]])
     with pytest.raises(ValueError, match=r"latents must have shape \(1, C, h, w\)"):
@@ -315,9 +293,7 @@ def test_plan_checks_run_on_the_host_before_any_work():
     """A step out of order or a plan with holes is refused before the latent changes, without
     reading anything back from the device (the checks use only the plan)."""
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    sampler = PatchSampler(
-        latents.clone(), num_steps=STEPS, guidance=None, slider=0, band=1, denoise=fake_denoise
-    )
+    sampler = new_sampler(latents.clone(), band=1)
     height, width = SHAPE[-2:]
     assert uncovered_pixels([[Patch(0, 0, 8)]], height, width) == height * width - 64
     assert uncovered_pixels([[Patch(0, 0, 8)], [Patch(0, 0, 8)]], height, width) == (
