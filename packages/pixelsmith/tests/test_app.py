@@ -3,9 +3,12 @@ Chromium (skipped, saying why, where Chromium or Playwright is absent)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +37,15 @@ PROMPT = "a cat"
 RANDOM_NOTE = (
     "Its weights are random (written by `pixelsmith tiny-model --seed 0`), so its images are noise."
 )
+
+
+@contextlib.contextmanager
+def chromium_tab(url: str) -> Iterator[Any]:
+    """The page at ``url`` in a 1100x700 Chromium tab."""
+    with browser.chromium() as chromium:
+        tab = chromium.new_page(viewport={"width": 1100, "height": 700})
+        tab.goto(url)
+        yield tab
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +146,7 @@ def test_only_a_folder_marked_random_is_called_random(tmp_path, tiny_dir):
 
 def test_page_in_chromium_says_its_model_is_random(tmp_path, tiny_dir):
     page = open_page(tmp_path / "out", model=tiny_dir, device="cpu")
-    with browser.serve_app(build_app(page)) as url, browser.chromium() as chromium:
-        tab = chromium.new_page(viewport={"width": 1100, "height": 700})
-        tab.goto(url)
+    with browser.serve_app(build_app(page)) as url, chromium_tab(url) as tab:
         shown = tab.locator("p", has_text="Its weights are random").first
         assert shown.inner_text() == f"Model: {tiny_dir}. {RANDOM_NOTE.replace('`', '')}"
 
@@ -215,9 +225,7 @@ def test_gradio_client_runs_the_page_api(served, expected, monkeypatch):
 
 def test_page_in_chromium_generates_and_shows_the_api_message(served, expected):
     url, folder = served
-    with browser.chromium() as chromium:
-        tab = chromium.new_page(viewport={"width": 1100, "height": 700})
-        tab.goto(url)
+    with chromium_tab(url) as tab:
         tab.locator("#prompt textarea").fill(PROMPT)
         tab.get_by_role("button", name="generate", exact=True).click()
         tab.locator("#final a").first.wait_for()
