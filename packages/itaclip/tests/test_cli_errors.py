@@ -233,18 +233,24 @@ def fill(text: str, tmp: Path) -> str:
     return text.replace("{t}", str(tmp)).replace("{tags}", tags).replace("{known}", known)
 
 
+def assert_refused(argv: list[str], message: str, tmp: Path, capsys) -> None:
+    """``main(argv)`` ({t} = ``tmp`` in ``argv`` and ``message``) exits 2 with the one line
+    ``itaclip COMMAND: error: MESSAGE``, prints nothing on stdout and writes nothing in ``tmp``."""
+    before = sorted(tmp.rglob("*"))
+    status, out, err = run([fill(arg, tmp) for arg in argv], capsys)
+    assert status == 2
+    assert err == f"{PREFIX[argv[0]]}{fill(message, tmp)}\n"
+    assert out == ""
+    assert sorted(tmp.rglob("*")) == before  # nothing written, no output folder made
+
+
 @pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
 def test_segment_bad_input_one_line_exit_2_before_model_load(
     case, files, capsys, monkeypatch, no_model_work
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv, message = SEGMENT_CASES[case]
-    before = sorted(files.rglob("*"))
-    status, out, err = run([fill(arg, files) for arg in argv], capsys)
-    assert status == 2
-    assert err == f"{PREFIX['segment']}{fill(message, files)}\n"
-    assert out == ""
-    assert sorted(files.rglob("*")) == before  # nothing written, no output folder made
+    assert_refused(argv, message, files, capsys)
 
 
 @pytest.fixture
@@ -361,14 +367,8 @@ def test_eval_bad_input_one_line_exit_2_before_model_load(
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     extra, message = EVAL_CASES[case]
-    tmp = voc_root.parent
-    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--pretrained", ""]
-    before = sorted(tmp.rglob("*"))
-    status, out, err = run([*argv, *(fill(arg, tmp) for arg in extra)], capsys)
-    assert status == 2
-    assert err == f"{PREFIX['eval']}{fill(message, tmp)}\n"
-    assert out == ""
-    assert sorted(tmp.rglob("*")) == before
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--pretrained", "", *extra]
+    assert_refused(argv, message, voc_root.parent, capsys)
 
 
 def test_evaluate_api_rejects_limits_below_one(voc_root, make_segmenter):
@@ -406,13 +406,8 @@ AUX_CASES = {
 @pytest.mark.parametrize("case", sorted(AUX_CASES))
 def test_aux_bad_input_one_line_exit_2_before_model_load(case, files, capsys, no_model_work):
     extra, message = AUX_CASES[case]
-    argv = ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", str(files / "aux.json")]
-    before = sorted(files.rglob("*"))
-    status, out, err = run([*argv, *(fill(arg, files) for arg in extra)], capsys)
-    assert status == 2
-    assert err == f"{PREFIX['aux']}{fill(message, files)}\n"
-    assert out == ""
-    assert sorted(files.rglob("*")) == before
+    argv = ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", "{t}/aux.json", *extra]
+    assert_refused(argv, message, files, capsys)
 
 
 def test_tiny_model_into_a_file_is_refused(files, capsys):
