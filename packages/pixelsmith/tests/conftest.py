@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from transformers import CLIPTokenizer
 
 import pixelsmith.cascade as cascade_module
+import pixelsmith.memory as memory
 from pixelsmith import PixelsmithConfig, PixelsmithPipeline
 from pixelsmith.cli import main
 from pixelsmith.pipelines.pixelsmith import ddim_from_config
@@ -94,6 +96,14 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(PixelsmithPipeline, "from_pretrained", fail)
     monkeypatch.setattr(cascade_module, "run_cascade", fail)
     return fail
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CUDA, no MPS, 16 GiB of available memory: the same messages on every machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
 
 
 @pytest.fixture(scope="session")

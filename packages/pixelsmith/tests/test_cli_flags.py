@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-import pixelsmith.memory as memory
 from pixelsmith.cli import FLAGS, main
 
 SMALL = ["--patch-size", "8", "--band", "2", "--vae-tile", "8", "--vae-overlap", "2"]
@@ -152,12 +150,9 @@ CASES = {
 
 
 @pytest.fixture
-def inputs(tmp_path, monkeypatch) -> Path:
+def inputs(tmp_path, machine) -> Path:
     """A file in the way, a square condition image and one named like an intermediate image; no
-    CUDA or MPS and 16 GiB available (the same messages on every machine)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 * 2**30)
+    CUDA or MPS and 16 GiB available (conftest's ``machine``: the same messages everywhere)."""
     (tmp_path / "file.txt").write_text("not an image")
     Image.new("RGB", (128, 128)).save(tmp_path / "cond.png")
     Image.new("RGB", (64, 64)).save(tmp_path / "out_64x64.png")
