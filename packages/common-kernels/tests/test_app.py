@@ -26,15 +26,13 @@ from common_kernels.runtime.app import (
 )
 from common_kernels.runtime.cli import Terminated
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
+from common_kernels.runtime.imports import runs_in_fresh_interpreter
 
 
-def test_importing_the_runtime_app_leaves_gradio_and_playwright_unimported() -> None:
-    code = (
-        "import sys, common_kernels.runtime.app, common_kernels.runtime.browser; "
-        "print(sorted(m for m in ('gradio', 'playwright', 'pytest') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+@pytest.mark.parametrize("module", ["common_kernels.runtime.app", "common_kernels.runtime.browser"])
+def test_importing_the_runtime_app_leaves_gradio_and_playwright_unimported(module: str) -> None:
+    run = runs_in_fresh_interpreter(module, [], ["gradio", "playwright", "pytest"])
+    assert run["import"].loaded == []
 
 
 def test_import_gradio_says_how_to_install_it(monkeypatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 
 import pytest
 import torch
@@ -106,3 +107,46 @@ def test_write_report_writes_json_and_markdown(tmp_path, capsys) -> None:
     assert (tmp_path / "new" / "x_bench.json").read_text() == '{\n "rows": [\n  1.5,\n  "a"\n ]\n}'
     assert (tmp_path / "new" / "x_bench.md").read_text() == "| a |\n"
     assert capsys.readouterr().out == "| a |\n\n"
+
+
+def test_figure_saves_and_closes_what_the_block_drew(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    plt = bench.pyplot()
+    path = tmp_path / "new" / "plot.png"
+    with bench.figure(path, 1, 2, figsize=(4, 2), savefig={"dpi": 50}) as (fig, axes):
+        assert len(axes) == 2 and not path.exists()  # written when the block ends
+        axes[0].plot([0, 1], [1, 0])
+    assert path.read_bytes().startswith(b"\x89PNG") and sorted(path.parent.iterdir()) == [path]
+    assert not plt.fignum_exists(fig.number)
+    with pytest.raises(RuntimeError), bench.figure(tmp_path / "failed.png") as (fig, _):
+        raise RuntimeError("drawing failed")
+    assert not plt.fignum_exists(fig.number) and not (tmp_path / "failed.png").exists()
+
+
+def test_write_drawn_report_draws_from_the_saved_json(tmp_path) -> None:
+    seen = []
+
+    def markdown(report: dict) -> str:
+        seen.append(report)
+        return f"| {report['size']} |\n"
+
+    def plot(report: dict, path) -> None:
+        seen.append(report)
+        path.write_text("png")
+
+    report = {"size": (3, 4)}  # a tuple: the JSON gives it back as a list
+    text = bench.write_drawn_report(tmp_path / "new" / "quick", report, markdown, plot, indent=2)
+    assert text == "| [3, 4] |\n" and seen == [{"size": [3, 4]}] * 2
+    assert (tmp_path / "new" / "quick.json").read_text() == (
+        '{\n  "size": [\n    3,\n    4\n  ]\n}\n'
+    )
+    assert (tmp_path / "new" / "quick.md").read_text() == text
+    assert (tmp_path / "new" / "quick.png").read_text() == "png"
+
+
+def test_load_sibling_imports_a_script_beside_the_benchmark(tmp_path) -> None:
+    (tmp_path / "models.py").write_text("SIZE = 3\n")
+    module = bench.load_sibling(tmp_path, "models", "x_bench")
+    assert module.SIZE == 3 and module.__name__ == "x_bench_models"
+    assert sys.modules["x_bench_models"] is module  # dataclasses and pickling look it up there
+    del sys.modules["x_bench_models"]

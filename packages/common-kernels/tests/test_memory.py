@@ -9,6 +9,7 @@ import types
 import pytest
 
 from common_kernels.runtime import memory
+from common_kernels.runtime.imports import runs_in_fresh_interpreter
 
 
 def test_host_memory_is_meminfos_available_line(tmp_path, monkeypatch) -> None:
@@ -48,11 +49,5 @@ def test_human_bytes(count: int, text: str) -> None:
 
 
 def test_importing_it_leaves_psutil_unimported() -> None:
-    import subprocess
-
-    code = (
-        "import sys, common_kernels.runtime.memory; "
-        "print([m for m in ('psutil',) if m in sys.modules])"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    run = runs_in_fresh_interpreter("common_kernels.runtime.memory", [], ["psutil"])
+    assert run["import"].loaded == []

@@ -348,39 +348,35 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     peak_key, model_key, label_memory = memory_columns(report["device"])
     models = list(dict.fromkeys(row["model"] for row in report["rows"]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m_index, model in enumerate(models):
-        rows = [r for r in report["rows"] if r["model"] == model]
-        for r_index, row in enumerate(rows):
-            x = m_index + (r_index - (len(rows) - 1) / 2) * 0.18
-            axes[0].bar(x, row["speedup"], 0.16, color=f"C{r_index}")
-            axes[0].plot(x, row["flop_speedup"], "k_", markersize=10)
-            axes[0].text(
-                x,
-                row["speedup"],
-                row["selection"],
-                rotation=90,
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
-            axes[1].bar(x, row[peak_key] - row[model_key], 0.16, color=f"C{r_index}")
-    for ax, title in zip(
-        axes,
-        ("speed-up vs full pass (bars: measured, -: FLOPs)", f"{label_memory} above the model"),
-        strict=True,
-    ):
-        ax.set_xticks(range(len(models)), models, fontsize=8)
-        ax.set_title(title)
-    axes[0].axhline(1.0, color="grey", linewidth=0.8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    with figure(path, 1, 2, figsize=(11, 4), savefig={"dpi": 120}) as (_, axes):
+        for m_index, model in enumerate(models):
+            rows = [r for r in report["rows"] if r["model"] == model]
+            for r_index, row in enumerate(rows):
+                x = m_index + (r_index - (len(rows) - 1) / 2) * 0.18
+                axes[0].bar(x, row["speedup"], 0.16, color=f"C{r_index}")
+                axes[0].plot(x, row["flop_speedup"], "k_", markersize=10)
+                axes[0].text(
+                    x,
+                    row["speedup"],
+                    row["selection"],
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+                axes[1].bar(x, row[peak_key] - row[model_key], 0.16, color=f"C{r_index}")
+        for ax, title in zip(
+            axes,
+            ("speed-up vs full pass (bars: measured, -: FLOPs)", f"{label_memory} above the model"),
+            strict=True,
+        ):
+            ax.set_xticks(range(len(models)), models, fontsize=8)
+            ax.set_title(title)
+        axes[0].axhline(1.0, color="grey", linewidth=0.8)
 
 
 def main() -> None:

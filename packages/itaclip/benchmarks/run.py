@@ -348,26 +348,22 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     key, label = memory_column(report["device"])
     cases = list(dict.fromkeys((row["image"], row["stride"]) for row in report["rows"]))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for offset, method in enumerate(("official", "itaclip")):
-        rows = {(r["image"], r["stride"]): r for r in report["rows"] if r["method"] == method}
-        xs = [i + 0.4 * offset for i in range(len(cases))]
-        axes[0].bar(xs, [rows[c]["seconds_median"] for c in cases], 0.4, label=method)
-        axes[1].bar(xs, [rows[c][key] for c in cases], 0.4, label=method)
-    for ax, title in zip(axes, ("seconds per image", label), strict=True):
-        ax.set_xticks(
-            [i + 0.2 for i in range(len(cases))], [f"{i} px, stride {s}" for i, s in cases]
-        )
-        ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+    with figure(path, 1, 2, figsize=(9, 3.5)) as (_, axes):
+        for offset, method in enumerate(("official", "itaclip")):
+            rows = {(r["image"], r["stride"]): r for r in report["rows"] if r["method"] == method}
+            xs = [i + 0.4 * offset for i in range(len(cases))]
+            axes[0].bar(xs, [rows[c]["seconds_median"] for c in cases], 0.4, label=method)
+            axes[1].bar(xs, [rows[c][key] for c in cases], 0.4, label=method)
+        for ax, title in zip(axes, ("seconds per image", label), strict=True):
+            ax.set_xticks(
+                [i + 0.2 for i in range(len(cases))], [f"{i} px, stride {s}" for i, s in cases]
+            )
+            ax.set_title(title)
+            ax.legend()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from common_kernels.runtime.bench import pyplot, save_figure
+from common_kernels.runtime.bench import figure
 
 
 def markdown(report: dict) -> str:
@@ -143,35 +143,31 @@ def gigapixel_markdown(result: dict, env: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for method in ("official", "grid"):
-        rows = [r for r in report["sampler"] if r["method"] == method]
-        sizes = [r["latent"][0] * 8 for r in rows]
-        axes[0].plot(
-            sizes, [statistics.mean(r["unet_calls_per_step"]) for r in rows], "o-", label=method
+    with figure(path, 1, 3, figsize=(13, 3.8)) as (_, axes):
+        for method in ("official", "grid"):
+            rows = [r for r in report["sampler"] if r["method"] == method]
+            sizes = [r["latent"][0] * 8 for r in rows]
+            axes[0].plot(
+                sizes, [statistics.mean(r["unet_calls_per_step"]) for r in rows], "o-", label=method
+            )
+            axes[1].plot(sizes, [r["seconds_per_step_median"] for r in rows], "o-", label=method)
+        minimum = {r["latent"][0] * 8: r["minimum_patches"] for r in report["sampler"]}
+        axes[0].plot(list(minimum), list(minimum.values()), "k--", label="minimum patches")
+        stage = report["stage"]
+        axes[2].plot(
+            [r["size"] for r in stage], [r["peak_rss_mib"] for r in stage], "o-", label="peak RSS"
         )
-        axes[1].plot(sizes, [r["seconds_per_step_median"] for r in rows], "o-", label=method)
-    minimum = {r["latent"][0] * 8: r["minimum_patches"] for r in report["sampler"]}
-    axes[0].plot(list(minimum), list(minimum.values()), "k--", label="minimum patches")
-    stage = report["stage"]
-    axes[2].plot(
-        [r["size"] for r in stage], [r["peak_rss_mib"] for r in stage], "o-", label="peak RSS"
-    )
-    axes[2].plot(
-        [r["size"] for r in stage],
-        [r["latent_maps_mib"] for r in stage],
-        "s--",
-        label="latent maps",
-    )
-    titles = ("UNet calls per step", "seconds per step", "one stage: memory (MiB)")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("image side (px)")
-        ax.set_title(title)
-        ax.legend()
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    fig.tight_layout()
-    save_figure(fig, path)
+        axes[2].plot(
+            [r["size"] for r in stage],
+            [r["latent_maps_mib"] for r in stage],
+            "s--",
+            label="latent maps",
+        )
+        titles = ("UNet calls per step", "seconds per step", "one stage: memory (MiB)")
+        for ax, title in zip(axes, titles, strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("image side (px)")
+            ax.set_title(title)
+            ax.legend()
+        axes[0].set_yscale("log")
+        axes[1].set_yscale("log")

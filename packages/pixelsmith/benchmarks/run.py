@@ -40,18 +40,17 @@ measures) and ``report.py`` (the markdown tables and the plot).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 from common_kernels.runtime.bench import (
     DTYPES,
     default_dtype,
+    load_sibling,
     machine,
     peak_rss_mib,
     require_cuda,
@@ -61,20 +60,9 @@ from common_kernels.runtime.files import write_text
 
 HERE = Path(__file__).resolve().parent
 CUDA_SIZES, CUDA_QUICK_SIZES = [1024, 2048, 4096], [1024, 2048]
-
-
-def load_sibling(name: str) -> ModuleType:
-    """Import ``<name>.py`` from this folder (works whether run as a script or imported)."""
-    spec = importlib.util.spec_from_file_location(f"pixelsmith_bench_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-MODELS = load_sibling("models")
-MEASURES = load_sibling("measures")
-REPORT = load_sibling("report")
+MODELS = load_sibling(HERE, "models", "pixelsmith_bench")
+MEASURES = load_sibling(HERE, "measures", "pixelsmith_bench")
+REPORT = load_sibling(HERE, "report", "pixelsmith_bench")
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -7,7 +7,6 @@ A sibling of ``cpu_speed.py``, imported by name (``cpu_speed.py`` puts this fold
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -425,40 +424,38 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """x DnCNN and GFLOP/s per model and input, and the training steps, saved atomically."""
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     rows = [r for r in report["inference"] if "median_s" in r]
     threads = report["environment"]["threads"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
-    for ax, value, title in (
-        (axes[0, 0], "x_dncnn", "time per megapixel / DnCNN's (same rounds)"),
-        (axes[0, 1], "gflop_per_s", "achieved GFLOP/s"),
-        (axes[1, 0], "peak_rss_mib", "peak RSS, MiB"),
-    ):
-        grouped_bars(ax, rows, value, threads)
-        ax.set_title(title)
-    axes[0, 0].axhline(1.0, color="0.3", lw=1, ls="--")
-    training = [r for r in report["training"] if "median_s" in r]
-    configs = list(dict.fromkeys(r["config"] for r in training))
-    for offset, variant in ((-0.2, "semanir"), (0.2, "dncnn")):
-        values = [
-            next((r["per_s"] for r in training if r["config"] == c and r["variant"] == variant), 0)
-            for c in configs
-        ]
-        name = "SemanIR" if variant == "semanir" else "DnCNN, same input batch"
-        axes[1, 1].bar([i + offset for i in range(len(configs))], values, 0.4, label=name)
-    axes[1, 1].set_xticks(range(len(configs)), configs, rotation=20, fontsize=8)
-    axes[1, 1].set(title=f"training steps/s ({report['environment']['train_threads']} threads)",
-                   ylabel="steps / s")  # fmt: skip
-    axes[1, 1].legend(fontsize=8)
-    env = report["environment"]
-    fig.suptitle(f"SemanIR on the CPU: {env['cpu']}, torch {env['torch']}"
-                 f"{' (quick run)' if report['quick'] else ''}")  # fmt: skip
-    fig.tight_layout()
-    save_figure(fig, path, format="png", dpi=100)
-    plt.close(fig)
+    with figure(path, 2, 2, figsize=(15, 10), savefig={"format": "png", "dpi": 100}) as (fig, axes):
+        for ax, value, title in (
+            (axes[0, 0], "x_dncnn", "time per megapixel / DnCNN's (same rounds)"),
+            (axes[0, 1], "gflop_per_s", "achieved GFLOP/s"),
+            (axes[1, 0], "peak_rss_mib", "peak RSS, MiB"),
+        ):
+            grouped_bars(ax, rows, value, threads)
+            ax.set_title(title)
+        axes[0, 0].axhline(1.0, color="0.3", lw=1, ls="--")
+        training = [r for r in report["training"] if "median_s" in r]
+        configs = list(dict.fromkeys(r["config"] for r in training))
+        for offset, variant in ((-0.2, "semanir"), (0.2, "dncnn")):
+            values = [
+                next(
+                    (r["per_s"] for r in training if r["config"] == c and r["variant"] == variant),
+                    0,
+                )
+                for c in configs
+            ]
+            name = "SemanIR" if variant == "semanir" else "DnCNN, same input batch"
+            axes[1, 1].bar([i + offset for i in range(len(configs))], values, 0.4, label=name)
+        axes[1, 1].set_xticks(range(len(configs)), configs, rotation=20, fontsize=8)
+        axes[1, 1].set(title=f"training steps/s ({report['environment']['train_threads']} threads)",
+                       ylabel="steps / s")  # fmt: skip
+        axes[1, 1].legend(fontsize=8)
+        env = report["environment"]
+        fig.suptitle(f"SemanIR on the CPU: {env['cpu']}, torch {env['torch']}"
+                     f"{' (quick run)' if report['quick'] else ''}")  # fmt: skip
 
 
 def grouped_bars(ax: Any, rows: list[dict[str, Any]], value: str, threads: list[int]) -> None:
@@ -486,12 +483,7 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     Returns:
         The markdown text.
     """
-    from common_kernels.runtime.files import write_text  # the parent's (a worker may be older)
+    # imported at the call: the parent's common-kernels (a worker may run an older checkout)
+    from common_kernels.runtime.bench import write_drawn_report
 
-    json_path = out / f"{stem}.json"
-    write_text(json_path, json.dumps(report, indent=1) + "\n", make_parents=True)
-    saved = json.loads(json_path.read_text(encoding="utf-8"))
-    text = markdown(saved)
-    write_text(out / f"{stem}.md", text, make_parents=True)
-    plot(saved, out / f"{stem}.png")
-    return text
+    return write_drawn_report(out / stem, report, markdown, plot)

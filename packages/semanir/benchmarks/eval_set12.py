@@ -356,26 +356,30 @@ def plot_crops(figure: dict[str, Tensor], sigma: float, path: Path) -> None:
         sigma: noise level of the outputs (for the title).
         path: PNG file to write.
     """
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime import bench  # not `figure`: the crops' dict has that name
 
     clean = figure["clean"]
     names = [name for name in figure if name != "clean"] + ["clean"]
     side = min(CROP_SIDE, *clean.shape[-2:])
     top, left = (clean.shape[-2] - side) // 2, (clean.shape[-1] - side) // 2
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        crop = quantize(figure[name])[:, top : top + side, left : left + side]  # (C, h, w)
-        title = name if name == "clean" else f"{name}\n{float(psnr(figure[name], clean)):.2f} dB"
-        image = crop.permute(1, 2, 0).squeeze(-1)  # (h, w, 3) or (h, w)
-        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(f"{side}x{side} centre crop of the first image, sigma {sigma:g}")
-    fig.tight_layout()
-    save_figure(fig, path, format="png", dpi=110)
-    plt.close(fig)
+    with bench.figure(
+        path,
+        1,
+        len(names),
+        figsize=(2.6 * len(names), 3.0),
+        squeeze=False,
+        savefig={"format": "png", "dpi": 110},
+    ) as (fig, axes):
+        for ax, name in zip(axes[0], names, strict=True):
+            crop = quantize(figure[name])[:, top : top + side, left : left + side]  # (C, h, w)
+            title = (
+                name if name == "clean" else f"{name}\n{float(psnr(figure[name], clean)):.2f} dB"
+            )
+            image = crop.permute(1, 2, 0).squeeze(-1)  # (h, w, 3) or (h, w)
+            ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.suptitle(f"{side}x{side} centre crop of the first image, sigma {sigma:g}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -49,32 +49,34 @@ def read_curves(files: list[Path]) -> dict[str, dict[int, float]]:
 
 
 def plot(curves: dict[str, dict[int, float]], path: Path, title: str, validation: str) -> None:
-    from common_kernels.runtime.bench import pyplot, save_figure
+    from common_kernels.runtime.bench import figure
 
-    plt = pyplot()
-
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    loss = curves["train/loss"]
-    steps, values = list(loss), list(loss.values())
-    loss_ax.plot(steps, values, ".", markersize=2, alpha=0.4, label="logged steps")
-    if len(values) >= SMOOTHING:
-        mean = [
-            sum(values[i - SMOOTHING : i]) / SMOOTHING for i in range(SMOOTHING, len(values) + 1)
-        ]
-        loss_ax.plot(steps[SMOOTHING - 1 :], mean, "-", label=f"mean of {SMOOTHING}")
-        loss_ax.legend(fontsize=8)
-    loss_ax.set(
-        title="training L1 loss (blind: degradation drawn per patch)", xlabel="step", ylabel="L1"
-    )
-    val = curves["val/psnr"]
-    val_ax.plot(list(val), list(val.values()), "o-")
-    val_ax.set(title=f"validation PSNR ({validation})", xlabel="step", ylabel="dB")
-    for ax in (loss_ax, val_ax):
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path, format="png", dpi=110)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(12, 4.5), savefig={"format": "png", "dpi": 110}) as (
+        fig,
+        axes,
+    ):
+        loss_ax, val_ax = axes
+        loss = curves["train/loss"]
+        steps, values = list(loss), list(loss.values())
+        loss_ax.plot(steps, values, ".", markersize=2, alpha=0.4, label="logged steps")
+        if len(values) >= SMOOTHING:
+            mean = [
+                sum(values[i - SMOOTHING : i]) / SMOOTHING
+                for i in range(SMOOTHING, len(values) + 1)
+            ]
+            loss_ax.plot(steps[SMOOTHING - 1 :], mean, "-", label=f"mean of {SMOOTHING}")
+            loss_ax.legend(fontsize=8)
+        loss_ax.set(
+            title="training L1 loss (blind: degradation drawn per patch)",
+            xlabel="step",
+            ylabel="L1",
+        )
+        val = curves["val/psnr"]
+        val_ax.plot(list(val), list(val.values()), "o-")
+        val_ax.set(title=f"validation PSNR ({validation})", xlabel="step", ylabel="dB")
+        for ax in (loss_ax, val_ax):
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(title)
 
 
 def main(argv: list[str] | None = None) -> int:

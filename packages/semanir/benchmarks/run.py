@@ -37,19 +37,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from common_kernels.runtime.bench import load_sibling, write_drawn_report
 from common_kernels.runtime.cli import check_benchmark_setup
 from semanir.inference import load_model, restore
 from semanir.io import read_image
@@ -89,17 +88,8 @@ NOTES = (
 )
 
 
-def load_sibling(name: str) -> ModuleType:
-    """Import ``<name>.py`` from this folder (works whether run as a script or imported)."""
-    spec = importlib.util.spec_from_file_location(f"semanir_bench_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-EVAL = load_sibling("eval_set12")
-MODELS_CUDA = load_sibling("models_cuda")
+EVAL = load_sibling(HERE, "eval_set12", "semanir_bench")
+MODELS_CUDA = load_sibling(HERE, "models_cuda", "semanir_bench")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -408,17 +398,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Throughput and memory vs size per model/k, and the ablation bars, saved atomically."""
-    from common_kernels.runtime.bench import pyplot, save_figure
+    from common_kernels.runtime.bench import figure
 
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    plot_throughput(axes[0], [r for r in report["throughput"] if "error" not in r])
-    plot_ablation(axes[1], report["ablation"])
-    fig.suptitle(f"{report['model']}, {report['environment']['threads']} threads")
-    fig.tight_layout()
-    save_figure(fig, path, format="png", dpi=110)
-    plt.close(fig)
+    with figure(path, 2, 2, figsize=(13, 9), savefig={"format": "png", "dpi": 110}) as (fig, axes):
+        plot_throughput(axes[0], [r for r in report["throughput"] if "error" not in r])
+        plot_ablation(axes[1], report["ablation"])
+        fig.suptitle(f"{report['model']}, {report['environment']['threads']} threads")
 
 
 def plot_throughput(axes: Any, rows: list[dict[str, Any]]) -> None:
@@ -474,13 +459,7 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     Returns:
         The markdown tables.
     """
-    json_path = out / f"{stem}.json"
-    EVAL.write_text(json_path, json.dumps(report, indent=1) + "\n")
-    saved = json.loads(json_path.read_text(encoding="utf-8"))
-    tables = markdown(saved)
-    EVAL.write_text(out / f"{stem}.md", tables)
-    plot(saved, out / f"{stem}.png")
-    return tables
+    return write_drawn_report(out / stem, report, markdown, plot)
 
 
 def run_cuda(quick: bool, out: Path) -> int:

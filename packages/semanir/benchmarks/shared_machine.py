@@ -175,30 +175,29 @@ def report(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """SemanIR / DnCNN per case and size (from the JSON), with the targets."""
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     sizes = sorted({r["size"] for r in data["rows"]})
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    width = 0.8 / len(CASES)
-    for k, case in enumerate(CASES):
-        values = [
-            next(r["ratio"] for r in data["rows"] if r["size"] == s and r["case"] == case)
-            for s in sizes
-        ]
-        ax.bar([i + (k - 1) * width for i in range(len(sizes))], values, width, label=case)
-    for case, target in TARGETS.items():
-        if target is not None:
-            ax.axhline(target, linestyle="--", linewidth=1, color="gray")
-            ax.text(len(sizes) - 0.5, target, f"target {case}", fontsize=7, va="bottom", ha="right")
-    ax.set_xticks(range(len(sizes)), [f"{s}x{s}" for s in sizes])
-    ax.set_ylabel("SemanIR time / DnCNN time")
-    ax.legend(fontsize=8)
-    ax.set_title(f"semanir_tiny_denoise_gray vs DnCNN, shared 2-core CPU ({data['policy']} policy)")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100, format="png")
-    plt.close(fig)
+    with figure(path, figsize=(7, 3.4), savefig={"dpi": 100, "format": "png"}) as (_, ax):
+        width = 0.8 / len(CASES)
+        for k, case in enumerate(CASES):
+            values = [
+                next(r["ratio"] for r in data["rows"] if r["size"] == s and r["case"] == case)
+                for s in sizes
+            ]
+            ax.bar([i + (k - 1) * width for i in range(len(sizes))], values, width, label=case)
+        for case, target in TARGETS.items():
+            if target is not None:
+                ax.axhline(target, linestyle="--", linewidth=1, color="gray")
+                ax.text(
+                    len(sizes) - 0.5, target, f"target {case}", fontsize=7, va="bottom", ha="right"
+                )
+        ax.set_xticks(range(len(sizes)), [f"{s}x{s}" for s in sizes])
+        ax.set_ylabel("SemanIR time / DnCNN time")
+        ax.legend(fontsize=8)
+        ax.set_title(
+            f"semanir_tiny_denoise_gray vs DnCNN, shared 2-core CPU ({data['policy']} policy)"
+        )
 
 
 def parse_args(argv):
@@ -260,19 +259,14 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from common_kernels.runtime.files import write_json, write_text
+    from common_kernels.runtime.bench import write_drawn_report
 
     data = run(args)
     data.update(threads=args.threads, runs=args.runs, calls=args.calls, cpu=cpu_model(), policy=args.policy,
                 torch=torch.__version__, python=platform.python_version(),
                 command=" ".join(["python packages/semanir/benchmarks/shared_machine.py", *(argv if argv is not None else sys.argv[1:])]).strip())  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"shared_machine_{args.policy}"
-    write_json(args.out / f"{name}.json", data)
-    text = report(data)
-    write_text(args.out / f"{name}.md", text)
-    plot(data, args.out / f"{name}.png")
-    print(text)
+    stem = args.out / f"shared_machine_{args.policy}"
+    print(write_drawn_report(stem, data, report, plot, indent=2))
     return 0
 
 

@@ -155,21 +155,16 @@ def table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Each case's median time per code with its min-max, saved atomically."""
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     rows = report["rows"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{r['case']}\n{r['code']}" for r in rows]
-    medians = [r["ms"] for r in rows]
-    spread = [[r["ms"] - r["ms_min"] for r in rows], [r["ms_max"] - r["ms"] for r in rows]]
-    ax.bar(labels, medians, yerr=spread, capsize=4, color="tab:blue")
-    ax.set_ylabel("ms per call (median, min-max)")
-    ax.set_title("pixel-shuffle upsampler alone")
-    fig.tight_layout()
-    save_figure(fig, path, format="png", dpi=100)
-    plt.close(fig)
+    with figure(path, figsize=(6, 3.5), savefig={"format": "png", "dpi": 100}) as (_, ax):
+        labels = [f"{r['case']}\n{r['code']}" for r in rows]
+        medians = [r["ms"] for r in rows]
+        spread = [[r["ms"] - r["ms_min"] for r in rows], [r["ms_max"] - r["ms"] for r in rows]]
+        ax.bar(labels, medians, yerr=spread, capsize=4, color="tab:blue")
+        ax.set_ylabel("ms per call (median, min-max)")
+        ax.set_title("pixel-shuffle upsampler alone")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

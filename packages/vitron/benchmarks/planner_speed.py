@@ -231,37 +231,39 @@ def report(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """Mask time per token of both grammars, and tokens/s per engine (from the JSON)."""
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     long = data["long"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    left.semilogy(
-        range(1, len(long["mask_ms"]) + 1), long["mask_ms"], label="vitron: char* + AnswerRules"
-    )
-    left.semilogy(
-        range(1, len(long["old_mask_ms"]) + 1), long["old_mask_ms"], label="vitron 0.4.5: {0,512}"
-    )
-    left.set_xlabel("token of the reply")
-    left.set_ylabel("grammar mask, ms")
-    left.legend(fontsize=8)
-    engines = data["engines"]
-    for k, key in enumerate(("plain_tps", "constrained_tps")):
-        values = [
-            statistics.median(r[key] for r in data["decode"] if r["engine"] == e) for e in engines
-        ]
-        right.bar([i + (k - 0.5) * 0.35 for i in range(len(engines))], values, 0.35,
-                  label="plain generate" if k == 0 else "planner (grammar + rules)")  # fmt: skip
-    right.set_xticks(range(len(engines)), engines)
-    right.set_ylabel("decode tokens/s")
-    right.legend(fontsize=8)
-    fig.suptitle(
-        "SmolLM2-135M planner on this CPU" + (" (busy process beside)" if data["busy"] else "")
-    )
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100, format="png")
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(10, 3.4), savefig={"dpi": 100, "format": "png"}) as (
+        fig,
+        axes,
+    ):
+        left, right = axes
+        left.semilogy(
+            range(1, len(long["mask_ms"]) + 1), long["mask_ms"], label="vitron: char* + AnswerRules"
+        )
+        left.semilogy(
+            range(1, len(long["old_mask_ms"]) + 1),
+            long["old_mask_ms"],
+            label="vitron 0.4.5: {0,512}",
+        )
+        left.set_xlabel("token of the reply")
+        left.set_ylabel("grammar mask, ms")
+        left.legend(fontsize=8)
+        engines = data["engines"]
+        for k, key in enumerate(("plain_tps", "constrained_tps")):
+            values = [
+                statistics.median(r[key] for r in data["decode"] if r["engine"] == e)
+                for e in engines
+            ]
+            right.bar([i + (k - 0.5) * 0.35 for i in range(len(engines))], values, 0.35,
+                      label="plain generate" if k == 0 else "planner (grammar + rules)")  # fmt: skip
+        right.set_xticks(range(len(engines)), engines)
+        right.set_ylabel("decode tokens/s")
+        right.legend(fontsize=8)
+        fig.suptitle(
+            "SmolLM2-135M planner on this CPU" + (" (busy process beside)" if data["busy"] else "")
+        )
 
 
 def parse_args(argv):
@@ -299,6 +301,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from common_kernels.runtime.bench import write_drawn_report
     from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
 
     check_benchmark_setup(
@@ -315,7 +318,6 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from vitron.io import write_json, write_text
     from vitron.planners.catalog import open_gguf_planner
     from vitron.planners.gguf import fetch_smollm2
     from vitron.planners.llamacpp import llama_cpp_installed
@@ -355,13 +357,8 @@ def main(argv=None) -> int:
         "xgrammar": importlib.metadata.version("xgrammar"), "llama_cpp": version,
         "command": " ".join(["python packages/vitron/benchmarks/planner_speed.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
     }  # fmt: skip
-    name = "planner_speed_busy" if args.busy else "planner_speed"
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"{name}.json", data)
-    text = report(data)
-    write_text(args.out / f"{name}.md", text)
-    plot(data, args.out / f"{name}.png")
-    print(text)
+    stem = args.out / ("planner_speed_busy" if args.busy else "planner_speed")
+    print(write_drawn_report(stem, data, report, plot, indent=2))
     return 0
 
 

@@ -493,30 +493,27 @@ def table(rows: list[dict]) -> str:
 
 def plot(data: dict, path: Path) -> None:
     """Bars of valid-reply rate, task and argument accuracy per planner (from the JSON)."""
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     rows = data["rows"]
     names = [f"{r['planner']}\n({r['requests']} requests)" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.2))
-    width = 0.27
-    for k, (key, label) in enumerate((("valid_rate", "valid replies"), ("task_accuracy", "task accuracy"),
-                                       ("arg_accuracy", "argument accuracy"))):  # fmt: skip
-        ax.bar(
-            [i + (k - 1) * width for i in range(len(rows))],
-            [100 * (r[key] or 0) for r in rows],
-            width,
-            label=label,
-        )
-    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 125)  # room for the legend above the bars
-    ax.legend(fontsize=8, loc="upper center", ncol=3)
-    ax.set_title("routing: the first reply to each request")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100, format="png")
-    plt.close(fig)
+    with figure(
+        path, figsize=(max(6, 1.3 * len(rows)), 3.2), savefig={"dpi": 100, "format": "png"}
+    ) as (_, ax):
+        width = 0.27
+        for k, (key, label) in enumerate((("valid_rate", "valid replies"), ("task_accuracy", "task accuracy"),
+                                           ("arg_accuracy", "argument accuracy"))):  # fmt: skip
+            ax.bar(
+                [i + (k - 1) * width for i in range(len(rows))],
+                [100 * (r[key] or 0) for r in rows],
+                width,
+                label=label,
+            )
+        ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 125)  # room for the legend above the bars
+        ax.legend(fontsize=8, loc="upper center", ncol=3)
+        ax.set_title("routing: the first reply to each request")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -143,21 +143,16 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    from common_kernels.runtime.bench import pyplot, save_figure
-
-    plt = pyplot()
+    from common_kernels.runtime.bench import figure
 
     rows = data["rows"]
     names = [r["parser"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    axes[0].bar(names, [100 * r["calls_exact"] for r in rows], color=["#999", "#36c"])
-    axes[0].set_ylabel("calls exactly right (%)")
-    axes[1].bar(names, [r["us_per_reply_median"] for r in rows], color=["#999", "#36c"])
-    axes[1].set_ylabel("us per reply (median)")
-    fig.suptitle(f"tag-grammar parsing, {rows[0]['replies']} replies")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(8, 3), savefig={"dpi": 100}) as (fig, axes):
+        axes[0].bar(names, [100 * r["calls_exact"] for r in rows], color=["#999", "#36c"])
+        axes[0].set_ylabel("calls exactly right (%)")
+        axes[1].bar(names, [r["us_per_reply_median"] for r in rows], color=["#999", "#36c"])
+        axes[1].set_ylabel("us per reply (median)")
+        fig.suptitle(f"tag-grammar parsing, {rows[0]['replies']} replies")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,20 +3,23 @@ the machine its report names, random weights of the published sizes, and the rep
 
 A script measures on ``--device cpu|cuda`` in ``--dtype fp32|fp16|bf16`` (:data:`DTYPES`,
 :func:`torch_dtype`), refuses ``--device cuda`` on a machine without one before any work
-(:func:`require_cuda`, with the modules and folders in :func:`check_run`), times after
+(:func:`require_cuda`, with the modules and folders in :func:`check_run`), imports the scripts
+beside it with :func:`load_sibling`, times after
 :func:`synchronize`, reports memory as :func:`peak_rss_mib` / :func:`current_rss_mib`, and writes
-its report with :func:`machine` (where it ran), :func:`write_report`, :func:`pyplot` and
-:func:`save_figure`.
+its report with :func:`machine` (where it ran) and :func:`write_report` (or
+:func:`write_drawn_report`, tables and plot made from the saved JSON), and draws it in a
+:func:`figure` (or with :func:`pyplot` and :func:`save_figure`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +29,8 @@ import torch
 from torch import nn
 
 from common_kernels.runtime.cli import check_benchmark_setup, cpu_model
-from common_kernels.runtime.files import atomic_write, write_text
+from common_kernels.runtime.files import atomic_write, write_json, write_text
+from common_kernels.runtime.testing import load_script
 
 DTYPES = ("fp32", "fp16", "bf16")
 NO_CUDA = (
@@ -86,6 +90,18 @@ def check_run(
     """
     check_benchmark_setup(parser.prog, package, modules=modules, folders=folders)
     require_cuda(parser, device)
+
+
+def load_sibling(folder: str | os.PathLike, name: str, prefix: str) -> ModuleType:
+    """Import the script ``<folder>/<name>.py`` beside a benchmark as module ``<prefix>_<name>``
+    (registered in ``sys.modules``), whether the benchmark runs as a script or is imported.
+
+    Args:
+        folder: the benchmark's folder.
+        name: the script's file name without ``.py``.
+        prefix: the package's prefix of the module names (``"semanir_bench"``).
+    """
+    return load_script(Path(folder) / f"{name}.py", f"{prefix}_{name}")
 
 
 def synchronize(device: str) -> None:
@@ -187,6 +203,36 @@ def write_report(stem: Path, report: Mapping[str, Any], table: str) -> None:
     print(table)
 
 
+def write_drawn_report(
+    stem: Path,
+    report: Mapping[str, Any],
+    markdown: Callable[[Any], str],
+    plot: Callable[[Any, Path], None],
+    *,
+    indent: int = 1,
+) -> str:
+    """A benchmark's results: ``STEM.json`` (the report), then ``STEM.md`` (``markdown`` of it)
+    and ``STEM.png`` (``plot`` of it), both made from the JSON as saved, so that they show
+    what the file holds (as a later redraw from the file would); each written atomically
+    (folders made as needed). Returns the Markdown.
+
+    Args:
+        stem: the files' path without suffix (``results/quick``).
+        report: what the run measured, JSON-serialisable.
+        markdown: the report's tables from its JSON.
+        plot: draws the report from its JSON into the given image file.
+        indent: the JSON's indentation.
+    """
+    saved = write_json(
+        stem.with_name(f"{stem.name}.json"), report, indent=indent, make_parents=True
+    )
+    report = json.loads(saved.read_text(encoding="utf-8"))
+    text = markdown(report)
+    write_text(stem.with_name(f"{stem.name}.md"), text, make_parents=True)
+    plot(report, stem.with_name(f"{stem.name}.png"))
+    return text
+
+
 def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg backend (files, no display), imported when a report is
     drawn (matplotlib is in the ``bench`` extras)."""
@@ -209,3 +255,30 @@ def save_figure(figure: Any, path: str | os.PathLike, **savefig: Any) -> Path:
     with atomic_write(path, make_parents=True) as temp:
         figure.savefig(temp, **savefig)
     return Path(path)
+
+
+@contextlib.contextmanager
+def figure(
+    path: str | os.PathLike,
+    *grid: int,
+    savefig: Mapping[str, Any] | None = None,
+    **subplots: Any,
+) -> Iterator[tuple[Any, Any]]:
+    """A new figure and its axes (``pyplot().subplots(*grid, **subplots)``) for the block to
+    draw in; when it ends, the figure is laid out tight and written to ``path`` with
+    :func:`save_figure`. The figure is closed either way (a script may draw many).
+
+    Args:
+        path: the image file.
+        *grid: rows and columns of axes (none: one axes).
+        savefig: ``Figure.savefig`` options (``{"dpi": 100}``).
+        **subplots: ``pyplot.subplots`` options (``figsize``).
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(*grid, **subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        save_figure(fig, path, **(savefig or {}))
+    finally:
+        plt.close(fig)
