@@ -25,7 +25,6 @@ from diffeat.catalogue import LayerSpec, build_catalogue
 from diffeat.extraction import check_text_stack
 from diffeat.extractor import FeatureExtractor
 from diffeat.io import check_pixel_tensor
-from diffeat.offload import ModelOffload
 from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
 from diffeat.presets import ALL
 from diffeat.prompts import T5PromptEncoder
@@ -97,8 +96,8 @@ class IFFeatureExtractor(FeatureExtractor):
     def _from_components(
         cls, plan: LoadPlan, components: dict[str, Any], options: dict[str, Any]
     ) -> IFFeatureExtractor:
-        config = adapterless_config(plan, options)
-        return cls(config=config, **components)
+        """The extractor of loaded components, without FeatureExtractor's adapters."""
+        return cls(config=adapterless_config(plan, options), **components)
 
     @classmethod
     def from_pipeline(
@@ -113,19 +112,6 @@ class IFFeatureExtractor(FeatureExtractor):
         return cls(pipe.unet, pipe.scheduler, pipe.tokenizer, pipe.text_encoder, config)
 
     # -- pixel space -------------------------------------------------------------------------
-    def to(self, device: torch.device | str) -> IFFeatureExtractor:
-        """Move the U-Net and the text encoder to ``device`` (in place; no VAE); returns self.
-        With ``config.offload="model"`` they wait on the CPU, each on ``device`` only for its
-        stage (:mod:`diffeat.offload`)."""
-        modules = [self.unet, *self.text_encoders]
-        if self.config.offload is not None:
-            self._offload = ModelOffload(torch.device(device))
-            self._offload.park(modules)
-            return self
-        for module in modules:
-            module.to(device)
-        return self
-
     @property
     def vae_scale(self) -> int:
         """1: the U-Net's input is the image itself."""

@@ -38,7 +38,13 @@ from diffeat.inversion import check_inversion, ddim_invert
 from diffeat.io import check_pixel_tensor, parse_size, to_pixel_batch
 from diffeat.loading import LOAD_KEYS
 from diffeat.offload import ModelOffload
-from diffeat.plan import ExtractorConfig, LoadPlan, check_from_pretrained, names_or_all
+from diffeat.plan import (
+    ExtractorConfig,
+    LoadPlan,
+    adapterless_config,
+    check_from_pretrained,
+    names_or_all,
+)
 from diffeat.presets import ALL, default_preset, get_preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.schedule import NoisePlan, noisy_latents, official_step, plan_noise
@@ -66,8 +72,8 @@ class BaseFeatureExtractor(abc.ABC):
 
     A subclass sets :attr:`backbone`, builds ``unet`` (the denoising network: a U-Net or a
     transformer), ``vae``, ``scheduler``, ``prompt_encoder`` and ``catalogue``, then calls
-    :meth:`_configure`; it implements ``layer_infos``, ``_check_embeddings``, ``_run_models``
-    and ``_from_plan`` (the loading).
+    :meth:`_configure`; it implements ``_text_width`` and ``_run_models``; a network with
+    LoRA/ControlNet support also ``_from_components``, ``load_lora`` and ``set_controlnet``.
     """
 
     backbone: ClassVar[Backbone]
@@ -193,11 +199,25 @@ class BaseFeatureExtractor(abc.ABC):
         return target._from_components(plan, components, options).to(plan.device)
 
     @classmethod
-    @abc.abstractmethod
     def _from_components(
         cls, plan: LoadPlan, components: dict[str, Any], options: dict[str, Any]
     ) -> BaseFeatureExtractor:
-        """The extractor of loaded ``components`` and the plan's remaining ``options``."""
+        """The extractor of loaded ``components`` and the plan's remaining ``options``; here,
+        of a network without LoRA/ControlNet support (the adapter options, checked to be unset,
+        left out)."""
+        return cls(config=adapterless_config(plan, options), **components)
+
+    def load_lora(self, source, *args, **kwargs) -> str:
+        """Refused: LoRA loading is the U-Net extractor's (:class:`diffeat.FeatureExtractor`)."""
+        title = self.backbone.title
+        raise ValueError(f"lora: LoRA loading is supported for U-Nets only, not {title}")
+
+    def set_controlnet(self, controlnet, scale: float = 1.0, image=None) -> None:
+        """Refused but for None: ControlNets are the U-Net extractor's."""
+        if controlnet is not None:
+            raise ValueError(
+                f"controlnet: ControlNets are supported for U-Nets only, not {self.backbone.title}"
+            )
 
     def layer_infos(
         self, image_size: int | tuple[int, int] | None = None, text_tokens: int | None = None
@@ -254,12 +274,11 @@ class BaseFeatureExtractor(abc.ABC):
 
     # -- properties --------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> BaseFeatureExtractor:
-        """Move every model to ``device`` (in place); returns self. With
+        """Move every model to ``device`` (in place; IF has no VAE); returns self. With
         ``config.offload="model"``, ``device`` becomes the execution device and every model
         moves to the CPU instead (each goes to ``device`` only for its stage)."""
-        modules = [self.unet, self.vae, *self.text_encoders]
-        if self.controlnet is not None:
-            modules.append(self.controlnet)
+        everything = (self.unet, self.vae, *self.text_encoders, self.controlnet)
+        modules = [module for module in everything if module is not None]
         if self.config.offload is not None:
             self._offload = ModelOffload(torch.device(device))
             self._offload.park(modules)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +27,8 @@ from diffeat.backbones.hunyuan import (
 )
 from diffeat.extraction import BaseFeatureExtractor, check_text_stack
 from diffeat.features import Features
-from diffeat.plan import ExtractorConfig, LoadPlan, adapterless_config, resolve_layers
-from diffeat.prompts import PromptEmbeddings
+from diffeat.plan import ExtractorConfig, resolve_layers
+from diffeat.prompts import PromptCache, PromptEmbeddings, cached_rows
 
 
 @dataclass
@@ -57,7 +56,7 @@ class HunyuanPromptEmbeddings(PromptEmbeddings):
         )  # fmt: skip
 
 
-class HunyuanPromptEncoder:
+class HunyuanPromptEncoder(PromptCache):
     """HunyuanDiT prompts, as ``HunyuanDiTPipeline.encode_prompt`` without guidance: each text
     encoder's last hidden state of the prompt padded to its length, with the attention mask.
 
@@ -80,14 +79,6 @@ class HunyuanPromptEncoder:
         self.cache_size = cache_size
         self._cache: dict[str, tuple[Tensor, ...]] = {}
 
-    def clear_cache(self) -> None:
-        """Forget every cached embedding."""
-        self._cache.clear()
-
-    def cached(self, prompts: Sequence[str]) -> bool:
-        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
-        return all(p in self._cache for p in prompts)
-
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> list[Tensor]:
         out = []
@@ -102,16 +93,9 @@ class HunyuanPromptEncoder:
 
     def __call__(self, prompts: Sequence[str]) -> HunyuanPromptEmbeddings:
         """The embeddings and masks of ``prompts`` (one row per prompt)."""
-        prompts = list(prompts)
-        todo = sorted(set(prompts) - set(self._cache))
-        if todo:
-            parts = self._encode(todo)
-            for i, prompt in enumerate(todo):
-                self._cache[prompt] = tuple(part[i] for part in parts)
-        rows = [self._cache[p] for p in prompts]
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
-        embeds, mask, embeds_2, mask_2 = (torch.stack(column) for column in zip(*rows, strict=True))
+        embeds, mask, embeds_2, mask_2 = cached_rows(
+            self._cache, list(prompts), self._encode, self.cache_size
+        )
         return HunyuanPromptEmbeddings(embeds, None, mask, embeds_2, mask_2)
 
 
@@ -192,15 +176,6 @@ class HunyuanDiTFeatureExtractor(BaseFeatureExtractor):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def _from_components(
-        cls, plan: LoadPlan, components: dict[str, Any], options: dict[str, Any]
-    ) -> HunyuanDiTFeatureExtractor:
-        """The extractor of loaded components (the adapter options, checked to be unset,
-        left out)."""
-        config = adapterless_config(plan, options)
-        return cls(config=config, **components)
-
-    @classmethod
     def from_pipeline(
         cls, pipe, layers: Sequence[str] | str | None = None, preset: str | None = None, **options
     ) -> HunyuanDiTFeatureExtractor:
@@ -220,15 +195,6 @@ class HunyuanDiTFeatureExtractor(BaseFeatureExtractor):
             [pipe.tokenizer, pipe.tokenizer_2] if text else None,
             [pipe.text_encoder, pipe.text_encoder_2] if text else None, config,
         )  # fmt: skip
-
-    def load_lora(self, source, *args, **kwargs) -> str:
-        raise ValueError("lora: LoRA loading is supported for U-Nets only, not HunyuanDiT")
-
-    def set_controlnet(self, controlnet, scale: float = 1.0, image=None) -> None:
-        if controlnet is not None:
-            raise ValueError(
-                "controlnet: ControlNets are supported for U-Nets only, not HunyuanDiT"
-            )
 
     # -- shapes ------------------------------------------------------------------------------
     @property

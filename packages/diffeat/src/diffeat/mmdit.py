@@ -155,16 +155,6 @@ class _JointFeatureExtractor(BaseFeatureExtractor):
             encoders if text else None, config, max_sequence_length=length,
         )  # fmt: skip
 
-    def load_lora(self, source, *args, **kwargs) -> str:
-        title = self.backbone.title
-        raise ValueError(f"lora: LoRA loading is supported for U-Nets only, not {title}")
-
-    def set_controlnet(self, controlnet, scale: float = 1.0, image=None) -> None:
-        if controlnet is not None:
-            raise ValueError(
-                f"controlnet: ControlNets are supported for U-Nets only, not {self.backbone.title}"
-            )
-
     # -- shapes ------------------------------------------------------------------------------
     @property
     def text_tokens(self) -> int:

@@ -50,7 +50,21 @@ class PromptEmbeddings:
         return PromptEmbeddings(self.embeds.to(device, dtype), pooled, mask)
 
 
-class PromptEncoder:
+class PromptCache:
+    """The per-prompt in-memory cache of an encoder (``_cache``: prompt -> its rows)."""
+
+    _cache: dict[str, tuple[Tensor | None, ...]]
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (after the text encoders changed, e.g. a LoRA)."""
+        self._cache.clear()
+
+    def cached(self, prompts: Sequence[str]) -> bool:
+        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
+        return all(p in self._cache for p in prompts)
+
+
+class PromptEncoder(PromptCache):
     """Tokenise and encode prompts; results are cached per prompt string.
 
     Args:
@@ -106,14 +120,6 @@ class PromptEncoder:
             raise ValueError("text_encoders: no encoder returned pooled embeddings (SDXL-style)")
         return torch.cat(hidden, dim=-1), pooled  # (B, L, D1 + D2), (B, P)
 
-    def clear_cache(self) -> None:
-        """Forget every cached embedding (after the text encoders changed, e.g. a LoRA)."""
-        self._cache.clear()
-
-    def cached(self, prompts: Sequence[str]) -> bool:
-        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
-        return all(p in self._cache for p in prompts)
-
     def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embeddings of ``prompts`` (one row per prompt)."""
         prompts = list(prompts)
@@ -132,7 +138,50 @@ class PromptEncoder:
         return PromptEmbeddings(embeds, pooled)
 
 
-class T5PromptEncoder:
+def cached_rows(
+    cache: dict[str, tuple[Tensor, ...]], prompts: list[str],
+    encode: Callable[[list[str]], Sequence[Tensor]], size: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Each prompt's cached rows stacked, one ``(B, ...)`` tensor per column of ``encode``'s
+    output: the prompts not in ``cache`` encoded first in one batch, then the oldest entries
+    dropped beyond ``size``."""
+    todo = sorted(set(prompts) - set(cache))
+    if todo:
+        columns = encode(todo)
+        for i, prompt in enumerate(todo):
+            cache[prompt] = tuple(column[i] for column in columns)
+    rows = [cache[p] for p in prompts]
+    while len(cache) > size:
+        cache.pop(next(iter(cache)))
+    return tuple(torch.stack(column) for column in zip(*rows, strict=True))
+
+
+class _CachedEncoder(PromptCache, abc.ABC):
+    """Per-prompt caching of two rows around ``_encode``: ``(embeds (L, D), pooled (P,))``
+    (T5 alone: ``(embeds, mask (L,))``)."""
+
+    dual = False
+
+    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, max_length: int, cache_size):
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_sequence_length: must be an integer >= 1; got {max_length!r}")
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = [e for e in text_encoders if e is not None]
+        self.length = max_length
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @abc.abstractmethod
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Embeddings (B, L, D) and pooled embeddings (B, P) by the family's text encoders."""
+
+    def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embeddings (B, L, D) and pooled embeddings (B, P) of ``prompts``."""
+        embeds, pooled = cached_rows(self._cache, list(prompts), self._encode, self.cache_size)
+        return PromptEmbeddings(embeds, pooled)  # (B, L, D), (B, P)
+
+
+class T5PromptEncoder(_CachedEncoder):
     """PixArt-style prompts: one T5 encoder, padded to ``max_length`` tokens with a mask.
 
     Matches diffusers' ``PixArtSigmaPipeline.encode_prompt`` without classifier-free guidance
@@ -146,24 +195,8 @@ class T5PromptEncoder:
         cache_size: prompts kept in the in-memory cache.
     """
 
-    dual = False
-
     def __init__(self, tokenizer, text_encoder: nn.Module, max_length: int = 300, cache_size=256):
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_sequence_length: must be an integer >= 1; got {max_length!r}")
-        self.tokenizers = [tokenizer]
-        self.text_encoders = [text_encoder]
-        self.length = max_length
-        self.cache_size = cache_size
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def clear_cache(self) -> None:
-        """Forget every cached embedding."""
-        self._cache.clear()
-
-    def cached(self, prompts: Sequence[str]) -> bool:
-        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
-        return all(p in self._cache for p in prompts)
+        super().__init__([tokenizer], [text_encoder], max_length, cache_size)
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -184,55 +217,6 @@ class T5PromptEncoder:
         """Embeddings (B, L, D) and masks (B, L) of ``prompts``."""
         embeds, mask = cached_rows(self._cache, list(prompts), self._encode, self.cache_size)
         return PromptEmbeddings(embeds, None, mask)
-
-
-def cached_rows(
-    cache: dict[str, tuple[Tensor, Tensor]], prompts: list[str],
-    encode: Callable[[list[str]], tuple[Tensor, Tensor]], size: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Each prompt's two cached rows stacked, ``(B, ...)`` and ``(B, ...)``: the prompts not in
-    ``cache`` encoded first in one batch, then the oldest entries dropped beyond ``size``."""
-    todo = sorted(set(prompts) - set(cache))
-    if todo:
-        first, second = encode(todo)
-        for i, prompt in enumerate(todo):
-            cache[prompt] = (first[i], second[i])
-    rows = [cache[p] for p in prompts]
-    while len(cache) > size:
-        cache.pop(next(iter(cache)))
-    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
-
-
-class _CachedEncoder(abc.ABC):
-    """Per-prompt caching of ``(embeds (L, D), pooled (P,))`` rows around ``_encode``."""
-
-    dual = False
-
-    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, max_length: int, cache_size):
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_sequence_length: must be an integer >= 1; got {max_length!r}")
-        self.tokenizers = list(tokenizers)
-        self.text_encoders = [e for e in text_encoders if e is not None]
-        self.length = max_length
-        self.cache_size = cache_size
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def clear_cache(self) -> None:
-        """Forget every cached embedding."""
-        self._cache.clear()
-
-    def cached(self, prompts: Sequence[str]) -> bool:
-        """Whether every prompt's embedding is cached (a call runs no text encoder)."""
-        return all(p in self._cache for p in prompts)
-
-    @abc.abstractmethod
-    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Embeddings (B, L, D) and pooled embeddings (B, P) by the family's text encoders."""
-
-    def __call__(self, prompts: Sequence[str]) -> PromptEmbeddings:
-        """Embeddings (B, L, D) and pooled embeddings (B, P) of ``prompts``."""
-        embeds, pooled = cached_rows(self._cache, list(prompts), self._encode, self.cache_size)
-        return PromptEmbeddings(embeds, pooled)  # (B, L, D), (B, P)
 
 
 def _ids(tokenizer, prompts: list[str], length: int, device) -> Tensor:
