@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -340,3 +341,34 @@ class ActivationRecorder:
             attn.set_processor(processor)
         self._processors = {}
         self._grid = None
+
+
+class HookRecorder(ActivationRecorder):
+    """What the recorders of diffusion transformers that swap nothing share: a pre-hook on the
+    network (``_pre``: the grid of the pass, the ``in`` activation), attention maps computed
+    beside a layer's processor by a pre-hook on it (``_map``), outputs (``_out``) and token
+    activations (``_tokens``, after :meth:`_check_tokens`) by forward hooks; a subclass defines
+    those and :attr:`map_kinds`.
+    """
+
+    map_kinds: ClassVar[tuple[str, ...]]
+
+    def _check_tokens(self, spec: LayerSpec) -> None:
+        """Refuse a token activation this pass cannot record as it is (fused projections,
+        a chunked feed-forward) and note the attention heads of q/k/v."""
+
+    def _install(self) -> None:
+        self._handles.append(self.unet.register_forward_pre_hook(self._pre, with_kwargs=True))
+        for spec in self.specs:
+            if spec.kind == "in":
+                continue  # the network's pre-hook records it
+            module = self._module(spec.module)
+            if spec.kind in self.map_kinds:
+                self._heads[spec.name] = module.heads
+                handle = module.register_forward_pre_hook(self._map(spec), with_kwargs=True)
+            elif spec.kind == "out":
+                handle = module.register_forward_hook(self._out(spec))
+            else:
+                self._check_tokens(spec)
+                handle = module.register_forward_hook(self._tokens(spec))
+            self._handles.append(handle)

@@ -224,6 +224,18 @@ def require_attributes(module: nn.Module, attrs: Sequence[str], argument: str, r
             )
 
 
+def block_specs(stage: str, k: int, path: str, kinds: Sequence[tuple[str, str]]) -> list[LayerSpec]:
+    """The entries of diffusion transformer block ``k`` (module ``path``), one per ``(kind,
+    submodule)`` of ``kinds``, named ``{stage}-block{k}-{kind}``; ``block-out`` (the block's
+    output, the block itself: submodule ``""``) is named ``...-out``."""
+    specs = []
+    for kind, sub in kinds:
+        suffix = "out" if kind == "block-out" else kind
+        module = f"{path}.{sub}" if sub else path
+        specs.append(LayerSpec(f"{stage}-block{k}-{suffix}", kind, module, stage, block=k))
+    return specs
+
+
 def _encoder_specs(model: nn.Module) -> list[LayerSpec]:
     """The down blocks and mid block of a U-Net or ControlNet, named as in the U-Net."""
     specs = []

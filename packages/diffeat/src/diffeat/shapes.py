@@ -17,7 +17,7 @@ from torch import nn
 
 from common_kernels.runtime.errors import InvalidValue
 from diffeat.capture import ActivationRecorder
-from diffeat.catalogue import LayerInfo, build_catalogue, build_control_catalogue
+from diffeat.catalogue import LayerInfo, LayerSpec, build_catalogue, build_control_catalogue
 
 # torch refuses a tensor of 2**63 bytes or more ("Storage size calculation overflowed"), even on
 # the meta device; diffusers' attention builds (heads, tokens, tokens) float32 scores
@@ -51,6 +51,41 @@ def check_pass_size(config: Mapping[str, Any], height: int, width: int, vae_scal
             f"model: its attention scores ({heads} heads x (H x W / {cell})^2 float32 values) "
             "would exceed torch's largest tensor (2^63 bytes)",
         )
+
+
+def check_image_size(
+    config: Mapping[str, Any], height: int, width: int, multiple: int, vae_scale: int = 8
+) -> None:
+    """Fail unless ``height x width`` px are multiples of ``multiple`` (the VAE factor x the
+    network's downsampling) and the shape pass can describe them (:func:`check_pass_size`).
+
+    Raises:
+        ValueError: ``"image_size: ..."``, for a size that is no multiple.
+    """
+    if height % multiple or width % multiple:
+        raise ValueError(f"image_size: {height}x{width} is not a multiple of {multiple}")
+    check_pass_size(config, height, width, vae_scale)
+
+
+def recorded_infos(
+    recorder_class: type[ActivationRecorder],
+    network: nn.Module,
+    catalogue: list[LayerSpec],
+    *args: Any,
+    **kwargs: Any,
+) -> list[LayerInfo]:
+    """``catalogue`` with the feature shapes (batch left out) and attention heads that a
+    ``recorder_class`` of every name records in one shape-only pass ``network(*args,
+    **kwargs)``."""
+    names = [spec.name for spec in catalogue]
+    recorder = recorder_class(network, names, catalogue, early_exit=False)
+    with torch.no_grad(), recorder:
+        network(*args, **kwargs)
+    heads = recorder.attention_heads()
+    return [
+        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
+        for spec in catalogue
+    ]
 
 
 def meta_unet(config: Mapping[str, Any]) -> nn.Module:
@@ -113,18 +148,11 @@ def control_layer_infos(
         config, height // vae_scale, width // vae_scale, text_tokens
     )
     cond = torch.empty(1, config.get("conditioning_channels", 3), height, width, device="meta")
-    recorder = ActivationRecorder(
-        controlnet, [s.name for s in catalogue], catalogue, early_exit=False
-    )
-    with torch.no_grad(), recorder:
-        controlnet(
-            latent, torch.zeros(1, device="meta"), context, cond, return_dict=False, **kwargs
-        )
-    heads = recorder.attention_heads()
-    return [
-        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
-        for spec in catalogue
-    ]
+    timestep = torch.zeros(1, device="meta")
+    return recorded_infos(
+        ActivationRecorder, controlnet, catalogue, latent, timestep, context, cond,
+        return_dict=False, **kwargs,
+    )  # fmt: skip
 
 
 def layer_infos(
@@ -148,19 +176,12 @@ def layer_infos(
     if image_size is None:
         image_size = config["sample_size"] * vae_scale
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if height % vae_scale or width % vae_scale:
-        raise ValueError(f"image_size: {height}x{width} is not a multiple of {vae_scale}")
-    check_pass_size(config, height, width, vae_scale)
+    check_image_size(config, height, width, vae_scale, vae_scale)
     unet = meta_unet(config)
     catalogue = build_catalogue(unet)
     latent, context, kwargs = meta_inputs(
         config, height // vae_scale, width // vae_scale, text_tokens
     )
-    recorder = ActivationRecorder(unet, [s.name for s in catalogue], catalogue, early_exit=False)
-    with torch.no_grad(), recorder:
-        unet(latent, torch.zeros(1, device="meta"), context, return_dict=False, **kwargs)
-    heads = recorder.attention_heads()
-    return [
-        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
-        for spec in catalogue
-    ]
+    timestep = torch.zeros(1, device="meta")
+    return recorded_infos(ActivationRecorder, unet, catalogue, latent, timestep, context,
+                          return_dict=False, **kwargs)  # fmt: skip

@@ -126,6 +126,55 @@ class Backbone(abc.ABC):
         """
 
 
+class TransformerBackbone(Backbone):
+    """A diffusion transformer in ``transformer/`` on a patch grid whose repository
+    :func:`load_transformer_repository` loads.
+
+    Class attributes:
+        text_encoders: the transformers class of each text encoder, in folder order.
+        patch_size: the patch size of a config that names none.
+    """
+
+    subfolder = "transformer"
+    text_encoders: ClassVar[tuple[str, ...]]
+    patch_size: ClassVar[int] = 2
+
+    @property
+    def text_files(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Each text encoder's config and tokenizer (:func:`text_stack_files`)."""
+        return text_stack_files(len(self.text_encoders))
+
+    def downsampling(self, config: Mapping[str, Any]) -> int:
+        """The patch size."""
+        return int(config.get("patch_size", self.patch_size))
+
+    def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
+        return f"VAE x{vae_scale}, patch {self.downsampling(config)}"
+
+    def load(
+        self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
+    ) -> dict[str, Any]:
+        """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the ``tokenizers`` and
+        ``text_encoders`` of :attr:`text_encoders`."""
+        return load_transformer_repository(
+            model, self.class_names[0], self.text_encoders, dtype, text_stack, **load
+        )
+
+
+def _suffixes(count: int) -> list[str]:
+    """The folder suffixes of ``count`` text encoders: ``""``, then ``"_2"``, ``"_3"``, ..."""
+    return ["", *(f"_{index}" for index in range(2, count + 1))]
+
+
+def text_stack_files(count: int) -> tuple[str, ...]:
+    """What a model folder needs for the prompts of ``count`` text encoders: each one's
+    ``text_encoder{suffix}/config.json`` and ``tokenizer{suffix}`` (suffix ``""``, ``"_2"``,
+    ...)."""
+    return tuple(
+        file for s in _suffixes(count) for file in (f"text_encoder{s}/config.json", f"tokenizer{s}")
+    )
+
+
 def load_vae_and_scheduler(model: str, dtype: torch.dtype, **load: Any) -> dict[str, Any]:
     """The ``vae`` and ``scheduler`` of a diffusers repository (the scheduler class from its
     config's ``_class_name``).
@@ -175,7 +224,7 @@ def load_transformer_repository(
     import transformers
 
     plain = {key: value for key, value in load.items() if key != "variant"}
-    suffixes = ["", *(f"_{index}" for index in range(2, len(encoders) + 1))]
+    suffixes = _suffixes(len(encoders))
     return {
         **parts,
         "tokenizers": [

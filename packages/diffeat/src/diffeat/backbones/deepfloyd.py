@@ -59,7 +59,6 @@ class IFBackbone(UNetBackbone):
 
     name = "if"
     title = "DeepFloyd IF"
-    text_files = ("text_encoder/config.json", "tokenizer")
     text_tokens = IF_TOKENS
     adapters = False  # LoRA/ControlNet loading is the SD U-Nets'
     # what the checks read in place of a VAE config: pixels are the U-Net's input (x1, 3 channels)

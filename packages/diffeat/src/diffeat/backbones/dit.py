@@ -24,32 +24,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffeat.backbones.base import Backbone, load_vae_and_scheduler
+from diffeat.backbones.base import TransformerBackbone
 from diffeat.capture import ActivationRecorder
-from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
-from diffeat.shapes import check_pass_size
+from diffeat.catalogue import LayerInfo, LayerSpec, block_specs, require_attributes
+from diffeat.shapes import check_image_size, recorded_infos
 
 DIT_TOKENS = 300  # PixArt-Sigma's max_sequence_length (T5 tokens), used without a tokenizer
 
 
-class DiTBackbone(Backbone):
+class DiTBackbone(TransformerBackbone):
     """diffusers ``PixArtTransformer2DModel`` transformers (PixArt-Sigma, PixArt-alpha; saved
     by older diffusers as ``Transformer2DModel``)."""
 
     name = "dit"
     title = "PixArt"
-    subfolder = "transformer"
     class_names = ("PixArtTransformer2DModel", "Transformer2DModel")
-    text_files = ("text_encoder/config.json", "tokenizer")
+    text_encoders = ("T5EncoderModel",)
     text_tokens = DIT_TOKENS
     prefix = "dit-"
-
-    def downsampling(self, config: Mapping[str, Any]) -> int:
-        """The patch size."""
-        return int(config.get("patch_size", 1))
-
-    def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
-        return f"VAE x{vae_scale}, patch {self.downsampling(config)}"
+    patch_size = 1
 
     def catalogue(self, network: nn.Module) -> list[LayerSpec]:
         return build_dit_catalogue(network)
@@ -63,23 +56,13 @@ class DiTBackbone(Backbone):
         self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
     ) -> dict[str, Any]:
         """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) ``tokenizer`` and
-        ``text_encoder`` (T5; the real PixArt tokenizer needs ``diffeat[t5]``)."""
-        from diffusers import PixArtTransformer2DModel
-
-        transformer = PixArtTransformer2DModel.from_pretrained(
-            model, subfolder="transformer", torch_dtype=dtype, **load
-        )
-        parts = {"transformer": transformer, **load_vae_and_scheduler(model, dtype, **load)}
-        if not text_stack:
-            return parts
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        tokenizer_load = {key: value for key, value in load.items() if key != "variant"}
-        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **tokenizer_load)
-        encoder = T5EncoderModel.from_pretrained(
-            model, subfolder="text_encoder", torch_dtype=dtype, **load
-        )
-        return {**parts, "tokenizer": tokenizer, "text_encoder": encoder}
+        ``text_encoder`` (T5; the real PixArt tokenizer needs ``diffeat[t5]``): one of each, as
+        the DiT extractor takes them."""
+        parts = super().load(model, dtype, text_stack, **load)
+        if text_stack:
+            (parts["tokenizer"],) = parts.pop("tokenizers")
+            (parts["text_encoder"],) = parts.pop("text_encoders")
+        return parts
 
 
 def _check_dit(transformer: nn.Module) -> None:
@@ -118,10 +101,7 @@ def build_dit_catalogue(transformer: nn.Module) -> list[LayerSpec]:
         if block.attn2 is not None:
             kinds += [("cross-q", "attn2"), ("cross-map", "attn2")]
         kinds += [("ffn-inner", "ff.net.0"), ("block-out", "")]
-        for kind, sub in kinds:
-            suffix = "out" if kind == "block-out" else kind
-            module = f"{path}.{sub}" if sub else path
-            specs.append(LayerSpec(f"dit-block{k}-{suffix}", kind, module, "dit", block=k))
+        specs += block_specs("dit", k, path, kinds)
     specs.append(LayerSpec("dit-out", "dit-out", "", "dit"))
     return specs
 
@@ -162,30 +142,23 @@ def dit_layer_infos(
     if image_size is None:
         image_size = config["sample_size"] * vae_scale
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    multiple = vae_scale * config.get("patch_size", 1)
-    if height % multiple or width % multiple:
-        raise ValueError(f"image_size: {height}x{width} is not a multiple of {multiple}")
-    check_pass_size(config, height, width, vae_scale)
+    check_image_size(config, height, width, vae_scale * config.get("patch_size", 1), vae_scale)
     model = _meta_dit(config)
     catalogue = build_dit_catalogue(model)
     latent = torch.empty(
         1, config["in_channels"], height // vae_scale, width // vae_scale, device="meta"
     )
     context = torch.empty(1, text_tokens, config["caption_channels"], device="meta")
-    recorder = ActivationRecorder(model, [s.name for s in catalogue], catalogue, early_exit=False)
-    with torch.no_grad(), recorder:
-        model(
-            latent,
-            encoder_hidden_states=context,
-            timestep=torch.zeros(1, device="meta"),
-            added_cond_kwargs=dit_kwargs(model, 1, (height, width), "meta"),
-            return_dict=False,
-        )
-    heads = recorder.attention_heads()
-    return [
-        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
-        for spec in catalogue
-    ]
+    return recorded_infos(
+        ActivationRecorder,
+        model,
+        catalogue,
+        latent,
+        encoder_hidden_states=context,
+        timestep=torch.zeros(1, device="meta"),
+        added_cond_kwargs=dit_kwargs(model, 1, (height, width), "meta"),
+        return_dict=False,
+    )
 
 
 DIT = DiTBackbone()

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffeat.backbones.base import Backbone, load_transformer_repository
-from diffeat.capture import ActivationRecorder, _check_unchunked, probs_to_map, tokens_to_map
-from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
-from diffeat.shapes import check_pass_size
+from diffeat.backbones.base import TransformerBackbone
+from diffeat.capture import HookRecorder, _check_unchunked, probs_to_map, tokens_to_map
+from diffeat.catalogue import LayerInfo, LayerSpec, block_specs, require_attributes
+from diffeat.shapes import check_image_size, recorded_infos
 
 HUNYUAN_TOKENS = 77 + 256  # text_len (CLIP-BERT) + text_len_t5 (mT5) of HunyuanDiT
 ROPE_BASE_SIZE = 512  # px: the pipeline's rotary embedding covers a 512 px grid, then crops
@@ -65,10 +65,7 @@ def build_hunyuan_catalogue(transformer: nn.Module) -> list[LayerSpec]:
         kinds += [(f"self-{p}", f"attn1.to_{p}") for p in "qkv"]
         kinds += [("self-map", "attn1"), ("cross-q", "attn2.to_q"), ("cross-map", "attn2")]
         kinds += [("ffn-inner", "ff.net.0"), ("block-out", "")]
-        for kind, sub in kinds:
-            suffix = "out" if kind == "block-out" else kind
-            module = f"{path}.{sub}" if sub else path
-            specs.append(LayerSpec(f"hunyuan-block{k}-{suffix}", kind, module, "hunyuan", block=k))
+        specs += block_specs("hunyuan", k, path, kinds)
     specs.append(LayerSpec("hunyuan-out", "out", "", "hunyuan"))
     return specs
 
@@ -166,7 +163,7 @@ def attention_probs(attn: nn.Module, hidden: Tensor, context: Tensor | None, rop
     return scores.softmax(dim=-1).to(hidden.dtype)
 
 
-class HunyuanRecorder(ActivationRecorder):
+class HunyuanRecorder(HookRecorder):
     """Records HunyuanDiT activations with forward hooks; nothing is swapped: the maps are
     computed beside the layer's own processor from its inputs (:func:`attention_probs`), so
     recording never changes the pass.
@@ -179,6 +176,8 @@ class HunyuanRecorder(ActivationRecorder):
         output_device: move recorded tensors there.
         detach: store tensors detached from the autograd graph.
     """
+
+    map_kinds = MAP_KINDS
 
     def __init__(self, transformer: nn.Module, names, catalogue, *, early_exit: bool = True,
                  output_device=None, detach: bool = True):  # fmt: skip
@@ -214,42 +213,30 @@ class HunyuanRecorder(ActivationRecorder):
 
         return hook
 
+    def _check_tokens(self, spec: LayerSpec) -> None:
+        if spec.kind == "ffn-inner":
+            _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
+        if spec.kind.startswith(("self-", "cross-")):
+            attn = self._module(spec.module.rsplit(".", 1)[0])
+            if getattr(attn, "fused_projections", False):
+                raise ValueError(
+                    f"{spec.module}: fused q/k/v projections; call "
+                    "transformer.unfuse_qkv_projections() first"
+                )
+            self._heads[spec.name] = attn.heads
+
     def _install(self) -> None:
         self._kinds = {spec.kind: spec.name for spec in self.specs if spec.kind == "in"}
-        self._handles.append(self.unet.register_forward_pre_hook(self._pre, with_kwargs=True))
-        for spec in self.specs:
-            if spec.kind == "in":
-                continue
-            module = self._module(spec.module)
-            if spec.kind in MAP_KINDS:
-                self._heads[spec.name] = module.heads
-                handle = module.register_forward_pre_hook(self._map(spec), with_kwargs=True)
-            elif spec.kind == "out":
-                handle = module.register_forward_hook(self._out(spec))
-            else:
-                if spec.kind == "ffn-inner":
-                    _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
-                if spec.kind.startswith(("self-", "cross-")):
-                    attn = self._module(spec.module.rsplit(".", 1)[0])
-                    if getattr(attn, "fused_projections", False):
-                        raise ValueError(
-                            f"{spec.module}: fused q/k/v projections; call "
-                            "transformer.unfuse_qkv_projections() first"
-                        )
-                    self._heads[spec.name] = attn.heads
-                handle = module.register_forward_hook(self._tokens(spec))
-            self._handles.append(handle)
+        super()._install()
 
 
-class HunyuanDiTBackbone(Backbone):
+class HunyuanDiTBackbone(TransformerBackbone):
     """diffusers ``HunyuanDiT2DModel`` transformers (HunyuanDiT v1.x)."""
 
     name = "hunyuan"
     title = "HunyuanDiT"
-    subfolder = "transformer"
     class_names = ("HunyuanDiT2DModel",)
-    text_files = ("text_encoder/config.json", "tokenizer", "text_encoder_2/config.json",
-                  "tokenizer_2")  # fmt: skip
+    text_encoders = ("BertModel", "T5EncoderModel")  # CLIP-BERT, then mT5 (``_2``)
     text_tokens = HUNYUAN_TOKENS
     prefix = "hunyuan-"
 
@@ -257,13 +244,6 @@ class HunyuanDiTBackbone(Backbone):
         """77 + 256: HunyuanDiT's prompt lengths are fixed by its weights (``text_len``,
         ``text_len_t5``), whatever is asked."""
         return HUNYUAN_TOKENS
-
-    def downsampling(self, config: Mapping[str, Any]) -> int:
-        """The patch size."""
-        return int(config.get("patch_size", 2))
-
-    def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
-        return f"VAE x{vae_scale}, patch {self.downsampling(config)}"
 
     def catalogue(self, network: nn.Module) -> list[LayerSpec]:
         return build_hunyuan_catalogue(network)
@@ -274,15 +254,6 @@ class HunyuanDiTBackbone(Backbone):
         """The catalogue with feature shapes from a shape-only pass on the ``meta`` device
         (``text_tokens`` does not apply: the keys are the config's ``text_len + text_len_t5``)."""
         return hunyuan_layer_infos(config, size, vae_scale)
-
-    def load(
-        self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
-    ) -> dict[str, Any]:
-        """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the tokenizers and text
-        encoders: the BERT (``tokenizer``, ``text_encoder``) and mT5 (``_2``) ones."""
-        return load_transformer_repository(
-            model, "HunyuanDiT2DModel", ("BertModel", "T5EncoderModel"), dtype, text_stack, **load
-        )
 
 
 def hunyuan_layer_infos(
@@ -300,10 +271,7 @@ def hunyuan_layer_infos(
 
     config = dict(config)
     height, width = size
-    multiple = vae_scale * int(config.get("patch_size", 2))
-    if height % multiple or width % multiple:
-        raise ValueError(f"image_size: {height}x{width} is not a multiple of {multiple}")
-    check_pass_size(config, height, width, vae_scale)
+    check_image_size(config, height, width, vae_scale * int(config.get("patch_size", 2)), vae_scale)
     with torch.device("meta"):
         model = HunyuanDiT2DModel.from_config(config).eval()
     catalogue = build_hunyuan_catalogue(model)
@@ -311,25 +279,19 @@ def hunyuan_layer_infos(
     text, text_t5 = int(config.get("text_len", 77)), int(config.get("text_len_t5", 256))
     latent = torch.empty(1, config["in_channels"], height // vae_scale, width // vae_scale, **meta)
     extra = hunyuan_conditioning(model, 1, (height, width), "meta", torch.float32)
-    recorder = HunyuanRecorder(model, [s.name for s in catalogue], catalogue, early_exit=False)
-    with torch.no_grad(), recorder:
-        model(
-            latent,
-            torch.zeros(1, **meta),
-            encoder_hidden_states=torch.empty(1, text, config["cross_attention_dim"], **meta),
-            text_embedding_mask=torch.ones(1, text, dtype=torch.long, **meta),
-            encoder_hidden_states_t5=torch.empty(
-                1, text_t5, config["cross_attention_dim_t5"], **meta
-            ),
-            text_embedding_mask_t5=torch.ones(1, text_t5, dtype=torch.long, **meta),
-            return_dict=False,
-            **extra,
-        )
-    heads = recorder.attention_heads()
-    return [
-        LayerInfo(spec, tuple(recorder.features[spec.name].shape[1:]), heads.get(spec.name))
-        for spec in catalogue
-    ]
+    return recorded_infos(
+        HunyuanRecorder,
+        model,
+        catalogue,
+        latent,
+        torch.zeros(1, **meta),
+        encoder_hidden_states=torch.empty(1, text, config["cross_attention_dim"], **meta),
+        text_embedding_mask=torch.ones(1, text, dtype=torch.long, **meta),
+        encoder_hidden_states_t5=torch.empty(1, text_t5, config["cross_attention_dim_t5"], **meta),
+        text_embedding_mask_t5=torch.ones(1, text_t5, dtype=torch.long, **meta),
+        return_dict=False,
+        **extra,
+    )
 
 
 HUNYUAN = HunyuanDiTBackbone()

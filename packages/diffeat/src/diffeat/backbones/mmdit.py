@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from common_kernels.runtime.errors import InvalidValue
-from diffeat.backbones.base import Backbone, load_transformer_repository
-from diffeat.capture import ActivationRecorder, _check_unchunked, probs_to_map, tokens_to_map
+from diffeat.backbones.base import TransformerBackbone
+from diffeat.capture import HookRecorder, _check_unchunked, probs_to_map, tokens_to_map
 from diffeat.catalogue import LayerInfo, LayerSpec, require_attributes
 from diffeat.shapes import check_pass_size
 
@@ -244,7 +244,7 @@ def build_sd3_catalogue(transformer: nn.Module) -> list[LayerSpec]:
 
 
 # -- recording --------------------------------------------------------------------------------
-class JointRecorder(ActivationRecorder):
+class JointRecorder(HookRecorder):
     """Records MMDiT activations (image tokens only) with forward hooks; nothing is swapped:
     attention maps are computed beside the layer's own processor from its inputs
     (:func:`joint_probs`), so recording never changes the pass.
@@ -258,6 +258,8 @@ class JointRecorder(ActivationRecorder):
         output_device: move recorded tensors there.
         detach: store tensors detached from the autograd graph.
     """
+
+    map_kinds = MAP_KINDS
 
     def __init__(self, transformer: nn.Module, names, catalogue, grid: tuple[int, int], *,
                  early_exit: bool = True, output_device=None, detach: bool = True):  # fmt: skip
@@ -322,37 +324,25 @@ class JointRecorder(ActivationRecorder):
 
         return hook
 
+    def _check_tokens(self, spec: LayerSpec) -> None:
+        if spec.kind == "ffn-inner" and spec.stage != "single":
+            _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
+        if spec.kind in JOINT_KINDS or spec.kind in DUAL_KINDS:
+            attn = self._module(spec.module.rsplit(".", 1)[0])
+            if getattr(attn, "fused_projections", False):
+                raise ValueError(f"{spec.module}: fused q/k/v projections; unfuse them")
+            self._heads[spec.name] = attn.heads
+
     def _install(self) -> None:
         self._grid = self.image_grid
-        self._handles.append(self.unet.register_forward_pre_hook(self._pre, with_kwargs=True))
-        for spec in self.specs:
-            if spec.kind == "in":
-                continue
-            module = self._module(spec.module)
-            if spec.kind in MAP_KINDS:
-                attn = module
-                self._heads[spec.name] = attn.heads
-                handle = module.register_forward_pre_hook(self._map(spec), with_kwargs=True)
-            elif spec.kind == "out":
-                handle = module.register_forward_hook(self._out(spec))
-            else:
-                if spec.kind == "ffn-inner" and spec.stage != "single":
-                    _check_unchunked(self._module(spec.module.rsplit(".ff.", 1)[0]), spec.name)
-                if spec.kind in JOINT_KINDS or spec.kind in DUAL_KINDS:
-                    attn = self._module(spec.module.rsplit(".", 1)[0])
-                    if getattr(attn, "fused_projections", False):
-                        raise ValueError(f"{spec.module}: fused q/k/v projections; unfuse them")
-                    self._heads[spec.name] = attn.heads
-                handle = module.register_forward_hook(self._tokens(spec))
-            self._handles.append(handle)
+        super()._install()
 
 
 # -- the backbones ----------------------------------------------------------------------------
-class JointBackbone(Backbone):
+class JointBackbone(TransformerBackbone):
     """What FLUX and SD3 share: a ``transformer/`` folder, flow-matching noise (``sigma``),
     CLIP and T5 text, no LoRA/ControlNet here."""
 
-    subfolder = "transformer"
     flow: ClassVar[bool] = True
     prefix: ClassVar[str]
 
@@ -462,8 +452,7 @@ class FluxBackbone(JointBackbone):
     title = "FLUX"
     prefix = "flux-"
     class_names = ("FluxTransformer2DModel",)
-    text_files = ("text_encoder/config.json", "tokenizer", "text_encoder_2/config.json",
-                  "tokenizer_2")  # fmt: skip
+    text_encoders = ("CLIPTextModel", "T5EncoderModel")
     text_tokens = FLUX_TOKENS
 
     def native_size(self, config: Mapping[str, Any], vae_scale: int) -> tuple[int, int]:
@@ -485,20 +474,6 @@ class FluxBackbone(JointBackbone):
         out = config.get("out_channels") or config["in_channels"]
         return config["in_channels"] // (4 * patch), out // (4 * patch)
 
-    def load(
-        self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
-    ) -> dict[str, Any]:
-        """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the CLIP tokenizer and
-        text encoder (``tokenizer``, ``text_encoder``) and the T5 ones (``_2``)."""
-        return load_transformer_repository(
-            model,
-            "FluxTransformer2DModel",
-            ("CLIPTextModel", "T5EncoderModel"),
-            dtype,
-            text_stack,
-            **load,
-        )
-
 
 class SD3Backbone(JointBackbone):
     """diffusers ``SD3Transformer2DModel`` transformers (SD3-Medium, SD3.5 Medium/Large)."""
@@ -507,20 +482,13 @@ class SD3Backbone(JointBackbone):
     title = "SD3"
     prefix = "sd3-"
     class_names = ("SD3Transformer2DModel",)
-    text_files = ("text_encoder/config.json", "tokenizer", "text_encoder_2/config.json",
-                  "tokenizer_2", "text_encoder_3/config.json", "tokenizer_3")  # fmt: skip
+    # two CLIPs with projections, then T5 (``_3``)
+    text_encoders = ("CLIPTextModelWithProjection",) * 2 + ("T5EncoderModel",)
     text_tokens = SD3_CLIP_TOKENS + SD3_T5_TOKENS
 
     def prompt_tokens(self, max_sequence_length: int | None) -> int:
         """77 CLIP tokens, then the T5 ones (``max_sequence_length``, default 256)."""
         return SD3_CLIP_TOKENS + (max_sequence_length or SD3_T5_TOKENS)
-
-    def downsampling(self, config: Mapping[str, Any]) -> int:
-        """The patch size."""
-        return int(config.get("patch_size", 2))
-
-    def factors(self, config: Mapping[str, Any], vae_scale: int) -> str:
-        return f"VAE x{vae_scale}, patch {self.downsampling(config)}"
 
     def check_size(self, config: Mapping[str, Any], height: int, width: int) -> None:
         most = config.get("pos_embed_max_size")
@@ -538,20 +506,6 @@ class SD3Backbone(JointBackbone):
 
     def latent_channels(self, config: Mapping[str, Any]) -> tuple[int, int]:
         return config["in_channels"], config.get("out_channels") or config["in_channels"]
-
-    def load(
-        self, model: str, dtype: torch.dtype, text_stack: bool = True, **load: Any
-    ) -> dict[str, Any]:
-        """``transformer``, ``vae``, ``scheduler`` and (``text_stack``) the two CLIP tokenizers
-        and text encoders (with projections) and the T5 ones (``_3``)."""
-        return load_transformer_repository(
-            model,
-            "SD3Transformer2DModel",
-            ("CLIPTextModelWithProjection",) * 2 + ("T5EncoderModel",),
-            dtype,
-            text_stack,
-            **load,
-        )
 
 
 FLUX = FluxBackbone()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffeat.backbones.base import Backbone, load_vae_and_scheduler
+from diffeat.backbones.base import Backbone, load_vae_and_scheduler, text_stack_files
 from diffeat.catalogue import LayerInfo, LayerSpec, build_catalogue
 from diffeat.shapes import layer_infos
 
@@ -30,7 +30,7 @@ class UNetBackbone(Backbone):
     title = "U-Net"
     subfolder = "unet"
     class_names = ("UNet2DConditionModel",)
-    text_files = ("text_encoder/config.json", "tokenizer")
+    text_files = text_stack_files(1)
     text_tokens = 77  # CLIP prompt length
     adapters = True
 
