@@ -387,6 +387,18 @@ def tiny_tokenizer(max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
+def _seeded_tiny_vae(seed: int, **latent_scaling: float):
+    """``torch.manual_seed(seed)``, then the tiny ``AutoencoderKL`` (the first random weights
+    drawn) with its family's latent scaling (``scaling_factor``, ``shift_factor``)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_VAE)
+    vae.register_to_config(**latent_scaling)
+    return vae
+
+
 def tiny_pipeline(kind: str, seed: int = 0):
     """A randomly initialised, tiny diffusers pipeline with the topology of SD 1.5 or SDXL.
 
@@ -399,9 +411,7 @@ def tiny_pipeline(kind: str, seed: int = 0):
         A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (``save_pretrained`` it
         to get a folder that ``FeatureExtractor.from_pretrained`` and the CLI load).
     """
-    import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         PNDMScheduler,
         StableDiffusionPipeline,
@@ -412,11 +422,9 @@ def tiny_pipeline(kind: str, seed: int = 0):
 
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {KINDS}; got {kind!r}")
-    torch.manual_seed(seed)
     text_config = CLIPTextConfig(**TINY_TEXT_ENCODER)
-    vae = AutoencoderKL(**TINY_VAE)
+    vae = _seeded_tiny_vae(seed, scaling_factor=0.18215 if kind == "sd15" else 0.13025)
     if kind == "sd15":
-        vae.register_to_config(scaling_factor=0.18215)
         return StableDiffusionPipeline(
             vae=vae,
             text_encoder=CLIPTextModel(text_config).eval(),
@@ -427,7 +435,6 @@ def tiny_pipeline(kind: str, seed: int = 0):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    vae.register_to_config(scaling_factor=0.13025)
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_config).eval(),
@@ -455,9 +462,7 @@ def tiny_pixart_pipeline(
     """
     if alpha_size not in (512, 1024):
         raise ValueError(f"alpha_size must be 512 or 1024, got {alpha_size!r}")
-    import torch
     from diffusers import (
-        AutoencoderKL,
         DPMSolverMultistepScheduler,
         PixArtAlphaPipeline,
         PixArtSigmaPipeline,
@@ -465,9 +470,7 @@ def tiny_pixart_pipeline(
     )
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_VAE)
-    vae.register_to_config(scaling_factor=0.13025)  # PixArt-Sigma uses the SDXL VAE
+    vae = _seeded_tiny_vae(seed, scaling_factor=0.13025)  # PixArt-Sigma uses the SDXL VAE
     scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
     alpha_configs = {1024: TINY_PIXART_ALPHA_TRANSFORMER, 512: TINY_PIXART_ALPHA_512_TRANSFORMER}
     config = alpha_configs[alpha_size] if alpha else TINY_PIXART_TRANSFORMER
@@ -489,18 +492,10 @@ def tiny_flux_pipeline(seed: int = 0, max_length: int = 24):
         seed: ``torch.manual_seed`` before building the random weights.
         max_length: the T5 tokenizer's ``model_max_length``.
     """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_VAE)
-    vae.register_to_config(scaling_factor=0.3611, shift_factor=0.1159)  # FLUX's VAE values
+    vae = _seeded_tiny_vae(seed, scaling_factor=0.3611, shift_factor=0.1159)  # FLUX's values
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER),
         vae=vae,
@@ -521,18 +516,14 @@ def tiny_sd3_pipeline(seed: int = 0, max_length: int = 24):
         seed: ``torch.manual_seed`` before building the random weights.
         max_length: the T5 tokenizer's ``model_max_length``.
     """
-    import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_VAE)
-    vae.register_to_config(scaling_factor=1.5305, shift_factor=0.0609)  # SD3.5's VAE values
+    vae = _seeded_tiny_vae(seed, scaling_factor=1.5305, shift_factor=0.0609)  # SD3.5's values
     text_config = CLIPTextConfig(**TINY_TEXT_ENCODER)
     return StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel.from_config(TINY_SD3_TRANSFORMER),
