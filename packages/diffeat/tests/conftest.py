@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffeat import FeatureExtractor
+from diffeat.app import PcaPage, open_page
+from diffeat.cli import main
 from diffeat.configs import tiny_pipeline
+from diffeat.viz import pca_rgb
 
 
-def _perturb(module: torch.nn.Module, seed: int) -> None:
-    """Non-trivial norm affines and biases, so hooks see generic values (zeros hide bugs)."""
+def _perturb(module: torch.nn.Module, seed: int, *also: str) -> None:
+    """Non-trivial norm affines and biases (and the parameters whose names hold one of
+    ``also``), so hooks see generic values (zeros and ones hide bugs)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in module.named_parameters():
-            if name.endswith("bias") or "norm" in name:
+            if name.endswith("bias") or any(part in name for part in ("norm", *also)):
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def perturb():
+    """Makes a module's weights generic in place: ``perturb(module, seed, *also)`` adds seeded
+    noise to its norm affines and biases (and to the parameters named with one of ``also``)."""
+    return _perturb
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +71,65 @@ def make_extractor(pipes):
         return FeatureExtractor.from_pipeline(pipes[kind], **options)
 
     return make
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    """A 32 x 48 PNG of coloured stripes, ``tmp_path / "a.png"``."""
+    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
+    pixels = torch.stack([ys * 7 % 256, xs * 5 % 256, (xs + ys) * 3 % 256], -1).to(torch.uint8)
+    path = tmp_path / "a.png"
+    Image.fromarray(pixels.numpy()).save(path)
+    return path
+
+
+@pytest.fixture
+def refused(capsys):
+    """Checks that ``main(argv)`` exits 2 with one line ``diffeat COMMAND: error: LINE...``."""
+
+    def check(argv: list[str], line: str) -> None:
+        assert main(argv) == 2, line
+        err = capsys.readouterr().err
+        assert err.startswith(f"diffeat {argv[0]}: error: {line}"), err
+        assert err.count("\n") == 1
+
+    return check
+
+
+@pytest.fixture
+def tiny_page(tmp_path):
+    """Makes the 32 x 48 px page of a ``diffeat tiny-model --kind KIND`` folder, checked to say
+    that its weights are random, to select the first two names (no preset) and to state the
+    timestep."""
+
+    def make(kind: str) -> PcaPage:
+        folder = tmp_path / "tiny"
+        assert main(["tiny-model", str(folder), "--kind", kind]) == 0
+        page = open_page(folder, image_size=(32, 48), device="cpu")
+        assert page.note == (
+            f"Model: `{folder}`. Its weights are random (written by `diffeat tiny-model --kind "
+            f"{kind} --seed 0`), so its features are noise."
+        )
+        assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
+        assert page.noise == "Noise level: timestep 50."
+        return page
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def page_pca():
+    """Runs a page on a photo for one layer: checks its image against the PCA of the
+    extractor's feature and returns the labels shown and the feature."""
+
+    def run(page: PcaPage, layer: str) -> tuple[list[str], torch.Tensor]:
+        photo = Image.new("RGB", (56, 40), (200, 30, 90))
+        shown = page.run(photo, [layer], "a cat")
+        feature = page.extractor(photo, "a cat", layers=[layer])[layer]
+        assert np.array_equal(np.asarray(shown[0][0]), pca_rgb(feature, (32, 48))[0])
+        return [label for _, label in shown], feature
+
+    return run
 
 
 @pytest.fixture(scope="session")

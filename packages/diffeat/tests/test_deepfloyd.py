@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 from diffeat import FeatureExtractor, IFFeatureExtractor, generate_with_features
@@ -41,18 +40,14 @@ ATTN = "down-level1-repeat0-attn-out"
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
+def parts(perturb) -> dict:
     """The tiny IF components (biases and norms perturbed: zeros hide bugs)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**TINY_IF_UNET).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    perturb(unet, 1)
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
     return {"unet": unet, "scheduler": scheduler, "tokenizer": tiny_tokenizer(77),
             "text_encoder": T5EncoderModel(T5Config(**TINY_T5)).eval()}  # fmt: skip
@@ -67,15 +62,6 @@ def folder(parts, tmp_path_factory) -> Path:
                       requires_safety_checker=False)  # fmt: skip
     path = tmp_path_factory.mktemp("models") / "if"
     pipe.save_pretrained(path, safe_serialization=True)
-    return path
-
-
-@pytest.fixture
-def image(tmp_path) -> Path:
-    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
-    pixels = torch.stack([ys * 7 % 256, xs * 5 % 256, (xs + ys) * 3 % 256], -1).to(torch.uint8)
-    path = tmp_path / "a.png"
-    Image.fromarray(pixels.numpy()).save(path)
     return path
 
 
@@ -284,7 +270,7 @@ def test_pca_command(folder, image, tmp_path):
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [f"a__{ATTN}.png"]
 
 
-def test_bad_cli_input_is_one_line_before_any_work(folder, image, tmp_path, capsys):
+def test_bad_cli_input_is_one_line_before_any_work(folder, image, tmp_path, refused):
     base = ["extract", str(image), "--model", str(folder), "-o", str(tmp_path / "g.safetensors")]
     cases = [
         ([*base, "--layers", ATTN, "--latent", "mean"],
@@ -298,36 +284,15 @@ def test_bad_cli_input_is_one_line_before_any_work(folder, image, tmp_path, caps
          "space, U-Net x2)"),
     ]  # fmt: skip
     for argv, line in cases:
-        assert main(argv) == 2, line
-        err = capsys.readouterr().err
-        assert err.startswith(f"diffeat extract: error: {line}"), err
-        assert err.count("\n") == 1
+        refused(argv, line)
     assert not (tmp_path / "g.safetensors").exists()
 
 
-def test_the_tiny_model_on_the_page(tmp_path):
+def test_the_tiny_model_on_the_page(tiny_page, page_pca):
     """``diffeat tiny-model --kind if``'s folder on the page: the catalogue offered, its
     first two names selected (no preset), the PCA of a layer, the random-weights line."""
-    import numpy as np
-
-    from diffeat.app import open_page
-    from diffeat.viz import pca_rgb
-
-    folder = tmp_path / "tiny"
-    assert main(["tiny-model", str(folder), "--kind", "if"]) == 0
-    page = open_page(folder, image_size=(32, 48), device="cpu")
-    assert page.note == (
-        f"Model: `{folder}`. Its weights are random (written by `diffeat tiny-model --kind "
-        "if --seed 0`), so its features are noise."
-    )
+    page = tiny_page("if")
     assert page.choices == ["vae-out", *NAMES]
-    assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
-    assert page.noise == "Noise level: timestep 50."
-    photo = Image.new("RGB", (56, 40), (200, 30, 90))
-    shown = page.run(photo, [ATTN], "a cat")
-    feature = page.extractor(photo, "a cat", layers=[ATTN])[ATTN]
+    labels, feature = page_pca(page, ATTN)
     height, width = feature.shape[2:]
-    assert [label for _, label in shown] == [
-        f"{ATTN}: {feature.shape[1]} channels at {height}x{width}"
-    ]
-    assert np.array_equal(np.asarray(shown[0][0]), pca_rgb(feature, (32, 48))[0])
+    assert labels == [f"{ATTN}: {feature.shape[1]} channels at {height}x{width}"]

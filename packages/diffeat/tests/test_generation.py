@@ -39,14 +39,26 @@ def sd15(pipes):
 
 
 @pytest.fixture(scope="module")
-def pixart():
+def pixart(perturb):
     pipe = tiny_pixart_pipeline(seed=1)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-trivial AdaLN tables and biases (zeros hide bugs)
-        for name, param in pipe.transformer.named_parameters():
-            if name.endswith("bias") or "scale_shift_table" in name or "norm" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    perturb(pipe.transformer, 1, "scale_shift_table")  # and the AdaLN tables
     return pipe
+
+
+def keeper(after: dict[int, torch.Tensor]):
+    """A ``callback_on_step_end`` that keeps the latents after each step in ``after`` (the next
+    step's input)."""
+
+    def keep(pipe, step, timestep, kwargs):
+        after[step] = kwargs["latents"].clone()
+        return kwargs
+
+    return keep
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A new generator at ``seed`` (the recorded run and the plain one draw the same noise)."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _close(recorded: dict, expected: dict, names) -> None:
@@ -60,11 +72,7 @@ def test_sd15_step_features_equal_an_extraction_and_the_image_is_unchanged(sd15)
                 output_type="pt")  # fmt: skip
     start = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(5))
     after: dict[int, torch.Tensor] = {}
-
-    def keep(pipe, step, timestep, kwargs):  # the latents after each step: the next's input
-        after[step] = kwargs["latents"].clone()
-        return kwargs
-
+    keep = keeper(after)
     result = generate_with_features(
         sd15, SD_NAMES, [0, 2], branch="both", latents=start.clone(), callback_on_step_end=keep,
         **call,
@@ -102,18 +110,11 @@ def test_sdxl_step_features_equal_an_extraction_on_eulers_scaled_input(pipes):
     call = dict(prompt=PROMPT, num_inference_steps=3, guidance_scale=5.0, height=64, width=128,
                 output_type="pt")  # fmt: skip
     after: dict[int, torch.Tensor] = {}
-
-    def keep(pipe, step, timestep, kwargs):
-        after[step] = kwargs["latents"].clone()
-        return kwargs
-
-    def seeded() -> torch.Generator:
-        return torch.Generator().manual_seed(3)
-
+    keep = keeper(after)
     result = generate_with_features(
-        sdxl, names, [1], branch="both", callback_on_step_end=keep, generator=seeded(), **call
+        sdxl, names, [1], branch="both", callback_on_step_end=keep, generator=seeded(3), **call
     )
-    assert torch.equal(result.output.images, sdxl(generator=seeded(), **call).images)
+    assert torch.equal(result.output.images, sdxl(generator=seeded(3), **call).images)
     assert result.timesteps == {1: 334.0}
     cond, uncond, pooled, uncond_pooled = sdxl.encode_prompt(PROMPT, device="cpu")
     both = PromptEmbeddings(torch.cat([uncond, cond]), pooled=torch.cat([uncond_pooled, pooled]))
@@ -209,22 +210,15 @@ def test_flux_and_sd3_step_features_equal_an_extraction():
     from diffeat.configs import tiny_flux_pipeline, tiny_sd3_pipeline
 
     after: dict[int, torch.Tensor] = {}
-
-    def keep(pipe, step, timestep, kwargs):
-        after[step] = kwargs["latents"].clone()
-        return kwargs
-
-    def seeded() -> torch.Generator:
-        return torch.Generator().manual_seed(7)
-
+    keep = keeper(after)
     call = dict(prompt=PROMPT, num_inference_steps=2, height=64, width=32, output_type="pt",
                 max_sequence_length=24)  # fmt: skip
     flux = tiny_flux_pipeline(seed=0)
     names = ["flux-in", "flux-double1-q", "flux-double1-self-map", "flux-single3-out", "flux-out"]
     result = generate_with_features(
-        flux, names, [1], callback_on_step_end=keep, guidance_scale=3.5, generator=seeded(), **call
+        flux, names, [1], callback_on_step_end=keep, guidance_scale=3.5, generator=seeded(7), **call
     )
-    plain = flux(guidance_scale=3.5, generator=seeded(), **call).images
+    plain = flux(guidance_scale=3.5, generator=seeded(7), **call).images
     assert torch.equal(result.output.images, plain)
     embeds, pooled, _ = flux.encode_prompt(PROMPT, None, device="cpu", max_sequence_length=24)
     extractor = FluxFeatureExtractor.from_pipeline(
@@ -240,9 +234,9 @@ def test_flux_and_sd3_step_features_equal_an_extraction():
     after.clear()
     result = generate_with_features(
         sd3, names, [1], branch="both", callback_on_step_end=keep, guidance_scale=5.0,
-        generator=seeded(), **call,
+        generator=seeded(7), **call,
     )  # fmt: skip
-    plain = sd3(guidance_scale=5.0, generator=seeded(), **call).images
+    plain = sd3(guidance_scale=5.0, generator=seeded(7), **call).images
     assert torch.equal(result.output.images, plain)
     cond, uncond, pooled, uncond_pooled = sd3.encode_prompt(
         PROMPT, None, None, device="cpu", max_sequence_length=24

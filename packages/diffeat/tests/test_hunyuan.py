@@ -340,28 +340,11 @@ def test_config_none_generation_and_meta_size(pipe):
     assert ExtractorConfig(layers=LAYERS).layers == tuple(LAYERS)
 
 
-def test_the_tiny_model_on_the_page(tmp_path):
+def test_the_tiny_model_on_the_page(tiny_page, page_pca):
     """``diffeat tiny-model --kind hunyuan``'s folder on the page: the catalogue offered, its
     first two names selected (no preset), the PCA of a layer, the random-weights line."""
-    import numpy as np
-    from PIL import Image
-
-    from diffeat.app import open_page
-    from diffeat.viz import pca_rgb
-
-    folder = tmp_path / "tiny"
-    assert main(["tiny-model", str(folder), "--kind", "hunyuan"]) == 0
-    page = open_page(folder, image_size=(32, 48), device="cpu")
-    assert page.note == (
-        f"Model: `{folder}`. Its weights are random (written by `diffeat tiny-model --kind "
-        "hunyuan --seed 0`), so its features are noise."
-    )
+    page = tiny_page("hunyuan")
     catalogue = [spec.name for spec in HUNYUAN.catalogue(page.extractor.transformer)]
     assert page.choices == ["vae-out", *catalogue] and len(catalogue) == 36
-    assert page.default_layers == page.choices[:2]  # no preset: the catalogue's first two
-    assert page.noise == "Noise level: timestep 50."
-    photo = Image.new("RGB", (56, 40), (200, 30, 90))
-    shown = page.run(photo, ["hunyuan-block1-out"], "a cat")
-    feature = page.extractor(photo, "a cat", layers=["hunyuan-block1-out"])["hunyuan-block1-out"]
-    assert [label for _, label in shown] == ["hunyuan-block1-out: 16 channels at 2x3"]
-    assert np.array_equal(np.asarray(shown[0][0]), pca_rgb(feature, (32, 48))[0])
+    labels, _ = page_pca(page, "hunyuan-block1-out")
+    assert labels == ["hunyuan-block1-out: 16 channels at 2x3"]

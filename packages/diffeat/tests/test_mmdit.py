@@ -6,6 +6,9 @@ with FLUX.1-dev's and SD3.5-Medium's topologies."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,29 +46,20 @@ SIGMA = 0.3
 TOL = 1e-5  # fp32 features against fp64 re-statements
 
 
-def _perturb(module: torch.nn.Module, seed: int) -> None:
-    """Non-trivial biases and norm weights (zeros and ones hide bugs)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def flux():
+def flux(perturb):
     pipe = tiny_flux_pipeline(seed=0, max_length=TOKENS)
-    _perturb(pipe.transformer, 1)
+    perturb(pipe.transformer, 1)
     return pipe
 
 
 @pytest.fixture(scope="module")
-def sd3():
+def sd3(perturb):
     pipe = tiny_sd3_pipeline(seed=0, max_length=TOKENS)
-    _perturb(pipe.transformer, 2)
+    perturb(pipe.transformer, 2)
     return pipe
 
 
@@ -77,13 +71,20 @@ def images() -> torch.Tensor:
     return torch.stack([first, second]).clamp(0, 1)
 
 
-def capture_inputs(module: torch.nn.Module, store: dict, key):
-    """A pre-hook keeping a module's call arguments (the block's true inputs in the pass)."""
+def with_kwargs_of(module: torch.nn.Module, run: Callable[[], Any]) -> tuple[Any, dict]:
+    """``run()``'s result and the keyword arguments ``module`` was called with in it (a block's
+    true inputs in the pass), kept by a pre-hook."""
+    seen = {}
 
     def hook(mod, args, kwargs):
-        store[key] = (args, dict(kwargs))
+        seen["kwargs"] = dict(kwargs)
 
-    return module.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, seen["kwargs"]
 
 
 # -- independent re-statements (fp64) -------------------------------------------------------
@@ -281,18 +282,13 @@ def test_noise_at_an_exact_sigma_and_the_transformer_inputs(kind, flux, sd3):
         **({"guidance_scale": 3.5} if kind == "flux" else {}),
     )  # fmt: skip
     latents = torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(3))
-    seen = {}
-    handle = capture_inputs(pipe.transformer, seen, "call")
-    try:
-        got = extractor(
-            latents=latents, prompts="a cat", generator=torch.Generator().manual_seed(7)
-        )
-    finally:
-        handle.remove()
+    generator = torch.Generator().manual_seed(7)
+    got, call = with_kwargs_of(
+        pipe.transformer, lambda: extractor(latents=latents, prompts="a cat", generator=generator)
+    )
     noise = randn_tensor(latents.shape, generator=torch.Generator().manual_seed(7))
     want = (1 - SIGMA) * latents + SIGMA * noise  # x_t = (1 - sigma) x_0 + sigma eps
     torch.testing.assert_close(got[f"{kind}-in"], want, atol=1e-6, rtol=0)
-    call = seen["call"][1]
     if kind == "flux":  # FluxPipeline's convention: timestep / 1000 = sigma; -dev's guidance
         assert call["timestep"].tolist() == pytest.approx([SIGMA])
         assert call["guidance"].tolist() == [3.5]
@@ -342,13 +338,9 @@ def test_flux_blocks_equal_their_restated_forward(flux, stage, index):
     extractor = FluxFeatureExtractor.from_pipeline(
         flux, layers=[f"{prefix}-{k}" for k in kinds], max_sequence_length=TOKENS, sigma=SIGMA
     )
-    seen = {}
-    handle = capture_inputs(blocks[index], seen, "block")
-    try:
-        features = extractor(images(), ["a horse", "a dog"])
-    finally:
-        handle.remove()
-    kwargs = seen["block"][1]
+    features, kwargs = with_kwargs_of(
+        blocks[index], lambda: extractor(images(), ["a horse", "a dog"])
+    )
     x, c, temb = d(kwargs["hidden_states"]), d(kwargs["encoder_hidden_states"]), d(kwargs["temb"])
     cos, sin = (d(t) for t in kwargs["image_rotary_emb"])
     restate = flux_double if stage == "double" else flux_single
@@ -367,13 +359,7 @@ def test_sd3_blocks_equal_their_restated_forward(sd3, index):
     extractor = SD3FeatureExtractor.from_pipeline(
         sd3, layers=[f"{prefix}-{k}" for k in kinds], max_sequence_length=TOKENS, sigma=SIGMA
     )
-    seen = {}
-    handle = capture_inputs(block, seen, "block")
-    try:
-        features = extractor(images(), ["a horse", "a dog"])
-    finally:
-        handle.remove()
-    kwargs = seen["block"][1]
+    features, kwargs = with_kwargs_of(block, lambda: extractor(images(), ["a horse", "a dog"]))
     x, c, temb = d(kwargs["hidden_states"]), d(kwargs["encoder_hidden_states"]), d(kwargs["temb"])
     with torch.no_grad():
         restated = sd3_block(block, x, c, temb)

@@ -37,15 +37,6 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def image(tmp_path) -> Path:
-    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
-    pixels = torch.stack([ys * 7 % 256, xs * 5 % 256, (xs + ys) * 3 % 256], -1).to(torch.uint8)
-    path = tmp_path / "a.png"
-    Image.fromarray(pixels.numpy()).save(path)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["flux", "sd3"])
 def test_from_pretrained_equals_the_pipeline(kind, folders):
     layers = [f"{kind}-in", "flux-double2-out" if kind == "flux" else "sd3-block2-out"]
@@ -116,7 +107,7 @@ def misfit(folder: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_bad_input_is_one_line_before_any_work(folders, image, tmp_path, capsys):
+def test_bad_input_is_one_line_before_any_work(folders, image, tmp_path, refused):
     flux, sd3 = str(folders["flux"]), str(folders["sd3"])
     base = ["extract", str(image), "-o", str(tmp_path / "f.safetensors")]
     cases = [
@@ -146,10 +137,7 @@ def test_bad_input_is_one_line_before_any_work(folders, image, tmp_path, capsys)
         ),
     ]
     for argv, line in cases:
-        assert main(argv) == 2, line
-        err = capsys.readouterr().err
-        assert err.startswith(f"diffeat extract: error: {line}"), err
-        assert err.count("\n") == 1
+        refused(argv, line)
     assert not (tmp_path / "f.safetensors").exists()
     with pytest.raises(InvalidArgument, match=r"^sigma: must be a number in \[0, 1\]; got 2"):
         check_from_pretrained(folders["sd3"], sigma=2)
