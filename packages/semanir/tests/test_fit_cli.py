@@ -77,6 +77,14 @@ def fit(*extra: str, command: str = "fit") -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def refusal(capsys: pytest.CaptureFixture[str], *extra: str, command: str = "fit") -> list[str]:
+    """``semanir COMMAND --config config.yaml EXTRA...`` in this process, in the working folder:
+    exit status 2 and no ``run/`` folder; returns the lines it wrote to stderr."""
+    assert main([command, "--config", "config.yaml", *extra]) == 2
+    assert not Path("run").exists()
+    return capsys.readouterr().err.splitlines()
+
+
 def known_models() -> str:
     return (
         "semanir_tiny_denoise_gray, semanir_tiny_jpeg_gray, semanir_tiny_denoise_color, "
@@ -282,12 +290,10 @@ def test_an_ordinary_mistake_is_one_line_before_lightning_starts(
 def test_validate_names_a_missing_checkpoint(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["validate", "--config", "config.yaml", "--ckpt_path", "gone/last.ckpt"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, "--ckpt_path", "gone/last.ckpt", command="validate") == [
         f"semanir validate: error: --ckpt_path: no checkpoint gone/last.ckpt (nothing at "
         f"{workdir}/gone/last.ckpt)"
     ]
-    assert not (workdir / "run").exists()
 
 
 def test_a_bad_input_found_at_the_start_is_one_line_and_leaves_no_folder(
@@ -296,13 +302,11 @@ def test_a_bad_input_found_at_the_start_is_one_line_and_leaves_no_folder(
     """Images smaller than the patch and a folder without images are found from the images'
     headers before the trainer is made: one line, no folder (a fresh run's ``run/``; next to
     an earlier run, no new ``version_1``)."""
-    assert main(["fit", "--config", "config.yaml", "--data.patch_size", "32"]) == 2
     small = ", ".join(f"train/{index}.png (24x24)" for index in range(4))
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, "--data.patch_size", "32") == [
         "semanir fit: error: --data.patch_size 32 is larger than the smallest training image "
         f"(24 px a side): 4 image(s) smaller, {small}; use a --data.patch_size of at most 24"
     ]
-    assert not (workdir / "run").exists()
 
     assert main(["fit", "--config", "config.yaml", "--trainer.max_steps", "1"]) == 0
     logs = workdir / "run" / "lightning_logs"
@@ -434,13 +438,11 @@ def test_a_patch_larger_than_a_training_image_is_refused_before_the_trainer(
     assert str(caught.value).endswith("use a patch_size of at most 18")
 
     no_trainer(monkeypatch)
-    assert main(["fit", "--config", "config.yaml", "--data.patch_size", "24"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, "--data.patch_size", "24") == [
         "semanir fit: error: --data.patch_size 24 is larger than the smallest training image "
         "(20 px a side): 1 image(s) smaller, train/small.png (20x30); use a --data.patch_size "
         "of at most 20"
     ]
-    assert not (workdir / "run").exists()
 
 
 def test_more_workers_than_cpus_are_refused(
@@ -457,12 +459,10 @@ def test_more_workers_than_cpus_are_refused(
         "num_workers: must be an integer in [0, 3] (this machine's CPUs, os.cpu_count()), got 4"
     )
     no_trainer(monkeypatch)
-    assert main(["fit", "--config", "config.yaml", "--data.num_workers", "4"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, "--data.num_workers", "4") == [
         "semanir fit: error: --data.num_workers: must be an integer in [0, 3] (this machine's "
         "CPUs, os.cpu_count()), got 4"
     ]
-    assert not (workdir / "run").exists()
 
 
 MEMORY_REFUSALS = {
@@ -500,9 +500,7 @@ def test_a_training_step_larger_than_the_memory_is_refused_before_it_runs(
     # the model's own check (its fp32 weights on the host, 2.16 MiB in "model") comes first:
     # the next test's
     monkeypatch.setattr(lightning_module, "check_model_memory", lambda arch, overrides: None)
-    assert main(["fit", "--config", "config.yaml", *extra]) == 2
-    assert capsys.readouterr().err.splitlines() == [f"semanir fit: error: {message}"]
-    assert not (workdir / "run").exists()
+    assert refusal(capsys, *extra) == [f"semanir fit: error: {message}"]
 
 
 def test_a_model_whose_weights_exceed_the_memory_is_refused_before_it_is_built(
@@ -523,13 +521,11 @@ def test_a_model_whose_weights_exceed_the_memory_is_refused_before_it_is_built(
     )
     no_trainer(monkeypatch)
     extra = ["--model.arch_overrides", "{embed_dim: 256}"]
-    assert main(["fit", "--config", "config.yaml", *extra]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, *extra) == [
         "semanir fit: error: --model.arch_overrides: a model of 8,999,822 parameters needs "
         "34.33 MiB for its fp32 weights alone, more than the 1.00 MiB available on the host; "
         "use a smaller model"
     ]
-    assert not (workdir / "run").exists()
 
 
 def test_a_validation_batch_of_whole_images_of_different_sizes_is_refused_before_any_work(
@@ -540,13 +536,11 @@ def test_a_validation_batch_of_whole_images_of_different_sizes_is_refused_before
     write_image(workdir / "val" / "1.png", torch.rand(1, 32, 40))
     write_image(workdir / "val" / "2.png", torch.rand(1, 24, 24))
     no_trainer(monkeypatch)
-    assert main(["fit", "--config", "config.yaml", "--data.val_batch_size", "2"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refusal(capsys, "--data.val_batch_size", "2") == [
         "semanir fit: error: --data.val_batch_size 2 stacks whole validation images, which come "
         "in 2 sizes (24x24, 32x40); use a --data.val_batch_size of 1 or set --data.val_patch_size "
         "(center crops of one size)"
     ]
-    assert not (workdir / "run").exists()
     # Center crops are of one size, and one image a batch needs none.
     from semanir.data.datamodule import RestorationDataModule
 
@@ -572,12 +566,10 @@ def test_a_validation_batch_larger_than_the_memory_is_refused_before_it_runs(
     monkeypatch.setattr(lightning_module, "check_model_memory", lambda arch, overrides: None)
     for index in range(1, 64):
         write_image(workdir / "val" / f"{index}.png", torch.rand(1, 24, 24))
-    assert main(["fit", "--config", "config.yaml", "--data.val_batch_size", "64"]) == 2
-    (line,) = capsys.readouterr().err.splitlines()
+    (line,) = refusal(capsys, "--data.val_batch_size", "64")
     assert line.startswith(
         "semanir fit: error: --data.val_batch_size 64: validating 64 24x24 px inputs at once "
         "needs an estimated "
     )
     assert line.endswith("more than the 16.00 MiB available on cpu; use a --data.val_batch_size "
                          "of at most 44")  # fmt: skip
-    assert not (workdir / "run").exists()

@@ -268,24 +268,14 @@ def plot(data: dict, path: Path) -> None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="planner_speed.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=6,
-        help="routing requests, the first of each kind in turn (default 6)",
-    )
-    parser.add_argument(
-        "--long", type=int, default=520, help="tokens of the long answer (default 520)"
-    )
-    parser.add_argument(
-        "--old-tokens",
-        type=int,
-        default=128,
-        help="tokens replayed through the 0.4.5 grammar (default 128; about 1 s each)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch and llama.cpp threads (default 2)"
-    )
+    for flag, default, text in (
+        ("--requests", 6, "routing requests, the first of each kind in turn (default 6)"),
+        ("--long", 520, "tokens of the long answer (default 520)"),
+        ("--old-tokens", 128,
+         "tokens replayed through the 0.4.5 grammar (default 128; about 1 s each)"),
+        ("--threads", 2, "torch and llama.cpp threads (default 2)"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=int, default=default, help=text)
     parser.add_argument(
         "--busy", action="store_true", help="one busy single-threaded process beside the run"
     )
