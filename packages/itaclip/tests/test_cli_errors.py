@@ -270,91 +270,102 @@ def voc_root(voc_root: Path, tmp_path: Path) -> Path:
     return voc_root
 
 
+def eval_args(*extra: str) -> list[str]:
+    """``itaclip eval`` of random weights on the one-image VOC folder {t}/voc, then ``extra``."""
+    return ["eval", "--dataset", "voc21", "--root", "{t}/voc", "--pretrained", "", *extra]
+
+
 VOC_LAYOUT = (
     "JPEGImages/ID.jpg, SegmentationClass/ID.png and ImageSets/Segmentation/val.txt listing the IDs"
 )
 ADE20K_LAYOUT = "images/validation/X.jpg and annotations/validation/X.png"
 EVAL_CASES = {
     "limit_negative": (
-        ["--limit", "-1"],
+        eval_args("--limit", "-1"),
         "--limit must be >= 1 (or left out for all images), got -1",
     ),
-    "limit_0": (["--limit", "0"], "--limit must be >= 1 (or left out for all images), got 0"),
-    "nproc_0": (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+    "limit_0": (
+        eval_args("--limit", "0"),
+        "--limit must be >= 1 (or left out for all images), got 0",
+    ),
+    "nproc_0": (eval_args("--nproc", "0"), "--nproc must be >= 1, got 0"),
     "stride_0": (
-        ["--stride", "0"],
+        eval_args("--stride", "0"),
         "--stride must be in [1, crop] = [1, 224] px (a larger stride leaves pixels that no "
         "window covers), got 0",
     ),
-    "json_is_a_folder": (["--json", "{t}"], "--json {t} is a folder, not a file"),
+    "json_is_a_folder": (eval_args("--json", "{t}"), "--json {t} is a folder, not a file"),
     "json_below_a_file": (
-        ["--json", "{t}/file.txt/r.json"],
+        eval_args("--json", "{t}/file.txt/r.json"),
         "--json {t}/file.txt/r.json: cannot create its folder, {t}/file.txt is a file",
     ),
-    "root_missing": (["--root", "{t}/nowhere"], "--root {t}/nowhere does not exist"),
-    "root_is_a_file": (["--root", "{t}/file.txt"], "--root {t}/file.txt is a file, not a folder"),
+    "root_missing": (eval_args("--root", "{t}/nowhere"), "--root {t}/nowhere does not exist"),
+    "root_is_a_file": (
+        eval_args("--root", "{t}/file.txt"),
+        "--root {t}/file.txt is a file, not a folder",
+    ),
     "root_not_voc": (
-        ["--root", "{t}"],
+        eval_args("--root", "{t}"),
         "--root {t} is not a folder of voc21: split list not found: "
         "{t}/ImageSets/Segmentation/val.txt (expected " + VOC_LAYOUT + ")",
     ),
     "root_empty_split": (
-        ["--root", "{t}/empty"],
+        eval_args("--root", "{t}/empty"),
         "--root {t}/empty: no images found (expected " + VOC_LAYOUT + ")",
     ),
     "voc20_unknown_split": (
-        ["--dataset", "voc20", "--split", "test"],
+        eval_args("--dataset", "voc20", "--split", "test"),
         "--root {t}/voc is not a folder of voc20: split list not found: "
         "{t}/voc/ImageSets/Segmentation/test.txt (expected "
         + VOC_LAYOUT.replace("val.txt", "test.txt")
         + ")",
     ),
     "context59_root_is_voc": (
-        ["--dataset", "context59"],
+        eval_args("--dataset", "context59"),
         "--root {t}/voc is not a folder of context59: split list not found: "
         "{t}/voc/ImageSets/SegmentationContext/val.txt (expected JPEGImages/ID.jpg, "
         "SegmentationClassContext/ID.png and ImageSets/SegmentationContext/val.txt listing the "
         "IDs)",
     ),
     "ade20k_root_is_voc": (
-        ["--dataset", "ade20k"],
+        eval_args("--dataset", "ade20k"),
         "--root {t}/voc is not a folder of ade20k: image folder not found: "
         "{t}/voc/images/validation (expected " + ADE20K_LAYOUT + ")",
     ),
     "ade20k_no_images": (
-        ["--dataset", "ade20k", "--root", "{t}/ade_empty"],
+        eval_args("--dataset", "ade20k", "--root", "{t}/ade_empty"),
         "--root {t}/ade_empty: no images found (expected " + ADE20K_LAYOUT + ")",
     ),
     "ade20k_label_missing": (
-        ["--dataset", "ade20k", "--root", "{t}/ade_no_label"],
+        eval_args("--dataset", "ade20k", "--root", "{t}/ade_no_label"),
         "--root {t}/ade_no_label: label map of x not found: "
         "{t}/ade_no_label/annotations/validation/x.png",
     ),
     "root_image_missing": (
-        ["--root", "{t}/no_images"],
+        eval_args("--root", "{t}/no_images"),
         "--root {t}/no_images: image of b not found: {t}/no_images/JPEGImages/b.jpg",
     ),
     "device_cuda_without_gpu": (
-        ["--device", "cuda"],
+        eval_args("--device", "cuda"),
         "--device cuda: no CUDA device is available (available: cpu)",
     ),
     "unknown_model": (
-        ["--model", "nope"],
+        eval_args("--model", "nope"),
         "--model: unknown model 'nope': known names: {known}; a local folder starts with ./ or / "
         "(or exists), a hub id is owner/name",
     ),
     "json_is_the_split_list": (
-        ["--json", "{t}/voc/ImageSets/Segmentation/val.txt"],
+        eval_args("--json", "{t}/voc/ImageSets/Segmentation/val.txt"),
         "--json: {t}/voc/ImageSets/Segmentation/val.txt would replace the input "
         "{t}/voc/ImageSets/Segmentation/val.txt (the split list of voc21); choose another file",
     ),
     "json_is_a_label_map": (
-        ["--json", "{t}/voc/SegmentationClass/a.png"],
+        eval_args("--json", "{t}/voc/SegmentationClass/a.png"),
         "--json: {t}/voc/SegmentationClass/a.png would replace the input "
         "{t}/voc/SegmentationClass/a.png (a label map of voc21); choose another file",
     ),
     "dataset": (
-        ["--dataset", "voc"],
+        eval_args("--dataset", "voc"),
         "argument --dataset: invalid choice: 'voc' (choose from 'ade20k', 'cityscapes', "
         "'coco_object', 'coco_stuff', 'context59', 'context60', 'voc20', 'voc21')",
     ),
@@ -366,8 +377,7 @@ def test_eval_bad_input_one_line_exit_2_before_model_load(
     case, voc_root, capsys, monkeypatch, no_model_work
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    extra, message = EVAL_CASES[case]
-    argv = ["eval", "--dataset", "voc21", "--root", str(voc_root), "--pretrained", "", *extra]
+    argv, message = EVAL_CASES[case]
     assert_refused(argv, message, voc_root.parent, capsys)
 
 
@@ -380,24 +390,32 @@ def test_evaluate_api_rejects_limits_below_one(voc_root, make_segmenter):
             evaluate(seg, dataset, limit=limit, progress=False)
 
 
+def aux_args(*extra: str) -> list[str]:
+    """``itaclip aux`` of a hub LM id for two classes into {t}/aux.json, then ``extra``."""
+    return ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", "{t}/aux.json", *extra]
+
+
 AUX_CASES = {
-    "output_is_a_folder": (["-o", "{t}"], "-o/--output {t} is a folder, not a file"),
+    "output_is_a_folder": (aux_args("-o", "{t}"), "-o/--output {t} is a folder, not a file"),
     "output_below_a_file": (
-        ["-o", "{t}/file.txt/aux.json"],
+        aux_args("-o", "{t}/file.txt/aux.json"),
         "-o/--output {t}/file.txt/aux.json: cannot create its folder, {t}/file.txt is a file",
     ),
-    "max_new_tokens_0": (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    "empty_class": (["--classes", "cat,"], "--classes 'cat,': class 1 (['']) has an empty name"),
+    "max_new_tokens_0": (aux_args("--max-new-tokens", "0"), "--max-new-tokens must be >= 1, got 0"),
+    "empty_class": (
+        aux_args("--classes", "cat,"),
+        "--classes 'cat,': class 1 (['']) has an empty name",
+    ),
     "lm_is_a_file": (
-        ["--lm", "{t}/file.txt"],
+        aux_args("--lm", "{t}/file.txt"),
         "--lm {t}/file.txt is a file; expected a hub id or a model folder",
     ),
     "lm_folder_missing": (
-        ["--lm", "{t}/nowhere"],
+        aux_args("--lm", "{t}/nowhere"),
         "--lm: no model folder {t}/nowhere (nothing at {t}/nowhere)",
     ),
     "kind": (
-        ["--kind", "poem"],
+        aux_args("--kind", "poem"),
         "argument --kind: invalid choice: 'poem' (choose from 'definition', 'synonym')",
     ),
 }
@@ -405,8 +423,7 @@ AUX_CASES = {
 
 @pytest.mark.parametrize("case", sorted(AUX_CASES))
 def test_aux_bad_input_one_line_exit_2_before_model_load(case, files, capsys, no_model_work):
-    extra, message = AUX_CASES[case]
-    argv = ["aux", "--lm", "org/lm", "--classes", "cat,dog", "-o", "{t}/aux.json", *extra]
+    argv, message = AUX_CASES[case]
     assert_refused(argv, message, files, capsys)
 
 
