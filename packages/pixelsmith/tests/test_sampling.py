@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -35,9 +37,9 @@ def plans(planner, slider: int, seed: int = 0) -> list[list[list[Patch]]]:
     return [planner.plan(n, chess=n < slider - 1, generator=gen) for n in range(STEPS)]
 
 
-def new_sampler(latents: torch.Tensor, **settings) -> PatchSampler:
-    """A PatchSampler over ``latents``: ``STEPS`` steps of ``fake_denoise`` without guidance,
-    unless ``settings`` (its keywords, ``band`` among them) say otherwise."""
+def new_sampler(latents: torch.Tensor, **settings: Any) -> PatchSampler:
+    """A PatchSampler over ``latents`` with the keywords ``settings`` (``band`` is required);
+    unless they say otherwise, ``STEPS`` steps of ``fake_denoise`` without guidance."""
     defaults = {"num_steps": STEPS, "guidance": None, "slider": 0, "denoise": fake_denoise}
     return PatchSampler(latents, **(defaults | settings))
 
