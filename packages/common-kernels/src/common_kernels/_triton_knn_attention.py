@@ -477,18 +477,24 @@ def _backward(
     return dq, dk, dv, ds
 
 
+def _forward_saved(ctx, forward, q, k, v, dictionary, scale, bias) -> torch.Tensor:
+    """An autograd forward: ``forward`` (the output and the log-sum-exp) on contiguous q, k
+    and v, with what the backward reads kept in ``ctx``; returns the output."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out, lse = forward(q, k, v, dictionary, scale, bias)
+    ctx.save_for_backward(q, k, v, bias, out, lse)
+    ctx.dictionary = dictionary
+    ctx.scale = scale
+    return out
+
+
 class _TritonKNNAttention(torch.autograd.Function):
     """Autograd wrapper: triton forward, triton backward (CSR or atomic dk/dv)."""
 
     @staticmethod
     def forward(ctx, q, k, v, dictionary, scale, bias, deterministic):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse = triton_knn_attention_forward(q, k, v, dictionary, scale, bias)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.dictionary = dictionary
-        ctx.scale = scale
         ctx.deterministic = deterministic
-        return out
+        return _forward_saved(ctx, triton_knn_attention_forward, q, k, v, dictionary, scale, bias)
 
     @staticmethod
     def backward(ctx, grad_out):

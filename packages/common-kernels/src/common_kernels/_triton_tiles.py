@@ -31,7 +31,14 @@ import math
 
 import torch
 
-from ._triton_knn_attention import SUPPORTED_DTYPES, _jit, _program_ids, tl, triton
+from ._triton_knn_attention import (
+    SUPPORTED_DTYPES,
+    _forward_saved,
+    _jit,
+    _program_ids,
+    tl,
+    triton,
+)
 from .dictionary import KNNDictionary, tile_sizes
 
 MAX_HEAD_DIM = 128  # q, acc and a (64, d) key tile stay in registers up to here
@@ -451,12 +458,7 @@ class _TilesKNNAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, dictionary, scale, bias):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse = tiles_forward(q, k, v, dictionary, scale, bias)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.dictionary = dictionary
-        ctx.scale = scale
-        return out
+        return _forward_saved(ctx, tiles_forward, q, k, v, dictionary, scale, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
