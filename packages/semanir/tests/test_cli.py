@@ -433,7 +433,8 @@ def test_csv_is_not_left_half_written(
 
 def test_usage_and_unknown_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "semanir {fit,validate,restore,eval,models,app,export}" in capsys.readouterr().out
+    usage = "semanir {fit,validate,restore,eval,models,app,export,upscale-models}"
+    assert usage in capsys.readouterr().out
     assert main([]) == 2
     assert main(["train"]) == 2
     assert "unknown command 'train'" in capsys.readouterr().err
