@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,23 @@ class Projector(nn.Module):
         return self.fc2(F.gelu(self.fc1(features)))
 
 
+def mlp(widths: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
+    """Linear layers from ``widths[0]`` through each width in turn, ``activation`` between them.
+
+    The layers sit at the indices 0, 2, 4, ... of the ``nn.Sequential`` (the parameter names
+    of saved and released checkpoints).
+
+    Args:
+        widths: input width, the hidden widths, output width (at least two).
+        activation: the activation's class (e.g. ``nn.GELU``), one instance between layers.
+    """
+    linears = [nn.Linear(width_in, width_out) for width_in, width_out in itertools.pairwise(widths)]
+    layers: list[nn.Module] = [linears[0]]
+    for linear in linears[1:]:
+        layers += [activation(), linear]
+    return nn.Sequential(*layers)
+
+
 def fourier_box(boxes: Tensor, frequencies: int) -> Tensor:
     """(N, 4) boxes in [0, 1] -> (N, 4 * 2 * frequencies) sin/cos features."""
     scales = (2.0 ** torch.arange(frequencies, device=boxes.device, dtype=boxes.dtype)) * math.pi
@@ -62,30 +80,13 @@ class RegionEncoder(nn.Module):
         self.frequencies = config.location_frequencies
         self.style = config.style
         self.image_size = image_size
+        widths = (vision_dim, config.hidden, config.hidden, llm_dim)
         if config.style == "official":
-            self.mlp = nn.Sequential(
-                nn.Linear(vision_dim, config.hidden),
-                nn.ReLU(),
-                nn.Linear(config.hidden, config.hidden),
-                nn.ReLU(),
-                nn.Linear(config.hidden, llm_dim),
-            )
-            self.location = nn.Sequential(
-                nn.Linear(4, llm_dim // 2), nn.ReLU(), nn.Linear(llm_dim // 2, llm_dim)
-            )
+            self.mlp = mlp(widths, nn.ReLU)
+            self.location = mlp((4, llm_dim // 2, llm_dim), nn.ReLU)
             return
-        self.mlp = nn.Sequential(
-            nn.Linear(vision_dim, config.hidden),
-            nn.GELU(),
-            nn.Linear(config.hidden, config.hidden),
-            nn.GELU(),
-            nn.Linear(config.hidden, llm_dim),
-        )
-        self.location = nn.Sequential(
-            nn.Linear(8 * config.location_frequencies, config.hidden),
-            nn.GELU(),
-            nn.Linear(config.hidden, llm_dim),
-        )
+        self.mlp = mlp(widths, nn.GELU)
+        self.location = mlp((8 * config.location_frequencies, config.hidden, llm_dim), nn.GELU)
 
     @staticmethod
     def pool(features: Tensor, coverage: Tensor) -> Tensor:
@@ -166,11 +167,7 @@ class SignalHeads(nn.Module):
         self.specific = nn.ModuleDict(
             {t: nn.Linear(llm_dim, config.specific_dim) for t in self.tasks}
         )
-        self.invariant = nn.Sequential(
-            nn.Linear(llm_dim, config.invariant_dim),
-            nn.GELU(),
-            nn.Linear(config.invariant_dim, config.invariant_dim),
-        )
+        self.invariant = mlp((llm_dim, config.invariant_dim, config.invariant_dim), nn.GELU)
         width = config.specific_dim + config.invariant_dim
         self.output = nn.ModuleDict(
             {t: nn.Linear(width, config.output_dims[t]) for t in self.tasks}
@@ -208,9 +205,7 @@ class TaskDiscriminator(nn.Module):
 
     def __init__(self, invariant_dim: int, hidden: int, num_tasks: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(invariant_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tasks)
-        )
+        self.net = mlp((invariant_dim, hidden, num_tasks), nn.GELU)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
