@@ -8,9 +8,10 @@ a failed write leaves no temporary file and the target untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (missing folders are created)."""
     return files.write_json(path, data, indent=2, make_parents=True)
+
+
+def json_lines(
+    lines: Iterable[str], bad_line: Callable[[int, json.JSONDecodeError], Exception]
+) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSONL text, numbered from 1.
+
+    Args:
+        lines: the text's lines.
+        bad_line: ``bad_line(number, error)`` -> the exception raised for a line that is not
+            valid JSON (each reader words it for its own file).
+    """
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise bad_line(number, err) from None
+        yield number, value
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitron.io import json_lines
+
 PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
 VQA_IMAGE_NAME = "COCO_val2014_{image_id:012d}.jpg"
 
@@ -311,14 +313,12 @@ def load_qa_jsonl(path: str | Path) -> list[QASample]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise DatasetError(f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+    def bad_line(number: int, err: json.JSONDecodeError) -> DatasetError:
+        return DatasetError(f"line {number} is not valid JSON ({err.msg})")
+
     samples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"line {number} is not valid JSON ({err.msg})") from None
+    for number, item in json_lines(lines, bad_line):
         _require(item, ("image", "question", "answer"), f"line {number}")
         if not all(isinstance(item[k], str) for k in ("image", "question", "answer")):
             raise DatasetError(f"line {number}: image, question and answer must be strings")

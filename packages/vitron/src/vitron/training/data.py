@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from common_kernels.runtime.errors import InvalidValue, literal
 from vitron.invocations import InputCounts, InvocationError, parse_invocation
-from vitron.io import load_image, load_video, to_tensor
+from vitron.io import json_lines, load_image, load_video, to_tensor
 from vitron.processing import Message, Sample, VitronProcessor
 from vitron.regions import Mask, Region, RegionError, shape_from_json
 
@@ -55,14 +55,12 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} does not exist")
+
+    def bad_line(number: int, err: json.JSONDecodeError) -> ValueError:
+        return ValueError(f"{path}:{number}: not valid JSON ({err})")
+
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
+    for number, record in json_lines(path.read_text(encoding="utf-8").splitlines(), bad_line):
         if not isinstance(record, dict) or "conversations" not in record:
             raise ValueError(f"{path}:{number}: a record is an object with 'conversations'")
         unknown = sorted(set(record) - set(RECORD_KEYS))
