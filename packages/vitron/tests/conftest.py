@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vitron.cli import main
 from vitron.tiny import tiny_model, write_tiny_specialists
 
 # seg -> edit -> fix: segment the dog, repaint it as a cat, restore the result
@@ -38,6 +39,14 @@ def reply_with_calls():
 @pytest.fixture(scope="session")
 def model():
     return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Vitron folder written by ``vitron tiny-model DIR --seed 0``, one per test module."""
+    folder = tmp_path_factory.mktemp("tiny_vitron") / "model"
+    assert main(["tiny-model", str(folder), "--seed", "0"]) == 0
+    return folder
 
 
 @pytest.fixture(scope="session")

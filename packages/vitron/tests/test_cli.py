@@ -15,13 +15,6 @@ from vitron.cli import main
 from vitron.options import parse_settings
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_vitron")
-    assert main(["tiny-model", str(folder / "model"), "--seed", "0"]) == 0
-    return folder / "model"
-
-
 @pytest.fixture
 def image_file(tmp_path, image):
     path = tmp_path / "dog.png"

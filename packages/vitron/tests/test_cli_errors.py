@@ -26,13 +26,6 @@ from vitron.specialists import SpecialistRegistry
 PLAIN_REPLY = "It is a noisy picture.</s>"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_vitron") / "model"
-    assert main(["tiny-model", str(folder), "--seed", "0"]) == 0
-    return folder
-
-
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Any model load (Vitron, specialists, training) fails the test: the checks come first.

@@ -137,13 +137,6 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("flags") / "model"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
 @pytest.fixture
 def files(tmp_path) -> Path:
     """An image, an empty data file, a JSON list, empty RefCOCO and VQA files, a turn.json."""

@@ -436,13 +436,6 @@ def test_malformed_files_are_named(tmp_path, content, reader, message):
 # ---- end to end through main() ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval_model") / "model"
-    assert main(["tiny-model", str(folder), "--seed", "0"]) == 0
-    return folder
-
-
 def expected_masks(specialist_options, refcoco, names: list[str]) -> list[np.ndarray]:
     """The tiny itaclip's masks of 'the object' (the scripted reply's call) on the images."""
     from vitron.specialists import SpecialistRegistry

@@ -39,13 +39,6 @@ def reply_file(folder: Path, calls: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_vitron") / "model"
-    tiny_model(seed=0).save_pretrained(folder)
-    return folder
-
-
 # -- an output never changes an input ------------------------------------------------------
 
 

@@ -47,13 +47,6 @@ def calls_seen(registry, monkeypatch):
     return seen
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_vitron_tags")
-    assert main(["tiny-model", str(folder / "model"), "--seed", "0"]) == 0
-    return folder / "model"
-
-
 def decoded_answer(model, assistant, images, upto):
     ids = model.generate(
         model.processor.sample(

@@ -5,8 +5,6 @@ its tokens' progress."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from common_kernels.runtime.errors import InvalidArgument
@@ -21,13 +19,6 @@ from vitron.tiny import tiny_model
 
 TINY_PROMPT = 418  # positions of the tiny model's shortest prompt (system prompt, bytes)
 TINY_ROUND = 28  # " ASSISTANT: </s>USER: Results:  " in the tiny byte-level tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("budget") / "model"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
 
 
 @pytest.fixture

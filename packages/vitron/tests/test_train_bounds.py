@@ -86,13 +86,6 @@ CASES = {
 FLAG_VALUES = {"stage": "--stage", "precision": "--precision", "data": "--data"}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bounds") / "model"
-    assert main(["tiny-model", str(folder)]) == 0
-    return folder
-
-
 @pytest.fixture
 def data(tmp_path) -> Path:
     """``data.jsonl``: 8 caption records of one image."""
