@@ -246,9 +246,10 @@ def _copy(release: dict, tmp_path: Path) -> dict:
             "tower": root / "LanguageBind_Image"}  # fmt: skip
 
 
-def _error(capsys, base, lora, tower, tmp_path) -> str:
-    argv = ["convert-official", str(base), "--lora", str(lora), "--vision-tower", str(tower),
-            "-o", str(tmp_path / "out")]  # fmt: skip
+def _error(capsys, paths: dict, tmp_path: Path) -> str:
+    """The one line ``convert-official`` of the copied release ``paths`` refuses it with."""
+    argv = ["convert-official", str(paths["base"]), "--lora", str(paths["lora"]),
+            "--vision-tower", str(paths["tower"]), "-o", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
     assert not (tmp_path / "out").exists()
     err = capsys.readouterr().err.strip()
@@ -256,21 +257,31 @@ def _error(capsys, base, lora, tower, tmp_path) -> str:
     return err
 
 
-def test_missing_shard(release, tmp_path, capsys):
+INDEX, SECOND_SHARD = "pytorch_model.bin.index.json", "pytorch_model-00002-of-00002.bin"
+
+
+@pytest.mark.parametrize(
+    ("lost", "why"),
+    [
+        ([SECOND_SHARD], "listed in pytorch_model.bin.index.json"),
+        # a gap in the numbering names the shard
+        ([INDEX, SECOND_SHARD], "its numbering says it exists"),
+    ],
+    ids=["with_the_index", "without_the_index"],
+)
+def test_missing_shard(lost, why, release, tmp_path, capsys):
     paths = _copy(release, tmp_path)
-    (paths["base"] / "pytorch_model-00002-of-00002.bin").unlink()
-    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
-    shard = paths["base"] / "pytorch_model-00002-of-00002.bin"
-    assert err == (
-        f"vitron convert-official: error: BASE {shard}: missing shard (listed in "
-        "pytorch_model.bin.index.json)"
-    )
+    for name in lost:
+        (paths["base"] / name).unlink()
+    err = _error(capsys, paths, tmp_path)
+    shard = paths["base"] / SECOND_SHARD
+    assert err == f"vitron convert-official: error: BASE {shard}: missing shard ({why})"
 
 
 def test_shards_without_their_index_import_the_same(release, tmp_path, capsys):
     """No index: every shard present is read, and the folder equals the one made with it."""
     paths = _copy(release, tmp_path)
-    (paths["base"] / "pytorch_model.bin.index.json").unlink()
+    (paths["base"] / INDEX).unlink()
     argv = ["convert-official", str(paths["base"]), "--lora", str(paths["lora"]),
             "--vision-tower", str(paths["tower"]), "-o"]  # fmt: skip
     assert main([*argv, str(tmp_path / "without")]) == 0
@@ -288,20 +299,14 @@ def test_shards_without_their_index_import_the_same(release, tmp_path, capsys):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_missing_shard_without_the_index(release, tmp_path, capsys):
-    """A gap in the numbering names the shard; a tensor no shard has is named too."""
+def test_a_tensor_no_shard_has_without_the_index(release, tmp_path, capsys):
+    """The only shard left, numbered as the only one: the first tensor it lacks is named."""
     paths = _copy(release, tmp_path)
-    (paths["base"] / "pytorch_model.bin.index.json").unlink()
-    (paths["base"] / "pytorch_model-00002-of-00002.bin").unlink()
-    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
-    shard = paths["base"] / "pytorch_model-00002-of-00002.bin"
-    assert err == (
-        f"vitron convert-official: error: BASE {shard}: missing shard (its numbering says it "
-        "exists)"
-    )
+    (paths["base"] / INDEX).unlink()
+    (paths["base"] / SECOND_SHARD).unlink()
     first = paths["base"] / "pytorch_model-00001-of-00002.bin"
     first.rename(paths["base"] / "pytorch_model-00001-of-00001.bin")
-    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    err = _error(capsys, paths, tmp_path)
     assert err == (  # the first tensor of the lost shard that a check reads
         f"vitron convert-official: error: BASE {paths['base']}: lacks "
         "model.layers.1.self_attn.q_proj.weight, a weight the LoRA targets"
@@ -314,7 +319,7 @@ def test_adapter_that_does_not_fit(release, tmp_path, capsys):
     key = "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"
     adapter[key] = torch.zeros(32, RANK)  # v_proj is (16, 32): 2 KV heads of 8
     torch.save(adapter, paths["lora"] / "adapter_model.bin")
-    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    err = _error(capsys, paths, tmp_path)
     assert err == (
         f"vitron convert-official: error: --lora {paths['lora'] / 'adapter_model.bin'}: "
         "model.layers.0.self_attn.v_proj.weight: A (4, 32), B (32, 4) do not fit the LLM's "
@@ -325,7 +330,7 @@ def test_adapter_that_does_not_fit(release, tmp_path, capsys):
 def test_missing_adapter_and_tower_mismatch(release, tmp_path, capsys):
     paths = _copy(release, tmp_path)
     (paths["lora"] / "adapter_model.bin").unlink()
-    err = _error(capsys, paths["base"], paths["lora"], paths["tower"], tmp_path)
+    err = _error(capsys, paths, tmp_path)
     assert err == (
         f"vitron convert-official: error: --lora {paths['lora'] / 'adapter_model.bin'}: "
         "missing (the LoRA's A and B matrices)"

@@ -37,6 +37,12 @@ def inputs(tmp_path, task, signal=None, call_id="c", **args) -> CallInputs:
     return CallInputs(call_id, task, args, signal, tmp_path)
 
 
+def checked_invocation(calls: list[tuple[str, str, dict]], counts: InputCounts | None = None):
+    """``parse_invocation`` of a version-1 block of ``(id, task, args)`` calls."""
+    block = {"version": 1, "calls": [{"id": i, "task": t, "args": a} for i, t, a in calls]}
+    return parse_invocation(block, counts)
+
+
 def test_registry_is_lazy_and_checks_options(specialist_options):
     registry = SpecialistRegistry(specialist_options)
     assert not any(row["loaded"] for row in registry.describe())
@@ -350,29 +356,14 @@ def test_missing_package_is_reported(tmp_path):
 
 
 def test_router_order_failures_and_regions(registry, image, tmp_path):
-    invocation = parse_invocation(
-        {
-            "version": 1,
-            "calls": [
-                {
-                    "id": "edit",
-                    "task": "edit_image",
-                    "args": {"image": "$image0", "text": "a cat", "mask": "$seg.mask"},
-                },
-                {
-                    "id": "seg",
-                    "task": "segment_image",
-                    "args": {"image": "$image0", "text": "dog", "region": "$region0"},
-                },
-                {"id": "bad", "task": "edit_image", "args": {"image": "$image0", "text": "x"}},
-                {"id": "after_bad", "task": "restore_image", "args": {"image": "$bad.image"}},
-                {
-                    "id": "vid",
-                    "task": "edit_video",
-                    "args": {"video": "$video0", "text": "a", "background": "b"},
-                },
-            ],
-        },
+    invocation = checked_invocation(
+        [
+            ("edit", "edit_image", {"image": "$image0", "text": "a cat", "mask": "$seg.mask"}),
+            ("seg", "segment_image", {"image": "$image0", "text": "dog", "region": "$region0"}),
+            ("bad", "edit_image", {"image": "$image0", "text": "x"}),
+            ("after_bad", "restore_image", {"image": "$bad.image"}),
+            ("vid", "edit_video", {"video": "$video0", "text": "a", "background": "b"}),
+        ],
         InputCounts(images=1, videos=1, regions=1),
     )
     turn_inputs = TurnInputs([image], [[image]], [Region(Box(0, 0, 32, 24))])
@@ -398,17 +389,8 @@ def test_router_order_failures_and_regions(registry, image, tmp_path):
 
 
 def test_router_region_on_another_image(registry, image, tmp_path):
-    invocation = parse_invocation(
-        {
-            "version": 1,
-            "calls": [
-                {
-                    "id": "s",
-                    "task": "segment_image",
-                    "args": {"image": "$image0", "text": "dog", "region": "$region0"},
-                }
-            ],
-        }
+    invocation = checked_invocation(
+        [("s", "segment_image", {"image": "$image0", "text": "dog", "region": "$region0"})]
     )
     outcome = Router(registry, tmp_path).run(
         invocation, TurnInputs([image, image], [], [Region(Box(0, 0, 5, 5), image=1)])
@@ -466,19 +448,12 @@ def test_router_survives_a_specialist_crash_and_never_overwrites_files(
     def crash(inputs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    invocation = parse_invocation(
-        {
-            "version": 1,
-            "calls": [
-                {"id": "fix", "task": "restore_image", "args": {"image": "$image0"}},
-                {
-                    "id": "seg",
-                    "task": "segment_image",
-                    "args": {"image": "$fix.image", "text": "d"},
-                },
-                {"id": "other", "task": "segment_image", "args": {"image": "$image0", "text": "d"}},
-            ],
-        },
+    invocation = checked_invocation(
+        [
+            ("fix", "restore_image", {"image": "$image0"}),
+            ("seg", "segment_image", {"image": "$fix.image", "text": "d"}),
+            ("other", "segment_image", {"image": "$image0", "text": "d"}),
+        ],
         InputCounts(images=1),
     )
     router = Router(registry, tmp_path)
