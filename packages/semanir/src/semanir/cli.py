@@ -37,23 +37,16 @@ run `semanir COMMAND --help` for the options of a command; `semanir --version` f
 FLAGS = {
     "inputs": "IN", "output": "-o/--output", "in_place": "--in-place",
     "recursive": "--recursive", "skip_existing": "--skip-existing", "colour": "--gray-output",
-    "model": "--model", "task": "--task", "data": "--data", "csv": "--csv",
+    "model": "--model", "names": "--model", "task": "--task", "data": "--data", "csv": "--csv",
     "path": "OUT.onnx", "opset": "--opset", "port": "--port", "per_channel": "--per-channel",
     "sigma": "--sigma", "quality": "--quality", "scale": "--scale", "add_noise": "--add-noise",
     "tile": "--tile", "tile_overlap": "--tile-overlap", "k": "--k", "folder": "DIR",
-    "names": "--model",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
 
 
-COMMANDS = (
-    "restore",
-    "eval",
-    "models",
-    "app",
-    "export",
-    "upscale-models",
-)  # semanir.commands.SUBCOMMANDS
+# the keys of semanir.commands.SUBCOMMANDS
+COMMANDS = ("restore", "eval", "models", "app", "export", "upscale-models")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
