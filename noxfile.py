@@ -7,6 +7,9 @@ Sessions (``nox -l``):
   <package>   build the package's wheel (and the in-tree wheels it depends on), install it with
               its declared dependencies and ``test`` extra, run its tests; tag ``tests``.
   repo        repository invariants (layout, in-tree dependency ranges); tag ``tests``.
+  comfyui     the ComfyUI node pack (``comfyui/``) in a real ComfyUI 0.3.64 (the vendored
+              source): its requirements, the pack's declared dependencies, ``main.py --cpu``
+              driven over HTTP and in Chromium; tag ``tests``.
   slow        every package's ``slow``-marked tests (minutes each), in one environment; not
               tagged ``tests``: the nightly job of ``repo.yml`` runs it.
   gpu         every package's ``gpu``-marked tests with real Triton compilation (CUDA runners);
@@ -279,6 +282,50 @@ def repo(session: nox.Session) -> None:
     session.run(
         "python", "-m", "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "--durations=15",
         *XDIST, *session.posargs,
+    )  # fmt: skip
+
+
+# ComfyUI's source, vendored beside the repository (GPL-3.0; never copied into it)
+COMFYUI_TARBALL = ROOT.parent / "shared" / "vendor" / "ComfyUI-v0.3.64-a125cd8.tar.gz"
+COMFYUI_PACK = ROOT / "comfyui"
+# ComfyUI's audio nodes alone need torchaudio (a build for this torch would be another download)
+COMFYUI_LEFT_OUT = ("torchaudio",)
+
+
+def comfyui_requirements(tarball: Path, target: Path) -> Path:
+    """ComfyUI's ``requirements.txt`` from its source tarball, without :data:`COMFYUI_LEFT_OUT`,
+    written to ``target``."""
+    import tarfile
+
+    with tarfile.open(tarball) as archive:
+        text = archive.extractfile("ComfyUI/requirements.txt").read().decode()
+    kept = [line for line in text.splitlines() if _requirement_name(line) not in COMFYUI_LEFT_OUT]
+    target.write_text("\n".join(kept) + "\n")
+    return target
+
+
+@nox.session(tags=["tests"])
+@timed
+def comfyui(session: nox.Session) -> None:
+    """The ComfyUI node pack in a real ComfyUI: ComfyUI's requirements and the pack's declared
+    dependencies (the in-tree wheels by name), then ``comfyui/tests`` (they unpack ComfyUI, start
+    ``main.py --cpu`` with the pack and stop it by its PID)."""
+    tarball = Path(os.environ.get("COMFYUI_TARBALL", COMFYUI_TARBALL))
+    if not tarball.is_file():
+        session.skip(f"no ComfyUI source at {tarball} (set COMFYUI_TARBALL)")
+    share_torch(session)
+    pack = tomllib.loads((COMFYUI_PACK / "pyproject.toml").read_text())["project"]
+    names = [name for name, info in PACKAGES.items()
+             if any(_requirement_name(r) == info["name"] for r in pack["dependencies"])]  # fmt: skip
+    build_wheels(session, names)
+    requirements = comfyui_requirements(tarball, Path(session.create_tmp()) / "comfyui.txt")
+    pip_install(session, *refresh_in_tree(names), "--find-links", str(WHEELHOUSE),
+                "-r", str(requirements), *pack["dependencies"],
+                *pack["optional-dependencies"]["test"])  # fmt: skip
+    session.run(
+        "python", "-m", "pytest", str(COMFYUI_PACK / "tests"), "-p", "no:cacheprovider",
+        "--durations=15", *session.posargs,
+        env={**test_env(session), "COMFYUI_TARBALL": str(tarball)},
     )  # fmt: skip
 
 

@@ -1,0 +1,130 @@
+"""Pixelsmith in ComfyUI: the cascade (plain SDXL at the base size, then guided patch-wise stages
+up to the target size) on a diffusers SDXL folder of ``models/diffusers`` or a hub id.
+
+Not offered: the cascade on ComfyUI's own MODEL, CLIP and VAE (checkpoint, LoRA and ControlNet
+nodes feeding it) and from a base image or latent made elsewhere in the graph; the docs say why.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from common_kernels.runtime.errors import InvalidArgument
+from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
+
+from .host import DIFFUSERS, Node, Progress, comfy_image, device, model_folder, model_folders
+
+MARKER = "model_index.json"
+HUB_ID = "(hub id)"
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def split_list(text: str) -> list[str]:
+    """``"1024, 2048"`` or ``"1024 2048"`` -> ``["1024", "2048"]``."""
+    return [item for item in re.split(r"[\s,]+", text.strip()) if item]
+
+
+def parse_sliders(text: str) -> list[int]:
+    """One slider per stage after the first, ints (checked against the steps by the API)."""
+    items = split_list(text)
+    if not all(item.isdigit() for item in items):
+        raise InvalidArgument("sliders", f"must be ints separated by commas, got {text!r}")
+    return [int(item) for item in items]
+
+
+def cascade_options(steps: int, guidance: float, seed: int, patch_size: int,
+                    faithful: bool) -> CascadeOptions:  # fmt: skip
+    """The checked settings of a run (each bad one named by the API)."""
+    config = PixelsmithConfig(patch_size=patch_size, faithful=faithful)
+    return CascadeOptions(num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                          config=config, progress=False)  # fmt: skip
+
+
+def model_choices() -> list[str]:
+    """``(hub id)``, then the diffusers folders of ComfyUI's ``models/diffusers``."""
+    return [HUB_ID, *model_folders(DIFFUSERS, MARKER)]
+
+
+class PixelsmithLoader(Node):
+    """Load an SDXL diffusers folder (or hub id) as a Pixelsmith pipeline."""
+
+    CATEGORY, RETURN_TYPES = "loaders", ("PIXELSMITH",)
+    INPUTS = {
+        "model": (model_choices, {"tooltip": "an SDXL diffusers folder of models/diffusers, or "
+                  "(hub id)"}),
+        "hub_id": ("STRING", {"default": "stabilityai/stable-diffusion-xl-base-1.0",
+                   "tooltip": "with (hub id): a hub repository in the local cache or in reach"}),
+        "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on CUDA, else fp32"}),
+    }  # fmt: skip
+
+    def run(self, model: str, hub_id: str, dtype: str) -> tuple[PixelsmithPipeline]:
+        where = device()
+        chosen = DTYPES[dtype] or (torch.float16 if where.type == "cuda" else torch.float32)
+        source = hub_id.strip() if model == HUB_ID else model_folder(
+            DIFFUSERS, model, MARKER, "model"
+        )  # fmt: skip
+        pipe = PixelsmithPipeline.from_pretrained(source, torch_dtype=chosen)
+        pipe.set_progress_bar_config(disable=True)  # ComfyUI's bar shows the progress
+        return (pipe.to(where),)
+
+
+class PixelsmithCascade(Node):
+    """Generate a prompt at a higher resolution than the model was trained for."""
+
+    CATEGORY, RETURN_TYPES = "sampling", ("IMAGE",)
+    DESCRIPTION = (
+        "Pixelsmith: the first size is plain SDXL, every later one a guided patch-wise stage; "
+        "a slider per later stage (steps guided by the previous stage, in [1, steps])."
+    )
+    INPUTS = {
+        "pipeline": ("PIXELSMITH",),
+        "prompt": ("STRING", {"multiline": True, "default": "a photo of a lighthouse"}),
+        "negative_prompt": ("STRING", {"multiline": True, "default": ""}),
+        "sizes": ("STRING", {"default": "1024, 2048", "tooltip": "stage sizes in px: an int "
+                  "(square) or HEIGHTxWIDTH, multiples of 8, growing"}),
+        "sliders": ("STRING", {"default": "30", "tooltip": "one per stage after the first, in "
+                    "[1, steps]"}),
+        "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+        "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1}),
+        "patch_size": ("INT", {"default": 128, "min": 8, "max": 1024, "step": 8,
+                       "tooltip": "latent px the UNet sees (128 = 1024 px)"}),
+        "faithful": ("BOOLEAN", {"default": False, "tooltip": "the official sampler"}),
+    }  # fmt: skip
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, sliders: str, steps: int, guidance: float, seed: int,
+                        patch_size: int, faithful: bool) -> bool | str:  # fmt: skip
+        try:
+            parse_sliders(sliders)
+            cascade_options(steps, guidance, seed, patch_size, faithful)
+        except (InvalidArgument, TypeError) as error:
+            return str(error)
+        return True
+
+    def run(
+        self, pipeline: PixelsmithPipeline, prompt: str, negative_prompt: str, sizes: str,
+        sliders: str, steps: int, guidance: float, seed: int, patch_size: int, faithful: bool,
+    ) -> tuple[Tensor]:  # fmt: skip
+        stages = split_list(sizes)
+        slider_list = parse_sliders(sliders)
+        options = cascade_options(steps, guidance, seed, patch_size, faithful)
+        progress = Progress(max(1, len(slider_list)) * steps)
+        Progress.check()
+        image = generate_cascade(
+            pipeline, prompt, stages, slider_list, options,
+            negative_prompt=negative_prompt or None,
+            callback=progress.step,  # each Pixelsmith step; cancel stops before the next one
+            on_stage=lambda *_: Progress.check(),
+        )  # fmt: skip
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).float() / 255  # (H, W, 3)
+        return (comfy_image([pixels.permute(2, 0, 1)]),)
+
+
+NODES = {"PixelsmithLoader": PixelsmithLoader, "PixelsmithCascade": PixelsmithCascade}
+NAMES = {"PixelsmithLoader": "Pixelsmith Loader (diffusers SDXL)",
+         "PixelsmithCascade": "Pixelsmith Cascade"}  # fmt: skip
