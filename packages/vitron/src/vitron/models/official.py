@@ -506,9 +506,7 @@ def official_state(files: OfficialFiles) -> dict[str, Tensor]:
 
 def load_official(
     model_class: type,
-    base: str | Path,
-    lora: str | Path | None = None,
-    vision_tower: str | Path | None = None,
+    files: OfficialFiles,
     *,
     dtype: torch.dtype | None = None,
     system_prompt: str | None = None,
@@ -516,7 +514,7 @@ def load_official(
 ):
     """A ``model_class`` (:class:`~vitron.models.vitron.VitronModel`, passed in by
     :meth:`VitronModel.from_official`, which this module does not import) from the release's
-    folders."""
+    files, as :func:`check_official` returns them."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vitron.models.config import VitronConfig
@@ -524,7 +522,6 @@ def load_official(
     from vitron.models.tokens import add_vitron_tokens
     from vitron.models.vision import VisionTower
 
-    files = check_official(base, lora, vision_tower)
     options = tokenizer_options(files.base)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(files.base), **options)

@@ -217,11 +217,10 @@ class VitronModel(
             system_prompt: the conversation's system prompt (default: vicuna_v1's sentence).
             seed: seed of the parts the release lacks.
         """
-        from vitron.models.official import load_official
+        from vitron.models.official import check_official, load_official
 
-        return load_official(
-            cls, base, lora, vision_tower, dtype=dtype, system_prompt=system_prompt, seed=seed
-        )
+        files = check_official(base, lora, vision_tower)
+        return load_official(cls, files, dtype=dtype, system_prompt=system_prompt, seed=seed)
 
     def place_parts(self, device: str | torch.device) -> None:
         """Move every part but the LLM (which transformers may spread over devices)."""
