@@ -15,7 +15,6 @@ from semanir.models import (
     CONFIGS,
     DnCNN,
     DnCNNConfig,
-    SemanIR,
     SemanIRConfig,
     build_model,
     count_parameters,
@@ -23,7 +22,7 @@ from semanir.models import (
     get_config,
 )
 from semanir.models import semanir as semanir_module
-from semanir.models.semanir import reflect_indices, reflect_pad_to_multiple
+from semanir.models.semanir import SemanIR, reflect_indices, reflect_pad_to_multiple
 
 TEST_CONFIGS = [
     "semanir_test_tiny_unet",

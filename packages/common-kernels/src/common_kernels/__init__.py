@@ -4,7 +4,7 @@ The kernels' public API is this module's names. ``common_kernels.runtime`` holds
 method packages share (files, errors, CLI, hub, progress, Lightning callbacks, test helpers).
 """
 
-from common_kernels._checks import values_checked
+from common_kernels._checks import value_checks, values_checked
 from common_kernels._cpu_kernels import status as cpu_kernels_status
 from common_kernels.attention import (
     KNNAttention,
@@ -12,7 +12,6 @@ from common_kernels.attention import (
     knn_attention,
     knn_attention_packed,
     select_backend,
-    value_checks,
 )
 from common_kernels.dictionary import KNNDictionary
 from common_kernels.fft_fusion import fft_phase_fusion

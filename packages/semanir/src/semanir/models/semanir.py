@@ -190,10 +190,7 @@ class KeySemanticAttention(nn.Module):
         return table.t()[:, index]  # (heads, N, N)
 
     def forward(
-        self,
-        x: Tensor,
-        dictionary: KNNDictionary | None,
-        positions: tuple[Tensor, Tensor] | None,
+        self, x: Tensor, dictionary: KNNDictionary | None, positions: tuple[Tensor, Tensor] | None
     ) -> Tensor:
         """Args:
             x: (B', N, C) window tokens.
@@ -253,10 +250,7 @@ class KeySemanticLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
-        self,
-        x: Tensor,
-        dictionary: KNNDictionary | None,
-        positions: tuple[Tensor, Tensor] | None,
+        self, x: Tensor, dictionary: KNNDictionary | None, positions: tuple[Tensor, Tensor] | None
     ) -> Tensor:
         """(B', N, C) tokens -> (B', N, C) tokens; see :meth:`KeySemanticAttention.forward`."""
         bias = self.attn.position_bias(positions)
@@ -301,9 +295,9 @@ class SemanIRStage(nn.Module):
         window_size: window side.
         dictionary: ``"stage"``, ``"layer"`` or ``"dense"`` (see :class:`SemanIRConfig`).
         similarity: dictionary similarity.
-        mlp_ratio: MLP hidden width relative to ``dim``.
-        norm: ``"pre"`` or ``"post"``.
-        attention: logit options of :class:`KeySemanticAttention`.
+        mlp_ratio: as in :class:`KeySemanticLayer`.
+        norm: as in :class:`KeySemanticLayer`.
+        attention: as in :class:`KeySemanticLayer`.
     """
 
     def __init__(
