@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common_kernels.runtime.errors import InvalidArgument, InvalidValue, literal
+from common_kernels.runtime.errors import InvalidValue, shown
 from common_kernels.runtime.hub import HubUnreachableError, check_hub, hub_cache_dir
 from common_kernels.runtime.hub import resolve_source as resolve_source_name
 
@@ -39,40 +39,6 @@ RANDOM_WEIGHTS = "_random_weights"
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
-def resolve_source(
-    value: str | os.PathLike,
-    *,
-    name: str,
-    what: str,
-    marker: str | None = None,
-    file_ok: bool = False,
-) -> Path | str:
-    """The local path or hub id ``value`` means, checked offline (nothing is loaded).
-
-    Args:
-        value: what the caller gave.
-        name: how the argument is named in messages.
-        what: the kind of local thing expected (``"model folder"``).
-        marker: a file a local folder must hold (``model_index.json``), or ``None``.
-        file_ok: a local file is accepted too (a LoRA ``.safetensors``).
-
-    Raises:
-        common_kernels.runtime.errors.MissingPath: ``value`` looks like a path and nothing is
-            there (a ``FileNotFoundError`` named ``name``).
-        common_kernels.runtime.errors.InvalidArgument: an unknown model, neither a path nor a hub
-            id (``common_kernels.runtime.hub.is_hub_id``; a ``ValueError`` named ``name``).
-        ValueError: a file where a folder belongs, or a folder without ``marker``.
-    """
-    source = resolve_source_name(value, name, what=what)
-    text = os.fspath(value)
-    if isinstance(source, Path):
-        if source.is_file() and not file_ok:
-            raise ValueError(f"{name} {text} is a file; expected a hub id (owner/name) or a folder")
-        if marker is not None and source.is_dir() and not (source / marker).is_file():
-            raise ValueError(f"{name} {text}: no {marker} in the folder (not a diffusers folder)")
-    return source
-
-
 def check_source(
     value: str | os.PathLike,
     argument: str,
@@ -81,22 +47,35 @@ def check_source(
     marker: str | None = None,
     file_ok: bool = False,
 ) -> Path | str:
-    """:func:`resolve_source` of the API argument ``argument``, its bad values refused as an
+    """The local path or hub id that the API argument ``argument`` means, checked offline
+    (nothing is loaded), its bad values refused as an
     :class:`~common_kernels.runtime.errors.InvalidValue` naming it (``{argument} ./lora.bin
     is a file; ...``).
+
+    Args:
+        value: what the caller gave.
+        argument: the API argument, named in messages.
+        what: the kind of local thing expected (``"model folder"``).
+        marker: a file a local folder must hold (``model_index.json``), or ``None``.
+        file_ok: a local file is accepted too (a LoRA ``.safetensors``).
 
     Raises:
         common_kernels.runtime.errors.MissingPath: ``argument: no WHAT PATH (nothing at ...)``
             (a ``FileNotFoundError``).
-        InvalidArgument: an unknown model, or a file, folder or hub id that cannot be it.
+        InvalidArgument: an unknown model, neither a path nor a hub id
+            (``common_kernels.runtime.hub.is_hub_id``), or a file, folder or hub id that cannot
+            be it.
     """
-    try:
-        return resolve_source(value, name=argument, what=what, marker=marker, file_ok=file_ok)
-    except InvalidArgument:
-        raise
-    except ValueError as error:  # "ARGUMENT VALUE ...": the argument named in place
-        text = str(error).removeprefix(argument)
-        raise InvalidValue(argument, f"{{{argument}}}{literal(text)}") from None
+    source = resolve_source_name(value, argument, what=what)
+    text = os.fspath(value)
+    if isinstance(source, Path):
+        if source.is_file() and not file_ok:
+            problem = f"{text} is a file; expected a hub id (owner/name) or a folder"
+            raise InvalidValue(argument, shown(argument, problem))
+        if marker is not None and source.is_dir() and not (source / marker).is_file():
+            problem = f"{text}: no {marker} in the folder (not a diffusers folder)"
+            raise InvalidValue(argument, shown(argument, problem))
+    return source
 
 
 def check_source_hub(source: Path | str, what: str) -> None:
