@@ -58,6 +58,16 @@ def _program_ids(H):
 
 
 @_jit
+def _block_rows(H, N, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """:func:`_program_ids` as the offsets every kernel starts from: ``bh``, ``b``, ``h``, the
+    block's BLOCK rows (queries or keys), the BLOCK_D feature offsets, which rows are < N, and
+    the head's first element in a contiguous (B, H, N, D) tensor."""
+    bh, b, h, pid = _program_ids(H)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    return bh, b, h, rows, tl.arange(0, BLOCK_D), rows < N, bh * N * D
+
+
+@_jit
 def _load_rows(base, rows, valid, offs_d, D):
     """Load ``base[rows, :D]`` as an fp32 (R, BLOCK_D) tile.
 
@@ -141,11 +151,7 @@ def _knn_fwd_kernel(
         LSE: (B, H, N) fp32 log-sum-exp output.
         KNB: neighbours per query.
     """
-    bh, b, h, pid_m = _program_ids(H)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < N
-    head = bh * N * D
+    bh, b, h, offs_m, offs_d, row_ok, head = _block_rows(H, N, D, BLOCK_M, BLOCK_D)
     q = _load_rows(Q + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
     idx_rows = IDX + b * stride_idx_b + h * stride_idx_h + offs_m[:, None] * KNB
     bias_rows = BIAS + b * stride_bias_b + h * stride_bias_h + offs_m[:, None] * stride_bias_i
@@ -193,11 +199,7 @@ def _knn_bwd_query_kernel(
         BIAS: (B, H, N, N) bias view (stride 0 over broadcast dims); unused without bias.
         LSE: (B, H, N) fp32 log-sum-exp; DELTA: (B, H, N) fp32 output.
     """
-    bh, b, h, pid_m = _program_ids(H)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < N
-    head = bh * N * D
+    bh, b, h, offs_m, offs_d, row_ok, head = _block_rows(H, N, D, BLOCK_M, BLOCK_D)
     q = _load_rows(Q + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
     do = _load_rows(DO + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
     out = _load_rows(OUT + head, offs_m, row_ok, offs_d, D)  # (BLOCK_M, BLOCK_D)
@@ -251,11 +253,7 @@ def _knn_bwd_key_kernel(
         ROW_PTR: (B, H, N + 1) view; key n owns COLS[row_ptr[n]:row_ptr[n + 1]].
         COLS: (B, H, N * KNB) view of flat slot ids.
     """
-    bh, b, h, pid_n = _program_ids(H)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    key_ok = offs_n < N
-    head = bh * N * D
+    bh, b, h, offs_n, offs_d, key_ok, head = _block_rows(H, N, D, BLOCK_N, BLOCK_D)
     row_ptr = ROW_PTR + b * stride_ptr_b + h * stride_ptr_h
     start = tl.load(row_ptr + offs_n, mask=key_ok, other=0)
     count = tl.load(row_ptr + offs_n + 1, mask=key_ok, other=0) - start
