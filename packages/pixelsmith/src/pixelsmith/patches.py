@@ -11,7 +11,8 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -96,6 +97,8 @@ def _draw_rolls(generator: torch.Generator) -> tuple[bool, bool]:
     return left, down
 
 
+# subclasses add their keyword-only settings to these fields; eq=False: compared by identity
+@dataclass(eq=False)
 class PatchPlanner(ABC):
     """Plans the patches of each step over an ``height x width`` latent.
 
@@ -108,26 +111,21 @@ class PatchPlanner(ABC):
             without a chess mask (the official sampler does; it changes the random stream).
     """
 
-    name: str
+    name: ClassVar[str]
 
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        patch_size: int,
-        batch_size: int = 1,
-        *,
-        always_draw_rolls: bool = False,
-    ) -> None:
-        if patch_size > height or patch_size > width:
+    height: int
+    width: int
+    patch_size: int
+    batch_size: int = 1
+    _: KW_ONLY
+    always_draw_rolls: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patch_size > self.height or self.patch_size > self.width:
             raise ValueError(
-                f"patch_size ({patch_size}) must not exceed the latent size ({height}x{width})"
+                f"patch_size ({self.patch_size}) must not exceed the latent size "
+                f"({self.height}x{self.width})"
             )
-        self.height = height
-        self.width = width
-        self.patch_size = patch_size
-        self.batch_size = batch_size
-        self.always_draw_rolls = always_draw_rolls
 
     @abstractmethod
     def plan(self, step: int, *, chess: bool, generator: torch.Generator) -> list[list[Patch]]:
@@ -140,6 +138,7 @@ class PatchPlanner(ABC):
         return Patch(patch.top, patch.left, patch.size, left, down)
 
 
+@dataclass(eq=False)
 class GridPlanner(PatchPlanner):
     """A deterministic grid with the minimum number of patches per step, staggered when needed.
 
@@ -161,26 +160,20 @@ class GridPlanner(PatchPlanner):
 
     name = "grid"
 
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        patch_size: int,
-        batch_size: int = 1,
-        *,
-        min_overlap: int = 0,
-        stagger_below: int = 0,
-        always_draw_rolls: bool = False,
-    ) -> None:
-        super().__init__(height, width, patch_size, batch_size, always_draw_rolls=always_draw_rolls)
-        rows = grid_offsets(height, patch_size, min_overlap)
-        cols = grid_offsets(width, patch_size, min_overlap)
-        odd_rows = staggered_offsets(rows, height, patch_size, stagger_below)
-        odd_cols = staggered_offsets(cols, width, patch_size, stagger_below)
+    _: KW_ONLY
+    min_overlap: int = 0
+    stagger_below: int = 0
+    layouts: tuple[list[list[Patch]], ...] = field(init=False, repr=False)  # even, odd steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        height, width, size = self.height, self.width, self.patch_size
+        rows = grid_offsets(height, size, self.min_overlap)
+        cols = grid_offsets(width, size, self.min_overlap)
+        odd_rows = staggered_offsets(rows, height, size, self.stagger_below)
+        odd_cols = staggered_offsets(cols, width, size, self.stagger_below)
         self.layouts = tuple(
-            _first_fit_batches(
-                [Patch(top, left, patch_size) for top in r for left in c], batch_size
-            )
+            _first_fit_batches([Patch(top, left, size) for top in r for left in c], self.batch_size)
             for r, c in ((rows, cols), (odd_rows, odd_cols))
         )
 
@@ -215,6 +208,7 @@ def _first_fit_batches(patches: list[Patch], batch_size: int) -> list[list[Patch
     return batches
 
 
+@dataclass(eq=False)
 class RandomPlanner(PatchPlanner):
     """The paper's placement: the next centre is a random not-yet-denoised pixel.
 
@@ -230,18 +224,8 @@ class RandomPlanner(PatchPlanner):
 
     name = "random"
 
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        patch_size: int,
-        batch_size: int = 1,
-        *,
-        permutation_draw: bool = False,
-        always_draw_rolls: bool = False,
-    ) -> None:
-        super().__init__(height, width, patch_size, batch_size, always_draw_rolls=always_draw_rolls)
-        self.permutation_draw = permutation_draw
+    _: KW_ONLY
+    permutation_draw: bool = False
 
     def _draw_index(self, count: int, generator: torch.Generator) -> int:
         if self.permutation_draw:
