@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,43 +18,51 @@ from torch import Tensor
 
 from common_kernels.runtime.errors import InvalidArgument
 
-# open_clip model folders (open_clip_config.json + weights, as `itaclip tiny-model` writes)
-OPEN_CLIP = "open_clip"
-# diffusers model folders (model_index.json); ComfyUI knows this folder already
-DIFFUSERS = "diffusers"
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """The model folders of one kind below ComfyUI's model folders: the subfolders of its
+    ``kind`` folders (``models/diffusers``, ...) that hold a ``marker`` file.
+
+    Args:
+        kind: ComfyUI's name of the folders (``folder_paths``), e.g. ``"diffusers"``.
+        marker: the file that makes a folder a model (``model_index.json``).
+    """
+
+    kind: str
+    marker: str
+
+    def names(self) -> list[str]:
+        """The model folders, relative to their ``kind`` folder (what a COMBO lists), sorted."""
+        found = set()
+        for root in folder_paths.get_folder_paths(self.kind):
+            for folder, _, files in os.walk(root, followlinks=True):
+                if self.marker in files:
+                    found.add(os.path.relpath(folder, root))
+        return sorted(found)
+
+    def path(self, name: str, argument: str = "model") -> Path:
+        """The folder of ``name`` (one of :meth:`names`)."""
+        for root in folder_paths.get_folder_paths(self.kind):
+            if (Path(root) / name / self.marker).is_file():
+                return Path(root) / name
+        roots = ", ".join(folder_paths.get_folder_paths(self.kind))
+        raise InvalidArgument(argument, f"no folder {name!r} with {self.marker} in ComfyUI's "
+                              f"{self.kind} model folders ({roots})")  # fmt: skip
+
+
+# open_clip folders (open_clip_config.json + weights, as `itaclip tiny-model` writes them)
+OPEN_CLIP = ModelFolders("open_clip", "open_clip_config.json")
+# diffusers folders; ComfyUI knows this kind already
+DIFFUSERS = ModelFolders("diffusers", "model_index.json")
 
 
 def register_folders() -> None:
     """Add ``models/open_clip`` to ComfyUI's model folders (``extra_model_paths.yaml`` may add
     more under the same name)."""
-    if OPEN_CLIP not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(
-            OPEN_CLIP, os.path.join(folder_paths.models_dir, OPEN_CLIP)
-        )
-
-
-def model_folders(kind: str, marker: str) -> list[str]:
-    """The folders below ComfyUI's ``kind`` model folders holding a ``marker`` file, as paths
-    relative to their model folder (what a COMBO lists), sorted."""
-    found = set()
-    for root in folder_paths.get_folder_paths(kind):
-        if not os.path.isdir(root):
-            continue
-        for folder, _, files in os.walk(root, followlinks=True):
-            if marker in files:
-                found.add(os.path.relpath(folder, root))
-    return sorted(found)
-
-
-def model_folder(kind: str, name: str, marker: str, argument: str) -> Path:
-    """The folder ``name`` (from :func:`model_folders`) of ComfyUI's ``kind`` model folders."""
-    for root in folder_paths.get_folder_paths(kind):
-        folder = Path(root) / name
-        if (folder / marker).is_file():
-            return folder
-    roots = ", ".join(folder_paths.get_folder_paths(kind))
-    raise InvalidArgument(argument, f"no folder {name!r} with {marker} in ComfyUI's {kind} model "
-                          f"folders ({roots})")  # fmt: skip
+    if OPEN_CLIP.kind not in folder_paths.folder_names_and_paths:
+        default = os.path.join(folder_paths.models_dir, OPEN_CLIP.kind)
+        folder_paths.add_model_folder_path(OPEN_CLIP.kind, default)
 
 
 def device() -> torch.device:

@@ -12,23 +12,7 @@ from torch import Tensor
 from diffeat import FeatureExtractor
 from diffeat.viz import pca_rgb
 
-from .host import (
-    DIFFUSERS,
-    Node,
-    Progress,
-    comfy_image,
-    device,
-    image_list,
-    model_folder,
-    model_folders,
-)
-
-MARKER = "model_index.json"
-
-
-def model_choices() -> list[str]:
-    """The diffusers folders of ComfyUI's ``models/diffusers``."""
-    return model_folders(DIFFUSERS, MARKER)
+from .host import DIFFUSERS, Node, Progress, comfy_image, device, image_list
 
 
 class DiffeatLoader(Node):
@@ -37,7 +21,7 @@ class DiffeatLoader(Node):
 
     CATEGORY, RETURN_TYPES = "loaders", ("DIFFEAT",)
     INPUTS = {
-        "model": (model_choices, {"tooltip": "a diffusers folder of models/diffusers"}),
+        "model": (DIFFUSERS.names, {"tooltip": "a diffusers folder of models/diffusers"}),
         "image_size": ("INT", {"default": 512, "min": 8, "max": 4096, "step": 8,
                        "tooltip": "images are resized to this square size"}),
         "timestep": ("INT", {"default": 50, "min": 0, "max": 999, "tooltip": "the diffusion "
@@ -45,7 +29,7 @@ class DiffeatLoader(Node):
     }  # fmt: skip
 
     def run(self, model: str, image_size: int, timestep: int) -> tuple[Any]:
-        folder = model_folder(DIFFUSERS, model, MARKER, "model")
+        folder = DIFFUSERS.path(model)
         extractor = FeatureExtractor.from_pretrained(
             folder, layers="all", timestep=timestep, device=device(), image_size=image_size,
             output_device="cpu",

@@ -10,18 +10,8 @@ from torch import Tensor
 from itaclip import Segmenter
 from itaclip.viz import palette
 
-from .host import (
-    OPEN_CLIP,
-    Node,
-    Progress,
-    comfy_image,
-    device,
-    image_list,
-    model_folder,
-    model_folders,
-)
+from .host import OPEN_CLIP, Node, Progress, comfy_image, device, image_list
 
-CONFIG_FILE = "open_clip_config.json"
 # open_clip built-in names with a weights tag, loaded from open_clip's hub cache
 BUILTIN = {"ViT-B-16-quickgelu (openai)": ("ViT-B-16-quickgelu", "openai"),
            "ViT-L-14-quickgelu (openai)": ("ViT-L-14-quickgelu", "openai")}  # fmt: skip
@@ -34,7 +24,7 @@ def class_lines(classes: str) -> list[str]:
 
 def model_choices() -> list[str]:
     """The open_clip folders of ComfyUI's ``models/open_clip``, then the built-in CLIPs."""
-    return [*model_folders(OPEN_CLIP, CONFIG_FILE), *BUILTIN]
+    return [*OPEN_CLIP.names(), *BUILTIN]
 
 
 class ITACLIPLoader(Node):
@@ -49,7 +39,7 @@ class ITACLIPLoader(Node):
         if model in BUILTIN:
             name, tag = BUILTIN[model]
             return (Segmenter.from_pretrained(name, tag, preset=None, device=device()),)
-        folder = model_folder(OPEN_CLIP, model, CONFIG_FILE, "model")
+        folder = OPEN_CLIP.path(model)
         return (Segmenter.from_pretrained(str(folder), None, preset=None, device=device()),)
 
 

@@ -16,9 +16,8 @@ from torch import Tensor
 from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
 
-from .host import DIFFUSERS, Node, Progress, comfy_image, device, model_folder, model_folders
+from .host import DIFFUSERS, Node, Progress, comfy_image, device
 
-MARKER = "model_index.json"
 HUB_ID = "(hub id)"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -46,7 +45,7 @@ def cascade_options(steps: int, guidance: float, seed: int, patch_size: int,
 
 def model_choices() -> list[str]:
     """``(hub id)``, then the diffusers folders of ComfyUI's ``models/diffusers``."""
-    return [HUB_ID, *model_folders(DIFFUSERS, MARKER)]
+    return [HUB_ID, *DIFFUSERS.names()]
 
 
 class PixelsmithLoader(Node):
@@ -64,9 +63,7 @@ class PixelsmithLoader(Node):
     def run(self, model: str, hub_id: str, dtype: str) -> tuple[PixelsmithPipeline]:
         where = device()
         chosen = DTYPES[dtype] or (torch.float16 if where.type == "cuda" else torch.float32)
-        source = hub_id.strip() if model == HUB_ID else model_folder(
-            DIFFUSERS, model, MARKER, "model"
-        )  # fmt: skip
+        source = hub_id.strip() if model == HUB_ID else DIFFUSERS.path(model)
         pipe = PixelsmithPipeline.from_pretrained(source, torch_dtype=chosen)
         pipe.set_progress_bar_config(disable=True)  # ComfyUI's bar shows the progress
         return (pipe.to(where),)

@@ -3,10 +3,11 @@
     python comfyui/benchmarks/node_times.py [--runs 3] [--out comfyui/benchmarks/results]
 
 Starts ComfyUI 0.3.64 with the pack as the tests do (``comfyui/tests/harness.py``), runs each
-workflow of ``comfyui/workflows`` ``--runs`` times on a 40x56 crop of Set14's comic, and times
-every node from ComfyUI's own ``executing`` messages on its websocket (the time from a node's
-start to the next one's). The first run of a workflow loads its model (a loader node runs only
-then: ComfyUI keeps its output); later runs are warm. Writes ``node_times.{json,md,png}``.
+workflow of ``comfyui/workflows`` ``--runs`` times, each run on another 40x56 crop of Set14's
+comic (a graph without an image: another seed), so that ComfyUI runs every node again but the
+loaders (it keeps their outputs), and times every node from ComfyUI's own ``executing``
+messages on its websocket (the time from a node's start to the next one's). The first run loads
+the models; later runs are warm. Writes ``node_times.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -65,14 +66,25 @@ async def node_times(comfy: Comfy, graph: dict) -> dict[str, float]:
     return {node: end - begin for (node, begin), (_, end) in itertools.pairwise(started)}
 
 
-def run(comfy: Comfy, runs: int, image: str) -> list[dict]:
+def varied(graph: dict, images: list[str], run: int) -> dict:
+    """``graph`` with run ``run``'s image (or seed, in a graph without an image)."""
+    graph = json.loads(json.dumps(graph))
+    for node in graph.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = images[run]
+        elif "seed" in node["inputs"] and not any(
+            n["class_type"] == "LoadImage" for n in graph.values()
+        ):
+            node["inputs"]["seed"] = run
+    return graph
+
+
+def run(comfy: Comfy, images: list[str]) -> list[dict]:
     rows = []
     for path in sorted(WORKFLOWS.glob("*.json")):
         graph = json.loads(path.read_text())
-        for node in graph.values():
-            if node["class_type"] == "LoadImage":
-                node["inputs"]["image"] = image
-        times = [asyncio.run(node_times(comfy, graph)) for _ in range(runs)]
+        times = [asyncio.run(node_times(comfy, varied(graph, images, run)))
+                 for run in range(len(images))]  # fmt: skip
         for node_id, node in graph.items():
             seconds = [t[node_id] for t in times if node_id in t]
             if not seconds:
@@ -123,9 +135,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         comfy = start(Path(folder))
         try:
-            crop = Path(folder) / "example.png"
-            Image.open(IMAGE).convert("RGB").crop((60, 40, 116, 80)).save(crop)
-            rows = run(comfy, args.runs, comfy.upload(crop))
+            images = []
+            for index in range(args.runs):
+                crop = Path(folder) / f"example{index}.png"
+                box = (60 + 8 * index, 40, 116 + 8 * index, 80)  # 40 x 56 px
+                Image.open(IMAGE).convert("RGB").crop(box).save(crop)
+                images.append(comfy.upload(crop))
+            rows = run(comfy, images)
         finally:
             stop(comfy.process)
     import torch
