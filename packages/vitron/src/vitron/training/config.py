@@ -225,6 +225,28 @@ class TrainConfig:
         check_train_settings(dataclasses.asdict(self))
 
 
+@dataclass(frozen=True)
+class TrainFiles:
+    """The files of one stage, once :func:`check_train` has checked them (what
+    :func:`vitron.training.module.fit` reads and writes).
+
+    Args:
+        model: a Vitron folder / hub id, or a model.
+        data: the training JSONL.
+        output: the output folder.
+        val_data: the validation JSONL, or ``None``.
+        signal_targets: the stage-3 targets index, or ``None``.
+        resume: the checkpoint to continue from, or ``None``.
+    """
+
+    model: str | Path | Any
+    data: str | Path
+    output: str | Path
+    val_data: str | Path | None = None
+    signal_targets: str | Path | None = None
+    resume: str | Path | None = None
+
+
 def check_train(
     model: str | Path | Any,
     data: str | Path,

@@ -42,7 +42,7 @@ from common_kernels.runtime.lightning import InterruptCheckpoint, progress_callb
 from vitron.models.loading import empty_weights
 from vitron.models.vitron import ALIGN_LOSSES, VitronModel
 from vitron.processing import VitronProcessor
-from vitron.training.config import STAGES, TrainConfig
+from vitron.training.config import STAGES, TrainConfig, TrainFiles
 from vitron.training.data import ConversationDataset, collate
 from vitron.training.resume import (
     LOG_VERSION_KEY,
@@ -503,31 +503,17 @@ def stage_processor(model: VitronModel, stage: int) -> VitronProcessor:
 
 
 def fit(
-    model: str | Path | VitronModel,
-    data: str | Path,
-    output: str | Path,
-    config: TrainConfig,
-    *,
-    val_data: str | Path | None = None,
-    signal_targets: str | Path | None = None,
-    resume: str | Path | None = None,
-    checkpoints: bool = True,
-    **trainer_options: Any,
+    files: TrainFiles, config: TrainConfig, *, checkpoints: bool = True, **trainer_options: Any
 ) -> dict[str, Any]:
     """One stage of :func:`vitron.training.train` after its checks: load, fit, save.
 
     Args:
-        model: a checked Vitron folder / hub id, or a model.
-        data: the checked training JSONL.
-        output: the output folder.
+        files: the checked model, data, output and optional files.
         config: the checked settings.
-        val_data: the checked validation JSONL.
-        signal_targets: the checked stage-3 targets index.
-        resume: the checked checkpoint to continue from.
         checkpoints: keep Lightning's end-of-epoch checkpoints and logs.
         **trainer_options: other ``lightning.Trainer`` arguments.
     """
-    c = config
+    c, model = config, files.model
     L.seed_everything(c.seed, workers=True, verbose=False)
     if not isinstance(model, VitronModel):
         model = VitronModel.from_pretrained(str(model))
@@ -538,17 +524,17 @@ def fit(
         gradient_checkpointing=c.gradient_checkpointing,
     )  # fmt: skip
     datamodule = VitronDataModule(
-        stage_processor(model, c.stage), data, val_data, c.batch_size, c.num_workers, seed=c.seed,
-        signal_targets=signal_targets,
+        stage_processor(model, c.stage), files.data, files.val_data, c.batch_size, c.num_workers,
+        seed=c.seed, signal_targets=files.signal_targets,
     )  # fmt: skip
-    root = Path(output) / "lightning"
+    root = Path(files.output) / "lightning"
     interrupt = InterruptCheckpoint(root / "checkpoints")
     periodic = periodic_checkpoints(
         root / "checkpoints", c.checkpoint_every_n_steps, c.checkpoint_every_minutes
     )
     position = DataPosition(datamodule.sampler, c.batch_size)  # reads 0.3.0 checkpoints
     callbacks = [position, interrupt, *periodic, *trainer_options.pop("callbacks", [])]
-    resumed = checkpoint_facts(resume)
+    resumed = checkpoint_facts(files.resume)
     options = {
         "max_steps": c.max_steps, "accelerator": c.accelerator, "devices": c.devices,
         "strategy": lightning_strategy(c.strategy, model), "precision": c.precision,
@@ -556,7 +542,7 @@ def fit(
         "enable_checkpointing": checkpoints or bool(periodic),
         "logger": run_logger(root, resumed) if checkpoints else False,
         "enable_model_summary": False, "log_every_n_steps": 1,
-        "limit_val_batches": None if val_data is not None else 0, "callbacks": callbacks,
+        "limit_val_batches": None if files.val_data is not None else 0, "callbacks": callbacks,
     }  # fmt: skip
     options.update(trainer_options)
     # in a log (not a terminal): plain progress lines instead of tqdm's bar
@@ -568,23 +554,23 @@ def fit(
             enabled=options.get("enable_progress_bar"),
         ),
     ]
-    folders = RunFolders(output)
+    folders = RunFolders(files.output)
     trainer = None
     try:
         trainer = L.Trainer(**options)
         with interrupt.catching():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=files.resume)
         if not module.losses:
             raise ValueError(
-                f"no batch of {data} has anything stage {c.stage} trains (stage 3 needs replies "
-                f"with signals whose task has a head); {module.skipped} batch(es) skipped, "
-                "nothing saved"
+                f"no batch of {files.data} has anything stage {c.stage} trains (stage 3 needs "
+                f"replies with signals whose task has a head); {module.skipped} batch(es) "
+                "skipped, nothing saved"
             )
     except BaseException:
         if trainer is None or trainer.global_step <= resumed.step:  # not one step: no trace
             folders.remove_new()
         raise
-    save_trained(trainer.strategy, module, output)
+    save_trained(trainer.strategy, module, files.output)
     return {
         "first_loss": module.losses[0],
         "last_loss": module.losses[-1],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitron.training.config import TrainConfig, check_train
+from vitron.training.config import TrainConfig, TrainFiles, check_train
 
 
 def train(
@@ -106,7 +106,5 @@ def train(
     )  # fmt: skip
     from vitron.training.module import fit  # Lightning, peft, transformers: after the checks
 
-    return fit(
-        model, data, output, config, val_data=val_data, signal_targets=signal_targets,
-        resume=resume, checkpoints=checkpoints, **trainer_options,
-    )  # fmt: skip
+    files = TrainFiles(model, data, output, val_data, signal_targets, resume)
+    return fit(files, config, checkpoints=checkpoints, **trainer_options)
