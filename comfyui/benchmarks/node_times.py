@@ -117,9 +117,12 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     rows = [r for r in report["rows"] if r["node"] not in ("LoadImage", "SaveImage")]
     with figure(path, figsize=(9, 0.4 * len(rows) + 1)) as (_, axes):
-        labels = [f"{r['workflow']}: {r['node']}" for r in rows]
-        axes.barh(labels, [r["first_s"] or 0 for r in rows], label="first run")
-        axes.barh(labels, [r["warm_median_s"] or 0 for r in rows], label="warm")
+        places = list(range(len(rows)))
+        first = [r["first_s"] or 0 for r in rows]
+        warm = [r["warm_median_s"] or 0 for r in rows]
+        axes.barh([y - 0.2 for y in places], first, height=0.4, label="first run")
+        axes.barh([y + 0.2 for y in places], warm, height=0.4, label="warm (median)")
+        axes.set_yticks(places, [f"{r['workflow']}: {r['node']}" for r in rows])
         axes.set_xlabel("seconds")
         axes.invert_yaxis()
         axes.legend()
