@@ -83,6 +83,11 @@ class CallInputs:
     output_dir: Path
     seed: int = 0
 
+    @property
+    def call_seed(self) -> int:
+        """The call's ``seed`` argument, or the turn's seed when the call gives none."""
+        return self.args.get("seed", self.seed)
+
     def file(self, name: str, suffix: str) -> Path:
         """A new path for output ``name``: ``<call id>_<name><suffix>``, or with ``_2``, ``_3``,
         ... before the suffix when an earlier turn's call of the same id already wrote it."""
@@ -206,6 +211,10 @@ class Specialist(abc.ABC):
     @abc.abstractmethod
     def execute(self, inputs: CallInputs) -> SpecialistOutput:
         """Run one call on loaded weights."""
+
+    def call_generator(self, inputs: CallInputs) -> torch.Generator:
+        """A generator on ``device`` seeded with the call's seed (:attr:`CallInputs.call_seed`)."""
+        return generator(self.device, inputs.call_seed)
 
     def conditioning_target(self, task: str, text: str) -> Tensor:
         """The specialist's own conditioning of ``text`` (a float32 CPU vector): the stage-3

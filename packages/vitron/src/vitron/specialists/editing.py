@@ -22,7 +22,6 @@ from vitron.specialists.base import (
     Consumes,
     SpecialistError,
     SpecialistOutput,
-    generator,
 )
 from vitron.specialists.diffusion import PipelineSpecialist, encode_with_signal, processing_size
 
@@ -137,7 +136,7 @@ class DiffusersInpainter(PipelineSpecialist):
             strength=opts.strength,
             num_inference_steps=opts.num_inference_steps,
             guidance_scale=opts.guidance_scale,
-            generator=generator(self.device, args.get("seed", inputs.seed)),
+            generator=self.call_generator(inputs),
         ).images[0]
         edited = to_tensor(result.resize((image.width, image.height), Image.BICUBIC))  # (3, H, W)
         if opts.composite:

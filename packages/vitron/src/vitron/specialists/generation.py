@@ -15,7 +15,6 @@ from vitron.specialists.base import (
     Consumes,
     SpecialistError,
     SpecialistOutput,
-    generator,
     torch_dtype,
 )
 from vitron.specialists.diffusion import (
@@ -99,7 +98,7 @@ class DiffusersImageGenerator(PipelineSpecialist):
         for name, value in (("height", height), ("width", width)):
             if value < 8 or value % 8:
                 raise SpecialistError(f"{name} must be a multiple of 8 and >= 8, got {value}")
-        seed = args.get("seed", inputs.seed)
+        seed = inputs.call_seed
         negative = args.get("negative", opts.negative_prompt)
         if max(height, width) > self.native:
             image = self._highres(inputs, args["text"], negative, height, width, seed)
@@ -118,7 +117,7 @@ class DiffusersImageGenerator(PipelineSpecialist):
                 width=width,
                 num_inference_steps=opts.num_inference_steps,
                 guidance_scale=opts.guidance_scale,
-                generator=generator(self.device, seed),
+                generator=self.call_generator(inputs),
             ).images[0]
         path = image if isinstance(image, Path) else save_image(image, inputs.file("image", ".png"))
         value = None if isinstance(image, Path) else image

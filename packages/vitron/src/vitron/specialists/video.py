@@ -18,7 +18,6 @@ from vitron.specialists.base import (
     CallInputs,
     Consumes,
     SpecialistOutput,
-    generator,
     torch_dtype,
 )
 from vitron.specialists.diffusion import load_pipeline
@@ -128,7 +127,7 @@ class DiffusersVideo(CachingSpecialist):
             "num_frames": args.get("num_frames", opts.num_frames),
             "num_inference_steps": opts.num_inference_steps,
             "guidance_scale": opts.guidance_scale,
-            "generator": generator(self.device, args.get("seed", inputs.seed)),
+            "generator": self.call_generator(inputs),
             "output_type": "pil",
         }
         if opts.height is not None:
@@ -145,7 +144,7 @@ class DiffusersVideo(CachingSpecialist):
         # I2VGenXL samples the image latents from the global generator: seed it too
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(inputs.args.get("seed", inputs.seed))
+            torch.manual_seed(inputs.call_seed)
             out = pipe(**kwargs)
         frames = frames_to_pil(out.frames)
         path = save_gif(frames, inputs.file("video", ".gif"), self.options.fps)
