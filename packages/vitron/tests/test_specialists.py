@@ -293,6 +293,7 @@ def test_clip_skip_prompt_states_match_diffusers(registry, tmp_path):
     from vitron.specialists.video import clip_skip_prompt_kwargs
 
     video = registry.specialist("image_to_video")
+    video.ensure_loaded()  # pipelines are cached from load on; another test may not have run
     pipe = video.pipeline("image_to_video")
     encoder = pipe.text_encoder
     assert not hasattr(encoder, "text_model")
