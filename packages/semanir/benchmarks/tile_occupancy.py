@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from einops import rearrange
 
 from common_kernels import knn_graph, window_partition
 from common_kernels.dictionary import neighbour_pairs_per_tile
+from common_kernels.runtime.bench import write_report
 from common_kernels.runtime.cli import check_benchmark_setup
-from common_kernels.runtime.files import write_text
 from semanir.inference import load_model
 from semanir.io import read_image
 from semanir.models.semanir import SemanIRStage
@@ -154,13 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     images = [read_image(p, channels="gray")[None] for p in paths]
     rows = measure(stage_inputs(model, images))
     name = args.model or "bundled semanir_tiny_denoise_gray"
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text(
-        args.out / "tile_occupancy.json", json.dumps({"model": name, "rows": rows}, indent=1)
-    )
-    text = markdown(rows, name)
-    write_text(args.out / "tile_occupancy.md", text)
-    print(text)
+    report = {"model": name, "rows": rows}
+    write_report(args.out / "tile_occupancy", report, markdown(rows, name))
     return 0
 
 
