@@ -124,13 +124,17 @@ def cached(load: Callable[..., object]) -> Callable[..., object]:
 
 
 class Node:
-    """A node class as ComfyUI reads it: ``RETURN_TYPES``, ``CATEGORY``, ``DESCRIPTION``,
-    ``FUNCTION`` (``run``) and ``INPUT_TYPES``, made from :attr:`INPUTS` (name -> ComfyUI's
-    input spec; a callable in place of a COMBO's list is called each time the page asks, so
-    the lists of model folders are current)."""
+    """A node class as ComfyUI reads it: ``RETURN_TYPES``, ``CATEGORY``, ``FUNCTION`` (``run``),
+    ``DESCRIPTION`` (the class's docstring, which the page shows) and ``INPUT_TYPES``, made from
+    :attr:`INPUTS` (name -> ComfyUI's input spec; a callable in place of a COMBO's list is
+    called each time the page asks, so the lists of model folders are current)."""
 
     FUNCTION = "run"
     INPUTS: ClassVar[dict[str, tuple]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.DESCRIPTION = " ".join((cls.__doc__ or "").split())
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -38,13 +38,11 @@ class DiffeatLoader(Node):
 
 
 class DiffeatPCA(Node):
-    """The PCA-RGB image of one activation of every image of a batch."""
+    """One activation (vae-out, down_blocks.1, ...: `diffeat layers --model DIR` lists them) of
+    every image of a batch, coloured by its first three principal components, at the size the
+    image is fed at."""
 
     CATEGORY, RETURN_TYPES = "image/analysis", ("IMAGE",)
-    DESCRIPTION = (
-        "One activation (vae-out, down_blocks.1, ... : `diffeat layers MODEL` lists them) "
-        "coloured by its first three principal components, at the size the image is fed at."
-    )
     INPUTS = {
         "extractor": ("DIFFEAT",),
         "image": ("IMAGE",),

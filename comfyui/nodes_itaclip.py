@@ -44,14 +44,12 @@ class ITACLIPLoader(Node):
 
 
 class ITACLIPSegment(Node):
-    """Segment every image of a batch into text classes."""
+    """Training-free open-vocabulary segmentation (ITACLIP) of every image of a batch: one class
+    per line ('person,man' gives a class two names); background names the class the
+    thresholds fall back to."""
 
     CATEGORY, RETURN_TYPES = "mask", ("MASK", "IMAGE", "STRING")
     RETURN_NAMES = ("masks", "label_map", "class_names")
-    DESCRIPTION = (
-        "Training-free open-vocabulary segmentation (ITACLIP): one class per line ('person,man' "
-        "gives a class two names); background names the class the thresholds fall back to."
-    )
     INPUTS = {
         "segmenter": ("ITACLIP",),
         "image": ("IMAGE",),

@@ -70,13 +70,11 @@ class PixelsmithLoader(Node):
 
 
 class PixelsmithCascade(Node):
-    """Generate a prompt at a higher resolution than the model was trained for."""
+    """Pixelsmith: generate a prompt above the model's training size. The first size is plain
+    SDXL, every later one a guided patch-wise stage, with a slider per later stage (the steps
+    guided by the previous stage, in [1, steps])."""
 
     CATEGORY, RETURN_TYPES = "sampling", ("IMAGE",)
-    DESCRIPTION = (
-        "Pixelsmith: the first size is plain SDXL, every later one a guided patch-wise stage; "
-        "a slider per later stage (steps guided by the previous stage, in [1, steps])."
-    )
     INPUTS = {
         "pipeline": ("PIXELSMITH",),
         "prompt": ("STRING", {"multiline": True, "default": "a photo of a lighthouse"}),

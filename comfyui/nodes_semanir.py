@@ -60,14 +60,11 @@ def load_restorer(name: str, where: str) -> nn.Module:
 
 
 class SemanIRRestore(Node):
-    """Restore every image of a batch with a SemanIR (or DnCNN) model."""
+    """Denoise, remove JPEG artefacts or upscale x4 every image of a batch with SemanIR (or
+    DnCNN), as `semanir restore` does: auto picks the bundled model of the task; a gray model
+    restores the luma and keeps the chroma (or restores each channel)."""
 
     CATEGORY, RETURN_TYPES = "image/restoration", ("IMAGE",)
-    DESCRIPTION = (
-        "Denoise, remove JPEG artefacts or upscale x4 with SemanIR, as `semanir restore` does: "
-        "auto picks the bundled model of the task; a gray model restores the luma and keeps "
-        "the chroma (or each channel)."
-    )
     INPUTS = {
         "image": ("IMAGE",),
         "task": (list(COMMAND_LINE_TASKS), {"default": "denoise"}),
@@ -121,14 +118,11 @@ class SemanIRRestore(Node):
 
 
 class SemanIRDegrade(Node):
-    """Add Gaussian noise or JPEG artefacts: the inputs SemanIR's denoise and JPEG models learnt
-    to undo (``semanir restore --add-noise``, ``semanir eval``)."""
+    """Gaussian noise of sigma (0-255 scale, seeded; clipped to [0, 1] as an image is) or a JPEG
+    round trip at a quality (Pillow's libjpeg, 4:2:0 for colour): the inputs SemanIR's denoise
+    and JPEG models learnt to undo (`semanir restore --add-noise`, `semanir eval`)."""
 
     CATEGORY, RETURN_TYPES = "image/restoration", ("IMAGE",)
-    DESCRIPTION = (
-        "Gaussian noise of sigma (0-255 scale, seeded; clipped to [0, 1] as an image is) or a "
-        "JPEG round trip at a quality (Pillow's libjpeg, 4:2:0 for colour)."
-    )
     INPUTS = {
         "image": ("IMAGE",),
         "degradation": (["noise", "jpeg"], {"default": "noise"}),

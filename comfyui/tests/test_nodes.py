@@ -62,6 +62,10 @@ def test_the_nodes_are_listed_with_their_inputs(comfy: Comfy) -> None:
     assert restore["task"][0] == ["denoise", "jpeg", "sr"]
     assert restore["model"][0][0] == "auto" and "semanir_tiny_sr_x4" in restore["model"][0]
     assert info["ITACLIPSegment"]["output_name"] == ["masks", "label_map", "class_names"]
+    # the page shows each node's docstring, on one line
+    assert info["SemanIRRestore"]["description"].startswith(
+        "Denoise, remove JPEG artefacts or upscale x4 every image of a batch with SemanIR (or "
+    )
     assert info["ITACLIPLoader"]["input"]["required"]["model"][0][0] == "tiny-clip"
     diffusers = info["PixelsmithLoader"]["input"]["required"]["model"][0]
     assert {"tiny-sdxl", "tiny-sd15"} <= set(diffusers)
