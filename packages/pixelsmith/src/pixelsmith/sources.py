@@ -83,7 +83,7 @@ def check_source_hub(source: Path | str, what: str) -> None:
     (``HF_HUB_OFFLINE``, or no connection); a local path passes.
 
     Args:
-        source: from :func:`resolve_source`.
+        source: from :func:`check_source`.
         what: the model in words (``"the VAE"``), first in the message.
 
     Raises:
