@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         TextConditioning,
     )
 
-__version__ = "0.4.4"
+__version__ = "0.4.5"
 
 # each public name -> the module that defines it
 _MODULES = {
