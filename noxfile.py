@@ -315,8 +315,8 @@ def comfyui(session: nox.Session) -> None:
         session.skip(f"no ComfyUI source at {tarball} (set COMFYUI_TARBALL)")
     share_torch(session)
     pack = tomllib.loads((COMFYUI_PACK / "pyproject.toml").read_text())["project"]
-    names = [name for name, info in PACKAGES.items()
-             if any(_requirement_name(r) == info["name"] for r in pack["dependencies"])]  # fmt: skip
+    wanted = {_requirement_name(requirement) for requirement in pack["dependencies"]}
+    names = [name for name, info in PACKAGES.items() if info["name"] in wanted]
     build_wheels(session, names)
     requirements = comfyui_requirements(tarball, Path(session.create_tmp()) / "comfyui.txt")
     pip_install(session, *refresh_in_tree(names), "--find-links", str(WHEELHOUSE),
