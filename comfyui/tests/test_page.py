@@ -27,15 +27,22 @@ FIT = """() => { const canvas = window.app.canvas; canvas.selectItems();
 
 
 @pytest.fixture(scope="module")
-def page(comfy: Comfy, example: tuple[str, Path]) -> Iterator[Any]:
+def browser(comfy: Comfy, example: tuple[str, Path]) -> Iterator[Any]:
     # a new user's page opens on the template gallery; this user has seen it
     setting = requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=30)
     setting.raise_for_status()
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1500, "height": 820})
-        page.goto(comfy.url)
-        page.wait_for_function(APP_READY, timeout=120_000)
-        yield page
+        yield browser
+
+
+@pytest.fixture
+def page(comfy: Comfy, browser: Any) -> Iterator[Any]:
+    """ComfyUI's page in a fresh browser context: no tab or preview of an earlier graph."""
+    page = browser.new_page(viewport={"width": 1500, "height": 820})
+    page.goto(comfy.url)
+    page.wait_for_function(APP_READY, timeout=120_000)
+    yield page
+    page.context.close()
 
 
 @pytest.mark.parametrize("name", NAMES)
