@@ -1,8 +1,9 @@
-"""Pixelsmith in ComfyUI: the cascade (plain SDXL at the base size, then guided patch-wise stages
-up to the target size) on a diffusers SDXL folder of ``models/diffusers`` or a hub id.
+"""Pixelsmith in ComfyUI, on a diffusers SDXL folder of ``models/diffusers`` or a hub id: the
+cascade (plain SDXL at the base size, then guided patch-wise stages up to the target size), and
+one Pixelsmith stage from an image of the graph (a base made by ComfyUI's own sampler, with its
+checkpoint, LoRA and ControlNet nodes).
 
-Not offered: the cascade on ComfyUI's own MODEL, CLIP and VAE (checkpoint, LoRA and ControlNet
-nodes feeding it) and from a base image or latent made elsewhere in the graph; the docs say why.
+Not offered: Pixelsmith's stages on ComfyUI's own MODEL, CLIP and VAE; the docs say why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
 
-from .host import DIFFUSERS, Node, Progress, comfy_image, device
+from .host import DIFFUSERS, Node, Progress, comfy_image, device, image_list
 
 HUB_ID = "(hub id)"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,6 +42,17 @@ def cascade_options(steps: int, guidance: float, seed: int, patch_size: int,
     config = PixelsmithConfig(patch_size=patch_size, faithful=faithful)
     return CascadeOptions(num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                           config=config, progress=False)  # fmt: skip
+
+
+# the sampling inputs both Pixelsmith nodes take (the CLI's --steps, --guidance, --seed, ...)
+SAMPLING = {
+    "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+    "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+    "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1}),
+    "patch_size": ("INT", {"default": 128, "min": 8, "max": 1024, "step": 8,
+                   "tooltip": "latent px the UNet sees (128 = 1024 px)"}),
+    "faithful": ("BOOLEAN", {"default": False, "tooltip": "the official sampler"}),
+}  # fmt: skip
 
 
 def model_choices() -> list[str]:
@@ -83,12 +95,7 @@ class PixelsmithCascade(Node):
                   "(square) or HEIGHTxWIDTH, multiples of 8, growing"}),
         "sliders": ("STRING", {"default": "30", "tooltip": "one per stage after the first, in "
                     "[1, steps]"}),
-        "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-        "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1}),
-        "patch_size": ("INT", {"default": 128, "min": 8, "max": 1024, "step": 8,
-                       "tooltip": "latent px the UNet sees (128 = 1024 px)"}),
-        "faithful": ("BOOLEAN", {"default": False, "tooltip": "the official sampler"}),
+        **SAMPLING,
     }  # fmt: skip
 
     @classmethod
@@ -120,6 +127,49 @@ class PixelsmithCascade(Node):
         return (comfy_image([pixels.permute(2, 0, 1)]),)
 
 
-NODES = {"PixelsmithLoader": PixelsmithLoader, "PixelsmithCascade": PixelsmithCascade}
+class PixelsmithUpscale(Node):
+    """One Pixelsmith stage from each image of a batch: the image (made by any nodes, e.g.
+    ComfyUI's own sampler with its checkpoint, LoRA and ControlNet) guides patch-wise sampling
+    at height x width (0: twice the image's) for its first slider steps
+    (`PixelsmithPipeline.__call__`)."""
+
+    CATEGORY, RETURN_TYPES = "sampling", ("IMAGE",)
+    INPUTS = {
+        "pipeline": ("PIXELSMITH",),
+        "image": ("IMAGE",),
+        "prompt": ("STRING", {"multiline": True, "default": "a photo of a lighthouse"}),
+        "negative_prompt": ("STRING", {"multiline": True, "default": ""}),
+        "height": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8}),
+        "width": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8}),
+        "slider": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "steps guided by "
+                   "the image, in [1, steps]"}),
+        **SAMPLING,
+    }  # fmt: skip
+
+    def run(
+        self, pipeline: PixelsmithPipeline, image: Tensor, prompt: str, negative_prompt: str,
+        height: int, width: int, slider: int, steps: int, guidance: float, seed: int,
+        patch_size: int, faithful: bool,
+    ) -> tuple[Tensor]:  # fmt: skip
+        config = PixelsmithConfig(patch_size=patch_size, faithful=faithful)
+        images = image_list(image)
+        progress = Progress(len(images) * steps)
+        outputs = []
+        for pixels in images:
+            Progress.check()
+            result = pipeline(
+                prompt, pixels, slider=slider, height=height or None, width=width or None,
+                num_inference_steps=steps, guidance_scale=guidance,
+                negative_prompt=negative_prompt or None,
+                generator=torch.Generator().manual_seed(seed), config=config, output_type="pt",
+                progress=False, callback=progress.step,
+            )  # fmt: skip
+            outputs.append(result.images[0])  # (3, H, W)
+        return (comfy_image(outputs),)
+
+
+NODES = {"PixelsmithLoader": PixelsmithLoader, "PixelsmithCascade": PixelsmithCascade,
+         "PixelsmithUpscale": PixelsmithUpscale}  # fmt: skip
 NAMES = {"PixelsmithLoader": "Pixelsmith Loader (diffusers SDXL)",
-         "PixelsmithCascade": "Pixelsmith Cascade"}  # fmt: skip
+         "PixelsmithCascade": "Pixelsmith Cascade",
+         "PixelsmithUpscale": "Pixelsmith Upscale (image)"}  # fmt: skip

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 PACK = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK / "workflows"
-NODES = ("SemanIRRestore", "SemanIRDegrade", "ITACLIPLoader", "ITACLIPSegment",
-         "PixelsmithLoader", "PixelsmithCascade", "DiffeatLoader", "DiffeatPCA")  # fmt: skip
+NODES = ("SemanIRRestore", "SemanIRDegrade", "ITACLIPLoader", "ITACLIPSegment", "PixelsmithLoader",
+         "PixelsmithCascade", "PixelsmithUpscale", "DiffeatLoader", "DiffeatPCA")  # fmt: skip
 
 
 def workflow(name: str, image: str | None = None) -> dict:
@@ -283,3 +283,19 @@ def test_cancel_stops_the_cascade_between_steps_and_writes_nothing(comfy: Comfy)
     assert not list(comfy.output.glob("cancelled*"))  # nothing written
     after = comfy.run(workflow("pixelsmith_cascade"))  # the next run is whole
     assert comfy.images(after, "3")[0].shape == (512, 512, 3)
+
+
+def test_pixelsmith_upscale_of_a_graph_image_equals_the_api(
+    comfy: Comfy, example: tuple[str, Path]
+) -> None:
+    from pixelsmith import PixelsmithConfig, PixelsmithPipeline
+
+    (got,) = comfy.images(comfy.run(workflow("pixelsmith_upscale", example[0])), "4")
+    pipe = PixelsmithPipeline.from_pretrained(comfy.models / "diffusers" / "tiny-sdxl")
+    result = pipe(
+        "a comic drawing", loaded(example[1]), slider=1, height=256, width=352,
+        num_inference_steps=2, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
+        config=PixelsmithConfig(patch_size=32), output_type="pt", progress=False,
+    )  # fmt: skip
+    assert got.shape == (256, 352, 3)
+    assert_within_one_level(got, saved(result.images[0]))
