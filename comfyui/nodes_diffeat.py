@@ -51,11 +51,11 @@ class DiffeatPCA(Node):
     }
 
     def run(self, extractor: Any, image: Tensor, layer: str, prompt: str) -> tuple[Tensor]:
-        images = image_list(image)
+        images, layer = image_list(image), layer.strip()
         progress = Progress(len(images))
         shown = []
         for pixels in images:
-            feature = extractor(pixels[None], prompt, layers=[layer.strip()])[layer.strip()]
+            feature = extractor(pixels[None], prompt, layers=[layer])[layer]
             size = extractor.config.image_size or tuple(pixels.shape[-2:])
             rgb = pca_rgb(feature.float(), size)[0]  # (H, W, 3) uint8
             shown.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)  # (3, H, W)

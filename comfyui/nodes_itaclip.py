@@ -68,13 +68,15 @@ class ITACLIPSegment(Node):
         self, segmenter: Segmenter, image: Tensor, classes: str, background: str
     ) -> tuple[Tensor, Tensor, str]:
         names = class_lines(classes)
-        images = torch.stack(image_list(image))  # (B, 3, H, W)
-        segmenter.check_inputs(images, names, background=background or None)  # before any work
-        progress = Progress(len(images))
+        batch = torch.stack(image_list(image))  # (B, 3, H, W)
+        # checked once, before any work; then each image as Segmenter.forward runs a batch
+        inputs = segmenter.check_inputs(batch, names, background=background or None)
+        text = segmenter.class_features(inputs.classes)
+        progress = Progress(len(inputs.images))
         masks, maps = [], []
         colours = torch.from_numpy(palette(len(names))).float() / 255  # (C, 3)
-        for one in images:
-            result = segmenter(one, names, background=background or None)
+        for one in inputs.images:
+            result = segmenter.segment_image(one, inputs, text, False, False)
             masks.append(torch.stack([result.labels == c for c in range(len(names))]).float())
             maps.append(colours[result.labels].permute(2, 0, 1))  # (3, H, W)
             progress.step()

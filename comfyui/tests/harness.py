@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,8 @@ import numpy as np
 import requests
 from PIL import Image
 
+from common_kernels.runtime.browser import free_port
+
 PACK = Path(__file__).resolve().parents[1]
 REPO = PACK.parent
 TARBALL = Path(os.environ.get(
@@ -29,12 +30,6 @@ TARBALL = Path(os.environ.get(
 ))  # fmt: skip
 STARTUP_SECONDS = 300  # importing the pack's packages and ComfyUI's nodes: ~1 min on 2 cores
 RUN_SECONDS = 600
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def unpack(target: Path) -> Path:

@@ -76,7 +76,11 @@ def test_the_nodes_are_listed_with_their_inputs(comfy: Comfy) -> None:
     )
 
 
-@pytest.mark.parametrize("model", ["semanir_tiny_sr_x4", "semanir_tiny_jpeg_gray"])
+@pytest.mark.parametrize(
+    "model",
+    ["semanir_tiny_sr_x4", "semanir_tiny_jpeg_gray", "semanir_tiny_denoise_gray",
+     "semanir_tiny_denoise_color"],
+)  # fmt: skip
 def test_core_upscale_nodes_run_semanir_files_as_semanir_restores(
     comfy: Comfy, example: tuple[str, Path], model: str
 ) -> None:
@@ -238,7 +242,10 @@ def test_refused_inputs_name_the_input_before_the_graph_runs(
      ("pixelsmith_cascade", "2", {"sizes": "256, 500"},
       "sizes[1] must be multiples of the VAE scale factor 8, got 500x500"),
      ("pixelsmith_cascade", "2", {"sliders": "3"}, "sliders"),
-     ("diffeat_pca", "3", {"layer": "no-such-layer"}, "no-such-layer")],
+     ("diffeat_pca", "3", {"layer": "no-such-layer"}, "no-such-layer"),
+     # the image's own size: twice 40x56 is under one 32-latent-px patch
+     ("pixelsmith_upscale", "3", {"height": 0, "width": 0},
+      "height and width must be at least one patch (256 px), got 80x112")],
 )  # fmt: skip
 def test_failures_while_running_are_node_errors_and_the_server_keeps_serving(
     comfy: Comfy, example: tuple[str, Path], name: str, node: str, inputs: dict, message: str
