@@ -1,9 +1,7 @@
-"""Pixelsmith in ComfyUI, on a diffusers SDXL folder of ``models/diffusers`` or a hub id: the
-cascade (plain SDXL at the base size, then guided patch-wise stages up to the target size), and
-one Pixelsmith stage from an image of the graph (a base made by ComfyUI's own sampler, with its
-checkpoint, LoRA and ControlNet nodes).
-
-Not offered: Pixelsmith's stages on ComfyUI's own MODEL, CLIP and VAE; the docs say why.
+"""Pixelsmith in ComfyUI. On ComfyUI's own MODEL (checkpoint and LoRA nodes), CONDITIONING
+(CLIP Text Encode) and LATENT (VAE Encode): one guided patch-wise stage as a sampler node. On a
+diffusers SDXL folder of ``models/diffusers`` or a hub id: the cascade (plain SDXL at the base
+size, then the stages up to the target size), and one stage from an image of the graph.
 """
 
 from __future__ import annotations
@@ -16,7 +14,10 @@ from torch import Tensor
 
 from common_kernels.runtime.errors import InvalidArgument
 from pixelsmith import CascadeOptions, PixelsmithConfig, PixelsmithPipeline, generate_cascade
+from pixelsmith.pipelines.stage import ddim_from_config
+from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG
 
+from .comfy_unet import ComfyUNet, embeddings
 from .host import DIFFUSERS, Node, Progress, comfy_image, device, image_list
 
 HUB_ID = "(hub id)"
@@ -168,8 +169,74 @@ class PixelsmithUpscale(Node):
         return (comfy_image(outputs),)
 
 
+def stage_pipeline(model: object) -> PixelsmithPipeline:
+    """A Pixelsmith pipeline on ComfyUI's MODEL, with SDXL's DDIM and no VAE or text encoders
+    (ComfyUI's nodes encode and decode)."""
+    none = dict.fromkeys(("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    scheduler = ddim_from_config(dict(SDXL_SCHEDULER_CONFIG))
+    return PixelsmithPipeline(unet=ComfyUNet(model), scheduler=scheduler, add_watermarker=False,
+                              **none)  # fmt: skip
+
+
+def guidance_latents(latent: dict) -> Tensor:
+    """ComfyUI's LATENT -> its (B, C, h, w) samples (refusing a noise mask, which a stage
+    would not honour)."""
+    if "noise_mask" in latent:
+        raise InvalidArgument("latent", "has a noise mask (Set Latent Noise Mask), which "
+                              "Pixelsmith's stage does not apply")  # fmt: skip
+    return latent["samples"]
+
+
+class PixelsmithSampler(Node):
+    """One Pixelsmith stage on ComfyUI's SDXL MODEL: the latent (the previous stage decoded,
+    upscaled with Lanczos to the target size and VAE-encoded) guides patch-wise
+    sampling for its first slider steps; every patch gets its own SDXL crop conditioning.
+    Chain stages with VAE Decode, Upscale Image and VAE Encode between them."""
+
+    CATEGORY, RETURN_TYPES = "sampling", ("LATENT",)
+    INPUTS = {
+        "model": ("MODEL", {"tooltip": "an SDXL model (checkpoint, LoRA: weight patches apply)"}),
+        "positive": ("CONDITIONING", {"tooltip": "CLIP Text Encode of an SDXL CLIP"}),
+        "negative": ("CONDITIONING",),
+        "latent": ("LATENT", {"tooltip": "the previous image at the target size, VAE-encoded: "
+                   "the guidance"}),
+        "slider": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "steps guided by "
+                   "the previous image, in [1, steps]"}),
+        **SAMPLING,
+    }  # fmt: skip
+
+    def run(
+        self, model: object, positive: list, negative: list, latent: dict, slider: int,
+        steps: int, guidance: float, seed: int, patch_size: int, faithful: bool,
+    ) -> tuple[dict]:  # fmt: skip
+        embeds, pooled = embeddings(positive, "positive")
+        negative_embeds, negative_pooled = embeddings(negative, "negative")
+        samples = guidance_latents(latent)
+        config = PixelsmithConfig(patch_size=patch_size, faithful=faithful)
+        pipeline = stage_pipeline(model)
+        latent_format = model.model.latent_format
+        pipeline.unet.load((2 * config.batch_limit, samples.shape[1], patch_size, patch_size))
+        progress = Progress(samples.shape[0] * steps)
+        outputs = []
+        for sample in samples:
+            Progress.check()
+            result = pipeline(
+                guidance_latents=latent_format.process_in(sample[None].float()), slider=slider,
+                num_inference_steps=steps, guidance_scale=guidance,
+                prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                negative_prompt_embeds=negative_embeds,
+                negative_pooled_prompt_embeds=negative_pooled,
+                generator=torch.Generator().manual_seed(seed), config=config,
+                output_type="latent", progress=False, callback=progress.step,
+            )  # fmt: skip
+            outputs.append(latent_format.process_out(result.latents.cpu()))  # (1, C, h, w)
+        return ({"samples": torch.cat(outputs)},)
+
+
 NODES = {"PixelsmithLoader": PixelsmithLoader, "PixelsmithCascade": PixelsmithCascade,
-         "PixelsmithUpscale": PixelsmithUpscale}  # fmt: skip
+         "PixelsmithUpscale": PixelsmithUpscale,
+         "PixelsmithSampler": PixelsmithSampler}  # fmt: skip
 NAMES = {"PixelsmithLoader": "Pixelsmith Loader (diffusers SDXL)",
          "PixelsmithCascade": "Pixelsmith Cascade",
-         "PixelsmithUpscale": "Pixelsmith Upscale (image)"}  # fmt: skip
+         "PixelsmithUpscale": "Pixelsmith Upscale (image)",
+         "PixelsmithSampler": "Pixelsmith Sampler (MODEL)"}  # fmt: skip

@@ -1,6 +1,7 @@
 """A real ComfyUI for the node pack's tests and benchmark: ComfyUI 0.3.64's source (the vendored
-tarball, or ``COMFYUI_DIR``) unpacked into a folder, the pack linked into ``custom_nodes``, tiny
-models written into its model folders by the packages' own commands, and ``main.py --cpu``
+tarball, or ``COMFYUI_DIR``) unpacked into a folder, the pack linked into ``custom_nodes`` (and
+the tests' :mod:`tiny_sdxl` registration), tiny models written into its model folders by the
+packages' own commands (and a tiny SDXL checkpoint and LoRA), and ``main.py --cpu``
 started on 127.0.0.1 at a free port (:func:`start`), driven over HTTP as ComfyUI's own
 ``tests/execution`` do (:class:`Comfy`), stopped by its PID (:func:`stop`)."""
 
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
+import safetensors.torch
+import torch
 from PIL import Image
 
 from common_kernels.runtime.browser import free_port
@@ -45,9 +48,13 @@ def unpack(target: Path) -> Path:
     return target / "ComfyUI"
 
 
+TINY_SDXL = Path(__file__).resolve().parent / "tiny_sdxl"
+
+
 def write_models(models: Path) -> None:
-    """The tiny models, written by the packages' commands where ComfyUI's loaders look."""
-    for folder in ("upscale_models", "open_clip", "diffusers"):
+    """The tiny models, written by the packages' commands where ComfyUI's loaders look, and
+    the tiny SDXL checkpoint for ComfyUI's own loaders (:mod:`tiny_sdxl`)."""
+    for folder in ("upscale_models", "open_clip", "diffusers", "checkpoints", "loras"):
         (models / folder).mkdir(parents=True, exist_ok=True)
     commands = [
         ["semanir", "upscale-models", str(models / "upscale_models")],
@@ -60,6 +67,13 @@ def write_models(models: Path) -> None:
         done = subprocess.run([str(scripts / name), *arguments], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{name} {' '.join(arguments)} failed:\n{done.stderr}")
+    root = models.parent
+    writer = [sys.executable, str(TINY_SDXL / "write_checkpoint.py"), str(models / "checkpoints"),
+              str(models / "loras"), str(root / "reference")]  # fmt: skip
+    done = subprocess.run(writer, cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"write_checkpoint.py failed:\n{done.stderr}")
 
 
 @dataclass
@@ -78,6 +92,18 @@ class Comfy:
     @property
     def output(self) -> Path:
         return self.root / "output"
+
+    @property
+    def reference(self) -> Path:
+        """The tiny SDXL checkpoint's weights as diffusers/transformers folders."""
+        return self.root / "reference"
+
+    def latents(self, entry: dict, node: str) -> torch.Tensor:
+        """The LATENT samples a SaveLatent node of a finished run wrote."""
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+        (file,) = entry["outputs"][node]["latents"]
+        path = self.output / file["subfolder"] / file["filename"]
+        return safetensors.torch.load_file(path)["latent_tensor"]
 
     def upload(self, path: Path) -> str:
         """Upload an image as the page does; returns its name in ComfyUI's input folder."""
@@ -127,9 +153,10 @@ def start(folder: Path) -> Comfy:
     """Unpack ComfyUI into ``folder`` (an empty one), add the pack and the tiny models, start
     the server and wait until it serves."""
     root = unpack(folder)
-    link = root / "custom_nodes" / "vision_kernels"
-    if not link.exists():
-        link.symlink_to(PACK, target_is_directory=True)
+    for name, source in (("vision_kernels", PACK), ("tiny_sdxl_for_tests", TINY_SDXL)):
+        link = root / "custom_nodes" / name
+        if not link.exists():
+            link.symlink_to(source, target_is_directory=True)
     write_models(root / "models")
     port = free_port()
     log = root / "server.log"

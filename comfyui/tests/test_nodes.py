@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 PACK = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK / "workflows"
 NODES = ("SemanIRRestore", "SemanIRDegrade", "ITACLIPLoader", "ITACLIPSegment", "PixelsmithLoader",
-         "PixelsmithCascade", "PixelsmithUpscale", "DiffeatLoader", "DiffeatPCA")  # fmt: skip
+         "PixelsmithCascade", "PixelsmithUpscale", "PixelsmithSampler", "DiffeatLoader",
+         "DiffeatPCA")  # fmt: skip
 
 
 def workflow(name: str, image: str | None = None) -> dict:
@@ -306,3 +307,118 @@ def test_pixelsmith_upscale_of_a_graph_image_equals_the_api(
     )  # fmt: skip
     assert got.shape == (256, 352, 3)
     assert_within_one_level(got, saved(result.images[0]))
+
+
+SDXL_LATENT_SCALE = 0.13025  # ComfyUI's SDXL latent format: LATENT * scale = the UNet's latents
+
+
+def reference_pipeline(comfy: Comfy, lora_strength: float) -> object:
+    """Pixelsmith's pipeline on the tiny checkpoint's weights as diffusers and transformers
+    load them, the LoRA merged by its definition (W + strength * up @ down, alpha = rank), and
+    ComfyUI's CLIP tokenizer (the second one padding with "!", as SDXL's)."""
+    import safetensors.torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from pixelsmith import PixelsmithPipeline
+    from pixelsmith.pipelines.stage import ddim_from_config
+    from pixelsmith.tiny import SDXL_SCHEDULER_CONFIG, tiny_components
+
+    unet = UNet2DConditionModel.from_pretrained(comfy.reference / "unet")
+    pairs = safetensors.torch.load_file(comfy.reference / "lora.safetensors")
+    weights = dict(unet.named_parameters())
+    with torch.no_grad():
+        for key, down in pairs.items():
+            if key.endswith(".lora_down.weight"):
+                name = key.removesuffix(".lora_down.weight")
+                up = pairs[f"{name}.lora_up.weight"]
+                weights[f"{name}.weight"] += lora_strength * up @ down
+    tokenizer = comfy.root / "comfy" / "sd1_tokenizer"
+    parts = tiny_components()  # its VAE only says the latents' channels and scale factor
+    parts.update(
+        unet=unet,
+        text_encoder=CLIPTextModel.from_pretrained(comfy.reference / "text_encoder"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+            comfy.reference / "text_encoder_2"
+        ),
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer, model_max_length=77),
+        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer, model_max_length=77, pad_token="!"),
+        scheduler=ddim_from_config(dict(SDXL_SCHEDULER_CONFIG)),
+    )
+    return PixelsmithPipeline(**parts, add_watermarker=False)
+
+
+def reference_stage(pipe: object, guidance: torch.Tensor) -> torch.Tensor:
+    """The workflow's Pixelsmith stage through the package's API, as a LATENT."""
+    from pixelsmith import PixelsmithConfig
+
+    result = pipe(
+        "a photo of a lighthouse", negative_prompt="", slider=3, num_inference_steps=4,
+        guidance_scale=5.0, guidance_latents=guidance * SDXL_LATENT_SCALE,
+        generator=torch.Generator().manual_seed(0), config=PixelsmithConfig(patch_size=8),
+        output_type="latent", progress=False,
+    )  # fmt: skip
+    return result.latents / SDXL_LATENT_SCALE
+
+
+def save_latent(graph: dict, node: str, source: str) -> None:
+    inputs = {"samples": [source, 0], "filename_prefix": f"latents/{node}"}
+    graph[node] = {"class_type": "SaveLatent", "inputs": inputs}
+
+
+def test_pixelsmith_sampler_on_comfyuis_checkpoint_and_lora_equals_the_api(comfy: Comfy) -> None:
+    graph = workflow("pixelsmith_model")
+    save_latent(graph, "90", "9")  # the guidance ComfyUI's VAE Encode made
+    save_latent(graph, "91", "10")  # the stage
+    entry = comfy.run(graph)
+    (image,) = comfy.images(entry, "12")
+    assert image.shape == (128, 128, 3)
+    guidance, got = comfy.latents(entry, "90"), comfy.latents(entry, "91")
+    assert got.shape == guidance.shape == (1, 4, 16, 16)
+    expected = reference_stage(reference_pipeline(comfy, lora_strength=0.8), guidance)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # the LoRA is really in: without it the stage is another
+    plain = reference_stage(reference_pipeline(comfy, lora_strength=0.0), guidance)
+    assert (plain - got).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("insert", "message"),
+    [({"class_type": "FreeU_V2", "inputs": {"model": ["2", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9,
+       "s2": 0.2}, "into": ("model", 0)},
+      "model: carries patches that hook into ComfyUI's samplers "
+      "(transformer_options.patches), which Pixelsmith's sampler does not run"),
+     ({"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["2", 0], "sampling":
+       "v_prediction", "zsnr": False}, "into": ("model", 0)},
+      "model: must predict noise (eps), as Pixelsmith's DDIM step does; got V_PREDICTION"),
+     ({"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["2", 0], "sampling": "eps",
+       "zsnr": True}, "into": ("model", 0)},
+      "model: must have SDXL's noise schedule"),
+     ({"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["3", 0], "width": 64,
+       "height": 64, "x": 0, "y": 0, "strength": 1.0}, "into": ("positive", 0)},
+      "positive: carries area, which Pixelsmith's patches do not apply"),
+     ({"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["4", 0],
+       "conditioning_2": ["4", 0]}, "into": ("negative", 0)},
+      "negative: must be one conditioning (no combined or area conditionings), got 2"),
+     ({"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["9", 0], "mask": ["80", 0]},
+       "into": ("latent", 0)},
+      "latent: has a noise mask (Set Latent Noise Mask), which Pixelsmith's stage does not "
+      "apply"),
+     ({"class_type": None, "inputs": {"slider": 9}, "into": None},
+      "slider must be an int in [1, 4]")],
+)  # fmt: skip
+def test_pixelsmith_sampler_refuses_what_it_would_not_honour(
+    comfy: Comfy, insert: dict, message: str
+) -> None:
+    graph = workflow("pixelsmith_model")
+    if insert["class_type"] is None:
+        graph["10"]["inputs"].update(insert["inputs"])
+    else:
+        graph["80"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128,
+                       "height": 128}}  # fmt: skip
+        graph["81"] = {"class_type": insert["class_type"], "inputs": insert["inputs"]}
+        name, index = insert["into"]
+        graph["10"]["inputs"][name] = ["81", index]
+    error = comfy.error(comfy.run(graph))
+    assert error["node_id"] == "10"
+    assert message in error["exception_message"], error["exception_message"]

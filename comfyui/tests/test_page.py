@@ -48,6 +48,8 @@ def page(comfy: Comfy, browser: Any) -> Iterator[Any]:
 @pytest.mark.parametrize("name", NAMES)
 def test_the_workflow_shows_in_comfyuis_page(page: Any, name: str) -> None:
     graph = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    # a long graph in a wider page, so that it fits at a zoom where the page still draws text
+    page.set_viewport_size({"width": max(1500, 220 * len(graph)), "height": 820})
     page.evaluate("graph => window.app.loadApiJson(graph, 'workflow.json')", graph)
     page.evaluate(FIT)
     page.wait_for_timeout(500)  # the canvas draws on the next frames

@@ -32,7 +32,7 @@ def embeddings(pipe, prompt: str = PROMPT) -> dict[str, torch.Tensor]:
 
 def stage(pipe, config, **kwargs):
     options = dict(slider=2, height=64, width=64, num_inference_steps=3, config=config)
-    options.update(output_type="latent", progress=False, **kwargs)
+    options.update({"output_type": "latent", "progress": False, **kwargs})
     options.setdefault("generator", torch.Generator().manual_seed(0))
     return pipe(**options)
 
@@ -64,6 +64,39 @@ def test_guidance_latents_replace_the_image(make_pipe, small_config):
     # the generator continues from where encoding left it, as inside pipe(image=...)
     out = stage(make_pipe(), small_config, prompt=PROMPT, guidance_latents=z, generator=gen)
     assert torch.equal(out.latents, reference.latents)
+
+
+def test_a_pipeline_without_vae_and_text_encoders_runs_a_stage_from_latents(
+    make_pipe, small_config, components
+):
+    """A host that encodes text and images itself (ComfyUI) builds the pipeline from a UNet and
+    a scheduler: the stage from guidance latents and embeddings equals the full pipeline's."""
+    pipe = make_pipe()
+    embeds = embeddings(pipe)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    reference = stage(pipe, small_config, guidance_latents=z, **embeds)
+    parts = {name: None for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
+                                     "tokenizer_2")}  # fmt: skip
+    bare = type(pipe)(**{**components, **parts, "scheduler": pipe.scheduler},
+                      add_watermarker=False)  # fmt: skip
+    assert bare.latent_channels == 4 and bare.vae_scale_factor == 8
+    out = stage(bare, small_config, guidance_latents=z, **embeds)
+    assert torch.equal(out.latents, reference.latents)
+    # an image or a decoded output needs the VAE it does not have
+    with pytest.raises(ValueError, match=r"image needs the pipeline's VAE, and this pipeline "
+                       r"has none \(vae=None\): give guidance_latents instead"):  # fmt: skip
+        stage(bare, small_config, image=image(), **embeds)
+    with pytest.raises(ValueError, match=r"output_type 'pt' needs the pipeline's VAE, and this "
+                       r"pipeline has none \(vae=None\): use output_type='latent'"):  # fmt: skip
+        stage(bare, small_config, guidance_latents=z, **{**embeds, "output_type": "pt"})
+    positive = {k: v for k, v in embeds.items() if not k.startswith("negative")}
+    for text in ({"prompt": PROMPT}, {**positive, "negative_prompt": "x"}):
+        with pytest.raises(
+            ValueError,
+            match="prompt and negative_prompt need the pipeline's "
+            "text encoders, and this pipeline has none: give prompt_embeds",
+        ):
+            stage(bare, small_config, guidance_latents=z, **text)
 
 
 def test_step_plan_reaches_the_callback(make_pipe, small_config):

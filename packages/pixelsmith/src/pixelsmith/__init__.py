@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         TextConditioning,
     )
 
-__version__ = "0.4.5"
+__version__ = "0.4.6"
 
 # each public name -> the module that defines it
 _MODULES = {

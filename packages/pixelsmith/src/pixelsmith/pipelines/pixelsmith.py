@@ -78,7 +78,9 @@ class PixelsmithPipeline(
 
     Construct from components (``vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
     unet, scheduler``; any SDXL-compatible ones) or with :meth:`from_pretrained`. ``__call__``
-    runs one Pixelsmith stage from an image; plain SDXL is :meth:`generate_base`.
+    runs one Pixelsmith stage from an image; plain SDXL is :meth:`generate_base`. Without a VAE
+    and text encoders (``None``), a stage runs from ``guidance_latents`` and prompt embeddings
+    to a latent (a host that encodes and decodes itself, such as ComfyUI).
     """
 
     @classmethod
@@ -145,6 +147,29 @@ class PixelsmithPipeline(
                 f"{self.unet_factor}, got {patch_size}"
             )
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents (the VAE's; the UNet's input without a VAE)."""
+        if self.vae is None:
+            return self.unet.config.in_channels
+        return self.vae.config.latent_channels
+
+    def check_vae_needs(self, image: object, output_type: str) -> None:
+        """A pipeline built without a VAE (``vae=None``: its host encodes and decodes, e.g.
+        ComfyUI's VAE nodes) runs a stage only from ``guidance_latents`` to a latent."""
+        if self.vae is not None:
+            return
+        if image is not None:
+            raise ValueError(
+                "image needs the pipeline's VAE, and this pipeline has none (vae=None): give "
+                "guidance_latents instead"
+            )
+        if output_type != "latent":
+            raise ValueError(
+                f"output_type {output_type!r} needs the pipeline's VAE, and this pipeline has "
+                "none (vae=None): use output_type='latent'"
+            )
+
     def check_scheduler(self) -> None:
         """Patch denoising needs ``add_noise``/``step`` and no cross-step history."""
         check_patch_scheduler(self.scheduler)
@@ -198,6 +223,12 @@ class PixelsmithPipeline(
             negative_prompt_embeds,
             negative_pooled_prompt_embeds,
         )
+        if self.text_encoder_2 is None and (prompt is not None or negative_prompt is not None):
+            raise ValueError(
+                "prompt and negative_prompt need the pipeline's text encoders, and this "
+                "pipeline has none: give prompt_embeds and pooled_prompt_embeds (and the "
+                "negative ones)"
+            )
         cfg = guidance_scale > 1.0
         device = self._execution_device
         embeds, negative, pooled, negative_pooled = self.encode_prompt(
@@ -566,8 +597,9 @@ class PixelsmithPipeline(
         factor = self.vae_scale_factor
         if (image is None) == (guidance_latents is None):
             raise ValueError("give exactly one of image and guidance_latents")
+        self.check_vae_needs(image, output_type)
         if guidance_latents is not None:
-            check_guidance_latents(guidance_latents, self.vae.config.latent_channels)
+            check_guidance_latents(guidance_latents, self.latent_channels)
             height = height or guidance_latents.shape[-2] * factor
             width = width or guidance_latents.shape[-1] * factor
             if (height, width) != tuple(s * factor for s in guidance_latents.shape[-2:]):
