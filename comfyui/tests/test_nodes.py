@@ -422,3 +422,14 @@ def test_pixelsmith_sampler_refuses_what_it_would_not_honour(
     error = comfy.error(comfy.run(graph))
     assert error["node_id"] == "10"
     assert message in error["exception_message"], error["exception_message"]
+
+
+def test_cancel_stops_the_pixelsmith_sampler_between_steps(comfy: Comfy) -> None:
+    graph = workflow("pixelsmith_model")
+    graph["10"]["inputs"].update(steps=400, slider=400, seed=1)
+    graph["12"]["inputs"]["filename_prefix"] = "cancelled_sampler"
+    entry = comfy.wait(asyncio.run(interrupt_at_progress(comfy, graph, "10")))
+    messages = dict(entry["status"]["messages"])
+    assert messages["execution_interrupted"]["node_id"] == "10"  # stopped inside the sampler
+    assert "execution_success" not in messages
+    assert not list(comfy.output.glob("cancelled_sampler*"))
