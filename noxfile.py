@@ -347,6 +347,8 @@ def slow(session: nox.Session) -> None:
     # no wheel for this platform, and its source build (about 6 minutes) stays out of the
     # default lane, which keeps the transformers path
     pip_install(session, "llama-cpp-python>=0.3.36")
+    # the packages' [ray] extra: the --ray batch tests on a local Ray cluster
+    pip_install(session, "ray[data]>=2.60,<3")
     tests = [str(PACKAGES_DIR / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run(
         "python", "-m", "pytest", *tests, "-m", "slow and not gpu", "-p", "no:cacheprovider",

@@ -20,7 +20,7 @@ from common_kernels.graph import knn_dictionary, knn_graph, knn_mask
 from common_kernels.tiling import OverlapAccumulator, Tile, blend_weights, tile_grid, tiled_apply
 from common_kernels.windows import window_partition, window_reverse
 
-__version__ = "0.4.16"
+__version__ = "0.4.17"
 
 __all__ = [
     "KNNAttention",

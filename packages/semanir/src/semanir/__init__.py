@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     )
     from semanir.spandrel_arch import register_spandrel as register_spandrel
 
-__version__ = "0.4.16"
+__version__ = "0.4.17"
 
 # each public name -> the module that defines it
 _HOMES = {

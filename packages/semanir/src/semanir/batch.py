@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from common_kernels.runtime.batch import (
     ImageListing,
+    InputImage,
     Skipped,
     check_not_inputs,
     find_images,
@@ -36,6 +37,13 @@ from common_kernels.runtime.batch import (
 from common_kernels.runtime.errors import InvalidArgument, InvalidValue
 from common_kernels.runtime.files import convert_channels
 from common_kernels.runtime.photos import Photo, read_photo, write_photo
+from common_kernels.runtime.shards import (
+    Ledger,
+    Shard,
+    ShardCheck,
+    check_shard_output,
+    check_shards,
+)
 from semanir.bundled import model_for_task
 from semanir.data.datasets import index_generator
 from semanir.data.degradations import add_gaussian_noise, bicubic_resize, check_sigma
@@ -140,6 +148,8 @@ class RestorePlan:
         models: loads each model once, on first use.
         options: the restore options every photo gets.
         noise_sigma: the level of the demo's added noise (None: no noise added).
+        keys: each input's place in the batch (``sub/a.png``), what a ledger records.
+        shard: the shard of the batch this plan is (None: all of it).
     """
 
     jobs: list[RestoreJob]
@@ -149,6 +159,8 @@ class RestorePlan:
     models: ModelChoice
     options: dict[str, Any] = field(default_factory=dict)
     noise_sigma: float | None = None
+    keys: dict[Path, str] = field(default_factory=dict)
+    shard: Shard | None = None
 
 
 def plan_restore(
@@ -172,6 +184,7 @@ def plan_restore(
     ensemble: bool = False,
     compile: bool = False,
     memory_budget: int | None = None,
+    shard: Shard | str | None = None,
     on_unreadable: Callable[[Skipped], None] | None = None,
     on_model: Callable[[str, str], None] | None = None,
 ) -> RestorePlan:
@@ -201,6 +214,10 @@ def plan_restore(
         memory_budget: bytes a photo's restore may take (None: what ``device`` has
             available); each photo's estimate (:func:`~semanir.memory.check_restore_memory`)
             must fit, before any model loads.
+        shard: ``"I/N"`` (or a :class:`~common_kernels.runtime.shards.Shard`): plan only
+            block ``I`` of the ``N`` blocks of the batch's inputs in listing order; results
+            that exist are left out (``skip_existing`` implied: a finished result is never
+            redone). Needs an output folder; not with ``in_place`` or ``add_noise``.
         on_unreadable: told about each input set aside.
         on_model: told ``(name, "gray" | "rgb")`` when a bundled model is first loaded.
 
@@ -219,20 +236,20 @@ def plan_restore(
             "cannot resume an {in_place} batch: every result exists already (it is its input)",
             mentions={"in_place": "in_place=True"},
         )
-    listing = find_images(inputs, recursive=recursive, exclude=[output])
-    targets = output_paths(listing, output, in_place=in_place)
-    if save_noisy:
-        check_not_inputs([_noisy_path(target) for target in targets], listing)
-    check_writable(targets)
+    shard = Shard.parse(shard)
+    if shard is not None:
+        check_shard_output(Path(output), shard, in_place)
+        if noise_sigma is not None:
+            raise InvalidValue("shard", "{shard} runs a batch, not the {add_noise} demo")
+        skip_existing = True
+    listing, pairs = batch_targets(inputs, output, recursive=recursive, in_place=in_place,
+                                   save_noisy=save_noisy, shard=shard)  # fmt: skip
     models = ModelChoice(
         model, task, torch.device(device), per_channel=colour != "luma", announce=on_model
     )
-    configs = {}
-    for name in _candidate_models(model, task, colour):  # every option checked before decoding
-        configs[str(name)] = config = read_model_config(name)
-        check_model_for_task(config, task, per_channel=colour == "per-channel")
-        check_inference_options(config, tile=tile, tile_overlap=tile_overlap, k=k)
-    pairs = list(zip(listing.paths, targets, strict=True))
+    configs = check_models(model, task, colour, tile=tile, tile_overlap=tile_overlap, k=k)
+    keys = {image.path: str(image.relative) for image, _ in pairs}
+    pairs = [(image.path, target) for image, target in pairs]
     existing = [source for source, target in pairs if skip_existing and target.is_file()]
     pending = [(source, target) for source, target in pairs if source not in existing]
     decoded = survey(
@@ -258,7 +275,64 @@ def plan_restore(
             tile_overlap=tile_overlap, budget=budget, batch=3 if per_channel else 1,
             dtype_bytes=2 if device.type == "cuda" else 4,
         )  # fmt: skip
-    return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options, noise_sigma)
+    return RestorePlan(jobs, listing, existing, decoded.unreadable, models, options, noise_sigma,
+                       keys, shard)  # fmt: skip
+
+
+def batch_targets(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    in_place: bool = False,
+    save_noisy: bool = False,
+    shard: Shard | None = None,
+) -> tuple[ImageListing, list[tuple[InputImage, Path]]]:
+    """The batch's inputs and where each result goes, checked (no result replaces an input
+    unless ``in_place``, two inputs never share a result, the results are writable); with
+    ``shard``, the shard's block of them (chosen among all the inputs, so that the shards'
+    blocks tile the batch)."""
+    listing = find_images(inputs, recursive=recursive, exclude=[output])
+    targets = output_paths(listing, output, in_place=in_place)
+    if save_noisy:
+        check_not_inputs([_noisy_path(target) for target in targets], listing)
+    check_writable(targets)
+    pairs = list(zip(listing.images, targets, strict=True))
+    return listing, pairs if shard is None else shard.select(pairs)
+
+
+def check_models(
+    model: str | Path | None, task: str, colour: Colour, **options: Any
+) -> dict[str, dict]:
+    """The config of every model the batch may use, each checked against the task and the
+    inference options (``tile``, ``tile_overlap``, ``k``), before any image is decoded."""
+    configs = {}
+    for name in _candidate_models(model, task, colour):
+        configs[str(name)] = config = read_model_config(name)
+        check_model_for_task(config, task, per_channel=colour == "per-channel")
+        check_inference_options(config, **options)
+    return configs
+
+
+def check_restore_shards(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    count: int,
+    *,
+    recursive: bool = False,
+) -> ShardCheck:
+    """Whether ``count`` shards of a batch (``plan_restore(shard="I/N")`` runs, or a Ray run)
+    wrote every input's result exactly once: the results on disk and the runs' ledgers in
+    ``OUTPUT/.shards/``, against the batch listed again. Loads no model.
+
+    Args:
+        inputs, output, recursive: the batch, as the shards were given it.
+        count: N, the shards the batch was split into (1 for a Ray run).
+    """
+    Shard(0, count)  # checks the count
+    _, pairs = batch_targets(inputs, output, recursive=recursive)
+    keys = [str(image.relative) for image, _ in pairs]
+    return check_shards(Path(output), keys, [[target] for _, target in pairs], count)
 
 
 def _noise_level(task: Task, add_noise: float | bool | None, sigma: float | None) -> float | None:
@@ -333,6 +407,7 @@ def run_restore(
     progress: bool = False,
     on_start: Callable[[RestoreJob, Photo, int | None], None] | None = None,
     on_compiled: Callable[[str, int, float], None] | None = None,
+    ledger: Ledger | None = None,
 ) -> Iterator[Restored]:
     """Restore the photos of ``plan`` one by one, writing each result atomically.
 
@@ -347,12 +422,19 @@ def run_restore(
             tile size it gets, None for the whole photo).
         on_compiled: with ``compile``: told ``(model, tile, seconds)`` when a model was
             compiled for its tile size, before its first photo (compilation timed apart).
+        ledger: records each written result, and the inputs the plan left out as finished
+            or refused (a sharded run's record, :func:`check_restore_shards`).
 
     Yields:
         One :class:`Restored` per photo, after its result is written.
     """
     noise_sigma = plan.noise_sigma
     compiled: set[str] = set()
+    if ledger is not None:
+        for source in plan.existing:
+            ledger.record(plan.keys[source], "finished")
+        for item in plan.unreadable:
+            ledger.record(plan.keys[item.path], "refused", item.reason)
     for index, job in enumerate(plan.jobs):
         model = plan.models.model(job.model)
         if plan.options.get("compile") and str(job.model) not in compiled:
@@ -361,13 +443,16 @@ def run_restore(
             if on_compiled is not None:
                 on_compiled(str(job.model), plan.options["tile"], seconds)
         photo = read_photo(job.source)
-        tile = _tile_for(model, photo, colour, plan.options)
+        tile = photo_tile(model, photo, colour, plan.options)
         if on_start is not None:
             on_start(job, photo, tile)
         options = {**plan.options, "tile": tile, "progress": progress and tile is not None}
         if noise_sigma is None:
             restored = restore_photo(model, photo, colour=colour, **options)
-            yield Restored(job, tile, write_photo(job.target, restored))
+            notes = write_photo(job.target, restored)
+            if ledger is not None:
+                ledger.record(plan.keys[job.source], "written")
+            yield Restored(job, tile, notes)
             continue
         clean = photo.pixels
         noisy = photo.replace(
@@ -386,7 +471,7 @@ def _channels(photo: Photo) -> Literal["gray", "rgb"]:
     return "gray" if photo.channels == 1 else "rgb"
 
 
-def _tile_for(
+def photo_tile(
     model: nn.Module, photo: Photo, colour: Colour, options: dict[str, Any]
 ) -> int | None:
     """The tile size of this photo: ``tile="auto"`` resolved (None: restored whole)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from argparse import ArgumentTypeError, Namespace
 from collections.abc import Callable
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -18,12 +19,16 @@ from common_kernels.runtime.batch import (
     BatchRun,
     Skipped,
     add_batch_options,
+    add_distributed_options,
+    distributed_mode,
     resume_command,
 )
 from common_kernels.runtime.cli import Parser, UsageError, add_verbose, check_device
 from common_kernels.runtime.photos import Photo
 from common_kernels.runtime.progress import progress
-from semanir.batch import RestoreJob, plan_restore, run_restore
+from common_kernels.runtime.ray_batch import RayOptions
+from common_kernels.runtime.shards import Ledger, ledger_path
+from semanir.batch import RestoreJob, check_restore_shards, plan_restore, run_restore
 from semanir.bundled import describe_installed
 from semanir.evaluation import evaluate_images, format_table, plan_evaluation, write_csv
 from semanir.export import DEFAULT_OPSET, export_onnx
@@ -141,6 +146,7 @@ def restore_parser() -> Parser:
         help="with --add-noise, also write each noisy input as NAME_noisy.EXT next to its output",
     )
     add_batch_options(parser, results="restored images")
+    add_distributed_options(parser, results="restored images")
     add_verbose(parser)
     parser.set_defaults(prog="semanir restore")
     return parser
@@ -269,17 +275,30 @@ def _model_announcer(args: Namespace) -> Callable[[str, str], None]:
 
 
 def restore(args: Namespace) -> int:
-    """``semanir restore``: check the whole batch, then restore every photo and write it."""
+    """``semanir restore``: check the whole batch, then restore every photo and write it
+    (or one shard of it, or on Ray; or check the shards' results)."""
     colour = "per-channel" if args.per_channel else "gray" if args.gray_output else "luma"
     if args.per_channel and args.gray_output:
         raise UsageError("--per-channel and --gray-output exclude each other")
+    try:
+        mode = distributed_mode(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if mode == "check-shards":
+        check = check_restore_shards(args.inputs, args.output, args.check_shards,
+                                     recursive=args.recursive)  # fmt: skip
+        print(check.summary())
+        return 0 if check.ok else 1
+    if mode == "ray":
+        return restore_with_ray(args, colour)
     plan = plan_restore(
         args.inputs, args.output, task=args.task, model=args.model,
         device=check_device(args.device), colour=colour, recursive=args.recursive,
         in_place=args.in_place, skip_existing=args.skip_existing, keep_going=args.keep_going,
         add_noise=args.add_noise, sigma=args.sigma, save_noisy=args.save_noisy, tile=args.tile,
         tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble, compile=args.compile,
-        on_unreadable=lambda item: _say_skipped(args.prog, item), on_model=_model_announcer(args),
+        shard=args.shard, on_unreadable=lambda item: _say_skipped(args.prog, item),
+        on_model=_model_announcer(args),
     )  # fmt: skip
     left_out = plan.listing.left_out_note("--recursive", verb="restores")
     if left_out:
@@ -299,9 +318,14 @@ def restore(args: Namespace) -> int:
     def compiled(name: str, tile: int, seconds: float) -> None:
         _say(args.prog, f"compiled {name} for {tile} px tiles in {seconds:.1f} s")
 
+    ledger = None
+    if plan.shard is not None:
+        ledger = Ledger(ledger_path(Path(args.output), plan.shard.name))
+        _say(args.prog, f"shard {plan.shard}: {len(plan.jobs)} image(s) to restore; its ledger: "
+                        f"{ledger.path}")  # fmt: skip
     bar = progress(run_restore(plan, colour=colour, seed=args.seed,
                                save_noisy=args.save_noisy, progress=True,
-                               on_start=announce_tiles, on_compiled=compiled),
+                               on_start=announce_tiles, on_compiled=compiled, ledger=ledger),
                    total=len(plan.jobs), desc=args.prog, unit="images")  # fmt: skip
     for result in bar:
         batch.done()
@@ -316,12 +340,37 @@ def restore(args: Namespace) -> int:
         mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
         print(f"mean PSNR over {len(before)} image(s): {mean_before:.2f} dB -> {mean_after:.2f} dB")
     print(f"wrote {batch.finished} image(s) to {args.output}")
+    if ledger is not None:
+        ledger.close()
     for item in plan.unreadable:
         batch.skip(item.path, item.reason)
     if batch.skipped:
         print(f"{args.prog}: {batch.skipped_summary()}", file=sys.stderr)
         return 1
     return 0
+
+
+def restore_with_ray(args: Namespace, colour: str) -> int:
+    """``semanir restore --ray``: the batch on a Ray cluster; a summary that accounts for every
+    input, exit 1 when one was refused."""
+    from semanir.ray_jobs import restore_on_ray
+
+    for flag, value in (("--add-noise", args.add_noise), ("--save-noisy", args.save_noisy or None),
+                        ("--in-place", args.in_place or None),
+                        ("--compile", args.compile or None)):  # fmt: skip
+        if value is not None:
+            raise UsageError(f"--ray runs a batch; {flag} is for the plain command")
+    options = RayOptions(address=args.ray or None, workers=args.ray_workers,
+                         gpus_per_worker=args.ray_gpus, batch_size=args.ray_batch)  # fmt: skip
+    summary, ledger = restore_on_ray(
+        args.inputs, args.output, options, task=args.task, model=args.model,
+        device=str(check_device(args.device)), colour=colour, recursive=args.recursive,
+        tile=args.tile, tile_overlap=args.tile_overlap, k=args.k, ensemble=args.ensemble,
+    )  # fmt: skip
+    print(f"{args.prog}: {summary.line()}; ledger: {ledger}")
+    for item in summary.refused:
+        _say(args.prog, f"refused {item.path}: {item.reason}")
+    return 1 if summary.refused else 0
 
 
 def _say(prog: str, line: str) -> None:

@@ -439,3 +439,50 @@ def add_batch_options(
     }
     for flag in flags:
         parser.add_argument(flag, action="store_true", help=helps[flag])
+
+
+def add_distributed_options(parser: argparse.ArgumentParser, *, results: str = "results") -> None:
+    """``--shard I/N``, ``--check-shards N`` and ``--ray [ADDRESS]`` with its pool options,
+    worded the same in every batch command.
+
+    Args:
+        parser: the command's parser.
+        results: what the command writes per input (``"restored images"``).
+    """
+    parser.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help=f"run block I (0-based) of the N blocks of the inputs in listing order, leaving out "
+        f"{results} that exist (a killed shard resumes); for Slurm arrays, Kubernetes indexed "
+        "jobs or shell loops",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check-shards", type=int, default=None, metavar="N",
+        help=f"load no model: check that the N shards (N in [1, 99999]; 1 for a --ray run) wrote "
+        f"every input's {results} exactly once (their ledgers in OUT/.shards/), and list what "
+        "is missing (default: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run on a Ray cluster (pip install the [ray] extra): ADDRESS 'auto', HOST:PORT or "
+        "ray://HOST:PORT; no value: RAY_ADDRESS, else a local cluster. OUT must be storage "
+        "every node sees",
+    )  # fmt: skip
+    parser.add_argument("--ray-workers", type=int, default=1, metavar="N",
+                        help="--ray: actors, each loading the model once, in [1, the cluster's "
+                        "CPUs or GPUs] (default: 1)")  # fmt: skip
+    parser.add_argument("--ray-gpus", type=float, default=0.0, metavar="G",
+                        help="--ray: GPUs each actor reserves, in [0, a node's GPUs] "
+                        "(default: 0)")  # fmt: skip
+    parser.add_argument("--ray-batch", type=int, default=8, metavar="B",
+                        help="--ray: inputs per actor call, in [1, the inputs] "
+                        "(default: 8)")  # fmt: skip
+
+
+def distributed_mode(args: argparse.Namespace) -> str:
+    """Which of ``--shard``, ``--check-shards`` and ``--ray`` a command line asks for
+    (``"plain"`` for none); two of them are a usage error (``ValueError``)."""
+    given = [name for name, value in (("--shard", args.shard), ("--check-shards",
+             args.check_shards), ("--ray", args.ray)) if value is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} exclude each other")
+    return given[0].lstrip("-") if given else "plain"
