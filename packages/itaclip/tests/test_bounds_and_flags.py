@@ -195,6 +195,14 @@ FLAG_CASES = {  # API argument -> (argv, the line after "itaclip COMMAND: error:
                  "input folder in: its images would be replaced; choose another output, or "
                  "pass --in-place to replace the inputs (atomically)"),
     "port": (["app", "--port", "0"], "--port: must be in [1, 65535], got 0"),
+    "shard": ([*SEGMENT, "--model", "{model}", "--shard", "2/2"], "--shard: the shard index "
+              "must be an int in [0, 1] (0-based), got 2"),
+    "ray_workers": ([*SEGMENT, "--model", "{model}", "--ray", "--ray-workers", "0"],
+                    "--ray-workers: must be an int >= 1, got 0"),
+    "ray_batch_size": ([*SEGMENT, "--model", "{model}", "--ray", "--ray-batch", "0"],
+                       "--ray-batch: must be an int >= 1, got 0"),
+    "ray_gpus_per_worker": ([*SEGMENT, "--model", "{model}", "--ray", "--ray-gpus", "-1"],
+                            "--ray-gpus: must be a number >= 0, got -1.0"),
     "output_size": ([*SEGMENT, "--model", "{model}", "--output-size", "100000x100000"],
                     BOUNDS["output_size"][2].format(**FLAGS, allow="--allow-large")),
     "allow_large": ([*SEGMENT, "--model", "{model}", "--short-side", "2048", "--stride", "1"],

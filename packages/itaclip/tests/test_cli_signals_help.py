@@ -73,6 +73,14 @@ NUMERIC_HELP = {
     ("segment", "--output-size"): "size of the label maps in px, height x width, each >= 1 "
     "(480x640 is 640 px wide; one number is a square) (mmseg ori_shape: slide on the resized "
     "image, then resize the logits and run PAMR at this size) (default: the image's)",
+    ("segment", "--check-shards"): "load no model: check that the N shards (N in [1, 99999]; 1 "
+    "for a --ray run) wrote every input's two outputs exactly once (their ledgers in "
+    "OUT/.shards/), and list what is missing (default: off)",
+    ("segment", "--ray-workers"): "--ray: actors, each loading the model once, in [1, the "
+    "cluster's CPUs or GPUs] (default: 1)",
+    ("segment", "--ray-gpus"): "--ray: GPUs each actor reserves, in [0, a node's GPUs] "
+    "(default: 0)",
+    ("segment", "--ray-batch"): "--ray: inputs per actor call, in [1, the inputs] (default: 8)",
     ("eval", "--limit"): "first N images only, >= 1 (default: all)",
     ("eval", "--nproc"): "processes (gloo on the CPU), >= 1 (default: 1)",
     ("aux", "--max-new-tokens"): "tokens generated per answer, >= 1 (default: 256)",
@@ -86,6 +94,10 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag(capsys):
     shared = {flag for command, flag in NUMERIC_HELP if command == "segment"} - {
         "--alpha",
         "--output-size",
+        "--check-shards",
+        "--ray-workers",
+        "--ray-gpus",
+        "--ray-batch",
     }  # the model options of segment and eval
     expected = {
         **NUMERIC_HELP,

@@ -145,6 +145,7 @@ def test_a_killed_shard_resumes_and_the_check_finds_every_input_once(plain, tmp_
      (["--shard", "0/2", "--add-noise", "25"], "--shard runs a batch, not the --add-noise demo"),
      (["--shard", "0/2", "--ray"], "--shard and --ray exclude each other"),
      (["--ray", "--in-place"], "--ray runs a batch; --in-place is for the plain command"),
+     (["--ray", "--ray-batch", "0"], "--ray-batch: must be an int >= 1, got 0"),
      (["--check-shards", "0"], "--shard: the shard count must be an int in [1, 99999], got 0")],
 )  # fmt: skip
 def test_refused_combinations_name_the_flag(plain, tmp_path, capsys, extra, message):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
     from itaclip.text import TextEmbeddingCache, imagenet_templates, parse_classes
 
-__version__ = "0.4.5"
+__version__ = "0.4.6"
 
 # each public name -> the module that defines it
 _MODULES = {

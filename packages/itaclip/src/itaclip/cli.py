@@ -28,9 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from common_kernels.runtime.batch import CommandSession, add_batch_options, resume_command
+from common_kernels.runtime.batch import (
+    CommandSession,
+    add_batch_options,
+    add_distributed_options,
+    distributed_mode,
+    resume_command,
+)
 from common_kernels.runtime.cli import (
     Parser,
+    UsageError,
     add_verbose,
     command_prog,
     run_main,
@@ -56,6 +63,10 @@ if TYPE_CHECKING:
 
 # the API's argument -> this command's flag, so that the API's messages name the flags
 FLAGS = {
+    "shard": "--shard",
+    "ray_workers": "--ray-workers",
+    "ray_batch_size": "--ray-batch",
+    "ray_gpus_per_worker": "--ray-gpus",
     "model_name": "--model",
     "pretrained": "--pretrained",
     "stride": "--stride",
@@ -111,6 +122,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         "subfolder with --recursive",
     )
     add_batch_options(segment, results="two outputs")
+    add_distributed_options(segment, results="two outputs")
     segment.add_argument("--preset", choices=sorted(PRESETS), default=None)
     segment.add_argument(
         "--aux-file",
@@ -256,6 +268,7 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
             skip_existing=args.skip_existing,
             keep_going=args.keep_going,
             protect=protect,
+            shard=args.shard,
             on_unreadable=lambda skipped: say(
                 "itaclip segment", f"skipped {skipped.path}: {skipped.reason}"
             ),
@@ -267,16 +280,28 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
 
 def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
     from common_kernels.runtime.batch import BatchRun
-    from itaclip.folders import segment_batch
+    from common_kernels.runtime.shards import Ledger, ledger_path
+    from itaclip.folders import record_left_out, segment_batch
     from itaclip.segmenter import Segmenter
 
     prog = f"{PROGRAM} segment"
+    with usage_errors():
+        mode = distributed_mode(args)
+    if mode == "check-shards":
+        return check_segment_run(args)
+    if mode == "ray":
+        return segment_with_ray(args)
     plan, inputs, batch = check_segment(args)
     for note in batch.notes(FLAGS["recursive"]):
         say(prog, note)
     run = BatchRun(len(batch.jobs), resume_command(prog, session.argv[1:]))
     run.skipped.extend(batch.unreadable)
     session.run = run
+    ledger = None
+    if batch.shard is not None:
+        ledger = Ledger(ledger_path(args.output, batch.shard.name))
+        say(prog, f"shard {batch.shard}: {len(batch.jobs)} image(s) to segment; its ledger: "
+                  f"{ledger.path}")  # fmt: skip
 
     def written(job: SegmentJob, notes: list[str]) -> None:
         tqdm.write(f"{job.image.path} -> {job.overlay}", file=sys.stdout)
@@ -295,11 +320,55 @@ def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
             run=run,
             on_written=written,
             on_skipped=lambda skipped: say(prog, f"skipped {skipped.path}: {skipped.reason}"),
+            ledger=ledger,
         )
+    elif ledger is not None:
+        record_left_out(batch, ledger)
+    if ledger is not None:
+        ledger.close()
     if run.skipped:
         say(prog, run.skipped_summary())
         return 1
     return 0
+
+
+def check_segment_run(args: argparse.Namespace) -> int:
+    """``segment --check-shards N``: every image's outputs written exactly once (no model)."""
+    from itaclip.folders import check_segment_shards
+
+    with usage_errors():
+        check = check_segment_shards(args.images, args.output, args.check_shards,
+                                     recursive=args.recursive)  # fmt: skip
+    print(check.summary())
+    return 0 if check.ok else 1
+
+
+def segment_with_ray(args: argparse.Namespace) -> int:
+    """``segment --ray``: the batch on a Ray cluster; a summary that accounts for every image,
+    exit 1 when one was refused."""
+    from common_kernels.runtime.ray_batch import RayOptions
+    from itaclip.inputs import check_classes
+    from itaclip.ray_jobs import segment_on_ray
+
+    prog = f"{PROGRAM} segment"
+    if args.in_place:
+        raise UsageError("--ray runs a batch; --in-place is for the plain command")
+    plan = check_model_options(args, args.preset)
+    with usage_errors():
+        inputs = check_classes(parse_class_option(args.classes), background=args.background,
+                               aux_file=args.aux_file,
+                               check_aux_names=not args.aux_ignore_names)  # fmt: skip
+        options = RayOptions(address=args.ray or None, workers=args.ray_workers,
+                             gpus_per_worker=args.ray_gpus, batch_size=args.ray_batch)  # fmt: skip
+        protect = [] if args.aux_file is None else [(args.aux_file, "the --aux-file")]
+        summary, ledger = segment_on_ray(
+            args.images, args.output, plan, inputs, options, recursive=args.recursive,
+            output_size=args.output_size, protect=protect, progress=not args.quiet,
+        )  # fmt: skip
+    print(f"{prog}: {summary.line()}; ledger: {ledger}")
+    for item in summary.refused:
+        say(prog, f"refused {item.path}: {item.reason}")
+    return 1 if summary.refused else 0
 
 
 def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]:

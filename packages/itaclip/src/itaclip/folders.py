@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common_kernels.runtime.batch import (
     BatchRun,
+    ImageListing,
     InputImage,
     Skipped,
     check_not_inputs,
@@ -33,6 +34,13 @@ from common_kernels.runtime.errors import InvalidArgument, argument_errors
 from common_kernels.runtime.files import ImageReadError, check_output_folder_name
 from common_kernels.runtime.photos import read_photo
 from common_kernels.runtime.progress import progress as show_progress
+from common_kernels.runtime.shards import (
+    Ledger,
+    Shard,
+    ShardCheck,
+    check_shard_output,
+    check_shards,
+)
 from itaclip.inputs import ClassInputs, class_names
 from itaclip.protect import check_not_replacing
 
@@ -92,6 +100,8 @@ class SegmentBatch:
             folder, run again), left out.
         left_out: images in subfolders that were not walked (``recursive`` off).
         left_out_folders: how many subfolders held them.
+        shard: the shard of the batch this is (None: all of it).
+        keys: each input's place in the batch (``sub/a.png``): what a ledger records.
     """
 
     jobs: tuple[SegmentJob, ...]
@@ -100,6 +110,8 @@ class SegmentBatch:
     own_outputs: tuple[Path, ...] = ()
     left_out: int = 0
     left_out_folders: int = 0
+    shard: Shard | None = None
+    keys: dict[Path, str] = field(default_factory=dict)
 
     def left_out_note(self, recursive: str = "recursive=True") -> str | None:
         """One sentence on the images left out in subfolders, or None when there are none.
@@ -158,6 +170,7 @@ def plan_segment_batch(
     skip_existing: bool = False,
     keep_going: bool = False,
     protect: Iterable[tuple[Path, str]] = (),
+    shard: Shard | str | None = None,
     on_unreadable: Callable[[Skipped], None] | None = None,
 ) -> SegmentBatch:
     """Every input of a folder run checked and decoded, before any model loads.
@@ -172,6 +185,9 @@ def plan_segment_batch(
         keep_going: set aside the images that do not decode instead of stopping.
         protect: other files the run reads, each with what it is (an auxiliary-text file):
             no output may replace them, ``in_place`` or not.
+        shard: ``"I/N"``: only block ``I`` of the ``N`` blocks of the images in listing
+            order, leaving out images whose outputs exist (``skip_existing`` implied); not with
+            ``in_place``.
         on_unreadable: told about each image set aside (``keep_going``).
 
     Raises:
@@ -180,20 +196,14 @@ def plan_segment_batch(
             folder that cannot be made (a file in the way, a suffix).
         ValueError: an image that does not decode (``PATH is not a readable image (...)``).
     """
-    output = Path(output)
-    with argument_errors("output"):
-        check_folder_writable(output, "output")
-        check_output_folder_name(output, "output")
-    listing = find_images(images, recursive=recursive, exclude=[output], argument="images")
-    jobs = [job_for(image, output) for image in listing.images]
-    check_unique(jobs)
-    targets = [target for job in jobs for target in job.outputs]
-    if not in_place:
-        check_not_inputs(targets, listing, output, argument="output")
-    check_not_replacing(targets, protect, argument="output")
-    written = {_resolved(target) for target in targets}
-    own = tuple(job.image.path for job in jobs if _resolved(job.image.path) in written)
-    jobs = [job for job in jobs if _resolved(job.image.path) not in written]
+    shard = Shard.parse(shard)
+    if shard is not None:
+        check_shard_output(Path(output), shard, in_place)
+        skip_existing = True
+    listing, jobs, own = segment_jobs(images, output, recursive=recursive, in_place=in_place,
+                                      protect=protect)  # fmt: skip
+    if shard is not None:
+        jobs = shard.select(jobs)
     finished = [job for job in jobs if skip_existing and all(map(Path.is_file, job.outputs))]
     todo = [job for job in jobs if job not in finished]
     try:
@@ -216,7 +226,51 @@ def plan_segment_batch(
         own,
         listing.left_out,
         listing.left_out_folders,
+        shard,
+        {job.image.path: str(job.image.relative) for job in jobs},
     )
+
+
+def segment_jobs(
+    images: str | os.PathLike | Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    in_place: bool = False,
+    protect: Iterable[tuple[Path, str]] = (),
+) -> tuple[ImageListing, list[SegmentJob], tuple[Path, ...]]:
+    """The batch's images and their outputs, checked (:func:`plan_segment_batch`'s rules), no
+    image decoded: the listing, the jobs, and the inputs left out as outputs of this run."""
+    output = Path(output)
+    with argument_errors("output"):
+        check_folder_writable(output, "output")
+        check_output_folder_name(output, "output")
+    listing = find_images(images, recursive=recursive, exclude=[output], argument="images")
+    jobs = [job_for(image, output) for image in listing.images]
+    check_unique(jobs)
+    targets = [target for job in jobs for target in job.outputs]
+    if not in_place:
+        check_not_inputs(targets, listing, output, argument="output")
+    check_not_replacing(targets, protect, argument="output")
+    written = {_resolved(target) for target in targets}
+    own = tuple(job.image.path for job in jobs if _resolved(job.image.path) in written)
+    return listing, [job for job in jobs if _resolved(job.image.path) not in written], own
+
+
+def check_segment_shards(
+    images: str | os.PathLike | Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    count: int,
+    *,
+    recursive: bool = False,
+) -> ShardCheck:
+    """Whether ``count`` shards of a batch (``plan_segment_batch(shard="I/N")`` runs, or a Ray
+    run: 1) wrote every image's two outputs exactly once: the files and the runs' ledgers in
+    ``OUTPUT/.shards/``, against the batch listed again. Loads no model."""
+    Shard(0, count)  # checks the count
+    _, jobs, _ = segment_jobs(images, output, recursive=recursive)
+    keys = [str(job.image.relative) for job in jobs]
+    return check_shards(Path(output), keys, [job.outputs for job in jobs], count)
 
 
 def check_unique(jobs: Sequence[SegmentJob]) -> None:
@@ -248,6 +302,7 @@ def segment_batch(
     run: BatchRun | None = None,
     on_written: Callable[[SegmentJob, list[str]], None] | None = None,
     on_skipped: Callable[[Skipped], None] | None = None,
+    ledger: Ledger | None = None,
 ) -> BatchRun:
     """Segment the planned images and write each one's overlay and label map.
 
@@ -264,12 +319,16 @@ def segment_batch(
         run: counts the images written (default: a new one for ``batch.jobs``).
         on_written: told about each image written, with what its formats could not hold.
         on_skipped: told about each image set aside.
+        ledger: records each image written or set aside, and the ones the batch left out as
+            finished or unreadable (a sharded run's record, :func:`check_segment_shards`).
 
     Returns:
         The run: images written, images set aside.
     """
     run = BatchRun(len(batch.jobs)) if run is None else run
     num_classes = classes.queries.num_classes
+    if ledger is not None:
+        record_left_out(batch, ledger)
     for job in show_progress(batch.jobs, desc=desc, unit="images", disable=not progress):
         try:
             photo = read_photo(job.image.path)
@@ -285,11 +344,23 @@ def segment_batch(
             if not keep_going:
                 raise
             skipped = run.skip(job.image.path, one_line(error))
+            if ledger is not None:
+                ledger.record(str(job.image.relative), "refused", skipped.reason)
             if on_skipped is not None:
                 on_skipped(skipped)
             continue
         notes = result.save_overlay(job.overlay, photo) + result.save_labels(job.labels)
+        if ledger is not None:
+            ledger.record(str(job.image.relative), "written")
         run.done()
         if on_written is not None:
             on_written(job, notes)
     return run
+
+
+def record_left_out(batch: SegmentBatch, ledger: Ledger) -> None:
+    """Record the images a batch left out: finished (their outputs exist) or unreadable."""
+    for job in batch.finished:
+        ledger.record(str(job.image.relative), "finished")
+    for item in batch.unreadable:
+        ledger.record(batch.keys[item.path], "refused", item.reason)

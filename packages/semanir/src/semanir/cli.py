@@ -41,7 +41,7 @@ FLAGS = {
     "path": "OUT.onnx", "opset": "--opset", "port": "--port", "per_channel": "--per-channel",
     "sigma": "--sigma", "quality": "--quality", "scale": "--scale", "add_noise": "--add-noise",
     "tile": "--tile", "tile_overlap": "--tile-overlap", "k": "--k", "folder": "DIR",
-    "shard": "--shard", "ray_workers": "--ray-workers", "ray_batch": "--ray-batch",
+    "shard": "--shard", "ray_workers": "--ray-workers", "ray_batch_size": "--ray-batch",
     "ray_gpus_per_worker": "--ray-gpus",
 }  # fmt: skip
 LIGHTNING_COMMANDS = ("fit", "validate")
