@@ -182,6 +182,16 @@ CASES = {
         "--image {t}/g.jpg: suffix '.jpg'; accepted: .png",
     ),
 }
+CASES.update({
+    "shard": ([*EXTRACT, "--shard", "1/1"],
+              "--shard: the shard index must be an int in [0, 0] (0-based), got 1"),
+    "ray_workers": ([*EXTRACT, "--ray", "--ray-workers", "0"],
+                    "--ray-workers: must be an int >= 1, got 0"),
+    "ray_batch_size": ([*EXTRACT, "--ray", "--ray-batch", "0"],
+                       "--ray-batch: must be an int >= 1, got 0"),
+    "ray_gpus_per_worker": ([*EXTRACT, "--ray", "--ray-gpus", "-0.5"],
+                            "--ray-gpus: must be a number >= 0, got -0.5"),
+})  # fmt: skip
 # switches the API takes as given: no value of theirs is refused
 UNCHECKED = {"faithful", "recursive"}
 

@@ -40,8 +40,12 @@ def test_help_gives_units_ranges_and_defaults_for_every_numeric_flag():
         "FLUX/SD3: noise level in [0, 1], x_t = (1 - sigma) x_0 + sigma eps (default: timestep / "
         "1000)"
     )
-    # layers 2, extract/probe/pca 9 each, --resize, --size, tiny 1, app 4, generate-features 4
-    assert len(found) == 40
+    assert found["extract", "--ray-batch"] == (
+        "--ray: inputs per actor call, in [1, the inputs] (default: 8)"
+    )
+    # layers 2, extract/probe/pca 9 each, --resize, --size, tiny 1, app 4, generate-features 4;
+    # extract's --check-shards, --ray-workers, --ray-gpus, --ray-batch
+    assert len(found) == 44
     for (command, flag), text in found.items():
         assert "default: " in text, (command, flag)
         assert "[" in text or ">=" in text or "finite" in text or "multiples" in text, flag

@@ -28,7 +28,7 @@ from diffeat.presets import ENSEMBLES, PRESETS, EnsembleMember, Preset
 from diffeat.prompts import PromptEmbeddings
 from diffeat.shapes import layer_infos
 
-__version__ = "0.4.7"
+__version__ = "0.4.8"
 
 __all__ = [
     "ENSEMBLES",

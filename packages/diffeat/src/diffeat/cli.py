@@ -26,6 +26,8 @@ from common_kernels.runtime.batch import (
     BatchRun,
     CommandSession,
     Skipped,
+    add_distributed_options,
+    distributed_mode,
     resume_command,
     skipped_summary,
 )
@@ -45,10 +47,12 @@ from common_kernels.runtime.cli import (
 )
 from common_kernels.runtime.files import check_output_folder_name
 from common_kernels.runtime.quiet import quiet_libraries
+from common_kernels.runtime.shards import Shard
 from diffeat.aggregation import RESIZE_MODES
 from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
+from diffeat.cli_shards import check_shards_command, extract_with_ray
 from diffeat.commands import (
     CheckedInputs,
     Keep,
@@ -77,6 +81,7 @@ from diffeat.offload import OFFLOADS
 from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
 from diffeat.presets import ALL, PRESETS, SD15_HUB_ID, selection_names
 from diffeat.probes import PROBES
+from diffeat.shards import shard_file, shard_images, write_refused_shard
 
 DEFAULT = " (default: %(default)s)"
 SIZE = {"type": size_type, "default": None, "metavar": "S|HxW"}
@@ -175,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--resize", **SIZE, help=resize)
     extract.add_argument("--resize-mode", choices=RESIZE_MODES, default="bilinear")
     extract.add_argument("--concat", action="store_true", help="one concatenated 'features' key")
+    add_distributed_options(extract, results="features file")
     add_model_options(extract)
 
     probe = commands.add_parser("probe", help="noise / granularity / locality per activation")
@@ -218,7 +224,9 @@ FLAGS = {
     "size": "--size", "output": "-o/--output", "features": "--features", "probes": "--probes",
     "images": "IMAGE|FOLDER", "recursive": "--recursive", "in_place": "--in-place",
     "sigma": "--sigma", "guidance_scale": "--guidance-scale", "noising": "--noising",
-    "inversion_steps": "--inversion-steps", "offload": "--offload", **GENERATE_FLAGS,
+    "inversion_steps": "--inversion-steps", "offload": "--offload", "shard": "--shard",
+    "ray_workers": "--ray-workers", "ray_batch_size": "--ray-batch",
+    "ray_gpus_per_worker": "--ray-gpus", **GENERATE_FLAGS,
 }  # fmt: skip
 
 
@@ -307,20 +315,38 @@ def command_layers(args: argparse.Namespace) -> None:
 
 
 def command_extract(args: Namespace) -> int:
-    """Extract features of the images to a safetensors file."""
+    """Extract features of the images to a safetensors file (or shard I/N of them to
+    ``OUT-0000I-of-0000N.safetensors``, or on Ray; or check the shard files)."""
+    with usage_errors():
+        mode = distributed_mode(args)
+        shard = Shard.parse(args.shard)
+    if mode in ("check-shards", "ray"):
+        return check_shards_command(args) if mode == "check-shards" else extract_with_ray(args)
+    output = args.output if shard is None else shard_file(args.output, shard)
     check_file_writable(args.output, "-o/--output", (".safetensors",))
+    if shard is not None and output.is_file():
+        say(args, f"shard {shard}: {output} exists; nothing to do")
+        return 0
     why = "the images of one features file need one size"
     keep = resize_parts(args.resize, args.concat)
-    checked = check_images(args, check_plan(args), keep, one_size=True, why=why)
+    plan = check_plan(args)
+    images = None
+    if shard is not None:
+        with usage_errors():
+            images = shard_images(args.images, shard, recursive=args.recursive)
+    checked = check_images(args, plan, keep, images=images, one_size=True, why=why)
     if checked.images:
         extractor = load_extractor(args, checked)
         features = write_features(
-            args.output, extractor, checked, args.prompt, args.resize, args.resize_mode,
-            args.concat, model=args.model,
+            output, extractor, checked, args.prompt, args.resize, args.resize_mode,
+            args.concat, model=args.model, refused=None if shard is None else checked.skipped,
         )  # fmt: skip
         for name, value in features.items():
             print(f"{name}: {tuple(value.shape)}")
-        print(f"wrote {len(features)} features of {len(checked.images)} images to {args.output}")
+        print(f"wrote {len(features)} features of {len(checked.images)} images to {output}")
+    elif shard is not None:
+        write_refused_shard(output, checked.skipped)
+        print(f"wrote {output}: no image of the shard could be read")
     return skipped_status(args, checked.skipped)
 
 

@@ -446,6 +446,7 @@ def write_features(
     resize_mode: str = "bilinear",
     concat: bool = False,
     model: str | None = None,
+    refused: Sequence[Skipped] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Extract the checked images and write a safetensors features file with its metadata.
 
@@ -458,6 +459,8 @@ def write_features(
         resize_mode: see :data:`diffeat.aggregation.RESIZE_MODES`.
         concat: one concatenated ``"features"`` key.
         model: the model as the caller named it (default: the plan's source).
+        refused: the images of this file's block set aside, recorded in its metadata
+            (``refused``: path -> reason) for a sharded extraction's check.
 
     Returns:
         The written features.
@@ -490,6 +493,8 @@ def write_features(
         "dtype": {dtype: key for key, dtype in DTYPES.items()}[plan.dtype],
         "seed": config.seed,
     }
+    if refused is not None:
+        metadata["refused"] = {str(item.path): item.reason for item in refused}
     save_features(path, features, metadata)
     return features
 
