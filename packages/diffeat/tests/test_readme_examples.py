@@ -26,7 +26,7 @@ from diffeat.configs import save_tiny_model
 from diffeat.io import load_features
 
 # The README's guides, API reference, app and benchmarks moved to docs pages (issue 52).
-DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
+DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development", "batch-jobs")
 PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = testing.package_pages(__file__, DOC_NAMES)
 BIN = Path(sys.executable).parent
 OURS_XL = list(PRESETS["ours-xl"].layers)

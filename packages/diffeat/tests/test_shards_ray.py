@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 from PIL import Image
 
+from common_kernels.runtime.testing import local_ray_cluster, ray_actor_pids, wait_until
 from diffeat.cli import main
 from diffeat.io import load_features
 
@@ -87,16 +86,12 @@ def test_the_distributed_flags_exclude_each_other(model_dirs, tmp_path, refused)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray  # the slow lane installs the [ray] extra
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray_cluster() as address:  # the slow lane installs the [ray] extra
+        yield address
 
 
 def actor_pids() -> list[int]:
-    named = [(p.pid, p.info["cmdline"] or [""]) for p in psutil.process_iter(["cmdline"])]
-    return [pid for pid, words in named if "MapBatches(ExtractWorker)" in words[0]]
+    return ray_actor_pids("ExtractWorker")
 
 
 @pytest.mark.slow
@@ -111,10 +106,7 @@ def test_ray_parts_are_the_shard_files_byte_for_byte_across_a_killed_worker(
     codes = []
     run = threading.Thread(target=lambda: codes.append(main(argv)))
     run.start()
-    deadline = time.monotonic() + 300
-    while not (len(list(out.parent.glob("f-*.safetensors"))) >= 1 and actor_pids()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: len(list(out.parent.glob("f-*.safetensors"))) >= 1 and actor_pids())
     os.kill(actor_pids()[0], signal.SIGKILL)
     run.join(timeout=600)
     assert codes == [1]  # broken.png

@@ -38,7 +38,7 @@ from itaclip.tiny import CONFIG_FILE, WEIGHTS_FILE
 from itaclip.viz import LEGEND_WIDTH
 
 # The README's guides, API reference, command details and speed moved to docs pages (issue 52).
-DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development")
+DOC_NAMES = ("api", "guide", "cli", "benchmarks", "development", "batch-jobs")
 PACKAGE, REPOSITORY, README, DOCS, PAGES, EXAMPLES = testing.package_pages(__file__, DOC_NAMES)
 PYTHON_MARKER = re.compile(r"<!--\s*python example:\s*check\s*\((.+)\)\s*-->")
 
@@ -160,7 +160,7 @@ def check_command(words: list[str], example: ShellExample) -> None:
 
 def test_the_readme_has_its_examples():
     modes = [example.mode for example in EXAMPLES]
-    assert modes.count("run") == modes.count("slow") == 1 and modes.count("check") == 7
+    assert modes.count("run") == modes.count("slow") == 1 and modes.count("check") == 9
     assert [reason != "" for _, _, reason in python_blocks()] == [False, True]
 
 

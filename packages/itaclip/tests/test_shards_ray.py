@@ -5,18 +5,21 @@ worker, a bad file refused alone)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
+from common_kernels.runtime.testing import (
+    ledger_lines,
+    local_ray_cluster,
+    ray_actor_pids,
+    wait_until,
+)
 from itaclip.cli import main
 
 
@@ -32,11 +35,6 @@ def make_images(folder: Path, count: int, size: int = 48) -> Path:
 
 def outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
-
-
-def ledger_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted((out / ".shards").glob("*.jsonl"))
-            for line in path.read_text().splitlines()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +94,12 @@ def test_refused_combinations_name_the_flag(plain, command, tmp_path, capsys, ex
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray  # the slow lane installs the [ray] extra
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray_cluster() as address:  # the slow lane installs the [ray] extra
+        yield address
 
 
 def actor_pids() -> list[int]:
-    named = [(p.pid, p.info["cmdline"] or [""]) for p in psutil.process_iter(["cmdline"])]
-    return [pid for pid, words in named if "MapBatches(SegmentWorker)" in words[0]]
+    return ray_actor_pids("SegmentWorker")
 
 
 @pytest.mark.slow
@@ -121,10 +115,7 @@ def test_ray_outputs_equal_the_plain_run_across_a_killed_worker(
     codes = []
     run = threading.Thread(target=lambda: codes.append(main(argv)))
     run.start()
-    deadline = time.monotonic() + 300
-    while not (len(list((tmp_path / "out").glob("*_labels.png"))) >= 2 and actor_pids()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: len(list((tmp_path / "out").glob("*_labels.png"))) >= 2 and actor_pids())
     os.kill(actor_pids()[0], signal.SIGKILL)
     run.join(timeout=600)
     assert codes == [1]

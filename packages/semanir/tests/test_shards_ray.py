@@ -5,13 +5,11 @@ driver, a bad file reported alone)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +17,24 @@ import psutil
 import pytest
 from PIL import Image
 
+from common_kernels.runtime.testing import (
+    ledger_lines,
+    local_ray_cluster,
+    ray_actor_pids,
+    wait_until,
+)
 from semanir.cli import main
 
 MODEL = "semanir_tiny_denoise_color"
 WORKING_SCRIPT = """
 import sys, time
 import semanir.batch
+from common_kernels.runtime.testing import (
+    ledger_lines,
+    local_ray_cluster,
+    ray_actor_pids,
+    wait_until,
+)
 from semanir.cli import main
 
 restore_photo = semanir.batch.restore_photo
@@ -74,11 +84,6 @@ def semanir_process(argv: list[str]) -> subprocess.Popen:
 
 def results(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
-
-
-def ledger_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted((out / ".shards").glob("*.jsonl"))
-            for line in path.read_text().splitlines()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +171,8 @@ def test_a_shard_needs_an_output_folder(plain, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray  # the slow lane installs the [ray] extra
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray_cluster() as address:  # the slow lane installs the [ray] extra
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +192,6 @@ def ray_argv(inputs: Path, out: Path, address: str) -> list[str]:
             address, "--ray-workers", "2", "--ray-batch", "2"]  # fmt: skip
 
 
-def wait_for(condition, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_ray_results_equal_the_plain_run_and_a_bad_file_is_refused_alone(
     slow_batch, local_ray, tmp_path, capsys
@@ -213,13 +208,7 @@ def test_ray_results_equal_the_plain_run_and_a_bad_file_is_refused_alone(
 
 
 def actor_pids() -> list[int]:
-    """The PIDs of the restore actors (Ray titles their processes ``ray::MapWorker(...)``)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        words = process.info["cmdline"] or []
-        if words and "MapBatches(RestoreWorker)" in words[0]:
-            found.append(process.pid)
-    return found
+    return ray_actor_pids("RestoreWorker")
 
 
 @pytest.mark.slow
@@ -231,7 +220,7 @@ def test_a_worker_killed_mid_job_still_gives_every_result_once(
     run = threading.Thread(target=lambda: codes.append(main(ray_argv(inputs, tmp_path,
                                                                      local_ray))))  # fmt: skip
     run.start()
-    wait_for(lambda: len(list(tmp_path.glob("*.png"))) >= 2 and actor_pids())
+    wait_until(lambda: len(list(tmp_path.glob("*.png"))) >= 2 and actor_pids())
     victim = actor_pids()[0]
     os.kill(victim, signal.SIGKILL)
     run.join(timeout=600)
@@ -251,7 +240,7 @@ def test_a_rerun_after_a_killed_driver_finishes_only_what_was_missing(
 ):
     inputs, expected = slow_batch
     driver = semanir_process(ray_argv(inputs, tmp_path, local_ray))
-    wait_for(lambda: len(list(tmp_path.glob("*.png"))) >= 3)
+    wait_until(lambda: len(list(tmp_path.glob("*.png"))) >= 3)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = {p.name for p in tmp_path.glob("*.png")}

@@ -1,4 +1,5 @@
-"""Helpers for the packages' tests of their commands. Standard library only.
+"""Helpers for the packages' tests of their commands. Standard library only at import (psutil
+and ray are imported by the helpers that need them).
 
 Every command must end on SIGTERM (what a batch scheduler sends) with one line and exit 143,
 having written nothing half-way; :func:`signal_while_working` drives such a test: it runs a
@@ -32,6 +33,10 @@ The packages' tests share the rest: :func:`interrupted_run` (Ctrl-C while a comm
 block) and :func:`precision_variants` (the GPU lane's devices and precisions); the kernels'
 tests share :class:`AttentionCase` and :func:`neighbour_lists` (one k-NN attention problem).
 What a package imports is checked with :mod:`common_kernels.runtime.imports`.
+
+The batch commands' ``--shard``/``--ray`` tests share :func:`local_ray_cluster` (a Ray cluster
+on this machine), :func:`ray_actor_pids` (the actors to kill), :func:`wait_until` and
+:func:`ledger_lines` (what the runs recorded).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -770,3 +776,41 @@ def neighbour_lists(case: AttentionCase, generator: Any) -> Any:
         idx[..., -1] = idx[..., 0]
         return idx
     return torch.rand((*case.lead, case.N), generator=generator).argsort(dim=-1)[..., : case.K]
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_cpus: int = 2) -> Iterator[str]:
+    """A Ray cluster on this machine for the block (``ray`` imported here: the packages'
+    ``[ray]`` extra); yields its address, which ``--ray ADDRESS`` of another process joins."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def ray_actor_pids(worker: str) -> list[int]:
+    """The PIDs of the Ray Data actors running the class ``worker`` (Ray titles their
+    processes ``ray::MapWorker(MapBatches(<worker>))``)."""
+    import psutil
+
+    named = [(p.pid, p.info["cmdline"] or [""]) for p in psutil.process_iter(["cmdline"])]
+    return [pid for pid, words in named if f"MapBatches({worker})" in words[0]]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 300.0) -> None:
+    """Poll ``condition`` every 50 ms until it holds; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout} s")
+        time.sleep(0.05)
+
+
+def ledger_lines(output: str | os.PathLike) -> list[dict]:
+    """Every line the runs of a batch recorded in ``OUTPUT/.shards/*.jsonl``, file by file."""
+    folder = Path(output) / ".shards"
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines()]  # fmt: skip
