@@ -199,3 +199,31 @@ def test_main_checks_its_setup_before_any_work(tmp_path, monkeypatch) -> None:
         '(from a clone: pip install "./packages/common-kernels[bench]")\n'
     )
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "x"
+
+
+def test_ray_throughput_fits_slopes_and_takes_the_overhead_against_one_thread(monkeypatch):
+    import ray_throughput
+
+    runs = []
+    for mode, (slope, fixed) in {"plain": (0.5, 2.0), "plain, 1 thread": (0.8, 2.0),
+                                 "ray, 1 worker": (0.9, 12.0),
+                                 "ray, 2 workers": (-0.01, 14.0)}.items():  # fmt: skip
+        runs += [{"mode": mode, "images": n, "seconds": fixed + slope * n,
+                  "images_per_s": n / (fixed + slope * n)} for n in (8, 24)]  # fmt: skip
+    fits = {f["mode"]: f for f in ray_throughput.summarise(runs)}
+    assert fits["plain"]["s_per_image"] == pytest.approx(0.5)
+    assert fits["ray, 1 worker"]["fixed_s"] == pytest.approx(12.0)
+    # Ray's own cost: one 1-CPU actor against the plain command on one thread, not on two
+    assert fits["ray, 1 worker"]["overhead_s_per_image"] == pytest.approx(0.1)
+    assert fits["plain, 1 thread"]["speed_x_plain"] == pytest.approx(0.625)
+    assert fits["ray, 2 workers"]["images_per_s_steady"] is None  # a slope within noise
+    report = {"package": "semanir", "cluster_start_s": 4.0, "runs": runs,
+              "fits": list(fits.values()), "machine": {"cpu": "CPU", "threads": 2}}  # fmt: skip
+    table = ray_throughput.markdown(report)
+    assert "| ray, 2 workers | -0.010 | 14.0 | - | - |" in table
+    assert table.endswith("(1 worker against the plain command on 1 thread): +0.100 s.\n")
+    monkeypatch.setattr(ray_throughput, "measure", no_work)
+    err = refusal(
+        ray_throughput.main, ["--package", "semanir", "--sizes", "8", "8"], prog="ray_throughput.py"
+    )
+    assert err.endswith("error: --sizes must be two different ints in [1, 400], got [8, 8]\n")
