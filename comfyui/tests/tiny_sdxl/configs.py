@@ -6,25 +6,20 @@ widths are multiples of 32; its VAE is SDXL's full-size one (ComfyUI fixes its w
 
 from __future__ import annotations
 
+from pixelsmith.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
 TEXT_WIDTH = 32  # each text encoder's width; the UNet's context is both, concatenated
 TEXT = {"hidden_size": TEXT_WIDTH, "intermediate_size": 64, "num_hidden_layers": 3,
         "num_attention_heads": 2, "projection_dim": TEXT_WIDTH}  # fmt: skip
 TIME_FEATURES = 256  # SDXL's width per micro-conditioning number (ComfyUI's is fixed)
 HEADS = 2
 
+# pixelsmith's tiny SDXL UNet (the layout of SDXL base), at widths ComfyUI's UNet can build
 UNET = {
-    "sample_size": 128,
-    "in_channels": 4,
-    "out_channels": 4,
+    **TINY_UNET_CONFIG,
     "block_out_channels": (32, 32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     "attention_head_dim": (HEADS, HEADS, HEADS),  # diffusers' name for SDXL's head counts
-    "transformer_layers_per_block": 1,
     "cross_attention_dim": 2 * TEXT_WIDTH,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
     "addition_time_embed_dim": TIME_FEATURES,
     "projection_class_embeddings_input_dim": TEXT_WIDTH + 6 * TIME_FEATURES,
     "norm_num_groups": 32,
@@ -41,15 +36,6 @@ COMFY_UNET = {
     "adm_in_channels": TEXT_WIDTH + 6 * TIME_FEATURES,
     "use_linear_in_transformer": True,
 }
-# SDXL base's VAE config (diffusers)
-VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-}
+# pixelsmith's tiny VAE at SDXL base's widths (ComfyUI builds the VAE at those)
+VAE = {**TINY_VAE_CONFIG, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+       "norm_num_groups": 32, "mid_block_add_attention": True}  # fmt: skip

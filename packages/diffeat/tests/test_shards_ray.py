@@ -6,30 +6,16 @@ for bit, the same metadata), across a killed worker, with a bad image refused al
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from common_kernels.runtime.testing import local_ray_cluster, ray_actor_pids, wait_until
+from common_kernels.runtime.testing import local_ray_cluster, noise_photos, run_killing_an_actor
 from diffeat.cli import main
 from diffeat.io import load_features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_images(folder: Path, count: int) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
-    return folder
 
 
 def command(model: Path, out: Path) -> list[str]:
@@ -38,8 +24,7 @@ def command(model: Path, out: Path) -> list[str]:
 
 
 def test_shard_files_hold_the_plain_features_of_their_images(model_dirs, tmp_path, capsys):
-    images = make_images(tmp_path / "in", 5)
-    (images / "broken.png").write_bytes(b"not an image")
+    images = noise_photos(tmp_path / "in", 5, 64, 64)
     out = tmp_path / "f.safetensors"
     base = ["extract", str(images), *command(model_dirs["sd15"], out), "--keep-going"]
     assert main([*base, "--shard", "0/2"]) == 1  # broken.png: set aside, recorded
@@ -78,52 +63,39 @@ def test_shard_files_hold_the_plain_features_of_their_images(model_dirs, tmp_pat
 
 
 def test_the_distributed_flags_exclude_each_other(model_dirs, tmp_path, refused):
-    images = make_images(tmp_path / "in", 1)
+    images = noise_photos(tmp_path / "in", 1, 64, 64)
     base = ["extract", str(images), *command(model_dirs["sd15"], tmp_path / "f.safetensors")]
     refused([*base, "--shard", "0/2", "--ray"], "--shard and --ray exclude each other")
     refused([*base, "--shard", "0/0"], "--shard: the shard count must be an int in [1, 99999]")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    with local_ray_cluster() as address:  # the slow lane installs the [ray] extra
-        yield address
-
-
-def actor_pids() -> list[int]:
-    return ray_actor_pids("ExtractWorker")
-
-
 @pytest.mark.slow
 def test_ray_parts_are_the_shard_files_byte_for_byte_across_a_killed_worker(
-    model_dirs, local_ray, tmp_path, capsys
+    model_dirs, tmp_path, capsys
 ):
-    images = make_images(tmp_path / "in", 12)
-    (images / "broken.png").write_bytes(b"not an image")
-    out = tmp_path / "ray" / "f.safetensors"
-    argv = ["extract", str(images), *command(model_dirs["sd15"], out), "--ray", local_ray,
-            "--ray-workers", "2", "--ray-batch", "2"]  # fmt: skip
-    codes = []
-    run = threading.Thread(target=lambda: codes.append(main(argv)))
-    run.start()
-    wait_until(lambda: len(list(out.parent.glob("f-*.safetensors"))) >= 1 and actor_pids())
-    os.kill(actor_pids()[0], signal.SIGKILL)
-    run.join(timeout=600)
-    assert codes == [1]  # broken.png
-    text = capsys.readouterr().out
-    assert "diffeat extract: 7 part file(s) (7 input(s): " in text
-    assert "12 of 13 input(s) have their outputs, each written once\nrefused: 1" in text
-    parts = sorted(out.parent.glob("f-*.safetensors"))
-    assert [p.name for p in parts] == [f"f-0000{i}-of-00007.safetensors" for i in range(7)]
-    # each part file is the one `--shard k/7` writes: the same tensors, bit for bit, and the
-    # same metadata (safetensors orders a file's metadata differently in each process)
-    shards = tmp_path / "shards" / "f.safetensors"
-    for index in range(7):
-        shard_argv = ["extract", str(images), *command(model_dirs["sd15"], shards),
-                      "--keep-going", "--shard", f"{index}/7"]  # fmt: skip
-        assert main(shard_argv) == (1 if index == 0 else 0)  # part 0: broken.png alone
-        name = f"f-{index:05d}-of-00007.safetensors"
-        (got, got_meta), (want, want_meta) = (load_features(out.parent / name),
-                                              load_features(shards.parent / name))  # fmt: skip
-        assert got_meta == want_meta and got.keys() == want.keys(), name
-        assert all(torch.equal(got[k], want[k]) for k in got), name
+    with local_ray_cluster() as local_ray:  # the slow lane installs the [ray] extra
+        images = noise_photos(tmp_path / "in", 12, 64, 64)
+        out = tmp_path / "ray" / "f.safetensors"
+        argv = ["extract", str(images), *command(model_dirs["sd15"], out), "--ray", local_ray,
+                "--ray-workers", "2", "--ray-batch", "2"]  # fmt: skip
+        code, _ = run_killing_an_actor(
+            main, argv, "ExtractWorker", lambda: len(list(out.parent.glob("f-*.safetensors"))) >= 1
+        )
+        assert code == 1  # broken.png
+        text = capsys.readouterr().out
+        assert "diffeat extract: 7 part file(s) (7 input(s): " in text
+        assert "12 of 13 input(s) have their outputs, each written once\nrefused: 1" in text
+        parts = sorted(out.parent.glob("f-*.safetensors"))
+        assert [p.name for p in parts] == [f"f-0000{i}-of-00007.safetensors" for i in range(7)]
+        # each part file is the one `--shard k/7` writes: the same tensors, bit for bit, and the
+        # same metadata (safetensors orders a file's metadata differently in each process)
+        shards = tmp_path / "shards" / "f.safetensors"
+        for index in range(7):
+            shard_argv = ["extract", str(images), *command(model_dirs["sd15"], shards),
+                          "--keep-going", "--shard", f"{index}/7"]  # fmt: skip
+            assert main(shard_argv) == (1 if index == 0 else 0)  # part 0: broken.png alone
+            name = f"f-{index:05d}-of-00007.safetensors"
+            (got, got_meta), (want, want_meta) = (load_features(out.parent / name),
+                                                  load_features(shards.parent / name))  # fmt: skip
+            assert got_meta == want_meta and got.keys() == want.keys(), name
+            assert all(torch.equal(got[k], want[k]) for k in got), name

@@ -5,32 +5,17 @@ worker, a bad file refused alone)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from common_kernels.runtime.testing import (
     ledger_lines,
     local_ray_cluster,
-    ray_actor_pids,
-    wait_until,
+    noise_photos,
+    run_killing_an_actor,
 )
 from itaclip.cli import main
-
-
-def make_images(folder: Path, count: int, size: int = 48) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        pixels = rng.integers(0, 256, (size, size + 16, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
-    (folder / "broken.png").write_bytes(b"not an image")
-    return folder
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -47,7 +32,7 @@ def command(tiny_dir, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def plain(command, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("plain")
-    images = make_images(root / "in", 5)
+    images = noise_photos(root / "in", 5, 48, 64)
     assert main(["segment", str(images), "-o", str(root / "out"), *command]) == 1  # broken
     return images, root / "out"
 
@@ -92,45 +77,32 @@ def test_refused_combinations_name_the_flag(plain, command, tmp_path, capsys, ex
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    with local_ray_cluster() as address:  # the slow lane installs the [ray] extra
-        yield address
-
-
-def actor_pids() -> list[int]:
-    return ray_actor_pids("SegmentWorker")
-
-
 @pytest.mark.slow
-def test_ray_outputs_equal_the_plain_run_across_a_killed_worker(
-    plain, command, local_ray, tmp_path, capsys
-):
-    images, expected = plain
-    more = make_images(tmp_path / "more", 12, size=96)  # enough work to stop in the middle
-    reference = tmp_path / "reference"
-    assert main(["segment", str(more), "-o", str(reference), *command]) == 1
-    argv = ["segment", str(more), "-o", str(tmp_path / "out"), *command, "--ray", local_ray,
-            "--ray-workers", "2", "--ray-batch", "2"]  # fmt: skip
-    codes = []
-    run = threading.Thread(target=lambda: codes.append(main(argv)))
-    run.start()
-    wait_until(lambda: len(list((tmp_path / "out").glob("*_labels.png"))) >= 2 and actor_pids())
-    os.kill(actor_pids()[0], signal.SIGKILL)
-    run.join(timeout=600)
-    assert codes == [1]
-    captured = capsys.readouterr()
-    assert "13 input(s): " in captured.out and ", 1 refused; ledger: " in captured.out
-    assert "itaclip segment: refused broken.png: " in captured.err
-    assert outputs(tmp_path / "out") == outputs(reference)
-    lines = ledger_lines(tmp_path / "out")
-    assert sorted(x["input"] for x in lines) == sorted(
-        ["broken.png"] + [f"img{i:02d}.png" for i in range(12)]
-    )  # each image once
-    # the small batch too, and --check-shards 1 after a Ray run
-    out = tmp_path / "small"
-    assert main(["segment", str(images), "-o", str(out), *command, "--ray", local_ray]) == 1
-    assert outputs(out) == outputs(expected)
-    capsys.readouterr()
-    assert main(["segment", str(images), "-o", str(out), *command, "--check-shards", "1"]) == 1
-    assert "5 of 6 input(s) have their outputs, each written once" in capsys.readouterr().out
+def test_ray_outputs_equal_the_plain_run_across_a_killed_worker(plain, command, tmp_path, capsys):
+    with local_ray_cluster() as local_ray:  # the slow lane installs the [ray] extra
+        images, expected = plain
+        more = noise_photos(tmp_path / "more", 12, 96, 112)  # enough work to stop in the middle
+        reference = tmp_path / "reference"
+        assert main(["segment", str(more), "-o", str(reference), *command]) == 1
+        argv = ["segment", str(more), "-o", str(tmp_path / "out"), *command, "--ray", local_ray,
+                "--ray-workers", "2", "--ray-batch", "2"]  # fmt: skip
+        code, _ = run_killing_an_actor(
+            main, argv, "SegmentWorker",
+            lambda: len(list((tmp_path / "out").glob("*_labels.png"))) >= 2,
+        )  # fmt: skip
+        assert code == 1
+        captured = capsys.readouterr()
+        assert "13 input(s): " in captured.out and ", 1 refused; ledger: " in captured.out
+        assert "itaclip segment: refused broken.png: " in captured.err
+        assert outputs(tmp_path / "out") == outputs(reference)
+        lines = ledger_lines(tmp_path / "out")
+        assert sorted(x["input"] for x in lines) == sorted(
+            ["broken.png"] + [f"img{i:02d}.png" for i in range(12)]
+        )  # each image once
+        # the small batch too, and --check-shards 1 after a Ray run
+        out = tmp_path / "small"
+        assert main(["segment", str(images), "-o", str(out), *command, "--ray", local_ray]) == 1
+        assert outputs(out) == outputs(expected)
+        capsys.readouterr()
+        assert main(["segment", str(images), "-o", str(out), *command, "--check-shards", "1"]) == 1
+        assert "5 of 6 input(s) have their outputs, each written once" in capsys.readouterr().out

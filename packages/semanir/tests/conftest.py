@@ -94,3 +94,31 @@ def fit_recording_batches() -> Callable[..., list[tuple[int, int, float]]]:
         return record.seen
 
     return fit
+
+
+# ``semanir`` run with its restore patched: the first photo is restored, the second announces
+# "working" on stdout and waits (for a signal or a kill from the test)
+WORKING_SCRIPT = """
+import sys, time
+import semanir.batch
+from semanir.cli import main
+
+restore_photo = semanir.batch.restore_photo
+calls = []
+
+def working(*args, **kwargs):  # the first photo is restored, the second in progress
+    calls.append(1)
+    if len(calls) == 1:
+        return restore_photo(*args, **kwargs)
+    print("working", flush=True)
+    time.sleep(120)
+
+semanir.batch.restore_photo = working
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="session")
+def working_script() -> str:
+    """The source of :data:`WORKING_SCRIPT` (``python -c SCRIPT ARGV...``)."""
+    return WORKING_SCRIPT

@@ -10,33 +10,16 @@ from PIL import Image
 from common_kernels.runtime.testing import signal_while_working
 from semanir.commands import eval_parser, restore_parser
 
-WORKING_SCRIPT = """
-import sys, time
-import semanir.batch
-from semanir.cli import main
 
-restore_photo = semanir.batch.restore_photo
-calls = []
-
-def working(*args, **kwargs):  # the first photo is restored, the second in progress
-    calls.append(1)
-    if len(calls) == 1:
-        return restore_photo(*args, **kwargs)
-    print("working", flush=True)
-    time.sleep(120)
-
-semanir.batch.restore_photo = working
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_sigterm_during_restore_says_how_far_it_got_and_how_to_resume(tmp_path) -> None:
+def test_sigterm_during_restore_says_how_far_it_got_and_how_to_resume(
+    tmp_path, working_script
+) -> None:
     (tmp_path / "in").mkdir()
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "in" / name)
     out = tmp_path / "out"
     argv = ["restore", str(tmp_path / "in"), "-o", str(out), "--model", "semanir_tiny_denoise_gray"]
-    stopped = signal_while_working(WORKING_SCRIPT, argv)
+    stopped = signal_while_working(working_script, argv)
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.splitlines()[-1] == (
         f"semanir restore: terminated after 1 of 2 image(s); resume with: semanir restore "

@@ -5,68 +5,30 @@ driver, a bad file reported alone)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
 from common_kernels.runtime.testing import (
     ledger_lines,
     local_ray_cluster,
-    ray_actor_pids,
+    noise_photos,
+    run_killing_an_actor,
     wait_until,
 )
 from semanir.cli import main
 
 MODEL = "semanir_tiny_denoise_color"
-WORKING_SCRIPT = """
-import sys, time
-import semanir.batch
-from common_kernels.runtime.testing import (
-    ledger_lines,
-    local_ray_cluster,
-    ray_actor_pids,
-    wait_until,
-)
-from semanir.cli import main
-
-restore_photo = semanir.batch.restore_photo
-calls = []
-
-def working(*args, **kwargs):  # the first photo is restored, the second in progress
-    calls.append(1)
-    if len(calls) == 1:
-        return restore_photo(*args, **kwargs)
-    print("working", flush=True)
-    time.sleep(120)
-
-semanir.batch.restore_photo = working
-sys.exit(main(sys.argv[1:]))
-"""
 
 
-def make_inputs(folder: Path, count: int, size: int = 40) -> Path:
-    """``count`` noisy colour PNGs and one file that is not an image."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
-    (folder / "broken.png").write_bytes(b"not an image")
-    return folder
-
-
-def killed_while_working(argv: list[str]) -> int:
-    """Run ``semanir`` with ``WORKING_SCRIPT``, SIGKILL it once it works on its second photo;
-    its exit status."""
-    process = subprocess.Popen([sys.executable, "-c", WORKING_SCRIPT, *argv], text=True,
+def killed_while_working(script: str, argv: list[str]) -> int:
+    """Run ``semanir`` with the ``working_script`` fixture's source, SIGKILL it once it works
+    on its second photo; its exit status."""
+    process = subprocess.Popen([sys.executable, "-c", script, *argv], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     for line in iter(process.stdout.readline, ""):
         if line.strip() == "working":
@@ -91,7 +53,7 @@ def plain(tmp_path_factory) -> tuple[Path, Path]:
     """The inputs and the plain command's results (``--keep-going``: the broken file is
     set aside, exit 1)."""
     root = tmp_path_factory.mktemp("plain")
-    inputs = make_inputs(root / "in", 6)
+    inputs = noise_photos(root / "in", 6, 40, 48)
     assert main(["restore", str(inputs), "-o", str(root / "out"), "--model", MODEL,
                  "--keep-going"]) == 1  # fmt: skip
     return inputs, root / "out"
@@ -118,11 +80,13 @@ def test_the_shards_together_equal_the_plain_run_byte_for_byte(plain, tmp_path, 
     assert "broken.png: cannot identify image file" in report
 
 
-def test_a_killed_shard_resumes_and_the_check_finds_every_input_once(plain, tmp_path, capsys):
+def test_a_killed_shard_resumes_and_the_check_finds_every_input_once(
+    plain, tmp_path, capsys, working_script
+):
     inputs, _ = plain
     out = tmp_path / "out"
     argv = ["restore", str(inputs), "-o", str(out), "--model", MODEL, "--shard", "1/2"]
-    assert killed_while_working(argv) == -signal.SIGKILL
+    assert killed_while_working(working_script, argv) == -signal.SIGKILL
     # shard 1 of the 7 inputs in name order: img02-img05; img02 was done when it was killed
     assert sorted(p.name for p in out.glob("*.png")) == ["img02.png"]  # nothing half-written
     capsys.readouterr()
@@ -180,7 +144,7 @@ def slow_batch(tmp_path_factory) -> tuple[Path, Path]:
     """Enough work to stop in the middle (16 photos of 96 px, x8 ensemble), and the plain
     command's results of it."""
     root = tmp_path_factory.mktemp("ray")
-    inputs = make_inputs(root / "in", 16, size=96)
+    inputs = noise_photos(root / "in", 16, 96, 104)
     argv = ["restore", str(inputs), "-o", str(root / "out"), "--model", MODEL, "--ensemble",
             "--keep-going"]  # fmt: skip
     assert main(argv) == 1
@@ -207,24 +171,16 @@ def test_ray_results_equal_the_plain_run_and_a_bad_file_is_refused_alone(
                                               "written once\nrefused: 1")  # fmt: skip
 
 
-def actor_pids() -> list[int]:
-    return ray_actor_pids("RestoreWorker")
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_still_gives_every_result_once(
     slow_batch, local_ray, tmp_path, capsys
 ):
     inputs, expected = slow_batch
-    codes = []
-    run = threading.Thread(target=lambda: codes.append(main(ray_argv(inputs, tmp_path,
-                                                                     local_ray))))  # fmt: skip
-    run.start()
-    wait_until(lambda: len(list(tmp_path.glob("*.png"))) >= 2 and actor_pids())
-    victim = actor_pids()[0]
-    os.kill(victim, signal.SIGKILL)
-    run.join(timeout=600)
-    assert codes == [1]  # broken.png
+    code, victim = run_killing_an_actor(
+        main, ray_argv(inputs, tmp_path, local_ray), "RestoreWorker",
+        lambda: len(list(tmp_path.glob("*.png"))) >= 2,
+    )  # fmt: skip
+    assert code == 1  # broken.png
     assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
     assert results(tmp_path) == results(expected)
     lines = ledger_lines(tmp_path)

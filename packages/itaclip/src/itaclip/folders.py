@@ -38,8 +38,8 @@ from common_kernels.runtime.shards import (
     Ledger,
     Shard,
     ShardCheck,
-    check_shard_output,
     check_shards,
+    checked_shard,
 )
 from itaclip.inputs import ClassInputs, class_names
 from itaclip.protect import check_not_replacing
@@ -196,10 +196,8 @@ def plan_segment_batch(
             folder that cannot be made (a file in the way, a suffix).
         ValueError: an image that does not decode (``PATH is not a readable image (...)``).
     """
-    shard = Shard.parse(shard)
-    if shard is not None:
-        check_shard_output(Path(output), shard, in_place)
-        skip_existing = True
+    shard = checked_shard(shard, output, in_place)
+    skip_existing = skip_existing or shard is not None  # finished outputs are never redone
     listing, jobs, own = segment_jobs(images, output, recursive=recursive, in_place=in_place,
                                       protect=protect)  # fmt: skip
     if shard is not None:

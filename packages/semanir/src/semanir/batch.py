@@ -41,8 +41,8 @@ from common_kernels.runtime.shards import (
     Ledger,
     Shard,
     ShardCheck,
-    check_shard_output,
     check_shards,
+    checked_shard,
 )
 from semanir.bundled import model_for_task
 from semanir.data.datasets import index_generator
@@ -236,12 +236,10 @@ def plan_restore(
             "cannot resume an {in_place} batch: every result exists already (it is its input)",
             mentions={"in_place": "in_place=True"},
         )
-    shard = Shard.parse(shard)
-    if shard is not None:
-        check_shard_output(Path(output), shard, in_place)
-        if noise_sigma is not None:
-            raise InvalidValue("shard", "{shard} runs a batch, not the {add_noise} demo")
-        skip_existing = True
+    shard = checked_shard(shard, output, in_place)
+    if shard is not None and noise_sigma is not None:
+        raise InvalidValue("shard", "{shard} runs a batch, not the {add_noise} demo")
+    skip_existing = skip_existing or shard is not None  # a finished result is never redone
     listing, pairs = batch_targets(inputs, output, recursive=recursive, in_place=in_place,
                                    save_noisy=save_noisy, shard=shard)  # fmt: skip
     models = ModelChoice(
@@ -283,10 +281,10 @@ def batch_targets(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
+    shard: Shard | None = None,
     recursive: bool = False,
     in_place: bool = False,
     save_noisy: bool = False,
-    shard: Shard | None = None,
 ) -> tuple[ImageListing, list[tuple[InputImage, Path]]]:
     """The batch's inputs and where each result goes, checked (no result replaces an input
     unless ``in_place``, two inputs never share a result, the results are writable); with
@@ -314,13 +312,9 @@ def check_models(
     return configs
 
 
-def check_restore_shards(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
-    output: str | os.PathLike,
-    count: int,
-    *,
-    recursive: bool = False,
-) -> ShardCheck:
+def check_restore_shards(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                         output: str | os.PathLike, count: int, *,
+                         recursive: bool = False) -> ShardCheck:  # fmt: skip
     """Whether ``count`` shards of a batch (``plan_restore(shard="I/N")`` runs, or a Ray run)
     wrote every input's result exactly once: the results on disk and the runs' ledgers in
     ``OUTPUT/.shards/``, against the batch listed again. Loads no model.

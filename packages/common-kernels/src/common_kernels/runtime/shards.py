@@ -228,6 +228,16 @@ def check_shard_output(output: Path, shard: Shard | None, in_place: bool) -> Non
                               f"{LEDGER_FOLDER}/ in it), got the file name {output}")  # fmt: skip
 
 
+def checked_shard(
+    shard: Shard | str | None, output: str | os.PathLike, in_place: bool
+) -> Shard | None:
+    """A batch API's ``shard`` argument parsed (``"I/N"``, a Shard or None) and checked against
+    its output (:func:`check_shard_output`)."""
+    shard = Shard.parse(shard)
+    check_shard_output(Path(output), shard, in_place)
+    return shard
+
+
 def now_name(prefix: str) -> str:
     """A ledger name unique to this run: ``PREFIX-<utc time>-<pid>``."""
     return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"

@@ -34,9 +34,10 @@ block) and :func:`precision_variants` (the GPU lane's devices and precisions); t
 tests share :class:`AttentionCase` and :func:`neighbour_lists` (one k-NN attention problem).
 What a package imports is checked with :mod:`common_kernels.runtime.imports`.
 
-The batch commands' ``--shard``/``--ray`` tests share :func:`local_ray_cluster` (a Ray cluster
-on this machine), :func:`ray_actor_pids` (the actors to kill), :func:`wait_until` and
-:func:`ledger_lines` (what the runs recorded).
+The batch commands' ``--shard``/``--ray`` tests share :func:`noise_photos` (the inputs),
+:func:`local_ray_cluster` (a Ray cluster on this machine), :func:`run_killing_an_actor` and
+:func:`ray_actor_pids` (an actor killed mid-job), :func:`wait_until` and :func:`ledger_lines`
+(what the runs recorded).
 """
 
 from __future__ import annotations
@@ -814,3 +815,37 @@ def ledger_lines(output: str | os.PathLike) -> list[dict]:
     folder = Path(output) / ".shards"
     return [json.loads(line) for path in sorted(folder.glob("*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines()]  # fmt: skip
+
+
+def noise_photos(folder: Path, count: int, height: int, width: int) -> Path:
+    """``count`` seeded noise PNGs ``img00.png``... of ``height x width`` RGB, and
+    ``broken.png``, a file that is not an image (a batch's inputs in its tests)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def run_killing_an_actor(
+    main: Callable[[list[str]], int], argv: list[str], worker: str,
+    ready: Callable[[], object],
+) -> tuple[int, int]:  # fmt: skip
+    """Run ``main(argv)`` (a ``--ray`` batch) in a thread; once ``ready()`` holds and an actor
+    of ``worker`` runs, SIGKILL that actor; returns the command's exit status and the PID."""
+    import threading
+
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(main(argv)))
+    run.start()
+    wait_until(lambda: ready() and ray_actor_pids(worker))
+    victim = ray_actor_pids(worker)[0]
+    os.kill(victim, signal.SIGKILL)
+    run.join(timeout=600)
+    assert codes, "the command did not end"
+    return codes[0], victim
