@@ -22,7 +22,8 @@ from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.testing import signal_while_working
 from diffeat import DiTFeatureExtractor, FeatureExtractor, PromptEmbeddings, aggregate
 from diffeat.aggregation import resize_feature
-from diffeat.cli import build_parser, main, selected_layers
+from diffeat.cli import build_parser, main
+from diffeat.command_checks import selected_layers
 from diffeat.commands import check_inputs, left_out_line, plan_pca_outputs
 from diffeat.extractor import check_from_pretrained
 from diffeat.heads import PixelMLPEnsemble, match_keypoints, pixel_training_set

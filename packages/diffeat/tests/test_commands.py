@@ -44,7 +44,7 @@ def count_calls(monkeypatch, module, name: str) -> list:
 def test_extract_checks_and_reads_configs_once(model_dirs, tmp_path, monkeypatch, capsys):
     image = save_image(tmp_path / "img.png", 64, 64)
     plans = count_calls(monkeypatch, plan, "check_from_pretrained")
-    monkeypatch.setattr("diffeat.cli.check_from_pretrained", plan.check_from_pretrained)
+    monkeypatch.setattr("diffeat.command_checks.check_from_pretrained", plan.check_from_pretrained)
     configs = count_calls(monkeypatch, plan, "read_model_configs")
     shapes = [
         count_calls(monkeypatch, plan, "model_infos"),

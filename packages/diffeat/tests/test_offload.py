@@ -14,7 +14,8 @@ import torch
 from common_kernels.runtime.errors import InvalidArgument
 from diffeat import ExtractorConfig, FeatureExtractor, SD3FeatureExtractor
 from diffeat.backbones.mmdit import JointRecorder
-from diffeat.cli import build_parser, load_options
+from diffeat.cli import build_parser
+from diffeat.command_checks import load_options
 from diffeat.configs import tiny_sd3_pipeline
 from diffeat.offload import OFFLOAD_DEVICE
 

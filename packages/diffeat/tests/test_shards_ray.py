@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from common_kernels.runtime.testing import local_ray_cluster, noise_photos, run_killing_an_actor
+from common_kernels.runtime.batch_testing import (
+    local_ray_cluster,
+    noise_photos,
+    run_killing_an_actor,
+)
 from diffeat.cli import main
 from diffeat.io import load_features
 

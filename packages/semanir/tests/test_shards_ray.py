@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common_kernels.runtime.testing import (
+from common_kernels.runtime.batch_testing import (
     ledger_lines,
     local_ray_cluster,
     noise_photos,

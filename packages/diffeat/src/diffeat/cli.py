@@ -29,12 +29,10 @@ from common_kernels.runtime.batch import (
     add_distributed_options,
     distributed_mode,
     resume_command,
-    skipped_summary,
 )
 from common_kernels.runtime.cli import (
     Parser,
     UsageError,
-    WorkError,
     add_verbose,
     check_file_writable,
     check_folder_writable,
@@ -53,14 +51,17 @@ from diffeat.app import serve
 from diffeat.capture import MissingActivationsError
 from diffeat.checks import DTYPES
 from diffeat.cli_shards import check_shards_command, extract_with_ray
+from diffeat.command_checks import (
+    check_images,
+    check_plan,
+    load_extractor,
+    say,
+    skipped_status,
+)
 from diffeat.commands import (
-    CheckedInputs,
-    Keep,
-    check_inputs,
     check_pca_file,
     check_probes,
     extract_batches,
-    left_out_line,
     mean_probes,
     pca_keep,
     plan_pca_outputs,
@@ -72,14 +73,13 @@ from diffeat.commands import (
 )
 from diffeat.configs import DIT_CONFIGS, TINY_MODEL_KINDS, UNET_CONFIGS, save_tiny_model
 from diffeat.errors import SourceError
-from diffeat.extractor import FeatureExtractor
 from diffeat.generate_features import GENERATE_FLAGS, add_generate_parser, command_generate
 from diffeat.inversion import NOISINGS
-from diffeat.io import load_features, load_image
+from diffeat.io import load_features
 from diffeat.listing import check_listing, list_layers, tokenizer_length
 from diffeat.offload import OFFLOADS
-from diffeat.plan import LATENT_MODES, LoadPlan, check_from_pretrained
-from diffeat.presets import ALL, PRESETS, SD15_HUB_ID, selection_names
+from diffeat.plan import LATENT_MODES
+from diffeat.presets import PRESETS, SD15_HUB_ID, selection_names
 from diffeat.probes import PROBES
 from diffeat.shards import shard_file, shard_images, write_refused_shard
 
@@ -228,80 +228,6 @@ FLAGS = {
     "ray_workers": "--ray-workers", "ray_batch_size": "--ray-batch",
     "ray_gpus_per_worker": "--ray-gpus", **GENERATE_FLAGS,
 }  # fmt: skip
-
-
-def selected_layers(args: argparse.Namespace) -> list[str] | str | None:
-    """``--layers``/``--all`` as ``from_pretrained`` takes them (None: not given)."""
-    if args.all:
-        return ALL
-    if args.layers is None:
-        return None
-    names = [n.strip() for n in args.layers.split(",") if n.strip()]
-    if not names:
-        raise UsageError(f"--layers {args.layers!r}: no names given")
-    return names[0] if len(names) == 1 and names[0] in selection_names() else names
-
-
-def load_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``from_pretrained`` keywords of the options (the control image not yet read)."""
-    keys = ("preset", "timestep", "dtype", "device", "latent", "faithful", "image_size", "seed",
-            "lora_scale", "fuse_lora", "controlnet", "control_scale", "sigma", "guidance_scale",
-            "noising", "inversion_steps", "offload")  # fmt: skip
-    return {
-        **{key: getattr(args, key) for key in keys}, "layers": selected_layers(args),
-        "early_exit": not args.no_early_exit, "output_device": "cpu", "lora": args.lora or None,
-        "control_image": args.control_image,
-    }  # fmt: skip
-
-
-def check_plan(args: Namespace) -> LoadPlan:
-    """An extraction's model and options checked by the API (config files and the control image
-    only), after the flags only this command pairs (``--fuse-lora`` needs ``--lora``, ...)."""
-    for flag, given, other, what in (
-        ("--fuse-lora", args.fuse_lora, args.lora, "--lora PATH"),
-        ("--controlnet", args.controlnet, args.control_image, "--control-image PATH"),
-    ):
-        if given and not other:
-            raise UsageError(f"{flag}: needs {what}")
-    with usage_errors():  # --batch-size is checked with the images
-        return check_from_pretrained(args.model, **load_options(args))
-
-
-def check_images(args: Namespace, plan: LoadPlan, keep: Keep, images=None, **group):
-    """An extraction's images checked by ``check_inputs``; says what was left out or skipped."""
-    with usage_errors():
-        checked = check_inputs(
-            plan, args.images if images is None else images, args.batch_size,
-            recursive=args.recursive, keep_going=args.keep_going,
-            on_unreadable=lambda item: say(args, f"skipping {item.path}: {item.reason}"),
-            keep=keep, allow_large=args.allow_large, **group,
-        )  # fmt: skip
-    left_out = left_out_line(checked.listing, "--recursive")
-    if left_out:
-        say(args, left_out)
-    return checked
-
-
-def say(args: Namespace, line: str) -> None:
-    """One line on stderr, after the command's name."""
-    print(f"diffeat {args.command}: {line}", file=sys.stderr)
-
-
-def skipped_status(args: Namespace, skipped: Sequence[Skipped]) -> int:
-    """Exit status 1 with the list of the images skipped (``--keep-going``), else 0."""
-    if not skipped:
-        return 0
-    say(args, skipped_summary(skipped))
-    return 1
-
-
-def load_extractor(args: argparse.Namespace, checked: CheckedInputs) -> FeatureExtractor:
-    """The extractor of the checked plan; a failure to load exits 1."""
-    control = None if args.control_image is None else load_image(args.control_image)
-    try:
-        return FeatureExtractor.from_plan(checked.plan, control_image=control)
-    except (OSError, RuntimeError, ValueError, KeyError) as error:
-        raise WorkError(f"cannot load --model {args.model}: {one_line(error)}") from error
 
 
 def command_layers(args: argparse.Namespace) -> None:

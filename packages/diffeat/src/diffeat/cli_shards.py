@@ -6,6 +6,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 from common_kernels.runtime.cli import check_file_writable, usage_errors
+from diffeat.command_checks import check_plan
 from diffeat.errors import check_int_range
 from diffeat.shards import check_extract_shards
 
@@ -23,7 +24,6 @@ def extract_with_ray(args: Namespace) -> int:
     """``extract --ray``: parts of --ray-batch images, each a shard file written by an actor;
     a summary per image, exit 1 when one was refused."""
     from common_kernels.runtime.ray_batch import RayOptions
-    from diffeat.cli import check_plan  # the plan checks of every extraction command
     from diffeat.shards import ExtractSettings, extract_on_ray
 
     check_file_writable(args.output, "-o/--output", (".safetensors",))

@@ -37,7 +37,6 @@ from common_kernels.runtime.batch import (
 )
 from common_kernels.runtime.cli import (
     Parser,
-    UsageError,
     add_verbose,
     command_prog,
     run_main,
@@ -281,6 +280,7 @@ def check_segment(args: argparse.Namespace) -> tuple[LoadPlan, ClassInputs, Segm
 def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
     from common_kernels.runtime.batch import BatchRun
     from common_kernels.runtime.shards import Ledger, ledger_path
+    from itaclip.cli_shards import check_segment_run, segment_with_ray
     from itaclip.folders import record_left_out, segment_batch
     from itaclip.segmenter import Segmenter
 
@@ -290,7 +290,7 @@ def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
     if mode == "check-shards":
         return check_segment_run(args)
     if mode == "ray":
-        return segment_with_ray(args)
+        return segment_with_ray(args, check_model_options(args, args.preset))
     plan, inputs, batch = check_segment(args)
     for note in batch.notes(FLAGS["recursive"]):
         say(prog, note)
@@ -330,45 +330,6 @@ def run_segment(args: argparse.Namespace, session: CommandSession) -> int:
         say(prog, run.skipped_summary())
         return 1
     return 0
-
-
-def check_segment_run(args: argparse.Namespace) -> int:
-    """``segment --check-shards N``: every image's outputs written exactly once (no model)."""
-    from itaclip.folders import check_segment_shards
-
-    with usage_errors():
-        check = check_segment_shards(args.images, args.output, args.check_shards,
-                                     recursive=args.recursive)  # fmt: skip
-    print(check.summary())
-    return 0 if check.ok else 1
-
-
-def segment_with_ray(args: argparse.Namespace) -> int:
-    """``segment --ray``: the batch on a Ray cluster; a summary that accounts for every image,
-    exit 1 when one was refused."""
-    from common_kernels.runtime.ray_batch import RayOptions
-    from itaclip.inputs import check_classes
-    from itaclip.ray_jobs import segment_on_ray
-
-    prog = f"{PROGRAM} segment"
-    if args.in_place:
-        raise UsageError("--ray runs a batch; --in-place is for the plain command")
-    plan = check_model_options(args, args.preset)
-    with usage_errors():
-        inputs = check_classes(parse_class_option(args.classes), background=args.background,
-                               aux_file=args.aux_file,
-                               check_aux_names=not args.aux_ignore_names)  # fmt: skip
-        options = RayOptions(address=args.ray or None, workers=args.ray_workers,
-                             gpus_per_worker=args.ray_gpus, batch_size=args.ray_batch)  # fmt: skip
-        protect = [] if args.aux_file is None else [(args.aux_file, "the --aux-file")]
-        summary, ledger = segment_on_ray(
-            args.images, args.output, plan, inputs, options, recursive=args.recursive,
-            output_size=args.output_size, protect=protect, progress=not args.quiet,
-        )  # fmt: skip
-    print(f"{prog}: {summary.line()}; ledger: {ledger}")
-    for item in summary.refused:
-        say(prog, f"refused {item.path}: {item.reason}")
-    return 1 if summary.refused else 0
 
 
 def check_eval(args: argparse.Namespace) -> tuple[LoadPlan, SegmentationDataset]:
