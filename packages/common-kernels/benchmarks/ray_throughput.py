@@ -4,6 +4,7 @@ on real photos, with the package's tiny model).
 
     python packages/common-kernels/benchmarks/ray_throughput.py --package semanir
     python packages/common-kernels/benchmarks/ray_throughput.py --package itaclip --sizes 16 48
+    python packages/common-kernels/benchmarks/ray_throughput.py --package semanir --busy
 
 For each batch size ``n`` (BSDS500 colour photos, 481x321, from ``../shared/data/bsds400``) the
 command runs plain (torch's threads, and 1 thread: a 1-CPU actor's), then with
@@ -135,12 +136,15 @@ def markdown(report: dict) -> str:
     fits = [f"| {f['mode']} | {f['s_per_image']:.3f} | {f['fixed_s']:.1f} | "
             f"{number(f['images_per_s_steady'])} | {number(f['speed_x_plain'])} |"
             for f in report["fits"]]  # fmt: skip
+    beside = (
+        "; a busy single-threaded process beside every run" if report.get("busy_process") else ""
+    )
     overhead = next(f["overhead_s_per_image"] for f in report["fits"]
                     if "overhead_s_per_image" in f)  # fmt: skip
     lines = [
         f"{report['package']} on {report['machine']['cpu']} ({report['machine']['threads']} "
         f"threads), a local Ray cluster of 2 CPUs (started in {report['cluster_start_s']:.1f} s, "
-        "before the jobs); BSDS500 photos, 481x321; each run a process of its own.",
+        f"before the jobs); BSDS500 photos, 481x321; each run a process of its own{beside}.",
         "",
         "| mode | images | wall s | images/s |",
         "|---|---:|---:|---:|",
@@ -172,6 +176,9 @@ def main() -> None:
     parser.add_argument("--package", choices=sorted(COMMANDS), required=True)
     parser.add_argument("--sizes", type=int, nargs=2, default=[8, 24],
                         help="two batch sizes, each in [1, 400] (default: 8 24)")  # fmt: skip
+    parser.add_argument("--busy", action="store_true",
+                        help="a busy single-threaded process beside every run (a shared "
+                        "machine); writes ray_throughput_busy.*")  # fmt: skip
     args = parser.parse_args()
     if not all(1 <= size <= 400 for size in args.sizes) or args.sizes[0] == args.sizes[1]:
         parser.error(f"--sizes must be two different ints in [1, 400], got {args.sizes}")
@@ -181,16 +188,21 @@ def main() -> None:
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cluster_start = time.perf_counter() - start
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
         with tempfile.TemporaryDirectory() as folder:
             address = ray.get_runtime_context().gcs_address
             rows = measure(args.package, args.sizes, address, Path(folder))
     finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         ray.shutdown()
     report = {"package": args.package, "sizes": args.sizes, "cluster_start_s": cluster_start,
-              "runs": rows, "fits": summarise(rows),
+              "busy_process": args.busy, "runs": rows, "fits": summarise(rows),
               "machine": machine("cpu", "fp32", torch.get_num_threads())}  # fmt: skip
-    stem = PACKAGES / args.package / "benchmarks" / "results" / "ray_throughput"
+    name = "ray_throughput_busy" if args.busy else "ray_throughput"
+    stem = PACKAGES / args.package / "benchmarks" / "results" / name
     print(write_drawn_report(stem, report, markdown, plot))
 
 

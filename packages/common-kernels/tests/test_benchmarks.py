@@ -222,6 +222,9 @@ def test_ray_throughput_fits_slopes_and_takes_the_overhead_against_one_thread(mo
     table = ray_throughput.markdown(report)
     assert "| ray, 2 workers | -0.010 | 14.0 | - | - |" in table
     assert table.endswith("(1 worker against the plain command on 1 thread): +0.100 s.\n")
+    assert "beside every run" not in table
+    busy = ray_throughput.markdown({**report, "busy_process": True})
+    assert "each run a process of its own; a busy single-threaded process beside every run." in busy
     monkeypatch.setattr(ray_throughput, "measure", no_work)
     err = refusal(
         ray_throughput.main, ["--package", "semanir", "--sizes", "8", "8"], prog="ray_throughput.py"
