@@ -86,7 +86,7 @@ def test_ledger_lines_are_appended_flushed_and_a_cut_last_line_is_ignored(tmp_pa
         ledger.record("a.png", "finished")
     with open(path, "a") as stream:
         stream.write('{"input": "c.png", "sta')  # a kill mid-line
-    lines = [line for _, line in read_ledgers(path.parent)]
+    lines = list(read_ledgers(path.parent))
     assert [(x["input"], x["status"], x.get("reason")) for x in lines] == [
         ("a.png", "written", None), ("b.png", "refused", "not an image"),
         ("a.png", "finished", None)]  # fmt: skip

@@ -15,6 +15,7 @@ once each (:class:`ExtractWorker`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,14 @@ from pathlib import Path
 from common_kernels.runtime.batch import Skipped, find_images
 from common_kernels.runtime.errors import InvalidArgument
 from common_kernels.runtime.ray_batch import RayOptions, RaySummary, RowWorker, run_on_ray
-from common_kernels.runtime.shards import Ledger, Shard, ShardCheck, ledger_path, now_name
+from common_kernels.runtime.shards import (
+    Ledger,
+    Shard,
+    ShardCheck,
+    ledger_path,
+    now_name,
+    shard_check,
+)
 from diffeat import __version__
 from diffeat.io import feature_shapes, save_features
 
@@ -65,7 +73,7 @@ def check_extract_shards(
     keys = [str(path) for path in listing.paths]
     held: dict[str, int] = {}
     refused: dict[str, str] = {}
-    for index in range(count):
+    for index in range(count):  # a count < 1 is refused by shard_check
         path = shard_file(output, Shard(index, count))
         if not path.is_file():
             continue
@@ -73,20 +81,8 @@ def check_extract_shards(
         for image in metadata.get("images", []):
             held[image] = held.get(image, 0) + 1
         refused.update(metadata.get("refused") or {})
-    check = ShardCheck(len(keys))
-    owner = {}
-    for index in range(count):
-        start, stop = Shard(index, count).bounds(len(keys))
-        owner.update({keys[i]: index for i in range(start, stop)})
-    for key in keys:
-        if held.get(key):
-            check.done += 1
-        elif key in refused:
-            check.refused.append((key, refused[key]))
-        else:
-            check.missing.append((key, owner[key]))
-    check.twice = [(key, n) for key, n in held.items() if n > 1]
-    return check
+    done = [bool(held.get(key)) for key in keys]
+    return shard_check(keys, done, held, refused, count)
 
 
 @dataclass(frozen=True)
@@ -188,9 +184,7 @@ def extract_on_ray(
         rows.append({"key": shard.name, "images": json.dumps(paths),
                      "target": str(shard_file(output, shard))})  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
-    part_options = RayOptions(address=ray.address, workers=ray.workers, batch_size=1,
-                              gpus_per_worker=ray.gpus_per_worker,
-                              cpus_per_worker=ray.cpus_per_worker)  # fmt: skip
+    part_options = dataclasses.replace(ray, batch_size=1)  # a row is a part: one per call
     with Ledger(ledger_path(output.parent, f"{output.stem}-{now_name('ray')}")) as ledger:
         summary = run_on_ray(rows, ExtractWorker, (plan, settings), part_options,
                              package="diffeat", ledger=ledger, desc="diffeat extract",

@@ -265,7 +265,6 @@ def check_segment_shards(
     """Whether ``count`` shards of a batch (``plan_segment_batch(shard="I/N")`` runs, or a Ray
     run: 1) wrote every image's two outputs exactly once: the files and the runs' ledgers in
     ``OUTPUT/.shards/``, against the batch listed again. Loads no model."""
-    Shard(0, count)  # checks the count
     _, jobs, _ = segment_jobs(images, output, recursive=recursive)
     keys = [str(job.image.relative) for job in jobs]
     return check_shards(Path(output), keys, [job.outputs for job in jobs], count)

@@ -323,7 +323,6 @@ def check_restore_shards(inputs: str | os.PathLike | Sequence[str | os.PathLike]
         inputs, output, recursive: the batch, as the shards were given it.
         count: N, the shards the batch was split into (1 for a Ray run).
     """
-    Shard(0, count)  # checks the count
     _, pairs = batch_targets(inputs, output, recursive=recursive)
     keys = [str(image.relative) for image, _ in pairs]
     return check_shards(Path(output), keys, [[target] for _, target in pairs], count)

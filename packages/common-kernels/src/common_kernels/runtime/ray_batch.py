@@ -1,13 +1,13 @@
 """A batch of files on a Ray cluster, the same for every package's batch command (``--ray``).
 
 The driver lists the inputs once and checks where each result goes (as the plain command does);
-Ray Data then sends the jobs in batches to a pool of actors (``concurrency`` workers, each with
-``num_gpus``), each loading the model once (the package's worker class) and writing its results
-atomically to the output folder, which must be storage every node sees. An actor that dies
-(its node lost, its process killed) is restarted and its batch retried (Ray Data retries actor
-tasks without limit); the worker skips a result that exists, so a retried batch never writes a
-file twice. Each input comes back as a row (``written``, ``finished``, or ``refused`` with the
-reason: a bad file does not stop the job), recorded in the run's
+Ray Data then sends the jobs in batches to a pool of actors (``RayOptions.workers`` of them,
+each with ``gpus_per_worker``), each loading the model once (the package's worker class) and
+writing its results atomically to the output folder, which must be storage every node sees. An
+actor that dies (its node lost, its process killed) is restarted and its batch retried (Ray
+Data retries actor tasks without limit); the worker skips a result that exists, so a retried
+batch never writes a file twice. Each input comes back as a row (``written``, ``finished``, or
+``refused`` with the reason: a bad file does not stop the job), recorded in the run's
 :class:`~common_kernels.runtime.shards.Ledger` and counted in a :class:`RaySummary`.
 
 Ray is imported here only: it is each package's ``[ray]`` extra.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +104,6 @@ def run_on_ray(
     ledger: Ledger,
     desc: str = "ray",
     progress: bool = True,
-    on_row: Callable[[dict], None] | None = None,
 ) -> RaySummary:
     """Run ``jobs`` on Ray's actor pool; every input comes back once, recorded in ``ledger``.
 
@@ -120,7 +119,6 @@ def run_on_ray(
         ledger: where each input is recorded as its row comes back.
         desc: the progress bar's label.
         progress: show progress on the driver.
-        on_row: told about each row as it comes back.
 
     Raises:
         RuntimeError: rows missing or repeated (a lost input must not pass silently).
@@ -158,8 +156,6 @@ def run_on_ray(
             summary.finished += 1
         else:
             summary.refused.append(Skipped(Path(key), reason or "refused"))
-        if on_row is not None:
-            on_row({"key": key, "status": status, "reason": reason})
     if seen != expected:
         missing = sorted(expected - seen)
         raise RuntimeError(f"Ray returned no result for {len(missing)} input(s): {missing[:5]}")

@@ -124,9 +124,9 @@ class Ledger:
         self.close()
 
 
-def read_ledgers(folder: Path) -> Iterator[tuple[str, dict]]:
-    """Every line of every ledger under ``folder`` (``OUTPUT/.shards``), with its file's name;
-    a last line cut short by a kill is left out."""
+def read_ledgers(folder: Path) -> Iterator[dict]:
+    """Every line of every ledger under ``folder`` (``OUTPUT/.shards``); a last line cut short
+    by a kill is left out."""
     for path in sorted(folder.glob("*.jsonl")):
         for text in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -134,7 +134,7 @@ def read_ledgers(folder: Path) -> Iterator[tuple[str, dict]]:
             except json.JSONDecodeError:
                 continue
             if isinstance(line, dict) and line.get("status") in STATUSES and "input" in line:
-                yield path.stem, line
+                yield line
 
 
 @dataclass
@@ -182,7 +182,8 @@ class ShardCheck:
 def check_shards(
     output: Path, keys: Sequence[str], outputs: Sequence[Sequence[Path]], count: int
 ) -> ShardCheck:
-    """Whether the shards of a batch wrote every input exactly once.
+    """Whether the shards of a batch wrote every input exactly once, from their outputs on
+    disk and the runs' ledgers.
 
     Args:
         output: the output folder (its ``.shards/`` holds the ledgers).
@@ -190,20 +191,41 @@ def check_shards(
         outputs: every input's output files, in the same order.
         count: the number of shards the batch was split into.
     """
-    owner = {}
-    for shard in (Shard(i, count) for i in range(count)):
-        start, stop = shard.bounds(len(keys))
-        owner.update({keys[i]: shard.index for i in range(start, stop)})
     written: dict[str, int] = {}
     reasons: dict[str, str] = {}
-    for _, line in read_ledgers(output / LEDGER_FOLDER):
+    for line in read_ledgers(output / LEDGER_FOLDER):
         if line["status"] == "written":
             written[line["input"]] = written.get(line["input"], 0) + 1
         elif line["status"] == "refused":
             reasons[line["input"]] = line.get("reason", "")
+    done = [all(Path(f).is_file() for f in files) for files in outputs]
+    return shard_check(keys, done, written, reasons, count)
+
+
+def shard_check(
+    keys: Sequence[str],
+    done: Sequence[bool],
+    written: dict[str, int],
+    reasons: dict[str, str],
+    count: int,
+) -> ShardCheck:
+    """The verdict on ``count`` shards from what is known of each input, however a package
+    records it (ledgers, a file's metadata).
+
+    Args:
+        keys: every input's key, in the batch's order.
+        done: whether each input's outputs are all there, in the same order.
+        written: how many times each key was written.
+        reasons: why each refused key was refused.
+        count: the number of shards (each missing input is named with the one that owns it).
+    """
+    owner = {}
+    for shard in [Shard(i, count) for i in range(max(count, 1))]:  # Shard(0, 0) refuses 0
+        start, stop = shard.bounds(len(keys))
+        owner.update({keys[i]: shard.index for i in range(start, stop)})
     check = ShardCheck(len(keys))
-    for key, files in zip(keys, outputs, strict=True):
-        if all(Path(f).is_file() for f in files):
+    for key, complete in zip(keys, done, strict=True):
+        if complete:
             check.done += 1
         elif key in reasons:
             check.refused.append((key, reasons[key]))
